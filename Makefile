@@ -1,0 +1,66 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both install what they need: Debian packages with apt-get (only those that
+# are missing) and Python packages in a virtual environment in .venv.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Real parts atoll works with and tests against.
+APT_PACKAGES := python3 python3-venv ca-certificates docker-registry skopeo podman runc \
+	uidmap apache2-utils openssl zstd tar
+
+.PHONY: demo test lint typecheck unit integration slow bench deps system-deps venv clean
+
+demo: deps
+	$(BIN)/atoll demo
+
+test: deps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy --strict src
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: deps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: deps
+	$(BIN)/mypy --strict src
+
+unit: deps
+	$(BIN)/pytest -q -m "not integration and not slow and not vm" $(PYTEST_ARGS)
+
+integration: deps
+	$(BIN)/pytest -q -m integration $(PYTEST_ARGS)
+
+slow: deps
+	$(BIN)/pytest -q -m slow $(PYTEST_ARGS)
+
+bench: deps
+	$(BIN)/python bench/copy
+
+deps: system-deps venv
+
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing system packages:" $$missing; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache src/*.egg-info

@@ -1,0 +1,188 @@
+"""The one exception hierarchy of atoll, with an exit code for each kind of failure.
+
+Library code raises these; only ``atoll.cli.main`` turns them into exit codes.
+Every class carries the exit code the command line uses for it and, where it
+helps, a hint telling the user what to do.  ``docs/exit-codes.md`` is checked
+against :data:`EXIT_CODES` by the test suite, so the two never drift apart.
+
+Exit codes are grouped by the part of the system that failed:
+
+====  ==========================================================
+0     success
+1     an unexpected failure (a bug: please report it)
+2     the command line is wrong
+3-9   input given by the user (references, files, options)
+10-19 image content (manifests, digests, blobs, layers)
+20-29 talking to registries and other programs
+30-39 the local machine (disk space, permissions, locks)
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class AtollError(Exception):
+    """Base of every error atoll reports to a user."""
+
+    exit_code: int = 1
+    summary: str = "unexpected failure"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(AtollError):
+    exit_code = 2
+    summary = "the command line is wrong"
+
+
+class InvalidReferenceError(AtollError):
+    exit_code = 3
+    summary = "an image reference or transport name cannot be parsed"
+
+
+class InvalidInputError(AtollError):
+    exit_code = 4
+    summary = "a file or option given by the user is malformed"
+
+
+class UnsupportedError(AtollError):
+    exit_code = 5
+    summary = "the request is valid but not supported (media type, transport, platform)"
+
+
+class ConflictError(AtollError):
+    exit_code = 6
+    summary = "the options cannot all be satisfied (e.g. --preserve-digests with conversion)"
+
+
+class ManifestError(AtollError):
+    exit_code = 10
+    summary = "a manifest, index or image config is malformed"
+
+
+class DigestMismatchError(AtollError):
+    exit_code = 11
+    summary = "content does not match its digest or size"
+
+
+class NotFoundError(AtollError):
+    exit_code = 12
+    summary = "an image, manifest, tag or blob does not exist"
+
+
+class NoMatchingPlatformError(AtollError):
+    exit_code = 13
+    summary = "an index has no image for the requested platform"
+
+
+class LayerError(AtollError):
+    exit_code = 14
+    summary = "a layer archive is corrupt or unsafe (e.g. a path with '..')"
+
+
+class RegistryError(AtollError):
+    exit_code = 20
+    summary = "a registry answered with an error"
+
+
+class AuthenticationError(RegistryError):
+    exit_code = 21
+    summary = "a registry refused the credentials, or credentials are needed"
+
+
+class NetworkError(AtollError):
+    exit_code = 22
+    summary = "a server could not be reached or the connection broke"
+
+
+class TLSError(NetworkError):
+    exit_code = 23
+    summary = "the TLS connection failed (certificate not trusted or invalid)"
+
+
+class CommandError(AtollError):
+    exit_code = 24
+    summary = "an external program failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: list[str] | None = None,
+        returncode: int | None = None,
+        stderr_tail: str = "",
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.argv = argv or []
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class ToolMissingError(CommandError):
+    exit_code = 25
+    summary = "an external program atoll needs is not installed"
+
+
+class NoSpaceError(AtollError):
+    exit_code = 30
+    summary = "the disk is full"
+
+
+class LocalIOError(AtollError):
+    exit_code = 31
+    summary = "reading or writing a local file failed"
+
+
+class LockedError(AtollError):
+    exit_code = 32
+    summary = "another atoll process holds the lock"
+
+
+class InterruptedError_(AtollError):
+    exit_code = 130
+    summary = "interrupted by the user (Ctrl-C)"
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    code: int
+    name: str
+    summary: str
+
+
+def _collect() -> tuple[ExitCode, ...]:
+    seen: dict[int, ExitCode] = {0: ExitCode(0, "-", "success")}
+    stack: list[type[AtollError]] = [AtollError]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        code = ExitCode(cls.exit_code, cls.__name__.rstrip("_"), cls.summary)
+        if cls.exit_code in seen and seen[cls.exit_code] != code:
+            raise RuntimeError(f"exit code {cls.exit_code} used twice")
+        seen[cls.exit_code] = code
+    return tuple(sorted(seen.values(), key=lambda c: c.code))
+
+
+EXIT_CODES: tuple[ExitCode, ...] = _collect()
+
+
+def from_oserror(exc: OSError, what: str) -> AtollError:
+    """Translate an OSError met while working on *what* into an atoll error."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(
+            f"no space left on device while writing {what}",
+            hint="free some space or choose another destination; nothing was left half-written",
+        )
+    detail = exc.strerror or str(exc)
+    return LocalIOError(f"{what}: {detail}")

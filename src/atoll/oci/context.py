@@ -1,0 +1,45 @@
+"""Settings shared by every transport: credentials, TLS, platform, parallelism.
+
+One :class:`SystemContext` is built by the command line (or a test) and
+passed down; nothing in ``atoll.oci`` reads the environment on import.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from atoll.oci.manifest import Platform
+
+
+@dataclass(frozen=True)
+class SystemContext:
+    #: Explicit auth.json (``--authfile``); otherwise the standard search path.
+    authfile: Path | None = None
+    #: ``user:password`` given on the command line (``--creds``).
+    credentials: str | None = None
+    #: ``False`` disables TLS verification and allows plain HTTP for every
+    #: registry (``--tls-verify=false``); ``None`` follows registries.conf.
+    tls_verify: bool | None = None
+    #: Directory with ``*.crt`` CA files (``--cert-dir``); otherwise certs.d.
+    cert_dir: Path | None = None
+    #: registries.conf to read; otherwise ``$CONTAINERS_REGISTRIES_CONF`` or /etc.
+    registries_conf: Path | None = None
+    #: Platform wanted from an index; None means the host's.
+    platform: Platform | None = None
+    #: How many blobs move at once.
+    parallel: int = 6
+    #: Attempts for one request before giving up (429, 5xx, broken connection).
+    retries: int = 5
+    #: First backoff between attempts, in seconds; doubles each time.
+    retry_delay: float = 0.5
+    #: Seconds to wait for a server to answer.
+    timeout: float = 60.0
+    #: Where an ``oci-archive:`` or ``containers-storage:`` transport stages files.
+    tmpdir: Path | None = None
+    user_agent: str = "atoll"
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def wanted_platform(self) -> Platform:
+        return self.platform or Platform.host()
