@@ -1,0 +1,5 @@
+import sys
+
+from atoll.cli.main import main
+
+sys.exit(main())

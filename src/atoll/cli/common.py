@@ -1,0 +1,177 @@
+"""What every command shares: global flags, output modes, registry options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from atoll.errors import AtollError, UsageError
+from atoll.oci.context import SystemContext
+from atoll.oci.manifest import Platform
+from atoll.progress import FanOut, JsonLinesProgress, NullProgress, ProgressSink
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    """Flags accepted before or after the command name."""
+    # SUPPRESS keeps a subcommand's unset flag from overwriting the global one.
+    group = parser.add_argument_group("output")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="log what is being done")
+    group.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="log everything, including HTTP requests and commands run")
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="print nothing but errors and requested data")
+    group.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print machine-readable JSON (stable; see docs/cli.md)")
+    group.add_argument("--progress-fd", type=int, metavar="FD", default=argparse.SUPPRESS,
+                       help="write progress as JSON lines to file descriptor FD")
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_registry_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """Credentials and TLS flags; *prefix* is ``src-`` or ``dest-`` for copy."""
+    dest = prefix.replace("-", "_")
+    who = {"src-": "the source ", "dest-": "the destination "}.get(prefix, "")
+    parser.add_argument(f"--{prefix}authfile", dest=f"{dest}authfile", metavar="FILE",
+                        help=f"auth.json with credentials for {who}registry")
+    parser.add_argument(f"--{prefix}creds", dest=f"{dest}creds", metavar="USER:PASSWORD",
+                        help=f"credentials for {who}registry")
+    parser.add_argument(f"--{prefix}tls-verify", dest=f"{dest}tls_verify", metavar="BOOL",
+                        type=parse_bool, nargs="?", const=True, default=None,
+                        help=f"require HTTPS and verify certificates of {who}registry "
+                        "(default: as registries.conf says)")
+    parser.add_argument(f"--{prefix}cert-dir", dest=f"{dest}cert_dir", metavar="DIR",
+                        help=f"directory with CA (*.crt) and client certificates for {who}registry")
+
+
+def add_platform_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--override-os", metavar="OS", help="use OS instead of the host's")
+    parser.add_argument("--override-arch", metavar="ARCH", help="use ARCH instead of the host's")
+    parser.add_argument("--override-variant", metavar="VARIANT",
+                        help="use VARIANT instead of the host's")
+    parser.add_argument("--registries-conf", metavar="FILE",
+                        help="registries.conf to use instead of the system one")
+    parser.add_argument("--retry-times", type=int, default=5, metavar="N",
+                        help="attempts for a request that fails with 429, 5xx or a broken "
+                        "connection (default 5)")
+    parser.add_argument("--tmpdir", metavar="DIR", help="where to stage temporary files")
+
+
+def system_context(args: argparse.Namespace, prefix: str = "") -> SystemContext:
+    dest = prefix.replace("-", "_")
+
+    def opt(name: str) -> Any:
+        specific = getattr(args, f"{dest}{name}", None)
+        if specific is not None:
+            return specific
+        return getattr(args, name, None)
+
+    platform = None
+    if args.override_os or args.override_arch or args.override_variant:
+        host = Platform.host()
+        arch = args.override_arch or host.architecture
+        variant = args.override_variant or (host.variant if arch == host.architecture else None)
+        platform = Platform(args.override_os or host.os, arch, variant)
+    if args.retry_times < 1:
+        raise UsageError("--retry-times must be at least 1")
+    authfile = opt("authfile")
+    cert_dir = opt("cert_dir")
+    return SystemContext(
+        authfile=Path(authfile) if authfile else None,
+        credentials=opt("creds"),
+        tls_verify=opt("tls_verify"),
+        cert_dir=Path(cert_dir) if cert_dir else None,
+        registries_conf=Path(args.registries_conf) if args.registries_conf else None,
+        platform=platform,
+        retries=args.retry_times,
+        tmpdir=Path(args.tmpdir) if args.tmpdir else None,
+        parallel=getattr(args, "parallel", 6),
+    )
+
+
+class Output:
+    """Where results, messages, progress and errors go for one invocation."""
+
+    def __init__(
+        self,
+        *,
+        json_mode: bool = False,
+        quiet: bool = False,
+        verbose: bool = False,
+        debug: bool = False,
+        progress_fd: int | None = None,
+    ) -> None:
+        self.json = json_mode
+        self.quiet = quiet
+        self.verbose = verbose
+        self.debug = debug
+        self.progress_fd = progress_fd
+        self._progress_stream: Any = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Output:
+        return cls(
+            json_mode=getattr(args, "json", False),
+            quiet=getattr(args, "quiet", False),
+            verbose=getattr(args, "verbose", False),
+            debug=getattr(args, "debug", False),
+            progress_fd=getattr(args, "progress_fd", None),
+        )
+
+    def setup_logging(self) -> None:
+        level = logging.DEBUG if self.debug else logging.INFO if self.verbose else logging.WARNING
+        logging.basicConfig(
+            level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        )
+        if not self.debug:
+            # httpx logs every request at INFO; that is debug detail for atoll users.
+            logging.getLogger("httpx").setLevel(logging.WARNING)
+            logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+    def progress(self) -> ProgressSink:
+        sinks: list[ProgressSink] = []
+        if self.progress_fd is not None:
+            if self._progress_stream is None:
+                try:
+                    self._progress_stream = os.fdopen(self.progress_fd, "w", closefd=False)
+                except OSError as exc:
+                    raise UsageError(f"--progress-fd {self.progress_fd}: {exc.strerror}") from None
+            sinks.append(JsonLinesProgress(self._progress_stream))
+        if not self.quiet and not self.json and sys.stderr.isatty():
+            from atoll.cli.progress_view import RichProgressView
+
+            sinks.append(RichProgressView())
+        if not sinks:
+            return NullProgress()
+        return sinks[0] if len(sinks) == 1 else FanOut(*sinks)
+
+    def result(self, data: Any, human: str | None = None) -> None:
+        """Print a command's result: JSON with --json, else the human text."""
+        if self.json:
+            sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        elif human is not None:
+            sys.stdout.write(human if human.endswith("\n") or not human else human + "\n")
+        sys.stdout.flush()
+
+    def info(self, message: str) -> None:
+        """A progress message for people; silent with --quiet or --json."""
+        if not self.quiet and not self.json:
+            sys.stderr.write(message + "\n")
+
+    def error(self, exc: AtollError) -> None:
+        sys.stderr.write(f"atoll: error: {exc.message}\n")
+        if exc.hint:
+            sys.stderr.write(f"hint: {exc.hint}\n")

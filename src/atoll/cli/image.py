@@ -1,0 +1,249 @@
+"""``atoll image …``: copy, inspect, list tags, delete and sync images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from atoll.cli.common import (
+    Output,
+    add_global_options,
+    add_platform_options,
+    add_registry_options,
+    system_context,
+)
+from atoll.errors import UsageError
+from atoll.oci.catalog import delete_image, list_tags
+from atoll.oci.copy import CopyOptions, CopyResult, copy_image
+from atoll.oci.inspect import inspect_image, read_config, read_raw_manifest
+from atoll.oci.manifest import Compression, ImageIndex, ImageManifest, parse_manifest
+from atoll.oci.sync import plan_from_repository, plan_from_yaml, run_sync
+from atoll.oci.transports import ImageName, open_source
+
+_SizeUnits = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def human_size(n: float) -> str:
+    for unit in _SizeUnits:
+        if abs(n) < 1024 or unit == _SizeUnits[-1]:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    image = commands.add_parser("image", help="move and inspect OCI images")
+    sub = image.add_subparsers(dest="image_command", metavar="COMMAND")
+    sub.required = True
+
+    copy = sub.add_parser(
+        "copy",
+        help="copy an image between registries, directories and archives",
+        description="Copy SRC to DST. Names are TRANSPORT:DETAILS: docker://REF, "
+        "oci:DIR[:REF], oci-archive:FILE[:REF], dir:DIR, containers-storage:REF.",
+    )
+    add_global_options(copy)
+    copy.add_argument("source", metavar="SRC")
+    copy.add_argument("destination", metavar="DST")
+    copy.add_argument("-a", "--all", action="store_true",
+                      help="copy every image of an index, not just the host platform's")
+    copy.add_argument("--digestfile", metavar="FILE",
+                      help="write the digest of the copied manifest to FILE")
+    copy.add_argument("--preserve-digests", action="store_true",
+                      help="fail rather than change the image's digest")
+    copy.add_argument("--dest-compress-format", choices=[c.value for c in Compression],
+                      help="re-compress layers in this format")
+    copy.add_argument("--parallel", type=int, default=6, metavar="N",
+                      help="blobs copied at once (default 6)")
+    add_registry_options(copy)
+    add_registry_options(copy, "src-")
+    add_registry_options(copy, "dest-")
+    add_platform_options(copy)
+    copy.set_defaults(func=_copy)
+
+    inspect = sub.add_parser("inspect", help="show an image's manifest, config and layers")
+    add_global_options(inspect)
+    inspect.add_argument("name", metavar="NAME")
+    inspect.add_argument("--raw", action="store_true",
+                         help="print the manifest (or index) exactly as stored")
+    inspect.add_argument("--config", action="store_true", help="print the image config")
+    inspect.add_argument("--no-tags", action="store_true",
+                         help="do not list the repository's tags")
+    add_registry_options(inspect)
+    add_platform_options(inspect)
+    inspect.set_defaults(func=_inspect)
+
+    tags = sub.add_parser("tags", help="list the tags of a repository or OCI layout")
+    add_global_options(tags)
+    tags.add_argument("name", metavar="NAME")
+    add_registry_options(tags)
+    add_platform_options(tags)
+    tags.set_defaults(func=_tags)
+
+    delete = sub.add_parser("delete", help="delete an image from a registry or OCI layout")
+    add_global_options(delete)
+    delete.add_argument("name", metavar="NAME")
+    add_registry_options(delete)
+    add_platform_options(delete)
+    delete.set_defaults(func=_delete)
+
+    sync = sub.add_parser(
+        "sync",
+        help="copy every tag of a repository, or the images a YAML file lists",
+        description="SRC is docker://REPO (every tag), docker://REPO:TAG, or a YAML file "
+        "as skopeo sync reads it. DST is docker://REGISTRY[/PREFIX] or dir:DIR.",
+    )
+    add_global_options(sync)
+    sync.add_argument("source", metavar="SRC")
+    sync.add_argument("destination", metavar="DST")
+    sync.add_argument("--scoped", action="store_true",
+                      help="keep the full source name (registry included) under DST")
+    sync.add_argument("-a", "--all", action="store_true", help="copy every image of an index")
+    sync.add_argument("--preserve-digests", action="store_true")
+    sync.add_argument("--dest-compress-format", choices=[c.value for c in Compression])
+    sync.add_argument("--keep-going", action="store_true",
+                      help="go on after an image fails; exit non-zero at the end")
+    sync.add_argument("--dry-run", action="store_true", help="list what would be copied")
+    sync.add_argument("--parallel", type=int, default=6, metavar="N")
+    add_registry_options(sync)
+    add_registry_options(sync, "src-")
+    add_registry_options(sync, "dest-")
+    add_platform_options(sync)
+    sync.set_defaults(func=_sync)
+
+
+def _copy_options(args: argparse.Namespace) -> CopyOptions:
+    if args.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
+    fmt = args.dest_compress_format
+    return CopyOptions(
+        all_images=args.all,
+        preserve_digests=args.preserve_digests,
+        dest_compression=Compression(fmt) if fmt else None,
+    )
+
+
+def _describe_copy(result: CopyResult) -> str:
+    parts = [f"{result.blobs_copied} copied"]
+    if result.blobs_skipped:
+        parts.append(f"{result.blobs_skipped} already there")
+    if result.blobs_mounted:
+        parts.append(f"{result.blobs_mounted} mounted")
+    return (
+        f"Copied {result.source} to {result.destination}\n"
+        f"  digest {result.digest}, {result.blobs} blobs ({', '.join(parts)}), "
+        f"{human_size(result.bytes_copied)} transferred"
+    )
+
+
+def _copy(args: argparse.Namespace, out: Output) -> int:
+    src = ImageName.parse(args.source)
+    dst = ImageName.parse(args.destination)
+    result = copy_image(
+        src,
+        dst,
+        src_ctx=system_context(args, "src-"),
+        dst_ctx=system_context(args, "dest-"),
+        options=_copy_options(args),
+        progress=out.progress(),
+        digestfile=Path(args.digestfile) if args.digestfile else None,
+    )
+    if not out.quiet or out.json:
+        out.result(result.to_json(), _describe_copy(result))
+    return 0
+
+
+def _inspect(args: argparse.Namespace, out: Output) -> int:
+    name = ImageName.parse(args.name)
+    ctx = system_context(args)
+    if args.raw and not args.config:
+        sys.stdout.buffer.write(read_raw_manifest(name, ctx))
+        sys.stdout.flush()
+        return 0
+    if args.config:
+        with open_source(name, ctx) as source:
+            raw, declared = source.get_manifest(None)
+            manifest = parse_manifest(raw, declared, where=source.description)
+            if isinstance(manifest, ImageIndex):
+                desc = manifest.select(ctx.platform)
+                raw, declared = source.get_manifest(desc.digest)
+                manifest = parse_manifest(raw, declared or desc.media_type, where=str(name))
+            assert isinstance(manifest, ImageManifest)
+            config = read_config(source, manifest)
+        sys.stdout.buffer.write(config if args.raw else config + b"\n")
+        sys.stdout.flush()
+        return 0
+    info = inspect_image(name, ctx, list_tags=not args.no_tags)
+    out.result(info.to_json(), _describe_inspection(info.to_json()))
+    return 0
+
+
+def _describe_inspection(data: dict[str, Any]) -> str:
+    lines = [
+        f"Name:          {data['Name']}",
+        f"Digest:        {data['Digest']}",
+        f"Media type:    {data['MediaType']}",
+        f"Platform:      {data['Os']}/{data['Architecture']}"
+        + (f"/{data['Variant']}" if data["Variant"] else ""),
+        f"Created:       {data['Created'] or '-'}",
+        f"Version:       {data['Version'] or '-'}",
+        f"Bootable:      {'yes' if data['Bootable'] else 'no'}",
+    ]
+    if data["RepoTags"]:
+        lines.append(f"Tags:          {', '.join(data['RepoTags'])}")
+    total = sum(layer["Size"] for layer in data["LayersData"])
+    lines.append(f"Layers:        {len(data['LayersData'])} ({human_size(total)})")
+    lines.extend(
+        f"  {layer['Digest']}  {human_size(layer['Size']):>10}  {layer['MIMEType']}"
+        for layer in data["LayersData"]
+    )
+    if data["Labels"]:
+        lines.append("Labels:")
+        lines.extend(f"  {k}={v}" for k, v in sorted(data["Labels"].items()))
+    return "\n".join(lines)
+
+
+def _tags(args: argparse.Namespace, out: Output) -> int:
+    name = ImageName.parse(args.name)
+    tags = list_tags(name, system_context(args))
+    out.result({"Repository": str(name), "Tags": tags}, "\n".join(tags))
+    return 0
+
+
+def _delete(args: argparse.Namespace, out: Output) -> int:
+    name = ImageName.parse(args.name)
+    digest = delete_image(name, system_context(args))
+    out.result({"deleted": str(name), "digest": digest}, f"Deleted {name} ({digest})")
+    return 0
+
+
+def _sync(args: argparse.Namespace, out: Output) -> int:
+    src_ctx = system_context(args, "src-")
+    if args.source.startswith("docker://"):
+        items = plan_from_repository(args.source, args.destination, src_ctx, scoped=args.scoped)
+    else:
+        items = plan_from_yaml(Path(args.source), args.destination, src_ctx, scoped=args.scoped)
+    if args.dry_run:
+        plan = [{"source": str(i.source), "destination": str(i.destination)} for i in items]
+        out.result(plan, "\n".join(f"{p['source']} -> {p['destination']}" for p in plan))
+        return 0
+    outcomes = run_sync(
+        items,
+        system_context(args, "dest-"),
+        _copy_options(args),
+        keep_going=args.keep_going,
+        progress_for=lambda _item: out.progress(),
+    )
+    failed = [o for o in outcomes if o.error is not None]
+    lines = [
+        f"{'FAILED' if o.error else 'ok':6} {o.item.source} -> {o.item.destination}"
+        + (f": {o.error.message}" if o.error else "")
+        for o in outcomes
+    ]
+    lines.append(f"{len(outcomes) - len(failed)} of {len(items)} images synced")
+    out.result([o.to_json() for o in outcomes], "\n".join(lines))
+    if failed:
+        return max(o.error.exit_code for o in failed if o.error)
+    return 0

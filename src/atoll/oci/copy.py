@@ -1,0 +1,453 @@
+"""The copy engine: move one image (or a whole index) between any two transports.
+
+Order of work, which is what makes a failed copy leave nothing visible:
+
+1. read the top-level manifest; pick the platform's image from an index unless
+   ``all_images`` is set;
+2. copy every blob (configs and layers), several at once, each verified by the
+   destination before it becomes visible; blobs the destination has are skipped,
+   blobs on the same registry are mounted;
+3. write instance manifests, then the top-level manifest;
+4. commit: only now does a tag, ``index.json`` entry or archive name point at it.
+
+Without a format change the manifest bytes are written as they were read, so
+the digest is preserved.  ``dest_compression`` re-compresses layers and so
+rewrites manifests (and, for zstd, turns Docker manifests into OCI ones).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import threading
+import zlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+from atoll.errors import (
+    AtollError,
+    ConflictError,
+    DigestMismatchError,
+    LayerError,
+    ManifestError,
+    from_oserror,
+)
+from atoll.fsutil import write_atomic
+from atoll.oci.context import SystemContext
+from atoll.oci.digest import Digest
+from atoll.oci.manifest import (
+    Compression,
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    MediaType,
+    layer_compression,
+    parse_manifest,
+)
+from atoll.oci.transports import ImageName, open_destination, open_source
+from atoll.oci.transports.base import CHUNK_SIZE, ImageDestination, ImageSource
+from atoll.progress import NullProgress, ProgressSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    all_images: bool = False
+    preserve_digests: bool = False
+    dest_compression: Compression | None = None
+
+
+@dataclass
+class CopyResult:
+    source: str
+    destination: str
+    digest: Digest
+    media_type: str
+    images: int = 0
+    blobs: int = 0
+    blobs_copied: int = 0
+    blobs_skipped: int = 0
+    blobs_mounted: int = 0
+    bytes_copied: int = 0
+    converted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "digest": str(self.digest),
+            "mediaType": self.media_type,
+            "images": self.images,
+            "blobs": self.blobs,
+            "blobsCopied": self.blobs_copied,
+            "blobsSkipped": self.blobs_skipped,
+            "blobsMounted": self.blobs_mounted,
+            "bytesCopied": self.bytes_copied,
+            "converted": self.converted,
+        }
+
+
+def copy_image(
+    src: ImageName,
+    dst: ImageName,
+    *,
+    src_ctx: SystemContext | None = None,
+    dst_ctx: SystemContext | None = None,
+    options: CopyOptions | None = None,
+    progress: ProgressSink | None = None,
+    digestfile: Path | None = None,
+) -> CopyResult:
+    src_ctx = src_ctx or SystemContext()
+    dst_ctx = dst_ctx or src_ctx
+    options = options or CopyOptions()
+    progress = progress or NullProgress()
+    with open_source(src, src_ctx) as source:
+        destination = open_destination(dst, dst_ctx)
+        with destination:
+            copier = _Copier(source, destination, src_ctx, dst_ctx, options, progress)
+            ok = False
+            try:
+                result = copier.run(str(src), str(dst))
+                destination.commit()
+                ok = True
+            finally:
+                progress.end(ok)
+    if digestfile is not None:
+        write_atomic(digestfile, str(result.digest).encode())
+    return result
+
+
+class _Copier:
+    def __init__(
+        self,
+        source: ImageSource,
+        destination: ImageDestination,
+        src_ctx: SystemContext,
+        dst_ctx: SystemContext,
+        options: CopyOptions,
+        progress: ProgressSink,
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.src_ctx = src_ctx
+        self.options = options
+        self.progress = progress
+        self.pool = ThreadPoolExecutor(max(1, min(src_ctx.parallel, dst_ctx.parallel)))
+        self._blob_futures: dict[Digest, Future[Descriptor]] = {}
+        self._lock = threading.Lock()
+        self.stats = _Stats()
+
+    def run(self, src_text: str, dst_text: str) -> CopyResult:
+        try:
+            raw, declared = self.source.get_manifest(None)
+            top = parse_manifest(raw, declared, where=self.source.description)
+            if isinstance(top, ImageIndex):
+                if self.options.all_images:
+                    raw, media_type = self._copy_index(top)
+                else:
+                    desc = top.select(self.src_ctx.platform)
+                    child = self._fetch_instance(desc)
+                    raw, media_type = self._copy_image(child, top_level=True)
+            else:
+                raw, media_type = self._copy_image(top, top_level=True)
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        return CopyResult(
+            source=src_text,
+            destination=dst_text,
+            digest=Digest.of(raw),
+            media_type=media_type,
+            images=self.stats.images,
+            blobs=len(self._blob_futures),
+            blobs_copied=self.stats.copied,
+            blobs_skipped=self.stats.skipped,
+            blobs_mounted=self.stats.mounted,
+            bytes_copied=self.stats.bytes,
+            converted=self.stats.converted,
+        )
+
+    def _fetch_instance(self, desc: Descriptor) -> ImageManifest:
+        raw, declared = self.source.get_manifest(desc.digest)
+        if Digest.of(raw, desc.digest.algorithm) != desc.digest:
+            raise DigestMismatchError(
+                f"{self.source.description}: manifest {desc.digest} does not match its digest"
+            )
+        where = f"{self.source.description}@{desc.digest}"
+        manifest = parse_manifest(raw, declared or desc.media_type, where=where)
+        if not isinstance(manifest, ImageManifest):
+            raise ManifestError(f"{where}: nested indexes are not supported")
+        return manifest
+
+    def _copy_index(self, index: ImageIndex) -> tuple[bytes, str]:
+        children = [self._fetch_instance(d) for d in index.manifests]
+        self._begin(sum(len(_unique_blobs(c)) for c in children))
+        new_descs: list[Descriptor] = []
+        for desc, child in zip(index.manifests, children, strict=True):
+            raw, media_type = self._copy_image(child, top_level=False, begun=True)
+            new_descs.append(
+                replace(desc, digest=Digest.of(raw), size=len(raw), media_type=media_type)
+            )
+        if all(n == o for n, o in zip(new_descs, index.manifests, strict=True)):
+            raw, media_type = index.raw, index.media_type
+        else:
+            raw, media_type = _rewrite_index(index, new_descs)
+        self.destination.put_manifest(raw, media_type, top_level=True)
+        return raw, media_type
+
+    def _begin(self, steps: int) -> None:
+        self.progress.begin(
+            "copy",
+            f"Copying {self.source.description} to {self.destination.description}",
+            self.destination.description,
+            steps,
+        )
+
+    def _copy_image(
+        self, manifest: ImageManifest, *, top_level: bool, begun: bool = False
+    ) -> tuple[bytes, str]:
+        self.stats.images += 1
+        convert = self._conversion_for(manifest)
+        if not begun:
+            self._begin(len(_unique_blobs(manifest)))
+        futures = [self._schedule(d, "config", None) for d in [manifest.config]]
+        futures += [self._schedule(d, "layer", convert) for d in manifest.layers]
+        new_blobs = [f.result() for f in futures]
+        if convert is None:
+            raw, media_type = manifest.raw, manifest.media_type
+        else:
+            raw, media_type = _rewrite_manifest(manifest, new_blobs, convert)
+            self.stats.converted = True
+        self.destination.put_manifest(raw, media_type, top_level=top_level)
+        return raw, media_type
+
+    def _conversion_for(self, manifest: ImageManifest) -> Compression | None:
+        want = self.options.dest_compression
+        if want is None:
+            return None
+        needs = any(
+            layer_compression(layer.media_type) != want
+            and layer.media_type != MediaType.DOCKER_FOREIGN_LAYER
+            for layer in manifest.layers
+        )
+        if not needs and not (
+            want is Compression.ZSTD and manifest.media_type == MediaType.DOCKER_MANIFEST
+        ):
+            return None
+        if self.options.preserve_digests:
+            raise ConflictError(
+                f"cannot compress layers as {want} and preserve digests "
+                f"({self.source.description} has layers in another format)",
+                hint="drop --preserve-digests or --dest-compress-format",
+            )
+        return want
+
+    def _schedule(
+        self, desc: Descriptor, kind: str, convert: Compression | None
+    ) -> Future[Descriptor]:
+        with self._lock:
+            future = self._blob_futures.get(desc.digest)
+            if future is None:
+                self.progress.subtask(
+                    str(desc.digest), kind, f"{kind} {desc.digest.short}", desc.size
+                )
+                future = self.pool.submit(self._copy_blob, desc, convert)
+                self._blob_futures[desc.digest] = future
+            return future
+
+    def _copy_blob(self, desc: Descriptor, convert: Compression | None) -> Descriptor:
+        ident = str(desc.digest)
+        if (
+            convert is not None
+            and layer_compression(desc.media_type) != convert
+            and desc.media_type != MediaType.DOCKER_FOREIGN_LAYER
+        ):
+            return self._recompress(desc, convert)
+        if self.destination.has_blob(desc):
+            self.stats.add(skipped=1)
+            self.progress.done(ident, cached=True)
+            return desc
+        origin = self.source.mount_origin
+        if origin is not None and self.destination.mount_blob(desc, origin):
+            self.stats.add(mounted=1)
+            self.progress.done(ident, cached=True)
+            return desc
+        with self.source.open_blob(desc) as chunks:
+            try:
+                self.destination.put_blob(desc, self._counted(ident, chunks))
+            except DigestMismatchError as exc:
+                raise DigestMismatchError(
+                    f"{self.source.description}: blob {desc.digest}: {_reason(exc)}"
+                ) from exc
+        self.stats.add(copied=1, nbytes=desc.size)
+        self.progress.done(ident)
+        return desc
+
+    def _counted(self, ident: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.progress.advance(ident, len(chunk))
+            yield chunk
+
+    def _recompress(self, desc: Descriptor, want: Compression) -> Descriptor:
+        """Decompress a layer, verifying it, and compress it as *want* in a temp file."""
+        ident = str(desc.digest)
+        with tempfile.TemporaryFile(dir=self.src_ctx.tmpdir) as tmp:
+            compressed_hash = desc.digest.hasher()
+            count = 0
+            try:
+                with self.source.open_blob(desc) as chunks:
+                    verified = _verify_stream(chunks, desc, self.source.description)
+                    plain = _decompress(
+                        self._counted(ident, verified), layer_compression(desc.media_type)
+                    )
+                    for piece in _compress(plain, want):
+                        tmp.write(piece)
+                        compressed_hash.update(piece)
+                        count += len(piece)
+            except OSError as exc:
+                raise from_oserror(exc, "a temporary file for layer conversion") from exc
+            new = Descriptor(
+                _layer_media_type(want),
+                Digest(desc.digest.algorithm, compressed_hash.hexdigest()),
+                count,
+                annotations=desc.annotations,
+            )
+            if not self.destination.has_blob(new):
+                tmp.seek(0)
+                self.destination.put_blob(new, _read_chunks(tmp))
+        self.stats.add(copied=1, nbytes=count)
+        self.progress.done(ident)
+        return new
+
+
+@dataclass
+class _Stats:
+    images: int = 0
+    copied: int = 0
+    skipped: int = 0
+    mounted: int = 0
+    bytes: int = 0
+    converted: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, *, copied: int = 0, skipped: int = 0, mounted: int = 0, nbytes: int = 0) -> None:
+        with self._lock:
+            self.copied += copied
+            self.skipped += skipped
+            self.mounted += mounted
+            self.bytes += nbytes
+
+
+def _reason(exc: AtollError) -> str:
+    text = exc.message
+    return text.split(": ", 1)[-1] if ": " in text else text
+
+
+def _unique_blobs(manifest: ImageManifest) -> set[Digest]:
+    return {d.digest for d in manifest.blobs()}
+
+
+def _read_chunks(fh: IO[bytes]) -> Iterator[bytes]:
+    while chunk := fh.read(CHUNK_SIZE):
+        yield chunk
+
+
+def _verify_stream(chunks: Iterable[bytes], desc: Descriptor, where: str) -> Iterator[bytes]:
+    from atoll.oci.digest import Verifier
+
+    verifier = Verifier(desc.digest, desc.size, f"{where}: blob {desc.digest}")
+    for chunk in chunks:
+        verifier.update(chunk)
+        yield chunk
+    verifier.verify()
+
+
+def _decompress(chunks: Iterable[bytes], compression: Compression) -> Iterator[bytes]:
+    if compression is Compression.NONE:
+        yield from chunks
+        return
+    try:
+        if compression is Compression.GZIP:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            for chunk in chunks:
+                yield inflater.decompress(chunk)
+                # Concatenated gzip members are valid gzip; keep going.
+                while inflater.eof and inflater.unused_data:
+                    rest = inflater.unused_data
+                    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    yield inflater.decompress(rest)
+            yield inflater.flush()
+            return
+        reader = zstandard.ZstdDecompressor().decompressobj()
+        for chunk in chunks:
+            yield reader.decompress(chunk)
+    except (zlib.error, zstandard.ZstdError) as exc:
+        raise LayerError(f"layer is not valid {compression} data: {exc}") from None
+
+
+def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:
+    if want is Compression.GZIP:
+        deflater = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        for chunk in chunks:
+            yield deflater.compress(chunk)
+        yield deflater.flush()
+    elif want is Compression.ZSTD:
+        compressor = zstandard.ZstdCompressor(level=3).compressobj()
+        for chunk in chunks:
+            yield compressor.compress(chunk)
+        yield compressor.flush()
+    else:
+        yield from chunks
+
+
+def _layer_media_type(want: Compression) -> str:
+    return {
+        Compression.GZIP: MediaType.OCI_LAYER_GZIP,
+        Compression.ZSTD: MediaType.OCI_LAYER_ZSTD,
+        Compression.NONE: MediaType.OCI_LAYER,
+    }[want]
+
+
+def _rewrite_manifest(
+    manifest: ImageManifest, blobs: list[Descriptor], want: Compression
+) -> tuple[bytes, str]:
+    data = json.loads(manifest.raw)
+    to_oci = manifest.media_type == MediaType.DOCKER_MANIFEST and want is Compression.ZSTD
+    docker = manifest.media_type == MediaType.DOCKER_MANIFEST and not to_oci
+    layers = []
+    for old, new in zip(data["layers"], blobs[1:], strict=True):
+        entry = dict(old)
+        entry.update(digest=str(new.digest), size=new.size)
+        if new.media_type != MediaType.DOCKER_FOREIGN_LAYER:
+            entry["mediaType"] = MediaType.DOCKER_LAYER_GZIP if docker else new.media_type
+        layers.append(entry)
+    data["layers"] = layers
+    media_type = manifest.media_type
+    if to_oci:
+        media_type = MediaType.OCI_MANIFEST
+        data["mediaType"] = media_type
+        data["config"]["mediaType"] = MediaType.OCI_CONFIG
+    return json.dumps(data, separators=(",", ":")).encode(), media_type
+
+
+def _rewrite_index(index: ImageIndex, descs: list[Descriptor]) -> tuple[bytes, str]:
+    data = json.loads(index.raw)
+    entries = []
+    for old, new in zip(data["manifests"], descs, strict=True):
+        entry = dict(old)
+        entry.update(digest=str(new.digest), size=new.size, mediaType=new.media_type)
+        entries.append(entry)
+    data["manifests"] = entries
+    media_type = index.media_type
+    if media_type == MediaType.DOCKER_LIST and any(
+        d.media_type == MediaType.OCI_MANIFEST for d in descs
+    ):
+        media_type = MediaType.OCI_INDEX
+        data["mediaType"] = media_type
+    return json.dumps(data, separators=(",", ":")).encode(), media_type

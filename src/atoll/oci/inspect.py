@@ -1,0 +1,111 @@
+"""``atoll image inspect``: what an image is, read from its manifest and config.
+
+The JSON document (``atoll image inspect --json``) is stable; its fields follow
+``skopeo inspect`` where skopeo has one, and add atoll's own (``Bootable``,
+``Version``, ``MediaType``)::
+
+    {"Name": "...", "Digest": "sha256:...", "RepoTags": [...], "Created": "...",
+     "Architecture": "amd64", "Os": "linux", "Variant": null,
+     "Labels": {...}, "Env": [...], "Layers": ["sha256:..."],
+     "LayersData": [{"MIMEType": "...", "Digest": "...", "Size": 1, "Annotations": {}}],
+     "MediaType": "...", "Version": "1.2" | null, "Bootable": false}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from atoll.errors import DigestMismatchError, ManifestError
+from atoll.oci.context import SystemContext
+from atoll.oci.digest import Digest
+from atoll.oci.manifest import ImageConfig, ImageIndex, ImageManifest, parse_config, parse_manifest
+from atoll.oci.transports import ImageName, Transport, open_source
+from atoll.oci.transports.base import ImageSource
+
+
+@dataclass(frozen=True)
+class ImageInspection:
+    name: str
+    digest: Digest
+    media_type: str
+    manifest: ImageManifest
+    config: ImageConfig
+    tags: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "Name": self.name,
+            "Digest": str(self.digest),
+            "RepoTags": list(self.tags),
+            "Created": cfg.created,
+            "Architecture": cfg.architecture,
+            "Os": cfg.os,
+            "Variant": cfg.variant,
+            "Labels": dict(cfg.labels),
+            "Env": list(cfg.env),
+            "Layers": [str(layer.digest) for layer in self.manifest.layers],
+            "LayersData": [
+                {
+                    "MIMEType": layer.media_type,
+                    "Digest": str(layer.digest),
+                    "Size": layer.size,
+                    "Annotations": dict(layer.annotations),
+                }
+                for layer in self.manifest.layers
+            ],
+            "MediaType": self.media_type,
+            "Version": cfg.version,
+            "Bootable": cfg.bootable,
+        }
+
+
+def read_raw_manifest(name: ImageName, ctx: SystemContext) -> bytes:
+    with open_source(name, ctx) as source:
+        raw, _ = source.get_manifest(None)
+        return raw
+
+
+def inspect_image(
+    name: ImageName, ctx: SystemContext, *, list_tags: bool = True
+) -> ImageInspection:
+    with open_source(name, ctx) as source:
+        raw, declared = source.get_manifest(None)
+        top = parse_manifest(raw, declared, where=source.description)
+        digest = Digest.of(raw)
+        if isinstance(top, ImageIndex):
+            desc = top.select(ctx.platform)
+            raw, declared = source.get_manifest(desc.digest)
+            if Digest.of(raw, desc.digest.algorithm) != desc.digest:
+                raise DigestMismatchError(
+                    f"{source.description}: manifest {desc.digest} does not match its digest"
+                )
+            child = parse_manifest(raw, declared or desc.media_type, where=source.description)
+            if not isinstance(child, ImageManifest):
+                raise ManifestError(f"{source.description}: nested indexes are not supported")
+            manifest = child
+        else:
+            manifest = top
+        config = parse_config(read_config(source, manifest), where=source.description)
+    tags: tuple[str, ...] = ()
+    if list_tags and name.transport is Transport.DOCKER:
+        from atoll.oci.catalog import list_tags as _list_tags
+
+        tags = tuple(_list_tags(name, ctx))
+    display = str(name.reference.name) if name.reference is not None else str(name)
+    return ImageInspection(display, digest, top.media_type, manifest, config, tags)
+
+
+def read_config(source: ImageSource, manifest: ImageManifest) -> bytes:
+    from atoll.oci.digest import Verifier
+
+    desc = manifest.config
+    verifier = Verifier(desc.digest, desc.size, f"{source.description}: config {desc.digest}")
+    parts = []
+    with source.open_blob(desc) as chunks:
+        for chunk in chunks:
+            verifier.update(chunk)
+            parts.append(chunk)
+    verifier.verify()
+    return b"".join(parts)

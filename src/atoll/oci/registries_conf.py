@@ -1,0 +1,283 @@
+"""Per-registry settings from containers-registries.conf(5), and TLS files from certs.d.
+
+Which file is read::
+
+    ctx.registries_conf                       (a test or --registries-conf)
+    else $CONTAINERS_REGISTRIES_CONF          (from ctx.environ)
+    else /etc/containers/registries.conf
+    then DIR/registries.conf.d/*.conf         (DIR is the file's directory; name order)
+
+The v2 format, which atoll reads (the v1 ``[registries.insecure]`` and
+``[registries.block]`` lists are read too, as containers/image does)::
+
+    [[registry]]
+    prefix = "registry.example.com/team"      # optional; defaults to location
+    location = "registry.example.com"
+    insecure = true                           # plain HTTP allowed, TLS not verified
+    blocked = false                           # refuse to pull from or push to it
+
+A prefix matches a reference when the reference starts with it and the next
+character ends the name part (end, ``/``, ``:`` or ``@``); ``*.example.com``
+matches every subdomain.  The longest matching prefix wins.  A drop-in file
+replaces entries with the same prefix and appends the others.
+
+TLS files for a registry ``HOST[:PORT]`` come from ``ctx.cert_dir`` if given,
+else from the first of these directories that exists::
+
+    $XDG_CONFIG_HOME/containers/certs.d/HOST[:PORT]/   (default ~/.config)
+    /etc/containers/certs.d/HOST[:PORT]/
+    /etc/docker/certs.d/HOST[:PORT]/
+
+Every ``*.crt`` there is a CA trusted in addition to the system store; each
+``NAME.cert`` with its ``NAME.key`` is a client certificate.
+"""
+
+from __future__ import annotations
+
+import ssl
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atoll.errors import InvalidInputError
+from atoll.oci.context import SystemContext
+
+DEFAULT_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
+DROP_IN_DIR = "registries.conf.d"
+SYSTEM_CERT_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One ``[[registry]]`` table."""
+
+    prefix: str
+    location: str
+    insecure: bool = False
+    blocked: bool = False
+    #: The file that declared it, for messages.
+    source: Path | None = None
+
+    def matches(self, name: str) -> bool:
+        """Does this entry apply to *name* (a host or ``host/repo[:tag]``)?"""
+        if self.prefix.startswith("*."):
+            host = name.split("/", 1)[0].split(":", 1)[0]
+            return host.endswith(self.prefix[1:])
+        if not name.startswith(self.prefix):
+            return False
+        rest = name[len(self.prefix) :]
+        return not rest or rest[0] in "/:@"
+
+
+@dataclass(frozen=True)
+class RegistriesConf:
+    entries: tuple[RegistryEntry, ...] = ()
+    #: Files read, in order (the main file first, then drop-ins).
+    sources: tuple[Path, ...] = ()
+
+    def find(self, name: str) -> RegistryEntry | None:
+        """The entry with the longest prefix matching *name*, if any."""
+        best: RegistryEntry | None = None
+        for entry in self.entries:
+            if entry.matches(name) and (best is None or _specificity(entry) > _specificity(best)):
+                best = entry
+        return best
+
+    def is_insecure(self, registry: str) -> bool:
+        entry = self.find(registry)
+        return entry is not None and entry.insecure
+
+    def is_blocked(self, name: str) -> bool:
+        """True if *name* (a registry host or ``host/repository``) is blocked."""
+        entry = self.find(name)
+        return entry is not None and entry.blocked
+
+
+def _specificity(entry: RegistryEntry) -> int:
+    # A wildcard loses against an exact host of the same length.
+    return len(entry.prefix) * 2 - (1 if entry.prefix.startswith("*.") else 0)
+
+
+def registries_conf_path(ctx: SystemContext) -> Path:
+    if ctx.registries_conf is not None:
+        return ctx.registries_conf
+    from_env = ctx.environ.get("CONTAINERS_REGISTRIES_CONF")
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_REGISTRIES_CONF
+
+
+def load_registries_conf(ctx: SystemContext) -> RegistriesConf:
+    """Read the registries.conf *ctx* names and its drop-ins; missing files are empty."""
+    main = registries_conf_path(ctx)
+    files = [main] if main.is_file() else []
+    drop_ins = main.parent / DROP_IN_DIR
+    if drop_ins.is_dir():
+        files.extend(sorted(p for p in drop_ins.glob("*.conf") if p.is_file()))
+    by_prefix: dict[str, RegistryEntry] = {}
+    for path in files:
+        for entry in _read_file(path):
+            # Replacing a key keeps its first position, so order stays stable.
+            by_prefix[entry.prefix] = entry
+    return RegistriesConf(tuple(by_prefix.values()), tuple(files))
+
+
+def parse_registries_conf(text: str, path: Path) -> list[RegistryEntry]:
+    """Entries declared in one file's *text*; *path* is used in messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # The message ends with "(at line N, column M)".
+        raise InvalidInputError(
+            f"{path}: invalid TOML: {exc}",
+            hint="see containers-registries.conf(5) for the format",
+        ) from None
+    entries = [_v2_entry(table, path, i) for i, table in enumerate(_tables(data, path))]
+    entries.extend(_v1_entries(data, path))
+    return entries
+
+
+def _read_file(path: Path) -> list[RegistryEntry]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path}: cannot read registries.conf: {exc}") from None
+    return parse_registries_conf(text, path)
+
+
+def _tables(data: Mapping[str, Any], path: Path) -> list[Mapping[str, Any]]:
+    tables = data.get("registry", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise InvalidInputError(
+            f"{path}: 'registry' must be an array of tables, written [[registry]]"
+        )
+    return tables
+
+
+def _v2_entry(table: Mapping[str, Any], path: Path, index: int) -> RegistryEntry:
+    where = f"{path}: [[registry]] number {index + 1}"
+    location = table.get("location", "")
+    prefix = table.get("prefix", "")
+    for key, value in (("location", location), ("prefix", prefix)):
+        if not isinstance(value, str):
+            raise InvalidInputError(f"{where}: {key!r} must be a string")
+    for key in ("insecure", "blocked"):
+        if not isinstance(table.get(key, False), bool):
+            raise InvalidInputError(f"{where}: {key!r} must be true or false")
+    if not location and not prefix:
+        raise InvalidInputError(f"{where}: needs a 'location' or a 'prefix'")
+    location = location.removeprefix("https://").removeprefix("http://").rstrip("/")
+    prefix = (prefix or location).removeprefix("https://").removeprefix("http://").rstrip("/")
+    return RegistryEntry(
+        prefix=prefix,
+        location=location or prefix,
+        insecure=bool(table.get("insecure", False)),
+        blocked=bool(table.get("blocked", False)),
+        source=path,
+    )
+
+
+def _v1_entries(data: Mapping[str, Any], path: Path) -> Iterable[RegistryEntry]:
+    section = data.get("registries")
+    if not isinstance(section, dict):
+        return []
+    flags: dict[str, dict[str, bool]] = {}
+    for kind, attribute in (("insecure", "insecure"), ("block", "blocked")):
+        table = section.get(kind, {})
+        hosts = table.get("registries", []) if isinstance(table, dict) else None
+        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+            raise InvalidInputError(
+                f"{path}: [registries.{kind}] registries must be a list of strings"
+            )
+        for host in hosts:
+            flags.setdefault(host, {})[attribute] = True
+    return [
+        RegistryEntry(
+            prefix=host,
+            location=host,
+            insecure=f.get("insecure", False),
+            blocked=f.get("blocked", False),
+            source=path,
+        )
+        for host, f in flags.items()
+    ]
+
+
+# --- TLS --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """CA certificates and client certificate pairs found for one registry."""
+
+    directory: Path | None
+    ca_files: tuple[Path, ...] = ()
+    client_pairs: tuple[tuple[Path, Path], ...] = ()
+
+
+def cert_dir_candidates(registry: str, ctx: SystemContext) -> list[Path]:
+    if ctx.cert_dir is not None:
+        return [ctx.cert_dir]
+    config_home = ctx.environ.get("XDG_CONFIG_HOME") or str(
+        Path(ctx.environ.get("HOME") or Path.home()) / ".config"
+    )
+    user = Path(config_home) / "containers" / "certs.d"
+    return [base / registry for base in (user, *SYSTEM_CERT_DIRS)]
+
+
+def find_tls_files(registry: str, ctx: SystemContext) -> TLSFiles:
+    """The TLS files for *registry* (``HOST[:PORT]``), from the first directory that exists."""
+    for directory in cert_dir_candidates(registry, ctx):
+        if directory.is_dir():
+            return _scan_cert_dir(directory)
+    return TLSFiles(None)
+
+
+def _scan_cert_dir(directory: Path) -> TLSFiles:
+    try:
+        names = sorted(p.name for p in directory.iterdir())
+    except OSError as exc:
+        raise InvalidInputError(f"{directory}: cannot list certificate directory: {exc}") from None
+    cas = tuple(directory / n for n in names if n.endswith(".crt"))
+    pairs: list[tuple[Path, Path]] = []
+    for name in names:
+        if name.endswith(".cert"):
+            key = directory / (name.removesuffix(".cert") + ".key")
+            if not key.is_file():
+                raise InvalidInputError(
+                    f"{directory / name}: client certificate without its key {key.name}"
+                )
+            pairs.append((directory / name, key))
+        elif name.endswith(".key") and name.removesuffix(".key") + ".cert" not in names:
+            raise InvalidInputError(
+                f"{directory / name}: client key without its certificate "
+                f"{name.removesuffix('.key')}.cert"
+            )
+    return TLSFiles(directory, cas, tuple(pairs))
+
+
+def ssl_context(registry: str, ctx: SystemContext, *, verify: bool) -> ssl.SSLContext:
+    """An SSL context for *registry*: the system CAs plus certs.d, and client certificates.
+
+    With *verify* False the server's certificate is not checked (``insecure``),
+    but client certificates are still presented.
+    """
+    files = find_tls_files(registry, ctx)
+    context = ssl.create_default_context()
+    if verify:
+        for ca in files.ca_files:
+            try:
+                context.load_verify_locations(cafile=str(ca))
+            except (OSError, ssl.SSLError) as exc:
+                raise InvalidInputError(f"{ca}: not a usable CA certificate: {exc}") from None
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    for cert, key in files.client_pairs:
+        try:
+            context.load_cert_chain(str(cert), str(key))
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidInputError(f"{cert}: not a usable client certificate: {exc}") from None
+    return context
