@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 
 # Real parts atoll works with and tests against.
 APT_PACKAGES := python3 python3-venv ca-certificates docker-registry skopeo podman runc \
-	uidmap apache2-utils openssl zstd tar
+	uidmap apache2-utils openssl zstd tar busybox-static
 
 .PHONY: demo test lint typecheck unit integration slow bench deps system-deps venv clean
 

@@ -32,5 +32,8 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
-    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(tmp_path / "registries.conf"))
+    registries_conf = home / ".config" / "containers" / "registries.conf"
+    registries_conf.parent.mkdir(parents=True)
+    registries_conf.write_text("# per-test registries.conf; fixtures add entries\n")
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(registries_conf))
     yield

@@ -33,13 +33,13 @@ def atomic_writer(path: Path, mode: int = 0o644, *, durable: bool = True) -> Ite
     """Yield a file; on a clean exit it replaces *path* atomically."""
     tmp = temp_sibling(path)
     try:
-        with open(tmp, "xb") as fh:
+        with tmp.open("xb") as fh:
             yield fh
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        tmp.chmod(mode)
+        tmp.replace(path)
         if durable:
             fsync_dir(path.parent)
     except OSError as exc:

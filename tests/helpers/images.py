@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,11 +174,13 @@ def _pseudo_random(seed: str, size: int) -> bytes:
 
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return "sha256:" + h.hexdigest()
 
 
 def list_files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or os.path.islink(p))
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()
+    )

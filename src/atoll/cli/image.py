@@ -33,7 +33,7 @@ def human_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(commands: argparse._SubParsersAction[Any]) -> None:
     image = commands.add_parser("image", help="move and inspect OCI images")
     sub = image.add_subparsers(dest="image_command", metavar="COMMAND")
     sub.required = True

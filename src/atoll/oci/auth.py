@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 import threading
 import time
@@ -88,7 +87,9 @@ def auth_file_candidates(ctx: SystemContext) -> list[Path]:
     config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
     files.append(config_home / "containers" / "auth.json")
     docker_config = env.get("DOCKER_CONFIG")
-    files.append(Path(docker_config) / "config.json" if docker_config else home / ".docker" / "config.json")
+    files.append(
+        Path(docker_config) / "config.json" if docker_config else home / ".docker" / "config.json"
+    )
     files.append(home / ".dockercfg")
     return files
 
@@ -102,7 +103,9 @@ def login_file(ctx: SystemContext) -> Path:
         return Path(env["REGISTRY_AUTH_FILE"])
     if env.get("XDG_RUNTIME_DIR"):
         return Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json"
-    config_home = Path(env.get("XDG_CONFIG_HOME") or Path(env.get("HOME") or Path.home()) / ".config")
+    config_home = Path(
+        env.get("XDG_CONFIG_HOME") or Path(env.get("HOME") or Path.home()) / ".config"
+    )
     return config_home / "containers" / "auth.json"
 
 
@@ -235,7 +238,7 @@ def _store(path: Path, data: Mapping[str, Any]) -> None:
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(data, indent="\t") + "\n").encode(), mode=0o600)
-    os.chmod(path, 0o600)
+    path.chmod(0o600)
 
 
 # --- WWW-Authenticate -------------------------------------------------------------
@@ -263,7 +266,8 @@ class Challenge:
 
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|({_TOKEN}=*))\s*')
+# Unquoted values should be tokens, but some servers send bare URLs: take up to "," or space.
+_PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))\s*')
 _SCHEME_RE = re.compile(rf"\s*({_TOKEN})(?:\s+|$|(?=,))")
 
 

@@ -111,6 +111,11 @@ def copy_image(
     with open_source(src, src_ctx) as source:
         destination = open_destination(dst, dst_ctx)
         with destination:
+            if options.preserve_digests and not destination.preserves_digests:
+                raise ConflictError(
+                    f"{destination.description} re-encodes images, so digests cannot be preserved",
+                    hint="drop --preserve-digests, or copy to docker://, oci:, oci-archive: or dir:",
+                )
             copier = _Copier(source, destination, src_ctx, dst_ctx, options, progress)
             ok = False
             try:

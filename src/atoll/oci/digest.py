@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from atoll.errors import DigestMismatchError, InvalidReferenceError
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
+_HEX_RE = re.compile(r"[0-9a-f]+")
 _DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
 
 
@@ -16,6 +17,12 @@ _DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
 class Digest:
     algorithm: str
     hex: str
+
+    def __post_init__(self) -> None:
+        # A digest names files on disk: never let one hold anything but hex.
+        length = _HEX_LENGTH.get(self.algorithm)
+        if length is None or len(self.hex) != length or not _HEX_RE.fullmatch(self.hex):
+            raise InvalidReferenceError(f"invalid digest {self.algorithm}:{self.hex}")
 
     @classmethod
     def parse(cls, text: str) -> Digest:

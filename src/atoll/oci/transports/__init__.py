@@ -48,7 +48,8 @@ class ImageName:
         if not sep:
             raise InvalidReferenceError(
                 f"invalid image name {text!r}: no transport",
-                hint="write e.g. docker://registry/repo:tag, oci:DIR:TAG, oci-archive:FILE, dir:DIR",
+                hint="write e.g. docker://registry/repo:tag, oci:DIR:TAG, "
+                "oci-archive:FILE, dir:DIR",
             )
         try:
             transport = Transport(transport_text)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from atoll.errors import InvalidInputError, ManifestError, NotFoundError, from_oserror
-from atoll.fsutil import fsync_dir, temp_sibling
+from atoll.fsutil import fsync_dir, remove_tree, temp_sibling
 from atoll.oci.digest import Digest, Verifier
 from atoll.oci.manifest import Descriptor
 from atoll.oci.transports.base import CHUNK_SIZE
@@ -174,12 +174,9 @@ def replace_dir(new: Path, target: Path) -> None:
 
     *target* may be absent, an empty directory (rename(2) replaces it) or a
     directory tree, which is swapped out atomically and then removed."""
-    from atoll.fsutil import remove_tree
-
     try:
-        if not target.exists():
-            new.rename(target)
-        elif not any(target.iterdir()):
+        if not target.exists() or not any(target.iterdir()):
+            # rename(2) replaces an empty directory by itself.
             new.rename(target)
         elif exchange(new, target):
             # *new* now holds the old tree.

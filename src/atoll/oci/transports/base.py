@@ -73,8 +73,9 @@ class ImageDestination(abc.ABC):
     description: str
     #: False for destinations that can only hold Docker schema 2 images.
     accepts_oci: bool = True
-    #: True when the destination must store manifests as they are (no conversion).
-    must_preserve_digests: bool = False
+    #: False when the destination re-encodes what it stores (podman storage),
+    #: so the image's digest cannot be kept.
+    preserves_digests: bool = True
 
     @abc.abstractmethod
     def has_blob(self, desc: Descriptor) -> bool:

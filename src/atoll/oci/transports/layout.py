@@ -53,14 +53,13 @@ from atoll.errors import (
     UnsupportedError,
     from_oserror,
 )
-from atoll.fsutil import TMP_PREFIX, fsync_dir, remove_tree, temp_sibling, write_atomic
+from atoll.fsutil import fsync_dir, remove_tree, temp_sibling, write_atomic
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import (
     MANIFEST_TYPES,
     Descriptor,
     ImageIndex,
-    ImageManifest,
     MediaType,
     detect_media_type,
     parse_manifest,
@@ -282,7 +281,7 @@ def read_layout_index(root: Path) -> ImageIndex:
     )
 
 
-def list_refs(root: Path) -> list[str]:
+def list_ref_names(root: Path) -> list[str]:
     """The ref names of the layout at *root*, in ``index.json`` order
     (what ``atoll image tags oci:DIR`` prints)."""
     return _unique_names(read_layout_index(root).manifests)
@@ -305,31 +304,37 @@ def _index_json(data: dict[str, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class RefDeletion:
-    """What :func:`delete_ref` removed."""
+    """What :func:`delete_ref` removed; ``str()`` gives the deleted image's digest."""
 
-    ref_name: str
+    ref_name: str | None
     descriptor: Descriptor
     removed_blobs: tuple[Digest, ...]
 
+    def __str__(self) -> str:
+        return str(self.descriptor.digest)
 
-def delete_ref(root: Path, ref_name: str) -> RefDeletion:
-    """Remove the image named *ref_name* from the layout at *root*.
 
-    The ``index.json`` entry goes first (atomically); then the blobs that were
+def delete_ref(root: Path, ref_name: str | None) -> RefDeletion:
+    """Remove the image ``oci:ROOT[:REF_NAME]`` names from the layout at *root*.
+
+    Without a name, the layout's only image (as when reading).  The
+    ``index.json`` entry goes first (atomically); then the blobs that were
     reachable from it and are reachable from no remaining entry.  Blobs that
     no entry ever reached are left alone: they may belong to a copy in
     progress that has not committed yet."""
     read = _blob_reader(root)
+    where = f"oci:{root}"
     with locked_dir(root):
         index = read_layout_index(root)
+        target = select_entry(index.manifests, ref_name, where)
         data = json.loads(index.raw)
         pairs = list(zip(data["manifests"], index.manifests, strict=True))
-        gone = [desc for _, desc in pairs if ref_name_of(desc) == ref_name]
-        kept = [(raw, desc) for raw, desc in pairs if ref_name_of(desc) != ref_name]
-        if not gone:
-            shown = ", ".join(_unique_names(index.manifests)) or "none"
-            raise NotFoundError(f"oci:{root}: no image named {ref_name!r} (names: {shown})")
-        where = f"oci:{root}"
+        if ref_name is None:
+            gone = [target]
+            kept = [(raw, desc) for raw, desc in pairs if desc is not target]
+        else:
+            gone = [desc for _, desc in pairs if ref_name_of(desc) == ref_name]
+            kept = [(raw, desc) for raw, desc in pairs if ref_name_of(desc) != ref_name]
         # Walk both sides before changing anything, so a malformed manifest
         # stops the deletion instead of leaving it half done.
         before = reachable_blobs(gone, read, where)
@@ -348,7 +353,7 @@ def delete_ref(root: Path, ref_name: str) -> RefDeletion:
         removed.append(digest)
     for alg_dir in {blob_path(root, d).parent for d in removed}:
         fsync_dir(alg_dir)
-    return RefDeletion(ref_name, gone[0], tuple(removed))
+    return RefDeletion(ref_name, target, tuple(removed))
 
 
 def merge_entry(entries: list[dict[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:
@@ -367,6 +372,15 @@ def merge_entry(entries: list[dict[str, Any]], new: dict[str, Any]) -> list[dict
             return out
     out.append(new)
     return out
+
+
+def _index_data(root: Path) -> dict[str, Any]:
+    """The JSON of the layout's ``index.json``, validated; a new one if there is none
+    yet (containers/image also accepts a layout holding only ``oci-layout``)."""
+    if not (root / INDEX_FILE).exists():
+        return {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX.value, "manifests": []}
+    data: dict[str, Any] = json.loads(read_layout_index(root).raw)
+    return data
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -412,7 +426,7 @@ class LayoutDestination(ImageDestination):
                     hint="choose a new or empty directory",
                 )
             # Fail before writing anything if the index cannot be updated later.
-            read_layout_index(self.root)
+            _index_data(self.root)
             self._work = self.root
 
     def _blob_target(self, digest: Digest) -> Path:
@@ -453,14 +467,7 @@ class LayoutDestination(ImageDestination):
         if self.ref_name:
             entry["annotations"] = {REF_NAME_ANNOTATION: self.ref_name}
         with locked_dir(self._work):
-            if self._new:
-                data: dict[str, Any] = {
-                    "schemaVersion": 2,
-                    "mediaType": MediaType.OCI_INDEX.value,
-                    "manifests": [],
-                }
-            else:
-                data = json.loads(read_layout_index(self._work).raw)
+            data = _index_data(self._work)
             data["manifests"] = merge_entry(list(data["manifests"]), entry)
             write_atomic(self._work / INDEX_FILE, _index_json(data))
         if self._new:
@@ -482,8 +489,8 @@ class LayoutDestination(ImageDestination):
             remove_tree(self._work)
             return
         try:
-            index = read_layout_index(self.root)
-            in_use = reachable_blobs(index.manifests, _blob_reader(self.root), self.description)
+            entries = parse_index(_index_json(_index_data(self.root)), self.description).manifests
+            in_use = reachable_blobs(entries, _blob_reader(self.root), self.description)
         except AtollError:
             # Cannot tell which blobs are in use: keep them, they are verified and harmless.
             return
@@ -497,12 +504,3 @@ class LayoutDestination(ImageDestination):
     def _check_open(self) -> None:
         if self._finished:
             raise AtollError(f"{self.description}: destination already committed or aborted")
-
-
-def leftover_temp_files(root: Path) -> list[Path]:
-    """Temporary blobs an interrupted atoll left in a layout (safe to delete
-    when no copy into the layout is running)."""
-    blobs = root / BLOBS_DIR
-    if not blobs.is_dir():
-        return []
-    return sorted(p for p in blobs.glob(f"*/{TMP_PREFIX}*") if p.is_file())

@@ -1,0 +1,99 @@
+"""A local CNCF Distribution registry (Debian's ``docker-registry``) on loopback,
+for the demo and for trying atoll out by hand."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from atoll.errors import CommandError
+from atoll.run import base_environment, find_tool
+
+_CONFIG = """\
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LocalRegistry:
+    """``docker-registry serve`` on 127.0.0.1, plain HTTP, deletes enabled."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        binary = find_tool("docker-registry")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.yml"
+        config.write_text(_CONFIG.format(root=self.workdir / "storage", port=self.port))
+        log = (self.workdir / "registry.log").open("wb")
+        self._proc = subprocess.Popen(
+            [binary, "serve", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=base_environment(),
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise CommandError(
+                    f"docker-registry exited with code {self._proc.returncode}; "
+                    f"see {self.workdir / 'registry.log'}",
+                    argv=[binary, "serve", str(config)],
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise CommandError(f"docker-registry did not answer on {self.host} within {timeout} s")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> LocalRegistry:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

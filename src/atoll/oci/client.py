@@ -1,0 +1,821 @@
+"""A client for the OCI distribution API (``/v2/``), as skopeo and podman speak it.
+
+How a :class:`RegistryClient` talks to ``HOST[:PORT]``:
+
+1. **Scheme.**  HTTPS with the system CAs plus certs.d.  If registries.conf
+   marks the registry ``insecure`` or ``ctx.tls_verify`` is False: HTTPS
+   without verification, then plain HTTP.  The first that answers ``/v2/``
+   with 200 or 401 is kept for the life of the client.
+2. **Authentication.**  The ``/v2/`` ping tells the scheme.  ``Basic``: the
+   credentials are sent with every request.  ``Bearer``: a token is fetched
+   from the realm (``GET realm?service=S&scope=repository:NAME:pull[,push]``,
+   with Basic credentials when there are any, else anonymously), cached per
+   scope set until shortly before ``expires_in``, and sent as
+   ``Authorization: Bearer``.  A 401 on a request fetches a fresh token once,
+   adding any scope the registry asked for, and retries.
+3. **Retries.**  429, 500, 502, 503, 504 and broken connections are retried,
+   ``ctx.retries`` attempts in all, waiting ``ctx.retry_delay`` doubling each
+   time, or ``Retry-After`` seconds when the registry says (capped at
+   :data:`MAX_RETRY_WAIT`).  Requests whose body is a stream are sent once.
+4. **Blobs** are streamed in chunks and resumed with ``Range`` when a
+   connection breaks (see :mod:`atoll.oci.blobstream`).
+5. **Uploads** start with ``POST /v2/NAME/blobs/uploads/`` (optionally
+   ``?mount=DIGEST&from=REPO``: 201 means mounted, 202 opens a session to upload
+   with).  Blobs up to :attr:`RegistryClient.chunked_upload_threshold` go in one
+   streamed ``PUT LOCATION?digest=``; larger ones (or when asked) in ``PATCH``
+   chunks with ``Content-Range: START-END`` and a final empty ``PUT``.  A failed
+   upload is cancelled with ``DELETE LOCATION``.
+
+Every error is an :mod:`atoll.errors` exception whose message is one line naming
+the registry and repository.  Requests are logged at debug level.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from types import TracebackType
+from typing import NoReturn
+
+import httpx
+
+from atoll.errors import (
+    AtollError,
+    AuthenticationError,
+    DigestMismatchError,
+    ManifestError,
+    NetworkError,
+    NotFoundError,
+    RegistryError,
+    TLSError,
+    UnsupportedError,
+)
+from atoll.oci.auth import Challenge, Credentials, TokenCache, find_credentials
+from atoll.oci.blobstream import BlobStream
+from atoll.oci.context import SystemContext
+from atoll.oci.digest import Digest, Verifier
+from atoll.oci.httputil import (
+    NOT_FOUND_CODES,
+    digest_or_none,
+    is_tls_error,
+    media_type,
+    next_link,
+    one_line,
+    pick_challenge,
+    rechunk,
+    registry_error,
+    retry_after,
+)
+from atoll.oci.manifest import ACCEPT_MANIFEST
+from atoll.oci.registries_conf import load_registries_conf, ssl_context
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: The longest a ``Retry-After`` or a backoff makes a request wait, in seconds.
+MAX_RETRY_WAIT = 60.0
+#: Manifests larger than this are refused (containers/image has the same limit).
+MAX_MANIFEST_SIZE = 4 << 20
+#: Bytes read at once from a blob response.
+READ_CHUNK_SIZE = 1 << 20
+#: Blobs larger than this are uploaded in PATCH chunks of UPLOAD_CHUNK_SIZE.
+CHUNKED_UPLOAD_THRESHOLD = 512 << 20
+UPLOAD_CHUNK_SIZE = 32 << 20
+CATALOG_SCOPE = "registry:catalog:*"
+_MAX_PAGES = 10_000
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+#: Registries whose API lives on another host than the one in references.
+_API_HOSTS = {"docker.io": "registry-1.docker.io"}
+_AUTH_HINT = "log in with `atoll login`, or pass --authfile FILE or --creds USER:PASSWORD"
+_TLS_HINT = (
+    "put the registry's CA certificate in ~/.config/containers/certs.d/HOST:PORT/ca.crt "
+    "or /etc/containers/certs.d/HOST:PORT/, pass --cert-dir DIR, "
+    "or (for a test registry) --tls-verify=false"
+)
+_DELETE_HINT = (
+    "a Distribution registry allows deletes with REGISTRY_STORAGE_DELETE_ENABLED=true "
+    "(storage: delete: enabled: true in its config)"
+)
+
+Body = bytes | Iterator[bytes] | None
+
+
+def pull_scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+def delete_scope(repository: str) -> str:
+    return f"repository:{repository}:delete"
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    raw: bytes
+    #: The ``Content-Type`` the registry sent, without parameters.
+    media_type: str | None
+    #: sha256 of *raw*.
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    digest: Digest | None
+    media_type: str | None
+    size: int | None
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    repository: str
+    #: Where the next PATCH or the final PUT goes (the last ``Location``).
+    url: httpx.URL
+
+
+@dataclass(frozen=True)
+class MountResult:
+    mounted: bool
+    #: When the registry did not mount, the upload session it opened instead.
+    session: UploadSession | None = None
+
+
+class RegistryClient:
+    """One registry; safe to share between the threads of a copy."""
+
+    def __init__(
+        self,
+        registry: str,
+        ctx: SystemContext,
+        *,
+        token_cache: TokenCache | None = None,
+        chunked_upload_threshold: int = CHUNKED_UPLOAD_THRESHOLD,
+        upload_chunk_size: int = UPLOAD_CHUNK_SIZE,
+        read_chunk_size: int = READ_CHUNK_SIZE,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.registry = registry
+        self.ctx = ctx
+        self.chunked_upload_threshold = chunked_upload_threshold
+        self.upload_chunk_size = max(1, upload_chunk_size)
+        self.read_chunk_size = max(1, read_chunk_size)
+        self.sleep = sleep
+        self.tokens = token_cache or TokenCache()
+        self._conf = load_registries_conf(ctx)
+        if ctx.tls_verify is None:
+            self.insecure = self._conf.is_insecure(registry)
+        else:
+            self.insecure = not ctx.tls_verify
+        self._host = _API_HOSTS.get(registry, registry)
+        self._http = httpx.Client(
+            verify=ssl_context(registry, ctx, verify=not self.insecure),
+            timeout=httpx.Timeout(ctx.timeout),
+            limits=httpx.Limits(max_connections=max(10, 2 * ctx.parallel)),
+            headers={"User-Agent": ctx.user_agent},
+            trust_env=False,
+        )
+        # Reentrant: an error met while pinging looks up credentials for its message.
+        self._lock = threading.RLock()
+        self._token_lock = threading.Lock()
+        self._base: httpx.URL | None = None
+        self._challenge: Challenge | None = None
+        self._credentials: dict[str, Credentials | None] = {}
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- the API ----------------------------------------------------------------------
+
+    def ping(self) -> httpx.URL:
+        """Choose the scheme and learn the authentication scheme; return the ``/v2/`` URL."""
+        with self._lock:
+            if self._base is not None:
+                return self._base
+            if self._conf.is_blocked(self.registry):
+                raise RegistryError(
+                    f"{self.registry}: the registry is blocked in registries.conf",
+                    hint=f"see {', '.join(map(str, self._conf.sources))}",
+                )
+            schemes = ("https", "http") if self.insecure else ("https",)
+            for scheme in schemes:
+                url = httpx.URL(f"{scheme}://{self._host}/v2/")
+                last = scheme == schemes[-1]
+                try:
+                    response = self._send("GET", url, {}, retry_transport=last)
+                except httpx.TransportError as exc:
+                    if last:
+                        raise self.transport_error(exc, "connecting", None) from None
+                    log.debug("%s: %s failed (%s), trying plain HTTP", self.registry, url, exc)
+                    continue
+                if response.status_code in (200, 401):
+                    self._challenge = pick_challenge(response)
+                    self._base = url
+                    log.debug("%s: using %s, auth %s", self.registry, url, self._auth_scheme())
+                    return url
+                if last:
+                    self.fail(response, "checking the registry API at /v2/", None)
+            raise AssertionError("unreachable")
+
+    def get_manifest(self, repository: str, reference: str) -> FetchedManifest:
+        """The manifest for a tag or digest, checked against the digest it is known by:
+        the reference's, else the ``Docker-Content-Digest`` the registry sent."""
+        what = f"reading manifest {reference}"
+        with closing(
+            self._call(
+                "GET",
+                repository,
+                f"manifests/{reference}",
+                what,
+                [pull_scope(repository)],
+                headers={"Accept": ACCEPT_MANIFEST},
+                stream=True,
+            )
+        ) as response:
+            raw = self._read_limited(response, what, repository)
+        where = f"{self.name(repository)}: manifest {reference}"
+        wanted = digest_or_none(reference)
+        source = "the reference"
+        sent = response.headers.get("Docker-Content-Digest")
+        if wanted is None and sent:
+            wanted = digest_or_none(sent)
+            source = "Docker-Content-Digest"
+            if wanted is None:
+                raise RegistryError(f"{where}: invalid Docker-Content-Digest {sent!r}")
+        if wanted is not None and Digest.of(raw, wanted.algorithm) != wanted:
+            raise DigestMismatchError(
+                f"{where}: content does not match {wanted} given by {source}: "
+                f"got {Digest.of(raw, wanted.algorithm)}"
+            )
+        try:
+            parsed = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(parsed, dict):
+            raise ManifestError(f"{where}: not a JSON object")
+        return FetchedManifest(raw, media_type(response), Digest.of(raw))
+
+    def head_manifest(self, repository: str, reference: str) -> ManifestHead:
+        response = self._call(
+            "HEAD",
+            repository,
+            f"manifests/{reference}",
+            f"checking manifest {reference}",
+            [pull_scope(repository)],
+            headers={"Accept": ACCEPT_MANIFEST},
+        )
+        length = response.headers.get("Content-Length", "")
+        return ManifestHead(
+            digest_or_none(response.headers.get("Docker-Content-Digest", ""))
+            or digest_or_none(reference),
+            media_type(response),
+            int(length) if length.isdigit() else None,
+        )
+
+    def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> Digest:
+        """Store a manifest under a tag or its digest; return its digest."""
+        digest = Digest.of(raw)
+        response = self._call(
+            "PUT",
+            repository,
+            f"manifests/{reference}",
+            f"writing manifest {reference}",
+            [push_scope(repository)],
+            headers={"Content-Type": media_type},
+            content=raw,
+            ok=(200, 201, 202),
+        )
+        stored = response.headers.get("Docker-Content-Digest", "")
+        if stored.startswith("sha256:") and stored != str(digest):
+            raise DigestMismatchError(
+                f"{self.name(repository)}: the registry stored manifest {reference} as "
+                f"{stored}, expected {digest}"
+            )
+        return digest
+
+    def delete_manifest(self, repository: str, reference: str) -> Digest:
+        """Delete a manifest (a tag is resolved to its digest first); return the digest."""
+        digest = digest_or_none(reference) or self.head_manifest(repository, reference).digest
+        if digest is None:
+            digest = self.get_manifest(repository, reference).digest
+        what = f"deleting manifest {reference}"
+        response = self._call(
+            "DELETE",
+            repository,
+            f"manifests/{digest}",
+            what,
+            [delete_scope(repository)],
+            ok=(200, 202, 405),
+        )
+        if response.status_code == 405:
+            raise UnsupportedError(
+                f"{self.name(repository)}: {what}: registry does not allow deletes",
+                hint=_DELETE_HINT,
+            )
+        return digest
+
+    def list_tags(self, repository: str, page_size: int | None = None) -> list[str]:
+        """Every tag of *repository*, following ``Link: rel="next"`` pages of *page_size*."""
+        pages = self._pages(repository, "tags/list", page_size, "listing tags")
+        return [str(tag) for page in pages for tag in _list_field(page, "tags")]
+
+    def catalog(self, page_size: int | None = None) -> list[str]:
+        """Every repository ``/v2/_catalog`` lists, following its pages."""
+        pages = self._pages(None, "_catalog", page_size, "listing repositories")
+        return [str(repo) for page in pages for repo in _list_field(page, "repositories")]
+
+    def blob_exists(self, repository: str, digest: Digest) -> bool:
+        response = self._call(
+            "HEAD",
+            repository,
+            f"blobs/{digest}",
+            f"checking blob {digest}",
+            [pull_scope(repository)],
+            ok=(200, 404),
+        )
+        return response.status_code == 200
+
+    def open_blob(self, repository: str, digest: Digest, size: int | None = None) -> BlobStream:
+        """Start reading a blob (NotFoundError now if it is absent); iterate for its chunks."""
+        stream = BlobStream(self, repository, digest, size)
+        stream.start()
+        return stream
+
+    def fetch_blob(self, repository: str, digest: Digest, size: int | None = None) -> bytes:
+        """A whole (small) blob, verified against *digest* and *size*."""
+        verifier = Verifier(digest, size, f"{self.name(repository)}: blob {digest}")
+        parts: list[bytes] = []
+        with self.open_blob(repository, digest, size) as stream:
+            for chunk in stream:
+                verifier.update(chunk)
+                parts.append(chunk)
+        verifier.verify()
+        return b"".join(parts)
+
+    def start_upload(self, repository: str) -> UploadSession:
+        what = "starting an upload"
+        response = self._call(
+            "POST", repository, "blobs/uploads/", what, [push_scope(repository)], ok=(202,)
+        )
+        return self._session(repository, response, what)
+
+    def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> MountResult:
+        """Ask the registry to link a blob it holds in *from_repository*."""
+        what = f"mounting blob {digest} from {from_repository}"
+        response = self._call(
+            "POST",
+            repository,
+            "blobs/uploads/",
+            what,
+            [push_scope(repository), pull_scope(from_repository)],
+            params={"mount": str(digest), "from": from_repository},
+            ok=(201, 202),
+        )
+        if response.status_code == 201:
+            return MountResult(True)
+        return MountResult(False, self._session(repository, response, what))
+
+    def upload_blob(
+        self,
+        repository: str,
+        digest: Digest,
+        chunks: Iterable[bytes],
+        *,
+        size: int | None = None,
+        session: UploadSession | None = None,
+        chunked: bool | None = None,
+    ) -> None:
+        """Upload a blob; the registry checks it against *digest* before it becomes visible.
+
+        If *chunks* raises (a digest check on the way, say), the upload is
+        cancelled and the exception propagates.
+        """
+        if chunked is None:
+            chunked = size is not None and size > self.chunked_upload_threshold
+        session = session or self.start_upload(repository)
+        what = f"uploading blob {digest}"
+        try:
+            body: Body = iter(chunks)
+            if chunked:
+                session = self._patch_chunks(session, what, chunks)
+                body = b""
+            url = session.url.copy_merge_params({"digest": str(digest)})
+            response = self._send_authorized(
+                "PUT",
+                url,
+                [push_scope(repository)],
+                {"Content-Type": "application/octet-stream"},
+                content=body,
+            )
+            self._expect(response, (201, 204), what, repository)
+        except httpx.TransportError as exc:
+            self.cancel_upload(session)
+            raise self.transport_error(exc, what, repository) from None
+        except BaseException:
+            self.cancel_upload(session)
+            raise
+
+    def cancel_upload(self, session: UploadSession) -> None:
+        """Best effort: a registry drops stale sessions by itself anyway."""
+        try:
+            response = self._send_authorized(
+                "DELETE", session.url, [push_scope(session.repository)], {}, retry=False
+            )
+            log.debug("cancelled upload %s: HTTP %d", session.url, response.status_code)
+        except (AtollError, httpx.HTTPError) as exc:
+            log.debug("cancelling upload %s failed: %s", session.url, exc)
+
+    # --- for BlobStream -------------------------------------------------------------
+
+    def blob_request(
+        self, repository: str, digest: Digest, headers: dict[str, str], what: str
+    ) -> httpx.Response:
+        """GET a blob, following redirects; the caller reads and closes the response."""
+        url = self._url(repository, f"blobs/{digest}", None)
+        try:
+            return self._send_authorized(
+                "GET", url, [pull_scope(repository)], headers, stream=True, follow_redirects=True
+            )
+        except httpx.TransportError as exc:
+            raise self.transport_error(exc, what, repository) from None
+
+    def backoff(self, attempt: int) -> float:
+        return float(min(MAX_RETRY_WAIT, self.ctx.retry_delay * (2**attempt)))
+
+    def name(self, repository: str | None) -> str:
+        return f"{self.registry}/{repository}" if repository else self.registry
+
+    # --- requests ---------------------------------------------------------------------
+
+    def _url(self, repository: str | None, path: str, params: dict[str, str] | None) -> httpx.URL:
+        base = self.ping()
+        if repository is not None:
+            if self._conf.is_blocked(f"{self.registry}/{repository}"):
+                raise RegistryError(
+                    f"{self.name(repository)}: the repository is blocked in registries.conf",
+                    hint=f"see {', '.join(map(str, self._conf.sources))}",
+                )
+            path = f"{repository}/{path}"
+        url = base.join(path)
+        return url.copy_merge_params(params) if params else url
+
+    def _call(
+        self,
+        method: str,
+        repository: str | None,
+        path: str,
+        what: str,
+        scopes: Sequence[str],
+        *,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        content: bytes | None = None,
+        stream: bool = False,
+        ok: tuple[int, ...] = (200,),
+    ) -> httpx.Response:
+        """One API request; any status outside *ok* raises the matching atoll error."""
+        url = self._url(repository, path, params)
+        try:
+            response = self._send_authorized(
+                method, url, scopes, headers or {}, content=content, stream=stream
+            )
+        except httpx.TransportError as exc:
+            raise self.transport_error(exc, what, repository) from None
+        self._expect(response, ok, what, repository)
+        return response
+
+    def _expect(
+        self, response: httpx.Response, ok: tuple[int, ...], what: str, repository: str | None
+    ) -> None:
+        if response.status_code not in ok:
+            try:
+                response.read()
+            finally:
+                response.close()
+            self.fail(response, what, repository)
+
+    def _send_authorized(
+        self,
+        method: str,
+        url: httpx.URL,
+        scopes: Sequence[str],
+        headers: dict[str, str],
+        *,
+        content: Body = None,
+        stream: bool = False,
+        follow_redirects: bool = False,
+        retry: bool = True,
+    ) -> httpx.Response:
+        """Send with credentials; on 401 get fresh ones once and send again."""
+        self.ping()
+        repository = _repository_of(scopes)
+        scopes = sorted(scopes)
+        refreshed = False
+        while True:
+            auth = self._authorization(scopes, repository, url)
+            response = self._send(
+                method,
+                url,
+                {**headers, **auth},
+                content=content,
+                stream=stream,
+                follow_redirects=follow_redirects,
+                retry_transport=retry,
+                retry_status=retry,
+            )
+            if response.status_code != 401 or refreshed or not isinstance(content, bytes | None):
+                return response
+            challenge = pick_challenge(response)
+            if challenge is None:
+                return response
+            # Refused Basic credentials stay refused; a token may only be stale.
+            if challenge.scheme == "basic" and (auth or self._creds(repository) is None):
+                return response
+            response.close()
+            refreshed = True
+            with self._lock:
+                self._challenge = challenge
+            if challenge.scheme == "bearer":
+                key = self._token_key(repository)
+                self.tokens.invalidate(key, scopes)
+                scopes = sorted(set(scopes) | set(challenge.scopes))
+                self.tokens.invalidate(key, scopes)
+            log.debug("%s: 401 for %s %s; trying fresh credentials", self.registry, method, url)
+
+    def _send(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: dict[str, str],
+        *,
+        content: Body = None,
+        stream: bool = False,
+        follow_redirects: bool = False,
+        retry_transport: bool = True,
+        retry_status: bool = True,
+    ) -> httpx.Response:
+        """Send, retrying 429/5xx and broken connections when that is safe."""
+        attempts = max(1, self.ctx.retries)
+        replayable = isinstance(content, bytes | None)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1 or not replayable
+            request = self._http.build_request(method, url, headers=headers, content=content)
+            started = time.monotonic()
+            try:
+                response = self._http.send(request, stream=True, follow_redirects=follow_redirects)
+            except httpx.TransportError as exc:
+                # A request that never reached the server may always be sent again.
+                never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if (
+                    last
+                    or not retry_transport
+                    or is_tls_error(exc)
+                    or (method not in _IDEMPOTENT and not never_sent)
+                ):
+                    raise
+                delay = self.backoff(attempt)
+                log.debug("%s %s failed (%s); retrying in %.2f s", method, url, exc, delay)
+                self.sleep(delay)
+                continue
+            status = response.status_code
+            elapsed = (time.monotonic() - started) * 1000
+            log.debug("%s %s -> %d (%.0f ms)", method, url, status, elapsed)
+            if status in RETRY_STATUSES and retry_status and not last:
+                asked = retry_after(response, MAX_RETRY_WAIT)
+                delay = self.backoff(attempt) if asked is None else asked
+                response.close()
+                log.debug("%s %s: HTTP %d; retrying in %.2f s", method, url, status, delay)
+                self.sleep(delay)
+                continue
+            if not stream:
+                try:
+                    response.read()
+                finally:
+                    response.close()
+            return response
+        raise AssertionError("unreachable")
+
+    def _read_limited(self, response: httpx.Response, what: str, repository: str) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        try:
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                if total > MAX_MANIFEST_SIZE:
+                    raise ManifestError(
+                        f"{self.name(repository)}: {what}: larger than {MAX_MANIFEST_SIZE} bytes"
+                    )
+                parts.append(chunk)
+        except httpx.TransportError as exc:
+            raise self.transport_error(exc, what, repository) from None
+        return b"".join(parts)
+
+    def _pages(
+        self, repository: str | None, path: str, page_size: int | None, what: str
+    ) -> Iterator[dict[str, object]]:
+        scopes = [pull_scope(repository)] if repository else [CATALOG_SCOPE]
+        params = {"n": str(page_size)} if page_size else None
+        response = self._call("GET", repository, path, what, scopes, params=params)
+        seen: set[str] = set()
+        for _ in range(_MAX_PAGES):
+            try:
+                page = response.json()
+            except ValueError:
+                page = None
+            if not isinstance(page, dict):
+                raise RegistryError(f"{self.name(repository)}: {what}: the reply is not JSON")
+            yield page
+            url = next_link(response)
+            if url is None or str(url) in seen:
+                return
+            seen.add(str(url))
+            try:
+                response = self._send_authorized("GET", url, scopes, {})
+            except httpx.TransportError as exc:
+                raise self.transport_error(exc, what, repository) from None
+            self._expect(response, (200,), what, repository)
+        raise RegistryError(f"{self.name(repository)}: {what}: more than {_MAX_PAGES} pages")
+
+    def _patch_chunks(
+        self, session: UploadSession, what: str, chunks: Iterable[bytes]
+    ) -> UploadSession:
+        offset = 0
+        for piece in rechunk(chunks, self.upload_chunk_size):
+            end = offset + len(piece) - 1
+            response = self._send_authorized(
+                "PATCH",
+                session.url,
+                [push_scope(session.repository)],
+                {"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{end}"},
+                content=piece,
+            )
+            self._expect(response, (202,), what, session.repository)
+            accepted = response.headers.get("Range", "")
+            if accepted and accepted != f"0-{end}":
+                raise RegistryError(
+                    f"{self.name(session.repository)}: {what}: the registry holds bytes "
+                    f"{accepted}, expected 0-{end}"
+                )
+            session = self._session(session.repository, response, what)
+            offset = end + 1
+        return session
+
+    def _session(self, repository: str, response: httpx.Response, what: str) -> UploadSession:
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(
+                f"{self.name(repository)}: {what}: the registry sent no Location for the upload"
+            )
+        # Location may be relative to the request ("/v2/...") or absolute.
+        return UploadSession(repository, response.url.join(location))
+
+    # --- authentication ---------------------------------------------------------------
+
+    def _auth_scheme(self) -> str:
+        return self._challenge.scheme if self._challenge else "anonymous"
+
+    def _creds(self, repository: str | None) -> Credentials | None:
+        key = repository or ""
+        with self._lock:
+            if key not in self._credentials:
+                self._credentials[key] = find_credentials(self.registry, repository, self.ctx)
+            return self._credentials[key]
+
+    def _token_key(self, repository: str | None) -> str:
+        creds = self._creds(repository)
+        return f"{self.registry}|{creds.username if creds else ''}"
+
+    def _authorization(
+        self, scopes: Sequence[str], repository: str | None, url: httpx.URL
+    ) -> dict[str, str]:
+        base, challenge = self._base, self._challenge
+        if base is None or challenge is None or (url.host, url.port) != (base.host, base.port):
+            # Never hand the registry's credentials to another host (e.g. blob storage).
+            return {}
+        if challenge.scheme == "basic":
+            creds = self._creds(repository)
+            return {"Authorization": creds.basic_header()} if creds else {}
+        if challenge.scheme == "bearer":
+            return {"Authorization": f"Bearer {self._token(challenge, scopes, repository)}"}
+        return {}
+
+    def _token(self, challenge: Challenge, scopes: Sequence[str], repository: str | None) -> str:
+        key = self._token_key(repository)
+        token = self.tokens.get(key, scopes)
+        if token is not None:
+            return token
+        # One fetch at a time, so parallel blob requests share one token.
+        with self._token_lock:
+            token = self.tokens.get(key, scopes)
+            if token is None:
+                token, expires_in = self._fetch_token(challenge, scopes, repository)
+                self.tokens.put(key, scopes, token, expires_in)
+            return token
+
+    def _fetch_token(
+        self, challenge: Challenge, scopes: Sequence[str], repository: str | None
+    ) -> tuple[str, float | None]:
+        name = self.name(repository)
+        if not challenge.realm:
+            raise AuthenticationError(f"{name}: the registry asks for a token but names no realm")
+        creds = self._creds(repository)
+        params = [("service", challenge.service)] if challenge.service else []
+        params.extend(("scope", scope) for scope in sorted(scopes))
+        if creds:
+            params.append(("account", creds.username))
+        try:
+            realm = httpx.URL(challenge.realm)
+            url = realm.copy_with(params=httpx.QueryParams([*realm.params.multi_items(), *params]))
+        except (httpx.InvalidURL, ValueError):
+            raise AuthenticationError(f"{name}: invalid token realm {challenge.realm!r}") from None
+        what = f"getting a token from {url.host}"
+        try:
+            response = self._send(
+                "GET", url, {"Authorization": creds.basic_header()} if creds else {}
+            )
+        except httpx.TransportError as exc:
+            raise self.transport_error(exc, what, repository) from None
+        self._expect(response, (200,), what, repository)
+        try:
+            data = response.json()
+            token = data.get("token") or data.get("access_token")
+            expires_in = data.get("expires_in")
+        except (ValueError, AttributeError):
+            token, expires_in = None, None
+        if not isinstance(token, str) or not token:
+            raise AuthenticationError(f"{name}: the token server at {url.host} sent no token")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else None
+        log.debug("%s: got a token for %s (expires in %s s)", self.registry, scopes, lifetime)
+        return token, lifetime
+
+    # --- errors -----------------------------------------------------------------------
+
+    def fail(self, response: httpx.Response, what: str, repository: str | None) -> NoReturn:
+        """Raise the atoll error for an unexpected status."""
+        status = response.status_code
+        name = self.name(repository)
+        code, message = registry_error(response)
+        if status in (401, 403):
+            creds = self._creds(repository)
+            if status == 403:
+                text = "access denied"
+            elif creds is not None:
+                text = f"the credentials from {creds.source} were refused"
+            else:
+                text = "authentication required"
+            if message and message.lower() not in text:
+                text += f" ({message})"
+            raise AuthenticationError(f"{name}: {what}: {text} (HTTP {status})", hint=_AUTH_HINT)
+        if status == 404:
+            raise NotFoundError(
+                f"{name}: {what}: {NOT_FOUND_CODES.get(code, message or 'not found')}"
+            )
+        detail = message or response.reason_phrase or "error"
+        if code and code.lower().replace("_", " ") != detail.lower():
+            detail = f"{code}: {detail}"
+        raise RegistryError(f"{name}: {what}: {detail} (HTTP {status})")
+
+    def transport_error(
+        self, exc: httpx.TransportError, what: str, repository: str | None
+    ) -> NetworkError:
+        name = self.name(repository)
+        reason = one_line(str(exc)) or type(exc).__name__
+        if is_tls_error(exc):
+            return TLSError(f"{name}: {what}: TLS connection failed: {reason}", hint=_TLS_HINT)
+        if isinstance(exc, httpx.TimeoutException):
+            return NetworkError(f"{name}: {what}: no answer within {self.ctx.timeout:g} s")
+        if isinstance(exc, httpx.ConnectError):
+            return NetworkError(f"{name}: {what}: cannot connect: {reason}")
+        return NetworkError(f"{name}: {what}: the connection broke: {reason}")
+
+
+def _repository_of(scopes: Sequence[str]) -> str | None:
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        if kind == "repository":
+            return rest.rpartition(":")[0]
+    return None
+
+
+def _list_field(page: dict[str, object], key: str) -> list[object]:
+    value = page.get(key) or []
+    if not isinstance(value, list):
+        raise RegistryError(f"malformed reply: {key!r} is not a list")
+    return value

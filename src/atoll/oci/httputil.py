@@ -1,0 +1,121 @@
+"""Small pieces of HTTP the registry client needs: error bodies, ``Retry-After``,
+``Link`` pages, ``Content-Range``, TLS failures, and regrouping a byte stream."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import ssl
+import time
+from collections.abc import Iterable, Iterator
+
+import httpx
+
+from atoll.errors import AtollError
+from atoll.oci.auth import Challenge, parse_www_authenticate
+from atoll.oci.digest import Digest
+
+_LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)?rel="?next"?')
+
+#: Words for the distribution spec's 404 error codes.
+NOT_FOUND_CODES = {
+    "MANIFEST_UNKNOWN": "manifest unknown",
+    "BLOB_UNKNOWN": "blob unknown",
+    "NAME_UNKNOWN": "repository name not known to registry",
+    "BLOB_UPLOAD_UNKNOWN": "upload session unknown",
+}
+
+
+def registry_error(response: httpx.Response) -> tuple[str, str]:
+    """The first (code, message) of a distribution error body, or ("", "")."""
+    try:
+        response.read()
+        data = json.loads(response.content)
+        first = data["errors"][0]
+        code = str(first.get("code") or "")
+        message = str(first.get("message") or "")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, httpx.HTTPError):
+        return "", ""
+    return code, one_line(message)
+
+
+def pick_challenge(response: httpx.Response) -> Challenge | None:
+    """The challenge of a 401 that atoll answers: Bearer if offered, else Basic."""
+    challenges = parse_www_authenticate(response.headers.get_list("WWW-Authenticate"))
+    for scheme in ("bearer", "basic"):
+        for challenge in challenges:
+            if challenge.scheme == scheme:
+                return challenge
+    return None
+
+
+def next_link(response: httpx.Response) -> httpx.URL | None:
+    """The ``Link: <URL>; rel="next"`` target, resolved against the request URL."""
+    match = _LINK_NEXT_RE.search(response.headers.get("Link", ""))
+    return response.url.join(match.group(1)) if match else None
+
+
+def media_type(response: httpx.Response) -> str | None:
+    value = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+    return value or None
+
+
+def digest_or_none(reference: str) -> Digest | None:
+    """*reference* as a digest if it is one (else it is a tag)."""
+    if ":" not in reference:
+        return None
+    try:
+        return Digest.parse(reference)
+    except AtollError:
+        return None
+
+
+def retry_after(response: httpx.Response, cap: float) -> float | None:
+    """Seconds the server asks to wait (a number or an HTTP date), at most *cap*."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, min(cap, seconds))
+
+
+def content_range_start(value: str) -> int | None:
+    match = re.match(r"\s*bytes\s+(\d+)-", value)
+    return int(match.group(1)) if match else None
+
+
+def is_tls_error(exc: BaseException) -> bool:
+    """Did *exc* come from TLS (certificate, handshake) rather than the network?"""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError | ssl.CertificateError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    text = str(exc)
+    return "CERTIFICATE_VERIFY_FAILED" in text or text.startswith("[SSL")
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Regroup a stream into pieces of exactly *size* bytes (the last may be shorter)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer.extend(chunk)
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)

@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from atoll.errors import InvalidInputError
+from atoll.oci.context import SystemContext
+from atoll.oci.registries_conf import (
+    find_tls_files,
+    load_registries_conf,
+    registries_conf_path,
+    ssl_context,
+)
+
+
+def _ctx(**kwargs: object) -> SystemContext:
+    return SystemContext(environ=dict(os.environ), **kwargs)  # type: ignore[arg-type]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_path_comes_from_context_then_environment(tmp_path: Path) -> None:
+    explicit = tmp_path / "explicit.conf"
+    assert registries_conf_path(_ctx(registries_conf=explicit)) == explicit
+    assert registries_conf_path(_ctx()) == tmp_path / "registries.conf"
+    no_env = SystemContext(environ={})
+    assert registries_conf_path(no_env) == Path("/etc/containers/registries.conf")
+
+
+def test_insecure_and_blocked_entries(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "registries.conf",
+        """
+unqualified-search-registries = ["docker.io"]
+
+[[registry]]
+location = "127.0.0.1:5000"
+insecure = true
+
+[[registry]]
+location = "evil.example.com"
+blocked = true
+
+[[registry]]
+prefix = "quay.io/banned"
+location = "quay.io/banned"
+blocked = true
+""",
+    )
+    conf = load_registries_conf(_ctx())
+    assert conf.is_insecure("127.0.0.1:5000")
+    assert not conf.is_insecure("127.0.0.1:5001")
+    assert not conf.is_insecure("127.0.0.1")
+    assert conf.is_blocked("evil.example.com")
+    assert conf.is_blocked("evil.example.com/any/repo")
+    assert not conf.is_blocked("evil.example.com.other.org")
+    assert conf.is_blocked("quay.io/banned/app")
+    assert not conf.is_blocked("quay.io/bannedness")
+    assert not conf.is_blocked("quay.io/other")
+
+
+def test_most_specific_prefix_wins(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "registries.conf",
+        """
+[[registry]]
+location = "registry.example.com"
+insecure = true
+
+[[registry]]
+prefix = "registry.example.com/secure"
+location = "registry.example.com"
+insecure = false
+
+[[registry]]
+prefix = "*.example.com"
+location = "mirror.example.net"
+blocked = true
+""",
+    )
+    conf = load_registries_conf(_ctx())
+    assert conf.is_insecure("registry.example.com")
+    assert not conf.is_insecure("registry.example.com/secure/app")
+    entry = conf.find("registry.example.com/secure/app:1.0")
+    assert entry is not None and entry.prefix == "registry.example.com/secure"
+    # The wildcard covers other subdomains, but the exact host beats it.
+    assert conf.is_blocked("other.example.com")
+    assert not conf.is_blocked("registry.example.com")
+
+
+def test_drop_ins_apply_in_name_order(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "registries.conf", '[[registry]]\nlocation = "a.example"\ninsecure = true\n'
+    )
+    drop_ins = tmp_path / "registries.conf.d"
+    _write(drop_ins / "20-late.conf", '[[registry]]\nlocation = "b.example"\nblocked = false\n')
+    _write(drop_ins / "10-early.conf", '[[registry]]\nlocation = "b.example"\nblocked = true\n')
+    _write(drop_ins / "15-a.conf", '[[registry]]\nlocation = "a.example"\ninsecure = false\n')
+    _write(drop_ins / "ignored.txt", "this is not TOML [")
+    conf = load_registries_conf(_ctx())
+    assert not conf.is_blocked("b.example"), "20-late.conf comes last and wins"
+    assert not conf.is_insecure("a.example"), "a drop-in overrides the main file"
+    assert [p.name for p in conf.sources] == [
+        "registries.conf",
+        "10-early.conf",
+        "15-a.conf",
+        "20-late.conf",
+    ]
+
+
+def test_v1_tables_are_read(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "registries.conf",
+        '[registries.insecure]\nregistries = ["old.example:5000"]\n'
+        '[registries.block]\nregistries = ["blocked.example"]\n',
+    )
+    conf = load_registries_conf(_ctx())
+    assert conf.is_insecure("old.example:5000")
+    assert conf.is_blocked("blocked.example")
+
+
+def test_missing_file_means_no_entries() -> None:
+    conf = load_registries_conf(_ctx())
+    assert conf.entries == ()
+    assert not conf.is_insecure("127.0.0.1:5000")
+
+
+def test_malformed_toml_names_file_and_line(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "registries.conf",
+        '[[registry]]\nlocation = "ok.example"\ninsecure = yes please\n',
+    )
+    with pytest.raises(InvalidInputError) as info:
+        load_registries_conf(_ctx())
+    assert str(path) in str(info.value)
+    assert "line 3" in str(info.value)
+    assert info.value.exit_code == 4
+
+
+def test_malformed_drop_in_is_reported(tmp_path: Path) -> None:
+    bad = _write(tmp_path / "registries.conf.d" / "50-bad.conf", "[[registry]\n")
+    with pytest.raises(InvalidInputError, match=str(bad)):
+        load_registries_conf(_ctx())
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ('[[registry]]\nlocation = "x.example"\ninsecure = "yes"\n', "'insecure' must be true"),
+        ("[[registry]]\nlocation = 5\n", "'location' must be a string"),
+        ("[[registry]]\ninsecure = true\n", "needs a 'location' or a 'prefix'"),
+        ('registry = "x"\n', "array of tables"),
+    ],
+)
+def test_wrong_types_are_rejected(tmp_path: Path, text: str, complaint: str) -> None:
+    _write(tmp_path / "registries.conf", text)
+    with pytest.raises(InvalidInputError, match=complaint):
+        load_registries_conf(_ctx())
+
+
+# --- certs.d ------------------------------------------------------------------------
+
+
+def test_user_certs_d_is_searched_before_system(tmp_path: Path) -> None:
+    user_dir = tmp_path / "home" / ".config" / "containers" / "certs.d" / "reg.example:5000"
+    _write(user_dir / "ca.crt", "x")
+    _write(user_dir / "extra.crt", "x")
+    _write(user_dir / "client.cert", "x")
+    _write(user_dir / "client.key", "x")
+    files = find_tls_files("reg.example:5000", _ctx())
+    assert files.directory == user_dir
+    assert [p.name for p in files.ca_files] == ["ca.crt", "extra.crt"]
+    assert files.client_pairs == ((user_dir / "client.cert", user_dir / "client.key"),)
+
+
+def test_cert_dir_from_context_replaces_the_search(tmp_path: Path) -> None:
+    user_dir = tmp_path / "home" / ".config" / "containers" / "certs.d" / "reg.example"
+    _write(user_dir / "ca.crt", "x")
+    mine = tmp_path / "mine"
+    _write(mine / "mine.crt", "x")
+    files = find_tls_files("reg.example", _ctx(cert_dir=mine))
+    assert files.ca_files == (mine / "mine.crt",)
+
+
+def test_no_cert_dir_means_system_store_only() -> None:
+    files = find_tls_files("nowhere.invalid:1", _ctx())
+    assert files.directory is None and files.ca_files == ()
+
+
+def test_client_certificate_without_key_is_an_error(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    _write(mine / "client.cert", "x")
+    with pytest.raises(InvalidInputError, match="without its key client.key"):
+        find_tls_files("reg.example", _ctx(cert_dir=mine))
+
+
+def test_unusable_ca_file_is_named(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    bad = _write(mine / "ca.crt", "not a certificate")
+    with pytest.raises(InvalidInputError, match=str(bad)):
+        ssl_context("reg.example", _ctx(cert_dir=mine), verify=True)
+
+
+def test_ssl_context_trusts_the_ca_in_cert_dir(tmp_path: Path) -> None:
+    openssl = "/usr/bin/openssl"
+    if not Path(openssl).exists():
+        pytest.skip("openssl is not installed")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=unit CA"],
+        cwd=mine, check=True, capture_output=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    (mine / "ca.key").unlink()
+    verified = ssl_context("reg.example", _ctx(cert_dir=mine), verify=True)
+    subjects = [dict(x[0] for x in c["subject"]) for c in verified.get_ca_certs()]
+    assert {"commonName": "unit CA"} in subjects
+    assert verified.verify_mode == ssl.CERT_REQUIRED
+    unverified = ssl_context("reg.example", _ctx(cert_dir=mine), verify=False)
+    assert unverified.verify_mode == ssl.CERT_NONE
