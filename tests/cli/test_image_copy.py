@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from helpers.images import build_image, build_multiarch, file_digest
 
 from atoll.cli.main import main
+from helpers.images import build_image, build_multiarch, file_digest
 
 
 def run_cli(*args: str) -> int:

@@ -5,7 +5,8 @@ searched in the request path, fires a number of times (or always), and then
 lets requests through untouched.  Every request is recorded so tests can assert
 what the client asked (e.g. a ``Range`` header after a broken download).
 
-Faults: an error status (with ``Retry-After``), 401 always, a fixed body
+Faults: an error status (with ``Retry-After``), a connection closed without
+an answer, 401 always, a fixed body
 instead of the registry's, a truncated or corrupted body, a wrong
 ``Docker-Content-Digest``, a connection dropped after K bytes, ignoring
 ``Range`` (the registry then answers 200 with the whole blob), and
@@ -14,6 +15,7 @@ instead of the registry's, a truncated or corrupted body, a wrong
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -144,6 +146,10 @@ class FaultProxy:
         Requests with a ``Range`` header pass, so a resumed download works."""
         return self._add("drop", path, "GET", times, nbytes=nbytes)
 
+    def hang_up(self, path: str, *, times: int | None = 1, method: str | None = None) -> Rule:
+        """Close the connection without answering."""
+        return self._add("hang_up", path, method, times)
+
     def ignore_range(self, path: str, *, times: int | None = None) -> Rule:
         """Strip ``Range`` so the registry answers 200 with the whole body."""
         return self._add("ignore_range", path, "GET", times)
@@ -186,7 +192,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _read_body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                parts = []
+                parts: list[bytes] = []
                 while True:
                     size = int(self.rfile.readline().split(b";")[0].strip(), 16)
                     if size == 0:
@@ -216,6 +222,11 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             opts = rule.options if rule else {}
             if kind == "status":
                 self._status(int(str(opts["status"])), opts)
+                return
+            if kind == "hang_up":
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
                 return
             if kind == "serve":
                 extra = dict(opts.get("headers") or {})  # type: ignore[call-overload]
@@ -298,10 +309,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body[:nbytes])
             self.wfile.flush()
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
         def _paginate(self) -> None:
             split = urlsplit(self.path)

@@ -36,7 +36,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -45,13 +45,21 @@ from atoll.oci.context import SystemContext
 from helpers.fault_proxy import FaultProxy
 from helpers.images import BuiltImage, build_image
 from helpers.parts import missing, require_tool
-from helpers.token_server import TokenServer
+
+if TYPE_CHECKING:
+    from helpers.token_server import TokenServer
 
 USERNAME = "atoll"
 PASSWORD = "s3cret-passw0rd"
 TOKEN_SERVICE = "atoll-test-registry"
 TOKEN_ISSUER = "atoll-test-issuer"
 _START_TIMEOUT = 15.0
+
+
+def _die_with_parent() -> list[str]:
+    """A command prefix that has the kernel stop the registry if pytest is killed."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 def _free_port() -> int:
@@ -111,11 +119,10 @@ class RegistryServer:
             config_path.write_text(yaml.safe_dump(config))
             log = (self.workdir / "registry.log").open("ab")
             self.process = subprocess.Popen(
-                [binary, "serve", str(config_path)],
+                [*_die_with_parent(), binary, "serve", str(config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
             log.close()
             if self._wait_ready():
@@ -199,16 +206,18 @@ class RegistryView:
         """A repository name no other test uses."""
         return f"{prefix}/{secrets.token_hex(4)}"
 
-    def skopeo_args(self, direction: str) -> list[str]:
-        """skopeo flags for *direction* ("src" or "dest") to reach this registry."""
-        if direction not in ("src", "dest"):
+    def skopeo_args(self, direction: str = "") -> list[str]:
+        """skopeo flags to reach this registry: *direction* "src" or "dest" for
+        ``skopeo copy``, "" for commands with one image (inspect, delete, list-tags)."""
+        if direction not in ("src", "dest", ""):
             raise ValueError(direction)
+        prefix = f"--{direction}-" if direction else "--"
         if self.server.tls:
-            args = [f"--{direction}-cert-dir", str(self.server.cert_dir)]
+            args = [f"{prefix}cert-dir", str(self.server.cert_dir)]
         else:
-            args = [f"--{direction}-tls-verify=false"]
+            args = [f"{prefix}tls-verify=false"]
         if self.credentials:
-            args += [f"--{direction}-creds", self.credentials]
+            args += [f"{prefix}creds", self.credentials]
         return args
 
     def skopeo(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -303,10 +312,14 @@ class _Servers:
         cert_dir = workdir / "certs.d"
         cert_dir.mkdir()
         shutil.copy(ca, cert_dir / "ca.crt")
-        server = RegistryServer("tls", workdir, tls=(cert, key), ca_path=ca, cert_dir=cert_dir)
-        return server
+        return RegistryServer("tls", workdir, tls=(cert, key), ca_path=ca, cert_dir=cert_dir)
 
     def _make_token(self) -> RegistryServer:
+        try:
+            from helpers.token_server import TokenServer
+        except ImportError as exc:
+            missing(f"the token server needs {exc.name} (pip install cryptography)")
+            raise
         workdir = self.root / "token"
         workdir.mkdir(parents=True)
         tokens = TokenServer(TOKEN_ISSUER, TOKEN_SERVICE, {USERNAME: PASSWORD})

@@ -166,7 +166,7 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
                         {"WWW-Authenticate": 'Basic realm="atoll-test-token"'},
                     )
                     return
-            service = (query.get("service") or [None])[0]
+            service = query["service"][0] if query.get("service") else None
             with server._lock:
                 server.requests.append(TokenRequest(user, tuple(scopes), service))
             token, expires_in = server.issue(user, scopes)

@@ -72,16 +72,22 @@ def test_served_type_contradicting_body_is_rejected() -> None:
         (b'{"schemaVersion": 2, "layers": []}', ManifestError, "no 'config'"),
         (
             json.dumps(
-                {"schemaVersion": 2, "config": {"mediaType": "x", "digest": "sha256:zz", "size": 1},
-                 "layers": []}
+                {
+                    "schemaVersion": 2,
+                    "config": {"mediaType": "x", "digest": "sha256:zz", "size": 1},
+                    "layers": [],
+                }
             ).encode(),
             ManifestError,
             "invalid digest",
         ),
         (
             json.dumps(
-                {"schemaVersion": 2, "config": {"mediaType": "x", "digest": D1, "size": -1},
-                 "layers": []}
+                {
+                    "schemaVersion": 2,
+                    "config": {"mediaType": "x", "digest": D1, "size": -1},
+                    "layers": [],
+                }
             ).encode(),
             ManifestError,
             "non-negative",

@@ -21,23 +21,29 @@ def _ctx(**kwargs: object) -> SystemContext:
     return SystemContext(environ=dict(os.environ), **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.fixture
+def conf_file() -> Path:
+    """This test's registries.conf (the hermetic fixture points the environment at it)."""
+    return Path(os.environ["CONTAINERS_REGISTRIES_CONF"])
+
+
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
 
 
-def test_path_comes_from_context_then_environment(tmp_path: Path) -> None:
+def test_path_comes_from_context_then_environment(tmp_path: Path, conf_file: Path) -> None:
     explicit = tmp_path / "explicit.conf"
     assert registries_conf_path(_ctx(registries_conf=explicit)) == explicit
-    assert registries_conf_path(_ctx()) == tmp_path / "registries.conf"
+    assert registries_conf_path(_ctx()) == conf_file
     no_env = SystemContext(environ={})
     assert registries_conf_path(no_env) == Path("/etc/containers/registries.conf")
 
 
-def test_insecure_and_blocked_entries(tmp_path: Path) -> None:
+def test_insecure_and_blocked_entries(conf_file: Path) -> None:
     _write(
-        tmp_path / "registries.conf",
+        conf_file,
         """
 unqualified-search-registries = ["docker.io"]
 
@@ -67,9 +73,9 @@ blocked = true
     assert not conf.is_blocked("quay.io/other")
 
 
-def test_most_specific_prefix_wins(tmp_path: Path) -> None:
+def test_most_specific_prefix_wins(conf_file: Path) -> None:
     _write(
-        tmp_path / "registries.conf",
+        conf_file,
         """
 [[registry]]
 location = "registry.example.com"
@@ -96,11 +102,9 @@ blocked = true
     assert not conf.is_blocked("registry.example.com")
 
 
-def test_drop_ins_apply_in_name_order(tmp_path: Path) -> None:
-    _write(
-        tmp_path / "registries.conf", '[[registry]]\nlocation = "a.example"\ninsecure = true\n'
-    )
-    drop_ins = tmp_path / "registries.conf.d"
+def test_drop_ins_apply_in_name_order(conf_file: Path) -> None:
+    _write(conf_file, '[[registry]]\nlocation = "a.example"\ninsecure = true\n')
+    drop_ins = conf_file.parent / "registries.conf.d"
     _write(drop_ins / "20-late.conf", '[[registry]]\nlocation = "b.example"\nblocked = false\n')
     _write(drop_ins / "10-early.conf", '[[registry]]\nlocation = "b.example"\nblocked = true\n')
     _write(drop_ins / "15-a.conf", '[[registry]]\nlocation = "a.example"\ninsecure = false\n')
@@ -116,9 +120,9 @@ def test_drop_ins_apply_in_name_order(tmp_path: Path) -> None:
     ]
 
 
-def test_v1_tables_are_read(tmp_path: Path) -> None:
+def test_v1_tables_are_read(conf_file: Path) -> None:
     _write(
-        tmp_path / "registries.conf",
+        conf_file,
         '[registries.insecure]\nregistries = ["old.example:5000"]\n'
         '[registries.block]\nregistries = ["blocked.example"]\n',
     )
@@ -127,15 +131,15 @@ def test_v1_tables_are_read(tmp_path: Path) -> None:
     assert conf.is_blocked("blocked.example")
 
 
-def test_missing_file_means_no_entries() -> None:
-    conf = load_registries_conf(_ctx())
-    assert conf.entries == ()
+def test_missing_file_means_no_entries(tmp_path: Path) -> None:
+    conf = load_registries_conf(_ctx(registries_conf=tmp_path / "absent.conf"))
+    assert conf.entries == () and conf.sources == ()
     assert not conf.is_insecure("127.0.0.1:5000")
 
 
-def test_malformed_toml_names_file_and_line(tmp_path: Path) -> None:
+def test_malformed_toml_names_file_and_line(conf_file: Path) -> None:
     path = _write(
-        tmp_path / "registries.conf",
+        conf_file,
         '[[registry]]\nlocation = "ok.example"\ninsecure = yes please\n',
     )
     with pytest.raises(InvalidInputError) as info:
@@ -145,8 +149,8 @@ def test_malformed_toml_names_file_and_line(tmp_path: Path) -> None:
     assert info.value.exit_code == 4
 
 
-def test_malformed_drop_in_is_reported(tmp_path: Path) -> None:
-    bad = _write(tmp_path / "registries.conf.d" / "50-bad.conf", "[[registry]\n")
+def test_malformed_drop_in_is_reported(conf_file: Path) -> None:
+    bad = _write(conf_file.parent / "registries.conf.d" / "50-bad.conf", "[[registry]\n")
     with pytest.raises(InvalidInputError, match=str(bad)):
         load_registries_conf(_ctx())
 
@@ -160,8 +164,8 @@ def test_malformed_drop_in_is_reported(tmp_path: Path) -> None:
         ('registry = "x"\n', "array of tables"),
     ],
 )
-def test_wrong_types_are_rejected(tmp_path: Path, text: str, complaint: str) -> None:
-    _write(tmp_path / "registries.conf", text)
+def test_wrong_types_are_rejected(conf_file: Path, text: str, complaint: str) -> None:
+    _write(conf_file, text)
     with pytest.raises(InvalidInputError, match=complaint):
         load_registries_conf(_ctx())
 
@@ -198,7 +202,7 @@ def test_no_cert_dir_means_system_store_only() -> None:
 def test_client_certificate_without_key_is_an_error(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     _write(mine / "client.cert", "x")
-    with pytest.raises(InvalidInputError, match="without its key client.key"):
+    with pytest.raises(InvalidInputError, match=r"without its key client\.key"):
         find_tls_files("reg.example", _ctx(cert_dir=mine))
 
 
@@ -222,8 +226,8 @@ def test_ssl_context_trusts_the_ca_in_cert_dir(tmp_path: Path) -> None:
     )  # fmt: skip
     (mine / "ca.key").unlink()
     verified = ssl_context("reg.example", _ctx(cert_dir=mine), verify=True)
-    subjects = [dict(x[0] for x in c["subject"]) for c in verified.get_ca_certs()]
-    assert {"commonName": "unit CA"} in subjects
+    subjects = [c["subject"] for c in verified.get_ca_certs()]
+    assert ((("commonName", "unit CA"),),) in subjects
     assert verified.verify_mode == ssl.CERT_REQUIRED
     unverified = ssl_context("reg.example", _ctx(cert_dir=mine), verify=False)
     assert unverified.verify_mode == ssl.CERT_NONE

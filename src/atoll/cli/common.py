@@ -20,16 +20,39 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     """Flags accepted before or after the command name."""
     # SUPPRESS keeps a subcommand's unset flag from overwriting the global one.
     group = parser.add_argument_group("output")
-    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="log what is being done")
-    group.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="log everything, including HTTP requests and commands run")
-    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                       help="print nothing but errors and requested data")
-    group.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                       help="print machine-readable JSON (stable; see docs/cli.md)")
-    group.add_argument("--progress-fd", type=int, metavar="FD", default=argparse.SUPPRESS,
-                       help="write progress as JSON lines to file descriptor FD")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log what is being done",
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log everything, including HTTP requests and commands run",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print nothing but errors and requested data",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print machine-readable JSON (stable; see docs/cli.md)",
+    )
+    group.add_argument(
+        "--progress-fd",
+        type=int,
+        metavar="FD",
+        default=argparse.SUPPRESS,
+        help="write progress as JSON lines to file descriptor FD",
+    )
 
 
 def parse_bool(text: str) -> bool:
@@ -45,28 +68,53 @@ def add_registry_options(parser: argparse.ArgumentParser, prefix: str = "") -> N
     """Credentials and TLS flags; *prefix* is ``src-`` or ``dest-`` for copy."""
     dest = prefix.replace("-", "_")
     who = {"src-": "the source ", "dest-": "the destination "}.get(prefix, "")
-    parser.add_argument(f"--{prefix}authfile", dest=f"{dest}authfile", metavar="FILE",
-                        help=f"auth.json with credentials for {who}registry")
-    parser.add_argument(f"--{prefix}creds", dest=f"{dest}creds", metavar="USER:PASSWORD",
-                        help=f"credentials for {who}registry")
-    parser.add_argument(f"--{prefix}tls-verify", dest=f"{dest}tls_verify", metavar="BOOL",
-                        type=parse_bool, nargs="?", const=True, default=None,
-                        help=f"require HTTPS and verify certificates of {who}registry "
-                        "(default: as registries.conf says)")
-    parser.add_argument(f"--{prefix}cert-dir", dest=f"{dest}cert_dir", metavar="DIR",
-                        help=f"directory with CA (*.crt) and client certificates for {who}registry")
+    parser.add_argument(
+        f"--{prefix}authfile",
+        dest=f"{dest}authfile",
+        metavar="FILE",
+        help=f"auth.json with credentials for {who}registry",
+    )
+    parser.add_argument(
+        f"--{prefix}creds",
+        dest=f"{dest}creds",
+        metavar="USER:PASSWORD",
+        help=f"credentials for {who}registry",
+    )
+    parser.add_argument(
+        f"--{prefix}tls-verify",
+        dest=f"{dest}tls_verify",
+        metavar="BOOL",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        help=f"require HTTPS and verify certificates of {who}registry "
+        "(default: as registries.conf says)",
+    )
+    parser.add_argument(
+        f"--{prefix}cert-dir",
+        dest=f"{dest}cert_dir",
+        metavar="DIR",
+        help=f"directory with CA (*.crt) and client certificates for {who}registry",
+    )
 
 
 def add_platform_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--override-os", metavar="OS", help="use OS instead of the host's")
     parser.add_argument("--override-arch", metavar="ARCH", help="use ARCH instead of the host's")
-    parser.add_argument("--override-variant", metavar="VARIANT",
-                        help="use VARIANT instead of the host's")
-    parser.add_argument("--registries-conf", metavar="FILE",
-                        help="registries.conf to use instead of the system one")
-    parser.add_argument("--retry-times", type=int, default=5, metavar="N",
-                        help="attempts for a request that fails with 429, 5xx or a broken "
-                        "connection (default 5)")
+    parser.add_argument(
+        "--override-variant", metavar="VARIANT", help="use VARIANT instead of the host's"
+    )
+    parser.add_argument(
+        "--registries-conf", metavar="FILE", help="registries.conf to use instead of the system one"
+    )
+    parser.add_argument(
+        "--retry-times",
+        type=int,
+        default=5,
+        metavar="N",
+        help="attempts for a request that fails with 429, 5xx or a broken connection (default 5)",
+    )
     parser.add_argument("--tmpdir", metavar="DIR", help="where to stage temporary files")
 
 

@@ -19,7 +19,6 @@ from atoll.oci.catalog import delete_image, list_tags
 from atoll.oci.copy import CopyOptions, CopyResult, copy_image
 from atoll.oci.inspect import inspect_image, read_config, read_raw_manifest
 from atoll.oci.manifest import Compression, ImageIndex, ImageManifest, parse_manifest
-from atoll.oci.sync import plan_from_repository, plan_from_yaml, run_sync
 from atoll.oci.transports import ImageName, open_source
 
 _SizeUnits = ("B", "KiB", "MiB", "GiB", "TiB")
@@ -47,16 +46,26 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     add_global_options(copy)
     copy.add_argument("source", metavar="SRC")
     copy.add_argument("destination", metavar="DST")
-    copy.add_argument("-a", "--all", action="store_true",
-                      help="copy every image of an index, not just the host platform's")
-    copy.add_argument("--digestfile", metavar="FILE",
-                      help="write the digest of the copied manifest to FILE")
-    copy.add_argument("--preserve-digests", action="store_true",
-                      help="fail rather than change the image's digest")
-    copy.add_argument("--dest-compress-format", choices=[c.value for c in Compression],
-                      help="re-compress layers in this format")
-    copy.add_argument("--parallel", type=int, default=6, metavar="N",
-                      help="blobs copied at once (default 6)")
+    copy.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="copy every image of an index, not just the host platform's",
+    )
+    copy.add_argument(
+        "--digestfile", metavar="FILE", help="write the digest of the copied manifest to FILE"
+    )
+    copy.add_argument(
+        "--preserve-digests", action="store_true", help="fail rather than change the image's digest"
+    )
+    copy.add_argument(
+        "--dest-compress-format",
+        choices=[c.value for c in Compression],
+        help="re-compress layers in this format",
+    )
+    copy.add_argument(
+        "--parallel", type=int, default=6, metavar="N", help="blobs copied at once (default 6)"
+    )
     add_registry_options(copy)
     add_registry_options(copy, "src-")
     add_registry_options(copy, "dest-")
@@ -66,11 +75,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     inspect = sub.add_parser("inspect", help="show an image's manifest, config and layers")
     add_global_options(inspect)
     inspect.add_argument("name", metavar="NAME")
-    inspect.add_argument("--raw", action="store_true",
-                         help="print the manifest (or index) exactly as stored")
+    inspect.add_argument(
+        "--raw", action="store_true", help="print the manifest (or index) exactly as stored"
+    )
     inspect.add_argument("--config", action="store_true", help="print the image config")
-    inspect.add_argument("--no-tags", action="store_true",
-                         help="do not list the repository's tags")
+    inspect.add_argument("--no-tags", action="store_true", help="do not list the repository's tags")
     add_registry_options(inspect)
     add_platform_options(inspect)
     inspect.set_defaults(func=_inspect)
@@ -98,13 +107,19 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     add_global_options(sync)
     sync.add_argument("source", metavar="SRC")
     sync.add_argument("destination", metavar="DST")
-    sync.add_argument("--scoped", action="store_true",
-                      help="keep the full source name (registry included) under DST")
+    sync.add_argument(
+        "--scoped",
+        action="store_true",
+        help="keep the full source name (registry included) under DST",
+    )
     sync.add_argument("-a", "--all", action="store_true", help="copy every image of an index")
     sync.add_argument("--preserve-digests", action="store_true")
     sync.add_argument("--dest-compress-format", choices=[c.value for c in Compression])
-    sync.add_argument("--keep-going", action="store_true",
-                      help="go on after an image fails; exit non-zero at the end")
+    sync.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="go on after an image fails; exit non-zero at the end",
+    )
     sync.add_argument("--dry-run", action="store_true", help="list what would be copied")
     sync.add_argument("--parallel", type=int, default=6, metavar="N")
     add_registry_options(sync)
@@ -220,6 +235,8 @@ def _delete(args: argparse.Namespace, out: Output) -> int:
 
 
 def _sync(args: argparse.Namespace, out: Output) -> int:
+    from atoll.oci.sync import plan_from_repository, plan_from_yaml, run_sync
+
     src_ctx = system_context(args, "src-")
     if args.source.startswith("docker://"):
         items = plan_from_repository(args.source, args.destination, src_ctx, scoped=args.scoped)

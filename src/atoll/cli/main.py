@@ -76,8 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # A bug: say so in one line, and show the traceback with --debug.
         log.debug("internal error", exc_info=True)
-        out.error(AtollError(f"internal error: {type(exc).__name__}: {exc}",
-                             hint="run with --debug for the traceback and report it"))
+        out.error(
+            AtollError(
+                f"internal error: {type(exc).__name__}: {exc}",
+                hint="run with --debug for the traceback and report it",
+            )
+        )
         return AtollError.exit_code
 
 

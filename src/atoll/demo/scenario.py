@@ -135,12 +135,14 @@ class Demo:
         for column in ("step", "destination", "digest", "time", "blobs"):
             table.add_column(column)
         for s in self.steps:
-            table.add_row(s.what, s.name, s.digest[:19] + "…", f"{s.seconds:.2f} s", s.note)
+            name = s.name.replace(str(self.workdir), "$DEMO")
+            table.add_row(s.what, name, s.digest[:19] + "…", f"{s.seconds:.2f} s", s.note)
         return table
 
 
 def run_demo(workdir: Path | None, keep: bool, console: Console | None = None) -> int:
-    console = console or Console()
+    # Off a terminal (CI logs, pipes) use a wide page so commands stay on one line.
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     own_dir = workdir is None
     base = workdir or Path(tempfile.mkdtemp(prefix="atoll-demo-"))
     demo = Demo(base, console)
@@ -196,6 +198,7 @@ def run_demo(workdir: Path | None, keep: bool, console: Console | None = None) -
 
         demo.section("Summary")
         console.print(demo.summary())
+        console.print(f"Files are under $DEMO = {base}")
         if keep:
             console.print(
                 f"\nThe registry keeps running at http://{registry.host} (pid file: none; "

@@ -40,7 +40,7 @@ class BlobStream:
         self._what = f"reading blob {digest}"
         self._response: httpx.Response | None = None
         self._skip = 0
-        #: Bytes handed to the consumer so far.
+        #: Bytes of the blob received so far.
         self.offset = 0
         #: How many times the download was resumed after a broken connection.
         self.resumed = 0
@@ -82,27 +82,34 @@ class BlobStream:
 
     def __iter__(self) -> Iterator[bytes]:
         client = self._client
+        size = client.read_chunk_size
+        # Bytes received but not yet handed out; they count in self.offset, so a
+        # broken connection loses none of them.
+        buffer = bytearray()
         failures = 0
         while True:
             if self._response is None:
                 if self.size is not None and self.offset >= self.size > 0:
-                    return
+                    break
                 self._open()
                 if self._response is None:
-                    return
+                    break
             response = self._response
             try:
-                for received in response.iter_raw(client.read_chunk_size):
-                    chunk = received
+                for received in response.iter_raw():
+                    piece = received
                     if self._skip:
-                        drop = min(self._skip, len(chunk))
+                        drop = min(self._skip, len(piece))
                         self._skip -= drop
-                        chunk = chunk[drop:]
-                        if not chunk:
-                            continue
-                    self.offset += len(chunk)
+                        piece = piece[drop:]
+                    if not piece:
+                        continue
+                    self.offset += len(piece)
                     failures = 0
-                    yield chunk
+                    buffer += piece
+                    while len(buffer) >= size:
+                        yield bytes(buffer[:size])
+                        del buffer[:size]
             except httpx.TransportError as exc:
                 self.close()
                 failures += 1
@@ -121,7 +128,9 @@ class BlobStream:
                 self.resumed += 1
                 continue
             self.close()
-            return
+            break
+        if buffer:
+            yield bytes(buffer)
 
     def close(self) -> None:
         response, self._response = self._response, None

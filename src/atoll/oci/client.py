@@ -97,6 +97,10 @@ _TLS_HINT = (
     "or /etc/containers/certs.d/HOST:PORT/, pass --cert-dir DIR, "
     "or (for a test registry) --tls-verify=false"
 )
+_PLAIN_HTTP_HINT = (
+    "if the registry is meant to speak plain HTTP, mark it insecure in registries.conf "
+    '([[registry]] location = "HOST:PORT" insecure = true) or pass --tls-verify=false'
+)
 _DELETE_HINT = (
     "a Distribution registry allows deletes with REGISTRY_STORAGE_DELETE_ENABLED=true "
     "(storage: delete: enabled: true in its config)"
@@ -204,14 +208,17 @@ class RegistryClient:
 
     # --- the API ----------------------------------------------------------------------
 
-    def ping(self) -> httpx.URL:
-        """Choose the scheme and learn the authentication scheme; return the ``/v2/`` URL."""
+    def ping(self, repository: str | None = None) -> httpx.URL:
+        """Choose the scheme and learn the authentication scheme; return the ``/v2/`` URL.
+
+        *repository* only serves to name what was being done in an error message.
+        """
         with self._lock:
             if self._base is not None:
                 return self._base
             if self._conf.is_blocked(self.registry):
                 raise RegistryError(
-                    f"{self.registry}: the registry is blocked in registries.conf",
+                    f"{self.name(repository)}: the registry is blocked in registries.conf",
                     hint=f"see {', '.join(map(str, self._conf.sources))}",
                 )
             schemes = ("https", "http") if self.insecure else ("https",)
@@ -222,7 +229,7 @@ class RegistryClient:
                     response = self._send("GET", url, {}, retry_transport=last)
                 except httpx.TransportError as exc:
                     if last:
-                        raise self.transport_error(exc, "connecting", None) from None
+                        raise self.transport_error(exc, "connecting", repository) from None
                     log.debug("%s: %s failed (%s), trying plain HTTP", self.registry, url, exc)
                     continue
                 if response.status_code in (200, 401):
@@ -231,7 +238,7 @@ class RegistryClient:
                     log.debug("%s: using %s, auth %s", self.registry, url, self._auth_scheme())
                     return url
                 if last:
-                    self.fail(response, "checking the registry API at /v2/", None)
+                    self.fail(response, "checking the registry API at /v2/", repository)
             raise AssertionError("unreachable")
 
     def get_manifest(self, repository: str, reference: str) -> FetchedManifest:
@@ -465,7 +472,7 @@ class RegistryClient:
     # --- requests ---------------------------------------------------------------------
 
     def _url(self, repository: str | None, path: str, params: dict[str, str] | None) -> httpx.URL:
-        base = self.ping()
+        base = self.ping(repository)
         if repository is not None:
             if self._conf.is_blocked(f"{self.registry}/{repository}"):
                 raise RegistryError(
@@ -524,8 +531,8 @@ class RegistryClient:
         retry: bool = True,
     ) -> httpx.Response:
         """Send with credentials; on 401 get fresh ones once and send again."""
-        self.ping()
         repository = _repository_of(scopes)
+        self.ping(repository)
         scopes = sorted(scopes)
         refreshed = False
         while True:
@@ -797,6 +804,11 @@ class RegistryClient:
     ) -> NetworkError:
         name = self.name(repository)
         reason = one_line(str(exc)) or type(exc).__name__
+        if "WRONG_VERSION_NUMBER" in reason:
+            return TLSError(
+                f"{name}: {what}: TLS connection failed: the server answers in plain HTTP",
+                hint=_PLAIN_HTTP_HINT,
+            )
         if is_tls_error(exc):
             return TLSError(f"{name}: {what}: TLS connection failed: {reason}", hint=_TLS_HINT)
         if isinstance(exc, httpx.TimeoutException):

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-import zstandard
-
 from atoll.errors import (
     AtollError,
     ConflictError,
@@ -114,7 +112,7 @@ def copy_image(
             if options.preserve_digests and not destination.preserves_digests:
                 raise ConflictError(
                     f"{destination.description} re-encodes images, so digests cannot be preserved",
-                    hint="drop --preserve-digests, or copy to docker://, oci:, oci-archive: or dir:",
+                    hint="drop --preserve-digests, or copy to docker://, oci: or dir:",
                 )
             copier = _Copier(source, destination, src_ctx, dst_ctx, options, progress)
             ok = False
@@ -374,26 +372,39 @@ def _verify_stream(chunks: Iterable[bytes], desc: Descriptor, where: str) -> Ite
 
 
 def _decompress(chunks: Iterable[bytes], compression: Compression) -> Iterator[bytes]:
-    if compression is Compression.NONE:
-        yield from chunks
-        return
+    if compression is Compression.GZIP:
+        return _gunzip(chunks)
+    if compression is Compression.ZSTD:
+        return _unzstd(chunks)
+    return iter(chunks)
+
+
+def _gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        if compression is Compression.GZIP:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            for chunk in chunks:
-                yield inflater.decompress(chunk)
-                # Concatenated gzip members are valid gzip; keep going.
-                while inflater.eof and inflater.unused_data:
-                    rest = inflater.unused_data
-                    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                    yield inflater.decompress(rest)
-            yield inflater.flush()
-            return
-        reader = zstandard.ZstdDecompressor().decompressobj()
+        for chunk in chunks:
+            yield inflater.decompress(chunk)
+            # Concatenated gzip members are valid gzip; keep going.
+            while inflater.eof and inflater.unused_data:
+                rest = inflater.unused_data
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                yield inflater.decompress(rest)
+        yield inflater.flush()
+    except zlib.error as exc:
+        raise LayerError(f"layer is not valid gzip data: {exc}") from None
+    if not inflater.eof:
+        raise LayerError("layer is not valid gzip data: it ends in the middle of a stream")
+
+
+def _unzstd(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    import zstandard
+
+    reader = zstandard.ZstdDecompressor().decompressobj()
+    try:
         for chunk in chunks:
             yield reader.decompress(chunk)
-    except (zlib.error, zstandard.ZstdError) as exc:
-        raise LayerError(f"layer is not valid {compression} data: {exc}") from None
+    except zstandard.ZstdError as exc:
+        raise LayerError(f"layer is not valid zstd data: {exc}") from None
 
 
 def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:
@@ -403,6 +414,8 @@ def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:
             yield deflater.compress(chunk)
         yield deflater.flush()
     elif want is Compression.ZSTD:
+        import zstandard
+
         compressor = zstandard.ZstdCompressor(level=3).compressobj()
         for chunk in chunks:
             yield compressor.compress(chunk)

@@ -25,8 +25,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from atoll.errors import AtollError, InvalidInputError, UnsupportedError
 from atoll.oci.catalog import list_tags
 from atoll.oci.context import SystemContext
@@ -91,6 +89,8 @@ def source_text_names_tag(text: str) -> bool:
 def plan_from_yaml(
     path: Path, dest: str, ctx: SystemContext, *, scoped: bool = False
 ) -> list[SyncItem]:
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:

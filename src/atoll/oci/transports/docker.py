@@ -60,7 +60,6 @@ class DockerSource(ImageSource):
 
 class DockerDestination(ImageDestination):
     accepts_oci = True
-    must_preserve_digests = False
 
     def __init__(
         self, name: ImageName, ctx: SystemContext, *, client: RegistryClient | None = None
