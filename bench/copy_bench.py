@@ -9,6 +9,7 @@ alternating, and prints medians, peak memory and the ratios atoll/skopeo.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
@@ -20,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from atoll.demo.registry import LocalRegistry
@@ -155,9 +157,65 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     return seconds, usage.ru_maxrss
 
 
+ATOLL = [sys.executable, "-m", "atoll"]
+
+
+class Bench:
+    """Registries, names and runs for one benchmark session."""
+
+    def __init__(self, tmp: Path, skopeo: str) -> None:
+        self.tmp = tmp
+        self.policy = tmp / "policy.json"
+        self.policy.write_text(POLICY)
+        self.conf = tmp / "registries.conf"
+        self.conf.write_text("")
+        self.env = dict(os.environ, CONTAINERS_REGISTRIES_CONF=str(self.conf))
+        self.skopeo = [skopeo, "--policy", str(self.policy)]
+        self._count = 0
+
+    @contextlib.contextmanager
+    def registry(self, label: str) -> Iterator[LocalRegistry]:
+        self._count += 1
+        reg = LocalRegistry(self.tmp / f"reg-{label}-{self._count}")
+        with self.conf.open("a") as fh:
+            fh.write(f'[[registry]]\nlocation = "{reg.host}"\ninsecure = true\n')
+        with reg:
+            yield reg
+        shutil.rmtree(reg.workdir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def destination(self, case: str, source: LocalRegistry, tool: str, i: int) -> Iterator[str]:
+        if case.endswith("oci:"):
+            path = self.tmp / f"{tool}-{i}"
+            yield f"oci:{path}:1"
+            shutil.rmtree(path, ignore_errors=True)
+        elif case.endswith("same registry"):
+            yield f"docker://{source.host}/bench/{tool}-{i}:1"
+        else:
+            # A fresh registry each time: every blob really travels.
+            with self.registry("dest") as reg:
+                yield f"docker://{reg.host}/bench/{tool}-{i}:1"
+
+    def skopeo_copy(self, src: str, dst: str) -> None:
+        flags = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+        subprocess.run([*self.skopeo, "copy", "-q", *flags, src, dst], check=True, env=self.env)
+
+    def copy(self, tool: str, src: str, dst: str, expected: str) -> tuple[float, int]:
+        digestfile = self.tmp / "digest"
+        if tool == "skopeo":
+            flags = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+            argv = [*self.skopeo, "copy", "-q", *flags, "--digestfile", str(digestfile), src, dst]
+        else:
+            argv = [*ATOLL, "-q", "image", "copy", "--digestfile", str(digestfile), src, dst]
+        result = timed(argv, self.env)
+        if digestfile.read_text().strip() != expected:
+            raise SystemExit(f"{tool} copied {src} to {dst} with another digest")
+        return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size-mb", type=int, default=240, help="raw image size (default 240)")
+    parser.add_argument("--size-mb", type=int, default=640, help="raw image size (default 640)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
@@ -165,7 +223,6 @@ def main() -> int:
     skopeo = shutil.which("skopeo")
     if not skopeo:
         raise SystemExit("skopeo is not installed (apt-get install skopeo)")
-    atoll = [sys.executable, "-m", "atoll"]
     layout = CACHE / f"image-{args.size_mb}mb-{args.layers}l"
     CACHE.mkdir(parents=True, exist_ok=True)
     print(f"building the test image from /usr files (cached in {layout}) ...", flush=True)
@@ -174,65 +231,60 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="atoll-bench-") as tmp_text:
         tmp = Path(tmp_text)
-        policy = tmp / "policy.json"
-        policy.write_text(POLICY)
-        reg_a = LocalRegistry(tmp / "reg-a")
-        reg_b = LocalRegistry(tmp / "reg-b")
-        with reg_a, reg_b:
-            conf = tmp / "registries.conf"
-            conf.write_text(
-                "".join(
-                    f'[[registry]]\nlocation = "{r.host}"\ninsecure = true\n'
-                    for r in (reg_a, reg_b)
-                )
-            )
-            env = dict(os.environ, CONTAINERS_REGISTRIES_CONF=str(conf))
-            sk = [skopeo, "--policy", str(policy)]
-            sk_tls = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+        bench = Bench(tmp, skopeo)
+        with bench.registry("source") as reg_a:
             src = f"docker://{reg_a.host}/bench/src:1"
-            subprocess.run(
-                [*sk, "copy", "-q", *sk_tls, f"oci:{layout}:1", src], check=True, env=env
-            )
+            bench.skopeo_copy(f"oci:{layout}:1", src)
+            expected = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
             print(
                 f"image: {args.layers} layers, {blob_bytes / 2**20:.0f} MiB compressed, "
                 f"{args.size_mb} MiB raw; {args.runs} runs each, tools alternating\n",
                 flush=True,
             )
-            cases = {
-                "registry -> oci:": lambda tool, i: f"oci:{tmp}/{tool}-{i}:1",
-                "registry -> same registry": lambda tool, i: (
-                    f"docker://{reg_a.host}/bench/{tool}-{i}:1"
-                ),
-                "registry -> other registry": lambda tool, i: (
-                    f"docker://{reg_b.host}/bench/{tool}-{i}:1"
-                ),
-            }
             print(
-                f"{'case':28} {'skopeo s':>9} {'atoll s':>9} {'time ratio':>10} "
+                f"{'case':30} {'skopeo s':>9} {'atoll s':>9} {'time ratio':>10} "
                 f"{'skopeo MiB':>10} {'atoll MiB':>10} {'mem ratio':>9}"
             )
-            for case, dest in cases.items():
+            for case in (
+                "registry -> oci:",
+                "registry -> same registry",
+                "registry -> new registry",
+            ):
                 times: dict[str, list[float]] = {"skopeo": [], "atoll": []}
                 mems: dict[str, list[int]] = {"skopeo": [], "atoll": []}
                 for i in range(args.runs):
                     for tool in ("skopeo", "atoll"):
-                        target = dest(tool, i)
-                        if tool == "skopeo":
-                            argv = [*sk, "copy", "-q", *sk_tls, src, target]
-                        else:
-                            argv = [*atoll, "-q", "image", "copy", src, target]
-                        seconds, rss = timed(argv, env)
+                        with bench.destination(case, reg_a, tool, i) as target:
+                            seconds, rss = bench.copy(tool, src, target, expected)
                         times[tool].append(seconds)
                         mems[tool].append(rss)
-                        if target.startswith("oci:"):
-                            shutil.rmtree(target[4:].rsplit(":", 1)[0], ignore_errors=True)
                 s_t, a_t = statistics.median(times["skopeo"]), statistics.median(times["atoll"])
                 s_m, a_m = max(mems["skopeo"]) / 1024, max(mems["atoll"]) / 1024
                 print(
-                    f"{case:28} {s_t:9.3f} {a_t:9.3f} {a_t / s_t:10.2f} "
+                    f"{case:30} {s_t:9.3f} {a_t:9.3f} {a_t / s_t:10.2f} "
                     f"{s_m:10.1f} {a_m:10.1f} {a_m / s_m:9.2f}",
                     flush=True,
                 )
+            # Memory against blob size: the same files as one layer, four times larger.
+            one = CACHE / f"image-{args.size_mb}mb-1l"
+            build_image(one, args.size_mb << 20, 1)
+            one_src = f"docker://{reg_a.host}/bench/one:1"
+            bench.skopeo_copy(f"oci:{one}:1", one_src)
+            one_expected = json.loads((one / "index.json").read_text())["manifests"][0]["digest"]
+            print("\npeak memory of atoll against the largest blob (registry -> oci:):")
+            for label, image, name, digest in (
+                (f"{args.layers} layers", layout, src, expected),
+                ("1 layer", one, one_src, one_expected),
+            ):
+                largest = max(p.stat().st_size for p in (image / "blobs" / "sha256").iterdir())
+                with bench.destination("registry -> oci:", reg_a, "mem", 0) as target:
+                    _, rss = bench.copy("atoll", name, target, digest)
+                mib = largest / 2**20
+                print(f"  {label:10} largest blob {mib:7.1f} MiB  peak RSS {rss / 1024:6.1f} MiB")
+            startup = statistics.median(
+                timed([*ATOLL, "version"], bench.env)[0] for _ in range(args.runs)
+            )
+            print(f"\natoll start-up alone (atoll version): {startup:.3f} s")
     print("\nratios are atoll / skopeo: below 1.00 means atoll is faster or smaller")
     return 0
 

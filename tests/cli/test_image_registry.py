@@ -307,3 +307,18 @@ def test_tls_registry(
     empty.mkdir()
     assert main(["image", "inspect", "--cert-dir", str(empty), dest]) == 23
     assert "atoll: error:" in capsys.readouterr().err
+
+
+def test_upload_cut_off_is_sent_again(
+    fault_proxy: FaultProxyView, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helpers.images import build_image
+
+    img = build_image(tmp_path / "img", "v1", layers=1, layer_size=200_000)
+    fault_proxy.hang_up("/blobs/uploads/", method="PUT", times=1)
+    dest = f"docker://{fault_proxy.host}/{fault_proxy.new_repo('cut')}:v1"
+    result = run_json(capsys, "copy", "--retry-times", "3", f"oci:{img.layout}:v1", dest)
+    assert result["digest"] == img.manifest_digest
+    puts = fault_proxy.seen("PUT", "/blobs/uploads/")
+    assert len(puts) >= 3  # config and layer, one of them twice
+    assert run_json(capsys, "inspect", "--no-tags", dest)["Digest"] == img.manifest_digest

@@ -44,7 +44,13 @@ class RichProgressView:
 
     def subtask(self, ident: str, kind: str, description: str, total: int) -> None:
         with self._lock:
-            if ident in self._tasks:
+            existing = self._tasks.get(ident)
+            if existing is not None:
+                # The blob is being sent again: start its bar (and its share) over.
+                sent = self._progress.tasks[existing].completed
+                self._progress.update(existing, completed=0)
+                if self._overall is not None:
+                    self._progress.advance(self._overall, -sent)
                 return
             self._tasks[ident] = self._progress.add_task(f"  {description}", total=total)
             if self._overall is not None:

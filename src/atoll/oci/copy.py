@@ -21,6 +21,7 @@ import json
 import logging
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +35,8 @@ from atoll.errors import (
     DigestMismatchError,
     LayerError,
     ManifestError,
+    NetworkError,
+    TLSError,
     from_oserror,
 )
 from atoll.fsutil import write_atomic
@@ -48,7 +51,7 @@ from atoll.oci.manifest import (
     layer_compression,
     parse_manifest,
 )
-from atoll.oci.transports import ImageName, open_destination, open_source
+from atoll.oci.transports import ImageName, Transport, open_destination, open_source
 from atoll.oci.transports.base import CHUNK_SIZE, ImageDestination, ImageSource
 from atoll.progress import NullProgress, ProgressSink
 
@@ -106,25 +109,55 @@ def copy_image(
     dst_ctx = dst_ctx or src_ctx
     options = options or CopyOptions()
     progress = progress or NullProgress()
-    with open_source(src, src_ctx) as source:
-        destination = open_destination(dst, dst_ctx)
-        with destination:
-            if options.preserve_digests and not destination.preserves_digests:
-                raise ConflictError(
-                    f"{destination.description} re-encodes images, so digests cannot be preserved",
-                    hint="drop --preserve-digests, or copy to docker://, oci: or dir:",
-                )
-            copier = _Copier(source, destination, src_ctx, dst_ctx, options, progress)
-            ok = False
-            try:
-                result = copier.run(str(src), str(dst))
-                destination.commit()
-                ok = True
-            finally:
-                progress.end(ok)
+    source, destination = _open_pair(src, dst, src_ctx, dst_ctx)
+    with source, destination:
+        if options.preserve_digests and not destination.preserves_digests:
+            raise ConflictError(
+                f"{destination.description} re-encodes images, so digests cannot be preserved",
+                hint="drop --preserve-digests, or copy to docker://, oci: or dir:",
+            )
+        copier = _Copier(source, destination, src_ctx, dst_ctx, options, progress)
+        ok = False
+        try:
+            result = copier.run(str(src), str(dst))
+            destination.commit()
+            ok = True
+        finally:
+            progress.end(ok)
     if digestfile is not None:
         write_atomic(digestfile, str(result.digest).encode())
     return result
+
+
+def _open_pair(
+    src: ImageName, dst: ImageName, src_ctx: SystemContext, dst_ctx: SystemContext
+) -> tuple[ImageSource, ImageDestination]:
+    """Open both ends; two names on one registry share one client (one ping, one
+    token cache, one connection pool)."""
+    if (
+        src.transport is Transport.DOCKER
+        and dst.transport is Transport.DOCKER
+        and src.reference is not None
+        and dst.reference is not None
+        and src.reference.registry == dst.reference.registry
+        and src_ctx == dst_ctx
+    ):
+        from atoll.oci.client import RegistryClient
+        from atoll.oci.transports.docker import DockerDestination, DockerSource
+
+        client = RegistryClient(src.reference.registry, src_ctx)
+        docker_source = DockerSource(src, src_ctx, client=client)
+        try:
+            return docker_source, DockerDestination(dst, dst_ctx, client=client, owns_client=True)
+        except BaseException:
+            client.close()
+            raise
+    source = open_source(src, src_ctx)
+    try:
+        return source, open_destination(dst, dst_ctx)
+    except BaseException:
+        source.close()
+        raise
 
 
 class _Copier:
@@ -260,11 +293,11 @@ class _Copier:
                 self.progress.subtask(
                     str(desc.digest), kind, f"{kind} {desc.digest.short}", desc.size
                 )
-                future = self.pool.submit(self._copy_blob, desc, convert)
+                future = self.pool.submit(self._copy_blob, desc, kind, convert)
                 self._blob_futures[desc.digest] = future
             return future
 
-    def _copy_blob(self, desc: Descriptor, convert: Compression | None) -> Descriptor:
+    def _copy_blob(self, desc: Descriptor, kind: str, convert: Compression | None) -> Descriptor:
         ident = str(desc.digest)
         if (
             convert is not None
@@ -272,25 +305,45 @@ class _Copier:
             and desc.media_type != MediaType.DOCKER_FOREIGN_LAYER
         ):
             return self._recompress(desc, convert)
-        if self.destination.has_blob(desc):
-            self.stats.add(skipped=1)
-            self.progress.done(ident, cached=True)
-            return desc
+        # A mount on the same registry answers "already there" too, in one request,
+        # so it goes first; other destinations refuse it without a request.
         origin = self.source.mount_origin
         if origin is not None and self.destination.mount_blob(desc, origin):
             self.stats.add(mounted=1)
             self.progress.done(ident, cached=True)
             return desc
-        with self.source.open_blob(desc) as chunks:
+        if self.destination.has_blob(desc):
+            self.stats.add(skipped=1)
+            self.progress.done(ident, cached=True)
+            return desc
+        self._transfer(desc, kind)
+        self.stats.add(copied=1, nbytes=desc.size)
+        self.progress.done(ident)
+        return desc
+
+    def _transfer(self, desc: Descriptor, kind: str) -> None:
+        """Stream one blob from source to destination.  The client retries single
+        requests; a stream that breaks on the way up (an upload cannot be resumed)
+        is sent again from the start, up to the context's number of attempts."""
+        ident = str(desc.digest)
+        attempts = max(1, self.src_ctx.retries)
+        for attempt in range(1, attempts + 1):
             try:
-                self.destination.put_blob(desc, self._counted(ident, chunks))
+                with self.source.open_blob(desc) as chunks:
+                    self.destination.put_blob(desc, self._counted(ident, chunks))
+                return
             except DigestMismatchError as exc:
                 raise DigestMismatchError(
                     f"{self.source.description}: blob {desc.digest}: {_reason(exc)}"
                 ) from exc
-        self.stats.add(copied=1, nbytes=desc.size)
-        self.progress.done(ident)
-        return desc
+            except NetworkError as exc:
+                if isinstance(exc, TLSError) or attempt == attempts:
+                    raise
+                delay = self.src_ctx.retry_delay * 2 ** (attempt - 1)
+                log.warning("%s: %s; sending it again in %.1f s", desc.digest.short, exc, delay)
+                time.sleep(delay)
+                # Start the blob's progress over rather than count its bytes twice.
+                self.progress.subtask(ident, kind, f"{kind} {desc.digest.short}", desc.size)
 
     def _counted(self, ident: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:

@@ -62,11 +62,17 @@ class DockerDestination(ImageDestination):
     accepts_oci = True
 
     def __init__(
-        self, name: ImageName, ctx: SystemContext, *, client: RegistryClient | None = None
+        self,
+        name: ImageName,
+        ctx: SystemContext,
+        *,
+        client: RegistryClient | None = None,
+        owns_client: bool | None = None,
     ) -> None:
         self.reference = _reference(name)
         self.description = str(name)
-        self._owns_client = client is None
+        # A client passed in belongs to the caller unless it hands it over.
+        self._owns_client = client is None if owns_client is None else owns_client
         self.client = client or RegistryClient(self.reference.registry, ctx)
         self._lock = threading.Lock()
         # Sessions a refused mount opened, kept for the upload of the same blob.
