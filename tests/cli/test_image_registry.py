@@ -261,7 +261,12 @@ def test_basic_auth_registry_with_creds_and_authfile(
     img = auth_registry.push_test_image(repo, "v1")
     src = f"docker://{auth_registry.host}/{repo}:v1"
     assert main(["image", "inspect", src]) == 21
-    assert "atoll: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        f"atoll: error: {auth_registry.host}/{repo}: reading manifest v1: "
+        "authentication required (HTTP 401)"
+    )
+    assert err[1].startswith("hint: log in with atoll login HOST")
     creds = auth_registry.credentials
     assert creds is not None
     out = run_json(capsys, "inspect", "--creds", creds, src)

@@ -91,7 +91,7 @@ _MAX_PAGES = 10_000
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 #: Registries whose API lives on another host than the one in references.
 _API_HOSTS = {"docker.io": "registry-1.docker.io"}
-_AUTH_HINT = "log in with `atoll login`, or pass --authfile FILE or --creds USER:PASSWORD"
+_AUTH_HINT = "log in with atoll login HOST, or pass --authfile FILE or --creds USER:PASSWORD"
 _TLS_HINT = (
     "put the registry's CA certificate in ~/.config/containers/certs.d/HOST:PORT/ca.crt "
     "or /etc/containers/certs.d/HOST:PORT/, pass --cert-dir DIR, "
@@ -342,6 +342,14 @@ class RegistryClient:
         """Every tag of *repository*, following ``Link: rel="next"`` pages of *page_size*."""
         pages = self._pages(repository, "tags/list", page_size, "listing tags")
         return [str(tag) for page in pages for tag in _list_field(page, "tags")]
+
+    def check_login(self) -> None:
+        """Ask ``/v2/`` with the credentials (a token for no scope, for Bearer
+        registries); raise AuthenticationError if the registry refuses them."""
+        base = self.ping()
+        response = self._send_authorized("GET", base, [], {})
+        if response.status_code != 200:
+            self.fail(response, "logging in", None)
 
     def catalog(self, page_size: int | None = None) -> list[str]:
         """Every repository ``/v2/_catalog`` lists, following its pages."""
