@@ -153,14 +153,22 @@ def _seed(proxy: FaultProxyView) -> tuple[str, str]:
     return f"docker://{proxy.host}/{repo}:v1", img.layer_digests[1]
 
 
-def _assert_failed_cleanly(
-    capsys: pytest.CaptureFixture[str], code: int, expected: int, message: str, dest: Path
-) -> None:
-    err = capsys.readouterr().err
-    assert code == expected, err
-    assert err.startswith("atoll: error: ")
-    assert message in err.splitlines()[0]
-    assert not dest.exists()
+def _fault(proxy: FaultProxyView, kind: str, layer: str) -> str:
+    """Program one fault; return the suffix to give the source name."""
+    blob = f"/blobs/{layer}"
+    if kind == "truncate":
+        proxy.truncate(blob, keep=1000)
+    elif kind == "corrupt":
+        proxy.corrupt(blob, offset=500)
+    elif kind == "missing-blob":
+        proxy.fail(blob, 404)
+    elif kind == "deny":
+        proxy.deny()
+    elif kind == "malformed":
+        proxy.serve("/manifests/v1", b"{not json", content_type="application/json")
+    elif kind == "no-such-tag":
+        return "-nope"
+    return ""
 
 
 @pytest.mark.parametrize(
@@ -168,10 +176,13 @@ def _assert_failed_cleanly(
     [
         ("truncate", 11, "truncated"),
         ("corrupt", 11, "digest mismatch"),
-        ("missing", 12, "reading blob"),
+        ("missing-blob", 12, "reading blob"),
+        ("deny", 21, "authentication required"),
+        ("malformed", 10, "not valid JSON"),
+        ("no-such-tag", 12, "manifest unknown"),
     ],
 )
-def test_bad_blobs_leave_no_destination(
+def test_faults_give_one_line_their_code_and_no_destination(
     fault_proxy: FaultProxyView,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -180,16 +191,14 @@ def test_bad_blobs_leave_no_destination(
     message: str,
 ) -> None:
     src, layer = _seed(fault_proxy)
-    path = f"/blobs/{layer}"
-    if fault == "truncate":
-        fault_proxy.truncate(path, keep=1000)
-    elif fault == "corrupt":
-        fault_proxy.corrupt(path, offset=500)
-    else:
-        fault_proxy.fail(path, 404)
+    src += _fault(fault_proxy, fault, layer)
     dest = tmp_path / "dest"
     result = main(["image", "copy", "--retry-times", "2", src, f"oci:{dest}:v1"])
-    _assert_failed_cleanly(capsys, result, code, message, dest)
+    err = capsys.readouterr().err
+    assert result == code, err
+    assert err.startswith("atoll: error: ")
+    assert message in err.splitlines()[0]
+    assert not dest.exists()
 
 
 def test_bad_blob_never_moves_a_registry_tag(
@@ -224,34 +233,6 @@ def test_dropped_connection_is_resumed(
     run_json(capsys, "copy", src, f"oci:{tmp_path / 'dest'}:v1")
     ranged = [r for r in fault_proxy.requests if r.path.endswith(layer) and r.headers.get("range")]
     assert ranged and ranged[0].headers["range"] == "bytes=100000-"
-
-
-@pytest.mark.parametrize(
-    ("setup", "code", "message"),
-    [
-        ("deny", 21, "authentication required"),
-        ("malformed", 10, "not valid JSON"),
-        ("no-such-tag", 12, "manifest unknown"),
-    ],
-)
-def test_registry_refusals(
-    fault_proxy: FaultProxyView,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    setup: str,
-    code: int,
-    message: str,
-) -> None:
-    src, _ = _seed(fault_proxy)
-    if setup == "deny":
-        fault_proxy.deny()
-    elif setup == "malformed":
-        fault_proxy.serve("/manifests/v1", b"{not json", content_type="application/json")
-    else:
-        src = src.replace(":v1", ":nope")
-    dest = tmp_path / "dest"
-    result = main(["image", "copy", "--retry-times", "1", src, f"oci:{dest}:v1"])
-    _assert_failed_cleanly(capsys, result, code, message, dest)
 
 
 def test_basic_auth_registry_with_creds_and_authfile(

@@ -47,29 +47,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     copy.add_argument("source", metavar="SRC")
     copy.add_argument("destination", metavar="DST")
     copy.add_argument(
-        "-a",
-        "--all",
-        action="store_true",
-        help="copy every image of an index, not just the host platform's",
-    )
-    copy.add_argument(
         "--digestfile", metavar="FILE", help="write the digest of the copied manifest to FILE"
     )
-    copy.add_argument(
-        "--preserve-digests", action="store_true", help="fail rather than change the image's digest"
-    )
-    copy.add_argument(
-        "--dest-compress-format",
-        choices=[c.value for c in Compression],
-        help="re-compress layers in this format",
-    )
-    copy.add_argument(
-        "--parallel", type=int, default=6, metavar="N", help="blobs copied at once (default 6)"
-    )
-    add_registry_options(copy)
-    add_registry_options(copy, "src-")
-    add_registry_options(copy, "dest-")
-    add_platform_options(copy)
+    _add_copy_options(copy)
     copy.set_defaults(func=_copy)
 
     inspect = sub.add_parser("inspect", help="show an image's manifest, config and layers")
@@ -112,21 +92,39 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="keep the full source name (registry included) under DST",
     )
-    sync.add_argument("-a", "--all", action="store_true", help="copy every image of an index")
-    sync.add_argument("--preserve-digests", action="store_true")
-    sync.add_argument("--dest-compress-format", choices=[c.value for c in Compression])
     sync.add_argument(
         "--keep-going",
         action="store_true",
         help="go on after an image fails; exit non-zero at the end",
     )
     sync.add_argument("--dry-run", action="store_true", help="list what would be copied")
-    sync.add_argument("--parallel", type=int, default=6, metavar="N")
-    add_registry_options(sync)
-    add_registry_options(sync, "src-")
-    add_registry_options(sync, "dest-")
-    add_platform_options(sync)
+    _add_copy_options(sync)
     sync.set_defaults(func=_sync)
+
+
+def _add_copy_options(parser: argparse.ArgumentParser) -> None:
+    """What copy and sync share: how to copy, and how to reach both ends."""
+    parser.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="copy every image of an index, not just the host platform's",
+    )
+    parser.add_argument(
+        "--preserve-digests", action="store_true", help="fail rather than change the image's digest"
+    )
+    parser.add_argument(
+        "--dest-compress-format",
+        choices=[c.value for c in Compression],
+        help="re-compress layers in this format",
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=6, metavar="N", help="blobs copied at once (default 6)"
+    )
+    add_registry_options(parser)
+    add_registry_options(parser, "src-")
+    add_registry_options(parser, "dest-")
+    add_platform_options(parser)
 
 
 def _copy_options(args: argparse.Namespace) -> CopyOptions:

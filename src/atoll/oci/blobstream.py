@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import httpx
 
+from atoll.closing import Closeable
 from atoll.errors import RegistryError
 from atoll.oci.digest import Digest
 from atoll.oci.httputil import content_range_start
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class BlobStream:
+class BlobStream(Closeable):
     """The chunks of one blob.  Use as a context manager so the connection is released."""
 
     def __init__(
@@ -136,14 +136,3 @@ class BlobStream:
         response, self._response = self._response, None
         if response is not None:
             response.close()
-
-    def __enter__(self) -> BlobStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

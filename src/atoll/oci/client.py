@@ -39,11 +39,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from types import TracebackType
 from typing import NoReturn
 
 import httpx
 
+from atoll.closing import Closeable
 from atoll.errors import (
     AtollError,
     AuthenticationError,
@@ -151,7 +151,7 @@ class MountResult:
     session: UploadSession | None = None
 
 
-class RegistryClient:
+class RegistryClient(Closeable):
     """One registry; safe to share between the threads of a copy."""
 
     def __init__(
@@ -194,17 +194,6 @@ class RegistryClient:
 
     def close(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> RegistryClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- the API ----------------------------------------------------------------------
 

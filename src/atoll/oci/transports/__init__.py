@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from atoll.errors import InvalidReferenceError
 from atoll.oci.context import SystemContext
@@ -93,48 +95,31 @@ class ImageName:
         return out
 
 
+#: For each transport: its module, its source class and its destination class.
+#: Modules are imported on first use, so ``docker://`` alone loads httpx.
+_PLUGINS: dict[Transport, tuple[str, str, str]] = {
+    Transport.DOCKER: ("docker", "DockerSource", "DockerDestination"),
+    Transport.OCI: ("layout", "LayoutSource", "LayoutDestination"),
+    Transport.OCI_ARCHIVE: ("archive", "ArchiveSource", "ArchiveDestination"),
+    Transport.DIR: ("dir", "DirSource", "DirDestination"),
+    Transport.CONTAINERS_STORAGE: ("storage", "StorageSource", "StorageDestination"),
+}
+
+
+def _plugin(transport: Transport, index: int) -> type[Any]:
+    module = importlib.import_module(f"{__name__}.{_PLUGINS[transport][0]}")
+    cls: type[Any] = getattr(module, _PLUGINS[transport][index])
+    return cls
+
+
 def open_source(name: ImageName, ctx: SystemContext) -> ImageSource:
-    if name.transport is Transport.DOCKER:
-        from atoll.oci.transports.docker import DockerSource
-
-        return DockerSource(name, ctx)
-    if name.transport is Transport.OCI:
-        from atoll.oci.transports.layout import LayoutSource
-
-        return LayoutSource(name, ctx)
-    if name.transport is Transport.OCI_ARCHIVE:
-        from atoll.oci.transports.archive import ArchiveSource
-
-        return ArchiveSource(name, ctx)
-    if name.transport is Transport.DIR:
-        from atoll.oci.transports.dir import DirSource
-
-        return DirSource(name, ctx)
-    from atoll.oci.transports.storage import StorageSource
-
-    return StorageSource(name, ctx)
+    source: ImageSource = _plugin(name.transport, 1)(name, ctx)
+    return source
 
 
 def open_destination(name: ImageName, ctx: SystemContext) -> ImageDestination:
-    if name.transport is Transport.DOCKER:
-        from atoll.oci.transports.docker import DockerDestination
-
-        return DockerDestination(name, ctx)
-    if name.transport is Transport.OCI:
-        from atoll.oci.transports.layout import LayoutDestination
-
-        return LayoutDestination(name, ctx)
-    if name.transport is Transport.OCI_ARCHIVE:
-        from atoll.oci.transports.archive import ArchiveDestination
-
-        return ArchiveDestination(name, ctx)
-    if name.transport is Transport.DIR:
-        from atoll.oci.transports.dir import DirDestination
-
-        return DirDestination(name, ctx)
-    from atoll.oci.transports.storage import StorageDestination
-
-    return StorageDestination(name, ctx)
+    destination: ImageDestination = _plugin(name.transport, 2)(name, ctx)
+    return destination
 
 
 __all__ = [

@@ -19,8 +19,8 @@ import abc
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from types import TracebackType
 
+from atoll.closing import Closeable
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor
 
@@ -37,7 +37,7 @@ class MountOrigin:
     repository: str
 
 
-class ImageSource(abc.ABC):
+class ImageSource(Closeable, abc.ABC):
     #: Human-readable name used in messages, e.g. ``docker://host/repo:tag``.
     description: str
 
@@ -54,22 +54,8 @@ class ImageSource(abc.ABC):
     def mount_origin(self) -> MountOrigin | None:
         return None
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        pass
 
-    def __enter__(self) -> ImageSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class ImageDestination(abc.ABC):
+class ImageDestination(Closeable, abc.ABC):
     description: str
     #: False for destinations that can only hold Docker schema 2 images.
     accepts_oci: bool = True
@@ -103,18 +89,7 @@ class ImageDestination(abc.ABC):
     def abort(self) -> None:
         """Undo what was written since the destination was opened."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        pass
-
-    def __enter__(self) -> ImageDestination:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None:
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info and exc_info[0] is not None:
             self.abort()
         self.close()
