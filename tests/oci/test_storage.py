@@ -18,26 +18,10 @@ from atoll.oci.manifest import Descriptor, ImageManifest, MediaType, parse_confi
 from atoll.oci.transports import ImageName, ImageSource
 from atoll.oci.transports.layout import LayoutSource
 from atoll.oci.transports.storage import StorageDestination, StorageSource
+from atoll.podman import isolated_environment
 from helpers.images import build_image, list_files
 from helpers.naive_copy import naive_copy
 from helpers.parts import require_tool
-
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024","nproc=1024:1024"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-tmp_dir = "{root}/engine-tmp"
-"""
-STORAGE_CONF = """\
-[storage]
-driver = "vfs"
-graphroot = "{root}/graph"
-runroot = "{root}/run"
-"""
 
 
 @pytest.fixture(scope="session")
@@ -45,14 +29,8 @@ def podman_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """CONTAINERS_* variables pointing podman at a store of this test session."""
     require_tool("podman")
     root = tmp_path_factory.mktemp("podman")
-    (root / "containers.conf").write_text(CONTAINERS_CONF.format(root=root))
-    (root / "storage.conf").write_text(STORAGE_CONF.format(root=root))
-    # podman refuses to start when the registries.conf it is pointed at is missing.
-    (root / "registries.conf").write_text("unqualified-search-registries = []\n")
     return {
-        "CONTAINERS_CONF": str(root / "containers.conf"),
-        "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"),
-        "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
+        **isolated_environment(root),
         "graphroot": str(root / "graph"),
     }
 

@@ -21,16 +21,8 @@ from rich.table import Table
 
 from atoll.demo.registry import LocalRegistry
 from atoll.errors import AtollError, CommandError
+from atoll.podman import isolated_environment
 from atoll.run import base_environment, find_tool, run
-
-_CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024","nproc=1024:1024"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
 
 _CONTAINERFILE = """\
 FROM scratch
@@ -57,8 +49,8 @@ class Demo:
         self.steps: list[Step] = []
         self.env = base_environment(
             {
-                "CONTAINERS_CONF": str(workdir / "containers.conf"),
-                "CONTAINERS_STORAGE_CONF": str(workdir / "storage.conf"),
+                "CONTAINERS_CONF": str(workdir / "podman" / "containers.conf"),
+                "CONTAINERS_STORAGE_CONF": str(workdir / "podman" / "storage.conf"),
                 "CONTAINERS_REGISTRIES_CONF": str(workdir / "registries.conf"),
                 "REGISTRY_AUTH_FILE": str(workdir / "auth.json"),
             }
@@ -89,12 +81,9 @@ class Demo:
 
     def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "containers.conf").write_text(_CONTAINERS_CONF)
-        (self.workdir / "storage.conf").write_text(
-            '[storage]\ndriver = "vfs"\n'
-            f'graphroot = "{self.workdir / "podman" / "root"}"\n'
-            f'runroot = "{self.workdir / "podman" / "run"}"\n'
-        )
+        registries = self.workdir / "registries.conf"
+        registries.write_text("")
+        isolated_environment(self.workdir / "podman", registries_conf=registries)
 
     def build_image(self) -> str:
         """A small OS-like image with podman: busybox as /bin/sh, an os-release, an app."""
