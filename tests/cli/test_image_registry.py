@@ -308,3 +308,43 @@ def test_upload_cut_off_is_sent_again(
     puts = fault_proxy.seen("PUT", "/blobs/uploads/")
     assert len(puts) >= 3  # config and layer, one of them twice
     assert run_json(capsys, "inspect", "--no-tags", dest)["Digest"] == img.manifest_digest
+
+
+def test_docker_schema2_images_and_manifest_lists(
+    registry: RegistryView, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """skopeo turns OCI test images into Docker ones; atoll keeps them as they are."""
+    index_digest, _ = build_multiarch(tmp_path / "multi")
+    repo = registry.new_repo("docker")
+    src = f"docker://{registry.host}/{repo}:v1"
+    registry.skopeo(
+        "copy",
+        "-q",
+        "--all",
+        "--format",
+        "v2s2",
+        *registry.skopeo_args("dest"),
+        f"oci:{tmp_path / 'multi'}",
+        src,
+    )
+    raw_list = registry.skopeo("inspect", "--raw", *registry.skopeo_args(), src).stdout
+    assert json.loads(raw_list)["mediaType"] == (
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    )
+    expected = skopeo_digest(registry, src)
+    copied = run_json(capsys, "copy", "--all", src, f"oci:{tmp_path / 'all'}:v1")
+    assert copied["digest"] == expected
+    assert copied["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+    single = run_json(capsys, "copy", src, f"dir:{tmp_path / 'one'}")
+    assert single["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    # zstd needs OCI manifests: the image is converted, and says so.
+    zstd = run_json(
+        capsys, "copy", "--dest-compress-format", "zstd", src, f"oci:{tmp_path / 'z'}:v1"
+    )
+    assert zstd["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert zstd["converted"] is True
+    raw = registry.skopeo("inspect", "--raw", f"oci:{tmp_path / 'z'}:v1").stdout
+    assert {layer["mediaType"] for layer in json.loads(raw)["layers"]} == {
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    }
+    assert index_digest != expected

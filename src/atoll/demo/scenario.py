@@ -187,7 +187,7 @@ def run_demo(workdir: Path | None, keep: bool, console: Console | None = None) -
 
         demo.section("Summary")
         console.print(demo.summary())
-        console.print(f"Files are under $DEMO = {base}")
+        console.print(f"$DEMO is {base}" + ("" if keep else " (removed when the demo ends)"))
         if keep:
             console.print(
                 f"\nThe registry keeps running at http://{registry.host} (pid file: none; "
