@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 
 # Real parts atoll works with and tests against.
 APT_PACKAGES := python3 python3-venv ca-certificates docker-registry skopeo podman runc \
-	uidmap apache2-utils openssl zstd tar busybox-static
+	uidmap apache2-utils openssl zstd tar busybox-static \
+	ostree debootstrap systemd-container attr
 
 .PHONY: demo test lint typecheck unit integration slow bench deps system-deps venv clean
 
