@@ -4,6 +4,9 @@ rename, fsync the directory.  A crash leaves the old file or the new one."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -61,3 +64,77 @@ def remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
     elif path.exists():
         shutil.rmtree(path, ignore_errors=True)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every directory under *root* (files were synced as they were written),
+    so a rename of *root* cannot make a directory visible whose entries are lost."""
+    dirs = [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(d)
+
+
+@contextlib.contextmanager
+def locked_dir(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on directory *path*.
+
+    Serialises atoll processes that rewrite the same ``index.json``; other tools
+    (skopeo) do not take it, as containers/image does not lock layouts either."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise from_oserror(exc, str(path)) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically with renameat2(RENAME_EXCHANGE).
+
+    False when the kernel, libc or file system cannot do it; the caller then
+    falls back to two renames (with a short window where *b* is missing)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Make directory *new* appear at *target*, replacing what is there.
+
+    *target* may be absent, an empty directory (rename(2) replaces it) or a
+    directory tree, which is swapped out atomically and then removed."""
+    try:
+        if not target.exists() or not any(target.iterdir()):
+            # rename(2) replaces an empty directory by itself.
+            new.rename(target)
+        elif exchange(new, target):
+            # *new* now holds the old tree.
+            remove_tree(new)
+        else:
+            old = temp_sibling(target)
+            target.rename(old)
+            try:
+                new.rename(target)
+            except BaseException:
+                old.rename(target)
+                raise
+            remove_tree(old)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise from_oserror(exc, str(target)) from exc

@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from atoll.errors import AtollError, InvalidInputError, NotFoundError, from_oserror
-from atoll.fsutil import remove_tree, temp_sibling, write_atomic
+from atoll.fsutil import fsync_tree, remove_tree, replace_dir, temp_sibling, write_atomic
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor
@@ -37,11 +37,9 @@ from atoll.oci.transports import ImageName
 from atoll.oci.transports._local import (
     MAX_MANIFEST_SIZE,
     checked_digest,
-    fsync_tree,
     has_file,
     open_chunks,
     read_limited,
-    replace_dir,
     write_verified,
 )
 from atoll.oci.transports.base import ImageDestination, ImageSource

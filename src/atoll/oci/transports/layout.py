@@ -53,7 +53,7 @@ from atoll.errors import (
     UnsupportedError,
     from_oserror,
 )
-from atoll.fsutil import fsync_dir, remove_tree, temp_sibling, write_atomic
+from atoll.fsutil import fsync_dir, fsync_tree, locked_dir, remove_tree, temp_sibling, write_atomic
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import (
@@ -69,9 +69,7 @@ from atoll.oci.transports._local import (
     MAX_INDEX_SIZE,
     MAX_MANIFEST_SIZE,
     checked_digest,
-    fsync_tree,
     has_file,
-    locked_dir,
     open_chunks,
     read_limited,
     write_verified,
