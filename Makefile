@@ -6,13 +6,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+TOOLS := .tools
+export PATH := $(CURDIR)/$(TOOLS)/systemd-boot/usr/bin:$(PATH)
 
 # Real parts atoll works with and tests against.
 APT_PACKAGES := python3 python3-venv ca-certificates docker-registry skopeo podman runc \
 	uidmap apache2-utils openssl zstd tar busybox-static \
 	ostree debootstrap systemd-container attr
 
-.PHONY: demo test lint typecheck unit integration slow bench deps system-deps venv clean
+.PHONY: demo test lint typecheck unit integration slow bench deps system-deps venv tools clean
 
 demo: deps
 	$(BIN)/atoll demo
@@ -42,7 +44,18 @@ slow: deps
 bench: deps
 	$(BIN)/python bench/copy
 
-deps: system-deps venv
+deps: system-deps venv tools
+
+# bootctl (systemd-boot) is an oracle for boot entries. Installing the package
+# would run its hook that installs systemd-boot on a machine with an EFI
+# partition, so its files are unpacked into .tools instead.
+tools: $(TOOLS)/.systemd-boot
+
+$(TOOLS)/.systemd-boot:
+	mkdir -p $(TOOLS)
+	cd $(TOOLS) && apt-get download systemd-boot && \
+		dpkg-deb -x systemd-boot_*.deb systemd-boot && rm -f systemd-boot_*.deb
+	touch $@
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -64,4 +77,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache src/*.egg-info
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache src/*.egg-info

@@ -15,11 +15,13 @@ Exit codes are grouped by the part of the system that failed:
 10-19 image content (manifests, digests, blobs, layers)
 20-29 talking to registries and other programs
 30-39 the local machine (disk space, permissions, locks)
+40-49 the device: sysroot, deployments, boot
 ====  ==========================================================
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -145,6 +147,35 @@ class LocalIOError(AtollError):
 class LockedError(AtollError):
     exit_code = 32
     summary = "another atoll process holds the lock"
+
+
+class SysrootVersionError(AtollError):
+    exit_code = 40
+    summary = "the sysroot or store was written by a newer atoll"
+
+
+class NoKernelError(AtollError):
+    exit_code = 41
+    summary = "the image has no kernel under /usr/lib/modules (see --allow-no-kernel)"
+
+
+class DeploymentError(AtollError):
+    exit_code = 42
+    summary = "the deployment operation is not possible in the sysroot's current state"
+
+
+class EtcMergeConflictError(AtollError):
+    exit_code = 43
+    summary = "local changes to /etc conflict with the new image (e.g. file vs directory)"
+
+    def __init__(self, message: str, *, paths: Sequence[str] = (), hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.paths = tuple(paths)
+
+
+class BootEntryError(AtollError):
+    exit_code = 44
+    summary = "a boot entry is malformed or missing, or there is no entry to boot"
 
 
 class InterruptedError_(AtollError):

@@ -17,8 +17,8 @@ from atoll.cli.common import (
 from atoll.errors import UsageError
 from atoll.oci.catalog import delete_image, list_tags
 from atoll.oci.copy import CopyOptions, CopyResult, copy_image
-from atoll.oci.inspect import inspect_image, read_config, read_raw_manifest
-from atoll.oci.manifest import Compression, ImageIndex, ImageManifest, parse_manifest
+from atoll.oci.inspect import inspect_image, read_config, read_raw_manifest, select_manifest
+from atoll.oci.manifest import Compression
 from atoll.oci.transports import ImageName, open_source
 
 _SizeUnits = ("B", "KiB", "MiB", "GiB", "TiB")
@@ -177,13 +177,7 @@ def _inspect(args: argparse.Namespace, out: Output) -> int:
         return 0
     if args.config:
         with open_source(name, ctx) as source:
-            raw, declared = source.get_manifest(None)
-            manifest = parse_manifest(raw, declared, where=source.description)
-            if isinstance(manifest, ImageIndex):
-                desc = manifest.select(ctx.platform)
-                raw, declared = source.get_manifest(desc.digest)
-                manifest = parse_manifest(raw, declared or desc.media_type, where=str(name))
-            assert isinstance(manifest, ImageManifest)
+            _, manifest = select_manifest(source, ctx.platform)
             config = read_config(source, manifest)
         sys.stdout.buffer.write(config if args.raw else config + b"\n")
         sys.stdout.flush()

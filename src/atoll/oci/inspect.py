@@ -19,7 +19,14 @@ from typing import Any
 from atoll.errors import DigestMismatchError, ManifestError
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
-from atoll.oci.manifest import ImageConfig, ImageIndex, ImageManifest, parse_config, parse_manifest
+from atoll.oci.manifest import (
+    ImageConfig,
+    ImageIndex,
+    ImageManifest,
+    Platform,
+    parse_config,
+    parse_manifest,
+)
 from atoll.oci.transports import ImageName, Transport, open_source
 from atoll.oci.transports.base import ImageSource
 
@@ -67,26 +74,32 @@ def read_raw_manifest(name: ImageName, ctx: SystemContext) -> bytes:
         return raw
 
 
+def select_manifest(
+    source: ImageSource, platform: Platform | None
+) -> tuple[ImageManifest | ImageIndex, ImageManifest]:
+    """The top-level manifest and the image manifest for *platform* (the same
+    when the top level is not an index); an instance is verified by digest."""
+    raw, declared = source.get_manifest(None)
+    top = parse_manifest(raw, declared, where=source.description)
+    if not isinstance(top, ImageIndex):
+        return top, top
+    desc = top.select(platform)
+    raw, declared = source.get_manifest(desc.digest)
+    if Digest.of(raw, desc.digest.algorithm) != desc.digest:
+        raise DigestMismatchError(
+            f"{source.description}: manifest {desc.digest} does not match its digest"
+        )
+    child = parse_manifest(raw, declared or desc.media_type, where=source.description)
+    if not isinstance(child, ImageManifest):
+        raise ManifestError(f"{source.description}: nested indexes are not supported")
+    return top, child
+
+
 def inspect_image(
     name: ImageName, ctx: SystemContext, *, list_tags: bool = True
 ) -> ImageInspection:
     with open_source(name, ctx) as source:
-        raw, declared = source.get_manifest(None)
-        top = parse_manifest(raw, declared, where=source.description)
-        digest = Digest.of(raw)
-        if isinstance(top, ImageIndex):
-            desc = top.select(ctx.platform)
-            raw, declared = source.get_manifest(desc.digest)
-            if Digest.of(raw, desc.digest.algorithm) != desc.digest:
-                raise DigestMismatchError(
-                    f"{source.description}: manifest {desc.digest} does not match its digest"
-                )
-            child = parse_manifest(raw, declared or desc.media_type, where=source.description)
-            if not isinstance(child, ImageManifest):
-                raise ManifestError(f"{source.description}: nested indexes are not supported")
-            manifest = child
-        else:
-            manifest = top
+        top, manifest = select_manifest(source, ctx.platform)
         config = parse_config(read_config(source, manifest), where=source.description)
     tags: tuple[str, ...] = ()
     if list_tags and name.transport is Transport.DOCKER:
@@ -94,7 +107,14 @@ def inspect_image(
 
         tags = tuple(_list_tags(name, ctx))
     display = str(name.reference.name) if name.reference is not None else str(name)
-    return ImageInspection(display, digest, top.media_type, manifest, config, tags)
+    return ImageInspection(
+        name=display,
+        digest=top.digest,
+        media_type=top.media_type,
+        manifest=manifest,
+        config=config,
+        tags=tags,
+    )
 
 
 def read_config(source: ImageSource, manifest: ImageManifest) -> bytes:

@@ -1,0 +1,337 @@
+"""The device's commands, bootc's verbs: install, status, upgrade, switch,
+rollback, pin, unpin, cleanup, finalize, config-diff, and ``boot`` for the
+directory device."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from atoll.cli.common import (
+    Output,
+    add_global_options,
+    add_platform_options,
+    add_registry_options,
+    system_context,
+)
+from atoll.errors import UsageError
+from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
+from atoll.sysroot.lifecycle import Device, StageResult
+from atoll.sysroot.origin import ImageTransport, image_name
+from atoll.sysroot.status import describe, host_document
+
+_STRATEGIES = [s.value for s in EtcMergeStrategy]
+
+
+def _sysroot_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sysroot",
+        metavar="DIR",
+        default="/sysroot",
+        help="the device's sysroot (default /sysroot)",
+    )
+
+
+def _command(
+    commands: argparse._SubParsersAction[Any], name: str, help_text: str, *, fetches: bool = False
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=help_text, description=help_text
+    )
+    add_global_options(parser)
+    _sysroot_option(parser)
+    if fetches:
+        add_registry_options(parser)
+        add_platform_options(parser)
+        parser.add_argument(
+            "--allow-no-kernel",
+            action="store_true",
+            help="deploy an image without usr/lib/modules/*/vmlinuz",
+        )
+    return parser
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    install = commands.add_parser("install", help="install an image onto a new device")
+    install_sub = install.add_subparsers(dest="install_command", metavar="COMMAND")
+    install_sub.required = True
+    to_fs = install_sub.add_parser(
+        "to-filesystem",
+        help="make ROOT (an empty, mounted file system or directory) a sysroot running IMAGE",
+    )
+    add_global_options(to_fs)
+    to_fs.add_argument("root", metavar="ROOT")
+    to_fs.add_argument(
+        "--source",
+        required=True,
+        metavar="IMAGE",
+        help="the image: REF (a registry) or TRANSPORT:DETAILS",
+    )
+    to_fs.add_argument("--transport", choices=[t.value for t in ImageTransport])
+    to_fs.add_argument("--stateroot", default="default", help="name of the stateroot")
+    to_fs.add_argument(
+        "--karg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="a kernel argument (repeat for more)",
+    )
+    to_fs.add_argument(
+        "--allow-no-kernel",
+        action="store_true",
+        help="install an image without usr/lib/modules/*/vmlinuz",
+    )
+    add_registry_options(to_fs)
+    add_platform_options(to_fs)
+    to_fs.set_defaults(func=_install)
+
+    status = _command(commands, "status", "show the booted, staged and rollback deployments")
+    status.add_argument("--format", choices=["human", "json", "yaml"], default=None)
+    status.add_argument("--booted", action="store_true", help="only the booted deployment")
+    status.set_defaults(func=_status)
+
+    upgrade = _command(
+        commands, "upgrade", "fetch and stage the newest version of the image", fetches=True
+    )
+    upgrade.add_argument(
+        "--check",
+        action="store_true",
+        help="only read manifest and config and say what would change",
+    )
+    upgrade.add_argument(
+        "--download-only",
+        action="store_true",
+        help="stage the update but do not apply it at the next shutdown",
+    )
+    upgrade.add_argument(
+        "--from-downloaded",
+        action="store_true",
+        help="apply a download-only update without fetching again",
+    )
+    upgrade.add_argument(
+        "--apply", action="store_true", help="finalize and reboot into the update right away"
+    )
+    upgrade.add_argument(
+        "--etc-merge",
+        choices=_STRATEGIES,
+        default="keep-local",
+        help="what to do when local /etc and the image disagree on a type",
+    )
+    upgrade.set_defaults(func=_upgrade)
+
+    switch = _command(commands, "switch", "stage another image", fetches=True)
+    switch.add_argument("image", metavar="IMAGE")
+    switch.add_argument("--transport", choices=[t.value for t in ImageTransport])
+    switch.add_argument("--apply", action="store_true", help="finalize and reboot right away")
+    switch.add_argument("--etc-merge", choices=_STRATEGIES, default="keep-local")
+    switch.set_defaults(func=_switch)
+
+    rollback = _command(commands, "rollback", "boot the previous deployment next time")
+    rollback.set_defaults(func=_rollback)
+
+    for name, pinned in (("pin", True), ("unpin", False)):
+        parser = _command(commands, name, f"{name} a deployment (pinned ones are never removed)")
+        parser.add_argument(
+            "deployment",
+            nargs="?",
+            metavar="DEPLOYMENT",
+            help="index in boot order (0, 1, …) or id prefix; default: booted",
+        )
+        parser.set_defaults(func=_pin, pinned=pinned)
+
+    cleanup = _command(commands, "cleanup", "remove what no deployment needs")
+    cleanup.set_defaults(func=_cleanup)
+
+    finalize = _command(
+        commands,
+        "finalize",
+        "apply the staged deployment: merge /etc, write boot entries (what shutdown runs)",
+    )
+    finalize.add_argument(
+        "--etc-merge",
+        choices=_STRATEGIES,
+        default=None,
+        help="override the strategy chosen when the update was staged",
+    )
+    finalize.set_defaults(func=_finalize)
+
+    config_diff = _command(
+        commands, "config-diff", "show how /etc differs from the booted image's /etc"
+    )
+    config_diff.set_defaults(func=_config_diff)
+
+    boot = _command(
+        commands, "boot", "directory device: boot the sysroot as firmware and bootloader would"
+    )
+    boot.set_defaults(func=_boot)
+
+
+def _device(args: argparse.Namespace, out: Output, root: str | None = None) -> Device:
+    ctx = system_context(args) if hasattr(args, "override_os") else None
+    return Device(Path(root or args.sysroot), ctx, progress=out.progress())
+
+
+def _describe_stage(result: StageResult) -> str:
+    image = result.image
+    version = f" {image.version}" if image.version else ""
+    if result.deployment is None:
+        return f"{image.name}{version}: {result.message}"
+    return (
+        f"{result.message.capitalize()}: {image.name}{version}\n"
+        f"  digest {image.digest}\n"
+        f"  deployment {result.deployment.stateroot}/{result.deployment.short}; "
+        f"{result.files_new} of {result.files_total} files new, "
+        f"{result.bytes_fetched} bytes fetched"
+    )
+
+
+def _install(args: argparse.Namespace, out: Output) -> int:
+    if args.install_command != "to-filesystem":
+        raise UsageError(f"unknown install command {args.install_command}")
+    image, transport = ImageTransport.parse_name(args.source, args.transport)
+    device = _device(args, out, args.root)
+    result = device.install(
+        image_name(image, transport),
+        stateroot=args.stateroot,
+        kargs=args.karg,
+        allow_no_kernel=args.allow_no_kernel,
+    )
+    out.result(result.to_json(), _describe_stage(result))
+    return 0
+
+
+def _status(args: argparse.Namespace, out: Output) -> int:
+    doc = host_document(_device(args, out).state())
+    fmt = args.format or ("json" if out.json else "human")
+    if fmt == "json":
+        out.json = True
+        out.result(doc)
+    elif fmt == "yaml":
+        import yaml
+
+        out.result(None, yaml.safe_dump(doc, sort_keys=False))
+    else:
+        out.result(None, describe(doc, booted_only=args.booted))
+    return 0
+
+
+def _after_stage(args: argparse.Namespace, out: Output, device: Device, result: StageResult) -> int:
+    out.result(result.to_json(), _describe_stage(result))
+    if getattr(args, "apply", False) and result.deployment is not None:
+        device.finalize()
+        record = device.boot()
+        out.info(f"Rebooted into {record.deployment[:12]} (entry {record.entry})")
+    return 0
+
+
+def _upgrade(args: argparse.Namespace, out: Output) -> int:
+    device = _device(args, out)
+    if args.check:
+        current, image, changed = device.check()
+        data = {
+            "changed": changed,
+            "current": {
+                "digest": current.origin.manifest_digest,
+                "version": current.origin.image_version,
+            },
+            "available": {"digest": str(image.digest), "version": image.version},
+        }
+        text = (
+            f"Update available: {current.origin.image_version or '-'} "
+            f"({current.origin.manifest_digest[:19]}) -> {image.version or '-'} "
+            f"({str(image.digest)[:19]})"
+            if changed
+            else f"No changes in {image.name}"
+        )
+        out.result(data, text)
+        return 0
+    if args.from_downloaded:
+        unlocked = device.unlock_downloaded()
+        out.result(unlocked.to_json(), f"Will apply {unlocked.short} at the next shutdown")
+        if args.apply:
+            device.finalize()
+            device.boot()
+        return 0
+    result = device.stage(
+        download_only=args.download_only,
+        allow_no_kernel=args.allow_no_kernel,
+        etc_strategy=EtcMergeStrategy(args.etc_merge),
+    )
+    return _after_stage(args, out, device, result)
+
+
+def _switch(args: argparse.Namespace, out: Output) -> int:
+    image, transport = ImageTransport.parse_name(args.image, args.transport)
+    device = _device(args, out)
+    result = device.stage(
+        image_name(image, transport),
+        allow_no_kernel=args.allow_no_kernel,
+        etc_strategy=EtcMergeStrategy(args.etc_merge),
+    )
+    return _after_stage(args, out, device, result)
+
+
+def _rollback(args: argparse.Namespace, out: Output) -> int:
+    target = _device(args, out).rollback()
+    out.result(
+        {"next": target.to_json()},
+        f"Next boot: {target.origin.image} {target.origin.image_version or ''} ({target.short})",
+    )
+    return 0
+
+
+def _pin(args: argparse.Namespace, out: Output) -> int:
+    updated = _device(args, out).set_pinned(args.deployment, args.pinned)
+    word = "Pinned" if args.pinned else "Unpinned"
+    out.result(updated.to_json(), f"{word} {updated.stateroot}/{updated.short}")
+    return 0
+
+
+def _cleanup(args: argparse.Namespace, out: Output) -> int:
+    report = _device(args, out).cleanup()
+    out.result(report, json.dumps(report, indent=2))
+    return 0
+
+
+def _finalize(args: argparse.Namespace, out: Output) -> int:
+    strategy = EtcMergeStrategy(args.etc_merge) if args.etc_merge else None
+    result = _device(args, out).finalize(etc_merge=strategy)
+    if result is None:
+        out.result({"finalized": None}, "Nothing staged")
+        return 0
+    conflicts = result.etc_merge.get("conflicts") or []
+    out.result(
+        {"finalized": result.deployment.to_json(), "removed": result.removed},
+        f"Finalized {result.deployment.short}: it boots next"
+        + (f" ({len(conflicts)} /etc conflicts, see atoll status)" if conflicts else ""),
+    )
+    return 0
+
+
+def _config_diff(args: argparse.Namespace, out: Output) -> int:
+    device = _device(args, out)
+    state = device.state()
+    current = state.current
+    store = device.store()
+    with device.workdir() as work:
+        pristine = work / "etc"
+        device.checkout_etc(store, current.commit, pristine)
+        changes = diff_etc(pristine, state.path(current) / "etc")
+    data = [c.to_json() for c in changes]
+    out.result(data, "\n".join(f"{c.kind:9} /etc/{c.path}" for c in changes) or "No changes")
+    return 0
+
+
+def _boot(args: argparse.Namespace, out: Output) -> int:
+    device = _device(args, out)
+    record = device.boot()
+    device.mark_boot_good()
+    fallback = " (fallback: the default entry could not boot)" if record.fallback else ""
+    out.result(
+        record.to_json(),
+        f"Booted {record.stateroot}/{record.deployment[:12]}"
+        f"{record.deployment[64:]} from {record.entry}{fallback}",
+    )
+    return 0

@@ -1,0 +1,610 @@
+"""Lifecycle of a device: install, stage, finalize, roll back, pin, clean up, boot.
+
+bootc's verbs and semantics.  Every operation holds the sysroot lock and is
+built so that a crash (SIGKILL, power loss) at any point leaves a sysroot that
+boots a complete deployment, old or new:
+
+* **stage** (upgrade, switch): import the image into the store; check the
+  deployment out under a hidden name; rename it into place; write its origin;
+  write ``staged.json``.  The booted deployment and the boot entries are not
+  touched.  Until ``staged.json`` exists the new directory is an orphan that
+  ``cleanup`` removes.
+* **finalize** (what shutdown runs): merge /etc into the staged deployment
+  (always rebuilt from the store and the booted /etc, so a re-run after a
+  crash gives the same result); install its kernel; write the new set of boot
+  entries (new first, with a boot counter; then the booted one; then pinned
+  ones) — the atomic loader swap is the commit point; remove ``staged.json``;
+  prune deployments and kernels no entry needs.  A crash before the swap
+  leaves the old entries (and ``staged.json``, so the next boot finalizes
+  again); after it, the new ones.
+* **rollback**: a new set of entries with the first two swapped (one swap).
+* **boot** (directory device): finalize a pending staged deployment first (the
+  previous "shutdown" did not), then choose an entry as firmware would,
+  counting the attempt, and record what booted.
+
+Crash points (``ATOLL_CRASH_AT=NAME``, see :mod:`atoll.faults`) sit between the
+steps; tests kill the process at each of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atoll.errors import DeploymentError, NoKernelError
+from atoll.faults import crashpoint
+from atoll.fsutil import fsync_dir, remove_tree, replace_dir, write_atomic
+from atoll.oci.context import SystemContext
+from atoll.oci.transports import ImageName
+from atoll.progress import ProgressSink
+from atoll.store import Store
+from atoll.sysroot import bootloader
+from atoll.sysroot.bootloader import BootEntry
+from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
+from atoll.sysroot.fetch import RemoteImage, open_image
+from atoll.sysroot.layout import DEFAULT_STATEROOT, Sysroot
+from atoll.sysroot.origin import Deployment, origin_for, write_origin
+from atoll.sysroot.state import ORIGIN_SUFFIX, BootRecord, SysrootState
+
+log = logging.getLogger(__name__)
+
+#: Boot attempts a new deployment gets before the bootloader falls back.
+DEFAULT_BOOT_TRIES = 3
+#: Where hidden work directories live inside a stateroot's deploy directory.
+_STAGING_PREFIX = ".staging-"
+_SPARE_PREFIX = ".spare-"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class StageResult:
+    deployment: Deployment | None
+    image: RemoteImage
+    changed: bool
+    files_total: int = 0
+    files_new: int = 0
+    bytes_fetched: int = 0
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "deployment": self.deployment.to_json() if self.deployment else None,
+            "image": str(self.image.name),
+            "imageDigest": str(self.image.digest),
+            "version": self.image.version,
+            "filesTotal": self.files_total,
+            "filesNew": self.files_new,
+            "bytesFetched": self.bytes_fetched,
+            "message": self.message,
+        }
+
+
+@dataclass
+class FinalizeResult:
+    deployment: Deployment
+    etc_merge: dict[str, Any] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+
+class Device:
+    """One sysroot and the operations on it."""
+
+    def __init__(
+        self,
+        root: Path,
+        ctx: SystemContext | None = None,
+        *,
+        progress: ProgressSink | None = None,
+        boot_tries: int = DEFAULT_BOOT_TRIES,
+    ) -> None:
+        self.sysroot = Sysroot(root)
+        self.ctx = ctx or SystemContext()
+        self.progress = progress
+        self.boot_tries = boot_tries
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def state(self) -> SysrootState:
+        return SysrootState.load(self.sysroot)
+
+    def store(self) -> Store:
+        return Store.open(self.sysroot.store_path)
+
+    def _deploy_path(self, deployment: Deployment) -> Path:
+        return deployment.path(self.sysroot.deploy_dir(deployment.stateroot))
+
+    def _origin_path(self, deployment: Deployment) -> Path:
+        return self.sysroot.deploy_dir(deployment.stateroot) / f"{deployment.id}{ORIGIN_SUFFIX}"
+
+    def _next_serial(self, stateroot: str, commit: str) -> int:
+        deploy_dir = self.sysroot.deploy_dir(stateroot)
+        taken = {
+            int(p.name.rsplit(".", 1)[1])
+            for p in deploy_dir.glob(f"{commit}.*")
+            if p.name.rsplit(".", 1)[1].isdigit()
+        }
+        taken |= {
+            int(p.name.removesuffix(ORIGIN_SUFFIX).rsplit(".", 1)[1])
+            for p in deploy_dir.glob(f"{commit}.*{ORIGIN_SUFFIX}")
+        }
+        return max(taken, default=-1) + 1
+
+    def _import(
+        self, store: Store, source: Any, image: RemoteImage, allow_no_kernel: bool
+    ) -> tuple[str, Any]:
+        result = store.import_image(
+            source,
+            image.manifest,
+            image.config_raw,
+            image=str(image.name),
+            manifest_digest=image.digest,
+            progress=self.progress,
+        )
+        crashpoint("stage-imported")
+        if not allow_no_kernel and store.kernel(result.commit_id) is None:
+            raise NoKernelError(
+                f"{image.name}: no kernel: the image has no usr/lib/modules/*/vmlinuz",
+                hint="a bootable image needs one; pass --allow-no-kernel to deploy it anyway",
+            )
+        return result.commit_id, result.stats
+
+    def _checkout(self, store: Store, commit: str, stateroot: str) -> tuple[str, str, int]:
+        """Check *commit* out as a new deployment directory (not yet staged)."""
+        deploy_dir = self.sysroot.deploy_dir(stateroot)
+        deploy_dir.mkdir(parents=True, exist_ok=True)
+        serial = self._next_serial(stateroot, commit)
+        ident = f"{commit}.{serial}"
+        work = deploy_dir / f"{_STAGING_PREFIX}{ident}"
+        remove_tree(work)
+        spare = self._take_spare(deploy_dir)
+        if spare is not None:
+            spare_dir, spare_commit = spare
+            store.checkout(commit, work, reuse=(spare_dir, spare_commit))
+        else:
+            store.checkout(commit, work)
+        crashpoint("stage-checked-out")
+        work.rename(deploy_dir / ident)
+        fsync_dir(deploy_dir)
+        return stateroot, commit, serial
+
+    def _take_spare(self, deploy_dir: Path) -> tuple[Path, str] | None:
+        """A retired deployment kept for an incremental checkout, if there is one."""
+        for path in sorted(deploy_dir.glob(f"{_SPARE_PREFIX}*")):
+            commit = path.name.removeprefix(_SPARE_PREFIX).split(".", 1)[0]
+            if path.is_dir() and len(commit) == 64:
+                return path, commit
+            remove_tree(path)
+        return None
+
+    # --- install ----------------------------------------------------------------------
+
+    def install(
+        self,
+        name: ImageName,
+        *,
+        stateroot: str = DEFAULT_STATEROOT,
+        kargs: Sequence[str] = (),
+        allow_no_kernel: bool = False,
+    ) -> StageResult:
+        """``atoll install to-filesystem``: the first deployment of an empty sysroot."""
+        self.sysroot.create()
+        with self.sysroot.lock():
+            state = self.state()
+            if state.deployments:
+                raise DeploymentError(
+                    f"{self.sysroot.root}: already has deployments",
+                    hint="use atoll switch to change the image, or install into an empty root",
+                )
+            store = Store.create(self.sysroot.store_path)
+            with open_image(name, self.ctx) as (source, image):
+                commit, stats = self._import(store, source, image, allow_no_kernel)
+            deployment = self._record_origin(self._checkout(store, commit, stateroot), name, image)
+            var = self.sysroot.var(stateroot)
+            if not var.exists():
+                # /var comes from the image once, at install; updates never touch it.
+                if store.lookup(commit, "var") is not None:
+                    store.checkout_subtree(commit, "var", var)
+                else:
+                    var.mkdir(parents=True)
+            self._write_entries([deployment], {}, extra_options=list(kargs))
+            return self._stage_result(deployment, image, stats, "installed")
+
+    def _record_origin(
+        self, where: tuple[str, str, int], name: ImageName, image: RemoteImage, **extra: Any
+    ) -> Deployment:
+        origin = origin_for(
+            name,
+            str(image.digest),
+            image_version=image.version,
+            timestamp=image.config.created,
+            deployed_at=_now(),
+            **extra,
+        )
+        deployment = Deployment(*where, origin)
+        write_origin(self._origin_path(deployment), origin)
+        crashpoint("stage-origin-written")
+        return deployment
+
+    @staticmethod
+    def _stage_result(
+        deployment: Deployment | None, image: RemoteImage, stats: Any, message: str
+    ) -> StageResult:
+        return StageResult(
+            deployment,
+            image,
+            changed=deployment is not None,
+            files_total=getattr(stats, "files_total", 0),
+            files_new=getattr(stats, "files_new", 0),
+            bytes_fetched=getattr(stats, "bytes_fetched", 0),
+            message=message,
+        )
+
+    # --- upgrade and switch -----------------------------------------------------------
+
+    def check(self, name: ImageName | None = None) -> tuple[Deployment, RemoteImage, bool]:
+        """Read manifest and config only; True when they differ from what is deployed."""
+        state = self.state()
+        current = state.staged or state.current
+        target = name or current.origin.image_name
+        with open_image(target, self.ctx) as (_, image):
+            return current, image, str(image.digest) != current.origin.manifest_digest
+
+    def stage(
+        self,
+        name: ImageName | None = None,
+        *,
+        download_only: bool = False,
+        allow_no_kernel: bool = False,
+        etc_strategy: EtcMergeStrategy = EtcMergeStrategy.KEEP_LOCAL,
+    ) -> StageResult:
+        """``atoll upgrade`` (name None: the current origin) or ``atoll switch NAME``."""
+        with self.sysroot.lock():
+            state = self.state()
+            current = state.current
+            target = name or (state.staged or current).origin.image_name
+            store = self.store()
+            with open_image(target, self.ctx) as (source, image):
+                digest = str(image.digest)
+                staged = state.staged
+                if (
+                    staged is not None
+                    and staged.origin.manifest_digest == digest
+                    and (staged.origin.image_name == target)
+                ):
+                    if staged.origin.download_only and not download_only:
+                        return self._unlock_staged(staged, image)
+                    return self._stage_result(None, image, None, "already staged")
+                if current.origin.manifest_digest == digest and current.origin.image_name == target:
+                    if staged is not None:
+                        self._discard_staged(staged)
+                    return self._stage_result(None, image, None, "no changes")
+                commit, stats = self._import(store, source, image, allow_no_kernel)
+            deployment = self._record_origin(
+                self._checkout(store, commit, current.stateroot),
+                target,
+                image,
+                download_only=download_only,
+                etc_strategy=etc_strategy.value,
+            )
+            write_atomic(
+                self.sysroot.staged_file, json.dumps(deployment.to_json(), indent=2).encode()
+            )
+            crashpoint("stage-staged")
+            if staged is not None and staged != deployment:
+                self._remove_deployment(staged)
+            return self._stage_result(deployment, image, stats, "staged")
+
+    def _unlock_staged(self, staged: Deployment, image: RemoteImage) -> StageResult:
+        unlocked = staged.with_origin(download_only=False)
+        write_origin(self._origin_path(unlocked), unlocked.origin)
+        write_atomic(self.sysroot.staged_file, json.dumps(unlocked.to_json(), indent=2).encode())
+        return self._stage_result(unlocked, image, None, "staged (was download-only)")
+
+    def unlock_downloaded(self) -> Deployment:
+        """``atoll upgrade --from-downloaded``: let a download-only deployment apply."""
+        with self.sysroot.lock():
+            staged = self.state().staged
+            if staged is None:
+                raise DeploymentError("nothing has been downloaded: no staged deployment")
+            unlocked = staged.with_origin(download_only=False)
+            write_origin(self._origin_path(unlocked), unlocked.origin)
+            write_atomic(
+                self.sysroot.staged_file, json.dumps(unlocked.to_json(), indent=2).encode()
+            )
+            return unlocked
+
+    def _discard_staged(self, staged: Deployment) -> None:
+        self.sysroot.staged_file.unlink(missing_ok=True)
+        fsync_dir(self.sysroot.meta)
+        self._remove_deployment(staged)
+
+    def _remove_deployment(self, deployment: Deployment, *, keep_spare: bool = False) -> None:
+        """Origin first (the deployment stops existing), then the directory."""
+        self._origin_path(deployment).unlink(missing_ok=True)
+        path = self._deploy_path(deployment)
+        if keep_spare and path.is_dir():
+            deploy_dir = path.parent
+            for old in deploy_dir.glob(f"{_SPARE_PREFIX}*"):
+                remove_tree(old)
+            path.rename(deploy_dir / f"{_SPARE_PREFIX}{deployment.id}")
+        else:
+            remove_tree(path)
+        fsync_dir(path.parent)
+
+    # --- finalize ---------------------------------------------------------------------
+
+    def finalize(self, *, etc_merge: EtcMergeStrategy | None = None) -> FinalizeResult | None:
+        """What shutdown runs; *etc_merge* overrides the strategy chosen at staging."""
+        with self.sysroot.lock():
+            return self._finalize(etc_merge)
+
+    def _finalize(self, override: EtcMergeStrategy | None) -> FinalizeResult | None:
+        state = self.state()
+        staged = state.staged
+        if staged is None or staged.origin.download_only:
+            return None
+        strategy = override or EtcMergeStrategy(staged.origin.etc_strategy)
+        base = state.current
+        store = self.store()
+        crashpoint("finalize-begin")
+        merge = self._merge_etc(store, base, staged, strategy)
+        staged = staged.with_origin(etc_merge=merge)
+        write_origin(self._origin_path(staged), staged.origin)
+        crashpoint("finalize-etc-merged")
+        order = [staged] + [d for d in state.boot_order() if d == base or d.origin.pinned]
+        if base not in order:
+            order.append(base)
+        self._write_entries(order, {staged.id: self.boot_tries}, state=state)
+        crashpoint("finalize-entries-written")
+        self.sysroot.staged_file.unlink(missing_ok=True)
+        fsync_dir(self.sysroot.meta)
+        crashpoint("finalize-unstaged")
+        removed = self._prune(order, state)
+        return FinalizeResult(staged, merge, removed)
+
+    def _merge_etc(
+        self, store: Store, base: Deployment, staged: Deployment, strategy: EtcMergeStrategy
+    ) -> dict[str, Any]:
+        target = self._deploy_path(staged)
+        with self.workdir() as work:
+            old_etc, new_etc, merged = work / "old", work / "new", work / "merged"
+            self.checkout_etc(store, base.commit, old_etc)
+            self.checkout_etc(store, staged.commit, new_etc)
+            local = self._deploy_path(base) / "etc"
+            if not local.is_dir():
+                local = old_etc
+            result = merge_etc(old_etc, local, new_etc, merged, strategy=strategy)
+            replace_dir(merged, target / "etc")
+        data: dict[str, Any] = result.to_json()
+        return data
+
+    @contextlib.contextmanager
+    def workdir(self) -> Iterator[Path]:
+        tmp = self.sysroot.meta / "tmp"
+        tmp.mkdir(exist_ok=True)
+        work = tmp / f"work-{secrets.token_hex(4)}"
+        work.mkdir()
+        try:
+            yield work
+        finally:
+            remove_tree(work)
+
+    @staticmethod
+    def checkout_etc(store: Store, commit: str, dest: Path) -> None:
+        """The pristine /etc of *commit* (copies, never links into the store)."""
+        if store.lookup(commit, "etc") is not None:
+            store.checkout_subtree(commit, "etc", dest)
+        else:
+            dest.mkdir(parents=True)
+
+    def _prune(self, keep: Sequence[Deployment], state: SysrootState) -> list[str]:
+        """Remove deployments no entry needs (the last one stays as a spare for an
+        incremental checkout) and kernels no entry uses."""
+        removed = []
+        spare_kept = False
+        for deployment in state.deployments.values():
+            if deployment in keep or deployment.origin.pinned or deployment == state.booted:
+                continue
+            if state.staged is not None and deployment == state.staged:
+                continue
+            self._remove_deployment(deployment, keep_spare=not spare_kept)
+            spare_kept = True
+            removed.append(deployment.id)
+        bootloader.prune_kernels(self.sysroot.boot)
+        return removed
+
+    # --- boot entries -----------------------------------------------------------------
+
+    def _write_entries(
+        self,
+        order: Sequence[Deployment],
+        counting: dict[str, int],
+        *,
+        state: SysrootState | None = None,
+        extra_options: Sequence[str] = (),
+    ) -> None:
+        store = self.store()
+        current = {d.id: state.entry_for(d) for d in order} if state else {}
+        entries = []
+        for deployment in order:
+            old = current.get(deployment.id)
+            options = _options(old, extra_options, self.sysroot, deployment)
+            linux, initrd = self._kernel(store, deployment)
+            entries.append(
+                BootEntry(
+                    id=f"atoll-{deployment.stateroot}-{deployment.short}",
+                    title=_title(deployment),
+                    linux=linux,
+                    initrd=initrd,
+                    options=options,
+                    tries_left=old.tries_left if old else None,
+                    tries_done=old.tries_done if old else 0,
+                )
+            )
+        ids = {d.id: e.id for d, e in zip(order, entries, strict=True)}
+        bootloader.write_entries(
+            self.sysroot.boot, entries, counting={ids[k]: v for k, v in counting.items()}
+        )
+
+    def _kernel(self, store: Store, deployment: Deployment) -> tuple[str, tuple[str, ...]]:
+        info = store.kernel(deployment.commit)
+        if info is None:
+            # Only with --allow-no-kernel: the directory device can still "boot" it.
+            return "/atoll/no-kernel", ()
+        linux, initrd = bootloader.install_kernel(
+            self.sysroot.boot, info.kver, info.vmlinuz, info.initramfs
+        )
+        return linux, (initrd,) if initrd else ()
+
+    # --- rollback, pin, cleanup -------------------------------------------------------
+
+    def rollback(self) -> Deployment:
+        with self.sysroot.lock():
+            state = self.state()
+            order = state.boot_order()
+            if len(order) < 2:
+                raise DeploymentError(
+                    f"{self.sysroot.root}: no rollback deployment",
+                    hint="a rollback needs a previous deployment; see atoll status",
+                )
+            if state.staged is not None:
+                self._discard_staged(state.staged)
+            crashpoint("rollback-unstaged")
+            new_order = [order[1], order[0], *order[2:]]
+            self._write_entries(new_order, {}, state=state)
+            crashpoint("rollback-entries-written")
+            # The chosen deployment was booted before: it starts without a counter.
+            target = state.entry_for(order[1])
+            if target is not None and target.tries_left is not None:
+                bootloader.mark_good(self.sysroot.boot, target.id)
+            return order[1]
+
+    def set_pinned(self, selector: str | None, pinned: bool) -> Deployment:
+        with self.sysroot.lock():
+            state = self.state()
+            deployment = _select(state, selector)
+            updated = deployment.with_origin(pinned=pinned)
+            write_origin(self._origin_path(updated), updated.origin)
+            return updated
+
+    def cleanup(self) -> dict[str, Any]:
+        """Remove what nothing needs: spares, leftovers of interrupted work, the
+        staged deployment's orphans, unused kernels, and unreachable store objects."""
+        with self.sysroot.lock():
+            state = self.state()
+            removed: list[str] = []
+            for stateroot in self.sysroot.stateroots():
+                deploy_dir = self.sysroot.deploy_dir(stateroot)
+                for path in deploy_dir.iterdir() if deploy_dir.is_dir() else ():
+                    if path.name.startswith((_STAGING_PREFIX, _SPARE_PREFIX)) or (
+                        path.is_dir() and (stateroot, path.name) not in state.deployments
+                    ):
+                        remove_tree(path)
+                        removed.append(str(path.relative_to(self.sysroot.root)))
+            remove_tree(self.sysroot.meta / "tmp")
+            crashpoint("cleanup-dirs-removed")
+            kernels = bootloader.prune_kernels(self.sysroot.boot)
+            keep = {d.commit for d in state.deployments.values()}
+            store = self.store()
+            report = store.gc(keep)
+            crashpoint("cleanup-gc-done")
+            return {"removed": removed, "kernels": kernels, "store": _as_json(report)}
+
+    # --- boot (the directory device) --------------------------------------------------
+
+    def boot(self) -> BootRecord:
+        """Play firmware and bootloader: finalize what the last shutdown did not,
+        choose an entry (counting the attempt), record what booted."""
+        with self.sysroot.lock():
+            if self.state().staged is not None:
+                self._finalize(None)
+            boot_dir = self.sysroot.boot
+            state = self.state()
+            first = state.entries[0] if state.entries else None
+            tried: set[str] = set()
+            while True:
+                entry = bootloader.choose_entry(boot_dir)
+                deployment = self.state().deployment_of(entry)
+                if deployment is not None and self._deploy_path(deployment).is_dir():
+                    break
+                if entry.id in tried:
+                    raise DeploymentError(
+                        f"{self.sysroot.root}: no boot entry names a complete deployment",
+                        hint="reinstall, or repair the sysroot from a rescue system",
+                    )
+                tried.add(entry.id)
+                # What firmware meets as an unbootable entry counts as a failed try.
+                log.warning("boot entry %s names no complete deployment", entry.id)
+                bootloader.mark_bad(boot_dir, entry.id)
+            record = BootRecord(
+                stateroot=deployment.stateroot,
+                deployment=deployment.id,
+                entry=entry.id,
+                tries_left=entry.tries_left,
+                fallback=first is not None and entry.id != first.id,
+                boot_id=secrets.token_hex(16),
+                time=_now(),
+            )
+            self.sysroot.booted_file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.sysroot.booted_file, json.dumps(record.to_json()).encode())
+            return record
+
+    def mark_boot_good(self) -> None:
+        """A healthy boot: the booted entry keeps no counter (systemd-bless-boot good)."""
+        with self.sysroot.lock():
+            state = self.state()
+            record = state.booted_record
+            if record is None:
+                raise DeploymentError("nothing has booted yet: run atoll boot")
+            for entry in state.entries:
+                if entry.id == record.entry and entry.tries_left is not None:
+                    bootloader.mark_good(self.sysroot.boot, entry.id)
+
+
+def _title(deployment: Deployment) -> str:
+    origin = deployment.origin
+    version = f" {origin.image_version}" if origin.image_version else ""
+    return f"{origin.image}{version} ({deployment.stateroot}, {deployment.short})"
+
+
+def _options(
+    old: BootEntry | None, extra: Sequence[str], sysroot: Sysroot, deployment: Deployment
+) -> str:
+    """The kernel command line: the old entry's (or the install's) arguments with
+    ``atoll=`` naming this deployment."""
+    args = old.options.split() if old else ["rw", *extra]
+    args = [a for a in args if not a.startswith(f"{bootloader.KARG}=")]
+    path = f"/atoll/deploy/{deployment.stateroot}/deploy/{deployment.id}"
+    return " ".join([*args, f"{bootloader.KARG}={path}"])
+
+
+def _select(state: SysrootState, selector: str | None) -> Deployment:
+    """A deployment by boot-order index, id prefix, or the booted one."""
+    if selector is None:
+        return state.current
+    order = state.boot_order()
+    if selector.isdigit() and int(selector) < len(order):
+        return order[int(selector)]
+    matches = [d for d in state.deployments.values() if d.id.startswith(selector)]
+    if len(matches) != 1:
+        raise DeploymentError(
+            f"no single deployment matches {selector!r}",
+            hint="name one by its index in atoll status or a unique prefix of its id",
+        )
+    return matches[0]
+
+
+def _as_json(report: Any) -> Any:
+    to_json = getattr(report, "to_json", None)
+    return to_json() if callable(to_json) else report

@@ -1,0 +1,128 @@
+"""``atoll status``: the host document, shaped like bootc's ``BootcHost``.
+
+Stable JSON (``atoll status --format json``), documented in docs/status.md::
+
+    {"apiVersion": "org.containers.bootc/v1", "kind": "BootcHost",
+     "metadata": {"name": "host"},
+     "spec": {"image": {"image": "…", "transport": "registry"}, "bootOrder": "default"},
+     "status": {"staged": ENTRY | null, "booted": ENTRY | null, "rollback": ENTRY | null,
+                "rollbackQueued": false, "type": "bootcHost",
+                "atoll": {"sysroot": "…", "lastBoot": {...} | null}}}
+
+    ENTRY = {"image": {"image": {"image": "…", "transport": "registry"},
+                       "version": "1.4" | null, "timestamp": "…" | null,
+                       "imageDigest": "sha256:…"},
+             "cachedUpdate": null, "incompatible": false,
+             "pinned": false, "downloadOnly": false,
+             "atoll": {"stateroot": "default", "commit": "…", "deploySerial": 0,
+                       "bootEntry": "atoll-default-…", "bootState": "good",
+                       "triesLeft": null, "etcMerge": {...} | null}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atoll.sysroot.origin import Deployment
+from atoll.sysroot.state import SysrootState
+
+API_VERSION = "org.containers.bootc/v1"
+
+
+def _entry(state: SysrootState, deployment: Deployment | None) -> dict[str, Any] | None:
+    if deployment is None:
+        return None
+    origin = deployment.origin
+    entry = state.entry_for(deployment)
+    return {
+        "image": {
+            "image": {"image": origin.image, "transport": origin.transport.value},
+            "version": origin.image_version,
+            "timestamp": origin.timestamp,
+            "imageDigest": origin.manifest_digest,
+        },
+        "cachedUpdate": None,
+        "incompatible": False,
+        "pinned": origin.pinned,
+        "downloadOnly": origin.download_only,
+        "atoll": {
+            "stateroot": deployment.stateroot,
+            "commit": deployment.commit,
+            "deploySerial": deployment.serial,
+            "bootEntry": entry.id if entry else None,
+            "bootState": entry.state.value if entry else None,
+            "triesLeft": entry.tries_left if entry else None,
+            "etcMerge": origin.etc_merge,
+        },
+    }
+
+
+def host_document(state: SysrootState) -> dict[str, Any]:
+    booted = state.booted
+    spec_source = state.staged or booted or state.default
+    spec_image = (
+        {"image": spec_source.origin.image, "transport": spec_source.origin.transport.value}
+        if spec_source
+        else None
+    )
+    record = state.booted_record
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "BootcHost",
+        "metadata": {"name": "host"},
+        "spec": {
+            "image": spec_image,
+            "bootOrder": "rollback" if state.rollback_queued else "default",
+        },
+        "status": {
+            "staged": _entry(state, state.staged),
+            "booted": _entry(state, booted),
+            "rollback": _entry(state, state.rollback),
+            "rollbackQueued": state.rollback_queued,
+            "type": "bootcHost",
+            "atoll": {
+                "sysroot": str(state.sysroot.root),
+                "lastBoot": record.to_json() if record else None,
+            },
+        },
+    }
+
+
+def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
+    """The human form of the host document."""
+    status = doc["status"]
+    lines: list[str] = []
+    slots = ("booted",) if booted_only else ("staged", "booted", "rollback")
+    for slot in slots:
+        entry = status[slot]
+        if entry is None:
+            if slot == "booted" and not booted_only:
+                lines.append("No booted deployment (run atoll boot on a directory device).")
+            continue
+        image = entry["image"]
+        atoll = entry["atoll"]
+        marker = {"staged": "Staged", "booted": "Booted", "rollback": "Rollback"}[slot]
+        flags = [
+            f
+            for f, on in (("pinned", entry["pinned"]), ("download-only", entry["downloadOnly"]))
+            if on
+        ]
+        lines.append(
+            f"{marker} image: {image['image']['transport']}:{image['image']['image']}"
+            + (f" ({', '.join(flags)})" if flags else "")
+        )
+        lines.append(f"        Version: {image['version'] or '-'} ({image['timestamp'] or '-'})")
+        lines.append(f"         Digest: {image['imageDigest']}")
+        lines.append(
+            f"     Deployment: {atoll['stateroot']}/{atoll['commit'][:12]}.{atoll['deploySerial']}"
+        )
+        if atoll["bootState"] and atoll["bootState"] != "good":
+            lines.append(f"     Boot state: {atoll['bootState']} ({atoll['triesLeft']} tries left)")
+        conflicts = (atoll.get("etcMerge") or {}).get("conflicts") or []
+        if conflicts:
+            lines.append(f"  /etc conflicts: {len(conflicts)} (see --format json)")
+            lines.extend(f"                 {c.get('path')}" for c in conflicts[:5])
+        lines.append("")
+    if status["rollbackQueued"]:
+        lines.append("A rollback is queued: the next boot starts the rollback deployment.")
+    return "\n".join(lines).rstrip() + "\n"
