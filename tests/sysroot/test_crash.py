@@ -1,0 +1,106 @@
+"""Kill atoll with SIGKILL at every crash point of upgrade, finalize, rollback and
+cleanup; the device must still boot a complete old or new deployment, the store
+must be consistent and local /etc and /var changes must survive."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.osimage import build_os_image
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "atoll"
+#: Crash points outside the device lifecycle (image copies, tests of their own).
+ELSEWHERE = re.compile(r"^(copy|layout|archive)-")
+
+
+def crash_points() -> list[str]:
+    names: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        names.update(re.findall(r'crashpoint\(\s*"([a-z0-9-]+)"', path.read_text()))
+    return sorted(n for n in names if not ELSEWHERE.match(n))
+
+
+def atoll(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("ATOLL_CRASH_AT", None)
+    if crash_at:
+        env["ATOLL_CRASH_AT"] = crash_at
+    return subprocess.run(
+        [sys.executable, "-m", "atoll", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def ok(*args: str) -> str:
+    proc = atoll(*args)
+    assert proc.returncode == 0, f"atoll {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+def test_every_crash_point_is_found() -> None:
+    points = crash_points()
+    # The lifecycle, the boot entries and the store all have theirs.
+    assert {"stage-imported", "finalize-entries-written", "boot-swapped"} <= set(points)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", crash_points())
+def test_device_survives_sigkill(point: str, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    build_os_image(images, "1", version="1.0")
+    build_os_image(images, "2", version="2.0", add={"usr/bin/strace": b"strace"})
+    sysroot = tmp_path / "sysroot"
+    s = ("--sysroot", str(sysroot))
+    ok("install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1")
+    ok("boot", *s)
+    booted = json.loads(ok("status", *s, "--format", "json"))["status"]["booted"]["atoll"]
+    deploy = sysroot / "atoll/deploy/default/deploy" / f"{booted['commit']}.0"
+    (deploy / "etc/app.conf").write_text("setting = local\n")
+    (sysroot / "atoll/deploy/default/var/lib/app/data").write_text("kept\n")
+
+    # Walk the lifecycle; the process dies at the crash point wherever it is.
+    steps = [
+        ("switch", *s, f"oci:{images}:2"),
+        ("finalize", *s),
+        ("boot", *s),
+        ("rollback", *s),
+        ("cleanup", *s),
+    ]
+    killed = None
+    for step in steps:
+        proc = atoll(*step, crash_at=point)
+        if proc.returncode == -signal.SIGKILL:
+            killed = step[0]
+            break
+        assert proc.returncode == 0, f"{step[0]}: {proc.stderr}"
+    assert killed is not None, f"no step reached crash point {point}"
+
+    # After the crash: it boots a complete deployment, old or new.
+    record = json.loads(ok("boot", *s, "--json"))
+    doc = json.loads(ok("status", *s, "--format", "json"))
+    version = doc["status"]["booted"]["image"]["version"]
+    assert version in ("1.0", "2.0")
+    root = sysroot / "atoll/deploy/default/deploy" / record["deployment"]
+    assert (root / "usr/lib/os-release").read_text().endswith(f'VERSION_ID="{version}"\n')
+    assert (root / "usr/bin/strace").exists() == (version == "2.0")
+    assert (root / "etc/app.conf").read_text() == "setting = local\n"
+    assert (sysroot / "atoll/deploy/default/var/lib/app/data").read_text() == "kept\n"
+    fsck = atoll("store", "fsck", "--store", str(sysroot / "atoll/store"))
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    # And it can carry on: a full update cycle works afterwards.
+    ok("switch", *s, f"oci:{images}:2")
+    ok("boot", *s)
+    ok("cleanup", *s)
