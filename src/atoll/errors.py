@@ -149,6 +149,16 @@ class LockedError(AtollError):
     summary = "another atoll process holds the lock"
 
 
+class StoreVersionError(AtollError):
+    exit_code = 33
+    summary = "the object store was written by a newer atoll"
+
+
+class StoreCorruptError(AtollError):
+    exit_code = 34
+    summary = "the object store has corrupt or missing objects (see atoll store fsck)"
+
+
 class SysrootVersionError(AtollError):
     exit_code = 40
     summary = "the sysroot or store was written by a newer atoll"
@@ -176,6 +186,11 @@ class EtcMergeConflictError(AtollError):
 class BootEntryError(AtollError):
     exit_code = 44
     summary = "a boot entry is malformed or missing, or there is no entry to boot"
+
+
+class ContainerBootError(AtollError):
+    exit_code = 45
+    summary = "a deployment cannot be booted as a container (no systemd in it, or no /var)"
 
 
 class InterruptedError_(AtollError):

@@ -1,0 +1,19 @@
+"""The device in its second setting: a deployment booted as a container (see DESIGN.md)."""
+
+from atoll.device.nspawn import (
+    EXIT_REBOOT,
+    BootOutcome,
+    ContainerBoot,
+    boot_container,
+    nspawn_command,
+    outcome_of,
+)
+
+__all__ = [
+    "EXIT_REBOOT",
+    "BootOutcome",
+    "ContainerBoot",
+    "boot_container",
+    "nspawn_command",
+    "outcome_of",
+]

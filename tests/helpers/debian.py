@@ -1,0 +1,487 @@
+"""A Debian bookworm tree with systemd for container boots, built once and cached.
+
+The tree is made by debootstrap (minbase plus systemd, systemd-sysv and dbus)
+and then prepared for quick boots under systemd-nspawn (see :func:`prepare_tree`).
+It lives outside the work tree, so it survives between test runs::
+
+    CACHE/                              $ATOLL_TEST_CACHE, else /var/cache/atoll-tests
+    ├── .lock                           flock, held while building: one builder at a time
+    ├── .build-XXXXXXXX/                a build in progress; one found while holding the
+    │                                   lock is a leftover of a killed build and is removed
+    └── debian-bookworm-KEY/            KEY: sha256 of RECIPE (suite, packages, mirror,
+        │                               PREPARE_VERSION); renamed into place when complete
+        ├── rootfs/                     the prepared tree: never boot or change it in place,
+        │                               boot a copy made by make_deployment()
+        ├── recipe.json                 RECIPE and how long the build took
+        ├── base-layer.tar.gz           rootfs as an OCI layer, made on first use
+        └── base-layer.json             its digest, diff_id and size; written after the layer
+
+A change to the recipe (bump PREPARE_VERSION when prepare_tree() changes) gives
+a new KEY and so a new build; older builds stay until removed by hand
+(``rm -rf /var/cache/atoll-tests``).
+
+:func:`build_debian_image` packs the tree into an OCI image layout without
+atoll's code: the cached base layer, then a layer of additions (a fake kernel if
+asked, and the caller's files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol, cast
+
+import pytest
+
+from helpers.osimage import KVER, FileSpec, Spec, _tar
+from helpers.parts import missing, require_tool
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ("systemd", "systemd-sysv", "dbus")
+#: Bump when prepare_tree() changes what it does: that rebuilds the cache.
+PREPARE_VERSION = 1
+RECIPE = {
+    "suite": SUITE,
+    "variant": "minbase",
+    "include": list(PACKAGES),
+    "mirror": MIRROR,
+    "prepare": PREPARE_VERSION,
+}
+DEFAULT_CACHE = Path("/var/cache/atoll-tests")
+
+#: Units that slow a container boot, fail in a container or start timers: masked.
+MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "systemd-pstore.service",
+    "systemd-networkd-wait-online.service",
+    "systemd-timesyncd.service",
+    "systemd-firstboot.service",
+    # Nobody types on the console: it is read-only (see atoll.device.nspawn).
+    "console-getty.service",
+    "getty@tty1.service",
+)
+
+
+@dataclass(frozen=True)
+class DebianTree:
+    """A cached, prepared tree; ``rootfs`` must not be changed."""
+
+    cache: Path
+
+    @property
+    def rootfs(self) -> Path:
+        return self.cache / "rootfs"
+
+    @property
+    def recipe(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads((self.cache / "recipe.json").read_text())
+        return data
+
+
+# Read when pytest loads this module as well: the autouse `hermetic` fixture clears
+# ATOLL_* for each test, and the cache must not depend on the order fixtures run in.
+_CACHE_AT_IMPORT = os.environ.get("ATOLL_TEST_CACHE")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ATOLL_TEST_CACHE") or _CACHE_AT_IMPORT or DEFAULT_CACHE)
+
+
+def recipe_key() -> str:
+    return hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_debian_tree(cache: Path | None = None) -> DebianTree:
+    """The cached tree, built first if there is none for the current recipe."""
+    cache = cache or cache_root()
+    final = cache / f"debian-{SUITE}-{recipe_key()}"
+    if (final / "recipe.json").is_file():
+        return DebianTree(final)
+    cache.mkdir(parents=True, exist_ok=True)
+    with _locked(cache):
+        if (final / "recipe.json").is_file():  # built by another session while we waited
+            return DebianTree(final)
+        for stale in cache.glob(".build-*"):
+            remove_tree(stale)
+        build = cache / f".build-{secrets.token_hex(4)}"
+        build.mkdir()
+        try:
+            started = time.monotonic()
+            _debootstrap(build / "rootfs")
+            seconds = round(time.monotonic() - started, 1)
+            prepare_tree(build / "rootfs")
+            record = {**RECIPE, "debootstrap_seconds": seconds}
+            (build / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
+            build.rename(final)
+        finally:
+            if build.exists():
+                remove_tree(build)
+    return DebianTree(final)
+
+
+def _debootstrap(target: Path) -> None:
+    argv = [
+        "debootstrap",
+        "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(target),
+        MIRROR,
+    ]
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    if proc.returncode != 0:
+        tail = proc.stdout.decode(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"debootstrap failed ({proc.returncode}): {' | '.join(tail)}")
+
+
+def prepare_tree(root: Path) -> None:
+    """Make a debootstrapped tree boot quickly and quietly under systemd-nspawn."""
+    system = root / "etc/systemd/system"
+    for unit in MASKED_UNITS:
+        for wants in system.glob(f"*.wants/{unit}"):
+            wants.unlink()
+        link = system / unit
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+    # Empty: systemd makes up an id at each boot (from the container's UUID), as on
+    # a freshly installed image. dbus's own copy would be used instead, so it goes.
+    (root / "etc/machine-id").write_text("")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    # No /etc/hostname: the container is called by its machine name.
+    (root / "etc/hostname").unlink(missing_ok=True)
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
+    (root / "etc/resolv.conf").write_text("")  # debootstrap copied the host's
+    shadow = root / "etc/shadow"
+    lines = shadow.read_text().splitlines()
+    # root without a password: `systemd-nspawn -D ROOT --console=interactive -b` logs in.
+    lines = [
+        ":".join(["root", "", *line.split(":")[2:]]) if line.startswith("root:") else line
+        for line in lines
+    ]
+    shadow.write_text("\n".join(lines) + "\n")
+    # Package lists and downloaded .debs: a third of the tree, needed by nothing here.
+    for junk in (root / "var/lib/apt/lists", root / "var/cache/apt"):
+        for entry in junk.iterdir():
+            if entry.is_file() and entry.name != "lock":
+                entry.unlink()
+            elif entry.is_dir() and entry.name == "archives":
+                for deb in entry.glob("*.deb"):
+                    deb.unlink()
+    for log in (root / "var/log").rglob("*.log"):
+        log.write_text("")
+
+
+def make_deployment(rootfs: Path, dest: Path, *, link_usr: bool = True) -> tuple[Path, Path]:
+    """Copy *rootfs* for one boot; return (root, var).
+
+    ``root`` is the deployment (its own /var empty, as atoll checks one out) and
+    ``var`` a copy of the tree's /var to bind there. With *link_usr* /usr is
+    hard-linked to the cache, which is safe only while /usr is read-only in the
+    container: boot with ``readonly_usr=False`` only a copy made with link_usr=False.
+    """
+    root, var = dest / "root", dest / "var"
+    root.mkdir(parents=True)
+    for entry in sorted(rootfs.iterdir()):
+        if entry.name in ("usr", "var"):
+            continue
+        _cp(["-a"], entry, root)
+    _cp(["-al"] if link_usr else ["-a"], rootfs / "usr", root)
+    (root / "var").mkdir()
+    _cp(["-a"], rootfs / "var", dest)
+    return root, var
+
+
+def _cp(flags: list[str], src: Path, dest_dir: Path) -> None:
+    subprocess.run(["cp", *flags, "--", str(src), str(dest_dir)], check=True)
+
+
+def add_unit(root: Path, name: str, text: str, *, wanted_by: str = "multi-user.target") -> None:
+    """Install and enable a unit in the deployment at *root*."""
+    system = root / "etc/systemd/system"
+    (system / name).write_text(text)
+    wants = system / f"{wanted_by}.wants"
+    wants.mkdir(exist_ok=True)
+    (wants / name).symlink_to(f"../{name}")
+
+
+# --- the cache: locking and removal ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    with (cache / ".lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def mounts_under(path: Path) -> list[Path]:
+    """Mount points at or below *path* in this mount namespace, deepest first."""
+    found = []
+    top = os.path.realpath(path)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = _unescape(line.split()[4])
+        if point == top or point.startswith(top + "/"):
+            found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as octal escapes.
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a build; a killed debootstrap may have left /proc or /sys mounted in it."""
+    for point in mounts_under(path):
+        subprocess.run(["umount", "--lazy", str(point)], check=False)
+    left = mounts_under(path)
+    if left:
+        raise RuntimeError(f"{path}: still mounted at {left[0]}; not removing it")
+    shutil.rmtree(path)
+
+
+# --- the OCI image ---------------------------------------------------------------------
+
+#: Emptied in the layer, kept as directories: API file systems, runtime state, devices.
+_EMPTY_DIRS = frozenset({"dev", "proc", "sys", "run", "tmp", "var/tmp"})
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    digest: str
+    diff_id: str
+    size: int
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class _Hashing:
+    """A write-only file that hashes what passes through it."""
+
+    def __init__(self, out: _Writer) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.out.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+
+def write_tree_layer(root: Path, dest: Path) -> LayerBlob:
+    """Write *root* as a gzip tar layer to *dest*: sorted, numeric owners, no device nodes."""
+    with dest.open("wb") as raw:
+        compressed = _Hashing(raw)
+        with gzip.GzipFile(
+            fileobj=cast(IO[bytes], compressed), mode="wb", compresslevel=1, mtime=0
+        ) as gz:
+            plain = _Hashing(gz)
+            fileobj = cast(IO[bytes], plain)
+            with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for path in _walk(root):
+                    rel = path.relative_to(root).as_posix()
+                    info = tar.gettarinfo(str(path), arcname=rel)
+                    if info.ischr() or info.isblk() or info.isfifo():
+                        continue
+                    info.uname = info.gname = ""
+                    if info.isfile() and info.size:
+                        with path.open("rb") as fh:
+                            tar.addfile(info, fh)
+                    else:
+                        tar.addfile(info)
+    return LayerBlob(
+        "sha256:" + compressed.sha.hexdigest(),
+        "sha256:" + plain.sha.hexdigest(),
+        compressed.size,
+    )
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel = here.relative_to(root).as_posix()
+        if rel in _EMPTY_DIRS:
+            dirnames[:] = []
+            continue
+        dirnames.sort()
+        # os.walk lists symlinks to directories as directories and does not follow them.
+        for name in sorted(dirnames + filenames):
+            yield here / name
+
+
+def base_layer(tree: DebianTree) -> tuple[Path, LayerBlob]:
+    """The tree as one layer, made once per cache entry."""
+    blob, meta = tree.cache / "base-layer.tar.gz", tree.cache / "base-layer.json"
+    if not meta.is_file():
+        with _locked(tree.cache.parent):
+            if not meta.is_file():
+                tmp = blob.with_name(f".{blob.name}.{secrets.token_hex(4)}")
+                try:
+                    layer = write_tree_layer(tree.rootfs, tmp)
+                    tmp.rename(blob)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                meta_tmp = meta.with_name(f".{meta.name}.tmp")
+                meta_tmp.write_text(json.dumps(layer.__dict__))
+                meta_tmp.rename(meta)
+    return blob, LayerBlob(**json.loads(meta.read_text()))
+
+
+def build_debian_image(
+    layout: Path,
+    ref: str,
+    tree: DebianTree,
+    *,
+    version: str,
+    add: Spec | None = None,
+    kernel: bool = False,
+) -> str:
+    """Write the tree as an image to the OCI layout at *layout* under *ref*; return its digest.
+
+    Layer 1 is the tree; layer 2, present when there is something to add, holds a
+    fake kernel (``usr/lib/modules/KVER/vmlinuz`` and ``initramfs.img``, with
+    *kernel*) and the files of *add* (None whites a path out)."""
+    layout.mkdir(parents=True, exist_ok=True)
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    base_path, base = base_layer(tree)
+    target = blobs / base.digest.removeprefix("sha256:")
+    if not target.exists():
+        # A copy, not a hard link: a test that damages a blob must not damage the cache.
+        shutil.copyfile(base_path, target)
+    layers = [base]
+    extra: Spec = {}
+    if kernel:
+        extra[f"usr/lib/modules/{KVER}/vmlinuz"] = FileSpec(b"KERNEL " + version.encode())
+        extra[f"usr/lib/modules/{KVER}/initramfs.img"] = b"INITRAMFS " + version.encode()
+    extra.update(add or {})
+    if extra:
+        tar = _tar(extra)
+        gz = gzip.compress(tar, mtime=0)
+        digest = _write_blob(layout, gz)
+        layers.append(LayerBlob(digest, "sha256:" + hashlib.sha256(tar).hexdigest(), len(gz)))
+    config = json.dumps(
+        {
+            "architecture": _oci_arch(),
+            "os": "linux",
+            "created": "2026-01-01T00:00:00Z",
+            "config": {
+                "Labels": {"containers.bootc": "1", "org.opencontainers.image.version": version},
+                "Cmd": ["/sbin/init"],
+            },
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+            "history": [
+                {"created_by": f"debootstrap {SUITE} ({recipe_key()})"},
+                *([{"created_by": "atoll test additions"}] if extra else []),
+            ],
+        },
+        sort_keys=True,
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": _write_blob(layout, config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer.digest,
+                    "size": layer.size,
+                }
+                for layer in layers
+            ],
+        }
+    ).encode()
+    digest = _write_blob(layout, manifest)
+    index_path = layout / "index.json"
+    index: dict[str, Any] = (
+        json.loads(index_path.read_text())
+        if index_path.exists()
+        else {"schemaVersion": 2, "manifests": []}
+    )
+    index["manifests"] = [
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != ref
+    ] + [
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": len(manifest),
+            "annotations": {"org.opencontainers.image.ref.name": ref},
+        }
+    ]
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index_path.write_text(json.dumps(index))
+    return digest
+
+
+def _write_blob(layout: Path, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return f"sha256:{digest}"
+
+
+def _oci_arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+# --- the fixture -------------------------------------------------------------------------
+
+
+def _require_container_boot() -> None:
+    require_tool("debootstrap")
+    require_tool("systemd-nspawn", "systemd-container")
+    if os.geteuid() != 0:
+        missing("booting a container with systemd-nspawn needs root")
+
+
+@pytest.fixture(scope="session")
+def debian_tree() -> DebianTree:
+    """The cached Debian tree (built on first use: a minute or more)."""
+    _require_container_boot()
+    return ensure_debian_tree()
+
+
+@pytest.fixture(scope="session")
+def debian_rootfs(debian_tree: DebianTree) -> Path:
+    """The prepared root directory of the cached tree; boot copies, not this."""
+    return debian_tree.rootfs
