@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["helpers.registry"]
+pytest_plugins = ["helpers.registry", "helpers.debian"]
 
 _TOOLS = ("docker-registry", "skopeo", "podman", "htpasswd", "openssl")
 

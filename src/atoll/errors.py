@@ -15,7 +15,7 @@ Exit codes are grouped by the part of the system that failed:
 10-19 image content (manifests, digests, blobs, layers)
 20-29 talking to registries and other programs
 30-39 the local machine (disk space, permissions, locks)
-40-49 the device: sysroot, deployments, boot
+40-49 the device: sysroot, deployments, boot, health checks
 ====  ==========================================================
 """
 
@@ -191,6 +191,28 @@ class BootEntryError(AtollError):
 class ContainerBootError(AtollError):
     exit_code = 45
     summary = "a deployment cannot be booted as a container (no systemd in it, or no /var)"
+
+
+class HealthCheckFailedError(AtollError):
+    exit_code = 46
+    summary = "a required health check failed: the boot is red (see atoll health status)"
+
+
+class HealthRunError(AtollError):
+    exit_code = 47
+    summary = "the health checks could not be run (no such root, or no permission to chroot)"
+
+
+class RebootInhibitedError(AtollError):
+    exit_code = 48
+    summary = "a reboot is held off by an inhibitor ([inhibitors] in /etc/atoll/updates.toml)"
+
+    def __init__(
+        self, message: str, *, holders: Sequence[str] = (), hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        #: Who holds the reboot off: one description per inhibitor.
+        self.holders = tuple(holders)
 
 
 class InterruptedError_(AtollError):

@@ -51,7 +51,8 @@ from helpers.parts import missing, require_tool
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-PACKAGES = ("systemd", "systemd-sysv", "dbus")
+#: python3 (3.11 in bookworm) runs atoll inside the booted image: its units call it.
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3-minimal", "libpython3-stdlib")
 #: Bump when prepare_tree() changes what it does: that rebuilds the cache.
 PREPARE_VERSION = 1
 RECIPE = {

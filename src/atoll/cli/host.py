@@ -16,7 +16,8 @@ from atoll.cli.common import (
     add_registry_options,
     system_context,
 )
-from atoll.errors import UsageError
+from atoll.errors import HealthCheckFailedError, UsageError
+from atoll.run import run
 from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
 from atoll.sysroot.lifecycle import Device, StageResult
 from atoll.sysroot.origin import ImageTransport, image_name
@@ -163,7 +164,17 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     config_diff.set_defaults(func=_config_diff)
 
     boot = _command(
-        commands, "boot", "directory device: boot the sysroot as firmware and bootloader would"
+        commands,
+        "boot",
+        "directory device: boot the sysroot as firmware and bootloader would, "
+        "and run its health checks",
+    )
+    boot.add_argument(
+        "--max-boots",
+        type=int,
+        default=1,
+        metavar="N",
+        help="boot again after a red boot, up to N boots (default 1)",
     )
     boot.set_defaults(func=_boot)
 
@@ -220,10 +231,31 @@ def _status(args: argparse.Namespace, out: Output) -> int:
 def _after_stage(args: argparse.Namespace, out: Output, device: Device, result: StageResult) -> int:
     out.result(result.to_json(), _describe_stage(result))
     if getattr(args, "apply", False) and result.deployment is not None:
-        device.finalize()
-        record = device.boot()
-        out.info(f"Rebooted into {record.deployment[:12]} (entry {record.entry})")
+        _apply(device, out)
     return 0
+
+
+def _apply(device: Device, out: Output) -> None:
+    """Finalize and reboot: systemctl on a booted system, else the directory
+    device's own boot."""
+    device.finalize()
+    if running_inside(device):
+        out.info("Rebooting into the new deployment")
+        run(["systemctl", "reboot"], capture=False)
+        return
+    from atoll.health.assess import assess_boot
+
+    record = device.boot()
+    outcome = assess_boot(device, inside=False).report.outcome.value
+    out.info(f"Rebooted into {record.deployment[:12]} (entry {record.entry}): {outcome}")
+
+
+def running_inside(device: Device) -> bool:
+    """True when this system was booted from *device* by systemd (a real machine
+    or the container-boot device), so a reboot is systemd's to do."""
+    return Path("/run/systemd/system").is_dir() and device.sysroot.root.resolve() == Path(
+        "/sysroot"
+    )
 
 
 def _upgrade(args: argparse.Namespace, out: Output) -> int:
@@ -251,8 +283,7 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
         unlocked = device.unlock_downloaded()
         out.result(unlocked.to_json(), f"Will apply {unlocked.short} at the next shutdown")
         if args.apply:
-            device.finalize()
-            device.boot()
+            _apply(device, out)
         return 0
     result = device.stage(
         download_only=args.download_only,
@@ -325,13 +356,34 @@ def _config_diff(args: argparse.Namespace, out: Output) -> int:
 
 
 def _boot(args: argparse.Namespace, out: Output) -> int:
+    from atoll.health.assess import assess_boot
+
+    if args.max_boots < 1:
+        raise UsageError("--max-boots must be at least 1")
     device = _device(args, out)
-    record = device.boot()
-    device.mark_boot_good()
-    fallback = " (fallback: the default entry could not boot)" if record.fallback else ""
-    out.result(
-        record.to_json(),
-        f"Booted {record.stateroot}/{record.deployment[:12]}"
-        f"{record.deployment[64:]} from {record.entry}{fallback}",
-    )
+    boots = []
+    for number in range(1, args.max_boots + 1):
+        record = device.boot()
+        assessment = assess_boot(device, inside=False)
+        boots.append({"boot": number, **record.to_json(), **assessment.to_json()})
+        counter = "" if record.tries_left is None else f", {record.tries_left} tries left"
+        fallback = ", fallback" if record.fallback else ""
+        outcome = assessment.report.outcome.value
+        reason = assessment.report.reason
+        line = (
+            f"boot {number}: {record.stateroot}/{record.deployment[:12]}{record.deployment[64:]}"
+            f" ({record.entry}{counter}{fallback}): {outcome}"
+            + (f" ({reason.summary()})" if reason else "")
+        )
+        if assessment.rollback is not None:
+            line += f"; rolled back from {assessment.rollback.from_deployment[:12]}"
+        out.info(line)
+        if assessment.green:
+            break
+    out.result(boots if len(boots) > 1 else boots[0], None)
+    if not assessment.green:
+        raise HealthCheckFailedError(
+            f"the last boot is red: {reason.summary() if reason else 'see atoll health status'}",
+            hint="boot again (the bootloader counts attempts) or see atoll health status",
+        )
     return 0

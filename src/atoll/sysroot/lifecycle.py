@@ -365,7 +365,7 @@ class Device:
         order = [staged] + [d for d in state.boot_order() if d == base or d.origin.pinned]
         if base not in order:
             order.append(base)
-        self._write_entries(order, {staged.id: self.boot_tries}, state=state)
+        self._write_entries(order, {staged.id: self._boot_tries(staged)}, state=state)
         crashpoint("finalize-entries-written")
         self.sysroot.staged_file.unlink(missing_ok=True)
         fsync_dir(self.sysroot.meta)
@@ -399,6 +399,13 @@ class Device:
             yield work
         finally:
             remove_tree(work)
+
+    def _boot_tries(self, deployment: Deployment) -> int:
+        """GREENBOOT_MAX_BOOT_ATTEMPTS of the new deployment (default 3)."""
+        from atoll.health.config import load_config
+
+        config, _ = load_config(self._deploy_path(deployment))
+        return max(1, config.max_boot_attempts)
 
     @staticmethod
     def checkout_etc(store: Store, commit: str, dest: Path) -> None:
@@ -531,7 +538,8 @@ class Device:
                 self._finalize(None)
             boot_dir = self.sysroot.boot
             state = self.state()
-            first = state.entries[0] if state.entries else None
+            intended = state.intended_entries()
+            first = intended[0] if intended else None
             tried: set[str] = set()
             while True:
                 entry = bootloader.choose_entry(boot_dir)
@@ -559,6 +567,26 @@ class Device:
             self.sysroot.booted_file.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.sysroot.booted_file, json.dumps(record.to_json()).encode())
             return record
+
+    def settle_fallback(self) -> tuple[Deployment, int] | None:
+        """After the bootloader fell back from a deployment whose attempts were
+        used up, make the booted deployment the default for good; the failed one
+        stays behind it, marked bad.  Returns (failed deployment, attempts it
+        used), or None when this boot was not a fallback (or is settled already)."""
+        with self.sysroot.lock():
+            state = self.state()
+            record, booted = state.booted_record, state.booted
+            if record is None or booted is None or not record.fallback:
+                return None
+            intended = state.intended_order()
+            if not intended or intended[0] == booted:
+                return None
+            failed = intended[0]
+            entry = state.entry_for(failed)
+            attempts = entry.tries_done if entry is not None else 0
+            self._write_entries([booted, *(d for d in intended if d != booted)], {}, state=state)
+            crashpoint("fallback-settled")
+            return failed, attempts
 
     def mark_boot_good(self) -> None:
         """A healthy boot: the booted entry keeps no counter (systemd-bless-boot good)."""

@@ -101,10 +101,21 @@ class SysrootState:
         key = deployment_key(entry.deployment_path or "")
         return self.deployments.get(key) if key else None
 
+    def intended_entries(self) -> list[BootEntry]:
+        """Entries in the order atoll wrote them (first: the default), whatever
+        boot counting has done since: the bootloader sorts bad entries last."""
+        return sorted(self.entries, key=lambda e: -int(e.version) if e.version.isdigit() else 0)
+
+    def intended_order(self) -> list[Deployment]:
+        return self._deployments_of(self.intended_entries())
+
     def boot_order(self) -> list[Deployment]:
-        """Deployments in boot-entry order, first = what boots next."""
+        """Deployments in bootloader order, first = what boots next."""
+        return self._deployments_of(self.entries)
+
+    def _deployments_of(self, entries: list[BootEntry]) -> list[Deployment]:
         out = []
-        for entry in self.entries:
+        for entry in entries:
             deployment = self.deployment_of(entry)
             if deployment is not None and deployment not in out:
                 out.append(deployment)

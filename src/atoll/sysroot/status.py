@@ -57,6 +57,13 @@ def _entry(state: SysrootState, deployment: Deployment | None) -> dict[str, Any]
     }
 
 
+def _rollbacks(state: SysrootState) -> list[dict[str, Any]]:
+    """Automatic rollbacks recorded by the health checks (atoll.health.records)."""
+    from atoll.health.records import read_rollbacks
+
+    return [r.to_json() for r in read_rollbacks(state.sysroot.root)]
+
+
 def host_document(state: SysrootState) -> dict[str, Any]:
     booted = state.booted
     spec_source = state.staged or booted or state.default
@@ -66,6 +73,7 @@ def host_document(state: SysrootState) -> dict[str, Any]:
         else None
     )
     record = state.booted_record
+    rollbacks = _rollbacks(state)
     return {
         "apiVersion": API_VERSION,
         "kind": "BootcHost",
@@ -83,6 +91,7 @@ def host_document(state: SysrootState) -> dict[str, Any]:
             "atoll": {
                 "sysroot": str(state.sysroot.root),
                 "lastBoot": record.to_json() if record else None,
+                "lastRollback": rollbacks[-1] if rollbacks else None,
             },
         },
     }
@@ -123,6 +132,18 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
             lines.append(f"  /etc conflicts: {len(conflicts)} (see --format json)")
             lines.extend(f"                 {c.get('path')}" for c in conflicts[:5])
         lines.append("")
+    rollback = status["atoll"].get("lastRollback")
+    if rollback:
+        reason = rollback.get("reason") or {}
+        why = (
+            f"required check {reason.get('name')} failed (exit code {reason.get('exitCode')})"
+            if reason
+            else "its boots never reached the health checks"
+        )
+        lines.append(
+            f"Rolled back on {rollback['time']} from {rollback['from'][:12]} after "
+            f"{rollback['attemptsUsed']} attempts: {why}"
+        )
     if status["rollbackQueued"]:
         lines.append("A rollback is queued: the next boot starts the rollback deployment.")
     return "\n".join(lines).rstrip() + "\n"

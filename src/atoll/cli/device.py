@@ -1,0 +1,70 @@
+"""``atoll device boot``: the container-boot device (systemd-nspawn, systemd as PID 1)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from atoll.cli.common import Output, add_global_options
+from atoll.device.harness import BootRound, run_boots
+from atoll.errors import UsageError
+from atoll.sysroot.lifecycle import Device
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    device = commands.add_parser("device", help="run a sysroot as a device")
+    sub = device.add_subparsers(dest="device_command", metavar="COMMAND")
+    sub.required = True
+    boot = sub.add_parser(
+        "boot",
+        help="boot the sysroot under systemd-nspawn as firmware would, reboot after reboot",
+        description="Choose a boot entry (counting attempts), boot its deployment with "
+        "systemd as PID 1, and boot again when the system reboots or fails, until it "
+        "powers off or --max-boots is reached.",
+    )
+    add_global_options(boot)
+    boot.add_argument("--sysroot", required=True, metavar="DIR")
+    boot.add_argument(
+        "--max-boots", type=int, default=10, metavar="N", help="stop after N boots (default 10)"
+    )
+    boot.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="a boot that takes longer is killed and counts as failed",
+    )
+    boot.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="do not power off after a green boot (stop it with Ctrl-C)",
+    )
+    boot.add_argument("--console-log", metavar="FILE", help="write the console output here")
+    boot.set_defaults(func=_boot)
+
+
+def _boot(args: argparse.Namespace, out: Output) -> int:
+    if args.max_boots < 1:
+        raise UsageError("--max-boots must be at least 1")
+
+    def report(round_: BootRound) -> None:
+        rec = round_.record
+        counter = "" if rec.tries_left is None else f", {rec.tries_left} tries left"
+        fallback = ", fallback" if rec.fallback else ""
+        out.info(
+            f"boot {round_.number}: {rec.deployment[:12]}{rec.deployment[64:]} "
+            f"({rec.entry}{counter}{fallback}) -> {round_.boot.outcome.value} "
+            f"in {round_.boot.duration:.1f} s"
+        )
+
+    result = run_boots(
+        Device(Path(args.sysroot)),
+        max_boots=args.max_boots,
+        timeout=args.timeout,
+        poweroff_when_green=not args.keep_running,
+        console_log=Path(args.console_log) if args.console_log else None,
+        on_round=report,
+    )
+    out.result(result.to_json(), None)
+    return 0
