@@ -19,6 +19,8 @@ from helpers.osimage import build_os_image
 SRC = Path(__file__).resolve().parents[2] / "src" / "atoll"
 #: Crash points outside the device lifecycle (image copies, tests of their own).
 ELSEWHERE = re.compile(r"^(copy|layout|archive)-")
+#: Reached only after a deployment used up its boot attempts: a test of its own.
+FALLBACK = re.compile(r"^fallback-")
 
 
 def crash_points() -> list[str]:
@@ -26,6 +28,10 @@ def crash_points() -> list[str]:
     for path in SRC.rglob("*.py"):
         names.update(re.findall(r'crashpoint\(\s*"([a-z0-9-]+)"', path.read_text()))
     return sorted(n for n in names if not ELSEWHERE.match(n))
+
+
+def lifecycle_points() -> list[str]:
+    return [n for n in crash_points() if not FALLBACK.match(n)]
 
 
 def atoll(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -57,7 +63,7 @@ def test_every_crash_point_is_found() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", crash_points())
+@pytest.mark.parametrize("point", lifecycle_points())
 def test_device_survives_sigkill(point: str, tmp_path: Path) -> None:
     images = tmp_path / "images"
     build_os_image(images, "1", version="1.0")
@@ -104,3 +110,33 @@ def test_device_survives_sigkill(point: str, tmp_path: Path) -> None:
     ok("switch", *s, f"oci:{images}:2")
     ok("boot", *s)
     ok("cleanup", *s)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [n for n in crash_points() if FALLBACK.match(n)])
+def test_fallback_survives_sigkill(point: str, tmp_path: Path) -> None:
+    """Killed while making a fallback permanent: the next boot settles it."""
+    from helpers.busybox_root import REQUIRED, busybox_files
+
+    images = tmp_path / "images"
+    build_os_image(images, "1", version="1.0", add=busybox_files({}))  # type: ignore[arg-type]
+    failing = busybox_files({f"{REQUIRED}/10-fail.sh": "echo broken; exit 1\n"})
+    build_os_image(images, "2", version="2.0", add=failing)  # type: ignore[arg-type]
+    sysroot = tmp_path / "sysroot"
+    s = ("--sysroot", str(sysroot))
+    ok("install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1")
+    ok("boot", *s)
+    ok("switch", *s, f"oci:{images}:2")
+    for _ in range(3):  # three red boots of 2.0 use its attempts up
+        assert atoll("boot", *s).returncode == 46
+    proc = atoll("boot", *s, crash_at=point)  # the fallback boot of 1.0
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    record = json.loads(ok("boot", *s, "--json"))
+    assert record["outcome"] == "green"
+    doc = json.loads(ok("status", *s, "--format", "json"))
+    assert doc["status"]["booted"]["image"]["version"] == "1.0"
+    assert doc["status"]["rollback"]["atoll"]["bootState"] == "bad"
+    # The rollback became permanent: 1.0 is the default even without counting.
+    assert doc["status"]["rollbackQueued"] is False
+    fsck = atoll("store", "fsck", "--store", str(sysroot / "atoll/store"))
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr

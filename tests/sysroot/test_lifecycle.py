@@ -185,3 +185,62 @@ def test_download_only_then_apply(
     atoll(capsys, "boot", "--sysroot", str(sysroot))
     assert version_of(status(capsys, sysroot), "booted") == "2.0"
     assert (sysroot / "boot/loader/entries").is_dir()
+
+
+def test_download_only_waits_for_from_downloaded(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sysroot = tmp_path / "s"
+    s = ("--sysroot", str(sysroot))
+    layout = tmp_path / "moving"
+    build_os_image(layout, "stable", version="1.0")
+    atoll(capsys, "install", "to-filesystem", str(sysroot), "--source", f"oci:{layout}:stable")
+    atoll(capsys, "boot", *s)
+    build_os_image(layout, "stable", version="2.0", add={"usr/bin/new": b"new"})
+    atoll(capsys, "upgrade", *s, "--download-only")
+    staged = slot(status(capsys, sysroot), "staged")
+    assert staged is not None and staged["downloadOnly"] is True
+    # Shutdown does not apply a download-only deployment: the device stays on 1.0.
+    atoll(capsys, "finalize", *s)
+    atoll(capsys, "boot", *s)
+    assert version_of(status(capsys, sysroot), "booted") == "1.0"
+    # --from-downloaded applies it without fetching (the layout could be gone).
+    (layout / "index.json").rename(layout / "index.json.away")
+    atoll(capsys, "upgrade", *s, "--from-downloaded")
+    atoll(capsys, "boot", *s)
+    assert version_of(status(capsys, sysroot), "booted") == "2.0"
+
+
+def test_pin_keeps_a_deployment_and_config_diff_lists_local_changes(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sysroot = tmp_path / "s"
+    s = ("--sysroot", str(sysroot))
+    atoll(capsys, "install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1")
+    atoll(capsys, "boot", *s)
+    v1 = slot(status(capsys, sysroot), "booted")
+    assert v1 is not None
+    root = sysroot / "atoll/deploy/default/deploy" / f"{v1['atoll']['commit']}.0"
+    (root / "etc/app.conf").write_text("mine\n")
+    (root / "etc/extra.conf").write_text("x\n")
+    (root / "etc/hostname").unlink()
+    diff = atoll(capsys, "config-diff", *s, "--json")
+    assert {(c["path"], c["kind"]) for c in diff} == {
+        ("app.conf", "modified"),
+        ("extra.conf", "added"),
+        ("hostname", "deleted"),
+    }
+    pinned = atoll(capsys, "pin", *s, "--json")
+    assert pinned["pinned"] is True
+    # Two upgrades later the pinned v1 is still there, as a third boot entry.
+    for ref in ("2", "3"):
+        atoll(capsys, "switch", *s, f"oci:{images}:{ref}")
+        atoll(capsys, "boot", *s)
+    entries = sorted((sysroot / "boot/loader/entries").iterdir())
+    assert len(entries) == 3
+    assert root.is_dir()
+    atoll(capsys, "unpin", *s, v1["atoll"]["commit"][:12], "--json")
+    atoll(capsys, "switch", *s, f"oci:{images}:1")
+    atoll(capsys, "boot", *s)
+    atoll(capsys, "cleanup", *s)
+    assert len(list((sysroot / "boot/loader/entries").iterdir())) == 2

@@ -22,6 +22,7 @@ from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
 from atoll.sysroot.lifecycle import Device, StageResult
 from atoll.sysroot.origin import ImageTransport, image_name
 from atoll.sysroot.status import describe, host_document
+from atoll.updates import SystemClock, ensure_reboot_allowed, parse_duration, running_root
 
 _STRATEGIES = [s.value for s in EtcMergeStrategy]
 
@@ -128,6 +129,20 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     switch.add_argument("--apply", action="store_true", help="finalize and reboot right away")
     switch.add_argument("--etc-merge", choices=_STRATEGIES, default="keep-local")
     switch.set_defaults(func=_switch)
+    for parser in (upgrade, switch):
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="with --apply: reboot even while a reboot inhibitor holds "
+            "([inhibitors] in /etc/atoll/updates.toml)",
+        )
+        parser.add_argument(
+            "--wait-inhibitors",
+            metavar="DURATION",
+            default="0",
+            help="with --apply: wait up to DURATION (e.g. 10m) for reboot inhibitors "
+            "to let go (default: refuse at once, exit code 48)",
+        )
 
     rollback = _command(commands, "rollback", "boot the previous deployment next time")
     rollback.set_defaults(func=_rollback)
@@ -231,13 +246,14 @@ def _status(args: argparse.Namespace, out: Output) -> int:
 def _after_stage(args: argparse.Namespace, out: Output, device: Device, result: StageResult) -> int:
     out.result(result.to_json(), _describe_stage(result))
     if getattr(args, "apply", False) and result.deployment is not None:
-        _apply(device, out)
+        _apply(args, device, out)
     return 0
 
 
-def _apply(device: Device, out: Output) -> None:
+def _apply(args: argparse.Namespace, device: Device, out: Output) -> None:
     """Finalize and reboot: systemctl on a booted system, else the directory
     device's own boot."""
+    _allow_reboot(args, device, out)
     device.finalize()
     if running_inside(device):
         out.info("Rebooting into the new deployment")
@@ -248,6 +264,19 @@ def _apply(device: Device, out: Output) -> None:
     record = device.boot()
     outcome = assess_boot(device, inside=False).report.outcome.value
     out.info(f"Rebooted into {record.deployment[:12]} (entry {record.entry}): {outcome}")
+
+
+def _allow_reboot(args: argparse.Namespace, device: Device, out: Output) -> None:
+    """--apply: wait for, or refuse (exit 48) while, a reboot inhibitor holds, unless --force."""
+    try:
+        timeout = parse_duration(args.wait_inhibitors)
+    except ValueError as exc:
+        raise UsageError(f"--wait-inhibitors: {exc}", hint="e.g. --wait-inhibitors 10m") from None
+    ignored = ensure_reboot_allowed(
+        running_root(device), SystemClock(), force=args.force, timeout=timeout
+    )
+    for inhibitor in ignored:
+        out.info(f"Ignoring reboot inhibitor {inhibitor.describe()} (--force)")
 
 
 def running_inside(device: Device) -> bool:
@@ -283,8 +312,10 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
         unlocked = device.unlock_downloaded()
         out.result(unlocked.to_json(), f"Will apply {unlocked.short} at the next shutdown")
         if args.apply:
-            _apply(device, out)
+            _apply(args, device, out)
         return 0
+    if args.apply and not args.force:
+        _allow_reboot(args, device, out)  # refuse before downloading anything
     result = device.stage(
         download_only=args.download_only,
         allow_no_kernel=args.allow_no_kernel,
@@ -296,6 +327,8 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
 def _switch(args: argparse.Namespace, out: Output) -> int:
     image, transport = ImageTransport.parse_name(args.image, args.transport)
     device = _device(args, out)
+    if args.apply and not args.force:
+        _allow_reboot(args, device, out)  # refuse before downloading anything
     result = device.stage(
         image_name(image, transport),
         allow_no_kernel=args.allow_no_kernel,

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from atoll import __version__
-from atoll.cli import device, health, host, image, login, store
+from atoll.cli import device, health, host, image, login, store, updates
 from atoll.cli.common import Output, add_global_options
 from atoll.errors import AtollError, InterruptedError_, UsageError
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.register(commands)
     device.register(commands)
     health.register(commands)
+    updates.register(commands)
     demo = commands.add_parser("demo", help="run the demonstration scenario")
     add_global_options(demo)
     demo.add_argument("--keep", action="store_true", help="leave the setup running afterwards")

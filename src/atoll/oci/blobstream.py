@@ -106,6 +106,8 @@ class BlobStream(Closeable):
                         continue
                     self.offset += len(piece)
                     failures = 0
+                    if client.rate_limiter is not None:
+                        client.rate_limiter.consume(len(piece))
                     buffer += piece
                     while len(buffer) >= size:
                         yield bytes(buffer[:size])

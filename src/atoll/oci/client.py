@@ -73,6 +73,7 @@ from atoll.oci.httputil import (
 )
 from atoll.oci.manifest import ACCEPT_MANIFEST
 from atoll.oci.registries_conf import load_registries_conf, ssl_context
+from atoll.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ class RegistryClient(Closeable):
         self.upload_chunk_size = max(1, upload_chunk_size)
         self.read_chunk_size = max(1, read_chunk_size)
         self.sleep = sleep
+        #: Paces blob downloads to ``ctx.rate_limit`` (see :mod:`atoll.ratelimit`).
+        self.rate_limiter = TokenBucket(ctx.rate_limit, sleep=sleep) if ctx.rate_limit else None
         self.tokens = token_cache or TokenCache()
         self._conf = load_registries_conf(ctx)
         if ctx.tls_verify is None:

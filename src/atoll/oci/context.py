@@ -36,6 +36,9 @@ class SystemContext:
     retry_delay: float = 0.5
     #: Seconds to wait for a server to answer.
     timeout: float = 60.0
+    #: Cap on blob downloads from a registry, in bytes per second, shared by the
+    #: parallel downloads of one registry client (None: no cap).
+    rate_limit: int | None = None
     #: Where an ``oci-archive:`` or ``containers-storage:`` transport stages files.
     tmpdir: Path | None = None
     user_agent: str = "atoll"

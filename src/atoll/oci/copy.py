@@ -33,13 +33,13 @@ from atoll.errors import (
     AtollError,
     ConflictError,
     DigestMismatchError,
-    LayerError,
     ManifestError,
     NetworkError,
     TLSError,
     from_oserror,
 )
 from atoll.fsutil import write_atomic
+from atoll.oci.compression import decompress as _decompress
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import (
@@ -422,42 +422,6 @@ def _verify_stream(chunks: Iterable[bytes], desc: Descriptor, where: str) -> Ite
         verifier.update(chunk)
         yield chunk
     verifier.verify()
-
-
-def _decompress(chunks: Iterable[bytes], compression: Compression) -> Iterator[bytes]:
-    if compression is Compression.GZIP:
-        return _gunzip(chunks)
-    if compression is Compression.ZSTD:
-        return _unzstd(chunks)
-    return iter(chunks)
-
-
-def _gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        for chunk in chunks:
-            yield inflater.decompress(chunk)
-            # Concatenated gzip members are valid gzip; keep going.
-            while inflater.eof and inflater.unused_data:
-                rest = inflater.unused_data
-                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                yield inflater.decompress(rest)
-        yield inflater.flush()
-    except zlib.error as exc:
-        raise LayerError(f"layer is not valid gzip data: {exc}") from None
-    if not inflater.eof:
-        raise LayerError("layer is not valid gzip data: it ends in the middle of a stream")
-
-
-def _unzstd(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    import zstandard
-
-    reader = zstandard.ZstdDecompressor().decompressobj()
-    try:
-        for chunk in chunks:
-            yield reader.decompress(chunk)
-    except zstandard.ZstdError as exc:
-        raise LayerError(f"layer is not valid zstd data: {exc}") from None
 
 
 def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:

@@ -20,10 +20,17 @@ UNIT_DIR = "usr/lib/systemd/system"
 UNITS = (
     "atoll-healthcheck.service",
     "atoll-finalize-staged.service",
+    "atoll-fetch-apply-updates.service",
+    "atoll-fetch-apply-updates.timer",
 )
+#: The timer that runs automatic updates (see atoll.updates) and its service.
+UPDATE_TIMER = "atoll-fetch-apply-updates.timer"
+UPDATE_SERVICE = "atoll-fetch-apply-updates.service"
 
 
 def unit_text(name: str) -> str:
+    if name not in available_units():
+        raise KeyError(name)
     return resources.files(__package__).joinpath("files", name).read_text()
 
 

@@ -1,0 +1,540 @@
+"""Import of an OCI image into the store: its layers, in order, become one commit.
+
+Each layer streams through :class:`~atoll.store.tarstream.LayerFeed` (fetch,
+digest check, decompression, diff_id check) into a tar reader.  Entries are
+applied to an in-memory model of the image's tree: directories are dicts of
+entries, files are their object ids (contents go straight into objects, so
+memory grows with the number of paths, never with their size).
+
+A layer is first read into a tree of its own, then merged onto the image so far,
+the way overlay file systems stack layers (OCI image-spec, layer.md):
+
+* ``DIR/.wh.NAME`` removes NAME of lower layers from DIR;
+* ``DIR/.wh..wh..opq`` makes DIR opaque: nothing of DIR in lower layers stays;
+* whiteouts never hide entries of their own layer, wherever they sit in the tar;
+* a directory the layer does not list itself keeps the metadata it had below.
+
+Refused, with :class:`~atoll.errors.LayerError` naming the layer and the entry:
+absolute paths (``./`` in front is fine), ``..`` components, entries whose
+parent is a symlink or a file in the tree, hardlinks to nothing (or to a
+directory), device nodes and fifos unless allowed, paths deeper than
+:data:`MAX_DEPTH`.
+
+Nothing becomes visible before every layer has been read and verified: objects
+are staged (see :mod:`atoll.store.objects`), then published with the commit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from atoll.errors import (
+    DigestMismatchError,
+    LayerError,
+    ManifestError,
+    from_oserror,
+)
+from atoll.faults import crashpoint
+from atoll.oci.digest import Digest
+from atoll.oci.manifest import Descriptor, ImageManifest, layer_compression, parse_config
+from atoll.oci.transports.base import ImageSource
+from atoll.progress import NullProgress, ProgressSink
+from atoll.store.format import (
+    COMMIT_SUFFIX,
+    DEFAULT_DIR_META,
+    FILE_SUFFIX,
+    TREE_SUFFIX,
+    DirMeta,
+    FileType,
+    content_id,
+    encode_commit,
+    encode_tree,
+    file_header,
+    file_id,
+)
+from atoll.store.objects import Staging, XattrError
+from atoll.store.tarstream import (
+    BLOCKDEV,
+    CHAR,
+    DIRECTORY,
+    FIFO,
+    HARDLINK,
+    REGULAR,
+    SYMLINK,
+    ByteReader,
+    LayerFeed,
+    TarEntry,
+    TarReader,
+    verify_blob,
+)
+
+if TYPE_CHECKING:
+    from atoll.store.store import Store
+
+#: Files up to this size are read into memory, hashed and only then written
+#: (and not written at all when the store has them); larger ones stream.
+SMALL_FILE = 1 << 20
+#: Deepest path accepted in a layer (the tree code recurses once per level).
+MAX_DEPTH = 256
+_NAME_MAX = 255
+_WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
+_SPECIAL = {CHAR: FileType.CHAR, BLOCKDEV: FileType.BLOCK, FIFO: FileType.FIFO}
+
+
+@dataclass(frozen=True)
+class ImportStats:
+    layers: int
+    #: File entries (regular files, symlinks, hardlinks, devices) read from the layers.
+    files_total: int
+    #: Of those, files whose object was not in the store yet (and was written).
+    files_new: int
+    #: Layer bytes read from the source (compressed, as stored).
+    bytes_fetched: int
+    #: Bytes of new objects written to the store (file contents, trees, commit).
+    bytes_written: int
+    elapsed: float
+    #: True when the image was imported before: no layer was read.
+    reused: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layers": self.layers,
+            "filesTotal": self.files_total,
+            "filesNew": self.files_new,
+            "bytesFetched": self.bytes_fetched,
+            "bytesWritten": self.bytes_written,
+            "elapsed": round(self.elapsed, 3),
+            "reused": self.reused,
+        }
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    commit_id: str
+    stats: ImportStats
+
+    def to_json(self) -> dict[str, Any]:
+        return {"commit": self.commit_id, **self.stats.to_json()}
+
+
+# --- the tree model ----------------------------------------------------------------------
+
+
+class _Leaf:
+    __slots__ = ("ftype", "oid")
+
+    def __init__(self, oid: str, ftype: FileType) -> None:
+        self.oid = oid
+        self.ftype = ftype
+
+
+class _Dir:
+    __slots__ = ("entries", "explicit", "meta", "opaque", "whiteouts")
+
+    def __init__(self, meta: DirMeta, explicit: bool) -> None:
+        self.entries: dict[str, _Dir | _Leaf] = {}
+        self.meta = meta
+        self.explicit = explicit
+        self.opaque = False
+        self.whiteouts: set[str] | None = None
+
+
+def _merge(lower: _Dir, upper: _Dir) -> None:
+    """Stack *upper* (one layer's tree) onto *lower* (the image so far)."""
+    if upper.opaque:
+        lower.entries.clear()
+    elif upper.whiteouts:
+        for name in upper.whiteouts:
+            lower.entries.pop(name, None)
+    if upper.explicit:
+        lower.meta = upper.meta
+    entries = lower.entries
+    for name, child in upper.entries.items():
+        if type(child) is _Dir:
+            below = entries.get(name)
+            if type(below) is _Dir:
+                _merge(below, child)
+                continue
+        entries[name] = child
+
+
+class _LayerTree:
+    """One layer's entries, with the image below it for checks and hardlinks."""
+
+    def __init__(self, lower: _Dir | None) -> None:
+        self.lower = lower
+        self.root = _Dir(lower.meta if lower else DEFAULT_DIR_META, explicit=False)
+
+    def parent(self, parts: list[str], entry: str, where: str) -> _Dir:
+        """The directory that will hold *parts*[-1], made if the layer does not
+        list it (an implied directory), refusing paths through non-directories."""
+        node = self.root
+        low = self.lower
+        for i in range(len(parts) - 1):
+            comp = parts[i]
+            child = node.entries.get(comp)
+            low_child: _Dir | _Leaf | None = None
+            if (
+                low is not None
+                and not node.opaque
+                and (not node.whiteouts or comp not in node.whiteouts)
+            ):
+                low_child = low.entries.get(comp)
+            if child is None:
+                if low_child is not None and type(low_child) is not _Dir:
+                    _refuse_parent(low_child, parts[: i + 1], entry, where)
+                child = _Dir(low_child.meta if low_child else DEFAULT_DIR_META, explicit=False)  # type: ignore[union-attr]
+                node.entries[comp] = child
+            elif type(child) is not _Dir:
+                _refuse_parent(child, parts[: i + 1], entry, where)
+            node = child  # type: ignore[assignment]
+            low = low_child if type(low_child) is _Dir else None
+        return node
+
+    def find(self, parts: list[str]) -> _Dir | _Leaf | None:
+        """The node at *parts* as the image will be after this layer."""
+        node: _Dir | None = self.root
+        low = self.lower
+        last = len(parts) - 1
+        for i, comp in enumerate(parts):
+            child = node.entries.get(comp) if node is not None else None
+            low_child = None
+            if low is not None and (
+                node is None
+                or (not node.opaque and not (node.whiteouts and comp in node.whiteouts))
+            ):
+                low_child = low.entries.get(comp)
+            if i == last:
+                return child if child is not None else low_child
+            if child is not None and type(child) is not _Dir:
+                return None
+            node = child if type(child) is _Dir else None
+            low = low_child if type(low_child) is _Dir else None
+            if node is None and low is None:
+                return None
+        return self.root
+
+
+def _refuse_parent(node: _Dir | _Leaf, parts: list[str], entry: str, where: str) -> None:
+    what = "the symlink" if getattr(node, "ftype", None) is FileType.SYMLINK else "the file"
+    raise LayerError(
+        f"{where}: entry {entry!r} goes through {what} {'/'.join(parts)!r}",
+        hint="a layer may not write through a symlink or into a file",
+    )
+
+
+def _split(path: str, entry: str, where: str) -> list[str]:
+    if path.startswith("/"):
+        raise LayerError(f"{where}: entry {entry!r} has an absolute path")
+    parts = [p for p in path.split("/") if p and p != "."]
+    if ".." in parts:
+        raise LayerError(f"{where}: entry {entry!r} has a path with '..'")
+    if len(parts) > MAX_DEPTH:
+        raise LayerError(f"{where}: entry {entry!r} is nested deeper than {MAX_DEPTH} levels")
+    if "\x00" in path:
+        raise LayerError(f"{where}: entry {entry!r} has a NUL byte in its path")
+    # A name of up to 63 characters is at most 252 bytes: only longer ones are measured.
+    if len(path) > 63 and any(len(os.fsencode(p)) > _NAME_MAX for p in parts):
+        raise LayerError(f"{where}: entry {entry!r} has a name longer than {_NAME_MAX} bytes")
+    return parts
+
+
+def _xattrs(entry: TarEntry, where: str) -> tuple[tuple[str, bytes], ...]:
+    if not entry.xattrs:
+        return ()
+    for name in entry.xattrs:
+        if not name or "\x00" in name:
+            raise LayerError(f"{where}: entry {entry.path!r} has an invalid xattr name")
+    return tuple(sorted(entry.xattrs.items()))
+
+
+# --- applying layers ---------------------------------------------------------------------
+
+
+class _Importer:
+    def __init__(self, staging: Staging, allow_devices: bool) -> None:
+        self.staging = staging
+        self.allow_devices = allow_devices
+        self.root: _Dir | None = None
+        self.files_total = 0
+        self.files_new = 0
+        self.bytes_fetched = 0
+        self._leaves: dict[str, _Leaf] = {}
+
+    def apply(self, feed: LayerFeed, where: str) -> None:
+        layer = _LayerTree(self.root)
+        tar = TarReader(ByteReader(iter(feed)), where)
+        for entry in tar.entries():
+            self._entry(layer, tar, entry, where)
+        # Read what follows the end of the archive: the digests cover it too.
+        for _ in feed:
+            pass
+        if self.root is None:
+            self.root = layer.root
+        else:
+            _merge(self.root, layer.root)
+
+    def _entry(self, layer: _LayerTree, tar: TarReader, e: TarEntry, where: str) -> None:
+        parts = _split(e.path, e.path, where)
+        kind = e.kind
+        if not parts:
+            if kind == DIRECTORY:
+                layer.root.meta = DirMeta(e.mode, e.uid, e.gid, _xattrs(e, where))
+                layer.root.explicit = True
+                return
+            raise LayerError(f"{where}: entry {e.path!r} replaces the root directory")
+        parent = layer.parent(parts, e.path, where)
+        name = parts[-1]
+        if name.startswith(_WHITEOUT):
+            if name == _OPAQUE:
+                parent.opaque = True
+            elif not name.startswith(".wh..wh."):
+                if parent.whiteouts is None:
+                    parent.whiteouts = set()
+                parent.whiteouts.add(name[len(_WHITEOUT) :])
+            return
+        if kind == DIRECTORY:
+            meta = DirMeta(e.mode, e.uid, e.gid, _xattrs(e, where))
+            existing = parent.entries.get(name)
+            if type(existing) is _Dir:
+                existing.meta = meta
+                existing.explicit = True
+            else:
+                parent.entries[name] = _Dir(meta, explicit=True)
+            return
+        self.files_total += 1
+        try:
+            if kind == REGULAR:
+                leaf = self._regular(tar, e, where)
+            elif kind == SYMLINK:
+                leaf = self._symlink(e, where)
+            elif kind == HARDLINK:
+                target = layer.find(_split(e.linkname, e.path, where))
+                if target is None:
+                    raise LayerError(
+                        f"{where}: entry {e.path!r} is a hardlink to {e.linkname!r}, "
+                        "which is not in the image"
+                    )
+                if type(target) is _Dir:
+                    raise LayerError(
+                        f"{where}: entry {e.path!r} is a hardlink to the directory {e.linkname!r}"
+                    )
+                leaf = target  # type: ignore[assignment]
+            else:
+                leaf = self._special(e, where)
+        except XattrError as exc:
+            raise LayerError(f"{where}: entry {e.path!r}: {exc}") from None
+        parent.entries[name] = leaf
+
+    def _leaf(self, oid: str, ftype: FileType) -> _Leaf:
+        leaf = self._leaves.get(oid)
+        if leaf is None:
+            leaf = self._leaves[oid] = _Leaf(oid, ftype)
+        return leaf
+
+    def _regular(self, tar: TarReader, e: TarEntry, where: str) -> _Leaf:
+        xattrs = _xattrs(e, where)
+        header = file_header(FileType.REGULAR, e.mode, e.uid, e.gid, e.size, 0, b"", xattrs)
+        staging = self.staging
+        if e.size <= SMALL_FILE:
+            data = tar.content()
+            oid = file_id(header, data)
+            if not staging.has(oid, FILE_SUFFIX):
+                staging.add_regular(oid, e.mode, e.uid, e.gid, xattrs, data)
+                self.files_new += 1
+        else:
+            oid, written = staging.add_large(
+                header, tar.content_pieces(), e.mode, e.uid, e.gid, xattrs
+            )
+            self.files_new += written
+        return self._leaf(oid, FileType.REGULAR)
+
+    def _symlink(self, e: TarEntry, where: str) -> _Leaf:
+        if not e.linkname or "\x00" in e.linkname:
+            raise LayerError(f"{where}: entry {e.path!r} is a symlink with an empty target")
+        xattrs = _xattrs(e, where)
+        header = file_header(
+            FileType.SYMLINK, 0o777, e.uid, e.gid, 0, 0, os.fsencode(e.linkname), xattrs
+        )
+        oid = file_id(header)
+        if not self.staging.has(oid, FILE_SUFFIX):
+            self.staging.add_symlink(oid, e.linkname, e.uid, e.gid, xattrs)
+            self.files_new += 1
+        return self._leaf(oid, FileType.SYMLINK)
+
+    def _special(self, e: TarEntry, where: str) -> _Leaf:
+        ftype = _SPECIAL[e.kind]
+        if not self.allow_devices:
+            what = "a fifo" if ftype is FileType.FIFO else "a device node"
+            raise LayerError(
+                f"{where}: entry {e.path!r} is {what}, which images may not contain",
+                hint="device nodes belong in /dev at run time; "
+                "allow_devices=True imports them anyway",
+            )
+        rdev = os.makedev(e.devmajor, e.devminor) if ftype is not FileType.FIFO else 0
+        xattrs = _xattrs(e, where)
+        oid = file_id(file_header(ftype, e.mode, e.uid, e.gid, 0, rdev, b"", xattrs))
+        if not self.staging.has(oid, FILE_SUFFIX):
+            self.staging.add_special(oid, ftype, e.mode, e.uid, e.gid, rdev, xattrs)
+            self.files_new += 1
+        return self._leaf(oid, ftype)
+
+    def write_trees(self) -> tuple[str, DirMeta]:
+        root = self.root or _Dir(DEFAULT_DIR_META, explicit=False)
+        return self._write_tree(root), root.meta
+
+    def _write_tree(self, node: _Dir) -> str:
+        dirs: dict[str, tuple[str, DirMeta]] = {}
+        files: dict[str, str] = {}
+        for name, child in node.entries.items():
+            if type(child) is _Dir:
+                dirs[name] = (self._write_tree(child), child.meta)
+            else:
+                files[name] = child.oid  # type: ignore[union-attr]
+        data = encode_tree(dirs, files)
+        tid = content_id(data)
+        if not self.staging.has(tid, TREE_SUFFIX):
+            self.staging.add_metadata(tid, TREE_SUFFIX, data)
+        return tid
+
+
+# --- the import --------------------------------------------------------------------------
+
+
+def _timestamp(created: str | None) -> int:
+    if created:
+        text = re.sub(r"(\.\d{6})\d+", r"\1", created.strip())
+        try:
+            when = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.UTC)
+            return int(when.timestamp())
+    return int(time.time())
+
+
+def import_image(
+    store: Store,
+    source: ImageSource,
+    manifest: ImageManifest,
+    config_raw: bytes,
+    *,
+    image: str,
+    manifest_digest: Digest,
+    allow_devices: bool = False,
+    progress: ProgressSink | None = None,
+    ref: str | None = None,
+) -> ImportResult:
+    """See :meth:`atoll.store.Store.import_image`."""
+    start = time.monotonic()
+    where = source.description
+    config_digest = manifest.config.digest
+    if Digest.of(config_raw, config_digest.algorithm) != config_digest:
+        raise DigestMismatchError(
+            f"{where}: image config {config_digest} does not match its digest"
+        )
+    config = parse_config(config_raw, where=f"{where}: config")
+    if len(config.diff_ids) != len(manifest.layers):
+        raise ManifestError(
+            f"{where}: the manifest has {len(manifest.layers)} layers "
+            f"but the config lists {len(config.diff_ids)} diff_ids"
+        )
+    progress = progress or NullProgress()
+    with store.lock():
+        store.remove_stale_staging()
+        parent = _parent(store, ref, manifest_digest)
+        reused = store.find_import(manifest_digest)
+        if reused is not None:
+            commit_id = store.recommit(reused, image=image, parent=parent)
+            if ref is not None:
+                store.set_ref(ref, commit_id)
+            stats = ImportStats(len(manifest.layers), 0, 0, 0, 0, time.monotonic() - start, True)
+            return ImportResult(commit_id, stats)
+        ok = False
+        progress.begin("import", f"Importing {image}", image, len(manifest.layers))
+        staging: Staging | None = None
+        try:
+            staging = Staging(store.path)
+            importer = _Importer(staging, allow_devices)
+            for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
+                ident = str(desc.digest)
+                progress.subtask(ident, "layer", f"layer {desc.digest.short}", desc.size)
+                _apply_layer(importer, source, desc, diff_id, where, progress)
+                progress.done(ident)
+            tree, root_meta = importer.write_trees()
+            commit_id, data = encode_commit(
+                parent=parent,
+                timestamp=_timestamp(config.created),
+                tree=tree,
+                root=root_meta,
+                image=image,
+                manifest_digest=str(manifest_digest),
+                config_digest=str(config_digest),
+                version=config.version,
+                subject=f"Import of {image}" + (f" {config.version}" if config.version else ""),
+                diff_ids=[str(d) for d in config.diff_ids],
+            )
+            if not staging.has(commit_id, COMMIT_SUFFIX):
+                staging.add_metadata(commit_id, COMMIT_SUFFIX, data)
+            staging.publish()
+            crashpoint("store-import-committed")
+            store.imported(manifest_digest, commit_id, tree)
+            if ref is not None:
+                store.set_ref(ref, commit_id)
+            ok = True
+        except OSError as exc:
+            raise from_oserror(exc, f"the object store {store.path}") from exc
+        finally:
+            if staging is not None:
+                staging.close()
+            progress.end(ok)
+    stats = ImportStats(
+        layers=len(manifest.layers),
+        files_total=importer.files_total,
+        files_new=importer.files_new,
+        bytes_fetched=importer.bytes_fetched,
+        bytes_written=staging.bytes_written,
+        elapsed=time.monotonic() - start,
+    )
+    return ImportResult(commit_id, stats)
+
+
+def _parent(store: Store, ref: str | None, manifest_digest: Digest) -> str | None:
+    """The commit *ref* names now; when that is this image already, its parent
+    (importing an image again under the same ref gives the same commit)."""
+    current = store.ref(ref) if ref is not None else None
+    if current is None or not store.has_commit(current):
+        return None
+    commit = store.commit(current)
+    return commit.parent if commit.manifest_digest == str(manifest_digest) else current
+
+
+def _apply_layer(
+    importer: _Importer,
+    source: ImageSource,
+    desc: Descriptor,
+    diff_id: Digest,
+    where: str,
+    progress: ProgressSink,
+) -> None:
+    layer_where = f"{where}: layer {desc.digest}"
+    feed = LayerFeed(source, desc, layer_compression(desc.media_type), diff_id, where, progress)
+    try:
+        importer.apply(feed, layer_where)
+    except LayerError:
+        feed.close()
+        # A parse error in a blob that is not what the manifest says is a digest
+        # problem (a corrupt download), not a malformed layer: say so.
+        verify_blob(source, desc, where)
+        raise
+    finally:
+        feed.close()
+        importer.bytes_fetched += feed.fetched

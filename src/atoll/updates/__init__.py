@@ -1,0 +1,84 @@
+"""Automatic OS updates: rpm-ostreed's AutomaticUpdatePolicy and more.
+
+``/etc/atoll/updates.toml`` says what a device does on its own (check, stage,
+or apply and reboot), in which windows, spread by a per-device random delay,
+at what download rate, and what may hold a reboot off.  :func:`decide` is the
+pure decision; :func:`run_automatic_update` carries it out on a device; the
+timer in ``units/`` runs it hourly.  See docs/updates.md.
+"""
+
+from atoll.updates.clock import Clock, FakeClock, SystemClock
+from atoll.updates.config import (
+    ApplySettings,
+    DownloadSettings,
+    InhibitorSettings,
+    Policy,
+    UpdatesConfig,
+    Window,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_rate,
+)
+from atoll.updates.cron import CronExpression
+from atoll.updates.inhibitors import (
+    Inhibitor,
+    InhibitorKind,
+    check_inhibitors,
+    ensure_reboot_allowed,
+    wait_for_inhibitors,
+)
+from atoll.updates.policy import (
+    Action,
+    DeviceFacts,
+    StagedUpdate,
+    UpdateDecision,
+    decide,
+    device_delay,
+)
+from atoll.updates.run import (
+    Outcome,
+    UpdatableDevice,
+    UpdateRunResult,
+    run_automatic_update,
+    running_root,
+)
+from atoll.updates.state import UpdateState, state_path
+from atoll.updates.status import describe, status_document
+
+__all__ = [
+    "Action",
+    "ApplySettings",
+    "Clock",
+    "CronExpression",
+    "DeviceFacts",
+    "DownloadSettings",
+    "FakeClock",
+    "Inhibitor",
+    "InhibitorKind",
+    "InhibitorSettings",
+    "Outcome",
+    "Policy",
+    "StagedUpdate",
+    "SystemClock",
+    "UpdatableDevice",
+    "UpdateDecision",
+    "UpdateRunResult",
+    "UpdateState",
+    "UpdatesConfig",
+    "Window",
+    "check_inhibitors",
+    "decide",
+    "describe",
+    "device_delay",
+    "ensure_reboot_allowed",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_rate",
+    "run_automatic_update",
+    "running_root",
+    "state_path",
+    "status_document",
+    "wait_for_inhibitors",
+]
