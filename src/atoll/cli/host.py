@@ -251,14 +251,20 @@ def _after_stage(args: argparse.Namespace, out: Output, device: Device, result: 
 
 
 def _apply(args: argparse.Namespace, device: Device, out: Output) -> None:
-    """Finalize and reboot: systemctl on a booted system, else the directory
-    device's own boot."""
+    """Reboot into the staged deployment: on a booted system systemctl reboots and
+    atoll-finalize-staged.service finalizes at shutdown (finalized here first if
+    that unit is not running); on the directory device, its own boot."""
     _allow_reboot(args, device, out)
-    device.finalize()
     if running_inside(device):
+        unit = run(
+            ["systemctl", "is-active", "--quiet", "atoll-finalize-staged.service"], check=False
+        )
+        if unit.returncode != 0:
+            device.finalize()
         out.info("Rebooting into the new deployment")
         run(["systemctl", "reboot"], capture=False)
         return
+    device.finalize()
     from atoll.health.assess import assess_boot
 
     record = device.boot()

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 24
+#: Paths relative to a directory descriptor stay shorter than this (PATH_MAX is 4096).
+_LONG_PATH = 2048
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class _Materializer:
         self.copy_ancestors = {
             "/".join(p.split("/")[:i]) for p in copy_paths for i in range(p.count("/") + 1)
         }
+        self.umask = _umask()
         self.link_ok = True
         self.files = self.dirs = self.hardlinked = self.copied = 0
         self.removed = self.kept = 0
@@ -118,15 +121,27 @@ class _Materializer:
 
     # --- fresh trees ------------------------------------------------------------------
 
-    def fill(self, tid: str, fd: int, rel: str, copying: bool) -> None:
-        """Fill the empty directory *fd* with tree *tid* (at path *rel*)."""
+    def fill(self, tid: str, base: int, at: str, rel: str, copying: bool) -> None:
+        """Fill the empty directory *at* (relative to the open directory *base*;
+        "" for *base* itself) with tree *tid*; *rel* is its path in the commit.
+
+        Everything below is made by paths relative to *base*, not through a file
+        descriptor per directory: two system calls fewer per directory."""
+        if len(at) > _LONG_PATH:
+            fd = os.open(at, _O_DIR, dir_fd=base)
+            try:
+                self.fill(tid, fd, "", rel, copying)
+            finally:
+                os.close(fd)
+            return
         tree = self.store.tree(tid)
         files = tree.files
+        prefix = f"{at}/" if at else ""
         if files:
             self.files += len(files)
             if copying or not self.link_ok or rel in self.copy_ancestors:
                 for name, oid in files.items():
-                    self.place(name, oid, fd, copying or self._is_copy(rel, name))
+                    self.place(prefix + name, oid, base, copying or self._is_copy(rel, name))
             else:
                 link = os.link
                 ofd = self.objects_fd
@@ -135,30 +150,30 @@ class _Materializer:
                     try:
                         link(
                             f"{oid[:2]}/{oid[2:]}.file",
-                            name,
+                            prefix + name,
                             src_dir_fd=ofd,
-                            dst_dir_fd=fd,
+                            dst_dir_fd=base,
                             follow_symlinks=False,
                         )
                         linked += 1
                     except OSError as exc:
-                        self._link_failed(exc, oid, name, fd)
+                        self._link_failed(exc, oid, prefix + name, base)
                 self.hardlinked += linked
         for name, (sub, meta) in tree.dirs.items():
-            self._make_dir(name, sub, meta, fd, rel, copying)
+            child_rel = f"{rel}/{name}" if rel else name
+            self._make_dir(prefix + name, sub, meta, base, child_rel, copying)
 
     def _make_dir(
-        self, name: str, tid: str, meta: DirMeta, fd: int, rel: str, copying: bool
+        self, at: str, tid: str, meta: DirMeta, base: int, rel: str, copying: bool
     ) -> None:
-        child_rel = f"{rel}/{name}" if rel else name
-        os.mkdir(name, 0o700, dir_fd=fd)
+        # A plain mode is given to mkdir itself, saving a chmod; a setgid or
+        # sticky directory is made private and gets its mode after its contents.
+        plain = self.umask is not None and not meta.mode & (0o7000 | self.umask)
+        os.mkdir(at, meta.mode if plain else 0o700, dir_fd=base)
         self.dirs += 1
-        cfd = os.open(name, _O_DIR, dir_fd=fd)
-        try:
-            self.fill(tid, cfd, child_rel, copying or child_rel in self.copy_paths)
-            apply_meta(cfd, meta)
-        finally:
-            os.close(cfd)
+        self.fill(tid, base, at, rel, copying or rel in self.copy_paths)
+        if not plain or meta.uid or meta.gid or meta.xattrs:
+            apply_meta_at(base, at, meta)
 
     def _is_copy(self, rel: str, name: str) -> bool:
         return (f"{rel}/{name}" if rel else name) in self.copy_paths
@@ -267,7 +282,7 @@ class _Materializer:
             if child_rel in self.copy_paths or before is None:
                 if before is not None:
                     shutil.rmtree(name, dir_fd=fd)
-                self._make_dir(name, tid, meta, fd, rel, False)
+                self._make_dir(name, tid, meta, fd, child_rel, False)
                 continue
             ptid, pmeta = before
             if ptid == tid and pmeta == meta and child_rel not in self.copy_ancestors:
@@ -283,6 +298,17 @@ class _Materializer:
                 os.close(cfd)
 
 
+def apply_meta_at(base: int, at: str, meta: DirMeta) -> None:
+    """Give the new directory *at* (relative to *base*) its owner, mode, xattrs."""
+    if meta.uid or meta.gid:
+        os.chown(at, meta.uid, meta.gid, dir_fd=base, follow_symlinks=False)
+    os.chmod(at, meta.mode, dir_fd=base)
+    if meta.xattrs:
+        path = f"/proc/self/fd/{base}/{at}"
+        for key, value in meta.xattrs:
+            os.setxattr(path, key, value, follow_symlinks=False)
+
+
 def apply_meta(fd: int, meta: DirMeta, old_xattrs: Xattrs = ()) -> None:
     if meta.uid or meta.gid:
         os.fchown(fd, meta.uid, meta.gid)
@@ -293,6 +319,17 @@ def apply_meta(fd: int, meta: DirMeta, old_xattrs: Xattrs = ()) -> None:
             os.removexattr(fd, key)
     for key, value in meta.xattrs:
         os.setxattr(fd, key, value)
+
+
+def _umask() -> int | None:
+    """The process's umask, read without changing it (Linux 4.7 and later)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _copy_data(src: int, dst: int, size: int) -> None:
@@ -369,7 +406,7 @@ def checkout(
                     m.update(old_tree, commit.tree, fd, "")
                     apply_meta(fd, commit.root, old_root.xattrs)
                 else:
-                    m.fill(commit.tree, fd, "", "" in copies)
+                    m.fill(commit.tree, fd, "", "", False)
                     apply_meta(fd, commit.root)
                 if sync:
                     syncfs(fd)
@@ -403,7 +440,7 @@ def checkout_subtree(store: Store, commit_id: str, subpath: str, dest: Path) -> 
                 dest.mkdir(mode=0o700, parents=True)
             fd = os.open(dest, _O_DIR)
             try:
-                m.fill(entry.object_id, fd, "", True)
+                m.fill(entry.object_id, fd, "", "", True)
                 apply_meta(fd, meta)
                 syncfs(fd)
             finally:

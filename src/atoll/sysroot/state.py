@@ -28,7 +28,7 @@ class BootRecord:
     stateroot: str
     deployment: str
     entry: str
-    #: Tries left on the entry before this boot counted one (None: not counted).
+    #: Tries left on the entry once this boot was counted (None: no counter).
     tries_left: int | None
     #: True when the chosen entry was not the first in boot order (a fallback).
     fallback: bool
