@@ -14,7 +14,7 @@ import pytest
 
 from atoll.units import install_atoll, install_units
 from helpers.debian import DebianTree, build_debian_image
-from helpers.osimage import FileSpec
+from helpers.osimage import FileSpec, tree_spec
 
 APPLY_UNIT = """\
 [Unit]
@@ -54,13 +54,7 @@ def image_files(tmp: Path, extra_units: dict[str, str]) -> dict[str, object]:
     for name, text in extra_units.items():
         (unit_dir / name).write_text(text)
         (wants / name).symlink_to(f"/usr/lib/systemd/system/{name}")
-    spec: dict[str, object] = {}
-    for path in sorted(stage.rglob("*")):
-        rel = str(path.relative_to(stage))
-        if path.is_symlink():
-            spec[rel] = FileSpec(symlink=str(path.readlink()))
-        elif path.is_file():
-            spec[rel] = FileSpec(path.read_bytes(), path.stat().st_mode & 0o7777)
+    spec: dict[str, object] = dict(tree_spec(stage))
     return spec
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from helpers.busybox_root import REQUIRED, WANTED, busybox_files
-from helpers.osimage import FileSpec, build_os_image
+from helpers.osimage import FileSpec, build_os_image, tree_spec
 
 REMEMBER = (
     "mkdir -p /var/lib/edge\n"
@@ -147,7 +147,7 @@ def test_container_boot_device(tmp_path: Path, debian_tree: Any) -> None:
     stage = tmp_path / "stage"
     install_atoll(stage)
     install_units(stage)
-    common = _tree_spec(stage)
+    common = tree_spec(stage)
 
     def checks(extra: dict[str, str]) -> dict[str, object]:
         spec: dict[str, object] = dict(common)
@@ -184,14 +184,3 @@ def test_container_boot_device(tmp_path: Path, debian_tree: Any) -> None:
         return proc
 
     run_scenario(sysroot, images, boot)
-
-
-def _tree_spec(root: Path) -> dict[str, object]:
-    spec: dict[str, object] = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            spec[rel] = FileSpec(symlink=str(path.readlink()))
-        elif path.is_file():
-            spec[rel] = FileSpec(path.read_bytes(), path.stat().st_mode & 0o7777)
-    return spec

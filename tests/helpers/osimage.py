@@ -169,3 +169,16 @@ def build_os_image(
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     index_path.write_text(json.dumps(index))
     return digest
+
+
+def tree_spec(root: Path) -> Spec:
+    """Every file and symlink under *root* as a spec (modes kept), e.g. what
+    ``atoll.units.install_atoll`` and ``install_units`` wrote into a staging tree."""
+    spec: Spec = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            spec[rel] = FileSpec(symlink=str(path.readlink()))
+        elif path.is_file():
+            spec[rel] = FileSpec(path.read_bytes(), path.stat().st_mode & 0o7777)
+    return spec

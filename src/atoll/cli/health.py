@@ -4,7 +4,6 @@ what the last run found (docs/health.md)."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -194,34 +193,12 @@ def _record_dir(root: Path, sysroot: str | None) -> Path | None:
 
 
 def _boot_info(state: SysrootState, deployment: Deployment) -> BootInfo:
-    """What the sysroot says about the boot of *deployment*: its boot counter, when
-    it was made, and (on the directory device) which boot this is."""
-    entry = state.entry_for(deployment)
-    attempt = max_attempts = None
-    if entry is not None and entry.tries_left is not None:
-        # The bootloader counted this boot before starting it.
-        attempt = entry.tries_done
-        max_attempts = entry.tries_left + entry.tries_done
-    record = state.booted_record
-    booted_here = record is not None and record.deployment == deployment.id
-    return BootInfo(
-        deployment=deployment.id,
-        boot_id=record.boot_id if record is not None and booted_here else _kernel_boot_id(),
-        attempt=attempt,
-        max_attempts=max_attempts,
-        deployed_at=_parse_time(deployment.origin.deployed_at),
-        booted_at=_parse_time(record.time) if record is not None and booted_here else None,
-    )
+    """The sysroot's view of this boot; the kernel's boot id when the sysroot
+    recorded none (a check run by hand)."""
+    from atoll.health.assess import boot_info
 
-
-def _parse_time(text: str | None) -> datetime.datetime | None:
-    if not text:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
+    info = boot_info(state, deployment)
+    return info if info.boot_id else replace(info, boot_id=_kernel_boot_id())
 
 
 def _kernel_boot_id() -> str:
