@@ -2,8 +2,9 @@
 
 Files and symlinks are hardlinks to their objects (``linkat`` without
 following symlinks), so a checkout costs a directory entry per file and no
-data.  Directories are made with their mode, owner and xattrs (applied after
-their contents, so a setgid directory does not change what is made in it).
+data.  Directories are made with their mode, owner and xattrs (a setgid or
+sticky mode, an owner and xattrs are applied after the contents, so a setgid
+directory does not change what is made in it; a plain mode is given to mkdir).
 Where a hardlink cannot be made the object is copied, keeping mode, owner,
 xattrs and mtime 0: for the whole checkout when the store is on another file
 system (``EXDEV``), for one file when its object has too many links (``EMLINK``).

@@ -9,6 +9,10 @@ so gc never deletes objects under a checkout.  The lock is re-entrant within
 one thread: a caller may hold it around an import and a ref update.
 Readers of refs and trees take no lock: refs are replaced atomically and
 objects never change once named.
+
+Writing a store needs root, as ostree's bare mode does: objects carry their
+real owners, device nodes are made with mknod, and checkouts hardlink files
+that other users own.
 """
 
 from __future__ import annotations
