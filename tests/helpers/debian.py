@@ -42,11 +42,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import IO, Protocol, cast
 
 import pytest
 
-from helpers.osimage import KVER, FileSpec, Spec, _tar
+from helpers.osimage import KVER, FileSpec, Spec, _tar, publish_image
 from helpers.parts import missing, require_tool
 
 SUITE = "bookworm"
@@ -394,64 +394,21 @@ def build_debian_image(
         gz = gzip.compress(tar, mtime=0)
         digest = _write_blob(layout, gz)
         layers.append(LayerBlob(digest, "sha256:" + hashlib.sha256(tar).hexdigest(), len(gz)))
-    config = json.dumps(
-        {
-            "architecture": _oci_arch(),
-            "os": "linux",
-            "created": "2026-01-01T00:00:00Z",
-            "config": {
-                "Labels": {"containers.bootc": "1", "org.opencontainers.image.version": version},
-                "Cmd": ["/sbin/init"],
-            },
-            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-            "history": [
-                {"created_by": f"debootstrap {SUITE} ({recipe_key()})"},
-                *([{"created_by": "atoll test additions"}] if extra else []),
-            ],
+    config: dict[str, object] = {
+        "architecture": _oci_arch(),
+        "os": "linux",
+        "created": "2026-01-01T00:00:00Z",
+        "config": {
+            "Labels": {"containers.bootc": "1", "org.opencontainers.image.version": version},
+            "Cmd": ["/sbin/init"],
         },
-        sort_keys=True,
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": _write_blob(layout, config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": layer.digest,
-                    "size": layer.size,
-                }
-                for layer in layers
-            ],
-        }
-    ).encode()
-    digest = _write_blob(layout, manifest)
-    index_path = layout / "index.json"
-    index: dict[str, Any] = (
-        json.loads(index_path.read_text())
-        if index_path.exists()
-        else {"schemaVersion": 2, "manifests": []}
-    )
-    index["manifests"] = [
-        m
-        for m in index["manifests"]
-        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != ref
-    ] + [
-        {
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest,
-            "size": len(manifest),
-            "annotations": {"org.opencontainers.image.ref.name": ref},
-        }
-    ]
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    index_path.write_text(json.dumps(index))
-    return digest
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+        "history": [
+            {"created_by": f"debootstrap {SUITE} ({recipe_key()})"},
+            *([{"created_by": "atoll test additions"}] if extra else []),
+        ],
+    }
+    return publish_image(layout, ref, config, [(layer.digest, layer.size) for layer in layers])
 
 
 def _write_blob(layout: Path, data: bytes) -> str:

@@ -111,40 +111,48 @@ def build_os_image(
     layers = [base_files(version, kernel=kernel)]
     if add:
         layers.append(add)
-    layer_descs, diff_ids = [], []
+    layer_refs: list[tuple[str, int]] = []
+    diff_ids = []
     for files in layers:
         tar = _tar(files)
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
         gz = gzip.compress(tar, mtime=0)
-        layer_descs.append(
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": _blob(layout, gz),
-                "size": len(gz),
-            }
-        )
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "created": f"2026-01-0{min(int(version.split('.', maxsplit=1)[0]), 9)}T00:00:00Z",
-            "config": {
-                "Labels": {"org.opencontainers.image.version": version, "containers.bootc": "1"}
-            },
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        layer_refs.append((_blob(layout, gz), len(gz)))
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": f"2026-01-0{min(int(version.split('.', maxsplit=1)[0]), 9)}T00:00:00Z",
+        "config": {
+            "Labels": {"org.opencontainers.image.version": version, "containers.bootc": "1"}
         },
-        sort_keys=True,
-    ).encode()
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
+    return publish_image(layout, ref, config, layer_refs)
+
+
+def publish_image(
+    layout: Path, ref: str, config: dict[str, object], layers: list[tuple[str, int]]
+) -> str:
+    """Write *config* and a manifest naming it and the gzip *layers* (already in
+    the layout's blobs), and point *ref* in ``index.json`` at it; return its digest."""
+    config_bytes = json.dumps(config, sort_keys=True).encode()
     manifest = json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {
                 "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": _blob(layout, config),
-                "size": len(config),
+                "digest": _blob(layout, config_bytes),
+                "size": len(config_bytes),
             },
-            "layers": layer_descs,
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": digest,
+                    "size": size,
+                }
+                for digest, size in layers
+            ],
         }
     ).encode()
     digest = _blob(layout, manifest)
