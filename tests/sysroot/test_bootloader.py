@@ -30,21 +30,8 @@ from atoll.sysroot.bootloader import (
     read_entries,
     write_entries,
 )
+from helpers.bootentries import make_entry
 from helpers.parts import missing, require_tool
-
-KDIR = "/atoll/" + "ab" * 32
-
-
-def make_entry(n: int, **kw: object) -> BootEntry:
-    fields: dict[str, object] = {
-        "id": f"atoll-default-{n}",
-        "title": f"Atoll 42.{n} (default)",
-        "linux": f"{KDIR}/vmlinuz-6.1.0",
-        "initrd": (f"{KDIR}/initramfs-6.1.0.img",),
-        "options": f"root=LABEL=root rw atoll=/atoll/deploy/default/deploy/c{n}.0",
-    }
-    fields.update(kw)
-    return BootEntry(**fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture
