@@ -16,6 +16,8 @@ Exit codes are grouped by the part of the system that failed:
 20-29 talking to registries and other programs
 30-39 the local machine (disk space, permissions, locks)
 40-49 the device: sysroot, deployments, boot, health checks
+50-59 workloads: Quadlet units and the containers they run
+60-69 the pipeline: signing keys, signatures, the trust policy
 ====  ==========================================================
 """
 
@@ -213,6 +215,55 @@ class RebootInhibitedError(AtollError):
         super().__init__(message, hint=hint)
         #: Who holds the reboot off: one description per inhibitor.
         self.holders = tuple(holders)
+
+
+class QuadletUnitError(AtollError):
+    exit_code = 50
+    summary = "a Quadlet unit file is malformed (see docs/workloads.md)"
+
+
+class QuadletDependencyError(AtollError):
+    exit_code = 51
+    summary = (
+        "a Quadlet unit refers to a .network, .volume, .pod or .image unit that does not exist"
+    )
+
+
+class UnsignedImageError(AtollError):
+    exit_code = 60
+    summary = "the image has no signature (no sha256-DIGEST.sig attachment in its repository)"
+
+
+class BadSignatureError(AtollError):
+    exit_code = 61
+    summary = "no signature of the image verifies with the trusted key"
+
+
+class SignedDigestMismatchError(AtollError):
+    exit_code = 62
+    summary = (
+        "the signature is for another manifest digest (the image was changed or the tag moved)"
+    )
+
+
+class SignedIdentityMismatchError(AtollError):
+    exit_code = 63
+    summary = "the signature names another image (its docker-reference does not match)"
+
+
+class PolicyRejectedError(AtollError):
+    exit_code = 64
+    summary = "the trust policy rejects the image"
+
+
+class PolicyError(AtollError):
+    exit_code = 65
+    summary = "the trust policy file (policy.json) is malformed"
+
+
+class SigningKeyError(AtollError):
+    exit_code = 66
+    summary = "a signing or verification key cannot be read (format, passphrase)"
 
 
 class InterruptedError_(AtollError):

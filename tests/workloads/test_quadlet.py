@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from atoll.cli import workload
+from atoll.cli.common import Output
+from atoll.errors import AtollError
+from atoll.workloads import load_units
+from atoll.workloads.quadlet import ContainerOptions
+
+
+def main(argv: list[str]) -> int:
+    # cli/main.py does not register `workload` yet; drive the subcommand directly.
+    parser = argparse.ArgumentParser()
+    workload.register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args, Output(quiet=True))
+    except AtollError as exc:
+        return exc.exit_code
+    return code
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_continuation_comments_repeats_dropins_and_reset(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "a/w.container",
+        "[Container]\nImage=x\n# c\nExec=/bin/sh -c \\\n  'echo hi'\n"
+        "Label=a=1\nLabel=b=2\nUser=1\nBogus=1\n",
+    )
+    _write(tmp_path / "a/w.container.d/20.conf", "[Container]\nLabel=\nLabel=c=3\n")
+    _write(tmp_path / "a/w.container.d/10.conf", "[Container]\nUser=2\n")
+    loaded = load_units([tmp_path / "a"])
+    opts = loaded.units[0].options
+    assert isinstance(opts, ContainerOptions)
+    assert opts.exec_ == "/bin/sh -c  'echo hi'"
+    assert opts.label == ("c=3",)
+    assert opts.user == "2"
+    assert [str(w) for w in loaded.warnings] == [
+        f"{tmp_path}/a/w.container:9: Bogus is not a key of [Container], ignored"
+    ]
+
+
+def test_earlier_root_wins(tmp_path: Path) -> None:
+    _write(tmp_path / "etc/w.container", "[Container]\nImage=first\n")
+    _write(tmp_path / "usr/w.container", "[Container]\nImage=second\n")
+    loaded = load_units([tmp_path / "etc", tmp_path / "usr"])
+    assert [u.options.image for u in loaded.units] == ["first"]  # type: ignore[union-attr]
+
+
+def test_cli_generate_writes_services(tmp_path: Path) -> None:
+    _write(tmp_path / "u/w.container", "[Container]\nImage=x\nNetwork=n.network\n")
+    _write(tmp_path / "u/n.network", "[Network]\n")
+    assert main(["workload", "generate", str(tmp_path / "out"), "--root", str(tmp_path / "u")]) == 0
+    out = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert out == ["n-network.service", "w.service"]
+    text = (tmp_path / "out/w.service").read_text()
+    assert "Requires=n-network.service" in text
+    assert "--network systemd-n" in text
+
+
+def test_missing_network_is_an_error(tmp_path: Path) -> None:
+    _write(tmp_path / "u/w.container", "[Container]\nImage=x\nNetwork=gone.network\n")
+    assert main(["workload", "generate", str(tmp_path / "o"), "--root", str(tmp_path / "u")]) == 51
