@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from atoll import __version__
-from atoll.cli import device, health, host, image, login, store, updates, workload
+from atoll.cli import device, health, host, image, login, sign, store, updates, workload
 from atoll.cli.common import Output, add_global_options
 from atoll.errors import AtollError, InterruptedError_, UsageError
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.register(commands)
     updates.register(commands)
     workload.register(commands)
+    sign.register(commands)
     demo = commands.add_parser("demo", help="run the demonstration scenario")
     add_global_options(demo)
     demo.add_argument("--keep", action="store_true", help="leave the setup running afterwards")

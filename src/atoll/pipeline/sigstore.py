@@ -1,0 +1,346 @@
+"""Sigstore signatures kept in the registry, as cosign and containers/image keep them.
+
+For an image whose manifest digest is ``sha256:HEX``, the signatures live in
+the same repository as an OCI image manifest tagged ``sha256-HEX.sig``
+(containers/image's ``use-sigstore-attachments: true``; cosign's default)::
+
+    REPO:sha256-HEX.sig  (application/vnd.oci.image.manifest.v1+json)
+    ├── config   application/vnd.oci.image.config.v1+json
+    │            {"architecture":"","os":"","config":{},
+    │             "rootfs":{"type":"layers","diff_ids":[LAYER DIGESTS]}}
+    └── layers   one per signature, appended by each signer
+        ├── mediaType    application/vnd.dev.cosign.simplesigning.v1+json
+        ├── digest/size  of the payload blob below
+        └── annotations  {"dev.cosignproject.cosign/signature": BASE64(DER ECDSA)}
+
+The payload blob ("simple signing", as cosign and containers/image write it)::
+
+    {"critical": {"identity": {"docker-reference": "HOST/REPO:TAG"},
+                  "image": {"docker-manifest-digest": "sha256:HEX"},
+                  "type": "cosign container image signature"},
+     "optional": null}
+
+The ECDSA P-256 signature is over SHA-256 of the payload bytes exactly as
+stored; the verifier reads ``critical`` only after the signature checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from atoll.errors import (
+    AtollError,
+    BadSignatureError,
+    ManifestError,
+    NotFoundError,
+    SignedDigestMismatchError,
+    SignedIdentityMismatchError,
+    UnsignedImageError,
+    UnsupportedError,
+)
+from atoll.oci.client import RegistryClient
+from atoll.oci.context import SystemContext
+from atoll.oci.digest import Digest
+from atoll.oci.reference import ImageReference
+from atoll.pipeline.keys import sign_bytes, verify_bytes
+
+PAYLOAD_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
+SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+SIGNATURE_TYPE = "cosign container image signature"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+#: Annotations containers/image refuses to accept without Fulcio/Rekor support.
+_UNSUPPORTED_ANNOTATIONS = ("dev.sigstore.cosign/certificate", "dev.sigstore.cosign/chain")
+
+#: Decides whether a signed docker-reference is acceptable for the image.
+IdentityMatcher = Callable[[str], bool]
+
+
+def attachment_tag(digest: Digest) -> str:
+    """``sha256-HEX.sig``: where the signatures of *digest* live."""
+    return f"{digest.algorithm}-{digest.hex}.sig"
+
+
+def make_payload(identity: str, digest: Digest) -> bytes:
+    payload = {
+        "critical": {
+            "identity": {"docker-reference": identity},
+            "image": {"docker-manifest-digest": str(digest)},
+            "type": SIGNATURE_TYPE,
+        },
+        "optional": None,
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class SignedClaims:
+    """What a verified payload says."""
+
+    identity: str
+    digest: str
+
+
+def parse_payload(payload: bytes) -> SignedClaims:
+    """The claims of a payload; raises BadSignatureError if it is not a simple signing one."""
+    try:
+        doc = json.loads(payload)
+        critical = doc["critical"]
+        if critical["type"] != SIGNATURE_TYPE:
+            raise BadSignatureError(f"signature payload has type {critical['type']!r}")
+        identity = critical["identity"]["docker-reference"]
+        digest = critical["image"]["docker-manifest-digest"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadSignatureError(f"signature payload is malformed ({exc})") from None
+    if not isinstance(identity, str) or not isinstance(digest, str):
+        raise BadSignatureError("signature payload is malformed (identity or digest not a string)")
+    return SignedClaims(identity, digest)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One layer of the attachment manifest: a payload and its claimed signature."""
+
+    media_type: str
+    payload: bytes
+    annotations: dict[str, str]
+
+    def signature_bytes(self) -> bytes | None:
+        text = self.annotations.get(SIGNATURE_ANNOTATION)
+        if text is None:
+            return None
+        try:
+            return base64.b64decode(text, validate=True)
+        except binascii.Error:
+            return None
+
+
+@dataclass(frozen=True)
+class SignResult:
+    image: str
+    identity: str
+    digest: Digest
+    signatures: int
+    attachment: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "identity": self.identity,
+            "digest": str(self.digest),
+            "signatures": self.signatures,
+            "attachment": self.attachment,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    image: str
+    digest: Digest
+    identity: str
+    #: How many signatures the attachment holds, and how many verified.
+    signatures: int
+    verified: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "digest": str(self.digest),
+            "identity": self.identity,
+            "signatures": self.signatures,
+            "verified": self.verified,
+        }
+
+
+def default_identity(ref: ImageReference) -> str:
+    """The docker-reference a signature names: NAME:TAG, or NAME@DIGEST without a tag."""
+    if ref.tag is not None:
+        return f"{ref.name}:{ref.tag}"
+    return f"{ref.name}@{ref.digest}"
+
+
+def sign_image(
+    ref: ImageReference,
+    key: ec.EllipticCurvePrivateKey,
+    ctx: SystemContext,
+    *,
+    identity: str | None = None,
+) -> SignResult:
+    """Sign the manifest *ref* names and add the signature to its ``.sig`` attachment."""
+    identity = identity or default_identity(ref)
+    ImageReference.parse(identity)  # refuse an identity containers/image could not parse
+    with RegistryClient(ref.registry, ctx) as client:
+        digest = client.get_manifest(ref.repository, ref.manifest_ref).digest
+        payload = make_payload(identity, digest)
+        signature = base64.b64encode(sign_bytes(key, payload)).decode()
+        manifest, config = _read_attachment(client, ref, digest)
+        if manifest is None:
+            manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}, "layers": []}
+            config = {"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers"}}
+        payload_digest = Digest.of(payload)
+        client.upload_blob(ref.repository, payload_digest, [payload], size=len(payload))
+        manifest["layers"].append(
+            {
+                "mediaType": PAYLOAD_MEDIA_TYPE,
+                "digest": str(payload_digest),
+                "size": len(payload),
+                "annotations": {SIGNATURE_ANNOTATION: signature},
+            }
+        )
+        rootfs = config.setdefault("rootfs", {"type": "layers"})
+        rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), str(payload_digest)]
+        config_raw = json.dumps(config, separators=(",", ":")).encode()
+        config_digest = Digest.of(config_raw)
+        client.upload_blob(ref.repository, config_digest, [config_raw], size=len(config_raw))
+        manifest["config"] = {
+            "mediaType": OCI_CONFIG,
+            "digest": str(config_digest),
+            "size": len(config_raw),
+        }
+        tag = attachment_tag(digest)
+        raw = json.dumps(manifest, separators=(",", ":")).encode()
+        client.put_manifest(ref.repository, tag, raw, OCI_MANIFEST)
+    return SignResult(str(ref), identity, digest, len(manifest["layers"]), f"{ref.name}:{tag}")
+
+
+def read_signatures(ref: ImageReference, ctx: SystemContext) -> tuple[Digest, list[Signature]]:
+    """The manifest digest *ref* names now, and the signatures attached to it."""
+    with RegistryClient(ref.registry, ctx) as client:
+        digest = client.get_manifest(ref.repository, ref.manifest_ref).digest
+        manifest, _ = _read_attachment(client, ref, digest, read_config=False)
+        if manifest is None:
+            return digest, []
+        signatures = []
+        for layer in manifest["layers"]:
+            layer_digest = Digest.parse(str(layer.get("digest")))
+            payload = client.fetch_blob(ref.repository, layer_digest, layer.get("size"))
+            annotations = layer.get("annotations") or {}
+            signatures.append(
+                Signature(
+                    str(layer.get("mediaType")),
+                    payload,
+                    {str(k): str(v) for k, v in annotations.items()},
+                )
+            )
+    return digest, signatures
+
+
+def verify_image(
+    ref: ImageReference,
+    keys: list[ec.EllipticCurvePublicKey],
+    ctx: SystemContext,
+    *,
+    matches: IdentityMatcher | None = None,
+) -> VerifyResult:
+    """Check that a signature by one of *keys* vouches for the manifest *ref* names now.
+
+    *matches* decides whether the signed docker-reference is acceptable
+    (default: containers/image's matchRepoDigestOrExact for *ref*).
+    Raises UnsignedImageError, BadSignatureError, SignedDigestMismatchError or
+    SignedIdentityMismatchError; the most telling one when several signatures fail.
+    """
+    from atoll.pipeline.identity import match_repo_digest_or_exact
+
+    digest, signatures = read_signatures(ref, ctx)
+    if matches is None:
+        matches = lambda signed: match_repo_digest_or_exact(ref, signed)  # noqa: E731
+    if not signatures:
+        raise UnsignedImageError(
+            f"{ref}: the image is not signed: no {attachment_tag(digest)} attachment "
+            f"in {ref.name} for manifest {digest}",
+            hint="sign it with atoll sign, or check that the image and tag are the ones meant",
+        )
+    failures: list[AtollError] = []
+    verified: list[SignedClaims] = []
+    for sig in signatures:
+        try:
+            verified.append(_verify_one(ref, sig, keys, digest, matches))
+        except (BadSignatureError, SignedDigestMismatchError, SignedIdentityMismatchError) as exc:
+            failures.append(exc)
+    if verified:
+        return VerifyResult(str(ref), digest, verified[0].identity, len(signatures), len(verified))
+    # Report the failure that says most: a valid signature for the wrong thing.
+    for kind in (SignedDigestMismatchError, SignedIdentityMismatchError):
+        for failure in failures:
+            if isinstance(failure, kind):
+                raise failure
+    raise failures[0]
+
+
+def _verify_one(
+    ref: ImageReference,
+    sig: Signature,
+    keys: list[ec.EllipticCurvePublicKey],
+    digest: Digest,
+    matches: IdentityMatcher,
+) -> SignedClaims:
+    if sig.media_type != PAYLOAD_MEDIA_TYPE:
+        raise BadSignatureError(f"{ref}: signature layer has media type {sig.media_type!r}")
+    for name in _UNSUPPORTED_ANNOTATIONS:
+        if name in sig.annotations:
+            raise BadSignatureError(
+                f"{ref}: a signature carries {name} (Fulcio certificates are not supported)"
+            )
+    raw = sig.signature_bytes()
+    if raw is None:
+        raise BadSignatureError(f"{ref}: a signature layer has no valid {SIGNATURE_ANNOTATION}")
+    if not any(verify_bytes(key, raw, sig.payload) for key in keys):
+        raise BadSignatureError(
+            f"{ref}: no signature verifies with the trusted key "
+            f"(signed with another key, or altered)",
+            hint="check that --key (or the policy's keyPath/keyData) is the signer's public key",
+        )
+    claims = parse_payload(sig.payload)
+    if claims.digest != str(digest):
+        raise SignedDigestMismatchError(
+            f"{ref}: the signature is for manifest {claims.digest}, but the image is {digest} "
+            "(the image was changed or the tag moved after signing)",
+            hint="pull by the signed digest, or have the new image signed",
+        )
+    if not matches(claims.identity):
+        raise SignedIdentityMismatchError(
+            f"{ref}: the signature is for {claims.identity!r}, which does not match {ref}",
+            hint="set signedIdentity in the policy if the image was signed under another name",
+        )
+    return claims
+
+
+def _read_attachment(
+    client: RegistryClient, ref: ImageReference, digest: Digest, *, read_config: bool = True
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    tag = attachment_tag(digest)
+    where = f"{ref.name}:{tag}"
+    try:
+        fetched = client.get_manifest(ref.repository, tag)
+    except NotFoundError:
+        return None, {}
+    manifest = json.loads(fetched.raw)
+    media = manifest.get("mediaType") or fetched.media_type
+    if media != OCI_MANIFEST or not isinstance(manifest.get("layers"), list):
+        raise ManifestError(f"{where}: the signature attachment is not an OCI image manifest")
+    config: dict[str, Any] = {}
+    if read_config:
+        desc = manifest.get("config") or {}
+        try:
+            config_raw = client.fetch_blob(
+                ref.repository, Digest.parse(str(desc.get("digest"))), desc.get("size")
+            )
+            config = json.loads(config_raw)
+        except (ValueError, AtollError) as exc:
+            raise ManifestError(f"{where}: cannot read the attachment's config: {exc}") from None
+        if not isinstance(config, dict):
+            raise ManifestError(f"{where}: the attachment's config is not a JSON object")
+    return manifest, config
+
+
+def require_registry(what: str) -> UnsupportedError:
+    return UnsupportedError(
+        f"{what}: signatures are kept in registries; name the image as docker://REF"
+    )
