@@ -16,16 +16,11 @@ from atoll.cli.common import (
 from atoll.errors import UsageError
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport
-from atoll.pipeline.keys import (
-    COSIGN_PEM_TYPE,
-    SIGSTORE_PEM_TYPE,
-    generate_key_pair,
-    load_private_key,
-    load_public_key,
-    read_passphrase,
-)
-from atoll.pipeline.policy import enforce
-from atoll.pipeline.sigstore import sign_image, verify_image
+
+# atoll.pipeline needs `cryptography`; it is imported only when a command runs,
+# so `atoll` keeps starting in booted images that have the standard library only.
+COSIGN_PEM_TYPE = "ENCRYPTED COSIGN PRIVATE KEY"
+SIGSTORE_PEM_TYPE = "ENCRYPTED SIGSTORE PRIVATE KEY"
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -80,6 +75,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _generate(args: argparse.Namespace, out: Output) -> int:
+    from atoll.pipeline.keys import generate_key_pair, read_passphrase
+
     passphrase = read_passphrase(Path(args.passphrase_file)) if args.passphrase_file else None
     pem_type = COSIGN_PEM_TYPE if args.pem_type == "cosign" else SIGSTORE_PEM_TYPE
     pair = generate_key_pair(Path(args.output), passphrase, pem_type=pem_type)
@@ -106,6 +103,9 @@ def _registry_reference(text: str) -> ImageReference:
 
 def _sign(args: argparse.Namespace, out: Output) -> int:
     ref = _registry_reference(args.name)
+    from atoll.pipeline.keys import load_private_key, read_passphrase
+    from atoll.pipeline.sigstore import sign_image
+
     passphrase = read_passphrase(Path(args.passphrase_file)) if args.passphrase_file else None
     key = load_private_key(Path(args.key), passphrase)
     result = sign_image(ref, key, system_context(args), identity=args.identity)
@@ -118,6 +118,10 @@ def _sign(args: argparse.Namespace, out: Output) -> int:
 
 
 def _verify(args: argparse.Namespace, out: Output) -> int:
+    from atoll.pipeline.keys import load_public_key
+    from atoll.pipeline.policy import enforce
+    from atoll.pipeline.sigstore import verify_image
+
     ctx = system_context(args)
     if args.policy:
         name = ImageName.parse(args.name)
