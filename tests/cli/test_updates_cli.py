@@ -3,7 +3,6 @@ systemd units that run them."""
 
 from __future__ import annotations
 
-import argparse
 import configparser
 import json
 import shlex
@@ -25,21 +24,6 @@ from helpers.osimage import build_os_image
 from helpers.updates import write_config
 
 UNITS = (SERVICE, TIMER)
-
-
-@pytest.fixture(autouse=True)
-def updates_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until cli/main.py registers ``updates``, add it to the parser here."""
-    original = main_module.build_parser
-
-    def build() -> argparse.ArgumentParser:
-        parser = original()
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction) and "updates" not in action.choices:
-                updates.register(action)
-        return parser
-
-    monkeypatch.setattr(main_module, "build_parser", build)
 
 
 def atoll(capsys: pytest.CaptureFixture[str], *args: str, code: int = 0) -> Any:

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from atoll.cli import main as main_module
-from atoll.cli import sign
 from atoll.pipeline.keys import generate_key_pair
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -15,20 +13,7 @@ Cli = Callable[..., tuple[int, str, str]]
 
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
-    """Run ``atoll ARGS``; return (exit code, stdout, stderr).
-
-    Registers the signing commands on the parser if cli/main.py does not yet.
-    """
-    original = main_module.build_parser
-
-    def build_parser() -> argparse.ArgumentParser:
-        parser = original()
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction) and "sign" not in action.choices:
-                sign.register(action)
-        return parser
-
-    monkeypatch.setattr(main_module, "build_parser", build_parser)
+    """Run ``atoll ARGS``; return (exit code, stdout, stderr)."""
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main_module.main(list(args))

@@ -7,12 +7,12 @@ message on stderr (``atoll: error: …`` and, when there is one, ``hint: …``).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from atoll import __version__
-from atoll.cli import device, health, host, image, login, sign, store, updates, workload
 from atoll.cli.common import Output, add_global_options
 from atoll.errors import AtollError, InterruptedError_, UsageError
 
@@ -24,7 +24,55 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The module under atoll.cli that defines each command, in the order of --help.
+#: Only the module of the command being run is imported: a command pays the
+#: start-up time of what it uses, not of every part of atoll.
+COMMAND_MODULES: dict[str, str] = {
+    "image": "image",
+    "login": "login",
+    "logout": "login",
+    "install": "host",
+    "status": "host",
+    "upgrade": "host",
+    "switch": "host",
+    "rollback": "host",
+    "pin": "host",
+    "unpin": "host",
+    "cleanup": "host",
+    "finalize": "host",
+    "config-diff": "host",
+    "boot": "host",
+    "store": "store",
+    "device": "device",
+    "health": "health",
+    "updates": "updates",
+    "workload": "workload",
+    "key": "sign",
+    "sign": "sign",
+    "verify": "sign",
+}
+#: Commands defined in this module.
+_BUILTIN = frozenset({"demo", "version"})
+#: Global options that take a value (skipped when looking for the command).
+_VALUE_OPTIONS = frozenset({"--progress-fd"})
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command named on the command line, if any (the first positional word)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUE_OPTIONS:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with *argv*, only the module of the command it names is loaded
+    (all of them for ``--help``, no command or an unknown one)."""
     parser = _Parser(
         prog="atoll",
         description="Image mode for Linux: the OS and its workloads as OCI images.",
@@ -33,15 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    image.register(commands)
-    login.register(commands)
-    host.register(commands)
-    store.register(commands)
-    device.register(commands)
-    health.register(commands)
-    updates.register(commands)
-    workload.register(commands)
-    sign.register(commands)
+    named = command_of(argv) if argv is not None else None
+    if named in _BUILTIN:
+        modules: list[str] = []
+    elif named in COMMAND_MODULES:
+        modules = [COMMAND_MODULES[named]]
+    else:
+        modules = list(dict.fromkeys(COMMAND_MODULES.values()))
+    for module in modules:
+        importlib.import_module(f"atoll.cli.{module}").register(commands)
     demo = commands.add_parser("demo", help="run the demonstration scenario")
     add_global_options(demo)
     demo.add_argument("--keep", action="store_true", help="leave the setup running afterwards")
@@ -65,7 +113,8 @@ def _run_demo(args: argparse.Namespace, out: Output) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     out = Output()
     try:
         args = parser.parse_args(argv)
