@@ -38,7 +38,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
 from typing import NoReturn
 
 import httpx
@@ -55,6 +54,15 @@ from atoll.errors import (
     TLSError,
     UnsupportedError,
 )
+from atoll.oci.api import (
+    FetchedManifest,
+    ManifestHead,
+    MountResult,
+    UploadSession,
+    delete_scope,
+    pull_scope,
+    push_scope,
+)
 from atoll.oci.auth import Challenge, Credentials, TokenCache, find_credentials
 from atoll.oci.blobstream import BlobStream
 from atoll.oci.context import SystemContext
@@ -63,12 +71,14 @@ from atoll.oci.httputil import (
     NOT_FOUND_CODES,
     digest_or_none,
     is_tls_error,
+    list_field,
     media_type,
     next_link,
     one_line,
     pick_challenge,
     rechunk,
     registry_error,
+    repository_of,
     retry_after,
 )
 from atoll.oci.manifest import ACCEPT_MANIFEST
@@ -108,48 +118,6 @@ _DELETE_HINT = (
 )
 
 Body = bytes | Iterator[bytes] | None
-
-
-def pull_scope(repository: str) -> str:
-    return f"repository:{repository}:pull"
-
-
-def push_scope(repository: str) -> str:
-    return f"repository:{repository}:pull,push"
-
-
-def delete_scope(repository: str) -> str:
-    return f"repository:{repository}:delete"
-
-
-@dataclass(frozen=True)
-class FetchedManifest:
-    raw: bytes
-    #: The ``Content-Type`` the registry sent, without parameters.
-    media_type: str | None
-    #: sha256 of *raw*.
-    digest: Digest
-
-
-@dataclass(frozen=True)
-class ManifestHead:
-    digest: Digest | None
-    media_type: str | None
-    size: int | None
-
-
-@dataclass(frozen=True)
-class UploadSession:
-    repository: str
-    #: Where the next PATCH or the final PUT goes (the last ``Location``).
-    url: httpx.URL
-
-
-@dataclass(frozen=True)
-class MountResult:
-    mounted: bool
-    #: When the registry did not mount, the upload session it opened instead.
-    session: UploadSession | None = None
 
 
 class RegistryClient(Closeable):
@@ -333,7 +301,7 @@ class RegistryClient(Closeable):
     def list_tags(self, repository: str, page_size: int | None = None) -> list[str]:
         """Every tag of *repository*, following ``Link: rel="next"`` pages of *page_size*."""
         pages = self._pages(repository, "tags/list", page_size, "listing tags")
-        return [str(tag) for page in pages for tag in _list_field(page, "tags")]
+        return [str(tag) for page in pages for tag in list_field(page, "tags")]
 
     def check_login(self) -> None:
         """Ask ``/v2/`` with the credentials (a token for no scope, for Bearer
@@ -346,7 +314,7 @@ class RegistryClient(Closeable):
     def catalog(self, page_size: int | None = None) -> list[str]:
         """Every repository ``/v2/_catalog`` lists, following its pages."""
         pages = self._pages(None, "_catalog", page_size, "listing repositories")
-        return [str(repo) for page in pages for repo in _list_field(page, "repositories")]
+        return [str(repo) for page in pages for repo in list_field(page, "repositories")]
 
     def blob_exists(self, repository: str, digest: Digest) -> bool:
         response = self._call(
@@ -531,7 +499,7 @@ class RegistryClient(Closeable):
         retry: bool = True,
     ) -> httpx.Response:
         """Send with credentials; on 401 get fresh ones once and send again."""
-        repository = _repository_of(scopes)
+        repository = repository_of(scopes)
         self.ping(repository)
         scopes = sorted(scopes)
         refreshed = False
@@ -816,18 +784,3 @@ class RegistryClient(Closeable):
         if isinstance(exc, httpx.ConnectError):
             return NetworkError(f"{name}: {what}: cannot connect: {reason}")
         return NetworkError(f"{name}: {what}: the connection broke: {reason}")
-
-
-def _repository_of(scopes: Sequence[str]) -> str | None:
-    for scope in scopes:
-        kind, _, rest = scope.partition(":")
-        if kind == "repository":
-            return rest.rpartition(":")[0]
-    return None
-
-
-def _list_field(page: dict[str, object], key: str) -> list[object]:
-    value = page.get(key) or []
-    if not isinstance(value, list):
-        raise RegistryError(f"malformed reply: {key!r} is not a list")
-    return value

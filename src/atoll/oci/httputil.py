@@ -8,11 +8,11 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import httpx
 
-from atoll.errors import AtollError
+from atoll.errors import AtollError, RegistryError
 from atoll.oci.auth import Challenge, parse_www_authenticate
 from atoll.oci.digest import Digest
 
@@ -119,3 +119,18 @@ def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
             del buffer[:size]
     if buffer:
         yield bytes(buffer)
+
+
+def repository_of(scopes: Sequence[str]) -> str | None:
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        if kind == "repository":
+            return rest.rpartition(":")[0]
+    return None
+
+
+def list_field(page: dict[str, object], key: str) -> list[object]:
+    value = page.get(key) or []
+    if not isinstance(value, list):
+        raise RegistryError(f"malformed reply: {key!r} is not a list")
+    return value

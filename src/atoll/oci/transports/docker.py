@@ -15,7 +15,8 @@ import threading
 from collections.abc import Iterable, Iterator
 
 from atoll.errors import AtollError, DigestMismatchError, InvalidReferenceError
-from atoll.oci.client import RegistryClient, UploadSession
+from atoll.oci.api import UploadSession
+from atoll.oci.client import RegistryClient
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest, Verifier
 from atoll.oci.manifest import Descriptor

@@ -1,0 +1,52 @@
+"""What the distribution API client hands back, and the token scopes it asks for
+(``repository:NAME:ACTIONS``, as the distribution token specification spells them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from atoll.oci.digest import Digest
+
+
+def pull_scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+def delete_scope(repository: str) -> str:
+    return f"repository:{repository}:delete"
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    raw: bytes
+    #: The ``Content-Type`` the registry sent, without parameters.
+    media_type: str | None
+    #: sha256 of *raw*.
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    digest: Digest | None
+    media_type: str | None
+    size: int | None
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    repository: str
+    #: Where the next PATCH or the final PUT goes (the last ``Location``).
+    url: httpx.URL
+
+
+@dataclass(frozen=True)
+class MountResult:
+    mounted: bool
+    #: When the registry did not mount, the upload session it opened instead.
+    session: UploadSession | None = None
