@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from atoll.units import install_atoll, install_units
+from helpers.cli import run_atoll
 from helpers.debian import DebianTree, build_debian_image
 from helpers.osimage import FileSpec, tree_spec
 
@@ -33,15 +32,7 @@ WantedBy=multi-user.target
 
 
 def atoll(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "atoll", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("ATOLL_")},
-    )
+    return run_atoll(*args)
 
 
 def image_files(tmp: Path, extra_units: dict[str, str]) -> dict[str, object]:

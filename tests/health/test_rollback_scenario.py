@@ -10,9 +10,7 @@ v3 fixes the check; its upgrade succeeds, and the package is there only then.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 
 from helpers.busybox_root import REQUIRED, WANTED, busybox_files
+from helpers.cli import run_atoll
 from helpers.osimage import FileSpec, build_os_image, tree_spec
 
 REMEMBER = (
@@ -38,15 +37,7 @@ PACKAGE = "usr/bin/strace"
 
 
 def atoll(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "atoll", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith("ATOLL_")},
-    )
+    proc = run_atoll(*args)
     if ok:
         assert proc.returncode == 0, f"atoll {' '.join(args)}: {proc.stderr}"
     return proc

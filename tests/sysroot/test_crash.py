@@ -5,15 +5,14 @@ must be consistent and local /etc and /var changes must survive."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers.cli import run_atoll
 from helpers.osimage import build_os_image
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "atoll"
@@ -35,19 +34,7 @@ def lifecycle_points() -> list[str]:
 
 
 def atoll(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("ATOLL_CRASH_AT", None)
-    if crash_at:
-        env["ATOLL_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-m", "atoll", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_atoll(*args, crash_at=crash_at, timeout=120)
 
 
 def ok(*args: str) -> str:

@@ -31,7 +31,7 @@ from atoll.health.records import (
 )
 from atoll.health.report import HealthReport
 from atoll.health.runner import BootInfo, run_boot_checks
-from atoll.sysroot.lifecycle import Device
+from atoll.sysroot.lifecycle import Device, utc_timestamp
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.state import SysrootState
 
@@ -87,7 +87,7 @@ def assess_boot(device: Device, *, inside: bool) -> Assessment:
         reason = last.reason if last is not None and last.deployment == failed.id else None
         booted = state.current
         rollback = RollbackRecord(
-            time=_now(),
+            time=utc_timestamp(),
             from_deployment=failed.id,
             to_deployment=booted.id,
             reason=reason,
@@ -116,10 +116,6 @@ def assess_boot(device: Device, *, inside: bool) -> Assessment:
     if report.green:
         device.mark_boot_good()
     return Assessment(report, rollback)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_time(text: str | None) -> datetime.datetime | None:

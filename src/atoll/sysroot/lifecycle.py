@@ -42,9 +42,10 @@ from atoll.errors import DeploymentError, NoKernelError
 from atoll.faults import crashpoint
 from atoll.fsutil import fsync_dir, remove_tree, replace_dir, write_atomic
 from atoll.oci.context import SystemContext
-from atoll.oci.transports import ImageName
+from atoll.oci.transports import ImageName, ImageSource
 from atoll.progress import ProgressSink
 from atoll.store import Store
+from atoll.store.importer import ImportStats
 from atoll.sysroot import bootloader
 from atoll.sysroot.bootloader import BootEntry
 from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
@@ -62,7 +63,8 @@ _STAGING_PREFIX = ".staging-"
 _SPARE_PREFIX = ".spare-"
 
 
-def _now() -> str:
+def utc_timestamp() -> str:
+    """Now, as the sysroot's records write times (UTC, seconds, ``Z``)."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -141,8 +143,8 @@ class Device:
         return max(taken, default=-1) + 1
 
     def _import(
-        self, store: Store, source: Any, image: RemoteImage, allow_no_kernel: bool
-    ) -> tuple[str, Any]:
+        self, store: Store, source: ImageSource, image: RemoteImage, allow_no_kernel: bool
+    ) -> tuple[str, ImportStats]:
         result = store.import_image(
             source,
             image.manifest,
@@ -228,7 +230,7 @@ class Device:
             str(image.digest),
             image_version=image.version,
             timestamp=image.config.created,
-            deployed_at=_now(),
+            deployed_at=utc_timestamp(),
             **extra,
         )
         deployment = Deployment(*where, origin)
@@ -238,15 +240,18 @@ class Device:
 
     @staticmethod
     def _stage_result(
-        deployment: Deployment | None, image: RemoteImage, stats: Any, message: str
+        deployment: Deployment | None,
+        image: RemoteImage,
+        stats: ImportStats | None,
+        message: str,
     ) -> StageResult:
         return StageResult(
             deployment,
             image,
             changed=deployment is not None,
-            files_total=getattr(stats, "files_total", 0),
-            files_new=getattr(stats, "files_new", 0),
-            bytes_fetched=getattr(stats, "bytes_fetched", 0),
+            files_total=stats.files_total if stats else 0,
+            files_new=stats.files_new if stats else 0,
+            bytes_fetched=stats.bytes_fetched if stats else 0,
             message=message,
         )
 
@@ -562,7 +567,7 @@ class Device:
                 tries_left=entry.tries_left,
                 fallback=first is not None and entry.id != first.id,
                 boot_id=secrets.token_hex(16),
-                time=_now(),
+                time=utc_timestamp(),
             )
             self.sysroot.booted_file.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.sysroot.booted_file, json.dumps(record.to_json()).encode())
