@@ -17,7 +17,12 @@ Exit codes are grouped by the part of the system that failed:
 30-39 the local machine (disk space, permissions, locks)
 40-49 the device: sysroot, deployments, boot, health checks
 50-59 workloads: Quadlet units and the containers they run
-60-69 the pipeline: signing keys, signatures, the trust policy
+60-69 the pipeline: signing keys, signatures, the trust policy;
+      67-69 builds: blueprints, build steps, the bootable-image lint
+70-79 disks and disk images, the bootloader (GRUB), virtual machines
+80-84 builds: the base image of a blueprint build
+85-89 the pipeline: promotion, mirroring, offline bundles
+90-94 failover between devices, and the demo
 ====  ==========================================================
 """
 
@@ -229,6 +234,41 @@ class QuadletDependencyError(AtollError):
     )
 
 
+class SupervisorNotRunningError(AtollError):
+    exit_code = 52
+    summary = "the workload supervisor is not running (no control socket; see atoll workload run)"
+
+
+class UnitFailedError(AtollError):
+    exit_code = 53
+    summary = "a workload unit failed to start, or its job failed (see atoll workload status)"
+
+
+class StartLimitHitError(UnitFailedError):
+    exit_code = 54
+    summary = "a workload unit was started too often (start-limit-hit); start it again by hand"
+
+
+class UnknownUnitError(AtollError):
+    exit_code = 55
+    summary = "no workload unit has that name"
+
+
+class WorkloadUpdateFailedError(AtollError):
+    exit_code = 56
+    summary = "a workload update failed or was rolled back (see the UPDATED column or the JSON)"
+
+
+class WorkloadUpdateStateError(AtollError):
+    exit_code = 57
+    summary = "the workload auto-update state file is malformed or from a newer atoll"
+
+
+class BoundImageError(AtollError):
+    exit_code = 58
+    summary = "an image bound to the OS image (bound-images.d) is malformed or cannot be pulled"
+
+
 class UnsignedImageError(AtollError):
     exit_code = 60
     summary = "the image has no signature (no sha256-DIGEST.sig attachment in its repository)"
@@ -264,6 +304,101 @@ class PolicyError(AtollError):
 class SigningKeyError(AtollError):
     exit_code = 66
     summary = "a signing or verification key cannot be read (format, passphrase)"
+
+
+class DowngradeRefusedError(AtollError):
+    exit_code = 85
+    summary = "promotion would move a tag to an older version (--allow-downgrade to do it anyway)"
+
+
+class BundleError(AtollError):
+    exit_code = 86
+    summary = "an offline bundle is malformed, incomplete or from a newer atoll"
+
+
+class BundleSignatureError(AtollError):
+    exit_code = 87
+    summary = "an offline bundle's own signature is missing or does not verify"
+
+
+class VerificationUnavailableError(AtollError):
+    exit_code = 88
+    summary = "the trust policy needs signature checks, which need the Python package cryptography"
+
+
+class PromotionError(AtollError):
+    exit_code = 89
+    summary = "an image cannot be promoted or mirrored (no version label, or a digest differs)"
+
+
+class FailoverConfigError(AtollError):
+    exit_code = 90
+    summary = "a failover setting is wrong (address, peer, priority or interval)"
+
+
+class FailoverSocketError(AtollError):
+    exit_code = 91
+    summary = "the failover agent cannot listen for adverts (its address is taken or not local)"
+
+
+class FailoverNotRunningError(AtollError):
+    exit_code = 92
+    summary = "no failover agent is running with that status file (see atoll failover run)"
+
+
+class DemoStepError(AtollError):
+    exit_code = 93
+    summary = "a step of the demo did not show what it should (the step and its log are named)"
+
+
+class DemoStateError(AtollError):
+    exit_code = 94
+    summary = "no demo left running in that directory, or it cannot be stopped"
+
+
+class BlueprintError(AtollError):
+    exit_code = 67
+    summary = "a blueprint file is malformed (unknown key, wrong type); the message names the line"
+
+
+class BuildError(AtollError):
+    exit_code = 68
+    summary = "an image build failed (a build step failed; see the output of podman build)"
+
+
+class LintFailedError(AtollError):
+    exit_code = 69
+    summary = "the image failed the bootable-image lint (see atoll lint)"
+
+    def __init__(self, message: str, *, report: object = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        #: The lint report (an atoll.build.lint.LintReport) that failed.
+        self.report = report
+
+
+class BaseImageError(AtollError):
+    exit_code = 80
+    summary = "the base image of a blueprint build has no os-release or an unsupported family"
+
+
+class NotBootableError(AtollError):
+    exit_code = 70
+    summary = "the image cannot boot a machine (no kernel, no initramfs or no early-boot hook)"
+
+
+class BootloaderError(AtollError):
+    exit_code = 71
+    summary = "the GRUB configuration or environment block is malformed or cannot be written"
+
+
+class DiskError(AtollError):
+    exit_code = 72
+    summary = "a disk or disk image cannot be made (target, size, partitions, file system)"
+
+
+class VMError(AtollError):
+    exit_code = 73
+    summary = "a virtual machine cannot be started (no disk image, bad option, QEMU refused)"
 
 
 class InterruptedError_(AtollError):
