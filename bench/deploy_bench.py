@@ -14,7 +14,10 @@ For each tree, with the page cache warm and the tools alternating:
 * checkout: atoll's (hardlinks) against ``cp -al`` of the same tree and
   ``ostree checkout -H``; and the incremental checkout to a second version;
 * store size after the second version (the first plus a few changed and added
-  files) against the first.
+  files) against the first;
+* the upgrade: importing the second version (the first's layers plus one) into a
+  store that holds the first, with its layer-chain records (only the new layer
+  is read) and without them (every layer is read again), as a ratio.
 
 Durability, as each side does it by default, is printed with the results.
 Every atoll step runs in its own process (``python deploy_bench.py worker``,
@@ -432,6 +435,42 @@ def _checkout_times(
     return times
 
 
+def _upgrade_times(store: Path, v2: Path, tmp: Path, runs: int) -> None:
+    """Import v2 into copies of a store holding v1 (``cp -al``: an import only
+    adds objects and replaces state files by rename, so the copies share
+    nothing an import changes), with the layer-chain records and without."""
+    times: dict[str, list[float]] = {"with records": [], "without records": []}
+    inner: dict[str, list[float]] = {"with records": [], "without records": []}
+    reused = 0
+    for i in range(runs):
+        for case in list(times)[:: 1 if i % 2 == 0 else -1]:
+            copy = tmp / "store-upgrade"
+            subprocess.run(["cp", "-al", str(store), str(copy)], check=True)
+            if case == "without records":
+                for record in (copy / "state" / "chains").iterdir():
+                    record.unlink()
+            seconds, _, out = timed([*WORKER, "import", str(copy), str(v2), "v2"])
+            stats = json.loads(out)
+            if case == "with records":
+                reused = stats["layersReused"]
+            else:
+                assert stats["layersReused"] == 0, stats
+            times[case].append(seconds)
+            inner[case].append(stats["elapsed"])
+            rm(copy)
+    med = {case: statistics.median(t) for case, t in times.items()}
+    med_in = {case: statistics.median(t) for case, t in inner.items()}
+    print(
+        f"upgrade   v2 import into a store holding v1 ({reused} of v2's layers reused), median:\n"
+        f"          with records    {med['with records']:7.3f} s "
+        f"({med_in['with records']:.3f} s in process)\n"
+        f"          without records {med['without records']:7.3f} s "
+        f"({med_in['without records']:.3f} s in process)\n"
+        f"          without / with: {med['without records'] / med['with records']:.1f} "
+        f"({med_in['without records'] / med_in['with records']:.1f} in process)"
+    )
+
+
 def run_case(name: str, paths: dict[str, Path], tmp: Path, runs: int) -> None:
     v1, v2 = paths["v1"], paths["v2"]
     print(f"\n== {name}", flush=True)
@@ -491,6 +530,7 @@ def run_case(name: str, paths: dict[str, Path], tmp: Path, runs: int) -> None:
             f"{best[theirs] / best[mine]:.2f}"
         )
     # The second version: import, store size, incremental checkout.
+    _upgrade_times(store, v2, tmp, runs)
     size1, osize1 = disk_usage(store / "objects"), disk_usage(repo / "objects")
     seconds, _, out = timed([*WORKER, "import", str(store), str(v2), "v2"])
     stats = json.loads(out)

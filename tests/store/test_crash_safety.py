@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from atoll.store import Store
+from atoll.store.chains import chain_ids, read_chain_record
 from helpers.stores import import_image, walk
 from helpers.treeimage import TreeImage, build_tree_image
 
@@ -57,6 +58,7 @@ def test_the_store_has_crash_points() -> None:
         "store-import-publishing",
         "store-import-committed",
         "store-gc-marked",
+        "store-import-chain-written",
     } <= set(store_crash_points())
 
 
@@ -113,3 +115,32 @@ def test_sigkill_at_every_step_leaves_a_consistent_store(tmp_path: Path, point: 
     assert store.ref("images/default") == second.commit_id
     assert store.fsck().ok
     assert not any((store.path / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("point", ["store-import-committed", "store-import-chain-written"])
+def test_a_crash_leaves_no_chain_record_or_a_complete_one(tmp_path: Path, point: str) -> None:
+    store = Store.create(tmp_path / "store")
+    base = {f"usr/lib/f{i}": os.urandom(3000) for i in range(20)}
+    top = {"etc/version": "2", "usr/bin/new": os.urandom(5000)}
+    v1 = build_tree_image(tmp_path / "img", [base, {"etc/version": "1"}], ref="1")
+    v2 = build_tree_image(tmp_path / "img", [base, top], ref="2")
+    import_image(store, v1, ref="images/default")
+    assert _run(store, v2.name, point) == -signal.SIGKILL
+
+    store = Store.open(store.path)
+    chain = chain_ids(list(v2.diff_ids))[1]
+    folder = store.path / "state" / "chains"
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    record = read_chain_record(store.path, chain)
+    if point == "store-import-committed":
+        assert not (folder / chain).exists()
+    else:
+        assert record is not None and record.layers == 2
+        assert store.has_object(record.tree, "tree")
+    assert store.fsck().ok
+    assert store.ref("images/default") == import_image(store, v1).commit_id
+    # The same two layers under another manifest: read again only without the record.
+    relabelled = build_tree_image(tmp_path / "img", [base, top], ref="x", labels={"a": "b"})
+    again = import_image(store, relabelled)
+    assert again.stats.layers_reused == (1 if record is None else 2)
+    assert store.fsck().ok

@@ -21,6 +21,9 @@ checkout can hardlink it.  Layout::
     ├── state/
     │   ├── manifests/<hex>        commit imported from the manifest sha256:<hex>
     │   │                          (a cache to make re-imports cheap; checked on use)
+    │   ├── chains/<hex>           layer-chain record: the merged tree after the
+    │   │                          first k layers of an image whose k-th OCI ChainID
+    │   │                          is sha256:<hex> (below; checked on use)
     │   └── partial/<commit id>    marker: fsck --repair removed objects this commit
     │                              reaches; the next import of its image re-fetches
     └── tmp/
@@ -58,6 +61,27 @@ subdirectories to a tree id plus the subdirectory's own metadata::
      "root": {"gid": 0, "mode": 493, "uid": 0, "xattrs": {}},
      "subject": "…", "timestamp": 1767225600, "tree": "<id>", "version": null | "1.2"}
 
+**Layer-chain records** (``state/chains/<hex>``; added in version 1, which older
+atoll ignores: nothing else names them, and every reader checks them on use).
+The ChainID of the first k layers comes from the image config's
+``rootfs.diff_ids`` as the OCI image spec defines it:
+``chainid(L0) = diffid(L0)``, ``chainid(Ln) = sha256(chainid(Ln-1) + " " +
+diffid(Ln))`` (the digests as ``sha256:<hex>`` strings).  A record is written
+(atomically, after the commit of the import that verified those layers) for
+every prefix of the layer list::
+
+    {"chain_id": "sha256:…", "layers": 2, "root": {"gid": 0, "mode": 493, …},
+     "special": false, "tree": "<id>", "version": 1}
+
+``tree`` and ``root`` are the root tree and root directory metadata of the
+layers' merged tree; ``special`` says whether those layers held device nodes or
+fifos (an import that refuses them does not reuse the record).  An import
+starts from the longest record whose objects are all present and reads only
+the layers above it.  gc keeps a record, and what it reaches, while a kept
+commit's ``diff_ids`` have that chain as a prefix, and removes it otherwise;
+fsck reports records that are invalid or reach missing objects (repair removes
+them).
+
 Canonical JSON is ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
 ensure_ascii=True)``; names that are not UTF-8 travel as surrogate escapes.
 """
@@ -87,6 +111,7 @@ REFS_DIR = "refs"
 STATE_DIR = "state"
 TMP_DIR = "tmp"
 MANIFESTS_DIR = "manifests"
+CHAINS_DIR = "chains"
 PARTIAL_DIR = "partial"
 STAGING_PREFIX = "staging-"
 

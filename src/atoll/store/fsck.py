@@ -12,8 +12,15 @@ problems: gc removes them.  Neither are the objects missing from a commit
 marked *partial*: that is what a repair leaves, and the next import of the
 commit's image fetches them again.
 
+Layer-chain records must parse, carry their own chain id and reach only
+objects that are there and sound; a record that reaches a corrupt object is
+*affected* (the object is the problem, as is a missing object that a commit
+needs), one that is not valid or reaches another missing object is a problem
+of kind ``chain``.  Imports ignore such records.
+
 Repair removes corrupt objects (and files that are no objects at all) and
-marks every commit that reaches a removed or missing object as partial.  A
+marks every commit that reaches a removed or missing object as partial; it
+removes the chain records that are affected or problems.  A
 commit object that is itself corrupt is removed; the refs naming it are
 reported, since only the user knows which image to import again.
 """
@@ -26,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atoll.fsutil import TMP_PREFIX
+from atoll.store.chains import chains_dir, decode_chain_record, record_names
 from atoll.store.format import (
     COMMIT_SUFFIX,
     FILE_SUFFIX,
@@ -49,7 +58,8 @@ _EMPTY: frozenset[str] = frozenset()
 class FsckProblem:
     #: The object id (or the ref name, for kind "ref"; the path, for "stray").
     object_id: str
-    #: "file", "tree", "commit", "ref" or "stray" (a file that is no object).
+    #: "file", "tree", "commit", "ref", "chain" (a layer-chain record) or
+    #: "stray" (a file that is no object).
     kind: str
     message: str
 
@@ -70,6 +80,9 @@ class FsckReport:
     repaired: bool
     #: Objects removed by the repair.
     removed: tuple[str, ...] = field(default=())
+    #: Layer-chain records (by chain id) that are invalid or reach missing or
+    #: corrupt objects; the repair removes them.
+    chains_affected: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -85,6 +98,7 @@ class FsckReport:
             "partialCommits": list(self.partial_commits),
             "repaired": self.repaired,
             "removed": list(self.removed),
+            "chainsAffected": list(self.chains_affected),
         }
 
 
@@ -221,8 +235,12 @@ def fsck(store: Store, *, repair: bool = False) -> FsckReport:
                     FsckProblem(name, "ref", f"names commit {cid}, which is not in the store")
                 )
                 refs_affected.append(name)
+        chains_affected = _check_chains(store, checker, memo, corrupt_ids)
         removed: list[str] = []
         if repair:
+            folder = chains_dir(store.path)
+            for name in chains_affected:
+                (folder / name).unlink(missing_ok=True)
             for rel, oid in sorted(checker.corrupt.items()):
                 target = store.path / rel
                 if target.is_dir() and not target.is_symlink():
@@ -243,4 +261,40 @@ def fsck(store: Store, *, repair: bool = False) -> FsckReport:
             partial_commits=tuple(store.partial_commits()),
             repaired=repair,
             removed=tuple(removed),
+            chains_affected=tuple(chains_affected),
         )
+
+
+def _check_chains(
+    store: Store, checker: _Checker, memo: dict[str, frozenset[str]], corrupt_ids: set[str]
+) -> list[str]:
+    """The chain records that imports would not use; problems added for those
+    not explained by a corrupt object."""
+    affected = []
+    reported = {p.object_id for p in checker.problems if p.kind == "missing"}
+    for name in record_names(store.path):
+        if name.startswith(TMP_PREFIX):
+            continue  # a write that died; gc removes it
+        try:
+            if not is_object_id(name):
+                raise ValueError("not a layer-chain record name")
+            record = decode_chain_record(name, (chains_dir(store.path) / name).read_bytes())
+        except (OSError, ValueError) as exc:
+            checker.problems.append(FsckProblem(name, "chain", f"invalid record: {exc}"))
+            affected.append(name)
+            continue
+        bad = checker.bad_below(record.tree, memo)
+        if not bad:
+            continue
+        affected.append(name)
+        missing = bad - corrupt_ids - reported
+        if missing:
+            checker.problems.append(
+                FsckProblem(
+                    name,
+                    "chain",
+                    f"names tree {record.tree}, which lacks {len(missing)} objects "
+                    f"(e.g. {min(missing)}); imports ignore the record",
+                )
+            )
+    return affected

@@ -7,6 +7,12 @@ Everything a kept commit reaches stays; every other object goes, along with
 staging directories of imports that died, and the import and partial records
 of removed commits.
 
+Layer-chain records (see :mod:`atoll.store.format`) are roots too, but only
+while a kept commit's layers start with their chain: the record of an OS
+image's base layers lives as long as some kept image is built on them, and
+goes (with the trees only it reached) when the last one does.  Records are
+removed before any object, so no record ever names an object gc removed.
+
 gc holds the store's exclusive lock, which imports hold for their whole run
 and checkouts share: it never runs beside either.  Objects are removed
 commits first, then trees, then files, so an interrupted gc never leaves a
@@ -24,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from atoll.errors import StoreCorruptError
 from atoll.faults import crashpoint
+from atoll.fsutil import fsync_dir
+from atoll.store.chains import chain_ids, chains_dir, read_chain_record, record_names
 from atoll.store.format import (
     COMMIT_SUFFIX,
     FILE_SUFFIX,
@@ -64,11 +72,15 @@ def gc(store: Store, keep: Iterable[str] = ()) -> GcReport:
         roots = {c for c in (*store.refs().values(), *wanted) if store.has_commit(c)}
         trees: set[str] = set()
         files: set[str] = set()
+        chains: set[str] = set()
         for cid in roots:
             try:
-                _mark(store, store.commit(cid).tree, trees, files)
+                commit = store.commit(cid)
+                _mark(store, commit.tree, trees, files)
             except StoreCorruptError:
                 continue
+            chains.update(chain_ids(commit.diff_ids))
+        _keep_chain_records(store, chains, trees, files)
         crashpoint("store-gc-marked")
         live = {COMMIT_SUFFIX: roots, TREE_SUFFIX: trees, FILE_SUFFIX: files}
         removed = freed = commits_removed = 0
@@ -95,6 +107,23 @@ def _mark(store: Store, tid: str, trees: set[str], files: set[str]) -> None:
             continue
         files.update(tree.files.values())
         stack.extend(sub for sub, _meta in tree.dirs.values() if sub not in trees)
+
+
+def _keep_chain_records(store: Store, chains: set[str], trees: set[str], files: set[str]) -> None:
+    """Mark what the records of *chains* reach; remove every other record
+    (and temporary files of writes that died)."""
+    folder = chains_dir(store.path)
+    removed = False
+    for name in record_names(store.path):
+        record = read_chain_record(store.path, name) if name in chains else None
+        if record is None:
+            (folder / name).unlink(missing_ok=True)
+            removed = True
+            continue
+        _mark(store, record.tree, trees, files)
+    if removed:
+        # Gone for good before the objects they named are.
+        fsync_dir(folder)
 
 
 def _sweep(store: Store, suffix: str, live: set[str]) -> tuple[int, int]:

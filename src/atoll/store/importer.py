@@ -22,6 +22,16 @@ directory), device nodes and fifos unless allowed, paths deeper than
 
 Nothing becomes visible before every layer has been read and verified: objects
 are staged (see :mod:`atoll.store.objects`), then published with the commit.
+
+Layers shared with an image imported before are not read at all.  After each
+layer the merged tree is written (only the directories that layer changed are
+encoded again), and after the commit a layer-chain record names it by the
+layers' OCI ChainID (see :mod:`atoll.store.format`).  An import starts from the
+longest chain of its own layers that has a record whose trees check out
+against their ids and whose file objects are all there, and fetches only the
+layers above it; the source is never asked for the others.  The ChainIDs come
+from the image config's diff_ids, and the config's digest was checked against
+the manifest: a record stands for exactly the bytes those layers would give.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from atoll.errors import (
     DigestMismatchError,
     LayerError,
     ManifestError,
+    StoreCorruptError,
     from_oserror,
 )
 from atoll.faults import crashpoint
@@ -44,6 +55,7 @@ from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor, ImageManifest, layer_compression, parse_config
 from atoll.oci.transports.base import ImageSource
 from atoll.progress import NullProgress, ProgressSink
+from atoll.store.chains import ChainRecord, chain_ids, read_chain_record, write_chain_record
 from atoll.store.format import (
     COMMIT_SUFFIX,
     DEFAULT_DIR_META,
@@ -101,6 +113,11 @@ class ImportStats:
     elapsed: float
     #: True when the image was imported before: no layer was read.
     reused: bool = False
+    #: Layers not read because an import before had applied the same chain of
+    #: layers (their files are not in files_total).
+    layers_reused: int = 0
+    #: Layer bytes (compressed, as stored) not fetched thanks to layers_reused.
+    bytes_skipped: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,6 +128,8 @@ class ImportStats:
             "bytesWritten": self.bytes_written,
             "elapsed": round(self.elapsed, 3),
             "reused": self.reused,
+            "layersReused": self.layers_reused,
+            "bytesSkipped": self.bytes_skipped,
         }
 
 
@@ -135,7 +154,7 @@ class _Leaf:
 
 
 class _Dir:
-    __slots__ = ("entries", "explicit", "meta", "opaque", "whiteouts")
+    __slots__ = ("entries", "explicit", "meta", "opaque", "tid", "whiteouts")
 
     def __init__(self, meta: DirMeta, explicit: bool) -> None:
         self.entries: dict[str, _Dir | _Leaf] = {}
@@ -143,10 +162,16 @@ class _Dir:
         self.explicit = explicit
         self.opaque = False
         self.whiteouts: set[str] | None = None
+        #: The id of the tree object of this directory as it is now (None: not
+        #: written yet, or changed since).
+        self.tid: str | None = None
 
 
 def _merge(lower: _Dir, upper: _Dir) -> None:
     """Stack *upper* (one layer's tree) onto *lower* (the image so far)."""
+    # Every directory a layer changes is visited from the root down: each on
+    # the way has its tree written again.
+    lower.tid = None
     if upper.opaque:
         lower.entries.clear()
     elif upper.whiteouts:
@@ -265,7 +290,52 @@ class _Importer:
         self.files_total = 0
         self.files_new = 0
         self.bytes_fetched = 0
+        #: Whether the layers so far held device nodes or fifos.
+        self.special = False
         self._leaves: dict[str, _Leaf] = {}
+
+    def start_from(self, store: Store, chains: list[str]) -> int:
+        """Start from the longest prefix of *chains* (ChainIDs, one per layer)
+        with a usable record; the number of layers it covers (0: none)."""
+        for count in range(len(chains), 0, -1):
+            record = read_chain_record(store.path, chains[count - 1])
+            if record is None or record.layers != count:
+                continue
+            if record.special and not self.allow_devices:
+                continue
+            try:
+                root = self._load(store, record.tree, record.root, 0)
+            except (StoreCorruptError, OSError):
+                # Missing or corrupt objects (fsck --repair, an old gc): read the layers.
+                self._leaves.clear()
+                continue
+            self.root = root
+            self.special = record.special
+            return count
+        return 0
+
+    def _load(self, store: Store, tid: str, meta: DirMeta, depth: int) -> _Dir:
+        """The tree *tid* as the in-memory model; every tree checked against
+        its id, every file object's presence (and type) looked up."""
+        if depth > MAX_DEPTH:
+            raise StoreCorruptError(f"tree {tid} is nested deeper than {MAX_DEPTH} levels")
+        tree = store.tree(tid)
+        node = _Dir(meta, explicit=False)
+        entries = node.entries
+        for name, (sub, sub_meta) in tree.dirs.items():
+            entries[name] = self._load(store, sub, sub_meta, depth + 1)
+        leaves = self._leaves
+        for name, oid in tree.files.items():
+            leaf = leaves.get(oid)
+            if leaf is None:
+                ftype = self.staging.stored_file_type(oid)
+                if ftype is None:
+                    raise StoreCorruptError(f"file object {oid} of tree {tid} is missing")
+                leaf = leaves[oid] = _Leaf(oid, ftype)
+            entries[name] = leaf
+        node.tid = tid
+        self.staging.know(tid, TREE_SUFFIX)
+        return node
 
     def apply(self, feed: LayerFeed, where: str) -> None:
         layer = _LayerTree(self.root)
@@ -377,6 +447,7 @@ class _Importer:
                 hint="device nodes belong in /dev at run time; "
                 "allow_devices=True imports them anyway",
             )
+        self.special = True
         rdev = os.makedev(e.devmajor, e.devminor) if ftype is not FileType.FIFO else 0
         xattrs = _xattrs(e, where)
         oid = file_id(file_header(ftype, e.mode, e.uid, e.gid, 0, rdev, b"", xattrs))
@@ -390,6 +461,8 @@ class _Importer:
         return self._write_tree(root), root.meta
 
     def _write_tree(self, node: _Dir) -> str:
+        if node.tid is not None:
+            return node.tid
         dirs: dict[str, tuple[str, DirMeta]] = {}
         files: dict[str, str] = {}
         for name, child in node.entries.items():
@@ -401,6 +474,7 @@ class _Importer:
         tid = content_id(data)
         if not self.staging.has(tid, TREE_SUFFIX):
             self.staging.add_metadata(tid, TREE_SUFFIX, data)
+        node.tid = tid
         return tid
 
 
@@ -461,14 +535,25 @@ def import_image(
         ok = False
         progress.begin("import", f"Importing {image}", image, len(manifest.layers))
         staging: Staging | None = None
+        chains = chain_ids([str(d) for d in config.diff_ids])
+        records: list[ChainRecord] = []
         try:
             staging = Staging(store.path)
             importer = _Importer(staging, allow_devices)
-            for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
+            skipped = importer.start_from(store, chains) if chains else 0
+            for i, (desc, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True)):
                 ident = str(desc.digest)
                 progress.subtask(ident, "layer", f"layer {desc.digest.short}", desc.size)
+                if i < skipped:
+                    progress.done(ident, cached=True)
+                    continue
                 _apply_layer(importer, source, desc, diff_id, where, progress)
                 progress.done(ident)
+                if chains:
+                    layer_tree, layer_root = importer.write_trees()
+                    records.append(
+                        ChainRecord(chains[i], i + 1, layer_tree, layer_root, importer.special)
+                    )
             tree, root_meta = importer.write_trees()
             commit_id, data = encode_commit(
                 parent=parent,
@@ -487,6 +572,9 @@ def import_image(
             staging.publish()
             crashpoint("store-import-committed")
             store.imported(manifest_digest, commit_id, tree)
+            for record in records:
+                write_chain_record(store.path, record)
+                crashpoint("store-import-chain-written")
             if ref is not None:
                 store.set_ref(ref, commit_id)
             ok = True
@@ -503,6 +591,8 @@ def import_image(
         bytes_fetched=importer.bytes_fetched,
         bytes_written=staging.bytes_written,
         elapsed=time.monotonic() - start,
+        layers_reused=skipped,
+        bytes_skipped=sum(desc.size for desc in manifest.layers[:skipped]),
     )
     return ImportResult(commit_id, stats)
 

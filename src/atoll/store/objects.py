@@ -117,6 +117,23 @@ class Staging:
             return True
         return False
 
+    def know(self, oid: str, suffix: str) -> None:
+        """Note that the store has this object (the caller has read it)."""
+        self._known.add(f"{oid}.{suffix}")
+
+    def stored_file_type(self, oid: str) -> FileType | None:
+        """The type of file object *oid* in the store; None when it is not there."""
+        try:
+            st = os.stat(
+                object_relpath(oid, FILE_SUFFIX), dir_fd=self._objects_fd, follow_symlinks=False
+            )
+        except FileNotFoundError:
+            return None
+        ftype = _TYPE_OF_FMT.get(stat.S_IFMT(st.st_mode))
+        if ftype is not None:
+            self._known.add(f"{oid}.{FILE_SUFFIX}")
+        return ftype
+
     def _staged_name(self, oid: str, suffix: str) -> str:
         name = f"{oid}.{suffix}"
         self._known.add(name)

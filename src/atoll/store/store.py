@@ -43,6 +43,7 @@ from atoll.oci.manifest import ImageManifest
 from atoll.oci.transports.base import ImageSource
 from atoll.progress import ProgressSink
 from atoll.store.format import (
+    CHAINS_DIR,
     COMMIT_SUFFIX,
     CONFIG_FILE,
     FILE_SUFFIX,
@@ -188,6 +189,7 @@ class Store:
                 TMP_DIR,
                 f"{STATE_DIR}/{MANIFESTS_DIR}",
                 f"{STATE_DIR}/{PARTIAL_DIR}",
+                f"{STATE_DIR}/{CHAINS_DIR}",
             ):
                 (path / sub).mkdir(parents=True, exist_ok=True)
             objects = path / OBJECTS_DIR
