@@ -172,9 +172,11 @@ def build_tree_image(
     created: str | None = "2026-01-01T00:00:00Z",
     parents: bool = True,
     diff_ids: list[str] | None = None,
+    run: dict[str, object] | None = None,
 ) -> TreeImage:
     """Write an image with one layer per dict of *layers* into the OCI layout
-    *layout* under *ref*.  *diff_ids* overrides the config's (to test checks)."""
+    *layout* under *ref*.  *diff_ids* overrides the config's (to test checks);
+    *run* adds to its ``config`` (``Cmd``, ``Env``, ...)."""
     return image_from_tars(
         layout,
         [make_tar(files, parents=parents) for files in layers],
@@ -183,6 +185,7 @@ def build_tree_image(
         labels=labels,
         created=created,
         diff_ids=diff_ids,
+        run=run,
     )
 
 
@@ -195,6 +198,7 @@ def image_from_tars(
     labels: dict[str, str] | None = None,
     created: str | None = "2026-01-01T00:00:00Z",
     diff_ids: list[str] | None = None,
+    run: dict[str, object] | None = None,
 ) -> TreeImage:
     """An image whose layers are the given tar archives."""
     layout.mkdir(parents=True, exist_ok=True)
@@ -209,7 +213,7 @@ def image_from_tars(
     config: dict[str, object] = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Labels": labels or {}},
+        "config": {"Labels": labels or {}, **(run or {})},
         "rootfs": {"type": "layers", "diff_ids": diff_ids or real_diff_ids},
     }
     if created:

@@ -4,36 +4,135 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atoll.cli.common import Output, add_global_options
+
+if TYPE_CHECKING:
+    from atoll.workloads.control import SupervisorClient, SystemdManager, UnitStatus
+
+DEFAULT_STATE_DIR = "/run/atoll/workloads"
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     workload = commands.add_parser("workload", help="container workloads (Quadlet units)")
     sub = workload.add_subparsers(dest="workload_command", metavar="COMMAND")
     sub.required = True
+    from atoll.cli.workload_update import register as register_auto_update
+
+    register_auto_update(sub)
+    _register_generate(sub)
+    _register_run(sub)
+    _register_manage(sub)
+
+
+def add_unit_source(parser: argparse.ArgumentParser) -> None:
+    """--root and --user: where the Quadlet units are read from."""
+    parser.add_argument(
+        "--root",
+        action="append",
+        metavar="DIR",
+        help="read units from DIR instead of podman's directories (repeatable; first wins)",
+    )
+    parser.add_argument("--user", action="store_true", help="use the rootless unit directories")
+
+
+def add_manager_options(parser: argparse.ArgumentParser) -> None:
+    """The unit source, --state-dir and --manager: who runs the units (see manager_for)."""
+    add_unit_source(parser)
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=DEFAULT_STATE_DIR,
+        help=f"the supervisor's state directory (default {DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument(
+        "--manager",
+        choices=("auto", "supervisor", "systemd"),
+        default="auto",
+        help="who runs the units: the supervisor when its control socket exists (auto), "
+        "or the one named",
+    )
+
+
+def _register_generate(sub: argparse._SubParsersAction[Any]) -> None:
     generate = sub.add_parser(
         "generate",
         help="write the systemd services for Quadlet units, as podman's quadlet does",
     )
     add_global_options(generate)
     generate.add_argument("outdir", metavar="OUTDIR", help="directory to write .service files to")
-    generate.add_argument(
-        "--root",
-        action="append",
-        metavar="DIR",
-        help="read units from DIR instead of podman's directories (repeatable; first wins)",
-    )
-    generate.add_argument("--user", action="store_true", help="use the rootless directories")
+    add_unit_source(generate)
     generate.set_defaults(func=_generate)
+
+
+def _register_run(sub: argparse._SubParsersAction[Any]) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the units through podman without systemd (in the foreground)",
+    )
+    add_global_options(run)
+    add_unit_source(run)
+    run.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=DEFAULT_STATE_DIR,
+        help=f"state directory and control socket (default {DEFAULT_STATE_DIR})",
+    )
+    run.add_argument(
+        "units", nargs="*", metavar="UNIT", help="units to start (default: every container and pod)"
+    )
+    run.set_defaults(func=_run)
+
+
+def _register_manage(sub: argparse._SubParsersAction[Any]) -> None:
+    listing = sub.add_parser("list", help="list the units and their states")
+    add_global_options(listing)
+    add_manager_options(listing)
+    listing.set_defaults(func=_list)
+
+    status = sub.add_parser("status", help="show the state of units")
+    add_global_options(status)
+    add_manager_options(status)
+    status.add_argument("names", nargs="*", metavar="NAME", help="units (default: all)")
+    status.set_defaults(func=_status)
+
+    for verb, text in (
+        ("start", "start a unit and wait until it is active"),
+        ("stop", "stop a unit (and the units that require it)"),
+        ("restart", "stop a unit, start it again and wait until it is active"),
+    ):
+        parser = sub.add_parser(verb, help=text)
+        add_global_options(parser)
+        add_manager_options(parser)
+        parser.add_argument(
+            "name", metavar="NAME", help="the unit: web, web.container or web.service"
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            metavar="SECONDS",
+            help="give up waiting after this long (default: the unit's TimeoutStartSec)",
+        )
+        parser.set_defaults(func=_job, verb=verb)
+
+    logs = sub.add_parser("logs", help="show the output of a unit's container (podman logs)")
+    add_global_options(logs)
+    add_manager_options(logs)
+    logs.add_argument("name", metavar="NAME", help="the unit")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    logs.add_argument("-n", "--lines", type=int, metavar="N", help="only the last N lines")
+    logs.set_defaults(func=_logs)
+
+
+def unit_roots(args: argparse.Namespace) -> list[Path] | None:
+    return [Path(r) for r in args.root] if args.root else None
 
 
 def _generate(args: argparse.Namespace, out: Output) -> int:
     from atoll.workloads import generate_services, load_units, write_services
 
-    roots = [Path(r) for r in args.root] if args.root else None
-    loaded = load_units(roots, user=args.user)
+    loaded = load_units(unit_roots(args), user=args.user)
     services = generate_services(loaded, user=args.user)
     written = write_services(services, Path(args.outdir))
     data = {
@@ -42,3 +141,110 @@ def _generate(args: argparse.Namespace, out: Output) -> int:
     }
     out.result(data, "\n".join(f"wrote {p}" for p in written))
     return 0
+
+
+def _run(args: argparse.Namespace, out: Output) -> int:
+    from atoll.workloads.supervisor import Supervisor
+
+    supervisor = Supervisor(unit_roots(args), user=args.user, state_dir=Path(args.state_dir))
+    supervisor.install_signal_handlers()
+    out.info(f"supervising {len(supervisor.units)} units; control socket in {args.state_dir}")
+    supervisor.run(args.units)
+    return 0
+
+
+def manager_for(args: argparse.Namespace) -> SupervisorClient | SystemdManager:
+    """The supervisor when asked for, or when its control socket exists; else systemd."""
+    from atoll.workloads.control import (
+        SupervisorClient,
+        SystemdManager,
+        control_socket,
+    )
+
+    state_dir = Path(args.state_dir)
+    choice = args.manager
+    if choice == "auto":
+        choice = "supervisor" if control_socket(state_dir).exists() else "systemd"
+    if choice == "supervisor":
+        return SupervisorClient(state_dir)
+    return SystemdManager(unit_roots(args), user=args.user)
+
+
+def _line(status: UnitStatus) -> str:
+    parts = [f"{status.unit:<24}", f"{status.state:<12}", f"{status.result:<16}"]
+    if status.health != "none":
+        parts.append(f"health={status.health}")
+    parts.append(f"restarts={status.restarts}")
+    if status.container_id:
+        parts.append(f"container={status.container_id[:12]}")
+    return " ".join(parts).rstrip()
+
+
+def _detail(status: UnitStatus) -> str:
+    rows = [
+        ("unit", status.unit),
+        ("service", status.service),
+        ("state", f"{status.state} ({status.result}) since {status.since}"),
+        ("health", str(status.health)),
+        ("restarts", str(status.restarts)),
+    ]
+    if status.kind == "container":
+        rows += [
+            ("image", status.image),
+            ("container", f"{status.container} {status.container_id or '-'}"),
+            ("image id", status.image_id or "-"),
+            ("main pid", str(status.main_pid or "-")),
+        ]
+    if status.exit_status is not None:
+        rows.append(("exit status", str(status.exit_status)))
+    return "\n".join(f"{key:>12}: {value}" for key, value in rows)
+
+
+def _list(args: argparse.Namespace, out: Output) -> int:
+    units = manager_for(args).status_all()
+    data = {"units": [u.to_json() for u in units]}
+    out.result(data, "\n".join(_line(u) for u in units) or "no units")
+    return 0
+
+
+def _status(args: argparse.Namespace, out: Output) -> int:
+    manager = manager_for(args)
+    if args.names:
+        units = [u for name in args.names for u in manager.status_all(name)]
+    else:
+        units = manager.status_all()
+    data = {"units": [u.to_json() for u in units]}
+    out.result(data, "\n\n".join(_detail(u) for u in units) or "no units")
+    return 0
+
+
+def _job(args: argparse.Namespace, out: Output) -> int:
+    manager = manager_for(args)
+    verb = args.verb
+    if verb == "start":
+        status = manager.start(args.name, args.timeout)
+    elif verb == "stop":
+        status = manager.stop(args.name, args.timeout)
+    else:
+        status = manager.restart(args.name, args.timeout)
+    out.result({"unit": status.to_json()}, _line(status))
+    return 0
+
+
+def _logs(args: argparse.Namespace, out: Output) -> int:
+    import subprocess
+
+    from atoll.errors import UnsupportedError
+    from atoll.workloads.runtime import logs_argv, podman_env
+
+    statuses = manager_for(args).status_all(args.name)
+    status = statuses[0]
+    if status.kind != "container":
+        raise UnsupportedError(f"{status.unit} is a {status.kind}: only containers have logs")
+    argv = logs_argv(status.container_id or status.container, follow=args.follow, lines=args.lines)
+    try:
+        return subprocess.run(
+            argv, stdin=subprocess.DEVNULL, env=podman_env(), check=False
+        ).returncode
+    except KeyboardInterrupt:
+        return 0

@@ -1,4 +1,15 @@
-"""Container workloads: Quadlet units and the systemd services they become."""
+"""Container workloads: Quadlet units and the systemd services they become.
+
+The units and services are imported with the package.  The managers, the
+supervisor, auto-update and bound images are imported on first use: importing
+them all would double the start-up time of ``atoll workload list`` and of the
+commands that only need the units.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from atoll.workloads.generate import GeneratedService, generate_services, write_services
 from atoll.workloads.quadlet import (
@@ -13,17 +24,86 @@ from atoll.workloads.quadlet import (
     split_words,
 )
 
+if TYPE_CHECKING:
+    from atoll.workloads.autoupdate import (
+        AutoUpdateOptions,
+        AutoUpdater,
+        AutoUpdateResult,
+        Updated,
+        Workload,
+        run_auto_update,
+        workloads_from,
+    )
+    from atoll.workloads.bound import BoundImage, find_bound_images, pull_bound_images
+    from atoll.workloads.control import (
+        Health,
+        SupervisorClient,
+        SystemdManager,
+        UnitManager,
+        UnitState,
+        UnitStatus,
+    )
+    from atoll.workloads.supervisor import Supervisor
+
+#: The names imported on first use, by the module that defines them.
+_LAZY = {
+    "autoupdate": (
+        "AutoUpdateOptions",
+        "AutoUpdater",
+        "AutoUpdateResult",
+        "Updated",
+        "Workload",
+        "run_auto_update",
+        "workloads_from",
+    ),
+    "bound": ("BoundImage", "find_bound_images", "pull_bound_images"),
+    "control": (
+        "Health",
+        "SupervisorClient",
+        "SystemdManager",
+        "UnitManager",
+        "UnitState",
+        "UnitStatus",
+    ),
+    "supervisor": ("Supervisor",),
+}
+
+
+def __getattr__(name: str) -> Any:
+    for module, names in _LAZY.items():
+        if name in names:
+            return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "KEYS",
+    "AutoUpdateOptions",
+    "AutoUpdateResult",
+    "AutoUpdater",
+    "BoundImage",
     "GeneratedService",
+    "Health",
     "LoadResult",
     "ParseWarning",
     "QuadletUnit",
+    "Supervisor",
+    "SupervisorClient",
+    "SystemdManager",
     "UnitKind",
+    "UnitManager",
+    "UnitState",
+    "UnitStatus",
+    "Updated",
+    "Workload",
     "default_roots",
+    "find_bound_images",
     "generate_services",
     "load_units",
     "parse_unit",
+    "pull_bound_images",
+    "run_auto_update",
     "split_words",
+    "workloads_from",
     "write_services",
 ]

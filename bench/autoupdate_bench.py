@@ -1,0 +1,497 @@
+"""Benchmark: workload auto-update, checks and updates, against a local registry.
+
+1. Checking N = 1, 10, 30 workloads (every image up to date):
+   * the registry checks alone, in process (``check_references``), and the
+     requests they make (one HEAD per image, one ``/v2/`` ping per registry);
+   * the same behind a loopback proxy that delays every request and answer
+     (a round trip of RTT per request; connection set-up is not delayed);
+   * the whole ``atoll workload auto-update --dry-run`` command, with a stand-in
+     for the supervisor's control socket that answers status from memory.
+2. Applying an update to 10 workloads run by the real ``atoll workload run``
+   and podman: every tag moves, then ``auto-update --watch 0`` (podman
+   auto-update has no watch window) with 10, 4 and 1 restarts at a time.
+
+podman auto-update's reference figures (podman 5.4.2 under systemd, measured
+on this kind of machine, not in this run) are printed beside atoll's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# The images are written with the tests' helpers (tests/helpers), as the tests write theirs.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from atoll.demo.registry import LocalRegistry
+from atoll.oci.context import SystemContext
+from atoll.oci.reference import ImageReference
+from atoll.podman import isolated_environment
+from atoll.workloads.autoupdate import AutoUpdateOptions, AutoUpdater, workloads_from
+from atoll.workloads.control import Health, UnitState, UnitStatus
+from atoll.workloads.quadlet import load_units
+from atoll.workloads.updatecheck import DEFAULT_CONCURRENCY, check_references
+from helpers.treeimage import Layer, Node, build_tree_image, symlink
+
+POLICY = '{"default":[{"type":"insecureAcceptAnything"}]}'
+ATOLL = [sys.executable, "-m", "atoll"]
+#: podman 5.4.2 auto-update under systemd, measured on this kind of machine.
+REFERENCE_DRY_RUN = {1: 0.062, 10: 0.123, 30: 0.260}
+REFERENCE_APPLY_10 = 14.0
+BUSYBOX = Path("/bin/busybox")
+SERVE = '#!/bin/sh\nhttpd -f -p "${PORT:-8080}" -h /www &\npid=$!\n' + (
+    "trap 'kill $pid; wait $pid; exit 0' TERM INT\nwait $pid\n"
+)
+
+
+# --- images ---------------------------------------------------------------------------
+
+
+def write_image(layout: Path, files: Layer, cmd: list[str]) -> None:
+    """A one-layer OCI image at *layout* under the name ``latest``."""
+    build_tree_image(layout, [files], run={"Cmd": cmd, "Env": ["PATH=/usr/bin:/bin"]})
+
+
+def web_files(page: str) -> Layer:
+    files: Layer = {
+        "usr/bin/busybox": Node(content=BUSYBOX.read_bytes(), mode=0o755),
+        "usr/bin/serve": Node(content=SERVE.encode(), mode=0o755),
+        "bin": symlink("usr/bin"),
+        "www/index.html": page,
+        "etc/passwd": "root:x:0:0:root:/:/bin/sh\n",
+    }
+    for applet in ("sh", "httpd", "kill", "sleep"):
+        files[f"usr/bin/{applet}"] = symlink("busybox")
+    return files
+
+
+class Bench:
+    def __init__(self, work: Path, skopeo: str) -> None:
+        self.work = work
+        self.skopeo = skopeo
+        self.policy = work / "policy.json"
+        self.policy.write_text(POLICY)
+        self.registries_conf = work / "registries.conf"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ATOLL_")}
+        self.env["CONTAINERS_REGISTRIES_CONF"] = str(self.registries_conf)
+        self._layouts = 0
+
+    def trust(self, host: str) -> None:
+        with self.registries_conf.open("a") as fh:
+            fh.write(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
+
+    def push(self, files: Layer, cmd: list[str], dest: str) -> str:
+        self._layouts += 1
+        layout = self.work / f"layout-{self._layouts}"
+        write_image(layout, files, cmd)
+        subprocess.run(
+            [self.skopeo, "--policy", str(self.policy), "copy", "--quiet",
+             "--dest-tls-verify=false", f"oci:{layout}:latest", f"docker://{dest}"],
+            check=True, stdin=subprocess.DEVNULL, env=self.env,
+        )  # fmt: skip
+        shutil.rmtree(layout)
+        return dest
+
+
+# --- a network with a round-trip time -------------------------------------------------
+
+
+class DelayProxy:
+    """A TCP proxy on loopback that delays every chunk by half the round trip,
+    each way, keeping the order of the bytes."""
+
+    def __init__(self, upstream: str, rtt: float) -> None:
+        self.upstream_host, port = upstream.rsplit(":", 1)
+        self.upstream_port = int(port)
+        self.delay = rtt / 2
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(10)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self.loop.run_forever()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(
+                self.upstream_host, self.upstream_port
+            )
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def send() -> None:
+            while True:
+                due, chunk = await queue.get()
+                if not chunk:
+                    break
+                await asyncio.sleep(max(0.0, due - self.loop.time()))
+                writer.write(chunk)
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+            with contextlib.suppress(OSError):
+                writer.close()
+
+        sender = self.loop.create_task(send())
+        try:
+            while chunk := await reader.read(65536):
+                queue.put_nowait((self.loop.time() + self.delay, chunk))
+        except ConnectionError:
+            pass
+        queue.put_nowait((0.0, b""))
+        await sender
+
+
+# --- 1. checking ----------------------------------------------------------------------
+
+
+class RequestCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.requests: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if " -> " in message:
+            self.requests.append(message.split(" -> ")[0])
+
+
+@contextlib.contextmanager
+def counting() -> Iterator[RequestCounter]:
+    counter = RequestCounter()
+    logger = logging.getLogger("atoll.oci.client")
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(old)
+
+
+def time_checks(refs: list[ImageReference], ctx: SystemContext, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        results = check_references(refs, ctx)
+        times.append(time.perf_counter() - started)
+        failed = [r for r in results.values() if r.error]
+        if failed:
+            raise SystemExit(f"check failed: {failed[0].error}")
+    return statistics.median(times)
+
+
+class StatusServer:
+    """Answers the control protocol's status requests from memory (a stand-in for
+    ``atoll workload run``, so the dry run's cost is atoll's, not the containers')."""
+
+    def __init__(self, path: Path, statuses: dict[str, UnitStatus]) -> None:
+        self.path = path
+        self.statuses = statuses
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(64)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rwb") as stream:
+                for line in stream:
+                    request = json.loads(line)
+                    unit = str(request.get("unit", ""))
+                    status = self.statuses.get(unit) or self.statuses.get(
+                        unit.replace(".service", ".container")
+                    )
+                    answer: dict[str, Any] = {"ok": True}
+                    if request.get("op") == "status" and status is not None:
+                        answer["units"] = [status.to_json()]
+                    stream.write(json.dumps(answer).encode() + b"\n")
+                    stream.flush()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def status_of(unit: str, image: str, image_id: str) -> UnitStatus:
+    name = unit.removesuffix(".container")
+    return UnitStatus(
+        unit=unit, name=name, service=f"{name}.service", state=UnitState.ACTIVE,
+        result="success", container=f"systemd-{name}", container_id=f"c{image_id}",
+        image=image, image_id=image_id, health=Health.NONE, restarts=0, since="", main_pid=1,
+    )  # fmt: skip
+
+
+def bench_checks(bench: Bench, registry: LocalRegistry, sizes: list[int], runs: int) -> None:
+    count = max(sizes)
+    refs = []
+    for i in range(count):
+        dest = f"{registry.host}/bench/app{i}:stable"
+        bench.push({f"data/app{i}": f"app {i}\n"}, ["/bin/true"], dest)
+        refs.append(ImageReference.parse(dest))
+    ctx = SystemContext(registries_conf=bench.registries_conf, environ=bench.env)
+    checks = check_references(refs, ctx)
+    digests = {ref: checks[ref].digest for ref in refs}
+
+    print(f"registry checks, in process, median of {runs} (concurrency {DEFAULT_CONCURRENCY}):")
+    print(f"{'N':>4} {'loopback s':>11} {'requests':>22}")
+    for n in sizes:
+        with counting() as counter:
+            check_references(refs[:n], ctx)
+        heads = sum(r.startswith("HEAD") for r in counter.requests)
+        pings = sum(r.endswith("/v2/") for r in counter.requests)
+        other = len(counter.requests) - heads - pings
+        seconds = time_checks(refs[:n], ctx, runs)
+        print(f"{n:>4} {seconds:11.3f}   {heads:>3} HEAD {pings} ping {other} other")
+
+    for rtt in (0.010, 0.025, 0.050):
+        # In a process of its own: the proxy must not compete for this one's GIL.
+        proxy = subprocess.Popen(
+            [sys.executable, __file__, "--proxy", registry.host, str(rtt)],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert proxy.stdout is not None
+        proxy_host = proxy.stdout.readline().strip()
+        bench.trust(proxy_host)
+        delayed = [ImageReference.parse(f"{proxy_host}/{r.repository}:stable") for r in refs]
+        dctx = SystemContext(registries_conf=bench.registries_conf, environ=bench.env)
+        print(f"\nwith a round trip of {rtt * 1000:.0f} ms added to every request:")
+        print(f"{'N':>4} {'atoll s':>8} {'target s':>9} {'round trips':>12}")
+        for n in sizes:
+            seconds = time_checks(delayed[:n], dctx, max(3, runs // 2))
+            target = rtt * math.ceil(n / DEFAULT_CONCURRENCY) + 0.050
+            print(f"{n:>4} {seconds:8.3f} {target:9.3f} {seconds / rtt:12.1f}")
+        proxy.terminate()
+        proxy.wait()
+
+    # The whole command, a dry run, as a user runs it.
+    print("\nthe whole command: atoll workload auto-update --dry-run (process included),")
+    print(f"median of {runs}; podman auto-update --dry-run reference beside it:")
+    print(f"{'N':>4} {'atoll s':>8} {'in-process s':>13} {'reference s':>12}")
+    for n in sizes:
+        work = Path(tempfile.mkdtemp(prefix=f"dry{n}-", dir=bench.work))
+        units, state_dir = work / "units", work / "state"
+        units.mkdir()
+        statuses: dict[str, UnitStatus] = {}
+        state_units = {}
+        for i, ref in enumerate(refs[:n]):
+            unit = f"app{i}.container"
+            (units / unit).write_text(f"[Container]\nImage={ref}\nAutoUpdate=registry\n")
+            image_id = hashlib.sha256(str(ref).encode()).hexdigest()
+            statuses[unit] = status_of(unit, str(ref), image_id)
+            state_units[unit] = {
+                "image": str(ref),
+                "current": {"digest": digests[ref], "image_id": image_id, "since": ""},
+            }
+        state_dir.mkdir()
+        (state_dir / "autoupdate.json").write_text(json.dumps({"version": 1, "units": state_units}))
+        server = StatusServer(work / "control.sock", statuses)
+        argv = [*ATOLL, "workload", "auto-update", "--dry-run", "--root", str(units),
+                "--state-dir", str(work), "--manager", "supervisor",
+                "--update-state-dir", str(state_dir), "--format", "json"]  # fmt: skip
+        whole = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            proc = subprocess.run(argv, capture_output=True, env=bench.env, check=False)
+            whole.append(time.perf_counter() - started)
+            doc = json.loads(proc.stdout)
+            if proc.returncode != 0 or any(u["updated"] != "false" for u in doc["units"]):
+                raise SystemExit(f"dry run failed: {proc.stderr.decode()[-500:]}")
+        inproc = []
+        from atoll.workloads.control import SupervisorClient
+
+        for _ in range(runs):
+            started = time.perf_counter()
+            updater = AutoUpdater(
+                SupervisorClient(work),
+                ctx=SystemContext(registries_conf=bench.registries_conf, environ=bench.env),
+                state_dir=state_dir,
+                options=AutoUpdateOptions(dry_run=True),
+            )
+            updater.run(workloads_from(load_units([units])))
+            inproc.append(time.perf_counter() - started)
+        server.close()
+        ref_s = REFERENCE_DRY_RUN.get(n)
+        reference = f"{ref_s:12.3f}" if ref_s else f"{'-':>12}"
+        print(
+            f"{n:>4} {statistics.median(whole):8.3f} {statistics.median(inproc):13.3f} {reference}"
+        )
+    startup = statistics.median(_timed([*ATOLL, "version"], bench.env) for _ in range(runs))
+    print(f"(atoll start-up alone, atoll version: {startup:.3f} s)")
+
+
+def _timed(argv: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, capture_output=True, env=env, check=True)
+    return time.perf_counter() - started
+
+
+# --- 2. applying ----------------------------------------------------------------------
+
+
+def bench_apply(bench: Bench, registry: LocalRegistry, count: int) -> None:
+    if not BUSYBOX.is_file() or shutil.which("podman") is None:
+        print("\napplying updates: skipped (needs podman and /bin/busybox from busybox-static)")
+        return
+    root = Path(tempfile.mkdtemp(prefix="atb-", dir="/tmp"))  # short: socket paths
+    env = dict(bench.env)
+    env.update(isolated_environment(root / "podman", registries_conf=bench.registries_conf))
+    units = root / "units"
+    units.mkdir()
+    images = []
+    for i in range(count):
+        image = f"{registry.host}/bench/web{i}:stable"
+        bench.push(web_files(f"web {i} v1\n"), ["/usr/bin/serve"], image)
+        images.append(image)
+        port = _free_port()
+        (units / f"web{i}.container").write_text(
+            f"[Container]\nImage={image}\nAutoUpdate=registry\nNetwork=host\n"
+            f"Environment=PORT={port}\n"
+        )
+    state = root / "sup"
+    log = (root / "supervisor.log").open("ab")
+    supervisor = subprocess.Popen(
+        [*ATOLL, "workload", "run", "--root", str(units), "--state-dir", str(state)],
+        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _wait_active(state, count, env, supervisor)
+        print(f"\napplying an update to {count} workloads (atoll workload run, podman 4.3):")
+        print(f"{'restarts at once':>16} {'atoll s':>8} {'reference s':>12}")
+        for version, parallel in ((2, count), (3, 4), (4, 1)):
+            for i, image in enumerate(images):
+                bench.push(web_files(f"web {i} v{version}\n"), ["/usr/bin/serve"], image)
+            argv = [*ATOLL, "workload", "auto-update", "--root", str(units),
+                    "--state-dir", str(state), "--update-state-dir", str(root / "updates"),
+                    "--watch", "0", "--parallel", str(parallel), "--format", "json"]  # fmt: skip
+            started = time.perf_counter()
+            proc = subprocess.run(argv, capture_output=True, env=env, check=False)
+            seconds = time.perf_counter() - started
+            doc = json.loads(proc.stdout or "{}")
+            updated = sum(u["updated"] == "true" for u in doc.get("units", []))
+            if proc.returncode != 0 or updated != count:
+                raise SystemExit(f"update failed: {proc.stdout[-800:]!r} {proc.stderr[-800:]!r}")
+            reference = f"{REFERENCE_APPLY_10:12.1f}" if count == 10 else f"{'-':>12}"
+            print(f"{parallel:>16} {seconds:8.3f} {reference}")
+    finally:
+        supervisor.terminate()
+        try:
+            supervisor.wait(120)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()
+        subprocess.run(["podman", "rm", "--all", "--force", "--time", "0"], env=env,
+                       capture_output=True, check=False)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_active(
+    state: Path, count: int, env: dict[str, str], proc: subprocess.Popen[bytes]
+) -> None:
+    from atoll.workloads.control import SupervisorClient
+
+    deadline = time.monotonic() + 300
+    client = SupervisorClient(state)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("atoll workload run exited")
+        with contextlib.suppress(Exception):
+            statuses = client.status()
+            if len([s for s in statuses if s.state is UnitState.ACTIVE]) == count:
+                return
+        time.sleep(0.5)
+    raise SystemExit("the workloads did not all start within 300 s")
+
+
+def run_proxy(upstream: str, rtt: float) -> int:
+    """The delaying proxy alone (the benchmark runs it in a child process)."""
+    proxy = DelayProxy(upstream, rtt)
+    proxy.start()
+    print(proxy.host, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
+    return 0
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--proxy"]:
+        return run_proxy(sys.argv[2], float(sys.argv[3]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=7, help="runs per measurement (median)")
+    parser.add_argument("--sizes", default="1,10,30", help="numbers of workloads to check")
+    parser.add_argument("--apply", type=int, default=10, help="workloads to update (0: skip)")
+    args = parser.parse_args()
+    skopeo = shutil.which("skopeo")
+    if skopeo is None or shutil.which("docker-registry") is None:
+        print("needs skopeo and docker-registry (make deps)", file=sys.stderr)
+        return 2
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="atoll-bench-") as tmp_text:
+        tmp = Path(tmp_text)
+        bench = Bench(tmp, skopeo)
+        registry = LocalRegistry(tmp / "registry")
+        registry.start()
+        bench.trust(registry.host)
+        try:
+            bench_checks(bench, registry, sizes, args.runs)
+            if args.apply:
+                bench_apply(bench, registry, args.apply)
+        finally:
+            registry.stop()
+    print(
+        "\nreference figures are podman 5.4.2 auto-update under systemd on this kind of "
+        "machine (dry run: two full GETs per unit; applying: restarts one after another), "
+        "not measured in this run"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

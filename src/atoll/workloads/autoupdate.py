@@ -1,0 +1,723 @@
+"""``atoll workload auto-update``: new images for running workloads, kept only when healthy.
+
+For each ``.container`` unit with ``AutoUpdate=registry`` or ``AutoUpdate=local``
+whose container runs:
+
+1. **Check** (all units at once, see :mod:`atoll.workloads.updatecheck`).
+   ``registry``: the digest the registry has for the unit's tag (for a version
+   pin, the highest tag on its line) against the digests of the image the
+   container runs (podman's RepoDigests, and what this file recorded when it
+   pulled).  ``local``: the image the unit's ``Image=`` names in the local
+   store against the one the container runs.  A digest that was rolled back
+   before is not taken again; a tag that moves to another digest is.
+2. **Window.**  A unit labelled ``io.atoll.autoupdate.window=CRON`` (and
+   optionally ``io.atoll.autoupdate.timezone=ZONE``, default UTC) is updated
+   only while the cron expression matches; otherwise it is ``pending``.
+3. **Apply**, units that depend on each other (``After=``/``Requires=``/
+   ``Wants=``/``BindsTo=`` naming another updated unit) in order, the others in
+   parallel (*parallel* at a time): pull ``REPO@DIGEST``, tag it as the unit's
+   ``Image=``, restart the unit, then **watch** it for the watch window: it
+   must become active with health ``healthy`` (or no health check) and must
+   not fail, turn unhealthy or be restarted by its manager meanwhile.
+4. **Roll back** a unit that fails the watch: tag the previous image as
+   ``Image=`` again, restart, and remember the digest and why
+   (:mod:`atoll.workloads.updatestate`).
+5. **Prune** after a success: images the unit used before the previous one,
+   unless a container uses them.  The previous image stays for a rollback.
+
+Results use podman auto-update's columns: UNIT CONTAINER IMAGE POLICY UPDATED,
+UPDATED being ``true``, ``false``, ``failed``, ``pending`` or ``rolled back``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from atoll.errors import AtollError
+from atoll.oci.context import SystemContext
+from atoll.oci.reference import ImageReference
+from atoll.updates.config import Window
+from atoll.updates.cron import CronExpression
+from atoll.workloads.control import Health, UnitManager, UnitState, UnitStatus
+from atoll.workloads.localimages import LocalImage, Podman, same_image
+from atoll.workloads.quadlet import ContainerOptions, ImageOptions, LoadResult, QuadletUnit
+from atoll.workloads.updatecheck import DEFAULT_CONCURRENCY, RemoteCheck, check_references
+from atoll.workloads.updatestate import (
+    ImageRecord,
+    RolledBack,
+    UnitUpdateState,
+    UpdateState,
+    state_lock,
+    utc_now,
+)
+
+log = logging.getLogger(__name__)
+
+WINDOW_LABEL = "io.atoll.autoupdate.window"
+TIMEZONE_LABEL = "io.atoll.autoupdate.timezone"
+DEFAULT_WATCH = 60.0
+DEFAULT_PARALLEL = 4
+#: How often a watched unit's status is asked, in seconds.
+POLL_INTERVAL = 0.5
+_DEPENDENCY_KEYS = ("After", "Requires", "Wants", "BindsTo", "Requisite", "PartOf")
+
+
+class Policy(StrEnum):
+    REGISTRY = "registry"
+    LOCAL = "local"
+
+
+class Updated(StrEnum):
+    TRUE = "true"
+    FALSE = "false"
+    FAILED = "failed"
+    PENDING = "pending"
+    ROLLED_BACK = "rolled back"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A unit auto-update looks after, as its files declare it."""
+
+    unit: str
+    service: str
+    image: str
+    policy: str
+    window: Window = field(default_factory=Window)
+    #: Other units (names) this one is ordered after.
+    after: tuple[str, ...] = ()
+    #: Why the unit cannot be updated as declared (a bad window, an unknown policy).
+    problem: str | None = None
+
+
+@dataclass
+class UnitReport:
+    unit: str
+    container: str
+    image: str
+    policy: str
+    updated: Updated
+    reason: str = ""
+    old_digest: str | None = None
+    new_digest: str | None = None
+    #: The tag checked, when it is not the unit's own (a version pin).
+    checked_tag: str | None = None
+    newer: tuple[str, ...] = ()
+    rolled_back_digests: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "container": self.container,
+            "image": self.image,
+            "policy": self.policy,
+            "updated": str(self.updated),
+            "reason": self.reason,
+            "digest": {"old": self.old_digest, "new": self.new_digest},
+            "checked_tag": self.checked_tag,
+            "newer_available": list(self.newer),
+            "rolled_back_digests": list(self.rolled_back_digests),
+        }
+
+
+@dataclass(frozen=True)
+class AutoUpdateResult:
+    reports: tuple[UnitReport, ...]
+    dry_run: bool
+
+    @property
+    def failed(self) -> list[UnitReport]:
+        return [r for r in self.reports if r.updated in (Updated.FAILED, Updated.ROLLED_BACK)]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            "units": [r.to_json() for r in self.reports],
+            "failed": [r.unit for r in self.reports if r.updated is Updated.FAILED],
+            "rolled_back": [r.unit for r in self.reports if r.updated is Updated.ROLLED_BACK],
+        }
+
+
+@dataclass(frozen=True)
+class AutoUpdateOptions:
+    dry_run: bool = False
+    rollback: bool = True
+    #: Seconds a restarted unit must stay healthy.
+    watch: float = DEFAULT_WATCH
+    #: Restart timeout passed to the manager (None: the unit's own).
+    restart_timeout: float | None = None
+    #: Units restarted at once (those that do not depend on each other).
+    parallel: int = DEFAULT_PARALLEL
+    #: Registry requests in flight at once.
+    concurrency: int = DEFAULT_CONCURRENCY
+    #: Update outside the units' windows too.
+    ignore_windows: bool = False
+    #: Only these units (names like ``web.container``); empty: all.
+    only: tuple[str, ...] = ()
+
+
+@dataclass
+class _Plan:
+    """One running workload during a run: what it runs and what it should run."""
+
+    workload: Workload
+    status: UnitStatus
+    state: UnitUpdateState
+    report: UnitReport
+    running: LocalImage | None = None
+    #: Digests (or, for ``local``, image IDs) the running image is known by.
+    known: set[str] = field(default_factory=set)
+    target_digest: str | None = None
+    target_ref: str | None = None
+    target_image_id: str | None = None
+
+
+# --- reading the units ----------------------------------------------------------------
+
+
+def workloads_from(loaded: LoadResult) -> list[Workload]:
+    """The container units that ask for auto-update, with their images resolved."""
+    units = loaded.by_name()
+    found: list[Workload] = []
+    for unit in loaded.units:
+        options = unit.options
+        if not isinstance(options, ContainerOptions) or not options.auto_update:
+            continue
+        image = _image_of(options, units)
+        problem = None
+        if options.auto_update not in (Policy.REGISTRY, Policy.LOCAL):
+            problem = f"AutoUpdate={options.auto_update} is not registry or local"
+        labels = _labels(options.label)
+        window = Window()
+        if WINDOW_LABEL in labels:
+            try:
+                window = _window(labels[WINDOW_LABEL], labels.get(TIMEZONE_LABEL, "UTC"))
+            except AtollError as exc:
+                problem = f"{unit.path}: {WINDOW_LABEL}: {exc.message}"
+        if not image:
+            problem = f"{unit.path}: no Image="
+        found.append(
+            Workload(
+                unit=unit.name,
+                service=unit.service_name,
+                image=image,
+                policy=options.auto_update,
+                window=window,
+                after=_dependencies(unit, units),
+                problem=problem,
+            )
+        )
+    return found
+
+
+def _image_of(options: ContainerOptions, units: Mapping[str, QuadletUnit]) -> str:
+    image = options.image or ""
+    if image.endswith(".image") and image in units:
+        target = units[image].options
+        if isinstance(target, ImageOptions):
+            return target.image_tag or target.image or ""
+    return image
+
+
+def _labels(words: Iterable[str]) -> dict[str, str]:
+    labels = {}
+    for word in words:
+        key, _, value = word.partition("=")
+        labels[key] = value
+    return labels
+
+
+def _window(expression: str, zone_name: str) -> Window:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise AtollError(f"unknown time zone {zone_name!r}") from None
+    return Window(CronExpression.parse(expression, zone), zone_name)
+
+
+def _dependencies(unit: QuadletUnit, units: Mapping[str, QuadletUnit]) -> tuple[str, ...]:
+    by_service = {u.service_name: u.name for u in units.values()}
+    names: list[str] = []
+    for entry in unit.passthrough.get("Unit", ()):
+        if entry.key in _DEPENDENCY_KEYS:
+            for word in entry.value.split():
+                name = by_service.get(word) or (word if word in units else None)
+                if name and name != unit.name and name not in names:
+                    names.append(name)
+    return tuple(names)
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+class AutoUpdater:
+    """One run over a set of workloads; see the module docstring."""
+
+    def __init__(
+        self,
+        manager: UnitManager,
+        *,
+        ctx: SystemContext | None = None,
+        podman: Podman | None = None,
+        state_dir: Path,
+        options: AutoUpdateOptions | None = None,
+        now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.manager = manager
+        self.ctx = ctx or SystemContext()
+        self.podman = podman or Podman()
+        self.state_dir = state_dir
+        self.options = options or AutoUpdateOptions()
+        self.now = now
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._state: UpdateState | None = None
+
+    def run(self, workloads: Sequence[Workload]) -> AutoUpdateResult:
+        with state_lock(self.state_dir):
+            self._state = UpdateState.load(self.state_dir)
+            chosen = [w for w in workloads if not self.options.only or w.unit in self.options.only]
+            reports: dict[str, UnitReport] = {}
+            plans = self._plan(chosen, reports)
+            self._check(plans)
+            to_apply = [p for p in plans if self._decide(p)]
+            if to_apply:
+                self._apply(to_apply)
+            for plan in plans:
+                self._remember(plan.workload.unit, last_result=str(plan.report.updated))
+            self._save()
+            ordered = [reports[w.unit] for w in chosen if w.unit in reports]
+            return AutoUpdateResult(tuple(ordered), self.options.dry_run)
+
+    # --- planning -----------------------------------------------------------------
+
+    def _plan(self, workloads: Sequence[Workload], reports: dict[str, UnitReport]) -> list[_Plan]:
+        plans: list[_Plan] = []
+        for workload in workloads:
+            report = UnitReport(workload.unit, "", workload.image, workload.policy, Updated.FALSE)
+            reports[workload.unit] = report
+            if workload.problem:
+                report.updated, report.reason = Updated.FAILED, workload.problem
+                continue
+            if workload.policy == Policy.REGISTRY and not _fully_qualified(workload.image):
+                report.updated = Updated.FAILED
+                report.reason = (
+                    f"Image={workload.image} is not fully qualified: the registry policy "
+                    "needs REGISTRY/REPOSITORY:TAG"
+                )
+                continue
+            try:
+                status = self.manager.status(workload.service)
+            except AtollError as exc:
+                report.updated, report.reason = Updated.FAILED, exc.message
+                continue
+            report.container = status.container
+            if status.state is not UnitState.ACTIVE or not status.image_id:
+                report.reason = f"not running ({status.state})"
+                continue
+            plans.append(_Plan(workload, status, self._state_of(workload.unit), report))
+        self._read_running(plans)
+        return plans
+
+    def _read_running(self, plans: Sequence[_Plan]) -> None:
+        """What each container runs, from the state file when it knows, else from podman."""
+        unknown: list[_Plan] = []
+        for plan in plans:
+            current = plan.state.current
+            if (
+                current is not None
+                and plan.state.image == plan.workload.image
+                and same_image(current.image_id, plan.status.image_id)
+                and current.digest
+            ):
+                plan.known.add(current.digest)
+                plan.report.old_digest = current.digest
+            else:
+                unknown.append(plan)
+        if not unknown:
+            return
+        images = self.podman.inspect([p.status.image_id or "" for p in unknown])
+        for plan in unknown:
+            image = images.get(plan.status.image_id or "")
+            plan.running = image
+            if image is None:
+                continue
+            if plan.workload.policy == Policy.LOCAL:
+                plan.known.add(image.id)
+                plan.report.old_digest = image.id
+                continue
+            digests = image.digests_for(ImageReference.parse(plan.workload.image).name)
+            plan.known |= digests
+            if digests:
+                plan.report.old_digest = sorted(digests)[0]
+
+    def _check(self, plans: Sequence[_Plan]) -> None:
+        registry = [p for p in plans if p.workload.policy == Policy.REGISTRY]
+        local = [p for p in plans if p.workload.policy == Policy.LOCAL]
+        refs = {p.workload.unit: ImageReference.parse(p.workload.image) for p in registry}
+        checks: dict[ImageReference, RemoteCheck] = {}
+        if refs:
+            checks = check_references(
+                list(refs.values()), self.ctx, concurrency=self.options.concurrency
+            )
+        for plan in registry:
+            check = checks[refs[plan.workload.unit]]
+            plan.report.newer = check.newer
+            if check.tag != (check.reference.tag or "latest"):
+                plan.report.checked_tag = check.tag
+            if check.error is not None:
+                plan.report.updated, plan.report.reason = Updated.FAILED, check.error
+                continue
+            plan.target_digest = check.digest
+            plan.target_ref = f"{check.reference.name}@{check.digest}"
+        if local:
+            tags = self.podman.inspect([p.workload.image for p in local])
+            for plan in local:
+                image = tags.get(plan.workload.image)
+                if image is None:
+                    plan.report.updated = Updated.FAILED
+                    plan.report.reason = f"no local image {plan.workload.image}"
+                    continue
+                plan.target_digest = plan.target_image_id = image.id
+
+    def _decide(self, plan: _Plan) -> bool:
+        """Fill in the report; True when the unit is to be updated now."""
+        report = plan.report
+        target = plan.target_digest
+        if report.updated is Updated.FAILED or target is None:
+            return False
+        report.rolled_back_digests = tuple(e.digest for e in plan.state.rolled_back)
+        if target in plan.known or (
+            plan.workload.policy == Policy.LOCAL and same_image(target, plan.status.image_id)
+        ):
+            report.updated, report.reason = Updated.FALSE, "up to date"
+            report.old_digest = report.old_digest or target
+            self._note_current(plan, target)
+            return False
+        report.new_digest = target
+        earlier = plan.state.rolled_back_entry(target)
+        if earlier is not None:
+            report.updated = Updated.FALSE
+            report.reason = (
+                f"{_short(target)} was rolled back at {earlier.time} ({earlier.reason}); "
+                "not taken again until the tag moves"
+            )
+            return False
+        if self.options.dry_run:
+            report.updated, report.reason = Updated.PENDING, "an update is available (dry run)"
+            return False
+        window = plan.workload.window
+        now = self.now()
+        if not self.options.ignore_windows and not window.is_open(now):
+            opens = window.next_open(now)
+            report.updated = Updated.PENDING
+            report.reason = (
+                f"outside the update window {window.describe()}; it opens at {opens.isoformat()}"
+            )
+            return False
+        return True
+
+    def _note_current(self, plan: _Plan, digest: str) -> None:
+        """Record what an up-to-date unit runs, so the next check needs no podman."""
+        current = plan.state.current
+        if (
+            current
+            and current.digest == digest
+            and same_image(current.image_id, plan.status.image_id)
+        ):
+            return
+        self._remember(
+            plan.workload.unit,
+            image=plan.workload.image,
+            current=ImageRecord(digest, plan.status.image_id, utc_now()),
+        )
+
+    # --- applying -----------------------------------------------------------------
+
+    def _apply(self, plans: Sequence[_Plan]) -> None:
+        by_unit = {p.workload.unit: p for p in plans}
+        for level in _levels(plans):
+            runnable: list[_Plan] = []
+            for plan in level:
+                blocked = [
+                    d
+                    for d in plan.workload.after
+                    if d in by_unit and by_unit[d].report.updated is not Updated.TRUE
+                ]
+                if blocked:
+                    dep = by_unit[blocked[0]]
+                    plan.report.updated = Updated.PENDING
+                    plan.report.reason = (
+                        f"not restarted: it depends on {dep.workload.unit}, "
+                        f"whose update ended {dep.report.updated}"
+                    )
+                else:
+                    runnable.append(plan)
+            self._pull(runnable)
+            ready = [p for p in runnable if p.report.updated is not Updated.FAILED]
+            workers = max(1, min(self.options.parallel, len(ready) or 1))
+            with ThreadPoolExecutor(workers, thread_name_prefix="atoll-update") as pool:
+                list(pool.map(self._update_one, ready))
+        self._prune([p for p in plans if p.report.updated is Updated.TRUE])
+
+    def _pull(self, plans: Sequence[_Plan]) -> None:
+        """Pull the new images, one podman process for all."""
+        pulls = [p for p in plans if p.workload.policy == Policy.REGISTRY and p.target_ref]
+        if pulls:
+            try:
+                ids = self.podman.pull([p.target_ref or "" for p in pulls])
+            except AtollError:
+                # One bad image must not cost the others their update: try each alone.
+                ids = []
+                for plan in pulls:
+                    try:
+                        ids.extend(self.podman.pull([plan.target_ref or ""]))
+                    except AtollError as exc:
+                        ids.append("")
+                        plan.report.updated = Updated.FAILED
+                        plan.report.reason = f"pulling {plan.target_ref}: {exc.message}"
+            for plan, image_id in zip(pulls, ids, strict=True):
+                if image_id:
+                    plan.target_image_id = image_id
+                    self._remember(
+                        plan.workload.unit, images_add=image_id, image=plan.workload.image
+                    )
+
+    def _update_one(self, plan: _Plan) -> None:
+        unit, report = plan.workload.unit, plan.report
+        old = ImageRecord(report.old_digest, plan.status.image_id, utc_now())
+        new = ImageRecord(plan.target_digest, plan.target_image_id, utc_now())
+        if plan.workload.policy == Policy.REGISTRY:
+            error = self._tag(new.image_id, plan.workload.image)
+            if error is not None:
+                report.updated = Updated.FAILED
+                report.reason = f"tagging the new image as {plan.workload.image}: {error}"
+                return
+        failure = self._restart_and_watch(plan, plan.target_image_id)
+        if failure is None:
+            report.updated, report.reason = Updated.TRUE, ""
+            self._remember(unit, image=plan.workload.image, current=new, previous=old)
+            return
+        log.warning("%s: the update to %s failed: %s", unit, _short(new.digest), failure)
+        if not self.options.rollback:
+            report.updated, report.reason = Updated.FAILED, failure
+            self._remember(unit, image=plan.workload.image, current=new, previous=old)
+            return
+        report.reason = failure
+        error = self._tag(old.image_id, plan.workload.image)
+        if error is not None:
+            report.updated = Updated.FAILED
+            report.reason = f"{failure}; re-tagging the previous image failed: {error}"
+            return
+        back = self._restart_and_watch(plan, old.image_id, until_ready=True)
+        entry = RolledBack(new.digest or "", new.image_id, failure, utc_now())
+        self._remember(unit, image=plan.workload.image, rollback=entry)
+        with self._lock:
+            report.rolled_back_digests = tuple(e.digest for e in self._state_of(unit).rolled_back)
+        if back is not None:
+            report.updated = Updated.FAILED
+            report.reason = f"{failure}; the previous image did not start again either: {back}"
+        else:
+            report.updated = Updated.ROLLED_BACK
+
+    def _tag(self, image_id: str | None, name: str) -> str | None:
+        """Point the tag *name* at *image_id*; None, or why podman could not."""
+        try:
+            self.podman.tag(image_id or "", name)
+        except AtollError as exc:
+            return exc.message
+        return None
+
+    def _restart_and_watch(
+        self, plan: _Plan, image_id: str | None, *, until_ready: bool = False
+    ) -> str | None:
+        """Restart the unit; None when it runs *image_id* healthily, else why not."""
+        service = plan.workload.service
+        try:
+            started = self.manager.restart(service, self.options.restart_timeout)
+        except AtollError as exc:
+            return f"the restart failed: {exc.message}"
+        if started.state in (UnitState.FAILED, UnitState.INACTIVE):
+            return f"the restart failed: the unit is {started.state} ({started.result})"
+        if started.image_id and image_id and not same_image(started.image_id, image_id):
+            return (
+                f"the restarted container runs image {started.image_id[:12]}, not {image_id[:12]}"
+            )
+        return self.watch(service, started, self.options.watch, until_ready=until_ready)
+
+    def watch(
+        self, service: str, started: UnitStatus, window: float, *, until_ready: bool = False
+    ) -> str | None:
+        """Watch a freshly restarted unit for *window* seconds; None if it stayed healthy
+        (with *until_ready*, as soon as it is ready: a rollback to a known image)."""
+        deadline = self.monotonic() + window
+        status = started
+        while True:
+            if status.state in (UnitState.FAILED, UnitState.INACTIVE):
+                return f"the unit is {status.state} ({status.result})"
+            if status.health is Health.UNHEALTHY:
+                return "the container turned unhealthy"
+            if status.restarts > started.restarts or (
+                started.container_id
+                and status.container_id
+                and status.container_id != started.container_id
+            ):
+                return "the container exited and was started again"
+            ready = status.state is UnitState.ACTIVE and status.health in (
+                Health.HEALTHY,
+                Health.NONE,
+            )
+            remaining = deadline - self.monotonic()
+            if remaining <= 0 or (until_ready and ready):
+                break
+            self.sleep(min(POLL_INTERVAL, remaining))
+            try:
+                status = self.manager.status(service)
+            except AtollError as exc:
+                return f"asking its status failed: {exc.message}"
+        if not ready:
+            return (
+                f"not ready within the {window:g} s watch window "
+                f"(state {status.state}, health {status.health})"
+            )
+        return None
+
+    def _prune(self, plans: Sequence[_Plan]) -> None:
+        """Remove the images updated units used before their previous one (one
+        ``podman ps`` for all; an image some container uses is never removed)."""
+        candidates: dict[str, set[str]] = {}
+        for plan in plans:
+            state = self._state_of(plan.workload.unit)
+            keep = [r.image_id for r in (state.current, state.previous) if r and r.image_id]
+            old = set(state.images)
+            if plan.state.previous and plan.state.previous.image_id:
+                old.add(plan.state.previous.image_id)
+            unused = {i for i in old if not any(same_image(i, k) for k in keep)}
+            if unused:
+                candidates[plan.workload.unit] = unused
+        if not candidates:
+            return
+        try:
+            in_use = self.podman.images_in_use()
+        except AtollError as exc:
+            log.info("not pruning images: %s", exc.message)
+            return
+        for unit, images in candidates.items():
+            removed = {
+                image
+                for image in sorted(images)
+                if not any(same_image(image, used) for used in in_use) and self.podman.remove(image)
+            }
+            if removed:
+                self._remember(unit, images_remove=removed)
+
+    # --- state --------------------------------------------------------------------
+
+    def _state_of(self, unit: str) -> UnitUpdateState:
+        assert self._state is not None
+        return self._state.get(unit)
+
+    def _remember(
+        self,
+        unit: str,
+        *,
+        image: str | None = None,
+        current: ImageRecord | None = None,
+        previous: ImageRecord | None = None,
+        rollback: RolledBack | None = None,
+        images_add: str | None = None,
+        images_remove: Iterable[str] = (),
+        last_result: str | None = None,
+    ) -> None:
+        assert self._state is not None
+        with self._lock:
+            entry = self._state.get(unit)
+            if image is not None:
+                entry = replace(entry, image=image)
+            if current is not None:
+                entry = replace(entry, current=current)
+            if previous is not None:
+                entry = replace(entry, previous=previous)
+            if rollback is not None:
+                entry = entry.with_rollback(rollback)
+            entry = entry.with_image(images_add)
+            gone = set(images_remove)
+            if gone:
+                entry = replace(entry, images=tuple(i for i in entry.images if i not in gone))
+            if last_result is not None:
+                entry = replace(entry, last_check=utc_now(), last_result=last_result)
+            self._state.units[unit] = entry
+            if not self.options.dry_run and last_result is None:
+                self._state.save()
+
+    def _save(self) -> None:
+        assert self._state is not None
+        if not self.options.dry_run:
+            with self._lock:
+                self._state.save()
+
+
+def _levels(plans: Sequence[_Plan]) -> list[list[_Plan]]:
+    """Plans grouped so that a unit comes after the units it depends on (a cycle
+    is broken by taking its members one by one, in name order)."""
+    pending = {p.workload.unit: p for p in plans}
+    done: set[str] = set()
+    levels: list[list[_Plan]] = []
+    while pending:
+        level = [
+            p
+            for name, p in sorted(pending.items())
+            if all(d in done or d not in pending for d in p.workload.after)
+        ]
+        if not level:
+            level = [pending[min(pending)]]
+        for plan in level:
+            del pending[plan.workload.unit]
+            done.add(plan.workload.unit)
+        levels.append(level)
+    return levels
+
+
+def _fully_qualified(image: str) -> bool:
+    first, sep, _ = image.partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")
+
+
+def _short(digest: str | None) -> str:
+    if not digest:
+        return "-"
+    algo, _, hexpart = digest.partition(":")
+    return f"{algo}:{hexpart[:12]}" if hexpart else digest[:12]
+
+
+def run_auto_update(
+    loaded: LoadResult,
+    manager: UnitManager,
+    *,
+    state_dir: Path,
+    ctx: SystemContext | None = None,
+    podman: Podman | None = None,
+    options: AutoUpdateOptions | None = None,
+) -> AutoUpdateResult:
+    """Check and update every auto-update unit of *loaded*."""
+    updater = AutoUpdater(manager, ctx=ctx, podman=podman, state_dir=state_dir, options=options)
+    return updater.run(workloads_from(loaded))

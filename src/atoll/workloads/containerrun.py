@@ -1,0 +1,264 @@
+"""One run of a container unit under ``atoll workload run`` (see supervisor.py).
+
+A container runs as ``podman run -d`` (the generated command, see runtime.py)
+with NOTIFY_SOCKET set, watched by a ``podman wait CONTAINER`` child whose
+output is the container's exit status; 128+N means killed by signal N.  While
+it runs, the run turns the unit active when it is ready (at once, on
+``READY=1``, or when healthy, after ``Notify=``), keeps the watchdog
+(``WatchdogSec=``), runs the health checks (healthcheck.py), and stops the
+container when the unit is no longer wanted.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from atoll.workloads.control import Health, UnitState
+from atoll.workloads.healthcheck import HealthTracker, OnFailure, run_check
+from atoll.workloads.notify import NotifySocket, NotifyState
+from atoll.workloads.restart import EndKind, Result
+from atoll.workloads.runtime import (
+    Command,
+    NotifyMode,
+    RunEnd,
+    inspect_container,
+    podman,
+    podman_env,
+    run_commands,
+)
+
+if TYPE_CHECKING:
+    from atoll.workloads.supervisor import Supervisor, UnitRuntime
+
+log = logging.getLogger(__name__)
+
+#: How often a waiting supervisor thread looks again (seconds).
+TICK = 0.2
+#: After the watchdog's SIGABRT, how long before SIGKILL (systemd's TimeoutAbortSec).
+ABORT_GRACE = 5.0
+
+
+def notify_path(state_dir: Path, rt: UnitRuntime) -> Path:
+    """The NOTIFY_SOCKET of *rt*'s container: ``STATE_DIR/notify/NAME.sock``."""
+    return state_dir / "notify" / f"{rt.plan.unit.stem}.sock"
+
+
+class ContainerRun:
+    """One attempt of one container unit, from ``podman run -d`` to its end."""
+
+    def __init__(self, supervisor: Supervisor, rt: UnitRuntime) -> None:
+        self.supervisor = supervisor
+        self.cond = supervisor.cond
+        self.rt = rt
+        self.plan = rt.plan
+
+    def run(self) -> RunEnd:
+        notify = NotifySocket(notify_path(self.supervisor.state_dir, self.rt))
+        try:
+            return self._run_with(notify)
+        finally:
+            notify.close()
+
+    def _commands(
+        self, commands: Sequence[Command], deadline: float, env: dict[str, str]
+    ) -> RunEnd | None:
+        return run_commands(commands, deadline, env, what=self.plan.service)
+
+    def _launch(self, env: dict[str, str], deadline: float) -> str | RunEnd:
+        """``podman run -d``: the container id, or how the start failed."""
+        plan, rt = self.plan, self.rt
+        run_dir = self.supervisor.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # A cidfile left by a run that was not cleaned up makes podman refuse to start.
+        (run_dir / f"{plan.service.rsplit('.', 1)[0]}.cid").unlink(missing_ok=True)
+        failed = self._commands(plan.start_pre, deadline, env)
+        if failed is not None:
+            return failed
+        argv = plan.start[0].argv
+        log.debug("%s: run %s", plan.service, " ".join(argv))
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:
+            return RunEnd(Result.EXIT_CODE, EndKind.UNCLEAN_CODE, 203, str(exc))
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                out, err = proc.communicate(timeout=min(max(remaining, 0.01), 1.0))
+                break
+            except subprocess.TimeoutExpired:
+                with self.cond:
+                    stopping = not rt.wanted
+                if remaining <= 0 or stopping:
+                    proc.kill()
+                    proc.communicate()
+                    self._remove(env)
+                    if stopping:
+                        return RunEnd(Result.SUCCESS, EndKind.CLEAN, error="stopped while starting")
+                    return RunEnd(
+                        Result.TIMEOUT, EndKind.TIMEOUT, error="podman run did not finish in time"
+                    )
+        if proc.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            return RunEnd(
+                Result.EXIT_CODE, EndKind.UNCLEAN_CODE, proc.returncode, lines[-1] if lines else ""
+            )
+        lines = out.decode().strip().splitlines()
+        if not lines:
+            return RunEnd(Result.EXIT_CODE, EndKind.UNCLEAN_CODE, 0, "podman run gave no id")
+        return lines[-1]
+
+    def _run_with(self, notify: NotifySocket) -> RunEnd:
+        plan, rt, supervisor = self.plan, self.rt, self.supervisor
+        env = podman_env({**plan.env, "NOTIFY_SOCKET": str(notify.path)})
+        started = time.monotonic()
+        deadline = started + supervisor.start_timeout(rt)
+        state = NotifyState()
+        with self.cond:
+            adopt = rt.adopt_id
+            rt.adopt_id = None
+        if adopt is None:
+            launched = self._launch(env, deadline)
+            if isinstance(launched, RunEnd):
+                return launched
+            container_id = launched
+        else:
+            container_id = adopt
+            state.ready = plan.notify is not NotifyMode.HEALTHY
+        info = inspect_container(container_id, env) or {}
+        with self.cond:
+            rt.container_id = container_id
+            rt.image_id = info.get("Image") or None
+            conmon = (info.get("State") or {}).get("ConmonPid")
+            rt.main_pid = int(conmon) if conmon else None
+            rt.health = Health.STARTING if plan.health else Health.NONE
+        started = time.monotonic()
+        waiter = subprocess.Popen(
+            ["podman", "wait", container_id],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        tracker = HealthTracker(plan.health, started) if plan.health else None
+        active = False
+        forced: RunEnd | None = None
+        stop_sent = False
+        kill_at: float | None = None
+        last_ping = time.monotonic()
+        try:
+            while True:
+                for message in notify.receive(TICK):
+                    state.apply(message)
+                    if message.get("WATCHDOG") == "1":
+                        last_ping = time.monotonic()
+                now = time.monotonic()
+                # READY=1 that came with the exit still counts: the start succeeded.
+                ready = state.ready
+                if plan.notify is NotifyMode.HEALTHY:
+                    ready = tracker is not None and tracker.status is Health.HEALTHY
+                if ready and not active and not stop_sent:
+                    active = True
+                    last_ping = now
+                    with self.cond:
+                        supervisor.set_state(rt, UnitState.ACTIVE, Result.SUCCESS)
+                        supervisor.settle(rt, True)
+                if waiter.poll() is not None:
+                    break
+                with self.cond:
+                    stopping = not rt.wanted
+                    if state.main_pid:
+                        rt.main_pid = state.main_pid
+                if stopping and not stop_sent:
+                    stop_sent = True
+                    with self.cond:
+                        supervisor.set_state(rt, UnitState.DEACTIVATING)
+                    self._stop(env)
+                    continue
+                if stop_sent:
+                    if kill_at is not None and now > kill_at:
+                        kill_at = None  # the signal did not end it: SIGKILL, as systemd does
+                        podman("kill", container_id, env=env)
+                    continue
+                if not active and now > deadline:
+                    forced = RunEnd(Result.TIMEOUT, EndKind.TIMEOUT, error="not ready in time")
+                    self._remove(env)
+                    stop_sent = True
+                    continue
+                watchdog = plan.settings.watchdog
+                if active and watchdog > 0 and now - last_ping > watchdog:
+                    forced = RunEnd(Result.WATCHDOG, EndKind.WATCHDOG, error="no WATCHDOG=1")
+                    podman("kill", "--signal", "ABRT", container_id, env=env)
+                    stop_sent = True
+                    kill_at = now + ABORT_GRACE
+                    continue
+                if tracker is not None and tracker.due(now):
+                    forced = self._check_health(tracker, container_id, env)
+                    if forced is not None:
+                        stop_sent = True
+        finally:
+            out, _ = waiter.communicate()
+        text = out.decode().strip()
+        exit_status = int(text) if text.lstrip("-").isdigit() else None
+        if forced is not None:
+            forced.exit_status = exit_status
+            return forced
+        result, end = plan.settings.classify(exit_status)
+        if not active and result == Result.SUCCESS:
+            # Ended before it was ready: a failed start even with a clean status.
+            result, end = Result.EXIT_CODE, EndKind.UNCLEAN_CODE
+        return RunEnd(result, end, exit_status)
+
+    def _check_health(
+        self, tracker: HealthTracker, container_id: str, env: dict[str, str]
+    ) -> RunEnd | None:
+        rt, spec = self.rt, tracker.spec
+        before = tracker.status
+        passed, output = run_check("podman", container_id, env, spec.timeout)
+        status = tracker.record(passed, time.monotonic())
+        with self.cond:
+            if status != rt.health:
+                rt.health = status
+                self.supervisor.write_state()
+                self.cond.notify_all()
+        if status is not Health.UNHEALTHY or before is Health.UNHEALTHY:
+            return None
+        log.warning(
+            "%s: unhealthy (%s), HealthOnFailure=%s", self.plan.service, output, spec.on_failure
+        )
+        if spec.on_failure is OnFailure.NONE:
+            return None
+        error = f"health check failed {spec.retries} times: {output}"
+        if spec.on_failure is OnFailure.KILL:
+            podman("kill", container_id, env=env)
+            return RunEnd(Result.UNHEALTHY, EndKind.UNCLEAN_SIGNAL, error=error)
+        self._stop(env)
+        if spec.on_failure is OnFailure.STOP:
+            return RunEnd(Result.UNHEALTHY, EndKind.UNCLEAN_SIGNAL, error=error, no_restart=True)
+        return RunEnd(Result.UNHEALTHY, EndKind.UNCLEAN_SIGNAL, error=error, force_restart=True)
+
+    def _stop(self, env: dict[str, str]) -> None:
+        """ExecStop= (or remove the container after its StopTimeout), then ExecStopPost=."""
+        deadline = time.monotonic() + self.plan.settings.timeout_stop
+        if self.plan.stop:
+            self._commands(self.plan.stop, deadline, env)
+        else:
+            self._remove(env, graceful=True)
+        self._commands(self.plan.stop_post, deadline, env)
+
+    def _remove(self, env: dict[str, str], *, graceful: bool = False) -> None:
+        """Remove the container at once (SIGKILL); *graceful*, after its StopTimeout."""
+        with self.cond:
+            container = self.rt.container_id or self.plan.container
+        wait = [] if graceful else ["--time", "0"]
+        podman("rm", "-v", "-f", "-i", *wait, container, env=env)

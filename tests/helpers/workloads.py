@@ -1,0 +1,287 @@
+"""Workloads for supervisor tests: tiny busybox images in the real registry, a podman
+store of the test's own, and ``atoll workload run`` started as a user would.
+
+An image holds Debian's busybox-static with an applet symlink per command the
+tests use, ``/www/index.html``, and ``/usr/bin/serve``: busybox httpd on
+``$PORT`` (default 8080) behind a shell that exits 0 on SIGTERM and with the
+server's status when the server dies.  ``sdnotify`` (a static C program built
+once with gcc into the test cache) sends its argument to ``$NOTIFY_SOCKET``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from atoll.podman import isolated_environment
+from atoll.workloads.control import SupervisorClient, UnitStatus
+from helpers.parts import missing, require_tool
+from helpers.registry import RegistryView
+from helpers.treeimage import Layer, Node, build_tree_image, symlink
+
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "httpd", "sleep", "touch", "rm", "test", "cat", "echo", "kill", "true", "wget")
+SERVE = """#!/bin/sh
+echo "serving /www on port ${PORT:-8080}"
+httpd -f -p "${PORT:-8080}" -h /www &
+pid=$!
+trap 'kill $pid; wait $pid; exit 0' TERM INT
+wait $pid
+exit $?
+"""
+SDNOTIFY_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+int main(int argc, char **argv) {
+    const char *path = getenv("NOTIFY_SOCKET");
+    const char *msg = argc > 1 ? argv[1] : "READY=1";
+    struct sockaddr_un addr;
+    int fd;
+    if (path == NULL) { fputs("NOTIFY_SOCKET is not set\n", stderr); return 2; }
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    strncpy(addr.sun_path, path, sizeof addr.sun_path - 1);
+    if (addr.sun_path[0] == '@') addr.sun_path[0] = 0;
+    fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (fd < 0 || sendto(fd, msg, strlen(msg), 0, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        perror("sdnotify");
+        return 1;
+    }
+    return 0;
+}
+"""
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("ATOLL_TEST_CACHE", "/var/cache/atoll-tests"))
+
+
+def sdnotify_binary() -> Path:
+    """A static sd_notify sender, compiled once and cached (skips without gcc/libc.a)."""
+    digest = hashlib.sha256(SDNOTIFY_C.encode()).hexdigest()[:16]
+    target = _cache() / f"sdnotify-{digest}" / "sdnotify"
+    if target.exists():
+        return target
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        missing("gcc is needed to build the sd_notify test program (apt-get install gcc)")
+    target.parent.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent.parent, prefix=".build-") as tmp:
+        source = Path(tmp) / "sdnotify.c"
+        source.write_text(SDNOTIFY_C)
+        out = Path(tmp) / "out"
+        out.mkdir()
+        proc = subprocess.run(
+            [str(gcc), "-static", "-Os", "-s", "-o", str(out / "sdnotify"), str(source)],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if proc.returncode != 0:
+            missing(f"cannot build a static program: {proc.stderr.decode()[-300:]} (libc6-dev)")
+        try:
+            out.rename(target.parent)
+        except OSError:
+            if not target.exists():
+                raise
+    return target
+
+
+def push_workload_image(
+    registry: RegistryView,
+    repo: str,
+    tag: str = "v1",
+    *,
+    cmd: tuple[str, ...] = ("/usr/bin/serve",),
+    page: str = "hello from v1\n",
+    notify: bool = False,
+) -> str:
+    """Build the busybox image, push it to REPO:TAG; return the reference podman uses."""
+    if not BUSYBOX.is_file():
+        missing("needs /bin/busybox (apt-get install busybox-static)")
+    files: Layer = {
+        "usr/bin/busybox": Node(content=BUSYBOX.read_bytes(), mode=0o755),
+        "usr/bin/serve": Node(content=SERVE.encode(), mode=0o755),
+        "bin": symlink("usr/bin"),
+        "www/index.html": page,
+        "tmp/.keep": b"",
+        "etc/passwd": "root:x:0:0:root:/:/bin/sh\n",
+    }
+    for applet in APPLETS:
+        files[f"usr/bin/{applet}"] = symlink("busybox")
+    if notify:
+        files["usr/bin/sdnotify"] = Node(content=sdnotify_binary().read_bytes(), mode=0o755)
+    layout = registry.tmp_path / f"workload-{repo.replace('/', '-')}-{tag}"
+    run = {"Cmd": list(cmd), "Env": ["PATH=/usr/bin:/bin"]}
+    build_tree_image(layout, [files], ref=tag, run=run)
+    registry.skopeo(
+        "copy",
+        "--quiet",
+        *registry.skopeo_args("dest"),
+        f"oci:{layout}:{tag}",
+        f"docker://{registry.server.host}/{repo}:{tag}",
+    )
+    return f"{registry.server.host}/{repo}:{tag}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(port: int, timeout: float = 10.0) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as response:
+        return str(response.read().decode())
+
+
+def wait_for(
+    predicate: Callable[[], object], what: str, timeout: float = 60.0, interval: float = 0.2
+) -> object:
+    """Poll *predicate* until it is truthy; fail the test naming *what* at the deadline
+    (the deadline guards against hangs: it is not what the test checks)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class SupervisorProcess:
+    """``python -m atoll workload run`` in the background, and a client for it."""
+
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    log: Path
+    client: SupervisorClient
+
+    def status(self, unit: str) -> UnitStatus:
+        return self.client.status(unit)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class WorkloadEnv:
+    """A podman store, a units directory and a state directory of the test's own."""
+
+    root: Path
+    units: Path
+    podman_env: dict[str, str]
+    registry: RegistryView
+    supervisors: list[SupervisorProcess] = field(default_factory=list)
+    _states: int = 0
+
+    def unit(self, name: str, text: str) -> Path:
+        path = self.units / name
+        path.write_text(text)
+        return path
+
+    def web_unit(
+        self, repo: str, service: str = "", *, page: str = "hello from v1\n"
+    ) -> tuple[str, int]:
+        """Push the busybox image to a new repository named after *repo* and write
+        ``web.container`` publishing it on a free port of 127.0.0.1, with *service*
+        as its ``[Service]`` section if given; return (image, port)."""
+        image = push_workload_image(self.registry, self.registry.new_repo(repo), page=page)
+        port = free_port()
+        text = f"[Container]\nImage={image}\nPublishPort=127.0.0.1:{port}:8080\n"
+        self.unit("web.container", text + (f"[Service]\n{service}" if service else ""))
+        return image, port
+
+    def podman(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run(
+            ["podman", *args],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.podman_env},
+            timeout=120,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(f"podman {' '.join(args)} failed: {proc.stderr.decode()[-500:]}")
+        return proc.stdout.decode()
+
+    def start_supervisor(self, *units: str, state_dir: Path | None = None) -> SupervisorProcess:
+        if state_dir is None:
+            self._states += 1
+            state_dir = self.root / f"s{self._states}"
+        log = self.root / f"supervisor-{len(self.supervisors)}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ATOLL_")}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "atoll", "-v", "workload", "run", "--root", str(self.units),
+             "--state-dir", str(state_dir), *units],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        supervisor = SupervisorProcess(process, state_dir, log, SupervisorClient(state_dir))
+        self.supervisors.append(supervisor)
+
+        def up() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"atoll workload run exited: {supervisor.output()[-2000:]}")
+            return supervisor.client.is_running()
+
+        wait_for(up, "the supervisor's control socket")
+        return supervisor
+
+
+def workload_environment(
+    registry: RegistryView, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[WorkloadEnv]:
+    """For the ``workload_env`` fixture (tests/workloads/conftest.py): real
+    podman with a store in a short directory of this test's (socket paths are
+    limited to 107 bytes), pointed at the test's registries.conf.  The
+    supervisors' logs are printed at the end (pytest shows them on failure)."""
+    require_tool("podman")
+    require_tool("skopeo")
+    root = Path(tempfile.mkdtemp(prefix="atw-", dir="/tmp"))
+    registries = Path(os.environ["CONTAINERS_REGISTRIES_CONF"])
+    variables = isolated_environment(root / "podman", registries_conf=registries)
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    units = root / "units"
+    units.mkdir()
+    env = WorkloadEnv(root, units, variables, registry)
+    try:
+        yield env
+    finally:
+        for supervisor in env.supervisors:
+            supervisor.stop(signal.SIGKILL)
+            print(f"--- {supervisor.log.name}\n{supervisor.output()[-4000:]}")
+        env.podman("rm", "--all", "--force", "--time", "0", check=False)
+        env.podman("pod", "rm", "--all", "--force", check=False)
+        shutil.rmtree(root, ignore_errors=True)

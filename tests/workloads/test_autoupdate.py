@@ -1,0 +1,598 @@
+"""Auto-update: registry checks, pulls, rollback, state, windows, order, pruning.
+
+The registry, skopeo and podman are real (podman with a store of the test's
+own).  The service manager is :class:`FakeManager`, which stands in for the
+service manager only: no container runs; a restart "runs" whatever image the
+unit's ``Image=`` tag names in podman's store, as ``podman run IMAGE`` would,
+and behaves as the image's ``test.behaviour`` label says (``exit``: the
+restart fails; ``unhealthy``: healthy, then unhealthy 5 s after the restart).
+Time is a fake clock, so a 60 s watch window costs nothing.  The same flows run
+against the real supervisor and real containers in test_autoupdate_e2e.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.errors import UnitFailedError, WorkloadUpdateStateError
+from atoll.podman import isolated_environment
+from atoll.workloads.autoupdate import (
+    AutoUpdateOptions,
+    AutoUpdater,
+    AutoUpdateResult,
+    Updated,
+    workloads_from,
+)
+from atoll.workloads.control import Health, UnitState, UnitStatus
+from atoll.workloads.localimages import Podman
+from atoll.workloads.quadlet import load_units
+from atoll.workloads.updatestate import STATE_FILE
+from helpers.cli import run_atoll
+from helpers.images import build_image, build_multiarch
+from helpers.parts import require_tool
+from helpers.registry import RegistryView
+from helpers.workloads import (
+    SupervisorProcess,
+    WorkloadEnv,
+    free_port,
+    http_get,
+    push_workload_image,
+    wait_for,
+)
+
+NOON = datetime.datetime(2026, 1, 5, 12, 0, tzinfo=datetime.UTC)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RecordingPodman(Podman):
+    """Real podman; remembers what it was asked to pull."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__(env)
+        self.pulled: list[str] = []
+
+    def pull(self, refs: Iterable[str], *, arch: str | None = None) -> list[str]:
+        wanted = list(refs)
+        self.pulled.extend(wanted)
+        return super().pull(wanted, arch=arch)
+
+    def preload(self, *refs: str) -> None:
+        """Pull as the test's setup (not recorded)."""
+        super().pull(refs)
+
+    def podman(self, *args: str) -> str:
+        proc = subprocess.run(
+            [self.binary, *args], env=self.env, capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def image_id(self, ref: str) -> str:
+        info = self.inspect([ref])[ref]
+        assert info is not None, f"no image {ref}"
+        return info.id
+
+
+class FakeManager:
+    """Stands in for the service manager (see the module docstring)."""
+
+    def __init__(self, podman: RecordingPodman, clock: FakeClock, images: dict[str, str]) -> None:
+        self.podman = podman
+        self.clock = clock
+        self.images = images  # service -> Image=
+        self.running = {svc: podman.image_id(image) for svc, image in images.items()}
+        self.started_at = dict.fromkeys(images, clock.now)
+        self.behaviour: dict[str, str] = {}
+        self.restarted: list[str] = []
+
+    def _status(self, unit: str, state: UnitState = UnitState.ACTIVE) -> UnitStatus:
+        image_id = self.running[unit]
+        health = Health.HEALTHY
+        if (
+            self.behaviour.get(image_id) == "unhealthy"
+            and self.clock.now - self.started_at[unit] > 5
+        ):
+            health = Health.UNHEALTHY
+        return UnitStatus(
+            unit=unit.replace(".service", ".container"),
+            name=unit.removesuffix(".service"),
+            service=unit,
+            state=state,
+            result="success" if state is UnitState.ACTIVE else "exit-code",
+            container=f"systemd-{unit.removesuffix('.service')}",
+            container_id=f"c-{image_id[:12]}-{len(self.restarted)}",
+            image=self.images[unit],
+            image_id=image_id,
+            health=health,
+            restarts=0,
+            since="2026-01-01T00:00:00Z",
+            main_pid=1,
+        )
+
+    def status(self, unit: str) -> UnitStatus:
+        return self._status(unit)
+
+    def restart(self, unit: str, timeout: float | None = None) -> UnitStatus:
+        self.restarted.append(unit)
+        image_id = self.podman.image_id(self.images[unit])
+        self.running[unit] = image_id
+        self.started_at[unit] = self.clock.now
+        if image_id not in self.behaviour:
+            label = self.podman.podman(
+                "image", "inspect", "--format", '{{index .Labels "test.behaviour"}}', image_id
+            )
+            self.behaviour[image_id] = "" if label == "<no value>" else label
+        if self.behaviour[image_id] == "exit":
+            raise UnitFailedError(f"{unit} failed: the container exited with status 1")
+        return self._status(unit)
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, registry: RegistryView) -> None:
+        require_tool("podman")
+        require_tool("skopeo")
+        self.tmp = tmp_path
+        self.registry = registry
+        conf = Path(os.environ["CONTAINERS_REGISTRIES_CONF"])
+        env = {**os.environ, **isolated_environment(tmp_path / "podman", registries_conf=conf)}
+        self.podman = RecordingPodman(env)
+        self.clock = FakeClock()
+        self.units = tmp_path / "units"
+        self.units.mkdir()
+        self.state_dir = tmp_path / "state"
+        self.repo = registry.new_repo("autoupdate")
+        self.pushed = 0
+
+    def image(self, tag: str = "stable", repo: str | None = None) -> str:
+        return f"{self.registry.host}/{repo or self.repo}:{tag}"
+
+    def push(self, tag: str = "stable", *, seed: str, behaviour: str = "", repo: str = "") -> str:
+        """Push a new image under TAG; return its manifest digest."""
+        self.pushed += 1
+        layout = self.tmp / f"layout-{self.pushed}"
+        labels = {"test.behaviour": behaviour} if behaviour else {}
+        built = build_image(layout, tag, layers=1, layer_size=512, seed=seed, labels=labels)
+        self.registry.skopeo(
+            "copy",
+            "--quiet",
+            *self.registry.skopeo_args("dest"),
+            f"oci:{layout}:{tag}",
+            f"docker://{self.image(tag, repo or None)}",
+        )
+        return built.manifest_digest
+
+    def unit(self, name: str, image: str, extra: str = "", policy: str = "registry") -> None:
+        (self.units / f"{name}.container").write_text(
+            f"[Container]\nImage={image}\nAutoUpdate={policy}\n{extra}"
+        )
+
+    def manager(self, images: dict[str, str]) -> FakeManager:
+        return FakeManager(self.podman, self.clock, images)
+
+    def web_v1(self, extra: str = "") -> tuple[str, str, FakeManager]:
+        """Push v1 as ``stable`` and run it as ``web.container`` (with *extra* unit
+        lines); return (v1's digest, the image, the manager running it)."""
+        v1 = self.push(seed="v1")
+        image = self.image()
+        self.podman.preload(image)
+        self.unit("web", image, extra)
+        return v1, image, self.manager({"web.service": image})
+
+    def run(self, manager: FakeManager, **options: object) -> AutoUpdateResult:
+        updater = AutoUpdater(
+            manager,
+            ctx=self.registry.ctx(),
+            podman=self.podman,
+            state_dir=self.state_dir,
+            options=AutoUpdateOptions(**options),  # type: ignore[arg-type]
+            now=lambda: NOON,
+            monotonic=self.clock.monotonic,
+            sleep=self.clock.sleep,
+        )
+        return updater.run(workloads_from(load_units([self.units])))
+
+    def state(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads((self.state_dir / STATE_FILE).read_text())
+        return data
+
+
+@pytest.fixture
+def setup(tmp_path: Path, registry: RegistryView) -> Setup:
+    return Setup(tmp_path, registry)
+
+
+def only(result: AutoUpdateResult) -> dict[str, object]:
+    assert len(result.reports) == 1
+    return result.reports[0].to_json()
+
+
+@pytest.mark.integration
+def test_tag_move_update_rollback_and_no_second_pull(setup: Setup) -> None:
+    v1, image, manager = setup.web_v1()
+    v1_id = manager.running["web.service"]
+
+    v2 = setup.push(seed="v2")
+    report = only(setup.run(manager))
+    assert report["updated"] == "true", report
+    assert report["digest"] == {"old": v1, "new": v2}
+    v2_id = setup.podman.image_id(image)
+    assert v2_id != v1_id and manager.running["web.service"] == v2_id
+    assert setup.podman.pulled == [f"{image.rsplit(':', 1)[0]}@{v2}"]
+    units = setup.state()["units"]
+    assert isinstance(units, dict)
+    assert units["web.container"]["current"]["digest"] == v2
+    assert units["web.container"]["previous"]["digest"] == v1
+
+    # Nothing moved: nothing pulled, nothing restarted.
+    report = only(setup.run(manager))
+    assert (report["updated"], report["reason"]) == ("false", "up to date")
+    assert len(setup.podman.pulled) == 1 and manager.restarted == ["web.service"]
+
+    v3 = setup.push(seed="v3", behaviour="exit")
+    result = setup.run(manager)
+    report = only(result)
+    assert report["updated"] == "rolled back", report
+    assert "restart failed" in str(report["reason"]) and "exited" in str(report["reason"])
+    assert report["rolled_back_digests"] == [v3]
+    assert not result.ok and result.to_json()["rolled_back"] == ["web.container"]
+    assert setup.podman.image_id(image) == v2_id, "the tag points at the previous image again"
+    assert manager.running["web.service"] == v2_id
+
+    # The rolled-back digest is not pulled again while the tag stays on it.
+    pulls = len(setup.podman.pulled)
+    result = setup.run(manager)
+    report = only(result)
+    assert report["updated"] == "false" and "rolled back" in str(report["reason"])
+    assert len(setup.podman.pulled) == pulls and result.ok
+
+    # The tag moves on: the new digest is taken; v1 (older than previous) and the
+    # rolled-back v3 are pruned, the previous v2 is kept for a rollback.
+    v3_id = setup.podman.image_id(f"{image.rsplit(':', 1)[0]}@{v3}")
+    v4 = setup.push(seed="v4")
+    report = only(setup.run(manager))
+    assert report["updated"] == "true" and report["digest"] == {"old": v2, "new": v4}
+    assert report["rolled_back_digests"] == [v3]
+    assert setup.podman.exists(v2_id)
+    assert not setup.podman.exists(v1_id)
+    assert not setup.podman.exists(v3_id)
+
+
+@pytest.mark.integration
+def test_unhealthy_after_start_rolls_back_or_fails_without_rollback(setup: Setup) -> None:
+    _, image, manager = setup.web_v1()
+    v1_id = manager.running["web.service"]
+    v2 = setup.push(seed="v2", behaviour="unhealthy")
+
+    report = only(setup.run(manager, watch=8.0))
+    assert report["updated"] == "rolled back", report
+    assert report["reason"] == "the container turned unhealthy"
+    assert setup.podman.image_id(image) == v1_id
+    # A 5 s watch ends before the container turns: that update is kept.
+    v3 = setup.push(seed="v3", behaviour="unhealthy")
+    report = only(setup.run(manager, watch=4.0, rollback=False))
+    assert report["updated"] == "true" and report["digest"]["new"] == v3  # type: ignore[index]
+    v4 = setup.push(seed="v4", behaviour="exit")
+    report = only(setup.run(manager, rollback=False))
+    assert report["updated"] == "failed" and report["digest"]["new"] == v4  # type: ignore[index]
+    assert report["rolled_back_digests"] == [v2], "v4 failed but was not rolled back"
+    assert manager.running["web.service"] == setup.podman.image_id(image) != v1_id
+
+
+@pytest.mark.integration
+def test_dry_run_and_update_window_leave_the_unit_pending(setup: Setup) -> None:
+    _, _, manager = setup.web_v1('Label="io.atoll.autoupdate.window=* 2-4 * * *"\n')
+    v2 = setup.push(seed="v2")
+
+    report = only(setup.run(manager, dry_run=True))
+    assert report["updated"] == "pending" and report["digest"]["new"] == v2  # type: ignore[index]
+    assert setup.podman.pulled == [] and not (setup.state_dir / STATE_FILE).exists()
+
+    report = only(setup.run(manager))
+    assert report["updated"] == "pending"
+    assert "outside the update window * 2-4 * * * (UTC)" in str(report["reason"])
+    assert "2026-01-06T02:00:00+00:00" in str(report["reason"])
+    assert setup.podman.pulled == [] and manager.restarted == []
+
+    report = only(setup.run(manager, ignore_windows=True))
+    assert report["updated"] == "true"
+
+
+@pytest.mark.integration
+def test_version_pin_takes_patches_and_reports_newer_minor(setup: Setup) -> None:
+    setup.push("1.2.0", seed="1.2.0")
+    setup.push("1.2", seed="1.2.0")
+    image = setup.image("1.2")
+    setup.podman.preload(image)
+    setup.unit("web", image)
+    manager = setup.manager({"web.service": image})
+    patch = setup.push("1.2.3", seed="1.2.3")
+    setup.push("1.3.0", seed="1.3.0")
+    setup.push("2.0", seed="2.0")
+
+    report = only(setup.run(manager))
+    assert report["updated"] == "true", report
+    assert report["checked_tag"] == "1.2.3"
+    assert report["digest"]["new"] == patch  # type: ignore[index]
+    assert report["newer_available"] == ["2.0", "1.3.0"]
+    pulled = f"{image.rsplit(':', 1)[0]}@{patch}"
+    assert setup.podman.pulled == [pulled]
+    assert setup.podman.image_id(image) == setup.podman.image_id(pulled)
+
+
+@pytest.mark.integration
+def test_multi_platform_index_compared_by_its_digest(setup: Setup) -> None:
+    _, image, manager = setup.web_v1()
+    layout = setup.tmp / "multi"
+    index_digest, images = build_multiarch(layout, "stable")
+    setup.registry.skopeo(
+        "copy",
+        "--all",
+        "--quiet",
+        *setup.registry.skopeo_args("dest"),
+        f"oci:{layout}:stable",
+        f"docker://{image}",
+    )
+    report = only(setup.run(manager))
+    assert report["updated"] == "true" and report["digest"]["new"] == index_digest  # type: ignore[index]
+    # podman pulled the host's image out of the index.
+    arch = setup.podman.podman("image", "inspect", "--format", "{{.Architecture}}", image)
+    assert arch in images
+    # A fresh state knows the running image by the index digest podman recorded.
+    (setup.state_dir / STATE_FILE).unlink()
+    report = only(setup.run(manager))
+    assert (report["updated"], report["reason"]) == ("false", "up to date")
+
+
+@pytest.mark.integration
+def test_local_policy_and_dependency_order(setup: Setup) -> None:
+    setup.push("db", seed="db1")
+    setup.push("web", seed="web1")
+    setup.push("cache", seed="cache1")
+    db, web, cache = setup.image("db"), setup.image("web"), setup.image("cache")
+    setup.podman.preload(db, web, cache)
+    setup.unit("db", db, policy="local")
+    setup.unit("web", web, "[Unit]\nAfter=db.service\nRequires=db.service\n")
+    setup.unit("cache", cache)
+    manager = setup.manager({"db.service": db, "web.service": web, "cache.service": cache})
+    # local: a new image under the same name in the local store.
+    setup.push("db2", seed="db2")
+    setup.podman.preload(setup.image("db2"))
+    setup.podman.tag(setup.image("db2"), db)
+    setup.push("web", seed="web2")
+    setup.push("cache", seed="cache2")
+
+    result = setup.run(manager)
+    assert [r.updated for r in result.reports] == [Updated.TRUE] * 3, result.to_json()
+    assert manager.restarted.index("db.service") < manager.restarted.index("web.service")
+    assert len(setup.podman.pulled) == 2, "web and cache pulled; local pulls nothing"
+
+    # A dependency that is rolled back holds back the units that need it.
+    setup.push("db3", behaviour="exit", seed="db3")
+    setup.podman.preload(setup.image("db3"))
+    setup.podman.tag(setup.image("db3"), db)
+    setup.push("web", seed="web3")
+    result = setup.run(manager)
+    by_unit = {r.unit: r for r in result.reports}
+    assert by_unit["db.container"].updated is Updated.ROLLED_BACK
+    assert by_unit["web.container"].updated is Updated.PENDING
+    assert "depends on db.container" in by_unit["web.container"].reason
+    assert by_unit["cache.container"].updated is Updated.FALSE
+    assert setup.podman.image_id(db) == manager.running["db.service"]
+
+
+def test_units_read_windows_images_and_dependencies(tmp_path: Path) -> None:
+    (tmp_path / "base.image").write_text("[Image]\nImage=reg.example/base:1\n")
+    (tmp_path / "a.container").write_text(
+        "[Unit]\nAfter=b.service network-online.target\n[Container]\nImage=base.image\n"
+        "AutoUpdate=registry\n"
+        'Label="io.atoll.autoupdate.window=30 3 * * sun"\n'
+        "Label=io.atoll.autoupdate.timezone=Europe/Berlin\n"
+    )
+    (tmp_path / "b.container").write_text("[Container]\nImage=x/y\nAutoUpdate=sometimes\n")
+    (tmp_path / "c.container").write_text("[Container]\nImage=reg.example/c:1\n")
+    (tmp_path / "d.container").write_text(
+        "[Container]\nImage=reg.example/d:1\nAutoUpdate=local\n"
+        "Label=io.atoll.autoupdate.window=61\n"
+    )
+    found = {w.unit: w for w in workloads_from(load_units([tmp_path]))}
+    assert sorted(found) == ["a.container", "b.container", "d.container"]
+    a = found["a.container"]
+    assert (a.image, a.after, a.problem) == ("reg.example/base:1", ("b.container",), None)
+    assert a.window.describe() == "30 3 * * sun (Europe/Berlin)"
+    assert found["b.container"].problem == "AutoUpdate=sometimes is not registry or local"
+    assert "io.atoll.autoupdate.window" in str(found["d.container"].problem)
+
+
+class StatusScript:
+    """A manager whose status answers come from a list (stands in for the service manager)."""
+
+    def __init__(self, answers: list[UnitStatus]) -> None:
+        self.answers = answers
+
+    def status(self, unit: str) -> UnitStatus:
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+    def restart(self, unit: str, timeout: float | None = None) -> UnitStatus:
+        raise AssertionError("not used")
+
+
+def _status(**changes: object) -> UnitStatus:
+    base = {
+        "unit": "w.container",
+        "name": "w",
+        "service": "w.service",
+        "state": UnitState.ACTIVE,
+        "result": "success",
+        "container": "systemd-w",
+        "container_id": "c1",
+        "image": "x",
+        "image_id": "i1",
+        "health": Health.STARTING,
+        "restarts": 0,
+        "since": "",
+        "main_pid": 1,
+    }
+    base.update(changes)
+    return UnitStatus(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("later", "why"),
+    [
+        ([_status(health=Health.HEALTHY)], None),
+        ([_status(health=Health.NONE)], None),
+        ([_status()], "not ready within the 10 s watch window (state active, health starting)"),
+        ([_status(health=Health.HEALTHY), _status(restarts=1)], "exited and was started again"),
+        ([_status(container_id="c2")], "exited and was started again"),
+        ([_status(state=UnitState.FAILED, result="exit-code")], "the unit is failed (exit-code)"),
+        ([_status(health=Health.HEALTHY), _status(health=Health.UNHEALTHY)], "turned unhealthy"),
+    ],
+)
+def test_watch_window_judges_the_restarted_unit(
+    tmp_path: Path, later: list[UnitStatus], why: str | None
+) -> None:
+    clock = FakeClock()
+    updater = AutoUpdater(
+        StatusScript(later),
+        state_dir=tmp_path,
+        monotonic=clock.monotonic,
+        sleep=clock.sleep,
+    )
+    verdict = updater.watch("w.service", _status(), 10.0)
+    assert verdict == why or (why is not None and verdict is not None and why in verdict)
+
+
+def test_malformed_state_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / STATE_FILE).write_text("{not json")
+    updater = AutoUpdater(StatusScript([_status()]), state_dir=tmp_path)
+    with pytest.raises(WorkloadUpdateStateError, match="malformed JSON"):
+        updater.run([])
+    (tmp_path / STATE_FILE).write_text('{"version": 9, "units": {}}')
+    with pytest.raises(WorkloadUpdateStateError, match="newer atoll"):
+        updater.run([])
+
+
+def test_registry_policy_needs_a_fully_qualified_name(tmp_path: Path) -> None:
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u/w.container").write_text("[Container]\nImage=busybox\nAutoUpdate=registry\n")
+    updater = AutoUpdater(StatusScript([_status()]), state_dir=tmp_path / "s")
+    result = updater.run(workloads_from(load_units([tmp_path / "u"])))
+    assert result.reports[0].updated is Updated.FAILED
+    assert "not fully qualified" in result.reports[0].reason
+    assert not result.ok
+
+
+# --- end to end: atoll workload run, real containers, the auto-update command ----------
+
+GOOD = ("sh", "-c", "touch /tmp/ok; exec /usr/bin/serve")
+EXITS_AT_ONCE = ("sh", "-c", "echo broken >&2; exit 1")
+UNHEALTHY_AFTER_5S = ("sh", "-c", "touch /tmp/ok; (sleep 5; rm /tmp/ok) & exec /usr/bin/serve")
+
+
+def _auto_update(env: WorkloadEnv, sup: SupervisorProcess, *args: str) -> tuple[int, Any]:
+    proc = run_atoll(
+        "workload", "auto-update", "--root", str(env.units), "--state-dir", str(sup.state_dir),
+        "--update-state-dir", str(env.root / "updates"), "--format", "json", *args,
+    )  # fmt: skip
+    assert proc.stdout, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_web_workload_updates_rolls_back_and_keeps_serving(workload_env: WorkloadEnv) -> None:
+    env = workload_env
+    repo = env.registry.new_repo("web")
+    host = env.registry.server.host
+
+    def release(version: str, cmd: tuple[str, ...] = GOOD) -> str:
+        """Push VERSION and move the stable tag to it; return its digest."""
+        push_workload_image(env.registry, repo, version, cmd=cmd, page=f"hello from {version}\n")
+        env.registry.skopeo(
+            "copy", "--quiet", *env.registry.skopeo_args("src"), *env.registry.skopeo_args("dest"),
+            f"docker://{host}/{repo}:{version}", f"docker://{host}/{repo}:stable",
+        )  # fmt: skip
+        return env.registry.skopeo(
+            "inspect", *env.registry.skopeo_args(), "--format", "{{.Digest}}",
+            f"docker://{host}/{repo}:{version}",
+        ).stdout.strip()  # fmt: skip
+
+    release("v1")
+    image = f"{host}/{repo}:stable"
+    port = free_port()
+    env.unit(
+        "web.container",
+        f"[Container]\nImage={image}\nAutoUpdate=registry\nPublishPort=127.0.0.1:{port}:8080\n"
+        "HealthCmd=test -e /tmp/ok\nHealthInterval=1s\nHealthRetries=2\n",
+    )
+    sup = env.start_supervisor()
+    wait_for(lambda: sup.status("web").health is Health.HEALTHY, "web to be healthy")
+    assert http_get(port) == "hello from v1\n"
+
+    # The tag moves v1 -> v2: updated, the new version serves.
+    v2 = release("v2")
+    code, doc = _auto_update(env, sup, "--watch", "5s")
+    assert code == 0, doc
+    (unit,) = doc["units"]
+    assert (unit["unit"], unit["container"], unit["policy"]) == (
+        "web.container",
+        "systemd-web",
+        "registry",
+    )
+    assert unit["updated"] == "true" and unit["digest"]["new"] == v2
+    assert http_get(port) == "hello from v2\n"
+
+    # v3 exits at once: rolled back, v2 keeps serving, the exit status says so.
+    v3 = release("v3", EXITS_AT_ONCE)
+    code, doc = _auto_update(env, sup, "--watch", "5s")
+    assert code == 56, doc
+    (unit,) = doc["units"]
+    assert unit["updated"] == "rolled back", unit["reason"]
+    assert doc["rolled_back"] == ["web.container"]
+    assert unit["digest"] == {"old": v2, "new": v3}
+    assert unit["rolled_back_digests"] == [v3]
+    assert "failed" in unit["reason"] or "exited" in unit["reason"], unit["reason"]
+    assert http_get(port) == "hello from v2\n"
+    assert sup.status("web").state is UnitState.ACTIVE
+
+    # The next run does not pull v3 again (it is gone from the store, and stays gone).
+    env.podman("rmi", f"{host}/{repo}@{v3}")
+    code, doc = _auto_update(env, sup, "--watch", "5s")
+    assert code == 0, doc
+    assert doc["units"][0]["updated"] == "false"
+    assert "rolled back" in doc["units"][0]["reason"]
+    proc = subprocess.run(
+        ["podman", "image", "exists", f"{host}/{repo}@{v3}"],
+        env={**os.environ, **env.podman_env},
+        check=False,
+    )
+    assert proc.returncode == 1, "v3 was pulled again"
+
+    # v4 starts, then turns unhealthy after 5 s: caught by a 15 s watch, rolled back.
+    v4 = release("v4", UNHEALTHY_AFTER_5S)
+    code, doc = _auto_update(env, sup, "--watch", "15s")
+    assert code == 56, doc
+    (unit,) = doc["units"]
+    assert (unit["updated"], unit["digest"]["new"]) == ("rolled back", v4)
+    assert unit["reason"] == "the container turned unhealthy"
+    assert http_get(port) == "hello from v2\n"
+    wait_for(lambda: sup.status("web").health is Health.HEALTHY, "v2 to be healthy again")
+    assert sup.stop() == 0

@@ -1,0 +1,189 @@
+"""UnitStatus, the managers behind the UnitManager protocol, and the ``atoll workload`` commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from atoll.errors import SupervisorNotRunningError, UnknownUnitError
+from atoll.workloads import SupervisorClient, SystemdManager, UnitManager
+from atoll.workloads.control import (
+    Health,
+    UnitState,
+    UnitStatus,
+    parse_systemctl_show,
+    status_from_systemd,
+)
+from atoll.workloads.controlserver import answer
+from atoll.workloads.supervisor import Supervisor
+from helpers.cli import run_atoll
+from helpers.workloads import WorkloadEnv, http_get, wait_for
+
+STATUS = UnitStatus(
+    unit="web.container",
+    name="web",
+    service="web.service",
+    state=UnitState.ACTIVE,
+    result="success",
+    container="systemd-web",
+    container_id="c0ffee",
+    image="registry.example/web:1",
+    image_id="abc123",
+    health=Health.HEALTHY,
+    restarts=2,
+    since="2026-01-01T00:00:00Z",
+    main_pid=1234,
+)
+
+
+def test_unit_status_round_trip() -> None:
+    data = STATUS.to_json()
+    assert json.loads(json.dumps(data)) == data
+    assert data["state"] == "active" and data["health"] == "healthy"
+    assert UnitStatus.from_json(data) == STATUS
+    # Fields a newer supervisor adds are ignored.
+    assert UnitStatus.from_json({**data, "future": 1}) == STATUS
+
+
+def test_managers_implement_the_protocol(tmp_path: Path) -> None:
+    assert isinstance(SupervisorClient(tmp_path), UnitManager)
+    assert isinstance(SystemdManager([tmp_path]), UnitManager)
+
+
+def test_the_package_imports_managers_and_auto_update_on_first_use() -> None:
+    code = (
+        "import sys, atoll.workloads as w\n"
+        "loaded = lambda m: f'atoll.workloads.{m}' in sys.modules\n"
+        "assert not any(map(loaded, ('control', 'supervisor', 'autoupdate', 'bound')))\n"
+        "assert w.AutoUpdater.__module__ == 'atoll.workloads.autoupdate'\n"
+        "assert loaded('control') and not loaded('supervisor')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_control_protocol_against_a_supervisor_without_units(tmp_path: Path) -> None:
+    state_dir = Path(tempfile.mkdtemp(prefix="atc-", dir="/tmp"))
+    try:
+        supervisor = Supervisor([tmp_path], state_dir=state_dir)
+        assert answer(supervisor, b"not json")["exit_code"] == 4
+        assert answer(supervisor, b'{"op": "fly"}')["error"] == "unknown op 'fly'"
+        assert answer(supervisor, b'{"op": "status"}') == {"ok": True, "units": []}
+        reply = answer(supervisor, b'{"op": "start", "unit": "web"}')
+        assert (reply["ok"], reply["exit_code"], reply["unit"]) == (False, 55, None)
+        supervisor.serve_control()
+        try:
+            client = SupervisorClient(state_dir)
+            assert client.is_running()
+            assert client.status() == []
+            with pytest.raises(UnknownUnitError, match="'web'"):
+                client.restart("web", timeout=5)
+        finally:
+            supervisor.close()
+        assert not (state_dir / "control.sock").exists()
+    finally:
+        shutil.rmtree(state_dir)
+
+
+def test_client_without_supervisor(tmp_path: Path) -> None:
+    client = SupervisorClient(tmp_path)
+    assert not client.is_running()
+    with pytest.raises(SupervisorNotRunningError, match=r"control\.sock"):
+        client.status("web")
+    result = run_atoll("workload", "list", "--manager", "supervisor", "--state-dir", str(tmp_path))
+    assert result.returncode == 52, result.stderr
+
+
+SHOW = """\
+Id=web.service
+ActiveState=active
+SubState=running
+Result=success
+NRestarts=3
+MainPID=4242
+ExecMainStatus=0
+StateChangeTimestamp=Sun 2026-11-22 03:25:29 UTC
+"""
+
+
+def _from_systemd(show: str) -> UnitStatus:
+    """web.container's status from *show* and a healthy container."""
+    return status_from_systemd(
+        parse_systemctl_show(show),
+        unit="web.container",
+        name="web",
+        service="web.service",
+        container="systemd-web",
+        image="registry.example/web:1",
+        kind="container",
+        inspect={"Id": "c0ffee", "Image": "abc123", "State": {"Health": {"Status": "healthy"}}},
+    )
+
+
+def test_status_from_systemctl_show() -> None:
+    """systemd is not PID 1 here: the parsing is tested on ``systemctl show`` output."""
+    status = _from_systemd(SHOW)
+    assert status.state is UnitState.ACTIVE
+    assert status.restarts == 3 and status.main_pid == 4242
+    assert status.since == "2026-11-22T03:25:29Z"
+    assert (status.container_id, status.image_id, status.health) == ("c0ffee", "abc123", "healthy")
+    failed = _from_systemd(
+        "ActiveState=failed\nResult=start-limit-hit\nMainPID=0\nExecMainStatus=3\n"
+    )
+    assert (failed.state, failed.result, failed.main_pid) == ("failed", "start-limit-hit", None)
+    assert failed.container_id is None and failed.health is Health.NONE
+    assert failed.exit_status == 3
+
+
+def test_systemd_manager_unknown_unit(tmp_path: Path) -> None:
+    (tmp_path / "web.container").write_text("[Container]\nImage=x\n")
+    with pytest.raises(UnknownUnitError):
+        SystemdManager([tmp_path]).status("db")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_workload_commands(workload_env: WorkloadEnv) -> None:
+    _, port = workload_env.web_unit("cli", "Restart=always\n", page="cli\n")
+    sup = workload_env.start_supervisor()
+    state = ["--state-dir", str(sup.state_dir)]
+    wait_for(lambda: sup.status("web").state == "active", "web to be active")
+
+    listed = run_atoll("workload", "list", *state, "--json")
+    assert listed.returncode == 0, listed.stderr
+    (unit,) = json.loads(listed.stdout)["units"]
+    assert (unit["unit"], unit["state"], unit["container"]) == (
+        "web.container",
+        "active",
+        "systemd-web",
+    )
+
+    first_id = unit["container_id"]
+    restarted = run_atoll("workload", "restart", "web", *state, "--json")
+    assert restarted.returncode == 0, restarted.stderr
+    after = json.loads(restarted.stdout)["unit"]
+    assert after["state"] == "active" and after["container_id"] != first_id
+    assert after["restarts"] == 0  # a restart by hand is not an automatic restart
+    assert http_get(port) == "cli\n"
+
+    client_view = SupervisorClient(sup.state_dir).restart("web.service", timeout=60)
+    assert client_view.state is UnitState.ACTIVE
+
+    status = run_atoll("workload", "status", "web.service", *state)
+    assert status.returncode == 0 and "active (success)" in status.stdout
+
+    logs = run_atoll("workload", "logs", "web", "-n", "5", *state)
+    assert logs.returncode == 0, logs.stderr
+    assert "serving /www on port 8080" in logs.stdout
+
+    stopped = run_atoll("workload", "stop", "web", *state, "--json")
+    assert json.loads(stopped.stdout)["unit"]["state"] == "inactive"
+    unknown = run_atoll("workload", "start", "nope", *state)
+    assert unknown.returncode == 55 and "nope" in unknown.stderr
+    assert sup.stop(signal.SIGTERM) == 0

@@ -1,0 +1,83 @@
+"""Health check schedule and state, as atoll keeps them without systemd timers."""
+
+from __future__ import annotations
+
+import pytest
+
+from atoll.errors import QuadletUnitError
+from atoll.workloads.control import Health
+from atoll.workloads.healthcheck import HealthSpec, HealthTracker, OnFailure
+from atoll.workloads.quadlet import ContainerOptions
+
+
+def test_spec_from_options_with_defaults() -> None:
+    assert HealthSpec.from_options(ContainerOptions(image="x"), "a.container") is None
+    spec = HealthSpec.from_options(ContainerOptions(image="x", health_cmd="true"), "a.container")
+    assert spec == HealthSpec(interval=30, retries=3, start_period=0, timeout=30)
+
+
+def test_spec_from_options() -> None:
+    options = ContainerOptions(
+        image="x",
+        health_cmd="curl -f localhost",
+        health_interval="2s",
+        health_retries="4",
+        health_start_period="1m",
+        health_timeout="500ms",
+        health_on_failure="Restart",
+    )
+    spec = HealthSpec.from_options(options, "a.container")
+    assert spec == HealthSpec(
+        interval=2, retries=4, start_period=60, timeout=0.5, on_failure=OnFailure.RESTART
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("health_retries", "0", "HealthRetries=0"),
+        ("health_on_failure", "explode", "HealthOnFailure=explode"),
+        ("health_interval", "often", "HealthInterval=often"),
+    ],
+)
+def test_bad_spec_names_the_key(field: str, value: str, message: str) -> None:
+    options = ContainerOptions(image="x", health_cmd="true", **{field: value})
+    with pytest.raises(QuadletUnitError, match=message):
+        HealthSpec.from_options(options, "a.container")
+
+
+def test_retries_in_a_row_make_it_unhealthy_and_a_pass_heals() -> None:
+    tracker = HealthTracker(HealthSpec(interval=1, retries=3), started_at=0)
+    assert tracker.status is Health.STARTING
+    assert tracker.record(True, 1) is Health.HEALTHY
+    assert tracker.record(False, 2) is Health.HEALTHY
+    assert tracker.record(False, 3) is Health.HEALTHY
+    assert tracker.record(True, 4) is Health.HEALTHY  # the streak is broken
+    assert [tracker.record(False, t) for t in (5, 6, 7)] == [
+        Health.HEALTHY,
+        Health.HEALTHY,
+        Health.UNHEALTHY,
+    ]
+    assert tracker.record(True, 8) is Health.HEALTHY
+
+
+def test_failures_in_the_start_period_do_not_count() -> None:
+    tracker = HealthTracker(HealthSpec(interval=1, retries=1, start_period=10), started_at=0)
+    for t in range(1, 10):
+        assert tracker.record(False, t) is Health.STARTING
+    assert tracker.record(False, 11) is Health.UNHEALTHY
+
+
+def test_a_pass_ends_the_start_period() -> None:
+    tracker = HealthTracker(HealthSpec(interval=1, retries=1, start_period=10), started_at=0)
+    assert tracker.record(True, 1) is Health.HEALTHY
+    assert tracker.record(False, 2) is Health.UNHEALTHY
+
+
+def test_schedule() -> None:
+    tracker = HealthTracker(HealthSpec(interval=5), started_at=100)
+    assert not tracker.due(100.5)
+    assert tracker.due(101)  # the first check comes early, to find readiness soon
+    tracker.record(True, 101)
+    assert not tracker.due(105.9)
+    assert tracker.due(106)

@@ -1,0 +1,96 @@
+"""From Quadlet units to the commands the supervisor runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from atoll.workloads.generate import generate_services
+from atoll.workloads.quadlet import load_units
+from atoll.workloads.runtime import (
+    UNIT_LABEL,
+    NotifyMode,
+    UnitPlan,
+    expand_specifiers,
+    logs_argv,
+    plan_unit,
+)
+
+
+def _plans(tmp_path: Path, files: dict[str, str]) -> dict[str, UnitPlan]:
+    units_dir = tmp_path / "units"
+    units_dir.mkdir()
+    for name, text in files.items():
+        (units_dir / name).write_text(text)
+    loaded = load_units([units_dir])
+    services = {s.name: s for s in generate_services(loaded)}
+    run_dir = tmp_path / "state" / "run"
+    return {u.name: plan_unit(u, services[u.service_name], run_dir) for u in loaded.units}
+
+
+def test_expand_specifiers(tmp_path: Path) -> None:
+    assert expand_specifiers("%t/%N.cid", "web.service", tmp_path) == f"{tmp_path}/web.cid"
+    assert expand_specifiers("PODMAN_SYSTEMD_UNIT=%n", "web.service", tmp_path).endswith(
+        "=web.service"
+    )
+    assert expand_specifiers("100%% %Q", "web.service", tmp_path) == "100% %Q"
+
+
+def test_container_run_line(tmp_path: Path) -> None:
+    plans = _plans(
+        tmp_path,
+        {
+            "web.container": "[Container]\nImage=example.org/web:1\nPublishPort=8080:80\n"
+            "HealthCmd=true\nHealthOnFailure=kill\nNotify=healthy\n"
+            "[Service]\nRestart=always\nRestartSec=2\n",
+        },
+    )
+    plan = plans["web.container"]
+    argv = plan.start[0].argv
+    assert argv[:4] == ("/usr/bin/podman", "run", "--label", f"{UNIT_LABEL}=web.container")
+    assert "--cgroups=split" not in argv
+    assert "--health-on-failure" not in argv
+    assert "--sdnotify=conmon" in argv
+    assert "--sdnotify=healthy" not in argv
+    assert f"--cidfile={tmp_path}/state/run/web.cid" in argv
+    assert argv[-1] == "example.org/web:1"
+    assert plan.container == "systemd-web"
+    assert plan.notify is NotifyMode.HEALTHY
+    assert plan.health is not None and plan.health.on_failure == "kill"
+    assert plan.settings.restart == "always" and plan.settings.restart_sec == 2
+    assert plan.env["PODMAN_SYSTEMD_UNIT"] == "web.service"
+    stop = plan.stop[0].argv
+    assert stop[:5] == ("/usr/bin/podman", "rm", "-v", "-f", "-i")
+    assert plan.stop_post[0].ignore_failure
+
+
+def test_dependencies_and_oneshots(tmp_path: Path) -> None:
+    plans = _plans(
+        tmp_path,
+        {
+            "app.pod": "[Pod]\n",
+            "data.volume": "[Volume]\n",
+            "db.container": "[Unit]\nRequires=cache.service\nAfter=cache.service\n"
+            "[Container]\nImage=db\nPod=app.pod\nVolume=data.volume:/data\nNotify=true\n",
+        },
+    )
+    db = plans["db.container"]
+    assert {"app-pod.service", "data-volume.service", "cache.service"} <= set(db.requires)
+    assert {"app-pod.service", "data-volume.service", "cache.service"} <= set(db.after)
+    assert db.notify is NotifyMode.CONTAINER
+    pod = plans["app.pod"]
+    assert pod.service_type == "forking"
+    assert "db.service" in pod.wants and "db.service" in pod.before
+    assert pod.start_pre[0].argv[1:3] == ("pod", "create")
+    volume = plans["data.volume"]
+    assert volume.service_type == "oneshot"
+    assert volume.start[0].argv[-1] == "systemd-data"
+    # podman 4.3 has no --ignore: an existing volume counts as success instead.
+    assert "--ignore" not in volume.start[0].argv
+    assert volume.start[0].succeeded(125, b"Error: volume with name systemd-data already exists")
+    assert not volume.start[0].succeeded(125, b"Error: no space left on device")
+
+
+def test_logs_argv() -> None:
+    assert logs_argv("c") == ["podman", "logs", "c"]
+    argv = logs_argv("c", follow=True, lines=5)
+    assert argv == ["podman", "logs", "--follow", "--tail", "5", "c"]
