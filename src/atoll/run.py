@@ -45,13 +45,17 @@ def base_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def find_tool(name: str, package: str | None = None) -> str:
+def find_tool(
+    name: str, package: str | None = None, *, why: str = "", hint: str | None = None
+) -> str:
+    """The path of the program *name*, else ToolMissingError (saying *why* it is
+    needed, when given, and how to install it: *hint*, or apt-get *package*)."""
     path = shutil.which(name, path=base_environment()["PATH"])
     if path is None:
         raise ToolMissingError(
-            f"{name} is not installed",
+            f"{name} is not installed" + (f"; {why}" if why else ""),
             argv=[name],
-            hint=f"install it with: apt-get install {package or name}",
+            hint=hint or f"install it with: apt-get install {package or name}",
         )
     return path
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import urllib.request
 
 import pytest
 
@@ -23,3 +25,17 @@ def require_tool(name: str, package: str | None = None) -> str:
         missing(f"{name} is not installed (apt-get install {package or name})")
         raise AssertionError("unreachable")
     return path
+
+
+def download(url: str, sha256: str) -> bytes:
+    """The bytes at *url*, which must hash to *sha256*; a download that fails is a
+    missing part, a wrong hash a failure."""
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            data: bytes = response.read()
+    except OSError as exc:
+        missing(f"cannot download {url}: {exc}")
+        raise AssertionError("unreachable") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        pytest.fail(f"{url} does not have the expected sha256")
+    return data

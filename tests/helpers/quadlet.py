@@ -7,17 +7,15 @@ CACHE/                          $ATOLL_TEST_CACHE, else /var/cache/atoll-tests
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers.parts import missing
+from helpers.parts import download, missing
 
 VERSION = "5.4.2+ds1-2+b2"
 URL = f"http://deb.debian.org/debian/pool/main/p/podman/podman_{VERSION}_amd64.deb"
@@ -36,13 +34,7 @@ def podman_quadlet() -> Path:
         return binary
     if shutil.which("dpkg-deb") is None:
         missing("dpkg-deb is needed to unpack podman's .deb")
-    try:
-        with urllib.request.urlopen(URL, timeout=120) as response:
-            data = response.read()
-    except OSError as exc:
-        missing(f"cannot download {URL}: {exc}")
-    if hashlib.sha256(data).hexdigest() != SHA256:
-        pytest.fail(f"{URL} does not have the expected sha256")
+    data = download(URL, SHA256)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         deb = Path(tmp) / "podman.deb"

@@ -1,0 +1,226 @@
+"""An image's file tree as its layers stack up, read without unpacking anything.
+
+Each layer streams through :class:`atoll.store.tarstream.LayerFeed` (digest and
+diff_id checked) and :class:`~atoll.store.tarstream.TarReader`; what is kept is
+one small record per path (type, mode, owner, size, link target) and the
+content of the few files the caller asks for.  Whiteouts apply as on an
+overlay file system: ``DIR/.wh.NAME`` removes NAME from lower layers,
+``DIR/.wh..wh..opq`` empties DIR of lower layers' entries; neither touches
+entries of its own layer.  Paths are relative, without a leading ``/``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+
+from atoll.oci.context import SystemContext
+from atoll.oci.digest import Digest
+from atoll.oci.inspect import read_config, select_manifest
+from atoll.oci.manifest import ImageConfig, layer_compression, parse_config
+from atoll.oci.transports import ImageName, open_source
+from atoll.progress import NullProgress, ProgressSink
+from atoll.store.tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, ByteReader, LayerFeed
+from atoll.store.tarstream import TarReader as _TarReader
+
+#: Largest file whose content is kept when asked for.
+MAX_CONTENT = 1 << 20
+_WHITEOUT = ".wh."
+_OPAQUE = ".wh..wh..opq"
+_MAX_LINKS = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    linkname: str
+    #: Index of the layer that wrote it (0 = bottom).
+    layer: int
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == DIRECTORY
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind == REGULAR
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.kind == SYMLINK
+
+
+@dataclass
+class ImageTree:
+    """The merged tree of an image, and the contents read on request."""
+
+    name: str
+    digest: Digest
+    config: ImageConfig
+    entries: dict[str, Node] = field(default_factory=dict)
+    contents: dict[str, bytes] = field(default_factory=dict)
+
+    def resolve(self, path: str) -> str | None:
+        """*path* with symlinks in it followed inside the image (absolute targets
+        are the image's root); None when it leads nowhere."""
+        parts = [p for p in path.strip("/").split("/") if p]
+        done: list[str] = []
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == ".":
+                continue
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            current = "/".join([*done, part])
+            node = self.entries.get(current)
+            if node is None:
+                return None
+            if node.is_symlink:
+                hops += 1
+                if hops > _MAX_LINKS:
+                    return None
+                target = node.linkname
+                if target.startswith("/"):
+                    done = []
+                parts = [p for p in target.split("/") if p] + parts
+                continue
+            done.append(part)
+        return "/".join(done)
+
+    def node(self, path: str) -> Node | None:
+        """The node at *path*, symlinks followed."""
+        resolved = self.resolve(path)
+        return self.entries.get(resolved) if resolved is not None else None
+
+    def read(self, path: str) -> bytes | None:
+        """The content of *path* (symlinks followed), if it was asked for and is a file."""
+        resolved = self.resolve(path)
+        return self.contents.get(resolved) if resolved is not None else None
+
+    def under(self, prefix: str) -> Iterator[tuple[str, Node]]:
+        """Entries strictly below the directory *prefix*, in path order."""
+        start = prefix.strip("/") + "/"
+        for path in sorted(self.entries):
+            if path.startswith(start):
+                yield path, self.entries[path]
+
+    def children(self, prefix: str) -> list[str]:
+        """Names directly in the directory *prefix*."""
+        start = prefix.strip("/") + "/"
+        return sorted(
+            {p[len(start) :].split("/", 1)[0] for p in self.entries if p.startswith(start)}
+        )
+
+
+def _normalize(path: str) -> str:
+    path = path.lstrip("/")
+    while path.startswith("./"):
+        path = path[2:]
+    path = posixpath.normpath(path) if path else ""
+    return "" if path == "." else path
+
+
+def _apply_layer(
+    tree: ImageTree,
+    layer: dict[str, Node],
+    contents: dict[str, bytes],
+    removed: set[str],
+    opaque: set[str],
+) -> None:
+    if removed or opaque:
+
+        def hidden(path: str) -> bool:
+            parts = path.split("/")
+            for i in range(1, len(parts) + 1):
+                here = "/".join(parts[:i])
+                if here in removed:
+                    return True
+                if i < len(parts) and here in opaque:
+                    return True
+            return "" in opaque
+
+        for path in [p for p in tree.entries if hidden(p)]:
+            del tree.entries[path]
+            tree.contents.pop(path, None)
+    for path, node in layer.items():
+        tree.entries[path] = node
+        tree.contents.pop(path, None)
+    tree.contents.update(contents)
+
+
+def read_image_tree(
+    name: ImageName,
+    ctx: SystemContext,
+    *,
+    want: Collection[str] = (),
+    progress: ProgressSink | None = None,
+) -> ImageTree:
+    """Read every layer of *name* (the platform's image of an index) into an
+    :class:`ImageTree`, keeping the contents of the files whose paths are in *want*."""
+    progress = progress or NullProgress()
+    wanted = {_normalize(w) for w in want}
+    with open_source(name, ctx) as source:
+        _, manifest = select_manifest(source, ctx.platform)
+        config = parse_config(read_config(source, manifest), where=source.description)
+        tree = ImageTree(str(name), manifest.digest, config)
+        where = source.description
+        progress.begin("read", f"Reading {name}", str(name), len(manifest.layers))
+        ok = False
+        try:
+            for index, (desc, diff_id) in enumerate(
+                zip(manifest.layers, config.diff_ids, strict=False)
+            ):
+                ident = str(desc.digest)
+                progress.subtask(ident, "layer", f"layer {desc.digest.short}", desc.size)
+                feed = LayerFeed(
+                    source, desc, layer_compression(desc.media_type), diff_id, where, progress
+                )
+                try:
+                    _read_layer(tree, feed, index, wanted, f"{where}: layer {desc.digest}")
+                finally:
+                    feed.close()
+                progress.done(ident)
+            ok = True
+        finally:
+            progress.end(ok)
+    return tree
+
+
+def _read_layer(tree: ImageTree, feed: LayerFeed, index: int, wanted: set[str], where: str) -> None:
+    reader = _TarReader(ByteReader(iter(feed)), where)
+    layer: dict[str, Node] = {}
+    contents: dict[str, bytes] = {}
+    removed: set[str] = set()
+    opaque: set[str] = set()
+    for entry in reader.entries():
+        path = _normalize(entry.path)
+        if not path:
+            continue
+        parent, _, base = path.rpartition("/")
+        if base == _OPAQUE:
+            opaque.add(parent)
+            continue
+        if base.startswith(_WHITEOUT):
+            removed.add(posixpath.join(parent, base[len(_WHITEOUT) :]))
+            continue
+        kind, size, link = entry.kind, entry.size, entry.linkname
+        if kind == HARDLINK:
+            # A hard link is another name of a file met before, in this layer or below.
+            source = _normalize(link)
+            target = layer.get(source) or tree.entries.get(source)
+            kind, size, link = REGULAR, target.size if target else 0, ""
+            data = contents.get(source, tree.contents.get(source))
+            if path in wanted and data is not None:
+                contents[path] = data
+        layer[path] = Node(kind, entry.mode, entry.uid, entry.gid, size, link, index)
+        if path in wanted and entry.kind == REGULAR and entry.size <= MAX_CONTENT:
+            contents[path] = reader.content()
+    _apply_layer(tree, layer, contents, removed, opaque)

@@ -1,0 +1,362 @@
+"""``atoll lint``: is an image bootable, and will it update well?
+
+Each check has a name and a level: a *fatal* finding means a device cannot boot
+or update the image as it is; a *warning* means it will, but something will not
+work the way its author probably expects.  The checks are declared once, in
+:data:`CHECKS`, which drives the report, the JSON and the documentation.
+
+The JSON document (``atoll lint --json``), version :data:`REPORT_VERSION`::
+
+    {"version": 1, "image": "docker://…", "digest": "sha256:…", "family": "debian",
+     "ok": true, "fatal": 0, "warnings": 2,
+     "checks": [{"name": "kernel", "level": "fatal", "passed": true}, …],
+     "findings": [{"check": "var-content", "level": "warning",
+                   "message": "…", "paths": ["/var/lib/dpkg", …]}]}
+
+``ok`` is false when there is a fatal finding, or a warning and the lint was
+run with ``fatal_warnings``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from atoll.build.containerfile import HOOK_PATHS, Family, family_of, parse_os_release
+from atoll.build.imagetree import ImageTree, read_image_tree
+from atoll.errors import BaseImageError
+from atoll.oci.context import SystemContext
+from atoll.oci.transports import ImageName
+from atoll.progress import ProgressSink
+from atoll.units import UNIT_DIR, UNITS, UPDATE_SERVICE
+
+REPORT_VERSION = 1
+#: Paths shown per finding at most (the count says how many there are).
+MAX_PATHS = 20
+#: /var entries every image may have: symlinks the OS expects, and scratch space.
+_VAR_ALLOWED = frozenset({"var/run", "var/lock", "var/tmp"})
+
+
+class Level(StrEnum):
+    FATAL = "fatal"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: Level
+    description: str
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("kernel", Level.FATAL, "a kernel at /usr/lib/modules/KVER/vmlinuz"),
+    Check("initramfs", Level.FATAL, "an initramfs at /usr/lib/modules/KVER/initramfs.img"),
+    Check("os-release", Level.FATAL, "/etc/os-release (or /usr/lib/os-release) with an ID"),
+    Check(
+        "early-boot",
+        Level.FATAL,
+        "atoll's initramfs hook: /" + HOOK_PATHS[Family.DEBIAN] + " (Debian family) or /"
+        f"{HOOK_PATHS[Family.FEDORA]} (Fedora family)",
+    ),
+    Check(
+        "atoll-units",
+        Level.FATAL,
+        "atoll's units (" + ", ".join(UNITS) + "), /usr/bin/atoll and /usr/bin/python3",
+    ),
+    Check("atoll-units-enabled", Level.WARNING, "atoll's units are enabled"),
+    Check("usr-etc", Level.FATAL, "nothing in /usr/etc (configuration belongs in /etc)"),
+    Check(
+        "var-content",
+        Level.WARNING,
+        "no files in /var: a device takes /var from the image once, at install; "
+        "updates never change it",
+    ),
+    Check("etc-passwd", Level.FATAL, "/etc/passwd and /etc/group exist and name root"),
+    Check(
+        "file-owners",
+        Level.WARNING,
+        "every file's owner and group are in /etc/passwd and /etc/group",
+    ),
+    Check("boot-content", Level.WARNING, "nothing in /boot (kernels go to /usr/lib/modules)"),
+    Check("bootable-label", Level.WARNING, "the label containers.bootc=1"),
+)
+_BY_NAME: Mapping[str, Check] = {c.name: c for c in CHECKS}
+#: Files whose contents the checks read.
+WANTED = (
+    "etc/os-release",
+    "usr/lib/os-release",
+    "etc/passwd",
+    "etc/group",
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    level: Level
+    message: str
+    paths: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "level": self.level.value,
+            "message": self.message,
+            "paths": list(self.paths),
+        }
+
+
+@dataclass(frozen=True)
+class LintReport:
+    image: str
+    digest: str
+    family: Family | None
+    findings: tuple[Finding, ...]
+    fatal_warnings: bool = False
+
+    @property
+    def fatal(self) -> int:
+        return sum(1 for f in self.findings if f.level is Level.FATAL)
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for f in self.findings if f.level is Level.WARNING)
+
+    @property
+    def ok(self) -> bool:
+        return self.fatal == 0 and not (self.fatal_warnings and self.warnings)
+
+    def failed_checks(self) -> list[str]:
+        return list(dict.fromkeys(f.check for f in self.findings))
+
+    def to_json(self) -> dict[str, Any]:
+        failed = set(self.failed_checks())
+        return {
+            "version": REPORT_VERSION,
+            "image": self.image,
+            "digest": self.digest,
+            "family": self.family.value if self.family else None,
+            "ok": self.ok,
+            "fatal": self.fatal,
+            "warnings": self.warnings,
+            "checks": [
+                {"name": c.name, "level": c.level.value, "passed": c.name not in failed}
+                for c in CHECKS
+            ],
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+    def to_text(self) -> str:
+        lines = []
+        for f in self.findings:
+            lines.append(f"{f.level.value}: {f.check}: {f.message}")
+            lines.extend(f"  {p}" for p in f.paths)
+        verdict = "passed" if self.ok else "FAILED"
+        lines.append(
+            f"{self.image}: lint {verdict}: {self.fatal} fatal, {self.warnings} warning(s), "
+            f"{len(CHECKS) - len(self.failed_checks())} of {len(CHECKS)} checks clean"
+        )
+        return "\n".join(lines)
+
+
+class _Linter:
+    def __init__(self, tree: ImageTree) -> None:
+        self.tree = tree
+        self.findings: list[Finding] = []
+        self.family: Family | None = None
+
+    def add(self, check: str, message: str, paths: list[str] | tuple[str, ...] = ()) -> None:
+        shown = tuple(paths[:MAX_PATHS])
+        if len(paths) > MAX_PATHS:
+            message += f" ({len(paths) - MAX_PATHS} more not shown)"
+        self.findings.append(Finding(check, _BY_NAME[check].level, message, shown))
+
+    def run(self) -> None:
+        self.kernel()
+        self.os_release()
+        self.early_boot()
+        self.units()
+        self.usr_etc()
+        self.var_content()
+        self.owners()
+        self.boot_content()
+        if not self.tree.config.bootable:
+            self.add(
+                "bootable-label",
+                "the image has no label containers.bootc=1 (atoll build sets it)",
+            )
+
+    def kernel(self) -> None:
+        t = self.tree
+        kernels = [
+            kver
+            for kver in t.children("usr/lib/modules")
+            if (node := t.node(f"usr/lib/modules/{kver}/vmlinuz")) is not None and node.is_file
+        ]
+        if not kernels:
+            self.add("kernel", "no kernel: /usr/lib/modules/KVER/vmlinuz is missing")
+            return
+        for kver in kernels:
+            node = t.node(f"usr/lib/modules/{kver}/initramfs.img")
+            if node is None or not node.is_file:
+                self.add(
+                    "initramfs",
+                    f"kernel {kver} has no initramfs at /usr/lib/modules/{kver}/initramfs.img",
+                )
+
+    def os_release(self) -> None:
+        t = self.tree
+        raw = t.read("etc/os-release") or t.read("usr/lib/os-release")
+        if raw is None:
+            self.add("os-release", "no /etc/os-release or /usr/lib/os-release")
+            return
+        fields = parse_os_release(raw.decode(errors="replace"))
+        if not fields.get("ID"):
+            self.add("os-release", "os-release has no ID=")
+            return
+        try:
+            self.family = family_of(fields, t.name)
+        except BaseImageError:
+            self.family = None
+
+    def early_boot(self) -> None:
+        families = [self.family] if self.family is not None else list(Family)
+        hooks = [HOOK_PATHS[f] for f in families]
+        if not any((n := self.tree.node(h)) is not None and n.is_file for h in hooks):
+            which = " or ".join(f"/{h}" for h in hooks)
+            self.add(
+                "early-boot",
+                f"atoll's initramfs hook is missing ({which}): a device cannot make the "
+                "deployment its root at boot",
+                [f"/{h}" for h in hooks],
+            )
+
+    def units(self) -> None:
+        t = self.tree
+        missing = [
+            f"/{UNIT_DIR}/{unit}"
+            for unit in UNITS
+            if t.node(f"{UNIT_DIR}/{unit}") is None and t.node(f"etc/systemd/system/{unit}") is None
+        ]
+        for program in ("usr/bin/atoll", "usr/bin/python3"):
+            if t.node(program) is None:
+                missing.append(f"/{program}")
+        if missing:
+            self.add(
+                "atoll-units",
+                "atoll's units or the programs they run are missing: no health checks, "
+                "finalization or automatic updates",
+                missing,
+            )
+        enabled = {
+            path.rsplit("/", 1)[1]
+            for path, _ in t.under("etc/systemd/system")
+            if path.count("/") == 4 and path.split("/")[3].endswith((".wants", ".requires"))
+        }
+        enabled |= {
+            path.rsplit("/", 1)[1]
+            for path, _ in t.under("usr/lib/systemd/system")
+            if path.count("/") == 5 and path.split("/")[4].endswith((".wants", ".requires"))
+        }
+        # The update service runs from its timer: it is not enabled itself.
+        not_enabled = [u for u in UNITS if u not in enabled and u != UPDATE_SERVICE]
+        if not_enabled and not missing:
+            self.add(
+                "atoll-units-enabled", "atoll's units are present but not enabled", not_enabled
+            )
+
+    def usr_etc(self) -> None:
+        found = [f"/{p}" for p, n in self.tree.under("usr/etc") if not n.is_dir]
+        if found or "usr/etc" in self.tree.entries:
+            self.add(
+                "usr-etc",
+                "/usr/etc exists: it is where a device keeps the image's /etc defaults; "
+                "put configuration in /etc",
+                found or ["/usr/etc"],
+            )
+
+    def var_content(self) -> None:
+        counts: Counter[str] = Counter()
+        for path, node in self.tree.under("var"):
+            if node.is_dir or path in _VAR_ALLOWED or path.startswith("var/tmp/"):
+                continue
+            # Counted by directory, at most three levels deep: /var/lib/dpkg, /var/log.
+            parent = path.rsplit("/", 1)[0]
+            counts["/" + "/".join(parent.split("/")[:3])] += 1
+        if counts:
+            total = sum(counts.values())
+            self.add(
+                "var-content",
+                f"{total} file(s) in /var: a device copies the image's /var only when it is "
+                "installed, so updates to these never reach it (create them at boot with "
+                "systemd-tmpfiles, or move them under /usr)",
+                [f"{where} ({n})" for where, n in sorted(counts.items())],
+            )
+
+    def owners(self) -> None:
+        t = self.tree
+        passwd, group = t.read("etc/passwd"), t.read("etc/group")
+        if passwd is None or group is None:
+            absent = [f"/etc/{n}" for n, d in (("passwd", passwd), ("group", group)) if d is None]
+            self.add("etc-passwd", "no " + " or ".join(absent), absent)
+            return
+        uids = _ids(passwd, 2)
+        gids = _ids(group, 2)
+        if 0 not in uids or 0 not in gids:
+            self.add("etc-passwd", "/etc/passwd or /etc/group has no entry for root (id 0)")
+        strays = [
+            f"/{path} ({node.uid}:{node.gid})"
+            for path, node in sorted(t.entries.items())
+            if node.uid not in uids or node.gid not in gids
+        ]
+        if strays:
+            self.add(
+                "file-owners",
+                f"{len(strays)} file(s) belong to a user or group that /etc/passwd or "
+                "/etc/group does not name",
+                strays,
+            )
+
+    def boot_content(self) -> None:
+        found = [f"/{p}" for p, n in self.tree.under("boot") if not n.is_dir]
+        if found:
+            self.add(
+                "boot-content",
+                "/boot has files: atoll takes kernels from /usr/lib/modules and does not "
+                "update /boot from the image",
+                found,
+            )
+
+
+def _ids(data: bytes, field_index: int) -> set[int]:
+    out = set()
+    for line in data.decode(errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) > field_index and fields[field_index].isdigit():
+            out.add(int(fields[field_index]))
+    return out
+
+
+def lint_tree(tree: ImageTree, *, fatal_warnings: bool = False) -> LintReport:
+    """Run every check on an image already read."""
+    linter = _Linter(tree)
+    linter.run()
+    return LintReport(
+        tree.name, str(tree.digest), linter.family, tuple(linter.findings), fatal_warnings
+    )
+
+
+def lint_image(
+    name: ImageName,
+    ctx: SystemContext,
+    *,
+    fatal_warnings: bool = False,
+    progress: ProgressSink | None = None,
+) -> LintReport:
+    """Read *name* (every layer, streamed) and run every check on it."""
+    tree = read_image_tree(name, ctx, want=WANTED, progress=progress)
+    return lint_tree(tree, fatal_warnings=fatal_warnings)

@@ -1,0 +1,145 @@
+"""The bootable-image lint, on images written without atoll's code (helpers.osimage).
+
+The integration tests of built images (v1 and v2 from blueprints, and a broken
+one) are in test_podman_build.py, beside the builds they need.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from atoll.build.containerfile import HOOK_PATHS, Family
+from atoll.build.imagetree import read_image_tree
+from atoll.build.lint import CHECKS, Level, LintReport, lint_image
+from atoll.oci.context import SystemContext
+from atoll.oci.transports import ImageName
+from atoll.units import install_units
+from helpers.cli import run_atoll
+from helpers.osimage import FileSpec, Spec, build_os_image, tree_spec
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
+GROUP = "root:x:0:\napp:x:1000:\n"
+
+
+def _bootable(tmp_path: Path) -> Spec:
+    """What base_files lacks to be a bootable atoll image."""
+    staging = tmp_path / "units"
+    install_units(staging)
+    spec: Spec = dict(tree_spec(staging))
+    spec.update(
+        {
+            "usr/lib/os-release": 'ID=debian\nVERSION_ID="12"\n',
+            "etc/passwd": PASSWD,
+            "etc/group": GROUP,
+            "usr/bin/atoll": FileSpec(b"#!/usr/bin/python3\n", 0o755),
+            "usr/bin/python3": FileSpec(b"\x7fELF", 0o755),
+            HOOK_PATHS[Family.DEBIAN]: FileSpec(b"#!/bin/sh\n", 0o755),
+        }
+    )
+    return spec
+
+
+def _image(tmp_path: Path, ref: str, extra: Spec | None = None, *, kernel: bool = True) -> str:
+    layout = tmp_path / "layout"
+    add = _bootable(tmp_path)
+    add.update(extra or {})
+    build_os_image(layout, ref, version="1", add=add, kernel=kernel)
+    return f"oci:{layout}:{ref}"
+
+
+def _lint(name: str, *, fatal_warnings: bool = False) -> LintReport:
+    return lint_image(ImageName.parse(name), SystemContext(), fatal_warnings=fatal_warnings)
+
+
+def test_a_bootable_image_passes_with_a_var_warning(tmp_path: Path) -> None:
+    report = _lint(_image(tmp_path, "good"))
+    assert report.fatal == 0 and report.ok
+    assert report.family is Family.DEBIAN
+    (finding,) = report.findings
+    assert finding.check == "var-content" and finding.level is Level.WARNING
+    assert finding.paths == ("/var/lib/app (1)",)
+    strict = _lint(_image(tmp_path, "good"), fatal_warnings=True)
+    assert not strict.ok
+
+
+@pytest.mark.parametrize(
+    ("extra", "kernel", "checks"),
+    [
+        ({}, False, {"kernel"}),
+        ({"usr/lib/modules/6.1.0-atoll/initramfs.img": None}, True, {"initramfs"}),
+        ({"usr/lib/os-release": None}, True, {"os-release"}),
+        ({"usr/lib/os-release": 'NAME="no id"\n'}, True, {"os-release"}),
+        ({HOOK_PATHS[Family.DEBIAN]: None}, True, {"early-boot"}),
+        ({"usr/lib/systemd/system/atoll-healthcheck.service": None}, True, {"atoll-units"}),
+        ({"usr/bin/atoll": None}, True, {"atoll-units"}),
+        (
+            {"etc/systemd/system/timers.target.wants/atoll-fetch-apply-updates.timer": None},
+            True,
+            {"atoll-units-enabled"},
+        ),
+        ({"usr/etc/app.conf": "x\n"}, True, {"usr-etc"}),
+        ({"etc/passwd": None}, True, {"etc-passwd"}),
+        # No root group: the files root's group owns are strays too.
+        ({"etc/group": "app:x:1000:\n"}, True, {"etc-passwd", "file-owners"}),
+        ({"srv/data": FileSpec(b"x", uid=4242, gid=1000)}, True, {"file-owners"}),
+        ({"boot/vmlinuz-6.1": "k"}, True, {"boot-content"}),
+    ],
+)
+def test_each_check_catches_its_problem(
+    tmp_path: Path, extra: Spec, kernel: bool, checks: set[str]
+) -> None:
+    report = _lint(_image(tmp_path, "broken", extra, kernel=kernel))
+    found = {f.check for f in report.findings} - {"var-content"}
+    assert found == checks
+    levels = {c.name: c.level for c in CHECKS}
+    assert report.ok == all(levels[c] is Level.WARNING for c in checks)
+
+
+def test_layers_stack_as_on_a_device(tmp_path: Path) -> None:
+    """Whiteouts and opaque directories of a later layer hide what lower ones had."""
+    layout = tmp_path / "layout"
+    add = _bootable(tmp_path)
+    add.update(
+        {
+            "usr/lib/modules/6.1.0-atoll/.wh.vmlinuz": FileSpec(b""),
+            "var/lib/app/.wh..wh..opq": FileSpec(b""),
+            "var/lib/app/new": "kept\n",
+            "etc/os-release": FileSpec(symlink="/usr/lib/os-release"),
+        }
+    )
+    build_os_image(layout, "stacked", version="1", add=add)
+    tree = read_image_tree(
+        ImageName.parse(f"oci:{layout}:stacked"), SystemContext(), want=["usr/lib/os-release"]
+    )
+    assert "usr/lib/modules/6.1.0-atoll/vmlinuz" not in tree.entries
+    assert "usr/lib/modules/6.1.0-atoll/initramfs.img" in tree.entries
+    assert "var/lib/app/seed" not in tree.entries and "var/lib/app/new" in tree.entries
+    assert tree.read("etc/os-release") == b'ID=debian\nVERSION_ID="12"\n'
+    assert tree.resolve("etc/os-release") == "usr/lib/os-release"
+    assert tree.resolve("no/such/file") is None
+
+
+def test_cli_text_json_and_exit_codes(tmp_path: Path) -> None:
+    good = _image(tmp_path, "good")
+    proc = run_atoll("lint", good)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: var-content:" in proc.stdout
+    assert "lint passed: 0 fatal, 1 warning(s)" in proc.stdout
+
+    strict = run_atoll("lint", "--fatal-warnings", "--json", good)
+    assert strict.returncode == 69
+    data = json.loads(strict.stdout)
+    assert data["ok"] is False and data["warnings"] == 1 and data["version"] == 1
+    assert "fails the lint" in strict.stderr
+
+    broken = _image(tmp_path, "broken", {"usr/etc/x": "x"}, kernel=False)
+    proc = run_atoll("lint", "--json", broken)
+    assert proc.returncode == 69
+    data = json.loads(proc.stdout)
+    assert data["fatal"] == 2
+    failed = {c["name"] for c in data["checks"] if not c["passed"]}
+    assert failed == {"kernel", "usr-etc", "var-content"}
+    assert {f["check"]: f["paths"] for f in data["findings"]}["usr-etc"] == ["/usr/etc/x"]
