@@ -42,9 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Any
 
 from atoll.errors import (
     AtollError,
@@ -59,13 +57,17 @@ from atoll.errors import (
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName, Transport
 from atoll.pipeline.identity import IdentityKind, SignedIdentity
-from atoll.pipeline.keys import load_public_key, public_key_from_pem
-from atoll.pipeline.sigstore import verify_image
+
+if TYPE_CHECKING:
+    # cryptography is imported only when a signature is checked: a policy
+    # without sigstoreSigned works with the standard library alone.
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 #: Where podman and skopeo look, in this order, when no file is named.
 USER_POLICY = Path(".config/containers/policy.json")
 SYSTEM_POLICY = Path("/etc/containers/policy.json")
-_VERIFY_ERRORS = (
+#: The refusals of a signature check.
+VERIFY_ERRORS = (
     UnsignedImageError,
     BadSignatureError,
     SignedDigestMismatchError,
@@ -90,6 +92,8 @@ class Requirement:
     where: str = ""
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
+        from atoll.pipeline.keys import load_public_key, public_key_from_pem
+
         if self.key_path is not None:
             return load_public_key(self.key_path)
         return public_key_from_pem(self.key_data or b"", f"{self.where}.keyData")
@@ -333,23 +337,59 @@ def requirements_for(policy: Policy, name: ImageName) -> tuple[str, tuple[Requir
     return "default", policy.default
 
 
+def scope_of(policy: Policy, name: ImageName) -> tuple[str, str, tuple[Requirement, ...]]:
+    """The scope that applies to *name* as messages name it (``default`` or
+    ``transports.T['SCOPE']``), its requirement types (``+``-joined) and its requirements."""
+    scope, requirements = requirements_for(policy, name)
+    label = "default" if scope == "default" else f"transports.{name.transport.value}[{scope!r}]"
+    kinds = "+".join(dict.fromkeys(r.type.value for r in requirements))
+    return label, kinds, requirements
+
+
+def refusal(policy: Policy, label: str, req: Requirement, error: AtollError) -> AtollError:
+    """*error* (why *req* was not met), as the policy's refusal of the image."""
+    message = f"policy {policy.source}: {label} requires {req.type.value}: {error.message}"
+    return type(error)(message, hint=error.hint)
+
+
+def check_unsigned(req: Requirement, name: ImageName) -> PolicyRejectedError | None:
+    """The refusal of a requirement that is decided without signatures (all but
+    sigstoreSigned): None for insecureAcceptAnything."""
+    if req.type is RequirementType.REJECT:
+        return PolicyRejectedError(
+            f"{name} is rejected: the scope allows no images",
+            hint="change the trust policy if this image should be allowed",
+        )
+    if req.type is RequirementType.SIGNED_BY:
+        return PolicyRejectedError(
+            f"{name}: signedBy (GPG simple signing) cannot be checked by atoll",
+            hint="sign with sigstore keys and use sigstoreSigned",
+        )
+    return None
+
+
+def admitted_reason(req: Requirement) -> str:
+    """Why an image that met *req* was admitted."""
+    if req.type is RequirementType.SIGSTORE_SIGNED:
+        key = req.key_path or "keyData"
+        return f"signed with {key} ({req.signed_identity.kind.value})"
+    return "insecureAcceptAnything admits every image"
+
+
 def check_policy(policy: Policy, name: ImageName, ctx: SystemContext) -> Decision:
     """Decide whether *name* may be used, fetching and verifying signatures as needed.
 
     Errors reaching the registry propagate; a refusal is a Decision with ``allowed``
     False.
     """
-    scope, requirements = requirements_for(policy, name)
-    label = "default" if scope == "default" else f"transports.{name.transport.value}[{scope!r}]"
-    kinds = "+".join(dict.fromkeys(r.type.value for r in requirements))
+    label, kinds, requirements = scope_of(policy, name)
     reasons: list[str] = []
     for req in requirements:
         error = _check(req, name, ctx)
         if error is not None:
-            message = f"policy {policy.source}: {label} requires {req.type.value}: {error.message}"
-            refused = type(error)(message, hint=error.hint)
+            refused = refusal(policy, label, req, error)
             return Decision(False, label, kinds, error.message, refused)
-        reasons.append(_admitted(req))
+        reasons.append(admitted_reason(req))
     return Decision(True, label, kinds, "; ".join(reasons))
 
 
@@ -371,35 +411,20 @@ def enforce(policy_path: Path | None, name: ImageName, ctx: SystemContext) -> st
 
 
 def _check(req: Requirement, name: ImageName, ctx: SystemContext) -> AtollError | None:
-    if req.type is RequirementType.INSECURE_ACCEPT_ANYTHING:
-        return None
-    if req.type is RequirementType.REJECT:
-        return PolicyRejectedError(
-            f"{name} is rejected: the scope allows no images",
-            hint="change the trust policy if this image should be allowed",
-        )
-    if req.type is RequirementType.SIGNED_BY:
-        return PolicyRejectedError(
-            f"{name}: signedBy (GPG simple signing) cannot be checked by atoll",
-            hint="sign with sigstore keys and use sigstoreSigned",
-        )
+    if req.type is not RequirementType.SIGSTORE_SIGNED:
+        return check_unsigned(req, name)
     if name.transport is not Transport.DOCKER or name.reference is None:
         return PolicyRejectedError(
             f"{name}: sigstore signatures are only read from registries (docker://)"
         )
+    from atoll.pipeline.sigstore import verify_image
+
     ref = name.reference
     key = req.public_key()
     try:
         verify_image(
             ref, [key], ctx, matches=lambda signed: req.signed_identity.matches(ref, signed)
         )
-    except _VERIFY_ERRORS as exc:
+    except VERIFY_ERRORS as exc:
         return exc
     return None
-
-
-def _admitted(req: Requirement) -> str:
-    if req.type is RequirementType.SIGSTORE_SIGNED:
-        key = req.key_path or "keyData"
-        return f"signed with {key} ({req.signed_identity.kind.value})"
-    return "insecureAcceptAnything admits every image"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,7 +251,21 @@ def verify_image(
     digest, signatures = read_signatures(ref, ctx)
     if matches is None:
         matches = lambda signed: match_repo_digest_or_exact(ref, signed)  # noqa: E731
-    if not signatures:
+    verified = verify_signatures(ref, digest, signatures, keys, matches)
+    return VerifyResult(str(ref), digest, verified[0].identity, len(signatures), len(verified))
+
+
+def verify_signatures(
+    ref: ImageReference,
+    digest: Digest,
+    found: Sequence[Signature],
+    keys: Sequence[ec.EllipticCurvePublicKey],
+    matches: IdentityMatcher,
+) -> list[SignedClaims]:
+    """The claims of those of *found* that verify with one of *keys* for *digest*
+    and name an identity *matches* accepts; raises the most telling refusal when
+    none does (from the registry, or from an offline bundle)."""
+    if not found:
         raise UnsignedImageError(
             f"{ref}: the image is not signed: no {attachment_tag(digest)} attachment "
             f"in {ref.name} for manifest {digest}",
@@ -259,13 +273,13 @@ def verify_image(
         )
     failures: list[AtollError] = []
     verified: list[SignedClaims] = []
-    for sig in signatures:
+    for sig in found:
         try:
-            verified.append(_verify_one(ref, sig, keys, digest, matches))
+            verified.append(_verify_one(ref, sig, list(keys), digest, matches))
         except (BadSignatureError, SignedDigestMismatchError, SignedIdentityMismatchError) as exc:
             failures.append(exc)
     if verified:
-        return VerifyResult(str(ref), digest, verified[0].identity, len(signatures), len(verified))
+        return verified
     # Report the failure that says most: a valid signature for the wrong thing.
     for kind in (SignedDigestMismatchError, SignedIdentityMismatchError):
         for failure in failures:

@@ -1,0 +1,331 @@
+"""Offline bundles: an OS image, the workload images it binds and their signatures, in one file.
+
+A bundle is an ``oci-archive`` (a tar holding one OCI image layout, see
+:mod:`atoll.oci.transports.archive`), so ``skopeo copy oci-archive:FILE:REF``
+reads its images.  Format version :data:`BUNDLE_VERSION`::
+
+    FILE (tar)
+    ├── oci-layout
+    ├── index.json        one entry per manifest, named by org.opencontainers.image.ref.name:
+    │   ├── HOST/REPO:TAG                    the OS image (its platform's manifest)
+    │   ├── HOST/REPO:sha256-HEX.sig         its sigstore signatures, as in the registry
+    │   ├── HOST2/APP:TAG                    each bound image (--with-bound-images) …
+    │   ├── HOST2/APP:sha256-HEX.sig         … and its signatures, when it has some
+    │   ├── atoll-bundle                     the bundle manifest (below)
+    │   └── atoll-bundle.sig                 the bundle's signature (when made with a key)
+    └── blobs/sha256/HEX                     every blob, except the layers a delta omits
+
+    atoll-bundle: an OCI image manifest, artifactType application/vnd.atoll.bundle.v1
+    ├── config   application/vnd.atoll.bundle.v1+json, the description:
+    │            {"atollBundle": 1, "created": "…Z",
+    │             "images": [{"role": "os" | "bound", "reference": "HOST/REPO:TAG",
+    │                         "digest": "sha256:…", "signatures": "sha256:…" | null,
+    │                         "unit": "usr/share/containers/systemd/app.image" | null}],
+    │             "delta": null | {"from": "HOST/REPO:OLD", "fromDigest": "sha256:…",
+    │                              "omitted": [{"digest": LAYER, "diffId": "sha256:…",
+    │                                           "size": TAR BYTES, "split": "sha256:…"}]}}
+    └── layers   the tar-split blobs of the omitted layers
+                 (application/vnd.atoll.tar-split.v1+json+gzip)
+
+    atoll-bundle.sig: like a sigstore attachment (see atoll.pipeline.sigstore): one
+    layer, a simple-signing payload naming the OS image's reference and, as
+    docker-manifest-digest, the digest of the atoll-bundle manifest; the ECDSA
+    signature in the layer's dev.cosignproject.cosign/signature annotation.
+
+The bundle manifest names every image by digest and every manifest names its
+blobs by digest, so the one signature covers the whole bundle.
+
+**Deltas** (``--from OLD``): layers of the new image that OLD also has are left
+out.  A device has no layer blobs, only the files of the image it runs (in its
+object store), so the bundle carries, for each omitted layer, a *tar-split*: the
+layer's uncompressed tar with every regular file's content replaced by a
+reference (path, size, sha256)::
+
+    {"version": 1, "diffId": "sha256:…", "size": N,
+     "segments": [["raw", BASE64 header bytes], ["file", PATH, SIZE, SHA256HEX], …]}
+
+``bundle apply`` finds the commit of OLD in the device's store (by manifest
+digest: the booted image, or any image still in the store), rebuilds each omitted
+layer byte for byte from those files and checks it against the layer's diff_id.
+``bundle create`` only leaves a layer out when every file it holds is, at the
+same path, unchanged in OLD's final file tree; other layers travel whole.
+
+This module holds the format and reads bundles (``bundle inspect``);
+:mod:`atoll.pipeline.bundlecreate` writes them and
+:mod:`atoll.pipeline.bundleapply` verifies and stages them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from atoll.errors import BundleError
+from atoll.oci.context import SystemContext
+from atoll.oci.digest import Digest
+from atoll.oci.manifest import Descriptor
+from atoll.oci.reference import ImageReference
+from atoll.pipeline.trust import TrustDecision
+
+if TYPE_CHECKING:
+    from atoll.oci.transports.archive import TarLayout
+    from atoll.pipeline.sigstore import Signature
+
+BUNDLE_VERSION = 1
+BUNDLE_REF = "atoll-bundle"
+BUNDLE_SIG_REF = "atoll-bundle.sig"
+BUNDLE_ARTIFACT_TYPE = "application/vnd.atoll.bundle.v1"
+DESCRIPTION_MEDIA_TYPE = "application/vnd.atoll.bundle.v1+json"
+SPLIT_MEDIA_TYPE = "application/vnd.atoll.tar-split.v1+json+gzip"
+#: Where ``bundle apply`` leaves bound images: an OCI layout in the device's /var.
+BOUND_IMAGES_LAYOUT = Path("lib/atoll/bundle-images")
+_MAX_JSON = 64 << 20
+
+
+# --- the description ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundleImage:
+    role: str
+    reference: str
+    digest: str
+    signatures: str | None = None
+    unit: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OmittedLayer:
+    digest: str
+    diff_id: str
+    size: int
+    split: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "diffId": self.diff_id,
+            "size": self.size,
+            "split": self.split,
+        }
+
+
+@dataclass(frozen=True)
+class Delta:
+    from_reference: str
+    from_digest: str
+    omitted: tuple[OmittedLayer, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.from_reference,
+            "fromDigest": self.from_digest,
+            "omitted": [o.to_json() for o in self.omitted],
+        }
+
+
+@dataclass(frozen=True)
+class Description:
+    created: str
+    images: tuple[BundleImage, ...]
+    delta: Delta | None = None
+    version: int = BUNDLE_VERSION
+
+    @property
+    def os(self) -> BundleImage:
+        return next(i for i in self.images if i.role == "os")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "atollBundle": self.version,
+            "created": self.created,
+            "images": [i.to_json() for i in self.images],
+            "delta": self.delta.to_json() if self.delta else None,
+        }
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> Description:
+        try:
+            doc = json.loads(raw)
+            version = doc["atollBundle"]
+            if not isinstance(version, int) or version > BUNDLE_VERSION:
+                raise BundleError(
+                    f"{where}: bundle format {version!r} is newer than this atoll reads "
+                    f"({BUNDLE_VERSION})",
+                    hint="apply it with a newer atoll",
+                )
+            images = tuple(
+                BundleImage(
+                    str(i["role"]),
+                    str(i["reference"]),
+                    str(i["digest"]),
+                    i.get("signatures"),
+                    i.get("unit"),
+                )
+                for i in doc["images"]
+            )
+            delta = None
+            if doc.get("delta"):
+                d = doc["delta"]
+                omitted = tuple(
+                    OmittedLayer(
+                        str(o["digest"]), str(o["diffId"]), int(o["size"]), str(o["split"])
+                    )
+                    for o in d["omitted"]
+                )
+                delta = Delta(str(d["from"]), str(d["fromDigest"]), omitted)
+            description = cls(str(doc["created"]), images, delta, version)
+            if sum(1 for i in images if i.role == "os") != 1:
+                raise BundleError(f"{where}: the bundle must hold exactly one OS image")
+            return description
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"{where}: malformed bundle description ({exc!r})") from None
+
+
+@dataclass
+class BundleInfo:
+    path: str
+    manifest_digest: str
+    description: Description
+    signed: bool
+    blobs: int
+    size: int
+    #: ``verified with …``, ``not checked (…)`` — filled in by apply.
+    signature: str = ""
+    trust: list[TrustDecision] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "bundleDigest": self.manifest_digest,
+            **self.description.to_json(),
+            "signed": self.signed,
+            "blobs": self.blobs,
+            "size": self.size,
+            "signature": self.signature or None,
+            "trust": [t.to_json() for t in self.trust],
+        }
+
+
+# --- reading a bundle -------------------------------------------------------------------
+
+
+class BundleReader:
+    """An open bundle file: its index, verified reads of its blobs."""
+
+    def __init__(self, path: Path, ctx: SystemContext | None = None) -> None:
+        from atoll.oci.transports.archive import TarLayout
+
+        self.path = path
+        self.tar: TarLayout = TarLayout(path, ctx.tmpdir if ctx else None)
+        self._names: frozenset[str] | None = None
+        try:
+            index = json.loads(self.tar.read("index.json", _MAX_JSON, "OCI layout index"))
+            self.entries: dict[str, Descriptor] = {}
+            for i, raw in enumerate(index["manifests"]):
+                desc = Descriptor.from_json(raw, f"{path}: index.json manifests[{i}]")
+                name = desc.annotations.get("org.opencontainers.image.ref.name")
+                if name:
+                    self.entries[name] = desc
+            top = self.entries.get(BUNDLE_REF)
+            if top is None:
+                raise BundleError(
+                    f"{path}: not an atoll bundle (no {BUNDLE_REF} entry in index.json)",
+                    hint="make bundles with atoll bundle create",
+                )
+            self.manifest_digest = top.digest
+            self.manifest = json.loads(self.read(top.digest))
+            config = self.manifest["config"]
+            self.description = Description.from_json(
+                self.read(Digest.parse(config["digest"])), str(path)
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            self.tar.close()
+            raise BundleError(f"{path}: malformed bundle ({exc!r})") from None
+        except BaseException:
+            self.tar.close()
+            raise
+
+    def close(self) -> None:
+        self.tar.close()
+
+    def __enter__(self) -> BundleReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def has(self, digest: Digest) -> bool:
+        if self._names is None:
+            self._names = frozenset(self.tar.names())
+        return _blob_name(digest) in self._names
+
+    def read(self, digest: Digest, limit: int = _MAX_JSON) -> bytes:
+        data = self.tar.read(_blob_name(digest), limit, f"blob {digest}")
+        if Digest.of(data, digest.algorithm) != digest:
+            raise BundleError(f"{self.path}: blob {digest} does not match its digest")
+        return data
+
+    def verify_blob(self, desc: Descriptor) -> None:
+        with self.tar.open(_blob_name(desc.digest), "blob") as chunks:
+            hexdigest, size = digest_and_size(chunks, desc.digest.algorithm)
+        if hexdigest != desc.digest.hex or size != desc.size:
+            raise BundleError(f"{self.path}: blob {desc.digest} does not match its digest or size")
+
+    def attached(self, ref_name: str) -> list[Signature] | None:
+        """The signatures of the sigstore-style manifest the index names *ref_name*;
+        None when there is no such entry."""
+        from atoll.pipeline.sigstore import Signature
+
+        entry = self.entries.get(ref_name)
+        if entry is None:
+            return None
+        manifest = json.loads(self.read(entry.digest))
+        out = []
+        for layer in manifest.get("layers") or []:
+            payload = self.read(Digest.parse(layer["digest"]))
+            annotations = {str(k): str(v) for k, v in (layer.get("annotations") or {}).items()}
+            out.append(Signature(str(layer.get("mediaType")), payload, annotations))
+        return out
+
+    def signatures(self, ref: ImageReference, digest: Digest) -> list[Signature]:
+        """The sigstore signatures the bundle holds for *digest* of *ref*'s repository."""
+        return self.attached(f"{ref.name}:{digest.algorithm}-{digest.hex}.sig") or []
+
+    def info(self) -> BundleInfo:
+        names = [n for n in self.tar.names() if n.startswith("blobs/")]
+        return BundleInfo(
+            str(self.path),
+            str(self.manifest_digest),
+            self.description,
+            BUNDLE_SIG_REF in self.entries,
+            len(names),
+            self.path.stat().st_size,
+        )
+
+
+def _blob_name(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.hex}"
+
+
+def digest_and_size(chunks: Iterable[bytes], algorithm: str = "sha256") -> tuple[str, int]:
+    """The hex digest of the bytes *chunks* yield, and how many there are."""
+    hasher = hashlib.new(algorithm)
+    size = 0
+    for chunk in chunks:
+        hasher.update(chunk)
+        size += len(chunk)
+    return hasher.hexdigest(), size
+
+
+def inspect_bundle(path: Path, ctx: SystemContext | None = None) -> BundleInfo:
+    """What *path* holds (nothing is verified but the description's own digest)."""
+    with BundleReader(path, ctx) as bundle:
+        return bundle.info()
