@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, cast
@@ -107,14 +107,25 @@ def cache_root() -> Path:
     return Path(os.environ.get("ATOLL_TEST_CACHE") or _CACHE_AT_IMPORT or DEFAULT_CACHE)
 
 
-def recipe_key() -> str:
-    return hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:16]
+def recipe_key(recipe: dict[str, object] | None = None) -> str:
+    data = RECIPE if recipe is None else recipe
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_debian_tree(cache: Path | None = None) -> DebianTree:
+@dataclass(frozen=True)
+class TreeRecipe:
+    """Another tree beside the default one: its recipe (hashed into the cache key),
+    how to debootstrap it and how to prepare it."""
+
+    data: dict[str, object]
+    bootstrap: Callable[[Path], None]
+    prepare: Callable[[Path], None]
+
+
+def ensure_debian_tree(cache: Path | None = None, recipe: TreeRecipe | None = None) -> DebianTree:
     """The cached tree, built first if there is none for the current recipe."""
     cache = cache or cache_root()
-    final = cache / f"debian-{SUITE}-{recipe_key()}"
+    final = cache / f"debian-{SUITE}-{recipe_key(recipe.data if recipe else None)}"
     if (final / "recipe.json").is_file():
         return DebianTree(final)
     cache.mkdir(parents=True, exist_ok=True)
@@ -127,10 +138,10 @@ def ensure_debian_tree(cache: Path | None = None) -> DebianTree:
         build.mkdir()
         try:
             started = time.monotonic()
-            _debootstrap(build / "rootfs")
+            (recipe.bootstrap if recipe else _debootstrap)(build / "rootfs")
             seconds = round(time.monotonic() - started, 1)
-            prepare_tree(build / "rootfs")
-            record = {**RECIPE, "debootstrap_seconds": seconds}
+            (recipe.prepare if recipe else prepare_tree)(build / "rootfs")
+            record = {**(recipe.data if recipe else RECIPE), "debootstrap_seconds": seconds}
             (build / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
             build.rename(final)
         finally:
@@ -139,11 +150,11 @@ def ensure_debian_tree(cache: Path | None = None) -> DebianTree:
     return DebianTree(final)
 
 
-def _debootstrap(target: Path) -> None:
+def _debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES) -> None:
     argv = [
         "debootstrap",
         "--variant=minbase",
-        f"--include={','.join(PACKAGES)}",
+        f"--include={','.join(packages)}",
         SUITE,
         str(target),
         MIRROR,

@@ -78,6 +78,12 @@ def assess_boot(device: Device, *, inside: bool) -> Assessment:
     that booted system (checks in ``/``); else the checks run in a chroot of the
     deployment with the stateroot's /var bound."""
     sysroot = device.sysroot.root
+    if inside:
+        from atoll.boot.record import record_kernel_boot
+
+        # A machine booted by GRUB and a kernel: record which entry booted and
+        # copy GRUB's count into the entries (nothing happens in a container).
+        record_kernel_boot(device)
     settled = device.settle_fallback()
     rollback = None
     if settled is not None:

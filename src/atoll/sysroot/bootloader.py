@@ -110,6 +110,7 @@ __all__ = [
     "prune_kernels",
     "read_entries",
     "reset_counter",
+    "set_counter",
     "write_entries",
 ]
 
@@ -414,6 +415,16 @@ def reset_counter(boot_dir: Path, entry_id: str, tries: int) -> BootEntry:
     with lock_boot(boot_dir):
         entries_dir, name, entry = _find(boot_dir, entry_id)
         return _rename(entries_dir, name, replace(entry, tries_left=tries, tries_done=0))
+
+
+def set_counter(boot_dir: Path, entry_id: str, left: int, done: int) -> BootEntry:
+    """Give *entry_id* the counter ``+LEFT-DONE``: what a bootloader that counts
+    elsewhere (GRUB, in grubenv) has counted, copied back (atoll.boot.record)."""
+    if left < 0 or done < 0:
+        raise BootEntryError(f"boot entry {entry_id}: a counter cannot be negative")
+    with lock_boot(boot_dir):
+        entries_dir, name, entry = _find(boot_dir, entry_id)
+        return _rename(entries_dir, name, replace(entry, tries_left=left, tries_done=done))
 
 
 # --- kernels ----------------------------------------------------------------------

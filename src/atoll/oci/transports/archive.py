@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import zstandard
-
 from atoll.errors import (
     InvalidInputError,
     LayerError,
@@ -72,6 +70,21 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 class _Member:
     offset: int
     size: int
+
+
+class _ZstdFailed(Exception):
+    pass
+
+
+def _unzstd(fh: IO[bytes], out: IO[bytes]) -> None:
+    # zstandard is imported here only: a device reading an uncompressed or gzip
+    # archive runs atoll with the standard library alone.
+    import zstandard
+
+    try:
+        zstandard.ZstdDecompressor().copy_stream(fh, out)
+    except zstandard.ZstdError as exc:
+        raise _ZstdFailed(str(exc)) from exc
 
 
 def _safe_member_name(name: str, archive: Path) -> str:
@@ -122,10 +135,10 @@ class TarLayout:
                         while chunk := gz.read(CHUNK_SIZE):
                             out.write(chunk)
                 else:
-                    zstandard.ZstdDecompressor().copy_stream(fh, out)
+                    _unzstd(fh, out)
                 out.flush()
                 out.seek(0)
-            except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+            except (OSError, EOFError, zlib.error, _ZstdFailed) as exc:
                 out.close()
                 raise LayerError(f"oci-archive:{self.path}: cannot decompress: {exc}") from None
             return out

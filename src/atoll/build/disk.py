@@ -1,0 +1,378 @@
+"""Disks and disk images from bootable images: ``atoll install to-disk`` and
+``atoll disk-image``.
+
+A disk is made in four steps, none of which mounts anything:
+
+1. **install** the image into a sysroot in a staging directory, with the same
+   code as ``atoll install to-filesystem`` (:meth:`Device.install`), with
+   ``root=UUID=…`` naming the file system that is about to be made;
+2. **check** that the deployment can boot a machine: a kernel
+   (``usr/lib/modules/KVER/vmlinuz``), its initramfs (``initramfs.img`` beside
+   it) and atoll's early-boot hook (:data:`atoll.boot.early.HOOKS`); then write
+   GRUB's configuration and environment block (:mod:`atoll.boot.grub`);
+3. **partition** the target (MBR, one partition from 1 MiB) and **make the file
+   system** from the staging directory (``mkfs.ext4 -d``);
+4. **install GRUB's boot code** (:mod:`atoll.build.partition`).
+
+A raw file is written under a temporary name beside the target and renamed
+over it at the end, so a failure leaves no half-made disk; a qcow2 image is
+converted from a raw one (``qemu-img convert``).  The staging directory is
+removed in every case.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+import os
+import secrets
+import tempfile
+import uuid as uuid_mod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from atoll.boot.early import HOOKS, has_early_boot
+from atoll.boot.grub import GrubSettings, install_grub_config
+from atoll.build.partition import (
+    device_size,
+    install_boot_code,
+    is_block_device,
+    make_core_image,
+    make_ext4,
+    write_partition_table,
+)
+from atoll.errors import DiskError, InvalidInputError, NoKernelError, NotBootableError
+from atoll.fsutil import TMP_PREFIX, remove_tree, write_atomic
+from atoll.oci.context import SystemContext
+from atoll.oci.transports import ImageName
+from atoll.progress import NullProgress, ProgressSink
+from atoll.run import find_tool, run
+from atoll.sysroot.layout import DEFAULT_STATEROOT
+from atoll.sysroot.lifecycle import Device
+
+MIB = 1024 * 1024
+ROOT_LABEL = "atoll-root"
+#: Kernel arguments ``atoll disk-image`` adds unless a ``console=`` is given:
+#: messages on the screen and on the first serial port (what a VM shows).
+VM_CONSOLE_KARGS = ("console=tty0", "console=ttyS0,115200")
+SSH_TMPFILES = "etc/tmpfiles.d/atoll-root-ssh.conf"
+_UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB}
+
+
+class Filesystem(StrEnum):
+    EXT4 = "ext4"
+
+
+class ImageType(StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
+@dataclass(frozen=True)
+class DiskOptions:
+    filesystem: Filesystem = Filesystem.EXT4
+    #: Bytes; None: what the content needs, doubled, plus 1 GiB (sparse in a file).
+    size: int | None = None
+    kargs: tuple[str, ...] = ()
+    root_ssh_authorized_keys: bytes | None = None
+    stateroot: str = DEFAULT_STATEROOT
+    #: Where the staging sysroot is made (None: beside the target, or the temp dir).
+    workdir: Path | None = None
+
+
+@dataclass
+class DiskResult:
+    target: Path
+    image: str
+    digest: str
+    version: str | None
+    deployment: str
+    size: int
+    partition_offset: int
+    partition_size: int
+    fs_uuid: str
+    kernel: str
+    kargs: list[str] = field(default_factory=list)
+    type: ImageType = ImageType.RAW
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": str(self.target),
+            "type": self.type.value,
+            "image": self.image,
+            "imageDigest": self.digest,
+            "version": self.version,
+            "deployment": self.deployment,
+            "size": self.size,
+            "partition": {"offset": self.partition_offset, "size": self.partition_size},
+            "filesystem": {"type": "ext4", "uuid": self.fs_uuid, "label": ROOT_LABEL},
+            "kernel": self.kernel,
+            "kargs": self.kargs,
+            "bootloader": "grub (i386-pc)",
+        }
+
+
+def parse_size(text: str) -> int:
+    """``4G``, ``512M``, ``1073741824``: bytes."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        size = int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise InvalidInputError(
+            f"size {text!r} is not a size", hint="give bytes or a number with K, M, G or T"
+        ) from None
+    if size <= 0:
+        raise InvalidInputError(f"size {text!r} must be more than 0")
+    return size
+
+
+class _Steps:
+    """Progress for the disk steps: one task, one subtask per step."""
+
+    def __init__(self, sink: ProgressSink, target: Path, names: Sequence[str]) -> None:
+        self.sink = sink
+        self.names = list(names)
+        sink.begin("disk", f"Making disk {target}", str(target), len(names))
+
+    @contextlib.contextmanager
+    def step(self, name: str, description: str, total: int = 1) -> Iterator[None]:
+        self.sink.subtask(name, "step", description, total)
+        yield
+        self.sink.advance(name, total)
+        self.sink.done(name)
+
+    def end(self, ok: bool) -> None:
+        self.sink.end(ok)
+
+
+def _tree_usage(root: Path) -> tuple[int, int]:
+    """(bytes in 4 KiB blocks, inodes) of a tree, each hard-linked file once."""
+    seen: set[tuple[int, int]] = set()
+    blocks = inodes = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            st = (Path(dirpath) / name).lstat()
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            inodes += 1
+            blocks += max(1, math.ceil(st.st_size / 4096))
+    return blocks * 4096, inodes + 1
+
+
+def _needed_size(content: int, inodes: int) -> int:
+    """What the disk needs for *content*: the space before the partition, the
+    file system's inode tables (two inodes per file, 256 bytes each), its journal
+    and some slack."""
+    return 2 * MIB + int(content * 1.15) + inodes * 512 + 96 * MIB
+
+
+def check_bootable(device: Device, image: str) -> tuple[Path, str]:
+    """The deployment's directory and kernel version; :class:`NotBootableError`
+    naming what is missing otherwise."""
+    state = device.state()
+    deployment = state.current
+    root = state.path(deployment)
+    kernel = device.store().kernel(deployment.commit)
+    if kernel is None:
+        raise NotBootableError(
+            f"{image}: no kernel (usr/lib/modules/KVER/vmlinuz): it cannot boot a machine",
+            hint="install a kernel in the image (Debian: linux-image-amd64)",
+        )
+    if kernel.initramfs is None:
+        raise NotBootableError(
+            f"{image}: kernel {kernel.kver} has no initramfs at "
+            f"/usr/lib/modules/{kernel.kver}/initramfs.img",
+            hint="make one when the image is built (mkinitramfs, dracut) with atoll's hook",
+        )
+    if not has_early_boot(root):
+        raise NotBootableError(
+            f"{image}: no atoll early-boot hook (/{' or /'.join(HOOKS)}): the initramfs "
+            "cannot make the deployment the root file system",
+            hint="add it (atoll build does; or atoll.boot.install_early_boot), then the initramfs",
+        )
+    return root, kernel.kver
+
+
+def _write_ssh_keys(deployment_root: Path, keys: bytes) -> None:
+    """root's authorized_keys, as a tmpfiles.d rule in /etc (carried over by
+    every update, unlike /root in a deployment): written at each boot if absent."""
+    encoded = base64.b64encode(keys).decode()
+    text = (
+        "# Written by atoll install --root-ssh-authorized-keys\n"
+        "d /root/.ssh 0700 root root -\n"
+        f"f~ /root/.ssh/authorized_keys 0600 root root - {encoded}\n"
+    )
+    path = deployment_root / SSH_TMPFILES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text.encode())
+
+
+@contextlib.contextmanager
+def _staging(workdir: Path) -> Iterator[Path]:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}disk-", dir=workdir))
+    except OSError as exc:
+        raise DiskError(f"{workdir}: cannot make a staging directory ({exc.strerror})") from None
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+def install_to_disk(
+    target: Path,
+    source: ImageName,
+    *,
+    options: DiskOptions | None = None,
+    ctx: SystemContext | None = None,
+    progress: ProgressSink | None = None,
+) -> DiskResult:
+    """Make *target* (a block device, or a raw disk image file, replaced) a disk
+    that boots *source*."""
+    options = options or DiskOptions()
+    sink = progress or NullProgress()
+    block = is_block_device(target)
+    if target.exists() and not block and not target.is_file():
+        raise DiskError(f"{target}: neither a block device nor a regular file")
+    if not block and not target.parent.is_dir():
+        raise DiskError(f"{target.parent}: no such directory")
+    for tool, package in (
+        ("sfdisk", "fdisk"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("grub-mkimage", "grub-common"),
+    ):
+        find_tool(tool, package)
+    fs_uuid = str(uuid_mod.uuid4())
+    kargs = [f"root=UUID={fs_uuid}", *options.kargs]
+    workdir = options.workdir or (Path(tempfile.gettempdir()) if block else target.parent)
+    with _staging(workdir) as staging:
+        sysroot = staging / "root"
+        device = Device(sysroot, ctx, progress=progress)
+        try:
+            installed = device.install(source, stateroot=options.stateroot, kargs=kargs)
+        except NoKernelError as exc:
+            raise NotBootableError(
+                f"{source}: no kernel (usr/lib/modules/KVER/vmlinuz): it cannot boot a machine",
+                hint="install a kernel in the image (Debian: linux-image-amd64)",
+            ) from exc
+        steps = _Steps(sink, target, ["check", "partition", "filesystem", "bootloader"])
+        ok = False
+        try:
+            with steps.step("check", "Checking that the image can boot"):
+                deployment_root, kver = check_bootable(device, str(source))
+                if options.root_ssh_authorized_keys is not None:
+                    _write_ssh_keys(deployment_root, options.root_ssh_authorized_keys)
+                install_grub_config(
+                    sysroot / "boot", GrubSettings(boot_prefix="/boot", flush_after_write=True)
+                )
+            content, inodes = _tree_usage(sysroot)
+            needed = _needed_size(content, inodes)
+            size = _disk_size(target, block, options.size, needed)
+            dest = (
+                target
+                if block
+                else target.with_name(f"{TMP_PREFIX}{target.name}.{secrets.token_hex(4)}")
+            )
+            try:
+                if not block:
+                    with dest.open("xb") as fh:
+                        fh.truncate(size)
+                with steps.step("partition", "Writing the partition table"):
+                    offset, part_size = write_partition_table(dest, size)
+                with steps.step(
+                    "filesystem", f"Making the {options.filesystem} file system", content
+                ):
+                    make_ext4(
+                        dest,
+                        sysroot,
+                        offset=offset,
+                        size=part_size,
+                        uuid=fs_uuid,
+                        label=ROOT_LABEL,
+                        inodes=max(inodes * 2, 65536),
+                    )
+                with steps.step("bootloader", "Installing GRUB"):
+                    core = make_core_image(staging / "core.img", fs_uuid)
+                    install_boot_code(dest, core)
+                if not block:
+                    dest.rename(target)
+            finally:
+                if not block:
+                    dest.unlink(missing_ok=True)
+            ok = True
+        finally:
+            steps.end(ok)
+        deployment = installed.deployment
+        return DiskResult(
+            target=target,
+            image=str(source),
+            digest=str(installed.image.digest),
+            version=installed.image.version,
+            deployment=f"{deployment.stateroot}/{deployment.id}" if deployment else "",
+            size=size,
+            partition_offset=offset,
+            partition_size=part_size,
+            fs_uuid=fs_uuid,
+            kernel=kver,
+            kargs=["rw", *kargs],
+        )
+
+
+def _disk_size(target: Path, block: bool, wanted: int | None, needed: int) -> int:
+    if block:
+        size = device_size(target)
+        if wanted is not None and wanted > size:
+            raise DiskError(f"{target}: --size {wanted} is more than the device's {size} bytes")
+        size = wanted or size
+    else:
+        size = wanted or (needed * 2 + 1024 * MIB)
+    size = size // MIB * MIB
+    if size < needed:
+        mib = math.ceil(needed / MIB)
+        raise DiskError(
+            f"{target}: {size // MIB} MiB is too small for this image",
+            hint=f"it needs about {mib} MiB; give --size {mib}M or more",
+        )
+    return size
+
+
+def make_disk_image(
+    output: Path,
+    source: ImageName,
+    *,
+    image_type: ImageType = ImageType.RAW,
+    options: DiskOptions | None = None,
+    ctx: SystemContext | None = None,
+    progress: ProgressSink | None = None,
+) -> DiskResult:
+    """``atoll disk-image``: a raw or qcow2 disk image file that boots *source*
+    (on a VM: the console on the screen and on the first serial port)."""
+    options = options or DiskOptions()
+    if not any(k.startswith("console=") for k in options.kargs):
+        options = DiskOptions(**{**options.__dict__, "kargs": (*VM_CONSOLE_KARGS, *options.kargs)})
+    if is_block_device(output):
+        raise DiskError(f"{output}: a block device; use atoll install to-disk for devices")
+    if image_type is ImageType.RAW:
+        return install_to_disk(output, source, options=options, ctx=ctx, progress=progress)
+    qemu_img = find_tool("qemu-img", "qemu-utils")
+    raw = output.with_name(f"{TMP_PREFIX}{output.name}.{secrets.token_hex(4)}.raw")
+    tmp = output.with_name(f"{TMP_PREFIX}{output.name}.{secrets.token_hex(4)}")
+    try:
+        result = install_to_disk(raw, source, options=options, ctx=ctx, progress=progress)
+        run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", raw, tmp])
+        tmp.rename(output)
+    finally:
+        raw.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    result.target = output
+    result.type = ImageType.QCOW2
+    return result

@@ -1,0 +1,154 @@
+"""Disks: ``atoll install to-disk`` (registered by :mod:`atoll.cli.host`) and
+``atoll disk-image`` (docs/install.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from atoll.cli.common import (
+    Output,
+    add_global_options,
+    add_platform_options,
+    add_registry_options,
+    system_context,
+)
+from atoll.errors import InvalidInputError, from_oserror
+from atoll.sysroot.origin import ImageTransport, image_name
+
+
+def add_disk_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``install to-disk`` and ``disk-image`` share."""
+    parser.add_argument("--transport", choices=[t.value for t in ImageTransport])
+    parser.add_argument("--stateroot", default="default", help="name of the stateroot")
+    parser.add_argument(
+        "--filesystem",
+        choices=["ext4"],
+        default="ext4",
+        help="the root file system (default ext4)",
+    )
+    parser.add_argument(
+        "--size",
+        metavar="SIZE",
+        help="size of the disk, e.g. 8G (a raw file: default twice what the image needs "
+        "plus 1 GiB, sparse; a device: all of it)",
+    )
+    parser.add_argument(
+        "--karg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="a kernel argument (repeat for more)",
+    )
+    parser.add_argument(
+        "--root-ssh-authorized-keys",
+        metavar="FILE",
+        help="authorized_keys for root (kept across updates, through tmpfiles.d in /etc)",
+    )
+    parser.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="where the staging sysroot is made (default: beside the target)",
+    )
+    add_registry_options(parser)
+    add_platform_options(parser)
+
+
+def register_to_disk(install_sub: argparse._SubParsersAction[Any]) -> None:
+    to_disk = install_sub.add_parser(
+        "to-disk",
+        help="make TARGET (a block device or a raw disk image file) a disk that boots IMAGE",
+        description="Partition TARGET, make its file system from IMAGE installed as by "
+        "to-filesystem, and install GRUB. A file is replaced; a device is overwritten.",
+    )
+    add_global_options(to_disk)
+    to_disk.add_argument("target", metavar="TARGET")
+    to_disk.add_argument(
+        "--source",
+        required=True,
+        metavar="IMAGE",
+        help="the image: REF (a registry) or TRANSPORT:DETAILS",
+    )
+    add_disk_options(to_disk)
+    to_disk.set_defaults(func=_to_disk)
+
+
+def register(commands: argparse._SubParsersAction[Any]) -> None:
+    image = commands.add_parser(
+        "disk-image",
+        help="make a raw or qcow2 disk image file that boots IMAGE (for a VM or dd)",
+        description="Make a disk image file that boots IMAGE: as atoll install to-disk, "
+        "with the console on the screen and the first serial port unless --karg "
+        "gives a console=.",
+    )
+    add_global_options(image)
+    image.add_argument("image", metavar="IMAGE", help="REF (a registry) or TRANSPORT:DETAILS")
+    image.add_argument("--type", choices=["raw", "qcow2"], default="raw", dest="image_type")
+    image.add_argument("-o", "--output", required=True, metavar="FILE")
+    add_disk_options(image)
+    image.set_defaults(func=_disk_image)
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from atoll.build.disk import DiskOptions, Filesystem, parse_size
+
+    keys = None
+    if args.root_ssh_authorized_keys:
+        path = Path(args.root_ssh_authorized_keys)
+        try:
+            keys = path.read_bytes()
+        except OSError as exc:
+            raise from_oserror(exc, str(path)) from exc
+        if not keys.strip():
+            raise InvalidInputError(f"{path}: no keys in it")
+    return DiskOptions(
+        filesystem=Filesystem(args.filesystem),
+        size=parse_size(args.size) if args.size else None,
+        kargs=tuple(args.karg),
+        root_ssh_authorized_keys=keys,
+        stateroot=args.stateroot,
+        workdir=Path(args.workdir) if args.workdir else None,
+    )
+
+
+def _describe(result: Any) -> str:
+    version = f" {result.version}" if result.version else ""
+    return (
+        f"Made {result.target} ({result.type}, {result.size // (1024 * 1024)} MiB): "
+        f"{result.image}{version}\n"
+        f"  digest {result.digest}\n"
+        f"  deployment {result.deployment}\n"
+        f"  kernel {result.kernel}; root=UUID={result.fs_uuid}; GRUB for BIOS"
+    )
+
+
+def _to_disk(args: argparse.Namespace, out: Output) -> int:
+    from atoll.build.disk import install_to_disk
+
+    image, transport = ImageTransport.parse_name(args.source, args.transport)
+    result = install_to_disk(
+        Path(args.target),
+        image_name(image, transport),
+        options=_options(args),
+        ctx=system_context(args),
+        progress=out.progress(),
+    )
+    out.result(result.to_json(), _describe(result))
+    return 0
+
+
+def _disk_image(args: argparse.Namespace, out: Output) -> int:
+    from atoll.build.disk import ImageType, make_disk_image
+
+    image, transport = ImageTransport.parse_name(args.image, args.transport)
+    result = make_disk_image(
+        Path(args.output),
+        image_name(image, transport),
+        image_type=ImageType(args.image_type),
+        options=_options(args),
+        ctx=system_context(args),
+        progress=out.progress(),
+    )
+    out.result(result.to_json(), _describe(result))
+    return 0

@@ -1,0 +1,316 @@
+"""The device in its third setting: a disk image booted in a QEMU virtual machine.
+
+The machine: a PC with SeaBIOS (GRUB on the disk boots as on any BIOS
+machine), virtio disks, a virtio random number generator, the first serial
+port as the console, no network unless asked for, no display::
+
+    qemu-system-x86_64 -accel kvm|tcg -m MEM -smp CPUS -nodefaults -display none
+        -no-reboot -serial stdio -monitor none
+        -drive file=DISK,format=FMT,if=virtio,cache=unsafe
+        [-drive file=EXTRA,format=raw,if=virtio,readonly=on ...]
+        -device virtio-rng-pci [-nic user,model=virtio-net-pci,restrict=on]
+
+KVM is used when ``/dev/kvm`` answers its API version and the CPU flags show
+hardware virtualization; otherwise TCG (software emulation, about ten times
+slower).
+
+**Each reboot is a fresh start.**  With ``-no-reboot`` QEMU exits when the
+guest reboots instead of resetting it: a reboot under emulation is slower than
+a new process, and the caller (the test, the firmware role) decides whether to
+start the machine again.  QEMU exits with status 0 both on a poweroff and on a
+reboot; the kernel's last words on the console tell them apart:
+
+    =============================  ==========  ====================================
+    ``reboot: Power down``         poweroff    the system powered off
+    ``reboot: Restarting system``  reboot      the system (or a panic with panic=N)
+                                               asked for a reboot
+    ``Kernel panic``               reboot      a panic: the next start is a new try
+    anything else, or status != 0  failed      QEMU refused or crashed (see the log)
+    the deadline passed            timeout     QEMU and its process group were killed
+    =============================  ==========  ====================================
+
+QEMU runs in a process group of its own; a timeout (or an interrupted caller)
+sends SIGTERM to the group, then SIGKILL after a grace period, and
+``setpriv --pdeathsig`` takes it down if the caller dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import IO
+
+from atoll.device.nspawn import BootOutcome
+from atoll.errors import InvalidInputError, VMError, from_oserror
+from atoll.run import base_environment, find_tool
+
+log = logging.getLogger(__name__)
+
+QEMU = "qemu-system-x86_64"
+_KVM_GET_API_VERSION = 0xAE00
+_KVM_API_VERSION = 12
+_STOP_GRACE = 5.0
+_READER_GRACE = 5.0
+_TAIL_LINES = 40
+#: How much of one boot's console is kept in memory to read the outcome from.
+_KEEP_BYTES = 4 << 20
+_POWEROFF = re.compile(r"reboot: Power down|System halted")
+_REBOOT = re.compile(r"reboot: Restarting system|Kernel panic")
+
+
+class Accel(StrEnum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+@dataclass(frozen=True)
+class VMBoot:
+    outcome: BootOutcome
+    #: QEMU's exit status (negative: killed by that signal).
+    exit_code: int
+    #: Seconds from starting QEMU until it exited.
+    duration: float
+    #: The last lines of the serial console, carriage returns removed.
+    console_tail: str
+    accel: Accel
+    #: QEMU's process id, which is also its process group's id.
+    pid: int
+
+
+def kvm_works(device: Path = Path("/dev/kvm"), cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when *device* answers KVM's API version and the CPU says it has
+    hardware virtualization (``vmx`` or ``svm``).  Hosts that pass ``/dev/kvm``
+    through without the CPU flags start a VM whose kernel then hangs."""
+    try:
+        flags = {
+            word
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("flags")
+            for word in line.split(":", 1)[1].split()
+        }
+    except OSError:
+        return False
+    if not flags & {"vmx", "svm"}:
+        return False
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, _KVM_GET_API_VERSION) == _KVM_API_VERSION
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _image_format(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except FileNotFoundError:
+        raise VMError(f"{path}: no such disk image") from None
+    except OSError as exc:
+        raise from_oserror(exc, str(path)) from exc
+    return "qcow2" if magic == b"QFI\xfb" else "raw"
+
+
+def qemu_command(
+    disk: Path,
+    *,
+    extra_disks: Sequence[Path] = (),
+    memory_mib: int = 1024,
+    cpus: int = 2,
+    accel: Accel = Accel.AUTO,
+    network: bool = False,
+    qemu: str = QEMU,
+) -> tuple[list[str], Accel]:
+    """The QEMU command line that boots *disk* (checked, not run) and the
+    accelerator it uses."""
+    if memory_mib < 256 or cpus < 1:
+        raise InvalidInputError(f"a VM needs 256 MiB or more and a CPU (got {memory_mib}, {cpus})")
+    if accel is Accel.AUTO:
+        accel = Accel.KVM if kvm_works() else Accel.TCG
+    for path in (disk, *extra_disks):
+        if "," in str(path):
+            raise InvalidInputError(f"{path}: QEMU cannot name a path with ','")
+    argv = [
+        qemu,
+        "-accel",
+        accel.value,
+        *(["-cpu", "host"] if accel is Accel.KVM else []),
+        "-m",
+        str(memory_mib),
+        "-smp",
+        str(cpus),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-drive",
+        f"file={disk.absolute()},format={_image_format(disk)},if=virtio,cache=unsafe",
+    ]
+    for extra in extra_disks:
+        fmt = _image_format(extra)
+        argv += ["-drive", f"file={extra.absolute()},format={fmt},if=virtio,readonly=on"]
+    argv += ["-device", "virtio-rng-pci"]
+    if network:
+        # User networking: the guest reaches the host's loopback as 10.0.2.2.
+        argv += ["-nic", "user,model=virtio-net-pci"]
+    return argv, accel
+
+
+def outcome_of_console(exit_code: int, console: str) -> BootOutcome:
+    if exit_code != 0:
+        return BootOutcome.FAILED
+    last_poweroff = max((m.end() for m in _POWEROFF.finditer(console)), default=-1)
+    last_reboot = max((m.end() for m in _REBOOT.finditer(console)), default=-1)
+    if last_poweroff < 0 and last_reboot < 0:
+        return BootOutcome.FAILED
+    return BootOutcome.POWEROFF if last_poweroff > last_reboot else BootOutcome.REBOOT
+
+
+def boot_vm(
+    disk: Path,
+    *,
+    timeout: float,
+    extra_disks: Sequence[Path] = (),
+    memory_mib: int = 1024,
+    cpus: int = 2,
+    accel: Accel = Accel.AUTO,
+    network: bool = False,
+    console_log: Path | None = None,
+) -> VMBoot:
+    """Start a machine from *disk* and wait until it powers off, reboots, fails or
+    *timeout* seconds pass.  The serial console is appended to *console_log*."""
+    if timeout <= 0:
+        raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
+    qemu = find_tool(QEMU, "qemu-system-x86")
+    setpriv = find_tool("setpriv", "util-linux")
+    argv, used = qemu_command(
+        disk,
+        extra_disks=extra_disks,
+        memory_mib=memory_mib,
+        cpus=cpus,
+        accel=accel,
+        network=network,
+        qemu=qemu,
+    )
+    argv = [setpriv, "--pdeathsig=SIGTERM", "--", *argv]
+    log.debug("vm: %s", shlex.join(argv))
+    try:
+        sink = console_log.open("ab") if console_log is not None else None
+    except OSError as exc:
+        raise from_oserror(exc, str(console_log)) from None
+    try:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=base_environment(),
+            process_group=0,
+        )
+        assert proc.stdout is not None
+        console = _Console(proc.stdout, sink)
+        timed_out = False
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            log.debug("vm: %s still running after %s s, stopping it", disk, timeout)
+            code = _stop(proc)
+        finally:
+            if proc.returncode is None:  # interrupted: never leave the machine running
+                _stop(proc)
+            duration = time.monotonic() - started
+            console.close()
+    finally:
+        if sink is not None:
+            sink.close()
+    text = console.text()
+    outcome = BootOutcome.TIMEOUT if timed_out else outcome_of_console(code, text)
+    log.debug("vm: %s ended: %s (exit %d) after %.1f s", disk, outcome, code, duration)
+    return VMBoot(outcome, code, duration, console.tail(), used, proc.pid)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM to QEMU's process group, SIGKILL after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            return proc.wait(timeout=_STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            log.warning("QEMU (pid %d) ignored %s", proc.pid, sig.name)
+    raise VMError(f"QEMU (pid {proc.pid}) survived SIGKILL")
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of the group *pgid* exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+class _Console:
+    """Copies the serial console to the log as it comes (CR LF becomes LF) and
+    keeps the last few MiB for the outcome and the tail."""
+
+    def __init__(self, stream: IO[bytes], sink: IO[bytes] | None) -> None:
+        self._stream = stream
+        self._sink = sink
+        self._kept = bytearray()
+        self._cr = False
+        self._thread = threading.Thread(target=self._pump, name="qemu-console", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        fd = self._stream.fileno()
+        while chunk := os.read(fd, 65536):
+            if self._cr:
+                chunk = b"\r" + chunk
+            self._cr = chunk.endswith(b"\r")
+            if self._cr:
+                chunk = chunk[:-1]
+            text = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if self._sink is not None:
+                self._sink.write(text)
+                self._sink.flush()
+            self._kept += text
+            if len(self._kept) > _KEEP_BYTES:
+                del self._kept[: len(self._kept) - _KEEP_BYTES]
+
+    def close(self) -> None:
+        self._thread.join(_READER_GRACE)
+        if not self._thread.is_alive():
+            self._stream.close()
+
+    def text(self) -> str:
+        return self._kept.decode(errors="replace")
+
+    def tail(self) -> str:
+        return "\n".join(self.text().rstrip("\n").split("\n")[-_TAIL_LINES:])

@@ -1,0 +1,220 @@
+"""Disks from bootable images: ``atoll install to-disk`` and ``atoll disk-image``.
+
+The disks are read back without mounting them: the partition table with
+``sfdisk --json``, the file system with ``debugfs``, GRUB's boot code byte by
+byte against grub-pc-bin's images.  A disk that boots is tested in
+tests/device/test_vm.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.boot import install_early_boot
+from atoll.build.disk import parse_size
+from atoll.build.partition import GRUB_MODULES_DIR, KERNEL_SECTOR_OFFSET, MBR_CODE_END
+from atoll.errors import InvalidInputError
+from helpers.cli import run_atoll
+from helpers.osimage import KVER, build_os_image, tree_spec
+from helpers.parts import missing, require_tool
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def tools() -> None:
+    for tool, package in (
+        ("sfdisk", "fdisk"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+        ("grub-mkimage", "grub-common"),
+    ):
+        require_tool(tool, package)
+    if not (GRUB_MODULES_DIR / "boot.img").is_file():
+        missing("GRUB for BIOS is not installed (apt-get install grub-pc-bin)")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """1: bootable (fake kernel and initramfs, the early-boot hook); nokernel,
+    noinitramfs, nohook: each lacks one thing."""
+    stage = tmp_path / "stage"
+    install_early_boot(stage)
+    hook = tree_spec(stage)
+    layout = tmp_path / "images"
+    build_os_image(layout, "1", version="1.0", add=hook)
+    build_os_image(layout, "nokernel", version="1.0", add=hook, kernel=False)
+    build_os_image(
+        layout,
+        "noinitramfs",
+        version="1.0",
+        add={**hook, f"usr/lib/modules/{KVER}/initramfs.img": None},
+    )
+    build_os_image(layout, "nohook", version="1.0")
+    return layout
+
+
+def atoll(*args: str, code: int = 0) -> Any:
+    proc = run_atoll(*args)
+    assert proc.returncode == code, proc.stderr
+    return json.loads(proc.stdout) if code == 0 and "--json" in args else proc
+
+
+def debugfs(disk: Path, request: str, offset: int = MIB) -> str:
+    return subprocess.run(
+        ["debugfs", "-R", request, f"{disk}?offset={offset}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def check_disk(disk: Path, doc: dict[str, Any]) -> None:
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
+        ).stdout
+    )["partitiontable"]
+    assert table["label"] == "dos"
+    (part,) = table["partitions"]
+    assert part["start"] == 2048 and part["type"] == "83" and part.get("bootable")
+    assert part["size"] * 512 == doc["partition"]["size"]
+    with disk.open("rb") as fh:
+        mbr, core_start = fh.read(512), fh.read(512)
+    boot = (GRUB_MODULES_DIR / "boot.img").read_bytes()
+    assert mbr[:KERNEL_SECTOR_OFFSET] == boot[:KERNEL_SECTOR_OFFSET]
+    assert struct.unpack_from("<Q", mbr, KERNEL_SECTOR_OFFSET)[0] == 1  # core.img at sector 1
+    assert (
+        mbr[KERNEL_SECTOR_OFFSET + 8 : MBR_CODE_END]
+        == boot[KERNEL_SECTOR_OFFSET + 8 : MBR_CODE_END]
+    )
+    assert mbr[510:] == b"\x55\xaa"
+    diskboot = (GRUB_MODULES_DIR / "diskboot.img").read_bytes()
+    assert core_start[:0x100] == diskboot[:0x100]  # core.img begins with diskboot.img
+    stats = debugfs(disk, "stats")
+    assert f"Filesystem UUID:          {doc['filesystem']['uuid']}" in stats
+    assert "Filesystem volume name:   atoll-root" in stats
+    cfg = debugfs(disk, "cat /boot/grub/grub.cfg")
+    assert f"root=UUID={doc['filesystem']['uuid']}" in cfg
+    stateroot, ident = doc["deployment"].split("/")
+    assert f"atoll=/atoll/deploy/{stateroot}/deploy/{ident}" in cfg
+    assert cfg.count("menuentry ") == 1
+    assert len(debugfs(disk, "cat /boot/grub/grubenv")) == 1024
+    # The machine flushes its boot files for GRUB after each update (atoll.boot.flush).
+    assert json.loads(debugfs(disk, "cat /boot/grub/atoll.json"))["flushAfterWrite"] is True
+    assert '"version": 1' in debugfs(disk, "cat /atoll/sysroot.json")
+
+
+def test_to_disk_makes_a_partitioned_bootable_raw_file(images: Path, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE+test test@example\n")
+    disk = tmp_path / "out" / "disk.raw"
+    disk.parent.mkdir()
+    doc = atoll(
+        "install", "to-disk", str(disk), "--source", f"oci:{images}:1", "--size", "256M",
+        "--karg", "console=ttyS0,115200", "--root-ssh-authorized-keys", str(keys), "--json",
+    )  # fmt: skip
+    assert doc["size"] == disk.stat().st_size == 256 * MIB
+    assert doc["kernel"] == KVER and doc["version"] == "1.0"
+    assert doc["kargs"][:2] == ["rw", f"root=UUID={doc['filesystem']['uuid']}"]
+    assert "console=ttyS0,115200" in doc["kargs"]
+    check_disk(disk, doc)
+    assert "serial --unit=0 --speed=115200" in debugfs(disk, "cat /boot/grub/grub.cfg")
+    stateroot, ident = doc["deployment"].split("/")
+    ssh = debugfs(
+        disk, f"cat /atoll/deploy/{stateroot}/deploy/{ident}/etc/tmpfiles.d/atoll-root-ssh.conf"
+    )
+    assert "f~ /root/.ssh/authorized_keys 0600 root root - c3NoLWVkMjU1MTkg" in ssh
+    assert sorted(p.name for p in disk.parent.iterdir()) == ["disk.raw"]  # no staging left
+
+
+def test_disk_image_qcow2(images: Path, tmp_path: Path) -> None:
+    qemu_img = require_tool("qemu-img", "qemu-utils")
+    out = tmp_path / "os.qcow2"
+    doc = atoll("disk-image", f"oci:{images}:1", "--type", "qcow2", "-o", str(out), "--json")
+    assert doc["type"] == "qcow2" and doc["target"] == str(out)
+    assert "console=ttyS0,115200" in doc["kargs"] and "console=tty0" in doc["kargs"]
+    info = json.loads(
+        subprocess.run(
+            [qemu_img, "info", "--output", "json", str(out)], capture_output=True, check=True
+        ).stdout
+    )
+    assert info["format"] == "qcow2" and info["virtual-size"] == doc["size"]
+    raw = tmp_path / "back.raw"
+    subprocess.run([qemu_img, "convert", "-O", "raw", str(out), str(raw)], check=True)
+    check_disk(raw, doc)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == [
+        "back.raw",
+        "images",
+        "os.qcow2",
+        "stage",
+    ]
+
+
+def test_to_disk_on_a_block_device(images: Path, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        missing("a loop device needs root")
+    backing = tmp_path / "backing.img"
+    with backing.open("wb") as fh:
+        fh.truncate(300 * MIB)
+    proc = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        missing(f"no loop device: {proc.stderr.strip()}")
+    device = proc.stdout.strip()
+    try:
+        doc = atoll(
+            "install", "to-disk", device, "--source", f"oci:{images}:1",
+            "--workdir", str(tmp_path / "work"), "--json",
+        )  # fmt: skip
+        assert doc["size"] == 300 * MIB  # the whole device
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
+    check_disk(backing, doc)
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("nokernel", "no kernel (usr/lib/modules/KVER/vmlinuz)"),
+        ("noinitramfs", f"kernel {KVER} has no initramfs"),
+        ("nohook", "no atoll early-boot hook"),
+    ],
+)
+def test_an_image_that_cannot_boot_is_refused(
+    images: Path, tmp_path: Path, ref: str, message: str
+) -> None:
+    disk = tmp_path / "out" / "disk.raw"
+    disk.parent.mkdir()
+    proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:{ref}", code=70)
+    assert message in proc.stderr
+    assert proc.stderr.count("\n") <= 2  # one line, and a hint
+    assert list(disk.parent.iterdir()) == []  # nothing left behind
+
+
+def test_a_size_too_small_is_refused(images: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1", "--size", "1M",
+                 code=72)  # fmt: skip
+    assert "too small" in proc.stderr and not disk.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("4G", 4 << 30), ("512M", 512 << 20), ("1024", 1024), ("1.5GiB", 3 << 29)]
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "big", "-1G", "0"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(InvalidInputError):
+        parse_size(text)

@@ -1,0 +1,209 @@
+"""The device as a real machine: a disk made by ``atoll install to-disk``, booted
+in QEMU (BIOS, GRUB, the Debian kernel and an initramfs with atoll's hook).
+
+v1 is installed and boots green; inside the VM ``atoll upgrade`` stages v2 from
+an ``oci-archive:`` on a second virtual disk; v2 ships a required check that
+fails, so each of its boots is red and reboots; GRUB counts the attempts in
+grubenv and, after three, boots v1 on its own; atoll records the rollback and
+why; v3 upgrades and goes green.  Data written to /var before the first upgrade
+is there at the end, and /usr is read-only in every deployment.  Each boot is a
+fresh QEMU process (``-no-reboot``); the VM reports on its serial console
+(lines starting with ``VMTEST``, from helpers.vm.DRIVER_FILES).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.device.nspawn import BootOutcome
+from atoll.device.qemu import VMBoot, boot_vm
+from helpers.busybox_root import REQUIRED
+from helpers.cli import run_atoll
+from helpers.debian import DebianTree
+from helpers.osimage import FileSpec
+from helpers.parts import missing, require_tool
+from helpers.vm import (
+    STEP_FILE,
+    TEST_KARGS,
+    build_vm_image,
+    ensure_vm_tree,
+    make_data_disk,
+    platform_files,
+)
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.integration]
+
+BOOT_TIMEOUT = 240
+FAILING_CHECK = "#!/bin/sh\necho 'v2 cannot reach its control plane (on purpose)'\nexit 7\n"
+
+
+@pytest.fixture(scope="module")
+def vm_tree() -> DebianTree:
+    if os.geteuid() != 0:
+        missing("making the VM's Debian tree (debootstrap, chroot) needs root")
+    for tool, package in (
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("debootstrap", None),
+        ("sfdisk", "fdisk"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+        ("grub-mkimage", "grub-common"),
+    ):
+        require_tool(tool, package)
+    if not Path("/usr/lib/grub/i386-pc/boot.img").is_file():
+        missing("GRUB for BIOS is not installed (apt-get install grub-pc-bin)")
+    return ensure_vm_tree()
+
+
+def atoll(*args: str) -> str:
+    proc = run_atoll(*args)
+    assert proc.returncode == 0, f"atoll {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+def disk_file(disk: Path, path: str) -> str:
+    """A file of the disk's root file system, read without mounting it."""
+    proc = subprocess.run(
+        ["debugfs", "-R", f"cat {path}", f"{disk}?offset=1048576"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout
+
+
+def grubenv(disk: Path) -> dict[str, str]:
+    text = disk_file(disk, "/boot/grub/grubenv")
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def report(console: Path, start: int) -> dict[str, Any]:
+    """The VMTEST lines the boot printed after byte *start* of the console log."""
+    text = console.read_bytes()[start:].decode(errors="replace")
+    lines = [line.split("VMTEST ", 1)[1] for line in text.splitlines() if "VMTEST " in line]
+    found: dict[str, Any] = {"lines": lines, "mounts": {}}
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        if word == "status":
+            found[word] = json.loads(rest)
+        elif word == "history":  # health/history.jsonl, its lines joined by spaces
+            decoder, text, records = json.JSONDecoder(), rest.strip(), []
+            while text:
+                record, end = decoder.raw_decode(text)
+                records.append(record)
+                text = text[end:].lstrip()
+            found[word] = records
+        elif word == "boot":
+            # NAME=VALUE pairs; a value may hold spaces ("data=written by 1.0").
+            found.update(re.findall(r"(\w+)=(.*?)(?= \w+=|$)", rest))
+        elif word == "mount" and rest:
+            target, options = rest.split()
+            found["mounts"][target] = options.split(",")
+        elif word == "grubenv":
+            found["grubenv"] = dict(item.split("=", 1) for item in rest.split())
+    return found
+
+
+class Machine:
+    def __init__(self, disk: Path, console: Path) -> None:
+        self.disk = disk
+        self.console = console
+        self.boots: list[tuple[str, VMBoot]] = []
+
+    def boot(self, data: Path, expect: BootOutcome) -> dict[str, Any]:
+        start = self.console.stat().st_size if self.console.exists() else 0
+        result = boot_vm(
+            self.disk, extra_disks=[data], timeout=BOOT_TIMEOUT, console_log=self.console
+        )
+        self.boots.append((data.name, result))
+        assert result.outcome is expect, (
+            f"boot {len(self.boots)}: {result.outcome} after {result.duration:.0f} s, "
+            f"not {expect}:\n{result.console_tail}"
+        )
+        return report(self.console, start)
+
+
+@pytest.mark.timeout(1800)
+def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: DebianTree) -> None:
+    started = time.monotonic()
+    images = tmp_path / "images"  # the same path inside the VM, where the data disk goes
+    images.mkdir()
+    layout = tmp_path / "layout"
+    platform = platform_files(vm_tree, tmp_path / "stage")
+    common: dict[str, object] = {"etc/vmtest-images": f"{images}\n"}
+    v2 = {**common, f"{REQUIRED}/50-control-plane.sh": FileSpec(FAILING_CHECK.encode(), 0o755)}
+    for ref, version, add in (("1", "1.0", common), ("2", "2.0", v2), ("3", "3.0", common)):
+        build_vm_image(layout, ref, vm_tree, platform, version=version, add=add)  # type: ignore[arg-type]
+        atoll("image", "copy", f"oci:{layout}:{ref}", f"oci-archive:{tmp_path}/v{ref}.tar")
+    shutil.copyfile(tmp_path / "v1.tar", images / "os.tar")
+
+    disk = tmp_path / "disk.raw"
+    kargs = [arg for karg in TEST_KARGS for arg in ("--karg", karg)]
+    atoll("install", "to-disk", str(disk), "--source", f"oci-archive:{images}/os.tar",
+          "--size", "3G", *kargs)  # fmt: skip
+    (images / "os.tar").unlink()
+    data_v2, data_v3 = (
+        make_data_disk(
+            tmp_path / f"data-{v}.img", {"os.tar": tmp_path / f"{v}.tar", STEP_FILE: "upgrade"}
+        )
+        for v in ("v2", "v3")
+    )
+    data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
+    prepared = time.monotonic() - started
+
+    vm = Machine(disk, tmp_path / "console.log")
+    try:
+        # v1, installed: green; writes /var data, upgrades to v2, powers off (finalize).
+        first = vm.boot(data_v2, BootOutcome.POWEROFF)
+        assert first["version"] == "1.0"
+        assert first["usr"] == "read-only" and "ro" in first["mounts"]["/usr"]
+        assert "rw" in first["mounts"]["/"] and "rw" in first["mounts"]["/var"]
+        assert first["data"] == "none"
+        assert "upgraded" in first["lines"]
+        assert first["status"]["status"]["booted"]["image"]["version"] == "1.0"
+        env = grubenv(disk)
+        assert env.get("boot_counter") == "3" and env.get("boot_success") == "0"
+        menu = [m for m in disk_file(disk, "/boot/grub/grub.cfg").splitlines() if "menuentry" in m]
+        assert " 2.0 (" in menu[0] and " 1.0 (" in menu[1]  # v2 is tried first, v1 is next
+        # v2: three red boots; GRUB counts each down before the kernel starts.
+        for left in ("2", "1", "0"):
+            red = vm.boot(data_report, BootOutcome.REBOOT)
+            assert red["lines"] == []  # the driver runs only after a green check
+            assert grubenv(disk).get("boot_counter") == left
+        # GRUB falls back to v1 by itself; atoll records why and upgrades to v3.
+        back = vm.boot(data_v3, BootOutcome.POWEROFF)
+        assert back["version"] == "1.0"
+        assert back["data"] == "written by 1.0"
+        assert back["usr"] == "read-only"
+        rollback = back["status"]["status"]["atoll"]["lastRollback"]
+        assert rollback["attemptsUsed"] == 3
+        assert rollback["reason"]["name"] == "50-control-plane.sh"
+        assert rollback["reason"]["exitCode"] == 7
+        assert "control plane" in rollback["reason"]["output"]
+        assert back["status"]["status"]["rollback"]["image"]["version"] == "2.0"
+        assert back["status"]["status"]["rollback"]["atoll"]["bootState"] == "bad"
+        outcomes = [h["outcome"] for h in back["history"]]
+        assert outcomes[-4:] == ["red", "red", "red", "green"]
+        assert "upgraded" in back["lines"]
+        # v3: green, the /var data still there, /usr read-only, the counter gone.
+        last = vm.boot(data_report, BootOutcome.POWEROFF)
+        assert last["version"] == "3.0"
+        assert last["data"] == "written by 1.0"
+        assert last["usr"] == "read-only"
+        assert last["status"]["status"]["booted"]["atoll"]["bootState"] == "good"
+        assert last["mounts"]["/sysroot"]
+        env = grubenv(disk)
+        assert env.get("boot_success") == "1" and "boot_counter" not in env
+    finally:
+        timings = ", ".join(f"{name} {b.outcome} {b.duration:.0f}s" for name, b in vm.boots)
+        accel = vm.boots[0][1].accel if vm.boots else "-"
+        print(f"\nVM scenario ({accel}): prepared in {prepared:.0f} s; boots: {timings}")

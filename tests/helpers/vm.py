@@ -1,0 +1,386 @@
+"""A Debian bookworm tree that boots on a virtual machine, and images made from it.
+
+The tree is the container tree's recipe (tests/helpers/debian.py) plus a kernel,
+initramfs-tools and udev, cached the same way under its own key::
+
+    CACHE/debian-bookworm-KEY/          KEY: sha256 of VM_RECIPE
+    ├── rootfs/                         kernel at usr/lib/modules/KVER/vmlinuz, no initramfs
+    ├── base-layer.tar.gz               the tree as one OCI layer (helpers.debian.base_layer)
+    └── initramfs/HASH/initramfs.img    one per content of atoll's early-boot files
+
+The initramfs is made with the tree's own ``mkinitramfs`` (``MODULES=list``: only
+virtio and ext4) in a chroot of a copy, with atoll's initramfs-tools hook added,
+and cached by the hash of those files: changing the hook makes a new one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from atoll.boot import early_boot_digest, install_early_boot
+from atoll.units import install_atoll, install_units
+from helpers import debian
+from helpers.osimage import Spec, _tar, publish_image, tree_spec
+
+#: Kernel modules the slim initramfs carries: a virtio disk with ext4 on it.
+INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
+VM_PACKAGES = (
+    *debian.PACKAGES,
+    "linux-image-amd64",
+    "initramfs-tools",
+    "udev",
+    "e2fsprogs",
+)
+#: Bump when prepare_vm_tree() changes.
+VM_PREPARE_VERSION = 4
+VM_RECIPE: dict[str, object] = {
+    **debian.RECIPE,
+    "include": list(VM_PACKAGES),
+    "prepare": f"vm-{VM_PREPARE_VERSION}",
+}
+#: The kernel modules the tree keeps (paths under usr/lib/modules/KVER/kernel/, or
+#: their directories): a virtio machine with ext4 disks needs no others.
+KEPT_MODULES = (
+    "drivers/virtio/",
+    "drivers/block/virtio_blk.ko",
+    "drivers/char/hw_random/virtio-rng.ko",
+    "drivers/firmware/qemu_fw_cfg.ko",
+    "fs/ext4/",
+    "fs/jbd2/",
+    "fs/mbcache.ko",
+    "lib/crc16.ko",
+    "crypto/crc32c_generic.ko",
+    "arch/x86/crypto/crc32c-intel.ko",
+)
+#: Units a VM boot does not need (on top of helpers.debian.MASKED_UNITS).
+VM_MASKED_UNITS = (
+    "serial-getty@ttyS0.service",
+    "systemd-udev-settle.service",
+    "systemd-journal-catalog-update.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    "systemd-hwdb-update.service",
+    "systemd-binfmt.service",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "ifupdown-pre.service",
+    "networking.service",
+    "logrotate.timer",
+    "man-db.timer",
+    # Nothing here needs device events, D-Bus or logins: the disks are there from the
+    # start (devtmpfs), systemctl talks to systemd directly, nobody logs in.
+    "systemd-udevd.service",
+    "systemd-udevd-control.socket",
+    "systemd-udevd-kernel.socket",
+    "systemd-udev-trigger.service",
+    "dbus.service",
+    "dbus.socket",
+    "systemd-logind.service",
+    "getty.target",
+    "modprobe@configfs.service",
+    "modprobe@dm_mod.service",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@fuse.service",
+    "modprobe@loop.service",
+    "systemd-journal-flush.service",
+    "systemd-random-seed.service",
+    "systemd-sysusers.service",
+    "sys-kernel-config.mount",
+    "sys-fs-fuse-connections.mount",
+)
+#: Documentation, translations and hardware databases: a third of the tree, read
+#: by nothing in a test VM, and every byte of it is imported again at each upgrade.
+TRIMMED = (
+    "usr/share/locale",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/lib/udev/hwdb.d",
+    "usr/lib/udev/hwdb.bin",
+    "etc/udev/hwdb.bin",
+)
+
+
+def prepare_vm_tree(root: Path) -> None:
+    """The container preparation, then: the kernel where atoll looks for it, a
+    slim initramfs configuration, no gettys on the serial console."""
+    debian.prepare_tree(root)
+    system = root / "etc/systemd/system"
+    for unit in VM_MASKED_UNITS:
+        link = system / unit
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+    boot = root / "boot"
+    kernels = sorted(boot.glob("vmlinuz-*"))
+    if len(kernels) != 1:
+        raise RuntimeError(f"{boot}: expected one kernel, found {[k.name for k in kernels]}")
+    kver = kernels[0].name.removeprefix("vmlinuz-")
+    shutil.move(kernels[0], root / "usr/lib/modules" / kver / "vmlinuz")
+    # Where bootc images keep it; mkinitramfs reads it from /boot (see make_initramfs).
+    shutil.move(boot / f"config-{kver}", root / "usr/lib/modules" / kver / "config")
+    for leftover in [*boot.iterdir(), *root.glob("vmlinuz*"), *root.glob("initrd.img*")]:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+    _prune_modules(root, kver)
+    for path in TRIMMED:
+        target = root / path
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+            target.mkdir()
+        else:
+            target.unlink(missing_ok=True)
+    conf = root / "etc/initramfs-tools"
+    text = (conf / "initramfs.conf").read_text()
+    text = text.replace("MODULES=most", "MODULES=list")
+    text = text.replace("COMPRESS=zstd", "COMPRESS=gzip")  # the tree has no zstd
+    (conf / "initramfs.conf").write_text(text)
+    (conf / "modules").write_text("\n".join(INITRAMFS_MODULES) + "\n")
+    (conf / "conf.d").mkdir(exist_ok=True)
+    (conf / "conf.d/resume").write_text("RESUME=none\n")
+
+
+def _prune_modules(root: Path, kver: str) -> None:
+    """Keep only :data:`KEPT_MODULES` (400 MB of drivers become a few) and re-run depmod."""
+    kernel = root / "usr/lib/modules" / kver / "kernel"
+    for module in sorted(kernel.rglob("*.ko*")):
+        rel = module.relative_to(kernel).as_posix()
+        if not any(rel == k or (k.endswith("/") and rel.startswith(k)) for k in KEPT_MODULES):
+            module.unlink()
+    for directory in sorted(kernel.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+    subprocess.run(["chroot", str(root), "depmod", "-a", kver], check=True)
+
+
+VM_TREE = debian.TreeRecipe(
+    VM_RECIPE,
+    lambda target: debian._debootstrap(target, VM_PACKAGES),
+    prepare_vm_tree,
+)
+
+
+def ensure_vm_tree(cache: Path | None = None) -> debian.DebianTree:
+    return debian.ensure_debian_tree(cache, VM_TREE)
+
+
+def tree_kver(tree: debian.DebianTree) -> str:
+    found = sorted(p.parent.name for p in tree.rootfs.glob("usr/lib/modules/*/vmlinuz"))
+    if len(found) != 1:
+        raise RuntimeError(f"{tree.rootfs}: expected one kernel, found {found}")
+    return found[0]
+
+
+#: Kernel arguments of the test disks: the console on the serial port, little of it.
+TEST_KARGS = (
+    "console=ttyS0,115200",
+    "quiet",
+    "loglevel=3",
+    "systemd.show_status=false",
+    "fsck.mode=skip",
+    "panic=1",
+)
+#: Where the data disk (/dev/vdb) is mounted in the VM; the same path on the host
+#: holds os.tar, so an image installed from oci-archive:IMAGES/os.tar upgrades from it.
+STEP_FILE = "step"
+
+#: The unit and script that report each green boot on the console and do the
+#: step the data disk asks for, then power off.
+DRIVER_FILES = {
+    "usr/lib/systemd/system/vmtest.service": """\
+[Unit]
+Description=atoll VM test: report this boot, do the step the data disk asks for
+Requires=atoll-healthcheck.service
+After=multi-user.target atoll-healthcheck.service
+SuccessAction=poweroff
+FailureAction=poweroff
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/vmtest-step
+StandardOutput=journal+console
+StandardError=journal+console
+""",
+    "usr/local/sbin/vmtest-step": """\
+#!/bin/sh
+# Lines for the test start with VMTEST; one line each, so they survive the console.
+say() { echo "VMTEST $*"; }
+images="$(cat /etc/vmtest-images)"
+mkdir -p "$images"
+mount -o ro /dev/vdb "$images" || say "no data disk"
+step="$(cat "$images/step" 2>/dev/null || echo none)"
+if touch /usr/.vmtest 2>/dev/null; then usr=writable; rm -f /usr/.vmtest; else usr=read-only; fi
+data="$(cat /var/lib/vmtest/data 2>/dev/null || echo none)"
+say "boot version=$(cat /etc/atoll-version) usr=$usr data=$data step=$step"
+for m in / /usr /var /sysroot; do say "mount $(findmnt -n -o TARGET,OPTIONS "$m")"; done
+say "status $(atoll status --sysroot /sysroot --format json | tr -d '\\n')"
+say "history $(tr '\\n' ' ' < /sysroot/atoll/health/history.jsonl)"
+say "grubenv $(grep -v '^#' /sysroot/boot/grub/grubenv | tr '\\n' ' ')"
+if [ "$step" = upgrade ]; then
+    mkdir -p /var/lib/vmtest
+    data=/var/lib/vmtest/data
+    [ -f $data ] || echo "written by $(cat /etc/atoll-version)" > $data
+    if atoll upgrade --sysroot /sysroot; then say "upgraded"; else say "upgrade failed: $?"; fi
+fi
+umount "$images" 2>/dev/null
+say "done"
+""",
+}
+
+
+def make_initramfs(tree: debian.DebianTree) -> Path:
+    """The tree's initramfs with atoll's hook in it, made once per content of the
+    early-boot files (``CACHE/.../initramfs/DIGEST/initramfs.img``)."""
+    final = tree.cache / "initramfs" / early_boot_digest()[:16] / "initramfs.img"
+    if final.is_file():
+        return final
+    kver = tree_kver(tree)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent) as work:
+        root = Path(work) / "root"
+        # Hard links are safe: mkinitramfs writes only its output, and the files
+        # added here replace links instead of writing through them.
+        subprocess.run(["cp", "-al", "--", str(tree.rootfs), str(root)], check=True)
+        install_early_boot(root)
+        shutil.copyfile(root / "usr/lib/modules" / kver / "config", root / f"boot/config-{kver}")
+        subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "sh",
+                "-c",
+                'mount -t proc proc "$1/proc" && chroot "$1" mkinitramfs -o /initramfs.img "$2"',
+                "-",
+                str(root),
+                kver,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        tmp = final.with_name(".initramfs.img.tmp")
+        shutil.copyfile(root / "initramfs.img", tmp)
+        tmp.rename(final)
+    return final
+
+
+def platform_files(tree: debian.DebianTree, stage: Path) -> Spec:
+    """What every version of a test image adds to the tree: atoll, its units, its
+    early-boot files and the initramfs made with them."""
+    install_atoll(stage)
+    install_units(stage)
+    install_early_boot(stage)
+    if sys.version_info[:2] == (3, 11):  # bookworm's python3: the same bytecode
+        # /usr is read-only on the device: without these, every atoll command would
+        # compile its modules again, which takes seconds under emulation.
+        package = stage / "usr/lib/python3/dist-packages/atoll"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "compileall",
+                "-q",
+                "--invalidation-mode",
+                "unchecked-hash",
+                "-d",
+                "/usr/lib/python3/dist-packages/atoll",
+                str(package),
+            ],
+            check=True,
+        )
+    for path, text in DRIVER_FILES.items():
+        target = stage / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(0o755 if path.endswith("vmtest-step") else 0o644)
+    wants = stage / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "vmtest.service").symlink_to("/usr/lib/systemd/system/vmtest.service")
+    kver = tree_kver(tree)
+    initramfs = stage / "usr/lib/modules" / kver / "initramfs.img"
+    initramfs.parent.mkdir(parents=True)
+    shutil.copyfile(make_initramfs(tree), initramfs)
+    return tree_spec(stage)
+
+
+def _layer(layout: Path, files: Spec) -> tuple[str, str, int]:
+    tar = _tar(files)
+    gz = gzip.compress(tar, compresslevel=1, mtime=0)
+    digest = hashlib.sha256(gz).hexdigest()
+    blob = layout / "blobs" / "sha256" / digest
+    if not blob.exists():
+        blob.write_bytes(gz)
+    return f"sha256:{digest}", "sha256:" + hashlib.sha256(tar).hexdigest(), len(gz)
+
+
+def build_vm_image(
+    layout: Path,
+    ref: str,
+    tree: debian.DebianTree,
+    platform: Spec,
+    *,
+    version: str,
+    add: Spec | None = None,
+) -> str:
+    """An image of the VM tree in the OCI layout at *layout*: the cached tree, the
+    *platform* layer (the same in every version, so an upgrade fetches it once),
+    and the version's own files."""
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    base_path, base = debian.base_layer(tree)
+    target = blobs / base.digest.removeprefix("sha256:")
+    if not target.exists():
+        shutil.copyfile(base_path, target)
+    layers = [(base.digest, base.diff_id, base.size), _layer(layout, platform)]
+    layers.append(_layer(layout, {"etc/atoll-version": f"{version}\n", **(add or {})}))
+    config: dict[str, object] = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2026-01-01T00:00:00Z",
+        "config": {
+            "Labels": {"containers.bootc": "1", "org.opencontainers.image.version": version},
+            "Cmd": ["/sbin/init"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id, _ in layers]},
+    }
+    return publish_image(layout, ref, config, [(digest, size) for digest, _, size in layers])
+
+
+def make_data_disk(path: Path, files: dict[str, Path | str]) -> Path:
+    """A small ext4 disk image holding *files* (name -> a file to hard-link, or text)."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as work:
+        root = Path(work)
+        size = 16 * 1024 * 1024
+        for name, content in files.items():
+            if isinstance(content, Path):
+                os.link(content, root / name)
+                size += content.stat().st_size
+            else:
+                (root / name).write_text(content)
+        path.unlink(missing_ok=True)
+        subprocess.run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "vmtest",
+                "-d",
+                str(root),
+                str(path),
+                f"{int(size * 1.2) // 1024}k",
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return path
