@@ -1,0 +1,1 @@
+"""The demo: the edge story on one machine (docs/demo.md)."""

@@ -30,6 +30,21 @@ http:
 """
 
 
+def write_config(workdir: Path, port: int) -> Path:
+    """The registry's config.yml: storage under *workdir*, plain HTTP on 127.0.0.1:*port*."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "config.yml"
+    config.write_text(_CONFIG.format(root=workdir / "storage", port=port))
+    return config
+
+
+def answers(host: str) -> bool:
+    """True when the registry at *host* answers its API's version check."""
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"http://{host}/v2/", timeout=1).status_code == 200
+    return False
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -48,9 +63,7 @@ class LocalRegistry:
 
     def start(self, timeout: float = 20.0) -> None:
         binary = find_tool("docker-registry")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "config.yml"
-        config.write_text(_CONFIG.format(root=self.workdir / "storage", port=self.port))
+        config = write_config(self.workdir, self.port)
         log = (self.workdir / "registry.log").open("wb")
         self._proc = subprocess.Popen(
             [binary, "serve", str(config)],
@@ -68,9 +81,8 @@ class LocalRegistry:
                     f"see {self.workdir / 'registry.log'}",
                     argv=[binary, "serve", str(config)],
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 200:
-                    return
+            if answers(self.host):
+                return
             time.sleep(0.05)
         self.stop()
         raise CommandError(f"docker-registry did not answer on {self.host} within {timeout} s")

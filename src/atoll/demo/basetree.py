@@ -1,0 +1,173 @@
+"""The demo's base OS: a small Debian bookworm tree with systemd and python3.
+
+Made once per machine with debootstrap and kept in a cache, because it takes a
+minute and fetches about 40 MB from deb.debian.org::
+
+    CACHE/                          --cache DIR, $ATOLL_DEMO_CACHE, else /var/cache/atoll/demo
+    ├── .lock                       flock held while building
+    ├── .build-XXXXXXXX/            a build in progress (removed when found later)
+    └── debian-bookworm-KEY/        KEY: a hash of the recipe below
+        ├── rootfs/                 the prepared tree (never booted or changed in place)
+        └── recipe.json
+
+Prepared for quick container boots: timers and units that make no sense in a
+container are masked, /etc/machine-id is empty (a new id each boot), there is
+no /etc/hostname (the machine name is used), and apt's lists and downloaded
+packages are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from atoll.errors import CommandError
+from atoll.run import base_environment, find_tool
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+#: python3 runs atoll inside the booted image: its units call it.
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3-minimal", "libpython3-stdlib")
+PREPARE_VERSION = 1
+DEFAULT_CACHE = Path("/var/cache/atoll/demo")
+MASKED_UNITS = (
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "systemd-pstore.service",
+    "systemd-networkd-wait-online.service",
+    "systemd-timesyncd.service",
+    "systemd-firstboot.service",
+    "console-getty.service",
+    "getty@tty1.service",
+)
+
+
+def recipe() -> dict[str, object]:
+    return {
+        "suite": SUITE,
+        "variant": "minbase",
+        "include": list(PACKAGES),
+        "mirror": MIRROR,
+        "prepare": PREPARE_VERSION,
+    }
+
+
+def cache_dir(given: Path | None = None) -> Path:
+    return given or Path(os.environ.get("ATOLL_DEMO_CACHE") or DEFAULT_CACHE)
+
+
+def cached_tree(cache: Path) -> Path | None:
+    """The prepared tree if it is in the cache already."""
+    key = hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:16]
+    final = cache / f"debian-{SUITE}-{key}"
+    return final / "rootfs" if (final / "recipe.json").is_file() else None
+
+
+def ensure_tree(cache: Path) -> Path:
+    """The prepared tree, made first with debootstrap if the cache has none."""
+    found = cached_tree(cache)
+    if found is not None:
+        return found
+    key = hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:16]
+    final = cache / f"debian-{SUITE}-{key}"
+    cache.mkdir(parents=True, exist_ok=True)
+    with _locked(cache):
+        if (final / "recipe.json").is_file():
+            return final / "rootfs"
+        for stale in cache.glob(".build-*"):
+            _remove_build(stale)
+        build = cache / f".build-{secrets.token_hex(4)}"
+        build.mkdir()
+        try:
+            _debootstrap(build / "rootfs")
+            prepare_tree(build / "rootfs")
+            (build / "recipe.json").write_text(json.dumps(recipe(), indent=2) + "\n")
+            build.rename(final)
+        finally:
+            if build.exists():
+                _remove_build(build)
+    return final / "rootfs"
+
+
+def _debootstrap(target: Path) -> None:
+    argv = [
+        find_tool("debootstrap"),
+        "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+        SUITE,
+        str(target),
+        MIRROR,
+    ]
+    proc = subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=base_environment(),
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
+        raise CommandError(
+            f"debootstrap failed with exit code {proc.returncode}: {' | '.join(tail)}",
+            argv=argv,
+            returncode=proc.returncode,
+        )
+
+
+def prepare_tree(root: Path) -> None:
+    system = root / "etc/systemd/system"
+    for unit in MASKED_UNITS:
+        for wants in system.glob(f"*.wants/{unit}"):
+            wants.unlink()
+        link = system / unit
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+    (root / "etc/machine-id").write_text("")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    (root / "etc/hostname").unlink(missing_ok=True)
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
+    (root / "etc/resolv.conf").write_text("")
+    for junk in (root / "var/lib/apt/lists", root / "var/cache/apt"):
+        for entry in junk.iterdir():
+            if entry.is_file() and entry.name != "lock":
+                entry.unlink()
+            elif entry.is_dir() and entry.name == "archives":
+                for deb in entry.glob("*.deb"):
+                    deb.unlink()
+    for log in (root / "var/log").rglob("*.log"):
+        log.write_text("")
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    with (cache / ".lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remove_build(path: Path) -> None:
+    # A killed debootstrap may have left /proc or /sys mounted in its tree.
+    top = os.path.realpath(path)
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == top or point.startswith(top + "/"):
+            points.append(point)
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,278 @@
+"""The demo's OS: a base image written from the Debian tree, and three blueprints.
+
+The base image (``oci:WORKDIR/images:base``) is the tree as one layer (made once
+and kept in the cache) and, when the demo is given an apt source, a second
+layer with that ``/etc/apt/sources.list``. ``atoll build --blueprint`` turns it
+into the three versions of the story (atoll and its units are added by the
+build)::
+
+    v1.0  wanted check 00-remember.sh (notes the deployment of the first boot)
+    v2.0  + the strace package, a required check 50-web-config.sh and
+          /usr/lib/edge/web.conf with a typo: the check fails, every boot is red
+    v3.0  web.conf fixed: the check passes
+
+The images carry no kernel: the container-boot device boots the tree with
+systemd-nspawn. So the builds skip the bootable-image lint (``--no-lint``) and
+install and upgrade take ``--allow-no-kernel``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, cast
+
+PACKAGE = "usr/bin/strace"
+CHECK = "50-web-config.sh"
+
+REMEMBER = """#!/bin/sh
+# Note which deployment booted first (kept in /var, which updates never touch).
+mkdir -p /var/lib/edge
+[ -f /var/lib/edge/first ] || echo "$ATOLL_DEPLOYMENT" > /var/lib/edge/first
+"""
+WEB_CONFIG_CHECK = """#!/bin/sh
+# The web service needs a port in its configuration.
+if ! grep -q '^port=' /usr/lib/edge/web.conf; then
+  echo "/usr/lib/edge/web.conf sets no port= (found: $(head -n1 /usr/lib/edge/web.conf))"
+  exit 1
+fi
+"""
+_EMPTIED = frozenset({"dev", "proc", "sys", "run", "tmp", "var/tmp"})
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    diff_id: str
+    size: int
+
+
+@dataclass(frozen=True)
+class OSVersion:
+    version: str
+    blueprint: str
+    note: str
+
+
+def _file(path: str, data: str, mode: str = "0644") -> str:
+    body = data.replace("\\", "\\\\").replace('"""', '\\"""')
+    return f'[[customizations.files]]\npath = "{path}"\nmode = "{mode}"\ndata = """\n{body}"""\n'
+
+
+def versions() -> list[OSVersion]:
+    top = 'name = "edge-os"\ndescription = "The demo\'s edge OS"\nversion = "{v}"\n\n'
+    remember = _file("/usr/lib/greenboot/check/wanted.d/00-remember.sh", REMEMBER, "0755")
+    check = _file(f"/usr/lib/greenboot/check/required.d/{CHECK}", WEB_CONFIG_CHECK, "0755")
+    strace = '[[packages]]\nname = "strace"\n\n'
+    return [
+        OSVersion("1.0", top.format(v="1.0") + remember, "the base with atoll, a wanted check"),
+        OSVersion(
+            "2.0",
+            top.format(v="2.0")
+            + strace
+            + remember
+            + check
+            + _file("/usr/lib/edge/web.conf", "listen=8080\n"),
+            "adds strace and a required check; web.conf has a typo",
+        ),
+        OSVersion(
+            "3.0",
+            top.format(v="3.0")
+            + strace
+            + remember
+            + check
+            + _file("/usr/lib/edge/web.conf", "port=8080\n"),
+            "web.conf fixed: the check passes",
+        ),
+    ]
+
+
+def base_layer(tree: Path, cache: Path) -> tuple[Path, Blob]:
+    """The tree as one gzip layer, made once per tree and kept in *cache*."""
+    key = hashlib.sha256(os.path.realpath(tree).encode()).hexdigest()[:16]
+    blob, meta = cache / f"base-layer-{key}.tar.gz", cache / f"base-layer-{key}.json"
+    if meta.is_file() and blob.is_file():
+        return blob, Blob(**json.loads(meta.read_text()))
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=".layer-")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with tmp.open("wb") as raw:
+            layer = _write_layer(raw, _tree_entries(tree))
+        tmp.rename(blob)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta.write_text(json.dumps(layer.__dict__))
+    return blob, layer
+
+
+def write_base(layout: Path, tree: Path, cache: Path, apt_source: str | None) -> str:
+    """Write the base image to the OCI layout *layout* as ``base``; return its digest."""
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    base_path, base = base_layer(tree, cache)
+    target = blobs / base.digest.removeprefix("sha256:")
+    if not target.exists():
+        shutil.copyfile(base_path, target)
+    layers = [base]
+    if apt_source:
+        raw = io.BytesIO()
+        files = {"etc/apt/sources.list": ((apt_source + "\n").encode(), 0o644)}
+        layers.append(_write_layer(raw, list(_file_entries(files, set()))))
+        _put(blobs, raw.getvalue())
+    digest, size = _publish(layout, layers, "0")
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": size,
+                "annotations": {"org.opencontainers.image.ref.name": "base"},
+            }
+        ],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    return digest
+
+
+def _publish(layout: Path, layers: list[Blob], version: str) -> tuple[str, int]:
+    blobs = layout / "blobs" / "sha256"
+    config = json.dumps(
+        {
+            "architecture": _arch(),
+            "os": "linux",
+            "created": "2026-01-01T00:00:00Z",
+            "config": {
+                "Labels": {
+                    "containers.bootc": "1",
+                    "org.opencontainers.image.version": version,
+                    "org.opencontainers.image.title": "Debian bookworm for the atoll demo",
+                },
+                "Cmd": ["/sbin/init"],
+            },
+            "rootfs": {"type": "layers", "diff_ids": [b.diff_id for b in layers]},
+            "history": [
+                {"created_by": "debootstrap bookworm (systemd, python3)"},
+                *([{"created_by": "apt sources"}] if len(layers) > 1 else []),
+            ],
+        },
+        sort_keys=True,
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": _put(blobs, config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": b.digest,
+                    "size": b.size,
+                }
+                for b in layers
+            ],
+        }
+    ).encode()
+    return _put(blobs, manifest), len(manifest)
+
+
+def _put(blobs: Path, data: bytes) -> str:
+    hexdigest = hashlib.sha256(data).hexdigest()
+    (blobs / hexdigest).write_bytes(data)
+    return f"sha256:{hexdigest}"
+
+
+def _arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+# --- tar layers --------------------------------------------------------------------------
+
+_Entry = tuple[tarfile.TarInfo, Path | bytes | None]
+
+
+def _tree_entries(root: Path) -> Iterator[_Entry]:
+    probe = tarfile.TarFile(fileobj=io.BytesIO(), mode="w")
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        rel = here.relative_to(root).as_posix()
+        if rel in _EMPTIED:
+            dirnames[:] = []
+            continue
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = here / name
+            info = probe.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
+            if info.ischr() or info.isblk() or info.isfifo():
+                continue
+            info.uname = info.gname = ""
+            yield info, (path if info.isfile() else None)
+
+
+def _file_entries(files: Mapping[str, tuple[bytes, int]], known: set[str]) -> Iterator[_Entry]:
+    dirs = set(known)
+    for name in sorted(files):
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent not in dirs:
+                dirs.add(parent)
+                info = tarfile.TarInfo(parent)
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_767_225_600
+                yield info, None
+        data, mode = files[name]
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), mode, 1_767_225_600
+        yield info, data
+
+
+class _Hashing:
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.out.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+
+def _write_layer(out: IO[bytes], entries: Iterator[_Entry] | list[_Entry]) -> Blob:
+    packed = _Hashing(out)
+    with gzip.GzipFile(fileobj=cast(IO[bytes], packed), mode="wb", compresslevel=1, mtime=0) as gz:
+        plain = _Hashing(cast(IO[bytes], gz))
+        with tarfile.open(fileobj=cast(IO[bytes], plain), mode="w", format=tarfile.PAX_FORMAT) as t:
+            for info, content in entries:
+                if isinstance(content, Path):
+                    with content.open("rb") as fh:
+                        t.addfile(info, fh)
+                elif isinstance(content, bytes):
+                    t.addfile(info, io.BytesIO(content))
+                else:
+                    t.addfile(info)
+    return Blob("sha256:" + packed.sha.hexdigest(), "sha256:" + plain.sha.hexdigest(), packed.size)
