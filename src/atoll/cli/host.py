@@ -17,8 +17,10 @@ from atoll.cli.common import (
     system_context,
 )
 from atoll.errors import HealthCheckFailedError, UsageError
+from atoll.oci.transports import ImageName
 from atoll.run import run
 from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
+from atoll.sysroot.fetch import RemoteImage, open_image
 from atoll.sysroot.lifecycle import Device, StageResult
 from atoll.sysroot.origin import ImageTransport, image_name
 from atoll.sysroot.status import describe, host_document
@@ -87,7 +89,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     add_registry_options(to_fs)
     add_platform_options(to_fs)
+    _policy_options(to_fs, install=True)
     to_fs.set_defaults(func=_install)
+    from atoll.cli.disk import register_to_disk
+
+    register_to_disk(install_sub)
 
     status = _command(commands, "status", "show the booted, staged and rollback deployments")
     status.add_argument("--format", choices=["human", "json", "yaml"], default=None)
@@ -130,6 +136,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     switch.add_argument("--etc-merge", choices=_STRATEGIES, default="keep-local")
     switch.set_defaults(func=_switch)
     for parser in (upgrade, switch):
+        _policy_options(parser)
         parser.add_argument(
             "--force",
             action="store_true",
@@ -194,6 +201,46 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     boot.set_defaults(func=_boot)
 
 
+def _policy_options(parser: argparse.ArgumentParser, *, install: bool = False) -> None:
+    where = "the host's" if install else "the booted deployment's"
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help=f"trust policy (containers-policy.json) to enforce instead of {where} "
+        "/etc/containers/policy.json",
+    )
+    if install:
+        parser.add_argument(
+            "--enforce-policy",
+            action="store_true",
+            help="refuse the image unless /etc/containers/policy.json (or --policy) admits it",
+        )
+
+
+def _enforce_policy(args: argparse.Namespace, device: Device, *, install: bool = False) -> Any:
+    """Make *device* refuse what the trust policy refuses, before anything is staged.
+
+    Returns the list the decisions are appended to (empty when no policy applies)."""
+    from atoll.pipeline.trust import check_image, device_policy_path, load_optional_policy
+
+    override = Path(args.policy) if args.policy else None
+    if install:
+        path = override or (Path("/etc/containers/policy.json") if args.enforce_policy else None)
+    else:
+        state = device.state()
+        path = device_policy_path(state.path(state.booted or state.current), override)
+    decisions: list[Any] = []
+    policy = load_optional_policy(path)  # a malformed file fails before any fetch
+    if policy is None:
+        return decisions
+
+    def admit(name: ImageName, image: RemoteImage) -> None:
+        decisions.append(check_image(name, image.digest, policy, ctx=device.ctx))
+
+    device.admit = admit
+    return decisions
+
+
 def _device(args: argparse.Namespace, out: Output, root: str | None = None) -> Device:
     ctx = system_context(args) if hasattr(args, "override_os") else None
     return Device(Path(root or args.sysroot), ctx, progress=out.progress())
@@ -218,14 +265,26 @@ def _install(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"unknown install command {args.install_command}")
     image, transport = ImageTransport.parse_name(args.source, args.transport)
     device = _device(args, out, args.root)
+    name = image_name(image, transport)
+    decisions = _enforce_policy(args, device, install=True)
+    if device.admit is not None:
+        # Check before the sysroot is created, so a refused image leaves nothing behind.
+        with open_image(name, device.ctx) as (_, remote):
+            device.admit(name, remote)
     result = device.install(
-        image_name(image, transport),
+        name,
         stateroot=args.stateroot,
         kargs=args.karg,
         allow_no_kernel=args.allow_no_kernel,
     )
-    out.result(result.to_json(), _describe_stage(result))
+    out.result(_with_trust(result, decisions), _describe_stage(result))
     return 0
+
+
+def _with_trust(result: StageResult, decisions: list[Any]) -> dict[str, Any]:
+    data = result.to_json()
+    data["trust"] = decisions[-1].to_json() if decisions else None
+    return data
 
 
 def _status(args: argparse.Namespace, out: Output) -> int:
@@ -243,8 +302,14 @@ def _status(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _after_stage(args: argparse.Namespace, out: Output, device: Device, result: StageResult) -> int:
-    out.result(result.to_json(), _describe_stage(result))
+def _after_stage(
+    args: argparse.Namespace,
+    out: Output,
+    device: Device,
+    result: StageResult,
+    decisions: list[Any] | None = None,
+) -> int:
+    out.result(_with_trust(result, decisions or []), _describe_stage(result))
     if getattr(args, "apply", False) and result.deployment is not None:
         _apply(args, device, out)
     return 0
@@ -322,12 +387,13 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
         return 0
     if args.apply and not args.force:
         _allow_reboot(args, device, out)  # refuse before downloading anything
+    decisions = _enforce_policy(args, device)
     result = device.stage(
         download_only=args.download_only,
         allow_no_kernel=args.allow_no_kernel,
         etc_strategy=EtcMergeStrategy(args.etc_merge),
     )
-    return _after_stage(args, out, device, result)
+    return _after_stage(args, out, device, result, decisions)
 
 
 def _switch(args: argparse.Namespace, out: Output) -> int:
@@ -335,12 +401,13 @@ def _switch(args: argparse.Namespace, out: Output) -> int:
     device = _device(args, out)
     if args.apply and not args.force:
         _allow_reboot(args, device, out)  # refuse before downloading anything
+    decisions = _enforce_policy(args, device)
     result = device.stage(
         image_name(image, transport),
         allow_no_kernel=args.allow_no_kernel,
         etc_strategy=EtcMergeStrategy(args.etc_merge),
     )
-    return _after_stage(args, out, device, result)
+    return _after_stage(args, out, device, result, decisions)
 
 
 def _rollback(args: argparse.Namespace, out: Output) -> int:

@@ -42,6 +42,7 @@ COMMAND_MODULES: dict[str, str] = {
     "finalize": "host",
     "config-diff": "host",
     "boot": "host",
+    "disk-image": "disk",
     "store": "store",
     "device": "device",
     "health": "health",
@@ -50,9 +51,16 @@ COMMAND_MODULES: dict[str, str] = {
     "key": "sign",
     "sign": "sign",
     "verify": "sign",
+    "build": "build",
+    "lint": "build",
+    "promote": "pipeline",
+    "mirror": "pipeline",
+    "bundle": "pipeline",
+    "failover": "failover",
+    "demo": "demo",
 }
 #: Commands defined in this module.
-_BUILTIN = frozenset({"demo", "version"})
+_BUILTIN = frozenset({"version"})
 #: Global options that take a value (skipped when looking for the command).
 _VALUE_OPTIONS = frozenset({"--progress-fd"})
 
@@ -90,11 +98,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         modules = list(dict.fromkeys(COMMAND_MODULES.values()))
     for module in modules:
         importlib.import_module(f"atoll.cli.{module}").register(commands)
-    demo = commands.add_parser("demo", help="run the demonstration scenario")
-    add_global_options(demo)
-    demo.add_argument("--keep", action="store_true", help="leave the setup running afterwards")
-    demo.add_argument("--workdir", help="where the demo keeps its files (default: a temp dir)")
-    demo.set_defaults(func=_run_demo)
     version = commands.add_parser("version", help="print the version")
     add_global_options(version)
     version.set_defaults(func=_run_version)
@@ -104,12 +107,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def _run_version(args: argparse.Namespace, out: Output) -> int:
     out.result({"version": __version__}, f"atoll {__version__}")
     return 0
-
-
-def _run_demo(args: argparse.Namespace, out: Output) -> int:
-    from atoll.cli.demo import run_demo
-
-    return run_demo(args, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

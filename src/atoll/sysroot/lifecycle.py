@@ -33,7 +33,8 @@ import datetime
 import json
 import logging
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,15 @@ DEFAULT_BOOT_TRIES = 3
 #: Where hidden work directories live inside a stateroot's deploy directory.
 _STAGING_PREFIX = ".staging-"
 _SPARE_PREFIX = ".spare-"
+
+#: Decides whether an image may be deployed (the trust policy); raises to refuse.
+#: Called after the manifest and config are read and before anything is imported.
+Admission = Callable[[ImageName, RemoteImage], None]
+#: Opens an image for staging: :func:`atoll.sysroot.fetch.open_image`, or a
+#: bundle's reader (``atoll bundle apply``).
+ImageOpener = Callable[
+    [ImageName, SystemContext], AbstractContextManager[tuple[ImageSource, RemoteImage]]
+]
 
 
 def utc_timestamp() -> str:
@@ -109,11 +119,18 @@ class Device:
         *,
         progress: ProgressSink | None = None,
         boot_tries: int = DEFAULT_BOOT_TRIES,
+        admit: Admission | None = None,
+        opener: ImageOpener | None = None,
     ) -> None:
         self.sysroot = Sysroot(root)
         self.ctx = ctx or SystemContext()
         self.progress = progress
         self.boot_tries = boot_tries
+        self.admit = admit
+        self.opener: ImageOpener = opener or open_image
+        #: An OCI layout holding bound images (``atoll bundle apply``): staging
+        #: takes them from there instead of their registries.
+        self.bound_images_layout: Path | None = None
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -209,7 +226,9 @@ class Device:
                     hint="use atoll switch to change the image, or install into an empty root",
                 )
             store = Store.create(self.sysroot.store_path)
-            with open_image(name, self.ctx) as (source, image):
+            with self.opener(name, self.ctx) as (source, image):
+                if self.admit is not None:
+                    self.admit(name, image)
                 commit, stats = self._import(store, source, image, allow_no_kernel)
             deployment = self._record_origin(self._checkout(store, commit, stateroot), name, image)
             var = self.sysroot.var(stateroot)
@@ -279,7 +298,7 @@ class Device:
             current = state.current
             target = name or (state.staged or current).origin.image_name
             store = self.store()
-            with open_image(target, self.ctx) as (source, image):
+            with self.opener(target, self.ctx) as (source, image):
                 digest = str(image.digest)
                 staged = state.staged
                 if (
@@ -294,6 +313,8 @@ class Device:
                     if staged is not None:
                         self._discard_staged(staged)
                     return self._stage_result(None, image, None, "no changes")
+                if self.admit is not None:
+                    self.admit(target, image)
                 commit, stats = self._import(store, source, image, allow_no_kernel)
             deployment = self._record_origin(
                 self._checkout(store, commit, current.stateroot),
@@ -302,6 +323,7 @@ class Device:
                 download_only=download_only,
                 etc_strategy=etc_strategy.value,
             )
+            self._pull_bound_images(deployment)
             write_atomic(
                 self.sysroot.staged_file, json.dumps(deployment.to_json(), indent=2).encode()
             )
@@ -309,6 +331,23 @@ class Device:
             if staged is not None and staged != deployment:
                 self._remove_deployment(staged)
             return self._stage_result(deployment, image, stats, "staged")
+
+    def _pull_bound_images(self, deployment: Deployment) -> None:
+        """Pull the images the new deployment binds (bootc's bound-images.d, see
+        atoll.workloads.bound) into the host's container storage, so its workloads
+        start without network.  A failed pull removes the new deployment: nothing
+        is staged.  Without podman on the host: a warning, and staging goes on."""
+        from atoll.workloads.bound import pull_bound_images
+
+        try:
+            pull_bound_images(
+                self._deploy_path(deployment),
+                progress=self.progress,
+                layout=self.bound_images_layout,
+            )
+        except BaseException:
+            self._remove_deployment(deployment)
+            raise
 
     def _unlock_staged(self, staged: Deployment, image: RemoteImage) -> StageResult:
         unlocked = staged.with_origin(download_only=False)
@@ -370,7 +409,7 @@ class Device:
         order = [staged] + [d for d in state.boot_order() if d == base or d.origin.pinned]
         if base not in order:
             order.append(base)
-        self._write_entries(order, {staged.id: self._boot_tries(staged)}, state=state)
+        self._write_entries(order, {staged.id: self._boot_tries(staged)}, state=state, inherit=base)
         crashpoint("finalize-entries-written")
         self.sysroot.staged_file.unlink(missing_ok=True)
         fsync_dir(self.sysroot.meta)
@@ -445,13 +484,17 @@ class Device:
         *,
         state: SysrootState | None = None,
         extra_options: Sequence[str] = (),
+        inherit: Deployment | None = None,
     ) -> None:
+        """*inherit*: the deployment whose kernel arguments a deployment without an
+        entry yet starts from (the one it was staged on, as ostree does)."""
         store = self.store()
         current = {d.id: state.entry_for(d) for d in order} if state else {}
+        template = state.entry_for(inherit) if state and inherit else None
         entries = []
         for deployment in order:
             old = current.get(deployment.id)
-            options = _options(old, extra_options, self.sysroot, deployment)
+            options = _options(old or template, extra_options, self.sysroot, deployment)
             linux, initrd = self._kernel(store, deployment)
             entries.append(
                 BootEntry(
@@ -468,6 +511,14 @@ class Device:
         bootloader.write_entries(
             self.sysroot.boot, entries, counting={ids[k]: v for k, v in counting.items()}
         )
+        self._sync_bootloader()
+
+    def _sync_bootloader(self, *, boot_success: bool | None = None) -> None:
+        """Keep GRUB's grub.cfg and grubenv in step with the entries, where atoll
+        manages GRUB (a disk made by ``atoll install to-disk``; docs/boot.md)."""
+        from atoll.boot.grub import sync_grub
+
+        sync_grub(self.sysroot.boot, boot_success=boot_success)
 
     def _kernel(self, store: Store, deployment: Deployment) -> tuple[str, tuple[str, ...]]:
         info = store.kernel(deployment.commit)
@@ -500,6 +551,7 @@ class Device:
             target = state.entry_for(order[1])
             if target is not None and target.tries_left is not None:
                 bootloader.mark_good(self.sysroot.boot, target.id)
+                self._sync_bootloader()
             return order[1]
 
     def set_pinned(self, selector: str | None, pinned: bool) -> Deployment:
@@ -603,6 +655,8 @@ class Device:
             for entry in state.entries:
                 if entry.id == record.entry and entry.tries_left is not None:
                     bootloader.mark_good(self.sysroot.boot, entry.id)
+            # greenboot's GRUB protocol: boot_success=1, boot_counter unset.
+            self._sync_bootloader(boot_success=True)
 
 
 def _title(deployment: Deployment) -> str:
