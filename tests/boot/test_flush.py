@@ -19,15 +19,9 @@ from atoll.boot import flush
 from atoll.boot.grub import GrubSettings, install_grub_config
 from atoll.boot.grubenv import read_grubenv
 from atoll.errors import BootloaderError
+from atoll.oci.transports import ImageName
 from atoll.sysroot.lifecycle import Device
-from atoll.sysroot.origin import ImageTransport, image_name
-from helpers.osimage import build_os_image
 from helpers.parts import missing, require_tool
-
-
-def name(ref: str) -> object:
-    image, transport = ImageTransport.parse_name(ref, None)
-    return image_name(image, transport)
 
 
 @pytest.mark.parametrize(
@@ -91,22 +85,23 @@ def unreplayed(image: Path, path: str) -> bytes:
 
 
 def test_finalize_on_a_managed_disk_leaves_grub_the_new_files(
-    ext4_mount: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ext4_mount: tuple[Path, Path],
+    images: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     image, mountpoint = ext4_mount
     cmdline = tmp_path / "cmdline"
     cmdline.write_text("root=UUID=1 atoll=/atoll/deploy/default/deploy/abc.0 rw\n")
     monkeypatch.setattr(flush, "CMDLINE", cmdline)
-    layout = tmp_path / "images"
-    for ref in ("1", "2"):
-        build_os_image(layout, ref, version=f"{ref}.0")
+    layout = images
     device = Device(mountpoint / "sysroot")
-    device.install(name(f"oci:{layout}:1"), kargs=["root=UUID=1234"])  # type: ignore[arg-type]
+    device.install(ImageName.parse(f"oci:{layout}:1"), kargs=["root=UUID=1234"])
     boot = device.sysroot.boot
     install_grub_config(boot, GrubSettings(flush_after_write=True))
     grubenv = boot / "grub" / "grubenv"
     inode = grubenv.stat().st_ino
-    device.stage(name(f"oci:{layout}:2"))  # type: ignore[arg-type]
+    device.stage(ImageName.parse(f"oci:{layout}:2"))
     device.finalize()
     cfg = (boot / "grub" / "grub.cfg").read_bytes()
     assert b" 2.0 (" in cfg.split(b"menuentry", 2)[1]

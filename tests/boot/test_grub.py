@@ -14,25 +14,19 @@ import pytest
 from atoll.boot.grub import GrubSettings, grub_config, install_grub_config, sync_grub
 from atoll.boot.grubenv import read_grubenv, update_grubenv
 from atoll.errors import BootloaderError
+from atoll.oci.transports import ImageName
 from atoll.sysroot.bls import BootEntry
 from atoll.sysroot.lifecycle import Device
-from atoll.sysroot.origin import ImageTransport, image_name
-from helpers.osimage import build_os_image
 from helpers.parts import require_tool
 
 
-def name(ref: str) -> object:
-    image, transport = ImageTransport.parse_name(ref, None)
-    return image_name(image, transport)
-
-
 @pytest.fixture
-def device(tmp_path: Path) -> Device:
-    layout = tmp_path / "images"
-    for ref in ("1", "2"):
-        build_os_image(layout, ref, version=f"{ref}.0")
+def device(tmp_path: Path, images: Path) -> Device:
+    layout = images
     device = Device(tmp_path / "sysroot")
-    device.install(name(f"oci:{layout}:1"), kargs=["root=UUID=1234", "console=ttyS0,115200"])  # type: ignore[arg-type]
+    device.install(
+        ImageName.parse(f"oci:{layout}:1"), kargs=["root=UUID=1234", "console=ttyS0,115200"]
+    )
     return device
 
 
@@ -63,7 +57,7 @@ def test_config_follows_the_entries_and_passes_grubs_own_parser(
     assert "  initrd /boot/atoll/" in text
     assert len(menu(device)) == 1 and env(device) == {}
 
-    device.stage(name(f"oci:{tmp_path}/images:2"))  # type: ignore[arg-type]
+    device.stage(ImageName.parse(f"oci:{tmp_path}/images:2"))
     device.finalize()
     subprocess.run([check, str(cfg)], check=True)
     first, second = menu(device)
@@ -99,7 +93,7 @@ def test_a_newer_settings_file_is_refused(device: Device) -> None:
 def test_green_boot_and_rollback_update_grubenv(device: Device, tmp_path: Path) -> None:
     boot = device.sysroot.boot
     install_grub_config(boot, GrubSettings())
-    device.stage(name(f"oci:{tmp_path}/images:2"))  # type: ignore[arg-type]
+    device.stage(ImageName.parse(f"oci:{tmp_path}/images:2"))
     device.finalize()
     update_grubenv(boot / "grub" / "grubenv", {"boot_counter": "2"})  # GRUB counted one
     device.boot()  # the directory device plays the bootloader and records the boot
@@ -115,7 +109,7 @@ def test_a_finalized_deployment_keeps_the_kernel_arguments(device: Device, tmp_p
     without them the new kernel would boot with no root= and no serial console."""
     boot = device.sysroot.boot
     install_grub_config(boot, GrubSettings())
-    device.stage(name(f"oci:{tmp_path}/images:2"))  # type: ignore[arg-type]
+    device.stage(ImageName.parse(f"oci:{tmp_path}/images:2"))
     device.finalize()
     text = (boot / "grub" / "grub.cfg").read_text()
     assert "serial --unit=0 --speed=115200" in text

@@ -16,26 +16,18 @@ from atoll.boot.grub import GrubSettings, install_grub_config
 from atoll.boot.grubenv import read_grubenv, update_grubenv
 from atoll.boot.record import KernelBoot, record_kernel_boot
 from atoll.errors import DeploymentError
+from atoll.oci.transports import ImageName
 from atoll.sysroot.lifecycle import Device
-from atoll.sysroot.origin import ImageTransport, image_name
-from helpers.osimage import build_os_image
-
-
-def name(ref: str) -> object:
-    image, transport = ImageTransport.parse_name(ref, None)
-    return image_name(image, transport)
 
 
 @pytest.fixture
-def device(tmp_path: Path) -> Device:
+def device(tmp_path: Path, images: Path) -> Device:
     """v1 installed and good, v2 finalized and about to be tried, GRUB managed."""
-    layout = tmp_path / "images"
-    for ref in ("1", "2"):
-        build_os_image(layout, ref, version=f"{ref}.0")
+    layout = images
     device = Device(tmp_path / "sysroot")
-    device.install(name(f"oci:{layout}:1"))  # type: ignore[arg-type]
+    device.install(ImageName.parse(f"oci:{layout}:1"))
     install_grub_config(device.sysroot.boot, GrubSettings())
-    device.stage(name(f"oci:{layout}:2"))  # type: ignore[arg-type]
+    device.stage(ImageName.parse(f"oci:{layout}:2"))
     device.finalize()
     return device
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from atoll.demo import basetree
 from helpers import debian
 from helpers.parts import missing
 
@@ -65,7 +66,7 @@ def test_tree_is_built_once_and_prepared(cache: Path, calls: list[Path]) -> None
 
     root = tree.rootfs
     system = root / "etc/systemd/system"
-    for unit in debian.MASKED_UNITS:
+    for unit in basetree.MASKED_UNITS:
         assert (system / unit).readlink() == Path("/dev/null")
     assert not (system / "timers.target.wants/apt-daily.timer").exists()
     assert (root / "etc/machine-id").read_text() == ""

@@ -37,24 +37,21 @@ import platform
 import secrets
 import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, cast
 
 import pytest
 
+from atoll.demo import basetree
+from atoll.demo.basetree import MIRROR, PACKAGES, PREPARE_VERSION, SUITE
+from atoll.demo.osimage import Blob as LayerBlob
+from atoll.demo.osimage import tree_entries, write_layer
 from helpers.osimage import KVER, FileSpec, Spec, _tar, publish_image
 from helpers.parts import missing, require_tool
 
-SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
-#: python3 (3.11 in bookworm) runs atoll inside the booted image: its units call it.
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3-minimal", "libpython3-stdlib")
-#: Bump when prepare_tree() changes what it does: that rebuilds the cache.
-PREPARE_VERSION = 1
+# The suite, mirror, packages and masked units are the demo's: one Debian base for both.
 RECIPE = {
     "suite": SUITE,
     "variant": "minbase",
@@ -63,23 +60,6 @@ RECIPE = {
     "prepare": PREPARE_VERSION,
 }
 DEFAULT_CACHE = Path("/var/cache/atoll-tests")
-
-#: Units that slow a container boot, fail in a container or start timers: masked.
-MASKED_UNITS = (
-    "apt-daily.timer",
-    "apt-daily-upgrade.timer",
-    "dpkg-db-backup.timer",
-    "e2scrub_all.timer",
-    "e2scrub_reap.service",
-    "fstrim.timer",
-    "systemd-pstore.service",
-    "systemd-networkd-wait-online.service",
-    "systemd-timesyncd.service",
-    "systemd-firstboot.service",
-    # Nobody types on the console: it is read-only (see atoll.device.nspawn).
-    "console-getty.service",
-    "getty@tty1.service",
-)
 
 
 @dataclass(frozen=True)
@@ -151,55 +131,14 @@ def ensure_debian_tree(cache: Path | None = None, recipe: TreeRecipe | None = No
 
 
 def _debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES) -> None:
-    argv = [
-        "debootstrap",
-        "--variant=minbase",
-        f"--include={','.join(packages)}",
-        SUITE,
-        str(target),
-        MIRROR,
-    ]
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    if proc.returncode != 0:
-        tail = proc.stdout.decode(errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"debootstrap failed ({proc.returncode}): {' | '.join(tail)}")
+    basetree.debootstrap(target, packages)
 
 
 def prepare_tree(root: Path) -> None:
-    """Make a debootstrapped tree boot quickly and quietly under systemd-nspawn."""
-    system = root / "etc/systemd/system"
-    for unit in MASKED_UNITS:
-        for wants in system.glob(f"*.wants/{unit}"):
-            wants.unlink()
-        link = system / unit
-        link.unlink(missing_ok=True)
-        link.symlink_to("/dev/null")
-    # Empty: systemd makes up an id at each boot (from the container's UUID), as on
-    # a freshly installed image. dbus's own copy would be used instead, so it goes.
-    (root / "etc/machine-id").write_text("")
-    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
-    # No /etc/hostname: the container is called by its machine name.
-    (root / "etc/hostname").unlink(missing_ok=True)
-    (root / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
-    (root / "etc/resolv.conf").write_text("")  # debootstrap copied the host's
-    shadow = root / "etc/shadow"
-    lines = shadow.read_text().splitlines()
-    # root without a password: `systemd-nspawn -D ROOT --console=interactive -b` logs in.
-    lines = [
-        ":".join(["root", "", *line.split(":")[2:]]) if line.startswith("root:") else line
-        for line in lines
-    ]
-    shadow.write_text("\n".join(lines) + "\n")
-    # Package lists and downloaded .debs: a third of the tree, needed by nothing here.
-    for junk in (root / "var/lib/apt/lists", root / "var/cache/apt"):
-        for entry in junk.iterdir():
-            if entry.is_file() and entry.name != "lock":
-                entry.unlink()
-            elif entry.is_dir() and entry.name == "archives":
-                for deb in entry.glob("*.deb"):
-                    deb.unlink()
-    for log in (root / "var/log").rglob("*.log"):
-        log.write_text("")
+    """Make a debootstrapped tree boot quickly and quietly under systemd-nspawn;
+    root logs in on the console without a password
+    (`systemd-nspawn -D ROOT --console=interactive -b`)."""
+    basetree.prepare_tree(root, root_login=True)
 
 
 def make_deployment(rootfs: Path, dest: Path, *, link_usr: bool = True) -> tuple[Path, Path]:
@@ -278,80 +217,11 @@ def remove_tree(path: Path) -> None:
 
 # --- the OCI image ---------------------------------------------------------------------
 
-#: Emptied in the layer, kept as directories: API file systems, runtime state, devices.
-_EMPTY_DIRS = frozenset({"dev", "proc", "sys", "run", "tmp", "var/tmp"})
-
-
-@dataclass(frozen=True)
-class LayerBlob:
-    digest: str
-    diff_id: str
-    size: int
-
-
-class _Writer(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-
-
-class _Hashing:
-    """A write-only file that hashes what passes through it."""
-
-    def __init__(self, out: _Writer) -> None:
-        self.out = out
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.out.write(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        pass
-
 
 def write_tree_layer(root: Path, dest: Path) -> LayerBlob:
     """Write *root* as a gzip tar layer to *dest*: sorted, numeric owners, no device nodes."""
     with dest.open("wb") as raw:
-        compressed = _Hashing(raw)
-        with gzip.GzipFile(
-            fileobj=cast(IO[bytes], compressed), mode="wb", compresslevel=1, mtime=0
-        ) as gz:
-            plain = _Hashing(gz)
-            fileobj = cast(IO[bytes], plain)
-            with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for path in _walk(root):
-                    rel = path.relative_to(root).as_posix()
-                    info = tar.gettarinfo(str(path), arcname=rel)
-                    if info.ischr() or info.isblk() or info.isfifo():
-                        continue
-                    info.uname = info.gname = ""
-                    if info.isfile() and info.size:
-                        with path.open("rb") as fh:
-                            tar.addfile(info, fh)
-                    else:
-                        tar.addfile(info)
-    return LayerBlob(
-        "sha256:" + compressed.sha.hexdigest(),
-        "sha256:" + plain.sha.hexdigest(),
-        compressed.size,
-    )
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        rel = here.relative_to(root).as_posix()
-        if rel in _EMPTY_DIRS:
-            dirnames[:] = []
-            continue
-        dirnames.sort()
-        # os.walk lists symlinks to directories as directories and does not follow them.
-        for name in sorted(dirnames + filenames):
-            yield here / name
+        return write_layer(raw, tree_entries(root))
 
 
 def base_layer(tree: DebianTree) -> tuple[Path, LayerBlob]:

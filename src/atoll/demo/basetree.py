@@ -36,8 +36,10 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 #: python3 runs atoll inside the booted image: its units call it.
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3-minimal", "libpython3-stdlib")
+#: Bump when prepare_tree() changes what it does: that rebuilds the caches.
 PREPARE_VERSION = 1
 DEFAULT_CACHE = Path("/var/cache/atoll/demo")
+#: Units that slow a container boot, fail in a container or start timers: masked.
 MASKED_UNITS = (
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
@@ -91,7 +93,7 @@ def ensure_tree(cache: Path) -> Path:
         build = cache / f".build-{secrets.token_hex(4)}"
         build.mkdir()
         try:
-            _debootstrap(build / "rootfs")
+            debootstrap(build / "rootfs")
             prepare_tree(build / "rootfs")
             (build / "recipe.json").write_text(json.dumps(recipe(), indent=2) + "\n")
             build.rename(final)
@@ -101,11 +103,12 @@ def ensure_tree(cache: Path) -> Path:
     return final / "rootfs"
 
 
-def _debootstrap(target: Path) -> None:
+def debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES) -> None:
+    """A minbase Debian tree with *packages* at *target*, from the mirror."""
     argv = [
         find_tool("debootstrap"),
         "--variant=minbase",
-        f"--include={','.join(PACKAGES)}",
+        f"--include={','.join(packages)}",
         SUITE,
         str(target),
         MIRROR,
@@ -126,7 +129,9 @@ def _debootstrap(target: Path) -> None:
         )
 
 
-def prepare_tree(root: Path) -> None:
+def prepare_tree(root: Path, *, root_login: bool = False) -> None:
+    """Make a debootstrapped tree boot quickly and quietly under systemd-nspawn;
+    with *root_login*, root logs in on the console without a password."""
     system = root / "etc/systemd/system"
     for unit in MASKED_UNITS:
         for wants in system.glob(f"*.wants/{unit}"):
@@ -134,11 +139,22 @@ def prepare_tree(root: Path) -> None:
         link = system / unit
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
+    # Empty: systemd makes up an id at each boot (from the container's UUID), as on
+    # a freshly installed image. dbus's own copy would be used instead, so it goes.
     (root / "etc/machine-id").write_text("")
     (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    # No /etc/hostname: the container is called by its machine name.
     (root / "etc/hostname").unlink(missing_ok=True)
     (root / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
-    (root / "etc/resolv.conf").write_text("")
+    (root / "etc/resolv.conf").write_text("")  # debootstrap copied the host's
+    if root_login:
+        shadow = root / "etc/shadow"
+        lines = [
+            ":".join(["root", "", *line.split(":")[2:]]) if line.startswith("root:") else line
+            for line in shadow.read_text().splitlines()
+        ]
+        shadow.write_text("\n".join(lines) + "\n")
+    # Package lists and downloaded .debs: a third of the tree, needed by nothing here.
     for junk in (root / "var/lib/apt/lists", root / "var/cache/apt"):
         for entry in junk.iterdir():
             if entry.is_file() and entry.name != "lock":

@@ -109,7 +109,7 @@ def base_layer(tree: Path, cache: Path) -> tuple[Path, Blob]:
     tmp = Path(tmp_name)
     try:
         with tmp.open("wb") as raw:
-            layer = _write_layer(raw, _tree_entries(tree))
+            layer = write_layer(raw, tree_entries(tree))
         tmp.rename(blob)
     finally:
         tmp.unlink(missing_ok=True)
@@ -129,7 +129,7 @@ def write_base(layout: Path, tree: Path, cache: Path, apt_source: str | None) ->
     if apt_source:
         raw = io.BytesIO()
         files = {"etc/apt/sources.list": ((apt_source + "\n").encode(), 0o644)}
-        layers.append(_write_layer(raw, list(_file_entries(files, set()))))
+        layers.append(write_layer(raw, list(_file_entries(files, set()))))
         _put(blobs, raw.getvalue())
     digest, size = _publish(layout, layers, "0")
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
@@ -209,7 +209,9 @@ def _arch() -> str:
 _Entry = tuple[tarfile.TarInfo, Path | bytes | None]
 
 
-def _tree_entries(root: Path) -> Iterator[_Entry]:
+def tree_entries(root: Path) -> Iterator[_Entry]:
+    """The entries of a tree's layer: sorted, numeric owners, no device nodes or
+    fifos, API file systems and runtime state emptied."""
     probe = tarfile.TarFile(fileobj=io.BytesIO(), mode="w")
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
@@ -262,7 +264,8 @@ class _Hashing:
         pass
 
 
-def _write_layer(out: IO[bytes], entries: Iterator[_Entry] | list[_Entry]) -> Blob:
+def write_layer(out: IO[bytes], entries: Iterator[_Entry] | list[_Entry]) -> Blob:
+    """Write *entries* to *out* as a gzip tar layer; return its digests and size."""
     packed = _Hashing(out)
     with gzip.GzipFile(fileobj=cast(IO[bytes], packed), mode="wb", compresslevel=1, mtime=0) as gz:
         plain = _Hashing(cast(IO[bytes], gz))

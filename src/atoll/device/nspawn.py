@@ -47,7 +47,6 @@ import shlex
 import signal
 import subprocess
 import threading
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,8 +54,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
-from atoll.errors import ContainerBootError, InvalidInputError, from_oserror
-from atoll.run import base_environment, find_tool
+from atoll.device.console import run_with_console
+from atoll.errors import ContainerBootError, InvalidInputError
+from atoll.run import find_tool
 
 log = logging.getLogger(__name__)
 
@@ -178,37 +178,14 @@ def boot_container(
         ),
     ]
     log.debug("boot: %s", shlex.join(argv))
-    try:
-        sink = console_log.open("ab") if console_log is not None else None
-    except OSError as exc:
-        raise from_oserror(exc, str(console_log)) from None
-    try:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=base_environment(),
-            process_group=0,
-        )
-        assert proc.stdout is not None
-        console = _Console(proc.stdout, sink)
-        timed_out = False
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            log.debug("boot: %s still running after %s s, stopping it", machine, timeout)
-            code = _stop(proc)
-        finally:
-            if proc.returncode is None:  # interrupted: never leave the container behind
-                _stop(proc)
-            duration = time.monotonic() - started
-            console.close()
-    finally:
-        if sink is not None:
-            sink.close()
+    code, timed_out, duration, console, _pid = run_with_console(
+        argv,
+        timeout=timeout,
+        console_log=console_log,
+        console=_Console,
+        stop=_stop,
+        label=f"boot: {machine}",
+    )
     outcome = BootOutcome.TIMEOUT if timed_out else outcome_of(code)
     log.debug("boot: %s ended: %s (exit %d) after %.1f s", machine, outcome, code, duration)
     return ContainerBoot(outcome, code, duration, console.tail())

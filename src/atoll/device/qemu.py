@@ -46,16 +46,16 @@ import shlex
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
+from atoll.device.console import run_with_console
 from atoll.device.nspawn import BootOutcome
 from atoll.errors import InvalidInputError, VMError, from_oserror
-from atoll.run import base_environment, find_tool
+from atoll.run import find_tool
 
 log = logging.getLogger(__name__)
 
@@ -216,41 +216,18 @@ def boot_vm(
     )
     argv = [setpriv, "--pdeathsig=SIGTERM", "--", *argv]
     log.debug("vm: %s", shlex.join(argv))
-    try:
-        sink = console_log.open("ab") if console_log is not None else None
-    except OSError as exc:
-        raise from_oserror(exc, str(console_log)) from None
-    try:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=base_environment(),
-            process_group=0,
-        )
-        assert proc.stdout is not None
-        console = _Console(proc.stdout, sink)
-        timed_out = False
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            log.debug("vm: %s still running after %s s, stopping it", disk, timeout)
-            code = _stop(proc)
-        finally:
-            if proc.returncode is None:  # interrupted: never leave the machine running
-                _stop(proc)
-            duration = time.monotonic() - started
-            console.close()
-    finally:
-        if sink is not None:
-            sink.close()
+    code, timed_out, duration, console, pid = run_with_console(
+        argv,
+        timeout=timeout,
+        console_log=console_log,
+        console=_Console,
+        stop=_stop,
+        label=f"vm: {disk}",
+    )
     text = console.text()
     outcome = BootOutcome.TIMEOUT if timed_out else outcome_of_console(code, text)
     log.debug("vm: %s ended: %s (exit %d) after %.1f s", disk, outcome, code, duration)
-    return VMBoot(outcome, code, duration, console.tail(), used, proc.pid)
+    return VMBoot(outcome, code, duration, console.tail(), used, pid)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
