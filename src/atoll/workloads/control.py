@@ -37,6 +37,7 @@ named as ``web``, ``web.container`` or ``web.service``.
 
 from __future__ import annotations
 
+import abc
 import json
 import socket
 from collections.abc import Mapping, Sequence
@@ -146,11 +147,12 @@ def _error_for(code: int, message: str) -> AtollError:
     return AtollError(message)
 
 
-class _Jobs:
+class _Jobs(abc.ABC):
     """start, stop and restart, each one job of the manager's ``_job``."""
 
+    @abc.abstractmethod
     def _job(self, verb: str, unit: str, timeout: float | None) -> UnitStatus:
-        raise NotImplementedError
+        """Run *verb* on *unit* and wait for it to finish; the unit's status after."""
 
     def start(self, unit: str, timeout: float | None = None) -> UnitStatus:
         return self._job("start", unit, timeout)
