@@ -317,13 +317,13 @@ def _after_stage(
 
 def _apply(args: argparse.Namespace, device: Device, out: Output) -> None:
     """Reboot into the staged deployment: on a booted system systemctl reboots and
-    atoll-finalize-staged.service finalizes at shutdown (finalized here first if
-    that unit is not running); on the directory device, its own boot."""
+    atoll-finalize-staged.service finalizes at shutdown (started here rather than
+    left to its path unit, which might not see the staged file before the reboot;
+    finalized here first if the image lacks that unit); on the directory device,
+    its own boot."""
     _allow_reboot(args, device, out)
     if running_inside(device):
-        unit = run(
-            ["systemctl", "is-active", "--quiet", "atoll-finalize-staged.service"], check=False
-        )
+        unit = run(["systemctl", "start", "atoll-finalize-staged.service"], check=False)
         if unit.returncode != 0:
             device.finalize()
         out.info("Rebooting into the new deployment")

@@ -20,12 +20,19 @@ UNIT_DIR = "usr/lib/systemd/system"
 UNITS = (
     "atoll-healthcheck.service",
     "atoll-finalize-staged.service",
+    "atoll-finalize-staged.path",
     "atoll-fetch-apply-updates.service",
     "atoll-fetch-apply-updates.timer",
 )
 #: The timer that runs automatic updates (see atoll.updates) and its service.
 UPDATE_TIMER = "atoll-fetch-apply-updates.timer"
 UPDATE_SERVICE = "atoll-fetch-apply-updates.service"
+#: The service that finalizes a staged deployment at shutdown, and the path unit
+#: that starts it when one is staged.
+FINALIZE_SERVICE = "atoll-finalize-staged.service"
+FINALIZE_PATH = "atoll-finalize-staged.path"
+#: Units another unit starts (so they are not enabled themselves).
+TRIGGERED = {UPDATE_SERVICE: UPDATE_TIMER, FINALIZE_SERVICE: FINALIZE_PATH}
 
 
 def unit_text(name: str) -> str:
@@ -36,7 +43,8 @@ def unit_text(name: str) -> str:
 
 def available_units() -> list[str]:
     folder = resources.files(__package__).joinpath("files")
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith((".service", ".timer")))
+    kinds = (".service", ".timer", ".path")
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(kinds))
 
 
 def install_units(root: Path, names: tuple[str, ...] | list[str] = UNITS) -> list[Path]:
