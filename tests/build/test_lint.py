@@ -7,6 +7,9 @@ one) are in test_podman_build.py, beside the builds they need.
 from __future__ import annotations
 
 import json
+import os
+import py_compile
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,6 +99,46 @@ def test_each_check_catches_its_problem(
     assert found == checks
     levels = {c.name: c.level for c in CHECKS}
     assert report.ok == all(levels[c] is Level.WARNING for c in checks)
+
+
+def _bytecode(tmp_path: Path, name: str, mode: py_compile.PycInvalidationMode, mtime: int) -> bytes:
+    """Real bytecode as Python writes it, for a source last changed at *mtime*."""
+    source = tmp_path / f"{name}.py"
+    source.write_text("VALUE = 1\n")
+    os.utime(source, (mtime, mtime))
+    compiled = py_compile.compile(
+        str(source), cfile=str(tmp_path / f"{name}.pyc"), invalidation_mode=mode
+    )
+    return Path(compiled).read_bytes()
+
+
+def test_bytecode_that_a_deployment_makes_stale_is_reported(tmp_path: Path) -> None:
+    """A deployment's files have mtime 0: timestamp bytecode compiled from a source
+    with another mtime is stale there; hash-based bytecode, or mtime 0, is not."""
+    lib, tag = "usr/lib/python3/dist-packages/app", sys.implementation.cache_tag
+    modes = py_compile.PycInvalidationMode
+    extra: Spec = {
+        f"{lib}/__pycache__/old.{tag}.pyc": FileSpec(
+            _bytecode(tmp_path, "old", modes.TIMESTAMP, 1_700_000_000)
+        ),
+        f"{lib}/__pycache__/zero.{tag}.pyc": FileSpec(
+            _bytecode(tmp_path, "zero", modes.TIMESTAMP, 0)
+        ),
+        f"{lib}/__pycache__/hashed.{tag}.pyc": FileSpec(
+            _bytecode(tmp_path, "hashed", modes.CHECKED_HASH, 1_700_000_000)
+        ),
+        # Outside /usr bytecode may be rewritten at run time: not looked at.
+        f"opt/app/__pycache__/old.{tag}.pyc": FileSpec(
+            _bytecode(tmp_path, "opt", modes.TIMESTAMP, 1_700_000_000)
+        ),
+    }
+    report = _lint(_image(tmp_path, "pyc", extra))
+    (finding,) = [f for f in report.findings if f.check == "python-bytecode"]
+    assert finding.level is Level.WARNING and report.ok
+    assert finding.message.startswith("1 Python bytecode files")
+    assert finding.paths == (f"/{lib} (1)",)
+    clean = {k: v for k, v in extra.items() if "old" not in k}
+    assert "python-bytecode" not in {f.check for f in _lint(_image(tmp_path, "ok", clean)).findings}
 
 
 def test_layers_stack_as_on_a_device(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Each layer streams through :class:`atoll.store.tarstream.LayerFeed` (digest and
 diff_id checked) and :class:`~atoll.store.tarstream.TarReader`; what is kept is
 one small record per path (type, mode, owner, size, link target) and the
-content of the few files the caller asks for.  Whiteouts apply as on an
+content of the few files the caller asks for (and, for files a predicate picks,
+their first :data:`HEAD_BYTES` bytes: a header to look at).  Whiteouts apply as on an
 overlay file system: ``DIR/.wh.NAME`` removes NAME from lower layers,
 ``DIR/.wh..wh..opq`` empties DIR of lower layers' entries; neither touches
 entries of its own layer.  Paths are relative, without a leading ``/``.
@@ -12,7 +13,7 @@ entries of its own layer.  Paths are relative, without a leading ``/``.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 from atoll.oci.context import SystemContext
@@ -26,6 +27,8 @@ from atoll.store.tarstream import TarReader as _TarReader
 
 #: Largest file whose content is kept when asked for.
 MAX_CONTENT = 1 << 20
+#: How much of a file picked by ``heads`` is kept.
+HEAD_BYTES = 16
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _MAX_LINKS = 40
@@ -64,6 +67,8 @@ class ImageTree:
     config: ImageConfig
     entries: dict[str, Node] = field(default_factory=dict)
     contents: dict[str, bytes] = field(default_factory=dict)
+    #: The first HEAD_BYTES bytes of the files the ``heads`` predicate picked.
+    heads: dict[str, bytes] = field(default_factory=dict)
 
     def resolve(self, path: str) -> str | None:
         """*path* with symlinks in it followed inside the image (absolute targets
@@ -134,6 +139,7 @@ def _apply_layer(
     contents: dict[str, bytes],
     removed: set[str],
     opaque: set[str],
+    firsts: dict[str, bytes],
 ) -> None:
     if removed or opaque:
 
@@ -150,10 +156,13 @@ def _apply_layer(
         for path in [p for p in tree.entries if hidden(p)]:
             del tree.entries[path]
             tree.contents.pop(path, None)
+            tree.heads.pop(path, None)
     for path, node in layer.items():
         tree.entries[path] = node
         tree.contents.pop(path, None)
+        tree.heads.pop(path, None)
     tree.contents.update(contents)
+    tree.heads.update(firsts)
 
 
 def read_image_tree(
@@ -161,10 +170,12 @@ def read_image_tree(
     ctx: SystemContext,
     *,
     want: Collection[str] = (),
+    heads: Callable[[str], bool] | None = None,
     progress: ProgressSink | None = None,
 ) -> ImageTree:
     """Read every layer of *name* (the platform's image of an index) into an
-    :class:`ImageTree`, keeping the contents of the files whose paths are in *want*."""
+    :class:`ImageTree`, keeping the contents of the files whose paths are in *want*
+    and the first bytes of the regular files whose paths *heads* picks."""
     progress = progress or NullProgress()
     wanted = {_normalize(w) for w in want}
     with open_source(name, ctx) as source:
@@ -184,7 +195,7 @@ def read_image_tree(
                     source, desc, layer_compression(desc.media_type), diff_id, where, progress
                 )
                 try:
-                    _read_layer(tree, feed, index, wanted, f"{where}: layer {desc.digest}")
+                    _read_layer(tree, feed, index, wanted, heads, f"{where}: layer {desc.digest}")
                 finally:
                     feed.close()
                 progress.done(ident)
@@ -194,10 +205,18 @@ def read_image_tree(
     return tree
 
 
-def _read_layer(tree: ImageTree, feed: LayerFeed, index: int, wanted: set[str], where: str) -> None:
+def _read_layer(
+    tree: ImageTree,
+    feed: LayerFeed,
+    index: int,
+    wanted: set[str],
+    heads: Callable[[str], bool] | None,
+    where: str,
+) -> None:
     reader = _TarReader(ByteReader(iter(feed)), where)
     layer: dict[str, Node] = {}
     contents: dict[str, bytes] = {}
+    firsts: dict[str, bytes] = {}
     removed: set[str] = set()
     opaque: set[str] = set()
     for entry in reader.entries():
@@ -220,7 +239,20 @@ def _read_layer(tree: ImageTree, feed: LayerFeed, index: int, wanted: set[str], 
             data = contents.get(source, tree.contents.get(source))
             if path in wanted and data is not None:
                 contents[path] = data
+            first = firsts.get(source, tree.heads.get(source))
+            if heads is not None and first is not None and heads(path):
+                firsts[path] = first
         layer[path] = Node(kind, entry.mode, entry.uid, entry.gid, size, link, index)
-        if path in wanted and entry.kind == REGULAR and entry.size <= MAX_CONTENT:
+        if entry.kind != REGULAR:
+            continue
+        if path in wanted and entry.size <= MAX_CONTENT:
             contents[path] = reader.content()
-    _apply_layer(tree, layer, contents, removed, opaque)
+            if heads is not None and heads(path):
+                firsts[path] = contents[path][:HEAD_BYTES]
+        elif heads is not None and heads(path):
+            first = b""
+            for piece in reader.content_pieces():
+                if len(first) < HEAD_BYTES:
+                    first += piece[: HEAD_BYTES - len(first)]
+            firsts[path] = first
+    _apply_layer(tree, layer, contents, removed, opaque, firsts)

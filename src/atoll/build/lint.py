@@ -31,7 +31,7 @@ from atoll.errors import BaseImageError
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName
 from atoll.progress import ProgressSink
-from atoll.units import UNIT_DIR, UNITS, UPDATE_SERVICE
+from atoll.units import TRIGGERED, UNIT_DIR, UNITS
 
 REPORT_VERSION = 1
 #: Paths shown per finding at most (the count says how many there are).
@@ -83,6 +83,12 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check("boot-content", Level.WARNING, "nothing in /boot (kernels go to /usr/lib/modules)"),
     Check("bootable-label", Level.WARNING, "the label containers.bootc=1"),
+    Check(
+        "python-bytecode",
+        Level.WARNING,
+        "Python bytecode under /usr is hash-based, or timestamp-based for a source "
+        "mtime of 0: a deployment's files have mtime 0",
+    ),
 )
 _BY_NAME: Mapping[str, Check] = {c.name: c for c in CHECKS}
 #: Files whose contents the checks read.
@@ -92,6 +98,20 @@ WANTED = (
     "etc/passwd",
     "etc/group",
 )
+
+
+def wants_head(path: str) -> bool:
+    """The files whose first bytes the checks read: Python bytecode under /usr."""
+    return path.startswith("usr/") and path.endswith(".pyc") and "/__pycache__/" in path
+
+
+def stale_on_device(header: bytes) -> bool:
+    """True for a .pyc header (PEP 552) that Python will find stale once deployed:
+    validated by the source's mtime, which was not 0 when it was compiled."""
+    if len(header) < 16:
+        return False
+    flags = int.from_bytes(header[4:8], "little")
+    return flags == 0 and int.from_bytes(header[8:12], "little") != 0
 
 
 @dataclass(frozen=True)
@@ -184,6 +204,7 @@ class _Linter:
         self.var_content()
         self.owners()
         self.boot_content()
+        self.bytecode()
         if not self.tree.config.bootable:
             self.add(
                 "bootable-label",
@@ -262,12 +283,26 @@ class _Linter:
             for path, _ in t.under("usr/lib/systemd/system")
             if path.count("/") == 5 and path.split("/")[4].endswith((".wants", ".requires"))
         }
-        # The update service runs from its timer: it is not enabled itself.
-        not_enabled = [u for u in UNITS if u not in enabled and u != UPDATE_SERVICE]
+        # The update and finalize services run from their timer and path units.
+        not_enabled = [u for u in UNITS if u not in enabled and u not in TRIGGERED]
         if not_enabled and not missing:
             self.add(
                 "atoll-units-enabled", "atoll's units are present but not enabled", not_enabled
             )
+
+    def bytecode(self) -> None:
+        stale = [path for path, head in self.tree.heads.items() if stale_on_device(head)]
+        if not stale:
+            return
+        folders = Counter("/" + path.rsplit("/__pycache__/", 1)[0] for path in stale)
+        self.add(
+            "python-bytecode",
+            f"{len(stale)} Python bytecode files record their source's mtime, which is 0 "
+            "on a device: Python finds them stale and, /usr being read-only, compiles "
+            "those modules again every time a program starts. Compile them in the build "
+            "with `python3 -m compileall -f --invalidation-mode checked-hash DIR`",
+            [f"{folder} ({n})" for folder, n in sorted(folders.items())],
+        )
 
     def usr_etc(self) -> None:
         found = [f"/{p}" for p, n in self.tree.under("usr/etc") if not n.is_dir]
@@ -358,5 +393,5 @@ def lint_image(
     progress: ProgressSink | None = None,
 ) -> LintReport:
     """Read *name* (every layer, streamed) and run every check on it."""
-    tree = read_image_tree(name, ctx, want=WANTED, progress=progress)
+    tree = read_image_tree(name, ctx, want=WANTED, heads=wants_head, progress=progress)
     return lint_tree(tree, fatal_warnings=fatal_warnings)

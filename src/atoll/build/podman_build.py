@@ -291,7 +291,7 @@ def _finish(
 ) -> BuildResult:
     """Steps 4 to 6: out of podman's store, lint, to the target."""
     from atoll.build.imagetree import read_image_tree
-    from atoll.build.lint import WANTED
+    from atoll.build.lint import WANTED, wants_head
 
     built = ImageName(Transport.OCI, path=work.layout, ref_name="result")
     copy_image(
@@ -302,7 +302,7 @@ def _finish(
         progress=progress,
     )
     if settings.lint:
-        tree = read_image_tree(built, work.ctx, want=WANTED, progress=progress)
+        tree = read_image_tree(built, work.ctx, want=WANTED, heads=wants_head, progress=progress)
         tree.name = result.image
         report = lint_tree(tree, fatal_warnings=settings.fatal_warnings)
         result.lint = report
