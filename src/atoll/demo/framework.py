@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -146,6 +147,19 @@ class Demo:
                 return self._run(real, argv, check, pass_fds=(write_fd,), env=env)
             finally:
                 os.close(write_fd)
+
+    def atoll_together(self, runs: Sequence[tuple[Sequence[str], dict[str, str]]]) -> list[Done]:
+        """Run several ``atoll ARGS`` at once (each with its environment), as one
+        would on several devices; every command is shown first, the results come
+        back in the same order and are not checked."""
+        for args, _ in runs:
+            self.echo(["atoll", *args])
+        with ThreadPoolExecutor(max_workers=max(1, len(runs))) as pool:
+            python = [sys.executable, "-m", "atoll"]
+            futures = [
+                pool.submit(self._run, [*python, *a], ["atoll", *a], False, env=e) for a, e in runs
+            ]
+            return [f.result() for f in futures]
 
     def command(
         self,

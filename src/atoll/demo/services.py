@@ -193,36 +193,47 @@ class Services:
     def auto_update_step(self) -> str:
         d = self.story.demo
         active = self.active_device()
+        standby = next(x for x in self.story.devices if x is not active)
         d.section(
             "6",
-            "Workload updates: v1 -> v2 taken, a broken v3 rolled back",
-            "The web unit has AutoUpdate=registry. Moving apps/web:prod to v2 updates it; "
-            "v3 exits at once, fails the watch window and is rolled back to v2 while the "
-            "service keeps answering.",
+            "Workload updates on both devices: v1 -> v2 taken, a broken v3 rolled back",
+            "The web unit has AutoUpdate=registry. Moving apps/web:prod to v2 updates it on "
+            "both devices at once; v3 exits at once, fails the watch window and is rolled "
+            "back to v2 while the service keeps answering.",
         )
+        d.say(
+            f"{standby.name} is the standby: no request has reached its web unit, so it is "
+            "not running, and auto-update leaves units that are not running alone (as podman "
+            f"does). One request to {standby.name}'s own listener starts it."
+        )
+        self.curl(f"127.0.0.1:{standby.web_port}")
         watch = "10s" if d.fast else "30s"
         self.move_tag("v2")
-        table = self.auto_update(active, watch)
-        if not re.search(r"^web\S*\s.*\strue\s*$", table, re.MULTILINE):
-            raise DemoStepError(f"auto-update on {active.name} did not take v2")
-        d.wait_until(
-            "the service answers with v2",
-            lambda: self._answer() == f"web v2 on {active.name}",
-            60,
-        )
-        self.curl()
+        for device, table in self.auto_update_all(watch):
+            if not re.search(r"^web\S*\s.*\strue\s*$", table, re.MULTILINE):
+                raise DemoStepError(f"auto-update on {device.name} did not take v2")
+        self.wait_for_version("v2", active, standby)
 
         self.move_tag("v3")
-        table = self.auto_update(active, watch, expect_failure=True)
-        if "rolled back" not in table:
-            raise DemoStepError(f"auto-update on {active.name} did not roll v3 back")
-        d.wait_until(
-            "the service answers with v2 again",
-            lambda: self._answer() == f"web v2 on {active.name}",
+        for device, table in self.auto_update_all(watch, expect_failure=True):
+            if "rolled back" not in table:
+                raise DemoStepError(f"auto-update on {device.name} did not roll v3 back")
+        self.wait_for_version("v2", active, standby)
+        return f"{active.name} and {standby.name}: v2 taken, v3 rolled back, still serving v2"
+
+    def wait_for_version(self, version: str, active: Device, standby: Device) -> None:
+        """The service address and the standby's own listener both answer *version*."""
+        own = f"127.0.0.1:{standby.web_port}"
+        self.story.demo.wait_until(
+            f"the service and {standby.name} answer with {version}",
+            lambda: (
+                self._answer() == f"web {version} on {active.name}"
+                and self._answer(own) == f"web {version} on {standby.name}"
+            ),
             60,
         )
         self.curl()
-        return f"{active.name}: v2 taken, v3 rolled back, still serving v2"
+        self.curl(own)
 
     def move_tag(self, version: str) -> None:
         self.story.demo.atoll(
@@ -233,30 +244,41 @@ class Services:
             note=f"apps/web:prod now names {version}",
         )
 
-    def auto_update(self, device: Device, watch: str, *, expect_failure: bool = False) -> str:
-        """Run ``atoll workload auto-update`` on *device*; return its table."""
+    def auto_update_all(
+        self, watch: str, *, expect_failure: bool = False
+    ) -> list[tuple[Device, str]]:
+        """Run ``atoll workload auto-update`` on every device at once; return each
+        device's table."""
         d = self.story.demo
-        done = d.atoll(
-            "workload",
-            "auto-update",
-            "--root",
-            str(device.units),
-            "--state-dir",
-            str(device.state_dir),
-            "--update-state-dir",
-            str(device.units.parent / "updates"),
-            "--watch",
-            watch,
-            check=False,
-            env=device.podman_env,
-        )
-        d.show(done.stdout)
-        if (done.returncode != 0) != expect_failure:
-            raise DemoStepError(
-                f"atoll workload auto-update on {device.name} exited {done.returncode}: "
-                + (done.stderr.strip().splitlines() or ["no message"])[-1]
+        runs = [
+            (
+                (
+                    "workload",
+                    "auto-update",
+                    "--root",
+                    str(device.units),
+                    "--state-dir",
+                    str(device.state_dir),
+                    "--update-state-dir",
+                    str(device.units.parent / "updates"),
+                    "--watch",
+                    watch,
+                ),
+                device.podman_env,
             )
-        return done.stdout
+            for device in self.story.devices
+        ]
+        tables = []
+        for device, done in zip(self.story.devices, d.atoll_together(runs), strict=True):
+            d.say(f"[bold]{device.name}[/]:")
+            d.show(done.stdout)
+            if (done.returncode != 0) != expect_failure:
+                raise DemoStepError(
+                    f"atoll workload auto-update on {device.name} exited {done.returncode}: "
+                    + (done.stderr.strip().splitlines() or ["no message"])[-1]
+                )
+            tables.append((device, done.stdout))
+        return tables
 
     def active_device(self) -> Device:
         for device in self.story.devices:
@@ -384,16 +406,17 @@ class Services:
         ]
         d.start(f"{device.name}-failover", atoll_argv(*args), shown=["atoll", *args])
 
-    def _answer(self) -> str | None:
+    def _answer(self, address: str | None = None) -> str | None:
         try:
-            with urllib.request.urlopen(f"http://{self.story.service}/", timeout=2) as reply:
+            url = f"http://{address or self.story.service}/"
+            with urllib.request.urlopen(url, timeout=2) as reply:
                 return str(reply.read().decode().strip())
         except OSError:
             return None
 
-    def curl(self) -> str:
+    def curl(self, address: str | None = None) -> str:
         out = self.story.demo.command(
-            find_tool("curl"), "-s", f"http://{self.story.service}/", check=False
+            find_tool("curl"), "-s", f"http://{address or self.story.service}/", check=False
         )
         self.story.demo.show(out.stdout or "(no answer)")
         return out.stdout.strip()
