@@ -276,6 +276,36 @@ def test_tag_move_update_rollback_and_no_second_pull(setup: Setup) -> None:
 
 
 @pytest.mark.integration
+def test_a_shared_image_is_pulled_once_and_a_failed_pull_costs_only_its_unit(
+    setup: Setup,
+) -> None:
+    other_repo = setup.registry.new_repo("other")
+    shared, other = setup.image(), setup.image(repo=other_repo)
+    setup.push(seed="v1")
+    setup.push(seed="o1", repo=other_repo)
+    setup.podman.preload(shared, other)
+    for name, image in (("a", shared), ("b", shared), ("c", other)):
+        setup.unit(name, image)
+    manager = setup.manager({"a.service": shared, "b.service": shared, "c.service": other})
+    v2 = setup.push(seed="v2")
+    setup.push(seed="o2", repo=other_repo)
+    # o2's layer is gone from the registry's storage: pulling it fails for real.
+    raw = setup.registry.skopeo(
+        "inspect", "--raw", *setup.registry.skopeo_args(), f"docker://{other}"
+    )
+    layer = json.loads(raw.stdout)["layers"][0]["digest"].removeprefix("sha256:")
+    (blob,) = setup.registry.server.workdir.rglob(f"blobs/sha256/{layer[:2]}/{layer}/data")
+    blob.unlink()
+
+    reports = {r.unit: r.to_json() for r in setup.run(manager, parallel=3).reports}
+    assert reports["a.container"]["updated"] == reports["b.container"]["updated"] == "true"
+    assert setup.podman.pulled.count(f"{shared.rsplit(':', 1)[0]}@{v2}") == 1
+    assert reports["c.container"]["updated"] == "failed"
+    assert str(reports["c.container"]["reason"]).startswith(f"pulling {other.rsplit(':', 1)[0]}@")
+    assert sorted(manager.restarted) == ["a.service", "b.service"]
+
+
+@pytest.mark.integration
 def test_unhealthy_after_start_rolls_back_or_fails_without_rollback(setup: Setup) -> None:
     _, image, manager = setup.web_v1()
     v1_id = manager.running["web.service"]

@@ -15,7 +15,8 @@ whose container runs:
    only while the cron expression matches; otherwise it is ``pending``.
 3. **Apply**, units that depend on each other (``After=``/``Requires=``/
    ``Wants=``/``BindsTo=`` naming another updated unit) in order, the others in
-   parallel (*parallel* at a time): pull ``REPO@DIGEST``, tag it as the unit's
+   parallel (*parallel* at a time), each unit on its own: pull ``REPO@DIGEST``
+   (once per digest, however many units want it), tag it as the unit's
    ``Image=``, restart the unit, then **watch** it for the watch window: it
    must become active with health ``healthy`` (or no health check) and must
    not fail, turn unhealthy or be restarted by its manager meanwhile.
@@ -36,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -291,6 +292,8 @@ class AutoUpdater:
         self.sleep = sleep
         self._lock = threading.Lock()
         self._state: UpdateState | None = None
+        #: Pulls by reference: the first unit that wants one pulls it, the others wait.
+        self._pulls: dict[str, Future[str]] = {}
 
     def run(self, workloads: Sequence[Workload]) -> AutoUpdateResult:
         with state_lock(self.state_dir):
@@ -472,35 +475,45 @@ class AutoUpdater:
                     )
                 else:
                     runnable.append(plan)
-            self._pull(runnable)
-            ready = [p for p in runnable if p.report.updated is not Updated.FAILED]
-            workers = max(1, min(self.options.parallel, len(ready) or 1))
+            # Each unit pulls, tags and restarts on its own: one unit's restart
+            # overlaps another's pull, and a bad image costs only its own units.
+            workers = max(1, min(self.options.parallel, len(runnable) or 1))
             with ThreadPoolExecutor(workers, thread_name_prefix="atoll-update") as pool:
-                list(pool.map(self._update_one, ready))
+                list(pool.map(self._pull_and_update, runnable))
         self._prune([p for p in plans if p.report.updated is Updated.TRUE])
 
-    def _pull(self, plans: Sequence[_Plan]) -> None:
-        """Pull the new images, one podman process for all."""
-        pulls = [p for p in plans if p.workload.policy == Policy.REGISTRY and p.target_ref]
-        if pulls:
+    def _pull_and_update(self, plan: _Plan) -> None:
+        if self._pull(plan):
+            self._update_one(plan)
+
+    def _pull(self, plan: _Plan) -> bool:
+        """Pull the plan's new image (once per reference); False when that failed."""
+        ref = plan.target_ref
+        if plan.workload.policy != Policy.REGISTRY or not ref:
+            return True
+        with self._lock:
+            pulled = self._pulls.get(ref)
+            mine = pulled is None
+            if pulled is None:
+                pulled = self._pulls[ref] = Future()
+        if mine:
             try:
-                ids = self.podman.pull([p.target_ref or "" for p in pulls])
-            except AtollError:
-                # One bad image must not cost the others their update: try each alone.
-                ids = []
-                for plan in pulls:
-                    try:
-                        ids.extend(self.podman.pull([plan.target_ref or ""]))
-                    except AtollError as exc:
-                        ids.append("")
-                        plan.report.updated = Updated.FAILED
-                        plan.report.reason = f"pulling {plan.target_ref}: {exc.message}"
-            for plan, image_id in zip(pulls, ids, strict=True):
-                if image_id:
-                    plan.target_image_id = image_id
-                    self._remember(
-                        plan.workload.unit, images_add=image_id, image=plan.workload.image
-                    )
+                pulled.set_result(self.podman.pull([ref])[0])
+            except AtollError as exc:
+                pulled.set_exception(exc)
+        try:
+            image_id = pulled.result()
+        except AtollError as exc:
+            plan.report.updated = Updated.FAILED
+            plan.report.reason = f"pulling {ref}: {exc.message}"
+            return False
+        if not image_id:
+            plan.report.updated = Updated.FAILED
+            plan.report.reason = f"pulling {ref}: podman named no image"
+            return False
+        plan.target_image_id = image_id
+        self._remember(plan.workload.unit, images_add=image_id, image=plan.workload.image)
+        return True
 
     def _update_one(self, plan: _Plan) -> None:
         unit, report = plan.workload.unit, plan.report

@@ -248,13 +248,21 @@ class ContainerRun:
         return RunEnd(Result.UNHEALTHY, EndKind.UNCLEAN_SIGNAL, error=error, force_restart=True)
 
     def _stop(self, env: dict[str, str]) -> None:
-        """ExecStop= (or remove the container after its StopTimeout), then ExecStopPost=."""
+        """ExecStop= (or remove the container after its StopTimeout), then ExecStopPost=.
+
+        Quadlet writes the same ``podman rm --cidfile`` as both; once it has
+        succeeded as ExecStop=, running it again as ExecStopPost= would only
+        start another podman to find nothing to remove, so it is skipped."""
         deadline = time.monotonic() + self.plan.settings.timeout_stop
+        stopped = False
         if self.plan.stop:
-            self._commands(self.plan.stop, deadline, env)
+            stopped = self._commands(self.plan.stop, deadline, env) is None
         else:
             self._remove(env, graceful=True)
-        self._commands(self.plan.stop_post, deadline, env)
+        post = self.plan.stop_post
+        if stopped and [c.argv for c in post] == [c.argv for c in self.plan.stop]:
+            return
+        self._commands(post, deadline, env)
 
     def _remove(self, env: dict[str, str], *, graceful: bool = False) -> None:
         """Remove the container at once (SIGKILL); *graceful*, after its StopTimeout."""
