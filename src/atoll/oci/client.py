@@ -201,6 +201,35 @@ class RegistryClient(Closeable):
                     self.fail(response, "checking the registry API at /v2/", repository)
             raise AssertionError("unreachable")
 
+    @property
+    def base(self) -> str | None:
+        """The ``/v2/`` URL in use, once a ping (or :meth:`assume_base`) chose it."""
+        with self._lock:
+            return str(self._base) if self._base is not None else None
+
+    def assume_base(self, base: str) -> bool:
+        """Skip the ping: send requests to *base*, a ``/v2/`` URL an earlier ping of
+        this registry chose, and learn the authentication from the 401s they get.
+        Refused (False) when *base* is not this registry's, or is plain HTTP for a
+        registry that is no longer insecure."""
+        url = httpx.URL(base)
+        if url.scheme != "https" and not (url.scheme == "http" and self.insecure):
+            return False
+        if httpx.URL(f"{url.scheme}://{self._host}/v2/") != url:
+            return False
+        with self._lock:
+            if self._base is None:
+                self._base = url
+        return True
+
+    def forget_base(self, base: str) -> None:
+        """Ping again before the next request, unless another thread already has
+        replaced *base*."""
+        with self._lock:
+            if self._base is not None and str(self._base) == base:
+                self._base = None
+                self._challenge = None
+
     def get_manifest(self, repository: str, reference: str) -> FetchedManifest:
         """The manifest for a tag or digest, checked against the digest it is known by:
         the reference's, else the ``Docker-Content-Digest`` the registry sent."""

@@ -379,8 +379,12 @@ class AutoUpdater:
         refs = {p.workload.unit: ImageReference.parse(p.workload.image) for p in registry}
         checks: dict[ImageReference, RemoteCheck] = {}
         if refs:
+            assert self._state is not None
             checks = check_references(
-                list(refs.values()), self.ctx, concurrency=self.options.concurrency
+                list(refs.values()),
+                self.ctx,
+                concurrency=self.options.concurrency,
+                bases=self._state.registries,
             )
         for plan in registry:
             check = checks[refs[plan.workload.unit]]

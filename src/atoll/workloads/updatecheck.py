@@ -9,6 +9,13 @@ first lists the repository's tags and then checks the highest tag on its line.
 Each registry gets one client (one ``/v2/`` ping, pooled connections); every
 request runs in a thread pool of *concurrency* workers, so N images on one
 registry take about ``ceil(N / concurrency)`` round trips after the ping.
+
+With *bases* (registry -> the ``/v2/`` URL an earlier run's ping chose, kept by
+the caller between runs), a registry it names is not pinged: its requests go
+straight to that URL and learn authentication from their 401s, which saves the
+ping's round trip and, for an insecure registry, the HTTPS attempt before it.
+A check that fails there is tried once more after a ping.  *bases* is updated
+with what this run used.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ def check_references(
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     follow_versions: bool = True,
+    bases: dict[str, str] | None = None,
 ) -> dict[ImageReference, RemoteCheck]:
     """The registry's answer for every reference (errors are answers, not raised)."""
     from atoll.oci.client import RegistryClient
@@ -68,18 +76,38 @@ def check_references(
     # Enough pooled connections for every worker (the client keeps 2 per "parallel").
     ctx = dataclasses.replace(ctx, parallel=max(ctx.parallel, (workers + 1) // 2))
     clients: dict[str, RegistryClient] = {}
+    assumed: dict[str, str] = {}
     for ref in wanted:
         if ref.registry not in clients:
-            clients[ref.registry] = RegistryClient(ref.registry, ctx)
+            client = clients[ref.registry] = RegistryClient(ref.registry, ctx)
+            known = (bases or {}).get(ref.registry)
+            if known and client.assume_base(known):
+                assumed[ref.registry] = known
+
+    def check(ref: ImageReference) -> RemoteCheck:
+        client = clients[ref.registry]
+        result = _check_one(client, ref, follow_versions)
+        known = assumed.get(ref.registry)
+        if result.error is not None and known is not None:
+            log.debug("%s: %s failed at %s; pinging again", ref.registry, ref, known)
+            client.forget_base(known)
+            result = _check_one(client, ref, follow_versions)
+        return result
+
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="atoll-check") as pool:
-            results = pool.map(
-                lambda ref: _check_one(clients[ref.registry], ref, follow_versions), wanted
-            )
-            return dict(zip(wanted, results, strict=True))
+            results = dict(zip(wanted, pool.map(check, wanted), strict=True))
     finally:
         for client in clients.values():
             client.close()
+    if bases is not None:
+        for registry, client in clients.items():
+            base = client.base
+            if base is not None:
+                bases[registry] = base
+            else:
+                bases.pop(registry, None)
+    return results
 
 
 def _check_one(client: RegistryClient, ref: ImageReference, follow_versions: bool) -> RemoteCheck:

@@ -14,7 +14,11 @@ One JSON file, ``STATE_DIR/autoupdate.json`` (default state dir
                           "reason": "…", "time": "2026-…Z"}],     newest last, at most 20
          "images": ["…"],                  image IDs auto-update pulled for the unit
          "last_check": "2026-…Z",
-         "last_result": "true" | "false" | "failed" | "pending" | "rolled back"}}}
+         "last_result": "true" | "false" | "failed" | "pending" | "rolled back"}},
+     "registries": {"registry.example.com": "https://registry.example.com/v2/"}}
+
+``registries`` holds the ``/v2/`` URL each registry's last ping chose, so that
+the next run's checks go there without pinging (absent in older files).
 
 ``digest`` is the manifest digest the tag resolved to when pulled (the index's
 digest for a multi-platform image, as podman records it); for the ``local``
@@ -140,6 +144,8 @@ class UpdateState:
 
     path: Path
     units: dict[str, UnitUpdateState] = field(default_factory=dict)
+    #: Registry -> the ``/v2/`` URL its last ping chose (see atoll.workloads.updatecheck).
+    registries: dict[str, str] = field(default_factory=dict)
 
     def get(self, unit: str) -> UnitUpdateState:
         return self.units.get(unit) or UnitUpdateState()
@@ -148,6 +154,7 @@ class UpdateState:
         data = {
             "version": STATE_VERSION,
             "units": {name: self.units[name].to_json() for name in sorted(self.units)},
+            "registries": dict(sorted(self.registries.items())),
         }
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +192,11 @@ class UpdateState:
                 f"{path}: malformed unit entry ({type(exc).__name__}: {exc})",
                 hint="move it aside; the next run starts afresh",
             ) from None
-        return cls(path, units)
+        registries = data.get("registries")
+        if not isinstance(registries, dict):
+            registries = {}  # older files have none; a bad one only costs a ping
+        known = {str(k): v for k, v in registries.items() if isinstance(v, str)}
+        return cls(path, units, known)
 
 
 @contextlib.contextmanager
