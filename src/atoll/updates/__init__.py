@@ -5,8 +5,18 @@ or apply and reboot), in which windows, spread by a per-device random delay,
 at what download rate, and what may hold a reboot off.  :func:`decide` is the
 pure decision; :func:`run_automatic_update` carries it out on a device; the
 timer in ``units/`` runs it hourly.  See docs/updates.md.
+
+The clock, the configuration and cron expressions are imported with the
+package; the rest on first use: the decision and the run bring the device's
+whole lifecycle with them, which ``atoll workload auto-update`` (it needs only
+the update windows) should not pay for at every start.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from atoll.lazy import lazy_exports
 from atoll.updates.clock import Clock, FakeClock, SystemClock
 from atoll.updates.config import (
     ApplySettings,
@@ -21,30 +31,70 @@ from atoll.updates.config import (
     parse_rate,
 )
 from atoll.updates.cron import CronExpression
-from atoll.updates.inhibitors import (
-    Inhibitor,
-    InhibitorKind,
-    check_inhibitors,
-    ensure_reboot_allowed,
-    wait_for_inhibitors,
-)
-from atoll.updates.policy import (
-    Action,
-    DeviceFacts,
-    StagedUpdate,
-    UpdateDecision,
-    decide,
-    device_delay,
-)
-from atoll.updates.run import (
-    Outcome,
-    UpdatableDevice,
-    UpdateRunResult,
-    run_automatic_update,
-    running_root,
-)
-from atoll.updates.state import UpdateState, state_path
-from atoll.updates.status import describe, status_document
+
+if TYPE_CHECKING:
+    from atoll.updates.inhibitors import (
+        Inhibitor,
+        InhibitorKind,
+        check_inhibitors,
+        ensure_reboot_allowed,
+        wait_for_inhibitors,
+    )
+    from atoll.updates.policy import (
+        Action,
+        DeviceFacts,
+        StagedUpdate,
+        UpdateDecision,
+        decide,
+        device_delay,
+    )
+    from atoll.updates.run import (
+        Outcome,
+        UpdatableDevice,
+        UpdateRunResult,
+        run_automatic_update,
+        running_root,
+    )
+    from atoll.updates.state import UpdateState, state_path
+    from atoll.updates.status import describe, status_document
+
+#: The names imported on first use, by the module that defines them.
+_LAZY = {
+    "inhibitors": (
+        "Inhibitor",
+        "InhibitorKind",
+        "check_inhibitors",
+        "ensure_reboot_allowed",
+        "wait_for_inhibitors",
+    ),
+    "policy": (
+        "Action",
+        "DeviceFacts",
+        "StagedUpdate",
+        "UpdateDecision",
+        "decide",
+        "device_delay",
+    ),
+    "run": (
+        "Outcome",
+        "UpdatableDevice",
+        "UpdateRunResult",
+        "run_automatic_update",
+        "running_root",
+    ),
+    "state": (
+        "UpdateState",
+        "state_path",
+    ),
+    "status": (
+        "describe",
+        "status_document",
+    ),
+}
+
+
+__getattr__ = lazy_exports(__name__, _LAZY)
+
 
 __all__ = [
     "Action",

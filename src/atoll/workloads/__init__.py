@@ -8,9 +8,9 @@ commands that only need the units.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from atoll.lazy import lazy_exports
 from atoll.workloads.generate import GeneratedService, generate_services, write_services
 from atoll.workloads.quadlet import (
     KEYS,
@@ -69,11 +69,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    for module, names in _LAZY.items():
-        if name in names:
-            return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
