@@ -305,6 +305,79 @@ def test_a_shared_image_is_pulled_once_and_a_failed_pull_costs_only_its_unit(
     assert sorted(manager.restarted) == ["a.service", "b.service"]
 
 
+class Killed(BaseException):
+    """The auto-update process dies here (SIGKILL, a power cut): nothing after
+    this point of the run happens; what it wrote before stays."""
+
+
+def _dies_at_restart(manager: FakeManager, *, after: bool) -> None:
+    """The next restart kills the run: before it restarts the unit, or after."""
+
+    def restart(unit: str, timeout: float | None = None) -> UnitStatus:
+        del manager.restart  # type: ignore[method-assign]
+        if after:
+            FakeManager.restart(manager, unit, timeout)
+        raise Killed
+
+    manager.restart = restart  # type: ignore[method-assign]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("behaviour", "updated", "reason"),
+    [
+        ("", "true", "it stayed healthy for the watch window"),
+        ("unhealthy", "rolled back", "the container turned unhealthy"),
+    ],
+)
+def test_an_update_a_killed_run_left_is_watched_before_it_is_kept(
+    setup: Setup, behaviour: str, updated: str, reason: str
+) -> None:
+    v1, image, manager = setup.web_v1()
+    v1_id = manager.running["web.service"]
+    v2 = setup.push(seed="v2", behaviour=behaviour)
+    _dies_at_restart(manager, after=True)
+    with pytest.raises(Killed):
+        setup.run(manager, watch=8.0)
+    # Killed while watching: the unit runs v2, which nobody has seen stay healthy.
+    unit = setup.state()["units"]["web.container"]  # type: ignore[index]
+    assert unit["trial"]["new"]["digest"] == v2 and unit["trial"]["old"]["digest"] == v1
+    assert manager.running["web.service"] != v1_id
+
+    report = only(setup.run(manager, watch=8.0))
+    assert report["updated"] == updated, report
+    assert report["reason"] == f"a stopped run left this update unproven; {reason}"
+    unit = setup.state()["units"]["web.container"]  # type: ignore[index]
+    assert unit["trial"] is None
+    if updated == "true":
+        assert unit["current"]["digest"] == v2 and unit["previous"]["digest"] == v1
+    else:
+        assert manager.running["web.service"] == setup.podman.image_id(image) == v1_id
+        assert report["rolled_back_digests"] == [v2]
+    # Settled: the next run has nothing left over.
+    again = only(setup.run(manager, watch=8.0))
+    assert again["updated"] == "false", again
+
+
+@pytest.mark.integration
+def test_a_run_killed_before_the_restart_puts_the_tag_back_and_starts_over(setup: Setup) -> None:
+    _, image, manager = setup.web_v1()
+    v1_id = manager.running["web.service"]
+    v2 = setup.push(seed="v2")
+    _dies_at_restart(manager, after=False)
+    with pytest.raises(Killed):
+        setup.run(manager)
+    # The tag moved but the unit was not restarted: it runs v1 still.
+    assert manager.running["web.service"] == v1_id != setup.podman.image_id(image)
+
+    report = only(setup.run(manager, dry_run=True))
+    assert report["updated"] == "pending" and "unproven" in str(report["reason"])
+    report = only(setup.run(manager))
+    assert report["updated"] == "true" and report["digest"]["new"] == v2  # type: ignore[index]
+    assert manager.restarted == ["web.service"]
+    assert setup.state()["units"]["web.container"]["trial"] is None  # type: ignore[index]
+
+
 @pytest.mark.integration
 def test_unhealthy_after_start_rolls_back_or_fails_without_rollback(setup: Setup) -> None:
     _, image, manager = setup.web_v1()

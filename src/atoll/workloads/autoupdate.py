@@ -55,6 +55,7 @@ from atoll.workloads.updatecheck import DEFAULT_CONCURRENCY, RemoteCheck, check_
 from atoll.workloads.updatestate import (
     ImageRecord,
     RolledBack,
+    Trial,
     UnitUpdateState,
     UpdateState,
     state_lock,
@@ -300,16 +301,66 @@ class AutoUpdater:
             self._state = UpdateState.load(self.state_dir)
             chosen = [w for w in workloads if not self.options.only or w.unit in self.options.only]
             reports: dict[str, UnitReport] = {}
-            plans = self._plan(chosen, reports)
+            resumed = self._resume(chosen, reports)
+            plans = self._plan([w for w in chosen if w.unit not in resumed], reports)
             self._check(plans)
             to_apply = [p for p in plans if self._decide(p)]
             if to_apply:
                 self._apply(to_apply)
-            for plan in plans:
-                self._remember(plan.workload.unit, last_result=str(plan.report.updated))
+            for unit in [*resumed, *(p.workload.unit for p in plans)]:
+                self._remember(unit, last_result=str(reports[unit].updated))
             self._save()
             ordered = [reports[w.unit] for w in chosen if w.unit in reports]
             return AutoUpdateResult(tuple(ordered), self.options.dry_run)
+
+    # --- an update a stopped run left ---------------------------------------------
+
+    def _resume(self, workloads: Sequence[Workload], reports: dict[str, UnitReport]) -> set[str]:
+        """Finish the updates a run that was stopped (killed, a power cut) left
+        half-done, before anything else; return the units finished so."""
+        finished: set[str] = set()
+        for workload in workloads:
+            trial = self._state_of(workload.unit).trial
+            if trial is None:
+                continue
+            report = UnitReport(
+                workload.unit, "", workload.image, workload.policy, Updated.FALSE,
+                old_digest=trial.old.digest, new_digest=trial.new.digest,
+            )  # fmt: skip
+            if self.options.dry_run:
+                report.updated = Updated.PENDING
+                report.reason = (
+                    f"a stopped run left the update to {_short(trial.new.digest)} unproven; "
+                    "the next run watches it and keeps it or rolls it back"
+                )
+                reports[workload.unit] = report
+                finished.add(workload.unit)
+                continue
+            try:
+                status = self.manager.status(workload.service)
+            except AtollError as exc:
+                report.updated, report.reason = Updated.FAILED, exc.message
+                reports[workload.unit] = report
+                finished.add(workload.unit)
+                continue
+            if not same_image(status.image_id, trial.new.image_id):
+                # Stopped before the restart: the unit still runs the old image. Point
+                # the tag back at it (a restart must not start the unproven one) and
+                # let this run check the registry afresh.
+                log.info("%s: a stopped run's update never restarted it", workload.unit)
+                if workload.policy == Policy.REGISTRY:
+                    self._tag(trial.old.image_id, workload.image)
+                self._remember(workload.unit, end_trial=True)
+                continue
+            log.info("%s: watching the update a stopped run left unproven", workload.unit)
+            report.container = status.container
+            failure = self.watch(workload.service, status, self.options.watch)
+            self._conclude(workload, report, trial.new, trial.old, failure)
+            prefix = "a stopped run left this update unproven; "
+            report.reason = prefix + (report.reason or "it stayed healthy for the watch window")
+            reports[workload.unit] = report
+            finished.add(workload.unit)
+        return finished
 
     # --- planning -----------------------------------------------------------------
 
@@ -520,34 +571,50 @@ class AutoUpdater:
         return True
 
     def _update_one(self, plan: _Plan) -> None:
-        unit, report = plan.workload.unit, plan.report
+        workload, report = plan.workload, plan.report
         old = ImageRecord(report.old_digest, plan.status.image_id, utc_now())
         new = ImageRecord(plan.target_digest, plan.target_image_id, utc_now())
-        if plan.workload.policy == Policy.REGISTRY:
-            error = self._tag(new.image_id, plan.workload.image)
+        # Durable before the tag moves: a run stopped from here on is finished by
+        # the next one (_resume), which must not take the new image unwatched.
+        self._remember(workload.unit, trial=Trial(new, old))
+        if workload.policy == Policy.REGISTRY:
+            error = self._tag(new.image_id, workload.image)
             if error is not None:
                 report.updated = Updated.FAILED
-                report.reason = f"tagging the new image as {plan.workload.image}: {error}"
+                report.reason = f"tagging the new image as {workload.image}: {error}"
+                self._remember(workload.unit, end_trial=True)
                 return
-        failure = self._restart_and_watch(plan, plan.target_image_id)
+        failure = self._restart_and_watch(workload, plan.target_image_id)
+        self._conclude(workload, report, new, old, failure)
+
+    def _conclude(
+        self,
+        workload: Workload,
+        report: UnitReport,
+        new: ImageRecord,
+        old: ImageRecord,
+        failure: str | None,
+    ) -> None:
+        """Keep the update the unit was watched running, or roll it back."""
+        unit = workload.unit
         if failure is None:
             report.updated, report.reason = Updated.TRUE, ""
-            self._remember(unit, image=plan.workload.image, current=new, previous=old)
+            self._remember(unit, image=workload.image, current=new, previous=old, end_trial=True)
             return
         log.warning("%s: the update to %s failed: %s", unit, _short(new.digest), failure)
         if not self.options.rollback:
             report.updated, report.reason = Updated.FAILED, failure
-            self._remember(unit, image=plan.workload.image, current=new, previous=old)
+            self._remember(unit, image=workload.image, current=new, previous=old, end_trial=True)
             return
         report.reason = failure
-        error = self._tag(old.image_id, plan.workload.image)
+        error = self._tag(old.image_id, workload.image)
         if error is not None:
             report.updated = Updated.FAILED
             report.reason = f"{failure}; re-tagging the previous image failed: {error}"
             return
-        back = self._restart_and_watch(plan, old.image_id, until_ready=True)
+        back = self._restart_and_watch(workload, old.image_id, until_ready=True)
         entry = RolledBack(new.digest or "", new.image_id, failure, utc_now())
-        self._remember(unit, image=plan.workload.image, rollback=entry)
+        self._remember(unit, image=workload.image, rollback=entry, end_trial=True)
         with self._lock:
             report.rolled_back_digests = tuple(e.digest for e in self._state_of(unit).rolled_back)
         if back is not None:
@@ -565,10 +632,10 @@ class AutoUpdater:
         return None
 
     def _restart_and_watch(
-        self, plan: _Plan, image_id: str | None, *, until_ready: bool = False
+        self, workload: Workload, image_id: str | None, *, until_ready: bool = False
     ) -> str | None:
         """Restart the unit; None when it runs *image_id* healthily, else why not."""
-        service = plan.workload.service
+        service = workload.service
         try:
             started = self.manager.restart(service, self.options.restart_timeout)
         except AtollError as exc:
@@ -664,10 +731,14 @@ class AutoUpdater:
         images_add: str | None = None,
         images_remove: Iterable[str] = (),
         last_result: str | None = None,
+        trial: Trial | None = None,
+        end_trial: bool = False,
     ) -> None:
         assert self._state is not None
         with self._lock:
             entry = self._state.get(unit)
+            if trial is not None or end_trial:
+                entry = replace(entry, trial=trial)
             if image is not None:
                 entry = replace(entry, image=image)
             if current is not None:

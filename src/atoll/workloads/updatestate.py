@@ -14,11 +14,15 @@ One JSON file, ``STATE_DIR/autoupdate.json`` (default state dir
                           "reason": "…", "time": "2026-…Z"}],     newest last, at most 20
          "images": ["…"],                  image IDs auto-update pulled for the unit
          "last_check": "2026-…Z",
-         "last_result": "true" | "false" | "failed" | "pending" | "rolled back"}},
+         "last_result": "true" | "false" | "failed" | "pending" | "rolled back",
+         "trial": {"new": {…}, "old": {…}} | null}},     an update under way
      "registries": {"registry.example.com": "https://registry.example.com/v2/"}}
 
-``registries`` holds the ``/v2/`` URL each registry's last ping chose, so that
-the next run's checks go there without pinging (absent in older files).
+``trial`` is written before an update moves the unit's tag and removed when
+the update is kept or rolled back: a run that finds one finishes that update
+first (see :mod:`atoll.workloads.autoupdate`).  ``registries`` holds the
+``/v2/`` URL each registry's last ping chose, so that the next run's checks go
+there without pinging (absent in older files).
 
 ``digest`` is the manifest digest the tag resolved to when pulled (the index's
 digest for a multi-platform image, as podman records it); for the ``local``
@@ -81,6 +85,28 @@ class RolledBack:
 
 
 @dataclass(frozen=True)
+class Trial:
+    """An update under way: written before the tag moves, removed once the
+    update is kept or rolled back.  Found at the start of a run, it means the
+    last run stopped half-way (killed, a power cut) and its update is unproven."""
+
+    new: ImageRecord
+    old: ImageRecord
+
+    def to_json(self) -> dict[str, Any]:
+        return {"new": self.new.to_json(), "old": self.old.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Trial | None:
+        if data is None:
+            return None
+        new, old = ImageRecord.from_json(data["new"]), ImageRecord.from_json(data["old"])
+        if new is None or old is None:
+            raise ValueError("a trial needs its new and old image")
+        return cls(new, old)
+
+
+@dataclass(frozen=True)
 class UnitUpdateState:
     image: str = ""
     current: ImageRecord | None = None
@@ -89,6 +115,7 @@ class UnitUpdateState:
     images: tuple[str, ...] = ()
     last_check: str = ""
     last_result: str = ""
+    trial: Trial | None = None
 
     def rolled_back_entry(self, digest: str | None) -> RolledBack | None:
         for entry in reversed(self.rolled_back):
@@ -115,6 +142,7 @@ class UnitUpdateState:
             "images": list(self.images),
             "last_check": self.last_check,
             "last_result": self.last_result,
+            "trial": self.trial.to_json() if self.trial else None,
         }
 
     @classmethod
@@ -135,6 +163,7 @@ class UnitUpdateState:
             images=tuple(str(i) for i in data.get("images", [])),
             last_check=str(data.get("last_check", "")),
             last_result=str(data.get("last_result", "")),
+            trial=Trial.from_json(data.get("trial")),
         )
 
 
