@@ -610,11 +610,17 @@ EXITS_AT_ONCE = ("sh", "-c", "echo broken >&2; exit 1")
 UNHEALTHY_AFTER_5S = ("sh", "-c", "touch /tmp/ok; (sleep 5; rm /tmp/ok) & exec /usr/bin/serve")
 
 
-def _auto_update(env: WorkloadEnv, sup: SupervisorProcess, *args: str) -> tuple[int, Any]:
+def _auto_update(
+    env: WorkloadEnv, sup: SupervisorProcess, *args: str, crash_at: str | None = None
+) -> tuple[int, Any]:
     proc = run_atoll(
         "workload", "auto-update", "--root", str(env.units), "--state-dir", str(sup.state_dir),
         "--update-state-dir", str(env.root / "updates"), "--format", "json", *args,
+        crash_at=crash_at,
     )  # fmt: skip
+    if crash_at:
+        assert proc.returncode == -9, (proc.returncode, proc.stderr)
+        return proc.returncode, None
     assert proc.stdout, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
@@ -698,4 +704,28 @@ def test_web_workload_updates_rolls_back_and_keeps_serving(workload_env: Workloa
     assert unit["reason"] == "the container turned unhealthy"
     assert http_get(port) == "hello from v2\n"
     wait_for(lambda: sup.status("web").health is Health.HEALTHY, "v2 to be healthy again")
+
+    # Killed (SIGKILL) after the restart, while watching v5, which turns unhealthy:
+    # v5 serves unproven; the next run watches it and rolls it back.
+    v5 = release("v5", UNHEALTHY_AFTER_5S)
+    _auto_update(env, sup, "--watch", "15s", crash_at="autoupdate-restarted")
+    assert http_get(port) == "hello from v5\n"
+    code, doc = _auto_update(env, sup, "--watch", "15s")
+    assert code == 56, doc
+    (unit,) = doc["units"]
+    assert (unit["updated"], unit["digest"]) == ("rolled back", {"old": v2, "new": v5})
+    assert unit["reason"] == (
+        "a stopped run left this update unproven; the container turned unhealthy"
+    )
+    assert http_get(port) == "hello from v2\n"
+
+    # Killed after the tag moved to a good v6, before the restart: v2 still serves;
+    # the next run puts the tag back, then takes v6 properly.
+    v6 = release("v6")
+    _auto_update(env, sup, "--watch", "3s", crash_at="autoupdate-tagged")
+    assert http_get(port) == "hello from v2\n"
+    code, doc = _auto_update(env, sup, "--watch", "3s")
+    assert code == 0, doc
+    assert (doc["units"][0]["updated"], doc["units"][0]["digest"]["new"]) == ("true", v6)
+    assert http_get(port) == "hello from v6\n"
     assert sup.stop() == 0

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.errors import AtollError
+from atoll.faults import crashpoint
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
 from atoll.updates.config import Window
@@ -584,6 +585,7 @@ class AutoUpdater:
                 report.reason = f"tagging the new image as {workload.image}: {error}"
                 self._remember(workload.unit, end_trial=True)
                 return
+        crashpoint("autoupdate-tagged")
         failure = self._restart_and_watch(workload, plan.target_image_id)
         self._conclude(workload, report, new, old, failure)
 
@@ -646,6 +648,7 @@ class AutoUpdater:
             return (
                 f"the restarted container runs image {started.image_id[:12]}, not {image_id[:12]}"
             )
+        crashpoint("autoupdate-restarted")
         return self.watch(service, started, self.options.watch, until_ready=until_ready)
 
     def watch(
