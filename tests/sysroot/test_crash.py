@@ -16,8 +16,9 @@ from helpers.cli import run_atoll
 from helpers.osimage import build_os_image
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "atoll"
-#: Crash points outside the device lifecycle (image copies, tests of their own).
-ELSEWHERE = re.compile(r"^(copy|layout|archive)-")
+#: Crash points outside the device lifecycle (image copies, workload auto-update:
+#: tests of their own).
+ELSEWHERE = re.compile(r"^(copy|layout|archive|autoupdate)-")
 #: Reached only after a deployment used up its boot attempts: a test of its own.
 FALLBACK = re.compile(r"^fallback-")
 
