@@ -44,10 +44,11 @@ from atoll.demo.registry import LocalRegistry
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
 from atoll.podman import isolated_environment
-from atoll.workloads.autoupdate import AutoUpdateOptions, AutoUpdater, workloads_from
+from atoll.workloads.autoupdate import AutoUpdateOptions, AutoUpdater
 from atoll.workloads.control import Health, UnitState, UnitStatus
 from atoll.workloads.quadlet import load_units
 from atoll.workloads.updatecheck import DEFAULT_CONCURRENCY, check_references
+from atoll.workloads.updateunits import workloads_from
 from helpers.treeimage import Layer, Node, build_tree_image, symlink
 
 POLICY = '{"default":[{"type":"insecureAcceptAnything"}]}'

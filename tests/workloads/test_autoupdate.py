@@ -29,12 +29,12 @@ from atoll.workloads.autoupdate import (
     AutoUpdater,
     AutoUpdateResult,
     Updated,
-    workloads_from,
 )
 from atoll.workloads.control import Health, UnitState, UnitStatus
 from atoll.workloads.localimages import Podman
 from atoll.workloads.quadlet import load_units
 from atoll.workloads.updatestate import STATE_FILE
+from atoll.workloads.updateunits import workloads_from
 from helpers.cli import run_atoll
 from helpers.images import build_image, build_multiarch
 from helpers.parts import require_tool

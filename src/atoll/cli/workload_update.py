@@ -96,9 +96,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _auto_update(args: argparse.Namespace, out: Output) -> int:
-    from atoll.workloads.autoupdate import AutoUpdateOptions, AutoUpdater, workloads_from
+    from atoll.workloads.autoupdate import AutoUpdateOptions, AutoUpdater
     from atoll.workloads.quadlet import load_units
     from atoll.workloads.updatestate import DEFAULT_STATE_DIR
+    from atoll.workloads.updateunits import workloads_from
 
     if args.format == "json":
         out.json = True

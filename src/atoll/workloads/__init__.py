@@ -30,9 +30,7 @@ if TYPE_CHECKING:
         AutoUpdater,
         AutoUpdateResult,
         Updated,
-        Workload,
         run_auto_update,
-        workloads_from,
     )
     from atoll.workloads.bound import BoundImage, find_bound_images, pull_bound_images
     from atoll.workloads.control import (
@@ -44,6 +42,7 @@ if TYPE_CHECKING:
         UnitStatus,
     )
     from atoll.workloads.supervisor import Supervisor
+    from atoll.workloads.updateunits import Workload, workloads_from
 
 #: The names imported on first use, by the module that defines them.
 _LAZY = {
@@ -52,9 +51,7 @@ _LAZY = {
         "AutoUpdater",
         "AutoUpdateResult",
         "Updated",
-        "Workload",
         "run_auto_update",
-        "workloads_from",
     ),
     "bound": ("BoundImage", "find_bound_images", "pull_bound_images"),
     "control": (
@@ -66,6 +63,7 @@ _LAZY = {
         "UnitStatus",
     ),
     "supervisor": ("Supervisor",),
+    "updateunits": ("Workload", "workloads_from"),
 }
 
 

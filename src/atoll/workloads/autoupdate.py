@@ -36,7 +36,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -47,11 +47,9 @@ from atoll.errors import AtollError
 from atoll.faults import crashpoint
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
-from atoll.updates.config import Window
-from atoll.updates.cron import CronExpression
 from atoll.workloads.control import Health, UnitManager, UnitState, UnitStatus
 from atoll.workloads.localimages import LocalImage, Podman, same_image
-from atoll.workloads.quadlet import ContainerOptions, ImageOptions, LoadResult, QuadletUnit
+from atoll.workloads.quadlet import LoadResult
 from atoll.workloads.updatecheck import DEFAULT_CONCURRENCY, RemoteCheck, check_references
 from atoll.workloads.updatestate import (
     ImageRecord,
@@ -62,21 +60,18 @@ from atoll.workloads.updatestate import (
     state_lock,
     utc_now,
 )
+from atoll.workloads.updateunits import (
+    Policy,
+    Workload,
+    workloads_from,
+)
 
 log = logging.getLogger(__name__)
 
-WINDOW_LABEL = "io.atoll.autoupdate.window"
-TIMEZONE_LABEL = "io.atoll.autoupdate.timezone"
 DEFAULT_WATCH = 60.0
 DEFAULT_PARALLEL = 4
 #: How often a watched unit's status is asked, in seconds.
 POLL_INTERVAL = 0.5
-_DEPENDENCY_KEYS = ("After", "Requires", "Wants", "BindsTo", "Requisite", "PartOf")
-
-
-class Policy(StrEnum):
-    REGISTRY = "registry"
-    LOCAL = "local"
 
 
 class Updated(StrEnum):
@@ -85,21 +80,6 @@ class Updated(StrEnum):
     FAILED = "failed"
     PENDING = "pending"
     ROLLED_BACK = "rolled back"
-
-
-@dataclass(frozen=True)
-class Workload:
-    """A unit auto-update looks after, as its files declare it."""
-
-    unit: str
-    service: str
-    image: str
-    policy: str
-    window: Window = field(default_factory=Window)
-    #: Other units (names) this one is ordered after.
-    after: tuple[str, ...] = ()
-    #: Why the unit cannot be updated as declared (a bad window, an unknown policy).
-    problem: str | None = None
 
 
 @dataclass
@@ -189,83 +169,6 @@ class _Plan:
     target_image_id: str | None = None
 
 
-# --- reading the units ----------------------------------------------------------------
-
-
-def workloads_from(loaded: LoadResult) -> list[Workload]:
-    """The container units that ask for auto-update, with their images resolved."""
-    units = loaded.by_name()
-    found: list[Workload] = []
-    for unit in loaded.units:
-        options = unit.options
-        if not isinstance(options, ContainerOptions) or not options.auto_update:
-            continue
-        image = _image_of(options, units)
-        problem = None
-        if options.auto_update not in (Policy.REGISTRY, Policy.LOCAL):
-            problem = f"AutoUpdate={options.auto_update} is not registry or local"
-        labels = _labels(options.label)
-        window = Window()
-        if WINDOW_LABEL in labels:
-            try:
-                window = _window(labels[WINDOW_LABEL], labels.get(TIMEZONE_LABEL, "UTC"))
-            except AtollError as exc:
-                problem = f"{unit.path}: {WINDOW_LABEL}: {exc.message}"
-        if not image:
-            problem = f"{unit.path}: no Image="
-        found.append(
-            Workload(
-                unit=unit.name,
-                service=unit.service_name,
-                image=image,
-                policy=options.auto_update,
-                window=window,
-                after=_dependencies(unit, units),
-                problem=problem,
-            )
-        )
-    return found
-
-
-def _image_of(options: ContainerOptions, units: Mapping[str, QuadletUnit]) -> str:
-    image = options.image or ""
-    if image.endswith(".image") and image in units:
-        target = units[image].options
-        if isinstance(target, ImageOptions):
-            return target.image_tag or target.image or ""
-    return image
-
-
-def _labels(words: Iterable[str]) -> dict[str, str]:
-    labels = {}
-    for word in words:
-        key, _, value = word.partition("=")
-        labels[key] = value
-    return labels
-
-
-def _window(expression: str, zone_name: str) -> Window:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        zone = ZoneInfo(zone_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise AtollError(f"unknown time zone {zone_name!r}") from None
-    return Window(CronExpression.parse(expression, zone), zone_name)
-
-
-def _dependencies(unit: QuadletUnit, units: Mapping[str, QuadletUnit]) -> tuple[str, ...]:
-    by_service = {u.service_name: u.name for u in units.values()}
-    names: list[str] = []
-    for entry in unit.passthrough.get("Unit", ()):
-        if entry.key in _DEPENDENCY_KEYS:
-            for word in entry.value.split():
-                name = by_service.get(word) or (word if word in units else None)
-                if name and name != unit.name and name not in names:
-                    names.append(name)
-    return tuple(names)
-
-
 # --- the run --------------------------------------------------------------------------
 
 
@@ -322,46 +225,46 @@ class AutoUpdater:
         finished: set[str] = set()
         for workload in workloads:
             trial = self._state_of(workload.unit).trial
-            if trial is None:
-                continue
-            report = UnitReport(
-                workload.unit, "", workload.image, workload.policy, Updated.FALSE,
-                old_digest=trial.old.digest, new_digest=trial.new.digest,
-            )  # fmt: skip
-            if self.options.dry_run:
-                report.updated = Updated.PENDING
-                report.reason = (
-                    f"a stopped run left the update to {_short(trial.new.digest)} unproven; "
-                    "the next run watches it and keeps it or rolls it back"
-                )
+            report = self._resume_one(workload, trial) if trial is not None else None
+            if report is not None:
                 reports[workload.unit] = report
                 finished.add(workload.unit)
-                continue
-            try:
-                status = self.manager.status(workload.service)
-            except AtollError as exc:
-                report.updated, report.reason = Updated.FAILED, exc.message
-                reports[workload.unit] = report
-                finished.add(workload.unit)
-                continue
-            if not same_image(status.image_id, trial.new.image_id):
-                # Stopped before the restart: the unit still runs the old image. Point
-                # the tag back at it (a restart must not start the unproven one) and
-                # let this run check the registry afresh.
-                log.info("%s: a stopped run's update never restarted it", workload.unit)
-                if workload.policy == Policy.REGISTRY:
-                    self._tag(trial.old.image_id, workload.image)
-                self._remember(workload.unit, end_trial=True)
-                continue
-            log.info("%s: watching the update a stopped run left unproven", workload.unit)
-            report.container = status.container
-            failure = self.watch(workload.service, status, self.options.watch)
-            self._conclude(workload, report, trial.new, trial.old, failure)
-            prefix = "a stopped run left this update unproven; "
-            report.reason = prefix + (report.reason or "it stayed healthy for the watch window")
-            reports[workload.unit] = report
-            finished.add(workload.unit)
         return finished
+
+    def _resume_one(self, workload: Workload, trial: Trial) -> UnitReport | None:
+        """The report of the update *trial* left, or None when it never restarted
+        the unit (then this run starts that update over)."""
+        report = UnitReport(
+            workload.unit, "", workload.image, workload.policy, Updated.FALSE,
+            old_digest=trial.old.digest, new_digest=trial.new.digest,
+        )  # fmt: skip
+        if self.options.dry_run:
+            report.updated = Updated.PENDING
+            report.reason = (
+                f"a stopped run left the update to {_short(trial.new.digest)} unproven; "
+                "the next run watches it and keeps it or rolls it back"
+            )
+            return report
+        try:
+            status = self.manager.status(workload.service)
+        except AtollError as exc:
+            report.updated, report.reason = Updated.FAILED, exc.message
+            return report
+        if not same_image(status.image_id, trial.new.image_id):
+            # Stopped before the restart: the unit still runs the old image. Point
+            # the tag back at it (a restart must not start the unproven one).
+            log.info("%s: a stopped run's update never restarted it", workload.unit)
+            if workload.policy == Policy.REGISTRY:
+                self._tag(trial.old.image_id, workload.image)
+            self._remember(workload.unit, end_trial=True)
+            return None
+        log.info("%s: watching the update a stopped run left unproven", workload.unit)
+        report.container = status.container
+        failure = self.watch(workload.service, status, self.options.watch)
+        self._conclude(workload, report, trial.new, trial.old, failure)
+        prefix = "a stopped run left this update unproven; "
+        report.reason = prefix + (report.reason or "it stayed healthy for the watch window")
+        return report
 
     # --- planning -----------------------------------------------------------------
 
