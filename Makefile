@@ -52,12 +52,20 @@ deps: system-deps venv tools
 # bootctl (systemd-boot) is an oracle for boot entries. Installing the package
 # would run its hook that installs systemd-boot on a machine with an EFI
 # partition, so its files are unpacked into .tools instead.
-tools: $(TOOLS)/.systemd-boot
+tools: $(TOOLS)/.systemd-boot $(TOOLS)/.dracut
 
 $(TOOLS)/.systemd-boot:
 	mkdir -p $(TOOLS)
 	cd $(TOOLS) && apt-get download systemd-boot && \
 		dpkg-deb -x systemd-boot_*.deb systemd-boot && rm -f systemd-boot_*.deb
+	touch $@
+
+# dracut (the Fedora/RHEL family's initramfs generator) makes an initramfs with
+# atoll's dracut module for the VM test. It conflicts with initramfs-tools, so
+# only its package file is fetched; the test unpacks it into a copy of the VM tree.
+$(TOOLS)/.dracut:
+	mkdir -p $(TOOLS)/dracut
+	cd $(TOOLS)/dracut && rm -f dracut-core_*.deb && apt-get download dracut-core
 	touch $@
 
 system-deps:

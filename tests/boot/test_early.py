@@ -3,11 +3,9 @@
 prepare-root runs here in a mount namespace of its own (``unshare --mount``),
 on a sysroot made by atoll, with util-linux's mount, as it runs in an
 initramfs once the root file system is mounted; the layout it leaves is read
-back with findmnt inside the namespace.  The initramfs-tools hook and script
-run in tests/device/test_vm.py, in a VM.  dracut cannot be installed beside
-initramfs-tools, so its module is checked by calling module-setup.sh's
-functions with dracut's inst_* helpers replaced by stubs that record their
-arguments (a stand-in for dracut; the step it installs is the one tested here).
+back with findmnt inside the namespace.  The glue of both generators runs in
+tests/device/test_vm.py, in a VM: initramfs-tools' hook and script, and the
+dracut module, in initramfs images the generators themselves make.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from atoll.boot.early import (
-    DRACUT_HOOK,
     DRACUT_MODULE,
     EARLY_BOOT_FILES,
     INITRAMFS_TOOLS_HOOK,
@@ -182,32 +179,3 @@ def test_a_missing_or_incomplete_deployment_is_refused(
     assert code == 1
     assert err.startswith("atoll: cannot boot ") and message in err, err
     assert [line.split()[0] for line in out.splitlines() if line.startswith("ROOT")] == ["ROOT"]
-
-
-# --- the dracut module ------------------------------------------------------------------
-
-
-def test_dracut_module_installs_the_step_and_its_hook(tmp_path: Path) -> None:
-    module = tmp_path / "module-setup.sh"
-    module.write_bytes(early_boot_file(DRACUT_MODULE))
-    driver = r"""
-inst_simple() { echo "inst_simple $*"; }
-inst_multiple() { echo "inst_multiple $*"; }
-inst_hook() { echo "inst_hook $*"; }
-moddir=/usr/lib/dracut/modules.d/50atoll
-. "$1"
-depends && echo "depends ok"
-install
-check && echo "check yes" || echo "check no"
-"""
-    proc = subprocess.run(
-        ["bash", "-c", driver, "-", str(module)], capture_output=True, text=True, check=True
-    )
-    lines = proc.stdout.splitlines()
-    assert "inst_simple /usr/lib/atoll/prepare-root" in lines
-    assert f"inst_hook pre-pivot 50 /{DRACUT_HOOK}" in lines
-    assert any(line.startswith("inst_multiple mount umount") for line in lines)
-    # check() includes the module only where the step is installed (not on this host).
-    assert lines[-1] == ("check yes" if Path("/" + PREPARE_ROOT).exists() else "check no")
-    hook = early_boot_file(DRACUT_HOOK).decode()
-    assert 'prepare-root "${NEWROOT:?}"' in hook and "mount --make-rprivate /" in hook

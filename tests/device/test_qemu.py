@@ -11,6 +11,7 @@ import pytest
 from atoll.device.nspawn import BootOutcome
 from atoll.device.qemu import (
     Accel,
+    DirectKernel,
     boot_vm,
     group_alive,
     kvm_works,
@@ -45,6 +46,20 @@ def test_command_line(disk: Path, tmp_path: Path) -> None:
     assert "-nic" in qemu_command(disk, accel=Accel.TCG, network=True)[0]
     kvm, _ = qemu_command(disk, accel=Accel.KVM)
     assert kvm[1:5] == ["-accel", "kvm", "-cpu", "host"]
+    assert "-kernel" not in argv
+
+
+def test_direct_kernel_command_line(disk: Path, tmp_path: Path) -> None:
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
+    direct = DirectKernel(kernel, initrd, "root=/dev/vda1 rw atoll=/x")
+    with pytest.raises(VMError, match="vmlinuz: no such file"):
+        qemu_command(disk, direct=direct)
+    kernel.write_bytes(b"k")
+    initrd.write_bytes(b"i")
+    argv, _ = qemu_command(disk, accel=Accel.TCG, direct=direct)
+    assert argv[-6:] == [
+        "-kernel", str(kernel), "-initrd", str(initrd), "-append", "root=/dev/vda1 rw atoll=/x",
+    ]  # fmt: skip
 
 
 def test_bad_options_are_refused(disk: Path, tmp_path: Path) -> None:

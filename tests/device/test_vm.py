@@ -9,6 +9,12 @@ why; v3 upgrades and goes green.  Data written to /var before the first upgrade
 is there at the end, and /usr is read-only in every deployment.  Each boot is a
 fresh QEMU process (``-no-reboot``); the VM reports on its serial console
 (lines starting with ``VMTEST``, from helpers.vm.DRIVER_FILES).
+
+v1 and v2 carry an initramfs made by initramfs-tools (Debian's generator);
+v3's is made by dracut (the Fedora/RHEL family's), so the last upgrade boots
+through atoll's dracut module.  At the end, each initramfs is started directly
+(``-kernel``/``-initrd``) with ``atoll=`` naming a deployment that does not
+exist: each refuses it on the console and reboots.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 import pytest
 
 from atoll.device.nspawn import BootOutcome
-from atoll.device.qemu import VMBoot, boot_vm
+from atoll.device.qemu import DirectKernel, VMBoot, boot_vm
 from helpers.busybox_root import REQUIRED
 from helpers.cli import run_atoll
 from helpers.debian import DebianTree
@@ -37,7 +43,9 @@ from helpers.vm import (
     build_vm_image,
     ensure_vm_tree,
     make_data_disk,
+    make_initramfs,
     platform_files,
+    tree_kver,
 )
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.integration]
@@ -119,12 +127,18 @@ class Machine:
         self.console = console
         self.boots: list[tuple[str, VMBoot]] = []
 
-    def boot(self, data: Path, expect: BootOutcome) -> dict[str, Any]:
+    def boot(
+        self, data: Path | None, expect: BootOutcome, direct: DirectKernel | None = None
+    ) -> dict[str, Any]:
         start = self.console.stat().st_size if self.console.exists() else 0
         result = boot_vm(
-            self.disk, extra_disks=[data], timeout=BOOT_TIMEOUT, console_log=self.console
+            self.disk,
+            extra_disks=[data] if data else [],
+            timeout=BOOT_TIMEOUT,
+            console_log=self.console,
+            direct=direct,
         )
-        self.boots.append((data.name, result))
+        self.boots.append((data.name if data else direct.initrd.name if direct else "-", result))
         assert result.outcome is expect, (
             f"boot {len(self.boots)}: {result.outcome} after {result.duration:.0f} s, "
             f"not {expect}:\n{result.console_tail}"
@@ -141,7 +155,10 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
     platform = platform_files(vm_tree, tmp_path / "stage")
     common: dict[str, object] = {"etc/vmtest-images": f"{images}\n"}
     v2 = {**common, f"{REQUIRED}/50-control-plane.sh": FileSpec(FAILING_CHECK.encode(), 0o755)}
-    for ref, version, add in (("1", "1.0", common), ("2", "2.0", v2), ("3", "3.0", common)):
+    kver = tree_kver(vm_tree)
+    dracut = make_initramfs(vm_tree, "dracut")
+    v3 = {**common, f"usr/lib/modules/{kver}/initramfs.img": FileSpec(dracut.read_bytes(), 0o644)}
+    for ref, version, add in (("1", "1.0", common), ("2", "2.0", v2), ("3", "3.0", v3)):
         build_vm_image(layout, ref, vm_tree, platform, version=version, add=add)  # type: ignore[arg-type]
         atoll("image", "copy", f"oci:{layout}:{ref}", f"oci-archive:{tmp_path}/v{ref}.tar")
     shutil.copyfile(tmp_path / "v1.tar", images / "os.tar")
@@ -165,6 +182,7 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
         # v1, installed: green; writes /var data, upgrades to v2, powers off (finalize).
         first = vm.boot(data_v2, BootOutcome.POWEROFF)
         assert first["version"] == "1.0"
+        assert first["initrd"] == "script"  # initramfs-tools
         assert first["usr"] == "read-only" and "ro" in first["mounts"]["/usr"]
         assert "rw" in first["mounts"]["/"] and "rw" in first["mounts"]["/var"]
         assert first["data"] == "none"
@@ -197,12 +215,30 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
         # v3: green, the /var data still there, /usr read-only, the counter gone.
         last = vm.boot(data_report, BootOutcome.POWEROFF)
         assert last["version"] == "3.0"
+        assert last["initrd"] == "systemd"  # dracut: its module made the deployment the root
         assert last["data"] == "written by 1.0"
         assert last["usr"] == "read-only"
         assert last["status"]["status"]["booted"]["atoll"]["bootState"] == "good"
         assert last["mounts"]["/sysroot"]
         env = grubenv(disk)
         assert env.get("boot_success") == "1" and "boot_counter" not in env
+        # Each initramfs refuses a deployment that is not there, says so, and reboots.
+        linux = next(
+            line.split()
+            for line in disk_file(disk, "/boot/grub/grub.cfg").splitlines()
+            if line.strip().startswith("linux ")
+        )
+        booted = next(a for a in linux if a.startswith("atoll=")).removeprefix("atoll=")
+        ghost = booted.rsplit("/", 1)[0] + "/" + "0" * 64 + ".0"
+        args = [f"atoll={ghost}" if a.startswith("atoll=") else a for a in linux[2:]]
+        assert f"atoll={ghost}" in args
+        vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
+        for initrd in (make_initramfs(vm_tree), dracut):
+            start = vm.console.stat().st_size
+            vm.boot(None, BootOutcome.REBOOT, DirectKernel(vmlinuz, initrd, " ".join(args)))
+            said = vm.console.read_bytes()[start:].decode(errors="replace")
+            assert f"atoll: cannot boot {ghost}: the deployment does not exist" in said
+            assert "atoll: the deployment cannot be booted; rebooting" in said
     finally:
         timings = ", ".join(f"{name} {b.outcome} {b.duration:.0f}s" for name, b in vm.boots)
         accel = vm.boots[0][1].accel if vm.boots else "-"

@@ -6,11 +6,15 @@ initramfs-tools and udev, cached the same way under its own key::
     CACHE/debian-bookworm-KEY/          KEY: sha256 of VM_RECIPE
     ├── rootfs/                         kernel at usr/lib/modules/KVER/vmlinuz, no initramfs
     ├── base-layer.tar.gz               the tree as one OCI layer (helpers.debian.base_layer)
-    └── initramfs/HASH/initramfs.img    one per content of atoll's early-boot files
+    └── initramfs/HASH/                 one per content of atoll's early-boot files
+        ├── initramfs-tools.img
+        └── dracut.img
 
-The initramfs is made with the tree's own ``mkinitramfs`` (``MODULES=list``: only
-virtio and ext4) in a chroot of a copy, with atoll's initramfs-tools hook added,
-and cached by the hash of those files: changing the hook makes a new one.
+The initramfs is made in a chroot of a copy of the tree with atoll's early-boot
+files added, by the tree's own ``mkinitramfs`` (``MODULES=list``: only virtio
+and ext4), or by dracut unpacked into the copy (the Fedora/RHEL family's
+generator, which cannot be installed beside initramfs-tools), and cached by the
+hash of those files: changing the hook makes a new one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from atoll.boot import early_boot_digest, install_early_boot
 from atoll.units import install_atoll, install_units
 from helpers import debian
 from helpers.osimage import Spec, _tar, publish_image, tree_spec
+from helpers.parts import missing
 
 #: Kernel modules the slim initramfs carries: a virtio disk with ext4 on it.
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
@@ -237,7 +242,10 @@ mount -o ro /dev/vdb "$images" || say "no data disk"
 step="$(cat "$images/step" 2>/dev/null || echo none)"
 if touch /usr/.vmtest 2>/dev/null; then usr=writable; rm -f /usr/.vmtest; else usr=read-only; fi
 data="$(cat /var/lib/vmtest/data 2>/dev/null || echo none)"
-say "boot version=$(cat /etc/atoll-version) usr=$usr data=$data step=$step"
+# systemd records the initramfs's start only when it ran there too (dracut's kind).
+initrd=systemd
+[ "$(systemctl show -P InitRDTimestampMonotonic)" = 0 ] && initrd=script
+say "boot version=$(cat /etc/atoll-version) initrd=$initrd usr=$usr data=$data step=$step"
 for m in / /usr /var /sysroot; do say "mount $(findmnt -n -o TARGET,OPTIONS "$m")"; done
 say "status $(atoll status --sysroot /sysroot --format json | tr -d '\\n')"
 say "history $(tr '\\n' ' ' < /sysroot/atoll/health/history.jsonl)"
@@ -254,36 +262,65 @@ say "done"
 }
 
 
-def make_initramfs(tree: debian.DebianTree) -> Path:
-    """The tree's initramfs with atoll's hook in it, made once per content of the
-    early-boot files (``CACHE/.../initramfs/DIGEST/initramfs.img``)."""
-    final = tree.cache / "initramfs" / early_boot_digest()[:16] / "initramfs.img"
+#: dracut-core's package file, fetched by ``make deps`` (Makefile, ``tools``). dracut
+#: conflicts with initramfs-tools, so it is unpacked into a copy of the VM tree
+#: (as the tree of a Fedora-family image would carry it), not installed here.
+DRACUT_PACKAGES = Path(__file__).resolve().parents[2] / ".tools" / "dracut"
+#: dracut modules a virtio machine with an ext4 root does not need.
+DRACUT_OMIT = ("crypt", "dm", "nvdimm", "lunmask", "resume", "terminfo", "virtiofs", "i18n")
+
+
+def make_initramfs(tree: debian.DebianTree, generator: str = "initramfs-tools") -> Path:
+    """The tree's initramfs with atoll's early-boot step in it, made by
+    *generator* (``initramfs-tools`` or ``dracut``) in a chroot of a copy of the
+    tree, once per content of the early-boot files
+    (``CACHE/.../initramfs/DIGEST/GENERATOR.img``)."""
+    final = tree.cache / "initramfs" / early_boot_digest()[:16] / f"{generator}.img"
     if final.is_file():
         return final
     kver = tree_kver(tree)
+    if generator == "initramfs-tools":
+        command = ["mkinitramfs", "-o", "/initramfs.img", kver]
+    elif generator == "dracut":
+        debs = sorted(DRACUT_PACKAGES.glob("dracut-core_*.deb"))
+        if not debs:
+            missing(f"no dracut-core package in {DRACUT_PACKAGES} (make deps fetches it)")
+        command = [
+            "dracut", "--quiet", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--gzip",
+            "--kver", kver, "--add", "atoll", "--omit", " ".join(DRACUT_OMIT),
+            "--add-drivers", " ".join(INITRAMFS_MODULES), "/initramfs.img",
+        ]  # fmt: skip
+    else:
+        raise ValueError(f"unknown initramfs generator {generator!r}")
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent) as work:
         root = Path(work) / "root"
-        # Hard links are safe: mkinitramfs writes only its output, and the files
-        # added here replace links instead of writing through them.
+        # Hard links are safe: the generators write only their output, and the
+        # files added here replace links instead of writing through them.
         subprocess.run(["cp", "-al", "--", str(tree.rootfs), str(root)], check=True)
         install_early_boot(root)
-        shutil.copyfile(root / "usr/lib/modules" / kver / "config", root / f"boot/config-{kver}")
+        if generator == "dracut":
+            unpack = subprocess.Popen(
+                ["dpkg-deb", "--fsys-tarfile", str(debs[-1])], stdout=subprocess.PIPE
+            )
+            subprocess.run(
+                ["tar", "-x", "-C", str(root), "--keep-directory-symlink"],
+                stdin=unpack.stdout,
+                check=True,
+            )
+            if unpack.wait() != 0:
+                raise RuntimeError(f"{debs[-1]}: dpkg-deb failed")
+        else:  # mkinitramfs reads the kernel's configuration from /boot
+            shutil.copyfile(
+                root / "usr/lib/modules" / kver / "config", root / f"boot/config-{kver}"
+            )
         subprocess.run(
-            [
-                "unshare",
-                "--mount",
-                "sh",
-                "-c",
-                'mount -t proc proc "$1/proc" && chroot "$1" mkinitramfs -o /initramfs.img "$2"',
-                "-",
-                str(root),
-                kver,
-            ],
+            ["unshare", "--mount", "sh", "-c", 'mount -t proc proc "$1/proc" && exec chroot "$@"',
+             "-", str(root), *command],
             check=True,
             capture_output=True,
-        )
-        tmp = final.with_name(".initramfs.img.tmp")
+        )  # fmt: skip
+        tmp = final.with_name(f".{final.name}.tmp")
         shutil.copyfile(root / "initramfs.img", tmp)
         tmp.rename(final)
     return final

@@ -9,6 +9,11 @@ port as the console, no network unless asked for, no display::
         -drive file=DISK,format=FMT,if=virtio,cache=unsafe
         [-drive file=EXTRA,format=raw,if=virtio,readonly=on ...]
         -device virtio-rng-pci [-nic user,model=virtio-net-pci,restrict=on]
+        [-kernel VMLINUZ -initrd INITRAMFS -append CMDLINE]
+
+The last line starts a kernel directly instead of the disk's bootloader (a
+:class:`DirectKernel`): for trying an initramfs or kernel arguments without
+writing them to the disk.
 
 KVM is used when ``/dev/kvm`` answers its API version and the CPU flags show
 hardware virtualization; otherwise TCG (software emulation, about ten times
@@ -91,6 +96,16 @@ class VMBoot:
     pid: int
 
 
+@dataclass(frozen=True)
+class DirectKernel:
+    """A kernel QEMU starts itself (``-kernel``/``-initrd``/``-append``), the
+    disk's bootloader skipped."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+
+
 def kvm_works(device: Path = Path("/dev/kvm"), cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when *device* answers KVM's API version and the CPU says it has
     hardware virtualization (``vmx`` or ``svm``).  Hosts that pass ``/dev/kvm``
@@ -137,6 +152,7 @@ def qemu_command(
     cpus: int = 2,
     accel: Accel = Accel.AUTO,
     network: bool = False,
+    direct: DirectKernel | None = None,
     qemu: str = QEMU,
 ) -> tuple[list[str], Accel]:
     """The QEMU command line that boots *disk* (checked, not run) and the
@@ -175,6 +191,12 @@ def qemu_command(
     if network:
         # User networking: the guest reaches the host's loopback as 10.0.2.2.
         argv += ["-nic", "user,model=virtio-net-pci"]
+    if direct is not None:
+        for path in (direct.kernel, direct.initrd):
+            if not path.is_file():
+                raise VMError(f"{path}: no such file (a kernel and an initramfs to start)")
+        argv += ["-kernel", str(direct.kernel.absolute()), "-initrd", str(direct.initrd.absolute())]
+        argv += ["-append", direct.cmdline]
     return argv, accel
 
 
@@ -197,6 +219,7 @@ def boot_vm(
     cpus: int = 2,
     accel: Accel = Accel.AUTO,
     network: bool = False,
+    direct: DirectKernel | None = None,
     console_log: Path | None = None,
 ) -> VMBoot:
     """Start a machine from *disk* and wait until it powers off, reboots, fails or
@@ -212,6 +235,7 @@ def boot_vm(
         cpus=cpus,
         accel=accel,
         network=network,
+        direct=direct,
         qemu=qemu,
     )
     argv = [setpriv, "--pdeathsig=SIGTERM", "--", *argv]

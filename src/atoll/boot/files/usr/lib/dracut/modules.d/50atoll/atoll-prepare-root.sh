@@ -1,8 +1,9 @@
 #!/bin/sh
 # dracut pre-pivot hook (module 50atoll): make the deployment named by atoll=
 # the root file system at ${NEWROOT}. A deployment that is missing or
-# incomplete is refused and the machine reboots, so that the bootloader's
-# counter moves on and falls back to the previous deployment.
+# incomplete is refused (prepare-root says why on stderr, which dracut sends to
+# the console) and the machine reboots, so that the bootloader's counter moves
+# on and falls back to the previous deployment.
 
 # Mounts cannot be moved out of a shared parent; systemd in the initramfs
 # makes them shared.
@@ -11,5 +12,5 @@ mount --make-rprivate /
 if ! /usr/lib/atoll/prepare-root "${NEWROOT:?}"; then
     echo "atoll: the deployment cannot be booted; rebooting in 5 seconds" >/dev/console
     sleep 5
-    echo b > /proc/sysrq-trigger
+    reboot -f || echo b > /proc/sysrq-trigger
 fi

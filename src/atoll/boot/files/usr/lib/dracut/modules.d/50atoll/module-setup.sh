@@ -15,5 +15,6 @@ depends() {
 install() {
     inst_simple /usr/lib/atoll/prepare-root
     inst_multiple mount umount mkdir sleep
+    inst_multiple -o reboot
     inst_hook pre-pivot 50 "$moddir/atoll-prepare-root.sh"
 }
