@@ -49,9 +49,7 @@ from atoll.errors import (
     DigestMismatchError,
     ManifestError,
     NetworkError,
-    NotFoundError,
     RegistryError,
-    TLSError,
     UnsupportedError,
 )
 from atoll.oci.api import (
@@ -68,18 +66,17 @@ from atoll.oci.blobstream import BlobStream
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest, Verifier
 from atoll.oci.httputil import (
-    NOT_FOUND_CODES,
+    connection_error,
     digest_or_none,
     is_tls_error,
     list_field,
     media_type,
     next_link,
-    one_line,
     pick_challenge,
     rechunk,
-    registry_error,
     repository_of,
     retry_after,
+    status_error,
 )
 from atoll.oci.manifest import ACCEPT_MANIFEST
 from atoll.oci.registries_conf import load_registries_conf, ssl_context
@@ -102,16 +99,6 @@ _MAX_PAGES = 10_000
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 #: Registries whose API lives on another host than the one in references.
 _API_HOSTS = {"docker.io": "registry-1.docker.io"}
-_AUTH_HINT = "log in with atoll login HOST, or pass --authfile FILE or --creds USER:PASSWORD"
-_TLS_HINT = (
-    "put the registry's CA certificate in ~/.config/containers/certs.d/HOST:PORT/ca.crt "
-    "or /etc/containers/certs.d/HOST:PORT/, pass --cert-dir DIR, "
-    "or (for a test registry) --tls-verify=false"
-)
-_PLAIN_HTTP_HINT = (
-    "if the registry is meant to speak plain HTTP, mark it insecure in registries.conf "
-    '([[registry]] location = "HOST:PORT" insecure = true) or pass --tls-verify=false'
-)
 _DELETE_HINT = (
     "a Distribution registry allows deletes with REGISTRY_STORAGE_DELETE_ENABLED=true "
     "(storage: delete: enabled: true in its config)"
@@ -773,43 +760,10 @@ class RegistryClient(Closeable):
 
     def fail(self, response: httpx.Response, what: str, repository: str | None) -> NoReturn:
         """Raise the atoll error for an unexpected status."""
-        status = response.status_code
-        name = self.name(repository)
-        code, message = registry_error(response)
-        if status in (401, 403):
-            creds = self._creds(repository)
-            if status == 403:
-                text = "access denied"
-            elif creds is not None:
-                text = f"the credentials from {creds.source} were refused"
-            else:
-                text = "authentication required"
-            if message and message.lower() not in text:
-                text += f" ({message})"
-            raise AuthenticationError(f"{name}: {what}: {text} (HTTP {status})", hint=_AUTH_HINT)
-        if status == 404:
-            raise NotFoundError(
-                f"{name}: {what}: {NOT_FOUND_CODES.get(code, message or 'not found')}"
-            )
-        detail = message or response.reason_phrase or "error"
-        if code and code.lower().replace("_", " ") != detail.lower():
-            detail = f"{code}: {detail}"
-        raise RegistryError(f"{name}: {what}: {detail} (HTTP {status})")
+        creds = self._creds(repository) if response.status_code in (401, 403) else None
+        raise status_error(response, self.name(repository), what, creds)
 
     def transport_error(
         self, exc: httpx.TransportError, what: str, repository: str | None
     ) -> NetworkError:
-        name = self.name(repository)
-        reason = one_line(str(exc)) or type(exc).__name__
-        if "WRONG_VERSION_NUMBER" in reason:
-            return TLSError(
-                f"{name}: {what}: TLS connection failed: the server answers in plain HTTP",
-                hint=_PLAIN_HTTP_HINT,
-            )
-        if is_tls_error(exc):
-            return TLSError(f"{name}: {what}: TLS connection failed: {reason}", hint=_TLS_HINT)
-        if isinstance(exc, httpx.TimeoutException):
-            return NetworkError(f"{name}: {what}: no answer within {self.ctx.timeout:g} s")
-        if isinstance(exc, httpx.ConnectError):
-            return NetworkError(f"{name}: {what}: cannot connect: {reason}")
-        return NetworkError(f"{name}: {what}: the connection broke: {reason}")
+        return connection_error(exc, self.name(repository), what, self.ctx.timeout)

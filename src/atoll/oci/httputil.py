@@ -1,5 +1,6 @@
-"""Small pieces of HTTP the registry client needs: error bodies, ``Retry-After``,
-``Link`` pages, ``Content-Range``, TLS failures, and regrouping a byte stream."""
+"""Small pieces of HTTP the registry client needs: error bodies and the atoll
+errors they become, ``Retry-After``, ``Link`` pages, ``Content-Range``, TLS
+failures, and regrouping a byte stream."""
 
 from __future__ import annotations
 
@@ -12,10 +13,27 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import httpx
 
-from atoll.errors import AtollError, RegistryError
-from atoll.oci.auth import Challenge, parse_www_authenticate
+from atoll.errors import (
+    AtollError,
+    AuthenticationError,
+    NetworkError,
+    NotFoundError,
+    RegistryError,
+    TLSError,
+)
+from atoll.oci.auth import Challenge, Credentials, parse_www_authenticate
 from atoll.oci.digest import Digest
 
+_AUTH_HINT = "log in with atoll login HOST, or pass --authfile FILE or --creds USER:PASSWORD"
+_TLS_HINT = (
+    "put the registry's CA certificate in ~/.config/containers/certs.d/HOST:PORT/ca.crt "
+    "or /etc/containers/certs.d/HOST:PORT/, pass --cert-dir DIR, "
+    "or (for a test registry) --tls-verify=false"
+)
+_PLAIN_HTTP_HINT = (
+    "if the registry is meant to speak plain HTTP, mark it insecure in registries.conf "
+    '([[registry]] location = "HOST:PORT" insecure = true) or pass --tls-verify=false'
+)
 _LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)?rel="?next"?')
 
 #: Words for the distribution spec's 404 error codes.
@@ -134,3 +152,47 @@ def list_field(page: dict[str, object], key: str) -> list[object]:
     if not isinstance(value, list):
         raise RegistryError(f"malformed reply: {key!r} is not a list")
     return value
+
+
+def status_error(
+    response: httpx.Response, name: str, what: str, creds: Credentials | None
+) -> AtollError:
+    """The atoll error for an unexpected status of a request to the repository
+    *name* (*what*: what it was for; *creds*: the credentials sent, if any)."""
+    status = response.status_code
+    code, message = registry_error(response)
+    if status in (401, 403):
+        if status == 403:
+            text = "access denied"
+        elif creds is not None:
+            text = f"the credentials from {creds.source} were refused"
+        else:
+            text = "authentication required"
+        if message and message.lower() not in text:
+            text += f" ({message})"
+        return AuthenticationError(f"{name}: {what}: {text} (HTTP {status})", hint=_AUTH_HINT)
+    if status == 404:
+        return NotFoundError(f"{name}: {what}: {NOT_FOUND_CODES.get(code, message or 'not found')}")
+    detail = message or response.reason_phrase or "error"
+    if code and code.lower().replace("_", " ") != detail.lower():
+        detail = f"{code}: {detail}"
+    return RegistryError(f"{name}: {what}: {detail} (HTTP {status})")
+
+
+def connection_error(
+    exc: httpx.TransportError, name: str, what: str, timeout: float
+) -> NetworkError:
+    """The atoll error for a request to *name* that got no answer."""
+    reason = one_line(str(exc)) or type(exc).__name__
+    if "WRONG_VERSION_NUMBER" in reason:
+        return TLSError(
+            f"{name}: {what}: TLS connection failed: the server answers in plain HTTP",
+            hint=_PLAIN_HTTP_HINT,
+        )
+    if is_tls_error(exc):
+        return TLSError(f"{name}: {what}: TLS connection failed: {reason}", hint=_TLS_HINT)
+    if isinstance(exc, httpx.TimeoutException):
+        return NetworkError(f"{name}: {what}: no answer within {timeout:g} s")
+    if isinstance(exc, httpx.ConnectError):
+        return NetworkError(f"{name}: {what}: cannot connect: {reason}")
+    return NetworkError(f"{name}: {what}: the connection broke: {reason}")
