@@ -11,8 +11,10 @@
    and podman: every tag moves, then ``auto-update --watch 0`` (podman
    auto-update has no watch window) with 10, 4 and 1 restarts at a time.
 
-podman auto-update's reference figures (podman 5.4.2 under systemd, measured
-on this kind of machine, not in this run) are printed beside atoll's.
+podman auto-update's figures are printed beside atoll's: podman 5.4.2 under
+systemd measured in this run, in a Debian trixie container (bench/podman5_host.py;
+``--no-podman5`` skips it), and the issue's reference figures for the same
+podman on this kind of machine.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from typing import Any
 # The images are written with the tests' helpers (tests/helpers), as the tests write theirs.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from podman5_host import Podman5Host, ensure_tree, unavailable
+
 import atoll
 from atoll.demo.registry import LocalRegistry
 from atoll.oci.context import SystemContext
@@ -58,6 +62,9 @@ ATOLL = [sys.executable, "-m", "atoll"]
 #: podman 5.4.2 auto-update under systemd, measured on this kind of machine.
 REFERENCE_DRY_RUN = {1: 0.062, 10: 0.123, 30: 0.260}
 REFERENCE_APPLY_10 = 14.0
+#: podman 5's units: the host's network (the container cannot set the sysctls a
+#: network of podman's own needs).
+PODMAN5_UNIT = "[Container]\nImage={}\nAutoUpdate=registry\nNetwork=host\n"
 BUSYBOX = Path("/bin/busybox")
 SERVE = '#!/bin/sh\nhttpd -f -p "${PORT:-8080}" -h /www &\npid=$!\n' + (
     "trap 'kill $pid; wait $pid; exit 0' TERM INT\nwait $pid\n"
@@ -67,9 +74,9 @@ SERVE = '#!/bin/sh\nhttpd -f -p "${PORT:-8080}" -h /www &\npid=$!\n' + (
 # --- images ---------------------------------------------------------------------------
 
 
-def write_image(layout: Path, files: Layer, cmd: list[str]) -> None:
-    """A one-layer OCI image at *layout* under the name ``latest``."""
-    build_tree_image(layout, [files], run={"Cmd": cmd, "Env": ["PATH=/usr/bin:/bin"]})
+def write_image(layout: Path, layers: list[Layer], cmd: list[str]) -> None:
+    """An OCI image of *layers* at *layout* under the name ``latest``."""
+    build_tree_image(layout, layers, run={"Cmd": cmd, "Env": ["PATH=/usr/bin:/bin"]})
 
 
 def web_files(page: str) -> Layer:
@@ -83,6 +90,21 @@ def web_files(page: str) -> Layer:
     for applet in ("sh", "httpd", "kill", "sleep"):
         files[f"usr/bin/{applet}"] = symlink("busybox")
     return files
+
+
+def sleeper(name: str, version: int = 1) -> tuple[list[Layer], list[str]]:
+    """A small image that runs until it is stopped (a shell that sleeps and exits on
+    SIGTERM): busybox in a layer every such image shares, and a file of its own, so
+    that podman can run it as well as check it."""
+    base: Layer = {
+        "usr/bin/busybox": Node(content=BUSYBOX.read_bytes(), mode=0o755),
+        "usr/bin/sh": symlink("busybox"),
+        "usr/bin/sleep": symlink("busybox"),
+        "bin": symlink("usr/bin"),
+        "etc/passwd": "root:x:0:0:root:/:/bin/sh\n",
+    }
+    own: Layer = {f"data/{name}": f"{name} v{version}\n"}
+    return [base, own], ["/usr/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000000 & wait"]
 
 
 class Bench:
@@ -100,10 +122,10 @@ class Bench:
         with self.registries_conf.open("a") as fh:
             fh.write(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
 
-    def push(self, files: Layer, cmd: list[str], dest: str) -> str:
+    def push(self, files: Layer | list[Layer], cmd: list[str], dest: str) -> str:
         self._layouts += 1
         layout = self.work / f"layout-{self._layouts}"
-        write_image(layout, files, cmd)
+        write_image(layout, files if isinstance(files, list) else [files], cmd)
         subprocess.run(
             [self.skopeo, "--policy", str(self.policy), "copy", "--quiet",
              "--dest-tls-verify=false", f"oci:{layout}:latest", f"docker://{dest}"],
@@ -274,12 +296,18 @@ def status_of(unit: str, image: str, image_id: str) -> UnitStatus:
     )  # fmt: skip
 
 
-def bench_checks(bench: Bench, registry: LocalRegistry, sizes: list[int], runs: int) -> None:
+def bench_checks(
+    bench: Bench,
+    registry: LocalRegistry,
+    sizes: list[int],
+    runs: int,
+    podman5: Podman5Host | None,
+) -> None:
     count = max(sizes)
     refs = []
     for i in range(count):
         dest = f"{registry.host}/bench/app{i}:stable"
-        bench.push({f"data/app{i}": f"app {i}\n"}, ["/bin/true"], dest)
+        bench.push(*sleeper(f"app{i}"), dest)
         refs.append(ImageReference.parse(dest))
     ctx = SystemContext(registries_conf=bench.registries_conf, environ=bench.env)
     checks = check_references(refs, ctx)
@@ -326,8 +354,10 @@ def bench_checks(bench: Bench, registry: LocalRegistry, sizes: list[int], runs: 
     # would otherwise compile them again).
     compileall.compile_dir(str(Path(atoll.__file__).parent), quiet=1)
     print("\nthe whole command: atoll workload auto-update --dry-run (process included),")
-    print(f"median of {runs}; podman auto-update --dry-run reference beside it:")
-    print(f"{'N':>4} {'atoll s':>8} {'in-process s':>13} {'reference s':>12}")
+    print(f"median of {runs}; podman auto-update --dry-run beside it: podman 5.4.2 under")
+    print("systemd in this run (see bench/podman5_host.py), and the reference figure:")
+    print(f"{'N':>4} {'atoll s':>8} {'in-process s':>13} {'podman 5 s':>11} {'reference s':>12}")
+    running = 0
     for n in sizes:
         work = Path(tempfile.mkdtemp(prefix=f"dry{n}-", dir=bench.work))
         units, state_dir = work / "units", work / "state"
@@ -376,11 +406,26 @@ def bench_checks(bench: Bench, registry: LocalRegistry, sizes: list[int], runs: 
             updater.run(workloads_from(load_units([units])))
             inproc.append(time.perf_counter() - started)
         server.close()
+        podman = f"{'-':>11}"
+        if podman5 is not None:
+            podman5.start_units(
+                {
+                    f"app{i}.container": PODMAN5_UNIT.format(ref)
+                    for i, ref in enumerate(refs[running:n], start=running)
+                }
+            )
+            running = n
+            podman5.timed("podman", "auto-update", "--dry-run")  # warm, as atoll's are
+            seconds = [podman5.timed("podman", "auto-update", "--dry-run") for _ in range(runs)]
+            podman = f"{statistics.median(seconds):11.3f}"
         ref_s = REFERENCE_DRY_RUN.get(n)
         reference = f"{ref_s:12.3f}" if ref_s else f"{'-':>12}"
         print(
-            f"{n:>4} {statistics.median(whole):8.3f} {statistics.median(inproc):13.3f} {reference}"
+            f"{n:>4} {statistics.median(whole):8.3f} {statistics.median(inproc):13.3f} "
+            f"{podman} {reference}"
         )
+    if podman5 is not None and running:
+        podman5.stop_units([f"app{i}.container" for i in range(running)])
     startup = statistics.median(_timed([*ATOLL, "version"], bench.env) for _ in range(runs))
     print(f"(atoll start-up alone, atoll version: {startup:.3f} s)")
 
@@ -394,7 +439,30 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
 # --- 2. applying ----------------------------------------------------------------------
 
 
-def bench_apply(bench: Bench, registry: LocalRegistry, count: int) -> None:
+def bench_apply_podman5(
+    bench: Bench, registry: LocalRegistry, count: int, podman5: Podman5Host
+) -> None:
+    """podman's own auto-update of *count* units under systemd, restarts one after another."""
+    names = [f"pod{i}" for i in range(count)]
+    images = {name: f"{registry.host}/bench/{name}:stable" for name in names}
+    for name, image in images.items():
+        bench.push(*sleeper(name), image)
+    podman5.start_units({f"{n}.container": PODMAN5_UNIT.format(i) for n, i in images.items()})
+    for name, image in images.items():
+        bench.push(*sleeper(name, 2), image)
+    started = time.perf_counter()
+    proc = podman5.run("podman", "auto-update", check=False)
+    seconds = time.perf_counter() - started
+    updated = sum(line.split()[-1:] == ["true"] for line in proc.stdout.splitlines())
+    if proc.returncode != 0 or updated != count:
+        raise SystemExit(f"podman auto-update failed: {proc.stdout[-800:]} {proc.stderr[-800:]}")
+    print(f"{'podman 5.4.2':>16} {seconds:8.3f} {REFERENCE_APPLY_10 if count == 10 else '-':>12}")
+    podman5.stop_units([f"{n}.container" for n in names])
+
+
+def bench_apply(
+    bench: Bench, registry: LocalRegistry, count: int, podman5: Podman5Host | None
+) -> None:
     if not BUSYBOX.is_file() or shutil.which("podman") is None:
         print("\napplying updates: skipped (needs podman and /bin/busybox from busybox-static)")
         return
@@ -438,6 +506,8 @@ def bench_apply(bench: Bench, registry: LocalRegistry, count: int) -> None:
                 raise SystemExit(f"update failed: {proc.stdout[-800:]!r} {proc.stderr[-800:]!r}")
             reference = f"{REFERENCE_APPLY_10:12.1f}" if count == 10 else f"{'-':>12}"
             print(f"{parallel:>16} {seconds:8.3f} {reference}")
+        if podman5 is not None:
+            bench_apply_podman5(bench, registry, count, podman5)
     finally:
         supervisor.terminate()
         try:
@@ -490,6 +560,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="runs per measurement (median)")
     parser.add_argument("--sizes", default="1,10,30", help="numbers of workloads to check")
     parser.add_argument("--apply", type=int, default=10, help="workloads to update (0: skip)")
+    parser.add_argument(
+        "--podman5",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure podman 5 beside atoll, in a Debian trixie container (default: yes)",
+    )
     args = parser.parse_args()
     skopeo = shutil.which("skopeo")
     if skopeo is None or shutil.which("docker-registry") is None:
@@ -502,16 +578,26 @@ def main() -> int:
         registry = LocalRegistry(tmp / "registry")
         registry.start()
         bench.trust(registry.host)
+        podman5 = None
+        why = unavailable() if args.podman5 else "--no-podman5"
+        if why is None:
+            podman5 = Podman5Host(ensure_tree(), tmp / "podman5", registry.host)
+            podman5.start()
+        else:
+            print(f"(podman 5 not measured: {why})")
         try:
-            bench_checks(bench, registry, sizes, args.runs)
+            bench_checks(bench, registry, sizes, args.runs, podman5)
             if args.apply:
-                bench_apply(bench, registry, args.apply)
+                bench_apply(bench, registry, args.apply, podman5)
         finally:
+            if podman5 is not None:
+                podman5.stop()
             registry.stop()
     print(
         "\nreference figures are podman 5.4.2 auto-update under systemd on this kind of "
         "machine (dry run: two full GETs per unit; applying: restarts one after another), "
-        "not measured in this run"
+        "not measured in this run; the podman 5 figures are"
+        + (" from this run" if podman5 is not None else " not measured in this run")
     )
     return 0
 
