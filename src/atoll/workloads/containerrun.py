@@ -11,6 +11,7 @@ container when the unit is no longer wanted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import time
@@ -59,9 +60,13 @@ class ContainerRun:
 
     def run(self) -> RunEnd:
         notify = NotifySocket(notify_path(self.supervisor.state_dir, self.rt))
+        with self.cond:
+            self.rt.interrupt = notify.wake  # a stop is seen at once, not at the next tick
         try:
             return self._run_with(notify)
         finally:
+            with self.cond:
+                self.rt.interrupt = None
             notify.close()
 
     def _commands(
@@ -158,7 +163,11 @@ class ContainerRun:
         last_ping = time.monotonic()
         try:
             while True:
-                for message in notify.receive(TICK):
+                if stop_sent:
+                    # Stopping: what is awaited is the container's end.
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        waiter.wait(TICK)
+                for message in notify.receive(0.0 if stop_sent else TICK):
                     state.apply(message)
                     if message.get("WATCHDOG") == "1":
                         last_ping = time.monotonic()

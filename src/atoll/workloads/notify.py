@@ -13,6 +13,7 @@ the keys used are READY, STOPPING, MAINPID, STATUS, ERRNO and WATCHDOG.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -80,15 +81,29 @@ class NotifySocket:
         # The container may run as another user; it must be able to send.
         path.chmod(0o777)
         self.sock.setblocking(False)
+        # wake() ends a receive() that is waiting, from another thread.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def wake(self) -> None:
+        """Make a waiting (or the next) :meth:`receive` return at once."""
+        if self._wake_w < 0:
+            return  # closed
+        with contextlib.suppress(BlockingIOError):  # already woken: the pipe is full
+            os.write(self._wake_w, b"!")
+
     def receive(self, timeout: float = 0.0) -> list[dict[str, str]]:
-        """Messages that arrive within *timeout* seconds (all that are queued)."""
+        """Messages that arrive within *timeout* seconds (all that are queued), or
+        sooner when :meth:`wake` is called."""
         messages: list[dict[str, str]] = []
-        readable, _, _ = select.select([self.sock], [], [], max(timeout, 0.0))
-        if not readable:
+        sock = self.sock.fileno()
+        readable, _, _ = select.select([sock, self._wake_r], [], [], max(timeout, 0.0))
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        if sock not in readable:
             return messages
         while True:
             try:
@@ -102,6 +117,9 @@ class NotifySocket:
 
     def close(self) -> None:
         self.sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1
         self.path.unlink(missing_ok=True)
         if self._tmpdir is not None:
             Path(self._tmpdir).rmdir()

@@ -36,7 +36,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from atoll.errors import (
@@ -91,6 +91,8 @@ class UnitRuntime:
         self.wanted = False
         self.thread: threading.Thread | None = None
         self.wake = threading.Event()
+        #: Ends the running attempt's wait for news at once (set while it waits).
+        self.interrupt: Callable[[], None] | None = None
         s = plan.settings
         self.start_limit = StartLimit(s.start_limit_interval, s.start_limit_burst)
         self.attempt = 0
@@ -333,9 +335,13 @@ class Supervisor:
         with self.cond:
             rt.wanted = False
             rt.wake.set()
+            if rt.interrupt is not None:
+                rt.interrupt()
             self.cond.notify_all()
-            while rt.thread is not None and rt.thread.is_alive():
-                self.cond.wait(TICK)
+            thread = rt.thread
+        if thread is not None:
+            thread.join()  # its end is not announced on the condition: wait for it
+        with self.cond:
             return rt.status()
 
     def restart(self, name: str, timeout: float | None = None) -> UnitStatus:
