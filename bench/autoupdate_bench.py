@@ -12,7 +12,7 @@
    auto-update has no watch window) with 10, 4 and 1 restarts at a time.
 
 podman auto-update's figures are printed beside atoll's: podman 5.4.2 under
-systemd measured in this run, in a Debian trixie container (bench/podman5_host.py;
+systemd measured in this run, in a Debian trixie container (tests/helpers/podman5.py;
 ``--no-podman5`` skips it), and the issue's reference figures for the same
 podman on this kind of machine.
 """
@@ -43,7 +43,6 @@ from typing import Any
 # The images are written with the tests' helpers (tests/helpers), as the tests write theirs.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from podman5_host import Podman5Host, ensure_tree, unavailable
 
 import atoll
 from atoll.demo.registry import LocalRegistry
@@ -55,6 +54,7 @@ from atoll.workloads.control import Health, UnitState, UnitStatus
 from atoll.workloads.quadlet import load_units
 from atoll.workloads.updatecheck import DEFAULT_CONCURRENCY, check_references
 from atoll.workloads.updateunits import workloads_from
+from helpers.podman5 import SystemdHost, ensure_tree, unavailable
 from helpers.treeimage import Layer, Node, build_tree_image, symlink
 
 POLICY = '{"default":[{"type":"insecureAcceptAnything"}]}'
@@ -301,7 +301,7 @@ def bench_checks(
     registry: LocalRegistry,
     sizes: list[int],
     runs: int,
-    podman5: Podman5Host | None,
+    podman5: SystemdHost | None,
 ) -> None:
     count = max(sizes)
     refs = []
@@ -355,7 +355,7 @@ def bench_checks(
     compileall.compile_dir(str(Path(atoll.__file__).parent), quiet=1)
     print("\nthe whole command: atoll workload auto-update --dry-run (process included),")
     print(f"median of {runs}; podman auto-update --dry-run beside it: podman 5.4.2 under")
-    print("systemd in this run (see bench/podman5_host.py), and the reference figure:")
+    print("systemd in this run (see tests/helpers/podman5.py), and the reference figure:")
     print(f"{'N':>4} {'atoll s':>8} {'in-process s':>13} {'podman 5 s':>11} {'reference s':>12}")
     running = 0
     for n in sizes:
@@ -440,7 +440,7 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
 
 
 def bench_apply_podman5(
-    bench: Bench, registry: LocalRegistry, count: int, podman5: Podman5Host
+    bench: Bench, registry: LocalRegistry, count: int, podman5: SystemdHost
 ) -> None:
     """podman's own auto-update of *count* units under systemd, restarts one after another."""
     names = [f"pod{i}" for i in range(count)]
@@ -461,7 +461,7 @@ def bench_apply_podman5(
 
 
 def bench_apply(
-    bench: Bench, registry: LocalRegistry, count: int, podman5: Podman5Host | None
+    bench: Bench, registry: LocalRegistry, count: int, podman5: SystemdHost | None
 ) -> None:
     if not BUSYBOX.is_file() or shutil.which("podman") is None:
         print("\napplying updates: skipped (needs podman and /bin/busybox from busybox-static)")
@@ -581,7 +581,7 @@ def main() -> int:
         podman5 = None
         why = unavailable() if args.podman5 else "--no-podman5"
         if why is None:
-            podman5 = Podman5Host(ensure_tree(), tmp / "podman5", registry.host)
+            podman5 = SystemdHost(ensure_tree(), tmp / "podman5", (registry.host,))
             podman5.start()
         else:
             print(f"(podman 5 not measured: {why})")

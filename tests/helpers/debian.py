@@ -105,7 +105,8 @@ class TreeRecipe:
 def ensure_debian_tree(cache: Path | None = None, recipe: TreeRecipe | None = None) -> DebianTree:
     """The cached tree, built first if there is none for the current recipe."""
     cache = cache or cache_root()
-    final = cache / f"debian-{SUITE}-{recipe_key(recipe.data if recipe else None)}"
+    suite = recipe.data.get("suite", SUITE) if recipe else SUITE
+    final = cache / f"debian-{suite}-{recipe_key(recipe.data if recipe else None)}"
     if (final / "recipe.json").is_file():
         return DebianTree(final)
     cache.mkdir(parents=True, exist_ok=True)

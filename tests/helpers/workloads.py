@@ -42,6 +42,10 @@ trap 'kill $pid; wait $pid; exit 0' TERM INT
 wait $pid
 exit $?
 """
+#: Commands of web images for update tests (with ``HealthCmd=test -e /tmp/ok``).
+GOOD = ("sh", "-c", "touch /tmp/ok; exec /usr/bin/serve")
+EXITS_AT_ONCE = ("sh", "-c", "echo broken >&2; exit 1")
+UNHEALTHY_AFTER_5S = ("sh", "-c", "touch /tmp/ok; (sleep 5; rm /tmp/ok) & exec /usr/bin/serve")
 SDNOTIFY_C = r"""
 #include <stdio.h>
 #include <stdlib.h>

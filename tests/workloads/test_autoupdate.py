@@ -40,6 +40,9 @@ from helpers.images import build_image, build_multiarch
 from helpers.parts import require_tool
 from helpers.registry import RegistryView
 from helpers.workloads import (
+    EXITS_AT_ONCE,
+    GOOD,
+    UNHEALTHY_AFTER_5S,
     SupervisorProcess,
     WorkloadEnv,
     free_port,
@@ -604,10 +607,6 @@ def test_registry_policy_needs_a_fully_qualified_name(tmp_path: Path) -> None:
 
 
 # --- end to end: atoll workload run, real containers, the auto-update command ----------
-
-GOOD = ("sh", "-c", "touch /tmp/ok; exec /usr/bin/serve")
-EXITS_AT_ONCE = ("sh", "-c", "echo broken >&2; exit 1")
-UNHEALTHY_AFTER_5S = ("sh", "-c", "touch /tmp/ok; (sleep 5; rm /tmp/ok) & exec /usr/bin/serve")
 
 
 def _auto_update(

@@ -127,7 +127,8 @@ def _from_systemd(show: str) -> UnitStatus:
 
 
 def test_status_from_systemctl_show() -> None:
-    """systemd is not PID 1 here: the parsing is tested on ``systemctl show`` output."""
+    """The parsing, on ``systemctl show`` output (tests/workloads/test_systemd_host.py
+    runs the same against systemd itself)."""
     status = _from_systemd(SHOW)
     assert status.state is UnitState.ACTIVE
     assert status.restarts == 3 and status.main_pid == 4242

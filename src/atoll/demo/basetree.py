@@ -103,13 +103,13 @@ def ensure_tree(cache: Path) -> Path:
     return final / "rootfs"
 
 
-def debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES) -> None:
-    """A minbase Debian tree with *packages* at *target*, from the mirror."""
+def debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES, suite: str = SUITE) -> None:
+    """A minbase Debian *suite* tree with *packages* at *target*, from the mirror."""
     argv = [
         find_tool("debootstrap"),
         "--variant=minbase",
         f"--include={','.join(packages)}",
-        SUITE,
+        suite,
         str(target),
         MIRROR,
     ]

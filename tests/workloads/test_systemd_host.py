@@ -1,0 +1,141 @@
+"""Workloads on a host with systemd: Quadlet units run by systemd 257 and podman 5.4.2
+(Debian trixie booted under systemd-nspawn, helpers.podman5), and atoll's
+``--manager systemd`` reading and restarting them.
+
+The supervisor's tests run atoll's own process manager; here systemd runs the
+services podman's own quadlet generator made, podman's health checks run from
+systemd timers, and atoll talks to them as it does on a real host: status from
+``systemctl show`` and ``podman inspect``, restarts through ``systemctl``, and
+auto-update's watch window and rollback on top (an image that exits at once,
+one that turns unhealthy after 5 s).  atoll runs inside with trixie's python3
+(this checkout's package, bound read-only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.errors import WorkloadUpdateFailedError
+from helpers.parts import missing
+from helpers.podman5 import SystemdHost, ensure_tree, unavailable
+from helpers.registry import RegistryView
+from helpers.workloads import (
+    EXITS_AT_ONCE,
+    GOOD,
+    UNHEALTHY_AFTER_5S,
+    free_port,
+    http_get,
+    push_workload_image,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ATOLL = ("python3", "-m", "atoll")
+
+
+@pytest.fixture(scope="module")
+def trixie_root() -> Path:
+    why = unavailable()
+    if why is not None:
+        missing(f"a host with systemd and podman 5: {why}")
+    return ensure_tree()
+
+
+def serves(port: int) -> str:
+    try:
+        return http_get(port, timeout=2.0)
+    except OSError:
+        return ""
+
+
+def atoll_json(host: SystemdHost, *args: str, code: int = 0) -> Any:
+    proc = host.run(*ATOLL, *args, check=False)
+    assert proc.returncode == code, f"atoll {' '.join(args)}: {proc.returncode} {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def show(host: SystemdHost, prop: str) -> str:
+    return host.run("systemctl", "show", "-P", prop, "web.service").stdout.strip()
+
+
+@pytest.mark.timeout(600)
+def test_systemd_runs_the_unit_and_atoll_updates_and_rolls_it_back(
+    trixie_root: Path, registry: RegistryView, tmp_path: Path
+) -> None:
+    repo = registry.new_repo("sysweb")
+
+    def release(version: str, cmd: tuple[str, ...] = GOOD) -> str:
+        return push_workload_image(registry, repo, "stable", cmd=cmd, page=f"{version}\n")
+
+    image = release("v1")
+    port = free_port()
+    host = SystemdHost(trixie_root, tmp_path / "host", (registry.server.host,))
+    host.start()
+    update = ("workload", "auto-update", "--manager", "systemd", "--format", "json")
+    try:
+        # podman's quadlet makes the service; systemd runs it and podman's own
+        # health-check timers (systemd timers) run the check.
+        host.start_units(
+            {
+                "web.container": f"[Container]\nImage={image}\nAutoUpdate=registry\n"
+                f"Network=host\nEnvironment=PORT={port}\n"
+                "HealthCmd=test -e /tmp/ok\nHealthInterval=1s\nHealthRetries=2\n"
+            }
+        )
+        wait_for(lambda: serves(port) == "v1\n", "v1 to serve")
+
+        def status() -> Any:
+            (unit,) = atoll_json(host, "workload", "status", "web", "--manager", "systemd",
+                                 "--json")["units"]  # fmt: skip
+            return unit
+
+        wait_for(lambda: status()["health"] == "healthy", "v1 to be healthy")
+        first = status()
+        assert (first["state"], first["service"]) == ("active", "web.service")
+        assert first["container"] == "systemd-web" and first["image_id"]
+
+        # The tag moves: atoll pulls, restarts through systemd, watches, keeps it.
+        release("v2")
+        (report,) = atoll_json(host, *update, "--watch", "3")["units"]
+        assert report["updated"] == "true", report
+        assert serves(port) == "v2\n"
+        assert show(host, "ActiveState") == "active"
+        assert status()["image_id"] != first["image_id"]
+
+        # A version that exits at once: systemd reports the failed restart, atoll
+        # puts the previous image back and has systemd start it again.
+        rolled_back = WorkloadUpdateFailedError.exit_code
+        release("v3", EXITS_AT_ONCE)
+        result = atoll_json(host, *update, "--watch", "3", code=rolled_back)
+        (report,) = result["units"]
+        assert report["updated"] == "rolled back", report
+        assert result["rolled_back"] == ["web.container"]
+        wait_for(lambda: serves(port) == "v2\n", "v2 to serve again")
+        assert show(host, "ActiveState") == "active"
+
+        # The bad digest is remembered: the next run neither pulls nor restarts.
+        started = show(host, "ExecMainStartTimestampMonotonic")
+        (report,) = atoll_json(host, *update)["units"]
+        assert report["updated"] == "false" and "rolled back" in report["reason"]
+        assert show(host, "ExecMainStartTimestampMonotonic") == started
+
+        # A version that starts and turns unhealthy after 5 s (podman's health
+        # check, run by a systemd timer, says so): caught by the watch window.
+        release("v4", UNHEALTHY_AFTER_5S)
+        (report,) = atoll_json(host, *update, "--watch", "15", code=rolled_back)["units"]
+        assert (report["updated"], report["reason"]) == (
+            "rolled back",
+            "the container turned unhealthy",
+        )
+        wait_for(lambda: serves(port) == "v2\n", "v2 to serve after the second rollback")
+        wait_for(lambda: status()["health"] == "healthy", "v2 to be healthy again")
+    except Exception:
+        print(host.journal(lines=80))
+        raise
+    finally:
+        host.stop()
