@@ -70,6 +70,7 @@ from atoll.oci.httputil import (
     digest_or_none,
     is_tls_error,
     list_field,
+    manifest_head,
     media_type,
     next_link,
     pick_challenge,
@@ -79,6 +80,7 @@ from atoll.oci.httputil import (
     status_error,
 )
 from atoll.oci.manifest import ACCEPT_MANIFEST
+from atoll.oci.quickhead import QuickHead
 from atoll.oci.registries_conf import load_registries_conf, ssl_context
 from atoll.ratelimit import TokenBucket
 
@@ -136,8 +138,9 @@ class RegistryClient(Closeable):
         else:
             self.insecure = not ctx.tls_verify
         self._host = _API_HOSTS.get(registry, registry)
+        self._ssl = ssl_context(registry, ctx, verify=not self.insecure)
         self._http = httpx.Client(
-            verify=ssl_context(registry, ctx, verify=not self.insecure),
+            verify=self._ssl,
             timeout=httpx.Timeout(ctx.timeout),
             limits=httpx.Limits(max_connections=max(10, 2 * ctx.parallel)),
             headers={"User-Agent": ctx.user_agent},
@@ -149,9 +152,12 @@ class RegistryClient(Closeable):
         self._base: httpx.URL | None = None
         self._challenge: Challenge | None = None
         self._credentials: dict[str, Credentials | None] = {}
+        self._quick: QuickHead | None = None
 
     def close(self) -> None:
         self._http.close()
+        if self._quick is not None:
+            self._quick.close()
 
     # --- the API ----------------------------------------------------------------------
 
@@ -256,6 +262,9 @@ class RegistryClient(Closeable):
         return FetchedManifest(raw, media_type(response), Digest.of(raw))
 
     def head_manifest(self, repository: str, reference: str) -> ManifestHead:
+        quick = self._quick_head(repository, reference)
+        if quick is not None:
+            return quick
         response = self._call(
             "HEAD",
             repository,
@@ -264,13 +273,28 @@ class RegistryClient(Closeable):
             [pull_scope(repository)],
             headers={"Accept": ACCEPT_MANIFEST},
         )
-        length = response.headers.get("Content-Length", "")
-        return ManifestHead(
-            digest_or_none(response.headers.get("Docker-Content-Digest", ""))
-            or digest_or_none(reference),
-            media_type(response),
-            int(length) if length.isdigit() else None,
-        )
+        return manifest_head(response.headers, reference)
+
+    def _quick_head(self, repository: str, reference: str) -> ManifestHead | None:
+        """The HEAD through :mod:`atoll.oci.quickhead` once the registry's base is
+        known; None unless the registry answered 200 (head_manifest then asks
+        again through httpx, which handles everything else)."""
+        base = self._base
+        if base is None or self._conf.is_blocked(f"{self.registry}/{repository}"):
+            return None
+        url = base.join(f"{repository}/manifests/{reference}")
+        auth = self._authorization([pull_scope(repository)], repository, url)
+        origin = (base.scheme, base.host, base.port)
+        with self._lock:
+            if self._quick is None or self._quick.origin != origin:
+                self._quick = QuickHead(*origin, self._ssl, self.ctx.timeout, self.ctx.user_agent)
+            quick = self._quick
+        started = time.monotonic()
+        answer = quick.head(url.raw_path.decode("ascii"), {"Accept": ACCEPT_MANIFEST, **auth})
+        if answer is None or answer.status != 200:
+            return None
+        log.debug("HEAD %s -> 200 (%.0f ms)", url, (time.monotonic() - started) * 1000)
+        return manifest_head(answer.headers, reference)
 
     def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> Digest:
         """Store a manifest under a tag or its digest; return its digest."""

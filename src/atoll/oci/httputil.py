@@ -9,7 +9,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import httpx
 
@@ -21,6 +21,7 @@ from atoll.errors import (
     RegistryError,
     TLSError,
 )
+from atoll.oci.api import ManifestHead
 from atoll.oci.auth import Challenge, Credentials, parse_www_authenticate
 from atoll.oci.digest import Digest
 
@@ -77,6 +78,18 @@ def next_link(response: httpx.Response) -> httpx.URL | None:
 def media_type(response: httpx.Response) -> str | None:
     value = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
     return value or None
+
+
+def manifest_head(headers: Mapping[str, str], reference: str) -> ManifestHead:
+    """What a HEAD of a manifest told: its digest (``Docker-Content-Digest``, else the
+    reference's own), media type and size.  *headers* answers lower-case names."""
+    length = headers.get("content-length", "")
+    kind = headers.get("content-type", "").split(";", 1)[0].strip()
+    return ManifestHead(
+        digest_or_none(headers.get("docker-content-digest", "")) or digest_or_none(reference),
+        kind or None,
+        int(length) if length.isdigit() else None,
+    )
 
 
 def digest_or_none(reference: str) -> Digest | None:
