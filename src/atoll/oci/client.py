@@ -139,13 +139,7 @@ class RegistryClient(Closeable):
             self.insecure = not ctx.tls_verify
         self._host = _API_HOSTS.get(registry, registry)
         self._ssl = ssl_context(registry, ctx, verify=not self.insecure)
-        self._http = httpx.Client(
-            verify=self._ssl,
-            timeout=httpx.Timeout(ctx.timeout),
-            limits=httpx.Limits(max_connections=max(10, 2 * ctx.parallel)),
-            headers={"User-Agent": ctx.user_agent},
-            trust_env=False,
-        )
+        self._client: httpx.Client | None = None  # made when first needed: ~40 ms
         # Reentrant: an error met while pinging looks up credentials for its message.
         self._lock = threading.RLock()
         self._token_lock = threading.Lock()
@@ -154,8 +148,22 @@ class RegistryClient(Closeable):
         self._credentials: dict[str, Credentials | None] = {}
         self._quick: QuickHead | None = None
 
+    @property
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    verify=self._ssl,
+                    timeout=httpx.Timeout(self.ctx.timeout),
+                    limits=httpx.Limits(max_connections=max(10, 2 * self.ctx.parallel)),
+                    headers={"User-Agent": self.ctx.user_agent},
+                    trust_env=False,
+                )
+            return self._client
+
     def close(self) -> None:
-        self._http.close()
+        if self._client is not None:
+            self._client.close()
         if self._quick is not None:
             self._quick.close()
 
@@ -276,18 +284,17 @@ class RegistryClient(Closeable):
         return manifest_head(response.headers, reference)
 
     def _quick_head(self, repository: str, reference: str) -> ManifestHead | None:
-        """The HEAD through :mod:`atoll.oci.quickhead` once the registry's base is
-        known; None unless the registry answered 200 (head_manifest then asks
-        again through httpx, which handles everything else)."""
+        """The HEAD through :mod:`atoll.oci.quickhead` once the base is known; None
+        unless the answer was 200 (then httpx asks again and handles the rest)."""
         base = self._base
         if base is None or self._conf.is_blocked(f"{self.registry}/{repository}"):
             return None
         url = base.join(f"{repository}/manifests/{reference}")
         auth = self._authorization([pull_scope(repository)], repository, url)
-        origin = (base.scheme, base.host, base.port)
         with self._lock:
-            if self._quick is None or self._quick.origin != origin:
-                self._quick = QuickHead(*origin, self._ssl, self.ctx.timeout, self.ctx.user_agent)
+            if self._quick is None or self._quick.origin != (base.scheme, base.host, base.port):
+                self._quick = QuickHead(base.scheme, base.host, base.port, self._ssl,
+                                        self.ctx.timeout, self.ctx.user_agent)  # fmt: skip
             quick = self._quick
         started = time.monotonic()
         answer = quick.head(url.raw_path.decode("ascii"), {"Accept": ACCEPT_MANIFEST, **auth})
