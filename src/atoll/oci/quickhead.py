@@ -45,10 +45,8 @@ class QuickHead:
     ) -> None:
         if scheme not in ("http", "https"):
             raise ValueError(f"not an HTTP scheme: {scheme!r}")
+        #: Where the requests go: (scheme, host, port).
         self.origin = (scheme, host, port)
-        self.scheme = scheme
-        self.host = host
-        self.port = port
         self.ssl_context = ssl_context
         self.timeout = timeout
         self.user_agent = user_agent
@@ -85,12 +83,13 @@ class QuickHead:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
-        if self.scheme == "https":
+        scheme, host, port = self.origin
+        if scheme == "https":
             conn = http.client.HTTPSConnection(
-                self.host, self.port, timeout=self.timeout, context=self.ssl_context
+                host, port, timeout=self.timeout, context=self.ssl_context
             )
         else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
         with self._lock:
             if self._closed:
                 return None
