@@ -14,7 +14,8 @@ v1 and v2 carry an initramfs made by initramfs-tools (Debian's generator);
 v3's is made by dracut (the Fedora/RHEL family's), so the last upgrade boots
 through atoll's dracut module.  At the end, each initramfs is started directly
 (``-kernel``/``-initrd``) with ``atoll=`` naming a deployment that does not
-exist: each refuses it on the console and reboots.
+exist: each refuses it on the console and reboots.  Every poweroff and every
+refusal leaves the root file system clean (no journal to replay).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def vm_tree() -> DebianTree:
         ("sfdisk", "fdisk"),
         ("mkfs.ext4", "e2fsprogs"),
         ("debugfs", "e2fsprogs"),
+        ("dumpe2fs", "e2fsprogs"),
         ("grub-mkimage", "grub-common"),
     ):
         require_tool(tool, package)
@@ -87,6 +89,17 @@ def disk_file(disk: Path, path: str) -> str:
         check=True,
     )
     return proc.stdout
+
+
+def clean(disk: Path) -> bool:
+    """Whether the root file system was left clean (its journal needs no replay)."""
+    proc = subprocess.run(
+        ["dumpe2fs", "-h", f"{disk}?offset=1048576"], capture_output=True, text=True, check=True
+    )
+    features = next(
+        line for line in proc.stdout.splitlines() if line.startswith("Filesystem features:")
+    )
+    return "needs_recovery" not in features.split()
 
 
 def grubenv(disk: Path) -> dict[str, str]:
@@ -188,6 +201,7 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
         assert first["data"] == "none"
         assert "upgraded" in first["lines"]
         assert first["status"]["status"]["booted"]["image"]["version"] == "1.0"
+        assert clean(disk), "the poweroff left the root file system's journal to replay"
         env = grubenv(disk)
         assert env.get("boot_counter") == "3" and env.get("boot_success") == "0"
         menu = [m for m in disk_file(disk, "/boot/grub/grub.cfg").splitlines() if "menuentry" in m]
@@ -222,6 +236,7 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
         assert last["mounts"]["/sysroot"]
         env = grubenv(disk)
         assert env.get("boot_success") == "1" and "boot_counter" not in env
+        assert clean(disk)
         # Each initramfs refuses a deployment that is not there, says so, and reboots.
         linux = next(
             line.split()
@@ -239,6 +254,7 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
             said = vm.console.read_bytes()[start:].decode(errors="replace")
             assert f"atoll: cannot boot {ghost}: the deployment does not exist" in said
             assert "atoll: the deployment cannot be booted; rebooting" in said
+            assert clean(disk), f"{initrd.name} rebooted with the root file system dirty"
     finally:
         timings = ", ".join(f"{name} {b.outcome} {b.duration:.0f}s" for name, b in vm.boots)
         accel = vm.boots[0][1].accel if vm.boots else "-"

@@ -10,6 +10,10 @@
 mount --make-rprivate /
 
 if ! /usr/lib/atoll/prepare-root "${NEWROOT:?}"; then
+    # Leave the root file system clean for the next try: read-only first (other
+    # mount namespaces of the initramfs may hold it too), then unmounted.
+    mount -o remount,ro "${NEWROOT}" 2>/dev/null
+    umount "${NEWROOT}" 2>/dev/null
     echo "atoll: the deployment cannot be booted; rebooting in 5 seconds" >/dev/console
     sleep 5
     reboot -f || echo b > /proc/sysrq-trigger
