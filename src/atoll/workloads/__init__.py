@@ -1,9 +1,9 @@
 """Container workloads: Quadlet units and the systemd services they become.
 
-The units and services are imported with the package.  The managers, the
-supervisor, auto-update and bound images are imported on first use: importing
-them all would double the start-up time of ``atoll workload list`` and of the
-commands that only need the units.
+The units are imported with the package.  The generated services, the
+managers, the supervisor, auto-update and bound images are imported on first
+use: importing them all would double the start-up time of ``atoll workload
+list`` and of the commands that only need the units.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from atoll.lazy import lazy_exports
-from atoll.workloads.generate import GeneratedService, generate_services, write_services
 from atoll.workloads.quadlet import (
     KEYS,
     LoadResult,
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
         UnitState,
         UnitStatus,
     )
+    from atoll.workloads.generate import GeneratedService, generate_services, write_services
     from atoll.workloads.supervisor import Supervisor
     from atoll.workloads.updateunits import Workload, workloads_from
 
@@ -54,6 +54,7 @@ _LAZY = {
         "run_auto_update",
     ),
     "bound": ("BoundImage", "find_bound_images", "pull_bound_images"),
+    "generate": ("GeneratedService", "generate_services", "write_services"),
     "control": (
         "Health",
         "SupervisorClient",
