@@ -122,10 +122,10 @@ class Bench:
         with self.registries_conf.open("a") as fh:
             fh.write(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
 
-    def push(self, files: Layer | list[Layer], cmd: list[str], dest: str) -> str:
+    def push(self, layers: list[Layer], cmd: list[str], dest: str) -> str:
         self._layouts += 1
         layout = self.work / f"layout-{self._layouts}"
-        write_image(layout, files if isinstance(files, list) else [files], cmd)
+        write_image(layout, layers, cmd)
         subprocess.run(
             [self.skopeo, "--policy", str(self.policy), "copy", "--quiet",
              "--dest-tls-verify=false", f"oci:{layout}:latest", f"docker://{dest}"],
@@ -474,7 +474,7 @@ def bench_apply(
     images = []
     for i in range(count):
         image = f"{registry.host}/bench/web{i}:stable"
-        bench.push(web_files(f"web {i} v1\n"), ["/usr/bin/serve"], image)
+        bench.push([web_files(f"web {i} v1\n")], ["/usr/bin/serve"], image)
         images.append(image)
         port = _free_port()
         (units / f"web{i}.container").write_text(
@@ -493,7 +493,7 @@ def bench_apply(
         print(f"{'restarts at once':>16} {'atoll s':>8} {'reference s':>12}")
         for version, parallel in ((2, count), (3, 4), (4, 1)):
             for i, image in enumerate(images):
-                bench.push(web_files(f"web {i} v{version}\n"), ["/usr/bin/serve"], image)
+                bench.push([web_files(f"web {i} v{version}\n")], ["/usr/bin/serve"], image)
             argv = [*ATOLL, "workload", "auto-update", "--root", str(units),
                     "--state-dir", str(state), "--update-state-dir", str(root / "updates"),
                     "--watch", "0", "--parallel", str(parallel), "--format", "json"]  # fmt: skip

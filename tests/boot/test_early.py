@@ -68,7 +68,8 @@ def test_scripts_are_valid_shell(path: str, tmp_path: Path) -> None:
     script = tmp_path / "script"
     script.write_bytes(early_boot_file(path))
     shell = "bash" if path == DRACUT_MODULE else "sh"
-    subprocess.run([shell, "-n", str(script)], check=True)
+    proc = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"{path} does not parse: {proc.stderr}"
 
 
 # --- prepare-root, for real ------------------------------------------------------------

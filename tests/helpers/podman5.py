@@ -34,6 +34,7 @@ from pathlib import Path
 
 import atoll
 from atoll.demo import basetree
+from atoll.device.nspawn import child_pids
 from helpers import debian
 
 SUITE = "trixie"
@@ -154,7 +155,7 @@ class SystemdHost:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"systemd-nspawn exited: {self.console_tail()}")
             if not self.leader:
-                self.leader = _first_child(self.proc.pid)
+                self.leader = next(iter(child_pids(self.proc.pid)), 0)  # the container's init
             if self.leader:
                 state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
                 if state in ("running", "degraded"):
@@ -213,12 +214,3 @@ class SystemdHost:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def _first_child(pid: int) -> int:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return 0
-    children = text.split()
-    return int(children[0]) if children else 0

@@ -213,21 +213,21 @@ def _check_bindable(path: Path) -> None:
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
     """End nspawn and its container; see the module docstring for the order."""
-    init = _children(proc.pid)
+    init = child_pids(proc.pid)
     _signal(proc.pid, signal.SIGTERM)
     try:
         return proc.wait(timeout=_STOP_GRACE)
     except subprocess.TimeoutExpired:
         pass
     log.warning("systemd-nspawn (pid %d) ignored SIGTERM; killing the container", proc.pid)
-    for pid in {*init, *_children(proc.pid)}:
+    for pid in {*init, *child_pids(proc.pid)}:
         _signal(pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     return proc.wait()
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     """Processes whose parent is *pid* (the container's init is nspawn's child)."""
     found = []
     for entry in os.scandir("/proc"):

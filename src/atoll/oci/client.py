@@ -267,7 +267,7 @@ class RegistryClient(Closeable):
             raise ManifestError(f"{where}: not valid JSON ({exc})") from None
         if not isinstance(parsed, dict):
             raise ManifestError(f"{where}: not a JSON object")
-        return FetchedManifest(raw, media_type(response), Digest.of(raw))
+        return FetchedManifest(raw, media_type(response.headers), Digest.of(raw))
 
     def head_manifest(self, repository: str, reference: str) -> ManifestHead:
         quick = self._quick_head(repository, reference)

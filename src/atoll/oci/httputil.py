@@ -75,8 +75,10 @@ def next_link(response: httpx.Response) -> httpx.URL | None:
     return response.url.join(match.group(1)) if match else None
 
 
-def media_type(response: httpx.Response) -> str | None:
-    value = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+def media_type(headers: Mapping[str, str]) -> str | None:
+    """The media type of ``Content-Type`` without its parameters; *headers* answers
+    lower-case names (httpx's headers do)."""
+    value = headers.get("content-type", "").split(";", 1)[0].strip()
     return value or None
 
 
@@ -84,10 +86,9 @@ def manifest_head(headers: Mapping[str, str], reference: str) -> ManifestHead:
     """What a HEAD of a manifest told: its digest (``Docker-Content-Digest``, else the
     reference's own), media type and size.  *headers* answers lower-case names."""
     length = headers.get("content-length", "")
-    kind = headers.get("content-type", "").split(";", 1)[0].strip()
     return ManifestHead(
         digest_or_none(headers.get("docker-content-digest", "")) or digest_or_none(reference),
-        kind or None,
+        media_type(headers),
         int(length) if length.isdigit() else None,
     )
 
