@@ -71,10 +71,12 @@ class RecordingPodman(Podman):
     def __init__(self, env: dict[str, str]) -> None:
         super().__init__(env)
         self.pulled: list[str] = []
+        self.pull_calls: list[list[str]] = []
 
     def pull(self, refs: Iterable[str], *, arch: str | None = None) -> list[str]:
         wanted = list(refs)
         self.pulled.extend(wanted)
+        self.pull_calls.append(wanted)
         return super().pull(wanted, arch=arch)
 
     def preload(self, *refs: str) -> None:
@@ -279,9 +281,14 @@ def test_tag_move_update_rollback_and_no_second_pull(setup: Setup) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("parallel", [3, 1])
 def test_a_shared_image_is_pulled_once_and_a_failed_pull_costs_only_its_unit(
-    setup: Setup,
+    setup: Setup, parallel: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Up to one podman pull per CPU (four here) and per restart at a time: with
+    one restart at a time the two new images share one pull, which fails for
+    both; each is then pulled alone, so that each unit gets its own answer."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
     other_repo = setup.registry.new_repo("other")
     shared, other = setup.image(), setup.image(repo=other_repo)
     setup.push(seed="v1")
@@ -300,9 +307,15 @@ def test_a_shared_image_is_pulled_once_and_a_failed_pull_costs_only_its_unit(
     (blob,) = setup.registry.server.workdir.rglob(f"blobs/sha256/{layer[:2]}/{layer}/data")
     blob.unlink()
 
-    reports = {r.unit: r.to_json() for r in setup.run(manager, parallel=3).reports}
+    reports = {r.unit: r.to_json() for r in setup.run(manager, parallel=parallel).reports}
     assert reports["a.container"]["updated"] == reports["b.container"]["updated"] == "true"
-    assert setup.podman.pulled.count(f"{shared.rsplit(':', 1)[0]}@{v2}") == 1
+    new_shared = f"{shared.rsplit(':', 1)[0]}@{v2}"
+    if parallel == 1:
+        together, *alone = setup.podman.pull_calls
+        assert together[0] == new_shared and len(together) == 2
+        assert alone == [[ref] for ref in together]
+    else:
+        assert setup.podman.pulled.count(new_shared) == 1
     assert reports["c.container"]["updated"] == "failed"
     assert str(reports["c.container"]["reason"]).startswith(f"pulling {other.rsplit(':', 1)[0]}@")
     assert sorted(manager.restarted) == ["a.service", "b.service"]

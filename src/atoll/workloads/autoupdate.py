@@ -15,11 +15,13 @@ whose container runs:
    only while the cron expression matches; otherwise it is ``pending``.
 3. **Apply**, units that depend on each other (``After=``/``Requires=``/
    ``Wants=``/``BindsTo=`` naming another updated unit) in order, the others in
-   parallel (*parallel* at a time), each unit on its own: pull ``REPO@DIGEST``
-   (once per digest, however many units want it), tag it as the unit's
-   ``Image=``, restart the unit, then **watch** it for the watch window: it
-   must become active with health ``healthy`` (or no health check) and must
-   not fail, turn unhealthy or be restarted by its manager meanwhile.
+   parallel (*parallel* at a time).  The new images are pulled as
+   ``REPO@DIGEST``, once per digest, shared out over a few podman processes
+   (one per CPU at most); then each unit on its own, as soon as its image is
+   in: tag it as the unit's ``Image=``, restart the unit, then **watch** it for
+   the watch window: it must become active with health ``healthy`` (or no
+   health check) and must not fail, turn unhealthy or be restarted by its
+   manager meanwhile.
 4. **Roll back** a unit that fails the watch: tag the previous image as
    ``Image=`` again, restart, and remember the digest and why
    (:mod:`atoll.workloads.updatestate`).
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -197,7 +200,7 @@ class AutoUpdater:
         self.sleep = sleep
         self._lock = threading.Lock()
         self._state: UpdateState | None = None
-        #: Pulls by reference: the first unit that wants one pulls it, the others wait.
+        #: Pulls by reference, started for a level of units at once (_start_pulls).
         self._pulls: dict[str, Future[str]] = {}
 
     def run(self, workloads: Sequence[Workload]) -> AutoUpdateResult:
@@ -434,34 +437,60 @@ class AutoUpdater:
                     )
                 else:
                     runnable.append(plan)
-            # Each unit pulls, tags and restarts on its own: one unit's restart
-            # overlaps another's pull, and a bad image costs only its own units.
+            # Each unit tags and restarts on its own as soon as its image is in:
+            # one unit's restart overlaps another group's pull, and a bad image
+            # costs only its own units.
             workers = max(1, min(self.options.parallel, len(runnable) or 1))
             with ThreadPoolExecutor(workers, thread_name_prefix="atoll-update") as pool:
+                self._start_pulls(runnable, pool)
                 list(pool.map(self._pull_and_update, runnable))
         self._prune([p for p in plans if p.report.updated is Updated.TRUE])
+
+    def _start_pulls(self, plans: Sequence[_Plan], pool: ThreadPoolExecutor) -> None:
+        """Pull the new images of *plans* in a few podman processes, each taking a
+        share of them, at most one per CPU and *parallel*: a podman costs about as
+        much CPU to start as to pull a small image, so ten at once are slower than
+        two, and they only wait for each other's lock on the image store."""
+        refs = [
+            ref
+            for ref in dict.fromkeys(
+                p.target_ref for p in plans if p.workload.policy == Policy.REGISTRY
+            )
+            if ref and ref not in self._pulls
+        ]
+        groups = min(len(refs), self.options.parallel, os.cpu_count() or 1)
+        for first in range(groups):
+            futures: dict[str, Future[str]] = {ref: Future() for ref in refs[first::groups]}
+            self._pulls.update(futures)
+            pool.submit(self._pull_group, futures)
+
+    def _pull_group(self, futures: dict[str, Future[str]]) -> None:
+        refs = list(futures)
+        try:
+            ids = self.podman.pull(refs)
+        except AtollError as exc:
+            if len(refs) == 1:
+                futures[refs[0]].set_exception(exc)
+                return
+            # podman pulls what it can and names only the first failure: each
+            # image again on its own, so that every unit gets its own answer.
+            for ref in refs:
+                self._pull_group({ref: futures[ref]})
+            return
+        for ref, image_id in zip(refs, ids, strict=True):
+            futures[ref].set_result(image_id)
 
     def _pull_and_update(self, plan: _Plan) -> None:
         if self._pull(plan):
             self._update_one(plan)
 
     def _pull(self, plan: _Plan) -> bool:
-        """Pull the plan's new image (once per reference); False when that failed."""
+        """Wait for the plan's new image (see _start_pulls); False when its pull failed."""
         ref = plan.target_ref
         if plan.workload.policy != Policy.REGISTRY or not ref:
             return True
-        with self._lock:
-            pulled = self._pulls.get(ref)
-            mine = pulled is None
-            if pulled is None:
-                pulled = self._pulls[ref] = Future()
-        if mine:
-            try:
-                pulled.set_result(self.podman.pull([ref])[0])
-            except AtollError as exc:
-                pulled.set_exception(exc)
         try:
-            image_id = pulled.result()
+            image_id = self._pulls[ref].result()
         except AtollError as exc:
             plan.report.updated = Updated.FAILED
             plan.report.reason = f"pulling {ref}: {exc.message}"
