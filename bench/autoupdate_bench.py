@@ -79,12 +79,13 @@ def write_image(layout: Path, layers: list[Layer], cmd: list[str]) -> None:
     build_tree_image(layout, layers, run={"Cmd": cmd, "Env": ["PATH=/usr/bin:/bin"]})
 
 
-def web_files(page: str) -> Layer:
+def base_layer() -> Layer:
+    """busybox, a web server script and a user: the layer every image here shares,
+    as the images of one vendor share their base; an update changes the layer on top."""
     files: Layer = {
         "usr/bin/busybox": Node(content=BUSYBOX.read_bytes(), mode=0o755),
         "usr/bin/serve": Node(content=SERVE.encode(), mode=0o755),
         "bin": symlink("usr/bin"),
-        "www/index.html": page,
         "etc/passwd": "root:x:0:0:root:/:/bin/sh\n",
     }
     for applet in ("sh", "httpd", "kill", "sleep"):
@@ -92,19 +93,16 @@ def web_files(page: str) -> Layer:
     return files
 
 
+def web(page: str) -> tuple[list[Layer], list[str]]:
+    """A web server (busybox httpd on $PORT) serving *page*, stopping on SIGTERM."""
+    return [base_layer(), {"www/index.html": page}], ["/usr/bin/serve"]
+
+
 def sleeper(name: str, version: int = 1) -> tuple[list[Layer], list[str]]:
     """A small image that runs until it is stopped (a shell that sleeps and exits on
-    SIGTERM): busybox in a layer every such image shares, and a file of its own, so
-    that podman can run it as well as check it."""
-    base: Layer = {
-        "usr/bin/busybox": Node(content=BUSYBOX.read_bytes(), mode=0o755),
-        "usr/bin/sh": symlink("busybox"),
-        "usr/bin/sleep": symlink("busybox"),
-        "bin": symlink("usr/bin"),
-        "etc/passwd": "root:x:0:0:root:/:/bin/sh\n",
-    }
+    SIGTERM), with a file of its own on the shared base."""
     own: Layer = {f"data/{name}": f"{name} v{version}\n"}
-    return [base, own], ["/usr/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000000 & wait"]
+    return [base_layer(), own], ["/usr/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000000 & wait"]
 
 
 class Bench:
@@ -442,14 +440,20 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
 def bench_apply_podman5(
     bench: Bench, registry: LocalRegistry, count: int, podman5: SystemdHost
 ) -> None:
-    """podman's own auto-update of *count* units under systemd, restarts one after another."""
+    """podman's own auto-update of *count* units under systemd, restarts one after
+    another: the same web servers as atoll's, updated the same way."""
     names = [f"pod{i}" for i in range(count)]
     images = {name: f"{registry.host}/bench/{name}:stable" for name in names}
     for name, image in images.items():
-        bench.push(*sleeper(name), image)
-    podman5.start_units({f"{n}.container": PODMAN5_UNIT.format(i) for n, i in images.items()})
+        bench.push(*web(f"{name} v1\n"), image)
+    podman5.start_units(
+        {
+            f"{name}.container": PODMAN5_UNIT.format(image) + f"Environment=PORT={_free_port()}\n"
+            for name, image in images.items()
+        }
+    )
     for name, image in images.items():
-        bench.push(*sleeper(name, 2), image)
+        bench.push(*web(f"{name} v2\n"), image)
     started = time.perf_counter()
     proc = podman5.run("podman", "auto-update", check=False)
     seconds = time.perf_counter() - started
@@ -474,7 +478,7 @@ def bench_apply(
     images = []
     for i in range(count):
         image = f"{registry.host}/bench/web{i}:stable"
-        bench.push([web_files(f"web {i} v1\n")], ["/usr/bin/serve"], image)
+        bench.push(*web(f"web {i} v1\n"), image)
         images.append(image)
         port = _free_port()
         (units / f"web{i}.container").write_text(
@@ -493,7 +497,7 @@ def bench_apply(
         print(f"{'restarts at once':>16} {'atoll s':>8} {'reference s':>12}")
         for version, parallel in ((2, count), (3, 4), (4, 1)):
             for i, image in enumerate(images):
-                bench.push([web_files(f"web {i} v{version}\n")], ["/usr/bin/serve"], image)
+                bench.push(*web(f"web {i} v{version}\n"), image)
             argv = [*ATOLL, "workload", "auto-update", "--root", str(units),
                     "--state-dir", str(state), "--update-state-dir", str(root / "updates"),
                     "--watch", "0", "--parallel", str(parallel), "--format", "json"]  # fmt: skip
