@@ -4,11 +4,9 @@ rename, fsync the directory.  A crash leaves the old file or the new one."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ TMP_PREFIX = ".atoll-tmp-"
 
 
 def temp_sibling(path: Path) -> Path:
-    return path.with_name(f"{TMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
+    return path.with_name(f"{TMP_PREFIX}{path.name}.{os.urandom(4).hex()}")
 
 
 def fsync_dir(path: Path) -> None:
@@ -100,6 +98,8 @@ def exchange(a: Path, b: Path) -> bool:
 
     False when the kernel, libc or file system cannot do it; the caller then
     falls back to two renames (with a short window where *b* is missing)."""
+    import ctypes  # here: ctypes costs a few ms to import, and most runs never swap
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2
@@ -145,6 +145,8 @@ def syncfs(fd: int) -> None:
     open file *fd* (syncfs(2)): one call makes a whole batch of files durable,
     where an fsync per file would wait for the disk once per file.  Falls back
     to sync(2) where libc has no syncfs."""
+    import ctypes
+
     try:
         func = ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):

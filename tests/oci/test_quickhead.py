@@ -7,8 +7,11 @@ as before.  Which path a HEAD took is seen by counting what reaches httpx.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import subprocess
+import sys
 
 import pytest
 
@@ -89,3 +92,29 @@ def test_no_answer_is_none_and_a_closed_quickhead_sends_nothing(registry: Regist
     assert live.head("/v2/", {}) is None
     with pytest.raises(ValueError, match="not an HTTP scheme"):
         QuickHead("ftp", host, 21, plain, 5.0, "test")
+
+
+_CHECK_TWICE = """
+import sys
+from atoll.oci.context import SystemContext
+from atoll.oci.reference import ImageReference
+from atoll.workloads.updatecheck import check_references
+
+host, ref = sys.argv[1], ImageReference.parse(sys.argv[2])
+for bases in ({host: f"http://{host}/v2/"}, {}):
+    result = check_references([ref], SystemContext(), bases=bases)[ref]
+    assert result.error is None, result.error
+    print(result.digest, "httpx" in sys.modules)
+"""
+
+
+def test_a_check_with_a_known_base_never_imports_httpx(registry: RegistryView) -> None:
+    """auto-update's later runs: every HEAD answered 200 over http.client, so the
+    45 ms httpx import is never paid; a run that must ping still uses httpx."""
+    repo = registry.new_repo()
+    image = registry.push_test_image(repo, "stable")  # not a version: no tag list
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHECK_TWICE, registry.host, f"{registry.host}/{repo}:stable"],
+        capture_output=True, text=True, check=True, env=os.environ,
+    )  # fmt: skip
+    assert proc.stdout.split() == [image.manifest_digest, "False", image.manifest_digest, "True"]

@@ -14,15 +14,18 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import httpx
-
 from atoll.closing import Closeable
 from atoll.errors import RegistryError
+from atoll.lazy import lazy_module
 from atoll.oci.digest import Digest
 from atoll.oci.httputil import content_range_start
 
 if TYPE_CHECKING:
+    import httpx
+
     from atoll.oci.client import RegistryClient
+else:
+    httpx = lazy_module("httpx")
 
 log = logging.getLogger(__name__)
 

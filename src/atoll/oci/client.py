@@ -38,20 +38,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
-from typing import NoReturn
-
-import httpx
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
+from urllib.parse import urlsplit
 
 from atoll.closing import Closeable
 from atoll.errors import (
     AtollError,
-    AuthenticationError,
     DigestMismatchError,
     ManifestError,
     NetworkError,
     RegistryError,
     UnsupportedError,
 )
+from atoll.lazy import lazy_module
 from atoll.oci.api import (
     FetchedManifest,
     ManifestHead,
@@ -61,7 +61,7 @@ from atoll.oci.api import (
     pull_scope,
     push_scope,
 )
-from atoll.oci.auth import Challenge, Credentials, TokenCache, find_credentials
+from atoll.oci.auth import Challenge, TokenCache
 from atoll.oci.blobstream import BlobStream
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest, Verifier
@@ -82,7 +82,13 @@ from atoll.oci.httputil import (
 from atoll.oci.manifest import ACCEPT_MANIFEST
 from atoll.oci.quickhead import QuickHead
 from atoll.oci.registries_conf import load_registries_conf, ssl_context
+from atoll.oci.registryauth import RegistryAuth, read_token
 from atoll.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    import httpx
+else:
+    httpx = lazy_module("httpx")
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +107,39 @@ _MAX_PAGES = 10_000
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 #: Registries whose API lives on another host than the one in references.
 _API_HOSTS = {"docker.io": "registry-1.docker.io"}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _DELETE_HINT = (
     "a Distribution registry allows deletes with REGISTRY_STORAGE_DELETE_ENABLED=true "
     "(storage: delete: enabled: true in its config)"
 )
 
 Body = bytes | Iterator[bytes] | None
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The registry's ``/v2/`` URL and its parts, parsed without httpx: a check
+    whose HEADs all go through :mod:`atoll.oci.quickhead` never imports it."""
+
+    url: str
+    scheme: str
+    host: str
+    #: None for the scheme's default port, as httpx has it.
+    port: int | None
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> _Base:
+        """Raises ValueError for a port that is not a number."""
+        parts = urlsplit(url)
+        port = parts.port
+        if port == _DEFAULT_PORTS.get(parts.scheme):
+            port = None
+        return cls(url, parts.scheme, (parts.hostname or "").lower(), port, parts.path)
+
+    @property
+    def place(self) -> tuple[str, str, int | None, str]:
+        return (self.scheme, self.host, self.port, self.path)
 
 
 class RegistryClient(Closeable):
@@ -131,7 +164,7 @@ class RegistryClient(Closeable):
         self.sleep = sleep
         #: Paces blob downloads to ``ctx.rate_limit`` (see :mod:`atoll.ratelimit`).
         self.rate_limiter = TokenBucket(ctx.rate_limit, sleep=sleep) if ctx.rate_limit else None
-        self.tokens = token_cache or TokenCache()
+        self.auth = RegistryAuth(registry, ctx, token_cache or TokenCache())
         self._conf = load_registries_conf(ctx)
         if ctx.tls_verify is None:
             self.insecure = self._conf.is_insecure(registry)
@@ -140,12 +173,9 @@ class RegistryClient(Closeable):
         self._host = _API_HOSTS.get(registry, registry)
         self._ssl = ssl_context(registry, ctx, verify=not self.insecure)
         self._client: httpx.Client | None = None  # made when first needed: ~40 ms
-        # Reentrant: an error met while pinging looks up credentials for its message.
+        # Reentrant: a ping sends its request, which makes the connection pool, under it.
         self._lock = threading.RLock()
-        self._token_lock = threading.Lock()
-        self._base: httpx.URL | None = None
-        self._challenge: Challenge | None = None
-        self._credentials: dict[str, Credentials | None] = {}
+        self._base: _Base | None = None
         self._quick: QuickHead | None = None
 
     @property
@@ -176,7 +206,7 @@ class RegistryClient(Closeable):
         """
         with self._lock:
             if self._base is not None:
-                return self._base
+                return httpx.URL(self._base.url)
             if self._conf.is_blocked(self.registry):
                 raise RegistryError(
                     f"{self.name(repository)}: the registry is blocked in registries.conf",
@@ -194,9 +224,9 @@ class RegistryClient(Closeable):
                     log.debug("%s: %s failed (%s), trying plain HTTP", self.registry, url, exc)
                     continue
                 if response.status_code in (200, 401):
-                    self._challenge = pick_challenge(response)
-                    self._base = url
-                    log.debug("%s: using %s, auth %s", self.registry, url, self._auth_scheme())
+                    self.auth.challenge = pick_challenge(response)
+                    self._base = _Base.parse(str(url))
+                    log.debug("%s: using %s, auth %s", self.registry, url, self.auth.scheme)
                     return url
                 if last:
                     self.fail(response, "checking the registry API at /v2/", repository)
@@ -206,30 +236,34 @@ class RegistryClient(Closeable):
     def base(self) -> str | None:
         """The ``/v2/`` URL in use, once a ping (or :meth:`assume_base`) chose it."""
         with self._lock:
-            return str(self._base) if self._base is not None else None
+            return self._base.url if self._base is not None else None
 
     def assume_base(self, base: str) -> bool:
         """Skip the ping: send requests to *base*, a ``/v2/`` URL an earlier ping of
         this registry chose, and learn the authentication from the 401s they get.
         Refused (False) when *base* is not this registry's, or is plain HTTP for a
         registry that is no longer insecure."""
-        url = httpx.URL(base)
-        if url.scheme != "https" and not (url.scheme == "http" and self.insecure):
+        try:
+            wanted = _Base.parse(base)
+            own = _Base.parse(f"{wanted.scheme}://{self._host}/v2/")
+        except ValueError:
             return False
-        if httpx.URL(f"{url.scheme}://{self._host}/v2/") != url:
+        if wanted.scheme != "https" and not (wanted.scheme == "http" and self.insecure):
+            return False
+        if wanted.place != own.place:
             return False
         with self._lock:
             if self._base is None:
-                self._base = url
+                self._base = wanted
         return True
 
     def forget_base(self, base: str) -> None:
         """Ping again before the next request, unless another thread already has
         replaced *base*."""
         with self._lock:
-            if self._base is not None and str(self._base) == base:
+            if self._base is not None and self._base.url == base:
                 self._base = None
-                self._challenge = None
+                self.auth.challenge = None
 
     def get_manifest(self, repository: str, reference: str) -> FetchedManifest:
         """The manifest for a tag or digest, checked against the digest it is known by:
@@ -289,18 +323,18 @@ class RegistryClient(Closeable):
         base = self._base
         if base is None or self._conf.is_blocked(f"{self.registry}/{repository}"):
             return None
-        url = base.join(f"{repository}/manifests/{reference}")
-        auth = self._authorization([pull_scope(repository)], repository, url)
+        path = f"{repository}/manifests/{reference}"
+        auth = self._authorization([pull_scope(repository)], repository, (base.host, base.port))
         with self._lock:
             if self._quick is None or self._quick.origin != (base.scheme, base.host, base.port):
                 self._quick = QuickHead(base.scheme, base.host, base.port, self._ssl,
                                         self.ctx.timeout, self.ctx.user_agent)  # fmt: skip
             quick = self._quick
         started = time.monotonic()
-        answer = quick.head(url.raw_path.decode("ascii"), {"Accept": ACCEPT_MANIFEST, **auth})
+        answer = quick.head(base.path + path, {"Accept": ACCEPT_MANIFEST, **auth})
         if answer is None or answer.status != 200:
             return None
-        log.debug("HEAD %s -> 200 (%.0f ms)", url, (time.monotonic() - started) * 1000)
+        log.debug("HEAD %s%s -> 200 (%.0f ms)", base.url, path, (time.monotonic() - started) * 1000)
         return manifest_head(answer.headers, reference)
 
     def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> Digest:
@@ -551,7 +585,7 @@ class RegistryClient(Closeable):
         scopes = sorted(scopes)
         refreshed = False
         while True:
-            auth = self._authorization(scopes, repository, url)
+            auth = self._authorization(scopes, repository, (url.host, url.port))
             response = self._send(
                 method,
                 url,
@@ -568,17 +602,11 @@ class RegistryClient(Closeable):
             if challenge is None:
                 return response
             # Refused Basic credentials stay refused; a token may only be stale.
-            if challenge.scheme == "basic" and (auth or self._creds(repository) is None):
+            if challenge.scheme == "basic" and (auth or self.auth.credentials(repository) is None):
                 return response
             response.close()
             refreshed = True
-            with self._lock:
-                self._challenge = challenge
-            if challenge.scheme == "bearer":
-                key = self._token_key(repository)
-                self.tokens.invalidate(key, scopes)
-                scopes = sorted(set(scopes) | set(challenge.scopes))
-                self.tokens.invalidate(key, scopes)
+            scopes = self.auth.refresh(challenge, scopes, repository)
             log.debug("%s: 401 for %s %s; trying fresh credentials", self.registry, method, url)
 
     def _send(
@@ -710,88 +738,34 @@ class RegistryClient(Closeable):
 
     # --- authentication ---------------------------------------------------------------
 
-    def _auth_scheme(self) -> str:
-        return self._challenge.scheme if self._challenge else "anonymous"
-
-    def _creds(self, repository: str | None) -> Credentials | None:
-        key = repository or ""
-        with self._lock:
-            if key not in self._credentials:
-                self._credentials[key] = find_credentials(self.registry, repository, self.ctx)
-            return self._credentials[key]
-
-    def _token_key(self, repository: str | None) -> str:
-        creds = self._creds(repository)
-        return f"{self.registry}|{creds.username if creds else ''}"
-
     def _authorization(
-        self, scopes: Sequence[str], repository: str | None, url: httpx.URL
+        self, scopes: Sequence[str], repository: str | None, origin: tuple[str, int | None]
     ) -> dict[str, str]:
-        base, challenge = self._base, self._challenge
-        if base is None or challenge is None or (url.host, url.port) != (base.host, base.port):
+        """The ``Authorization`` header for a request to *origin* (host, port)."""
+        base = self._base
+        if base is None or origin != (base.host, base.port):
             # Never hand the registry's credentials to another host (e.g. blob storage).
             return {}
-        if challenge.scheme == "basic":
-            creds = self._creds(repository)
-            return {"Authorization": creds.basic_header()} if creds else {}
-        if challenge.scheme == "bearer":
-            return {"Authorization": f"Bearer {self._token(challenge, scopes, repository)}"}
-        return {}
-
-    def _token(self, challenge: Challenge, scopes: Sequence[str], repository: str | None) -> str:
-        key = self._token_key(repository)
-        token = self.tokens.get(key, scopes)
-        if token is not None:
-            return token
-        # One fetch at a time, so parallel blob requests share one token.
-        with self._token_lock:
-            token = self.tokens.get(key, scopes)
-            if token is None:
-                token, expires_in = self._fetch_token(challenge, scopes, repository)
-                self.tokens.put(key, scopes, token, expires_in)
-            return token
+        return self.auth.header(scopes, repository, self._fetch_token)
 
     def _fetch_token(
         self, challenge: Challenge, scopes: Sequence[str], repository: str | None
     ) -> tuple[str, float | None]:
         name = self.name(repository)
-        if not challenge.realm:
-            raise AuthenticationError(f"{name}: the registry asks for a token but names no realm")
-        creds = self._creds(repository)
-        params = [("service", challenge.service)] if challenge.service else []
-        params.extend(("scope", scope) for scope in sorted(scopes))
-        if creds:
-            params.append(("account", creds.username))
-        try:
-            realm = httpx.URL(challenge.realm)
-            url = realm.copy_with(params=httpx.QueryParams([*realm.params.multi_items(), *params]))
-        except (httpx.InvalidURL, ValueError):
-            raise AuthenticationError(f"{name}: invalid token realm {challenge.realm!r}") from None
+        url, headers = self.auth.token_request(challenge, scopes, repository, name)
         what = f"getting a token from {url.host}"
         try:
-            response = self._send(
-                "GET", url, {"Authorization": creds.basic_header()} if creds else {}
-            )
+            response = self._send("GET", url, headers)
         except httpx.TransportError as exc:
             raise self.transport_error(exc, what, repository) from None
         self._expect(response, (200,), what, repository)
-        try:
-            data = response.json()
-            token = data.get("token") or data.get("access_token")
-            expires_in = data.get("expires_in")
-        except (ValueError, AttributeError):
-            token, expires_in = None, None
-        if not isinstance(token, str) or not token:
-            raise AuthenticationError(f"{name}: the token server at {url.host} sent no token")
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) else None
-        log.debug("%s: got a token for %s (expires in %s s)", self.registry, scopes, lifetime)
-        return token, lifetime
+        return read_token(response, name)
 
     # --- errors -----------------------------------------------------------------------
 
     def fail(self, response: httpx.Response, what: str, repository: str | None) -> NoReturn:
         """Raise the atoll error for an unexpected status."""
-        creds = self._creds(repository) if response.status_code in (401, 403) else None
+        creds = self.auth.credentials(repository) if response.status_code in (401, 403) else None
         raise status_error(response, self.name(repository), what, creds)
 
     def transport_error(

@@ -10,8 +10,7 @@ import re
 import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-
-import httpx
+from typing import TYPE_CHECKING
 
 from atoll.errors import (
     AtollError,
@@ -21,9 +20,15 @@ from atoll.errors import (
     RegistryError,
     TLSError,
 )
+from atoll.lazy import lazy_module
 from atoll.oci.api import ManifestHead
 from atoll.oci.auth import Challenge, Credentials, parse_www_authenticate
 from atoll.oci.digest import Digest
+
+if TYPE_CHECKING:
+    import httpx
+else:
+    httpx = lazy_module("httpx")
 
 _AUTH_HINT = "log in with atoll login HOST, or pass --authfile FILE or --creds USER:PASSWORD"
 _TLS_HINT = (
@@ -35,6 +40,7 @@ _PLAIN_HTTP_HINT = (
     "if the registry is meant to speak plain HTTP, mark it insecure in registries.conf "
     '([[registry]] location = "HOST:PORT" insecure = true) or pass --tls-verify=false'
 )
+
 _LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)?rel="?next"?')
 
 #: Words for the distribution spec's 404 error codes.

@@ -6,10 +6,10 @@ at what download rate, and what may hold a reboot off.  :func:`decide` is the
 pure decision; :func:`run_automatic_update` carries it out on a device; the
 timer in ``units/`` runs it hourly.  See docs/updates.md.
 
-The clock, the configuration and cron expressions are imported with the
-package; the rest on first use: the decision and the run bring the device's
-whole lifecycle with them, which ``atoll workload auto-update`` (it needs only
-the update windows) should not pay for at every start.
+Every name is imported on first use: the decision and the run bring the
+device's whole lifecycle with them, and the configuration brings TOML and time
+zones, none of which ``atoll workload auto-update`` (it needs only the update
+windows, :mod:`atoll.updates.window`) should pay for at every start.
 """
 
 from __future__ import annotations
@@ -17,22 +17,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from atoll.lazy import lazy_exports
-from atoll.updates.clock import Clock, FakeClock, SystemClock
-from atoll.updates.config import (
-    ApplySettings,
-    DownloadSettings,
-    InhibitorSettings,
-    Policy,
-    UpdatesConfig,
-    Window,
-    load_config,
-    parse_config,
-    parse_duration,
-    parse_rate,
-)
-from atoll.updates.cron import CronExpression
 
 if TYPE_CHECKING:
+    from atoll.updates.clock import Clock, FakeClock, SystemClock
+    from atoll.updates.config import (
+        ApplySettings,
+        DownloadSettings,
+        InhibitorSettings,
+        Policy,
+        UpdatesConfig,
+        load_config,
+        parse_config,
+        parse_duration,
+        parse_rate,
+    )
+    from atoll.updates.cron import CronExpression
     from atoll.updates.inhibitors import (
         Inhibitor,
         InhibitorKind,
@@ -57,9 +56,23 @@ if TYPE_CHECKING:
     )
     from atoll.updates.state import UpdateState, state_path
     from atoll.updates.status import describe, status_document
+    from atoll.updates.window import Window
 
 #: The names imported on first use, by the module that defines them.
 _LAZY = {
+    "clock": ("Clock", "FakeClock", "SystemClock"),
+    "config": (
+        "ApplySettings",
+        "DownloadSettings",
+        "InhibitorSettings",
+        "Policy",
+        "UpdatesConfig",
+        "load_config",
+        "parse_config",
+        "parse_duration",
+        "parse_rate",
+    ),
+    "cron": ("CronExpression",),
     "inhibitors": (
         "Inhibitor",
         "InhibitorKind",
@@ -90,6 +103,7 @@ _LAZY = {
         "describe",
         "status_document",
     ),
+    "window": ("Window",),
 }
 
 

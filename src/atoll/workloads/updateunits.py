@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from atoll.errors import AtollError
-from atoll.updates.config import Window
 from atoll.updates.cron import CronExpression
+from atoll.updates.window import Window
 from atoll.workloads.quadlet import ContainerOptions, ImageOptions, LoadResult, QuadletUnit
 
 WINDOW_LABEL = "io.atoll.autoupdate.window"
