@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import atoll
 from atoll.demo.registry import LocalRegistry
 from atoll.oci.context import SystemContext
+from atoll.oci.manifest import ACCEPT_MANIFEST
 from atoll.oci.reference import ImageReference
 from atoll.podman import isolated_environment
 from atoll.workloads.autoupdate import AutoUpdateOptions, AutoUpdater
@@ -250,6 +251,36 @@ def time_checks(
     return statistics.median(times)
 
 
+def time_plain_heads(refs: list[ImageReference], runs: int) -> float:
+    """Median seconds of the same HEADs sent with nothing but ``http.client``, all
+    at once, each on a connection of its own: the floor the registry, the loopback
+    and (with a delay) the proxy set, without atoll's own work."""
+    import http.client
+
+    def head(ref: ImageReference) -> None:
+        conn = http.client.HTTPConnection(ref.registry, timeout=30)
+        try:
+            path = f"/v2/{ref.repository}/manifests/{ref.tag}"
+            conn.request("HEAD", path, headers={"Accept": ACCEPT_MANIFEST})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"plain HEAD {ref}: {response.status}")
+        finally:
+            conn.close()
+
+    times = []
+    for _ in range(runs):
+        threads = [threading.Thread(target=head, args=(ref,)) for ref in refs]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 class StatusServer:
     """Answers the control protocol's status requests from memory (a stand-in for
     ``atoll workload run``, so the dry run's cost is atoll's, not the containers')."""
@@ -312,8 +343,12 @@ def bench_checks(
     digests = {ref: checks[ref].digest for ref in refs}
 
     print(f"registry checks, in process, median of {runs} (concurrency {DEFAULT_CONCURRENCY});")
-    print("first: no earlier run; later: the registry's /v2/ URL known from one (no ping):")
-    print(f"{'N':>4} {'first s':>8} {'later s':>8} {'requests, first':>22} {'later':>12}")
+    print("first: no earlier run; later: the registry's /v2/ URL known from one (no ping);")
+    print("plain: the same HEADs with only http.client, all at once (the floor):")
+    print(
+        f"{'N':>4} {'first s':>8} {'later s':>8} {'plain s':>8} {'later/plain':>12} "
+        f"{'requests, first':>22} {'later':>12}"
+    )
     for n in sizes:
         counts = []
         for bases in ({}, {registry.host: f"http://{registry.host}/v2/"}):
@@ -324,7 +359,11 @@ def bench_checks(
             counts.append(f"{heads} HEAD {pings} ping")
         first = time_checks(refs[:n], ctx, runs, remembered=False)
         later = time_checks(refs[:n], ctx, runs)
-        print(f"{n:>4} {first:8.3f} {later:8.3f} {counts[0]:>22} {counts[1]:>12}")
+        plain = time_plain_heads(refs[:n], runs)
+        print(
+            f"{n:>4} {first:8.3f} {later:8.3f} {plain:8.3f} {later / plain:12.2f} "
+            f"{counts[0]:>22} {counts[1]:>12}"
+        )
 
     for rtt in (0.010, 0.025, 0.050):
         # In a process of its own: the proxy must not compete for this one's GIL.
@@ -338,12 +377,19 @@ def bench_checks(
         delayed = [ImageReference.parse(f"{proxy_host}/{r.repository}:stable") for r in refs]
         dctx = SystemContext(registries_conf=bench.registries_conf, environ=bench.env)
         print(f"\nwith a round trip of {rtt * 1000:.0f} ms added to every request:")
-        print(f"{'N':>4} {'first s':>8} {'later s':>8} {'target s':>9} {'round trips':>12}")
+        print(
+            f"{'N':>4} {'first s':>8} {'later s':>8} {'plain s':>8} {'later/plain':>12} "
+            f"{'target s':>9} {'round trips':>12}"
+        )
         for n in sizes:
             first = time_checks(delayed[:n], dctx, max(3, runs // 2), remembered=False)
             later = time_checks(delayed[:n], dctx, max(3, runs // 2))
+            plain = time_plain_heads(delayed[:n], max(3, runs // 2))
             target = rtt * math.ceil(n / DEFAULT_CONCURRENCY) + 0.050
-            print(f"{n:>4} {first:8.3f} {later:8.3f} {target:9.3f} {later / rtt:12.1f}")
+            print(
+                f"{n:>4} {first:8.3f} {later:8.3f} {plain:8.3f} {later / plain:12.2f} "
+                f"{target:9.3f} {later / rtt:12.1f}"
+            )
         proxy.terminate()
         proxy.wait()
 
