@@ -458,7 +458,7 @@ class AutoUpdater:
             )
             if ref and ref not in self._pulls
         ]
-        groups = min(len(refs), self.options.parallel, os.cpu_count() or 1)
+        groups = min(len(refs), max(1, self.options.parallel), os.cpu_count() or 1)
         for first in range(groups):
             futures: dict[str, Future[str]] = {ref: Future() for ref in refs[first::groups]}
             self._pulls.update(futures)
