@@ -69,6 +69,15 @@ def test_only_this_registrys_bases_are_assumed() -> None:
         insecure.close()
 
 
+def test_assumed_bases_compare_ports_and_refuse_what_does_not_parse() -> None:
+    with RegistryClient("registry.example.com:5000", SystemContext()) as client:
+        assert not client.assume_base("https://registry.example.com/v2/")
+        assert not client.assume_base("https://registry.example.com:abc/v2/")
+        assert client.assume_base("https://REGISTRY.example.com:5000/v2/")
+    with RegistryClient("registry.example.com", SystemContext()) as client:
+        assert client.assume_base("https://registry.example.com:443/v2/")  # the default port
+
+
 def test_state_file_keeps_the_bases_and_reads_older_files(tmp_path: Path) -> None:
     state = UpdateState.load(tmp_path)
     state.registries["r.example:5000"] = "http://r.example:5000/v2/"
