@@ -27,7 +27,7 @@ else:
 log = logging.getLogger(__name__)
 
 #: Fetches a token for (challenge, scopes, repository): the token and its lifetime.
-TokenFetcher = Callable[[Challenge, Sequence[str], "str | None"], tuple[str, "float | None"]]
+TokenFetcher = Callable[[Challenge, Sequence[str], str | None], tuple[str, float | None]]
 
 
 class RegistryAuth:
@@ -122,8 +122,9 @@ class RegistryAuth:
             if token is None:
                 token, expires_in = fetch(challenge, scopes, repository)
                 self.tokens.put(key, scopes, token, expires_in)
-                log.debug("%s: got a token for %s (expires in %s s)", self.registry, scopes,
-                          expires_in)  # fmt: skip
+                log.debug(
+                    "%s: got a token for %s (expires in %s s)", self.registry, scopes, expires_in
+                )
             return token
 
 
