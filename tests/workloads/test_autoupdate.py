@@ -321,6 +321,24 @@ def test_a_shared_image_is_pulled_once_and_a_failed_pull_costs_only_its_unit(
     assert sorted(manager.restarted) == ["a.service", "b.service"]
 
 
+@pytest.mark.integration
+def test_a_fault_in_a_pull_reaches_the_caller_instead_of_hanging(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a pull that failed but a fault (a bug, an interrupt): the run ends with
+    it, and the unit that waited for the image is not left waiting."""
+    _, _, manager = setup.web_v1()
+    setup.push(seed="v2")
+
+    def broken(refs: Iterable[str], *, arch: str | None = None) -> list[str]:
+        raise RuntimeError("a fault in the pull")
+
+    monkeypatch.setattr(setup.podman, "pull", broken)
+    with pytest.raises(RuntimeError, match="a fault in the pull"):
+        setup.run(manager)
+    assert manager.restarted == []
+
+
 class Killed(BaseException):
     """The auto-update process dies here (SIGKILL, a power cut): nothing after
     this point of the run happens; what it wrote before stays."""

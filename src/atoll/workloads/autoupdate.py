@@ -465,6 +465,16 @@ class AutoUpdater:
             pool.submit(self._pull_group, futures)
 
     def _pull_group(self, futures: dict[str, Future[str]]) -> None:
+        try:
+            self._pull_refs(futures)
+        except BaseException as exc:
+            # Not a pull that failed but a fault: the units waiting must not wait forever.
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+
+    def _pull_refs(self, futures: dict[str, Future[str]]) -> None:
         refs = list(futures)
         try:
             ids = self.podman.pull(refs)
@@ -475,7 +485,7 @@ class AutoUpdater:
             # podman pulls what it can and names only the first failure: each
             # image again on its own, so that every unit gets its own answer.
             for ref in refs:
-                self._pull_group({ref: futures[ref]})
+                self._pull_refs({ref: futures[ref]})
             return
         for ref, image_id in zip(refs, ids, strict=True):
             futures[ref].set_result(image_id)
