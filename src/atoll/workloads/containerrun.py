@@ -1,8 +1,8 @@
 """One run of a container unit under ``atoll workload run`` (see supervisor.py).
 
 A container runs as ``podman run -d`` (the generated command, see runtime.py)
-with NOTIFY_SOCKET set, watched by a ``podman wait CONTAINER`` child whose
-output is the container's exit status; 128+N means killed by signal N.  While
+with NOTIFY_SOCKET set; its end and exit status (128+N: killed by signal N)
+come from the supervisor's ``podman events`` stream (see deaths.py).  While
 it runs, the run turns the unit active when it is ready (at once, on
 ``READY=1``, or when healthy, after ``Notify=``), keeps the watchdog
 (``WatchdogSec=``), runs the health checks (healthcheck.py), and stops the
@@ -11,7 +11,6 @@ container when the unit is no longer wanted.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import subprocess
 import time
@@ -132,6 +131,7 @@ class ContainerRun:
         with self.cond:
             adopt = rt.adopt_id
             rt.adopt_id = None
+        since = time.time()
         if adopt is None:
             launched = self._launch(env, deadline)
             if isinstance(launched, RunEnd):
@@ -141,20 +141,14 @@ class ContainerRun:
             container_id = adopt
             state.ready = plan.notify is not NotifyMode.HEALTHY
         info = inspect_container(container_id, env) or {}
+        conmon = (info.get("State") or {}).get("ConmonPid")
         with self.cond:
             rt.container_id = container_id
             rt.image_id = info.get("Image") or None
-            conmon = (info.get("State") or {}).get("ConmonPid")
             rt.main_pid = int(conmon) if conmon else None
             rt.health = Health.STARTING if plan.health else Health.NONE
         started = time.monotonic()
-        waiter = subprocess.Popen(
-            ["podman", "wait", container_id],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+        waiter = supervisor.deaths.waiter(container_id, rt.main_pid, env, since)
         tracker = HealthTracker(plan.health, started) if plan.health else None
         active = False
         forced: RunEnd | None = None
@@ -165,8 +159,7 @@ class ContainerRun:
             while True:
                 if stop_sent:
                     # Stopping: what is awaited is the container's end.
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        waiter.wait(TICK)
+                    waiter.wait(TICK)
                 for message in notify.receive(0.0 if stop_sent else TICK):
                     state.apply(message)
                     if message.get("WATCHDOG") == "1":
@@ -182,7 +175,7 @@ class ContainerRun:
                     with self.cond:
                         supervisor.set_state(rt, UnitState.ACTIVE, Result.SUCCESS)
                         supervisor.settle(rt, True)
-                if waiter.poll() is not None:
+                if waiter.done():
                     break
                 with self.cond:
                     stopping = not rt.wanted
@@ -215,10 +208,9 @@ class ContainerRun:
                     forced = self._check_health(tracker, container_id, env)
                     if forced is not None:
                         stop_sent = True
+            exit_status = waiter.exit_status()
         finally:
-            out, _ = waiter.communicate()
-        text = out.decode().strip()
-        exit_status = int(text) if text.lstrip("-").isdigit() else None
+            waiter.close()
         if forced is not None:
             forced.exit_status = exit_status
             return forced

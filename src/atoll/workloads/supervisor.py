@@ -51,6 +51,7 @@ from atoll.fsutil import write_atomic
 from atoll.workloads.containerrun import TICK, ContainerRun
 from atoll.workloads.control import CONTROL_SOCKET, Health, UnitState, UnitStatus
 from atoll.workloads.controlserver import ControlServer
+from atoll.workloads.deaths import ContainerDeaths
 from atoll.workloads.generate import generate_services
 from atoll.workloads.quadlet import ContainerOptions, UnitKind, default_roots, load_units
 from atoll.workloads.restart import EndKind, Result, StartLimit
@@ -136,6 +137,8 @@ class Supervisor:
         self.run_dir = state_dir / "run"
         self.cond = threading.Condition(threading.RLock())
         self.shutdown_requested = threading.Event()
+        #: How the container runs learn that their container ended.
+        self.deaths = ContainerDeaths()
         self._lock_fd: int | None = None
         self._server: ControlServer | None = None
         self._activators: list[SocketActivator] = []
@@ -601,6 +604,7 @@ class Supervisor:
             self._stop_one(rt)
         if self._server is not None:
             self._server.close()
+        self.deaths.close()
         with self.cond:
             self.write_state()
         if self._lock_fd is not None:
