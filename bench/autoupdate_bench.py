@@ -382,9 +382,9 @@ def bench_checks(
             f"{'target s':>9} {'round trips':>12}"
         )
         for n in sizes:
-            first = time_checks(delayed[:n], dctx, max(3, runs // 2), remembered=False)
-            later = time_checks(delayed[:n], dctx, max(3, runs // 2))
-            plain = time_plain_heads(delayed[:n], max(3, runs // 2))
+            first = time_checks(delayed[:n], dctx, runs, remembered=False)
+            later = time_checks(delayed[:n], dctx, runs)
+            plain = time_plain_heads(delayed[:n], runs)
             target = rtt * math.ceil(n / DEFAULT_CONCURRENCY) + 0.050
             print(
                 f"{n:>4} {first:8.3f} {later:8.3f} {plain:8.3f} {later / plain:12.2f} "
