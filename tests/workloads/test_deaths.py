@@ -81,6 +81,30 @@ def test_exit_statuses_come_from_one_events_stream(workload_env: WorkloadEnv) ->
     stream._proc.wait(30)
 
 
+def test_a_stream_that_ends_follows_again_and_misses_nothing(workload_env: WorkloadEnv) -> None:
+    """podman events killed from outside: the stream starts again from before its
+    last start, so a container that ended in the gap is still seen."""
+    env = {**os.environ, **workload_env.podman_env}
+    image = _image(workload_env)
+    watching = ContainerDeaths()
+    try:
+        running, conmon = _run(workload_env, image, "sleep 300")
+        watching.waiter(running, conmon, env, time.time()).close()  # starts the stream
+        (stream,) = watching._streams.values()
+        first = wait_for(lambda: stream._proc, "podman events to start")
+        assert isinstance(first, subprocess.Popen)
+        first.kill()
+        gap, conmon = _run(workload_env, image, "exit 9")
+        wait_for(lambda: stream._proc is not first, "podman events to be started again")
+        waiter = watching.waiter(gap, conmon, env, time.time())
+        assert waiter.wait(60)
+        assert waiter.exit_status() == 9
+        assert not stream.broken
+        waiter.close()
+    finally:
+        watching.close()
+
+
 def test_without_an_event_podman_is_asked_once_conmon_is_gone(
     workload_env: WorkloadEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:

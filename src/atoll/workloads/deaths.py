@@ -29,6 +29,7 @@ import os
 import select
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -125,23 +126,27 @@ class DeathStream:
             started = time.time()
             argv = [*_DIES_WITH_US, "podman", "events", "--format", "json",
                     "--filter", "event=died", "--since", f"{self._since:.3f}"]  # fmt: skip
-            try:
-                proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, env=self.env,
-                )  # fmt: skip
-            except OSError as exc:
-                self._give_up(f"cannot run podman events: {exc}")
-                return
-            with self._cond:
-                if self._closing:
-                    proc.kill()
-                self._proc = proc
-            assert proc.stdout is not None and proc.stderr is not None
-            for line in proc.stdout:
-                self._record(line)
-            error = proc.stderr.read().decode(errors="replace").strip()
-            proc.wait()
+            # stderr to a file: a pipe nobody reads until the end could fill and stall it.
+            with tempfile.TemporaryFile() as errors:
+                try:
+                    proc = subprocess.Popen(
+                        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                        stderr=errors, env=self.env,
+                    )  # fmt: skip
+                except OSError as exc:
+                    self._give_up(f"cannot run podman events: {exc}")
+                    return
+                with self._cond:
+                    if self._closing:
+                        proc.kill()
+                    self._proc = proc
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    self._record(line)
+                proc.wait()
+                errors.seek(0)
+                lines = errors.read().decode(errors="replace").strip().splitlines()
+                error = lines[-1] if lines else ""
             with self._cond:
                 if self._closing:
                     return
