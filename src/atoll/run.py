@@ -60,6 +60,13 @@ def find_tool(
     return path
 
 
+def dies_with_caller(argv: Sequence[str], signal: str = "SIGTERM") -> list[str]:
+    """*argv* under util-linux's ``setpriv --pdeathsig``: the kernel sends it
+    *signal* when the thread that started it ends, the caller killed by SIGKILL
+    included (the setting survives exec of a program that is not set-user-ID)."""
+    return [find_tool("setpriv", "util-linux"), f"--pdeathsig={signal}", "--", *argv]
+
+
 def run(
     argv: Sequence[str | Path],
     *,

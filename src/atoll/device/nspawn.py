@@ -56,7 +56,7 @@ from typing import IO
 
 from atoll.device.console import run_with_console
 from atoll.errors import ContainerBootError, InvalidInputError
-from atoll.run import find_tool
+from atoll.run import dies_with_caller, find_tool
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,8 @@ def boot_container(
     if timeout <= 0:
         raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
     nspawn = find_tool("systemd-nspawn", "systemd-container")
-    setpriv = find_tool("setpriv", "util-linux")
-    argv = [
-        setpriv,
-        "--pdeathsig=SIGTERM",
-        "--",
-        *nspawn_command(
+    argv = dies_with_caller(
+        nspawn_command(
             root,
             var=var,
             machine=machine,
@@ -175,8 +171,8 @@ def boot_container(
             readonly_usr=readonly_usr,
             kernel_cmdline=kernel_cmdline,
             nspawn=nspawn,
-        ),
-    ]
+        )
+    )
     log.debug("boot: %s", shlex.join(argv))
     code, timed_out, duration, console, _pid = run_with_console(
         argv,

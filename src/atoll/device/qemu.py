@@ -60,7 +60,7 @@ from typing import IO
 from atoll.device.console import run_with_console
 from atoll.device.nspawn import BootOutcome
 from atoll.errors import InvalidInputError, VMError, from_oserror
-from atoll.run import find_tool
+from atoll.run import dies_with_caller, find_tool
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,6 @@ def boot_vm(
     if timeout <= 0:
         raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
     qemu = find_tool(QEMU, "qemu-system-x86")
-    setpriv = find_tool("setpriv", "util-linux")
     argv, used = qemu_command(
         disk,
         extra_disks=extra_disks,
@@ -238,7 +237,7 @@ def boot_vm(
         direct=direct,
         qemu=qemu,
     )
-    argv = [setpriv, "--pdeathsig=SIGTERM", "--", *argv]
+    argv = dies_with_caller(argv)
     log.debug("vm: %s", shlex.join(argv))
     code, timed_out, duration, console, pid = run_with_console(
         argv,

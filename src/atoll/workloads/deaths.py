@@ -27,14 +27,16 @@ import json
 import logging
 import os
 import select
-import shutil
 import subprocess
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Mapping
 
+from atoll.errors import AtollError
+from atoll.run import dies_with_caller
 from atoll.workloads.runtime import inspect_container, podman
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,6 @@ REMEMBERED = 4096
 #: seconds, is given up for ``podman wait``.
 FAILURES = 3
 STEADY = 10.0
-#: The stream never ends by itself: it is killed with the supervisor, even by
-#: SIGKILL (PR_SET_PDEATHSIG, set by util-linux's setpriv and kept across exec).
-_DIES_WITH_US = ("setpriv", "--pdeathsig", "KILL") if shutil.which("setpriv") else ()
 #: Variables that choose which podman, store and events a process sees.
 _PODMAN_VARIABLES = ("HOME", "TMPDIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
 
@@ -105,12 +104,9 @@ class DeathStream:
             return self._lookup(container_id)[0]
 
     def _lookup(self, container_id: str) -> tuple[bool, int | None]:
+        """By the full ID, as podman run -d and podman ps --format json give it."""
         if container_id in self._deaths:
             return True, self._deaths[container_id]
-        if len(container_id) < 64:  # a short ID: the full one starts with it
-            for full, status in self._deaths.items():
-                if full.startswith(container_id):
-                    return True, status
         return False, None
 
     def close(self) -> None:
@@ -124,16 +120,17 @@ class DeathStream:
         failures = 0
         while True:
             started = time.time()
-            argv = [*_DIES_WITH_US, "podman", "events", "--format", "json",
-                    "--filter", "event=died", "--since", f"{self._since:.3f}"]  # fmt: skip
+            events = ["podman", "events", "--format", "json",
+                      "--filter", "event=died", "--since", f"{self._since:.3f}"]  # fmt: skip
             # stderr to a file: a pipe nobody reads until the end could fill and stall it.
             with tempfile.TemporaryFile() as errors:
                 try:
+                    # The stream never ends by itself: it must end with the supervisor.
                     proc = subprocess.Popen(
-                        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                        stderr=errors, env=self.env,
+                        dies_with_caller(events, "SIGKILL"), stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=errors, env=self.env,
                     )  # fmt: skip
-                except OSError as exc:
+                except (OSError, AtollError) as exc:
                     self._give_up(f"cannot run podman events: {exc}")
                     return
                 with self._cond:
@@ -182,20 +179,21 @@ class DeathStream:
             self._cond.notify_all()
 
 
-class Waiter:
+class Waiter(ABC):
     """The end of one container: :meth:`done`, :meth:`wait`, :meth:`exit_status`."""
 
-    def done(self) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def done(self) -> bool: ...
 
+    @abstractmethod
     def wait(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds; True once the container has ended."""
-        raise NotImplementedError
 
+    @abstractmethod
     def exit_status(self) -> int | None:
         """The exit status (128+N: killed by signal N); None when unknown."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
         """Stop waiting (the container may still run)."""
 
