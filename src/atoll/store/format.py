@@ -124,6 +124,8 @@ _FIXED = struct.Struct(">8sBIIIQQ")
 _U32 = struct.Struct(">I")
 
 ID_LENGTH = 64
+#: Largest uid or gid of a file or directory: 2**32 - 1 is (uid_t)-1, "no change" to chown.
+MAX_ID = 2**32 - 2
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 _REF_COMPONENT = re.compile(r"[A-Za-z0-9_+@:-][A-Za-z0-9._+@:-]{0,254}")
 
@@ -240,6 +242,9 @@ class DirMeta:
                 return known
         if not all(type(v) is int and v >= 0 for v in (mode, uid, gid)):
             raise ValueError(f"{where}: mode, uid and gid must be non-negative integers")
+        if uid > MAX_ID or gid > MAX_ID:  # type: ignore[operator]
+            # (uid_t)-1 cannot be given to chown: a checkout could not make it.
+            raise ValueError(f"{where}: uid and gid must be at most {MAX_ID}")
         if not isinstance(raw_xattrs or {}, dict):
             raise ValueError(f"{where}: xattrs must be an object")
         xattrs = tuple(sorted((str(k), base64.b64decode(v)) for k, v in (raw_xattrs or {}).items()))

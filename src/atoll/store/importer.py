@@ -79,6 +79,7 @@ from atoll.store.tarstream import (
     REGULAR,
     SYMLINK,
     ByteReader,
+    ExpandLimit,
     LayerFeed,
     TarEntry,
     TarReader,
@@ -547,7 +548,8 @@ def import_image(
                 if i < skipped:
                     progress.done(ident, cached=True)
                     continue
-                _apply_layer(importer, source, desc, diff_id, where, progress)
+                limit = expand_limit(store)
+                _apply_layer(importer, source, desc, diff_id, where, progress, limit)
                 progress.done(ident)
                 if chains:
                     layer_tree, layer_root = importer.write_trees()
@@ -597,6 +599,23 @@ def import_image(
     return ImportResult(commit_id, stats)
 
 
+def expand_limit(store: Store) -> ExpandLimit:
+    """How far the next layer may expand: the free space of the store's file
+    system, or the store's max_layer_size when that is smaller.  The expanded
+    size counts every byte of the tar stream, so a layer whose files the store
+    has already is held to it too: the check is meant to stop a decompression
+    bomb early, not to predict the space an import needs."""
+    try:
+        st = os.statvfs(store.path)
+    except OSError as exc:
+        raise from_oserror(exc, f"the object store {store.path}") from exc
+    free = st.f_bavail * st.f_frsize
+    cap = store.max_layer_size
+    if cap is not None and cap <= free:
+        return ExpandLimit(cap, str(store.path), free_space=False)
+    return ExpandLimit(free, str(store.path), free_space=True)
+
+
 def _parent(store: Store, ref: str | None, manifest_digest: Digest) -> str | None:
     """The commit *ref* names now; when that is this image already, its parent
     (importing an image again under the same ref gives the same commit)."""
@@ -614,9 +633,12 @@ def _apply_layer(
     diff_id: Digest,
     where: str,
     progress: ProgressSink,
+    limit: ExpandLimit | None,
 ) -> None:
     layer_where = f"{where}: layer {desc.digest}"
-    feed = LayerFeed(source, desc, layer_compression(desc.media_type), diff_id, where, progress)
+    feed = LayerFeed(
+        source, desc, layer_compression(desc.media_type), diff_id, where, progress, limit
+    )
     try:
         importer.apply(feed, layer_where)
     except LayerError:

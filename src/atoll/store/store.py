@@ -168,8 +168,11 @@ class CommitListing:
 class Store:
     """A content-addressed object store in a directory (see :mod:`atoll.store.format`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_layer_size: int | None = None) -> None:
         self.path = path
+        #: The most bytes one layer may expand to (store.json's ``max_layer_size``);
+        #: imports also stop at the free space of the store's file system.
+        self.max_layer_size = max_layer_size
         self.objects = path / OBJECTS_DIR
         self._lock_key = os.path.realpath(path)
         self._trees: dict[str, Tree] = {}
@@ -234,7 +237,13 @@ class Store:
                 f"this atoll reads version {STORE_VERSION} and older",
                 hint="use a newer atoll with this store",
             )
-        return cls(path)
+        max_layer_size = doc.get("max_layer_size")
+        if max_layer_size is not None and (type(max_layer_size) is not int or max_layer_size < 1):
+            raise InvalidInputError(
+                f"{config}: max_layer_size must be a positive number of bytes",
+                hint='write e.g. "max_layer_size": 8589934592, or remove the key',
+            )
+        return cls(path, max_layer_size=max_layer_size)
 
     # --- locking -------------------------------------------------------------------
 
