@@ -423,12 +423,17 @@ def decode_commit(oid: str, data: bytes, where: str) -> Commit:
     )
 
 
-def check_ref_name(name: str) -> str:
+def is_ref_name(name: str) -> bool:
     """A ref name is one or more '/'-separated components of letters, digits
     and ``._+@:-``; no component starts with '.' (so no '.', '..' or hidden
     temporary names)."""
     parts = name.split("/")
-    if not name or len(name) > 1024 or not all(_REF_COMPONENT.fullmatch(p) for p in parts):
+    return bool(name) and len(name) <= 1024 and all(_REF_COMPONENT.fullmatch(p) for p in parts)
+
+
+def check_ref_name(name: str) -> str:
+    """*name* if it is a ref name (see :func:`is_ref_name`)."""
+    if not is_ref_name(name):
         raise InvalidInputError(
             f"invalid ref name {name!r}",
             hint="use '/'-separated words of letters, digits and ._+@:- "
