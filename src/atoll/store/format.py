@@ -5,7 +5,9 @@ as a real file that carries its own mode, owner and extended attributes, so a
 checkout can hardlink it.  Layout::
 
     STORE/
-    ├── store.json                 {"format": "atoll-store", "version": 1}
+    ├── store.json                 {"format": "atoll-store", "version": 1}, and
+    │                              optionally "max_layer_size": BYTES (the most
+    │                              one layer may expand to)
     ├── lock                       flock: exclusive for writers (import, gc, refs,
     │                              fsck --repair), shared for checkouts
     ├── objects/
@@ -68,7 +70,9 @@ The ChainID of the first k layers comes from the image config's
 ``chainid(L0) = diffid(L0)``, ``chainid(Ln) = sha256(chainid(Ln-1) + " " +
 diffid(Ln))`` (the digests as ``sha256:<hex>`` strings).  A record is written
 (atomically, after the commit of the import that verified those layers) for
-every prefix of the layer list::
+the first layer, the whole list, and the prefixes between whose trees cost
+little to write (the rule is in :mod:`atoll.store.importer`; one record per
+prefix grew the store with the square of the layers)::
 
     {"chain_id": "sha256:…", "layers": 2, "root": {"gid": 0, "mode": 493, …},
      "special": false, "tree": "<id>", "version": 1}
