@@ -12,10 +12,8 @@ beside the layer ratios.
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
+import contextlib
 import io
-import json
 import os
 import sys
 import tarfile
@@ -23,70 +21,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from atoll.oci.context import SystemContext
-from atoll.oci.digest import Digest
-from atoll.oci.manifest import ImageManifest, parse_manifest
-from atoll.oci.transports import ImageName
-from atoll.oci.transports.layout import LayoutSource
-from atoll.store import Store
-
-
-def _blob(layout: Path, data: bytes) -> tuple[str, int]:
-    digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs/sha256" / digest).write_bytes(data)
-    return f"sha256:{digest}", len(data)
+from deploy_bench import build_image, worker
 
 
 def build(layout: Path, layers: int) -> None:
-    (layout / "blobs/sha256").mkdir(parents=True)
-    descs, diff_ids = [], []
+    """An image (ref "1") of *layers* layers of one small file each."""
+    tars = layout.with_name(layout.name + "-tars")
+    tars.mkdir()
+    paths = []
     for i in range(layers):
-        raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        path = tars / f"{i:05d}.tar"
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
             data = f"layer {i}\n".encode()
             info = tarfile.TarInfo(f"file-{i:05d}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        tar_bytes = raw.getvalue()
-        diff_ids.append("sha256:" + hashlib.sha256(tar_bytes).hexdigest())
-        digest, size = _blob(layout, gzip.compress(tar_bytes, mtime=0))
-        descs.append(
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": digest,
-                "size": size,
-            }
-        )
-    config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
-    ).encode()
-    cdigest, csize = _blob(layout, config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": cdigest,
-                "size": csize,
-            },
-            "layers": descs,
-        }
-    ).encode()
-    mdigest, msize = _blob(layout, manifest)
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": mdigest,
-                "size": msize,
-                "annotations": {"org.opencontainers.image.ref.name": "latest"},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
+        paths.append(path)
+    build_image(layout, paths, "2026-01-01T00:00:00Z")
 
 
 def measure(store_path: Path) -> dict[str, int]:
@@ -106,18 +57,12 @@ def measure(store_path: Path) -> dict[str, int]:
 def run(layers: int, work: Path) -> dict[str, float]:
     layout = work / f"img-{layers}"
     build(layout, layers)
-    store = Store.create(work / f"store-{layers}")
-    name = f"oci:{layout}:latest"
-    with LayoutSource(ImageName.parse(name), SystemContext()) as source:
-        raw, declared = source.get_manifest(None)
-        manifest = parse_manifest(raw, declared, where=name)
-        assert isinstance(manifest, ImageManifest)
-        with source.open_blob(manifest.config) as chunks:
-            config_raw = b"".join(chunks)
-        start = time.monotonic()
-        store.import_image(source, manifest, config_raw, image=name, manifest_digest=Digest.of(raw))
+    store = work / f"store-{layers}"
+    start = time.monotonic()
+    with contextlib.redirect_stdout(io.StringIO()):
+        worker(["import", str(store), str(layout)])
     elapsed = time.monotonic() - start
-    return {"layers": layers, "seconds": round(elapsed, 2), **measure(store.path)}
+    return {"layers": layers, "seconds": round(elapsed, 2), **measure(store)}
 
 
 def main() -> int:
