@@ -226,7 +226,8 @@ def _decode(raw: bytes) -> str:
 
 def _checksum_ok(block: bytes) -> bool:
     stored = _number(block[148:156])
-    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    # The checksum field counts as eight spaces (8 * 32 = 256).
+    unsigned = sum(block) - sum(block[148:156]) + 256
     if stored == unsigned:
         return True
     signed = sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 256
