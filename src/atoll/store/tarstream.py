@@ -580,12 +580,16 @@ class LayerFeed:
             raise self._error
 
     def close(self) -> None:
-        """Stop the producer (if it still runs) and wait for it."""
+        """Stop the producer (if it still runs) and wait for it.  A stream
+        closed before its end raises when read again, whatever is queued."""
         self._stop.set()
         while self._thread.is_alive():
             with contextlib.suppress(queue.Empty):
                 self._queue.get(timeout=0.05)
         self._thread.join()
+        if not self._ended:
+            self._ended = True
+            self._error = LayerError(f"{self.where}: the layer stream stopped early")
 
 
 def verify_blob(source: ImageSource, desc: Descriptor, where: str) -> None:
