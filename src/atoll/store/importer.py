@@ -23,10 +23,17 @@ directory), device nodes and fifos unless allowed, paths deeper than
 Nothing becomes visible before every layer has been read and verified: objects
 are staged (see :mod:`atoll.store.objects`), then published with the commit.
 
-Layers shared with an image imported before are not read at all.  After each
-layer the merged tree is written (only the directories that layer changed are
-encoded again), and after the commit a layer-chain record names it by the
-layers' OCI ChainID (see :mod:`atoll.store.format`).  An import starts from the
+Layers shared with an image imported before are not read at all.  After a
+layer the merged tree may be written (only the directories changed since the
+last time are encoded again), and after the commit a layer-chain record names
+it by the layers' OCI ChainID (see :mod:`atoll.store.format`).  The tree is
+written after the first and the last layer, and after any other layer when
+the directories to encode again hold at most :data:`CHAIN_FACTOR` times the
+entries read since the last write, plus :data:`CHAIN_SLACK`: what the records
+cost stays linear in the entries read and the layers, however many layers
+there are (writing after every layer made an image of n one-file layers cost
+n²/2 tree entries).  Layers with many files get a record each; runs of tiny
+layers get records ever further apart.  An import starts from the
 longest chain of its own layers that has a record whose trees check out
 against their ids and whose file objects are all there, and fetches only the
 layers above it; the source is never asked for the others.  The ChainIDs come
@@ -79,6 +86,7 @@ from atoll.store.tarstream import (
     REGULAR,
     SYMLINK,
     ByteReader,
+    ExpandLimit,
     LayerFeed,
     TarEntry,
     TarReader,
@@ -97,6 +105,11 @@ _NAME_MAX = 255
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _SPECIAL = {CHAR: FileType.CHAR, BLOCKDEV: FileType.BLOCK, FIFO: FileType.FIFO}
+#: A layer-chain record is written when the tree entries to encode again are
+#: at most CHAIN_FACTOR times the tar entries read since the last record, plus
+#: CHAIN_SLACK: records then cost O(entries + layers) tree entries in all.
+CHAIN_FACTOR = 4
+CHAIN_SLACK = 64
 
 
 @dataclass(frozen=True)
@@ -167,10 +180,13 @@ class _Dir:
         self.tid: str | None = None
 
 
-def _merge(lower: _Dir, upper: _Dir) -> None:
-    """Stack *upper* (one layer's tree) onto *lower* (the image so far)."""
+def _merge(lower: _Dir, upper: _Dir, dirty: list[_Dir]) -> None:
+    """Stack *upper* (one layer's tree) onto *lower* (the image so far);
+    directories of *lower* whose tree was written before go on *dirty*."""
     # Every directory a layer changes is visited from the root down: each on
     # the way has its tree written again.
+    if lower.tid is not None:
+        dirty.append(lower)
     lower.tid = None
     if upper.opaque:
         lower.entries.clear()
@@ -184,7 +200,7 @@ def _merge(lower: _Dir, upper: _Dir) -> None:
         if type(child) is _Dir:
             below = entries.get(name)
             if type(below) is _Dir:
-                _merge(below, child)
+                _merge(below, child, dirty)
                 continue
         entries[name] = child
 
@@ -293,6 +309,10 @@ class _Importer:
         #: Whether the layers so far held device nodes or fifos.
         self.special = False
         self._leaves: dict[str, _Leaf] = {}
+        #: Tar entries read since the trees were last written.
+        self._entries_since = 0
+        #: Directories written before and changed since.
+        self._dirty: list[_Dir] = []
 
     def start_from(self, store: Store, chains: list[str]) -> int:
         """Start from the longest prefix of *chains* (ChainIDs, one per layer)
@@ -341,6 +361,7 @@ class _Importer:
         layer = _LayerTree(self.root)
         tar = TarReader(ByteReader(iter(feed)), where)
         for entry in tar.entries():
+            self._entries_since += 1
             self._entry(layer, tar, entry, where)
         # Read what follows the end of the archive: the digests cover it too.
         for _ in feed:
@@ -348,7 +369,13 @@ class _Importer:
         if self.root is None:
             self.root = layer.root
         else:
-            _merge(self.root, layer.root)
+            _merge(self.root, layer.root, self._dirty)
+
+    def worth_recording(self) -> bool:
+        """Whether writing the trees now costs little enough for a chain record
+        (see the module docstring)."""
+        cost = sum(len(d.entries) + 1 for d in self._dirty if d.tid is None)
+        return cost <= CHAIN_FACTOR * self._entries_since + CHAIN_SLACK
 
     def _entry(self, layer: _LayerTree, tar: TarReader, e: TarEntry, where: str) -> None:
         parts = _split(e.path, e.path, where)
@@ -458,6 +485,8 @@ class _Importer:
 
     def write_trees(self) -> tuple[str, DirMeta]:
         root = self.root or _Dir(DEFAULT_DIR_META, explicit=False)
+        self._entries_since = 0
+        self._dirty.clear()
         return self._write_tree(root), root.meta
 
     def _write_tree(self, node: _Dir) -> str:
@@ -547,9 +576,10 @@ def import_image(
                 if i < skipped:
                     progress.done(ident, cached=True)
                     continue
-                _apply_layer(importer, source, desc, diff_id, where, progress)
+                limit = expand_limit(store)
+                _apply_layer(importer, source, desc, diff_id, where, progress, limit)
                 progress.done(ident)
-                if chains:
+                if chains and (i == len(chains) - 1 or importer.worth_recording()):
                     layer_tree, layer_root = importer.write_trees()
                     records.append(
                         ChainRecord(chains[i], i + 1, layer_tree, layer_root, importer.special)
@@ -597,6 +627,23 @@ def import_image(
     return ImportResult(commit_id, stats)
 
 
+def expand_limit(store: Store) -> ExpandLimit:
+    """How far the next layer may expand: the free space of the store's file
+    system, or the store's max_layer_size when that is smaller.  The expanded
+    size counts every byte of the tar stream, so a layer whose files the store
+    has already is held to it too: the check is meant to stop a decompression
+    bomb early, not to predict the space an import needs."""
+    try:
+        st = os.statvfs(store.path)
+    except OSError as exc:
+        raise from_oserror(exc, f"the object store {store.path}") from exc
+    free = st.f_bavail * st.f_frsize
+    cap = store.max_layer_size
+    if cap is not None and cap <= free:
+        return ExpandLimit(cap, str(store.path), free_space=False)
+    return ExpandLimit(free, str(store.path), free_space=True)
+
+
 def _parent(store: Store, ref: str | None, manifest_digest: Digest) -> str | None:
     """The commit *ref* names now; when that is this image already, its parent
     (importing an image again under the same ref gives the same commit)."""
@@ -614,9 +661,12 @@ def _apply_layer(
     diff_id: Digest,
     where: str,
     progress: ProgressSink,
+    limit: ExpandLimit | None,
 ) -> None:
     layer_where = f"{where}: layer {desc.digest}"
-    feed = LayerFeed(source, desc, layer_compression(desc.media_type), diff_id, where, progress)
+    feed = LayerFeed(
+        source, desc, layer_compression(desc.media_type), diff_id, where, progress, limit
+    )
     try:
         importer.apply(feed, layer_where)
     except LayerError:

@@ -82,6 +82,8 @@ if TYPE_CHECKING:
     from atoll.store.importer import ImportResult
 
 _MAX_SYMLINK_HOPS = 40
+#: A ref is a commit id and a newline: anything much larger is not a ref.
+_REF_MAX = 1024
 _TREE_CACHE = 4096
 #: read_file refuses files larger than this (it is meant for small files).
 READ_FILE_LIMIT = 64 << 20
@@ -168,8 +170,11 @@ class CommitListing:
 class Store:
     """A content-addressed object store in a directory (see :mod:`atoll.store.format`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_layer_size: int | None = None) -> None:
         self.path = path
+        #: The most bytes one layer may expand to (store.json's ``max_layer_size``);
+        #: imports also stop at the free space of the store's file system.
+        self.max_layer_size = max_layer_size
         self.objects = path / OBJECTS_DIR
         self._lock_key = os.path.realpath(path)
         self._trees: dict[str, Tree] = {}
@@ -234,7 +239,13 @@ class Store:
                 f"this atoll reads version {STORE_VERSION} and older",
                 hint="use a newer atoll with this store",
             )
-        return cls(path)
+        max_layer_size = doc.get("max_layer_size")
+        if max_layer_size is not None and (type(max_layer_size) is not int or max_layer_size < 1):
+            raise InvalidInputError(
+                f"{config}: max_layer_size must be a positive number of bytes",
+                hint='write e.g. "max_layer_size": 8589934592, or remove the key',
+            )
+        return cls(path, max_layer_size=max_layer_size)
 
     # --- locking -------------------------------------------------------------------
 
@@ -367,9 +378,12 @@ class Store:
     def ref(self, name: str) -> str | None:
         path = self.path / REFS_DIR / check_ref_name(name)
         try:
-            text = path.read_text().strip()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            path.lstat()
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise from_oserror(exc, str(path)) from exc
+        text = _read_ref(path)
         if not is_object_id(text):
             raise StoreCorruptError(f"ref {name} in {self.path} does not hold a commit id")
         return text
@@ -380,13 +394,14 @@ class Store:
         out: dict[str, str] = {}
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for fname in filenames:
+            # A symlink to a directory is not walked, and is no ref either: it shows as garbage.
+            links = [d for d in dirnames if Path(dirpath, d).is_symlink()]
+            for fname in [*filenames, *links]:
                 if fname.startswith("."):
                     continue
                 path = Path(dirpath, fname)
                 name = str(path.relative_to(root))
-                text = path.read_text().strip()
-                out[name] = text
+                out[name] = _read_ref(path)
         return dict(sorted(out.items()))
 
     def set_ref(self, name: str, commit_id: str | None) -> None:
@@ -690,6 +705,18 @@ class Store:
             CommitListing(c, tuple(by_commit.get(c.id, ())), c.id in partial)
             for c in self.commits()
         ]
+
+
+def _read_ref(path: Path) -> str:
+    """The text of a ref file; "" for what cannot be a ref (not a small regular
+    file of ASCII text), which callers then report as not holding a commit id."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _REF_MAX:
+            return ""
+        return path.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _read_all(path: str) -> bytes:
