@@ -1,0 +1,153 @@
+"""Whatever staging accepts can be finalized; a finalization that fails anyway
+drops the staged deployment, boots the previous one and says why in status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.cli.main import main
+from atoll.store import Store
+from helpers.osimage import FileSpec, build_os_image
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def status(capsys: pytest.CaptureFixture[str], sysroot: Path) -> dict[str, Any]:
+    code, out, err = run(capsys, "status", "--sysroot", str(sysroot), "--format", "json")
+    assert code == 0, err
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+def boots_version(capsys: pytest.CaptureFixture[str], sysroot: Path, version: str) -> None:
+    code, _, err = run(capsys, "boot", "--sysroot", str(sysroot))
+    assert code == 0, err
+    assert status(capsys, sysroot)["status"]["booted"]["image"]["version"] == version
+
+
+@pytest.fixture
+def installed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path]:
+    images = tmp_path / "images"
+    build_os_image(images, "1", version="1.0")
+    build_os_image(images, "2", version="2.0", add={"usr/bin/new": b"two"})
+    sysroot = tmp_path / "sysroot"
+    assert main(["install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1"]) == 0
+    assert main(["boot", "--sysroot", str(sysroot)]) == 0
+    capsys.readouterr()
+    return images, sysroot
+
+
+def symlinked(name: str) -> dict[str, bytes | str | FileSpec | None]:
+    """A second layer that replaces /NAME by a symlink."""
+    return {name: FileSpec(symlink="usr/" + name)}
+
+
+@pytest.mark.parametrize("name", ["etc", "var"])
+def test_switch_refuses_a_symlinked_etc_or_var(
+    installed: tuple[Path, Path], capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    images, sysroot = installed
+    build_os_image(images, "bad", version="6.6", add=symlinked(name))
+    code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:bad")
+    assert code == 49, err
+    assert f"/{name} is a symlink, not a directory" in err
+    assert status(capsys, sysroot)["status"]["staged"] is None
+    boots_version(capsys, sysroot, "1.0")
+    # The device still updates.
+    code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:2")
+    assert code == 0, err
+    boots_version(capsys, sysroot, "2.0")
+
+
+@pytest.mark.parametrize("name", ["etc", "var"])
+def test_install_refuses_the_same(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    images = tmp_path / "images"
+    build_os_image(images, "bad", version="6.6", add=symlinked(name))
+    sysroot = tmp_path / "sysroot"
+    code, _, err = run(
+        capsys, "install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:bad"
+    )
+    assert code == 49, err
+    assert f"/{name} is a symlink, not a directory" in err
+
+
+def test_switch_refuses_when_the_booted_etc_lost_a_tree_to_a_repair(
+    installed: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, sysroot = installed
+    store_dir = sysroot / "atoll" / "store"
+    store = Store.open(store_dir)
+    booted = status(capsys, sysroot)["status"]["booted"]["atoll"]["commit"]
+    etc = store.lookup(booted, "etc")
+    assert etc is not None
+    tree = store.object_path(etc.object_id, "tree")
+    tree.chmod(0o644)
+    tree.write_bytes(b"garbage")
+    code, _, err = run(capsys, "store", "fsck", "--store", str(store_dir), "--repair")
+    assert code == 0, err
+    code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:2")
+    assert code == 34, err
+    assert "/etc of commit" in err and booted in err
+    assert status(capsys, sysroot)["status"]["staged"] is None
+    boots_version(capsys, sysroot, "1.0")
+
+
+def test_a_finalize_that_fails_boots_the_old_deployment_and_status_says_why(
+    installed: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, sysroot = installed
+    code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:2")
+    assert code == 0, err
+    staged = status(capsys, sysroot)["status"]["staged"]["atoll"]["commit"]
+    # Damage the staged commit's /etc in the store after staging.
+    store = Store.open(sysroot / "atoll" / "store")
+    etc = store.lookup(staged, "etc")
+    assert etc is not None
+    store.object_path(etc.object_id, "tree").unlink()
+    boots_version(capsys, sysroot, "1.0")
+    doc = status(capsys, sysroot)
+    assert doc["status"]["staged"] is None
+    dropped = doc["status"]["atoll"]["droppedUpdate"]
+    assert dropped["version"] == "2.0" and dropped["exitCode"] == 34
+    assert etc.object_id in dropped["error"]
+    code, out, err = run(capsys, "status", "--sysroot", str(sysroot))
+    assert code == 0, err
+    assert "2.0" in out and "could not be finalized" in out
+    # And it boots again, and again.
+    boots_version(capsys, sysroot, "1.0")
+    code, _, err = run(capsys, "rollback", "--sysroot", str(sysroot))
+    assert code == 42, err  # there is still only the one deployment
+
+
+def test_finalize_command_drops_and_reports(
+    installed: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, sysroot = installed
+    code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:2")
+    assert code == 0, err
+    staged = status(capsys, sysroot)["status"]["staged"]["atoll"]["commit"]
+    store = Store.open(sysroot / "atoll" / "store")
+    etc = store.lookup(staged, "etc")
+    assert etc is not None
+    store.object_path(etc.object_id, "tree").unlink()
+    code, _, err = run(capsys, "finalize", "--sysroot", str(sysroot))
+    assert code == 34, err
+    assert status(capsys, sysroot)["status"]["atoll"]["droppedUpdate"]["version"] == "2.0"
+    boots_version(capsys, sysroot, "1.0")
+    # A later update that finalizes clears the record.
+    build_os_image(images, "3", version="3.0", add={"usr/bin/three": b"3"})
+    code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:3")
+    assert code == 0, err
+    boots_version(capsys, sysroot, "3.0")
+    assert status(capsys, sysroot)["status"]["atoll"]["droppedUpdate"] is None
