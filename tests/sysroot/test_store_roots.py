@@ -97,19 +97,25 @@ def test_a_sysroot_without_deployment_refs_gets_them(
     assert len(Store.open(store_dir).refs()) == 1
 
 
+@pytest.mark.parametrize("refs", [True, False], ids=["with-refs", "made-before-refs"])
 def test_fsck_names_a_deployment_whose_commit_is_missing(
-    device: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    device: tuple[Path, Path], capsys: pytest.CaptureFixture[str], refs: bool
 ) -> None:
     _, sysroot = device
     store_dir = sysroot / "atoll" / "store"
     store = Store.open(store_dir)
+    if not refs:
+        for ref in store.refs():
+            store.set_ref(ref, None)
     (commit,) = deployment_commits(sysroot)
     store.object_path(commit, "commit").unlink()
     code, out, err = run(capsys, "store", "fsck", "--store", str(store_dir), "--json")
     assert code == 34, err
     problems = json.loads(out)["problems"]
     assert any(commit[:12] in p["object"] or commit in p["message"] for p in problems)
-    assert any("deployment" in p["message"] or "deploy" in p["object"] for p in problems)
+    (problem,) = [p for p in problems if p["kind"] == "deployment"]
+    assert problem["message"].startswith(f"deployment default/{commit}.0 ")
+    assert commit in problem["message"]
 
 
 def test_gc_waiting_for_an_import_does_not_remove_it(

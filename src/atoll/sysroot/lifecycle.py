@@ -8,7 +8,10 @@ boots a complete deployment, old or new:
   deployment out under a hidden name; rename it into place; write its origin;
   write ``staged.json``.  The booted deployment and the boot entries are not
   touched.  Until ``staged.json`` exists the new directory is an orphan that
-  ``cleanup`` removes.
+  ``cleanup`` removes.  Each deployment has a ref in the store from before its
+  checkout until after its directory is gone (:mod:`atoll.sysroot.roots`), and
+  staging checks first that the image can be finalized
+  (:mod:`atoll.sysroot.shape`).
 * **finalize** (what shutdown runs): merge /etc into the staged deployment
   (always rebuilt from the store and the booted /etc, so a re-run after a
   crash gives the same result); install its kernel; write the new set of boot
@@ -16,7 +19,9 @@ boots a complete deployment, old or new:
   ones) — the atomic loader swap is the commit point; remove ``staged.json``;
   prune deployments and kernels no entry needs.  A crash before the swap
   leaves the old entries (and ``staged.json``, so the next boot finalizes
-  again); after it, the new ones.
+  again); after it, the new ones.  A finalize that *fails* before the swap
+  drops the staged deployment and records why (:mod:`atoll.sysroot.dropped`):
+  the old entries boot, as ostree does.
 * **rollback**: a new set of entries with the first two swapped (one swap).
 * **boot** (directory device): finalize a pending staged deployment first (the
   previous "shutdown" did not), then choose an entry as firmware would,

@@ -90,16 +90,16 @@ def gc_sysroot_store(sysroot: Sysroot) -> GcReport:
 
 def fsck_sysroot_store(sysroot: Sysroot, *, repair: bool = False) -> FsckReport:
     """``atoll store fsck`` on a sysroot's store: the store's own checks, and a
-    problem naming each deployment whose commit is missing."""
-    with sysroot.lock():
-        state = SysrootState.load(sysroot)
-        store = Store.open(sysroot.store_path)
-        sync_refs(store, state)
-        report = store.fsck(repair=repair)
-        extra = deployment_problems(store, state)
-        if not extra:
-            return report
-        # The deployment's own problem says more than its ref's "names a missing commit".
-        named = {p.object_id for p in extra}
-        problems = [p for p in report.problems if p.object_id not in named]
-        return dataclasses.replace(report, problems=(*problems, *extra))
+    problem naming each deployment whose commit is missing (with or without a
+    ref: sysroots made before deployments had refs have none).  It writes no
+    ref and takes no sysroot lock: a check runs beside anything."""
+    state = SysrootState.load(sysroot)
+    store = Store.open(sysroot.store_path)
+    report = store.fsck(repair=repair)
+    extra = deployment_problems(store, state)
+    if not extra:
+        return report
+    # The deployment's own problem says more than its ref's "names a missing commit".
+    named = {p.object_id for p in extra}
+    problems = [p for p in report.problems if p.object_id not in named]
+    return dataclasses.replace(report, problems=(*problems, *extra))
