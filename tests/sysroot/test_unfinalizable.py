@@ -101,6 +101,15 @@ def test_switch_refuses_when_the_booted_etc_lost_a_tree_to_a_repair(
     assert "/etc of commit" in err and booted in err
     assert status(capsys, sysroot)["status"]["staged"] is None
     boots_version(capsys, sysroot, "1.0")
+    # An upgrade to the same image puts back what the repair removed; then the
+    # switch goes through.
+    code, out, err = run(capsys, "upgrade", "--sysroot", str(sysroot), "--json")
+    assert code == 0, err
+    assert json.loads(out)["changed"] is False and "restored" in json.loads(out)["message"]
+    assert not Store.open(store_dir).partial_commits()
+    code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:2")
+    assert code == 0, err
+    boots_version(capsys, sysroot, "2.0")
 
 
 def test_a_finalize_that_fails_boots_the_old_deployment_and_status_says_why(

@@ -328,6 +328,8 @@ class Device:
                 if current.origin.manifest_digest == digest and current.origin.image_name == target:
                     if staged is not None:
                         self._discard_staged(staged)
+                    if self._lacks_objects(store, current.commit):
+                        return self._restore(store, source, image)
                     return self._stage_result(None, image, None, "no changes")
                 if self.admit is not None:
                     self.admit(target, image)
@@ -350,6 +352,19 @@ class Device:
             if staged is not None and staged != deployment:
                 self._remove_deployment(staged)
             return self._stage_result(deployment, image, stats, "staged")
+
+    @staticmethod
+    def _lacks_objects(store: Store, commit: str) -> bool:
+        """True when a repair marked *commit* partial, or it is gone."""
+        return store.is_partial(commit) or not store.has_commit(commit)
+
+    def _restore(self, store: Store, source: ImageSource, image: RemoteImage) -> StageResult:
+        """Import the booted deployment's image again: that writes back what a
+        store repair removed (the commit is the same; nothing is staged)."""
+        with store.lock():
+            _, stats = self._import(store, source, image, allow_no_kernel=True)
+            store.set_ref(IMPORTING_REF, None)
+        return self._stage_result(None, image, stats, "restored the booted image's objects")
 
     def _pull_bound_images(self, deployment: Deployment) -> None:
         """Pull the images the new deployment binds (bootc's bound-images.d, see

@@ -67,5 +67,6 @@ def _incomplete(store: Store, commit: str, subpath: str, what: str, why: str) ->
     where = f"/{subpath}" if subpath else "the tree"
     return StoreCorruptError(
         f"{what}: {where} of commit {commit} is incomplete in the object store {store.path}: {why}",
-        hint="see atoll store fsck; importing the image of that commit again restores it",
+        hint="see atoll store fsck; importing that commit's image again restores it "
+        "(atoll upgrade does, for the booted image, while its tag still names it)",
     )
