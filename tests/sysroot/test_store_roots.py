@@ -13,33 +13,12 @@ import pytest
 from atoll.cli.main import main
 from atoll.store import Store
 from atoll.sysroot.layout import Sysroot
-from helpers.osimage import build_os_image
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from helpers.device import booted_version, installed_device, run
 
 
 @pytest.fixture
-def device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path]:
-    images = tmp_path / "images"
-    build_os_image(images, "1", version="1.0")
-    build_os_image(images, "2", version="2.0", add={"usr/bin/new": b"two"})
-    sysroot = tmp_path / "sysroot"
-    assert main(["install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1"]) == 0
-    assert main(["boot", "--sysroot", str(sysroot)]) == 0
-    capsys.readouterr()
-    return images, sysroot
-
-
-def booted_version(capsys: pytest.CaptureFixture[str], sysroot: Path) -> str:
-    capsys.readouterr()  # what earlier commands printed
-    code, out, err = run(capsys, "status", "--sysroot", str(sysroot), "--format", "json")
-    assert code == 0, err
-    version: str = json.loads(out)["status"]["booted"]["image"]["version"]
-    return version
+def device(tmp_path: Path) -> tuple[Path, Path]:
+    return installed_device(tmp_path)
 
 
 def deployment_commits(sysroot: Path) -> set[str]:

@@ -5,45 +5,36 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from atoll.cli.main import main
 from atoll.store import Store
+from helpers.device import booted_version, installed_device, run, status
 from helpers.osimage import FileSpec, build_os_image
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def status(capsys: pytest.CaptureFixture[str], sysroot: Path) -> dict[str, Any]:
-    code, out, err = run(capsys, "status", "--sysroot", str(sysroot), "--format", "json")
-    assert code == 0, err
-    doc: dict[str, Any] = json.loads(out)
-    return doc
 
 
 def boots_version(capsys: pytest.CaptureFixture[str], sysroot: Path, version: str) -> None:
     code, _, err = run(capsys, "boot", "--sysroot", str(sysroot))
     assert code == 0, err
-    assert status(capsys, sysroot)["status"]["booted"]["image"]["version"] == version
+    assert booted_version(capsys, sysroot) == version
 
 
 @pytest.fixture
-def installed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path]:
-    images = tmp_path / "images"
-    build_os_image(images, "1", version="1.0")
-    build_os_image(images, "2", version="2.0", add={"usr/bin/new": b"two"})
-    sysroot = tmp_path / "sysroot"
-    assert main(["install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1"]) == 0
-    assert main(["boot", "--sysroot", str(sysroot)]) == 0
-    capsys.readouterr()
-    return images, sysroot
+def installed(tmp_path: Path) -> tuple[Path, Path]:
+    return installed_device(tmp_path)
+
+
+def stage_with_damaged_etc(capsys: pytest.CaptureFixture[str], images: Path, sysroot: Path) -> str:
+    """Stage image 2, then remove the tree of its /etc from the store (what a
+    disk error after staging could do); return that tree's id."""
+    code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:2")
+    assert code == 0, err
+    staged = status(capsys, sysroot)["status"]["staged"]["atoll"]["commit"]
+    store = Store.open(sysroot / "atoll" / "store")
+    etc = store.lookup(staged, "etc")
+    assert etc is not None
+    store.object_path(etc.object_id, "tree").unlink()
+    return etc.object_id
 
 
 def symlinked(name: str) -> dict[str, bytes | str | FileSpec | None]:
@@ -116,20 +107,13 @@ def test_a_finalize_that_fails_boots_the_old_deployment_and_status_says_why(
     installed: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     images, sysroot = installed
-    code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:2")
-    assert code == 0, err
-    staged = status(capsys, sysroot)["status"]["staged"]["atoll"]["commit"]
-    # Damage the staged commit's /etc in the store after staging.
-    store = Store.open(sysroot / "atoll" / "store")
-    etc = store.lookup(staged, "etc")
-    assert etc is not None
-    store.object_path(etc.object_id, "tree").unlink()
+    tree = stage_with_damaged_etc(capsys, images, sysroot)
     boots_version(capsys, sysroot, "1.0")
     doc = status(capsys, sysroot)
     assert doc["status"]["staged"] is None
     dropped = doc["status"]["atoll"]["droppedUpdate"]
     assert dropped["version"] == "2.0" and dropped["exitCode"] == 34
-    assert etc.object_id in dropped["error"]
+    assert tree in dropped["error"]
     code, out, err = run(capsys, "status", "--sysroot", str(sysroot))
     assert code == 0, err
     assert "2.0" in out and "could not be finalized" in out
@@ -143,13 +127,7 @@ def test_finalize_command_drops_and_reports(
     installed: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     images, sysroot = installed
-    code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:2")
-    assert code == 0, err
-    staged = status(capsys, sysroot)["status"]["staged"]["atoll"]["commit"]
-    store = Store.open(sysroot / "atoll" / "store")
-    etc = store.lookup(staged, "etc")
-    assert etc is not None
-    store.object_path(etc.object_id, "tree").unlink()
+    stage_with_damaged_etc(capsys, images, sysroot)
     code, _, err = run(capsys, "finalize", "--sysroot", str(sysroot))
     assert code == 34, err
     assert status(capsys, sysroot)["status"]["atoll"]["droppedUpdate"]["version"] == "2.0"
@@ -160,3 +138,15 @@ def test_finalize_command_drops_and_reports(
     assert code == 0, err
     boots_version(capsys, sysroot, "3.0")
     assert status(capsys, sysroot)["status"]["atoll"]["droppedUpdate"] is None
+
+
+def test_the_dropped_record_round_trips_and_a_bad_one_is_ignored(tmp_path: Path) -> None:
+    from atoll.sysroot.dropped import DroppedUpdate, read_dropped
+    from atoll.sysroot.layout import Sysroot
+
+    record = DroppedUpdate("default", "c.0", "quay.io/x", None, "sha256:1", "t", "why", 34)
+    assert DroppedUpdate.from_json(record.to_json()) == record
+    sysroot = Sysroot(tmp_path)
+    sysroot.meta.mkdir()
+    (sysroot.meta / "dropped.json").write_text(json.dumps({**record.to_json(), "exitCode": "x"}))
+    assert read_dropped(sysroot) is None

@@ -14,6 +14,7 @@ in ``SYSROOT/atoll/dropped.json`` (format version :data:`DROPPED_VERSION`) for
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -39,30 +40,21 @@ class DroppedUpdate:
     exit_code: int
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "stateroot": self.stateroot,
-            "deployment": self.deployment,
-            "image": self.image,
-            "version": self.version,
-            "imageDigest": self.image_digest,
-            "time": self.time,
-            "error": self.error,
-            "exitCode": self.exit_code,
-        }
+        return {_KEYS.get(k, k): v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_json(cls, data: Any) -> DroppedUpdate:
-        version = data.get("version")
-        return cls(
-            str(data["stateroot"]),
-            str(data["deployment"]),
-            str(data["image"]),
-            None if version is None else str(version),
-            str(data["imageDigest"]),
-            str(data["time"]),
-            str(data["error"]),
-            int(data["exitCode"]),
-        )
+        values = {f.name: data[_KEYS.get(f.name, f.name)] for f in dataclasses.fields(cls)}
+        strings = [v for k, v in values.items() if k not in ("version", "exit_code")]
+        if not all(isinstance(v, str) for v in strings) or not isinstance(values["exit_code"], int):
+            raise ValueError("a field has the wrong type")
+        if values["version"] is not None and not isinstance(values["version"], str):
+            raise ValueError("version is not a string")
+        return cls(**values)
+
+
+#: JSON names of the fields that are not the same in Python.
+_KEYS = {"image_digest": "imageDigest", "exit_code": "exitCode"}
 
 
 def record_dropped(sysroot: Sysroot, deployment: Deployment, exc: BaseException, time: str) -> None:

@@ -46,21 +46,21 @@ def check_complete(store: Store, commit: str, subpath: str, what: str) -> None:
     top = store.lookup(commit, subpath) if subpath else None
     if subpath and (top is None or top.kind is not EntryKind.DIR):
         return
-    stack = [top.object_id if top is not None else store.commit(commit).tree]
+    pending = {top.object_id if top is not None else store.commit(commit).tree}
     seen: set[str] = set()
-    while stack:
-        tid = stack.pop()
-        if tid in seen:
-            continue
+    while pending:
+        tid = pending.pop()
         seen.add(tid)
         try:
             tree = store.tree(tid)
         except StoreCorruptError as exc:
             raise _incomplete(store, commit, subpath, what, str(exc)) from None
-        for name, oid in tree.files.items():
-            if not store.has_object(oid, FILE_SUFFIX):
-                raise _incomplete(store, commit, subpath, what, f"file {name} ({oid}) is missing")
-        stack.extend(sub for sub, _meta in tree.dirs.values())
+        files = tree.files.items()
+        absent = sorted(name for name, oid in files if not store.has_object(oid, FILE_SUFFIX))
+        if absent:
+            why = f"tree {tid} names {len(absent)} missing files (e.g. {absent[0]})"
+            raise _incomplete(store, commit, subpath, what, why)
+        pending.update(sub for sub, _meta in tree.dirs.values() if sub not in seen)
 
 
 def _incomplete(store: Store, commit: str, subpath: str, what: str, why: str) -> StoreCorruptError:
