@@ -44,7 +44,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     fsck.set_defaults(func=_fsck)
 
-    gc = sub.add_parser("gc", help="remove objects no ref reaches")
+    gc = sub.add_parser(
+        "gc", help="remove objects no ref reaches (in a sysroot's store: no deployment either)"
+    )
     add_store_options(gc)
     gc.set_defaults(func=_gc)
 
