@@ -150,3 +150,16 @@ def test_the_dropped_record_round_trips_and_a_bad_one_is_ignored(tmp_path: Path)
     sysroot.meta.mkdir()
     (sysroot.meta / "dropped.json").write_text(json.dumps({**record.to_json(), "exitCode": "x"}))
     assert read_dropped(sysroot) is None
+
+
+def test_an_image_without_usr_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "images"
+    build_os_image(images, "nousr", version="6.6", add={"usr": None})
+    sysroot = tmp_path / "sysroot"
+    source = f"oci:{images}:nousr"
+    args = ("install", "to-filesystem", str(sysroot), "--source", source, "--allow-no-kernel")
+    code, _, err = run(capsys, *args)
+    assert code == 49, err
+    assert "has no /usr" in err
