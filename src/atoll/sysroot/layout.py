@@ -10,6 +10,7 @@ directory device use any directory.  Layout (version :data:`SYSROOT_VERSION`)::
     │   ├── lock                         flock: one lifecycle operation at a time
     │   ├── store/                       the object store (atoll.store)
     │   ├── staged.json                  the staged deployment, until finalize (absent: none)
+    │   ├── dropped.json                 the last staged update finalize dropped, and why
     │   ├── run/booted.json              which deployment this boot runs (the device's /run)
     │   └── deploy/STATEROOT/
     │       ├── var/                     the stateroot's /var: shared, never rolled back

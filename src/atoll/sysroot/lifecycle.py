@@ -8,7 +8,10 @@ boots a complete deployment, old or new:
   deployment out under a hidden name; rename it into place; write its origin;
   write ``staged.json``.  The booted deployment and the boot entries are not
   touched.  Until ``staged.json`` exists the new directory is an orphan that
-  ``cleanup`` removes.
+  ``cleanup`` removes.  Each deployment has a ref in the store from before its
+  checkout until after its directory is gone (:mod:`atoll.sysroot.roots`), and
+  staging checks first that the image can be finalized
+  (:mod:`atoll.sysroot.shape`).
 * **finalize** (what shutdown runs): merge /etc into the staged deployment
   (always rebuilt from the store and the booted /etc, so a re-run after a
   crash gives the same result); install its kernel; write the new set of boot
@@ -16,7 +19,9 @@ boots a complete deployment, old or new:
   ones) — the atomic loader swap is the commit point; remove ``staged.json``;
   prune deployments and kernels no entry needs.  A crash before the swap
   leaves the old entries (and ``staged.json``, so the next boot finalizes
-  again); after it, the new ones.
+  again); after it, the new ones.  A finalize that *fails* before the swap
+  drops the staged deployment and records why (:mod:`atoll.sysroot.dropped`):
+  the old entries boot, as ostree does.
 * **rollback**: a new set of entries with the first two swapped (one swap).
 * **boot** (directory device): finalize a pending staged deployment first (the
   previous "shutdown" did not), then choose an entry as firmware would,
@@ -39,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll.errors import DeploymentError, NoKernelError
+from atoll.errors import AtollError, DeploymentError, NoKernelError
 from atoll.faults import crashpoint
 from atoll.fsutil import fsync_dir, remove_tree, replace_dir, write_atomic
 from atoll.oci.context import SystemContext
@@ -49,10 +54,13 @@ from atoll.store import Store
 from atoll.store.importer import ImportStats
 from atoll.sysroot import bootloader
 from atoll.sysroot.bootloader import BootEntry
+from atoll.sysroot.dropped import clear_dropped, record_dropped
 from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
 from atoll.sysroot.layout import DEFAULT_STATEROOT, Sysroot
 from atoll.sysroot.origin import Deployment, origin_for, write_origin
+from atoll.sysroot.roots import IMPORTING_REF, deployment_ref, sync_refs
+from atoll.sysroot.shape import check_complete, check_deployable
 from atoll.sysroot.state import ORIGIN_SUFFIX, BootRecord, SysrootState
 
 log = logging.getLogger(__name__)
@@ -162,20 +170,25 @@ class Device:
     def _import(
         self, store: Store, source: ImageSource, image: RemoteImage, allow_no_kernel: bool
     ) -> tuple[str, ImportStats]:
-        result = store.import_image(
-            source,
-            image.manifest,
-            image.config_raw,
-            image=str(image.name),
-            manifest_digest=image.digest,
-            progress=self.progress,
-        )
-        crashpoint("stage-imported")
-        if not allow_no_kernel and store.kernel(result.commit_id) is None:
-            raise NoKernelError(
-                f"{image.name}: no kernel: the image has no usr/lib/modules/*/vmlinuz",
-                hint="a bootable image needs one; pass --allow-no-kernel to deploy it anyway",
+        # One hold of the store lock from the import to the ref naming its
+        # commit: a gc waiting for the lock finds the commit referenced.
+        with store.lock():
+            result = store.import_image(
+                source,
+                image.manifest,
+                image.config_raw,
+                image=str(image.name),
+                manifest_digest=image.digest,
+                progress=self.progress,
             )
+            crashpoint("stage-imported")
+            if not allow_no_kernel and store.kernel(result.commit_id) is None:
+                raise NoKernelError(
+                    f"{image.name}: no kernel: the image has no usr/lib/modules/*/vmlinuz",
+                    hint="a bootable image needs one; pass --allow-no-kernel to deploy it anyway",
+                )
+            check_deployable(store, result.commit_id, str(image.name))
+            store.set_ref(IMPORTING_REF, result.commit_id)
         return result.commit_id, result.stats
 
     def _checkout(self, store: Store, commit: str, stateroot: str) -> tuple[str, str, int]:
@@ -186,6 +199,8 @@ class Device:
         ident = f"{commit}.{serial}"
         work = deploy_dir / f"{_STAGING_PREFIX}{ident}"
         remove_tree(work)
+        store.set_ref(deployment_ref(stateroot, ident), commit)
+        store.set_ref(IMPORTING_REF, None)
         spare = self._take_spare(deploy_dir)
         if spare is not None:
             spare_dir, spare_commit = spare
@@ -298,6 +313,7 @@ class Device:
             current = state.current
             target = name or (state.staged or current).origin.image_name
             store = self.store()
+            sync_refs(store, state)
             with self.opener(target, self.ctx) as (source, image):
                 digest = str(image.digest)
                 staged = state.staged
@@ -312,10 +328,15 @@ class Device:
                 if current.origin.manifest_digest == digest and current.origin.image_name == target:
                     if staged is not None:
                         self._discard_staged(staged)
+                    if self._lacks_objects(store, current.commit):
+                        return self._restore(store, source, image)
                     return self._stage_result(None, image, None, "no changes")
                 if self.admit is not None:
                     self.admit(target, image)
                 commit, stats = self._import(store, source, image, allow_no_kernel)
+            # Finalizing merges /etc from this one's pristine /etc (after the
+            # import, which restores it when the image is the same).
+            check_complete(store, current.commit, "etc", f"deployment {current.id}")
             deployment = self._record_origin(
                 self._checkout(store, commit, current.stateroot),
                 target,
@@ -331,6 +352,19 @@ class Device:
             if staged is not None and staged != deployment:
                 self._remove_deployment(staged)
             return self._stage_result(deployment, image, stats, "staged")
+
+    @staticmethod
+    def _lacks_objects(store: Store, commit: str) -> bool:
+        """True when a repair marked *commit* partial, or it is gone."""
+        return store.is_partial(commit) or not store.has_commit(commit)
+
+    def _restore(self, store: Store, source: ImageSource, image: RemoteImage) -> StageResult:
+        """Import the booted deployment's image again: that writes back what a
+        store repair removed (the commit is the same; nothing is staged)."""
+        with store.lock():
+            _, stats = self._import(store, source, image, allow_no_kernel=True)
+            store.set_ref(IMPORTING_REF, None)
+        return self._stage_result(None, image, stats, "restored the booted image's objects")
 
     def _pull_bound_images(self, deployment: Deployment) -> None:
         """Pull the images the new deployment binds (bootc's bound-images.d, see
@@ -385,13 +419,50 @@ class Device:
         else:
             remove_tree(path)
         fsync_dir(path.parent)
+        self.store().set_ref(deployment_ref(deployment.stateroot, deployment.id), None)
 
     # --- finalize ---------------------------------------------------------------------
 
     def finalize(self, *, etc_merge: EtcMergeStrategy | None = None) -> FinalizeResult | None:
         """What shutdown runs; *etc_merge* overrides the strategy chosen at staging."""
         with self.sysroot.lock():
-            return self._finalize(etc_merge)
+            return self._finalize_or_drop(etc_merge, reraise=True)
+
+    def _finalize_or_drop(
+        self, override: EtcMergeStrategy | None, *, reraise: bool
+    ) -> FinalizeResult | None:
+        """Finalize; when that fails before the new boot entries are written,
+        drop the staged deployment (the previous entries stay and boot, as
+        ostree does) and record why for ``atoll status``."""
+        try:
+            result = self._finalize(override)
+        except (AtollError, OSError) as exc:
+            self._drop_staged(exc)
+            if reraise:
+                raise
+            log.warning("the staged deployment could not be finalized and was dropped: %s", exc)
+            return None
+        if result is not None:
+            clear_dropped(self.sysroot)
+        return result
+
+    def _drop_staged(self, exc: BaseException) -> None:
+        try:
+            state = self.state()
+        except AtollError:
+            # staged.json itself is unreadable: nothing to finalize, ever.
+            self.sysroot.staged_file.unlink(missing_ok=True)
+            return
+        staged = state.staged
+        if staged is None:
+            return
+        if state.entry_for(staged) is not None:
+            # The entries were swapped: the update is in place; only the
+            # clean-up after the commit point failed.
+            self.sysroot.staged_file.unlink(missing_ok=True)
+            return
+        record_dropped(self.sysroot, staged, exc, utc_timestamp())
+        self._discard_staged(staged)
 
     def _finalize(self, override: EtcMergeStrategy | None) -> FinalizeResult | None:
         state = self.state()
@@ -581,6 +652,7 @@ class Device:
             kernels = bootloader.prune_kernels(self.sysroot.boot)
             keep = {d.commit for d in state.deployments.values()}
             store = self.store()
+            sync_refs(store, state)
             report = store.gc(keep)
             crashpoint("cleanup-gc-done")
             return {"removed": removed, "kernels": kernels, "store": _as_json(report)}
@@ -592,7 +664,7 @@ class Device:
         choose an entry (counting the attempt), record what booted."""
         with self.sysroot.lock():
             if self.state().staged is not None:
-                self._finalize(None)
+                self._finalize_or_drop(None, reraise=False)
             boot_dir = self.sysroot.boot
             state = self.state()
             intended = state.intended_entries()

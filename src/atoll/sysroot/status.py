@@ -7,7 +7,8 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
      "spec": {"image": {"image": "…", "transport": "registry"}, "bootOrder": "default"},
      "status": {"staged": ENTRY | null, "booted": ENTRY | null, "rollback": ENTRY | null,
                 "rollbackQueued": false, "type": "bootcHost",
-                "atoll": {"sysroot": "…", "lastBoot": {...} | null}}}
+                "atoll": {"sysroot": "…", "lastBoot": {...} | null,
+                          "lastRollback": {...} | null, "droppedUpdate": {...} | null}}}
 
     ENTRY = {"image": {"image": {"image": "…", "transport": "registry"},
                        "version": "1.4" | null, "timestamp": "…" | null,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from atoll.sysroot.dropped import read_dropped
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.state import SysrootState
 
@@ -74,6 +76,7 @@ def host_document(state: SysrootState) -> dict[str, Any]:
     )
     record = state.booted_record
     rollbacks = _rollbacks(state)
+    dropped = read_dropped(state.sysroot)
     return {
         "apiVersion": API_VERSION,
         "kind": "BootcHost",
@@ -92,6 +95,7 @@ def host_document(state: SysrootState) -> dict[str, Any]:
                 "sysroot": str(state.sysroot.root),
                 "lastBoot": record.to_json() if record else None,
                 "lastRollback": rollbacks[-1] if rollbacks else None,
+                "droppedUpdate": dropped.to_json() if dropped else None,
             },
         },
     }
@@ -143,6 +147,14 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
         lines.append(
             f"Rolled back on {rollback['time']} from {rollback['from'][:12]} after "
             f"{rollback['attemptsUsed']} attempts: {why}"
+        )
+    dropped = status["atoll"].get("droppedUpdate")
+    if dropped:
+        lines.append(
+            f"Update {dropped['image']}"
+            + (f" {dropped['version']}" if dropped["version"] else "")
+            + f" ({dropped['deployment'][:12]}) "
+            f"could not be finalized on {dropped['time']} and was dropped: {dropped['error']}"
         )
     if status["rollbackQueued"]:
         lines.append("A rollback is queued: the next boot starts the rollback deployment.")
