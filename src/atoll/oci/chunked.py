@@ -94,6 +94,8 @@ from atoll.errors import LayerError
 from atoll.fsutil import atomic_writer
 
 TOC_VERSION = 1
+#: The name of the format where a compression is chosen (podman's name for it).
+ZSTD_CHUNKED = "zstd:chunked"
 MANIFEST_CHECKSUM = "io.github.containers.zstd-chunked.manifest-checksum"
 MANIFEST_POSITION = "io.github.containers.zstd-chunked.manifest-position"
 TARSPLIT_POSITION = "io.github.containers.zstd-chunked.tarsplit-position"

@@ -10,6 +10,7 @@ directory device use any directory.  Layout (version :data:`SYSROOT_VERSION`)::
     │   ├── lock                         flock: one lifecycle operation at a time
     │   ├── store/                       the object store (atoll.store)
     │   ├── staged.json                  the staged deployment, until finalize (absent: none)
+    │   ├── last-transfer.json           what the last import moved, by path (atoll.store.partial)
     │   ├── run/booted.json              which deployment this boot runs (the device's /run)
     │   └── deploy/STATEROOT/
     │       ├── var/                     the stateroot's /var: shared, never rolled back
@@ -58,6 +59,10 @@ class Sysroot:
     @property
     def staged_file(self) -> Path:
         return self.meta / "staged.json"
+
+    @property
+    def transfer_file(self) -> Path:
+        return self.meta / "last-transfer.json"
 
     @property
     def booted_file(self) -> Path:

@@ -44,9 +44,10 @@ from atoll.faults import crashpoint
 from atoll.fsutil import fsync_dir, remove_tree, replace_dir, write_atomic
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName, ImageSource
-from atoll.progress import ProgressSink
+from atoll.progress import NullProgress, ProgressSink
 from atoll.store import Store
 from atoll.store.importer import ImportStats
+from atoll.store.partial import PartialPuller, TransferReport
 from atoll.sysroot import bootloader
 from atoll.sysroot.bootloader import BootEntry
 from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
@@ -87,6 +88,8 @@ class StageResult:
     files_new: int = 0
     bytes_fetched: int = 0
     message: str = ""
+    #: What the import moved, by path (atoll.store.partial); None: nothing imported.
+    transfer: TransferReport | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +102,7 @@ class StageResult:
             "filesNew": self.files_new,
             "bytesFetched": self.bytes_fetched,
             "message": self.message,
+            "transfer": self.transfer.to_json() if self.transfer else None,
         }
 
 
@@ -131,6 +135,8 @@ class Device:
         #: An OCI layout holding bound images (``atoll bundle apply``): staging
         #: takes them from there instead of their registries.
         self.bound_images_layout: Path | None = None
+        #: What the last import of this object moved (atoll.store.partial).
+        self.last_transfer: TransferReport | None = None
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -162,14 +168,25 @@ class Device:
     def _import(
         self, store: Store, source: ImageSource, image: RemoteImage, allow_no_kernel: bool
     ) -> tuple[str, ImportStats]:
-        result = store.import_image(
-            source,
-            image.manifest,
-            image.config_raw,
-            image=str(image.name),
-            manifest_digest=image.digest,
-            progress=self.progress,
-        )
+        with PartialPuller(store, source, self.progress or NullProgress()) as puller:
+            result = store.import_image(
+                source,
+                image.manifest,
+                image.config_raw,
+                image=str(image.name),
+                manifest_digest=image.digest,
+                progress=self.progress,
+                layer_feeds=puller.feed,
+            )
+            self.last_transfer = puller.finish(image.manifest)
+        write_atomic(
+            self.sysroot.transfer_file,
+            json.dumps(
+                {"time": utc_timestamp(), "image": str(image.name),
+                 "imageDigest": str(image.digest), **self.last_transfer.to_json()},
+                indent=2,
+            ).encode(),
+        )  # fmt: skip
         crashpoint("stage-imported")
         if not allow_no_kernel and store.kernel(result.commit_id) is None:
             raise NoKernelError(
@@ -257,8 +274,8 @@ class Device:
         crashpoint("stage-origin-written")
         return deployment
 
-    @staticmethod
     def _stage_result(
+        self,
         deployment: Deployment | None,
         image: RemoteImage,
         stats: ImportStats | None,
@@ -272,6 +289,7 @@ class Device:
             files_new=stats.files_new if stats else 0,
             bytes_fetched=stats.bytes_fetched if stats else 0,
             message=message,
+            transfer=self.last_transfer if stats else None,
         )
 
     # --- upgrade and switch -----------------------------------------------------------
