@@ -338,7 +338,8 @@ class PartialPuller:
         assert split_pos is not None
         start = min(info.toc.offset, split_pos.offset)
         end = max(info.toc.offset + info.toc.length, split_pos.offset + split_pos.length)
-        self.progress.subtask(f"{desc.digest}#ranges", RANGES, f"ranges of {desc.digest.short}", 0)
+        sub = f"{desc.digest}#ranges"
+        self.progress.subtask(sub, RANGES, f"ranges of {desc.digest.short}", end - start)
         meta = self._range(desc, start, end, row)
         toc = parse_toc(meta[info.toc.offset - start :][: info.toc.length], info, where)
         split = meta[split_pos.offset - start :][: split_pos.length]
@@ -368,12 +369,19 @@ class PartialPuller:
                 wanted[sha] = toc_file
         spans = coalesce(list(wanted.values()))
         planned = sum(s.end - s.start for s in spans)
-        if not local:
-            self._whole(desc, "the store has none of its files", row)
+        if not local or row.bytes + planned >= WHOLE_SHARE * desc.size:
+            reason = (
+                "the store has none of its files"
+                if not local
+                else f"ranges would move {planned} of its {desc.size} bytes"
+            )
+            self.progress.done(sub)
+            self._whole(desc, reason, row)
             return None
-        if row.bytes + planned >= WHOLE_SHARE * desc.size:
-            self._whole(desc, f"ranges would move {planned} of its {desc.size} bytes", row)
-            return None
+        # From here the layer moves by ranges: its progress is theirs, not the blob's.
+        self.progress.subtask(str(desc.digest), "layer", f"layer {desc.digest.short}", 0)
+        self.progress.subtask(sub, RANGES, f"ranges of {desc.digest.short}", row.bytes + planned)
+        self.progress.advance(sub, row.bytes)
         for span in spans:
             data = self._range(desc, span.start, span.end, row)
             for toc_file in span.files:
@@ -381,7 +389,7 @@ class PartialPuller:
                 content = decode_file(frames, toc_file, where)
                 local[toc_file.sha256] = self._keep(toc_file.sha256, content)
                 row.files_fetched += 1
-        self.progress.done(f"{desc.digest}#ranges")
+        self.progress.done(sub)
         return _RebuiltFeed(entries, files, local, diff_id, where, row.bytes)
 
     def _content_index(self) -> ContentIndex:
