@@ -149,9 +149,21 @@ def test_tar_split_rebuilds_the_tar(layer_tar: Path, tmp_path: Path) -> None:
     assert bytes(rebuilt) == layer_tar.read_bytes()
 
 
+def _crc64_bitwise(data: bytes) -> int:
+    crc = 0xFFFFFFFFFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xD800000000000000 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFFFFFFFFFF
+
+
 def test_crc64_matches_go_iso() -> None:
-    # The CRC-64/GO-ISO check value.
+    # The CRC-64/GO-ISO check value, and a plain bit-by-bit CRC for every tail length.
     assert chunked.crc64_iso(b"123456789") == 0xB90956C775A41001
+    data = bytes(range(256)) * 3
+    for n in (0, 1, 7, 8, 9, 15, 16, 17, 100, len(data)):
+        assert chunked.crc64_iso(data[:n]) == _crc64_bitwise(data[:n])
 
 
 def _info(layer: chunked.ChunkedLayer, size: int) -> chunked.ChunkedInfo:

@@ -85,7 +85,9 @@ def test_podman_4_pulls_and_runs_chunked_images(registry: RegistryView) -> None:
         out = podman("run", "--rm", "--network", "none", ref, "cat", "/www/index.html")
         assert out == "podman 4\n"
     finally:
-        subprocess.run(["podman", "system", "reset", "-f"], env=env, capture_output=True, check=False)
+        subprocess.run(
+            ["podman", "system", "reset", "-f"], env=env, capture_output=True, check=False
+        )
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
