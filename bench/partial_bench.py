@@ -146,17 +146,19 @@ def write_image(layout: Path, ref: str, blob: Path, layer: object) -> None:
 def pull(store: Store, name: str, ctx: SystemContext, partial: bool) -> tuple[int, int, float]:
     """(bytes moved, requests, seconds) of importing *name* into *store*."""
     started = time.monotonic()
-    with open_image(ImageName.parse(name), ctx) as (source, image):
-        with PartialPuller(store, source, NullProgress()) as puller:
-            result = store.import_image(
-                source,
-                image.manifest,
-                image.config_raw,
-                image=name,
-                manifest_digest=image.digest,
-                layer_feeds=puller.feed if partial else None,
-            )
-            report = puller.finish(image.manifest)
+    with (
+        open_image(ImageName.parse(name), ctx) as (source, image),
+        PartialPuller(store, source, NullProgress()) as puller,
+    ):
+        result = store.import_image(
+            source,
+            image.manifest,
+            image.config_raw,
+            image=name,
+            manifest_digest=image.digest,
+            layer_feeds=puller.feed if partial else None,
+        )
+        report = puller.finish(image.manifest)
     elapsed = time.monotonic() - started
     if partial:
         return report.bytes_moved, sum(r.requests for r in report.layers), elapsed
