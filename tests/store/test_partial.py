@@ -23,7 +23,7 @@ from atoll.oci.manifest import Compression
 from atoll.oci.transports import ImageName
 from atoll.progress import NullProgress
 from atoll.store import ImportResult, Store
-from atoll.store.partial import PRESENT, RANGES, WHOLE, PartialPuller, TransferReport, coalesce
+from atoll.store.partial import PRESENT, RANGES, WHOLE, TransferReport, coalesce, import_image
 from atoll.sysroot.fetch import open_image
 from helpers.registry import FaultProxyView, RegistryView
 from helpers.treeimage import WHITEOUT, Node, build_tree_image, hardlink, symlink
@@ -86,21 +86,18 @@ def push(view: RegistryView, tmp: Path, repo: str, version: str) -> str:
 
 def pull(
     store: Store, name: str, ctx: SystemContext, *, partial: bool = True
-) -> tuple[ImportResult, TransferReport | None]:
+) -> tuple[ImportResult, TransferReport]:
     with open_image(ImageName.parse(name), ctx) as (source, image):
-        kw: dict[str, Any] = {}
-        with PartialPuller(store, source, NullProgress()) as puller:
-            if partial:
-                kw["layer_feeds"] = puller.feed
-            result = store.import_image(
-                source,
-                image.manifest,
-                image.config_raw,
-                image=name,
-                manifest_digest=image.digest,
-                **kw,
-            )
-            report = puller.finish(image.manifest) if partial else None
+        result, report = import_image(
+            store,
+            source,
+            image.manifest,
+            image.config_raw,
+            image=name,
+            manifest_digest=image.digest,
+            progress=NullProgress(),
+            partial=partial,
+        )
     return result, report
 
 

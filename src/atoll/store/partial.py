@@ -64,6 +64,7 @@ from atoll.store.format import STAGING_PREFIX, TMP_DIR
 if TYPE_CHECKING:
     from atoll.oci.client import RegistryClient
     from atoll.oci.transports.base import ImageSource
+    from atoll.store.importer import ImportResult
     from atoll.store.store import Store
 
 #: Ranges closer than this are fetched as one (the gap's bytes are thrown away).
@@ -106,6 +107,8 @@ class LayerTransfer:
     files_present: int = 0
     #: The layer's size as stored in the registry.
     size: int = 0
+    #: Of ``bytes``: the TOC and tar-split (ranges only).
+    metadata_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +120,7 @@ class LayerTransfer:
             "filesFetched": self.files_fetched,
             "filesPresent": self.files_present,
             "size": self.size,
+            "metadataBytes": self.metadata_bytes,
         }
 
 
@@ -161,6 +165,7 @@ class TransferReport:
                 files_fetched=int(row.get("filesFetched", 0)),
                 files_present=int(row.get("filesPresent", 0)),
                 size=int(row.get("size", 0)),
+                metadata_bytes=int(row.get("metadataBytes", 0)),
             )
             for row in data.get("layers", [])
         ]
@@ -294,6 +299,11 @@ class PartialPuller:
         if spent is None:
             self.report.layers.append(row)
 
+    def whole(self, desc: Descriptor, diff_id: Digest, where: str) -> Feed | None:
+        """Every layer whole (partial pulls turned off), and reported."""
+        self._whole(desc, "partial pulls are off")
+        return None
+
     def feed(self, desc: Descriptor, diff_id: Digest, where: str) -> Feed | None:
         """A feed for the layer by ranges, or None: the importer downloads it whole."""
         info = self._info(desc, where)
@@ -341,6 +351,7 @@ class PartialPuller:
         sub = f"{desc.digest}#ranges"
         self.progress.subtask(sub, RANGES, f"ranges of {desc.digest.short}", end - start)
         meta = self._range(desc, start, end, row)
+        row.metadata_bytes = len(meta)
         toc = parse_toc(meta[info.toc.offset - start :][: info.toc.length], info, where)
         split = meta[split_pos.offset - start :][: split_pos.length]
         entries = parse_tar_split(split, toc, info, where)
@@ -408,3 +419,29 @@ class PartialPuller:
             write_atomic(path, content, durable=False)
         self._fetched[sha] = path
         return path
+
+
+def import_image(
+    store: Store,
+    source: ImageSource,
+    manifest: ImageManifest,
+    config_raw: bytes,
+    *,
+    image: str,
+    manifest_digest: Digest,
+    progress: ProgressSink,
+    partial: bool = True,
+) -> tuple[ImportResult, TransferReport]:
+    """:meth:`Store.import_image` with each layer on its path (*partial* False:
+    every layer whole, as before), and what it moved."""
+    with PartialPuller(store, source, progress) as puller:
+        result = store.import_image(
+            source,
+            manifest,
+            config_raw,
+            image=image,
+            manifest_digest=manifest_digest,
+            progress=progress,
+            layer_feeds=puller.feed if partial else puller.whole,
+        )
+        return result, puller.finish(manifest)

@@ -47,7 +47,7 @@ from atoll.oci.transports import ImageName, ImageSource
 from atoll.progress import NullProgress, ProgressSink
 from atoll.store import Store
 from atoll.store.importer import ImportStats
-from atoll.store.partial import PartialPuller, TransferReport
+from atoll.store.partial import TransferReport, import_image
 from atoll.sysroot import bootloader
 from atoll.sysroot.bootloader import BootEntry
 from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
@@ -168,17 +168,15 @@ class Device:
     def _import(
         self, store: Store, source: ImageSource, image: RemoteImage, allow_no_kernel: bool
     ) -> tuple[str, ImportStats]:
-        with PartialPuller(store, source, self.progress or NullProgress()) as puller:
-            result = store.import_image(
-                source,
-                image.manifest,
-                image.config_raw,
-                image=str(image.name),
-                manifest_digest=image.digest,
-                progress=self.progress,
-                layer_feeds=puller.feed,
-            )
-            self.last_transfer = puller.finish(image.manifest)
+        result, self.last_transfer = import_image(
+            store,
+            source,
+            image.manifest,
+            image.config_raw,
+            image=str(image.name),
+            manifest_digest=image.digest,
+            progress=self.progress or NullProgress(),
+        )
         write_atomic(
             self.sysroot.transfer_file,
             json.dumps(
