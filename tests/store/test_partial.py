@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from atoll.errors import AtollError, LayerError, NetworkError, RegistryError
-from atoll.oci.chunked import MANIFEST_CHECKSUM, TocFile
+from atoll.oci.chunked import MANIFEST_CHECKSUM, MANIFEST_POSITION, TocFile
 from atoll.oci.context import SystemContext
 from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.manifest import Compression
@@ -283,3 +283,59 @@ def test_content_index_finds_files_by_content(registry: RegistryView, tmp_path: 
     (idx,) = (store.path / "state" / "content").iterdir()
     assert ContentIndex.load(store).by_sha == index.by_sha
     assert idx.stat().st_size > 0
+
+
+def _forge_toc(layout: Path, ref: str, edit: Any) -> None:
+    """Append a TOC changed by *edit* to the first layer of *ref* in *layout* and
+    point the annotations at it, as a publisher who signs a bad image would."""
+    import zstandard
+
+    from atoll.oci.chunked import FRAME_HEADER, SKIPPABLE_MAGIC
+
+    index = json.loads((layout / "index.json").read_text())
+    (entry,) = index["manifests"]
+    blobs = layout / "blobs/sha256"
+    manifest = json.loads((blobs / entry["digest"].split(":")[1]).read_bytes())
+    layer = manifest["layers"][0]
+    blob = (blobs / layer["digest"].split(":")[1]).read_bytes()
+    offset, length, *_ = map(int, layer["annotations"][MANIFEST_POSITION].split(":"))
+    toc = json.loads(zstandard.ZstdDecompressor().decompress(blob[offset : offset + length]))
+    edit(toc["entries"], len(blob))
+    raw = json.dumps(toc).encode()
+    packed = zstandard.ZstdCompressor().compress(raw)
+    new_offset = len(blob) + FRAME_HEADER
+    blob += SKIPPABLE_MAGIC + len(packed).to_bytes(4, "little") + packed
+    digest = hashlib.sha256(blob).hexdigest()
+    (blobs / digest).write_bytes(blob)
+    layer.update(digest=f"sha256:{digest}", size=len(blob))
+    layer["annotations"][MANIFEST_POSITION] = f"{new_offset}:{len(packed)}:{len(raw)}:1"
+    layer["annotations"][MANIFEST_CHECKSUM] = "sha256:" + hashlib.sha256(packed).hexdigest()
+    data = json.dumps(manifest).encode()
+    mdigest = hashlib.sha256(data).hexdigest()
+    (blobs / mdigest).write_bytes(data)
+    entry.update(digest=f"sha256:{mdigest}", size=len(data))
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def test_toc_pointing_outside_the_layer_is_refused(registry: RegistryView, tmp_path: Path) -> None:
+    repo = registry.new_repo("forged")
+    v1 = push(registry, tmp_path, repo, "1")
+    v2 = push(registry, tmp_path, repo, "2")
+    ctx = registry.ctx()
+    layout = tmp_path / "forged"
+    copy_image(ImageName.parse(v2), ImageName.parse(f"oci:{layout}:2"), src_ctx=ctx)
+
+    def outside(entries: list[dict[str, Any]], size: int) -> None:
+        for e in entries:
+            if e.get("name", "").endswith("file03.bin"):
+                e["offset"], e["endOffset"] = size - 10, size + 5000
+
+    _forge_toc(layout, "2", outside)
+    forged = f"docker://{registry.host}/{repo}:forged"
+    copy_image(ImageName.parse(f"oci:{layout}:2"), ImageName.parse(forged), src_ctx=ctx)
+    store = Store.create(tmp_path / "store")
+    pull(store, v1, ctx)
+    before = store.commit_ids()
+    with pytest.raises(LayerError, match="outside the layer's data"):
+        pull(store, forged, ctx)
+    _no_new_commit(store, before)
