@@ -306,15 +306,23 @@ def compress_tar_zstd_chunked(tar_path: Path, out_path: Path, *, level: int = 3)
                 if size:
                     emit(out, cctx.compress(bytes(pending)))
                     pending.clear()
-                    data = raw.read(size)
-                    if len(data) != size:
-                        raise LayerError(f"{tar_path}: entry {info.name!r} is cut short")
-                    tar_hash.update(data)
-                    entry["digest"] = "sha256:" + hashlib.sha256(data).hexdigest()
                     entry["offset"] = written
-                    emit(out, cctx.compress(data))
+                    # One frame per file, streamed: memory does not grow with its size.
+                    frame = cctx.compressobj(size=size)
+                    file_hash, crc, left = hashlib.sha256(), 0, size
+                    while left:
+                        piece = raw.read(min(left, _COPY))
+                        if not piece:
+                            raise LayerError(f"{tar_path}: entry {info.name!r} is cut short")
+                        left -= len(piece)
+                        tar_hash.update(piece)
+                        file_hash.update(piece)
+                        crc = crc64_iso(piece, crc)
+                        emit(out, frame.compress(piece))
+                    emit(out, frame.flush())
+                    entry["digest"] = "sha256:" + file_hash.hexdigest()
                     entry["endOffset"] = written
-                    crc_payload = struct.pack(">Q", crc64_iso(data))
+                    crc_payload = struct.pack(">Q", crc)
                     position += size
                 split.add(_TAR_SPLIT_FILE, crc_payload, name=entry["name"], size=info.size)
                 entries.append(entry)
