@@ -259,7 +259,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if kind == "paginate":
                 self._paginate()
                 return
-            forward = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            forward = self._forwarded()
             if kind == "ignore_range":
                 forward = {k: v for k, v in forward.items() if k.lower() != "range"}
             status, reply_headers, reply = self._upstream(self.command, self.path, forward, body)
@@ -287,6 +287,15 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             else:
                 clean = [(k, v) for k, v in reply_headers if k.lower() != "content-length"]
                 self._send(status, clean, reply)
+
+        def _forwarded(self) -> dict[str, str]:
+            """The request's end-to-end headers; repeated ones (podman sends one
+            Accept per media type) joined, as HTTP allows, so none is lost."""
+            out: dict[str, str] = {}
+            for key in dict.fromkeys(k.lower() for k in self.headers):
+                if key not in _HOP_BY_HOP:
+                    out[key] = ", ".join(self.headers.get_all(key) or [])
+            return out
 
         def _upstream(
             self, method: str, path: str, headers: dict[str, str], body: bytes
@@ -337,7 +346,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def _paginate(self) -> None:
             split = urlsplit(self.path)
             query = parse_qs(split.query)
-            forward = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            forward = self._forwarded()
             status, headers, reply = self._upstream("GET", split.path, forward, b"")
             if status != 200:
                 self._send(status, headers, reply)
