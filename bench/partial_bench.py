@@ -35,10 +35,8 @@ from atoll.oci.chunked import compress_tar_zstd_chunked
 from atoll.oci.context import SystemContext
 from atoll.oci.copy import copy_image
 from atoll.oci.transports import ImageName
-from atoll.progress import NullProgress
 from atoll.store import Store
-from atoll.store.partial import import_image
-from atoll.sysroot.fetch import open_image
+from atoll.sysroot.fetch import import_remote
 
 SOURCES = ["/usr/lib/x86_64-linux-gnu", "/usr/bin", "/usr/share", "/usr/lib"]
 MTIME = 1_700_000_000
@@ -146,22 +144,12 @@ def write_image(layout: Path, ref: str, blob: Path, layer: object) -> None:
 def pull(store: Store, name: str, ctx: SystemContext, partial: bool) -> tuple[int, int, float, int]:
     """(bytes moved, requests, seconds, TOC and tar-split bytes) of importing *name*."""
     started = time.monotonic()
-    with open_image(ImageName.parse(name), ctx) as (source, image):
-        result, report = import_image(
-            store,
-            source,
-            image.manifest,
-            image.config_raw,
-            image=name,
-            manifest_digest=image.digest,
-            progress=NullProgress(),
-            partial=partial,
-        )
+    result, report = import_remote(store, ImageName.parse(name), ctx, partial=partial)
     elapsed = time.monotonic() - started
     meta = sum(r.metadata_bytes for r in report.layers)
     if partial:
         return report.bytes_moved, sum(r.requests for r in report.layers), elapsed, meta
-    return result.stats.bytes_fetched, len(image.manifest.layers), elapsed, 0
+    return result.stats.bytes_fetched, len(report.layers), elapsed, 0
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from atoll.cli.main import main
 from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.manifest import Compression
 from atoll.oci.transports import ImageName
@@ -33,12 +34,9 @@ def chunked_image(registry: RegistryView, page: str, tag: str = "v1") -> str:
     repo = registry.new_repo("interop")
     plain = push_workload_image(registry, repo, "plain-" + tag, page=page)
     target = f"{registry.server.host}/{repo}:{tag}"
-    copy_image(
-        ImageName.parse(f"docker://{plain}"),
-        ImageName.parse(f"docker://{target}"),
-        src_ctx=registry.ctx(),
-        options=CHUNKED,
-    )
+    # Through the command line, as a pipeline would.
+    argv = ["image", "copy", "--quiet", "--dest-compress-format", "zstd:chunked"]
+    assert main([*argv, f"docker://{plain}", f"docker://{target}"]) == 0
     return target
 
 

@@ -21,10 +21,9 @@ from atoll.oci.context import SystemContext
 from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.manifest import Compression
 from atoll.oci.transports import ImageName
-from atoll.progress import NullProgress
 from atoll.store import ImportResult, Store
-from atoll.store.partial import PRESENT, RANGES, WHOLE, TransferReport, coalesce, import_image
-from atoll.sysroot.fetch import open_image
+from atoll.store.partial import PRESENT, RANGES, WHOLE, TransferReport, coalesce
+from atoll.sysroot.fetch import import_remote
 from helpers.registry import FaultProxyView, RegistryView
 from helpers.treeimage import WHITEOUT, Node, build_tree_image, hardlink, symlink
 
@@ -87,18 +86,7 @@ def push(view: RegistryView, tmp: Path, repo: str, version: str) -> str:
 def pull(
     store: Store, name: str, ctx: SystemContext, *, partial: bool = True
 ) -> tuple[ImportResult, TransferReport]:
-    with open_image(ImageName.parse(name), ctx) as (source, image):
-        result, report = import_image(
-            store,
-            source,
-            image.manifest,
-            image.config_raw,
-            image=name,
-            manifest_digest=image.digest,
-            progress=NullProgress(),
-            partial=partial,
-        )
-    return result, report
+    return import_remote(store, ImageName.parse(name), ctx, partial=partial)
 
 
 def test_partial_pull_fetches_only_missing_files_and_makes_the_same_commit(
