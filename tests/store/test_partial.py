@@ -271,6 +271,12 @@ def test_content_index_finds_files_by_content(registry: RegistryView, tmp_path: 
     (idx,) = (store.path / "state" / "content").iterdir()
     assert ContentIndex.load(store).by_sha == index.by_sha
     assert idx.stat().st_size > 0
+    # A commit whose trees are gone (fsck --repair removed them) lends nothing, and
+    # fails nothing.
+    idx.unlink()
+    commit = store.commit(store.commit_ids()[0])
+    store.object_path(commit.tree, "tree").unlink()
+    assert ContentIndex.load(Store.open(store.path)).by_sha == {}
 
 
 def _forge_toc(layout: Path, ref: str, edit: Any) -> None:

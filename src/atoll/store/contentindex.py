@@ -113,14 +113,19 @@ class ContentIndex:
         by_oid = {oid: sha for sha, oid in index.by_sha.items()}
         for commit_id in missing:
             entries: dict[str, str] = {}
-            for oid in _regular_oids(store, commit_id):
-                sha = by_oid.get(oid)
-                if sha is None:
-                    sha = hash_object(store.object_path(oid, FILE_SUFFIX))
+            try:
+                for oid in _regular_oids(store, commit_id):
+                    sha = by_oid.get(oid)
                     if sha is None:
-                        continue
-                    by_oid[oid] = sha
-                entries[sha] = oid
+                        sha = hash_object(store.object_path(oid, FILE_SUFFIX))
+                        if sha is None:
+                            continue
+                        by_oid[oid] = sha
+                    entries[sha] = oid
+            except StoreCorruptError:
+                # A commit with missing trees (see fsck) only lends fewer files.
+                index.by_sha.update(entries)
+                continue
             folder.mkdir(parents=True, exist_ok=True)
             text = "".join(f"{sha} {oid}\n" for sha, oid in sorted(entries.items()))
             write_atomic(folder / commit_id, f"{_MAGIC}\n{text}".encode(), durable=False)
