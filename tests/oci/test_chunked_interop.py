@@ -1,7 +1,8 @@
 """Other clients and atoll's zstd:chunked layers: skopeo and podman 4.3 pull them as
 ordinary zstd images with the same digests; podman 5.4.2 (Debian trixie under
 systemd-nspawn, helpers.podman5) pulls them partially, by ranges, seen through
-the fault proxy, which records every request."""
+the fault proxy, which records every request; and atoll pulls the zstd:chunked
+layers podman 5 pushes file by file."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.manifest import Compression
 from atoll.oci.transports import ImageName
 from atoll.podman import isolated_environment
+from atoll.store import Store
+from atoll.store.partial import RANGES
+from atoll.sysroot.fetch import import_remote
 from helpers.parts import missing
 from helpers.podman5 import SystemdHost, ensure_tree, unavailable
 from helpers.registry import FaultProxyView, RegistryView
@@ -144,6 +148,23 @@ def test_podman_5_pulls_chunked_layers_partially(
         out = host.run("podman", "run", "--rm", "--network", "host", f"{via}/{repo}:v2",
                        "cat", "/www/index.html").stdout  # fmt: skip
         assert out == "version two\n"
+
+        # The other way round: layers podman 5 (containers/storage's writer) pushes
+        # as zstd:chunked, pulled by atoll file by file.
+        for tag in ("v1", "v2"):
+            host.run("podman", "push", "-q", "--compression-format", "zstd:chunked",
+                     "--force-compression", f"{via}/{repo}:{tag}",
+                     f"{via}/{repo}:podman-{tag}")  # fmt: skip
+        ctx = fault_proxy.ctx()
+        store = Store.create(tmp_path / "store")
+        import_remote(store, ImageName.parse(f"docker://{via}/{repo}:podman-v1"), ctx)
+        name = ImageName.parse(f"docker://{via}/{repo}:podman-v2")
+        result, report = import_remote(store, name, ctx)
+        (row,) = report.layers
+        assert row.path == RANGES, row
+        assert row.files_fetched == 1 and row.bytes < row.size / 4, row
+        whole, _ = import_remote(Store.create(tmp_path / "other"), name, ctx, partial=False)
+        assert whole.commit_id == result.commit_id
     finally:
         print(host.console_tail())
         host.stop()
