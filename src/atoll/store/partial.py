@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import tempfile
 from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -75,6 +76,9 @@ MAX_REQUESTS = 64
 MAX_RANGE = 16 << 20
 #: When the ranges would move this share of the layer or more, fetch it whole.
 WHOLE_SHARE = 0.9
+#: Range requests of one layer in flight at once (a long round trip, as on a
+#: satellite link, is paid once per batch instead of once per request).
+PARALLEL = 4
 
 RANGES = "ranges"
 WHOLE = "whole"
@@ -333,12 +337,16 @@ class PartialPuller:
             return "the registry ignores Range requests"
         return info
 
-    def _range(self, desc: Descriptor, start: int, end: int, row: LayerTransfer) -> bytes:
+    def _fetch(self, desc: Descriptor, start: int, end: int) -> bytes:
         assert self._client is not None
         data = self._client.fetch_range(self._repository, desc.digest, start, end - start)
+        self.progress.advance(f"{desc.digest}#ranges", len(data))
+        return data
+
+    def _range(self, desc: Descriptor, start: int, end: int, row: LayerTransfer) -> bytes:
+        data = self._fetch(desc, start, end)
         row.bytes += len(data)
         row.requests += 1
-        self.progress.advance(f"{desc.digest}#ranges", len(data))
         return data
 
     def _by_ranges(
@@ -393,13 +401,22 @@ class PartialPuller:
         self.progress.subtask(str(desc.digest), "layer", f"layer {desc.digest.short}", 0)
         self.progress.subtask(sub, RANGES, f"ranges of {desc.digest.short}", row.bytes + planned)
         self.progress.advance(sub, row.bytes)
-        for span in spans:
-            data = self._range(desc, span.start, span.end, row)
-            for toc_file in span.files:
-                frames = data[toc_file.offset - span.start : toc_file.end - span.start]
-                content = decode_file(frames, toc_file, where)
-                local[toc_file.sha256] = self._keep(toc_file.sha256, content)
-                row.files_fetched += 1
+        with ThreadPoolExecutor(PARALLEL, thread_name_prefix="ranges") as pool:
+            # In order, at most PARALLEL ahead: memory stays at a few ranges.
+            pending: dict[int, Future[bytes]] = {}
+            for i, span in enumerate(spans):
+                for ahead in range(i, min(i + PARALLEL, len(spans))):
+                    if ahead not in pending:
+                        nxt = spans[ahead]
+                        pending[ahead] = pool.submit(self._fetch, desc, nxt.start, nxt.end)
+                data = pending.pop(i).result()
+                row.bytes += len(data)
+                row.requests += 1
+                for toc_file in span.files:
+                    frames = data[toc_file.offset - span.start : toc_file.end - span.start]
+                    content = decode_file(frames, toc_file, where)
+                    local[toc_file.sha256] = self._keep(toc_file.sha256, content)
+                    row.files_fetched += 1
         self.progress.done(sub)
         return _RebuiltFeed(entries, files, local, diff_id, where, row.bytes)
 
