@@ -102,8 +102,10 @@ def test_partial_pull_fetches_only_missing_files_and_makes_the_same_commit(
     store = Store.create(tmp_path / "store")
     _, report1 = pull(store, v1, ctx)
     assert report1 is not None
-    # An empty store: the ranges would move the whole layer, so it is fetched whole.
+    # An empty store: every layer whole, without asking for a TOC first.
     assert {layer.path for layer in report1.layers} == {WHOLE}
+    assert {layer.reason for layer in report1.layers} == {"the store has no files yet"}
+    assert report1.bytes_moved == sum(layer.size for layer in report1.layers)
 
     second, report2 = pull(store, v2, ctx)
     assert report2 is not None
@@ -195,9 +197,11 @@ def test_file_frames_that_disagree_with_the_toc_are_refused(
 ) -> None:
     store, v2, ctx = _stores_with_v1(fault_proxy, tmp_path)
     before = store.commit_ids()
-    # The first range of the base layer is its metadata: let it pass, corrupt the next.
-    fault_proxy.proxy.corrupt(BLOB, 40, times=1, ranged=True, skip=1)
-    with pytest.raises(LayerError, match="do not hold the file"):
+    # The first range of the base layer is its metadata: let it pass, corrupt the
+    # first byte of the next, where a file's frame starts (ranges run in parallel,
+    # so which file it is varies; a byte in a gap between files would go unused).
+    fault_proxy.proxy.corrupt(BLOB, 0, times=1, ranged=True, skip=1)
+    with pytest.raises(LayerError, match=r"frames of .* (are not valid zstd|do not hold)"):
         pull(store, v2, ctx)
     _no_new_commit(store, before)
 

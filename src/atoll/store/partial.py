@@ -335,6 +335,9 @@ class PartialPuller:
             return "a local source"
         if not self._ranges_ok:
             return "the registry ignores Range requests"
+        if not self._fetched and not self._content_index().by_sha:
+            # A first install: no file can be found, so the TOC is not worth a request.
+            return "the store has no files yet"
         return info
 
     def _fetch(self, desc: Descriptor, start: int, end: int) -> bytes:
