@@ -47,6 +47,7 @@ import datetime
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +95,12 @@ from atoll.store.tarstream import (
 )
 
 if TYPE_CHECKING:
+    from atoll.store.partial import Feed
     from atoll.store.store import Store
+
+#: Gives a layer's uncompressed tar another way than by downloading the blob
+#: (:meth:`atoll.store.partial.PartialPuller.feed`), or None to download it.
+LayerFeeds = Callable[[Descriptor, Digest, str], "Feed | None"]
 
 #: Files up to this size are read into memory, hashed and only then written
 #: (and not written at all when the store has them); larger ones stream.
@@ -357,7 +363,7 @@ class _Importer:
         self.staging.know(tid, TREE_SUFFIX)
         return node
 
-    def apply(self, feed: LayerFeed, where: str) -> None:
+    def apply(self, feed: LayerFeed | Feed, where: str) -> None:
         layer = _LayerTree(self.root)
         tar = TarReader(ByteReader(iter(feed)), where)
         for entry in tar.entries():
@@ -535,6 +541,7 @@ def import_image(
     allow_devices: bool = False,
     progress: ProgressSink | None = None,
     ref: str | None = None,
+    layer_feeds: LayerFeeds | None = None,
 ) -> ImportResult:
     """See :meth:`atoll.store.Store.import_image`."""
     start = time.monotonic()
@@ -577,7 +584,7 @@ def import_image(
                     progress.done(ident, cached=True)
                     continue
                 limit = expand_limit(store)
-                _apply_layer(importer, source, desc, diff_id, where, progress, limit)
+                _apply_layer(importer, source, desc, diff_id, where, progress, limit, layer_feeds)
                 progress.done(ident)
                 if chains and (i == len(chains) - 1 or importer.worth_recording()):
                     layer_tree, layer_root = importer.write_trees()
@@ -662,9 +669,11 @@ def _apply_layer(
     where: str,
     progress: ProgressSink,
     limit: ExpandLimit | None,
+    layer_feeds: LayerFeeds | None = None,
 ) -> None:
     layer_where = f"{where}: layer {desc.digest}"
-    feed = LayerFeed(
+    other = layer_feeds(desc, diff_id, layer_where) if layer_feeds is not None else None
+    feed = other or LayerFeed(
         source, desc, layer_compression(desc.media_type), diff_id, where, progress, limit
     )
     try:

@@ -79,7 +79,7 @@ if TYPE_CHECKING:
     from atoll.store.checkout import CheckoutStats
     from atoll.store.fsck import FsckReport
     from atoll.store.gc import GcReport
-    from atoll.store.importer import ImportResult
+    from atoll.store.importer import ImportResult, LayerFeeds
 
 _MAX_SYMLINK_HOPS = 40
 #: A ref is a commit id and a newline: anything much larger is not a ref.
@@ -450,6 +450,7 @@ class Store:
         allow_devices: bool = False,
         progress: ProgressSink | None = None,
         ref: str | None = None,
+        layer_feeds: LayerFeeds | None = None,
     ) -> ImportResult:
         """Import an image's layers as one commit; see :mod:`atoll.store.importer`.
 
@@ -468,6 +469,7 @@ class Store:
             allow_devices=allow_devices,
             progress=progress,
             ref=ref,
+            layer_feeds=layer_feeds,
         )
 
     def find_import(self, manifest_digest: Digest) -> Commit | None:

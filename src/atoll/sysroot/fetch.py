@@ -11,6 +11,9 @@ from atoll.oci.digest import Digest
 from atoll.oci.inspect import read_config, select_manifest
 from atoll.oci.manifest import ImageConfig, ImageManifest, parse_config
 from atoll.oci.transports import ImageName, ImageSource, open_source
+from atoll.progress import NullProgress
+from atoll.store import ImportResult, Store
+from atoll.store.partial import TransferReport, import_image
 
 
 @dataclass(frozen=True)
@@ -35,3 +38,21 @@ def open_image(name: ImageName, ctx: SystemContext) -> Iterator[tuple[ImageSourc
         config_raw = read_config(source, manifest)
         config = parse_config(config_raw, where=source.description)
         yield source, RemoteImage(name, manifest, manifest.digest, config_raw, config)
+
+
+def import_remote(
+    store: Store, name: ImageName, ctx: SystemContext, *, partial: bool = True
+) -> tuple[ImportResult, TransferReport]:
+    """Import *name* into *store* without a sysroot (no ref), each layer on its
+    path (:mod:`atoll.store.partial`; *partial* False: every layer whole)."""
+    with open_image(name, ctx) as (source, image):
+        return import_image(
+            store,
+            source,
+            image.manifest,
+            image.config_raw,
+            image=str(name),
+            manifest_digest=image.digest,
+            progress=NullProgress(),
+            partial=partial,
+        )

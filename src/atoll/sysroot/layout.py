@@ -11,6 +11,7 @@ directory device use any directory.  Layout (version :data:`SYSROOT_VERSION`)::
     │   ├── store/                       the object store (atoll.store)
     │   ├── staged.json                  the staged deployment, until finalize (absent: none)
     │   ├── dropped.json                 the last staged update finalize dropped, and why
+    │   ├── last-transfer.json           what the last import moved, by path (atoll.store.partial)
     │   ├── run/booted.json              which deployment this boot runs (the device's /run)
     │   └── deploy/STATEROOT/
     │       ├── var/                     the stateroot's /var: shared, never rolled back
@@ -59,6 +60,10 @@ class Sysroot:
     @property
     def staged_file(self) -> Path:
         return self.meta / "staged.json"
+
+    @property
+    def transfer_file(self) -> Path:
+        return self.meta / "last-transfer.json"
 
     @property
     def booted_file(self) -> Path:

@@ -49,9 +49,10 @@ from atoll.faults import crashpoint
 from atoll.fsutil import fsync_dir, remove_tree, replace_dir, write_atomic
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName, ImageSource
-from atoll.progress import ProgressSink
+from atoll.progress import NullProgress, ProgressSink
 from atoll.store import Store
 from atoll.store.importer import ImportStats
+from atoll.store.partial import TransferReport, import_image
 from atoll.sysroot import bootloader
 from atoll.sysroot.bootloader import BootEntry
 from atoll.sysroot.dropped import clear_dropped, record_dropped
@@ -95,6 +96,8 @@ class StageResult:
     files_new: int = 0
     bytes_fetched: int = 0
     message: str = ""
+    #: What the import moved, by path (atoll.store.partial); None: nothing imported.
+    transfer: TransferReport | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +110,7 @@ class StageResult:
             "filesNew": self.files_new,
             "bytesFetched": self.bytes_fetched,
             "message": self.message,
+            "transfer": self.transfer.to_json() if self.transfer else None,
         }
 
 
@@ -139,6 +143,8 @@ class Device:
         #: An OCI layout holding bound images (``atoll bundle apply``): staging
         #: takes them from there instead of their registries.
         self.bound_images_layout: Path | None = None
+        #: What the last import of this object moved (atoll.store.partial).
+        self.last_transfer: TransferReport | None = None
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -173,14 +179,23 @@ class Device:
         # One hold of the store lock from the import to the ref naming its
         # commit: a gc waiting for the lock finds the commit referenced.
         with store.lock():
-            result = store.import_image(
+            result, self.last_transfer = import_image(
+                store,
                 source,
                 image.manifest,
                 image.config_raw,
                 image=str(image.name),
                 manifest_digest=image.digest,
-                progress=self.progress,
+                progress=self.progress or NullProgress(),
             )
+            write_atomic(
+                self.sysroot.transfer_file,
+                json.dumps(
+                    {"time": utc_timestamp(), "image": str(image.name),
+                     "imageDigest": str(image.digest), **self.last_transfer.to_json()},
+                    indent=2,
+                ).encode(),
+            )  # fmt: skip
             crashpoint("stage-imported")
             if not allow_no_kernel and store.kernel(result.commit_id) is None:
                 raise NoKernelError(
@@ -272,8 +287,8 @@ class Device:
         crashpoint("stage-origin-written")
         return deployment
 
-    @staticmethod
     def _stage_result(
+        self,
         deployment: Deployment | None,
         image: RemoteImage,
         stats: ImportStats | None,
@@ -287,6 +302,7 @@ class Device:
             files_new=stats.files_new if stats else 0,
             bytes_fetched=stats.bytes_fetched if stats else 0,
             message=message,
+            transfer=self.last_transfer if stats else None,
         )
 
     # --- upgrade and switch -----------------------------------------------------------

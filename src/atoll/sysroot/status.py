@@ -8,7 +8,8 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
      "status": {"staged": ENTRY | null, "booted": ENTRY | null, "rollback": ENTRY | null,
                 "rollbackQueued": false, "type": "bootcHost",
                 "atoll": {"sysroot": "…", "lastBoot": {...} | null,
-                          "lastRollback": {...} | null, "droppedUpdate": {...} | null}}}
+                          "lastRollback": {...} | null, "droppedUpdate": {...} | null,
+                          "lastTransfer": {...} | null}}}
 
     ENTRY = {"image": {"image": {"image": "…", "transport": "registry"},
                        "version": "1.4" | null, "timestamp": "…" | null,
@@ -66,6 +67,17 @@ def _rollbacks(state: SysrootState) -> list[dict[str, Any]]:
     return [r.to_json() for r in read_rollbacks(state.sysroot.root)]
 
 
+def _last_transfer(state: SysrootState) -> dict[str, Any] | None:
+    """What the last import moved, by path (written by atoll.sysroot.lifecycle)."""
+    import json
+
+    try:
+        data = json.loads(state.sysroot.transfer_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def host_document(state: SysrootState) -> dict[str, Any]:
     booted = state.booted
     spec_source = state.staged or booted or state.default
@@ -96,6 +108,7 @@ def host_document(state: SysrootState) -> dict[str, Any]:
                 "lastBoot": record.to_json() if record else None,
                 "lastRollback": rollbacks[-1] if rollbacks else None,
                 "droppedUpdate": dropped.to_json() if dropped else None,
+                "lastTransfer": _last_transfer(state),
             },
         },
     }
@@ -155,6 +168,18 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
             + (f" {dropped['version']}" if dropped["version"] else "")
             + f" ({dropped['deployment'][:12]}) "
             f"could not be finalized on {dropped['time']} and was dropped: {dropped['error']}"
+        )
+    transfer = status["atoll"].get("lastTransfer")
+    if transfer:
+        paths = transfer.get("paths", {})
+        parts = [
+            f"{name} {row['bytes']} B/{row['requests']} req"
+            for name, row in paths.items()
+            if row.get("layers")
+        ]
+        lines.append(
+            f"Last update ({transfer.get('time', '-')}): moved {transfer.get('bytesMoved', 0)} B"
+            + (f" — {', '.join(parts)}" if parts else "")
         )
     if status["rollbackQueued"]:
         lines.append("A rollback is queued: the next boot starts the rollback deployment.")
