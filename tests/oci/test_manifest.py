@@ -67,6 +67,9 @@ def test_served_type_contradicting_body_is_rejected() -> None:
     ("raw", "error", "match"),
     [
         (b"{not json", ManifestError, "not valid JSON"),
+        (b'{"layers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", ManifestError, "max depth"),
+        (b'{"schemaVersion": 2, "schemaVersion": 2}', ManifestError, "duplicate key"),
+        (b"\xef\xbb\xbf{}", ManifestError, "byte-order mark"),
         (b"[]", ManifestError, "not a JSON object"),
         (b'{"schemaVersion": 1, "fsLayers": []}', UnsupportedError, "schema 1"),
         (b'{"schemaVersion": 2, "layers": []}', ManifestError, "no 'config'"),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from atoll import strictjson
 from atoll.errors import ManifestError, NoMatchingPlatformError, UnsupportedError
 from atoll.oci.digest import Digest
 
@@ -250,9 +251,9 @@ def detect_media_type(data: Mapping[str, Any]) -> str:
 def parse_manifest(raw: bytes, media_type: str | None = None, *, where: str) -> AnyManifest:
     """Parse manifest bytes; *media_type* is what the transport said, if anything."""
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{where}: manifest is not valid JSON ({exc})") from None
+        data = strictjson.loads(raw)
+    except strictjson.StrictJSONError as exc:
+        raise ManifestError(f"{where}: manifest {exc}") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: manifest is not a JSON object")
     inner = detect_media_type(data)
@@ -322,9 +323,9 @@ class ImageConfig:
 
 def parse_config(raw: bytes, *, where: str) -> ImageConfig:
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{where}: image config is not valid JSON ({exc})") from None
+        data = strictjson.loads(raw)
+    except strictjson.StrictJSONError as exc:
+        raise ManifestError(f"{where}: image config {exc}") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: image config is not a JSON object")
     inner = data.get("config") or {}

@@ -58,12 +58,12 @@ This module holds the format and reads bundles (``bundle inspect``);
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atoll import strictjson
 from atoll.errors import BundleError
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
@@ -153,7 +153,7 @@ class Description:
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> Description:
         try:
-            doc = json.loads(raw)
+            doc = strictjson.loads(raw)
             version = doc["atollBundle"]
             if not isinstance(version, int) or version > BUNDLE_VERSION:
                 raise BundleError(
@@ -227,7 +227,7 @@ class BundleReader:
         self.tar: TarLayout = TarLayout(path, ctx.tmpdir if ctx else None)
         self._names: frozenset[str] | None = None
         try:
-            index = json.loads(self.tar.read("index.json", _MAX_JSON, "OCI layout index"))
+            index = strictjson.loads(self.tar.read("index.json", _MAX_JSON, "OCI layout index"))
             self.entries: dict[str, Descriptor] = {}
             for i, raw in enumerate(index["manifests"]):
                 desc = Descriptor.from_json(raw, f"{path}: index.json manifests[{i}]")
@@ -241,7 +241,7 @@ class BundleReader:
                     hint="make bundles with atoll bundle create",
                 )
             self.manifest_digest = top.digest
-            self.manifest = json.loads(self.read(top.digest))
+            self.manifest = strictjson.loads(self.read(top.digest))
             config = self.manifest["config"]
             self.description = Description.from_json(
                 self.read(Digest.parse(config["digest"])), str(path)
@@ -287,7 +287,10 @@ class BundleReader:
         entry = self.entries.get(ref_name)
         if entry is None:
             return None
-        manifest = json.loads(self.read(entry.digest))
+        try:
+            manifest = strictjson.loads(self.read(entry.digest))
+        except strictjson.StrictJSONError as exc:
+            raise BundleError(f"{self.path}: signature manifest {entry.digest}: {exc}") from None
         out = []
         for layer in manifest.get("layers") or []:
             payload = self.read(Digest.parse(layer["digest"]))

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atoll import strictjson
 from atoll.errors import BundleError, BundleSignatureError
 from atoll.oci.context import SystemContext
 from atoll.oci.copy import CopyOptions, copy_image
@@ -197,7 +197,7 @@ def _prepare_delta(
     out: dict[str, tuple[dict[str, Any], str]] = {}
     for layer in delta.omitted:
         try:
-            split = json.loads(gzip.decompress(bundle.read(Digest.parse(layer.split))))
+            split = strictjson.loads(gzip.decompress(bundle.read(Digest.parse(layer.split))))
         except (OSError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: tar-split {layer.split}: {exc}") from None
         hexdigest, size = digest_and_size(rebuild(split, store, base.id, bundle.path))
