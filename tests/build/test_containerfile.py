@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -190,3 +191,73 @@ def test_atoll_step_adds_what_is_missing_and_replaces_nothing(tmp_path: Path) ->
     # A second run adds nothing.
     again = _run_step(root)
     assert not [line for line in again if "added" in line]
+
+
+# --- values cannot add instructions -------------------------------------------------
+
+INJECTED = "e\\nFROM docker.io/library/alpine AS evil\\nRUN touch /pwn\\n#"
+
+
+@pytest.mark.parametrize(
+    "blueprint",
+    [
+        f'name = "{INJECTED}"\n',
+        f'name = "x"\ndescription = "{INJECTED}"\n',
+        f'name = "x"\n[[groups]]\nname = "{INJECTED}"\n',
+        f'name = "x"\n[[customizations.user]]\nname = "a"\nhome = "/home/{INJECTED}"\n',
+        f'name = "x"\n[[customizations.user]]\nname = "a"\nshell = "/bin/{INJECTED}"\n',
+        f'name = "x"\n[[customizations.user]]\nname = "a"\npassword = "$6${INJECTED}"\n',
+        f'name = "x"\n[[customizations.directories]]\npath = "/srv/{INJECTED}"\n',
+        f'name = "x"\n[[customizations.files]]\npath = "/srv/{INJECTED}"\ndata = "a\\nb"\n',
+        f'name = "x"\n[[customizations.sshkey]]\nuser = "a"\nkey = "ssh-ed25519 {INJECTED}"\n',
+        f'name = "x"\n[customizations.kernel]\nappend = "quiet {INJECTED}"\n',
+        'name = "x\\rRUN touch /pwn"\n',
+        'name = "x\\u2028RUN touch /pwn"\n',
+    ],
+)
+def test_no_value_adds_an_instruction_to_the_containerfile(blueprint: str) -> None:
+    """A value is refused, or lands in the Containerfile on its own line (files'
+    data goes to a context file, not into the Containerfile)."""
+    try:
+        bp = parse_blueprint(blueprint, "x.toml")
+    except BlueprintError as exc:
+        assert "must be one line" in exc.message
+        return
+    for family in Family:
+        try:
+            text = blueprint_context(
+                bp, "base", family, hash_password=lambda p: "$6$x"
+            ).containerfile
+        except BlueprintError:
+            continue  # e.g. [[groups]] on a Debian base
+        lines = text.splitlines()
+        assert [line for line in lines if line.startswith("FROM")] == ["FROM base"]
+        assert not any("touch /pwn" in line and line.startswith("RUN touch") for line in lines)
+        assert "\r" not in text and "\u2028" not in text
+
+
+def test_build_print_containerfile_refuses_an_instruction_in_the_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from atoll.cli.main import main
+
+    path = tmp_path / "bp.toml"
+    path.write_text(f'name = "{INJECTED}"\n')
+    base = f"oci:{tmp_path}/none"
+    code = main(["build", "--blueprint", str(path), "--base", base, "--print-containerfile"])
+    out, err = capsys.readouterr()
+    assert code == BlueprintError.exit_code, err
+    assert "line 1: name: must be one line" in err and "FROM" not in out
+
+
+def test_kernel_arguments_are_a_valid_toml_array() -> None:
+    import tomllib
+
+    bp = parse_blueprint(
+        'name = "x"\n[customizations.kernel]\nappend = "a=\\"q\\" b=\\\\ c=\U0001f600"\n', "x.toml"
+    )
+    text = blueprint_context(bp, "base", Family.DEBIAN, hash_password=str).containerfile
+    [line] = [line for line in text.splitlines() if "kargs = [" in line]
+    quoted = line.split("printf '%s\\n' ", 1)[1].split(" > ", 1)[0]
+    [toml] = shlex.split(quoted)
+    assert tomllib.loads(toml) == {"kargs": ['a="q"', "b=\\", "c=\U0001f600"]}
