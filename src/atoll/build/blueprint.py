@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from atoll import stricttoml
 from atoll.errors import BlueprintError, from_oserror
 
 T = TypeVar("T")
@@ -769,7 +770,7 @@ def parse_blueprint_dict(
 def parse_blueprint(text: str, source: str = "blueprint") -> Blueprint:
     """Parse and validate a blueprint's TOML text."""
     try:
-        data = tomllib.loads(text)
+        data = stricttoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib says "(at line N, column M)": keep it, in front like the other errors.
         message = str(exc)
