@@ -18,7 +18,14 @@ from atoll.oci.context import SystemContext
 from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.digest import Digest
 from atoll.oci.inspect import read_config, select_manifest
-from atoll.oci.manifest import Descriptor, ImageManifest, MediaType, parse_config, parse_manifest
+from atoll.oci.manifest import (
+    Descriptor,
+    ImageManifest,
+    MediaType,
+    parse_config,
+    parse_manifest,
+    require_image_config,
+)
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, ImageSource, Transport, open_source
 from atoll.pipeline.bundle import (
@@ -251,6 +258,7 @@ def _open_bundle_image(
     inner = open_source(ImageName(Transport.OCI_ARCHIVE, path=path, ref_name=image.reference), ctx)
     with _BundleSource(inner, rebuilt, store) as source:
         _, manifest = select_manifest(source, ctx.platform)
+        require_image_config(manifest, source.description)
         config_raw = read_config(source, manifest)
         config = parse_config(config_raw, where=source.description)
         layers = []
