@@ -86,6 +86,7 @@ def apply_bundle(
         omitted = {o.digest: o for o in (description.delta.omitted if description.delta else ())}
         for image in description.images:
             _verify_image(bundle, image, omitted if image.role == "os" else {})
+        bundle.verify_rest()
         for image in description.images:
             ref = ImageReference.parse(image.reference)
             info.trust.append(
