@@ -449,8 +449,8 @@ class LayoutDestination(ImageDestination):
     def put_manifest(self, raw: bytes, media_type: str, *, top_level: bool) -> None:
         if not media_type:
             try:
-                media_type = detect_media_type(json.loads(raw))
-            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                media_type = detect_media_type(strictjson.loads(raw))
+            except (strictjson.StrictJSONError, AttributeError):
                 raise ManifestError(f"{self.description}: manifest is not a JSON object") from None
         desc = Descriptor(media_type, Digest.of(raw), len(raw))
         self.put_blob(desc, [raw])
