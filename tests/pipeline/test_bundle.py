@@ -37,6 +37,7 @@ BASE = {
     "etc/hostname": "device\n",
     "usr/bin/tool-link": symlink("tool"),
 }
+LABELS = {"containers.bootc": "1"}
 #: A layer both versions have, of which v1's last layer changes a file.
 MIDDLE = {"usr/share/middle.txt": "middle, as built\n", "usr/share/kept.txt": "kept\n"}
 
@@ -233,21 +234,26 @@ def test_delta_bundle_applies_offline_and_tampering_is_refused(
     assert store.commit(commit).manifest_digest == created["images"][0]["digest"]
 
 
-def test_delta_from_an_image_the_device_lacks_is_refused(
-    registry: RegistryView, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def push_a_and_b(registry: RegistryView, layout: Path) -> str:
+    """Images ``a`` and ``b`` (BASE and one file each) in *layout* and in a new
+    repository of *registry*; return the repository."""
     repo = registry.new_repo("os")
-    layout = tmp_path / "images"
-    labels = {"containers.bootc": "1"}
     for tag, extra in (("a", {"usr/bin/a": b"a"}), ("b", {"usr/bin/b": b"b"})):
-        build_tree_image(layout, [BASE, extra], ref=tag, labels=labels)
+        build_tree_image(layout, [BASE, extra], ref=tag, labels=LABELS)
         registry.skopeo(
             "copy", "-q", *registry.skopeo_args("dest"), f"oci:{layout}:{tag}",
             f"docker://{registry.host}/{repo}:{tag}",
         )  # fmt: skip
+    return repo
+
+
+def test_delta_from_an_image_the_device_lacks_is_refused(
+    registry: RegistryView, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = push_a_and_b(registry, tmp_path / "images")
     sysroot = tmp_path / "s"
     other = tmp_path / "other"
-    build_tree_image(other, [{**BASE, "usr/bin/c": b"c"}], ref="c", labels=labels)
+    build_tree_image(other, [{**BASE, "usr/bin/c": b"c"}], ref="c", labels=LABELS)
     assert (
         run(capsys, "install", "to-filesystem", str(sysroot), "--source", f"oci:{other}:c")[0] == 0
     )
@@ -268,15 +274,8 @@ def test_every_blob_is_checked_and_a_damaged_tar_says_so(
 ) -> None:
     """With no policy nothing asks for the signatures: their blobs are checked all
     the same, as is a blob no manifest names; a damaged tar header is named as such."""
-    repo = registry.new_repo("os")
     layout = tmp_path / "images"
-    labels = {"containers.bootc": "1"}
-    for tag, extra in (("a", {"usr/bin/a": b"a"}), ("b", {"usr/bin/b": b"b"})):
-        build_tree_image(layout, [BASE, extra], ref=tag, labels=labels)
-        registry.skopeo(
-            "copy", "-q", *registry.skopeo_args("dest"), f"oci:{layout}:{tag}",
-            f"docker://{registry.host}/{repo}:{tag}",
-        )  # fmt: skip
+    repo = push_a_and_b(registry, layout)
     b_ref = ImageReference.parse(f"{registry.host}/{repo}:b")
     sign_image(
         b_ref, load_private_key(generate_key_pair(tmp_path / "k").private_path), registry.ctx()
