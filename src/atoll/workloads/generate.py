@@ -70,16 +70,15 @@ def quote_word(word: str) -> str:
 
     Control characters are written as C escapes, which systemd reads back: a raw
     carriage return, like a newline, would end the line and start another key."""
-    if word and not any(c in word for c in " \t\n\"'\\") and not _CONTROL_RE.search(word):
+    if word and not any(c in word for c in " \"'\\") and not _CONTROL_RE.search(word):
         return word
-    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    escaped = _CONTROL_RE.sub(_c_escape, escaped)
+    escaped = _CONTROL_RE.sub(_c_escape, word.replace("\\", "\\\\").replace('"', '\\"'))
     return f'"{escaped}"'
 
 
-# A tab is left as it is: inside quotes systemd keeps it in the word.
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_C_ESCAPES = {"\r": "\\r", "\n": "\\n"}
+# As podman's Quadlet writes them: \t, \r, \n and \xNN for the rest.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_C_ESCAPES = {"\t": "\\t", "\r": "\\r", "\n": "\\n"}
 
 
 def _c_escape(found: re.Match[str]) -> str:
