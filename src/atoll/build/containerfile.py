@@ -141,7 +141,9 @@ def _owner(user: str | int, group: str | int) -> str:
 
 
 def _label(key: str, value: str) -> str:
-    return f"{key}={_json_string(value)}"
+    # A double-quoted word of a Containerfile takes JSON's escapes for quotes and
+    # backslashes, but expands $NAME: written \$, a dollar stays a dollar.
+    return key + "=" + _json_string(value).replace("$", "\\$")
 
 
 def _json_string(value: str) -> str:
@@ -235,9 +237,11 @@ def _directory_step(d: Directory) -> str:
 
 
 def _file_step(index: int, f: File) -> str:
-    return (
-        f"COPY --chown={_owner(f.user, f.group)} --chmod={f.mode:04o} files/{index} "
-        f"{_json_string(f.path)}"
+    # The JSON form keeps spaces in the path; its words still expand $NAME and
+    # take backslash escapes, so both are escaped for the path to stay as written.
+    path = f.path.replace("\\", "\\\\").replace("$", "\\$")
+    return f"COPY --chown={_owner(f.user, f.group)} --chmod={f.mode:04o} " + json.dumps(
+        [f"files/{index}", path]
     )
 
 
