@@ -20,16 +20,12 @@ Callers turn :class:`StrictJSONError` into the error class of their input
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 #: No document atoll reads nests deeper than a handful of levels; this bound keeps
-#: the parser (and every walk over the result) far from the recursion limit.
+#: every walk over a document (validation, ``json.dumps``, ``repr``) far from the
+#: recursion limit.
 MAX_DEPTH = 100
-
-# Strings are removed before brackets are counted: a "[" inside a string is text.
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
 
 
 class StrictJSONError(ValueError):
@@ -39,43 +35,58 @@ class StrictJSONError(ValueError):
 def loads(data: bytes | str) -> Any:
     """Parse *data* as JSON, refusing duplicate keys, a byte-order mark and deep nesting."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if raw.startswith(b"\xef\xbb\xbf") or raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
         raise StrictJSONError("starts with a byte-order mark (JSON text has none)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise StrictJSONError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    _check_depth(raw)
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        doc = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise StrictJSONError(f"not valid JSON ({exc})") from None
-    except RecursionError:  # only if MAX_DEPTH were raised past the interpreter's limit
-        raise StrictJSONError(_depth_message()) from None
+    except RecursionError:
+        # The parser nests once per level and stops cleanly at the interpreter's limit.
+        raise StrictJSONError(depth_message("objects and arrays")) from None
+    if too_deep(doc):
+        raise StrictJSONError(depth_message("objects and arrays"))
+    return doc
 
 
-def _check_depth(raw: bytes) -> None:
-    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
-        return
-    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", raw))
+def too_deep(doc: object) -> bool:
+    """Whether *doc*'s dicts and lists nest deeper than :data:`MAX_DEPTH`.
+
+    Level by level, without recursion: *doc* may nest deeper than the interpreter
+    recurses."""
+    level: list[Any] = [doc]
     depth = 0
-    for byte in brackets:
-        if byte in b"[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise StrictJSONError(_depth_message())
-        else:
-            depth -= 1
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            return True
+        below: list[Any] = []
+        for value in level:
+            kind = type(value)
+            if kind is dict or kind is list:
+                below.extend(
+                    c
+                    for c in (value.values() if kind is dict else value)
+                    if type(c) is dict or type(c) is list
+                )
+        level = below
+    return False
 
 
-def _depth_message() -> str:
-    return f"exceeded max depth: objects and arrays nest more than {MAX_DEPTH} levels"
+def depth_message(what: str) -> str:
+    return f"exceeded max depth: {what} nest more than {MAX_DEPTH} levels"
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in doc:
-            raise StrictJSONError(f"duplicate key {json.dumps(key)} in one object")
-        doc[key] = value
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise StrictJSONError(f"duplicate key {json.dumps(key)} in one object")
+            seen.add(key)
     return doc

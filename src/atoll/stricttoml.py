@@ -4,7 +4,7 @@
 deep nesting ends in ``RecursionError``, and dotted keys (``[a.a.a…]``) build
 tables nested as deep as the key is long, which every later walk over the
 document (validation, ``json.dumps``, ``repr``) recurses into.  No atoll file
-nests deeper than a few levels: past :data:`MAX_DEPTH` the text is refused with
+nests deeper than a few levels: past :data:`atoll.strictjson.MAX_DEPTH` the text is refused with
 :class:`NestingError`, a :class:`tomllib.TOMLDecodeError`, so callers report it
 as they report any other malformed TOML.
 """
@@ -14,33 +14,19 @@ from __future__ import annotations
 import tomllib
 from typing import Any
 
-from atoll.strictjson import MAX_DEPTH
+from atoll.strictjson import depth_message, too_deep
 
 
 class NestingError(tomllib.TOMLDecodeError):
-    """Tables and arrays nest deeper than :data:`MAX_DEPTH`."""
+    """Tables and arrays nest deeper than :data:`atoll.strictjson.MAX_DEPTH`."""
 
 
 def loads(text: str) -> dict[str, Any]:
-    """Parse *text* as TOML, refusing nesting deeper than :data:`MAX_DEPTH`."""
+    """Parse *text* as TOML, refusing nesting deeper than :data:`atoll.strictjson.MAX_DEPTH`."""
     try:
         doc = tomllib.loads(text)
     except RecursionError:
-        raise NestingError(_message()) from None
-    _check_depth(doc)
+        raise NestingError(depth_message("tables and arrays")) from None
+    if too_deep(doc):
+        raise NestingError(depth_message("tables and arrays"))
     return doc
-
-
-def _check_depth(doc: dict[str, Any]) -> None:
-    # Iterative: the document may be nested deeper than the interpreter recurses.
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise NestingError(_message())
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-
-
-def _message() -> str:
-    return f"exceeded max depth: tables and arrays nest more than {MAX_DEPTH} levels"
