@@ -45,3 +45,14 @@ def test_a_source_path_that_spans_lines_is_refused(tmp_path: Path) -> None:
     (root / "app.container").write_text("[Container]\nImage=quay.io/x/a\n")
     with pytest.raises(QuadletUnitError, match="would span lines"):
         generate_services(load_units([root]))
+
+
+def test_escapes_read_as_systemd_reads_them() -> None:
+    assert split_words(r'a\x01b "c\033d" e\u00e9f \s \q "\xZZ"') == [
+        "a\x01b",
+        "c\x1bd",
+        "e\u00e9f",
+        " ",
+        "q",
+        "xZZ",
+    ]
