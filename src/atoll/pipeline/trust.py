@@ -85,12 +85,20 @@ def device_policy_path(deployment_root: Path, override: Path | None = None) -> P
     """The policy a device applies: *override*, else the deployment's own file if
     anything is there, else None (no policy).
 
-    Anything at the path counts (a directory, a dangling symlink): loading it then
-    fails and every image is refused, where treating it as absent would admit all."""
+    Anything at the path counts (a directory, a dangling symlink), and so does a
+    path that cannot be looked at (``etc/containers`` a file, no permission):
+    loading it then fails and every image is refused, where treating it as
+    absent would admit all."""
     if override is not None:
         return override
     path = deployment_root / DEVICE_POLICY
-    return path if os.path.lexists(path) else None
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass  # not a directory on the way, no permission: not "no policy"
+    return path
 
 
 def load_optional_policy(path: Path | None) -> Policy | None:
