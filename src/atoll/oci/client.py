@@ -32,7 +32,6 @@ the registry and repository.  Requests are logged at debug level.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
+from atoll import strictjson
 from atoll.closing import Closeable
 from atoll.errors import (
     AtollError,
@@ -301,9 +301,9 @@ class RegistryClient(Closeable):
                 f"got {Digest.of(raw, wanted.algorithm)}"
             )
         try:
-            parsed = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+            parsed = strictjson.loads(raw)
+        except strictjson.StrictJSONError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
         if not isinstance(parsed, dict):
             raise ManifestError(f"{where}: not a JSON object")
         return FetchedManifest(raw, media_type(response.headers), Digest.of(raw))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.inspect import read_config, select_manifest
-from atoll.oci.manifest import ImageConfig, ImageManifest, parse_config
+from atoll.oci.manifest import ImageConfig, ImageManifest, parse_config, require_image_config
 from atoll.oci.transports import ImageName, ImageSource, open_source
 from atoll.progress import NullProgress
 from atoll.store import ImportResult, Store
@@ -35,6 +35,7 @@ def open_image(name: ImageName, ctx: SystemContext) -> Iterator[tuple[ImageSourc
     """Open *name*, pick this platform's image and read its config (verified)."""
     with open_source(name, ctx) as source:
         _, manifest = select_manifest(source, ctx.platform)
+        require_image_config(manifest, source.description)
         config_raw = read_config(source, manifest)
         config = parse_config(config_raw, where=source.description)
         yield source, RemoteImage(name, manifest, manifest.digest, config_raw, config)
