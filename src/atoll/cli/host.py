@@ -16,6 +16,7 @@ from atoll.cli.common import (
     add_registry_options,
     system_context,
 )
+from atoll.cli.hostdevice import host_status, open_device
 from atoll.errors import HealthCheckFailedError, UsageError
 from atoll.oci.transports import ImageName
 from atoll.run import run
@@ -23,7 +24,7 @@ from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
 from atoll.sysroot.lifecycle import Device, StageResult
 from atoll.sysroot.origin import ImageTransport, image_name
-from atoll.sysroot.status import describe, host_document
+from atoll.sysroot.status import describe
 from atoll.updates import SystemClock, ensure_reboot_allowed, parse_duration, running_root
 
 _STRATEGIES = [s.value for s in EtcMergeStrategy]
@@ -243,7 +244,7 @@ def _enforce_policy(args: argparse.Namespace, device: Device, *, install: bool =
 
 def _device(args: argparse.Namespace, out: Output, root: str | None = None) -> Device:
     ctx = system_context(args) if hasattr(args, "override_os") else None
-    return Device(Path(root or args.sysroot), ctx, progress=out.progress())
+    return open_device(Path(root or args.sysroot), ctx, progress=out.progress())
 
 
 def _describe_stage(result: StageResult) -> str:
@@ -288,7 +289,7 @@ def _with_trust(result: StageResult, decisions: list[Any]) -> dict[str, Any]:
 
 
 def _status(args: argparse.Namespace, out: Output) -> int:
-    doc = host_document(_device(args, out).state())
+    doc = host_status(_device(args, out).state())
     fmt = args.format or ("json" if out.json else "human")
     if fmt == "json":
         out.json = True

@@ -1,6 +1,6 @@
 """The device: sysroot layout, deployments, boot entries, /etc merge, lifecycle."""
 
-from atoll.sysroot.bootloader import (
+from atoll.sysroot.bootloader.entries import (
     BootEntry,
     BootState,
     choose_entry,

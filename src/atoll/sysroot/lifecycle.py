@@ -47,8 +47,9 @@ from atoll.oci.transports import ImageName, ImageSource
 from atoll.progress import ProgressSink
 from atoll.store import Store
 from atoll.store.importer import ImportStats
-from atoll.sysroot import bootloader
-from atoll.sysroot.bootloader import BootEntry
+from atoll.sysroot.bootloader import entries as bootloader
+from atoll.sysroot.bootloader.backend import Bootloader, detect_bootloader
+from atoll.sysroot.bootloader.entries import BootEntry
 from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
 from atoll.sysroot.layout import DEFAULT_STATEROOT, Sysroot
@@ -71,6 +72,12 @@ Admission = Callable[[ImageName, RemoteImage], None]
 ImageOpener = Callable[
     [ImageName, SystemContext], AbstractContextManager[tuple[ImageSource, RemoteImage]]
 ]
+#: The boot attempts a newly finalized deployment gets, given its root directory
+#: (the health checks read GREENBOOT_MAX_BOOT_ATTEMPTS there).
+BootTries = Callable[[Path], int]
+#: Pulls the images a new deployment binds (its root, the progress sink, an OCI
+#: layout to take them from or None) before it is staged; raises to refuse it.
+BoundImagesPull = Callable[[Path, ProgressSink | None, Path | None], None]
 
 
 def utc_timestamp() -> str:
@@ -118,16 +125,24 @@ class Device:
         ctx: SystemContext | None = None,
         *,
         progress: ProgressSink | None = None,
-        boot_tries: int = DEFAULT_BOOT_TRIES,
+        boot_tries: int | BootTries = DEFAULT_BOOT_TRIES,
         admit: Admission | None = None,
         opener: ImageOpener | None = None,
+        pull_bound: BoundImagesPull | None = None,
+        bootloader: Bootloader | None = None,
     ) -> None:
+        """*boot_tries*, *pull_bound* and the status of the layers above come from
+        the caller (the sysroot knows nothing of health checks or workloads);
+        *bootloader* None: chosen by what ``boot/`` holds at each write, since
+        ``atoll install to-disk`` adds GRUB to a sysroot after installing it."""
         self.sysroot = Sysroot(root)
         self.ctx = ctx or SystemContext()
         self.progress = progress
         self.boot_tries = boot_tries
         self.admit = admit
         self.opener: ImageOpener = opener or open_image
+        self.pull_bound = pull_bound
+        self._bootloader = bootloader
         #: An OCI layout holding bound images (``atoll bundle apply``): staging
         #: takes them from there instead of their registries.
         self.bound_images_layout: Path | None = None
@@ -333,18 +348,13 @@ class Device:
             return self._stage_result(deployment, image, stats, "staged")
 
     def _pull_bound_images(self, deployment: Deployment) -> None:
-        """Pull the images the new deployment binds (bootc's bound-images.d, see
-        atoll.workloads.bound) into the host's container storage, so its workloads
-        start without network.  A failed pull removes the new deployment: nothing
-        is staged.  Without podman on the host: a warning, and staging goes on."""
-        from atoll.workloads.bound import pull_bound_images
-
+        """Pull the images the new deployment binds (bootc's bound-images.d) with
+        the caller's *pull_bound*, so its workloads start without network.  A
+        failed pull removes the new deployment: nothing is staged."""
+        if self.pull_bound is None:
+            return
         try:
-            pull_bound_images(
-                self._deploy_path(deployment),
-                progress=self.progress,
-                layout=self.bound_images_layout,
-            )
+            self.pull_bound(self._deploy_path(deployment), self.progress, self.bound_images_layout)
         except BaseException:
             self._remove_deployment(deployment)
             raise
@@ -445,11 +455,9 @@ class Device:
             remove_tree(work)
 
     def _boot_tries(self, deployment: Deployment) -> int:
-        """GREENBOOT_MAX_BOOT_ATTEMPTS of the new deployment (default 3)."""
-        from atoll.health.config import load_config
-
-        config, _ = load_config(self._deploy_path(deployment))
-        return max(1, config.max_boot_attempts)
+        if isinstance(self.boot_tries, int):
+            return max(1, self.boot_tries)
+        return max(1, self.boot_tries(self._deploy_path(deployment)))
 
     @staticmethod
     def checkout_etc(store: Store, commit: str, dest: Path) -> None:
@@ -514,11 +522,11 @@ class Device:
         self._sync_bootloader()
 
     def _sync_bootloader(self, *, boot_success: bool | None = None) -> None:
-        """Keep GRUB's grub.cfg and grubenv in step with the entries, where atoll
-        manages GRUB (a disk made by ``atoll install to-disk``; docs/boot.md)."""
-        from atoll.boot.grub import sync_grub
-
-        sync_grub(self.sysroot.boot, boot_success=boot_success)
+        """Keep the bootloader's own files (GRUB's grub.cfg and grubenv, where
+        atoll manages GRUB; docs/boot.md) in step with the entries."""
+        boot_dir = self.sysroot.boot
+        backend = self._bootloader or detect_bootloader(boot_dir)
+        backend.sync(boot_dir, boot_success=boot_success)
 
     def _kernel(self, store: Store, deployment: Deployment) -> tuple[str, tuple[str, ...]]:
         info = store.kernel(deployment.commit)

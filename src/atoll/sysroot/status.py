@@ -57,14 +57,11 @@ def _entry(state: SysrootState, deployment: Deployment | None) -> dict[str, Any]
     }
 
 
-def _rollbacks(state: SysrootState) -> list[dict[str, Any]]:
-    """Automatic rollbacks recorded by the health checks (atoll.health.records)."""
-    from atoll.health.records import read_rollbacks
-
-    return [r.to_json() for r in read_rollbacks(state.sysroot.root)]
-
-
-def host_document(state: SysrootState) -> dict[str, Any]:
+def host_document(
+    state: SysrootState, *, last_rollback: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """*last_rollback*: the newest automatic rollback the health checks recorded
+    (``atoll.health.records``), as its JSON; the caller reads it."""
     booted = state.booted
     spec_source = state.staged or booted or state.default
     spec_image = (
@@ -73,7 +70,6 @@ def host_document(state: SysrootState) -> dict[str, Any]:
         else None
     )
     record = state.booted_record
-    rollbacks = _rollbacks(state)
     return {
         "apiVersion": API_VERSION,
         "kind": "BootcHost",
@@ -91,7 +87,7 @@ def host_document(state: SysrootState) -> dict[str, Any]:
             "atoll": {
                 "sysroot": str(state.sysroot.root),
                 "lastBoot": record.to_json() if record else None,
-                "lastRollback": rollbacks[-1] if rollbacks else None,
+                "lastRollback": last_rollback,
             },
         },
     }
