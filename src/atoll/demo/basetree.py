@@ -25,12 +25,11 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from atoll.errors import CommandError
-from atoll.run import base_environment, find_tool
+from atoll.run import find_tool, run
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -113,13 +112,7 @@ def debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES, suite: str =
         str(target),
         MIRROR,
     ]
-    proc = subprocess.run(
-        argv,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=base_environment(),
-        check=False,
-    )
+    proc = run(argv, check=False)
     if proc.returncode != 0:
         tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
         raise CommandError(
@@ -185,5 +178,5 @@ def _remove_build(path: Path) -> None:
         if point == top or point.startswith(top + "/"):
             points.append(point)
     for point in sorted(points, key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+        run(["umount", "--lazy", point], check=False)
     shutil.rmtree(path, ignore_errors=True)

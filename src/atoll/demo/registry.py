@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
 from atoll.errors import CommandError
-from atoll.run import base_environment, find_tool
+from atoll.run import STDOUT, Process, TimeoutExpired, find_tool, spawn
 
 _CONFIG = """\
 version: 0.1
@@ -59,20 +58,13 @@ class LocalRegistry:
         self.workdir = workdir
         self.port = port or free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Process | None = None
 
     def start(self, timeout: float = 20.0) -> None:
         binary = find_tool("docker-registry")
         config = write_config(self.workdir, self.port)
         log = (self.workdir / "registry.log").open("wb")
-        self._proc = subprocess.Popen(
-            [binary, "serve", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=base_environment(),
-            start_new_session=True,
-        )
+        self._proc = spawn([binary, "serve", config], stdout=log, stderr=STDOUT, new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -92,7 +84,7 @@ class LocalRegistry:
             self._proc.terminate()
             try:
                 self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+            except TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
