@@ -18,12 +18,11 @@ from atoll.cli.common import (
 )
 from atoll.cli.hostdevice import host_status, open_device
 from atoll.errors import HealthCheckFailedError, UsageError
-from atoll.oci.transports import ImageName
+from atoll.oci.transports import ImageName, ImageTransport, parse_bootc_name
 from atoll.run import run
 from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
 from atoll.sysroot.lifecycle import Device, StageResult
-from atoll.sysroot.origin import ImageTransport, image_name
 from atoll.sysroot.status import describe
 from atoll.updates import SystemClock, ensure_reboot_allowed, parse_duration, running_root
 
@@ -264,9 +263,8 @@ def _describe_stage(result: StageResult) -> str:
 def _install(args: argparse.Namespace, out: Output) -> int:
     if args.install_command != "to-filesystem":
         raise UsageError(f"unknown install command {args.install_command}")
-    image, transport = ImageTransport.parse_name(args.source, args.transport)
+    name = parse_bootc_name(args.source, args.transport)
     device = _device(args, out, args.root)
-    name = image_name(image, transport)
     decisions = _enforce_policy(args, device, install=True)
     if device.admit is not None:
         # Check before the sysroot is created, so a refused image leaves nothing behind.
@@ -398,13 +396,13 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
 
 
 def _switch(args: argparse.Namespace, out: Output) -> int:
-    image, transport = ImageTransport.parse_name(args.image, args.transport)
+    name = parse_bootc_name(args.image, args.transport)
     device = _device(args, out)
     if args.apply and not args.force:
         _allow_reboot(args, device, out)  # refuse before downloading anything
     decisions = _enforce_policy(args, device)
     result = device.stage(
-        image_name(image, transport),
+        name,
         allow_no_kernel=args.allow_no_kernel,
         etc_strategy=EtcMergeStrategy(args.etc_merge),
     )
