@@ -14,7 +14,6 @@ import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -29,15 +28,15 @@ def registry_config(
     workdir: Path,
     port: int,
     *,
-    auth: Mapping[str, Any] | None = None,
+    auth: Mapping[str, object] | None = None,
     tls: tuple[Path, Path] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """Storage under *workdir*, deletes enabled, listening on 127.0.0.1:*port*;
     *auth*: the registry's ``auth`` section; *tls*: (certificate, key)."""
-    http: dict[str, Any] = {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)}
+    http: dict[str, object] = {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)}
     if tls is not None:
         http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
-    config: dict[str, Any] = {
+    config: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "error", "accesslog": {"disabled": True}},
         "storage": {
@@ -52,11 +51,18 @@ def registry_config(
     return config
 
 
-def write_config(workdir: Path, port: int, **options: Any) -> Path:
+def write_config(
+    workdir: Path,
+    port: int,
+    *,
+    auth: Mapping[str, object] | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> Path:
     """The registry's config.yml (:func:`registry_config`; JSON is YAML)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.yml"
-    config.write_text(json.dumps(registry_config(workdir, port, **options), indent=2) + "\n")
+    data = registry_config(workdir, port, auth=auth, tls=tls)
+    config.write_text(json.dumps(data, indent=2) + "\n")
     return config
 
 
@@ -87,7 +93,7 @@ class LocalRegistry:
         workdir: Path,
         port: int | None = None,
         *,
-        auth: Mapping[str, Any] | None = None,
+        auth: Mapping[str, object] | None = None,
         tls: tuple[Path, Path] | None = None,
         ca_path: Path | None = None,
     ) -> None:

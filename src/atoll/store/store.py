@@ -578,5 +578,5 @@ def _read_all(path: str) -> bytes:
     return b"".join(chunks)
 
 
-def _version_key(text: str) -> list[Any]:
+def _version_key(text: str) -> list[tuple[int, int | str]]:
     return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text) if p]

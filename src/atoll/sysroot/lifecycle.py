@@ -257,7 +257,7 @@ class Device:
             return self._stage_result(deployment, image, stats, "installed")
 
     def _record_origin(
-        self, where: tuple[str, str, int], name: ImageName, image: RemoteImage, **extra: Any
+        self, where: tuple[str, str, int], name: ImageName, image: RemoteImage, **extra: bool | str
     ) -> Deployment:
         origin = origin_for(
             name,
@@ -591,7 +591,7 @@ class Device:
             store = self.store()
             report = store.gc(keep)
             crashpoint("cleanup-gc-done")
-            return {"removed": removed, "kernels": kernels, "store": _as_json(report)}
+            return {"removed": removed, "kernels": kernels, "store": report.to_json()}
 
     # --- boot (the directory device) --------------------------------------------------
 
@@ -698,8 +698,3 @@ def _select(state: SysrootState, selector: str | None) -> Deployment:
             hint="name one by its index in atoll status or a unique prefix of its id",
         )
     return matches[0]
-
-
-def _as_json(report: Any) -> Any:
-    to_json = getattr(report, "to_json", None)
-    return to_json() if callable(to_json) else report

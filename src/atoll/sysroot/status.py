@@ -21,6 +21,7 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from atoll.sysroot.origin import Deployment
@@ -58,7 +59,7 @@ def _entry(state: SysrootState, deployment: Deployment | None) -> dict[str, Any]
 
 
 def host_document(
-    state: SysrootState, *, last_rollback: dict[str, Any] | None = None
+    state: SysrootState, *, last_rollback: Mapping[str, object] | None = None
 ) -> dict[str, Any]:
     """*last_rollback*: the newest automatic rollback the health checks recorded
     (``atoll.health.records``), as its JSON; the caller reads it."""
