@@ -16,6 +16,7 @@ from atoll.health.config import load_config
 from atoll.health.records import read_rollbacks
 from atoll.oci.context import SystemContext
 from atoll.progress import ProgressSink
+from atoll.sysroot.bootloader import detect_bootloader
 from atoll.sysroot.lifecycle import Device
 from atoll.sysroot.state import SysrootState
 from atoll.sysroot.status import host_document
@@ -41,7 +42,10 @@ def open_device(
     *,
     progress: ProgressSink | None = None,
 ) -> Device:
-    return Device(root, ctx, progress=progress, boot_tries=boot_tries, pull_bound=pull_bound)
+    device = Device(root, ctx, progress=progress, boot_tries=boot_tries, pull_bound=pull_bound)
+    # A command runs one operation: the bootloader is the one boot/ names now.
+    device.bootloader = detect_bootloader(device.sysroot.boot)
+    return device
 
 
 def host_status(state: SysrootState) -> dict[str, Any]:

@@ -142,7 +142,7 @@ class Device:
         self.admit = admit
         self.opener: ImageOpener = opener or open_image
         self.pull_bound = pull_bound
-        self._bootloader = bootloader
+        self.bootloader = bootloader
         #: An OCI layout holding bound images (``atoll bundle apply``): staging
         #: takes them from there instead of their registries.
         self.bound_images_layout: Path | None = None
@@ -525,7 +525,7 @@ class Device:
         """Keep the bootloader's own files (GRUB's grub.cfg and grubenv, where
         atoll manages GRUB; docs/boot.md) in step with the entries."""
         boot_dir = self.sysroot.boot
-        backend = self._bootloader or detect_bootloader(boot_dir)
+        backend = self.bootloader or detect_bootloader(boot_dir)
         backend.sync(boot_dir, boot_success=boot_success)
 
     def _kernel(self, store: Store, deployment: Deployment) -> tuple[str, tuple[str, ...]]:
