@@ -11,6 +11,7 @@ import contextlib
 import json
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,7 +70,7 @@ def write_config(
 def answers(host: str, *, scheme: str = "http", ca: Path | None = None) -> bool:
     """True when the registry at *host* answers its API's version check (an
     authenticating registry answers 401)."""
-    verify: bool | str = str(ca) if ca is not None else True
+    verify: bool | ssl.SSLContext = ssl.create_default_context(cafile=ca) if ca else True
     with contextlib.suppress(httpx.HTTPError):
         code = httpx.get(f"{scheme}://{host}/v2/", timeout=1, verify=verify).status_code
         return code in (200, 401)
