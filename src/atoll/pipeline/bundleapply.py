@@ -41,6 +41,7 @@ from atoll.pipeline.bundle import (
 from atoll.pipeline.policy import Policy
 from atoll.pipeline.tarsplit import rebuild
 from atoll.pipeline.trust import check_image, signature_keys
+from atoll.store.importer import find_import
 
 if TYPE_CHECKING:
     from atoll.sysroot.lifecycle import Device, StageResult
@@ -194,7 +195,7 @@ def _prepare_delta(
     """For each omitted layer: its tar-split and the store commit that provides
     its files, after rebuilding it once and checking its diff_id."""
     store = device.store()
-    base = store.find_import(Digest.parse(delta.from_digest))
+    base = find_import(store, Digest.parse(delta.from_digest))
     if base is None:
         raise BundleError(
             f"{bundle.path}: a delta from {delta.from_reference} ({delta.from_digest}), "

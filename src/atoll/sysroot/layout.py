@@ -18,7 +18,7 @@ directory device use any directory.  Layout (version :data:`SYSROOT_VERSION`)::
     │       └── deploy/
     │           ├── COMMIT.SERIAL/       a deployment: the image's files, /etc merged
     │           └── COMMIT.SERIAL.origin where it came from (JSON, see origin.py)
-    └── boot/                            boot entries and kernels (atoll.sysroot.bootloader)
+    └── boot/                            boot entries and kernels (atoll.sysroot.bootloader.entries)
 
 Lock order: the sysroot lock (``atoll/lock``), then the store lock, then the
 boot lock.  Every lifecycle command takes the sysroot lock for its whole run.

@@ -23,6 +23,8 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from atoll.sysroot.dropped import read_dropped
@@ -60,17 +62,8 @@ def _entry(state: SysrootState, deployment: Deployment | None) -> dict[str, Any]
     }
 
 
-def _rollbacks(state: SysrootState) -> list[dict[str, Any]]:
-    """Automatic rollbacks recorded by the health checks (atoll.health.records)."""
-    from atoll.health.records import read_rollbacks
-
-    return [r.to_json() for r in read_rollbacks(state.sysroot.root)]
-
-
 def _last_transfer(state: SysrootState) -> dict[str, Any] | None:
     """What the last import moved, by path (written by atoll.sysroot.lifecycle)."""
-    import json
-
     try:
         data = json.loads(state.sysroot.transfer_file.read_text())
     except (OSError, ValueError):
@@ -78,7 +71,11 @@ def _last_transfer(state: SysrootState) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def host_document(state: SysrootState) -> dict[str, Any]:
+def host_document(
+    state: SysrootState, *, last_rollback: Mapping[str, object] | None = None
+) -> dict[str, Any]:
+    """*last_rollback*: the newest automatic rollback the health checks recorded
+    (``atoll.health.records``), as its JSON; the caller reads it."""
     booted = state.booted
     spec_source = state.staged or booted or state.default
     spec_image = (
@@ -87,7 +84,6 @@ def host_document(state: SysrootState) -> dict[str, Any]:
         else None
     )
     record = state.booted_record
-    rollbacks = _rollbacks(state)
     dropped = read_dropped(state.sysroot)
     return {
         "apiVersion": API_VERSION,
@@ -106,7 +102,7 @@ def host_document(state: SysrootState) -> dict[str, Any]:
             "atoll": {
                 "sysroot": str(state.sysroot.root),
                 "lastBoot": record.to_json() if record else None,
-                "lastRollback": rollbacks[-1] if rollbacks else None,
+                "lastRollback": last_rollback,
                 "droppedUpdate": dropped.to_json() if dropped else None,
                 "lastTransfer": _last_transfer(state),
             },

@@ -12,12 +12,13 @@ container when the unit is no longer wanted.
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from atoll.errors import ToolMissingError
+from atoll.run import PIPE, TimeoutExpired, spawn
 from atoll.workloads.control import Health, UnitState
 from atoll.workloads.healthcheck import HealthTracker, OnFailure, run_check
 from atoll.workloads.notify import NotifySocket, NotifyState
@@ -86,21 +87,15 @@ class ContainerRun:
         argv = plan.start[0].argv
         log.debug("%s: run %s", plan.service, " ".join(argv))
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-            )
-        except OSError as exc:
+            proc = spawn(argv, stdout=PIPE, stderr=PIPE, env=env)
+        except (OSError, ToolMissingError) as exc:
             return RunEnd(Result.EXIT_CODE, EndKind.UNCLEAN_CODE, 203, str(exc))
         while True:
             remaining = deadline - time.monotonic()
             try:
                 out, err = proc.communicate(timeout=min(max(remaining, 0.01), 1.0))
                 break
-            except subprocess.TimeoutExpired:
+            except TimeoutExpired:
                 with self.cond:
                     stopping = not rt.wanted
                 if remaining <= 0 or stopping:

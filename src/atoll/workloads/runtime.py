@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from atoll.errors import CommandError, ToolMissingError
+from atoll.podman import podman as run_podman
+from atoll.podman import podman_environment
+from atoll.run import Completed, run
 from atoll.workloads.generate import GeneratedService
 from atoll.workloads.healthcheck import HealthSpec
 from atoll.workloads.quadlet import ContainerOptions, QuadletUnit, UnitKind, split_words
@@ -238,15 +240,15 @@ def run_commands(
         remaining = max(deadline - time.monotonic(), 0.1)
         log.debug("%s: run %s", what, " ".join(command.argv))
         try:
-            proc = subprocess.run(
+            proc = run(
                 command.argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=dict(env),
+                env=env,
                 timeout=None if remaining == float("inf") else remaining,
                 check=False,
             )
-        except subprocess.TimeoutExpired:
+        except ToolMissingError as exc:
+            return RunEnd(Result.EXIT_CODE, EndKind.UNCLEAN_CODE, 203, str(exc))
+        except CommandError:
             return RunEnd(Result.TIMEOUT, EndKind.TIMEOUT, error=f"{command.argv[0]} timed out")
         except OSError as exc:
             return RunEnd(Result.EXIT_CODE, EndKind.UNCLEAN_CODE, 203, str(exc))
@@ -259,37 +261,16 @@ def run_commands(
 
 
 def podman_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The supervisor's own environment (CONTAINERS_CONF and friends) plus *extra*."""
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    if extra:
-        env.update(extra)
-    return env
+    """podman's environment (atoll.podman: CONTAINERS_CONF and friends of the
+    supervisor's own) plus *extra*."""
+    return podman_environment(extra=extra)
 
 
 def podman(
     *args: str, env: Mapping[str, str] | None = None, timeout: float | None = 120.0
-) -> subprocess.CompletedProcess[bytes]:
+) -> Completed:
     """Run ``podman ARGS`` (not checked: callers look at the return code)."""
-    argv = ["podman", *args]
-    log.debug("run: %s", " ".join(argv))
-    try:
-        return subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=dict(env) if env is not None else podman_env(),
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise ToolMissingError(
-            "podman is not installed", argv=argv, hint="apt-get install podman"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise CommandError(
-            f"podman {args[0]} did not finish within {timeout} s", argv=argv
-        ) from None
+    return run_podman(args, env=env, check=False, timeout=timeout)
 
 
 def inspect_container(
