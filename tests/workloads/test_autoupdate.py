@@ -47,7 +47,7 @@ from helpers.workloads import (
     WorkloadEnv,
     free_port,
     http_get,
-    push_workload_image,
+    release_workload_image,
     wait_for,
 )
 
@@ -107,6 +107,7 @@ class FakeManager:
         self.started_at = dict.fromkeys(images, clock.now)
         self.behaviour: dict[str, str] = {}
         self.restarted: list[str] = []
+        self.container_ids: dict[str, str] = {}
 
     def _status(self, unit: str, state: UnitState = UnitState.ACTIVE) -> UnitStatus:
         image_id = self.running[unit]
@@ -123,7 +124,7 @@ class FakeManager:
             state=state,
             result="success" if state is UnitState.ACTIVE else "exit-code",
             container=f"systemd-{unit.removesuffix('.service')}",
-            container_id=f"c-{image_id[:12]}-{len(self.restarted)}",
+            container_id=self.container_ids.get(unit, f"c-{image_id[:12]}"),
             image=self.images[unit],
             image_id=image_id,
             health=health,
@@ -137,6 +138,8 @@ class FakeManager:
 
     def restart(self, unit: str, timeout: float | None = None) -> UnitStatus:
         self.restarted.append(unit)
+        # Each restart makes a new container (of this unit only: others are watched meanwhile).
+        self.container_ids[unit] = f"c-{unit}-{len(self.restarted)}"
         image_id = self.podman.image_id(self.images[unit])
         self.running[unit] = image_id
         self.started_at[unit] = self.clock.now
@@ -663,16 +666,7 @@ def test_web_workload_updates_rolls_back_and_keeps_serving(workload_env: Workloa
     host = env.registry.server.host
 
     def release(version: str, cmd: tuple[str, ...] = GOOD) -> str:
-        """Push VERSION and move the stable tag to it; return its digest."""
-        push_workload_image(env.registry, repo, version, cmd=cmd, page=f"hello from {version}\n")
-        env.registry.skopeo(
-            "copy", "--quiet", *env.registry.skopeo_args("src"), *env.registry.skopeo_args("dest"),
-            f"docker://{host}/{repo}:{version}", f"docker://{host}/{repo}:stable",
-        )  # fmt: skip
-        return env.registry.skopeo(
-            "inspect", *env.registry.skopeo_args(), "--format", "{{.Digest}}",
-            f"docker://{host}/{repo}:{version}",
-        ).stdout.strip()  # fmt: skip
+        return release_workload_image(env.registry, repo, version, "stable", cmd)
 
     release("v1")
     image = f"{host}/{repo}:stable"
@@ -755,7 +749,7 @@ def test_web_workload_updates_rolls_back_and_keeps_serving(workload_env: Workloa
     _auto_update(env, sup, "--watch", "3s", crash_at="autoupdate-tagged")
     assert http_get(port) == "hello from v2\n"
     code, doc = _auto_update(env, sup, "--watch", "3s")
-    assert code == 0, doc
+    assert code == 0, json.dumps(doc["units"])
     assert (doc["units"][0]["updated"], doc["units"][0]["digest"]["new"]) == ("true", v6)
     assert http_get(port) == "hello from v6\n"
     assert sup.stop() == 0
