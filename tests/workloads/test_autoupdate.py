@@ -17,12 +17,13 @@ import json
 import os
 import subprocess
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from atoll.errors import UnitFailedError, WorkloadUpdateStateError
+from atoll.errors import StartLimitHitError, UnitFailedError, WorkloadUpdateStateError
 from atoll.podman import isolated_environment
 from atoll.workloads.autoupdate import (
     AutoUpdateOptions,
@@ -322,6 +323,72 @@ def test_a_shared_image_is_pulled_once_and_a_failed_pull_costs_only_its_unit(
     assert reports["c.container"]["updated"] == "failed"
     assert str(reports["c.container"]["reason"]).startswith(f"pulling {other.rsplit(':', 1)[0]}@")
     assert sorted(manager.restarted) == ["a.service", "b.service"]
+
+
+class LeftDownOnce(FakeManager):
+    """The first restart of *unit* onto *image_id* leaves it failed (start-limit-hit),
+    as a unit that crashed too often before its rollback is left; the next restart
+    starts it."""
+
+    def __init__(self, *args: Any, unit: str, image_id: str) -> None:
+        super().__init__(*args)
+        self.trap = (unit, image_id)
+        self.down: set[str] = set()
+
+    def status(self, unit: str) -> UnitStatus:
+        if unit in self.down:
+            return replace(self._status(unit, UnitState.FAILED), result="start-limit-hit")
+        return super().status(unit)
+
+    def restart(self, unit: str, timeout: float | None = None) -> UnitStatus:
+        self.down.discard(unit)
+        status = super().restart(unit, timeout)
+        if (unit, self.running[unit]) == self.trap:
+            self.trap = ("", "")
+            self.down.add(unit)
+            raise StartLimitHitError(f"{unit}: start request repeated too quickly")
+        return status
+
+
+@pytest.mark.integration
+def test_units_on_one_tag_roll_back_each_onto_its_own_image_and_none_is_left_down(
+    setup: Setup,
+) -> None:
+    """Four units share one tag but ran two different images before a bad one:
+    each restart runs the image meant for its unit (the tag is never moved while
+    another unit's restart may read it), and a unit the rollback left failed is
+    started again, its report saying what runs after the run."""
+    v1 = setup.push(seed="v1")
+    image = setup.image()
+    repo = image.rsplit(":", 1)[0]
+    setup.podman.preload(image)
+    v1_id = setup.podman.image_id(image)
+    other = setup.push("other", seed="v1b")
+    setup.podman.preload(f"{repo}@{other}")
+    other_id = setup.podman.image_id(f"{repo}@{other}")
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        setup.unit(name, image)
+    manager = LeftDownOnce(
+        setup.podman,
+        setup.clock,
+        {f"{n}.service": image for n in names},
+        unit="d.service",
+        image_id=other_id,
+    )
+    before = {"a.service": v1_id, "b.service": other_id, "c.service": v1_id, "d.service": other_id}
+    manager.running.update(before)
+    setup.push(seed="v2", behaviour="exit")
+
+    result = setup.run(manager, parallel=4)
+    reports = {r.unit: r for r in result.reports}
+    assert {u: r.updated for u, r in reports.items()} == dict.fromkeys(
+        [f"{n}.container" for n in names], Updated.ROLLED_BACK
+    ), result.to_json()
+    assert manager.running == before
+    assert manager.down == set()
+    assert "started again after the run" in reports["d.container"].reason
+    assert {r.old_digest for r in result.reports} == {v1, other}
 
 
 @pytest.mark.integration
