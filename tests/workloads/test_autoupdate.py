@@ -391,6 +391,54 @@ def test_units_on_one_tag_roll_back_each_onto_its_own_image_and_none_is_left_dow
     assert {r.old_digest for r in result.reports} == {v1, other}
 
 
+class OneUnitFails(FakeManager):
+    """Restarting *unit* on any image but its first fails (as a unit whose own
+    configuration does not suit the new image would)."""
+
+    def __init__(self, *args: Any, unit: str) -> None:
+        super().__init__(*args)
+        self.unit, self.first = unit, self.running[unit]
+
+    def restart(self, unit: str, timeout: float | None = None) -> UnitStatus:
+        status = super().restart(unit, timeout)
+        if unit == self.unit and self.running[unit] != self.first:
+            raise UnitFailedError(f"{unit} failed: the container exited with status 1")
+        return status
+
+
+@pytest.mark.integration
+def test_a_failure_in_a_wave_rolls_back_the_wave_and_stops_the_next(setup: Setup) -> None:
+    setup.push(seed="v1")
+    image = setup.image()
+    setup.podman.preload(image)
+    v1_id = setup.podman.image_id(image)
+    names = ["a", "b", "c", "d", "e"]
+    for name in names:
+        setup.unit(name, image)
+    manager = OneUnitFails(
+        setup.podman, setup.clock, {f"{n}.service": image for n in names}, unit="b.service"
+    )
+    v2 = setup.push(seed="v2")
+
+    result = setup.run(manager, parallel=2)
+    reports = {r.unit.removesuffix(".container"): r for r in result.reports}
+    assert {n: r.updated for n, r in reports.items()} == {
+        "a": Updated.ROLLED_BACK,
+        "b": Updated.ROLLED_BACK,
+        "c": Updated.FALSE,
+        "d": Updated.FALSE,
+        "e": Updated.FALSE,
+    }, result.to_json()
+    assert reports["a"].reason.startswith("rolled back with b.container"), reports["a"].reason
+    assert reports["c"].reason.startswith("not restarted"), reports["c"].reason
+    assert sorted(set(manager.restarted)) == ["a.service", "b.service"]
+    assert manager.running == dict.fromkeys(manager.running, v1_id)
+    # The units not reached do not take the failed digest on the next run either.
+    again = {r.unit: r.updated for r in setup.run(manager, parallel=2).reports}
+    assert set(again.values()) == {Updated.FALSE}, again
+    assert all(r.rolled_back_digests == (v2,) for r in result.reports)
+
+
 @pytest.mark.integration
 def test_a_fault_in_a_pull_reaches_the_caller_instead_of_hanging(
     setup: Setup, monkeypatch: pytest.MonkeyPatch

@@ -102,7 +102,6 @@ class Watch:
     old: ImageRecord
     started: UnitStatus
     deadline: float
-    status: UnitStatus | None = None
     failure: str | None = None
     ready: bool = False
     done: bool = False
@@ -228,7 +227,8 @@ class Rollout:
                 )
 
     def _begin(self, plans: Sequence[_Plan]) -> list[Watch]:
-        """Tag and restart a wave; return its watches (those that failed at once, done)."""
+        """Tag and restart a wave; return its watches (with the failure of a restart
+        that failed; _watch concludes them)."""
         from atoll.workloads.autoupdate import Updated
 
         items: list[tuple[_Plan, ImageRecord, ImageRecord]] = []
@@ -244,7 +244,6 @@ class Rollout:
             for p, new, _ in items
         ]
         watches: list[Watch] = []
-        failed: list[Watch] = []
         deadline = self.updater.monotonic() + self.options.watch
         for (plan, new, old), step, result in zip(
             items, steps, self.restart_all(steps), strict=True
@@ -259,13 +258,9 @@ class Rollout:
             started = result.status or plan.status
             if result.status is not None:
                 report.container = result.status.container
-            watch = Watch(workload, report, new, old, started, deadline, failure=result.failure)
-            watches.append(watch)
-            if result.failure is not None:
-                failed.append(watch)
-        if failed:
-            self._spread(failed, watches)
-            self.conclude(failed)
+            watches.append(
+                Watch(workload, report, new, old, started, deadline, failure=result.failure)
+            )
         return watches
 
     def _watch(self, watches: list[Watch], wave: list[Watch] | None) -> Watch | None:
@@ -273,6 +268,7 @@ class Rollout:
         return the first watch that failed, if one did."""
         monotonic, sleep = self.updater.monotonic, self.updater.sleep
         while True:
+            self._settle(watches)
             failed = next((w for w in watches if w.failure is not None), None)
             if wave is not None and failed is not None:
                 return failed
@@ -287,23 +283,23 @@ class Rollout:
                 sleep(pause)
             answers = self.statuses([w.workload for w in live])
             now = monotonic()
-            newly: list[Watch] = []
             for watch in live:
                 answer = answers[watch.workload.unit]
                 if isinstance(answer, str):
                     watch.failure = answer
                 else:
-                    watch.status = answer
                     watch.failure, watch.ready = judge(watch.started, answer)
                     if watch.failure is None and now >= watch.deadline and not watch.ready:
                         watch.failure = not_ready(self.options.watch, answer)
-                if watch.failure is not None:
-                    newly.append(watch)
-                elif now >= watch.deadline:
+                if watch.failure is None and now >= watch.deadline:
                     self.conclude([watch])
-            if newly:
-                self._spread(newly, watches)
-                self.conclude([w for w in watches if w.failure is not None and not w.done])
+
+    def _settle(self, watches: Sequence[Watch]) -> None:
+        """Conclude every watch that failed, with the others the same image reached."""
+        failed = [w for w in watches if w.failure is not None and not w.done]
+        if failed:
+            self._spread(failed, watches)
+            self.conclude([w for w in watches if w.failure is not None and not w.done])
 
     def _spread(self, failed: Sequence[Watch], watches: Sequence[Watch]) -> None:
         """A failed image fails every unit it reached that still is under watch."""
