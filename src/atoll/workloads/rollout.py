@@ -3,13 +3,15 @@
 The units of one dependency level (see :mod:`atoll.workloads.autoupdate`) are
 restarted in **waves** of *parallel* units.  A restart is work (podman
 processes), the watch window is waiting: every restarted unit is watched in
-one loop, each until its own restart time + the watch window.  The next wave
-starts as soon as every unit of the current one is ready (active, and healthy
-or without a health check), so a good image reaches all units in about
-``waves x (restart + first health check) + watch window``.  A failure stops
-the waves: the units not reached are left ``pending``; every unit the failing
-image reached is rolled back together (a unit that fails runs the same image
-as its wave, and that image is what failed).
+one loop, each until its own restart time + the watch window.  The first wave
+is a canary: the next starts once every unit of it is ready (active, and
+healthy or without a health check); each later wave starts as soon as the
+restarts of the one before succeeded and its units were asked once more.  A
+good image so reaches all units in about ``restarts + watch window``.  A
+failure stops the waves: the units not reached keep their image (and do not
+take the failed digest later); every unit the failing image reached is rolled
+back together (a unit that fails runs the same image as the others, and that
+image is what failed).
 
 **Tags and rounds.**  A container unit runs what its ``Image=`` tag names at
 the moment of its ``podman run``.  Units sharing one tag must therefore never
@@ -193,11 +195,16 @@ class Rollout:
         queue = list(plans)
         watches: list[Watch] = []
         stop: Watch | None = None
+        first = True
         while queue and stop is None:
             wave, queue = queue[:size], queue[size:]
             begun = self._begin([p for p in wave if self.updater._pull(p)])
             watches += begun
-            stop = self._watch(watches, begun)
+            # The first wave must be ready (its health checks pass) before another
+            # starts; later waves only need their restarts to have succeeded, and
+            # the watch goes on meanwhile.
+            stop = self._watch(watches, begun, until_ready=first)
+            first = first and not begun
         if stop is not None:
             self._hold_back(queue, stop)
         self._watch(watches, None)
@@ -263,10 +270,14 @@ class Rollout:
             )
         return watches
 
-    def _watch(self, watches: list[Watch], wave: list[Watch] | None) -> Watch | None:
-        """Watch until every unit of *wave* is ready (None: until every watch is done);
-        return the first watch that failed, if one did."""
+    def _watch(
+        self, watches: list[Watch], wave: list[Watch] | None, *, until_ready: bool = True
+    ) -> Watch | None:
+        """Watch until every unit of *wave* is ready (not *until_ready*: until the
+        watches were asked once more; no *wave*: until every watch is done); return
+        the first watch that failed, if one did."""
         monotonic, sleep = self.updater.monotonic, self.updater.sleep
+        asked = False
         while True:
             self._settle(watches)
             failed = next((w for w in watches if w.failure is not None), None)
@@ -275,6 +286,9 @@ class Rollout:
             live = [w for w in watches if not w.done]
             if wave is not None and all(w.done or w.ready for w in wave):
                 return None
+            if wave is not None and not until_ready and asked:
+                return None
+            asked = True
             if not live:
                 return failed
             now = monotonic()
