@@ -119,6 +119,8 @@ class Rollout:
         #: Units restarted by this run -> (the step that should hold after it, its
         #: report, whether that step was a rollback).
         self.expected: dict[str, tuple[Step, UnitReport, bool]] = {}
+        #: What this run pointed each tag at (no podman tag to move it there again).
+        self._tagged: dict[str, str | None] = {}
 
     # --- restarts ------------------------------------------------------------------
 
@@ -128,9 +130,14 @@ class Rollout:
         for indices in _rounds(steps):
             tag_errors: dict[str, str] = {}
             for i in indices:
-                tag = steps[i].tag
-                if tag is not None and tag not in tag_errors:
-                    tag_errors[tag] = self.updater._tag(steps[i].image_id, tag) or ""
+                tag, image_id = steps[i].tag, steps[i].image_id
+                if tag is None or tag in tag_errors:
+                    continue
+                if self._tagged.get(tag) == image_id:
+                    tag_errors[tag] = ""  # this run pointed it there already
+                    continue
+                tag_errors[tag] = self.updater._tag(image_id, tag) or ""
+                self._tagged[tag] = None if tag_errors[tag] else image_id
             crashpoint("autoupdate-tagged")
             todo = []
             for i in indices:
