@@ -15,16 +15,18 @@ whose container runs:
    only while the cron expression matches; otherwise it is ``pending``.
 3. **Apply**, units that depend on each other (``After=``/``Requires=``/
    ``Wants=``/``BindsTo=`` naming another updated unit) in order, the others in
-   parallel (*parallel* at a time).  The new images are pulled as
-   ``REPO@DIGEST``, once per digest, shared out over a few podman processes
-   (one per CPU at most); then each unit on its own, as soon as its image is
-   in: tag it as the unit's ``Image=``, restart the unit, then **watch** it for
-   the watch window: it must become active with health ``healthy`` (or no
-   health check) and must not fail, turn unhealthy or be restarted by its
-   manager meanwhile.
-4. **Roll back** a unit that fails the watch: tag the previous image as
-   ``Image=`` again, restart, and remember the digest and why
-   (:mod:`atoll.workloads.updatestate`).
+   waves of *parallel* (:mod:`atoll.workloads.rollout`).  The new images are
+   pulled as ``REPO@DIGEST``, once per digest, shared out over a few podman
+   processes (one per CPU at most); then each wave: tag the image as the
+   units' ``Image=`` (in rounds, so that no restart reads a tag another one
+   moves), restart the units, then **watch** them together for the watch
+   window: each must become active with health ``healthy`` (or no health
+   check) and must not fail, turn unhealthy or be restarted by its manager
+   meanwhile.  A failure stops the waves.
+4. **Roll back** every unit the failing image reached: tag the previous image
+   as ``Image=`` again, restart, and remember the digest and why
+   (:mod:`atoll.workloads.updatestate`).  After the run every unit restarted
+   is asked what it runs; the report says that.
 5. **Prune** after a success: images the unit used before the previous one,
    unless a container uses them.  The previous image stays for a rollback.
 
