@@ -31,6 +31,7 @@ from atoll.workloads.runtime import (
     podman,
     podman_env,
     run_commands,
+    started_at,
 )
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class ContainerRun:
         run_dir = self.supervisor.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         # A cidfile left by a run that was not cleaned up makes podman refuse to start.
-        (run_dir / f"{plan.service.rsplit('.', 1)[0]}.cid").unlink(missing_ok=True)
+        self._cidfile().unlink(missing_ok=True)
         failed = self._commands(plan.start_pre, deadline, env)
         if failed is not None:
             return failed
@@ -136,6 +137,8 @@ class ContainerRun:
             container_id = adopt
             state.ready = plan.notify is not NotifyMode.HEALTHY
         info = inspect_container(container_id, env) or {}
+        # An adopted container has been active since it started, not since now.
+        active_since = started_at(info) if adopt is not None else None
         conmon = (info.get("State") or {}).get("ConmonPid")
         with self.cond:
             rt.container_id = container_id
@@ -168,7 +171,9 @@ class ContainerRun:
                     active = True
                     last_ping = now
                     with self.cond:
-                        supervisor.set_state(rt, UnitState.ACTIVE, Result.SUCCESS)
+                        supervisor.set_state(
+                            rt, UnitState.ACTIVE, Result.SUCCESS, since=active_since
+                        )
                         supervisor.settle(rt, True)
                 if waiter.done():
                     break
@@ -256,9 +261,15 @@ class ContainerRun:
         else:
             self._remove(env, graceful=True)
         post = self.plan.stop_post
-        if stopped and [c.argv for c in post] == [c.argv for c in self.plan.stop]:
-            return
-        self._commands(post, deadline, env)
+        if not stopped or [c.argv for c in post] != [c.argv for c in self.plan.stop]:
+            self._commands(post, deadline, env)
+        # The container is gone: its ID file would only be left behind (podman rm
+        # --cidfile reads it but does not remove it).
+        self._cidfile().unlink(missing_ok=True)
+
+    def _cidfile(self) -> Path:
+        """``%t/%N.cid``, where the generated ``podman run`` writes the container's ID."""
+        return self.supervisor.run_dir / f"{self.plan.service.rsplit('.', 1)[0]}.cid"
 
     def _remove(self, env: dict[str, str], *, graceful: bool = False) -> None:
         """Remove the container at once (SIGKILL); *graceful*, after its StopTimeout."""

@@ -15,9 +15,11 @@ For a container the ``podman run`` line is changed in three ways:
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -287,18 +289,42 @@ def inspect_container(
     return data[0] if isinstance(data, list) and data else None
 
 
-def containers_of(unit_name: str, env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Containers (running or not) that carry the label of *unit_name*."""
-    proc = podman(
-        "ps", "-a", "--filter", f"label={UNIT_LABEL}={unit_name}", "--format", "json", env=env
-    )
+def containers_by_unit(env: Mapping[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every container (running or not) that carries a unit label, by unit name: one
+    ``podman ps`` for all units."""
+    proc = podman("ps", "-a", "--filter", f"label={UNIT_LABEL}", "--format", "json", env=env)
     if proc.returncode != 0:
-        return []
+        return {}
     try:
         data = json.loads(proc.stdout or b"[]")
     except ValueError:
-        return []
-    return [c for c in data if isinstance(c, dict)] if isinstance(data, list) else []
+        return {}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for item in data if isinstance(data, list) else []:
+        labels = item.get("Labels") if isinstance(item, dict) else None
+        if isinstance(labels, dict) and isinstance(labels.get(UNIT_LABEL), str):
+            found.setdefault(labels[UNIT_LABEL], []).append(item)
+    return found
+
+
+def started_at(info: Mapping[str, Any]) -> str | None:
+    """When the container of a ``podman container inspect`` started, in state.json's
+    form (UTC, microseconds), or None when podman does not say."""
+    text = str((info.get("State") or {}).get("StartedAt") or "")
+    # podman writes nanoseconds and an offset (2026-12-06T03:54:49.123456789+00:00
+    # or ...Z); Python parses at most microseconds.
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?", text)
+    if match is None:
+        return None
+    base, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    try:
+        when = datetime.datetime.fromisoformat(f"{base}.{(fraction or '0')[:6]:0<6}{zone}")
+    except ValueError:
+        return None
+    if when.year < 1971:
+        return None  # podman's zero time: never started
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def health_of(info: Mapping[str, Any]) -> str | None:
