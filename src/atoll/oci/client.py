@@ -118,7 +118,11 @@ Body = bytes | Iterator[bytes] | None
 
 
 class RangesIgnoredError(RegistryError):
-    """The registry answered a ``Range`` request with the whole blob."""
+    """The registry answered a ``Range`` request with the whole blob.  Partial
+    pulls catch it and fetch whole layers instead; it reaches the user only
+    where no such fallback exists."""
+
+    exit_code = 16
 
 
 @dataclass(frozen=True)
