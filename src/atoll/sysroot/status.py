@@ -8,7 +8,8 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
      "status": {"staged": ENTRY | null, "booted": ENTRY | null, "rollback": ENTRY | null,
                 "rollbackQueued": false, "type": "bootcHost",
                 "atoll": {"sysroot": "…", "lastBoot": {...} | null,
-                          "lastRollback": {...} | null, "droppedUpdate": {...} | null}}}
+                          "lastRollback": {...} | null, "droppedUpdate": {...} | null,
+                          "rolledBackImages": [{...}, …]}}}   (atoll.sysroot.rolledback)
 
     ENTRY = {"image": {"image": {"image": "…", "transport": "registry"},
                        "version": "1.4" | null, "timestamp": "…" | null,
@@ -26,6 +27,7 @@ from typing import Any
 
 from atoll.sysroot.dropped import read_dropped
 from atoll.sysroot.origin import Deployment
+from atoll.sysroot.rolledback import read_rolled_back
 from atoll.sysroot.state import SysrootState
 
 API_VERSION = "org.containers.bootc/v1"
@@ -96,6 +98,7 @@ def host_document(state: SysrootState) -> dict[str, Any]:
                 "lastBoot": record.to_json() if record else None,
                 "lastRollback": rollbacks[-1] if rollbacks else None,
                 "droppedUpdate": dropped.to_json() if dropped else None,
+                "rolledBackImages": [r.to_json() for r in read_rolled_back(state.sysroot)],
             },
         },
     }
@@ -155,6 +158,12 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
             + (f" {dropped['version']}" if dropped["version"] else "")
             + f" ({dropped['deployment'][:12]}) "
             f"could not be finalized on {dropped['time']} and was dropped: {dropped['error']}"
+        )
+    for image in status["atoll"].get("rolledBackImages") or []:
+        version = f" {image['version']}" if image["version"] else ""
+        lines.append(
+            f"Updates skip {image['image']}{version} ({image['imageDigest'][:19]}): "
+            f"rolled back on {image['time']} (atoll updates forget to allow it)"
         )
     if status["rollbackQueued"]:
         lines.append("A rollback is queued: the next boot starts the rollback deployment.")
