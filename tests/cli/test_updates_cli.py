@@ -227,3 +227,26 @@ def test_only_a_system_booted_from_the_sysroot_reboots_the_machine(
     updates.reboot_action(device, Output())()
     assert called == [["/usr/bin/systemctl", "reboot"]]
     assert did == ["boot", "assess inside=False"]
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "exceeded max depth"),
+        (
+            '[download]\nwindow = "* 2-4 * * *"\nrandom_delay = "99999999999999999999d"\n',
+            "too long a duration",
+        ),
+    ],
+)
+def test_hostile_config_is_a_clean_refusal(
+    device: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    text: str, complaint: str,
+) -> None:  # fmt: skip
+    _, sysroot, _ = device
+    other = tmp_path / "hostile-root"
+    write_config(other, text)
+    err = atoll(
+        capsys, "updates", "status", "--sysroot", str(sysroot), "--root", str(other), code=4
+    )
+    assert complaint in err

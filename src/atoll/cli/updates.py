@@ -27,6 +27,7 @@ from atoll.cli.common import (
     system_context,
 )
 from atoll.cli.host import running_inside
+from atoll.cli.hostdevice import open_device
 from atoll.errors import UsageError
 from atoll.run import find_tool, run
 from atoll.sysroot.lifecycle import Device
@@ -137,7 +138,7 @@ def reboot_action(device: Device, out: Output) -> Callable[[], object]:
 
 
 def _status(args: argparse.Namespace, out: Output) -> int:
-    device = Device(Path(args.sysroot))
+    device = open_device(Path(args.sysroot))
     doc = status_document(device, running_root(device, args.root), SystemClock())
     out.result(doc, describe(doc))
     return 0
@@ -148,7 +149,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         max_wait = parse_duration(args.max_wait)
     except ValueError as exc:
         raise UsageError(f"--max-wait: {exc}", hint="e.g. --max-wait 90m") from None
-    device = Device(Path(args.sysroot), system_context(args), progress=out.progress())
+    device = open_device(Path(args.sysroot), system_context(args), progress=out.progress())
     root = running_root(device, args.root)
     result = run_automatic_update(
         device,

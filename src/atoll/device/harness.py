@@ -33,7 +33,7 @@ from typing import Any
 from atoll.device.nspawn import BootOutcome, ContainerBoot, boot_container, prepare_boot
 from atoll.errors import AtollError
 from atoll.fsutil import write_atomic
-from atoll.sysroot import bootloader
+from atoll.sysroot.bootloader.entries import set_counter
 from atoll.sysroot.lifecycle import Device
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.state import BootRecord, SysrootState
@@ -148,7 +148,7 @@ def _give_back(device: Device, record: BootRecord, before: bytes | None) -> None
         if record.tries_left is not None:
             entry = next((e for e in device.state().entries if e.id == record.entry), None)
             if entry is not None and entry.tries_left is not None and entry.tries_done > 0:
-                bootloader.set_counter(
+                set_counter(
                     device.sysroot.boot, entry.id, entry.tries_left + 1, entry.tries_done - 1
                 )
         if before is None:

@@ -47,6 +47,7 @@ import datetime
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,10 +55,12 @@ from atoll.errors import (
     DigestMismatchError,
     LayerError,
     ManifestError,
+    NotFoundError,
     StoreCorruptError,
     from_oserror,
 )
 from atoll.faults import crashpoint
+from atoll.fsutil import write_atomic
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor, ImageManifest, layer_compression, parse_config
 from atoll.oci.transports.base import ImageSource
@@ -67,7 +70,11 @@ from atoll.store.format import (
     COMMIT_SUFFIX,
     DEFAULT_DIR_META,
     FILE_SUFFIX,
+    MANIFESTS_DIR,
+    PARTIAL_DIR,
+    STATE_DIR,
     TREE_SUFFIX,
+    Commit,
     DirMeta,
     FileType,
     content_id,
@@ -94,7 +101,12 @@ from atoll.store.tarstream import (
 )
 
 if TYPE_CHECKING:
+    from atoll.store.partial import Feed
     from atoll.store.store import Store
+
+#: Gives a layer's uncompressed tar another way than by downloading the blob
+#: (:meth:`atoll.store.partial.PartialPuller.feed`), or None to download it.
+LayerFeeds = Callable[[Descriptor, Digest, str], "Feed | None"]
 
 #: Files up to this size are read into memory, hashed and only then written
 #: (and not written at all when the store has them); larger ones stream.
@@ -357,7 +369,7 @@ class _Importer:
         self.staging.know(tid, TREE_SUFFIX)
         return node
 
-    def apply(self, feed: LayerFeed, where: str) -> None:
+    def apply(self, feed: LayerFeed | Feed, where: str) -> None:
         layer = _LayerTree(self.root)
         tar = TarReader(ByteReader(iter(feed)), where)
         for entry in tar.entries():
@@ -535,6 +547,7 @@ def import_image(
     allow_devices: bool = False,
     progress: ProgressSink | None = None,
     ref: str | None = None,
+    layer_feeds: LayerFeeds | None = None,
 ) -> ImportResult:
     """See :meth:`atoll.store.Store.import_image`."""
     start = time.monotonic()
@@ -554,9 +567,9 @@ def import_image(
     with store.lock():
         store.remove_stale_staging()
         parent = _parent(store, ref, manifest_digest)
-        reused = store.find_import(manifest_digest)
+        reused = find_import(store, manifest_digest)
         if reused is not None:
-            commit_id = store.recommit(reused, image=image, parent=parent)
+            commit_id = recommit(store, reused, image=image, parent=parent)
             if ref is not None:
                 store.set_ref(ref, commit_id)
             stats = ImportStats(len(manifest.layers), 0, 0, 0, 0, time.monotonic() - start, True)
@@ -577,7 +590,7 @@ def import_image(
                     progress.done(ident, cached=True)
                     continue
                 limit = expand_limit(store)
-                _apply_layer(importer, source, desc, diff_id, where, progress, limit)
+                _apply_layer(importer, source, desc, diff_id, where, progress, limit, layer_feeds)
                 progress.done(ident)
                 if chains and (i == len(chains) - 1 or importer.worth_recording()):
                     layer_tree, layer_root = importer.write_trees()
@@ -601,7 +614,7 @@ def import_image(
                 staging.add_metadata(commit_id, COMMIT_SUFFIX, data)
             staging.publish()
             crashpoint("store-import-committed")
-            store.imported(manifest_digest, commit_id, tree)
+            imported(store, manifest_digest, commit_id, tree)
             for record in records:
                 write_chain_record(store.path, record)
                 crashpoint("store-import-chain-written")
@@ -662,9 +675,11 @@ def _apply_layer(
     where: str,
     progress: ProgressSink,
     limit: ExpandLimit | None,
+    layer_feeds: LayerFeeds | None = None,
 ) -> None:
     layer_where = f"{where}: layer {desc.digest}"
-    feed = LayerFeed(
+    other = layer_feeds(desc, diff_id, layer_where) if layer_feeds is not None else None
+    feed = other or LayerFeed(
         source, desc, layer_compression(desc.media_type), diff_id, where, progress, limit
     )
     try:
@@ -678,3 +693,69 @@ def _apply_layer(
     finally:
         feed.close()
         importer.bytes_fetched += feed.fetched
+
+
+# --- what the store remembers of imports ---------------------------------------------
+
+
+def find_import(store: Store, manifest_digest: Digest) -> Commit | None:
+    """A complete commit imported from this manifest before, if any."""
+    path = store.path / STATE_DIR / MANIFESTS_DIR / manifest_digest.hex
+    try:
+        commit_id = path.read_text().strip()
+    except OSError:
+        return None
+    if not store.has_commit(commit_id) or store.is_partial(commit_id):
+        return None
+    try:
+        commit = store.commit(commit_id)
+    except (StoreCorruptError, NotFoundError):
+        return None
+    if commit.manifest_digest != str(manifest_digest):
+        return None
+    if not store.has_object(commit.tree, TREE_SUFFIX):
+        return None
+    return commit
+
+
+def recommit(store: Store, base: Commit, *, image: str, parent: str | None) -> str:
+    """The commit for *base*'s tree with this image name and parent: *base*
+    itself when they match, else a new commit object (no layer is read)."""
+    if base.image == image and base.parent == parent:
+        return base.id
+    commit_id, data = encode_commit(
+        parent=parent,
+        timestamp=base.timestamp,
+        tree=base.tree,
+        root=base.root,
+        image=image,
+        manifest_digest=base.manifest_digest,
+        config_digest=base.config_digest,
+        version=base.version,
+        subject=base.subject,
+        diff_ids=base.diff_ids,
+    )
+    if not store.has_commit(commit_id):
+        staging = Staging(store.path)
+        try:
+            staging.add_metadata(commit_id, COMMIT_SUFFIX, data)
+            staging.publish()
+        finally:
+            staging.close()
+    return commit_id
+
+
+def imported(store: Store, manifest_digest: Digest, commit_id: str, tree: str) -> None:
+    """Record a finished import; clear partial markers it has healed."""
+    write_atomic(
+        store.path / STATE_DIR / MANIFESTS_DIR / manifest_digest.hex,
+        f"{commit_id}\n".encode(),
+        durable=False,
+    )
+    for partial in store.partial_commits():
+        try:
+            healed = partial == commit_id or store.commit(partial).tree == tree
+        except (StoreCorruptError, NotFoundError):
+            continue
+        if healed:
+            (store.path / STATE_DIR / PARTIAL_DIR / partial).unlink(missing_ok=True)

@@ -461,8 +461,8 @@ class ExpandLimit:
     def error(self, where: str) -> Exception:
         if self.free_space:
             return NoSpaceError(
-                f"{where}: the layer expands to more than the {self.size} bytes "
-                f"free for the object store {self.store}",
+                f"{where}: no space left: the layer expands to more than the "
+                f"{self.size} bytes free for the object store {self.store}",
                 hint="free some space (atoll store gc removes what no deployment needs)",
             )
         return LayerError(

@@ -49,11 +49,13 @@ from atoll.faults import crashpoint
 from atoll.fsutil import fsync_dir, remove_tree, replace_dir, write_atomic
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName, ImageSource
-from atoll.progress import ProgressSink
+from atoll.progress import NullProgress, ProgressSink
 from atoll.store import Store
 from atoll.store.importer import ImportStats
-from atoll.sysroot import bootloader
-from atoll.sysroot.bootloader import BootEntry
+from atoll.store.partial import TransferReport, import_image
+from atoll.sysroot.bootloader import entries as bootloader
+from atoll.sysroot.bootloader.backend import Bootloader, detect_bootloader
+from atoll.sysroot.bootloader.entries import BootEntry
 from atoll.sysroot.dropped import clear_dropped, record_dropped
 from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
@@ -80,6 +82,12 @@ Admission = Callable[[ImageName, RemoteImage], None]
 ImageOpener = Callable[
     [ImageName, SystemContext], AbstractContextManager[tuple[ImageSource, RemoteImage]]
 ]
+#: The boot attempts a newly finalized deployment gets, given its root directory
+#: (the health checks read GREENBOOT_MAX_BOOT_ATTEMPTS there).
+BootTries = Callable[[Path], int]
+#: Pulls the images a new deployment binds (its root, the progress sink, an OCI
+#: layout to take them from or None) before it is staged; raises to refuse it.
+BoundImagesPull = Callable[[Path, ProgressSink | None, Path | None], None]
 
 
 def utc_timestamp() -> str:
@@ -96,6 +104,8 @@ class StageResult:
     files_new: int = 0
     bytes_fetched: int = 0
     message: str = ""
+    #: What the import moved, by path (atoll.store.partial); None: nothing imported.
+    transfer: TransferReport | None = None
     #: Set when the image was not staged because this device rolled back from it.
     rolled_back: RolledBackImage | None = None
 
@@ -110,6 +120,7 @@ class StageResult:
             "filesNew": self.files_new,
             "bytesFetched": self.bytes_fetched,
             "message": self.message,
+            "transfer": self.transfer.to_json() if self.transfer else None,
             "rolledBack": self.rolled_back.to_json() if self.rolled_back else None,
         }
 
@@ -130,19 +141,29 @@ class Device:
         ctx: SystemContext | None = None,
         *,
         progress: ProgressSink | None = None,
-        boot_tries: int = DEFAULT_BOOT_TRIES,
+        boot_tries: int | BootTries = DEFAULT_BOOT_TRIES,
         admit: Admission | None = None,
         opener: ImageOpener | None = None,
+        pull_bound: BoundImagesPull | None = None,
+        bootloader: Bootloader | None = None,
     ) -> None:
+        """*boot_tries*, *pull_bound* and the status of the layers above come from
+        the caller (the sysroot knows nothing of health checks or workloads);
+        *bootloader* None: chosen by what ``boot/`` holds at each write, since
+        ``atoll install to-disk`` adds GRUB to a sysroot after installing it."""
         self.sysroot = Sysroot(root)
         self.ctx = ctx or SystemContext()
         self.progress = progress
         self.boot_tries = boot_tries
         self.admit = admit
         self.opener: ImageOpener = opener or open_image
+        self.pull_bound = pull_bound
+        self.bootloader = bootloader
         #: An OCI layout holding bound images (``atoll bundle apply``): staging
         #: takes them from there instead of their registries.
         self.bound_images_layout: Path | None = None
+        #: What the last import of this object moved (atoll.store.partial).
+        self.last_transfer: TransferReport | None = None
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -177,14 +198,23 @@ class Device:
         # One hold of the store lock from the import to the ref naming its
         # commit: a gc waiting for the lock finds the commit referenced.
         with store.lock():
-            result = store.import_image(
+            result, self.last_transfer = import_image(
+                store,
                 source,
                 image.manifest,
                 image.config_raw,
                 image=str(image.name),
                 manifest_digest=image.digest,
-                progress=self.progress,
+                progress=self.progress or NullProgress(),
             )
+            write_atomic(
+                self.sysroot.transfer_file,
+                json.dumps(
+                    {"time": utc_timestamp(), "image": str(image.name),
+                     "imageDigest": str(image.digest), **self.last_transfer.to_json()},
+                    indent=2,
+                ).encode(),
+            )  # fmt: skip
             crashpoint("stage-imported")
             if not allow_no_kernel and store.kernel(result.commit_id) is None:
                 raise NoKernelError(
@@ -261,7 +291,7 @@ class Device:
             return self._stage_result(deployment, image, stats, "installed")
 
     def _record_origin(
-        self, where: tuple[str, str, int], name: ImageName, image: RemoteImage, **extra: Any
+        self, where: tuple[str, str, int], name: ImageName, image: RemoteImage, **extra: bool | str
     ) -> Deployment:
         origin = origin_for(
             name,
@@ -276,8 +306,8 @@ class Device:
         crashpoint("stage-origin-written")
         return deployment
 
-    @staticmethod
     def _stage_result(
+        self,
         deployment: Deployment | None,
         image: RemoteImage,
         stats: ImportStats | None,
@@ -291,6 +321,7 @@ class Device:
             files_new=stats.files_new if stats else 0,
             bytes_fetched=stats.bytes_fetched if stats else 0,
             message=message,
+            transfer=self.last_transfer if stats else None,
         )
 
     # --- upgrade and switch -----------------------------------------------------------
@@ -377,18 +408,13 @@ class Device:
         return self._stage_result(None, image, stats, "restored the booted image's objects")
 
     def _pull_bound_images(self, deployment: Deployment) -> None:
-        """Pull the images the new deployment binds (bootc's bound-images.d, see
-        atoll.workloads.bound) into the host's container storage, so its workloads
-        start without network.  A failed pull removes the new deployment: nothing
-        is staged.  Without podman on the host: a warning, and staging goes on."""
-        from atoll.workloads.bound import pull_bound_images
-
+        """Pull the images the new deployment binds (bootc's bound-images.d) with
+        the caller's *pull_bound*, so its workloads start without network.  A
+        failed pull removes the new deployment: nothing is staged."""
+        if self.pull_bound is None:
+            return
         try:
-            pull_bound_images(
-                self._deploy_path(deployment),
-                progress=self.progress,
-                layout=self.bound_images_layout,
-            )
+            self.pull_bound(self._deploy_path(deployment), self.progress, self.bound_images_layout)
         except BaseException:
             self._remove_deployment(deployment)
             raise
@@ -526,11 +552,9 @@ class Device:
             remove_tree(work)
 
     def _boot_tries(self, deployment: Deployment) -> int:
-        """GREENBOOT_MAX_BOOT_ATTEMPTS of the new deployment (default 3)."""
-        from atoll.health.config import load_config
-
-        config, _ = load_config(self._deploy_path(deployment))
-        return max(1, config.max_boot_attempts)
+        if isinstance(self.boot_tries, int):
+            return max(1, self.boot_tries)
+        return max(1, self.boot_tries(self._deploy_path(deployment)))
 
     @staticmethod
     def checkout_etc(store: Store, commit: str, dest: Path) -> None:
@@ -595,11 +619,11 @@ class Device:
         self._sync_bootloader()
 
     def _sync_bootloader(self, *, boot_success: bool | None = None) -> None:
-        """Keep GRUB's grub.cfg and grubenv in step with the entries, where atoll
-        manages GRUB (a disk made by ``atoll install to-disk``; docs/boot.md)."""
-        from atoll.boot.grub import sync_grub
-
-        sync_grub(self.sysroot.boot, boot_success=boot_success)
+        """Keep the bootloader's own files (GRUB's grub.cfg and grubenv, where
+        atoll manages GRUB; docs/boot.md) in step with the entries."""
+        boot_dir = self.sysroot.boot
+        backend = self.bootloader or detect_bootloader(boot_dir)
+        backend.sync(boot_dir, boot_success=boot_success)
 
     def _kernel(self, store: Store, deployment: Deployment) -> tuple[str, tuple[str, ...]]:
         info = store.kernel(deployment.commit)
@@ -665,7 +689,7 @@ class Device:
             sync_refs(store, state)
             report = store.gc(keep)
             crashpoint("cleanup-gc-done")
-            return {"removed": removed, "kernels": kernels, "store": _as_json(report)}
+            return {"removed": removed, "kernels": kernels, "store": report.to_json()}
 
     # --- boot (the directory device) --------------------------------------------------
 
@@ -772,8 +796,3 @@ def _select(state: SysrootState, selector: str | None) -> Deployment:
             hint="name one by its index in atoll status or a unique prefix of its id",
         )
     return matches[0]
-
-
-def _as_json(report: Any) -> Any:
-    to_json = getattr(report, "to_json", None)
-    return to_json() if callable(to_json) else report

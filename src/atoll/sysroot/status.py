@@ -9,6 +9,7 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
                 "rollbackQueued": false, "type": "bootcHost",
                 "atoll": {"sysroot": "…", "lastBoot": {...} | null,
                           "lastRollback": {...} | null, "droppedUpdate": {...} | null,
+                          "lastTransfer": {...} | null,
                           "rolledBackImages": [{...}, …]}}}   (atoll.sysroot.rolledback)
 
     ENTRY = {"image": {"image": {"image": "…", "transport": "registry"},
@@ -23,6 +24,8 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from atoll.sysroot.dropped import read_dropped
@@ -61,14 +64,20 @@ def _entry(state: SysrootState, deployment: Deployment | None) -> dict[str, Any]
     }
 
 
-def _rollbacks(state: SysrootState) -> list[dict[str, Any]]:
-    """Automatic rollbacks recorded by the health checks (atoll.health.records)."""
-    from atoll.health.records import read_rollbacks
+def _last_transfer(state: SysrootState) -> dict[str, Any] | None:
+    """What the last import moved, by path (written by atoll.sysroot.lifecycle)."""
+    try:
+        data = json.loads(state.sysroot.transfer_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
-    return [r.to_json() for r in read_rollbacks(state.sysroot.root)]
 
-
-def host_document(state: SysrootState) -> dict[str, Any]:
+def host_document(
+    state: SysrootState, *, last_rollback: Mapping[str, object] | None = None
+) -> dict[str, Any]:
+    """*last_rollback*: the newest automatic rollback the health checks recorded
+    (``atoll.health.records``), as its JSON; the caller reads it."""
     booted = state.booted
     spec_source = state.staged or booted or state.default
     spec_image = (
@@ -77,7 +86,6 @@ def host_document(state: SysrootState) -> dict[str, Any]:
         else None
     )
     record = state.booted_record
-    rollbacks = _rollbacks(state)
     dropped = read_dropped(state.sysroot)
     return {
         "apiVersion": API_VERSION,
@@ -96,8 +104,9 @@ def host_document(state: SysrootState) -> dict[str, Any]:
             "atoll": {
                 "sysroot": str(state.sysroot.root),
                 "lastBoot": record.to_json() if record else None,
-                "lastRollback": rollbacks[-1] if rollbacks else None,
+                "lastRollback": last_rollback,
                 "droppedUpdate": dropped.to_json() if dropped else None,
+                "lastTransfer": _last_transfer(state),
                 "rolledBackImages": [r.to_json() for r in read_rolled_back(state.sysroot)],
             },
         },
@@ -158,6 +167,18 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
             + (f" {dropped['version']}" if dropped["version"] else "")
             + f" ({dropped['deployment'][:12]}) "
             f"could not be finalized on {dropped['time']} and was dropped: {dropped['error']}"
+        )
+    transfer = status["atoll"].get("lastTransfer")
+    if transfer:
+        paths = transfer.get("paths", {})
+        parts = [
+            f"{name} {row['bytes']} B/{row['requests']} req"
+            for name, row in paths.items()
+            if row.get("layers")
+        ]
+        lines.append(
+            f"Last update ({transfer.get('time', '-')}): moved {transfer.get('bytesMoved', 0)} B"
+            + (f" — {', '.join(parts)}" if parts else "")
         )
     for image in status["atoll"].get("rolledBackImages") or []:
         version = f" {image['version']}" if image["version"] else ""
