@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO
+from typing import IO, TypedDict, Unpack
 
 from atoll.device.console import run_with_console
 from atoll.errors import ContainerBootError, InvalidInputError
@@ -141,31 +141,29 @@ def nspawn_command(
     return [*argv, "--", *BASE_CMDLINE, *extra]
 
 
+class BootOptions(TypedDict, total=False):
+    """The optional arguments of :func:`nspawn_command` a boot passes on."""
+
+    binds: Sequence[tuple[Path, str]]
+    readonly_usr: bool
+    kernel_cmdline: str
+
+
 def boot_container(
     root: Path,
     *,
     var: Path,
     machine: str,
     timeout: float,
-    binds: Sequence[tuple[Path, str]] = (),
-    readonly_usr: bool = True,
-    kernel_cmdline: str = "",
     console_log: Path | None = None,
+    **options: Unpack[BootOptions],
 ) -> ContainerBoot:
     """Boot the deployment at *root* until it powers off, reboots, fails or *timeout* passes.
 
     The console (systemd's status lines, the journal, nspawn's own messages) is
     appended to *console_log* as it comes.
     """
-    argv = prepare_boot(
-        root,
-        var=var,
-        machine=machine,
-        timeout=timeout,
-        binds=binds,
-        readonly_usr=readonly_usr,
-        kernel_cmdline=kernel_cmdline,
-    )
+    argv = prepare_boot(root, var=var, machine=machine, timeout=timeout, **options)
     log.debug("boot: %s", shlex.join(argv))
     code, timed_out, duration, console, _pid = run_with_console(
         argv,
@@ -181,14 +179,7 @@ def boot_container(
 
 
 def prepare_boot(
-    root: Path,
-    *,
-    var: Path,
-    machine: str,
-    timeout: float,
-    binds: Sequence[tuple[Path, str]] = (),
-    readonly_usr: bool = True,
-    kernel_cmdline: str = "",
+    root: Path, *, var: Path, machine: str, timeout: float, **options: Unpack[BootOptions]
 ) -> list[str]:
     """Check everything a boot of *root* needs that can be known before it
     starts (the tree, the options, the programs) and return the command; writes
@@ -198,15 +189,7 @@ def prepare_boot(
         raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
     nspawn = find_tool("systemd-nspawn", "systemd-container")
     return dies_with_caller(
-        nspawn_command(
-            root,
-            var=var,
-            machine=machine,
-            binds=binds,
-            readonly_usr=readonly_usr,
-            kernel_cmdline=kernel_cmdline,
-            nspawn=nspawn,
-        )
+        nspawn_command(root, var=var, machine=machine, nspawn=nspawn, **options)
     )
 
 
