@@ -341,9 +341,10 @@ def _apply(args: argparse.Namespace, device: Device, out: Output) -> None:
         out.info("Rebooting into the new deployment")
         run(["systemctl", "reboot"], capture=False)
         return
-    device.finalize()
-    from atoll.health.assess import assess_boot
+    from atoll.health.assess import assess_boot, check_assessable
 
+    check_assessable(device)
+    device.finalize()
     record = device.boot()
     outcome = assess_boot(device, inside=False).report.outcome.value
     out.info(f"Rebooted into {record.deployment[:12]} (entry {record.entry}): {outcome}")
@@ -484,11 +485,12 @@ def _config_diff(args: argparse.Namespace, out: Output) -> int:
 
 
 def _boot(args: argparse.Namespace, out: Output) -> int:
-    from atoll.health.assess import assess_boot
+    from atoll.health.assess import assess_boot, check_assessable
 
     if args.max_boots < 1:
         raise UsageError("--max-boots must be at least 1")
     device = _device(args, out)
+    check_assessable(device)  # before the first boot attempt is counted
     boots = []
     for number in range(1, args.max_boots + 1):
         record = device.boot()

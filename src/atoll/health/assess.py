@@ -32,7 +32,7 @@ from atoll.health.records import (
     record_rollback,
 )
 from atoll.health.report import HealthReport
-from atoll.health.runner import BootInfo, run_boot_checks
+from atoll.health.runner import BootInfo, check_chroot_allowed, run_boot_checks
 from atoll.sysroot.lifecycle import Device, utc_timestamp
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.rolledback import forget_if_rolled_back, record_rolled_back
@@ -74,6 +74,12 @@ def boot_info(state: SysrootState, deployment: Deployment) -> BootInfo:
         deployed_at=_parse_time(deployment.origin.deployed_at),
         booted_at=_parse_time(record.time) if record is not None and here else None,
     )
+
+
+def check_assessable(device: Device) -> None:
+    """Before a directory device boots (and counts the attempt): raise unless its
+    checks can run here; a harness that cannot run them is no failed boot."""
+    check_chroot_allowed(device.sysroot.root)
 
 
 def assess_boot(device: Device, *, inside: bool) -> Assessment:
