@@ -163,6 +163,15 @@ def test_commands_say_so_and_the_overrides_take_it(tmp_path: Path) -> None:
         assert doc["rolledBack"]["imageDigest"] == red
         assert device.state().staged is None
 
+    state = device.state()
+    write_config(state.path(state.current), 'policy = "stage"\n')
+    run = json.loads(atoll("updates", "run", *s, "--force", "--json").stdout)
+    assert run["outcome"] == "skipped" and run["updateAvailable"] is False
+    assert run["rolledBack"]["imageDigest"] == red
+    human = atoll("updates", "run", *s, "--force").stdout
+    assert human.startswith("skipped: not staged:") and short in human
+    assert device.state().staged is None
+
     status = json.loads(atoll("updates", "status", *s, "--json").stdout)
     assert [r["imageDigest"] for r in status["rolledBack"]] == [red]
     human = atoll("updates", "status", *s).stdout
