@@ -184,7 +184,8 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
         version = f" {image['version']}" if image["version"] else ""
         lines.append(
             f"Updates skip {image['image']}{version} ({image['imageDigest'][:19]}): "
-            f"rolled back on {image['time']} (atoll updates forget to allow it)"
+            f"rolled back on {image['time']}; atoll updates forget "
+            f"{image['imageDigest'][7:19]} lets them take it again"
         )
     if status["rollbackQueued"]:
         lines.append("A rollback is queued: the next boot starts the rollback deployment.")
