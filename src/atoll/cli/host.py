@@ -23,6 +23,7 @@ from atoll.run import run
 from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
 from atoll.sysroot.lifecycle import Device, StageResult
+from atoll.sysroot.rolledback import find_rolled_back
 from atoll.sysroot.status import describe
 from atoll.updates import SystemClock, ensure_reboot_allowed, parse_duration, running_root
 
@@ -138,6 +139,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     for parser in (upgrade, switch):
         _policy_options(parser)
         parser.add_argument(
+            "--allow-rolled-back",
+            action="store_true",
+            help="take the image even if this device rolled back from it before",
+        )
+        parser.add_argument(
             "--force",
             action="store_true",
             help="with --apply: reboot even while a reboot inhibitor holds "
@@ -249,6 +255,8 @@ def _device(args: argparse.Namespace, out: Output, root: str | None = None) -> D
 def _describe_stage(result: StageResult) -> str:
     image = result.image
     version = f" {image.version}" if image.version else ""
+    if result.rolled_back is not None:
+        return f"{image.name}{version}: {result.message}\n  {_ROLLED_BACK_HINT}"
     if result.deployment is None:
         return f"{image.name}{version}: {result.message}"
     return (
@@ -258,6 +266,11 @@ def _describe_stage(result: StageResult) -> str:
         f"{result.files_new} of {result.files_total} files new, "
         f"{result.bytes_fetched} bytes fetched"
     )
+
+
+_ROLLED_BACK_HINT = (
+    "--allow-rolled-back takes it anyway; atoll updates forget DIGEST lets updates take it"
+)
 
 
 def _install(args: argparse.Namespace, out: Output) -> int:
@@ -328,9 +341,10 @@ def _apply(args: argparse.Namespace, device: Device, out: Output) -> None:
         out.info("Rebooting into the new deployment")
         run(["systemctl", "reboot"], capture=False)
         return
-    device.finalize()
-    from atoll.health.assess import assess_boot
+    from atoll.health.assess import assess_boot, check_assessable
 
+    check_assessable(device)
+    device.finalize()
     record = device.boot()
     outcome = assess_boot(device, inside=False).report.outcome.value
     out.info(f"Rebooted into {record.deployment[:12]} (entry {record.entry}): {outcome}")
@@ -361,6 +375,10 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
     device = _device(args, out)
     if args.check:
         current, image, changed = device.check()
+        skipped = None
+        if changed and not args.allow_rolled_back:
+            skipped = find_rolled_back(device.sysroot, str(image.digest))
+        changed = changed and skipped is None
         data = {
             "changed": changed,
             "current": {
@@ -368,6 +386,7 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
                 "version": current.origin.image_version,
             },
             "available": {"digest": str(image.digest), "version": image.version},
+            "rolledBack": skipped.to_json() if skipped else None,
         }
         text = (
             f"Update available: {current.origin.image_version or '-'} "
@@ -376,6 +395,9 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
             if changed
             else f"No changes in {image.name}"
         )
+        if skipped is not None:
+            text = f"No update taken: {skipped.describe()}\n  {_ROLLED_BACK_HINT}"
+
         out.result(data, text)
         return 0
     if args.from_downloaded:
@@ -391,6 +413,7 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
         download_only=args.download_only,
         allow_no_kernel=args.allow_no_kernel,
         etc_strategy=EtcMergeStrategy(args.etc_merge),
+        allow_rolled_back=args.allow_rolled_back,
     )
     return _after_stage(args, out, device, result, decisions)
 
@@ -405,6 +428,7 @@ def _switch(args: argparse.Namespace, out: Output) -> int:
         name,
         allow_no_kernel=args.allow_no_kernel,
         etc_strategy=EtcMergeStrategy(args.etc_merge),
+        allow_rolled_back=args.allow_rolled_back,
     )
     return _after_stage(args, out, device, result, decisions)
 
@@ -461,11 +485,12 @@ def _config_diff(args: argparse.Namespace, out: Output) -> int:
 
 
 def _boot(args: argparse.Namespace, out: Output) -> int:
-    from atoll.health.assess import assess_boot
+    from atoll.health.assess import assess_boot, check_assessable
 
     if args.max_boots < 1:
         raise UsageError("--max-boots must be at least 1")
     device = _device(args, out)
+    check_assessable(device)  # before the first boot attempt is counted
     boots = []
     for number in range(1, args.max_boots + 1):
         record = device.boot()

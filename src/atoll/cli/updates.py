@@ -78,7 +78,26 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="when the next opportunity is at most DURATION away (e.g. 90m), wait "
         "for it instead of returning (default 0: never wait)",
     )
+    run_cmd.add_argument(
+        "--allow-rolled-back",
+        action="store_true",
+        help="take the image even if this device rolled back from it before",
+    )
     run_cmd.set_defaults(func=_run)
+
+    forget = sub.add_parser(
+        "forget",
+        help="let updates take an image this device rolled back from (see atoll updates status)",
+    )
+    add_global_options(forget)
+    forget.add_argument("digest", metavar="DIGEST", help="its digest, or a unique prefix")
+    forget.add_argument(
+        "--sysroot",
+        metavar="DIR",
+        default="/sysroot",
+        help="the device's sysroot (default /sysroot)",
+    )
+    forget.set_defaults(func=_forget)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +158,20 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         reboot=reboot_action(device, out),
         force=args.force,
         max_wait=max_wait,
+        allow_rolled_back=args.allow_rolled_back,
     )
     out.result(result.to_json(), f"{result.outcome.value}: {result.message}")
+    return 0
+
+
+def _forget(args: argparse.Namespace, out: Output) -> int:
+    from atoll.sysroot.rolledback import forget_rolled_back
+
+    device = Device(Path(args.sysroot))
+    with device.sysroot.lock():
+        found = forget_rolled_back(device.sysroot, args.digest)
+    out.result(
+        {"forgotten": found.to_json()},
+        f"Forgot {found.image_digest}: updates may take it again",
+    )
     return 0

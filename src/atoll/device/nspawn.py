@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO
+from typing import IO, TypedDict, Unpack
 
 from atoll.device.console import run_with_console
 from atoll.errors import ContainerBootError, InvalidInputError
@@ -141,37 +141,29 @@ def nspawn_command(
     return [*argv, "--", *BASE_CMDLINE, *extra]
 
 
+class BootOptions(TypedDict, total=False):
+    """The optional arguments of :func:`nspawn_command` a boot passes on."""
+
+    binds: Sequence[tuple[Path, str]]
+    readonly_usr: bool
+    kernel_cmdline: str
+
+
 def boot_container(
     root: Path,
     *,
     var: Path,
     machine: str,
     timeout: float,
-    binds: Sequence[tuple[Path, str]] = (),
-    readonly_usr: bool = True,
-    kernel_cmdline: str = "",
     console_log: Path | None = None,
+    **options: Unpack[BootOptions],
 ) -> ContainerBoot:
     """Boot the deployment at *root* until it powers off, reboots, fails or *timeout* passes.
 
     The console (systemd's status lines, the journal, nspawn's own messages) is
     appended to *console_log* as it comes.
     """
-    _check_tree(root, var)
-    if timeout <= 0:
-        raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
-    nspawn = find_tool("systemd-nspawn", "systemd-container")
-    argv = dies_with_caller(
-        nspawn_command(
-            root,
-            var=var,
-            machine=machine,
-            binds=binds,
-            readonly_usr=readonly_usr,
-            kernel_cmdline=kernel_cmdline,
-            nspawn=nspawn,
-        )
-    )
+    argv = prepare_boot(root, var=var, machine=machine, timeout=timeout, **options)
     log.debug("boot: %s", shlex.join(argv))
     code, timed_out, duration, console, _pid = run_with_console(
         argv,
@@ -184,6 +176,21 @@ def boot_container(
     outcome = BootOutcome.TIMEOUT if timed_out else outcome_of(code)
     log.debug("boot: %s ended: %s (exit %d) after %.1f s", machine, outcome, code, duration)
     return ContainerBoot(outcome, code, duration, console.tail())
+
+
+def prepare_boot(
+    root: Path, *, var: Path, machine: str, timeout: float, **options: Unpack[BootOptions]
+) -> list[str]:
+    """Check everything a boot of *root* needs that can be known before it
+    starts (the tree, the options, the programs) and return the command; writes
+    nothing, so a caller can check before it counts a boot attempt."""
+    _check_tree(root, var)
+    if timeout <= 0:
+        raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
+    nspawn = find_tool("systemd-nspawn", "systemd-container")
+    return dies_with_caller(
+        nspawn_command(root, var=var, machine=machine, nspawn=nspawn, **options)
+    )
 
 
 def _check_tree(root: Path, var: Path) -> None:

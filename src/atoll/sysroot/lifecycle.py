@@ -61,6 +61,7 @@ from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
 from atoll.sysroot.layout import DEFAULT_STATEROOT, Sysroot
 from atoll.sysroot.origin import Deployment, origin_for, write_origin
+from atoll.sysroot.rolledback import RolledBackImage, find_rolled_back
 from atoll.sysroot.roots import IMPORTING_REF, deployment_ref, sync_refs
 from atoll.sysroot.shape import check_complete, check_deployable
 from atoll.sysroot.state import ORIGIN_SUFFIX, BootRecord, SysrootState
@@ -105,6 +106,8 @@ class StageResult:
     message: str = ""
     #: What the import moved, by path (atoll.store.partial); None: nothing imported.
     transfer: TransferReport | None = None
+    #: Set when the image was not staged because this device rolled back from it.
+    rolled_back: RolledBackImage | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,6 +121,7 @@ class StageResult:
             "bytesFetched": self.bytes_fetched,
             "message": self.message,
             "transfer": self.transfer.to_json() if self.transfer else None,
+            "rolledBack": self.rolled_back.to_json() if self.rolled_back else None,
         }
 
 
@@ -337,8 +341,10 @@ class Device:
         download_only: bool = False,
         allow_no_kernel: bool = False,
         etc_strategy: EtcMergeStrategy = EtcMergeStrategy.KEEP_LOCAL,
+        allow_rolled_back: bool = False,
     ) -> StageResult:
-        """``atoll upgrade`` (name None: the current origin) or ``atoll switch NAME``."""
+        """``atoll upgrade`` (name None: the current origin) or ``atoll switch NAME``;
+        an image this device rolled back from is skipped unless *allow_rolled_back*."""
         with self.sysroot.lock():
             state = self.state()
             current = state.current
@@ -362,6 +368,10 @@ class Device:
                     if self._lacks_objects(store, current.commit):
                         return self._restore(store, source, image)
                     return self._stage_result(None, image, None, "no changes")
+                skipped = None if allow_rolled_back else find_rolled_back(self.sysroot, digest)
+                if skipped is not None:
+                    message = f"not staged: {skipped.describe()}"
+                    return StageResult(None, image, False, message=message, rolled_back=skipped)
                 if self.admit is not None:
                     self.admit(target, image)
                 commit, stats = self._import(store, source, image, allow_no_kernel)
