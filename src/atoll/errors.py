@@ -401,6 +401,11 @@ class VMError(AtollError):
     summary = "a virtual machine cannot be started (no disk image, bad option, QEMU refused)"
 
 
+class MissingPackageError(AtollError):
+    exit_code = 79
+    summary = "a Python module this command needs is not installed (the message names its package)"
+
+
 class InterruptedError_(AtollError):
     exit_code = 130
     summary = "interrupted by the user (Ctrl-C)"
