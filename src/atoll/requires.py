@@ -33,7 +33,7 @@ class Requirement:
 #: installs these packages into an image that lacks them and ``atoll lint`` checks
 #: that each module imports inside the image.
 DEVICE_REQUIREMENTS: tuple[Requirement, ...] = (
-    Requirement("httpx", "python3-httpx", "talking to registries"),
+    Requirement("httpx", "python3-httpx", "registry access"),
     Requirement("zstandard", "python3-zstandard", "zstd-compressed layers"),
     Requirement("cryptography", "python3-cryptography", "signature checks of the trust policy"),
 )
@@ -58,7 +58,7 @@ def missing_package(exc: ModuleNotFoundError) -> MissingPackageError | None:
     if wanted is None:
         return None
     return MissingPackageError(
-        f"the Python module {wanted.module!r} ({wanted.needed_for}) is not installed: "
+        f"the Python module {wanted.module!r} (needed for {wanted.needed_for}) is not installed: "
         f"this needs the package {wanted.package}",
         hint=f"install it (apt-get install {wanted.package} or dnf install {wanted.package}); "
         "images made by atoll build carry it",
