@@ -215,8 +215,11 @@ class Device:
         stateroot: str = DEFAULT_STATEROOT,
         kargs: Sequence[str] = (),
         allow_no_kernel: bool = False,
+        target: ImageName | None = None,
     ) -> StageResult:
-        """``atoll install to-filesystem``: the first deployment of an empty sysroot."""
+        """``atoll install to-filesystem``: the first deployment of an empty sysroot.
+        With *target*, the origin names it instead of *name*: the device installed from
+        a local copy (an ``oci-archive:`` on a stick) follows *target* when it upgrades."""
         self.sysroot.create()
         with self.sysroot.lock():
             state = self.state()
@@ -230,7 +233,9 @@ class Device:
                 if self.admit is not None:
                     self.admit(name, image)
                 commit, stats = self._import(store, source, image, allow_no_kernel)
-            deployment = self._record_origin(self._checkout(store, commit, stateroot), name, image)
+            deployment = self._record_origin(
+                self._checkout(store, commit, stateroot), target or name, image
+            )
             var = self.sysroot.var(stateroot)
             if not var.exists():
                 # /var comes from the image once, at install; updates never touch it.
