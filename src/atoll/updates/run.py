@@ -231,6 +231,8 @@ class _Run:
         self.path = path
         self.reboot = reboot
         self.run_command = run_command
+        #: The update not staged because the device rolled back from it, if any.
+        self.skipped: str | None = None
 
     def carry_out(self, decision: UpdateDecision, *, force: bool) -> UpdateRunResult:
         action = decision.action
@@ -289,7 +291,7 @@ class _Run:
         if decision.action is Action.STAGE:
             self.state.save(self.path)
             if staged is None:
-                return UpdateRunResult(decision, Outcome.UP_TO_DATE, "no update to stage", False)
+                return UpdateRunResult(decision, Outcome.UP_TO_DATE, self._nothing("stage"), False)
             return UpdateRunResult(
                 decision,
                 Outcome.STAGED,
@@ -304,7 +306,7 @@ class _Run:
         # Apply.
         if staged is None or staged.download_only:
             self.state.save(self.path)
-            return UpdateRunResult(decision, Outcome.UP_TO_DATE, "no update to apply", False)
+            return UpdateRunResult(decision, Outcome.UP_TO_DATE, self._nothing("apply"), False)
         what = staged.version or staged.digest[:19]
         if not force:
             # Staging may have taken a while: look again right before the reboot.
@@ -339,8 +341,43 @@ class _Run:
             rebooted=True,
         )
 
+    def _nothing(self, verb: str) -> str:
+        if self.skipped is not None:
+            return (
+                f"no update to {verb}: this device rolled back from {self.skipped}; "
+                "it waits for a newer image"
+            )
+        return f"no update to {verb}"
+
+    def _rolled_back_digests(self) -> set[str]:
+        """Manifest digests this device gave up on: an automatic rollback left a
+        deployment of each (atoll.health.records).  Staging one again would only boot
+        it red again; the device waits for the image to change instead."""
+        from atoll.health.records import read_rollbacks
+
+        failed = {r.from_deployment for r in read_rollbacks(self.device.sysroot.root)}
+        if not failed:
+            return set()
+        return {
+            d.origin.manifest_digest
+            for d in self.device.state().deployments.values()
+            if d.id in failed
+        }
+
     def _stage(self, now: datetime.datetime) -> StagedUpdate | None:
         with self._download_settings():
+            given_up = self._rolled_back_digests()
+            if given_up:
+                _, image, changed = self.device.check()
+                if changed and str(image.digest) in given_up:
+                    log.info("not staging %s: this device rolled back from it", image.digest)
+                    self.skipped = f"{image.version or str(image.digest)[:19]}"
+                    self.state = self.state.succeeded(
+                        now,
+                        Outcome.UP_TO_DATE.value,
+                        last_check=CheckRecord(now, False, None, None),
+                    )
+                    return None
             result = self.device.stage()
         staged = staged_update(self.device)
         changes: dict[str, Any] = {
