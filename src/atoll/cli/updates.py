@@ -28,7 +28,9 @@ from atoll.cli.common import (
 )
 from atoll.cli.host import running_inside
 from atoll.errors import UsageError
+from atoll.oci.transports import ImageName
 from atoll.run import find_tool, run
+from atoll.sysroot.fetch import RemoteImage
 from atoll.sysroot.lifecycle import Device
 from atoll.updates import (
     SystemClock,
@@ -131,6 +133,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"--max-wait: {exc}", hint="e.g. --max-wait 90m") from None
     device = Device(Path(args.sysroot), system_context(args), progress=out.progress())
     root = running_root(device, args.root)
+    _enforce_device_policy(device, root)
     result = run_automatic_update(
         device,
         root,
@@ -141,3 +144,18 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     )
     out.result(result.to_json(), f"{result.outcome.value}: {result.message}")
     return 0
+
+
+def _enforce_device_policy(device: Device, root: Path) -> None:
+    """What ``atoll upgrade`` does: the running system's trust policy
+    (/etc/containers/policy.json) admits an image before it is staged."""
+    from atoll.pipeline.trust import check_image, device_policy_path, load_optional_policy
+
+    policy = load_optional_policy(device_policy_path(root))  # malformed: fails before a fetch
+    if policy is None:
+        return
+
+    def admit(name: ImageName, image: RemoteImage) -> None:
+        check_image(name, image.digest, policy, ctx=device.ctx)
+
+    device.admit = admit
