@@ -71,6 +71,7 @@ def run_boots(
     poweroff_when_green: bool = True,
     console_log: Path | None = None,
     on_round: Callable[[BootRound], None] | None = None,
+    host_network: bool = False,
 ) -> HarnessResult:
     sysroot = device.sysroot
     result = HarnessResult()
@@ -87,6 +88,7 @@ def run_boots(
             binds=[(sysroot.root, "/sysroot")],
             kernel_cmdline=cmdline,
             console_log=console_log,
+            host_network=host_network,
         )
         round_ = BootRound(number, record, boot)
         result.rounds.append(round_)
