@@ -103,3 +103,42 @@ def test_a_terminal_without_rich_gets_no_bar_and_the_work_done(tmp_path: Path) -
         os.close(leader)
     assert proc.returncode == 0
     assert (tmp_path / "sysroot/atoll/deploy/default/deploy").is_dir()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_debian_packages_carry_a_registry_install(registry: RegistryView, tmp_path: Path) -> None:
+    """The VM image's python3 with bookworm's python3-httpx, -zstandard and -cryptography
+    (older than the versions the project is developed with) installs from a registry
+    whose layers are zstd: atoll run in a chroot of that tree, its source bound in."""
+    import os
+
+    from helpers.parts import missing
+    from helpers.vm import ensure_vm_tree
+
+    if os.geteuid() != 0:
+        missing("a chroot of the VM's Debian tree needs root")
+    tree = ensure_vm_tree()
+    images = tmp_path / "images"
+    build_os_image(images, "1", version="1.0")
+    ref = f"{registry.host}/{registry.new_repo('os')}:zstd"
+    zstd = ["--dest-compress-format", "zstd"]
+    registry.skopeo(
+        "copy", "-q", *zstd, *registry.skopeo_args("dest"), f"oci:{images}:1", f"docker://{ref}"
+    )
+    # A mount namespace of its own: the source on /mnt, a tmpfs on /tmp; the cached
+    # tree itself is not written to.
+    script = (
+        'mount --bind "$2" "$1/mnt" && mount -t tmpfs tmpfs "$1/tmp" && '
+        'exec chroot "$1" python3 -I -c "$3" /mnt install to-filesystem /tmp/sysroot '
+        '--source "$4" --tls-verify=false --allow-no-kernel --json'
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "-",
+         str(tree.rootfs), str(SRC), RUN, ref],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["version"] == "1.0"
+    assert result["filesTotal"] > 0
