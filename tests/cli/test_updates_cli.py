@@ -248,3 +248,16 @@ def test_run_enforces_the_devices_trust_policy(
     # --force: past the backoff that follows a failed run.
     ran = atoll(capsys, "updates", "run", "--sysroot", str(sysroot), "--force", "--json")
     assert ran["outcome"] == "staged"
+
+
+def test_run_allow_no_kernel_for_container_devices(
+    device: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A device booted as a container follows images without a kernel."""
+    images, sysroot, root = device
+    write_config(root, 'policy = "stage"\n')
+    build_os_image(images, "stable", version="2.0", kernel=False)
+    atoll(capsys, "updates", "run", "--sysroot", str(sysroot), code=41)
+    s = ["--sysroot", str(sysroot), "--force", "--json"]
+    ran = atoll(capsys, "updates", "run", *s, "--allow-no-kernel")
+    assert ran["outcome"] == "staged" and ran["version"] == "2.0"

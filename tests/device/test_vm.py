@@ -57,6 +57,9 @@ from helpers.vm import (
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.integration]
 
 BOOT_TIMEOUT = 240
+#: A boot in which the device updates itself: it also fetches, imports and checks
+#: out the new version, and finalizes it on the way down.
+UPDATE_BOOT_TIMEOUT = 480
 FAILING_CHECK = "#!/bin/sh\necho 'v2 cannot reach its control plane (on purpose)'\nexit 7\n"
 
 
@@ -146,13 +149,18 @@ class Machine:
         self.boots: list[tuple[str, VMBoot]] = []
 
     def boot(
-        self, data: Path | None, expect: BootOutcome, direct: DirectKernel | None = None
+        self,
+        data: Path | None,
+        expect: BootOutcome,
+        direct: DirectKernel | None = None,
+        *,
+        timeout: float = BOOT_TIMEOUT,
     ) -> dict[str, Any]:
         start = self.console.stat().st_size if self.console.exists() else 0
         result = boot_vm(
             self.disk,
             extra_disks=[data] if data else [],
-            timeout=BOOT_TIMEOUT,
+            timeout=timeout,
             console_log=self.console,
             direct=direct,
             network=direct is None,
@@ -209,7 +217,7 @@ def test_upgrade_bootloader_fallback_and_recovery(
     try:
         # v1, installed: green; writes /var data; its update timer pulls v2 from the
         # registry, stages it, and reboots into it (finalized on the way down).
-        first = vm.boot(data_update, BootOutcome.REBOOT)
+        first = vm.boot(data_update, BootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
         assert first["version"] == "1.0"
         assert first["initrd"] == "script"  # initramfs-tools
         assert first["usr"] == "read-only" and "ro" in first["mounts"]["/usr"]
@@ -231,7 +239,7 @@ def test_upgrade_bootloader_fallback_and_recovery(
             assert grubenv(disk).get("boot_counter") == left
         # GRUB falls back to v1 by itself; atoll records why; the timer pulls v3.
         publish("3")
-        back = vm.boot(data_update, BootOutcome.REBOOT)
+        back = vm.boot(data_update, BootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
         assert back["version"] == "1.0"
         assert back["data"] == "written by 1.0"
         assert back["usr"] == "read-only"

@@ -30,8 +30,9 @@ from atoll.cli.host import running_inside
 from atoll.errors import UsageError
 from atoll.oci.transports import ImageName
 from atoll.run import find_tool, run
+from atoll.sysroot.etcmerge import EtcMergeStrategy
 from atoll.sysroot.fetch import RemoteImage
-from atoll.sysroot.lifecycle import Device
+from atoll.sysroot.lifecycle import Device, StageResult
 from atoll.updates import (
     SystemClock,
     describe,
@@ -78,6 +79,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         default="0",
         help="when the next opportunity is at most DURATION away (e.g. 90m), wait "
         "for it instead of returning (default 0: never wait)",
+    )
+    run_cmd.add_argument(
+        "--allow-no-kernel",
+        action="store_true",
+        help="stage images without usr/lib/modules/*/vmlinuz (a container-boot device)",
     )
     run_cmd.set_defaults(func=_run)
 
@@ -131,7 +137,8 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         max_wait = parse_duration(args.max_wait)
     except ValueError as exc:
         raise UsageError(f"--max-wait: {exc}", hint="e.g. --max-wait 90m") from None
-    device = Device(Path(args.sysroot), system_context(args), progress=out.progress())
+    kind = _KernelOptionalDevice if args.allow_no_kernel else Device
+    device = kind(Path(args.sysroot), system_context(args), progress=out.progress())
     root = running_root(device, args.root)
     _enforce_device_policy(device, root)
     result = run_automatic_update(
@@ -159,3 +166,19 @@ def _enforce_device_policy(device: Device, root: Path) -> None:
         check_image(name, image.digest, policy, ctx=device.ctx)
 
     device.admit = admit
+
+
+class _KernelOptionalDevice(Device):
+    """A device whose images carry no kernel: it boots them as containers."""
+
+    def stage(
+        self,
+        name: ImageName | None = None,
+        *,
+        download_only: bool = False,
+        allow_no_kernel: bool = True,
+        etc_strategy: EtcMergeStrategy = EtcMergeStrategy.KEEP_LOCAL,
+    ) -> StageResult:
+        return super().stage(
+            name, download_only=download_only, allow_no_kernel=True, etc_strategy=etc_strategy
+        )

@@ -187,21 +187,29 @@ class Story:
         return self.demo.workdir / "policy.json"
 
     def promote(self, version: str) -> None:
-        """Promote a stage version to prod (tags VERSION and stable), sign what stable names."""
+        """Promote a stage version to prod as VERSION, sign it for prod's stable tag, then
+        move stable to it: the devices, which poll stable, never see it unsigned."""
         d = self.demo
-        out = d.atoll(
-            "promote",
-            f"docker://{self.registry}/{OS_STAGE}@{self.digests[version]}",
-            "--to",
-            f"docker://{self.registry}/{OS_PROD}",
-            "--tags",
-            f"{version},stable",
-        )
-        d.show(out.stdout)
-        signed = d.atoll(
-            "sign", self.os_ref(OS_PROD, "stable"), "--key", str(d.workdir / "keys/release.key")
-        )
-        d.show(signed.stdout)
+        for tag in (version, "stable"):
+            out = d.atoll(
+                "promote",
+                f"docker://{self.registry}/{OS_STAGE}@{self.digests[version]}",
+                "--to",
+                f"docker://{self.registry}/{OS_PROD}",
+                "--tags",
+                tag,
+            )
+            d.show(out.stdout)
+            if tag == version:
+                signed = d.atoll(
+                    "sign",
+                    self.os_ref(OS_PROD, version),
+                    "--identity",
+                    f"{self.registry}/{OS_PROD}:stable",
+                    "--key",
+                    str(d.workdir / "keys/release.key"),
+                )
+                d.show(signed.stdout)
 
     # --- 3 ------------------------------------------------------------------------------
 
@@ -279,6 +287,11 @@ class Story:
             "systemd/system/atoll-fetch-apply-updates.timer.d/demo.conf": (
                 f"[Timer]\nOnActiveSec=5s\nOnUnitActiveSec={UPDATE_EVERY}\n"
                 "RandomizedDelaySec=0\nAccuracySec=1s\n"
+            ),
+            # The demo's images carry no kernel: the devices boot them as containers.
+            "systemd/system/atoll-fetch-apply-updates.service.d/demo.conf": (
+                "[Service]\nExecStart=\nExecStart=/usr/bin/atoll updates run --sysroot /sysroot "
+                "--max-wait 90m --allow-no-kernel\n"
             ),
         }
         for name, text in files.items():
