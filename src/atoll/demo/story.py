@@ -430,8 +430,11 @@ class Story:
                 return False
             if rolled_back and not doc["atoll"].get("lastRollback"):
                 return False
+            # Green is the health record of this very boot, not of the one before it.
+            last = self._last_boot(device)
+            ident = f"{booted['atoll']['commit']}.{booted['atoll']['deploySerial']}"
             found.update(doc)
-            return self._green(device, None)
+            return last.get("deployment") == ident and last.get("outcome") == "green"
 
         what = f"{device.name} updates itself to v{version}"
         if rolled_back:
@@ -465,8 +468,9 @@ class Story:
         d.section(
             "8",
             "What each device fetched",
-            "From the results of atoll install and atoll upgrade: the object store fetches "
-            "only layers it lacks and writes only files it does not have.",
+            "From the results of atoll install, and for the devices' own updates from what "
+            "their object stores gained: a store fetches only layers it lacks and writes only "
+            "files it does not have.",
         )
         table = Table(title="Transfers")
         for column in ("device", "what", "files in image", "files new", "fetched"):
