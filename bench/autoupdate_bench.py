@@ -7,6 +7,8 @@
      (a round trip of RTT per request; connection set-up is not delayed);
    * the whole ``atoll workload auto-update --dry-run`` command, with a stand-in
      for the supervisor's control socket that answers status from memory.
+3. 20 workloads on one tag (autoupdate_load.py): a good and a bad update at the
+   default settings, adoption after SIGKILL, SIGTERM, the at-rest cost.
 2. Applying an update to 10 workloads run by the real ``atoll workload run``
    and podman: every tag moves, then ``auto-update --watch 0`` (podman
    auto-update has no watch window) with 10, 4 and 1 restarts at a time.
@@ -608,8 +610,18 @@ def main() -> int:
         return run_proxy(sys.argv[2], float(sys.argv[3]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="runs per measurement (median)")
-    parser.add_argument("--sizes", default="1,10,30", help="numbers of workloads to check")
+    parser.add_argument("--sizes", default="1,10,30", help="workloads to check (empty: skip)")
     parser.add_argument("--apply", type=int, default=10, help="workloads to update (0: skip)")
+    parser.add_argument("--load", type=int, default=20, help="units on one tag (0: skip)")
+    parser.add_argument(
+        "--load-watch", type=float, default=60.0, help="watch window of that part (default 60)"
+    )
+    parser.add_argument(
+        "--load-baseline",
+        type=Path,
+        metavar="SRC",
+        help="run that part with the atoll of SRC (a src directory) too, as the baseline",
+    )
     parser.add_argument(
         "--podman5",
         action=argparse.BooleanOptionalAction,
@@ -621,7 +633,7 @@ def main() -> int:
     if skopeo is None or shutil.which("docker-registry") is None:
         print("needs skopeo and docker-registry (make deps)", file=sys.stderr)
         return 2
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="atoll-bench-") as tmp_text:
         tmp = Path(tmp_text)
         bench = Bench(tmp, skopeo)
@@ -636,9 +648,14 @@ def main() -> int:
         else:
             print(f"(podman 5 not measured: {why})")
         try:
-            bench_checks(bench, registry, sizes, args.runs, podman5)
+            if sizes:
+                bench_checks(bench, registry, sizes, args.runs, podman5)
             if args.apply:
                 bench_apply(bench, registry, args.apply, podman5)
+            if args.load:
+                from autoupdate_load import bench_load
+
+                bench_load(bench, registry, args.load, args.load_watch, podman5, args.load_baseline)
         finally:
             if podman5 is not None:
                 podman5.stop()

@@ -18,9 +18,10 @@ def test_the_command_line_starts_with_the_standard_library_only() -> None:
         "from atoll.cli.main import main; "
         "sys.exit(main(['status', '--help']))"
     )
-    # -I -S: no site-packages, no user site, no environment: the standard library alone.
+    # -I -S: no site-packages, no user site, no environment: the standard library alone;
+    # -B: -I ignores PYTHONDONTWRITEBYTECODE, and src/ gets no __pycache__.
     proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code, str(SRC)],
+        [sys.executable, "-B", "-I", "-S", "-c", code, str(SRC)],
         capture_output=True,
         text=True,
         check=False,

@@ -223,6 +223,11 @@ class RebootInhibitedError(AtollError):
         self.holders = tuple(holders)
 
 
+class ImageLayoutError(AtollError):
+    exit_code = 49
+    summary = "the image cannot be deployed: /etc or /var is not a directory, or it has no /usr"
+
+
 class QuadletUnitError(AtollError):
     exit_code = 50
     summary = "a Quadlet unit file is malformed (see docs/workloads.md)"

@@ -3,7 +3,11 @@
 argv lists only, never a shell; stdin from /dev/null unless input is given; an
 explicit environment; the command logged at debug level; a failure raises
 :class:`atoll.errors.CommandError` with the command, exit code and the tail of
-its stderr.
+its stderr.  :func:`run` waits for the program; :func:`spawn` starts it and
+hands back the process, for callers that read its output as it comes, wait
+with their own deadline or stop it themselves.  No other module imports
+:mod:`subprocess` (tests/test_run.py checks): the names those callers need are
+here.
 """
 
 from __future__ import annotations
@@ -13,12 +17,28 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from atoll.errors import CommandError, ToolMissingError
 
 log = logging.getLogger(__name__)
+
+#: A started program, as :func:`spawn` returns it.
+Process = subprocess.Popen[bytes]
+#: A finished program, as :func:`run` returns it.
+Completed = subprocess.CompletedProcess[bytes]
+#: Raised by ``Process.wait``/``communicate`` when their timeout passes.
+TimeoutExpired = subprocess.TimeoutExpired
+#: Raised by :func:`spawn` when a *preexec_fn* failed in the child.
+SubprocessError = subprocess.SubprocessError
+#: What :func:`spawn` can connect a stream to besides a file.
+PIPE = subprocess.PIPE
+STDOUT = subprocess.STDOUT
+DEVNULL = subprocess.DEVNULL
+#: A stream argument of :func:`spawn`: PIPE, STDOUT, DEVNULL, a descriptor or a file.
+Stream = int | IO[bytes] | None
 
 #: Variables passed to children when the caller gives no environment.
 _KEEP_ENV = (
@@ -32,6 +52,9 @@ _KEEP_ENV = (
     "CONTAINERS_REGISTRIES_CONF",
     "CONTAINERS_STORAGE_CONF",
     "REGISTRY_AUTH_FILE",
+    # A Python child (atoll itself, a test's helper) must not write bytecode
+    # into a source tree whose parent asked not to.
+    "PYTHONDONTWRITEBYTECODE",
 )
 _TAIL_LINES = 20
 
@@ -76,7 +99,7 @@ def run(
     check: bool = True,
     capture: bool = True,
     timeout: float | None = None,
-) -> subprocess.CompletedProcess[bytes]:
+) -> Completed:
     args = [str(a) for a in argv]
     log.debug("run: %s", shlex.join(args))
     try:
@@ -100,6 +123,42 @@ def run(
     if check and proc.returncode != 0:
         raise command_failed(args, proc.returncode, proc.stderr or b"")
     return proc
+
+
+def spawn(
+    argv: Sequence[str | Path],
+    *,
+    stdin: Stream = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    new_session: bool = False,
+    process_group: int | None = None,
+    pass_fds: Sequence[int] = (),
+    preexec_fn: Callable[[], object] | None = None,
+) -> Process:
+    """Start *argv* and return it running, with :func:`run`'s rules: stdin from
+    /dev/null unless *stdin* is given, the base environment unless *env* is, the
+    command logged, ToolMissingError when the program does not exist.  The
+    caller waits for it (and reads what it connected to PIPE)."""
+    args = [str(a) for a in argv]
+    log.debug("spawn: %s", shlex.join(args))
+    try:
+        return subprocess.Popen(
+            args,
+            stdin=DEVNULL if stdin is None else stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=dict(env) if env is not None else base_environment(),
+            cwd=cwd,
+            start_new_session=new_session,
+            process_group=process_group,
+            pass_fds=tuple(pass_fds),
+            preexec_fn=preexec_fn,  # noqa: PLW1509 (a chroot needs it: atoll.health.execute)
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissingError(f"{args[0]} is not installed", argv=args) from exc
 
 
 def command_failed(argv: Sequence[str], returncode: int, stderr: bytes) -> CommandError:

@@ -27,8 +27,8 @@ from atoll.boot.early import (
     has_early_boot,
     install_early_boot,
 )
+from atoll.oci.transports import parse_bootc_name
 from atoll.sysroot.lifecycle import Device
-from atoll.sysroot.origin import ImageTransport, image_name
 from helpers.osimage import build_os_image
 from helpers.parts import missing
 
@@ -82,9 +82,8 @@ def sysroot(tmp_path: Path) -> tuple[Path, str]:
         missing("bind mounts in a mount namespace need root")
     layout = tmp_path / "images"
     build_os_image(layout, "1", version="1.0")
-    image, transport = ImageTransport.parse_name(f"oci:{layout}:1", None)
     device = Device(tmp_path / "sysroot")
-    device.install(image_name(image, transport))
+    device.install(parse_bootc_name(f"oci:{layout}:1"))
     path = device.state().entries[0].deployment_path
     assert path is not None
     (device.sysroot.var("default") / "marker").write_text("shared var\n")

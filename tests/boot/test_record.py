@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from atoll.boot.grub import GrubSettings, install_grub_config
-from atoll.boot.grubenv import read_grubenv, update_grubenv
 from atoll.boot.record import KernelBoot, record_kernel_boot
 from atoll.errors import DeploymentError
 from atoll.oci.transports import ImageName
+from atoll.sysroot.bootloader.grub import GrubSettings, install_grub_config
+from atoll.sysroot.bootloader.grubenv import read_grubenv, update_grubenv
 from atoll.sysroot.lifecycle import Device
 
 

@@ -231,3 +231,15 @@ def test_load_blueprint_reads_the_file(tmp_path: Path) -> None:
     path.write_bytes(b'name = "\xff"\n')
     with pytest.raises(BlueprintError, match="not UTF-8"):
         load_blueprint(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'name = "x"\nversion = ' + "[" * 5000 + "]" * 5000 + "\n",
+        'name = "x"\n[' + ".".join(["customizations"] * 5000) + "]\n",
+    ],
+)
+def test_deep_nesting_is_refused(text: str) -> None:
+    with pytest.raises(BlueprintError, match=r"x\.toml: not valid TOML: exceeded max depth"):
+        parse_blueprint(text, "x.toml")

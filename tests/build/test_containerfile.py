@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import shlex
 import shutil
 import stat
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -22,8 +26,9 @@ from atoll.build.containerfile import (
     write_context,
 )
 from atoll.errors import BaseImageError, BlueprintError
+from atoll.podman import isolated_environment
 from atoll.units import UNITS
-from helpers.parts import missing
+from helpers.parts import missing, require_tool
 
 BLUEPRINT = """\
 name = "edge"
@@ -101,7 +106,7 @@ def test_debian_steps() -> None:
     assert "useradd -m -G app admin && usermod -p '$6$salt$clearhashed' admin" in text
     assert "clear'" not in text.replace("clearhashed", "")
     assert "ssh-ed25519 AAAA admin" in text
-    assert 'COPY --chown=admin:app --chmod=0640 files/0 "/etc/app.conf"' in text
+    assert 'COPY --chown=admin:app --chmod=0640 ["files/0", "/etc/app.conf"]' in text
     assert "mkdir -p /srv/app/data && chmod 0755 /srv/app/data" in text
     assert "RUN systemctl enable ssh.service" in text and "RUN systemctl mask" in text
     assert "firewall-offline-cmd --add-port=22/tcp --add-service=imap" in text
@@ -190,3 +195,114 @@ def test_atoll_step_adds_what_is_missing_and_replaces_nothing(tmp_path: Path) ->
     # A second run adds nothing.
     again = _run_step(root)
     assert not [line for line in again if "added" in line]
+
+
+# --- values cannot add instructions -------------------------------------------------
+
+INJECTED = "e\\nFROM docker.io/library/alpine AS evil\\nRUN touch /pwn\\n#"
+
+
+@pytest.mark.parametrize(
+    "blueprint",
+    [
+        f'name = "{INJECTED}"\n',
+        f'name = "x"\ndescription = "{INJECTED}"\n',
+        f'name = "x"\n[[groups]]\nname = "{INJECTED}"\n',
+        f'name = "x"\n[[customizations.user]]\nname = "a"\nhome = "/home/{INJECTED}"\n',
+        f'name = "x"\n[[customizations.user]]\nname = "a"\nshell = "/bin/{INJECTED}"\n',
+        f'name = "x"\n[[customizations.user]]\nname = "a"\npassword = "$6${INJECTED}"\n',
+        f'name = "x"\n[[customizations.directories]]\npath = "/srv/{INJECTED}"\n',
+        f'name = "x"\n[[customizations.files]]\npath = "/srv/{INJECTED}"\ndata = "a\\nb"\n',
+        f'name = "x"\n[[customizations.sshkey]]\nuser = "a"\nkey = "ssh-ed25519 {INJECTED}"\n',
+        f'name = "x"\n[customizations.kernel]\nappend = "quiet {INJECTED}"\n',
+        'name = "x\\rRUN touch /pwn"\n',
+        'name = "x\\u2028RUN touch /pwn"\n',
+    ],
+)
+def test_no_value_adds_an_instruction_to_the_containerfile(blueprint: str) -> None:
+    """A value is refused, or lands in the Containerfile on its own line (files'
+    data goes to a context file, not into the Containerfile)."""
+    try:
+        bp = parse_blueprint(blueprint, "x.toml")
+    except BlueprintError as exc:
+        assert "must be one line" in exc.message
+        return
+    for family in Family:
+        try:
+            text = blueprint_context(
+                bp, "base", family, hash_password=lambda p: "$6$x"
+            ).containerfile
+        except BlueprintError:
+            continue  # e.g. [[groups]] on a Debian base
+        lines = text.splitlines()
+        assert [line for line in lines if line.startswith("FROM")] == ["FROM base"]
+        assert not any("touch /pwn" in line and line.startswith("RUN touch") for line in lines)
+        assert "\r" not in text and "\u2028" not in text
+
+
+def test_build_print_containerfile_refuses_an_instruction_in_the_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from atoll.cli.main import main
+
+    path = tmp_path / "bp.toml"
+    path.write_text(f'name = "{INJECTED}"\n')
+    base = f"oci:{tmp_path}/none"
+    code = main(["build", "--blueprint", str(path), "--base", base, "--print-containerfile"])
+    out, err = capsys.readouterr()
+    assert code == BlueprintError.exit_code, err
+    assert "line 1: name: must be one line" in err and "FROM" not in out
+
+
+def test_kernel_arguments_are_a_valid_toml_array() -> None:
+    import tomllib
+
+    bp = parse_blueprint(
+        'name = "x"\n[customizations.kernel]\nappend = "a=\\"q\\" b=\\\\ c=\U0001f600"\n', "x.toml"
+    )
+    text = blueprint_context(bp, "base", Family.DEBIAN, hash_password=str).containerfile
+    [line] = [line for line in text.splitlines() if "kargs = [" in line]
+    quoted = line.split("printf '%s\\n' ", 1)[1].split(" > ", 1)[0]
+    [toml] = shlex.split(quoted)
+    assert tomllib.loads(toml) == {"kargs": ['a="q"', "b=\\", "c=\U0001f600"]}
+
+
+@pytest.mark.integration
+def test_podman_build_keeps_labels_and_paths_as_written(tmp_path: Path) -> None:
+    """A dollar, a backslash, a quote or a space in a value is not expanded, escaped
+    away or split by podman build (buildah expands $NAME in LABEL and COPY)."""
+    podman = require_tool("podman")
+    require_tool("runc")
+    if os.geteuid() != 0:
+        missing("podman build with runc and vfs needs root here")
+    name = 'edge $HOME ${X} \\ "q"'
+    path = "/etc/a $X b\\c"
+    bp = parse_blueprint(
+        f"name = {json.dumps(name)}\n[[customizations.files]]\npath = {json.dumps(path)}\n"
+        'data = "hi"\nuser = 0\ngroup = 0\n',  # scratch has no /etc/passwd
+        "x.toml",
+    )
+    context = tmp_path / "context"
+    context.mkdir()
+    write_context(
+        blueprint_context(bp, "scratch", Family.DEBIAN, hash_password=str, add_atoll=False),
+        context,
+    )
+    env = {**os.environ, **isolated_environment(tmp_path / "podman")}
+
+    def podman_run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run(
+            [podman, *args], env=env, capture_output=True, timeout=600, check=False
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+        return proc
+
+    podman_run("build", "-q", "-t", "localhost/values:1", str(context))
+    labels = json.loads(
+        podman_run("image", "inspect", "--format", "{{json .Labels}}", "localhost/values:1").stdout
+    )
+    assert labels["org.opencontainers.image.title"] == name
+    container = podman_run("create", "localhost/values:1", "x").stdout.decode().strip()
+    exported = podman_run("export", container).stdout
+    with tarfile.open(fileobj=io.BytesIO(exported)) as tar:
+        assert path.lstrip("/") in tar.getnames()

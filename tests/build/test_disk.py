@@ -106,7 +106,7 @@ def check_disk(disk: Path, doc: dict[str, Any]) -> None:
     assert f"atoll=/atoll/deploy/{stateroot}/deploy/{ident}" in cfg
     assert cfg.count("menuentry ") == 1
     assert len(debugfs(disk, "cat /boot/grub/grubenv")) == 1024
-    # The machine flushes its boot files for GRUB after each update (atoll.boot.flush).
+    # The machine flushes its boot files for GRUB after each update (bootloader.flush).
     assert json.loads(debugfs(disk, "cat /boot/grub/atoll.json"))["flushAfterWrite"] is True
     assert '"version": 1' in debugfs(disk, "cat /atoll/sysroot.json")
 

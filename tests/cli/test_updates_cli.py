@@ -261,3 +261,26 @@ def test_run_allow_no_kernel_for_container_devices(
     s = ["--sysroot", str(sysroot), "--force", "--json"]
     ran = atoll(capsys, "updates", "run", *s, "--allow-no-kernel")
     assert ran["outcome"] == "staged" and ran["version"] == "2.0"
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("x = " + "[" * 5000 + "]" * 5000 + "\n", "exceeded max depth"),
+        (
+            '[download]\nwindow = "* 2-4 * * *"\nrandom_delay = "99999999999999999999d"\n',
+            "too long a duration",
+        ),
+    ],
+)
+def test_hostile_config_is_a_clean_refusal(
+    device: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    text: str, complaint: str,
+) -> None:  # fmt: skip
+    _, sysroot, _ = device
+    other = tmp_path / "hostile-root"
+    write_config(other, text)
+    err = atoll(
+        capsys, "updates", "status", "--sysroot", str(sysroot), "--root", str(other), code=4
+    )
+    assert complaint in err

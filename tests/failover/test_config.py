@@ -85,3 +85,10 @@ def test_a_short_key_is_refused(tmp_path: Path) -> None:
     (tmp_path / "key").write_text("short")
     with pytest.raises(FailoverConfigError, match="16 bytes or more"):
         load_config(None, {**BASE, "key_file": str(tmp_path / "key")})
+
+
+def test_deep_nesting_is_refused(tmp_path: Path) -> None:
+    conf = tmp_path / "failover.toml"
+    conf.write_text("[failover]\npeers = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(FailoverConfigError, match="exceeded max depth"):
+        load_config(conf, {})

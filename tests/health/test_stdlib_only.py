@@ -26,9 +26,10 @@ print(json.dumps({"path": sys.path, "modules": new, "stdlib": sorted(sys.stdlib_
 
 
 def test_health_imports_only_the_standard_library(tmp_path: Path) -> None:
-    # -I: no environment, no user site; -S: no site-packages at all.
+    # -I: no environment, no user site; -S: no site-packages at all; -B: no
+    # __pycache__ in src/ (-I ignores PYTHONDONTWRITEBYTECODE).
     proc = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", PROBE, str(SRC), str(tmp_path)],
+        [sys.executable, "-B", "-I", "-S", "-c", PROBE, str(SRC), str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,

@@ -1,8 +1,8 @@
-"""Boot entries for tests of atoll.sysroot.bls and bootloader."""
+"""Boot entries for tests of atoll.sysroot.bootloader.bls and bootloader."""
 
 from __future__ import annotations
 
-from atoll.sysroot.bls import BootEntry
+from atoll.sysroot.bootloader.bls import BootEntry
 
 KDIR = "/atoll/" + "ab" * 32
 

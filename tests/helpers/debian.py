@@ -27,8 +27,6 @@ asked, and the caller's files).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gzip
 import hashlib
 import json
@@ -37,15 +35,13 @@ import platform
 import secrets
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from atoll.demo import basetree
-from atoll.demo.basetree import MIRROR, PACKAGES, PREPARE_VERSION, SUITE
+from atoll.demo.basetree import MIRROR, PACKAGES, PREPARE_VERSION, SUITE, lock_cache
 from atoll.demo.osimage import Blob as LayerBlob
 from atoll.demo.osimage import tree_entries, write_layer
 from helpers.osimage import KVER, FileSpec, Spec, _tar, publish_image
@@ -87,48 +83,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("ATOLL_TEST_CACHE") or _CACHE_AT_IMPORT or DEFAULT_CACHE)
 
 
+#: The cache's own helpers, for the tests that use them through this module.
+TreeRecipe = basetree.TreeRecipe
+mounts_under = basetree.mounts_under
+
+
 def recipe_key(recipe: dict[str, object] | None = None) -> str:
     data = RECIPE if recipe is None else recipe
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class TreeRecipe:
-    """Another tree beside the default one: its recipe (hashed into the cache key),
-    how to debootstrap it and how to prepare it."""
-
-    data: dict[str, object]
-    bootstrap: Callable[[Path], None]
-    prepare: Callable[[Path], None]
-
-
 def ensure_debian_tree(cache: Path | None = None, recipe: TreeRecipe | None = None) -> DebianTree:
     """The cached tree, built first if there is none for the current recipe."""
-    cache = cache or cache_root()
-    suite = recipe.data.get("suite", SUITE) if recipe else SUITE
-    final = cache / f"debian-{suite}-{recipe_key(recipe.data if recipe else None)}"
-    if (final / "recipe.json").is_file():
-        return DebianTree(final)
-    cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache):
-        if (final / "recipe.json").is_file():  # built by another session while we waited
-            return DebianTree(final)
-        for stale in cache.glob(".build-*"):
-            remove_tree(stale)
-        build = cache / f".build-{secrets.token_hex(4)}"
-        build.mkdir()
-        try:
-            started = time.monotonic()
-            (recipe.bootstrap if recipe else _debootstrap)(build / "rootfs")
-            seconds = round(time.monotonic() - started, 1)
-            (recipe.prepare if recipe else prepare_tree)(build / "rootfs")
-            record = {**(recipe.data if recipe else RECIPE), "debootstrap_seconds": seconds}
-            (build / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
-            build.rename(final)
-        finally:
-            if build.exists():
-                remove_tree(build)
-    return DebianTree(final)
+    # A lambda: _debootstrap is looked up when called (tests replace it).
+    tree = recipe or TreeRecipe(RECIPE, lambda t: _debootstrap(t), prepare_tree)  # noqa: PLW0108
+    return DebianTree(basetree.ensure_tree(cache or cache_root(), tree).parent)
 
 
 def _debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES) -> None:
@@ -175,47 +144,6 @@ def add_unit(root: Path, name: str, text: str, *, wanted_by: str = "multi-user.t
     (wants / name).symlink_to(f"../{name}")
 
 
-# --- the cache: locking and removal ----------------------------------------------------
-
-
-@contextlib.contextmanager
-def _locked(cache: Path) -> Iterator[None]:
-    with (cache / ".lock").open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def mounts_under(path: Path) -> list[Path]:
-    """Mount points at or below *path* in this mount namespace, deepest first."""
-    found = []
-    top = os.path.realpath(path)
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = _unescape(line.split()[4])
-        if point == top or point.startswith(top + "/"):
-            found.append(Path(point))
-    return sorted(found, key=lambda p: len(p.parts), reverse=True)
-
-
-def _unescape(field: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as octal escapes.
-    for code in ("040", "011", "012", "134"):
-        field = field.replace("\\" + code, chr(int(code, 8)))
-    return field
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a build; a killed debootstrap may have left /proc or /sys mounted in it."""
-    for point in mounts_under(path):
-        subprocess.run(["umount", "--lazy", str(point)], check=False)
-    left = mounts_under(path)
-    if left:
-        raise RuntimeError(f"{path}: still mounted at {left[0]}; not removing it")
-    shutil.rmtree(path)
-
-
 # --- the OCI image ---------------------------------------------------------------------
 
 
@@ -229,7 +157,7 @@ def base_layer(tree: DebianTree) -> tuple[Path, LayerBlob]:
     """The tree as one layer, made once per cache entry."""
     blob, meta = tree.cache / "base-layer.tar.gz", tree.cache / "base-layer.json"
     if not meta.is_file():
-        with _locked(tree.cache.parent):
+        with lock_cache(tree.cache.parent):
             if not meta.is_file():
                 tmp = blob.with_name(f".{blob.name}.{secrets.token_hex(4)}")
                 try:

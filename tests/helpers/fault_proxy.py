@@ -61,7 +61,10 @@ class Rule:
             return False
         if self.method is not None and self.method != method:
             return False
-        if self.kind == "drop" and "range" in headers:
+        ranged = self.options.get("ranged")
+        if self.kind == "drop" and "range" in headers and not ranged:
+            return False
+        if ranged and "range" not in headers:
             return False
         return self.pattern.search(path) is not None
 
@@ -129,22 +132,37 @@ class FaultProxy:
             "serve", path, method, times, body=body, content_type=content_type, headers=headers
         )
 
-    def truncate(self, path: str, keep: int, *, times: int | None = None) -> Rule:
-        """Pass the registry's body cut to *keep* bytes, with a matching Content-Length."""
-        return self._add("truncate", path, "GET", times, keep=keep)
+    def truncate(
+        self, path: str, keep: int, *, times: int | None = None, ranged: bool = False
+    ) -> Rule:
+        """Pass the registry's body cut to *keep* bytes, with a matching Content-Length
+        (*ranged*: only answers to ``Range`` requests)."""
+        return self._add("truncate", path, "GET", times, keep=keep, ranged=ranged)
 
-    def corrupt(self, path: str, offset: int = 0, *, times: int | None = None) -> Rule:
-        """Flip the bits of one byte of the registry's body."""
-        return self._add("corrupt", path, "GET", times, offset=offset)
+    def corrupt(
+        self,
+        path: str,
+        offset: int = 0,
+        *,
+        times: int | None = None,
+        ranged: bool = False,
+        skip: int = 0,
+    ) -> Rule:
+        """Flip the bits of one byte of the registry's body (*ranged*: only of
+        answers to ``Range`` requests; *skip*: let that many matches pass first)."""
+        return self._add("corrupt", path, "GET", times, offset=offset, ranged=ranged, skip=skip)
 
     def wrong_digest(self, path: str, *, times: int | None = None) -> Rule:
         """Replace Docker-Content-Digest with the digest of something else."""
         return self._add("wrong_digest", path, None, times)
 
-    def drop_after(self, path: str, nbytes: int, *, times: int | None = 1) -> Rule:
+    def drop_after(
+        self, path: str, nbytes: int, *, times: int | None = 1, ranged: bool = False
+    ) -> Rule:
         """Send the headers and *nbytes* of the body, then close the connection.
-        Requests with a ``Range`` header pass, so a resumed download works."""
-        return self._add("drop", path, "GET", times, nbytes=nbytes)
+        Requests with a ``Range`` header pass (so a resumed download works)
+        unless *ranged*: then they are dropped too (a partial pull's ranges)."""
+        return self._add("drop", path, "GET", times, nbytes=nbytes, ranged=ranged)
 
     def hang_up(self, path: str, *, times: int | None = 1, method: str | None = None) -> Rule:
         """Close the connection without answering."""
@@ -171,6 +189,10 @@ class FaultProxy:
             self.requests.append(SeenRequest(method, path, headers))
             for rule in self._rules:
                 if rule.matches(method, path, headers):
+                    skip = int(str(rule.options.get("skip", 0)))
+                    if skip:
+                        rule.options["skip"] = skip - 1
+                        continue
                     if rule.times is not None:
                         rule.times -= 1
                     rule.hits += 1
@@ -237,7 +259,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if kind == "paginate":
                 self._paginate()
                 return
-            forward = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            forward = self._forwarded()
             if kind == "ignore_range":
                 forward = {k: v for k, v in forward.items() if k.lower() != "range"}
             status, reply_headers, reply = self._upstream(self.command, self.path, forward, body)
@@ -265,6 +287,15 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             else:
                 clean = [(k, v) for k, v in reply_headers if k.lower() != "content-length"]
                 self._send(status, clean, reply)
+
+        def _forwarded(self) -> dict[str, str]:
+            """The request's end-to-end headers; repeated ones (podman sends one
+            Accept per media type) joined, as HTTP allows, so none is lost."""
+            out: dict[str, str] = {}
+            for key in dict.fromkeys(k.lower() for k in self.headers):
+                if key not in _HOP_BY_HOP:
+                    out[key] = ", ".join(self.headers.get_all(key) or [])
+            return out
 
         def _upstream(
             self, method: str, path: str, headers: dict[str, str], body: bytes
@@ -315,7 +346,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def _paginate(self) -> None:
             split = urlsplit(self.path)
             query = parse_qs(split.query)
-            forward = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            forward = self._forwarded()
             status, headers, reply = self._upstream("GET", split.path, forward, b"")
             if status != 200:
                 self._send(status, headers, reply)

@@ -14,6 +14,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 KVER = "6.1.0-atoll"
 
 
@@ -190,3 +192,12 @@ def tree_spec(root: Path) -> Spec:
         elif path.is_file():
             spec[rel] = FileSpec(path.read_bytes(), path.stat().st_mode & 0o7777)
     return spec
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """An OCI layout with versions 1.0 and 2.0 (refs ``1`` and ``2``) of an OS image."""
+    layout = tmp_path / "images"
+    for ref in ("1", "2"):
+        build_os_image(layout, ref, version=f"{ref}.0")
+    return layout

@@ -26,21 +26,16 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
-import ssl
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import yaml
 
+from atoll.demo.registry import LocalRegistry
+from atoll.errors import CommandError
 from atoll.oci.context import SystemContext
 from helpers.fault_proxy import FaultProxy
 from helpers.images import BuiltImage, build_image
@@ -56,107 +51,32 @@ TOKEN_ISSUER = "atoll-test-issuer"
 _START_TIMEOUT = 15.0
 
 
-def _die_with_parent() -> list[str]:
-    """A command prefix that has the kernel stop the registry if pytest is killed."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
+class RegistryServer(LocalRegistry):
+    """One ``docker-registry serve`` process (atoll.demo.registry's)."""
 
+    def __init__(
+        self,
+        kind: str,
+        workdir: Path,
+        *,
+        auth: dict[str, Any] | None = None,
+        tls: tuple[Path, Path] | None = None,
+        ca_path: Path | None = None,
+        cert_dir: Path | None = None,
+        token_server: TokenServer | None = None,
+    ) -> None:
+        require_tool("docker-registry")
+        super().__init__(workdir, auth=auth, tls=tls, ca_path=ca_path)
+        self.kind = kind
+        #: For the TLS registry: a cert dir holding only the CA (for skopeo).
+        self.cert_dir = cert_dir
+        self.token_server = token_server
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class RegistryServer:
-    """One ``docker-registry serve`` process."""
-
-    kind: str
-    workdir: Path
-    auth: dict[str, Any] | None = None
-    tls: tuple[Path, Path] | None = None
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    #: For the TLS registry: the CA, and a cert dir holding only it (for skopeo).
-    ca_path: Path | None = None
-    cert_dir: Path | None = None
-    token_server: TokenServer | None = None
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def scheme(self) -> str:
-        return "https" if self.tls else "http"
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{self.host}"
-
-    def start(self) -> None:
-        binary = require_tool("docker-registry")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            self.port = _free_port()
-            http: dict[str, Any] = {"addr": self.host, "secret": secrets.token_hex(16)}
-            if self.tls:
-                http["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
-            config: dict[str, Any] = {
-                "version": 0.1,
-                "log": {"level": "error", "accesslog": {"disabled": True}},
-                "storage": {
-                    "filesystem": {"rootdirectory": str(self.workdir / "data")},
-                    "delete": {"enabled": True},
-                    "maintenance": {"uploadpurging": {"enabled": False}},
-                },
-                "http": http,
-            }
-            if self.auth:
-                config["auth"] = self.auth
-            config_path = self.workdir / "config.yml"
-            config_path.write_text(yaml.safe_dump(config))
-            log = (self.workdir / "registry.log").open("ab")
-            self.process = subprocess.Popen(
-                [*_die_with_parent(), binary, "serve", str(config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            log.close()
-            if self._wait_ready():
-                return
-            self.stop()
-        tail = (self.workdir / "registry.log").read_text(errors="replace")[-2000:]
-        pytest.fail(f"{self.kind} registry did not start: {tail}")
-
-    def _wait_ready(self) -> bool:
-        context = ssl.create_default_context(cafile=str(self.ca_path)) if self.tls else None
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=2, context=context):
-                    return True
-            except urllib.error.HTTPError as exc:
-                if exc.code == 401:
-                    return True
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+    def start(self, timeout: float = _START_TIMEOUT) -> None:
+        try:
+            super().start(timeout)
+        except CommandError as exc:
+            pytest.fail(f"{self.kind} registry did not start: {exc}")
 
 
 @dataclass

@@ -11,8 +11,9 @@ from typing import Any
 
 from atoll.errors import AtollError
 from atoll.oci.context import SystemContext
+from atoll.oci.transports import ImageTransport
 from atoll.sysroot.layout import Sysroot
-from atoll.sysroot.origin import Deployment, ImageTransport, Origin
+from atoll.sysroot.origin import Deployment, Origin
 
 UTC = datetime.UTC
 OLD_DIGEST = "sha256:" + "1" * 64

@@ -144,6 +144,22 @@ def push_workload_image(
     return f"{registry.server.host}/{repo}:{tag}"
 
 
+def release_workload_image(
+    registry: RegistryView, repo: str, version: str, tag: str, cmd: tuple[str, ...] = GOOD
+) -> str:
+    """Push VERSION (serving "hello from VERSION") and move TAG to it; return its digest."""
+    push_workload_image(registry, repo, version, cmd=cmd, page=f"hello from {version}\n")
+    host = registry.server.host
+    registry.skopeo(
+        "copy", "--quiet", *registry.skopeo_args("src"), *registry.skopeo_args("dest"),
+        f"docker://{host}/{repo}:{version}", f"docker://{host}/{repo}:{tag}",
+    )  # fmt: skip
+    return registry.skopeo(
+        "inspect", *registry.skopeo_args(), "--format", "{{.Digest}}",
+        f"docker://{host}/{repo}:{version}",
+    ).stdout.strip()  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -19,6 +19,7 @@ from atoll.oci.transports import ImageName, ImageSource
 from atoll.oci.transports.archive import (
     ArchiveDestination,
     ArchiveSource,
+    TarLayout,
     list_archive_ref_names,
 )
 from atoll.oci.transports.layout import LayoutSource
@@ -262,3 +263,18 @@ def test_atoll_archive_is_read_by_skopeo(tmp_path: Path) -> None:
         naive_copy(s, d)
     skopeo.copy(f"oci-archive:{archive}", f"oci:{tmp_path / 'c'}:m", all_images=True)
     assert str(Digest.of(skopeo.raw_manifest(f"oci:{tmp_path / 'c'}:m"))) == index_digest
+
+
+def test_a_damaged_header_after_the_first_is_refused(tmp_path: Path) -> None:
+    """tarfile stops quietly at such a header, which made later members look absent."""
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w") as tar:
+        for name in ("oci-layout", "index.json"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    data = bytearray(path.read_bytes())
+    data[1024 + 148] ^= 0x01  # the second header's checksum
+    path.write_bytes(bytes(data))
+    with pytest.raises(LayerError, match="tar header at byte 1024 is damaged"):
+        TarLayout(path)

@@ -144,7 +144,11 @@ def test_entries_without_auth_are_skipped(tmp_path: Path, home: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "complaint"),
     [
-        ('{"auths": {', "invalid JSON at line 1"),
+        ('{"auths": {', r"not valid JSON \(.*line 1"),
+        # Two readers must not disagree on whose credentials these are.
+        ('{"auths": {"r.example": {"auth": "eDp5"}, "r.example": {}}}', "duplicate key"),
+        ('\ufeff{"auths": {}}', "byte-order mark"),
+        ('{"auths": ' + "[" * 5000 + "]" * 5000 + "}", "exceeded max depth"),
         ('{"auths": []}', "'auths' must be an object"),
         ('{"auths": {"r.example": {"auth": "***"}}}', "not base64"),
         (

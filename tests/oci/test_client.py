@@ -547,14 +547,23 @@ def test_unauthorized_without_credentials(fault_proxy: FaultProxyView) -> None:
     assert "authentication required" in str(info.value)
 
 
-def test_malformed_manifest_is_a_manifest_error(fault_proxy: FaultProxyView) -> None:
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        (b'{"schemaVersion": 2, "layers": [', "not valid JSON"),
+        (b'{"layers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "exceeded max depth"),
+        (b'{"schemaVersion": 2, "schemaVersion": 1}', "duplicate key"),
+    ],
+)
+def test_malformed_manifest_is_a_manifest_error(
+    fault_proxy: FaultProxyView, body: bytes, complaint: str
+) -> None:
     repo = fault_proxy.new_repo()
-    body = b'{"schemaVersion": 2, "layers": ['
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
     fault_proxy.serve(r"/manifests/v1", body, headers={"Docker-Content-Digest": digest})
     with _client(fault_proxy) as client, pytest.raises(ManifestError) as info:
         client.get_manifest(repo, "v1")
-    assert "not valid JSON" in str(info.value) and repo in str(info.value)
+    assert complaint in str(info.value) and repo in str(info.value)
 
 
 def test_wrong_docker_content_digest(fault_proxy: FaultProxyView) -> None:

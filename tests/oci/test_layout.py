@@ -130,6 +130,10 @@ def test_missing_directory_index_or_marker(tmp_path: Path) -> None:
         b', "size": 1}]}',
         b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",'
         b' "config": {}, "layers": []}',
+        # Nesting past the recursion limit, and a duplicated key: refused, not a crash
+        # nor a guess at which "manifests" was meant.
+        b'{"schemaVersion": 2, "manifests": [], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"schemaVersion": 2, "manifests": [], "manifests": []}',
     ],
 )
 def test_malformed_index_json_is_a_manifest_error(tmp_path: Path, content: bytes) -> None:

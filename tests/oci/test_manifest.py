@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 import pytest
 
@@ -67,6 +69,9 @@ def test_served_type_contradicting_body_is_rejected() -> None:
     ("raw", "error", "match"),
     [
         (b"{not json", ManifestError, "not valid JSON"),
+        (b'{"layers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", ManifestError, "max depth"),
+        (b'{"schemaVersion": 2, "schemaVersion": 2}', ManifestError, "duplicate key"),
+        (b"\xef\xbb\xbf{}", ManifestError, "byte-order mark"),
         (b"[]", ManifestError, "not a JSON object"),
         (b'{"schemaVersion": 1, "fsLayers": []}', UnsupportedError, "schema 1"),
         (b'{"schemaVersion": 2, "layers": []}', ManifestError, "no 'config'"),
@@ -163,3 +168,29 @@ def test_verifier_catches_truncation_and_corruption() -> None:
     long = Verifier(digest, len(data), "blob")
     with pytest.raises(Exception, match="more data"):
         long.update(data + b"!")
+
+
+def test_config_fields_have_the_types_containers_image_decodes() -> None:
+    def config(**fields: Any) -> bytes:
+        return json.dumps({"architecture": "amd64", "os": "linux", **fields}).encode()
+
+    ok = parse_config(
+        config(created="2026-01-01T00:00:00.123456789+02:00", config={"Labels": {"a": None}}),
+        where="test",
+    )
+    assert ok.created == "2026-01-01T00:00:00.123456789+02:00" and ok.labels == {}
+    assert parse_config(config(created=None), where="test").created is None
+    for fields, message in [
+        ({"created": "2026-01-01 00:00:00"}, "not an RFC 3339"),
+        ({"created": "2026-02-30T00:00:00Z"}, "not an RFC 3339"),
+        ({"created": 1}, "created must be a string"),
+        ({"config": {"Labels": {"v": 1}}}, 'config.Labels["v"] must be a string'),
+        ({"config": {"Labels": []}}, "config.Labels must be an object"),
+        ({"config": {"Env": "A=1"}}, "config.Env must be an array"),
+        ({"config": {"Cmd": [1]}}, "config.Cmd must hold strings only"),
+        ({"config": []}, "config must be an object"),
+        ({"rootfs": {"diff_ids": "x"}}, "rootfs.diff_ids must be an array"),
+        ({"architecture": True}, "architecture must be a string"),
+    ]:
+        with pytest.raises(ManifestError, match=re.escape(message)):
+            parse_config(config(**fields), where="test")

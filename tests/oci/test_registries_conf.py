@@ -231,3 +231,17 @@ def test_ssl_context_trusts_the_ca_in_cert_dir(tmp_path: Path) -> None:
     assert verified.verify_mode == ssl.CERT_REQUIRED
     unverified = ssl_context("reg.example", _ctx(cert_dir=mine), verify=False)
     assert unverified.verify_mode == ssl.CERT_NONE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x = " + "[" * 5000 + "]" * 5000 + "\n",
+        "[" + ".".join(["a"] * 5000) + "]\n",
+    ],
+)
+def test_deep_nesting_is_refused(conf_file: Path, text: str) -> None:
+    path = _write(conf_file, text)
+    with pytest.raises(InvalidInputError, match="exceeded max depth") as info:
+        load_registries_conf(_ctx())
+    assert str(path) in str(info.value)

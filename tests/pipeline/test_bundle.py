@@ -3,6 +3,7 @@ registry, then apply it to a directory device with networking disabled."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ BASE = {
     "etc/hostname": "device\n",
     "usr/bin/tool-link": symlink("tool"),
 }
+LABELS = {"containers.bootc": "1"}
 #: A layer both versions have, of which v1's last layer changes a file.
 MIDDLE = {"usr/share/middle.txt": "middle, as built\n", "usr/share/kept.txt": "kept\n"}
 
@@ -232,21 +234,26 @@ def test_delta_bundle_applies_offline_and_tampering_is_refused(
     assert store.commit(commit).manifest_digest == created["images"][0]["digest"]
 
 
-def test_delta_from_an_image_the_device_lacks_is_refused(
-    registry: RegistryView, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def push_a_and_b(registry: RegistryView, layout: Path) -> str:
+    """Images ``a`` and ``b`` (BASE and one file each) in *layout* and in a new
+    repository of *registry*; return the repository."""
     repo = registry.new_repo("os")
-    layout = tmp_path / "images"
-    labels = {"containers.bootc": "1"}
     for tag, extra in (("a", {"usr/bin/a": b"a"}), ("b", {"usr/bin/b": b"b"})):
-        build_tree_image(layout, [BASE, extra], ref=tag, labels=labels)
+        build_tree_image(layout, [BASE, extra], ref=tag, labels=LABELS)
         registry.skopeo(
             "copy", "-q", *registry.skopeo_args("dest"), f"oci:{layout}:{tag}",
             f"docker://{registry.host}/{repo}:{tag}",
         )  # fmt: skip
+    return repo
+
+
+def test_delta_from_an_image_the_device_lacks_is_refused(
+    registry: RegistryView, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = push_a_and_b(registry, tmp_path / "images")
     sysroot = tmp_path / "s"
     other = tmp_path / "other"
-    build_tree_image(other, [{**BASE, "usr/bin/c": b"c"}], ref="c", labels=labels)
+    build_tree_image(other, [{**BASE, "usr/bin/c": b"c"}], ref="c", labels=LABELS)
     assert (
         run(capsys, "install", "to-filesystem", str(sysroot), "--source", f"oci:{other}:c")[0] == 0
     )
@@ -260,3 +267,75 @@ def test_delta_from_an_image_the_device_lacks_is_refused(
     assert code == 86, err
     assert "does not hold" in err
     assert not (sysroot / "atoll/staged.json").exists()
+
+
+def test_every_blob_is_checked_and_a_damaged_tar_says_so(
+    registry: RegistryView, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no policy nothing asks for the signatures: their blobs are checked all
+    the same, as is a blob no manifest names; a damaged tar header is named as such."""
+    layout = tmp_path / "images"
+    repo = push_a_and_b(registry, layout)
+    b_ref = ImageReference.parse(f"{registry.host}/{repo}:b")
+    sign_image(
+        b_ref, load_private_key(generate_key_pair(tmp_path / "k").private_path), registry.ctx()
+    )
+    sysroot = tmp_path / "s"
+    code, _, err = run(
+        capsys, "install", "to-filesystem", str(sysroot), "--source", f"oci:{layout}:a"
+    )
+    assert code == 0, err
+    bundle = tmp_path / "b.bundle"
+    code, created, err = run(
+        capsys, "bundle", "create", f"docker://{b_ref}", "-o", str(bundle), "--json"
+    )
+    assert code == 0, err
+    [image] = created["images"]
+    assert image["signatures"]
+
+    def member_of(digest: str) -> tarfile.TarInfo:
+        with tarfile.open(bundle) as tar:
+            return tar.getmember("blobs/sha256/" + digest.split(":")[1])
+
+    with tarfile.open(bundle) as tar:
+        sig_manifest = json.loads(tar.extractfile(member_of(image["signatures"])).read())  # type: ignore[union-attr]
+    payload = member_of(sig_manifest["layers"][0]["digest"])
+
+    def apply(path: Path) -> tuple[int, str]:
+        code, _, err = run(capsys, "bundle", "apply", str(path), "--sysroot", str(sysroot))
+        assert not (sysroot / "atoll/staged.json").exists() or code == 0
+        return code, err
+
+    # A changed byte of the signature payload.
+    data = bytearray(bundle.read_bytes())
+    data[payload.offset_data] ^= 0x01
+    tampered = tmp_path / "payload.bundle"
+    tampered.write_bytes(bytes(data))
+    code, err = apply(tampered)
+    assert code == 86, err
+    assert f"blob {sig_manifest['layers'][0]['digest']} does not match its digest" in err
+
+    # A blob nothing names, whose bytes are not what its name says.
+    stray = tmp_path / "stray.bundle"
+    shutil.copy(bundle, stray)
+    with tarfile.open(stray, "a") as tar:
+        info = tarfile.TarInfo("blobs/sha256/" + "0" * 64)
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"stray"))
+    code, err = apply(stray)
+    assert code == 86, err
+    assert "does not match its digest" in err
+
+    # The checksum of a header after the first.
+    with tarfile.open(bundle) as tar:
+        second = tar.getmembers()[1]
+    data = bytearray(bundle.read_bytes())
+    data[second.offset + 148] ^= 0x01
+    damaged = tmp_path / "header.bundle"
+    damaged.write_bytes(bytes(data))
+    code, err = apply(damaged)
+    assert code == 86, err
+    assert f"tar header at byte {second.offset} is damaged" in err
+
+    code, err = apply(bundle)
+    assert code == 0, err

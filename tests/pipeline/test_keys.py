@@ -76,3 +76,14 @@ def test_a_public_key_is_not_a_private_key(tmp_path: Path) -> None:
         load_private_key(pair.public_path)
     with pytest.raises(SigningKeyError, match="not a PEM public key"):
         load_public_key(pair.private_path)
+
+
+def test_an_encrypted_key_with_a_duplicated_field_is_refused(tmp_path: Path) -> None:
+    from atoll.pipeline.keys import _pem
+
+    pair = generate_key_pair(tmp_path / "k", b"secret")
+    pem_type, body = _pem_block(pair.private_path, pair.private_path.read_bytes())
+    doubled = body.rstrip()[:-1] + b', "ciphertext": "AAAA"}'
+    pair.private_path.write_bytes(_pem(pem_type, doubled))
+    with pytest.raises(SigningKeyError, match='duplicate key "ciphertext"'):
+        load_private_key(pair.private_path, b"secret")

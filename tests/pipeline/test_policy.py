@@ -283,3 +283,75 @@ def test_verify_command_with_a_policy(
     policy.write_text('{"default": [{"type": "reject"}]}')
     code, _, err = cli("verify", image, "--policy", str(policy))
     assert code == PolicyRejectedError.exit_code
+
+
+# --- failing closed -----------------------------------------------------------------
+
+# Each is a policy whose last word admits everything, written so that a lenient
+# reader sees only that word: skopeo and podman refuse every one of them.
+FAIL_OPEN = {
+    "duplicate-default": (
+        b'{"default": [{"type": "reject"}], "default": [{"type": "insecureAcceptAnything"}]}',
+        'duplicate key "default"',
+    ),
+    "duplicate-type": (
+        b'{"default": [{"type": "reject", "type": "insecureAcceptAnything"}]}',
+        'duplicate key "type"',
+    ),
+    "byte-order-mark": (
+        b'\xef\xbb\xbf{"default": [{"type": "insecureAcceptAnything"}]}',
+        "byte-order mark",
+    ),
+    "deep-nesting": (
+        b'{"default": [{"type": "insecureAcceptAnything"}], "x": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}",
+        "exceeded max depth",
+    ),
+    "type-not-a-string": (b'{"default": [{"type": ["reject"]}]}', "unknown requirement type"),
+    "default-not-a-list": (b'{"default": {"type": "insecureAcceptAnything"}}', "expected a non"),
+    "transports-not-an-object": (
+        b'{"default": [{"type": "reject"}], "transports": []}',
+        "$.transports: expected a JSON object",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAIL_OPEN))
+def test_an_ambiguous_or_malformed_policy_is_refused(tmp_path: Path, case: str) -> None:
+    data, message = FAIL_OPEN[case]
+    path = tmp_path / "policy.json"
+    path.write_bytes(data)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert str(path) in info.value.message and message in info.value.message
+
+
+@pytest.mark.parametrize("case", sorted(FAIL_OPEN))
+def test_verify_refuses_with_an_ambiguous_policy(tmp_path: Path, cli: Cli, case: str) -> None:
+    path = tmp_path / "policy.json"
+    path.write_bytes(FAIL_OPEN[case][0])
+    code, out, err = cli("verify", "docker://r.example/a:1", "--policy", str(path))
+    assert code == PolicyError.exit_code, (out, err)
+    assert "admitted" not in out and FAIL_OPEN[case][1] in err
+
+
+def test_a_policy_that_is_a_directory_refuses(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "policy.json").mkdir()
+    with pytest.raises(PolicyError, match=r"policy\.json"):
+        load_policy(tmp_path / "policy.json")
+    code, _, err = cli(
+        "verify", "docker://r.example/a:1", "--policy", str(tmp_path / "policy.json")
+    )
+    assert code == PolicyError.exit_code, err
+
+
+def test_a_user_policy_that_is_not_a_file_is_still_the_one_used(tmp_path: Path) -> None:
+    from atoll.pipeline.policy import default_policy_path
+
+    (tmp_path / ".config/containers/policy.json").mkdir(parents=True)
+    path = default_policy_path({"HOME": str(tmp_path)})
+    assert path == tmp_path / ".config/containers/policy.json"
+    with pytest.raises(PolicyError):
+        load_policy(path)

@@ -194,3 +194,19 @@ def test_encrypted_key_signs_with_its_passphrase(
     assert code == 66 and "no passphrase" in err
     assert cli("sign", image, "--key", key, "--passphrase-file", str(tmp_path / "pass"))[0] == 0
     assert cli("verify", image, "--key", str(tmp_path / "enc.pub"))[0] == 0
+
+
+def test_a_payload_with_a_duplicated_key_is_no_signature() -> None:
+    """Two readers of one signed payload must not see two digests."""
+    from atoll.pipeline.sigstore import parse_payload
+
+    good = Digest.of(b"good")
+    evil = Digest.of(b"evil")
+    payload = (
+        b'{"critical": {"type": "cosign container image signature", '
+        b'"identity": {"docker-reference": "r.example/a"}, '
+        b'"image": {"docker-manifest-digest": "' + str(good).encode() + b'", '
+        b'"docker-manifest-digest": "' + str(evil).encode() + b'"}}, "optional": null}'
+    )
+    with pytest.raises(BadSignatureError, match="duplicate key"):
+        parse_payload(payload)

@@ -13,6 +13,7 @@ import pytest
 
 from atoll.errors import (
     BadSignatureError,
+    PolicyError,
     PolicyRejectedError,
     SignedDigestMismatchError,
     SignedIdentityMismatchError,
@@ -158,3 +159,20 @@ def test_registry_signatures_are_read_for_the_digest_given(
     assert check_image(ref, first.manifest_digest, policy, ctx=registry.ctx()).signed
     with pytest.raises(UnsignedImageError):
         check_image(ref, second.manifest_digest, policy, ctx=registry.ctx())
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling-symlink", "parent-is-a-file"])
+def test_a_device_policy_that_cannot_be_read_refuses_every_image(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "etc/containers/policy.json"
+    path.parent.parent.mkdir(parents=True)
+    if kind == "parent-is-a-file":
+        path.parent.write_text("{}")
+    else:
+        path.parent.mkdir()
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "dangling-symlink":
+        path.symlink_to(tmp_path / "nowhere.json")
+    assert device_policy_path(tmp_path) == path
+    with pytest.raises(PolicyError):
+        check_image(IMAGE, DIGEST, device_policy_path(tmp_path))

@@ -346,3 +346,44 @@ def test_fsck_repair_of_a_corrupt_file_drops_the_records_and_a_reimport_heals(
     import_image(store, v1)
     assert not store.is_partial(commit)
     assert store.fsck().ok
+
+
+def _chain_cost(store: Store) -> tuple[int, int]:
+    """Bytes of tree objects and records, and the number of records."""
+    trees = sum(p.stat().st_size for p in store.objects.glob("*/*.tree"))
+    records = list((store.path / "state/chains").iterdir())
+    return trees + sum(p.stat().st_size for p in records), len(records)
+
+
+def test_records_grow_linearly_with_the_number_of_layers(tmp_path: Path) -> None:
+    """One file per layer: a record after every layer would encode the root
+    again each time (n²/2 entries); the cost per layer must not grow with n."""
+    n = 150
+    costs: dict[int, tuple[int, int]] = {}
+    for layers in (n, 2 * n, 3 * n):
+        image = build_tree_image(
+            tmp_path / f"img{layers}",
+            [{f"f{i:04d}": f"layer {i}\n"} for i in range(layers)],
+            parents=False,
+        )
+        store = Store.create(tmp_path / f"store{layers}")
+        import_image(store, image)
+        costs[layers] = _chain_cost(store)
+        assert store.fsck().ok
+    per_layer = {layers: cost / layers for layers, (cost, _) in costs.items()}
+    assert per_layer[2 * n] <= 1.1 * per_layer[n], costs
+    assert per_layer[3 * n] <= 1.1 * per_layer[n], costs
+    assert costs[3 * n][1] <= 3 * costs[n][1], costs
+
+
+def test_an_update_of_many_tiny_layers_still_reads_only_its_new_layer(
+    tmp_path: Path, store: Store
+) -> None:
+    layers: list[dict[str, Any]] = [{f"f{i:04d}": f"layer {i}\n"} for i in range(200)]
+    v1 = build_tree_image(tmp_path / "img", layers, ref="1", parents=False)
+    v2 = build_tree_image(tmp_path / "img", [*layers, {"new": b"new"}], ref="2", parents=False)
+    import_image(store, v1)
+    result, asked = counted_import(store, v2, forbidden=set(v1.layer_digests))
+    assert asked == [v2.layer_digests[-1]] and result.stats.layers_reused == 200
+    cold = Store.create(tmp_path / "cold")
+    assert store.commit(result.commit_id).tree == cold.commit(import_image(cold, v2).commit_id).tree

@@ -113,3 +113,32 @@ def test_checkouts_after_healing_match_the_image(tmp_path: Path, store: Store) -
     again = tmp_path / "again"
     store.checkout(commit, again)
     assert walk(again) == before
+
+
+@pytest.mark.timeout(120)
+def test_refs_holding_garbage_are_reported(tmp_path: Path, store: Store) -> None:
+    import os
+
+    _, commit, _ = _setup(tmp_path, store)
+    refs = store.path / "refs"
+    (refs / "binary").write_bytes(b"\xff\xfe" + commit.encode() + b"\n")
+    (refs / "trailing").write_text(f"{commit} and more\n")
+    (refs / "huge").write_text(commit + "\n" + " " * 100_000)
+    (refs / "bad name").write_text(commit + "\n")
+    (refs / "a-dir-link").symlink_to(refs / "images")
+    os.mkfifo(refs / "fifo")  # reading it would wait for a writer
+    report = store.fsck()
+    problems = {p.object_id: p.message for p in report.problems if p.kind == "ref"}
+    assert problems == {
+        "binary": "does not hold a commit id",
+        "trailing": "does not hold a commit id",
+        "huge": "does not hold a commit id",
+        "bad name": "is not a valid ref name",
+        "a-dir-link": "does not hold a commit id",
+        "fifo": "does not hold a commit id",
+    }
+    assert set(report.refs_affected) == set(problems)
+    assert not report.ok
+    with pytest.raises(StoreCorruptError, match="does not hold a commit id"):
+        store.ref("binary")
+    assert store.ref("images/default") == commit

@@ -5,11 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import tarfile
+from pathlib import Path
 
 import pytest
 
 from atoll.errors import LayerError
-from atoll.store.tarstream import ByteReader, TarReader
+from atoll.oci.digest import Digest
+from atoll.oci.manifest import Compression
+from atoll.progress import NullProgress
+from atoll.store.tarstream import ByteReader, LayerFeed, TarReader
+from helpers.stores import open_image
+from helpers.treeimage import build_tree_image
 
 
 def _archive(fmt: int, entries: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
@@ -128,3 +134,27 @@ def test_sparse_files_are_refused() -> None:
     raw[148:156] = b"%06o\x00 " % checksum
     with pytest.raises(LayerError, match="sparse"):
         _read(bytes(raw))
+
+
+@pytest.mark.timeout(60)
+def test_a_feed_that_has_ended_never_waits(tmp_path: Path) -> None:
+    """Iterating a layer feed again after its end, or after its producer was
+    stopped, returns or raises at once instead of waiting for a piece."""
+    image = build_tree_image(tmp_path / "img", [{"a": b"a" * 5000}])
+    source, manifest, _ = open_image(image)
+    desc = manifest.layers[0]
+    diff_id = Digest.parse(image.diff_ids[0])
+    with source:
+        feed = LayerFeed(source, desc, Compression.GZIP, diff_id, "test", NullProgress())
+        try:
+            assert b"".join(feed) == image.tars[0]
+            assert list(feed) == []
+            assert list(feed) == []
+        finally:
+            feed.close()
+        stopped = LayerFeed(source, desc, Compression.GZIP, diff_id, "test", NullProgress())
+        stopped.close()
+        with pytest.raises(LayerError, match="stopped early"):
+            b"".join(stopped)
+        with pytest.raises(LayerError, match="stopped early"):
+            b"".join(stopped)

@@ -13,21 +13,8 @@ from pathlib import Path
 import pytest
 
 from atoll.cli.main import main
+from helpers.device import booted_version, run
 from helpers.osimage import FileSpec, build_os_image
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def booted_version(capsys: pytest.CaptureFixture[str], sysroot: Path) -> str:
-    capsys.readouterr()  # what earlier commands printed
-    code, out, err = run(capsys, "status", "--sysroot", str(sysroot), "--format", "json")
-    assert code == 0, err
-    version: str = json.loads(out)["status"]["booted"]["image"]["version"]
-    return version
 
 
 @pytest.fixture

@@ -171,3 +171,41 @@ def test_install_enforces_a_policy_only_when_asked(
     )
     assert code == 0, err
     assert out["trust"]["requirement"] == "sigstoreSigned"
+
+
+def test_switch_refuses_everything_under_a_policy_that_cannot_be_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A booted deployment's policy.json that is a directory, has a duplicated key or
+    starts with a byte-order mark refuses every image: it never reads as "no policy"
+    nor as its last duplicate."""
+    layout = tmp_path / "images"
+    build_os_image(layout, "1", version="1.0")
+    build_os_image(layout, "2", version="2.0", add={"usr/bin/strace": b"strace"})
+    sysroot = tmp_path / "sysroot"
+    s = ("--sysroot", str(sysroot))
+    code, _, err = run(
+        capsys, "install", "to-filesystem", str(sysroot), "--source", f"oci:{layout}:1"
+    )
+    assert code == 0, err
+    assert run(capsys, "boot", *s)[0] == 0
+    [booted] = [p for p in (sysroot / "atoll/deploy/default/deploy").iterdir() if p.is_dir()]
+    policy = booted / "etc/containers/policy.json"
+    policy.parent.mkdir(parents=True)
+    before = snapshot(sysroot)
+    accept = b'[{"type": "insecureAcceptAnything"}]'
+    for hostile in (
+        b'{"default": [{"type": "reject"}], "default": ' + accept + b"}",
+        b'{"default": [{"type": "reject", "type": "insecureAcceptAnything"}]}',
+        b'\xef\xbb\xbf{"default": ' + accept + b"}",
+        None,  # a directory
+    ):
+        if hostile is None:
+            policy.unlink()
+            policy.mkdir()
+        else:
+            policy.write_bytes(hostile)
+        code, _, err = run(capsys, "switch", *s, f"oci:{layout}:2")
+        assert code == 65, (hostile, err)
+        assert "policy.json" in err
+        assert snapshot(sysroot) == before

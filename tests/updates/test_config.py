@@ -286,3 +286,30 @@ def test_every_setting_is_documented() -> None:
     section = text[text.index("## Automatic updates") :]
     for key in SETTINGS:
         assert re.search(rf"`{re.escape(key)}`", section), f"{key} missing from docs/updates.md"
+
+
+# Nesting past the recursion limit: arrays and inline tables recurse in the
+# parser, a long dotted table name builds tables nested as deep as it is long.
+DEEP_TOML = {
+    "arrays": "x = " + "[" * 5000 + "]" * 5000 + "\n",
+    "inline-tables": "x = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n",
+    "dotted-table": "[" + ".".join(["a"] * 5000) + "]\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEEP_TOML))
+def test_deep_nesting_is_refused(tmp_path: Path, case: str) -> None:
+    path = write_config(tmp_path, DEEP_TOML[case])
+    with pytest.raises(InvalidInputError) as info:
+        load_config(tmp_path)
+    assert info.value.message.startswith(f"{path}: not valid TOML: exceeded max depth")
+
+
+@pytest.mark.parametrize("text", ["99999999999999999999d", "99999999999999999999", 10**20])
+def test_a_duration_too_long_for_a_timedelta_is_refused(tmp_path: Path, text: int | str) -> None:
+    with pytest.raises(ValueError, match="too long a duration"):
+        parse_duration(text)
+    value = f'"{text}"' if isinstance(text, str) else str(text)
+    write_config(tmp_path, f'[download]\nwindow = "* 2-4 * * *"\nrandom_delay = {value}\n')
+    with pytest.raises(InvalidInputError, match=r"download\.random_delay: .*too long"):
+        load_config(tmp_path)

@@ -17,12 +17,13 @@ import json
 import os
 import subprocess
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from atoll.errors import UnitFailedError, WorkloadUpdateStateError
+from atoll.errors import StartLimitHitError, UnitFailedError, WorkloadUpdateStateError
 from atoll.podman import isolated_environment
 from atoll.workloads.autoupdate import (
     AutoUpdateOptions,
@@ -47,7 +48,7 @@ from helpers.workloads import (
     WorkloadEnv,
     free_port,
     http_get,
-    push_workload_image,
+    release_workload_image,
     wait_for,
 )
 
@@ -107,6 +108,7 @@ class FakeManager:
         self.started_at = dict.fromkeys(images, clock.now)
         self.behaviour: dict[str, str] = {}
         self.restarted: list[str] = []
+        self.container_ids: dict[str, str] = {}
 
     def _status(self, unit: str, state: UnitState = UnitState.ACTIVE) -> UnitStatus:
         image_id = self.running[unit]
@@ -123,7 +125,7 @@ class FakeManager:
             state=state,
             result="success" if state is UnitState.ACTIVE else "exit-code",
             container=f"systemd-{unit.removesuffix('.service')}",
-            container_id=f"c-{image_id[:12]}-{len(self.restarted)}",
+            container_id=self.container_ids.get(unit, f"c-{image_id[:12]}"),
             image=self.images[unit],
             image_id=image_id,
             health=health,
@@ -137,6 +139,8 @@ class FakeManager:
 
     def restart(self, unit: str, timeout: float | None = None) -> UnitStatus:
         self.restarted.append(unit)
+        # Each restart makes a new container (of this unit only: others are watched meanwhile).
+        self.container_ids[unit] = f"c-{unit}-{len(self.restarted)}"
         image_id = self.podman.image_id(self.images[unit])
         self.running[unit] = image_id
         self.started_at[unit] = self.clock.now
@@ -319,6 +323,120 @@ def test_a_shared_image_is_pulled_once_and_a_failed_pull_costs_only_its_unit(
     assert reports["c.container"]["updated"] == "failed"
     assert str(reports["c.container"]["reason"]).startswith(f"pulling {other.rsplit(':', 1)[0]}@")
     assert sorted(manager.restarted) == ["a.service", "b.service"]
+
+
+class LeftDownOnce(FakeManager):
+    """The first restart of *unit* onto *image_id* leaves it failed (start-limit-hit),
+    as a unit that crashed too often before its rollback is left; the next restart
+    starts it."""
+
+    def __init__(self, *args: Any, unit: str, image_id: str) -> None:
+        super().__init__(*args)
+        self.trap = (unit, image_id)
+        self.down: set[str] = set()
+
+    def status(self, unit: str) -> UnitStatus:
+        if unit in self.down:
+            return replace(self._status(unit, UnitState.FAILED), result="start-limit-hit")
+        return super().status(unit)
+
+    def restart(self, unit: str, timeout: float | None = None) -> UnitStatus:
+        self.down.discard(unit)
+        status = super().restart(unit, timeout)
+        if (unit, self.running[unit]) == self.trap:
+            self.trap = ("", "")
+            self.down.add(unit)
+            raise StartLimitHitError(f"{unit}: start request repeated too quickly")
+        return status
+
+
+@pytest.mark.integration
+def test_units_on_one_tag_roll_back_each_onto_its_own_image_and_none_is_left_down(
+    setup: Setup,
+) -> None:
+    """Four units share one tag but ran two different images before a bad one:
+    each restart runs the image meant for its unit (the tag is never moved while
+    another unit's restart may read it), and a unit the rollback left failed is
+    started again, its report saying what runs after the run."""
+    v1 = setup.push(seed="v1")
+    image = setup.image()
+    repo = image.rsplit(":", 1)[0]
+    setup.podman.preload(image)
+    v1_id = setup.podman.image_id(image)
+    other = setup.push("other", seed="v1b")
+    setup.podman.preload(f"{repo}@{other}")
+    other_id = setup.podman.image_id(f"{repo}@{other}")
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        setup.unit(name, image)
+    manager = LeftDownOnce(
+        setup.podman,
+        setup.clock,
+        {f"{n}.service": image for n in names},
+        unit="d.service",
+        image_id=other_id,
+    )
+    before = {"a.service": v1_id, "b.service": other_id, "c.service": v1_id, "d.service": other_id}
+    manager.running.update(before)
+    setup.push(seed="v2", behaviour="exit")
+
+    result = setup.run(manager, parallel=4)
+    reports = {r.unit: r for r in result.reports}
+    assert {u: r.updated for u, r in reports.items()} == dict.fromkeys(
+        [f"{n}.container" for n in names], Updated.ROLLED_BACK
+    ), result.to_json()
+    assert manager.running == before
+    assert manager.down == set()
+    assert "started again after the run" in reports["d.container"].reason
+    assert {r.old_digest for r in result.reports} == {v1, other}
+
+
+class OneUnitFails(FakeManager):
+    """Restarting *unit* on any image but its first fails (as a unit whose own
+    configuration does not suit the new image would)."""
+
+    def __init__(self, *args: Any, unit: str) -> None:
+        super().__init__(*args)
+        self.unit, self.first = unit, self.running[unit]
+
+    def restart(self, unit: str, timeout: float | None = None) -> UnitStatus:
+        status = super().restart(unit, timeout)
+        if unit == self.unit and self.running[unit] != self.first:
+            raise UnitFailedError(f"{unit} failed: the container exited with status 1")
+        return status
+
+
+@pytest.mark.integration
+def test_a_failure_in_a_wave_rolls_back_the_wave_and_stops_the_next(setup: Setup) -> None:
+    setup.push(seed="v1")
+    image = setup.image()
+    setup.podman.preload(image)
+    v1_id = setup.podman.image_id(image)
+    names = ["a", "b", "c", "d", "e"]
+    for name in names:
+        setup.unit(name, image)
+    manager = OneUnitFails(
+        setup.podman, setup.clock, {f"{n}.service": image for n in names}, unit="b.service"
+    )
+    v2 = setup.push(seed="v2")
+
+    result = setup.run(manager, parallel=2)
+    reports = {r.unit.removesuffix(".container"): r for r in result.reports}
+    assert {n: r.updated for n, r in reports.items()} == {
+        "a": Updated.ROLLED_BACK,
+        "b": Updated.ROLLED_BACK,
+        "c": Updated.FALSE,
+        "d": Updated.FALSE,
+        "e": Updated.FALSE,
+    }, result.to_json()
+    assert reports["a"].reason.startswith("rolled back with b.container"), reports["a"].reason
+    assert reports["c"].reason.startswith("not restarted"), reports["c"].reason
+    assert sorted(set(manager.restarted)) == ["a.service", "b.service"]
+    assert manager.running == dict.fromkeys(manager.running, v1_id)
+    # The units not reached do not take the failed digest on the next run either.
+    again = {r.unit: r.updated for r in setup.run(manager, parallel=2).reports}
+    assert set(again.values()) == {Updated.FALSE}, again
+    assert all(r.rolled_back_digests == (v2,) for r in result.reports)
 
 
 @pytest.mark.integration
@@ -663,16 +781,7 @@ def test_web_workload_updates_rolls_back_and_keeps_serving(workload_env: Workloa
     host = env.registry.server.host
 
     def release(version: str, cmd: tuple[str, ...] = GOOD) -> str:
-        """Push VERSION and move the stable tag to it; return its digest."""
-        push_workload_image(env.registry, repo, version, cmd=cmd, page=f"hello from {version}\n")
-        env.registry.skopeo(
-            "copy", "--quiet", *env.registry.skopeo_args("src"), *env.registry.skopeo_args("dest"),
-            f"docker://{host}/{repo}:{version}", f"docker://{host}/{repo}:stable",
-        )  # fmt: skip
-        return env.registry.skopeo(
-            "inspect", *env.registry.skopeo_args(), "--format", "{{.Digest}}",
-            f"docker://{host}/{repo}:{version}",
-        ).stdout.strip()  # fmt: skip
+        return release_workload_image(env.registry, repo, version, "stable", cmd)
 
     release("v1")
     image = f"{host}/{repo}:stable"
@@ -755,7 +864,7 @@ def test_web_workload_updates_rolls_back_and_keeps_serving(workload_env: Workloa
     _auto_update(env, sup, "--watch", "3s", crash_at="autoupdate-tagged")
     assert http_get(port) == "hello from v2\n"
     code, doc = _auto_update(env, sup, "--watch", "3s")
-    assert code == 0, doc
+    assert code == 0, json.dumps(doc["units"])
     assert (doc["units"][0]["updated"], doc["units"][0]["digest"]["new"]) == ("true", v6)
     assert http_get(port) == "hello from v6\n"
     assert sup.stop() == 0

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from atoll.cli.hostdevice import open_device
 from atoll.errors import BoundImageError
 from atoll.oci.transports import ImageName
 from atoll.podman import isolated_environment
-from atoll.sysroot.lifecycle import Device
 from atoll.workloads.bound import BOUND_IMAGES_DIR, BoundImage, find_bound_images
 from atoll.workloads.localimages import Podman
 from helpers.osimage import FileSpec, Spec, build_os_image
@@ -121,7 +121,7 @@ def test_staging_pulls_bound_images_or_stages_nothing(
     _os_image(layout, "2", "2.0", {"web.container": web, "db.container": db})
     _os_image(layout, "3", "3.0", {"gone.container": f"{registry.host}/{repo}:missing"})
 
-    device = Device(tmp_path / "sysroot", registry.ctx())
+    device = open_device(tmp_path / "sysroot", registry.ctx())
     device.install(ImageName.parse(f"oci:{layout}:1"))
     device.boot()
     deploy_dir = tmp_path / "sysroot/atoll/deploy/default/deploy"

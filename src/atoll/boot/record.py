@@ -30,12 +30,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from atoll.boot.grub import COUNTER, ENV_NAME, grub_dir, grub_settings, sync_grub
-from atoll.boot.grubenv import read_grubenv
 from atoll.errors import DeploymentError
 from atoll.fsutil import write_atomic
-from atoll.sysroot import bootloader
-from atoll.sysroot.bls import KARG
+from atoll.sysroot.bootloader import entries as bootloader
+from atoll.sysroot.bootloader.bls import KARG
+from atoll.sysroot.bootloader.grub import COUNTER, ENV_NAME, grub_dir, grub_settings, sync_grub
+from atoll.sysroot.bootloader.grubenv import read_grubenv
 from atoll.sysroot.lifecycle import Device, utc_timestamp
 from atoll.sysroot.state import BootRecord, deployment_key
 

@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from atoll import stricttoml
 from atoll.errors import BlueprintError, from_oserror
 
 T = TypeVar("T")
@@ -92,6 +93,8 @@ _LOCALE_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
 _PORT_RE = re.compile(r"^([a-z0-9-]+|\d{1,5}(-\d{1,5})?):(tcp|udp|sctp|dccp|any)$")
 _MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 #: crypt(3) hashes: MD5, blowfish, SHA-256, SHA-512, yescrypt, gost-yescrypt, scrypt.
+#: C0 controls, DEL and C1 controls, and the Unicode line and paragraph separators.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CRYPT_RE = re.compile(r"^\$(1|2[abxy]?|5|6|y|gy|7)\$[^:\s]+$")
 
 
@@ -444,13 +447,27 @@ class _Reader:
         *,
         pattern: re.Pattern[str] | None = None,
         what: str = "",
+        multiline: bool = False,
     ) -> str | None:
         value = data.get(key)
         if value is None:
             return None
         if not isinstance(value, str):
             raise self.fail((*path, key), f"must be a string, not {_kind(value)}")
+        if not multiline:
+            self.one_line(value, (*path, key))
         return self.matched(value, (*path, key), pattern=pattern, what=what)
+
+    def one_line(self, value: str, path: KeyPath) -> None:
+        """Refuse control characters: the values land in a Containerfile, shell
+        commands and config files, where a newline starts a new instruction."""
+        bad = _CONTROL_RE.search(value)
+        if bad is not None:
+            raise self.fail(
+                path,
+                f"must be one line of text, without control characters "
+                f"(found {bad.group(0)!r} at {bad.start()})",
+            )
 
     def matched(
         self, value: str, path: KeyPath, *, pattern: re.Pattern[str] | None = None, what: str = ""
@@ -492,6 +509,7 @@ class _Reader:
         for item in value:
             if not isinstance(item, str):
                 raise self.fail((*path, key), f"must hold strings only, not {_kind(item)}")
+            self.one_line(item, (*path, key))
             self.matched(item, (*path, key), **match)
         return tuple(value)
 
@@ -652,7 +670,7 @@ def _customizations(r: _Reader, value: Any) -> Customizations:
         files.append(
             File(
                 path=r.abs_path(t, "path", path),
-                data=r.string(t, "data", path) or "",
+                data=r.string(t, "data", path, multiline=True) or "",
                 mode=r.mode(t, "mode", path, 0o644),
                 user=r.owner(t, "user", path),
                 group=r.owner(t, "group", path),
@@ -739,7 +757,8 @@ def parse_blueprint_dict(
         _check_unique(r, custom.directories, lambda d: d.path, (*base, "directories"))
     return Blueprint(
         name=name,
-        description=r.string(top, "description", ()) or "",
+        # A label, written as a JSON string: newlines are escaped there.
+        description=r.string(top, "description", (), multiline=True) or "",
         version=r.string(top, "version", (), pattern=_IMAGE_VERSION_RE, what="version"),
         packages=tuple(packages),
         package_groups=tuple(package_groups),
@@ -751,7 +770,7 @@ def parse_blueprint_dict(
 def parse_blueprint(text: str, source: str = "blueprint") -> Blueprint:
     """Parse and validate a blueprint's TOML text."""
     try:
-        data = tomllib.loads(text)
+        data = stricttoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib says "(at line N, column M)": keep it, in front like the other errors.
         message = str(exc)

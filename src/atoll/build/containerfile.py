@@ -146,11 +146,19 @@ def _owner(user: str | int, group: str | int) -> str:
 
 
 def _label(key: str, value: str) -> str:
-    return f"{key}={_json_string(value)}"
+    # A double-quoted word of a Containerfile takes JSON's escapes for quotes and
+    # backslashes, but expands $NAME: written \$, a dollar stays a dollar.
+    return key + "=" + _json_string(value).replace("$", "\\$")
 
 
 def _json_string(value: str) -> str:
     return json.dumps(value)
+
+
+def _toml_string(value: str) -> str:
+    # A TOML basic string is a JSON string, except that TOML has no surrogate
+    # escapes (\ud83d\ude00): non-ASCII text is written as itself.
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _package_steps(bp: Blueprint, family: Family) -> list[str]:
@@ -234,9 +242,11 @@ def _directory_step(d: Directory) -> str:
 
 
 def _file_step(index: int, f: File) -> str:
-    return (
-        f"COPY --chown={_owner(f.user, f.group)} --chmod={f.mode:04o} files/{index} "
-        f"{_json_string(f.path)}"
+    # The JSON form keeps spaces in the path; its words still expand $NAME and
+    # take backslash escapes, so both are escaped for the path to stay as written.
+    path = f.path.replace("\\", "\\\\").replace("$", "\\$")
+    return f"COPY --chown={_owner(f.user, f.group)} --chmod={f.mode:04o} " + json.dumps(
+        [f"files/{index}", path]
     )
 
 
@@ -306,7 +316,7 @@ def blueprint_context(
     if c.locale is not None:
         lines += _locale_steps(c.locale.languages, c.locale.keyboard, family)
     if c.kernel is not None and c.kernel.append:
-        kargs = "kargs = [" + ", ".join(_json_string(a) for a in c.kernel.append.split()) + "]"
+        kargs = "kargs = [" + ", ".join(_toml_string(a) for a in c.kernel.append.split()) + "]"
         lines.append(
             f"RUN mkdir -p {_q(str(Path(KARGS_FILE).parent))} && "
             f"printf '%s\\n' {_q(kargs)} > {KARGS_FILE}"
@@ -327,6 +337,14 @@ def blueprint_context(
         lines.append(firewall)
     if add_atoll:
         lines.append(ATOLL_STEP)
+    for line in lines:
+        # The blueprint's reader refuses control characters; this keeps any value
+        # that slips past it from starting an instruction of its own.
+        if "\n" in line or "\r" in line:
+            raise BlueprintError(
+                f"blueprint {bp.name!r}: a value would break the Containerfile line {line!r}",
+                hint="values must be one line of text",
+            )
     return BuildContext("\n".join(lines) + "\n", tuple(files))
 
 

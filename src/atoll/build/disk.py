@@ -9,7 +9,7 @@ A disk is made in four steps, none of which mounts anything:
 2. **check** that the deployment can boot a machine: a kernel
    (``usr/lib/modules/KVER/vmlinuz``), its initramfs (``initramfs.img`` beside
    it) and atoll's early-boot hook (:data:`atoll.boot.early.HOOKS`); then write
-   GRUB's configuration and environment block (:mod:`atoll.boot.grub`);
+   GRUB's configuration and environment block (:mod:`atoll.sysroot.bootloader.grub`);
 3. **partition** the target (MBR, one partition from 1 MiB) and **make the file
    system** from the staging directory (``mkfs.ext4 -d``);
 4. **install GRUB's boot code** (:mod:`atoll.build.partition`).
@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from atoll.boot.early import HOOKS, has_early_boot
-from atoll.boot.grub import GrubSettings, install_grub_config
 from atoll.build.partition import (
     device_size,
     install_boot_code,
@@ -51,6 +50,7 @@ from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName
 from atoll.progress import NullProgress, ProgressSink
 from atoll.run import find_tool, run
+from atoll.sysroot.bootloader.grub import GrubSettings, install_grub_config
 from atoll.sysroot.layout import DEFAULT_STATEROOT
 from atoll.sysroot.lifecycle import Device
 

@@ -29,8 +29,6 @@ import dataclasses
 import logging
 import re
 import secrets
-import shlex
-import subprocess
 import tempfile
 import time
 from collections import deque
@@ -57,6 +55,7 @@ from atoll.errors import (
     BaseImageError,
     BuildError,
     LintFailedError,
+    ToolMissingError,
     UsageError,
     from_oserror,
 )
@@ -67,7 +66,7 @@ from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport
 from atoll.podman import isolated_environment
 from atoll.progress import NullProgress, ProgressSink
-from atoll.run import base_environment, find_tool, run
+from atoll.run import PIPE, STDOUT, base_environment, find_tool, run, spawn
 
 log = logging.getLogger(__name__)
 
@@ -177,20 +176,15 @@ def _run_podman_build(
     on_output: OutputCallback | None,
     result: BuildResult,
 ) -> None:
-    log.debug("run: %s", shlex.join(argv))
     tail: deque[str] = deque(maxlen=_TAIL)
     current: str | None = None
     progress.begin("build", f"Building {result.image}", result.image, 0)
     ok = False
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=work.env,
-            cwd=work.root,
-        )
+        proc = spawn(argv, stdout=PIPE, stderr=STDOUT, env=work.env, cwd=work.root)
+    except ToolMissingError:
+        progress.end(False)
+        raise
     except OSError as exc:
         progress.end(False)
         raise from_oserror(exc, argv[0]) from exc

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from atoll.cli.common import Output, add_global_options
+from atoll.cli.hostdevice import open_device
 from atoll.device.harness import BootRound, run_boots
 from atoll.errors import UsageError
-from atoll.sysroot.lifecycle import Device
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -65,7 +65,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         )
 
     result = run_boots(
-        Device(Path(args.sysroot)),
+        open_device(Path(args.sysroot)),
         max_boots=args.max_boots,
         timeout=args.timeout,
         poweroff_when_green=not args.keep_running,

@@ -15,7 +15,7 @@ from atoll.cli.common import (
     system_context,
 )
 from atoll.errors import InvalidInputError, from_oserror
-from atoll.sysroot.origin import ImageTransport, image_name
+from atoll.oci.transports import ImageTransport, parse_bootc_name
 
 
 def add_disk_options(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +69,7 @@ def target_image(args: argparse.Namespace) -> Any:
     """The ``--target-image`` as an image name, or None."""
     if not args.target_image:
         return None
-    image, transport = ImageTransport.parse_name(args.target_image)
-    return image_name(image, transport)
+    return parse_bootc_name(args.target_image)
 
 
 def register_to_disk(install_sub: argparse._SubParsersAction[Any]) -> None:
@@ -145,10 +144,10 @@ def _describe(result: Any) -> str:
 def _to_disk(args: argparse.Namespace, out: Output) -> int:
     from atoll.build.disk import install_to_disk
 
-    image, transport = ImageTransport.parse_name(args.source, args.transport)
+    name = parse_bootc_name(args.source, args.transport)
     result = install_to_disk(
         Path(args.target),
-        image_name(image, transport),
+        name,
         options=_options(args),
         ctx=system_context(args),
         progress=out.progress(),
@@ -160,10 +159,10 @@ def _to_disk(args: argparse.Namespace, out: Output) -> int:
 def _disk_image(args: argparse.Namespace, out: Output) -> int:
     from atoll.build.disk import ImageType, make_disk_image
 
-    image, transport = ImageTransport.parse_name(args.image, args.transport)
+    name = parse_bootc_name(args.image, args.transport)
     result = make_disk_image(
         Path(args.output),
-        image_name(image, transport),
+        name,
         image_type=ImageType(args.image_type),
         options=_options(args),
         ctx=system_context(args),

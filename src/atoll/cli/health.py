@@ -94,11 +94,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _boot(args: argparse.Namespace, out: Output) -> int:
+    from atoll.cli.hostdevice import open_device
     from atoll.health.assess import assess_boot
     from atoll.run import run as run_command
-    from atoll.sysroot.lifecycle import Device
 
-    assessment = assess_boot(Device(Path(args.sysroot)), inside=True)
+    assessment = assess_boot(open_device(Path(args.sysroot)), inside=True)
     if assessment.rollback is not None:
         out.info(
             f"rolled back from {_short(assessment.rollback.from_deployment)} "

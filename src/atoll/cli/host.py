@@ -16,14 +16,14 @@ from atoll.cli.common import (
     add_registry_options,
     system_context,
 )
+from atoll.cli.hostdevice import host_status, open_device
 from atoll.errors import HealthCheckFailedError, UsageError
-from atoll.oci.transports import ImageName
+from atoll.oci.transports import ImageName, ImageTransport, parse_bootc_name
 from atoll.run import run
 from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
 from atoll.sysroot.lifecycle import Device, StageResult
-from atoll.sysroot.origin import ImageTransport, image_name
-from atoll.sysroot.status import describe, host_document
+from atoll.sysroot.status import describe
 from atoll.updates import SystemClock, ensure_reboot_allowed, parse_duration, running_root
 
 _STRATEGIES = [s.value for s in EtcMergeStrategy]
@@ -245,7 +245,7 @@ def _enforce_policy(args: argparse.Namespace, device: Device, *, install: bool =
 
 def _device(args: argparse.Namespace, out: Output, root: str | None = None) -> Device:
     ctx = system_context(args) if hasattr(args, "override_os") else None
-    return Device(Path(root or args.sysroot), ctx, progress=out.progress())
+    return open_device(Path(root or args.sysroot), ctx, progress=out.progress())
 
 
 def _describe_stage(result: StageResult) -> str:
@@ -267,9 +267,8 @@ def _install(args: argparse.Namespace, out: Output) -> int:
 
     if args.install_command != "to-filesystem":
         raise UsageError(f"unknown install command {args.install_command}")
-    image, transport = ImageTransport.parse_name(args.source, args.transport)
+    name = parse_bootc_name(args.source, args.transport)
     device = _device(args, out, args.root)
-    name = image_name(image, transport)
     decisions = _enforce_policy(args, device, install=True)
     if device.admit is not None:
         # Check before the sysroot is created, so a refused image leaves nothing behind.
@@ -293,7 +292,7 @@ def _with_trust(result: StageResult, decisions: list[Any]) -> dict[str, Any]:
 
 
 def _status(args: argparse.Namespace, out: Output) -> int:
-    doc = host_document(_device(args, out).state())
+    doc = host_status(_device(args, out).state())
     fmt = args.format or ("json" if out.json else "human")
     if fmt == "json":
         out.json = True
@@ -402,13 +401,13 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
 
 
 def _switch(args: argparse.Namespace, out: Output) -> int:
-    image, transport = ImageTransport.parse_name(args.image, args.transport)
+    name = parse_bootc_name(args.image, args.transport)
     device = _device(args, out)
     if args.apply and not args.force:
         _allow_reboot(args, device, out)  # refuse before downloading anything
     decisions = _enforce_policy(args, device)
     result = device.stage(
-        image_name(image, transport),
+        name,
         allow_no_kernel=args.allow_no_kernel,
         etc_strategy=EtcMergeStrategy(args.etc_merge),
     )

@@ -16,6 +16,7 @@ from atoll.cli.common import (
 )
 from atoll.errors import UsageError
 from atoll.oci.catalog import delete_image, list_tags
+from atoll.oci.chunked import ZSTD_CHUNKED
 from atoll.oci.copy import CopyOptions, CopyResult, copy_image
 from atoll.oci.inspect import inspect_image, read_config, read_raw_manifest, select_manifest
 from atoll.oci.manifest import Compression
@@ -115,8 +116,9 @@ def _add_copy_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dest-compress-format",
-        choices=[c.value for c in Compression],
-        help="re-compress layers in this format",
+        choices=[c.value for c in Compression] + [ZSTD_CHUNKED],
+        help="re-compress layers in this format (zstd:chunked: zstd with a table of "
+        "contents, for file-level partial pulls)",
     )
     parser.add_argument(
         "--parallel", type=int, default=6, metavar="N", help="blobs copied at once (default 6)"
@@ -134,7 +136,12 @@ def _copy_options(args: argparse.Namespace) -> CopyOptions:
     return CopyOptions(
         all_images=args.all,
         preserve_digests=args.preserve_digests,
-        dest_compression=Compression(fmt) if fmt else None,
+        dest_compression=Compression.ZSTD
+        if fmt == ZSTD_CHUNKED
+        else Compression(fmt)
+        if fmt
+        else None,
+        zstd_chunked=fmt == ZSTD_CHUNKED,
     )
 
 

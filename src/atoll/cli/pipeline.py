@@ -212,10 +212,10 @@ def _bundle_inspect(args: argparse.Namespace, out: Output) -> int:
 
 
 def _bundle_apply(args: argparse.Namespace, out: Output) -> int:
+    from atoll.cli.hostdevice import open_device
     from atoll.pipeline.bundleapply import apply_bundle
     from atoll.pipeline.trust import device_policy_path, load_optional_policy
     from atoll.sysroot.etcmerge import EtcMergeStrategy
-    from atoll.sysroot.lifecycle import Device
 
     try:
         strategy = EtcMergeStrategy(args.etc_merge)
@@ -223,7 +223,7 @@ def _bundle_apply(args: argparse.Namespace, out: Output) -> int:
         known = ", ".join(s.value for s in EtcMergeStrategy)
         raise UsageError(f"--etc-merge {args.etc_merge}: expected one of {known}") from None
     ctx = system_context(args)
-    device = Device(Path(args.sysroot), ctx, progress=out.progress())
+    device = open_device(Path(args.sysroot), ctx, progress=out.progress())
     state = device.state()
     path = device_policy_path(
         state.path(state.booted or state.current), Path(args.policy) if args.policy else None

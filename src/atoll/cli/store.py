@@ -1,6 +1,8 @@
 """``atoll store …``: list, check and clean an object store.
 
-``--store DIR`` names the store directory itself.  ``--json`` output is the
+``--store DIR`` names the store directory itself.  When that is a sysroot's
+store (``SYSROOT/atoll/store``), gc and fsck run under the sysroot lock and
+treat every deployment as a root (see :mod:`atoll.sysroot.roots`).  ``--json`` output is the
 ``to_json()`` of :class:`~atoll.store.CommitListing` (a list), of
 :class:`~atoll.store.FsckReport` and of :class:`~atoll.store.GcReport`.
 """
@@ -15,6 +17,7 @@ from typing import Any
 from atoll.cli.common import Output, add_global_options
 from atoll.errors import StoreCorruptError, UsageError
 from atoll.store import CommitListing, FsckReport, GcReport, Store
+from atoll.sysroot.roots import fsck_sysroot_store, gc_sysroot_store, owning_sysroot
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -41,7 +44,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     fsck.set_defaults(func=_fsck)
 
-    gc = sub.add_parser("gc", help="remove objects no ref reaches")
+    gc = sub.add_parser(
+        "gc", help="remove objects no ref reaches (in a sysroot's store: no deployment either)"
+    )
     add_store_options(gc)
     gc.set_defaults(func=_gc)
 
@@ -118,7 +123,11 @@ def _ls(args: argparse.Namespace, out: Output) -> int:
 
 def _fsck(args: argparse.Namespace, out: Output) -> int:
     path = store_path(args)
-    report = Store.open(path).fsck(repair=args.repair)
+    sysroot = owning_sysroot(path)
+    if sysroot is not None:
+        report = fsck_sysroot_store(sysroot, repair=args.repair)
+    else:
+        report = Store.open(path).fsck(repair=args.repair)
     out.result(report.to_json(), describe_fsck(report))
     if not report.ok and not report.repaired:
         raise StoreCorruptError(
@@ -130,6 +139,9 @@ def _fsck(args: argparse.Namespace, out: Output) -> int:
 
 
 def _gc(args: argparse.Namespace, out: Output) -> int:
-    report = Store.open(store_path(args)).gc()
+    path = store_path(args)
+    sysroot = owning_sysroot(path)
+    # A sysroot's store: its deployments are roots, whatever refs it has.
+    report = gc_sysroot_store(sysroot) if sysroot is not None else Store.open(path).gc()
     out.result(report.to_json(), describe_gc(report))
     return 0

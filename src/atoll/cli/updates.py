@@ -27,12 +27,12 @@ from atoll.cli.common import (
     system_context,
 )
 from atoll.cli.host import running_inside
+from atoll.cli.hostdevice import open_device
 from atoll.errors import UsageError
 from atoll.oci.transports import ImageName
 from atoll.run import find_tool, run
-from atoll.sysroot.etcmerge import EtcMergeStrategy
 from atoll.sysroot.fetch import RemoteImage
-from atoll.sysroot.lifecycle import Device, StageResult
+from atoll.sysroot.lifecycle import Device
 from atoll.updates import (
     SystemClock,
     describe,
@@ -126,7 +126,7 @@ def reboot_action(device: Device, out: Output) -> Callable[[], object]:
 
 
 def _status(args: argparse.Namespace, out: Output) -> int:
-    device = Device(Path(args.sysroot))
+    device = open_device(Path(args.sysroot))
     doc = status_document(device, running_root(device, args.root), SystemClock())
     out.result(doc, describe(doc))
     return 0
@@ -137,8 +137,8 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         max_wait = parse_duration(args.max_wait)
     except ValueError as exc:
         raise UsageError(f"--max-wait: {exc}", hint="e.g. --max-wait 90m") from None
-    kind = _KernelOptionalDevice if args.allow_no_kernel else Device
-    device = kind(Path(args.sysroot), system_context(args), progress=out.progress())
+    device = open_device(Path(args.sysroot), system_context(args), progress=out.progress())
+    device.kernel_optional = args.allow_no_kernel
     root = running_root(device, args.root)
     _enforce_device_policy(device, root)
     result = run_automatic_update(
@@ -166,19 +166,3 @@ def _enforce_device_policy(device: Device, root: Path) -> None:
         check_image(name, image.digest, policy, ctx=device.ctx)
 
     device.admit = admit
-
-
-class _KernelOptionalDevice(Device):
-    """A device whose images carry no kernel: it boots them as containers."""
-
-    def stage(
-        self,
-        name: ImageName | None = None,
-        *,
-        download_only: bool = False,
-        allow_no_kernel: bool = True,
-        etc_strategy: EtcMergeStrategy = EtcMergeStrategy.KEEP_LOCAL,
-    ) -> StageResult:
-        return super().stage(
-            name, download_only=download_only, allow_no_kernel=True, etc_strategy=etc_strategy
-        )

@@ -232,9 +232,8 @@ def _job(args: argparse.Namespace, out: Output) -> int:
 
 
 def _logs(args: argparse.Namespace, out: Output) -> int:
-    import subprocess
-
     from atoll.errors import UnsupportedError
+    from atoll.run import run
     from atoll.workloads.runtime import logs_argv, podman_env
 
     statuses = manager_for(args).status_all(args.name)
@@ -243,8 +242,6 @@ def _logs(args: argparse.Namespace, out: Output) -> int:
         raise UnsupportedError(f"{status.unit} is a {status.kind}: only containers have logs")
     argv = logs_argv(status.container_id or status.container, follow=args.follow, lines=args.lines)
     try:
-        return subprocess.run(
-            argv, stdin=subprocess.DEVNULL, env=podman_env(), check=False
-        ).returncode
+        return run(argv, env=podman_env(), check=False, capture=False).returncode
     except KeyboardInterrupt:
         return 0

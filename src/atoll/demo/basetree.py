@@ -1,14 +1,17 @@
 """The demo's base OS: a small Debian bookworm tree with systemd and python3.
 
 Made once per machine with debootstrap and kept in a cache, because it takes a
-minute and fetches about 40 MB from deb.debian.org::
+minute and fetches about 40 MB from deb.debian.org.  The tests keep their
+trees (this one, and others: :class:`TreeRecipe`) in a cache of the same
+layout, built by the same code::
 
     CACHE/                          --cache DIR, $ATOLL_DEMO_CACHE, else /var/cache/atoll/demo
-    ├── .lock                       flock held while building
-    ├── .build-XXXXXXXX/            a build in progress (removed when found later)
-    └── debian-bookworm-KEY/        KEY: a hash of the recipe below
+    ├── .lock                       flock held while building: one builder at a time
+    ├── .build-XXXXXXXX/            a build in progress; one found while holding the
+    │                               lock is a leftover of a killed build and is removed
+    └── debian-SUITE-KEY/           KEY: a hash of the recipe; renamed into place when done
         ├── rootfs/                 the prepared tree (never booted or changed in place)
-        └── recipe.json
+        └── recipe.json             the recipe and how long debootstrap took
 
 Prepared for quick container boots: timers and units that make no sense in a
 container are masked, /etc/machine-id is empty (a new id each boot), there is
@@ -25,12 +28,13 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from atoll.errors import CommandError
-from atoll.run import base_environment, find_tool
+from atoll.errors import CommandError, DemoStateError
+from atoll.run import find_tool, run
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -70,36 +74,60 @@ def cache_dir(given: Path | None = None) -> Path:
     return given or Path(os.environ.get("ATOLL_DEMO_CACHE") or DEFAULT_CACHE)
 
 
+@dataclass(frozen=True)
+class TreeRecipe:
+    """A tree of the cache: its recipe (hashed into the cache key), how to
+    debootstrap it and how to prepare it."""
+
+    data: dict[str, object]
+    bootstrap: Callable[[Path], None]
+    prepare: Callable[[Path], None]
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def entry(self, cache: Path) -> Path:
+        """The tree's directory in *cache* (it holds ``rootfs/`` once built)."""
+        return cache / f"debian-{self.data.get('suite', SUITE)}-{self.key}"
+
+
+def demo_recipe() -> TreeRecipe:
+    return TreeRecipe(recipe(), debootstrap, prepare_tree)
+
+
 def cached_tree(cache: Path) -> Path | None:
     """The prepared tree if it is in the cache already."""
-    key = hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:16]
-    final = cache / f"debian-{SUITE}-{key}"
+    final = demo_recipe().entry(cache)
     return final / "rootfs" if (final / "recipe.json").is_file() else None
 
 
-def ensure_tree(cache: Path) -> Path:
-    """The prepared tree, made first with debootstrap if the cache has none."""
-    found = cached_tree(cache)
-    if found is not None:
-        return found
-    key = hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:16]
-    final = cache / f"debian-{SUITE}-{key}"
+def ensure_tree(cache: Path, tree: TreeRecipe | None = None) -> Path:
+    """The prepared tree (``rootfs/`` in the tree's directory of *cache*; the
+    demo's unless *tree*), made first with debootstrap if the cache has none."""
+    tree = tree or demo_recipe()
+    final = tree.entry(cache)
+    if (final / "recipe.json").is_file():
+        return final / "rootfs"
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache):
-        if (final / "recipe.json").is_file():
+    with lock_cache(cache):
+        if (final / "recipe.json").is_file():  # built by another process while we waited
             return final / "rootfs"
         for stale in cache.glob(".build-*"):
-            _remove_build(stale)
+            remove_build(stale)
         build = cache / f".build-{secrets.token_hex(4)}"
         build.mkdir()
         try:
-            debootstrap(build / "rootfs")
-            prepare_tree(build / "rootfs")
-            (build / "recipe.json").write_text(json.dumps(recipe(), indent=2) + "\n")
+            started = time.monotonic()
+            tree.bootstrap(build / "rootfs")
+            seconds = round(time.monotonic() - started, 1)
+            tree.prepare(build / "rootfs")
+            record = {**tree.data, "debootstrap_seconds": seconds}
+            (build / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
             build.rename(final)
         finally:
             if build.exists():
-                _remove_build(build)
+                remove_build(build)
     return final / "rootfs"
 
 
@@ -113,13 +141,7 @@ def debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES, suite: str =
         str(target),
         MIRROR,
     ]
-    proc = subprocess.run(
-        argv,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=base_environment(),
-        check=False,
-    )
+    proc = run(argv, check=False)
     if proc.returncode != 0:
         tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
         raise CommandError(
@@ -167,7 +189,7 @@ def prepare_tree(root: Path, *, root_login: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def _locked(cache: Path) -> Iterator[None]:
+def lock_cache(cache: Path) -> Iterator[None]:
     with (cache / ".lock").open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -176,14 +198,34 @@ def _locked(cache: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _remove_build(path: Path) -> None:
-    # A killed debootstrap may have left /proc or /sys mounted in its tree.
+def mounts_under(path: Path) -> list[Path]:
+    """Mount points at or below *path* in this mount namespace, deepest first."""
+    found = []
     top = os.path.realpath(path)
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == top or point.startswith(top + "/"):
-            points.append(point)
-    for point in sorted(points, key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
-    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = _unescape(line.split()[4])
+            if point == top or point.startswith(top + "/"):
+                found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as octal escapes.
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
+
+
+def remove_build(path: Path) -> None:
+    """Remove a build; a killed debootstrap may have left /proc or /sys mounted
+    in it, which is unmounted, never deleted through."""
+    for point in mounts_under(path):
+        run(["umount", "--lazy", point], check=False)
+    left = mounts_under(path)
+    if left:
+        raise DemoStateError(
+            f"{path}: still mounted at {left[0]}; not removing it",
+            hint=f"unmount it (umount --lazy {left[0]}), then run again",
+        )
+    shutil.rmtree(path)

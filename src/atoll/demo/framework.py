@@ -23,7 +23,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from rich.markup import escape
 
 from atoll.errors import DemoStateError, DemoStepError
 from atoll.fsutil import write_atomic
+from atoll.run import PIPE, STDOUT, Process, TimeoutExpired, spawn
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -58,7 +58,7 @@ class StepResult:
 @dataclass
 class Background:
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: Process
     stop: str
     log: Path
 
@@ -186,14 +186,13 @@ class Demo:
         started = time.monotonic()
         # A session of its own: on Ctrl-C or SIGTERM the demo stops the command and
         # whatever it started (podman build, nspawn) itself, not only its direct child.
-        with subprocess.Popen(
+        with spawn(
             real,
             env=env or self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=PIPE,
+            stderr=PIPE,
             pass_fds=pass_fds,
-            start_new_session=True,
+            new_session=True,
         ) as proc:
             try:
                 stdout, stderr = proc.communicate()
@@ -201,7 +200,7 @@ class Demo:
                 _signal_group(proc.pid, signal.SIGTERM)
                 try:
                     proc.wait(timeout=_GRACE)
-                except subprocess.TimeoutExpired:
+                except TimeoutExpired:
                     _signal_group(proc.pid, signal.SIGKILL)
                     proc.wait()
                 raise
@@ -239,14 +238,7 @@ class Demo:
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{name}.log"
         with log.open("ab") as sink:
-            proc = subprocess.Popen(
-                list(argv),
-                env=env or self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            proc = spawn(argv, env=env or self.env, stdout=sink, stderr=STDOUT, new_session=True)
         bg = Background(name, proc, stop, log)
         self.background.append(bg)
         self.save_state()
@@ -259,7 +251,7 @@ class Demo:
                 _signal_group(bg.proc.pid, signal.SIGKILL)
             else:
                 _stop_process(bg.proc.pid, bg.stop)
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            with contextlib.suppress(TimeoutExpired):
                 bg.proc.wait(timeout=_GRACE)
             if bg.proc.poll() is None:
                 _signal_group(bg.proc.pid, signal.SIGKILL)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from atoll.demo.framework import Demo, StepResult, stop_recorded
 from atoll.demo.services import Services
 from atoll.demo.story import Story, runtime_dir
 from atoll.errors import AtollError
-from atoll.run import base_environment
+from atoll.run import base_environment, run
 
 
 def run_demo(
@@ -173,13 +172,7 @@ def _reset_podman(base: Path, env: dict[str, str]) -> None:
         # Containers first (a supervisor killed hard leaves its own running); then vfs
         # layers, which may be owned by other uids: podman removes its own store.
         for argv in (["rm", "--all", "--force", "--time", "0"], ["system", "reset", "--force"]):
-            subprocess.run(
-                [podman, *argv],
-                env={**env, **isolated_environment(storage)},
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                check=False,
-            )
+            run([podman, *argv], env={**env, **isolated_environment(storage)}, check=False)
 
 
 def _unmount_below(base: Path) -> None:
@@ -191,4 +184,4 @@ def _unmount_below(base: Path) -> None:
             if point.startswith(top + "/"):
                 points.append(point)
     for point in sorted(points, key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+        run(["umount", "--lazy", point], check=False)

@@ -5,14 +5,13 @@ own, with a deadline and a stop that never leaves it running."""
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Protocol, TypeVar
 
 from atoll.errors import from_oserror
-from atoll.run import base_environment
+from atoll.run import PIPE, STDOUT, Process, TimeoutExpired, spawn
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ def run_with_console(
     timeout: float,
     console_log: Path | None,
     console: Callable[[IO[bytes], IO[bytes] | None], C],
-    stop: Callable[[subprocess.Popen[bytes]], int],
+    stop: Callable[[Process], int],
     label: str,
 ) -> tuple[int, bool, float, C, int]:
     """Run *argv* until it exits or *timeout* passes (then *stop* ends it);
@@ -44,20 +43,13 @@ def run_with_console(
         raise from_oserror(exc, str(console_log)) from None
     try:
         started = time.monotonic()
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=base_environment(),
-            process_group=0,
-        )
+        proc = spawn(argv, stdout=PIPE, stderr=STDOUT, process_group=0)
         assert proc.stdout is not None
         reader = console(proc.stdout, sink)
         timed_out = False
         try:
             code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except TimeoutExpired:
             timed_out = True
             log.debug("%s still running after %s s, stopping it", label, timeout)
             code = stop(proc)

@@ -46,7 +46,6 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -57,7 +56,7 @@ from typing import IO
 
 from atoll.device.console import run_with_console
 from atoll.errors import ContainerBootError, InvalidInputError
-from atoll.run import dies_with_caller, find_tool
+from atoll.run import Process, TimeoutExpired, dies_with_caller, find_tool
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +210,13 @@ def _check_bindable(path: Path) -> None:
         raise InvalidInputError(f"{path}: a path with ':' cannot be bound into a container")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
+def _stop(proc: Process) -> int:
     """End nspawn and its container; see the module docstring for the order."""
     init = child_pids(proc.pid)
     _signal(proc.pid, signal.SIGTERM)
     try:
         return proc.wait(timeout=_STOP_GRACE)
-    except subprocess.TimeoutExpired:
+    except TimeoutExpired:
         pass
     log.warning("systemd-nspawn (pid %d) ignored SIGTERM; killing the container", proc.pid)
     for pid in {*init, *child_pids(proc.pid)}:

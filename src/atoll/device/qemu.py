@@ -49,7 +49,6 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ from typing import IO
 from atoll.device.console import run_with_console
 from atoll.device.nspawn import BootOutcome
 from atoll.errors import InvalidInputError, VMError, from_oserror
-from atoll.run import dies_with_caller, find_tool
+from atoll.run import Process, TimeoutExpired, dies_with_caller, find_tool
 
 log = logging.getLogger(__name__)
 
@@ -253,14 +252,14 @@ def boot_vm(
     return VMBoot(outcome, code, duration, console.tail(), used, pid)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
+def _stop(proc: Process) -> int:
     """SIGTERM to QEMU's process group, SIGKILL after a grace period."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         try:
             return proc.wait(timeout=_STOP_GRACE)
-        except subprocess.TimeoutExpired:
+        except TimeoutExpired:
             log.warning("QEMU (pid %d) ignored %s", proc.pid, sig.name)
     raise VMError(f"QEMU (pid {proc.pid}) survived SIGKILL")
 

@@ -40,11 +40,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from atoll.errors import FailoverNotRunningError, FailoverSocketError
+from atoll.errors import CommandError, FailoverNotRunningError, FailoverSocketError
 from atoll.failover.config import Endpoint, FailoverConfig
 from atoll.failover.election import Action, Election, ElectionSettings, Role
 from atoll.failover.protocol import PRIORITY_RESIGN, Advert, AdvertError, decode
 from atoll.fsutil import write_atomic
+from atoll.run import run
 
 log = logging.getLogger(__name__)
 
@@ -354,20 +355,17 @@ class FailoverAgent:
         if not self.config.notify or role is Role.INIT:
             return
 
-        async def run() -> None:
+        async def notify() -> None:
+            argv = [*self.config.notify, role.value]
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *self.config.notify,
-                    role.value,
-                    stdin=asyncio.subprocess.DEVNULL,
-                )
-                code = await proc.wait()
-                if code != 0:
-                    log.warning("notify command %s %s exited %d", self.config.notify[0], role, code)
-            except OSError as exc:
-                log.warning("notify command %s: %s", self.config.notify[0], exc)
+                # In a thread: the election goes on while the command runs.
+                proc = await asyncio.to_thread(run, argv, check=False, capture=False)
+                if proc.returncode != 0:
+                    log.warning("notify command %s %s exited %d", argv[0], role, proc.returncode)
+            except (OSError, CommandError) as exc:
+                log.warning("notify command %s: %s", argv[0], exc)
 
-        task = asyncio.get_running_loop().create_task(run())
+        task = asyncio.get_running_loop().create_task(notify())
         self._notifications.add(task)
         task.add_done_callback(self._notifications.discard)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atoll import stricttoml
 from atoll.errors import FailoverConfigError
 from atoll.failover.protocol import MAX_INTERVAL_CS, MAX_NAME, MAX_PRIORITY, MIN_PRIORITY
 
@@ -142,7 +143,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> FailoverConf
     if path is not None:
         where = str(path)
         try:
-            doc = tomllib.loads(path.read_text())
+            doc = stricttoml.loads(path.read_text())
         except OSError as exc:
             raise FailoverConfigError(f"{path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:

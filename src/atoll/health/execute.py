@@ -32,11 +32,13 @@ import os
 import selectors
 import shlex
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from atoll.errors import ToolMissingError
+from atoll.run import PIPE, STDOUT, Process, SubprocessError, spawn
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +95,16 @@ def execute(
     err_read, err_write = os.pipe()
     setup = _ChildSetup(sandbox, err_write)
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
+        proc = spawn(
+            argv,
+            stdout=PIPE,
+            stderr=STDOUT,
+            env=env,
             cwd=None if sandbox.chroot else sandbox.root,
-            start_new_session=True,
-            preexec_fn=setup if sandbox.chroot else None,  # noqa: PLW1509 (the chroot needs it)
-            close_fds=True,
+            new_session=True,
+            preexec_fn=setup if sandbox.chroot else None,
         )
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, SubprocessError, ToolMissingError) as exc:
         os.close(err_write)
         detail = _read_all(err_read) or _describe(exc)
         return Execution(None, _since(started), False, "", f"could not start: {detail}")
@@ -131,6 +131,8 @@ def _since(started: float) -> float:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ToolMissingError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the OSError says where it was looked for
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
     return str(exc)
@@ -165,7 +167,7 @@ class _Tail:
         return "\n".join(text.rstrip("\n").splitlines()[-TAIL_LINES:])
 
 
-def _follow(proc: subprocess.Popen[bytes], fd: int, deadline: float) -> tuple[_Tail, bool]:
+def _follow(proc: Process, fd: int, deadline: float) -> tuple[_Tail, bool]:
     """Read the output until the script has exited and the pipe is closed (or
     :data:`_DRAIN` seconds later), enforcing *deadline*."""
     tail = _Tail()

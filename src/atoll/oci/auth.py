@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atoll import strictjson
 from atoll.errors import InvalidInputError
 from atoll.fsutil import write_atomic
 from atoll.oci.context import SystemContext
@@ -141,11 +142,9 @@ def read_auth_entries(path: Path) -> dict[str, Credentials]:
     if not text.strip():
         return {}
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
+        data = strictjson.loads(text)
+    except strictjson.StrictJSONError as exc:
+        raise InvalidInputError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"{path}: expected a JSON object")
     auths = data if path.name == ".dockercfg" else data.get("auths", {})
@@ -226,7 +225,7 @@ def remove_login(registry: str, ctx: SystemContext, *, key: str | None = None) -
 def _load_for_update(path: Path) -> dict[str, Any]:
     read_auth_entries(path)  # validates, with the same messages
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8") or "{}")
+        data: dict[str, Any] = strictjson.loads(path.read_text(encoding="utf-8") or "{}")
     except FileNotFoundError:
         return {"auths": {}}
     if not isinstance(data.get("auths", {}), dict):

@@ -32,7 +32,6 @@ the registry and repository.  Requests are logged at debug level.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
+from atoll import strictjson
 from atoll.closing import Closeable
 from atoll.errors import (
     AtollError,
@@ -67,6 +67,7 @@ from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest, Verifier
 from atoll.oci.httputil import (
     connection_error,
+    content_range_start,
     digest_or_none,
     is_tls_error,
     list_field,
@@ -114,6 +115,10 @@ _DELETE_HINT = (
 )
 
 Body = bytes | Iterator[bytes] | None
+
+
+class RangesIgnoredError(RegistryError):
+    """The registry answered a ``Range`` request with the whole blob."""
 
 
 @dataclass(frozen=True)
@@ -296,9 +301,9 @@ class RegistryClient(Closeable):
                 f"got {Digest.of(raw, wanted.algorithm)}"
             )
         try:
-            parsed = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+            parsed = strictjson.loads(raw)
+        except strictjson.StrictJSONError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
         if not isinstance(parsed, dict):
             raise ManifestError(f"{where}: not a JSON object")
         return FetchedManifest(raw, media_type(response.headers), Digest.of(raw))
@@ -424,6 +429,68 @@ class RegistryClient(Closeable):
                 parts.append(chunk)
         verifier.verify()
         return b"".join(parts)
+
+    def fetch_range(self, repository: str, digest: Digest, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) of a blob, by a ``Range`` request.
+
+        A connection that breaks is asked again for what is missing (up to the
+        context's retries).  Raises :class:`RangesIgnoredError` when the
+        registry answers with the whole blob (200; the body is not read) and
+        RegistryError when it sends other bytes than asked.  The bytes are not
+        verified here: the caller checks them against the layer's TOC."""
+        what = f"reading bytes {start}-{start + length - 1} of blob {digest}"
+        got = bytearray()
+        failures = 0
+        while len(got) < length:
+            first = start + len(got)
+            headers = {
+                "Accept-Encoding": "identity",
+                "Range": f"bytes={first}-{start + length - 1}",
+            }
+            response = self.blob_request(repository, digest, headers, what)
+            try:
+                if response.status_code == 200:
+                    raise RangesIgnoredError(
+                        f"{self.name(repository)}: {what}: the registry ignores Range "
+                        "and sends whole blobs"
+                    )
+                if response.status_code != 206:
+                    response.read()
+                    self.fail(response, what, repository)
+                sent = content_range_start(response.headers.get("Content-Range", ""))
+                if sent != first:
+                    raise RegistryError(
+                        f"{self.name(repository)}: {what}: asked for bytes from {first}, "
+                        f"the registry sent them from {sent}"
+                    )
+                for piece in response.iter_raw():
+                    got += piece
+                    failures = 0
+                    if self.rate_limiter is not None:
+                        self.rate_limiter.consume(len(piece))
+                    if len(got) > length:
+                        raise RegistryError(
+                            f"{self.name(repository)}: {what}: the registry sent more "
+                            "bytes than asked for"
+                        )
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures >= max(1, self.ctx.retries):
+                    raise self.transport_error(exc, what, repository) from None
+                log.debug(
+                    "%s: %s broke after %d bytes (%s)", self.name(repository), what, len(got), exc
+                )
+                self.sleep(self.backoff(failures - 1))
+                continue
+            finally:
+                response.close()
+            if len(got) < length:
+                # A clean end of a short answer is not a broken connection: refuse it.
+                raise RegistryError(
+                    f"{self.name(repository)}: {what}: the registry sent {len(got)} bytes, "
+                    f"not {length}"
+                )
+        return bytes(got)
 
     def start_upload(self, repository: str) -> UploadSession:
         what = "starting an upload"

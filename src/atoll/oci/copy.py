@@ -39,6 +39,7 @@ from atoll.errors import (
     from_oserror,
 )
 from atoll.fsutil import write_atomic
+from atoll.oci.chunked import ChunkedLayer, chunked_info, compress_tar_zstd_chunked
 from atoll.oci.compression import decompress as _decompress
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
@@ -63,6 +64,8 @@ class CopyOptions:
     all_images: bool = False
     preserve_digests: bool = False
     dest_compression: Compression | None = None
+    #: With ZSTD: write zstd:chunked layers (see :mod:`atoll.oci.chunked`).
+    zstd_chunked: bool = False
 
 
 @dataclass
@@ -267,11 +270,7 @@ class _Copier:
         want = self.options.dest_compression
         if want is None:
             return None
-        needs = any(
-            layer_compression(layer.media_type) != want
-            and layer.media_type != MediaType.DOCKER_FOREIGN_LAYER
-            for layer in manifest.layers
-        )
+        needs = any(self._needs_conversion(layer, want) for layer in manifest.layers)
         if not needs and not (
             want is Compression.ZSTD and manifest.media_type == MediaType.DOCKER_MANIFEST
         ):
@@ -283,6 +282,16 @@ class _Copier:
                 hint="drop --preserve-digests or --dest-compress-format",
             )
         return want
+
+    def _needs_conversion(self, desc: Descriptor, want: Compression) -> bool:
+        if desc.media_type == MediaType.DOCKER_FOREIGN_LAYER:
+            return False
+        if layer_compression(desc.media_type) != want:
+            return True
+        return (
+            self.options.zstd_chunked
+            and chunked_info(desc.annotations, desc.size, self.source.description) is None
+        )
 
     def _schedule(
         self, desc: Descriptor, kind: str, convert: Compression | None
@@ -299,11 +308,7 @@ class _Copier:
 
     def _copy_blob(self, desc: Descriptor, kind: str, convert: Compression | None) -> Descriptor:
         ident = str(desc.digest)
-        if (
-            convert is not None
-            and layer_compression(desc.media_type) != convert
-            and desc.media_type != MediaType.DOCKER_FOREIGN_LAYER
-        ):
+        if convert is not None and self._needs_conversion(desc, convert):
             return self._recompress(desc, convert)
         # A mount on the same registry answers "already there" too, in one request,
         # so it goes first; other destinations refuse it without a request.
@@ -362,17 +367,24 @@ class _Copier:
                     plain = _decompress(
                         self._counted(ident, verified), layer_compression(desc.media_type)
                     )
-                    for piece in _compress(plain, want):
-                        tmp.write(piece)
-                        compressed_hash.update(piece)
-                        count += len(piece)
+                    if self.options.zstd_chunked and want is Compression.ZSTD:
+                        layer = _compress_chunked(plain, tmp, self.src_ctx.tmpdir)
+                        count = layer.size
+                    else:
+                        layer = None
+                        for piece in _compress(plain, want):
+                            tmp.write(piece)
+                            compressed_hash.update(piece)
+                            count += len(piece)
             except OSError as exc:
                 raise from_oserror(exc, "a temporary file for layer conversion") from exc
             new = Descriptor(
                 _layer_media_type(want),
-                Digest(desc.digest.algorithm, compressed_hash.hexdigest()),
+                Digest.parse(layer.digest)
+                if layer is not None
+                else Digest(desc.digest.algorithm, compressed_hash.hexdigest()),
                 count,
-                annotations=desc.annotations,
+                annotations={**desc.annotations, **(layer.annotations if layer else {})},
             )
             if not self.destination.has_blob(new):
                 tmp.seek(0)
@@ -441,6 +453,23 @@ def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:
         yield from chunks
 
 
+def _compress_chunked(plain: Iterable[bytes], out: IO[bytes], tmpdir: Path | None) -> ChunkedLayer:
+    """Write the tar *plain* as a zstd:chunked blob into *out* (it needs the
+    whole tar in a file first: frames follow the tar's entries)."""
+    with tempfile.TemporaryDirectory(dir=tmpdir) as work:
+        tar = Path(work) / "layer.tar"
+        with tar.open("wb") as fh:
+            for piece in plain:
+                fh.write(piece)
+        blob = Path(work) / "layer.zst"
+        layer = compress_tar_zstd_chunked(tar, blob)
+        tar.unlink()
+        with blob.open("rb") as fh:
+            for chunk in _read_chunks(fh):
+                out.write(chunk)
+    return layer
+
+
 def _layer_media_type(want: Compression) -> str:
     return {
         Compression.GZIP: MediaType.OCI_LAYER_GZIP,
@@ -461,6 +490,8 @@ def _rewrite_manifest(
         entry.update(digest=str(new.digest), size=new.size)
         if new.media_type != MediaType.DOCKER_FOREIGN_LAYER:
             entry["mediaType"] = MediaType.DOCKER_LAYER_GZIP if docker else new.media_type
+        if new.annotations:
+            entry["annotations"] = dict(new.annotations)
         layers.append(entry)
     data["layers"] = layers
     media_type = manifest.media_type

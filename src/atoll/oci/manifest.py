@@ -7,13 +7,16 @@ format change writes the very bytes it read, so digests are preserved.
 
 from __future__ import annotations
 
+import datetime
 import json
 import platform as _platform
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from atoll import strictjson
 from atoll.errors import ManifestError, NoMatchingPlatformError, UnsupportedError
 from atoll.oci.digest import Digest
 
@@ -250,9 +253,9 @@ def detect_media_type(data: Mapping[str, Any]) -> str:
 def parse_manifest(raw: bytes, media_type: str | None = None, *, where: str) -> AnyManifest:
     """Parse manifest bytes; *media_type* is what the transport said, if anything."""
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{where}: manifest is not valid JSON ({exc})") from None
+        data = strictjson.loads(raw)
+    except strictjson.StrictJSONError as exc:
+        raise ManifestError(f"{where}: manifest {exc}") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: manifest is not a JSON object")
     inner = detect_media_type(data)
@@ -322,41 +325,95 @@ class ImageConfig:
 
 def parse_config(raw: bytes, *, where: str) -> ImageConfig:
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{where}: image config is not valid JSON ({exc})") from None
+        data = strictjson.loads(raw)
+    except strictjson.StrictJSONError as exc:
+        raise ManifestError(f"{where}: image config {exc}") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: image config is not a JSON object")
-    inner = data.get("config") or {}
-    if not isinstance(inner, dict):
-        raise ManifestError(f"{where}: 'config' must be an object")
-    labels = inner.get("Labels") or {}
-    if not isinstance(labels, dict):
-        raise ManifestError(f"{where}: config.Labels must be an object")
-    rootfs = data.get("rootfs") or {}
-    diff_ids_json = rootfs.get("diff_ids") or [] if isinstance(rootfs, dict) else []
+    # Each field has the type containers/image decodes it into; a value of another
+    # type is refused there, so it is here, instead of being shown as its repr.
+    inner = _typed(data, "config", dict, where) or {}
+    labels = _typed(inner, "Labels", dict, where, "config.") or {}
+    for key, value in labels.items():
+        if value is not None and not isinstance(value, str):
+            raise ManifestError(
+                f"{where}: image config: config.Labels[{json.dumps(key)}] must be a string, "
+                f"not {type(value).__name__}"
+            )
+    rootfs = _typed(data, "rootfs", dict, where) or {}
+    diff_ids_json = _string_list(rootfs, "diff_ids", where, "rootfs.")
     try:
         diff_ids = tuple(Digest.parse(d) for d in diff_ids_json)
     except Exception as exc:
         raise ManifestError(f"{where}: rootfs.diff_ids: {exc}") from None
+    created = _typed(data, "created", str, where)
+    if created is not None and not _is_rfc3339(created):
+        raise ManifestError(
+            f"{where}: image config: created {created!r} is not an RFC 3339 date and time"
+        )
     return ImageConfig(
-        architecture=str(data.get("architecture", "")),
-        os=str(data.get("os", "")),
-        variant=data.get("variant") or None,
-        created=data.get("created"),
-        labels={str(k): str(v) for k, v in labels.items()},
+        architecture=_typed(data, "architecture", str, where) or "",
+        os=_typed(data, "os", str, where) or "",
+        variant=_typed(data, "variant", str, where) or None,
+        created=created,
+        labels={k: v for k, v in labels.items() if v is not None},
         diff_ids=diff_ids,
-        env=tuple(_strings(inner.get("Env"))),
-        entrypoint=tuple(_strings(inner.get("Entrypoint"))),
-        cmd=tuple(_strings(inner.get("Cmd"))),
+        env=_string_list(inner, "Env", where, "config."),
+        entrypoint=_string_list(inner, "Entrypoint", where, "config."),
+        cmd=_string_list(inner, "Cmd", where, "config."),
         raw=raw,
     )
 
 
-def _strings(value: Any) -> Sequence[str]:
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return []
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+def _is_rfc3339(text: str) -> bool:
+    """As Go's time.RFC3339Nano parses it (which containers/image uses)."""
+    if not _RFC3339.fullmatch(text):
+        return False
+    try:
+        # fromisoformat takes at most 6 fractional digits; Go takes nine.
+        whole, _, rest = text.partition(".")
+        zone = rest.lstrip("0123456789") if rest else ""
+        datetime.datetime.fromisoformat((whole + zone).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _typed(data: Mapping[str, Any], key: str, kind: type, where: str, prefix: str = "") -> Any:
+    """``data[key]`` if it is a *kind* or null (None when absent)."""
+    value = data.get(key)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        expected = {"dict": "an object", "list": "an array", "str": "a string"}[kind.__name__]
+        raise ManifestError(
+            f"{where}: image config: {prefix}{key} must be {expected}, not {type(value).__name__}"
+        )
+    return value
+
+
+def _string_list(data: Mapping[str, Any], key: str, where: str, prefix: str) -> tuple[str, ...]:
+    items = _typed(data, key, list, where, prefix) or []
+    if not all(isinstance(item, str) for item in items):
+        raise ManifestError(f"{where}: image config: {prefix}{key} must hold strings only")
+    return tuple(items)
+
+
+#: The config media types of a runnable image (an OS image is one).
+IMAGE_CONFIG_TYPES = frozenset({MediaType.OCI_CONFIG.value, MediaType.DOCKER_CONFIG.value})
+
+
+def require_image_config(manifest: ImageManifest, where: str) -> None:
+    """Refuse a manifest whose config is not an image config (an artifact's, or
+    the empty descriptor): it describes no file system to boot."""
+    media_type = str(manifest.config.media_type)
+    if media_type not in IMAGE_CONFIG_TYPES:
+        raise ManifestError(
+            f"{where}: not an OS image: its config has media type {media_type!r}, "
+            f"not {MediaType.OCI_CONFIG.value!r}",
+            hint="this is an artifact (or a signature), not a container image",
+        )
 
 
 def canonical_json(data: Any) -> bytes:

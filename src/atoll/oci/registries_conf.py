@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atoll import stricttoml
 from atoll.errors import InvalidInputError
 from atoll.oci.context import SystemContext
 
@@ -127,7 +128,7 @@ def load_registries_conf(ctx: SystemContext) -> RegistriesConf:
 def parse_registries_conf(text: str, path: Path) -> list[RegistryEntry]:
     """Entries declared in one file's *text*; *path* is used in messages."""
     try:
-        data = tomllib.loads(text)
+        data = stricttoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # The message ends with "(at line N, column M)".
         raise InvalidInputError(

@@ -58,13 +58,13 @@ This module holds the format and reads bundles (``bundle inspect``);
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atoll.errors import BundleError
+from atoll import strictjson
+from atoll.errors import BundleError, InvalidReferenceError, LayerError
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor
@@ -153,7 +153,7 @@ class Description:
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> Description:
         try:
-            doc = json.loads(raw)
+            doc = strictjson.loads(raw)
             version = doc["atollBundle"]
             if not isinstance(version, int) or version > BUNDLE_VERSION:
                 raise BundleError(
@@ -224,10 +224,15 @@ class BundleReader:
         from atoll.oci.transports.archive import TarLayout
 
         self.path = path
-        self.tar: TarLayout = TarLayout(path, ctx.tmpdir if ctx else None)
-        self._names: frozenset[str] | None = None
         try:
-            index = json.loads(self.tar.read("index.json", _MAX_JSON, "OCI layout index"))
+            self.tar: TarLayout = TarLayout(path, ctx.tmpdir if ctx else None)
+        except LayerError as exc:
+            raise BundleError(f"not a readable bundle: {exc.message}", hint=exc.hint) from None
+        self._names: frozenset[str] | None = None
+        #: The blobs whose bytes were checked against their digests.
+        self.verified: set[Digest] = set()
+        try:
+            index = strictjson.loads(self.tar.read("index.json", _MAX_JSON, "OCI layout index"))
             self.entries: dict[str, Descriptor] = {}
             for i, raw in enumerate(index["manifests"]):
                 desc = Descriptor.from_json(raw, f"{path}: index.json manifests[{i}]")
@@ -241,7 +246,7 @@ class BundleReader:
                     hint="make bundles with atoll bundle create",
                 )
             self.manifest_digest = top.digest
-            self.manifest = json.loads(self.read(top.digest))
+            self.manifest = strictjson.loads(self.read(top.digest))
             config = self.manifest["config"]
             self.description = Description.from_json(
                 self.read(Digest.parse(config["digest"])), str(path)
@@ -271,6 +276,7 @@ class BundleReader:
         data = self.tar.read(_blob_name(digest), limit, f"blob {digest}")
         if Digest.of(data, digest.algorithm) != digest:
             raise BundleError(f"{self.path}: blob {digest} does not match its digest")
+        self.verified.add(digest)
         return data
 
     def verify_blob(self, desc: Descriptor) -> None:
@@ -278,6 +284,32 @@ class BundleReader:
             hexdigest, size = digest_and_size(chunks, desc.digest.algorithm)
         if hexdigest != desc.digest.hex or size != desc.size:
             raise BundleError(f"{self.path}: blob {desc.digest} does not match its digest or size")
+        self.verified.add(desc.digest)
+
+    def verify_rest(self) -> None:
+        """Check every blob no earlier check read (signatures the policy does not
+        ask for, blobs nothing names) against the digest it is stored under, and
+        refuse any other member: nothing in a bundle goes unchecked."""
+        for name in self.tar.names():
+            if name in ("oci-layout", "index.json"):
+                continue
+            algorithm, _, hexdigest = name.removeprefix("blobs/").partition("/")
+            try:
+                if not name.startswith("blobs/"):
+                    raise ValueError(name)
+                digest = Digest.parse(f"{algorithm}:{hexdigest}")
+            except (ValueError, InvalidReferenceError):
+                raise BundleError(
+                    f"{self.path}: {name!r} is not part of an OCI layout (not a blob)",
+                    hint="make bundles with atoll bundle create",
+                ) from None
+            if digest in self.verified:
+                continue
+            with self.tar.open(name, "blob") as chunks:
+                actual, _ = digest_and_size(chunks, digest.algorithm)
+            if actual != digest.hex:
+                raise BundleError(f"{self.path}: blob {digest} does not match its digest")
+            self.verified.add(digest)
 
     def attached(self, ref_name: str) -> list[Signature] | None:
         """The signatures of the sigstore-style manifest the index names *ref_name*;
@@ -287,7 +319,10 @@ class BundleReader:
         entry = self.entries.get(ref_name)
         if entry is None:
             return None
-        manifest = json.loads(self.read(entry.digest))
+        try:
+            manifest = strictjson.loads(self.read(entry.digest))
+        except strictjson.StrictJSONError as exc:
+            raise BundleError(f"{self.path}: signature manifest {entry.digest}: {exc}") from None
         out = []
         for layer in manifest.get("layers") or []:
             payload = self.read(Digest.parse(layer["digest"]))

@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atoll import strictjson
 from atoll.errors import BundleError, BundleSignatureError
 from atoll.oci.context import SystemContext
 from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.digest import Digest
 from atoll.oci.inspect import read_config, select_manifest
-from atoll.oci.manifest import Descriptor, ImageManifest, MediaType, parse_config, parse_manifest
+from atoll.oci.manifest import (
+    Descriptor,
+    ImageManifest,
+    MediaType,
+    parse_config,
+    parse_manifest,
+    require_image_config,
+)
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, ImageSource, Transport, open_source
 from atoll.pipeline.bundle import (
@@ -34,6 +41,7 @@ from atoll.pipeline.bundle import (
 from atoll.pipeline.policy import Policy
 from atoll.pipeline.tarsplit import rebuild
 from atoll.pipeline.trust import check_image, signature_keys
+from atoll.store.importer import find_import
 
 if TYPE_CHECKING:
     from atoll.sysroot.lifecycle import Device, StageResult
@@ -79,6 +87,7 @@ def apply_bundle(
         omitted = {o.digest: o for o in (description.delta.omitted if description.delta else ())}
         for image in description.images:
             _verify_image(bundle, image, omitted if image.role == "os" else {})
+        bundle.verify_rest()
         for image in description.images:
             ref = ImageReference.parse(image.reference)
             info.trust.append(
@@ -186,7 +195,7 @@ def _prepare_delta(
     """For each omitted layer: its tar-split and the store commit that provides
     its files, after rebuilding it once and checking its diff_id."""
     store = device.store()
-    base = store.find_import(Digest.parse(delta.from_digest))
+    base = find_import(store, Digest.parse(delta.from_digest))
     if base is None:
         raise BundleError(
             f"{bundle.path}: a delta from {delta.from_reference} ({delta.from_digest}), "
@@ -197,7 +206,7 @@ def _prepare_delta(
     out: dict[str, tuple[dict[str, Any], str]] = {}
     for layer in delta.omitted:
         try:
-            split = json.loads(gzip.decompress(bundle.read(Digest.parse(layer.split))))
+            split = strictjson.loads(gzip.decompress(bundle.read(Digest.parse(layer.split))))
         except (OSError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: tar-split {layer.split}: {exc}") from None
         hexdigest, size = digest_and_size(rebuild(split, store, base.id, bundle.path))
@@ -251,6 +260,7 @@ def _open_bundle_image(
     inner = open_source(ImageName(Transport.OCI_ARCHIVE, path=path, ref_name=image.reference), ctx)
     with _BundleSource(inner, rebuilt, store) as source:
         _, manifest = select_manifest(source, ctx.platform)
+        require_image_config(manifest, source.description)
         config_raw = read_config(source, manifest)
         config = parse_config(config_raw, where=source.description)
         layers = []

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from atoll import strictjson
 from atoll.errors import SigningKeyError, from_oserror
 from atoll.pipeline import secretbox
 
@@ -175,7 +176,7 @@ def _derive(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 def _decrypt(path: Path, body: bytes, passphrase: bytes) -> bytes:
     try:
-        doc = json.loads(body)
+        doc = strictjson.loads(body)
         kdf, cipher = doc["kdf"], doc["cipher"]
         if kdf["name"] != "scrypt" or cipher["name"] != "nacl/secretbox":
             raise SigningKeyError(

@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -57,6 +58,7 @@ from atoll.errors import (
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName, Transport
 from atoll.pipeline.identity import IdentityKind, SignedIdentity
+from atoll.strictjson import StrictJSONError, loads
 
 if TYPE_CHECKING:
     # cryptography is imported only when a signature is checked: a policy
@@ -132,7 +134,9 @@ class Decision:
 
 def default_policy_path(environ: Mapping[str, str]) -> Path:
     home = environ.get("HOME")
-    if home and (Path(home) / USER_POLICY).is_file():
+    # As podman: a user file that exists in any form is the one used (and, if
+    # it is not a readable policy, refuses everything).
+    if home and os.path.lexists(Path(home) / USER_POLICY):
         return Path(home) / USER_POLICY
     return SYSTEM_POLICY
 
@@ -146,15 +150,23 @@ def load_policy(path: Path) -> Policy:
             hint="write one (see containers-policy.json(5)) or name another with --policy",
         ) from None
     except OSError as exc:
-        raise from_oserror(exc, f"reading {path}") from None
+        # A policy that is there but cannot be read (a directory, no permission)
+        # refuses every image: it must never read as "no policy".
+        error = from_oserror(exc, f"reading the trust policy {path}")
+        raise PolicyError(
+            error.message,
+            hint="make it a readable policy.json file; until then no image is admitted",
+        ) from None
     return parse_policy(data, str(path))
 
 
 def parse_policy(data: bytes, source: str) -> Policy:
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PolicyError(f"{source}: not valid JSON ({exc})") from None
+        doc = loads(data)
+    except StrictJSONError as exc:
+        raise PolicyError(
+            f"{source}: {exc}", hint="fix the file; until then no image is admitted"
+        ) from None
     _object(doc, source, "$", required=("default",), optional=("transports",))
     default = _requirements(doc["default"], source, "$.default")
     transports: dict[str, dict[str, tuple[Requirement, ...]]] = {}

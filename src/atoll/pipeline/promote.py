@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from atoll import strictjson
 from atoll.errors import (
     DowngradeRefusedError,
     InvalidInputError,
@@ -298,7 +299,12 @@ def read_promotions(repository: ImageReference, digest: Digest, ctx: SystemConte
             blob = client.fetch_blob(
                 repository.repository, Digest.parse(layer["digest"]), layer.get("size")
             )
-            records.append(json.loads(blob))
+            try:
+                records.append(strictjson.loads(blob))
+            except strictjson.StrictJSONError as exc:
+                raise PromotionError(
+                    f"{repository.name}:{record_tag(digest)}: a promotion record: {exc}"
+                ) from None
         return records
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from atoll import strictjson
 from atoll.errors import (
     AtollError,
     BadSignatureError,
@@ -91,7 +92,7 @@ class SignedClaims:
 def parse_payload(payload: bytes) -> SignedClaims:
     """The claims of a payload; raises BadSignatureError if it is not a simple signing one."""
     try:
-        doc = json.loads(payload)
+        doc = strictjson.loads(payload)
         critical = doc["critical"]
         if critical["type"] != SIGNATURE_TYPE:
             raise BadSignatureError(f"signature payload has type {critical['type']!r}")
@@ -335,7 +336,12 @@ def _read_attachment(
         fetched = client.get_manifest(ref.repository, tag)
     except NotFoundError:
         return None, {}
-    manifest = json.loads(fetched.raw)
+    try:
+        manifest = strictjson.loads(fetched.raw)
+    except strictjson.StrictJSONError as exc:
+        raise ManifestError(f"{where}: the signature attachment: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{where}: the signature attachment is not an OCI image manifest")
     media = manifest.get("mediaType") or fetched.media_type
     if media != OCI_MANIFEST or not isinstance(manifest.get("layers"), list):
         raise ManifestError(f"{where}: the signature attachment is not an OCI image manifest")
@@ -346,7 +352,7 @@ def _read_attachment(
             config_raw = client.fetch_blob(
                 ref.repository, Digest.parse(str(desc.get("digest"))), desc.get("size")
             )
-            config = json.loads(config_raw)
+            config = strictjson.loads(config_raw)
         except (ValueError, AtollError) as exc:
             raise ManifestError(f"{where}: cannot read the attachment's config: {exc}") from None
         if not isinstance(config, dict):

@@ -11,7 +11,9 @@ between the two.
 Where the policy comes from on a device (as bootc does it): the booted
 deployment's ``/etc/containers/policy.json``, unless ``--policy FILE`` names
 another.  When neither exists the device behaves as before policies existed:
-every image is admitted, and the decision says so (requirement ``none``).
+every image is admitted, and the decision says so (requirement ``none``).  A
+policy that exists but cannot be read or parsed (a directory, a duplicated key,
+a byte-order mark) refuses every image: it fails closed.
 
 Dependencies: the standard library, until a ``sigstoreSigned`` requirement
 has to be checked; only then is ``cryptography`` imported, and its absence is
@@ -21,6 +23,7 @@ reported as :class:`~atoll.errors.VerificationUnavailableError`.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,12 +82,23 @@ class TrustDecision:
 
 
 def device_policy_path(deployment_root: Path, override: Path | None = None) -> Path | None:
-    """The policy a device applies: *override*, else the deployment's own file if it
-    exists, else None (no policy)."""
+    """The policy a device applies: *override*, else the deployment's own file if
+    anything is there, else None (no policy).
+
+    Anything at the path counts (a directory, a dangling symlink), and so does a
+    path that cannot be looked at (``etc/containers`` a file, no permission):
+    loading it then fails and every image is refused, where treating it as
+    absent would admit all."""
     if override is not None:
         return override
     path = deployment_root / DEVICE_POLICY
-    return path if path.is_file() else None
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass  # not a directory on the way, no permission: not "no policy"
+    return path
 
 
 def load_optional_policy(path: Path | None) -> Policy | None:

@@ -5,7 +5,9 @@ as a real file that carries its own mode, owner and extended attributes, so a
 checkout can hardlink it.  Layout::
 
     STORE/
-    ├── store.json                 {"format": "atoll-store", "version": 1}
+    ├── store.json                 {"format": "atoll-store", "version": 1}, and
+    │                              optionally "max_layer_size": BYTES (the most
+    │                              one layer may expand to)
     ├── lock                       flock: exclusive for writers (import, gc, refs,
     │                              fsck --repair), shared for checkouts
     ├── objects/
@@ -68,7 +70,9 @@ The ChainID of the first k layers comes from the image config's
 ``chainid(L0) = diffid(L0)``, ``chainid(Ln) = sha256(chainid(Ln-1) + " " +
 diffid(Ln))`` (the digests as ``sha256:<hex>`` strings).  A record is written
 (atomically, after the commit of the import that verified those layers) for
-every prefix of the layer list::
+the first layer, the whole list, and the prefixes between whose trees cost
+little to write (the rule is in :mod:`atoll.store.importer`; one record per
+prefix grew the store with the square of the layers)::
 
     {"chain_id": "sha256:…", "layers": 2, "root": {"gid": 0, "mode": 493, …},
      "special": false, "tree": "<id>", "version": 1}
@@ -124,6 +128,8 @@ _FIXED = struct.Struct(">8sBIIIQQ")
 _U32 = struct.Struct(">I")
 
 ID_LENGTH = 64
+#: Largest uid or gid of a file or directory: 2**32 - 1 is (uid_t)-1, "no change" to chown.
+MAX_ID = 2**32 - 2
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 _REF_COMPONENT = re.compile(r"[A-Za-z0-9_+@:-][A-Za-z0-9._+@:-]{0,254}")
 
@@ -240,6 +246,9 @@ class DirMeta:
                 return known
         if not all(type(v) is int and v >= 0 for v in (mode, uid, gid)):
             raise ValueError(f"{where}: mode, uid and gid must be non-negative integers")
+        if uid > MAX_ID or gid > MAX_ID:  # type: ignore[operator]
+            # (uid_t)-1 cannot be given to chown: a checkout could not make it.
+            raise ValueError(f"{where}: uid and gid must be at most {MAX_ID}")
         if not isinstance(raw_xattrs or {}, dict):
             raise ValueError(f"{where}: xattrs must be an object")
         xattrs = tuple(sorted((str(k), base64.b64decode(v)) for k, v in (raw_xattrs or {}).items()))
@@ -418,12 +427,17 @@ def decode_commit(oid: str, data: bytes, where: str) -> Commit:
     )
 
 
-def check_ref_name(name: str) -> str:
+def is_ref_name(name: str) -> bool:
     """A ref name is one or more '/'-separated components of letters, digits
     and ``._+@:-``; no component starts with '.' (so no '.', '..' or hidden
     temporary names)."""
     parts = name.split("/")
-    if not name or len(name) > 1024 or not all(_REF_COMPONENT.fullmatch(p) for p in parts):
+    return bool(name) and len(name) <= 1024 and all(_REF_COMPONENT.fullmatch(p) for p in parts)
+
+
+def check_ref_name(name: str) -> str:
+    """*name* if it is a ref name (see :func:`is_ref_name`)."""
+    if not is_ref_name(name):
         raise InvalidInputError(
             f"invalid ref name {name!r}",
             hint="use '/'-separated words of letters, digits and ._+@:- "

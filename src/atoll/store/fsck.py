@@ -43,6 +43,7 @@ from atoll.store.format import (
     decode_commit,
     decode_tree,
     is_object_id,
+    is_ref_name,
     list_names,
 )
 from atoll.store.objects import rehash_file_object
@@ -225,7 +226,10 @@ def fsck(store: Store, *, repair: bool = False) -> FsckReport:
                 affected.add(cid)
         refs_affected = []
         for name, cid in store.refs().items():
-            if not is_object_id(cid):
+            if not is_ref_name(name):
+                checker.problems.append(FsckProblem(name, "ref", "is not a valid ref name"))
+                refs_affected.append(name)
+            elif not is_object_id(cid):
                 checker.problems.append(FsckProblem(name, "ref", "does not hold a commit id"))
                 refs_affected.append(name)
             elif cid in affected:

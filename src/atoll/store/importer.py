@@ -23,10 +23,17 @@ directory), device nodes and fifos unless allowed, paths deeper than
 Nothing becomes visible before every layer has been read and verified: objects
 are staged (see :mod:`atoll.store.objects`), then published with the commit.
 
-Layers shared with an image imported before are not read at all.  After each
-layer the merged tree is written (only the directories that layer changed are
-encoded again), and after the commit a layer-chain record names it by the
-layers' OCI ChainID (see :mod:`atoll.store.format`).  An import starts from the
+Layers shared with an image imported before are not read at all.  After a
+layer the merged tree may be written (only the directories changed since the
+last time are encoded again), and after the commit a layer-chain record names
+it by the layers' OCI ChainID (see :mod:`atoll.store.format`).  The tree is
+written after the first and the last layer, and after any other layer when
+the directories to encode again hold at most :data:`CHAIN_FACTOR` times the
+entries read since the last write, plus :data:`CHAIN_SLACK`: what the records
+cost stays linear in the entries read and the layers, however many layers
+there are (writing after every layer made an image of n one-file layers cost
+n²/2 tree entries).  Layers with many files get a record each; runs of tiny
+layers get records ever further apart.  An import starts from the
 longest chain of its own layers that has a record whose trees check out
 against their ids and whose file objects are all there, and fetches only the
 layers above it; the source is never asked for the others.  The ChainIDs come
@@ -40,6 +47,7 @@ import datetime
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,10 +55,12 @@ from atoll.errors import (
     DigestMismatchError,
     LayerError,
     ManifestError,
+    NotFoundError,
     StoreCorruptError,
     from_oserror,
 )
 from atoll.faults import crashpoint
+from atoll.fsutil import write_atomic
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor, ImageManifest, layer_compression, parse_config
 from atoll.oci.transports.base import ImageSource
@@ -60,7 +70,11 @@ from atoll.store.format import (
     COMMIT_SUFFIX,
     DEFAULT_DIR_META,
     FILE_SUFFIX,
+    MANIFESTS_DIR,
+    PARTIAL_DIR,
+    STATE_DIR,
     TREE_SUFFIX,
+    Commit,
     DirMeta,
     FileType,
     content_id,
@@ -79,6 +93,7 @@ from atoll.store.tarstream import (
     REGULAR,
     SYMLINK,
     ByteReader,
+    ExpandLimit,
     LayerFeed,
     TarEntry,
     TarReader,
@@ -86,7 +101,12 @@ from atoll.store.tarstream import (
 )
 
 if TYPE_CHECKING:
+    from atoll.store.partial import Feed
     from atoll.store.store import Store
+
+#: Gives a layer's uncompressed tar another way than by downloading the blob
+#: (:meth:`atoll.store.partial.PartialPuller.feed`), or None to download it.
+LayerFeeds = Callable[[Descriptor, Digest, str], "Feed | None"]
 
 #: Files up to this size are read into memory, hashed and only then written
 #: (and not written at all when the store has them); larger ones stream.
@@ -97,6 +117,11 @@ _NAME_MAX = 255
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _SPECIAL = {CHAR: FileType.CHAR, BLOCKDEV: FileType.BLOCK, FIFO: FileType.FIFO}
+#: A layer-chain record is written when the tree entries to encode again are
+#: at most CHAIN_FACTOR times the tar entries read since the last record, plus
+#: CHAIN_SLACK: records then cost O(entries + layers) tree entries in all.
+CHAIN_FACTOR = 4
+CHAIN_SLACK = 64
 
 
 @dataclass(frozen=True)
@@ -167,10 +192,13 @@ class _Dir:
         self.tid: str | None = None
 
 
-def _merge(lower: _Dir, upper: _Dir) -> None:
-    """Stack *upper* (one layer's tree) onto *lower* (the image so far)."""
+def _merge(lower: _Dir, upper: _Dir, dirty: list[_Dir]) -> None:
+    """Stack *upper* (one layer's tree) onto *lower* (the image so far);
+    directories of *lower* whose tree was written before go on *dirty*."""
     # Every directory a layer changes is visited from the root down: each on
     # the way has its tree written again.
+    if lower.tid is not None:
+        dirty.append(lower)
     lower.tid = None
     if upper.opaque:
         lower.entries.clear()
@@ -184,7 +212,7 @@ def _merge(lower: _Dir, upper: _Dir) -> None:
         if type(child) is _Dir:
             below = entries.get(name)
             if type(below) is _Dir:
-                _merge(below, child)
+                _merge(below, child, dirty)
                 continue
         entries[name] = child
 
@@ -293,6 +321,10 @@ class _Importer:
         #: Whether the layers so far held device nodes or fifos.
         self.special = False
         self._leaves: dict[str, _Leaf] = {}
+        #: Tar entries read since the trees were last written.
+        self._entries_since = 0
+        #: Directories written before and changed since.
+        self._dirty: list[_Dir] = []
 
     def start_from(self, store: Store, chains: list[str]) -> int:
         """Start from the longest prefix of *chains* (ChainIDs, one per layer)
@@ -337,10 +369,11 @@ class _Importer:
         self.staging.know(tid, TREE_SUFFIX)
         return node
 
-    def apply(self, feed: LayerFeed, where: str) -> None:
+    def apply(self, feed: LayerFeed | Feed, where: str) -> None:
         layer = _LayerTree(self.root)
         tar = TarReader(ByteReader(iter(feed)), where)
         for entry in tar.entries():
+            self._entries_since += 1
             self._entry(layer, tar, entry, where)
         # Read what follows the end of the archive: the digests cover it too.
         for _ in feed:
@@ -348,7 +381,13 @@ class _Importer:
         if self.root is None:
             self.root = layer.root
         else:
-            _merge(self.root, layer.root)
+            _merge(self.root, layer.root, self._dirty)
+
+    def worth_recording(self) -> bool:
+        """Whether writing the trees now costs little enough for a chain record
+        (see the module docstring)."""
+        cost = sum(len(d.entries) + 1 for d in self._dirty if d.tid is None)
+        return cost <= CHAIN_FACTOR * self._entries_since + CHAIN_SLACK
 
     def _entry(self, layer: _LayerTree, tar: TarReader, e: TarEntry, where: str) -> None:
         parts = _split(e.path, e.path, where)
@@ -458,6 +497,8 @@ class _Importer:
 
     def write_trees(self) -> tuple[str, DirMeta]:
         root = self.root or _Dir(DEFAULT_DIR_META, explicit=False)
+        self._entries_since = 0
+        self._dirty.clear()
         return self._write_tree(root), root.meta
 
     def _write_tree(self, node: _Dir) -> str:
@@ -506,6 +547,7 @@ def import_image(
     allow_devices: bool = False,
     progress: ProgressSink | None = None,
     ref: str | None = None,
+    layer_feeds: LayerFeeds | None = None,
 ) -> ImportResult:
     """See :meth:`atoll.store.Store.import_image`."""
     start = time.monotonic()
@@ -525,9 +567,9 @@ def import_image(
     with store.lock():
         store.remove_stale_staging()
         parent = _parent(store, ref, manifest_digest)
-        reused = store.find_import(manifest_digest)
+        reused = find_import(store, manifest_digest)
         if reused is not None:
-            commit_id = store.recommit(reused, image=image, parent=parent)
+            commit_id = recommit(store, reused, image=image, parent=parent)
             if ref is not None:
                 store.set_ref(ref, commit_id)
             stats = ImportStats(len(manifest.layers), 0, 0, 0, 0, time.monotonic() - start, True)
@@ -547,9 +589,10 @@ def import_image(
                 if i < skipped:
                     progress.done(ident, cached=True)
                     continue
-                _apply_layer(importer, source, desc, diff_id, where, progress)
+                limit = expand_limit(store)
+                _apply_layer(importer, source, desc, diff_id, where, progress, limit, layer_feeds)
                 progress.done(ident)
-                if chains:
+                if chains and (i == len(chains) - 1 or importer.worth_recording()):
                     layer_tree, layer_root = importer.write_trees()
                     records.append(
                         ChainRecord(chains[i], i + 1, layer_tree, layer_root, importer.special)
@@ -571,7 +614,7 @@ def import_image(
                 staging.add_metadata(commit_id, COMMIT_SUFFIX, data)
             staging.publish()
             crashpoint("store-import-committed")
-            store.imported(manifest_digest, commit_id, tree)
+            imported(store, manifest_digest, commit_id, tree)
             for record in records:
                 write_chain_record(store.path, record)
                 crashpoint("store-import-chain-written")
@@ -597,6 +640,23 @@ def import_image(
     return ImportResult(commit_id, stats)
 
 
+def expand_limit(store: Store) -> ExpandLimit:
+    """How far the next layer may expand: the free space of the store's file
+    system, or the store's max_layer_size when that is smaller.  The expanded
+    size counts every byte of the tar stream, so a layer whose files the store
+    has already is held to it too: the check is meant to stop a decompression
+    bomb early, not to predict the space an import needs."""
+    try:
+        st = os.statvfs(store.path)
+    except OSError as exc:
+        raise from_oserror(exc, f"the object store {store.path}") from exc
+    free = st.f_bavail * st.f_frsize
+    cap = store.max_layer_size
+    if cap is not None and cap <= free:
+        return ExpandLimit(cap, str(store.path), free_space=False)
+    return ExpandLimit(free, str(store.path), free_space=True)
+
+
 def _parent(store: Store, ref: str | None, manifest_digest: Digest) -> str | None:
     """The commit *ref* names now; when that is this image already, its parent
     (importing an image again under the same ref gives the same commit)."""
@@ -614,9 +674,14 @@ def _apply_layer(
     diff_id: Digest,
     where: str,
     progress: ProgressSink,
+    limit: ExpandLimit | None,
+    layer_feeds: LayerFeeds | None = None,
 ) -> None:
     layer_where = f"{where}: layer {desc.digest}"
-    feed = LayerFeed(source, desc, layer_compression(desc.media_type), diff_id, where, progress)
+    other = layer_feeds(desc, diff_id, layer_where) if layer_feeds is not None else None
+    feed = other or LayerFeed(
+        source, desc, layer_compression(desc.media_type), diff_id, where, progress, limit
+    )
     try:
         importer.apply(feed, layer_where)
     except LayerError:
@@ -628,3 +693,69 @@ def _apply_layer(
     finally:
         feed.close()
         importer.bytes_fetched += feed.fetched
+
+
+# --- what the store remembers of imports ---------------------------------------------
+
+
+def find_import(store: Store, manifest_digest: Digest) -> Commit | None:
+    """A complete commit imported from this manifest before, if any."""
+    path = store.path / STATE_DIR / MANIFESTS_DIR / manifest_digest.hex
+    try:
+        commit_id = path.read_text().strip()
+    except OSError:
+        return None
+    if not store.has_commit(commit_id) or store.is_partial(commit_id):
+        return None
+    try:
+        commit = store.commit(commit_id)
+    except (StoreCorruptError, NotFoundError):
+        return None
+    if commit.manifest_digest != str(manifest_digest):
+        return None
+    if not store.has_object(commit.tree, TREE_SUFFIX):
+        return None
+    return commit
+
+
+def recommit(store: Store, base: Commit, *, image: str, parent: str | None) -> str:
+    """The commit for *base*'s tree with this image name and parent: *base*
+    itself when they match, else a new commit object (no layer is read)."""
+    if base.image == image and base.parent == parent:
+        return base.id
+    commit_id, data = encode_commit(
+        parent=parent,
+        timestamp=base.timestamp,
+        tree=base.tree,
+        root=base.root,
+        image=image,
+        manifest_digest=base.manifest_digest,
+        config_digest=base.config_digest,
+        version=base.version,
+        subject=base.subject,
+        diff_ids=base.diff_ids,
+    )
+    if not store.has_commit(commit_id):
+        staging = Staging(store.path)
+        try:
+            staging.add_metadata(commit_id, COMMIT_SUFFIX, data)
+            staging.publish()
+        finally:
+            staging.close()
+    return commit_id
+
+
+def imported(store: Store, manifest_digest: Digest, commit_id: str, tree: str) -> None:
+    """Record a finished import; clear partial markers it has healed."""
+    write_atomic(
+        store.path / STATE_DIR / MANIFESTS_DIR / manifest_digest.hex,
+        f"{commit_id}\n".encode(),
+        durable=False,
+    )
+    for partial in store.partial_commits():
+        try:
+            healed = partial == commit_id or store.commit(partial).tree == tree
+        except (StoreCorruptError, NotFoundError):
+            continue
+        if healed:
+            (store.path / STATE_DIR / PARTIAL_DIR / partial).unlink(missing_ok=True)

@@ -24,10 +24,10 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from atoll.errors import (
     InvalidInputError,
@@ -38,10 +38,10 @@ from atoll.errors import (
     from_oserror,
 )
 from atoll.fsutil import fsync_dir, syncfs, write_atomic
-from atoll.oci.digest import Digest
-from atoll.oci.manifest import ImageManifest
-from atoll.oci.transports.base import ImageSource
-from atoll.progress import ProgressSink
+from atoll.store import checkout as _checkout
+from atoll.store import fsck as _fsck
+from atoll.store import gc as _gc
+from atoll.store import importer as _importer
 from atoll.store.format import (
     CHAINS_DIR,
     COMMIT_SUFFIX,
@@ -68,20 +68,15 @@ from atoll.store.format import (
     content_id,
     decode_commit,
     decode_tree,
-    encode_commit,
     is_object_id,
     list_names,
     object_relpath,
 )
-from atoll.store.objects import Staging, info_from_stat, remove_staging
-
-if TYPE_CHECKING:
-    from atoll.store.checkout import CheckoutStats
-    from atoll.store.fsck import FsckReport
-    from atoll.store.gc import GcReport
-    from atoll.store.importer import ImportResult
+from atoll.store.objects import info_from_stat, remove_staging
 
 _MAX_SYMLINK_HOPS = 40
+#: A ref is a commit id and a newline: anything much larger is not a ref.
+_REF_MAX = 1024
 _TREE_CACHE = 4096
 #: read_file refuses files larger than this (it is meant for small files).
 READ_FILE_LIMIT = 64 << 20
@@ -168,8 +163,11 @@ class CommitListing:
 class Store:
     """A content-addressed object store in a directory (see :mod:`atoll.store.format`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_layer_size: int | None = None) -> None:
         self.path = path
+        #: The most bytes one layer may expand to (store.json's ``max_layer_size``);
+        #: imports also stop at the free space of the store's file system.
+        self.max_layer_size = max_layer_size
         self.objects = path / OBJECTS_DIR
         self._lock_key = os.path.realpath(path)
         self._trees: dict[str, Tree] = {}
@@ -234,7 +232,13 @@ class Store:
                 f"this atoll reads version {STORE_VERSION} and older",
                 hint="use a newer atoll with this store",
             )
-        return cls(path)
+        max_layer_size = doc.get("max_layer_size")
+        if max_layer_size is not None and (type(max_layer_size) is not int or max_layer_size < 1):
+            raise InvalidInputError(
+                f"{config}: max_layer_size must be a positive number of bytes",
+                hint='write e.g. "max_layer_size": 8589934592, or remove the key',
+            )
+        return cls(path, max_layer_size=max_layer_size)
 
     # --- locking -------------------------------------------------------------------
 
@@ -367,9 +371,12 @@ class Store:
     def ref(self, name: str) -> str | None:
         path = self.path / REFS_DIR / check_ref_name(name)
         try:
-            text = path.read_text().strip()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            path.lstat()
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise from_oserror(exc, str(path)) from exc
+        text = _read_ref(path)
         if not is_object_id(text):
             raise StoreCorruptError(f"ref {name} in {self.path} does not hold a commit id")
         return text
@@ -380,13 +387,14 @@ class Store:
         out: dict[str, str] = {}
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for fname in filenames:
+            # A symlink to a directory is not walked, and is no ref either: it shows as garbage.
+            links = [d for d in dirnames if Path(dirpath, d).is_symlink()]
+            for fname in [*filenames, *links]:
                 if fname.startswith("."):
                     continue
                 path = Path(dirpath, fname)
                 name = str(path.relative_to(root))
-                text = path.read_text().strip()
-                out[name] = text
+                out[name] = _read_ref(path)
         return dict(sorted(out.items()))
 
     def set_ref(self, name: str, commit_id: str | None) -> None:
@@ -424,96 +432,8 @@ class Store:
 
     # --- imports -------------------------------------------------------------------
 
-    def import_image(
-        self,
-        source: ImageSource,
-        manifest: ImageManifest,
-        config_raw: bytes,
-        *,
-        image: str,
-        manifest_digest: Digest,
-        allow_devices: bool = False,
-        progress: ProgressSink | None = None,
-        ref: str | None = None,
-    ) -> ImportResult:
-        """Import an image's layers as one commit; see :mod:`atoll.store.importer`.
-
-        *ref*, when given, is pointed at the new commit (last, atomically), and
-        its previous commit becomes the commit's parent.  An image imported
-        before is not read again.  A failure leaves no commit and no ref."""
-        from atoll.store.importer import import_image
-
-        return import_image(
-            self,
-            source,
-            manifest,
-            config_raw,
-            image=image,
-            manifest_digest=manifest_digest,
-            allow_devices=allow_devices,
-            progress=progress,
-            ref=ref,
-        )
-
-    def find_import(self, manifest_digest: Digest) -> Commit | None:
-        """A complete commit imported from this manifest before, if any."""
-        path = self.path / STATE_DIR / MANIFESTS_DIR / manifest_digest.hex
-        try:
-            commit_id = path.read_text().strip()
-        except OSError:
-            return None
-        if not self.has_commit(commit_id) or self.is_partial(commit_id):
-            return None
-        try:
-            commit = self.commit(commit_id)
-        except (StoreCorruptError, NotFoundError):
-            return None
-        if commit.manifest_digest != str(manifest_digest):
-            return None
-        if not self.has_object(commit.tree, TREE_SUFFIX):
-            return None
-        return commit
-
-    def recommit(self, base: Commit, *, image: str, parent: str | None) -> str:
-        """The commit for *base*'s tree with this image name and parent: *base*
-        itself when they match, else a new commit object (no layer is read)."""
-        if base.image == image and base.parent == parent:
-            return base.id
-        commit_id, data = encode_commit(
-            parent=parent,
-            timestamp=base.timestamp,
-            tree=base.tree,
-            root=base.root,
-            image=image,
-            manifest_digest=base.manifest_digest,
-            config_digest=base.config_digest,
-            version=base.version,
-            subject=base.subject,
-            diff_ids=base.diff_ids,
-        )
-        if not self.has_commit(commit_id):
-            staging = Staging(self.path)
-            try:
-                staging.add_metadata(commit_id, COMMIT_SUFFIX, data)
-                staging.publish()
-            finally:
-                staging.close()
-        return commit_id
-
-    def imported(self, manifest_digest: Digest, commit_id: str, tree: str) -> None:
-        """Record a finished import; clear partial markers it has healed."""
-        write_atomic(
-            self.path / STATE_DIR / MANIFESTS_DIR / manifest_digest.hex,
-            f"{commit_id}\n".encode(),
-            durable=False,
-        )
-        for partial in self.partial_commits():
-            try:
-                healed = partial == commit_id or self.commit(partial).tree == tree
-            except (StoreCorruptError, NotFoundError):
-                continue
-            if healed:
-                (self.path / STATE_DIR / PARTIAL_DIR / partial).unlink(missing_ok=True)
+    #: :func:`atoll.store.importer.import_image`: ``store.import_image(source, …)``.
+    import_image = _importer.import_image
 
     def remove_stale_staging(self) -> None:
         """Delete staging directories of imports that died (call with the lock held)."""
@@ -642,42 +562,11 @@ class Store:
 
     # --- checkout, fsck, gc, ls ----------------------------------------------------
 
-    def checkout(
-        self,
-        commit_id: str,
-        dest: Path,
-        *,
-        copy_paths: Sequence[str] = ("etc",),
-        reuse: tuple[Path, str] | None = None,
-        sync: bool = True,
-    ) -> CheckoutStats:
-        """Materialize a commit at *dest* (which must not exist): hardlinks to
-        the objects, copies under *copy_paths*; with *reuse* ``(old_dir,
-        old_commit)`` by changing (and consuming) an unmodified checkout of
-        another commit.  Ends with a syncfs unless *sync* is False.  See
-        :mod:`atoll.store.checkout`."""
-        from atoll.store.checkout import checkout
-
-        return checkout(self, commit_id, Path(dest), copy_paths=copy_paths, reuse=reuse, sync=sync)
-
-    def checkout_subtree(self, commit_id: str, subpath: str, dest: Path) -> CheckoutStats:
-        """Copy the directory *subpath* of a commit to *dest* (copies, never
-        hardlinks: the result may be edited freely)."""
-        from atoll.store.checkout import checkout_subtree
-
-        return checkout_subtree(self, commit_id, subpath, Path(dest))
-
-    def fsck(self, *, repair: bool = False) -> FsckReport:
-        """Check every object; see :mod:`atoll.store.fsck`."""
-        from atoll.store.fsck import fsck
-
-        return fsck(self, repair=repair)
-
-    def gc(self, keep: Iterable[str] = ()) -> GcReport:
-        """Remove what no ref and no commit in *keep* reaches; see :mod:`atoll.store.gc`."""
-        from atoll.store.gc import gc
-
-        return gc(self, keep)
+    # The work is done by the modules of each; these are the same functions.
+    checkout = _checkout.checkout
+    checkout_subtree = _checkout.checkout_subtree
+    fsck = _fsck.fsck
+    gc = _gc.gc
 
     def ls(self) -> list[CommitListing]:
         """Every commit, newest first, with the refs naming it."""
@@ -692,6 +581,18 @@ class Store:
         ]
 
 
+def _read_ref(path: Path) -> str:
+    """The text of a ref file; "" for what cannot be a ref (not a small regular
+    file of ASCII text), which callers then report as not holding a commit id."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _REF_MAX:
+            return ""
+        return path.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def _read_all(path: str) -> bytes:
     """A small file's bytes, in as few system calls as Python allows."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -704,5 +605,5 @@ def _read_all(path: str) -> bytes:
     return b"".join(chunks)
 
 
-def _version_key(text: str) -> list[Any]:
+def _version_key(text: str) -> list[tuple[int, int | str]]:
     return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text) if p]

@@ -11,9 +11,16 @@ staged until then, never published (see :mod:`atoll.store.objects`).
 ``SCHILY.xattr.*`` and ``LIBARCHIVE.xattr.*`` extended attributes) and GNU
 (``L``/``K`` long names, base-256 numbers) archives, as OCI layers use them.
 It is written for speed: one slice per header, no per-entry objects beyond a
-small slotted record.  Header checksums are checked for archives without the
-``ustar`` magic; for the others the magic is the format check and the diff_id
-guards the bytes.
+small slotted record.  Every header's checksum is checked, as GNU tar does (the
+diff_id only proves the bytes are the ones the image names, not that they are
+a sound archive).  Every number is checked for range before it is used: ids
+up to :data:`MAX_ID` (``(uid_t)-1`` means "no change" to chown, so it cannot
+be stored), sizes up to :data:`MAX_SIZE`, device numbers up to 32 bits, pax
+headers and GNU long names up to :data:`MAX_META`.  ``mtime`` is not read: the
+store keeps no times.
+
+An archive that ends without its two zero blocks is read to its last entry
+(GNU tar lists it too); a layer with no bytes at all is refused.
 """
 
 from __future__ import annotations
@@ -25,18 +32,29 @@ import queue
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from atoll.errors import DigestMismatchError, LayerError
+from atoll.errors import DigestMismatchError, LayerError, NoSpaceError
 from atoll.oci.compression import decompress
 from atoll.oci.digest import Digest, Verifier
 from atoll.oci.manifest import Compression, Descriptor
 from atoll.oci.transports.base import ImageSource
 from atoll.progress import ProgressSink
+from atoll.store.format import MAX_ID
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _QUEUE_DEPTH = 8
+#: Largest entry size (the file object header stores a u64; files are offsets in off_t).
+MAX_SIZE = 2**63 - 1
+#: Largest device major or minor number (Linux keeps 32 bits of each).
+MAX_DEV = 2**32 - 1
+#: Largest pax header or GNU long name/link (as GNU tar and Go's archive/tar cap them).
+MAX_META = 1 << 20
+#: Longest decimal number accepted in a pax record (2**64 has 20 digits).
+_MAX_DIGITS = 20
+_OCTAL = frozenset(b"01234567")
 
 # Entry types, as the importer sees them.
 REGULAR = "0"
@@ -174,14 +192,27 @@ class ByteReader:
 
 
 def _number(field: bytes) -> int:
+    """A numeric header field; ValueError when it is not one (int() alone would
+    take signs, underscores and inner spaces)."""
     if field and field[0] & 0x80:
         # GNU base-256: the first byte only flags it (0x80 positive, 0xff negative).
         value = int.from_bytes(field[1:], "big")
         if field[0] == 0xFF:
             value -= 256 ** (len(field) - 1)
         return value
-    text = field.split(b"\x00", 1)[0].strip()
+    text = field.split(b"\x00", 1)[0].strip(b" \x00")
+    if not _OCTAL.issuperset(text):
+        raise ValueError("not an octal number")
     return int(text, 8) if text else 0
+
+
+def _pax_number(records: dict[str, bytes], key: str, default: int) -> int:
+    value = records.get(key)
+    if value is None:
+        return default
+    if not value.isdigit() or len(value) > _MAX_DIGITS:
+        raise ValueError(f"pax {key} {value[:40]!r} is not a decimal number in range")
+    return int(value)
 
 
 def _cstr(field: bytes) -> bytes:
@@ -195,7 +226,8 @@ def _decode(raw: bytes) -> str:
 
 def _checksum_ok(block: bytes) -> bool:
     stored = _number(block[148:156])
-    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    # The checksum field counts as eight spaces (8 * 32 = 256).
+    unsigned = sum(block) - sum(block[148:156]) + 256
     if stored == unsigned:
         return True
     signed = sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 256
@@ -209,10 +241,10 @@ def _parse_pax(data: bytes, where: str) -> dict[str, bytes]:
         space = data.find(b" ", pos)
         if space < 0:
             break
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise LayerError(f"{where}: malformed pax header") from None
+        digits = data[pos:space]
+        if not digits.isdigit():
+            raise LayerError(f"{where}: malformed pax header")
+        length = int(digits)
         if length <= 0 or pos + length > len(data):
             raise LayerError(f"{where}: malformed pax header")
         record = data[space + 1 : pos + length - 1]
@@ -271,6 +303,7 @@ class TarReader:
         long_name: bytes | None = None
         long_link: bytes | None = None
         r = self._r
+        first = True
         while True:
             if self._unread:
                 r.skip(self._unread)
@@ -279,14 +312,29 @@ class TarReader:
                 r.skip(self._pad)
                 self._pad = 0
             block = r.read(BLOCK)
-            if not block or block == _ZERO_BLOCK:
+            if not block:
+                if first:
+                    raise LayerError(
+                        f"{self._where}: the layer is empty (not even the end of a tar archive)"
+                    )
+                # No end-of-archive blocks: GNU tar accepts this, and so do we.
                 return
+            first = False
+            if block == _ZERO_BLOCK:
+                return
+            if not _checksum_ok(block):
+                raise LayerError(
+                    f"{self._where}: not a tar archive, or a corrupt one (bad header checksum)"
+                )
             magic = block[257:263]
-            if magic not in (b"ustar\x00", b"ustar ") and not _checksum_ok(block):
-                raise LayerError(f"{self._where}: not a tar archive (bad header checksum)")
             flag = block[156:157]
             size = _number(block[124:136])
             if flag in (b"x", b"g", b"L", b"K"):
+                if not 0 <= size <= MAX_META:
+                    raise LayerError(
+                        f"{self._where}: a pax header or GNU long name of {size} bytes "
+                        f"(more than {MAX_META})"
+                    )
                 data = self._data(size)
                 if flag == b"x":
                     pax = _parse_pax(data, self._where)
@@ -332,25 +380,20 @@ class TarReader:
                 if link_raw is not None:
                     linkname = link_raw
                 try:
-                    if "size" in records:
-                        size = int(records["size"])
-                    if "uid" in records:
-                        uid = int(records["uid"])
-                    if "gid" in records:
-                        gid = int(records["gid"])
-                    if "SCHILY.devmajor" in records:
-                        devmajor = int(records["SCHILY.devmajor"])
-                    if "SCHILY.devminor" in records:
-                        devminor = int(records["SCHILY.devminor"])
-                except ValueError:
-                    raise LayerError(
-                        f"{self._where}: {_decode(name)}: malformed number in pax header"
-                    ) from None
+                    size = _pax_number(records, "size", size)
+                    uid = _pax_number(records, "uid", uid)
+                    gid = _pax_number(records, "gid", gid)
+                    devmajor = _pax_number(records, "SCHILY.devmajor", devmajor)
+                    devminor = _pax_number(records, "SCHILY.devminor", devminor)
+                except ValueError as exc:
+                    raise LayerError(f"{self._where}: {_decode(name)}: {exc}") from None
                 xattrs = _xattrs_of(records, self._where, name)
+            mode = _number(block[100:108])
+            self._check_ranges(name, mode, uid, gid, size, devmajor, devminor)
+            mode &= 0o7777
             data_size = size if kind == REGULAR else 0
             self._unread = data_size
             self._pad = -data_size % BLOCK
-            mode = _number(block[100:108]) & 0o7777
             yield TarEntry(
                 _decode(name),
                 kind,
@@ -363,6 +406,21 @@ class TarReader:
                 devminor,
                 xattrs,
             )
+
+    def _check_ranges(
+        self, name: bytes, mode: int, uid: int, gid: int, size: int, major: int, minor: int
+    ) -> None:
+        what = f"{self._where}: {_decode(name)}"
+        if not (0 <= uid <= MAX_ID and 0 <= gid <= MAX_ID):
+            raise LayerError(
+                f"{what}: owner {uid}:{gid} is out of range (ids go from 0 to {MAX_ID})"
+            )
+        if not 0 <= size <= MAX_SIZE:
+            raise LayerError(f"{what}: size {size} is out of range")
+        if mode < 0:
+            raise LayerError(f"{what}: mode {mode} is out of range")
+        if not (0 <= major <= MAX_DEV and 0 <= minor <= MAX_DEV):
+            raise LayerError(f"{what}: device number {major}:{minor} is out of range")
 
 
 def _xattrs_of(records: dict[str, bytes], where: str, name: bytes) -> dict[str, bytes] | None:
@@ -384,13 +442,47 @@ def _xattrs_of(records: dict[str, bytes], where: str, name: bytes) -> dict[str, 
 # --- the layer feed -----------------------------------------------------------------------
 
 _END = object()
+#: How long the consumer waits for the next piece before it looks whether the
+#: producer is still there (it never waits on a thread that has ended).
+_POLL = 0.5
+
+
+@dataclass(frozen=True)
+class ExpandLimit:
+    """The most bytes one layer may expand to, and why."""
+
+    size: int
+    #: The store directory (named in the error).
+    store: str
+    #: True: the free space of the store's file system; False: the store's
+    #: ``max_layer_size``.
+    free_space: bool
+
+    def error(self, where: str) -> Exception:
+        if self.free_space:
+            return NoSpaceError(
+                f"{where}: no space left: the layer expands to more than the "
+                f"{self.size} bytes free for the object store {self.store}",
+                hint="free some space (atoll store gc removes what no deployment needs)",
+            )
+        return LayerError(
+            f"{where}: the layer expands to more than max_layer_size ({self.size} bytes) "
+            f"of the object store {self.store}",
+            hint="raise max_layer_size in the store's store.json if the image is trusted",
+        )
 
 
 class LayerFeed:
     """The decompressed bytes of one layer, produced by a background thread that
     fetches, verifies, decompresses and hashes them.  Iterating raises the
     producer's error, including DigestMismatchError when the blob does not
-    match its descriptor or the decompressed bytes do not match *diff_id*."""
+    match its descriptor or the decompressed bytes do not match *diff_id*, and
+    the error of *limit* when the layer expands to more than it allows.
+
+    The stream can be iterated any number of times: once it has ended (or
+    failed), iterating again returns at once (or raises the same error), so a
+    reader that stops at the archive's end and one that reads to the stream's
+    end never wait for a piece that will not come."""
 
     def __init__(
         self,
@@ -400,6 +492,7 @@ class LayerFeed:
         diff_id: Digest,
         where: str,
         progress: ProgressSink,
+        limit: ExpandLimit | None = None,
     ) -> None:
         self.source = source
         self.desc = desc
@@ -408,6 +501,9 @@ class LayerFeed:
         self.where = where
         self.progress = progress
         self.fetched = 0
+        self.limit = limit
+        self._ended = False
+        self._error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(_QUEUE_DEPTH)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="layer-feed", daemon=True)
@@ -438,8 +534,13 @@ class LayerFeed:
             # An uncompressed layer's diff_id is its digest: hash it once.
             same = self.compression is Compression.NONE and self.diff_id == desc.digest
             diff = None if same else hashlib.new(self.diff_id.algorithm)
+            limit = self.limit
+            expanded = 0
             with self.source.open_blob(desc) as chunks:
                 for piece in decompress(self._counted(chunks, verifier), self.compression):
+                    expanded += len(piece)
+                    if limit is not None and expanded > limit.size:
+                        raise limit.error(f"{self.where}: layer {desc.digest}")
                     if diff is not None:
                         diff.update(piece)
                     self._put(piece)
@@ -457,21 +558,38 @@ class LayerFeed:
             self._put(exc)
 
     def __iter__(self) -> Iterator[bytes]:
-        while True:
-            item = self._queue.get()
+        while not self._ended:
+            try:
+                item = self._queue.get(timeout=_POLL)
+            except queue.Empty:
+                # A producer that has ended put everything it will ever put.
+                if self._thread.is_alive() or not self._queue.empty():
+                    continue
+                self._ended = True
+                self._error = LayerError(f"{self.where}: the layer stream stopped early")
+                break
             if item is _END:
+                self._ended = True
                 return
             if isinstance(item, BaseException):
-                raise item
+                self._ended = True
+                self._error = item
+                break
             yield item
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
-        """Stop the producer (if it still runs) and wait for it."""
+        """Stop the producer (if it still runs) and wait for it.  A stream
+        closed before its end raises when read again, whatever is queued."""
         self._stop.set()
         while self._thread.is_alive():
             with contextlib.suppress(queue.Empty):
                 self._queue.get(timeout=0.05)
         self._thread.join()
+        if not self._ended:
+            self._ended = True
+            self._error = LayerError(f"{self.where}: the layer stream stopped early")
 
 
 def verify_blob(source: ImageSource, desc: Descriptor, where: str) -> None:

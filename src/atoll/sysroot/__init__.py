@@ -1,6 +1,7 @@
 """The device: sysroot layout, deployments, boot entries, /etc merge, lifecycle."""
 
-from atoll.sysroot.bootloader import (
+from atoll.oci.transports import ImageTransport
+from atoll.sysroot.bootloader.entries import (
     BootEntry,
     BootState,
     choose_entry,
@@ -13,7 +14,7 @@ from atoll.sysroot.bootloader import (
 )
 from atoll.sysroot.etcmerge import EtcMergeResult, EtcMergeStrategy, diff_etc, merge_etc
 from atoll.sysroot.layout import SYSROOT_VERSION, Sysroot
-from atoll.sysroot.origin import Deployment, ImageTransport, Origin
+from atoll.sysroot.origin import Deployment, Origin
 
 __all__ = [
     "SYSROOT_VERSION",

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.inspect import read_config, select_manifest
-from atoll.oci.manifest import ImageConfig, ImageManifest, parse_config
+from atoll.oci.manifest import ImageConfig, ImageManifest, parse_config, require_image_config
 from atoll.oci.transports import ImageName, ImageSource, open_source
+from atoll.progress import NullProgress
+from atoll.store import ImportResult, Store
+from atoll.store.partial import TransferReport, import_image
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,25 @@ def open_image(name: ImageName, ctx: SystemContext) -> Iterator[tuple[ImageSourc
     """Open *name*, pick this platform's image and read its config (verified)."""
     with open_source(name, ctx) as source:
         _, manifest = select_manifest(source, ctx.platform)
+        require_image_config(manifest, source.description)
         config_raw = read_config(source, manifest)
         config = parse_config(config_raw, where=source.description)
         yield source, RemoteImage(name, manifest, manifest.digest, config_raw, config)
+
+
+def import_remote(
+    store: Store, name: ImageName, ctx: SystemContext, *, partial: bool = True
+) -> tuple[ImportResult, TransferReport]:
+    """Import *name* into *store* without a sysroot (no ref), each layer on its
+    path (:mod:`atoll.store.partial`; *partial* False: every layer whole)."""
+    with open_image(name, ctx) as (source, image):
+        return import_image(
+            store,
+            source,
+            image.manifest,
+            image.config_raw,
+            image=str(name),
+            manifest_digest=image.digest,
+            progress=NullProgress(),
+            partial=partial,
+        )

@@ -10,13 +10,15 @@ directory device use any directory.  Layout (version :data:`SYSROOT_VERSION`)::
     │   ├── lock                         flock: one lifecycle operation at a time
     │   ├── store/                       the object store (atoll.store)
     │   ├── staged.json                  the staged deployment, until finalize (absent: none)
+    │   ├── dropped.json                 the last staged update finalize dropped, and why
+    │   ├── last-transfer.json           what the last import moved, by path (atoll.store.partial)
     │   ├── run/booted.json              which deployment this boot runs (the device's /run)
     │   └── deploy/STATEROOT/
     │       ├── var/                     the stateroot's /var: shared, never rolled back
     │       └── deploy/
     │           ├── COMMIT.SERIAL/       a deployment: the image's files, /etc merged
     │           └── COMMIT.SERIAL.origin where it came from (JSON, see origin.py)
-    └── boot/                            boot entries and kernels (atoll.sysroot.bootloader)
+    └── boot/                            boot entries and kernels (atoll.sysroot.bootloader.entries)
 
 Lock order: the sysroot lock (``atoll/lock``), then the store lock, then the
 boot lock.  Every lifecycle command takes the sysroot lock for its whole run.
@@ -58,6 +60,10 @@ class Sysroot:
     @property
     def staged_file(self) -> Path:
         return self.meta / "staged.json"
+
+    @property
+    def transfer_file(self) -> Path:
+        return self.meta / "last-transfer.json"
 
     @property
     def booted_file(self) -> Path:

@@ -8,7 +8,10 @@ boots a complete deployment, old or new:
   deployment out under a hidden name; rename it into place; write its origin;
   write ``staged.json``.  The booted deployment and the boot entries are not
   touched.  Until ``staged.json`` exists the new directory is an orphan that
-  ``cleanup`` removes.
+  ``cleanup`` removes.  Each deployment has a ref in the store from before its
+  checkout until after its directory is gone (:mod:`atoll.sysroot.roots`), and
+  staging checks first that the image can be finalized
+  (:mod:`atoll.sysroot.shape`).
 * **finalize** (what shutdown runs): merge /etc into the staged deployment
   (always rebuilt from the store and the booted /etc, so a re-run after a
   crash gives the same result); install its kernel; write the new set of boot
@@ -16,7 +19,9 @@ boots a complete deployment, old or new:
   ones) — the atomic loader swap is the commit point; remove ``staged.json``;
   prune deployments and kernels no entry needs.  A crash before the swap
   leaves the old entries (and ``staged.json``, so the next boot finalizes
-  again); after it, the new ones.
+  again); after it, the new ones.  A finalize that *fails* before the swap
+  drops the staged deployment and records why (:mod:`atoll.sysroot.dropped`):
+  the old entries boot, as ostree does.
 * **rollback**: a new set of entries with the first two swapped (one swap).
 * **boot** (directory device): finalize a pending staged deployment first (the
   previous "shutdown" did not), then choose an entry as firmware would,
@@ -39,20 +44,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll.errors import DeploymentError, NoKernelError
+from atoll.errors import AtollError, DeploymentError, NoKernelError
 from atoll.faults import crashpoint
 from atoll.fsutil import fsync_dir, remove_tree, replace_dir, write_atomic
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName, ImageSource
-from atoll.progress import ProgressSink
+from atoll.progress import NullProgress, ProgressSink
 from atoll.store import Store
 from atoll.store.importer import ImportStats
-from atoll.sysroot import bootloader
-from atoll.sysroot.bootloader import BootEntry
+from atoll.store.partial import TransferReport, import_image
+from atoll.sysroot.bootloader import entries as bootloader
+from atoll.sysroot.bootloader.backend import Bootloader, detect_bootloader
+from atoll.sysroot.bootloader.entries import BootEntry
+from atoll.sysroot.dropped import clear_dropped, record_dropped
 from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
 from atoll.sysroot.layout import DEFAULT_STATEROOT, Sysroot
 from atoll.sysroot.origin import Deployment, origin_for, write_origin
+from atoll.sysroot.roots import IMPORTING_REF, deployment_ref, sync_refs
+from atoll.sysroot.shape import check_complete, check_deployable
 from atoll.sysroot.state import ORIGIN_SUFFIX, BootRecord, SysrootState
 
 log = logging.getLogger(__name__)
@@ -71,6 +81,12 @@ Admission = Callable[[ImageName, RemoteImage], None]
 ImageOpener = Callable[
     [ImageName, SystemContext], AbstractContextManager[tuple[ImageSource, RemoteImage]]
 ]
+#: The boot attempts a newly finalized deployment gets, given its root directory
+#: (the health checks read GREENBOOT_MAX_BOOT_ATTEMPTS there).
+BootTries = Callable[[Path], int]
+#: Pulls the images a new deployment binds (its root, the progress sink, an OCI
+#: layout to take them from or None) before it is staged; raises to refuse it.
+BoundImagesPull = Callable[[Path, ProgressSink | None, Path | None], None]
 
 
 def utc_timestamp() -> str:
@@ -87,6 +103,8 @@ class StageResult:
     files_new: int = 0
     bytes_fetched: int = 0
     message: str = ""
+    #: What the import moved, by path (atoll.store.partial); None: nothing imported.
+    transfer: TransferReport | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +117,7 @@ class StageResult:
             "filesNew": self.files_new,
             "bytesFetched": self.bytes_fetched,
             "message": self.message,
+            "transfer": self.transfer.to_json() if self.transfer else None,
         }
 
 
@@ -118,19 +137,32 @@ class Device:
         ctx: SystemContext | None = None,
         *,
         progress: ProgressSink | None = None,
-        boot_tries: int = DEFAULT_BOOT_TRIES,
+        boot_tries: int | BootTries = DEFAULT_BOOT_TRIES,
         admit: Admission | None = None,
         opener: ImageOpener | None = None,
+        pull_bound: BoundImagesPull | None = None,
+        bootloader: Bootloader | None = None,
     ) -> None:
+        """*boot_tries*, *pull_bound* and the status of the layers above come from
+        the caller (the sysroot knows nothing of health checks or workloads);
+        *bootloader* None: chosen by what ``boot/`` holds at each write, since
+        ``atoll install to-disk`` adds GRUB to a sysroot after installing it."""
         self.sysroot = Sysroot(root)
         self.ctx = ctx or SystemContext()
         self.progress = progress
         self.boot_tries = boot_tries
         self.admit = admit
         self.opener: ImageOpener = opener or open_image
+        self.pull_bound = pull_bound
+        self.bootloader = bootloader
         #: An OCI layout holding bound images (``atoll bundle apply``): staging
         #: takes them from there instead of their registries.
         self.bound_images_layout: Path | None = None
+        #: What the last import of this object moved (atoll.store.partial).
+        self.last_transfer: TransferReport | None = None
+        #: Images without a kernel are accepted by every stage (a container-boot
+        #: device's ``atoll updates run --allow-no-kernel``).
+        self.kernel_optional = False
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -162,20 +194,35 @@ class Device:
     def _import(
         self, store: Store, source: ImageSource, image: RemoteImage, allow_no_kernel: bool
     ) -> tuple[str, ImportStats]:
-        result = store.import_image(
-            source,
-            image.manifest,
-            image.config_raw,
-            image=str(image.name),
-            manifest_digest=image.digest,
-            progress=self.progress,
-        )
-        crashpoint("stage-imported")
-        if not allow_no_kernel and store.kernel(result.commit_id) is None:
-            raise NoKernelError(
-                f"{image.name}: no kernel: the image has no usr/lib/modules/*/vmlinuz",
-                hint="a bootable image needs one; pass --allow-no-kernel to deploy it anyway",
+        # One hold of the store lock from the import to the ref naming its
+        # commit: a gc waiting for the lock finds the commit referenced.
+        with store.lock():
+            result, self.last_transfer = import_image(
+                store,
+                source,
+                image.manifest,
+                image.config_raw,
+                image=str(image.name),
+                manifest_digest=image.digest,
+                progress=self.progress or NullProgress(),
             )
+            write_atomic(
+                self.sysroot.transfer_file,
+                json.dumps(
+                    {"time": utc_timestamp(), "image": str(image.name),
+                     "imageDigest": str(image.digest), **self.last_transfer.to_json()},
+                    indent=2,
+                ).encode(),
+            )  # fmt: skip
+            crashpoint("stage-imported")
+            kernel_optional = allow_no_kernel or self.kernel_optional
+            if not kernel_optional and store.kernel(result.commit_id) is None:
+                raise NoKernelError(
+                    f"{image.name}: no kernel: the image has no usr/lib/modules/*/vmlinuz",
+                    hint="a bootable image needs one; pass --allow-no-kernel to deploy it anyway",
+                )
+            check_deployable(store, result.commit_id, str(image.name))
+            store.set_ref(IMPORTING_REF, result.commit_id)
         return result.commit_id, result.stats
 
     def _checkout(self, store: Store, commit: str, stateroot: str) -> tuple[str, str, int]:
@@ -186,6 +233,8 @@ class Device:
         ident = f"{commit}.{serial}"
         work = deploy_dir / f"{_STAGING_PREFIX}{ident}"
         remove_tree(work)
+        store.set_ref(deployment_ref(stateroot, ident), commit)
+        store.set_ref(IMPORTING_REF, None)
         spare = self._take_spare(deploy_dir)
         if spare is not None:
             spare_dir, spare_commit = spare
@@ -247,7 +296,7 @@ class Device:
             return self._stage_result(deployment, image, stats, "installed")
 
     def _record_origin(
-        self, where: tuple[str, str, int], name: ImageName, image: RemoteImage, **extra: Any
+        self, where: tuple[str, str, int], name: ImageName, image: RemoteImage, **extra: bool | str
     ) -> Deployment:
         origin = origin_for(
             name,
@@ -262,8 +311,8 @@ class Device:
         crashpoint("stage-origin-written")
         return deployment
 
-    @staticmethod
     def _stage_result(
+        self,
         deployment: Deployment | None,
         image: RemoteImage,
         stats: ImportStats | None,
@@ -277,6 +326,7 @@ class Device:
             files_new=stats.files_new if stats else 0,
             bytes_fetched=stats.bytes_fetched if stats else 0,
             message=message,
+            transfer=self.last_transfer if stats else None,
         )
 
     # --- upgrade and switch -----------------------------------------------------------
@@ -303,6 +353,7 @@ class Device:
             current = state.current
             target = name or (state.staged or current).origin.image_name
             store = self.store()
+            sync_refs(store, state)
             with self.opener(target, self.ctx) as (source, image):
                 digest = str(image.digest)
                 staged = state.staged
@@ -317,10 +368,15 @@ class Device:
                 if current.origin.manifest_digest == digest and current.origin.image_name == target:
                     if staged is not None:
                         self._discard_staged(staged)
+                    if self._lacks_objects(store, current.commit):
+                        return self._restore(store, source, image)
                     return self._stage_result(None, image, None, "no changes")
                 if self.admit is not None:
                     self.admit(target, image)
                 commit, stats = self._import(store, source, image, allow_no_kernel)
+            # Finalizing merges /etc from this one's pristine /etc (after the
+            # import, which restores it when the image is the same).
+            check_complete(store, current.commit, "etc", f"deployment {current.id}")
             deployment = self._record_origin(
                 self._checkout(store, commit, current.stateroot),
                 target,
@@ -337,19 +393,27 @@ class Device:
                 self._remove_deployment(staged)
             return self._stage_result(deployment, image, stats, "staged")
 
-    def _pull_bound_images(self, deployment: Deployment) -> None:
-        """Pull the images the new deployment binds (bootc's bound-images.d, see
-        atoll.workloads.bound) into the host's container storage, so its workloads
-        start without network.  A failed pull removes the new deployment: nothing
-        is staged.  Without podman on the host: a warning, and staging goes on."""
-        from atoll.workloads.bound import pull_bound_images
+    @staticmethod
+    def _lacks_objects(store: Store, commit: str) -> bool:
+        """True when a repair marked *commit* partial, or it is gone."""
+        return store.is_partial(commit) or not store.has_commit(commit)
 
+    def _restore(self, store: Store, source: ImageSource, image: RemoteImage) -> StageResult:
+        """Import the booted deployment's image again: that writes back what a
+        store repair removed (the commit is the same; nothing is staged)."""
+        with store.lock():
+            _, stats = self._import(store, source, image, allow_no_kernel=True)
+            store.set_ref(IMPORTING_REF, None)
+        return self._stage_result(None, image, stats, "restored the booted image's objects")
+
+    def _pull_bound_images(self, deployment: Deployment) -> None:
+        """Pull the images the new deployment binds (bootc's bound-images.d) with
+        the caller's *pull_bound*, so its workloads start without network.  A
+        failed pull removes the new deployment: nothing is staged."""
+        if self.pull_bound is None:
+            return
         try:
-            pull_bound_images(
-                self._deploy_path(deployment),
-                progress=self.progress,
-                layout=self.bound_images_layout,
-            )
+            self.pull_bound(self._deploy_path(deployment), self.progress, self.bound_images_layout)
         except BaseException:
             self._remove_deployment(deployment)
             raise
@@ -390,13 +454,50 @@ class Device:
         else:
             remove_tree(path)
         fsync_dir(path.parent)
+        self.store().set_ref(deployment_ref(deployment.stateroot, deployment.id), None)
 
     # --- finalize ---------------------------------------------------------------------
 
     def finalize(self, *, etc_merge: EtcMergeStrategy | None = None) -> FinalizeResult | None:
         """What shutdown runs; *etc_merge* overrides the strategy chosen at staging."""
         with self.sysroot.lock():
-            return self._finalize(etc_merge)
+            return self._finalize_or_drop(etc_merge, reraise=True)
+
+    def _finalize_or_drop(
+        self, override: EtcMergeStrategy | None, *, reraise: bool
+    ) -> FinalizeResult | None:
+        """Finalize; when that fails before the new boot entries are written,
+        drop the staged deployment (the previous entries stay and boot, as
+        ostree does) and record why for ``atoll status``."""
+        try:
+            result = self._finalize(override)
+        except (AtollError, OSError) as exc:
+            self._drop_staged(exc)
+            if reraise:
+                raise
+            log.warning("the staged deployment could not be finalized and was dropped: %s", exc)
+            return None
+        if result is not None:
+            clear_dropped(self.sysroot)
+        return result
+
+    def _drop_staged(self, exc: BaseException) -> None:
+        try:
+            state = self.state()
+        except AtollError:
+            # staged.json itself is unreadable: nothing to finalize, ever.
+            self.sysroot.staged_file.unlink(missing_ok=True)
+            return
+        staged = state.staged
+        if staged is None:
+            return
+        if state.entry_for(staged) is not None:
+            # The entries were swapped: the update is in place; only the
+            # clean-up after the commit point failed.
+            self.sysroot.staged_file.unlink(missing_ok=True)
+            return
+        record_dropped(self.sysroot, staged, exc, utc_timestamp())
+        self._discard_staged(staged)
 
     def _finalize(self, override: EtcMergeStrategy | None) -> FinalizeResult | None:
         state = self.state()
@@ -450,11 +551,9 @@ class Device:
             remove_tree(work)
 
     def _boot_tries(self, deployment: Deployment) -> int:
-        """GREENBOOT_MAX_BOOT_ATTEMPTS of the new deployment (default 3)."""
-        from atoll.health.config import load_config
-
-        config, _ = load_config(self._deploy_path(deployment))
-        return max(1, config.max_boot_attempts)
+        if isinstance(self.boot_tries, int):
+            return max(1, self.boot_tries)
+        return max(1, self.boot_tries(self._deploy_path(deployment)))
 
     @staticmethod
     def checkout_etc(store: Store, commit: str, dest: Path) -> None:
@@ -519,11 +618,11 @@ class Device:
         self._sync_bootloader()
 
     def _sync_bootloader(self, *, boot_success: bool | None = None) -> None:
-        """Keep GRUB's grub.cfg and grubenv in step with the entries, where atoll
-        manages GRUB (a disk made by ``atoll install to-disk``; docs/boot.md)."""
-        from atoll.boot.grub import sync_grub
-
-        sync_grub(self.sysroot.boot, boot_success=boot_success)
+        """Keep the bootloader's own files (GRUB's grub.cfg and grubenv, where
+        atoll manages GRUB; docs/boot.md) in step with the entries."""
+        boot_dir = self.sysroot.boot
+        backend = self.bootloader or detect_bootloader(boot_dir)
+        backend.sync(boot_dir, boot_success=boot_success)
 
     def _kernel(self, store: Store, deployment: Deployment) -> tuple[str, tuple[str, ...]]:
         info = store.kernel(deployment.commit)
@@ -586,9 +685,10 @@ class Device:
             kernels = bootloader.prune_kernels(self.sysroot.boot)
             keep = {d.commit for d in state.deployments.values()}
             store = self.store()
+            sync_refs(store, state)
             report = store.gc(keep)
             crashpoint("cleanup-gc-done")
-            return {"removed": removed, "kernels": kernels, "store": _as_json(report)}
+            return {"removed": removed, "kernels": kernels, "store": report.to_json()}
 
     # --- boot (the directory device) --------------------------------------------------
 
@@ -597,7 +697,7 @@ class Device:
         choose an entry (counting the attempt), record what booted."""
         with self.sysroot.lock():
             if self.state().staged is not None:
-                self._finalize(None)
+                self._finalize_or_drop(None, reraise=False)
             boot_dir = self.sysroot.boot
             state = self.state()
             intended = state.intended_entries()
@@ -695,8 +795,3 @@ def _select(state: SysrootState, selector: str | None) -> Deployment:
             hint="name one by its index in atoll status or a unique prefix of its id",
         )
     return matches[0]
-
-
-def _as_json(report: Any) -> Any:
-    to_json = getattr(report, "to_json", None)
-    return to_json() if callable(to_json) else report

@@ -24,61 +24,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from atoll.errors import InvalidInputError, InvalidReferenceError, SysrootVersionError
+from atoll.errors import InvalidInputError, SysrootVersionError
 from atoll.fsutil import write_atomic
-from atoll.oci.transports import ImageName, Transport
+from atoll.oci.transports import ImageName, ImageTransport, parse_bootc_name
 
 ORIGIN_VERSION = 1
 _ID_RE = re.compile(r"^([0-9a-f]{64})\.(\d+)$")
-
-
-class ImageTransport(StrEnum):
-    """bootc's names for where an image comes from."""
-
-    REGISTRY = "registry"
-    OCI = "oci"
-    OCI_ARCHIVE = "oci-archive"
-    DIR = "dir"
-    CONTAINERS_STORAGE = "containers-storage"
-
-    def image_name(self, image: str) -> ImageName:
-        if self is ImageTransport.REGISTRY:
-            return ImageName.parse(f"docker://{image}")
-        return ImageName.parse(f"{self.value}:{image}")
-
-    @classmethod
-    def parse_name(cls, text: str, transport: str | None = None) -> tuple[str, ImageTransport]:
-        """``IMAGE`` plus ``--transport``, or a full ``TRANSPORT:DETAILS`` name."""
-        if transport is not None:
-            return text, cls(transport)
-        for prefix, kind in (("docker://", cls.REGISTRY), ("registry:", cls.REGISTRY)):
-            if text.startswith(prefix):
-                return text[len(prefix) :], kind
-        for kind in (cls.OCI_ARCHIVE, cls.OCI, cls.DIR, cls.CONTAINERS_STORAGE):
-            if text.startswith(f"{kind.value}:"):
-                return text[len(kind.value) + 1 :], kind
-        return text, cls.REGISTRY
-
-
-def image_name(image: str, transport: ImageTransport) -> ImageName:
-    try:
-        return transport.image_name(image)
-    except InvalidReferenceError as exc:
-        raise InvalidReferenceError(f"invalid image {image!r}: {exc}") from None
-
-
-def _transport_of(name: ImageName) -> ImageTransport:
-    return {
-        Transport.DOCKER: ImageTransport.REGISTRY,
-        Transport.OCI: ImageTransport.OCI,
-        Transport.OCI_ARCHIVE: ImageTransport.OCI_ARCHIVE,
-        Transport.DIR: ImageTransport.DIR,
-        Transport.CONTAINERS_STORAGE: ImageTransport.CONTAINERS_STORAGE,
-    }[name.transport]
 
 
 @dataclass(frozen=True)
@@ -98,7 +52,7 @@ class Origin:
 
     @property
     def image_name(self) -> ImageName:
-        return image_name(self.image, self.transport)
+        return parse_bootc_name(self.image, self.transport)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -200,9 +154,9 @@ def write_origin(path: Path, origin: Origin) -> None:
 
 def origin_for(name: ImageName, manifest_digest: str, **extra: Any) -> Origin:
     """The origin of an image fetched as *name*."""
-    transport = _transport_of(name)
-    if transport is ImageTransport.REGISTRY and name.reference is not None:
-        image = str(name.reference)
-    else:
-        image = str(name).split(":", 1)[1]
-    return Origin(image=image, transport=transport, manifest_digest=manifest_digest, **extra)
+    return Origin(
+        image=name.details,
+        transport=name.bootc_transport,
+        manifest_digest=manifest_digest,
+        **extra,
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.errors import DeploymentError, InvalidInputError
-from atoll.sysroot.bootloader import BootEntry, read_entries
+from atoll.sysroot.bootloader.entries import BootEntry, read_entries
 from atoll.sysroot.layout import Sysroot
 from atoll.sysroot.origin import Deployment, parse_deployment_id, read_origin
 

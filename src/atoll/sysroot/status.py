@@ -7,7 +7,9 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
      "spec": {"image": {"image": "…", "transport": "registry"}, "bootOrder": "default"},
      "status": {"staged": ENTRY | null, "booted": ENTRY | null, "rollback": ENTRY | null,
                 "rollbackQueued": false, "type": "bootcHost",
-                "atoll": {"sysroot": "…", "lastBoot": {...} | null}}}
+                "atoll": {"sysroot": "…", "lastBoot": {...} | null,
+                          "lastRollback": {...} | null, "droppedUpdate": {...} | null,
+                          "lastTransfer": {...} | null}}}
 
     ENTRY = {"image": {"image": {"image": "…", "transport": "registry"},
                        "version": "1.4" | null, "timestamp": "…" | null,
@@ -21,8 +23,11 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
+from atoll.sysroot.dropped import read_dropped
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.state import SysrootState
 
@@ -57,14 +62,20 @@ def _entry(state: SysrootState, deployment: Deployment | None) -> dict[str, Any]
     }
 
 
-def _rollbacks(state: SysrootState) -> list[dict[str, Any]]:
-    """Automatic rollbacks recorded by the health checks (atoll.health.records)."""
-    from atoll.health.records import read_rollbacks
+def _last_transfer(state: SysrootState) -> dict[str, Any] | None:
+    """What the last import moved, by path (written by atoll.sysroot.lifecycle)."""
+    try:
+        data = json.loads(state.sysroot.transfer_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
-    return [r.to_json() for r in read_rollbacks(state.sysroot.root)]
 
-
-def host_document(state: SysrootState) -> dict[str, Any]:
+def host_document(
+    state: SysrootState, *, last_rollback: Mapping[str, object] | None = None
+) -> dict[str, Any]:
+    """*last_rollback*: the newest automatic rollback the health checks recorded
+    (``atoll.health.records``), as its JSON; the caller reads it."""
     booted = state.booted
     spec_source = state.staged or booted or state.default
     spec_image = (
@@ -73,7 +84,7 @@ def host_document(state: SysrootState) -> dict[str, Any]:
         else None
     )
     record = state.booted_record
-    rollbacks = _rollbacks(state)
+    dropped = read_dropped(state.sysroot)
     return {
         "apiVersion": API_VERSION,
         "kind": "BootcHost",
@@ -91,7 +102,9 @@ def host_document(state: SysrootState) -> dict[str, Any]:
             "atoll": {
                 "sysroot": str(state.sysroot.root),
                 "lastBoot": record.to_json() if record else None,
-                "lastRollback": rollbacks[-1] if rollbacks else None,
+                "lastRollback": last_rollback,
+                "droppedUpdate": dropped.to_json() if dropped else None,
+                "lastTransfer": _last_transfer(state),
             },
         },
     }
@@ -143,6 +156,26 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
         lines.append(
             f"Rolled back on {rollback['time']} from {rollback['from'][:12]} after "
             f"{rollback['attemptsUsed']} attempts: {why}"
+        )
+    dropped = status["atoll"].get("droppedUpdate")
+    if dropped:
+        lines.append(
+            f"Update {dropped['image']}"
+            + (f" {dropped['version']}" if dropped["version"] else "")
+            + f" ({dropped['deployment'][:12]}) "
+            f"could not be finalized on {dropped['time']} and was dropped: {dropped['error']}"
+        )
+    transfer = status["atoll"].get("lastTransfer")
+    if transfer:
+        paths = transfer.get("paths", {})
+        parts = [
+            f"{name} {row['bytes']} B/{row['requests']} req"
+            for name, row in paths.items()
+            if row.get("layers")
+        ]
+        lines.append(
+            f"Last update ({transfer.get('time', '-')}): moved {transfer.get('bytesMoved', 0)} B"
+            + (f" — {', '.join(parts)}" if parts else "")
         )
     if status["rollbackQueued"]:
         lines.append("A rollback is queued: the next boot starts the rollback deployment.")

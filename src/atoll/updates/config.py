@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from atoll import stricttoml
 from atoll.errors import InvalidInputError, from_oserror
 from atoll.updates.cron import CronExpression
 from atoll.updates.window import Window
@@ -142,7 +143,7 @@ def load_config(root: Path) -> UpdatesConfig:
 
 def parse_config(text: str, path: Path) -> UpdatesConfig:
     try:
-        data = tomllib.loads(text)
+        data = stricttoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInputError(
             f"{path}: not valid TOML: {exc}",
@@ -343,10 +344,10 @@ def parse_duration(value: int | str) -> datetime.timedelta:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{value} is negative")
-        return datetime.timedelta(seconds=value)
+        value = str(value)
     text = value.strip()
     if text.isdigit():
-        return datetime.timedelta(seconds=int(text))
+        text += "s"
     seconds, pos = 0, 0
     for match in _DURATION_PART.finditer(text):
         if text[pos : match.start()].strip():
@@ -355,7 +356,10 @@ def parse_duration(value: int | str) -> datetime.timedelta:
         pos = match.end()
     if pos == 0 or text[pos:].strip():
         raise ValueError(f"{value!r} is not a duration")
-    return datetime.timedelta(seconds=seconds)
+    try:
+        return datetime.timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{value!r} is too long a duration") from None
 
 
 def format_duration(delta: datetime.timedelta) -> str:

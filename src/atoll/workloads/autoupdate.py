@@ -15,16 +15,18 @@ whose container runs:
    only while the cron expression matches; otherwise it is ``pending``.
 3. **Apply**, units that depend on each other (``After=``/``Requires=``/
    ``Wants=``/``BindsTo=`` naming another updated unit) in order, the others in
-   parallel (*parallel* at a time).  The new images are pulled as
-   ``REPO@DIGEST``, once per digest, shared out over a few podman processes
-   (one per CPU at most); then each unit on its own, as soon as its image is
-   in: tag it as the unit's ``Image=``, restart the unit, then **watch** it for
-   the watch window: it must become active with health ``healthy`` (or no
-   health check) and must not fail, turn unhealthy or be restarted by its
-   manager meanwhile.
-4. **Roll back** a unit that fails the watch: tag the previous image as
-   ``Image=`` again, restart, and remember the digest and why
-   (:mod:`atoll.workloads.updatestate`).
+   waves of *parallel* (:mod:`atoll.workloads.rollout`).  The new images are
+   pulled as ``REPO@DIGEST``, once per digest, shared out over a few podman
+   processes (one per CPU at most); then each wave: tag the image as the
+   units' ``Image=`` (in rounds, so that no restart reads a tag another one
+   moves), restart the units, then **watch** them together for the watch
+   window: each must become active with health ``healthy`` (or no health
+   check) and must not fail, turn unhealthy or be restarted by its manager
+   meanwhile.  A failure stops the waves.
+4. **Roll back** every unit the failing image reached: tag the previous image
+   as ``Image=`` again, restart, and remember the digest and why
+   (:mod:`atoll.workloads.updatestate`).  After the run every unit restarted
+   is asked what it runs; the report says that.
 5. **Prune** after a success: images the unit used before the previous one,
    unless a container uses them.  The previous image stays for a rollback.
 
@@ -47,12 +49,12 @@ from pathlib import Path
 from typing import Any
 
 from atoll.errors import AtollError
-from atoll.faults import crashpoint
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
 from atoll.workloads.control import Health, UnitManager, UnitState, UnitStatus
 from atoll.workloads.localimages import LocalImage, Podman, same_image
 from atoll.workloads.quadlet import LoadResult
+from atoll.workloads.rollout import POLL_INTERVAL, Rollout, Watch, judge, not_ready
 from atoll.workloads.updatecheck import DEFAULT_CONCURRENCY, RemoteCheck, check_references
 from atoll.workloads.updatestate import (
     ImageRecord,
@@ -73,8 +75,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WATCH = 60.0
 DEFAULT_PARALLEL = 4
-#: How often a watched unit's status is asked, in seconds.
-POLL_INTERVAL = 0.5
 
 
 class Updated(StrEnum):
@@ -202,8 +202,18 @@ class AutoUpdater:
         self._state: UpdateState | None = None
         #: Pulls by reference, started for a level of units at once (_start_pulls).
         self._pulls: dict[str, Future[str]] = {}
+        self._restarts = ThreadPoolExecutor(
+            max(1, self.options.parallel), thread_name_prefix="atoll-restart"
+        )
+        self._rollout = Rollout(self, self._restarts)
 
     def run(self, workloads: Sequence[Workload]) -> AutoUpdateResult:
+        try:
+            return self._run(workloads)
+        finally:
+            self._restarts.shutdown()
+
+    def _run(self, workloads: Sequence[Workload]) -> AutoUpdateResult:
         with state_lock(self.state_dir):
             self._state = UpdateState.load(self.state_dir)
             chosen = [w for w in workloads if not self.options.only or w.unit in self.options.only]
@@ -437,13 +447,13 @@ class AutoUpdater:
                     )
                 else:
                     runnable.append(plan)
-            # Each unit tags and restarts on its own as soon as its image is in:
-            # one unit's restart overlaps another group's pull, and a bad image
-            # costs only its own units.
+            # Waves of restarts, watched together (see rollout.py); the pulls run
+            # beside them in pool threads of their own.
             workers = max(1, min(self.options.parallel, len(runnable) or 1))
-            with ThreadPoolExecutor(workers, thread_name_prefix="atoll-update") as pool:
-                self._start_pulls(runnable, pool)
-                list(pool.map(self._pull_and_update, runnable))
+            with ThreadPoolExecutor(workers, thread_name_prefix="atoll-pull") as pulls:
+                self._start_pulls(runnable, pulls)
+                self._rollout.run(runnable)
+        self._rollout.verify()
         self._prune([p for p in plans if p.report.updated is Updated.TRUE])
 
     def _start_pulls(self, plans: Sequence[_Plan], pool: ThreadPoolExecutor) -> None:
@@ -490,10 +500,6 @@ class AutoUpdater:
         for ref, image_id in zip(refs, ids, strict=True):
             futures[ref].set_result(image_id)
 
-    def _pull_and_update(self, plan: _Plan) -> None:
-        if self._pull(plan):
-            self._update_one(plan)
-
     def _pull(self, plan: _Plan) -> bool:
         """Wait for the plan's new image (see _start_pulls); False when its pull failed."""
         ref = plan.target_ref
@@ -513,24 +519,6 @@ class AutoUpdater:
         self._remember(plan.workload.unit, images_add=image_id, image=plan.workload.image)
         return True
 
-    def _update_one(self, plan: _Plan) -> None:
-        workload, report = plan.workload, plan.report
-        old = ImageRecord(report.old_digest, plan.status.image_id, utc_now())
-        new = ImageRecord(plan.target_digest, plan.target_image_id, utc_now())
-        # Durable before the tag moves: a run stopped from here on is finished by
-        # the next one (_resume), which must not take the new image unwatched.
-        self._remember(workload.unit, trial=Trial(new, old))
-        if workload.policy == Policy.REGISTRY:
-            error = self._tag(new.image_id, workload.image)
-            if error is not None:
-                report.updated = Updated.FAILED
-                report.reason = f"tagging the new image as {workload.image}: {error}"
-                self._remember(workload.unit, end_trial=True)
-                return
-        crashpoint("autoupdate-tagged")
-        failure = self._restart_and_watch(workload, plan.target_image_id)
-        self._conclude(workload, report, new, old, failure)
-
     def _conclude(
         self,
         workload: Workload,
@@ -540,32 +528,13 @@ class AutoUpdater:
         failure: str | None,
     ) -> None:
         """Keep the update the unit was watched running, or roll it back."""
-        unit = workload.unit
-        if failure is None:
-            report.updated, report.reason = Updated.TRUE, ""
-            self._remember(unit, image=workload.image, current=new, previous=old, end_trial=True)
-            return
-        log.warning("%s: the update to %s failed: %s", unit, _short(new.digest), failure)
-        if not self.options.rollback:
-            report.updated, report.reason = Updated.FAILED, failure
-            self._remember(unit, image=workload.image, current=new, previous=old, end_trial=True)
-            return
-        report.reason = failure
-        error = self._tag(old.image_id, workload.image)
-        if error is not None:
-            report.updated = Updated.FAILED
-            report.reason = f"{failure}; re-tagging the previous image failed: {error}"
-            return
-        back = self._restart_and_watch(workload, old.image_id, until_ready=True)
-        entry = RolledBack(new.digest or "", new.image_id, failure, utc_now())
-        self._remember(unit, image=workload.image, rollback=entry, end_trial=True)
-        with self._lock:
-            report.rolled_back_digests = tuple(e.digest for e in self._state_of(unit).rolled_back)
-        if back is not None:
-            report.updated = Updated.FAILED
-            report.reason = f"{failure}; the previous image did not start again either: {back}"
-        else:
-            report.updated = Updated.ROLLED_BACK
+        started = UnitStatus(
+            unit=workload.unit, name="", service=workload.service, state=UnitState.ACTIVE,
+            result="", container=report.container, container_id=None, image=workload.image,
+            image_id=new.image_id, health=Health.NONE, restarts=0, since="", main_pid=None,
+        )  # fmt: skip
+        watch = Watch(workload, report, new, old, started, self.monotonic(), failure=failure)
+        self._rollout.conclude([watch])
 
     def _tag(self, image_id: str | None, name: str) -> str | None:
         """Point the tag *name* at *image_id*; None, or why podman could not."""
@@ -575,24 +544,6 @@ class AutoUpdater:
             return exc.message
         return None
 
-    def _restart_and_watch(
-        self, workload: Workload, image_id: str | None, *, until_ready: bool = False
-    ) -> str | None:
-        """Restart the unit; None when it runs *image_id* healthily, else why not."""
-        service = workload.service
-        try:
-            started = self.manager.restart(service, self.options.restart_timeout)
-        except AtollError as exc:
-            return f"the restart failed: {exc.message}"
-        if started.state in (UnitState.FAILED, UnitState.INACTIVE):
-            return f"the restart failed: the unit is {started.state} ({started.result})"
-        if started.image_id and image_id and not same_image(started.image_id, image_id):
-            return (
-                f"the restarted container runs image {started.image_id[:12]}, not {image_id[:12]}"
-            )
-        crashpoint("autoupdate-restarted")
-        return self.watch(service, started, self.options.watch, until_ready=until_ready)
-
     def watch(
         self, service: str, started: UnitStatus, window: float, *, until_ready: bool = False
     ) -> str | None:
@@ -601,20 +552,9 @@ class AutoUpdater:
         deadline = self.monotonic() + window
         status = started
         while True:
-            if status.state in (UnitState.FAILED, UnitState.INACTIVE):
-                return f"the unit is {status.state} ({status.result})"
-            if status.health is Health.UNHEALTHY:
-                return "the container turned unhealthy"
-            if status.restarts > started.restarts or (
-                started.container_id
-                and status.container_id
-                and status.container_id != started.container_id
-            ):
-                return "the container exited and was started again"
-            ready = status.state is UnitState.ACTIVE and status.health in (
-                Health.HEALTHY,
-                Health.NONE,
-            )
+            failure, ready = judge(started, status)
+            if failure is not None:
+                return failure
             remaining = deadline - self.monotonic()
             if remaining <= 0 or (until_ready and ready):
                 break
@@ -623,12 +563,7 @@ class AutoUpdater:
                 status = self.manager.status(service)
             except AtollError as exc:
                 return f"asking its status failed: {exc.message}"
-        if not ready:
-            return (
-                f"not ready within the {window:g} s watch window "
-                f"(state {status.state}, health {status.health})"
-            )
-        return None
+        return None if ready else not_ready(window, status)
 
     def _prune(self, plans: Sequence[_Plan]) -> None:
         """Remove the images updated units used before their previous one (one

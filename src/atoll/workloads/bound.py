@@ -23,11 +23,11 @@ podman stages with a warning.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from atoll import strictjson
 from atoll.errors import AtollError, BoundImageError, ToolMissingError
 from atoll.progress import ProgressSink
 from atoll.workloads.localimages import Podman
@@ -135,7 +135,7 @@ def _layout_refs(layout: Path | None) -> set[str]:
     if layout is None or not (layout / "index.json").is_file():
         return set()
     try:
-        index = json.loads((layout / "index.json").read_bytes())
+        index = strictjson.loads((layout / "index.json").read_bytes())
         return {
             str(m["annotations"][REF_NAME])
             for m in index.get("manifests", [])

@@ -12,12 +12,13 @@ container when the unit is no longer wanted.
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from atoll.errors import ToolMissingError
+from atoll.run import PIPE, TimeoutExpired, spawn
 from atoll.workloads.control import Health, UnitState
 from atoll.workloads.healthcheck import HealthTracker, OnFailure, run_check
 from atoll.workloads.notify import NotifySocket, NotifyState
@@ -30,6 +31,7 @@ from atoll.workloads.runtime import (
     podman,
     podman_env,
     run_commands,
+    started_at,
 )
 
 if TYPE_CHECKING:
@@ -79,28 +81,22 @@ class ContainerRun:
         run_dir = self.supervisor.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         # A cidfile left by a run that was not cleaned up makes podman refuse to start.
-        (run_dir / f"{plan.service.rsplit('.', 1)[0]}.cid").unlink(missing_ok=True)
+        self._cidfile().unlink(missing_ok=True)
         failed = self._commands(plan.start_pre, deadline, env)
         if failed is not None:
             return failed
         argv = plan.start[0].argv
         log.debug("%s: run %s", plan.service, " ".join(argv))
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-            )
-        except OSError as exc:
+            proc = spawn(argv, stdout=PIPE, stderr=PIPE, env=env)
+        except (OSError, ToolMissingError) as exc:
             return RunEnd(Result.EXIT_CODE, EndKind.UNCLEAN_CODE, 203, str(exc))
         while True:
             remaining = deadline - time.monotonic()
             try:
                 out, err = proc.communicate(timeout=min(max(remaining, 0.01), 1.0))
                 break
-            except subprocess.TimeoutExpired:
+            except TimeoutExpired:
                 with self.cond:
                     stopping = not rt.wanted
                 if remaining <= 0 or stopping:
@@ -141,6 +137,8 @@ class ContainerRun:
             container_id = adopt
             state.ready = plan.notify is not NotifyMode.HEALTHY
         info = inspect_container(container_id, env) or {}
+        # An adopted container has been active since it started, not since now.
+        active_since = started_at(info) if adopt is not None else None
         conmon = (info.get("State") or {}).get("ConmonPid")
         with self.cond:
             rt.container_id = container_id
@@ -173,7 +171,9 @@ class ContainerRun:
                     active = True
                     last_ping = now
                     with self.cond:
-                        supervisor.set_state(rt, UnitState.ACTIVE, Result.SUCCESS)
+                        supervisor.set_state(
+                            rt, UnitState.ACTIVE, Result.SUCCESS, since=active_since
+                        )
                         supervisor.settle(rt, True)
                 if waiter.done():
                     break
@@ -261,9 +261,15 @@ class ContainerRun:
         else:
             self._remove(env, graceful=True)
         post = self.plan.stop_post
-        if stopped and [c.argv for c in post] == [c.argv for c in self.plan.stop]:
-            return
-        self._commands(post, deadline, env)
+        if not stopped or [c.argv for c in post] != [c.argv for c in self.plan.stop]:
+            self._commands(post, deadline, env)
+        # The container is gone: its ID file would only be left behind (podman rm
+        # --cidfile reads it but does not remove it).
+        self._cidfile().unlink(missing_ok=True)
+
+    def _cidfile(self) -> Path:
+        """``%t/%N.cid``, where the generated ``podman run`` writes the container's ID."""
+        return self.supervisor.run_dir / f"{self.plan.service.rsplit('.', 1)[0]}.cid"
 
     def _remove(self, env: dict[str, str], *, graceful: bool = False) -> None:
         """Remove the container at once (SIGKILL); *graceful*, after its StopTimeout."""

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import select
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from atoll.errors import AtollError
-from atoll.run import dies_with_caller
+from atoll.run import DEVNULL, PIPE, Process, TimeoutExpired, dies_with_caller, spawn
 from atoll.workloads.runtime import inspect_container, podman
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ class DeathStream:
         self._cond = threading.Condition()
         self._deaths: OrderedDict[str, int | None] = OrderedDict()
         self._since = since - REPLAY
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Process | None = None
         self._closing = False
         self.broken = not self._podman_writes_events()
         if self.broken:
@@ -126,9 +125,9 @@ class DeathStream:
             with tempfile.TemporaryFile() as errors:
                 try:
                     # The stream never ends by itself: it must end with the supervisor.
-                    proc = subprocess.Popen(
-                        dies_with_caller(events, "SIGKILL"), stdin=subprocess.DEVNULL,
-                        stdout=subprocess.PIPE, stderr=errors, env=self.env,
+                    proc = spawn(
+                        dies_with_caller(events, "SIGKILL"), stdout=PIPE, stderr=errors,
+                        env=self.env,
                     )  # fmt: skip
                 except (OSError, AtollError) as exc:
                     self._give_up(f"cannot run podman events: {exc}")
@@ -202,20 +201,14 @@ class PodmanWait(Waiter):
     """A ``podman wait`` child whose output is the exit status."""
 
     def __init__(self, container_id: str, env: Mapping[str, str]) -> None:
-        self._proc = subprocess.Popen(
-            ["podman", "wait", container_id],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=dict(env),
-        )
+        self._proc = spawn(["podman", "wait", container_id], stdout=PIPE, stderr=DEVNULL, env=env)
         self._out: bytes | None = None
 
     def done(self) -> bool:
         return self._proc.poll() is not None
 
     def wait(self, timeout: float) -> bool:
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        with contextlib.suppress(TimeoutExpired):
             self._proc.wait(timeout)
         return self.done()
 

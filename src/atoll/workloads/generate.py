@@ -20,6 +20,7 @@ them with the real generator.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,11 +66,37 @@ class GeneratedService:
 
 
 def quote_word(word: str) -> str:
-    """Quote one argument of an ``Exec*=`` line the way Quadlet does."""
-    if word and not any(c in word for c in " \t\n\"'\\"):
+    """Quote one argument of an ``Exec*=`` line the way Quadlet does.
+
+    Control characters are written as C escapes, which systemd reads back: a raw
+    carriage return, like a newline, would end the line and start another key."""
+    if word and not any(c in word for c in " \"'\\") and not _CONTROL_RE.search(word):
         return word
-    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = _CONTROL_RE.sub(_c_escape, word.replace("\\", "\\\\").replace('"', '\\"'))
     return f'"{escaped}"'
+
+
+# As podman's Quadlet writes them: \t, \r, \n and \xNN for the rest.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_C_ESCAPES = {"\t": "\\t", "\r": "\\r", "\n": "\\n"}
+
+
+def _c_escape(found: re.Match[str]) -> str:
+    c = found.group(0)
+    return _C_ESCAPES.get(c) or f"\\x{ord(c):02x}"
+
+
+def _check_one_line(unit: QuadletUnit, text: str) -> None:
+    """Refuse *text* (a key's value, the source path) if it would not stay on its line."""
+    if _LINE_BREAK_RE.search(text):
+        raise QuadletUnitError(
+            f"{unit.path!r}: a value of the generated service would span lines: {text!r}",
+            hint="remove the control character (write \\r or \\n inside quotes in Exec= words)",
+        )
+
+
+# What systemd (a newline, carriage return or NUL) or an editor takes as a line end.
+_LINE_BREAK_RE = re.compile(r"[\x00\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -114,6 +141,10 @@ class _Service:
         install = self.unit.passthrough.get("Install", ())
         if install:
             sections.append(("Install", tuple((e.key, e.value) for e in install)))
+        _check_one_line(self.unit, str(self.unit.path))
+        for _, pairs in sections:
+            for key, value in pairs:
+                _check_one_line(self.unit, f"{key}={value}")
         return GeneratedService(self.unit.service_name, self.unit.path, tuple(sections))
 
 

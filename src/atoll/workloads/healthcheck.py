@@ -21,12 +21,12 @@ failures in a row; ``none`` when the unit has no HealthCmd.
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from atoll.errors import QuadletUnitError
+from atoll.errors import CommandError, QuadletUnitError, ToolMissingError
+from atoll.run import run
 from atoll.workloads.control import Health
 from atoll.workloads.quadlet import ContainerOptions
 from atoll.workloads.restart import parse_timespan
@@ -118,19 +118,16 @@ def run_check(
 ) -> tuple[bool, str]:
     """Run the container's health check once: (passed, output)."""
     argv = [podman, "healthcheck", "run", container]
-    log.debug("run: %s", " ".join(argv))
     try:
-        proc = subprocess.run(
+        proc = run(
             argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=dict(env),
+            env=env,
             timeout=timeout + 10.0 if timeout != float("inf") else None,
             check=False,
         )
-    except subprocess.TimeoutExpired:
-        return False, f"the check ran longer than {timeout} s"
-    except FileNotFoundError:
+    except ToolMissingError:
         return False, f"{podman} is not installed"
+    except CommandError:
+        return False, f"the check ran longer than {timeout} s"
     output = (proc.stdout + proc.stderr).decode(errors="replace").strip()
     return proc.returncode == 0, output

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from atoll.errors import AtollError, CommandError
-from atoll.run import base_environment, find_tool, run
+from atoll.podman import find_podman, podman_environment
+from atoll.run import run
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,13 @@ class Podman:
     """podman's image commands; *env* replaces the inherited environment."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        self.env = base_environment(env) if env is not None else None
+        self.env = podman_environment({}, env) if env is not None else podman_environment()
         self._binary: str | None = None
 
     @property
     def binary(self) -> str:
         if self._binary is None:
-            self._binary = find_tool("podman")
+            self._binary = find_podman(self.env)
         return self._binary
 
     def _run(self, *args: str, timeout: float = PODMAN_TIMEOUT) -> str:

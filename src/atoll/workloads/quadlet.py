@@ -432,10 +432,37 @@ class LoadResult:
         return {u.name: u for u in self.units}
 
 
+_ESCAPES = {
+    "a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
+    "s": " ", "\\": "\\", '"': '"', "'": "'", " ": " ",
+}  # fmt: skip
+#: The hexadecimal escapes of systemd's cunescape(), and their digits.
+_HEX_DIGITS = {"x": 2, "u": 4, "U": 8}
+_OCTAL = "01234567"
+
+
+def _unescape(value: str, at: int) -> tuple[str, int]:
+    """The character the escape at *value[at]* (just after a backslash) stands for,
+    and where the text goes on; as systemd reads it, so that what the generator
+    writes as \\xNN (a control character in an Exec= word) reads back the same."""
+    c = value[at]
+    length = _HEX_DIGITS.get(c, 0)
+    if length:
+        digits = value[at + 1 : at + 1 + length]
+        if len(digits) == length and all(d in "0123456789abcdefABCDEF" for d in digits):
+            code = int(digits, 16)
+            if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF:
+                return chr(code), at + 1 + length
+    elif c in _OCTAL:
+        digits = value[at : at + 3]
+        if len(digits) == 3 and all(d in _OCTAL for d in digits) and int(digits, 8) < 256:
+            return chr(int(digits, 8)), at + 3
+    return _ESCAPES.get(c, c), at + 1
+
+
 def split_words(value: str) -> list[str]:
     """Split *value* into words as systemd does: quotes group, backslash escapes."""
     words: list[str] = []
-    escapes = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", " ": " "}
     i, n = 0, len(value)
     while i < n:
         while i < n and value[i] in " \t\n":
@@ -447,8 +474,8 @@ def split_words(value: str) -> list[str]:
         while i < n:
             c = value[i]
             if c == "\\" and i + 1 < n:
-                word.append(escapes.get(value[i + 1], value[i + 1]))
-                i += 2
+                decoded, i = _unescape(value, i + 1)
+                word.append(decoded)
                 continue
             if quote:
                 if c == quote:

@@ -15,10 +15,11 @@ For a container the ``podman run`` line is changed in three ways:
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
-import subprocess
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from atoll.errors import CommandError, ToolMissingError
+from atoll.podman import podman as run_podman
+from atoll.podman import podman_environment
+from atoll.run import Completed, run
 from atoll.workloads.generate import GeneratedService
 from atoll.workloads.healthcheck import HealthSpec
 from atoll.workloads.quadlet import ContainerOptions, QuadletUnit, UnitKind, split_words
@@ -238,15 +242,15 @@ def run_commands(
         remaining = max(deadline - time.monotonic(), 0.1)
         log.debug("%s: run %s", what, " ".join(command.argv))
         try:
-            proc = subprocess.run(
+            proc = run(
                 command.argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=dict(env),
+                env=env,
                 timeout=None if remaining == float("inf") else remaining,
                 check=False,
             )
-        except subprocess.TimeoutExpired:
+        except ToolMissingError as exc:
+            return RunEnd(Result.EXIT_CODE, EndKind.UNCLEAN_CODE, 203, str(exc))
+        except CommandError:
             return RunEnd(Result.TIMEOUT, EndKind.TIMEOUT, error=f"{command.argv[0]} timed out")
         except OSError as exc:
             return RunEnd(Result.EXIT_CODE, EndKind.UNCLEAN_CODE, 203, str(exc))
@@ -259,37 +263,16 @@ def run_commands(
 
 
 def podman_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The supervisor's own environment (CONTAINERS_CONF and friends) plus *extra*."""
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    if extra:
-        env.update(extra)
-    return env
+    """podman's environment (atoll.podman: CONTAINERS_CONF and friends of the
+    supervisor's own) plus *extra*."""
+    return podman_environment(extra=extra)
 
 
 def podman(
     *args: str, env: Mapping[str, str] | None = None, timeout: float | None = 120.0
-) -> subprocess.CompletedProcess[bytes]:
+) -> Completed:
     """Run ``podman ARGS`` (not checked: callers look at the return code)."""
-    argv = ["podman", *args]
-    log.debug("run: %s", " ".join(argv))
-    try:
-        return subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=dict(env) if env is not None else podman_env(),
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise ToolMissingError(
-            "podman is not installed", argv=argv, hint="apt-get install podman"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise CommandError(
-            f"podman {args[0]} did not finish within {timeout} s", argv=argv
-        ) from None
+    return run_podman(args, env=env, check=False, timeout=timeout)
 
 
 def inspect_container(
@@ -306,18 +289,42 @@ def inspect_container(
     return data[0] if isinstance(data, list) and data else None
 
 
-def containers_of(unit_name: str, env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Containers (running or not) that carry the label of *unit_name*."""
-    proc = podman(
-        "ps", "-a", "--filter", f"label={UNIT_LABEL}={unit_name}", "--format", "json", env=env
-    )
+def containers_by_unit(env: Mapping[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every container (running or not) that carries a unit label, by unit name: one
+    ``podman ps`` for all units."""
+    proc = podman("ps", "-a", "--filter", f"label={UNIT_LABEL}", "--format", "json", env=env)
     if proc.returncode != 0:
-        return []
+        return {}
     try:
         data = json.loads(proc.stdout or b"[]")
     except ValueError:
-        return []
-    return [c for c in data if isinstance(c, dict)] if isinstance(data, list) else []
+        return {}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for item in data if isinstance(data, list) else []:
+        labels = item.get("Labels") if isinstance(item, dict) else None
+        if isinstance(labels, dict) and isinstance(labels.get(UNIT_LABEL), str):
+            found.setdefault(labels[UNIT_LABEL], []).append(item)
+    return found
+
+
+def started_at(info: Mapping[str, Any]) -> str | None:
+    """When the container of a ``podman container inspect`` started, in state.json's
+    form (UTC, microseconds), or None when podman does not say."""
+    text = str((info.get("State") or {}).get("StartedAt") or "")
+    # podman writes nanoseconds and an offset (2026-12-06T03:54:49.123456789+00:00
+    # or ...Z); Python parses at most microseconds.
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?", text)
+    if match is None:
+        return None
+    base, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    try:
+        when = datetime.datetime.fromisoformat(f"{base}.{(fraction or '0')[:6]:0<6}{zone}")
+    except ValueError:
+        return None
+    if when.year < 1971:
+        return None  # podman's zero time: never started
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def health_of(info: Mapping[str, Any]) -> str | None:

@@ -58,7 +58,7 @@ from atoll.workloads.restart import EndKind, Result, StartLimit
 from atoll.workloads.runtime import (
     RunEnd,
     UnitPlan,
-    containers_of,
+    containers_by_unit,
     plan_unit,
     podman_env,
     run_commands,
@@ -173,13 +173,22 @@ class Supervisor:
                 return [self.resolve(name).status()]
             return [self.units[k].status() for k in sorted(self.units)]
 
-    def set_state(self, rt: UnitRuntime, state: UnitState, result: str | None = None) -> None:
+    def set_state(
+        self,
+        rt: UnitRuntime,
+        state: UnitState,
+        result: str | None = None,
+        *,
+        since: str | None = None,
+    ) -> None:
+        """Change *rt*'s state; *since*: when it changed, if not now (an adopted
+        container has been active since it started)."""
         changed = state != rt.state or (result is not None and result != rt.result)
         rt.state = state
         if result is not None:
             rt.result = result
         if changed:
-            rt.since = _now_iso()
+            rt.since = since or _now_iso()
             log.info("%s: %s (%s)", rt.plan.service, state, rt.result)
         self.write_state()
         self.cond.notify_all()
@@ -473,23 +482,37 @@ class Supervisor:
 
     # --- the whole supervisor ----------------------------------------------------------
 
-    def adopt(self) -> None:
-        """Take over the running containers a previous supervisor started."""
+    def adopt(self) -> list[threading.Thread]:
+        """Take over the running containers a previous supervisor started: one
+        ``podman ps`` for all, then every unit in a thread of its own (the threads
+        are returned, started)."""
         self._read_state()
+        found = containers_by_unit()
+        threads: list[threading.Thread] = []
         for rt in self.units.values():
             if rt.plan.kind is not UnitKind.CONTAINER:
                 continue
-            running = [c for c in containers_of(rt.plan.name) if c.get("State") == "running"]
+            running = [c for c in found.get(rt.plan.name, ()) if c.get("State") == "running"]
             if not running:
                 continue
             container_id = str(running[0].get("Id"))
             log.info("%s: adopting running container %s", rt.plan.service, container_id[:12])
             with self.cond:
                 rt.adopt_id = container_id
-            try:
-                self._start_one(rt, None)
-            except AtollError as exc:
-                log.warning("%s: adopting %s failed: %s", rt.plan.service, container_id[:12], exc)
+                self.set_state(rt, UnitState.ACTIVATING)
+            thread = threading.Thread(
+                target=self._adopt_one, args=(rt, container_id), name=f"adopt {rt.plan.service}"
+            )
+            thread.daemon = True
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    def _adopt_one(self, rt: UnitRuntime, container_id: str) -> None:
+        try:
+            self._start_one(rt, None)
+        except AtollError as exc:
+            log.warning("%s: adopting %s failed: %s", rt.plan.service, container_id[:12], exc)
 
     def _socket_targets(self) -> list[tuple[SocketUnit, UnitRuntime, tuple[str, int]]]:
         found = []
@@ -558,11 +581,13 @@ class Supervisor:
             self.resolve(name)
         self.lock()
         try:
-            self.adopt()
             activated = self.open_sockets()
-            # Answer on the control socket only once the socket units listen:
-            # whoever waits for the supervisor can then connect to them at once.
+            # The control socket answers at once, with the units' states as they
+            # become known (adopted containers go active as each is looked at);
+            # the socket units listen before it, so that whoever waits for the
+            # supervisor can connect to them at once.
             self.serve_control()
+            self.adopt()
             if names:
                 chosen = [self.resolve(n) for n in names]
             else:
@@ -582,6 +607,33 @@ class Supervisor:
         finally:
             self.close()
 
+    def _stop_all(self) -> None:
+        """Stop every unit, all at once but each after the units that were started
+        after it because they need it (systemd's order at shutdown, reversed start
+        order, in parallel wherever the order allows)."""
+        order = self._order()
+        position = {rt.plan.name: i for i, rt in enumerate(order)}
+        stopped = {rt.plan.name: threading.Event() for rt in order}
+
+        def stop(rt: UnitRuntime) -> None:
+            try:
+                # Only units later in the order are waited for: a cycle cannot deadlock.
+                for later in order[position[rt.plan.name] + 1 :]:
+                    if rt in self._deps(later)[0]:
+                        stopped[later.plan.name].wait()
+                self._stop_one(rt)
+            finally:
+                stopped[rt.plan.name].set()
+
+        threads = [
+            threading.Thread(target=stop, args=(rt,), name=f"stop {rt.plan.service}", daemon=True)
+            for rt in order
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
     def _start_quietly(self, name: str) -> None:
         try:
             self.start(name)
@@ -600,8 +652,7 @@ class Supervisor:
         self.shutdown_requested.set()
         for activator in self._activators:
             activator.close()
-        for rt in reversed(self._order()):
-            self._stop_one(rt)
+        self._stop_all()
         if self._server is not None:
             self._server.close()
         self.deaths.close()

@@ -7,6 +7,11 @@
 ``dir:DIR``             manifest and blobs as plain files, one image
 ``containers-storage:`` podman's local image store (through podman)
 ======================  ==============================================
+
+bootc names the same transports a little differently (``--transport``, and
+an origin's ``transport``): ``registry`` for ``docker``, and a bare image
+name is a registry's.  :data:`BOOTC_TRANSPORTS` is the table of those names;
+:func:`parse_bootc_name` reads a name written either way.
 """
 
 from __future__ import annotations
@@ -31,6 +36,26 @@ class Transport(StrEnum):
     DIR = "dir"
     CONTAINERS_STORAGE = "containers-storage"
 
+
+class ImageTransport(StrEnum):
+    """bootc's names for the transports."""
+
+    REGISTRY = "registry"
+    OCI = "oci"
+    OCI_ARCHIVE = "oci-archive"
+    DIR = "dir"
+    CONTAINERS_STORAGE = "containers-storage"
+
+
+#: bootc's name of each transport -> the transport.
+BOOTC_TRANSPORTS: dict[ImageTransport, Transport] = {
+    ImageTransport.REGISTRY: Transport.DOCKER,
+    ImageTransport.OCI: Transport.OCI,
+    ImageTransport.OCI_ARCHIVE: Transport.OCI_ARCHIVE,
+    ImageTransport.DIR: Transport.DIR,
+    ImageTransport.CONTAINERS_STORAGE: Transport.CONTAINERS_STORAGE,
+}
+_BOOTC_NAME_OF = {transport: name for name, transport in BOOTC_TRANSPORTS.items()}
 
 _REF_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]+(?:[:/@+][a-zA-Z0-9._-]+)*$")
 
@@ -66,7 +91,14 @@ class ImageName:
                 raise InvalidReferenceError(
                     f"invalid image name {text!r}: docker references start with docker://"
                 )
-            return cls(transport, reference=ImageReference.parse(rest[2:]))
+            rest = rest[2:]
+        return cls._of(transport, rest, text)
+
+    @classmethod
+    def _of(cls, transport: Transport, rest: str, text: str) -> ImageName:
+        """The name of *transport* whose details are *rest* (*text*: for messages)."""
+        if transport is Transport.DOCKER:
+            return cls(transport, reference=ImageReference.parse(rest))
         if transport is Transport.CONTAINERS_STORAGE:
             if rest.startswith("["):
                 raise InvalidReferenceError(
@@ -84,6 +116,17 @@ class ImageName:
             raise InvalidReferenceError(f"invalid image name {text!r}: bad reference {ref_name!r}")
         return cls(transport, path=Path(path_text), ref_name=ref_name or None)
 
+    @property
+    def bootc_transport(self) -> ImageTransport:
+        return _BOOTC_NAME_OF[self.transport]
+
+    @property
+    def details(self) -> str:
+        """What follows the transport: a registry's reference, a path and tag."""
+        if self.reference is not None and self.transport is Transport.DOCKER:
+            return str(self.reference)
+        return str(self).split(":", 1)[1]
+
     def __str__(self) -> str:
         if self.transport is Transport.DOCKER:
             return f"docker://{self.reference}"
@@ -93,6 +136,27 @@ class ImageName:
         if self.ref_name:
             out += f":{self.ref_name}"
         return out
+
+
+def parse_bootc_name(text: str, transport: str | None = None) -> ImageName:
+    """A name as ``bootc switch`` takes it: IMAGE with *transport* (bootc's
+    name, default ``registry``), or ``TRANSPORT:DETAILS`` in bootc's or
+    skopeo's spelling (``registry:REF``, ``docker://REF``, ``oci:DIR:TAG``, …)."""
+    if transport is None:
+        prefix, sep, rest = text.partition(":")
+        if text.startswith("docker://"):
+            return ImageName.parse(text)
+        if sep and prefix in BOOTC_TRANSPORTS:
+            transport, text = prefix, rest
+    try:
+        kind = BOOTC_TRANSPORTS[ImageTransport(transport or ImageTransport.REGISTRY)]
+    except ValueError:
+        known = ", ".join(t.value for t in ImageTransport)
+        raise InvalidReferenceError(f"unknown transport {transport!r} (known: {known})") from None
+    try:
+        return ImageName._of(kind, text, text)
+    except InvalidReferenceError as exc:
+        raise InvalidReferenceError(f"invalid image {text!r}: {exc}") from None
 
 
 #: For each transport: its module, its source class and its destination class.

@@ -146,6 +146,7 @@ class TarLayout:
     def _index(self) -> dict[str, _Member]:
         members: dict[str, _Member] = {}
         file_size = os.fstat(self._fh.fileno()).st_size
+        end = 0
         try:
             with tarfile.open(fileobj=self._fh, mode="r:") as tar:
                 for info in tar:
@@ -169,9 +170,26 @@ class TarLayout:
                     if info.offset_data + info.size > file_size:
                         raise LayerError(f"{self.path}: truncated in tar entry {info.name!r}")
                     members[name] = _Member(info.offset_data, info.size)
+                end = tar.offset
         except tarfile.TarError as exc:
             raise LayerError(f"{self.path}: not a valid tar file ({exc})") from None
+        self._check_end(end)
         return members
+
+    def _check_end(self, offset: int) -> None:
+        """Refuse an archive whose reading stopped at a damaged header.
+
+        tarfile ends the listing quietly at the first header after the first
+        that fails its checksum, which would make the members after it look
+        absent; GNU tar reports the damage.  What follows the last member must
+        be the end of the file or the zero blocks that end an archive."""
+        block = os.pread(self._fh.fileno(), tarfile.BLOCKSIZE, offset)
+        if block and block.count(0) != len(block):
+            raise LayerError(
+                f"{self.path}: the tar header at byte {offset} is damaged (bad checksum "
+                "or not a header): the archive is corrupt",
+                hint="copy the file again; the members after that point cannot be read",
+            )
 
     def names(self) -> list[str]:
         return sorted(self._members)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atoll import strictjson
 from atoll.errors import (
     AtollError,
     InvalidInputError,
@@ -103,9 +104,9 @@ def ref_name_of(desc: Descriptor) -> str | None:
 def check_layout_marker(raw: bytes, where: str) -> None:
     """Validate the contents of an ``oci-layout`` file."""
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ManifestError(f"{where}: not valid JSON") from None
+        data = strictjson.loads(raw)
+    except strictjson.StrictJSONError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
     version = data.get("imageLayoutVersion") if isinstance(data, dict) else None
     if not isinstance(version, str):
         raise ManifestError(f"{where}: no imageLayoutVersion")
@@ -448,8 +449,8 @@ class LayoutDestination(ImageDestination):
     def put_manifest(self, raw: bytes, media_type: str, *, top_level: bool) -> None:
         if not media_type:
             try:
-                media_type = detect_media_type(json.loads(raw))
-            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                media_type = detect_media_type(strictjson.loads(raw))
+            except (strictjson.StrictJSONError, AttributeError):
                 raise ManifestError(f"{self.description}: manifest is not a JSON object") from None
         desc = Descriptor(media_type, Digest.of(raw), len(raw))
         self.put_blob(desc, [raw])

@@ -27,8 +27,6 @@ temporary directory, so they never touch the machine's default store.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -38,7 +36,6 @@ from atoll.errors import (
     CommandError,
     InvalidReferenceError,
     NotFoundError,
-    ToolMissingError,
     UnsupportedError,
     from_oserror,
 )
@@ -50,43 +47,16 @@ from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport
 from atoll.oci.transports.archive import ArchiveDestination, ArchiveSource
 from atoll.oci.transports.base import ImageDestination, ImageSource
-from atoll.run import base_environment, run
+from atoll.podman import find_podman, podman, podman_environment
+from atoll.run import Completed
 
-#: Variables handed from ``SystemContext.environ`` to podman: they choose its store.
-PODMAN_ENV = (
-    "PATH",
-    "HOME",
-    "TMPDIR",
-    "XDG_RUNTIME_DIR",
-    "XDG_CONFIG_HOME",
-    "XDG_DATA_HOME",
-    "CONTAINERS_CONF",
-    "CONTAINERS_STORAGE_CONF",
-    "CONTAINERS_REGISTRIES_CONF",
-)
 _LOADED_RE = re.compile(r"^Loaded image(?:\(s\))?:\s*(.+)$", re.MULTILINE)
 _ARCHIVE = "image.tar"
+_WHY = "containers-storage: needs it"
 
 
-def podman_environment(ctx: SystemContext) -> dict[str, str]:
-    return base_environment({k: v for k, v in ctx.environ.items() if k in PODMAN_ENV})
-
-
-def _podman_path(env: dict[str, str]) -> str:
-    # Look podman up on the PATH it will run with, which the context may set.
-    found = shutil.which("podman", path=env["PATH"])
-    if found is None:
-        raise ToolMissingError(
-            "podman is not installed; containers-storage: needs it",
-            argv=["podman"],
-            hint="install it with: apt-get install podman",
-        )
-    return found
-
-
-def _podman(ctx: SystemContext, args: Sequence[str | Path]) -> subprocess.CompletedProcess[bytes]:
-    env = podman_environment(ctx)
-    return run([_podman_path(env), *args], env=env)
+def _podman(ctx: SystemContext, args: Sequence[str | Path]) -> Completed:
+    return podman(args, env=podman_environment(ctx.environ), why=_WHY)
 
 
 def _reference_of(name: ImageName) -> ImageReference:
@@ -166,7 +136,7 @@ class StorageDestination(ImageDestination):
             )
         self._ctx = ctx
         # Fail now, not after the whole image was staged, if podman is missing.
-        _podman_path(podman_environment(ctx))
+        find_podman(podman_environment(ctx.environ), why=_WHY)
         self._tmp = _stage_dir(ctx)
         self._finished = False
         try:

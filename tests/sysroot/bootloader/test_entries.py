@@ -17,8 +17,8 @@ import pytest
 
 from atoll.errors import BootEntryError, LocalIOError, LockedError, NoSpaceError
 from atoll.faults import CRASH_ENV
-from atoll.sysroot import bootloader
-from atoll.sysroot.bootloader import (
+from atoll.sysroot.bootloader import entries as bootloader
+from atoll.sysroot.bootloader.entries import (
     BootEntry,
     BootState,
     choose_entry,
@@ -174,7 +174,7 @@ def test_a_malformed_file_in_the_current_set_is_named(boot: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from atoll.sysroot.bootloader import BootEntry, write_entries
+from atoll.sysroot.bootloader.entries import BootEntry, write_entries
 
 entries = [
     BootEntry(id=f"atoll-default-{n}", title=f"Atoll {n}", linux="/atoll/k/vmlinuz")
@@ -312,7 +312,7 @@ def test_a_bad_kernel_version_or_a_missing_file_is_refused(
 KERNEL_CHILD = """
 import sys
 from pathlib import Path
-from atoll.sysroot.bootloader import install_kernel
+from atoll.sysroot.bootloader.entries import install_kernel
 
 install_kernel(Path(sys.argv[1]), "6.1", Path(sys.argv[2]), Path(sys.argv[3]))
 """

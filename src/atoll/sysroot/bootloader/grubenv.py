@@ -15,7 +15,7 @@ installed, on a temporary copy) or by itself, then writes it the way GRUB
 does: over the existing 1024 bytes, in place, and fsyncs it.  The file keeps
 its inode and its blocks, so GRUB, which reads ext4 without replaying the
 journal, finds the new contents where the old ones were; a file renamed over
-it would be a new inode that GRUB might not see (atoll.boot.flush).  The 1024
+it would be a new inode that GRUB might not see (atoll.sysroot.bootloader.flush).  The 1024
 bytes are two disk sectors, as GRUB's own writes are.  Only a missing file (or
 one of the wrong size) is made anew: written to a temporary file, fsynced and
 renamed into place.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from atoll.errors import BootEntryError
-from atoll.sysroot.bootloader import (
+from atoll.sysroot.bootloader.entries import (
     BootEntry,
     BootState,
     choose_entry,

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from atoll.boot.grubenv import (
+from atoll.errors import BootloaderError
+from atoll.sysroot.bootloader.grubenv import (
     ENVBLK_SIZE,
     format_grubenv,
     parse_grubenv,
     read_grubenv,
     update_grubenv,
 )
-from atoll.errors import BootloaderError
 from helpers.parts import require_tool
 
 

@@ -1,6 +1,6 @@
 """Boot Loader Specification type #1 entries: the file format and the boot order.
 
-Pure functions, no file system state: :mod:`atoll.sysroot.bootloader` writes
+Pure functions, no file system state: :mod:`atoll.sysroot.bootloader.entries` writes
 these entries into the sysroot's ``boot/`` and counts boots with them.
 
 **Entry files.**  ``ID.conf``, or ``ID+LEFT.conf`` / ``ID+LEFT-DONE.conf`` with

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from atoll.boot.grub import GrubSettings, grub_config, install_grub_config, sync_grub
-from atoll.boot.grubenv import read_grubenv, update_grubenv
 from atoll.errors import BootloaderError
 from atoll.oci.transports import ImageName
-from atoll.sysroot.bls import BootEntry
+from atoll.sysroot.bootloader.bls import BootEntry
+from atoll.sysroot.bootloader.grub import GrubSettings, grub_config, install_grub_config, sync_grub
+from atoll.sysroot.bootloader.grubenv import read_grubenv, update_grubenv
 from atoll.sysroot.lifecycle import Device
 from helpers.parts import require_tool
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from atoll.errors import BootEntryError
-from atoll.sysroot.bls import (
+from atoll.sysroot.bootloader.bls import (
     BootEntry,
     BootState,
     bootloader_order,

@@ -1,7 +1,7 @@
 """Boot entries and boot counting in the sysroot's ``boot/``.
 
 atoll writes real Boot Loader Specification type #1 entries (format and order:
-:mod:`atoll.sysroot.bls`) that systemd-boot reads as they are; GRUB will read
+:mod:`atoll.sysroot.bootloader.bls`) that systemd-boot reads as they are; GRUB will read
 them through a generated configuration.  Layout, part of sysroot format 1
 (:data:`atoll.sysroot.layout.SYSROOT_VERSION`)::
 
@@ -23,7 +23,7 @@ them through a generated configuration.  Layout, part of sysroot format 1
 **Order.**  The caller gives the entries in boot order, the first being the
 default.  :func:`write_entries` gives all of them ``sort-key atoll`` and
 ``version N`` counting down (N entries: N, N-1, ... 1), so that a bootloader
-sorting by the BLS rules (:func:`atoll.sysroot.bls.bootloader_order`) shows them
+sorting by the BLS rules (:func:`atoll.sysroot.bootloader.bls.bootloader_order`) shows them
 in that order and, with nothing else configured, boots the first.  A ``default``
 in ``loader.conf`` or the ``LoaderEntryDefault`` EFI variable (``bootctl
 set-default``) would override that: atoll sets neither.
@@ -77,7 +77,7 @@ from pathlib import Path, PurePosixPath
 from atoll.errors import BootEntryError, DigestMismatchError, LockedError, from_oserror
 from atoll.faults import crashpoint
 from atoll.fsutil import TMP_PREFIX, fsync_dir, remove_tree
-from atoll.sysroot.bls import (
+from atoll.sysroot.bootloader.bls import (
     KARG,
     BootEntry,
     BootState,

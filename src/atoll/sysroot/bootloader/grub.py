@@ -1,7 +1,7 @@
 """GRUB for atoll: ``grub.cfg`` generated from the boot entries, boot counting in ``grubenv``.
 
 The Boot Loader Specification entries in ``boot/loader/entries`` stay the
-source of truth (:mod:`atoll.sysroot.bootloader`).  GRUB cannot rename files,
+source of truth (:mod:`atoll.sysroot.bootloader.entries`).  GRUB cannot rename files,
 so on a GRUB machine atoll writes two more files each time the entries change
 or a boot is found good::
 
@@ -49,11 +49,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atoll.boot.flush import flush_filesystem, should_flush
-from atoll.boot.grubenv import update_grubenv
 from atoll.errors import BootloaderError, from_oserror
 from atoll.fsutil import write_atomic
-from atoll.sysroot.bootloader import BootEntry, lock_boot, read_entries
+from atoll.sysroot.bootloader.entries import BootEntry, lock_boot, read_entries
+from atoll.sysroot.bootloader.flush import flush_filesystem, should_flush
+from atoll.sysroot.bootloader.grubenv import update_grubenv
 
 GRUB_DIR = "grub"
 CONFIG_NAME = "grub.cfg"
@@ -75,7 +75,7 @@ class GrubSettings:
     boot_prefix: str = "/boot"
     timeout: int = 0
     #: Checkpoint the file system's journal after each write, so that GRUB (which
-    #: does not replay it) reads the new files: atoll.boot.flush.  Set by
+    #: does not replay it) reads the new files: atoll.sysroot.bootloader.flush.  Set by
     #: ``atoll install to-disk``; honoured only on a machine booted by atoll.
     flush_after_write: bool = False
 

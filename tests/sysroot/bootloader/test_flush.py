@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from atoll.boot import flush
-from atoll.boot.grub import GrubSettings, install_grub_config
-from atoll.boot.grubenv import read_grubenv
 from atoll.errors import BootloaderError
 from atoll.oci.transports import ImageName
+from atoll.sysroot.bootloader import flush
+from atoll.sysroot.bootloader.grub import GrubSettings, install_grub_config
+from atoll.sysroot.bootloader.grubenv import read_grubenv
 from atoll.sysroot.lifecycle import Device
 from helpers.parts import missing, require_tool
 

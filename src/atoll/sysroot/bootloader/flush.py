@@ -30,7 +30,7 @@ from pathlib import Path
 
 from atoll.errors import from_oserror
 from atoll.fsutil import syncfs
-from atoll.sysroot.bls import KARG
+from atoll.sysroot.bootloader.bls import KARG
 
 #: ``_IOWR('X', 119, int)`` and ``_IOWR('X', 120, int)`` from linux/fs.h.
 FIFREEZE = 0xC0045877

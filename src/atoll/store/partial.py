@@ -1,0 +1,467 @@
+"""File-level partial pulls of zstd:chunked layers, and what each update moved.
+
+For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
+
+``ranges``
+    The layer is zstd:chunked (:mod:`atoll.oci.chunked`) and comes from a
+    registry.  Its TOC and tar-split are fetched with one ``Range`` request and
+    checked (the manifest annotation's digest covers the TOC, the TOC covers
+    the tar-split and every file's sha256).  Each regular file is looked up in
+    the store by the sha256 of its contents (:mod:`atoll.store.contentindex`)
+    or among the files fetched earlier in this import; the frames of the
+    others are fetched by ``Range`` requests, near ones coalesced (gaps up to
+    :data:`GAP` bytes, at most :data:`MAX_REQUESTS` requests a layer), and each
+    file is decompressed and checked against the TOC before it is kept.  The
+    layer's tar is then rebuilt byte for byte from the tar-split and the files
+    and read by the importer exactly as a downloaded one would be, its diff_id
+    checked at the end: the commit is the one a whole-layer import makes.
+``whole``
+    The layer is downloaded whole: it has no TOC (gzip, plain zstd), the
+    source is local (``oci:``, ``oci-archive:``, ``dir:``: reading it is
+    cheap), the registry ignores ``Range`` (it answered 200; then every later
+    layer of the import goes whole too), the store has none of its files, or
+    the ranges would move nearly as much as the layer (:data:`WHOLE_SHARE`).
+    The TOC and tar-split fetched to decide count in the layer's bytes.
+``present``
+    The store had the layer already (a layer-chain record): nothing was read.
+
+Refused (the import fails, nothing is published, the booted deployment is
+untouched): a TOC that does not match its annotation, a TOC that points outside
+the layer, frames that do not hold the file the TOC names, a range answer
+of the wrong length or place, a tar-split that disagrees with the TOC, and a
+rebuilt tar whose digest is not the diff_id.  A connection that breaks in the
+middle of a range is asked again for the rest (:meth:`RegistryClient.fetch_range`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tempfile
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from atoll.errors import DigestMismatchError, LayerError
+from atoll.fsutil import write_atomic
+from atoll.oci.chunked import (
+    ChunkedInfo,
+    SplitEntry,
+    TocFile,
+    chunked_info,
+    decode_file,
+    parse_tar_split,
+    parse_toc,
+)
+from atoll.oci.client import RangesIgnoredError
+from atoll.oci.digest import Digest
+from atoll.oci.manifest import Compression, Descriptor, ImageManifest, layer_compression
+from atoll.progress import ProgressSink
+from atoll.store.contentindex import ContentIndex, read_verified
+from atoll.store.format import STAGING_PREFIX, TMP_DIR
+
+if TYPE_CHECKING:
+    from atoll.oci.client import RegistryClient
+    from atoll.oci.transports.base import ImageSource
+    from atoll.store.importer import ImportResult
+    from atoll.store.store import Store
+
+#: Ranges closer than this are fetched as one (the gap's bytes are thrown away).
+GAP = 32 << 10
+#: At most this many range requests for one layer's files.
+MAX_REQUESTS = 64
+#: A coalesced range grows no larger than this (unless one file is larger).
+MAX_RANGE = 16 << 20
+#: When the ranges would move this share of the layer or more, fetch it whole.
+WHOLE_SHARE = 0.9
+#: Range requests of one layer in flight at once (a long round trip, as on a
+#: satellite link, is paid once per batch instead of once per request).
+PARALLEL = 4
+
+RANGES = "ranges"
+WHOLE = "whole"
+PRESENT = "present"
+DELTA = "delta"
+PATHS = (DELTA, RANGES, WHOLE, PRESENT)
+
+
+class Feed(Protocol):
+    """The uncompressed tar of a layer, as the importer reads it."""
+
+    fetched: int
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class LayerTransfer:
+    digest: str
+    path: str
+    #: Why this path (for whole layers: why not ranges).
+    reason: str = ""
+    #: Bytes moved over the network for this layer (ranges: TOC, tar-split and files).
+    bytes: int = 0
+    requests: int = 0
+    #: Regular files fetched by range, and found in the store.
+    files_fetched: int = 0
+    files_present: int = 0
+    #: The layer's size as stored in the registry.
+    size: int = 0
+    #: Of ``bytes``: the TOC and tar-split (ranges only).
+    metadata_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "path": self.path,
+            "reason": self.reason,
+            "bytes": self.bytes,
+            "requests": self.requests,
+            "filesFetched": self.files_fetched,
+            "filesPresent": self.files_present,
+            "size": self.size,
+            "metadataBytes": self.metadata_bytes,
+        }
+
+
+@dataclass
+class TransferReport:
+    """Bytes and requests of one update, by path (see the module docstring)."""
+
+    layers: list[LayerTransfer] = field(default_factory=list)
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        out = {p: {"bytes": 0, "requests": 0, "layers": 0, "files": 0} for p in PATHS}
+        for layer in self.layers:
+            row = out[layer.path]
+            # Present layers moved nothing: their bytes are what was saved.
+            row["bytes"] += layer.size if layer.path == PRESENT else layer.bytes
+            row["requests"] += layer.requests
+            row["layers"] += 1
+            row["files"] += layer.files_fetched
+        return out
+
+    @property
+    def bytes_moved(self) -> int:
+        return sum(layer.bytes for layer in self.layers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bytesMoved": self.bytes_moved,
+            "requests": sum(layer.requests for layer in self.layers),
+            "paths": self.totals(),
+            "layers": [layer.to_json() for layer in self.layers],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> TransferReport:
+        layers = [
+            LayerTransfer(
+                digest=str(row["digest"]),
+                path=str(row["path"]),
+                reason=str(row.get("reason", "")),
+                bytes=int(row.get("bytes", 0)),
+                requests=int(row.get("requests", 0)),
+                files_fetched=int(row.get("filesFetched", 0)),
+                files_present=int(row.get("filesPresent", 0)),
+                size=int(row.get("size", 0)),
+                metadata_bytes=int(row.get("metadataBytes", 0)),
+            )
+            for row in data.get("layers", [])
+        ]
+        return cls(layers)
+
+
+@dataclass(frozen=True)
+class _Span:
+    start: int
+    end: int
+    files: tuple[TocFile, ...]
+
+
+def coalesce(files: list[TocFile], gap: int = GAP, cap: int = MAX_REQUESTS) -> list[_Span]:
+    """Ranges covering *files*: neighbours closer than *gap* merged (up to
+    :data:`MAX_RANGE`), then the closest pairs merged until at most *cap* remain."""
+    spans: list[_Span] = []
+    for f in sorted(files, key=lambda f: f.offset):
+        if spans and f.offset - spans[-1].end <= gap and f.end - spans[-1].start <= MAX_RANGE:
+            last = spans[-1]
+            spans[-1] = _Span(last.start, max(last.end, f.end), (*last.files, f))
+        else:
+            spans.append(_Span(f.offset, f.end, (f,)))
+    if len(spans) <= cap:
+        return spans
+    gaps = sorted(spans[i + 1].start - spans[i].end for i in range(len(spans) - 1))
+    limit = gaps[len(spans) - cap - 1]
+    merged = [spans[0]]
+    for span in spans[1:]:
+        last = merged[-1]
+        if span.start - last.end <= limit:
+            merged[-1] = _Span(last.start, max(last.end, span.end), last.files + span.files)
+        else:
+            merged.append(span)
+    return merged
+
+
+class _RebuiltFeed:
+    """The layer's tar, rebuilt from its tar-split and the files; the diff_id is
+    checked once the last byte has been handed out."""
+
+    def __init__(
+        self,
+        entries: list[SplitEntry],
+        files: dict[str, TocFile],
+        local: dict[str, Path],
+        diff_id: Digest,
+        where: str,
+        fetched: int,
+    ) -> None:
+        self.fetched = fetched
+        self._gen = self._rebuild(entries, files, local, diff_id, where)
+
+    @staticmethod
+    def _rebuild(
+        entries: list[SplitEntry],
+        files: dict[str, TocFile],
+        local: dict[str, Path],
+        diff_id: Digest,
+        where: str,
+    ) -> Generator[bytes, None, None]:
+        digest = hashlib.new(diff_id.algorithm)
+        for entry in entries:
+            if entry.raw is not None:
+                digest.update(entry.raw)
+                yield entry.raw
+            elif entry.size:
+                toc_file = files[entry.name]
+                for chunk in read_verified(local[toc_file.sha256], toc_file.sha256, entry.size):
+                    digest.update(chunk)
+                    yield chunk
+        if digest.hexdigest() != diff_id.hex:
+            raise DigestMismatchError(
+                f"{where}: the tar rebuilt from its table of contents does not match "
+                f"diff_id {diff_id} from the image config"
+            )
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._gen
+
+    def close(self) -> None:
+        self._gen.close()
+
+
+class PartialPuller:
+    """Chooses each layer's path and fetches ranges; see the module docstring."""
+
+    def __init__(self, store: Store, source: ImageSource, progress: ProgressSink) -> None:
+        from atoll.oci.transports.docker import DockerSource
+
+        self.store = store
+        self.progress = progress
+        self.report = TransferReport()
+        self._client: RegistryClient | None = None
+        self._repository = ""
+        if isinstance(source, DockerSource):
+            self._client = source.client
+            self._repository = source.reference.repository
+        self._ranges_ok = True
+        self._index: ContentIndex | None = None
+        #: Files fetched in this import: sha256 -> a temporary file.
+        self._fetched: dict[str, Path] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> PartialPuller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def finish(self, manifest: ImageManifest) -> TransferReport:
+        """The report, with the layers the import never asked for as present."""
+        asked = {layer.digest for layer in self.report.layers}
+        for desc in manifest.layers:
+            if str(desc.digest) not in asked:
+                self.report.layers.append(
+                    LayerTransfer(str(desc.digest), PRESENT, "in the store", size=desc.size)
+                )
+        return self.report
+
+    def _whole(self, desc: Descriptor, reason: str, spent: LayerTransfer | None = None) -> None:
+        row = spent or LayerTransfer(str(desc.digest), WHOLE)
+        row.path, row.reason, row.size = WHOLE, reason, desc.size
+        row.bytes += desc.size
+        row.requests += 1
+        if spent is None:
+            self.report.layers.append(row)
+
+    def whole(self, desc: Descriptor, diff_id: Digest, where: str) -> Feed | None:
+        """Every layer whole (partial pulls turned off), and reported."""
+        self._whole(desc, "partial pulls are off")
+        return None
+
+    def feed(self, desc: Descriptor, diff_id: Digest, where: str) -> Feed | None:
+        """A feed for the layer by ranges, or None: the importer downloads it whole."""
+        info = self._info(desc, where)
+        if isinstance(info, str):
+            self._whole(desc, info)
+            return None
+        row = LayerTransfer(str(desc.digest), RANGES, size=desc.size)
+        self.report.layers.append(row)
+        try:
+            return self._by_ranges(desc, info, diff_id, where, row)
+        except RangesIgnoredError:
+            self._ranges_ok = False
+            self._whole(desc, "the registry ignores Range requests", row)
+            return None
+
+    def _info(self, desc: Descriptor, where: str) -> ChunkedInfo | str:
+        if layer_compression(desc.media_type) is not Compression.ZSTD:
+            return "not a zstd layer"
+        info = chunked_info(desc.annotations, desc.size, where)
+        if info is None:
+            return "no table of contents"
+        if info.tar_split is None:
+            return "no tar-split"
+        if self._client is None:
+            return "a local source"
+        if not self._ranges_ok:
+            return "the registry ignores Range requests"
+        if not self._fetched and not self._content_index().by_sha:
+            # A first install: no file can be found, so the TOC is not worth a request.
+            return "the store has no files yet"
+        return info
+
+    def _fetch(self, desc: Descriptor, start: int, end: int) -> bytes:
+        assert self._client is not None
+        data = self._client.fetch_range(self._repository, desc.digest, start, end - start)
+        self.progress.advance(f"{desc.digest}#ranges", len(data))
+        return data
+
+    def _range(self, desc: Descriptor, start: int, end: int, row: LayerTransfer) -> bytes:
+        data = self._fetch(desc, start, end)
+        row.bytes += len(data)
+        row.requests += 1
+        return data
+
+    def _by_ranges(
+        self, desc: Descriptor, info: ChunkedInfo, diff_id: Digest, where: str, row: LayerTransfer
+    ) -> Feed | None:
+        split_pos = info.tar_split
+        assert split_pos is not None
+        start = min(info.toc.offset, split_pos.offset)
+        end = max(info.toc.offset + info.toc.length, split_pos.offset + split_pos.length)
+        sub = f"{desc.digest}#ranges"
+        self.progress.subtask(sub, RANGES, f"ranges of {desc.digest.short}", end - start)
+        meta = self._range(desc, start, end, row)
+        row.metadata_bytes = len(meta)
+        toc = parse_toc(meta[info.toc.offset - start :][: info.toc.length], info, where)
+        split = meta[split_pos.offset - start :][: split_pos.length]
+        entries = parse_tar_split(split, toc, info, where)
+        files = {f.name: f for f in toc.files}
+        local: dict[str, Path] = {}
+        wanted: dict[str, TocFile] = {}
+        index = self._content_index()
+        for entry in entries:
+            if entry.raw is not None or not entry.size:
+                continue
+            toc_file = files.get(entry.name)
+            if toc_file is None or toc_file.size != entry.size:
+                raise LayerError(
+                    f"{where}: its tar-split lists {entry.name!r} ({entry.size} bytes), "
+                    "which its table of contents does not",
+                    hint="the layer's metadata is inconsistent; the image is corrupt",
+                )
+            sha = toc_file.sha256
+            if sha in local or sha in wanted:
+                continue
+            path = self._fetched.get(sha) or index.path(sha)
+            if path is not None:
+                local[sha] = path
+                row.files_present += 1
+            else:
+                wanted[sha] = toc_file
+        spans = coalesce(list(wanted.values()))
+        planned = sum(s.end - s.start for s in spans)
+        if not local or row.bytes + planned >= WHOLE_SHARE * desc.size:
+            reason = (
+                "the store has none of its files"
+                if not local
+                else f"ranges would move {planned} of its {desc.size} bytes"
+            )
+            self.progress.done(sub)
+            self._whole(desc, reason, row)
+            return None
+        # From here the layer moves by ranges: its progress is theirs, not the blob's.
+        self.progress.subtask(str(desc.digest), "layer", f"layer {desc.digest.short}", 0)
+        self.progress.subtask(sub, RANGES, f"ranges of {desc.digest.short}", row.bytes + planned)
+        self.progress.advance(sub, row.bytes)
+        with ThreadPoolExecutor(PARALLEL, thread_name_prefix="ranges") as pool:
+            # In order, at most PARALLEL ahead: memory stays at a few ranges.
+            pending: dict[int, Future[bytes]] = {}
+            for i, span in enumerate(spans):
+                for ahead in range(i, min(i + PARALLEL, len(spans))):
+                    if ahead not in pending:
+                        nxt = spans[ahead]
+                        pending[ahead] = pool.submit(self._fetch, desc, nxt.start, nxt.end)
+                data = pending.pop(i).result()
+                row.bytes += len(data)
+                row.requests += 1
+                for toc_file in span.files:
+                    frames = data[toc_file.offset - span.start : toc_file.end - span.start]
+                    content = decode_file(frames, toc_file, where)
+                    local[toc_file.sha256] = self._keep(toc_file.sha256, content)
+                    row.files_fetched += 1
+        self.progress.done(sub)
+        return _RebuiltFeed(entries, files, local, diff_id, where, row.bytes)
+
+    def _content_index(self) -> ContentIndex:
+        if self._index is None:
+            self._index = ContentIndex.load(self.store)
+        return self._index
+
+    def _keep(self, sha: str, content: bytes) -> Path:
+        """A verified file, kept until the import ends (later layers may share it)."""
+        if self._tmp is None:
+            folder = self.store.path / TMP_DIR
+            # Named like a staging directory: the next import removes it after a crash.
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}partial-", dir=folder)
+        path = Path(self._tmp.name) / sha
+        with contextlib.suppress(FileExistsError):
+            write_atomic(path, content, durable=False)
+        self._fetched[sha] = path
+        return path
+
+
+def import_image(
+    store: Store,
+    source: ImageSource,
+    manifest: ImageManifest,
+    config_raw: bytes,
+    *,
+    image: str,
+    manifest_digest: Digest,
+    progress: ProgressSink,
+    partial: bool = True,
+) -> tuple[ImportResult, TransferReport]:
+    """:meth:`Store.import_image` with each layer on its path (*partial* False:
+    every layer whole, as before), and what it moved."""
+    with PartialPuller(store, source, progress) as puller:
+        result = store.import_image(
+            source,
+            manifest,
+            config_raw,
+            image=image,
+            manifest_digest=manifest_digest,
+            progress=progress,
+            layer_feeds=puller.feed if partial else puller.whole,
+        )
+        return result, puller.finish(manifest)

@@ -1,0 +1,5 @@
+"""Fixtures of the bootloader tests: two versions of an OS image in an OCI layout."""
+
+from helpers.osimage import images
+
+__all__ = ["images"]
