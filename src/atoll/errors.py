@@ -19,7 +19,8 @@ Exit codes are grouped by the part of the system that failed:
 50-59 workloads: Quadlet units and the containers they run
 60-69 the pipeline: signing keys, signatures, the trust policy;
       67-69 builds: blueprints, build steps, the bootable-image lint
-70-79 disks and disk images, the bootloader (GRUB), virtual machines
+70-78 disks and disk images, the bootloader (GRUB), virtual machines
+79    a Python package a device command needs is not installed
 80-84 builds: the base image of a blueprint build
 85-89 the pipeline: promotion, mirroring, offline bundles
 90-94 failover between devices, and the demo
@@ -404,6 +405,11 @@ class DiskError(AtollError):
 class VMError(AtollError):
     exit_code = 73
     summary = "a virtual machine cannot be started (no disk image, bad option, QEMU refused)"
+
+
+class MissingPackageError(AtollError):
+    exit_code = 79
+    summary = "a Python module this command needs is not installed (the message names its package)"
 
 
 class InterruptedError_(AtollError):

@@ -88,11 +88,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="install an image without usr/lib/modules/*/vmlinuz",
     )
+    from atoll.cli.disk import add_target_image_option, register_to_disk
+
+    add_target_image_option(to_fs)
     add_registry_options(to_fs)
     add_platform_options(to_fs)
     _policy_options(to_fs, install=True)
     to_fs.set_defaults(func=_install)
-    from atoll.cli.disk import register_to_disk
 
     register_to_disk(install_sub)
 
@@ -274,6 +276,8 @@ _ROLLED_BACK_HINT = (
 
 
 def _install(args: argparse.Namespace, out: Output) -> int:
+    from atoll.cli.disk import target_image
+
     if args.install_command != "to-filesystem":
         raise UsageError(f"unknown install command {args.install_command}")
     name = parse_bootc_name(args.source, args.transport)
@@ -288,6 +292,7 @@ def _install(args: argparse.Namespace, out: Output) -> int:
         stateroot=args.stateroot,
         kargs=args.karg,
         allow_no_kernel=args.allow_no_kernel,
+        target=target_image(args),
     )
     out.result(_with_trust(result, decisions), _describe_stage(result))
     return 0

@@ -29,7 +29,9 @@ from atoll.cli.common import (
 from atoll.cli.host import running_inside
 from atoll.cli.hostdevice import open_device
 from atoll.errors import UsageError
+from atoll.oci.transports import ImageName
 from atoll.run import find_tool, run
+from atoll.sysroot.fetch import RemoteImage
 from atoll.sysroot.lifecycle import Device
 from atoll.updates import (
     SystemClock,
@@ -82,6 +84,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "--allow-rolled-back",
         action="store_true",
         help="take the image even if this device rolled back from it before",
+    )
+    run_cmd.add_argument(
+        "--allow-no-kernel",
+        action="store_true",
+        help="stage images without usr/lib/modules/*/vmlinuz (a container-boot device)",
     )
     run_cmd.set_defaults(func=_run)
 
@@ -150,7 +157,9 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     except ValueError as exc:
         raise UsageError(f"--max-wait: {exc}", hint="e.g. --max-wait 90m") from None
     device = open_device(Path(args.sysroot), system_context(args), progress=out.progress())
+    device.kernel_optional = args.allow_no_kernel
     root = running_root(device, args.root)
+    _enforce_device_policy(device, root)
     result = run_automatic_update(
         device,
         root,
@@ -175,3 +184,18 @@ def _forget(args: argparse.Namespace, out: Output) -> int:
         f"Forgot {found.image_digest}: updates may take it again",
     )
     return 0
+
+
+def _enforce_device_policy(device: Device, root: Path) -> None:
+    """What ``atoll upgrade`` does: the running system's trust policy
+    (/etc/containers/policy.json) admits an image before it is staged."""
+    from atoll.pipeline.trust import check_image, device_policy_path, load_optional_policy
+
+    policy = load_optional_policy(device_policy_path(root))  # malformed: fails before a fetch
+    if policy is None:
+        return
+
+    def admit(name: ImageName, image: RemoteImage) -> None:
+        check_image(name, image.digest, policy, ctx=device.ctx)
+
+    device.admit = admit

@@ -7,7 +7,8 @@ What the container sees (the default; see :func:`nspawn_command`)::
     /var     VAR, the stateroot's shared /var        writable
     PATH     HOST for each (HOST, PATH) in binds     writable
     /tmp, /run                                       tmpfs, made by nspawn
-    network  loopback only (--private-network)
+    network  loopback only (--private-network), or the host's (host_network=True:
+             the device reaches a registry on the host's loopback)
 
 Arguments after ``--`` become the arguments of the container's systemd, which in
 a container reads them in place of the kernel command line (``systemd.unit=``,
@@ -105,6 +106,7 @@ def nspawn_command(
     readonly_usr: bool = True,
     kernel_cmdline: str = "",
     nspawn: str = "systemd-nspawn",
+    host_network: bool = False,
 ) -> list[str]:
     """The systemd-nspawn command line that boots *root* (checked, not run)."""
     if not _MACHINE.fullmatch(machine):
@@ -122,7 +124,7 @@ def nspawn_command(
         "--keep-unit",
         "--register=no",
         f"--machine={machine}",
-        "--private-network",
+        *([] if host_network else ["--private-network"]),
         "--console=read-only",
         "--kill-signal=SIGKILL",
         "--setenv=SYSTEMD_COLORS=0",
@@ -147,6 +149,7 @@ class BootOptions(TypedDict, total=False):
     binds: Sequence[tuple[Path, str]]
     readonly_usr: bool
     kernel_cmdline: str
+    host_network: bool
 
 
 def boot_container(

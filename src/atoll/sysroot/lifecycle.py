@@ -164,6 +164,9 @@ class Device:
         self.bound_images_layout: Path | None = None
         #: What the last import of this object moved (atoll.store.partial).
         self.last_transfer: TransferReport | None = None
+        #: Images without a kernel are accepted by every stage (a container-boot
+        #: device's ``atoll updates run --allow-no-kernel``).
+        self.kernel_optional = False
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -216,7 +219,8 @@ class Device:
                 ).encode(),
             )  # fmt: skip
             crashpoint("stage-imported")
-            if not allow_no_kernel and store.kernel(result.commit_id) is None:
+            kernel_optional = allow_no_kernel or self.kernel_optional
+            if not kernel_optional and store.kernel(result.commit_id) is None:
                 raise NoKernelError(
                     f"{image.name}: no kernel: the image has no usr/lib/modules/*/vmlinuz",
                     hint="a bootable image needs one; pass --allow-no-kernel to deploy it anyway",
@@ -264,8 +268,11 @@ class Device:
         stateroot: str = DEFAULT_STATEROOT,
         kargs: Sequence[str] = (),
         allow_no_kernel: bool = False,
+        target: ImageName | None = None,
     ) -> StageResult:
-        """``atoll install to-filesystem``: the first deployment of an empty sysroot."""
+        """``atoll install to-filesystem``: the first deployment of an empty sysroot.
+        With *target*, the origin names it instead of *name*: the device installed from
+        a local copy (an ``oci-archive:`` on a stick) follows *target* when it upgrades."""
         self.sysroot.create()
         with self.sysroot.lock():
             state = self.state()
@@ -279,7 +286,9 @@ class Device:
                 if self.admit is not None:
                     self.admit(name, image)
                 commit, stats = self._import(store, source, image, allow_no_kernel)
-            deployment = self._record_origin(self._checkout(store, commit, stateroot), name, image)
+            deployment = self._record_origin(
+                self._checkout(store, commit, stateroot), target or name, image
+            )
             var = self.sysroot.var(stateroot)
             if not var.exists():
                 # /var comes from the image once, at install; updates never touch it.
