@@ -103,6 +103,13 @@ class RegistryError(AtollError):
     summary = "a registry answered with an error"
 
 
+class RangesIgnoredError(RegistryError):
+    """Partial pulls catch it and fetch whole layers instead."""
+
+    exit_code = 28
+    summary = "a registry answered a Range request with the whole blob"
+
+
 class AuthenticationError(RegistryError):
     exit_code = 21
     summary = "a registry refused the credentials, or credentials are needed"

@@ -48,6 +48,7 @@ from atoll.errors import (
     DigestMismatchError,
     ManifestError,
     NetworkError,
+    RangesIgnoredError,
     RegistryError,
     UnsupportedError,
 )
@@ -115,14 +116,6 @@ _DELETE_HINT = (
 )
 
 Body = bytes | Iterator[bytes] | None
-
-
-class RangesIgnoredError(RegistryError):
-    """The registry answered a ``Range`` request with the whole blob.  Partial
-    pulls catch it and fetch whole layers instead; it reaches the user only
-    where no such fallback exists."""
-
-    exit_code = 16
 
 
 @dataclass(frozen=True)
