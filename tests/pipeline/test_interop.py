@@ -1,139 +1,226 @@
-"""Interoperability with containers/image, with skopeo as the oracle.
+"""Interoperability with containers/image's sigstore code, with podman 5 as the oracle.
 
-(a) skopeo reads atoll's signatures: a policy.json requiring ``sigstoreSigned`` and
-    a registries.d entry with ``use-sigstore-attachments: true``.
-(b) atoll reads skopeo's: ``skopeo copy --sign-by-sigstore-private-key`` with a
-    key ``atoll key generate`` wrote (so skopeo also proves the key format).
+Debian bookworm's podman 4.3.1 and skopeo 1.9.3 are built with sigstore
+disabled ("Debian-local change"), so the oracle is Debian trixie's podman
+5.4.2, booted under systemd-nspawn (helpers.podman5).  It shares this machine's
+network and reaches the test registry over plain HTTP (registries.conf marks it
+insecure; registries.d has ``use-sigstore-attachments: true`` for it).  atoll
+runs here, as the ``atoll`` command; podman runs in the host; the keys,
+passphrases and policies both read are files in the host's ``/etc/containers``.
+
+(a) podman reads atoll's signatures: ``atoll sign`` signs, and ``podman pull``
+    under a policy requiring ``sigstoreSigned`` with atoll's public key admits
+    the image, and refuses it with another key or with one byte of the signed
+    payload changed.  ``atoll verify --policy`` with the same policy agrees.
+(b) atoll reads podman's: ``podman push --sign-by-sigstore-private-key`` with a
+    key ``atoll key generate --passphrase-file`` wrote (in both PEM types, so
+    podman also proves the key format), and ``atoll verify`` accepts the image
+    with that key's public half and refuses it with another.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from atoll.errors import BadSignatureError
+from atoll.oci.client import RegistryClient
+from atoll.oci.digest import Digest
 from atoll.oci.reference import ImageReference
-from atoll.pipeline import (
-    generate_key_pair,
-    load_private_key,
-    load_public_key,
-    read_passphrase,
-    sign_image,
-    verify_image,
-)
-from atoll.pipeline.keys import COSIGN_PEM_TYPE
-from helpers.images import build_image
-from helpers.parts import require_tool
+from atoll.pipeline.keys import COSIGN_PEM_TYPE, SIGSTORE_PEM_TYPE
+from atoll.pipeline.sigstore import attachment_tag
+from helpers.cli import run_atoll
+from helpers.parts import missing
+from helpers.podman5 import SystemdHost, ensure_tree, unavailable
 from helpers.registry import RegistryView
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+#: Where the host's /etc/containers (helpers.podman5's ``conf``) keeps this file's files.
+SHARED = "atoll-interop"
 
 
-def registries_d(tmp_path: Path, host: str) -> Path:
-    directory = tmp_path / "registries.d"
-    directory.mkdir(exist_ok=True)
-    (directory / "atoll-test.yaml").write_text(
-        f"docker:\n  {host}:\n    use-sigstore-attachments: true\n"
+@dataclass(frozen=True)
+class Oracle:
+    """The podman 5 host and the directory it shares with this process."""
+
+    host: SystemdHost
+    #: On this machine; the same files are ``/etc/containers/atoll-interop`` in the host.
+    shared: Path
+
+    def inside(self, path: Path) -> str:
+        return f"/etc/containers/{SHARED}/{path.relative_to(self.shared)}"
+
+    def podman(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.host.run("podman", *args, check=False)
+
+    def set_policy(self, policy: dict[str, object]) -> Path:
+        """Make *policy* the host's policy.json; return a copy of it for ``atoll verify``."""
+        text = json.dumps(policy, indent=2) + "\n"
+        (self.host.conf / "policy.json").write_text(text)
+        copy = self.shared / "policy.json"
+        copy.write_text(text)
+        return copy
+
+
+@pytest.fixture(scope="module")
+def oracle(registry_servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oracle]:
+    why = unavailable()
+    if why is not None:
+        missing(f"a host with podman 5 (the sigstore oracle): {why}")
+    root = ensure_tree()
+    registry_host = registry_servers.get("plain").host
+    host = SystemdHost(root, tmp_path_factory.mktemp("podman5"), (registry_host,))
+    registries_d = host.conf / "registries.d"
+    registries_d.mkdir(exist_ok=True)
+    (registries_d / "atoll-interop.yaml").write_text(
+        f"docker:\n  {registry_host}:\n    use-sigstore-attachments: true\n"
     )
-    return directory
+    shared = host.conf / SHARED
+    shared.mkdir()
+    host.start()
+    try:
+        version = host.run("podman", "--version").stdout.split()[-1]
+        assert int(version.split(".")[0]) >= 5, f"the oracle must be podman 5, not {version}"
+        yield Oracle(host, shared)
+    finally:
+        host.stop()
 
 
-def sigstore_policy(tmp_path: Path, public_key: Path) -> Path:
-    policy = tmp_path / "sigstore-policy.json"
-    policy.write_text(
-        json.dumps(
-            {
-                "default": [{"type": "reject"}],
-                "transports": {
-                    "docker": {"": [{"type": "sigstoreSigned", "keyPath": str(public_key)}]},
-                    "dir": {"": [{"type": "insecureAcceptAnything"}]},
-                    "oci": {"": [{"type": "insecureAcceptAnything"}]},
-                },
-            }
-        )
-    )
-    return policy
+def atoll(*args: str, code: int = 0) -> dict[str, object]:
+    proc = run_atoll(*args, "--json")
+    assert proc.returncode == code, f"atoll {' '.join(args)}: {proc.returncode} {proc.stderr}"
+    if code != 0:
+        return {}
+    result: dict[str, object] = json.loads(proc.stdout)
+    return result
 
 
-#: What Debian's containers/image 5.23 (skopeo 1.9.3, podman 4.3.1) says: it is
-#: built with disable-sigstore.patch, which refuses to sign or verify sigstore.
-_SIGSTORE_DISABLED = "sigstore disabled"
+def generate_key(directory: Path, name: str, pem_type: str = "cosign") -> tuple[Path, Path, Path]:
+    """``atoll key generate --passphrase-file``: (private key, public key, passphrase file)."""
+    passphrase = directory / f"{name}.passphrase"
+    passphrase.write_text(f"{name} passphrase\n")
+    prefix = directory / name
+    atoll("key", "generate", "--output", str(prefix), "--passphrase-file", str(passphrase),
+          "--pem-type", pem_type)  # fmt: skip
+    return directory / f"{name}.key", directory / f"{name}.pub", passphrase
 
 
-def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run skopeo; skip when its containers/image was built without sigstore.
-
-    Debian's skopeo 1.9.3 is ("Debian-local change: sigstore disabled"): the tool
-    is installed, it just cannot be the oracle, so this skips even in CI."""
-    proc = subprocess.run(
-        [require_tool("skopeo"), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if _SIGSTORE_DISABLED in proc.stderr:
-        message = proc.stderr.strip().splitlines()[-1]
-        pytest.skip(f"this skopeo cannot use sigstore signatures: {message}")
-    return proc
+def sigstore_policy(public_key: Path) -> dict[str, object]:
+    """Reject everything but docker images signed by *public_key* (given as keyData,
+    so one policy file serves podman in the host and atoll here)."""
+    key_data = base64.b64encode(public_key.read_bytes()).decode()
+    return {
+        "default": [{"type": "reject"}],
+        "transports": {"docker": {"": [{"type": "sigstoreSigned", "keyData": key_data}]}},
+    }
 
 
-def test_skopeo_accepts_an_atoll_signed_image_and_refuses_another_key(
-    registry: RegistryView, tmp_path: Path
+ACCEPT_ANYTHING: dict[str, object] = {"default": [{"type": "insecureAcceptAnything"}]}
+
+
+def change_one_payload_byte(registry: RegistryView, ref: ImageReference) -> None:
+    """Rewrite the image's signature attachment with its signed payload changed but
+    its signature kept: ``"optional":null`` becomes ``"optional":{}`` and two
+    spaces, the same length and still the same claims, so only the signature
+    check can tell."""
+    with RegistryClient(ref.registry, registry.ctx()) as client:
+        digest = client.get_manifest(ref.repository, ref.manifest_ref).digest
+        tag = attachment_tag(digest)
+        fetched = client.get_manifest(ref.repository, tag)
+        manifest = json.loads(fetched.raw)
+        (layer,) = manifest["layers"]
+        payload = client.fetch_blob(ref.repository, Digest.parse(layer["digest"]), layer["size"])
+        changed = payload.replace(b'"optional":null}', b'"optional":{}  }')
+        assert changed != payload and len(changed) == len(payload), payload
+        assert json.loads(changed)["critical"] == json.loads(payload)["critical"]
+        changed_digest = Digest.of(changed)
+        client.upload_blob(ref.repository, changed_digest, [changed], size=len(changed))
+        layer["digest"] = str(changed_digest)
+        raw = json.dumps(manifest, separators=(",", ":")).encode()
+        client.put_manifest(ref.repository, tag, raw, fetched.media_type)
+
+
+def test_podman_5_pulls_an_atoll_signed_image_only_with_the_signers_key(
+    oracle: Oracle, registry: RegistryView
 ) -> None:
-    signer = generate_key_pair(tmp_path / "signer")
-    stranger = generate_key_pair(tmp_path / "stranger")
+    key, public, passphrase = generate_key(oracle.shared, "signer")
+    _, stranger, _ = generate_key(oracle.shared, "stranger")
     repo = registry.new_repo("interop")
-    registry.push_test_image(repo, "v1")
-    ref = ImageReference.parse(f"{registry.host}/{repo}:v1")
-    sign_image(ref, load_private_key(signer.private_path), registry.ctx())
-    regd = registries_d(tmp_path, registry.host)
+    registry.push_test_image(repo, "v1", seed="atoll-signed")
+    ref = f"{registry.host}/{repo}:v1"
+    signed = atoll("sign", f"docker://{ref}", "--key", str(key),
+                   "--passphrase-file", str(passphrase))  # fmt: skip
+    assert signed["signatures"] == 1
 
-    def pull(public_key: Path, dest: str) -> subprocess.CompletedProcess[str]:
-        return skopeo(
-            "--policy", str(sigstore_policy(tmp_path, public_key)),
-            "--registries.d", str(regd),
-            "copy", "--remove-signatures", "--src-tls-verify=false",
-            f"docker://{ref}", f"dir:{tmp_path / dest}",
-        )  # fmt: skip
+    policy = oracle.set_policy(sigstore_policy(public))
+    pulled = oracle.podman("pull", "--quiet", ref)
+    assert pulled.returncode == 0, pulled.stderr
+    inspected = oracle.podman("image", "inspect", "--format", "{{.Digest}}", ref)
+    assert inspected.stdout.strip() == signed["digest"], inspected.stderr
+    assert atoll("verify", f"docker://{ref}", "--policy", str(policy))["admitted_by"] == (
+        "sigstoreSigned"
+    )
+    assert oracle.podman("rmi", "--force", ref).returncode == 0
 
-    ok = pull(signer.public_path, "good")
-    assert ok.returncode == 0, ok.stderr
-    assert (tmp_path / "good" / "manifest.json").is_file()
-
-    refused = pull(stranger.public_path, "bad")
+    policy = oracle.set_policy(sigstore_policy(stranger))
+    refused = oracle.podman("pull", "--quiet", ref)
     assert refused.returncode != 0
-    assert "signature" in refused.stderr.lower(), refused.stderr
+    assert "cryptographic signature verification failed" in refused.stderr, refused.stderr
+    assert oracle.podman("image", "exists", ref).returncode != 0
+    atoll("verify", f"docker://{ref}", "--policy", str(policy),
+          code=BadSignatureError.exit_code)  # fmt: skip
+
+    change_one_payload_byte(registry, ImageReference.parse(ref))
+    policy = oracle.set_policy(sigstore_policy(public))
+    refused = oracle.podman("pull", "--quiet", ref)
+    assert refused.returncode != 0
+    assert "cryptographic signature verification failed" in refused.stderr, refused.stderr
+    assert oracle.podman("image", "exists", ref).returncode != 0
+    atoll("verify", f"docker://{ref}", "--policy", str(policy),
+          code=BadSignatureError.exit_code)  # fmt: skip
+    atoll("verify", f"docker://{ref}", "--key", str(public), code=BadSignatureError.exit_code)
 
 
-def test_atoll_verifies_an_image_skopeo_signed_with_an_atoll_key(
-    registry: RegistryView, tmp_path: Path
+@pytest.mark.parametrize("pem_type", ["cosign", "sigstore"])
+def test_atoll_verifies_an_image_podman_5_signed_with_an_atoll_key(
+    oracle: Oracle, registry: RegistryView, pem_type: str
 ) -> None:
-    passphrase = tmp_path / "passphrase"
-    passphrase.write_text("interop passphrase\n")
-    pair = generate_key_pair(tmp_path / "cosign", read_passphrase(passphrase))
-    assert COSIGN_PEM_TYPE in pair.private_path.read_text()
-    layout = tmp_path / "layout"
-    build_image(layout, "v1", seed="skopeo-signed")
+    key, public, passphrase = generate_key(oracle.shared, f"podman-{pem_type}", pem_type)
+    wanted = COSIGN_PEM_TYPE if pem_type == "cosign" else SIGSTORE_PEM_TYPE
+    assert f"BEGIN {wanted}" in key.read_text()
+    _, stranger, _ = generate_key(oracle.shared, f"stranger-{pem_type}")
     repo = registry.new_repo("interop")
-    ref = ImageReference.parse(f"{registry.host}/{repo}:v1")
-    proc = skopeo(
-        "--policy", str(registry.policy),
-        "--registries.d", str(registries_d(tmp_path, registry.host)),
-        "copy", "--dest-tls-verify=false",
-        "--sign-by-sigstore-private-key", str(pair.private_path),
-        "--sign-passphrase-file", str(passphrase),
-        f"oci:{layout}:v1", f"docker://{ref}",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    registry.push_test_image(repo, "unsigned", seed=f"podman-signed-{pem_type}")
+    source = f"{registry.host}/{repo}:unsigned"
+    ref = f"{registry.host}/{repo}:v1"
 
-    result = verify_image(ref, [load_public_key(pair.public_path)], registry.ctx())
-    assert result.verified == 1
-    assert result.identity == str(ref)
-    stranger = generate_key_pair(tmp_path / "stranger")
-    with pytest.raises(BadSignatureError):
-        verify_image(ref, [load_public_key(stranger.public_path)], registry.ctx())
+    oracle.set_policy(ACCEPT_ANYTHING)
+    pulled = oracle.podman("pull", "--quiet", source)
+    assert pulled.returncode == 0, pulled.stderr
+    pushed = oracle.podman(
+        "push", "--quiet",
+        "--sign-by-sigstore-private-key", oracle.inside(key),
+        "--sign-passphrase-file", oracle.inside(passphrase),
+        source, ref,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+
+    verified = atoll("verify", f"docker://{ref}", "--key", str(public))
+    assert verified["verified"] == 1
+    assert verified["identity"] == ref
+    atoll("verify", f"docker://{ref}", "--key", str(stranger), code=BadSignatureError.exit_code)
+    policy = oracle.set_policy(sigstore_policy(public))
+    assert atoll("verify", f"docker://{ref}", "--policy", str(policy))["admitted_by"] == (
+        "sigstoreSigned"
+    )
+    # podman reads back what it signed under the same policy: the oracle agrees with itself.
+    again = oracle.podman("pull", "--quiet", ref)
+    assert again.returncode == 0, again.stderr
