@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from atoll.errors import BadSignatureError
+from atoll.errors import BadSignatureError, SignedIdentityMismatchError
 from atoll.oci.client import RegistryClient
 from atoll.oci.digest import Digest
 from atoll.oci.reference import ImageReference
@@ -62,9 +62,13 @@ class Oracle:
         return self.host.run("podman", *args, check=False)
 
     def set_policy(self, policy: dict[str, object]) -> Path:
-        """Make *policy* the host's policy.json; return a copy of it for ``atoll verify``."""
+        """Make *policy* the host's policy.json; return a copy of it for ``atoll verify``.
+
+        Key paths in *policy* are this machine's: the host's copy names the same
+        files where the host sees them."""
         text = json.dumps(policy, indent=2) + "\n"
-        (self.host.conf / "policy.json").write_text(text)
+        inside = text.replace(f'"{self.shared}/', f'"/etc/containers/{SHARED}/')
+        (self.host.conf / "policy.json").write_text(inside)
         copy = self.shared / "policy.json"
         copy.write_text(text)
         return copy
@@ -224,3 +228,116 @@ def test_atoll_verifies_an_image_podman_5_signed_with_an_atoll_key(
     # podman reads back what it signed under the same policy: the oracle agrees with itself.
     again = oracle.podman("pull", "--quiet", ref)
     assert again.returncode == 0, again.stderr
+
+
+#: signedIdentity kinds (containers-policy.json(5)) and which of the references
+#: below each admits: the image was signed as A:v1 in A, and its copy in B was
+#: signed as A:v1 too (a mirror keeping the original identity).
+IDENTITY_CASES: dict[str, tuple[dict[str, str], set[str]]] = {
+    "matchRepoDigestOrExact": ({"type": "matchRepoDigestOrExact"}, {"A:v1", "A@digest"}),
+    "matchExact": ({"type": "matchExact"}, {"A:v1"}),
+    "matchRepository": ({"type": "matchRepository"}, {"A:v1", "A:other", "A@digest"}),
+    "exactReference": (
+        {"type": "exactReference", "dockerReference": "{A}:v1"},
+        {"A:v1", "A:other", "A@digest", "B:v1"},
+    ),
+    "exactReference-other-tag": (
+        {"type": "exactReference", "dockerReference": "{A}:other"},
+        set(),
+    ),
+    "exactRepository": (
+        {"type": "exactRepository", "dockerRepository": "{A}"},
+        {"A:v1", "A:other", "A@digest", "B:v1"},
+    ),
+    "remapIdentity": (
+        {"type": "remapIdentity", "prefix": "{B}", "signedPrefix": "{A}"},
+        {"A:v1", "A@digest", "B:v1"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IDENTITY_CASES))
+def test_podman_5_and_atoll_agree_on_signed_identities(
+    oracle: Oracle, registry: RegistryView, case: str
+) -> None:
+    key, public, passphrase = generate_key(oracle.shared, f"identity-{case}")
+    names = {"A": f"{registry.host}/{registry.new_repo('origin')}",
+             "B": f"{registry.host}/{registry.new_repo('mirror')}"}  # fmt: skip
+    for name in names.values():
+        repo = name.split("/", 1)[1]
+        registry.push_test_image(repo, "v1", seed=f"identity-{case}")
+    origin = ImageReference.parse(f"{names['A']}:v1")
+    with RegistryClient(origin.registry, registry.ctx()) as client:
+        fetched = client.get_manifest(origin.repository, "v1")
+        client.put_manifest(origin.repository, "other", fetched.raw, fetched.media_type)
+    for name in names.values():
+        atoll("sign", f"docker://{name}:v1", "--key", str(key), "--passphrase-file",
+              str(passphrase), "--identity", f"{names['A']}:v1")  # fmt: skip
+    refs = {
+        "A:v1": f"{names['A']}:v1",
+        "A:other": f"{names['A']}:other",
+        "A@digest": f"{names['A']}@{fetched.digest}",
+        "B:v1": f"{names['B']}:v1",
+    }
+    identity, admitted = IDENTITY_CASES[case]
+    policy = sigstore_policy(public)
+    requirement = policy["transports"]["docker"][""][0]  # type: ignore[index]
+    requirement["signedIdentity"] = {k: v.format(**names) for k, v in identity.items()}
+    policy_file = oracle.set_policy(policy)
+
+    by_podman, by_atoll = set(), set()
+    for label, ref in refs.items():
+        oracle.podman("rmi", "--all", "--force")
+        pulled = oracle.podman("pull", "--quiet", ref)
+        if pulled.returncode == 0:
+            by_podman.add(label)
+        else:
+            assert "Source image rejected" in pulled.stderr, pulled.stderr
+        verified = run_atoll("verify", f"docker://{ref}", "--policy", str(policy_file))
+        if verified.returncode == 0:
+            by_atoll.add(label)
+        else:
+            assert verified.returncode == SignedIdentityMismatchError.exit_code, verified.stderr
+    assert (by_podman, by_atoll) == (admitted, admitted)
+
+
+def test_podman_5_and_atoll_add_signatures_to_each_others_attachments(
+    oracle: Oracle, registry: RegistryView
+) -> None:
+    """podman signs, atoll adds a signature to podman's attachment, podman adds
+    one to that: each reads and extends what the other wrote."""
+    names = ("podman", "atoll", "podman-again")
+    keys = {who: generate_key(oracle.shared, f"joint-{who}") for who in names}
+    repo = registry.new_repo("interop")
+    registry.push_test_image(repo, "unsigned", seed="joint")
+    source = f"{registry.host}/{repo}:unsigned"
+    ref = f"{registry.host}/{repo}:v1"
+    oracle.set_policy(ACCEPT_ANYTHING)
+    assert oracle.podman("pull", "--quiet", source).returncode == 0
+
+    def podman_sign(who: str) -> None:
+        key, _, passphrase = keys[who]
+        pushed = oracle.podman(
+            "push", "--quiet",
+            "--sign-by-sigstore-private-key", oracle.inside(key),
+            "--sign-passphrase-file", oracle.inside(passphrase),
+            source, ref,
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+
+    podman_sign("podman")
+    key, _, passphrase = keys["atoll"]
+    signed = atoll("sign", f"docker://{ref}", "--key", str(key),
+                   "--passphrase-file", str(passphrase))  # fmt: skip
+    assert signed["signatures"] == 2
+    podman_sign("podman-again")
+
+    for who, (_, public, _) in keys.items():
+        verified = atoll("verify", f"docker://{ref}", "--key", str(public))
+        assert (verified["digest"], verified["signatures"], verified["verified"]) == (
+            signed["digest"], 3, 1,
+        ), who  # fmt: skip
+        oracle.set_policy(sigstore_policy(public))
+        oracle.podman("rmi", "--all", "--force")
+        pulled = oracle.podman("pull", "--quiet", ref)
+        assert pulled.returncode == 0, f"{who}: {pulled.stderr}"
