@@ -341,3 +341,41 @@ def test_podman_5_and_atoll_add_signatures_to_each_others_attachments(
         oracle.podman("rmi", "--all", "--force")
         pulled = oracle.podman("pull", "--quiet", ref)
         assert pulled.returncode == 0, f"{who}: {pulled.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("field", "trusted", "admitted"),
+    [
+        ("keyPaths", ("stranger", "signer"), True),
+        ("keyPaths", ("stranger",), False),
+        ("keyDatas", ("signer", "stranger"), True),
+        ("keyDatas", ("stranger",), False),
+    ],
+)
+def test_podman_5_and_atoll_agree_on_a_list_of_keys(
+    oracle: Oracle, registry: RegistryView, field: str, trusted: tuple[str, ...], admitted: bool
+) -> None:
+    """sigstoreSigned with keyPaths or keyDatas (containers/image 5.34, podman
+    5.4): a signature by any one of the keys is enough."""
+    case = f"{field}-{len(trusted)}-{admitted}"
+    keys = {who: generate_key(oracle.shared, f"{case}-{who}") for who in ("signer", "stranger")}
+    repo = registry.new_repo("interop")
+    registry.push_test_image(repo, "v1", seed=case)
+    ref = f"{registry.host}/{repo}:v1"
+    key, _, passphrase = keys["signer"]
+    atoll("sign", f"docker://{ref}", "--key", str(key), "--passphrase-file", str(passphrase))
+    publics = [keys[who][1] for who in trusted]
+    if field == "keyPaths":
+        listed = [str(public) for public in publics]
+    else:
+        listed = [base64.b64encode(public.read_bytes()).decode() for public in publics]
+    policy = oracle.set_policy(
+        {
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {"": [{"type": "sigstoreSigned", field: listed}]}},
+        }
+    )
+    pulled = oracle.podman("pull", "--quiet", ref)
+    assert (pulled.returncode == 0) is admitted, pulled.stderr
+    code = 0 if admitted else BadSignatureError.exit_code
+    atoll("verify", f"docker://{ref}", "--policy", str(policy), code=code)
