@@ -61,6 +61,16 @@ class Oracle:
     def podman(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.host.run("podman", *args, check=False)
 
+    def push_signed(self, key: Path, passphrase: Path, source: str, dest: str) -> None:
+        """``podman push`` *source* (in podman's store) to *dest*, signing it with *key*."""
+        pushed = self.podman(
+            "push", "--quiet",
+            "--sign-by-sigstore-private-key", self.inside(key),
+            "--sign-passphrase-file", self.inside(passphrase),
+            source, dest,
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+
     def set_policy(self, policy: dict[str, object]) -> Path:
         """Make *policy* the host's policy.json; return a copy of it for ``atoll verify``.
 
@@ -130,7 +140,7 @@ def sigstore_policy(public_key: Path) -> dict[str, object]:
 ACCEPT_ANYTHING: dict[str, object] = {"default": [{"type": "insecureAcceptAnything"}]}
 
 
-def change_one_payload_byte(registry: RegistryView, ref: ImageReference) -> None:
+def change_signed_payload(registry: RegistryView, ref: ImageReference) -> None:
     """Rewrite the image's signature attachment with its signed payload changed but
     its signature kept: ``"optional":null`` becomes ``"optional":{}`` and two
     spaces, the same length and still the same claims, so only the signature
@@ -174,23 +184,20 @@ def test_podman_5_pulls_an_atoll_signed_image_only_with_the_signers_key(
     )
     assert oracle.podman("rmi", "--force", ref).returncode == 0
 
-    policy = oracle.set_policy(sigstore_policy(stranger))
-    refused = oracle.podman("pull", "--quiet", ref)
-    assert refused.returncode != 0
-    assert "cryptographic signature verification failed" in refused.stderr, refused.stderr
-    assert oracle.podman("image", "exists", ref).returncode != 0
-    atoll("verify", f"docker://{ref}", "--policy", str(policy),
-          code=BadSignatureError.exit_code)  # fmt: skip
+    def both_refuse(trusted: Path) -> None:
+        policy = oracle.set_policy(sigstore_policy(trusted))
+        refused = oracle.podman("pull", "--quiet", ref)
+        assert refused.returncode != 0
+        assert "cryptographic signature verification failed" in refused.stderr, refused.stderr
+        assert oracle.podman("image", "exists", ref).returncode != 0
+        atoll("verify", f"docker://{ref}", "--policy", str(policy),
+              code=BadSignatureError.exit_code)  # fmt: skip
+        atoll("verify", f"docker://{ref}", "--key", str(trusted),
+              code=BadSignatureError.exit_code)  # fmt: skip
 
-    change_one_payload_byte(registry, ImageReference.parse(ref))
-    policy = oracle.set_policy(sigstore_policy(public))
-    refused = oracle.podman("pull", "--quiet", ref)
-    assert refused.returncode != 0
-    assert "cryptographic signature verification failed" in refused.stderr, refused.stderr
-    assert oracle.podman("image", "exists", ref).returncode != 0
-    atoll("verify", f"docker://{ref}", "--policy", str(policy),
-          code=BadSignatureError.exit_code)  # fmt: skip
-    atoll("verify", f"docker://{ref}", "--key", str(public), code=BadSignatureError.exit_code)
+    both_refuse(stranger)
+    change_signed_payload(registry, ImageReference.parse(ref))
+    both_refuse(public)
 
 
 @pytest.mark.parametrize("pem_type", ["cosign", "sigstore"])
@@ -209,13 +216,7 @@ def test_atoll_verifies_an_image_podman_5_signed_with_an_atoll_key(
     oracle.set_policy(ACCEPT_ANYTHING)
     pulled = oracle.podman("pull", "--quiet", source)
     assert pulled.returncode == 0, pulled.stderr
-    pushed = oracle.podman(
-        "push", "--quiet",
-        "--sign-by-sigstore-private-key", oracle.inside(key),
-        "--sign-passphrase-file", oracle.inside(passphrase),
-        source, ref,
-    )  # fmt: skip
-    assert pushed.returncode == 0, pushed.stderr
+    oracle.push_signed(key, passphrase, source, ref)
 
     verified = atoll("verify", f"docker://{ref}", "--key", str(public))
     assert verified["verified"] == 1
@@ -317,13 +318,7 @@ def test_podman_5_and_atoll_add_signatures_to_each_others_attachments(
 
     def podman_sign(who: str) -> None:
         key, _, passphrase = keys[who]
-        pushed = oracle.podman(
-            "push", "--quiet",
-            "--sign-by-sigstore-private-key", oracle.inside(key),
-            "--sign-passphrase-file", oracle.inside(passphrase),
-            source, ref,
-        )  # fmt: skip
-        assert pushed.returncode == 0, pushed.stderr
+        oracle.push_signed(key, passphrase, source, ref)
 
     podman_sign("podman")
     key, _, passphrase = keys["atoll"]
