@@ -231,30 +231,44 @@ def test_atoll_verifies_an_image_podman_5_signed_with_an_atoll_key(
     assert again.returncode == 0, again.stderr
 
 
-#: signedIdentity kinds (containers-policy.json(5)) and which of the references
-#: below each admits: the image was signed as A:v1 in A, and its copy in B was
-#: signed as A:v1 too (a mirror keeping the original identity).
-IDENTITY_CASES: dict[str, tuple[dict[str, str], set[str]]] = {
-    "matchRepoDigestOrExact": ({"type": "matchRepoDigestOrExact"}, {"A:v1", "A@digest"}),
-    "matchExact": ({"type": "matchExact"}, {"A:v1"}),
-    "matchRepository": ({"type": "matchRepository"}, {"A:v1", "A:other", "A@digest"}),
+#: signedIdentity kinds (containers-policy.json(5)): the identity an image was
+#: signed as (in A, and in its copy in B, a mirror keeping the original identity)
+#: and which of the references A:v1, A:other (the same digest), A@digest and
+#: B:v1 each kind admits.
+IDENTITY_CASES: dict[str, tuple[str, dict[str, str], set[str]]] = {
+    "matchRepoDigestOrExact": (
+        "{A}:v1", {"type": "matchRepoDigestOrExact"}, {"A:v1", "A@digest"}
+    ),
+    "matchExact": ("{A}:v1", {"type": "matchExact"}, {"A:v1"}),
+    "matchRepository": (
+        "{A}:v1", {"type": "matchRepository"}, {"A:v1", "A:other", "A@digest"}
+    ),
     "exactReference": (
+        "{A}:v1",
         {"type": "exactReference", "dockerReference": "{A}:v1"},
         {"A:v1", "A:other", "A@digest", "B:v1"},
     ),
     "exactReference-other-tag": (
-        {"type": "exactReference", "dockerReference": "{A}:other"},
-        set(),
+        "{A}:v1", {"type": "exactReference", "dockerReference": "{A}:other"}, set()
     ),
     "exactRepository": (
+        "{A}:v1",
         {"type": "exactRepository", "dockerRepository": "{A}"},
         {"A:v1", "A:other", "A@digest", "B:v1"},
     ),
     "remapIdentity": (
+        "{A}:v1",
         {"type": "remapIdentity", "prefix": "{B}", "signedPrefix": "{A}"},
         {"A:v1", "A@digest", "B:v1"},
     ),
-}
+    "by-digest-matchRepoDigestOrExact": (
+        "{A}@{digest}", {"type": "matchRepoDigestOrExact"}, {"A@digest"}
+    ),
+    "by-digest-matchExact": ("{A}@{digest}", {"type": "matchExact"}, {"A@digest"}),
+    "by-digest-matchRepository": (
+        "{A}@{digest}", {"type": "matchRepository"}, {"A:v1", "A:other", "A@digest"}
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(IDENTITY_CASES))
@@ -271,16 +285,17 @@ def test_podman_5_and_atoll_agree_on_signed_identities(
     with RegistryClient(origin.registry, registry.ctx()) as client:
         fetched = client.get_manifest(origin.repository, "v1")
         client.put_manifest(origin.repository, "other", fetched.raw, fetched.media_type)
+    signed_as, identity, admitted = IDENTITY_CASES[case]
+    signed_as = signed_as.format(**names, digest=fetched.digest)
     for name in names.values():
         atoll("sign", f"docker://{name}:v1", "--key", str(key), "--passphrase-file",
-              str(passphrase), "--identity", f"{names['A']}:v1")  # fmt: skip
+              str(passphrase), "--identity", signed_as)  # fmt: skip
     refs = {
         "A:v1": f"{names['A']}:v1",
         "A:other": f"{names['A']}:other",
         "A@digest": f"{names['A']}@{fetched.digest}",
         "B:v1": f"{names['B']}:v1",
     }
-    identity, admitted = IDENTITY_CASES[case]
     policy = sigstore_policy(public)
     requirement = policy["transports"]["docker"][""][0]  # type: ignore[index]
     requirement["signedIdentity"] = {k: v.format(**names) for k, v in identity.items()}

@@ -203,6 +203,19 @@ def test_missing_policy_file(tmp_path: Path) -> None:
             "r.io/a/b:2",
             False,
         ),
+        # As containers/image: a digest reference matches a signature for that digest.
+        (
+            SignedIdentity(IdentityKind.MATCH_EXACT),
+            "r.io/a/b@sha256:" + "1" * 64,
+            "r.io/a/b@sha256:" + "1" * 64,
+            True,
+        ),
+        (
+            SignedIdentity(IdentityKind.MATCH_EXACT),
+            "r.io/a/b@sha256:" + "1" * 64,
+            "r.io/a/b@sha256:" + "2" * 64,
+            False,
+        ),
         (SignedIdentity(IdentityKind.MATCH_REPOSITORY), "r.io/a/b:1", "r.io/a/b:2", True),
         (SignedIdentity(IdentityKind.EXACT_REFERENCE, "r.io/x:1"), "r.io/a/b:1", "r.io/x:1", True),
         (SignedIdentity(IdentityKind.EXACT_REPOSITORY, "r.io/x"), "r.io/a/b:1", "r.io/x:9", True),
