@@ -233,8 +233,8 @@ def test_atoll_verifies_an_image_podman_5_signed_with_an_atoll_key(
 
 #: signedIdentity kinds (containers-policy.json(5)): the identity an image was
 #: signed as (in A, and in its copy in B, a mirror keeping the original identity)
-#: and which of the references A:v1, A:other (the same digest), A@digest and
-#: B:v1 each kind admits.
+#: and which of the references A:v1, A:other (the same digest), A@digest, B:v1
+#: and B@digest each kind admits.
 IDENTITY_CASES: dict[str, tuple[str, dict[str, str], set[str]]] = {
     "matchRepoDigestOrExact": (
         "{A}:v1", {"type": "matchRepoDigestOrExact"}, {"A:v1", "A@digest"}
@@ -246,7 +246,7 @@ IDENTITY_CASES: dict[str, tuple[str, dict[str, str], set[str]]] = {
     "exactReference": (
         "{A}:v1",
         {"type": "exactReference", "dockerReference": "{A}:v1"},
-        {"A:v1", "A:other", "A@digest", "B:v1"},
+        {"A:v1", "A:other", "A@digest", "B:v1", "B@digest"},
     ),
     "exactReference-other-tag": (
         "{A}:v1", {"type": "exactReference", "dockerReference": "{A}:other"}, set()
@@ -254,12 +254,12 @@ IDENTITY_CASES: dict[str, tuple[str, dict[str, str], set[str]]] = {
     "exactRepository": (
         "{A}:v1",
         {"type": "exactRepository", "dockerRepository": "{A}"},
-        {"A:v1", "A:other", "A@digest", "B:v1"},
+        {"A:v1", "A:other", "A@digest", "B:v1", "B@digest"},
     ),
     "remapIdentity": (
         "{A}:v1",
         {"type": "remapIdentity", "prefix": "{B}", "signedPrefix": "{A}"},
-        {"A:v1", "A@digest", "B:v1"},
+        {"A:v1", "A@digest", "B:v1", "B@digest"},
     ),
     "by-digest-matchRepoDigestOrExact": (
         "{A}@{digest}", {"type": "matchRepoDigestOrExact"}, {"A@digest"}
@@ -267,6 +267,16 @@ IDENTITY_CASES: dict[str, tuple[str, dict[str, str], set[str]]] = {
     "by-digest-matchExact": ("{A}@{digest}", {"type": "matchExact"}, {"A@digest"}),
     "by-digest-matchRepository": (
         "{A}@{digest}", {"type": "matchRepository"}, {"A:v1", "A:other", "A@digest"}
+    ),
+    "by-digest-exactReference": (
+        "{A}@{digest}",
+        {"type": "exactReference", "dockerReference": "{A}@{digest}"},
+        {"A:v1", "A:other", "A@digest", "B:v1", "B@digest"},
+    ),
+    "by-digest-remapIdentity": (
+        "{A}@{digest}",
+        {"type": "remapIdentity", "prefix": "{B}", "signedPrefix": "{A}"},
+        {"A@digest", "B@digest"},
     ),
 }  # fmt: skip
 
@@ -285,6 +295,8 @@ def test_podman_5_and_atoll_agree_on_signed_identities(
     with RegistryClient(origin.registry, registry.ctx()) as client:
         fetched = client.get_manifest(origin.repository, "v1")
         client.put_manifest(origin.repository, "other", fetched.raw, fetched.media_type)
+        mirror_digest = client.get_manifest(names["B"].split("/", 1)[1], "v1").digest
+    assert mirror_digest == fetched.digest  # one signature by digest names both
     signed_as, identity, admitted = IDENTITY_CASES[case]
     signed_as = signed_as.format(**names, digest=fetched.digest)
     for name in names.values():
@@ -295,10 +307,13 @@ def test_podman_5_and_atoll_agree_on_signed_identities(
         "A:other": f"{names['A']}:other",
         "A@digest": f"{names['A']}@{fetched.digest}",
         "B:v1": f"{names['B']}:v1",
+        "B@digest": f"{names['B']}@{fetched.digest}",
     }
     policy = sigstore_policy(public)
     requirement = policy["transports"]["docker"][""][0]  # type: ignore[index]
-    requirement["signedIdentity"] = {k: v.format(**names) for k, v in identity.items()}
+    requirement["signedIdentity"] = {
+        k: v.format(**names, digest=fetched.digest) for k, v in identity.items()
+    }
     policy_file = oracle.set_policy(policy)
 
     by_podman, by_atoll = set(), set()
