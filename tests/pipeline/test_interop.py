@@ -23,19 +23,26 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from atoll.errors import BadSignatureError, SignedIdentityMismatchError
 from atoll.oci.client import RegistryClient
 from atoll.oci.digest import Digest
 from atoll.oci.reference import ImageReference
-from atoll.pipeline.keys import COSIGN_PEM_TYPE, SIGSTORE_PEM_TYPE
-from atoll.pipeline.sigstore import attachment_tag
+from atoll.pipeline.keys import (
+    COSIGN_PEM_TYPE,
+    SIGSTORE_PEM_TYPE,
+    load_private_key,
+    read_passphrase,
+    sign_bytes,
+)
+from atoll.pipeline.sigstore import SIGNATURE_ANNOTATION, attachment_tag
 from helpers.cli import run_atoll
 from helpers.parts import missing
 from helpers.podman5 import SystemdHost, ensure_tree, unavailable
@@ -140,11 +147,14 @@ def sigstore_policy(public_key: Path) -> dict[str, object]:
 ACCEPT_ANYTHING: dict[str, object] = {"default": [{"type": "insecureAcceptAnything"}]}
 
 
-def change_signed_payload(registry: RegistryView, ref: ImageReference) -> None:
-    """Rewrite the image's signature attachment with its signed payload changed but
-    its signature kept: ``"optional":null`` becomes ``"optional":{}`` and two
-    spaces, the same length and still the same claims, so only the signature
-    check can tell."""
+def rewrite_payload(
+    registry: RegistryView,
+    ref: ImageReference,
+    edit: Callable[[bytes], bytes],
+    key: ec.EllipticCurvePrivateKey | None = None,
+) -> None:
+    """Rewrite the one signature of the image's attachment with its payload
+    changed by *edit*: signed again with *key*, or with the old signature kept."""
     with RegistryClient(ref.registry, registry.ctx()) as client:
         digest = client.get_manifest(ref.repository, ref.manifest_ref).digest
         tag = attachment_tag(digest)
@@ -152,14 +162,25 @@ def change_signed_payload(registry: RegistryView, ref: ImageReference) -> None:
         manifest = json.loads(fetched.raw)
         (layer,) = manifest["layers"]
         payload = client.fetch_blob(ref.repository, Digest.parse(layer["digest"]), layer["size"])
-        changed = payload.replace(b'"optional":null}', b'"optional":{}  }')
-        assert changed != payload and len(changed) == len(payload), payload
-        assert json.loads(changed)["critical"] == json.loads(payload)["critical"]
+        changed = edit(payload)
+        assert changed != payload
         changed_digest = Digest.of(changed)
         client.upload_blob(ref.repository, changed_digest, [changed], size=len(changed))
-        layer["digest"] = str(changed_digest)
+        layer.update(digest=str(changed_digest), size=len(changed))
+        if key is not None:
+            signature = base64.b64encode(sign_bytes(key, changed)).decode()
+            layer["annotations"][SIGNATURE_ANNOTATION] = signature
         raw = json.dumps(manifest, separators=(",", ":")).encode()
         client.put_manifest(ref.repository, tag, raw, fetched.media_type)
+
+
+def same_claims_other_bytes(payload: bytes) -> bytes:
+    """``"optional":null`` becomes ``"optional":{}`` and two spaces: the same
+    length and the same claims, so only the signature check can tell."""
+    changed = payload.replace(b'"optional":null}', b'"optional":{}  }')
+    assert len(changed) == len(payload)
+    assert json.loads(changed)["critical"] == json.loads(payload)["critical"]
+    return changed
 
 
 def test_podman_5_pulls_an_atoll_signed_image_only_with_the_signers_key(
@@ -196,7 +217,7 @@ def test_podman_5_pulls_an_atoll_signed_image_only_with_the_signers_key(
               code=BadSignatureError.exit_code)  # fmt: skip
 
     both_refuse(stranger)
-    change_signed_payload(registry, ImageReference.parse(ref))
+    rewrite_payload(registry, ImageReference.parse(ref), same_claims_other_bytes)
     both_refuse(public)
 
 
@@ -404,3 +425,61 @@ def test_podman_5_and_atoll_agree_on_a_list_of_keys(
     assert (pulled.returncode == 0) is admitted, pulled.stderr
     code = 0 if admitted else BadSignatureError.exit_code
     atoll("verify", f"docker://{ref}", "--policy", str(policy), code=code)
+
+
+def _payload_edit(old: bytes, new: bytes) -> Callable[[bytes], bytes]:
+    def edit(payload: bytes) -> bytes:
+        assert payload.count(old) == 1, payload
+        return payload.replace(old, new)
+
+    return edit
+
+
+#: Payloads signed with the trusted key but written otherwise than a signer
+#: writes them, and whether podman 5 admits the image: containers/image reads
+#: them strictly (exactly the known fields, no duplicated key) but for
+#: "optional", where fields it does not know are ignored.
+PAYLOAD_CASES: dict[str, tuple[Callable[[bytes], bytes], bool]] = {
+    "optional-with-fields": (
+        _payload_edit(b'"optional":null', b'"optional":{"creator":"x","timestamp":1,"a":{}}'),
+        True,
+    ),
+    "spaces": (_payload_edit(b'{"critical":', b'{ "critical" : '), True),
+    "no-optional": (_payload_edit(b',"optional":null', b""), False),
+    "extra-top-level-field": (_payload_edit(b'"optional":null', b'"optional":null,"x":1'), False),
+    "extra-critical-field": (_payload_edit(b'"type":"cosign', b'"x":1,"type":"cosign'), False),
+    "extra-identity-field": (
+        _payload_edit(b'{"docker-reference"', b'{"x":1,"docker-reference"'), False
+    ),
+    "duplicate-identity-first-other": (
+        _payload_edit(b'"identity":', b'"identity":{"docker-reference":"o.io/x:1"},"identity":'),
+        False,
+    ),
+    "duplicate-identity-last-other": (
+        _payload_edit(b'"image":', b'"identity":{"docker-reference":"o.io/x:1"},"image":'),
+        False,
+    ),
+    "optional-duplicate-key": (
+        _payload_edit(b'"optional":null', b'"optional":{"a":1,"a":2}'), False
+    ),
+    "other-type": (_payload_edit(b'"cosign container', b'"other container'), False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(PAYLOAD_CASES))
+def test_podman_5_and_atoll_agree_on_how_strict_a_payload_is(
+    oracle: Oracle, registry: RegistryView, case: str
+) -> None:
+    key, public, passphrase = generate_key(oracle.shared, f"payload-{case}")
+    repo = registry.new_repo("interop")
+    registry.push_test_image(repo, "v1", seed=f"payload-{case}")
+    ref = f"{registry.host}/{repo}:v1"
+    atoll("sign", f"docker://{ref}", "--key", str(key), "--passphrase-file", str(passphrase))
+    edit, accepted = PAYLOAD_CASES[case]
+    private = load_private_key(key, read_passphrase(passphrase))
+    rewrite_payload(registry, ImageReference.parse(ref), edit, private)
+    policy = oracle.set_policy(sigstore_policy(public))
+    pulled = oracle.podman("pull", "--quiet", ref)
+    assert (pulled.returncode == 0) is accepted, pulled.stderr
+    verified = run_atoll("verify", f"docker://{ref}", "--policy", str(policy))
+    assert verified.returncode == (0 if accepted else BadSignatureError.exit_code), verified.stderr
