@@ -90,19 +90,51 @@ class SignedClaims:
 
 
 def parse_payload(payload: bytes) -> SignedClaims:
-    """The claims of a payload; raises BadSignatureError if it is not a simple signing one."""
+    """The claims of a payload; raises BadSignatureError if it is not a simple signing one.
+
+    As strict as containers/image: exactly the fields above, no key twice (two
+    verifiers must never read different claims from one signed payload), and in
+    ``optional`` only ``creator`` (a string) and ``timestamp`` (an integer) checked.
+    """
     try:
         doc = strictjson.loads(payload)
-        critical = doc["critical"]
-        if critical["type"] != SIGNATURE_TYPE:
-            raise BadSignatureError(f"signature payload has type {critical['type']!r}")
-        identity = critical["identity"]["docker-reference"]
-        digest = critical["image"]["docker-manifest-digest"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise BadSignatureError(f"signature payload is malformed ({exc})") from None
-    if not isinstance(identity, str) or not isinstance(digest, str):
+    top = _exact_fields(doc, "the payload", "critical", "optional")
+    _check_optional(top["optional"])
+    critical = _exact_fields(top["critical"], "critical", "identity", "image", "type")
+    if critical["type"] != SIGNATURE_TYPE:
+        raise BadSignatureError(f"signature payload has type {critical['type']!r}")
+    identity = _exact_fields(critical["identity"], "critical.identity", "docker-reference")
+    image = _exact_fields(critical["image"], "critical.image", "docker-manifest-digest")
+    reference, digest = identity["docker-reference"], image["docker-manifest-digest"]
+    if not isinstance(reference, str) or not isinstance(digest, str):
         raise BadSignatureError("signature payload is malformed (identity or digest not a string)")
-    return SignedClaims(identity, digest)
+    return SignedClaims(reference, digest)
+
+
+def _exact_fields(value: Any, where: str, *fields: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or sorted(value) != sorted(fields):
+        raise BadSignatureError(
+            f"signature payload is malformed ({where} must be an object with exactly "
+            f"{', '.join(fields)})"
+        )
+    return value
+
+
+def _check_optional(optional: Any) -> None:
+    if optional is None:
+        return
+    if not isinstance(optional, dict):
+        raise BadSignatureError("signature payload is malformed (optional is not an object)")
+    creator, timestamp = optional.get("creator", ""), optional.get("timestamp", 0)
+    integral = isinstance(timestamp, int) or (
+        isinstance(timestamp, float) and timestamp.is_integer()
+    )
+    if not isinstance(creator, str) or isinstance(timestamp, bool) or not integral:
+        raise BadSignatureError(
+            "signature payload is malformed (optional.creator or optional.timestamp)"
+        )
 
 
 @dataclass(frozen=True)

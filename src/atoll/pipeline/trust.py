@@ -152,7 +152,7 @@ def signature_keys(policy: Policy | None, name: ImageName | ImageReference | str
     wanted = [r for r in requirements if r.type is RequirementType.SIGSTORE_SIGNED]
     if wanted:
         require_crypto(f"policy {policy.source}")
-    return [r.public_key() for r in wanted]
+    return [key for r in wanted for key in r.public_keys()]
 
 
 def require_crypto(what: str) -> None:
@@ -213,11 +213,11 @@ def _check(
     from atoll.pipeline.sigstore import verify_signatures
 
     ref = name.reference
-    key = req.public_key()
+    keys = req.public_keys()
     found = (signatures or registry_signatures(ctx))(ref, digest)
     try:
         verify_signatures(
-            ref, digest, found, [key], lambda signed: req.signed_identity.matches(ref, signed)
+            ref, digest, found, keys, lambda signed: req.signed_identity.matches(ref, signed)
         )
     except VERIFY_ERRORS as exc:
         return exc
