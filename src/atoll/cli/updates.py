@@ -34,6 +34,7 @@ from atoll.sysroot.lifecycle import Device
 from atoll.updates import (
     SystemClock,
     describe,
+    load_config,
     parse_duration,
     run_automatic_update,
     running_root,
@@ -125,6 +126,26 @@ def _status(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _guard(device: Device, root: Path) -> None:
+    """Check what an automatic update stages as ``atoll upgrade`` does: the booted
+    deployment's trust policy, and the ``[trust]`` settings (no older version,
+    no stale signature; atoll.pipeline.freshness)."""
+    from atoll.pipeline.freshness import device_admission
+    from atoll.pipeline.trust import device_policy_path, load_optional_policy
+
+    state = device.state()
+    policy = load_optional_policy(device_policy_path(state.path(state.booted or state.current)))
+    trust = load_config(root).trust
+    device.admit = device_admission(
+        device,
+        policy,
+        decisions=[],
+        max_signature_age=trust.max_signature_age,
+        follow_tag=True,
+        allow_downgrade=trust.allow_downgrade,
+    )
+
+
 def _run(args: argparse.Namespace, out: Output) -> int:
     try:
         max_wait = parse_duration(args.max_wait)
@@ -132,6 +153,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"--max-wait: {exc}", hint="e.g. --max-wait 90m") from None
     device = open_device(Path(args.sysroot), system_context(args), progress=out.progress())
     root = running_root(device, args.root)
+    _guard(device, root)
     result = run_automatic_update(
         device,
         root,
