@@ -42,8 +42,9 @@ from atoll.sysroot.lifecycle import Admission, Device
 
 #: What the refusals say to do instead.
 _DOWNGRADE_HINT = (
-    "if the older version is wanted, switch to it explicitly (atoll switch IMAGE), "
-    "or pass --allow-downgrade; otherwise the registry serves stale content"
+    "if the older version is wanted, switch to it explicitly (atoll switch IMAGE) or "
+    "pass atoll upgrade --allow-downgrade (for good: allow_downgrade = true in [trust] of "
+    "/etc/atoll/updates.toml); otherwise the registry serves stale content"
 )
 
 
@@ -137,8 +138,11 @@ def device_admission(
 
 
 def _age(delta: datetime.timedelta) -> str:
+    """``8d``, ``7d23h``, ``5h30m``, ``45s``: the two largest units, rounded down."""
     seconds = max(0, int(delta.total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}{'' if seconds % size == 0 else '+'}"
-    return f"{seconds}s"
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count or parts:
+            parts.append(f"{count}{unit}" if count else "")
+    return "".join(parts[:2]) or "0s"
