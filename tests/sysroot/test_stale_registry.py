@@ -15,6 +15,7 @@ import pytest
 from atoll.oci.reference import ImageReference
 from atoll.pipeline.keys import KeyPair, generate_key_pair, load_private_key
 from atoll.pipeline.sigstore import sign_image
+from atoll.sysroot.lifecycle import Device
 from helpers.osimage import build_os_image
 from helpers.registry import RegistryView
 
@@ -54,6 +55,11 @@ def device_on_v1(
     return sysroot, layout, ref, signer
 
 
+def booted_etc(sysroot: Path) -> Path:
+    state = Device(sysroot).state()
+    return state.path(state.booted or state.current) / "etc"
+
+
 def updates_run(capsys: pytest.CaptureFixture[str], sysroot: Path) -> tuple[int, Any, str]:
     return run(capsys, "updates", "run", "--sysroot", str(sysroot), "--force", "--json")
 
@@ -86,10 +92,22 @@ def test_a_tag_moved_back_to_an_older_signed_image_is_refused(
     assert code == 85, err
     assert snapshot(sysroot) == before
 
-    # Going back on purpose: once with --allow-downgrade, or by naming the image.
+    # Going back on purpose: allow_downgrade in updates.toml, --allow-downgrade once,
+    # or by naming the image.
+    toml = booted_etc(sysroot) / "atoll/updates.toml"
+    toml.write_text('policy = "stage"\n[trust]\nallow_downgrade = true\n')
+    code, out, err = updates_run(capsys, sysroot)
+    assert code == 0, err
+    assert out["outcome"] == "staged" and out["version"] == "1.0"
+    toml.write_text('policy = "stage"\n')
+    build_os_image(layout, "1.5", version="1.5", add={"usr/bin/other": b"other"})
+    push(registry, layout, "1.5", ref)
+    sign_image(image, key, registry.ctx())
+    code, _, err = run(capsys, "upgrade", *s)
+    assert code == 85, err  # newer than the staged 1.0, older than the booted 2.0
     code, out, err = run(capsys, "upgrade", *s, "--allow-downgrade", "--json")
     assert code == 0, err
-    assert out["message"] == "staged" and out["version"] == "1.0"
+    assert out["message"] == "staged" and out["version"] == "1.5"
     push(registry, layout, "1", f"{image.name}:1.0")
     sign_image(ImageReference.parse(f"{image.name}:1.0"), key, registry.ctx())
     code, out, err = run(capsys, "switch", *s, f"{image.name}:1.0", "--json")
@@ -105,9 +123,14 @@ def test_a_frozen_registry_is_refused_until_the_signer_refreshes(
     s = ("--sysroot", str(sysroot))
     before = snapshot(sysroot)
 
+    # Automatic updates apply the booted deployment's trust policy: v2 unsigned.
+    push(registry, layout, "2", ref)
+    code, _, err = updates_run(capsys, sysroot)
+    assert code == 60, err
+    assert snapshot(sysroot) == before
+
     # v2, whose last signature was made eight days ago: the registry (or a mirror
     # of it) has served the same content since.
-    push(registry, layout, "2", ref)
     eight_days_ago = int(time.time()) - 8 * DAY
     sign_image(
         ImageReference.parse(ref),
