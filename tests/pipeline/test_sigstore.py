@@ -236,7 +236,9 @@ def test_refresh_replaces_the_keys_old_signatures_and_keeps_others(
 
     code, out, err = cli("sign", "--refresh", f"docker://{ref}", "--key", str(keys[0]), "--json")
     assert code == 0, err
-    assert json.loads(out)["signatures"] == 3
+    refreshed = json.loads(out)
+    assert refreshed["signatures"] == 3
+    assert sorted(refreshed["identities"]) == sorted([str(ref), f"{ref.name}:1.0"])
     _, found = read_signatures(ref, ctx)
     claims = [parse_payload(s.payload) for s in found]
     # The other signer's signature first, untouched; then one fresh one per identity.

@@ -120,7 +120,8 @@ def _sign(args: argparse.Namespace, out: Output) -> int:
     )
     out.result(
         result.to_json(),
-        f"{'Refreshed' if args.refresh else 'Signed'} {result.identity} ({result.digest}); "
+        f"{'Refreshed' if args.refresh else 'Signed'} {', '.join(result.identities)} "
+        f"({result.digest}); "
         f"{result.signatures} signature(s) in {result.attachment}",
     )
     return 0

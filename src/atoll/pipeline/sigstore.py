@@ -153,14 +153,20 @@ class SignResult:
     digest: Digest
     signatures: int
     attachment: str
+    #: Every identity signed now (a refresh may sign several); ``identity`` is the first.
+    identities: tuple[str, ...] = ()
+    #: The signing time written (seconds since the epoch).
+    timestamp: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "image": self.image,
             "identity": self.identity,
+            "identities": list(self.identities or (self.identity,)),
             "digest": str(self.digest),
             "signatures": self.signatures,
             "attachment": self.attachment,
+            "timestamp": self.timestamp,
         }
 
 
@@ -246,7 +252,13 @@ def sign_image(
         raw = json.dumps(manifest, separators=(",", ":")).encode()
         client.put_manifest(ref.repository, tag, raw, OCI_MANIFEST)
     return SignResult(
-        str(ref), ", ".join(identities), digest, len(manifest["layers"]), f"{ref.name}:{tag}"
+        str(ref),
+        identities[0],
+        digest,
+        len(manifest["layers"]),
+        f"{ref.name}:{tag}",
+        tuple(identities),
+        stamp,
     )
 
 
