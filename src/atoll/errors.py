@@ -321,7 +321,10 @@ class SigningKeyError(AtollError):
 
 class DowngradeRefusedError(AtollError):
     exit_code = 85
-    summary = "promotion would move a tag to an older version (--allow-downgrade to do it anyway)"
+    summary = (
+        "promotion would move a tag, or an upgrade a device, to an older version "
+        "(--allow-downgrade to do it anyway)"
+    )
 
 
 class BundleError(AtollError):
@@ -367,6 +370,11 @@ class DemoStepError(AtollError):
 class DemoStateError(AtollError):
     exit_code = 94
     summary = "no demo left running in that directory, or it cannot be stopped"
+
+
+class StaleSignatureError(AtollError):
+    exit_code = 99
+    summary = "the image's newest valid signature is older than max_signature_age, or has no time"
 
 
 class BlueprintError(AtollError):

@@ -18,14 +18,20 @@ from atoll.cli.common import (
 )
 from atoll.cli.hostdevice import host_status, open_device
 from atoll.errors import HealthCheckFailedError, UsageError
-from atoll.oci.transports import ImageName, ImageTransport, parse_bootc_name
+from atoll.oci.transports import ImageTransport, parse_bootc_name
 from atoll.run import run
 from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
-from atoll.sysroot.fetch import RemoteImage, open_image
+from atoll.sysroot.fetch import open_image
 from atoll.sysroot.lifecycle import Device, StageResult
 from atoll.sysroot.rolledback import find_rolled_back
 from atoll.sysroot.status import describe
-from atoll.updates import SystemClock, ensure_reboot_allowed, parse_duration, running_root
+from atoll.updates import (
+    SystemClock,
+    ensure_reboot_allowed,
+    load_config,
+    parse_duration,
+    running_root,
+)
 
 _STRATEGIES = [s.value for s in EtcMergeStrategy]
 
@@ -130,6 +136,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         default="keep-local",
         help="what to do when local /etc and the image disagree on a type",
     )
+    upgrade.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="stage the image the tag names even if its version is older than the booted one",
+    )
     upgrade.set_defaults(func=_upgrade)
 
     switch = _command(commands, "switch", "stage another image", fetches=True)
@@ -225,27 +236,36 @@ def _policy_options(parser: argparse.ArgumentParser, *, install: bool = False) -
         )
 
 
-def _enforce_policy(args: argparse.Namespace, device: Device, *, install: bool = False) -> Any:
-    """Make *device* refuse what the trust policy refuses, before anything is staged.
+def _enforce_policy(
+    args: argparse.Namespace, device: Device, *, install: bool = False, follow_tag: bool = False
+) -> Any:
+    """Make *device* refuse what the trust policy refuses, before anything is staged,
+    and (not at install) what the ``[trust]`` settings of /etc/atoll/updates.toml
+    refuse: a stale signature, and with *follow_tag* (an upgrade) an older version.
 
     Returns the list the decisions are appended to (empty when no policy applies)."""
-    from atoll.pipeline.trust import check_image, device_policy_path, load_optional_policy
+    from atoll.pipeline.freshness import device_admission
+    from atoll.pipeline.trust import device_policy_path, load_optional_policy
 
     override = Path(args.policy) if args.policy else None
+    decisions: list[Any] = []
     if install:
         path = override or (Path("/etc/containers/policy.json") if args.enforce_policy else None)
-    else:
-        state = device.state()
-        path = device_policy_path(state.path(state.booted or state.current), override)
-    decisions: list[Any] = []
-    policy = load_optional_policy(path)  # a malformed file fails before any fetch
-    if policy is None:
+        # a malformed file fails before any fetch
+        device.admit = device_admission(device, load_optional_policy(path), decisions=decisions)
         return decisions
-
-    def admit(name: ImageName, image: RemoteImage) -> None:
-        decisions.append(check_image(name, image.digest, policy, ctx=device.ctx))
-
-    device.admit = admit
+    state = device.state()
+    path = device_policy_path(state.path(state.booted or state.current), override)
+    policy = load_optional_policy(path)
+    trust = load_config(running_root(device)).trust
+    device.admit = device_admission(
+        device,
+        policy,
+        decisions=decisions,
+        max_signature_age=trust.max_signature_age,
+        follow_tag=follow_tag,
+        allow_downgrade=trust.allow_downgrade or getattr(args, "allow_downgrade", False),
+    )
     return decisions
 
 
@@ -413,7 +433,7 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
         return 0
     if args.apply and not args.force:
         _allow_reboot(args, device, out)  # refuse before downloading anything
-    decisions = _enforce_policy(args, device)
+    decisions = _enforce_policy(args, device, follow_tag=True)
     result = device.stage(
         download_only=args.download_only,
         allow_no_kernel=args.allow_no_kernel,

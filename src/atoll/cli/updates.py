@@ -29,13 +29,12 @@ from atoll.cli.common import (
 from atoll.cli.host import running_inside
 from atoll.cli.hostdevice import open_device
 from atoll.errors import UsageError
-from atoll.oci.transports import ImageName
 from atoll.run import find_tool, run
-from atoll.sysroot.fetch import RemoteImage
 from atoll.sysroot.lifecycle import Device
 from atoll.updates import (
     SystemClock,
     describe,
+    load_config,
     parse_duration,
     run_automatic_update,
     running_root,
@@ -151,6 +150,26 @@ def _status(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _guard(device: Device, root: Path) -> None:
+    """Check what an automatic update stages as ``atoll upgrade`` does: the booted
+    deployment's trust policy, and the ``[trust]`` settings (no older version,
+    no stale signature; atoll.pipeline.freshness)."""
+    from atoll.pipeline.freshness import device_admission
+    from atoll.pipeline.trust import device_policy_path, load_optional_policy
+
+    state = device.state()
+    policy = load_optional_policy(device_policy_path(state.path(state.booted or state.current)))
+    trust = load_config(root).trust
+    device.admit = device_admission(
+        device,
+        policy,
+        decisions=[],
+        max_signature_age=trust.max_signature_age,
+        follow_tag=True,
+        allow_downgrade=trust.allow_downgrade,
+    )
+
+
 def _run(args: argparse.Namespace, out: Output) -> int:
     try:
         max_wait = parse_duration(args.max_wait)
@@ -159,7 +178,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     device = open_device(Path(args.sysroot), system_context(args), progress=out.progress())
     device.kernel_optional = args.allow_no_kernel
     root = running_root(device, args.root)
-    _enforce_device_policy(device, root)
+    _guard(device, root)
     result = run_automatic_update(
         device,
         root,
@@ -184,18 +203,3 @@ def _forget(args: argparse.Namespace, out: Output) -> int:
         f"Forgot {found.image_digest}: updates may take it again",
     )
     return 0
-
-
-def _enforce_device_policy(device: Device, root: Path) -> None:
-    """What ``atoll upgrade`` does: the running system's trust policy
-    (/etc/containers/policy.json) admits an image before it is staged."""
-    from atoll.pipeline.trust import check_image, device_policy_path, load_optional_policy
-
-    policy = load_optional_policy(device_policy_path(root))  # malformed: fails before a fetch
-    if policy is None:
-        return
-
-    def admit(name: ImageName, image: RemoteImage) -> None:
-        check_image(name, image.digest, policy, ctx=device.ctx)
-
-    device.admit = admit

@@ -6,7 +6,8 @@ The document (stable; ``--json``)::
     {
       "config": {"path": …, "policy": …, "download": {"window", "timezone",
                  "randomDelaySeconds", "rateLimit"}, "apply": {"window", "timezone"},
-                 "inhibitors": {"files": […], "commands": [[argv…], …]}},
+                 "inhibitors": {"files": […], "commands": [[argv…], …]},
+                 "trust": {"maxSignatureAgeSeconds", "allowDowngrade"}},
       "decision": {"action", "reason", "now", "nextOpportunity", "delaySeconds",
                    "downloadWindowOpen", "applyWindowOpen", "stageFirst", "inhibitors"},
       "staged": {"deployment", "digest", "version", "downloadOnly"} | null,
