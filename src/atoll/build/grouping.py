@@ -204,7 +204,8 @@ def group_files(
         if size <= cap or len(paths) == 1:
             groups[name] = paths
             continue
-        parts = math.ceil(size / cap)
+        # Twice the parts the sizes need: hashing does not fill parts evenly.
+        parts = math.ceil(2 * size / cap)
         for path in paths:
             groups.setdefault(f"{name}~{_bucket(path, parts)}", []).append(path)
     where = {p: name for name, paths in groups.items() for p in paths}

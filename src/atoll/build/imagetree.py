@@ -69,6 +69,8 @@ class ImageTree:
     contents: dict[str, bytes] = field(default_factory=dict)
     #: The first HEAD_BYTES bytes of the files the ``heads`` predicate picked.
     heads: dict[str, bytes] = field(default_factory=dict)
+    #: The size of each layer blob as the manifest gives it, bottom first.
+    layer_sizes: tuple[int, ...] = ()
 
     def resolve(self, path: str) -> str | None:
         """*path* with symlinks in it followed inside the image (absolute targets
@@ -182,6 +184,7 @@ def read_image_tree(
         _, manifest = select_manifest(source, ctx.platform)
         config = parse_config(read_config(source, manifest), where=source.description)
         tree = ImageTree(str(name), manifest.digest, config)
+        tree.layer_sizes = tuple(desc.size for desc in manifest.layers)
         where = source.description
         progress.begin("read", f"Reading {name}", str(name), len(manifest.layers))
         ok = False

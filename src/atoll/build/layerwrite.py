@@ -5,8 +5,9 @@ A layer is first written as an uncompressed tar, then compressed by a
 
 * entries sorted by path, every parent directory before its children;
 * PAX format, numeric owners only (``uname``/``gname`` empty);
-* mtimes clamped to an epoch (``SOURCE_DATE_EPOCH`` or the image's creation
-  time), no access or change times;
+* file mtimes clamped to an epoch (``SOURCE_DATE_EPOCH`` or the image's
+  creation time), directory mtimes :data:`DIRECTORY_MTIME`, no access or
+  change times;
 * names of one file in one layer written as a file and hard links to it.
 
 Encoders are plain callables ``(tar_path, out_path) -> EncodedLayer`` with
@@ -33,6 +34,8 @@ from atoll.oci.manifest import MediaType
 _PIECE = 1 << 20
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3
+#: The mtime of every directory in a layer.
+DIRECTORY_MTIME = 0
 
 
 class EncodedLike(Protocol):
@@ -136,7 +139,9 @@ def _info(entry: Entry, epoch: int) -> tarfile.TarInfo:
     info.mode = entry.mode
     info.uid, info.gid = entry.uid, entry.gid
     info.uname = info.gname = ""
-    info.mtime = min(entry.mtime, epoch)
+    # A new file in /usr/bin changes the directory's mtime; kept, it would change
+    # every layer holding something in /usr/bin.  ostree keeps no mtimes at all.
+    info.mtime = DIRECTORY_MTIME if entry.is_dir else min(entry.mtime, epoch)
     info.size = entry.size if entry.kind == tarfile.REGTYPE else 0
     info.linkname = entry.linkname
     info.devmajor, info.devminor = entry.devmajor, entry.devminor
