@@ -25,13 +25,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
+from atoll.build.imagetree import layer_feeds
 from atoll.errors import LayerError, from_oserror
 from atoll.oci.context import SystemContext
 from atoll.oci.inspect import read_config, select_manifest
-from atoll.oci.manifest import ImageConfig, ImageManifest, layer_compression, parse_config
+from atoll.oci.manifest import ImageConfig, ImageManifest, parse_config
 from atoll.oci.transports import ImageName, open_source
 from atoll.progress import ProgressSink
-from atoll.store.tarstream import LayerFeed
 
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
@@ -124,31 +124,13 @@ def read_flat_tree(
         _, manifest = select_manifest(source, ctx.platform)
         config = parse_config(read_config(source, manifest), where=source.description)
         tree = FlatTree(str(name), manifest, config, scratch)
-        where = source.description
         if len(config.diff_ids) != len(manifest.layers):
             raise LayerError(
-                f"{where}: the config names {len(config.diff_ids)} layers, "
+                f"{source.description}: the config names {len(config.diff_ids)} layers, "
                 f"the manifest {len(manifest.layers)}"
             )
-        progress.begin("read", f"Reading {name}", str(name), len(manifest.layers))
-        ok = False
-        try:
-            for index, (desc, diff_id) in enumerate(
-                zip(manifest.layers, config.diff_ids, strict=True)
-            ):
-                ident = str(desc.digest)
-                progress.subtask(ident, "layer", f"layer {desc.digest.short}", desc.size)
-                feed = LayerFeed(
-                    source, desc, layer_compression(desc.media_type), diff_id, where, progress
-                )
-                try:
-                    _read_layer(tree, iter(feed), index, f"{where}: layer {desc.digest}")
-                finally:
-                    feed.close()
-                progress.done(ident)
-            ok = True
-        finally:
-            progress.end(ok)
+        for index, where, feed in layer_feeds(source, manifest, config, str(name), progress):
+            _read_layer(tree, iter(feed), index, where)
     return tree
 
 

@@ -66,7 +66,9 @@ class LayerEncoder:
     encode: Callable[[Path, Path], EncodedLike]
 
 
-class _Hashing:
+class HashingWriter:
+    """A file to write to that passes bytes on to *out*, hashing and counting them."""
+
     def __init__(self, out: IO[bytes]) -> None:
         self.out = out
         self.sha = hashlib.sha256()
@@ -77,8 +79,11 @@ class _Hashing:
         self.size += len(data)
         return self.out.write(data)
 
+    def tell(self) -> int:
+        return self.size
+
     def flush(self) -> None:
-        self.out.flush()
+        pass
 
 
 def _sha256_file(path: Path) -> Digest:
@@ -91,7 +96,7 @@ def _sha256_file(path: Path) -> Digest:
 
 def _encode_gzip(tar_path: Path, out_path: Path) -> EncodedLayer:
     with tar_path.open("rb") as src, out_path.open("wb") as raw:
-        packed = _Hashing(raw)
+        packed = HashingWriter(raw)
         with gzip.GzipFile(
             filename="", fileobj=packed, mode="wb", compresslevel=GZIP_LEVEL, mtime=0
         ) as gz:
@@ -109,7 +114,7 @@ def _encode_zstd(tar_path: Path, out_path: Path) -> EncodedLayer:
         level=ZSTD_LEVEL, threads=0, write_content_size=False, write_checksum=True
     )
     with tar_path.open("rb") as src, out_path.open("wb") as raw:
-        packed = _Hashing(raw)
+        packed = HashingWriter(raw)
         with compressor.stream_writer(packed, closefd=False) as writer:  # type: ignore[arg-type]
             while piece := src.read(_PIECE):
                 writer.write(piece)

@@ -22,13 +22,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from atoll.build.flattree import FlatTree
+from atoll.build.imagetree import resolve_path
 from atoll.errors import PackageDatabaseError, ToolMissingError
 from atoll.run import find_tool, run
 
 _DPKG_STATUS = "var/lib/dpkg/status"
 _DPKG_INFO = "var/lib/dpkg/info/"
 _RPM_DBS = ("usr/lib/sysimage/rpm", "var/lib/rpm")
-_MAX_LINKS = 40
 
 
 class PackageFormat(StrEnum):
@@ -48,29 +48,14 @@ class Ownership:
 
 def _resolve(tree: FlatTree, path: str) -> str | None:
     """*path* with the symlinks among its parent directories followed inside the tree."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        here = "/".join([*done, part])
+
+    def link(here: str) -> str | bool | None:
         entry = tree.entries.get(here)
         if entry is None:
-            return None
-        if entry.kind == tarfile.SYMTYPE and parts:
-            hops += 1
-            if hops > _MAX_LINKS:
-                return None
-            if entry.linkname.startswith("/"):
-                done = []
-            parts = [p for p in entry.linkname.split("/") if p and p != "."] + parts
-            continue
-        done.append(part)
-    return "/".join(done)
+            return False
+        return entry.linkname if entry.kind == tarfile.SYMTYPE else None
+
+    return resolve_path(path, link, follow_last=False)
 
 
 def _claim(tree: FlatTree, owners: dict[str, str], path: str, package: str) -> None:
