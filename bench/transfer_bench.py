@@ -219,7 +219,14 @@ def ostree_bytes(old: Packed, new: Packed, work: Path) -> tuple[int, int]:
     """Bytes served for `ostree pull` of B's objects, and for a static-delta pull."""
     repo = work / "ostree-server"
     _ostree("init", f"--repo={repo}", "--mode=archive")
-    _ostree("commit", f"--repo={repo}", "--branch=os", f"--tree=tar={old.layer}", "--no-xattrs")
+    _ostree(
+        "commit",
+        f"--repo={repo}",
+        "--branch=os",
+        "--tar-autocreate-parents",
+        f"--tree=tar={old.layer}",
+        "--no-xattrs",
+    )
     _ostree("summary", "-u", f"--repo={repo}")
     server, url = _serve(repo)
     try:
@@ -230,7 +237,14 @@ def ostree_bytes(old: Packed, new: Packed, work: Path) -> tuple[int, int]:
             _ostree("remote", "add", f"--repo={client}", "--no-gpg-verify", "origin", url)
             _ostree("pull", f"--repo={client}", "origin", "os")
             clients[kind] = client
-        _ostree("commit", f"--repo={repo}", "--branch=os", f"--tree=tar={new.layer}", "--no-xattrs")
+        _ostree(
+            "commit",
+            f"--repo={repo}",
+            "--branch=os",
+            "--tar-autocreate-parents",
+            f"--tree=tar={new.layer}",
+            "--no-xattrs",
+        )
         _ostree("static-delta", "generate", f"--repo={repo}", "--to=os")
         _ostree("summary", "-u", f"--repo={repo}")
         out = []
