@@ -323,6 +323,7 @@ def _pair_delta(old: Path, new: Path, work: Path) -> int:
             str(zst),
         ],
         check=True,
+        stderr=subprocess.DEVNULL,  # its notes on tuning, once per file
     )
     sizes.append(zst.stat().st_size)
     patch.unlink(missing_ok=True)
