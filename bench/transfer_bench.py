@@ -395,7 +395,8 @@ def print_table(rows: list[Row]) -> None:
         for key, label in COLUMNS:
             value = row.values.get(key)
             ratio = "" if value is None else f"  ({100 * value / full:6.2f} % of full)"
-            print(f"  {label:<16} {_mb(value):>24}{ratio}")
+            shown = _mb(value) if key in row.values else "not measured (option)"
+            print(f"  {label:<16} {shown:>24}{ratio}")
         for note in row.notes:
             print(f"  note: {note}")
 

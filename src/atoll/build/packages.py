@@ -1,10 +1,12 @@
 """Which package owns each file of a flattened image tree.
 
-Debian family: ``var/lib/dpkg/status`` names the installed packages and
-``var/lib/dpkg/info/PKG[:ARCH].list`` the paths each one installed (absolute,
-as dpkg wrote them: with a merged /usr, ``/bin/ls`` is found at ``usr/bin/ls``
-by following the tree's own symlinks).  dpkg's own files about a package
-(``info/PKG.md5sums``, ``.postinst``, …) change with it and belong to it.
+Debian family: ``var/lib/dpkg/status`` names the installed packages and the
+source package each was built from, and ``var/lib/dpkg/info/PKG[:ARCH].list``
+the paths each one installed (absolute, as dpkg wrote them: with a merged /usr,
+``/bin/ls`` is found at ``usr/bin/ls`` by following the tree's own symlinks).
+dpkg's own files about a package (``info/PKG.md5sums``, ``.postinst``, …)
+change with it and belong to it.  Files are owned by the *source* package:
+the binaries of one source are updated together.
 
 Fedora family: the rpm database (``usr/lib/sysimage/rpm`` or ``var/lib/rpm``)
 is read by the ``rpm`` program with ``--dbpath`` pointed at a copy of it;
@@ -40,9 +42,10 @@ class PackageFormat(StrEnum):
 @dataclass(frozen=True)
 class Ownership:
     format: PackageFormat
-    #: path -> package, for the non-directory paths a package owns
+    #: path -> package, for the non-directory paths a package owns (for dpkg:
+    #: the source package of the binary package that installed the path)
     owners: dict[str, str] = field(default_factory=dict)
-    #: Installed packages (also those owning no file).
+    #: Installed packages (also those owning no file); source packages for dpkg.
     packages: tuple[str, ...] = ()
 
 
@@ -68,8 +71,9 @@ def _claim(tree: FlatTree, owners: dict[str, str], path: str, package: str) -> N
         owners[found] = package
 
 
-def _installed(status: str) -> list[str]:
-    packages = []
+def _installed(status: str) -> dict[str, str]:
+    """Installed package -> its source package (the package itself when it names none)."""
+    packages: dict[str, str] = {}
     for stanza in status.split("\n\n"):
         fields: dict[str, str] = {}
         for line in stanza.splitlines():
@@ -77,15 +81,17 @@ def _installed(status: str) -> list[str]:
             if sep and not line.startswith((" ", "\t")):
                 fields[key.strip()] = value.strip()
         if "Package" in fields and fields.get("Status", "").endswith(" installed"):
-            packages.append(fields["Package"])
-    return sorted(set(packages))
+            # "Source: pam (1.5.2-6)": the version is the binary's business.
+            source = fields.get("Source", "").split(" ", 1)[0] or fields["Package"]
+            packages[fields["Package"]] = source
+    return packages
 
 
 def _dpkg(tree: FlatTree) -> Ownership:
     raw = tree.read(_DPKG_STATUS)
     if raw is None:
         raise PackageDatabaseError(f"{tree.name}: /{_DPKG_STATUS} is not a file")
-    installed = _installed(raw.decode(errors="replace"))
+    source_of = _installed(raw.decode(errors="replace"))
     owners: dict[str, str] = {}
     for path in sorted(tree.entries):
         if not path.startswith(_DPKG_INFO) or "/" in path[len(_DPKG_INFO) :]:
@@ -94,13 +100,16 @@ def _dpkg(tree: FlatTree) -> Ownership:
         package = name.rpartition(".")[0].split(":", 1)[0]
         if not package:
             continue
+        # Binary packages built from one source are updated together (a security
+        # fix to pam changes libpam0g, libpam-modules, …): they share a group.
+        package = source_of.get(package, package)
         owners.setdefault(path, package)
         if not name.endswith(".list"):
             continue
         listing = tree.read(path) or b""
         for line in listing.decode(errors="surrogateescape").splitlines():
             _claim(tree, owners, line, package)
-    return Ownership(PackageFormat.DPKG, owners, tuple(installed))
+    return Ownership(PackageFormat.DPKG, owners, tuple(sorted(set(source_of.values()))))
 
 
 def _rpm(tree: FlatTree, db: str) -> Ownership:
