@@ -31,7 +31,8 @@ def _layers(layout: Path, ref: str) -> list[list[tarfile.TarInfo]]:
     for layer in manifest["layers"]:
         data = (layout / "blobs/sha256" / layer["digest"][7:]).read_bytes()
         if layer["mediaType"].endswith("+zstd"):
-            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
+            data = reader.read()
         else:
             data = gzip.decompress(data)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -120,3 +121,19 @@ def test_without_a_package_database_files_are_grouped_by_directory(tmp_path: Pat
     assert sum(layer["files"] for layer in data["layers"]) == len(files)
     proc = run_atoll("rechunk", image.name, f"oci:{tmp_path}/o:x", "--max-layers", "3")
     assert proc.returncode == 77 and "too few" in proc.stderr
+
+
+def test_zstd_chunked_layers_carry_their_table_of_contents(tmp_path: Path) -> None:
+    """--compression zstd:chunked: every layer is an ordinary zstd tar for other
+    clients, and names its TOC in the manifest, so devices can fetch single files."""
+    from atoll.oci.chunked import MANIFEST_CHECKSUM
+
+    files = {f"srv/d{i}/f{j}": f"{i}-{j}" * 50 for i in range(6) for j in range(3)}
+    image = build_tree_image(tmp_path / "src", [files])
+    out = _rechunk(tmp_path, image.name, encoder=ENCODERS["zstd:chunked"])
+    index = json.loads((out / "index.json").read_text())
+    manifest = json.loads((out / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+    assert manifest["layers"]
+    assert all(MANIFEST_CHECKSUM in layer["annotations"] for layer in manifest["layers"])
+    names = {m.name for layer in _layers(out, "latest") for m in layer if m.isfile()}
+    assert names == set(files)

@@ -123,9 +123,22 @@ def _encode_zstd(tar_path: Path, out_path: Path) -> EncodedLayer:
     )
 
 
+def _encode_zstd_chunked(tar_path: Path, out_path: Path) -> EncodedLayer:
+    # Per-file frames and a table of contents: devices fetch only the files they lack.
+    from atoll.oci.chunked import compress_tar_zstd_chunked
+
+    layer = compress_tar_zstd_chunked(tar_path, out_path, level=ZSTD_LEVEL)
+    return EncodedLayer(
+        Digest.parse(layer.digest), layer.size, Digest.parse(layer.diff_id), layer.annotations
+    )
+
+
 ENCODERS: dict[str, LayerEncoder] = {
     "gzip": LayerEncoder("gzip", MediaType.OCI_LAYER_GZIP.value, _encode_gzip),
     "zstd": LayerEncoder("zstd", MediaType.OCI_LAYER_ZSTD.value, _encode_zstd),
+    "zstd:chunked": LayerEncoder(
+        "zstd:chunked", MediaType.OCI_LAYER_ZSTD.value, _encode_zstd_chunked
+    ),
 }
 
 

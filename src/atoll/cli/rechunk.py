@@ -16,7 +16,7 @@ from atoll.errors import UsageError
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName
 
-_COMPRESSIONS = ("gzip", "zstd")
+_COMPRESSIONS = ("gzip", "zstd", "zstd:chunked")
 
 
 def add_rechunk_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
@@ -40,7 +40,8 @@ def add_rechunk_options(parser: argparse.ArgumentParser, *, prefix: str = "") ->
         f"--{prefix}compression",
         choices=_COMPRESSIONS,
         default="gzip",
-        help="how the layers are compressed (default gzip)",
+        help="how the layers are compressed (default gzip; zstd:chunked lets devices fetch "
+        "only the files they lack)",
     )
 
 
