@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import zstandard
-from partial_bench import pick_files, pull, write_image, write_tar
+from partial_bench import pick_files, print_table, pull, write_image, write_tar
 
 from atoll.demo.registry import LocalRegistry
 from atoll.oci.chunked import compress_tar_zstd_chunked
@@ -127,7 +127,7 @@ def main() -> int:
             meta = sum(r.metadata_bytes for r in report.layers)
 
     print(f"delta created in {create_s:.1f} s: {summary.files} files, {summary.patched} patched")
-    rows = [
+    rows: list[tuple[str, int, object, str]] = [
         ("whole layer (zstd:chunked blob)", whole, 1, f"{whole_s:.1f} s"),
         ("atoll ranges (no delta)", ranges, ranges_req, f"{ranges_s:.1f} s"),
         ("atoll delta", delta, delta_req, f"{delta_s:.1f} s"),
@@ -138,9 +138,7 @@ def main() -> int:
         ("zstd --patch-from -19, sum", patch_from, "-", "-"),
         ("F_delta: sum of min(bsdiff, patch-from)", f_delta, "-", "-"),
     ]
-    print(f"\n{'path':<42} {'bytes':>12} {'requests':>9} {'import':>8}")
-    for name, nbytes, req, secs in rows:
-        print(f"{name:<42} {nbytes:>12} {req!s:>9} {secs:>8}")
+    print_table(rows, 42)
     print(f"\nW_delta / F_delta = {delta / f_delta:.3f}   (target <= 1.1)")
     print(f"W_delta / whole   = {delta / whole:.4f}  (never above 1.01)")
     print(f"W_delta / ranges  = {delta / ranges:.4f}")

@@ -152,6 +152,12 @@ def pull(store: Store, name: str, ctx: SystemContext, partial: bool) -> tuple[in
     return result.stats.bytes_fetched, len(report.layers), elapsed, 0
 
 
+def print_table(rows: list[tuple[str, int, object, str]], width: int = 40) -> None:
+    print(f"\n{'path':<{width}} {'bytes':>12} {'requests':>9} {'import':>8}")
+    for name, nbytes, req, secs in rows:
+        print(f"{name:<{width}} {nbytes:>12} {req!s:>9} {secs:>8}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="MB of files in the layer")
@@ -216,9 +222,7 @@ def main() -> int:
         (f"  the changed files' own frames (-{args.level})", frames, "-", "-"),
         ("F_file: zstd -19 of the changed files", floor, "-", "-"),
     ]
-    print(f"\n{'path':<40} {'bytes':>12} {'requests':>9} {'import':>8}")
-    for name, nbytes, req, secs in rows:
-        print(f"{name:<40} {nbytes:>12} {req!s:>9} {secs:>8}")
+    print_table(rows)
     print(f"\npartial / F_file = {part / floor:.3f}   (target <= 1.05)")
     print(f"partial / whole  = {part / whole:.4f}")
     return 0

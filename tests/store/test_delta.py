@@ -175,23 +175,27 @@ def _falls_back(tmp_path: Path, images: dict[str, Any], why: str) -> None:
     assert store.read_file(result.commit_id, "usr/bin/big0") == _bumped("b0", "2")
 
 
-def test_a_delta_making_other_files_is_refused(
-    registry: RegistryView, tmp_path: Path, images: dict[str, Any]
+@pytest.mark.parametrize(
+    ("made", "cut", "why"),
+    [
+        # The entry is named for big0's v2 contents but makes other bytes of its size.
+        ("9", 0, "other contents than"),
+        # The payload ends before the entry does.
+        ("2", 4, "past the end of the payload"),
+    ],
+)
+def test_a_bad_delta_is_refused_and_ranges_take_over(
+    registry: RegistryView,
+    tmp_path: Path,
+    images: dict[str, Any],
+    made: str,
+    cut: int,
+    why: str,
 ) -> None:
-    # The entry is named for big0's v2 contents but holds other bytes of its size.
     old, new = _bumped("b0", "1"), _bumped("b0", "2")
-    blob = make_patch(old, _bumped("b0", "9"))
-    _publish(registry, images, images["d1"], [_entry(new, blob, old)], blob)
-    _falls_back(tmp_path, images, "other contents than")
-
-
-def test_a_truncated_delta_is_refused(
-    registry: RegistryView, tmp_path: Path, images: dict[str, Any]
-) -> None:
-    old, new = _bumped("b0", "1"), _bumped("b0", "2")
-    blob = make_patch(old, new)
-    _publish(registry, images, images["d1"], [_entry(new, blob, old)], blob[:-4])
-    _falls_back(tmp_path, images, "past the end of the payload")
+    blob = make_patch(old, _bumped("b0", made))
+    _publish(registry, images, images["d1"], [_entry(new, blob, old)], blob[: len(blob) - cut])
+    _falls_back(tmp_path, images, why)
 
 
 def test_a_delta_for_another_old_image_is_not_used(
