@@ -14,13 +14,13 @@ The artifact, in the same repository as NEW::
     manifest  application/vnd.oci.image.manifest.v1+json
       artifactType  application/vnd.atoll.delta.v1
       config        application/vnd.oci.empty.v1+json ("{}")
-      layers[0]     application/vnd.atoll.delta.index.v1+json   the index
+      layers[0]     application/vnd.atoll.delta.index.v1+json+zstd   the index
       layers[1]     application/vnd.atoll.delta.payload.v1      the patches, end to end
       subject       NEW's image manifest
       annotations   org.atoll.delta.from = OLD's manifest digest
                     org.atoll.delta.to   = NEW's manifest digest
 
-    index  {"version": 1, "from": "sha256:…", "to": "sha256:…",
+    index (zstd)  {"version": 1, "from": "sha256:…", "to": "sha256:…",
             "files": [{"sha256": HEX, "size": N, "method": "zstd-patch"|"zstd",
                        "base": HEX, "baseSize": N,        (zstd-patch only)
                        "offset": O, "length": L}, …]}     (bytes of the payload)
@@ -29,14 +29,15 @@ It is found by NEW's digest: the OCI referrers API where the registry answers
 it, else the referrers tag scheme (an OCI index tagged ``sha256-<NEW hex>``
 listing the referrers, which Distribution 2.8 stores as any other index).
 
-Nothing in a delta is trusted: the index and payload blobs are verified by
-digest as they are read, and every file made from them is checked against
-the sha256 NEW's table of contents names before it is used.
+Nothing in a delta is trusted: the index blob is verified by its digest, the
+payload is read by ranges, and every file made from it is checked against the
+sha256 NEW's table of contents names before it is used.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from atoll.oci.client import RegistryClient
 
 ARTIFACT_TYPE = "application/vnd.atoll.delta.v1"
-INDEX_TYPE = "application/vnd.atoll.delta.index.v1+json"
+INDEX_TYPE = "application/vnd.atoll.delta.index.v1+json+zstd"
 PAYLOAD_TYPE = "application/vnd.atoll.delta.payload.v1"
 FROM_ANNOTATION = "org.atoll.delta.from"
 TO_ANNOTATION = "org.atoll.delta.to"
@@ -151,7 +152,9 @@ class DeltaIndex:
             "to": str(self.new),
             "files": [self.files[sha].to_json() for sha in sorted(self.files)],
         }
-        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        # Compressed: two hex digests an entry are most of it.
+        return zstandard.ZstdCompressor(level=_LEVEL).compress(text)
 
 
 def _hex(value: Any, where: str) -> str:
@@ -168,9 +171,17 @@ def _count(row: Mapping[str, Any], key: str, where: str) -> int:
 
 
 def parse_index(raw: bytes, payload_size: int, where: str) -> DeltaIndex:
-    """A delta's index, every entry inside the payload."""
+    """A delta's index (zstd-compressed JSON), every entry inside the payload."""
     try:
-        doc = strictjson.loads(raw)
+        # Read, not decompressed at once: a frame header's size is not trusted.
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
+            text = reader.read(MAX_INDEX + 1)
+    except zstandard.ZstdError as exc:
+        raise DeltaError(f"{where}: the delta index does not decompress: {exc}") from None
+    if len(text) > MAX_INDEX:
+        raise DeltaError(f"{where}: the delta index expands past {MAX_INDEX} bytes")
+    try:
+        doc = strictjson.loads(text)
         if not isinstance(doc, dict) or doc.get("version") != INDEX_VERSION:
             raise DeltaError(f"{where}: not a version {INDEX_VERSION} delta index")
         old, new = Digest.parse(str(doc["from"])), Digest.parse(str(doc["to"]))
