@@ -3,8 +3,8 @@ a little (rebuilt binaries, a version bump), by path, in the same run.
 
 Builds v1 of a tree from real files of this machine's /usr (one zstd:chunked
 layer of about ``--size`` MB, as bench/partial does) and v2 where the
-``--changed`` largest files get a version string rewritten in a few places and
-a few bytes inserted (so everything after moves, as in a relinked binary).
+``--changed`` largest files get a version string rewritten every ``--spread``
+bytes and a few bytes inserted (so everything after moves, as in a relinked binary).
 Both go to a local Distribution registry, ``atoll delta create`` publishes the
 delta, and stores that hold v1 import v2:
 
@@ -41,12 +41,12 @@ from atoll.store import Store
 from atoll.sysroot.fetch import import_remote
 
 
-def bumped(data: bytes, version: str) -> bytes:
-    """*data* rebuilt: a version string rewritten in 4 places, 7 bytes inserted."""
+def bumped(data: bytes, version: str, spread: int) -> bytes:
+    """*data* rebuilt: a version string rewritten every *spread* bytes (as
+    relinking moves addresses), 7 bytes inserted."""
     out = bytearray(data)
     tag = f"v{version}".encode()
-    for i in range(1, 5):
-        at = len(out) * i // 5
+    for at in range(spread // 2, len(out) - len(tag), spread):
         out[at : at + len(tag)] = tag
     mid = len(out) // 3
     return bytes(out[:mid]) + b"patched" + bytes(out[mid:])
@@ -68,12 +68,15 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=48, help="MB of files in the layer")
     parser.add_argument("--changed", type=int, default=6, help="big files changed in v2")
     parser.add_argument("--level", type=int, default=3, help="zstd level of the layers")
+    parser.add_argument(
+        "--spread", type=int, default=8192, help="bytes between two edits of a changed file"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="atoll-delta-") as tmp_name:
         tmp = Path(tmp_name)
         files = pick_files(args.size << 20)
         victims = sorted(files, key=lambda f: f.stat().st_size, reverse=True)[: args.changed]
-        changed = {f: bumped(f.read_bytes(), "2") for f in victims}
+        changed = {f: bumped(f.read_bytes(), "2", args.spread) for f in victims}
         print(
             f"tree: {len(files)} files, {sum(f.stat().st_size for f in files) >> 20} MiB; "
             f"v2 changes the {len(changed)} largest, "

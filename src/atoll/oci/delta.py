@@ -225,7 +225,13 @@ class FoundDelta:
     manifest: Digest
     index: DeltaIndex
     payload: Descriptor
-    index_size: int
+    #: Bytes read to find it: the referrers listing, its manifest, its index.
+    lookup_bytes: int
+
+
+#: Requests :func:`find_delta` makes when there is no delta, and when there is one.
+LOOKUP_REQUESTS = 2
+FOUND_REQUESTS = 4
 
 
 def _referrers(client: RegistryClient, repository: str, subject: Digest) -> list[Descriptor]:
@@ -272,7 +278,8 @@ def find_delta(
                 f"{where}: the index is for {index.old} -> {index.new}, not {old} -> {new}",
                 hint="the delta was published under the wrong annotations; recreate it",
             )
-        return FoundDelta(repository, desc.digest, index, payload, index_desc.size)
+        read = desc.size + len(fetched.raw) + index_desc.size
+        return FoundDelta(repository, desc.digest, index, payload, read)
     return None
 
 

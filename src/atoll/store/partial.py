@@ -63,7 +63,15 @@ from atoll.oci.chunked import (
     parse_toc,
 )
 from atoll.oci.client import RangesIgnoredError
-from atoll.oci.delta import PATCH, DeltaFile, FoundDelta, apply_patch, find_delta
+from atoll.oci.delta import (
+    FOUND_REQUESTS,
+    LOOKUP_REQUESTS,
+    PATCH,
+    DeltaFile,
+    FoundDelta,
+    apply_patch,
+    find_delta,
+)
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Compression, Descriptor, ImageManifest, layer_compression
 from atoll.progress import ProgressSink
@@ -509,10 +517,11 @@ class PartialPuller:
             return None
         if self._delta is None:
             self.report.delta = f"none published from {old}"
+            self.report.delta_lookup_requests += LOOKUP_REQUESTS
             return None
         self.report.delta = str(self._delta.manifest)
-        self.report.delta_lookup_bytes += self._delta.index_size
-        self.report.delta_lookup_requests += 3
+        self.report.delta_lookup_bytes += self._delta.lookup_bytes
+        self.report.delta_lookup_requests += FOUND_REQUESTS
         return self._delta
 
     def _delta_plan(
