@@ -89,8 +89,16 @@ def test_upgrade_uses_a_published_delta(
     assert transfer["bytesMoved"] == sum(
         row["bytes"] for name, row in transfer["paths"].items() if name != "present"
     )
-    moved = [e["bytes"] for e in events if e["type"] == "ProgressBytes"]
-    assert moved and max(moved) >= delta["bytes"]
+    # The payload's ranges show as a subtask of kind delta.
+    subs = [
+        sub
+        for event in events
+        if event["type"] == "ProgressBytes"
+        for sub in event["subtasks"]
+        if sub["subtask"] == "delta"
+    ]
+    assert subs and max(sub["bytes"] for sub in subs) <= delta["bytes"]
+    assert max(sub["bytesTotal"] for sub in subs) > 0
 
     main(["status", *s])
     assert "delta" in capsys.readouterr().out

@@ -454,7 +454,8 @@ class PartialPuller:
             del wanted[sha]
         delta_spans = coalesce([_as_toc(entry) for _, entry, _ in by_delta.values()])
         spans = coalesce(list(wanted.values()))
-        planned = sum(s.end - s.start for s in spans) + sum(s.end - s.start for s in delta_spans)
+        by_patch = sum(s.end - s.start for s in delta_spans)
+        planned = sum(s.end - s.start for s in spans) + by_patch
         if (not local and not by_delta) or row.bytes + planned >= WHOLE_SHARE * desc.size:
             reason = (
                 "the store has none of its files"
@@ -466,9 +467,14 @@ class PartialPuller:
             return None
         # From here the layer moves by ranges: its progress is theirs, not the blob's.
         self.progress.subtask(str(desc.digest), "layer", f"layer {desc.digest.short}", 0)
-        self.progress.subtask(sub, RANGES, f"ranges of {desc.digest.short}", row.bytes + planned)
+        self.progress.subtask(
+            sub, RANGES, f"ranges of {desc.digest.short}", row.bytes + planned - by_patch
+        )
         self.progress.advance(sub, row.bytes)
         if by_delta:
+            self.progress.subtask(
+                f"{desc.digest}#delta", DELTA, f"delta for {desc.digest.short}", by_patch
+            )
             try:
                 self._apply_delta(by_delta, delta_spans, local, row, where)
             except (NoSpaceError, LocalIOError):
@@ -478,6 +484,15 @@ class PartialPuller:
                 self._drop_delta(f"refused: {exc}")
                 wanted.update({sha: f for sha, (f, _, _) in by_delta.items() if sha not in local})
                 spans = coalesce(list(wanted.values()))
+                more = sum(s.end - s.start for s in spans)
+                self.progress.subtask(
+                    sub,
+                    RANGES,
+                    f"ranges of {desc.digest.short}",
+                    row.bytes - row.delta_bytes + more,
+                )
+                self.progress.advance(sub, row.bytes - row.delta_bytes)
+            self.progress.done(f"{desc.digest}#delta")
             if not spans:
                 row.path = DELTA
         with ThreadPoolExecutor(PARALLEL, thread_name_prefix="ranges") as pool:
@@ -566,7 +581,7 @@ class PartialPuller:
             data = self._client.fetch_range(
                 found.repository, found.payload.digest, span.start, span.end - span.start
             )
-            self.progress.advance(f"{row.digest}#ranges", len(data))
+            self.progress.advance(f"{row.digest}#delta", len(data))
             row.bytes += len(data)
             row.requests += 1
             row.delta_bytes += len(data)
