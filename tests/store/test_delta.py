@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from atoll.cli.main import main
+from atoll.errors import DeltaError
 from atoll.oci.context import SystemContext
 from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.delta import (
@@ -212,3 +214,20 @@ def test_a_delta_for_another_old_image_is_not_used(
     # It is there, for the other image.
     with DockerSource(ImageName.parse(images["v2"]), images["ctx"]) as source:
         assert find_delta(source.client, images["repo"], other, images["d2"]) is not None
+
+
+def test_delta_create_refuses_a_new_image_without_a_toc(
+    registry: RegistryView,
+    tmp_path: Path,
+    images: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gzip = f"docker://{registry.host}/{images['repo']}:2-gzip"
+    copy_image(
+        ImageName.parse(f"oci:{tmp_path / 'layout-2'}:2"), ImageName.parse(gzip),
+        src_ctx=images["ctx"],
+    )  # fmt: skip
+    repo = f"docker://{registry.host}/{images['repo']}"
+    code = main(["delta", "create", images["v1"], gzip, "--to", repo])
+    assert code == DeltaError.exit_code == 26
+    assert "no zstd:chunked layer" in capsys.readouterr().err
