@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 
 import zstandard
-from partial_bench import pick_files, print_table, pull, write_image, write_tar
+from partial_bench import pick_files, print_table, pull, write_versions
 
 from atoll.demo.registry import LocalRegistry
-from atoll.oci.chunked import compress_tar_zstd_chunked
 from atoll.oci.context import SystemContext
 from atoll.oci.copy import copy_image
 from atoll.oci.transports import ImageName
@@ -77,19 +76,7 @@ def main() -> int:
         files = pick_files(args.size << 20)
         victims = sorted(files, key=lambda f: f.stat().st_size, reverse=True)[: args.changed]
         changed = {f: bumped(f.read_bytes(), "2", args.spread) for f in victims}
-        print(
-            f"tree: {len(files)} files, {sum(f.stat().st_size for f in files) >> 20} MiB; "
-            f"v2 changes the {len(changed)} largest, "
-            f"{sum(len(d) for d in changed.values()) >> 10} KiB",
-            flush=True,
-        )
-        layout = tmp / "layout"
-        for version, edits in (("1", {}), ("2", changed)):
-            tar = tmp / f"v{version}.tar"
-            write_tar(files, edits, tar)
-            blob = tmp / f"v{version}.zst"
-            layer = compress_tar_zstd_chunked(tar, blob, level=args.level)
-            write_image(layout, version, blob, layer)
+        layout, _ = write_versions(tmp, files, changed, args.level, "of the largest files")
         f_file = len(zstandard.ZstdCompressor(level=19).compress(b"".join(changed.values())))
         bsdiff = patch_from = f_delta = 0
         for path, new in changed.items():
