@@ -51,6 +51,7 @@ from atoll.errors import (
     LayerError,
     LocalIOError,
     NoSpaceError,
+    RangesIgnoredError,
 )
 from atoll.fsutil import write_atomic
 from atoll.oci.chunked import (
@@ -62,7 +63,6 @@ from atoll.oci.chunked import (
     parse_tar_split,
     parse_toc,
 )
-from atoll.oci.client import RangesIgnoredError
 from atoll.oci.delta import (
     FOUND_REQUESTS,
     LOOKUP_REQUESTS,
