@@ -41,7 +41,7 @@ from atoll.pipeline.deltacreate import create_delta
 from atoll.store import ImportResult, Store
 from atoll.store.partial import DELTA, RANGES, TransferReport
 from atoll.sysroot.fetch import import_remote
-from helpers.registry import RegistryView
+from helpers.registry import FaultProxyView, RegistryView
 from helpers.treeimage import build_tree_image
 
 pytestmark = pytest.mark.integration
@@ -231,3 +231,33 @@ def test_delta_create_refuses_a_new_image_without_a_toc(
     code = main(["delta", "create", images["v1"], gzip, "--to", repo])
     assert code == DeltaError.exit_code == 26
     assert "no zstd:chunked layer" in capsys.readouterr().err
+
+
+def test_a_delta_cut_in_transit_is_refused_and_ranges_take_over(
+    fault_proxy: FaultProxyView, tmp_path: Path
+) -> None:
+    upstream = fault_proxy.registry
+    repo = upstream.new_repo("delta")
+    v1, d1 = push(upstream, tmp_path, repo, "1")
+    v2, d2 = push(upstream, tmp_path, repo, "2")
+    ctx = upstream.ctx()
+    where = ImageName.parse(f"docker://{upstream.host}/{repo}")
+    create_delta(ImageName.parse(v1), ImageName.parse(v2), where, ctx)
+    with DockerSource(ImageName.parse(v2), ctx) as source:
+        found = find_delta(source.client, repo, d1, d2)
+    assert found is not None
+    whole_store = Store.create(tmp_path / "whole")
+    whole, _ = pull(whole_store, v2, ctx)
+
+    proxied = f"docker://{fault_proxy.host}/{repo}"
+    store = Store.create(tmp_path / "device")
+    pull(store, f"{proxied}:1", fault_proxy.ctx())
+    before = set(store.commit_ids())
+    # The payload's range answer ends early (with a Content-Length that says so).
+    fault_proxy.proxy.truncate(f"blobs/{found.payload.digest}", 10, ranged=True)
+    result, report = pull(store, f"{proxied}:2", fault_proxy.ctx(), delta_from=d1)
+    assert report.delta.startswith("refused") and "not" in report.delta, report.delta
+    assert report.totals()[DELTA]["files"] == 0
+    # The same files as a whole pull (the commits differ by the image's name only).
+    assert store.commit(result.commit_id).tree == whole_store.commit(whole.commit_id).tree
+    assert set(store.commit_ids()) - before == {result.commit_id}
