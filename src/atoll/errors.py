@@ -150,6 +150,11 @@ class ToolMissingError(CommandError):
     summary = "an external program atoll needs is not installed"
 
 
+class DeltaError(AtollError):
+    exit_code = 26
+    summary = "a binary delta is malformed, for other images, or does not make the image's files"
+
+
 class NoSpaceError(AtollError):
     exit_code = 30
     summary = "the disk is full"
