@@ -100,6 +100,30 @@ def test_client_without_supervisor(tmp_path: Path) -> None:
     assert result.returncode == 52, result.stderr
 
 
+@pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs here")
+@pytest.mark.parametrize("command", [["list"], ["status"], ["auto-update", "--dry-run"]])
+def test_auto_manager_without_systemd_or_supervisor_says_so(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    from atoll.cli.main import main
+
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "web.container").write_text("[Container]\nImage=registry.example/web:1\n")
+    state = tmp_path / "state"
+    # The variable names the supervisor's state directory, as --state-dir would.
+    monkeypatch.setenv("ATOLL_WORKLOAD_STATE_DIR", str(state))
+    code = main(["workload", *command, "--root", str(units)])
+    captured = capsys.readouterr()
+    assert code == 52, captured
+    assert f"no workload supervisor listens on {state / 'control.sock'}" in captured.err
+    assert "hint: start it with atoll workload run" in captured.err
+    assert "no units" not in captured.out
+
+
 SHOW = """\
 Id=web.service
 ActiveState=active
