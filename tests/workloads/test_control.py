@@ -212,3 +212,13 @@ def test_workload_commands(workload_env: WorkloadEnv) -> None:
     unknown = run_atoll("workload", "start", "nope", *state)
     assert unknown.returncode == 55 and "nope" in unknown.stderr
     assert sup.stop(signal.SIGTERM) == 0
+
+
+def test_workloads_doc_gives_the_podman_settings_build_and_demo_use() -> None:
+    from atoll.podman import CONTAINERS_CONF
+
+    doc = (Path(__file__).parents[2] / "docs" / "workloads.md").read_text()
+    settings = [ln for ln in CONTAINERS_CONF.splitlines() if ln and not ln.startswith("tmp_dir")]
+    assert "default_ulimits" in CONTAINERS_CONF and "cgroup_manager" in CONTAINERS_CONF
+    for line in settings:
+        assert line in doc.splitlines(), line

@@ -147,6 +147,34 @@ def test_health_checks_and_on_failure_actions(workload_env: WorkloadEnv) -> None
     assert sup.stop() == 0
 
 
+def test_default_log_and_a_new_session_counts_restarts_afresh(workload_env: WorkloadEnv) -> None:
+    image = push_workload_image(
+        workload_env.registry,
+        workload_env.registry.new_repo("flaky"),
+        cmd=("/bin/sh", "-c", "touch /tmp/ok; (sleep 3; rm /tmp/ok) & exec /usr/bin/serve"),
+    )
+    workload_env.unit(
+        "flaky.container",
+        f"[Container]\nImage={image}\nHealthCmd=test -e /tmp/ok\nHealthInterval=1s\n"
+        "HealthRetries=2\nHealthOnFailure=kill\n[Service]\nRestart=on-failure\nRestartSec=0.2\n",
+    )
+    state_dir = workload_env.root / "flaky-state"
+    # No -v: what a supervisor does is in its log at the default level.
+    sup = workload_env.start_supervisor("flaky", state_dir=state_dir, verbose=False)
+    wait_for(lambda: sup.status("flaky").restarts >= 1, "kill on unhealthy, then restart", 90)
+    assert sup.stop() == 0
+    log = sup.output()
+    for event in ("flaky.service: active", "health starting -> healthy", "healthy -> unhealthy"):
+        assert event in log, event
+    assert "restarting in 0.2 s" in log and "flaky.service: inactive" in log
+
+    # The next session starts the unit afresh: the failed session's restarts are not its own.
+    again = workload_env.start_supervisor("flaky", state_dir=state_dir, verbose=False)
+    first = wait_for(lambda: _state(again, "flaky", "active"), "flaky to be active again")
+    assert isinstance(first, UnitStatus) and first.restarts == 0
+    assert again.stop() == 0
+
+
 def test_notify_ready_and_start_timeout(workload_env: WorkloadEnv) -> None:
     sdnotify_binary()
     image = push_workload_image(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,6 +155,10 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     from atoll.workloads.supervisor import Supervisor
 
     state_dir = supervisor_state_dir(args)
+    # Starts, exits, restarts and health changes are what a supervisor's log is for.
+    supervisor_log = logging.getLogger("atoll.workloads")
+    if not out.quiet and supervisor_log.getEffectiveLevel() > logging.INFO:
+        supervisor_log.setLevel(logging.INFO)
     supervisor = Supervisor(unit_roots(args), user=args.user, state_dir=state_dir)
     supervisor.install_signal_handlers()
     out.info(f"supervising {len(supervisor.units)} units; control socket in {state_dir}")
