@@ -33,6 +33,14 @@ def _state(sup: SupervisorProcess, unit: str, state: str, **fields: object) -> U
     return status
 
 
+def _sick_image(workload_env: WorkloadEnv, repo: str, *, healthy_for: int) -> str:
+    """An image whose /tmp/ok (the health check's) goes after *healthy_for* seconds."""
+    script = f"touch /tmp/ok; (sleep {healthy_for}; rm /tmp/ok) & exec /usr/bin/serve"
+    return push_workload_image(
+        workload_env.registry, workload_env.registry.new_repo(repo), cmd=("/bin/sh", "-c", script)
+    )
+
+
 def test_web_workload_runs_and_is_restarted_after_kill(workload_env: WorkloadEnv) -> None:
     image, port = workload_env.web_unit("web", "Restart=on-failure\nRestartSec=0.5\n")
     sup = workload_env.start_supervisor()
@@ -107,12 +115,7 @@ def test_exit_codes_and_restart_policies(workload_env: WorkloadEnv) -> None:
 
 
 def test_health_checks_and_on_failure_actions(workload_env: WorkloadEnv) -> None:
-    # An image that starts healthy and turns unhealthy after 5 seconds.
-    image = push_workload_image(
-        workload_env.registry,
-        workload_env.registry.new_repo("sick"),
-        cmd=("/bin/sh", "-c", "touch /tmp/ok; (sleep 5; rm /tmp/ok) & exec /usr/bin/serve"),
-    )
+    image = _sick_image(workload_env, "sick", healthy_for=5)
     sick = (
         f"[Container]\nImage={image}\n"
         "HealthCmd=test -e /tmp/ok\nHealthInterval=1s\nHealthRetries=2\n"
@@ -148,11 +151,7 @@ def test_health_checks_and_on_failure_actions(workload_env: WorkloadEnv) -> None
 
 
 def test_default_log_and_a_new_session_counts_restarts_afresh(workload_env: WorkloadEnv) -> None:
-    image = push_workload_image(
-        workload_env.registry,
-        workload_env.registry.new_repo("flaky"),
-        cmd=("/bin/sh", "-c", "touch /tmp/ok; (sleep 3; rm /tmp/ok) & exec /usr/bin/serve"),
-    )
+    image = _sick_image(workload_env, "flaky", healthy_for=3)
     workload_env.unit(
         "flaky.container",
         f"[Container]\nImage={image}\nHealthCmd=test -e /tmp/ok\nHealthInterval=1s\n"
