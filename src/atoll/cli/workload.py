@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +14,10 @@ if TYPE_CHECKING:
     from atoll.workloads.control import SupervisorClient, SystemdManager, UnitStatus
 
 DEFAULT_STATE_DIR = "/run/atoll/workloads"
+#: Sets the supervisor's state directory when --state-dir is not given.
+STATE_DIR_ENV = "ATOLL_WORKLOAD_STATE_DIR"
+#: Exists when systemd is the init system (sd_booted(3)).
+SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -43,8 +49,9 @@ def add_manager_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
         metavar="DIR",
-        default=DEFAULT_STATE_DIR,
-        help=f"the supervisor's state directory (default {DEFAULT_STATE_DIR})",
+        default=None,
+        help=f"the supervisor's state directory "
+        f"(default ${STATE_DIR_ENV}, else {DEFAULT_STATE_DIR})",
     )
     parser.add_argument(
         "--manager",
@@ -76,8 +83,9 @@ def _register_run(sub: argparse._SubParsersAction[Any]) -> None:
     run.add_argument(
         "--state-dir",
         metavar="DIR",
-        default=DEFAULT_STATE_DIR,
-        help=f"state directory and control socket (default {DEFAULT_STATE_DIR})",
+        default=None,
+        help=f"state directory and control socket "
+        f"(default ${STATE_DIR_ENV}, else {DEFAULT_STATE_DIR})",
     )
     run.add_argument(
         "units", nargs="*", metavar="UNIT", help="units to start (default: every container and pod)"
@@ -146,25 +154,42 @@ def _generate(args: argparse.Namespace, out: Output) -> int:
 def _run(args: argparse.Namespace, out: Output) -> int:
     from atoll.workloads.supervisor import Supervisor
 
-    supervisor = Supervisor(unit_roots(args), user=args.user, state_dir=Path(args.state_dir))
+    state_dir = supervisor_state_dir(args)
+    # Starts, exits, restarts and health changes are what a supervisor's log is for.
+    supervisor_log = logging.getLogger("atoll.workloads")
+    if not out.quiet and supervisor_log.getEffectiveLevel() > logging.INFO:
+        supervisor_log.setLevel(logging.INFO)
+    supervisor = Supervisor(unit_roots(args), user=args.user, state_dir=state_dir)
     supervisor.install_signal_handlers()
-    out.info(f"supervising {len(supervisor.units)} units; control socket in {args.state_dir}")
+    out.info(f"supervising {len(supervisor.units)} units; control socket in {state_dir}")
     supervisor.run(args.units)
     return 0
 
 
+def supervisor_state_dir(args: argparse.Namespace) -> Path:
+    """--state-dir, else $ATOLL_WORKLOAD_STATE_DIR, else /run/atoll/workloads."""
+    return Path(args.state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
 def manager_for(args: argparse.Namespace) -> SupervisorClient | SystemdManager:
-    """The supervisor when asked for, or when its control socket exists; else systemd."""
+    """The supervisor when asked for, or when its control socket exists; else systemd
+    when it runs.  With neither, the supervisor: asking it says none listens, and how
+    to start one, rather than reporting the units systemd would run as inactive."""
     from atoll.workloads.control import (
         SupervisorClient,
         SystemdManager,
         control_socket,
     )
 
-    state_dir = Path(args.state_dir)
+    state_dir = supervisor_state_dir(args)
     choice = args.manager
     if choice == "auto":
-        choice = "supervisor" if control_socket(state_dir).exists() else "systemd"
+        if control_socket(state_dir).exists() or not SYSTEMD_RUNTIME_DIR.is_dir():
+            client = SupervisorClient(state_dir)
+            # Fail now, with the hint, rather than in the middle of the command.
+            client.request({"op": "ping"}, timeout=5.0)
+            return client
+        choice = "systemd"
     if choice == "supervisor":
         return SupervisorClient(state_dir)
     return SystemdManager(unit_roots(args), user=args.user)

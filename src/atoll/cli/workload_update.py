@@ -21,8 +21,9 @@ from atoll.errors import UsageError, WorkloadUpdateFailedError
 if TYPE_CHECKING:
     from atoll.workloads.autoupdate import AutoUpdateResult
 
-#: Where auto-update keeps its state unless --state-dir or $ATOLL_WORKLOAD_STATE_DIR says.
-STATE_DIR_ENV = "ATOLL_WORKLOAD_STATE_DIR"
+#: Where auto-update keeps its state unless --update-state-dir says
+#: ($ATOLL_WORKLOAD_STATE_DIR is the supervisor's, as for every workload command).
+STATE_DIR_ENV = "ATOLL_WORKLOAD_UPDATE_STATE_DIR"
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|min|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 COLUMNS = ("UNIT", "CONTAINER", "IMAGE", "POLICY", "UPDATED")

@@ -360,11 +360,16 @@ class RegistryClient(Closeable):
             )
         return digest
 
-    def delete_manifest(self, repository: str, reference: str) -> Digest:
-        """Delete a manifest (a tag is resolved to its digest first); return the digest."""
+    def manifest_digest(self, repository: str, reference: str) -> Digest:
+        """The digest *reference* (a tag or a digest) names in *repository*."""
         digest = digest_or_none(reference) or self.head_manifest(repository, reference).digest
         if digest is None:
             digest = self.get_manifest(repository, reference).digest
+        return digest
+
+    def delete_manifest(self, repository: str, reference: str) -> Digest:
+        """Delete a manifest (a tag is resolved to its digest first); return the digest."""
+        digest = self.manifest_digest(repository, reference)
         what = f"deleting manifest {reference}"
         response = self._call(
             "DELETE",

@@ -229,6 +229,7 @@ class ContainerRun:
         status = tracker.record(passed, time.monotonic())
         with self.cond:
             if status != rt.health:
+                log.info("%s: health %s -> %s", self.plan.service, rt.health, status)
                 rt.health = status
                 self.supervisor.write_state()
                 self.cond.notify_all()

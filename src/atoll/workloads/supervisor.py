@@ -208,16 +208,19 @@ class Supervisor:
         except OSError as exc:
             log.warning("cannot write %s: %s", self.state_dir / STATE_FILE, exc)
 
-    def _read_state(self) -> None:
+    def _saved_restarts(self) -> dict[str, int]:
+        """The restart counters the previous session wrote, by unit name."""
         try:
             data = json.loads((self.state_dir / STATE_FILE).read_text())
         except (OSError, ValueError):
-            return
+            return {}
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            return
-        for name, saved in (data.get("units") or {}).items():
-            if name in self.units and isinstance(saved, dict):
-                self.units[name].restarts = int(saved.get("restarts") or 0)
+            return {}
+        return {
+            name: int(saved.get("restarts") or 0)
+            for name, saved in (data.get("units") or {}).items()
+            if name in self.units and isinstance(saved, dict)
+        }
 
     # --- dependencies ----------------------------------------------------------------
 
@@ -486,7 +489,10 @@ class Supervisor:
         """Take over the running containers a previous supervisor started: one
         ``podman ps`` for all, then every unit in a thread of its own (the threads
         are returned, started)."""
-        self._read_state()
+        # Only a unit whose container lives on keeps its counter, as the same
+        # service would under systemd; the others start afresh (a failed session's
+        # restarts are not this session's).
+        saved = self._saved_restarts()
         found = containers_by_unit()
         threads: list[threading.Thread] = []
         for rt in self.units.values():
@@ -499,6 +505,7 @@ class Supervisor:
             log.info("%s: adopting running container %s", rt.plan.service, container_id[:12])
             with self.cond:
                 rt.adopt_id = container_id
+                rt.restarts = saved.get(rt.plan.name, 0)
                 self.set_state(rt, UnitState.ACTIVATING)
             thread = threading.Thread(
                 target=self._adopt_one, args=(rt, container_id), name=f"adopt {rt.plan.service}"
