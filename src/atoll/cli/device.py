@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from atoll.cli.common import Output, add_global_options
+from atoll.cli.common import Output, add_global_options, duration
 from atoll.cli.hostdevice import open_device
 from atoll.device.harness import BootRound, run_boots
 from atoll.errors import UsageError
@@ -24,15 +24,20 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "powers off or --max-boots is reached.",
     )
     add_global_options(boot)
-    boot.add_argument("--sysroot", required=True, metavar="DIR")
+    boot.add_argument(
+        "--sysroot",
+        default="/sysroot",
+        metavar="DIR",
+        help="the device's sysroot (default /sysroot)",
+    )
     boot.add_argument(
         "--max-boots", type=int, default=10, metavar="N", help="stop after N boots (default 10)"
     )
     boot.add_argument(
         "--timeout",
-        type=float,
+        type=duration,
         default=120.0,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="a boot that takes longer is killed and counts as failed",
     )
     boot.add_argument(

@@ -517,6 +517,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
     device = _device(args, out)
     check_assessable(device)  # before the first boot attempt is counted
     boots = []
+    lines = []
     for number in range(1, args.max_boots + 1):
         record = device.boot()
         assessment = assess_boot(device, inside=False)
@@ -532,10 +533,11 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         )
         if assessment.rollback is not None:
             line += f"; rolled back from {assessment.rollback.from_deployment[:12]}"
-        out.info(line)
+        lines.append(line)
         if assessment.green:
             break
-    out.result(boots if len(boots) > 1 else boots[0], None)
+    # The boot lines are the result: stdout, as --json's document would be.
+    out.result(boots if len(boots) > 1 else boots[0], "\n".join(lines))
     if not assessment.green:
         raise HealthCheckFailedError(
             f"the last boot is red: {reason.summary() if reason else 'see atoll health status'}",
