@@ -510,6 +510,7 @@ def _config_diff(args: argparse.Namespace, out: Output) -> int:
 
 
 def _boot(args: argparse.Namespace, out: Output) -> int:
+    from atoll.cli.health import check_output_lines
     from atoll.health.assess import assess_boot, check_assessable
 
     if args.max_boots < 1:
@@ -534,6 +535,8 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         if assessment.rollback is not None:
             line += f"; rolled back from {assessment.rollback.from_deployment[:12]}"
         lines.append(line)
+        if reason is not None:
+            lines += check_output_lines(reason.output, "  ")
         if assessment.green:
             break
     # The boot lines are the result: stdout, as --json's document would be.
