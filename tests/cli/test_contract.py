@@ -12,6 +12,7 @@ import pytest
 from atoll.cli.common import duration
 from atoll.cli.main import build_parser, main
 from atoll.oci.transports import ImageName, Transport
+from atoll.sysroot.status import describe
 from helpers.device import installed_device
 from helpers.images import build_image
 from helpers.registry import RegistryView
@@ -175,6 +176,16 @@ def test_device_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert json.loads(as_format) == json.loads(after)
     code, out, err = _run(capsys, "-q", "--sysroot", str(sysroot), "status", "--booted")
     assert code == 0 and err == ""
+    assert out.startswith("Booted image: oci:")
+    # Names are printed back in one form: a registry's as docker://, not registry:.
+    doc = json.loads(after)
+    doc["status"]["booted"]["image"]["image"] = {
+        "image": "127.0.0.1:5055/os/edge:1.4",
+        "transport": "registry",
+    }
+    assert describe(doc, booted_only=True).startswith(
+        "Booted image: docker://127.0.0.1:5055/os/edge:1.4\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from atoll.errors import AtollError
+from atoll.oci.transports import parse_bootc_name
 from atoll.sysroot.dropped import read_dropped
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.rolledback import read_rolled_back
@@ -113,6 +115,15 @@ def host_document(
     }
 
 
+def _image_name(image: dict[str, Any]) -> str:
+    """bootc's {transport, image} in the one form atoll prints names in
+    (``docker://REF`` for a registry, as ``install`` and ``image`` commands print)."""
+    try:
+        return str(parse_bootc_name(image["image"], image["transport"]))
+    except AtollError:
+        return f"{image['transport']}:{image['image']}"
+
+
 def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
     """The human form of the host document."""
     status = doc["status"]
@@ -133,7 +144,7 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
             if on
         ]
         lines.append(
-            f"{marker} image: {image['image']['transport']}:{image['image']['image']}"
+            f"{marker} image: {_image_name(image['image'])}"
             + (f" ({', '.join(flags)})" if flags else "")
         )
         lines.append(f"        Version: {image['version'] or '-'} ({image['timestamp'] or '-'})")
