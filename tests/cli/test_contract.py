@@ -186,6 +186,9 @@ def test_device_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert describe(doc, booted_only=True).startswith(
         "Booted image: docker://127.0.0.1:5055/os/edge:1.4\n"
     )
+    # Singular and plural: "1 try left", not "1 tries left".
+    doc["status"]["booted"]["atoll"].update(bootState="assessing", triesLeft=1)
+    assert "     Boot state: assessing (1 try left)" in describe(doc).splitlines()
 
 
 @pytest.mark.parametrize(

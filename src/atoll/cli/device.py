@@ -10,6 +10,7 @@ from atoll.cli.common import Output, add_global_options, duration
 from atoll.cli.hostdevice import open_device
 from atoll.device.harness import BootRound, run_boots
 from atoll.errors import UsageError
+from atoll.sysroot.status import tries_left
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -61,7 +62,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
 
     def report(round_: BootRound) -> None:
         rec = round_.record
-        counter = "" if rec.tries_left is None else f", {rec.tries_left} tries left"
+        counter = "" if rec.tries_left is None else f", {tries_left(rec.tries_left)}"
         fallback = ", fallback" if rec.fallback else ""
         out.info(
             f"boot {round_.number}: {rec.deployment[:12]}{rec.deployment[64:]} "

@@ -24,7 +24,7 @@ from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
 from atoll.sysroot.fetch import open_image
 from atoll.sysroot.lifecycle import Device, StageResult
 from atoll.sysroot.rolledback import find_rolled_back
-from atoll.sysroot.status import describe
+from atoll.sysroot.status import describe, tries_left
 from atoll.updates import (
     SystemClock,
     ensure_reboot_allowed,
@@ -523,7 +523,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         record = device.boot()
         assessment = assess_boot(device, inside=False)
         boots.append({"boot": number, **record.to_json(), **assessment.to_json()})
-        counter = "" if record.tries_left is None else f", {record.tries_left} tries left"
+        counter = "" if record.tries_left is None else f", {tries_left(record.tries_left)}"
         fallback = ", fallback" if record.fallback else ""
         outcome = assessment.report.outcome.value
         reason = assessment.report.reason

@@ -115,6 +115,11 @@ def host_document(
     }
 
 
+def tries_left(count: int) -> str:
+    """``1 try left``, ``2 tries left``: a boot counter in words."""
+    return f"{count} {'try' if count == 1 else 'tries'} left"
+
+
 def _image_name(image: dict[str, Any]) -> str:
     """bootc's {transport, image} in the one form atoll prints names in
     (``docker://REF`` for a registry, as ``install`` and ``image`` commands print)."""
@@ -153,7 +158,8 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
             f"     Deployment: {atoll['stateroot']}/{atoll['commit'][:12]}.{atoll['deploySerial']}"
         )
         if atoll["bootState"] and atoll["bootState"] != "good":
-            lines.append(f"     Boot state: {atoll['bootState']} ({atoll['triesLeft']} tries left)")
+            left = tries_left(atoll["triesLeft"])
+            lines.append(f"     Boot state: {atoll['bootState']} ({left})")
         conflicts = (atoll.get("etcMerge") or {}).get("conflicts") or []
         if conflicts:
             lines.append(f"  /etc conflicts: {len(conflicts)} (see --format json)")
