@@ -158,6 +158,14 @@ def test_a_directory_device_checks_its_booted_deployment(
     assert "after 3 attempts: required check 10-ok.sh failed (exit code 7)" in text
     assert "Last 4 of 4 recorded runs: green green red red" in text
 
+    # atoll boot counts as health does: the deployment's attempt, of how many.
+    text, _ = atoll(capsys, "boot", *s, "--max-boots", "1", code=46)
+    assert text.startswith("boot 1, attempt 2 of 3: "), text
+    assert "1 try left" in text.splitlines()[0]
+    assert "  | attempt 2 of 3" in text.splitlines()
+    text, _ = atoll(capsys, "health", "status", *s)
+    assert "boot attempt 2 of 3" in text
+
 
 def test_status_of_a_sysroot_without_records(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

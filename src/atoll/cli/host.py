@@ -527,8 +527,16 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         fallback = ", fallback" if record.fallback else ""
         outcome = assessment.report.outcome.value
         reason = assessment.report.reason
+        report = assessment.report
+        # The deployment's attempt, counted as health status counts it.
+        attempt = (
+            f", attempt {report.attempt} of {report.max_attempts}"
+            if report.attempt is not None
+            else ""
+        )
+        short = f"{record.deployment[:12]}{record.deployment[64:]}"
         line = (
-            f"boot {number}: {record.stateroot}/{record.deployment[:12]}{record.deployment[64:]}"
+            f"boot {number}{attempt}: {record.stateroot}/{short}"
             f" ({record.entry}{counter}{fallback}): {outcome}"
             + (f" ({reason.summary()})" if reason else "")
         )
