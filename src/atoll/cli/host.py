@@ -24,7 +24,7 @@ from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
 from atoll.sysroot.fetch import open_image
 from atoll.sysroot.lifecycle import Device, StageResult
 from atoll.sysroot.rolledback import find_rolled_back
-from atoll.sysroot.status import describe
+from atoll.sysroot.status import describe, tries_left
 from atoll.updates import (
     SystemClock,
     ensure_reboot_allowed,
@@ -510,6 +510,7 @@ def _config_diff(args: argparse.Namespace, out: Output) -> int:
 
 
 def _boot(args: argparse.Namespace, out: Output) -> int:
+    from atoll.cli.health import check_output_lines
     from atoll.health.assess import assess_boot, check_assessable
 
     if args.max_boots < 1:
@@ -517,25 +518,37 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
     device = _device(args, out)
     check_assessable(device)  # before the first boot attempt is counted
     boots = []
+    lines = []
     for number in range(1, args.max_boots + 1):
         record = device.boot()
         assessment = assess_boot(device, inside=False)
         boots.append({"boot": number, **record.to_json(), **assessment.to_json()})
-        counter = "" if record.tries_left is None else f", {record.tries_left} tries left"
+        counter = "" if record.tries_left is None else f", {tries_left(record.tries_left)}"
         fallback = ", fallback" if record.fallback else ""
         outcome = assessment.report.outcome.value
         reason = assessment.report.reason
+        report = assessment.report
+        # The deployment's attempt, counted as health status counts it.
+        attempt = (
+            f", attempt {report.attempt} of {report.max_attempts}"
+            if report.attempt is not None
+            else ""
+        )
+        short = f"{record.deployment[:12]}{record.deployment[64:]}"
         line = (
-            f"boot {number}: {record.stateroot}/{record.deployment[:12]}{record.deployment[64:]}"
+            f"boot {number}{attempt}: {record.stateroot}/{short}"
             f" ({record.entry}{counter}{fallback}): {outcome}"
             + (f" ({reason.summary()})" if reason else "")
         )
         if assessment.rollback is not None:
             line += f"; rolled back from {assessment.rollback.from_deployment[:12]}"
-        out.info(line)
+        lines.append(line)
+        if reason is not None:
+            lines += check_output_lines(reason.output, "  ")
         if assessment.green:
             break
-    out.result(boots if len(boots) > 1 else boots[0], None)
+    # The boot lines are the result: stdout, as --json's document would be.
+    out.result(boots if len(boots) > 1 else boots[0], "\n".join(lines))
     if not assessment.green:
         raise HealthCheckFailedError(
             f"the last boot is red: {reason.summary() if reason else 'see atoll health status'}",

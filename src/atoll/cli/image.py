@@ -90,7 +90,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "which removes every tag of it; without this, such a delete is refused)",
     )
     add_registry_options(delete)
-    add_platform_options(delete)
+    add_platform_options(delete, transfers=False)
     delete.set_defaults(func=_delete)
 
     sync = sub.add_parser(
@@ -184,8 +184,9 @@ def _copy(args: argparse.Namespace, out: Output) -> int:
         progress=out.progress(),
         digestfile=Path(args.digestfile) if args.digestfile else None,
     )
-    if not out.quiet or out.json:
-        out.result(result.to_json(), _describe_copy(result))
+    # -q: only the result, the digest (as --digestfile writes it).
+    human = str(result.digest) if out.quiet else _describe_copy(result)
+    out.result(result.to_json(), human)
     return 0
 
 

@@ -54,7 +54,7 @@ def _add_auth_options(parser: argparse.ArgumentParser) -> None:
         help="require HTTPS and verify certificates",
     )
     parser.add_argument("--cert-dir", metavar="DIR", help="CA and client certificates")
-    add_platform_options(parser)
+    add_platform_options(parser, transfers=False)
 
 
 def _split(target: str) -> tuple[str, str | None]:

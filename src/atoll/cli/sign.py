@@ -34,7 +34,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "that is the form podman and skopeo --sign-by-sigstore-private-key read.",
     )
     add_global_options(generate)
-    generate.add_argument("--output", required=True, metavar="PREFIX", help="path prefix")
+    generate.add_argument("-o", "--output", required=True, metavar="PREFIX", help="path prefix")
     generate.add_argument(
         "--passphrase-file", metavar="FILE", help="encrypt the private key with this passphrase"
     )
@@ -65,7 +65,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "than the devices' max_signature_age",
     )
     add_registry_options(sign)
-    add_platform_options(sign)
+    add_platform_options(sign, transfers=False)
     sign.set_defaults(func=_sign)
 
     verify = commands.add_parser(

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atoll.cli.common import Output, add_global_options
+from atoll.cli.common import Output, add_global_options, duration
 
 if TYPE_CHECKING:
     from atoll.workloads.control import SupervisorClient, SystemdManager, UnitStatus
@@ -118,8 +118,8 @@ def _register_manage(sub: argparse._SubParsersAction[Any]) -> None:
         )
         parser.add_argument(
             "--timeout",
-            type=float,
-            metavar="SECONDS",
+            type=duration,
+            metavar="DURATION",
             help="give up waiting after this long (default: the unit's TimeoutStartSec)",
         )
         parser.set_defaults(func=_job, verb=verb)

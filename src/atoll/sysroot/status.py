@@ -28,6 +28,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from atoll.errors import AtollError
+from atoll.oci.transports import parse_bootc_name
 from atoll.sysroot.dropped import read_dropped
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.rolledback import read_rolled_back
@@ -113,6 +115,20 @@ def host_document(
     }
 
 
+def tries_left(count: int) -> str:
+    """``1 try left``, ``2 tries left``: a boot counter in words."""
+    return f"{count} {'try' if count == 1 else 'tries'} left"
+
+
+def _image_name(image: dict[str, Any]) -> str:
+    """bootc's {transport, image} in the one form atoll prints names in
+    (``docker://REF`` for a registry, as ``install`` and ``image`` commands print)."""
+    try:
+        return str(parse_bootc_name(image["image"], image["transport"]))
+    except AtollError:
+        return f"{image['transport']}:{image['image']}"
+
+
 def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
     """The human form of the host document."""
     status = doc["status"]
@@ -133,7 +149,7 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
             if on
         ]
         lines.append(
-            f"{marker} image: {image['image']['transport']}:{image['image']['image']}"
+            f"{marker} image: {_image_name(image['image'])}"
             + (f" ({', '.join(flags)})" if flags else "")
         )
         lines.append(f"        Version: {image['version'] or '-'} ({image['timestamp'] or '-'})")
@@ -142,7 +158,8 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
             f"     Deployment: {atoll['stateroot']}/{atoll['commit'][:12]}.{atoll['deploySerial']}"
         )
         if atoll["bootState"] and atoll["bootState"] != "good":
-            lines.append(f"     Boot state: {atoll['bootState']} ({atoll['triesLeft']} tries left)")
+            left = tries_left(atoll["triesLeft"])
+            lines.append(f"     Boot state: {atoll['bootState']} ({left})")
         conflicts = (atoll.get("etcMerge") or {}).get("conflicts") or []
         if conflicts:
             lines.append(f"  /etc conflicts: {len(conflicts)} (see --format json)")
