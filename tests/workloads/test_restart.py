@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from atoll.errors import QuadletUnitError
-from atoll.workloads.restart import (
+from atoll.workloads.unitfiles.restart import (
     EndKind,
     RestartPolicy,
     Result,

@@ -14,8 +14,8 @@ import pytest
 from atoll.oci.client import RegistryClient
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
-from atoll.workloads.updatecheck import check_references
-from atoll.workloads.updatestate import STATE_FILE, UpdateState
+from atoll.workloads.autoupdate.checks import check_references
+from atoll.workloads.autoupdate.state import STATE_FILE, UpdateState
 from helpers.registry import RegistryView
 
 

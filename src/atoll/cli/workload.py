@@ -144,7 +144,7 @@ def _generate(args: argparse.Namespace, out: Output) -> int:
 
 
 def _run(args: argparse.Namespace, out: Output) -> int:
-    from atoll.workloads.supervisor import Supervisor
+    from atoll.workloads.supervise.supervisor import Supervisor
 
     supervisor = Supervisor(unit_roots(args), user=args.user, state_dir=Path(args.state_dir))
     supervisor.install_signal_handlers()
@@ -234,7 +234,7 @@ def _job(args: argparse.Namespace, out: Output) -> int:
 def _logs(args: argparse.Namespace, out: Output) -> int:
     from atoll.errors import UnsupportedError
     from atoll.run import run
-    from atoll.workloads.runtime import logs_argv, podman_env
+    from atoll.workloads.supervise.runtime import logs_argv, podman_env
 
     statuses = manager_for(args).status_all(args.name)
     status = statuses[0]

@@ -365,7 +365,7 @@ class SystemdManager(_Jobs):
         return run(argv, timeout=timeout).stdout.decode(errors="replace")
 
     def units(self) -> list[Any]:
-        from atoll.workloads.quadlet import load_units
+        from atoll.workloads.unitfiles.quadlet import load_units
 
         return list(load_units(self.roots, user=self.user).units)
 
@@ -379,8 +379,8 @@ class SystemdManager(_Jobs):
         )
 
     def _status_of(self, unit: Any) -> UnitStatus:
-        from atoll.workloads.quadlet import ContainerOptions
-        from atoll.workloads.runtime import inspect_container
+        from atoll.workloads.supervise.runtime import inspect_container
+        from atoll.workloads.unitfiles.quadlet import ContainerOptions
 
         show = parse_systemctl_show(
             self._systemctl(

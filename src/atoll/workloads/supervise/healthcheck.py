@@ -28,8 +28,8 @@ from enum import StrEnum
 from atoll.errors import CommandError, QuadletUnitError, ToolMissingError
 from atoll.run import run
 from atoll.workloads.control import Health
-from atoll.workloads.quadlet import ContainerOptions
-from atoll.workloads.restart import parse_timespan
+from atoll.workloads.unitfiles.quadlet import ContainerOptions
+from atoll.workloads.unitfiles.restart import parse_timespan
 
 log = logging.getLogger(__name__)
 

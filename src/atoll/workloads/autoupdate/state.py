@@ -20,7 +20,7 @@ One JSON file, ``STATE_DIR/autoupdate.json`` (default state dir
 
 ``trial`` is written before an update moves the unit's tag and removed when
 the update is kept or rolled back: a run that finds one finishes that update
-first (see :mod:`atoll.workloads.autoupdate`).  ``registries`` holds the
+first (see :mod:`atoll.workloads.autoupdate.updater`).  ``registries`` holds the
 ``/v2/`` URL each registry's last ping chose, so that the next run's checks go
 there without pinging (absent in older files).
 
@@ -173,7 +173,7 @@ class UpdateState:
 
     path: Path
     units: dict[str, UnitUpdateState] = field(default_factory=dict)
-    #: Registry -> the ``/v2/`` URL its last ping chose (see atoll.workloads.updatecheck).
+    #: Registry -> the ``/v2/`` URL its last ping chose (see atoll.workloads.autoupdate.checks).
     registries: dict[str, str] = field(default_factory=dict)
 
     def get(self, unit: str) -> UnitUpdateState:

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atoll.errors import QuadletUnitError
-from atoll.workloads.quadlet import ContainerOptions, ParseWarning, read_sections
-from atoll.workloads.restart import parse_timespan
+from atoll.workloads.unitfiles.quadlet import ContainerOptions, ParseWarning, read_sections
+from atoll.workloads.unitfiles.restart import parse_timespan
 
 log = logging.getLogger(__name__)
 

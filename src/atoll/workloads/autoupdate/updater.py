@@ -3,7 +3,7 @@
 For each ``.container`` unit with ``AutoUpdate=registry`` or ``AutoUpdate=local``
 whose container runs:
 
-1. **Check** (all units at once, see :mod:`atoll.workloads.updatecheck`).
+1. **Check** (all units at once, see :mod:`atoll.workloads.autoupdate.checks`).
    ``registry``: the digest the registry has for the unit's tag (for a version
    pin, the highest tag on its line) against the digests of the image the
    container runs (podman's RepoDigests, and what this file recorded when it
@@ -15,7 +15,7 @@ whose container runs:
    only while the cron expression matches; otherwise it is ``pending``.
 3. **Apply**, units that depend on each other (``After=``/``Requires=``/
    ``Wants=``/``BindsTo=`` naming another updated unit) in order, the others in
-   waves of *parallel* (:mod:`atoll.workloads.rollout`).  The new images are
+   waves of *parallel* (:mod:`atoll.workloads.autoupdate.rollout`).  The new images are
    pulled as ``REPO@DIGEST``, once per digest, shared out over a few podman
    processes (one per CPU at most); then each wave: tag the image as the
    units' ``Image=`` (in rounds, so that no restart reads a tag another one
@@ -25,7 +25,7 @@ whose container runs:
    meanwhile.  A failure stops the waves.
 4. **Roll back** every unit the failing image reached: tag the previous image
    as ``Image=`` again, restart, and remember the digest and why
-   (:mod:`atoll.workloads.updatestate`).  After the run every unit restarted
+   (:mod:`atoll.workloads.autoupdate.state`).  After the run every unit restarted
    is asked what it runs; the report says that.
 5. **Prune** after a success: images the unit used before the previous one,
    unless a container uses them.  The previous image stays for a rollback.
@@ -51,12 +51,10 @@ from typing import Any
 from atoll.errors import AtollError
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
-from atoll.workloads.control import Health, UnitManager, UnitState, UnitStatus
-from atoll.workloads.localimages import LocalImage, Podman, same_image
-from atoll.workloads.quadlet import LoadResult
-from atoll.workloads.rollout import POLL_INTERVAL, Rollout, Watch, judge, not_ready
-from atoll.workloads.updatecheck import DEFAULT_CONCURRENCY, RemoteCheck, check_references
-from atoll.workloads.updatestate import (
+from atoll.workloads.autoupdate.checks import DEFAULT_CONCURRENCY, RemoteCheck, check_references
+from atoll.workloads.autoupdate.localimages import LocalImage, Podman, same_image
+from atoll.workloads.autoupdate.rollout import POLL_INTERVAL, Rollout, Watch, judge, not_ready
+from atoll.workloads.autoupdate.state import (
     ImageRecord,
     RolledBack,
     Trial,
@@ -65,11 +63,13 @@ from atoll.workloads.updatestate import (
     state_lock,
     utc_now,
 )
-from atoll.workloads.updateunits import (
+from atoll.workloads.autoupdate.units import (
     Policy,
     Workload,
     workloads_from,
 )
+from atoll.workloads.control import Health, UnitManager, UnitState, UnitStatus
+from atoll.workloads.unitfiles.quadlet import LoadResult
 
 log = logging.getLogger(__name__)
 

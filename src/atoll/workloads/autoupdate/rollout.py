@@ -1,6 +1,6 @@
 """How ``atoll workload auto-update`` restarts units: in waves, watched together.
 
-The units of one dependency level (see :mod:`atoll.workloads.autoupdate`) are
+The units of one dependency level (see :mod:`atoll.workloads.autoupdate.updater`) are
 restarted in **waves** of *parallel* units.  A restart is work (podman
 processes), the watch window is waiting: every restarted unit is watched in
 one loop, each until its own restart time + the watch window.  The first wave
@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING
 
 from atoll.errors import AtollError
 from atoll.faults import crashpoint
+from atoll.workloads.autoupdate.localimages import same_image
+from atoll.workloads.autoupdate.state import ImageRecord, RolledBack, Trial, utc_now
+from atoll.workloads.autoupdate.units import Policy, Workload
 from atoll.workloads.control import Health, UnitState, UnitStatus
-from atoll.workloads.localimages import same_image
-from atoll.workloads.updatestate import ImageRecord, RolledBack, Trial, utc_now
-from atoll.workloads.updateunits import Policy, Workload
 
 if TYPE_CHECKING:
-    from atoll.workloads.autoupdate import AutoUpdater, UnitReport, _Plan
+    from atoll.workloads.autoupdate.updater import AutoUpdater, UnitReport, _Plan
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class Rollout:
     def _hold_back(self, plans: Sequence[_Plan], stop: Watch) -> None:
         """The units a stopped rollout did not reach: one that would take the image
         that failed does not take it later either (until the tag moves)."""
-        from atoll.workloads.autoupdate import Updated
+        from atoll.workloads.autoupdate.updater import Updated
 
         why = f"{stop.workload.unit} failed ({stop.failure})"
         for plan in plans:
@@ -243,7 +243,7 @@ class Rollout:
     def _begin(self, plans: Sequence[_Plan]) -> list[Watch]:
         """Tag and restart a wave; return its watches (with the failure of a restart
         that failed; _watch concludes them)."""
-        from atoll.workloads.autoupdate import Updated
+        from atoll.workloads.autoupdate.updater import Updated
 
         items: list[tuple[_Plan, ImageRecord, ImageRecord]] = []
         for plan in plans:
@@ -338,7 +338,7 @@ class Rollout:
 
     def conclude(self, watches: Sequence[Watch]) -> None:
         """Keep the update of the watches without a failure; roll back the others."""
-        from atoll.workloads.autoupdate import Updated
+        from atoll.workloads.autoupdate.updater import Updated
 
         back: list[Watch] = []
         for watch in watches:
@@ -368,7 +368,7 @@ class Rollout:
 
     def roll_back(self, watches: Sequence[Watch]) -> None:
         """Restart every unit of *watches* on its previous image; wait until each is ready."""
-        from atoll.workloads.autoupdate import Updated
+        from atoll.workloads.autoupdate.updater import Updated
 
         steps = [Step(w.workload, w.old.image_id) for w in watches]
         results = self.restart_all(steps)
@@ -434,7 +434,7 @@ class Rollout:
     def verify(self) -> None:
         """Ask every unit this run restarted what it runs now, start again one a
         rollback left down, and make its report say what is true."""
-        from atoll.workloads.autoupdate import Updated
+        from atoll.workloads.autoupdate.updater import Updated
 
         entries = list(self.expected.values())
         if not entries:

@@ -2,8 +2,8 @@
 
 For hosts and containers without systemd, and for tests.  One thread per
 running unit keeps its lifecycle; the control socket
-(:mod:`atoll.workloads.controlserver`) answers :mod:`atoll.workloads.control`
-requests; :mod:`atoll.workloads.socketact` listeners start units on demand.
+(:mod:`atoll.workloads.supervise.controlserver`) answers :mod:`atoll.workloads.control`
+requests; :mod:`atoll.workloads.unitfiles.socketact` listeners start units on demand.
 
 The state directory (default ``/run/atoll/workloads``)::
 
@@ -17,7 +17,7 @@ The state directory (default ``/run/atoll/workloads``)::
                          NAME.cid, NAME-pod.pod-id, ...
 
 A container unit's run, ``podman run -d`` watched until it ends, is
-:mod:`atoll.workloads.containerrun`'s; other units run their commands and stay
+:mod:`atoll.workloads.supervise.containerrun`'s; other units run their commands and stay
 active.  Containers carry the label ``io.atoll.workload.unit=NAME.container``: a
 supervisor started again adopts a running container instead of starting another.
 
@@ -48,14 +48,11 @@ from atoll.errors import (
     from_oserror,
 )
 from atoll.fsutil import write_atomic
-from atoll.workloads.containerrun import TICK, ContainerRun
 from atoll.workloads.control import CONTROL_SOCKET, Health, UnitState, UnitStatus
-from atoll.workloads.controlserver import ControlServer
-from atoll.workloads.deaths import ContainerDeaths
-from atoll.workloads.generate import generate_services
-from atoll.workloads.quadlet import ContainerOptions, UnitKind, default_roots, load_units
-from atoll.workloads.restart import EndKind, Result, StartLimit
-from atoll.workloads.runtime import (
+from atoll.workloads.supervise.containerrun import TICK, ContainerRun
+from atoll.workloads.supervise.controlserver import ControlServer
+from atoll.workloads.supervise.deaths import ContainerDeaths
+from atoll.workloads.supervise.runtime import (
     RunEnd,
     UnitPlan,
     containers_by_unit,
@@ -63,7 +60,15 @@ from atoll.workloads.runtime import (
     podman_env,
     run_commands,
 )
-from atoll.workloads.socketact import SocketActivator, SocketUnit, load_sockets, published_target
+from atoll.workloads.unitfiles.generate import generate_services
+from atoll.workloads.unitfiles.quadlet import ContainerOptions, UnitKind, default_roots, load_units
+from atoll.workloads.unitfiles.restart import EndKind, Result, StartLimit
+from atoll.workloads.unitfiles.socketact import (
+    SocketActivator,
+    SocketUnit,
+    load_sockets,
+    published_target,
+)
 
 log = logging.getLogger(__name__)
 

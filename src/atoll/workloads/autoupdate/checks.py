@@ -3,7 +3,7 @@
 For every distinct image reference: one ``HEAD /v2/NAME/manifests/TAG`` (with
 the Accept types of both indexes and manifests, so a multi-platform image
 answers with its index's digest, which is what podman records when it pulls by
-tag).  A version pin (``Image=repo:3.4``, see :mod:`atoll.workloads.semver`)
+tag).  A version pin (``Image=repo:3.4``, see :mod:`atoll.workloads.autoupdate.semver`)
 first lists the repository's tags and then checks the highest tag on its line.
 
 Each registry gets one client (one ``/v2/`` ping, pooled connections); every
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from atoll.errors import AtollError
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
-from atoll.workloads import semver
+from atoll.workloads.autoupdate import semver
 
 if TYPE_CHECKING:
     from atoll.oci.client import RegistryClient

@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING
 from atoll.errors import ToolMissingError
 from atoll.run import PIPE, TimeoutExpired, spawn
 from atoll.workloads.control import Health, UnitState
-from atoll.workloads.healthcheck import HealthTracker, OnFailure, run_check
-from atoll.workloads.notify import NotifySocket, NotifyState
-from atoll.workloads.restart import EndKind, Result
-from atoll.workloads.runtime import (
+from atoll.workloads.supervise.healthcheck import HealthTracker, OnFailure, run_check
+from atoll.workloads.supervise.notify import NotifySocket, NotifyState
+from atoll.workloads.supervise.runtime import (
     Command,
     NotifyMode,
     RunEnd,
@@ -33,9 +32,10 @@ from atoll.workloads.runtime import (
     run_commands,
     started_at,
 )
+from atoll.workloads.unitfiles.restart import EndKind, Result
 
 if TYPE_CHECKING:
-    from atoll.workloads.supervisor import Supervisor, UnitRuntime
+    from atoll.workloads.supervise.supervisor import Supervisor, UnitRuntime
 
 log = logging.getLogger(__name__)
 

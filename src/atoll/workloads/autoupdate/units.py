@@ -4,7 +4,7 @@ A ``.container`` unit with ``AutoUpdate=registry`` or ``AutoUpdate=local``
 becomes a :class:`Workload`: its image (through a ``.image`` unit when
 ``Image=`` names one), its update window (the labels
 ``io.atoll.autoupdate.window=CRON`` and ``io.atoll.autoupdate.timezone=ZONE``)
-and the units it is ordered after.  See :mod:`atoll.workloads.autoupdate`.
+and the units it is ordered after.  See :mod:`atoll.workloads.autoupdate.updater`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from enum import StrEnum
 from atoll.errors import AtollError
 from atoll.updates.cron import CronExpression
 from atoll.updates.window import Window
-from atoll.workloads.quadlet import ContainerOptions, ImageOptions, LoadResult, QuadletUnit
+from atoll.workloads.unitfiles.quadlet import (
+    ContainerOptions,
+    ImageOptions,
+    LoadResult,
+    QuadletUnit,
+)
 
 WINDOW_LABEL = "io.atoll.autoupdate.window"
 TIMEZONE_LABEL = "io.atoll.autoupdate.timezone"
