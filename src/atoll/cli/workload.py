@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from atoll.cli.common import Output, add_global_options
 
 if TYPE_CHECKING:
-    from atoll.workloads.control import SupervisorClient, SystemdManager, UnitStatus
+    from atoll.workloads.control import SupervisorClient, UnitStatus
+    from atoll.workloads.systemd import SystemdManager
 
 DEFAULT_STATE_DIR = "/run/atoll/workloads"
 
@@ -155,11 +156,8 @@ def _run(args: argparse.Namespace, out: Output) -> int:
 
 def manager_for(args: argparse.Namespace) -> SupervisorClient | SystemdManager:
     """The supervisor when asked for, or when its control socket exists; else systemd."""
-    from atoll.workloads.control import (
-        SupervisorClient,
-        SystemdManager,
-        control_socket,
-    )
+    from atoll.workloads.control import SupervisorClient, control_socket
+    from atoll.workloads.systemd import SystemdManager
 
     state_dir = Path(args.state_dir)
     choice = args.manager

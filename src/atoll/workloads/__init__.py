@@ -36,12 +36,12 @@ if TYPE_CHECKING:
     from atoll.workloads.control import (
         Health,
         SupervisorClient,
-        SystemdManager,
         UnitManager,
         UnitState,
         UnitStatus,
     )
     from atoll.workloads.supervise.supervisor import Supervisor
+    from atoll.workloads.systemd import SystemdManager
     from atoll.workloads.unitfiles.generate import (
         GeneratedService,
         generate_services,
@@ -62,11 +62,11 @@ _LAZY = {
     "control": (
         "Health",
         "SupervisorClient",
-        "SystemdManager",
         "UnitManager",
         "UnitState",
         "UnitStatus",
     ),
+    "systemd": ("SystemdManager",),
     "supervise.supervisor": ("Supervisor",),
     "autoupdate.units": ("Workload", "workloads_from"),
 }
