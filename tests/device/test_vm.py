@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from atoll.device.nspawn import BootOutcome
+from atoll.device.nspawn import DeviceBootOutcome
 from atoll.device.qemu import DirectKernel, VMBoot, boot_vm
 from helpers.busybox_root import REQUIRED
 from helpers.cli import run_atoll
@@ -141,7 +141,7 @@ class Machine:
         self.boots: list[tuple[str, VMBoot]] = []
 
     def boot(
-        self, data: Path | None, expect: BootOutcome, direct: DirectKernel | None = None
+        self, data: Path | None, expect: DeviceBootOutcome, direct: DirectKernel | None = None
     ) -> dict[str, Any]:
         start = self.console.stat().st_size if self.console.exists() else 0
         result = boot_vm(
@@ -193,7 +193,7 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
     vm = Machine(disk, tmp_path / "console.log")
     try:
         # v1, installed: green; writes /var data, upgrades to v2, powers off (finalize).
-        first = vm.boot(data_v2, BootOutcome.POWEROFF)
+        first = vm.boot(data_v2, DeviceBootOutcome.POWEROFF)
         assert first["version"] == "1.0"
         assert first["initrd"] == "script"  # initramfs-tools
         assert first["usr"] == "read-only" and "ro" in first["mounts"]["/usr"]
@@ -208,11 +208,11 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
         assert " 2.0 (" in menu[0] and " 1.0 (" in menu[1]  # v2 is tried first, v1 is next
         # v2: three red boots; GRUB counts each down before the kernel starts.
         for left in ("2", "1", "0"):
-            red = vm.boot(data_report, BootOutcome.REBOOT)
+            red = vm.boot(data_report, DeviceBootOutcome.REBOOT)
             assert red["lines"] == []  # the driver runs only after a green check
             assert grubenv(disk).get("boot_counter") == left
         # GRUB falls back to v1 by itself; atoll records why and upgrades to v3.
-        back = vm.boot(data_v3, BootOutcome.POWEROFF)
+        back = vm.boot(data_v3, DeviceBootOutcome.POWEROFF)
         assert back["version"] == "1.0"
         assert back["data"] == "written by 1.0"
         assert back["usr"] == "read-only"
@@ -227,7 +227,7 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
         assert outcomes[-4:] == ["red", "red", "red", "green"]
         assert "upgraded" in back["lines"]
         # v3: green, the /var data still there, /usr read-only, the counter gone.
-        last = vm.boot(data_report, BootOutcome.POWEROFF)
+        last = vm.boot(data_report, DeviceBootOutcome.POWEROFF)
         assert last["version"] == "3.0"
         assert last["initrd"] == "systemd"  # dracut: its module made the deployment the root
         assert last["data"] == "written by 1.0"
@@ -250,7 +250,7 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
         vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
         for initrd in (make_initramfs(vm_tree), dracut):
             start = vm.console.stat().st_size
-            vm.boot(None, BootOutcome.REBOOT, DirectKernel(vmlinuz, initrd, " ".join(args)))
+            vm.boot(None, DeviceBootOutcome.REBOOT, DirectKernel(vmlinuz, initrd, " ".join(args)))
             said = vm.console.read_bytes()[start:].decode(errors="replace")
             assert f"atoll: cannot boot {ghost}: the deployment does not exist" in said
             assert "atoll: the deployment cannot be booted; rebooting" in said

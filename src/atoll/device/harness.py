@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll.device.nspawn import BootOutcome, ContainerBoot, boot_container
+from atoll.device.nspawn import ContainerBoot, DeviceBootOutcome, boot_container
 from atoll.sysroot.lifecycle import Device
 from atoll.sysroot.state import BootRecord
 
@@ -92,6 +92,6 @@ def run_boots(
         result.rounds.append(round_)
         if on_round is not None:
             on_round(round_)
-        if boot.outcome is BootOutcome.POWEROFF:
+        if boot.outcome is DeviceBootOutcome.POWEROFF:
             break
     return result

@@ -16,8 +16,8 @@ from typing import Any
 from atoll.errors import BundleError, NotFoundError, from_oserror
 from atoll.fsutil import TMP_PREFIX, atomic_writer, remove_tree
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import CopyOptions, CopyResult, copy_image
 from atoll.oci.digest import Digest
+from atoll.oci.imagecopy import CopyOptions, CopyResult, copy_image
 from atoll.oci.manifest import ImageManifest, MediaType, parse_config, parse_manifest
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport

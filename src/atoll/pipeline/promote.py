@@ -55,9 +55,9 @@ from atoll.errors import (
 )
 from atoll.oci.client import RegistryClient
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import CopyOptions, copy_image
+from atoll.oci.imagecopy import CopyOptions, copy_image
 from atoll.oci.digest import Digest
-from atoll.oci.inspect import read_config, select_manifest
+from atoll.oci.imageinspect import read_config, select_manifest
 from atoll.oci.manifest import MediaType, parse_config
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport, open_source

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
         ApplySettings,
         DownloadSettings,
         InhibitorSettings,
-        Policy,
+        UpdatePolicy,
         UpdatesConfig,
         load_config,
         parse_config,
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
         decide,
         device_delay,
     )
-    from atoll.updates.run import (
+    from atoll.updates.runner import (
         Outcome,
         UpdatableDevice,
         UpdateRunResult,
@@ -65,7 +65,7 @@ _LAZY = {
         "ApplySettings",
         "DownloadSettings",
         "InhibitorSettings",
-        "Policy",
+        "UpdatePolicy",
         "UpdatesConfig",
         "load_config",
         "parse_config",
@@ -88,7 +88,7 @@ _LAZY = {
         "decide",
         "device_delay",
     ),
-    "run": (
+    "runner": (
         "Outcome",
         "UpdatableDevice",
         "UpdateRunResult",
@@ -122,11 +122,11 @@ __all__ = [
     "InhibitorKind",
     "InhibitorSettings",
     "Outcome",
-    "Policy",
     "StagedUpdate",
     "SystemClock",
     "UpdatableDevice",
     "UpdateDecision",
+    "UpdatePolicy",
     "UpdateRunResult",
     "UpdateState",
     "UpdatesConfig",

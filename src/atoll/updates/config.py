@@ -46,7 +46,7 @@ MAX_RANDOM_DELAY = datetime.timedelta(days=7)
 MIN_RATE_LIMIT = 1024
 
 
-class Policy(StrEnum):
+class UpdatePolicy(StrEnum):
     """rpm-ostreed's AutomaticUpdatePolicy, plus ``apply``."""
 
     #: Do nothing on their own.
@@ -96,7 +96,7 @@ class InhibitorSettings:
 
 @dataclass(frozen=True)
 class UpdatesConfig:
-    policy: Policy = Policy.NONE
+    policy: UpdatePolicy = UpdatePolicy.NONE
     download: DownloadSettings = field(default_factory=DownloadSettings)
     apply: ApplySettings = field(default_factory=ApplySettings)
     inhibitors: InhibitorSettings = field(default_factory=InhibitorSettings)
@@ -196,9 +196,9 @@ class _Parser:
 
     def config(self, data: dict[str, Any]) -> UpdatesConfig:
         self.table(data, "")
-        policy_text = data.get("policy", Policy.NONE.value)
-        choices = ", ".join(p.value for p in Policy)
-        if policy_text not in {p.value for p in Policy}:
+        policy_text = data.get("policy", UpdatePolicy.NONE.value)
+        choices = ", ".join(p.value for p in UpdatePolicy)
+        if policy_text not in {p.value for p in UpdatePolicy}:
             raise self.error(
                 "policy",
                 f"unknown policy {policy_text!r}",
@@ -207,7 +207,7 @@ class _Parser:
         download = self.download(self.table(data.get("download", {}), "download"))
         apply = ApplySettings(self.window(self.table(data.get("apply", {}), "apply"), "apply"))
         inhibitors = self.inhibitors(self.table(data.get("inhibitors", {}), "inhibitors"))
-        return UpdatesConfig(Policy(policy_text), download, apply, inhibitors, self.path)
+        return UpdatesConfig(UpdatePolicy(policy_text), download, apply, inhibitors, self.path)
 
     def window(self, data: dict[str, Any], section: str) -> Window:
         zone_name = self.string(data, section, "timezone") or "UTC"

@@ -37,7 +37,7 @@ from atoll.errors import AtollError
 from atoll.faults import crashpoint
 from atoll.workloads.autoupdate.localimages import same_image
 from atoll.workloads.autoupdate.state import ImageRecord, RolledBack, Trial, utc_now
-from atoll.workloads.autoupdate.units import Policy, Workload
+from atoll.workloads.autoupdate.units import AutoUpdatePolicy, Workload
 from atoll.workloads.control import Health, UnitState, UnitStatus
 
 if TYPE_CHECKING:
@@ -254,7 +254,7 @@ class Rollout:
             self.updater._remember(plan.workload.unit, trial=Trial(new, old))
             items.append((plan, new, old))
         steps = [
-            Step(p.workload, new.image_id, tagged=p.workload.policy == Policy.LOCAL)
+            Step(p.workload, new.image_id, tagged=p.workload.policy == AutoUpdatePolicy.LOCAL)
             for p, new, _ in items
         ]
         watches: list[Watch] = []

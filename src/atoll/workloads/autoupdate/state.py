@@ -168,7 +168,7 @@ class UnitUpdateState:
 
 
 @dataclass
-class UpdateState:
+class WorkloadUpdateState:
     """The whole file; mutate :attr:`units` and :meth:`save`."""
 
     path: Path
@@ -192,7 +192,7 @@ class UpdateState:
         write_atomic(self.path, json.dumps(data, indent=2).encode() + b"\n")
 
     @classmethod
-    def load(cls, state_dir: Path) -> UpdateState:
+    def load(cls, state_dir: Path) -> WorkloadUpdateState:
         path = state_dir / STATE_FILE
         try:
             raw = path.read_bytes()

@@ -28,7 +28,7 @@ TIMEZONE_LABEL = "io.atoll.autoupdate.timezone"
 _DEPENDENCY_KEYS = ("After", "Requires", "Wants", "BindsTo", "Requisite", "PartOf")
 
 
-class Policy(StrEnum):
+class AutoUpdatePolicy(StrEnum):
     REGISTRY = "registry"
     LOCAL = "local"
 
@@ -58,7 +58,7 @@ def workloads_from(loaded: LoadResult) -> list[Workload]:
             continue
         image = _image_of(options, units)
         problem = None
-        if options.auto_update not in (Policy.REGISTRY, Policy.LOCAL):
+        if options.auto_update not in (AutoUpdatePolicy.REGISTRY, AutoUpdatePolicy.LOCAL):
             problem = f"AutoUpdate={options.auto_update} is not registry or local"
         labels = _labels(options.label)
         window = Window()

@@ -59,12 +59,12 @@ from atoll.workloads.autoupdate.state import (
     RolledBack,
     Trial,
     UnitUpdateState,
-    UpdateState,
+    WorkloadUpdateState,
     state_lock,
     utc_now,
 )
 from atoll.workloads.autoupdate.units import (
-    Policy,
+    AutoUpdatePolicy,
     Workload,
     workloads_from,
 )
@@ -199,7 +199,7 @@ class AutoUpdater:
         self.monotonic = monotonic
         self.sleep = sleep
         self._lock = threading.Lock()
-        self._state: UpdateState | None = None
+        self._state: WorkloadUpdateState | None = None
         #: Pulls by reference, started for a level of units at once (_start_pulls).
         self._pulls: dict[str, Future[str]] = {}
         self._restarts = ThreadPoolExecutor(
@@ -215,7 +215,7 @@ class AutoUpdater:
 
     def _run(self, workloads: Sequence[Workload]) -> AutoUpdateResult:
         with state_lock(self.state_dir):
-            self._state = UpdateState.load(self.state_dir)
+            self._state = WorkloadUpdateState.load(self.state_dir)
             chosen = [w for w in workloads if not self.options.only or w.unit in self.options.only]
             reports: dict[str, UnitReport] = {}
             resumed = self._resume(chosen, reports)
@@ -267,7 +267,7 @@ class AutoUpdater:
             # Stopped before the restart: the unit still runs the old image. Point
             # the tag back at it (a restart must not start the unproven one).
             log.info("%s: a stopped run's update never restarted it", workload.unit)
-            if workload.policy == Policy.REGISTRY:
+            if workload.policy == AutoUpdatePolicy.REGISTRY:
                 self._tag(trial.old.image_id, workload.image)
             self._remember(workload.unit, end_trial=True)
             return None
@@ -289,7 +289,9 @@ class AutoUpdater:
             if workload.problem:
                 report.updated, report.reason = Updated.FAILED, workload.problem
                 continue
-            if workload.policy == Policy.REGISTRY and not _fully_qualified(workload.image):
+            if workload.policy == AutoUpdatePolicy.REGISTRY and not _fully_qualified(
+                workload.image
+            ):
                 report.updated = Updated.FAILED
                 report.reason = (
                     f"Image={workload.image} is not fully qualified: the registry policy "
@@ -332,7 +334,7 @@ class AutoUpdater:
             plan.running = image
             if image is None:
                 continue
-            if plan.workload.policy == Policy.LOCAL:
+            if plan.workload.policy == AutoUpdatePolicy.LOCAL:
                 plan.known.add(image.id)
                 plan.report.old_digest = image.id
                 continue
@@ -342,8 +344,8 @@ class AutoUpdater:
                 plan.report.old_digest = sorted(digests)[0]
 
     def _check(self, plans: Sequence[_Plan]) -> None:
-        registry = [p for p in plans if p.workload.policy == Policy.REGISTRY]
-        local = [p for p in plans if p.workload.policy == Policy.LOCAL]
+        registry = [p for p in plans if p.workload.policy == AutoUpdatePolicy.REGISTRY]
+        local = [p for p in plans if p.workload.policy == AutoUpdatePolicy.LOCAL]
         refs = {p.workload.unit: ImageReference.parse(p.workload.image) for p in registry}
         checks: dict[ImageReference, RemoteCheck] = {}
         if refs:
@@ -382,7 +384,8 @@ class AutoUpdater:
             return False
         report.rolled_back_digests = tuple(e.digest for e in plan.state.rolled_back)
         if target in plan.known or (
-            plan.workload.policy == Policy.LOCAL and same_image(target, plan.status.image_id)
+            plan.workload.policy == AutoUpdatePolicy.LOCAL
+            and same_image(target, plan.status.image_id)
         ):
             report.updated, report.reason = Updated.FALSE, "up to date"
             report.old_digest = report.old_digest or target
@@ -464,7 +467,7 @@ class AutoUpdater:
         refs = [
             ref
             for ref in dict.fromkeys(
-                p.target_ref for p in plans if p.workload.policy == Policy.REGISTRY
+                p.target_ref for p in plans if p.workload.policy == AutoUpdatePolicy.REGISTRY
             )
             if ref and ref not in self._pulls
         ]
@@ -503,7 +506,7 @@ class AutoUpdater:
     def _pull(self, plan: _Plan) -> bool:
         """Wait for the plan's new image (see _start_pulls); False when its pull failed."""
         ref = plan.target_ref
-        if plan.workload.policy != Policy.REGISTRY or not ref:
+        if plan.workload.policy != AutoUpdatePolicy.REGISTRY or not ref:
             return True
         try:
             image_id = self._pulls[ref].result()

@@ -39,7 +39,7 @@ from atoll.sysroot.lifecycle import FinalizeResult, StageResult
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.state import SysrootState
 from atoll.updates.clock import Clock
-from atoll.updates.config import Policy, UpdatesConfig, load_config
+from atoll.updates.config import UpdatePolicy, UpdatesConfig, load_config
 from atoll.updates.inhibitors import (
     CommandRunner,
     Inhibitor,
@@ -196,7 +196,7 @@ def run_automatic_update(
                 device,
                 root,
                 config,
-                inhibitors=config.policy is Policy.APPLY and not force,
+                inhibitors=config.policy is UpdatePolicy.APPLY and not force,
                 run_command=run_command,
             )
             decision = decide(config, clock, state, facts, force=force)
