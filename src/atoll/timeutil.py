@@ -64,14 +64,14 @@ def parse_timespan(
             break
         number, unit = match.groups()
         if unit and unit not in TIME_UNITS:
-            raise ValueError(f"{text!r}: unknown time unit {unit!r}")
+            raise ValueError(f"unknown time unit {unit!r}")
         if whole_seconds and (not _WHOLE.fullmatch(number) or TIME_UNITS.get(unit, 1.0) < 1.0):
-            raise ValueError(f"{text!r} is not a duration in whole seconds")
+            raise ValueError("not a duration in whole seconds")
         bare = bare or not unit
         total += float(number) * (TIME_UNITS[unit] if unit else default_unit)
         pos, parts = match.end(), parts + 1
     if not parts or value[pos:].strip() or (bare and parts > 1 and whole_seconds):
-        raise ValueError(f"{text!r} is not a duration")
+        raise ValueError("not a duration")
     return total
 
 

@@ -11,7 +11,9 @@ from atoll.workloads.unitfiles.restart import (
     Result,
     ServiceSettings,
     StartLimit,
-    parse_timespan,
+)
+from atoll.workloads.unitfiles.restart import (
+    unit_timespan as parse_timespan,
 )
 
 # systemd.service(5), "Table 2. Exit causes and the effect of the Restart= settings".

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,23 +16,24 @@ from atoll.cli.common import (
 )
 from atoll.cli.workload import add_manager_options, manager_for, unit_roots
 from atoll.errors import UsageError, WorkloadUpdateFailedError
+from atoll.timeutil import parse_timespan
 
 if TYPE_CHECKING:
     from atoll.workloads.autoupdate.updater import AutoUpdateResult
 
 #: Where auto-update keeps its state unless --state-dir or $ATOLL_WORKLOAD_STATE_DIR says.
 STATE_DIR_ENV = "ATOLL_WORKLOAD_STATE_DIR"
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|min|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 COLUMNS = ("UNIT", "CONTAINER", "IMAGE", "POLICY", "UPDATED")
 
 
 def seconds(text: str) -> float:
     """``60``, ``8s``, ``500ms``, ``2m``, ``1h`` as seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 60s, 500ms or 2m")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return parse_timespan(text, infinity=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 60s, 500ms or 2m"
+        ) from None
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

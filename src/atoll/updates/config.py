@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atoll import stricttoml
 from atoll.errors import InvalidInputError, from_oserror
+from atoll.timeutil import parse_timespan
 from atoll.updates.cron import CronExpression
 from atoll.updates.window import Window
 
@@ -335,27 +336,16 @@ def _kind(value: Any) -> str:
 
 # --- durations and rates ------------------------------------------------------------------
 
-_DURATION_PART = re.compile(r"([0-9]+)\s*(d|h|min|m|s)")
-_DURATION_UNITS = {"d": 86400, "h": 3600, "min": 60, "m": 60, "s": 1}
-
 
 def parse_duration(value: int | str) -> datetime.timedelta:
-    """``90`` or ``"90s"``, ``"30m"`` (or ``"30min"``), ``"1h30m"``, ``"1d"``."""
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{value} is negative")
-        value = str(value)
-    text = value.strip()
-    if text.isdigit():
-        text += "s"
-    seconds, pos = 0, 0
-    for match in _DURATION_PART.finditer(text):
-        if text[pos : match.start()].strip():
-            break
-        seconds += int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos == 0 or text[pos:].strip():
-        raise ValueError(f"{value!r} is not a duration")
+    """``90`` or ``"90s"``, ``"30m"`` (or ``"30min"``), ``"1h30m"``, ``"1d"``: a time
+    span (atoll.timeutil) in whole seconds."""
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{value} is negative")
+    try:
+        seconds = parse_timespan(str(value), whole_seconds=True, infinity=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a duration") from None
     try:
         return datetime.timedelta(seconds=seconds)
     except OverflowError:
