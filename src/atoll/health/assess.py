@@ -31,9 +31,10 @@ from atoll.health.records import (
 )
 from atoll.health.report import HealthReport
 from atoll.health.runner import BootInfo, run_boot_checks
-from atoll.sysroot.lifecycle import Device, utc_timestamp
+from atoll.sysroot.lifecycle import Device
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.state import SysrootState
+from atoll.timeutil import utc_timestamp
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from atoll.pipeline.tarsplit import (
     uncompressed,
 )
 from atoll.progress import ProgressSink
+from atoll.timeutil import utc_timestamp
 
 
 def create_bundle(
@@ -74,7 +75,7 @@ def create_bundle(
         delta = None
         if from_image is not None:
             delta = _make_delta(layout, stage, os_manifest, from_image, images, ctx)
-        created = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = utc_timestamp(now)
         description = Description(created, tuple(images), delta)
         manifest_digest = _write_bundle_manifest(layout, description)
         if key is not None:

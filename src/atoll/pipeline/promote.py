@@ -65,6 +65,7 @@ from atoll.pipeline.policy import Policy
 from atoll.pipeline.trust import TrustDecision, check_image
 from atoll.progress import ProgressSink
 from atoll.semver import Version
+from atoll.timeutil import utc_timestamp
 
 RECORD_VERSION = 1
 RECORD_MEDIA_TYPE = "application/vnd.atoll.promotion.v1+json"
@@ -211,7 +212,7 @@ def promote(
     if copied.digest != digest:
         raise PromotionError(f"{target}: the copy has digest {copied.digest}, not {digest}")
     signatures = _copy_signatures(source, repository, digest, src_ctx, dst_ctx)
-    at = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = utc_timestamp(now)
     who = by or default_promoter()
     with RegistryClient(repository.registry, dst_ctx) as client:
         fetched = client.get_manifest(repository.repository, str(digest))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from atoll.errors import AtollError, StartLimitHitError, UnitFailedError, UnknownUnitError
 from atoll.run import find_tool, run
+from atoll.timeutil import utc_timestamp
 from atoll.workloads.control import Health, JobVerbs, UnitState, UnitStatus, error_for
 from atoll.workloads.supervise.runtime import inspect_container
 from atoll.workloads.unitfiles.quadlet import ContainerOptions, QuadletUnit, load_units
@@ -50,7 +51,7 @@ def systemd_timestamp(text: str) -> str:
             parsed = datetime.datetime.strptime(f"{words[-3]} {words[-2]}", "%Y-%m-%d %H:%M:%S")
         except ValueError:
             return text
-        return parsed.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return utc_timestamp(parsed)
     return text
 
 

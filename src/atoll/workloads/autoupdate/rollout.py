@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 
 from atoll.errors import AtollError
 from atoll.faults import crashpoint
+from atoll.timeutil import utc_timestamp
 from atoll.workloads.autoupdate.localimages import same_image
-from atoll.workloads.autoupdate.state import ImageRecord, RolledBack, Trial, utc_now
+from atoll.workloads.autoupdate.state import ImageRecord, RolledBack, Trial
 from atoll.workloads.autoupdate.units import AutoUpdatePolicy, Workload
 from atoll.workloads.control import Health, UnitState, UnitStatus
 
@@ -233,7 +234,7 @@ class Rollout:
                 f"not restarted: {_id(plan.target_digest)} failed on {why}; "
                 "not taken until the tag moves"
             )
-            entry = RolledBack(stop.new.digest or "", stop.new.image_id, why, utc_now())
+            entry = RolledBack(stop.new.digest or "", stop.new.image_id, why, utc_timestamp())
             self.updater._remember(plan.workload.unit, image=plan.workload.image, rollback=entry)
             with self.updater._lock:
                 report.rolled_back_digests = tuple(
@@ -247,8 +248,8 @@ class Rollout:
 
         items: list[tuple[_Plan, ImageRecord, ImageRecord]] = []
         for plan in plans:
-            old = ImageRecord(plan.report.old_digest, plan.status.image_id, utc_now())
-            new = ImageRecord(plan.target_digest, plan.target_image_id, utc_now())
+            old = ImageRecord(plan.report.old_digest, plan.status.image_id, utc_timestamp())
+            new = ImageRecord(plan.target_digest, plan.target_image_id, utc_timestamp())
             # Durable before the tag moves: a run stopped from here on is finished by
             # the next one (AutoUpdater._resume), which must not take it unwatched.
             self.updater._remember(plan.workload.unit, trial=Trial(new, old))
@@ -399,7 +400,7 @@ class Rollout:
                 continue
             unit = watch.workload.unit
             entry = RolledBack(
-                watch.new.digest or "", watch.new.image_id, watch.failure or "", utc_now()
+                watch.new.digest or "", watch.new.image_id, watch.failure or "", utc_timestamp()
             )
             self.updater._remember(unit, image=watch.workload.image, rollback=entry, end_trial=True)
             with self.updater._lock:

@@ -33,7 +33,6 @@ never pulled again for that unit: only a tag that moves to another digest is.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import json
 import os
@@ -51,10 +50,6 @@ STATE_FILE = "autoupdate.json"
 LOCK_FILE = "autoupdate.lock"
 #: Rolled-back digests kept per unit (the oldest are forgotten first).
 MAX_ROLLED_BACK = 20
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

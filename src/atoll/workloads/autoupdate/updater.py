@@ -51,6 +51,7 @@ from typing import Any
 from atoll.errors import AtollError
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
+from atoll.timeutil import utc_timestamp
 from atoll.workloads.autoupdate.checks import DEFAULT_CONCURRENCY, RemoteCheck, check_references
 from atoll.workloads.autoupdate.localimages import LocalImage, Podman, same_image
 from atoll.workloads.autoupdate.rollout import POLL_INTERVAL, Rollout, Watch, judge, not_ready
@@ -61,7 +62,6 @@ from atoll.workloads.autoupdate.state import (
     UnitUpdateState,
     WorkloadUpdateState,
     state_lock,
-    utc_now,
 )
 from atoll.workloads.autoupdate.units import (
     AutoUpdatePolicy,
@@ -426,7 +426,7 @@ class AutoUpdater:
         self._remember(
             plan.workload.unit,
             image=plan.workload.image,
-            current=ImageRecord(digest, plan.status.image_id, utc_now()),
+            current=ImageRecord(digest, plan.status.image_id, utc_timestamp()),
         )
 
     # --- applying -----------------------------------------------------------------
@@ -635,7 +635,7 @@ class AutoUpdater:
             if gone:
                 entry = replace(entry, images=tuple(i for i in entry.images if i not in gone))
             if last_result is not None:
-                entry = replace(entry, last_check=utc_now(), last_result=last_result)
+                entry = replace(entry, last_check=utc_timestamp(), last_result=last_result)
             self._state.units[unit] = entry
             if not self.options.dry_run and last_result is None:
                 self._state.save()

@@ -31,6 +31,7 @@ from atoll.errors import CommandError, ToolMissingError
 from atoll.podman import podman as run_podman
 from atoll.podman import podman_environment
 from atoll.run import Completed, run
+from atoll.timeutil import utc_timestamp
 from atoll.workloads.supervise.healthcheck import HealthSpec
 from atoll.workloads.unitfiles.generate import GeneratedService
 from atoll.workloads.unitfiles.quadlet import ContainerOptions, QuadletUnit, UnitKind, split_words
@@ -324,7 +325,7 @@ def started_at(info: Mapping[str, Any]) -> str | None:
         return None
     if when.year < 1971:
         return None  # podman's zero time: never started
-    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc_timestamp(when, microseconds=True)
 
 
 def health_of(info: Mapping[str, Any]) -> str | None:
