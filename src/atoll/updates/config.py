@@ -34,6 +34,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atoll import stricttoml
+from atoll.configfile import kind_of
 from atoll.errors import InvalidInputError, from_oserror
 from atoll.timeutil import parse_timespan
 from atoll.updates.cron import CronExpression
@@ -164,7 +165,7 @@ class _Parser:
         if not isinstance(data, dict):
             raise self.error(
                 section,
-                f"expected a table, got {_kind(data)}",
+                f"expected a table, got {kind_of(data)}",
                 hint=f"write it as a [{section}] section",
             )
         prefix = f"{section}." if section else ""
@@ -190,7 +191,7 @@ class _Parser:
         if not isinstance(value, str):
             raise self.error(
                 f"{section}.{key}",
-                f"expected a string, got {_kind(value)}",
+                f"expected a string, got {kind_of(value)}",
                 hint=f'put the value in quotes: {key} = "…"',
             )
         return value
@@ -256,7 +257,7 @@ class _Parser:
     def duration(self, value: Any, key: str) -> datetime.timedelta:
         hint = 'write a duration such as "90s", "30m", "1h30m" or "1d"'
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise self.error(key, f"expected a duration, got {_kind(value)}", hint=hint)
+            raise self.error(key, f"expected a duration, got {kind_of(value)}", hint=hint)
         try:
             return parse_duration(value)
         except ValueError as exc:
@@ -265,7 +266,7 @@ class _Parser:
     def rate(self, value: Any, key: str) -> int:
         hint = 'write a rate such as "2MiB/s", "500KiB/s" or "10Mbit/s"'
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise self.error(key, f"expected a rate, got {_kind(value)}", hint=hint)
+            raise self.error(key, f"expected a rate, got {kind_of(value)}", hint=hint)
         try:
             rate = parse_rate(value)
         except ValueError as exc:
@@ -292,7 +293,7 @@ class _Parser:
         if not isinstance(raw, list):
             raise self.error(
                 "inhibitors.commands",
-                f"expected a list, got {_kind(raw)}",
+                f"expected a list, got {kind_of(raw)}",
                 hint='write commands = ["/usr/bin/app-ready-for-reboot"]',
             )
         for i, item in enumerate(raw):
@@ -306,7 +307,7 @@ class _Parser:
             elif isinstance(item, list) and all(isinstance(a, str) for a in item):
                 argv = list(item)
             else:
-                raise self.error(key, f"expected a string, got {_kind(item)}", hint=hint)
+                raise self.error(key, f"expected a string, got {kind_of(item)}", hint=hint)
             if not argv or not argv[0]:
                 raise self.error(key, "empty command", hint=hint)
             commands.append(tuple(argv))
@@ -317,21 +318,10 @@ class _Parser:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.error(
                 f"inhibitors.{key}",
-                f"expected a list of strings, got {_kind(value)}",
+                f"expected a list of strings, got {kind_of(value)}",
                 hint=f'write {key} = ["/run/atoll/inhibit-reboot"]',
             )
         return list(value)
-
-
-def _kind(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, datetime.date | datetime.time):
-        return "a date or time"
-    return names.get(type(value), type(value).__name__)
 
 
 # --- durations and rates ------------------------------------------------------------------
