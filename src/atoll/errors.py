@@ -19,7 +19,8 @@ Exit codes are grouped by the part of the system that failed:
 50-59 workloads: Quadlet units and the containers they run
 60-69 the pipeline: signing keys, signatures, the trust policy;
       67-69 builds: blueprints, build steps, the bootable-image lint
-70-79 disks and disk images, the bootloader (GRUB), virtual machines
+70-78 disks and disk images, the bootloader (GRUB), virtual machines
+79    a Python package a device command needs is not installed
 80-84 builds: the base image of a blueprint build
 85-89 the pipeline: promotion, mirroring, offline bundles
 90-94 failover between devices, and the demo
@@ -100,6 +101,13 @@ class LayerError(AtollError):
 class RegistryError(AtollError):
     exit_code = 20
     summary = "a registry answered with an error"
+
+
+class RangesIgnoredError(RegistryError):
+    """Partial pulls catch it and fetch whole layers instead."""
+
+    exit_code = 28
+    summary = "a registry answered a Range request with the whole blob"
 
 
 class AuthenticationError(RegistryError):
@@ -313,7 +321,10 @@ class SigningKeyError(AtollError):
 
 class DowngradeRefusedError(AtollError):
     exit_code = 85
-    summary = "promotion would move a tag to an older version (--allow-downgrade to do it anyway)"
+    summary = (
+        "promotion would move a tag, or an upgrade a device, to an older version "
+        "(--allow-downgrade to do it anyway)"
+    )
 
 
 class BundleError(AtollError):
@@ -361,6 +372,11 @@ class DemoStateError(AtollError):
     summary = "no demo left running in that directory, or it cannot be stopped"
 
 
+class StaleSignatureError(AtollError):
+    exit_code = 99
+    summary = "the image's newest valid signature is older than max_signature_age, or has no time"
+
+
 class BlueprintError(AtollError):
     exit_code = 67
     summary = "a blueprint file is malformed (unknown key, wrong type); the message names the line"
@@ -404,6 +420,11 @@ class DiskError(AtollError):
 class VMError(AtollError):
     exit_code = 73
     summary = "a virtual machine cannot be started (no disk image, bad option, QEMU refused)"
+
+
+class MissingPackageError(AtollError):
+    exit_code = 79
+    summary = "a Python module this command needs is not installed (the message names its package)"
 
 
 class InterruptedError_(AtollError):

@@ -80,6 +80,9 @@ def test_command_binds_var_and_makes_usr_read_only(tmp_path: Path) -> None:
     assert init_args.startswith("systemd.journald.forward_to_console=1")
     writable = nspawn_command(root, var=var, machine="dev-1", readonly_usr=False)
     assert not any(a.startswith("--bind-ro=") for a in writable)
+    # The host's network: the device reaches a registry on the host's loopback.
+    shared = nspawn_command(root, var=var, machine="dev-1", host_network=True)
+    assert "--private-network" not in shared
 
 
 @pytest.mark.parametrize(

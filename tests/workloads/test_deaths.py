@@ -141,7 +141,7 @@ def test_podman_wait_where_podman_keeps_no_events(workload_env: WorkloadEnv) -> 
     watching = ContainerDeaths()
     try:
         container = subprocess.run(
-            ["podman", "run", "-d", "--rm", image, "sh", "-c", "sleep 1; exit 4"],
+            ["podman", "run", "-d", "--rm", image, "sh", "-c", "sleep 5; exit 4"],
             env=env, capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
         waiter = watching.waiter(container, 1, env, time.time())

@@ -31,6 +31,7 @@ from atoll.errors import BaseImageError
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName
 from atoll.progress import ProgressSink
+from atoll.requires import DEVICE_REQUIREMENTS
 from atoll.units import TRIGGERED, UNIT_DIR, UNITS
 
 REPORT_VERSION = 1
@@ -88,6 +89,12 @@ CHECKS: tuple[Check, ...] = (
         Level.WARNING,
         "Python bytecode under /usr is hash-based, or timestamp-based for a source "
         "mtime of 0: a deployment's files have mtime 0",
+    ),
+    Check(
+        "device-python",
+        Level.WARNING,
+        "the Python modules atoll's device commands import resolve in the image's python3 "
+        "(" + ", ".join(f"{r.module} from {r.package}" for r in DEVICE_REQUIREMENTS) + ")",
     ),
 )
 _BY_NAME: Mapping[str, Check] = {c.name: c for c in CHECKS}
@@ -205,6 +212,7 @@ class _Linter:
         self.owners()
         self.boot_content()
         self.bytecode()
+        self.device_python()
         if not self.tree.config.bootable:
             self.add(
                 "bootable-label",
@@ -304,6 +312,26 @@ class _Linter:
             [f"{folder} ({n})" for folder, n in sorted(folders.items())],
         )
 
+    def device_python(self) -> None:
+        """Each device requirement is found where the image's python3 imports from."""
+        t = self.tree
+        if t.node("usr/bin/python3") is None:
+            return  # the atoll-units check reports it
+        dirs = _python_path(t)
+        absent = [
+            r for r in DEVICE_REQUIREMENTS if not any(_has_module(t, d, r.module) for d in dirs)
+        ]
+        if absent:
+            self.add(
+                "device-python",
+                "the image's python3 cannot import "
+                + ", ".join(r.module for r in absent)
+                + ", needed for "
+                + ", ".join(r.needed_for for r in absent)
+                + " (atoll build installs them where the image's package manager can)",
+                [r.package for r in absent],
+            )
+
     def usr_etc(self) -> None:
         found = [f"/{p}" for p, n in self.tree.under("usr/etc") if not n.is_dir]
         if found or "usr/etc" in self.tree.entries:
@@ -365,6 +393,28 @@ class _Linter:
                 "update /boot from the image",
                 found,
             )
+
+
+def _python_path(tree: ImageTree) -> list[str]:
+    """The directories an image's python3 imports third-party modules from: Debian's
+    dist-packages and the site-packages of the Fedora family, for each python3.N."""
+    dirs = ["usr/lib/python3/dist-packages"]
+    for top in ("usr/lib", "usr/lib64", "usr/local/lib"):
+        for name in tree.children(top):
+            if name.startswith("python3."):
+                dirs += [f"{top}/{name}/site-packages", f"{top}/{name}/dist-packages"]
+    return dirs
+
+
+def _has_module(tree: ImageTree, directory: str, module: str) -> bool:
+    if (n := tree.node(f"{directory}/{module}/__init__.py")) is not None and n.is_file:
+        return True
+    if (n := tree.node(f"{directory}/{module}.py")) is not None and n.is_file:
+        return True
+    # An extension module: NAME.cpython-311-x86_64-linux-gnu.so, NAME.abi3.so, NAME.so.
+    return any(
+        name.startswith(f"{module}.") and name.endswith(".so") for name in tree.children(directory)
+    )
 
 
 def _ids(data: bytes, field_index: int) -> set[int]:

@@ -199,9 +199,14 @@ class Output:
                     raise UsageError(f"--progress-fd {self.progress_fd}: {exc.strerror}") from None
             sinks.append(JsonLinesProgress(self._progress_stream))
         if not self.quiet and not self.json and sys.stderr.isatty():
-            from atoll.cli.progress_view import RichProgressView
-
-            sinks.append(RichProgressView())
+            try:
+                from atoll.cli.progress_view import RichProgressView
+            except ModuleNotFoundError as exc:
+                # A device image need not carry python3-rich: no bar, the work goes on.
+                if exc.name != "rich" and not (exc.name or "").startswith("rich."):
+                    raise
+            else:
+                sinks.append(RichProgressView())
         if not sinks:
             return NullProgress()
         return sinks[0] if len(sinks) == 1 else FanOut(*sinks)

@@ -41,6 +41,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="do not power off after a green boot (stop it with Ctrl-C)",
     )
     boot.add_argument("--console-log", metavar="FILE", help="write the console output here")
+    boot.add_argument(
+        "--host-network",
+        action="store_true",
+        help="share the host's network (default: loopback only), e.g. for the device's "
+        "own updates from a registry on the host",
+    )
     boot.set_defaults(func=_boot)
 
 
@@ -65,6 +71,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         poweroff_when_green=not args.keep_running,
         console_log=Path(args.console_log) if args.console_log else None,
         on_round=report,
+        host_network=args.host_network,
     )
     out.result(result.to_json(), None)
     return 0

@@ -127,16 +127,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return InterruptedError_.exit_code
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as exc:
+        # On a device atoll runs with the distribution's packages: name the one to install.
+        from atoll.requires import missing_package
+
+        missing = missing_package(exc)
+        if missing is None:
+            return _internal_error(out, exc)
+        out.error(missing)
+        return missing.exit_code
     except Exception as exc:
-        # A bug: say so in one line, and show the traceback with --debug.
-        log.debug("internal error", exc_info=True)
-        out.error(
-            AtollError(
-                f"internal error: {type(exc).__name__}: {exc}",
-                hint="run with --debug for the traceback and report it",
-            )
+        return _internal_error(out, exc)
+
+
+def _internal_error(out: Output, exc: Exception) -> int:
+    # A bug: say so in one line, and show the traceback with --debug.
+    log.debug("internal error", exc_info=True)
+    out.error(
+        AtollError(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="run with --debug for the traceback and report it",
         )
-        return AtollError.exit_code
+    )
+    return AtollError.exit_code
 
 
 if __name__ == "__main__":

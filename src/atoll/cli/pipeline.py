@@ -100,6 +100,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     apply.add_argument("--etc-merge", default="keep-local", metavar="STRATEGY")
     apply.add_argument("--allow-no-kernel", action="store_true")
+    apply.add_argument(
+        "--allow-rolled-back",
+        action="store_true",
+        help="stage the OS image even if this device rolled back from it before",
+    )
     add_platform_options(apply)
     apply.set_defaults(func=_bundle_apply)
 
@@ -238,7 +243,11 @@ def _bundle_apply(args: argparse.Namespace, out: Output) -> int:
         device,
         policy=load_optional_policy(path),
         keys=keys,
-        stage_options={"allow_no_kernel": args.allow_no_kernel, "etc_strategy": strategy},
+        stage_options={
+            "allow_no_kernel": args.allow_no_kernel,
+            "etc_strategy": strategy,
+            "allow_rolled_back": args.allow_rolled_back,
+        },
     )
     stage = result.stage
     version = f" {stage.image.version}" if stage.image.version else ""

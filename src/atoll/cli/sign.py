@@ -57,6 +57,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="REF",
         help="docker-reference to sign for (default: the image's own REGISTRY/REPO:TAG)",
     )
+    sign.add_argument(
+        "--refresh",
+        action="store_true",
+        help="sign again, with the time now, what this key signed before (each identity, or "
+        "only --identity), dropping the key's older signatures; run it on a schedule shorter "
+        "than the devices' max_signature_age",
+    )
     add_registry_options(sign)
     add_platform_options(sign)
     sign.set_defaults(func=_sign)
@@ -108,10 +115,13 @@ def _sign(args: argparse.Namespace, out: Output) -> int:
 
     passphrase = read_passphrase(Path(args.passphrase_file)) if args.passphrase_file else None
     key = load_private_key(Path(args.key), passphrase)
-    result = sign_image(ref, key, system_context(args), identity=args.identity)
+    result = sign_image(
+        ref, key, system_context(args), identity=args.identity, refresh=args.refresh
+    )
     out.result(
         result.to_json(),
-        f"Signed {result.identity} ({result.digest}); "
+        f"{'Refreshed' if args.refresh else 'Signed'} {', '.join(result.identities)} "
+        f"({result.digest}); "
         f"{result.signatures} signature(s) in {result.attachment}",
     )
     return 0

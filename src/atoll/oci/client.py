@@ -48,6 +48,7 @@ from atoll.errors import (
     DigestMismatchError,
     ManifestError,
     NetworkError,
+    RangesIgnoredError,
     RegistryError,
     UnsupportedError,
 )
@@ -115,10 +116,6 @@ _DELETE_HINT = (
 )
 
 Body = bytes | Iterator[bytes] | None
-
-
-class RangesIgnoredError(RegistryError):
-    """The registry answered a ``Range`` request with the whole blob."""
 
 
 @dataclass(frozen=True)

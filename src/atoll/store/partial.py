@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from atoll.errors import DigestMismatchError, LayerError
+from atoll.errors import DigestMismatchError, LayerError, RangesIgnoredError
 from atoll.fsutil import write_atomic
 from atoll.oci.chunked import (
     ChunkedInfo,
@@ -55,7 +55,6 @@ from atoll.oci.chunked import (
     parse_tar_split,
     parse_toc,
 )
-from atoll.oci.client import RangesIgnoredError
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Compression, Descriptor, ImageManifest, layer_compression
 from atoll.progress import ProgressSink

@@ -9,7 +9,8 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
                 "rollbackQueued": false, "type": "bootcHost",
                 "atoll": {"sysroot": "…", "lastBoot": {...} | null,
                           "lastRollback": {...} | null, "droppedUpdate": {...} | null,
-                          "lastTransfer": {...} | null}}}
+                          "lastTransfer": {...} | null,
+                          "rolledBackImages": [{...}, …]}}}   (atoll.sysroot.rolledback)
 
     ENTRY = {"image": {"image": {"image": "…", "transport": "registry"},
                        "version": "1.4" | null, "timestamp": "…" | null,
@@ -29,6 +30,7 @@ from typing import Any
 
 from atoll.sysroot.dropped import read_dropped
 from atoll.sysroot.origin import Deployment
+from atoll.sysroot.rolledback import read_rolled_back
 from atoll.sysroot.state import SysrootState
 
 API_VERSION = "org.containers.bootc/v1"
@@ -105,6 +107,7 @@ def host_document(
                 "lastRollback": last_rollback,
                 "droppedUpdate": dropped.to_json() if dropped else None,
                 "lastTransfer": _last_transfer(state),
+                "rolledBackImages": [r.to_json() for r in read_rolled_back(state.sysroot)],
             },
         },
     }
@@ -176,6 +179,13 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
         lines.append(
             f"Last update ({transfer.get('time', '-')}): moved {transfer.get('bytesMoved', 0)} B"
             + (f" — {', '.join(parts)}" if parts else "")
+        )
+    for image in status["atoll"].get("rolledBackImages") or []:
+        version = f" {image['version']}" if image["version"] else ""
+        lines.append(
+            f"Updates skip {image['image']}{version} ({image['imageDigest'][:19]}): "
+            f"rolled back on {image['time']}; atoll updates forget "
+            f"{image['imageDigest'][7:19]} lets them take it again"
         )
     if status["rollbackQueued"]:
         lines.append("A rollback is queued: the next boot starts the rollback deployment.")

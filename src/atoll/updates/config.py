@@ -16,6 +16,9 @@ means ``policy = "none"``, as rpm-ostreed's AutomaticUpdatePolicy defaults::
     [inhibitors]
     files = ["/run/atoll/inhibit-reboot"]        # a reboot waits while one exists
     commands = ["/usr/bin/app-ready-for-reboot"] # a reboot waits while one exits non-zero
+    [trust]
+    max_signature_age = "7d"         # refuse an image whose newest valid signature is older
+    allow_downgrade = false          # let an upgrade follow the tag to an older version
 
 Every error names the file, the key and what to write instead.
 """
@@ -72,6 +75,8 @@ SETTINGS: Mapping[str, str] = {
     "apply.timezone": "IANA time zone of apply.window",
     "inhibitors.files": "absolute paths; a reboot waits while one exists",
     "inhibitors.commands": "commands; a reboot waits while one exits non-zero",
+    "trust.max_signature_age": "refuse an image whose newest valid signature is older than this",
+    "trust.allow_downgrade": "true: an upgrade may follow the tag to an older version",
 }
 
 
@@ -97,11 +102,22 @@ class InhibitorSettings:
 
 
 @dataclass(frozen=True)
+class TrustSettings:
+    """Protection against a mirror that serves old, validly signed images
+    (atoll.pipeline.freshness)."""
+
+    #: None: signatures of any age (or none, as the trust policy says) are accepted.
+    max_signature_age: datetime.timedelta | None = None
+    allow_downgrade: bool = False
+
+
+@dataclass(frozen=True)
 class UpdatesConfig:
     policy: UpdatePolicy = UpdatePolicy.NONE
     download: DownloadSettings = field(default_factory=DownloadSettings)
     apply: ApplySettings = field(default_factory=ApplySettings)
     inhibitors: InhibitorSettings = field(default_factory=InhibitorSettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
     #: The file it came from; None when there is none (every setting at its default).
     path: Path | None = field(default=None, compare=False)
 
@@ -118,6 +134,14 @@ class UpdatesConfig:
             "inhibitors": {
                 "files": list(self.inhibitors.files),
                 "commands": [list(c) for c in self.inhibitors.commands],
+            },
+            "trust": {
+                "maxSignatureAgeSeconds": (
+                    int(self.trust.max_signature_age.total_seconds())
+                    if self.trust.max_signature_age is not None
+                    else None
+                ),
+                "allowDowngrade": self.trust.allow_downgrade,
             },
         }
 
@@ -209,7 +233,29 @@ class _Parser:
         download = self.download(self.table(data.get("download", {}), "download"))
         apply = ApplySettings(self.window(self.table(data.get("apply", {}), "apply"), "apply"))
         inhibitors = self.inhibitors(self.table(data.get("inhibitors", {}), "inhibitors"))
-        return UpdatesConfig(UpdatePolicy(policy_text), download, apply, inhibitors, self.path)
+        trust = self.trust(self.table(data.get("trust", {}), "trust"))
+        return UpdatesConfig(
+            UpdatePolicy(policy_text), download, apply, inhibitors, trust, self.path
+        )
+
+    def trust(self, data: dict[str, Any]) -> TrustSettings:
+        max_age = None
+        if "max_signature_age" in data:
+            max_age = self.duration(data["max_signature_age"], "trust.max_signature_age")
+            if not max_age:
+                raise self.error(
+                    "trust.max_signature_age",
+                    "a maximum age of 0 refuses every image",
+                    hint='give the refresh interval and some slack, e.g. "7d"',
+                )
+        allow = data.get("allow_downgrade", False)
+        if not isinstance(allow, bool):
+            raise self.error(
+                "trust.allow_downgrade",
+                f"expected a boolean, got {kind_of(allow)}",
+                hint="write allow_downgrade = true or false (no quotes)",
+            )
+        return TrustSettings(max_age, allow)
 
     def window(self, data: dict[str, Any], section: str) -> Window:
         zone_name = self.string(data, section, "timezone") or "UTC"

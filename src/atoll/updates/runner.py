@@ -37,6 +37,7 @@ from atoll.sysroot.fetch import RemoteImage
 from atoll.sysroot.layout import Sysroot
 from atoll.sysroot.lifecycle import FinalizeResult, StageResult
 from atoll.sysroot.origin import Deployment
+from atoll.sysroot.rolledback import RolledBackImage, find_rolled_back
 from atoll.sysroot.state import SysrootState
 from atoll.updates.clock import Clock
 from atoll.updates.config import UpdatePolicy, UpdatesConfig, load_config
@@ -63,7 +64,9 @@ class UpdatableDevice(Protocol):
 
     def check(self, name: ImageName | None = None) -> tuple[Deployment, RemoteImage, bool]: ...
 
-    def stage(self, name: ImageName | None = None) -> StageResult: ...
+    def stage(
+        self, name: ImageName | None = None, *, allow_rolled_back: bool = False
+    ) -> StageResult: ...
 
     def finalize(self) -> FinalizeResult | None: ...
 
@@ -81,6 +84,8 @@ class Outcome(StrEnum):
     APPLIED = "applied"
     #: An update is ready but an inhibitor holds the reboot off.
     INHIBITED = "inhibited"
+    #: The image available is one this device rolled back from: not staged again.
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,8 @@ class UpdateRunResult:
     deployment: str | None = None
     rebooted: bool = False
     inhibitors: tuple[Inhibitor, ...] = ()
+    #: Why the image available was skipped (Outcome.SKIPPED).
+    rolled_back: RolledBackImage | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +114,7 @@ class UpdateRunResult:
             "rebooted": self.rebooted,
             "inhibitors": [i.to_json() for i in self.inhibitors],
             "decision": self.decision.to_json(),
+            "rolledBack": self.rolled_back.to_json() if self.rolled_back else None,
         }
 
 
@@ -181,9 +189,11 @@ def run_automatic_update(
     force: bool = False,
     max_wait: datetime.timedelta = datetime.timedelta(0),
     run_command: CommandRunner = run_inhibitor_command,
+    allow_rolled_back: bool = False,
 ) -> UpdateRunResult:
     """Do what ``/etc/atoll/updates.toml`` of the system at *root* says should happen
-    now; *reboot* is called (once the update is finalized) to reboot into it."""
+    now; *reboot* is called (once the update is finalized) to reboot into it.  An
+    image this device rolled back from is skipped unless *allow_rolled_back*."""
     config = load_config(root)
     device.sysroot.check_version()  # before the lock creates anything in it
     sysroot = device.sysroot.root
@@ -206,9 +216,9 @@ def run_automatic_update(
                 and opens is not None
                 and decision.now < opens <= deadline
             ):
-                return _Run(device, root, config, state, path, reboot, run_command).carry_out(
-                    decision, force=force
-                )
+                run = _Run(device, root, config, state, path, reboot, run_command)
+                run.allow_rolled_back = allow_rolled_back
+                return run.carry_out(decision, force=force)
         log.info("waiting until %s: %s", opens.isoformat(), decision.reason)
         clock.sleep((opens - clock.now()).total_seconds())
 
@@ -231,6 +241,9 @@ class _Run:
         self.path = path
         self.reboot = reboot
         self.run_command = run_command
+        self.allow_rolled_back = False
+        #: Set by _stage when the image available was rolled back on this device.
+        self.skipped: RolledBackImage | None = None
 
     def carry_out(self, decision: UpdateDecision, *, force: bool) -> UpdateRunResult:
         action = decision.action
@@ -260,6 +273,9 @@ class _Run:
         if decision.action is Action.CHECK:
             with self._download_settings():
                 _, image, changed = self.device.check()
+            skipped = self._rolled_back(str(image.digest)) if changed else None
+            if skipped is not None:
+                changed = False
             check = CheckRecord(
                 now,
                 changed,
@@ -273,6 +289,8 @@ class _Run:
                 if changed
                 else f"no update: {image.name} is what is deployed"
             )
+            if skipped is not None:
+                message = f"no update: {skipped.describe()}; it is not taken again"
             return UpdateRunResult(
                 decision,
                 Outcome.CHECKED,
@@ -280,12 +298,24 @@ class _Run:
                 update_available=changed,
                 digest=str(image.digest),
                 version=image.version,
+                rolled_back=skipped,
             )
 
         if decision.action is Action.STAGE or decision.stage_first:
             staged = self._stage(now)
         else:
             staged = staged_update(self.device)
+        if staged is None and self.skipped is not None:
+            self.state.save(self.path)
+            return UpdateRunResult(
+                decision,
+                Outcome.SKIPPED,
+                f"not staged: {self.skipped.describe()}",
+                False,
+                self.skipped.image_digest,
+                self.skipped.version,
+                rolled_back=self.skipped,
+            )
         if decision.action is Action.STAGE:
             self.state.save(self.path)
             if staged is None:
@@ -341,7 +371,8 @@ class _Run:
 
     def _stage(self, now: datetime.datetime) -> StagedUpdate | None:
         with self._download_settings():
-            result = self.device.stage()
+            result = self.device.stage(allow_rolled_back=self.allow_rolled_back)
+        self.skipped = result.rolled_back
         staged = staged_update(self.device)
         changes: dict[str, Any] = {
             "last_check": CheckRecord(
@@ -354,8 +385,15 @@ class _Run:
         if result.deployment is not None and staged is not None:
             changes.update(staged_at=now, staged_digest=staged.digest)
         outcome = Outcome.STAGED if staged is not None else Outcome.UP_TO_DATE
+        if staged is None and self.skipped is not None:
+            outcome = Outcome.SKIPPED
         self.state = self.state.succeeded(now, outcome.value, **changes)
         return staged
+
+    def _rolled_back(self, digest: str) -> RolledBackImage | None:
+        if self.allow_rolled_back:
+            return None
+        return find_rolled_back(self.device.sysroot, digest)
 
     @contextlib.contextmanager
     def _download_settings(self) -> Iterator[None]:
