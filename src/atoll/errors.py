@@ -19,7 +19,8 @@ Exit codes are grouped by the part of the system that failed:
 50-59 workloads: Quadlet units and the containers they run
 60-69 the pipeline: signing keys, signatures, the trust policy;
       67-69 builds: blueprints, build steps, the bootable-image lint
-70-78 disks and disk images, the bootloader (GRUB), virtual machines
+70-78 disks and disk images, the bootloader (GRUB), virtual machines;
+      77-78 rechunking images into layers
 79    a Python package a device command needs is not installed
 80-84 builds: the base image of a blueprint build
 85-89 the pipeline: promotion, mirroring, offline bundles
@@ -147,6 +148,11 @@ class CommandError(AtollError):
 class ToolMissingError(CommandError):
     exit_code = 25
     summary = "an external program atoll needs is not installed"
+
+
+class DeltaError(AtollError):
+    exit_code = 26
+    summary = "a binary delta is malformed, for other images, or does not make the image's files"
 
 
 class NoSpaceError(AtollError):
@@ -420,6 +426,16 @@ class DiskError(AtollError):
 class VMError(AtollError):
     exit_code = 73
     summary = "a virtual machine cannot be started (no disk image, bad option, QEMU refused)"
+
+
+class RechunkError(AtollError):
+    exit_code = 77
+    summary = "an image cannot be rechunked (too few layers allowed, or --previous has no layout)"
+
+
+class PackageDatabaseError(AtollError):
+    exit_code = 78
+    summary = "the image's package database cannot be read (malformed, or no rpm here to read it)"
 
 
 class MissingPackageError(AtollError):

@@ -214,3 +214,27 @@ def test_cli_text_json_and_exit_codes(tmp_path: Path) -> None:
     failed = {c["name"] for c in data["checks"] if not c["passed"]}
     assert failed == {"kernel", "usr-etc", "var-content"}
     assert {f["check"]: f["paths"] for f in data["findings"]}["usr-etc"] == ["/usr/etc/x"]
+
+
+def test_a_layer_holding_most_of_a_big_image_is_a_warning(tmp_path: Path) -> None:
+    from helpers.images import build_image
+
+    # Pseudo-random content does not compress: each layer blob is about its size.
+    build_image(tmp_path / "one", "one", layers=2, layer_size=30 << 20)
+    build_image(tmp_path / "even", "even", layers=5, layer_size=7 << 20)
+    build_image(tmp_path / "small", "small", layers=2, layer_size=1 << 20)
+
+    def share(ref: str, **kw: float) -> list[str]:
+        report = lint_image(ImageName.parse(f"oci:{tmp_path / ref}:{ref}"), SystemContext(), **kw)
+        return [f.message for f in report.findings if f.check == "layer-share"]
+
+    (message,) = share("one")
+    assert "holds 50 % of the image" in message and "atoll rechunk" in message
+    assert share("even") == []
+    assert share("small") == [], "images under 32 MiB are moved whole anyway"
+    assert share("one", max_layer_share=0.6) == []
+    proc = run_atoll("lint", "--json", "--max-layer-share", "10", f"oci:{tmp_path / 'even'}:even")
+    findings = json.loads(proc.stdout)["findings"]
+    assert any(f["check"] == "layer-share" for f in findings), proc.stderr
+    proc = run_atoll("lint", "--max-layer-share", "0", f"oci:{tmp_path / 'even'}:even")
+    assert proc.returncode == 2 and "percent" in proc.stderr

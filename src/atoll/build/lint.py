@@ -39,6 +39,10 @@ REPORT_VERSION = 1
 MAX_PATHS = 20
 #: /var entries every image may have: symlinks the OS expects, and scratch space.
 _VAR_ALLOWED = frozenset({"var/run", "var/lock", "var/tmp"})
+#: The share of the image one layer may hold before layer-share warns.
+MAX_LAYER_SHARE = 0.25
+#: Smaller images are moved whole anyway: layer-share does not look at them.
+LAYER_SHARE_MIN_BYTES = 32 << 20
 
 
 class Level(StrEnum):
@@ -84,6 +88,12 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check("boot-content", Level.WARNING, "nothing in /boot (kernels go to /usr/lib/modules)"),
     Check("bootable-label", Level.WARNING, "the label containers.bootc=1"),
+    Check(
+        "layer-share",
+        Level.WARNING,
+        "no layer holds more than the set share of an image of 32 MiB or more "
+        "(default 25 %): an update re-fetches a changed layer whole (see atoll rechunk)",
+    ),
     Check(
         "python-bytecode",
         Level.WARNING,
@@ -191,8 +201,9 @@ class LintReport:
 
 
 class _Linter:
-    def __init__(self, tree: ImageTree) -> None:
+    def __init__(self, tree: ImageTree, max_layer_share: float = MAX_LAYER_SHARE) -> None:
         self.tree = tree
+        self.max_layer_share = max_layer_share
         self.findings: list[Finding] = []
         self.family: Family | None = None
 
@@ -213,6 +224,7 @@ class _Linter:
         self.boot_content()
         self.bytecode()
         self.device_python()
+        self.layer_share()
         if not self.tree.config.bootable:
             self.add(
                 "bootable-label",
@@ -394,6 +406,20 @@ class _Linter:
                 found,
             )
 
+    def layer_share(self) -> None:
+        sizes = self.tree.layer_sizes
+        total = sum(sizes)
+        if total < LAYER_SHARE_MIN_BYTES:
+            return
+        biggest = max(range(len(sizes)), key=lambda i: sizes[i])
+        if sizes[biggest] > self.max_layer_share * total:
+            self.add(
+                "layer-share",
+                f"layer {biggest + 1} of {len(sizes)} holds {100 * sizes[biggest] / total:.0f} % "
+                f"of the image (more than {100 * self.max_layer_share:.0f} %): any change in it "
+                "makes every device fetch it whole; atoll rechunk splits it by package",
+            )
+
 
 def _python_path(tree: ImageTree) -> list[str]:
     """The directories an image's python3 imports third-party modules from: Debian's
@@ -426,9 +452,11 @@ def _ids(data: bytes, field_index: int) -> set[int]:
     return out
 
 
-def lint_tree(tree: ImageTree, *, fatal_warnings: bool = False) -> LintReport:
+def lint_tree(
+    tree: ImageTree, *, fatal_warnings: bool = False, max_layer_share: float = MAX_LAYER_SHARE
+) -> LintReport:
     """Run every check on an image already read."""
-    linter = _Linter(tree)
+    linter = _Linter(tree, max_layer_share)
     linter.run()
     return LintReport(
         tree.name, str(tree.digest), linter.family, tuple(linter.findings), fatal_warnings
@@ -441,7 +469,8 @@ def lint_image(
     *,
     fatal_warnings: bool = False,
     progress: ProgressSink | None = None,
+    max_layer_share: float = MAX_LAYER_SHARE,
 ) -> LintReport:
     """Read *name* (every layer, streamed) and run every check on it."""
     tree = read_image_tree(name, ctx, want=WANTED, heads=wants_head, progress=progress)
-    return lint_tree(tree, fatal_warnings=fatal_warnings)
+    return lint_tree(tree, fatal_warnings=fatal_warnings, max_layer_share=max_layer_share)

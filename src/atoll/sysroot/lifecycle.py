@@ -47,6 +47,7 @@ from atoll.errors import AtollError, DeploymentError, NoKernelError
 from atoll.faults import crashpoint
 from atoll.fsutil import fsync_dir, remove_tree, replace_dir, write_atomic
 from atoll.oci.context import SystemContext
+from atoll.oci.digest import Digest
 from atoll.oci.transports import ImageName, ImageSource
 from atoll.progress import NullProgress, ProgressSink
 from atoll.store import Store
@@ -191,7 +192,12 @@ class Device:
         return max(taken, default=-1) + 1
 
     def _import(
-        self, store: Store, source: ImageSource, image: RemoteImage, allow_no_kernel: bool
+        self,
+        store: Store,
+        source: ImageSource,
+        image: RemoteImage,
+        allow_no_kernel: bool,
+        delta_from: str | None = None,
     ) -> tuple[str, ImportStats]:
         # One hold of the store lock from the import to the ref naming its
         # commit: a gc waiting for the lock finds the commit referenced.
@@ -204,6 +210,7 @@ class Device:
                 image=str(image.name),
                 manifest_digest=image.digest,
                 progress=self.progress or NullProgress(),
+                delta_from=Digest.parse(delta_from) if delta_from else None,
             )
             write_atomic(
                 self.sysroot.transfer_file,
@@ -378,7 +385,9 @@ class Device:
                     return StageResult(None, image, False, message=message, rolled_back=skipped)
                 if self.admit is not None:
                     self.admit(target, image)
-                commit, stats = self._import(store, source, image, allow_no_kernel)
+                commit, stats = self._import(
+                    store, source, image, allow_no_kernel, current.origin.manifest_digest
+                )
             # Finalizing merges /etc from this one's pristine /etc (after the
             # import, which restores it when the image is the same).
             check_complete(store, current.commit, "etc", f"deployment {current.id}")

@@ -174,7 +174,8 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
         parts = [
             f"{name} {row['bytes']} B/{row['requests']} req"
             for name, row in paths.items()
-            if row.get("layers")
+            # The delta path has files but no layers of its own when ranges share them.
+            if row.get("layers") or row.get("files")
         ]
         lines.append(
             f"Last update ({transfer.get('time', '-')}): moved {transfer.get('bytesMoved', 0)} B"
