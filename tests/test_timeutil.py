@@ -8,21 +8,20 @@ import pytest
 
 from atoll.timeutil import parse_timespan, utc_timestamp
 
+#: Time spans as systemd.time(7) writes them, and their seconds.
+SPANS = {
+    "5": 5.0,
+    "500ms": 0.5,
+    "1min 30s": 90.0,
+    "1h30m": 5400.0,
+    "2 days": 172800.0,
+    "1.5h": 5400.0,
+    "infinity": float("inf"),
+}
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("5", 5.0),
-        ("500ms", 0.5),
-        ("1min 30s", 90.0),
-        ("1h30m", 5400.0),
-        ("2 days", 172800.0),
-        ("1.5h", 5400.0),
-        ("infinity", float("inf")),
-    ],
-)
-def test_systemd_time_spans(text: str, seconds: float) -> None:
-    assert parse_timespan(text) == pytest.approx(seconds)
+
+def test_systemd_time_spans() -> None:
+    assert {text: parse_timespan(text) for text in SPANS} == pytest.approx(SPANS)
 
 
 def test_a_bare_number_is_in_the_default_unit() -> None:

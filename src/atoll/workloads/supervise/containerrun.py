@@ -111,18 +111,12 @@ class RunHost(Protocol):
     def start_timeout(self, rt: UnitRuntime) -> float:
         """The start timeout of this attempt (a job may override the unit's)."""
 
-    def set_state(
-        self,
-        rt: UnitRuntime,
-        state: UnitState,
-        result: str | None = None,
-        *,
-        since: str | None = None,
-    ) -> None:
-        """Change *rt*'s state, record it and wake the waiters."""
+    def became_active(self, rt: UnitRuntime, since: str | None) -> None:
+        """*rt*'s container is ready: the unit is active (since *since*, if not
+        now) and the job that started it has its answer."""
 
-    def settle(self, rt: UnitRuntime, ok: bool) -> None:
-        """The attempt under way has turned out ready (*ok*) or not."""
+    def stopping(self, rt: UnitRuntime) -> None:
+        """*rt*'s container is being stopped: the unit is deactivating."""
 
     def write_state(self) -> None:
         """Record every unit's status (after a field changed in place)."""
@@ -260,8 +254,7 @@ class ContainerRun:
                     active = True
                     last_ping = now
                     with self.cond:
-                        host.set_state(rt, UnitState.ACTIVE, Result.SUCCESS, since=active_since)
-                        host.settle(rt, True)
+                        host.became_active(rt, active_since)
                 if waiter.done():
                     break
                 with self.cond:
@@ -271,7 +264,7 @@ class ContainerRun:
                 if stopping and not stop_sent:
                     stop_sent = True
                     with self.cond:
-                        host.set_state(rt, UnitState.DEACTIVATING)
+                        host.stopping(rt)
                     self._stop(env)
                     continue
                 if stop_sent:

@@ -313,6 +313,13 @@ class Supervisor:
 
     # --- one unit's life -------------------------------------------------------------
 
+    def became_active(self, rt: UnitRuntime, since: str | None) -> None:
+        self.set_state(rt, UnitState.ACTIVE, Result.SUCCESS, since=since)
+        self.settle(rt, True)
+
+    def stopping(self, rt: UnitRuntime) -> None:
+        self.set_state(rt, UnitState.DEACTIVATING)
+
     def settle(self, rt: UnitRuntime, ok: bool) -> None:
         if rt.settled < rt.attempt:
             rt.settled = rt.attempt
