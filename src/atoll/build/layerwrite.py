@@ -24,10 +24,11 @@ import tarfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 from atoll.build.flattree import Entry, FlatTree
 from atoll.errors import UsageError, from_oserror
+from atoll.fsutil import HashingWriter
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import MediaType
 
@@ -64,26 +65,6 @@ class LayerEncoder:
     name: str
     media_type: str
     encode: Callable[[Path, Path], EncodedLike]
-
-
-class HashingWriter:
-    """A file to write to that passes bytes on to *out*, hashing and counting them."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out = out
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.out.write(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        pass
 
 
 def _sha256_file(path: Path) -> Digest:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
-from atoll.build.layerwrite import HashingWriter as _Hashing
+from atoll.fsutil import HashingWriter as _Hashing
 
 PACKAGE = "usr/bin/strace"
 CHECK = "50-web-config.sh"
