@@ -32,7 +32,7 @@ from partial_bench import pick_files, print_table, pull, write_versions
 
 from atoll.demo.registry import LocalRegistry
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import copy_image
+from atoll.oci.imagecopy import copy_image
 from atoll.oci.transports import ImageName
 from atoll.pipeline.deltacreate import create_delta
 from atoll.run import run

@@ -33,7 +33,7 @@ import zstandard
 from atoll.demo.registry import LocalRegistry
 from atoll.oci.chunked import compress_tar_zstd_chunked
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import copy_image
+from atoll.oci.imagecopy import copy_image
 from atoll.oci.transports import ImageName
 from atoll.store import Store
 from atoll.sysroot.fetch import import_remote

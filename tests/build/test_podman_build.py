@@ -24,7 +24,7 @@ from atoll.build.blueprint import parse_blueprint
 from atoll.build.imagetree import ImageTree, read_image_tree
 from atoll.build.podman_build import BuildResult, BuildSettings, build_blueprint
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import copy_image
+from atoll.oci.imagecopy import copy_image
 from atoll.oci.transports import ImageName
 from atoll.progress import NullProgress
 from atoll.units import UNITS

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from atoll.device.nspawn import BootOutcome
+from atoll.device.nspawn import DeviceBootOutcome
 from atoll.device.qemu import DirectKernel, VMBoot, boot_vm
 from helpers.busybox_root import REQUIRED
 from helpers.cli import run_atoll
@@ -151,7 +151,7 @@ class Machine:
     def boot(
         self,
         data: Path | None,
-        expect: BootOutcome,
+        expect: DeviceBootOutcome,
         direct: DirectKernel | None = None,
         *,
         timeout: float = BOOT_TIMEOUT,
@@ -217,7 +217,7 @@ def test_upgrade_bootloader_fallback_and_recovery(
     try:
         # v1, installed: green; writes /var data; its update timer pulls v2 from the
         # registry, stages it, and reboots into it (finalized on the way down).
-        first = vm.boot(data_update, BootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
+        first = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
         assert first["version"] == "1.0"
         assert first["initrd"] == "script"  # initramfs-tools
         assert first["usr"] == "read-only" and "ro" in first["mounts"]["/usr"]
@@ -234,12 +234,12 @@ def test_upgrade_bootloader_fallback_and_recovery(
         assert " 2.0 (" in menu[0] and " 1.0 (" in menu[1]  # v2 is tried first, v1 is next
         # v2: three red boots; GRUB counts each down before the kernel starts.
         for left in ("2", "1", "0"):
-            red = vm.boot(data_report, BootOutcome.REBOOT)
+            red = vm.boot(data_report, DeviceBootOutcome.REBOOT)
             assert red["lines"] == []  # the driver runs only after a green check
             assert grubenv(disk).get("boot_counter") == left
         # GRUB falls back to v1 by itself; atoll records why; the timer pulls v3.
         publish("3")
-        back = vm.boot(data_update, BootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
+        back = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
         assert back["version"] == "1.0"
         assert back["data"] == "written by 1.0"
         assert back["usr"] == "read-only"
@@ -256,7 +256,7 @@ def test_upgrade_bootloader_fallback_and_recovery(
         assert outcomes[-4:] == ["red", "red", "red", "green"]
         assert "done" in back["lines"]
         # v3: green, the /var data still there, /usr read-only, the counter gone.
-        last = vm.boot(data_report, BootOutcome.POWEROFF)
+        last = vm.boot(data_report, DeviceBootOutcome.POWEROFF)
         assert last["version"] == "3.0"
         assert last["initrd"] == "systemd"  # dracut: its module made the deployment the root
         assert last["data"] == "written by 1.0"
@@ -280,7 +280,7 @@ def test_upgrade_bootloader_fallback_and_recovery(
         vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
         for initrd in (make_initramfs(vm_tree), dracut):
             start = vm.console.stat().st_size
-            vm.boot(None, BootOutcome.REBOOT, DirectKernel(vmlinuz, initrd, " ".join(args)))
+            vm.boot(None, DeviceBootOutcome.REBOOT, DirectKernel(vmlinuz, initrd, " ".join(args)))
             said = vm.console.read_bytes()[start:].decode(errors="replace")
             assert f"atoll: cannot boot {ghost}: the deployment does not exist" in said
             assert "atoll: the deployment cannot be booted; rebooting" in said

@@ -19,7 +19,6 @@ import pytest
 from atoll.cli.main import main
 from atoll.errors import DeltaError
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.delta import (
     ARTIFACT_TYPE,
     PATCH,
@@ -34,6 +33,7 @@ from atoll.oci.delta import (
     sha256_hex,
 )
 from atoll.oci.digest import Digest
+from atoll.oci.imagecopy import CopyOptions, copy_image
 from atoll.oci.manifest import Compression, Descriptor, MediaType
 from atoll.oci.transports import ImageName
 from atoll.oci.transports.docker import DockerSource

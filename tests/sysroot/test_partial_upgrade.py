@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from atoll.cli.main import main
-from atoll.oci.copy import CopyOptions, copy_image
+from atoll.oci.imagecopy import CopyOptions, copy_image
 from atoll.oci.manifest import Compression
 from atoll.oci.transports import ImageName
 from helpers.osimage import FileSpec, base_files

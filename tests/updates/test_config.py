@@ -11,8 +11,8 @@ import pytest
 from atoll.errors import InvalidInputError
 from atoll.updates.config import (
     SETTINGS,
-    Policy,
     TrustSettings,
+    UpdatePolicy,
     format_duration,
     format_rate,
     load_config,
@@ -46,7 +46,7 @@ def test_full_example(tmp_path: Path) -> None:
     path = write_config(tmp_path, EXAMPLE)
     config = load_config(tmp_path)
     assert config.path == path
-    assert config.policy is Policy.STAGE
+    assert config.policy is UpdatePolicy.STAGE
     download = config.download
     assert download.window.expression is not None
     assert download.window.expression.hours == {2, 3, 4}
@@ -72,7 +72,7 @@ def test_full_example(tmp_path: Path) -> None:
 
 def test_no_file_means_policy_none(tmp_path: Path) -> None:
     config = load_config(tmp_path)
-    assert config.policy is Policy.NONE
+    assert config.policy is UpdatePolicy.NONE
     assert config.path is None
     assert config.download.window.anytime and config.apply.window.anytime
     assert config.download.rate_limit is None
@@ -81,7 +81,7 @@ def test_no_file_means_policy_none(tmp_path: Path) -> None:
 
 def test_empty_file_is_defaults(tmp_path: Path) -> None:
     write_config(tmp_path, "")
-    assert load_config(tmp_path).policy is Policy.NONE
+    assert load_config(tmp_path).policy is UpdatePolicy.NONE
 
 
 def test_trust_settings(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from atoll.oci.transports import ImageName
 from atoll.sysroot.lifecycle import Device
 from atoll.sysroot.rolledback import read_rolled_back
 from atoll.updates.clock import FakeClock
-from atoll.updates.run import Outcome, run_automatic_update
+from atoll.updates.runner import Outcome, run_automatic_update
 from helpers.busybox_root import REQUIRED, busybox_files, missing
 from helpers.cli import run_atoll
 from helpers.osimage import build_os_image

@@ -14,15 +14,10 @@ import pytest
 
 from atoll.errors import SupervisorNotRunningError, UnknownUnitError
 from atoll.workloads import SupervisorClient, SystemdManager, UnitManager
-from atoll.workloads.control import (
-    Health,
-    UnitState,
-    UnitStatus,
-    parse_systemctl_show,
-    status_from_systemd,
-)
-from atoll.workloads.controlserver import answer
-from atoll.workloads.supervisor import Supervisor
+from atoll.workloads.control import Health, UnitState, UnitStatus
+from atoll.workloads.supervise.controlserver import answer
+from atoll.workloads.supervise.supervisor import Supervisor
+from atoll.workloads.systemd import parse_systemctl_show, status_from_systemd
 from helpers.cli import run_atoll
 from helpers.workloads import WorkloadEnv, http_get, wait_for
 
@@ -61,9 +56,9 @@ def test_the_package_imports_managers_and_auto_update_on_first_use() -> None:
     code = (
         "import sys, atoll.workloads as w\n"
         "loaded = lambda m: f'atoll.workloads.{m}' in sys.modules\n"
-        "assert not any(map(loaded, ('control', 'supervisor', 'autoupdate', 'bound')))\n"
-        "assert w.AutoUpdater.__module__ == 'atoll.workloads.autoupdate'\n"
-        "assert loaded('control') and not loaded('supervisor')\n"
+        "assert not any(map(loaded, ('control', 'supervise.supervisor', 'autoupdate', 'bound')))\n"
+        "assert w.AutoUpdater.__module__ == 'atoll.workloads.autoupdate.updater'\n"
+        "assert loaded('control') and not loaded('supervise.supervisor')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

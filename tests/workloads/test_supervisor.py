@@ -11,7 +11,7 @@ import pytest
 
 from atoll.errors import UnitFailedError
 from atoll.workloads.control import Health, UnitState, UnitStatus
-from atoll.workloads.runtime import UNIT_LABEL
+from atoll.workloads.supervise.runtime import UNIT_LABEL
 from helpers.workloads import (
     SupervisorProcess,
     WorkloadEnv,

@@ -28,7 +28,7 @@ from typing import Any, cast
 from atoll.build.imagetree import layer_feeds
 from atoll.errors import LayerError, from_oserror
 from atoll.oci.context import SystemContext
-from atoll.oci.inspect import read_config, select_manifest
+from atoll.oci.imageinspect import read_config, select_manifest
 from atoll.oci.manifest import ImageConfig, ImageManifest, parse_config
 from atoll.oci.transports import ImageName, open_source
 from atoll.progress import ProgressSink

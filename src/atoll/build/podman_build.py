@@ -64,7 +64,7 @@ from atoll.errors import (
 )
 from atoll.fsutil import remove_tree
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import copy_image
+from atoll.oci.imagecopy import copy_image
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport
 from atoll.podman import isolated_environment

@@ -45,7 +45,7 @@ from atoll.errors import RechunkError, from_oserror
 from atoll.fsutil import remove_tree
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
-from atoll.oci.inspect import read_config, select_manifest
+from atoll.oci.imageinspect import read_config, select_manifest
 from atoll.oci.manifest import Descriptor, MediaType, canonical_json, parse_config
 from atoll.oci.transports import ImageDestination, ImageName, open_destination, open_source
 from atoll.progress import NullProgress, ProgressSink

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,17 +58,17 @@ def add_global_options(parser: argparse.ArgumentParser, *, progress: bool = True
     )
 
 
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|min|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
 def duration(text: str) -> float:
     """An option's duration, ``60``, ``8s``, ``500ms``, ``2m``, ``1h``, as seconds
     (one spelling for every ``--timeout``, ``--interval`` and ``--watch``)."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 60s, 500ms or 2m")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    from atoll.timeutil import parse_timespan
+
+    try:
+        return parse_timespan(text, infinity=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 60s, 500ms or 2m"
+        ) from None
 
 
 def parse_bool(text: str) -> bool:

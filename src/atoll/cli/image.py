@@ -18,8 +18,8 @@ from atoll.cli.common import (
 from atoll.errors import UsageError
 from atoll.oci.catalog import delete_image, list_tags
 from atoll.oci.chunked import ZSTD_CHUNKED
-from atoll.oci.copy import CopyOptions, CopyResult, copy_image
-from atoll.oci.inspect import inspect_image, read_config, read_raw_manifest, select_manifest
+from atoll.oci.imagecopy import CopyOptions, CopyResult, copy_image
+from atoll.oci.imageinspect import inspect_image, read_config, read_raw_manifest, select_manifest
 from atoll.oci.manifest import Compression
 from atoll.oci.transports import ImageName, open_source
 

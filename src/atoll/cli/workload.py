@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from atoll.cli.common import Output, add_global_options, duration
 
 if TYPE_CHECKING:
-    from atoll.workloads.control import SupervisorClient, SystemdManager, UnitStatus
+    from atoll.workloads.control import SupervisorClient, UnitStatus
+    from atoll.workloads.systemd import SystemdManager
 
 DEFAULT_STATE_DIR = "/run/atoll/workloads"
 #: Sets the supervisor's state directory when --state-dir is not given.
@@ -152,7 +153,7 @@ def _generate(args: argparse.Namespace, out: Output) -> int:
 
 
 def _run(args: argparse.Namespace, out: Output) -> int:
-    from atoll.workloads.supervisor import Supervisor
+    from atoll.workloads.supervise.supervisor import Supervisor
 
     state_dir = supervisor_state_dir(args)
     # Starts, exits, restarts and health changes are what a supervisor's log is for.
@@ -175,11 +176,8 @@ def manager_for(args: argparse.Namespace) -> SupervisorClient | SystemdManager:
     """The supervisor when asked for, or when its control socket exists; else systemd
     when it runs.  With neither, the supervisor: asking it says none listens, and how
     to start one, rather than reporting the units systemd would run as inactive."""
-    from atoll.workloads.control import (
-        SupervisorClient,
-        SystemdManager,
-        control_socket,
-    )
+    from atoll.workloads.control import SupervisorClient, control_socket
+    from atoll.workloads.systemd import SystemdManager
 
     state_dir = supervisor_state_dir(args)
     choice = args.manager
@@ -259,7 +257,7 @@ def _job(args: argparse.Namespace, out: Output) -> int:
 def _logs(args: argparse.Namespace, out: Output) -> int:
     from atoll.errors import UnsupportedError
     from atoll.run import run
-    from atoll.workloads.runtime import logs_argv, podman_env
+    from atoll.workloads.supervise.runtime import logs_argv, podman_env
 
     statuses = manager_for(args).status_all(args.name)
     status = statuses[0]

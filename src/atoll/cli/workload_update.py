@@ -19,7 +19,7 @@ from atoll.cli.workload import add_manager_options, manager_for, unit_roots
 from atoll.errors import UsageError, WorkloadUpdateFailedError
 
 if TYPE_CHECKING:
-    from atoll.workloads.autoupdate import AutoUpdateResult
+    from atoll.workloads.autoupdate.updater import AutoUpdateResult
 
 #: Where auto-update keeps its state unless --update-state-dir says
 #: ($ATOLL_WORKLOAD_STATE_DIR is the supervisor's, as for every workload command).
@@ -87,10 +87,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _auto_update(args: argparse.Namespace, out: Output) -> int:
-    from atoll.workloads.autoupdate import AutoUpdateOptions, AutoUpdater
-    from atoll.workloads.quadlet import load_units
-    from atoll.workloads.updatestate import DEFAULT_STATE_DIR
-    from atoll.workloads.updateunits import workloads_from
+    from atoll.workloads.autoupdate.state import DEFAULT_STATE_DIR
+    from atoll.workloads.autoupdate.units import workloads_from
+    from atoll.workloads.autoupdate.updater import AutoUpdateOptions, AutoUpdater
+    from atoll.workloads.unitfiles.quadlet import load_units
 
     if args.format == "json":
         out.json = True

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll.device.nspawn import BootOutcome, ContainerBoot, boot_container, prepare_boot
+from atoll.device.nspawn import ContainerBoot, DeviceBootOutcome, boot_container, prepare_boot
 from atoll.errors import AtollError
 from atoll.fsutil import write_atomic
 from atoll.sysroot.bootloader.entries import set_counter
@@ -119,7 +119,7 @@ def run_boots(
         result.rounds.append(round_)
         if on_round is not None:
             on_round(round_)
-        if boot.outcome is BootOutcome.POWEROFF:
+        if boot.outcome is DeviceBootOutcome.POWEROFF:
             break
     return result
 

@@ -71,7 +71,7 @@ _READER_GRACE = 5.0
 _MACHINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-class BootOutcome(StrEnum):
+class DeviceBootOutcome(StrEnum):
     POWEROFF = "poweroff"
     REBOOT = "reboot"
     FAILED = "failed"
@@ -80,7 +80,7 @@ class BootOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class ContainerBoot:
-    outcome: BootOutcome
+    outcome: DeviceBootOutcome
     #: systemd-nspawn's exit status (negative: killed by that signal).
     exit_code: int
     #: Seconds from starting systemd-nspawn until it exited.
@@ -89,12 +89,12 @@ class ContainerBoot:
     console_tail: str
 
 
-def outcome_of(exit_code: int) -> BootOutcome:
+def outcome_of(exit_code: int) -> DeviceBootOutcome:
     if exit_code == 0:
-        return BootOutcome.POWEROFF
+        return DeviceBootOutcome.POWEROFF
     if exit_code == EXIT_REBOOT:
-        return BootOutcome.REBOOT
-    return BootOutcome.FAILED
+        return DeviceBootOutcome.REBOOT
+    return DeviceBootOutcome.FAILED
 
 
 def nspawn_command(
@@ -176,7 +176,7 @@ def boot_container(
         stop=_stop,
         label=f"boot: {machine}",
     )
-    outcome = BootOutcome.TIMEOUT if timed_out else outcome_of(code)
+    outcome = DeviceBootOutcome.TIMEOUT if timed_out else outcome_of(code)
     log.debug("boot: %s ended: %s (exit %d) after %.1f s", machine, outcome, code, duration)
     return ContainerBoot(outcome, code, duration, console.tail())
 

@@ -33,10 +33,11 @@ from atoll.health.records import (
 )
 from atoll.health.report import HealthReport
 from atoll.health.runner import BootInfo, check_chroot_allowed, run_boot_checks
-from atoll.sysroot.lifecycle import Device, utc_timestamp
+from atoll.sysroot.lifecycle import Device
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.rolledback import forget_if_rolled_back, record_rolled_back
 from atoll.sysroot.state import SysrootState
+from atoll.timeutil import utc_timestamp
 
 
 @dataclass(frozen=True)

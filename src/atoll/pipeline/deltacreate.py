@@ -31,7 +31,7 @@ from atoll.oci.delta import (
     sha256_hex,
 )
 from atoll.oci.digest import Digest
-from atoll.oci.inspect import select_manifest
+from atoll.oci.imageinspect import select_manifest
 from atoll.oci.manifest import Descriptor, ImageManifest, layer_compression
 from atoll.oci.transports import ImageName, ImageSource, Transport, open_source
 from atoll.oci.transports.docker import DockerSource

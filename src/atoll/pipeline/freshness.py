@@ -35,8 +35,9 @@ from typing import Any
 from atoll.errors import DowngradeRefusedError, StaleSignatureError
 from atoll.oci.transports import ImageName
 from atoll.pipeline.policy import Policy
-from atoll.pipeline.promote import Version, compare_versions
+from atoll.pipeline.promote import compare_versions
 from atoll.pipeline.trust import check_image
+from atoll.semver import Version
 from atoll.sysroot.fetch import RemoteImage
 from atoll.sysroot.lifecycle import Admission, Device
 
@@ -52,7 +53,7 @@ def check_not_older(image: str, candidate: str | None, deployed: Sequence[str | 
     """Refuse *candidate* (the version of *image*) when it is older than one of
     the *deployed* versions, or cannot be compared with one that is a version."""
     for current in deployed:
-        if current is None or Version.parse(current) is None:
+        if current is None or Version.parse(current.strip(), full=True) is None:
             continue  # nothing to protect: the deployed image has no semantic version
         order = compare_versions(candidate or "", current)
         if order is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
-from atoll.oci.inspect import read_config, select_manifest
+from atoll.oci.imageinspect import read_config, select_manifest
 from atoll.oci.manifest import ImageConfig, ImageManifest, parse_config, require_image_config
 from atoll.oci.transports import ImageName, ImageSource, open_source
 from atoll.progress import NullProgress

@@ -34,7 +34,6 @@ steps; tests kill the process at each of them.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import secrets
@@ -66,6 +65,7 @@ from atoll.sysroot.rolledback import RolledBackImage, find_rolled_back
 from atoll.sysroot.roots import IMPORTING_REF, deployment_ref, sync_refs
 from atoll.sysroot.shape import check_complete, check_deployable
 from atoll.sysroot.state import ORIGIN_SUFFIX, BootRecord, SysrootState
+from atoll.timeutil import utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,6 @@ BootTries = Callable[[Path], int]
 #: Pulls the images a new deployment binds (its root, the progress sink, an OCI
 #: layout to take them from or None) before it is staged; raises to refuse it.
 BoundImagesPull = Callable[[Path, ProgressSink | None, Path | None], None]
-
-
-def utc_timestamp() -> str:
-    """Now, as the sysroot's records write times (UTC, seconds, ``Z``)."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

@@ -30,7 +30,7 @@ from atoll.updates.clock import Clock
 from atoll.updates.config import format_duration, format_rate, load_config
 from atoll.updates.inhibitors import CommandRunner, run_inhibitor_command
 from atoll.updates.policy import decide
-from atoll.updates.run import UpdatableDevice, gather_facts
+from atoll.updates.runner import UpdatableDevice, gather_facts
 from atoll.updates.state import UpdateState, state_path
 
 #: Values start in one column whichever rows there are.

@@ -1,13 +1,13 @@
 """From a Quadlet unit to the podman commands the supervisor runs, and podman queries.
 
-The commands are the generated service's (:mod:`atoll.workloads.generate`),
+The commands are the generated service's (:mod:`atoll.workloads.unitfiles.generate`),
 with systemd's specifiers expanded (``%t`` is ``STATE_DIR/run``, ``%N``/``%n``
 the service name without/with its suffix, ``%h`` home, ``%U`` uid, ``%%``).
 For a container the ``podman run`` line is changed in three ways:
 
 * ``--cgroups=split`` is dropped: it needs a cgroup systemd delegated;
 * ``--health-on-failure`` is dropped: atoll runs the checks and the action
-  (:mod:`atoll.workloads.healthcheck`); ``--sdnotify=healthy`` (podman 4.7+)
+  (:mod:`atoll.workloads.supervise.healthcheck`); ``--sdnotify=healthy`` (podman 4.7+)
   becomes ``--sdnotify=conmon`` and atoll waits for the first passing check;
 * ``--label io.atoll.workload.unit=NAME.container`` is added, so a restarted
   supervisor finds and adopts the containers it started.
@@ -31,10 +31,11 @@ from atoll.errors import CommandError, ToolMissingError
 from atoll.podman import podman as run_podman
 from atoll.podman import podman_environment
 from atoll.run import Completed, run
-from atoll.workloads.generate import GeneratedService
-from atoll.workloads.healthcheck import HealthSpec
-from atoll.workloads.quadlet import ContainerOptions, QuadletUnit, UnitKind, split_words
-from atoll.workloads.restart import EndKind, Result, ServiceSettings
+from atoll.timeutil import utc_timestamp
+from atoll.workloads.supervise.healthcheck import HealthSpec
+from atoll.workloads.unitfiles.generate import GeneratedService
+from atoll.workloads.unitfiles.quadlet import ContainerOptions, QuadletUnit, UnitKind, split_words
+from atoll.workloads.unitfiles.restart import EndKind, Result, ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ def started_at(info: Mapping[str, Any]) -> str | None:
         return None
     if when.year < 1971:
         return None  # podman's zero time: never started
-    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc_timestamp(when, microseconds=True)
 
 
 def health_of(info: Mapping[str, Any]) -> str | None:

@@ -1,4 +1,4 @@
-"""Version tags, as auto-update follows them.
+"""Version tags, as auto-update follows them (the versions are :class:`atoll.semver.Version`).
 
 A tag is a *version* when it is one to three dot-separated numbers, optionally
 after a ``v``: ``3``, ``3.4``, ``3.4.2``, ``v3.4.2``.  Anything else (``latest``,
@@ -18,43 +18,10 @@ only moves the floating tag is followed as well.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-_VERSION = re.compile(r"^(v?)(0|[1-9][0-9]*)(?:\.(0|[1-9][0-9]*))?(?:\.(0|[1-9][0-9]*))?$")
-
-
-@dataclass(frozen=True, order=True)
-class Version:
-    """A version tag; ordered by its numbers, missing parts counting as 0."""
-
-    key: tuple[int, int, int]
-    #: How many numbers the tag has (1-3): a pin's precision.
-    parts: int
-    prefix: str
-    tag: str
-
-    @classmethod
-    def parse(cls, tag: str) -> Version | None:
-        match = _VERSION.match(tag)
-        if match is None:
-            return None
-        prefix, *numbers = match.groups()
-        given = [int(n) for n in numbers if n is not None]
-        padded = [*given, 0, 0, 0][:3]
-        return cls((padded[0], padded[1], padded[2]), len(given), prefix, tag)
-
-    def follows(self, other: Version) -> bool:
-        """Whether *other* is on the line this pin follows (``3.4`` → ``3.4.z``)."""
-        if other.prefix != self.prefix or other.parts < self.parts:
-            return False
-        if self.parts == 3:
-            return other.tag == self.tag
-        return other.key[: self.parts] == self.key[: self.parts]
-
-    def __str__(self) -> str:
-        return self.tag
+from atoll.semver import Version
 
 
 @dataclass(frozen=True)

@@ -12,30 +12,31 @@ container when the unit is no longer wanted.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from atoll.errors import ToolMissingError
 from atoll.run import PIPE, TimeoutExpired, spawn
-from atoll.workloads.control import Health, UnitState
-from atoll.workloads.healthcheck import HealthTracker, OnFailure, run_check
-from atoll.workloads.notify import NotifySocket, NotifyState
-from atoll.workloads.restart import EndKind, Result
-from atoll.workloads.runtime import (
+from atoll.timeutil import utc_timestamp
+from atoll.workloads.control import Health, UnitState, UnitStatus
+from atoll.workloads.supervise.deaths import ContainerDeaths
+from atoll.workloads.supervise.healthcheck import HealthTracker, OnFailure, run_check
+from atoll.workloads.supervise.notify import NotifySocket, NotifyState
+from atoll.workloads.supervise.runtime import (
     Command,
     NotifyMode,
     RunEnd,
+    UnitPlan,
     inspect_container,
     podman,
     podman_env,
     run_commands,
     started_at,
 )
-
-if TYPE_CHECKING:
-    from atoll.workloads.supervisor import Supervisor, UnitRuntime
+from atoll.workloads.unitfiles.restart import EndKind, Result, StartLimit
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,99 @@ def notify_path(state_dir: Path, rt: UnitRuntime) -> Path:
     return state_dir / "notify" / f"{rt.plan.unit.stem}.sock"
 
 
+class UnitRuntime:
+    """The live state of one unit; every field is guarded by the supervisor's lock."""
+
+    def __init__(self, plan: UnitPlan) -> None:
+        self.plan = plan
+        self.state = UnitState.INACTIVE
+        self.result: str = Result.SUCCESS
+        self.restarts = 0
+        self.since = utc_timestamp(microseconds=True)
+        self.container_id: str | None = None
+        self.image_id: str | None = None
+        self.main_pid: int | None = None
+        self.exit_status: int | None = None
+        self.health = Health.NONE
+        self.wanted = False
+        self.thread: threading.Thread | None = None
+        self.wake = threading.Event()
+        #: Ends the running attempt's wait for news at once (set while it waits).
+        self.interrupt: Callable[[], None] | None = None
+        s = plan.settings
+        self.start_limit = StartLimit(s.start_limit_interval, s.start_limit_burst)
+        self.attempt = 0
+        self.in_attempt = False
+        self.settled = 0
+        self.settled_ok = False
+        self.error = ""
+        self.timeout_override: float | None = None
+        self.adopt_id: str | None = None
+
+    def status(self) -> UnitStatus:
+        plan = self.plan
+        return UnitStatus(
+            unit=plan.name,
+            name=plan.unit.stem,
+            service=plan.service,
+            state=self.state,
+            result=str(self.result),
+            container=plan.container,
+            container_id=self.container_id,
+            image=plan.image,
+            image_id=self.image_id,
+            health=self.health,
+            restarts=self.restarts,
+            since=self.since,
+            main_pid=self.main_pid,
+            exit_status=self.exit_status,
+            kind=plan.kind.value,
+        )
+
+
+class RunHost(Protocol):
+    """What a container run asks of the supervisor that started it."""
+
+    #: The supervisor's one lock; it guards every field of every UnitRuntime.
+    @property
+    def cond(self) -> threading.Condition: ...
+
+    def start_timeout(self, rt: UnitRuntime) -> float:
+        """The start timeout of this attempt (a job may override the unit's)."""
+
+    def became_active(self, rt: UnitRuntime, since: str | None) -> None:
+        """*rt*'s container is ready: the unit is active (since *since*, if not
+        now) and the job that started it has its answer."""
+
+    def stopping(self, rt: UnitRuntime) -> None:
+        """*rt*'s container is being stopped: the unit is deactivating."""
+
+    def write_state(self) -> None:
+        """Record every unit's status (after a field changed in place)."""
+
+
 class ContainerRun:
     """One attempt of one container unit, from ``podman run -d`` to its end."""
 
-    def __init__(self, supervisor: Supervisor, rt: UnitRuntime) -> None:
-        self.supervisor = supervisor
-        self.cond = supervisor.cond
+    def __init__(
+        self,
+        host: RunHost,
+        rt: UnitRuntime,
+        *,
+        run_dir: Path,
+        notify_socket: Path,
+        deaths: ContainerDeaths,
+    ) -> None:
+        self.host = host
+        self.cond = host.cond
         self.rt = rt
         self.plan = rt.plan
+        self.run_dir = run_dir
+        self.notify_socket = notify_socket
+        self.deaths = deaths
 
     def run(self) -> RunEnd:
-        notify = NotifySocket(notify_path(self.supervisor.state_dir, self.rt))
+        notify = NotifySocket(self.notify_socket)
         with self.cond:
             self.rt.interrupt = notify.wake  # a stop is seen at once, not at the next tick
         try:
@@ -78,7 +161,7 @@ class ContainerRun:
     def _launch(self, env: dict[str, str], deadline: float) -> str | RunEnd:
         """``podman run -d``: the container id, or how the start failed."""
         plan, rt = self.plan, self.rt
-        run_dir = self.supervisor.run_dir
+        run_dir = self.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         # A cidfile left by a run that was not cleaned up makes podman refuse to start.
         self._cidfile().unlink(missing_ok=True)
@@ -119,10 +202,10 @@ class ContainerRun:
         return lines[-1]
 
     def _run_with(self, notify: NotifySocket) -> RunEnd:
-        plan, rt, supervisor = self.plan, self.rt, self.supervisor
+        plan, rt, host = self.plan, self.rt, self.host
         env = podman_env({**plan.env, "NOTIFY_SOCKET": str(notify.path)})
         started = time.monotonic()
-        deadline = started + supervisor.start_timeout(rt)
+        deadline = started + host.start_timeout(rt)
         state = NotifyState()
         with self.cond:
             adopt = rt.adopt_id
@@ -146,7 +229,7 @@ class ContainerRun:
             rt.main_pid = int(conmon) if conmon else None
             rt.health = Health.STARTING if plan.health else Health.NONE
         started = time.monotonic()
-        waiter = supervisor.deaths.waiter(container_id, rt.main_pid, env, since)
+        waiter = self.deaths.waiter(container_id, rt.main_pid, env, since)
         tracker = HealthTracker(plan.health, started) if plan.health else None
         active = False
         forced: RunEnd | None = None
@@ -171,10 +254,7 @@ class ContainerRun:
                     active = True
                     last_ping = now
                     with self.cond:
-                        supervisor.set_state(
-                            rt, UnitState.ACTIVE, Result.SUCCESS, since=active_since
-                        )
-                        supervisor.settle(rt, True)
+                        host.became_active(rt, active_since)
                 if waiter.done():
                     break
                 with self.cond:
@@ -184,7 +264,7 @@ class ContainerRun:
                 if stopping and not stop_sent:
                     stop_sent = True
                     with self.cond:
-                        supervisor.set_state(rt, UnitState.DEACTIVATING)
+                        host.stopping(rt)
                     self._stop(env)
                     continue
                 if stop_sent:
@@ -231,7 +311,7 @@ class ContainerRun:
             if status != rt.health:
                 log.info("%s: health %s -> %s", self.plan.service, rt.health, status)
                 rt.health = status
-                self.supervisor.write_state()
+                self.host.write_state()
                 self.cond.notify_all()
         if status is not Health.UNHEALTHY or before is Health.UNHEALTHY:
             return None
@@ -270,7 +350,7 @@ class ContainerRun:
 
     def _cidfile(self) -> Path:
         """``%t/%N.cid``, where the generated ``podman run`` writes the container's ID."""
-        return self.supervisor.run_dir / f"{self.plan.service.rsplit('.', 1)[0]}.cid"
+        return self.run_dir / f"{self.plan.service.rsplit('.', 1)[0]}.cid"
 
     def _remove(self, env: dict[str, str], *, graceful: bool = False) -> None:
         """Remove the container at once (SIGKILL); *graceful*, after its StopTimeout."""

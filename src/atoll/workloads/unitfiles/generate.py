@@ -27,7 +27,7 @@ from pathlib import Path
 
 from atoll.errors import QuadletDependencyError, QuadletUnitError, from_oserror
 from atoll.fsutil import write_atomic
-from atoll.workloads.quadlet import (
+from atoll.workloads.unitfiles.quadlet import (
     ContainerOptions,
     ImageOptions,
     LoadResult,

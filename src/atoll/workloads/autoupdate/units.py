@@ -4,7 +4,7 @@ A ``.container`` unit with ``AutoUpdate=registry`` or ``AutoUpdate=local``
 becomes a :class:`Workload`: its image (through a ``.image`` unit when
 ``Image=`` names one), its update window (the labels
 ``io.atoll.autoupdate.window=CRON`` and ``io.atoll.autoupdate.timezone=ZONE``)
-and the units it is ordered after.  See :mod:`atoll.workloads.autoupdate`.
+and the units it is ordered after.  See :mod:`atoll.workloads.autoupdate.updater`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,19 @@ from enum import StrEnum
 from atoll.errors import AtollError
 from atoll.updates.cron import CronExpression
 from atoll.updates.window import Window
-from atoll.workloads.quadlet import ContainerOptions, ImageOptions, LoadResult, QuadletUnit
+from atoll.workloads.unitfiles.quadlet import (
+    ContainerOptions,
+    ImageOptions,
+    LoadResult,
+    QuadletUnit,
+)
 
 WINDOW_LABEL = "io.atoll.autoupdate.window"
 TIMEZONE_LABEL = "io.atoll.autoupdate.timezone"
 _DEPENDENCY_KEYS = ("After", "Requires", "Wants", "BindsTo", "Requisite", "PartOf")
 
 
-class Policy(StrEnum):
+class AutoUpdatePolicy(StrEnum):
     REGISTRY = "registry"
     LOCAL = "local"
 
@@ -53,7 +58,7 @@ def workloads_from(loaded: LoadResult) -> list[Workload]:
             continue
         image = _image_of(options, units)
         problem = None
-        if options.auto_update not in (Policy.REGISTRY, Policy.LOCAL):
+        if options.auto_update not in (AutoUpdatePolicy.REGISTRY, AutoUpdatePolicy.LOCAL):
             problem = f"AutoUpdate={options.auto_update} is not registry or local"
         labels = _labels(options.label)
         window = Window()

@@ -3,7 +3,7 @@
 For every distinct image reference: one ``HEAD /v2/NAME/manifests/TAG`` (with
 the Accept types of both indexes and manifests, so a multi-platform image
 answers with its index's digest, which is what podman records when it pulls by
-tag).  A version pin (``Image=repo:3.4``, see :mod:`atoll.workloads.semver`)
+tag).  A version pin (``Image=repo:3.4``, see :mod:`atoll.workloads.autoupdate.versionpins`)
 first lists the repository's tags and then checks the highest tag on its line.
 
 Each registry gets one client (one ``/v2/`` ping, pooled connections); every
@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 from atoll.errors import AtollError
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
-from atoll.workloads import semver
+from atoll.semver import Version
+from atoll.workloads.autoupdate import versionpins
 
 if TYPE_CHECKING:
     from atoll.oci.client import RegistryClient
@@ -117,9 +118,9 @@ def _check_one(client: RegistryClient, ref: ImageReference, follow_versions: boo
         if ref.digest is not None:
             # Pinned by digest: nothing to follow.
             return RemoteCheck(ref, tag, str(ref.digest))
-        version = semver.Version.parse(tag)
+        version = Version.parse(tag)
         if follow_versions and version is not None:
-            choice = semver.choose(tag, client.list_tags(ref.repository))
+            choice = versionpins.choose(tag, client.list_tags(ref.repository))
             tag, newer = (choice.tag if version.parts < 3 else tag), choice.newer
         head = client.head_manifest(ref.repository, tag)
         if head.digest is None:

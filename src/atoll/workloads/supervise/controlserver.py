@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from atoll.errors import AtollError, InvalidInputError, SupervisorNotRunningError, UnknownUnitError
 from atoll.workloads.control import UnitStatus
-from atoll.workloads.notify import MAX_SOCKET_PATH
+from atoll.workloads.supervise.notify import MAX_SOCKET_PATH
 
 _MALFORMED = InvalidInputError.exit_code
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atoll.errors import QuadletUnitError
-from atoll.workloads.quadlet import ContainerOptions, ParseWarning, read_sections
-from atoll.workloads.restart import parse_timespan
+from atoll.workloads.unitfiles.quadlet import ContainerOptions, ParseWarning, read_sections
+from atoll.workloads.unitfiles.restart import unit_timespan
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,10 @@ def parse_socket_unit(path: Path) -> tuple[SocketUnit, list[ParseWarning]]:
             proxy_to=parse_address(proxy, what=f"{path}: ProxyTo", default_host="127.0.0.1")
             if proxy
             else None,
-            idle_timeout=parse_timespan(
+            idle_timeout=unit_timespan(
                 values.get("IdleTimeoutSec", "0"), what=f"{path}: IdleTimeoutSec"
             ),
-            connect_timeout=parse_timespan(
+            connect_timeout=unit_timespan(
                 values.get("ConnectTimeoutSec", "10s"), what=f"{path}: ConnectTimeoutSec"
             ),
         ),

@@ -31,7 +31,6 @@ by signal N (podman reports it so).  A unit stopped on request is never restarte
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from collections import deque
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from atoll.errors import QuadletUnitError
+from atoll.timeutil import parse_timespan
 
 
 class RestartPolicy(StrEnum):
@@ -96,49 +96,15 @@ RESTART_TABLE: dict[RestartPolicy, frozenset[EndKind]] = {
 
 CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
 
-_UNITS = {
-    "us": 1e-6,
-    "usec": 1e-6,
-    "ms": 1e-3,
-    "msec": 1e-3,
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "seconds": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "minutes": 60.0,
-    "h": 3600.0,
-    "hr": 3600.0,
-    "hour": 3600.0,
-    "hours": 3600.0,
-    "d": 86400.0,
-    "day": 86400.0,
-    "days": 86400.0,
-}
-_SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
 
-
-def parse_timespan(text: str, *, what: str = "time span", default_unit: float = 1.0) -> float:
-    """Seconds in a systemd time span (``5``, ``500ms``, ``1min 30s``); ``inf`` for infinity."""
-    value = text.strip().lower()
-    if value == "infinity":
-        return float("inf")
-    pos, total, matched = 0, 0.0, False
-    for match in _SPAN.finditer(value):
-        if value[pos : match.start()].strip():
-            break
-        number, unit = match.groups()
-        if unit and unit not in _UNITS:
-            raise QuadletUnitError(f"{what}={text}: unknown time unit {unit!r}")
-        total += float(number) * (_UNITS[unit] if unit else default_unit)
-        pos, matched = match.end(), True
-    if not matched or value[pos:].strip():
+def unit_timespan(text: str, *, what: str = "time span", default_unit: float = 1.0) -> float:
+    """Seconds in a unit file's time span (``5``, ``500ms``, ``1min 30s``, ``infinity``)."""
+    try:
+        return parse_timespan(text, default_unit=default_unit)
+    except ValueError as exc:
         raise QuadletUnitError(
-            f"{what}={text} is not a time span", hint="write e.g. 5s, 500ms or 1min 30s"
-        )
-    return total
+            f"{what}={text}: {exc}", hint="write e.g. 5s, 500ms or 1min 30s"
+        ) from None
 
 
 def _signal_number(word: str) -> int | None:
@@ -209,7 +175,7 @@ class ServiceSettings:
 
         def span(pairs: Sequence[tuple[str, str]], key: str, default: float) -> float:
             value = last(pairs, key)
-            return default if value is None else parse_timespan(value, what=f"{source}: {key}")
+            return default if value is None else unit_timespan(value, what=f"{source}: {key}")
 
         restart_text = last(service, "Restart") or "no"
         try:

@@ -20,7 +20,7 @@ One JSON file, ``STATE_DIR/autoupdate.json`` (default state dir
 
 ``trial`` is written before an update moves the unit's tag and removed when
 the update is kept or rolled back: a run that finds one finishes that update
-first (see :mod:`atoll.workloads.autoupdate`).  ``registries`` holds the
+first (see :mod:`atoll.workloads.autoupdate.updater`).  ``registries`` holds the
 ``/v2/`` URL each registry's last ping chose, so that the next run's checks go
 there without pinging (absent in older files).
 
@@ -33,7 +33,6 @@ never pulled again for that unit: only a tag that moves to another digest is.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import json
 import os
@@ -51,10 +50,6 @@ STATE_FILE = "autoupdate.json"
 LOCK_FILE = "autoupdate.lock"
 #: Rolled-back digests kept per unit (the oldest are forgotten first).
 MAX_ROLLED_BACK = 20
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -168,12 +163,12 @@ class UnitUpdateState:
 
 
 @dataclass
-class UpdateState:
+class WorkloadUpdateState:
     """The whole file; mutate :attr:`units` and :meth:`save`."""
 
     path: Path
     units: dict[str, UnitUpdateState] = field(default_factory=dict)
-    #: Registry -> the ``/v2/`` URL its last ping chose (see atoll.workloads.updatecheck).
+    #: Registry -> the ``/v2/`` URL its last ping chose (see atoll.workloads.autoupdate.checks).
     registries: dict[str, str] = field(default_factory=dict)
 
     def get(self, unit: str) -> UnitUpdateState:
@@ -192,7 +187,7 @@ class UpdateState:
         write_atomic(self.path, json.dumps(data, indent=2).encode() + b"\n")
 
     @classmethod
-    def load(cls, state_dir: Path) -> UpdateState:
+    def load(cls, state_dir: Path) -> WorkloadUpdateState:
         path = state_dir / STATE_FILE
         try:
             raw = path.read_bytes()

@@ -28,8 +28,8 @@ from enum import StrEnum
 from atoll.errors import CommandError, QuadletUnitError, ToolMissingError
 from atoll.run import run
 from atoll.workloads.control import Health
-from atoll.workloads.quadlet import ContainerOptions
-from atoll.workloads.restart import parse_timespan
+from atoll.workloads.unitfiles.quadlet import ContainerOptions
+from atoll.workloads.unitfiles.restart import unit_timespan
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class HealthSpec:
                 return default
             if value.lower() == "disable":
                 return float("inf")
-            return parse_timespan(value, what=f"{source}: {key}")
+            return unit_timespan(value, what=f"{source}: {key}")
 
         retries = options.health_retries or "3"
         if not retries.isdigit() or int(retries) < 1:

@@ -2,8 +2,8 @@
 
 For hosts and containers without systemd, and for tests.  One thread per
 running unit keeps its lifecycle; the control socket
-(:mod:`atoll.workloads.controlserver`) answers :mod:`atoll.workloads.control`
-requests; :mod:`atoll.workloads.socketact` listeners start units on demand.
+(:mod:`atoll.workloads.supervise.controlserver`) answers :mod:`atoll.workloads.control`
+requests; :mod:`atoll.workloads.unitfiles.socketact` listeners start units on demand.
 
 The state directory (default ``/run/atoll/workloads``)::
 
@@ -17,7 +17,7 @@ The state directory (default ``/run/atoll/workloads``)::
                          NAME.cid, NAME-pod.pod-id, ...
 
 A container unit's run, ``podman run -d`` watched until it ends, is
-:mod:`atoll.workloads.containerrun`'s; other units run their commands and stay
+:mod:`atoll.workloads.supervise.containerrun`'s; other units run their commands and stay
 active.  Containers carry the label ``io.atoll.workload.unit=NAME.container``: a
 supervisor started again adopts a running container instead of starting another.
 
@@ -27,7 +27,6 @@ podman command runs, except for writing state.json.
 
 from __future__ import annotations
 
-import datetime
 import fcntl
 import functools
 import json
@@ -36,7 +35,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from atoll.errors import (
@@ -48,81 +47,32 @@ from atoll.errors import (
     from_oserror,
 )
 from atoll.fsutil import write_atomic
-from atoll.workloads.containerrun import TICK, ContainerRun
+from atoll.timeutil import utc_timestamp
 from atoll.workloads.control import CONTROL_SOCKET, Health, UnitState, UnitStatus
-from atoll.workloads.controlserver import ControlServer
-from atoll.workloads.deaths import ContainerDeaths
-from atoll.workloads.generate import generate_services
-from atoll.workloads.quadlet import ContainerOptions, UnitKind, default_roots, load_units
-from atoll.workloads.restart import EndKind, Result, StartLimit
-from atoll.workloads.runtime import (
+from atoll.workloads.supervise.containerrun import TICK, ContainerRun, UnitRuntime, notify_path
+from atoll.workloads.supervise.controlserver import ControlServer
+from atoll.workloads.supervise.deaths import ContainerDeaths
+from atoll.workloads.supervise.runtime import (
     RunEnd,
-    UnitPlan,
     containers_by_unit,
     plan_unit,
     podman_env,
     run_commands,
 )
-from atoll.workloads.socketact import SocketActivator, SocketUnit, load_sockets, published_target
+from atoll.workloads.unitfiles.generate import generate_services
+from atoll.workloads.unitfiles.quadlet import ContainerOptions, UnitKind, default_roots, load_units
+from atoll.workloads.unitfiles.restart import EndKind, Result
+from atoll.workloads.unitfiles.socketact import (
+    SocketActivator,
+    SocketUnit,
+    load_sockets,
+    published_target,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
-
-
-def _now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class UnitRuntime:
-    """The live state of one unit; every field is guarded by the supervisor's lock."""
-
-    def __init__(self, plan: UnitPlan) -> None:
-        self.plan = plan
-        self.state = UnitState.INACTIVE
-        self.result: str = Result.SUCCESS
-        self.restarts = 0
-        self.since = _now_iso()
-        self.container_id: str | None = None
-        self.image_id: str | None = None
-        self.main_pid: int | None = None
-        self.exit_status: int | None = None
-        self.health = Health.NONE
-        self.wanted = False
-        self.thread: threading.Thread | None = None
-        self.wake = threading.Event()
-        #: Ends the running attempt's wait for news at once (set while it waits).
-        self.interrupt: Callable[[], None] | None = None
-        s = plan.settings
-        self.start_limit = StartLimit(s.start_limit_interval, s.start_limit_burst)
-        self.attempt = 0
-        self.in_attempt = False
-        self.settled = 0
-        self.settled_ok = False
-        self.error = ""
-        self.timeout_override: float | None = None
-        self.adopt_id: str | None = None
-
-    def status(self) -> UnitStatus:
-        plan = self.plan
-        return UnitStatus(
-            unit=plan.name,
-            name=plan.unit.stem,
-            service=plan.service,
-            state=self.state,
-            result=str(self.result),
-            container=plan.container,
-            container_id=self.container_id,
-            image=plan.image,
-            image_id=self.image_id,
-            health=self.health,
-            restarts=self.restarts,
-            since=self.since,
-            main_pid=self.main_pid,
-            exit_status=self.exit_status,
-            kind=plan.kind.value,
-        )
 
 
 class Supervisor:
@@ -188,7 +138,7 @@ class Supervisor:
         if result is not None:
             rt.result = result
         if changed:
-            rt.since = since or _now_iso()
+            rt.since = since or utc_timestamp(microseconds=True)
             log.info("%s: %s (%s)", rt.plan.service, state, rt.result)
         self.write_state()
         self.cond.notify_all()
@@ -366,6 +316,13 @@ class Supervisor:
 
     # --- one unit's life -------------------------------------------------------------
 
+    def became_active(self, rt: UnitRuntime, since: str | None) -> None:
+        self.set_state(rt, UnitState.ACTIVE, Result.SUCCESS, since=since)
+        self.settle(rt, True)
+
+    def stopping(self, rt: UnitRuntime) -> None:
+        self.set_state(rt, UnitState.DEACTIVATING)
+
     def settle(self, rt: UnitRuntime, ok: bool) -> None:
         if rt.settled < rt.attempt:
             rt.settled = rt.attempt
@@ -415,7 +372,13 @@ class Supervisor:
                 rt.wake.clear()
                 self.set_state(rt, UnitState.ACTIVATING)
             if rt.plan.kind is UnitKind.CONTAINER and rt.plan.service_type == "notify":
-                end = ContainerRun(self, rt).run()
+                end = ContainerRun(
+                    self,
+                    rt,
+                    run_dir=self.run_dir,
+                    notify_socket=notify_path(self.state_dir, rt),
+                    deaths=self.deaths,
+                ).run()
             else:
                 end = self._run_oneshot(rt)
             with self.cond:

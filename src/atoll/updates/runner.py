@@ -40,7 +40,7 @@ from atoll.sysroot.origin import Deployment
 from atoll.sysroot.rolledback import RolledBackImage, find_rolled_back
 from atoll.sysroot.state import SysrootState
 from atoll.updates.clock import Clock
-from atoll.updates.config import Policy, UpdatesConfig, load_config
+from atoll.updates.config import UpdatePolicy, UpdatesConfig, load_config
 from atoll.updates.inhibitors import (
     CommandRunner,
     Inhibitor,
@@ -206,7 +206,7 @@ def run_automatic_update(
                 device,
                 root,
                 config,
-                inhibitors=config.policy is Policy.APPLY and not force,
+                inhibitors=config.policy is UpdatePolicy.APPLY and not force,
                 run_command=run_command,
             )
             decision = decide(config, clock, state, facts, force=force)

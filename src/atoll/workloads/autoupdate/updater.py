@@ -3,7 +3,7 @@
 For each ``.container`` unit with ``AutoUpdate=registry`` or ``AutoUpdate=local``
 whose container runs:
 
-1. **Check** (all units at once, see :mod:`atoll.workloads.updatecheck`).
+1. **Check** (all units at once, see :mod:`atoll.workloads.autoupdate.checks`).
    ``registry``: the digest the registry has for the unit's tag (for a version
    pin, the highest tag on its line) against the digests of the image the
    container runs (podman's RepoDigests, and what this file recorded when it
@@ -15,7 +15,7 @@ whose container runs:
    only while the cron expression matches; otherwise it is ``pending``.
 3. **Apply**, units that depend on each other (``After=``/``Requires=``/
    ``Wants=``/``BindsTo=`` naming another updated unit) in order, the others in
-   waves of *parallel* (:mod:`atoll.workloads.rollout`).  The new images are
+   waves of *parallel* (:mod:`atoll.workloads.autoupdate.rollout`).  The new images are
    pulled as ``REPO@DIGEST``, once per digest, shared out over a few podman
    processes (one per CPU at most); then each wave: tag the image as the
    units' ``Image=`` (in rounds, so that no restart reads a tag another one
@@ -25,7 +25,7 @@ whose container runs:
    meanwhile.  A failure stops the waves.
 4. **Roll back** every unit the failing image reached: tag the previous image
    as ``Image=`` again, restart, and remember the digest and why
-   (:mod:`atoll.workloads.updatestate`).  After the run every unit restarted
+   (:mod:`atoll.workloads.autoupdate.state`).  After the run every unit restarted
    is asked what it runs; the report says that.
 5. **Prune** after a success: images the unit used before the previous one,
    unless a container uses them.  The previous image stays for a rollback.
@@ -51,25 +51,25 @@ from typing import Any
 from atoll.errors import AtollError
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
-from atoll.workloads.control import Health, UnitManager, UnitState, UnitStatus
-from atoll.workloads.localimages import LocalImage, Podman, same_image
-from atoll.workloads.quadlet import LoadResult
-from atoll.workloads.rollout import POLL_INTERVAL, Rollout, Watch, judge, not_ready
-from atoll.workloads.updatecheck import DEFAULT_CONCURRENCY, RemoteCheck, check_references
-from atoll.workloads.updatestate import (
+from atoll.timeutil import utc_timestamp
+from atoll.workloads.autoupdate.checks import DEFAULT_CONCURRENCY, RemoteCheck, check_references
+from atoll.workloads.autoupdate.localimages import LocalImage, Podman, same_image
+from atoll.workloads.autoupdate.rollout import POLL_INTERVAL, Rollout, Watch, judge, not_ready
+from atoll.workloads.autoupdate.state import (
     ImageRecord,
     RolledBack,
     Trial,
     UnitUpdateState,
-    UpdateState,
+    WorkloadUpdateState,
     state_lock,
-    utc_now,
 )
-from atoll.workloads.updateunits import (
-    Policy,
+from atoll.workloads.autoupdate.units import (
+    AutoUpdatePolicy,
     Workload,
     workloads_from,
 )
+from atoll.workloads.control import Health, UnitManager, UnitState, UnitStatus
+from atoll.workloads.unitfiles.quadlet import LoadResult
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class AutoUpdater:
         self.monotonic = monotonic
         self.sleep = sleep
         self._lock = threading.Lock()
-        self._state: UpdateState | None = None
+        self._state: WorkloadUpdateState | None = None
         #: Pulls by reference, started for a level of units at once (_start_pulls).
         self._pulls: dict[str, Future[str]] = {}
         self._restarts = ThreadPoolExecutor(
@@ -215,7 +215,7 @@ class AutoUpdater:
 
     def _run(self, workloads: Sequence[Workload]) -> AutoUpdateResult:
         with state_lock(self.state_dir):
-            self._state = UpdateState.load(self.state_dir)
+            self._state = WorkloadUpdateState.load(self.state_dir)
             chosen = [w for w in workloads if not self.options.only or w.unit in self.options.only]
             reports: dict[str, UnitReport] = {}
             resumed = self._resume(chosen, reports)
@@ -267,7 +267,7 @@ class AutoUpdater:
             # Stopped before the restart: the unit still runs the old image. Point
             # the tag back at it (a restart must not start the unproven one).
             log.info("%s: a stopped run's update never restarted it", workload.unit)
-            if workload.policy == Policy.REGISTRY:
+            if workload.policy == AutoUpdatePolicy.REGISTRY:
                 self._tag(trial.old.image_id, workload.image)
             self._remember(workload.unit, end_trial=True)
             return None
@@ -289,7 +289,9 @@ class AutoUpdater:
             if workload.problem:
                 report.updated, report.reason = Updated.FAILED, workload.problem
                 continue
-            if workload.policy == Policy.REGISTRY and not _fully_qualified(workload.image):
+            if workload.policy == AutoUpdatePolicy.REGISTRY and not _fully_qualified(
+                workload.image
+            ):
                 report.updated = Updated.FAILED
                 report.reason = (
                     f"Image={workload.image} is not fully qualified: the registry policy "
@@ -332,7 +334,7 @@ class AutoUpdater:
             plan.running = image
             if image is None:
                 continue
-            if plan.workload.policy == Policy.LOCAL:
+            if plan.workload.policy == AutoUpdatePolicy.LOCAL:
                 plan.known.add(image.id)
                 plan.report.old_digest = image.id
                 continue
@@ -342,8 +344,8 @@ class AutoUpdater:
                 plan.report.old_digest = sorted(digests)[0]
 
     def _check(self, plans: Sequence[_Plan]) -> None:
-        registry = [p for p in plans if p.workload.policy == Policy.REGISTRY]
-        local = [p for p in plans if p.workload.policy == Policy.LOCAL]
+        registry = [p for p in plans if p.workload.policy == AutoUpdatePolicy.REGISTRY]
+        local = [p for p in plans if p.workload.policy == AutoUpdatePolicy.LOCAL]
         refs = {p.workload.unit: ImageReference.parse(p.workload.image) for p in registry}
         checks: dict[ImageReference, RemoteCheck] = {}
         if refs:
@@ -382,7 +384,8 @@ class AutoUpdater:
             return False
         report.rolled_back_digests = tuple(e.digest for e in plan.state.rolled_back)
         if target in plan.known or (
-            plan.workload.policy == Policy.LOCAL and same_image(target, plan.status.image_id)
+            plan.workload.policy == AutoUpdatePolicy.LOCAL
+            and same_image(target, plan.status.image_id)
         ):
             report.updated, report.reason = Updated.FALSE, "up to date"
             report.old_digest = report.old_digest or target
@@ -423,7 +426,7 @@ class AutoUpdater:
         self._remember(
             plan.workload.unit,
             image=plan.workload.image,
-            current=ImageRecord(digest, plan.status.image_id, utc_now()),
+            current=ImageRecord(digest, plan.status.image_id, utc_timestamp()),
         )
 
     # --- applying -----------------------------------------------------------------
@@ -464,7 +467,7 @@ class AutoUpdater:
         refs = [
             ref
             for ref in dict.fromkeys(
-                p.target_ref for p in plans if p.workload.policy == Policy.REGISTRY
+                p.target_ref for p in plans if p.workload.policy == AutoUpdatePolicy.REGISTRY
             )
             if ref and ref not in self._pulls
         ]
@@ -503,7 +506,7 @@ class AutoUpdater:
     def _pull(self, plan: _Plan) -> bool:
         """Wait for the plan's new image (see _start_pulls); False when its pull failed."""
         ref = plan.target_ref
-        if plan.workload.policy != Policy.REGISTRY or not ref:
+        if plan.workload.policy != AutoUpdatePolicy.REGISTRY or not ref:
             return True
         try:
             image_id = self._pulls[ref].result()
@@ -632,7 +635,7 @@ class AutoUpdater:
             if gone:
                 entry = replace(entry, images=tuple(i for i in entry.images if i not in gone))
             if last_result is not None:
-                entry = replace(entry, last_check=utc_now(), last_result=last_result)
+                entry = replace(entry, last_check=utc_timestamp(), last_result=last_result)
             self._state.units[unit] = entry
             if not self.options.dry_run and last_result is None:
                 self._state.save()

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 
 from atoll.errors import AtollError
 from atoll.run import DEVNULL, PIPE, Process, TimeoutExpired, dies_with_caller, spawn
-from atoll.workloads.runtime import inspect_container, podman
+from atoll.workloads.supervise.runtime import inspect_container, podman
 
 log = logging.getLogger(__name__)
 

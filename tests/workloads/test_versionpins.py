@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from atoll.workloads.semver import Version, VersionChoice, choose, is_pin
+from atoll.workloads.autoupdate.versionpins import Version, VersionChoice, choose, is_pin
 
 TAGS = [
     "latest",

@@ -1,6 +1,6 @@
 """How ``atoll workload auto-update`` restarts units: in waves, watched together.
 
-The units of one dependency level (see :mod:`atoll.workloads.autoupdate`) are
+The units of one dependency level (see :mod:`atoll.workloads.autoupdate.updater`) are
 restarted in **waves** of *parallel* units.  A restart is work (podman
 processes), the watch window is waiting: every restarted unit is watched in
 one loop, each until its own restart time + the watch window.  The first wave
@@ -35,13 +35,14 @@ from typing import TYPE_CHECKING
 
 from atoll.errors import AtollError
 from atoll.faults import crashpoint
+from atoll.timeutil import utc_timestamp
+from atoll.workloads.autoupdate.localimages import same_image
+from atoll.workloads.autoupdate.state import ImageRecord, RolledBack, Trial
+from atoll.workloads.autoupdate.units import AutoUpdatePolicy, Workload
 from atoll.workloads.control import Health, UnitState, UnitStatus
-from atoll.workloads.localimages import same_image
-from atoll.workloads.updatestate import ImageRecord, RolledBack, Trial, utc_now
-from atoll.workloads.updateunits import Policy, Workload
 
 if TYPE_CHECKING:
-    from atoll.workloads.autoupdate import AutoUpdater, UnitReport, _Plan
+    from atoll.workloads.autoupdate.updater import AutoUpdater, UnitReport, _Plan
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class Rollout:
     def _hold_back(self, plans: Sequence[_Plan], stop: Watch) -> None:
         """The units a stopped rollout did not reach: one that would take the image
         that failed does not take it later either (until the tag moves)."""
-        from atoll.workloads.autoupdate import Updated
+        from atoll.workloads.autoupdate.updater import Updated
 
         why = f"{stop.workload.unit} failed ({stop.failure})"
         for plan in plans:
@@ -233,7 +234,7 @@ class Rollout:
                 f"not restarted: {_id(plan.target_digest)} failed on {why}; "
                 "not taken until the tag moves"
             )
-            entry = RolledBack(stop.new.digest or "", stop.new.image_id, why, utc_now())
+            entry = RolledBack(stop.new.digest or "", stop.new.image_id, why, utc_timestamp())
             self.updater._remember(plan.workload.unit, image=plan.workload.image, rollback=entry)
             with self.updater._lock:
                 report.rolled_back_digests = tuple(
@@ -243,18 +244,18 @@ class Rollout:
     def _begin(self, plans: Sequence[_Plan]) -> list[Watch]:
         """Tag and restart a wave; return its watches (with the failure of a restart
         that failed; _watch concludes them)."""
-        from atoll.workloads.autoupdate import Updated
+        from atoll.workloads.autoupdate.updater import Updated
 
         items: list[tuple[_Plan, ImageRecord, ImageRecord]] = []
         for plan in plans:
-            old = ImageRecord(plan.report.old_digest, plan.status.image_id, utc_now())
-            new = ImageRecord(plan.target_digest, plan.target_image_id, utc_now())
+            old = ImageRecord(plan.report.old_digest, plan.status.image_id, utc_timestamp())
+            new = ImageRecord(plan.target_digest, plan.target_image_id, utc_timestamp())
             # Durable before the tag moves: a run stopped from here on is finished by
             # the next one (AutoUpdater._resume), which must not take it unwatched.
             self.updater._remember(plan.workload.unit, trial=Trial(new, old))
             items.append((plan, new, old))
         steps = [
-            Step(p.workload, new.image_id, tagged=p.workload.policy == Policy.LOCAL)
+            Step(p.workload, new.image_id, tagged=p.workload.policy == AutoUpdatePolicy.LOCAL)
             for p, new, _ in items
         ]
         watches: list[Watch] = []
@@ -338,7 +339,7 @@ class Rollout:
 
     def conclude(self, watches: Sequence[Watch]) -> None:
         """Keep the update of the watches without a failure; roll back the others."""
-        from atoll.workloads.autoupdate import Updated
+        from atoll.workloads.autoupdate.updater import Updated
 
         back: list[Watch] = []
         for watch in watches:
@@ -368,7 +369,7 @@ class Rollout:
 
     def roll_back(self, watches: Sequence[Watch]) -> None:
         """Restart every unit of *watches* on its previous image; wait until each is ready."""
-        from atoll.workloads.autoupdate import Updated
+        from atoll.workloads.autoupdate.updater import Updated
 
         steps = [Step(w.workload, w.old.image_id) for w in watches]
         results = self.restart_all(steps)
@@ -399,7 +400,7 @@ class Rollout:
                 continue
             unit = watch.workload.unit
             entry = RolledBack(
-                watch.new.digest or "", watch.new.image_id, watch.failure or "", utc_now()
+                watch.new.digest or "", watch.new.image_id, watch.failure or "", utc_timestamp()
             )
             self.updater._remember(unit, image=watch.workload.image, rollback=entry, end_trial=True)
             with self.updater._lock:
@@ -434,7 +435,7 @@ class Rollout:
     def verify(self) -> None:
         """Ask every unit this run restarted what it runs now, start again one a
         rollback left down, and make its report say what is true."""
-        from atoll.workloads.autoupdate import Updated
+        from atoll.workloads.autoupdate.updater import Updated
 
         entries = list(self.expected.values())
         if not entries:
