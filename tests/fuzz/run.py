@@ -28,6 +28,19 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(TREE / "src"))
 
 
+#: The libFuzzer dictionary (tests/fuzz/dicts/NAME.dict) of each target that reads a text format.
+DICTS = {
+    "manifest": "json",
+    "policy": "json",
+    "auth": "json",
+    "bundle": "json",
+    "blueprint": "toml",
+    "updates": "toml",
+    "registries": "toml",
+    "quadlet": "quadlet",
+}
+
+
 def _targets() -> list[str]:
     from fuzz.targets import TARGETS
 
@@ -62,14 +75,15 @@ def main() -> int:
     parser.add_argument("--no-save", action="store_true", help="keep no new corpus entries")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
+    if args.child:
+        # Before anything imports atoll: it is imported instrumented there.
+        _child(args.target, rest)
+        return 0
     if args.list:
         print("\n".join(_targets()))
         return 0
     if args.target not in _targets():
         parser.error(f"unknown target {args.target!r}; --list names them")
-    if args.child:
-        _child(args.target, rest)
-        return 0
 
     crashes = args.work / "crashes" / args.target
     crashes.mkdir(parents=True, exist_ok=True)
@@ -87,6 +101,8 @@ def main() -> int:
         "-print_final_stats=1",
         "-reload=0",
     ]
+    if args.target in DICTS:
+        flags.append(f"-dict={HERE / 'dicts' / DICTS[args.target]}.dict")
     if args.seconds is not None:
         flags.append(f"-max_total_time={args.seconds}")
     if args.runs is not None:
