@@ -19,6 +19,7 @@ import functools
 import hashlib
 import itertools
 import json
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,22 +210,46 @@ _QUADLET_KINDS = ("container", "pod", "volume", "network", "image")
 @target
 def quadlet(data: bytes) -> None:
     """A unit (the first byte picks its kind) with, when the input holds a NUL, a drop-in."""
-    from atoll.workloads import parse_unit
+    from atoll.workloads import generate_services, parse_unit
 
     kind = _QUADLET_KINDS[data[0] % len(_QUADLET_KINDS)] if data else "container"
     main, _, dropin = data[1:].partition(b"\0")
     path = _file(f"app.{kind}", main)
     dropins = [_file(f"app.{kind}.d/10.conf", dropin)] if dropin else []
-    with contextlib.suppress(AtollError):
-        parse_unit(path, dropins)
+    try:
+        unit, _ = parse_unit(path, dropins)
+        services = generate_services([unit])
+    except AtollError:
+        return
+    for service in services:
+        # No value may start a line of its own in the service file.
+        lines = service.render().splitlines()
+        expected = 1 + sum(1 + len(pairs) for _, pairs in service.sections)
+        assert len(lines) == expected + len(service.sections) - 1, lines
+
+
+_FROM = re.compile(r"\s*FROM\s", re.IGNORECASE)
 
 
 @target
 def blueprint(data: bytes) -> None:
     from atoll.build.blueprint import load_blueprint
+    from atoll.build.containerfile import Family, blueprint_context
 
-    with contextlib.suppress(AtollError):
-        load_blueprint(_file("blueprint.toml", data))
+    try:
+        parsed = load_blueprint(_file("blueprint.toml", data))
+    except AtollError:
+        return
+    for family in Family:
+        try:
+            context = blueprint_context(
+                parsed, "registry.example/base:1", family, hash_password=lambda _: "$6$s$h"
+            )
+        except AtollError:
+            continue
+        # No value may start a build stage of its own (issue: a name that wrote FROM).
+        lines = context.containerfile.splitlines()
+        assert sum(bool(_FROM.match(line)) for line in lines) == 1, context.containerfile
 
 
 @target
