@@ -291,12 +291,17 @@ def auth(data: bytes) -> None:
 
 @target
 def bundle(data: bytes) -> None:
-    """A bundle file (an oci-archive): its index, manifest and description."""
-    from atoll.pipeline.bundle import inspect_bundle
+    """A bundle file (an oci-archive): its index, manifest, description, signatures and blobs."""
+    from atoll.pipeline.bundle import BundleReader
 
     path = _file("bundle.tar", data)
-    with contextlib.suppress(AtollError):
-        inspect_bundle(path, SystemContext(tmpdir=scratch()))
+    with contextlib.suppress(AtollError), BundleReader(path, SystemContext(tmpdir=scratch())) as b:
+        b.info()
+        # What bundle apply reads next: the signatures, then every other blob.
+        for name in b.entries:
+            if name.endswith(".sig"):
+                b.attached(name)
+        b.verify_rest()
 
 
 @target
