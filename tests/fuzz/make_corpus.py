@@ -264,6 +264,66 @@ def bundle() -> bytes:
     return _tar([_info(name, data=data) for name, data in files], tarfile.USTAR_FORMAT)
 
 
+def bundle_parts() -> bytes:
+    """The parts form of the bundle target: description, signature payload,
+    signature manifest, bundle manifest (@Dn@: the digest of part n)."""
+    description = json.dumps(
+        {
+            "atollBundle": 1,
+            "created": "2026-01-02T03:04:05Z",
+            "images": [{"role": "os", "reference": "registry.example/os:1", "digest": "@D1@"}],
+            "delta": {
+                "from": "registry.example/os:0",
+                "fromDigest": "@D1@",
+                "omitted": [{"digest": "@D1@", "diffId": "@D1@", "size": 3, "split": "@D1@"}],
+            },
+        }
+    )
+    payload = json.dumps(
+        {
+            "critical": {
+                "identity": {"docker-reference": "registry.example/os:1"},
+                "image": {"docker-manifest-digest": "@D3@"},
+                "type": "cosign container image signature",
+            },
+            "optional": {"timestamp": 1767322800},
+        }
+    )
+    signature = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "@D0@",
+                "size": 2,
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                    "digest": "@D1@",
+                    "size": len(payload),
+                    "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ=="},
+                }
+            ],
+        }
+    )
+    top = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.atoll.bundle.v1",
+            "config": {
+                "mediaType": "application/vnd.atoll.bundle.v1+json",
+                "digest": "@D0@",
+                "size": 1,
+            },
+            "layers": [],
+        }
+    )
+    return "\0".join([description, payload, signature, top]).encode()
+
+
 def grubenv() -> dict[str, bytes]:
     body = b"saved_entry=atoll-1\nboot_counter=3\n# comment\nnext_entry=\n"
     block = b"# GRUB Environment Block\n" + body
@@ -292,7 +352,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
         "updates": {"full": UPDATES},
         "registries": {"full": REGISTRIES},
         "auth": {"auth.json": AUTH, "challenges": CHALLENGES},
-        "bundle": {"minimal": bundle()},
+        "bundle": {"minimal": bundle(), "parts": bundle_parts()},
         "grubenv": grubenv(),
     }
 

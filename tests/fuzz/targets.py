@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import itertools
 import json
 import re
@@ -289,18 +290,71 @@ def auth(data: bytes) -> None:
 # --- bundles and the boot loader ----------------------------------------------------------
 
 
+def _layout_tar(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar of *files* (what bundle create writes)."""
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as out:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            out.addfile(info, io.BytesIO(content))
+    return raw.getvalue()
+
+
+def _bundle_from_parts(data: bytes) -> bytes:
+    """A bundle whose blobs the input gives and whose digests the target computes
+    (a fuzzer cannot): parts split at NUL: the description, a signature payload,
+    the signature manifest and the bundle manifest; ``@D0@`` … ``@D2@`` in a
+    later part stand for the digests of the earlier ones."""
+    parts = [*data.split(b"\0", 3), b"", b"", b"", b""][:4]
+    blobs: list[bytes] = []
+    for part in parts:
+        blob = part
+        for i, done in enumerate(blobs):
+            blob = blob.replace(f"@D{i}@".encode(), str(Digest.of(done)).encode())
+        blobs.append(blob)
+    signature_manifest, top = blobs[2], blobs[3]
+    entries = [("atoll-bundle", top), ("atoll-bundle.sig", signature_manifest)]
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": MediaType.OCI_MANIFEST,
+                "digest": str(Digest.of(blob)),
+                "size": len(blob),
+                "annotations": {"org.opencontainers.image.ref.name": name},
+            }
+            for name, blob in entries
+        ],
+    }
+    files = {
+        "oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+        "index.json": json.dumps(index).encode(),
+    }
+    for blob in blobs:
+        files[f"blobs/sha256/{Digest.of(blob).hex}"] = blob
+    return _layout_tar(files)
+
+
 @target
 def bundle(data: bytes) -> None:
-    """A bundle file (an oci-archive): its index, manifest, description, signatures and blobs."""
+    """A bundle file (an oci-archive): its index, manifest, description,
+    signatures and blobs.  An input that starts with ``{`` is the bundle's
+    blobs (see _bundle_from_parts); any other is the file itself."""
     from atoll.pipeline.bundle import BundleReader
+    from atoll.pipeline.sigstore import parse_payload
 
-    path = _file("bundle.tar", data)
+    path = _file("bundle.tar", _bundle_from_parts(data) if data[:1] == b"{" else data)
     with contextlib.suppress(AtollError), BundleReader(path, SystemContext(tmpdir=scratch())) as b:
         b.info()
         # What bundle apply reads next: the signatures, then every other blob.
         for name in b.entries:
-            if name.endswith(".sig"):
-                b.attached(name)
+            for sig in (b.attached(name) or []) if name.endswith(".sig") else []:
+                sig.signature_bytes()
+                with contextlib.suppress(AtollError):
+                    parse_payload(sig.payload)
         b.verify_rest()
 
 
