@@ -198,7 +198,8 @@ class _Parser:
         self.table(data, "")
         policy_text = data.get("policy", Policy.NONE.value)
         choices = ", ".join(p.value for p in Policy)
-        if policy_text not in {p.value for p in Policy}:
+        # A list or a table is no policy either (and cannot be looked up in a set).
+        if not isinstance(policy_text, str) or policy_text not in {p.value for p in Policy}:
             raise self.error(
                 "policy",
                 f"unknown policy {policy_text!r}",
