@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,77 @@ def test_toml_documents(document: dict[str, Any]) -> None:
     TARGETS["blueprint"](raw)
     TARGETS["updates"](raw)
     TARGETS["registries"](raw)
+
+
+# --- every value of every seed replaced by one of another type ------------------------
+
+_REPLACEMENTS: list[Any] = [None, True, 0, -1, 2**70, 1.5, "", "x", [], [1], {}, {"x": 1}]
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, (*path, i))
+    return out
+
+
+def _replaced(document: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(document) if isinstance(document, dict) else list(document)
+    copy[path[0]] = _replaced(document[path[0]], path[1:], new)
+    return copy
+
+
+def _variants(document: Any, *, none: bool = True) -> list[Any]:
+    return [
+        _replaced(document, path, new)
+        for path in _paths(document)[1:]
+        for new in _REPLACEMENTS
+        if none or new is not None
+    ]
+
+
+def _seed(target: str, name: str, skip: int = 0) -> bytes:
+    return (HERE / "corpus" / target / f"seed-{name}").read_bytes()[skip:]
+
+
+@pytest.mark.parametrize(
+    ("target", "seed", "prefix"),
+    [
+        ("manifest", "manifest", b"\1"),
+        ("manifest", "index", b"\2"),
+        ("manifest", "config", b"\3"),
+        ("policy", "scoped", b""),
+        ("auth", "auth.json", b""),
+    ],
+)
+def test_json_seeds_with_a_value_of_another_type(target: str, seed: str, prefix: bytes) -> None:
+    document = json.loads(_seed(target, seed, len(prefix)))
+    for variant in _variants(document):
+        TARGETS[target](prefix + json.dumps(variant).encode())
+
+
+def test_bundle_seed_with_a_value_of_another_type() -> None:
+    parts = _seed("bundle", "parts").split(b"\0")
+    for i, part in enumerate(parts):
+        for variant in _variants(json.loads(part)):
+            changed = [*parts[:i], json.dumps(variant).encode(), *parts[i + 1 :]]
+            TARGETS["bundle"](b"\0".join(changed))
+
+
+def _inline_toml(document: dict[str, Any]) -> bytes:
+    return "\n".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in document.items()).encode()
+
+
+@pytest.mark.parametrize(
+    ("target", "seed"), [("blueprint", "full"), ("updates", "full"), ("registries", "full")]
+)
+def test_toml_seeds_with_a_value_of_another_type(target: str, seed: str) -> None:
+    document = tomllib.loads(_seed(target, seed).decode())
+    for variant in _variants(document, none=False):
+        TARGETS[target](_inline_toml(variant))
