@@ -9,12 +9,15 @@ is a selector (tests/fuzz/targets.py says which).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import sys
 import tarfile
 from pathlib import Path
+
+import zstandard
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
@@ -335,6 +338,10 @@ def seeds() -> dict[str, dict[str, bytes]]:
     full = blueprint.split('FULL = """\\\n', 1)[1].split('"""', 1)[0].encode()
     return {
         "tar": {f"{k}-{sel}": bytes([sel]) + v for k, v in tars().items() for sel in (3, 255)},
+        "compression": {
+            "gzip": b"g\x03" + gzip.compress(tars()["gnu"], mtime=0),
+            "zstd": b"z\x03" + zstandard.ZstdCompressor().compress(tars()["gnu"]),
+        },
         "importer": {"whiteouts": whiteout_layers(), "one": b"\0\0" + tars()["pax"]},
         "manifest": {
             "manifest": b"\x01" + MANIFEST,

@@ -90,6 +90,22 @@ def tar(data: bytes) -> None:
             assert isinstance(entry.path, str)
 
 
+@target
+def compression(data: bytes) -> None:
+    """gzip and zstd layer streams (the first byte picks), cut into pieces;
+    the output is read up to 64 MiB (a bomb is the expand limit's business)."""
+    from atoll.oci.compression import decompress
+    from atoll.oci.manifest import Compression
+
+    kind = Compression.GZIP if data[:1] in (b"", b"g") else Compression.ZSTD
+    expanded = 0
+    with contextlib.suppress(AtollError):
+        for piece in decompress(iter(_pieces(data[1:])), kind, limit=1 << 16):
+            expanded += len(piece)
+            if expanded > 64 << 20:
+                break
+
+
 class MemorySource(ImageSource):
     """An image held in memory (blobs by digest)."""
 
