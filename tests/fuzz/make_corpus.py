@@ -172,23 +172,12 @@ QUADLETS = {
     "image": b"[Image]\nImage=docker.io/library/alpine:3\n",
 }
 
-UPDATES = b"""\
-policy = "apply"
 
-[download]
-window = "* 2-4 * * *"
-timezone = "Europe/Berlin"
-random_delay = "30m"
-rate_limit = "2MiB/s"
+def updates_example() -> bytes:
+    """The example of docs/updates.md."""
+    text = (HERE.parent.parent / "docs" / "updates.md").read_text()
+    return text.split("```toml\n", 1)[1].split("```", 1)[0].encode()
 
-[apply]
-window = "* 3 * * sun"
-timezone = "Europe/Berlin"
-
-[inhibitors]
-files = ["/run/atoll/inhibit-reboot"]
-commands = ["/usr/bin/app-ready-for-reboot"]
-"""
 
 REGISTRIES = b"""\
 unqualified-search-registries = ["docker.io"]
@@ -215,6 +204,22 @@ CHALLENGES = (
 )
 
 
+def _bundle_manifest(config_digest: str, size: int) -> str:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.atoll.bundle.v1",
+            "config": {
+                "mediaType": "application/vnd.atoll.bundle.v1+json",
+                "digest": config_digest,
+                "size": size,
+            },
+            "layers": [],
+        }
+    )
+
+
 def bundle() -> bytes:
     description = json.dumps(
         {
@@ -232,19 +237,7 @@ def bundle() -> bytes:
             "delta": None,
         }
     ).encode()
-    top = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "artifactType": "application/vnd.atoll.bundle.v1",
-            "config": {
-                "mediaType": "application/vnd.atoll.bundle.v1+json",
-                "digest": _digest(description),
-                "size": len(description),
-            },
-            "layers": [],
-        }
-    ).encode()
+    top = _bundle_manifest(_digest(description), len(description)).encode()
     index = json.dumps(
         {
             "schemaVersion": 2,
@@ -311,19 +304,7 @@ def bundle_parts() -> bytes:
             ],
         }
     )
-    top = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "artifactType": "application/vnd.atoll.bundle.v1",
-            "config": {
-                "mediaType": "application/vnd.atoll.bundle.v1+json",
-                "digest": "@D0@",
-                "size": 1,
-            },
-            "layers": [],
-        }
-    )
+    top = _bundle_manifest("@D0@", 1)
     return "\0".join([description, payload, signature, top]).encode()
 
 
@@ -356,7 +337,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "dropin": b"\0[Container]\nImage=a\n\0[Container]\nEnvironment=B=2\n",
         },
         "blueprint": {"full": full, "minimal": b'name = "edge"\n'},
-        "updates": {"full": UPDATES},
+        "updates": {"full": updates_example()},
         "registries": {"full": REGISTRIES},
         "auth": {"auth.json": AUTH, "challenges": CHALLENGES},
         "bundle": {"minimal": bundle(), "parts": bundle_parts()},
