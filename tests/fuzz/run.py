@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,15 +114,20 @@ def main() -> int:
         scratch = args.work / "scratch" / args.target
         scratch.mkdir(parents=True, exist_ok=True)
         dirs.insert(0, str(scratch))
+    shm = Path("/dev/shm")
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, __file__, args.target, "--child", *flags, *dirs],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        check=False,
-    )
+    with tempfile.TemporaryDirectory(
+        prefix="atoll-fuzz-", dir=shm if shm.is_dir() else None
+    ) as tmp:
+        proc = subprocess.run(
+            [sys.executable, __file__, args.target, "--child", *flags, *dirs],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            check=False,
+            env={**os.environ, "ATOLL_FUZZ_SCRATCH": tmp},
+        )
     elapsed = time.monotonic() - start
     sys.stdout.write(proc.stdout)
     found = re.findall(r"stat::number_of_executed_units:\s*(\d+)", proc.stdout)

@@ -14,13 +14,16 @@ scratch directory (on tmpfs when there is one: millions of inputs).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
 import io
 import itertools
 import json
+import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,10 +47,16 @@ TARGETS: dict[str, Target] = {}
 
 @functools.cache
 def scratch() -> Path:
-    """A directory for the files of this process's inputs."""
+    """A directory for the files of this process's inputs: the one the runner
+    made and removes (libFuzzer ends the process without atexit handlers), or
+    a fresh one removed at exit."""
+    given = os.environ.get("ATOLL_FUZZ_SCRATCH")
+    if given:
+        return Path(given)
     shm = Path("/dev/shm")
-    base = str(shm) if shm.is_dir() else None
-    return Path(tempfile.mkdtemp(prefix="atoll-fuzz-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix="atoll-fuzz-", dir=str(shm) if shm.is_dir() else None))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def target(fn: Target) -> Target:
