@@ -339,7 +339,11 @@ def seeds() -> dict[str, dict[str, bytes]]:
         "blueprint": {"full": full, "minimal": b'name = "edge"\n'},
         "updates": {"full": updates_example()},
         "registries": {"full": REGISTRIES},
-        "auth": {"auth.json": AUTH, "challenges": CHALLENGES},
+        "auth": {
+            "auth.json": AUTH,
+            "dockercfg": b"d" + json.dumps(json.loads(AUTH)["auths"]).encode(),
+            "challenges": CHALLENGES,
+        },
         "bundle": {"minimal": bundle(), "parts": bundle_parts()},
         "grubenv": grubenv(),
     }

@@ -301,12 +301,12 @@ def registries(data: bytes) -> None:
 
 @target
 def auth(data: bytes) -> None:
-    """auth.json (or .dockercfg, by the first byte), and WWW-Authenticate headers."""
+    """auth.json (or, after a first byte ``d``, .dockercfg), and WWW-Authenticate headers."""
     from atoll.oci.auth import parse_www_authenticate, read_auth_entries
 
-    name = ".dockercfg" if data[:1] == b"d" else "auth.json"
+    name, text = (".dockercfg", data[1:]) if data[:1] == b"d" else ("auth.json", data)
     with contextlib.suppress(AtollError):
-        read_auth_entries(_file(name, data))
+        read_auth_entries(_file(name, text))
     headers = data.decode("latin-1").split("\n")
     with contextlib.suppress(AtollError):
         parse_www_authenticate(headers)
