@@ -330,6 +330,13 @@ def seeds() -> dict[str, dict[str, bytes]]:
             "config": b"\x03" + CONFIG,
             "untyped": b"\0" + MANIFEST,
         },
+        "reference": {
+            "docker": b"docker.io/library/alpine:3",
+            "digest": b"localhost:5000/a/b:1@sha256:" + b"a" * 64,
+            "transport": b"docker://quay.io/x/y:1",
+            "oci": b"oci:/srv/layout:app",
+            "archive": b"oci-archive:/srv/b.tar:registry.example/os:1",
+        },
         "policy": {k: json.dumps(v, indent=1).encode() for k, v in POLICIES.items()},
         "quadlet": {
             "container": b"\0" + (HERE.parent / "workloads/corpus/web.container").read_bytes(),

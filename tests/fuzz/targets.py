@@ -216,6 +216,20 @@ def manifest(data: bytes) -> None:
         parse_config(raw, where="fuzz")
 
 
+@target
+def reference(data: bytes) -> None:
+    """Image references and transport names (``docker://…``, ``oci:DIR:REF``, …)."""
+    from atoll.oci.reference import ImageReference
+    from atoll.oci.transports import ImageName
+
+    text = data.decode("utf-8", errors="replace")
+    with contextlib.suppress(AtollError):
+        ref = ImageReference.parse(text)
+        assert ImageReference.parse(str(ref)) == ref, (text, str(ref))
+    with contextlib.suppress(AtollError):
+        ImageName.parse(text)
+
+
 # --- configuration files ------------------------------------------------------------------
 
 
