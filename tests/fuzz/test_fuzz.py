@@ -15,7 +15,7 @@ from fuzz.targets import TARGETS
 HERE = Path(__file__).resolve().parent
 #: Seconds of coverage-guided fuzzing per target in the suite (all targets
 #: together stay under a minute with the interpreter's start).
-SHORT_RUN = 2
+SHORT_RUN = 1
 
 
 def _inputs(folder: str) -> list[tuple[str, Path]]:
