@@ -4,6 +4,7 @@ them for longer).  A finding fails with the input's file in .fuzz/crashes/."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fuzz.targets import TARGETS
+from helpers.parts import missing
 
 HERE = Path(__file__).resolve().parent
 #: Seconds of coverage-guided fuzzing per target in the suite (all targets
@@ -48,7 +50,8 @@ def test_every_target_has_seeds() -> None:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_short_run(name: str, tmp_path: Path) -> None:
-    pytest.importorskip("atheris")
+    if importlib.util.find_spec("atheris") is None:
+        missing("atheris is not installed (pip install -e '.[dev]')")
     proc = subprocess.run(
         [
             sys.executable,

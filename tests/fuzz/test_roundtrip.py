@@ -7,17 +7,14 @@ import datetime
 import io
 import tarfile
 
-import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from atoll.oci.digest import Digest  # noqa: E402
-from atoll.oci.manifest import Descriptor, Platform  # noqa: E402
-from atoll.store.tarstream import ByteReader, TarReader  # noqa: E402
-from atoll.sysroot.bootloader.grubenv import format_grubenv, parse_grubenv  # noqa: E402
-from atoll.updates.config import (  # noqa: E402
+from atoll.oci.digest import Digest
+from atoll.oci.manifest import Descriptor, Platform
+from atoll.store.tarstream import ByteReader, TarReader
+from atoll.sysroot.bootloader.grubenv import format_grubenv, parse_grubenv
+from atoll.updates.config import (
     format_duration,
     format_rate,
     parse_duration,
