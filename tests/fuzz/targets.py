@@ -242,6 +242,11 @@ def policy(data: bytes) -> None:
         parsed = parse_policy(data, "fuzz")
         for name in ("docker://registry.example:5000/ns/app:1", "oci:/srv/layout:app"):
             requirements_for(parsed, ImageName.parse(name))
+        for requirement in parsed.default:
+            # keyData is read from the input; a keyPath would read any file of this machine.
+            if requirement.key_data is not None:
+                with contextlib.suppress(AtollError):
+                    requirement.public_key()
 
 
 _QUADLET_KINDS = ("container", "pod", "volume", "network", "image")

@@ -315,6 +315,11 @@ FAIL_OPEN = {
         b'{"default": [{"type": "reject"}], "transports": []}',
         "$.transports: expected a JSON object",
     ),
+    # Found by fuzzing: reading the key failed later with a ValueError (exit 1).
+    "key-path-with-a-nul": (
+        b'{"default": [{"type": "sigstoreSigned", "keyPath": "/k\\u0000x"}]}',
+        "$.default[0].keyPath: '/k\\x00x' is not a file name",
+    ),
 }
 
 

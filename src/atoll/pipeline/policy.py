@@ -228,7 +228,11 @@ def _requirement(value: Any, source: str, path: str) -> Requirement:
         )
     key_path = key_data = None
     if has_path:
-        key_path = Path(_string(value["keyPath"], source, f"{path}.keyPath"))
+        text = _string(value["keyPath"], source, f"{path}.keyPath")
+        if "\0" in text:
+            # No file has such a name (reading it would fail with a ValueError, not a refusal).
+            raise PolicyError(f"{source}: {path}.keyPath: {text!r} is not a file name")
+        key_path = Path(text)
     else:
         try:
             key_data = base64.b64decode(
