@@ -147,6 +147,7 @@ INDEX = json.dumps(
 
 POLICIES = {
     "simple": {"default": [{"type": "insecureAcceptAnything"}]},
+    "key-data": {"default": [{"type": "sigstoreSigned", "keyData": "LS0tLS1CRUdJTg=="}]},
     "scoped": {
         "default": [{"type": "reject"}],
         "transports": {

@@ -121,7 +121,8 @@ def test_toml_documents(document: dict[str, Any]) -> None:
 
 # --- every value of every seed replaced by one of another type ------------------------
 
-_REPLACEMENTS: list[Any] = [None, True, 0, -1, 2**70, 1.5, "", "x", [], [1], {}, {"x": 1}]
+_REPLACEMENTS: list[Any] = [None, True, 0, -1, 2**70, 1.5, "", "x", "\u00e9", "a\0b"]
+_REPLACEMENTS += [[], [1], {}, {"x": 1}]
 
 
 def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -163,6 +164,7 @@ def _seed(target: str, name: str, skip: int = 0) -> bytes:
         ("manifest", "index", b"\2"),
         ("manifest", "config", b"\3"),
         ("policy", "scoped", b""),
+        ("policy", "key-data", b""),
         ("auth", "auth.json", b""),
     ],
 )

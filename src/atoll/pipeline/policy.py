@@ -238,7 +238,8 @@ def _requirement(value: Any, source: str, path: str) -> Requirement:
             key_data = base64.b64decode(
                 _string(value["keyData"], source, f"{path}.keyData"), validate=True
             )
-        except binascii.Error:
+        # ValueError: a non-ASCII string is refused before it is decoded.
+        except (binascii.Error, ValueError):
             raise PolicyError(f"{source}: {path}.keyData: not valid base64") from None
     identity = _identity(value.get("signedIdentity"), source, f"{path}.signedIdentity")
     return Requirement(kind, key_path, key_data, identity, where)
