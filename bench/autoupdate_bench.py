@@ -52,11 +52,11 @@ from atoll.oci.context import SystemContext
 from atoll.oci.manifest import ACCEPT_MANIFEST
 from atoll.oci.reference import ImageReference
 from atoll.podman import isolated_environment
-from atoll.workloads.autoupdate import AutoUpdateOptions, AutoUpdater
+from atoll.workloads.autoupdate.checks import DEFAULT_CONCURRENCY, check_references
+from atoll.workloads.autoupdate.units import workloads_from
+from atoll.workloads.autoupdate.updater import AutoUpdateOptions, AutoUpdater
 from atoll.workloads.control import Health, UnitState, UnitStatus
-from atoll.workloads.quadlet import load_units
-from atoll.workloads.updatecheck import DEFAULT_CONCURRENCY, check_references
-from atoll.workloads.updateunits import workloads_from
+from atoll.workloads.unitfiles.quadlet import load_units
 from helpers.podman5 import SystemdHost, ensure_tree, unavailable
 from helpers.treeimage import Layer, Node, build_tree_image, symlink
 

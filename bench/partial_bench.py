@@ -33,7 +33,7 @@ import zstandard
 from atoll.demo.registry import LocalRegistry
 from atoll.oci.chunked import compress_tar_zstd_chunked
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import copy_image
+from atoll.oci.imagecopy import copy_image
 from atoll.oci.transports import ImageName
 from atoll.store import Store
 from atoll.sysroot.fetch import import_remote
@@ -152,6 +152,34 @@ def pull(store: Store, name: str, ctx: SystemContext, partial: bool) -> tuple[in
     return result.stats.bytes_fetched, len(report.layers), elapsed, 0
 
 
+def write_versions(
+    tmp: Path, files: list[Path], changed: dict[Path, bytes], level: int, what: str
+) -> tuple[Path, Path]:
+    """The layout with tags 1 and 2 (v2 with *changed*), and v2's tar."""
+    print(
+        f"tree: {len(files)} files, {sum(f.stat().st_size for f in files) >> 20} MiB; "
+        f"v2 changes {len(changed)} {what}, {sum(len(d) for d in changed.values()) >> 10} KiB",
+        flush=True,
+    )
+    layout = tmp / "layout"
+    for version, edits in (("1", {}), ("2", changed)):
+        tar = tmp / f"v{version}.tar"
+        write_tar(files, edits, tar)
+        blob = tmp / f"v{version}.zst"
+        started = time.monotonic()
+        layer = compress_tar_zstd_chunked(tar, blob, level=level)
+        took = time.monotonic() - started
+        print(f"v{version}: zstd:chunked layer {layer.size} B, written in {took:.1f} s")
+        write_image(layout, version, blob, layer)
+    return layout, tar
+
+
+def print_table(rows: list[tuple[str, int, object, str]], width: int = 40) -> None:
+    print(f"\n{'path':<{width}} {'bytes':>12} {'requests':>9} {'import':>8}")
+    for name, nbytes, req, secs in rows:
+        print(f"{name:<{width}} {nbytes:>12} {req!s:>9} {secs:>8}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="MB of files in the layer")
@@ -165,25 +193,9 @@ def main() -> int:
         # Changed files spread over the layer, skipping empty ones.
         victims = [f for f in files[::step] if f.stat().st_size > 0][: args.changed]
         changed = {f: changed_content(f.read_bytes(), str(f)) for f in victims}
-        print(
-            f"tree: {len(files)} files, {sum(f.stat().st_size for f in files) >> 20} MiB; "
-            f"v2 changes {len(changed)} files, "
-            f"{sum(len(d) for d in changed.values()) >> 10} KiB",
-            flush=True,
-        )
-        layout = tmp / "layout"
-        for version, edits in (("1", {}), ("2", changed)):
-            tar = tmp / f"v{version}.tar"
-            write_tar(files, edits, tar)
-            blob = tmp / f"v{version}.zst"
-            started = time.monotonic()
-            layer = compress_tar_zstd_chunked(tar, blob, level=args.level)
-            took = time.monotonic() - started
-            print(f"v{version}: zstd:chunked layer {layer.size} B, written in {took:.1f} s")
-            write_image(layout, version, blob, layer)
-            if version == "2":
-                with tar.open("rb") as src:
-                    gz_size = len(gzip.compress(src.read(), compresslevel=6))
+        layout, tar = write_versions(tmp, files, changed, args.level, "files")
+        with tar.open("rb") as src:
+            gz_size = len(gzip.compress(src.read(), compresslevel=6))
         floor = len(zstandard.ZstdCompressor(level=19).compress(b"".join(changed.values())))
         per_file = zstandard.ZstdCompressor(level=args.level)
         frames = sum(len(per_file.compress(data)) for data in changed.values())
@@ -216,9 +228,7 @@ def main() -> int:
         (f"  the changed files' own frames (-{args.level})", frames, "-", "-"),
         ("F_file: zstd -19 of the changed files", floor, "-", "-"),
     ]
-    print(f"\n{'path':<40} {'bytes':>12} {'requests':>9} {'import':>8}")
-    for name, nbytes, req, secs in rows:
-        print(f"{name:<40} {nbytes:>12} {req!s:>9} {secs:>8}")
+    print_table(rows)
     print(f"\npartial / F_file = {part / floor:.3f}   (target <= 1.05)")
     print(f"partial / whole  = {part / whole:.4f}")
     return 0

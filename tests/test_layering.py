@@ -108,3 +108,43 @@ def test_an_import_inside_a_function_that_points_up_is_found(tmp_path: Path) -> 
         "fsutil.py:1: root module fsutil.py imports atoll.sysroot",
         "sysroot/status.py:2: sysroot imports atoll.health.records",
     ]
+
+
+#: The rooms of ``workloads`` (its sub-packages and room-sized modules) -> the
+#: rooms each may import.  ``control`` is the unit-status vocabulary they share.
+WORKLOAD_ROOMS: dict[str, frozenset[str]] = {
+    "control": frozenset(),
+    "unitfiles": frozenset(),
+    "supervise": frozenset({"control", "unitfiles"}),
+    "autoupdate": frozenset({"control", "unitfiles"}),
+    "bound": frozenset({"autoupdate", "unitfiles"}),
+    "systemd": frozenset({"control", "supervise", "unitfiles"}),
+}
+
+
+def room_violations(src: Path = SRC) -> list[str]:
+    wrong = []
+    base = src / "workloads"
+    for path in sorted(base.rglob("*.py")):
+        parts = path.relative_to(base).with_suffix("").parts
+        home = parts[0]
+        if home == "__init__":
+            continue  # the package's lazy exports name every room
+        for line, name in _imports(path):
+            words = name.split(".")
+            if words[:2] != ["atoll", "workloads"] or len(words) < 3 or words[2] == home:
+                continue
+            if words[2] not in WORKLOAD_ROOMS.get(home, frozenset()):
+                wrong.append(f"workloads/{path.relative_to(base)}:{line}: {home} imports {name}")
+    return wrong
+
+
+def test_every_workload_room_has_a_place_in_the_table() -> None:
+    base = SRC / "workloads"
+    rooms = {p.stem for p in base.glob("*.py") if p.stem != "__init__"}
+    rooms |= {p.name for p in base.iterdir() if (p / "__init__.py").is_file()}
+    assert rooms == set(WORKLOAD_ROOMS)
+
+
+def test_workload_rooms_point_down() -> None:
+    assert room_violations() == []

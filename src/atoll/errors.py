@@ -19,7 +19,9 @@ Exit codes are grouped by the part of the system that failed:
 50-59 workloads: Quadlet units and the containers they run
 60-69 the pipeline: signing keys, signatures, the trust policy;
       67-69 builds: blueprints, build steps, the bootable-image lint
-70-79 disks and disk images, the bootloader (GRUB), virtual machines
+70-78 disks and disk images, the bootloader (GRUB), virtual machines;
+      77-78 rechunking images into layers
+79    a Python package a device command needs is not installed
 80-84 builds: the base image of a blueprint build
 85-89 the pipeline: promotion, mirroring, offline bundles
 90-94 failover between devices, and the demo
@@ -102,6 +104,13 @@ class RegistryError(AtollError):
     summary = "a registry answered with an error"
 
 
+class RangesIgnoredError(RegistryError):
+    """Partial pulls catch it and fetch whole layers instead."""
+
+    exit_code = 28
+    summary = "a registry answered a Range request with the whole blob"
+
+
 class AuthenticationError(RegistryError):
     exit_code = 21
     summary = "a registry refused the credentials, or credentials are needed"
@@ -139,6 +148,11 @@ class CommandError(AtollError):
 class ToolMissingError(CommandError):
     exit_code = 25
     summary = "an external program atoll needs is not installed"
+
+
+class DeltaError(AtollError):
+    exit_code = 26
+    summary = "a binary delta is malformed, for other images, or does not make the image's files"
 
 
 class NoSpaceError(AtollError):
@@ -313,7 +327,10 @@ class SigningKeyError(AtollError):
 
 class DowngradeRefusedError(AtollError):
     exit_code = 85
-    summary = "promotion would move a tag to an older version (--allow-downgrade to do it anyway)"
+    summary = (
+        "promotion would move a tag, or an upgrade a device, to an older version "
+        "(--allow-downgrade to do it anyway)"
+    )
 
 
 class BundleError(AtollError):
@@ -361,6 +378,11 @@ class DemoStateError(AtollError):
     summary = "no demo left running in that directory, or it cannot be stopped"
 
 
+class StaleSignatureError(AtollError):
+    exit_code = 99
+    summary = "the image's newest valid signature is older than max_signature_age, or has no time"
+
+
 class BlueprintError(AtollError):
     exit_code = 67
     summary = "a blueprint file is malformed (unknown key, wrong type); the message names the line"
@@ -404,6 +426,21 @@ class DiskError(AtollError):
 class VMError(AtollError):
     exit_code = 73
     summary = "a virtual machine cannot be started (no disk image, bad option, QEMU refused)"
+
+
+class RechunkError(AtollError):
+    exit_code = 77
+    summary = "an image cannot be rechunked (too few layers allowed, or --previous has no layout)"
+
+
+class PackageDatabaseError(AtollError):
+    exit_code = 78
+    summary = "the image's package database cannot be read (malformed, or no rpm here to read it)"
+
+
+class MissingPackageError(AtollError):
+    exit_code = 79
+    summary = "a Python module this command needs is not installed (the message names its package)"
 
 
 class InterruptedError_(AtollError):

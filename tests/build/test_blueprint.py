@@ -9,11 +9,11 @@ import pytest
 from atoll.build.blueprint import (
     Blueprint,
     File,
-    KeyLines,
     load_blueprint,
     parse_blueprint,
     parse_blueprint_dict,
 )
+from atoll.configfile import KeyLines
 from atoll.errors import BlueprintError
 
 FULL = """\

@@ -23,6 +23,12 @@ from atoll.units import install_units
 from helpers.cli import run_atoll
 from helpers.osimage import FileSpec, Spec, build_os_image, tree_spec
 
+#: Where Debian's python3-httpx, python3-zstandard and python3-cryptography put them.
+DEVICE_MODULES: Spec = {
+    "usr/lib/python3/dist-packages/httpx/__init__.py": "",
+    "usr/lib/python3/dist-packages/zstandard/__init__.py": "",
+    "usr/lib/python3/dist-packages/cryptography/__init__.py": "",
+}
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
 GROUP = "root:x:0:\napp:x:1000:\n"
 
@@ -40,6 +46,7 @@ def _bootable(tmp_path: Path) -> Spec:
             "usr/bin/atoll": FileSpec(b"#!/usr/bin/python3\n", 0o755),
             "usr/bin/python3": FileSpec(b"\x7fELF", 0o755),
             HOOK_PATHS[Family.DEBIAN]: FileSpec(b"#!/bin/sh\n", 0o755),
+            **DEVICE_MODULES,
         }
     )
     return spec
@@ -89,6 +96,7 @@ def test_a_bootable_image_passes_with_a_var_warning(tmp_path: Path) -> None:
         ({"etc/group": "app:x:1000:\n"}, True, {"etc-passwd", "file-owners"}),
         ({"srv/data": FileSpec(b"x", uid=4242, gid=1000)}, True, {"file-owners"}),
         ({"boot/vmlinuz-6.1": "k"}, True, {"boot-content"}),
+        ({"usr/lib/python3/dist-packages/httpx/__init__.py": None}, True, {"device-python"}),
     ],
 )
 def test_each_check_catches_its_problem(
@@ -99,6 +107,26 @@ def test_each_check_catches_its_problem(
     assert found == checks
     levels = {c.name: c.level for c in CHECKS}
     assert report.ok == all(levels[c] is Level.WARNING for c in checks)
+
+
+def test_device_python_names_the_packages_an_image_lacks(tmp_path: Path) -> None:
+    """Without python3-httpx and the others the device boots, but cannot update from a
+    registry: a warning naming the packages. Fedora's site-packages layout counts too."""
+    gone: Spec = dict.fromkeys(DEVICE_MODULES)
+    report = _lint(_image(tmp_path, "bare", gone))
+    (finding,) = [f for f in report.findings if f.check == "device-python"]
+    assert finding.level is Level.WARNING and report.ok
+    assert finding.paths == ("python3-httpx", "python3-zstandard", "python3-cryptography")
+    assert "cannot import httpx, zstandard, cryptography" in finding.message
+    site = "usr/lib64/python3.12/site-packages"
+    fedora: Spec = {
+        **gone,
+        f"{site}/httpx/__init__.py": "",
+        f"{site}/zstandard.cpython-312-x86_64-linux-gnu.so": b"\x7fELF",
+        "usr/lib/python3.12/site-packages/cryptography/__init__.py": "",
+    }
+    found = {f.check for f in _lint(_image(tmp_path, "fedora", fedora)).findings}
+    assert "device-python" not in found
 
 
 def _bytecode(tmp_path: Path, name: str, mode: py_compile.PycInvalidationMode, mtime: int) -> bytes:
@@ -186,3 +214,27 @@ def test_cli_text_json_and_exit_codes(tmp_path: Path) -> None:
     failed = {c["name"] for c in data["checks"] if not c["passed"]}
     assert failed == {"kernel", "usr-etc", "var-content"}
     assert {f["check"]: f["paths"] for f in data["findings"]}["usr-etc"] == ["/usr/etc/x"]
+
+
+def test_a_layer_holding_most_of_a_big_image_is_a_warning(tmp_path: Path) -> None:
+    from helpers.images import build_image
+
+    # Pseudo-random content does not compress: each layer blob is about its size.
+    build_image(tmp_path / "one", "one", layers=2, layer_size=30 << 20)
+    build_image(tmp_path / "even", "even", layers=5, layer_size=7 << 20)
+    build_image(tmp_path / "small", "small", layers=2, layer_size=1 << 20)
+
+    def share(ref: str, **kw: float) -> list[str]:
+        report = lint_image(ImageName.parse(f"oci:{tmp_path / ref}:{ref}"), SystemContext(), **kw)
+        return [f.message for f in report.findings if f.check == "layer-share"]
+
+    (message,) = share("one")
+    assert "holds 50 % of the image" in message and "atoll rechunk" in message
+    assert share("even") == []
+    assert share("small") == [], "images under 32 MiB are moved whole anyway"
+    assert share("one", max_layer_share=0.6) == []
+    proc = run_atoll("lint", "--json", "--max-layer-share", "10", f"oci:{tmp_path / 'even'}:even")
+    findings = json.loads(proc.stdout)["findings"]
+    assert any(f["check"] == "layer-share" for f in findings), proc.stderr
+    proc = run_atoll("lint", "--max-layer-share", "0", f"oci:{tmp_path / 'even'}:even")
+    assert proc.returncode == 2 and "percent" in proc.stderr

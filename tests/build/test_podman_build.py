@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -24,7 +24,7 @@ from atoll.build.blueprint import parse_blueprint
 from atoll.build.imagetree import ImageTree, read_image_tree
 from atoll.build.podman_build import BuildResult, BuildSettings, build_blueprint
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import copy_image
+from atoll.oci.imagecopy import copy_image
 from atoll.oci.transports import ImageName
 from atoll.progress import NullProgress
 from atoll.units import UNITS
@@ -151,6 +151,12 @@ def _v1_in_registry(built: Built, registry: RegistryView) -> str:
     return repo
 
 
+def _layers(registry: RegistryView, ref: str) -> list[dict[str, Any]]:
+    raw = registry.skopeo("inspect", "--raw", *registry.skopeo_args(), f"docker://{ref}").stdout
+    layers: list[dict[str, Any]] = json.loads(raw)["layers"]
+    return layers
+
+
 def _tree(name: ImageName | str) -> ImageTree:
     if isinstance(name, str):
         name = ImageName.parse(name)
@@ -165,6 +171,10 @@ def test_v1_from_a_blueprint_is_bootable_and_customized(built_v1: Built) -> None
     # Progress: the copies, the build with one subtask per step, the read for the lint.
     assert {"copy", "build", "read"} <= set(built_v1.progress.tasks)
     assert any(s.startswith("step: STEP 1/") for s in built_v1.progress.subtasks)
+    # Rechunked by default: many layers, grouped by the dpkg database.
+    assert result.rechunk is not None and result.rechunk.package_format == "dpkg"
+    assert 8 < len(result.rechunk.layers) <= 64
+    assert "rechunk" in built_v1.progress.tasks
 
     tree = _tree(built_v1.v1)
     labels = tree.config.labels
@@ -208,6 +218,8 @@ def test_v2_adds_a_package_and_goes_to_a_registry(
         "host",
         "--workdir",
         str(built_v1.workdir),
+        "--previous",
+        f"docker://{repo}:1.0.0",
         "--json",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -216,6 +228,12 @@ def test_v2_adds_a_package_and_goes_to_a_registry(
     data = json.loads(proc.stdout)
     assert data["image"] == target and data["digest"].startswith("sha256:")
     assert data["lint"]["ok"] is True and data["lint"]["fatal"] == 0
+    # With v1's layout kept, most of v1's layers are v2's too: a device fetches the rest.
+    old = {d["digest"] for d in _layers(registry, f"{repo}:1.0.0")}
+    new = _layers(registry, f"{repo}:2.0.0")
+    assert len(new) == data["layers"]
+    fetched = sum(d["size"] for d in new if d["digest"] not in old)
+    assert fetched < 0.3 * sum(d["size"] for d in new), (fetched, new)
 
     v1, v2 = _tree(f"docker://{repo}:1.0.0"), _tree(target)
     assert "usr/bin/strace" not in v1.entries

@@ -60,7 +60,7 @@ def test_human_output_and_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert f"digest {img.manifest_digest}" in out
     assert run_cli("-q", "image", "copy", f"oci:{img.layout}", f"dir:{tmp_path / 'e'}") == 0
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == (img.manifest_digest + "\n", "")
 
 
 def test_zstd_conversion_rewrites_layers(

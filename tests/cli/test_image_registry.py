@@ -109,6 +109,26 @@ def test_inspect_matches_skopeo(registry: RegistryView, capsys: pytest.CaptureFi
     assert capsys.readouterr().out == config_raw.stdout
 
 
+def test_inspect_format_prints_the_fields_skopeo_prints(
+    registry: RegistryView, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = registry.new_repo("format")
+    img = registry.push_test_image(repo, "v3", labels={"b": "2", "a": "1"})
+    registry.push_test_image(repo, "v4", seed="v4")
+    name = f"docker://{registry.host}/{repo}:v3"
+    template = "{{.Digest}} {{.Os}}/{{.Architecture}} {{ .RepoTags }} {{.Labels}} {{.Layers}}"
+    assert main(["image", "inspect", "--format", template, name]) == 0
+    ours = capsys.readouterr().out
+    theirs = registry.skopeo("inspect", "--format", template, *registry.skopeo_args(), name)
+    assert ours == theirs.stdout
+    assert ours.startswith(img.manifest_digest + " ")
+    # One field alone is a whole line, for $(...) in a promote command.
+    assert main(["image", "inspect", "--format", "{{.Digest}}", name]) == 0
+    assert capsys.readouterr().out == img.manifest_digest + "\n"
+    assert main(["image", "inspect", "--format", "{{.Nope}}", name]) == 2
+    assert "{{.Nope}}" in capsys.readouterr().err
+
+
 def test_tags_and_delete(registry: RegistryView, capsys: pytest.CaptureFixture[str]) -> None:
     repo = registry.new_repo("tags")
     for tag in ("a", "b", "c"):
@@ -123,6 +143,33 @@ def test_tags_and_delete(registry: RegistryView, capsys: pytest.CaptureFixture[s
         "a",
         "c",
     ]
+
+
+def test_delete_of_a_tag_sharing_its_digest_needs_all_tags(
+    registry: RegistryView, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = registry.new_repo("shared")
+    base = f"docker://{registry.host}/{repo}"
+    img = registry.push_test_image(repo, "v1")
+    registry.push_test_image(repo, "other", seed="other")
+    registry.skopeo(
+        "copy",
+        "-q",
+        *registry.skopeo_args("src"),
+        *registry.skopeo_args("dest"),
+        f"{base}:v1",
+        f"{base}:latest",
+    )
+    # The registry deletes by digest, so deleting v1 would remove latest too: refused.
+    assert main(["image", "delete", f"{base}:v1"]) == 6
+    err = capsys.readouterr().err
+    assert "also tagged latest" in err and "--all-tags" in err
+    assert sorted(run_json(capsys, "tags", base)["Tags"]) == ["latest", "other", "v1"]  # type: ignore[arg-type]
+
+    deleted = run_json(capsys, "delete", "--all-tags", f"{base}:v1")
+    assert deleted["digest"] == img.manifest_digest
+    assert sorted(deleted["tags"]) == ["latest", "v1"]  # type: ignore[arg-type]
+    assert run_json(capsys, "tags", base)["Tags"] == ["other"]
 
 
 def test_multiarch_index_from_a_registry(

@@ -71,3 +71,18 @@ def test_bad_sync_files_name_the_problem(
     err = capsys.readouterr().err.splitlines()[0]
     assert str(spec) in err
     assert message in err
+
+
+def test_readme_sync_example_names_the_destination_sync_uses() -> None:
+    from atoll.oci.reference import ImageReference
+    from atoll.oci.sync import _destination
+
+    readme = Path(__file__).parents[2] / "README.md"
+    line = next(
+        ln for ln in readme.read_text().splitlines() if ln.startswith("atoll image sync docker://")
+    )
+    command, _, comment = line.partition("#")
+    src, dst = command.split()[3:5]
+    promised = comment.strip().removeprefix("to ")
+    ref = ImageReference.parse(src.removeprefix("docker://") + ":TAG")
+    assert str(_destination(ref, dst, scoped=False)) == f"docker://{promised}"

@@ -38,7 +38,11 @@ def test_login_checks_stores_and_logout_removes(
     name = f"docker://{secured.host}/{repo}:v1"
 
     assert login(monkeypatch, secured, "wrong", "--authfile", str(authfile)) == 21
-    assert "atoll: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "atoll: error:" in err
+    # The user gave -u and a password, not --creds, and is logging in already.
+    assert f"refused user {secured.username!r}" in err
+    assert "--creds" not in err and "atoll login HOST" not in err
     assert not authfile.exists()
 
     assert secured.password is not None

@@ -16,6 +16,7 @@ from atoll.cli.main import COMMAND_MODULES, build_parser, command_of, main
         (["image", "copy", "a", "b"], "image"),
         (["-v", "--json", "status"], "status"),
         (["--progress-fd", "3", "upgrade"], "upgrade"),
+        (["--sysroot", "/x", "--force", "status"], "status"),
         (["--help"], None),
         ([], None),
     ],

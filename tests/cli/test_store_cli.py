@@ -98,5 +98,10 @@ def test_gc(capsys: pytest.CaptureFixture[str], populated: tuple[Store, str, Pat
 def test_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "store", "ls", "--store", str(tmp_path / "none"))
     assert code == 12 and "no object store" in err
+    # Without --store, the store of --sysroot (default /sysroot), as every command reads it.
     code, _, err = run(capsys, "store", "ls")
-    assert code == 2 and "--store" in err
+    assert code == 12 and "/sysroot/atoll/store" in err
+    code, _, err = run(capsys, "store", "ls", "--sysroot", str(tmp_path / "none"))
+    assert code == 12 and f"{tmp_path / 'none'}/atoll/store" in err
+    code, _, err = run(capsys, "store", "ls", "--store", str(tmp_path), "--sysroot", "/sysroot")
+    assert code == 2 and "not allowed" in err

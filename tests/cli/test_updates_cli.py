@@ -229,6 +229,40 @@ def test_only_a_system_booted_from_the_sysroot_reboots_the_machine(
     assert did == ["boot", "assess inside=False"]
 
 
+def test_run_enforces_the_devices_trust_policy(
+    device: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The timer's update obeys the booted system's /etc/containers/policy.json, as
+    `atoll upgrade` does: a rejected image is not staged."""
+    images, sysroot, root = device
+    write_config(root, 'policy = "stage"\n')
+    policy = root / "etc/containers/policy.json"
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.write_text(json.dumps({"default": [{"type": "reject"}]}))
+    build_os_image(images, "stable", version="2.0")
+    err = atoll(capsys, "updates", "run", "--sysroot", str(sysroot), code=64)
+    assert "reject" in err
+    doc = atoll(capsys, "status", "--sysroot", str(sysroot), "--json")
+    assert doc["status"]["staged"] is None
+    policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+    # --force: past the backoff that follows a failed run.
+    ran = atoll(capsys, "updates", "run", "--sysroot", str(sysroot), "--force", "--json")
+    assert ran["outcome"] == "staged"
+
+
+def test_run_allow_no_kernel_for_container_devices(
+    device: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A device booted as a container follows images without a kernel."""
+    images, sysroot, root = device
+    write_config(root, 'policy = "stage"\n')
+    build_os_image(images, "stable", version="2.0", kernel=False)
+    atoll(capsys, "updates", "run", "--sysroot", str(sysroot), code=41)
+    s = ["--sysroot", str(sysroot), "--force", "--json"]
+    ran = atoll(capsys, "updates", "run", *s, "--allow-no-kernel")
+    assert ran["outcome"] == "staged" and ran["version"] == "2.0"
+
+
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [

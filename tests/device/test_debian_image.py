@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from atoll.device import BootOutcome, boot_container
+from atoll.device import DeviceBootOutcome, boot_container
 from helpers.debian import DebianTree, build_debian_image
 from helpers.osimage import KVER, FileSpec
 from helpers.parts import require_tool
@@ -82,7 +82,7 @@ def test_image_has_labels_layers_and_boots(debian_tree: DebianTree, tmp_path: Pa
     (root / "var").rename(var)
     (root / "var").mkdir()
     boot = boot_container(root, var=var, machine="atoll-image-test", timeout=60)
-    assert boot.outcome is BootOutcome.POWEROFF, boot.console_tail
+    assert boot.outcome is DeviceBootOutcome.POWEROFF, boot.console_tail
     assert (var / "booted").read_text() == "1.0\n"
 
 

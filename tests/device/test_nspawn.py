@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from atoll.device import BootOutcome, ContainerBoot, boot_container, nspawn_command, outcome_of
+from atoll.device import (
+    ContainerBoot,
+    DeviceBootOutcome,
+    boot_container,
+    nspawn_command,
+    outcome_of,
+)
 from atoll.device.nspawn import BASE_CMDLINE, _Console
 from atoll.errors import ContainerBootError, InvalidInputError, ToolMissingError
 from helpers.debian import add_unit, make_deployment, mounts_under
@@ -32,14 +38,14 @@ def fake_tree(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize(
     ("code", "outcome"),
     [
-        (0, BootOutcome.POWEROFF),
-        (133, BootOutcome.REBOOT),
-        (1, BootOutcome.FAILED),
-        (7, BootOutcome.FAILED),
-        (-9, BootOutcome.FAILED),
+        (0, DeviceBootOutcome.POWEROFF),
+        (133, DeviceBootOutcome.REBOOT),
+        (1, DeviceBootOutcome.FAILED),
+        (7, DeviceBootOutcome.FAILED),
+        (-9, DeviceBootOutcome.FAILED),
     ],
 )
-def test_exit_status_tells_how_the_boot_ended(code: int, outcome: BootOutcome) -> None:
+def test_exit_status_tells_how_the_boot_ended(code: int, outcome: DeviceBootOutcome) -> None:
     assert outcome_of(code) is outcome
 
 
@@ -74,6 +80,9 @@ def test_command_binds_var_and_makes_usr_read_only(tmp_path: Path) -> None:
     assert init_args.startswith("systemd.journald.forward_to_console=1")
     writable = nspawn_command(root, var=var, machine="dev-1", readonly_usr=False)
     assert not any(a.startswith("--bind-ro=") for a in writable)
+    # The host's network: the device reaches a registry on the host's loopback.
+    shared = nspawn_command(root, var=var, machine="dev-1", host_network=True)
+    assert "--private-network" not in shared
 
 
 @pytest.mark.parametrize(
@@ -191,7 +200,7 @@ def test_poweroff_keeps_what_the_boot_wrote_to_var(
         console_log=log,
     )
     report("boot to poweroff", boot)
-    assert boot.outcome is BootOutcome.POWEROFF, boot.console_tail
+    assert boot.outcome is DeviceBootOutcome.POWEROFF, boot.console_tail
     assert boot.exit_code == 0
     assert (var / "marker").read_text() == f"booted-{token}\n"
     assert f"atoll.probe={token}" in (var / "cmdline").read_text()
@@ -208,7 +217,7 @@ def test_reboot_is_told_apart_from_poweroff(deployment: tuple[Path, Path]) -> No
     add_unit(root, "atoll-reboot.service", oneshot("systemctl reboot", success=""))
     boot = boot_container(root, var=var, machine=machine_name(), timeout=BOOT_TIMEOUT)
     report("boot to reboot", boot)
-    assert boot.outcome is BootOutcome.REBOOT, boot.console_tail
+    assert boot.outcome is DeviceBootOutcome.REBOOT, boot.console_tail
     assert boot.exit_code == 133
 
 
@@ -225,7 +234,7 @@ def test_a_failed_unit_with_failure_action_exit_fails_the_boot(
         "[Service]\nType=oneshot\nExecStart=/bin/false\n",
     )
     boot = boot_container(root, var=var, machine=machine_name(), timeout=BOOT_TIMEOUT)
-    assert boot.outcome is BootOutcome.FAILED, boot.console_tail
+    assert boot.outcome is DeviceBootOutcome.FAILED, boot.console_tail
     assert boot.exit_code == 3
 
 
@@ -235,7 +244,7 @@ def test_usr_is_read_only_and_etc_writable(deployment: tuple[Path, Path]) -> Non
     root, var = deployment
     add_unit(root, "atoll-probe.service", oneshot(PROBE))
     boot = boot_container(root, var=var, machine=machine_name(), timeout=BOOT_TIMEOUT)
-    assert boot.outcome is BootOutcome.POWEROFF, boot.console_tail
+    assert boot.outcome is DeviceBootOutcome.POWEROFF, boot.console_tail
     assert (var / "usr-status").read_text().strip() != "0"
     assert "Read-only file system" in (var / "usr-error").read_text()
     assert not (root / "usr/atoll-probe").exists()
@@ -257,7 +266,7 @@ def test_usr_is_writable_when_asked(debian_rootfs: Path, tmp_path: Path) -> None
     boot = boot_container(
         root, var=var, machine=machine_name(), timeout=BOOT_TIMEOUT, readonly_usr=False
     )
-    assert boot.outcome is BootOutcome.POWEROFF, boot.console_tail
+    assert boot.outcome is DeviceBootOutcome.POWEROFF, boot.console_tail
     assert (var / "usr-status").read_text().strip() == "0"
     assert (root / "usr/atoll-probe").exists()
     assert not (debian_rootfs / "usr/atoll-probe").exists()
@@ -304,7 +313,7 @@ def test_a_hung_boot_times_out_and_leaves_nothing_behind(
     assert seen_hang, "the hanging unit never ran"
     boot = result[0]
     report("hung boot", boot)
-    assert boot.outcome is BootOutcome.TIMEOUT
+    assert boot.outcome is DeviceBootOutcome.TIMEOUT
     assert timeout <= boot.duration < timeout + 10
     assert (var / "hang-started").exists()
     # Nothing left: no nspawn, no process of the container, no process group, no mounts.

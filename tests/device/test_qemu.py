@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from atoll.device.nspawn import BootOutcome
+from atoll.device.nspawn import DeviceBootOutcome
 from atoll.device.qemu import (
     Accel,
     DirectKernel,
@@ -76,15 +76,19 @@ def test_bad_options_are_refused(disk: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("code", "console", "outcome"),
     [
-        (0, "[ 50.1] reboot: Power down\n", BootOutcome.POWEROFF),
-        (0, "[ 40.0] reboot: Restarting system\n", BootOutcome.REBOOT),
-        (0, "Kernel panic - not syncing: VFS\nRebooting in 1 seconds..\n", BootOutcome.REBOOT),
-        (0, "reboot: Restarting system\n...\nreboot: Power down\n", BootOutcome.POWEROFF),
-        (0, "SeaBIOS\nNo bootable device.\n", BootOutcome.FAILED),
-        (1, "reboot: Power down\n", BootOutcome.FAILED),
+        (0, "[ 50.1] reboot: Power down\n", DeviceBootOutcome.POWEROFF),
+        (0, "[ 40.0] reboot: Restarting system\n", DeviceBootOutcome.REBOOT),
+        (
+            0,
+            "Kernel panic - not syncing: VFS\nRebooting in 1 seconds..\n",
+            DeviceBootOutcome.REBOOT,
+        ),
+        (0, "reboot: Restarting system\n...\nreboot: Power down\n", DeviceBootOutcome.POWEROFF),
+        (0, "SeaBIOS\nNo bootable device.\n", DeviceBootOutcome.FAILED),
+        (1, "reboot: Power down\n", DeviceBootOutcome.FAILED),
     ],
 )
-def test_outcome_from_the_console(code: int, console: str, outcome: BootOutcome) -> None:
+def test_outcome_from_the_console(code: int, console: str, outcome: DeviceBootOutcome) -> None:
     assert outcome_of_console(code, console) is outcome
 
 
@@ -103,7 +107,7 @@ def test_a_hung_machine_is_stopped_with_its_process_group(disk: Path, tmp_path: 
     console = tmp_path / "console.log"
     started = time.monotonic()
     boot = boot_vm(disk, timeout=3, accel=Accel.TCG, memory_mib=256, console_log=console)
-    assert boot.outcome is BootOutcome.TIMEOUT
+    assert boot.outcome is DeviceBootOutcome.TIMEOUT
     assert 3 <= boot.duration < 15 and time.monotonic() - started < 20
     assert not group_alive(boot.pid)
     assert console.exists()
@@ -113,5 +117,5 @@ def test_a_hung_machine_is_stopped_with_its_process_group(disk: Path, tmp_path: 
 def test_qemu_refusing_to_start_is_a_failed_boot(disk: Path) -> None:
     require_tool("qemu-system-x86_64", "qemu-system-x86")
     boot = boot_vm(disk, timeout=30, accel=Accel.TCG, memory_mib=64 * 1024 * 1024)
-    assert boot.outcome is BootOutcome.FAILED and boot.exit_code != 0
+    assert boot.outcome is DeviceBootOutcome.FAILED and boot.exit_code != 0
     assert "qemu-system-x86_64" in boot.console_tail

@@ -1,11 +1,14 @@
 """The device as a real machine: a disk made by ``atoll install to-disk``, booted
 in QEMU (BIOS, GRUB, the Debian kernel and an initramfs with atoll's hook).
 
-v1 is installed and boots green; inside the VM ``atoll upgrade`` stages v2 from
-an ``oci-archive:`` on a second virtual disk; v2 ships a required check that
-fails, so each of its boots is red and reboots; GRUB counts the attempts in
-grubenv and, after three, boots v1 on its own; atoll records the rollback and
-why; v3 upgrades and goes green.  Data written to /var before the first upgrade
+v1 is installed from an ``oci-archive:`` (offline) to follow a registry image
+(``--target-image``) and boots green; the device's own update timer
+(``atoll updates run``, policy ``apply``) pulls v2 from the test registry over
+QEMU's user network (the host's loopback is 10.0.2.2 in the guest), stages it
+and reboots into it; v2 ships a required check that fails, so each of its boots
+is red and reboots; GRUB counts the attempts in grubenv and, after three, boots
+v1 on its own; atoll records the rollback and why; the timer pulls v3, which
+goes green.  Data written to /var before the first upgrade
 is there at the end, and /usr is read-only in every deployment.  Each boot is a
 fresh QEMU process (``-no-reboot``); the VM reports on its serial console
 (lines starting with ``VMTEST``, from helpers.vm.DRIVER_FILES).
@@ -23,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -31,14 +33,16 @@ from typing import Any
 
 import pytest
 
-from atoll.device.nspawn import BootOutcome
+from atoll.device.nspawn import DeviceBootOutcome
 from atoll.device.qemu import DirectKernel, VMBoot, boot_vm
 from helpers.busybox_root import REQUIRED
 from helpers.cli import run_atoll
 from helpers.debian import DebianTree
 from helpers.osimage import FileSpec
 from helpers.parts import missing, require_tool
+from helpers.registry import RegistryView
 from helpers.vm import (
+    HOST_FROM_GUEST,
     STEP_FILE,
     TEST_KARGS,
     build_vm_image,
@@ -46,12 +50,16 @@ from helpers.vm import (
     make_data_disk,
     make_initramfs,
     platform_files,
+    registries_conf,
     tree_kver,
 )
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.integration]
 
 BOOT_TIMEOUT = 240
+#: A boot in which the device updates itself: it also fetches, imports and checks
+#: out the new version, and finalizes it on the way down.
+UPDATE_BOOT_TIMEOUT = 480
 FAILING_CHECK = "#!/bin/sh\necho 'v2 cannot reach its control plane (on purpose)'\nexit 7\n"
 
 
@@ -141,15 +149,21 @@ class Machine:
         self.boots: list[tuple[str, VMBoot]] = []
 
     def boot(
-        self, data: Path | None, expect: BootOutcome, direct: DirectKernel | None = None
+        self,
+        data: Path | None,
+        expect: DeviceBootOutcome,
+        direct: DirectKernel | None = None,
+        *,
+        timeout: float = BOOT_TIMEOUT,
     ) -> dict[str, Any]:
         start = self.console.stat().st_size if self.console.exists() else 0
         result = boot_vm(
             self.disk,
             extra_disks=[data] if data else [],
-            timeout=BOOT_TIMEOUT,
+            timeout=timeout,
             console_log=self.console,
             direct=direct,
+            network=direct is None,
         )
         self.boots.append((data.name if data else direct.initrd.name if direct else "-", result))
         assert result.outcome is expect, (
@@ -160,59 +174,72 @@ class Machine:
 
 
 @pytest.mark.timeout(1800)
-def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: DebianTree) -> None:
+def test_upgrade_bootloader_fallback_and_recovery(
+    tmp_path: Path, vm_tree: DebianTree, registry: RegistryView
+) -> None:
     started = time.monotonic()
     images = tmp_path / "images"  # the same path inside the VM, where the data disk goes
     images.mkdir()
     layout = tmp_path / "layout"
     platform = platform_files(vm_tree, tmp_path / "stage")
-    common: dict[str, object] = {"etc/vmtest-images": f"{images}\n"}
+    port = registry.host.rsplit(":", 1)[1]
+    repo = registry.new_repo("os")
+    tracked = f"{HOST_FROM_GUEST}:{port}/{repo}:stable"  # the image, as the device names it
+    common: dict[str, object] = {
+        "etc/vmtest-images": f"{images}\n",
+        "etc/containers/registries.conf": registries_conf(int(port)),
+    }
     v2 = {**common, f"{REQUIRED}/50-control-plane.sh": FileSpec(FAILING_CHECK.encode(), 0o755)}
     kver = tree_kver(vm_tree)
     dracut = make_initramfs(vm_tree, "dracut")
     v3 = {**common, f"usr/lib/modules/{kver}/initramfs.img": FileSpec(dracut.read_bytes(), 0o644)}
     for ref, version, add in (("1", "1.0", common), ("2", "2.0", v2), ("3", "3.0", v3)):
         build_vm_image(layout, ref, vm_tree, platform, version=version, add=add)  # type: ignore[arg-type]
-        atoll("image", "copy", f"oci:{layout}:{ref}", f"oci-archive:{tmp_path}/v{ref}.tar")
-    shutil.copyfile(tmp_path / "v1.tar", images / "os.tar")
+    atoll("image", "copy", f"oci:{layout}:1", f"oci-archive:{images}/os.tar")
+
+    def publish(ref: str) -> None:
+        registry.skopeo(
+            "copy", "-q", *registry.skopeo_args("dest"), f"oci:{layout}:{ref}",
+            f"docker://{registry.host}/{repo}:stable",
+        )  # fmt: skip
 
     disk = tmp_path / "disk.raw"
     kargs = [arg for karg in TEST_KARGS for arg in ("--karg", karg)]
     atoll("install", "to-disk", str(disk), "--source", f"oci-archive:{images}/os.tar",
-          "--size", "3G", *kargs)  # fmt: skip
+          "--target-image", tracked, "--size", "3G", *kargs)  # fmt: skip
     (images / "os.tar").unlink()
-    data_v2, data_v3 = (
-        make_data_disk(
-            tmp_path / f"data-{v}.img", {"os.tar": tmp_path / f"{v}.tar", STEP_FILE: "upgrade"}
-        )
-        for v in ("v2", "v3")
-    )
+    data_update = make_data_disk(tmp_path / "data-update.img", {STEP_FILE: "selfupdate"})
     data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
+    publish("2")
     prepared = time.monotonic() - started
 
     vm = Machine(disk, tmp_path / "console.log")
     try:
-        # v1, installed: green; writes /var data, upgrades to v2, powers off (finalize).
-        first = vm.boot(data_v2, BootOutcome.POWEROFF)
+        # v1, installed: green; writes /var data; its update timer pulls v2 from the
+        # registry, stages it, and reboots into it (finalized on the way down).
+        first = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
         assert first["version"] == "1.0"
         assert first["initrd"] == "script"  # initramfs-tools
         assert first["usr"] == "read-only" and "ro" in first["mounts"]["/usr"]
         assert "rw" in first["mounts"]["/"] and "rw" in first["mounts"]["/var"]
         assert first["data"] == "none"
-        assert "upgraded" in first["lines"]
-        assert first["status"]["status"]["booted"]["image"]["version"] == "1.0"
-        assert clean(disk), "the poweroff left the root file system's journal to replay"
+        assert "done" in first["lines"]
+        booted = first["status"]["status"]["booted"]
+        assert booted["image"]["version"] == "1.0"
+        assert booted["image"]["image"] == {"image": tracked, "transport": "registry"}
+        assert clean(disk), "the reboot left the root file system's journal to replay"
         env = grubenv(disk)
         assert env.get("boot_counter") == "3" and env.get("boot_success") == "0"
         menu = [m for m in disk_file(disk, "/boot/grub/grub.cfg").splitlines() if "menuentry" in m]
         assert " 2.0 (" in menu[0] and " 1.0 (" in menu[1]  # v2 is tried first, v1 is next
         # v2: three red boots; GRUB counts each down before the kernel starts.
         for left in ("2", "1", "0"):
-            red = vm.boot(data_report, BootOutcome.REBOOT)
+            red = vm.boot(data_report, DeviceBootOutcome.REBOOT)
             assert red["lines"] == []  # the driver runs only after a green check
             assert grubenv(disk).get("boot_counter") == left
-        # GRUB falls back to v1 by itself; atoll records why and upgrades to v3.
-        back = vm.boot(data_v3, BootOutcome.POWEROFF)
+        # GRUB falls back to v1 by itself; atoll records why; the timer pulls v3.
+        publish("3")
+        back = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
         assert back["version"] == "1.0"
         assert back["data"] == "written by 1.0"
         assert back["usr"] == "read-only"
@@ -222,17 +249,20 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
         assert rollback["reason"]["exitCode"] == 7
         assert "control plane" in rollback["reason"]["output"]
         assert back["status"]["status"]["rollback"]["image"]["version"] == "2.0"
+        # v2 came from the registry: the driver only waited, the update timer fetched it.
+        assert back["status"]["status"]["rollback"]["image"]["image"]["image"] == tracked
         assert back["status"]["status"]["rollback"]["atoll"]["bootState"] == "bad"
         outcomes = [h["outcome"] for h in back["history"]]
         assert outcomes[-4:] == ["red", "red", "red", "green"]
-        assert "upgraded" in back["lines"]
+        assert "done" in back["lines"]
         # v3: green, the /var data still there, /usr read-only, the counter gone.
-        last = vm.boot(data_report, BootOutcome.POWEROFF)
+        last = vm.boot(data_report, DeviceBootOutcome.POWEROFF)
         assert last["version"] == "3.0"
         assert last["initrd"] == "systemd"  # dracut: its module made the deployment the root
         assert last["data"] == "written by 1.0"
         assert last["usr"] == "read-only"
         assert last["status"]["status"]["booted"]["atoll"]["bootState"] == "good"
+        assert last["status"]["status"]["booted"]["image"]["image"]["image"] == tracked
         assert last["mounts"]["/sysroot"]
         env = grubenv(disk)
         assert env.get("boot_success") == "1" and "boot_counter" not in env
@@ -250,7 +280,7 @@ def test_upgrade_bootloader_fallback_and_recovery(tmp_path: Path, vm_tree: Debia
         vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
         for initrd in (make_initramfs(vm_tree), dracut):
             start = vm.console.stat().st_size
-            vm.boot(None, BootOutcome.REBOOT, DirectKernel(vmlinuz, initrd, " ".join(args)))
+            vm.boot(None, DeviceBootOutcome.REBOOT, DirectKernel(vmlinuz, initrd, " ".join(args)))
             said = vm.console.read_bytes()[start:].decode(errors="replace")
             assert f"atoll: cannot boot {ghost}: the deployment does not exist" in said
             assert "atoll: the deployment cannot be booted; rebooting" in said

@@ -92,3 +92,15 @@ def test_deep_nesting_is_refused(tmp_path: Path) -> None:
     conf.write_text("[failover]\npeers = " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(FailoverConfigError, match="exceeded max depth"):
         load_config(conf, {})
+
+
+def test_a_wrong_type_in_the_file_names_its_line_and_what_was_expected(tmp_path: Path) -> None:
+    conf = tmp_path / "f.toml"
+    conf.write_text('[failover]\nname = "a"\n\npriority = "high"\n')
+    with pytest.raises(FailoverConfigError) as info:
+        load_config(conf, {k: v for k, v in BASE.items() if k != "priority"})
+    assert info.value.message.startswith(f"{conf}: line 4: failover.priority has the wrong type")
+    assert "expected an integer, got a string" in info.value.message
+    conf.write_text('[failover]\nname = "a"\nvip = "10.0.0.1"\n')
+    with pytest.raises(FailoverConfigError, match=r"f\.toml: line 3: unknown key failover\.vip"):
+        load_config(conf, {})

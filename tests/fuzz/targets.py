@@ -244,9 +244,9 @@ def policy(data: bytes) -> None:
             requirements_for(parsed, ImageName.parse(name))
         for requirement in parsed.default:
             # keyData is read from the input; a keyPath would read any file of this machine.
-            if requirement.key_data is not None:
+            if requirement.key_datas and not requirement.key_paths:
                 with contextlib.suppress(AtollError):
-                    requirement.public_key()
+                    requirement.public_keys()
 
 
 _QUADLET_KINDS = ("container", "pod", "volume", "network", "image")

@@ -158,8 +158,31 @@ def test_a_directory_device_checks_its_booted_deployment(
     assert "after 3 attempts: required check 10-ok.sh failed (exit code 7)" in text
     assert "Last 4 of 4 recorded runs: green green red red" in text
 
+    # atoll boot counts as health does: the deployment's attempt, of how many.
+    text, _ = atoll(capsys, "boot", *s, "--max-boots", "1", code=46)
+    assert text.startswith("boot 1, attempt 2 of 3: "), text
+    assert "1 try left" in text.splitlines()[0]
+    assert "  | attempt 2 of 3" in text.splitlines()
+    text, _ = atoll(capsys, "health", "status", *s)
+    assert "boot attempt 2 of 3" in text
+
 
 def test_status_of_a_sysroot_without_records(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     atoll(capsys, "health", "status", "--sysroot", str(tmp_path / "none"), code=12)
+
+
+def test_boot_shows_the_failing_checks_output(
+    root: BusyboxRoot, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`atoll boot` named the red check and its exit code, not what the check said."""
+    images = tmp_path / "images"
+    failing = {f"{REQUIRED}/10-disk.sh": "echo '/data is full' >&2; exit 2\n"}
+    build_os_image(images, "1", version="1.0", add=busybox_files(failing))
+    sysroot = tmp_path / "sysroot"
+    atoll(capsys, "install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1")
+    text, err = atoll(capsys, "boot", "--sysroot", str(sysroot), "--max-boots", "1", code=46)
+    assert "required check 10-disk.sh failed (exit code 2)" in text
+    assert "  | /data is full" in text.splitlines()
+    assert err.startswith("atoll: error: the last boot is red")

@@ -72,11 +72,14 @@ def run_scenario(
     boot: Callable[[int], subprocess.CompletedProcess[str]],
 ) -> None:
     s = ("--sysroot", str(sysroot))
-    atoll("install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1")
+    # The device follows the tag "stable", which moves from v1 to v2.
+    atoll("image", "copy", f"oci:{images}:1", f"oci:{images}:stable")
+    atoll("install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:stable")
     boot(1)
     assert booted_version(sysroot) == "1.0"
 
-    atoll("switch", *s, f"oci:{images}:2")
+    atoll("image", "copy", f"oci:{images}:2", f"oci:{images}:stable")
+    atoll("upgrade", *s)
     boot(6)  # three red boots of v2, then the fallback to v1, which is green
     doc = status(sysroot)
     assert doc["status"]["booted"]["image"]["version"] == "1.0"
@@ -93,6 +96,15 @@ def run_scenario(
     assert "Rolled back" in human and "50-same-deployment.sh" in human
     health = json.loads(atoll("health", "status", *s, "--json").stdout)
     assert [h["outcome"] for h in health["history"]][-4:] == ["red", "red", "red", "green"]
+    # The device's own update run does not stage the image it rolled back from again
+    # (v2 is still what it follows): that would only boot it red three more times.
+    etc = booted_root(sysroot) / "etc/atoll"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "updates.toml").write_text('policy = "stage"\n')
+    run = json.loads(atoll("updates", "run", *s, "--json").stdout)
+    assert run["outcome"] == "skipped", run
+    assert "rolled back" in run["message"]
+    assert status(sysroot)["status"]["staged"] is None
 
     atoll("switch", *s, f"oci:{images}:3")
     boot(2)

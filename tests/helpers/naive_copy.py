@@ -1,4 +1,4 @@
-"""A deliberately naive copy loop for transport tests: NOT atoll.oci.copy.
+"""A deliberately naive copy loop for transport tests: NOT atoll.oci.imagecopy.
 
 Transport tests drive sources and destinations with this loop so they do not
 depend on the real copy engine (tested on its own).  It copies every instance

@@ -67,18 +67,18 @@ class FakeDevice:
             raise self.fail_with
         return self.current, self._image(), self.available
 
-    def stage(self, name: Any = None) -> Any:
+    def stage(self, name: Any = None, *, allow_rolled_back: bool = False) -> Any:
         self.calls.append("stage")
         self.ctx_during.append(self.ctx)
         if self.fail_with is not None:
             raise self.fail_with
         image = self._image()
         if not self.available:
-            return SimpleNamespace(deployment=None, image=image, changed=False)
+            return SimpleNamespace(deployment=None, image=image, changed=False, rolled_back=None)
         if self.staged is not None and self.staged.origin.manifest_digest == NEW_DIGEST:
-            return SimpleNamespace(deployment=None, image=image, changed=False)
+            return SimpleNamespace(deployment=None, image=image, changed=False, rolled_back=None)
         self.staged = deployment(NEW_DIGEST, "2.0")
-        return SimpleNamespace(deployment=self.staged, image=image, changed=True)
+        return SimpleNamespace(deployment=self.staged, image=image, changed=True, rolled_back=None)
 
     def finalize(self) -> Any:
         self.calls.append("finalize")

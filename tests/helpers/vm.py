@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from atoll.boot import early_boot_digest, install_early_boot
+from atoll.requires import DEVICE_PACKAGES
 from atoll.units import install_atoll, install_units
 from helpers import debian
 from helpers.osimage import Spec, _tar, publish_image, tree_spec
@@ -42,18 +43,26 @@ VM_PACKAGES = (
     "initramfs-tools",
     "udev",
     "e2fsprogs",
+    "iproute2",  # ip, to bring up the virtual network card
 )
 #: Bump when prepare_vm_tree() changes.
-VM_PREPARE_VERSION = 5
+VM_PREPARE_VERSION = 6
 VM_RECIPE: dict[str, object] = {
     **debian.RECIPE,
     "include": list(VM_PACKAGES),
+    # What atoll needs on the device to update itself from a registry, installed by
+    # apt after debootstrap (as atoll build does): debootstrap's own pass configures
+    # python3-zstandard before python3 and fails.
+    "device": list(DEVICE_PACKAGES),
     "prepare": f"vm-{VM_PREPARE_VERSION}",
 }
 #: The kernel modules the tree keeps (paths under usr/lib/modules/KVER/kernel/, or
 #: their directories): a virtio machine with ext4 disks needs no others.
 KEPT_MODULES = (
     "drivers/virtio/",
+    "drivers/net/virtio_net.ko",
+    "drivers/net/net_failover.ko",
+    "net/core/failover.ko",
     "drivers/block/virtio_blk.ko",
     "drivers/char/hw_random/virtio-rng.ko",
     "drivers/firmware/qemu_fw_cfg.ko",
@@ -184,11 +193,21 @@ def _prune_modules(root: Path, kver: str) -> None:
     subprocess.run(["chroot", str(root), "depmod", "-a", kver], check=True)
 
 
-VM_TREE = debian.TreeRecipe(
-    VM_RECIPE,
-    lambda target: debian._debootstrap(target, VM_PACKAGES),
-    prepare_vm_tree,
-)
+def _bootstrap_vm_tree(target: Path) -> None:
+    debian._debootstrap(target, VM_PACKAGES)
+    script = (
+        'mount -t proc proc "$1/proc" && chroot "$1" sh -c "apt-get update -q && '
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $2 && "
+        'apt-get clean"; code=$?; umount "$1/proc"; exit $code'
+    )
+    subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, "-", str(target), " ".join(DEVICE_PACKAGES)],
+        check=True,
+        capture_output=True,
+    )
+
+
+VM_TREE = debian.TreeRecipe(VM_RECIPE, _bootstrap_vm_tree, prepare_vm_tree)
 
 
 def ensure_vm_tree(cache: Path | None = None) -> debian.DebianTree:
@@ -215,15 +234,20 @@ TEST_KARGS = (
 #: holds os.tar, so an image installed from oci-archive:IMAGES/os.tar upgrades from it.
 STEP_FILE = "step"
 
+#: The address of the host's loopback from inside the VM (QEMU's user network).
+HOST_FROM_GUEST = "10.0.2.2"
 #: The unit and script that report each green boot on the console and do the
-#: step the data disk asks for, then power off.
+#: step the data disk asks for, then power off; for the step ``selfupdate`` they
+#: leave the machine to the update timer, which fires once they are done (so the
+#: report is on the console first) and reboots into the update.  The VM's network
+#: card is brought up for the update service (QEMU's user network: the guest is
+#: 10.0.2.15, the host's loopback is 10.0.2.2).
 DRIVER_FILES = {
     "usr/lib/systemd/system/vmtest.service": """\
 [Unit]
 Description=atoll VM test: report this boot, do the step the data disk asks for
 Requires=atoll-healthcheck.service
 After=multi-user.target atoll-healthcheck.service
-SuccessAction=poweroff
 FailureAction=poweroff
 
 [Service]
@@ -256,10 +280,64 @@ if [ "$step" = upgrade ]; then
     [ -f $data ] || echo "written by $(cat /etc/atoll-version)" > $data
     if atoll upgrade --sysroot /sysroot; then say "upgraded"; else say "upgrade failed: $?"; fi
 fi
+if [ "$step" = selfupdate ]; then
+    mkdir -p /var/lib/vmtest
+    data=/var/lib/vmtest/data
+    [ -f $data ] || echo "written by $(cat /etc/atoll-version)" > $data
+fi
 umount "$images" 2>/dev/null
 say "done"
+[ "$step" = selfupdate ] || systemctl poweroff --no-block
+""",
+    "etc/systemd/system/atoll-fetch-apply-updates.timer.d/vmtest.conf": """\
+# Fire once the driver is done with this boot, instead of hourly at random.
+[Unit]
+DefaultDependencies=no
+After=vmtest.service
+Conflicts=shutdown.target
+[Timer]
+OnActiveSec=1s
+RandomizedDelaySec=0
+""",
+    "etc/systemd/system/atoll-fetch-apply-updates.service.d/vmtest.conf": """\
+# What the device's own update run says goes to the console (and so into the test's log).
+[Service]
+StandardOutput=journal+console
+StandardError=journal+console
+""",
+    "etc/atoll/updates.toml": 'policy = "apply"\n',
+    "usr/lib/systemd/system/vmtest-network.service": """\
+[Unit]
+Description=atoll VM test: the network card on QEMU's user network
+Before=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/vmtest-network
+
+[Install]
+WantedBy=network-online.target
+""",
+    "usr/local/sbin/vmtest-network": """\
+#!/bin/sh
+# No udev in the test VM: load the driver; the card keeps the kernel's name.
+modprobe virtio_net
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 """,
 }
+#: Where each driver file is enabled (unit -> the target that wants it).
+DRIVER_WANTS = {
+    "vmtest.service": "multi-user.target",
+    "vmtest-network.service": "network-online.target",
+}
+
+
+def registries_conf(port: int) -> str:
+    """A registries.conf for the VM: the test registry, on the host's loopback, in plain HTTP."""
+    return f'[[registry]]\nlocation = "{HOST_FROM_GUEST}:{port}"\ninsecure = true\n'
 
 
 #: dracut-core's package file, fetched by ``make deps`` (Makefile, ``tools``). dracut
@@ -354,10 +432,11 @@ def platform_files(tree: debian.DebianTree, stage: Path) -> Spec:
         target = stage / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
-        target.chmod(0o755 if path.endswith("vmtest-step") else 0o644)
-    wants = stage / "etc/systemd/system/multi-user.target.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    (wants / "vmtest.service").symlink_to("/usr/lib/systemd/system/vmtest.service")
+        target.chmod(0o755 if "/sbin/" in path else 0o644)
+    for unit, wanted_by in DRIVER_WANTS.items():
+        wants = stage / f"etc/systemd/system/{wanted_by}.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        (wants / unit).symlink_to(f"/usr/lib/systemd/system/{unit}")
     kver = tree_kver(tree)
     initramfs = stage / "usr/lib/modules" / kver / "initramfs.img"
     initramfs.parent.mkdir(parents=True)

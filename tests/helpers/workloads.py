@@ -253,14 +253,18 @@ class WorkloadEnv:
             pytest.fail(f"podman {' '.join(args)} failed: {proc.stderr.decode()[-500:]}")
         return proc.stdout.decode()
 
-    def start_supervisor(self, *units: str, state_dir: Path | None = None) -> SupervisorProcess:
+    def start_supervisor(
+        self, *units: str, state_dir: Path | None = None, verbose: bool = True
+    ) -> SupervisorProcess:
+        """*verbose*: with ``-v`` (without, the supervisor logs at its default level)."""
         if state_dir is None:
             self._states += 1
             state_dir = self.root / f"s{self._states}"
         log = self.root / f"supervisor-{len(self.supervisors)}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATOLL_")}
         process = subprocess.Popen(
-            [sys.executable, "-m", "atoll", "-v", "workload", "run", "--root", str(self.units),
+            [sys.executable, "-m", "atoll", *(["-v"] if verbose else []), "workload", "run",
+             "--root", str(self.units),
              "--state-dir", str(state_dir), *units],
             env=env,
             stdin=subprocess.DEVNULL,

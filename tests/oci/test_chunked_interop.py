@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from atoll.cli.main import main
-from atoll.oci.copy import CopyOptions, copy_image
+from atoll.oci.imagecopy import CopyOptions, copy_image
 from atoll.oci.manifest import Compression
 from atoll.oci.transports import ImageName
 from atoll.podman import isolated_environment

@@ -11,8 +11,8 @@ import pytest
 
 from atoll.errors import DigestMismatchError, NotFoundError
 from atoll.oci.client import RegistryClient
-from atoll.oci.copy import copy_image
 from atoll.oci.digest import Digest
+from atoll.oci.imagecopy import copy_image
 from atoll.oci.manifest import Descriptor, MediaType
 from atoll.oci.transports import (
     ImageDestination,

@@ -98,7 +98,7 @@ _CHECK_TWICE = """
 import sys
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
-from atoll.workloads.updatecheck import check_references
+from atoll.workloads.autoupdate.checks import check_references
 
 host, ref = sys.argv[1], ImageReference.parse(sys.argv[2])
 for bases in ({host: f"http://{host}/v2/"}, {}):

@@ -117,10 +117,30 @@ def test_signed_by_is_refused_not_ignored() -> None:
         ('{"default": []}', "$.default: expected a non-empty list"),
         ('{"default": [{"type": "maybe"}]}', "$.default[0].type: unknown requirement type"),
         ('{"default": [{"type": "reject", "keyPath": "/k"}]}', "unknown field 'keyPath'"),
-        ('{"default": [{"type": "sigstoreSigned"}]}', "exactly one of keyPath and keyData"),
+        ('{"default": [{"type": "sigstoreSigned"}]}', "exactly one of keyPath, keyPaths"),
         (
             '{"default": [{"type": "sigstoreSigned", "keyPath": "/a", "keyData": "eA=="}]}',
-            "exactly one of keyPath and keyData",
+            "exactly one of keyPath, keyPaths, keyData and keyDatas",
+        ),
+        (
+            '{"default": [{"type": "sigstoreSigned", "keyPath": "/a", "keyPaths": ["/b"]}]}',
+            "exactly one of keyPath, keyPaths, keyData and keyDatas",
+        ),
+        (
+            '{"default": [{"type": "sigstoreSigned", "keyPaths": []}]}',
+            "$.default[0].keyPaths: expected a non-empty list",
+        ),
+        (
+            '{"default": [{"type": "sigstoreSigned", "keyPaths": "/a"}]}',
+            "$.default[0].keyPaths: expected a non-empty list",
+        ),
+        (
+            '{"default": [{"type": "sigstoreSigned", "keyPaths": ["/a", ""]}]}',
+            "$.default[0].keyPaths[1]: expected a non-empty string",
+        ),
+        (
+            '{"default": [{"type": "sigstoreSigned", "keyDatas": ["eA==", "***"]}]}',
+            "$.default[0].keyDatas: not valid base64",
         ),
         (
             '{"default": [{"type": "sigstoreSigned", "keyData": "***"}]}',
@@ -181,6 +201,19 @@ def test_missing_policy_file(tmp_path: Path) -> None:
             SignedIdentity(IdentityKind.MATCH_EXACT),
             "r.io/a/b@sha256:" + "1" * 64,
             "r.io/a/b:2",
+            False,
+        ),
+        # As containers/image: a digest reference matches a signature for that digest.
+        (
+            SignedIdentity(IdentityKind.MATCH_EXACT),
+            "r.io/a/b@sha256:" + "1" * 64,
+            "r.io/a/b@sha256:" + "1" * 64,
+            True,
+        ),
+        (
+            SignedIdentity(IdentityKind.MATCH_EXACT),
+            "r.io/a/b@sha256:" + "1" * 64,
+            "r.io/a/b@sha256:" + "2" * 64,
             False,
         ),
         (SignedIdentity(IdentityKind.MATCH_REPOSITORY), "r.io/a/b:1", "r.io/a/b:2", True),

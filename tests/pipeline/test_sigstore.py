@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from atoll.pipeline.sigstore import (
     PAYLOAD_MEDIA_TYPE,
     SIGNATURE_ANNOTATION,
     attachment_tag,
+    parse_payload,
     read_signatures,
 )
 from helpers.registry import RegistryView
@@ -60,7 +62,7 @@ def test_signature_is_stored_as_cosign_and_containers_image_store_it(
 ) -> None:
     image = pushed(registry)
     ref = ImageReference.parse(image)
-    result = sign_image(ref, load_private_key(keys[0]), registry.ctx())
+    result = sign_image(ref, load_private_key(keys[0]), registry.ctx(), timestamp=1780000000)
     with RegistryClient(ref.registry, registry.ctx()) as client:
         raw = client.get_manifest(ref.repository, f"sha256-{result.digest.hex}.sig").raw
         manifest = json.loads(raw)
@@ -79,7 +81,7 @@ def test_signature_is_stored_as_cosign_and_containers_image_store_it(
             "image": {"docker-manifest-digest": str(result.digest)},
             "type": "cosign container image signature",
         },
-        "optional": None,
+        "optional": {"timestamp": 1780000000},
     }
     # The annotation is a DER ECDSA signature over the payload bytes.
     from cryptography.hazmat.primitives import hashes
@@ -210,3 +212,58 @@ def test_a_payload_with_a_duplicated_key_is_no_signature() -> None:
     )
     with pytest.raises(BadSignatureError, match="duplicate key"):
         parse_payload(payload)
+
+
+def test_sign_records_the_time_now(registry: RegistryView, keys: tuple[Path, Path]) -> None:
+    ref = ImageReference.parse(pushed(registry))
+    before = int(time.time())
+    sign_image(ref, load_private_key(keys[0]), registry.ctx())
+    _, [signature] = read_signatures(ref, registry.ctx())
+    stamp = parse_payload(signature.payload).timestamp
+    assert stamp is not None and before <= stamp <= int(time.time())
+
+
+def test_refresh_replaces_the_keys_old_signatures_and_keeps_others(
+    registry: RegistryView, cli: Cli, keys: tuple[Path, Path], other_keys: tuple[Path, Path]
+) -> None:
+    ref = ImageReference.parse(pushed(registry))
+    ctx = registry.ctx()
+    key = load_private_key(keys[0])
+    sign_image(ref, key, ctx, timestamp=1000)
+    sign_image(ref, key, ctx, identity=f"{ref.name}:1.0", timestamp=1000)
+    sign_image(ref, key, ctx, timestamp=2000)
+    sign_image(ref, load_private_key(other_keys[0]), ctx, timestamp=1000)
+
+    code, out, err = cli("sign", "--refresh", f"docker://{ref}", "--key", str(keys[0]), "--json")
+    assert code == 0, err
+    refreshed = json.loads(out)
+    assert refreshed["signatures"] == 3
+    assert sorted(refreshed["identities"]) == sorted([str(ref), f"{ref.name}:1.0"])
+    _, found = read_signatures(ref, ctx)
+    claims = [parse_payload(s.payload) for s in found]
+    # The other signer's signature first, untouched; then one fresh one per identity.
+    assert [(c.identity, c.timestamp) for c in claims[:1]] == [(str(ref), 1000)]
+    assert sorted(c.identity for c in claims[1:]) == sorted([str(ref), f"{ref.name}:1.0"])
+    assert all(c.timestamp is not None and c.timestamp > 2000 for c in claims[1:])
+    assert verify_image(ref, [load_public_key(keys[1])], ctx).verified == 1
+    assert verify_image(ref, [load_public_key(other_keys[1])], ctx).verified == 1
+
+    # --identity refreshes only that one.
+    sign_image(ref, key, ctx, refresh=True, identity=f"{ref.name}:1.0", timestamp=3000)
+    _, found = read_signatures(ref, ctx)
+    stamps = {parse_payload(s.payload).identity: parse_payload(s.payload).timestamp for s in found}
+    assert stamps[f"{ref.name}:1.0"] == 3000 and stamps[str(ref)] != 3000
+
+
+def test_refresh_never_signs_what_the_key_did_not_sign(
+    registry: RegistryView, cli: Cli, keys: tuple[Path, Path], other_keys: tuple[Path, Path]
+) -> None:
+    image = f"docker://{pushed(registry)}"
+    code, _, err = cli("sign", "--refresh", image, "--key", str(keys[0]))
+    assert code == UnsignedImageError.exit_code, err
+    assert "nothing to refresh" in err
+    assert cli("sign", image, "--key", str(other_keys[0]))[0] == 0
+    code, _, err = cli("sign", "--refresh", image, "--key", str(keys[0]))
+    assert code == UnsignedImageError.exit_code, err
+    code, _, err = cli("verify", image, "--key", str(keys[1]))
+    assert code == BadSignatureError.exit_code, err

@@ -18,7 +18,7 @@ import pytest
 from atoll.errors import AtollError, LayerError, NetworkError, RegistryError
 from atoll.oci.chunked import MANIFEST_CHECKSUM, MANIFEST_POSITION, TocFile
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import CopyOptions, copy_image
+from atoll.oci.imagecopy import CopyOptions, copy_image
 from atoll.oci.manifest import Compression
 from atoll.oci.transports import ImageName
 from atoll.store import ImportResult, Store

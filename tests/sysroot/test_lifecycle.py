@@ -244,3 +244,23 @@ def test_pin_keeps_a_deployment_and_config_diff_lists_local_changes(
     atoll(capsys, "boot", *s)
     atoll(capsys, "cleanup", *s)
     assert len(list((sysroot / "boot/loader/entries").iterdir())) == 2
+
+
+@pytest.mark.integration
+def test_an_offline_install_follows_its_target_image(
+    registry: RegistryView, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Installed from a local copy (oci-archive:, as from a stick), the device tracks
+    the registry image given by --target-image: its next upgrade comes from there."""
+    ref = f"{registry.host}/{registry.new_repo('os')}:stable"
+    archive = tmp_path / "v1.tar"
+    atoll(capsys, "image", "copy", f"oci:{images}:1", f"oci-archive:{archive}")
+    sysroot = tmp_path / "sysroot"
+    atoll(capsys, "install", "to-filesystem", str(sysroot), "--source",
+          f"oci-archive:{archive}", "--target-image", ref)  # fmt: skip
+    assert status(capsys, sysroot)["spec"]["image"] == {"image": ref, "transport": "registry"}
+    registry.skopeo(
+        "copy", "-q", *registry.skopeo_args("dest"), f"oci:{images}:2", f"docker://{ref}"
+    )
+    atoll(capsys, "upgrade", "--sysroot", str(sysroot))
+    assert version_of(status(capsys, sysroot), "staged") == "2.0"

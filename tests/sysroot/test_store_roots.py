@@ -123,7 +123,8 @@ def test_gc_waiting_for_an_import_does_not_remove_it(
         gc_done.wait(timeout=5)
         return result
 
-    monkeypatch.setattr(importer, "import_image", import_then_gc)
+    # Store.import_image is the importer's function (the store passes itself).
+    monkeypatch.setattr(Store, "import_image", import_then_gc)
     code, _, err = run(capsys, "switch", "--sysroot", str(sysroot), f"oci:{images}:2")
     gc_done.wait(timeout=60)
     assert code == 0, err

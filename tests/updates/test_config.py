@@ -11,7 +11,8 @@ import pytest
 from atoll.errors import InvalidInputError
 from atoll.updates.config import (
     SETTINGS,
-    Policy,
+    TrustSettings,
+    UpdatePolicy,
     format_duration,
     format_rate,
     load_config,
@@ -45,7 +46,7 @@ def test_full_example(tmp_path: Path) -> None:
     path = write_config(tmp_path, EXAMPLE)
     config = load_config(tmp_path)
     assert config.path == path
-    assert config.policy is Policy.STAGE
+    assert config.policy is UpdatePolicy.STAGE
     download = config.download
     assert download.window.expression is not None
     assert download.window.expression.hours == {2, 3, 4}
@@ -71,7 +72,7 @@ def test_full_example(tmp_path: Path) -> None:
 
 def test_no_file_means_policy_none(tmp_path: Path) -> None:
     config = load_config(tmp_path)
-    assert config.policy is Policy.NONE
+    assert config.policy is UpdatePolicy.NONE
     assert config.path is None
     assert config.download.window.anytime and config.apply.window.anytime
     assert config.download.rate_limit is None
@@ -80,7 +81,15 @@ def test_no_file_means_policy_none(tmp_path: Path) -> None:
 
 def test_empty_file_is_defaults(tmp_path: Path) -> None:
     write_config(tmp_path, "")
-    assert load_config(tmp_path).policy is Policy.NONE
+    assert load_config(tmp_path).policy is UpdatePolicy.NONE
+
+
+def test_trust_settings(tmp_path: Path) -> None:
+    assert load_config(tmp_path).trust == TrustSettings(None, False)
+    write_config(tmp_path, '[trust]\nmax_signature_age = "7d"\nallow_downgrade = true\n')
+    config = load_config(tmp_path)
+    assert config.trust == TrustSettings(datetime.timedelta(days=7), True)
+    assert config.to_json()["trust"] == {"maxSignatureAgeSeconds": 604800, "allowDowngrade": True}
 
 
 def test_command_string_is_split_like_a_shell(tmp_path: Path) -> None:
@@ -195,6 +204,10 @@ def test_command_string_is_split_like_a_shell(tmp_path: Path) -> None:
             "expected a list",
             "commands = [",
         ),
+        ('[trust]\nmax_signature_age = "a week"\n', "trust.max_signature_age", "not a", "1d"),
+        ("[trust]\nmax_signature_age = 0\n", "trust.max_signature_age", "refuses every", "7d"),
+        ('[trust]\nallow_downgrade = "yes"\n', "trust.allow_downgrade", "a boolean", "true"),
+        ("[trust]\nmax_age = 1\n", "trust.max_age", "unknown key", "max_signature_age"),
     ],
 )
 def test_invalid_config_names_file_key_and_fix(

@@ -16,7 +16,7 @@ from atoll.oci.transports import ImageName
 from atoll.sysroot.lifecycle import Device
 from atoll.updates.clock import FakeClock
 from atoll.updates.policy import Action
-from atoll.updates.run import Outcome, device_seed, run_automatic_update
+from atoll.updates.runner import Outcome, device_seed, run_automatic_update
 from atoll.updates.state import UpdateState, state_path, updates_lock
 from helpers.osimage import build_os_image
 from helpers.updates import NEW_DIGEST, FakeDevice, RebootRecorder, deployment, write_config

@@ -25,17 +25,17 @@ import pytest
 
 from atoll.errors import StartLimitHitError, UnitFailedError, WorkloadUpdateStateError
 from atoll.podman import isolated_environment
-from atoll.workloads.autoupdate import (
+from atoll.workloads.autoupdate.localimages import Podman
+from atoll.workloads.autoupdate.state import STATE_FILE
+from atoll.workloads.autoupdate.units import workloads_from
+from atoll.workloads.autoupdate.updater import (
     AutoUpdateOptions,
     AutoUpdater,
     AutoUpdateResult,
     Updated,
 )
 from atoll.workloads.control import Health, UnitState, UnitStatus
-from atoll.workloads.localimages import Podman
-from atoll.workloads.quadlet import load_units
-from atoll.workloads.updatestate import STATE_FILE
-from atoll.workloads.updateunits import workloads_from
+from atoll.workloads.unitfiles.quadlet import load_units
 from helpers.cli import run_atoll
 from helpers.images import build_image, build_multiarch
 from helpers.parts import require_tool

@@ -15,8 +15,8 @@ from atoll.cli.hostdevice import open_device
 from atoll.errors import BoundImageError
 from atoll.oci.transports import ImageName
 from atoll.podman import isolated_environment
+from atoll.workloads.autoupdate.localimages import Podman
 from atoll.workloads.bound import BOUND_IMAGES_DIR, BoundImage, find_bound_images
-from atoll.workloads.localimages import Podman
 from helpers.osimage import FileSpec, Spec, build_os_image
 from helpers.parts import require_tool
 from helpers.registry import RegistryView

@@ -14,15 +14,10 @@ import pytest
 
 from atoll.errors import SupervisorNotRunningError, UnknownUnitError
 from atoll.workloads import SupervisorClient, SystemdManager, UnitManager
-from atoll.workloads.control import (
-    Health,
-    UnitState,
-    UnitStatus,
-    parse_systemctl_show,
-    status_from_systemd,
-)
-from atoll.workloads.controlserver import answer
-from atoll.workloads.supervisor import Supervisor
+from atoll.workloads.control import Health, UnitState, UnitStatus
+from atoll.workloads.supervise.controlserver import answer
+from atoll.workloads.supervise.supervisor import Supervisor
+from atoll.workloads.systemd import parse_systemctl_show, status_from_systemd
 from helpers.cli import run_atoll
 from helpers.workloads import WorkloadEnv, http_get, wait_for
 
@@ -61,9 +56,9 @@ def test_the_package_imports_managers_and_auto_update_on_first_use() -> None:
     code = (
         "import sys, atoll.workloads as w\n"
         "loaded = lambda m: f'atoll.workloads.{m}' in sys.modules\n"
-        "assert not any(map(loaded, ('control', 'supervisor', 'autoupdate', 'bound')))\n"
-        "assert w.AutoUpdater.__module__ == 'atoll.workloads.autoupdate'\n"
-        "assert loaded('control') and not loaded('supervisor')\n"
+        "assert not any(map(loaded, ('control', 'supervise.supervisor', 'autoupdate', 'bound')))\n"
+        "assert w.AutoUpdater.__module__ == 'atoll.workloads.autoupdate.updater'\n"
+        "assert loaded('control') and not loaded('supervise.supervisor')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -98,6 +93,30 @@ def test_client_without_supervisor(tmp_path: Path) -> None:
         client.status("web")
     result = run_atoll("workload", "list", "--manager", "supervisor", "--state-dir", str(tmp_path))
     assert result.returncode == 52, result.stderr
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs here")
+@pytest.mark.parametrize("command", [["list"], ["status"], ["auto-update", "--dry-run"]])
+def test_auto_manager_without_systemd_or_supervisor_says_so(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    from atoll.cli.main import main
+
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "web.container").write_text("[Container]\nImage=registry.example/web:1\n")
+    state = tmp_path / "state"
+    # The variable names the supervisor's state directory, as --state-dir would.
+    monkeypatch.setenv("ATOLL_WORKLOAD_STATE_DIR", str(state))
+    code = main(["workload", *command, "--root", str(units)])
+    captured = capsys.readouterr()
+    assert code == 52, captured
+    assert f"no workload supervisor listens on {state / 'control.sock'}" in captured.err
+    assert "hint: start it with atoll workload run" in captured.err
+    assert "no units" not in captured.out
 
 
 SHOW = """\
@@ -188,3 +207,13 @@ def test_workload_commands(workload_env: WorkloadEnv) -> None:
     unknown = run_atoll("workload", "start", "nope", *state)
     assert unknown.returncode == 55 and "nope" in unknown.stderr
     assert sup.stop(signal.SIGTERM) == 0
+
+
+def test_workloads_doc_gives_the_podman_settings_build_and_demo_use() -> None:
+    from atoll.podman import CONTAINERS_CONF
+
+    doc = (Path(__file__).parents[2] / "docs" / "workloads.md").read_text()
+    settings = [ln for ln in CONTAINERS_CONF.splitlines() if ln and not ln.startswith("tmp_dir")]
+    assert "default_ulimits" in CONTAINERS_CONF and "cgroup_manager" in CONTAINERS_CONF
+    for line in settings:
+        assert line in doc.splitlines(), line

@@ -1,4 +1,4 @@
-"""How the supervisor learns that a container ended (atoll.workloads.deaths), with
+"""How the supervisor learns that a container ended (atoll.workloads.supervise.deaths), with
 real podman: one ``podman events`` stream for all containers instead of a
 ``podman wait`` each, and its safety nets."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from atoll.workloads import deaths
-from atoll.workloads.deaths import ContainerDeaths, DeathStream, EventWait, PodmanWait
+from atoll.workloads.supervise import deaths
+from atoll.workloads.supervise.deaths import ContainerDeaths, DeathStream, EventWait, PodmanWait
 from helpers.workloads import WorkloadEnv, push_workload_image, wait_for
 
 pytestmark = pytest.mark.integration
@@ -141,7 +141,7 @@ def test_podman_wait_where_podman_keeps_no_events(workload_env: WorkloadEnv) -> 
     watching = ContainerDeaths()
     try:
         container = subprocess.run(
-            ["podman", "run", "-d", "--rm", image, "sh", "-c", "sleep 1; exit 4"],
+            ["podman", "run", "-d", "--rm", image, "sh", "-c", "sleep 5; exit 4"],
             env=env, capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
         waiter = watching.waiter(container, 1, env, time.time())
@@ -155,7 +155,7 @@ def test_podman_wait_where_podman_keeps_no_events(workload_env: WorkloadEnv) -> 
 
 _FOLLOW = """
 import os, sys, time
-from atoll.workloads.deaths import DeathStream
+from atoll.workloads.supervise.deaths import DeathStream
 stream = DeathStream(dict(os.environ), time.time())
 while stream._proc is None:
     time.sleep(0.05)

@@ -1,4 +1,4 @@
-"""``atoll.workloads.generate``: what lands in a generated service stays on its own line."""
+"""``atoll.workloads.unitfiles.generate``: what lands in a service stays on its own line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from atoll.errors import QuadletUnitError
 from atoll.workloads import generate_services, load_units
-from atoll.workloads.quadlet import split_words
+from atoll.workloads.unitfiles.quadlet import split_words
 
 # systemd ends a unit file line at a newline, a carriage return or a NUL.
 SYSTEMD_LINES = re.compile(r"\r\n|[\n\r\x00]")

@@ -6,8 +6,8 @@ import pytest
 
 from atoll.errors import QuadletUnitError
 from atoll.workloads.control import Health
-from atoll.workloads.healthcheck import HealthSpec, HealthTracker, OnFailure
-from atoll.workloads.quadlet import ContainerOptions
+from atoll.workloads.supervise.healthcheck import HealthSpec, HealthTracker, OnFailure
+from atoll.workloads.unitfiles.quadlet import ContainerOptions
 
 
 def test_spec_from_options_with_defaults() -> None:

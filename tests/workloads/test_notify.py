@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from atoll.workloads.notify import NotifySocket
+from atoll.workloads.supervise.notify import NotifySocket
 
 LONG = 30.0  # a wait that wake() must cut short
 

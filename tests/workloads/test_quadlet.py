@@ -9,7 +9,7 @@ from atoll.cli import workload
 from atoll.cli.common import Output
 from atoll.errors import AtollError, QuadletUnitError
 from atoll.workloads import load_units
-from atoll.workloads.quadlet import ContainerOptions
+from atoll.workloads.unitfiles.quadlet import ContainerOptions
 
 
 def main(argv: list[str]) -> int:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 
 from atoll.errors import QuadletUnitError
-from atoll.workloads.restart import (
+from atoll.workloads.unitfiles.restart import (
     EndKind,
     RestartPolicy,
     Result,
     ServiceSettings,
     StartLimit,
-    parse_timespan,
+)
+from atoll.workloads.unitfiles.restart import (
+    unit_timespan as parse_timespan,
 )
 
 # systemd.service(5), "Table 2. Exit causes and the effect of the Restart= settings".

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atoll.workloads.generate import generate_services
-from atoll.workloads.quadlet import load_units
-from atoll.workloads.runtime import (
+from atoll.workloads.supervise.runtime import (
     UNIT_LABEL,
     NotifyMode,
     UnitPlan,
@@ -14,6 +12,8 @@ from atoll.workloads.runtime import (
     logs_argv,
     plan_unit,
 )
+from atoll.workloads.unitfiles.generate import generate_services
+from atoll.workloads.unitfiles.quadlet import load_units
 
 
 def _plans(tmp_path: Path, files: dict[str, str]) -> dict[str, UnitPlan]:

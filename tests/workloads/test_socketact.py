@@ -11,8 +11,8 @@ import pytest
 
 from atoll.errors import QuadletUnitError
 from atoll.workloads.control import UnitState, UnitStatus
-from atoll.workloads.quadlet import ContainerOptions
-from atoll.workloads.socketact import (
+from atoll.workloads.unitfiles.quadlet import ContainerOptions
+from atoll.workloads.unitfiles.socketact import (
     SocketActivator,
     load_sockets,
     parse_address,

@@ -11,7 +11,7 @@ import pytest
 
 from atoll.errors import UnitFailedError
 from atoll.workloads.control import Health, UnitState, UnitStatus
-from atoll.workloads.runtime import UNIT_LABEL
+from atoll.workloads.supervise.runtime import UNIT_LABEL
 from helpers.workloads import (
     SupervisorProcess,
     WorkloadEnv,
@@ -31,6 +31,14 @@ def _state(sup: SupervisorProcess, unit: str, state: str, **fields: object) -> U
     if any(getattr(status, k) != v for k, v in fields.items()):
         return None
     return status
+
+
+def _sick_image(workload_env: WorkloadEnv, repo: str, *, healthy_for: int) -> str:
+    """An image whose /tmp/ok (the health check's) goes after *healthy_for* seconds."""
+    script = f"touch /tmp/ok; (sleep {healthy_for}; rm /tmp/ok) & exec /usr/bin/serve"
+    return push_workload_image(
+        workload_env.registry, workload_env.registry.new_repo(repo), cmd=("/bin/sh", "-c", script)
+    )
 
 
 def test_web_workload_runs_and_is_restarted_after_kill(workload_env: WorkloadEnv) -> None:
@@ -107,12 +115,7 @@ def test_exit_codes_and_restart_policies(workload_env: WorkloadEnv) -> None:
 
 
 def test_health_checks_and_on_failure_actions(workload_env: WorkloadEnv) -> None:
-    # An image that starts healthy and turns unhealthy after 5 seconds.
-    image = push_workload_image(
-        workload_env.registry,
-        workload_env.registry.new_repo("sick"),
-        cmd=("/bin/sh", "-c", "touch /tmp/ok; (sleep 5; rm /tmp/ok) & exec /usr/bin/serve"),
-    )
+    image = _sick_image(workload_env, "sick", healthy_for=5)
     sick = (
         f"[Container]\nImage={image}\n"
         "HealthCmd=test -e /tmp/ok\nHealthInterval=1s\nHealthRetries=2\n"
@@ -145,6 +148,30 @@ def test_health_checks_and_on_failure_actions(workload_env: WorkloadEnv) -> None
     )
     assert isinstance(watched, UnitStatus) and watched.restarts == 0
     assert sup.stop() == 0
+
+
+def test_default_log_and_a_new_session_counts_restarts_afresh(workload_env: WorkloadEnv) -> None:
+    image = _sick_image(workload_env, "flaky", healthy_for=3)
+    workload_env.unit(
+        "flaky.container",
+        f"[Container]\nImage={image}\nHealthCmd=test -e /tmp/ok\nHealthInterval=1s\n"
+        "HealthRetries=2\nHealthOnFailure=kill\n[Service]\nRestart=on-failure\nRestartSec=0.2\n",
+    )
+    state_dir = workload_env.root / "flaky-state"
+    # No -v: what a supervisor does is in its log at the default level.
+    sup = workload_env.start_supervisor("flaky", state_dir=state_dir, verbose=False)
+    wait_for(lambda: sup.status("flaky").restarts >= 1, "kill on unhealthy, then restart", 90)
+    assert sup.stop() == 0
+    log = sup.output()
+    for event in ("flaky.service: active", "health starting -> healthy", "healthy -> unhealthy"):
+        assert event in log, event
+    assert "restarting in 0.2 s" in log and "flaky.service: inactive" in log
+
+    # The next session starts the unit afresh: the failed session's restarts are not its own.
+    again = workload_env.start_supervisor("flaky", state_dir=state_dir, verbose=False)
+    first = wait_for(lambda: _state(again, "flaky", "active"), "flaky to be active again")
+    assert isinstance(first, UnitStatus) and first.restarts == 0
+    assert again.stop() == 0
 
 
 def test_notify_ready_and_start_timeout(workload_env: WorkloadEnv) -> None:

@@ -14,8 +14,8 @@ import pytest
 from atoll.oci.client import RegistryClient
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
-from atoll.workloads.updatecheck import check_references
-from atoll.workloads.updatestate import STATE_FILE, UpdateState
+from atoll.workloads.autoupdate.checks import check_references
+from atoll.workloads.autoupdate.state import STATE_FILE, WorkloadUpdateState
 from helpers.registry import RegistryView
 
 
@@ -79,9 +79,11 @@ def test_assumed_bases_compare_ports_and_refuse_what_does_not_parse() -> None:
 
 
 def test_state_file_keeps_the_bases_and_reads_older_files(tmp_path: Path) -> None:
-    state = UpdateState.load(tmp_path)
+    state = WorkloadUpdateState.load(tmp_path)
     state.registries["r.example:5000"] = "http://r.example:5000/v2/"
     state.save()
-    assert UpdateState.load(tmp_path).registries == {"r.example:5000": "http://r.example:5000/v2/"}
+    assert WorkloadUpdateState.load(tmp_path).registries == {
+        "r.example:5000": "http://r.example:5000/v2/"
+    }
     (tmp_path / STATE_FILE).write_text(json.dumps({"version": 1, "units": {}}))
-    assert UpdateState.load(tmp_path).registries == {}
+    assert WorkloadUpdateState.load(tmp_path).registries == {}

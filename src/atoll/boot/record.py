@@ -36,8 +36,9 @@ from atoll.sysroot.bootloader import entries as bootloader
 from atoll.sysroot.bootloader.bls import KARG
 from atoll.sysroot.bootloader.grub import COUNTER, ENV_NAME, grub_dir, grub_settings, sync_grub
 from atoll.sysroot.bootloader.grubenv import read_grubenv
-from atoll.sysroot.lifecycle import Device, utc_timestamp
+from atoll.sysroot.lifecycle import Device
 from atoll.sysroot.state import BootRecord, deployment_key
+from atoll.timeutil import utc_timestamp
 
 CMDLINE = Path("/proc/cmdline")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")

@@ -75,10 +75,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from atoll import stricttoml
+from atoll.configfile import KeyLines, KeyPath, kind_of, locate, show_key
 from atoll.errors import BlueprintError, from_oserror
 
 T = TypeVar("T")
-KeyPath = tuple[str | int, ...]
 
 #: Names that end up in shell commands: checked before they get there.
 _PACKAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._:-]*$")
@@ -311,91 +311,7 @@ def _customizations_dict(c: Customizations) -> dict[str, Any]:
     return out
 
 
-# --- where keys are: line numbers for semantic errors ----------------------------------
-
-_BARE_KEY = r"[A-Za-z0-9_-]+"
-_QUOTED_KEY = r"\"(?:[^\"\\]|\\.)*\"|'[^']*'"
-_KEY = rf"(?:{_BARE_KEY}|{_QUOTED_KEY})"
-_DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
-_TABLE_RE = re.compile(rf"^\s*\[\s*({_DOTTED})\s*\]\s*(#.*)?$")
-_ARRAY_TABLE_RE = re.compile(rf"^\s*\[\[\s*({_DOTTED})\s*\]\]\s*(#.*)?$")
-_ASSIGN_RE = re.compile(rf"^\s*({_DOTTED})\s*=")
-_KEY_PART_RE = re.compile(_KEY)
-
-
-def _split_dotted(text: str) -> list[str]:
-    parts = []
-    for match in _KEY_PART_RE.finditer(text):
-        part = match.group(0)
-        if part[0] in "\"'":
-            part = part[1:-1]
-        parts.append(part)
-    return parts
-
-
-class KeyLines:
-    """Maps key paths (``("customizations", "user", 0, "name")``) to the line
-    that defines them, by scanning the text: tomllib does not tell."""
-
-    def __init__(self, text: str) -> None:
-        self.lines: dict[KeyPath, int] = {}
-        counts: dict[KeyPath, int] = {}
-        table: KeyPath = ()
-        in_string: str | None = None
-        for number, line in enumerate(text.splitlines(), start=1):
-            if in_string is not None:
-                if line.count(in_string) % 2 == 1:
-                    in_string = None
-                continue
-            array = _ARRAY_TABLE_RE.match(line)
-            plain = _TABLE_RE.match(line) if array is None else None
-            if array is not None:
-                names = self._resolve(_split_dotted(array.group(1)), counts)
-                index = counts.get(names, 0)
-                counts[names] = index + 1
-                table = (*names, index)
-                self.lines.setdefault(names, number)
-                self.lines[table] = number
-            elif plain is not None:
-                table = self._resolve(_split_dotted(plain.group(1)), counts)
-                self.lines.setdefault(table, number)
-            else:
-                assign = _ASSIGN_RE.match(line)
-                if assign is not None:
-                    self.lines.setdefault((*table, *_split_dotted(assign.group(1))), number)
-            for quote in ('"""', "'''"):
-                if line.count(quote) % 2 == 1:
-                    in_string = quote
-                    break
-
-    def _resolve(self, names: list[str], counts: dict[KeyPath, int]) -> KeyPath:
-        """A table header's path, with the current index of each array of tables in it
-        (``[customizations.user.x]`` after ``[[customizations.user]]`` is in the last one)."""
-        out: list[str | int] = []
-        for name in names:
-            out.append(name)
-            seen = counts.get(tuple(out))
-            if seen is not None and len(out) < len(names):
-                out.append(seen - 1)
-        return tuple(out)
-
-    def line_of(self, path: KeyPath) -> int | None:
-        """The line of *path*, else of its nearest enclosing key or table."""
-        for end in range(len(path), 0, -1):
-            found = self.lines.get(path[:end])
-            if found is not None:
-                return found
-        return None
-
-
 # --- validation ----------------------------------------------------------------------
-
-
-def _show(path: KeyPath) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
 
 
 class _Reader:
@@ -404,28 +320,23 @@ class _Reader:
         self.lines = lines
         self.warnings: list[str] = []
 
-    def where(self, path: KeyPath) -> str:
-        line = self.lines.line_of(path) if self.lines is not None else None
-        return f"{self.source}: line {line}: " if line is not None else f"{self.source}: "
-
     def fail(self, path: KeyPath, message: str, hint: str | None = None) -> BlueprintError:
-        key = f"{_show(path)}: " if path else ""
-        return BlueprintError(f"{self.where(path)}{key}{message}", hint=hint)
+        return BlueprintError(f"{locate(self.source, self.lines, path)}{message}", hint=hint)
 
     def warn(self, path: KeyPath, message: str) -> None:
-        self.warnings.append(f"{self.where(path)}{_show(path)}: {message}")
+        self.warnings.append(f"{locate(self.source, self.lines, path)}{message}")
 
     def table(
         self, value: Any, path: KeyPath, known: Sequence[str], required: Sequence[str] = ()
     ) -> Mapping[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(path, f"must be a table, not {_kind(value)}")
+            raise self.fail(path, f"must be a table, not {kind_of(value)}")
         for key in value:
             if key not in known:
                 raise self.fail(
                     (*path, key),
                     "unknown key",
-                    hint=f"keys allowed in {_show(path) or 'the top level'}: {', '.join(known)}",
+                    hint=f"keys allowed in {show_key(path) or 'the top level'}: {', '.join(known)}",
                 )
         for key in required:
             if key not in value:
@@ -435,7 +346,7 @@ class _Reader:
     def tables(self, value: Any, path: KeyPath) -> list[tuple[Any, KeyPath]]:
         if not isinstance(value, list):
             raise self.fail(
-                path, f"must be an array of tables ([[{_show(path)}]]), not {_kind(value)}"
+                path, f"must be an array of tables ([[{show_key(path)}]]), not {kind_of(value)}"
             )
         return [(item, (*path, i)) for i, item in enumerate(value)]
 
@@ -453,7 +364,7 @@ class _Reader:
         if value is None:
             return None
         if not isinstance(value, str):
-            raise self.fail((*path, key), f"must be a string, not {_kind(value)}")
+            raise self.fail((*path, key), f"must be a string, not {kind_of(value)}")
         if not multiline:
             self.one_line(value, (*path, key))
         return self.matched(value, (*path, key), pattern=pattern, what=what)
@@ -488,7 +399,7 @@ class _Reader:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail((*path, key), f"must be an integer, not {_kind(value)}")
+            raise self.fail((*path, key), f"must be an integer, not {kind_of(value)}")
         if value < 0:
             raise self.fail((*path, key), "must not be negative")
         return value
@@ -496,7 +407,7 @@ class _Reader:
     def boolean(self, data: Mapping[str, Any], key: str, path: KeyPath) -> bool:
         value = data.get(key, False)
         if not isinstance(value, bool):
-            raise self.fail((*path, key), f"must be true or false, not {_kind(value)}")
+            raise self.fail((*path, key), f"must be true or false, not {kind_of(value)}")
         return value
 
     def strings(
@@ -505,10 +416,10 @@ class _Reader:
         """An array of strings; *match*: the ``pattern`` and ``what`` of :meth:`matched`."""
         value = data.get(key, [])
         if not isinstance(value, list):
-            raise self.fail((*path, key), f"must be an array of strings, not {_kind(value)}")
+            raise self.fail((*path, key), f"must be an array of strings, not {kind_of(value)}")
         for item in value:
             if not isinstance(item, str):
-                raise self.fail((*path, key), f"must hold strings only, not {_kind(item)}")
+                raise self.fail((*path, key), f"must hold strings only, not {kind_of(item)}")
             self.one_line(item, (*path, key))
             self.matched(item, (*path, key), **match)
         return tuple(value)
@@ -516,7 +427,7 @@ class _Reader:
     def owner(self, data: Mapping[str, Any], key: str, path: KeyPath) -> str | int:
         value = data.get(key, "root")
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise self.fail((*path, key), f"must be a name or a number, not {_kind(value)}")
+            raise self.fail((*path, key), f"must be a name or a number, not {kind_of(value)}")
         if isinstance(value, str) and not _ACCOUNT_RE.match(value):
             raise self.fail((*path, key), f"{value!r} is not a valid user or group name")
         if isinstance(value, int) and value < 0:
@@ -529,7 +440,7 @@ class _Reader:
             return default
         if not isinstance(value, str):
             raise self.fail(
-                (*path, key), f'must be an octal string such as "0644", not {_kind(value)}'
+                (*path, key), f'must be an octal string such as "0644", not {kind_of(value)}'
             )
         if not _MODE_RE.match(value):
             raise self.fail((*path, key), f'{value!r} is not an octal mode such as "0644"')
@@ -543,18 +454,6 @@ class _Reader:
         if value == "/usr/etc" or value.startswith("/usr/etc/"):
             raise self.fail((*path, key), "/usr/etc is not part of a bootable image; use /etc")
         return value
-
-
-def _kind(value: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
-    for cls, name in names.items():
-        if type(value) is cls:
-            return name
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
 
 
 _TOP = ("name", "description", "version", "packages", "modules", "groups", "customizations")

@@ -25,7 +25,11 @@ the additions directory :func:`write_additions` fills from atoll's own package::
                                 initramfs generator directory; copied in when the
                                 image lacks the family's hook (HOOK_PATHS)
 
-``add.sh`` prints ``atoll-additions: added WHAT`` for each part it adds.
+``add.sh`` prints ``atoll-additions: added WHAT`` for each part it adds.  It
+also installs, with the image's own package manager (apt-get or dnf), the
+distribution packages atoll imports on a device (:data:`atoll.requires.DEVICE_PACKAGES`:
+python3-httpx, python3-zstandard, python3-cryptography) when the image's python3
+cannot import them; where that fails it warns and the build goes on.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from pathlib import Path
 
 from atoll.build.blueprint import Blueprint, Directory, File, User
 from atoll.errors import BaseImageError, BlueprintError
+from atoll.requires import DEVICE_PACKAGES, DEVICE_REQUIREMENTS
 from atoll.units import UNIT_DIR, UNITS, install_units
 
 
@@ -431,6 +436,33 @@ def write_additions(dest: Path) -> list[str]:
     return held
 
 
+def _device_packages_lines() -> list[str]:
+    """Install the distribution packages atoll imports on a device (atoll.requires)
+    when the image's python3 cannot import them.  A base whose repositories cannot
+    be reached still builds: the lint's device-python check names what is missing."""
+    modules = ", ".join(r.module for r in DEVICE_REQUIREMENTS)
+    packages = " ".join(DEVICE_PACKAGES)
+    warn = (
+        f'echo "atoll-additions: warning: could not install {packages}: '
+        'atoll on the device cannot update from a registry"'
+    )
+    return [
+        "if command -v python3 >/dev/null && "
+        f"! python3 -c {_q('import ' + modules)} 2>/dev/null; then",
+        "    if command -v apt-get >/dev/null; then",
+        "        if apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+        f"--no-install-recommends {packages}; then added {_q(packages)}; else {warn}; fi",
+        "        apt-get clean; rm -rf /var/lib/apt/lists/*",
+        "    elif command -v dnf >/dev/null; then",
+        f"        if dnf install -y {packages}; then added {_q(packages)}; else {warn}; fi",
+        "        dnf clean all",
+        "    else",
+        f"        {warn}",
+        "    fi",
+        "fi",
+    ]
+
+
 def _add_script(additions: Path) -> str:
     a = ADDITIONS_MOUNT
     lines = [
@@ -445,6 +477,7 @@ def _add_script(additions: Path) -> str:
         "fi",
         "command -v python3 >/dev/null || "
         'echo "atoll-additions: warning: no python3 in the image: atoll cannot run"',
+        *_device_packages_lines(),
     ]
     for unit in UNITS:
         # Enablement symlinks point into the image: os.walk, as glob skips dangling ones.

@@ -82,6 +82,8 @@ class DiskOptions:
     stateroot: str = DEFAULT_STATEROOT
     #: Where the staging sysroot is made (None: beside the target, or the temp dir).
     workdir: Path | None = None
+    #: The image later upgrades follow, when not the source (see Device.install).
+    target_image: ImageName | None = None
 
 
 @dataclass
@@ -258,7 +260,9 @@ def install_to_disk(
         sysroot = staging / "root"
         device = Device(sysroot, ctx, progress=progress)
         try:
-            installed = device.install(source, stateroot=options.stateroot, kargs=kargs)
+            installed = device.install(
+                source, stateroot=options.stateroot, kargs=kargs, target=options.target_image
+            )
         except NoKernelError as exc:
             raise NotBootableError(
                 f"{source}: no kernel (usr/lib/modules/KVER/vmlinuz): it cannot boot a machine",

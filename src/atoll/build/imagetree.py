@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
-from atoll.oci.inspect import read_config, select_manifest
-from atoll.oci.manifest import ImageConfig, layer_compression, parse_config
-from atoll.oci.transports import ImageName, open_source
+from atoll.oci.imageinspect import read_config, select_manifest
+from atoll.oci.manifest import ImageConfig, ImageManifest, layer_compression, parse_config
+from atoll.oci.transports import ImageName, ImageSource, open_source
 from atoll.progress import NullProgress, ProgressSink
 from atoll.store.tarstream import DIRECTORY, HARDLINK, REGULAR, SYMLINK, ByteReader, LayerFeed
 from atoll.store.tarstream import TarReader as _TarReader
@@ -69,36 +69,19 @@ class ImageTree:
     contents: dict[str, bytes] = field(default_factory=dict)
     #: The first HEAD_BYTES bytes of the files the ``heads`` predicate picked.
     heads: dict[str, bytes] = field(default_factory=dict)
+    #: The size of each layer blob as the manifest gives it, bottom first.
+    layer_sizes: tuple[int, ...] = ()
 
     def resolve(self, path: str) -> str | None:
         """*path* with symlinks in it followed inside the image (absolute targets
         are the image's root); None when it leads nowhere."""
-        parts = [p for p in path.strip("/").split("/") if p]
-        done: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == ".":
-                continue
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            current = "/".join([*done, part])
-            node = self.entries.get(current)
-            if node is None:
-                return None
-            if node.is_symlink:
-                hops += 1
-                if hops > _MAX_LINKS:
-                    return None
-                target = node.linkname
-                if target.startswith("/"):
-                    done = []
-                parts = [p for p in target.split("/") if p] + parts
-                continue
-            done.append(part)
-        return "/".join(done)
+        return resolve_path(path, self._link)
+
+    def _link(self, path: str) -> str | bool | None:
+        node = self.entries.get(path)
+        if node is None:
+            return False
+        return node.linkname if node.is_symlink else None
 
     def node(self, path: str) -> Node | None:
         """The node at *path*, symlinks followed."""
@@ -123,6 +106,39 @@ class ImageTree:
         return sorted(
             {p[len(start) :].split("/", 1)[0] for p in self.entries if p.startswith(start)}
         )
+
+
+def resolve_path(
+    path: str, link: Callable[[str], str | bool | None], *, follow_last: bool = True
+) -> str | None:
+    """*path* with the symlinks in it followed, where *link* tells for a path the
+    target of the symlink there, None for another kind of entry and False for
+    nothing; absolute targets start at the root.  None when the path leads nowhere."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        current = "/".join([*done, part])
+        target = link(current)
+        if target is False:
+            return None
+        if isinstance(target, str) and (parts or follow_last):
+            hops += 1
+            if hops > _MAX_LINKS:
+                return None
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        done.append(part)
+    return "/".join(done)
 
 
 def _normalize(path: str) -> str:
@@ -182,27 +198,41 @@ def read_image_tree(
         _, manifest = select_manifest(source, ctx.platform)
         config = parse_config(read_config(source, manifest), where=source.description)
         tree = ImageTree(str(name), manifest.digest, config)
-        where = source.description
-        progress.begin("read", f"Reading {name}", str(name), len(manifest.layers))
-        ok = False
-        try:
-            for index, (desc, diff_id) in enumerate(
-                zip(manifest.layers, config.diff_ids, strict=False)
-            ):
-                ident = str(desc.digest)
-                progress.subtask(ident, "layer", f"layer {desc.digest.short}", desc.size)
-                feed = LayerFeed(
-                    source, desc, layer_compression(desc.media_type), diff_id, where, progress
-                )
-                try:
-                    _read_layer(tree, feed, index, wanted, heads, f"{where}: layer {desc.digest}")
-                finally:
-                    feed.close()
-                progress.done(ident)
-            ok = True
-        finally:
-            progress.end(ok)
+        tree.layer_sizes = tuple(desc.size for desc in manifest.layers)
+        for index, where, feed in layer_feeds(source, manifest, config, str(name), progress):
+            _read_layer(tree, feed, index, wanted, heads, where)
     return tree
+
+
+def layer_feeds(
+    source: ImageSource,
+    manifest: ImageManifest,
+    config: ImageConfig,
+    name: str,
+    progress: ProgressSink,
+) -> Iterator[tuple[int, str, LayerFeed]]:
+    """Each layer of *manifest*, bottom first, as a verifying :class:`LayerFeed`
+    (with its index and a name for messages), under a "read" progress task."""
+    where = source.description
+    progress.begin("read", f"Reading {name}", name, len(manifest.layers))
+    ok = False
+    try:
+        for index, (desc, diff_id) in enumerate(
+            zip(manifest.layers, config.diff_ids, strict=False)
+        ):
+            ident = str(desc.digest)
+            progress.subtask(ident, "layer", f"layer {desc.digest.short}", desc.size)
+            feed = LayerFeed(
+                source, desc, layer_compression(desc.media_type), diff_id, where, progress
+            )
+            try:
+                yield index, f"{where}: layer {desc.digest}", feed
+            finally:
+                feed.close()
+            progress.done(ident)
+        ok = True
+    finally:
+        progress.end(ok)
 
 
 def _read_layer(

@@ -31,6 +31,7 @@ from atoll.errors import BaseImageError
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName
 from atoll.progress import ProgressSink
+from atoll.requires import DEVICE_REQUIREMENTS
 from atoll.units import TRIGGERED, UNIT_DIR, UNITS
 
 REPORT_VERSION = 1
@@ -38,6 +39,10 @@ REPORT_VERSION = 1
 MAX_PATHS = 20
 #: /var entries every image may have: symlinks the OS expects, and scratch space.
 _VAR_ALLOWED = frozenset({"var/run", "var/lock", "var/tmp"})
+#: The share of the image one layer may hold before layer-share warns.
+MAX_LAYER_SHARE = 0.25
+#: Smaller images are moved whole anyway: layer-share does not look at them.
+LAYER_SHARE_MIN_BYTES = 32 << 20
 
 
 class Level(StrEnum):
@@ -84,10 +89,22 @@ CHECKS: tuple[Check, ...] = (
     Check("boot-content", Level.WARNING, "nothing in /boot (kernels go to /usr/lib/modules)"),
     Check("bootable-label", Level.WARNING, "the label containers.bootc=1"),
     Check(
+        "layer-share",
+        Level.WARNING,
+        "no layer holds more than the set share of an image of 32 MiB or more "
+        "(default 25 %): an update re-fetches a changed layer whole (see atoll rechunk)",
+    ),
+    Check(
         "python-bytecode",
         Level.WARNING,
         "Python bytecode under /usr is hash-based, or timestamp-based for a source "
         "mtime of 0: a deployment's files have mtime 0",
+    ),
+    Check(
+        "device-python",
+        Level.WARNING,
+        "the Python modules atoll's device commands import resolve in the image's python3 "
+        "(" + ", ".join(f"{r.module} from {r.package}" for r in DEVICE_REQUIREMENTS) + ")",
     ),
 )
 _BY_NAME: Mapping[str, Check] = {c.name: c for c in CHECKS}
@@ -184,8 +201,9 @@ class LintReport:
 
 
 class _Linter:
-    def __init__(self, tree: ImageTree) -> None:
+    def __init__(self, tree: ImageTree, max_layer_share: float = MAX_LAYER_SHARE) -> None:
         self.tree = tree
+        self.max_layer_share = max_layer_share
         self.findings: list[Finding] = []
         self.family: Family | None = None
 
@@ -205,6 +223,8 @@ class _Linter:
         self.owners()
         self.boot_content()
         self.bytecode()
+        self.device_python()
+        self.layer_share()
         if not self.tree.config.bootable:
             self.add(
                 "bootable-label",
@@ -304,6 +324,26 @@ class _Linter:
             [f"{folder} ({n})" for folder, n in sorted(folders.items())],
         )
 
+    def device_python(self) -> None:
+        """Each device requirement is found where the image's python3 imports from."""
+        t = self.tree
+        if t.node("usr/bin/python3") is None:
+            return  # the atoll-units check reports it
+        dirs = _python_path(t)
+        absent = [
+            r for r in DEVICE_REQUIREMENTS if not any(_has_module(t, d, r.module) for d in dirs)
+        ]
+        if absent:
+            self.add(
+                "device-python",
+                "the image's python3 cannot import "
+                + ", ".join(r.module for r in absent)
+                + ", needed for "
+                + ", ".join(r.needed_for for r in absent)
+                + " (atoll build installs them where the image's package manager can)",
+                [r.package for r in absent],
+            )
+
     def usr_etc(self) -> None:
         found = [f"/{p}" for p, n in self.tree.under("usr/etc") if not n.is_dir]
         if found or "usr/etc" in self.tree.entries:
@@ -366,6 +406,42 @@ class _Linter:
                 found,
             )
 
+    def layer_share(self) -> None:
+        sizes = self.tree.layer_sizes
+        total = sum(sizes)
+        if total < LAYER_SHARE_MIN_BYTES:
+            return
+        biggest = max(range(len(sizes)), key=lambda i: sizes[i])
+        if sizes[biggest] > self.max_layer_share * total:
+            self.add(
+                "layer-share",
+                f"layer {biggest + 1} of {len(sizes)} holds {100 * sizes[biggest] / total:.0f} % "
+                f"of the image (more than {100 * self.max_layer_share:.0f} %): any change in it "
+                "makes every device fetch it whole; atoll rechunk splits it by package",
+            )
+
+
+def _python_path(tree: ImageTree) -> list[str]:
+    """The directories an image's python3 imports third-party modules from: Debian's
+    dist-packages and the site-packages of the Fedora family, for each python3.N."""
+    dirs = ["usr/lib/python3/dist-packages"]
+    for top in ("usr/lib", "usr/lib64", "usr/local/lib"):
+        for name in tree.children(top):
+            if name.startswith("python3."):
+                dirs += [f"{top}/{name}/site-packages", f"{top}/{name}/dist-packages"]
+    return dirs
+
+
+def _has_module(tree: ImageTree, directory: str, module: str) -> bool:
+    if (n := tree.node(f"{directory}/{module}/__init__.py")) is not None and n.is_file:
+        return True
+    if (n := tree.node(f"{directory}/{module}.py")) is not None and n.is_file:
+        return True
+    # An extension module: NAME.cpython-311-x86_64-linux-gnu.so, NAME.abi3.so, NAME.so.
+    return any(
+        name.startswith(f"{module}.") and name.endswith(".so") for name in tree.children(directory)
+    )
+
 
 def _ids(data: bytes, field_index: int) -> set[int]:
     out = set()
@@ -376,9 +452,11 @@ def _ids(data: bytes, field_index: int) -> set[int]:
     return out
 
 
-def lint_tree(tree: ImageTree, *, fatal_warnings: bool = False) -> LintReport:
+def lint_tree(
+    tree: ImageTree, *, fatal_warnings: bool = False, max_layer_share: float = MAX_LAYER_SHARE
+) -> LintReport:
     """Run every check on an image already read."""
-    linter = _Linter(tree)
+    linter = _Linter(tree, max_layer_share)
     linter.run()
     return LintReport(
         tree.name, str(tree.digest), linter.family, tuple(linter.findings), fatal_warnings
@@ -391,7 +469,8 @@ def lint_image(
     *,
     fatal_warnings: bool = False,
     progress: ProgressSink | None = None,
+    max_layer_share: float = MAX_LAYER_SHARE,
 ) -> LintReport:
     """Read *name* (every layer, streamed) and run every check on it."""
     tree = read_image_tree(name, ctx, want=WANTED, heads=wants_head, progress=progress)
-    return lint_tree(tree, fatal_warnings=fatal_warnings)
+    return lint_tree(tree, fatal_warnings=fatal_warnings, max_layer_share=max_layer_share)

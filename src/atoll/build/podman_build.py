@@ -8,7 +8,8 @@ The order of work, for both kinds of build::
        (the family), load it into the work store, write the build context
     3. podman build (the Containerfile plus the atoll step, see atoll.build.containerfile),
        its "STEP i/n" lines reported as progress
-    4. copy the result out of the work store into an OCI layout
+    4. copy the result out of the work store into an OCI layout, and rechunk it
+       there (atoll.build.rechunk) unless asked not to
     5. lint it (atoll.build.lint); a fatal finding stops here: nothing is pushed
     6. copy it to the target (any atoll image name: docker://, oci:, …) and
        remove the work directory (unless it was given: then it is a cache)
@@ -20,7 +21,8 @@ The work directory, by default a fresh one under ``--tmpdir`` (else /var/tmp)::
     ├── context/            a blueprint build's context (Containerfile, files/)
     ├── containerfile/      a Containerfile build's Containerfile with the atoll step added
     ├── additions/          the atoll step's build context (atoll.build.containerfile)
-    └── layout/             OCI layout: the base ("base") and the result ("result")
+    └── layout/             OCI layout: the base ("base"), the result ("result")
+                            and the result rechunked ("rechunked")
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from atoll.build.containerfile import (
     write_context,
 )
 from atoll.build.lint import LintReport, lint_tree
+from atoll.build.rechunk import RechunkOptions, RechunkResult, rechunk_image
 from atoll.errors import (
     BaseImageError,
     BuildError,
@@ -61,7 +64,7 @@ from atoll.errors import (
 )
 from atoll.fsutil import remove_tree
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import copy_image
+from atoll.oci.imagecopy import copy_image
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport
 from atoll.podman import isolated_environment
@@ -91,6 +94,8 @@ class BuildSettings:
     fatal_warnings: bool = False
     #: ``podman build --isolation`` (oci, chroot, rootless); None: podman's default.
     isolation: str | None = None
+    #: How to write the result as layers grouped for updates; None: as podman wrote it.
+    rechunk: RechunkOptions | None = field(default_factory=RechunkOptions)
 
 
 @dataclass
@@ -105,6 +110,7 @@ class BuildResult:
     notes: list[str] = field(default_factory=list)
     steps: int = 0
     lint: LintReport | None = None
+    rechunk: RechunkResult | None = None
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -116,6 +122,7 @@ class BuildResult:
             "added": list(self.added),
             "notes": list(self.notes),
             "lint": self.lint.to_json() if self.lint else None,
+            "layers": len(self.rechunk.layers) if self.rechunk else None,
             "seconds": round(self.seconds, 3),
         }
 
@@ -295,6 +302,12 @@ def _finish(
         dst_ctx=work.ctx,
         progress=progress,
     )
+    if settings.rechunk is not None:
+        chunked = ImageName(Transport.OCI, path=work.layout, ref_name="rechunked")
+        result.rechunk = rechunk_image(
+            built, chunked, work.ctx, settings.rechunk, progress=progress
+        )
+        built = chunked
     if settings.lint:
         tree = read_image_tree(built, work.ctx, want=WANTED, heads=wants_head, progress=progress)
         tree.name = result.image

@@ -14,6 +14,7 @@ from atoll.cli.common import (
     add_registry_options,
     system_context,
 )
+from atoll.cli.rechunk import add_rechunk_options, rechunk_options
 from atoll.errors import LintFailedError, UsageError
 from atoll.oci.transports import ImageName
 
@@ -60,6 +61,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     build.add_argument("--no-lint", action="store_true", help="do not lint the result")
     build.add_argument(
+        "--no-rechunk",
+        action="store_true",
+        help="write the layers as podman built them, not grouped by package (see atoll rechunk)",
+    )
+    add_rechunk_options(build)
+    build.add_argument(
         "--fatal-warnings", action="store_true", help="a lint warning fails the build too"
     )
     build.add_argument(
@@ -82,12 +89,30 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     lint.add_argument(
         "--fatal-warnings", action="store_true", help="fail on warnings as well as fatal findings"
     )
+    lint.add_argument(
+        "--max-layer-share",
+        type=_percent,
+        default=25.0,
+        metavar="PERCENT",
+        help="warn when one layer holds more than PERCENT of an image of 32 MiB or more "
+        "(default 25)",
+    )
     add_registry_options(lint)
     add_platform_options(lint)
     lint.set_defaults(func=_lint)
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share in percent (0 to 100)")
+    return value
+
+
+def _settings(args: argparse.Namespace, ctx: Any) -> Any:
     from atoll.build.podman_build import BuildSettings
 
     for value in (*args.build_arg, *args.label):
@@ -102,6 +127,7 @@ def _settings(args: argparse.Namespace) -> Any:
         lint=not args.no_lint,
         fatal_warnings=args.fatal_warnings,
         isolation=args.isolation,
+        rechunk=None if args.no_rechunk else rechunk_options(args, ctx),
     )
 
 
@@ -115,8 +141,10 @@ def _build(args: argparse.Namespace, out: Output) -> int:
     if not args.tag and not args.print_containerfile:
         raise UsageError("-t IMAGE is required: where to write the result")
     target = ImageName.parse(args.tag) if args.tag else None
-    settings = _settings(args)
     ctx = system_context(args)
+    if args.no_rechunk and args.previous:
+        raise UsageError("--previous is for rechunking; it cannot go with --no-rechunk")
+    settings = _settings(args, ctx)
     progress = out.progress()
 
     def echo(line: str) -> None:
@@ -163,6 +191,11 @@ def _build(args: argparse.Namespace, out: Output) -> int:
     if result.added:
         lines.append("  atoll added: " + ", ".join(result.added))
     lines.extend(f"  note: {n}" for n in result.notes)
+    if result.rechunk is not None:
+        lines.append(
+            f"  {len(result.rechunk.layers)} layers, files grouped by "
+            f"{result.rechunk.package_format} ({result.rechunk.packages} packages)"
+        )
     if result.lint is not None:
         lines.append("  " + result.lint.to_text().replace("\n", "\n  "))
     out.result(result.to_json(), "\n".join(lines))
@@ -190,7 +223,11 @@ def _lint(args: argparse.Namespace, out: Output) -> int:
 
     name = ImageName.parse(args.name)
     report = lint_image(
-        name, system_context(args), fatal_warnings=args.fatal_warnings, progress=out.progress()
+        name,
+        system_context(args),
+        fatal_warnings=args.fatal_warnings,
+        progress=out.progress(),
+        max_layer_share=args.max_layer_share / 100,
     )
     out.result(report.to_json(), report.to_text())
     if not report.ok:

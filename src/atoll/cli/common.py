@@ -16,8 +16,9 @@ from atoll.oci.manifest import Platform
 from atoll.progress import FanOut, JsonLinesProgress, NullProgress, ProgressSink
 
 
-def add_global_options(parser: argparse.ArgumentParser) -> None:
-    """Flags accepted before or after the command name."""
+def add_global_options(parser: argparse.ArgumentParser, *, progress: bool = True) -> None:
+    """Flags accepted before or after the command name (*progress*: whether the
+    command reports progress, so that ``--progress-fd`` means something)."""
     # SUPPRESS keeps a subcommand's unset flag from overwriting the global one.
     group = parser.add_argument_group("output")
     group.add_argument(
@@ -46,6 +47,8 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="print machine-readable JSON (stable; see docs/cli.md)",
     )
+    if not progress:
+        return
     group.add_argument(
         "--progress-fd",
         type=int,
@@ -53,6 +56,19 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="write progress as JSON lines to file descriptor FD",
     )
+
+
+def duration(text: str) -> float:
+    """An option's duration, ``60``, ``8s``, ``500ms``, ``2m``, ``1h``, as seconds
+    (one spelling for every ``--timeout``, ``--interval`` and ``--watch``)."""
+    from atoll.timeutil import parse_timespan
+
+    try:
+        return parse_timespan(text, infinity=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 60s, 500ms or 2m"
+        ) from None
 
 
 def parse_bool(text: str) -> bool:
@@ -99,14 +115,19 @@ def add_registry_options(parser: argparse.ArgumentParser, prefix: str = "") -> N
     )
 
 
-def add_platform_options(parser: argparse.ArgumentParser) -> None:
+def add_platform_options(parser: argparse.ArgumentParser, *, transfers: bool = True) -> None:
+    """Registry configuration and, for a command that moves images (*transfers*),
+    the platform to pick, retries and the staging directory."""
+    parser.add_argument(
+        "--registries-conf", metavar="FILE", help="registries.conf to use instead of the system one"
+    )
+    if not transfers:
+        # login, logout, delete and sign pick no platform and stage nothing.
+        return
     parser.add_argument("--override-os", metavar="OS", help="use OS instead of the host's")
     parser.add_argument("--override-arch", metavar="ARCH", help="use ARCH instead of the host's")
     parser.add_argument(
         "--override-variant", metavar="VARIANT", help="use VARIANT instead of the host's"
-    )
-    parser.add_argument(
-        "--registries-conf", metavar="FILE", help="registries.conf to use instead of the system one"
     )
     parser.add_argument(
         "--retry-times",
@@ -128,13 +149,18 @@ def system_context(args: argparse.Namespace, prefix: str = "") -> SystemContext:
         return getattr(args, name, None)
 
     platform = None
-    if args.override_os or args.override_arch or args.override_variant:
+    override_os = getattr(args, "override_os", None)
+    override_arch = getattr(args, "override_arch", None)
+    override_variant = getattr(args, "override_variant", None)
+    if override_os or override_arch or override_variant:
         host = Platform.host()
-        arch = args.override_arch or host.architecture
-        variant = args.override_variant or (host.variant if arch == host.architecture else None)
-        platform = Platform(args.override_os or host.os, arch, variant)
-    if args.retry_times < 1:
+        arch = override_arch or host.architecture
+        variant = override_variant or (host.variant if arch == host.architecture else None)
+        platform = Platform(override_os or host.os, arch, variant)
+    retry_times: int = getattr(args, "retry_times", 5)
+    if retry_times < 1:
         raise UsageError("--retry-times must be at least 1")
+    tmpdir = getattr(args, "tmpdir", None)
     authfile = opt("authfile")
     cert_dir = opt("cert_dir")
     return SystemContext(
@@ -144,8 +170,8 @@ def system_context(args: argparse.Namespace, prefix: str = "") -> SystemContext:
         cert_dir=Path(cert_dir) if cert_dir else None,
         registries_conf=Path(args.registries_conf) if args.registries_conf else None,
         platform=platform,
-        retries=args.retry_times,
-        tmpdir=Path(args.tmpdir) if args.tmpdir else None,
+        retries=retry_times,
+        tmpdir=Path(tmpdir) if tmpdir else None,
         parallel=getattr(args, "parallel", 6),
     )
 
@@ -171,8 +197,14 @@ class Output:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Output:
+        fmt = getattr(args, "format", None)
+        if getattr(args, "json", False) and fmt not in (None, "json"):
+            # --json is --format json: asking for both one way and another is a mistake.
+            raise UsageError(
+                f"--json and --format {fmt} conflict", hint="give one of them (see docs/cli.md)"
+            )
         return cls(
-            json_mode=getattr(args, "json", False),
+            json_mode=getattr(args, "json", False) or fmt == "json",
             quiet=getattr(args, "quiet", False),
             verbose=getattr(args, "verbose", False),
             debug=getattr(args, "debug", False),
@@ -199,9 +231,14 @@ class Output:
                     raise UsageError(f"--progress-fd {self.progress_fd}: {exc.strerror}") from None
             sinks.append(JsonLinesProgress(self._progress_stream))
         if not self.quiet and not self.json and sys.stderr.isatty():
-            from atoll.cli.progress_view import RichProgressView
-
-            sinks.append(RichProgressView())
+            try:
+                from atoll.cli.progress_view import RichProgressView
+            except ModuleNotFoundError as exc:
+                # A device image need not carry python3-rich: no bar, the work goes on.
+                if exc.name != "rich" and not (exc.name or "").startswith("rich."):
+                    raise
+            else:
+                sinks.append(RichProgressView())
         if not sinks:
             return NullProgress()
         return sinks[0] if len(sinks) == 1 else FanOut(*sinks)

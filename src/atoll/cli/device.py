@@ -6,10 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from atoll.cli.common import Output, add_global_options
+from atoll.cli.common import Output, add_global_options, duration
 from atoll.cli.hostdevice import open_device
 from atoll.device.harness import BootRound, run_boots
 from atoll.errors import UsageError
+from atoll.sysroot.status import tries_left
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -24,15 +25,20 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "powers off or --max-boots is reached.",
     )
     add_global_options(boot)
-    boot.add_argument("--sysroot", required=True, metavar="DIR")
+    boot.add_argument(
+        "--sysroot",
+        default="/sysroot",
+        metavar="DIR",
+        help="the device's sysroot (default /sysroot)",
+    )
     boot.add_argument(
         "--max-boots", type=int, default=10, metavar="N", help="stop after N boots (default 10)"
     )
     boot.add_argument(
         "--timeout",
-        type=float,
+        type=duration,
         default=120.0,
-        metavar="SECONDS",
+        metavar="DURATION",
         help="a boot that takes longer is killed and counts as failed",
     )
     boot.add_argument(
@@ -41,6 +47,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="do not power off after a green boot (stop it with Ctrl-C)",
     )
     boot.add_argument("--console-log", metavar="FILE", help="write the console output here")
+    boot.add_argument(
+        "--host-network",
+        action="store_true",
+        help="share the host's network (default: loopback only), e.g. for the device's "
+        "own updates from a registry on the host",
+    )
     boot.set_defaults(func=_boot)
 
 
@@ -50,7 +62,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
 
     def report(round_: BootRound) -> None:
         rec = round_.record
-        counter = "" if rec.tries_left is None else f", {rec.tries_left} tries left"
+        counter = "" if rec.tries_left is None else f", {tries_left(rec.tries_left)}"
         fallback = ", fallback" if rec.fallback else ""
         out.info(
             f"boot {round_.number}: {rec.deployment[:12]}{rec.deployment[64:]} "
@@ -65,6 +77,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         poweroff_when_green=not args.keep_running,
         console_log=Path(args.console_log) if args.console_log else None,
         on_round=report,
+        host_network=args.host_network,
     )
     out.result(result.to_json(), None)
     return 0

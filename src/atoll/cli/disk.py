@@ -51,8 +51,25 @@ def add_disk_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the staging sysroot is made (default: beside the target)",
     )
+    add_target_image_option(parser)
     add_registry_options(parser)
     add_platform_options(parser)
+
+
+def add_target_image_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target-image",
+        metavar="IMAGE",
+        help="the image later upgrades follow (REF or TRANSPORT:DETAILS), when the source "
+        "is a local copy of it, e.g. an oci-archive: for an offline install",
+    )
+
+
+def target_image(args: argparse.Namespace) -> Any:
+    """The ``--target-image`` as an image name, or None."""
+    if not args.target_image:
+        return None
+    return parse_bootc_name(args.target_image)
 
 
 def register_to_disk(install_sub: argparse._SubParsersAction[Any]) -> None:
@@ -109,6 +126,7 @@ def _options(args: argparse.Namespace) -> Any:
         root_ssh_authorized_keys=keys,
         stateroot=args.stateroot,
         workdir=Path(args.workdir) if args.workdir else None,
+        target_image=target_image(args),
     )
 
 

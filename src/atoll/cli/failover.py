@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from atoll.cli.common import Output, add_global_options
+from atoll.cli.common import Output, add_global_options, duration
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -39,7 +39,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     run.add_argument("--priority", type=int, metavar="N", help="1-254 (default 100)")
     run.add_argument("--group", type=int, metavar="N", help="1-255 (default 1)")
     run.add_argument(
-        "--interval", type=float, metavar="SECONDS", help="between adverts (default 1)"
+        "--interval", type=duration, metavar="DURATION", help="between adverts (default 1s)"
     )
     run.add_argument(
         "--preempt",

@@ -293,10 +293,15 @@ def _describe_run(report: HealthReport) -> str:
         lines.append(f"  reason: {report.reason.summary()}")
     for check in report.checks:
         lines.append(_describe_check(check))
-        if check.status is CheckStatus.FAILED and check.output:
-            tail = check.output.splitlines()[-_OUTPUT_LINES:]
-            lines += [f"      | {line}" for line in tail]
+        if check.status is CheckStatus.FAILED:
+            lines += check_output_lines(check.output, "      ")
     return "\n".join(lines)
+
+
+def check_output_lines(output: str, indent: str) -> list[str]:
+    """A failed check's own words, its last lines (where a script says why it
+    gave up), for the human output of ``health`` and ``boot``."""
+    return [f"{indent}| {line}" for line in output.splitlines()[-_OUTPUT_LINES:]]
 
 
 def _describe_check(check: CheckResult) -> str:

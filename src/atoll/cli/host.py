@@ -18,13 +18,20 @@ from atoll.cli.common import (
 )
 from atoll.cli.hostdevice import host_status, open_device
 from atoll.errors import HealthCheckFailedError, UsageError
-from atoll.oci.transports import ImageName, ImageTransport, parse_bootc_name
+from atoll.oci.transports import ImageTransport, parse_bootc_name
 from atoll.run import run
 from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
-from atoll.sysroot.fetch import RemoteImage, open_image
+from atoll.sysroot.fetch import open_image
 from atoll.sysroot.lifecycle import Device, StageResult
-from atoll.sysroot.status import describe
-from atoll.updates import SystemClock, ensure_reboot_allowed, parse_duration, running_root
+from atoll.sysroot.rolledback import find_rolled_back
+from atoll.sysroot.status import describe, tries_left
+from atoll.updates import (
+    SystemClock,
+    ensure_reboot_allowed,
+    load_config,
+    parse_duration,
+    running_root,
+)
 
 _STRATEGIES = [s.value for s in EtcMergeStrategy]
 
@@ -87,11 +94,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="install an image without usr/lib/modules/*/vmlinuz",
     )
+    from atoll.cli.disk import add_target_image_option, register_to_disk
+
+    add_target_image_option(to_fs)
     add_registry_options(to_fs)
     add_platform_options(to_fs)
     _policy_options(to_fs, install=True)
     to_fs.set_defaults(func=_install)
-    from atoll.cli.disk import register_to_disk
 
     register_to_disk(install_sub)
 
@@ -127,6 +136,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         default="keep-local",
         help="what to do when local /etc and the image disagree on a type",
     )
+    upgrade.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="stage the image the tag names even if its version is older than the booted one",
+    )
     upgrade.set_defaults(func=_upgrade)
 
     switch = _command(commands, "switch", "stage another image", fetches=True)
@@ -137,6 +151,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     switch.set_defaults(func=_switch)
     for parser in (upgrade, switch):
         _policy_options(parser)
+        parser.add_argument(
+            "--allow-rolled-back",
+            action="store_true",
+            help="take the image even if this device rolled back from it before",
+        )
         parser.add_argument(
             "--force",
             action="store_true",
@@ -217,27 +236,36 @@ def _policy_options(parser: argparse.ArgumentParser, *, install: bool = False) -
         )
 
 
-def _enforce_policy(args: argparse.Namespace, device: Device, *, install: bool = False) -> Any:
-    """Make *device* refuse what the trust policy refuses, before anything is staged.
+def _enforce_policy(
+    args: argparse.Namespace, device: Device, *, install: bool = False, follow_tag: bool = False
+) -> Any:
+    """Make *device* refuse what the trust policy refuses, before anything is staged,
+    and (not at install) what the ``[trust]`` settings of /etc/atoll/updates.toml
+    refuse: a stale signature, and with *follow_tag* (an upgrade) an older version.
 
     Returns the list the decisions are appended to (empty when no policy applies)."""
-    from atoll.pipeline.trust import check_image, device_policy_path, load_optional_policy
+    from atoll.pipeline.freshness import device_admission
+    from atoll.pipeline.trust import device_policy_path, load_optional_policy
 
     override = Path(args.policy) if args.policy else None
+    decisions: list[Any] = []
     if install:
         path = override or (Path("/etc/containers/policy.json") if args.enforce_policy else None)
-    else:
-        state = device.state()
-        path = device_policy_path(state.path(state.booted or state.current), override)
-    decisions: list[Any] = []
-    policy = load_optional_policy(path)  # a malformed file fails before any fetch
-    if policy is None:
+        # a malformed file fails before any fetch
+        device.admit = device_admission(device, load_optional_policy(path), decisions=decisions)
         return decisions
-
-    def admit(name: ImageName, image: RemoteImage) -> None:
-        decisions.append(check_image(name, image.digest, policy, ctx=device.ctx))
-
-    device.admit = admit
+    state = device.state()
+    path = device_policy_path(state.path(state.booted or state.current), override)
+    policy = load_optional_policy(path)
+    trust = load_config(running_root(device)).trust
+    device.admit = device_admission(
+        device,
+        policy,
+        decisions=decisions,
+        max_signature_age=trust.max_signature_age,
+        follow_tag=follow_tag,
+        allow_downgrade=trust.allow_downgrade or getattr(args, "allow_downgrade", False),
+    )
     return decisions
 
 
@@ -249,6 +277,8 @@ def _device(args: argparse.Namespace, out: Output, root: str | None = None) -> D
 def _describe_stage(result: StageResult) -> str:
     image = result.image
     version = f" {image.version}" if image.version else ""
+    if result.rolled_back is not None:
+        return f"{image.name}{version}: {result.message}\n  {_ROLLED_BACK_HINT}"
     if result.deployment is None:
         return f"{image.name}{version}: {result.message}"
     return (
@@ -260,7 +290,14 @@ def _describe_stage(result: StageResult) -> str:
     )
 
 
+_ROLLED_BACK_HINT = (
+    "--allow-rolled-back takes it anyway; atoll updates forget DIGEST lets updates take it"
+)
+
+
 def _install(args: argparse.Namespace, out: Output) -> int:
+    from atoll.cli.disk import target_image
+
     if args.install_command != "to-filesystem":
         raise UsageError(f"unknown install command {args.install_command}")
     name = parse_bootc_name(args.source, args.transport)
@@ -275,6 +312,7 @@ def _install(args: argparse.Namespace, out: Output) -> int:
         stateroot=args.stateroot,
         kargs=args.karg,
         allow_no_kernel=args.allow_no_kernel,
+        target=target_image(args),
     )
     out.result(_with_trust(result, decisions), _describe_stage(result))
     return 0
@@ -328,9 +366,10 @@ def _apply(args: argparse.Namespace, device: Device, out: Output) -> None:
         out.info("Rebooting into the new deployment")
         run(["systemctl", "reboot"], capture=False)
         return
-    device.finalize()
-    from atoll.health.assess import assess_boot
+    from atoll.health.assess import assess_boot, check_assessable
 
+    check_assessable(device)
+    device.finalize()
     record = device.boot()
     outcome = assess_boot(device, inside=False).report.outcome.value
     out.info(f"Rebooted into {record.deployment[:12]} (entry {record.entry}): {outcome}")
@@ -361,6 +400,10 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
     device = _device(args, out)
     if args.check:
         current, image, changed = device.check()
+        skipped = None
+        if changed and not args.allow_rolled_back:
+            skipped = find_rolled_back(device.sysroot, str(image.digest))
+        changed = changed and skipped is None
         data = {
             "changed": changed,
             "current": {
@@ -368,6 +411,7 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
                 "version": current.origin.image_version,
             },
             "available": {"digest": str(image.digest), "version": image.version},
+            "rolledBack": skipped.to_json() if skipped else None,
         }
         text = (
             f"Update available: {current.origin.image_version or '-'} "
@@ -376,6 +420,9 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
             if changed
             else f"No changes in {image.name}"
         )
+        if skipped is not None:
+            text = f"No update taken: {skipped.describe()}\n  {_ROLLED_BACK_HINT}"
+
         out.result(data, text)
         return 0
     if args.from_downloaded:
@@ -386,11 +433,12 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
         return 0
     if args.apply and not args.force:
         _allow_reboot(args, device, out)  # refuse before downloading anything
-    decisions = _enforce_policy(args, device)
+    decisions = _enforce_policy(args, device, follow_tag=True)
     result = device.stage(
         download_only=args.download_only,
         allow_no_kernel=args.allow_no_kernel,
         etc_strategy=EtcMergeStrategy(args.etc_merge),
+        allow_rolled_back=args.allow_rolled_back,
     )
     return _after_stage(args, out, device, result, decisions)
 
@@ -405,6 +453,7 @@ def _switch(args: argparse.Namespace, out: Output) -> int:
         name,
         allow_no_kernel=args.allow_no_kernel,
         etc_strategy=EtcMergeStrategy(args.etc_merge),
+        allow_rolled_back=args.allow_rolled_back,
     )
     return _after_stage(args, out, device, result, decisions)
 
@@ -461,31 +510,45 @@ def _config_diff(args: argparse.Namespace, out: Output) -> int:
 
 
 def _boot(args: argparse.Namespace, out: Output) -> int:
-    from atoll.health.assess import assess_boot
+    from atoll.cli.health import check_output_lines
+    from atoll.health.assess import assess_boot, check_assessable
 
     if args.max_boots < 1:
         raise UsageError("--max-boots must be at least 1")
     device = _device(args, out)
+    check_assessable(device)  # before the first boot attempt is counted
     boots = []
+    lines = []
     for number in range(1, args.max_boots + 1):
         record = device.boot()
         assessment = assess_boot(device, inside=False)
         boots.append({"boot": number, **record.to_json(), **assessment.to_json()})
-        counter = "" if record.tries_left is None else f", {record.tries_left} tries left"
+        counter = "" if record.tries_left is None else f", {tries_left(record.tries_left)}"
         fallback = ", fallback" if record.fallback else ""
         outcome = assessment.report.outcome.value
         reason = assessment.report.reason
+        report = assessment.report
+        # The deployment's attempt, counted as health status counts it.
+        attempt = (
+            f", attempt {report.attempt} of {report.max_attempts}"
+            if report.attempt is not None
+            else ""
+        )
+        short = f"{record.deployment[:12]}{record.deployment[64:]}"
         line = (
-            f"boot {number}: {record.stateroot}/{record.deployment[:12]}{record.deployment[64:]}"
+            f"boot {number}{attempt}: {record.stateroot}/{short}"
             f" ({record.entry}{counter}{fallback}): {outcome}"
             + (f" ({reason.summary()})" if reason else "")
         )
         if assessment.rollback is not None:
             line += f"; rolled back from {assessment.rollback.from_deployment[:12]}"
-        out.info(line)
+        lines.append(line)
+        if reason is not None:
+            lines += check_output_lines(reason.output, "  ")
         if assessment.green:
             break
-    out.result(boots if len(boots) > 1 else boots[0], None)
+    # The boot lines are the result: stdout, as --json's document would be.
+    out.result(boots if len(boots) > 1 else boots[0], "\n".join(lines))
     if not assessment.green:
         raise HealthCheckFailedError(
             f"the last boot is red: {reason.summary() if reason else 'see atoll health status'}",

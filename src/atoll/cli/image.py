@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from atoll.cli.common import (
 from atoll.errors import UsageError
 from atoll.oci.catalog import delete_image, list_tags
 from atoll.oci.chunked import ZSTD_CHUNKED
-from atoll.oci.copy import CopyOptions, CopyResult, copy_image
-from atoll.oci.inspect import inspect_image, read_config, read_raw_manifest, select_manifest
+from atoll.oci.imagecopy import CopyOptions, CopyResult, copy_image
+from atoll.oci.imageinspect import inspect_image, read_config, read_raw_manifest, select_manifest
 from atoll.oci.manifest import Compression
 from atoll.oci.transports import ImageName, open_source
 
@@ -61,6 +62,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     inspect.add_argument("--config", action="store_true", help="print the image config")
     inspect.add_argument("--no-tags", action="store_true", help="do not list the repository's tags")
+    inspect.add_argument(
+        "-f",
+        "--format",
+        metavar="TEMPLATE",
+        help="print TEMPLATE with {{.Field}} replaced by that field of the inspection "
+        f"({', '.join(_FORMAT_FIELDS)}), e.g. '{{{{.Digest}}}}'",
+    )
     add_registry_options(inspect)
     add_platform_options(inspect)
     inspect.set_defaults(func=_inspect)
@@ -75,8 +83,14 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     delete = sub.add_parser("delete", help="delete an image from a registry or OCI layout")
     add_global_options(delete)
     delete.add_argument("name", metavar="NAME")
+    delete.add_argument(
+        "--all-tags",
+        action="store_true",
+        help="also delete the other tags of the same digest (a registry deletes by digest, "
+        "which removes every tag of it; without this, such a delete is refused)",
+    )
     add_registry_options(delete)
-    add_platform_options(delete)
+    add_platform_options(delete, transfers=False)
     delete.set_defaults(func=_delete)
 
     sync = sub.add_parser(
@@ -170,14 +184,69 @@ def _copy(args: argparse.Namespace, out: Output) -> int:
         progress=out.progress(),
         digestfile=Path(args.digestfile) if args.digestfile else None,
     )
-    if not out.quiet or out.json:
-        out.result(result.to_json(), _describe_copy(result))
+    # -q: only the result, the digest (as --digestfile writes it).
+    human = str(result.digest) if out.quiet else _describe_copy(result)
+    out.result(result.to_json(), human)
     return 0
+
+
+#: The fields ``--format`` knows: skopeo inspect's single fields.
+_FORMAT_FIELDS = (
+    "Name",
+    "Digest",
+    "RepoTags",
+    "Created",
+    "DockerVersion",
+    "Labels",
+    "Architecture",
+    "Os",
+    "Layers",
+    "Env",
+)
+_ACTION_RE = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}")
+
+
+def _check_format(template: str) -> None:
+    """Refuse a template with anything but ``{{.Field}}`` actions, before any I/O."""
+    for match in _ACTION_RE.finditer(template):
+        field = match.group(1).removeprefix(".")
+        if not match.group(1).startswith(".") or field not in _FORMAT_FIELDS:
+            raise UsageError(
+                f"--format: cannot evaluate {match.group(0)}: "
+                f"only {{{{.Field}}}} with a field of {', '.join(_FORMAT_FIELDS)}"
+            )
+    if "{{" in _ACTION_RE.sub("", template):
+        raise UsageError(f"--format: unclosed action in {template!r}")
+
+
+def _go_text(value: Any) -> str:
+    """*value* the way a Go template prints it: lists as ``[a b]``, maps as
+    ``map[k:v]`` with sorted keys, nothing for a missing value."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "[" + " ".join(_go_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{_go_text(value[k])}" for k in sorted(value)) + "]"
+    return str(value)
+
+
+def format_inspection(template: str, data: dict[str, Any]) -> str:
+    """*template* with each ``{{.Field}}`` replaced by that field of *data*."""
+    fields = {**data, "DockerVersion": data.get("DockerVersion", "")}
+    return _ACTION_RE.sub(lambda m: _go_text(fields.get(m.group(1).removeprefix("."))), template)
 
 
 def _inspect(args: argparse.Namespace, out: Output) -> int:
     name = ImageName.parse(args.name)
     ctx = system_context(args)
+    if args.format is not None:
+        if args.raw or args.config or out.json:
+            raise UsageError("--format does not go with --raw, --config or --json")
+        _check_format(args.format)
+        info = inspect_image(name, ctx, list_tags=not args.no_tags and "RepoTags" in args.format)
+        out.result(None, format_inspection(args.format, info.to_json()))
+        return 0
     if args.raw and not args.config:
         sys.stdout.buffer.write(read_raw_manifest(name, ctx))
         sys.stdout.flush()
@@ -228,8 +297,11 @@ def _tags(args: argparse.Namespace, out: Output) -> int:
 
 def _delete(args: argparse.Namespace, out: Output) -> int:
     name = ImageName.parse(args.name)
-    digest = delete_image(name, system_context(args))
-    out.result({"deleted": str(name), "digest": digest}, f"Deleted {name} ({digest})")
+    deletion = delete_image(name, system_context(args), all_tags=args.all_tags)
+    text = f"Deleted {name} ({deletion.digest})"
+    if len(deletion.tags) > 1:
+        text += f"\n  tags removed with it: {', '.join(deletion.tags)}"
+    out.result({"deleted": str(name), "digest": deletion.digest, "tags": list(deletion.tags)}, text)
     return 0
 
 

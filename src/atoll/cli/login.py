@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from atoll.cli.common import Output, add_global_options, add_platform_options, system_context
-from atoll.errors import UsageError
+from atoll.errors import AuthenticationError, UsageError
 from atoll.oci.auth import find_credentials, login_file, remove_login, write_login
 from atoll.oci.reference import ImageReference
 
@@ -54,7 +54,7 @@ def _add_auth_options(parser: argparse.ArgumentParser) -> None:
         help="require HTTPS and verify certificates",
     )
     parser.add_argument("--cert-dir", metavar="DIR", help="CA and client certificates")
-    add_platform_options(parser)
+    add_platform_options(parser, transfers=False)
 
 
 def _split(target: str) -> tuple[str, str | None]:
@@ -95,8 +95,15 @@ def _login(args: argparse.Namespace, out: Output) -> int:
     from atoll.oci.client import RegistryClient
 
     check_ctx = replace(ctx, credentials=f"{username}:{password}")
-    with RegistryClient(host, check_ctx) as client:
-        client.check_login()
+    try:
+        with RegistryClient(host, check_ctx) as client:
+            client.check_login()
+    except AuthenticationError as exc:
+        # The check sends the password as --creds would; say what the user gave instead.
+        raise AuthenticationError(
+            f"{args.registry}: the registry refused user {username!r} with the password given",
+            hint="check the user name (-u) and the password, then run atoll login again",
+        ) from exc
     path = write_login(host, username, password, ctx, key=key)
     out.result(
         {"registry": args.registry, "username": username, "authfile": str(path)},

@@ -21,7 +21,11 @@ log = logging.getLogger("atoll")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+        # The error line already starts with "atoll: error:": name only the subcommand.
+        where = self.prog.removeprefix("atoll").strip()
+        raise UsageError(
+            f"{where}: {message}" if where else message, hint=f"see '{self.prog} --help'"
+        )
 
 
 #: The module under atoll.cli that defines each command, in the order of --help.
@@ -53,6 +57,7 @@ COMMAND_MODULES: dict[str, str] = {
     "verify": "sign",
     "build": "build",
     "lint": "build",
+    "rechunk": "rechunk",
     "promote": "pipeline",
     "mirror": "pipeline",
     "bundle": "pipeline",
@@ -63,19 +68,56 @@ COMMAND_MODULES: dict[str, str] = {
 _BUILTIN = frozenset({"version"})
 #: Global options that take a value (skipped when looking for the command).
 _VALUE_OPTIONS = frozenset({"--progress-fd"})
+#: Options the top-level parser knows; others before the command are the command's.
+_TOP_OPTIONS = frozenset(
+    {"-h", "--help", "--version", "-v", "--verbose", "--debug", "-q", "--quiet", "--json"}
+)
+
+
+def _leading_options(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """*argv* split into the top-level options before the command, the command's
+    own options written before it (``atoll --sysroot X status``) and the rest."""
+    top: list[str] = []
+    moved: list[str] = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        word = argv[i]
+        takes_value = "=" not in word and i + 1 < len(argv)
+        if word in _VALUE_OPTIONS and takes_value:
+            top += argv[i : i + 2]
+            i += 2
+        elif word in _TOP_OPTIONS or word.split("=", 1)[0] in _VALUE_OPTIONS:
+            top.append(word)
+            i += 1
+        elif takes_value and not argv[i + 1].startswith("-") and not _is_command(argv[i + 1]):
+            # A value that is not a command name: the option's argument.
+            moved += argv[i : i + 2]
+            i += 2
+        else:
+            moved.append(word)
+            i += 1
+    return top, moved, list(argv[i:])
+
+
+def _is_command(word: str) -> bool:
+    return word in COMMAND_MODULES or word in _BUILTIN
 
 
 def command_of(argv: Sequence[str]) -> str | None:
     """The command named on the command line, if any (the first positional word)."""
-    skip = False
-    for word in argv:
-        if skip:
-            skip = False
-        elif word in _VALUE_OPTIONS:
-            skip = True
-        elif not word.startswith("-"):
-            return word
-    return None
+    rest = _leading_options(argv)[2]
+    return rest[0] if rest and rest[0] != "--" else None
+
+
+def hoist_options(argv: Sequence[str]) -> list[str]:
+    """*argv* with a command's options written before the command moved after it,
+    so that every option works before the command as it does after it (argparse
+    lets options and positionals of the last subcommand mix, but not before "--")."""
+    top, moved, rest = _leading_options(argv)
+    if not moved or not rest:
+        return list(argv)
+    end = rest.index("--") if "--" in rest else len(rest)
+    return [*top, *rest[:end], *moved, *rest[end:]]
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -99,7 +141,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for module in modules:
         importlib.import_module(f"atoll.cli.{module}").register(commands)
     version = commands.add_parser("version", help="print the version")
-    add_global_options(version)
+    add_global_options(version, progress=False)
     version.set_defaults(func=_run_version)
     return parser
 
@@ -110,7 +152,7 @@ def _run_version(args: argparse.Namespace, out: Output) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = hoist_options(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     out = Output()
     try:
@@ -127,16 +169,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return InterruptedError_.exit_code
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as exc:
+        # On a device atoll runs with the distribution's packages: name the one to install.
+        from atoll.requires import missing_package
+
+        missing = missing_package(exc)
+        if missing is None:
+            return _internal_error(out, exc)
+        out.error(missing)
+        return missing.exit_code
     except Exception as exc:
-        # A bug: say so in one line, and show the traceback with --debug.
-        log.debug("internal error", exc_info=True)
-        out.error(
-            AtollError(
-                f"internal error: {type(exc).__name__}: {exc}",
-                hint="run with --debug for the traceback and report it",
-            )
+        return _internal_error(out, exc)
+
+
+def _internal_error(out: Output, exc: Exception) -> int:
+    # A bug: say so in one line, and show the traceback with --debug.
+    log.debug("internal error", exc_info=True)
+    out.error(
+        AtollError(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="run with --debug for the traceback and report it",
         )
-        return AtollError.exit_code
+    )
+    return AtollError.exit_code
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``atoll promote``, ``atoll mirror`` and ``atoll bundle create|apply|inspect``."""
+"""``atoll promote``, ``atoll mirror``, ``atoll delta create``, ``atoll bundle …``."""
 
 from __future__ import annotations
 
@@ -100,8 +100,32 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     apply.add_argument("--etc-merge", default="keep-local", metavar="STRATEGY")
     apply.add_argument("--allow-no-kernel", action="store_true")
+    apply.add_argument(
+        "--allow-rolled-back",
+        action="store_true",
+        help="stage the OS image even if this device rolled back from it before",
+    )
     add_platform_options(apply)
     apply.set_defaults(func=_bundle_apply)
+
+    delta = commands.add_parser("delta", help="binary deltas between two OS images")
+    dsub = delta.add_subparsers(dest="delta_command", metavar="COMMAND")
+    dsub.required = True
+    dcreate = dsub.add_parser(
+        "create",
+        help="publish the per-file deltas from OLD to NEW as an artifact referring to NEW",
+        description="Compute, per file NEW changed, the smaller of a zstd patch against OLD's "
+        "file and the file alone, keep those smaller than NEW's zstd:chunked frames, and push "
+        "them to REPO as an OCI artifact whose subject is NEW (found by devices through the "
+        "referrers API or the sha256-HEX referrers tag).",
+    )
+    add_global_options(dcreate)
+    dcreate.add_argument("old", metavar="OLD", help="the image devices run, e.g. docker://…:1")
+    dcreate.add_argument("new", metavar="NEW", help="the image they update to (zstd:chunked)")
+    dcreate.add_argument("--to", required=True, metavar="REPO", help="docker://HOST/REPO")
+    add_registry_options(dcreate)
+    add_platform_options(dcreate)
+    dcreate.set_defaults(func=_delta_create)
 
     inspect = sub.add_parser("inspect", help="show what a bundle holds")
     add_global_options(inspect)
@@ -203,6 +227,28 @@ def _bundle_create(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _delta_create(args: argparse.Namespace, out: Output) -> int:
+    from atoll.pipeline.deltacreate import create_delta, iter_summary
+
+    summary = create_delta(
+        ImageName.parse(args.old),
+        ImageName.parse(args.new),
+        ImageName.parse(args.to),
+        system_context(args),
+    )
+    doc = {
+        "delta": str(summary.manifest),
+        "from": str(summary.old),
+        "to": str(summary.new),
+        "files": summary.files,
+        "patched": summary.patched,
+        "payloadBytes": summary.payload,
+        "replacedFrameBytes": summary.frames,
+    }
+    out.result(doc, "\n".join(iter_summary(summary)))
+    return 0
+
+
 def _bundle_inspect(args: argparse.Namespace, out: Output) -> int:
     from atoll.pipeline.bundle import inspect_bundle
 
@@ -238,7 +284,11 @@ def _bundle_apply(args: argparse.Namespace, out: Output) -> int:
         device,
         policy=load_optional_policy(path),
         keys=keys,
-        stage_options={"allow_no_kernel": args.allow_no_kernel, "etc_strategy": strategy},
+        stage_options={
+            "allow_no_kernel": args.allow_no_kernel,
+            "etc_strategy": strategy,
+            "allow_rolled_back": args.allow_rolled_back,
+        },
     )
     stage = result.stage
     version = f" {stage.image.version}" if stage.image.version else ""

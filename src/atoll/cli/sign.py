@@ -34,7 +34,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "that is the form podman and skopeo --sign-by-sigstore-private-key read.",
     )
     add_global_options(generate)
-    generate.add_argument("--output", required=True, metavar="PREFIX", help="path prefix")
+    generate.add_argument("-o", "--output", required=True, metavar="PREFIX", help="path prefix")
     generate.add_argument(
         "--passphrase-file", metavar="FILE", help="encrypt the private key with this passphrase"
     )
@@ -57,8 +57,15 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="REF",
         help="docker-reference to sign for (default: the image's own REGISTRY/REPO:TAG)",
     )
+    sign.add_argument(
+        "--refresh",
+        action="store_true",
+        help="sign again, with the time now, what this key signed before (each identity, or "
+        "only --identity), dropping the key's older signatures; run it on a schedule shorter "
+        "than the devices' max_signature_age",
+    )
     add_registry_options(sign)
-    add_platform_options(sign)
+    add_platform_options(sign, transfers=False)
     sign.set_defaults(func=_sign)
 
     verify = commands.add_parser(
@@ -108,10 +115,13 @@ def _sign(args: argparse.Namespace, out: Output) -> int:
 
     passphrase = read_passphrase(Path(args.passphrase_file)) if args.passphrase_file else None
     key = load_private_key(Path(args.key), passphrase)
-    result = sign_image(ref, key, system_context(args), identity=args.identity)
+    result = sign_image(
+        ref, key, system_context(args), identity=args.identity, refresh=args.refresh
+    )
     out.result(
         result.to_json(),
-        f"Signed {result.identity} ({result.digest}); "
+        f"{'Refreshed' if args.refresh else 'Signed'} {', '.join(result.identities)} "
+        f"({result.digest}); "
         f"{result.signatures} signature(s) in {result.attachment}",
     )
     return 0

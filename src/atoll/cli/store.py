@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from atoll.cli.common import Output, add_global_options
-from atoll.errors import StoreCorruptError, UsageError
+from atoll.errors import StoreCorruptError
 from atoll.store import CommitListing, FsckReport, GcReport, Store
+from atoll.sysroot.layout import Sysroot
 from atoll.sysroot.roots import fsck_sysroot_store, gc_sysroot_store, owning_sysroot
 
 
@@ -53,14 +54,20 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def add_store_options(parser: argparse.ArgumentParser) -> None:
     add_global_options(parser)
-    parser.add_argument("--store", metavar="DIR", help="the object store directory")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--store", metavar="DIR", help="the object store directory")
+    where.add_argument(
+        "--sysroot",
+        metavar="DIR",
+        help="the store of this sysroot (default /sysroot, when --store is not given)",
+    )
 
 
 def store_path(args: argparse.Namespace) -> Path:
-    """The store the command works on (from ``--store``)."""
-    if not getattr(args, "store", None):
-        raise UsageError("which store? give it with --store DIR")
-    return Path(args.store)
+    """The store the command works on: ``--store``, else the sysroot's."""
+    if getattr(args, "store", None):
+        return Path(args.store)
+    return Sysroot(Path(getattr(args, "sysroot", None) or "/sysroot")).store_path
 
 
 def _when(timestamp: int) -> str:

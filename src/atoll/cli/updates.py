@@ -34,6 +34,7 @@ from atoll.sysroot.lifecycle import Device
 from atoll.updates import (
     SystemClock,
     describe,
+    load_config,
     parse_duration,
     run_automatic_update,
     running_root,
@@ -78,7 +79,31 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="when the next opportunity is at most DURATION away (e.g. 90m), wait "
         "for it instead of returning (default 0: never wait)",
     )
+    run_cmd.add_argument(
+        "--allow-rolled-back",
+        action="store_true",
+        help="take the image even if this device rolled back from it before",
+    )
+    run_cmd.add_argument(
+        "--allow-no-kernel",
+        action="store_true",
+        help="stage images without usr/lib/modules/*/vmlinuz (a container-boot device)",
+    )
     run_cmd.set_defaults(func=_run)
+
+    forget = sub.add_parser(
+        "forget",
+        help="let updates take an image this device rolled back from (see atoll updates status)",
+    )
+    add_global_options(forget)
+    forget.add_argument("digest", metavar="DIGEST", help="its digest, or a unique prefix")
+    forget.add_argument(
+        "--sysroot",
+        metavar="DIR",
+        default="/sysroot",
+        help="the device's sysroot (default /sysroot)",
+    )
+    forget.set_defaults(func=_forget)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -125,13 +150,35 @@ def _status(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _guard(device: Device, root: Path) -> None:
+    """Check what an automatic update stages as ``atoll upgrade`` does: the booted
+    deployment's trust policy, and the ``[trust]`` settings (no older version,
+    no stale signature; atoll.pipeline.freshness)."""
+    from atoll.pipeline.freshness import device_admission
+    from atoll.pipeline.trust import device_policy_path, load_optional_policy
+
+    state = device.state()
+    policy = load_optional_policy(device_policy_path(state.path(state.booted or state.current)))
+    trust = load_config(root).trust
+    device.admit = device_admission(
+        device,
+        policy,
+        decisions=[],
+        max_signature_age=trust.max_signature_age,
+        follow_tag=True,
+        allow_downgrade=trust.allow_downgrade,
+    )
+
+
 def _run(args: argparse.Namespace, out: Output) -> int:
     try:
         max_wait = parse_duration(args.max_wait)
     except ValueError as exc:
         raise UsageError(f"--max-wait: {exc}", hint="e.g. --max-wait 90m") from None
     device = open_device(Path(args.sysroot), system_context(args), progress=out.progress())
+    device.kernel_optional = args.allow_no_kernel
     root = running_root(device, args.root)
+    _guard(device, root)
     result = run_automatic_update(
         device,
         root,
@@ -139,6 +186,20 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         reboot=reboot_action(device, out),
         force=args.force,
         max_wait=max_wait,
+        allow_rolled_back=args.allow_rolled_back,
     )
     out.result(result.to_json(), f"{result.outcome.value}: {result.message}")
+    return 0
+
+
+def _forget(args: argparse.Namespace, out: Output) -> int:
+    from atoll.sysroot.rolledback import forget_rolled_back
+
+    device = Device(Path(args.sysroot))
+    with device.sysroot.lock():
+        found = forget_rolled_back(device.sysroot, args.digest)
+    out.result(
+        {"forgotten": found.to_json()},
+        f"Forgot {found.image_digest}: updates may take it again",
+    )
     return 0

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atoll.cli.common import Output, add_global_options
+from atoll.cli.common import Output, add_global_options, duration
 
 if TYPE_CHECKING:
-    from atoll.workloads.control import SupervisorClient, SystemdManager, UnitStatus
+    from atoll.workloads.control import SupervisorClient, UnitStatus
+    from atoll.workloads.systemd import SystemdManager
 
 DEFAULT_STATE_DIR = "/run/atoll/workloads"
+#: Sets the supervisor's state directory when --state-dir is not given.
+STATE_DIR_ENV = "ATOLL_WORKLOAD_STATE_DIR"
+#: Exists when systemd is the init system (sd_booted(3)).
+SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -43,8 +50,9 @@ def add_manager_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
         metavar="DIR",
-        default=DEFAULT_STATE_DIR,
-        help=f"the supervisor's state directory (default {DEFAULT_STATE_DIR})",
+        default=None,
+        help=f"the supervisor's state directory "
+        f"(default ${STATE_DIR_ENV}, else {DEFAULT_STATE_DIR})",
     )
     parser.add_argument(
         "--manager",
@@ -76,8 +84,9 @@ def _register_run(sub: argparse._SubParsersAction[Any]) -> None:
     run.add_argument(
         "--state-dir",
         metavar="DIR",
-        default=DEFAULT_STATE_DIR,
-        help=f"state directory and control socket (default {DEFAULT_STATE_DIR})",
+        default=None,
+        help=f"state directory and control socket "
+        f"(default ${STATE_DIR_ENV}, else {DEFAULT_STATE_DIR})",
     )
     run.add_argument(
         "units", nargs="*", metavar="UNIT", help="units to start (default: every container and pod)"
@@ -110,8 +119,8 @@ def _register_manage(sub: argparse._SubParsersAction[Any]) -> None:
         )
         parser.add_argument(
             "--timeout",
-            type=float,
-            metavar="SECONDS",
+            type=duration,
+            metavar="DURATION",
             help="give up waiting after this long (default: the unit's TimeoutStartSec)",
         )
         parser.set_defaults(func=_job, verb=verb)
@@ -144,27 +153,41 @@ def _generate(args: argparse.Namespace, out: Output) -> int:
 
 
 def _run(args: argparse.Namespace, out: Output) -> int:
-    from atoll.workloads.supervisor import Supervisor
+    from atoll.workloads.supervise.supervisor import Supervisor
 
-    supervisor = Supervisor(unit_roots(args), user=args.user, state_dir=Path(args.state_dir))
+    state_dir = supervisor_state_dir(args)
+    # Starts, exits, restarts and health changes are what a supervisor's log is for.
+    supervisor_log = logging.getLogger("atoll.workloads")
+    if not out.quiet and supervisor_log.getEffectiveLevel() > logging.INFO:
+        supervisor_log.setLevel(logging.INFO)
+    supervisor = Supervisor(unit_roots(args), user=args.user, state_dir=state_dir)
     supervisor.install_signal_handlers()
-    out.info(f"supervising {len(supervisor.units)} units; control socket in {args.state_dir}")
+    out.info(f"supervising {len(supervisor.units)} units; control socket in {state_dir}")
     supervisor.run(args.units)
     return 0
 
 
-def manager_for(args: argparse.Namespace) -> SupervisorClient | SystemdManager:
-    """The supervisor when asked for, or when its control socket exists; else systemd."""
-    from atoll.workloads.control import (
-        SupervisorClient,
-        SystemdManager,
-        control_socket,
-    )
+def supervisor_state_dir(args: argparse.Namespace) -> Path:
+    """--state-dir, else $ATOLL_WORKLOAD_STATE_DIR, else /run/atoll/workloads."""
+    return Path(args.state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
 
-    state_dir = Path(args.state_dir)
+
+def manager_for(args: argparse.Namespace) -> SupervisorClient | SystemdManager:
+    """The supervisor when asked for, or when its control socket exists; else systemd
+    when it runs.  With neither, the supervisor: asking it says none listens, and how
+    to start one, rather than reporting the units systemd would run as inactive."""
+    from atoll.workloads.control import SupervisorClient, control_socket
+    from atoll.workloads.systemd import SystemdManager
+
+    state_dir = supervisor_state_dir(args)
     choice = args.manager
     if choice == "auto":
-        choice = "supervisor" if control_socket(state_dir).exists() else "systemd"
+        if control_socket(state_dir).exists() or not SYSTEMD_RUNTIME_DIR.is_dir():
+            client = SupervisorClient(state_dir)
+            # Fail now, with the hint, rather than in the middle of the command.
+            client.request({"op": "ping"}, timeout=5.0)
+            return client
+        choice = "systemd"
     if choice == "supervisor":
         return SupervisorClient(state_dir)
     return SystemdManager(unit_roots(args), user=args.user)
@@ -234,7 +257,7 @@ def _job(args: argparse.Namespace, out: Output) -> int:
 def _logs(args: argparse.Namespace, out: Output) -> int:
     from atoll.errors import UnsupportedError
     from atoll.run import run
-    from atoll.workloads.runtime import logs_argv, podman_env
+    from atoll.workloads.supervise.runtime import logs_argv, podman_env
 
     statuses = manager_for(args).status_all(args.name)
     status = statuses[0]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,27 +12,19 @@ from atoll.cli.common import (
     add_global_options,
     add_platform_options,
     add_registry_options,
+    duration,
     system_context,
 )
 from atoll.cli.workload import add_manager_options, manager_for, unit_roots
 from atoll.errors import UsageError, WorkloadUpdateFailedError
 
 if TYPE_CHECKING:
-    from atoll.workloads.autoupdate import AutoUpdateResult
+    from atoll.workloads.autoupdate.updater import AutoUpdateResult
 
-#: Where auto-update keeps its state unless --state-dir or $ATOLL_WORKLOAD_STATE_DIR says.
-STATE_DIR_ENV = "ATOLL_WORKLOAD_STATE_DIR"
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|min|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+#: Where auto-update keeps its state unless --update-state-dir says
+#: ($ATOLL_WORKLOAD_STATE_DIR is the supervisor's, as for every workload command).
+STATE_DIR_ENV = "ATOLL_WORKLOAD_UPDATE_STATE_DIR"
 COLUMNS = ("UNIT", "CONTAINER", "IMAGE", "POLICY", "UPDATED")
-
-
-def seconds(text: str) -> float:
-    """``60``, ``8s``, ``500ms``, ``2m``, ``1h`` as seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 60s, 500ms or 2m")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -53,7 +44,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument(
         "--watch",
-        type=seconds,
+        type=duration,
         default=None,
         metavar="DURATION",
         help="how long a restarted unit must stay healthy (default 60s)",
@@ -96,10 +87,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _auto_update(args: argparse.Namespace, out: Output) -> int:
-    from atoll.workloads.autoupdate import AutoUpdateOptions, AutoUpdater
-    from atoll.workloads.quadlet import load_units
-    from atoll.workloads.updatestate import DEFAULT_STATE_DIR
-    from atoll.workloads.updateunits import workloads_from
+    from atoll.workloads.autoupdate.state import DEFAULT_STATE_DIR
+    from atoll.workloads.autoupdate.units import workloads_from
+    from atoll.workloads.autoupdate.updater import AutoUpdateOptions, AutoUpdater
+    from atoll.workloads.unitfiles.quadlet import load_units
 
     if args.format == "json":
         out.json = True

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
+from atoll.fsutil import HashingWriter as _Hashing
+
 PACKAGE = "usr/bin/strace"
 CHECK = "50-web-config.sh"
 
@@ -244,24 +246,6 @@ def _file_entries(files: Mapping[str, tuple[bytes, int]], known: set[str]) -> It
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = len(data), mode, 1_767_225_600
         yield info, data
-
-
-class _Hashing:
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out = out
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.out.write(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        pass
 
 
 def write_layer(out: IO[bytes], entries: Iterator[_Entry] | list[_Entry]) -> Blob:

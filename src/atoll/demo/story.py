@@ -4,11 +4,14 @@ the ``atoll`` commands a user would type and returns one line for the summary.
 Where the pieces run (see docs/demo.md):
 
 - the registry: ``docker-registry`` on 127.0.0.1, plain HTTP;
-- each device: a sysroot under WORKDIR, booted with ``atoll device boot``
-  (systemd-nspawn, systemd as PID 1; its network is loopback only);
+- each device: a sysroot under WORKDIR, booted with ``atoll device boot
+  --host-network`` (systemd-nspawn, systemd as PID 1, the host's network): its
+  own update timer (``atoll updates run``, policy ``apply``, every few seconds in
+  the demo) pulls OS updates from the registry, checks their signatures with the
+  device's trust policy, stages and reboots (see :meth:`Story.configure_updates`);
 - each device's agents (the web workload and ``atoll failover run``) run on
   the host, beside the device, with a podman storage per device: the container
-  device has no network to the registry and no podman of its own.
+  device has no podman of its own.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from typing import Any
 from atoll.demo import basetree, osimage
 from atoll.demo.framework import Demo, spinner
 from atoll.demo.registry import answers, free_port, write_config
-from atoll.errors import DemoStepError
 from atoll.run import base_environment, find_tool
 
 OS_STAGE = "stage/edge-os"
 OS_PROD = "prod/edge-os"
+#: How often each device's update timer fires in the demo (hourly on a real device).
+UPDATE_EVERY = "10s"
 
 
 @dataclass
@@ -183,21 +187,29 @@ class Story:
         return self.demo.workdir / "policy.json"
 
     def promote(self, version: str) -> None:
-        """Promote a stage version to prod (tags VERSION and stable), sign what stable names."""
+        """Promote a stage version to prod as VERSION, sign it for prod's stable tag, then
+        move stable to it: the devices, which poll stable, never see it unsigned."""
         d = self.demo
-        out = d.atoll(
-            "promote",
-            f"docker://{self.registry}/{OS_STAGE}@{self.digests[version]}",
-            "--to",
-            f"docker://{self.registry}/{OS_PROD}",
-            "--tags",
-            f"{version},stable",
-        )
-        d.show(out.stdout)
-        signed = d.atoll(
-            "sign", self.os_ref(OS_PROD, "stable"), "--key", str(d.workdir / "keys/release.key")
-        )
-        d.show(signed.stdout)
+        for tag in (version, "stable"):
+            out = d.atoll(
+                "promote",
+                f"docker://{self.registry}/{OS_STAGE}@{self.digests[version]}",
+                "--to",
+                f"docker://{self.registry}/{OS_PROD}",
+                "--tags",
+                tag,
+            )
+            d.show(out.stdout)
+            if tag == version:
+                signed = d.atoll(
+                    "sign",
+                    self.os_ref(OS_PROD, version),
+                    "--identity",
+                    f"{self.registry}/{OS_PROD}:stable",
+                    "--key",
+                    str(d.workdir / "keys/release.key"),
+                )
+                d.show(signed.stdout)
 
     # --- 3 ------------------------------------------------------------------------------
 
@@ -238,10 +250,54 @@ class Story:
                 f"{name}: {result['filesTotal']} files, {result['filesNew']} new in its store, "
                 f"{_size(result['bytesFetched'])} fetched"
             )
+            self.configure_updates(device)
+        d.say(
+            "each device updates itself: /etc/atoll/updates.toml says policy = apply, its "
+            "trust policy wants prod/edge-os signed by the release key, and its update timer "
+            f"runs every {UPDATE_EVERY} (hourly on a real device)"
+        )
         self.boot_all()
         out = d.atoll("status", "--sysroot", str(self.devices[0].sysroot))
         d.show(out.stdout)
         return "dev1 and dev2 on v1.0, booted green"
+
+    def configure_updates(self, device: Device) -> None:
+        """What an administrator puts in the device's /etc for it to update itself:
+        the update policy, the registry (plain HTTP on loopback), the trust policy
+        with the release key, and (for the demo) a timer that fires every few seconds.
+        Local /etc changes are carried into every later deployment."""
+        (root,) = device.sysroot.glob("atoll/deploy/*/deploy/*.0")
+        etc = root / "etc"
+        key = "/etc/containers/keys/release.pub"
+        policy = {
+            "default": [{"type": "reject"}],
+            "transports": {
+                "docker": {
+                    f"{self.registry}/{OS_PROD}": [{"type": "sigstoreSigned", "keyPath": key}]
+                }
+            },
+        }
+        files = {
+            "atoll/updates.toml": 'policy = "apply"\n',
+            "containers/registries.conf": (
+                f'[[registry]]\nlocation = "{self.registry}"\ninsecure = true\n'
+            ),
+            "containers/policy.json": json.dumps(policy, indent=2) + "\n",
+            key.removeprefix("/etc/"): (self.demo.workdir / "keys/release.pub").read_text(),
+            "systemd/system/atoll-fetch-apply-updates.timer.d/demo.conf": (
+                f"[Timer]\nOnActiveSec=5s\nOnUnitActiveSec={UPDATE_EVERY}\n"
+                "RandomizedDelaySec=0\nAccuracySec=1s\n"
+            ),
+            # The demo's images carry no kernel: the devices boot them as containers.
+            "systemd/system/atoll-fetch-apply-updates.service.d/demo.conf": (
+                "[Service]\nExecStart=\nExecStart=/usr/bin/atoll updates run --sysroot /sysroot "
+                "--max-wait 90m --allow-no-kernel\n"
+            ),
+        }
+        for name, text in files.items():
+            path = etc / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
 
     def boot(self, device: Device) -> None:
         self.boot_all([device])
@@ -275,6 +331,9 @@ class Story:
                 "--sysroot",
                 str(device.sysroot),
                 "--keep-running",
+                "--host-network",
+                "--timeout",
+                "3600",
                 "--console-log",
                 str(device.console_log),
             ),
@@ -285,6 +344,7 @@ class Story:
                 "--sysroot",
                 str(device.sysroot),
                 "--keep-running",
+                "--host-network",
             ],
             stop="int",
         )
@@ -310,36 +370,30 @@ class Story:
         d = self.demo
         d.section(
             "7",
-            "OS upgrade to v2: a red boot, three attempts, automatic rollback",
-            "v2 is promoted to prod:stable; each device stages it and reboots. Its required "
-            "health check fails, the boot counter runs out after three boots and the "
-            "bootloader falls back to v1; atoll makes the rollback permanent and says why.",
+            "OS upgrade to v2, by the devices themselves: a red boot, three attempts, rollback",
+            "v2 is promoted to prod:stable. Each device's update timer finds it, checks its "
+            "signature, stages it and reboots. Its required health check fails, the boot "
+            "counter runs out after three boots and the bootloader falls back to v1; atoll "
+            "makes the rollback permanent, says why, and does not take v2 again.",
         )
+        usage = {device.name: _store_usage(device.sysroot) for device in self.devices}
         self.promote("2.0")
-        for device in self.devices:
-            self.upgrade(device, "2.0")
-        self.reboot_all(6)
         reasons = []
         for device in self.devices:
-            status = d.atoll("status", "--sysroot", str(device.sysroot), "--json", quiet=True)
-            doc = status.json()["status"]
-            rollback = doc["atoll"].get("lastRollback")
-            if doc["booted"]["image"]["version"] != "1.0" or not rollback:
-                raise DemoStepError(f"{device.name} did not roll back to v1.0 after v2.0")
-            reasons.append(rollback["reason"])
+            doc = self.wait_for_version(device, "1.0", rolled_back=True)
+            reasons.append(doc["atoll"]["lastRollback"]["reason"])
+            d.say(f"{device.name}: {self._boots(device)}")
         human = d.atoll("status", "--sysroot", str(self.devices[0].sysroot))
         d.show(human.stdout)
+        for device in self.devices:
+            usage[device.name] = self._record_growth(device, "update to v2.0", usage[device.name])
 
         d.say("[bold]v3 fixes the check[/]")
         self.promote("3.0")
         for device in self.devices:
-            self.upgrade(device, "3.0")
-        self.reboot_all(3)
-        for device in self.devices:
-            doc = d.atoll("status", "--sysroot", str(device.sysroot), "--json", quiet=True)
-            booted = doc.json()["status"]["booted"]
-            if booted["image"]["version"] != "3.0" or booted["atoll"]["bootState"] != "good":
-                raise DemoStepError(f"{device.name} did not boot v3.0 green")
+            doc = self.wait_for_version(device, "3.0")
+            booted = doc["booted"]
+            d.say(f"{device.name}: {self._boots(device)}")
             root = (
                 device.sysroot
                 / "atoll/deploy"
@@ -349,57 +403,61 @@ class Story:
             )
             listing = d.command("ls", "-l", str(root / osimage.PACKAGE), note="the new package")
             d.show(listing.stdout)
-        self.boot_all()
+            self._record_growth(device, "update to v3.0", usage[device.name])
         name = reasons[0].get("name") if isinstance(reasons[0], dict) else reasons[0]
-        return f"v2.0 rolled back on both ({name} failed); v3.0 booted green"
-
-    def reboot_all(self, max_boots: int) -> None:
-        """Reboot every device into what is staged, all at once, until each powers off
-        (a green boot) or has booted *max_boots* times; show each one's boots."""
-        d = self.demo
-        runs = []
-        for device in self.devices:
-            args = [
-                "device",
-                "boot",
-                "--sysroot",
-                str(device.sysroot),
-                "--max-boots",
-                str(max_boots),
-                "--console-log",
-                str(device.console_log),
-            ]
-            name = f"{device.name}-reboot"
-            bg = d.start(name, atoll_argv(*args), shown=["atoll", *args], stop="int")
-            runs.append((device, name, bg))
-        for device, name, bg in runs:
-            code = bg.proc.wait()
-            d.forget(name)
-            d.say(f"{device.name}:")
-            d.show(bg.log.read_text(errors="replace"))
-            bg.log.unlink()
-            if code != 0:
-                raise DemoStepError(f"atoll device boot --sysroot {device.sysroot} exited {code}")
-
-    def upgrade(self, device: Device, version: str) -> None:
-        d = self.demo
-        d.stop(f"{device.name}-boot")
-        done = d.atoll(
-            "upgrade",
-            "--sysroot",
-            str(device.sysroot),
-            "--allow-no-kernel",
-            "--policy",
-            str(self.policy),
-            "--json",
-            progress=f"upgrade {device.name}",
+        return (
+            f"each device updated itself: v2.0 rolled back on both ({name} failed); "
+            "v3.0 booted green"
         )
-        result = done.json()
-        device.transfers.append((f"upgrade to v{version}", result))
-        d.say(
-            f"{device.name}: staged {result['version']}: {result['filesNew']} of "
-            f"{result['filesTotal']} files new, {_size(result['bytesFetched'])} fetched"
+
+    def wait_for_version(
+        self, device: Device, version: str, *, rolled_back: bool = False
+    ) -> dict[str, Any]:
+        """Wait until *device* runs *version* green (after an automatic rollback, with
+        *rolled_back*); return its status."""
+        d = self.demo
+        found: dict[str, Any] = {}
+
+        def there() -> bool:
+            done = d.atoll(
+                "status", "--sysroot", str(device.sysroot), "--json", quiet=True, check=False
+            )
+            if done.returncode != 0:
+                return False
+            doc = json.loads(done.stdout)["status"]
+            booted = doc["booted"] or {}
+            if (booted.get("image") or {}).get("version") != version:
+                return False
+            if rolled_back and not doc["atoll"].get("lastRollback"):
+                return False
+            # Green is the health record of this very boot, not of the one before it.
+            last = self._last_boot(device)
+            ident = f"{booted['atoll']['commit']}.{booted['atoll']['deploySerial']}"
+            found.update(doc)
+            return last.get("deployment") == ident and last.get("outcome") == "green"
+
+        what = f"{device.name} updates itself to v{version}"
+        if rolled_back:
+            what = f"{device.name} takes the update, rolls back, runs v{version} again"
+        d.wait_until(what, there, 600 if d.fast else 900, every=1.0)
+        return found
+
+    def _boots(self, device: Device) -> str:
+        """The device's boots so far, from its health history: "green, red, red, …"."""
+        done = self.demo.atoll(
+            "health", "status", "--sysroot", str(device.sysroot), "--json", quiet=True
         )
+        history = json.loads(done.stdout).get("history") or []
+        return "boots " + ", ".join(str(h.get("outcome")) for h in history[-6:])
+
+    def _record_growth(self, device: Device, what: str, before: tuple[int, int]) -> tuple[int, int]:
+        """Note what the device's own update added to its store, for the transfer report."""
+        after = _store_usage(device.sysroot)
+        device.transfers.append(
+            (what, {"filesTotal": None, "filesNew": after[0] - before[0],
+                    "bytesFetched": None, "bytesNew": after[1] - before[1]})
+        )  # fmt: skip
+        return after
 
     # --- 8 ------------------------------------------------------------------------------
 
@@ -410,8 +468,9 @@ class Story:
         d.section(
             "8",
             "What each device fetched",
-            "From the results of atoll install and atoll upgrade: the object store fetches "
-            "only layers it lacks and writes only files it does not have.",
+            "From the results of atoll install, and for the devices' own updates from what "
+            "their object stores gained: a store fetches only layers it lacks and writes only "
+            "files it does not have.",
         )
         table = Table(title="Transfers")
         for column in ("device", "what", "files in image", "files new", "fetched"):
@@ -420,14 +479,16 @@ class Story:
         for device in self.devices:
             fetched = 0
             for what, result in device.transfers:
+                # The devices' own updates: what their store gained (counted on the host).
+                total, got = result["filesTotal"], result["bytesFetched"]
                 table.add_row(
                     device.name,
                     what,
-                    f"{result['filesTotal']:,}",
+                    "-" if total is None else f"{total:,}",
                     f"{result['filesNew']:,}",
-                    _size(result["bytesFetched"]),
+                    f"{_size(result['bytesNew'])} new in store" if got is None else _size(got),
                 )
-                fetched += int(result["bytesFetched"])
+                fetched += int(got if got is not None else result["bytesNew"])
             totals.append(f"{device.name} {_size(fetched)}")
         d.console.print(table)
         return "fetched in all: " + ", ".join(totals)
@@ -442,6 +503,16 @@ def runtime_dir(workdir: Path) -> Path:
         return workdir / "run"
     digest = hashlib.sha256(str(workdir).encode()).hexdigest()[:12]
     return Path("/run") / f"atoll-demo-{digest}"
+
+
+def _store_usage(sysroot: Path) -> tuple[int, int]:
+    """Files and bytes in a device's object store."""
+    files = size = 0
+    for path in (sysroot / "atoll/store").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            files += 1
+            size += path.stat().st_size
+    return files, size
 
 
 def atoll_argv(*args: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 from atoll.device.nspawn import (
     EXIT_REBOOT,
-    BootOutcome,
     ContainerBoot,
+    DeviceBootOutcome,
     boot_container,
     nspawn_command,
     outcome_of,
@@ -11,8 +11,8 @@ from atoll.device.nspawn import (
 
 __all__ = [
     "EXIT_REBOOT",
-    "BootOutcome",
     "ContainerBoot",
+    "DeviceBootOutcome",
     "boot_container",
     "nspawn_command",
     "outcome_of",

@@ -7,7 +7,8 @@ What the container sees (the default; see :func:`nspawn_command`)::
     /var     VAR, the stateroot's shared /var        writable
     PATH     HOST for each (HOST, PATH) in binds     writable
     /tmp, /run                                       tmpfs, made by nspawn
-    network  loopback only (--private-network)
+    network  loopback only (--private-network), or the host's (host_network=True:
+             the device reaches a registry on the host's loopback)
 
 Arguments after ``--`` become the arguments of the container's systemd, which in
 a container reads them in place of the kernel command line (``systemd.unit=``,
@@ -51,7 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO
+from typing import IO, TypedDict, Unpack
 
 from atoll.device.console import run_with_console
 from atoll.errors import ContainerBootError, InvalidInputError
@@ -70,7 +71,7 @@ _READER_GRACE = 5.0
 _MACHINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-class BootOutcome(StrEnum):
+class DeviceBootOutcome(StrEnum):
     POWEROFF = "poweroff"
     REBOOT = "reboot"
     FAILED = "failed"
@@ -79,7 +80,7 @@ class BootOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class ContainerBoot:
-    outcome: BootOutcome
+    outcome: DeviceBootOutcome
     #: systemd-nspawn's exit status (negative: killed by that signal).
     exit_code: int
     #: Seconds from starting systemd-nspawn until it exited.
@@ -88,12 +89,12 @@ class ContainerBoot:
     console_tail: str
 
 
-def outcome_of(exit_code: int) -> BootOutcome:
+def outcome_of(exit_code: int) -> DeviceBootOutcome:
     if exit_code == 0:
-        return BootOutcome.POWEROFF
+        return DeviceBootOutcome.POWEROFF
     if exit_code == EXIT_REBOOT:
-        return BootOutcome.REBOOT
-    return BootOutcome.FAILED
+        return DeviceBootOutcome.REBOOT
+    return DeviceBootOutcome.FAILED
 
 
 def nspawn_command(
@@ -105,6 +106,7 @@ def nspawn_command(
     readonly_usr: bool = True,
     kernel_cmdline: str = "",
     nspawn: str = "systemd-nspawn",
+    host_network: bool = False,
 ) -> list[str]:
     """The systemd-nspawn command line that boots *root* (checked, not run)."""
     if not _MACHINE.fullmatch(machine):
@@ -122,7 +124,7 @@ def nspawn_command(
         "--keep-unit",
         "--register=no",
         f"--machine={machine}",
-        "--private-network",
+        *([] if host_network else ["--private-network"]),
         "--console=read-only",
         "--kill-signal=SIGKILL",
         "--setenv=SYSTEMD_COLORS=0",
@@ -141,37 +143,30 @@ def nspawn_command(
     return [*argv, "--", *BASE_CMDLINE, *extra]
 
 
+class BootOptions(TypedDict, total=False):
+    """The optional arguments of :func:`nspawn_command` a boot passes on."""
+
+    binds: Sequence[tuple[Path, str]]
+    readonly_usr: bool
+    kernel_cmdline: str
+    host_network: bool
+
+
 def boot_container(
     root: Path,
     *,
     var: Path,
     machine: str,
     timeout: float,
-    binds: Sequence[tuple[Path, str]] = (),
-    readonly_usr: bool = True,
-    kernel_cmdline: str = "",
     console_log: Path | None = None,
+    **options: Unpack[BootOptions],
 ) -> ContainerBoot:
     """Boot the deployment at *root* until it powers off, reboots, fails or *timeout* passes.
 
     The console (systemd's status lines, the journal, nspawn's own messages) is
     appended to *console_log* as it comes.
     """
-    _check_tree(root, var)
-    if timeout <= 0:
-        raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
-    nspawn = find_tool("systemd-nspawn", "systemd-container")
-    argv = dies_with_caller(
-        nspawn_command(
-            root,
-            var=var,
-            machine=machine,
-            binds=binds,
-            readonly_usr=readonly_usr,
-            kernel_cmdline=kernel_cmdline,
-            nspawn=nspawn,
-        )
-    )
+    argv = prepare_boot(root, var=var, machine=machine, timeout=timeout, **options)
     log.debug("boot: %s", shlex.join(argv))
     code, timed_out, duration, console, _pid = run_with_console(
         argv,
@@ -181,9 +176,24 @@ def boot_container(
         stop=_stop,
         label=f"boot: {machine}",
     )
-    outcome = BootOutcome.TIMEOUT if timed_out else outcome_of(code)
+    outcome = DeviceBootOutcome.TIMEOUT if timed_out else outcome_of(code)
     log.debug("boot: %s ended: %s (exit %d) after %.1f s", machine, outcome, code, duration)
     return ContainerBoot(outcome, code, duration, console.tail())
+
+
+def prepare_boot(
+    root: Path, *, var: Path, machine: str, timeout: float, **options: Unpack[BootOptions]
+) -> list[str]:
+    """Check everything a boot of *root* needs that can be known before it
+    starts (the tree, the options, the programs) and return the command; writes
+    nothing, so a caller can check before it counts a boot attempt."""
+    _check_tree(root, var)
+    if timeout <= 0:
+        raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
+    nspawn = find_tool("systemd-nspawn", "systemd-container")
+    return dies_with_caller(
+        nspawn_command(root, var=var, machine=machine, nspawn=nspawn, **options)
+    )
 
 
 def _check_tree(root: Path, var: Path) -> None:

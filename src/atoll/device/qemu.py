@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import IO
 
 from atoll.device.console import run_with_console
-from atoll.device.nspawn import BootOutcome
+from atoll.device.nspawn import DeviceBootOutcome
 from atoll.errors import InvalidInputError, VMError, from_oserror
 from atoll.run import Process, TimeoutExpired, dies_with_caller, find_tool
 
@@ -83,7 +83,7 @@ class Accel(StrEnum):
 
 @dataclass(frozen=True)
 class VMBoot:
-    outcome: BootOutcome
+    outcome: DeviceBootOutcome
     #: QEMU's exit status (negative: killed by that signal).
     exit_code: int
     #: Seconds from starting QEMU until it exited.
@@ -199,14 +199,14 @@ def qemu_command(
     return argv, accel
 
 
-def outcome_of_console(exit_code: int, console: str) -> BootOutcome:
+def outcome_of_console(exit_code: int, console: str) -> DeviceBootOutcome:
     if exit_code != 0:
-        return BootOutcome.FAILED
+        return DeviceBootOutcome.FAILED
     last_poweroff = max((m.end() for m in _POWEROFF.finditer(console)), default=-1)
     last_reboot = max((m.end() for m in _REBOOT.finditer(console)), default=-1)
     if last_poweroff < 0 and last_reboot < 0:
-        return BootOutcome.FAILED
-    return BootOutcome.POWEROFF if last_poweroff > last_reboot else BootOutcome.REBOOT
+        return DeviceBootOutcome.FAILED
+    return DeviceBootOutcome.POWEROFF if last_poweroff > last_reboot else DeviceBootOutcome.REBOOT
 
 
 def boot_vm(
@@ -247,7 +247,7 @@ def boot_vm(
         label=f"vm: {disk}",
     )
     text = console.text()
-    outcome = BootOutcome.TIMEOUT if timed_out else outcome_of_console(code, text)
+    outcome = DeviceBootOutcome.TIMEOUT if timed_out else outcome_of_console(code, text)
     log.debug("vm: %s ended: %s (exit %d) after %.1f s", disk, outcome, code, duration)
     return VMBoot(outcome, code, duration, console.tail(), used, pid)
 

@@ -36,7 +36,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from atoll.failover.election import Action, Election, ElectionSettings, Role
 from atoll.failover.protocol import PRIORITY_RESIGN, Advert, AdvertError, decode
 from atoll.fsutil import write_atomic
 from atoll.run import run
+from atoll.timeutil import utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ _STATUS_EVERY = 1.0
 _HISTORY = 20
 _CONNECT_TIMEOUT = 5.0
 _CHUNK = 65536
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -200,7 +196,7 @@ class FailoverAgent:
         self.counters = Counters()
         self.service = ServiceAddress(config.address, config.backend, self.counters)
         self.history: deque[dict[str, str]] = deque(maxlen=_HISTORY)
-        self.since = utc_now()
+        self.since = utc_timestamp()
         self._wake = asyncio.Event()
         self._stopping = False
         self._transport: asyncio.DatagramTransport | None = None
@@ -343,7 +339,7 @@ class FailoverAgent:
         role_changed = seen[0] != self._seen[0]
         self._seen = seen
         if role_changed:
-            self.since = utc_now()
+            self.since = utc_timestamp()
             self.history.append({"at": self.since, "role": e.role.value, "reason": e.reason})
             log.info("%s: %s (%s)", self.config.name, e.role.value, e.reason)
             self._notify(e.role)

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from atoll import stricttoml
+from atoll.configfile import KeyLines, kind_of
+from atoll.configfile import where as where_in
 from atoll.errors import FailoverConfigError
 from atoll.failover.protocol import MAX_INTERVAL_CS, MAX_NAME, MAX_PRIORITY, MIN_PRIORITY
 
@@ -135,15 +137,26 @@ _KEYS = {
     "notify",
 }
 
+#: How an error names the type a setting expects.
+_EXPECTED = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+}
+
 
 def load_config(path: Path | None, overrides: Mapping[str, Any]) -> FailoverConfig:
     """The file's ``[failover]`` table (if *path*), with non-None *overrides* on top."""
     values: dict[str, Any] = {}
     where = "the command line"
+    lines: KeyLines | None = None
     if path is not None:
         where = str(path)
         try:
-            doc = stricttoml.loads(path.read_text())
+            text = path.read_text()
+            doc = stricttoml.loads(text)
         except OSError as exc:
             raise FailoverConfigError(f"{path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
@@ -151,10 +164,12 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> FailoverConf
         table = doc.get("failover")
         if not isinstance(table, dict):
             raise FailoverConfigError(f"{path}: no [failover] table")
+        lines = KeyLines(text)
         unknown = sorted(set(table) - _KEYS)
         if unknown:
+            place = where_in(where, lines, ("failover", unknown[0]))
             raise FailoverConfigError(
-                f"{path}: unknown key failover.{unknown[0]}",
+                f"{place}unknown key failover.{unknown[0]}",
                 hint=f"known: {', '.join(sorted(_KEYS))}",
             )
         values.update(table)
@@ -163,12 +178,17 @@ def load_config(path: Path | None, overrides: Mapping[str, Any]) -> FailoverConf
         if required not in values:
             raise FailoverConfigError(f"{where}: {required} is not set")
     try:
-        return _build(values, where)
+        return _build(values, where, lines if path is not None else None, overrides)
     except (TypeError, ValueError) as exc:
         raise FailoverConfigError(f"{where}: {exc}") from None
 
 
-def _build(values: Mapping[str, Any], where: str) -> FailoverConfig:
+def _build(
+    values: Mapping[str, Any],
+    where: str,
+    lines: KeyLines | None,
+    overrides: Mapping[str, Any],
+) -> FailoverConfig:
     def typed(key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
         value = values.get(key, default)
         if value is None:
@@ -176,7 +196,17 @@ def _build(values: Mapping[str, Any], where: str) -> FailoverConfig:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         # TOML's true is a Python int too: only a bool setting takes it.
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise FailoverConfigError(f"{where}: failover.{key} has the wrong type ({value!r})")
+            # A value given on the command line has no line in the file.
+            place = (
+                "the command line: "
+                if overrides.get(key) is not None
+                else where_in(where, lines, ("failover", key))
+            )
+            expected = " or ".join(_EXPECTED[k] for k in kinds)
+            raise FailoverConfigError(
+                f"{place}failover.{key} has the wrong type ({value!r}): "
+                f"expected {expected}, got {kind_of(value)}"
+            )
         return value
 
     peers = typed("peers", list, [])

@@ -4,7 +4,9 @@
    used up), the rollback is made permanent: the booted deployment becomes the
    default and the failed one stays behind it as the (bad) rollback; the
    rollback is recorded with the reason of the failed deployment's last red
-   boot (check, exit code, output tail) and how many attempts it used.
+   boot (check, exit code, output tail) and how many attempts it used, and
+   its image's digest is kept so that updates do not stage it again
+   (:mod:`atoll.sysroot.rolledback`; a green boot of it forgets it).
 2. **Checks.**  The required and wanted checks of the booted deployment run
    (the old deployment is checked too after a fallback), green.d or red.d after.
 3. **Outcome.**  Green: the entry's boot counter is removed (the boot is good).
@@ -30,10 +32,12 @@ from atoll.health.records import (
     record_rollback,
 )
 from atoll.health.report import HealthReport
-from atoll.health.runner import BootInfo, run_boot_checks
-from atoll.sysroot.lifecycle import Device, utc_timestamp
+from atoll.health.runner import BootInfo, check_chroot_allowed, run_boot_checks
+from atoll.sysroot.lifecycle import Device
 from atoll.sysroot.origin import Deployment
+from atoll.sysroot.rolledback import forget_if_rolled_back, record_rolled_back
 from atoll.sysroot.state import SysrootState
+from atoll.timeutil import utc_timestamp
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,12 @@ def boot_info(state: SysrootState, deployment: Deployment) -> BootInfo:
     )
 
 
+def check_assessable(device: Device) -> None:
+    """Before a directory device boots (and counts the attempt): raise unless its
+    checks can run here; a harness that cannot run them is no failed boot."""
+    check_chroot_allowed(device.sysroot.root)
+
+
 def assess_boot(device: Device, *, inside: bool) -> Assessment:
     """Assess the boot ``run/booted.json`` names.  *inside*: this process runs in
     that booted system (checks in ``/``); else the checks run in a chroot of the
@@ -100,6 +110,9 @@ def assess_boot(device: Device, *, inside: bool) -> Assessment:
             attempts_used=attempts,
         )
         record_rollback(sysroot, rollback)
+        # Updates must not stage this image again by themselves (no boot loop).
+        summary = reason.summary() if reason is not None else None
+        record_rolled_back(device.sysroot, failed, rollback.time, attempts, summary)
     state = device.state()
     deployment = state.current
     if inside:
@@ -121,6 +134,7 @@ def assess_boot(device: Device, *, inside: bool) -> Assessment:
     record_report(sysroot, report)
     if report.green:
         device.mark_boot_good()
+        forget_if_rolled_back(device.sysroot, deployment.origin.manifest_digest)
     return Assessment(report, rollback)
 
 

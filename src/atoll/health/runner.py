@@ -169,6 +169,15 @@ def _stamp(when: datetime.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def check_chroot_allowed(root: Path) -> None:
+    """Raise unless this process may run checks chrooted into *root*."""
+    if os.geteuid() != 0:
+        raise HealthRunError(
+            f"running the health checks of {root} needs root (chroot)",
+            hint="run atoll as root, or run the checks inside the booted system with --root /",
+        )
+
+
 def _check_sandbox(root: Path, chroot: bool, binds: Sequence[tuple[str, Path]]) -> None:
     if not root.is_dir():
         raise HealthRunError(f"{root}: no such directory to run the health checks in")
@@ -176,11 +185,7 @@ def _check_sandbox(root: Path, chroot: bool, binds: Sequence[tuple[str, Path]]) 
         if binds:
             raise HealthRunError("bind mounts for the health checks need chroot=True")
         return
-    if os.geteuid() != 0:
-        raise HealthRunError(
-            f"running the health checks of {root} needs root (chroot)",
-            hint="run atoll as root, or run the checks inside the booted system with --root /",
-        )
+    check_chroot_allowed(root)
     for inside, host in binds:
         target = root / inside.lstrip("/")
         # No symlink on the way: a mount must not land outside the root.

@@ -48,6 +48,7 @@ from atoll.errors import (
     DigestMismatchError,
     ManifestError,
     NetworkError,
+    RangesIgnoredError,
     RegistryError,
     UnsupportedError,
 )
@@ -80,7 +81,7 @@ from atoll.oci.httputil import (
     retry_after,
     status_error,
 )
-from atoll.oci.manifest import ACCEPT_MANIFEST
+from atoll.oci.manifest import ACCEPT_MANIFEST, MediaType
 from atoll.oci.quickhead import QuickHead
 from atoll.oci.registries_conf import load_registries_conf, ssl_context
 from atoll.oci.registryauth import RegistryAuth, read_token
@@ -115,10 +116,6 @@ _DELETE_HINT = (
 )
 
 Body = bytes | Iterator[bytes] | None
-
-
-class RangesIgnoredError(RegistryError):
-    """The registry answered a ``Range`` request with the whole blob."""
 
 
 @dataclass(frozen=True)
@@ -363,11 +360,16 @@ class RegistryClient(Closeable):
             )
         return digest
 
-    def delete_manifest(self, repository: str, reference: str) -> Digest:
-        """Delete a manifest (a tag is resolved to its digest first); return the digest."""
+    def manifest_digest(self, repository: str, reference: str) -> Digest:
+        """The digest *reference* (a tag or a digest) names in *repository*."""
         digest = digest_or_none(reference) or self.head_manifest(repository, reference).digest
         if digest is None:
             digest = self.get_manifest(repository, reference).digest
+        return digest
+
+    def delete_manifest(self, repository: str, reference: str) -> Digest:
+        """Delete a manifest (a tag is resolved to its digest first); return the digest."""
+        digest = self.manifest_digest(repository, reference)
         what = f"deleting manifest {reference}"
         response = self._call(
             "DELETE",
@@ -401,6 +403,26 @@ class RegistryClient(Closeable):
         """Every repository ``/v2/_catalog`` lists, following its pages."""
         pages = self._pages(None, "_catalog", page_size, "listing repositories")
         return [str(repo) for page in pages for repo in list_field(page, "repositories")]
+
+    def referrers(self, repository: str, subject: Digest, artifact_type: str) -> bytes | None:
+        """The OCI referrers API's index for *subject*, or None when the registry
+        does not answer it (404: use the referrers tag scheme)."""
+        with closing(
+            self._call(
+                "GET",
+                repository,
+                f"referrers/{subject}",
+                f"listing referrers of {subject}",
+                [pull_scope(repository)],
+                params={"artifactType": artifact_type},
+                headers={"Accept": MediaType.OCI_INDEX.value},
+                stream=True,
+                ok=(200, 404),
+            )
+        ) as response:
+            if response.status_code == 404:
+                return None
+            return self._read_limited(response, "listing referrers", repository)
 
     def blob_exists(self, repository: str, digest: Digest) -> bool:
         response = self._call(

@@ -28,8 +28,8 @@ from typing import Any
 from atoll.errors import AtollError, InvalidInputError, UnsupportedError
 from atoll.oci.catalog import list_tags
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import CopyOptions, CopyResult, copy_image
 from atoll.oci.digest import Digest
+from atoll.oci.imagecopy import CopyOptions, CopyResult, copy_image
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport
 from atoll.progress import ProgressSink

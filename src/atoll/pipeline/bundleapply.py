@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from atoll import strictjson
 from atoll.errors import BundleError, BundleSignatureError
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.digest import Digest
-from atoll.oci.inspect import read_config, select_manifest
+from atoll.oci.imagecopy import CopyOptions, copy_image
+from atoll.oci.imageinspect import read_config, select_manifest
 from atoll.oci.manifest import (
     Descriptor,
     ImageManifest,

@@ -16,8 +16,8 @@ from typing import Any
 from atoll.errors import BundleError, NotFoundError, from_oserror
 from atoll.fsutil import TMP_PREFIX, atomic_writer, remove_tree
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import CopyOptions, CopyResult, copy_image
 from atoll.oci.digest import Digest
+from atoll.oci.imagecopy import CopyOptions, CopyResult, copy_image
 from atoll.oci.manifest import ImageManifest, MediaType, parse_config, parse_manifest
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport
@@ -45,6 +45,7 @@ from atoll.pipeline.tarsplit import (
     uncompressed,
 )
 from atoll.progress import ProgressSink
+from atoll.timeutil import utc_timestamp
 
 
 def create_bundle(
@@ -74,7 +75,7 @@ def create_bundle(
         delta = None
         if from_image is not None:
             delta = _make_delta(layout, stage, os_manifest, from_image, images, ctx)
-        created = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = utc_timestamp(now)
         description = Description(created, tuple(images), delta)
         manifest_digest = _write_bundle_manifest(layout, description)
         if key is not None:

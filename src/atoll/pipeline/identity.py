@@ -3,7 +3,7 @@
 The kinds and their meaning follow containers-policy.json(5):
 
 =========================  =====================================================
-``matchExact``             the signed reference equals the image's (tag needed)
+``matchExact``             the signed reference equals the image's (tag or digest)
 ``matchRepoDigestOrExact`` by digest: same repository; by tag: equal (default)
 ``matchRepository``        same repository, any tag or digest
 ``exactReference``         the signed reference equals ``dockerReference``
@@ -46,8 +46,10 @@ class SignedIdentity:
     def matches(self, image: ImageReference, signed: str) -> bool:
         kind = self.kind
         if kind is IdentityKind.MATCH_EXACT:
+            # By tag or by digest, as containers/image: an image named by digest
+            # matches a signature for exactly that repository and digest.
             parsed = parse_signed(signed)
-            return parsed is not None and image.tag is not None and str(parsed) == str(image)
+            return parsed is not None and str(parsed) == str(image)
         if kind is IdentityKind.MATCH_REPO_DIGEST_OR_EXACT:
             return match_repo_digest_or_exact(image, signed)
         if kind is IdentityKind.MATCH_REPOSITORY:

@@ -29,8 +29,8 @@ from typing import Any
 from atoll.errors import AtollError, InvalidInputError, NotFoundError
 from atoll.oci.client import RegistryClient
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.digest import Digest
+from atoll.oci.imagecopy import CopyOptions, copy_image
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport
 from atoll.progress import ProgressSink

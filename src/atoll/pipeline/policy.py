@@ -24,7 +24,8 @@ when none matches.  Every requirement of the chosen list must be met:
 ``{"type": "reject"}``
     nothing goes.
 ``{"type": "sigstoreSigned", "keyPath": FILE | "keyData": BASE64, "signedIdentity": {...}}``
-    a sigstore signature by that public key (see :mod:`atoll.pipeline.sigstore`)
+    a sigstore signature by that public key (see :mod:`atoll.pipeline.sigstore`;
+    ``keyPaths`` or ``keyDatas``, lists, name several keys, any one of which will do)
     vouches for the manifest digest, and its docker-reference matches the image
     per ``signedIdentity`` (see :mod:`atoll.pipeline.identity`; default
     ``matchRepoDigestOrExact``).
@@ -87,18 +88,20 @@ class RequirementType(StrEnum):
 @dataclass(frozen=True)
 class Requirement:
     type: RequirementType
-    key_path: Path | None = None
-    key_data: bytes | None = None
+    #: sigstoreSigned's keyPath or keyPaths, keyData or keyDatas (PEM bytes).
+    key_paths: tuple[Path, ...] = ()
+    key_datas: tuple[bytes, ...] = ()
     signed_identity: SignedIdentity = field(default_factory=SignedIdentity)
     #: Where it was written, for messages: ``FILE: $.transports.docker["x"][0]``.
     where: str = ""
 
-    def public_key(self) -> ec.EllipticCurvePublicKey:
+    def public_keys(self) -> list[ec.EllipticCurvePublicKey]:
+        """The keys a signature may be made with (any one will do, as in containers/image)."""
         from atoll.pipeline.keys import load_public_key, public_key_from_pem
 
-        if self.key_path is not None:
-            return load_public_key(self.key_path)
-        return public_key_from_pem(self.key_data or b"", f"{self.where}.keyData")
+        keys = [load_public_key(path) for path in self.key_paths]
+        keys += [public_key_from_pem(data, f"{self.where}.keyData") for data in self.key_datas]
+        return keys
 
 
 @dataclass(frozen=True)
@@ -217,32 +220,36 @@ def _requirement(value: Any, source: str, path: str) -> Requirement:
             optional=("keyPath", "keyPaths", "keyData", "signedIdentity"),
         )
         return Requirement(kind, where=where)
-    _object(
-        value, source, path, required=("type",), optional=("keyPath", "keyData", "signedIdentity")
-    )
-    has_path, has_data = "keyPath" in value, "keyData" in value
-    if has_path == has_data:
+    key_fields = ("keyPath", "keyPaths", "keyData", "keyDatas")
+    _object(value, source, path, required=("type",), optional=(*key_fields, "signedIdentity"))
+    given = [name for name in key_fields if name in value]
+    if len(given) != 1:
         raise PolicyError(
-            f"{source}: {path}: sigstoreSigned needs exactly one of keyPath and keyData",
-            hint="atoll does not support fulcio or rekorPublicKey* requirements",
+            f"{source}: {path}: sigstoreSigned needs exactly one of "
+            "keyPath, keyPaths, keyData and keyDatas",
+            hint="atoll does not support fulcio, pki or rekorPublicKey* requirements",
         )
-    key_path = key_data = None
-    if has_path:
-        text = _string(value["keyPath"], source, f"{path}.keyPath")
-        if "\0" in text:
-            # No file has such a name (reading it would fail with a ValueError, not a refusal).
-            raise PolicyError(f"{source}: {path}.keyPath: {text!r} is not a file name")
-        key_path = Path(text)
+    (name,) = given
+    if name.endswith("s"):
+        items = value[name]
+        if not isinstance(items, list) or not items:
+            raise PolicyError(f"{source}: {path}.{name}: expected a non-empty list")
+        texts = [_string(item, source, f"{path}.{name}[{i}]") for i, item in enumerate(items)]
     else:
-        try:
-            key_data = base64.b64decode(
-                _string(value["keyData"], source, f"{path}.keyData"), validate=True
-            )
-        # ValueError: a non-ASCII string is refused before it is decoded.
-        except (binascii.Error, ValueError):
-            raise PolicyError(f"{source}: {path}.keyData: not valid base64") from None
+        texts = [_string(value[name], source, f"{path}.{name}")]
     identity = _identity(value.get("signedIdentity"), source, f"{path}.signedIdentity")
-    return Requirement(kind, key_path, key_data, identity, where)
+    if name.startswith("keyPath"):
+        for text in texts:
+            if "\0" in text:
+                # No file has such a name (reading it would fail with a ValueError, not a refusal).
+                raise PolicyError(f"{source}: {path}.{name}: {text!r} is not a file name")
+        return Requirement(kind, tuple(Path(text) for text in texts), (), identity, where)
+    try:
+        datas = tuple(base64.b64decode(text, validate=True) for text in texts)
+    # ValueError: a non-ASCII string is refused before it is decoded.
+    except (binascii.Error, ValueError):
+        raise PolicyError(f"{source}: {path}.{name}: not valid base64") from None
+    return Requirement(kind, (), datas, identity, where)
 
 
 def _identity(value: Any, source: str, path: str) -> SignedIdentity:
@@ -388,8 +395,8 @@ def check_unsigned(req: Requirement, name: ImageName) -> PolicyRejectedError | N
 def admitted_reason(req: Requirement) -> str:
     """Why an image that met *req* was admitted."""
     if req.type is RequirementType.SIGSTORE_SIGNED:
-        key = req.key_path or "keyData"
-        return f"signed with {key} ({req.signed_identity.kind.value})"
+        keys = [str(path) for path in req.key_paths] or ["keyData"]
+        return f"signed with {' or '.join(keys)} ({req.signed_identity.kind.value})"
     return "insecureAcceptAnything admits every image"
 
 
@@ -437,10 +444,10 @@ def _check(req: Requirement, name: ImageName, ctx: SystemContext) -> AtollError 
     from atoll.pipeline.sigstore import verify_image
 
     ref = name.reference
-    key = req.public_key()
+    keys = req.public_keys()
     try:
         verify_image(
-            ref, [key], ctx, matches=lambda signed: req.signed_identity.matches(ref, signed)
+            ref, keys, ctx, matches=lambda signed: req.signed_identity.matches(ref, signed)
         )
     except VERIFY_ERRORS as exc:
         return exc

@@ -55,15 +55,17 @@ from atoll.errors import (
 )
 from atoll.oci.client import RegistryClient
 from atoll.oci.context import SystemContext
-from atoll.oci.copy import CopyOptions, copy_image
 from atoll.oci.digest import Digest
-from atoll.oci.inspect import read_config, select_manifest
+from atoll.oci.imagecopy import CopyOptions, copy_image
+from atoll.oci.imageinspect import read_config, select_manifest
 from atoll.oci.manifest import MediaType, parse_config
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport, open_source
 from atoll.pipeline.policy import Policy
 from atoll.pipeline.trust import TrustDecision, check_image
 from atoll.progress import ProgressSink
+from atoll.semver import Version
+from atoll.timeutil import utc_timestamp
 
 RECORD_VERSION = 1
 RECORD_MEDIA_TYPE = "application/vnd.atoll.promotion.v1+json"
@@ -74,52 +76,17 @@ ANNOTATION_TAGS = "dev.atoll.promotion.tags"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 _EMPTY = b"{}"
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_SEMVER_RE = re.compile(
-    r"^v?(?P<major>0|[1-9]\d*)(?:\.(?P<minor>0|[1-9]\d*))?(?:\.(?P<patch>0|[1-9]\d*))?"
-    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+[0-9A-Za-z.-]+)?$"
-)
 
 
 # --- versions ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Version:
-    """A semantic version, ordered as semver.org §11 says (build metadata ignored).
-
-    ``1.2`` reads as ``1.2.0`` and a leading ``v`` is allowed, as image labels often
-    have them."""
-
-    major: int
-    minor: int
-    patch: int
-    #: Pre-release identifiers (``1.0.0-rc.1``: ``("rc", "1")``); empty for a release.
-    pre: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> Version | None:
-        match = _SEMVER_RE.match(text.strip())
-        if match is None:
-            return None
-        pre = tuple(match["pre"].split(".")) if match["pre"] else ()
-        return cls(int(match["major"]), int(match["minor"] or 0), int(match["patch"] or 0), pre)
-
-    def key(self) -> tuple[Any, ...]:
-        # A release sorts after its pre-releases; numeric identifiers sort
-        # numerically and before alphanumeric ones.
-        if not self.pre:
-            return (self.major, self.minor, self.patch, 1, ())
-        idents = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.pre)
-        return (self.major, self.minor, self.patch, 0, idents)
-
-
 def compare_versions(a: str, b: str) -> int | None:
     """-1, 0 or 1 as semantic versions *a* and *b* compare; None if either is not one."""
-    va, vb = Version.parse(a), Version.parse(b)
+    va, vb = Version.parse(a.strip(), full=True), Version.parse(b.strip(), full=True)
     if va is None or vb is None:
         return None
-    ka, kb = va.key(), vb.key()
-    return (ka > kb) - (ka < kb)
+    return va.compare(vb)
 
 
 # --- results ----------------------------------------------------------------------------
@@ -223,7 +190,9 @@ def promote(
     digest = source.digest
     trust = check_image(source, digest, policy, ctx=src_ctx) if policy is not None else None
     version = _version_of(ImageName(Transport.DOCKER, reference=source), src_ctx)
-    if not allow_downgrade and (version is None or Version.parse(version) is None):
+    if not allow_downgrade and (
+        version is None or Version.parse(version.strip(), full=True) is None
+    ):
         raise PromotionError(
             f"{source}: no semantic version in the org.opencontainers.image.version label "
             f"({version!r}): promotion cannot tell newer from older",
@@ -243,7 +212,7 @@ def promote(
     if copied.digest != digest:
         raise PromotionError(f"{target}: the copy has digest {copied.digest}, not {digest}")
     signatures = _copy_signatures(source, repository, digest, src_ctx, dst_ctx)
-    at = (now or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    at = utc_timestamp(now)
     who = by or default_promoter()
     with RegistryClient(repository.registry, dst_ctx) as client:
         fetched = client.get_manifest(repository.repository, str(digest))

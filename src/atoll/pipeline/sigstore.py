@@ -18,10 +18,18 @@ The payload blob ("simple signing", as cosign and containers/image write it)::
     {"critical": {"identity": {"docker-reference": "HOST/REPO:TAG"},
                   "image": {"docker-manifest-digest": "sha256:HEX"},
                   "type": "cosign container image signature"},
-     "optional": null}
+     "optional": {"timestamp": UNIX-SECONDS}}
+
+``optional`` is ``null`` in cosign's payloads without annotations; ``atoll
+sign`` writes the signing time as containers-signature(5)'s
+``optional.timestamp`` (an integer, seconds since the epoch), which a device
+can require to be recent (``max_signature_age``, docs/updates.md): a mirror
+that keeps serving an old, validly signed image stops being believed.
+Other keys of ``optional`` are ignored, as containers/image ignores them.
 
 The ECDSA P-256 signature is over SHA-256 of the payload bytes exactly as
-stored; the verifier reads ``critical`` only after the signature checks.
+stored; the verifier reads ``critical`` and ``optional`` only after the
+signature checks.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,14 +78,16 @@ def attachment_tag(digest: Digest) -> str:
     return f"{digest.algorithm}-{digest.hex}.sig"
 
 
-def make_payload(identity: str, digest: Digest) -> bytes:
+def make_payload(identity: str, digest: Digest, timestamp: int | None = None) -> bytes:
+    """The simple-signing payload; *timestamp* (seconds since the epoch) is the
+    signing time, None for none (``"optional": null``)."""
     payload = {
         "critical": {
             "identity": {"docker-reference": identity},
             "image": {"docker-manifest-digest": str(digest)},
             "type": SIGNATURE_TYPE,
         },
-        "optional": None,
+        "optional": None if timestamp is None else {"timestamp": timestamp},
     }
     return json.dumps(payload, separators=(",", ":")).encode()
 
@@ -87,22 +98,63 @@ class SignedClaims:
 
     identity: str
     digest: str
+    #: ``optional.timestamp``: when it was signed (seconds since the epoch); None if not said.
+    timestamp: int | None = None
 
 
 def parse_payload(payload: bytes) -> SignedClaims:
-    """The claims of a payload; raises BadSignatureError if it is not a simple signing one."""
+    """The claims of a payload; raises BadSignatureError if it is not a simple signing one.
+
+    As strict as containers/image: exactly the fields above, no key twice (two
+    verifiers must never read different claims from one signed payload), and in
+    ``optional`` only ``creator`` (a string) and ``timestamp`` (an integer) checked.
+    """
     try:
         doc = strictjson.loads(payload)
-        critical = doc["critical"]
-        if critical["type"] != SIGNATURE_TYPE:
-            raise BadSignatureError(f"signature payload has type {critical['type']!r}")
-        identity = critical["identity"]["docker-reference"]
-        digest = critical["image"]["docker-manifest-digest"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise BadSignatureError(f"signature payload is malformed ({exc})") from None
-    if not isinstance(identity, str) or not isinstance(digest, str):
+    top = _exact_fields(doc, "the payload", "critical", "optional")
+    _check_optional(top["optional"])
+    critical = _exact_fields(top["critical"], "critical", "identity", "image", "type")
+    if critical["type"] != SIGNATURE_TYPE:
+        raise BadSignatureError(f"signature payload has type {critical['type']!r}")
+    identity = _exact_fields(critical["identity"], "critical.identity", "docker-reference")
+    image = _exact_fields(critical["image"], "critical.image", "docker-manifest-digest")
+    reference, digest = identity["docker-reference"], image["docker-manifest-digest"]
+    if not isinstance(reference, str) or not isinstance(digest, str):
         raise BadSignatureError("signature payload is malformed (identity or digest not a string)")
-    return SignedClaims(identity, digest)
+    return SignedClaims(reference, digest, _timestamp(top["optional"]))
+
+
+def _exact_fields(value: Any, where: str, *fields: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or sorted(value) != sorted(fields):
+        raise BadSignatureError(
+            f"signature payload is malformed ({where} must be an object with exactly "
+            f"{', '.join(fields)})"
+        )
+    return value
+
+
+def _timestamp(optional: Any) -> int | None:
+    """The signing time in ``optional.timestamp`` (checked by _check_optional)."""
+    if not isinstance(optional, dict) or "timestamp" not in optional:
+        return None
+    return int(optional["timestamp"])
+
+
+def _check_optional(optional: Any) -> None:
+    if optional is None:
+        return
+    if not isinstance(optional, dict):
+        raise BadSignatureError("signature payload is malformed (optional is not an object)")
+    creator, timestamp = optional.get("creator", ""), optional.get("timestamp", 0)
+    integral = isinstance(timestamp, int) or (
+        isinstance(timestamp, float) and timestamp.is_integer()
+    )
+    if not isinstance(creator, str) or isinstance(timestamp, bool) or not integral:
+        raise BadSignatureError(
+            "signature payload is malformed (optional.creator or optional.timestamp)"
+        )
 
 
 @dataclass(frozen=True)
@@ -131,14 +183,20 @@ class SignResult:
     digest: Digest
     signatures: int
     attachment: str
+    #: Every identity signed now (a refresh may sign several); ``identity`` is the first.
+    identities: tuple[str, ...] = ()
+    #: The signing time written (seconds since the epoch).
+    timestamp: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "image": self.image,
             "identity": self.identity,
+            "identities": list(self.identities or (self.identity,)),
             "digest": str(self.digest),
             "signatures": self.signatures,
             "attachment": self.attachment,
+            "timestamp": self.timestamp,
         }
 
 
@@ -174,30 +232,44 @@ def sign_image(
     ctx: SystemContext,
     *,
     identity: str | None = None,
+    refresh: bool = False,
+    timestamp: int | None = None,
 ) -> SignResult:
-    """Sign the manifest *ref* names and add the signature to its ``.sig`` attachment."""
-    identity = identity or default_identity(ref)
-    ImageReference.parse(identity)  # refuse an identity containers/image could not parse
+    """Sign the manifest *ref* names and add the signature to its ``.sig`` attachment.
+
+    The payload carries the signing time, *timestamp* (default: now).  With
+    *refresh*, the manifest must already carry a signature by *key*: each
+    identity *key* signed (or only *identity*) is signed again, and the older
+    signatures by *key* for it are dropped, so a scheduled refresh keeps the
+    attachment one signature per identity and signer.
+    """
+    stamp = int(time.time()) if timestamp is None else timestamp
     with RegistryClient(ref.registry, ctx) as client:
         digest = client.get_manifest(ref.repository, ref.manifest_ref).digest
-        payload = make_payload(identity, digest)
-        signature = base64.b64encode(sign_bytes(key, payload)).decode()
         manifest, config = _read_attachment(client, ref, digest)
         if manifest is None:
             manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}, "layers": []}
             config = {"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers"}}
-        payload_digest = Digest.of(payload)
-        client.upload_blob(ref.repository, payload_digest, [payload], size=len(payload))
-        manifest["layers"].append(
-            {
-                "mediaType": PAYLOAD_MEDIA_TYPE,
-                "digest": str(payload_digest),
-                "size": len(payload),
-                "annotations": {SIGNATURE_ANNOTATION: signature},
-            }
-        )
+        if refresh:
+            identities, manifest["layers"] = _drop_own(client, ref, digest, manifest, key, identity)
+        else:
+            identities = [identity or default_identity(ref)]
+        for name in identities:
+            ImageReference.parse(name)  # refuse an identity containers/image could not parse
+            payload = make_payload(name, digest, stamp)
+            signature = base64.b64encode(sign_bytes(key, payload)).decode()
+            payload_digest = Digest.of(payload)
+            client.upload_blob(ref.repository, payload_digest, [payload], size=len(payload))
+            manifest["layers"].append(
+                {
+                    "mediaType": PAYLOAD_MEDIA_TYPE,
+                    "digest": str(payload_digest),
+                    "size": len(payload),
+                    "annotations": {SIGNATURE_ANNOTATION: signature},
+                }
+            )
         rootfs = config.setdefault("rootfs", {"type": "layers"})
-        rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), str(payload_digest)]
+        rootfs["diff_ids"] = [str(layer.get("digest")) for layer in manifest["layers"]]
         config_raw = json.dumps(config, separators=(",", ":")).encode()
         config_digest = Digest.of(config_raw)
         client.upload_blob(ref.repository, config_digest, [config_raw], size=len(config_raw))
@@ -209,7 +281,64 @@ def sign_image(
         tag = attachment_tag(digest)
         raw = json.dumps(manifest, separators=(",", ":")).encode()
         client.put_manifest(ref.repository, tag, raw, OCI_MANIFEST)
-    return SignResult(str(ref), identity, digest, len(manifest["layers"]), f"{ref.name}:{tag}")
+    return SignResult(
+        str(ref),
+        identities[0],
+        digest,
+        len(manifest["layers"]),
+        f"{ref.name}:{tag}",
+        tuple(identities),
+        stamp,
+    )
+
+
+def _drop_own(
+    client: RegistryClient,
+    ref: ImageReference,
+    digest: Digest,
+    manifest: dict[str, Any],
+    key: ec.EllipticCurvePrivateKey,
+    identity: str | None,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """For a refresh: the identities *key* signed *digest* as (only *identity*
+    when given), and the attachment's layers without those signatures."""
+    public = key.public_key()
+    identities: list[str] = []
+    kept: list[dict[str, Any]] = []
+    for layer in manifest["layers"]:
+        claims = _own_claims(client, ref, digest, layer, public)
+        if claims is not None and identity in (None, claims.identity):
+            identities.append(claims.identity)
+        else:
+            kept.append(layer)
+    if not identities:
+        raise UnsignedImageError(
+            f"{ref}: nothing to refresh: manifest {digest} carries no signature by this key"
+            + (f" for {identity}" if identity else ""),
+            hint="a refresh re-signs what was signed before; sign it first with atoll sign",
+        )
+    return list(dict.fromkeys(identities)), kept
+
+
+def _own_claims(
+    client: RegistryClient,
+    ref: ImageReference,
+    digest: Digest,
+    layer: dict[str, Any],
+    public: ec.EllipticCurvePublicKey,
+) -> SignedClaims | None:
+    """The claims of one attachment layer if it is a valid signature by *public* for *digest*."""
+    if layer.get("mediaType") != PAYLOAD_MEDIA_TYPE:
+        return None
+    payload = client.fetch_blob(
+        ref.repository, Digest.parse(str(layer.get("digest"))), layer.get("size")
+    )
+    annotations = layer.get("annotations") or {}
+    sig = Signature(PAYLOAD_MEDIA_TYPE, payload, {str(k): str(v) for k, v in annotations.items()})
+    try:
+        return _verify_one(ref, sig, [public], digest, lambda _: True)
+    except (BadSignatureError, SignedDigestMismatchError, SignedIdentityMismatchError):
+        return None
 
 
 def read_signatures(ref: ImageReference, ctx: SystemContext) -> tuple[Digest, list[Signature]]:

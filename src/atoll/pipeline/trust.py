@@ -23,6 +23,7 @@ reported as :class:`~atoll.errors.VerificationUnavailableError`.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,6 +113,8 @@ def check_image(
     *,
     ctx: SystemContext | None = None,
     signatures: SignatureSource | None = None,
+    max_signature_age: datetime.timedelta | None = None,
+    now: datetime.datetime | None = None,
 ) -> TrustDecision:
     """Admit the image *name* whose manifest is *manifest_digest*, or raise the refusal.
 
@@ -122,6 +125,11 @@ def check_image(
     errors of :mod:`atoll.pipeline.policy`: UnsignedImageError (60),
     BadSignatureError (61), SignedDigestMismatchError (62),
     SignedIdentityMismatchError (63), PolicyRejectedError (64).
+
+    With *max_signature_age*, a signature that verifies must also have been
+    made within that age of *now* (:mod:`atoll.pipeline.freshness`):
+    StaleSignatureError (99); a policy that asks for no signature cannot
+    show that and refuses (64).
     """
     image = _image_name(name)
     digest = (
@@ -129,14 +137,22 @@ def check_image(
     )
     if isinstance(policy, Path):
         policy = load_policy(policy)
+    if max_signature_age is not None and not _asks_signature(policy, image):
+        raise PolicyRejectedError(
+            f"{image}: max_signature_age is set, and the trust policy "
+            f"({policy.source if policy else 'none'}) asks for no signature of it",
+            hint="add a sigstoreSigned requirement for it to /etc/containers/policy.json, "
+            "or remove max_signature_age from /etc/atoll/updates.toml",
+        )
     if policy is None:
         return TrustDecision(
             str(image), str(digest), None, "default", NO_POLICY, "no trust policy: admitted"
         )
     label, kinds, requirements = scope_of(policy, image)
     reasons: list[str] = []
+    age = None if max_signature_age is None else (max_signature_age, now or _utcnow())
     for req in requirements:
-        error = _check(req, image, digest, ctx or SystemContext(), signatures)
+        error = _check(req, image, digest, ctx or SystemContext(), signatures, age)
         if error is not None:
             raise refusal(policy, label, req, error)
         reasons.append(admitted_reason(req))
@@ -152,7 +168,7 @@ def signature_keys(policy: Policy | None, name: ImageName | ImageReference | str
     wanted = [r for r in requirements if r.type is RequirementType.SIGSTORE_SIGNED]
     if wanted:
         require_crypto(f"policy {policy.source}")
-    return [r.public_key() for r in wanted]
+    return [key for r in wanted for key in r.public_keys()]
 
 
 def require_crypto(what: str) -> None:
@@ -200,6 +216,7 @@ def _check(
     digest: Digest,
     ctx: SystemContext,
     signatures: SignatureSource | None,
+    age: tuple[datetime.timedelta, datetime.datetime] | None = None,
 ) -> AtollError | None:
     if req.type is not RequirementType.SIGSTORE_SIGNED:
         return check_unsigned(req, name)
@@ -213,12 +230,27 @@ def _check(
     from atoll.pipeline.sigstore import verify_signatures
 
     ref = name.reference
-    key = req.public_key()
+    keys = req.public_keys()
     found = (signatures or registry_signatures(ctx))(ref, digest)
     try:
-        verify_signatures(
-            ref, digest, found, [key], lambda signed: req.signed_identity.matches(ref, signed)
+        claims = verify_signatures(
+            ref, digest, found, keys, lambda signed: req.signed_identity.matches(ref, signed)
         )
     except VERIFY_ERRORS as exc:
         return exc
+    if age is not None:
+        from atoll.pipeline.freshness import signature_age_error
+
+        return signature_age_error(str(ref), [c.timestamp for c in claims], *age)
     return None
+
+
+def _asks_signature(policy: Policy | None, name: ImageName) -> bool:
+    if policy is None:
+        return False
+    _, requirements = requirements_for(policy, name)
+    return any(r.type is RequirementType.SIGSTORE_SIGNED for r in requirements)
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)

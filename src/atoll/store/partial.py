@@ -44,7 +44,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from atoll.errors import DigestMismatchError, LayerError
+from atoll.errors import (
+    AtollError,
+    DeltaError,
+    DigestMismatchError,
+    LayerError,
+    LocalIOError,
+    NoSpaceError,
+    RangesIgnoredError,
+)
 from atoll.fsutil import write_atomic
 from atoll.oci.chunked import (
     ChunkedInfo,
@@ -55,7 +63,15 @@ from atoll.oci.chunked import (
     parse_tar_split,
     parse_toc,
 )
-from atoll.oci.client import RangesIgnoredError
+from atoll.oci.delta import (
+    FOUND_REQUESTS,
+    LOOKUP_REQUESTS,
+    PATCH,
+    DeltaFile,
+    FoundDelta,
+    apply_patch,
+    find_delta,
+)
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Compression, Descriptor, ImageManifest, layer_compression
 from atoll.progress import ProgressSink
@@ -113,6 +129,10 @@ class LayerTransfer:
     size: int = 0
     #: Of ``bytes``: the TOC and tar-split (ranges only).
     metadata_bytes: int = 0
+    #: Of ``bytes`` and ``requests``: the delta's payload, and the files made from it.
+    delta_bytes: int = 0
+    delta_requests: int = 0
+    files_delta: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -125,6 +145,9 @@ class LayerTransfer:
             "filesPresent": self.files_present,
             "size": self.size,
             "metadataBytes": self.metadata_bytes,
+            "deltaBytes": self.delta_bytes,
+            "deltaRequests": self.delta_requests,
+            "filesDelta": self.files_delta,
         }
 
 
@@ -133,27 +156,45 @@ class TransferReport:
     """Bytes and requests of one update, by path (see the module docstring)."""
 
     layers: list[LayerTransfer] = field(default_factory=list)
+    #: What became of the delta from the running image: "" (none asked for),
+    #: the delta's digest, or why none was used.
+    delta: str = ""
+    #: Finding the delta and reading its index.
+    delta_lookup_bytes: int = 0
+    delta_lookup_requests: int = 0
 
     def totals(self) -> dict[str, dict[str, int]]:
         out = {p: {"bytes": 0, "requests": 0, "layers": 0, "files": 0} for p in PATHS}
         for layer in self.layers:
             row = out[layer.path]
             # Present layers moved nothing: their bytes are what was saved.
-            row["bytes"] += layer.size if layer.path == PRESENT else layer.bytes
-            row["requests"] += layer.requests
+            row["bytes"] += layer.size if layer.path == PRESENT else layer.bytes - layer.delta_bytes
+            row["requests"] += layer.requests - layer.delta_requests
             row["layers"] += 1
             row["files"] += layer.files_fetched
+            # A layer's files made from the delta count there, its ranges here.
+            delta = out[DELTA]
+            delta["bytes"] += layer.delta_bytes
+            delta["requests"] += layer.delta_requests
+            delta["files"] += layer.files_delta
+        out[DELTA]["bytes"] += self.delta_lookup_bytes
+        out[DELTA]["requests"] += self.delta_lookup_requests
         return out
 
     @property
     def bytes_moved(self) -> int:
-        return sum(layer.bytes for layer in self.layers)
+        return sum(layer.bytes for layer in self.layers) + self.delta_lookup_bytes
 
     def to_json(self) -> dict[str, Any]:
         return {
             "bytesMoved": self.bytes_moved,
-            "requests": sum(layer.requests for layer in self.layers),
+            "requests": sum(layer.requests for layer in self.layers) + self.delta_lookup_requests,
             "paths": self.totals(),
+            "delta": self.delta,
+            "deltaLookup": {
+                "bytes": self.delta_lookup_bytes,
+                "requests": self.delta_lookup_requests,
+            },
             "layers": [layer.to_json() for layer in self.layers],
         }
 
@@ -170,10 +211,19 @@ class TransferReport:
                 files_present=int(row.get("filesPresent", 0)),
                 size=int(row.get("size", 0)),
                 metadata_bytes=int(row.get("metadataBytes", 0)),
+                delta_bytes=int(row.get("deltaBytes", 0)),
+                delta_requests=int(row.get("deltaRequests", 0)),
+                files_delta=int(row.get("filesDelta", 0)),
             )
             for row in data.get("layers", [])
         ]
-        return cls(layers)
+        lookup = data.get("deltaLookup") or {}
+        return cls(
+            layers,
+            str(data.get("delta", "")),
+            int(lookup.get("bytes", 0)),
+            int(lookup.get("requests", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -257,10 +307,20 @@ class _RebuiltFeed:
 class PartialPuller:
     """Chooses each layer's path and fetches ranges; see the module docstring."""
 
-    def __init__(self, store: Store, source: ImageSource, progress: ProgressSink) -> None:
+    def __init__(
+        self,
+        store: Store,
+        source: ImageSource,
+        progress: ProgressSink,
+        delta: tuple[Digest, Digest] | None = None,
+    ) -> None:
         from atoll.oci.transports.docker import DockerSource
 
         self.store = store
+        #: (OLD, NEW) manifest digests: look for a delta between them.
+        self._delta_pair = delta
+        self._delta: FoundDelta | None = None
+        self._delta_looked = False
         self.progress = progress
         self.report = TransferReport()
         self._client: RegistryClient | None = None
@@ -389,12 +449,17 @@ class PartialPuller:
                 row.files_present += 1
             else:
                 wanted[sha] = toc_file
+        by_delta = self._delta_plan(wanted, where)
+        for sha in by_delta:
+            del wanted[sha]
+        delta_spans = coalesce([_as_toc(entry) for _, entry, _ in by_delta.values()])
         spans = coalesce(list(wanted.values()))
-        planned = sum(s.end - s.start for s in spans)
-        if not local or row.bytes + planned >= WHOLE_SHARE * desc.size:
+        by_patch = sum(s.end - s.start for s in delta_spans)
+        planned = sum(s.end - s.start for s in spans) + by_patch
+        if (not local and not by_delta) or row.bytes + planned >= WHOLE_SHARE * desc.size:
             reason = (
                 "the store has none of its files"
-                if not local
+                if not local and not by_delta
                 else f"ranges would move {planned} of its {desc.size} bytes"
             )
             self.progress.done(sub)
@@ -402,8 +467,34 @@ class PartialPuller:
             return None
         # From here the layer moves by ranges: its progress is theirs, not the blob's.
         self.progress.subtask(str(desc.digest), "layer", f"layer {desc.digest.short}", 0)
-        self.progress.subtask(sub, RANGES, f"ranges of {desc.digest.short}", row.bytes + planned)
+        self.progress.subtask(
+            sub, RANGES, f"ranges of {desc.digest.short}", row.bytes + planned - by_patch
+        )
         self.progress.advance(sub, row.bytes)
+        if by_delta:
+            self.progress.subtask(
+                f"{desc.digest}#delta", DELTA, f"delta for {desc.digest.short}", by_patch
+            )
+            try:
+                self._apply_delta(by_delta, delta_spans, local, row, where)
+            except (NoSpaceError, LocalIOError):
+                raise
+            except AtollError as exc:
+                # Never trust a delta: what it did not make comes by ranges.
+                self._drop_delta(f"refused: {exc}")
+                wanted.update({sha: f for sha, (f, _, _) in by_delta.items() if sha not in local})
+                spans = coalesce(list(wanted.values()))
+                more = sum(s.end - s.start for s in spans)
+                self.progress.subtask(
+                    sub,
+                    RANGES,
+                    f"ranges of {desc.digest.short}",
+                    row.bytes - row.delta_bytes + more,
+                )
+                self.progress.advance(sub, row.bytes - row.delta_bytes)
+            self.progress.done(f"{desc.digest}#delta")
+            if not spans:
+                row.path = DELTA
         with ThreadPoolExecutor(PARALLEL, thread_name_prefix="ranges") as pool:
             # In order, at most PARALLEL ahead: memory stays at a few ranges.
             pending: dict[int, Future[bytes]] = {}
@@ -423,6 +514,94 @@ class PartialPuller:
         self.progress.done(sub)
         return _RebuiltFeed(entries, files, local, diff_id, where, row.bytes)
 
+    def _drop_delta(self, why: str) -> None:
+        self._delta = None
+        self.report.delta = why
+
+    def _find_delta(self, where: str) -> FoundDelta | None:
+        if self._delta_looked or self._delta_pair is None or self._client is None:
+            return self._delta
+        self._delta_looked = True
+        old, new = self._delta_pair
+        try:
+            self._delta = find_delta(self._client, self._repository, old, new)
+        except (NoSpaceError, LocalIOError):
+            raise
+        except AtollError as exc:
+            self._drop_delta(f"refused: {exc}")
+            return None
+        if self._delta is None:
+            self.report.delta = f"none published from {old}"
+            self.report.delta_lookup_requests += LOOKUP_REQUESTS
+            return None
+        self.report.delta = str(self._delta.manifest)
+        self.report.delta_lookup_bytes += self._delta.lookup_bytes
+        self.report.delta_lookup_requests += FOUND_REQUESTS
+        return self._delta
+
+    def _delta_plan(
+        self, wanted: dict[str, TocFile], where: str
+    ) -> dict[str, tuple[TocFile, DeltaFile, Path | None]]:
+        """The wanted files the delta makes in fewer bytes than their ranges,
+        with their bases (None: stored whole)."""
+        if not wanted:
+            return {}
+        found = self._find_delta(where)
+        if found is None:
+            return {}
+        plan: dict[str, tuple[TocFile, DeltaFile, Path | None]] = {}
+        for sha, toc_file in wanted.items():
+            entry = found.index.files.get(sha)
+            if entry is None or entry.size != toc_file.size:
+                continue
+            if entry.length >= toc_file.end - toc_file.offset:
+                continue
+            base: Path | None = None
+            if entry.method == PATCH:
+                base = self._fetched.get(entry.base) or self._content_index().path(entry.base)
+                if base is None:
+                    continue
+            plan[sha] = (toc_file, entry, base)
+        return plan
+
+    def _apply_delta(
+        self,
+        plan: dict[str, tuple[TocFile, DeltaFile, Path | None]],
+        spans: list[_Span],
+        local: dict[str, Path],
+        row: LayerTransfer,
+        where: str,
+    ) -> None:
+        """Make the planned files from the delta's payload, each one checked
+        against the sha256 of NEW's TOC before it is kept."""
+        found = self._delta
+        assert found is not None and self._client is not None
+        what = f"{where}: delta {found.manifest}"
+        for span in spans:
+            data = self._client.fetch_range(
+                found.repository, found.payload.digest, span.start, span.end - span.start
+            )
+            self.progress.advance(f"{row.digest}#delta", len(data))
+            row.bytes += len(data)
+            row.requests += 1
+            row.delta_bytes += len(data)
+            row.delta_requests += 1
+            for piece in span.files:
+                toc_file, entry, base_path = plan[piece.sha256]
+                base = None
+                if base_path is not None:
+                    base = b"".join(read_verified(base_path, entry.base, entry.base_size))
+                patch = data[entry.offset - span.start : entry.end - span.start]
+                content = apply_patch(entry.method, patch, base, entry.size, what)
+                if hashlib.sha256(content).hexdigest() != toc_file.sha256:
+                    raise DeltaError(
+                        f"{what}: makes {toc_file.name} with other contents than the "
+                        f"sha256:{toc_file.sha256} its table of contents names",
+                        hint="the delta is corrupt or was made for other images; recreate it",
+                    )
+                local[toc_file.sha256] = self._keep(toc_file.sha256, content)
+                row.files_delta += 1
+
     def _content_index(self) -> ContentIndex:
         if self._index is None:
             self._index = ContentIndex.load(self.store)
@@ -441,6 +620,11 @@ class PartialPuller:
         return path
 
 
+def _as_toc(entry: DeltaFile) -> TocFile:
+    """A delta entry as :func:`coalesce` places it (offsets in the payload)."""
+    return TocFile(entry.sha256, entry.size, entry.sha256, entry.offset, entry.end)
+
+
 def import_image(
     store: Store,
     source: ImageSource,
@@ -451,10 +635,13 @@ def import_image(
     manifest_digest: Digest,
     progress: ProgressSink,
     partial: bool = True,
+    delta_from: Digest | None = None,
 ) -> tuple[ImportResult, TransferReport]:
     """:meth:`Store.import_image` with each layer on its path (*partial* False:
-    every layer whole, as before), and what it moved."""
-    with PartialPuller(store, source, progress) as puller:
+    every layer whole, as before), and what it moved.  *delta_from*: the
+    running image's digest, to look for a delta from it."""
+    pair = (delta_from, manifest_digest) if delta_from is not None else None
+    with PartialPuller(store, source, progress, pair) as puller:
         result = store.import_image(
             source,
             manifest,

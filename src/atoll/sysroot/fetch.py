@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
-from atoll.oci.inspect import read_config, select_manifest
+from atoll.oci.imageinspect import read_config, select_manifest
 from atoll.oci.manifest import ImageConfig, ImageManifest, parse_config, require_image_config
 from atoll.oci.transports import ImageName, ImageSource, open_source
 from atoll.progress import NullProgress
@@ -42,10 +42,16 @@ def open_image(name: ImageName, ctx: SystemContext) -> Iterator[tuple[ImageSourc
 
 
 def import_remote(
-    store: Store, name: ImageName, ctx: SystemContext, *, partial: bool = True
+    store: Store,
+    name: ImageName,
+    ctx: SystemContext,
+    *,
+    partial: bool = True,
+    delta_from: Digest | None = None,
 ) -> tuple[ImportResult, TransferReport]:
     """Import *name* into *store* without a sysroot (no ref), each layer on its
-    path (:mod:`atoll.store.partial`; *partial* False: every layer whole)."""
+    path (:mod:`atoll.store.partial`; *partial* False: every layer whole;
+    *delta_from*: use a delta from that image where one is published)."""
     with open_image(name, ctx) as (source, image):
         return import_image(
             store,
@@ -56,4 +62,5 @@ def import_remote(
             manifest_digest=image.digest,
             progress=NullProgress(),
             partial=partial,
+            delta_from=delta_from,
         )

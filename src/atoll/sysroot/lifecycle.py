@@ -34,7 +34,6 @@ steps; tests kill the process at each of them.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import secrets
@@ -48,6 +47,7 @@ from atoll.errors import AtollError, DeploymentError, NoKernelError
 from atoll.faults import crashpoint
 from atoll.fsutil import fsync_dir, remove_tree, replace_dir, write_atomic
 from atoll.oci.context import SystemContext
+from atoll.oci.digest import Digest
 from atoll.oci.transports import ImageName, ImageSource
 from atoll.progress import NullProgress, ProgressSink
 from atoll.store import Store
@@ -61,9 +61,11 @@ from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
 from atoll.sysroot.layout import DEFAULT_STATEROOT, Sysroot
 from atoll.sysroot.origin import Deployment, origin_for, write_origin
+from atoll.sysroot.rolledback import RolledBackImage, find_rolled_back
 from atoll.sysroot.roots import IMPORTING_REF, deployment_ref, sync_refs
 from atoll.sysroot.shape import check_complete, check_deployable
 from atoll.sysroot.state import ORIGIN_SUFFIX, BootRecord, SysrootState
+from atoll.timeutil import utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +91,6 @@ BootTries = Callable[[Path], int]
 BoundImagesPull = Callable[[Path, ProgressSink | None, Path | None], None]
 
 
-def utc_timestamp() -> str:
-    """Now, as the sysroot's records write times (UTC, seconds, ``Z``)."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass
 class StageResult:
     deployment: Deployment | None
@@ -105,6 +102,8 @@ class StageResult:
     message: str = ""
     #: What the import moved, by path (atoll.store.partial); None: nothing imported.
     transfer: TransferReport | None = None
+    #: Set when the image was not staged because this device rolled back from it.
+    rolled_back: RolledBackImage | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,6 +117,7 @@ class StageResult:
             "bytesFetched": self.bytes_fetched,
             "message": self.message,
             "transfer": self.transfer.to_json() if self.transfer else None,
+            "rolledBack": self.rolled_back.to_json() if self.rolled_back else None,
         }
 
 
@@ -160,6 +160,9 @@ class Device:
         self.bound_images_layout: Path | None = None
         #: What the last import of this object moved (atoll.store.partial).
         self.last_transfer: TransferReport | None = None
+        #: Images without a kernel are accepted by every stage (a container-boot
+        #: device's ``atoll updates run --allow-no-kernel``).
+        self.kernel_optional = False
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -189,7 +192,12 @@ class Device:
         return max(taken, default=-1) + 1
 
     def _import(
-        self, store: Store, source: ImageSource, image: RemoteImage, allow_no_kernel: bool
+        self,
+        store: Store,
+        source: ImageSource,
+        image: RemoteImage,
+        allow_no_kernel: bool,
+        delta_from: str | None = None,
     ) -> tuple[str, ImportStats]:
         # One hold of the store lock from the import to the ref naming its
         # commit: a gc waiting for the lock finds the commit referenced.
@@ -202,6 +210,7 @@ class Device:
                 image=str(image.name),
                 manifest_digest=image.digest,
                 progress=self.progress or NullProgress(),
+                delta_from=Digest.parse(delta_from) if delta_from else None,
             )
             write_atomic(
                 self.sysroot.transfer_file,
@@ -212,7 +221,8 @@ class Device:
                 ).encode(),
             )  # fmt: skip
             crashpoint("stage-imported")
-            if not allow_no_kernel and store.kernel(result.commit_id) is None:
+            kernel_optional = allow_no_kernel or self.kernel_optional
+            if not kernel_optional and store.kernel(result.commit_id) is None:
                 raise NoKernelError(
                     f"{image.name}: no kernel: the image has no usr/lib/modules/*/vmlinuz",
                     hint="a bootable image needs one; pass --allow-no-kernel to deploy it anyway",
@@ -260,8 +270,11 @@ class Device:
         stateroot: str = DEFAULT_STATEROOT,
         kargs: Sequence[str] = (),
         allow_no_kernel: bool = False,
+        target: ImageName | None = None,
     ) -> StageResult:
-        """``atoll install to-filesystem``: the first deployment of an empty sysroot."""
+        """``atoll install to-filesystem``: the first deployment of an empty sysroot.
+        With *target*, the origin names it instead of *name*: the device installed from
+        a local copy (an ``oci-archive:`` on a stick) follows *target* when it upgrades."""
         self.sysroot.create()
         with self.sysroot.lock():
             state = self.state()
@@ -275,7 +288,9 @@ class Device:
                 if self.admit is not None:
                     self.admit(name, image)
                 commit, stats = self._import(store, source, image, allow_no_kernel)
-            deployment = self._record_origin(self._checkout(store, commit, stateroot), name, image)
+            deployment = self._record_origin(
+                self._checkout(store, commit, stateroot), target or name, image
+            )
             var = self.sysroot.var(stateroot)
             if not var.exists():
                 # /var comes from the image once, at install; updates never touch it.
@@ -337,8 +352,10 @@ class Device:
         download_only: bool = False,
         allow_no_kernel: bool = False,
         etc_strategy: EtcMergeStrategy = EtcMergeStrategy.KEEP_LOCAL,
+        allow_rolled_back: bool = False,
     ) -> StageResult:
-        """``atoll upgrade`` (name None: the current origin) or ``atoll switch NAME``."""
+        """``atoll upgrade`` (name None: the current origin) or ``atoll switch NAME``;
+        an image this device rolled back from is skipped unless *allow_rolled_back*."""
         with self.sysroot.lock():
             state = self.state()
             current = state.current
@@ -362,9 +379,15 @@ class Device:
                     if self._lacks_objects(store, current.commit):
                         return self._restore(store, source, image)
                     return self._stage_result(None, image, None, "no changes")
+                skipped = None if allow_rolled_back else find_rolled_back(self.sysroot, digest)
+                if skipped is not None:
+                    message = f"not staged: {skipped.describe()}"
+                    return StageResult(None, image, False, message=message, rolled_back=skipped)
                 if self.admit is not None:
                     self.admit(target, image)
-                commit, stats = self._import(store, source, image, allow_no_kernel)
+                commit, stats = self._import(
+                    store, source, image, allow_no_kernel, current.origin.manifest_digest
+                )
             # Finalizing merges /etc from this one's pristine /etc (after the
             # import, which restores it when the image is the same).
             check_complete(store, current.commit, "etc", f"deployment {current.id}")

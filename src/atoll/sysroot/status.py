@@ -9,7 +9,8 @@ Stable JSON (``atoll status --format json``), documented in docs/status.md::
                 "rollbackQueued": false, "type": "bootcHost",
                 "atoll": {"sysroot": "…", "lastBoot": {...} | null,
                           "lastRollback": {...} | null, "droppedUpdate": {...} | null,
-                          "lastTransfer": {...} | null}}}
+                          "lastTransfer": {...} | null,
+                          "rolledBackImages": [{...}, …]}}}   (atoll.sysroot.rolledback)
 
     ENTRY = {"image": {"image": {"image": "…", "transport": "registry"},
                        "version": "1.4" | null, "timestamp": "…" | null,
@@ -27,8 +28,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from atoll.errors import AtollError
+from atoll.oci.transports import parse_bootc_name
 from atoll.sysroot.dropped import read_dropped
 from atoll.sysroot.origin import Deployment
+from atoll.sysroot.rolledback import read_rolled_back
 from atoll.sysroot.state import SysrootState
 
 API_VERSION = "org.containers.bootc/v1"
@@ -105,9 +109,24 @@ def host_document(
                 "lastRollback": last_rollback,
                 "droppedUpdate": dropped.to_json() if dropped else None,
                 "lastTransfer": _last_transfer(state),
+                "rolledBackImages": [r.to_json() for r in read_rolled_back(state.sysroot)],
             },
         },
     }
+
+
+def tries_left(count: int) -> str:
+    """``1 try left``, ``2 tries left``: a boot counter in words."""
+    return f"{count} {'try' if count == 1 else 'tries'} left"
+
+
+def _image_name(image: dict[str, Any]) -> str:
+    """bootc's {transport, image} in the one form atoll prints names in
+    (``docker://REF`` for a registry, as ``install`` and ``image`` commands print)."""
+    try:
+        return str(parse_bootc_name(image["image"], image["transport"]))
+    except AtollError:
+        return f"{image['transport']}:{image['image']}"
 
 
 def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
@@ -130,7 +149,7 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
             if on
         ]
         lines.append(
-            f"{marker} image: {image['image']['transport']}:{image['image']['image']}"
+            f"{marker} image: {_image_name(image['image'])}"
             + (f" ({', '.join(flags)})" if flags else "")
         )
         lines.append(f"        Version: {image['version'] or '-'} ({image['timestamp'] or '-'})")
@@ -139,7 +158,8 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
             f"     Deployment: {atoll['stateroot']}/{atoll['commit'][:12]}.{atoll['deploySerial']}"
         )
         if atoll["bootState"] and atoll["bootState"] != "good":
-            lines.append(f"     Boot state: {atoll['bootState']} ({atoll['triesLeft']} tries left)")
+            left = tries_left(atoll["triesLeft"])
+            lines.append(f"     Boot state: {atoll['bootState']} ({left})")
         conflicts = (atoll.get("etcMerge") or {}).get("conflicts") or []
         if conflicts:
             lines.append(f"  /etc conflicts: {len(conflicts)} (see --format json)")
@@ -171,11 +191,19 @@ def describe(doc: dict[str, Any], *, booted_only: bool = False) -> str:
         parts = [
             f"{name} {row['bytes']} B/{row['requests']} req"
             for name, row in paths.items()
-            if row.get("layers")
+            # The delta path has files but no layers of its own when ranges share them.
+            if row.get("layers") or row.get("files")
         ]
         lines.append(
             f"Last update ({transfer.get('time', '-')}): moved {transfer.get('bytesMoved', 0)} B"
             + (f" — {', '.join(parts)}" if parts else "")
+        )
+    for image in status["atoll"].get("rolledBackImages") or []:
+        version = f" {image['version']}" if image["version"] else ""
+        lines.append(
+            f"Updates skip {image['image']}{version} ({image['imageDigest'][:19]}): "
+            f"rolled back on {image['time']}; atoll updates forget "
+            f"{image['imageDigest'][7:19]} lets them take it again"
         )
     if status["rollbackQueued"]:
         lines.append("A rollback is queued: the next boot starts the rollback deployment.")

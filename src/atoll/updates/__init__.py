@@ -24,7 +24,8 @@ if TYPE_CHECKING:
         ApplySettings,
         DownloadSettings,
         InhibitorSettings,
-        Policy,
+        TrustSettings,
+        UpdatePolicy,
         UpdatesConfig,
         load_config,
         parse_config,
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
         decide,
         device_delay,
     )
-    from atoll.updates.run import (
+    from atoll.updates.runner import (
         Outcome,
         UpdatableDevice,
         UpdateRunResult,
@@ -65,7 +66,8 @@ _LAZY = {
         "ApplySettings",
         "DownloadSettings",
         "InhibitorSettings",
-        "Policy",
+        "UpdatePolicy",
+        "TrustSettings",
         "UpdatesConfig",
         "load_config",
         "parse_config",
@@ -88,7 +90,7 @@ _LAZY = {
         "decide",
         "device_delay",
     ),
-    "run": (
+    "runner": (
         "Outcome",
         "UpdatableDevice",
         "UpdateRunResult",
@@ -122,11 +124,12 @@ __all__ = [
     "InhibitorKind",
     "InhibitorSettings",
     "Outcome",
-    "Policy",
     "StagedUpdate",
     "SystemClock",
+    "TrustSettings",
     "UpdatableDevice",
     "UpdateDecision",
+    "UpdatePolicy",
     "UpdateRunResult",
     "UpdateState",
     "UpdatesConfig",

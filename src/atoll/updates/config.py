@@ -16,6 +16,9 @@ means ``policy = "none"``, as rpm-ostreed's AutomaticUpdatePolicy defaults::
     [inhibitors]
     files = ["/run/atoll/inhibit-reboot"]        # a reboot waits while one exists
     commands = ["/usr/bin/app-ready-for-reboot"] # a reboot waits while one exits non-zero
+    [trust]
+    max_signature_age = "7d"         # refuse an image whose newest valid signature is older
+    allow_downgrade = false          # let an upgrade follow the tag to an older version
 
 Every error names the file, the key and what to write instead.
 """
@@ -34,7 +37,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atoll import stricttoml
+from atoll.configfile import kind_of
 from atoll.errors import InvalidInputError, from_oserror
+from atoll.timeutil import parse_timespan
 from atoll.updates.cron import CronExpression
 from atoll.updates.window import Window
 
@@ -46,7 +51,7 @@ MAX_RANDOM_DELAY = datetime.timedelta(days=7)
 MIN_RATE_LIMIT = 1024
 
 
-class Policy(StrEnum):
+class UpdatePolicy(StrEnum):
     """rpm-ostreed's AutomaticUpdatePolicy, plus ``apply``."""
 
     #: Do nothing on their own.
@@ -70,6 +75,8 @@ SETTINGS: Mapping[str, str] = {
     "apply.timezone": "IANA time zone of apply.window",
     "inhibitors.files": "absolute paths; a reboot waits while one exists",
     "inhibitors.commands": "commands; a reboot waits while one exits non-zero",
+    "trust.max_signature_age": "refuse an image whose newest valid signature is older than this",
+    "trust.allow_downgrade": "true: an upgrade may follow the tag to an older version",
 }
 
 
@@ -95,11 +102,22 @@ class InhibitorSettings:
 
 
 @dataclass(frozen=True)
+class TrustSettings:
+    """Protection against a mirror that serves old, validly signed images
+    (atoll.pipeline.freshness)."""
+
+    #: None: signatures of any age (or none, as the trust policy says) are accepted.
+    max_signature_age: datetime.timedelta | None = None
+    allow_downgrade: bool = False
+
+
+@dataclass(frozen=True)
 class UpdatesConfig:
-    policy: Policy = Policy.NONE
+    policy: UpdatePolicy = UpdatePolicy.NONE
     download: DownloadSettings = field(default_factory=DownloadSettings)
     apply: ApplySettings = field(default_factory=ApplySettings)
     inhibitors: InhibitorSettings = field(default_factory=InhibitorSettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
     #: The file it came from; None when there is none (every setting at its default).
     path: Path | None = field(default=None, compare=False)
 
@@ -116,6 +134,14 @@ class UpdatesConfig:
             "inhibitors": {
                 "files": list(self.inhibitors.files),
                 "commands": [list(c) for c in self.inhibitors.commands],
+            },
+            "trust": {
+                "maxSignatureAgeSeconds": (
+                    int(self.trust.max_signature_age.total_seconds())
+                    if self.trust.max_signature_age is not None
+                    else None
+                ),
+                "allowDowngrade": self.trust.allow_downgrade,
             },
         }
 
@@ -163,7 +189,7 @@ class _Parser:
         if not isinstance(data, dict):
             raise self.error(
                 section,
-                f"expected a table, got {_kind(data)}",
+                f"expected a table, got {kind_of(data)}",
                 hint=f"write it as a [{section}] section",
             )
         prefix = f"{section}." if section else ""
@@ -189,17 +215,17 @@ class _Parser:
         if not isinstance(value, str):
             raise self.error(
                 f"{section}.{key}",
-                f"expected a string, got {_kind(value)}",
+                f"expected a string, got {kind_of(value)}",
                 hint=f'put the value in quotes: {key} = "…"',
             )
         return value
 
     def config(self, data: dict[str, Any]) -> UpdatesConfig:
         self.table(data, "")
-        policy_text = data.get("policy", Policy.NONE.value)
-        choices = ", ".join(p.value for p in Policy)
+        policy_text = data.get("policy", UpdatePolicy.NONE.value)
+        choices = ", ".join(p.value for p in UpdatePolicy)
         # A list or a table is no policy either (and cannot be looked up in a set).
-        if not isinstance(policy_text, str) or policy_text not in {p.value for p in Policy}:
+        if not isinstance(policy_text, str) or policy_text not in {p.value for p in UpdatePolicy}:
             raise self.error(
                 "policy",
                 f"unknown policy {policy_text!r}",
@@ -208,7 +234,29 @@ class _Parser:
         download = self.download(self.table(data.get("download", {}), "download"))
         apply = ApplySettings(self.window(self.table(data.get("apply", {}), "apply"), "apply"))
         inhibitors = self.inhibitors(self.table(data.get("inhibitors", {}), "inhibitors"))
-        return UpdatesConfig(Policy(policy_text), download, apply, inhibitors, self.path)
+        trust = self.trust(self.table(data.get("trust", {}), "trust"))
+        return UpdatesConfig(
+            UpdatePolicy(policy_text), download, apply, inhibitors, trust, self.path
+        )
+
+    def trust(self, data: dict[str, Any]) -> TrustSettings:
+        max_age = None
+        if "max_signature_age" in data:
+            max_age = self.duration(data["max_signature_age"], "trust.max_signature_age")
+            if not max_age:
+                raise self.error(
+                    "trust.max_signature_age",
+                    "a maximum age of 0 refuses every image",
+                    hint='give the refresh interval and some slack, e.g. "7d"',
+                )
+        allow = data.get("allow_downgrade", False)
+        if not isinstance(allow, bool):
+            raise self.error(
+                "trust.allow_downgrade",
+                f"expected a boolean, got {kind_of(allow)}",
+                hint="write allow_downgrade = true or false (no quotes)",
+            )
+        return TrustSettings(max_age, allow)
 
     def window(self, data: dict[str, Any], section: str) -> Window:
         zone_name = self.string(data, section, "timezone") or "UTC"
@@ -256,7 +304,7 @@ class _Parser:
     def duration(self, value: Any, key: str) -> datetime.timedelta:
         hint = 'write a duration such as "90s", "30m", "1h30m" or "1d"'
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise self.error(key, f"expected a duration, got {_kind(value)}", hint=hint)
+            raise self.error(key, f"expected a duration, got {kind_of(value)}", hint=hint)
         try:
             return parse_duration(value)
         except ValueError as exc:
@@ -265,7 +313,7 @@ class _Parser:
     def rate(self, value: Any, key: str) -> int:
         hint = 'write a rate such as "2MiB/s", "500KiB/s" or "10Mbit/s"'
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise self.error(key, f"expected a rate, got {_kind(value)}", hint=hint)
+            raise self.error(key, f"expected a rate, got {kind_of(value)}", hint=hint)
         try:
             rate = parse_rate(value)
         except ValueError as exc:
@@ -292,7 +340,7 @@ class _Parser:
         if not isinstance(raw, list):
             raise self.error(
                 "inhibitors.commands",
-                f"expected a list, got {_kind(raw)}",
+                f"expected a list, got {kind_of(raw)}",
                 hint='write commands = ["/usr/bin/app-ready-for-reboot"]',
             )
         for i, item in enumerate(raw):
@@ -306,7 +354,7 @@ class _Parser:
             elif isinstance(item, list) and all(isinstance(a, str) for a in item):
                 argv = list(item)
             else:
-                raise self.error(key, f"expected a string, got {_kind(item)}", hint=hint)
+                raise self.error(key, f"expected a string, got {kind_of(item)}", hint=hint)
             if not argv or not argv[0]:
                 raise self.error(key, "empty command", hint=hint)
             commands.append(tuple(argv))
@@ -317,46 +365,24 @@ class _Parser:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.error(
                 f"inhibitors.{key}",
-                f"expected a list of strings, got {_kind(value)}",
+                f"expected a list of strings, got {kind_of(value)}",
                 hint=f'write {key} = ["/run/atoll/inhibit-reboot"]',
             )
         return list(value)
 
 
-def _kind(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, datetime.date | datetime.time):
-        return "a date or time"
-    return names.get(type(value), type(value).__name__)
-
-
 # --- durations and rates ------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"([0-9]+)\s*(d|h|min|m|s)")
-_DURATION_UNITS = {"d": 86400, "h": 3600, "min": 60, "m": 60, "s": 1}
 
 
 def parse_duration(value: int | str) -> datetime.timedelta:
-    """``90`` or ``"90s"``, ``"30m"`` (or ``"30min"``), ``"1h30m"``, ``"1d"``."""
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{value} is negative")
-        value = str(value)
-    text = value.strip()
-    if text.isdigit():
-        text += "s"
-    seconds, pos = 0, 0
-    for match in _DURATION_PART.finditer(text):
-        if text[pos : match.start()].strip():
-            break
-        seconds += int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos == 0 or text[pos:].strip():
-        raise ValueError(f"{value!r} is not a duration")
+    """``90`` or ``"90s"``, ``"30m"`` (or ``"30min"``), ``"1h30m"``, ``"1d"``: a time
+    span (atoll.timeutil) in whole seconds."""
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{value} is negative")
+    try:
+        seconds = parse_timespan(str(value), whole_seconds=True, infinity=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a duration") from None
     try:
         return datetime.timedelta(seconds=seconds)
     except OverflowError:

@@ -35,7 +35,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from atoll.updates.clock import Clock
-from atoll.updates.config import Policy, UpdatesConfig, format_duration
+from atoll.updates.config import UpdatePolicy, UpdatesConfig, format_duration
 from atoll.updates.inhibitors import Inhibitor
 from atoll.updates.state import UpdateState
 
@@ -165,7 +165,7 @@ def decide(
             inhibitors,
         )
 
-    if policy is Policy.NONE:
+    if policy is UpdatePolicy.NONE:
         return decision(Action.IDLE, 'automatic updates are off (policy = "none")', None)
     if staged is not None and staged.download_only:
         return decision(
@@ -184,7 +184,7 @@ def decide(
             retry_at,
         )
     held = () if force else facts.inhibitors
-    if policy is Policy.APPLY and staged is not None and apply_open:
+    if policy is UpdatePolicy.APPLY and staged is not None and apply_open:
         what = staged.version or staged.digest[:19]
         if held:
             who = "; ".join(i.describe() for i in held)
@@ -213,7 +213,7 @@ def decide(
                 f"outside the download window ({download_window.describe()}); "
                 f"this device's opens at {_local(opens, download_window.timezone)}"
             )
-        if policy is Policy.APPLY and staged is not None:
+        if policy is UpdatePolicy.APPLY and staged is not None:
             applies = apply_window.next_open(now)
             reason = (
                 f"update {staged.version or staged.digest[:19]} is staged and waits for the "
@@ -223,9 +223,9 @@ def decide(
             )
             opens = min(opens, applies)
         return decision(Action.IDLE, reason, opens)
-    if policy is Policy.CHECK:
+    if policy is UpdatePolicy.CHECK:
         return decision(Action.CHECK, "the download window is open: check for an update", now)
-    if policy is Policy.STAGE:
+    if policy is UpdatePolicy.STAGE:
         return decision(Action.STAGE, "the download window is open: stage any update", now)
     # policy apply; nothing staged yet, or the apply window is closed.
     if apply_open and not held:

@@ -6,11 +6,14 @@ The document (stable; ``--json``)::
     {
       "config": {"path": …, "policy": …, "download": {"window", "timezone",
                  "randomDelaySeconds", "rateLimit"}, "apply": {"window", "timezone"},
-                 "inhibitors": {"files": […], "commands": [[argv…], …]}},
+                 "inhibitors": {"files": […], "commands": [[argv…], …]},
+                 "trust": {"maxSignatureAgeSeconds", "allowDowngrade"}},
       "decision": {"action", "reason", "now", "nextOpportunity", "delaySeconds",
                    "downloadWindowOpen", "applyWindowOpen", "stageFirst", "inhibitors"},
       "staged": {"deployment", "digest", "version", "downloadOnly"} | null,
       "inhibitors": [{"kind": "file" | "command", "what", "detail"}, …],   # holding now
+      "rolledBack": [{"imageDigest", "image", "version", "deployment", "time",
+                      "attemptsUsed", "reason"}, …],   # never staged again by updates
       "state": the content of atoll/updates/state.json (see atoll.updates.state)
     }
 """
@@ -22,11 +25,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from atoll.sysroot.rolledback import read_rolled_back
 from atoll.updates.clock import Clock
 from atoll.updates.config import format_duration, format_rate, load_config
 from atoll.updates.inhibitors import CommandRunner, run_inhibitor_command
 from atoll.updates.policy import decide
-from atoll.updates.run import UpdatableDevice, gather_facts
+from atoll.updates.runner import UpdatableDevice, gather_facts
 from atoll.updates.state import UpdateState, state_path
 
 #: Values start in one column whichever rows there are.
@@ -49,6 +53,7 @@ def status_document(
         "decision": decision.to_json(),
         "staged": facts.staged.to_json() if facts.staged else None,
         "inhibitors": [i.to_json() for i in facts.inhibitors],
+        "rolledBack": [r.to_json() for r in read_rolled_back(device.sysroot)],
         "state": state.to_json(),
     }
 
@@ -118,6 +123,16 @@ def describe(doc: dict[str, Any]) -> str:
         rows.append(("Staged", text))
     else:
         rows.append(("Staged", "nothing"))
+    for image in doc["rolledBack"]:
+        version = f" {image['version']}" if image["version"] else ""
+        rows.append(
+            (
+                "Rolled back",
+                f"{image['image']}{version} ({image['imageDigest'][:19]}) on "
+                f"{_when(image['time'], zone)}: {image['reason']}; not taken again "
+                f"(atoll updates forget {image['imageDigest'][7:19]} to allow it)",
+            )
+        )
     return "\n".join(f"{label + ':':<{_LABEL_WIDTH}} {value}" for label, value in rows)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from atoll.lazy import lazy_exports
-from atoll.workloads.quadlet import (
+from atoll.workloads.unitfiles.quadlet import (
     KEYS,
     LoadResult,
     ParseWarning,
@@ -24,7 +24,8 @@ from atoll.workloads.quadlet import (
 )
 
 if TYPE_CHECKING:
-    from atoll.workloads.autoupdate import (
+    from atoll.workloads.autoupdate.units import Workload, workloads_from
+    from atoll.workloads.autoupdate.updater import (
         AutoUpdateOptions,
         AutoUpdater,
         AutoUpdateResult,
@@ -35,18 +36,21 @@ if TYPE_CHECKING:
     from atoll.workloads.control import (
         Health,
         SupervisorClient,
-        SystemdManager,
         UnitManager,
         UnitState,
         UnitStatus,
     )
-    from atoll.workloads.generate import GeneratedService, generate_services, write_services
-    from atoll.workloads.supervisor import Supervisor
-    from atoll.workloads.updateunits import Workload, workloads_from
+    from atoll.workloads.supervise.supervisor import Supervisor
+    from atoll.workloads.systemd import SystemdManager
+    from atoll.workloads.unitfiles.generate import (
+        GeneratedService,
+        generate_services,
+        write_services,
+    )
 
 #: The names imported on first use, by the module that defines them.
 _LAZY = {
-    "autoupdate": (
+    "autoupdate.updater": (
         "AutoUpdateOptions",
         "AutoUpdater",
         "AutoUpdateResult",
@@ -54,17 +58,17 @@ _LAZY = {
         "run_auto_update",
     ),
     "bound": ("BoundImage", "find_bound_images", "pull_bound_images"),
-    "generate": ("GeneratedService", "generate_services", "write_services"),
+    "unitfiles.generate": ("GeneratedService", "generate_services", "write_services"),
     "control": (
         "Health",
         "SupervisorClient",
-        "SystemdManager",
         "UnitManager",
         "UnitState",
         "UnitStatus",
     ),
-    "supervisor": ("Supervisor",),
-    "updateunits": ("Workload", "workloads_from"),
+    "systemd": ("SystemdManager",),
+    "supervise.supervisor": ("Supervisor",),
+    "autoupdate.units": ("Workload", "workloads_from"),
 }
 
 

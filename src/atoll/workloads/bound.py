@@ -30,8 +30,8 @@ from pathlib import Path
 from atoll import strictjson
 from atoll.errors import AtollError, BoundImageError, ToolMissingError
 from atoll.progress import ProgressSink
-from atoll.workloads.localimages import Podman
-from atoll.workloads.quadlet import ContainerOptions, ImageOptions, parse_unit
+from atoll.workloads.autoupdate.localimages import Podman
+from atoll.workloads.unitfiles.quadlet import ContainerOptions, ImageOptions, parse_unit
 
 log = logging.getLogger(__name__)
 

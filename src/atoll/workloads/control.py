@@ -4,8 +4,13 @@ Two managers answer the same questions (:class:`UnitManager`):
 
 * :class:`SupervisorClient` talks to ``atoll workload run`` over its control
   socket, ``STATE_DIR/control.sock`` (default state dir ``/run/atoll/workloads``);
-* :class:`SystemdManager` asks systemd (``systemctl show/start/stop/restart``)
-  and podman (``podman inspect``) on hosts whose services systemd runs.
+* :class:`~atoll.workloads.systemd.SystemdManager` asks systemd (``systemctl
+  show/start/stop/restart``) and podman (``podman inspect``) on hosts whose
+  services systemd runs.
+
+This module is the vocabulary both share (:class:`UnitStatus`, :class:`UnitState`,
+:class:`Health`) and the client of the control protocol; it imports nothing
+else of the workloads, so every room may use it.
 
 The control protocol is JSON lines over a unix stream socket: the client
 writes one request object and a newline, the supervisor answers with one
@@ -40,7 +45,7 @@ from __future__ import annotations
 import abc
 import json
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
@@ -135,7 +140,7 @@ def control_socket(state_dir: Path) -> Path:
     return state_dir / CONTROL_SOCKET
 
 
-def _error_for(code: int, message: str) -> AtollError:
+def error_for(code: int, message: str) -> AtollError:
     if code == StartLimitHitError.exit_code:
         return StartLimitHitError(
             message, hint="fix the unit, then run atoll workload start to reset the start limit"
@@ -147,7 +152,7 @@ def _error_for(code: int, message: str) -> AtollError:
     return AtollError(message)
 
 
-class _Jobs(abc.ABC):
+class JobVerbs(abc.ABC):
     """start, stop and restart, each one job of the manager's ``_job``."""
 
     @abc.abstractmethod
@@ -164,7 +169,7 @@ class _Jobs(abc.ABC):
         return self._job("restart", unit, timeout)
 
 
-class SupervisorClient(_Jobs):
+class SupervisorClient(JobVerbs):
     """Client of ``atoll workload run``'s control socket; a :class:`UnitManager`."""
 
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR) -> None:
@@ -225,7 +230,7 @@ class SupervisorClient(_Jobs):
     def _call(self, message: Mapping[str, Any], *, timeout: float | None) -> dict[str, Any]:
         answer = self.request(message, timeout=timeout)
         if not answer.get("ok"):
-            raise _error_for(
+            raise error_for(
                 int(answer.get("exit_code", UnitFailedError.exit_code)),
                 str(answer.get("error", "the supervisor reported a failure")),
             )
@@ -263,174 +268,3 @@ class SupervisorClient(_Jobs):
         # The supervisor answers when the job is done; with a timeout it gives up by then.
         answer = self._call(message, timeout=None if timeout is None else timeout + 30.0)
         return UnitStatus.from_json(answer["unit"])
-
-
-#: What ``systemctl show`` is asked for.
-SYSTEMD_PROPERTIES = (
-    "Id",
-    "ActiveState",
-    "SubState",
-    "Result",
-    "NRestarts",
-    "MainPID",
-    "ExecMainStatus",
-    "StateChangeTimestamp",
-)
-_SYSTEMD_STATES = {s.value: s for s in UnitState}
-# systemd states the supervisor never reports, mapped to the nearest it does.
-_SYSTEMD_STATES.update(
-    {"reloading": UnitState.ACTIVE, "refreshing": UnitState.ACTIVE, "maintenance": UnitState.FAILED}
-)
-
-
-def parse_systemctl_show(text: str) -> dict[str, str]:
-    """``KEY=VALUE`` lines of ``systemctl show`` as a dict."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        key, eq, value = line.partition("=")
-        if eq:
-            values[key] = value
-    return values
-
-
-def systemd_timestamp(text: str) -> str:
-    """``Sun 2026-11-22 03:25:29 UTC`` (``--timestamp=utc``) as ISO-8601 UTC; "" if unset."""
-    import datetime
-
-    words = text.split()
-    if len(words) >= 3 and words[-1] == "UTC":
-        try:
-            parsed = datetime.datetime.strptime(f"{words[-3]} {words[-2]}", "%Y-%m-%d %H:%M:%S")
-        except ValueError:
-            return text
-        return parsed.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return text
-
-
-def status_from_systemd(
-    show: Mapping[str, str],
-    *,
-    unit: str,
-    name: str,
-    service: str,
-    container: str,
-    image: str,
-    kind: str,
-    inspect: Mapping[str, Any] | None,
-) -> UnitStatus:
-    """A UnitStatus from ``systemctl show`` values and ``podman inspect`` of the container."""
-    state = _SYSTEMD_STATES.get(show.get("ActiveState", ""), UnitState.INACTIVE)
-    main_pid = int(show.get("MainPID") or 0) or None
-    exit_status = show.get("ExecMainStatus", "")
-    container_id = image_id = None
-    health = Health.NONE
-    if inspect and state in (UnitState.ACTIVE, UnitState.ACTIVATING, UnitState.DEACTIVATING):
-        container_id = inspect.get("Id") or None
-        image_id = inspect.get("Image") or None
-        container_state = inspect.get("State") or {}
-        health_info = container_state.get("Health") or container_state.get("Healthcheck") or {}
-        raw_health = health_info.get("Status") if isinstance(health_info, dict) else None
-        if raw_health in {h.value for h in Health}:
-            health = Health(raw_health)
-    return UnitStatus(
-        unit=unit,
-        name=name,
-        service=service,
-        state=state,
-        result=show.get("Result") or "success",
-        container=container,
-        container_id=container_id,
-        image=image,
-        image_id=image_id,
-        health=health,
-        restarts=int(show.get("NRestarts") or 0),
-        since=systemd_timestamp(show.get("StateChangeTimestamp", "")),
-        main_pid=main_pid,
-        exit_status=int(exit_status) if exit_status.isdigit() else None,
-        kind=kind,
-    )
-
-
-class SystemdManager(_Jobs):
-    """Units run by systemd from the services Quadlet generated; a :class:`UnitManager`."""
-
-    def __init__(self, roots: Sequence[Path] | None = None, *, user: bool = False) -> None:
-        self.roots = roots
-        self.user = user
-
-    def _systemctl(self, *args: str, timeout: float | None = 120.0) -> str:
-        from atoll.run import find_tool, run
-
-        argv = [find_tool("systemctl", "systemd"), *(["--user"] if self.user else []), *args]
-        return run(argv, timeout=timeout).stdout.decode(errors="replace")
-
-    def units(self) -> list[Any]:
-        from atoll.workloads.quadlet import load_units
-
-        return list(load_units(self.roots, user=self.user).units)
-
-    def _resolve(self, name: str) -> Any:
-        units = self.units()
-        for unit in units:
-            if name in (unit.name, unit.stem, unit.service_name):
-                return unit
-        raise UnknownUnitError(
-            f"no workload unit named {name!r}", hint="atoll workload list shows the units"
-        )
-
-    def _status_of(self, unit: Any) -> UnitStatus:
-        from atoll.workloads.quadlet import ContainerOptions
-        from atoll.workloads.runtime import inspect_container
-
-        show = parse_systemctl_show(
-            self._systemctl(
-                "show",
-                "--timestamp=utc",
-                "--property=" + ",".join(SYSTEMD_PROPERTIES),
-                unit.service_name,
-            )
-        )
-        container = image = ""
-        inspect = None
-        if isinstance(unit.options, ContainerOptions):
-            container = (unit.options.container_name or "systemd-%N").replace("%N", unit.stem)
-            image = unit.options.image or ""
-            inspect = inspect_container(container)
-        return status_from_systemd(
-            show,
-            unit=unit.name,
-            name=unit.stem,
-            service=unit.service_name,
-            container=container,
-            image=image,
-            kind=unit.kind.value,
-            inspect=inspect,
-        )
-
-    def status(self, unit: str) -> UnitStatus:
-        return self._status_of(self._resolve(unit))
-
-    def status_all(self, unit: str | None = None) -> list[UnitStatus]:
-        if unit is not None:
-            return [self.status(unit)]
-        return [self._status_of(u) for u in self.units()]
-
-    def _job(self, verb: str, unit: str, timeout: float | None) -> UnitStatus:
-        quadlet_unit = self._resolve(unit)
-        try:
-            self._systemctl(verb, quadlet_unit.service_name, timeout=timeout)
-        except AtollError as exc:
-            status = self._status_of(quadlet_unit)
-            raise _error_for(
-                StartLimitHitError.exit_code
-                if status.result == "start-limit-hit"
-                else UnitFailedError.exit_code,
-                f"systemctl {verb} {quadlet_unit.service_name} failed: {exc}",
-            ) from exc
-        status = self._status_of(quadlet_unit)
-        if verb != "stop" and status.state is UnitState.FAILED:
-            raise _error_for(
-                UnitFailedError.exit_code,
-                f"{quadlet_unit.service_name} failed ({status.result})",
-            )
-        return status

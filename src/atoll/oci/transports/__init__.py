@@ -57,6 +57,19 @@ BOOTC_TRANSPORTS: dict[ImageTransport, Transport] = {
 }
 _BOOTC_NAME_OF = {transport: name for name, transport in BOOTC_TRANSPORTS.items()}
 
+_TRANSPORT_NAMES = frozenset(t.value for t in Transport)
+_HOST_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?$")
+
+
+def _names_a_registry(text: str) -> bool:
+    """Whether *text* starts with a registry host (``HOST.DOMAIN``, ``HOST:PORT``
+    or ``localhost``) followed by a repository, as a bare image name does."""
+    host, slash, _ = text.partition("/")
+    if not slash or not _HOST_RE.match(host):
+        return False  # also ./DIR and ../DIR, which are paths
+    return "." in host or ":" in host or host == "localhost"
+
+
 _REF_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]+(?:[:/@+][a-zA-Z0-9._-]+)*$")
 
 
@@ -72,10 +85,13 @@ class ImageName:
     @classmethod
     def parse(cls, text: str) -> ImageName:
         transport_text, sep, rest = text.partition(":")
+        if transport_text not in _TRANSPORT_NAMES and _names_a_registry(text):
+            # A bare REGISTRY/REPO[:TAG] is docker://, as podman and bootc read it.
+            return cls(Transport.DOCKER, reference=ImageReference.parse(text))
         if not sep:
             raise InvalidReferenceError(
                 f"invalid image name {text!r}: no transport",
-                hint="write e.g. docker://registry/repo:tag, oci:DIR:TAG, "
+                hint="write e.g. registry/repo:tag, docker://registry/repo:tag, oci:DIR:TAG, "
                 "oci-archive:FILE, dir:DIR",
             )
         try:

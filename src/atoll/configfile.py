@@ -1,0 +1,126 @@
+"""What every TOML configuration file atoll reads shares: where a key is, how
+it is named and what a value is called in an error.
+
+tomllib gives values without their lines; :class:`KeyLines` finds the line of
+each key path (``("customizations", "user", 0, "name")``) by scanning the
+text, so an error can say ``FILE: line N: KEY: PROBLEM`` (:func:`locate`) and
+name what was expected and what was found (:func:`kind_of`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any
+
+#: A key's path from the top of the document; ints index arrays of tables.
+KeyPath = tuple[str | int, ...]
+
+_BARE_KEY = r"[A-Za-z0-9_-]+"
+_QUOTED_KEY = r"\"(?:[^\"\\]|\\.)*\"|'[^']*'"
+_KEY = rf"(?:{_BARE_KEY}|{_QUOTED_KEY})"
+_DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+_TABLE_RE = re.compile(rf"^\s*\[\s*({_DOTTED})\s*\]\s*(#.*)?$")
+_ARRAY_TABLE_RE = re.compile(rf"^\s*\[\[\s*({_DOTTED})\s*\]\]\s*(#.*)?$")
+_ASSIGN_RE = re.compile(rf"^\s*({_DOTTED})\s*=")
+_KEY_PART_RE = re.compile(_KEY)
+
+
+def _split_dotted(text: str) -> list[str]:
+    parts = []
+    for match in _KEY_PART_RE.finditer(text):
+        part = match.group(0)
+        if part[0] in "\"'":
+            part = part[1:-1]
+        parts.append(part)
+    return parts
+
+
+class KeyLines:
+    """Maps key paths (``("customizations", "user", 0, "name")``) to the line
+    that defines them, by scanning the text: tomllib does not tell."""
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[KeyPath, int] = {}
+        counts: dict[KeyPath, int] = {}
+        table: KeyPath = ()
+        in_string: str | None = None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if in_string is not None:
+                if line.count(in_string) % 2 == 1:
+                    in_string = None
+                continue
+            array = _ARRAY_TABLE_RE.match(line)
+            plain = _TABLE_RE.match(line) if array is None else None
+            if array is not None:
+                names = self._resolve(_split_dotted(array.group(1)), counts)
+                index = counts.get(names, 0)
+                counts[names] = index + 1
+                table = (*names, index)
+                self.lines.setdefault(names, number)
+                self.lines[table] = number
+            elif plain is not None:
+                table = self._resolve(_split_dotted(plain.group(1)), counts)
+                self.lines.setdefault(table, number)
+            else:
+                assign = _ASSIGN_RE.match(line)
+                if assign is not None:
+                    self.lines.setdefault((*table, *_split_dotted(assign.group(1))), number)
+            for quote in ('"""', "'''"):
+                if line.count(quote) % 2 == 1:
+                    in_string = quote
+                    break
+
+    def _resolve(self, names: list[str], counts: dict[KeyPath, int]) -> KeyPath:
+        """A table header's path, with the current index of each array of tables in it
+        (``[customizations.user.x]`` after ``[[customizations.user]]`` is in the last one)."""
+        out: list[str | int] = []
+        for name in names:
+            out.append(name)
+            seen = counts.get(tuple(out))
+            if seen is not None and len(out) < len(names):
+                out.append(seen - 1)
+        return tuple(out)
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """The line of *path*, else of its nearest enclosing key or table."""
+        for end in range(len(path), 0, -1):
+            found = self.lines.get(path[:end])
+            if found is not None:
+                return found
+        return None
+
+
+def show_key(path: KeyPath) -> str:
+    """*path* as written in the file: ``customizations.user[0].name``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def kind_of(value: Any) -> str:
+    """What TOML calls *value*'s type: ``a string``, ``an array``, ``a table``…"""
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+    for cls, name in names.items():
+        if type(value) is cls:
+            return name
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, datetime.date | datetime.time):
+        return "a date or time"
+    return type(value).__name__
+
+
+def where(source: str, lines: KeyLines | None, path: KeyPath) -> str:
+    """``FILE: line N: ``, the line of *path* (``FILE: `` when it is not known)."""
+    line = lines.line_of(path) if lines is not None else None
+    return f"{source}: line {line}: " if line is not None else f"{source}: "
+
+
+def locate(source: str, lines: KeyLines | None, path: KeyPath) -> str:
+    """The start of an error about *path*: ``FILE: line N: KEY: `` (what is known of it)."""
+    place = where(source, lines, path)
+    return f"{place}{show_key(path)}: " if path else place

@@ -1,0 +1,345 @@
+"""Binary deltas between two OS images, published as OCI artifacts.
+
+A delta from OLD to NEW holds, for each regular file NEW has and OLD lacks
+(by the sha256 of its contents), either a zstd patch against the file at
+the same path in OLD (zstd's ``--patch-from``: OLD's file is the raw-content
+dictionary, long-distance matching on) or the new file alone at zstd's
+highest level, whichever is smaller, and only when that is smaller than the
+file's frames in NEW's zstd:chunked layer (else the device fetches the
+frames by range: the delta never moves more).  bsdiff is not used for the
+patches: a device has no bsdiff applier (only the stdlib and zstandard).
+
+The artifact, in the same repository as NEW::
+
+    manifest  application/vnd.oci.image.manifest.v1+json
+      artifactType  application/vnd.atoll.delta.v1
+      config        application/vnd.oci.empty.v1+json ("{}")
+      layers[0]     application/vnd.atoll.delta.index.v1+json+zstd   the index
+      layers[1]     application/vnd.atoll.delta.payload.v1      the patches, end to end
+      subject       NEW's image manifest
+      annotations   org.atoll.delta.from = OLD's manifest digest
+                    org.atoll.delta.to   = NEW's manifest digest
+
+    index (zstd)  {"version": 1, "from": "sha256:…", "to": "sha256:…",
+            "files": [{"sha256": HEX, "size": N, "method": "zstd-patch"|"zstd",
+                       "base": HEX, "baseSize": N,        (zstd-patch only)
+                       "offset": O, "length": L}, …]}     (bytes of the payload)
+
+It is found by NEW's digest: the OCI referrers API where the registry answers
+it, else the referrers tag scheme (an OCI index tagged ``sha256-<NEW hex>``
+listing the referrers, which Distribution 2.8 stores as any other index).
+
+Nothing in a delta is trusted: the index blob is verified by its digest, the
+payload is read by ranges, and every file made from it is checked against the
+sha256 NEW's table of contents names before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import zstandard
+
+from atoll import strictjson
+from atoll.errors import AtollError, DeltaError, NotFoundError
+from atoll.oci.digest import Digest
+from atoll.oci.manifest import Descriptor, ImageManifest, MediaType, parse_manifest
+
+if TYPE_CHECKING:
+    from atoll.oci.client import RegistryClient
+
+ARTIFACT_TYPE = "application/vnd.atoll.delta.v1"
+INDEX_TYPE = "application/vnd.atoll.delta.index.v1+json+zstd"
+PAYLOAD_TYPE = "application/vnd.atoll.delta.payload.v1"
+FROM_ANNOTATION = "org.atoll.delta.from"
+TO_ANNOTATION = "org.atoll.delta.to"
+INDEX_VERSION = 1
+PATCH = "zstd-patch"
+WHOLE = "zstd"
+METHODS = (PATCH, WHOLE)
+EMPTY_CONFIG = b"{}"
+#: Largest index read (a million files' entries fit well below this).
+MAX_INDEX = 64 << 20
+_LEVEL = 19
+
+
+def referrers_tag(digest: Digest) -> str:
+    """The tag of the referrers tag scheme for *digest*."""
+    return f"{digest.algorithm}-{digest.hex}"
+
+
+# --- patches --------------------------------------------------------------------------------
+
+
+def _window_log(size: int) -> int:
+    # Long-distance matching must see the whole dictionary plus the file.
+    return max(zstandard.WINDOWLOG_MIN, min(zstandard.WINDOWLOG_MAX, size.bit_length() + 1))
+
+
+def make_patch(old: bytes, new: bytes) -> bytes:
+    """zstd's ``--patch-from``: *new* compressed with *old* as a raw dictionary."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        _LEVEL,
+        window_log=_window_log(len(old) + len(new)),
+        enable_ldm=True,
+        write_content_size=True,
+    )
+    zdict = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdCompressor(dict_data=zdict, compression_params=params).compress(new)
+
+
+def make_whole(new: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=_LEVEL).compress(new)
+
+
+def apply_patch(method: str, data: bytes, base: bytes | None, size: int, where: str) -> bytes:
+    """The file an entry makes, exactly *size* bytes (not yet verified by digest)."""
+    try:
+        if method == PATCH:
+            assert base is not None
+            zdict = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+            window = _window_log(len(base) + size)
+            dctx = zstandard.ZstdDecompressor(dict_data=zdict, max_window_size=1 << window)
+        else:
+            dctx = zstandard.ZstdDecompressor()
+        out = dctx.decompress(data, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise DeltaError(f"{where}: a patch does not decompress: {exc}") from None
+    if len(out) != size:
+        raise DeltaError(f"{where}: a patch makes {len(out)} bytes, not {size}")
+    return out
+
+
+# --- the index ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeltaFile:
+    sha256: str
+    size: int
+    method: str
+    offset: int
+    length: int
+    base: str = ""
+    base_size: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sha256": self.sha256, "size": self.size, "method": self.method}
+        if self.method == PATCH:
+            out |= {"base": self.base, "baseSize": self.base_size}
+        return out | {"offset": self.offset, "length": self.length}
+
+
+@dataclass(frozen=True)
+class DeltaIndex:
+    old: Digest
+    new: Digest
+    files: Mapping[str, DeltaFile]
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "version": INDEX_VERSION,
+            "from": str(self.old),
+            "to": str(self.new),
+            "files": [self.files[sha].to_json() for sha in sorted(self.files)],
+        }
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        # Compressed: two hex digests an entry are most of it.
+        return zstandard.ZstdCompressor(level=_LEVEL).compress(text)
+
+
+def _hex(value: Any, where: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise DeltaError(f"{where}: not a sha256 in hex: {value!r}")
+    return value
+
+
+def _count(row: Mapping[str, Any], key: str, where: str) -> int:
+    value = row.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DeltaError(f"{where}: {key!r} must be a non-negative integer")
+    return value
+
+
+def parse_index(raw: bytes, payload_size: int, where: str) -> DeltaIndex:
+    """A delta's index (zstd-compressed JSON), every entry inside the payload."""
+    try:
+        # Read, not decompressed at once: a frame header's size is not trusted.
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
+            text = reader.read(MAX_INDEX + 1)
+    except zstandard.ZstdError as exc:
+        raise DeltaError(f"{where}: the delta index does not decompress: {exc}") from None
+    if len(text) > MAX_INDEX:
+        raise DeltaError(f"{where}: the delta index expands past {MAX_INDEX} bytes")
+    try:
+        doc = strictjson.loads(text)
+        if not isinstance(doc, dict) or doc.get("version") != INDEX_VERSION:
+            raise DeltaError(f"{where}: not a version {INDEX_VERSION} delta index")
+        old, new = Digest.parse(str(doc["from"])), Digest.parse(str(doc["to"]))
+        rows = doc["files"]
+    except (strictjson.StrictJSONError, KeyError, ValueError) as exc:
+        raise DeltaError(f"{where}: malformed delta index: {exc}") from None
+    except AtollError as exc:
+        raise DeltaError(f"{where}: malformed delta index: {exc}") from None
+    if not isinstance(rows, list):
+        raise DeltaError(f"{where}: the delta index has no files list")
+    files: dict[str, DeltaFile] = {}
+    for i, row in enumerate(rows):
+        at = f"{where}: files[{i}]"
+        if not isinstance(row, dict) or row.get("method") not in METHODS:
+            raise DeltaError(f"{at}: not an entry with a known method")
+        entry = DeltaFile(
+            _hex(row.get("sha256"), at),
+            _count(row, "size", at),
+            str(row["method"]),
+            _count(row, "offset", at),
+            _count(row, "length", at),
+        )
+        if entry.method == PATCH:
+            entry = DeltaFile(
+                *(entry.sha256, entry.size, entry.method, entry.offset, entry.length),
+                base=_hex(row.get("base"), at),
+                base_size=_count(row, "baseSize", at),
+            )
+        if entry.end > payload_size:
+            raise DeltaError(f"{at}: points past the end of the payload ({payload_size} bytes)")
+        files[entry.sha256] = entry
+    return DeltaIndex(old, new, files)
+
+
+# --- finding and publishing -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FoundDelta:
+    repository: str
+    manifest: Digest
+    index: DeltaIndex
+    payload: Descriptor
+    #: Bytes read to find it: the referrers listing, its manifest, its index.
+    lookup_bytes: int
+
+
+#: Requests :func:`find_delta` makes when there is no delta, and when there is one.
+LOOKUP_REQUESTS = 2
+FOUND_REQUESTS = 4
+
+
+def _referrers(client: RegistryClient, repository: str, subject: Digest) -> list[Descriptor]:
+    raw = client.referrers(repository, subject, ARTIFACT_TYPE)
+    if raw is None:
+        try:
+            raw = client.get_manifest(repository, referrers_tag(subject)).raw
+        except NotFoundError:
+            return []
+    where = f"{client.name(repository)}: referrers of {subject}"
+    listed = strictjson.loads(raw)
+    rows = listed.get("manifests") if isinstance(listed, dict) else None
+    if not isinstance(rows, list):
+        raise DeltaError(f"{where}: not an index of referrers")
+    return [Descriptor.from_json(row, f"{where}: manifests[{i}]") for i, row in enumerate(rows)]
+
+
+def find_delta(
+    client: RegistryClient, repository: str, old: Digest, new: Digest
+) -> FoundDelta | None:
+    """The delta from *old* to *new* in *repository* (its index read and
+    verified), or None when there is none."""
+    for desc in _referrers(client, repository, new):
+        if desc.annotations.get(FROM_ANNOTATION) != str(old):
+            continue
+        fetched = client.get_manifest(repository, str(desc.digest))
+        where = f"{client.name(repository)}: delta {desc.digest}"
+        manifest = parse_manifest(fetched.raw, fetched.media_type, where=where)
+        data = json.loads(fetched.raw)
+        subject = data.get("subject") or {}
+        if data.get("artifactType") != ARTIFACT_TYPE or subject.get("digest") != str(new):
+            raise DeltaError(f"{where}: not a delta for {new}")
+        layers = manifest.layers if isinstance(manifest, ImageManifest) else ()
+        kinds = [layer.media_type for layer in layers]
+        if len(layers) != 2 or kinds != [INDEX_TYPE, PAYLOAD_TYPE]:
+            raise DeltaError(f"{where}: layers must be an index and a payload, not {kinds}")
+        index_desc, payload = layers
+        if index_desc.size > MAX_INDEX:
+            raise DeltaError(f"{where}: its index is larger than {MAX_INDEX} bytes")
+        raw = client.fetch_blob(repository, index_desc.digest, index_desc.size)
+        index = parse_index(raw, payload.size, where)
+        if index.old != old or index.new != new:
+            raise DeltaError(
+                f"{where}: the index is for {index.old} -> {index.new}, not {old} -> {new}",
+                hint="the delta was published under the wrong annotations; recreate it",
+            )
+        read = desc.size + len(fetched.raw) + index_desc.size
+        return FoundDelta(repository, desc.digest, index, payload, read)
+    return None
+
+
+def _descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": str(Digest.of(data)), "size": len(data)} | extra
+
+
+def push_delta(
+    client: RegistryClient,
+    repository: str,
+    index: DeltaIndex,
+    payload: bytes,
+    subject: Descriptor,
+) -> Digest:
+    """Upload the artifact and list it under NEW's referrers tag; its digest."""
+    raw_index = index.to_bytes()
+    for blob in (EMPTY_CONFIG, raw_index, payload):
+        digest = Digest.of(blob)
+        if not client.blob_exists(repository, digest):
+            client.upload_blob(repository, digest, [blob], size=len(blob))
+    annotations = {FROM_ANNOTATION: str(index.old), TO_ANNOTATION: str(index.new)}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MediaType.OCI_MANIFEST.value,
+        "artifactType": ARTIFACT_TYPE,
+        "config": _descriptor(MediaType.OCI_EMPTY.value, EMPTY_CONFIG),
+        "layers": [_descriptor(INDEX_TYPE, raw_index), _descriptor(PAYLOAD_TYPE, payload)],
+        "subject": {
+            "mediaType": subject.media_type,
+            "digest": str(subject.digest),
+            "size": subject.size,
+        },
+        "annotations": annotations,
+    }
+    raw = json.dumps(manifest, separators=(",", ":")).encode()
+    digest = client.put_manifest(repository, str(Digest.of(raw)), raw, MediaType.OCI_MANIFEST)
+    if client.referrers(repository, subject.digest, ARTIFACT_TYPE) is not None:
+        return digest  # the registry indexes the subject itself
+    tag = referrers_tag(subject.digest)
+    try:
+        listed = strictjson.loads(client.get_manifest(repository, tag).raw)
+    except NotFoundError:
+        listed = {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX.value, "manifests": []}
+    rows = [
+        row
+        for row in listed.get("manifests", [])
+        if isinstance(row, dict)
+        and row.get("digest") != str(digest)
+        # One delta per OLD: a new one replaces the old one's entry.
+        and (row.get("annotations") or {}).get(FROM_ANNOTATION) != str(index.old)
+    ]
+    rows.append(
+        _descriptor(MediaType.OCI_MANIFEST.value, raw, artifactType=ARTIFACT_TYPE)
+        | {"annotations": annotations}
+    )
+    listed["manifests"] = rows
+    tagged = json.dumps(listed, separators=(",", ":")).encode()
+    client.put_manifest(repository, tag, tagged, MediaType.OCI_INDEX)
+    return digest
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,158 @@
+"""``atoll delta create OLD NEW --to docker://REPO``: compute and publish a delta.
+
+Both images are read whole (this runs where images are built, not on a
+device); the format is in :mod:`atoll.oci.delta`.  Files are matched by path:
+a file NEW changed at a path OLD has is patched against OLD's file there; a
+file with no such base is stored alone.  An entry is kept only when it is
+smaller than the file's frames in NEW's zstd:chunked layer, so NEW must be
+zstd:chunked (the device's fallback is its ranges).
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from atoll.errors import DeltaError, UsageError
+from atoll.oci.chunked import chunked_info, parse_toc
+from atoll.oci.compression import decompress
+from atoll.oci.context import SystemContext
+from atoll.oci.delta import (
+    PATCH,
+    WHOLE,
+    DeltaFile,
+    DeltaIndex,
+    make_patch,
+    make_whole,
+    push_delta,
+    sha256_hex,
+)
+from atoll.oci.digest import Digest
+from atoll.oci.imageinspect import select_manifest
+from atoll.oci.manifest import Descriptor, ImageManifest, layer_compression
+from atoll.oci.transports import ImageName, ImageSource, Transport, open_source
+from atoll.oci.transports.docker import DockerSource
+
+
+@dataclass(frozen=True)
+class DeltaSummary:
+    old: Digest
+    new: Digest
+    manifest: Digest
+    files: int
+    patched: int
+    payload: int
+    #: What NEW's frames of the same files take (the ranges the delta saves).
+    frames: int
+
+
+def _blob(source: ImageSource, desc: Descriptor) -> bytes:
+    with source.open_blob(desc) as chunks:
+        return b"".join(chunks)
+
+
+def _tar_files(data: bytes, desc: Descriptor, tree: dict[str, bytes]) -> None:
+    """Apply one layer to *tree* (path -> contents of regular files)."""
+    raw = b"".join(decompress([data], layer_compression(desc.media_type)))
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        for member in tar:
+            name = posixpath.normpath(member.name.lstrip("/")).removeprefix("./")
+            folder, base = posixpath.split(name)
+            if base == ".wh..wh..opq":
+                for path in [p for p in tree if p.startswith(f"{folder}/")]:
+                    del tree[path]
+            elif base.startswith(".wh."):
+                gone = posixpath.join(folder, base[4:])
+                for path in [p for p in tree if p == gone or p.startswith(f"{gone}/")]:
+                    del tree[path]
+            elif member.isreg():
+                handle = tar.extractfile(member)
+                assert handle is not None
+                tree[name] = handle.read()
+            else:
+                tree.pop(name, None)
+
+
+@dataclass
+class _Image:
+    digest: Digest
+    manifest: ImageManifest
+    tree: dict[str, bytes]
+    #: sha256 -> the fewest compressed bytes a range pull of it moves.
+    frames: dict[str, int]
+
+
+def _read(name: ImageName, ctx: SystemContext, *, toc: bool) -> _Image:
+    with open_source(name, ctx) as source:
+        _, manifest = select_manifest(source, ctx.platform)
+        tree: dict[str, bytes] = {}
+        frames: dict[str, int] = {}
+        for desc in manifest.layers:
+            data = _blob(source, desc)
+            _tar_files(data, desc, tree)
+            info = chunked_info(desc.annotations, desc.size, str(name)) if toc else None
+            if info is None:
+                continue
+            pos = info.toc
+            payload = data[pos.offset : pos.offset + pos.length]
+            for f in parse_toc(payload, info, str(name)).files:
+                frames[f.sha256] = min(frames.get(f.sha256, f.end - f.offset), f.end - f.offset)
+        if toc and not frames:
+            raise DeltaError(
+                f"{name}: no zstd:chunked layer: a delta needs NEW's table of contents",
+                hint="push NEW with --dest-compress-format zstd:chunked",
+            )
+        return _Image(manifest.digest, manifest, tree, frames)
+
+
+def compute(old: _Image, new: _Image) -> tuple[DeltaIndex, bytes, int, int]:
+    """The index and payload, how many entries are patches, and NEW's frames they replace."""
+    have = {sha256_hex(data) for data in old.tree.values()}
+    payload = io.BytesIO()
+    files: dict[str, DeltaFile] = {}
+    patched = frames = 0
+    for path in sorted(new.tree):
+        data = new.tree[path]
+        sha = sha256_hex(data)
+        if not data or sha in have or sha in files or sha not in new.frames:
+            continue
+        choices: list[tuple[bytes, str, str, int]] = [(make_whole(data), WHOLE, "", 0)]
+        base = old.tree.get(path)
+        if base:
+            choices.append((make_patch(base, data), PATCH, sha256_hex(base), len(base)))
+        blob, method, base_sha, base_size = min(choices, key=lambda c: len(c[0]))
+        if len(blob) >= new.frames[sha]:
+            continue  # the file's own frames are as small: the device takes the range
+        offset = payload.tell()
+        payload.write(blob)
+        files[sha] = DeltaFile(sha, len(data), method, offset, len(blob), base_sha, base_size)
+        patched += method == PATCH
+        frames += new.frames[sha]
+    return DeltaIndex(old.digest, new.digest, files), payload.getvalue(), patched, frames
+
+
+def create_delta(old: ImageName, new: ImageName, to: ImageName, ctx: SystemContext) -> DeltaSummary:
+    """Compute the delta OLD -> NEW and publish it in *to*'s repository."""
+    if to.transport is not Transport.DOCKER or to.reference is None:
+        raise UsageError(f"{to}: a delta is published to a registry: use docker://HOST/REPO")
+    before = _read(old, ctx, toc=False)
+    after = _read(new, ctx, toc=True)
+    index, payload, patched, frames = compute(before, after)
+    with open_source(to, ctx) as dest:
+        assert isinstance(dest, DockerSource)
+        subject = Descriptor(after.manifest.media_type, after.digest, len(after.manifest.raw))
+        digest = push_delta(dest.client, dest.reference.repository, index, payload, subject)
+    return DeltaSummary(
+        before.digest, after.digest, digest, len(index.files), patched, len(payload), frames
+    )
+
+
+def iter_summary(summary: DeltaSummary) -> Iterator[str]:
+    yield f"delta {summary.manifest}: {summary.old} -> {summary.new}"
+    yield (
+        f"{summary.files} files ({summary.patched} patched), {summary.payload} bytes "
+        f"in place of {summary.frames} bytes of ranges"
+    )

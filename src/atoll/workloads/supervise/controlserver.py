@@ -1,0 +1,123 @@
+"""The supervisor's side of the control socket (the protocol is in control.py).
+
+One thread accepts connections on ``STATE_DIR/control.sock`` (mode 0600) and
+one thread per connection reads request lines and writes one answer line each;
+a job (start, stop, restart) blocks only its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+from atoll.errors import AtollError, InvalidInputError, SupervisorNotRunningError, UnknownUnitError
+from atoll.workloads.control import UnitStatus
+from atoll.workloads.supervise.notify import MAX_SOCKET_PATH
+
+_MALFORMED = InvalidInputError.exit_code
+
+
+class Jobs(Protocol):
+    """What the control socket asks of the supervisor."""
+
+    def status(self, name: str | None = None) -> list[UnitStatus]: ...
+
+    def start(self, name: str, timeout: float | None = None) -> UnitStatus: ...
+
+    def stop(self, name: str) -> UnitStatus: ...
+
+    def restart(self, name: str, timeout: float | None = None) -> UnitStatus: ...
+
+
+def answer(jobs: Jobs, line: bytes) -> dict[str, Any]:
+    """The answer to one request line."""
+    unit_name: str | None = None
+    try:
+        request = json.loads(line)
+        if not isinstance(request, dict):
+            raise ValueError("not an object")
+        op = request.get("op")
+        unit_name = request.get("unit")
+        timeout = request.get("timeout")
+        if unit_name is not None and not isinstance(unit_name, str):
+            raise ValueError("unit must be a string")
+        if timeout is not None and not isinstance(timeout, int | float):
+            raise ValueError("timeout must be a number")
+    except ValueError as exc:
+        return {"ok": False, "error": f"malformed request: {exc}", "exit_code": _MALFORMED}
+    try:
+        if op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if op == "status":
+            return {"ok": True, "units": [s.to_json() for s in jobs.status(unit_name)]}
+        if op in ("start", "stop", "restart"):
+            if unit_name is None:
+                raise UnknownUnitError(f"{op} needs a unit")
+            if op == "start":
+                status = jobs.start(unit_name, timeout)
+            elif op == "stop":
+                status = jobs.stop(unit_name)
+            else:
+                status = jobs.restart(unit_name, timeout)
+            return {"ok": True, "unit": status.to_json()}
+        return {"ok": False, "error": f"unknown op {op!r}", "exit_code": _MALFORMED}
+    except AtollError as exc:
+        reply: dict[str, Any] = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+        try:
+            reply["unit"] = jobs.status(unit_name)[0].to_json() if unit_name else None
+        except AtollError:
+            reply["unit"] = None
+        return reply
+
+
+class ControlServer:
+    def __init__(self, path: Path, jobs: Jobs) -> None:
+        self.path = path
+        self.jobs = jobs
+        self._sock: socket.socket | None = None
+        self._closing = threading.Event()
+
+    def open(self) -> None:
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise SupervisorNotRunningError(
+                f"{self.path}: the path is too long for a unix socket",
+                hint="choose a shorter --state-dir",
+            )
+        self.path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.path))
+        self.path.chmod(0o600)
+        sock.listen(16)
+        self._sock = sock
+        threading.Thread(target=self._accept, name="control", daemon=True).start()
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._sock is not None:
+            self._sock.close()
+            self.path.unlink(missing_ok=True)
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb") as stream:
+            for line in stream:
+                if not line.strip():
+                    continue
+                reply = answer(self.jobs, line)
+                try:
+                    stream.write(json.dumps(reply).encode() + b"\n")
+                    stream.flush()
+                except OSError:
+                    return
