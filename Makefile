@@ -15,7 +15,7 @@ APT_PACKAGES := python3 python3-venv ca-certificates docker-registry skopeo podm
 	ostree debootstrap systemd-container attr tzdata bsdiff \
 	qemu-system-x86 qemu-utils grub-pc-bin grub2-common fdisk e2fsprogs curl apt-utils gcc libc6-dev
 
-.PHONY: demo test lint typecheck unit integration slow bench deps system-deps venv tools clean
+.PHONY: demo test lint typecheck unit integration slow fuzz bench deps system-deps venv tools clean
 
 demo: deps
 	$(BIN)/atoll demo
@@ -41,6 +41,17 @@ integration: deps
 
 slow: deps
 	$(BIN)/pytest -q -m slow $(PYTEST_ARGS)
+
+# Every fuzz target for FUZZ_SECONDS each (tests/fuzz/run.py); new corpus
+# entries and crashes go to .fuzz/ (docs/development.md).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(shell $(BIN)/python tests/fuzz/run.py --list 2>/dev/null)
+
+fuzz: deps
+	@mkdir -p .fuzz/logs; status=0; for t in $(FUZZ_TARGETS); do \
+		$(BIN)/python tests/fuzz/run.py $$t --seconds $(FUZZ_SECONDS) > .fuzz/logs/$$t.log 2>&1 || status=1; \
+		tail -n 1 .fuzz/logs/$$t.log; \
+	done; exit $$status
 
 bench: deps
 	bench/copy

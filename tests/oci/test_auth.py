@@ -151,6 +151,8 @@ def test_entries_without_auth_are_skipped(tmp_path: Path, home: Path) -> None:
         ('{"auths": ' + "[" * 5000 + "]" * 5000 + "}", "exceeded max depth"),
         ('{"auths": []}', "'auths' must be an object"),
         ('{"auths": {"r.example": {"auth": "***"}}}', "not base64"),
+        # Found by fuzzing: a non-ASCII character was a ValueError (exit 1).
+        ('{"auths": {"r.example": {"auth": "dXNl\u00e9"}}}', "not base64"),
         (
             '{"auths": {"r.example": {"auth": "' + base64.b64encode(b"nocolon").decode() + '"}}}',
             "USERNAME:PASSWORD",

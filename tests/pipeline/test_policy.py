@@ -348,6 +348,15 @@ FAIL_OPEN = {
         b'{"default": [{"type": "reject"}], "transports": []}',
         "$.transports: expected a JSON object",
     ),
+    "key-data-not-ascii": (
+        b'{"default": [{"type": "sigstoreSigned", "keyData": "ab\\u00e9"}]}',
+        "$.default[0].keyData: not valid base64",
+    ),
+    # Found by fuzzing: reading the key failed later with a ValueError (exit 1).
+    "key-path-with-a-nul": (
+        b'{"default": [{"type": "sigstoreSigned", "keyPath": "/k\\u0000x"}]}',
+        "$.default[0].keyPath: '/k\\x00x' is not a file name",
+    ),
 }
 
 

@@ -107,6 +107,8 @@ def test_command_string_is_split_like_a_shell(tmp_path: Path) -> None:
             "none, check, stage, apply",
         ),
         ("policy = 3\n", "policy", "unknown policy 3", "none, check, stage, apply"),
+        ("policy = []\n", "policy", "unknown policy []", "none, check, stage, apply"),
+        ("[policy]\n", "policy", "unknown policy {}", "none, check, stage, apply"),
         ('polcy = "stage"\n', "polcy", "unknown key", "apply, download, inhibitors, policy"),
         ('[download]\nwindw = "* * * * *"\n', "download.windw", "unknown key", "random_delay"),
         ('[apply]\nrate_limit = "1MiB/s"\n', "apply.rate_limit", "unknown key", "timezone, window"),

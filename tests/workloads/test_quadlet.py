@@ -3,9 +3,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from atoll.cli import workload
 from atoll.cli.common import Output
-from atoll.errors import AtollError
+from atoll.errors import AtollError, QuadletUnitError
 from atoll.workloads import load_units
 from atoll.workloads.unitfiles.quadlet import ContainerOptions
 
@@ -68,3 +70,13 @@ def test_cli_generate_writes_services(tmp_path: Path) -> None:
 def test_missing_network_is_an_error(tmp_path: Path) -> None:
     _write(tmp_path / "u/w.container", "[Container]\nImage=x\nNetwork=gone.network\n")
     assert main(["workload", "generate", str(tmp_path / "o"), "--root", str(tmp_path / "u")]) == 51
+
+
+def test_a_nul_byte_is_a_clean_refusal(tmp_path: Path) -> None:
+    # Found by fuzzing: Volume=./a<NUL>b made generate fail with a ValueError (exit 1).
+    _write(tmp_path / "u/w.container", "[Container]\nImage=x\n")
+    _write(tmp_path / "u/w.container.d/10.conf", "[Container]\nVolume=./a\0b:/data\n")
+    code = main(["workload", "generate", str(tmp_path / "out"), "--root", str(tmp_path / "u")])
+    assert code == QuadletUnitError.exit_code
+    with pytest.raises(QuadletUnitError, match=r"10.conf:2: a NUL byte"):
+        load_units([tmp_path / "u"])

@@ -169,7 +169,8 @@ def _decode_entry(entry: Any, path: Path, key: str) -> Credentials | None:
         raise InvalidInputError(f"{path}: entry {key!r}: 'auth' must be a string")
     try:
         decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    # ValueError: a non-ASCII string is refused before it is decoded.
+    except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidInputError(
             f"{path}: entry {key!r}: 'auth' is not base64 of USERNAME:PASSWORD"
         ) from None

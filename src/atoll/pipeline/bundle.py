@@ -319,14 +319,25 @@ class BundleReader:
         entry = self.entries.get(ref_name)
         if entry is None:
             return None
+        where = f"{self.path}: signature manifest {entry.digest}"
         try:
             manifest = strictjson.loads(self.read(entry.digest))
         except strictjson.StrictJSONError as exc:
-            raise BundleError(f"{self.path}: signature manifest {entry.digest}: {exc}") from None
+            raise BundleError(f"{where}: {exc}") from None
+        layers = manifest.get("layers") if isinstance(manifest, dict) else None
+        if not isinstance(layers, list | None):
+            raise BundleError(f"{where}: not an image manifest (no list of layers)")
         out = []
-        for layer in manifest.get("layers") or []:
+        for layer in layers or []:
+            annotations = layer.get("annotations") if isinstance(layer, dict) else None
+            if not (
+                isinstance(layer, dict)
+                and isinstance(layer.get("digest"), str)
+                and isinstance(annotations, dict | None)
+            ):
+                raise BundleError(f"{where}: a layer is not a descriptor with a digest")
             payload = self.read(Digest.parse(layer["digest"]))
-            annotations = {str(k): str(v) for k, v in (layer.get("annotations") or {}).items()}
+            annotations = {str(k): str(v) for k, v in (annotations or {}).items()}
             out.append(Signature(str(layer.get("mediaType")), payload, annotations))
         return out
 

@@ -239,10 +239,15 @@ def _requirement(value: Any, source: str, path: str) -> Requirement:
         texts = [_string(value[name], source, f"{path}.{name}")]
     identity = _identity(value.get("signedIdentity"), source, f"{path}.signedIdentity")
     if name.startswith("keyPath"):
+        for text in texts:
+            if "\0" in text:
+                # No file has such a name (reading it would fail with a ValueError, not a refusal).
+                raise PolicyError(f"{source}: {path}.{name}: {text!r} is not a file name")
         return Requirement(kind, tuple(Path(text) for text in texts), (), identity, where)
     try:
         datas = tuple(base64.b64decode(text, validate=True) for text in texts)
-    except binascii.Error:
+    # ValueError: a non-ASCII string is refused before it is decoded.
+    except (binascii.Error, ValueError):
         raise PolicyError(f"{source}: {path}.{name}: not valid base64") from None
     return Requirement(kind, (), datas, identity, where)
 

@@ -171,7 +171,8 @@ class Signature:
             return None
         try:
             return base64.b64decode(text, validate=True)
-        except binascii.Error:
+        # ValueError: a non-ASCII string is refused before it is decoded.
+        except (binascii.Error, ValueError):
             return None
 
 

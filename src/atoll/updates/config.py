@@ -224,7 +224,8 @@ class _Parser:
         self.table(data, "")
         policy_text = data.get("policy", UpdatePolicy.NONE.value)
         choices = ", ".join(p.value for p in UpdatePolicy)
-        if policy_text not in {p.value for p in UpdatePolicy}:
+        # A list or a table is no policy either (and cannot be looked up in a set).
+        if not isinstance(policy_text, str) or policy_text not in {p.value for p in UpdatePolicy}:
             raise self.error(
                 "policy",
                 f"unknown policy {policy_text!r}",

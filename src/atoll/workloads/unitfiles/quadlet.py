@@ -513,6 +513,10 @@ def read_sections(path: Path, warnings: list[ParseWarning]) -> list[tuple[str, E
         raise QuadletUnitError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise from_oserror(exc, str(path)) from exc
+    if "\0" in text:
+        # No value can hold one (a path or an argument ends at it): not a unit file.
+        nul_line = text.count("\n", 0, text.index("\0")) + 1
+        raise QuadletUnitError(f"{path}:{nul_line}: a NUL byte: not a text file")
     result: list[tuple[str, Entry]] = []
     section: str | None = None
     pending: list[str] = []
