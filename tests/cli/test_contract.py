@@ -60,12 +60,13 @@ def test_help_of_every_command(path: tuple[str, ...], capsys: pytest.CaptureFixt
     assert captured.err == ""
 
 
-#: Each command with --format, and a format of it other than json.
+#: Each command with an output --format, and a format of it other than json
+#: (image inspect's --format is a Go template, as skopeo's is: docs/cli.md).
 FORMATS = {
-    path: next(c for c in action.choices or ["human"] if c != "json")
+    path: next(c for c in action.choices if c != "json")
     for path, parser in COMMANDS.items()
     for action in parser._actions
-    if "--format" in action.option_strings
+    if "--format" in action.option_strings and action.choices
 }
 
 

@@ -43,12 +43,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import zstandard
-
 from atoll import strictjson
 from atoll.errors import AtollError, DeltaError, NotFoundError
+from atoll.lazy import lazy_module
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor, ImageManifest, MediaType, parse_manifest
+
+if TYPE_CHECKING:
+    import zstandard
+else:
+    zstandard = lazy_module("zstandard")
 
 if TYPE_CHECKING:
     from atoll.oci.client import RegistryClient
