@@ -53,6 +53,7 @@ COMMAND_MODULES: dict[str, str] = {
     "verify": "sign",
     "build": "build",
     "lint": "build",
+    "base": "base",
     "promote": "pipeline",
     "mirror": "pipeline",
     "bundle": "pipeline",

@@ -18,7 +18,6 @@ install and upgrade take ``--allow-no-kernel``.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -30,7 +29,10 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+
+from atoll.treecache import Blob, _Entry, tree_entries, write_layer
+
+__all__ = ["Blob", "tree_entries", "write_layer"]
 
 PACKAGE = "usr/bin/strace"
 CHECK = "50-web-config.sh"
@@ -47,14 +49,6 @@ if ! grep -q '^port=' /usr/lib/edge/web.conf; then
   exit 1
 fi
 """
-_EMPTIED = frozenset({"dev", "proc", "sys", "run", "tmp", "var/tmp"})
-
-
-@dataclass(frozen=True)
-class Blob:
-    digest: str
-    diff_id: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -206,28 +200,6 @@ def _arch() -> str:
 
 # --- tar layers --------------------------------------------------------------------------
 
-_Entry = tuple[tarfile.TarInfo, Path | bytes | None]
-
-
-def tree_entries(root: Path) -> Iterator[_Entry]:
-    """The entries of a tree's layer: sorted, numeric owners, no device nodes or
-    fifos, API file systems and runtime state emptied."""
-    probe = tarfile.TarFile(fileobj=io.BytesIO(), mode="w")
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        rel = here.relative_to(root).as_posix()
-        if rel in _EMPTIED:
-            dirnames[:] = []
-            continue
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            path = here / name
-            info = probe.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
-            if info.ischr() or info.isblk() or info.isfifo():
-                continue
-            info.uname = info.gname = ""
-            yield info, (path if info.isfile() else None)
-
 
 def _file_entries(files: Mapping[str, tuple[bytes, int]], known: set[str]) -> Iterator[_Entry]:
     dirs = set(known)
@@ -244,38 +216,3 @@ def _file_entries(files: Mapping[str, tuple[bytes, int]], known: set[str]) -> It
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = len(data), mode, 1_767_225_600
         yield info, data
-
-
-class _Hashing:
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out = out
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.out.write(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        pass
-
-
-def write_layer(out: IO[bytes], entries: Iterator[_Entry] | list[_Entry]) -> Blob:
-    """Write *entries* to *out* as a gzip tar layer; return its digests and size."""
-    packed = _Hashing(out)
-    with gzip.GzipFile(fileobj=cast(IO[bytes], packed), mode="wb", compresslevel=1, mtime=0) as gz:
-        plain = _Hashing(cast(IO[bytes], gz))
-        with tarfile.open(fileobj=cast(IO[bytes], plain), mode="w", format=tarfile.PAX_FORMAT) as t:
-            for info, content in entries:
-                if isinstance(content, Path):
-                    with content.open("rb") as fh:
-                        t.addfile(info, fh)
-                elif isinstance(content, bytes):
-                    t.addfile(info, io.BytesIO(content))
-                else:
-                    t.addfile(info)
-    return Blob("sha256:" + packed.sha.hexdigest(), "sha256:" + plain.sha.hexdigest(), packed.size)
