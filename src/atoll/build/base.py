@@ -309,7 +309,9 @@ def _prepare(spec: BaseSpec, root: Path) -> None:
             else:
                 entry.unlink()
     for pattern in VARYING:
-        for path in sorted(root.glob(pattern), reverse=True):
+        # A literal name is looked at itself: glob skips dangling symlinks (/vmlinuz).
+        found = list(root.glob(pattern)) if "*" in pattern else [root / pattern]
+        for path in found:
             if path.is_file() or path.is_symlink():
                 path.unlink()
     (root / "etc/machine-id").write_text("")

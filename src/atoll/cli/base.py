@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from atoll.cli.common import Output, add_global_options, add_registry_options, system_context
+from atoll.cli.common import (
+    Output,
+    add_global_options,
+    add_platform_options,
+    add_registry_options,
+    system_context,
+)
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -28,6 +34,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     add_global_options(create)
     add_registry_options(create)
+    add_platform_options(create)
     create.add_argument("--distro", required=True, help="debian, ubuntu, fedora, ...")
     create.add_argument("--release", required=True, help="e.g. bookworm, 40")
     create.add_argument("--mirror", metavar="URL", help="package mirror (default: the distro's)")
