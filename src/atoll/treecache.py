@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
-from atoll.errors import DemoStateError
+from atoll.errors import CommandError, DemoStateError
 from atoll.run import run
 
 SUITE = "bookworm"
@@ -195,3 +195,64 @@ def write_layer(out: IO[bytes], entries: Iterator[_Entry] | list[_Entry]) -> Blo
                 else:
                     t.addfile(info)
     return Blob("sha256:" + packed.sha.hexdigest(), "sha256:" + plain.sha.hexdigest(), packed.size)
+
+
+def put_blob(blobs: Path, data: bytes) -> str:
+    """Write *data* to the blob directory *blobs*; return its digest."""
+    hexdigest = hashlib.sha256(data).hexdigest()
+    (blobs / hexdigest).write_bytes(data)
+    return f"sha256:{hexdigest}"
+
+
+def write_image_layout(layout: Path, config: bytes, layers: list[Blob], ref: str) -> str:
+    """Write an image of *config* and *layers* (gzip layers already in the layout's
+    blobs) to the OCI layout *layout* as *ref*; return the manifest's digest."""
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": put_blob(blobs, config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": b.digest,
+                    "size": b.size,
+                }
+                for b in layers
+            ],
+        }
+    ).encode()
+    digest = put_blob(blobs, manifest)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": len(manifest),
+                "annotations": {"org.opencontainers.image.ref.name": ref},
+            }
+        ],
+    }
+    (layout / "index.json").write_text(json.dumps(index))
+    return digest
+
+
+def run_bootstrap(argv: list[str]) -> None:
+    """Run a tree's bootstrap (debootstrap, dnf --installroot); its failure is a
+    CommandError with the last lines of its output."""
+    proc = run(argv, check=False)
+    if proc.returncode != 0:
+        tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
+        raise CommandError(
+            f"{Path(argv[0]).name} failed with exit code {proc.returncode}: {' | '.join(tail)}",
+            argv=argv,
+            returncode=proc.returncode,
+        )

@@ -18,7 +18,6 @@ removed or emptied (:data:`VARYING`, the machine id, the host's resolv.conf).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -28,15 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atoll.build.containerfile import write_additions
-from atoll.errors import BaseImageError, CommandError
-from atoll.fsutil import write_atomic
+from atoll.errors import BaseImageError
 from atoll.oci.context import SystemContext
 from atoll.oci.copy import copy_image
 from atoll.oci.digest import Digest
 from atoll.oci.transports import ImageName
 from atoll.requires import DEVICE_PACKAGES
-from atoll.run import find_tool, run
-from atoll.treecache import Blob, TreeRecipe, ensure_tree, tree_entries, write_layer
+from atoll.run import find_tool
+from atoll.treecache import (
+    Blob,
+    TreeRecipe,
+    ensure_tree,
+    run_bootstrap,
+    tree_entries,
+    write_image_layout,
+    write_layer,
+)
 
 APT_DISTROS = {
     "debian": "http://deb.debian.org/debian",
@@ -177,7 +183,7 @@ def _layer(root: Path, blobs: Path, epoch: int) -> Blob:
 
 def _write_layout(layout: Path, layers: list[Blob], spec: BaseSpec, epoch: int) -> None:
     created = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    config = _json(
+    config = json.dumps(
         {
             "architecture": _oci_arch(),
             "os": "linux",
@@ -195,50 +201,10 @@ def _write_layout(layout: Path, layers: list[Blob], spec: BaseSpec, epoch: int) 
                 {"created": created, "created_by": f"atoll base create: {spec.distro} packages"},
                 {"created": created, "created_by": "atoll base create: atoll and its units"},
             ],
-        }
-    )
-    manifest = _json(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": _put(layout, config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": b.digest,
-                    "size": b.size,
-                }
-                for b in layers
-            ],
-        }
-    )
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": _put(layout, manifest),
-                "size": len(manifest),
-                "annotations": {"org.opencontainers.image.ref.name": "base"},
-            }
-        ],
-    }
-    write_atomic(layout / "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
-    write_atomic(layout / "index.json", _json(index))
-
-
-def _json(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _put(layout: Path, data: bytes) -> str:
-    text = "sha256:" + hashlib.sha256(data).hexdigest()
-    write_atomic(layout / "blobs" / "sha256" / text.removeprefix("sha256:"), data)
-    return text
+        },
+        sort_keys=True,
+    ).encode()
+    write_image_layout(layout, config, layers, "base")
 
 
 def _deb_arch() -> str:
@@ -280,14 +246,7 @@ def _bootstrap(spec: BaseSpec, root: Path) -> None:
             "install",
             *packages,
         ]
-    proc = run(argv, check=False)
-    if proc.returncode != 0:
-        tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
-        raise CommandError(
-            f"{Path(argv[0]).name} failed with exit code {proc.returncode}: {' | '.join(tail)}",
-            argv=argv,
-            returncode=proc.returncode,
-        )
+    run_bootstrap(argv)
 
 
 def _prepare(spec: BaseSpec, root: Path) -> None:

@@ -24,9 +24,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from atoll.errors import CommandError
-from atoll.run import find_tool, run
-from atoll.treecache import TreeRecipe, ensure_tree, lock_cache, mounts_under, remove_build
+from atoll.run import find_tool
+from atoll.treecache import (
+    TreeRecipe,
+    ensure_tree,
+    lock_cache,
+    mounts_under,
+    remove_build,
+    run_bootstrap,
+)
 
 __all__ = ["TreeRecipe", "ensure_tree", "lock_cache", "mounts_under", "remove_build"]
 
@@ -88,14 +94,7 @@ def debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES, suite: str =
         str(target),
         MIRROR,
     ]
-    proc = run(argv, check=False)
-    if proc.returncode != 0:
-        tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
-        raise CommandError(
-            f"debootstrap failed with exit code {proc.returncode}: {' | '.join(tail)}",
-            argv=argv,
-            returncode=proc.returncode,
-        )
+    run_bootstrap(argv)
 
 
 def prepare_tree(root: Path, *, root_login: bool = False) -> None:

@@ -30,7 +30,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from atoll.treecache import Blob, _Entry, tree_entries, write_layer
+from atoll.treecache import (
+    Blob,
+    _Entry,
+    put_blob,
+    tree_entries,
+    write_image_layout,
+    write_layer,
+)
 
 __all__ = ["Blob", "tree_entries", "write_layer"]
 
@@ -124,26 +131,11 @@ def write_base(layout: Path, tree: Path, cache: Path, apt_source: str | None) ->
         raw = io.BytesIO()
         files = {"etc/apt/sources.list": ((apt_source + "\n").encode(), 0o644)}
         layers.append(write_layer(raw, list(_file_entries(files, set()))))
-        _put(blobs, raw.getvalue())
-    digest, size = _publish(layout, layers, "0")
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": digest,
-                "size": size,
-                "annotations": {"org.opencontainers.image.ref.name": "base"},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
-    return digest
+        put_blob(blobs, raw.getvalue())
+    return _publish(layout, layers, "0")
 
 
-def _publish(layout: Path, layers: list[Blob], version: str) -> tuple[str, int]:
-    blobs = layout / "blobs" / "sha256"
+def _publish(layout: Path, layers: list[Blob], version: str) -> str:
     config = json.dumps(
         {
             "architecture": _arch(),
@@ -165,32 +157,7 @@ def _publish(layout: Path, layers: list[Blob], version: str) -> tuple[str, int]:
         },
         sort_keys=True,
     ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": _put(blobs, config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": b.digest,
-                    "size": b.size,
-                }
-                for b in layers
-            ],
-        }
-    ).encode()
-    return _put(blobs, manifest), len(manifest)
-
-
-def _put(blobs: Path, data: bytes) -> str:
-    hexdigest = hashlib.sha256(data).hexdigest()
-    (blobs / hexdigest).write_bytes(data)
-    return f"sha256:{hexdigest}"
+    return write_image_layout(layout, config, layers, "base")
 
 
 def _arch() -> str:
