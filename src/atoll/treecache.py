@@ -25,7 +25,7 @@ import secrets
 import shutil
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
@@ -245,10 +245,10 @@ def write_image_layout(layout: Path, config: bytes, layers: list[Blob], ref: str
     return digest
 
 
-def run_bootstrap(argv: list[str]) -> None:
+def run_bootstrap(argv: list[str], env: Mapping[str, str] | None = None) -> None:
     """Run a tree's bootstrap (debootstrap, dnf --installroot); its failure is a
     CommandError with the last lines of its output."""
-    proc = run(argv, check=False)
+    proc = run(argv, check=False, env=env)
     if proc.returncode != 0:
         tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
         raise CommandError(

@@ -33,7 +33,7 @@ from atoll.oci.copy import copy_image
 from atoll.oci.digest import Digest
 from atoll.oci.transports import ImageName
 from atoll.requires import DEVICE_PACKAGES
-from atoll.run import find_tool
+from atoll.run import find_tool, run
 from atoll.treecache import (
     Blob,
     TreeRecipe,
@@ -50,6 +50,8 @@ APT_DISTROS = {
 }
 DNF_DISTROS = frozenset({"fedora", "centos", "rhel", "almalinux", "rocky"})
 #: systemd as init, and python3 with the modules atoll imports on a device.
+#: What debootstrap installs; apt-get installs the rest of the packages.
+APT_BOOTSTRAP = ("systemd", "systemd-sysv", "dbus")
 APT_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", *DEVICE_PACKAGES)
 DNF_PACKAGES = ("systemd", "python3", "python3-httpx", "python3-zstandard", "python3-cryptography")
 #: Bump when _prepare() changes what it does: that rebuilds the cached trees.
@@ -218,35 +220,57 @@ def _oci_arch() -> str:
 def _bootstrap(spec: BaseSpec, root: Path) -> None:
     packages = spec.all_packages()
     if spec.family == "apt":
-        argv = [
-            find_tool("debootstrap"),
-            "--variant=minbase",
-            f"--include={','.join(packages)}",
-            spec.release,
-            str(root),
-            spec.mirror or APT_DISTROS[spec.distro],
-        ]
-    else:
-        dnf = shutil.which("dnf") or shutil.which("dnf5")
-        if dnf is None:
-            raise BaseImageError(
-                f"a {spec.distro} base needs dnf on this host, and there is none",
-                hint="run atoll base create on a host with dnf (e.g. in a Fedora container)",
-            )
-        root.mkdir(parents=True)
-        argv = [
-            dnf,
-            "--installroot",
-            str(root),
-            "--releasever",
-            spec.release,
-            "--setopt=install_weak_deps=False",
-            "--assumeyes",
-            *([f"--repofrompath=base,{spec.mirror}", "--repo=base"] if spec.mirror else []),
-            "install",
-            *packages,
-        ]
+        # debootstrap configures --include'd packages in an order of its own, which
+        # python3 modules do not survive (their postinst needs python3 configured):
+        # it makes the init system only, apt installs the rest.
+        run_bootstrap(
+            [
+                find_tool("debootstrap"),
+                "--variant=minbase",
+                f"--include={','.join(APT_BOOTSTRAP)}",
+                spec.release,
+                str(root),
+                spec.mirror or APT_DISTROS[spec.distro],
+            ]
+        )
+        rest = [p for p in packages if p not in APT_BOOTSTRAP]
+        run(["mount", "-t", "proc", "proc", root / "proc"])
+        try:
+            _chroot_apt(root, ["update"])
+            _chroot_apt(root, ["install", "-y", "--no-install-recommends", *rest])
+            _chroot_apt(root, ["clean"])
+        finally:
+            run(["umount", "--lazy", root / "proc"], check=False)
+        return
+    dnf = shutil.which("dnf") or shutil.which("dnf5")
+    if dnf is None:
+        raise BaseImageError(
+            f"a {spec.distro} base needs dnf on this host, and there is none",
+            hint="run atoll base create on a host with dnf (e.g. in a Fedora container)",
+        )
+    root.mkdir(parents=True)
+    argv = [
+        dnf,
+        "--installroot",
+        str(root),
+        "--releasever",
+        spec.release,
+        "--setopt=install_weak_deps=False",
+        "--assumeyes",
+        *([f"--repofrompath=base,{spec.mirror}", "--repo=base"] if spec.mirror else []),
+        "install",
+        *packages,
+    ]
     run_bootstrap(argv)
+
+
+def _chroot_apt(root: Path, args: list[str]) -> None:
+    env = {
+        "DEBIAN_FRONTEND": "noninteractive",
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C",
+    }
+    run_bootstrap(["chroot", str(root), "apt-get", *args], env=env)
 
 
 def _prepare(spec: BaseSpec, root: Path) -> None:
