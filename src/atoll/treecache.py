@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -195,6 +196,28 @@ def write_layer(out: IO[bytes], entries: Iterator[_Entry] | list[_Entry]) -> Blo
                 else:
                     t.addfile(info)
     return Blob("sha256:" + packed.sha.hexdigest(), "sha256:" + plain.sha.hexdigest(), packed.size)
+
+
+def base_layer(tree: Path, cache: Path, *, clamp: int | None = None) -> tuple[Path, Blob]:
+    """The tree as one gzip layer (mtimes clamped to *clamp*), made once per tree
+    and kept in *cache*."""
+    where = os.path.realpath(tree) + ("" if clamp is None else f"@{clamp}")
+    key = hashlib.sha256(where.encode()).hexdigest()[:16]
+    blob, meta = cache / f"base-layer-{key}.tar.gz", cache / f"base-layer-{key}.json"
+    if meta.is_file() and blob.is_file():
+        return blob, Blob(**json.loads(meta.read_text()))
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=".layer-")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with tmp.open("wb") as raw:
+            layer = write_layer(raw, tree_entries(tree, clamp=clamp))
+        tmp.rename(blob)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta.write_text(json.dumps(layer.__dict__))
+    return blob, layer
 
 
 def put_blob(blobs: Path, data: bytes) -> str:

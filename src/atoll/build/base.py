@@ -37,6 +37,7 @@ from atoll.run import find_tool, run
 from atoll.treecache import (
     Blob,
     TreeRecipe,
+    base_layer,
     ensure_tree,
     run_bootstrap,
     tree_entries,
@@ -169,7 +170,10 @@ def create_base(
                 shutil.copytree(part, staged, symlinks=True, dirs_exist_ok=True)
         blobs = layout / "blobs" / "sha256"
         blobs.mkdir(parents=True)
-        layers = [_layer(tree, blobs, epoch), _layer(staged, blobs, epoch)]
+        # The tree's layer is kept beside the tree: packing it takes most of a minute.
+        cached, base = base_layer(tree, tree.parent, clamp=epoch)
+        shutil.copyfile(cached, blobs / base.digest.removeprefix("sha256:"))
+        layers = [base, _layer(staged, blobs, epoch)]
         _write_layout(layout, layers, spec, epoch)
         result = copy_image(ImageName.parse(f"oci:{layout}:base"), target, src_ctx=ctx)
     return CreatedBase(result.digest, tree, spec.all_packages())

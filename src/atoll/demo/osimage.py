@@ -18,14 +18,11 @@ install and upgrade take ``--allow-no-kernel``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import platform
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from pathlib import Path
 from atoll.treecache import (
     Blob,
     _Entry,
+    base_layer,
     put_blob,
     tree_entries,
     write_image_layout,
@@ -96,26 +94,6 @@ def versions() -> list[OSVersion]:
             "web.conf fixed: the check passes",
         ),
     ]
-
-
-def base_layer(tree: Path, cache: Path) -> tuple[Path, Blob]:
-    """The tree as one gzip layer, made once per tree and kept in *cache*."""
-    key = hashlib.sha256(os.path.realpath(tree).encode()).hexdigest()[:16]
-    blob, meta = cache / f"base-layer-{key}.tar.gz", cache / f"base-layer-{key}.json"
-    if meta.is_file() and blob.is_file():
-        return blob, Blob(**json.loads(meta.read_text()))
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=".layer-")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with tmp.open("wb") as raw:
-            layer = write_layer(raw, tree_entries(tree))
-        tmp.rename(blob)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta.write_text(json.dumps(layer.__dict__))
-    return blob, layer
 
 
 def write_base(layout: Path, tree: Path, cache: Path, apt_source: str | None) -> str:
