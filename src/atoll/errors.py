@@ -405,7 +405,10 @@ class LintFailedError(AtollError):
 
 class BaseImageError(AtollError):
     exit_code = 80
-    summary = "the base image of a blueprint build has no os-release or an unsupported family"
+    summary = (
+        "the base image of a blueprint build has no os-release or an unsupported family, "
+        "or base create cannot make it (an unknown distribution, no dnf on the host)"
+    )
 
 
 class NotBootableError(AtollError):

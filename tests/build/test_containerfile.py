@@ -197,6 +197,17 @@ def test_atoll_step_adds_what_is_missing_and_replaces_nothing(tmp_path: Path) ->
     assert not [line for line in again if "added" in line]
 
 
+def test_atoll_step_makes_the_unit_directories_it_writes_to(tmp_path: Path) -> None:
+    """An image without /usr/lib/systemd/system (or /usr/lib/python3) gets them:
+    the step creates every directory it copies into."""
+    root = _busybox_root(tmp_path / "root", 'ID=debian\nVERSION_ID="12"\n')
+    write_additions(root / "run/atoll-additions")
+    assert not (root / "usr/lib/systemd").exists()
+    out = _run_step(root)
+    assert "atoll-additions: added atoll-healthcheck.service" in out
+    assert (root / "usr/lib/systemd/system/atoll-healthcheck.service").is_file()
+
+
 # --- values cannot add instructions -------------------------------------------------
 
 INJECTED = "e\\nFROM docker.io/library/alpine AS evil\\nRUN touch /pwn\\n#"

@@ -487,7 +487,8 @@ def _add_script(additions: Path) -> str:
             if unit in names
         )
         lines.append(f"if [ ! -e /{UNIT_DIR}/{unit} ] && [ ! -e /etc/systemd/system/{unit} ]; then")
-        lines.append(f'    cp -a "$A/units/{UNIT_DIR}/{unit}" /{UNIT_DIR}/')
+        # The image may have no unit directory yet (a bare base): made, not assumed.
+        lines.append(f'    mkdir -p /{UNIT_DIR} && cp -a "$A/units/{UNIT_DIR}/{unit}" /{UNIT_DIR}/')
         for link in links:
             lines.append(f'    mkdir -p /{Path(link).parent} && cp -a "$A/units/{link}" /{link}')
         lines.append(f"    added {unit}")

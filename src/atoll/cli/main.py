@@ -58,6 +58,7 @@ COMMAND_MODULES: dict[str, str] = {
     "build": "build",
     "lint": "build",
     "rechunk": "rechunk",
+    "base": "base",
     "promote": "pipeline",
     "mirror": "pipeline",
     "bundle": "pipeline",

@@ -21,20 +21,20 @@ packages are removed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import os
-import secrets
-import shutil
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from atoll.errors import CommandError, DemoStateError
-from atoll.run import find_tool, run
+from atoll.run import find_tool
+from atoll.treecache import (
+    TreeRecipe,
+    ensure_tree,
+    lock_cache,
+    mounts_under,
+    remove_build,
+    run_bootstrap,
+)
+
+__all__ = ["TreeRecipe", "ensure_tree", "lock_cache", "mounts_under", "remove_build"]
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -74,24 +74,6 @@ def cache_dir(given: Path | None = None) -> Path:
     return given or Path(os.environ.get("ATOLL_DEMO_CACHE") or DEFAULT_CACHE)
 
 
-@dataclass(frozen=True)
-class TreeRecipe:
-    """A tree of the cache: its recipe (hashed into the cache key), how to
-    debootstrap it and how to prepare it."""
-
-    data: dict[str, object]
-    bootstrap: Callable[[Path], None]
-    prepare: Callable[[Path], None]
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.data, sort_keys=True).encode()).hexdigest()[:16]
-
-    def entry(self, cache: Path) -> Path:
-        """The tree's directory in *cache* (it holds ``rootfs/`` once built)."""
-        return cache / f"debian-{self.data.get('suite', SUITE)}-{self.key}"
-
-
 def demo_recipe() -> TreeRecipe:
     return TreeRecipe(recipe(), debootstrap, prepare_tree)
 
@@ -100,35 +82,6 @@ def cached_tree(cache: Path) -> Path | None:
     """The prepared tree if it is in the cache already."""
     final = demo_recipe().entry(cache)
     return final / "rootfs" if (final / "recipe.json").is_file() else None
-
-
-def ensure_tree(cache: Path, tree: TreeRecipe | None = None) -> Path:
-    """The prepared tree (``rootfs/`` in the tree's directory of *cache*; the
-    demo's unless *tree*), made first with debootstrap if the cache has none."""
-    tree = tree or demo_recipe()
-    final = tree.entry(cache)
-    if (final / "recipe.json").is_file():
-        return final / "rootfs"
-    cache.mkdir(parents=True, exist_ok=True)
-    with lock_cache(cache):
-        if (final / "recipe.json").is_file():  # built by another process while we waited
-            return final / "rootfs"
-        for stale in cache.glob(".build-*"):
-            remove_build(stale)
-        build = cache / f".build-{secrets.token_hex(4)}"
-        build.mkdir()
-        try:
-            started = time.monotonic()
-            tree.bootstrap(build / "rootfs")
-            seconds = round(time.monotonic() - started, 1)
-            tree.prepare(build / "rootfs")
-            record = {**tree.data, "debootstrap_seconds": seconds}
-            (build / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
-            build.rename(final)
-        finally:
-            if build.exists():
-                remove_build(build)
-    return final / "rootfs"
 
 
 def debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES, suite: str = SUITE) -> None:
@@ -141,14 +94,7 @@ def debootstrap(target: Path, packages: tuple[str, ...] = PACKAGES, suite: str =
         str(target),
         MIRROR,
     ]
-    proc = run(argv, check=False)
-    if proc.returncode != 0:
-        tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
-        raise CommandError(
-            f"debootstrap failed with exit code {proc.returncode}: {' | '.join(tail)}",
-            argv=argv,
-            returncode=proc.returncode,
-        )
+    run_bootstrap(argv)
 
 
 def prepare_tree(root: Path, *, root_login: bool = False) -> None:
@@ -186,46 +132,3 @@ def prepare_tree(root: Path, *, root_login: bool = False) -> None:
                     deb.unlink()
     for log in (root / "var/log").rglob("*.log"):
         log.write_text("")
-
-
-@contextlib.contextmanager
-def lock_cache(cache: Path) -> Iterator[None]:
-    with (cache / ".lock").open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def mounts_under(path: Path) -> list[Path]:
-    """Mount points at or below *path* in this mount namespace, deepest first."""
-    found = []
-    top = os.path.realpath(path)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = _unescape(line.split()[4])
-            if point == top or point.startswith(top + "/"):
-                found.append(Path(point))
-    return sorted(found, key=lambda p: len(p.parts), reverse=True)
-
-
-def _unescape(field: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as octal escapes.
-    for code in ("040", "011", "012", "134"):
-        field = field.replace("\\" + code, chr(int(code, 8)))
-    return field
-
-
-def remove_build(path: Path) -> None:
-    """Remove a build; a killed debootstrap may have left /proc or /sys mounted
-    in it, which is unmounted, never deleted through."""
-    for point in mounts_under(path):
-        run(["umount", "--lazy", point], check=False)
-    left = mounts_under(path)
-    if left:
-        raise DemoStateError(
-            f"{path}: still mounted at {left[0]}; not removing it",
-            hint=f"unmount it (umount --lazy {left[0]}), then run again",
-        )
-    shutil.rmtree(path)

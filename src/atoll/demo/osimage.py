@@ -18,21 +18,26 @@ install and upgrade take ``--allow-no-kernel``.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import io
 import json
-import os
 import platform
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
 
-from atoll.fsutil import HashingWriter as _Hashing
+from atoll.treecache import (
+    Blob,
+    _Entry,
+    base_layer,
+    put_blob,
+    tree_entries,
+    write_image_layout,
+    write_layer,
+)
+
+__all__ = ["Blob", "tree_entries", "write_layer"]
 
 PACKAGE = "usr/bin/strace"
 CHECK = "50-web-config.sh"
@@ -49,14 +54,6 @@ if ! grep -q '^port=' /usr/lib/edge/web.conf; then
   exit 1
 fi
 """
-_EMPTIED = frozenset({"dev", "proc", "sys", "run", "tmp", "var/tmp"})
-
-
-@dataclass(frozen=True)
-class Blob:
-    digest: str
-    diff_id: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -99,26 +96,6 @@ def versions() -> list[OSVersion]:
     ]
 
 
-def base_layer(tree: Path, cache: Path) -> tuple[Path, Blob]:
-    """The tree as one gzip layer, made once per tree and kept in *cache*."""
-    key = hashlib.sha256(os.path.realpath(tree).encode()).hexdigest()[:16]
-    blob, meta = cache / f"base-layer-{key}.tar.gz", cache / f"base-layer-{key}.json"
-    if meta.is_file() and blob.is_file():
-        return blob, Blob(**json.loads(meta.read_text()))
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=".layer-")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with tmp.open("wb") as raw:
-            layer = write_layer(raw, tree_entries(tree))
-        tmp.rename(blob)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta.write_text(json.dumps(layer.__dict__))
-    return blob, layer
-
-
 def write_base(layout: Path, tree: Path, cache: Path, apt_source: str | None) -> str:
     """Write the base image to the OCI layout *layout* as ``base``; return its digest."""
     blobs = layout / "blobs" / "sha256"
@@ -132,26 +109,11 @@ def write_base(layout: Path, tree: Path, cache: Path, apt_source: str | None) ->
         raw = io.BytesIO()
         files = {"etc/apt/sources.list": ((apt_source + "\n").encode(), 0o644)}
         layers.append(write_layer(raw, list(_file_entries(files, set()))))
-        _put(blobs, raw.getvalue())
-    digest, size = _publish(layout, layers, "0")
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": digest,
-                "size": size,
-                "annotations": {"org.opencontainers.image.ref.name": "base"},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
-    return digest
+        put_blob(blobs, raw.getvalue())
+    return _publish(layout, layers, "0")
 
 
-def _publish(layout: Path, layers: list[Blob], version: str) -> tuple[str, int]:
-    blobs = layout / "blobs" / "sha256"
+def _publish(layout: Path, layers: list[Blob], version: str) -> str:
     config = json.dumps(
         {
             "architecture": _arch(),
@@ -173,32 +135,7 @@ def _publish(layout: Path, layers: list[Blob], version: str) -> tuple[str, int]:
         },
         sort_keys=True,
     ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": _put(blobs, config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": b.digest,
-                    "size": b.size,
-                }
-                for b in layers
-            ],
-        }
-    ).encode()
-    return _put(blobs, manifest), len(manifest)
-
-
-def _put(blobs: Path, data: bytes) -> str:
-    hexdigest = hashlib.sha256(data).hexdigest()
-    (blobs / hexdigest).write_bytes(data)
-    return f"sha256:{hexdigest}"
+    return write_image_layout(layout, config, layers, "base")
 
 
 def _arch() -> str:
@@ -207,28 +144,6 @@ def _arch() -> str:
 
 
 # --- tar layers --------------------------------------------------------------------------
-
-_Entry = tuple[tarfile.TarInfo, Path | bytes | None]
-
-
-def tree_entries(root: Path) -> Iterator[_Entry]:
-    """The entries of a tree's layer: sorted, numeric owners, no device nodes or
-    fifos, API file systems and runtime state emptied."""
-    probe = tarfile.TarFile(fileobj=io.BytesIO(), mode="w")
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        rel = here.relative_to(root).as_posix()
-        if rel in _EMPTIED:
-            dirnames[:] = []
-            continue
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            path = here / name
-            info = probe.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
-            if info.ischr() or info.isblk() or info.isfifo():
-                continue
-            info.uname = info.gname = ""
-            yield info, (path if info.isfile() else None)
 
 
 def _file_entries(files: Mapping[str, tuple[bytes, int]], known: set[str]) -> Iterator[_Entry]:
@@ -246,20 +161,3 @@ def _file_entries(files: Mapping[str, tuple[bytes, int]], known: set[str]) -> It
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = len(data), mode, 1_767_225_600
         yield info, data
-
-
-def write_layer(out: IO[bytes], entries: Iterator[_Entry] | list[_Entry]) -> Blob:
-    """Write *entries* to *out* as a gzip tar layer; return its digests and size."""
-    packed = _Hashing(out)
-    with gzip.GzipFile(fileobj=cast(IO[bytes], packed), mode="wb", compresslevel=1, mtime=0) as gz:
-        plain = _Hashing(cast(IO[bytes], gz))
-        with tarfile.open(fileobj=cast(IO[bytes], plain), mode="w", format=tarfile.PAX_FORMAT) as t:
-            for info, content in entries:
-                if isinstance(content, Path):
-                    with content.open("rb") as fh:
-                        t.addfile(info, fh)
-                elif isinstance(content, bytes):
-                    t.addfile(info, io.BytesIO(content))
-                else:
-                    t.addfile(info)
-    return Blob("sha256:" + packed.sha.hexdigest(), "sha256:" + plain.sha.hexdigest(), packed.size)

@@ -130,7 +130,7 @@ class Story:
             if found is None:
                 d.say(f"debootstrap of Debian bookworm, once (kept in {self.cache})")
                 with spinner(d.console, "  debootstrap bookworm (about a minute)"):
-                    found = basetree.ensure_tree(self.cache)
+                    found = basetree.ensure_tree(self.cache, basetree.demo_recipe())
             tree = found
         d.say(f"base tree: {tree}")
         layout = d.workdir / "images"

@@ -1,0 +1,306 @@
+"""``atoll base create``: a base image for ``atoll build --blueprint`` made from
+distribution packages.
+
+The tree comes from debootstrap (the apt family) or ``dnf --installroot`` (the
+dnf family, where the host has dnf) and is kept in a cache of the layout of
+:mod:`atoll.treecache` (``$XDG_CACHE_HOME/atoll/base``, as root
+``/var/cache/atoll/base``), keyed by the recipe: distribution, release, mirror
+and package set.  The image has two layers: the tree, then atoll's own files
+(the program, its units, the early-boot hook), and is written to any transport
+atoll writes.
+
+Reproducible: the same recipe and the same ``SOURCE_DATE_EPOCH`` give the same
+digest.  The tree's entries are sorted, owners numeric, mtimes clamped to the
+epoch, and the files a package install leaves that differ from run to run are
+removed or emptied (:data:`VARYING`, the machine id, the host's resolv.conf).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from atoll.build.containerfile import write_additions
+from atoll.errors import BaseImageError
+from atoll.oci.context import SystemContext
+from atoll.oci.digest import Digest
+from atoll.oci.imagecopy import copy_image
+from atoll.oci.transports import ImageName
+from atoll.requires import DEVICE_PACKAGES
+from atoll.run import find_tool, run
+from atoll.treecache import (
+    Blob,
+    TreeRecipe,
+    base_layer,
+    ensure_tree,
+    run_bootstrap,
+    tree_entries,
+    write_image_layout,
+    write_layer,
+)
+
+APT_DISTROS = {
+    "debian": "http://deb.debian.org/debian",
+    "ubuntu": "http://archive.ubuntu.com/ubuntu",
+}
+DNF_DISTROS = frozenset({"fedora", "centos", "rhel", "almalinux", "rocky"})
+#: systemd as init, and python3 with the modules atoll imports on a device.
+#: What debootstrap installs; apt-get installs the rest of the packages.
+APT_BOOTSTRAP = ("systemd", "systemd-sysv", "dbus")
+APT_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", *DEVICE_PACKAGES)
+DNF_PACKAGES = ("systemd", "python3", "python3-httpx", "python3-zstandard", "python3-cryptography")
+#: Bump when _prepare() changes what it does: that rebuilds the cached trees.
+PREPARE_VERSION = 1
+#: Files that differ between two installs of the same packages: removed (globs).
+VARYING = (
+    "var/log/**/*",
+    "var/cache/apt/*.bin",
+    "var/cache/apt/archives/*.deb",
+    "var/lib/apt/lists/*_*",
+    "var/cache/debconf/*-old",
+    "var/lib/dpkg/*-old",
+    "var/cache/ldconfig/aux-cache",
+    "var/cache/dnf/**/*",
+    "var/lib/dnf/history*",
+    "var/lib/rpm/__db*",
+    "var/lib/dbus/machine-id",
+    "etc/hostname",
+    "vmlinuz",
+    "vmlinuz.old",
+    "initrd.img",
+    "initrd.img.old",
+)
+#: 2026-01-01: the epoch when SOURCE_DATE_EPOCH is not set.
+DEFAULT_EPOCH = 1_767_225_600
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    distro: str
+    release: str
+    mirror: str | None = None
+    packages: tuple[str, ...] = ()
+    kernel: bool = True
+
+    @property
+    def family(self) -> str:
+        if self.distro in APT_DISTROS:
+            return "apt"
+        if self.distro in DNF_DISTROS:
+            return "dnf"
+        known = ", ".join(sorted([*APT_DISTROS, *DNF_DISTROS]))
+        raise BaseImageError(
+            f"no way to make a base of {self.distro!r}", hint=f"--distro is one of {known}"
+        )
+
+    def all_packages(self) -> tuple[str, ...]:
+        if self.family == "apt":
+            kernel = ("linux-image-" + _deb_arch(), "initramfs-tools") if self.kernel else ()
+            wanted = (*APT_PACKAGES, *kernel, *self.packages)
+        else:
+            wanted = (*DNF_PACKAGES, *(("kernel",) if self.kernel else ()), *self.packages)
+        return tuple(sorted(set(wanted)))
+
+    def recipe(self) -> dict[str, object]:
+        return {
+            "suite": self.release,
+            "distro": self.distro,
+            "mirror": self.mirror or APT_DISTROS.get(self.distro, ""),
+            "include": list(self.all_packages()),
+            "prepare": PREPARE_VERSION,
+            "base": 1,
+        }
+
+
+@dataclass(frozen=True)
+class CreatedBase:
+    digest: Digest
+    tree: Path
+    packages: tuple[str, ...]
+
+
+def default_cache() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/cache/atoll/base")
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "atoll" / "base"
+
+
+def source_date_epoch() -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not value:
+        return DEFAULT_EPOCH
+    if not value.isdigit():
+        raise BaseImageError(
+            f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds",
+            hint="set it to a Unix time, e.g. $(git log -1 --format=%ct)",
+        )
+    return int(value)
+
+
+def create_base(
+    spec: BaseSpec,
+    dest: ImageName | str,
+    *,
+    cache: Path | None = None,
+    ctx: SystemContext | None = None,
+) -> CreatedBase:
+    """Make (or take from the cache) the tree of *spec* and write it with atoll's
+    files as an image to *dest*."""
+    target = ImageName.parse(dest) if isinstance(dest, str) else dest
+    recipe = TreeRecipe(
+        spec.recipe(), lambda root: _bootstrap(spec, root), lambda root: _prepare(spec, root)
+    )
+    tree = ensure_tree(cache or default_cache(), recipe)
+    epoch = source_date_epoch()
+    with tempfile.TemporaryDirectory(prefix="atoll-base-") as tmp:
+        layout = Path(tmp) / "layout"
+        additions = Path(tmp) / "additions"
+        staged = Path(tmp) / "staged"
+        write_additions(additions)
+        family_hook = additions / "boot" / ("debian" if spec.family == "apt" else "fedora")
+        for part in (additions / "atoll", additions / "units", family_hook):
+            if part.is_dir():
+                shutil.copytree(part, staged, symlinks=True, dirs_exist_ok=True)
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        # The tree's layer is kept beside the tree: packing it takes most of a minute.
+        cached, base = base_layer(tree, tree.parent, clamp=epoch)
+        shutil.copyfile(cached, blobs / base.digest.removeprefix("sha256:"))
+        layers = [base, _layer(staged, blobs, epoch)]
+        _write_layout(layout, layers, spec, epoch)
+        result = copy_image(ImageName.parse(f"oci:{layout}:base"), target, src_ctx=ctx)
+    return CreatedBase(result.digest, tree, spec.all_packages())
+
+
+def _layer(root: Path, blobs: Path, epoch: int) -> Blob:
+    fd, name = tempfile.mkstemp(dir=blobs, prefix=".layer-")
+    with os.fdopen(fd, "wb") as out:
+        blob = write_layer(out, tree_entries(root, clamp=epoch))
+    Path(name).replace(blobs / blob.digest.removeprefix("sha256:"))
+    return blob
+
+
+def _write_layout(layout: Path, layers: list[Blob], spec: BaseSpec, epoch: int) -> None:
+    created = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config = json.dumps(
+        {
+            "architecture": _oci_arch(),
+            "os": "linux",
+            "created": created,
+            "config": {
+                "Labels": {
+                    "containers.bootc": "1",
+                    "org.opencontainers.image.title": f"{spec.distro} {spec.release} base",
+                    "org.opencontainers.image.version": spec.release,
+                },
+                "Cmd": ["/sbin/init"],
+            },
+            "rootfs": {"type": "layers", "diff_ids": [b.diff_id for b in layers]},
+            "history": [
+                {"created": created, "created_by": f"atoll base create: {spec.distro} packages"},
+                {"created": created, "created_by": "atoll base create: atoll and its units"},
+            ],
+        },
+        sort_keys=True,
+    ).encode()
+    write_image_layout(layout, config, layers, "base")
+
+
+def _deb_arch() -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def _oci_arch() -> str:
+    return _deb_arch()
+
+
+def _bootstrap(spec: BaseSpec, root: Path) -> None:
+    packages = spec.all_packages()
+    if spec.family == "apt":
+        # debootstrap configures --include'd packages in an order of its own, which
+        # python3 modules do not survive (their postinst needs python3 configured):
+        # it makes the init system only, apt installs the rest.
+        run_bootstrap(
+            [
+                find_tool("debootstrap"),
+                "--variant=minbase",
+                f"--include={','.join(APT_BOOTSTRAP)}",
+                spec.release,
+                str(root),
+                spec.mirror or APT_DISTROS[spec.distro],
+            ]
+        )
+        rest = [p for p in packages if p not in APT_BOOTSTRAP]
+        run(["mount", "-t", "proc", "proc", root / "proc"])
+        try:
+            _chroot_apt(root, ["update"])
+            _chroot_apt(root, ["install", "-y", "--no-install-recommends", *rest])
+            _chroot_apt(root, ["clean"])
+        finally:
+            run(["umount", "--lazy", root / "proc"], check=False)
+        return
+    dnf = shutil.which("dnf") or shutil.which("dnf5")
+    if dnf is None:
+        raise BaseImageError(
+            f"a {spec.distro} base needs dnf on this host, and there is none",
+            hint="run atoll base create on a host with dnf (e.g. in a Fedora container)",
+        )
+    root.mkdir(parents=True)
+    argv = [
+        dnf,
+        "--installroot",
+        str(root),
+        "--releasever",
+        spec.release,
+        "--setopt=install_weak_deps=False",
+        "--assumeyes",
+        *([f"--repofrompath=base,{spec.mirror}", "--repo=base"] if spec.mirror else []),
+        "install",
+        *packages,
+    ]
+    run_bootstrap(argv)
+
+
+def _chroot_apt(root: Path, args: list[str]) -> None:
+    env = {
+        "DEBIAN_FRONTEND": "noninteractive",
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C",
+    }
+    run_bootstrap(["chroot", str(root), "apt-get", *args], env=env)
+
+
+def _prepare(spec: BaseSpec, root: Path) -> None:
+    """Kernels to /usr/lib/modules/KVER (vmlinuz, initramfs.img), /boot emptied,
+    the files that vary between installs removed, no machine id of the build host."""
+    boot = root / "boot"
+    for vmlinuz in sorted(boot.glob("vmlinuz-*")):
+        kver = vmlinuz.name.removeprefix("vmlinuz-")
+        modules = root / "usr/lib/modules" / kver
+        modules.mkdir(parents=True, exist_ok=True)
+        shutil.move(vmlinuz, modules / "vmlinuz")
+        for initrd in (boot / f"initrd.img-{kver}", boot / f"initramfs-{kver}.img"):
+            if initrd.is_file():
+                shutil.move(initrd, modules / "initramfs.img")
+    if boot.is_dir():
+        for entry in boot.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    for pattern in VARYING:
+        # A literal name is looked at itself: glob skips dangling symlinks (/vmlinuz).
+        found = list(root.glob(pattern)) if "*" in pattern else [root / pattern]
+        for path in found:
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+    (root / "etc/machine-id").write_text("")
+    (root / "etc/resolv.conf").unlink(missing_ok=True)
+    (root / "etc/resolv.conf").write_text("")

@@ -1,0 +1,121 @@
+"""atoll base create: a base image from distribution packages.
+
+The fast tests run the preparation and the layer writer on small trees; the
+integration test debootstraps a real bookworm base from the Debian mirror
+(cached in the shared test cache), lints it, builds a blueprint on it and
+creates it twice."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from atoll.build.base import BaseSpec, _bootstrap, _layer, _prepare, create_base
+from atoll.build.blueprint import parse_blueprint
+from atoll.build.lint import lint_image
+from atoll.build.podman_build import BuildSettings, build_blueprint
+from atoll.errors import BaseImageError
+from atoll.oci.context import SystemContext
+from atoll.oci.transports import ImageName
+from helpers.debian import cache_root
+from helpers.parts import missing, require_tool
+
+
+def _tree(root: Path, mtime: int) -> Path:
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/tool").write_text("#!/bin/sh\n")
+    (root / "etc").mkdir()
+    (root / "etc/os-release").write_text("ID=debian\n")
+    for path in [*root.rglob("*"), root]:
+        os.utime(path, (mtime, mtime), follow_symlinks=False)
+    return root
+
+
+def test_layers_of_the_same_files_at_other_times_are_the_same(tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    first = _layer(_tree(tmp_path / "a", 1_800_000_000), blobs, 1_767_225_600)
+    second = _layer(_tree(tmp_path / "b", 1_900_000_000), blobs, 1_767_225_600)
+    assert first == second
+    later = _layer(tmp_path / "b", blobs, 1_850_000_000)
+    assert later.diff_id != first.diff_id
+
+
+def test_prepare_moves_kernels_and_removes_what_varies(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for name in ("boot", "etc", "var/log/apt", "var/cache/apt/archives", "var/lib/dbus"):
+        (root / name).mkdir(parents=True)
+    (root / "boot/vmlinuz-6.1.0-28-amd64").write_bytes(b"kernel")
+    (root / "boot/initrd.img-6.1.0-28-amd64").write_bytes(b"initrd")
+    (root / "boot/config-6.1.0-28-amd64").write_text("x")
+    (root / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-28-amd64")
+    (root / "var/log/apt/history.log").write_text("Start-Date: today\n")
+    (root / "var/cache/apt/pkgcache.bin").write_bytes(b"x")
+    (root / "var/cache/apt/archives/a.deb").write_bytes(b"x")
+    (root / "var/lib/dbus/machine-id").write_text("abc\n")
+    (root / "etc/machine-id").write_text("abc\n")
+    (root / "etc/resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
+    _prepare(BaseSpec("debian", "bookworm"), root)
+    modules = root / "usr/lib/modules/6.1.0-28-amd64"
+    assert (modules / "vmlinuz").read_bytes() == b"kernel"
+    assert (modules / "initramfs.img").read_bytes() == b"initrd"
+    assert list((root / "boot").iterdir()) == []
+    assert not (root / "vmlinuz").is_symlink()
+    assert not (root / "var/log/apt/history.log").exists()
+    assert (root / "var/log/apt").is_dir()
+    assert not (root / "var/cache/apt/pkgcache.bin").exists()
+    assert not (root / "var/cache/apt/archives/a.deb").exists()
+    assert not (root / "var/lib/dbus/machine-id").exists()
+    assert (root / "etc/machine-id").read_text() == ""
+    assert (root / "etc/resolv.conf").read_text() == ""
+
+
+def test_the_dnf_family_needs_dnf_on_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("dnf") or shutil.which("dnf5"):
+        missing("this host has dnf")
+    with pytest.raises(BaseImageError, match="needs dnf on this host"):
+        _bootstrap(BaseSpec("fedora", "40"), tmp_path / "root")
+    with pytest.raises(BaseImageError, match="no way to make a base of 'arch'"):
+        BaseSpec("arch", "rolling").all_packages()
+
+
+BLUEPRINT = """
+name = "edge"
+[[customizations.files]]
+path = "/etc/edge.conf"
+data = "port=80\\n"
+"""
+
+
+def test_a_bookworm_base_lints_builds_and_is_reproducible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow: debootstrap of bookworm with a kernel (cached for later runs)."""
+    require_tool("debootstrap")
+    require_tool("podman")
+    require_tool("runc")
+    if os.geteuid() != 0:
+        missing("debootstrap and podman build with runc need root here")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    spec = BaseSpec("debian", "bookworm")
+    cache = cache_root() / "base"
+    first = create_base(spec, f"oci:{tmp_path / 'a'}:base", cache=cache)
+    second = create_base(spec, f"oci:{tmp_path / 'b'}:base", cache=cache)
+    assert first.digest == second.digest
+    base = ImageName.parse(f"oci:{tmp_path / 'a'}:base")
+    report = lint_image(base, SystemContext())
+    assert report.ok, report.to_text()
+    assert report.fatal == 0
+    out = ImageName.parse(f"oci:{tmp_path / 'out'}:1")
+    settings = BuildSettings(network="host", workdir=tmp_path / "work")
+    result = build_blueprint(
+        parse_blueprint(BLUEPRINT, "edge.toml"), base, out, SystemContext(), settings
+    )
+    assert result.digest
+    # The base brings atoll and its units: the build's atoll step adds none of them.
+    assert not [a for a in result.added if a.startswith("atoll")], result.added
