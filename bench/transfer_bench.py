@@ -468,6 +468,34 @@ def print_table(rows: list[Row]) -> None:
             print(f"  {label:<16} {shown:>24}{ratio}")
         for note in row.notes:
             print(f"  note: {note}")
+        for line in targets(row):
+            print(f"  target: {line}")
+
+
+def _ratio(top: int | None, bottom: int | None) -> str:
+    return "n/a" if top is None or not bottom else f"{top / bottom:.3f}"
+
+
+def targets(row: Row) -> list[str]:
+    """The issue's targets for this row, with the measured ratios."""
+    v = row.values
+    full = v.get("full") or 1
+    out = [
+        f"partial / F_file = {_ratio(v.get('partial'), v.get('f_file'))} (<= 1.05)",
+        f"delta / F_delta = {_ratio(v.get('delta'), v.get('f_delta'))} (<= 1.1)",
+        f"partial / full = {_ratio(v.get('partial'), full)}, "
+        f"delta / full = {_ratio(v.get('delta'), full)} (<= 1.01)",
+    ]
+    ours = [x for x in (v.get("rechunked"), v.get("partial"), v.get("delta")) if x is not None]
+    theirs = [x for x in (v.get("ostree"), v.get("ostree_delta")) if x is not None]
+    if ours and theirs:
+        out.append(
+            f"atoll best / ostree best = {min(ours) / max(1, min(theirs)):.3f} (< 1: "
+            f"{_mb(min(ours))} vs {_mb(min(theirs))})"
+        )
+    if row.name == "no-op rebuild" and ours:
+        out.append(f"no-op W = {_mb(min(ours))} (<= 64 KiB: {min(ours) <= 64 << 10})")
+    return out
 
 
 def _paths(totals: dict[str, Any]) -> str:
