@@ -174,7 +174,9 @@ def pack(tree: Path, name: str, created: str) -> Packed:
     meta = layout / "packed.json"
     if meta.is_file():
         data = json.loads(meta.read_text())
-        return Packed(layout, Path(data["layer"]), data["size"], data["digest"])
+        # The layer by its digest under this layout: the cache may have been moved.
+        layer = layout / "blobs" / "sha256" / data["digest"].removeprefix("sha256:")
+        return Packed(layout, layer, data["size"], data["digest"])
     shutil.rmtree(layout, ignore_errors=True)
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
