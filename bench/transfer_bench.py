@@ -13,8 +13,9 @@ For each pair (A on the device, B published), in the same run:
     rechunked      atoll rechunk of A, and of B with --previous A: the layers of B
                    whose digests A lacks (SOURCE_DATE_EPOCH fixed, as a
                    reproducible pipeline sets it)
-    partial        file-level partial pull      (hook: partial_bytes; n/a until filled)
-    delta          atoll's binary delta         (hook: delta_bytes; n/a until filled)
+    partial        file-level partial pull: A and B rechunked as zstd:chunked, pushed to a
+                   loopback registry, a store holding A imports B (transfer report + manifest)
+    delta          `atoll delta create A B` published, then the same import using it
     ostree objects the real ostree CLI: `ostree pull` of B's objects into a repo holding A,
                    from an archive repo served over HTTP on loopback (bytes counted
                    by the server)
@@ -35,6 +36,7 @@ import argparse
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,8 +45,9 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
@@ -52,10 +55,16 @@ sys.path.insert(0, str(HERE))
 
 from transfer_corpora import ensure_corpora  # noqa: E402
 
+from atoll.build.layerwrite import ENCODERS  # noqa: E402
 from atoll.build.rechunk import RechunkOptions, rechunk_image  # noqa: E402
 from atoll.demo.osimage import tree_entries, write_layer  # noqa: E402
+from atoll.demo.registry import LocalRegistry  # noqa: E402
 from atoll.oci.context import SystemContext  # noqa: E402
+from atoll.oci.copy import copy_image  # noqa: E402
 from atoll.oci.transports import ImageName  # noqa: E402
+from atoll.pipeline.deltacreate import create_delta  # noqa: E402
+from atoll.store import Store  # noqa: E402
+from atoll.sysroot.fetch import import_remote  # noqa: E402
 
 CACHE = HERE / ".cache" / "transfer"
 EPOCH = 1_735_689_600  # 2025-01-01: SOURCE_DATE_EPOCH of both builds
@@ -74,18 +83,78 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
 
-# --- hooks for the paths not written yet ---------------------------------------------------
+# --- atoll's partial pull and delta --------------------------------------------------------
 
 
-def partial_bytes(old: ImageName, new: ImageName, work: Path) -> int | None:
-    """File-level partial pull of *new* onto a device holding *old*: bytes moved.
-    None: not implemented yet (the column prints so)."""
-    return None
+@dataclass(frozen=True)
+class Published:
+    """A and B rechunked as zstd:chunked (B with --previous A), pushed to a loopback registry."""
+
+    old: ImageName
+    new: ImageName
+    repo: ImageName
+    ctx: SystemContext
+    #: Bytes of B's manifest and config: fetched on every path, counted as the
+    #: rechunked column counts them (the transfer report covers layers only).
+    meta: int
 
 
-def delta_bytes(old: ImageName, new: ImageName, work: Path) -> int | None:
-    """atoll's binary delta from *old* to *new*: bytes moved.  None: not implemented."""
-    return None
+def _manifest_and_config(layout: Path) -> int:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = index["manifests"][0]
+    blob = layout / "blobs" / "sha256" / manifest["digest"].removeprefix("sha256:")
+    return int(manifest["size"]) + int(json.loads(blob.read_bytes())["config"]["size"])
+
+
+def publish_chunked(old: Packed, new: Packed, work: Path, registry: LocalRegistry) -> Published:
+    conf = work / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+    ctx = SystemContext(
+        tmpdir=work, environ={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)}
+    )
+    options = RechunkOptions(epoch=EPOCH, encoder=ENCODERS["zstd:chunked"])
+    out_a = ImageName.parse(f"oci:{work}/zchunked-a:latest")
+    out_b = ImageName.parse(f"oci:{work}/zchunked-b:latest")
+    rechunk_image(ImageName.parse(f"oci:{old.layout}:latest"), out_a, ctx, options)
+    rechunk_image(
+        ImageName.parse(f"oci:{new.layout}:latest"),
+        out_b,
+        ctx,
+        replace(options, previous=out_a),
+    )
+    repo = f"docker://{registry.host}/bench/os"
+    for src, tag in ((out_a, "1"), (out_b, "2")):
+        copy_image(src, ImageName.parse(f"{repo}:{tag}"), src_ctx=ctx)
+    return Published(
+        ImageName.parse(f"{repo}:1"),
+        ImageName.parse(f"{repo}:2"),
+        ImageName.parse(repo),
+        ctx,
+        _manifest_and_config(work / "zchunked-b"),
+    )
+
+
+def partial_bytes(pub: Published, work: Path) -> tuple[int, dict[str, Any]]:
+    """File-level partial pull of B onto a store holding A: bytes moved, and the
+    transfer report's path totals."""
+    store = Store.create(work / "store-partial")
+    import_remote(store, pub.old, pub.ctx, partial=True)
+    _, report = import_remote(store, pub.new, pub.ctx, partial=True)
+    return report.bytes_moved + pub.meta, report.totals()
+
+
+def delta_bytes(pub: Published, work: Path) -> tuple[int, dict[str, Any], str]:
+    """`atoll delta create A B` published, then the same pull using it."""
+    started = time.monotonic()
+    summary = create_delta(pub.old, pub.new, pub.repo, pub.ctx)
+    made = (
+        f"delta: {summary.files} files, {summary.patched} patched, payload "
+        f"{summary.payload} B, created in {time.monotonic() - started:.0f} s"
+    )
+    store = Store.create(work / "store-delta")
+    import_remote(store, pub.old, pub.ctx, partial=True)
+    _, report = import_remote(store, pub.new, pub.ctx, partial=True, delta_from=summary.old)
+    return report.bytes_moved + pub.meta, report.totals(), made
 
 
 # --- images --------------------------------------------------------------------------------
@@ -105,7 +174,9 @@ def pack(tree: Path, name: str, created: str) -> Packed:
     meta = layout / "packed.json"
     if meta.is_file():
         data = json.loads(meta.read_text())
-        return Packed(layout, Path(data["layer"]), data["size"], data["digest"])
+        # The layer by its digest under this layout: the cache may have been moved.
+        layer = layout / "blobs" / "sha256" / data["digest"].removeprefix("sha256:")
+        return Packed(layout, layer, data["size"], data["digest"])
     shutil.rmtree(layout, ignore_errors=True)
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
@@ -399,9 +470,46 @@ def print_table(rows: list[Row]) -> None:
             print(f"  {label:<16} {shown:>24}{ratio}")
         for note in row.notes:
             print(f"  note: {note}")
+        for line in targets(row):
+            print(f"  target: {line}")
 
 
-def measure(name: str, old_tree: Path, new_tree: Path, *, ostree: bool, deltas: bool) -> Row:
+def _ratio(top: int | None, bottom: int | None) -> str:
+    return "n/a" if top is None or not bottom else f"{top / bottom:.3f}"
+
+
+def targets(row: Row) -> list[str]:
+    """The issue's targets for this row, with the measured ratios."""
+    v = row.values
+    full = v.get("full") or 1
+    out = [
+        f"partial / F_file = {_ratio(v.get('partial'), v.get('f_file'))} (<= 1.05)",
+        f"delta / F_delta = {_ratio(v.get('delta'), v.get('f_delta'))} (<= 1.1)",
+        f"partial / full = {_ratio(v.get('partial'), full)}, "
+        f"delta / full = {_ratio(v.get('delta'), full)} (<= 1.01)",
+    ]
+    ours = [x for x in (v.get("rechunked"), v.get("partial"), v.get("delta")) if x is not None]
+    theirs = [x for x in (v.get("ostree"), v.get("ostree_delta")) if x is not None]
+    if ours and theirs:
+        out.append(
+            f"atoll best / ostree best = {min(ours) / max(1, min(theirs)):.3f} (< 1: "
+            f"{_mb(min(ours))} vs {_mb(min(theirs))})"
+        )
+    if row.name == "no-op rebuild" and ours:
+        out.append(f"no-op W = {_mb(min(ours))} (<= 64 KiB: {min(ours) <= 64 << 10})")
+    return out
+
+
+def _paths(totals: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{path} {row['layers']} layers/{row['files']} files/{_mb(row['bytes'])}"
+        for path, row in totals.items()
+    )
+
+
+def measure(
+    name: str, old_tree: Path, new_tree: Path, *, ostree: bool, deltas: bool, atoll_paths: bool
+) -> Row:
     row = Row(name)
     old = pack(old_tree, old_tree.name, "2025-01-01T00:00:00Z")
     new = pack(new_tree, new_tree.name, "2025-01-02T00:00:00Z")
@@ -419,10 +527,19 @@ def measure(name: str, old_tree: Path, new_tree: Path, *, ostree: bool, deltas: 
             f"({b_layers['manifest+config']} bytes); "
             f"{time.monotonic() - started:.0f} s for both rechunks"
         )
-        old_name = ImageName.parse(f"oci:{work}/chunked-a:latest")
-        new_name = ImageName.parse(f"oci:{work}/chunked-b:latest")
-        row.values["partial"] = partial_bytes(old_name, new_name, work)
-        row.values["delta"] = delta_bytes(old_name, new_name, work)
+        if atoll_paths:
+            started = time.monotonic()
+            with LocalRegistry(work / "registry") as registry:
+                pub = publish_chunked(old, new, work, registry)
+                row.notes.append(
+                    f"zstd:chunked rechunk and push: {time.monotonic() - started:.0f} s; "
+                    f"partial and delta W include manifest and config ({pub.meta} bytes)"
+                )
+                row.values["partial"], totals = partial_bytes(pub, work)
+                row.notes.append(f"partial paths: {_paths(totals)}")
+                row.values["delta"], totals, made = delta_bytes(pub, work)
+                row.notes.append(made)
+                row.notes.append(f"delta paths: {_paths(totals)}")
         if ostree:
             row.values["ostree"], row.values["ostree_delta"] = ostree_bytes(old, new, work)
         if deltas:
@@ -439,6 +556,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", help="scenario name (repeatable)")
     parser.add_argument("--no-ostree", action="store_true")
+    parser.add_argument("--no-atoll", action="store_true", help="skip partial and delta")
     parser.add_argument("--no-floors", action="store_true", help="skip F_file and F_delta")
     args = parser.parse_args()
     trees = ensure_corpora(CACHE)
@@ -448,7 +566,14 @@ def main() -> None:
             continue
         print(f"measuring {name}: {a} -> {b} ...", flush=True)
         rows.append(
-            measure(name, trees[a], trees[b], ostree=not args.no_ostree, deltas=not args.no_floors)
+            measure(
+                name,
+                trees[a],
+                trees[b],
+                ostree=not args.no_ostree,
+                deltas=not args.no_floors,
+                atoll_paths=not args.no_atoll,
+            )
         )
         print_table(rows[-1:])
     print_table(rows)
