@@ -47,7 +47,7 @@ def mounts_under(path: Path) -> list[str]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1000)
 def test_the_demo_tells_the_whole_story_and_cleans_up(
     tmp_path: Path, debian_tree: DebianTree, apt_repo: AptRepo
 ) -> None:
@@ -78,7 +78,7 @@ def test_the_demo_tells_the_whole_story_and_cleans_up(
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=570,
+        timeout=960,
         check=False,
     )  # fmt: skip
     out = proc.stdout

@@ -154,6 +154,9 @@ class Story:
                     "--network",
                     "host",
                     "--no-lint",
+                    # --fast (the test suite's run) keeps podman's layers: rechunking
+                    # is tested on its own, and costs a minute a build here.
+                    *(["--no-rechunk"] if d.fast else []),
                     "--workdir",
                     str(d.workdir / "build"),
                     "--json",
