@@ -49,6 +49,11 @@ def test_the_base_image_is_the_tree_and_the_apt_source(tmp_path: Path) -> None:
         with tarfile.open(blobs / layer["digest"].removeprefix("sha256:")) as tar:
             names.append(sorted(tar.getnames()))
     assert names[0] == ["proc", "usr", "usr/bin", "usr/bin/tool"]
-    assert names[1] == ["etc", "etc/apt", "etc/apt/sources.list"]
+    assert names[1] == [
+        "etc",
+        "etc/apt",
+        "etc/apt/sources.list.d",
+        "etc/apt/sources.list.d/atoll-demo.list",
+    ]
     # The base layer is packed once and kept in the cache.
     assert len(list((tmp_path / "cache").glob("base-layer-*.tar.gz"))) == 1

@@ -2,7 +2,7 @@
 
 The base image (``oci:WORKDIR/images:base``) is the tree as one layer (made once
 and kept in the cache) and, when the demo is given an apt source, a second
-layer with that ``/etc/apt/sources.list``. ``atoll build --blueprint`` turns it
+layer adding it in ``/etc/apt/sources.list.d``. ``atoll build --blueprint`` turns it
 into the three versions of the story (atoll and its units are added by the
 build)::
 
@@ -107,7 +107,9 @@ def write_base(layout: Path, tree: Path, cache: Path, apt_source: str | None) ->
     layers = [base]
     if apt_source:
         raw = io.BytesIO()
-        files = {"etc/apt/sources.list": ((apt_source + "\n").encode(), 0o644)}
+        # Beside the tree's own sources: the build installs the packages atoll
+        # needs on a device (python3-httpx, …) from the distribution.
+        files = {"etc/apt/sources.list.d/atoll-demo.list": ((apt_source + "\n").encode(), 0o644)}
         layers.append(write_layer(raw, list(_file_entries(files, set()))))
         put_blob(blobs, raw.getvalue())
     return _publish(layout, layers, "0")
