@@ -245,7 +245,7 @@ def _enforce_policy(
 
     Returns the list the decisions are appended to (empty when no policy applies)."""
     from atoll.pipeline.freshness import device_admission
-    from atoll.pipeline.trust import device_policy_path, load_optional_policy
+    from atoll.pipeline.trust import load_optional_policy
 
     override = Path(args.policy) if args.policy else None
     decisions: list[Any] = []
@@ -254,17 +254,42 @@ def _enforce_policy(
         # a malformed file fails before any fetch
         device.admit = device_admission(device, load_optional_policy(path), decisions=decisions)
         return decisions
+    return guard_staging(
+        device,
+        running_root(device),
+        policy=override,
+        follow_tag=follow_tag,
+        allow_downgrade=getattr(args, "allow_downgrade", False),
+    )
+
+
+def guard_staging(
+    device: Device,
+    root: Path,
+    *,
+    policy: Path | None = None,
+    follow_tag: bool,
+    allow_downgrade: bool = False,
+) -> list[Any]:
+    """Make *device* admit only what the booted deployment's trust policy (or
+    *policy*) admits and what the ``[trust]`` settings of *root*'s updates.toml
+    allow: no stale signature and, with *follow_tag*, no older version.
+
+    Returns the list the decisions are appended to."""
+    from atoll.pipeline.freshness import device_admission
+    from atoll.pipeline.trust import device_policy_path, load_optional_policy
+
+    decisions: list[Any] = []
     state = device.state()
-    path = device_policy_path(state.path(state.booted or state.current), override)
-    policy = load_optional_policy(path)
-    trust = load_config(running_root(device)).trust
+    path = device_policy_path(state.path(state.booted or state.current), policy)
+    trust = load_config(root).trust
     device.admit = device_admission(
         device,
-        policy,
+        load_optional_policy(path),
         decisions=decisions,
         max_signature_age=trust.max_signature_age,
         follow_tag=follow_tag,
-        allow_downgrade=trust.allow_downgrade or getattr(args, "allow_downgrade", False),
+        allow_downgrade=trust.allow_downgrade or allow_downgrade,
     )
     return decisions
 

@@ -26,7 +26,7 @@ from atoll.cli.common import (
     add_registry_options,
     system_context,
 )
-from atoll.cli.host import running_inside
+from atoll.cli.host import guard_staging, running_inside
 from atoll.cli.hostdevice import open_device
 from atoll.errors import UsageError
 from atoll.run import find_tool, run
@@ -34,7 +34,6 @@ from atoll.sysroot.lifecycle import Device
 from atoll.updates import (
     SystemClock,
     describe,
-    load_config,
     parse_duration,
     run_automatic_update,
     running_root,
@@ -150,26 +149,6 @@ def _status(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _guard(device: Device, root: Path) -> None:
-    """Check what an automatic update stages as ``atoll upgrade`` does: the booted
-    deployment's trust policy, and the ``[trust]`` settings (no older version,
-    no stale signature; atoll.pipeline.freshness)."""
-    from atoll.pipeline.freshness import device_admission
-    from atoll.pipeline.trust import device_policy_path, load_optional_policy
-
-    state = device.state()
-    policy = load_optional_policy(device_policy_path(state.path(state.booted or state.current)))
-    trust = load_config(root).trust
-    device.admit = device_admission(
-        device,
-        policy,
-        decisions=[],
-        max_signature_age=trust.max_signature_age,
-        follow_tag=True,
-        allow_downgrade=trust.allow_downgrade,
-    )
-
-
 def _run(args: argparse.Namespace, out: Output) -> int:
     try:
         max_wait = parse_duration(args.max_wait)
@@ -178,7 +157,8 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     device = open_device(Path(args.sysroot), system_context(args), progress=out.progress())
     device.kernel_optional = args.allow_no_kernel
     root = running_root(device, args.root)
-    _guard(device, root)
+    # What atoll upgrade checks before it stages, an automatic update checks too.
+    guard_staging(device, root, follow_tag=True)
     result = run_automatic_update(
         device,
         root,
