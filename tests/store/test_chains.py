@@ -33,6 +33,14 @@ from helpers.treeimage import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _chain_records_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module is about chain records: layer records (which would apply
+    unchanged layers above a changed one; tests/store/test_layer_records.py)
+    are not read here, so what the tests count is what chain records do."""
+    monkeypatch.setattr("atoll.store.importer.read_layer_record", lambda *_: None)
+
+
 class CountingSource(ImageSource):
     """A real oci: layout source that counts the blobs asked for and refuses
     the ones in *forbidden* (so a test sees a layer that was not read)."""

@@ -41,7 +41,7 @@ from atoll.pipeline.bundle import (
 from atoll.pipeline.policy import Policy
 from atoll.pipeline.tarsplit import rebuild
 from atoll.pipeline.trust import check_image, signature_keys
-from atoll.store.importer import find_import
+from atoll.store.importrecords import find_import
 
 if TYPE_CHECKING:
     from atoll.sysroot.lifecycle import Device, StageResult

@@ -16,11 +16,15 @@ Layer-chain records must parse, carry their own chain id and reach only
 objects that are there and sound; a record that reaches a corrupt object is
 *affected* (the object is the problem, as is a missing object that a commit
 needs), one that is not valid or reaches another missing object is a problem
-of kind ``chain``.  Imports ignore such records.
+of kind ``chain``.  Imports ignore such records.  A layer record
+(:mod:`atoll.store.layerrecords`) that does not parse is a problem of kind
+``layer``; one naming objects that are gone is not (gc may remove them, and
+an import then reads the layer).
 
 Repair removes corrupt objects (and files that are no objects at all) and
 marks every commit that reaches a removed or missing object as partial; it
-removes the chain records that are affected or problems.  A
+removes the chain records that are affected or problems, and the layer records
+that are problems.  A
 commit object that is itself corrupt is removed; the refs naming it are
 reported, since only the user knows which image to import again.
 """
@@ -46,6 +50,8 @@ from atoll.store.format import (
     is_ref_name,
     list_names,
 )
+from atoll.store.layerrecords import decode_layer_record, layers_dir
+from atoll.store.layerrecords import record_names as layer_record_names
 from atoll.store.objects import rehash_file_object
 
 if TYPE_CHECKING:
@@ -59,8 +65,8 @@ _EMPTY: frozenset[str] = frozenset()
 class FsckProblem:
     #: The object id (or the ref name, for kind "ref"; the path, for "stray").
     object_id: str
-    #: "file", "tree", "commit", "ref", "chain" (a layer-chain record) or
-    #: "stray" (a file that is no object).
+    #: "file", "tree", "commit", "ref", "chain" (a layer-chain record), "layer"
+    #: (a layer record) or "stray" (a file that is no object).
     kind: str
     message: str
 
@@ -240,8 +246,11 @@ def fsck(store: Store, *, repair: bool = False) -> FsckReport:
                 )
                 refs_affected.append(name)
         chains_affected = _check_chains(store, checker, memo, corrupt_ids)
+        bad_layers = _check_layer_records(store, checker)
         removed: list[str] = []
         if repair:
+            for name in bad_layers:
+                (layers_dir(store.path) / name).unlink(missing_ok=True)
             folder = chains_dir(store.path)
             for name in chains_affected:
                 (folder / name).unlink(missing_ok=True)
@@ -267,6 +276,22 @@ def fsck(store: Store, *, repair: bool = False) -> FsckReport:
             removed=tuple(removed),
             chains_affected=tuple(chains_affected),
         )
+
+
+def _check_layer_records(store: Store, checker: _Checker) -> list[str]:
+    """The layer records that do not parse; a problem added for each."""
+    bad = []
+    for name in layer_record_names(store.path):
+        if name.startswith(TMP_PREFIX):
+            continue  # a write that died; gc removes it
+        try:
+            if not is_object_id(name):
+                raise ValueError("not a layer record name")
+            decode_layer_record(name, (layers_dir(store.path) / name).read_bytes())
+        except (OSError, ValueError) as exc:
+            checker.problems.append(FsckProblem(name, "layer", f"invalid record: {exc}"))
+            bad.append(name)
+    return bad
 
 
 def _check_chains(

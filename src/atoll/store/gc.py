@@ -12,6 +12,9 @@ while a kept commit's layers start with their chain: the record of an OS
 image's base layers lives as long as some kept image is built on them, and
 goes (with the trees only it reached) when the last one does.  Records are
 removed before any object, so no record ever names an object gc removed.
+Layer records (:mod:`atoll.store.layerrecords`) stay while a kept commit has
+their layer; they keep no object alive (an import checks that every object a
+record names is there before using it).
 
 gc holds the store's exclusive lock, which imports hold for their whole run
 and checkouts share: it never runs beside either.  Objects are removed
@@ -43,6 +46,7 @@ from atoll.store.format import (
     is_object_id,
     list_names,
 )
+from atoll.store.layerrecords import prune_layer_records
 
 if TYPE_CHECKING:
     from atoll.store.store import Store
@@ -73,6 +77,7 @@ def gc(store: Store, keep: Iterable[str] = ()) -> GcReport:
         trees: set[str] = set()
         files: set[str] = set()
         chains: set[str] = set()
+        diff_ids: set[str] = set()
         for cid in roots:
             try:
                 commit = store.commit(cid)
@@ -80,7 +85,9 @@ def gc(store: Store, keep: Iterable[str] = ()) -> GcReport:
             except StoreCorruptError:
                 continue
             chains.update(chain_ids(commit.diff_ids))
+            diff_ids.update(commit.diff_ids)
         _keep_chain_records(store, chains, trees, files)
+        prune_layer_records(store.path, diff_ids)
         crashpoint("store-gc-marked")
         live = {COMMIT_SUFFIX: roots, TREE_SUFFIX: trees, FILE_SUFFIX: files}
         removed = freed = commits_removed = 0

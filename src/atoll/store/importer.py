@@ -55,12 +55,10 @@ from atoll.errors import (
     DigestMismatchError,
     LayerError,
     ManifestError,
-    NotFoundError,
     StoreCorruptError,
     from_oserror,
 )
 from atoll.faults import crashpoint
-from atoll.fsutil import write_atomic
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor, ImageManifest, layer_compression, parse_config
 from atoll.oci.transports.base import ImageSource
@@ -70,11 +68,7 @@ from atoll.store.format import (
     COMMIT_SUFFIX,
     DEFAULT_DIR_META,
     FILE_SUFFIX,
-    MANIFESTS_DIR,
-    PARTIAL_DIR,
-    STATE_DIR,
     TREE_SUFFIX,
-    Commit,
     DirMeta,
     FileType,
     content_id,
@@ -83,6 +77,8 @@ from atoll.store.format import (
     file_header,
     file_id,
 )
+from atoll.store.importrecords import find_import, imported, recommit
+from atoll.store.layerrecords import encode_layer_record, read_layer_record, write_layer_record
 from atoll.store.objects import Staging, XattrError
 from atoll.store.tarstream import (
     BLOCKDEV,
@@ -141,7 +137,11 @@ class ImportStats:
     #: Layers not read because an import before had applied the same chain of
     #: layers (their files are not in files_total).
     layers_reused: int = 0
-    #: Layer bytes (compressed, as stored) not fetched thanks to layers_reused.
+    #: Layers not read because the store had a layer record of each
+    #: (:mod:`atoll.store.layerrecords`): applied from it instead.
+    layers_replayed: int = 0
+    #: Layer bytes (compressed, as stored) not fetched thanks to layers_reused
+    #: and layers_replayed.
     bytes_skipped: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -154,6 +154,7 @@ class ImportStats:
             "elapsed": round(self.elapsed, 3),
             "reused": self.reused,
             "layersReused": self.layers_reused,
+            "layersReplayed": self.layers_replayed,
             "bytesSkipped": self.bytes_skipped,
         }
 
@@ -369,15 +370,44 @@ class _Importer:
         self.staging.know(tid, TREE_SUFFIX)
         return node
 
-    def apply(self, feed: LayerFeed | Feed, where: str) -> None:
+    def apply(self, feed: LayerFeed | Feed, where: str) -> list[tuple[TarEntry, str | None]]:
+        """Read one layer onto the tree; its entries, each regular file with
+        its object (what a layer record keeps)."""
         layer = _LayerTree(self.root)
         tar = TarReader(ByteReader(iter(feed)), where)
+        read: list[tuple[TarEntry, str | None]] = []
         for entry in tar.entries():
             self._entries_since += 1
-            self._entry(layer, tar, entry, where)
+            leaf = self._entry(layer, entry, where, lambda e: self._regular(tar, e, where))
+            read.append((entry, leaf.oid if leaf is not None and entry.kind == REGULAR else None))
         # Read what follows the end of the archive: the digests cover it too.
         for _ in feed:
             pass
+        self._stack(layer)
+        return read
+
+    def replay(self, recorded: list[tuple[TarEntry, str | None]], where: str) -> bool:
+        """Apply a layer from its record; False (and nothing changed) when a
+        file object it names is not in the store."""
+        leaves: dict[str, _Leaf] = {}
+        for entry, oid in recorded:
+            if entry.kind == REGULAR:
+                if oid is None:
+                    if entry.path.rstrip("/").rpartition("/")[2].startswith(_WHITEOUT):
+                        continue
+                    return False
+                ftype = self.staging.stored_file_type(oid)
+                if ftype is not FileType.REGULAR:
+                    return False
+                leaves[entry.path] = self._leaf(oid, ftype)
+        layer = _LayerTree(self.root)
+        for entry, _ in recorded:
+            self._entries_since += 1
+            self._entry(layer, entry, where, lambda e: leaves[e.path])
+        self._stack(layer)
+        return True
+
+    def _stack(self, layer: _LayerTree) -> None:
         if self.root is None:
             self.root = layer.root
         else:
@@ -389,14 +419,16 @@ class _Importer:
         cost = sum(len(d.entries) + 1 for d in self._dirty if d.tid is None)
         return cost <= CHAIN_FACTOR * self._entries_since + CHAIN_SLACK
 
-    def _entry(self, layer: _LayerTree, tar: TarReader, e: TarEntry, where: str) -> None:
+    def _entry(
+        self, layer: _LayerTree, e: TarEntry, where: str, regular: Callable[[TarEntry], _Leaf]
+    ) -> _Leaf | None:
         parts = _split(e.path, e.path, where)
         kind = e.kind
         if not parts:
             if kind == DIRECTORY:
                 layer.root.meta = DirMeta(e.mode, e.uid, e.gid, _xattrs(e, where))
                 layer.root.explicit = True
-                return
+                return None
             raise LayerError(f"{where}: entry {e.path!r} replaces the root directory")
         parent = layer.parent(parts, e.path, where)
         name = parts[-1]
@@ -407,7 +439,7 @@ class _Importer:
                 if parent.whiteouts is None:
                     parent.whiteouts = set()
                 parent.whiteouts.add(name[len(_WHITEOUT) :])
-            return
+            return None
         if kind == DIRECTORY:
             meta = DirMeta(e.mode, e.uid, e.gid, _xattrs(e, where))
             existing = parent.entries.get(name)
@@ -416,11 +448,11 @@ class _Importer:
                 existing.explicit = True
             else:
                 parent.entries[name] = _Dir(meta, explicit=True)
-            return
+            return None
         self.files_total += 1
         try:
             if kind == REGULAR:
-                leaf = self._regular(tar, e, where)
+                leaf = regular(e)
             elif kind == SYMLINK:
                 leaf = self._symlink(e, where)
             elif kind == HARDLINK:
@@ -440,6 +472,7 @@ class _Importer:
         except XattrError as exc:
             raise LayerError(f"{where}: entry {e.path!r}: {exc}") from None
         parent.entries[name] = leaf
+        return leaf
 
     def _leaf(self, oid: str, ftype: FileType) -> _Leaf:
         leaf = self._leaves.get(oid)
@@ -579,6 +612,8 @@ def import_image(
         staging: Staging | None = None
         chains = chain_ids([str(d) for d in config.diff_ids])
         records: list[ChainRecord] = []
+        layer_records: list[tuple[str, bytes]] = []
+        replayed = replayed_bytes = 0
         try:
             staging = Staging(store.path)
             importer = _Importer(staging, allow_devices)
@@ -589,9 +624,20 @@ def import_image(
                 if i < skipped:
                     progress.done(ident, cached=True)
                     continue
-                limit = expand_limit(store)
-                _apply_layer(importer, source, desc, diff_id, where, progress, limit, layer_feeds)
-                progress.done(ident)
+                recorded = read_layer_record(store.path, str(diff_id))
+                if recorded is not None and importer.replay(
+                    recorded, f"{where}: layer {desc.digest}"
+                ):
+                    replayed += 1
+                    replayed_bytes += desc.size
+                    progress.done(ident, cached=True)
+                else:
+                    limit = expand_limit(store)
+                    read = _apply_layer(
+                        importer, source, desc, diff_id, where, progress, limit, layer_feeds
+                    )
+                    layer_records.append((str(diff_id), encode_layer_record(str(diff_id), read)))
+                    progress.done(ident)
                 if chains and (i == len(chains) - 1 or importer.worth_recording()):
                     layer_tree, layer_root = importer.write_trees()
                     records.append(
@@ -618,6 +664,8 @@ def import_image(
             for record in records:
                 write_chain_record(store.path, record)
                 crashpoint("store-import-chain-written")
+            for layer_diff_id, data in layer_records:
+                write_layer_record(store.path, layer_diff_id, data)
             if ref is not None:
                 store.set_ref(ref, commit_id)
             ok = True
@@ -635,7 +683,8 @@ def import_image(
         bytes_written=staging.bytes_written,
         elapsed=time.monotonic() - start,
         layers_reused=skipped,
-        bytes_skipped=sum(desc.size for desc in manifest.layers[:skipped]),
+        bytes_skipped=sum(desc.size for desc in manifest.layers[:skipped]) + replayed_bytes,
+        layers_replayed=replayed,
     )
     return ImportResult(commit_id, stats)
 
@@ -676,14 +725,14 @@ def _apply_layer(
     progress: ProgressSink,
     limit: ExpandLimit | None,
     layer_feeds: LayerFeeds | None = None,
-) -> None:
+) -> list[tuple[TarEntry, str | None]]:
     layer_where = f"{where}: layer {desc.digest}"
     other = layer_feeds(desc, diff_id, layer_where) if layer_feeds is not None else None
     feed = other or LayerFeed(
         source, desc, layer_compression(desc.media_type), diff_id, where, progress, limit
     )
     try:
-        importer.apply(feed, layer_where)
+        return importer.apply(feed, layer_where)
     except LayerError:
         feed.close()
         # A parse error in a blob that is not what the manifest says is a digest
@@ -693,69 +742,3 @@ def _apply_layer(
     finally:
         feed.close()
         importer.bytes_fetched += feed.fetched
-
-
-# --- what the store remembers of imports ---------------------------------------------
-
-
-def find_import(store: Store, manifest_digest: Digest) -> Commit | None:
-    """A complete commit imported from this manifest before, if any."""
-    path = store.path / STATE_DIR / MANIFESTS_DIR / manifest_digest.hex
-    try:
-        commit_id = path.read_text().strip()
-    except OSError:
-        return None
-    if not store.has_commit(commit_id) or store.is_partial(commit_id):
-        return None
-    try:
-        commit = store.commit(commit_id)
-    except (StoreCorruptError, NotFoundError):
-        return None
-    if commit.manifest_digest != str(manifest_digest):
-        return None
-    if not store.has_object(commit.tree, TREE_SUFFIX):
-        return None
-    return commit
-
-
-def recommit(store: Store, base: Commit, *, image: str, parent: str | None) -> str:
-    """The commit for *base*'s tree with this image name and parent: *base*
-    itself when they match, else a new commit object (no layer is read)."""
-    if base.image == image and base.parent == parent:
-        return base.id
-    commit_id, data = encode_commit(
-        parent=parent,
-        timestamp=base.timestamp,
-        tree=base.tree,
-        root=base.root,
-        image=image,
-        manifest_digest=base.manifest_digest,
-        config_digest=base.config_digest,
-        version=base.version,
-        subject=base.subject,
-        diff_ids=base.diff_ids,
-    )
-    if not store.has_commit(commit_id):
-        staging = Staging(store.path)
-        try:
-            staging.add_metadata(commit_id, COMMIT_SUFFIX, data)
-            staging.publish()
-        finally:
-            staging.close()
-    return commit_id
-
-
-def imported(store: Store, manifest_digest: Digest, commit_id: str, tree: str) -> None:
-    """Record a finished import; clear partial markers it has healed."""
-    write_atomic(
-        store.path / STATE_DIR / MANIFESTS_DIR / manifest_digest.hex,
-        f"{commit_id}\n".encode(),
-        durable=False,
-    )
-    for partial in store.partial_commits():
-        try:
-            healed = partial == commit_id or store.commit(partial).tree == tree
-        except (StoreCorruptError, NotFoundError):
-            continue
-        if healed:
-            (store.path / STATE_DIR / PARTIAL_DIR / partial).unlink(missing_ok=True)
