@@ -60,7 +60,7 @@ from atoll.build.rechunk import RechunkOptions, rechunk_image  # noqa: E402
 from atoll.demo.osimage import tree_entries, write_layer  # noqa: E402
 from atoll.demo.registry import LocalRegistry  # noqa: E402
 from atoll.oci.context import SystemContext  # noqa: E402
-from atoll.oci.copy import copy_image  # noqa: E402
+from atoll.oci.imagecopy import copy_image  # noqa: E402
 from atoll.oci.transports import ImageName  # noqa: E402
 from atoll.pipeline.deltacreate import create_delta  # noqa: E402
 from atoll.store import Store  # noqa: E402
