@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -85,7 +86,7 @@ import os
 import re
 import struct
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -241,9 +242,29 @@ _CRC64 = _crc64_iso_tables()
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 
 
+@functools.cache
+def _native_crc64() -> Callable[[bytes, int], int] | None:
+    """fastcrc's CRC-64/GO-ISO (a compiled module, thousands of times faster),
+    where it is installed: on build hosts it is a dependency; a device that
+    only reads chunked layers computes no checksum."""
+    try:
+        from fastcrc import crc64
+    except ImportError:
+        return None
+    return crc64.go_iso
+
+
 def crc64_iso(data: bytes, crc: int = 0) -> int:
-    """CRC-64/ISO as Go's hash/crc64 computes it (tar-split's file checksums),
-    eight bytes per step."""
+    """CRC-64/ISO as Go's hash/crc64 computes it (tar-split's file checksums);
+    *crc* is the checksum of the data before, to continue it."""
+    native = _native_crc64()
+    if native is not None:
+        return native(data, crc)
+    return crc64_iso_python(data, crc)
+
+
+def crc64_iso_python(data: bytes, crc: int = 0) -> int:
+    """:func:`crc64_iso` in Python, eight bytes per step (about 10 MB/s)."""
     t0, t1, t2, t3, t4, t5, t6, t7 = _CRC64
     crc ^= _MASK64
     whole = len(data) & ~7
