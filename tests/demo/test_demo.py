@@ -106,6 +106,8 @@ def test_the_demo_tells_the_whole_story_and_cleans_up(
     assert re.search(r"-rwx\S* .*/usr/bin/strace", out)
     # 8 and the summary.
     assert "Transfers" in out
+    # The devices' own updates, by path from their status, against the install.
+    assert re.search(r"Against the install:\s+dev1\s+update\s+to\s+v2\.0:\s+\d+%", out)
     assert "What happened" in out
     summary = out.split("What happened")[-1]
     assert re.findall(r"│ (\d)\. .*? │ (\w+) +│", summary) == [(str(n), "ok") for n in range(1, 9)]

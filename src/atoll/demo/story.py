@@ -154,9 +154,11 @@ class Story:
                     "--network",
                     "host",
                     "--no-lint",
-                    # --fast (the test suite's run) keeps podman's layers: rechunking
-                    # is tested on its own, and costs a minute a build here.
-                    *(["--no-rechunk"] if d.fast else []),
+                    # Layers grouped by package, each file its own zstd frame, so
+                    # the devices fetch only the files an update changes. --fast
+                    # (the test suite's run) keeps podman's layers: rechunking is
+                    # tested on its own, and costs a minute a build here.
+                    *(["--no-rechunk"] if d.fast else ["--compression", "zstd:chunked"]),
                     "--workdir",
                     str(d.workdir / "build"),
                     "--json",
@@ -389,7 +391,7 @@ class Story:
         human = d.atoll("status", "--sysroot", str(self.devices[0].sysroot))
         d.show(human.stdout)
         for device in self.devices:
-            usage[device.name] = self._record_growth(device, "update to v2.0", usage[device.name])
+            usage[device.name] = self._record_update(device, "update to v2.0", usage[device.name])
 
         d.say("[bold]v3 fixes the check[/]")
         self.promote("3.0")
@@ -406,7 +408,7 @@ class Story:
             )
             listing = d.command("ls", "-l", str(root / osimage.PACKAGE), note="the new package")
             d.show(listing.stdout)
-            self._record_growth(device, "update to v3.0", usage[device.name])
+            self._record_update(device, "update to v3.0", usage[device.name])
         name = reasons[0].get("name") if isinstance(reasons[0], dict) else reasons[0]
         return (
             f"each device updated itself: v2.0 rolled back on both ({name} failed); "
@@ -453,12 +455,20 @@ class Story:
         history = json.loads(done.stdout).get("history") or []
         return "boots " + ", ".join(str(h.get("outcome")) for h in history[-6:])
 
-    def _record_growth(self, device: Device, what: str, before: tuple[int, int]) -> tuple[int, int]:
-        """Note what the device's own update added to its store, for the transfer report."""
+    def _record_update(self, device: Device, what: str, before: tuple[int, int]) -> tuple[int, int]:
+        """Note what the device's own update moved (its status's last transfer,
+        by path) and added to its store, for the transfer report."""
         after = _store_usage(device.sysroot)
+        done = self.demo.atoll(
+            "status", "--sysroot", str(device.sysroot), "--json", quiet=True, check=False
+        )
+        moved: dict[str, Any] = {}
+        if done.returncode == 0:
+            moved = json.loads(done.stdout)["status"]["atoll"].get("lastTransfer") or {}
         device.transfers.append(
             (what, {"filesTotal": None, "filesNew": after[0] - before[0],
-                    "bytesFetched": None, "bytesNew": after[1] - before[1]})
+                    "bytesFetched": moved.get("bytesMoved"), "bytesNew": after[1] - before[1],
+                    "paths": moved.get("paths") or {}})
         )  # fmt: skip
         return after
 
@@ -476,13 +486,16 @@ class Story:
             "files it does not have.",
         )
         table = Table(title="Transfers")
-        for column in ("device", "what", "files in image", "files new", "fetched"):
-            table.add_column(column, justify="left" if column in ("device", "what") else "right")
+        for column in ("device", "what", "files in image", "files new", "fetched", "how"):
+            table.add_column(
+                column, justify="left" if column in ("device", "what", "how") else "right"
+            )
         totals = []
+        shares = []
         for device in self.devices:
             fetched = 0
+            install = None
             for what, result in device.transfers:
-                # The devices' own updates: what their store gained (counted on the host).
                 total, got = result["filesTotal"], result["bytesFetched"]
                 table.add_row(
                     device.name,
@@ -490,10 +503,22 @@ class Story:
                     "-" if total is None else f"{total:,}",
                     f"{result['filesNew']:,}",
                     f"{_size(result['bytesNew'])} new in store" if got is None else _size(got),
+                    _paths(
+                        result.get("paths") or (result.get("transfer") or {}).get("paths") or {}
+                    ),
                 )
                 fetched += int(got if got is not None else result["bytesNew"])
+                if install is None:
+                    install = got
+                elif got is not None and install:
+                    shares.append(f"{device.name} {what}: {got / install:.0%}")
             totals.append(f"{device.name} {_size(fetched)}")
         d.console.print(table)
+        d.say(
+            "An update moves only what changed: ranges are the files fetched from changed "
+            "layers, present the layers the device already had. Against the install: "
+            + (", ".join(shares) or "-")
+        )
         return "fetched in all: " + ", ".join(totals)
 
 
@@ -506,6 +531,20 @@ def runtime_dir(workdir: Path) -> Path:
         return workdir / "run"
     digest = hashlib.sha256(str(workdir).encode()).hexdigest()[:12]
     return Path("/run") / f"atoll-demo-{digest}"
+
+
+def _paths(paths: dict[str, Any]) -> str:
+    """An update's transfer by path, short: "ranges 12 files, whole 1 layer, present 40"."""
+    parts = []
+    for name, row in paths.items():
+        layers, files = int(row.get("layers", 0)), int(row.get("files", 0))
+        if name == "present" and layers:
+            parts.append(f"present {layers} layer{'s' * (layers != 1)}")
+        elif name in ("ranges", "delta") and files:
+            parts.append(f"{name} {files} file{'s' * (files != 1)}")
+        elif name == "whole" and layers:
+            parts.append(f"whole {layers} layer{'s' * (layers != 1)}")
+    return ", ".join(parts) or "-"
 
 
 def _store_usage(sysroot: Path) -> tuple[int, int]:
