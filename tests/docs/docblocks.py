@@ -159,7 +159,7 @@ def shown_output(block: Block, command: str) -> str:
 _VARIABLE = [
     (re.compile(r"sha256:[0-9a-f]+…?"), "sha256:…"),
     (re.compile(r"\b[0-9a-f]{12}\.\d+\b"), "DEPLOYMENT"),
-    (re.compile(r"^(Last update) \(\S+\)", re.MULTILINE), r"\1 (TIME)"),
+    (re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"), "TIME"),
 ]
 
 
