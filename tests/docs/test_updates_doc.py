@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,35 @@ def test_a_rolled_back_image_is_not_taken_again(
     printed = atoll(*CHECK.split()[1:])
     hosts = {"registry.example": registry.host}
     assert normalized(printed, hosts) == normalized(shown_output(block, CHECK))
+
+
+DIFF = "atoll config-diff"
+
+
+def test_config_diff_lists_the_local_changes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The page's example: image 1 ships chrony.conf, motd and ssh/sshd_config;
+    on the device chrony.conf is edited, sshd_config made root-only, motd
+    deleted and myapp/app.conf added."""
+    block = find_block("docs/updates.md", DIFF)
+    images = tmp_path / "images"
+    etc = {"etc/chrony.conf": "pool 2.debian.pool.ntp.org iburst\n", "etc/motd": "hello\n"}
+    etc["etc/ssh/sshd_config"] = "PermitRootLogin no\n"
+    build_os_image(images, "1", version="1.0", add=etc)  # type: ignore[arg-type]
+    sysroot = tmp_path / "sysroot"
+    s = ["--sysroot", str(sysroot)]
+    assert main(["install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1"]) == 0
+    assert main(["boot", *s]) == 0
+    capsys.readouterr()
+    assert main(["status", *s, "--json"]) == 0
+    commit = json.loads(capsys.readouterr().out)["status"]["booted"]["atoll"]["commit"]
+    root = sysroot / "atoll/deploy/default/deploy" / f"{commit}.0"
+    (root / "etc/chrony.conf").write_text("server ntp.lan iburst\n")
+    (root / "etc/ssh/sshd_config").chmod(0o600)
+    (root / "etc/motd").unlink()
+    (root / "etc/myapp").mkdir()
+    (root / "etc/myapp/app.conf").write_text("level = 2\n")
+    assert main([*DIFF.split()[1:], *s]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    assert printed == shown_output(block, DIFF)
