@@ -83,3 +83,27 @@ def test_config_diff_lists_the_local_changes(
     assert main([*DIFF.split()[1:], *s]) == 0
     printed = capsys.readouterr().out.rstrip("\n")
     assert printed == shown_output(block, DIFF)
+
+
+RUN = "atoll updates run"
+
+
+def test_a_mistake_in_updates_toml_stops_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a booted device the file is /etc/atoll/updates.toml; on the directory
+    device it is the booted deployment's, whose path is put back to /."""
+    block = find_block("docs/updates.md", RUN)
+    images = tmp_path / "images"
+    build_os_image(images, "1", version="1.0")
+    sysroot = tmp_path / "sysroot"
+    s = ["--sysroot", str(sysroot)]
+    assert main(["install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1"]) == 0
+    assert main(["boot", *s]) == 0
+    (root,) = (sysroot / "atoll/deploy/default/deploy").glob("*.0")
+    (root / "etc/atoll").mkdir(exist_ok=True)
+    (root / "etc/atoll/updates.toml").write_text('[download]\ntimezone = "Europe/Atlantis"\n')
+    capsys.readouterr()
+    assert main([*RUN.split()[1:], *s]) == 4
+    printed = capsys.readouterr().err.rstrip("\n")
+    assert printed.replace(str(root), "") == shown_output(block, RUN)
