@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from atoll.cli.main import main
-from docs.docblocks import find_block, normalized, shown_output
+from docs.docblocks import ROOT, blocks_of, find_block, normalized, shown_output
 from helpers.busybox_root import REQUIRED, busybox_files
 from helpers.osimage import build_os_image
 from helpers.registry import RegistryView
@@ -107,3 +107,32 @@ def test_a_mistake_in_updates_toml_stops_the_run(
     assert main([*RUN.split()[1:], *s]) == 4
     printed = capsys.readouterr().err.rstrip("\n")
     assert printed.replace(str(root), "") == shown_output(block, RUN)
+
+
+UPGRADE = "atoll upgrade"
+
+
+@pytest.mark.integration
+def test_an_upgrade_without_python3_httpx_names_the_package(
+    tmp_path: Path, registry: RegistryView
+) -> None:
+    """A device installed from a registry, whose python3 lacks httpx (the
+    standard library alone, as tests/test_requires.py runs atoll)."""
+    from test_requires import stdlib_atoll
+
+    block = next(
+        b
+        for b in blocks_of(ROOT / "docs/updates.md")
+        if b.commands() == [UPGRADE] and "httpx" in b.text
+    )
+    images = tmp_path / "images"
+    build_os_image(images, "1", version="1.0")
+    name = f"{registry.host}/os/edge:stable"
+    registry.skopeo(
+        "copy", "-q", *registry.skopeo_args("dest"), f"oci:{images}:1", f"docker://{name}"
+    )
+    sysroot = tmp_path / "sysroot"
+    assert main(["install", "to-filesystem", str(sysroot), "--source", name]) == 0
+    upgraded = stdlib_atoll(*UPGRADE.split()[1:], "--sysroot", str(sysroot))
+    assert upgraded.returncode == 79, upgraded.stderr
+    assert upgraded.stderr.rstrip("\n") == shown_output(block, UPGRADE)
