@@ -136,3 +136,34 @@ def test_an_upgrade_without_python3_httpx_names_the_package(
     upgraded = stdlib_atoll(*UPGRADE.split()[1:], "--sysroot", str(sysroot))
     assert upgraded.returncode == 79, upgraded.stderr
     assert upgraded.stderr.rstrip("\n") == shown_output(block, UPGRADE)
+
+
+@pytest.mark.integration
+def test_an_upgrade_does_not_follow_a_tag_back(
+    tmp_path: Path, registry: RegistryView, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tag the device follows is moved back from 2.0 to 1.0."""
+    block = next(
+        b
+        for b in blocks_of(ROOT / "docs/updates.md")
+        if b.commands() == [UPGRADE] and "older than" in b.text
+    )
+    images = tmp_path / "images"
+    build_os_image(images, "1", version="1.0")
+    build_os_image(images, "2", version="2.0", add={"usr/bin/new": b"two"})
+    name = f"{registry.host}/prod/os:stable"
+
+    def push(ref: str) -> None:
+        registry.skopeo(
+            "copy", "-q", *registry.skopeo_args("dest"), f"oci:{images}:{ref}", f"docker://{name}"
+        )
+
+    push("2")
+    sysroot = tmp_path / "sysroot"
+    assert main(["install", "to-filesystem", str(sysroot), "--source", name]) == 0
+    push("1")
+    capsys.readouterr()
+    assert main([*UPGRADE.split()[1:], "--sysroot", str(sysroot)]) != 0
+    printed = capsys.readouterr().err.rstrip("\n")
+    hosts = {"127.0.0.1:5000": registry.host}
+    assert normalized(printed, hosts) == normalized(shown_output(block, UPGRADE))
