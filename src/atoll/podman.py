@@ -48,17 +48,6 @@ PODMAN_ENV = (
     "DBUS_SESSION_BUS_ADDRESS",
 )
 
-CONTAINERS_CONF = """\
-[containers]
-default_ulimits = ["nofile=1024:1024","nproc=1024:1024"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-tmp_dir = "{root}/engine-tmp"
-"""
-
 STORAGE_CONF = """\
 [storage]
 driver = "vfs"
@@ -161,6 +150,16 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise InvalidInputError(f"containers.conf: cannot write {value!r} back as TOML")
+
+
+#: containers.conf of an isolated podman (a format string: ``{root}``): runc and
+#: a temporary directory of its own besides the settings of a host without systemd.
+CONTAINERS_CONF = toml_text(
+    {
+        "containers": dict(SYSTEMD_LESS["containers"]),
+        "engine": {"runtime": "runc", **SYSTEMD_LESS["engine"], "tmp_dir": "{root}/engine-tmp"},
+    }
+).lstrip("\n")
 
 
 def isolated_environment(root: Path, *, registries_conf: Path | None = None) -> dict[str, str]:
