@@ -9,7 +9,7 @@ import pytest
 
 from atoll.cli.main import main
 from docs.docblocks import find_block, normalized, shown_output
-from helpers.osimage import build_os_image
+from docs.osrepo import OsTag
 from helpers.registry import RegistryView
 
 #: The block's command, as docs/status.md writes it.
@@ -21,21 +21,14 @@ def test_status_md_example(
     tmp_path: Path, registry: RegistryView, capsys: pytest.CaptureFixture[str]
 ) -> None:
     block = find_block("docs/status.md", COMMAND)
-    images = tmp_path / "images"
-    build_os_image(images, "1", version="1.0")
-    build_os_image(images, "2", version="2.0", add={"usr/bin/new": b"two"})
-    name = f"{registry.host}/os/edge:stable"
-
-    def push(ref: str) -> None:
-        registry.skopeo(
-            "copy", "-q", *registry.skopeo_args("dest"), f"oci:{images}:{ref}", f"docker://{name}"
-        )
-
-    push("1")
+    tag = OsTag(tmp_path, registry, "os/edge:stable")
+    tag.build("1", "1.0")
+    tag.build("2", "2.0", {"usr/bin/new": b"two"})
+    tag.push("1")
     sysroot = tmp_path / "sysroot"
-    assert main(["install", "to-filesystem", str(sysroot), "--source", name]) == 0
+    assert main(["install", "to-filesystem", str(sysroot), "--source", tag.name]) == 0
     assert main(["boot", "--sysroot", str(sysroot)]) == 0
-    push("2")
+    tag.push("2")
     assert main(["upgrade", "--sysroot", str(sysroot)]) == 0
     capsys.readouterr()
 

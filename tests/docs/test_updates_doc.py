@@ -9,6 +9,7 @@ import pytest
 
 from atoll.cli.main import main
 from docs.docblocks import ROOT, blocks_of, find_block, normalized, shown_output
+from docs.osrepo import OsTag
 from helpers.busybox_root import REQUIRED, busybox_files
 from helpers.osimage import build_os_image
 from helpers.registry import RegistryView
@@ -22,16 +23,9 @@ def test_a_rolled_back_image_is_not_taken_again(
     tmp_path: Path, registry: RegistryView, capsys: pytest.CaptureFixture[str]
 ) -> None:
     block = find_block("docs/updates.md", CHECK)
-    images = tmp_path / "images"
-    build_os_image(images, "1", version="1.0", add=busybox_files({f"{REQUIRED}/50-app.sh": ""}))
-    failing = busybox_files({f"{REQUIRED}/50-app.sh": "exit 3\n"})
-    build_os_image(images, "2", version="2.0", add=failing)
-    name = f"{registry.host}/os/edge:stable"
-
-    def push(ref: str) -> None:
-        registry.skopeo(
-            "copy", "-q", *registry.skopeo_args("dest"), f"oci:{images}:{ref}", f"docker://{name}"
-        )
+    tag = OsTag(tmp_path, registry, "os/edge:stable")
+    tag.build("1", "1.0", busybox_files({f"{REQUIRED}/50-app.sh": ""}))  # type: ignore[arg-type]
+    tag.build("2", "2.0", busybox_files({f"{REQUIRED}/50-app.sh": "exit 3\n"}))  # type: ignore[arg-type]
 
     def atoll(*args: str) -> str:
         capsys.readouterr()
@@ -41,10 +35,10 @@ def test_a_rolled_back_image_is_not_taken_again(
         return captured.out.rstrip("\n")
 
     sysroot = tmp_path / "sysroot"
-    push("1")
-    assert main(["install", "to-filesystem", str(sysroot), "--source", name]) == 0
+    tag.push("1")
+    assert main(["install", "to-filesystem", str(sysroot), "--source", tag.name]) == 0
     atoll("boot")
-    push("2")
+    tag.push("2")
     atoll("upgrade")
     # Three red boots of 2.0, then the bootloader falls back to 1.0, which is green.
     atoll("boot", "--max-boots", "4")
@@ -125,14 +119,11 @@ def test_an_upgrade_without_python3_httpx_names_the_package(
         for b in blocks_of(ROOT / "docs/updates.md")
         if b.commands() == [UPGRADE] and "httpx" in b.text
     )
-    images = tmp_path / "images"
-    build_os_image(images, "1", version="1.0")
-    name = f"{registry.host}/os/edge:stable"
-    registry.skopeo(
-        "copy", "-q", *registry.skopeo_args("dest"), f"oci:{images}:1", f"docker://{name}"
-    )
+    tag = OsTag(tmp_path, registry, "os/edge:stable")
+    tag.build("1", "1.0")
+    tag.push("1")
     sysroot = tmp_path / "sysroot"
-    assert main(["install", "to-filesystem", str(sysroot), "--source", name]) == 0
+    assert main(["install", "to-filesystem", str(sysroot), "--source", tag.name]) == 0
     upgraded = stdlib_atoll(*UPGRADE.split()[1:], "--sysroot", str(sysroot))
     assert upgraded.returncode == 79, upgraded.stderr
     assert upgraded.stderr.rstrip("\n") == shown_output(block, UPGRADE)
@@ -148,20 +139,13 @@ def test_an_upgrade_does_not_follow_a_tag_back(
         for b in blocks_of(ROOT / "docs/updates.md")
         if b.commands() == [UPGRADE] and "older than" in b.text
     )
-    images = tmp_path / "images"
-    build_os_image(images, "1", version="1.0")
-    build_os_image(images, "2", version="2.0", add={"usr/bin/new": b"two"})
-    name = f"{registry.host}/prod/os:stable"
-
-    def push(ref: str) -> None:
-        registry.skopeo(
-            "copy", "-q", *registry.skopeo_args("dest"), f"oci:{images}:{ref}", f"docker://{name}"
-        )
-
-    push("2")
+    tag = OsTag(tmp_path, registry, "prod/os:stable")
+    tag.build("1", "1.0")
+    tag.build("2", "2.0", {"usr/bin/new": b"two"})
+    tag.push("2")
     sysroot = tmp_path / "sysroot"
-    assert main(["install", "to-filesystem", str(sysroot), "--source", name]) == 0
-    push("1")
+    assert main(["install", "to-filesystem", str(sysroot), "--source", tag.name]) == 0
+    tag.push("1")
     capsys.readouterr()
     assert main([*UPGRADE.split()[1:], "--sysroot", str(sysroot)]) != 0
     printed = capsys.readouterr().err.rstrip("\n")
