@@ -30,8 +30,11 @@ Exit codes are grouped by the part of the system that failed:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+# Every command imports this module: it stays free of dataclasses and typing
+# (milliseconds of start-up each), see tests/cli/test_imports.py.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class AtollError(Exception):
@@ -451,11 +454,27 @@ class InterruptedError_(AtollError):
     summary = "interrupted by the user (Ctrl-C)"
 
 
-@dataclass(frozen=True)
 class ExitCode:
-    code: int
-    name: str
-    summary: str
+    """One row of docs/exit-codes.md."""
+
+    __slots__ = ("code", "name", "summary")
+
+    def __init__(self, code: int, name: str, summary: str) -> None:
+        self.code = code
+        self.name = name
+        self.summary = summary
+
+    def _key(self) -> tuple[int, str, str]:
+        return (self.code, self.name, self.summary)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExitCode) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"ExitCode{self._key()!r}"
 
 
 def _collect() -> tuple[ExitCode, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, cast
@@ -22,6 +23,22 @@ def lazy_exports(package: str, table: Mapping[str, tuple[str, ...]]) -> Callable
     return __getattr__
 
 
+#: Optional parts of a module that atoll never uses and that cost start-up when
+#: present: httpx's command-line client (``httpx._main``) pulls in click, rich
+#: and pygments, more than httpx itself.  A ``None`` in ``sys.modules`` makes
+#: importing them fail, and the module goes on without them, as it does where
+#: they are not installed.
+_LEFT_OUT: dict[str, tuple[str, ...]] = {"httpx": ("httpx._main",)}
+
+
+def import_lean(name: str) -> ModuleType:
+    """Module *name*, without the optional parts of it that atoll never uses."""
+    if name not in sys.modules:
+        for part in _LEFT_OUT.get(name, ()):
+            sys.modules.setdefault(part, None)  # type: ignore[arg-type]
+    return importlib.import_module(name)
+
+
 class _LazyModule:
     """Stands for a module and imports it when one of its attributes is first read."""
 
@@ -29,7 +46,7 @@ class _LazyModule:
         self._lazy_name = name
 
     def __getattr__(self, attr: str) -> Any:
-        return getattr(importlib.import_module(self._lazy_name), attr)
+        return getattr(import_lean(self._lazy_name), attr)
 
     def __repr__(self) -> str:
         return f"<module {self._lazy_name!r}, imported when first used>"

@@ -17,6 +17,7 @@ from atoll.build.base import BaseSpec, _bootstrap, _layer, _prepare, create_base
 from atoll.build.blueprint import parse_blueprint
 from atoll.build.lint import lint_image
 from atoll.build.podman_build import BuildSettings, build_blueprint
+from atoll.cli.main import main
 from atoll.errors import BaseImageError
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName
@@ -78,7 +79,7 @@ def test_the_dnf_family_needs_dnf_on_the_host(
 ) -> None:
     if shutil.which("dnf") or shutil.which("dnf5"):
         missing("this host has dnf")
-    with pytest.raises(BaseImageError, match="needs dnf on this host"):
+    with pytest.raises(BaseImageError, match="needs dnf"):
         _bootstrap(BaseSpec("fedora", "40"), tmp_path / "root")
     with pytest.raises(BaseImageError, match="no way to make a base of 'arch'"):
         BaseSpec("arch", "rolling").all_packages()
@@ -119,3 +120,19 @@ def test_a_bookworm_base_lints_builds_and_is_reproducible(
     assert result.digest
     # The base brings atoll and its units: the build's atoll step adds none of them.
     assert not [a for a in result.added if a.startswith("atoll")], result.added
+
+
+def test_base_create_of_the_dnf_family_names_dnf_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error names what is missing, comes before the cache or the image is
+    touched, and has the base builds' exit code."""
+    if shutil.which("dnf") or shutil.which("dnf5"):
+        missing("this host has dnf")
+    cache, image = tmp_path / "cache", tmp_path / "image"
+    argv = ["base", "create", "--distro", "fedora", "--release", "40", "--cache", str(cache)]
+    assert main([*argv, "-t", f"oci:{image}:1"]) == BaseImageError.exit_code
+    err = capsys.readouterr().err
+    assert err.startswith("atoll: error: a fedora base needs dnf (or dnf5) on this host"), err
+    assert "hint: run atoll base create on a host with dnf" in err
+    assert not cache.exists() and not image.exists()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from atoll.cli.common import duration
-from atoll.cli.main import build_parser, main
+from atoll.cli.main import main
+from atoll.cli.parser import build_parser
 from atoll.oci.transports import ImageName, Transport
 from atoll.sysroot.status import describe
 from helpers.device import installed_device

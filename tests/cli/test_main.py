@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from atoll.cli.main import COMMAND_MODULES, build_parser, command_of, main
+from atoll.cli.main import main
+from atoll.cli.parser import COMMAND_MODULES, build_parser, command_of
 
 
 @pytest.mark.parametrize(
@@ -39,7 +40,7 @@ def test_an_image_command_does_not_load_the_device_code() -> None:
     """Start-up time is part of every command: `atoll image …` must not pay for the
     sysroot, the store or the health checks."""
     code = (
-        "import sys; from atoll.cli.main import build_parser; "
+        "import sys; from atoll.cli.parser import build_parser; "
         "build_parser(['image', 'copy', 'a', 'b']); "
         "print(sorted(m for m in sys.modules if m.startswith(('atoll.sysroot', 'atoll.store', "
         "'atoll.health', 'atoll.updates', 'atoll.device'))))"

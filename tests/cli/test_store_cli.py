@@ -10,7 +10,8 @@ import pytest
 
 from atoll.cli import store as store_cli
 from atoll.cli.common import Output, add_global_options
-from atoll.cli.main import build_parser, main
+from atoll.cli.main import main
+from atoll.cli.parser import build_parser
 from atoll.errors import AtollError
 from atoll.store import Store
 from helpers.stores import import_image

@@ -15,6 +15,7 @@ import pytest
 from atoll.cli import main as main_module
 from atoll.cli import updates
 from atoll.cli.common import Output
+from atoll.cli.parser import build_parser
 from atoll.health import assess as health_assess
 from atoll.sysroot.lifecycle import Device
 from atoll.units import UPDATE_SERVICE as SERVICE
@@ -183,7 +184,7 @@ def test_service_runs_a_valid_command() -> None:
     assert service["Service"]["Type"] == "oneshot"
     argv = shlex.split(service["Service"]["ExecStart"])
     assert argv[0] == "/usr/bin/atoll"
-    args = main_module.build_parser().parse_args(argv[1:])
+    args = build_parser().parse_args(argv[1:])
     assert args.func is updates._run
     assert args.sysroot == "/sysroot"
     assert args.max_wait == "90m"

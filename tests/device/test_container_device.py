@@ -91,3 +91,9 @@ def test_update_applied_inside_is_finalized_at_shutdown(
     assert doc["status"]["booted"]["image"]["version"] == "2.0"
     assert doc["status"]["booted"]["atoll"]["bootState"] == "good"
     assert doc["status"]["rollback"]["image"]["version"] == "1.0"
+    # Human output: the boot lines are the result, on stdout as --json's document is.
+    proc = atoll("device", "boot", "--sysroot", str(sysroot), "--max-boots", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("boot 1: "), proc.stdout
+    assert "-> poweroff" in proc.stdout
+    assert proc.stderr == ""

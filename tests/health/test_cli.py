@@ -178,11 +178,22 @@ def test_boot_shows_the_failing_checks_output(
 ) -> None:
     """`atoll boot` named the red check and its exit code, not what the check said."""
     images = tmp_path / "images"
-    failing = {f"{REQUIRED}/10-disk.sh": "echo '/data is full' >&2; exit 2\n"}
+    # The reason first, then a long listing: the reason is what boot shows.
+    failing = {
+        f"{REQUIRED}/10-disk.sh": "echo '/data is full' >&2; "
+        'for i in $(seq 1 30); do echo "file $i" >&2; done; exit 2\n'
+    }
     build_os_image(images, "1", version="1.0", add=busybox_files(failing))
     sysroot = tmp_path / "sysroot"
     atoll(capsys, "install", "to-filesystem", str(sysroot), "--source", f"oci:{images}:1")
     text, err = atoll(capsys, "boot", "--sysroot", str(sysroot), "--max-boots", "1", code=46)
     assert "required check 10-disk.sh failed (exit code 2)" in text
-    assert "  | /data is full" in text.splitlines()
+    lines = text.splitlines()
+    assert "  | /data is full" in lines
+    assert "  | file 9" in lines
+    assert "  | file 10" not in lines
+    assert "  | … 21 more lines in atoll health status --json" in lines
     assert err.startswith("atoll: error: the last boot is red")
+    text, _ = atoll(capsys, "health", "status", "--sysroot", str(sysroot))
+    assert "| /data is full" in text
+    assert "| file 30" not in text

@@ -208,7 +208,7 @@ def test_etc_replaces_usr_and_both_run_in_name_order(root: BusyboxRoot) -> None:
     ]
 
 
-def test_output_keeps_a_bounded_tail(root: BusyboxRoot) -> None:
+def test_output_keeps_the_first_lines_and_a_bounded_tail(root: BusyboxRoot) -> None:
     root.script(WANTED, "10-chatty.sh", 'for i in $(seq 1 100); do echo "line $i"; done\n')
     root.script(
         WANTED,
@@ -218,8 +218,12 @@ def test_output_keeps_a_bounded_tail(root: BusyboxRoot) -> None:
     report = run(root)
     chatty, wide = report.checks[1], report.checks[2]
     lines = chatty.output.splitlines()
-    assert len(lines) == 40
-    assert (lines[0], lines[-1]) == ("line 61", "line 100")
+    # The first ten lines (where a script says why), a mark, the last lines: 40 in all.
+    assert lines == [
+        *(f"line {i}" for i in range(1, 11)),
+        "[…]",
+        *(f"line {i}" for i in range(72, 101)),
+    ]
     # One 3000-byte line and "end": within 4 KiB, whole.
     assert wide.output == "0123456789" * 300 + "\nend"
 
@@ -236,10 +240,12 @@ def test_output_tail_is_cut_at_4_kib(root: BusyboxRoot) -> None:
         "i=0; while [ $i -lt 2000 ]; do printf 0123456789; i=$((i+1)); done\n",
     )
     report = run(root)
-    # 20000 bytes on one line, then "end": the cut line is dropped, the tail remains.
-    assert report.checks[1].output == "end"
-    # Only one line, and no end of line: its last 4 KiB.
-    assert report.checks[2].output == ("0123456789" * 410)[-4096:]
+    # 20000 bytes on one line, then "end": the line's first KiB, a mark, the tail
+    # without what is left of the cut line.
+    assert report.checks[1].output == ("0123456789" * 103)[:1024] + "\n[…]\nend"
+    # Only one line, and no end of line: its first KiB, a mark and its last 4 KiB.
+    start, end = ("0123456789" * 103)[:1024], ("0123456789" * 410)[-4096:]
+    assert report.checks[2].output == f"{start}\n[…]\n{end}"
 
 
 def test_scripts_get_a_clean_environment(

@@ -260,8 +260,8 @@ def test_tag_move_update_rollback_and_no_second_pull(setup: Setup) -> None:
     report = only(result)
     assert report["updated"] == "rolled back", report
     assert "restart failed" in str(report["reason"]) and "exited" in str(report["reason"])
-    assert report["rolled_back_digests"] == [v3]
-    assert not result.ok and result.to_json()["rolled_back"] == ["web.container"]
+    assert report["rolledBackDigests"] == [v3]
+    assert not result.ok and result.to_json()["rolledBack"] == ["web.container"]
     assert setup.podman.image_id(image) == v2_id, "the tag points at the previous image again"
     assert manager.running["web.service"] == v2_id
 
@@ -278,7 +278,7 @@ def test_tag_move_update_rollback_and_no_second_pull(setup: Setup) -> None:
     v4 = setup.push(seed="v4")
     report = only(setup.run(manager))
     assert report["updated"] == "true" and report["digest"] == {"old": v2, "new": v4}
-    assert report["rolled_back_digests"] == [v3]
+    assert report["rolledBackDigests"] == [v3]
     assert setup.podman.exists(v2_id)
     assert not setup.podman.exists(v1_id)
     assert not setup.podman.exists(v3_id)
@@ -505,7 +505,7 @@ def test_an_update_a_killed_run_left_is_watched_before_it_is_kept(
         assert unit["current"]["digest"] == v2 and unit["previous"]["digest"] == v1
     else:
         assert manager.running["web.service"] == setup.podman.image_id(image) == v1_id
-        assert report["rolled_back_digests"] == [v2]
+        assert report["rolledBackDigests"] == [v2]
     # Settled: the next run has nothing left over.
     again = only(setup.run(manager, watch=8.0))
     assert again["updated"] == "false", again
@@ -547,7 +547,7 @@ def test_unhealthy_after_start_rolls_back_or_fails_without_rollback(setup: Setup
     v4 = setup.push(seed="v4", behaviour="exit")
     report = only(setup.run(manager, rollback=False))
     assert report["updated"] == "failed" and report["digest"]["new"] == v4  # type: ignore[index]
-    assert report["rolled_back_digests"] == [v2], "v4 failed but was not rolled back"
+    assert report["rolledBackDigests"] == [v2], "v4 failed but was not rolled back"
     assert manager.running["web.service"] == setup.podman.image_id(image) != v1_id
 
 
@@ -584,9 +584,9 @@ def test_version_pin_takes_patches_and_reports_newer_minor(setup: Setup) -> None
 
     report = only(setup.run(manager))
     assert report["updated"] == "true", report
-    assert report["checked_tag"] == "1.2.3"
+    assert report["checkedTag"] == "1.2.3"
     assert report["digest"]["new"] == patch  # type: ignore[index]
-    assert report["newer_available"] == ["2.0", "1.3.0"]
+    assert report["newerAvailable"] == ["2.0", "1.3.0"]
     pulled = f"{image.rsplit(':', 1)[0]}@{patch}"
     assert setup.podman.pulled == [pulled]
     assert setup.podman.image_id(image) == setup.podman.image_id(pulled)
@@ -814,9 +814,9 @@ def test_web_workload_updates_rolls_back_and_keeps_serving(workload_env: Workloa
     assert code == 56, doc
     (unit,) = doc["units"]
     assert unit["updated"] == "rolled back", unit["reason"]
-    assert doc["rolled_back"] == ["web.container"]
+    assert doc["rolledBack"] == ["web.container"]
     assert unit["digest"] == {"old": v2, "new": v3}
-    assert unit["rolled_back_digests"] == [v3]
+    assert unit["rolledBackDigests"] == [v3]
     assert "failed" in unit["reason"] or "exited" in unit["reason"], unit["reason"]
     assert http_get(port) == "hello from v2\n"
     assert sup.status("web").state is UnitState.ACTIVE

@@ -184,11 +184,11 @@ def test_workload_commands(workload_env: WorkloadEnv) -> None:
         "systemd-web",
     )
 
-    first_id = unit["container_id"]
+    first_id = unit["containerId"]
     restarted = run_atoll("workload", "restart", "web", *state, "--json")
     assert restarted.returncode == 0, restarted.stderr
     after = json.loads(restarted.stdout)["unit"]
-    assert after["state"] == "active" and after["container_id"] != first_id
+    assert after["state"] == "active" and after["containerId"] != first_id
     assert after["restarts"] == 0  # a restart by hand is not an automatic restart
     assert http_get(port) == "cli\n"
 
@@ -210,10 +210,47 @@ def test_workload_commands(workload_env: WorkloadEnv) -> None:
 
 
 def test_workloads_doc_gives_the_podman_settings_build_and_demo_use() -> None:
-    from atoll.podman import CONTAINERS_CONF
+    """The settings docs/workloads.md shows for `workload run` are those atoll
+    adds on a host without systemd, and those its build and demo podman uses."""
+    import tomllib
+
+    from atoll.podman import CONTAINERS_CONF, SYSTEMD_LESS
 
     doc = (Path(__file__).parents[2] / "docs" / "workloads.md").read_text()
-    settings = [ln for ln in CONTAINERS_CONF.splitlines() if ln and not ln.startswith("tmp_dir")]
-    assert "default_ulimits" in CONTAINERS_CONF and "cgroup_manager" in CONTAINERS_CONF
-    for line in settings:
-        assert line in doc.splitlines(), line
+    shown = doc[doc.index("`workload run` gives podman the settings") :]
+    shown = shown[shown.index("```toml\n") + 8 :]
+    assert tomllib.loads(shown[: shown.index("```")]) == SYSTEMD_LESS
+    isolated = tomllib.loads(CONTAINERS_CONF.format(root="/x"))
+    for table, values in SYSTEMD_LESS.items():
+        assert values.items() <= isolated[table].items()
+
+
+def test_unit_status_json_is_camel_case_and_reads_version_1() -> None:
+    """`workload status --json` wrote container_id, main_pid, … while every other
+    atoll document is camelCase (docs/cli.md)."""
+    status = UnitStatus(
+        "web.container",
+        "web",
+        "web.service",
+        UnitState.ACTIVE,
+        "success",
+        "systemd-web",
+        "c1",
+        "img",
+        "i1",
+        Health.HEALTHY,
+        2,
+        "2026-01-01T00:00:00Z",
+        42,
+        exit_status=None,
+    )
+    data = status.to_json()
+    assert {"containerId", "imageId", "mainPid", "exitStatus"} <= set(data)
+    assert not [k for k in data if "_" in k]
+    assert UnitStatus.from_json(json.loads(json.dumps(data))) == status
+    # A supervisor started by an older atoll still answers in snake_case.
+    old = {
+        "container_id" if k == "containerId" else "main_pid" if k == "mainPid" else k: v
+        for k, v in data.items()
+    }
+    assert UnitStatus.from_json(old) == status

@@ -113,8 +113,8 @@ def test_twenty_units_on_one_tag_update_roll_back_adopt_and_stop(
         if report["updated"] != "rolled back":
             assert report["updated"] == "false", report
             assert report["reason"].startswith("not restarted"), report
-        assert report["rolled_back_digests"] == [v3], report
-    assert sorted(doc["rolled_back"]) == sorted(rolled_back)
+        assert report["rolledBackDigests"] == [v3], report
+    assert sorted(doc["rolledBack"]) == sorted(rolled_back)
     units = wait_for(lambda: _all_healthy(sup), "20 healthy units after the rollback", timeout=120)
     assert isinstance(units, dict)
     running = _running(env)

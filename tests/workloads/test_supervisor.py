@@ -216,7 +216,7 @@ def test_restarted_supervisor_adopts_the_running_container(workload_env: Workloa
     first.stop(signal.SIGKILL)  # the supervisor dies; the container lives on
     assert http_get(port) == "hello from v1\n"
     saved = json.loads((first.state_dir / "state.json").read_text())
-    assert saved["units"]["web.container"]["container_id"] == before.container_id
+    assert saved["units"]["web.container"]["containerId"] == before.container_id
 
     second = workload_env.start_supervisor(state_dir=first.state_dir)
     after = wait_for(lambda: _state(second, "web", "active"), "web to be adopted")

@@ -97,7 +97,7 @@ def test_systemd_runs_the_unit_and_atoll_updates_and_rolls_it_back(
         wait_for(lambda: status()["health"] == "healthy", "v1 to be healthy")
         first = status()
         assert (first["state"], first["service"]) == ("active", "web.service")
-        assert first["container"] == "systemd-web" and first["image_id"]
+        assert first["container"] == "systemd-web" and first["imageId"]
 
         # The tag moves: atoll pulls, restarts through systemd, watches, keeps it.
         release("v2")
@@ -105,7 +105,7 @@ def test_systemd_runs_the_unit_and_atoll_updates_and_rolls_it_back(
         assert report["updated"] == "true", report
         assert serves(port) == "v2\n"
         assert show(host, "ActiveState") == "active"
-        assert status()["image_id"] != first["image_id"]
+        assert status()["imageId"] != first["imageId"]
 
         # A version that exits at once: systemd reports the failed restart, atoll
         # puts the previous image back and has systemd start it again.
@@ -114,7 +114,7 @@ def test_systemd_runs_the_unit_and_atoll_updates_and_rolls_it_back(
         result = atoll_json(host, *update, "--watch", "3", code=rolled_back)
         (report,) = result["units"]
         assert report["updated"] == "rolled back", report
-        assert result["rolled_back"] == ["web.container"]
+        assert result["rolledBack"] == ["web.container"]
         wait_for(lambda: serves(port) == "v2\n", "v2 to serve again")
         assert show(host, "ActiveState") == "active"
 

@@ -157,6 +157,8 @@ def create_base(
     recipe = TreeRecipe(
         spec.recipe(), lambda root: _bootstrap(spec, root), lambda root: _prepare(spec, root)
     )
+    if not (recipe.entry(cache or default_cache()) / "recipe.json").is_file():
+        bootstrap_tool(spec)  # a missing tool fails before the cache is touched
     tree = ensure_tree(cache or default_cache(), recipe)
     epoch = source_date_epoch()
     with tempfile.TemporaryDirectory(prefix="atoll-base-") as tmp:
@@ -221,6 +223,20 @@ def _oci_arch() -> str:
     return _deb_arch()
 
 
+def bootstrap_tool(spec: BaseSpec) -> str:
+    """The program that makes *spec*'s tree on this host (debootstrap, dnf), or
+    an error naming what is missing, before anything is written."""
+    if spec.family == "apt":
+        return find_tool("debootstrap")
+    dnf = shutil.which("dnf") or shutil.which("dnf5")
+    if dnf is None:
+        raise BaseImageError(
+            f"a {spec.distro} base needs dnf (or dnf5) on this host, and there is none",
+            hint="run atoll base create on a host with dnf (e.g. in a Fedora container)",
+        )
+    return dnf
+
+
 def _bootstrap(spec: BaseSpec, root: Path) -> None:
     packages = spec.all_packages()
     if spec.family == "apt":
@@ -229,7 +245,7 @@ def _bootstrap(spec: BaseSpec, root: Path) -> None:
         # it makes the init system only, apt installs the rest.
         run_bootstrap(
             [
-                find_tool("debootstrap"),
+                bootstrap_tool(spec),
                 "--variant=minbase",
                 f"--include={','.join(APT_BOOTSTRAP)}",
                 spec.release,
@@ -246,15 +262,9 @@ def _bootstrap(spec: BaseSpec, root: Path) -> None:
         finally:
             run(["umount", "--lazy", root / "proc"], check=False)
         return
-    dnf = shutil.which("dnf") or shutil.which("dnf5")
-    if dnf is None:
-        raise BaseImageError(
-            f"a {spec.distro} base needs dnf on this host, and there is none",
-            hint="run atoll base create on a host with dnf (e.g. in a Fedora container)",
-        )
     root.mkdir(parents=True)
     argv = [
-        dnf,
+        bootstrap_tool(spec),
         "--installroot",
         str(root),
         "--releasever",

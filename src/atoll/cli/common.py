@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
 import sys
-from pathlib import Path
-from typing import Any
 
 from atoll.errors import AtollError, UsageError
-from atoll.oci.context import SystemContext
-from atoll.oci.manifest import Platform
-from atoll.progress import FanOut, JsonLinesProgress, NullProgress, ProgressSink
+
+# Every command imports this module: what only some commands use is imported
+# where it is used (tests/cli/test_imports.py holds the import sets).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from atoll.oci.context import SystemContext
+    from atoll.progress import ProgressSink
+
+#: bootc's transport names (atoll.oci.transports.ImageTransport), spelled out so
+#: that registering ``--transport`` does not import the transports.
+TRANSPORTS = ("registry", "oci", "oci-archive", "dir", "containers-storage")
 
 
 def add_global_options(parser: argparse.ArgumentParser, *, progress: bool = True) -> None:
@@ -140,6 +145,11 @@ def add_platform_options(parser: argparse.ArgumentParser, *, transfers: bool = T
 
 
 def system_context(args: argparse.Namespace, prefix: str = "") -> SystemContext:
+    from pathlib import Path
+
+    from atoll.oci.context import SystemContext
+    from atoll.oci.manifest import Platform
+
     dest = prefix.replace("-", "_")
 
     def opt(name: str) -> Any:
@@ -212,6 +222,8 @@ class Output:
         )
 
     def setup_logging(self) -> None:
+        import logging
+
         level = logging.DEBUG if self.debug else logging.INFO if self.verbose else logging.WARNING
         logging.basicConfig(
             level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
@@ -222,6 +234,10 @@ class Output:
             logging.getLogger("httpcore").setLevel(logging.WARNING)
 
     def progress(self) -> ProgressSink:
+        import os
+
+        from atoll.progress import FanOut, JsonLinesProgress, NullProgress
+
         sinks: list[ProgressSink] = []
         if self.progress_fd is not None:
             if self._progress_stream is None:
@@ -246,6 +262,8 @@ class Output:
     def result(self, data: Any, human: str | None = None) -> None:
         """Print a command's result: JSON with --json, else the human text."""
         if self.json:
+            import json
+
             sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
         elif human is not None:
             sys.stdout.write(human if human.endswith("\n") or not human else human + "\n")

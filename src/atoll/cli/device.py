@@ -64,10 +64,15 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         rec = round_.record
         counter = "" if rec.tries_left is None else f", {tries_left(rec.tries_left)}"
         fallback = ", fallback" if rec.fallback else ""
-        out.info(
+        if out.json:
+            return  # the document at the end says it all
+        # Each boot's line is the result, printed as it happens (on stdout, where
+        # --json prints the whole document at the end).
+        out.result(
+            None,
             f"boot {round_.number}: {rec.deployment[:12]}{rec.deployment[64:]} "
             f"({rec.entry}{counter}{fallback}) -> {round_.boot.outcome.value} "
-            f"in {round_.boot.duration:.1f} s"
+            f"in {round_.boot.duration:.1f} s",
         )
 
     result = run_boots(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.cli.common import (
+    TRANSPORTS,
     Output,
     add_global_options,
     add_platform_options,
@@ -15,12 +16,11 @@ from atoll.cli.common import (
     system_context,
 )
 from atoll.errors import InvalidInputError, from_oserror
-from atoll.oci.transports import ImageTransport, parse_bootc_name
 
 
 def add_disk_options(parser: argparse.ArgumentParser) -> None:
     """The options ``install to-disk`` and ``disk-image`` share."""
-    parser.add_argument("--transport", choices=[t.value for t in ImageTransport])
+    parser.add_argument("--transport", choices=TRANSPORTS)
     parser.add_argument("--stateroot", default="default", help="name of the stateroot")
     parser.add_argument(
         "--filesystem",
@@ -67,6 +67,8 @@ def add_target_image_option(parser: argparse.ArgumentParser) -> None:
 
 def target_image(args: argparse.Namespace) -> Any:
     """The ``--target-image`` as an image name, or None."""
+    from atoll.oci.transports import parse_bootc_name
+
     if not args.target_image:
         return None
     return parse_bootc_name(args.target_image)
@@ -143,6 +145,7 @@ def _describe(result: Any) -> str:
 
 def _to_disk(args: argparse.Namespace, out: Output) -> int:
     from atoll.build.disk import install_to_disk
+    from atoll.oci.transports import parse_bootc_name
 
     name = parse_bootc_name(args.source, args.transport)
     result = install_to_disk(
@@ -158,6 +161,7 @@ def _to_disk(args: argparse.Namespace, out: Output) -> int:
 
 def _disk_image(args: argparse.Namespace, out: Output) -> int:
     from atoll.build.disk import ImageType, make_disk_image
+    from atoll.oci.transports import parse_bootc_name
 
     name = parse_bootc_name(args.image, args.transport)
     result = make_disk_image(

@@ -299,9 +299,16 @@ def _describe_run(report: HealthReport) -> str:
 
 
 def check_output_lines(output: str, indent: str) -> list[str]:
-    """A failed check's own words, its last lines (where a script says why it
-    gave up), for the human output of ``health`` and ``boot``."""
-    return [f"{indent}| {line}" for line in output.splitlines()[-_OUTPUT_LINES:]]
+    """A failed check's own words, its first lines (where a script says why it
+    fails; its last lines are in the record), for the human output of
+    ``health`` and ``boot``."""
+    lines = output.splitlines()
+    shown = [f"{indent}| {line}" for line in lines[:_OUTPUT_LINES]]
+    if len(lines) > _OUTPUT_LINES:
+        shown.append(
+            f"{indent}| … {len(lines) - _OUTPUT_LINES} more lines in atoll health status --json"
+        )
+    return shown
 
 
 def _describe_check(check: CheckResult) -> str:

@@ -5,35 +5,27 @@ directory device."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atoll.cli.common import (
+    TRANSPORTS,
     Output,
     add_global_options,
     add_platform_options,
     add_registry_options,
     system_context,
 )
-from atoll.cli.hostdevice import host_status, open_device
-from atoll.errors import HealthCheckFailedError, UsageError
-from atoll.oci.transports import ImageTransport, parse_bootc_name
-from atoll.run import run
-from atoll.sysroot.etcmerge import EtcMergeStrategy, diff_etc
-from atoll.sysroot.fetch import open_image
-from atoll.sysroot.lifecycle import Device, StageResult
-from atoll.sysroot.rolledback import find_rolled_back
-from atoll.sysroot.status import describe, tries_left
-from atoll.updates import (
-    SystemClock,
-    ensure_reboot_allowed,
-    load_config,
-    parse_duration,
-    running_root,
-)
+from atoll.errors import UsageError
 
-_STRATEGIES = [s.value for s in EtcMergeStrategy]
+if TYPE_CHECKING:
+    from atoll.sysroot.lifecycle import Device, StageResult
+
+# Each command imports what it runs: `atoll status` does not load the code that
+# fetches and stages images (tests/cli/test_imports.py holds the import sets).
+# The choices are spelled out here for the same reason; the test compares them
+# with EtcMergeStrategy.
+STRATEGIES = ("fail", "keep-local", "keep-new")
 
 
 def _sysroot_option(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +72,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="IMAGE",
         help="the image: REF (a registry) or TRANSPORT:DETAILS",
     )
-    to_fs.add_argument("--transport", choices=[t.value for t in ImageTransport])
+    to_fs.add_argument("--transport", choices=TRANSPORTS)
     to_fs.add_argument("--stateroot", default="default", help="name of the stateroot")
     to_fs.add_argument(
         "--karg",
@@ -132,7 +124,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     upgrade.add_argument(
         "--etc-merge",
-        choices=_STRATEGIES,
+        choices=STRATEGIES,
         default="keep-local",
         help="what to do when local /etc and the image disagree on a type",
     )
@@ -145,9 +137,9 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
     switch = _command(commands, "switch", "stage another image", fetches=True)
     switch.add_argument("image", metavar="IMAGE")
-    switch.add_argument("--transport", choices=[t.value for t in ImageTransport])
+    switch.add_argument("--transport", choices=TRANSPORTS)
     switch.add_argument("--apply", action="store_true", help="finalize and reboot right away")
-    switch.add_argument("--etc-merge", choices=_STRATEGIES, default="keep-local")
+    switch.add_argument("--etc-merge", choices=STRATEGIES, default="keep-local")
     switch.set_defaults(func=_switch)
     for parser in (upgrade, switch):
         _policy_options(parser)
@@ -193,7 +185,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     finalize.add_argument(
         "--etc-merge",
-        choices=_STRATEGIES,
+        choices=STRATEGIES,
         default=None,
         help="override the strategy chosen when the update was staged",
     )
@@ -246,6 +238,7 @@ def _enforce_policy(
     Returns the list the decisions are appended to (empty when no policy applies)."""
     from atoll.pipeline.freshness import device_admission
     from atoll.pipeline.trust import load_optional_policy
+    from atoll.updates import running_root
 
     override = Path(args.policy) if args.policy else None
     decisions: list[Any] = []
@@ -278,6 +271,7 @@ def guard_staging(
     Returns the list the decisions are appended to."""
     from atoll.pipeline.freshness import device_admission
     from atoll.pipeline.trust import device_policy_path, load_optional_policy
+    from atoll.updates import load_config
 
     decisions: list[Any] = []
     state = device.state()
@@ -295,6 +289,8 @@ def guard_staging(
 
 
 def _device(args: argparse.Namespace, out: Output, root: str | None = None) -> Device:
+    from atoll.cli.hostdevice import open_device
+
     ctx = system_context(args) if hasattr(args, "override_os") else None
     return open_device(Path(root or args.sysroot), ctx, progress=out.progress())
 
@@ -322,6 +318,8 @@ _ROLLED_BACK_HINT = (
 
 def _install(args: argparse.Namespace, out: Output) -> int:
     from atoll.cli.disk import target_image
+    from atoll.oci.transports import parse_bootc_name
+    from atoll.sysroot.fetch import open_image
 
     if args.install_command != "to-filesystem":
         raise UsageError(f"unknown install command {args.install_command}")
@@ -350,7 +348,13 @@ def _with_trust(result: StageResult, decisions: list[Any]) -> dict[str, Any]:
 
 
 def _status(args: argparse.Namespace, out: Output) -> int:
-    doc = host_status(_device(args, out).state())
+    from atoll.cli.hostdevice import host_status
+    from atoll.sysroot.layout import Sysroot
+    from atoll.sysroot.state import SysrootState
+    from atoll.sysroot.status import describe
+
+    # Only read: the state, without the code that fetches and stages.
+    doc = host_status(SysrootState.load(Sysroot(Path(args.sysroot))))
     fmt = args.format or ("json" if out.json else "human")
     if fmt == "json":
         out.json = True
@@ -383,6 +387,8 @@ def _apply(args: argparse.Namespace, device: Device, out: Output) -> None:
     left to its path unit, which might not see the staged file before the reboot;
     finalized here first if the image lacks that unit); on the directory device,
     its own boot."""
+    from atoll.run import run
+
     _allow_reboot(args, device, out)
     if running_inside(device):
         unit = run(["systemctl", "start", "atoll-finalize-staged.service"], check=False)
@@ -402,6 +408,8 @@ def _apply(args: argparse.Namespace, device: Device, out: Output) -> None:
 
 def _allow_reboot(args: argparse.Namespace, device: Device, out: Output) -> None:
     """--apply: wait for, or refuse (exit 48) while, a reboot inhibitor holds, unless --force."""
+    from atoll.updates import SystemClock, ensure_reboot_allowed, parse_duration, running_root
+
     try:
         timeout = parse_duration(args.wait_inhibitors)
     except ValueError as exc:
@@ -422,6 +430,9 @@ def running_inside(device: Device) -> bool:
 
 
 def _upgrade(args: argparse.Namespace, out: Output) -> int:
+    from atoll.sysroot.etcmerge import EtcMergeStrategy
+    from atoll.sysroot.rolledback import find_rolled_back
+
     device = _device(args, out)
     if args.check:
         current, image, changed = device.check()
@@ -469,6 +480,9 @@ def _upgrade(args: argparse.Namespace, out: Output) -> int:
 
 
 def _switch(args: argparse.Namespace, out: Output) -> int:
+    from atoll.oci.transports import parse_bootc_name
+    from atoll.sysroot.etcmerge import EtcMergeStrategy
+
     name = parse_bootc_name(args.image, args.transport)
     device = _device(args, out)
     if args.apply and not args.force:
@@ -500,12 +514,16 @@ def _pin(args: argparse.Namespace, out: Output) -> int:
 
 
 def _cleanup(args: argparse.Namespace, out: Output) -> int:
+    import json
+
     report = _device(args, out).cleanup()
     out.result(report, json.dumps(report, indent=2))
     return 0
 
 
 def _finalize(args: argparse.Namespace, out: Output) -> int:
+    from atoll.sysroot.etcmerge import EtcMergeStrategy
+
     strategy = EtcMergeStrategy(args.etc_merge) if args.etc_merge else None
     result = _device(args, out).finalize(etc_merge=strategy)
     if result is None:
@@ -521,6 +539,8 @@ def _finalize(args: argparse.Namespace, out: Output) -> int:
 
 
 def _config_diff(args: argparse.Namespace, out: Output) -> int:
+    from atoll.sysroot.etcmerge import diff_etc
+
     device = _device(args, out)
     state = device.state()
     current = state.current
@@ -536,7 +556,9 @@ def _config_diff(args: argparse.Namespace, out: Output) -> int:
 
 def _boot(args: argparse.Namespace, out: Output) -> int:
     from atoll.cli.health import check_output_lines
+    from atoll.errors import HealthCheckFailedError
     from atoll.health.assess import assess_boot, check_assessable
+    from atoll.sysroot.status import tries_left
 
     if args.max_boots < 1:
         raise UsageError("--max-boots must be at least 1")

@@ -10,20 +10,19 @@ staging pulls the images the new deployment binds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from atoll.health.config import load_config
-from atoll.health.records import read_rollbacks
-from atoll.oci.context import SystemContext
-from atoll.progress import ProgressSink
-from atoll.sysroot.bootloader import detect_bootloader
-from atoll.sysroot.lifecycle import Device
-from atoll.sysroot.state import SysrootState
-from atoll.sysroot.status import host_document
+if TYPE_CHECKING:
+    from atoll.oci.context import SystemContext
+    from atoll.progress import ProgressSink
+    from atoll.sysroot.lifecycle import Device
+    from atoll.sysroot.state import SysrootState
 
 
 def boot_tries(deployment_root: Path) -> int:
     """GREENBOOT_MAX_BOOT_ATTEMPTS of the deployment at *deployment_root*."""
+    from atoll.health.config import load_config
+
     config, _ = load_config(deployment_root)
     return config.max_boot_attempts
 
@@ -42,6 +41,9 @@ def open_device(
     *,
     progress: ProgressSink | None = None,
 ) -> Device:
+    from atoll.sysroot.bootloader import detect_bootloader
+    from atoll.sysroot.lifecycle import Device
+
     device = Device(root, ctx, progress=progress, boot_tries=boot_tries, pull_bound=pull_bound)
     # A command runs one operation: the bootloader is the one boot/ names now.
     device.bootloader = detect_bootloader(device.sysroot.boot)
@@ -50,5 +52,8 @@ def open_device(
 
 def host_status(state: SysrootState) -> dict[str, Any]:
     """``atoll status``'s document, with the last automatic rollback."""
+    from atoll.health.records import read_rollbacks
+    from atoll.sysroot.status import host_document
+
     rollbacks = read_rollbacks(state.sysroot.root)
     return host_document(state, last_rollback=rollbacks[-1].to_json() if rollbacks else None)

@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atoll.cli.common import (
     Output,
@@ -16,12 +16,16 @@ from atoll.cli.common import (
     system_context,
 )
 from atoll.errors import UsageError
-from atoll.oci.catalog import delete_image, list_tags
-from atoll.oci.chunked import ZSTD_CHUNKED
-from atoll.oci.imagecopy import CopyOptions, CopyResult, copy_image
-from atoll.oci.imageinspect import inspect_image, read_config, read_raw_manifest, select_manifest
 from atoll.oci.manifest import Compression
-from atoll.oci.transports import ImageName, open_source
+from atoll.oci.transports import ImageName
+
+if TYPE_CHECKING:
+    from atoll.oci.imagecopy import CopyOptions, CopyResult
+
+# Each subcommand imports what it runs (tests/cli/test_imports.py holds the
+# import set of `atoll image copy`); atoll.oci.chunked.ZSTD_CHUNKED, spelled out
+# so that a copy that converts nothing does not load the zstd:chunked code.
+ZSTD_CHUNKED = "zstd:chunked"
 
 _SizeUnits = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -144,6 +148,8 @@ def _add_copy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _copy_options(args: argparse.Namespace) -> CopyOptions:
+    from atoll.oci.imagecopy import CopyOptions
+
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
     fmt = args.dest_compress_format
@@ -173,6 +179,8 @@ def _describe_copy(result: CopyResult) -> str:
 
 
 def _copy(args: argparse.Namespace, out: Output) -> int:
+    from atoll.oci.imagecopy import copy_image
+
     src = ImageName.parse(args.source)
     dst = ImageName.parse(args.destination)
     result = copy_image(
@@ -238,6 +246,14 @@ def format_inspection(template: str, data: dict[str, Any]) -> str:
 
 
 def _inspect(args: argparse.Namespace, out: Output) -> int:
+    from atoll.oci.imageinspect import (
+        inspect_image,
+        read_config,
+        read_raw_manifest,
+        select_manifest,
+    )
+    from atoll.oci.transports import open_source
+
     name = ImageName.parse(args.name)
     ctx = system_context(args)
     if args.format is not None:
@@ -289,6 +305,8 @@ def _describe_inspection(data: dict[str, Any]) -> str:
 
 
 def _tags(args: argparse.Namespace, out: Output) -> int:
+    from atoll.oci.catalog import list_tags
+
     name = ImageName.parse(args.name)
     tags = list_tags(name, system_context(args))
     out.result({"Repository": str(name), "Tags": tags}, "\n".join(tags))
@@ -296,6 +314,8 @@ def _tags(args: argparse.Namespace, out: Output) -> int:
 
 
 def _delete(args: argparse.Namespace, out: Output) -> int:
+    from atoll.oci.catalog import delete_image
+
     name = ImageName.parse(args.name)
     deletion = delete_image(name, system_context(args), all_tags=args.all_tags)
     text = f"Deleted {name} ({deletion.digest})"

@@ -2,158 +2,54 @@
 
 Only this module turns :class:`atoll.errors.AtollError` into an exit code and a
 message on stderr (``atoll: error: …`` and, when there is one, ``hint: …``).
+It imports nothing at start: ``atoll version`` answers before the parser and
+the error classes load, and every other command loads the parser
+(:mod:`atoll.cli.parser`) and then only its own module.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
 import sys
-from collections.abc import Sequence
 
-from atoll import __version__
-from atoll.cli.common import Output, add_global_options
-from atoll.errors import AtollError, InterruptedError_, UsageError
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-log = logging.getLogger("atoll")
+    from atoll.cli.common import Output
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # The error line already starts with "atoll: error:": name only the subcommand.
-        where = self.prog.removeprefix("atoll").strip()
-        raise UsageError(
-            f"{where}: {message}" if where else message, hint=f"see '{self.prog} --help'"
-        )
-
-
-#: The module under atoll.cli that defines each command, in the order of --help.
-#: Only the module of the command being run is imported: a command pays the
-#: start-up time of what it uses, not of every part of atoll.
-COMMAND_MODULES: dict[str, str] = {
-    "image": "image",
-    "login": "login",
-    "logout": "login",
-    "install": "host",
-    "status": "host",
-    "upgrade": "host",
-    "switch": "host",
-    "rollback": "host",
-    "pin": "host",
-    "unpin": "host",
-    "cleanup": "host",
-    "finalize": "host",
-    "config-diff": "host",
-    "boot": "host",
-    "disk-image": "disk",
-    "store": "store",
-    "device": "device",
-    "health": "health",
-    "updates": "updates",
-    "workload": "workload",
-    "key": "sign",
-    "sign": "sign",
-    "verify": "sign",
-    "build": "build",
-    "lint": "build",
-    "rechunk": "rechunk",
-    "base": "base",
-    "promote": "pipeline",
-    "mirror": "pipeline",
-    "bundle": "pipeline",
-    "failover": "failover",
-    "demo": "demo",
+#: Command lines that only ask for the version, and whether they want JSON.
+_VERSION_ONLY: dict[tuple[str, ...], bool] = {
+    ("version",): False,
+    ("--version",): False,
+    ("version", "--json"): True,
+    ("--json", "version"): True,
 }
-#: Commands defined in this module.
-_BUILTIN = frozenset({"version"})
-#: Global options that take a value (skipped when looking for the command).
-_VALUE_OPTIONS = frozenset({"--progress-fd"})
-#: Options the top-level parser knows; others before the command are the command's.
-_TOP_OPTIONS = frozenset(
-    {"-h", "--help", "--version", "-v", "--verbose", "--debug", "-q", "--quiet", "--json"}
-)
 
 
-def _leading_options(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
-    """*argv* split into the top-level options before the command, the command's
-    own options written before it (``atoll --sysroot X status``) and the rest."""
-    top: list[str] = []
-    moved: list[str] = []
-    i = 0
-    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
-        word = argv[i]
-        takes_value = "=" not in word and i + 1 < len(argv)
-        if word in _VALUE_OPTIONS and takes_value:
-            top += argv[i : i + 2]
-            i += 2
-        elif word in _TOP_OPTIONS or word.split("=", 1)[0] in _VALUE_OPTIONS:
-            top.append(word)
-            i += 1
-        elif takes_value and not argv[i + 1].startswith("-") and not _is_command(argv[i + 1]):
-            # A value that is not a command name: the option's argument.
-            moved += argv[i : i + 2]
-            i += 2
-        else:
-            moved.append(word)
-            i += 1
-    return top, moved, list(argv[i:])
+def _print_version(as_json: bool) -> int:
+    from atoll import __version__
 
-
-def _is_command(word: str) -> bool:
-    return word in COMMAND_MODULES or word in _BUILTIN
-
-
-def command_of(argv: Sequence[str]) -> str | None:
-    """The command named on the command line, if any (the first positional word)."""
-    rest = _leading_options(argv)[2]
-    return rest[0] if rest and rest[0] != "--" else None
-
-
-def hoist_options(argv: Sequence[str]) -> list[str]:
-    """*argv* with a command's options written before the command moved after it,
-    so that every option works before the command as it does after it (argparse
-    lets options and positionals of the last subcommand mix, but not before "--")."""
-    top, moved, rest = _leading_options(argv)
-    if not moved or not rest:
-        return list(argv)
-    end = rest.index("--") if "--" in rest else len(rest)
-    return [*top, *rest[:end], *moved, *rest[end:]]
-
-
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; with *argv*, only the module of the command it names is loaded
-    (all of them for ``--help``, no command or an unknown one)."""
-    parser = _Parser(
-        prog="atoll",
-        description="Image mode for Linux: the OS and its workloads as OCI images.",
-    )
-    parser.add_argument("--version", action="version", version=f"atoll {__version__}")
-    add_global_options(parser)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-    named = command_of(argv) if argv is not None else None
-    if named in _BUILTIN:
-        modules: list[str] = []
-    elif named in COMMAND_MODULES:
-        modules = [COMMAND_MODULES[named]]
+    if as_json:
+        sys.stdout.write(f'{{\n  "version": "{__version__}"\n}}\n')
     else:
-        modules = list(dict.fromkeys(COMMAND_MODULES.values()))
-    for module in modules:
-        importlib.import_module(f"atoll.cli.{module}").register(commands)
-    version = commands.add_parser("version", help="print the version")
-    add_global_options(version, progress=False)
-    version.set_defaults(func=_run_version)
-    return parser
-
-
-def _run_version(args: argparse.Namespace, out: Output) -> int:
-    out.result({"version": __version__}, f"atoll {__version__}")
+        sys.stdout.write(f"atoll {__version__}\n")
+    sys.stdout.flush()
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = hoist_options(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = _VERSION_ONLY.get(tuple(argv))
+    if as_json is not None:
+        try:
+            return _print_version(as_json)
+        except BrokenPipeError:
+            return 0
+    from atoll.cli.common import Output
+    from atoll.cli.parser import build_parser, hoist_options
+    from atoll.errors import AtollError, InterruptedError_
+
+    argv = hoist_options(argv)
     parser = build_parser(argv)
     out = Output()
     try:
@@ -184,8 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _internal_error(out: Output, exc: Exception) -> int:
+    import logging
+
+    from atoll.errors import AtollError
+
     # A bug: say so in one line, and show the traceback with --debug.
-    log.debug("internal error", exc_info=True)
+    logging.getLogger("atoll").debug("internal error", exc_info=True)
     out.error(
         AtollError(
             f"internal error: {type(exc).__name__}: {exc}",

@@ -153,6 +153,7 @@ def _generate(args: argparse.Namespace, out: Output) -> int:
 
 
 def _run(args: argparse.Namespace, out: Output) -> int:
+    from atoll.podman import host_containers_conf
     from atoll.workloads.supervise.supervisor import Supervisor
 
     state_dir = supervisor_state_dir(args)
@@ -160,6 +161,12 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     supervisor_log = logging.getLogger("atoll.workloads")
     if not out.quiet and supervisor_log.getEffectiveLevel() > logging.INFO:
         supervisor_log.setLevel(logging.INFO)
+    conf = host_containers_conf(state_dir / "containers.conf")
+    if conf is not None:
+        # podman reads only the file CONTAINERS_CONF names; every podman this
+        # process starts (the supervisor's) is to read it, for as long as it runs.
+        os.environ["CONTAINERS_CONF"] = str(conf)
+        out.info(f"no systemd here: podman reads {conf} (the host's settings, cgroupfs, ulimits)")
     supervisor = Supervisor(unit_roots(args), user=args.user, state_dir=state_dir)
     supervisor.install_signal_handlers()
     out.info(f"supervising {len(supervisor.units)} units; control socket in {state_dir}")

@@ -11,8 +11,11 @@ that outlive it, or print without end.  So:
   (``sleep 1000 &``) is SIGKILLed: a check cannot leave processes behind, as a
   systemd oneshot service cannot.  A child that starts a session of its own
   (``setsid``, a double-forking daemon) escapes this; there are no cgroups here.
-* stdout and stderr go to one pipe, read as they come; only the last
-  :data:`TAIL_BYTES` bytes and :data:`TAIL_LINES` lines are kept.
+* stdout and stderr go to one pipe, read as they come; what is kept is the
+  first :data:`HEAD_LINES` lines (at most :data:`HEAD_BYTES` bytes: where a
+  script says why it fails) and the last lines, :data:`TAIL_LINES` lines and
+  :data:`TAIL_BYTES` bytes of it in all, with a line :data:`LEFT_OUT`
+  between the two where output was left out.
 * stdin is ``/dev/null``; the environment is exactly what the caller gives.
 
 With a :class:`Sandbox` whose ``chroot`` is set, the child makes itself a
@@ -44,6 +47,10 @@ log = logging.getLogger(__name__)
 
 TAIL_BYTES = 4096
 TAIL_LINES = 40
+HEAD_BYTES = 1024
+HEAD_LINES = 10
+#: The line between the first and the last lines of a long output.
+LEFT_OUT = "[…]"
 #: Seconds between SIGTERM and SIGKILL for a script past its deadline.
 KILL_GRACE = 2.0
 #: Seconds to wait for the pipe to close once the script and its group are gone.
@@ -149,22 +156,53 @@ def _read_all(fd: int) -> str:
 
 
 class _Tail:
-    """The last bytes of a stream."""
+    """The first lines and the last bytes of a stream."""
 
     def __init__(self) -> None:
+        self._head = bytearray()
         self._data = bytearray()
+        self._dropped = False
 
     def feed(self, chunk: bytes) -> None:
+        if len(self._head) < HEAD_BYTES:
+            self._head += chunk[: HEAD_BYTES - len(self._head)]
         self._data += chunk
         if len(self._data) > 4 * TAIL_BYTES:
             del self._data[: -TAIL_BYTES - 1]
+            self._dropped = True
 
     def text(self) -> str:
-        text = bytes(self._data[-TAIL_BYTES:]).decode(errors="replace")
-        if len(self._data) > TAIL_BYTES and "\n" in text.rstrip("\n"):
-            # The first line was cut by the byte limit: drop what is left of it.
-            text = text.partition("\n")[2]
-        return "\n".join(text.rstrip("\n").splitlines()[-TAIL_LINES:])
+        lines: list[str] | None = None
+        if not self._dropped:
+            lines = bytes(self._data).decode(errors="replace").rstrip("\n").splitlines()
+            if len(lines) <= TAIL_LINES and len(self._data) <= TAIL_BYTES:
+                return "\n".join(lines)
+        # A long line at the start is shown as far as HEAD_BYTES reach.
+        head = bytes(self._head).decode(errors="replace").splitlines()[:HEAD_LINES]
+        if lines is not None:
+            rest = _within(lines[len(head) :], TAIL_BYTES)
+        else:
+            text = bytes(self._data[-TAIL_BYTES:]).decode(errors="replace")
+            if "\n" in text.rstrip("\n"):
+                # The first line was cut by the byte limit: drop what is left of it.
+                text = text.partition("\n")[2]
+            rest = text.rstrip("\n").splitlines()
+        rest = rest[-(TAIL_LINES - len(head) - 1) :]
+        return "\n".join([*head, LEFT_OUT, *rest])
+
+
+def _within(lines: list[str], limit: int) -> list[str]:
+    """The last of *lines* that fit in *limit* bytes (a longer last line: its end)."""
+    kept: list[str] = []
+    size = 0
+    for line in reversed(lines):
+        size += len(line.encode()) + 1
+        if size > limit:
+            if not kept:
+                kept.append(line.encode()[-limit:].decode(errors="replace"))
+            break
+        kept.append(line)
+    return kept[::-1]
 
 
 def _follow(proc: Process, fd: int, deadline: float) -> tuple[_Tail, bool]:

@@ -24,7 +24,7 @@ keeps the last one::
          "duration": 0.012,              # seconds
          "timedOut": false,
          "problem": null | "…",          # why it failed other than by its exit code, or was skipped
-         "output": "…"}],                # stdout and stderr, the last 40 lines / 4 KiB
+         "output": "…"}],                # stdout+stderr: first lines, […], last (execute.py)
      "warnings": ["…"]}                  # greenboot.conf and check-directory warnings
 
 A check that was killed by a signal gets ``128 + N`` as its exit code, as a shell

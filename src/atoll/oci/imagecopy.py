@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from atoll.errors import (
     AtollError,
@@ -39,7 +39,6 @@ from atoll.errors import (
     from_oserror,
 )
 from atoll.fsutil import write_atomic
-from atoll.oci.chunked import ChunkedLayer, chunked_info, compress_tar_zstd_chunked
 from atoll.oci.compression import decompress as _decompress
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
@@ -55,6 +54,11 @@ from atoll.oci.manifest import (
 from atoll.oci.transports import ImageName, Transport, open_destination, open_source
 from atoll.oci.transports.base import CHUNK_SIZE, ImageDestination, ImageSource
 from atoll.progress import NullProgress, ProgressSink
+
+if TYPE_CHECKING:
+    # Imported where a copy makes or reads zstd:chunked layers: a plain copy
+    # does not pay for them.
+    from atoll.oci.chunked import ChunkedLayer
 
 log = logging.getLogger(__name__)
 
@@ -288,10 +292,11 @@ class _Copier:
             return False
         if layer_compression(desc.media_type) != want:
             return True
-        return (
-            self.options.zstd_chunked
-            and chunked_info(desc.annotations, desc.size, self.source.description) is None
-        )
+        if not self.options.zstd_chunked:
+            return False
+        from atoll.oci.chunked import chunked_info
+
+        return chunked_info(desc.annotations, desc.size, self.source.description) is None
 
     def _schedule(
         self, desc: Descriptor, kind: str, convert: Compression | None
@@ -456,6 +461,8 @@ def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:
 def _compress_chunked(plain: Iterable[bytes], out: IO[bytes], tmpdir: Path | None) -> ChunkedLayer:
     """Write the tar *plain* as a zstd:chunked blob into *out* (it needs the
     whole tar in a file first: frames follow the tar's entries)."""
+    from atoll.oci.chunked import compress_tar_zstd_chunked
+
     with tempfile.TemporaryDirectory(dir=tmpdir) as work:
         tar = Path(work) / "layer.tar"
         with tar.open("wb") as fh:

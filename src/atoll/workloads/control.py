@@ -28,16 +28,18 @@ A start, stop or restart answers when its job has finished: the unit is ready
 is optional and overrides the unit's ``TimeoutStartSec`` for that job.  Units are
 named as ``web``, ``web.container`` or ``web.service``.
 
-``UnitStatus`` (version 1, stable; new fields may be added)::
+``UnitStatus`` (version 2, camelCase as every atoll document, docs/cli.md;
+version 1 wrote ``container_id``, ``image_id``, ``main_pid`` and
+``exit_status``, which :meth:`UnitStatus.from_json` still reads)::
 
     {"unit": "web.container", "name": "web", "service": "web.service",
      "state": "active"|"activating"|"deactivating"|"inactive"|"failed",
      "result": "success"|"exit-code"|"signal"|"timeout"|"watchdog"|
                "start-limit-hit"|"unhealthy"|"resources"|"dependency",
-     "container": "systemd-web", "container_id": str|null, "image": "IMAGE",
-     "image_id": str|null, "health": "healthy"|"unhealthy"|"starting"|"none",
-     "restarts": 0, "since": "2026-01-01T00:00:00Z", "main_pid": int|null,
-     "exit_status": int|null, "kind": "container"}
+     "container": "systemd-web", "containerId": str|null, "image": "IMAGE",
+     "imageId": str|null, "health": "healthy"|"unhealthy"|"starting"|"none",
+     "restarts": 0, "since": "2026-01-01T00:00:00Z", "mainPid": int|null,
+     "exitStatus": int|null, "kind": "container"}
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class UnitStatus:
         return self.state is UnitState.ACTIVE
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {_CAMEL.get(k, k): v for k, v in asdict(self).items()}
         data["state"] = str(self.state)
         data["health"] = str(self.health)
         return data
@@ -118,13 +120,24 @@ class UnitStatus:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UnitStatus:
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        # camelCase (version 2), or the snake_case of a supervisor still on version 1
+        values = {_SNAKE.get(k, k): v for k, v in data.items() if _SNAKE.get(k, k) in known}
         try:
             values["state"] = UnitState(values["state"])
             values["health"] = Health(values.get("health", "none"))
             return cls(**values)
         except (KeyError, TypeError, ValueError) as exc:
             raise AtollError(f"malformed unit status {dict(data)!r}: {exc}") from exc
+
+
+#: UnitStatus's fields whose JSON keys differ from their Python names.
+_CAMEL = {
+    "container_id": "containerId",
+    "image_id": "imageId",
+    "main_pid": "mainPid",
+    "exit_status": "exitStatus",
+}
+_SNAKE = {camel: snake for snake, camel in _CAMEL.items()}
 
 
 @runtime_checkable

@@ -109,9 +109,9 @@ class UnitReport:
             "updated": str(self.updated),
             "reason": self.reason,
             "digest": {"old": self.old_digest, "new": self.new_digest},
-            "checked_tag": self.checked_tag,
-            "newer_available": list(self.newer),
-            "rolled_back_digests": list(self.rolled_back_digests),
+            "checkedTag": self.checked_tag,
+            "newerAvailable": list(self.newer),
+            "rolledBackDigests": list(self.rolled_back_digests),
         }
 
 
@@ -130,11 +130,11 @@ class AutoUpdateResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "dry_run": self.dry_run,
+            "dryRun": self.dry_run,
             "ok": self.ok,
             "units": [r.to_json() for r in self.reports],
             "failed": [r.unit for r in self.reports if r.updated is Updated.FAILED],
-            "rolled_back": [r.unit for r in self.reports if r.updated is Updated.ROLLED_BACK],
+            "rolledBack": [r.unit for r in self.reports if r.updated is Updated.ROLLED_BACK],
         }
 
 

@@ -1,0 +1,192 @@
+"""Start-up: what a command imports is what it pays for before it does anything.
+
+Each command runs in a fresh interpreter and reports ``sys.modules``; the atoll
+modules it may load are listed here, so that a new import on one of these
+paths is a decision (add it to the list) rather than an accident.  The timings
+these lists keep low are measured by bench/copy (``atoll version`` against
+``python -c pass``, a mount-only copy against skopeo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from atoll.cli.common import TRANSPORTS
+from atoll.cli.host import STRATEGIES
+from atoll.cli.image import ZSTD_CHUNKED
+from atoll.oci.chunked import ZSTD_CHUNKED as CHUNKED_NAME
+from atoll.oci.transports import ImageTransport
+from atoll.sysroot.etcmerge import EtcMergeStrategy
+from helpers.device import installed_device
+from helpers.registry import RegistryView
+
+_REPORT = (
+    "import json, sys\n"
+    "from atoll.cli.main import main\n"
+    "code = main(sys.argv[2:])\n"
+    "with open(sys.argv[1], 'w') as fh:\n"
+    "    json.dump({'code': code, 'modules': sorted(sys.modules)}, fh)\n"
+)
+
+#: Modules no command here may load: the httpx command-line client's
+#: dependencies, and what only builds, conversions and the device's writers use.
+NEVER = {"click", "rich", "pygments", "atoll.oci.chunked", "atoll.store", "yaml"}
+
+VERSION = {"atoll", "atoll.cli", "atoll.cli.main"}
+
+PARSER = {
+    "atoll",
+    "atoll.cli",
+    "atoll.cli.common",
+    "atoll.cli.main",
+    "atoll.cli.parser",
+    "atoll.errors",
+}
+
+STATUS = PARSER | {
+    "atoll.cli.disk",
+    "atoll.cli.host",
+    "atoll.cli.hostdevice",
+    "atoll.fsutil",
+    "atoll.health",
+    "atoll.closing",
+    "atoll.faults",
+    "atoll.health.checks",
+    "atoll.health.config",
+    "atoll.health.execute",
+    "atoll.health.records",
+    "atoll.health.report",
+    "atoll.health.runner",
+    "atoll.health.watchdog",
+    "atoll.lazy",
+    "atoll.oci",
+    "atoll.oci.context",
+    "atoll.oci.digest",
+    "atoll.oci.manifest",
+    "atoll.oci.reference",
+    "atoll.oci.transports",
+    "atoll.oci.transports.base",
+    "atoll.run",
+    "atoll.strictjson",
+    "atoll.sysroot",
+    "atoll.sysroot.bootloader",
+    "atoll.sysroot.bootloader.bls",
+    "atoll.sysroot.bootloader.entries",
+    "atoll.sysroot.dropped",
+    "atoll.sysroot.layout",
+    "atoll.sysroot.origin",
+    "atoll.sysroot.rolledback",
+    "atoll.sysroot.state",
+    "atoll.sysroot.status",
+    "atoll.timeutil",
+}
+
+IMAGE_COPY = PARSER | {
+    "atoll.cli.image",
+    "atoll.closing",
+    "atoll.fsutil",
+    "atoll.lazy",
+    "atoll.oci",
+    "atoll.oci.api",
+    "atoll.oci.auth",
+    "atoll.oci.blobstream",
+    "atoll.oci.client",
+    "atoll.oci.compression",
+    "atoll.oci.context",
+    "atoll.oci.digest",
+    "atoll.oci.httputil",
+    "atoll.oci.imagecopy",
+    "atoll.oci.manifest",
+    "atoll.oci.quickhead",
+    "atoll.oci.reference",
+    "atoll.oci.registries_conf",
+    "atoll.oci.registryauth",
+    "atoll.oci.transports",
+    "atoll.oci.transports.base",
+    "atoll.oci.transports.docker",
+    "atoll.progress",
+    "atoll.ratelimit",
+    "atoll.strictjson",
+    "atoll.stricttoml",
+}
+
+
+def imported(tmp_path: Path, *argv: str) -> set[str]:
+    """The modules ``atoll ARGV`` has loaded when it exits (it must succeed)."""
+    report = tmp_path / "modules.json"
+    subprocess.run(
+        [sys.executable, "-c", _REPORT, str(report), *argv],
+        check=True,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+    )
+    data = json.loads(report.read_text())
+    assert data["code"] == 0, argv
+    modules: set[str] = set(data["modules"])
+    return modules
+
+
+def _atoll(modules: set[str]) -> set[str]:
+    return {m for m in modules if m == "atoll" or m.startswith("atoll.")}
+
+
+def _never(modules: set[str]) -> set[str]:
+    return {
+        m
+        for m in modules
+        if m.split(".")[0] in NEVER or m in NEVER or m.startswith(tuple(f"{n}." for n in NEVER))
+    }
+
+
+def test_version_loads_neither_the_parser_nor_the_errors(tmp_path: Path) -> None:
+    for argv in (["version"], ["--version"], ["version", "--json"]):
+        modules = imported(tmp_path, *argv)
+        assert _atoll(modules) == VERSION, argv
+        assert "argparse" not in modules
+
+
+def test_version_fast_path_prints_what_the_parser_would(tmp_path: Path) -> None:
+    def out(*argv: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "atoll", *argv], check=True, capture_output=True, text=True
+        ).stdout
+
+    assert out("version") == out("--version") == out("-v", "version")
+    assert json.loads(out("version", "--json")) == json.loads(out("--debug", "version", "--json"))
+
+
+def test_status_loads_no_staging_code(tmp_path: Path) -> None:
+    _, sysroot = installed_device(tmp_path)
+    modules = imported(tmp_path, "status", "--sysroot", str(sysroot))
+    assert _atoll(modules) - STATUS == set()
+    assert _never(modules) == set()
+    assert "atoll.sysroot.lifecycle" not in modules
+    assert "httpx" not in modules
+
+
+def test_image_copy_between_registries_loads_only_the_copy(
+    tmp_path: Path, registry: RegistryView
+) -> None:
+    repo = registry.new_repo()
+    registry.push_test_image(repo, "1")
+    modules = imported(
+        tmp_path,
+        "-q",
+        "image",
+        "copy",
+        f"docker://{registry.host}/{repo}:1",
+        f"docker://{registry.host}/{repo}-copy:1",
+    )
+    assert _atoll(modules) - IMAGE_COPY == set()
+    assert _never(modules) == set()
+    assert "httpx" in modules  # the copy really talked to the registry
+
+
+def test_spelled_out_choices_match_their_sources() -> None:
+    assert tuple(s.value for s in EtcMergeStrategy) == STRATEGIES
+    assert tuple(t.value for t in ImageTransport) == TRANSPORTS
+    assert ZSTD_CHUNKED == CHUNKED_NAME
