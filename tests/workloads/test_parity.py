@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def tree(outdir: Path) -> dict[str, str]:
     for path in sorted(outdir.rglob("*")):
         name = str(path.relative_to(outdir))
         if path.is_symlink():
-            found[name] = "-> " + os.readlink(path)
+            found[name] = f"-> {path.readlink()}"
         elif path.is_file():
             found[name] = "file"
     return found
@@ -184,3 +185,22 @@ def test_corpus_uses_every_key_of_every_kind() -> None:
     for kind in UnitKind:
         assert {s.key for s in KEYS[kind]} <= used[kind.section], kind
     assert {s.key for s in QUADLET_KEYS} <= used["Quadlet"]
+
+
+def test_atoll_runs_as_a_systemd_generator(generated: tuple[Path, Path], tmp_path: Path) -> None:
+    # What /usr/lib/systemd/system-generators/atoll-quadlet-generator holds (docs/workloads.md).
+    script = tmp_path / "atoll-quadlet-generator"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m atoll workload generate "$@"\n')
+    script.chmod(0o755)
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": src, "QUADLET_UNIT_DIRS": str(CORPUS)}
+    dirs = [tmp_path / d for d in ("normal", "early", "late")]
+    subprocess.run([script, *dirs], env=env, check=True, capture_output=True, timeout=60)
+    assert tree(dirs[0]) == tree(generated[0])
+    env["QUADLET_UNIT_DIRS"] = str(REFUSED)
+    proc = subprocess.run(
+        [script, *dirs], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 50
+    assert "bad-memory.container:3: unsupported key Memory" in proc.stderr
+    assert (dirs[0] / "ok.service").is_file()

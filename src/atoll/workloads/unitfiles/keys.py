@@ -546,3 +546,26 @@ OPTION_CLASSES: Mapping[UnitKind, type[Options]] = {
     UnitKind.KUBE: KubeOptions,
     UnitKind.BUILD: BuildOptions,
 }
+
+
+def key_table_markdown() -> str:
+    """The key table of docs/workloads.md, made from :data:`KEYS` (a test compares them)."""
+    blocks = []
+    for kind in UnitKind:
+        rows = [f"#### `[{kind.section}]` ({len(KEYS[kind])} keys)", ""]
+        rows += ["| key | read as | becomes |", "| --- | --- | --- |"]
+        rows += [f"| `{s.key}` | {s.kind.value} | {s.help.replace('|', '/')} |" for s in KEYS[kind]]
+        blocks.append("\n".join(rows))
+    quadlet = [f"| `{s.key}` | {s.kind.value} | {s.help} |" for s in QUADLET_KEYS]
+    blocks.append(
+        "\n".join(
+            [
+                "#### `[Quadlet]` (every kind)",
+                "",
+                "| key | read as | becomes |",
+                "| --- | --- | --- |",
+                *quadlet,
+            ]
+        )
+    )
+    return "\n\n".join(blocks) + "\n"

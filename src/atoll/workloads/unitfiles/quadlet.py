@@ -386,7 +386,11 @@ def _fold(
 
 
 def default_roots(*, user: bool = False) -> tuple[Path, ...]:
-    """The directories podman's Quadlet reads, in order of precedence."""
+    """The directories podman's Quadlet reads, in order of precedence
+    (``$QUADLET_UNIT_DIRS``, colon-separated, replaces them, as for podman's)."""
+    override = os.environ.get("QUADLET_UNIT_DIRS")
+    if override:
+        return tuple(Path(d) for d in override.split(":") if d.startswith("/"))
     if not user:
         return SYSTEM_DIRS
     home = Path(os.environ.get("HOME", "/root"))
