@@ -142,9 +142,11 @@ def _commands(values: Sequence[str], service: str, runtime_dir: Path) -> tuple[C
 def _adapt_run(
     argv: Sequence[str], unit: QuadletUnit, notify: NotifyMode, watchdog: float
 ) -> tuple[str, ...]:
-    out: list[str] = list(argv[:2])  # podman run
+    # podman [--module=... GlobalArgs...] run
+    at = argv.index("run") + 1 if "run" in argv else 2
+    out: list[str] = list(argv[:at])
     skip = False
-    for word in argv[2:]:
+    for word in argv[at:]:
         if skip:
             skip = False
             continue
@@ -159,7 +161,7 @@ def _adapt_run(
     if watchdog > 0 and watchdog != float("inf"):
         # What systemd tells a service with WatchdogSec= (sd_watchdog_enabled(3)).
         added += ["--env", f"WATCHDOG_USEC={int(watchdog * 1_000_000)}"]
-    out[2:2] = added
+    out[at:at] = added
     return tuple(out)
 
 
