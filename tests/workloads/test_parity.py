@@ -112,10 +112,12 @@ def tree(outdir: Path) -> dict[str, str]:
     return found
 
 
-def run_podman(quadlet: Path, corpus: Path, outdir: Path) -> subprocess.CompletedProcess[str]:
+def run_podman(
+    quadlet: Path, corpus: Path, outdir: Path, *flags: str
+) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ["PATH"], "QUADLET_UNIT_DIRS": str(corpus)}
     return subprocess.run(
-        [quadlet, "-no-kmsg-log", str(outdir)],
+        [quadlet, "-no-kmsg-log", *flags, str(outdir)],
         env=env,
         capture_output=True,
         text=True,
@@ -146,6 +148,18 @@ def test_unit_gives_podmans_service(generated: tuple[Path, Path], unit: str) -> 
     podman, atoll = generated
     service = load_units([CORPUS]).by_name()[unit].service_name
     assert read_service(atoll / service) == read_service(podman / service)
+
+
+def test_user_units_match_too(podman_quadlet: Path, tmp_path: Path) -> None:
+    proc = run_podman(podman_quadlet, CORPUS, tmp_path / "podman", "-user")
+    assert proc.returncode == 0, proc.stderr
+    write_services(generate_services(load_units([CORPUS]), user=True), tmp_path / "atoll")
+    assert tree(tmp_path / "atoll") == tree(tmp_path / "podman")
+    for name in tree(tmp_path / "podman"):
+        if name.endswith(".service") and "/" not in name:
+            mine, theirs = (read_service(tmp_path / d / name) for d in ("atoll", "podman"))
+            assert mine == theirs, name
+    assert "podman-user-wait-network-online.service" in (tmp_path / "atoll/web.service").read_text()
 
 
 def test_refused_units_are_refused_by_both(podman_quadlet: Path, tmp_path: Path) -> None:
