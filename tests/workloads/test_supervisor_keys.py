@@ -53,11 +53,13 @@ GlobalArgs=--log-level=warn
         f"[Container]\nImage={image}\nUIDMap=0:0:65536\nGIDMap=0:0:65536\n",
     )
     sup = workload_env.start_supervisor("keys", "mapped")
+
+    def active(unit: str) -> UnitStatus | None:
+        status = sup.status(unit)
+        return status if status.state == "active" else None
+
     for unit in ("keys", "mapped"):
-        status = wait_for(
-            lambda u=unit: (s := sup.status(u)).state == "active" and s or None, f"{unit} to run"
-        )
-        assert isinstance(status, UnitStatus)
+        wait_for(lambda u=unit: active(u), f"{unit} to be active")
     info = _inspect(workload_env, "systemd-keys")
     host = info["HostConfig"]
     assert [d["PathInContainer"] for d in host["Devices"]] == ["/dev/xnull"]
