@@ -9,7 +9,7 @@ from atoll.cli import workload
 from atoll.cli.common import Output
 from atoll.errors import AtollError, QuadletUnitError
 from atoll.workloads import load_units
-from atoll.workloads.unitfiles.quadlet import ContainerOptions
+from atoll.workloads.unitfiles.quadlet import ContainerOptions, dropin_dirs
 
 
 def main(argv: list[str]) -> int:
@@ -88,3 +88,26 @@ def test_a_nul_byte_is_a_clean_refusal(tmp_path: Path) -> None:
     assert code == QuadletUnitError.exit_code
     with pytest.raises(QuadletUnitError, match=r"10.conf:2: a NUL byte"):
         load_units([tmp_path / "u"])
+
+
+def test_dropin_directories_most_specific_first() -> None:
+    assert dropin_dirs("my-web-app@blue.container") == [
+        "my-web-app@blue.container.d",
+        "my-web-app@.container.d",
+        "my-web-@.container.d",
+        "my-web-.container.d",
+        "my-@.container.d",
+        "my-.container.d",
+        "container.d",
+    ]
+    assert dropin_dirs("db.volume") == ["db.volume.d", "volume.d"]
+
+
+def test_a_template_instance_takes_the_templates_dropins(tmp_path: Path) -> None:
+    _write(tmp_path / "u/web@blue.container", "[Container]\nImage=x\n")
+    _write(tmp_path / "u/web@.container.d/10.conf", "[Container]\nLabel=t=1\n")
+    _write(tmp_path / "u/container.d/20.conf", "[Container]\nLabel=all=1\n")
+    _write(tmp_path / "u/container.d/10.conf", "[Container]\nLabel=shadowed=1\n")
+    (unit,) = load_units([tmp_path / "u"]).units
+    assert unit.options.label == ("t=1", "all=1")  # type: ignore[union-attr]
+    assert unit.template_parts == ("web", "blue", True)

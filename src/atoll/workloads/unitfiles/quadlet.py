@@ -31,7 +31,7 @@ of directories (for ``web-app@blue.container``)::
 
     web-app@blue.container.d/   the unit's own
     web-app@.container.d/       the template's
-    web-app-@.container.d/  web-app-.container.d/   each dash-truncated prefix
+    web-@.container.d/  web-.container.d/           each prefix ending in a dash
     container.d/                every unit of the kind
 
 For one file name the first found wins; the files apply sorted by name, after the unit.
