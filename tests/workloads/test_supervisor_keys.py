@@ -80,3 +80,18 @@ GlobalArgs=--log-level=warn
     assert mapped["State"]["Running"] and info["State"]["Running"]
     maps = mapped["HostConfig"]["IDMappings"]
     assert (maps["UidMap"], maps["GidMap"]) == (["0:0:65536"], ["0:0:65536"])
+
+
+def test_an_instance_runs_with_its_templates_dropins(workload_env: WorkloadEnv) -> None:
+    registry = workload_env.registry
+    image = push_workload_image(registry, registry.new_repo("tmpl"))
+    workload_env.unit("tmpl@.container", f"[Container]\nImage={image}\nEnvironment=WHO=%i\n")
+    workload_env.unit("tmpl@blue.container", f"[Container]\nImage={image}\n")
+    (workload_env.units / "tmpl@.container.d").mkdir()
+    workload_env.unit("tmpl@.container.d/10.conf", "[Container]\nLabel=from=template\n")
+    sup = workload_env.start_supervisor()  # every unit: the template itself does not run
+    wait_for(lambda: sup.status("tmpl@blue").state == "active" or None, "tmpl@blue to be active")
+    info = _inspect(workload_env, "systemd-tmpl_blue")
+    assert info["Config"]["Labels"]["from"] == "template"
+    names = workload_env.podman("ps", "-a", "--format", "{{.Names}}").split()
+    assert names == ["systemd-tmpl_blue"]
