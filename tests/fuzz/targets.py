@@ -249,7 +249,7 @@ def policy(data: bytes) -> None:
                     requirement.public_keys()
 
 
-_QUADLET_KINDS = ("container", "pod", "volume", "network", "image")
+_QUADLET_KINDS = ("container", "pod", "volume", "network", "image", "kube", "build")
 
 
 @target

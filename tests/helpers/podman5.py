@@ -168,14 +168,15 @@ class SystemdHost:
         return "\n".join(text.splitlines()[-lines:])
 
     def run(
-        self, *argv: str, check: bool = True, timeout: float = 300
+        self, *argv: str, check: bool = True, timeout: float = 300, input_text: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """*argv* in the host, with a clean environment (none of this process's)."""
+        """*argv* in the host, with a clean environment (none of this process's);
+        *input_text* is its stdin."""
         proc = subprocess.run(
             ["nsenter", "-t", str(self.leader), "-a", "--",
              "env", "-i", f"PATH={PATH}", "HOME=/root", "LANG=C.UTF-8", *argv],
-            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
-            timeout=timeout,
+            capture_output=True, text=True, check=False, timeout=timeout,
+            **({"input": input_text} if input_text is not None else {"stdin": subprocess.DEVNULL}),
         )  # fmt: skip
         if check and proc.returncode != 0:
             raise RuntimeError(

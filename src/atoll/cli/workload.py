@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,18 @@ def _register_generate(sub: argparse._SubParsersAction[Any]) -> None:
     )
     add_global_options(generate)
     generate.add_argument("outdir", metavar="OUTDIR", help="directory to write .service files to")
+    generate.add_argument(
+        "generator_dirs",
+        nargs="*",
+        metavar="DIR",
+        help="the early and late directories systemd passes a generator (unused); "
+        "given, refused units are skipped as with --keep-going",
+    )
+    generate.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="write every unit that converts, report each refused one, exit 50 or 51 at the end",
+    )
     add_unit_source(generate)
     generate.set_defaults(func=_generate)
 
@@ -139,17 +152,25 @@ def unit_roots(args: argparse.Namespace) -> list[Path] | None:
 
 
 def _generate(args: argparse.Namespace, out: Output) -> int:
+    from atoll.errors import AtollError
     from atoll.workloads import generate_services, load_units, write_services
 
-    loaded = load_units(unit_roots(args), user=args.user)
-    services = generate_services(loaded, user=args.user)
+    keep_going = args.keep_going or bool(args.generator_dirs)
+    # A generator named *user* (user-generators/) reads the rootless directories, as podman's.
+    user = args.user or "user" in Path(sys.argv[0]).name
+    loaded = load_units(unit_roots(args), user=user, strict=not keep_going)
+    errors: list[AtollError] = list(loaded.errors)
+    services = generate_services(loaded, user=user, errors=errors if keep_going else None)
     written = write_services(services, Path(args.outdir))
     data = {
         "written": [str(p) for p in written],
         "warnings": [str(w) for w in loaded.warnings],
+        "refused": [str(e) for e in errors],
     }
     out.result(data, "\n".join(f"wrote {p}" for p in written))
-    return 0
+    for error in errors:
+        out.error(error)
+    return errors[0].exit_code if errors else 0
 
 
 def _run(args: argparse.Namespace, out: Output) -> int:

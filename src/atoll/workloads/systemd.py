@@ -14,6 +14,7 @@ from atoll.timeutil import utc_timestamp
 from atoll.workloads.control import Health, JobVerbs, UnitState, UnitStatus, error_for
 from atoll.workloads.supervise.runtime import inspect_container
 from atoll.workloads.unitfiles.quadlet import ContainerOptions, QuadletUnit, load_units
+from atoll.workloads.unitfiles.service import container_name
 
 #: What ``systemctl show`` is asked for.
 SYSTEMD_PROPERTIES = (
@@ -141,7 +142,8 @@ class SystemdManager(JobVerbs):
         container = image = ""
         inspect = None
         if isinstance(unit.options, ContainerOptions):
-            container = (unit.options.container_name or "systemd-%N").replace("%N", unit.stem)
+            service_stem = unit.service_name.removesuffix(".service")
+            container = container_name(unit).replace("%N", service_stem)
             image = unit.options.image or ""
             inspect = inspect_container(container)
         return status_from_systemd(

@@ -2,7 +2,8 @@
 
 The commands are the generated service's (:mod:`atoll.workloads.unitfiles.generate`),
 with systemd's specifiers expanded (``%t`` is ``STATE_DIR/run``, ``%N``/``%n``
-the service name without/with its suffix, ``%h`` home, ``%U`` uid, ``%%``).
+the service name without/with its suffix, ``%p``/``%i`` the template
+(the part before/after ``@``), ``%h`` home, ``%U`` uid, ``%%``).
 For a container the ``podman run`` line is changed in three ways:
 
 * ``--cgroups=split`` is dropped: it needs a cgroup systemd delegated;
@@ -34,8 +35,15 @@ from atoll.run import Completed, run
 from atoll.timeutil import utc_timestamp
 from atoll.workloads.supervise.healthcheck import HealthSpec
 from atoll.workloads.unitfiles.generate import GeneratedService
-from atoll.workloads.unitfiles.quadlet import ContainerOptions, QuadletUnit, UnitKind, split_words
+from atoll.workloads.unitfiles.quadlet import (
+    ContainerOptions,
+    QuadletUnit,
+    UnitKind,
+    is_true,
+    split_words,
+)
 from atoll.workloads.unitfiles.restart import EndKind, Result, ServiceSettings
+from atoll.workloads.unitfiles.service import container_name
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,7 @@ def expand_specifiers(text: str, service: str, runtime_dir: Path) -> str:
         "N": stem,
         "n": service,
         "p": stem.split("@", 1)[0],
+        "i": stem.partition("@")[2],
         "h": os.environ.get("HOME", "/root"),
         "U": str(os.getuid()),
         "%": "%",
@@ -142,9 +151,11 @@ def _commands(values: Sequence[str], service: str, runtime_dir: Path) -> tuple[C
 def _adapt_run(
     argv: Sequence[str], unit: QuadletUnit, notify: NotifyMode, watchdog: float
 ) -> tuple[str, ...]:
-    out: list[str] = list(argv[:2])  # podman run
+    # podman [--module=... GlobalArgs...] run
+    at = argv.index("run") + 1 if "run" in argv else 2
+    out: list[str] = list(argv[:at])
     skip = False
-    for word in argv[2:]:
+    for word in argv[at:]:
         if skip:
             skip = False
             continue
@@ -159,7 +170,7 @@ def _adapt_run(
     if watchdog > 0 and watchdog != float("inf"):
         # What systemd tells a service with WatchdogSec= (sd_watchdog_enabled(3)).
         added += ["--env", f"WATCHDOG_USEC={int(watchdog * 1_000_000)}"]
-    out[2:2] = added
+    out[at:at] = added
     return tuple(out)
 
 
@@ -193,9 +204,9 @@ def plan_unit(unit: QuadletUnit, service: GeneratedService, runtime_dir: Path) -
         mode = (opts.notify or "").lower()
         if mode == "healthy":
             notify = NotifyMode.HEALTHY
-        elif mode in ("1", "yes", "y", "true", "t", "on"):
+        elif is_true(mode):
             notify = NotifyMode.CONTAINER
-        container = expand_specifiers(opts.container_name or "systemd-%N", name, runtime_dir)
+        container = expand_specifiers(container_name(unit), name, runtime_dir)
         image = opts.image or ""
         health = HealthSpec.from_options(opts, str(unit.path))
         if start:

@@ -566,6 +566,7 @@ class Supervisor:
                     for rt in self.units.values()
                     if rt.plan.kind in (UnitKind.CONTAINER, UnitKind.POD)
                     and rt.plan.name not in activated
+                    and not rt.plan.unit.stem.endswith("@")  # a template runs as an instance
                 ]
             starters = [
                 threading.Thread(target=self._start_quietly, args=(rt.plan.name,), daemon=True)

@@ -1,42 +1,83 @@
-"""Quadlet unit files: ``.container``, ``.pod``, ``.volume``, ``.network``, ``.image``.
+"""Quadlet unit files: ``.container``, ``.pod``, ``.volume``, ``.network``,
+``.image``, ``.kube`` and ``.build``, read as podman 5.4's quadlet reads them.
 
-The format is systemd's INI dialect (systemd.syntax(7)) with the keys of
-podman-systemd.unit(5)::
+The format is systemd's INI dialect with the keys of podman-systemd.unit(5)
+(the table is :mod:`atoll.workloads.unitfiles.keys`)::
 
     # comment                    '#' or ';' at the start of a line
-    [Container]                  the kind's own section; [Unit], [Service] and
-    Image=quay.io/a/b:1          [Install] are kept and passed through
-    Environment=A=1 "B=two words"      repeated keys append (list keys) or
-    Environment=C=3                    replace (single-value keys)
-    Exec=/bin/sh -c \\            a trailing backslash continues the line
-         'echo hi'
+    [Container]                  the kind's own section; every other section
+    Image=quay.io/a/b:1          ([Unit], [Service], [Install], ...) is passed
+    Environment=A=1 "B=two words"      through to the service
+    Exec=/bin/sh -c \\            a trailing backslash joins the next line
+         'echo hi'               (podman joins without adding a blank)
     Label=                       an empty value resets a list key
+    [Quadlet]
+    DefaultDependencies=false    no Wants/After on network-online
 
-Where units are found (the first directory that has a name wins)::
+A line that is not a comment, a section or ``Key=Value``, a key before any
+section and a key the kind does not have are refused, naming the file and line.
+
+Where units are found (the first directory that has a name wins; each
+directory's subdirectories are searched after it, except ``*.d``)::
 
     system:   /run/containers/systemd  /etc/containers/systemd
               /usr/share/containers/systemd
     rootless: $XDG_RUNTIME_DIR/containers/systemd
               $XDG_CONFIG_HOME/containers/systemd
-              /etc/containers/systemd/users/$UID  /etc/containers/systemd/users
+              /etc/containers/systemd/users  /etc/containers/systemd/users/$UID
 
-Drop-ins ``NAME.KIND.d/*.conf`` are read from every directory (for the same
-file name the first directory wins), sorted by file name, after the unit.
-Unknown keys give a warning naming the file and line, never an error.
+Drop-ins are ``*.conf`` files, read from each search directory in this order
+of directories (for ``web-app@blue.container``)::
+
+    web-app@blue.container.d/   the unit's own
+    web-app@.container.d/       the template's
+    web-@.container.d/  web-.container.d/           each prefix ending in a dash
+    container.d/                every unit of the kind
+
+For one file name the first found wins; the files apply sorted by name, after the unit.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from atoll.errors import QuadletUnitError, from_oserror
+from atoll.workloads.unitfiles.keys import (
+    KEYS,
+    OPTION_CLASSES,
+    QUADLET_KEYS,
+    BuildOptions,
+    ContainerOptions,
+    ImageOptions,
+    KeySpec,
+    KubeOptions,
+    NetworkOptions,
+    Options,
+    PodOptions,
+    UnitKind,
+    ValueKind,
+    VolumeOptions,
+)
+
+__all__ = [
+    "KEYS",
+    "BuildOptions",
+    "ContainerOptions",
+    "ImageOptions",
+    "KeySpec",
+    "KubeOptions",
+    "NetworkOptions",
+    "Options",
+    "PodOptions",
+    "UnitKind",
+    "ValueKind",
+    "VolumeOptions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,252 +86,18 @@ SYSTEM_DIRS = (
     Path("/etc/containers/systemd"),
     Path("/usr/share/containers/systemd"),
 )
-PASSTHROUGH_SECTIONS = ("Unit", "Service", "Install")
-
-
-class UnitKind(StrEnum):
-    CONTAINER = "container"
-    POD = "pod"
-    VOLUME = "volume"
-    NETWORK = "network"
-    IMAGE = "image"
-
-    @property
-    def section(self) -> str:
-        return self.value.capitalize()
-
-    def service_name(self, stem: str) -> str:
-        """The name of the ``.service`` Quadlet writes for the unit *stem*.KIND."""
-        if self is UnitKind.CONTAINER:
-            return f"{stem}.service"
-        return f"{stem}-{self.value}.service"
-
-
-class ValueKind(StrEnum):
-    STRING = "string"  # single value, the last assignment wins
-    BOOL = "bool"  # single value, systemd boolean
-    WORDS = "words"  # list: each assignment split into words, appended
-    LIST = "list"  # list: each assignment kept whole, appended
-
-
-@dataclass(frozen=True)
-class KeySpec:
-    key: str
-    kind: ValueKind
-    help: str
-
-    @property
-    def field(self) -> str:
-        special = {"Exec": "exec_", "IPv6": "ipv6", "DisableDNS": "disable_dns", "OS": "os"}
-        if self.key in special:
-            return special[self.key]
-        return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", self.key.replace("TLS", "Tls")).lower()
-
-
-S, B, W, L = ValueKind.STRING, ValueKind.BOOL, ValueKind.WORDS, ValueKind.LIST
-
-#: The keys atoll honours, per kind: this table drives parsing, generation and docs.
-KEYS: Mapping[UnitKind, tuple[KeySpec, ...]] = {
-    UnitKind.CONTAINER: (
-        KeySpec("Image", S, "image to run, or NAME.image"),
-        KeySpec("ContainerName", S, "container name (default systemd-%N)"),
-        KeySpec("Exec", S, "command and arguments after the image"),
-        KeySpec("Entrypoint", S, "--entrypoint"),
-        KeySpec("Environment", W, "--env KEY=VALUE, several per line"),
-        KeySpec("EnvironmentFile", W, "--env-file (relative to the unit's directory)"),
-        KeySpec("PublishPort", L, "--publish"),
-        KeySpec("Volume", L, "-v; SRC may be NAME.volume or a host path"),
-        KeySpec("Network", L, "--network; NAME.network adds a dependency"),
-        KeySpec("Pod", S, "NAME.pod to join"),
-        KeySpec("Label", W, "--label KEY=VALUE"),
-        KeySpec("Annotation", W, "--annotation KEY=VALUE"),
-        KeySpec("User", S, "--user USER[:GROUP]"),
-        KeySpec("Group", S, "the GROUP of --user (needs User)"),
-        KeySpec("WorkingDir", S, "--workdir"),
-        KeySpec("HealthCmd", S, "--health-cmd"),
-        KeySpec("HealthInterval", S, "--health-interval"),
-        KeySpec("HealthRetries", S, "--health-retries"),
-        KeySpec("HealthStartPeriod", S, "--health-start-period"),
-        KeySpec("HealthTimeout", S, "--health-timeout"),
-        KeySpec("HealthOnFailure", S, "--health-on-failure"),
-        KeySpec("Notify", S, "true: --sdnotify=container; healthy: --sdnotify=healthy"),
-        KeySpec("AutoUpdate", S, "--label io.containers.autoupdate=VALUE"),
-        KeySpec("PodmanArgs", W, "extra arguments to podman run, before the image"),
-        KeySpec("ReadOnly", B, "--read-only"),
-        KeySpec("Secret", W, "--secret"),
-        KeySpec("AddCapability", W, "--cap-add (lower-cased)"),
-        KeySpec("DropCapability", W, "--cap-drop (lower-cased)"),
-        KeySpec("Tmpfs", L, "--tmpfs"),
-        KeySpec("Timezone", S, "--tz"),
-        KeySpec("RunInit", B, "--init"),
-        KeySpec("StopTimeout", S, "--stop-timeout"),
-        KeySpec("HostName", S, "--hostname"),
-        KeySpec("NoNewPrivileges", B, "--security-opt=no-new-privileges"),
-    ),
-    UnitKind.POD: (
-        KeySpec("PodName", S, "pod name (default systemd-NAME)"),
-        KeySpec("PublishPort", L, "--publish"),
-        KeySpec("Network", L, "--network; NAME.network adds a dependency"),
-        KeySpec("Volume", L, "-v; SRC may be NAME.volume or a host path"),
-        KeySpec("PodmanArgs", W, "extra arguments to podman pod create"),
-    ),
-    UnitKind.VOLUME: (
-        KeySpec("VolumeName", S, "volume name (default systemd-NAME)"),
-        KeySpec("Driver", S, "--driver"),
-        KeySpec("Label", W, "--label KEY=VALUE"),
-        KeySpec("PodmanArgs", W, "extra arguments to podman volume create"),
-    ),
-    UnitKind.NETWORK: (
-        KeySpec("NetworkName", S, "network name (default systemd-NAME)"),
-        KeySpec("Driver", S, "--driver"),
-        KeySpec("Subnet", L, "--subnet"),
-        KeySpec("Gateway", L, "--gateway (one per Subnet)"),
-        KeySpec("Internal", B, "--internal"),
-        KeySpec("IPv6", B, "--ipv6"),
-        KeySpec("DisableDNS", B, "--disable-dns"),
-        KeySpec("Label", W, "--label KEY=VALUE"),
-        KeySpec("PodmanArgs", W, "extra arguments to podman network create"),
-    ),
-    UnitKind.IMAGE: (
-        KeySpec("Image", S, "image to pull"),
-        KeySpec("ImageTag", S, "name other units use for it (default Image)"),
-        KeySpec("AllTags", B, "--all-tags"),
-        KeySpec("Arch", S, "--arch"),
-        KeySpec("OS", S, "--os"),
-        KeySpec("TLSVerify", B, "--tls-verify"),
-        KeySpec("PodmanArgs", W, "extra arguments to podman image pull"),
-    ),
+QUADLET_SECTION = "Quadlet"
+#: The order podman's quadlet converts kinds in: a resource before its users.
+CONVERT_ORDER = {
+    UnitKind.IMAGE: 1,
+    UnitKind.VOLUME: 2,
+    UnitKind.NETWORK: 2,
+    UnitKind.BUILD: 3,
+    UnitKind.CONTAINER: 4,
+    UnitKind.KUBE: 4,
+    UnitKind.POD: 5,
 }
-
-#: Keys podman 5 knows that atoll does not honour yet: a warning, not an error.
-PODMAN_ONLY_KEYS: Mapping[UnitKind, frozenset[str]] = {
-    UnitKind.CONTAINER: frozenset(
-        [
-            "AddDevice",
-            "AddHost",
-            "CgroupsMode",
-            "ContainersConfModule",
-            "DNS",
-            "DNSOption",
-            "DNSSearch",
-            "EnvironmentHost",
-            "ExposeHostPort",
-            "GIDMap",
-            "GlobalArgs",
-            "GroupAdd",
-            "HealthLogDestination",
-            "HealthMaxLogCount",
-            "HealthMaxLogSize",
-            "HealthStartupCmd",
-            "HealthStartupInterval",
-            "HealthStartupRetries",
-            "HealthStartupSuccess",
-            "HealthStartupTimeout",
-            "IP",
-            "IP6",
-            "LogDriver",
-            "LogOpt",
-            "Mask",
-            "Memory",
-            "Mount",
-            "NetworkAlias",
-            "PidsLimit",
-            "Pull",
-            "ReadOnlyTmpfs",
-            "ReloadCmd",
-            "ReloadSignal",
-            "RemapGid",
-            "RemapUid",
-            "RemapUidSize",
-            "RemapUsers",
-            "Retry",
-            "RetryDelay",
-            "Rootfs",
-            "SeccompProfile",
-            "SecurityLabelDisable",
-            "SecurityLabelFileType",
-            "SecurityLabelLevel",
-            "SecurityLabelNested",
-            "SecurityLabelType",
-            "ServiceName",
-            "ShmSize",
-            "StartWithPod",
-            "StopSignal",
-            "SubGIDMap",
-            "SubUIDMap",
-            "Sysctl",
-            "UIDMap",
-            "Ulimit",
-            "Unmask",
-            "UserNS",
-            "VolatileTmp",
-        ]
-    ),
-    UnitKind.POD: frozenset(
-        [
-            "AddHost",
-            "ContainersConfModule",
-            "DNS",
-            "DNSOption",
-            "DNSSearch",
-            "ExitPolicy",
-            "GIDMap",
-            "GlobalArgs",
-            "HostName",
-            "IP",
-            "IP6",
-            "Label",
-            "NetworkAlias",
-            "ServiceName",
-            "ShmSize",
-            "SubGIDMap",
-            "SubUIDMap",
-            "UIDMap",
-            "UserNS",
-        ]
-    ),
-    UnitKind.VOLUME: frozenset(
-        [
-            "ContainersConfModule",
-            "Copy",
-            "Device",
-            "GlobalArgs",
-            "Group",
-            "Image",
-            "Options",
-            "ServiceName",
-            "Type",
-            "User",
-        ]
-    ),
-    UnitKind.NETWORK: frozenset(
-        [
-            "ContainersConfModule",
-            "DNS",
-            "GlobalArgs",
-            "IPAMDriver",
-            "IPRange",
-            "InterfaceName",
-            "NetworkDeleteOnStop",
-            "Options",
-            "ServiceName",
-        ]
-    ),
-    UnitKind.IMAGE: frozenset(
-        [
-            "AuthFile",
-            "CertDir",
-            "ContainersConfModule",
-            "Creds",
-            "DecryptionKey",
-            "GlobalArgs",
-            "Retry",
-            "RetryDelay",
-            "ServiceName",
-            "Variant",
-        ]
-    ),
-}
+TRUE_WORDS = ("1", "yes", "true", "on")
 
 
 @dataclass(frozen=True)
@@ -314,95 +121,6 @@ class ParseWarning:
 
 
 @dataclass(frozen=True)
-class ContainerOptions:
-    image: str | None = None
-    container_name: str | None = None
-    exec_: str | None = None
-    entrypoint: str | None = None
-    environment: tuple[str, ...] = ()
-    environment_file: tuple[str, ...] = ()
-    publish_port: tuple[str, ...] = ()
-    volume: tuple[str, ...] = ()
-    network: tuple[str, ...] = ()
-    pod: str | None = None
-    label: tuple[str, ...] = ()
-    annotation: tuple[str, ...] = ()
-    user: str | None = None
-    group: str | None = None
-    working_dir: str | None = None
-    health_cmd: str | None = None
-    health_interval: str | None = None
-    health_retries: str | None = None
-    health_start_period: str | None = None
-    health_timeout: str | None = None
-    health_on_failure: str | None = None
-    notify: str | None = None
-    auto_update: str | None = None
-    podman_args: tuple[str, ...] = ()
-    read_only: bool | None = None
-    secret: tuple[str, ...] = ()
-    add_capability: tuple[str, ...] = ()
-    drop_capability: tuple[str, ...] = ()
-    tmpfs: tuple[str, ...] = ()
-    timezone: str | None = None
-    run_init: bool | None = None
-    stop_timeout: str | None = None
-    host_name: str | None = None
-    no_new_privileges: bool | None = None
-
-
-@dataclass(frozen=True)
-class PodOptions:
-    pod_name: str | None = None
-    publish_port: tuple[str, ...] = ()
-    network: tuple[str, ...] = ()
-    volume: tuple[str, ...] = ()
-    podman_args: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class VolumeOptions:
-    volume_name: str | None = None
-    driver: str | None = None
-    label: tuple[str, ...] = ()
-    podman_args: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class NetworkOptions:
-    network_name: str | None = None
-    driver: str | None = None
-    subnet: tuple[str, ...] = ()
-    gateway: tuple[str, ...] = ()
-    internal: bool | None = None
-    ipv6: bool | None = None
-    disable_dns: bool | None = None
-    label: tuple[str, ...] = ()
-    podman_args: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    image: str | None = None
-    image_tag: str | None = None
-    all_tags: bool | None = None
-    arch: str | None = None
-    os: str | None = None
-    tls_verify: bool | None = None
-    podman_args: tuple[str, ...] = ()
-
-
-Options = ContainerOptions | PodOptions | VolumeOptions | NetworkOptions | ImageOptions
-_OPTION_CLASSES: Mapping[UnitKind, type[Any]] = {
-    UnitKind.CONTAINER: ContainerOptions,
-    UnitKind.POD: PodOptions,
-    UnitKind.VOLUME: VolumeOptions,
-    UnitKind.NETWORK: NetworkOptions,
-    UnitKind.IMAGE: ImageOptions,
-}
-
-
-@dataclass(frozen=True)
 class QuadletUnit:
     """A unit file with its drop-ins merged, validated and typed."""
 
@@ -411,22 +129,39 @@ class QuadletUnit:
     path: Path
     options: Options
     dropins: tuple[Path, ...] = ()
-    #: [Unit], [Service] and [Install] assignments, in file order, passed through.
+    #: Every other section's assignments ([Unit], [Service], [Install], ...), in
+    #: file order, passed through to the service.
     passthrough: Mapping[str, tuple[Entry, ...]] = field(default_factory=dict)
+    #: [Quadlet] DefaultDependencies=.
+    default_dependencies: bool = True
 
     @property
     def stem(self) -> str:
         return self.name.rsplit(".", 1)[0]
 
     @property
+    def template_parts(self) -> tuple[str, str, bool]:
+        """``(prefix, instance, is_template)``: ``a@b.container`` is ``("a", "b", True)``."""
+        prefix, at, instance = self.stem.partition("@")
+        return prefix, instance, bool(at)
+
+    @property
     def service_name(self) -> str:
+        custom = self.options.service_name
+        if custom is not None:
+            return f"{custom}.service"
         return self.kind.service_name(self.stem)
+
+    def section(self, name: str) -> tuple[Entry, ...]:
+        return self.passthrough.get(name, ())
 
 
 @dataclass(frozen=True)
 class LoadResult:
     units: tuple[QuadletUnit, ...]
     warnings: tuple[ParseWarning, ...]
+    #: Units refused (only with ``strict=False``): podman's quadlet skips them too.
+    errors: tuple[QuadletUnitError, ...] = ()
 
     def by_name(self) -> dict[str, QuadletUnit]:
         return {u.name: u for u in self.units}
@@ -460,8 +195,9 @@ def _unescape(value: str, at: int) -> tuple[str, int]:
     return _ESCAPES.get(c, c), at + 1
 
 
-def split_words(value: str) -> list[str]:
-    """Split *value* into words as systemd does: quotes group, backslash escapes."""
+def split_words(value: str, *, unescape: bool = True) -> list[str]:
+    """Split *value* into words as systemd does: quotes group, backslash escapes
+    (with *unescape* false the escapes stay as written, as in a strv list)."""
     words: list[str] = []
     i, n = 0, len(value)
     while i < n:
@@ -474,8 +210,12 @@ def split_words(value: str) -> list[str]:
         while i < n:
             c = value[i]
             if c == "\\" and i + 1 < n:
-                decoded, i = _unescape(value, i + 1)
-                word.append(decoded)
+                if unescape:
+                    decoded, i = _unescape(value, i + 1)
+                    word.append(decoded)
+                else:
+                    word.append(value[i : i + 2])
+                    i += 2
                 continue
             if quote:
                 if c == quote:
@@ -493,20 +233,12 @@ def split_words(value: str) -> list[str]:
     return words
 
 
-def parse_bool(entry: Entry) -> bool:
-    lowered = entry.value.lower()
-    if lowered in ("1", "yes", "y", "true", "t", "on"):
-        return True
-    if lowered in ("0", "no", "n", "false", "f", "off"):
-        return False
-    raise QuadletUnitError(
-        f"{entry.path}:{entry.line}: {entry.key}={entry.value} is not a boolean",
-        hint="write true or false",
-    )
+def is_true(value: str) -> bool:
+    """podman's reading of a boolean: anything but 1/yes/true/on is false."""
+    return value.lower() in TRUE_WORDS
 
 
-def read_sections(path: Path, warnings: list[ParseWarning]) -> list[tuple[str, Entry]]:
-    """The ``(section, entry)`` pairs of one file, in order."""
+def _read_text(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -517,6 +249,13 @@ def read_sections(path: Path, warnings: list[ParseWarning]) -> list[tuple[str, E
         # No value can hold one (a path or an argument ends at it): not a unit file.
         nul_line = text.count("\n", 0, text.index("\0")) + 1
         raise QuadletUnitError(f"{path}:{nul_line}: a NUL byte: not a text file")
+    return text
+
+
+def read_sections(path: Path, warnings: list[ParseWarning]) -> list[tuple[str, Entry]]:
+    """The ``(section, entry)`` pairs of a systemd unit (systemd's reading:
+    continued lines are joined with a blank), problems as *warnings*."""
+    text = _read_text(path)
     result: list[tuple[str, Entry]] = []
     section: str | None = None
     pending: list[str] = []
@@ -552,50 +291,106 @@ def read_sections(path: Path, warnings: list[ParseWarning]) -> list[tuple[str, E
     return result
 
 
+def _group_name(line: str) -> str | None:
+    """The section a ``[Name]`` line opens (blanks may follow the ``]``), else None."""
+    end = line.find("]")
+    if not line.startswith("[") or end < 0 or line[end + 1 :].strip(" \t"):
+        return None
+    return line[1:end]
+
+
+def read_quadlet_sections(path: Path) -> list[tuple[str, Entry]]:
+    """The ``(section, entry)`` pairs of a Quadlet file, read as podman reads it."""
+    lines = _read_text(path).removesuffix("\n").split("\n")
+    result: list[tuple[str, Entry]] = []
+    section: str | None = None
+    pending: str | None = None  # the text of a line continued so far
+    start = 1
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue  # a comment, also inside a continuation
+        if pending is None:
+            start = number
+        if line.endswith("\\") and number != len(lines):
+            pending = (pending or "") + line[:-1]
+            continue
+        line = (pending or "") + line.removesuffix("\\")
+        pending = None
+        where = f"{path}:{start}"
+        group = _group_name(line)
+        if group is not None:
+            if not group or any(c in "[]" or not c.isprintable() for c in group):
+                raise QuadletUnitError(f"{where}: {group!r} is not a section name")
+            section = group
+            continue
+        key, eq, value = line.partition("=")
+        if not eq or not key:
+            raise QuadletUnitError(
+                f"{where}: {line!r} is not Key=Value, a [Section] or a comment",
+                hint="write Key=Value under a [Section] header",
+            )
+        if section is None:
+            raise QuadletUnitError(f"{where}: {key.strip()}= comes before any [Section]")
+        result.append((section, Entry(key.rstrip(), value.lstrip(), path, start)))
+    return result
+
+
+def _fold_values(spec: KeySpec, entries: Sequence[Entry]) -> Any:
+    """The value of one key from its assignments, as podman's lookups give it."""
+    kind = spec.kind
+    if kind is ValueKind.EXEC:
+        return entries[-1].value
+    if kind is ValueKind.STRING:
+        return entries[-1].value.rstrip().strip('"')
+    if kind is ValueKind.BOOL:
+        return is_true(entries[-1].value.rstrip().strip('"'))
+    values: list[str] = []
+    for entry in entries:
+        if not entry.value:
+            values = []  # an empty assignment drops what came before
+        elif kind is ValueKind.LIST:
+            values.append(entry.value)
+        else:
+            values += split_words(entry.value, unescape=kind is not ValueKind.WORDS)
+    return tuple(values)
+
+
 def _fold(
-    kind: UnitKind, entries: Iterable[tuple[str, Entry]], warnings: list[ParseWarning]
-) -> tuple[Options, dict[str, tuple[Entry, ...]]]:
+    kind: UnitKind, entries: Iterable[tuple[str, Entry]]
+) -> tuple[Options, dict[str, tuple[Entry, ...]], bool]:
     specs = {s.key: s for s in KEYS[kind]}
-    values: dict[str, Any] = {}
+    quadlet_specs = {s.key: s for s in QUADLET_KEYS}
+    own: dict[str, list[Entry]] = {}
+    quadlet: dict[str, list[Entry]] = {}
     passthrough: dict[str, list[Entry]] = {}
     for section, entry in entries:
-        if section in PASSTHROUGH_SECTIONS:
+        if section == kind.section:
+            allowed, into = specs, own
+        elif section == QUADLET_SECTION:
+            allowed, into = quadlet_specs, quadlet
+        else:
             passthrough.setdefault(section, []).append(entry)
             continue
-        if section != kind.section:
-            warnings.append(
-                ParseWarning(entry.path, entry.line, f"section [{section}] is not used, ignored")
+        if entry.key not in allowed:
+            raise QuadletUnitError(
+                f"{entry.path}:{entry.line}: unsupported key {entry.key} in [{section}]",
+                hint="see the key table in docs/workloads.md",
             )
-            continue
-        spec = specs.get(entry.key)
-        if spec is None:
-            why = (
-                "is a podman key atoll does not support yet"
-                if entry.key in PODMAN_ONLY_KEYS[kind]
-                else f"is not a key of [{kind.section}]"
-            )
-            warnings.append(ParseWarning(entry.path, entry.line, f"{entry.key} {why}, ignored"))
-            continue
-        name = spec.field
-        if spec.kind in (ValueKind.WORDS, ValueKind.LIST):
-            if not entry.value:
-                values[name] = ()  # an empty assignment resets the list
-            elif spec.kind is ValueKind.WORDS:
-                values[name] = (*values.get(name, ()), *split_words(entry.value))
-            else:
-                values[name] = (*values.get(name, ()), entry.value)
-        elif not entry.value:
-            values.pop(name, None)
-        elif spec.kind is ValueKind.BOOL:
-            values[name] = parse_bool(entry)
-        else:
-            values[name] = entry.value
-    options: Options = _OPTION_CLASSES[kind](**values)
-    return options, {k: tuple(v) for k, v in passthrough.items()}
+        into.setdefault(entry.key, []).append(entry)
+    values = {specs[k].field: _fold_values(specs[k], v) for k, v in own.items()}
+    options: Options = OPTION_CLASSES[kind](**values)
+    dependencies = quadlet.get("DefaultDependencies")
+    default_dependencies = _fold_values(QUADLET_KEYS[0], dependencies) if dependencies else True
+    return options, {k: tuple(v) for k, v in passthrough.items()}, default_dependencies
 
 
 def default_roots(*, user: bool = False) -> tuple[Path, ...]:
-    """The directories podman's Quadlet reads, in order of precedence."""
+    """The directories podman's Quadlet reads, in order of precedence
+    (``$QUADLET_UNIT_DIRS``, colon-separated, replaces them, as for podman's)."""
+    override = os.environ.get("QUADLET_UNIT_DIRS")
+    if override:
+        return tuple(Path(d) for d in override.split(":") if d.startswith("/"))
     if not user:
         return SYSTEM_DIRS
     home = Path(os.environ.get("HOME", "/root"))
@@ -604,12 +399,36 @@ def default_roots(*, user: bool = False) -> tuple[Path, ...]:
     return (
         runtime / "containers/systemd",
         config / "containers/systemd",
-        Path(f"/etc/containers/systemd/users/{os.getuid()}"),
         Path("/etc/containers/systemd/users"),
+        Path(f"/etc/containers/systemd/users/{os.getuid()}"),
     )
 
 
-def _kind_of(name: str) -> UnitKind | None:
+def search_dirs(roots: Sequence[Path]) -> list[Path]:
+    """*roots* with their subdirectories (depth first, by name; not ``*.d``,
+    not ``/etc/containers/systemd/users`` below the system root), each once."""
+    found: list[Path] = []
+    users = Path("/etc/containers/systemd/users")
+
+    def walk(directory: Path, under_system: bool) -> None:
+        if directory in found or directory.name.endswith(".d") or not directory.is_dir():
+            return
+        if under_system and directory == users:
+            return
+        found.append(directory)
+        try:
+            children = sorted(directory.iterdir())
+        except OSError:
+            return
+        for child in children:
+            walk(child, under_system)
+
+    for root in roots:
+        walk(root, root == Path("/etc/containers/systemd"))
+    return found
+
+
+def kind_of(name: str) -> UnitKind | None:
     suffix = name.rsplit(".", 1)[-1] if "." in name else ""
     try:
         return UnitKind(suffix)
@@ -617,49 +436,74 @@ def _kind_of(name: str) -> UnitKind | None:
         return None
 
 
-def _dropins(name: str, roots: Sequence[Path]) -> list[Path]:
+def dropin_dirs(name: str) -> list[str]:
+    """The drop-in directories of the unit *name*, most specific first."""
+    stem, _, suffix = name.rpartition(".")
+    prefix, at, instance = stem.partition("@")
+    ext = f".{suffix}.d"
+    broad = [ext[1:]]
+    parts = prefix.split("-")
+    for i in range(1, len(parts)):
+        truncated = "-".join(parts[:i]) + "-"
+        broad.append(truncated + ext)
+        if at:
+            broad.append(truncated + "@" + ext)
+    if instance:
+        broad.append(f"{prefix}@{ext}")
+    broad.append(f"{name}.d")
+    return broad[::-1]
+
+
+def find_dropins(name: str, dirs: Sequence[Path]) -> list[Path]:
     chosen: dict[str, Path] = {}
-    for root in roots:
-        directory = root / f"{name}.d"
-        if directory.is_dir():
-            for conf in directory.glob("*.conf"):
-                chosen.setdefault(conf.name, conf)
+    for root in dirs:
+        for sub in dropin_dirs(name):
+            directory = root / sub
+            if directory.is_dir():
+                for conf in sorted(directory.glob("*.conf")):
+                    chosen.setdefault(conf.name, conf)
     return [chosen[k] for k in sorted(chosen)]
 
 
 def parse_unit(path: Path, dropins: Sequence[Path] = ()) -> tuple[QuadletUnit, list[ParseWarning]]:
     """Parse one unit file and its drop-ins (already in the order to apply them)."""
-    kind = _kind_of(path.name)
+    kind = kind_of(path.name)
     if kind is None:
         raise QuadletUnitError(
             f"{path}: not a Quadlet unit",
-            hint="name it NAME.container, .pod, .volume, .network or .image",
+            hint="name it NAME.container, .pod, .volume, .network, .image, .kube or .build",
         )
-    warnings: list[ParseWarning] = []
-    entries = read_sections(path, warnings)
+    entries = read_quadlet_sections(path)
     for dropin in dropins:
-        entries.extend(read_sections(dropin, warnings))
-    options, passthrough = _fold(kind, entries, warnings)
-    unit = QuadletUnit(path.name, kind, path, options, tuple(dropins), passthrough)
-    return unit, warnings
+        entries.extend(read_quadlet_sections(dropin))
+    options, passthrough, dependencies = _fold(kind, entries)
+    unit = QuadletUnit(path.name, kind, path, options, tuple(dropins), passthrough, dependencies)
+    return unit, []
 
 
-def load_units(roots: Sequence[Path] | None = None, *, user: bool = False) -> LoadResult:
-    """Every unit under *roots* (default: podman's directories), drop-ins merged."""
-    search = tuple(roots) if roots is not None else default_roots(user=user)
+def load_units(
+    roots: Sequence[Path] | None = None, *, user: bool = False, strict: bool = True
+) -> LoadResult:
+    """Every unit under *roots* (default: podman's directories), drop-ins merged.
+
+    A unit that does not parse raises, or with *strict* false is left out and
+    its error kept in :attr:`LoadResult.errors` (what podman's quadlet does)."""
+    dirs = search_dirs(tuple(roots) if roots is not None else default_roots(user=user))
     found: dict[str, Path] = {}
-    for root in search:
-        if not root.is_dir():
-            continue
+    for root in dirs:
         for path in sorted(root.iterdir()):
-            if _kind_of(path.name) is not None and path.is_file():
+            if kind_of(path.name) is not None and path.is_file():
                 found.setdefault(path.name, path)
     units: list[QuadletUnit] = []
-    warnings: list[ParseWarning] = []
-    for name in sorted(found):
-        unit, unit_warnings = parse_unit(found[name], _dropins(name, search))
+    errors: list[QuadletUnitError] = []
+    for name, path in found.items():  # in the order of the directories, as podman reads them
+        try:
+            unit, _ = parse_unit(path, find_dropins(name, dirs))
+        except QuadletUnitError as exc:
+            if strict:
+                raise
+            log.error("%s", exc)
+            errors.append(exc)
+            continue
         units.append(unit)
-        warnings.extend(unit_warnings)
-    for warning in warnings:
-        log.warning("%s", warning)
-    return LoadResult(tuple(units), tuple(warnings))
+    return LoadResult(tuple(units), (), tuple(errors))

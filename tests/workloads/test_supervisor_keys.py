@@ -1,0 +1,97 @@
+"""The keys podman 5.4 added to Quadlet, run by ``atoll workload run`` with real
+podman: one container per family of keys, checked with ``podman inspect``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from atoll.workloads.control import UnitStatus
+from helpers.workloads import WorkloadEnv, push_workload_image, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _inspect(workload_env: WorkloadEnv, name: str) -> Any:
+    return json.loads(workload_env.podman("inspect", name))[0]
+
+
+def test_device_mount_limits_network_log_signal_and_userns(workload_env: WorkloadEnv) -> None:
+    registry = workload_env.registry
+    image = push_workload_image(registry, registry.new_repo("keys"))
+    shared = workload_env.root / "shared"
+    shared.mkdir()
+    workload_env.unit("keys.network", "[Network]\nSubnet=10.89.77.0/24\n")
+    workload_env.unit(
+        "keys.container",
+        f"""[Container]
+Image={image}
+AddDevice=/dev/null:/dev/xnull
+AddDevice=-/dev/atoll-absent
+Mount=type=bind,source={shared},destination=/shared,ro=true
+Mount=type=tmpfs,destination=/scratch
+PidsLimit=64
+ShmSize=32m
+Ulimit=nofile=512:512
+Ulimit=nproc=1024:1024
+Network=keys.network
+IP=10.89.77.7
+NetworkAlias=keys-alias
+DNS=192.0.2.53
+DNSSearch=keys.example
+AddHost=db.keys:10.89.77.8
+LogDriver=k8s-file
+LogOpt=max-size=1mb
+StopSignal=SIGUSR1
+GlobalArgs=--log-level=warn
+""",
+    )
+    workload_env.unit(
+        "mapped.container",
+        f"[Container]\nImage={image}\nUIDMap=0:0:65536\nGIDMap=0:0:65536\n",
+    )
+    sup = workload_env.start_supervisor("keys", "mapped")
+
+    def active(unit: str) -> UnitStatus | None:
+        status = sup.status(unit)
+        return status if status.state == "active" else None
+
+    for unit in ("keys", "mapped"):
+        wait_for(lambda u=unit: active(u), f"{unit} to be active")
+    info = _inspect(workload_env, "systemd-keys")
+    host = info["HostConfig"]
+    assert [d["PathInContainer"] for d in host["Devices"]] == ["/dev/xnull"]
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    assert mounts["/shared"]["Source"] == str(shared) and not mounts["/shared"]["RW"]
+    assert "/scratch" in host["Tmpfs"]
+    assert host["PidsLimit"] == 64
+    assert host["ShmSize"] == 32 * 1024 * 1024
+    assert {"Name": "RLIMIT_NOFILE", "Soft": 512, "Hard": 512} in host["Ulimits"]
+    network = info["NetworkSettings"]["Networks"]["systemd-keys"]
+    assert network["IPAddress"] == "10.89.77.7"
+    assert "keys-alias" in network["Aliases"]
+    assert host["Dns"] == ["192.0.2.53"] and host["DnsSearch"] == ["keys.example"]
+    assert host["ExtraHosts"] == ["db.keys:10.89.77.8"]
+    assert host["LogConfig"]["Type"] == "k8s-file" and host["LogConfig"]["Size"] == "1MB"
+    assert info["Config"]["StopSignal"] == 10  # SIGUSR1
+    mapped = _inspect(workload_env, "systemd-mapped")
+    assert mapped["State"]["Running"] and info["State"]["Running"]
+    maps = mapped["HostConfig"]["IDMappings"]
+    assert (maps["UidMap"], maps["GidMap"]) == (["0:0:65536"], ["0:0:65536"])
+
+
+def test_an_instance_runs_with_its_templates_dropins(workload_env: WorkloadEnv) -> None:
+    registry = workload_env.registry
+    image = push_workload_image(registry, registry.new_repo("tmpl"))
+    workload_env.unit("tmpl@.container", f"[Container]\nImage={image}\nEnvironment=WHO=%i\n")
+    workload_env.unit("tmpl@blue.container", f"[Container]\nImage={image}\n")
+    (workload_env.units / "tmpl@.container.d").mkdir()
+    workload_env.unit("tmpl@.container.d/10.conf", "[Container]\nLabel=from=template\n")
+    sup = workload_env.start_supervisor()  # every unit: the template itself does not run
+    wait_for(lambda: sup.status("tmpl@blue").state == "active" or None, "tmpl@blue to be active")
+    info = _inspect(workload_env, "systemd-tmpl_blue")
+    assert info["Config"]["Labels"]["from"] == "template"
+    names = workload_env.podman("ps", "-a", "--format", "{{.Names}}").split()
+    assert names == ["systemd-tmpl_blue"]
