@@ -26,15 +26,21 @@ ALLOWED: dict[str, frozenset[str]] = {
     "build": frozenset({"boot", "oci", "store", "sysroot", "units"}),
     "pipeline": frozenset({"oci", "store", "sysroot"}),
     "failover": frozenset(),
+    # The fleet agent runs on a device: root helpers only (it drives the engine
+    # through the device's own command line).
+    "agent": frozenset(),
+    "fleet": frozenset({"agent", "updates"}),
     # A client of the CLI: it runs the atoll command, it does not call into it.
     "demo": frozenset(),
     "cli": frozenset(
         {
+            "agent",
             "boot",
             "build",
             "demo",
             "device",
             "failover",
+            "fleet",
             "health",
             "oci",
             "pipeline",

@@ -63,6 +63,8 @@ COMMAND_MODULES: dict[str, str] = {
     "mirror": "pipeline",
     "bundle": "pipeline",
     "failover": "failover",
+    "fleet": "fleet",
+    "agent": "agent",
     "demo": "demo",
 }
 #: Commands defined in this module.

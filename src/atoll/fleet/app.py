@@ -1,0 +1,625 @@
+"""The fleet server's HTTP API (FastAPI), mounted under ``/api/v1``.
+
+Every call runs in one database transaction (:func:`atoll.fleet.db.transaction`)
+and every mutation writes an :class:`~atoll.fleet.db.Event` in that same
+transaction, so the audit trail never misses a change nor records one that
+did not happen.  Errors are ``{"error": "one line"}`` with the status code:
+401 unknown credentials, 403 too small a role, 404, 409 conflicting state,
+413 too large a body, 422 invalid input, 503 the database is down.
+
+The API keeps no state of its own between requests: any number of replicas
+can serve one database behind an HTTP load balancer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from atoll import errors
+from atoll.agent import wire
+from atoll.fleet import auth, keys, models, render, rollouts
+from atoll.fleet import db as tables
+from atoll.fleet.db import transaction, utcnow
+from atoll.fleet.selector import parse_selector
+
+#: The largest request body accepted.
+MAX_BODY = 1 << 20
+#: The longest a spec poll waits for a change, and how often it looks.
+MAX_WAIT = 60.0
+POLL_STEP = 0.5
+
+STATUS = {
+    errors.FleetAuthError: 401,
+    errors.FleetNotFoundError: 404,
+    errors.FleetConflictError: 409,
+    errors.FleetSpecError: 422,
+    errors.SpecTrustError: 422,
+    errors.EnrollmentError: 403,
+    errors.FleetUnavailableError: 503,
+    errors.FleetDatabaseError: 503,
+}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _problem(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _describe(exc: RequestValidationError | ValidationError) -> str:
+    problems = exc.errors()
+    first = problems[0] if problems else {"loc": (), "msg": "invalid"}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
+
+
+def _operator(need: models.Role) -> Callable[..., str]:
+    def check(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+        with transaction(request.app.state.factory) as session:
+            return auth.operator(session, authorization, need)
+
+    return check
+
+
+Viewer = Annotated[str, Depends(_operator(models.Role.VIEWER))]
+Operator = Annotated[str, Depends(_operator(models.Role.OPERATOR))]
+Admin = Annotated[str, Depends(_operator(models.Role.ADMIN))]
+
+
+def create_app(
+    factory: sessionmaker[Session],
+    *,
+    spec_lifetime: datetime.timedelta = datetime.timedelta(days=7),
+) -> FastAPI:
+    app = FastAPI(title="atoll fleet", version="1", docs_url=None, redoc_url=None)
+    app.state.factory = factory
+
+    @app.middleware("http")
+    async def _limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return _problem(413, f"the request body is larger than {MAX_BODY} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(errors.AtollError)
+    async def _atoll_error(_: Request, exc: errors.AtollError) -> JSONResponse:
+        status = 403 if isinstance(exc, auth.RoleError) else STATUS.get(type(exc), 400)
+        return _problem(status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _problem(422, _describe(exc))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, IntegrityError):
+            return _problem(409, "the change conflicts with another one; try again")
+        return _problem(503, "the fleet database is unavailable; try again later")
+
+    @contextmanager
+    def tx() -> Iterator[Session]:
+        with transaction(factory) as session:
+            yield session
+
+    def server_keys(session: Session) -> keys.ServerKeys:
+        found = keys.load_keys(session)
+        if found is None:
+            raise errors.FleetDatabaseError(
+                "the fleet database has no keys: run atoll fleet db upgrade"
+            )
+        return found
+
+    def event(
+        session: Session, actor: str, action: str, kind: str, name: str, **detail: Any
+    ) -> None:
+        session.add(tables.Event(actor=actor, action=action, kind=kind, name=name, detail=detail))
+
+    def parse(model: type[M], body: bytes) -> M:
+        try:
+            return model.model_validate_json(body or b"null")
+        except ValidationError as exc:
+            raise errors.FleetSpecError(_describe(exc)) from None
+
+    # -- health ---------------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, str]:
+        with tx() as session:
+            session.execute(text("SELECT 1"))
+        return {"status": "ready"}
+
+    # -- fleets ---------------------------------------------------------------
+
+    def fleet_out(session: Session, fleet: tables.Fleet) -> models.Fleet:
+        count = 0
+        for device in session.scalars(select(tables.Device)):
+            found = render.fleet_of(session, device.labels)
+            count += found is not None and found.name == fleet.name
+        return models.Fleet(
+            name=fleet.name,
+            spec=fleet.spec,
+            generation=fleet.generation,
+            devices=count,
+            created_at=fleet.created_at,
+            updated_at=fleet.updated_at,
+        )
+
+    @app.get("/api/v1/fleets", response_model=list[models.Fleet], response_model_by_alias=True)
+    def list_fleets(_: Viewer) -> list[models.Fleet]:
+        with tx() as session:
+            rows = session.scalars(select(tables.Fleet).order_by(tables.Fleet.name))
+            return [fleet_out(session, f) for f in rows]
+
+    @app.get("/api/v1/fleets/{name}", response_model=models.Fleet)
+    def get_fleet(name: str, _: Viewer) -> models.Fleet:
+        with tx() as session:
+            fleet = session.get(tables.Fleet, name)
+            if fleet is None:
+                raise errors.FleetNotFoundError(f"fleet {name!r} does not exist")
+            return fleet_out(session, fleet)
+
+    @app.put("/api/v1/fleets/{name}", response_model=models.Fleet)
+    def put_fleet(name: models.Name, body: models.FleetSpec, actor: Operator) -> models.Fleet:
+        spec = body.model_dump(by_alias=True, exclude_none=True)
+        with tx() as session:
+            fleet = session.get(tables.Fleet, name, with_for_update=True)
+            if fleet is None:
+                fleet = tables.Fleet(name=name, spec=spec, generation=1)
+                session.add(fleet)
+                event(session, actor, "create", "Fleet", name)
+            elif fleet.spec != spec:
+                fleet.spec, fleet.generation, fleet.updated_at = (
+                    spec,
+                    fleet.generation + 1,
+                    utcnow(),
+                )
+                event(session, actor, "update", "Fleet", name, generation=fleet.generation)
+            session.flush()
+            return fleet_out(session, fleet)
+
+    @app.delete("/api/v1/fleets/{name}", status_code=204)
+    def delete_fleet(name: str, actor: Operator) -> Response:
+        with tx() as session:
+            fleet = session.get(tables.Fleet, name)
+            if fleet is None:
+                raise errors.FleetNotFoundError(f"fleet {name!r} does not exist")
+            session.delete(fleet)
+            event(session, actor, "delete", "Fleet", name)
+        return Response(status_code=204)
+
+    # -- channels -------------------------------------------------------------
+
+    def channel_out(c: tables.Channel) -> models.Channel:
+        return models.Channel(name=c.name, image=c.image, digest=c.digest, updated_at=c.updated_at)
+
+    @app.get("/api/v1/channels", response_model=list[models.Channel])
+    def list_channels(_: Viewer) -> list[models.Channel]:
+        with tx() as session:
+            rows = session.scalars(select(tables.Channel).order_by(tables.Channel.name))
+            return [channel_out(c) for c in rows]
+
+    @app.get("/api/v1/channels/{name}", response_model=models.Channel)
+    def get_channel(name: str, _: Viewer) -> models.Channel:
+        with tx() as session:
+            channel = session.get(tables.Channel, name)
+            if channel is None:
+                raise errors.FleetNotFoundError(f"channel {name!r} does not exist")
+            return channel_out(channel)
+
+    @app.put("/api/v1/channels/{name}", response_model=models.Channel)
+    def put_channel(name: models.Name, body: models.ChannelSpec, actor: Operator) -> models.Channel:
+        with tx() as session:
+            channel = session.get(tables.Channel, name, with_for_update=True)
+            if channel is None:
+                channel = tables.Channel(name=name, image=body.image, digest=body.digest)
+                session.add(channel)
+                event(session, actor, "create", "Channel", name, digest=body.digest)
+            elif (channel.image, channel.digest) != (body.image, body.digest):
+                before = channel.digest
+                channel.image, channel.digest, channel.updated_at = (
+                    body.image,
+                    body.digest,
+                    utcnow(),
+                )
+                event(session, actor, "promote", "Channel", name, before=before, after=body.digest)
+            session.flush()
+            return channel_out(channel)
+
+    @app.delete("/api/v1/channels/{name}", status_code=204)
+    def delete_channel(name: str, actor: Operator) -> Response:
+        with tx() as session:
+            channel = session.get(tables.Channel, name)
+            if channel is None:
+                raise errors.FleetNotFoundError(f"channel {name!r} does not exist")
+            session.delete(channel)
+            event(session, actor, "delete", "Channel", name)
+        return Response(status_code=204)
+
+    # -- devices --------------------------------------------------------------
+
+    def device_out(session: Session, d: tables.Device) -> models.Device:
+        fleet = render.fleet_of(session, d.labels)
+        return models.Device(
+            name=d.name,
+            labels=d.labels,
+            state=d.state,
+            fleet=None if fleet is None else fleet.name,
+            spec_version=d.spec_version,
+            status=d.status,
+            last_seen=d.last_seen,
+            certificate_not_after=d.cert_not_after,
+            created_at=d.created_at,
+        )
+
+    @app.get("/api/v1/devices", response_model=list[models.Device])
+    def list_devices(_: Viewer, selector: str = "") -> list[models.Device]:
+        try:
+            wanted = parse_selector(selector)
+        except ValueError as exc:
+            raise errors.FleetSpecError(f"selector: {exc}") from None
+        with tx() as session:
+            rows = session.scalars(select(tables.Device).order_by(tables.Device.name))
+            return [device_out(session, d) for d in rows if wanted.matches(d.labels)]
+
+    def get_device_row(session: Session, name: str, *, lock: bool = False) -> tables.Device:
+        device = session.get(tables.Device, name, with_for_update=lock)
+        if device is None:
+            raise errors.FleetNotFoundError(f"device {name!r} does not exist")
+        return device
+
+    @app.get("/api/v1/devices/{name}", response_model=models.Device)
+    def get_device(name: str, _: Viewer) -> models.Device:
+        with tx() as session:
+            return device_out(session, get_device_row(session, name))
+
+    @app.put("/api/v1/devices/{name}/labels", response_model=models.Device)
+    def put_labels(name: str, body: models.DeviceLabels, actor: Operator) -> models.Device:
+        with tx() as session:
+            device = get_device_row(session, name, lock=True)
+            if device.labels != body.labels:
+                event(session, actor, "relabel", "Device", name, labels=body.labels)
+                device.labels = dict(body.labels)
+            return device_out(session, device)
+
+    @app.post("/api/v1/devices/{name}/revoke", response_model=models.Device)
+    def revoke_device(name: str, actor: Operator) -> models.Device:
+        with tx() as session:
+            device = get_device_row(session, name, lock=True)
+            if device.state != "revoked":
+                device.state = "revoked"
+                event(session, actor, "revoke", "Device", name)
+            return device_out(session, device)
+
+    @app.delete("/api/v1/devices/{name}", status_code=204)
+    def delete_device(name: str, actor: Operator) -> Response:
+        with tx() as session:
+            device = get_device_row(session, name, lock=True)
+            session.delete(device)
+            request = session.get(tables.EnrollmentRequest, name)
+            if request is not None:
+                session.delete(request)
+            event(session, actor, "decommission", "Device", name)
+        return Response(status_code=204)
+
+    # -- enrollment -----------------------------------------------------------
+
+    @app.post("/api/v1/enrollmenttokens", response_model=models.EnrollmentToken, status_code=201)
+    def create_enrollment_token(
+        body: models.EnrollmentTokenIn, actor: Operator
+    ) -> models.EnrollmentToken:
+        secret = auth.new_secret()
+        expires = utcnow() + datetime.timedelta(seconds=body.expires_in)
+        with tx() as session:
+            token = tables.EnrollmentToken(
+                secret_sha256=auth.digest(secret),
+                one_time=body.one_time,
+                labels=dict(body.labels),
+                expires_at=expires,
+                created_by=actor,
+            )
+            session.add(token)
+            session.flush()
+            event(session, actor, "create", "EnrollmentToken", str(token.id), oneTime=body.one_time)
+        return models.EnrollmentToken(token=secret, one_time=body.one_time, expires_at=expires)
+
+    def request_out(r: tables.EnrollmentRequest) -> models.EnrollmentRequest:
+        return models.EnrollmentRequest(
+            name=r.name, labels=r.labels, state=r.state, created_at=r.created_at
+        )
+
+    def approve(session: Session, request: tables.EnrollmentRequest, actor: str) -> tables.Device:
+        found = server_keys(session)
+        public = wire.load_public_key(request.public_key)
+        certificate, not_after = keys.issue_certificate(found, request.name, public)
+        request.state = "approved"
+        device = tables.Device(
+            name=request.name,
+            labels=dict(request.labels),
+            public_key=request.public_key,
+            certificate=certificate,
+            cert_not_after=not_after,
+        )
+        session.add(device)
+        event(session, actor, "approve", "EnrollmentRequest", request.name)
+        return device
+
+    @app.post(
+        "/api/v1/enrollmentrequests", response_model=models.EnrollmentRequest, status_code=201
+    )
+    def create_enrollment_request(
+        body: models.EnrollmentRequestIn,
+    ) -> models.EnrollmentRequest:
+        try:
+            wire.load_public_key(body.public_key)
+        except errors.SpecTrustError as exc:
+            raise errors.FleetSpecError(f"publicKey: {exc.message}") from None
+        with tx() as session:
+            token = session.scalars(
+                select(tables.EnrollmentToken)
+                .where(tables.EnrollmentToken.secret_sha256 == auth.digest(body.token))
+                .with_for_update()
+            ).first()
+            if token is None:
+                raise errors.FleetAuthError("the enrollment token is not known to this server")
+            if token.expires_at <= utcnow():
+                raise errors.FleetAuthError("the enrollment token has expired")
+            if token.one_time and token.used:
+                raise errors.FleetAuthError("the one-time enrollment token was used already")
+            taken = session.get(tables.EnrollmentRequest, body.name) is not None
+            if taken or session.get(tables.Device, body.name) is not None:
+                raise errors.FleetConflictError(f"device name {body.name!r} is taken")
+            token.used = True
+            labels = {**body.labels, **token.labels}
+            request = tables.EnrollmentRequest(
+                name=body.name, public_key=body.public_key, labels=labels, token_id=token.id
+            )
+            session.add(request)
+            event(session, f"device:{body.name}", "request", "EnrollmentRequest", body.name)
+            fleet = render.fleet_of(session, labels)
+            if fleet is not None and fleet.spec.get("autoApprove"):
+                approve(session, request, f"fleet:{fleet.name}")
+            session.flush()
+            return request_out(request)
+
+    @app.get("/api/v1/enrollmentrequests", response_model=list[models.EnrollmentRequest])
+    def list_enrollment_requests(_: Viewer) -> list[models.EnrollmentRequest]:
+        with tx() as session:
+            rows = session.scalars(
+                select(tables.EnrollmentRequest).order_by(tables.EnrollmentRequest.name)
+            )
+            return [request_out(r) for r in rows]
+
+    def decide(name: str, actor: str, state: str) -> models.EnrollmentRequest:
+        with tx() as session:
+            request = session.get(tables.EnrollmentRequest, name, with_for_update=True)
+            if request is None:
+                raise errors.FleetNotFoundError(f"enrollment request {name!r} does not exist")
+            if request.state != "pending":
+                raise errors.FleetConflictError(f"enrollment request {name!r} is {request.state}")
+            if state == "approved":
+                approve(session, request, actor)
+            else:
+                request.state = state
+                event(session, actor, "deny", "EnrollmentRequest", name)
+            session.flush()
+            return request_out(request)
+
+    @app.post("/api/v1/enrollmentrequests/{name}/approve", response_model=models.EnrollmentRequest)
+    def approve_request(name: str, actor: Operator) -> models.EnrollmentRequest:
+        return decide(name, actor, "approved")
+
+    @app.post("/api/v1/enrollmentrequests/{name}/deny", response_model=models.EnrollmentRequest)
+    def deny_request(name: str, actor: Operator) -> models.EnrollmentRequest:
+        return decide(name, actor, "denied")
+
+    # -- operator tokens and events -------------------------------------------
+
+    @app.post("/api/v1/tokens", response_model=models.OperatorToken, status_code=201)
+    def create_token(body: models.OperatorTokenIn, actor: Admin) -> models.OperatorToken:
+        with tx() as session:
+            secret = auth.create_operator_token(session, body.name, models.Role(body.role))
+            event(session, actor, "create", "OperatorToken", body.name, role=body.role)
+        return models.OperatorToken(name=body.name, role=body.role, token=secret)
+
+    @app.get("/api/v1/events", response_model=list[models.Event])
+    def list_events(
+        _: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[models.Event]:
+        with tx() as session:
+            rows = session.scalars(
+                select(tables.Event).order_by(tables.Event.id.desc()).limit(limit)
+            )
+            return [
+                models.Event(
+                    id=e.id,
+                    at=e.at,
+                    actor=e.actor,
+                    action=e.action,
+                    kind=e.kind,
+                    name=e.name,
+                    detail=e.detail,
+                )
+                for e in rows
+            ]
+
+    # -- rollouts -------------------------------------------------------------
+
+    def rollout_out(session: Session, r: tables.Rollout) -> models.Rollout:
+        batches: dict[int, list[models.RolloutDevice]] = {}
+        for member in session.scalars(
+            select(tables.RolloutDevice)
+            .where(tables.RolloutDevice.rollout == r.name)
+            .order_by(tables.RolloutDevice.batch, tables.RolloutDevice.device)
+        ):
+            batches.setdefault(member.batch, []).append(
+                models.RolloutDevice(name=member.device, state=member.state, reason=member.reason)
+            )
+        return models.Rollout(
+            name=r.name,
+            spec=r.spec,
+            target=r.target,
+            state=r.state,
+            reason=r.reason,
+            current_batch=r.current_batch,
+            batches=[models.RolloutBatch(index=i, devices=d) for i, d in sorted(batches.items())],
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+        )
+
+    @app.get("/api/v1/rollouts", response_model=list[models.Rollout])
+    def list_rollouts(_: Viewer) -> list[models.Rollout]:
+        with tx() as session:
+            rows = session.scalars(select(tables.Rollout).order_by(tables.Rollout.created_at))
+            return [rollout_out(session, r) for r in rows]
+
+    @app.get("/api/v1/rollouts/{name}", response_model=models.Rollout)
+    def get_rollout(name: str, _: Viewer) -> models.Rollout:
+        with tx() as session:
+            rollout = session.get(tables.Rollout, name)
+            if rollout is None:
+                raise errors.FleetNotFoundError(f"rollout {name!r} does not exist")
+            rollouts.reconcile(session, rollout)
+            return rollout_out(session, rollout)
+
+    @app.put("/api/v1/rollouts/{name}", response_model=models.Rollout, status_code=201)
+    def start_rollout(
+        name: models.Name, body: models.RolloutSpec, actor: Operator
+    ) -> models.Rollout:
+        with tx() as session:
+            rollout = rollouts.start(
+                session, name, body.model_dump(by_alias=True, exclude_none=True)
+            )
+            event(session, actor, "start", "Rollout", name, target=rollout.target)
+            return rollout_out(session, rollout)
+
+    def act(name: str, actor: str, action: str, reason: str) -> models.Rollout:
+        with tx() as session:
+            if action == "pause":
+                rollout = rollouts.pause(session, name, reason or f"paused by {actor}")
+            elif action == "resume":
+                rollout = rollouts.resume(session, name)
+            else:
+                rollout = rollouts.abort(session, name, reason or f"aborted by {actor}")
+            event(session, actor, action, "Rollout", name, reason=reason)
+            return rollout_out(session, rollout)
+
+    @app.post("/api/v1/rollouts/{name}/pause", response_model=models.Rollout)
+    def pause_rollout(name: str, actor: Operator, reason: str = "") -> models.Rollout:
+        return act(name, actor, "pause", reason)
+
+    @app.post("/api/v1/rollouts/{name}/resume", response_model=models.Rollout)
+    def resume_rollout(name: str, actor: Operator) -> models.Rollout:
+        return act(name, actor, "resume", "")
+
+    @app.post("/api/v1/rollouts/{name}/abort", response_model=models.Rollout)
+    def abort_rollout(name: str, actor: Operator, reason: str = "") -> models.Rollout:
+        return act(name, actor, "abort", reason)
+
+    # -- the agent's side: signed requests ------------------------------------
+
+    async def signed(request: Request) -> tuple[dict[str, str], str, bytes]:
+        body = await request.body()
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return dict(request.headers), target, body
+
+    def enrollment_status(headers: dict[str, str], target: str, body: bytes) -> models.Enrollment:
+        name = headers.get(wire.HEADER_DEVICE.lower(), "")
+        with tx() as session:
+            request = session.get(tables.EnrollmentRequest, name)
+            if request is None:
+                raise errors.FleetAuthError(f"device {name!r} has not asked to enroll")
+            if request.state != "approved":
+                # Not enrolled yet: the signature is checked against the key it enrolled with.
+                stamp = headers.get(wire.HEADER_TIMESTAMP.lower(), "0")
+                message = wire.request_message(
+                    "GET", target, int(stamp) if stamp.isdigit() else 0, body
+                )
+                key = wire.load_public_key(request.public_key)
+                if not wire.verify(key, message, headers.get(wire.HEADER_SIGNATURE.lower(), "")):
+                    raise errors.FleetAuthError(f"the signature is not device {name!r}'s")
+                return models.Enrollment(state=request.state)
+            device = auth.device(session, headers, "GET", target, body)
+            found = server_keys(session)
+            return models.Enrollment(
+                state="approved",
+                certificate=device.certificate,
+                ca_certificate=found.ca_pem,
+                spec_keys=list(found.spec_public_keys),
+            )
+
+    @app.get("/api/v1/agent/enrollment", response_model=models.Enrollment)
+    async def agent_enrollment(request: Request) -> models.Enrollment:
+        headers, target, body = await signed(request)
+        return await run_in_threadpool(enrollment_status, headers, target, body)
+
+    def poll_once(
+        headers: dict[str, str] | None, name: str, target: str, body: bytes, known: int
+    ) -> dict[str, Any] | None:
+        with tx() as session:
+            if headers is not None:
+                device = auth.device(session, headers, "GET", target, body)
+            else:
+                device = get_device_row(session, name, lock=True)
+                if device.state != "enrolled":
+                    raise errors.FleetAuthError(f"device {name!r} is {device.state}: refused")
+            spec = render.refresh_spec(session, device)
+            if device.spec_version == known:
+                return None
+            return render.signed_spec(server_keys(session), device, spec, utcnow(), spec_lifetime)
+
+    @app.get("/api/v1/agent/spec", responses={204: {"description": "unchanged"}})
+    async def agent_spec(
+        request: Request,
+        known_version: Annotated[int, Query(alias="knownVersion", ge=0)] = 0,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0,
+    ) -> Response:
+        headers, target, body = await signed(request)
+        name = headers.get(wire.HEADER_DEVICE.lower(), "")
+        envelope = await run_in_threadpool(poll_once, headers, name, target, body, known_version)
+        waited = 0.0
+        while envelope is None and waited < wait:
+            # The signature was checked once; later looks only read the device's spec.
+            await asyncio.sleep(POLL_STEP)
+            waited += POLL_STEP
+            envelope = await run_in_threadpool(poll_once, None, name, target, body, known_version)
+        if envelope is None:
+            return Response(status_code=204)
+        return Response(json.dumps(envelope), media_type="application/json")
+
+    def report(headers: dict[str, str], target: str, body: bytes) -> None:
+        status = parse(models.DeviceStatus, body)
+        with tx() as session:
+            device = auth.device(session, headers, "PUT", target, body)
+            device.status = status.model_dump(by_alias=True)
+            session.flush()
+            rollouts.reconcile_for(session, device)
+
+    @app.put("/api/v1/agent/status", status_code=204)
+    async def agent_status(request: Request) -> Response:
+        headers, target, body = await signed(request)
+        await run_in_threadpool(report, headers, target, body)
+        return Response(status_code=204)
+
+    return app
