@@ -30,6 +30,17 @@ def _inside(root: Path, relative: str) -> Path:
     return root / path
 
 
+def _write(root: Path, target: Path, data: bytes, mode: int) -> None:
+    """Write *target* under *root*, making its directories; never through a symlink."""
+    here = root
+    for part in target.relative_to(root).parts:
+        here = here / part
+        if here.is_symlink():
+            raise SpecTrustError(f"{here} is a symlink: the agent does not write through it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, data, mode)
+
+
 def _toml_string(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     if any(ord(c) < 0x20 for c in escaped):
@@ -77,11 +88,11 @@ def apply_config(root: Path, spec: dict[str, Any], owned: dict[str, Any]) -> dic
     files = {f["path"]: f for f in spec.get("files") or []}
     units = dict(spec.get("units") or {})
     for path, item in files.items():
-        write_atomic(_inside(root, path), item["content"].encode(), int(item.get("mode", 0o644)))
+        _write(root, _inside(root, path), item["content"].encode(), int(item.get("mode", 0o644)))
     for name, text in units.items():
         if "/" in name or name.startswith("."):
             raise SpecTrustError(f"the spec names unit {name!r}")
-        write_atomic(root / UNIT_DIR / name, text.encode(), 0o644)
+        _write(root, root / UNIT_DIR / name, text.encode(), 0o644)
     for path in owned.get("files", []):
         if path not in files:
             _inside(root, path).unlink(missing_ok=True)
@@ -92,5 +103,5 @@ def apply_config(root: Path, spec: dict[str, Any], owned: dict[str, Any]) -> dic
     if policy:
         target = root / UPDATES_TOML
         existing = target.read_text() if target.exists() else ""
-        write_atomic(target, render_updates_toml(policy, existing).encode(), 0o644)
+        _write(root, target, render_updates_toml(policy, existing).encode(), 0o644)
     return {"files": sorted(files), "units": sorted(units)}

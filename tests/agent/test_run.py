@@ -1,0 +1,147 @@
+"""The agent against a real fleet server on loopback (SQLite)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers.fleet import FleetServer
+
+from atoll.agent.run import Agent, enroll
+from atoll.agent.state import AgentState
+from atoll.errors import EnrollmentError, FleetUnavailableError
+
+SQLITE = pytest.mark.parametrize("fleet_db", ["sqlite"], indirect=True)
+
+DIGEST = "sha256:" + "c" * 64
+TEMPLATE = {
+    "units": {"web.container": "[Container]\nImage=reg/web@" + DIGEST + "\n"},
+    "files": [
+        {"path": "/etc/motd", "content": "hello\n"},
+        {"path": "/etc/app/app.conf", "content": "level=1\n", "mode": 0o600},
+    ],
+    "updatePolicy": {"policy": "stage", "download": {"window": "* 2-4 * * *"}},
+}
+
+
+def api(server: FleetServer) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"{server.url}/api/v1",
+        headers={"Authorization": f"Bearer {server.token}"},
+        timeout=30,
+    )
+
+
+@SQLITE
+def test_enroll_apply_and_report(fleet_server: FleetServer, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc/atoll").mkdir(parents=True)
+    (root / "etc/atoll/updates.toml").write_text(
+        'policy = "none"\n[trust]\nmax_signature_age = "7d"\n'
+    )
+    state = AgentState(tmp_path / "agent")
+    with api(fleet_server) as client:
+        client.put("fleets/edge", json={"selector": "site=berlin", "template": TEMPLATE})
+        token = client.post("enrollmenttokens", json={}).json()["token"]
+    assert enroll(state, fleet_server.url, token, "dev1", {"site": "berlin"})["state"] == "pending"
+    assert (state.key_path.stat().st_mode & 0o777) == 0o600
+    agent = Agent(state, root=root)
+    try:
+        assert agent.step().enrollment == "pending"
+        with api(fleet_server) as client:
+            client.post("enrollmentrequests/dev1/approve")
+        first = agent.step()
+        assert (first.enrollment, first.update, first.applied_version) == ("approved", "applied", 1)
+        assert (root / "etc/motd").read_text() == "hello\n"
+        assert (root / "etc/app/app.conf").stat().st_mode & 0o777 == 0o600
+        assert "Image=reg/web@" in (root / "etc/containers/systemd/web.container").read_text()
+        updates = tomllib.loads((root / "etc/atoll/updates.toml").read_text())
+        assert updates["policy"] == "stage"
+        assert updates["download"]["window"] == "* 2-4 * * *"
+        assert updates["trust"] == {"max_signature_age": "7d"}  # the device's own, kept
+        again = agent.step(wait=0.5)  # nothing changed: the poll answers 204
+        assert (again.update, again.applied_version) == ("idle", 1)
+        with api(fleet_server) as client:
+            seen = client.get("devices/dev1").json()
+            assert seen["status"]["appliedVersion"] == 1
+            assert seen["status"]["update"] == {"state": "idle", "reason": ""}
+            smaller = {**TEMPLATE, "files": TEMPLATE["files"][:1], "units": {}}
+            client.put("fleets/edge", json={"selector": "site=berlin", "template": smaller})
+        second = agent.step(wait=5)
+        assert (second.update, second.applied_version) == ("applied", 2)
+        assert (root / "etc/motd").exists()
+        assert not (root / "etc/app/app.conf").exists()
+        assert not (root / "etc/containers/systemd/web.container").exists()
+    finally:
+        agent.close()
+
+
+@SQLITE
+def test_an_os_image_the_device_cannot_stage_fails_the_rollout(
+    fleet_server: FleetServer, tmp_path: Path
+) -> None:
+    """No sysroot: the spec's OS image cannot be staged; the device says so and is
+    never reported up to date, and the rollout pauses on it."""
+    state = AgentState(tmp_path / "agent")
+    with api(fleet_server) as client:
+        client.put("fleets/edge", json={"selector": "", "template": {}, "autoApprove": True})
+        token = client.post("enrollmenttokens", json={}).json()["token"]
+        enroll(state, fleet_server.url, token, "dev1", {})
+        agent = Agent(state, root=tmp_path / "root")
+        try:
+            assert agent.step().applied_version == 1
+            client.put(
+                "rollouts/r1",
+                json={"fleet": "edge", "os": {"image": f"reg/os@{DIGEST}"}, "batches": [{"count": 1}]},
+            )
+            result = agent.step(wait=5)
+            assert (result.update, result.applied_version) == ("failed", 1)
+            assert "no --sysroot" in result.reason
+        finally:
+            agent.close()
+        rollout = client.get("rollouts/r1").json()
+    assert rollout["state"] == "paused"
+    assert "dev1: the spec names an OS image and there is no --sysroot" in rollout["reason"]
+
+
+@SQLITE
+def test_a_revoked_device_is_refused(fleet_server: FleetServer, tmp_path: Path) -> None:
+    state = AgentState(tmp_path / "agent")
+    with api(fleet_server) as client:
+        client.put("fleets/edge", json={"selector": "", "template": {}, "autoApprove": True})
+        enroll(state, fleet_server.url, client.post("enrollmenttokens", json={}).json()["token"], "d", {})
+        agent = Agent(state, root=tmp_path / "root")
+        try:
+            agent.step()
+            client.post("devices/d/revoke")
+            with pytest.raises(EnrollmentError, match="device 'd' is revoked: refused"):
+                agent.step()
+        finally:
+            agent.close()
+
+
+def test_an_unreachable_server_is_retried_with_growing_jittered_delays(tmp_path: Path) -> None:
+    from helpers.workloads import free_port
+
+    state = AgentState(tmp_path / "agent")
+    with pytest.raises(EnrollmentError, match="has not enrolled"):
+        Agent(state)
+    state.root.mkdir()
+    from atoll.agent import wire
+
+    state.key_path.write_bytes(wire.private_key_pem(wire.generate_key()))
+    state.write("identity.json", {"format": 1, "server": f"http://127.0.0.1:{free_port()}", "device": "d"})
+    delays: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) == 5:
+            raise FleetUnavailableError("enough")
+
+    agent = Agent(state)
+    with pytest.raises(FleetUnavailableError, match="enough"):
+        agent.run(rounds=1, sleep=sleep)
+    agent.close()
+    assert all(2 ** i / 2 <= d <= 2 ** i for i, d in enumerate(delays))
