@@ -7,11 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.fleet import FleetServer
 
 from atoll.agent.run import Agent, enroll
 from atoll.agent.state import AgentState
 from atoll.errors import EnrollmentError, FleetUnavailableError
+from helpers.fleet import FleetServer
 
 SQLITE = pytest.mark.parametrize("fleet_db", ["sqlite"], indirect=True)
 
@@ -94,7 +94,11 @@ def test_an_os_image_the_device_cannot_stage_fails_the_rollout(
             assert agent.step().applied_version == 1
             client.put(
                 "rollouts/r1",
-                json={"fleet": "edge", "os": {"image": f"reg/os@{DIGEST}"}, "batches": [{"count": 1}]},
+                json={
+                    "fleet": "edge",
+                    "os": {"image": f"reg/os@{DIGEST}"},
+                    "batches": [{"count": 1}],
+                },
             )
             result = agent.step(wait=5)
             assert (result.update, result.applied_version) == ("failed", 1)
@@ -111,7 +115,13 @@ def test_a_revoked_device_is_refused(fleet_server: FleetServer, tmp_path: Path) 
     state = AgentState(tmp_path / "agent")
     with api(fleet_server) as client:
         client.put("fleets/edge", json={"selector": "", "template": {}, "autoApprove": True})
-        enroll(state, fleet_server.url, client.post("enrollmenttokens", json={}).json()["token"], "d", {})
+        enroll(
+            state,
+            fleet_server.url,
+            client.post("enrollmenttokens", json={}).json()["token"],
+            "d",
+            {},
+        )
         agent = Agent(state, root=tmp_path / "root")
         try:
             agent.step()
@@ -132,7 +142,9 @@ def test_an_unreachable_server_is_retried_with_growing_jittered_delays(tmp_path:
     from atoll.agent import wire
 
     state.key_path.write_bytes(wire.private_key_pem(wire.generate_key()))
-    state.write("identity.json", {"format": 1, "server": f"http://127.0.0.1:{free_port()}", "device": "d"})
+    state.write(
+        "identity.json", {"format": 1, "server": f"http://127.0.0.1:{free_port()}", "device": "d"}
+    )
     delays: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -144,4 +156,4 @@ def test_an_unreachable_server_is_retried_with_growing_jittered_delays(tmp_path:
     with pytest.raises(FleetUnavailableError, match="enough"):
         agent.run(rounds=1, sleep=sleep)
     agent.close()
-    assert all(2 ** i / 2 <= d <= 2 ** i for i, d in enumerate(delays))
+    assert all(2**i / 2 <= d <= 2**i for i, d in enumerate(delays))

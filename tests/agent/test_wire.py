@@ -17,8 +17,12 @@ SERVER = wire.generate_key()
 KEYS = {wire.key_id(SERVER.public_key()): SERVER.public_key()}
 
 
-def envelope(version: int = 3, device: str = "dev1", expires: datetime.timedelta | None = None,
-             key: Any = SERVER) -> dict[str, Any]:
+def envelope(
+    version: int = 3,
+    device: str = "dev1",
+    expires: datetime.timedelta | None = None,
+    key: Any = SERVER,
+) -> dict[str, Any]:
     payload = {
         "device": device,
         "version": version,
@@ -82,7 +86,9 @@ def test_request_signatures_cover_method_target_time_and_body() -> None:
     headers = wire.signed_headers(device, "dev1", "PUT", "/api/v1/agent/status", b"{}", 1000)
     signature = headers[wire.HEADER_SIGNATURE]
     public = device.public_key()
-    assert wire.verify(public, wire.request_message("PUT", "/api/v1/agent/status", 1000, b"{}"), signature)
+    assert wire.verify(
+        public, wire.request_message("PUT", "/api/v1/agent/status", 1000, b"{}"), signature
+    )
     for changed in (
         wire.request_message("GET", "/api/v1/agent/status", 1000, b"{}"),
         wire.request_message("PUT", "/api/v1/agent/spec", 1000, b"{}"),

@@ -613,6 +613,7 @@ def create_app(
         with tx() as session:
             device = auth.device(session, headers, "PUT", target, body)
             device.status = status.model_dump(by_alias=True)
+            device.status_at = utcnow()
             session.flush()
             rollouts.reconcile_for(session, device)
 

@@ -82,6 +82,7 @@ class Device(Base):
     spec_version: Mapped[int] = mapped_column(Integer, default=0)
     spec_hash: Mapped[str] = mapped_column(String(64), default="")
     status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status_at: Mapped[datetime.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     last_request_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     last_seen: Mapped[datetime.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     created_at: Mapped[datetime.datetime] = mapped_column(UtcDateTime(), default=utcnow)
@@ -156,6 +157,7 @@ class RolloutDevice(Base):
     batch: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(20), default="waiting")
     reason: Mapped[str] = mapped_column(Text, default="")
+    released_at: Mapped[datetime.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class Event(Base):

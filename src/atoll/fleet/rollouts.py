@@ -97,6 +97,7 @@ def start(session: Session, name: str, spec: dict[str, Any]) -> Rollout:
                     device=device,
                     batch=batch,
                     state="updating" if batch == 0 else "waiting",
+                    released_at=utcnow() if batch == 0 else None,
                 )
             )
         index += size
@@ -159,10 +160,15 @@ def reconcile_for(session: Session, device: Device) -> None:
         reconcile(session, _lock(session, name))
 
 
-def _outcome(device: Device | None, digest: str) -> tuple[str, str] | None:
-    """("succeeded"|"failed", reason) from a device's last report, or None."""
+def _outcome(device: Device | None, member: RolloutDevice, digest: str) -> tuple[str, str] | None:
+    """("succeeded"|"failed", reason) from a device's last report since its batch
+    was released (an older report says nothing about the target), or None."""
     if device is None or device.state != "enrolled":
         return ("failed", "the device was revoked")
+    if device.status_at is None or (
+        member.released_at is not None and device.status_at <= member.released_at
+    ):
+        return None
     status = device.status or {}
     update = status.get("update") or {}
     if update.get("state") == "failed":
@@ -186,15 +192,23 @@ def reconcile(session: Session, rollout: Rollout) -> None:
     last = max((m.batch for m in members), default=0)
     for name in _fleet_devices(session, fleet):
         if name not in known:
-            state = "updating" if last <= rollout.current_batch else "waiting"
-            session.add(RolloutDevice(rollout=rollout.name, device=name, batch=last, state=state))
+            released = last <= rollout.current_batch
+            session.add(
+                RolloutDevice(
+                    rollout=rollout.name,
+                    device=name,
+                    batch=last,
+                    state="updating" if released else "waiting",
+                    released_at=utcnow() if released else None,
+                )
+            )
     session.flush()
     digest = rollout.target.rpartition("@")[2]
     while True:
         batch = _members(session, rollout.name, rollout.current_batch)
         for member in batch:
             if member.state == "updating":
-                outcome = _outcome(session.get(Device, member.device), digest)
+                outcome = _outcome(session.get(Device, member.device), member, digest)
                 if outcome is not None:
                     member.state, member.reason = outcome
         counted = [m for m in batch if m.state != "skipped"]
@@ -214,7 +228,7 @@ def reconcile(session: Session, rollout: Rollout) -> None:
         rollout.current_batch += 1
         rollout.updated_at = utcnow()
         for member in _members(session, rollout.name, rollout.current_batch):
-            member.state = "updating"
+            member.state, member.released_at = "updating", utcnow()
         session.flush()
 
 

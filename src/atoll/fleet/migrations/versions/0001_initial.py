@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("spec_version", sa.Integer(), nullable=False),
         sa.Column("spec_hash", sa.String(length=64), nullable=False),
         sa.Column("status", sa.JSON(), nullable=False),
+        sa.Column("status_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_request_ms", sa.BigInteger(), nullable=False),
         sa.Column("last_seen", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -131,6 +132,7 @@ def upgrade() -> None:
         sa.Column("batch", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(length=20), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("released_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["rollout"], ["rollouts.name"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("rollout", "device"),
     )
