@@ -33,12 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import atoll
 from atoll import errors
 from atoll.agent import wire
 from atoll.agent.apply import apply_config
 from atoll.agent.client import AgentClient, refusal
 from atoll.agent.state import STATE_FORMAT, AgentState
-from atoll.run import run
+from atoll.run import base_environment, run
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class Agent:
         empty: dict[str, Any] = {"booted": None, "staged": None, "rollback": None}
         if self.sysroot is None:
             return {**empty, "health": "unknown", "healthReason": "", "rolledBack": []}
-        done = run([*self.atoll, "status", "--json", "--sysroot", self.sysroot])
+        done = self._atoll("status", "--json", "--sysroot", str(self.sysroot))
         status = json.loads(done.stdout)["status"]
 
         def digest(entry: dict[str, Any] | None) -> str | None:
@@ -167,7 +168,12 @@ class Agent:
 
     def _stage(self, image: str) -> None:
         assert self.sysroot is not None
-        run([*self.atoll, "-q", "switch", "--sysroot", self.sysroot, image])
+        self._atoll("-q", "switch", "--sysroot", str(self.sysroot), image)
+
+    def _atoll(self, *args: str) -> Any:
+        # The device's own command line, from the same atoll as this agent.
+        home = str(Path(atoll.__file__).resolve().parents[1])
+        return run([*self.atoll, *args], env=base_environment({"PYTHONPATH": home}))
 
     # -- one round --------------------------------------------------------------
 
