@@ -9,14 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from atoll.agent.run import Agent, enroll
+from atoll.agent.state import AgentState
 from helpers.busybox_root import REQUIRED, busybox_files
 from helpers.cli import run_atoll
 from helpers.fleet import FleetServer
 from helpers.osimage import build_os_image
 from helpers.registry import RegistryView
-
-from atoll.agent.run import Agent, enroll
-from atoll.agent.state import AgentState
 
 pytestmark = pytest.mark.integration
 
