@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from atoll.cli.common import Output, add_global_options, duration
-from atoll.errors import UsageError
+from atoll.cli.common import Output, add_global_options, duration, labels_of
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -71,12 +70,7 @@ def _enroll(args: argparse.Namespace, out: Output) -> int:
     from atoll.agent.run import enroll
     from atoll.agent.state import AgentState
 
-    labels = {}
-    for word in args.label:
-        key, eq, value = word.partition("=")
-        if not eq or not key:
-            raise UsageError(f"--label {word!r} is not KEY=VALUE")
-        labels[key] = value
+    labels = labels_of(args.label)
     request = enroll(AgentState(Path(args.state)), args.server, args.token, args.name, labels)
     out.result(request, f"device {args.name}: enrollment {request['state']}")
     return 0

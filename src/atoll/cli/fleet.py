@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from atoll.cli.common import Output, add_global_options, duration
+from atoll.cli.common import Output, add_global_options, duration, labels_of
 from atoll.errors import FleetSpecError, UsageError
 
 ENV_SERVER = "ATOLL_FLEET_SERVER"
@@ -377,21 +377,11 @@ def _revoke(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _labels(words: list[str]) -> dict[str, str]:
-    labels = {}
-    for word in words:
-        key, eq, value = word.partition("=")
-        if not eq or not key:
-            raise UsageError(f"--label {word!r} is not KEY=VALUE")
-        labels[key] = value
-    return labels
-
-
 def _enrollment_token(args: argparse.Namespace, out: Output) -> int:
     body = {
         "oneTime": not args.reusable,
         "expiresIn": int(args.expires),
-        "labels": _labels(args.label),
+        "labels": labels_of(args.label),
     }
     with _client(args) as client:
         token = client.call("POST", "enrollmenttokens", body=body)

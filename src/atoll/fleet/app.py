@@ -54,6 +54,7 @@ STATUS = {
 }
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T", bound=tables.Base)
 
 
 def _problem(status: int, message: str) -> JSONResponse:
@@ -119,6 +120,12 @@ def create_app(
         with transaction(factory) as session:
             yield session
 
+    def found(session: Session, table: type[T], name: str, kind: str, *, lock: bool = False) -> T:
+        row = session.get(table, name, with_for_update=lock)
+        if row is None:
+            raise errors.FleetNotFoundError(f"{kind} {name!r} does not exist")
+        return row
+
     def server_keys(session: Session) -> keys.ServerKeys:
         found = keys.load_keys(session)
         if found is None:
@@ -175,9 +182,7 @@ def create_app(
     @app.get("/api/v1/fleets/{name}", response_model=models.Fleet)
     def get_fleet(name: str, _: Viewer) -> models.Fleet:
         with tx() as session:
-            fleet = session.get(tables.Fleet, name)
-            if fleet is None:
-                raise errors.FleetNotFoundError(f"fleet {name!r} does not exist")
+            fleet = found(session, tables.Fleet, name, "fleet")
             return fleet_out(session, fleet)
 
     @app.put("/api/v1/fleets/{name}", response_model=models.Fleet)
@@ -202,9 +207,7 @@ def create_app(
     @app.delete("/api/v1/fleets/{name}", status_code=204)
     def delete_fleet(name: str, actor: Operator) -> Response:
         with tx() as session:
-            fleet = session.get(tables.Fleet, name)
-            if fleet is None:
-                raise errors.FleetNotFoundError(f"fleet {name!r} does not exist")
+            fleet = found(session, tables.Fleet, name, "fleet")
             session.delete(fleet)
             event(session, actor, "delete", "Fleet", name)
         return Response(status_code=204)
@@ -223,9 +226,7 @@ def create_app(
     @app.get("/api/v1/channels/{name}", response_model=models.Channel)
     def get_channel(name: str, _: Viewer) -> models.Channel:
         with tx() as session:
-            channel = session.get(tables.Channel, name)
-            if channel is None:
-                raise errors.FleetNotFoundError(f"channel {name!r} does not exist")
+            channel = found(session, tables.Channel, name, "channel")
             return channel_out(channel)
 
     @app.put("/api/v1/channels/{name}", response_model=models.Channel)
@@ -250,9 +251,7 @@ def create_app(
     @app.delete("/api/v1/channels/{name}", status_code=204)
     def delete_channel(name: str, actor: Operator) -> Response:
         with tx() as session:
-            channel = session.get(tables.Channel, name)
-            if channel is None:
-                raise errors.FleetNotFoundError(f"channel {name!r} does not exist")
+            channel = found(session, tables.Channel, name, "channel")
             session.delete(channel)
             event(session, actor, "delete", "Channel", name)
         return Response(status_code=204)
@@ -284,10 +283,7 @@ def create_app(
             return [device_out(session, d) for d in rows if wanted.matches(d.labels)]
 
     def get_device_row(session: Session, name: str, *, lock: bool = False) -> tables.Device:
-        device = session.get(tables.Device, name, with_for_update=lock)
-        if device is None:
-            raise errors.FleetNotFoundError(f"device {name!r} does not exist")
-        return device
+        return found(session, tables.Device, name, "device", lock=lock)
 
     @app.get("/api/v1/devices/{name}", response_model=models.Device)
     def get_device(name: str, _: Viewer) -> models.Device:
@@ -413,9 +409,9 @@ def create_app(
 
     def decide(name: str, actor: str, state: str) -> models.EnrollmentRequest:
         with tx() as session:
-            request = session.get(tables.EnrollmentRequest, name, with_for_update=True)
-            if request is None:
-                raise errors.FleetNotFoundError(f"enrollment request {name!r} does not exist")
+            request = found(
+                session, tables.EnrollmentRequest, name, "enrollment request", lock=True
+            )
             if request.state != "pending":
                 raise errors.FleetConflictError(f"enrollment request {name!r} is {request.state}")
             if state == "approved":
@@ -497,9 +493,7 @@ def create_app(
     @app.get("/api/v1/rollouts/{name}", response_model=models.Rollout)
     def get_rollout(name: str, _: Viewer) -> models.Rollout:
         with tx() as session:
-            rollout = session.get(tables.Rollout, name)
-            if rollout is None:
-                raise errors.FleetNotFoundError(f"rollout {name!r} does not exist")
+            rollout = found(session, tables.Rollout, name, "rollout")
             rollouts.reconcile(session, rollout)
             return rollout_out(session, rollout)
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -62,6 +63,9 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
         if not LABEL_VALUE.match(value):
             raise ValueError(f"label {key}={value!r}: the value is not 0-63 letters, digits, '.-_'")
     return labels
+
+
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
 
 
 class OsTemplate(Request):
@@ -186,12 +190,7 @@ class Channel(Response):
 
 
 class DeviceLabels(Request):
-    labels: dict[str, str]
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        return check_labels(labels)
+    labels: Labels
 
 
 class Device(Response):
@@ -209,13 +208,8 @@ class Device(Response):
 class EnrollmentRequestIn(Request):
     name: Name
     public_key: str = Field(max_length=4096)
-    labels: dict[str, str] = {}
+    labels: Labels = {}
     token: str = Field(min_length=16, max_length=128)
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        return check_labels(labels)
 
 
 class EnrollmentRequest(Response):
@@ -228,12 +222,7 @@ class EnrollmentRequest(Response):
 class EnrollmentTokenIn(Request):
     one_time: bool = True
     expires_in: int = Field(default=86400, ge=60, le=30 * 86400, description="seconds")
-    labels: dict[str, str] = {}
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        return check_labels(labels)
+    labels: Labels = {}
 
 
 class EnrollmentToken(Response):
