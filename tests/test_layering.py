@@ -26,9 +26,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "build": frozenset({"boot", "oci", "store", "sysroot", "units"}),
     "pipeline": frozenset({"oci", "store", "sysroot"}),
     "failover": frozenset(),
-    # The fleet agent runs on a device: root helpers only (it drives the engine
-    # through the device's own command line).
-    "agent": frozenset(),
+    # The fleet agent runs on a device; it drives the OS through the device's own
+    # command line, and reads the device's update windows.
+    "agent": frozenset({"updates"}),
     "fleet": frozenset({"agent", "updates"}),
     # A client of the CLI: it runs the atoll command, it does not call into it.
     "demo": frozenset(),

@@ -157,3 +157,33 @@ def test_an_unreachable_server_is_retried_with_growing_jittered_delays(tmp_path:
         agent.run(rounds=1, sleep=sleep)
     agent.close()
     assert all(2**i / 2 <= d <= 2**i for i, d in enumerate(delays))
+
+
+@SQLITE
+def test_the_os_image_waits_for_the_download_window(
+    fleet_server: FleetServer, tmp_path: Path
+) -> None:
+    import datetime
+
+    closed_hour = (datetime.datetime.now(datetime.UTC).hour + 12) % 24
+    policy = {"policy": "stage", "download": {"window": f"* {closed_hour} * * *"}}
+    template = {"os": {"image": f"reg/os@{DIGEST}"}, "updatePolicy": policy}
+    state = AgentState(tmp_path / "agent")
+    with api(fleet_server) as client:
+        client.put("fleets/edge", json={"selector": "", "template": template, "autoApprove": True})
+        enroll(
+            state,
+            fleet_server.url,
+            client.post("enrollmenttokens", json={}).json()["token"],
+            "d",
+            {},
+        )
+        agent = Agent(state, root=tmp_path / "root")
+        try:
+            result = agent.step()
+        finally:
+            agent.close()
+        reported = client.get("devices/d").json()["status"]["update"]
+    assert (result.update, result.applied_version) == ("waiting", 0)
+    assert result.reason.startswith("the download window is closed; it opens at ")
+    assert reported["state"] == "waiting"

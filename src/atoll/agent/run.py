@@ -9,7 +9,8 @@ One round (:meth:`Agent.step`):
    nothing done).  A newer spec is kept as ``pending.json``.
 3. Put the pending spec in place: config files, Quadlet units and the update
    policy at once; the OS image through the device's own command line
-   (``atoll switch``, which enforces the device's signature policy).  The
+   (``atoll switch``, which enforces the device's signature policy), only
+   while the download window of the device's updates.toml is open.  The
    spec becomes *applied* only when the booted image is the spec's and its
    boot is green; an image the device rolled back from is reported failed.
 4. Report the engine's view (booted/staged/rollback digests, health, applied
@@ -166,6 +167,20 @@ class Agent:
             "rolledBack": status["atoll"].get("rolledBackImages") or [],
         }
 
+    def _download_closed(self) -> str:
+        """Why the OS image may not be downloaded now ("" when it may): the
+        download window of the device's updates.toml, shifted by its delay."""
+        from atoll.updates.config import load_config
+        from atoll.updates.policy import device_delay
+
+        download = load_config(self.root).download
+        delay = device_delay(self.device, download.random_delay)
+        now = self.now()
+        if download.window.is_open(now, delay):
+            return ""
+        opens = download.window.next_open(now, delay)
+        return f"the download window is closed; it opens at {opens.isoformat(timespec='minutes')}"
+
     def _stage(self, image: str) -> None:
         assert self.sysroot is not None
         self._atoll("-q", "switch", "--sysroot", str(self.sysroot), image)
@@ -244,6 +259,9 @@ class Agent:
                 if any(r.get("imageDigest") == digest for r in engine["rolledBack"]):
                     return "failed", f"the device rolled back from {digest[:19]}", engine
                 if engine["staged"] != digest:
+                    closed = self._download_closed()
+                    if closed:
+                        return "waiting", closed, engine
                     if self.sysroot is None:
                         return (
                             "failed",

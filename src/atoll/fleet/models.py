@@ -294,7 +294,7 @@ class Rollout(Response):
 
 
 class UpdateReport(Request):
-    state: Literal["idle", "staging", "staged", "applied", "failed", "frozen"] = "idle"
+    state: Literal["idle", "waiting", "staged", "applied", "failed", "frozen"] = "idle"
     reason: str = Field(default="", max_length=2048)
 
 
