@@ -187,3 +187,34 @@ def test_the_os_image_waits_for_the_download_window(
     assert (result.update, result.applied_version) == ("waiting", 0)
     assert result.reason.startswith("the download window is closed; it opens at ")
     assert reported["state"] == "waiting"
+
+
+@SQLITE
+def test_the_certificate_is_renewed_before_it_ends(
+    fleet_server: FleetServer, tmp_path: Path
+) -> None:
+    import datetime
+
+    state = AgentState(tmp_path / "agent")
+    with api(fleet_server) as client:
+        client.put("fleets/edge", json={"selector": "", "template": {}, "autoApprove": True})
+        enroll(
+            state,
+            fleet_server.url,
+            client.post("enrollmenttokens", json={}).json()["token"],
+            "d",
+            {},
+        )
+        agent = Agent(state, root=tmp_path / "root")
+        try:
+            agent.step()
+            first = (state.read("enrollment.json") or {})["certificate"]
+            agent.step()  # a year left: kept
+            assert (state.read("enrollment.json") or {})["certificate"] == first
+            agent.renew_before = datetime.timedelta(days=400)
+            agent.step()
+        finally:
+            agent.close()
+        renewed = (state.read("enrollment.json") or {})["certificate"]
+        assert renewed != first
+        assert client.get("events").json()[0]["action"] == "renew"

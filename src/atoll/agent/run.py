@@ -45,6 +45,8 @@ from atoll.run import base_environment, run
 log = logging.getLogger(__name__)
 
 BACKOFF_START = 1.0
+#: The agent asks for a new certificate when its own has less than this left.
+RENEW_BEFORE = datetime.timedelta(days=120)
 BACKOFF_MAX = 300.0
 
 
@@ -106,6 +108,7 @@ class Agent:
     #: How the agent runs the device's own atoll (for status and switch).
     atoll: Sequence[str] = field(default_factory=lambda: (sys.executable, "-m", "atoll"))
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
+    renew_before: datetime.timedelta = RENEW_BEFORE
 
     def __post_init__(self) -> None:
         server, device = self.state.identity()
@@ -119,21 +122,36 @@ class Agent:
     # -- enrollment -------------------------------------------------------------
 
     def enrollment(self) -> str:
-        """The enrollment's state; once approved, its certificate and keys are saved."""
-        if self.state.read("enrollment.json") is not None:
+        """The enrollment's state; once approved, its certificate and keys are
+        saved, and the certificate is renewed when it nears its end."""
+        saved = self.state.read("enrollment.json")
+        if saved is not None:
+            if self._certificate_ends(saved) - self.now() < self.renew_before:
+                self._save_enrollment(self.client.request("POST", "/api/v1/agent/certificate"))
             return "approved"
         response = self.client.request("GET", "/api/v1/agent/enrollment")
+        data = self._save_enrollment(response)
+        if data.get("state") == "denied":
+            raise errors.EnrollmentError(f"device {self.device}: the enrollment was denied")
+        return str(data.get("state"))
+
+    def _save_enrollment(self, response: Any) -> dict[str, Any]:
         if response.status_code != 200:
             raise errors.EnrollmentError(f"device {self.device}: {refusal(response)}")
-        data = response.json()
+        data: dict[str, Any] = response.json()
         if data.get("state") == "approved":
             self.state.write(
                 "enrollment.json",
                 {k: data[k] for k in ("certificate", "caCertificate", "specKeys")},
             )
-        elif data.get("state") == "denied":
-            raise errors.EnrollmentError(f"device {self.device}: the enrollment was denied")
-        return str(data.get("state"))
+        return data
+
+    @staticmethod
+    def _certificate_ends(saved: dict[str, Any]) -> datetime.datetime:
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(str(saved["certificate"]).encode())
+        return cert.not_valid_after_utc
 
     def _spec_keys(self) -> dict[str, Any]:
         saved = self.state.read("enrollment.json") or {}

@@ -568,6 +568,28 @@ def create_app(
         headers, target, body = await signed(request)
         return await run_in_threadpool(enrollment_status, headers, target, body)
 
+    def renew(headers: dict[str, str], target: str, body: bytes) -> models.Enrollment:
+        with tx() as session:
+            device = auth.device(session, headers, "POST", target, body)
+            found = server_keys(session)
+            public = wire.load_public_key(device.public_key)
+            device.certificate, device.cert_not_after = keys.issue_certificate(
+                found, device.name, public
+            )
+            event(session, f"device:{device.name}", "renew", "Device", device.name)
+            return models.Enrollment(
+                state="approved",
+                certificate=device.certificate,
+                ca_certificate=found.ca_pem,
+                spec_keys=list(found.spec_public_keys),
+            )
+
+    @app.post("/api/v1/agent/certificate", response_model=models.Enrollment)
+    async def agent_certificate(request: Request) -> models.Enrollment:
+        """A new certificate for the device's key, before the old one expires."""
+        headers, target, body = await signed(request)
+        return await run_in_threadpool(renew, headers, target, body)
+
     def poll_once(
         headers: dict[str, str] | None, name: str, target: str, body: bytes, known: int
     ) -> dict[str, Any] | None:
