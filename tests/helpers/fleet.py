@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,17 +134,11 @@ class _Server(threading.Thread):
         self.server.run()
 
 
-@pytest.fixture
-def fleet_server(fleet_db: str) -> Iterator[FleetServer]:
-    """``atoll fleet db upgrade`` on the database, an admin token, and the server
-    serving it on loopback (in this process: uvicorn in a thread)."""
-    from atoll.fleet.models import Role
-    from atoll.fleet.serve import create_token, upgrade_database
-
-    upgrade_database(fleet_db)
-    token = create_token(fleet_db, "admin", Role.ADMIN)
+@contextmanager
+def serving(db: str) -> Iterator[str]:
+    """One API process on *db* (uvicorn in a thread of this one): its URL."""
     port = free_port()
-    thread = _Server(fleet_db, port)
+    thread = _Server(db, port)
     thread.start()
     deadline = time.monotonic() + 30
     while not thread.server.started:
@@ -151,8 +146,21 @@ def fleet_server(fleet_db: str) -> Iterator[FleetServer]:
             pytest.fail("the fleet server did not start")
         time.sleep(0.02)
     try:
-        yield FleetServer(f"http://127.0.0.1:{port}", fleet_db, token)
+        yield f"http://127.0.0.1:{port}"
     finally:
         thread.server.should_exit = True
         thread.join(timeout=30)
         thread.engine.dispose()
+
+
+@pytest.fixture
+def fleet_server(fleet_db: str) -> Iterator[FleetServer]:
+    """``atoll fleet db upgrade`` on the database, an admin token, and the server
+    serving it on loopback."""
+    from atoll.fleet.models import Role
+    from atoll.fleet.serve import create_token, upgrade_database
+
+    upgrade_database(fleet_db)
+    token = create_token(fleet_db, "admin", Role.ADMIN)
+    with serving(fleet_db) as url:
+        yield FleetServer(url, fleet_db, token)
