@@ -352,3 +352,45 @@ def test_database_down_is_503_and_recovers(fleet_server: FleetServer, postgres: 
         finally:
             postgres.ctl("start")
         assert api.get("fleets").status_code == 200
+
+
+def age_releases(db: str, rollout: str) -> None:
+    """Move the release of every device of *rollout* eleven minutes back."""
+    from atoll.fleet.db import RolloutDevice
+
+    engine = open_engine(db)
+    with transaction(session_factory(engine)) as session:
+        for member in session.query(RolloutDevice).filter_by(rollout=rollout):
+            if member.released_at is not None:
+                member.released_at -= datetime.timedelta(minutes=11)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("fleet_db", ["sqlite"], indirect=True)
+def test_a_batch_waits_for_the_window_and_silent_devices_time_out(
+    fleet_server: FleetServer, tmp_path: Path
+) -> None:
+    closed_hour = (datetime.datetime.now(datetime.UTC).hour + 12) % 24
+    with operator(fleet_server) as api:
+        api.put("fleets/edge", json={**FLEET, "template": {"os": {"image": f"reg/os@{DIGEST_A}"}}})
+        devices = [enrolled(fleet_server, tmp_path, n, site="berlin") for n in ("d1", "d2")]
+        body = {
+            "fleet": "edge",
+            "os": {"image": f"reg/os@{DIGEST_B}"},
+            "batches": [{"count": 1}],
+            "deviceTimeout": 600,
+            "window": {"window": f"* {closed_hour} * * *", "timezone": "Europe/Berlin"},
+        }
+        assert api.put("rollouts/r1", json=body).status_code == 201
+        report(devices[0], DIGEST_B)
+        waiting = api.get("rollouts/r1").json()
+        assert (waiting["state"], waiting["currentBatch"]) == ("running", 0)
+        assert waiting["reason"].startswith(f"batch 1 waits for the window * {closed_hour} * * *")
+        api.post("rollouts/r1/abort")
+        assert api.put("rollouts/r2", json={**body, "window": None}).status_code == 201
+        age_releases(fleet_server.db, "r2")  # d1 reported the target since: it succeeds
+        assert api.get("rollouts/r2").json()["currentBatch"] == 1
+        age_releases(fleet_server.db, "r2")  # d2 never reported
+        timed_out = api.get("rollouts/r2").json()
+    assert timed_out["state"] == "paused"
+    assert "d2: no green boot of the target within 600 s" in timed_out["reason"]

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers.fleet import FleetServer, serving
 
 from atoll.agent import wire
 from atoll.agent.client import AgentClient
 from atoll.agent.run import enroll
 from atoll.agent.state import AgentState
+from helpers.fleet import FleetServer, serving
 
 OLD = "reg/os@sha256:" + "a" * 64
 NEW = "reg/os@sha256:" + "b" * 64

@@ -156,6 +156,18 @@ def _register_rollout(verbs: argparse._SubParsersAction[Any]) -> None:
     )
     start.add_argument("--success-threshold", type=int, default=90, metavar="PERCENT")
     start.add_argument("--error-threshold", type=int, default=10, metavar="PERCENT")
+    start.add_argument(
+        "--device-timeout",
+        type=duration,
+        metavar="DURATION",
+        help="a device not booted green on the target by then has failed",
+    )
+    start.add_argument(
+        "--window", metavar="CRON", help="release batches after the first only in this window"
+    )
+    start.add_argument(
+        "--timezone", default="UTC", metavar="ZONE", help="IANA time zone of --window"
+    )
     start.set_defaults(func=_rollout_start)
     for verb, text in (
         ("status", "show a rollout, its batches and why it paused"),
@@ -418,13 +430,17 @@ def _human_rollout(rollout: dict[str, Any]) -> str:
 
 
 def _rollout_start(args: argparse.Namespace, out: Output) -> int:
-    body = {
+    body: dict[str, Any] = {
         "fleet": args.fleet,
         "os": {"image": args.image} if args.image else {"channel": args.channel},
         "batches": [_batch(b) for b in args.batch],
         "successThreshold": args.success_threshold,
         "errorThreshold": args.error_threshold,
     }
+    if args.device_timeout is not None:
+        body["deviceTimeout"] = int(args.device_timeout)
+    if args.window:
+        body["window"] = {"window": args.window, "timezone": args.timezone}
     with _client(args) as client:
         rollout = client.call("PUT", f"rollouts/{args.name}", body=body)
     out.result(rollout, _human_rollout(rollout))

@@ -268,6 +268,10 @@ class RolloutSpec(Request):
     batches: list[Batch] = Field(min_length=1, max_length=100)
     success_threshold: int = Field(default=90, ge=1, le=100)
     error_threshold: int = Field(default=10, ge=1, le=100)
+    #: A released device that has not booted the target green by then has failed.
+    device_timeout: int | None = Field(default=None, ge=60, le=30 * 86400, description="seconds")
+    #: Batches after the first are released only while this window is open.
+    window: Window | None = None
 
 
 class RolloutDevice(Response):

@@ -16,10 +16,13 @@ two API replicas never advance one rollout twice.  It
    or a red boot (with its reason);
 3. pauses the rollout, naming the failed devices and their reasons, when the
    failed share of the batch reaches ``errorThreshold`` percent;
+   A device that has not booted the target green ``deviceTimeout`` seconds
+   after its batch was released has failed too;
 4. when no device of the batch is still updating, releases the next batch if
-   the succeeded share reaches ``successThreshold`` (or pauses, saying so);
-   after the last batch the fleet's template takes the target image and the
-   rollout is ``done``.
+   the succeeded share reaches ``successThreshold`` (or pauses, saying so)
+   and the rollout's ``window`` (cron expression and time zone) is open (else
+   it waits, saying until when); after the last batch the fleet's template
+   takes the target image and the rollout is ``done``.
 
 Resume accepts the failures of the current batch (its failed devices are
 ``skipped`` and no longer counted) and reconciles again.  Abort stops the
@@ -28,8 +31,10 @@ rollout; its devices render the fleet's template again.
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,6 +42,7 @@ from sqlalchemy.orm import Session
 from atoll.errors import FleetConflictError, FleetNotFoundError
 from atoll.fleet.db import Device, Fleet, Rollout, RolloutDevice, utcnow
 from atoll.fleet.render import ACTIVE_ROLLOUT, fleet_of, resolve_os
+from atoll.updates.cron import CronExpression
 
 
 def _fleet_devices(session: Session, fleet: Fleet) -> list[str]:
@@ -180,6 +186,32 @@ def _outcome(device: Device | None, member: RolloutDevice, digest: str) -> tuple
     return None
 
 
+def _timed_out(rollout: Rollout, member: RolloutDevice) -> tuple[str, str] | None:
+    timeout = rollout.spec.get("deviceTimeout")
+    if timeout is None or member.released_at is None:
+        return None
+    if utcnow() - member.released_at < datetime.timedelta(seconds=timeout):
+        return None
+    return ("failed", f"no green boot of the target within {timeout} s")
+
+
+def _window_closed(rollout: Rollout) -> str:
+    """Why the next batch waits ("" when it need not): the rollout's window."""
+    window = rollout.spec.get("window")
+    if not window or not window.get("window"):
+        return ""
+    zone = ZoneInfo(window.get("timezone", "UTC"))
+    expression = CronExpression.parse(window["window"], zone)
+    now = utcnow()
+    if expression.matches(now):
+        return ""
+    opens = expression.next_match(now).astimezone(zone)
+    return (
+        f"batch {rollout.current_batch + 1} waits for the window {window['window']} "
+        f"({zone.key}); it opens at {opens.isoformat(timespec='minutes')}"
+    )
+
+
 def reconcile(session: Session, rollout: Rollout) -> None:
     if rollout.state != "running":
         return
@@ -209,6 +241,8 @@ def reconcile(session: Session, rollout: Rollout) -> None:
         for member in batch:
             if member.state == "updating":
                 outcome = _outcome(session.get(Device, member.device), member, digest)
+                if outcome is None:
+                    outcome = _timed_out(rollout, member)
                 if outcome is not None:
                     member.state, member.reason = outcome
         counted = [m for m in batch if m.state != "skipped"]
@@ -225,6 +259,12 @@ def reconcile(session: Session, rollout: Rollout) -> None:
         if rollout.current_batch >= last:
             _finish(session, rollout, fleet)
             return
+        waiting = _window_closed(rollout)
+        if waiting:
+            if rollout.reason != waiting:
+                rollout.reason, rollout.updated_at = waiting, utcnow()
+            return
+        rollout.reason = ""
         rollout.current_batch += 1
         rollout.updated_at = utcnow()
         for member in _members(session, rollout.name, rollout.current_batch):
