@@ -394,3 +394,25 @@ def test_a_batch_waits_for_the_window_and_silent_devices_time_out(
         timed_out = api.get("rollouts/r2").json()
     assert timed_out["state"] == "paused"
     assert "d2: no green boot of the target within 600 s" in timed_out["reason"]
+
+
+@pytest.mark.parametrize("fleet_db", ["sqlite"], indirect=True)
+def test_labels_and_fleets_decide_a_devices_fleet(
+    fleet_server: FleetServer, tmp_path: Path
+) -> None:
+    with operator(fleet_server) as api:
+        api.put("fleets/berlin", json={"selector": "site=berlin", "template": {}})
+        device = enrolled(fleet_server, tmp_path, "d1", site="berlin")
+        assert api.get("devices/d1").json()["fleet"] == "berlin"
+        api.put("fleets/all", json={"selector": "", "template": {}})  # "all" < "berlin"
+        assert api.get("devices/d1").json()["fleet"] == "all"
+        api.delete("fleets/all")
+        assert api.get("fleets/berlin").json()["devices"] == 1
+        relabeled = api.put("devices/d1/labels", json={"labels": {"site": "lab"}}).json()
+        assert relabeled["fleet"] is None
+        assert api.get("fleets/berlin").json()["devices"] == 0
+        assert api.put("devices/d1/labels", json={"labels": {"site": "x y"}}).status_code == 422
+    keys = device.request("GET", "/api/v1/agent/enrollment").json()["specKeys"]
+    assert (
+        _open(device.request("GET", "/api/v1/agent/spec").json(), "d1", keys).spec["fleet"] is None
+    )

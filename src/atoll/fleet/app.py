@@ -24,7 +24,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -160,15 +160,14 @@ def create_app(
     # -- fleets ---------------------------------------------------------------
 
     def fleet_out(session: Session, fleet: tables.Fleet) -> models.Fleet:
-        count = 0
-        for device in session.scalars(select(tables.Device)):
-            found = render.fleet_of(session, device.labels)
-            count += found is not None and found.name == fleet.name
+        count = session.scalar(
+            select(func.count()).select_from(tables.Device).where(tables.Device.fleet == fleet.name)
+        )
         return models.Fleet(
             name=fleet.name,
             spec=fleet.spec,
             generation=fleet.generation,
-            devices=count,
+            devices=count or 0,
             created_at=fleet.created_at,
             updated_at=fleet.updated_at,
         )
@@ -202,6 +201,8 @@ def create_app(
                 )
                 event(session, actor, "update", "Fleet", name, generation=fleet.generation)
             session.flush()
+            render.assign_fleets(session)
+            session.flush()
             return fleet_out(session, fleet)
 
     @app.delete("/api/v1/fleets/{name}", status_code=204)
@@ -210,6 +211,8 @@ def create_app(
             fleet = found(session, tables.Fleet, name, "fleet")
             session.delete(fleet)
             event(session, actor, "delete", "Fleet", name)
+            session.flush()
+            render.assign_fleets(session)
         return Response(status_code=204)
 
     # -- channels -------------------------------------------------------------
@@ -259,12 +262,11 @@ def create_app(
     # -- devices --------------------------------------------------------------
 
     def device_out(session: Session, d: tables.Device) -> models.Device:
-        fleet = render.fleet_of(session, d.labels)
         return models.Device(
             name=d.name,
             labels=d.labels,
             state=d.state,
-            fleet=None if fleet is None else fleet.name,
+            fleet=d.fleet,
             spec_version=d.spec_version,
             status=d.status,
             last_seen=d.last_seen,
@@ -297,6 +299,7 @@ def create_app(
             if device.labels != body.labels:
                 event(session, actor, "relabel", "Device", name, labels=body.labels)
                 device.labels = dict(body.labels)
+                render.assign_fleet(session, device)
             return device_out(session, device)
 
     @app.post("/api/v1/devices/{name}/revoke", response_model=models.Device)
@@ -357,6 +360,7 @@ def create_app(
             certificate=certificate,
             cert_not_after=not_after,
         )
+        render.assign_fleet(session, device)
         session.add(device)
         event(session, actor, "approve", "EnrollmentRequest", request.name)
         return device

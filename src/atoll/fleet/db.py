@@ -7,8 +7,9 @@ it commits whole or not at all.
 
 ::
 
-    devices              name, labels, public key, certificate, state,
-                         specVersion/specHash (the last rendered spec), status
+    devices              name, labels, fleet (the one its labels select), public key,
+                         certificate, state, specVersion/specHash (the last rendered
+                         spec), status
     enrollment_requests  name, public key, labels, state (pending/approved/denied)
     enrollment_tokens    sha256 of the secret, one-time or not, expiry, labels
     operator_tokens      sha256 of the secret, role (viewer/operator/admin)
@@ -75,6 +76,8 @@ class Device(Base):
     __tablename__ = "devices"
     name: Mapped[str] = mapped_column(String(253), primary_key=True)
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The fleet whose selector picks it (kept when labels or fleets change).
+    fleet: Mapped[str | None] = mapped_column(String(253), nullable=True, index=True)
     state: Mapped[str] = mapped_column(String(20), default="enrolled")
     public_key: Mapped[str] = mapped_column(Text)
     certificate: Mapped[str] = mapped_column(Text)

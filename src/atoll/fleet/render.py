@@ -33,6 +33,21 @@ def fleet_of(session: Session, labels: dict[str, Any]) -> Fleet | None:
     return None
 
 
+def assign_fleet(session: Session, device: Device) -> None:
+    found = fleet_of(session, device.labels)
+    device.fleet = None if found is None else found.name
+
+
+def assign_fleets(session: Session) -> None:
+    """Recompute every device's fleet (after a fleet was made, changed or deleted)."""
+    fleets = [
+        (f.name, parse_selector(f.spec["selector"]))
+        for f in session.scalars(select(Fleet).order_by(Fleet.name))
+    ]
+    for device in session.scalars(select(Device)):
+        device.fleet = next((n for n, sel in fleets if sel.matches(device.labels)), None)
+
+
 def resolve_os(session: Session, os: dict[str, Any] | None) -> str | None:
     """``REPO@DIGEST`` for an OS template (a channel's current digest), or None."""
     if not os:
@@ -44,7 +59,7 @@ def resolve_os(session: Session, os: dict[str, Any] | None) -> str | None:
 
 
 def render(session: Session, device: Device) -> dict[str, Any]:
-    fleet = fleet_of(session, device.labels)
+    fleet = None if device.fleet is None else session.get(Fleet, device.fleet)
     if fleet is None:
         return {"fleet": None, "os": None, "units": {}, "files": [], "updatePolicy": None}
     template = fleet.spec["template"]

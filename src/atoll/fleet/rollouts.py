@@ -41,19 +41,13 @@ from sqlalchemy.orm import Session
 
 from atoll.errors import FleetConflictError, FleetNotFoundError
 from atoll.fleet.db import Device, Fleet, Rollout, RolloutDevice, utcnow
-from atoll.fleet.render import ACTIVE_ROLLOUT, fleet_of, resolve_os
+from atoll.fleet.render import ACTIVE_ROLLOUT, resolve_os
 from atoll.updates.cron import CronExpression
 
 
 def _fleet_devices(session: Session, fleet: Fleet) -> list[str]:
-    names = []
-    for device in session.scalars(
-        select(Device).where(Device.state == "enrolled").order_by(Device.name)
-    ):
-        found = fleet_of(session, device.labels)
-        if found is not None and found.name == fleet.name:
-            names.append(device.name)
-    return names
+    query = select(Device.name).where(Device.state == "enrolled", Device.fleet == fleet.name)
+    return list(session.scalars(query.order_by(Device.name)))
 
 
 def batch_sizes(batches: list[dict[str, Any]], total: int) -> list[int]:
@@ -156,11 +150,10 @@ def _members(session: Session, name: str, batch: int | None = None) -> list[Roll
 
 def reconcile_for(session: Session, device: Device) -> None:
     """Reconcile the rollout *device*'s fleet is in, if one is running."""
-    fleet = fleet_of(session, device.labels)
-    if fleet is None:
+    if device.fleet is None:
         return
     name = session.scalars(
-        select(Rollout.name).where(Rollout.fleet == fleet.name, Rollout.state == "running")
+        select(Rollout.name).where(Rollout.fleet == device.fleet, Rollout.state == "running")
     ).first()
     if name is not None:
         reconcile(session, _lock(session, name))

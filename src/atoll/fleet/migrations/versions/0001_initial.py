@@ -32,6 +32,7 @@ def upgrade() -> None:
         "devices",
         sa.Column("name", sa.String(length=253), nullable=False),
         sa.Column("labels", sa.JSON(), nullable=False),
+        sa.Column("fleet", sa.String(length=253), nullable=True),
         sa.Column("state", sa.String(length=20), nullable=False),
         sa.Column("public_key", sa.Text(), nullable=False),
         sa.Column("certificate", sa.Text(), nullable=False),
@@ -45,6 +46,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+    op.create_index("ix_devices_fleet", "devices", ["fleet"])
     op.create_table(
         "enrollment_tokens",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
