@@ -244,13 +244,13 @@ def test_serve_answers_and_stops_cleanly(
             sys.executable,
             "-m",
             "atoll",
-            "-v",
             "fleet",
             "serve",
             "--db",
             db,
             "--listen",
             f"127.0.0.1:{port}",
+            "--log-json",
         ],
         env=env,
         stdin=subprocess.DEVNULL,
@@ -274,5 +274,8 @@ def test_serve_answers_and_stops_cleanly(
         _, stderr = server.communicate(timeout=30)
     # uvicorn finishes the requests under way, then dies of the signal it caught.
     assert server.returncode in (0, -signal.SIGTERM), stderr
-    assert b"Finished server process" in stderr
-    assert b"Traceback" not in stderr
+    logs = [json.loads(line) for line in stderr.decode().splitlines()]
+    assert {"route": "/readyz", "status": 200} in [
+        {"route": e.get("route"), "status": e.get("status")} for e in logs
+    ]
+    assert any(e["message"] == f"Finished server process [{server.pid}]" for e in logs), logs

@@ -416,3 +416,22 @@ def test_labels_and_fleets_decide_a_devices_fleet(
     assert (
         _open(device.request("GET", "/api/v1/agent/spec").json(), "d1", keys).spec["fleet"] is None
     )
+
+
+@pytest.mark.parametrize("fleet_db", ["sqlite"], indirect=True)
+def test_metrics(fleet_server: FleetServer, tmp_path: Path) -> None:
+    with operator(fleet_server) as api:
+        api.put("fleets/edge", json={"selector": "", "template": {}})
+        enrolled(fleet_server, tmp_path, "d1")
+        for _ in range(3):
+            api.get("fleets/edge")
+        api.get("fleets/nope")
+    text = httpx.get(f"{fleet_server.url}/metrics").text
+    lines = set(text.splitlines())
+    route = 'route="/api/v1/fleets/{name}"'
+    assert f'atoll_fleet_requests_total{{method="GET",{route},status="200"}} 3' in lines
+    assert f'atoll_fleet_requests_total{{method="GET",{route},status="404"}} 1' in lines
+    assert f'atoll_fleet_requests_total{{method="PUT",{route},status="200"}} 1' in lines
+    assert f"atoll_fleet_request_duration_seconds_count{{{route}}} 5" in lines
+    assert f'atoll_fleet_request_duration_seconds_bucket{{{route},le="+Inf"}} 5' in lines
+    assert 'atoll_fleet_devices{state="enrolled"} 1' in lines

@@ -40,6 +40,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="DURATION",
         help="how long a signed spec stays valid (default 7d; a device keeps what it runs past it)",
     )
+    serve.add_argument(
+        "--log-json",
+        action="store_true",
+        help="log to stderr as JSON lines, one per request included",
+    )
     serve.set_defaults(func=_serve)
 
     database = verbs.add_parser("db", help="the server's database")
@@ -217,13 +222,15 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--listen {args.listen!r} is not HOST:PORT")
-    out.info(f"fleet server on http://{host}:{port}")
+    if not args.log_json:
+        out.info(f"fleet server on http://{host}:{port}")
     serve(
         args.db,
         host,
         int(port),
         spec_lifetime=datetime.timedelta(seconds=args.spec_lifetime),
         log_level="debug" if out.debug else "info" if out.verbose else "warning",
+        json_logs=args.log_json,
     )
     return 0
 

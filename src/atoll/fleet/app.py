@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -34,7 +36,10 @@ from atoll.agent import wire
 from atoll.fleet import auth, keys, models, render, rollouts
 from atoll.fleet import db as tables
 from atoll.fleet.db import transaction, utcnow
+from atoll.fleet.metrics import Metrics
 from atoll.fleet.selector import parse_selector
+
+access_log = logging.getLogger("atoll.fleet.access")
 
 #: The largest request body accepted.
 MAX_BODY = 1 << 20
@@ -89,6 +94,33 @@ def create_app(
 ) -> FastAPI:
     app = FastAPI(title="atoll fleet", version="1", docs_url=None, redoc_url=None)
     app.state.factory = factory
+    measured = Metrics()
+
+    @app.middleware("http")
+    async def _measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        seconds = time.perf_counter() - start
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        measured.observe(request.method, route, response.status_code, seconds)
+        access_log.info(
+            "%s %s %d",
+            request.method,
+            route,
+            response.status_code,
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "route": route,
+                    "path": request.url.path,
+                    "status": response.status_code,
+                    "durationMs": round(seconds * 1000, 3),
+                }
+            },
+        )
+        return response
 
     @app.middleware("http")
     async def _limit_body(
@@ -150,6 +182,26 @@ def create_app(
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        with tx() as session:
+            devices = session.execute(
+                select(tables.Device.state, func.count()).group_by(tables.Device.state)
+            ).all()
+            members = session.execute(
+                select(tables.RolloutDevice.rollout, tables.RolloutDevice.state, func.count())
+                .join(tables.Rollout, tables.Rollout.name == tables.RolloutDevice.rollout)
+                .where(tables.Rollout.state.in_(render.ACTIVE_ROLLOUT))
+                .group_by(tables.RolloutDevice.rollout, tables.RolloutDevice.state)
+            ).all()
+        gauges: dict[str, dict[tuple[tuple[str, str], ...], int]] = {
+            "atoll_fleet_devices": {(("state", state),): count for state, count in devices},
+            "atoll_fleet_rollout_devices": {
+                (("rollout", rollout), ("state", state)): count for rollout, state, count in members
+            },
+        }
+        return Response(measured.render(gauges), media_type="text/plain; version=0.0.4")
 
     @app.get("/readyz")
     def readyz() -> dict[str, str]:

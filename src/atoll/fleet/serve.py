@@ -48,12 +48,29 @@ def serve(
     *,
     spec_lifetime: datetime.timedelta,
     log_level: str = "warning",
+    json_logs: bool = False,
 ) -> None:
+    """Serve the API until SIGINT or SIGTERM; uvicorn finishes the requests under
+    way first.  *json_logs*: every record, one line per request included, as JSON."""
+    import logging
+
     import uvicorn
+
+    from atoll.fleet.logs import log_as_json
 
     engine = ready_engine(url)
     app = create_app(session_factory(engine), spec_lifetime=spec_lifetime)
+    if json_logs:
+        log_level = "debug" if log_level == "debug" else "info"
+        log_as_json(logging.getLevelName(log_level.upper()))
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            log_config=None if json_logs else uvicorn.config.LOGGING_CONFIG,
+        )
     finally:
         engine.dispose()
