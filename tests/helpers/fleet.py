@@ -30,6 +30,8 @@ class Postgres:
     directory: Path
     port: int
     user: str
+    #: Tests run without fsync; a benchmark may want the real cost.
+    fsync: bool = False
 
     def url(self, database: str) -> str:
         return f"postgresql://atoll@127.0.0.1:{self.port}/{database}"
@@ -50,7 +52,8 @@ class Postgres:
         if action == "start":
             argv += [
                 "-o",
-                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.directory} -c fsync=off",
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.directory} "
+                f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200",
             ]
         subprocess.run(self._as_owner(argv), check=True, capture_output=True, timeout=60)
 
@@ -63,40 +66,37 @@ class Postgres:
         return self.url(name)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    if not (PG_BIN / "initdb").exists():
-        missing("PostgreSQL is not installed (apt-get install postgresql)")
+def start_postgres(*, fsync: bool = False) -> Postgres:
+    """A PostgreSQL cluster in a new temporary directory, started on a free
+    loopback port (stop it with ``ctl("stop")`` and remove ``directory``)."""
     user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     directory = Path(tempfile.mkdtemp(prefix="atoll-pg-"))
     if os.geteuid() == 0:
         shutil.chown(directory, user)
-    server = Postgres(directory, free_port(), user)
+    server = Postgres(directory, free_port(), user, fsync)
     subprocess.run(
         server._as_owner(
-            [
-                str(PG_BIN / "initdb"),
-                "-D",
-                str(directory / "data"),
-                "-U",
-                "atoll",
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ]
+            [str(PG_BIN / "initdb"), "-D", str(directory / "data"), "-U", "atoll",
+             "-A", "trust", "--no-sync", "-E", "UTF8"]
         ),
         check=True,
         capture_output=True,
         timeout=120,
-    )
+    )  # fmt: skip
     server.ctl("start")
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    if not (PG_BIN / "initdb").exists():
+        missing("PostgreSQL is not installed (apt-get install postgresql)")
+    server = start_postgres()
     try:
         yield server
     finally:
         server.ctl("stop")
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(server.directory, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -681,9 +681,9 @@ def create_app(
         return Response(json.dumps(envelope), media_type="application/json")
 
     def report(headers: dict[str, str], target: str, body: bytes) -> None:
-        status = parse(models.DeviceStatus, body)
         with tx() as session:
             device = auth.device(session, headers, "PUT", target, body)
+            status = parse(models.DeviceStatus, body)
             device.status = status.model_dump(by_alias=True)
             device.status_at = utcnow()
             session.flush()

@@ -193,8 +193,10 @@ def open_engine(url: str) -> Engine:
             f"database {url!r}: not a sqlite:/// or postgresql:// URL",
             hint="e.g. --db sqlite:///var/lib/atoll-fleet/fleet.db",
         )
+    # PostgreSQL: as many connections as the threads that serve requests (40).
+    pool = {"pool_size": 20, "max_overflow": 20} if url.startswith("postgresql") else {}
     try:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, **pool)
     except Exception as exc:
         raise FleetDatabaseError(f"database {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
