@@ -18,7 +18,7 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -74,6 +74,60 @@ def _describe(exc: RequestValidationError | ValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
+class _Edge:
+    """The outermost layer (plain ASGI, no per-request task): refuses a body
+    over :data:`MAX_BODY` from its Content-Length, and measures and logs every
+    answer."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            refusal = _problem(413, f"the request body is larger than {MAX_BODY} bytes")
+            await refusal(scope, receive, send)
+            self._record(scope, 413, time.perf_counter() - start)
+            return
+        status = 500
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self._record(scope, status, time.perf_counter() - start)
+
+    def _record(self, scope: Any, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        self.metrics.observe(scope["method"], route, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %d",
+                scope["method"],
+                route,
+                status,
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "route": route,
+                        "path": scope["path"],
+                        "status": status,
+                        "durationMs": round(seconds * 1000, 3),
+                    }
+                },
+            )
+
+
 def _operator(need: models.Role) -> Callable[..., str]:
     def check(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
         with transaction(request.app.state.factory) as session:
@@ -95,41 +149,7 @@ def create_app(
     app = FastAPI(title="atoll fleet", version="1", docs_url=None, redoc_url=None)
     app.state.factory = factory
     measured = Metrics()
-
-    @app.middleware("http")
-    async def _measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        seconds = time.perf_counter() - start
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        measured.observe(request.method, route, response.status_code, seconds)
-        access_log.info(
-            "%s %s %d",
-            request.method,
-            route,
-            response.status_code,
-            extra={
-                "fields": {
-                    "method": request.method,
-                    "route": route,
-                    "path": request.url.path,
-                    "status": response.status_code,
-                    "durationMs": round(seconds * 1000, 3),
-                }
-            },
-        )
-        return response
-
-    @app.middleware("http")
-    async def _limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return _problem(413, f"the request body is larger than {MAX_BODY} bytes")
-        return await call_next(request)
+    app.add_middleware(_Edge, metrics=measured)
 
     @app.exception_handler(errors.AtollError)
     async def _atoll_error(_: Request, exc: errors.AtollError) -> JSONResponse:
