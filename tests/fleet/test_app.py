@@ -127,6 +127,7 @@ def test_bodies_and_credentials_refused(fleet_server: FleetServer) -> None:
     with operator(fleet_server, "atf_nobody") as api:
         assert api.get("fleets").status_code == 401
     assert httpx.get(f"{fleet_server.url}/api/v1/fleets").status_code == 401
+    assert httpx.get(f"{fleet_server.url}/api/v1/nothing").json() == {"error": "Not Found"}
     assert httpx.get(f"{fleet_server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{fleet_server.url}/readyz").json() == {"status": "ready"}
 

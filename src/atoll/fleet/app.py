@@ -30,6 +30,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atoll import errors
 from atoll.agent import wire
@@ -155,6 +156,10 @@ def create_app(
     async def _atoll_error(_: Request, exc: errors.AtollError) -> JSONResponse:
         status = 403 if isinstance(exc, auth.RoleError) else STATUS.get(type(exc), 400)
         return _problem(status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _problem(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
