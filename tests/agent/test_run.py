@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +33,17 @@ def api(server: FleetServer) -> httpx.Client:
         headers={"Authorization": f"Bearer {server.token}"},
         timeout=30,
     )
+
+
+@SQLITE
+def auto_enrolled(
+    server: FleetServer, client: httpx.Client, tmp_path: Path, name: str, template: Any
+) -> AgentState:
+    """A device enrolled through a fleet that approves every device at once."""
+    client.put("fleets/edge", json={"selector": "", "template": template, "autoApprove": True})
+    state = AgentState(tmp_path / "agent")
+    enroll(state, server.url, client.post("enrollmenttokens", json={}).json()["token"], name, {})
+    return state
 
 
 @SQLITE
@@ -84,11 +96,8 @@ def test_an_os_image_the_device_cannot_stage_fails_the_rollout(
 ) -> None:
     """No sysroot: the spec's OS image cannot be staged; the device says so and is
     never reported up to date, and the rollout pauses on it."""
-    state = AgentState(tmp_path / "agent")
     with api(fleet_server) as client:
-        client.put("fleets/edge", json={"selector": "", "template": {}, "autoApprove": True})
-        token = client.post("enrollmenttokens", json={}).json()["token"]
-        enroll(state, fleet_server.url, token, "dev1", {})
+        state = auto_enrolled(fleet_server, client, tmp_path, "dev1", {})
         agent = Agent(state, root=tmp_path / "root")
         try:
             assert agent.step().applied_version == 1
@@ -112,16 +121,8 @@ def test_an_os_image_the_device_cannot_stage_fails_the_rollout(
 
 @SQLITE
 def test_a_revoked_device_is_refused(fleet_server: FleetServer, tmp_path: Path) -> None:
-    state = AgentState(tmp_path / "agent")
     with api(fleet_server) as client:
-        client.put("fleets/edge", json={"selector": "", "template": {}, "autoApprove": True})
-        enroll(
-            state,
-            fleet_server.url,
-            client.post("enrollmenttokens", json={}).json()["token"],
-            "d",
-            {},
-        )
+        state = auto_enrolled(fleet_server, client, tmp_path, "d", {})
         agent = Agent(state, root=tmp_path / "root")
         try:
             agent.step()
@@ -168,16 +169,8 @@ def test_the_os_image_waits_for_the_download_window(
     closed_hour = (datetime.datetime.now(datetime.UTC).hour + 12) % 24
     policy = {"policy": "stage", "download": {"window": f"* {closed_hour} * * *"}}
     template = {"os": {"image": f"reg/os@{DIGEST}"}, "updatePolicy": policy}
-    state = AgentState(tmp_path / "agent")
     with api(fleet_server) as client:
-        client.put("fleets/edge", json={"selector": "", "template": template, "autoApprove": True})
-        enroll(
-            state,
-            fleet_server.url,
-            client.post("enrollmenttokens", json={}).json()["token"],
-            "d",
-            {},
-        )
+        state = auto_enrolled(fleet_server, client, tmp_path, "d", template)
         agent = Agent(state, root=tmp_path / "root")
         try:
             result = agent.step()
@@ -195,16 +188,8 @@ def test_the_certificate_is_renewed_before_it_ends(
 ) -> None:
     import datetime
 
-    state = AgentState(tmp_path / "agent")
     with api(fleet_server) as client:
-        client.put("fleets/edge", json={"selector": "", "template": {}, "autoApprove": True})
-        enroll(
-            state,
-            fleet_server.url,
-            client.post("enrollmenttokens", json={}).json()["token"],
-            "d",
-            {},
-        )
+        state = auto_enrolled(fleet_server, client, tmp_path, "d", {})
         agent = Agent(state, root=tmp_path / "root")
         try:
             agent.step()

@@ -619,6 +619,14 @@ def create_app(
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return dict(request.headers), target, body
 
+    def approved(device: tables.Device, found: keys.ServerKeys) -> models.Enrollment:
+        return models.Enrollment(
+            state="approved",
+            certificate=device.certificate,
+            ca_certificate=found.ca_pem,
+            spec_keys=list(found.spec_public_keys),
+        )
+
     def enrollment_status(headers: dict[str, str], target: str, body: bytes) -> models.Enrollment:
         name = headers.get(wire.HEADER_DEVICE.lower(), "")
         with tx() as session:
@@ -636,13 +644,7 @@ def create_app(
                     raise errors.FleetAuthError(f"the signature is not device {name!r}'s")
                 return models.Enrollment(state=request.state)
             device = auth.device(session, headers, "GET", target, body)
-            found = server_keys(session)
-            return models.Enrollment(
-                state="approved",
-                certificate=device.certificate,
-                ca_certificate=found.ca_pem,
-                spec_keys=list(found.spec_public_keys),
-            )
+            return approved(device, server_keys(session))
 
     @app.get("/api/v1/agent/enrollment", response_model=models.Enrollment)
     async def agent_enrollment(request: Request) -> models.Enrollment:
@@ -658,12 +660,7 @@ def create_app(
                 found, device.name, public
             )
             event(session, f"device:{device.name}", "renew", "Device", device.name)
-            return models.Enrollment(
-                state="approved",
-                certificate=device.certificate,
-                ca_certificate=found.ca_pem,
-                spec_keys=list(found.spec_public_keys),
-            )
+            return approved(device, found)
 
     @app.post("/api/v1/agent/certificate", response_model=models.Enrollment)
     async def agent_certificate(request: Request) -> models.Enrollment:
