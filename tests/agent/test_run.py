@@ -35,7 +35,6 @@ def api(server: FleetServer) -> httpx.Client:
     )
 
 
-@SQLITE
 def auto_enrolled(
     server: FleetServer, client: httpx.Client, tmp_path: Path, name: str, template: Any
 ) -> AgentState:
