@@ -460,8 +460,13 @@ class FleetUnavailableError(AtollError):
 class FleetAuthError(AtollError):
     exit_code = 102
     summary = (
-        "the fleet server refused the credentials (no token, a wrong one, or too small a role)"
+        "the fleet server refused the credentials (no token, an unknown one, or a revoked device)"
     )
+
+
+class FleetRoleError(AtollError):
+    exit_code = 109
+    summary = "the operator's token is valid but its role is too small for the request"
 
 
 class FleetNotFoundError(AtollError):

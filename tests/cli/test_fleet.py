@@ -217,7 +217,7 @@ def test_credentials_and_an_absent_server(
         "--token",
         viewer.strip(),
     )
-    assert (code, "is a viewer; this needs operator" in err) == (102, True)
+    assert (code, "is a viewer; this needs operator" in err) == (109, True)
     code, _, err = atoll(
         capsys, None, "fleet", "list", "fleets", "--server", f"http://127.0.0.1:{free_port()}"
     )

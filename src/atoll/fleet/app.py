@@ -50,6 +50,7 @@ POLL_STEP = 0.5
 
 STATUS = {
     errors.FleetAuthError: 401,
+    errors.FleetRoleError: 403,
     errors.FleetNotFoundError: 404,
     errors.FleetConflictError: 409,
     errors.FleetSpecError: 422,
@@ -154,7 +155,7 @@ def create_app(
 
     @app.exception_handler(errors.AtollError)
     async def _atoll_error(_: Request, exc: errors.AtollError) -> JSONResponse:
-        status = 403 if isinstance(exc, auth.RoleError) else STATUS.get(type(exc), 400)
+        status = STATUS.get(type(exc), 400)
         return _problem(status, exc.message)
 
     @app.exception_handler(StarletteHTTPException)

@@ -16,16 +16,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from atoll.agent import wire
-from atoll.errors import FleetAuthError
+from atoll.errors import FleetAuthError, FleetRoleError
 from atoll.fleet.db import Device, OperatorToken, utcnow
 from atoll.fleet.models import Role
 
 RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 TOKEN_PREFIX = "atf_"
-
-
-class RoleError(FleetAuthError):
-    """A known operator whose role is too small (403, where an unknown one is 401)."""
 
 
 def new_secret() -> str:
@@ -58,7 +54,7 @@ def operator(session: Session, authorization: str | None, need: Role) -> str:
     if token is None:
         raise FleetAuthError("the operator token is not known to this server")
     if RANK[Role(token.role)] < RANK[need]:
-        raise RoleError(f"token {token.name!r} is a {token.role}; this needs {need.value}")
+        raise FleetRoleError(f"token {token.name!r} is a {token.role}; this needs {need.value}")
     return f"operator:{token.name}"
 
 

@@ -21,7 +21,7 @@ DEFAULT_SERVER = "http://127.0.0.1:8470"
 
 _BY_STATUS: dict[int, type[errors.AtollError]] = {
     401: errors.FleetAuthError,
-    403: errors.FleetAuthError,
+    403: errors.FleetRoleError,
     404: errors.FleetNotFoundError,
     409: errors.FleetConflictError,
     413: errors.FleetSpecError,
