@@ -202,3 +202,47 @@ def test_the_certificate_is_renewed_before_it_ends(
         renewed = (state.read("enrollment.json") or {})["certificate"]
         assert renewed != first
         assert client.get("events").json()[0]["action"] == "renew"
+
+
+@SQLITE
+def test_a_rotated_spec_key_is_learned_from_signed_specs(
+    fleet_server: FleetServer, tmp_path: Path
+) -> None:
+    import datetime
+
+    from atoll.agent import wire
+    from atoll.errors import SpecTrustError
+    from atoll.fleet.db import open_engine, session_factory, transaction
+    from atoll.fleet.keys import load_keys
+    from atoll.fleet.serve import rotate_keys
+
+    def signing_key() -> Any:
+        engine = open_engine(fleet_server.db)
+        with transaction(session_factory(engine)) as session:
+            found = load_keys(session)
+        engine.dispose()
+        assert found is not None
+        return found.spec_key
+
+    with api(fleet_server) as client:
+        state = auto_enrolled(fleet_server, client, tmp_path, "d", {})
+    agent = Agent(state, root=tmp_path / "root")
+    try:
+        assert agent.step().applied_version == 1
+        old = signing_key()
+        assert rotate_keys(fleet_server.db).startswith("announced spec key ")
+        assert (agent.step(wait=5).update, len(agent._spec_keys())) == ("applied", 2)
+        assert rotate_keys(fleet_server.db).endswith("now signs; the old one is retired")
+        result = agent.step(wait=5)
+        assert (result.update, result.applied_version) == ("applied", 3)
+        assert list(agent._spec_keys()) == [wire.key_id(signing_key().public_key())]
+        now = datetime.datetime.now(datetime.UTC)
+        forged = wire.seal_spec(
+            old,
+            {"device": "d", "version": 9, "issuedAt": now.isoformat(),
+             "expiresAt": (now + datetime.timedelta(days=1)).isoformat(), "spec": {}},
+        )  # fmt: skip
+        with pytest.raises(SpecTrustError, match="which the server did not give this device"):
+            wire.open_spec(forged, agent._spec_keys(), device="d", applied_version=3, now=now)
+    finally:
+        agent.close()

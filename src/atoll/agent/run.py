@@ -153,6 +153,15 @@ class Agent:
         cert = x509.load_pem_x509_certificate(str(saved["certificate"]).encode())
         return cert.not_valid_after_utc
 
+    def _learn_keys(self, announced: Any) -> None:
+        """Trust the spec keys a trusted spec lists (the server's rotation)."""
+        if not isinstance(announced, list) or not announced:
+            return
+        keys = [wire.load_public_key(pem) for pem in announced if isinstance(pem, str)]
+        saved = self.state.read("enrollment.json") or {}
+        if keys and saved.get("specKeys") != announced:
+            self.state.write("enrollment.json", {**saved, "specKeys": announced})
+
     def _spec_keys(self) -> dict[str, Any]:
         saved = self.state.read("enrollment.json") or {}
         keys = [wire.load_public_key(pem) for pem in saved.get("specKeys", [])]
@@ -245,6 +254,7 @@ class Agent:
             except errors.SpecTrustError as exc:
                 update, reason = "failed", exc.message
             else:
+                self._learn_keys(opened.payload.get("specKeys"))
                 if opened.version > self.state.applied_version():
                     self.state.write(
                         "pending.json",

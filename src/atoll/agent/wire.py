@@ -19,6 +19,7 @@ is refused, so a captured request cannot be replayed.
     {"format": 1, "keyId": KEYID, "payload": BASE64(canonical JSON), "signature": BASE64}
 
     payload = {"device": NAME, "version": N, "issuedAt": ISO-8601, "expiresAt": ISO-8601,
+               "specKeys": [PEM, ...],   # the keys the device trusts from now on
                "spec": {"os": {"image": REF@DIGEST} | null, "units": {...}, "files": [...],
                         "updatePolicy": {...} | null}}
 

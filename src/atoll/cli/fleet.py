@@ -57,6 +57,20 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     _db_option(upgrade)
     upgrade.set_defaults(func=_db_upgrade)
 
+    server_keys = verbs.add_parser("keys", help="the server's signing keys")
+    keys_verbs = server_keys.add_subparsers(dest="keys_command", metavar="COMMAND")
+    keys_verbs.required = True
+    rotate = keys_verbs.add_parser(
+        "rotate",
+        help="rotate the spec-signing key, one step per run",
+        description="The first run makes the next key and announces it in every device's "
+        "signed spec; the second, once devices have polled, makes it sign and retires the "
+        "old one.",
+    )
+    add_global_options(rotate, progress=False)
+    _db_option(rotate)
+    rotate.set_defaults(func=_keys_rotate)
+
     token = verbs.add_parser("token", help="operator tokens")
     token_verbs = token.add_subparsers(dest="token_command", metavar="COMMAND")
     token_verbs.required = True
@@ -240,6 +254,14 @@ def _db_upgrade(args: argparse.Namespace, out: Output) -> int:
 
     result = upgrade_database(args.db)
     out.result(result, f"database at schema {result['to']} (was {result['from'] or 'empty'})")
+    return 0
+
+
+def _keys_rotate(args: argparse.Namespace, out: Output) -> int:
+    from atoll.fleet.serve import rotate_keys
+
+    done = rotate_keys(args.db)
+    out.result({"rotation": done}, done)
     return 0
 
 

@@ -679,10 +679,11 @@ def create_app(
                 device = get_device_row(session, name, lock=True)
                 if device.state != "enrolled":
                     raise errors.FleetAuthError(f"device {name!r} is {device.state}: refused")
-            spec = render.refresh_spec(session, device)
+            found_keys = server_keys(session)
+            spec = render.refresh_spec(session, device, found_keys)
             if device.spec_version == known:
                 return None
-            return render.signed_spec(server_keys(session), device, spec, utcnow(), spec_lifetime)
+            return render.signed_spec(found_keys, device, spec, utcnow(), spec_lifetime)
 
     @app.get("/api/v1/agent/spec", responses={204: {"description": "unchanged"}})
     async def agent_spec(

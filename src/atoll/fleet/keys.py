@@ -6,6 +6,7 @@ database must be protected as the keys are (docs/fleet.md)."""
 from __future__ import annotations
 
 import datetime
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -20,6 +21,8 @@ from atoll.fleet.db import ServerKey, utcnow
 
 CA = "ca"
 SPEC = "spec"
+#: A spec key announced to devices (in signed specs) before it signs.
+SPEC_NEXT = "spec-next"
 CA_LIFETIME = datetime.timedelta(days=3650)
 #: A device certificate's life; the agent renews it before the end (not yet: see docs/fleet.md).
 DEVICE_CERT_LIFETIME = datetime.timedelta(days=365)
@@ -65,16 +68,47 @@ def load_keys(session: Session) -> ServerKeys | None:
         select(ServerKey).where(ServerKey.active).order_by(ServerKey.id.desc())
     ).all()
     ca = next((r for r in rows if r.purpose == CA), None)
-    specs = [r for r in rows if r.purpose == SPEC]
-    if ca is None or not specs:
+    specs = [r for r in rows if r.purpose == SPEC] + [r for r in rows if r.purpose == SPEC_NEXT]
+    if ca is None or not specs or specs[0].purpose != SPEC:
         return None
-    spec_keys = [wire.load_private_key(r.private_pem.encode()) for r in specs]
+    spec_keys = [_private_key(r.private_pem) for r in specs]
     return ServerKeys(
-        ca_key=wire.load_private_key(ca.private_pem.encode()),
+        ca_key=_private_key(ca.private_pem),
         ca_certificate=x509.load_pem_x509_certificate(ca.certificate.encode()),
         spec_key=spec_keys[0],
         spec_public_keys=tuple(wire.public_key_pem(k.public_key()) for k in spec_keys),
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _private_key(pem: str) -> ec.EllipticCurvePrivateKey:
+    # Parsed once per process: every poll needs the keys.
+    return wire.load_private_key(pem.encode())
+
+
+def rotate_spec_key(session: Session) -> str:
+    """One step of a rotation of the spec key; what it did.
+
+    Step 1 makes the next key and announces it: every device's signed spec
+    lists it, so devices learn it from a key they already trust.  Step 2 (run
+    once devices have polled) makes it the signing key and retires the old one,
+    which devices then stop trusting."""
+    rows = session.scalars(
+        select(ServerKey)
+        .where(ServerKey.active, ServerKey.purpose.in_((SPEC, SPEC_NEXT)))
+        .with_for_update()
+    ).all()
+    upcoming = [r for r in rows if r.purpose == SPEC_NEXT]
+    if not upcoming:
+        key = wire.generate_key()
+        session.add(ServerKey(purpose=SPEC_NEXT, private_pem=wire.private_key_pem(key).decode()))
+        return f"announced spec key {wire.key_id(key.public_key())[:16]}"
+    for row in rows:
+        if row.purpose == SPEC:
+            row.active = False
+    upcoming[0].purpose = SPEC
+    key = wire.load_private_key(upcoming[0].private_pem.encode())
+    return f"spec key {wire.key_id(key.public_key())[:16]} now signs; the old one is retired"
 
 
 def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:

@@ -85,10 +85,13 @@ def render(session: Session, device: Device) -> dict[str, Any]:
     }
 
 
-def refresh_spec(session: Session, device: Device) -> dict[str, Any]:
-    """Render *device*'s spec and move its version on when the spec changed."""
+def refresh_spec(session: Session, device: Device, keys: ServerKeys) -> dict[str, Any]:
+    """Render *device*'s spec and move its version on when the spec, or the set
+    of spec keys it announces, changed."""
     spec = render(session, device)
-    digest = hashlib.sha256(wire.canonical_json(spec)).hexdigest()
+    digest = hashlib.sha256(
+        wire.canonical_json({"spec": spec, "keys": list(keys.spec_public_keys)})
+    ).hexdigest()
     if digest != device.spec_hash:
         device.spec_hash = digest
         device.spec_version += 1
@@ -107,6 +110,7 @@ def signed_spec(
         "version": device.spec_version,
         "issuedAt": now.isoformat(),
         "expiresAt": (now + lifetime).isoformat(),
+        "specKeys": list(keys.spec_public_keys),
         "spec": spec,
     }
     return wire.seal_spec(keys.spec_key, payload)

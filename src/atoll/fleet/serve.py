@@ -35,6 +35,17 @@ def create_token(url: str, name: str, role: Role) -> str:
         engine.dispose()
 
 
+def rotate_keys(url: str) -> str:
+    """One step of a rotation of the spec-signing key (see keys.rotate_spec_key)."""
+    engine = open_engine(url)
+    try:
+        migrate.require_head(engine)
+        with transaction(session_factory(engine)) as session:
+            return keys.rotate_spec_key(session)
+    finally:
+        engine.dispose()
+
+
 def ready_engine(url: str) -> Engine:
     engine = open_engine(url)
     migrate.require_head(engine)
