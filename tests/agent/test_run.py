@@ -246,3 +246,20 @@ def test_a_rotated_spec_key_is_learned_from_signed_specs(
             wire.open_spec(forged, agent._spec_keys(), device="d", applied_version=3, now=now)
     finally:
         agent.close()
+
+
+@SQLITE
+def test_a_denied_enrollment_stops_the_agent(fleet_server: FleetServer, tmp_path: Path) -> None:
+    state = AgentState(tmp_path / "agent")
+    with api(fleet_server) as client:
+        token = client.post("enrollmenttokens", json={}).json()["token"]
+        enroll(state, fleet_server.url, token, "d", {})
+        agent = Agent(state, root=tmp_path / "root")
+        try:
+            assert agent.step().enrollment == "pending"
+            assert client.post("enrollmentrequests/d/deny").json()["state"] == "denied"
+            assert client.post("enrollmentrequests/d/approve").status_code == 409
+            with pytest.raises(EnrollmentError, match="the enrollment was denied"):
+                agent.step()
+        finally:
+            agent.close()
