@@ -437,3 +437,28 @@ def test_metrics(fleet_server: FleetServer, tmp_path: Path) -> None:
     assert f"atoll_fleet_request_duration_seconds_count{{{route}}} 5" in lines
     assert f'atoll_fleet_request_duration_seconds_bucket{{{route},le="+Inf"}} 5' in lines
     assert 'atoll_fleet_devices{state="enrolled"} 1' in lines
+
+
+def test_the_reconciler_moves_rollouts_between_requests(
+    fleet_server: FleetServer, tmp_path: Path
+) -> None:
+    import time
+
+    with operator(fleet_server) as api:
+        api.put("fleets/edge", json={**FLEET, "template": {"os": {"image": f"reg/os@{DIGEST_A}"}}})
+        enrolled(fleet_server, tmp_path, "d1", site="berlin")
+        body = {
+            "fleet": "edge",
+            "os": {"image": f"reg/os@{DIGEST_B}"},
+            "batches": [{"count": 1}],
+            "deviceTimeout": 600,
+        }
+        assert api.put("rollouts/r1", json=body).status_code == 201
+        age_releases(fleet_server.db, "r1")  # d1 never reports
+        deadline = time.monotonic() + 30
+        # The list does not reconcile: only the server's own reconciler can pause it.
+        while (listed := api.get("rollouts").json()[0])["state"] == "running":
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.1)
+    assert listed["state"] == "paused"
+    assert "d1: no green boot of the target within 600 s" in listed["reason"]

@@ -125,9 +125,9 @@ class _Server(threading.Thread):
         from atoll.fleet.serve import ready_engine
 
         self.engine = ready_engine(db)
-        app = create_app(session_factory(self.engine))
+        app = create_app(session_factory(self.engine), reconcile_every=0.2)
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         )
 
     def run(self) -> None:

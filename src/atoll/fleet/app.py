@@ -18,8 +18,8 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -41,6 +41,9 @@ from atoll.fleet.metrics import Metrics
 from atoll.fleet.selector import parse_selector
 
 access_log = logging.getLogger("atoll.fleet.access")
+log = logging.getLogger(__name__)
+#: How often each process reconciles the running rollouts, in seconds.
+RECONCILE_EVERY = 15.0
 
 #: The largest request body accepted.
 MAX_BODY = 1 << 20
@@ -130,6 +133,23 @@ class _Edge:
             )
 
 
+async def _reconciler(factory: sessionmaker[Session], every: float) -> None:
+    """Reconcile running rollouts every *every* seconds, between requests too.
+    Each process runs one; ``SKIP LOCKED`` keeps two off the same rollout."""
+
+    def once() -> None:
+        with transaction(factory) as session:
+            rollouts.reconcile_due(session)
+
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await run_in_threadpool(once)
+        except (errors.AtollError, DBAPIError) as exc:
+            # The database is down or a rollout cannot move: the next round tries again.
+            log.warning("rollout reconciliation: %s", exc)
+
+
 def _operator(need: models.Role) -> Callable[..., str]:
     def check(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
         with transaction(request.app.state.factory) as session:
@@ -147,8 +167,21 @@ def create_app(
     factory: sessionmaker[Session],
     *,
     spec_lifetime: datetime.timedelta = datetime.timedelta(days=7),
+    reconcile_every: float = RECONCILE_EVERY,
 ) -> FastAPI:
-    app = FastAPI(title="atoll fleet", version="1", docs_url=None, redoc_url=None)
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_reconciler(factory, reconcile_every))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="atoll fleet", version="1", docs_url=None, redoc_url=None, lifespan=lifespan
+    )
     app.state.factory = factory
     measured = Metrics()
     app.add_middleware(_Edge, metrics=measured)

@@ -5,9 +5,11 @@ given (``count`` or ``percent`` of the fleet; what is left over forms one last
 batch).  Batch 0 is released at once: its devices render the target image.
 
 :func:`reconcile` runs in the transaction of every device status report and
-of every operator action on the rollout, with the rollout's row locked
-(``SELECT … FOR UPDATE`` on PostgreSQL; SQLite has one writer at a time), so
-two API replicas never advance one rollout twice.  It
+of every operator action on the rollout, and every few seconds in each API
+process (:func:`reconcile_due`, which skips a rollout another process holds),
+always with the rollout's row locked (``SELECT … FOR UPDATE`` on PostgreSQL;
+SQLite has one writer at a time), so two API replicas never advance one
+rollout twice.  It
 
 1. adds the fleet's devices that are not in the rollout yet (enrolled while it
    runs) to its last batch;
@@ -177,6 +179,21 @@ def _outcome(device: Device | None, member: RolloutDevice, digest: str) -> tuple
     if status.get("bootedDigest") == digest and status.get("health") == "green":
         return ("succeeded", "")
     return None
+
+
+def reconcile_due(session: Session) -> list[str]:
+    """Reconcile every running rollout no other process is reconciling now
+    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL); the names reconciled.  For
+    what moves without a report: an open window, a device's timeout."""
+    rows = session.scalars(
+        select(Rollout)
+        .where(Rollout.state == "running")
+        .with_for_update(skip_locked=True)
+        .order_by(Rollout.name)
+    ).all()
+    for rollout in rows:
+        reconcile(session, rollout)
+    return [r.name for r in rows]
 
 
 def _timed_out(rollout: Rollout, member: RolloutDevice) -> tuple[str, str] | None:
