@@ -149,15 +149,25 @@ def test_enrollment_identity_and_revocation(fleet_server: FleetServer, tmp_path:
     refused = impostor.request("GET", "/api/v1/agent/spec")
     assert refused.status_code == 401
     assert "is not device 'dev1'" in refused.json()["error"]
-    # A replayed request: the same signed headers again.
-    request = device._http.build_request("GET", "/api/v1/agent/spec")
+    # A replayed report: the same signed request again.
+    target, body = "/api/v1/agent/status", b'{"health": "green"}'
+    request = device._http.build_request("PUT", target, content=body)
     request.headers.update(
-        wire.signed_headers(device._key, "dev1", "GET", "/api/v1/agent/spec", b"", device._stamp())
+        wire.signed_headers(device._key, "dev1", "PUT", target, body, device._stamp())
     )
-    assert device._http.send(request).status_code == 200
+    assert device._http.send(request).status_code == 204
     replayed = device._http.send(request)
     assert replayed.status_code == 401
     assert "replayed" in replayed.json()["error"]
+    # A request from a clock ten minutes off.
+    late = device._http.build_request("GET", "/api/v1/agent/spec")
+    stamp = device._stamp() - 600_000
+    late.headers.update(
+        wire.signed_headers(device._key, "dev1", "GET", "/api/v1/agent/spec", b"", stamp)
+    )
+    skewed = device._http.send(late)
+    assert skewed.status_code == 401
+    assert "check the device's clock" in skewed.json()["error"]
     with operator(fleet_server) as api:
         assert api.post("devices/dev1/revoke").json()["state"] == "revoked"
     gone = device.request("GET", "/api/v1/agent/spec")

@@ -11,8 +11,10 @@ certified.  Three headers carry it::
     message = "atoll-fleet-request-v1" LF METHOD LF PATH[?QUERY] LF TIMESTAMP LF
               hex(sha256(body))
 
-A request older than :data:`MAX_SKEW_MS` or not newer than the device's last one
-is refused, so a captured request cannot be replayed.
+A request further than :data:`MAX_SKEW_MS` from the server's clock is refused;
+one that changes something (PUT, POST) must also be newer than the device's
+last such request, so a captured one cannot be replayed.  A GET only reads:
+sent again, it gets the same signed answer.
 
 **Signed specs.**  The server answers a device's poll with an envelope::
 

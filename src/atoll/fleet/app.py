@@ -709,7 +709,7 @@ def create_app(
             if headers is not None:
                 device = auth.device(session, headers, "GET", target, body)
             else:
-                device = get_device_row(session, name, lock=True)
+                device = get_device_row(session, name)
                 if device.state != "enrolled":
                     raise errors.FleetAuthError(f"device {name!r} is {device.state}: refused")
             found_keys = server_keys(session)

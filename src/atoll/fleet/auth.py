@@ -67,14 +67,17 @@ def device(
     *,
     now_ms: int | None = None,
 ) -> Device:
-    """The device that signed this request; the device's row is locked and its
-    last request time moved on (a replayed request is refused)."""
+    """The device that signed this request.  For a request that changes
+    something (not GET) the device's row is locked and its last request time
+    moved on, so that the same request sent again is refused; a GET only reads,
+    and is checked for its signature and its time alone."""
     name = headers.get(wire.HEADER_DEVICE.lower())
     stamp = headers.get(wire.HEADER_TIMESTAMP.lower(), "")
     signature = headers.get(wire.HEADER_SIGNATURE.lower())
     if not name or not signature or not stamp.isdigit():
         raise FleetAuthError("the request is not signed by a device")
-    found = session.get(Device, name, with_for_update=True)
+    changes = method.upper() != "GET"
+    found = session.get(Device, name, with_for_update=changes)
     if found is None:
         raise FleetAuthError(f"device {name!r} is not enrolled")
     if found.state != "enrolled":
@@ -90,8 +93,9 @@ def device(
             f"device {name!r}: the request's time is more than "
             f"{wire.MAX_SKEW_MS // 1000} s from the server's; check the device's clock"
         )
-    if int(stamp) <= found.last_request_ms:
-        raise FleetAuthError(f"device {name!r}: a replayed request (its time is not newer)")
-    found.last_request_ms = int(stamp)
-    found.last_seen = utcnow()
+    if changes:
+        if int(stamp) <= found.last_request_ms:
+            raise FleetAuthError(f"device {name!r}: a replayed request (its time is not newer)")
+        found.last_request_ms = int(stamp)
+        found.last_seen = utcnow()
     return found

@@ -93,8 +93,11 @@ def refresh_spec(session: Session, device: Device, keys: ServerKeys) -> dict[str
         wire.canonical_json({"spec": spec, "keys": list(keys.spec_public_keys)})
     ).hexdigest()
     if digest != device.spec_hash:
-        device.spec_hash = digest
-        device.spec_version += 1
+        # Two polls at once must not both move the version on: lock, look again.
+        session.refresh(device, with_for_update=True)
+        if digest != device.spec_hash:
+            device.spec_hash = digest
+            device.spec_version += 1
     return spec
 
 
