@@ -26,15 +26,21 @@ ALLOWED: dict[str, frozenset[str]] = {
     "build": frozenset({"boot", "oci", "store", "sysroot", "units"}),
     "pipeline": frozenset({"oci", "store", "sysroot"}),
     "failover": frozenset(),
+    # The fleet agent runs on a device; it drives the OS through the device's own
+    # command line, and reads the device's update windows.
+    "agent": frozenset({"updates"}),
+    "fleet": frozenset({"agent", "updates"}),
     # A client of the CLI: it runs the atoll command, it does not call into it.
     "demo": frozenset(),
     "cli": frozenset(
         {
+            "agent",
             "boot",
             "build",
             "demo",
             "device",
             "failover",
+            "fleet",
             "health",
             "oci",
             "pipeline",

@@ -25,6 +25,7 @@ Exit codes are grouped by the part of the system that failed:
 80-84 builds: the base image of a blueprint build
 85-89 the pipeline: promotion, mirroring, offline bundles
 90-94 failover between devices, and the demo
+100-109 the fleet: its server, database, enrollment, agent and signed specs
 ====  ==========================================================
 """
 
@@ -447,6 +448,58 @@ class PackageDatabaseError(AtollError):
 class MissingPackageError(AtollError):
     exit_code = 79
     summary = "a Python module this command needs is not installed (the message names its package)"
+
+
+class FleetSpecError(AtollError):
+    exit_code = 100
+    summary = "a fleet resource is malformed or refused by the server (unknown field, wrong type)"
+
+
+class FleetUnavailableError(AtollError):
+    exit_code = 101
+    summary = "the fleet server cannot be reached, or it answers that its database is down"
+
+
+class FleetAuthError(AtollError):
+    exit_code = 102
+    summary = (
+        "the fleet server refused the credentials (no token, an unknown one, or a revoked device)"
+    )
+
+
+class FleetRoleError(AtollError):
+    exit_code = 109
+    summary = "the operator's token is valid but its role is too small for the request"
+
+
+class FleetNotFoundError(AtollError):
+    exit_code = 103
+    summary = "the fleet server has no resource of that kind and name"
+
+
+class FleetConflictError(AtollError):
+    exit_code = 104
+    summary = "the request conflicts with the fleet's state (e.g. resuming a finished rollout)"
+
+
+class FleetDatabaseError(AtollError):
+    exit_code = 105
+    summary = "the fleet database cannot be opened or is not at the schema this atoll needs"
+
+
+class EnrollmentError(AtollError):
+    exit_code = 106
+    summary = "the device is not enrolled: its request is pending, denied, or it was revoked"
+
+
+class SpecTrustError(AtollError):
+    exit_code = 107
+    summary = "a rendered spec is not trusted (bad signature, older version, another device's)"
+
+
+class SpecExpiredError(AtollError):
+    exit_code = 108
+    summary = "a rendered spec is past its expiry; the agent keeps what it runs (freeze)"
 
 
 class InterruptedError_(AtollError):

@@ -76,6 +76,17 @@ def duration(text: str) -> float:
         ) from None
 
 
+def labels_of(words: list[str]) -> dict[str, str]:
+    """``--label KEY=VALUE`` options (repeated) as a mapping."""
+    labels = {}
+    for word in words:
+        key, eq, value = word.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--label {word!r} is not KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
 def parse_bool(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("true", "1", "yes", "on"):

@@ -91,6 +91,8 @@ COMMAND_MODULES: dict[str, str] = {
     "mirror": "pipeline",
     "bundle": "pipeline",
     "failover": "failover",
+    "fleet": "fleet",
+    "agent": "agent",
     "demo": "demo",
 }
 #: Commands defined in this module.

@@ -31,6 +31,9 @@ UPDATE_SERVICE = "atoll-fetch-apply-updates.service"
 #: that starts it when one is staged.
 FINALIZE_SERVICE = "atoll-finalize-staged.service"
 FINALIZE_PATH = "atoll-finalize-staged.path"
+#: The fleet agent (docs/fleet.md): shipped, not in :data:`UNITS`; an image that
+#: joins a fleet installs it with ``install_units(root, [AGENT_SERVICE])``.
+AGENT_SERVICE = "atoll-agent.service"
 #: Units another unit starts (so they are not enabled themselves).
 TRIGGERED = {UPDATE_SERVICE: UPDATE_TIMER, FINALIZE_SERVICE: FINALIZE_PATH}
 

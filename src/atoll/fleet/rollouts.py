@@ -1,0 +1,301 @@
+"""Rollouts: a fleet moves to a new OS image in batches.
+
+At the start the fleet's devices (ordered by name) are cut into the batches
+given (``count`` or ``percent`` of the fleet; what is left over forms one last
+batch).  Batch 0 is released at once: its devices render the target image.
+
+:func:`reconcile` runs in the transaction of every device status report and
+of every operator action on the rollout, and every few seconds in each API
+process (:func:`reconcile_due`, which skips a rollout another process holds),
+always with the rollout's row locked (``SELECT … FOR UPDATE`` on PostgreSQL;
+SQLite has one writer at a time), so two API replicas never advance one
+rollout twice.  It
+
+1. adds the fleet's devices that are not in the rollout yet (enrolled while it
+   runs) to its last batch;
+2. marks a released device ``succeeded`` when it reports the target digest
+   booted and a green health check, ``failed`` when it reports a failed update
+   or a red boot (with its reason);
+3. pauses the rollout, naming the failed devices and their reasons, when the
+   failed share of the batch reaches ``errorThreshold`` percent;
+   A device that has not booted the target green ``deviceTimeout`` seconds
+   after its batch was released has failed too;
+4. when no device of the batch is still updating, releases the next batch if
+   the succeeded share reaches ``successThreshold`` (or pauses, saying so)
+   and the rollout's ``window`` (cron expression and time zone) is open (else
+   it waits, saying until when); after the last batch the fleet's template
+   takes the target image and the rollout is ``done``.
+
+Resume accepts the failures of the current batch (its failed devices are
+``skipped`` and no longer counted) and reconciles again.  Abort stops the
+rollout; its devices render the fleet's template again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from atoll.errors import FleetConflictError, FleetNotFoundError
+from atoll.fleet.db import Device, Fleet, Rollout, RolloutDevice, utcnow
+from atoll.fleet.render import ACTIVE_ROLLOUT, resolve_os
+from atoll.updates.cron import CronExpression
+
+
+def _fleet_devices(session: Session, fleet: Fleet) -> list[str]:
+    query = select(Device.name).where(Device.state == "enrolled", Device.fleet == fleet.name)
+    return list(session.scalars(query.order_by(Device.name)))
+
+
+def batch_sizes(batches: list[dict[str, Any]], total: int) -> list[int]:
+    sizes = []
+    left = total
+    for batch in batches:
+        want = (
+            batch["count"]
+            if batch.get("count") is not None
+            else (math.ceil(batch["percent"] * total / 100))
+        )
+        size = min(want, left)
+        sizes.append(size)
+        left -= size
+    if left:
+        sizes.append(left)
+    return sizes
+
+
+def start(session: Session, name: str, spec: dict[str, Any]) -> Rollout:
+    if session.get(Rollout, name) is not None:
+        raise FleetConflictError(f"rollout {name!r} exists already")
+    fleet = session.get(Fleet, spec["fleet"], with_for_update=True)
+    if fleet is None:
+        raise FleetNotFoundError(f"fleet {spec['fleet']!r} does not exist")
+    running = session.scalars(
+        select(Rollout.name).where(Rollout.fleet == fleet.name, Rollout.state.in_(ACTIVE_ROLLOUT))
+    ).first()
+    if running is not None:
+        raise FleetConflictError(
+            f"fleet {fleet.name!r} has rollout {running!r} in progress",
+            hint=f"abort it first: atoll fleet rollout abort {running}",
+        )
+    target = resolve_os(session, spec["os"])
+    if target is None:
+        raise FleetNotFoundError(f"channel {spec['os'].get('channel')!r} does not exist")
+    rollout = Rollout(name=name, fleet=fleet.name, spec=spec, target=target, state="running")
+    session.add(rollout)
+    session.flush()
+    devices = _fleet_devices(session, fleet)
+    index = 0
+    for batch, size in enumerate(batch_sizes(spec["batches"], len(devices))):
+        for device in devices[index : index + size]:
+            session.add(
+                RolloutDevice(
+                    rollout=name,
+                    device=device,
+                    batch=batch,
+                    state="updating" if batch == 0 else "waiting",
+                    released_at=utcnow() if batch == 0 else None,
+                )
+            )
+        index += size
+    session.flush()
+    reconcile(session, rollout)
+    return rollout
+
+
+def _lock(session: Session, name: str) -> Rollout:
+    rollout = session.get(Rollout, name, with_for_update=True, populate_existing=True)
+    if rollout is None:
+        raise FleetNotFoundError(f"rollout {name!r} does not exist")
+    return rollout
+
+
+def pause(session: Session, name: str, reason: str) -> Rollout:
+    rollout = _lock(session, name)
+    if rollout.state != "running":
+        raise FleetConflictError(f"rollout {name!r} is {rollout.state}, not running")
+    rollout.state, rollout.reason, rollout.updated_at = "paused", reason, utcnow()
+    return rollout
+
+
+def resume(session: Session, name: str) -> Rollout:
+    rollout = _lock(session, name)
+    if rollout.state != "paused":
+        raise FleetConflictError(f"rollout {name!r} is {rollout.state}, not paused")
+    for member in _members(session, name, rollout.current_batch):
+        if member.state == "failed":
+            member.state = "skipped"
+    rollout.state, rollout.reason, rollout.updated_at = "running", "", utcnow()
+    reconcile(session, rollout)
+    return rollout
+
+
+def abort(session: Session, name: str, reason: str) -> Rollout:
+    rollout = _lock(session, name)
+    if rollout.state not in ACTIVE_ROLLOUT:
+        raise FleetConflictError(f"rollout {name!r} is {rollout.state} already")
+    rollout.state, rollout.reason, rollout.updated_at = "aborted", reason, utcnow()
+    return rollout
+
+
+def _members(session: Session, name: str, batch: int | None = None) -> list[RolloutDevice]:
+    query = select(RolloutDevice).where(RolloutDevice.rollout == name)
+    if batch is not None:
+        query = query.where(RolloutDevice.batch == batch)
+    return list(session.scalars(query.order_by(RolloutDevice.device)))
+
+
+def reconcile_for(session: Session, device: Device) -> None:
+    """Reconcile the rollout *device*'s fleet is in, if one is running."""
+    if device.fleet is None:
+        return
+    name = session.scalars(
+        select(Rollout.name).where(Rollout.fleet == device.fleet, Rollout.state == "running")
+    ).first()
+    if name is not None:
+        reconcile(session, _lock(session, name))
+
+
+def _outcome(device: Device | None, member: RolloutDevice, digest: str) -> tuple[str, str] | None:
+    """("succeeded"|"failed", reason) from a device's last report since its batch
+    was released (an older report says nothing about the target), or None."""
+    if device is None or device.state != "enrolled":
+        return ("failed", "the device was revoked")
+    if device.status_at is None or (
+        member.released_at is not None and device.status_at <= member.released_at
+    ):
+        return None
+    status = device.status or {}
+    update = status.get("update") or {}
+    if update.get("state") == "failed":
+        return ("failed", update.get("reason") or "the update failed")
+    if status.get("health") == "red":
+        return ("failed", status.get("healthReason") or "the boot was red")
+    if status.get("bootedDigest") == digest and status.get("health") == "green":
+        return ("succeeded", "")
+    return None
+
+
+def reconcile_due(session: Session) -> list[str]:
+    """Reconcile every running rollout no other process is reconciling now
+    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL); the names reconciled.  For
+    what moves without a report: an open window, a device's timeout."""
+    rows = session.scalars(
+        select(Rollout)
+        .where(Rollout.state == "running")
+        .with_for_update(skip_locked=True)
+        .order_by(Rollout.name)
+    ).all()
+    for rollout in rows:
+        reconcile(session, rollout)
+    return [r.name for r in rows]
+
+
+def _timed_out(rollout: Rollout, member: RolloutDevice) -> tuple[str, str] | None:
+    timeout = rollout.spec.get("deviceTimeout")
+    if timeout is None or member.released_at is None:
+        return None
+    if utcnow() - member.released_at < datetime.timedelta(seconds=timeout):
+        return None
+    return ("failed", f"no green boot of the target within {timeout} s")
+
+
+def _window_closed(rollout: Rollout) -> str:
+    """Why the next batch waits ("" when it need not): the rollout's window."""
+    window = rollout.spec.get("window")
+    if not window or not window.get("window"):
+        return ""
+    zone = ZoneInfo(window.get("timezone", "UTC"))
+    expression = CronExpression.parse(window["window"], zone)
+    now = utcnow()
+    if expression.matches(now):
+        return ""
+    opens = expression.next_match(now).astimezone(zone)
+    return (
+        f"batch {rollout.current_batch + 1} waits for the window {window['window']} "
+        f"({zone.key}); it opens at {opens.isoformat(timespec='minutes')}"
+    )
+
+
+def reconcile(session: Session, rollout: Rollout) -> None:
+    if rollout.state != "running":
+        return
+    fleet = session.get(Fleet, rollout.fleet)
+    if fleet is None:
+        rollout.state, rollout.reason = "aborted", f"fleet {rollout.fleet!r} was deleted"
+        return
+    members = _members(session, rollout.name)
+    known = {m.device for m in members}
+    last = max((m.batch for m in members), default=0)
+    for name in _fleet_devices(session, fleet):
+        if name not in known:
+            released = last <= rollout.current_batch
+            session.add(
+                RolloutDevice(
+                    rollout=rollout.name,
+                    device=name,
+                    batch=last,
+                    state="updating" if released else "waiting",
+                    released_at=utcnow() if released else None,
+                )
+            )
+    session.flush()
+    digest = rollout.target.rpartition("@")[2]
+    while True:
+        batch = _members(session, rollout.name, rollout.current_batch)
+        for member in batch:
+            if member.state == "updating":
+                outcome = _outcome(session.get(Device, member.device), member, digest)
+                if outcome is None:
+                    outcome = _timed_out(rollout, member)
+                if outcome is not None:
+                    member.state, member.reason = outcome
+        counted = [m for m in batch if m.state != "skipped"]
+        failed = [m for m in counted if m.state == "failed"]
+        if counted and len(failed) * 100 >= rollout.spec["errorThreshold"] * len(counted):
+            _pause_for(rollout, "error threshold", failed, len(counted))
+            return
+        if any(m.state == "updating" for m in counted):
+            return
+        succeeded = sum(m.state == "succeeded" for m in counted)
+        if counted and succeeded * 100 < rollout.spec["successThreshold"] * len(counted):
+            _pause_for(rollout, "success threshold not reached", failed, len(counted))
+            return
+        if rollout.current_batch >= last:
+            _finish(session, rollout, fleet)
+            return
+        waiting = _window_closed(rollout)
+        if waiting:
+            if rollout.reason != waiting:
+                rollout.reason, rollout.updated_at = waiting, utcnow()
+            return
+        rollout.reason = ""
+        rollout.current_batch += 1
+        rollout.updated_at = utcnow()
+        for member in _members(session, rollout.name, rollout.current_batch):
+            member.state, member.released_at = "updating", utcnow()
+        session.flush()
+
+
+def _pause_for(rollout: Rollout, why: str, failed: list[RolloutDevice], size: int) -> None:
+    names = "; ".join(f"{m.device}: {m.reason}" for m in failed[:10])
+    rollout.state = "paused"
+    rollout.reason = (
+        f"batch {rollout.current_batch}: {why}: {len(failed)} of {size} devices failed"
+        + (f" ({names})" if names else "")
+    )
+    rollout.updated_at = utcnow()
+
+
+def _finish(session: Session, rollout: Rollout, fleet: Fleet) -> None:
+    spec = dict(fleet.spec)
+    spec["template"] = {**spec["template"], "os": {"image": rollout.target}}
+    fleet.spec = spec
+    fleet.generation += 1
+    fleet.updated_at = utcnow()
+    rollout.state, rollout.reason, rollout.updated_at = "done", "", utcnow()

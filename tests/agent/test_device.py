@@ -1,0 +1,92 @@
+"""The agent on a directory device (docs/fleet.md): from enrollment through a
+green OS update in a rollout, and a bad image the device rolls back from, which
+pauses the next rollout; the device never reports the bad spec applied."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from atoll.agent.run import Agent, enroll
+from atoll.agent.state import AgentState
+from helpers.busybox_root import REQUIRED, busybox_files
+from helpers.cli import run_atoll
+from helpers.fleet import FleetServer
+from helpers.osimage import build_os_image
+from helpers.registry import RegistryView
+
+pytestmark = pytest.mark.integration
+
+
+def atoll(*args: str) -> str:
+    proc = run_atoll(*args)
+    assert proc.returncode == 0, f"atoll {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize("fleet_db", ["sqlite"], indirect=True)
+def test_a_device_through_a_green_update_and_a_rolled_back_one(
+    fleet_server: FleetServer, registry: RegistryView, tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    build_os_image(images, "1", version="1.0", add=busybox_files({}))  # type: ignore[arg-type]
+    build_os_image(images, "2", version="2.0", add=busybox_files({}))  # type: ignore[arg-type]
+    bad = busybox_files({f"{REQUIRED}/50-broken.sh": "echo the app is broken\nexit 3\n"})
+    build_os_image(images, "3", version="3.0", add=bad)  # type: ignore[arg-type]
+    repo = f"{registry.host}/{registry.new_repo('fleet')}"
+    digests = {}
+    for tag in ("1", "2", "3"):
+        atoll("image", "copy", f"oci:{images}:{tag}", f"docker://{repo}:{tag}")
+        digests[tag] = json.loads(atoll("--json", "image", "inspect", f"docker://{repo}:{tag}"))[
+            "Digest"
+        ]
+    sysroot = tmp_path / "sysroot"
+    atoll("install", "to-filesystem", str(sysroot), "--source", f"docker://{repo}@{digests['1']}")
+    atoll("boot", "--sysroot", str(sysroot))
+
+    api = httpx.Client(
+        base_url=f"{fleet_server.url}/api/v1",
+        headers={"Authorization": f"Bearer {fleet_server.token}"},
+        timeout=30,
+    )
+    template = {"os": {"image": f"{repo}@{digests['1']}"}}
+    api.put("fleets/edge", json={"selector": "", "template": template, "autoApprove": True})
+    state = AgentState(tmp_path / "agent")
+    enroll(state, fleet_server.url, api.post("enrollmenttokens", json={}).json()["token"], "d1", {})
+    agent = Agent(state, root=tmp_path / "root", sysroot=sysroot)
+    try:
+        first = agent.step()
+        assert (first.update, first.applied_version) == ("applied", 1)
+
+        rollout = {
+            "fleet": "edge",
+            "os": {"image": f"{repo}@{digests['2']}"},
+            "batches": [{"count": 1}],
+        }
+        assert api.put("rollouts/good", json=rollout).status_code == 201
+        staged = agent.step(wait=5)
+        assert (staged.update, staged.applied_version) == ("staged", 1)
+        atoll("boot", "--sysroot", str(sysroot))
+        green = agent.step()
+        assert (green.update, green.applied_version) == ("applied", 2)
+        assert api.get("rollouts/good").json()["state"] == "done"
+        assert api.get("devices/d1").json()["status"]["bootedDigest"] == digests["2"]
+
+        rollout["os"] = {"image": f"{repo}@{digests['3']}"}
+        assert api.put("rollouts/bad", json=rollout).status_code == 201
+        assert agent.step(wait=5).update == "staged"
+        atoll("boot", "--sysroot", str(sysroot), "--max-boots", "5")  # red three times, back to 2
+        failed = agent.step()
+        assert (failed.update, failed.applied_version) == ("failed", 2)
+        assert "rolled back from" in failed.reason
+        paused = api.get("rollouts/bad").json()
+        assert paused["state"] == "paused"
+        assert "d1:" in paused["reason"]
+        device = api.get("devices/d1").json()["status"]
+        assert (device["bootedDigest"], device["appliedVersion"]) == (digests["2"], 2)
+    finally:
+        agent.close()
+        api.close()

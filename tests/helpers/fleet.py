@@ -1,0 +1,166 @@
+"""The fleet server for tests: its database on SQLite or on a PostgreSQL
+started here (initdb + pg_ctl in a temporary directory, as the ``postgres``
+user when run as root), and the server itself on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from helpers.parts import missing
+from helpers.workloads import free_port
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class Postgres:
+    directory: Path
+    port: int
+    user: str
+    #: Tests run without fsync; a benchmark may want the real cost.
+    fsync: bool = False
+
+    def url(self, database: str) -> str:
+        return f"postgresql://atoll@127.0.0.1:{self.port}/{database}"
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        return ["runuser", "-u", self.user, "--", *argv] if os.geteuid() == 0 else argv
+
+    def ctl(self, action: str) -> None:
+        argv = [
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.directory / "data"),
+            "-w",
+            "-l",
+            str(self.directory / "log"),
+            action,
+        ]
+        if action == "start":
+            argv += [
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.directory} "
+                f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200",
+            ]
+        subprocess.run(self._as_owner(argv), check=True, capture_output=True, timeout=60)
+
+    def create_database(self) -> str:
+        import psycopg
+
+        name = "t_" + secrets.token_hex(6)
+        with psycopg.connect(self.url("postgres"), autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+
+def start_postgres(*, fsync: bool = False) -> Postgres:
+    """A PostgreSQL cluster in a new temporary directory, started on a free
+    loopback port (stop it with ``ctl("stop")`` and remove ``directory``)."""
+    user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    directory = Path(tempfile.mkdtemp(prefix="atoll-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(directory, user)
+    server = Postgres(directory, free_port(), user, fsync)
+    subprocess.run(
+        server._as_owner(
+            [str(PG_BIN / "initdb"), "-D", str(directory / "data"), "-U", "atoll",
+             "-A", "trust", "--no-sync", "-E", "UTF8"]
+        ),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )  # fmt: skip
+    server.ctl("start")
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    if not (PG_BIN / "initdb").exists():
+        missing("PostgreSQL is not installed (apt-get install postgresql)")
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.ctl("stop")
+        shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fleet_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL, empty: one SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    server: Postgres = request.getfixturevalue("postgres")
+    return server.create_database()
+
+
+@dataclass
+class FleetServer:
+    url: str
+    db: str
+    token: str
+
+
+class _Server(threading.Thread):
+    def __init__(self, db: str, port: int) -> None:
+        super().__init__(daemon=True)
+        import uvicorn
+
+        from atoll.fleet.app import create_app
+        from atoll.fleet.db import session_factory
+        from atoll.fleet.serve import ready_engine
+
+        self.engine = ready_engine(db)
+        app = create_app(session_factory(self.engine), reconcile_every=0.2)
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        )
+
+    def run(self) -> None:
+        self.server.run()
+
+
+@contextmanager
+def serving(db: str) -> Iterator[str]:
+    """One API process on *db* (uvicorn in a thread of this one): its URL."""
+    port = free_port()
+    thread = _Server(db, port)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not thread.server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the fleet server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        thread.server.should_exit = True
+        thread.join(timeout=30)
+        thread.engine.dispose()
+
+
+@pytest.fixture
+def fleet_server(fleet_db: str) -> Iterator[FleetServer]:
+    """``atoll fleet db upgrade`` on the database, an admin token, and the server
+    serving it on loopback."""
+    from atoll.fleet.models import Role
+    from atoll.fleet.serve import create_token, upgrade_database
+
+    upgrade_database(fleet_db)
+    token = create_token(fleet_db, "admin", Role.ADMIN)
+    with serving(fleet_db) as url:
+        yield FleetServer(url, fleet_db, token)
