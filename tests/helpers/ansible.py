@@ -1,0 +1,163 @@
+"""pytest plugin: the atoll.edge collection built and installed the way a user
+does it, and ansible-playbook runs against a directory device.
+
+``collection`` (session): ``ansible-galaxy collection build`` of
+``ansible_collections/atoll/edge`` and ``ansible-galaxy collection install`` of the
+tarball into a directory of its own, so the tests run what the tarball holds.
+:func:`playbook_run` runs one playbook with connection local and the test's own
+Python as the module's interpreter (atoll is importable there) and reads the
+play recap."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from helpers.parts import missing
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = REPO / "ansible_collections" / "atoll" / "edge"
+_RECAP = re.compile(
+    r"ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+"
+    r"skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)"
+)
+
+
+@dataclass(frozen=True)
+class Collection:
+    tarball: Path
+    #: The directory that holds ansible_collections/atoll/edge as installed.
+    path: Path
+    bin: Path
+
+    @property
+    def installed(self) -> Path:
+        return self.path / "ansible_collections" / "atoll" / "edge"
+
+
+@dataclass(frozen=True)
+class PlaybookResult:
+    output: str
+    ok: int
+    changed: int
+    failed: int
+    ignored: int
+
+
+def ansible_tool(name: str) -> Path:
+    """An ansible command of the Python that runs the tests (ansible-core from the dev extra)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        found = shutil.which(name)
+        if found is None:
+            missing(f"{name} is not installed (pip install ansible-core, the dev extra)")
+        path = Path(str(found))
+    return path
+
+
+def ansible_env(home: Path) -> dict[str, str]:
+    """The environment of an ansible command: its state under *home*, atoll's source
+    importable by the modules, no colours or cows."""
+    env = dict(os.environ)
+    src = str(REPO / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    env.update(
+        ANSIBLE_HOME=str(home),
+        ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_NOCOWS="1",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+    )
+    return env
+
+
+def run_tool(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collection]:
+    galaxy = ansible_tool("ansible-galaxy")
+    work = tmp_path_factory.mktemp("collection")
+    env = ansible_env(work / "home")
+    run_tool([str(galaxy), "collection", "build", str(SOURCE), "--output-path", str(work)], env)
+    [tarball] = work.glob("atoll-edge-*.tar.gz")
+    installed = work / "installed"
+    run_tool(
+        [str(galaxy), "collection", "install", "--offline", str(tarball), "-p", str(installed)],
+        env,
+    )
+    yield Collection(tarball, installed, galaxy.parent)
+
+
+def playbook_run(
+    collection: Collection,
+    playbook: Path,
+    extra_vars: dict[str, str],
+    tmp_path: Path,
+    *options: str,
+) -> PlaybookResult:
+    """Run *playbook* against the host ``dev`` (group ``devices``, connection local)."""
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(
+        json.dumps(
+            {
+                "devices": {
+                    "hosts": {
+                        "dev": {
+                            "ansible_connection": "local",
+                            "ansible_python_interpreter": sys.executable,
+                        }
+                    }
+                }
+            }
+        )
+    )
+    env = ansible_env(tmp_path / "ansible-home")
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(collection.path)
+    proc = subprocess.run(
+        [
+            str(collection.bin / "ansible-playbook"),
+            "-i",
+            str(inventory),
+            "-e",
+            json.dumps(extra_vars),
+            *options,
+            str(playbook),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    found = _RECAP.search(proc.stdout)
+    if found is None:
+        pytest.fail(f"no play recap from ansible-playbook ({proc.returncode}):\n{output}")
+    ok, changed, unreachable, failed, _, _, ignored = (int(g) for g in found.groups())
+    assert unreachable == 0, output
+    return PlaybookResult(output, ok, changed, failed, ignored)
