@@ -161,3 +161,123 @@ def playbook_run(
     ok, changed, unreachable, failed, _, _, ignored = (int(g) for g in found.groups())
     assert unreachable == 0, output
     return PlaybookResult(output, ok, changed, failed, ignored)
+
+
+# --- ansible-test sanity, offline ---------------------------------------------------
+
+#: The sanity tests that run here.  Left out: pylint (minutes on two cores; ruff's
+#: rules do not reach the collection, pep8 and validate-modules do), pslint and
+#: shellcheck (no PowerShell or shell in the collection), changelog
+#: (antsibull-changelog, and no changelogs/ yet).
+SANITY_TESTS = (
+    "action-plugin-docs",
+    "ansible-doc",
+    "compile",
+    "empty-init",
+    "ignores",
+    "import",
+    "line-endings",
+    "no-assert",
+    "no-get-exception",
+    "no-illegal-filenames",
+    "no-smart-quotes",
+    "pep8",
+    "replace-urlopen",
+    "runtime-metadata",
+    "shebang",
+    "symlinks",
+    "use-argspec-type-path",
+    "use-compat-six",
+    "validate-modules",
+    "yamllint",
+)
+_VENV = re.compile(r"-m venv --without-pip (\S+)")
+#: What the import test's environment may hold: PyYAML only, as ansible-test gives it.
+_IMPORT_ONLY = ("yaml", "_yaml")
+
+
+def prime_sanity_venvs(collection_dir: Path, env: dict[str, str]) -> None:
+    """Make the virtual environments ansible-test sanity would create and fill from
+    PyPI, from the packages already installed here (the dev extra), so the tests run
+    offline.  ``--explain`` names each environment; ansible-test reuses one whose
+    ``marker.txt`` exists."""
+    import site
+
+    parents = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    for _ in range(10):
+        proc = subprocess.run(
+            [
+                str(ansible_tool("ansible-test")),
+                "sanity",
+                "--local",
+                "--python",
+                f"{sys.version_info.major}.{sys.version_info.minor}",
+                "--explain",
+                "-v",
+                *(f"--test={t}" for t in SANITY_TESTS),
+            ],
+            env=env,
+            cwd=collection_dir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        fresh = [
+            Path(p)
+            for p in dict.fromkeys(_VENV.findall(proc.stdout + proc.stderr))
+            if not (Path(p) / "marker.txt").exists()
+        ]
+        if not fresh:
+            return
+        for venv in fresh:
+            _make_venv(venv, parents)
+    pytest.fail(f"ansible-test keeps asking for new environments:\n{proc.stdout}{proc.stderr}")
+
+
+def _make_venv(venv: Path, parents: list[str]) -> None:
+    import venv as venvlib
+
+    venvlib.EnvBuilder(with_pip=False, symlinks=True).create(venv)
+    [packages] = venv.glob("lib/python*/site-packages")
+    if venv.parent.parent.name == "sanity.import":
+        for name in _IMPORT_ONLY:
+            for parent in parents:
+                if (Path(parent) / name).exists():
+                    (packages / name).symlink_to(Path(parent) / name)
+                    break
+    else:
+        (packages / "atoll-tests-parent.pth").write_text("\n".join(parents) + "\n")
+    (venv / "meta.install.json").write_text("[]")
+    (venv / "meta.yaml.json").write_text("true")
+    (venv / "marker.txt").touch()
+
+
+def sanity_run(collection: Collection, home: Path) -> str:
+    """``ansible-test sanity`` of the installed collection; its output."""
+    env = ansible_env(home)
+    env["HOME"] = str(home)
+    env.pop("PYTHONPATH")  # the modules must not see atoll's source in the import test
+    prime_sanity_venvs(collection.installed, env)
+    proc = subprocess.run(
+        [
+            str(ansible_tool("ansible-test")),
+            "sanity",
+            "--local",
+            "--python",
+            f"{sys.version_info.major}.{sys.version_info.minor}",
+            "--color=no",
+            *(f"--test={t}" for t in SANITY_TESTS),
+        ],
+        env=env,
+        cwd=collection.installed,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return output

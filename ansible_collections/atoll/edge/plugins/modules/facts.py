@@ -13,7 +13,7 @@ description:
     the booted, staged and rollback images, the last health check's outcome and
     reason, the automatic-update policy, and the Quadlet workloads with their state.
 version_added: 0.1.0
-author: atoll developers
+author: atoll developers (@atoll)
 options:
   sysroot:
     description: The device's sysroot.
@@ -35,10 +35,13 @@ options:
     default: /run/atoll/workloads
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
   facts:
+    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
     support: full
 """
 

@@ -22,7 +22,7 @@ description:
   - In check mode V(staged) reads only the manifest and says what would be staged.
   - The device's trust policy and C([trust]) settings are enforced as by the command line.
 version_added: 0.1.0
-author: atoll developers
+author: atoll developers (@atoll)
 options:
   state:
     description: What to do.
@@ -61,7 +61,9 @@ options:
     description: For V(pinned) and V(unpinned), the index in boot order or an id prefix; default the booted one.
     type: str
   auth_file:
-    description: The auth file to read credentials from, as seen from the running system; default C(/etc/containers/auth.json) when it exists, else atoll's usual search.
+    description:
+      - The auth file to read credentials from, as seen from the running system.
+      - Default C(/etc/containers/auth.json) when it exists, else atoll's usual search.
     type: path
   policy:
     description: A trust policy (containers-policy.json) to enforce instead of the booted deployment's.
@@ -72,8 +74,10 @@ options:
     default: /sysroot
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
 """
 

@@ -16,7 +16,7 @@ description:
     would refuse is never left behind.
   - Secrets (O(password), O(client_key)) are never printed, logged or returned.
 version_added: 0.1.0
-author: atoll developers
+author: atoll developers (@atoll)
 options:
   registry:
     description:
@@ -36,7 +36,10 @@ options:
     description: Password or token stored in the auth file.
     type: str
   auth_file:
-    description: The auth file, as seen from O(root). The default is in /etc, so it is carried into every new deployment; M(atoll.edge.os) and the automatic-update timer read it.
+    description:
+      - The auth file, as seen from O(root).
+      - The default is in /etc, so the /etc merge carries it into every new deployment;
+        M(atoll.edge.os) and the automatic-update timer read it.
     type: path
     default: /etc/containers/auth.json
   ca_cert:
@@ -72,8 +75,10 @@ options:
     default: /
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
     details: Secrets are shown as C((secret)); the auth file's diff names the entry only.
 """

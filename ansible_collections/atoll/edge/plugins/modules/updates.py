@@ -14,7 +14,7 @@ description:
     task with atoll's message and leaves the file as it was.
   - See docs/updates.md in atoll for what each setting does.
 version_added: 0.1.0
-author: atoll developers
+author: atoll developers (@atoll)
 options:
   state:
     description: V(absent) removes the file (the device then does nothing on its own).
@@ -64,8 +64,10 @@ options:
     default: /
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
 """
 

@@ -16,7 +16,7 @@ description:
     (systemd, or atoll's supervisor on hosts without systemd).
   - Runs atoll's Python API on the managed host.
 version_added: 0.1.0
-author: atoll developers
+author: atoll developers (@atoll)
 options:
   name:
     description: The unit's file name, for example C(web.container).
@@ -69,8 +69,10 @@ options:
     default: 90
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
 """
 

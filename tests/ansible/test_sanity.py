@@ -1,0 +1,19 @@
+"""``ansible-test sanity`` of the atoll.edge collection as its tarball installs it,
+offline (tests/helpers/ansible.py says which tests run and why the others do not)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers.ansible import SANITY_TESTS, Collection, sanity_run
+
+pytestmark = [pytest.mark.integration]
+
+
+def test_sanity(collection: Collection, tmp_path: Path) -> None:
+    output = sanity_run(collection, tmp_path / "home")
+    for name in SANITY_TESTS:
+        assert f'Running sanity test "{name}"' in output, output
+    assert "Skipping sanity test" not in output, output
