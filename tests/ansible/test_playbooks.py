@@ -119,9 +119,12 @@ def test_wrong_values_fail_with_atolls_message(
     assert result.failed == 0 and result.ignored == 2, result.output
     messages = re.findall(r'"msg": "([^"]*)"', result.output)
     root = booted_root(device["atoll_sysroot"])
+    assert any(m.startswith(f"{root}/etc/atoll/updates.toml: download.window") for m in messages), (
+        messages
+    )
     assert any(
-        m.startswith(f"{root}/etc/atoll/updates.toml: download.window") for m in messages
+        "etc/containers/auth.json were refused (authentication required) (HTTP 401)" in m
+        for m in messages
     ), messages
-    assert any("etc/containers/auth.json were refused (authentication required) (HTTP 401)" in m for m in messages), messages
     assert not (root / "etc/atoll/updates.toml").exists()
     assert "not-the-password" not in result.output

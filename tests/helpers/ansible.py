@@ -281,3 +281,29 @@ def sanity_run(collection: Collection, home: Path) -> str:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     return output
+
+
+def units_run(collection: Collection, home: Path) -> str:
+    """``ansible-test units`` of the installed collection (its tests/unit); its output."""
+    env = ansible_env(home)
+    env["HOME"] = str(home)
+    proc = subprocess.run(
+        [
+            str(ansible_tool("ansible-test")),
+            "units",
+            "--local",
+            "--python",
+            f"{sys.version_info.major}.{sys.version_info.minor}",
+            "--color=no",
+        ],
+        env=env,
+        cwd=collection.installed,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return output

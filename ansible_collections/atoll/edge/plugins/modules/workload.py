@@ -139,9 +139,11 @@ def generate(name, content, unit_dir):
     from atoll.workloads import load_units
     from atoll.workloads.unitfiles.generate import generate_services
 
+    from atoll.errors import AtollError
+
     work = tempfile.mkdtemp(prefix="atoll-edge-")
+    candidate = Path(work) / name
     try:
-        candidate = Path(work) / name
         candidate.write_text(content, encoding="utf-8")
         units = load_units([Path(work), Path(unit_dir)]).units
         if not any(u.name == name for u in units):
@@ -152,6 +154,10 @@ def generate(name, content, unit_dir):
         unit = next(u for u in units if u.name == name)
         service = next(s for s in services if s.name == unit.service_name)
         return unit.service_name, service.render()
+    except AtollError as exc:
+        # The message names the file the unit is going to, not the scratch copy.
+        message = str(exc).replace(str(candidate), os.path.join(unit_dir, name))
+        raise type(exc)(message, hint=exc.hint) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
