@@ -16,6 +16,7 @@ from atoll.cli.hostdevice import open_device
 from atoll.health.assess import assess_boot
 from atoll.oci.transports import parse_bootc_name
 from atoll.sysroot.lifecycle import Device
+from atoll.sysroot.status import host_document
 from helpers.ansible import Collection, playbook_run
 from helpers.osimage import build_os_image
 from helpers.registry import PASSWORD, USERNAME, RegistryView
@@ -63,17 +64,17 @@ def booted_root(sysroot: str) -> Path:
 def test_device_playbook_twice_then_nothing_changes(
     collection: Collection, device: dict[str, str], tmp_path: Path
 ) -> None:
+    sysroot = Path(device["atoll_sysroot"])
     first = playbook_run(collection, DOCS / "device.yml", device, tmp_path)
     assert first.failed == 0, first.output
     # facts x2, registry, workload, updates, switch+boot, rollback, pin
     assert first.changed == 6, first.output
 
-    sysroot = Path(device["atoll_sysroot"])
     state = Device(sysroot).state()
     assert state.booted is not None and state.booted.origin.image_version == "2.0"
     assert state.default is not None and state.default.origin.image_version == "1.0"
     assert state.booted.origin.pinned
-    assert "booted 2.0, next boot 1.0, health green, workloads web.container" in first.output
+    assert "booted 2.0, rollback 1.0, health green, workloads web.container" in first.output
     root = booted_root(str(sysroot))
     unit = (root / "etc/containers/systemd/web.container").read_text()
     assert "WantedBy=multi-user.target" in unit
@@ -86,6 +87,13 @@ def test_device_playbook_twice_then_nothing_changes(
     second = playbook_run(collection, DOCS / "device.yml", device, tmp_path)
     assert (second.failed, second.changed) == (0, 0), second.output
     assert device["os_registry_password"] not in second.output
+
+    # check mode: a switch back to 1.0 would be staged and booted; nothing is
+    before = host_document(Device(sysroot).state())
+    back = dict(device, os_image=device["os_image"].removesuffix(":2") + ":1")
+    dry = playbook_run(collection, DOCS / "device.yml", back, tmp_path, "--check")
+    assert (dry.failed, dry.changed) == (0, 1), dry.output
+    assert host_document(Device(sysroot).state()) == before
 
 
 def test_role_twice_then_nothing_changes(
