@@ -141,7 +141,7 @@ def test_wrong_values_fail_with_atolls_message(
 def test_the_docs_show_the_playbooks_the_tests_run() -> None:
     doc = (DOCS.parent / "ansible.md").read_text()
     playbooks = sorted(DOCS.glob("*.yml"))
-    assert [p.name for p in playbooks] == ["device.yml", "role.yml", "wrong.yml"]
+    assert [p.name for p in playbooks] == ["booted.yml", "device.yml", "role.yml", "wrong.yml"]
     for playbook in playbooks:
         shown = f"```yaml\n# docs/ansible/{playbook.name}\n{playbook.read_text()}```\n"
         assert shown in doc, f"docs/ansible.md does not show {playbook.name} as it is"

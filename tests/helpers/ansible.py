@@ -118,36 +118,28 @@ def playbook_run(
     extra_vars: dict[str, str],
     tmp_path: Path,
     *options: str,
+    inventory: dict[str, object] | None = None,
+    env: dict[str, str] | None = None,
 ) -> PlaybookResult:
-    """Run *playbook* against the host ``dev`` (group ``devices``, connection local)."""
-    inventory = tmp_path / "inventory.json"
-    inventory.write_text(
-        json.dumps(
-            {
-                "devices": {
-                    "hosts": {
-                        "dev": {
-                            "ansible_connection": "local",
-                            "ansible_python_interpreter": sys.executable,
-                        }
-                    }
-                }
-            }
-        )
-    )
-    env = ansible_env(tmp_path / "ansible-home")
-    env["ANSIBLE_COLLECTIONS_PATH"] = str(collection.path)
+    """Run *playbook* against *inventory*, by default the host ``dev`` (group
+    ``devices``, connection local, the test's Python); *env* is added to Ansible's."""
+    hosts = tmp_path / "inventory.json"
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts.write_text(json.dumps(inventory or {"devices": {"hosts": {"dev": local}}}))
+    environment = ansible_env(tmp_path / "ansible-home")
+    environment["ANSIBLE_COLLECTIONS_PATH"] = str(collection.path)
+    environment.update(env or {})
     proc = subprocess.run(
         [
             str(collection.bin / "ansible-playbook"),
             "-i",
-            str(inventory),
+            str(hosts),
             "-e",
             json.dumps(extra_vars),
             *options,
             str(playbook),
         ],
-        env=env,
+        env=environment,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
