@@ -61,6 +61,10 @@ def booted_root(sysroot: str) -> Path:
     return state.path(state.booted or state.current)
 
 
+def etc_files(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted((root / "etc").rglob("*")) if p.is_file()}
+
+
 def test_device_playbook_twice_then_nothing_changes(
     collection: Collection, device: dict[str, str], tmp_path: Path
 ) -> None:
@@ -81,7 +85,7 @@ def test_device_playbook_twice_then_nothing_changes(
     assert 'policy = "apply"' in (root / "etc/atoll/updates.toml").read_text()
     auth = json.loads((root / "etc/containers/auth.json").read_text())
     assert list(auth["auths"]) == [device["os_registry"]]
-    # no_log: the password appears nowhere in Ansible's output, even with -vvv
+    # no_log: the password appears nowhere in Ansible's output
     assert device["os_registry_password"] not in first.output
 
     second = playbook_run(collection, DOCS / "device.yml", device, tmp_path)
@@ -111,13 +115,15 @@ def test_role_twice_then_nothing_changes(
     assert (second.failed, second.changed) == (0, 0), second.output
     assert device["os_registry_password"] not in first.output + second.output
 
-    # check mode reports what would change and changes nothing
+    # check mode reports what would change and changes nothing; with -vvv and --diff
+    # the rotated password still appears nowhere
     device = dict(device, os_registry_password="rotated-password")
-    before = (root / "etc/containers/auth.json").read_bytes()
-    dry = playbook_run(collection, DOCS / "role.yml", device, tmp_path, "--check", "--diff")
+    before = etc_files(root)
+    dry = playbook_run(collection, DOCS / "role.yml", device, tmp_path, "--check", "--diff", "-vvv")
     assert (dry.failed, dry.changed) == (0, 1), dry.output
-    assert (root / "etc/containers/auth.json").read_bytes() == before
+    assert etc_files(root) == before
     assert "rotated-password" not in dry.output
+    assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in dry.output  # -vvv shows the arguments
 
 
 def test_wrong_values_fail_with_atolls_message(
