@@ -71,7 +71,6 @@ ansible_facts:
       returned: always
 """
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.atoll.edge.plugins.module_utils.edge import inside, manager_for, run_module

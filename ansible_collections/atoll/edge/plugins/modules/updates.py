@@ -94,7 +94,6 @@ config:
 """
 
 import json
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.atoll.edge.plugins.module_utils.edge import (
