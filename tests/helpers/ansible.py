@@ -197,25 +197,8 @@ def prime_sanity_venvs(collection_dir: Path, env: dict[str, str]) -> None:
 
     parents = [p for p in site.getsitepackages() if Path(p).is_dir()]
     for _ in range(10):
-        proc = subprocess.run(
-            [
-                str(ansible_tool("ansible-test")),
-                "sanity",
-                "--local",
-                "--python",
-                f"{sys.version_info.major}.{sys.version_info.minor}",
-                "--explain",
-                "-v",
-                *(f"--test={t}" for t in SANITY_TESTS),
-            ],
-            env=env,
-            cwd=collection_dir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        tests = [f"--test={t}" for t in SANITY_TESTS]
+        proc = _ansible_test(collection_dir, env, "sanity", "--explain", "-v", *tests)
         fresh = [
             Path(p)
             for p in dict.fromkeys(_VENV.findall(proc.stdout + proc.stderr))
@@ -246,30 +229,41 @@ def _make_venv(venv: Path, parents: list[str]) -> None:
     (venv / "marker.txt").touch()
 
 
-def sanity_run(collection: Collection, home: Path) -> str:
-    """``ansible-test sanity`` of the installed collection; its output."""
-    env = ansible_env(home)
-    env["HOME"] = str(home)
-    env.pop("PYTHONPATH")  # the modules must not see atoll's source in the import test
-    prime_sanity_venvs(collection.installed, env)
-    proc = subprocess.run(
+def _ansible_test(
+    collection_dir: Path, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``ansible-test ARGS --local --python X.Y`` in *collection_dir*."""
+    return subprocess.run(
         [
             str(ansible_tool("ansible-test")),
-            "sanity",
+            *args,
             "--local",
             "--python",
             f"{sys.version_info.major}.{sys.version_info.minor}",
-            "--color=no",
-            *(f"--test={t}" for t in SANITY_TESTS),
         ],
         env=env,
-        cwd=collection.installed,
+        cwd=collection_dir,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
+
+
+def _test_env(home: Path) -> dict[str, str]:
+    env = ansible_env(home)
+    env["HOME"] = str(home)  # ansible-test keeps its environments under ~/.ansible
+    return env
+
+
+def sanity_run(collection: Collection, home: Path) -> str:
+    """``ansible-test sanity`` of the installed collection; its output."""
+    env = _test_env(home)
+    env.pop("PYTHONPATH")  # the modules must not see atoll's source in the import test
+    prime_sanity_venvs(collection.installed, env)
+    tests = [f"--test={t}" for t in SANITY_TESTS]
+    proc = _ansible_test(collection.installed, env, "sanity", "--color=no", *tests)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     return output
@@ -277,25 +271,7 @@ def sanity_run(collection: Collection, home: Path) -> str:
 
 def units_run(collection: Collection, home: Path) -> str:
     """``ansible-test units`` of the installed collection (its tests/unit); its output."""
-    env = ansible_env(home)
-    env["HOME"] = str(home)
-    proc = subprocess.run(
-        [
-            str(ansible_tool("ansible-test")),
-            "units",
-            "--local",
-            "--python",
-            f"{sys.version_info.major}.{sys.version_info.minor}",
-            "--color=no",
-        ],
-        env=env,
-        cwd=collection.installed,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = _ansible_test(collection.installed, _test_env(home), "units", "--color=no")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     return output

@@ -15,10 +15,6 @@ description:
 version_added: 0.1.0
 author: atoll developers (@atoll)
 options:
-  sysroot:
-    description: The device's sysroot.
-    type: path
-    default: /sysroot
   root:
     description:
       - The running system's root directory. Default C(/) on a machine booted from
@@ -34,15 +30,14 @@ options:
     type: path
     default: /run/atoll/workloads
 attributes:
-  check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
-    support: full
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
   facts:
     description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
     support: full
+extends_documentation_fragment:
+  - atoll.edge.edge.sysroot
 """
 
 EXAMPLES = r"""

@@ -68,17 +68,12 @@ options:
   policy:
     description: A trust policy (containers-policy.json) to enforce instead of the booted deployment's.
     type: path
-  sysroot:
-    description: The device's sysroot.
-    type: path
-    default: /sysroot
 attributes:
-  check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
-    support: full
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
+extends_documentation_fragment:
+  - atoll.edge.edge.sysroot
 """
 
 EXAMPLES = r"""

@@ -14,7 +14,8 @@ description:
     a C(registries.conf.d) drop-in marking it insecure or blocked or naming mirrors.
   - The files are read back and checked with atoll's own parsers; a file atoll
     would refuse is never left behind.
-  - Secrets (O(password), O(client_key)) are never printed, logged or returned.
+  - Secrets (O(password), O(client_key)) are never printed, logged or returned; in diff
+    mode a private file reads C((secret)) and the auth file's diff names the entry only.
 version_added: 0.1.0
 author: atoll developers (@atoll)
 options:
@@ -69,18 +70,8 @@ options:
     description: The C(registries.conf.d) directory, as seen from O(root).
     type: path
     default: /etc/containers/registries.conf.d
-  root:
-    description: The managed system's root directory.
-    type: path
-    default: /
-attributes:
-  check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
-    support: full
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
-    support: full
-    details: Secrets are shown as C((secret)); the auth file's diff names the entry only.
+extends_documentation_fragment:
+  - atoll.edge.edge.root
 """
 
 EXAMPLES = r"""

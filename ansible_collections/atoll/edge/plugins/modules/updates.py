@@ -58,17 +58,8 @@ options:
   allow_downgrade:
     description: Let an upgrade follow the tag to an older version.
     type: bool
-  root:
-    description: The managed system's root directory.
-    type: path
-    default: /
-attributes:
-  check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
-    support: full
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
-    support: full
+extends_documentation_fragment:
+  - atoll.edge.edge.root
 """
 
 EXAMPLES = r"""

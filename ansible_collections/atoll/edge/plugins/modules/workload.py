@@ -44,10 +44,6 @@ options:
         C([Install]) section, so it starts at boot. V(false) leaves the content as given.
     type: bool
     default: false
-  root:
-    description: The managed system's root directory (a booted deployment of a directory sysroot, for example).
-    type: path
-    default: /
   unit_dir:
     description: The Quadlet directory, as seen from O(root).
     type: path
@@ -67,13 +63,8 @@ options:
     description: Seconds to wait for a start, stop or restart.
     type: float
     default: 90
-attributes:
-  check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
-    support: full
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
-    support: full
+extends_documentation_fragment:
+  - atoll.edge.edge.root
 """
 
 EXAMPLES = r"""
