@@ -81,8 +81,10 @@ def ansible_env(home: Path) -> dict[str, str]:
     return env
 
 
-def run_tool(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
-    proc = subprocess.run(
+def run_command(
+    argv: list[str], env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         argv,
         env=env,
         cwd=cwd,
@@ -92,6 +94,11 @@ def run_tool(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> s
         timeout=600,
         check=False,
     )
+
+
+def run_tool(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
+    """Run an ansible command; fail the test with its output if it fails."""
+    proc = run_command(argv, env, cwd)
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
@@ -129,7 +136,7 @@ def playbook_run(
     environment = ansible_env(tmp_path / "ansible-home")
     environment["ANSIBLE_COLLECTIONS_PATH"] = str(collection.path)
     environment.update(env or {})
-    proc = subprocess.run(
+    proc = run_command(
         [
             str(collection.bin / "ansible-playbook"),
             "-i",
@@ -139,12 +146,7 @@ def playbook_run(
             *options,
             str(playbook),
         ],
-        env=environment,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+        environment,
     )
     output = proc.stdout + proc.stderr
     found = _RECAP.search(proc.stdout)
@@ -233,22 +235,9 @@ def _ansible_test(
     collection_dir: Path, env: dict[str, str], *args: str
 ) -> subprocess.CompletedProcess[str]:
     """``ansible-test ARGS --local --python X.Y`` in *collection_dir*."""
-    return subprocess.run(
-        [
-            str(ansible_tool("ansible-test")),
-            *args,
-            "--local",
-            "--python",
-            f"{sys.version_info.major}.{sys.version_info.minor}",
-        ],
-        env=env,
-        cwd=collection_dir,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    argv = [str(ansible_tool("ansible-test")), *args, "--local", "--python", version]
+    return run_command(argv, env, collection_dir)
 
 
 def _test_env(home: Path) -> dict[str, str]:

@@ -35,3 +35,19 @@ attributes:
     description: Can run in check mode and return changed status prediction without modifying target.
     support: full
 """
+
+    # Modules that ask the manager of the workloads.
+    MANAGER = r"""
+options:
+  manager:
+    description:
+      - Who runs the workloads. V(auto) chooses atoll's supervisor when its control
+        socket exists, else systemd when it runs; V(none) never asks a manager.
+    type: str
+    choices: [auto, systemd, supervisor, none]
+    default: auto
+  state_dir:
+    description: The supervisor's state directory.
+    type: path
+    default: /run/atoll/workloads
+"""

@@ -20,15 +20,6 @@ options:
       - The running system's root directory. Default C(/) on a machine booted from
         O(sysroot)=C(/sysroot), else the booted (or default) deployment of O(sysroot).
     type: path
-  manager:
-    description: Who runs the workloads (see M(atoll.edge.workload)); V(none) reports the units without their state.
-    type: str
-    choices: [auto, systemd, supervisor, none]
-    default: auto
-  state_dir:
-    description: The supervisor's state directory.
-    type: path
-    default: /run/atoll/workloads
 attributes:
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
@@ -38,6 +29,7 @@ attributes:
     support: full
 extends_documentation_fragment:
   - atoll.edge.edge.sysroot
+  - atoll.edge.edge.manager
 """
 
 EXAMPLES = r"""

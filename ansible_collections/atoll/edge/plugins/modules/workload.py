@@ -48,23 +48,13 @@ options:
     description: The Quadlet directory, as seen from O(root).
     type: path
     default: /etc/containers/systemd
-  manager:
-    description:
-      - Who runs the units. V(auto) chooses the supervisor when its control socket
-        exists, else systemd when it runs; V(none) never asks a manager.
-    type: str
-    choices: [auto, systemd, supervisor, none]
-    default: auto
-  state_dir:
-    description: The supervisor's state directory.
-    type: path
-    default: /run/atoll/workloads
   timeout:
     description: Seconds to wait for a start, stop or restart.
     type: float
     default: 90
 extends_documentation_fragment:
   - atoll.edge.edge.root
+  - atoll.edge.edge.manager
 """
 
 EXAMPLES = r"""
