@@ -8,6 +8,7 @@ from pathlib import Path
 from atoll.oci.registries_conf import parse_registries_conf
 from ansible_collections.atoll.edge.plugins.modules.registry import (
     drop_in_name,
+    main_body,
     registries_conf_text,
 )
 
@@ -30,3 +31,46 @@ def test_a_quote_in_the_name_stays_in_its_string():
     [entry] = parse_registries_conf(text, Path("50.conf"))
     assert entry.location == 'r.lab"\nblocked = true' and not entry.blocked
     assert drop_in_name("r.lab:5000/../x") == "50-atoll-edge-r.lab_5000_.._x.conf"
+
+
+class Task:
+    """What main_body reads of an AnsibleModule."""
+
+    def __init__(self, params, check_mode=False):
+        self.params = params
+        self.check_mode = check_mode
+
+
+def params_for(root, **given):
+    params = {
+        "registry": "registry.lab:5000",
+        "state": "present",
+        "username": None,
+        "password": None,
+        "auth_file": "/etc/containers/auth.json",
+        "ca_cert": None,
+        "client_cert": None,
+        "client_key": None,
+        "certs_dir": "/etc/containers/certs.d",
+        "insecure": None,
+        "blocked": None,
+        "mirrors": None,
+        "registries_conf_dir": "/etc/containers/registries.conf.d",
+        "root": str(root),
+    }
+    params.update(given)
+    return params
+
+
+def test_tls_files_in_the_certs_d_layout(tmp_path):
+    pems = dict(ca_cert="CA PEM", client_cert="CERT PEM", client_key="KEY PEM")
+    result = main_body(Task(params_for(tmp_path, **pems)))
+    directory = tmp_path / "etc/containers/certs.d/registry.lab:5000"
+    assert result["certs_dir"] == str(directory)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
+    assert modes == {"ca.crt": 0o644, "client.cert": 0o644, "client.key": 0o600}
+    assert (directory / "client.key").read_text() == "KEY PEM\n"
+    assert "KEY PEM" not in result["diff"]["after"]
+    assert not main_body(Task(params_for(tmp_path, **pems)))["changed"]
+    gone = main_body(Task(params_for(tmp_path, state="absent")))
+    assert gone["changed"] and not directory.exists()
