@@ -167,6 +167,8 @@ def check_stage(module, device, name):
 
 
 def stage(module, device, root, name):
+    from pathlib import Path
+
     from atoll.cli.host import guard_staging
     from atoll.sysroot.etcmerge import EtcMergeStrategy
 
@@ -175,7 +177,7 @@ def stage(module, device, root, name):
     guard_staging(
         device,
         root,
-        policy=None if policy is None else __import__("pathlib").Path(policy),
+        policy=None if policy is None else Path(policy),
         follow_tag=name is None,
         allow_downgrade=params["allow_downgrade"],
     )
