@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["helpers.registry", "helpers.debian", "helpers.fleet"]
+pytest_plugins = ["helpers.registry", "helpers.debian", "helpers.fleet", "helpers.ansible"]
 
 _TOOLS = ("docker-registry", "skopeo", "podman", "htpasswd", "openssl")
 

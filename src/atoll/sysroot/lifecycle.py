@@ -675,7 +675,7 @@ class Device:
     def set_pinned(self, selector: str | None, pinned: bool) -> Deployment:
         with self.sysroot.lock():
             state = self.state()
-            deployment = _select(state, selector)
+            deployment = select_deployment(state, selector)
             updated = deployment.with_origin(pinned=pinned)
             write_origin(self._origin_path(updated), updated.origin)
             return updated
@@ -795,7 +795,7 @@ def _options(
     return " ".join([*args, f"{bootloader.KARG}={path}"])
 
 
-def _select(state: SysrootState, selector: str | None) -> Deployment:
+def select_deployment(state: SysrootState, selector: str | None) -> Deployment:
     """A deployment by boot-order index, id prefix, or the booted one."""
     if selector is None:
         return state.current

@@ -1,0 +1,108 @@
+# Copyright: atoll developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""An Ansible connection into a device booted by ``atoll device boot``: commands
+run with nsenter in the namespaces of the container's PID 1, found anew for each
+command from the systemd-nspawn process that boots the sysroot (``ansible_host``),
+so it follows the device across reboots.  A test tool, not part of the collection:
+community.general's nsenter connection does the same for a fixed PID."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ansible.errors import AnsibleConnectionFailure
+from ansible.plugins.connection import ConnectionBase
+
+DOCUMENTATION = """
+name: nspawn_device
+short_description: Run commands in a device booted by atoll device boot
+description:
+  - Enters the namespaces of the booted container's PID 1 with nsenter.
+options:
+  remote_addr:
+    description: The device's sysroot on the controller.
+    default: inventory_hostname
+    vars:
+      - name: ansible_host
+"""
+
+ENV = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"]
+
+
+def _cmdline(proc: Path) -> list[str]:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def container_leader(sysroot: str) -> str:
+    """The host PID of the container's PID 1 for the nspawn that boots *sysroot*."""
+    prefix = f"--directory={Path(sysroot).resolve()}/"
+    for proc in Path("/proc").iterdir():
+        argv = _cmdline(proc) if proc.name.isdigit() else []
+        if not argv or Path(argv[0]).name != "systemd-nspawn":
+            continue
+        if any(a.startswith(prefix) for a in argv):
+            try:
+                children = (proc / "task" / proc.name / "children").read_text().split()
+            except OSError:
+                children = []
+            if children:
+                return children[0]
+    raise AnsibleConnectionFailure(f"no booted device for the sysroot {sysroot}")
+
+
+class Connection(ConnectionBase):  # type: ignore[misc]
+    transport = "nspawn_device"
+    has_pipelining = True
+
+    def _connect(self) -> Connection:
+        self._connected = True
+        return self
+
+    def _enter(self, argv: list[str]) -> list[str]:
+        leader = container_leader(self.get_option("remote_addr"))
+        namespaces = ["--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]
+        return ["nsenter", "--target", leader, *namespaces, "--", *ENV, *argv]
+
+    def exec_command(
+        self, cmd: str, in_data: bytes | None = None, sudoable: bool = True
+    ) -> tuple[int, bytes, bytes]:
+        super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        proc = subprocess.run(
+            self._enter(["/bin/sh", "-c", cmd]),
+            input=in_data or b"",
+            capture_output=True,
+            check=False,
+        )
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def put_file(self, in_path: str, out_path: str) -> None:
+        super().put_file(in_path, out_path)
+        with Path(in_path).open("rb") as source:
+            proc = subprocess.run(
+                self._enter(["/bin/sh", "-c", 'cat > "$1"', "sh", out_path]),
+                stdin=source,
+                capture_output=True,
+                check=False,
+            )
+        if proc.returncode != 0:
+            raise AnsibleConnectionFailure(f"cannot write {out_path}: {proc.stderr!r}")
+
+    def fetch_file(self, in_path: str, out_path: str) -> None:
+        super().fetch_file(in_path, out_path)
+        proc = subprocess.run(
+            self._enter(["cat", in_path]),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise AnsibleConnectionFailure(f"cannot read {in_path}: {proc.stderr!r}")
+        Path(out_path).write_bytes(proc.stdout)
+
+    def close(self, *args: Any) -> None:
+        self._connected = False
