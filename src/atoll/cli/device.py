@@ -9,6 +9,7 @@ from typing import Any
 from atoll.cli.common import Output, add_global_options, duration
 from atoll.cli.hostdevice import open_device
 from atoll.device.harness import BootRound, run_boots
+from atoll.device.nspawn import parse_network
 from atoll.errors import UsageError
 from atoll.sysroot.status import tries_left
 
@@ -48,10 +49,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     boot.add_argument("--console-log", metavar="FILE", help="write the console output here")
     boot.add_argument(
-        "--host-network",
-        action="store_true",
-        help="share the host's network (default: loopback only), e.g. for the device's "
-        "own updates from a registry on the host",
+        "--network",
+        default="private",
+        metavar="MODE",
+        help="private (the default: loopback only), host (share the host's network, e.g. "
+        "for updates from a registry on the host's loopback), or a network namespace: "
+        "a name from ip netns or a path (a LAN of the device's own)",
     )
     boot.set_defaults(func=_boot)
 
@@ -77,7 +80,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         poweroff_when_green=not args.keep_running,
         console_log=Path(args.console_log) if args.console_log else None,
         on_round=report,
-        host_network=args.host_network,
+        network=parse_network(args.network),
     )
     out.result(result.to_json(), None)
     return 0

@@ -7,8 +7,10 @@ What the container sees (the default; see :func:`nspawn_command`)::
     /var     VAR, the stateroot's shared /var        writable
     PATH     HOST for each (HOST, PATH) in binds     writable
     /tmp, /run                                       tmpfs, made by nspawn
-    network  loopback only (--private-network), or the host's (host_network=True:
-             the device reaches a registry on the host's loopback)
+    network  loopback only (network="private", --private-network); the host's
+             (network="host": the device reaches a registry on the host's
+             loopback); or a network namespace made beforehand (network=PATH,
+             e.g. /run/netns/lan1-dev1 from atoll.device.netns: a LAN of its own)
 
 Arguments after ``--`` become the arguments of the container's systemd, which in
 a container reads them in place of the kernel command line (``systemd.unit=``,
@@ -69,6 +71,25 @@ _TAIL_LINES = 40
 _STOP_GRACE = 10.0
 _READER_GRACE = 5.0
 _MACHINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: ``network=`` values other than the path of a network namespace.
+NETWORK_PRIVATE = "private"
+NETWORK_HOST = "host"
+
+
+def parse_network(text: str) -> str:
+    """``private``, ``host``, or a network namespace: a name under /run/netns
+    (``ip netns add NAME``) or the absolute path of one; the namespace must exist."""
+    if text in (NETWORK_PRIVATE, NETWORK_HOST):
+        return text
+    if "/" in text and not text.startswith("/"):
+        raise InvalidInputError(f"network {text!r}: give private, host, a namespace name or path")
+    path = Path(text) if text.startswith("/") else Path("/run/netns") / text
+    if not path.exists():
+        raise InvalidInputError(
+            f"network namespace {path} does not exist",
+            hint=f"make it first, e.g. ip netns add {path.name}",
+        )
+    return str(path)
 
 
 class DeviceBootOutcome(StrEnum):
@@ -106,7 +127,7 @@ def nspawn_command(
     readonly_usr: bool = True,
     kernel_cmdline: str = "",
     nspawn: str = "systemd-nspawn",
-    host_network: bool = False,
+    network: str = NETWORK_PRIVATE,
 ) -> list[str]:
     """The systemd-nspawn command line that boots *root* (checked, not run)."""
     if not _MACHINE.fullmatch(machine):
@@ -124,7 +145,7 @@ def nspawn_command(
         "--keep-unit",
         "--register=no",
         f"--machine={machine}",
-        *([] if host_network else ["--private-network"]),
+        *_network_options(network),
         "--console=read-only",
         "--kill-signal=SIGKILL",
         "--setenv=SYSTEMD_COLORS=0",
@@ -143,13 +164,26 @@ def nspawn_command(
     return [*argv, "--", *BASE_CMDLINE, *extra]
 
 
+def _network_options(network: str) -> list[str]:
+    if network == NETWORK_PRIVATE:
+        return ["--private-network"]
+    if network == NETWORK_HOST:
+        return []
+    if not network.startswith("/") or ":" in network:
+        raise InvalidInputError(
+            f"network {network!r}: give private, host or the absolute path of a namespace"
+        )
+    # The device manages its own addresses in its namespace (a VIP moved by keepalived).
+    return [f"--network-namespace-path={network}", "--capability=CAP_NET_ADMIN"]
+
+
 class BootOptions(TypedDict, total=False):
     """The optional arguments of :func:`nspawn_command` a boot passes on."""
 
     binds: Sequence[tuple[Path, str]]
     readonly_usr: bool
     kernel_cmdline: str
-    host_network: bool
+    network: str
 
 
 def boot_container(

@@ -31,6 +31,9 @@ UPDATE_SERVICE = "atoll-fetch-apply-updates.service"
 #: that starts it when one is staged.
 FINALIZE_SERVICE = "atoll-finalize-staged.service"
 FINALIZE_PATH = "atoll-finalize-staged.path"
+#: Written into images that ask for failover (``failover`` in the blueprint), beside
+#: keepalived's own unit: it renders keepalived.conf before keepalived starts.
+FAILOVER_UNITS = ("atoll-failover-config.service",)
 #: Units another unit starts (so they are not enabled themselves).
 TRIGGERED = {UPDATE_SERVICE: UPDATE_TIMER, FINALIZE_SERVICE: FINALIZE_PATH}
 

@@ -1,0 +1,111 @@
+"""Failover by keepalived on a small LAN of namespaces: two container-boot
+devices, each in its own network namespace with keepalived and a web workload,
+and a client in a third; the virtual IP moves when the master is powered off,
+its workload turns unhealthy or its keepalived stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from atoll.device.netns import Lan, lan_namespaces
+from helpers.lan import Client, LanDevice, ensure_lan_tree
+from helpers.parts import missing, require_tool
+
+VIP = "10.99.0.100"
+URL = f"http://{VIP}:8080/"
+INTERVAL = 0.2
+TAKEOVERS = 10
+
+
+class Pair:
+    def __init__(self, lan: Lan, devices: dict[str, LanDevice], client: Client) -> None:
+        self.lan, self.devices, self.client = lan, devices, client
+
+    def master(self) -> tuple[LanDevice, LanDevice]:
+        """(master, standby): the device holding the VIP, and the other."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            holders = [d for d in self.devices.values() if d.holds(VIP)]
+            if len(holders) == 1:
+                (m,) = holders
+                return m, next(d for d in self.devices.values() if d is not m)
+            time.sleep(0.05)
+        raise AssertionError(f"not exactly one holder of {VIP}: {self.consoles()}")
+
+    def wait_serving(self, device: LanDevice) -> None:
+        """Until *device*'s workload answers on its own address and keepalived runs."""
+        deadline = time.monotonic() + 60
+        url = f"http://{device.address.ip}:8080/"
+        while time.monotonic() < deadline:
+            if self.client.get(url, 0.5) == f"served by {device.name}":
+                state = device.exec("systemctl", "is-active", "keepalived", check=False)
+                if state.stdout.strip() == "active":
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"{device.name} is not serving: {device.tail()}")
+
+    def consoles(self) -> str:
+        return "\n".join(f"--- {d.name}\n{d.tail(20)}" for d in self.devices.values())
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    require_tool("systemd-nspawn", "systemd-container")
+    require_tool("ip", "iproute2")
+    require_tool("nsenter", "util-linux")
+    if os.geteuid() != 0:
+        missing("network namespaces and container boots need root")
+    tree = ensure_lan_tree()
+    work = tmp_path_factory.mktemp("lan")
+    name = f"at{secrets.token_hex(3)}"
+    addresses = {"dev1": "10.99.0.11", "dev2": "10.99.0.12"}
+    with Lan.create(name) as lan:
+        devices = {}
+        try:
+            for dev, ip in addresses.items():
+                lan.add(dev, f"{ip}/24")
+            client_ns = lan.add("client", "10.99.0.20/24")
+            assert client_ns.exists()
+            for (dev, _ip), priority in zip(addresses.items(), (150, 100), strict=True):
+                device = LanDevice(lan, dev, work, tree)
+                peers = [p for d, p in addresses.items() if d != dev]
+                device.configure(
+                    vip=f"{VIP}/24", priority=priority, interval=INTERVAL, peers=peers
+                )
+                devices[dev] = device
+            pair = Pair(lan, devices, Client(lan))
+            # dev1 first: with nopreempt the first one up stays master.
+            devices["dev1"].boot()
+            pair.wait_serving(devices["dev1"])
+            devices["dev2"].boot()
+            pair.wait_serving(devices["dev2"])
+            yield pair
+        finally:
+            for device in devices.values():
+                device.stop()
+    assert lan_namespaces(name) == []
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_standby_takes_the_address_when_the_master_is_powered_off(pair: Pair) -> None:
+    master, standby = pair.master()
+    assert pair.client.get(URL) == f"served by {master.name}"
+    with pair.client.polling(URL) as poll:
+        killed = master.power_off()
+        poll.first(f"served by {standby.name}", killed)
+    assert pair.master() == (standby, master)
+    master.power_on()
+    pair.wait_serving(master)
+    # nopreempt: the device that comes back stays standby, whatever its priority.
+    time.sleep(1)
+    assert pair.master() == (standby, master)
+    assert pair.client.get(URL) == f"served by {standby.name}"
