@@ -187,7 +187,9 @@ class NetworkSetupError(AtollError):
 
 class KeepalivedConfigError(AtollError):
     exit_code = 36
-    summary = "a failover setting cannot be written as keepalived configuration, or keepalived rejects it"
+    summary = (
+        "a failover setting cannot be written as keepalived configuration, or keepalived rejects it"
+    )
 
 
 class KeepalivedStateError(AtollError):

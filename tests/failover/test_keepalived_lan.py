@@ -77,9 +77,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             for (dev, _ip), priority in zip(addresses.items(), (150, 100), strict=True):
                 device = LanDevice(lan, dev, work, tree)
                 peers = [p for d, p in addresses.items() if d != dev]
-                device.configure(
-                    vip=f"{VIP}/24", priority=priority, interval=INTERVAL, peers=peers
-                )
+                device.configure(vip=f"{VIP}/24", priority=priority, interval=INTERVAL, peers=peers)
                 devices[dev] = device
             pair = Pair(lan, devices, Client(lan))
             # dev1 first: with nopreempt the first one up stays master.
@@ -126,9 +124,12 @@ def test_an_unhealthy_workload_hands_the_address_over(pair: Pair) -> None:
     master.exec("systemctl", "start", "web.service")
     pair.wait_serving(master)
     deadline = time.monotonic() + 10
-    while json.loads(master.exec("atoll", "failover", "status", "--json").stdout)[
-        "instances"
-    ][0]["state"] != "BACKUP":
+    while (
+        json.loads(master.exec("atoll", "failover", "status", "--json").stdout)["instances"][0][
+            "state"
+        ]
+        != "BACKUP"
+    ):
         assert time.monotonic() < deadline, "the healthy device did not go back to BACKUP"
         time.sleep(0.2)
     assert pair.master() == (standby, master)

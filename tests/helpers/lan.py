@@ -212,7 +212,7 @@ class LanDevice:
             check=True,
         ).stdout
         ips = [a["local"] for link in json.loads(out) for a in link.get("addr_info", [])]
-        return vip.split("/")[0] in ips
+        return vip.split("/", maxsplit=1)[0] in ips
 
     def tail(self, lines: int = 40) -> str:
         try:

@@ -48,7 +48,11 @@ def netns_path(name: str) -> Path:
 
 @dataclass
 class Lan:
-    """A LAN made by :meth:`create`: ``with Lan.create("t1") as lan: lan.add("dev1", "10.99.0.11/24")``."""
+    """A LAN made by :meth:`create`; as a context manager it removes itself::
+
+    with Lan.create("t1") as lan:
+        lan.add("dev1", "10.99.0.11/24")
+    """
 
     name: str
     members: dict[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface] = field(

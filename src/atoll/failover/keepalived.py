@@ -38,6 +38,7 @@ and returns one :class:`InstanceState` per instance.
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import json
 import os
@@ -160,29 +161,53 @@ def _check_command(key: str, argv: Sequence[str]) -> None:
         if not _WORD.fullmatch(word):
             raise KeepalivedConfigError(
                 f"{key}: {word!r} cannot be passed to keepalived as it is",
-                hint="use letters, digits and _ . / : = @ % + , - only; put anything else in a script",
+                hint="use letters, digits and _ . / : = @ % + , - only; "
+                "put anything else in a script",
             )
 
 
 # --- the settings file ------------------------------------------------------------------
+
+
+def _interface(text: str) -> Interface:
+    if "/" not in text:
+        raise KeepalivedConfigError(f"address {text!r} has no prefix", hint="e.g. 10.99.0.100/24")
+    try:
+        return ipaddress.ip_interface(text)
+    except ValueError:
+        raise KeepalivedConfigError(f"address {text!r} is not ADDRESS/PREFIX") from None
+
+
+def _address(text: object, what: str) -> Address:
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        raise KeepalivedConfigError(f"{what} {text!r} is not an IP address") from None
+
+
+def _argv(value: list[Any], key: str) -> tuple[str, ...]:
+    if not all(isinstance(word, str) for word in value):
+        raise KeepalivedConfigError(f"{key} must be a list of strings")
+    return tuple(value)
+
 
 #: Key -> (accepted TOML types, converter to the dataclass's field).
 _FIELDS: dict[str, tuple[tuple[type, ...], Callable[[Any], Any]]] = {
     "instance": ((str,), str),
     "router_id": ((int,), int),
     "interface": ((str,), str),
-    "address": ((str,), lambda v: _interface(v)),
+    "address": ((str,), _interface),
     "priority": ((int,), int),
     "interval": ((int, float), float),
     "preempt": ((bool,), bool),
     "source": ((str,), lambda v: _address(v, "source")),
     "peers": ((list,), lambda v: tuple(_address(p, "peer") for p in v)),
-    "check": ((list,), lambda v: _argv(v, "check")),
+    "check": ((list,), functools.partial(_argv, key="check")),
     "check_interval": ((int,), int),
     "check_timeout": ((int,), int),
     "fall": ((int,), int),
     "rise": ((int,), int),
-    **{key: ((list,), lambda v, key=key: _argv(v, key)) for key in _NOTIFY},
+    **{key: ((list,), functools.partial(_argv, key=key)) for key in _NOTIFY},
 }
 
 
@@ -228,28 +253,6 @@ def settings_from(
         return KeepalivedSettings(**values)
     except KeepalivedConfigError as exc:
         raise KeepalivedConfigError(f"{source}: {exc}", hint=exc.hint) from None
-
-
-def _interface(text: str) -> Interface:
-    if "/" not in text:
-        raise KeepalivedConfigError(f"address {text!r} has no prefix", hint="e.g. 10.99.0.100/24")
-    try:
-        return ipaddress.ip_interface(text)
-    except ValueError:
-        raise KeepalivedConfigError(f"address {text!r} is not ADDRESS/PREFIX") from None
-
-
-def _address(text: object, what: str) -> Address:
-    try:
-        return ipaddress.ip_address(str(text))
-    except ValueError:
-        raise KeepalivedConfigError(f"{what} {text!r} is not an IP address") from None
-
-
-def _argv(value: list[Any], key: str) -> tuple[str, ...]:
-    if not all(isinstance(word, str) for word in value):
-        raise KeepalivedConfigError(f"{key} must be a list of strings")
-    return tuple(value)
 
 
 # --- keepalived.conf --------------------------------------------------------------------
