@@ -55,7 +55,8 @@ def test_members_reach_each_other_and_the_host_sees_nothing(lan_name: str) -> No
         port = server.stdout.readline().strip()
         fetch = (
             "import socket, sys\n"
-            "print(socket.create_connection(('10.98.0.11', int(sys.argv[1])), 5).recv(5).decode())\n"
+            "c = socket.create_connection(('10.98.0.11', int(sys.argv[1])), 5)\n"
+            "print(c.recv(5).decode())\n"
         )
         got = subprocess.run(
             ["ip", "netns", "exec", lan.netns("client"), sys.executable, "-c", fetch, port],
