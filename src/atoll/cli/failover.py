@@ -44,6 +44,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help=f"the failover settings (default {DEFAULT_SETTINGS})",
     )
     config.add_argument(
+        "-o",
         "--output",
         metavar="FILE",
         help=f"write the configuration here (e.g. {DEFAULT_CONFIG}); default: standard output",
