@@ -14,6 +14,7 @@ import pytest
 from atoll.device.netns import Lan, lan_namespaces, remove_lan
 from atoll.device.nspawn import nspawn_command, parse_network
 from atoll.errors import InvalidInputError, NetworkSetupError
+from helpers.cli import run_atoll
 from helpers.parts import missing, require_tool
 
 
@@ -113,3 +114,9 @@ def test_a_device_boots_into_a_named_namespace(lan_name: str, tmp_path: Path) ->
     assert parse_network("host") == "host"
     with pytest.raises(InvalidInputError):
         parse_network("relative/path")
+
+
+def test_device_boot_refuses_a_namespace_that_does_not_exist(tmp_path: Path) -> None:
+    done = run_atoll("device", "boot", "--sysroot", str(tmp_path), "--network", "no-such-ns-x1")
+    assert done.returncode == 4
+    assert "network namespace /run/netns/no-such-ns-x1 does not exist" in done.stderr

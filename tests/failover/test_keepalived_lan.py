@@ -101,11 +101,14 @@ def test_the_standby_takes_the_address_when_the_master_is_powered_off(pair: Pair
         killed = master.power_off()
         poll.first(f"served by {standby.name}", killed)
     assert pair.master() == (standby, master)
+    # keepalived ran the notify script of the new role.
+    assert standby.exec("test", "-e", "/run/became-master", check=False).returncode == 0
     master.power_on()
     pair.wait_serving(master)
     # nopreempt: the device that comes back stays standby, whatever its priority.
     time.sleep(1)
     assert pair.master() == (standby, master)
+    assert master.exec("test", "-e", "/run/became-master", check=False).returncode == 1
     assert pair.client.get(URL) == f"served by {standby.name}"
 
 

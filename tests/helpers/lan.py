@@ -88,6 +88,8 @@ check = ["/usr/local/bin/web-health"]
 check_interval = 1
 fall = 1
 rise = 1
+notify_master = ["/usr/bin/touch", "/run/became-master"]
+notify_backup = ["/usr/bin/rm", "-f", "/run/became-master"]
 """
 
 

@@ -56,12 +56,17 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "for updates from a registry on the host's loopback), or a network namespace: "
         "a name from ip netns or a path (a LAN of the device's own)",
     )
+    # The option's earlier spelling, kept for scripts that use it.
+    boot.add_argument(
+        "--host-network", action="store_const", const="host", dest="network", help=argparse.SUPPRESS
+    )
     boot.set_defaults(func=_boot)
 
 
 def _boot(args: argparse.Namespace, out: Output) -> int:
     if args.max_boots < 1:
         raise UsageError("--max-boots must be at least 1")
+    network = parse_network(args.network)
 
     def report(round_: BootRound) -> None:
         rec = round_.record
@@ -80,7 +85,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         poweroff_when_green=not args.keep_running,
         console_log=Path(args.console_log) if args.console_log else None,
         on_round=report,
-        network=parse_network(args.network),
+        network=network,
     )
     out.result(result.to_json(), None)
     return 0
