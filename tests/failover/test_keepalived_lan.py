@@ -5,6 +5,7 @@ its workload turns unhealthy or its keepalived stops."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from atoll.device.netns import Lan, lan_namespaces
-from helpers.lan import Client, LanDevice, ensure_lan_tree
+from helpers.debian import DebianTree
+from helpers.lan import Client, LanDevice, ensure_lan_tree, ensure_podman_lan_tree
 from helpers.parts import missing, require_tool
 
 VIP = "10.99.0.100"
@@ -56,15 +58,9 @@ class Pair:
         return "\n".join(f"--- {d.name}\n{d.tail(20)}" for d in self.devices.values())
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    require_tool("systemd-nspawn", "systemd-container")
-    require_tool("ip", "iproute2")
-    require_tool("nsenter", "util-linux")
-    if os.geteuid() != 0:
-        missing("network namespaces and container boots need root")
-    tree = ensure_lan_tree()
-    work = tmp_path_factory.mktemp("lan")
+@contextlib.contextmanager
+def lan_pair(work: Path, tree: DebianTree, *, podman: bool = False) -> Iterator[Pair]:
+    """Two devices and a client on a LAN of their own; everything removed afterwards."""
     name = f"at{secrets.token_hex(3)}"
     addresses = {"dev1": "10.99.0.11", "dev2": "10.99.0.12"}
     with Lan.create(name) as lan:
@@ -72,10 +68,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         try:
             for dev, ip in addresses.items():
                 lan.add(dev, f"{ip}/24")
-            client_ns = lan.add("client", "10.99.0.20/24")
-            assert client_ns.exists()
+            lan.add("client", "10.99.0.20/24")
             for (dev, _ip), priority in zip(addresses.items(), (150, 100), strict=True):
-                device = LanDevice(lan, dev, work, tree)
+                device = LanDevice(lan, dev, work, tree, podman=podman)
                 peers = [p for d, p in addresses.items() if d != dev]
                 device.configure(vip=f"{VIP}/24", priority=priority, interval=INTERVAL, peers=peers)
                 devices[dev] = device
@@ -92,9 +87,38 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     assert lan_namespaces(name) == []
 
 
+def _require_parts() -> None:
+    require_tool("systemd-nspawn", "systemd-container")
+    require_tool("ip", "iproute2")
+    require_tool("nsenter", "util-linux")
+    if os.geteuid() != 0:
+        missing("network namespaces and container boots need root")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """Devices whose workload is a plain systemd service (bookworm)."""
+    _require_parts()
+    with lan_pair(tmp_path_factory.mktemp("lan"), ensure_lan_tree()) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def podman_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """Devices whose workload is a Quadlet unit run by their own podman (trixie)."""
+    _require_parts()
+    tree = ensure_podman_lan_tree()
+    with lan_pair(tmp_path_factory.mktemp("lan"), tree, podman=True) as pair:
+        yield pair
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_standby_takes_the_address_when_the_master_is_powered_off(pair: Pair) -> None:
+    power_off_master(pair)
+
+
+def power_off_master(pair: Pair) -> None:
     master, standby = pair.master()
     assert pair.client.get(URL) == f"served by {master.name}"
     with pair.client.polling(URL) as poll:
@@ -115,6 +139,10 @@ def test_the_standby_takes_the_address_when_the_master_is_powered_off(pair: Pair
 @pytest.mark.integration
 @pytest.mark.slow
 def test_an_unhealthy_workload_hands_the_address_over(pair: Pair) -> None:
+    make_master_unhealthy(pair)
+
+
+def make_master_unhealthy(pair: Pair) -> None:
     master, standby = pair.master()
     with pair.client.polling(URL) as poll:
         at = time.monotonic()
@@ -195,3 +223,15 @@ def test_takeover_after_power_off_ten_times(pair: Pair, tmp_path: Path) -> None:
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
     assert len(times) == TAKEOVERS
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_workloads_run_by_the_devices_own_podman_fail_over(podman_pair: Pair) -> None:
+    """The same with the web workload a Quadlet unit under each device's own
+    systemd and podman (storage in the device's /var)."""
+    master, _ = podman_pair.master()
+    ps = master.exec("podman", "ps", "--format", "{{.Names}}").stdout.split()
+    assert ps == ["systemd-web"]
+    power_off_master(podman_pair)
+    make_master_unhealthy(podman_pair)

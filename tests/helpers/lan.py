@@ -22,7 +22,8 @@ from atoll.demo import basetree
 from atoll.device.netns import Lan
 from atoll.device.nspawn import ContainerBoot, boot_container, child_pids
 from atoll.units import FAILOVER_UNITS, install_atoll, install_units
-from helpers import debian
+from helpers import debian, podman5
+from helpers.workloads import GOOD, build_workload_image
 
 PACKAGES = (*debian.PACKAGES, "keepalived", "iproute2")
 RECIPE: dict[str, object] = {
@@ -63,6 +64,15 @@ ExecStart=/usr/bin/python3 -m http.server 8080 --bind 0.0.0.0 --directory /srv/w
 [Install]
 WantedBy=multi-user.target
 """
+WEB_QUADLET = """\
+[Container]
+Image=oci:/srv/images/web:v1
+Network=host
+Environment=PORT=8080
+
+[Install]
+WantedBy=multi-user.target
+"""
 #: The workload's health check, keepalived's track_script.
 WEB_HEALTH = """\
 #!/usr/bin/python3
@@ -97,8 +107,10 @@ class LanDevice:
     """A container-boot device in its LAN namespace: keepalived, the web workload
     and atoll (for ``atoll failover config`` and ``status``) in it."""
 
-    def __init__(self, lan: Lan, name: str, work: Path, tree: debian.DebianTree) -> None:
-        self.lan, self.name = lan, name
+    def __init__(
+        self, lan: Lan, name: str, work: Path, tree: debian.DebianTree, *, podman: bool = False
+    ) -> None:
+        self.lan, self.name, self.podman = lan, name, podman
         self.machine = f"{lan.name}-{name}"
         self.console = work / f"{name}.console"
         self.root, self.var = debian.make_deployment(tree.rootfs, work / name)
@@ -112,9 +124,17 @@ class LanDevice:
     def configure(self, *, vip: str, priority: int, interval: float, peers: list[str]) -> None:
         install_atoll(self.root)
         install_units(self.root, FAILOVER_UNITS)
-        (self.root / "srv/web").mkdir(parents=True)
-        (self.root / "srv/web/index.html").write_text(f"served by {self.name}\n")
-        debian.add_unit(self.root, "web.service", WEB_UNIT)
+        page = f"served by {self.name}\n"
+        if self.podman:
+            # The device's podman runs it: Quadlet's generator makes web.service.
+            build_workload_image(self.root / "srv/images/web", "v1", cmd=GOOD, page=page)
+            quadlet = self.root / "etc/containers/systemd/web.container"
+            quadlet.parent.mkdir(parents=True, exist_ok=True)
+            quadlet.write_text(WEB_QUADLET)
+        else:
+            (self.root / "srv/web").mkdir(parents=True)
+            (self.root / "srv/web/index.html").write_text(page)
+            debian.add_unit(self.root, "web.service", WEB_UNIT)
         health = self.root / "usr/local/bin/web-health"
         health.write_text(WEB_HEALTH)
         health.chmod(0o755)
@@ -143,6 +163,7 @@ class LanDevice:
                     timeout=600,
                     console_log=self.console,
                     network=str(self.lan.path(self.name)),
+                    containers=self.podman,
                 )
             )
 
@@ -322,3 +343,33 @@ class Poll:
             time.sleep(0.02)
         seen = sorted({b for a, b in self.answers if a > after})
         raise AssertionError(f"no {body!r} within {timeout} s after the change; saw {seen}")
+
+
+# --- devices whose workload is a Quadlet unit run by their own podman ------------------
+
+#: Debian trixie with podman 5 (helpers.podman5's packages) and keepalived.
+PODMAN_PACKAGES = (*podman5.PACKAGES, "keepalived", "iproute2")
+PODMAN_RECIPE: dict[str, object] = {
+    "suite": podman5.SUITE,
+    "variant": "minbase",
+    "include": list(PODMAN_PACKAGES),
+    "mirror": basetree.MIRROR,
+    "prepare": "lan-podman-1",
+}
+
+
+def _prepare_podman(root: Path) -> None:
+    debian.prepare_tree(root)
+    (root / "etc/keepalived/keepalived.conf").unlink(missing_ok=True)
+    (root / "etc/containers/containers.conf").write_text(podman5.CONTAINERS_CONF)
+
+
+PODMAN_TREE = debian.TreeRecipe(
+    PODMAN_RECIPE,
+    lambda target: basetree.debootstrap(target, PODMAN_PACKAGES, suite=podman5.SUITE),
+    _prepare_podman,
+)
+
+
+def ensure_podman_lan_tree(cache: Path | None = None) -> debian.DebianTree:
+    return debian.ensure_debian_tree(cache, PODMAN_TREE)

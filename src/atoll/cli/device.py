@@ -56,6 +56,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "for updates from a registry on the host's loopback), or a network namespace: "
         "a name from ip netns or a path (a LAN of the device's own)",
     )
+    boot.add_argument(
+        "--containers",
+        action="store_true",
+        help="the device runs containers itself (podman under its own systemd): every "
+        "capability, the system calls crun needs, the unified cgroup hierarchy",
+    )
     # The option's earlier spelling, kept for scripts that use it.
     boot.add_argument(
         "--host-network", action="store_const", const="host", dest="network", help=argparse.SUPPRESS
@@ -86,6 +92,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         console_log=Path(args.console_log) if args.console_log else None,
         on_round=report,
         network=network,
+        containers=args.containers,
     )
     out.result(result.to_json(), None)
     return 0

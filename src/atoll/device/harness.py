@@ -83,6 +83,7 @@ def run_boots(
     console_log: Path | None = None,
     on_round: Callable[[BootRound], None] | None = None,
     network: str = "private",
+    containers: bool = False,
 ) -> HarnessResult:
     sysroot = device.sysroot
     result = HarnessResult()
@@ -97,6 +98,7 @@ def run_boots(
             "binds": [(sysroot.root, "/sysroot")],
             "kernel_cmdline": " ".join([karg, *extra]),
             "network": network,
+            "containers": containers,
         }
 
     for number in range(1, max_boots + 1):

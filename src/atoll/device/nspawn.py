@@ -58,7 +58,7 @@ from typing import IO, TypedDict, Unpack
 
 from atoll.device.console import run_with_console
 from atoll.errors import ContainerBootError, InvalidInputError
-from atoll.run import Process, TimeoutExpired, dies_with_caller, find_tool
+from atoll.run import Process, TimeoutExpired, base_environment, dies_with_caller, find_tool
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,12 @@ _TAIL_LINES = 40
 _STOP_GRACE = 10.0
 _READER_GRACE = 5.0
 _MACHINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: What a device that runs containers itself needs besides nspawn's defaults
+#: (``containers=True``): see :func:`nspawn_command`.
+CONTAINERS_OPTIONS = ("--capability=all", "--system-call-filter=bpf keyctl add_key request_key")
+#: ... and in nspawn's environment: the unified cgroup hierarchy, which crun can
+#: write to even where the host's controllers are on cgroup v1 (read-only inside).
+CONTAINERS_ENV = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
 #: ``network=`` values other than the path of a network namespace.
 NETWORK_PRIVATE = "private"
 NETWORK_HOST = "host"
@@ -128,8 +134,14 @@ def nspawn_command(
     kernel_cmdline: str = "",
     nspawn: str = "systemd-nspawn",
     network: str = NETWORK_PRIVATE,
+    containers: bool = False,
 ) -> list[str]:
-    """The systemd-nspawn command line that boots *root* (checked, not run)."""
+    """The systemd-nspawn command line that boots *root* (checked, not run).
+
+    *containers*: the device runs containers itself (podman under its own
+    systemd), which needs every capability and the ``bpf``, ``keyctl``,
+    ``add_key`` and ``request_key`` system calls nspawn withholds (crun uses
+    them for device rules and keyrings); run it with :data:`CONTAINERS_ENV`."""
     if not _MACHINE.fullmatch(machine):
         raise InvalidInputError(
             f"machine name {machine!r} is not valid: use 1-64 letters, digits, '.', '_', '-'"
@@ -146,6 +158,7 @@ def nspawn_command(
         "--register=no",
         f"--machine={machine}",
         *_network_options(network),
+        *(CONTAINERS_OPTIONS if containers else ()),
         "--console=read-only",
         "--kill-signal=SIGKILL",
         "--setenv=SYSTEMD_COLORS=0",
@@ -184,6 +197,7 @@ class BootOptions(TypedDict, total=False):
     readonly_usr: bool
     kernel_cmdline: str
     network: str
+    containers: bool
 
 
 def boot_container(
@@ -209,6 +223,7 @@ def boot_container(
         console=_Console,
         stop=_stop,
         label=f"boot: {machine}",
+        env=base_environment(CONTAINERS_ENV) if options.get("containers") else None,
     )
     outcome = DeviceBootOutcome.TIMEOUT if timed_out else outcome_of(code)
     log.debug("boot: %s ended: %s (exit %d) after %.1f s", machine, outcome, code, duration)
