@@ -233,5 +233,7 @@ def test_workloads_run_by_the_devices_own_podman_fail_over(podman_pair: Pair) ->
     master, _ = podman_pair.master()
     ps = master.exec("podman", "ps", "--format", "{{.Names}}").stdout.split()
     assert ps == ["systemd-web"]
+    # podman's storage is in the device's own /var (bound from its stateroot).
+    assert (master.var / "lib/containers/storage/overlay-images").is_dir()
     power_off_master(podman_pair)
     make_master_unhealthy(podman_pair)
