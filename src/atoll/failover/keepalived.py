@@ -129,20 +129,6 @@ class KeepalivedSettings:
         for key in ("check", *_NOTIFY):
             _check_command(key, getattr(self, key))
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "instance": self.instance,
-            "routerId": self.router_id,
-            "interface": self.interface,
-            "address": str(self.address),
-            "priority": self.priority,
-            "interval": self.interval,
-            "preempt": self.preempt,
-            "source": str(self.source) if self.source else None,
-            "peers": [str(p) for p in self.peers],
-            "check": list(self.check),
-        }
-
 
 def _require(ok: object, message: str) -> None:
     if not ok:
