@@ -5,7 +5,7 @@ Where the pieces run (see docs/demo.md):
 
 - the registry: ``docker-registry`` on 127.0.0.1, plain HTTP;
 - each device: a sysroot under WORKDIR, booted with ``atoll device boot
-  --network host`` (systemd-nspawn, systemd as PID 1, the host's network): its
+  --host-network`` (systemd-nspawn, systemd as PID 1, the host's network): its
   own update timer (``atoll updates run``, policy ``apply``, every few seconds in
   the demo) pulls OS updates from the registry, checks their signatures with the
   device's trust policy, stages and reboots (see :meth:`Story.configure_updates`);
@@ -334,8 +334,7 @@ class Story:
                 "--sysroot",
                 str(device.sysroot),
                 "--keep-running",
-                "--network",
-                "host",
+                "--host-network",
                 "--timeout",
                 "3600",
                 "--console-log",
@@ -348,8 +347,7 @@ class Story:
                 "--sysroot",
                 str(device.sysroot),
                 "--keep-running",
-                "--network",
-                "host",
+                "--host-network",
             ],
             stop="int",
         )
