@@ -184,6 +184,23 @@ class StoreCorruptError(AtollError):
     summary = "the object store has corrupt or missing objects (see atoll store fsck)"
 
 
+class NetworkSetupError(AtollError):
+    exit_code = 35
+    summary = "a device's network (namespace, veth pair, bridge) cannot be made or removed"
+
+
+class KeepalivedConfigError(AtollError):
+    exit_code = 36
+    summary = (
+        "a failover setting cannot be written as keepalived configuration, or keepalived rejects it"
+    )
+
+
+class KeepalivedStateError(AtollError):
+    exit_code = 37
+    summary = "keepalived is not running, or its state cannot be read (see atoll failover status)"
+
+
 class SysrootVersionError(AtollError):
     exit_code = 40
     summary = "the sysroot or store was written by a newer atoll"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from atoll.build.blueprint import parse_blueprint
+from atoll.build.blueprint import parse_blueprint, parse_blueprint_dict
 from atoll.build.containerfile import (
     ATOLL_STEP,
     HOOK_PATHS,
@@ -317,3 +317,25 @@ def test_podman_build_keeps_labels_and_paths_as_written(tmp_path: Path) -> None:
     exported = podman_run("export", container).stdout
     with tarfile.open(fileobj=io.BytesIO(exported)) as tar:
         assert path.lstrip("/") in tar.getnames()
+
+
+def test_failover_adds_keepalived_and_the_unit_that_configures_it(tmp_path: Path) -> None:
+    bp = parse_blueprint('name = "edge"\n[customizations.failover]\nenabled = true\n')
+    assert parse_blueprint_dict(bp.to_dict()) == bp
+    plan = blueprint_context(bp, "localhost/base:1", Family.DEBIAN, hash_password=_hash)
+    lines = plan.containerfile.splitlines()
+    assert "--no-install-recommends keepalived &&" in lines[3]
+    assert lines[-3:] == [
+        ATOLL_STEP,
+        "COPY --chmod=0644 units/atoll-failover-config.service "
+        "/usr/lib/systemd/system/atoll-failover-config.service",
+        "RUN systemctl enable keepalived.service atoll-failover-config.service",
+    ]
+    write_context(plan, tmp_path / "ctx")
+    unit = (tmp_path / "ctx/units/atoll-failover-config.service").read_text()
+    assert "ExecStart=/usr/bin/atoll failover config" in unit
+    assert "Before=keepalived.service" in unit
+    without = blueprint_context(
+        parse_blueprint('name = "edge"\n'), "b:1", Family.DEBIAN, hash_password=_hash
+    )
+    assert "keepalived" not in without.containerfile

@@ -81,7 +81,7 @@ def test_command_binds_var_and_makes_usr_read_only(tmp_path: Path) -> None:
     writable = nspawn_command(root, var=var, machine="dev-1", readonly_usr=False)
     assert not any(a.startswith("--bind-ro=") for a in writable)
     # The host's network: the device reaches a registry on the host's loopback.
-    shared = nspawn_command(root, var=var, machine="dev-1", host_network=True)
+    shared = nspawn_command(root, var=var, machine="dev-1", network="host")
     assert "--private-network" not in shared
 
 

@@ -115,8 +115,19 @@ class SystemdHost:
     *registries*: hosts podman in it may reach over plain HTTP.
     """
 
-    def __init__(self, rootfs: Path, work: Path, registries: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        rootfs: Path,
+        work: Path,
+        registries: tuple[str, ...] = (),
+        *,
+        netns: Path | None = None,
+        binds: tuple[tuple[Path, str], ...] = (),
+    ) -> None:
+        """*netns*: a network namespace to boot in (a LAN of its own, atoll.device.netns)
+        instead of this machine's network; *binds*: more (HOST, PATH) read-only binds."""
         self.rootfs = rootfs
+        self.netns, self.binds = netns, binds
         self.work = work
         self.units = work / "units"
         self.units.mkdir(parents=True)
@@ -144,6 +155,8 @@ class SystemdHost:
             f"--bind-ro={self.conf}:/etc/containers",
             f"--bind-ro={self.units}:/etc/containers/systemd",
             f"--bind-ro={package}:/usr/lib/python3/dist-packages/atoll",
+            *(f"--bind-ro={host}:{inside}" for host, inside in self.binds),
+            *([f"--network-namespace-path={self.netns}"] if self.netns else []),
         ]  # fmt: skip
         env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
         with self.console.open("ab") as log:

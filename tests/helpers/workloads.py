@@ -117,6 +117,27 @@ def push_workload_image(
     notify: bool = False,
 ) -> str:
     """Build the busybox image, push it to REPO:TAG; return the reference podman uses."""
+    layout = registry.tmp_path / f"workload-{repo.replace('/', '-')}-{tag}"
+    build_workload_image(layout, tag, cmd=cmd, page=page, notify=notify)
+    registry.skopeo(
+        "copy",
+        "--quiet",
+        *registry.skopeo_args("dest"),
+        f"oci:{layout}:{tag}",
+        f"docker://{registry.server.host}/{repo}:{tag}",
+    )
+    return f"{registry.server.host}/{repo}:{tag}"
+
+
+def build_workload_image(
+    layout: Path,
+    tag: str,
+    *,
+    cmd: tuple[str, ...] = ("/usr/bin/serve",),
+    page: str = "hello from v1\n",
+    notify: bool = False,
+) -> Path:
+    """The busybox web image as an OCI layout at *layout* (podman runs ``oci:LAYOUT:TAG``)."""
     if not BUSYBOX.is_file():
         missing("needs /bin/busybox (apt-get install busybox-static)")
     files: Layer = {
@@ -131,17 +152,9 @@ def push_workload_image(
         files[f"usr/bin/{applet}"] = symlink("busybox")
     if notify:
         files["usr/bin/sdnotify"] = Node(content=sdnotify_binary().read_bytes(), mode=0o755)
-    layout = registry.tmp_path / f"workload-{repo.replace('/', '-')}-{tag}"
     run = {"Cmd": list(cmd), "Env": ["PATH=/usr/bin:/bin"]}
     build_tree_image(layout, [files], ref=tag, run=run)
-    registry.skopeo(
-        "copy",
-        "--quiet",
-        *registry.skopeo_args("dest"),
-        f"oci:{layout}:{tag}",
-        f"docker://{registry.server.host}/{repo}:{tag}",
-    )
-    return f"{registry.server.host}/{repo}:{tag}"
+    return layout
 
 
 def release_workload_image(

@@ -14,19 +14,24 @@ one that turns unhealthy after 5 s).  atoll runs inside with trixie's python3
 from __future__ import annotations
 
 import json
+import secrets
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from atoll.device.netns import Lan
 from atoll.errors import WorkloadUpdateFailedError
-from helpers.parts import missing
+from helpers.parts import missing, require_tool
 from helpers.podman5 import SystemdHost, ensure_tree, unavailable
 from helpers.registry import RegistryView
 from helpers.workloads import (
     EXITS_AT_ONCE,
     GOOD,
     UNHEALTHY_AFTER_5S,
+    build_workload_image,
     free_port,
     http_get,
     push_workload_image,
@@ -212,3 +217,55 @@ def test_podmans_generator_and_atolls_give_the_same_container(
         "log": "k8s-file",
         "signal": "SIGUSR1",  # podman 5 reports the name, 4.3 the number
     }
+
+
+@pytest.mark.timeout(300)
+def test_a_quadlet_workload_serves_on_the_devices_own_lan(
+    trixie_root: Path, tmp_path: Path
+) -> None:
+    """The device's own systemd and podman run the Quadlet unit, podman's storage
+    in the device's /var, and the device is in a network namespace of its own:
+    a client in another namespace of the LAN reaches it, the host does not."""
+    require_tool("ip", "iproute2")
+    layout = build_workload_image(tmp_path / "web", "v1", cmd=GOOD, page="v1 on dev1\n")
+    with Lan.create(f"pw{secrets.token_hex(3)}") as lan:
+        path = lan.add("dev1", "10.97.0.11/24")
+        lan.add("client", "10.97.0.20/24")
+        host = SystemdHost(trixie_root, tmp_path / "host", netns=path, binds=((layout, "/mnt"),))
+        host.start()
+        try:
+            host.start_units(
+                {
+                    "web.container": "[Container]\nImage=oci:/mnt:v1\n"
+                    "Network=host\nEnvironment=PORT=8080\n"
+                }
+            )
+            code = (
+                "import sys, urllib.request\n"
+                "print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode(), end='')\n"
+            )
+            get = ["ip", "netns", "exec", lan.netns("client"), sys.executable, "-c", code]
+
+            def answer() -> str:
+                done = subprocess.run(
+                    [*get, "http://10.97.0.11:8080/"], capture_output=True, text=True, check=False
+                )
+                return done.stdout
+
+            wait_for(lambda: answer() == "v1 on dev1\n", "the device's workload to serve")
+            storage = host.run("podman", "info", "--format", "{{.Store.GraphRoot}}").stdout
+            assert storage.strip() == "/var/lib/containers/storage"
+            ps = host.run("podman", "ps", "--format", "{{.Names}}").stdout.split()
+            assert ps == ["systemd-web"]
+            # Nothing of the device is on the host's network.
+            assert (
+                "10.97.0.11"
+                not in subprocess.run(
+                    ["ip", "addr"], capture_output=True, text=True, check=True
+                ).stdout
+            )
+        except Exception:
+            print(host.journal(lines=80))
+            raise
+        finally:
+            host.stop()

@@ -58,6 +58,8 @@ The keys atoll reads (anything else is an error naming the key and its line)::
     [customizations.locale]
     languages = ["en_US.UTF-8"]
     keyboard = "us"
+    [customizations.failover]           # atoll's own: keepalived and its config unit
+    enabled = true
 
 :func:`load_blueprint` validates the whole file before any work starts and
 returns a frozen :class:`Blueprint`; its ``warnings`` say what is accepted but
@@ -197,6 +199,8 @@ class Customizations:
     directories: tuple[Directory, ...] = ()
     timezone: Timezone | None = None
     locale: Locale | None = None
+    #: keepalived and atoll-failover-config.service in the image (docs/failover.md).
+    failover: bool = False
 
 
 @dataclass(frozen=True)
@@ -308,6 +312,8 @@ def _customizations_dict(c: Customizations) -> dict[str, Any]:
         out["locale"] = _drop_none(
             {"languages": list(c.locale.languages), "keyboard": c.locale.keyboard}
         )
+    if c.failover:
+        out["failover"] = {"enabled": True}
     return out
 
 
@@ -469,6 +475,7 @@ _CUSTOM = (
     "directories",
     "timezone",
     "locale",
+    "failover",
 )
 
 
@@ -604,6 +611,10 @@ def _customizations(r: _Reader, value: Any) -> Customizations:
             r.strings(lc, "languages", p, pattern=_LOCALE_RE, what="locale"),
             r.string(lc, "keyboard", p, pattern=_LOCALE_RE, what="keyboard layout"),
         )
+    failover = False
+    if "failover" in c:
+        p = (*base, "failover")
+        failover = r.boolean(r.table(c["failover"], p, ("enabled",)), "enabled", p)
     return Customizations(
         hostname=r.string(c, "hostname", base, pattern=_HOSTNAME_RE, what="host name"),
         kernel=kernel,
@@ -616,6 +627,7 @@ def _customizations(r: _Reader, value: Any) -> Customizations:
         directories=tuple(directories),
         timezone=timezone,
         locale=locale,
+        failover=failover,
     )
 
 

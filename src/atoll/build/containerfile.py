@@ -4,13 +4,15 @@ A blueprint build's context directory, as :func:`write_context` lays it out::
 
     CONTEXT/
     ├── Containerfile           FROM the base, then one step per customization
-    └── files/N                 the data of [[customizations.files]] entry N
+    ├── files/N                 the data of [[customizations.files]] entry N
+    └── units/NAME              atoll-failover-config.service, with failover
 
 The steps, in this order: labels; packages (``apt-get`` on Debian-family bases,
 ``dnf`` on Fedora/RHEL-family ones, told apart by ``ID``/``ID_LIKE`` in the
 base's os-release); groups; users and their SSH keys; host name; time zone;
-locale; kernel arguments; directories; files; services; firewall; and last the
-atoll step.
+locale; kernel arguments; directories; files; services; firewall; the atoll
+step; and, for ``[customizations.failover]``, atoll's failover unit (copied from
+``units/``) enabled with keepalived's (keepalived joins the packages).
 
 The atoll step (:data:`ATOLL_STEP`) runs ``add.sh`` from a second build context,
 the additions directory :func:`write_additions` fills from atoll's own package::
@@ -47,7 +49,7 @@ from pathlib import Path
 from atoll.build.blueprint import Blueprint, Directory, File, User
 from atoll.errors import BaseImageError, BlueprintError
 from atoll.requires import DEVICE_PACKAGES, DEVICE_REQUIREMENTS
-from atoll.units import UNIT_DIR, UNITS, install_units
+from atoll.units import FAILOVER_UNITS, UNIT_DIR, UNITS, install_units, unit_text
 
 
 class Family(StrEnum):
@@ -76,6 +78,10 @@ ATOLL_STEP = (
 )
 #: bootc's directory of kernel argument files; the blueprint's go in this one.
 KARGS_FILE = "/usr/lib/bootc/kargs.d/10-blueprint.toml"
+#: What ``[customizations.failover] enabled = true`` adds: the distribution's
+#: keepalived, and atoll's unit that writes its configuration.
+FAILOVER_PACKAGE = "keepalived"
+(FAILOVER_UNIT,) = FAILOVER_UNITS
 LAUNCHER = """\
 #!/usr/bin/python3
 import sys
@@ -173,6 +179,8 @@ def _package_steps(bp: Blueprint, family: Family) -> list[str]:
     kernel = bp.customizations.kernel
     if kernel is not None and kernel.name:
         names.append(kernel.name)
+    if bp.customizations.failover and FAILOVER_PACKAGE not in (p.name for p in bp.packages):
+        names.append(FAILOVER_PACKAGE)
     steps = []
     if family is Family.DEBIAN:
         if bp.package_groups:
@@ -337,6 +345,13 @@ def blueprint_context(
         lines.append(firewall)
     if add_atoll:
         lines.append(ATOLL_STEP)
+    if c.failover:
+        files.append(
+            ContextFile(f"units/{FAILOVER_UNIT}", unit_text(FAILOVER_UNIT).encode(), 0o644)
+        )
+        lines.append(f"COPY --chmod=0644 units/{FAILOVER_UNIT} /{UNIT_DIR}/{FAILOVER_UNIT}")
+        # keepalived.service pulls the config unit in ([Install] WantedBy=keepalived.service).
+        lines.append(f"RUN systemctl enable keepalived.service {FAILOVER_UNIT}")
     for line in lines:
         # The blueprint's reader refuses control characters; this keeps any value
         # that slips past it from starting an instruction of its own.

@@ -9,6 +9,7 @@ from typing import Any
 from atoll.cli.common import Output, add_global_options, duration
 from atoll.cli.hostdevice import open_device
 from atoll.device.harness import BootRound, run_boots
+from atoll.device.nspawn import parse_network
 from atoll.errors import UsageError
 from atoll.sysroot.status import tries_left
 
@@ -48,10 +49,22 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     boot.add_argument("--console-log", metavar="FILE", help="write the console output here")
     boot.add_argument(
-        "--host-network",
+        "--network",
+        default="private",
+        metavar="MODE",
+        help="private (the default: loopback only), host (share the host's network, e.g. "
+        "for updates from a registry on the host's loopback), or a network namespace: "
+        "a name from ip netns or a path (a LAN of the device's own)",
+    )
+    boot.add_argument(
+        "--containers",
         action="store_true",
-        help="share the host's network (default: loopback only), e.g. for the device's "
-        "own updates from a registry on the host",
+        help="the device runs containers itself (podman under its own systemd): every "
+        "capability, the system calls crun needs, the unified cgroup hierarchy",
+    )
+    # The option's earlier spelling, kept for scripts that use it.
+    boot.add_argument(
+        "--host-network", action="store_const", const="host", dest="network", help=argparse.SUPPRESS
     )
     boot.set_defaults(func=_boot)
 
@@ -59,6 +72,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def _boot(args: argparse.Namespace, out: Output) -> int:
     if args.max_boots < 1:
         raise UsageError("--max-boots must be at least 1")
+    network = parse_network(args.network)
 
     def report(round_: BootRound) -> None:
         rec = round_.record
@@ -82,7 +96,8 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         poweroff_when_green=not args.keep_running,
         console_log=Path(args.console_log) if args.console_log else None,
         on_round=report,
-        host_network=args.host_network,
+        network=network,
+        containers=args.containers,
     )
     out.result(result.to_json(), None)
     return 0

@@ -1,4 +1,10 @@
-"""``atoll failover run|status``: active/standby for one service address (see atoll.failover)."""
+"""``atoll failover config|status|run``: active/standby devices for one service address.
+
+``config`` writes keepalived.conf from atoll's failover settings and ``status``
+reads keepalived's state (atoll.failover.keepalived); ``run`` and ``status
+--status-file`` are atoll's own agent for devices that share one network
+namespace (atoll.failover.agent; see docs/failover.md).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from atoll.cli.common import Output, add_global_options, duration
+from atoll.failover.keepalived import (
+    DEFAULT_CONFIG,
+    DEFAULT_JSON_FILE,
+    DEFAULT_PID_FILE,
+    DEFAULT_SETTINGS,
+)
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -17,6 +29,30 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     sub = failover.add_subparsers(dest="failover_command", metavar="COMMAND")
     sub.required = True
+    config = sub.add_parser(
+        "config",
+        help="write keepalived.conf from the failover settings",
+        description="Read the [failover] table of the settings file, check every value and "
+        "write keepalived's configuration: one VRRPv3 instance, nopreempt unless preempt = "
+        "true, the workload check as its track_script.",
+    )
+    add_global_options(config)
+    config.add_argument(
+        "--settings",
+        default=str(DEFAULT_SETTINGS),
+        metavar="FILE",
+        help=f"the failover settings (default {DEFAULT_SETTINGS})",
+    )
+    config.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help=f"write the configuration here (e.g. {DEFAULT_CONFIG}); default: standard output",
+    )
+    config.add_argument(
+        "--check", action="store_true", help="also have keepalived test it (keepalived -t)"
+    )
+    config.set_defaults(func=_config)
     run = sub.add_parser(
         "run",
         help="run this device's failover agent until stopped (SIGTERM or Ctrl-C)",
@@ -58,11 +94,28 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     run.set_defaults(func=_run)
 
-    status = sub.add_parser("status", help="show an agent's role and counters")
+    status = sub.add_parser(
+        "status",
+        help="show this device's failover role: keepalived's, or an atoll agent's",
+        description="Without options: ask the running keepalived for its state (its JSON "
+        "dump). With --status-file or --name: read the status of an atoll failover run agent.",
+    )
     add_global_options(status)
-    which = status.add_mutually_exclusive_group(required=True)
-    which.add_argument("--status-file", metavar="FILE")
+    which = status.add_mutually_exclusive_group()
+    which.add_argument("--status-file", metavar="FILE", help="an atoll failover run agent's")
     which.add_argument("--name", help="read /run/atoll/failover/NAME.json")
+    status.add_argument(
+        "--pid-file",
+        default=str(DEFAULT_PID_FILE),
+        metavar="FILE",
+        help=f"keepalived's (default {DEFAULT_PID_FILE})",
+    )
+    status.add_argument(
+        "--json-file",
+        default=str(DEFAULT_JSON_FILE),
+        metavar="FILE",
+        help=f"where keepalived writes its state (default {DEFAULT_JSON_FILE})",
+    )
     status.set_defaults(func=_status)
 
 
@@ -112,7 +165,53 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace, out: Output) -> int:
+    from atoll.failover.keepalived import check_config, load_settings, render_config
+    from atoll.fsutil import write_atomic
+
+    settings_path = Path(args.settings)
+    text = render_config(load_settings(settings_path), str(settings_path))
+    if args.output:
+        output = Path(args.output)
+        write_atomic(output, text.encode())
+        if args.check:
+            check_config(output)
+        out.info(f"wrote {output}")
+        out.result({"output": str(output), "checked": args.check}, None)
+        return 0
+    if args.check:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            candidate = Path(tmp, "keepalived.conf")
+            candidate.write_text(text)
+            check_config(candidate)
+    out.result({"config": text, "checked": args.check}, text.rstrip("\n"))
+    return 0
+
+
+def _keepalived_status(args: argparse.Namespace, out: Output) -> int:
+    from atoll.failover.keepalived import read_state
+
+    instances = read_state(Path(args.pid_file), Path(args.json_file))
+    lines = []
+    for i in instances:
+        held = "holds" if i.holds_addresses else "does not hold"
+        lines.append(
+            f"{i.instance}: {i.state} since {i.since}; priority {i.priority} "
+            f"(configured {i.base_priority}); {held} {', '.join(i.addresses) or '-'} "
+            f"on {i.interface}\n"
+            f"  router id {i.router_id}, advert interval {i.interval:g} s; adverts sent "
+            f"{i.adverts_sent}, received {i.adverts_received}; became master "
+            f"{i.became_master} times"
+        )
+    out.result({"instances": [i.to_json() for i in instances]}, "\n".join(lines))
+    return 0
+
+
 def _status(args: argparse.Namespace, out: Output) -> int:
+    if not args.status_file and not args.name:
+        return _keepalived_status(args, out)
     from atoll.failover import read_status
     from atoll.failover.config import DEFAULT_STATUS_DIR
 

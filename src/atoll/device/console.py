@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Protocol, TypeVar
 
@@ -33,17 +33,19 @@ def run_with_console(
     console: Callable[[IO[bytes], IO[bytes] | None], C],
     stop: Callable[[Process], int],
     label: str,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[int, bool, float, C, int]:
     """Run *argv* until it exits or *timeout* passes (then *stop* ends it);
     return (exit code, timed out, seconds, the console that read its output,
-    also appended to *console_log* when given, the process (group) id)."""
+    also appended to *console_log* when given, the process (group) id).
+    *env*: the program's environment (default: atoll.run's base environment)."""
     try:
         sink = console_log.open("ab") if console_log is not None else None
     except OSError as exc:
         raise from_oserror(exc, str(console_log)) from None
     try:
         started = time.monotonic()
-        proc = spawn(argv, stdout=PIPE, stderr=STDOUT, process_group=0)
+        proc = spawn(argv, stdout=PIPE, stderr=STDOUT, process_group=0, env=env)
         assert proc.stdout is not None
         reader = console(proc.stdout, sink)
         timed_out = False

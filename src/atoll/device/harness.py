@@ -82,7 +82,8 @@ def run_boots(
     poweroff_when_green: bool = True,
     console_log: Path | None = None,
     on_round: Callable[[BootRound], None] | None = None,
-    host_network: bool = False,
+    network: str = "private",
+    containers: bool = False,
 ) -> HarnessResult:
     sysroot = device.sysroot
     result = HarnessResult()
@@ -96,7 +97,8 @@ def run_boots(
             "timeout": timeout,
             "binds": [(sysroot.root, "/sysroot")],
             "kernel_cmdline": " ".join([karg, *extra]),
-            "host_network": host_network,
+            "network": network,
+            "containers": containers,
         }
 
     for number in range(1, max_boots + 1):

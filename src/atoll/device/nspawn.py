@@ -7,8 +7,10 @@ What the container sees (the default; see :func:`nspawn_command`)::
     /var     VAR, the stateroot's shared /var        writable
     PATH     HOST for each (HOST, PATH) in binds     writable
     /tmp, /run                                       tmpfs, made by nspawn
-    network  loopback only (--private-network), or the host's (host_network=True:
-             the device reaches a registry on the host's loopback)
+    network  loopback only (network="private", --private-network); the host's
+             (network="host": the device reaches a registry on the host's
+             loopback); or a network namespace made beforehand (network=PATH,
+             e.g. /run/netns/lan1-dev1 from atoll.device.netns: a LAN of its own)
 
 Arguments after ``--`` become the arguments of the container's systemd, which in
 a container reads them in place of the kernel command line (``systemd.unit=``,
@@ -56,7 +58,7 @@ from typing import IO, TypedDict, Unpack
 
 from atoll.device.console import run_with_console
 from atoll.errors import ContainerBootError, InvalidInputError
-from atoll.run import Process, TimeoutExpired, dies_with_caller, find_tool
+from atoll.run import Process, TimeoutExpired, base_environment, dies_with_caller, find_tool
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,31 @@ _TAIL_LINES = 40
 _STOP_GRACE = 10.0
 _READER_GRACE = 5.0
 _MACHINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: What a device that runs containers itself needs besides nspawn's defaults
+#: (``containers=True``): see :func:`nspawn_command`.
+CONTAINERS_OPTIONS = ("--capability=all", "--system-call-filter=bpf keyctl add_key request_key")
+#: ... and in nspawn's environment: the unified cgroup hierarchy, which crun can
+#: write to even where the host's controllers are on cgroup v1 (read-only inside).
+CONTAINERS_ENV = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
+#: ``network=`` values other than the path of a network namespace.
+NETWORK_PRIVATE = "private"
+NETWORK_HOST = "host"
+
+
+def parse_network(text: str) -> str:
+    """``private``, ``host``, or a network namespace: a name under /run/netns
+    (``ip netns add NAME``) or the absolute path of one; the namespace must exist."""
+    if text in (NETWORK_PRIVATE, NETWORK_HOST):
+        return text
+    if "/" in text and not text.startswith("/"):
+        raise InvalidInputError(f"network {text!r}: give private, host, a namespace name or path")
+    path = Path(text) if text.startswith("/") else Path("/run/netns") / text
+    if not path.exists():
+        raise InvalidInputError(
+            f"network namespace {path} does not exist",
+            hint=f"make it first, e.g. ip netns add {path.name}",
+        )
+    return str(path)
 
 
 class DeviceBootOutcome(StrEnum):
@@ -106,9 +133,15 @@ def nspawn_command(
     readonly_usr: bool = True,
     kernel_cmdline: str = "",
     nspawn: str = "systemd-nspawn",
-    host_network: bool = False,
+    network: str = NETWORK_PRIVATE,
+    containers: bool = False,
 ) -> list[str]:
-    """The systemd-nspawn command line that boots *root* (checked, not run)."""
+    """The systemd-nspawn command line that boots *root* (checked, not run).
+
+    *containers*: the device runs containers itself (podman under its own
+    systemd), which needs every capability and the ``bpf``, ``keyctl``,
+    ``add_key`` and ``request_key`` system calls nspawn withholds (crun uses
+    them for device rules and keyrings); run it with :data:`CONTAINERS_ENV`."""
     if not _MACHINE.fullmatch(machine):
         raise InvalidInputError(
             f"machine name {machine!r} is not valid: use 1-64 letters, digits, '.', '_', '-'"
@@ -124,7 +157,8 @@ def nspawn_command(
         "--keep-unit",
         "--register=no",
         f"--machine={machine}",
-        *([] if host_network else ["--private-network"]),
+        *_network_options(network),
+        *(CONTAINERS_OPTIONS if containers else ()),
         "--console=read-only",
         "--kill-signal=SIGKILL",
         "--setenv=SYSTEMD_COLORS=0",
@@ -143,13 +177,27 @@ def nspawn_command(
     return [*argv, "--", *BASE_CMDLINE, *extra]
 
 
+def _network_options(network: str) -> list[str]:
+    if network == NETWORK_PRIVATE:
+        return ["--private-network"]
+    if network == NETWORK_HOST:
+        return []
+    if not network.startswith("/") or ":" in network:
+        raise InvalidInputError(
+            f"network {network!r}: give private, host or the absolute path of a namespace"
+        )
+    # The device manages its own addresses in its namespace (a VIP moved by keepalived).
+    return [f"--network-namespace-path={network}", "--capability=CAP_NET_ADMIN"]
+
+
 class BootOptions(TypedDict, total=False):
     """The optional arguments of :func:`nspawn_command` a boot passes on."""
 
     binds: Sequence[tuple[Path, str]]
     readonly_usr: bool
     kernel_cmdline: str
-    host_network: bool
+    network: str
+    containers: bool
 
 
 def boot_container(
@@ -175,6 +223,7 @@ def boot_container(
         console=_Console,
         stop=_stop,
         label=f"boot: {machine}",
+        env=base_environment(CONTAINERS_ENV) if options.get("containers") else None,
     )
     outcome = DeviceBootOutcome.TIMEOUT if timed_out else outcome_of(code)
     log.debug("boot: %s ended: %s (exit %d) after %.1f s", machine, outcome, code, duration)

@@ -34,6 +34,9 @@ FINALIZE_PATH = "atoll-finalize-staged.path"
 #: The fleet agent (docs/fleet.md): shipped, not in :data:`UNITS`; an image that
 #: joins a fleet installs it with ``install_units(root, [AGENT_SERVICE])``.
 AGENT_SERVICE = "atoll-agent.service"
+#: Written into images that ask for failover (``failover`` in the blueprint), beside
+#: keepalived's own unit: it renders keepalived.conf before keepalived starts.
+FAILOVER_UNITS = ("atoll-failover-config.service",)
 #: Units another unit starts (so they are not enabled themselves).
 TRIGGERED = {UPDATE_SERVICE: UPDATE_TIMER, FINALIZE_SERVICE: FINALIZE_PATH}
 
