@@ -13,7 +13,8 @@ export PATH := $(CURDIR)/$(TOOLS)/systemd-boot/usr/bin:$(PATH)
 APT_PACKAGES := python3 python3-venv ca-certificates docker-registry skopeo podman runc \
 	uidmap apache2-utils openssl zstd tar busybox-static \
 	ostree debootstrap systemd-container attr tzdata bsdiff \
-	qemu-system-x86 qemu-utils grub-pc-bin grub2-common fdisk e2fsprogs curl apt-utils gcc libc6-dev
+	qemu-system-x86 qemu-utils grub-pc-bin grub2-common fdisk e2fsprogs curl apt-utils gcc libc6-dev \
+	dosfstools mtools ovmf grub-efi-amd64-bin shim-signed grub-efi-amd64-signed
 
 .PHONY: demo test lint typecheck unit integration slow fuzz bench deps system-deps venv tools clean
 

@@ -25,6 +25,7 @@ Exit codes are grouped by the part of the system that failed:
 80-84 builds: the base image of a blueprint build
 85-89 the pipeline: promotion, mirroring, offline bundles
 90-94 failover between devices, and the demo
+110-119 UEFI: firmware, Secure Boot
 ====  ==========================================================
 """
 
@@ -429,6 +430,11 @@ class DiskError(AtollError):
 class VMError(AtollError):
     exit_code = 73
     summary = "a virtual machine cannot be started (no disk image, bad option, QEMU refused)"
+
+
+class FirmwareError(AtollError):
+    exit_code = 110
+    summary = "the virtual machine's UEFI firmware (OVMF) is not installed or cannot be copied"
 
 
 class RechunkError(AtollError):

@@ -10,9 +10,12 @@ A disk is made in four steps, none of which mounts anything:
    (``usr/lib/modules/KVER/vmlinuz``), its initramfs (``initramfs.img`` beside
    it) and atoll's early-boot hook (:data:`atoll.boot.early.HOOKS`); then write
    GRUB's configuration and environment block (:mod:`atoll.sysroot.bootloader.grub`);
-3. **partition** the target (MBR, one partition from 1 MiB) and **make the file
+3. **partition** the target (:class:`BootMode`: MBR for ``bios``, GPT with an
+   EFI system partition for ``uefi`` and ``hybrid``) and **make the file
    system** from the staging directory (``mkfs.ext4 -d``);
-4. **install GRUB's boot code** (:mod:`atoll.build.partition`).
+4. **install GRUB**: its BIOS boot code (:mod:`atoll.build.partition`) and/or
+   GRUB for UEFI in the ESP (:mod:`atoll.build.esp`).  Both read the same
+   ``grub.cfg`` and ``grubenv`` from the root file system.
 
 A raw file is written under a temporary name beside the target and renamed
 over it at the end, so a failure leaves no half-made disk; a qcow2 image is
@@ -36,7 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from atoll.boot.early import HOOKS, has_early_boot
+from atoll.build.esp import REMOVABLE_PATH, make_esp, make_grub_efi
 from atoll.build.partition import (
+    BIOS_BOOT_SIZE,
+    ESP_SIZE,
+    BootMode,
+    Layout,
     device_size,
     install_boot_code,
     is_block_device,
@@ -84,6 +92,7 @@ class DiskOptions:
     workdir: Path | None = None
     #: The image later upgrades follow, when not the source (see Device.install).
     target_image: ImageName | None = None
+    boot: BootMode = BootMode.UEFI
 
 
 @dataclass
@@ -94,14 +103,25 @@ class DiskResult:
     version: str | None
     deployment: str
     size: int
-    partition_offset: int
-    partition_size: int
+    layout: Layout
     fs_uuid: str
     kernel: str
     kargs: list[str] = field(default_factory=list)
     type: ImageType = ImageType.RAW
+    boot: BootMode = BootMode.UEFI
+
+    @property
+    def bootloader(self) -> str:
+        platforms = {
+            BootMode.UEFI: "x86_64-efi",
+            BootMode.BIOS: "i386-pc",
+            BootMode.HYBRID: "i386-pc, x86_64-efi",
+        }
+        return f"grub ({platforms[self.boot]})"
 
     def to_json(self) -> dict[str, Any]:
+        root = self.layout.root
+        esp = self.layout.esp
         return {
             "target": str(self.target),
             "type": self.type.value,
@@ -110,11 +130,14 @@ class DiskResult:
             "version": self.version,
             "deployment": self.deployment,
             "size": self.size,
-            "partition": {"offset": self.partition_offset, "size": self.partition_size},
+            "partition": {"offset": root.offset, "size": root.size},
             "filesystem": {"type": "ext4", "uuid": self.fs_uuid, "label": ROOT_LABEL},
             "kernel": self.kernel,
             "kargs": self.kargs,
-            "bootloader": "grub (i386-pc)",
+            "boot": self.boot.value,
+            "partitionTable": "dos" if self.boot is BootMode.BIOS else "gpt",
+            "esp": {"offset": esp.offset, "size": esp.size} if esp else None,
+            "bootloader": self.bootloader,
         }
 
 
@@ -169,11 +192,12 @@ def _tree_usage(root: Path) -> tuple[int, int]:
     return blocks * 4096, inodes + 1
 
 
-def _needed_size(content: int, inodes: int) -> int:
-    """What the disk needs for *content*: the space before the partition, the
-    file system's inode tables (two inodes per file, 256 bytes each), its journal
-    and some slack."""
-    return 2 * MIB + int(content * 1.15) + inodes * 512 + 96 * MIB
+def _needed_size(content: int, inodes: int, mode: BootMode) -> int:
+    """What the disk needs for *content*: the space before the partition (and
+    the ESP), the file system's inode tables (two inodes per file, 256 bytes
+    each), its journal and some slack."""
+    boot = ESP_SIZE + BIOS_BOOT_SIZE if mode.efi else 0
+    return 2 * MIB + boot + int(content * 1.15) + inodes * 512 + 96 * MIB
 
 
 def check_bootable(device: Device, image: str) -> tuple[Path, str]:
@@ -247,11 +271,10 @@ def install_to_disk(
         raise DiskError(f"{target}: neither a block device nor a regular file")
     if not block and not target.parent.is_dir():
         raise DiskError(f"{target.parent}: no such directory")
-    for tool, package in (
-        ("sfdisk", "fdisk"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("grub-mkimage", "grub-common"),
-    ):
+    tools = [("sfdisk", "fdisk"), ("mkfs.ext4", "e2fsprogs"), ("grub-mkimage", "grub-common")]
+    if options.boot.efi:
+        tools += [("mkfs.fat", "dosfstools"), ("mcopy", "mtools")]
+    for tool, package in tools:
         find_tool(tool, package)
     fs_uuid = str(uuid_mod.uuid4())
     kargs = [f"root=UUID={fs_uuid}", *options.kargs]
@@ -279,7 +302,7 @@ def install_to_disk(
                     sysroot / "boot", GrubSettings(boot_prefix="/boot", flush_after_write=True)
                 )
             content, inodes = _tree_usage(sysroot)
-            needed = _needed_size(content, inodes)
+            needed = _needed_size(content, inodes, options.boot)
             size = _disk_size(target, block, options.size, needed)
             dest = (
                 target
@@ -291,22 +314,21 @@ def install_to_disk(
                     with dest.open("xb") as fh:
                         fh.truncate(size)
                 with steps.step("partition", "Writing the partition table"):
-                    offset, part_size = write_partition_table(dest, size)
+                    layout = write_partition_table(dest, size, options.boot)
                 with steps.step(
                     "filesystem", f"Making the {options.filesystem} file system", content
                 ):
                     make_ext4(
                         dest,
                         sysroot,
-                        offset=offset,
-                        size=part_size,
+                        offset=layout.root.offset,
+                        size=layout.root.size,
                         uuid=fs_uuid,
                         label=ROOT_LABEL,
                         inodes=max(inodes * 2, 65536),
                     )
-                with steps.step("bootloader", "Installing GRUB"):
-                    core = make_core_image(staging / "core.img", fs_uuid)
-                    install_boot_code(dest, core)
+                with steps.step("bootloader", f"Installing GRUB ({options.boot})"):
+                    _install_bootloader(dest, layout, options.boot, staging, fs_uuid)
                 if not block:
                     dest.rename(target)
             finally:
@@ -323,12 +345,27 @@ def install_to_disk(
             version=installed.image.version,
             deployment=f"{deployment.stateroot}/{deployment.id}" if deployment else "",
             size=size,
-            partition_offset=offset,
-            partition_size=part_size,
+            layout=layout,
             fs_uuid=fs_uuid,
             kernel=kver,
             kargs=["rw", *kargs],
+            boot=options.boot,
         )
+
+
+def _install_bootloader(
+    dest: Path, layout: Layout, mode: BootMode, staging: Path, fs_uuid: str
+) -> None:
+    """BIOS GRUB's boot code and/or GRUB for UEFI in the ESP: both read the
+    same ``/boot/grub/grub.cfg`` and ``grubenv`` from the root file system."""
+    if mode.legacy:
+        core = make_core_image(staging / "core.img", fs_uuid)
+        install_boot_code(dest, core, layout.core_sector)
+    if mode.efi:
+        if layout.esp is None:
+            raise DiskError(f"{dest}: a {mode} disk without an EFI system partition")
+        grub = make_grub_efi(staging / "grubx64.efi", fs_uuid)
+        make_esp(dest, layout.esp, {REMOVABLE_PATH: grub})
 
 
 def _disk_size(target: Path, block: bool, wanted: int | None, needed: int) -> int:

@@ -29,6 +29,13 @@ def add_disk_options(parser: argparse.ArgumentParser) -> None:
         help="the root file system (default ext4)",
     )
     parser.add_argument(
+        "--boot",
+        choices=["uefi", "bios", "hybrid"],
+        default="uefi",
+        help="the firmware the disk boots with: uefi (GPT, an EFI system partition; the "
+        "default), bios (MBR) or hybrid (GPT, both)",
+    )
+    parser.add_argument(
         "--size",
         metavar="SIZE",
         help="size of the disk, e.g. 8G (a raw file: default twice what the image needs "
@@ -77,7 +84,8 @@ def register_to_disk(install_sub: argparse._SubParsersAction[Any]) -> None:
         "to-disk",
         help="make TARGET (a block device or a raw disk image file) a disk that boots IMAGE",
         description="Partition TARGET, make its file system from IMAGE installed as by "
-        "to-filesystem, and install GRUB. A file is replaced; a device is overwritten.",
+        "to-filesystem, and install GRUB for UEFI and/or BIOS (--boot). A file is replaced; "
+        "a device is overwritten.",
     )
     add_global_options(to_disk)
     to_disk.add_argument("target", metavar="TARGET")
@@ -108,7 +116,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from atoll.build.disk import DiskOptions, Filesystem, parse_size
+    from atoll.build.disk import BootMode, DiskOptions, Filesystem, parse_size
 
     keys = None
     if args.root_ssh_authorized_keys:
@@ -127,6 +135,7 @@ def _options(args: argparse.Namespace) -> Any:
         stateroot=args.stateroot,
         workdir=Path(args.workdir) if args.workdir else None,
         target_image=target_image(args),
+        boot=BootMode(args.boot),
     )
 
 
@@ -137,7 +146,7 @@ def _describe(result: Any) -> str:
         f"{result.image}{version}\n"
         f"  digest {result.digest}\n"
         f"  deployment {result.deployment}\n"
-        f"  kernel {result.kernel}; root=UUID={result.fs_uuid}; GRUB for BIOS"
+        f"  kernel {result.kernel}; root=UUID={result.fs_uuid}; {result.bootloader}"
     )
 
 
