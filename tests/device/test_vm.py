@@ -1,5 +1,8 @@
 """The device as a real machine: a disk made by ``atoll install to-disk``, booted
-in QEMU (BIOS, GRUB, the Debian kernel and an initramfs with atoll's hook).
+in QEMU (UEFI firmware, GRUB for EFI, the Debian kernel and an initramfs with
+atoll's hook).  The disk is ``--boot hybrid``: every boot goes through OVMF and
+the ESP except the last, which SeaBIOS boots through the BIOS boot code of the
+same disk, reading the same grubenv counter.
 
 v1 is installed from an ``oci-archive:`` (offline) to follow a registry image
 (``--target-image``) and boots green; the device's own update timer
@@ -34,7 +37,8 @@ from typing import Any
 import pytest
 
 from atoll.device.nspawn import DeviceBootOutcome
-from atoll.device.qemu import DirectKernel, VMBoot, boot_vm
+from atoll.device.qemu import DirectKernel, Firmware, VMBoot, boot_vm, copy_efi_vars, ovmf_file
+from atoll.errors import FirmwareError
 from helpers.busybox_root import REQUIRED
 from helpers.cli import run_atoll
 from helpers.debian import DebianTree
@@ -75,10 +79,18 @@ def vm_tree() -> DebianTree:
         ("debugfs", "e2fsprogs"),
         ("dumpe2fs", "e2fsprogs"),
         ("grub-mkimage", "grub-common"),
+        ("mkfs.fat", "dosfstools"),
+        ("mcopy", "mtools"),
     ):
         require_tool(tool, package)
     if not Path("/usr/lib/grub/i386-pc/boot.img").is_file():
         missing("GRUB for BIOS is not installed (apt-get install grub-pc-bin)")
+    if not Path("/usr/lib/grub/x86_64-efi/linux.mod").is_file():
+        missing("GRUB for UEFI is not installed (apt-get install grub-efi-amd64-bin)")
+    try:
+        ovmf_file("OVMF_CODE_4M.fd")
+    except FirmwareError:
+        missing("UEFI firmware for QEMU is not installed (apt-get install ovmf)")
     return ensure_vm_tree()
 
 
@@ -88,10 +100,18 @@ def atoll(*args: str) -> str:
     return proc.stdout
 
 
+def root_offset(disk: Path) -> int:
+    """Where the root file system starts: the disk's last partition."""
+    table = subprocess.run(
+        ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
+    ).stdout
+    return int(json.loads(table)["partitiontable"]["partitions"][-1]["start"]) * 512
+
+
 def disk_file(disk: Path, path: str) -> str:
     """A file of the disk's root file system, read without mounting it."""
     proc = subprocess.run(
-        ["debugfs", "-R", f"cat {path}", f"{disk}?offset=1048576"],
+        ["debugfs", "-R", f"cat {path}", f"{disk}?offset={root_offset(disk)}"],
         capture_output=True,
         text=True,
         check=True,
@@ -102,7 +122,10 @@ def disk_file(disk: Path, path: str) -> str:
 def clean(disk: Path) -> bool:
     """Whether the root file system was left clean (its journal needs no replay)."""
     proc = subprocess.run(
-        ["dumpe2fs", "-h", f"{disk}?offset=1048576"], capture_output=True, text=True, check=True
+        ["dumpe2fs", "-h", f"{disk}?offset={root_offset(disk)}"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     features = next(
         line for line in proc.stdout.splitlines() if line.startswith("Filesystem features:")
@@ -143,9 +166,11 @@ def report(console: Path, start: int) -> dict[str, Any]:
 
 
 class Machine:
-    def __init__(self, disk: Path, console: Path) -> None:
+    def __init__(self, disk: Path, console: Path, efi_vars: Path) -> None:
         self.disk = disk
         self.console = console
+        #: The machine's UEFI variable store, kept across its boots as on a real one.
+        self.efi_vars = efi_vars
         self.boots: list[tuple[str, VMBoot]] = []
 
     def boot(
@@ -155,6 +180,7 @@ class Machine:
         direct: DirectKernel | None = None,
         *,
         timeout: float = BOOT_TIMEOUT,
+        firmware: Firmware = Firmware.UEFI,
     ) -> dict[str, Any]:
         start = self.console.stat().st_size if self.console.exists() else 0
         result = boot_vm(
@@ -164,8 +190,11 @@ class Machine:
             console_log=self.console,
             direct=direct,
             network=direct is None,
+            firmware=firmware,
+            efi_vars=self.efi_vars if firmware is Firmware.UEFI else None,
         )
-        self.boots.append((data.name if data else direct.initrd.name if direct else "-", result))
+        name = data.name if data else direct.initrd.name if direct else "-"
+        self.boots.append((f"{name} ({firmware})", result))
         assert result.outcome is expect, (
             f"boot {len(self.boots)}: {result.outcome} after {result.duration:.0f} s, "
             f"not {expect}:\n{result.console_tail}"
@@ -206,14 +235,14 @@ def test_upgrade_bootloader_fallback_and_recovery(
     disk = tmp_path / "disk.raw"
     kargs = [arg for karg in TEST_KARGS for arg in ("--karg", karg)]
     atoll("install", "to-disk", str(disk), "--source", f"oci-archive:{images}/os.tar",
-          "--target-image", tracked, "--size", "3G", *kargs)  # fmt: skip
+          "--target-image", tracked, "--size", "3G", "--boot", "hybrid", *kargs)  # fmt: skip
     (images / "os.tar").unlink()
     data_update = make_data_disk(tmp_path / "data-update.img", {STEP_FILE: "selfupdate"})
     data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
     publish("2")
     prepared = time.monotonic() - started
 
-    vm = Machine(disk, tmp_path / "console.log")
+    vm = Machine(disk, tmp_path / "console.log", copy_efi_vars(tmp_path / "efivars.fd"))
     try:
         # v1, installed: green; writes /var data; its update timer pulls v2 from the
         # registry, stages it, and reboots into it (finalized on the way down).
@@ -255,8 +284,9 @@ def test_upgrade_bootloader_fallback_and_recovery(
         outcomes = [h["outcome"] for h in back["history"]]
         assert outcomes[-4:] == ["red", "red", "red", "green"]
         assert "done" in back["lines"]
-        # v3: green, the /var data still there, /usr read-only, the counter gone.
-        last = vm.boot(data_report, DeviceBootOutcome.POWEROFF)
+        # v3: green, the /var data still there, /usr read-only, the counter gone; this
+        # boot is the same disk's BIOS path (SeaBIOS, boot.img, core.img).
+        last = vm.boot(data_report, DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS)
         assert last["version"] == "3.0"
         assert last["initrd"] == "systemd"  # dracut: its module made the deployment the root
         assert last["data"] == "written by 1.0"

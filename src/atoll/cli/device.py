@@ -1,4 +1,5 @@
-"""``atoll device boot``: the container-boot device (systemd-nspawn, systemd as PID 1)."""
+"""``atoll device boot``: the container-boot device (systemd-nspawn, systemd as PID 1),
+or a disk image in QEMU (``--disk``, UEFI or BIOS firmware)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 from atoll.cli.common import Output, add_global_options, duration
 from atoll.cli.hostdevice import open_device
 from atoll.device.harness import BootRound, run_boots
-from atoll.errors import UsageError
+from atoll.device.machine import DiskRound, run_disk_boots
+from atoll.device.qemu import Firmware
+from atoll.errors import InvalidInputError, UsageError
 from atoll.sysroot.status import tries_left
 
 
@@ -19,10 +22,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     sub.required = True
     boot = sub.add_parser(
         "boot",
-        help="boot the sysroot under systemd-nspawn as firmware would, reboot after reboot",
+        help="boot the sysroot under systemd-nspawn (or a disk in QEMU) as firmware would, "
+        "reboot after reboot",
         description="Choose a boot entry (counting attempts), boot its deployment with "
         "systemd as PID 1, and boot again when the system reboots or fails, until it "
-        "powers off or --max-boots is reached.",
+        "powers off or --max-boots is reached. With --disk, start a disk image (atoll "
+        "disk-image, install to-disk) in a QEMU virtual machine instead: its own "
+        "bootloader chooses and counts, and its console goes to stderr (or --console-log).",
     )
     add_global_options(boot)
     boot.add_argument(
@@ -32,14 +38,24 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="the device's sysroot (default /sysroot)",
     )
     boot.add_argument(
+        "--disk",
+        metavar="FILE",
+        help="boot this disk image (raw or qcow2) in a QEMU virtual machine",
+    )
+    boot.add_argument(
+        "--firmware",
+        choices=[f.value for f in Firmware],
+        help="with --disk: the machine's firmware, uefi (OVMF; the default) or bios (SeaBIOS)",
+    )
+    boot.add_argument(
         "--max-boots", type=int, default=10, metavar="N", help="stop after N boots (default 10)"
     )
     boot.add_argument(
         "--timeout",
         type=duration,
-        default=120.0,
         metavar="DURATION",
-        help="a boot that takes longer is killed and counts as failed",
+        help="a boot that takes longer is killed and counts as failed (default 120s; "
+        "with --disk 300s)",
     )
     boot.add_argument(
         "--keep-running",
@@ -51,7 +67,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "--host-network",
         action="store_true",
         help="share the host's network (default: loopback only), e.g. for the device's "
-        "own updates from a registry on the host",
+        "own updates from a registry on the host; with --disk, QEMU's user network "
+        "(the host is 10.0.2.2)",
     )
     boot.set_defaults(func=_boot)
 
@@ -59,6 +76,10 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 def _boot(args: argparse.Namespace, out: Output) -> int:
     if args.max_boots < 1:
         raise UsageError("--max-boots must be at least 1")
+    if args.disk:
+        return _boot_disk(args, out)
+    if args.firmware:
+        raise UsageError("--firmware needs --disk (a container boot has no firmware)")
 
     def report(round_: BootRound) -> None:
         rec = round_.record
@@ -73,11 +94,40 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
     result = run_boots(
         open_device(Path(args.sysroot)),
         max_boots=args.max_boots,
-        timeout=args.timeout,
+        timeout=args.timeout or 120.0,
         poweroff_when_green=not args.keep_running,
         console_log=Path(args.console_log) if args.console_log else None,
         on_round=report,
         host_network=args.host_network,
+    )
+    out.result(result.to_json(), None)
+    return 0
+
+
+def _boot_disk(args: argparse.Namespace, out: Output) -> int:
+    if args.keep_running:
+        raise UsageError("--keep-running is for a sysroot: a disk runs until it powers off")
+    disk = Path(args.disk)
+    if not disk.is_file():
+        raise InvalidInputError(f"{disk}: no such disk image")
+
+    def report(round_: DiskRound) -> None:
+        out.info(
+            f"boot {round_.number} ({round_.firmware}, {round_.boot.accel}): "
+            f"{round_.boot.outcome.value} in {round_.boot.duration:.1f} s"
+        )
+
+    console: Path | None = Path(args.console_log) if args.console_log else None
+    if console is None and not out.quiet:
+        console = Path("/dev/stderr")  # the user watches the machine start
+    result = run_disk_boots(
+        disk,
+        firmware=Firmware(args.firmware or Firmware.UEFI),
+        max_boots=args.max_boots,
+        timeout=args.timeout or 300.0,
+        console_log=console,
+        network=args.host_network,
+        on_round=report,
     )
     out.result(result.to_json(), None)
     return 0

@@ -116,7 +116,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from atoll.build.disk import BootMode, DiskOptions, Filesystem, parse_size
+    from atoll.build.disk import DiskOptions, Filesystem, parse_size
+    from atoll.build.partition import BootMode
 
     keys = None
     if args.root_ssh_authorized_keys:
