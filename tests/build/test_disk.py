@@ -186,27 +186,41 @@ def test_to_disk_makes_a_partitioned_bootable_raw_file(
     assert sorted(p.name for p in disk.parent.iterdir()) == ["disk.raw"]  # no staging left
 
 
-def test_disk_image_qcow2(images: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["qcow2", "vmdk", "vhdx"])
+def test_disk_image_formats(images: Path, tmp_path: Path, kind: str) -> None:
+    """Each format, converted back to raw by qemu-img, is the disk atoll makes."""
     qemu_img = require_tool("qemu-img", "qemu-utils")
-    out = tmp_path / "os.qcow2"
-    doc = atoll("disk-image", f"oci:{images}:1", "--type", "qcow2", "-o", str(out), "--json")
-    assert doc["type"] == "qcow2" and doc["target"] == str(out)
+    out = tmp_path / f"os.{kind}"
+    doc = atoll("disk-image", f"oci:{images}:1", "--type", kind, "-o", str(out), "--json")
+    assert doc["type"] == kind and doc["target"] == str(out) and doc["boot"] == "uefi"
     assert "console=ttyS0,115200" in doc["kargs"] and "console=tty0" in doc["kargs"]
     info = json.loads(
         subprocess.run(
             [qemu_img, "info", "--output", "json", str(out)], capture_output=True, check=True
         ).stdout
     )
-    assert info["format"] == "qcow2" and info["virtual-size"] == doc["size"]
+    assert info["format"] == kind and info["virtual-size"] == doc["size"]
+    if kind == "vmdk":
+        assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
     raw = tmp_path / "back.raw"
     subprocess.run([qemu_img, "convert", "-O", "raw", str(out), str(raw)], check=True)
     check_disk(raw, doc)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == [
         "back.raw",
         "images",
-        "os.qcow2",
+        f"os.{kind}",
         "stage",
     ]
+
+
+def test_disk_image_ami(images: Path, tmp_path: Path) -> None:
+    """An AMI: raw, whole GiB (as an EBS volume), both boot paths by default."""
+    out = tmp_path / "os.ami"
+    doc = atoll("disk-image", f"oci:{images}:1", "--type", "ami", "--size", "1100M",
+                "-o", str(out), "--json")  # fmt: skip
+    assert doc["type"] == "ami" and doc["boot"] == "hybrid"
+    assert doc["size"] == out.stat().st_size == 2 << 30  # 1100 MiB, rounded up
+    check_disk(out, doc)
 
 
 def test_to_disk_on_a_block_device(images: Path, tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def test_uefi_needs_a_variable_store(disk: Path, tmp_path: Path) -> None:
         f"if=pflash,format=raw,unit=1,file={efi_vars}",
     ]
     assert efi_vars.read_bytes() == ovmf_file("OVMF_VARS_4M.fd").read_bytes()
-    with pytest.raises(FirmwareError, match="OVMF_VARS_4M.fd: no such file") as raised:
+    with pytest.raises(FirmwareError, match=r"OVMF_VARS_4M\.fd: no such file") as raised:
         ovmf_file("OVMF_VARS_4M.fd", tmp_path)
     assert raised.value.hint == "install it with: apt-get install ovmf"
 

@@ -78,6 +78,21 @@ class Filesystem(StrEnum):
 class ImageType(StrEnum):
     RAW = "raw"
     QCOW2 = "qcow2"
+    VMDK = "vmdk"
+    VHDX = "vhdx"
+    AMI = "ami"
+
+
+#: ``qemu-img convert`` from the raw disk: output format and options.  vmdk is
+#: stream-optimized (what vSphere imports, in an OVA or on its own), with the
+#: LSI Logic SCSI adapter vSphere gives a guest by default; vhdx is dynamic
+#: (Hyper-V, Azure Stack HCI).
+CONVERSIONS: dict[ImageType, tuple[str, tuple[str, ...]]] = {
+    ImageType.QCOW2: ("qcow2", ()),
+    ImageType.VMDK: ("vmdk", ("-o", "subformat=streamOptimized,adapter_type=lsilogic")),
+    ImageType.VHDX: ("vhdx", ("-o", "subformat=dynamic")),
+}
+GIB = 1024 * MIB
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,8 @@ class DiskOptions:
     #: The image later upgrades follow, when not the source (see Device.install).
     target_image: ImageName | None = None
     boot: BootMode = BootMode.UEFI
+    #: The disk's size is a multiple of this (an AMI: whole GiB, as EBS volumes are).
+    align: int = MIB
 
 
 @dataclass
@@ -303,7 +320,7 @@ def install_to_disk(
                 )
             content, inodes = _tree_usage(sysroot)
             needed = _needed_size(content, inodes, options.boot)
-            size = _disk_size(target, block, options.size, needed)
+            size = _disk_size(target, block, options.size, needed, options.align)
             dest = (
                 target
                 if block
@@ -368,15 +385,15 @@ def _install_bootloader(
         make_esp(dest, layout.esp, {REMOVABLE_PATH: grub})
 
 
-def _disk_size(target: Path, block: bool, wanted: int | None, needed: int) -> int:
+def _disk_size(target: Path, block: bool, wanted: int | None, needed: int, align: int = MIB) -> int:
     if block:
         size = device_size(target)
         if wanted is not None and wanted > size:
             raise DiskError(f"{target}: --size {wanted} is more than the device's {size} bytes")
-        size = wanted or size
+        size = (wanted or size) // MIB * MIB
     else:
         size = wanted or (needed * 2 + 1024 * MIB)
-    size = size // MIB * MIB
+        size = -(-size // align) * align if align > MIB else size // MIB * MIB
     if size < needed:
         mib = math.ceil(needed / MIB)
         raise DiskError(
@@ -395,25 +412,31 @@ def make_disk_image(
     ctx: SystemContext | None = None,
     progress: ProgressSink | None = None,
 ) -> DiskResult:
-    """``atoll disk-image``: a raw or qcow2 disk image file that boots *source*
-    (on a VM: the console on the screen and on the first serial port)."""
+    """``atoll disk-image``: a disk image file of *image_type* that boots *source*
+    (on a VM: the console on the screen and on the first serial port).  An
+    ``ami`` is the raw disk with its size rounded up to whole GiB."""
     options = options or DiskOptions()
     if not any(k.startswith("console=") for k in options.kargs):
         options = DiskOptions(**{**options.__dict__, "kargs": (*VM_CONSOLE_KARGS, *options.kargs)})
+    if image_type is ImageType.AMI:
+        options = DiskOptions(**{**options.__dict__, "align": GIB})
     if is_block_device(output):
         raise DiskError(f"{output}: a block device; use atoll install to-disk for devices")
-    if image_type is ImageType.RAW:
-        return install_to_disk(output, source, options=options, ctx=ctx, progress=progress)
+    if image_type not in CONVERSIONS:
+        result = install_to_disk(output, source, options=options, ctx=ctx, progress=progress)
+        result.type = image_type
+        return result
     qemu_img = find_tool("qemu-img", "qemu-utils")
+    fmt, convert_options = CONVERSIONS[image_type]
     raw = output.with_name(f"{TMP_PREFIX}{output.name}.{secrets.token_hex(4)}.raw")
     tmp = output.with_name(f"{TMP_PREFIX}{output.name}.{secrets.token_hex(4)}")
     try:
         result = install_to_disk(raw, source, options=options, ctx=ctx, progress=progress)
-        run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", raw, tmp])
+        run([qemu_img, "convert", "-f", "raw", "-O", fmt, *convert_options, raw, tmp])
         tmp.rename(output)
     finally:
         raw.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
     result.target = output
-    result.type = ImageType.QCOW2
+    result.type = image_type
     return result

@@ -31,7 +31,6 @@ def add_disk_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--boot",
         choices=["uefi", "bios", "hybrid"],
-        default="uefi",
         help="the firmware the disk boots with: uefi (GPT, an EFI system partition; the "
         "default), bios (MBR) or hybrid (GPT, both)",
     )
@@ -102,14 +101,22 @@ def register_to_disk(install_sub: argparse._SubParsersAction[Any]) -> None:
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     image = commands.add_parser(
         "disk-image",
-        help="make a raw or qcow2 disk image file that boots IMAGE (for a VM or dd)",
+        help="make a disk image file (raw, qcow2, vmdk, vhdx, ami) that boots IMAGE "
+        "(for a VM, a cloud or dd)",
         description="Make a disk image file that boots IMAGE: as atoll install to-disk, "
         "with the console on the screen and the first serial port unless --karg "
         "gives a console=.",
     )
     add_global_options(image)
     image.add_argument("image", metavar="IMAGE", help="REF (a registry) or TRANSPORT:DETAILS")
-    image.add_argument("--type", choices=["raw", "qcow2"], default="raw", dest="image_type")
+    image.add_argument(
+        "--type",
+        choices=["raw", "qcow2", "vmdk", "vhdx", "ami"],
+        default="raw",
+        dest="image_type",
+        help="raw (default), qcow2, vmdk (stream-optimized, vSphere), vhdx (Hyper-V) or ami "
+        "(raw in whole GiB for EC2; boots hybrid unless --boot says otherwise)",
+    )
     image.add_argument("-o", "--output", required=True, metavar="FILE")
     add_disk_options(image)
     image.set_defaults(func=_disk_image)
@@ -136,8 +143,13 @@ def _options(args: argparse.Namespace) -> Any:
         stateroot=args.stateroot,
         workdir=Path(args.workdir) if args.workdir else None,
         target_image=target_image(args),
-        boot=BootMode(args.boot),
+        boot=BootMode(args.boot or _default_boot(args)),
     )
+
+
+def _default_boot(args: argparse.Namespace) -> str:
+    # EC2 imports boot legacy BIOS unless told otherwise, and instance types differ.
+    return "hybrid" if getattr(args, "image_type", None) == "ami" else "uefi"
 
 
 def _describe(result: Any) -> str:
