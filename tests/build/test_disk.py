@@ -266,6 +266,21 @@ def test_an_image_that_cannot_boot_is_refused(
     assert list(disk.parent.iterdir()) == []  # nothing left behind
 
 
+def test_secure_boot_refuses_an_unsigned_kernel_and_a_bios_disk(
+    images: Path, tmp_path: Path
+) -> None:
+    disk = tmp_path / "out" / "disk.raw"
+    disk.parent.mkdir()
+    proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1",
+                 "--secure-boot", code=70)  # fmt: skip
+    assert f"kernel /{KVER}/vmlinuz: not an EFI binary (no MZ header)" in proc.stderr
+    assert "cannot boot with Secure Boot on" in proc.stderr
+    proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1",
+                 "--secure-boot", "--boot", "bios", code=4)  # fmt: skip
+    assert "--secure-boot needs a UEFI disk" in proc.stderr
+    assert list(disk.parent.iterdir()) == []
+
+
 def test_a_size_too_small_is_refused(images: Path, tmp_path: Path) -> None:
     disk = tmp_path / "disk.raw"
     proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1", "--size", "1M",

@@ -186,7 +186,7 @@ def test_device_boot_starts_a_disk_with_its_firmware(
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--firmware", "uefi"], 2, "--firmware needs --disk"),
+        (["--firmware", "uefi"], 2, "--firmware and --secure-boot need --disk"),
         (["--disk", "DISK", "--keep-running"], 2, "--keep-running is for a sysroot"),
         (["--disk", "missing.raw"], 4, "missing.raw: no such disk image"),
     ],

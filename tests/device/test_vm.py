@@ -1,8 +1,10 @@
 """The device as a real machine: a disk made by ``atoll install to-disk``, booted
 in QEMU (UEFI firmware, GRUB for EFI, the Debian kernel and an initramfs with
-atoll's hook).  The disk is ``--boot hybrid``: every boot goes through OVMF and
-the ESP except the last, which SeaBIOS boots through the BIOS boot code of the
-same disk, reading the same grubenv counter.
+atoll's hook).  The disk is ``--boot hybrid --secure-boot``: every boot but the
+last goes through OVMF with Secure Boot enforced and Microsoft's keys enrolled
+(shim signed by Microsoft, GRUB and the kernel signed by Debian), and the
+kernel says Secure Boot is on; the last boot is SeaBIOS through the BIOS boot
+code of the same disk, reading the same grubenv counter.
 
 v1 is installed from an ``oci-archive:`` (offline) to follow a registry image
 (``--target-image``) and boots green; the device's own update timer
@@ -36,8 +38,17 @@ from typing import Any
 
 import pytest
 
+from atoll.build.esp import SHIM, SIGNED_GRUB
 from atoll.device.nspawn import DeviceBootOutcome
-from atoll.device.qemu import DirectKernel, Firmware, VMBoot, boot_vm, copy_efi_vars, ovmf_file
+from atoll.device.qemu import (
+    OVMF_VARS_MS,
+    DirectKernel,
+    Firmware,
+    VMBoot,
+    boot_vm,
+    copy_efi_vars,
+    ovmf_file,
+)
 from atoll.errors import FirmwareError
 from helpers.busybox_root import REQUIRED
 from helpers.cli import run_atoll
@@ -88,9 +99,12 @@ def vm_tree() -> DebianTree:
     if not Path("/usr/lib/grub/x86_64-efi/linux.mod").is_file():
         missing("GRUB for UEFI is not installed (apt-get install grub-efi-amd64-bin)")
     try:
-        ovmf_file("OVMF_CODE_4M.fd")
+        ovmf_file("OVMF_CODE_4M.secboot.fd")
+        ovmf_file(OVMF_VARS_MS)
     except FirmwareError:
         missing("UEFI firmware for QEMU is not installed (apt-get install ovmf)")
+    if not SHIM.is_file() or not SIGNED_GRUB.is_file():
+        missing("no signed shim or GRUB (apt-get install shim-signed grub-efi-amd64-signed)")
     return ensure_vm_tree()
 
 
@@ -162,6 +176,8 @@ def report(console: Path, start: int) -> dict[str, Any]:
             found["mounts"][target] = options.split(",")
         elif word == "grubenv":
             found["grubenv"] = dict(item.split("=", 1) for item in rest.split())
+        elif word == "secureboot":
+            found["secureboot"] = rest.strip()
     return found
 
 
@@ -169,7 +185,8 @@ class Machine:
     def __init__(self, disk: Path, console: Path, efi_vars: Path) -> None:
         self.disk = disk
         self.console = console
-        #: The machine's UEFI variable store, kept across its boots as on a real one.
+        #: The machine's UEFI variable store, kept across its boots as on a real one:
+        #: Microsoft's keys enrolled, Secure Boot on (OVMF's secboot build enforces it).
         self.efi_vars = efi_vars
         self.boots: list[tuple[str, VMBoot]] = []
 
@@ -192,6 +209,7 @@ class Machine:
             network=direct is None,
             firmware=firmware,
             efi_vars=self.efi_vars if firmware is Firmware.UEFI else None,
+            secure_boot=firmware is Firmware.UEFI,
         )
         name = data.name if data else direct.initrd.name if direct else "-"
         self.boots.append((f"{name} ({firmware})", result))
@@ -235,20 +253,24 @@ def test_upgrade_bootloader_fallback_and_recovery(
     disk = tmp_path / "disk.raw"
     kargs = [arg for karg in TEST_KARGS for arg in ("--karg", karg)]
     atoll("install", "to-disk", str(disk), "--source", f"oci-archive:{images}/os.tar",
-          "--target-image", tracked, "--size", "3G", "--boot", "hybrid", *kargs)  # fmt: skip
+          "--target-image", tracked, "--size", "3G", "--boot", "hybrid", "--secure-boot",
+          *kargs)  # fmt: skip
     (images / "os.tar").unlink()
     data_update = make_data_disk(tmp_path / "data-update.img", {STEP_FILE: "selfupdate"})
     data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
     publish("2")
     prepared = time.monotonic() - started
 
-    vm = Machine(disk, tmp_path / "console.log", copy_efi_vars(tmp_path / "efivars.fd"))
+    efi_vars = copy_efi_vars(tmp_path / "efivars.fd", OVMF_VARS_MS)
+    vm = Machine(disk, tmp_path / "console.log", efi_vars)
     try:
         # v1, installed: green; writes /var data; its update timer pulls v2 from the
         # registry, stages it, and reboots into it (finalized on the way down).
         first = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
         assert first["version"] == "1.0"
         assert first["initrd"] == "script"  # initramfs-tools
+        # Shim (Microsoft's signature), GRUB and the kernel (Debian's) passed the checks.
+        assert first["secureboot"] == "enabled"
         assert first["usr"] == "read-only" and "ro" in first["mounts"]["/usr"]
         assert "rw" in first["mounts"]["/"] and "rw" in first["mounts"]["/var"]
         assert first["data"] == "none"
@@ -289,6 +311,7 @@ def test_upgrade_bootloader_fallback_and_recovery(
         last = vm.boot(data_report, DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS)
         assert last["version"] == "3.0"
         assert last["initrd"] == "systemd"  # dracut: its module made the deployment the root
+        assert last["secureboot"] == ""  # SeaBIOS: no UEFI, no Secure Boot
         assert last["data"] == "written by 1.0"
         assert last["usr"] == "read-only"
         assert last["status"]["status"]["booted"]["atoll"]["bootState"] == "good"

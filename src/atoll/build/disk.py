@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from atoll.boot.early import HOOKS, has_early_boot
-from atoll.build.esp import REMOVABLE_PATH, make_esp, make_grub_efi
+from atoll.build.esp import REMOVABLE_PATH, make_esp, make_grub_efi, secure_boot_files
+from atoll.build.imagetree import HEAD_BYTES
 from atoll.build.partition import (
     BIOS_BOOT_SIZE,
     ESP_SIZE,
@@ -52,7 +53,13 @@ from atoll.build.partition import (
     make_ext4,
     write_partition_table,
 )
-from atoll.errors import DiskError, InvalidInputError, NoKernelError, NotBootableError
+from atoll.errors import (
+    DiskError,
+    InvalidInputError,
+    NoKernelError,
+    NotBootableError,
+    from_oserror,
+)
 from atoll.fsutil import TMP_PREFIX, remove_tree, write_atomic
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName
@@ -110,6 +117,9 @@ class DiskOptions:
     boot: BootMode = BootMode.UEFI
     #: The disk's size is a multiple of this (an AMI: whole GiB, as EBS volumes are).
     align: int = MIB
+    #: The ESP gets Debian's signed shim and GRUB (atoll.build.esp) instead of a GRUB
+    #: built here, so that firmware with Secure Boot on starts it.
+    secure_boot: bool = False
 
 
 @dataclass
@@ -126,13 +136,15 @@ class DiskResult:
     kargs: list[str] = field(default_factory=list)
     type: ImageType = ImageType.RAW
     boot: BootMode = BootMode.UEFI
+    secure_boot: bool = False
 
     @property
     def bootloader(self) -> str:
+        efi = "shim, signed x86_64-efi" if self.secure_boot else "x86_64-efi"
         platforms = {
-            BootMode.UEFI: "x86_64-efi",
+            BootMode.UEFI: efi,
             BootMode.BIOS: "i386-pc",
-            BootMode.HYBRID: "i386-pc, x86_64-efi",
+            BootMode.HYBRID: f"i386-pc, {efi}",
         }
         return f"grub ({platforms[self.boot]})"
 
@@ -154,6 +166,7 @@ class DiskResult:
             "boot": self.boot.value,
             "partitionTable": "dos" if self.boot is BootMode.BIOS else "gpt",
             "esp": {"offset": esp.offset, "size": esp.size} if esp else None,
+            "secureBoot": self.secure_boot,
             "bootloader": self.bootloader,
         }
 
@@ -244,6 +257,25 @@ def check_bootable(device: Device, image: str) -> tuple[Path, str]:
     return root, kernel.kver
 
 
+def _check_signed(kernel: Path, source: ImageName) -> None:
+    """Refuse, for a Secure Boot disk, a kernel shim would not start."""
+    from atoll.build.lint import unsigned_reason
+
+    try:
+        with kernel.open("rb") as fh:
+            head = fh.read(HEAD_BYTES)
+        size = kernel.stat().st_size
+    except OSError as exc:
+        raise from_oserror(exc, str(kernel)) from exc
+    reason = unsigned_reason(head, size)
+    if reason is not None:
+        raise NotBootableError(
+            f"{source}: kernel /{kernel.parent.name}/vmlinuz: {reason}: it cannot boot with "
+            "Secure Boot on",
+            hint="use the distribution's signed kernel, or make the disk without --secure-boot",
+        )
+
+
 def _write_ssh_keys(deployment_root: Path, keys: bytes) -> None:
     """root's authorized_keys, as a tmpfiles.d rule in /etc (carried over by
     every update, unlike /root in a deployment): written at each boot if absent."""
@@ -282,6 +314,8 @@ def install_to_disk(
     """Make *target* (a block device, or a raw disk image file, replaced) a disk
     that boots *source*."""
     options = options or DiskOptions()
+    if options.secure_boot and not options.boot.efi:
+        raise InvalidInputError("--secure-boot needs a UEFI disk (--boot uefi or hybrid)")
     sink = progress or NullProgress()
     block = is_block_device(target)
     if target.exists() and not block and not target.is_file():
@@ -313,6 +347,8 @@ def install_to_disk(
         try:
             with steps.step("check", "Checking that the image can boot"):
                 deployment_root, kver = check_bootable(device, str(source))
+                if options.secure_boot:
+                    _check_signed(deployment_root / "usr/lib/modules" / kver / "vmlinuz", source)
                 if options.root_ssh_authorized_keys is not None:
                     _write_ssh_keys(deployment_root, options.root_ssh_authorized_keys)
                 install_grub_config(
@@ -345,7 +381,7 @@ def install_to_disk(
                         inodes=max(inodes * 2, 65536),
                     )
                 with steps.step("bootloader", f"Installing GRUB ({options.boot})"):
-                    _install_bootloader(dest, layout, options.boot, staging, fs_uuid)
+                    _install_bootloader(dest, layout, options, staging, fs_uuid)
                 if not block:
                     dest.rename(target)
             finally:
@@ -367,22 +403,27 @@ def install_to_disk(
             kernel=kver,
             kargs=["rw", *kargs],
             boot=options.boot,
+            secure_boot=options.secure_boot,
         )
 
 
 def _install_bootloader(
-    dest: Path, layout: Layout, mode: BootMode, staging: Path, fs_uuid: str
+    dest: Path, layout: Layout, options: DiskOptions, staging: Path, fs_uuid: str
 ) -> None:
     """BIOS GRUB's boot code and/or GRUB for UEFI in the ESP: both read the
     same ``/boot/grub/grub.cfg`` and ``grubenv`` from the root file system."""
+    mode = options.boot
     if mode.legacy:
         core = make_core_image(staging / "core.img", fs_uuid)
         install_boot_code(dest, core, layout.core_sector)
     if mode.efi:
         if layout.esp is None:
             raise DiskError(f"{dest}: a {mode} disk without an EFI system partition")
-        grub = make_grub_efi(staging / "grubx64.efi", fs_uuid)
-        make_esp(dest, layout.esp, {REMOVABLE_PATH: grub})
+        if options.secure_boot:
+            files = secure_boot_files(staging, fs_uuid)
+        else:
+            files = {REMOVABLE_PATH: make_grub_efi(staging / "grubx64.efi", fs_uuid)}
+        make_esp(dest, layout.esp, files)
 
 
 def _disk_size(target: Path, block: bool, wanted: int | None, needed: int, align: int = MIB) -> int:

@@ -9,6 +9,21 @@ saw it, with no ``efibootmgr`` run)::
                                  configuration that finds the root file system by
                                  UUID and reads /boot/grub/grub.cfg from it
 
+With ``--secure-boot`` the ESP holds Debian's signed boot chain instead, which
+firmware with Microsoft's keys enrolled accepts::
+
+    ESP
+    ├── EFI/BOOT/BOOTX64.EFI     shim, signed by Microsoft (shim-signed)
+    ├── EFI/BOOT/grubx64.efi     GRUB, signed by Debian (grub-efi-amd64-signed): shim
+    │                            checks it against the Debian key built into shim
+    ├── EFI/BOOT/mmx64.efi       MokManager, which shim starts when a check fails
+    ├── EFI/debian/grub.cfg      the signed GRUB's built-in prefix: finds the root
+    └── EFI/BOOT/grub.cfg        file system by UUID and reads /boot/grub/grub.cfg
+                                 (the second is where it looks when the first is gone)
+
+GRUB then has shim check each kernel it starts (the image's kernel must be
+signed by a key shim trusts, as Debian's are); the initramfs is not checked.
+
 From there on a UEFI boot is the BIOS boot: the same ``grub.cfg`` and the same
 ``grubenv`` counter on the root file system (:mod:`atoll.sysroot.bootloader.grub`),
 so boot counting and fallback do not depend on the firmware.  Files are put in
@@ -63,6 +78,34 @@ def make_grub_efi(dest: Path, uuid: str, prefix: str = "/boot/grub") -> Path:
          "-o", dest, *GRUB_EFI_MODULES]
     )  # fmt: skip
     return dest
+
+
+SHIM = Path("/usr/lib/shim/shimx64.efi.signed")
+MOK_MANAGER = Path("/usr/lib/shim/mmx64.efi.signed")
+SIGNED_GRUB = Path("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed")
+
+
+def secure_boot_files(staging: Path, uuid: str, prefix: str = "/boot/grub") -> dict[str, Path]:
+    """The ESP's files for Secure Boot (path in the ESP -> file to copy)."""
+    for path, package in ((SHIM, "shim-signed"), (SIGNED_GRUB, "grub-efi-amd64-signed")):
+        if not path.is_file():
+            raise DiskError(
+                f"{path}: no such file (the signed boot chain for --secure-boot)",
+                hint=f"install it with: apt-get install {package}",
+            )
+    stub = staging / "grub-stub.cfg"
+    stub.write_text(
+        f"search.fs_uuid {uuid} root\nset prefix=($root){prefix}\nconfigfile $prefix/grub.cfg\n"
+    )
+    files = {
+        REMOVABLE_PATH: SHIM,
+        "EFI/BOOT/grubx64.efi": SIGNED_GRUB,
+        "EFI/debian/grub.cfg": stub,
+        "EFI/BOOT/grub.cfg": stub,
+    }
+    if MOK_MANAGER.is_file():
+        files["EFI/BOOT/mmx64.efi"] = MOK_MANAGER
+    return files
 
 
 def make_esp(target: Path, esp: Extent, files: dict[str, Path]) -> None:

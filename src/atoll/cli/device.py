@@ -48,6 +48,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="with --disk: the machine's firmware, uefi (OVMF; the default) or bios (SeaBIOS)",
     )
     boot.add_argument(
+        "--secure-boot",
+        action="store_true",
+        help="with --disk: UEFI firmware that enforces Secure Boot, Microsoft's keys enrolled",
+    )
+    boot.add_argument(
         "--max-boots", type=int, default=10, metavar="N", help="stop after N boots (default 10)"
     )
     boot.add_argument(
@@ -78,8 +83,8 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
         raise UsageError("--max-boots must be at least 1")
     if args.disk:
         return _boot_disk(args, out)
-    if args.firmware:
-        raise UsageError("--firmware needs --disk (a container boot has no firmware)")
+    if args.firmware or args.secure_boot:
+        raise UsageError("--firmware and --secure-boot need --disk (a container has no firmware)")
 
     def report(round_: BootRound) -> None:
         rec = round_.record
@@ -107,13 +112,16 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
 def _boot_disk(args: argparse.Namespace, out: Output) -> int:
     if args.keep_running:
         raise UsageError("--keep-running is for a sysroot: a disk runs until it powers off")
+    if args.secure_boot and args.firmware == Firmware.BIOS:
+        raise UsageError("--secure-boot needs --firmware uefi")
     disk = Path(args.disk)
     if not disk.is_file():
         raise InvalidInputError(f"{disk}: no such disk image")
 
     def report(round_: DiskRound) -> None:
         out.info(
-            f"boot {round_.number} ({round_.firmware}, {round_.boot.accel}): "
+            f"boot {round_.number} ({round_.firmware}"
+            f"{', Secure Boot' if round_.secure_boot else ''}, {round_.boot.accel}): "
             f"{round_.boot.outcome.value} in {round_.boot.duration:.1f} s"
         )
 
@@ -127,6 +135,7 @@ def _boot_disk(args: argparse.Namespace, out: Output) -> int:
         timeout=args.timeout or 300.0,
         console_log=console,
         network=args.host_network,
+        secure_boot=args.secure_boot,
         on_round=report,
     )
     out.result(result.to_json(), None)

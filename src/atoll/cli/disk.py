@@ -35,6 +35,13 @@ def add_disk_options(parser: argparse.ArgumentParser) -> None:
         "default), bios (MBR) or hybrid (GPT, both)",
     )
     parser.add_argument(
+        "--secure-boot",
+        action="store_true",
+        help="put Debian's signed shim and GRUB in the EFI system partition, so that the "
+        "disk boots with Secure Boot on (the image's kernel must be signed: atoll lint "
+        "--secure-boot)",
+    )
+    parser.add_argument(
         "--size",
         metavar="SIZE",
         help="size of the disk, e.g. 8G (a raw file: default twice what the image needs "
@@ -144,6 +151,7 @@ def _options(args: argparse.Namespace) -> Any:
         workdir=Path(args.workdir) if args.workdir else None,
         target_image=target_image(args),
         boot=BootMode(args.boot or _default_boot(args)),
+        secure_boot=args.secure_boot,
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.device.nspawn import DeviceBootOutcome
-from atoll.device.qemu import OVMF_VARS, Firmware, VMBoot, boot_vm, copy_efi_vars
+from atoll.device.qemu import OVMF_VARS, OVMF_VARS_MS, Firmware, VMBoot, boot_vm, copy_efi_vars
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,13 @@ class DiskRound:
     number: int
     firmware: Firmware
     boot: VMBoot
+    secure_boot: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
             "boot": self.number,
             "firmware": self.firmware.value,
+            "secureBoot": self.secure_boot,
             "accel": self.boot.accel.value,
             "outcome": self.boot.outcome.value,
             "exitCode": self.boot.exit_code,
@@ -57,13 +59,17 @@ def run_disk_boots(
     console_log: Path | None = None,
     network: bool = False,
     memory_mib: int = 1024,
+    secure_boot: bool = False,
     on_round: Callable[[DiskRound], None] | None = None,
 ) -> DiskRun:
     """Boot *disk* until it powers off (or *max_boots* boots, each at most
     *timeout* seconds); a reboot, a failure or a hang is followed by a new start."""
     run = DiskRun(disk)
     with tempfile.TemporaryDirectory(prefix="atoll-machine-") as scratch:
-        efi_vars = copy_efi_vars(Path(scratch) / OVMF_VARS) if firmware is Firmware.UEFI else None
+        template = OVMF_VARS_MS if secure_boot else OVMF_VARS
+        efi_vars = (
+            copy_efi_vars(Path(scratch) / template, template) if firmware is Firmware.UEFI else None
+        )
         for number in range(1, max_boots + 1):
             boot = boot_vm(
                 disk,
@@ -73,8 +79,9 @@ def run_disk_boots(
                 console_log=console_log,
                 firmware=firmware,
                 efi_vars=efi_vars,
+                secure_boot=secure_boot,
             )
-            round_ = DiskRound(number, firmware, boot)
+            round_ = DiskRound(number, firmware, boot, secure_boot)
             run.rounds.append(round_)
             if on_round is not None:
                 on_round(round_)

@@ -9,6 +9,12 @@ asked for, no display::
         -no-reboot -serial stdio -monitor none
         [-drive if=pflash,format=raw,unit=0,readonly=on,file=OVMF_CODE_4M.fd
          -drive if=pflash,format=raw,unit=1,file=VARS]               (uefi)
+        [-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on
+         OVMF_CODE_4M.secboot.fd, VARS from OVMF_VARS_4M.ms.fd]     (Secure Boot)
+
+With Secure Boot the firmware is the build that enforces it, behind SMM (so the
+guest cannot write the variables around it), and the variable store starts
+with Microsoft's keys enrolled and Secure Boot on: what a PC is sold with.
         -drive file=DISK,format=FMT,if=virtio,cache=unsafe
         [-drive file=EXTRA,format=raw,if=virtio,readonly=on ...]
         -device virtio-rng-pci [-nic user,model=virtio-net-pci,restrict=on]
@@ -90,6 +96,8 @@ class Firmware(StrEnum):
 OVMF_DIR = Path("/usr/share/OVMF")
 OVMF_CODE = "OVMF_CODE_4M.fd"
 OVMF_VARS = "OVMF_VARS_4M.fd"
+OVMF_CODE_SECURE = "OVMF_CODE_4M.secboot.fd"
+OVMF_VARS_MS = "OVMF_VARS_4M.ms.fd"
 
 
 def ovmf_file(name: str, directory: Path = OVMF_DIR) -> Path:
@@ -191,6 +199,7 @@ def qemu_command(
     direct: DirectKernel | None = None,
     firmware: Firmware = Firmware.BIOS,
     efi_vars: Path | None = None,
+    secure_boot: bool = False,
     qemu: str = QEMU,
 ) -> tuple[list[str], Accel]:
     """The QEMU command line that boots *disk* (checked, not run) and the
@@ -223,14 +232,20 @@ def qemu_command(
         "-drive",
         f"file={disk.absolute()},format={_image_format(disk)},if=virtio,cache=unsafe",
     ]
+    if secure_boot and firmware is not Firmware.UEFI:
+        raise InvalidInputError("Secure Boot needs UEFI firmware")
+    if secure_boot:
+        argv[1:1] = ["-machine", "q35,smm=on"]
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     if firmware is Firmware.UEFI:
+        code = OVMF_CODE_SECURE if secure_boot else OVMF_CODE
         if efi_vars is None or not efi_vars.is_file():
             raise FirmwareError(f"{efi_vars}: no UEFI variable store for the machine")
         if "," in str(efi_vars):
             raise InvalidInputError(f"{efi_vars}: QEMU cannot name a path with ','")
         argv += [
             "-drive",
-            f"if=pflash,format=raw,unit=0,readonly=on,file={ovmf_file(OVMF_CODE)}",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={ovmf_file(code)}",
             "-drive",
             f"if=pflash,format=raw,unit=1,file={efi_vars.absolute()}",
         ]
@@ -273,6 +288,7 @@ def boot_vm(
     console_log: Path | None = None,
     firmware: Firmware = Firmware.BIOS,
     efi_vars: Path | None = None,
+    secure_boot: bool = False,
 ) -> VMBoot:
     """Start a machine from *disk* and wait until it powers off, reboots, fails or
     *timeout* seconds pass.  The serial console is appended to *console_log*.
@@ -281,11 +297,13 @@ def boot_vm(
         raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
     if firmware is Firmware.UEFI and efi_vars is None:
         with tempfile.TemporaryDirectory(prefix="atoll-efivars-") as scratch:
-            own = copy_efi_vars(Path(scratch) / OVMF_VARS)
+            template = OVMF_VARS_MS if secure_boot else OVMF_VARS
+            own = copy_efi_vars(Path(scratch) / template, template)
             return boot_vm(
                 disk, timeout=timeout, extra_disks=extra_disks, memory_mib=memory_mib,
                 cpus=cpus, accel=accel, network=network, direct=direct,
                 console_log=console_log, firmware=firmware, efi_vars=own,
+                secure_boot=secure_boot,
             )  # fmt: skip
     qemu = find_tool(QEMU, "qemu-system-x86")
     argv, used = qemu_command(
@@ -298,6 +316,7 @@ def boot_vm(
         direct=direct,
         firmware=firmware,
         efi_vars=efi_vars,
+        secure_boot=secure_boot,
         qemu=qemu,
     )
     argv = dies_with_caller(argv)
