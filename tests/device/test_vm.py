@@ -46,7 +46,7 @@ from atoll.device.qemu import (
     Firmware,
     VMBoot,
     boot_vm,
-    copy_efi_vars,
+    fresh_efi_vars,
     ovmf_file,
 )
 from atoll.errors import FirmwareError
@@ -261,7 +261,7 @@ def test_upgrade_bootloader_fallback_and_recovery(
     publish("2")
     prepared = time.monotonic() - started
 
-    efi_vars = copy_efi_vars(tmp_path / "efivars.fd", OVMF_VARS_MS)
+    efi_vars = fresh_efi_vars(tmp_path, secure_boot=True)
     vm = Machine(disk, tmp_path / "console.log", efi_vars)
     try:
         # v1, installed: green; writes /var data; its update timer pulls v2 from the

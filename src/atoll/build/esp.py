@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atoll.build.partition import SECTOR, Extent
+from atoll.build.partition import GRUB_COMMON_MODULES, SECTOR, Extent, grub_mkimage
 from atoll.errors import DiskError
 from atoll.run import base_environment, find_tool, run
 
@@ -44,40 +44,18 @@ GRUB_EFI_DIR = Path("/usr/lib/grub") / GRUB_EFI_PLATFORM
 REMOVABLE_PATH = "EFI/BOOT/BOOTX64.EFI"
 ESP_LABEL = "ATOLL-ESP"
 #: The modules BOOTX64.EFI carries: it then needs nothing from the ESP but itself.
-GRUB_EFI_MODULES = (
-    "part_gpt",
-    "part_msdos",
-    "fat",
-    "ext2",
-    "search_fs_uuid",
-    "normal",
-    "linux",
-    "test",
-    "loadenv",
-    "echo",
-    "serial",
-    "terminal",
-    "configfile",
-    "efi_gop",
-)
+GRUB_EFI_MODULES = ("fat", "efi_gop", *GRUB_COMMON_MODULES)
 
 
 def make_grub_efi(dest: Path, uuid: str, prefix: str = "/boot/grub") -> Path:
     """GRUB for x86_64-efi as one PE file: finds the file system by UUID, then
     reads PREFIX/grub.cfg."""
-    mkimage = find_tool("grub-mkimage", "grub-common")
     if not (GRUB_EFI_DIR / "linux.mod").is_file():
         raise DiskError(
             f"GRUB for UEFI is not installed ({GRUB_EFI_DIR} has no linux.mod)",
             hint="install it with: apt-get install grub-efi-amd64-bin",
         )
-    early = dest.with_name("early-grub-efi.cfg")
-    early.write_text(f"search.fs_uuid {uuid} root\nset prefix=($root){prefix}\n")
-    run(
-        [mkimage, "-O", GRUB_EFI_PLATFORM, "-d", GRUB_EFI_DIR, "-c", early, "-p", prefix,
-         "-o", dest, *GRUB_EFI_MODULES]
-    )  # fmt: skip
-    return dest
+    return grub_mkimage(dest, uuid, GRUB_EFI_PLATFORM, GRUB_EFI_MODULES, prefix)
 
 
 SHIM = Path("/usr/lib/shim/shimx64.efi.signed")

@@ -60,9 +60,9 @@ ROOT_TYPE_X86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 GPT_BACKUP = 33 * SECTOR
 GRUB_PLATFORM = "i386-pc"
 GRUB_MODULES_DIR = Path("/usr/lib/grub") / GRUB_PLATFORM
-#: The modules core.img carries: it then needs nothing from the disk but grub.cfg.
-GRUB_MODULES = (
-    "biosdisk",
+#: What GRUB needs, for BIOS and UEFI alike, to find the root file system by UUID
+#: and run atoll's grub.cfg (its counting included).
+GRUB_COMMON_MODULES = (
     "part_msdos",
     "part_gpt",
     "ext2",
@@ -76,6 +76,8 @@ GRUB_MODULES = (
     "terminal",
     "configfile",
 )
+#: The modules core.img carries: it then needs nothing from the disk but grub.cfg.
+GRUB_MODULES = ("biosdisk", *GRUB_COMMON_MODULES)
 #: diskboot.img (core.img's first sector): its first block list, whose start
 #: sector ``grub-mkimage`` leaves at 2 (core.img at sector 1).
 BLOCKLIST_START_OFFSET = SECTOR - 12
@@ -226,33 +228,28 @@ def make_ext4(
     )
 
 
+def grub_mkimage(
+    dest: Path, uuid: str, platform: str, modules: tuple[str, ...], prefix: str = "/boot/grub"
+) -> Path:
+    """GRUB for *platform* with *modules* built in and an early configuration
+    that finds the file system by UUID, then reads PREFIX/grub.cfg."""
+    mkimage = find_tool("grub-mkimage", "grub-common")
+    early = dest.with_name(f"early-{platform}.cfg")
+    early.write_text(f"search.fs_uuid {uuid} root\nset prefix=($root){prefix}\n")
+    directory = Path("/usr/lib/grub") / platform
+    run([mkimage, "-O", platform, "-d", directory, "-c", early, "-p", prefix, "-o", dest,
+         *modules])  # fmt: skip
+    return dest
+
+
 def make_core_image(dest: Path, uuid: str, prefix: str = "/boot/grub") -> Path:
     """GRUB's core.img: finds the file system by UUID, then reads PREFIX/grub.cfg."""
-    mkimage = find_tool("grub-mkimage", "grub-common")
     if not (GRUB_MODULES_DIR / "boot.img").is_file():
         raise DiskError(
             f"GRUB for BIOS is not installed ({GRUB_MODULES_DIR} has no boot.img)",
             hint="install it with: apt-get install grub-pc-bin",
         )
-    early = dest.with_name("early-grub.cfg")
-    early.write_text(f"search.fs_uuid {uuid} root\nset prefix=($root){prefix}\n")
-    run(
-        [
-            mkimage,
-            "-O",
-            GRUB_PLATFORM,
-            "-d",
-            GRUB_MODULES_DIR,
-            "-c",
-            early,
-            "-p",
-            prefix,
-            "-o",
-            dest,
-            *GRUB_MODULES,
-        ]
-    )
-    return dest
+    return grub_mkimage(dest, uuid, GRUB_PLATFORM, GRUB_MODULES, prefix)
 
 
 def install_boot_code(target: Path, core_img: Path, core_sector: int = 1) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.device.nspawn import DeviceBootOutcome
-from atoll.device.qemu import OVMF_VARS, OVMF_VARS_MS, Firmware, VMBoot, boot_vm, copy_efi_vars
+from atoll.device.qemu import Firmware, VMBoot, boot_vm, fresh_efi_vars
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,9 @@ def run_disk_boots(
     *timeout* seconds); a reboot, a failure or a hang is followed by a new start."""
     run = DiskRun(disk)
     with tempfile.TemporaryDirectory(prefix="atoll-machine-") as scratch:
-        template = OVMF_VARS_MS if secure_boot else OVMF_VARS
-        efi_vars = (
-            copy_efi_vars(Path(scratch) / template, template) if firmware is Firmware.UEFI else None
-        )
+        efi_vars = None
+        if firmware is Firmware.UEFI:
+            efi_vars = fresh_efi_vars(Path(scratch), secure_boot=secure_boot)
         for number in range(1, max_boots + 1):
             boot = boot_vm(
                 disk,

@@ -110,6 +110,13 @@ def ovmf_file(name: str, directory: Path = OVMF_DIR) -> Path:
     return path
 
 
+def fresh_efi_vars(directory: Path, *, secure_boot: bool = False) -> Path:
+    """A new variable store in *directory*: OVMF's empty one, or for Secure Boot
+    the one with Microsoft's keys enrolled and Secure Boot on."""
+    template = OVMF_VARS_MS if secure_boot else OVMF_VARS
+    return copy_efi_vars(directory / template, template)
+
+
 def copy_efi_vars(dest: Path, template: str = OVMF_VARS) -> Path:
     """A machine's own UEFI variable store, copied from the firmware's template."""
     source = ovmf_file(template)
@@ -295,16 +302,30 @@ def boot_vm(
     UEFI without *efi_vars*: a fresh variable store for this boot alone."""
     if timeout <= 0:
         raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
-    if firmware is Firmware.UEFI and efi_vars is None:
-        with tempfile.TemporaryDirectory(prefix="atoll-efivars-") as scratch:
-            template = OVMF_VARS_MS if secure_boot else OVMF_VARS
-            own = copy_efi_vars(Path(scratch) / template, template)
-            return boot_vm(
-                disk, timeout=timeout, extra_disks=extra_disks, memory_mib=memory_mib,
-                cpus=cpus, accel=accel, network=network, direct=direct,
-                console_log=console_log, firmware=firmware, efi_vars=own,
-                secure_boot=secure_boot,
-            )  # fmt: skip
+    with contextlib.ExitStack() as scratch:
+        if firmware is Firmware.UEFI and efi_vars is None:
+            directory = scratch.enter_context(tempfile.TemporaryDirectory(prefix="atoll-efi-"))
+            efi_vars = fresh_efi_vars(Path(directory), secure_boot=secure_boot)
+        return _boot(
+            disk, timeout, extra_disks, memory_mib, cpus, accel, network, direct,
+            console_log, firmware, efi_vars, secure_boot,
+        )  # fmt: skip
+
+
+def _boot(
+    disk: Path,
+    timeout: float,
+    extra_disks: Sequence[Path],
+    memory_mib: int,
+    cpus: int,
+    accel: Accel,
+    network: bool,
+    direct: DirectKernel | None,
+    console_log: Path | None,
+    firmware: Firmware,
+    efi_vars: Path | None,
+    secure_boot: bool,
+) -> VMBoot:
     qemu = find_tool(QEMU, "qemu-system-x86")
     argv, used = qemu_command(
         disk,
