@@ -26,6 +26,7 @@ Exit codes are grouped by the part of the system that failed:
 85-89 the pipeline: promotion, mirroring, offline bundles
 90-94 failover between devices, and the demo
 100-109 the fleet: its server, database, enrollment, agent and signed specs
+110-119 UEFI: firmware, Secure Boot
 ====  ==========================================================
 """
 
@@ -450,6 +451,11 @@ class DiskError(AtollError):
 class VMError(AtollError):
     exit_code = 73
     summary = "a virtual machine cannot be started (no disk image, bad option, QEMU refused)"
+
+
+class FirmwareError(AtollError):
+    exit_code = 110
+    summary = "the virtual machine's UEFI firmware (OVMF) is not installed or cannot be copied"
 
 
 class RechunkError(AtollError):

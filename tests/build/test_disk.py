@@ -18,7 +18,16 @@ import pytest
 
 from atoll.boot import install_early_boot
 from atoll.build.disk import parse_size
-from atoll.build.partition import GRUB_MODULES_DIR, KERNEL_SECTOR_OFFSET, MBR_CODE_END
+from atoll.build.esp import GRUB_EFI_DIR, REMOVABLE_PATH, read_esp_file
+from atoll.build.partition import (
+    BIOS_BOOT_TYPE,
+    BLOCKLIST_START_OFFSET,
+    ESP_TYPE,
+    GRUB_MODULES_DIR,
+    KERNEL_SECTOR_OFFSET,
+    MBR_CODE_END,
+    ROOT_TYPE_X86_64,
+)
 from atoll.errors import InvalidInputError
 from helpers.cli import run_atoll
 from helpers.osimage import KVER, build_os_image, tree_spec
@@ -34,10 +43,14 @@ def tools() -> None:
         ("mkfs.ext4", "e2fsprogs"),
         ("debugfs", "e2fsprogs"),
         ("grub-mkimage", "grub-common"),
+        ("mkfs.fat", "dosfstools"),
+        ("mtype", "mtools"),
     ):
         require_tool(tool, package)
     if not (GRUB_MODULES_DIR / "boot.img").is_file():
         missing("GRUB for BIOS is not installed (apt-get install grub-pc-bin)")
+    if not (GRUB_EFI_DIR / "linux.mod").is_file():
+        missing("GRUB for UEFI is not installed (apt-get install grub-efi-amd64-bin)")
 
 
 @pytest.fixture
@@ -66,7 +79,7 @@ def atoll(*args: str, code: int = 0) -> Any:
     return json.loads(proc.stdout) if code == 0 and "--json" in args else proc
 
 
-def debugfs(disk: Path, request: str, offset: int = MIB) -> str:
+def debugfs(disk: Path, request: str, offset: int) -> str:
     return subprocess.run(
         ["debugfs", "-R", request, f"{disk}?offset={offset}"],
         capture_output=True,
@@ -75,21 +88,15 @@ def debugfs(disk: Path, request: str, offset: int = MIB) -> str:
     ).stdout
 
 
-def check_disk(disk: Path, doc: dict[str, Any]) -> None:
-    table = json.loads(
-        subprocess.run(
-            ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
-        ).stdout
-    )["partitiontable"]
-    assert table["label"] == "dos"
-    (part,) = table["partitions"]
-    assert part["start"] == 2048 and part["type"] == "83" and part.get("bootable")
-    assert part["size"] * 512 == doc["partition"]["size"]
+def check_boot_code(disk: Path, core_sector: int) -> None:
+    """boot.img in sector 0 pointing at core.img, whose block list follows it."""
     with disk.open("rb") as fh:
-        mbr, core_start = fh.read(512), fh.read(512)
+        mbr = fh.read(512)
+        fh.seek(core_sector * 512)
+        core_start = fh.read(512)
     boot = (GRUB_MODULES_DIR / "boot.img").read_bytes()
     assert mbr[:KERNEL_SECTOR_OFFSET] == boot[:KERNEL_SECTOR_OFFSET]
-    assert struct.unpack_from("<Q", mbr, KERNEL_SECTOR_OFFSET)[0] == 1  # core.img at sector 1
+    assert struct.unpack_from("<Q", mbr, KERNEL_SECTOR_OFFSET)[0] == core_sector
     assert (
         mbr[KERNEL_SECTOR_OFFSET + 8 : MBR_CODE_END]
         == boot[KERNEL_SECTOR_OFFSET + 8 : MBR_CODE_END]
@@ -97,21 +104,61 @@ def check_disk(disk: Path, doc: dict[str, Any]) -> None:
     assert mbr[510:] == b"\x55\xaa"
     diskboot = (GRUB_MODULES_DIR / "diskboot.img").read_bytes()
     assert core_start[:0x100] == diskboot[:0x100]  # core.img begins with diskboot.img
-    stats = debugfs(disk, "stats")
+    assert struct.unpack_from("<Q", core_start, BLOCKLIST_START_OFFSET)[0] == core_sector + 1
+
+
+def check_disk(disk: Path, doc: dict[str, Any]) -> None:
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
+        ).stdout
+    )["partitiontable"]
+    parts = table["partitions"]
+    root = parts[-1]
+    assert root["start"] * 512 == doc["partition"]["offset"]
+    assert root["size"] * 512 == doc["partition"]["size"]
+    if doc["boot"] == "bios":
+        assert table["label"] == "dos" and len(parts) == 1 and doc["esp"] is None
+        assert root["start"] == 2048 and root["type"] == "83" and root.get("bootable")
+        check_boot_code(disk, 1)
+    else:
+        assert table["label"] == "gpt" and root["type"] == ROOT_TYPE_X86_64
+        esp = parts[-2]
+        assert esp["type"] == ESP_TYPE and esp["start"] * 512 == doc["esp"]["offset"]
+        efi = read_esp_file(disk, doc["esp"]["offset"], REMOVABLE_PATH)
+        assert efi[:2] == b"MZ"  # a PE image...
+        (pe,) = struct.unpack_from("<I", efi, 0x3C)
+        assert efi[pe : pe + 4] == b"PE\0\0"
+        assert struct.unpack_from("<H", efi, pe + 4)[0] == 0x8664  # ...for x86-64
+        # Its embedded configuration finds the root file system by its UUID.
+        assert f"search.fs_uuid {doc['filesystem']['uuid']} root".encode() in efi
+        if doc["boot"] == "hybrid":
+            bios = parts[0]
+            assert len(parts) == 3 and bios["type"] == BIOS_BOOT_TYPE
+            check_boot_code(disk, bios["start"])
+        else:
+            assert len(parts) == 2
+            with disk.open("rb") as fh:
+                assert fh.read(440) == bytes(440)  # no BIOS boot code
+    offset = doc["partition"]["offset"]
+    stats = debugfs(disk, "stats", offset)
     assert f"Filesystem UUID:          {doc['filesystem']['uuid']}" in stats
     assert "Filesystem volume name:   atoll-root" in stats
-    cfg = debugfs(disk, "cat /boot/grub/grub.cfg")
+    cfg = debugfs(disk, "cat /boot/grub/grub.cfg", offset)
     assert f"root=UUID={doc['filesystem']['uuid']}" in cfg
     stateroot, ident = doc["deployment"].split("/")
     assert f"atoll=/atoll/deploy/{stateroot}/deploy/{ident}" in cfg
     assert cfg.count("menuentry ") == 1
-    assert len(debugfs(disk, "cat /boot/grub/grubenv")) == 1024
+    assert len(debugfs(disk, "cat /boot/grub/grubenv", offset)) == 1024
     # The machine flushes its boot files for GRUB after each update (bootloader.flush).
-    assert json.loads(debugfs(disk, "cat /boot/grub/atoll.json"))["flushAfterWrite"] is True
-    assert '"version": 1' in debugfs(disk, "cat /atoll/sysroot.json")
+    assert json.loads(debugfs(disk, "cat /boot/grub/atoll.json", offset))["flushAfterWrite"] is True
+    assert '"version": 1' in debugfs(disk, "cat /atoll/sysroot.json", offset)
 
 
-def test_to_disk_makes_a_partitioned_bootable_raw_file(images: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("boot", ["uefi", "bios", "hybrid"])
+def test_to_disk_makes_a_partitioned_bootable_raw_file(
+    images: Path, tmp_path: Path, boot: str
+) -> None:
     keys = tmp_path / "keys"
     keys.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE+test test@example\n")
     disk = tmp_path / "out" / "disk.raw"
@@ -119,42 +166,61 @@ def test_to_disk_makes_a_partitioned_bootable_raw_file(images: Path, tmp_path: P
     doc = atoll(
         "install", "to-disk", str(disk), "--source", f"oci:{images}:1", "--size", "256M",
         "--karg", "console=ttyS0,115200", "--root-ssh-authorized-keys", str(keys), "--json",
+        *(["--boot", boot] if boot != "uefi" else []),  # uefi: the default
     )  # fmt: skip
+    assert doc["boot"] == boot
     assert doc["size"] == disk.stat().st_size == 256 * MIB
     assert doc["kernel"] == KVER and doc["version"] == "1.0"
     assert doc["kargs"][:2] == ["rw", f"root=UUID={doc['filesystem']['uuid']}"]
     assert "console=ttyS0,115200" in doc["kargs"]
     check_disk(disk, doc)
-    assert "serial --unit=0 --speed=115200" in debugfs(disk, "cat /boot/grub/grub.cfg")
+    offset = doc["partition"]["offset"]
+    assert "serial --unit=0 --speed=115200" in debugfs(disk, "cat /boot/grub/grub.cfg", offset)
     stateroot, ident = doc["deployment"].split("/")
     ssh = debugfs(
-        disk, f"cat /atoll/deploy/{stateroot}/deploy/{ident}/etc/tmpfiles.d/atoll-root-ssh.conf"
+        disk,
+        f"cat /atoll/deploy/{stateroot}/deploy/{ident}/etc/tmpfiles.d/atoll-root-ssh.conf",
+        offset,
     )
     assert "f~ /root/.ssh/authorized_keys 0600 root root - c3NoLWVkMjU1MTkg" in ssh
     assert sorted(p.name for p in disk.parent.iterdir()) == ["disk.raw"]  # no staging left
 
 
-def test_disk_image_qcow2(images: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["qcow2", "vmdk", "vhdx"])
+def test_disk_image_formats(images: Path, tmp_path: Path, kind: str) -> None:
+    """Each format, converted back to raw by qemu-img, is the disk atoll makes."""
     qemu_img = require_tool("qemu-img", "qemu-utils")
-    out = tmp_path / "os.qcow2"
-    doc = atoll("disk-image", f"oci:{images}:1", "--type", "qcow2", "-o", str(out), "--json")
-    assert doc["type"] == "qcow2" and doc["target"] == str(out)
+    out = tmp_path / f"os.{kind}"
+    doc = atoll("disk-image", f"oci:{images}:1", "--type", kind, "-o", str(out), "--json")
+    assert doc["type"] == kind and doc["target"] == str(out) and doc["boot"] == "uefi"
     assert "console=ttyS0,115200" in doc["kargs"] and "console=tty0" in doc["kargs"]
     info = json.loads(
         subprocess.run(
             [qemu_img, "info", "--output", "json", str(out)], capture_output=True, check=True
         ).stdout
     )
-    assert info["format"] == "qcow2" and info["virtual-size"] == doc["size"]
+    assert info["format"] == kind and info["virtual-size"] == doc["size"]
+    if kind == "vmdk":
+        assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
     raw = tmp_path / "back.raw"
     subprocess.run([qemu_img, "convert", "-O", "raw", str(out), str(raw)], check=True)
     check_disk(raw, doc)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == [
         "back.raw",
         "images",
-        "os.qcow2",
+        f"os.{kind}",
         "stage",
     ]
+
+
+def test_disk_image_ami(images: Path, tmp_path: Path) -> None:
+    """An AMI: raw, whole GiB (as an EBS volume), both boot paths by default."""
+    out = tmp_path / "os.ami"
+    doc = atoll("disk-image", f"oci:{images}:1", "--type", "ami", "--size", "1100M",
+                "-o", str(out), "--json")  # fmt: skip
+    assert doc["type"] == "ami" and doc["boot"] == "hybrid"
+    assert doc["size"] == out.stat().st_size == 2 << 30  # 1100 MiB, rounded up
+    check_disk(out, doc)
 
 
 def test_to_disk_on_a_block_device(images: Path, tmp_path: Path) -> None:
@@ -198,6 +264,21 @@ def test_an_image_that_cannot_boot_is_refused(
     assert message in proc.stderr
     assert proc.stderr.count("\n") <= 2  # one line, and a hint
     assert list(disk.parent.iterdir()) == []  # nothing left behind
+
+
+def test_secure_boot_refuses_an_unsigned_kernel_and_a_bios_disk(
+    images: Path, tmp_path: Path
+) -> None:
+    disk = tmp_path / "out" / "disk.raw"
+    disk.parent.mkdir()
+    proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1",
+                 "--secure-boot", code=70)  # fmt: skip
+    assert f"kernel /{KVER}/vmlinuz: not an EFI binary (no MZ header)" in proc.stderr
+    assert "cannot boot with Secure Boot on" in proc.stderr
+    proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1",
+                 "--secure-boot", "--boot", "bios", code=4)  # fmt: skip
+    assert "--secure-boot needs a UEFI disk" in proc.stderr
+    assert list(disk.parent.iterdir()) == []
 
 
 def test_a_size_too_small_is_refused(images: Path, tmp_path: Path) -> None:

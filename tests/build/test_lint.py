@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import py_compile
+import struct
 import sys
 from pathlib import Path
 
@@ -238,3 +239,47 @@ def test_a_layer_holding_most_of_a_big_image_is_a_warning(tmp_path: Path) -> Non
     assert any(f["check"] == "layer-share" for f in findings), proc.stderr
     proc = run_atoll("lint", "--max-layer-share", "0", f"oci:{tmp_path / 'even'}:even")
     assert proc.returncode == 2 and "percent" in proc.stderr
+
+
+def _pe_kernel(signature: bytes) -> bytes:
+    """An EFI-stub kernel's headers as the lint reads them: MZ, the PE header at
+    0x40, a PE32+ optional header whose certificate table points at *signature*
+    appended at the end (none when empty)."""
+    body = bytearray(4096)
+    body[:2] = b"MZ"
+    struct.pack_into("<I", body, 0x3C, 0x40)
+    body[0x40:0x44] = b"PE\0\0"
+    struct.pack_into("<H", body, 0x40 + 24, 0x20B)
+    struct.pack_into("<II", body, 0x40 + 24 + 112 + 8 * 4, len(body) if signature else 0,
+                     len(signature))  # fmt: skip
+    return bytes(body) + signature
+
+
+@pytest.mark.parametrize(
+    ("kernel", "reason"),
+    [
+        (_pe_kernel(b"\x00" * 8 + b"0\x82 a PKCS#7 signature"), None),
+        (_pe_kernel(b""), "no signature (its PE certificate table is empty)"),
+        (b"\x7fELF" + bytes(600), "not an EFI binary (no MZ header)"),
+        (_pe_kernel(b"")[:200], "not an EFI binary (its PE headers are cut short)"),
+    ],
+    ids=["signed", "unsigned", "elf", "short"],
+)
+def test_secure_boot_wants_a_signed_kernel(
+    tmp_path: Path, kernel: bytes, reason: str | None
+) -> None:
+    """Only `lint --secure-boot` runs kernel-signed; a kernel without a signature
+    is fatal there, since shim refuses to start it."""
+    path = "usr/lib/modules/6.1.0-atoll/vmlinuz"
+    name = _image(tmp_path, "k", {path: FileSpec(kernel, 0o644)})
+    assert "kernel-signed" not in {c["name"] for c in _lint(name).to_json()["checks"]}
+    proc = run_atoll("lint", "--secure-boot", "--json", name)
+    doc = json.loads(proc.stdout)
+    (check,) = [c for c in doc["checks"] if c["name"] == "kernel-signed"]
+    if reason is None:
+        assert proc.returncode == 0 and check["passed"], proc.stderr
+    else:
+        assert proc.returncode == 69 and not check["passed"]
+        (finding,) = [f for f in doc["findings"] if f["check"] == "kernel-signed"]
+        assert finding["message"] == f"kernel 6.1.0-atoll: {reason}"
+        assert finding["paths"] == [f"/{path}"]

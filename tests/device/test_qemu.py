@@ -3,6 +3,7 @@ machine is stopped with its whole process group."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -12,14 +13,18 @@ from atoll.device.nspawn import DeviceBootOutcome
 from atoll.device.qemu import (
     Accel,
     DirectKernel,
+    Firmware,
     boot_vm,
+    copy_efi_vars,
     group_alive,
     kvm_works,
     outcome_of_console,
+    ovmf_file,
     qemu_command,
 )
-from atoll.errors import InvalidInputError, VMError
-from helpers.parts import require_tool
+from atoll.errors import FirmwareError, InvalidInputError, VMError
+from helpers.cli import run_atoll
+from helpers.parts import missing, require_tool
 
 
 @pytest.fixture
@@ -119,3 +124,75 @@ def test_qemu_refusing_to_start_is_a_failed_boot(disk: Path) -> None:
     boot = boot_vm(disk, timeout=30, accel=Accel.TCG, memory_mib=64 * 1024 * 1024)
     assert boot.outcome is DeviceBootOutcome.FAILED and boot.exit_code != 0
     assert "qemu-system-x86_64" in boot.console_tail
+
+
+def test_uefi_needs_a_variable_store(disk: Path, tmp_path: Path) -> None:
+    require_ovmf()
+    with pytest.raises(FirmwareError, match="no UEFI variable store"):
+        qemu_command(disk, firmware=Firmware.UEFI)
+    efi_vars = copy_efi_vars(tmp_path / "vars.fd")
+    argv, _ = qemu_command(disk, accel=Accel.TCG, firmware=Firmware.UEFI, efi_vars=efi_vars)
+    flash = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive" and "pflash" in argv[i + 1]]
+    assert flash == [
+        f"if=pflash,format=raw,unit=0,readonly=on,file={ovmf_file('OVMF_CODE_4M.fd')}",
+        f"if=pflash,format=raw,unit=1,file={efi_vars}",
+    ]
+    assert efi_vars.read_bytes() == ovmf_file("OVMF_VARS_4M.fd").read_bytes()
+    with pytest.raises(FirmwareError, match=r"OVMF_VARS_4M\.fd: no such file") as raised:
+        ovmf_file("OVMF_VARS_4M.fd", tmp_path)
+    assert raised.value.hint == "install it with: apt-get install ovmf"
+
+
+def require_ovmf() -> None:
+    try:
+        ovmf_file("OVMF_CODE_4M.fd")
+    except FirmwareError:
+        missing("UEFI firmware for QEMU is not installed (apt-get install ovmf)")
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize(
+    ("firmware", "seconds", "boots"),
+    [("uefi", 20, 1), ("bios", 4, 2)],
+    ids=["uefi", "bios"],
+)
+def test_device_boot_starts_a_disk_with_its_firmware(
+    disk: Path, tmp_path: Path, firmware: str, seconds: int, boots: int
+) -> None:
+    """A disk with nothing to boot: the firmware starts (OVMF's boot manager
+    says so on the console), finds nothing, and the boot runs out of time; each
+    boot is a new start of the machine.  OVMF under emulation needs the longer time."""
+    require_tool("qemu-system-x86_64", "qemu-system-x86")
+    require_ovmf()
+    console = tmp_path / "console.log"
+    proc = run_atoll(
+        "device", "boot", "--disk", str(disk), "--firmware", firmware,
+        "--timeout", f"{seconds}s", "--max-boots", str(boots),
+        "--console-log", str(console), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["disk"] == str(disk)
+    assert [(b["boot"], b["firmware"], b["outcome"]) for b in doc["boots"]] == [
+        (n, firmware, "timeout") for n in range(1, boots + 1)
+    ]
+    said = console.read_text(errors="replace")
+    if firmware == "uefi":
+        assert said.count("BdsDxe: ") >= boots
+    else:  # SeaBIOS writes nothing on the serial port when there is nothing to boot
+        assert "BdsDxe" not in said
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--firmware", "uefi"], 2, "--firmware and --secure-boot need --disk"),
+        (["--disk", "DISK", "--keep-running"], 2, "--keep-running is for a sysroot"),
+        (["--disk", "missing.raw"], 4, "missing.raw: no such disk image"),
+    ],
+)
+def test_device_boot_refuses_bad_options(
+    disk: Path, args: list[str], code: int, message: str
+) -> None:
+    proc = run_atoll("device", "boot", *[str(disk) if a == "DISK" else a for a in args])
+    assert proc.returncode == code and message in proc.stderr

@@ -1,5 +1,10 @@
 """The device as a real machine: a disk made by ``atoll install to-disk``, booted
-in QEMU (BIOS, GRUB, the Debian kernel and an initramfs with atoll's hook).
+in QEMU (UEFI firmware, GRUB for EFI, the Debian kernel and an initramfs with
+atoll's hook).  The disk is ``--boot hybrid --secure-boot``: every boot but the
+last goes through OVMF with Secure Boot enforced and Microsoft's keys enrolled
+(shim signed by Microsoft, GRUB and the kernel signed by Debian), and the
+kernel says Secure Boot is on; the last boot is SeaBIOS through the BIOS boot
+code of the same disk, reading the same grubenv counter.
 
 v1 is installed from an ``oci-archive:`` (offline) to follow a registry image
 (``--target-image``) and boots green; the device's own update timer
@@ -33,8 +38,18 @@ from typing import Any
 
 import pytest
 
+from atoll.build.esp import SHIM, SIGNED_GRUB
 from atoll.device.nspawn import DeviceBootOutcome
-from atoll.device.qemu import DirectKernel, VMBoot, boot_vm
+from atoll.device.qemu import (
+    OVMF_VARS_MS,
+    DirectKernel,
+    Firmware,
+    VMBoot,
+    boot_vm,
+    fresh_efi_vars,
+    ovmf_file,
+)
+from atoll.errors import FirmwareError
 from helpers.busybox_root import REQUIRED
 from helpers.cli import run_atoll
 from helpers.debian import DebianTree
@@ -75,10 +90,21 @@ def vm_tree() -> DebianTree:
         ("debugfs", "e2fsprogs"),
         ("dumpe2fs", "e2fsprogs"),
         ("grub-mkimage", "grub-common"),
+        ("mkfs.fat", "dosfstools"),
+        ("mcopy", "mtools"),
     ):
         require_tool(tool, package)
     if not Path("/usr/lib/grub/i386-pc/boot.img").is_file():
         missing("GRUB for BIOS is not installed (apt-get install grub-pc-bin)")
+    if not Path("/usr/lib/grub/x86_64-efi/linux.mod").is_file():
+        missing("GRUB for UEFI is not installed (apt-get install grub-efi-amd64-bin)")
+    try:
+        ovmf_file("OVMF_CODE_4M.secboot.fd")
+        ovmf_file(OVMF_VARS_MS)
+    except FirmwareError:
+        missing("UEFI firmware for QEMU is not installed (apt-get install ovmf)")
+    if not SHIM.is_file() or not SIGNED_GRUB.is_file():
+        missing("no signed shim or GRUB (apt-get install shim-signed grub-efi-amd64-signed)")
     return ensure_vm_tree()
 
 
@@ -88,10 +114,18 @@ def atoll(*args: str) -> str:
     return proc.stdout
 
 
+def root_offset(disk: Path) -> int:
+    """Where the root file system starts: the disk's last partition."""
+    table = subprocess.run(
+        ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
+    ).stdout
+    return int(json.loads(table)["partitiontable"]["partitions"][-1]["start"]) * 512
+
+
 def disk_file(disk: Path, path: str) -> str:
     """A file of the disk's root file system, read without mounting it."""
     proc = subprocess.run(
-        ["debugfs", "-R", f"cat {path}", f"{disk}?offset=1048576"],
+        ["debugfs", "-R", f"cat {path}", f"{disk}?offset={root_offset(disk)}"],
         capture_output=True,
         text=True,
         check=True,
@@ -102,7 +136,10 @@ def disk_file(disk: Path, path: str) -> str:
 def clean(disk: Path) -> bool:
     """Whether the root file system was left clean (its journal needs no replay)."""
     proc = subprocess.run(
-        ["dumpe2fs", "-h", f"{disk}?offset=1048576"], capture_output=True, text=True, check=True
+        ["dumpe2fs", "-h", f"{disk}?offset={root_offset(disk)}"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     features = next(
         line for line in proc.stdout.splitlines() if line.startswith("Filesystem features:")
@@ -139,13 +176,18 @@ def report(console: Path, start: int) -> dict[str, Any]:
             found["mounts"][target] = options.split(",")
         elif word == "grubenv":
             found["grubenv"] = dict(item.split("=", 1) for item in rest.split())
+        elif word == "secureboot":
+            found["secureboot"] = rest.strip()
     return found
 
 
 class Machine:
-    def __init__(self, disk: Path, console: Path) -> None:
+    def __init__(self, disk: Path, console: Path, efi_vars: Path) -> None:
         self.disk = disk
         self.console = console
+        #: The machine's UEFI variable store, kept across its boots as on a real one:
+        #: Microsoft's keys enrolled, Secure Boot on (OVMF's secboot build enforces it).
+        self.efi_vars = efi_vars
         self.boots: list[tuple[str, VMBoot]] = []
 
     def boot(
@@ -155,6 +197,7 @@ class Machine:
         direct: DirectKernel | None = None,
         *,
         timeout: float = BOOT_TIMEOUT,
+        firmware: Firmware = Firmware.UEFI,
     ) -> dict[str, Any]:
         start = self.console.stat().st_size if self.console.exists() else 0
         result = boot_vm(
@@ -164,8 +207,12 @@ class Machine:
             console_log=self.console,
             direct=direct,
             network=direct is None,
+            firmware=firmware,
+            efi_vars=self.efi_vars if firmware is Firmware.UEFI else None,
+            secure_boot=firmware is Firmware.UEFI,
         )
-        self.boots.append((data.name if data else direct.initrd.name if direct else "-", result))
+        name = data.name if data else direct.initrd.name if direct else "-"
+        self.boots.append((f"{name} ({firmware})", result))
         assert result.outcome is expect, (
             f"boot {len(self.boots)}: {result.outcome} after {result.duration:.0f} s, "
             f"not {expect}:\n{result.console_tail}"
@@ -206,20 +253,24 @@ def test_upgrade_bootloader_fallback_and_recovery(
     disk = tmp_path / "disk.raw"
     kargs = [arg for karg in TEST_KARGS for arg in ("--karg", karg)]
     atoll("install", "to-disk", str(disk), "--source", f"oci-archive:{images}/os.tar",
-          "--target-image", tracked, "--size", "3G", *kargs)  # fmt: skip
+          "--target-image", tracked, "--size", "3G", "--boot", "hybrid", "--secure-boot",
+          *kargs)  # fmt: skip
     (images / "os.tar").unlink()
     data_update = make_data_disk(tmp_path / "data-update.img", {STEP_FILE: "selfupdate"})
     data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
     publish("2")
     prepared = time.monotonic() - started
 
-    vm = Machine(disk, tmp_path / "console.log")
+    efi_vars = fresh_efi_vars(tmp_path, secure_boot=True)
+    vm = Machine(disk, tmp_path / "console.log", efi_vars)
     try:
         # v1, installed: green; writes /var data; its update timer pulls v2 from the
         # registry, stages it, and reboots into it (finalized on the way down).
         first = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
         assert first["version"] == "1.0"
         assert first["initrd"] == "script"  # initramfs-tools
+        # Shim (Microsoft's signature), GRUB and the kernel (Debian's) passed the checks.
+        assert first["secureboot"] == "enabled"
         assert first["usr"] == "read-only" and "ro" in first["mounts"]["/usr"]
         assert "rw" in first["mounts"]["/"] and "rw" in first["mounts"]["/var"]
         assert first["data"] == "none"
@@ -255,10 +306,12 @@ def test_upgrade_bootloader_fallback_and_recovery(
         outcomes = [h["outcome"] for h in back["history"]]
         assert outcomes[-4:] == ["red", "red", "red", "green"]
         assert "done" in back["lines"]
-        # v3: green, the /var data still there, /usr read-only, the counter gone.
-        last = vm.boot(data_report, DeviceBootOutcome.POWEROFF)
+        # v3: green, the /var data still there, /usr read-only, the counter gone; this
+        # boot is the same disk's BIOS path (SeaBIOS, boot.img, core.img).
+        last = vm.boot(data_report, DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS)
         assert last["version"] == "3.0"
         assert last["initrd"] == "systemd"  # dracut: its module made the deployment the root
+        assert last["secureboot"] == ""  # SeaBIOS: no UEFI, no Secure Boot
         assert last["data"] == "written by 1.0"
         assert last["usr"] == "read-only"
         assert last["status"]["status"]["booted"]["atoll"]["bootState"] == "good"
@@ -280,7 +333,9 @@ def test_upgrade_bootloader_fallback_and_recovery(
         vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
         for initrd in (make_initramfs(vm_tree), dracut):
             start = vm.console.stat().st_size
-            vm.boot(None, DeviceBootOutcome.REBOOT, DirectKernel(vmlinuz, initrd, " ".join(args)))
+            # No bootloader here: SeaBIOS hands QEMU's -kernel over sooner than OVMF.
+            direct = DirectKernel(vmlinuz, initrd, " ".join(args))
+            vm.boot(None, DeviceBootOutcome.REBOOT, direct, firmware=Firmware.BIOS)
             said = vm.console.read_bytes()[start:].decode(errors="replace")
             assert f"atoll: cannot boot {ghost}: the deployment does not exist" in said
             assert "atoll: the deployment cannot be booted; rebooting" in said

@@ -274,6 +274,8 @@ for m in / /usr /var /sysroot; do say "mount $(findmnt -n -o TARGET,OPTIONS "$m"
 say "status $(atoll status --sysroot /sysroot --format json | tr -d '\\n')"
 say "history $(tr '\\n' ' ' < /sysroot/atoll/health/history.jsonl)"
 say "grubenv $(grep -v '^#' /sysroot/boot/grub/grubenv | tr '\\n' ' ')"
+# The kernel says whether the firmware booted it with Secure Boot on.
+say "secureboot $(dmesg | grep -o 'Secure boot [a-z]*' | head -n 1 | cut -d' ' -f3)"
 if [ "$step" = upgrade ]; then
     mkdir -p /var/lib/vmtest
     data=/var/lib/vmtest/data

@@ -10,9 +10,12 @@ A disk is made in four steps, none of which mounts anything:
    (``usr/lib/modules/KVER/vmlinuz``), its initramfs (``initramfs.img`` beside
    it) and atoll's early-boot hook (:data:`atoll.boot.early.HOOKS`); then write
    GRUB's configuration and environment block (:mod:`atoll.sysroot.bootloader.grub`);
-3. **partition** the target (MBR, one partition from 1 MiB) and **make the file
+3. **partition** the target (:class:`BootMode`: MBR for ``bios``, GPT with an
+   EFI system partition for ``uefi`` and ``hybrid``) and **make the file
    system** from the staging directory (``mkfs.ext4 -d``);
-4. **install GRUB's boot code** (:mod:`atoll.build.partition`).
+4. **install GRUB**: its BIOS boot code (:mod:`atoll.build.partition`) and/or
+   GRUB for UEFI in the ESP (:mod:`atoll.build.esp`).  Both read the same
+   ``grub.cfg`` and ``grubenv`` from the root file system.
 
 A raw file is written under a temporary name beside the target and renamed
 over it at the end, so a failure leaves no half-made disk; a qcow2 image is
@@ -36,7 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from atoll.boot.early import HOOKS, has_early_boot
+from atoll.build.esp import REMOVABLE_PATH, make_esp, make_grub_efi, secure_boot_files
+from atoll.build.imagetree import HEAD_BYTES
 from atoll.build.partition import (
+    BIOS_BOOT_SIZE,
+    ESP_SIZE,
+    BootMode,
+    Layout,
     device_size,
     install_boot_code,
     is_block_device,
@@ -44,7 +53,13 @@ from atoll.build.partition import (
     make_ext4,
     write_partition_table,
 )
-from atoll.errors import DiskError, InvalidInputError, NoKernelError, NotBootableError
+from atoll.errors import (
+    DiskError,
+    InvalidInputError,
+    NoKernelError,
+    NotBootableError,
+    from_oserror,
+)
 from atoll.fsutil import TMP_PREFIX, remove_tree, write_atomic
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName
@@ -70,6 +85,21 @@ class Filesystem(StrEnum):
 class ImageType(StrEnum):
     RAW = "raw"
     QCOW2 = "qcow2"
+    VMDK = "vmdk"
+    VHDX = "vhdx"
+    AMI = "ami"
+
+
+#: ``qemu-img convert`` from the raw disk: output format and options.  vmdk is
+#: stream-optimized (what vSphere imports, in an OVA or on its own), with the
+#: LSI Logic SCSI adapter vSphere gives a guest by default; vhdx is dynamic
+#: (Hyper-V, Azure Stack HCI).
+CONVERSIONS: dict[ImageType, tuple[str, tuple[str, ...]]] = {
+    ImageType.QCOW2: ("qcow2", ()),
+    ImageType.VMDK: ("vmdk", ("-o", "subformat=streamOptimized,adapter_type=lsilogic")),
+    ImageType.VHDX: ("vhdx", ("-o", "subformat=dynamic")),
+}
+GIB = 1024 * MIB
 
 
 @dataclass(frozen=True)
@@ -84,6 +114,12 @@ class DiskOptions:
     workdir: Path | None = None
     #: The image later upgrades follow, when not the source (see Device.install).
     target_image: ImageName | None = None
+    boot: BootMode = BootMode.UEFI
+    #: The disk's size is a multiple of this (an AMI: whole GiB, as EBS volumes are).
+    align: int = MIB
+    #: The ESP gets Debian's signed shim and GRUB (atoll.build.esp) instead of a GRUB
+    #: built here, so that firmware with Secure Boot on starts it.
+    secure_boot: bool = False
 
 
 @dataclass
@@ -94,14 +130,27 @@ class DiskResult:
     version: str | None
     deployment: str
     size: int
-    partition_offset: int
-    partition_size: int
+    layout: Layout
     fs_uuid: str
     kernel: str
     kargs: list[str] = field(default_factory=list)
     type: ImageType = ImageType.RAW
+    boot: BootMode = BootMode.UEFI
+    secure_boot: bool = False
+
+    @property
+    def bootloader(self) -> str:
+        efi = "shim, signed x86_64-efi" if self.secure_boot else "x86_64-efi"
+        platforms = {
+            BootMode.UEFI: efi,
+            BootMode.BIOS: "i386-pc",
+            BootMode.HYBRID: f"i386-pc, {efi}",
+        }
+        return f"grub ({platforms[self.boot]})"
 
     def to_json(self) -> dict[str, Any]:
+        root = self.layout.root
+        esp = self.layout.esp
         return {
             "target": str(self.target),
             "type": self.type.value,
@@ -110,11 +159,15 @@ class DiskResult:
             "version": self.version,
             "deployment": self.deployment,
             "size": self.size,
-            "partition": {"offset": self.partition_offset, "size": self.partition_size},
+            "partition": {"offset": root.offset, "size": root.size},
             "filesystem": {"type": "ext4", "uuid": self.fs_uuid, "label": ROOT_LABEL},
             "kernel": self.kernel,
             "kargs": self.kargs,
-            "bootloader": "grub (i386-pc)",
+            "boot": self.boot.value,
+            "partitionTable": "dos" if self.boot is BootMode.BIOS else "gpt",
+            "esp": {"offset": esp.offset, "size": esp.size} if esp else None,
+            "secureBoot": self.secure_boot,
+            "bootloader": self.bootloader,
         }
 
 
@@ -169,11 +222,12 @@ def _tree_usage(root: Path) -> tuple[int, int]:
     return blocks * 4096, inodes + 1
 
 
-def _needed_size(content: int, inodes: int) -> int:
-    """What the disk needs for *content*: the space before the partition, the
-    file system's inode tables (two inodes per file, 256 bytes each), its journal
-    and some slack."""
-    return 2 * MIB + int(content * 1.15) + inodes * 512 + 96 * MIB
+def _needed_size(content: int, inodes: int, mode: BootMode) -> int:
+    """What the disk needs for *content*: the space before the partition (and
+    the ESP), the file system's inode tables (two inodes per file, 256 bytes
+    each), its journal and some slack."""
+    boot = ESP_SIZE + BIOS_BOOT_SIZE if mode.efi else 0
+    return 2 * MIB + boot + int(content * 1.15) + inodes * 512 + 96 * MIB
 
 
 def check_bootable(device: Device, image: str) -> tuple[Path, str]:
@@ -201,6 +255,25 @@ def check_bootable(device: Device, image: str) -> tuple[Path, str]:
             hint="add it (atoll build does; or atoll.boot.install_early_boot), then the initramfs",
         )
     return root, kernel.kver
+
+
+def _check_signed(kernel: Path, source: ImageName) -> None:
+    """Refuse, for a Secure Boot disk, a kernel shim would not start."""
+    from atoll.build.lint import unsigned_reason
+
+    try:
+        with kernel.open("rb") as fh:
+            head = fh.read(HEAD_BYTES)
+        size = kernel.stat().st_size
+    except OSError as exc:
+        raise from_oserror(exc, str(kernel)) from exc
+    reason = unsigned_reason(head, size)
+    if reason is not None:
+        raise NotBootableError(
+            f"{source}: kernel /{kernel.parent.name}/vmlinuz: {reason}: it cannot boot with "
+            "Secure Boot on",
+            hint="use the distribution's signed kernel, or make the disk without --secure-boot",
+        )
 
 
 def _write_ssh_keys(deployment_root: Path, keys: bytes) -> None:
@@ -241,17 +314,18 @@ def install_to_disk(
     """Make *target* (a block device, or a raw disk image file, replaced) a disk
     that boots *source*."""
     options = options or DiskOptions()
+    if options.secure_boot and not options.boot.efi:
+        raise InvalidInputError("--secure-boot needs a UEFI disk (--boot uefi or hybrid)")
     sink = progress or NullProgress()
     block = is_block_device(target)
     if target.exists() and not block and not target.is_file():
         raise DiskError(f"{target}: neither a block device nor a regular file")
     if not block and not target.parent.is_dir():
         raise DiskError(f"{target.parent}: no such directory")
-    for tool, package in (
-        ("sfdisk", "fdisk"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("grub-mkimage", "grub-common"),
-    ):
+    tools = [("sfdisk", "fdisk"), ("mkfs.ext4", "e2fsprogs"), ("grub-mkimage", "grub-common")]
+    if options.boot.efi:
+        tools += [("mkfs.fat", "dosfstools"), ("mcopy", "mtools")]
+    for tool, package in tools:
         find_tool(tool, package)
     fs_uuid = str(uuid_mod.uuid4())
     kargs = [f"root=UUID={fs_uuid}", *options.kargs]
@@ -273,14 +347,16 @@ def install_to_disk(
         try:
             with steps.step("check", "Checking that the image can boot"):
                 deployment_root, kver = check_bootable(device, str(source))
+                if options.secure_boot:
+                    _check_signed(deployment_root / "usr/lib/modules" / kver / "vmlinuz", source)
                 if options.root_ssh_authorized_keys is not None:
                     _write_ssh_keys(deployment_root, options.root_ssh_authorized_keys)
                 install_grub_config(
                     sysroot / "boot", GrubSettings(boot_prefix="/boot", flush_after_write=True)
                 )
             content, inodes = _tree_usage(sysroot)
-            needed = _needed_size(content, inodes)
-            size = _disk_size(target, block, options.size, needed)
+            needed = _needed_size(content, inodes, options.boot)
+            size = _disk_size(target, block, options.size, needed, options.align)
             dest = (
                 target
                 if block
@@ -291,22 +367,21 @@ def install_to_disk(
                     with dest.open("xb") as fh:
                         fh.truncate(size)
                 with steps.step("partition", "Writing the partition table"):
-                    offset, part_size = write_partition_table(dest, size)
+                    layout = write_partition_table(dest, size, options.boot)
                 with steps.step(
                     "filesystem", f"Making the {options.filesystem} file system", content
                 ):
                     make_ext4(
                         dest,
                         sysroot,
-                        offset=offset,
-                        size=part_size,
+                        offset=layout.root.offset,
+                        size=layout.root.size,
                         uuid=fs_uuid,
                         label=ROOT_LABEL,
                         inodes=max(inodes * 2, 65536),
                     )
-                with steps.step("bootloader", "Installing GRUB"):
-                    core = make_core_image(staging / "core.img", fs_uuid)
-                    install_boot_code(dest, core)
+                with steps.step("bootloader", f"Installing GRUB ({options.boot})"):
+                    _install_bootloader(dest, layout, options, staging, fs_uuid)
                 if not block:
                     dest.rename(target)
             finally:
@@ -323,23 +398,43 @@ def install_to_disk(
             version=installed.image.version,
             deployment=f"{deployment.stateroot}/{deployment.id}" if deployment else "",
             size=size,
-            partition_offset=offset,
-            partition_size=part_size,
+            layout=layout,
             fs_uuid=fs_uuid,
             kernel=kver,
             kargs=["rw", *kargs],
+            boot=options.boot,
+            secure_boot=options.secure_boot,
         )
 
 
-def _disk_size(target: Path, block: bool, wanted: int | None, needed: int) -> int:
+def _install_bootloader(
+    dest: Path, layout: Layout, options: DiskOptions, staging: Path, fs_uuid: str
+) -> None:
+    """BIOS GRUB's boot code and/or GRUB for UEFI in the ESP: both read the
+    same ``/boot/grub/grub.cfg`` and ``grubenv`` from the root file system."""
+    mode = options.boot
+    if mode.legacy:
+        core = make_core_image(staging / "core.img", fs_uuid)
+        install_boot_code(dest, core, layout.core_sector)
+    if mode.efi:
+        if layout.esp is None:
+            raise DiskError(f"{dest}: a {mode} disk without an EFI system partition")
+        if options.secure_boot:
+            files = secure_boot_files(staging, fs_uuid)
+        else:
+            files = {REMOVABLE_PATH: make_grub_efi(staging / "grubx64.efi", fs_uuid)}
+        make_esp(dest, layout.esp, files)
+
+
+def _disk_size(target: Path, block: bool, wanted: int | None, needed: int, align: int = MIB) -> int:
     if block:
         size = device_size(target)
         if wanted is not None and wanted > size:
             raise DiskError(f"{target}: --size {wanted} is more than the device's {size} bytes")
-        size = wanted or size
+        size = (wanted or size) // MIB * MIB
     else:
         size = wanted or (needed * 2 + 1024 * MIB)
-    size = size // MIB * MIB
+        size = -(-size // align) * align if align > MIB else size // MIB * MIB
     if size < needed:
         mib = math.ceil(needed / MIB)
         raise DiskError(
@@ -358,25 +453,31 @@ def make_disk_image(
     ctx: SystemContext | None = None,
     progress: ProgressSink | None = None,
 ) -> DiskResult:
-    """``atoll disk-image``: a raw or qcow2 disk image file that boots *source*
-    (on a VM: the console on the screen and on the first serial port)."""
+    """``atoll disk-image``: a disk image file of *image_type* that boots *source*
+    (on a VM: the console on the screen and on the first serial port).  An
+    ``ami`` is the raw disk with its size rounded up to whole GiB."""
     options = options or DiskOptions()
     if not any(k.startswith("console=") for k in options.kargs):
         options = DiskOptions(**{**options.__dict__, "kargs": (*VM_CONSOLE_KARGS, *options.kargs)})
+    if image_type is ImageType.AMI:
+        options = DiskOptions(**{**options.__dict__, "align": GIB})
     if is_block_device(output):
         raise DiskError(f"{output}: a block device; use atoll install to-disk for devices")
-    if image_type is ImageType.RAW:
-        return install_to_disk(output, source, options=options, ctx=ctx, progress=progress)
+    if image_type not in CONVERSIONS:
+        result = install_to_disk(output, source, options=options, ctx=ctx, progress=progress)
+        result.type = image_type
+        return result
     qemu_img = find_tool("qemu-img", "qemu-utils")
+    fmt, convert_options = CONVERSIONS[image_type]
     raw = output.with_name(f"{TMP_PREFIX}{output.name}.{secrets.token_hex(4)}.raw")
     tmp = output.with_name(f"{TMP_PREFIX}{output.name}.{secrets.token_hex(4)}")
     try:
         result = install_to_disk(raw, source, options=options, ctx=ctx, progress=progress)
-        run([qemu_img, "convert", "-f", "raw", "-O", "qcow2", raw, tmp])
+        run([qemu_img, "convert", "-f", "raw", "-O", fmt, *convert_options, raw, tmp])
         tmp.rename(output)
     finally:
         raw.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
     result.target = output
-    result.type = ImageType.QCOW2
+    result.type = image_type
     return result

@@ -27,8 +27,9 @@ from atoll.store.tarstream import TarReader as _TarReader
 
 #: Largest file whose content is kept when asked for.
 MAX_CONTENT = 1 << 20
-#: How much of a file picked by ``heads`` is kept.
-HEAD_BYTES = 16
+#: How much of a file picked by ``heads`` is kept: a .pyc header (16 bytes), or a
+#: kernel's PE headers up to its data directories (lint's kernel-signed).
+HEAD_BYTES = 512
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _MAX_LINKS = 40

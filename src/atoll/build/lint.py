@@ -14,11 +14,13 @@ The JSON document (``atoll lint --json``), version :data:`REPORT_VERSION`::
                    "message": "…", "paths": ["/var/lib/dpkg", …]}]}
 
 ``ok`` is false when there is a fatal finding, or a warning and the lint was
-run with ``fatal_warnings``.
+run with ``fatal_warnings``.  The checks of :data:`SECURE_BOOT_CHECKS` run (and
+are listed) only with ``secure_boot`` (``atoll lint --secure-boot``).
 """
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,7 +109,22 @@ CHECKS: tuple[Check, ...] = (
         "(" + ", ".join(f"{r.module} from {r.package}" for r in DEVICE_REQUIREMENTS) + ")",
     ),
 )
-_BY_NAME: Mapping[str, Check] = {c.name: c for c in CHECKS}
+#: Checks for an image that boots with Secure Boot on (atoll lint --secure-boot).
+SECURE_BOOT_CHECKS: tuple[Check, ...] = (
+    Check(
+        "kernel-signed",
+        Level.FATAL,
+        "each kernel is an EFI binary with an Authenticode signature (a PE certificate "
+        "table), which shim checks at boot: an unsigned kernel does not start",
+    ),
+)
+_BY_NAME: Mapping[str, Check] = {c.name: c for c in (*CHECKS, *SECURE_BOOT_CHECKS)}
+#: PE: where the offset of the PE header is; the optional header's magic for
+#: PE32+; where its data directories start; the certificate table's index.
+_PE_OFFSET_AT = 0x3C
+_PE32_PLUS = 0x20B
+_DATA_DIRECTORIES = {0x10B: 96, _PE32_PLUS: 112}
+_CERTIFICATE_TABLE = 4
 #: Files whose contents the checks read.
 WANTED = (
     "etc/os-release",
@@ -118,8 +135,36 @@ WANTED = (
 
 
 def wants_head(path: str) -> bool:
-    """The files whose first bytes the checks read: Python bytecode under /usr."""
+    """The files whose first bytes the checks read: Python bytecode under /usr,
+    kernels."""
+    if path.startswith("usr/lib/modules/") and path.endswith("/vmlinuz"):
+        return True
     return path.startswith("usr/") and path.endswith(".pyc") and "/__pycache__/" in path
+
+
+def unsigned_reason(head: bytes, size: int) -> str | None:
+    """Why a kernel whose first bytes are *head* and whose size is *size* bytes
+    carries no Authenticode signature, or None when it carries one (whether
+    its key is trusted is decided by shim at boot)."""
+    try:
+        if head[:2] != b"MZ":
+            return "not an EFI binary (no MZ header)"
+        (pe,) = struct.unpack_from("<I", head, _PE_OFFSET_AT)
+        if head[pe : pe + 4] != b"PE\0\0":
+            return "not an EFI binary (no PE header)"
+        optional = pe + 24
+        (magic,) = struct.unpack_from("<H", head, optional)
+        if magic not in _DATA_DIRECTORIES:
+            return f"not an EFI binary (PE optional header magic {magic:#x})"
+        entry = optional + _DATA_DIRECTORIES[magic] + 8 * _CERTIFICATE_TABLE
+        offset, length = struct.unpack_from("<II", head, entry)
+    except struct.error:
+        return "not an EFI binary (its PE headers are cut short)"
+    if length == 0:
+        return "no signature (its PE certificate table is empty)"
+    if offset + length > size:
+        return "a broken signature (its certificate table runs past the end of the file)"
+    return None
 
 
 def stale_on_device(header: bytes) -> bool:
@@ -154,6 +199,11 @@ class LintReport:
     family: Family | None
     findings: tuple[Finding, ...]
     fatal_warnings: bool = False
+    secure_boot: bool = False
+
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        return (*CHECKS, *SECURE_BOOT_CHECKS) if self.secure_boot else CHECKS
 
     @property
     def fatal(self) -> int:
@@ -182,7 +232,7 @@ class LintReport:
             "warnings": self.warnings,
             "checks": [
                 {"name": c.name, "level": c.level.value, "passed": c.name not in failed}
-                for c in CHECKS
+                for c in self.checks
             ],
             "findings": [f.to_json() for f in self.findings],
         }
@@ -195,14 +245,20 @@ class LintReport:
         verdict = "passed" if self.ok else "FAILED"
         lines.append(
             f"{self.image}: lint {verdict}: {self.fatal} fatal, {self.warnings} warning(s), "
-            f"{len(CHECKS) - len(self.failed_checks())} of {len(CHECKS)} checks clean"
+            f"{len(self.checks) - len(self.failed_checks())} of {len(self.checks)} checks clean"
         )
         return "\n".join(lines)
 
 
 class _Linter:
-    def __init__(self, tree: ImageTree, max_layer_share: float = MAX_LAYER_SHARE) -> None:
+    def __init__(
+        self,
+        tree: ImageTree,
+        max_layer_share: float = MAX_LAYER_SHARE,
+        secure_boot: bool = False,
+    ) -> None:
         self.tree = tree
+        self.secure_boot = secure_boot
         self.max_layer_share = max_layer_share
         self.findings: list[Finding] = []
         self.family: Family | None = None
@@ -242,6 +298,12 @@ class _Linter:
             self.add("kernel", "no kernel: /usr/lib/modules/KVER/vmlinuz is missing")
             return
         for kver in kernels:
+            if self.secure_boot:
+                path = f"usr/lib/modules/{kver}/vmlinuz"
+                node = t.node(path)
+                reason = unsigned_reason(t.heads.get(path, b""), node.size if node else 0)
+                if reason is not None:
+                    self.add("kernel-signed", f"kernel {kver}: {reason}", [f"/{path}"])
             node = t.node(f"usr/lib/modules/{kver}/initramfs.img")
             if node is None or not node.is_file:
                 self.add(
@@ -453,13 +515,23 @@ def _ids(data: bytes, field_index: int) -> set[int]:
 
 
 def lint_tree(
-    tree: ImageTree, *, fatal_warnings: bool = False, max_layer_share: float = MAX_LAYER_SHARE
+    tree: ImageTree,
+    *,
+    fatal_warnings: bool = False,
+    max_layer_share: float = MAX_LAYER_SHARE,
+    secure_boot: bool = False,
 ) -> LintReport:
-    """Run every check on an image already read."""
-    linter = _Linter(tree, max_layer_share)
+    """Run every check on an image already read (with *secure_boot*, those of
+    :data:`SECURE_BOOT_CHECKS` too)."""
+    linter = _Linter(tree, max_layer_share, secure_boot)
     linter.run()
     return LintReport(
-        tree.name, str(tree.digest), linter.family, tuple(linter.findings), fatal_warnings
+        tree.name,
+        str(tree.digest),
+        linter.family,
+        tuple(linter.findings),
+        fatal_warnings,
+        secure_boot,
     )
 
 
@@ -470,7 +542,13 @@ def lint_image(
     fatal_warnings: bool = False,
     progress: ProgressSink | None = None,
     max_layer_share: float = MAX_LAYER_SHARE,
+    secure_boot: bool = False,
 ) -> LintReport:
     """Read *name* (every layer, streamed) and run every check on it."""
     tree = read_image_tree(name, ctx, want=WANTED, heads=wants_head, progress=progress)
-    return lint_tree(tree, fatal_warnings=fatal_warnings, max_layer_share=max_layer_share)
+    return lint_tree(
+        tree,
+        fatal_warnings=fatal_warnings,
+        max_layer_share=max_layer_share,
+        secure_boot=secure_boot,
+    )

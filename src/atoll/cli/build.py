@@ -97,6 +97,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="warn when one layer holds more than PERCENT of an image of 32 MiB or more "
         "(default 25)",
     )
+    lint.add_argument(
+        "--secure-boot",
+        action="store_true",
+        help="also check that the image can boot with Secure Boot on (a signed kernel)",
+    )
     add_registry_options(lint)
     add_platform_options(lint)
     lint.set_defaults(func=_lint)
@@ -228,6 +233,7 @@ def _lint(args: argparse.Namespace, out: Output) -> int:
         fatal_warnings=args.fatal_warnings,
         progress=out.progress(),
         max_layer_share=args.max_layer_share / 100,
+        secure_boot=args.secure_boot,
     )
     out.result(report.to_json(), report.to_text())
     if not report.ok:

@@ -29,6 +29,19 @@ def add_disk_options(parser: argparse.ArgumentParser) -> None:
         help="the root file system (default ext4)",
     )
     parser.add_argument(
+        "--boot",
+        choices=["uefi", "bios", "hybrid"],
+        help="the firmware the disk boots with: uefi (GPT, an EFI system partition; the "
+        "default), bios (MBR) or hybrid (GPT, both)",
+    )
+    parser.add_argument(
+        "--secure-boot",
+        action="store_true",
+        help="put Debian's signed shim and GRUB in the EFI system partition, so that the "
+        "disk boots with Secure Boot on (the image's kernel must be signed: atoll lint "
+        "--secure-boot)",
+    )
+    parser.add_argument(
         "--size",
         metavar="SIZE",
         help="size of the disk, e.g. 8G (a raw file: default twice what the image needs "
@@ -79,7 +92,8 @@ def register_to_disk(install_sub: argparse._SubParsersAction[Any]) -> None:
         "to-disk",
         help="make TARGET (a block device or a raw disk image file) a disk that boots IMAGE",
         description="Partition TARGET, make its file system from IMAGE installed as by "
-        "to-filesystem, and install GRUB. A file is replaced; a device is overwritten.",
+        "to-filesystem, and install GRUB for UEFI and/or BIOS (--boot). A file is replaced; "
+        "a device is overwritten.",
     )
     add_global_options(to_disk)
     to_disk.add_argument("target", metavar="TARGET")
@@ -96,14 +110,22 @@ def register_to_disk(install_sub: argparse._SubParsersAction[Any]) -> None:
 def register(commands: argparse._SubParsersAction[Any]) -> None:
     image = commands.add_parser(
         "disk-image",
-        help="make a raw or qcow2 disk image file that boots IMAGE (for a VM or dd)",
+        help="make a disk image file (raw, qcow2, vmdk, vhdx, ami) that boots IMAGE "
+        "(for a VM, a cloud or dd)",
         description="Make a disk image file that boots IMAGE: as atoll install to-disk, "
         "with the console on the screen and the first serial port unless --karg "
         "gives a console=.",
     )
     add_global_options(image)
     image.add_argument("image", metavar="IMAGE", help="REF (a registry) or TRANSPORT:DETAILS")
-    image.add_argument("--type", choices=["raw", "qcow2"], default="raw", dest="image_type")
+    image.add_argument(
+        "--type",
+        choices=["raw", "qcow2", "vmdk", "vhdx", "ami"],
+        default="raw",
+        dest="image_type",
+        help="raw (default), qcow2, vmdk (stream-optimized, vSphere), vhdx (Hyper-V) or ami "
+        "(raw in whole GiB for EC2; boots hybrid unless --boot says otherwise)",
+    )
     image.add_argument("-o", "--output", required=True, metavar="FILE")
     add_disk_options(image)
     image.set_defaults(func=_disk_image)
@@ -111,6 +133,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 def _options(args: argparse.Namespace) -> Any:
     from atoll.build.disk import DiskOptions, Filesystem, parse_size
+    from atoll.build.partition import BootMode
 
     keys = None
     if args.root_ssh_authorized_keys:
@@ -129,7 +152,14 @@ def _options(args: argparse.Namespace) -> Any:
         stateroot=args.stateroot,
         workdir=Path(args.workdir) if args.workdir else None,
         target_image=target_image(args),
+        boot=BootMode(args.boot or _default_boot(args)),
+        secure_boot=args.secure_boot,
     )
+
+
+def _default_boot(args: argparse.Namespace) -> str:
+    # EC2 imports boot legacy BIOS unless told otherwise, and instance types differ.
+    return "hybrid" if getattr(args, "image_type", None) == "ami" else "uefi"
 
 
 def _describe(result: Any) -> str:
@@ -139,7 +169,7 @@ def _describe(result: Any) -> str:
         f"{result.image}{version}\n"
         f"  digest {result.digest}\n"
         f"  deployment {result.deployment}\n"
-        f"  kernel {result.kernel}; root=UUID={result.fs_uuid}; GRUB for BIOS"
+        f"  kernel {result.kernel}; root=UUID={result.fs_uuid}; {result.bootloader}"
     )
 
 

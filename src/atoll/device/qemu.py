@@ -1,11 +1,20 @@
 """The device in its third setting: a disk image booted in a QEMU virtual machine.
 
-The machine: a PC with SeaBIOS (GRUB on the disk boots as on any BIOS
-machine), virtio disks, a virtio random number generator, the first serial
-port as the console, no network unless asked for, no display::
+The machine: a PC with UEFI firmware (OVMF, the disk's ESP boots as on any
+UEFI machine) or SeaBIOS (``--firmware bios``), virtio disks, a virtio random
+number generator, the first serial port as the console, no network unless
+asked for, no display::
 
     qemu-system-x86_64 -accel kvm|tcg -m MEM -smp CPUS -nodefaults -display none
         -no-reboot -serial stdio -monitor none
+        [-drive if=pflash,format=raw,unit=0,readonly=on,file=OVMF_CODE_4M.fd
+         -drive if=pflash,format=raw,unit=1,file=VARS]               (uefi)
+        [-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on
+         OVMF_CODE_4M.secboot.fd, VARS from OVMF_VARS_4M.ms.fd]     (Secure Boot)
+
+With Secure Boot the firmware is the build that enforces it, behind SMM (so the
+guest cannot write the variables around it), and the variable store starts
+with Microsoft's keys enrolled and Secure Boot on: what a PC is sold with.
         -drive file=DISK,format=FMT,if=virtio,cache=unsafe
         [-drive file=EXTRA,format=raw,if=virtio,readonly=on ...]
         -device virtio-rng-pci [-nic user,model=virtio-net-pci,restrict=on]
@@ -48,7 +57,9 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,7 +69,7 @@ from typing import IO
 
 from atoll.device.console import run_with_console
 from atoll.device.nspawn import DeviceBootOutcome
-from atoll.errors import InvalidInputError, VMError, from_oserror
+from atoll.errors import FirmwareError, InvalidInputError, VMError, from_oserror
 from atoll.run import Process, TimeoutExpired, dies_with_caller, find_tool
 
 log = logging.getLogger(__name__)
@@ -73,6 +84,47 @@ _TAIL_LINES = 40
 _KEEP_BYTES = 4 << 20
 _POWEROFF = re.compile(r"reboot: Power down|System halted")
 _REBOOT = re.compile(r"reboot: Restarting system|Kernel panic")
+
+
+class Firmware(StrEnum):
+    UEFI = "uefi"
+    BIOS = "bios"
+
+
+#: Debian's ovmf: the firmware's code (read-only) and the template of its
+#: variable store, which each machine gets a writable copy of.
+OVMF_DIR = Path("/usr/share/OVMF")
+OVMF_CODE = "OVMF_CODE_4M.fd"
+OVMF_VARS = "OVMF_VARS_4M.fd"
+OVMF_CODE_SECURE = "OVMF_CODE_4M.secboot.fd"
+OVMF_VARS_MS = "OVMF_VARS_4M.ms.fd"
+
+
+def ovmf_file(name: str, directory: Path = OVMF_DIR) -> Path:
+    path = directory / name
+    if not path.is_file():
+        raise FirmwareError(
+            f"{path}: no such file (UEFI firmware for the VM)",
+            hint="install it with: apt-get install ovmf",
+        )
+    return path
+
+
+def fresh_efi_vars(directory: Path, *, secure_boot: bool = False) -> Path:
+    """A new variable store in *directory*: OVMF's empty one, or for Secure Boot
+    the one with Microsoft's keys enrolled and Secure Boot on."""
+    template = OVMF_VARS_MS if secure_boot else OVMF_VARS
+    return copy_efi_vars(directory / template, template)
+
+
+def copy_efi_vars(dest: Path, template: str = OVMF_VARS) -> Path:
+    """A machine's own UEFI variable store, copied from the firmware's template."""
+    source = ovmf_file(template)
+    try:
+        shutil.copyfile(source, dest)
+    except OSError as exc:
+        raise FirmwareError(f"{dest}: cannot copy {source} ({exc.strerror})") from None
+    return dest
 
 
 class Accel(StrEnum):
@@ -152,10 +204,14 @@ def qemu_command(
     accel: Accel = Accel.AUTO,
     network: bool = False,
     direct: DirectKernel | None = None,
+    firmware: Firmware = Firmware.BIOS,
+    efi_vars: Path | None = None,
+    secure_boot: bool = False,
     qemu: str = QEMU,
 ) -> tuple[list[str], Accel]:
     """The QEMU command line that boots *disk* (checked, not run) and the
-    accelerator it uses."""
+    accelerator it uses.  UEFI needs *efi_vars*, the machine's variable store
+    (:func:`copy_efi_vars`)."""
     if memory_mib < 256 or cpus < 1:
         raise InvalidInputError(f"a VM needs 256 MiB or more and a CPU (got {memory_mib}, {cpus})")
     if accel is Accel.AUTO:
@@ -183,6 +239,23 @@ def qemu_command(
         "-drive",
         f"file={disk.absolute()},format={_image_format(disk)},if=virtio,cache=unsafe",
     ]
+    if secure_boot and firmware is not Firmware.UEFI:
+        raise InvalidInputError("Secure Boot needs UEFI firmware")
+    if secure_boot:
+        argv[1:1] = ["-machine", "q35,smm=on"]
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    if firmware is Firmware.UEFI:
+        code = OVMF_CODE_SECURE if secure_boot else OVMF_CODE
+        if efi_vars is None or not efi_vars.is_file():
+            raise FirmwareError(f"{efi_vars}: no UEFI variable store for the machine")
+        if "," in str(efi_vars):
+            raise InvalidInputError(f"{efi_vars}: QEMU cannot name a path with ','")
+        argv += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={ovmf_file(code)}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={efi_vars.absolute()}",
+        ]
     for extra in extra_disks:
         fmt = _image_format(extra)
         argv += ["-drive", f"file={extra.absolute()},format={fmt},if=virtio,readonly=on"]
@@ -220,11 +293,39 @@ def boot_vm(
     network: bool = False,
     direct: DirectKernel | None = None,
     console_log: Path | None = None,
+    firmware: Firmware = Firmware.BIOS,
+    efi_vars: Path | None = None,
+    secure_boot: bool = False,
 ) -> VMBoot:
     """Start a machine from *disk* and wait until it powers off, reboots, fails or
-    *timeout* seconds pass.  The serial console is appended to *console_log*."""
+    *timeout* seconds pass.  The serial console is appended to *console_log*.
+    UEFI without *efi_vars*: a fresh variable store for this boot alone."""
     if timeout <= 0:
         raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
+    with contextlib.ExitStack() as scratch:
+        if firmware is Firmware.UEFI and efi_vars is None:
+            directory = scratch.enter_context(tempfile.TemporaryDirectory(prefix="atoll-efi-"))
+            efi_vars = fresh_efi_vars(Path(directory), secure_boot=secure_boot)
+        return _boot(
+            disk, timeout, extra_disks, memory_mib, cpus, accel, network, direct,
+            console_log, firmware, efi_vars, secure_boot,
+        )  # fmt: skip
+
+
+def _boot(
+    disk: Path,
+    timeout: float,
+    extra_disks: Sequence[Path],
+    memory_mib: int,
+    cpus: int,
+    accel: Accel,
+    network: bool,
+    direct: DirectKernel | None,
+    console_log: Path | None,
+    firmware: Firmware,
+    efi_vars: Path | None,
+    secure_boot: bool,
+) -> VMBoot:
     qemu = find_tool(QEMU, "qemu-system-x86")
     argv, used = qemu_command(
         disk,
@@ -234,6 +335,9 @@ def boot_vm(
         accel=accel,
         network=network,
         direct=direct,
+        firmware=firmware,
+        efi_vars=efi_vars,
+        secure_boot=secure_boot,
         qemu=qemu,
     )
     argv = dies_with_caller(argv)
