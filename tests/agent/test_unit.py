@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from atoll.cli.main import build_parser
+from atoll.cli.parser import build_parser
 from atoll.units import AGENT_SERVICE, UNITS, install_units, unit_text
 
 
