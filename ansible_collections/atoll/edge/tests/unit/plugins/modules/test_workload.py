@@ -27,7 +27,7 @@ def test_a_reference_to_a_missing_unit_is_refused(tmp_path):
     with pytest.raises(QuadletDependencyError) as refused:
         generate("web.container", UNIT + "Network=lan.network\n", str(tmp_path))
     assert str(refused.value) == (
-        f"{tmp_path}/web.container: refers to lan.network, which is not among the units found"
+        f"{tmp_path}/web.container: the Quadlet unit lan.network was not found"
     )
 
 
