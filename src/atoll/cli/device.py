@@ -118,7 +118,7 @@ def _boot(args: argparse.Namespace, out: Output) -> int:
     result = run_boots(
         open_device(Path(args.sysroot)),
         max_boots=args.max_boots,
-        timeout=args.timeout or 120.0,
+        timeout=120.0 if args.timeout is None else args.timeout,
         poweroff_when_green=not args.keep_running,
         console_log=Path(args.console_log) if args.console_log else None,
         on_round=report,
@@ -152,7 +152,7 @@ def _boot_disk(args: argparse.Namespace, out: Output) -> int:
         disk,
         firmware=Firmware(args.firmware or Firmware.UEFI),
         max_boots=args.max_boots,
-        timeout=args.timeout or 300.0,
+        timeout=300.0 if args.timeout is None else args.timeout,
         console_log=console,
         network=args.network == "host",
         secure_boot=args.secure_boot,
