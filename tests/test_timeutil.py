@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from atoll.timeutil import parse_timespan, utc_timestamp
+from atoll.timeutil import human_time, parse_timespan, utc_timestamp
 
 #: Time spans as systemd.time(7) writes them, and their seconds.
 SPANS = {
@@ -53,3 +53,23 @@ def test_timestamps_are_utc_with_a_z() -> None:
     assert utc_timestamp(when, microseconds=True) == "2026-01-02T02:05:06.000789Z"
     assert utc_timestamp(datetime.datetime(2026, 1, 2)) == "2026-01-02T00:00:00Z"
     assert utc_timestamp().endswith("Z")
+
+
+def test_fractions_are_cut_to_the_digits_asked() -> None:
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, 678_901, tzinfo=datetime.UTC)
+    assert utc_timestamp(when, digits=2) == "2026-01-02T03:04:05.67Z"
+    assert utc_timestamp(when, digits=3) == "2026-01-02T03:04:05.678Z"
+    assert utc_timestamp(when.timestamp()) == "2026-01-02T03:04:05Z"
+    assert (
+        utc_timestamp(when.replace(microsecond=250_000), digits=None) == "2026-01-02T03:04:05.25Z"
+    )
+    assert utc_timestamp(when.replace(microsecond=0), digits=None) == "2026-01-02T03:04:05Z"
+    with pytest.raises(ValueError, match="0 to 6"):
+        utc_timestamp(when, digits=7)
+
+
+def test_times_for_people_are_in_the_zone_asked() -> None:
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    assert human_time(when) == "2026-01-02 03:04 UTC"
+    assert human_time(when, "Europe/Berlin") == "2026-01-02 04:04 CET"
+    assert human_time(when.timestamp(), seconds=True) == "2026-01-02 03:04:05 UTC"

@@ -7,7 +7,9 @@ number without a unit is in *default_unit*, and ``infinity`` stands alone.
 Callers turn its ``ValueError`` into their own error, which names the file and key.
 
 :func:`utc_timestamp` writes every time atoll records (``2026-01-01T00:00:00Z``,
-with microseconds where order within a second matters).
+with a fraction of a second where order within a second matters), and
+:func:`human_time` every time it shows people (``2026-01-01 09:30 CET``).  No
+other module formats a time.
 """
 
 from __future__ import annotations
@@ -75,13 +77,53 @@ def parse_timespan(
     return total
 
 
-def utc_timestamp(when: datetime.datetime | None = None, *, microseconds: bool = False) -> str:
-    """*when* (default: now) in UTC as RFC 3339, ``2026-01-01T00:00:00Z``;
-    *microseconds* adds ``.ffffff`` (for records ordered within a second).
-    A naive *when* is taken as UTC."""
+def utc_timestamp(
+    when: datetime.datetime | float | None = None,
+    *,
+    microseconds: bool = False,
+    digits: int | None = 0,
+) -> str:
+    """*when* (default: now; a number is seconds since the epoch) in UTC as
+    RFC 3339, ``2026-01-01T00:00:00Z``.  *digits* (1 to 6) adds that many
+    digits of the second's fraction, cut, not rounded; None adds as many as
+    the time has, without trailing zeros (Go's RFC3339Nano, for records read
+    back exactly); *microseconds* is ``digits=6`` (for records ordered within
+    a second).  A naive *when* is taken as UTC."""
+    when = _aware(when)
+    text = when.strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f"{when.microsecond:06d}"
+    if microseconds:
+        digits = 6
+    elif digits is None:
+        fraction, digits = fraction.rstrip("0"), 6
+    if not 0 <= digits <= 6:
+        raise ValueError(f"{digits} digits of a second: 0 to 6 are possible")
+    if digits and fraction[:digits]:
+        text += "." + fraction[:digits]
+    return text + "Z"
+
+
+def human_time(
+    when: datetime.datetime | float | None = None,
+    zone: str = "UTC",
+    *,
+    seconds: bool = False,
+) -> str:
+    """*when* (default: now; a number is seconds since the epoch) for people:
+    in *zone* (an IANA name) with its abbreviation, ``2026-01-01 09:30 CET``;
+    *seconds* adds them.  A naive *when* is taken as UTC."""
+    from zoneinfo import ZoneInfo  # only where a time is shown: keeps start-up lean
+
+    local = _aware(when).astimezone(ZoneInfo(zone))
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
+
+
+def _aware(when: datetime.datetime | float | None) -> datetime.datetime:
+    """*when* as an aware datetime in UTC (now when None; a number is epoch seconds)."""
     if when is None:
-        when = datetime.datetime.now(datetime.UTC)
-    elif when.tzinfo is None:
+        return datetime.datetime.now(datetime.UTC)
+    if isinstance(when, int | float):
+        return datetime.datetime.fromtimestamp(when, datetime.UTC)
+    if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
-    when = when.astimezone(datetime.UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if microseconds else "%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(datetime.UTC)

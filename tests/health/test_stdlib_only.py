@@ -10,7 +10,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 #: atoll modules the health package may use besides its own.
-ALLOWED = {"atoll", "atoll.errors", "atoll.fsutil", "atoll.run"}
+ALLOWED = {"atoll", "atoll.errors", "atoll.fsutil", "atoll.run", "atoll.timeutil"}
 
 PROBE = """
 import json, sys

@@ -563,7 +563,7 @@ def test_dry_run_and_update_window_leave_the_unit_pending(setup: Setup) -> None:
     report = only(setup.run(manager))
     assert report["updated"] == "pending"
     assert "outside the update window * 2-4 * * * (UTC)" in str(report["reason"])
-    assert "2026-01-06T02:00:00+00:00" in str(report["reason"])
+    assert "it opens at 2026-01-06 02:00 UTC" in str(report["reason"])
     assert setup.podman.pulled == [] and manager.restarted == []
 
     report = only(setup.run(manager, ignore_windows=True))

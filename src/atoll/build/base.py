@@ -17,7 +17,6 @@ removed or emptied (:data:`VARYING`, the machine id, the host's resolv.conf).
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ from atoll.oci.imagecopy import copy_image
 from atoll.oci.transports import ImageName
 from atoll.requires import DEVICE_PACKAGES
 from atoll.run import find_tool, run
+from atoll.timeutil import utc_timestamp
 from atoll.treecache import (
     Blob,
     TreeRecipe,
@@ -190,7 +190,7 @@ def _layer(root: Path, blobs: Path, epoch: int) -> Blob:
 
 
 def _write_layout(layout: Path, layers: list[Blob], spec: BaseSpec, epoch: int) -> None:
-    created = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = utc_timestamp(epoch)
     config = json.dumps(
         {
             "architecture": _oci_arch(),

@@ -10,7 +10,6 @@ treat every deployment as a root (see :mod:`atoll.sysroot.roots`).  ``--json`` o
 from __future__ import annotations
 
 import argparse
-import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from atoll.errors import StoreCorruptError
 from atoll.store import CommitListing, FsckReport, GcReport, Store
 from atoll.sysroot.layout import Sysroot
 from atoll.sysroot.roots import fsck_sysroot_store, gc_sysroot_store, owning_sysroot
+from atoll.timeutil import human_time
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -70,10 +70,6 @@ def store_path(args: argparse.Namespace) -> Path:
     return Sysroot(Path(getattr(args, "sysroot", None) or "/sysroot")).store_path
 
 
-def _when(timestamp: int) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def describe_listing(listing: list[CommitListing]) -> str:
     if not listing:
         return "the store holds no commits"
@@ -85,7 +81,7 @@ def describe_listing(listing: list[CommitListing]) -> str:
                 commit.id[:12] + (" (partial)" if item.partial else ""),
                 ", ".join(item.refs) or "-",
                 commit.version or "-",
-                _when(commit.timestamp),
+                human_time(commit.timestamp, seconds=True),
                 commit.image,
             )
         )

@@ -37,7 +37,6 @@ and returns one :class:`InstanceState` per instance.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import ipaddress
 import json
@@ -54,6 +53,7 @@ from atoll import stricttoml
 from atoll.configfile import KeyLines, kind_of, where
 from atoll.errors import KeepalivedConfigError, KeepalivedStateError
 from atoll.run import find_tool, run
+from atoll.timeutil import utc_timestamp
 
 SETTINGS_VERSION = 1
 DEFAULT_SETTINGS = Path("/etc/atoll/failover.toml")
@@ -334,7 +334,6 @@ class InstanceState:
     @classmethod
     def from_dump(cls, item: Mapping[str, Any]) -> InstanceState:
         data, stats = item["data"], item["stats"]
-        since = datetime.datetime.fromtimestamp(float(data["last_transition"]), datetime.UTC)
         return cls(
             instance=str(data["iname"]),
             state=STATES.get(int(data["state"]), f"UNKNOWN({data['state']})"),
@@ -344,7 +343,7 @@ class InstanceState:
             interface=str(data["ifp_ifname"]),
             addresses=tuple(str(v).split()[0] for v in data.get("vips", [])),
             holds_addresses=bool(data["vipset"]),
-            since=since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z",
+            since=utc_timestamp(float(data["last_transition"]), digits=2),
             interval=float(data["adver_int"]),
             adverts_sent=int(stats["advert_sent"]),
             adverts_received=int(stats["advert_rcvd"]),

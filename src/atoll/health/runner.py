@@ -46,6 +46,7 @@ from atoll.health.config import HealthConfig
 from atoll.health.execute import Sandbox, execute
 from atoll.health.report import CheckResult, CheckStatus, FailureReason, HealthReport, Outcome
 from atoll.health.watchdog import check_watchdog
+from atoll.timeutil import utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _run(
 ) -> HealthReport:
     root = sandbox.root
     now = datetime.datetime.now(datetime.UTC)
-    started = _stamp(now)
+    started = utc_timestamp(now)
     plan = discover(root, config)
     max_attempts = boot_info.max_attempts or config.max_boot_attempts
     base_env = {
@@ -155,7 +156,7 @@ def _run(
         deployment=boot_info.deployment,
         boot_id=boot_info.boot_id,
         started=started,
-        finished=_stamp(datetime.datetime.now(datetime.UTC)),
+        finished=utc_timestamp(datetime.datetime.now(datetime.UTC)),
         outcome=Outcome.GREEN if failed is None else Outcome.RED,
         checks=tuple(results),
         reason=FailureReason.of(failed) if failed is not None else None,
@@ -163,10 +164,6 @@ def _run(
         max_attempts=max_attempts,
         warnings=(*config_warnings, *plan.warnings),
     )
-
-
-def _stamp(when: datetime.datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_chroot_allowed(root: Path) -> None:

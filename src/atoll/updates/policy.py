@@ -32,8 +32,8 @@ import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from atoll.timeutil import human_time, utc_timestamp
 from atoll.updates.clock import Clock
 from atoll.updates.config import UpdatePolicy, UpdatesConfig, format_duration
 from atoll.updates.inhibitors import Inhibitor
@@ -104,18 +104,16 @@ class UpdateDecision:
         return {
             "action": self.action.value,
             "reason": self.reason,
-            "now": _iso(self.now),
-            "nextOpportunity": _iso(self.next_opportunity) if self.next_opportunity else None,
+            "now": utc_timestamp(self.now),
+            "nextOpportunity": utc_timestamp(self.next_opportunity)
+            if self.next_opportunity
+            else None,
             "delaySeconds": int(self.delay.total_seconds()),
             "downloadWindowOpen": self.download_open,
             "applyWindowOpen": self.apply_open,
             "stageFirst": self.stage_first,
             "inhibitors": [i.to_json() for i in self.inhibitors],
         }
-
-
-def _iso(when: datetime.datetime) -> str:
-    return when.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def device_delay(seed: str, maximum: datetime.timedelta) -> datetime.timedelta:
@@ -180,7 +178,7 @@ def decide(
         return decision(
             Action.IDLE,
             f"{state.failures} failed run(s) in a row (last: {error}); "
-            f"trying again from {_local(retry_at, download_window.timezone)}",
+            f"trying again from {human_time(retry_at, download_window.timezone)}",
             retry_at,
         )
     held = () if force else facts.inhibitors
@@ -206,20 +204,20 @@ def decide(
         if download_window.is_open(now):
             reason = (
                 f"the download window is open, but this device waits its random delay "
-                f"({format_duration(delay)}) until {_local(opens, download_window.timezone)}"
+                f"({format_duration(delay)}) until {human_time(opens, download_window.timezone)}"
             )
         else:
             reason = (
                 f"outside the download window ({download_window.describe()}); "
-                f"this device's opens at {_local(opens, download_window.timezone)}"
+                f"this device's opens at {human_time(opens, download_window.timezone)}"
             )
         if policy is UpdatePolicy.APPLY and staged is not None:
             applies = apply_window.next_open(now)
             reason = (
                 f"update {staged.version or staged.digest[:19]} is staged and waits for the "
                 f"apply window ({apply_window.describe()}), which opens at "
-                f"{_local(applies, apply_window.timezone)}; this device's download window "
-                f"opens at {_local(opens, download_window.timezone)}"
+                f"{human_time(applies, apply_window.timezone)}; this device's download window "
+                f"opens at {human_time(opens, download_window.timezone)}"
             )
             opens = min(opens, applies)
         return decision(Action.IDLE, reason, opens)
@@ -241,12 +239,6 @@ def decide(
     else:
         reason = (
             f"stage any update; the apply window ({apply_window.describe()}) opens at "
-            f"{_local(apply_window.next_open(now), apply_window.timezone)}"
+            f"{human_time(apply_window.next_open(now), apply_window.timezone)}"
         )
     return decision(Action.STAGE, reason, now, inhibitors=held)
-
-
-def _local(when: datetime.datetime, zone: str) -> str:
-    """A time for people: in the window's zone, with its abbreviation."""
-    local = when.astimezone(ZoneInfo(zone))
-    return local.strftime("%Y-%m-%d %H:%M %Z")

@@ -39,6 +39,7 @@ from atoll.sysroot.lifecycle import FinalizeResult, StageResult
 from atoll.sysroot.origin import Deployment
 from atoll.sysroot.rolledback import RolledBackImage, find_rolled_back
 from atoll.sysroot.state import SysrootState
+from atoll.timeutil import utc_timestamp
 from atoll.updates.clock import Clock
 from atoll.updates.config import UpdatePolicy, UpdatesConfig, load_config
 from atoll.updates.inhibitors import (
@@ -219,7 +220,7 @@ def run_automatic_update(
                 run = _Run(device, root, config, state, path, reboot, run_command)
                 run.allow_rolled_back = allow_rolled_back
                 return run.carry_out(decision, force=force)
-        log.info("waiting until %s: %s", opens.isoformat(), decision.reason)
+        log.info("waiting until %s: %s", utc_timestamp(opens), decision.reason)
         clock.sleep((opens - clock.now()).total_seconds())
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from atoll.errors import InvalidInputError, LockedError, SysrootVersionError, from_oserror
 from atoll.fsutil import write_atomic
+from atoll.timeutil import utc_timestamp
 
 STATE_VERSION = 1
 #: The first retry after a failed run waits this long; each further failure doubles it.
@@ -49,10 +50,6 @@ def state_dir(sysroot: Path) -> Path:
 
 def state_path(sysroot: Path) -> Path:
     return state_dir(sysroot) / "state.json"
-
-
-def _time_text(when: datetime.datetime) -> str:
-    return when.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _time(value: Any, where: str) -> datetime.datetime | None:
@@ -76,7 +73,7 @@ class CheckRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "time": _time_text(self.time),
+            "time": utc_timestamp(self.time, digits=None),
             "available": self.available,
             "digest": self.digest,
             "version": self.version,
@@ -97,7 +94,11 @@ class ErrorRecord:
     exit_code: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"time": _time_text(self.time), "message": self.message, "exitCode": self.exit_code}
+        return {
+            "time": utc_timestamp(self.time, digits=None),
+            "message": self.message,
+            "exitCode": self.exit_code,
+        }
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> ErrorRecord:
@@ -152,7 +153,7 @@ class UpdateState:
 
     def to_json(self) -> dict[str, Any]:
         def text(when: datetime.datetime | None) -> str | None:
-            return _time_text(when) if when else None
+            return utc_timestamp(when, digits=None) if when else None
 
         return {
             "version": STATE_VERSION,

@@ -23,9 +23,9 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from atoll.sysroot.rolledback import read_rolled_back
+from atoll.timeutil import human_time
 from atoll.updates.clock import Clock
 from atoll.updates.config import format_duration, format_rate, load_config
 from atoll.updates.inhibitors import CommandRunner, run_inhibitor_command
@@ -143,5 +143,4 @@ def _window(section: dict[str, Any]) -> str:
 
 
 def _when(text: str, zone: str) -> str:
-    when = datetime.datetime.fromisoformat(text).astimezone(ZoneInfo(zone))
-    return when.strftime("%Y-%m-%d %H:%M %Z")
+    return human_time(datetime.datetime.fromisoformat(text), zone)

@@ -51,7 +51,7 @@ from typing import Any
 from atoll.errors import AtollError
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
-from atoll.timeutil import utc_timestamp
+from atoll.timeutil import human_time, utc_timestamp
 from atoll.workloads.autoupdate.checks import DEFAULT_CONCURRENCY, RemoteCheck, check_references
 from atoll.workloads.autoupdate.localimages import LocalImage, Podman, same_image
 from atoll.workloads.autoupdate.rollout import POLL_INTERVAL, Rollout, Watch, judge, not_ready
@@ -409,7 +409,8 @@ class AutoUpdater:
             opens = window.next_open(now)
             report.updated = Updated.PENDING
             report.reason = (
-                f"outside the update window {window.describe()}; it opens at {opens.isoformat()}"
+                f"outside the update window {window.describe()}; "
+                f"it opens at {human_time(opens, window.timezone)}"
             )
             return False
         return True
