@@ -1,4 +1,4 @@
-"""What every TOML configuration file atoll reads shares: where a key is, how
+"""What every configuration file atoll reads shares: where a key is, how
 it is named and what a value is called in an error.
 
 tomllib gives values without their lines; :class:`KeyLines` finds the line of
@@ -114,10 +114,15 @@ def kind_of(value: Any) -> str:
     return type(value).__name__
 
 
+def at_line(source: str, line: int | None) -> str:
+    """``FILE: line N: ``, the start of every config error or warning with a
+    line (``FILE: `` when the line is not known), whatever the file's syntax."""
+    return f"{source}: line {line}: " if line is not None else f"{source}: "
+
+
 def where(source: str, lines: KeyLines | None, path: KeyPath) -> str:
     """``FILE: line N: ``, the line of *path* (``FILE: `` when it is not known)."""
-    line = lines.line_of(path) if lines is not None else None
-    return f"{source}: line {line}: " if line is not None else f"{source}: "
+    return at_line(source, lines.line_of(path) if lines is not None else None)
 
 
 def locate(source: str, lines: KeyLines | None, path: KeyPath) -> str:

@@ -105,7 +105,7 @@ def test_a_malformed_line_warns_with_file_and_line_and_keeps_the_default(
     config, warnings = load_config(tmp_path)
     assert config == HealthConfig()
     assert len(warnings) == 1, warnings
-    assert warnings[0].startswith(f"{path}:{line}: ")
+    assert warnings[0].startswith(f"{path}: line {line}: ")
     assert message in warnings[0]
 
 
@@ -116,7 +116,7 @@ def test_a_bad_line_does_not_spoil_the_others() -> None:
         "f",
     )
     assert config == HealthConfig(max_boot_attempts=2, disabled=frozenset({"x.sh"}))
-    assert [w.split(":")[1] for w in warnings] == ["2", "3"]
+    assert [w.split(": ")[1] for w in warnings] == ["line 2", "line 3"]
 
 
 def test_every_setting_is_documented_with_its_default() -> None:

@@ -65,7 +65,7 @@ REPORT = HealthReport(
     reason=FailureReason.of(FAILED),
     attempt=2,
     max_attempts=3,
-    warnings=("greenboot.conf:3: not a KEY=VALUE line; ignored",),
+    warnings=("greenboot.conf: line 3: not a KEY=VALUE line; ignored",),
 )
 
 

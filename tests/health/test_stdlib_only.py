@@ -10,7 +10,14 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 #: atoll modules the health package may use besides its own.
-ALLOWED = {"atoll", "atoll.errors", "atoll.fsutil", "atoll.run", "atoll.timeutil"}
+ALLOWED = {
+    "atoll",
+    "atoll.errors",
+    "atoll.fsutil",
+    "atoll.run",
+    "atoll.timeutil",
+    "atoll.configfile",
+}
 
 PROBE = """
 import json, sys

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from atoll.configfile import at_line
+
 #: Where the file is, relative to the root of the system whose checks run.
 CONFIG_PATH = "etc/greenboot/greenboot.conf"
 
@@ -183,7 +185,7 @@ def parse_config(text: str, where: str) -> tuple[HealthConfig, list[str]]:
             parsed = getattr(config, setting.field) | parsed
         config = replace(config, **{setting.field: parsed})
     problems.sort(key=lambda p: p[0])
-    return config, [f"{where}:{lineno}: {message}" for lineno, message in problems]
+    return config, [at_line(where, lineno) + message for lineno, message in problems]
 
 
 def _flat(value: str | list[str]) -> str:
