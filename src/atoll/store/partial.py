@@ -314,8 +314,6 @@ class PartialPuller:
         progress: ProgressSink,
         delta: tuple[Digest, Digest] | None = None,
     ) -> None:
-        from atoll.oci.transports.docker import DockerSource
-
         self.store = store
         #: (OLD, NEW) manifest digests: look for a delta between them.
         self._delta_pair = delta
@@ -325,9 +323,9 @@ class PartialPuller:
         self.report = TransferReport()
         self._client: RegistryClient | None = None
         self._repository = ""
-        if isinstance(source, DockerSource):
-            self._client = source.client
-            self._repository = source.reference.repository
+        ranged = source.range_client()
+        if ranged is not None:
+            self._client, self._repository = ranged
         self._ranges_ok = True
         self._index: ContentIndex | None = None
         #: Files fetched in this import: sha256 -> a temporary file.
