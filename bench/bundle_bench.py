@@ -18,20 +18,16 @@ overhead: its manifests, signatures and tar headers).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from delta_bench import bumped
-from partial_bench import pick_files, print_table, pull, write_versions
+from delta_bench import parse_args, served, versions
+from partial_bench import print_table, pull
 
-from atoll.demo.registry import LocalRegistry
 from atoll.oci.context import SystemContext
-from atoll.oci.imagecopy import copy_image
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, open_source
 from atoll.pipeline.bundlecreate import create_bundle
@@ -47,32 +43,12 @@ def layer_bytes(name: str, ctx: SystemContext) -> dict[str, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=48, help="MB of files in the layer")
-    parser.add_argument("--changed", type=int, default=6, help="big files changed in v2")
-    parser.add_argument("--level", type=int, default=3, help="zstd level of the layers")
-    parser.add_argument(
-        "--spread", type=int, default=8192, help="bytes between two edits of a changed file"
-    )
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     with tempfile.TemporaryDirectory(prefix="atoll-bundle-") as tmp_name:
         tmp = Path(tmp_name)
-        files = pick_files(args.size << 20)
-        victims = sorted(files, key=lambda f: f.stat().st_size, reverse=True)[: args.changed]
-        changed = {f: bumped(f.read_bytes(), "2", args.spread) for f in victims}
-        layout, _ = write_versions(tmp, files, changed, args.level, "of the largest files")
-        with LocalRegistry(tmp / "registry") as registry:
-            conf = tmp / "registries.conf"
-            conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
-            os.environ["CONTAINERS_REGISTRIES_CONF"] = str(conf)
-            ctx = SystemContext(environ=dict(os.environ))
-            repo = f"{registry.host}/bench/os"
-            for version in ("1", "2"):
-                copy_image(
-                    ImageName.parse(f"oci:{layout}:{version}"),
-                    ImageName.parse(f"docker://{repo}:{version}"),
-                    src_ctx=ctx,
-                )
+        layout, _ = versions(tmp, args)
+        with served(tmp, layout) as (ctx, docker_repo):
+            repo = docker_repo.removeprefix("docker://")
             v1, v2 = ImageReference.parse(f"{repo}:1"), ImageReference.parse(f"{repo}:2")
             old_layers = layer_bytes(f"docker://{v1}", ctx)
             lacking = sum(
