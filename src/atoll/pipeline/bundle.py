@@ -156,13 +156,18 @@ class BlobRanges:
 
     @classmethod
     def from_json(cls, raw: Any) -> BlobRanges:
-        extents = tuple((int(e[0]), int(e[1])) for e in raw["extents"])
+        extents = []
+        for e in raw["extents"]:
+            if not isinstance(e, list) or len(e) != 2 or not all(type(n) is int for n in e):
+                raise ValueError(f"an extent is not [START, LENGTH]: {e!r}")
+            extents.append((e[0], e[1]))
         end = -1
         for start, length in extents:
             if start <= end or length <= 0:
                 raise ValueError(f"extents of {raw['digest']} overlap or are out of order")
             end = start + length
-        return cls(str(raw["digest"]), str(raw["blob"]), extents)
+        digest, blob = Digest.parse(str(raw["digest"])), Digest.parse(str(raw["blob"]))
+        return cls(str(digest), str(blob), tuple(extents))
 
 
 @dataclass(frozen=True)
@@ -244,14 +249,14 @@ class Description:
                     str(d["from"]),
                     str(d["fromDigest"]),
                     omitted,
-                    str(files) if files is not None else None,
+                    str(Digest.parse(str(files))) if files is not None else None,
                     ranges,
                 )
             description = cls(str(doc["created"]), images, delta, version)
             if sum(1 for i in images if i.role == "os") != 1:
                 raise BundleError(f"{where}: the bundle must hold exactly one OS image")
             return description
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, InvalidReferenceError) as exc:
             raise BundleError(f"{where}: malformed bundle description ({exc!r})") from None
 
 
