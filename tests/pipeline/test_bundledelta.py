@@ -68,12 +68,15 @@ def test_ranges_are_served_from_what_the_bundle_holds(tmp_path: Path) -> None:
     with path.open("wb") as fh:
         write_layout_tar(layout, fh)
     with BundleReader(path) as bundle:
-        registry = BundleRegistry(bundle, Digest.parse(OS.digest), None, [ranges]).as_client()
+        served = BundleRegistry(bundle, Digest.parse(OS.digest), None, [ranges])
+        registry = served.as_client()
         digest = Digest.of(layer)
         assert registry.fetch_range(REPOSITORY, digest, 110, 20) == layer[110:130]
+        assert served.holes == 0
         spanned = registry.fetch_range(REPOSITORY, digest, 140, 170)
         assert spanned[:10] == layer[140:150] and spanned[160:] == layer[300:310]
         assert spanned[10:160] == bytes(150)
+        assert served.holes == 1
         for start, length in ((90, 20), (140, 15), (200, 10)):
             with pytest.raises(BundleError, match="which the bundle does not hold"):
                 registry.fetch_range(REPOSITORY, digest, start, length)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atoll import strictjson
-from atoll.errors import BundleError, BundleSignatureError
+from atoll.errors import BundleError, BundleSignatureError, DigestMismatchError, LayerError
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.imagecopy import CopyOptions, copy_image
@@ -169,7 +169,18 @@ def apply_bundle(
         device.admit = admit
         device.bound_images_layout = bound_layout
         target = ImageName(Transport.DOCKER, reference=os_ref)
-        result = device.stage(target, **(stage_options or {}))
+        try:
+            result = device.stage(target, **(stage_options or {}))
+        except (LayerError, DigestMismatchError) as exc:
+            if registry is None or not registry.holes:
+                raise
+            # A file the bundle has no frames for (its patch was refused, say).
+            raise BundleError(
+                f"{path}: {exc.message}",
+                hint="the bundle lacks bytes this device's import needs: a delta that does "
+                "not make the new image's files, or a device whose store differs from the "
+                "--delta-from image's; apply a bundle made without --delta-from",
+            ) from None
     return ApplyResult(info, result, placed)
 
 

@@ -259,6 +259,8 @@ class BundleRegistry(_LocalRegistry):
         super().__init__(str(bundle.path), subject, delta)
         self.bundle = bundle
         self.ranges = {Digest.parse(r.digest): r for r in ranges}
+        #: Ranges served with bytes the bundle lacks read as zeros.
+        self.holes = 0
 
     def _blob(self, digest: Digest) -> bytes:
         return self.bundle.read(digest)
@@ -276,6 +278,7 @@ class BundleRegistry(_LocalRegistry):
         end = start + length
         out = bytearray(length)
         covered = [False, False]
+        got = 0
         at = 0  # where the extent starts in the ranges blob
         for e_start, e_length in held.extents:
             e_end = e_start + e_length
@@ -284,6 +287,7 @@ class BundleRegistry(_LocalRegistry):
                 out[lo - start : hi - start] = self.bundle.tar.read_range(
                     blob_name(Digest.parse(held.blob)), at + lo - e_start, hi - lo, "ranges"
                 )
+                got += hi - lo
             covered[0] |= e_start <= start < e_end
             covered[1] |= e_start < end <= e_end
             at += e_length
@@ -294,4 +298,5 @@ class BundleRegistry(_LocalRegistry):
                 hint="the bundle was made for a device running its --delta-from image "
                 "with nothing else in its store; apply a bundle made without --delta-from",
             )
+        self.holes += got < length
         return bytes(out)
