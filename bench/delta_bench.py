@@ -21,10 +21,12 @@ Prints bytes and W_delta / F_delta (target <= 1.1), W_delta / whole (<= 1.01).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import zstandard
@@ -62,39 +64,57 @@ def floor_delta(tmp: Path, old: bytes, new: bytes) -> tuple[int, int]:
     return bsdiff, p.stat().st_size
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    """The options of the two versions (also bench/bundle's)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--size", type=int, default=48, help="MB of files in the layer")
     parser.add_argument("--changed", type=int, default=6, help="big files changed in v2")
     parser.add_argument("--level", type=int, default=3, help="zstd level of the layers")
     parser.add_argument(
         "--spread", type=int, default=8192, help="bytes between two edits of a changed file"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def versions(tmp: Path, args: argparse.Namespace) -> tuple[Path, dict[Path, bytes]]:
+    """The layout with tags 1 and 2 (v2: the largest files bumped), and the changes."""
+    files = pick_files(args.size << 20)
+    victims = sorted(files, key=lambda f: f.stat().st_size, reverse=True)[: args.changed]
+    changed = {f: bumped(f.read_bytes(), "2", args.spread) for f in victims}
+    layout, _ = write_versions(tmp, files, changed, args.level, "of the largest files")
+    return layout, changed
+
+
+@contextlib.contextmanager
+def served(tmp: Path, layout: Path) -> Iterator[tuple[SystemContext, str]]:
+    """Tags 1 and 2 of *layout* in a local registry: its context and ``docker://HOST/bench/os``."""
+    with LocalRegistry(tmp / "registry") as registry:
+        conf = tmp / "registries.conf"
+        conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+        os.environ["CONTAINERS_REGISTRIES_CONF"] = str(conf)
+        ctx = SystemContext(environ=dict(os.environ))
+        repo = f"docker://{registry.host}/bench/os"
+        for version in ("1", "2"):
+            copy_image(
+                ImageName.parse(f"oci:{layout}:{version}"),
+                ImageName.parse(f"{repo}:{version}"),
+                src_ctx=ctx,
+            )
+        yield ctx, repo
+
+
+def main() -> int:
+    args = parse_args(__doc__)
     with tempfile.TemporaryDirectory(prefix="atoll-delta-") as tmp_name:
         tmp = Path(tmp_name)
-        files = pick_files(args.size << 20)
-        victims = sorted(files, key=lambda f: f.stat().st_size, reverse=True)[: args.changed]
-        changed = {f: bumped(f.read_bytes(), "2", args.spread) for f in victims}
-        layout, _ = write_versions(tmp, files, changed, args.level, "of the largest files")
+        layout, changed = versions(tmp, args)
         f_file = len(zstandard.ZstdCompressor(level=19).compress(b"".join(changed.values())))
         bsdiff = patch_from = f_delta = 0
         for path, new in changed.items():
             b, z = floor_delta(tmp, path.read_bytes(), new)
             bsdiff, patch_from, f_delta = bsdiff + b, patch_from + z, f_delta + min(b, z)
 
-        with LocalRegistry(tmp / "registry") as registry:
-            conf = tmp / "registries.conf"
-            conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
-            os.environ["CONTAINERS_REGISTRIES_CONF"] = str(conf)
-            ctx = SystemContext(environ=dict(os.environ))
-            repo = f"docker://{registry.host}/bench/os"
-            for version in ("1", "2"):
-                copy_image(
-                    ImageName.parse(f"oci:{layout}:{version}"),
-                    ImageName.parse(f"{repo}:{version}"),
-                    src_ctx=ctx,
-                )
+        with served(tmp, layout) as (ctx, repo):
             v1, v2 = f"{repo}:1", f"{repo}:2"
             started = time.monotonic()
             summary = create_delta(

@@ -75,10 +75,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         help="add the images the OS image binds (/usr/lib/bootc/bound-images.d)",
     )
     create.add_argument(
+        "--delta-from",
         "--from",
         dest="from_image",
         metavar="OLD_IMAGE",
-        help="leave out the layers OLD_IMAGE has (the device must run OLD_IMAGE)",
+        help="carry only what a device running OLD_IMAGE lacks: per-file deltas and the "
+        "missing files of zstd:chunked layers, whole layers where neither helps",
     )
     create.add_argument("--key", metavar="KEY", help="sign the bundle with this private key")
     create.add_argument("--passphrase-file", metavar="FILE", help="passphrase of the key")
@@ -97,6 +99,11 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "--policy",
         metavar="FILE",
         help="trust policy instead of the booted deployment's /etc/containers/policy.json",
+    )
+    apply.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="stage the OS image even if its version is older than the device's",
     )
     apply.add_argument("--etc-merge", default="keep-local", metavar="STRATEGY")
     apply.add_argument("--allow-no-kernel", action="store_true")
@@ -220,7 +227,7 @@ def _bundle_create(args: argparse.Namespace, out: Output) -> int:
         ctx=system_context(args),
         key=key,
         with_bound_images=args.with_bound_images,
-        from_image=_registry_ref(args.from_image, "--from") if args.from_image else None,
+        from_image=_registry_ref(args.from_image, "--delta-from") if args.from_image else None,
         progress=out.progress(),
     )
     out.result(info.to_json(), _describe(info))
@@ -262,6 +269,7 @@ def _bundle_apply(args: argparse.Namespace, out: Output) -> int:
     from atoll.pipeline.bundleapply import apply_bundle
     from atoll.pipeline.trust import device_policy_path, load_optional_policy
     from atoll.sysroot.etcmerge import EtcMergeStrategy
+    from atoll.updates import load_config, running_root
 
     try:
         strategy = EtcMergeStrategy(args.etc_merge)
@@ -279,11 +287,16 @@ def _bundle_apply(args: argparse.Namespace, out: Output) -> int:
         from atoll.pipeline.keys import load_public_key
 
         keys.append(load_public_key(Path(args.key)))
+    policy = load_optional_policy(path)
+    # The [trust] settings of the device's /etc/atoll/updates.toml, as in an upgrade.
+    trust = load_config(running_root(device)).trust
     result = apply_bundle(
         Path(args.file),
         device,
-        policy=load_optional_policy(path),
+        policy=policy,
         keys=keys,
+        max_signature_age=trust.max_signature_age,
+        allow_downgrade=args.allow_downgrade or trust.allow_downgrade,
         stage_options={
             "allow_no_kernel": args.allow_no_kernel,
             "etc_strategy": strategy,
@@ -318,5 +331,11 @@ def _describe(info: Any) -> str:
         lines.append(
             f"  delta from {desc.delta.from_reference} ({desc.delta.from_digest}): "
             f"{len(desc.delta.omitted)} layer(s) left out, rebuilt on the device"
+            + (
+                f"; {len(desc.delta.ranges)} blob(s) as ranges, "
+                f"{'a per-file delta' if desc.delta.files else 'no per-file delta'}"
+                if desc.delta.per_file
+                else ""
+            )
         )
     return "\n".join(lines)

@@ -2,7 +2,9 @@
 
 A bundle is an ``oci-archive`` (a tar holding one OCI image layout, see
 :mod:`atoll.oci.transports.archive`), so ``skopeo copy oci-archive:FILE:REF``
-reads its images.  Format version :data:`BUNDLE_VERSION`::
+reads its images.  Format version :data:`BUNDLE_VERSION` (2: a delta made
+``--delta-from`` carries per-file deltas and ranges, see below; a bundle
+without them is written as version 1, which older atoll reads)::
 
     FILE (tar)
     ├── oci-layout
@@ -11,9 +13,11 @@ reads its images.  Format version :data:`BUNDLE_VERSION`::
     │   ├── HOST/REPO:sha256-HEX.sig         its sigstore signatures, as in the registry
     │   ├── HOST2/APP:TAG                    each bound image (--with-bound-images) …
     │   ├── HOST2/APP:sha256-HEX.sig         … and its signatures, when it has some
+    │   ├── HOST/REPO:sha256-HEX.delta       the per-file delta (format 2, below)
     │   ├── atoll-bundle                     the bundle manifest (below)
     │   └── atoll-bundle.sig                 the bundle's signature (when made with a key)
     └── blobs/sha256/HEX                     every blob, except the layers a delta omits
+                                             or carries only ranges of
 
     atoll-bundle: an OCI image manifest, artifactType application/vnd.atoll.bundle.v1
     ├── config   application/vnd.atoll.bundle.v1+json, the description:
@@ -23,9 +27,13 @@ reads its images.  Format version :data:`BUNDLE_VERSION`::
     │                         "unit": "usr/share/containers/systemd/app.image" | null}],
     │             "delta": null | {"from": "HOST/REPO:OLD", "fromDigest": "sha256:…",
     │                              "omitted": [{"digest": LAYER, "diffId": "sha256:…",
-    │                                           "size": TAR BYTES, "split": "sha256:…"}]}}
+    │                                           "size": TAR BYTES, "split": "sha256:…"}],
+    │                              "files": null | "sha256:…",            (format 2)
+    │                              "ranges": [{"digest": BLOB, "blob": "sha256:…",
+    │                                          "extents": [[START, LENGTH], …]}]}}
     └── layers   the tar-split blobs of the omitted layers
-                 (application/vnd.atoll.tar-split.v1+json+gzip)
+                 (application/vnd.atoll.tar-split.v1+json+gzip), then the
+                 ranges blobs (application/vnd.atoll.blob-ranges.v1)
 
     atoll-bundle.sig: like a sigstore attachment (see atoll.pipeline.sigstore): one
     layer, a simple-signing payload naming the OS image's reference and, as
@@ -49,6 +57,14 @@ digest: the booted image, or any image still in the store), rebuilds each omitte
 layer byte for byte from those files and checks it against the layer's diff_id.
 ``bundle create`` only leaves a layer out when every file it holds is, at the
 same path, unchanged in OLD's final file tree; other layers travel whole.
+
+**Per-file deltas** (format 2, ``--delta-from OLD`` of a zstd:chunked NEW):
+``files`` is the manifest of the delta artifact ``atoll delta create`` would
+publish (:mod:`atoll.oci.delta`), and each ``ranges`` entry stands for a blob
+(a layer of NEW, the delta's payload) of which the bundle holds only the
+listed extents, end to end in ``blob``: what a device running OLD reads of it
+by ``Range`` requests in an upgrade from the registry.  How they are chosen
+and applied is in :mod:`atoll.pipeline.bundledelta`.
 
 This module holds the format and reads bundles (``bundle inspect``);
 :mod:`atoll.pipeline.bundlecreate` writes them and
@@ -75,12 +91,17 @@ if TYPE_CHECKING:
     from atoll.oci.transports.archive import TarLayout
     from atoll.pipeline.sigstore import Signature
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
+#: The version of a bundle without per-file deltas (older atoll reads it).
+BUNDLE_VERSION_LAYERS = 1
 BUNDLE_REF = "atoll-bundle"
 BUNDLE_SIG_REF = "atoll-bundle.sig"
 BUNDLE_ARTIFACT_TYPE = "application/vnd.atoll.bundle.v1"
 DESCRIPTION_MEDIA_TYPE = "application/vnd.atoll.bundle.v1+json"
 SPLIT_MEDIA_TYPE = "application/vnd.atoll.tar-split.v1+json+gzip"
+RANGES_MEDIA_TYPE = "application/vnd.atoll.blob-ranges.v1"
+#: The index name of the per-file delta's manifest (after the OS image's repository).
+DELTA_SUFFIX = ".delta"
 #: Where ``bundle apply`` leaves bound images: an OCI layout in the device's /var.
 BOUND_IMAGES_LAYOUT = Path("lib/atoll/bundle-images")
 _MAX_JSON = 64 << 20
@@ -118,17 +139,59 @@ class OmittedLayer:
 
 
 @dataclass(frozen=True)
+class BlobRanges:
+    """Extents of the blob *digest* (``[start, length]``, sorted, apart), held
+    end to end in the bundle's blob *blob*."""
+
+    digest: str
+    blob: str
+    extents: tuple[tuple[int, int], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "blob": self.blob,
+            "extents": [list(e) for e in self.extents],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> BlobRanges:
+        extents = []
+        for e in raw["extents"]:
+            if not isinstance(e, list) or len(e) != 2 or not all(type(n) is int for n in e):
+                raise ValueError(f"an extent is not [START, LENGTH]: {e!r}")
+            extents.append((e[0], e[1]))
+        end = -1
+        for start, length in extents:
+            if start <= end or length <= 0:
+                raise ValueError(f"extents of {raw['digest']} overlap or are out of order")
+            end = start + length
+        digest, blob = Digest.parse(str(raw["digest"])), Digest.parse(str(raw["blob"]))
+        return cls(str(digest), str(blob), tuple(extents))
+
+
+@dataclass(frozen=True)
 class Delta:
     from_reference: str
     from_digest: str
     omitted: tuple[OmittedLayer, ...]
+    #: The per-file delta's manifest (format 2), and the blobs held as ranges.
+    files: str | None = None
+    ranges: tuple[BlobRanges, ...] = ()
+
+    @property
+    def per_file(self) -> bool:
+        return self.files is not None or bool(self.ranges)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "from": self.from_reference,
             "fromDigest": self.from_digest,
             "omitted": [o.to_json() for o in self.omitted],
         }
+        if self.per_file:
+            out |= {"files": self.files, "ranges": [r.to_json() for r in self.ranges]}
+        return out
 
 
 @dataclass(frozen=True)
@@ -180,12 +243,20 @@ class Description:
                     )
                     for o in d["omitted"]
                 )
-                delta = Delta(str(d["from"]), str(d["fromDigest"]), omitted)
+                files = d.get("files")
+                ranges = tuple(BlobRanges.from_json(r) for r in d.get("ranges") or ())
+                delta = Delta(
+                    str(d["from"]),
+                    str(d["fromDigest"]),
+                    omitted,
+                    str(Digest.parse(str(files))) if files is not None else None,
+                    ranges,
+                )
             description = cls(str(doc["created"]), images, delta, version)
             if sum(1 for i in images if i.role == "os") != 1:
                 raise BundleError(f"{where}: the bundle must hold exactly one OS image")
             return description
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, InvalidReferenceError) as exc:
             raise BundleError(f"{where}: malformed bundle description ({exc!r})") from None
 
 
@@ -270,17 +341,17 @@ class BundleReader:
     def has(self, digest: Digest) -> bool:
         if self._names is None:
             self._names = frozenset(self.tar.names())
-        return _blob_name(digest) in self._names
+        return blob_name(digest) in self._names
 
     def read(self, digest: Digest, limit: int = _MAX_JSON) -> bytes:
-        data = self.tar.read(_blob_name(digest), limit, f"blob {digest}")
+        data = self.tar.read(blob_name(digest), limit, f"blob {digest}")
         if Digest.of(data, digest.algorithm) != digest:
             raise BundleError(f"{self.path}: blob {digest} does not match its digest")
         self.verified.add(digest)
         return data
 
     def verify_blob(self, desc: Descriptor) -> None:
-        with self.tar.open(_blob_name(desc.digest), "blob") as chunks:
+        with self.tar.open(blob_name(desc.digest), "blob") as chunks:
             hexdigest, size = digest_and_size(chunks, desc.digest.algorithm)
         if hexdigest != desc.digest.hex or size != desc.size:
             raise BundleError(f"{self.path}: blob {desc.digest} does not match its digest or size")
@@ -357,7 +428,7 @@ class BundleReader:
         )
 
 
-def _blob_name(digest: Digest) -> str:
+def blob_name(digest: Digest) -> str:
     return f"blobs/{digest.algorithm}/{digest.hex}"
 
 

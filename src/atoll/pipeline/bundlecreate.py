@@ -25,7 +25,11 @@ from atoll.pipeline.bundle import (
     BUNDLE_ARTIFACT_TYPE,
     BUNDLE_REF,
     BUNDLE_SIG_REF,
+    BUNDLE_VERSION,
+    BUNDLE_VERSION_LAYERS,
+    DELTA_SUFFIX,
     DESCRIPTION_MEDIA_TYPE,
+    RANGES_MEDIA_TYPE,
     SPLIT_MEDIA_TYPE,
     BundleImage,
     BundleInfo,
@@ -76,7 +80,8 @@ def create_bundle(
         if from_image is not None:
             delta = _make_delta(layout, stage, os_manifest, from_image, images, ctx)
         created = utc_timestamp(now)
-        description = Description(created, tuple(images), delta)
+        version = BUNDLE_VERSION if delta and delta.per_file else BUNDLE_VERSION_LAYERS
+        description = Description(created, tuple(images), delta, version)
         manifest_digest = _write_bundle_manifest(layout, description)
         if key is not None:
             _sign_bundle(layout, key, images[0].reference, manifest_digest)
@@ -176,15 +181,43 @@ def _make_delta(
             split_digest = Digest.of(split)
             blob_path(layout, split_digest).write_bytes(split)
             omitted.append(OmittedLayer(str(desc.digest), str(diff_id), size, str(split_digest)))
+    # The layers the device has none of the files of (or not at their paths):
+    # what an upgrade from the registry reads of them (see bundledelta).
+    from atoll.pipeline.bundledelta import plan_file_deltas, write_ranges
+
+    files, extents = plan_file_deltas(
+        layout, images[0].reference, old_layout, "old", stage / "scratch", ctx
+    )
+    left_out = {Digest.parse(o.digest) for o in omitted}
+    ranges = tuple(
+        write_ranges(layout, digest, spans)
+        for digest, spans in sorted(extents.items())
+        if digest not in left_out
+    )
+    if files is not None:
+        _add_entry(
+            layout,
+            f"{ImageReference.parse(images[0].reference).name}:{files.algorithm}-"
+            f"{files.hex}{DELTA_SUFFIX}",
+            blob_path(layout, files).read_bytes(),
+        )
     # A blob another image of the bundle uses stays in.
     needed: set[Digest] = set()
     for other in images[1:]:
         other_manifest = _layout_manifest(layout, Digest.parse(other.digest))
         needed.update(d.digest for d in other_manifest.blobs())
-    for layer in omitted:
-        if Digest.parse(layer.digest) not in needed:
-            blob_path(layout, layer.digest).unlink(missing_ok=True)
-    return Delta(str(from_image), str(copied.digest), tuple(omitted))
+    # (A blob read from end to end is its own ranges blob.)
+    needed.update(Digest.parse(r.blob) for r in ranges)
+    for digest in left_out | {Digest.parse(r.digest) for r in ranges}:
+        if digest not in needed:
+            blob_path(layout, digest).unlink(missing_ok=True)
+    return Delta(
+        str(from_image),
+        str(copied.digest),
+        tuple(omitted),
+        str(files) if files is not None else None,
+        ranges,
+    )
 
 
 # --- the bundle manifest and its signature ----------------------------------------------
@@ -225,6 +258,9 @@ def _write_bundle_manifest(layout: Path, description: Description) -> Digest:
     for layer in description.delta.omitted if description.delta else ():
         size = blob_path(layout, layer.split).stat().st_size
         splits.append({"mediaType": SPLIT_MEDIA_TYPE, "digest": layer.split, "size": size})
+    for held in description.delta.ranges if description.delta else ():
+        size = blob_path(layout, held.blob).stat().st_size
+        splits.append({"mediaType": RANGES_MEDIA_TYPE, "digest": held.blob, "size": size})
     manifest = {
         "schemaVersion": 2,
         "mediaType": MediaType.OCI_MANIFEST.value,

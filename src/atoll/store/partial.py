@@ -18,7 +18,9 @@ For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
 ``whole``
     The layer is downloaded whole: it has no TOC (gzip, plain zstd), the
     source is local (``oci:``, ``oci-archive:``, ``dir:``: reading it is
-    cheap), the registry ignores ``Range`` (it answered 200; then every later
+    cheap; a source that names a registry for ranges,
+    :meth:`ImageSource.range_client`, is read as that registry, as an
+    offline bundle is), the registry ignores ``Range`` (it answered 200; then every later
     layer of the import goes whole too), the store has none of its files, or
     the ranges would move nearly as much as the layer (:data:`WHOLE_SHARE`).
     The TOC and tar-split fetched to decide count in the layer's bytes.
@@ -314,8 +316,6 @@ class PartialPuller:
         progress: ProgressSink,
         delta: tuple[Digest, Digest] | None = None,
     ) -> None:
-        from atoll.oci.transports.docker import DockerSource
-
         self.store = store
         #: (OLD, NEW) manifest digests: look for a delta between them.
         self._delta_pair = delta
@@ -325,9 +325,9 @@ class PartialPuller:
         self.report = TransferReport()
         self._client: RegistryClient | None = None
         self._repository = ""
-        if isinstance(source, DockerSource):
-            self._client = source.client
-            self._repository = source.reference.repository
+        ranged = source.range_client()
+        if ranged is not None:
+            self._client, self._repository = ranged
         self._ranges_ok = True
         self._index: ContentIndex | None = None
         #: Files fetched in this import: sha256 -> a temporary file.

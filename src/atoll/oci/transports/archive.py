@@ -215,6 +215,16 @@ class TarLayout:
             raise ManifestError(f"{self.path}: {relpath}: {what} is larger than {limit} bytes")
         return self._pread(member.size, member.offset)
 
+    def read_range(self, relpath: str, start: int, length: int, what: str) -> bytes:
+        """*length* bytes of a member from *start*, which must lie inside it."""
+        member = self._member(relpath, what)
+        if start < 0 or length < 0 or start + length > member.size:
+            raise LayerError(
+                f"{self.path}: {relpath}: bytes {start}-{start + length} of {what} lie "
+                f"outside its {member.size} bytes"
+            )
+        return self._pread(length, member.offset + start)
+
     def open(self, relpath: str, what: str) -> AbstractContextManager[Iterator[bytes]]:
         member = self._member(relpath, what)
 

@@ -19,10 +19,14 @@ import abc
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from atoll.closing import Closeable
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor
+
+if TYPE_CHECKING:
+    from atoll.oci.client import RegistryClient
 
 #: Bytes read or written at once when streaming blobs.
 CHUNK_SIZE = 1 << 20
@@ -52,6 +56,12 @@ class ImageSource(Closeable, abc.ABC):
 
     @property
     def mount_origin(self) -> MountOrigin | None:
+        return None
+
+    def range_client(self) -> tuple[RegistryClient, str] | None:
+        """The registry (and repository) that answers ``Range`` requests for this
+        source's blobs and holds its deltas, for file-level pulls
+        (:mod:`atoll.store.partial`); None: blobs are read whole."""
         return None
 
 

@@ -54,6 +54,9 @@ class DockerSource(ImageSource):
     def mount_origin(self) -> MountOrigin:
         return MountOrigin(self.reference.registry, self.reference.repository)
 
+    def range_client(self) -> tuple[RegistryClient, str]:
+        return self.client, self.reference.repository
+
     def close(self) -> None:
         if self._owns_client:
             self.client.close()
