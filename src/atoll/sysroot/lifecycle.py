@@ -53,9 +53,9 @@ from atoll.progress import NullProgress, ProgressSink
 from atoll.store import Store
 from atoll.store.importer import ImportStats
 from atoll.store.partial import TransferReport, import_image
+from atoll.sysroot.bootentries import sync_bootloader, write_boot_entries
 from atoll.sysroot.bootloader import entries as bootloader
-from atoll.sysroot.bootloader.backend import Bootloader, detect_bootloader
-from atoll.sysroot.bootloader.entries import BootEntry
+from atoll.sysroot.bootloader.backend import Bootloader
 from atoll.sysroot.dropped import clear_dropped, record_dropped
 from atoll.sysroot.etcmerge import EtcMergeStrategy, merge_etc
 from atoll.sysroot.fetch import RemoteImage, open_image
@@ -64,7 +64,7 @@ from atoll.sysroot.origin import Deployment, origin_for, write_origin
 from atoll.sysroot.rolledback import RolledBackImage, find_rolled_back
 from atoll.sysroot.roots import IMPORTING_REF, deployment_ref, sync_refs
 from atoll.sysroot.shape import check_complete, check_deployable
-from atoll.sysroot.state import ORIGIN_SUFFIX, BootRecord, SysrootState
+from atoll.sysroot.state import ORIGIN_SUFFIX, BootRecord, SysrootState, select_deployment
 from atoll.timeutil import utc_timestamp
 
 log = logging.getLogger(__name__)
@@ -604,49 +604,19 @@ class Device:
         extra_options: Sequence[str] = (),
         inherit: Deployment | None = None,
     ) -> None:
-        """*inherit*: the deployment whose kernel arguments a deployment without an
-        entry yet starts from (the one it was staged on, as ostree does)."""
-        store = self.store()
-        current = {d.id: state.entry_for(d) for d in order} if state else {}
-        template = state.entry_for(inherit) if state and inherit else None
-        entries = []
-        for deployment in order:
-            old = current.get(deployment.id)
-            options = _options(old or template, extra_options, self.sysroot, deployment)
-            linux, initrd = self._kernel(store, deployment)
-            entries.append(
-                BootEntry(
-                    id=f"atoll-{deployment.stateroot}-{deployment.short}",
-                    title=_title(deployment),
-                    linux=linux,
-                    initrd=initrd,
-                    options=options,
-                    tries_left=old.tries_left if old else None,
-                    tries_done=old.tries_done if old else 0,
-                )
-            )
-        ids = {d.id: e.id for d, e in zip(order, entries, strict=True)}
-        bootloader.write_entries(
-            self.sysroot.boot, entries, counting={ids[k]: v for k, v in counting.items()}
+        write_boot_entries(
+            self.sysroot,
+            self.store(),
+            self.bootloader,
+            order,
+            counting,
+            state=state,
+            extra_options=extra_options,
+            inherit=inherit,
         )
-        self._sync_bootloader()
 
     def _sync_bootloader(self, *, boot_success: bool | None = None) -> None:
-        """Keep the bootloader's own files (GRUB's grub.cfg and grubenv, where
-        atoll manages GRUB; docs/boot.md) in step with the entries."""
-        boot_dir = self.sysroot.boot
-        backend = self.bootloader or detect_bootloader(boot_dir)
-        backend.sync(boot_dir, boot_success=boot_success)
-
-    def _kernel(self, store: Store, deployment: Deployment) -> tuple[str, tuple[str, ...]]:
-        info = store.kernel(deployment.commit)
-        if info is None:
-            # Only with --allow-no-kernel: the directory device can still "boot" it.
-            return "/atoll/no-kernel", ()
-        linux, initrd = bootloader.install_kernel(
-            self.sysroot.boot, info.kver, info.vmlinuz, info.initramfs
-        )
-        return linux, (initrd,) if initrd else ()
+        sync_bootloader(self.sysroot, self.bootloader, boot_success=boot_success)
 
     # --- rollback, pin, cleanup -------------------------------------------------------
 
@@ -776,36 +746,3 @@ class Device:
                     bootloader.mark_good(self.sysroot.boot, entry.id)
             # greenboot's GRUB protocol: boot_success=1, boot_counter unset.
             self._sync_bootloader(boot_success=True)
-
-
-def _title(deployment: Deployment) -> str:
-    origin = deployment.origin
-    version = f" {origin.image_version}" if origin.image_version else ""
-    return f"{origin.image}{version} ({deployment.stateroot}, {deployment.short})"
-
-
-def _options(
-    old: BootEntry | None, extra: Sequence[str], sysroot: Sysroot, deployment: Deployment
-) -> str:
-    """The kernel command line: the old entry's (or the install's) arguments with
-    ``atoll=`` naming this deployment."""
-    args = old.options.split() if old else ["rw", *extra]
-    args = [a for a in args if not a.startswith(f"{bootloader.KARG}=")]
-    path = f"/atoll/deploy/{deployment.stateroot}/deploy/{deployment.id}"
-    return " ".join([*args, f"{bootloader.KARG}={path}"])
-
-
-def select_deployment(state: SysrootState, selector: str | None) -> Deployment:
-    """A deployment by boot-order index, id prefix, or the booted one."""
-    if selector is None:
-        return state.current
-    order = state.boot_order()
-    if selector.isdigit() and int(selector) < len(order):
-        return order[int(selector)]
-    matches = [d for d in state.deployments.values() if d.id.startswith(selector)]
-    if len(matches) != 1:
-        raise DeploymentError(
-            f"no single deployment matches {selector!r}",
-            hint="name one by its index in atoll status or a unique prefix of its id",
-        )
-    return matches[0]

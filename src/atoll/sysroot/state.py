@@ -190,3 +190,19 @@ def _read_booted(sysroot: Sysroot) -> BootRecord | None:
         return None
     except (OSError, ValueError, KeyError) as exc:
         raise InvalidInputError(f"{sysroot.booted_file}: unreadable ({exc})") from None
+
+
+def select_deployment(state: SysrootState, selector: str | None) -> Deployment:
+    """A deployment by boot-order index, id prefix, or the booted one."""
+    if selector is None:
+        return state.current
+    order = state.boot_order()
+    if selector.isdigit() and int(selector) < len(order):
+        return order[int(selector)]
+    matches = [d for d in state.deployments.values() if d.id.startswith(selector)]
+    if len(matches) != 1:
+        raise DeploymentError(
+            f"no single deployment matches {selector!r}",
+            hint="name one by its index in atoll status or a unique prefix of its id",
+        )
+    return matches[0]

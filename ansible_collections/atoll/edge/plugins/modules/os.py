@@ -236,7 +236,7 @@ def main_body(module):
             if not module.check_mode:
                 result["next"] = device.rollback().to_json()
     elif state in ("pinned", "unpinned"):
-        from atoll.sysroot.lifecycle import select_deployment
+        from atoll.sysroot.state import select_deployment
 
         wanted = state == "pinned"
         chosen = select_deployment(device.state(), params["deployment"])
