@@ -9,7 +9,9 @@ name what was expected and what was found (:func:`kind_of`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import re
 from typing import Any
 
@@ -129,3 +131,59 @@ def locate(source: str, lines: KeyLines | None, path: KeyPath) -> str:
     """The start of an error about *path*: ``FILE: line N: KEY: `` (what is known of it)."""
     place = where(source, lines, path)
     return f"{place}{show_key(path)}: " if path else place
+
+
+def json_key_lines(text: str) -> KeyLines:
+    """The line of each key and array item of the JSON document *text*, by path
+    (``("transports", "docker", "quay.io", 0, "type")``), so errors about a
+    JSON file can name a line as those about TOML files do.  *text* must be a
+    document that parses; a scan that goes wrong yields what it found so far."""
+    lines: dict[KeyPath, int] = {}
+    decoder = json.JSONDecoder()
+    blank = re.compile(r"[ \t\r\n]*")
+
+    def skip(pos: int) -> int:
+        match = blank.match(text, pos)
+        return match.end() if match is not None else pos
+
+    def value(pos: int, path: KeyPath) -> int:
+        """Scan the value at *pos* (blanks first); the position after it."""
+        pos = skip(pos)
+        if not text.startswith(("{", "["), pos):
+            return decoder.raw_decode(text, pos)[1]
+        closing, index = ("}" if text[pos] == "{" else "]"), 0
+        pos = skip(pos + 1)
+        while pos < len(text) and text[pos] != closing:
+            item: KeyPath = (*path, index)
+            line = text.count("\n", 0, pos) + 1
+            if closing == "}":
+                key, after = decoder.raw_decode(text, pos)
+                item = (*path, key)
+                pos = skip(after) + 1  # past the ':'
+            lines.setdefault(item, line)
+            index += 1
+            pos = skip(value(pos, item))
+            if text.startswith(",", pos):
+                pos = skip(pos + 1)
+        return pos + 1
+
+    with contextlib.suppress(ValueError, IndexError):
+        value(0, ())
+    found = KeyLines("")
+    found.lines = lines
+    return found
+
+
+_PATH_PART = re.compile(r'\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]')
+
+
+def json_path_key(path: str) -> KeyPath:
+    """``$.transports.docker["quay.io"][0]`` as a key path; the parts after one
+    that does not read are dropped."""
+    out: list[str | int] = []
+    pos = 1 if path.startswith("$") else 0
+    while (match := _PATH_PART.match(path, pos)) is not None:
+        name, index, quoted = match.groups()
+        out.append(name if name is not None else int(index) if index else json.loads(quoted))
+        pos = match.end()
+    return tuple(out)

@@ -397,3 +397,24 @@ def test_a_user_policy_that_is_not_a_file_is_still_the_one_used(tmp_path: Path) 
     assert path == tmp_path / ".config/containers/policy.json"
     with pytest.raises(PolicyError):
         load_policy(path)
+
+
+def test_an_error_names_the_line_of_the_key_it_is_about() -> None:
+    text = b"""{
+  "default": [{"type": "reject"}],
+  "transports": {
+    "docker": {
+      "registry.example/app": [
+        {"type": "sigstoreSigned",
+         "keyPaths": []}
+      ]
+    }
+  }
+}
+"""
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "/etc/containers/policy.json")
+    assert caught.value.message == (
+        '/etc/containers/policy.json: line 7: $.transports.docker["registry.example/app"][0]'
+        ".keyPaths: expected a non-empty list"
+    )

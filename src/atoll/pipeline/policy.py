@@ -46,6 +46,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atoll import configfile
 from atoll.errors import (
     AtollError,
     BadSignatureError,
@@ -163,13 +164,26 @@ def load_policy(path: Path) -> Policy:
     return parse_policy(data, str(path))
 
 
-def parse_policy(data: bytes, source: str) -> Policy:
+class _Source:
+    """The policy file being read: where an error about one of its paths is."""
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name = name
+        self.lines = configfile.json_key_lines(data.decode("utf-8", "replace"))
+
+    def at(self, path: str) -> str:
+        """``FILE: line N: PATH``, the start of an error about the JSON *path*."""
+        return configfile.where(self.name, self.lines, configfile.json_path_key(path)) + path
+
+
+def parse_policy(data: bytes, name: str) -> Policy:
     try:
         doc = loads(data)
     except StrictJSONError as exc:
         raise PolicyError(
-            f"{source}: {exc}", hint="fix the file; until then no image is admitted"
+            f"{name}: {exc}", hint="fix the file; until then no image is admitted"
         ) from None
+    source = _Source(name, data)
     _object(doc, source, "$", required=("default",), optional=("transports",))
     default = _requirements(doc["default"], source, "$.default")
     transports: dict[str, dict[str, tuple[Requirement, ...]]] = {}
@@ -185,29 +199,30 @@ def parse_policy(data: bytes, source: str) -> Policy:
         if transport == Transport.DOCKER:
             for scope in scopes:
                 _check_docker_scope(scope, source, where)
-    return Policy(default, transports, source)
+    return Policy(default, transports, name)
 
 
-def _requirements(value: Any, source: str, path: str) -> tuple[Requirement, ...]:
+def _requirements(value: Any, source: _Source, path: str) -> tuple[Requirement, ...]:
     if not isinstance(value, list) or not value:
         raise PolicyError(
-            f"{source}: {path}: expected a non-empty list of requirements",
+            f"{source.at(path)}: expected a non-empty list of requirements",
             hint='e.g. [{"type": "reject"}]',
         )
     return tuple(_requirement(item, source, f"{path}[{i}]") for i, item in enumerate(value))
 
 
-def _requirement(value: Any, source: str, path: str) -> Requirement:
+def _requirement(value: Any, source: _Source, path: str) -> Requirement:
     if not isinstance(value, dict) or "type" not in value:
-        raise PolicyError(f'{source}: {path}: expected an object with a "type"')
+        raise PolicyError(f'{source.at(path)}: expected an object with a "type"')
     try:
         kind = RequirementType(value["type"])
     except ValueError:
         known = ", ".join(t.value for t in RequirementType)
         raise PolicyError(
-            f"{source}: {path}.type: unknown requirement type {value['type']!r} (known: {known})"
+            f"{source.at(path + '.type')}: unknown requirement type {value['type']!r} "
+            f"(known: {known})"
         ) from None
-    where = f"{source}: {path}"
+    where = source.at(path)
     if kind in (RequirementType.INSECURE_ACCEPT_ANYTHING, RequirementType.REJECT):
         _object(value, source, path, required=("type",))
         return Requirement(kind, where=where)
@@ -225,7 +240,7 @@ def _requirement(value: Any, source: str, path: str) -> Requirement:
     given = [name for name in key_fields if name in value]
     if len(given) != 1:
         raise PolicyError(
-            f"{source}: {path}: sigstoreSigned needs exactly one of "
+            f"{source.at(path)}: sigstoreSigned needs exactly one of "
             "keyPath, keyPaths, keyData and keyDatas",
             hint="atoll does not support fulcio, pki or rekorPublicKey* requirements",
         )
@@ -233,7 +248,7 @@ def _requirement(value: Any, source: str, path: str) -> Requirement:
     if name.endswith("s"):
         items = value[name]
         if not isinstance(items, list) or not items:
-            raise PolicyError(f"{source}: {path}.{name}: expected a non-empty list")
+            raise PolicyError(f"{source.at(f'{path}.{name}')}: expected a non-empty list")
         texts = [_string(item, source, f"{path}.{name}[{i}]") for i, item in enumerate(items)]
     else:
         texts = [_string(value[name], source, f"{path}.{name}")]
@@ -242,27 +257,28 @@ def _requirement(value: Any, source: str, path: str) -> Requirement:
         for text in texts:
             if "\0" in text:
                 # No file has such a name (reading it would fail with a ValueError, not a refusal).
-                raise PolicyError(f"{source}: {path}.{name}: {text!r} is not a file name")
+                raise PolicyError(f"{source.at(f'{path}.{name}')}: {text!r} is not a file name")
         return Requirement(kind, tuple(Path(text) for text in texts), (), identity, where)
     try:
         datas = tuple(base64.b64decode(text, validate=True) for text in texts)
     # ValueError: a non-ASCII string is refused before it is decoded.
     except (binascii.Error, ValueError):
-        raise PolicyError(f"{source}: {path}.{name}: not valid base64") from None
+        raise PolicyError(f"{source.at(f'{path}.{name}')}: not valid base64") from None
     return Requirement(kind, (), datas, identity, where)
 
 
-def _identity(value: Any, source: str, path: str) -> SignedIdentity:
+def _identity(value: Any, source: _Source, path: str) -> SignedIdentity:
     if value is None:
         return SignedIdentity()
     if not isinstance(value, dict) or "type" not in value:
-        raise PolicyError(f'{source}: {path}: expected an object with a "type"')
+        raise PolicyError(f'{source.at(path)}: expected an object with a "type"')
     try:
         kind = IdentityKind(value["type"])
     except ValueError:
         known = ", ".join(k.value for k in IdentityKind)
         raise PolicyError(
-            f"{source}: {path}.type: unknown signedIdentity type {value['type']!r} (known: {known})"
+            f"{source.at(path + '.type')}: unknown signedIdentity type {value['type']!r} "
+            f"(known: {known})"
         ) from None
     if kind is IdentityKind.EXACT_REFERENCE:
         _object(value, source, path, required=("type", "dockerReference"))
@@ -285,7 +301,7 @@ def _identity(value: Any, source: str, path: str) -> SignedIdentity:
 
 def _object(
     value: Any,
-    source: str,
+    source: _Source,
     path: str,
     *,
     required: tuple[str, ...] = (),
@@ -294,37 +310,37 @@ def _object(
     """Check *value* is an object with the *required* keys and, if *optional* is
     given, no keys outside the two (containers/image refuses unknown fields too)."""
     if not isinstance(value, dict):
-        raise PolicyError(f"{source}: {path}: expected a JSON object")
+        raise PolicyError(f"{source.at(path)}: expected a JSON object")
     for key in required:
         if key not in value:
-            raise PolicyError(f"{source}: {path}: missing {key!r}")
+            raise PolicyError(f"{source.at(path)}: missing {key!r}")
     if optional is not None or required:
         allowed = set(required) | set(optional or ())
         for key in value:
             if key not in allowed:
                 raise PolicyError(
-                    f"{source}: {path}: unknown field {key!r} "
+                    f"{source.at(path)}: unknown field {key!r} "
                     f"(expected {', '.join(sorted(allowed))})"
                 )
 
 
-def _string(value: Any, source: str, path: str) -> str:
+def _string(value: Any, source: _Source, path: str) -> str:
     if not isinstance(value, str) or not value:
-        raise PolicyError(f"{source}: {path}: expected a non-empty string")
+        raise PolicyError(f"{source.at(path)}: expected a non-empty string")
     return value
 
 
-def _check_docker_scope(scope: str, source: str, where: str) -> None:
+def _check_docker_scope(scope: str, source: _Source, where: str) -> None:
     if scope == "":
         return
     path = f"{where}[{json.dumps(scope)}]"
     if scope != scope.strip() or "://" in scope or scope.endswith("/"):
         raise PolicyError(
-            f"{source}: {path}: invalid scope {scope!r}",
+            f"{source.at(path)}: invalid scope {scope!r}",
             hint="write REGISTRY, REGISTRY/NAMESPACE, REGISTRY/REPO[:TAG|@DIGEST] or *.DOMAIN",
         )
     if scope.startswith("*.") and "/" in scope:
-        raise PolicyError(f"{source}: {path}: a wildcard scope names registries only")
+        raise PolicyError(f"{source.at(path)}: a wildcard scope names registries only")
 
 
 # --- deciding --------------------------------------------------------------------------
