@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from atoll.configfile import KeyLines, at_line, json_key_lines, json_path_key, locate
+from atoll.configfile import KeyLines, at_line, json_key_lines, key_path, locate
 
 
 def test_toml_keys_have_their_lines() -> None:
@@ -33,15 +33,16 @@ def test_a_json_scan_that_cannot_finish_keeps_what_it_found() -> None:
 
 
 def test_json_paths_read_as_key_paths() -> None:
-    assert json_path_key('$.transports.docker["quay.io/x"][0].keyPath') == (
+    assert key_path('$.transports.docker["quay.io/x"][0].keyPath') == (
         "transports",
         "docker",
         "quay.io/x",
         0,
         "keyPath",
     )
-    assert json_path_key("$") == ()
-    assert json_path_key("$.a..b") == ("a",)
+    assert key_path("$") == ()
+    assert key_path("download.max-rate") == ("download", "max-rate")
+    assert key_path("$.a..b") == ("a",)
 
 
 def test_every_message_starts_the_same_way() -> None:

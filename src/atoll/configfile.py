@@ -174,14 +174,17 @@ def json_key_lines(text: str) -> KeyLines:
     return found
 
 
-_PATH_PART = re.compile(r'\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]')
+_PATH_PART = re.compile(r'\.([A-Za-z0-9_-]+)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]')
 
 
-def json_path_key(path: str) -> KeyPath:
-    """``$.transports.docker["quay.io"][0]`` as a key path; the parts after one
-    that does not read are dropped."""
+def key_path(path: str) -> KeyPath:
+    """A key as errors write it, ``$.transports.docker["quay.io"][0]`` (JSON) or
+    ``download.window`` (TOML), as a key path; the parts after one that does not
+    read are dropped."""
     out: list[str | int] = []
     pos = 1 if path.startswith("$") else 0
+    if pos == 0:
+        path = "." + path
     while (match := _PATH_PART.match(path, pos)) is not None:
         name, index, quoted = match.groups()
         out.append(name if name is not None else int(index) if index else json.loads(quoted))

@@ -133,9 +133,9 @@ def test_wrong_values_fail_with_atolls_message(
     assert result.failed == 0 and result.ignored == 2, result.output
     messages = re.findall(r'"msg": "([^"]*)"', result.output)
     root = booted_root(device["atoll_sysroot"])
-    assert any(m.startswith(f"{root}/etc/atoll/updates.toml: download.window") for m in messages), (
-        messages
-    )
+    assert any(
+        re.match(rf"{root}/etc/atoll/updates.toml: line \d+: download.window", m) for m in messages
+    ), messages
     assert any(
         "etc/containers/auth.json were refused (authentication required) (HTTP 401)" in m
         for m in messages

@@ -217,7 +217,7 @@ def test_invalid_config_names_file_key_and_fix(
     with pytest.raises(InvalidInputError) as info:
         load_config(tmp_path)
     message = info.value.message
-    assert message.startswith(f"{path}: {key}: "), message
+    assert re.match(rf"{re.escape(str(path))}: line \d+: {re.escape(key)}: ", message), message
     assert problem in message
     assert "\n" not in message
     assert info.value.hint is not None and fix in info.value.hint, info.value.hint

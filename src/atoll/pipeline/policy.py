@@ -173,7 +173,7 @@ class _Source:
 
     def at(self, path: str) -> str:
         """``FILE: line N: PATH``, the start of an error about the JSON *path*."""
-        return configfile.where(self.name, self.lines, configfile.json_path_key(path)) + path
+        return configfile.where(self.name, self.lines, configfile.key_path(path)) + path
 
 
 def parse_policy(data: bytes, name: str) -> Policy:

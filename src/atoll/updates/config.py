@@ -37,7 +37,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atoll import stricttoml
-from atoll.configfile import kind_of
+from atoll.configfile import KeyLines, key_path, kind_of, where
 from atoll.errors import InvalidInputError, from_oserror
 from atoll.timeutil import parse_timespan
 from atoll.updates.cron import CronExpression
@@ -175,15 +175,17 @@ def parse_config(text: str, path: Path) -> UpdatesConfig:
             f"{path}: not valid TOML: {exc}",
             hint="see docs/updates.md for the format",
         ) from None
-    return _Parser(path).config(data)
+    return _Parser(path, KeyLines(text)).config(data)
 
 
 class _Parser:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lines: KeyLines) -> None:
         self.path = path
+        self.lines = lines
 
     def error(self, key: str, problem: str, hint: str) -> InvalidInputError:
-        return InvalidInputError(f"{self.path}: {key}: {problem}", hint=hint)
+        place = where(str(self.path), self.lines, key_path(key))
+        return InvalidInputError(f"{place}{key}: {problem}", hint=hint)
 
     def table(self, data: Any, section: str) -> dict[str, Any]:
         if not isinstance(data, dict):
