@@ -143,7 +143,7 @@ def test_bad_config_exits_4_naming_file_and_key(
     for command in ("status", "run"):
         err = atoll(capsys, "updates", command, "--sysroot", str(sysroot), code=4)
         assert err.splitlines() == [
-            f"atoll: error: {path}: download.timezone: unknown time zone 'Europe/Atlantis'",
+            f"atoll: error: {path}: line 2: download.timezone: unknown time zone 'Europe/Atlantis'",
             'hint: use an IANA name such as "UTC" or "Europe/Berlin" '
             "(the tzdata package provides them)",
         ]
