@@ -298,7 +298,7 @@ class Device:
                     store.checkout_subtree(commit, "var", var)
                 else:
                     var.mkdir(parents=True)
-            self._write_entries([deployment], {}, extra_options=list(kargs))
+            self._entries([deployment], {}, extra_options=list(kargs))
             return self._stage_result(deployment, image, stats, "installed")
 
     def _record_origin(
@@ -529,7 +529,7 @@ class Device:
         order = [staged] + [d for d in state.boot_order() if d == base or d.origin.pinned]
         if base not in order:
             order.append(base)
-        self._write_entries(order, {staged.id: self._boot_tries(staged)}, state=state, inherit=base)
+        self._entries(order, {staged.id: self._boot_tries(staged)}, state=state, inherit=base)
         crashpoint("finalize-entries-written")
         self.sysroot.staged_file.unlink(missing_ok=True)
         fsync_dir(self.sysroot.meta)
@@ -595,25 +595,9 @@ class Device:
 
     # --- boot entries -----------------------------------------------------------------
 
-    def _write_entries(
-        self,
-        order: Sequence[Deployment],
-        counting: dict[str, int],
-        *,
-        state: SysrootState | None = None,
-        extra_options: Sequence[str] = (),
-        inherit: Deployment | None = None,
-    ) -> None:
-        write_boot_entries(
-            self.sysroot,
-            self.store(),
-            self.bootloader,
-            order,
-            counting,
-            state=state,
-            extra_options=extra_options,
-            inherit=inherit,
-        )
+    def _entries(self, order: Sequence[Deployment], counting: dict[str, int], **how: Any) -> None:
+        """Write the boot entries of *order* (atoll.sysroot.bootentries)."""
+        write_boot_entries(self.sysroot, self.store(), self.bootloader, order, counting, **how)
 
     def _sync_bootloader(self, *, boot_success: bool | None = None) -> None:
         sync_bootloader(self.sysroot, self.bootloader, boot_success=boot_success)
@@ -633,7 +617,7 @@ class Device:
                 self._discard_staged(state.staged)
             crashpoint("rollback-unstaged")
             new_order = [order[1], order[0], *order[2:]]
-            self._write_entries(new_order, {}, state=state)
+            self._entries(new_order, {}, state=state)
             crashpoint("rollback-entries-written")
             # The chosen deployment was booted before: it starts without a counter.
             target = state.entry_for(order[1])
@@ -730,7 +714,7 @@ class Device:
             failed = intended[0]
             entry = state.entry_for(failed)
             attempts = entry.tries_done if entry is not None else 0
-            self._write_entries([booted, *(d for d in intended if d != booted)], {}, state=state)
+            self._entries([booted, *(d for d in intended if d != booted)], {}, state=state)
             crashpoint("fallback-settled")
             return failed, attempts
 
