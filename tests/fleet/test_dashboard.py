@@ -19,7 +19,7 @@ from atoll.agent.state import AgentState
 from atoll.fleet.dashboard import COOKIE, csrf_token
 from atoll.fleet.models import Role
 from atoll.fleet.serve import create_token
-from helpers.fleet import FleetServer
+from helpers.fleet import FleetServer, operator, report
 from helpers.parts import missing
 
 SQLITE = pytest.mark.parametrize("fleet_db", ["sqlite"], indirect=True)
@@ -27,18 +27,10 @@ DIGEST_OLD = "sha256:" + "1" * 64
 DIGEST_NEW = "sha256:" + "2" * 64
 
 
-def api(server: FleetServer) -> httpx.Client:
-    return httpx.Client(
-        base_url=f"{server.url}/api/v1",
-        headers={"Authorization": f"Bearer {server.token}"},
-        timeout=30,
-    )
-
-
 def devices_in_a_rollout(server: FleetServer, tmp_path: Path, *names: str) -> list[AgentClient]:
     """A fleet that approves its devices, *names* enrolled in it (their signing
     clients), and rollout r1 of a new image, one device in its first batch."""
-    with api(server) as client:
+    with operator(server) as client:
         client.put("channels/stable", json={"image": "reg/os", "digest": DIGEST_OLD})
         fleet = {
             "selector": "site=berlin",
@@ -65,13 +57,8 @@ def devices_in_a_rollout(server: FleetServer, tmp_path: Path, *names: str) -> li
     return devices
 
 
-def report(device: AgentClient, **status: Any) -> None:
-    answer = device.request("PUT", "/api/v1/agent/status", body=status)
-    assert answer.status_code == 204, answer.text
-
-
 def rollout_state(server: FleetServer) -> str:
-    with api(server) as client:
+    with operator(server) as client:
         return str(client.get("rollouts/r1").json()["state"])
 
 
@@ -133,7 +120,7 @@ def test_log_in_cookie_and_csrf(fleet_server: FleetServer, tmp_path: Path) -> No
         assert refused.status_code == 403
         assert "is a viewer; this needs operator" in refused.text
     assert rollout_state(fleet_server) == "paused"
-    with api(fleet_server) as client:
+    with operator(fleet_server) as client:
         pauses = [e for e in client.get("events").json() if e["action"] == "pause"]
     assert [(e["actor"], e["detail"]["reason"]) for e in pauses] == [("operator:admin", "lunch")]
 
@@ -173,8 +160,8 @@ def test_an_operator_session_in_chromium(
 
     d1, d2 = devices_in_a_rollout(fleet_server, tmp_path, "d1", "d2")
     try:
-        report(d1, bootedDigest=DIGEST_OLD, health="unknown")
-        report(d2, bootedDigest=DIGEST_OLD, health="green")
+        report(d1, DIGEST_OLD, health="unknown")
+        report(d2, DIGEST_OLD)
         chromium.get(f"{fleet_server.url}/ui/devices")
         assert chromium.current_url.endswith("/ui/login")
         chromium.find_element(By.ID, "token").send_keys(fleet_server.token)
@@ -191,7 +178,7 @@ def test_an_operator_session_in_chromium(
         WebDriverWait(chromium, 30).until(lambda b: b.current_url.endswith("/ui/devices"))
         assert health(chromium) == "unknown"
         # d1 boots the new image green; the page follows without a click.
-        report(d1, bootedDigest=DIGEST_NEW, health="green")
+        report(d1, DIGEST_NEW)
         WebDriverWait(chromium, 30, poll_frequency=0.2).until(
             lambda b: health(b).startswith("green")
         )

@@ -585,7 +585,12 @@ def create_app(
             .order_by(tables.RolloutDevice.batch, tables.RolloutDevice.device)
         ):
             batches.setdefault(member.batch, []).append(
-                models.RolloutDevice(name=member.device, state=member.state, reason=member.reason)
+                models.RolloutDevice(
+                    name=member.device,
+                    state=member.state,
+                    reason=member.reason,
+                    attempts=member.attempts,
+                )
             )
         return models.Rollout(
             name=r.name,
