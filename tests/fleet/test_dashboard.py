@@ -155,8 +155,22 @@ def chromium() -> Iterator[Any]:
 def test_an_operator_session_in_chromium(
     fleet_server: FleetServer, tmp_path: Path, chromium: Any
 ) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def until(check: Any) -> Any:
+        """*check* once it holds; the pages reload themselves, so an element
+        found just before a reload is looked for again."""
+        ignored = (NoSuchElementException, StaleElementReferenceException)
+        waiting = WebDriverWait(chromium, 30, poll_frequency=0.2, ignored_exceptions=ignored)
+        return waiting.until(check)
+
+    def text(element_id: str) -> str:
+        return str(until(lambda b: b.find_element(By.ID, element_id).text))
+
+    def do(action: Any) -> None:
+        until(lambda b: action(b) or True)
 
     d1, d2 = devices_in_a_rollout(fleet_server, tmp_path, "d1", "d2")
     try:
@@ -166,40 +180,39 @@ def test_an_operator_session_in_chromium(
         assert chromium.current_url.endswith("/ui/login")
         chromium.find_element(By.ID, "token").send_keys(fleet_server.token)
         chromium.find_element(By.ID, "login").click()
-        WebDriverWait(chromium, 30).until(lambda b: b.current_url.endswith("/ui/"))
-        assert "berlin" in chromium.find_element(By.ID, "fleet-berlin").text
+        until(lambda b: b.current_url.endswith("/ui/"))
+        assert "berlin" in text("fleet-berlin")
         assert all(c["httpOnly"] for c in chromium.get_cookies() if c["name"] == COOKIE)
 
-        chromium.find_element(By.LINK_TEXT, "Devices").click()
+        do(lambda b: b.find_element(By.LINK_TEXT, "Devices").click())
+        until(lambda b: b.current_url.endswith("/ui/devices"))
 
         def health(browser: Any) -> str:
             return str(browser.find_element(By.CSS_SELECTOR, "#device-d1 .health").text)
 
-        WebDriverWait(chromium, 30).until(lambda b: b.current_url.endswith("/ui/devices"))
-        assert health(chromium) == "unknown"
+        assert until(health) == "unknown"
         # d1 boots the new image green; the page follows without a click.
         report(d1, DIGEST_NEW)
-        WebDriverWait(chromium, 30, poll_frequency=0.2).until(
-            lambda b: health(b).startswith("green")
-        )
-        assert "sha256:222222222222" in chromium.find_element(By.ID, "device-d1").text
+        until(lambda b: health(b).startswith("green"))
+        assert "sha256:222222222222" in text("device-d1")
 
         chromium.get(f"{fleet_server.url}/ui/rollouts/r1")
-        assert chromium.find_element(By.ID, "state").text == "running"
-        assert "succeeded" in chromium.find_element(By.ID, "member-d1").text
-        assert "updating" in chromium.find_element(By.ID, "member-d2").text
-        chromium.find_element(By.ID, "pause-reason").send_keys("the shop is open")
+        assert text("state") == "running"
+        assert "succeeded" in text("member-d1")
+        assert "updating" in text("member-d2")
+        # While the reason field has the focus the page does not reload.
+        do(lambda b: b.find_element(By.ID, "pause-reason").send_keys("the shop is open"))
         chromium.find_element(By.ID, "pause").click()
-        WebDriverWait(chromium, 30).until(lambda b: b.find_element(By.ID, "state").text == "paused")
-        assert chromium.find_element(By.ID, "reason").text == "the shop is open"
+        until(lambda b: b.find_element(By.ID, "state").text == "paused")
+        assert text("reason") == "the shop is open"
         shot = os.environ.get("FLEET_DASHBOARD_SCREENSHOT")
         if shot:
             chromium.save_screenshot(shot)
         assert rollout_state(fleet_server) == "paused"
 
-        chromium.find_element(By.LINK_TEXT, "Events").click()
-        WebDriverWait(chromium, 30).until(lambda b: b.current_url.endswith("/ui/events"))
-        rows = chromium.find_element(By.ID, "events").text
+        do(lambda b: b.find_element(By.LINK_TEXT, "Events").click())
+        until(lambda b: b.current_url.endswith("/ui/events"))
+        rows = text("events")
         assert "operator:admin pause Rollout r1" in rows
         assert "reason: the shop is open" in rows
     finally:
