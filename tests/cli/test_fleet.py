@@ -172,9 +172,19 @@ def test_enrollment_and_rollout_commands(
         f"reg/os@sha256:{'e' * 64}",
         "--batch",
         "1",
+        "--max-unavailable",
+        "2",
+        "--group-by",
+        "site",
+        "--retries",
+        "3",
+        "--retry-backoff",
+        "5m",
         "--json",
     )
     assert (code, out["state"]) == (0, "running")
+    assert out["spec"]["disruptionBudget"] == {"groupBy": ["site"], "maxUnavailable": 2}
+    assert out["spec"]["retries"] == {"limit": 3, "backoff": 300}
     code, out, _ = atoll(
         capsys, fleet_server, "fleet", "rollout", "pause", "r1", "--reason", "lunch"
     )
@@ -232,7 +242,7 @@ def test_serve_answers_and_stops_cleanly(
     assert code == 105
     assert "run atoll fleet db upgrade" in err
     code, out, _ = atoll(capsys, None, "fleet", "db", "upgrade", "--db", db, "--json")
-    assert (code, out) == (0, {"from": None, "to": "0001", "keysCreated": True})
+    assert (code, out) == (0, {"from": None, "to": "0002", "keysCreated": True})
     code, token, _ = atoll(
         capsys, None, "fleet", "token", "create", "root", "--role", "admin", "--db", db
     )

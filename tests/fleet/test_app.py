@@ -16,7 +16,7 @@ from atoll.agent.state import AgentState
 from atoll.errors import FleetDatabaseError
 from atoll.fleet.db import EnrollmentToken, open_engine, session_factory, transaction
 from atoll.fleet.serve import ready_engine, upgrade_database
-from helpers.fleet import FleetServer, Postgres
+from helpers.fleet import FleetServer, Postgres, enrolled, open_spec, operator, report
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
@@ -28,24 +28,6 @@ FLEET = {
         "files": [{"path": "/etc/motd", "content": "hello\n"}],
     },
 }
-
-
-def operator(server: FleetServer, token: str | None = None) -> httpx.Client:
-    return httpx.Client(
-        base_url=f"{server.url}/api/v1",
-        headers={"Authorization": f"Bearer {token or server.token}"},
-        timeout=30,
-    )
-
-
-def enrolled(server: FleetServer, tmp_path: Path, name: str, **labels: str) -> AgentClient:
-    """A device enrolled and approved: its signing client."""
-    with operator(server) as api:
-        token = api.post("enrollmenttokens", json={}).json()["token"]
-        state = AgentState(tmp_path / name)
-        assert enroll(state, server.url, token, name, labels)["state"] == "pending"
-        assert api.post(f"enrollmentrequests/{name}/approve").json()["state"] == "approved"
-    return AgentClient(server.url, name, wire.load_private_key(state.key_path.read_bytes()))
 
 
 def test_resources_and_their_audit_trail(fleet_server: FleetServer) -> None:
@@ -212,24 +194,13 @@ def test_auto_approve_by_fleet_labels(fleet_server: FleetServer, tmp_path: Path)
     )
 
 
-def _open(envelope: dict[str, Any], name: str, keys: list[str]) -> wire.OpenedSpec:
-    public = [wire.load_public_key(k) for k in keys]
-    return wire.open_spec(
-        envelope,
-        {wire.key_id(k): k for k in public},
-        device=name,
-        applied_version=0,
-        now=datetime.datetime.now(datetime.UTC),
-    )
-
-
 def test_spec_long_poll_versions_and_channels(fleet_server: FleetServer, tmp_path: Path) -> None:
     with operator(fleet_server) as api:
         api.put("channels/stable", json={"image": "reg/os", "digest": DIGEST_A})
         api.put("fleets/edge", json=FLEET)
     device = enrolled(fleet_server, tmp_path, "dev1", site="berlin")
     keys = device.request("GET", "/api/v1/agent/enrollment").json()["specKeys"]
-    first = _open(device.request("GET", "/api/v1/agent/spec").json(), "dev1", keys)
+    first = open_spec(device.request("GET", "/api/v1/agent/spec").json(), "dev1", keys)
     assert first.version == 1
     assert first.spec["os"] == {"image": f"reg/os@{DIGEST_A}"}
     assert first.spec["files"] == [{"path": "/etc/motd", "content": "hello\n", "mode": 0o644}]
@@ -240,21 +211,11 @@ def test_spec_long_poll_versions_and_channels(fleet_server: FleetServer, tmp_pat
     with operator(fleet_server) as api:
         api.put("channels/stable", json={"image": "reg/os", "digest": DIGEST_B})
     moved = device.request("GET", "/api/v1/agent/spec", params={"knownVersion": "1", "wait": "5"})
-    second = _open(moved.json(), "dev1", keys)
+    second = open_spec(moved.json(), "dev1", keys)
     assert (second.version, second.spec["os"]["image"]) == (2, f"reg/os@{DIGEST_B}")
     with operator(fleet_server) as api:
         shown = api.get("devices/dev1").json()
     assert (shown["fleet"], shown["specVersion"]) == ("edge", 2)
-
-
-def report(device: AgentClient, digest: str, health: str = "green", failed: str = "") -> None:
-    body = {
-        "bootedDigest": digest,
-        "health": health,
-        "update": {"state": "failed", "reason": failed} if failed else {"state": "applied"},
-    }
-    answer = device.request("PUT", "/api/v1/agent/status", body=body)
-    assert answer.status_code == 204, answer.text
 
 
 def test_rollout_in_batches_pauses_on_errors(fleet_server: FleetServer, tmp_path: Path) -> None:
@@ -268,7 +229,7 @@ def test_rollout_in_batches_pauses_on_errors(fleet_server: FleetServer, tmp_path
     def image_of(name: str) -> str:
         keys = devices[name].request("GET", "/api/v1/agent/enrollment").json()["specKeys"]
         envelope = devices[name].request("GET", "/api/v1/agent/spec").json()
-        return str(_open(envelope, name, keys).spec["os"]["image"])
+        return str(open_spec(envelope, name, keys).spec["os"]["image"])
 
     with operator(fleet_server) as api:
         body = {
@@ -326,7 +287,7 @@ def test_abort_returns_devices_to_the_template(fleet_server: FleetServer, tmp_pa
         aborted = api.post("rollouts/r1/abort").json()
         assert aborted["state"] == "aborted"
     keys = device.request("GET", "/api/v1/agent/enrollment").json()["specKeys"]
-    spec = _open(device.request("GET", "/api/v1/agent/spec").json(), "d1", keys)
+    spec = open_spec(device.request("GET", "/api/v1/agent/spec").json(), "d1", keys)
     assert spec.spec["os"]["image"] == f"reg/os@{DIGEST_A}"
 
 
@@ -344,10 +305,10 @@ def test_a_failed_request_leaves_nothing_behind(fleet_server: FleetServer) -> No
 
 
 def test_migrations_are_required_and_repeatable(fleet_db: str) -> None:
-    with pytest.raises(FleetDatabaseError, match="at schema none, this atoll needs 0001"):
+    with pytest.raises(FleetDatabaseError, match="at schema none, this atoll needs 0002"):
         ready_engine(fleet_db).dispose()
-    assert upgrade_database(fleet_db) == {"from": None, "to": "0001", "keysCreated": True}
-    assert upgrade_database(fleet_db) == {"from": "0001", "to": "0001", "keysCreated": False}
+    assert upgrade_database(fleet_db) == {"from": None, "to": "0002", "keysCreated": True}
+    assert upgrade_database(fleet_db) == {"from": "0002", "to": "0002", "keysCreated": False}
     ready_engine(fleet_db).dispose()
 
 
@@ -426,7 +387,8 @@ def test_labels_and_fleets_decide_a_devices_fleet(
         assert api.put("devices/d1/labels", json={"labels": {"site": "x y"}}).status_code == 422
     keys = device.request("GET", "/api/v1/agent/enrollment").json()["specKeys"]
     assert (
-        _open(device.request("GET", "/api/v1/agent/spec").json(), "d1", keys).spec["fleet"] is None
+        open_spec(device.request("GET", "/api/v1/agent/spec").json(), "d1", keys).spec["fleet"]
+        is None
     )
 
 

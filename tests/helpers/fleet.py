@@ -4,6 +4,7 @@ user when run as root), and the server itself on a free loopback port."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import pwd
 import secrets
@@ -16,9 +17,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from atoll.agent import wire
+from atoll.agent.client import AgentClient
+from atoll.agent.run import enroll
+from atoll.agent.state import AgentState
 from helpers.parts import missing
 from helpers.workloads import free_port
 
@@ -164,3 +171,45 @@ def fleet_server(fleet_db: str) -> Iterator[FleetServer]:
     token = create_token(fleet_db, "admin", Role.ADMIN)
     with serving(fleet_db) as url:
         yield FleetServer(url, fleet_db, token)
+
+
+# -- talking to a server as an operator and as devices ---------------------------
+
+
+def operator(server: FleetServer, token: str | None = None) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"{server.url}/api/v1",
+        headers={"Authorization": f"Bearer {token or server.token}"},
+        timeout=30,
+    )
+
+
+def enrolled(server: FleetServer, tmp_path: Path, name: str, **labels: str) -> AgentClient:
+    """A device enrolled and approved: its signing client."""
+    with operator(server) as api:
+        token = api.post("enrollmenttokens", json={}).json()["token"]
+        state = AgentState(tmp_path / name)
+        assert enroll(state, server.url, token, name, labels)["state"] == "pending"
+        assert api.post(f"enrollmentrequests/{name}/approve").json()["state"] == "approved"
+    return AgentClient(server.url, name, wire.load_private_key(state.key_path.read_bytes()))
+
+
+def open_spec(envelope: dict[str, Any], name: str, keys: list[str]) -> wire.OpenedSpec:
+    public = [wire.load_public_key(k) for k in keys]
+    return wire.open_spec(
+        envelope,
+        {wire.key_id(k): k for k in public},
+        device=name,
+        applied_version=0,
+        now=datetime.datetime.now(datetime.UTC),
+    )
+
+
+def report(device: AgentClient, digest: str, health: str = "green", failed: str = "") -> None:
+    body = {
+        "bootedDigest": digest,
+        "health": health,
+        "update": {"state": "failed", "reason": failed} if failed else {"state": "applied"},
+    }
+    answer = device.request("PUT", "/api/v1/agent/status", body=body)
+    assert answer.status_code == 204, answer.text

@@ -82,6 +82,21 @@ def _toml_value(value: Any) -> str:
     return _toml_string(str(value))
 
 
+def unit_changes(
+    root: Path, spec: dict[str, Any], owned: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    """(units *spec* adds or changes, units the fleet wrote that *spec* drops),
+    compared with what is under *root* now."""
+    units = dict(spec.get("units") or {})
+    changed = []
+    for name, text in sorted(units.items()):
+        path = root / UNIT_DIR / name
+        if "/" in name or not path.is_file() or path.read_text(errors="replace") != text:
+            changed.append(name)
+    removed = sorted(n for n in owned.get("units", []) if n not in units and "/" not in n)
+    return changed, removed
+
+
 def apply_config(root: Path, spec: dict[str, Any], owned: dict[str, Any]) -> dict[str, list[str]]:
     """Write *spec*'s files, units and update policy under *root*; remove what the
     fleet wrote before (*owned*) and no longer names.  The new ownership."""

@@ -8,7 +8,9 @@ One round (:meth:`Agent.step`):
    (bad signature, another device's or older spec: refused; expired: frozen,
    nothing done).  A newer spec is kept as ``pending.json``.
 3. Put the pending spec in place: config files, Quadlet units and the update
-   policy at once; the OS image through the device's own command line
+   policy at once (units it drops are stopped first; when units changed, the
+   device's workload manager reads them again, ``atoll workload reload``, and
+   the changed containers and pods restart); the OS image through the device's own command line
    (``atoll switch``, which enforces the device's signature policy), only
    while the download window of the device's updates.toml is open.  The
    spec becomes *applied* only when the booted image is the spec's and its
@@ -37,7 +39,7 @@ from typing import Any
 import atoll
 from atoll import errors
 from atoll.agent import wire
-from atoll.agent.apply import apply_config
+from atoll.agent.apply import apply_config, unit_changes
 from atoll.agent.client import AgentClient, refusal
 from atoll.agent.state import STATE_FORMAT, AgentState
 from atoll.run import base_environment, run
@@ -109,12 +111,19 @@ class Agent:
     atoll: Sequence[str] = field(default_factory=lambda: (sys.executable, "-m", "atoll"))
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     renew_before: datetime.timedelta = RENEW_BEFORE
+    #: Who runs the device's workloads (``atoll workload --manager``: auto,
+    #: supervisor, systemd), or "none": units are written, nothing reloads them.
+    workload_manager: str = "none"
+    #: The workload supervisor's state directory (``atoll workload --state-dir``).
+    workload_state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         server, device = self.state.identity()
         self.device = device
         key = wire.load_private_key(self.state.key_path.read_bytes())
         self.client = AgentClient(server, device, key)
+        #: What the last change of units did to each (reported as ``workloads``).
+        self.workloads: dict[str, str] = {}
 
     def close(self) -> None:
         self.client.close()
@@ -279,7 +288,12 @@ class Agent:
             return "idle", "", engine
         spec, version = pending["spec"], int(pending["version"])
         applied = self.state.read("applied.json") or {}
+        changed, removed = unit_changes(self.root, spec, applied)
+        for name in removed if self.workload_manager != "none" else []:
+            self._workload("stop", name)
         owned = apply_config(self.root, spec, applied)
+        if (changed or removed) and self.workload_manager != "none":
+            self._reload_workloads(changed, removed)
         image = (spec.get("os") or {}).get("image")
         if image is not None:
             digest = image.rpartition("@")[2]
@@ -310,6 +324,32 @@ class Agent:
         self.state.remove("pending.json")
         return "applied", "", engine
 
+    def _workload(self, *args: str) -> str:
+        """``atoll workload ARGS`` for the device's manager: "" or why it failed."""
+        where = ["--manager", self.workload_manager]
+        if self.workload_state_dir is not None:
+            where += ["--state-dir", str(self.workload_state_dir)]
+        try:
+            self._atoll("-q", "workload", *args, *where)
+        except errors.AtollError as exc:
+            log.warning("atoll workload %s: %s", " ".join(args), exc.message)
+            return exc.message
+        return ""
+
+    def _reload_workloads(self, changed: list[str], removed: list[str]) -> None:
+        """After the units changed: the manager reads them again (daemon-reload,
+        or the supervisor's reload), then the changed containers and pods restart."""
+        self.workloads = dict.fromkeys(removed, "stopped")
+        failed = self._workload("reload")
+        for name in changed:
+            if failed:
+                self.workloads[name] = f"not reloaded: {failed}"
+            elif name.endswith((".container", ".pod")):
+                problem = self._workload("restart", name)
+                self.workloads[name] = f"restart failed: {problem}" if problem else "restarted"
+            else:
+                self.workloads[name] = "reloaded"
+
     def _report(self, engine: dict[str, Any], update: str, reason: str) -> None:
         body = {
             "bootedDigest": engine["booted"],
@@ -319,6 +359,7 @@ class Agent:
             "healthReason": engine["healthReason"],
             "appliedVersion": self.state.applied_version(),
             "update": {"state": update, "reason": reason[:2048]},
+            "workloads": {name: state[:256] for name, state in self.workloads.items()},
         }
         response = self.client.request("PUT", "/api/v1/agent/status", body=body)
         if response.status_code != 204:

@@ -53,6 +53,18 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="DURATION",
         help="how long one poll waits for a change (default 30s)",
     )
+    run.add_argument(
+        "--workload-manager",
+        choices=("auto", "supervisor", "systemd", "none"),
+        default="auto",
+        help="who reloads and restarts the Quadlet units the spec changes (as atoll "
+        "workload --manager; default auto); none: only write them",
+    )
+    run.add_argument(
+        "--workload-state-dir",
+        metavar="DIR",
+        help="the workload supervisor's state directory (as atoll workload --state-dir)",
+    )
     run.add_argument("--once", action="store_true", help="one round, then exit")
     run.set_defaults(func=_run)
 
@@ -81,7 +93,13 @@ def _run(args: argparse.Namespace, out: Output) -> int:
     from atoll.agent.state import AgentState
 
     sysroot = None if args.sysroot == "none" else Path(args.sysroot)
-    agent = Agent(AgentState(Path(args.state)), root=Path(args.root), sysroot=sysroot)
+    agent = Agent(
+        AgentState(Path(args.state)),
+        root=Path(args.root),
+        sysroot=sysroot,
+        workload_manager=args.workload_manager,
+        workload_state_dir=Path(args.workload_state_dir) if args.workload_state_dir else None,
+    )
     last: list[Round] = []
 
     def report(round_: Round) -> None:

@@ -187,6 +187,28 @@ def _register_rollout(verbs: argparse._SubParsersAction[Any]) -> None:
     start.add_argument(
         "--timezone", default="UTC", metavar="ZONE", help="IANA time zone of --window"
     )
+    start.add_argument(
+        "--max-unavailable",
+        type=int,
+        metavar="N",
+        help="at most N devices of each --group-by group updating at once",
+    )
+    start.add_argument(
+        "--group-by",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="label key whose values form the --max-unavailable groups (repeat)",
+    )
+    start.add_argument(
+        "--retries", type=int, metavar="N", help="retry a failed device up to N times"
+    )
+    start.add_argument(
+        "--retry-backoff",
+        type=duration,
+        metavar="DURATION",
+        help="wait before the first retry, doubled for each later one (default 60s)",
+    )
     start.set_defaults(func=_rollout_start)
     for verb, text in (
         ("status", "show a rollout, its batches and why it paused"),
@@ -470,6 +492,15 @@ def _rollout_start(args: argparse.Namespace, out: Output) -> int:
         body["deviceTimeout"] = int(args.device_timeout)
     if args.window:
         body["window"] = {"window": args.window, "timezone": args.timezone}
+    if args.max_unavailable is not None:
+        body["disruptionBudget"] = {
+            "groupBy": args.group_by,
+            "maxUnavailable": args.max_unavailable,
+        }
+    if args.retries is not None:
+        body["retries"] = {"limit": args.retries}
+        if args.retry_backoff is not None:
+            body["retries"]["backoff"] = int(args.retry_backoff)
     with _client(args) as client:
         rollout = client.call("PUT", f"rollouts/{args.name}", body=body)
     out.result(rollout, _human_rollout(rollout))

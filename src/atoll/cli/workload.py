@@ -138,6 +138,15 @@ def _register_manage(sub: argparse._SubParsersAction[Any]) -> None:
         )
         parser.set_defaults(func=_job, verb=verb)
 
+    reload = sub.add_parser(
+        "reload",
+        help="read the unit files again: systemd's daemon-reload, or the supervisor's "
+        "(it stops units that are gone or changed; restart starts them)",
+    )
+    add_global_options(reload)
+    add_manager_options(reload)
+    reload.set_defaults(func=_reload)
+
     logs = sub.add_parser("logs", help="show the output of a unit's container (podman logs)")
     add_global_options(logs)
     add_manager_options(logs)
@@ -279,6 +288,14 @@ def _job(args: argparse.Namespace, out: Output) -> int:
     else:
         status = manager.restart(args.name, args.timeout)
     out.result({"unit": status.to_json()}, _line(status))
+    return 0
+
+
+def _reload(args: argparse.Namespace, out: Output) -> int:
+    manager = manager_for(args)
+    changes = manager.reload()
+    text = "; ".join(f"{key}: {', '.join(names)}" for key, names in changes.items() if names)
+    out.result(changes, text or "unit files read again")
     return 0
 
 

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atoll import errors
 from atoll.agent import wire
-from atoll.fleet import auth, keys, models, render, rollouts
+from atoll.fleet import auth, dashboard, keys, models, render, rollouts
 from atoll.fleet import db as tables
 from atoll.fleet.db import transaction, utcnow
 from atoll.fleet.metrics import Metrics
@@ -585,7 +585,12 @@ def create_app(
             .order_by(tables.RolloutDevice.batch, tables.RolloutDevice.device)
         ):
             batches.setdefault(member.batch, []).append(
-                models.RolloutDevice(name=member.device, state=member.state, reason=member.reason)
+                models.RolloutDevice(
+                    name=member.device,
+                    state=member.state,
+                    reason=member.reason,
+                    attempts=member.attempts,
+                )
             )
         return models.Rollout(
             name=r.name,
@@ -633,6 +638,8 @@ def create_app(
                 rollout = rollouts.abort(session, name, reason or f"aborted by {actor}")
             event(session, actor, action, "Rollout", name, reason=reason)
             return rollout_out(session, rollout)
+
+    dashboard.mount(app, factory, rollout_view=rollout_out, rollout_action=act)
 
     @app.post("/api/v1/rollouts/{name}/pause", response_model=models.Rollout)
     def pause_rollout(name: str, actor: Operator, reason: str = "") -> models.Rollout:

@@ -16,7 +16,7 @@ it commits whole or not at all.
     fleets               name, selector, template (JSON), autoApprove
     channels             name -> image@digest
     rollouts             name, fleet, target digest, batches, thresholds, state
-    rollout_devices      rollout, device, batch, state
+    rollout_devices      rollout, device, batch, state, attempts, retryAt (0002)
     events               who did what, when (every mutation)
     server_keys          the CA and the spec-signing keys (PEM)
 """
@@ -47,7 +47,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from atoll.errors import FleetDatabaseError
 
 #: The Alembic revision this code reads and writes.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 
 def utcnow() -> datetime.datetime:
@@ -161,6 +161,9 @@ class RolloutDevice(Base):
     state: Mapped[str] = mapped_column(String(20), default="waiting")
     reason: Mapped[str] = mapped_column(Text, default="")
     released_at: Mapped[datetime.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: Failed attempts retried so far, and when the next one starts (state "retrying").
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retry_at: Mapped[datetime.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class Event(Base):

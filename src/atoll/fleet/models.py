@@ -262,6 +262,30 @@ class Batch(Request):
         return self
 
 
+def _check_label_key(key: str) -> str:
+    if not LABEL_KEY.match(key):
+        raise ValueError(f"{key!r} is not a label key")
+    return key
+
+
+class DisruptionBudget(Request):
+    """At most ``maxUnavailable`` devices of each group (the devices that share
+    the values of the ``groupBy`` labels) are being updated at once."""
+
+    group_by: list[Annotated[str, AfterValidator(_check_label_key)]] = Field(
+        default=[], max_length=10
+    )
+    max_unavailable: int = Field(ge=1, le=100_000)
+
+
+class Retries(Request):
+    """A failed device is tried again, up to ``limit`` times, after ``backoff``
+    seconds, doubled for each later retry (at most a day)."""
+
+    limit: int = Field(ge=1, le=10)
+    backoff: int = Field(default=60, ge=1, le=86400, description="seconds")
+
+
 class RolloutSpec(Request):
     fleet: Name
     os: OsTemplate
@@ -272,12 +296,15 @@ class RolloutSpec(Request):
     device_timeout: int | None = Field(default=None, ge=60, le=30 * 86400, description="seconds")
     #: Batches after the first are released only while this window is open.
     window: Window | None = None
+    disruption_budget: DisruptionBudget | None = None
+    retries: Retries | None = None
 
 
 class RolloutDevice(Response):
     name: str
     state: str
     reason: str
+    attempts: int = 0
 
 
 class RolloutBatch(Response):

@@ -2,8 +2,8 @@
 channels and the rollout it is part of.
 
 A channel is resolved to ``REPO@DIGEST`` here, at render time: a device never
-sees a floating tag.  A device in a released batch of a running or paused
-rollout gets the rollout's target instead of the template's OS image.  The
+sees a floating tag.  A device a running or paused rollout has released
+(:mod:`atoll.fleet.rollouts`) gets the rollout's target instead of the template's OS image.  The
 rendered spec's sha256 is kept with the device; when it changes, the device's
 spec version goes up by one, so versions only grow.
 """
@@ -71,7 +71,7 @@ def render(session: Session, device: Device) -> dict[str, Any]:
             Rollout.fleet == fleet.name,
             Rollout.state.in_(ACTIVE_ROLLOUT),
             RolloutDevice.device == device.name,
-            RolloutDevice.batch <= Rollout.current_batch,
+            RolloutDevice.released_at.is_not(None),
         )
     ).scalar_one_or_none()
     if released is not None:

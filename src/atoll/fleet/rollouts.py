@@ -2,7 +2,10 @@
 
 At the start the fleet's devices (ordered by name) are cut into the batches
 given (``count`` or ``percent`` of the fleet; what is left over forms one last
-batch).  Batch 0 is released at once: its devices render the target image.
+batch), all ``waiting``.  A device is *released* (``updating``; it renders the
+target image) when its batch is the current one and the rollout's disruption
+budget allows: at most ``maxUnavailable`` devices updating or retrying at once
+among those sharing the values of the ``groupBy`` labels.
 
 :func:`reconcile` runs in the transaction of every device status report and
 of every operator action on the rollout, and every few seconds in each API
@@ -15,16 +18,19 @@ rollout twice.  It
    runs) to its last batch;
 2. marks a released device ``succeeded`` when it reports the target digest
    booted and a green health check, ``failed`` when it reports a failed update
-   or a red boot (with its reason);
-3. pauses the rollout, naming the failed devices and their reasons, when the
+   or a red boot (with its reason), or has not booted the target green
+   ``deviceTimeout`` seconds after its release; with ``retries``, a failed
+   device is ``retrying`` instead until its attempts are used up, and
+   ``updating`` again after ``backoff`` seconds (doubled each time): only its
+   reports after that count;
+3. releases the current batch's waiting devices the budget allows;
+4. pauses the rollout, naming the failed devices and their reasons, when the
    failed share of the batch reaches ``errorThreshold`` percent;
-   A device that has not booted the target green ``deviceTimeout`` seconds
-   after its batch was released has failed too;
-4. when no device of the batch is still updating, releases the next batch if
-   the succeeded share reaches ``successThreshold`` (or pauses, saying so)
-   and the rollout's ``window`` (cron expression and time zone) is open (else
-   it waits, saying until when); after the last batch the fleet's template
-   takes the target image and the rollout is ``done``.
+5. when no device of the batch is waiting, updating or retrying, moves to the
+   next batch if the succeeded share reaches ``successThreshold`` (or pauses,
+   saying so) and the rollout's ``window`` (cron expression and time zone) is
+   open (else it waits, saying until when); after the last batch the fleet's
+   template takes the target image and the rollout is ``done``.
 
 Resume accepts the failures of the current batch (its failed devices are
 ``skipped`` and no longer counted) and reconciles again.  Abort stops the
@@ -45,6 +51,8 @@ from atoll.errors import FleetConflictError, FleetNotFoundError
 from atoll.fleet.db import Device, Fleet, Rollout, RolloutDevice, utcnow
 from atoll.fleet.render import ACTIVE_ROLLOUT, resolve_os
 from atoll.updates.cron import CronExpression
+
+REVOKED = "the device was revoked"
 
 
 def _fleet_devices(session: Session, fleet: Fleet) -> list[str]:
@@ -93,15 +101,8 @@ def start(session: Session, name: str, spec: dict[str, Any]) -> Rollout:
     index = 0
     for batch, size in enumerate(batch_sizes(spec["batches"], len(devices))):
         for device in devices[index : index + size]:
-            session.add(
-                RolloutDevice(
-                    rollout=name,
-                    device=device,
-                    batch=batch,
-                    state="updating" if batch == 0 else "waiting",
-                    released_at=utcnow() if batch == 0 else None,
-                )
-            )
+            # Released by reconcile, within the disruption budget.
+            session.add(RolloutDevice(rollout=name, device=device, batch=batch, state="waiting"))
         index += size
     session.flush()
     reconcile(session, rollout)
@@ -165,7 +166,7 @@ def _outcome(device: Device | None, member: RolloutDevice, digest: str) -> tuple
     """("succeeded"|"failed", reason) from a device's last report since its batch
     was released (an older report says nothing about the target), or None."""
     if device is None or device.state != "enrolled":
-        return ("failed", "the device was revoked")
+        return ("failed", REVOKED)
     if device.status_at is None or (
         member.released_at is not None and device.status_at <= member.released_at
     ):
@@ -222,6 +223,87 @@ def _window_closed(rollout: Rollout) -> str:
     )
 
 
+#: States of a batch's devices that keep the batch from completing.
+IN_PROGRESS = ("waiting", "updating", "retrying")
+#: The longest wait between two attempts of one device.
+MAX_BACKOFF = datetime.timedelta(days=1)
+
+
+def _settle(session: Session, rollout: Rollout, member: RolloutDevice, digest: str) -> None:
+    """Move one device of the current batch on: an updating device succeeds or
+    fails (and is retried while the rollout's retries allow), a retrying
+    device whose time has come is updating again (only reports made after
+    that count)."""
+    now = utcnow()
+    if member.state == "retrying":
+        if member.retry_at is not None and member.retry_at <= now:
+            member.state, member.released_at, member.retry_at = "updating", now, None
+        return
+    if member.state != "updating":
+        return
+    outcome = _outcome(session.get(Device, member.device), member, digest)
+    if outcome is None:
+        outcome = _timed_out(rollout, member)
+    if outcome is None:
+        return
+    state, reason = outcome
+    retries = rollout.spec.get("retries")
+    revoked = reason == REVOKED
+    if state == "failed" and retries and member.attempts < retries["limit"] and not revoked:
+        member.attempts += 1
+        delay = min(
+            datetime.timedelta(seconds=retries["backoff"] * 2 ** (member.attempts - 1)),
+            MAX_BACKOFF,
+        )
+        member.state, member.retry_at = "retrying", now + delay
+        member.reason = (
+            f"attempt {member.attempts} of {retries['limit'] + 1} failed ({reason}); "
+            f"retried at {member.retry_at.isoformat(timespec='seconds')}"
+        )
+        return
+    member.state, member.reason = state, reason
+
+
+def _group(labels: dict[str, Any], keys: list[str]) -> tuple[str | None, ...]:
+    return tuple(labels.get(key) for key in keys)
+
+
+def _release(session: Session, rollout: Rollout, batch: list[RolloutDevice]) -> None:
+    """Release the batch's waiting devices (in name order) as far as the
+    rollout's disruption budget allows: in each label group, at most
+    ``maxUnavailable`` devices of the rollout updating or retrying at once."""
+    waiting = [m for m in batch if m.state == "waiting"]
+    if not waiting:
+        return
+    budget = rollout.spec.get("disruptionBudget")
+    now = utcnow()
+    if budget is None:
+        for member in waiting:
+            member.state, member.released_at, member.reason = "updating", now, ""
+        session.flush()
+        return
+    keys, limit = list(budget.get("groupBy", [])), budget["maxUnavailable"]
+    members = _members(session, rollout.name)
+    names = [m.device for m in members]
+    labels = {
+        d.name: d.labels for d in session.scalars(select(Device).where(Device.name.in_(names)))
+    }
+    busy: dict[tuple[str | None, ...], int] = {}
+    for member in members:
+        if member.state in ("updating", "retrying"):
+            group = _group(labels.get(member.device, {}), keys)
+            busy[group] = busy.get(group, 0) + 1
+    held = f"held by the disruption budget ({limit} unavailable at most in its group)"
+    for member in waiting:
+        group = _group(labels.get(member.device, {}), keys)
+        if busy.get(group, 0) < limit:
+            busy[group] = busy.get(group, 0) + 1
+            member.state, member.released_at, member.reason = "updating", now, ""
+        elif member.reason != held:
+            member.reason = held
+    session.flush()
+
+
 def reconcile(session: Session, rollout: Rollout) -> None:
     if rollout.state != "running":
         return
@@ -234,33 +316,20 @@ def reconcile(session: Session, rollout: Rollout) -> None:
     last = max((m.batch for m in members), default=0)
     for name in _fleet_devices(session, fleet):
         if name not in known:
-            released = last <= rollout.current_batch
-            session.add(
-                RolloutDevice(
-                    rollout=rollout.name,
-                    device=name,
-                    batch=last,
-                    state="updating" if released else "waiting",
-                    released_at=utcnow() if released else None,
-                )
-            )
+            session.add(RolloutDevice(rollout=rollout.name, device=name, batch=last))
     session.flush()
     digest = rollout.target.rpartition("@")[2]
     while True:
         batch = _members(session, rollout.name, rollout.current_batch)
         for member in batch:
-            if member.state == "updating":
-                outcome = _outcome(session.get(Device, member.device), member, digest)
-                if outcome is None:
-                    outcome = _timed_out(rollout, member)
-                if outcome is not None:
-                    member.state, member.reason = outcome
+            _settle(session, rollout, member, digest)
+        _release(session, rollout, batch)
         counted = [m for m in batch if m.state != "skipped"]
         failed = [m for m in counted if m.state == "failed"]
         if counted and len(failed) * 100 >= rollout.spec["errorThreshold"] * len(counted):
             _pause_for(rollout, "error threshold", failed, len(counted))
             return
-        if any(m.state == "updating" for m in counted):
+        if any(m.state in IN_PROGRESS for m in counted):
             return
         succeeded = sum(m.state == "succeeded" for m in counted)
         if counted and succeeded * 100 < rollout.spec["successThreshold"] * len(counted):
@@ -277,9 +346,6 @@ def reconcile(session: Session, rollout: Rollout) -> None:
         rollout.reason = ""
         rollout.current_batch += 1
         rollout.updated_at = utcnow()
-        for member in _members(session, rollout.name, rollout.current_batch):
-            member.state, member.released_at = "updating", utcnow()
-        session.flush()
 
 
 def _pause_for(rollout: Rollout, why: str, failed: list[RolloutDevice], size: int) -> None:

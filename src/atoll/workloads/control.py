@@ -274,6 +274,12 @@ class SupervisorClient(JobVerbs):
             raise UnknownUnitError(f"the supervisor knows no unit {unit!r}")
         return units[0]
 
+    def reload(self) -> dict[str, list[str]]:
+        """The supervisor reads its unit directories again: the units added,
+        changed (stopped, to be started again) and removed (stopped)."""
+        answer = self._call({"op": "reload"}, timeout=None)
+        return {key: list(answer.get(key, [])) for key in ("added", "changed", "removed")}
+
     def _job(self, op: str, unit: str, timeout: float | None) -> UnitStatus:
         message: dict[str, Any] = {"op": op, "unit": unit}
         if timeout is not None:

@@ -165,6 +165,12 @@ class SystemdManager(JobVerbs):
             return [self.status(unit)]
         return [self._status_of(u) for u in self.units()]
 
+    def reload(self) -> dict[str, list[str]]:
+        """``systemctl daemon-reload``: the Quadlet generator runs again.  systemd
+        does not say what changed, and restarts nothing."""
+        self._systemctl("daemon-reload")
+        return {"added": [], "changed": [], "removed": []}
+
     def _job(self, verb: str, unit: str, timeout: float | None) -> UnitStatus:
         quadlet_unit = self._resolve(unit)
         try:

@@ -2,7 +2,7 @@
 
 One thread accepts connections on ``STATE_DIR/control.sock`` (mode 0600) and
 one thread per connection reads request lines and writes one answer line each;
-a job (start, stop, restart) blocks only its own connection.
+a job (start, stop, restart, reload) blocks only its own connection.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ class Jobs(Protocol):
 
     def restart(self, name: str, timeout: float | None = None) -> UnitStatus: ...
 
+    def reload(self) -> dict[str, list[str]]: ...
+
 
 def answer(jobs: Jobs, line: bytes) -> dict[str, Any]:
     """The answer to one request line."""
@@ -54,6 +56,8 @@ def answer(jobs: Jobs, line: bytes) -> dict[str, Any]:
             return {"ok": True, "pid": os.getpid()}
         if op == "status":
             return {"ok": True, "units": [s.to_json() for s in jobs.status(unit_name)]}
+        if op == "reload":
+            return {"ok": True, **jobs.reload()}
         if op in ("start", "stop", "restart"):
             if unit_name is None:
                 raise UnknownUnitError(f"{op} needs a unit")

@@ -54,6 +54,7 @@ from atoll.workloads.supervise.controlserver import ControlServer
 from atoll.workloads.supervise.deaths import ContainerDeaths
 from atoll.workloads.supervise.runtime import (
     RunEnd,
+    UnitPlan,
     containers_by_unit,
     plan_unit,
     podman_env,
@@ -92,17 +93,44 @@ class Supervisor:
         self._lock_fd: int | None = None
         self._server: ControlServer | None = None
         self._activators: list[SocketActivator] = []
-        loaded = load_units(roots, user=user)
-        services = {s.name: s for s in generate_services(loaded, user=user)}
-        self.units: dict[str, UnitRuntime] = {}
-        for unit in loaded.units:
-            plan = plan_unit(unit, services[unit.service_name], self.run_dir)
-            self.units[unit.name] = UnitRuntime(plan)
+        self._roots, self._user = roots, user
+        self.units: dict[str, UnitRuntime] = {
+            name: UnitRuntime(plan) for name, plan in self._plans().items()
+        }
         self.by_service = {rt.plan.service: rt for rt in self.units.values()}
         search = tuple(roots) if roots is not None else default_roots(user=user)
         self.sockets, warnings = load_sockets(search)
         for warning in warnings:
             log.warning("%s", warning)
+
+    def _plans(self) -> dict[str, UnitPlan]:
+        loaded = load_units(self._roots, user=self._user)
+        services = {s.name: s for s in generate_services(loaded, user=self._user)}
+        return {
+            unit.name: plan_unit(unit, services[unit.service_name], self.run_dir)
+            for unit in loaded.units
+        }
+
+    def reload(self) -> dict[str, list[str]]:
+        """Read the unit directories again (systemd's daemon-reload): a unit that
+        is gone is stopped and forgotten, a unit whose definition changed is
+        stopped and takes the new one, a new unit is known; none is started
+        (``restart`` does that).  The names added, changed and removed."""
+        plans = self._plans()
+        with self.cond:
+            removed = sorted(set(self.units) - set(plans))
+            changed = sorted(n for n in plans if n in self.units and self.units[n].plan != plans[n])
+            added = sorted(set(plans) - set(self.units))
+        for name in removed + changed:
+            self.stop(name)
+        with self.cond:
+            for name in removed:
+                del self.units[name]
+            for name in changed + added:
+                self.units[name] = UnitRuntime(plans[name])
+            self.by_service = {rt.plan.service: rt for rt in self.units.values()}
+            self.write_state()
+        return {"added": added, "changed": changed, "removed": removed}
 
     # --- names and status ------------------------------------------------------------
 

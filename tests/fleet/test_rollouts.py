@@ -1,0 +1,138 @@
+"""Rollouts' disruption budget and automatic retries, through the API of a
+real server on SQLite and PostgreSQL, with devices reporting as the agent does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from atoll.agent.client import AgentClient
+from helpers.fleet import FleetServer, enrolled, open_spec, operator, report
+
+OLD = "reg/os@sha256:" + "a" * 64
+NEW = "reg/os@sha256:" + "b" * 64
+NEW_DIGEST = NEW.rpartition("@")[2]
+OLD_DIGEST = OLD.rpartition("@")[2]
+
+
+def fleet_of(server: FleetServer, tmp_path: Path, **sites: str) -> dict[str, AgentClient]:
+    """Fleet edge on OLD and devices enrolled in it: name -> its site label."""
+    with operator(server) as api:
+        fleet = {"selector": "fleet=edge", "template": {"os": {"image": OLD}}}
+        assert api.put("fleets/edge", json=fleet).is_success
+    return {
+        name: enrolled(server, tmp_path, name, fleet="edge", site=site)
+        for name, site in sites.items()
+    }
+
+
+def image_of(device: AgentClient) -> str:
+    keys = device.request("GET", "/api/v1/agent/enrollment").json()["specKeys"]
+    envelope = device.request("GET", "/api/v1/agent/spec").json()
+    return str(open_spec(envelope, device.device, keys).spec["os"]["image"])
+
+
+def states(rollout: dict[str, Any]) -> dict[str, str]:
+    return {d["name"]: d["state"] for b in rollout["batches"] for d in b["devices"]}
+
+
+def wait_for(api: httpx.Client, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The rollout once *check* holds (the server's reconciler moves it)."""
+    deadline = time.monotonic() + 60
+    while True:
+        rollout: dict[str, Any] = api.get("rollouts/r1").json()
+        if check(rollout):
+            return rollout
+        if time.monotonic() > deadline:
+            pytest.fail(f"the rollout never got there: {rollout}")
+        time.sleep(0.1)
+
+
+def test_the_disruption_budget_holds_devices_per_label_group(
+    fleet_server: FleetServer, tmp_path: Path
+) -> None:
+    devices = fleet_of(fleet_server, tmp_path, a1="a", a2="a", a3="a", b1="b")
+    with operator(fleet_server) as api:
+        body: dict[str, Any] = {
+            "fleet": "edge",
+            "os": {"image": NEW},
+            "batches": [{"percent": 100}],
+            "disruptionBudget": {"groupBy": ["site"], "maxUnavailable": 1},
+        }
+        for bad, message in [
+            ({"groupBy": ["site"], "maxUnavailable": 0}, "greater than or equal to 1"),
+            ({"groupBy": ["no good"], "maxUnavailable": 1}, "'no good' is not a label key"),
+            ({"groupBy": ["site"]}, "maxUnavailable: Field required"),
+        ]:
+            refused = api.put("rollouts/r1", json={**body, "disruptionBudget": bad})
+            assert refused.status_code == 422
+            assert message in refused.json()["error"]
+        started = api.put("rollouts/r1", json=body).json()
+        assert states(started) == {
+            "a1": "updating",
+            "a2": "waiting",
+            "a3": "waiting",
+            "b1": "updating",
+        }
+        held = started["batches"][0]["devices"][1]
+        assert (
+            held["reason"] == "held by the disruption budget (1 unavailable at most in its group)"
+        )
+        assert (image_of(devices["a1"]), image_of(devices["a2"])) == (NEW, OLD)
+
+        report(devices["a1"], NEW_DIGEST)
+        assert states(api.get("rollouts/r1").json())["a2"] == "updating"
+        assert image_of(devices["a2"]) == NEW
+        assert states(api.get("rollouts/r1").json())["a3"] == "waiting"
+        report(devices["b1"], NEW_DIGEST)  # another group: frees nothing for site a
+        assert states(api.get("rollouts/r1").json())["a3"] == "waiting"
+        report(devices["a2"], NEW_DIGEST)
+        report(devices["a3"], NEW_DIGEST)
+        done = api.get("rollouts/r1").json()
+    assert done["state"] == "done"
+    assert set(states(done).values()) == {"succeeded"}
+
+
+def test_failed_devices_are_retried_with_backoff(fleet_server: FleetServer, tmp_path: Path) -> None:
+    devices = fleet_of(fleet_server, tmp_path, d1="a", d2="a")
+    with operator(fleet_server) as api:
+        started = api.put(
+            "rollouts/r1",
+            json={
+                "fleet": "edge",
+                "os": {"image": NEW},
+                "batches": [{"count": 1}],
+                "retries": {"limit": 1, "backoff": 1},
+            },
+        )
+        assert started.status_code == 201, started.text
+
+        report(devices["d1"], OLD_DIGEST, failed="registry.example: connection refused")
+        retrying = api.get("rollouts/r1").json()
+        d1 = retrying["batches"][0]["devices"][0]
+        assert (retrying["state"], d1["state"], d1["attempts"]) == ("running", "retrying", 1)
+        assert d1["reason"].startswith(
+            "attempt 1 of 2 failed (registry.example: connection refused); retried at "
+        )
+        assert image_of(devices["d1"]) == NEW  # it keeps the target while it waits
+        # After the backoff the device is updating again; the failure before does not count.
+        wait_for(api, lambda r: states(r)["d1"] == "updating")
+        report(devices["d1"], NEW_DIGEST)
+        moved = api.get("rollouts/r1").json()
+        assert (moved["currentBatch"], states(moved)) == (1, {"d1": "succeeded", "d2": "updating"})
+
+        report(devices["d2"], OLD_DIGEST, health="red", failed="the boot was red: rolled back")
+        assert states(api.get("rollouts/r1").json())["d2"] == "retrying"
+        wait_for(api, lambda r: states(r)["d2"] == "updating")
+        report(devices["d2"], OLD_DIGEST, health="red", failed="the boot was red: rolled back")
+        paused = api.get("rollouts/r1").json()
+    assert paused["state"] == "paused"
+    assert paused["reason"] == (
+        "batch 1: error threshold: 1 of 1 devices failed (d2: the boot was red: rolled back)"
+    )
+    assert paused["batches"][1]["devices"][0]["attempts"] == 1
