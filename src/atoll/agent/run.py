@@ -43,6 +43,7 @@ from atoll.agent.apply import apply_config, unit_changes
 from atoll.agent.client import AgentClient, refusal
 from atoll.agent.state import STATE_FORMAT, AgentState
 from atoll.run import base_environment, run
+from atoll.timeutil import human_time
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ class Agent:
         if download.window.is_open(now, delay):
             return ""
         opens = download.window.next_open(now, delay)
-        return f"the download window is closed; it opens at {opens.isoformat(timespec='minutes')}"
+        opens_at = human_time(opens, download.window.timezone)
+        return f"the download window is closed; it opens at {opens_at}"
 
     def _stage(self, image: str) -> None:
         assert self.sysroot is not None

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from atoll.errors import SpecExpiredError, SpecTrustError
 from atoll.lazy import lazy_module
+from atoll.timeutil import utc_timestamp
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives import hashes, serialization
@@ -242,7 +243,7 @@ def open_spec(
     )
     if opened.expires_at <= now:
         raise SpecExpiredError(
-            f"the spec version {version} expired at {opened.expires_at.isoformat()}: "
+            f"the spec version {version} expired at {utc_timestamp(opened.expires_at)}: "
             "the device keeps what it runs",
             hint="the server has not signed a fresh spec for this device; check its clock "
             "and that it can reach the server",

@@ -34,6 +34,7 @@ from atoll import errors
 from atoll.fleet import auth, models
 from atoll.fleet import db as tables
 from atoll.fleet.db import transaction
+from atoll.timeutil import human_time
 
 COOKIE = "atoll_fleet_token"
 PREFIX = "/ui"
@@ -68,7 +69,7 @@ def _ago(when: datetime.datetime | None) -> str:
         return f"{seconds // 60} min ago"
     if seconds < 86400:
         return f"{seconds // 3600} h ago"
-    return when.strftime("%Y-%m-%d %H:%M UTC")
+    return human_time(when)
 
 
 def _short(digest: str | None) -> str:
@@ -86,6 +87,7 @@ def _progress(rollout: models.Rollout) -> tuple[int, int, int]:
 
 
 _templates.filters["ago"] = _ago
+_templates.filters["when"] = lambda when: human_time(when, seconds=True)
 _templates.globals["progress"] = _progress
 _templates.filters["short"] = _short
 

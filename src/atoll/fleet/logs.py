@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
+
+from atoll.timeutil import utc_timestamp
 
 
 class JsonFormatter(logging.Formatter):
@@ -13,7 +14,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
+            "time": utc_timestamp(record.created, microseconds=True),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -21,6 +21,7 @@ from atoll.agent import wire
 from atoll.fleet.db import Channel, Device, Fleet, Rollout, RolloutDevice
 from atoll.fleet.keys import ServerKeys
 from atoll.fleet.selector import parse_selector
+from atoll.timeutil import utc_timestamp
 
 ACTIVE_ROLLOUT = ("running", "paused")
 
@@ -111,8 +112,8 @@ def signed_spec(
     payload = {
         "device": device.name,
         "version": device.spec_version,
-        "issuedAt": now.isoformat(),
-        "expiresAt": (now + lifetime).isoformat(),
+        "issuedAt": utc_timestamp(now, digits=None),
+        "expiresAt": utc_timestamp(now + lifetime, digits=None),
         "specKeys": list(keys.spec_public_keys),
         "spec": spec,
     }

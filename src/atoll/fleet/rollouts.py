@@ -50,6 +50,7 @@ from sqlalchemy.orm import Session
 from atoll.errors import FleetConflictError, FleetNotFoundError
 from atoll.fleet.db import Device, Fleet, Rollout, RolloutDevice, utcnow
 from atoll.fleet.render import ACTIVE_ROLLOUT, resolve_os
+from atoll.timeutil import human_time, utc_timestamp
 from atoll.updates.cron import CronExpression
 
 REVOKED = "the device was revoked"
@@ -219,7 +220,7 @@ def _window_closed(rollout: Rollout) -> str:
     opens = expression.next_match(now).astimezone(zone)
     return (
         f"batch {rollout.current_batch + 1} waits for the window {window['window']} "
-        f"({zone.key}); it opens at {opens.isoformat(timespec='minutes')}"
+        f"({zone.key}); it opens at {human_time(opens, zone.key)}"
     )
 
 
@@ -258,7 +259,7 @@ def _settle(session: Session, rollout: Rollout, member: RolloutDevice, digest: s
         member.state, member.retry_at = "retrying", now + delay
         member.reason = (
             f"attempt {member.attempts} of {retries['limit'] + 1} failed ({reason}); "
-            f"retried at {member.retry_at.isoformat(timespec='seconds')}"
+            f"retried at {utc_timestamp(member.retry_at)}"
         )
         return
     member.state, member.reason = state, reason
