@@ -245,3 +245,30 @@ def test_deep_nesting_is_refused(conf_file: Path, text: str) -> None:
     with pytest.raises(InvalidInputError, match="exceeded max depth") as info:
         load_registries_conf(_ctx())
     assert str(path) in str(info.value)
+
+
+def test_root_is_read_instead_of_the_running_system(tmp_path: Path, conf_file: Path) -> None:
+    """A context pointed at another system's root reads that system's registries.conf,
+    drop-ins and certs.d, with absolute symlinks resolved inside the root; the
+    environment's file and the user's certs.d are not consulted."""
+    _write(conf_file, '[[registry]]\nlocation = "host.example"\nblocked = true\n')
+    user_certs = Path(os.environ["XDG_CONFIG_HOME"]) / "containers/certs.d/tls.example:5000"
+    _write(user_certs / "user.crt", "host user's CA")
+    root = tmp_path / "deploy"
+    real = root / "usr/etc/containers"
+    _write(real / "registries.conf", '[[registry]]\nlocation = "root.example"\nblocked = true\n')
+    _write(
+        real / "registries.conf.d/10.conf",
+        '[[registry]]\nlocation = "d.example"\ninsecure = true\n',
+    )
+    _write(real / "certs.d/tls.example:5000/ca.crt", "root's CA")
+    (root / "etc").mkdir()
+    (root / "etc/containers").symlink_to("/usr/etc/containers")
+    ctx = _ctx(root=root)
+    conf = load_registries_conf(ctx)
+    assert conf.is_blocked("root.example") and conf.is_insecure("d.example")
+    assert not conf.is_blocked("host.example")
+    assert conf.sources == (real / "registries.conf", real / "registries.conf.d/10.conf")
+    files = find_tls_files("tls.example:5000", ctx)
+    assert files.ca_files == (real / "certs.d/tls.example:5000/ca.crt",)
+    assert find_tls_files("tls.example:5000", _ctx()).ca_files == (user_certs / "user.crt",)

@@ -7,6 +7,10 @@ Which file is read::
     else /etc/containers/registries.conf
     then DIR/registries.conf.d/*.conf         (DIR is the file's directory; name order)
 
+With ``ctx.root`` set (another system's tree, such as a directory sysroot's
+deployment), the environment is not consulted: the file is ROOT's
+/etc/containers/registries.conf, symlinks resolved inside ROOT.
+
 The v2 format, which atoll reads (the v1 ``[registries.insecure]`` and
 ``[registries.block]`` lists are read too, as containers/image does)::
 
@@ -28,8 +32,10 @@ else from the first of these directories that exists::
     /etc/containers/certs.d/HOST[:PORT]/
     /etc/docker/certs.d/HOST[:PORT]/
 
-Every ``*.crt`` there is a CA trusted in addition to the system store; each
-``NAME.cert`` with its ``NAME.key`` is a client certificate.
+With ``ctx.root`` set, only ROOT's /etc/containers/certs.d and
+/etc/docker/certs.d are searched.  Every ``*.crt`` there is a CA trusted in
+addition to the system store; each ``NAME.cert`` with its ``NAME.key`` is a
+client certificate.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from typing import Any
 
 from atoll import stricttoml
 from atoll.errors import InvalidInputError
+from atoll.fsutil import resolve_in_root
 from atoll.oci.context import SystemContext
 
 DEFAULT_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
@@ -104,10 +111,19 @@ def _specificity(entry: RegistryEntry) -> int:
 def registries_conf_path(ctx: SystemContext) -> Path:
     if ctx.registries_conf is not None:
         return ctx.registries_conf
+    if ctx.root is not None:
+        return _in_root(ctx.root, DEFAULT_REGISTRIES_CONF)
     from_env = ctx.environ.get("CONTAINERS_REGISTRIES_CONF")
     if from_env:
         return Path(from_env)
     return DEFAULT_REGISTRIES_CONF
+
+
+def _in_root(root: Path, path: Path) -> Path:
+    try:
+        return resolve_in_root(root, str(path))
+    except OSError as exc:
+        raise InvalidInputError(f"{root / str(path).lstrip('/')}: {exc.strerror}") from None
 
 
 def load_registries_conf(ctx: SystemContext) -> RegistriesConf:
@@ -115,6 +131,8 @@ def load_registries_conf(ctx: SystemContext) -> RegistriesConf:
     main = registries_conf_path(ctx)
     files = [main] if main.is_file() else []
     drop_ins = main.parent / DROP_IN_DIR
+    if ctx.registries_conf is None and ctx.root is not None:
+        drop_ins = _in_root(ctx.root, DEFAULT_REGISTRIES_CONF.parent / DROP_IN_DIR)
     if drop_ins.is_dir():
         files.extend(sorted(p for p in drop_ins.glob("*.conf") if p.is_file()))
     by_prefix: dict[str, RegistryEntry] = {}
@@ -221,6 +239,8 @@ class TLSFiles:
 def cert_dir_candidates(registry: str, ctx: SystemContext) -> list[Path]:
     if ctx.cert_dir is not None:
         return [ctx.cert_dir]
+    if ctx.root is not None:
+        return [_in_root(ctx.root, base / registry) for base in SYSTEM_CERT_DIRS]
     config_home = ctx.environ.get("XDG_CONFIG_HOME") or str(
         Path(ctx.environ.get("HOME") or Path.home()) / ".config"
     )

@@ -14,8 +14,7 @@ from ansible.module_utils.basic import missing_required_lib
 
 try:
     from atoll.errors import AtollError
-    from atoll.fsutil import write_atomic
-    from atoll.health.checks import resolve_in_root
+    from atoll.fsutil import resolve_in_root, write_atomic
 except ImportError:
     ATOLL_IMPORT_ERROR = traceback.format_exc()
     AtollError = Exception
