@@ -14,7 +14,8 @@ from ansible.module_utils.basic import missing_required_lib
 
 try:
     from atoll.errors import AtollError
-    from atoll.fsutil import resolve_in_root, write_atomic
+    from atoll.fsutil import write_atomic
+    from atoll.health.checks import resolve_in_root
 except ImportError:
     ATOLL_IMPORT_ERROR = traceback.format_exc()
     AtollError = Exception

@@ -21,8 +21,8 @@ description:
     a directory sysroot is finalized and booted at once, as C(atoll upgrade --apply) does.
   - In check mode V(staged) reads only the manifest and says what would be staged.
   - The device's trust policy and C([trust]) settings are enforced as by the command line.
-  - C(registries.conf), its drop-ins and C(certs.d) are those of the running system: on a
-    directory sysroot, the booted deployment's C(/etc/containers), not the managed host's.
+  - C(registries.conf), its drop-ins and C(certs.d) are those of the running system, so on a
+    directory sysroot those in the booted deployment's C(/etc/containers), not the managed host's.
 version_added: 0.1.0
 author: atoll developers (@atoll)
 options:
