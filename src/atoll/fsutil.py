@@ -9,8 +9,9 @@ import fcntl
 import hashlib
 import os
 import shutil
+from collections import deque
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 from atoll.errors import from_oserror
@@ -176,3 +177,36 @@ class HashingWriter:
 
     def flush(self) -> None:
         pass
+
+
+_MAX_SYMLINKS = 40
+
+
+def resolve_in_root(root: Path, inside: str) -> Path:
+    """The host path of *inside* (an absolute path as seen in *root*), following
+    symlinks as a chroot would: ``/`` and ``..`` stop at *root*."""
+    pending = deque(PurePosixPath(inside).parts[1:])
+    current = PurePosixPath("/")
+    hops = 0
+    while pending:
+        part = pending.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = current.parent
+            continue
+        candidate = current / part
+        host = root / str(candidate).lstrip("/")
+        if not host.is_symlink():
+            current = candidate
+            continue
+        hops += 1
+        if hops > _MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(host))
+        target = PurePosixPath(host.readlink())
+        if target.is_absolute():
+            current = PurePosixPath("/")
+            pending.extendleft(reversed(target.parts[1:]))
+        else:
+            pending.extendleft(reversed(target.parts))
+    return root / str(current).lstrip("/")

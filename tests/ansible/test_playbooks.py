@@ -7,7 +7,9 @@ pointed at the sysroot.  Each playbook runs twice; the second run changes nothin
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,40 @@ def test_role_twice_then_nothing_changes(
     assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in dry.output  # -vvv shows the arguments
 
 
+def test_tls_playbook_trusts_the_ca_inside_the_root(
+    collection: Collection, device: dict[str, str], tls_registry: RegistryView, tmp_path: Path
+) -> None:
+    """The playbook writes the CA into the booted deployment's certs.d and the os
+    module pulls with it: the managed host's user trusts nothing (the fixture's CA
+    under $XDG_CONFIG_HOME is removed), so only the CA inside the root can serve."""
+    shutil.rmtree(Path(os.environ["XDG_CONFIG_HOME"]) / "containers" / "certs.d")
+    repo = tls_registry.new_repo("os")
+    tls_registry.skopeo(
+        "copy",
+        "-q",
+        *tls_registry.skopeo_args("dest"),
+        f"oci:{tmp_path / 'images'}:2",
+        f"docker://{tls_registry.host}/{repo}:2",
+    )
+    assert tls_registry.ca_path is not None
+    extra = dict(
+        device,
+        tls_registry=tls_registry.host,
+        tls_registry_ca_file=str(tls_registry.ca_path),
+        tls_image=f"{tls_registry.host}/{repo}:2",
+    )
+    first = playbook_run(collection, DOCS / "tls.yml", extra, tmp_path)
+    assert (first.failed, first.changed) == (0, 2), first.output  # the CA, the staging
+    root = booted_root(device["atoll_sysroot"])
+    ca = root / "etc/containers/certs.d" / tls_registry.host / "ca.crt"
+    assert ca.read_bytes() == tls_registry.ca_path.read_bytes()
+    staged = Device(Path(device["atoll_sysroot"])).state().staged
+    assert staged is not None and staged.origin.image_version == "2.0"
+    assert str(staged.origin.image_name).endswith(extra["tls_image"])
+    second = playbook_run(collection, DOCS / "tls.yml", extra, tmp_path)
+    assert (second.failed, second.changed) == (0, 0), second.output
+
+
 def test_wrong_values_fail_with_atolls_message(
     collection: Collection, device: dict[str, str], tmp_path: Path
 ) -> None:
@@ -147,7 +183,13 @@ def test_wrong_values_fail_with_atolls_message(
 def test_the_docs_show_the_playbooks_the_tests_run() -> None:
     doc = (DOCS.parent / "ansible.md").read_text()
     playbooks = sorted(DOCS.glob("*.yml"))
-    assert [p.name for p in playbooks] == ["booted.yml", "device.yml", "role.yml", "wrong.yml"]
+    assert [p.name for p in playbooks] == [
+        "booted.yml",
+        "device.yml",
+        "role.yml",
+        "tls.yml",
+        "wrong.yml",
+    ]
     for playbook in playbooks:
         shown = f"```yaml\n# docs/ansible/{playbook.name}\n{playbook.read_text()}```\n"
         assert shown in doc, f"docs/ansible.md does not show {playbook.name} as it is"

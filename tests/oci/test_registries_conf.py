@@ -245,3 +245,80 @@ def test_deep_nesting_is_refused(conf_file: Path, text: str) -> None:
     with pytest.raises(InvalidInputError, match="exceeded max depth") as info:
         load_registries_conf(_ctx())
     assert str(path) in str(info.value)
+
+
+def test_root_is_read_instead_of_the_running_system(tmp_path: Path, conf_file: Path) -> None:
+    """A context pointed at another system's root reads that system's registries.conf,
+    drop-ins and certs.d, with absolute symlinks resolved inside the root; the
+    environment's file and the user's certs.d are not consulted."""
+    _write(conf_file, '[[registry]]\nlocation = "host.example"\nblocked = true\n')
+    user_certs = Path(os.environ["XDG_CONFIG_HOME"]) / "containers/certs.d/tls.example:5000"
+    _write(user_certs / "user.crt", "host user's CA")
+    root = tmp_path / "deploy"
+    real = root / "usr/etc/containers"
+    _write(real / "registries.conf", '[[registry]]\nlocation = "root.example"\nblocked = true\n')
+    _write(
+        real / "registries.conf.d/10.conf",
+        '[[registry]]\nlocation = "d.example"\ninsecure = true\n',
+    )
+    _write(real / "certs.d/tls.example:5000/ca.crt", "root's CA")
+    (root / "etc").mkdir()
+    (root / "etc/containers").symlink_to("/usr/etc/containers")
+    ctx = _ctx(root=root)
+    conf = load_registries_conf(ctx)
+    assert conf.is_blocked("root.example") and conf.is_insecure("d.example")
+    assert not conf.is_blocked("host.example")
+    assert conf.sources == (real / "registries.conf", real / "registries.conf.d/10.conf")
+    files = find_tls_files("tls.example:5000", ctx)
+    assert files.ca_files == (real / "certs.d/tls.example:5000/ca.crt",)
+    assert find_tls_files("tls.example:5000", _ctx()).ca_files == (user_certs / "user.crt",)
+
+
+def test_mirrors_are_listed_before_the_primary(conf_file: Path) -> None:
+    _write(
+        conf_file,
+        """
+[[registry]]
+prefix = "quay.io/team"
+location = "quay.io/team"
+mirror-by-digest-only = true
+[[registry.mirror]]
+location = "m1.example/cache"
+[[registry.mirror]]
+location = "m2.example:5000"
+insecure = true
+pull-from-mirror = "tag-only"
+
+[[registry]]
+prefix = "*.corp.example"
+[[registry.mirror]]
+location = "local.example/corp"
+""",
+    )
+    conf = load_registries_conf(_ctx())
+    by_tag = conf.pull_sources("quay.io", "team/app", by_digest=False)
+    assert [(str(s), s.insecure) for s in by_tag] == [
+        ("m2.example:5000/app", True),
+        ("quay.io/team/app", None),
+    ]
+    by_digest = conf.pull_sources("quay.io", "team/app", by_digest=True)
+    assert [str(s) for s in by_digest] == ["m1.example/cache/app", "quay.io/team/app"]
+    assert [str(s) for s in conf.pull_sources("quay.io", "other/app", by_digest=True)] == [
+        "quay.io/other/app"
+    ]
+    wildcard = conf.pull_sources("r.corp.example", "x/y", by_digest=False)
+    assert [str(s) for s in wildcard] == ["local.example/corp/x/y", "r.corp.example/x/y"]
+
+
+@pytest.mark.parametrize(
+    ("mirror", "complaint"),
+    [
+        ('pull-from-mirror = "sometimes"\nlocation = "m"', "'pull-from-mirror' must be one of"),
+        ('insecure = 1\nlocation = "m"', "'insecure' must be true or false"),
+        ("insecure = true", "needs a 'location' string"),
+    ],
+)
+def test_bad_mirrors_are_rejected(conf_file: Path, mirror: str, complaint: str) -> None:
+    _write(conf_file, f'[[registry]]\nlocation = "r.example"\n[[registry.mirror]]\n{mirror}\n')
+    with pytest.raises(InvalidInputError, match=complaint):
+        load_registries_conf(_ctx())

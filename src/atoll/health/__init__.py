@@ -8,6 +8,7 @@ nothing else.  A test holds it to that.
 User documentation: docs/health.md.
 """
 
+from atoll.fsutil import resolve_in_root
 from atoll.health.checks import (
     SEARCH_DIRS,
     WATCHDOG_NAMES,
@@ -15,7 +16,6 @@ from atoll.health.checks import (
     CheckKind,
     CheckPlan,
     discover,
-    resolve_in_root,
 )
 from atoll.health.config import CONFIG_PATH, SETTINGS, HealthConfig, Setting, load_config
 from atoll.health.records import (

@@ -26,14 +26,12 @@ Symlinks are followed as the checks will see them: inside the root.
 
 from __future__ import annotations
 
-import errno
-import os
 import stat
-from collections import deque
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from atoll.fsutil import resolve_in_root
 from atoll.health.config import HealthConfig
 
 
@@ -73,7 +71,6 @@ _IGNORED_SUFFIXES = (
     ".ucf-dist",
     ".swp",
 )
-_MAX_SYMLINKS = 40
 
 
 @dataclass(frozen=True)
@@ -204,33 +201,3 @@ def _examine(
     if kind is not CheckKind.REQUIRED:
         warnings.append(f"{inside}: {problem}: it does not run")
     return Check(name, kind, inside, problem=problem)
-
-
-def resolve_in_root(root: Path, inside: str) -> Path:
-    """The host path of *inside* (an absolute path as seen in *root*), following
-    symlinks the way the checks will in a chroot: ``/`` and ``..`` stop at *root*."""
-    pending = deque(PurePosixPath(inside).parts[1:])
-    current = PurePosixPath("/")
-    hops = 0
-    while pending:
-        part = pending.popleft()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            current = current.parent
-            continue
-        candidate = current / part
-        host = root / str(candidate).lstrip("/")
-        if not host.is_symlink():
-            current = candidate
-            continue
-        hops += 1
-        if hops > _MAX_SYMLINKS:
-            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(host))
-        target = PurePosixPath(host.readlink())
-        if target.is_absolute():
-            current = PurePosixPath("/")
-            pending.extendleft(reversed(target.parts[1:]))
-        else:
-            pending.extendleft(reversed(target.parts))
-    return root / str(current).lstrip("/")

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atoll.errors import HealthRunError
-from atoll.health.checks import Check, CheckKind, discover, resolve_in_root
+from atoll.fsutil import resolve_in_root
+from atoll.health.checks import Check, CheckKind, discover
 from atoll.health.config import HealthConfig
 from atoll.health.execute import Sandbox, execute
 from atoll.health.report import CheckResult, CheckStatus, FailureReason, HealthReport, Outcome

@@ -157,7 +157,10 @@ class RegistryClient(Closeable):
         upload_chunk_size: int = UPLOAD_CHUNK_SIZE,
         read_chunk_size: int = READ_CHUNK_SIZE,
         sleep: Callable[[float], None] = time.sleep,
+        insecure: bool | None = None,
     ) -> None:
+        """*insecure*, when given, replaces registries.conf's setting for *registry*
+        (a mirror's own); ``ctx.tls_verify`` still overrides both."""
         self.registry = registry
         self.ctx = ctx
         self.chunked_upload_threshold = chunked_upload_threshold
@@ -168,10 +171,12 @@ class RegistryClient(Closeable):
         self.rate_limiter = TokenBucket(ctx.rate_limit, sleep=sleep) if ctx.rate_limit else None
         self.auth = RegistryAuth(registry, ctx, token_cache or TokenCache())
         self._conf = load_registries_conf(ctx)
-        if ctx.tls_verify is None:
-            self.insecure = self._conf.is_insecure(registry)
-        else:
+        if ctx.tls_verify is not None:
             self.insecure = not ctx.tls_verify
+        elif insecure is not None:
+            self.insecure = insecure
+        else:
+            self.insecure = self._conf.is_insecure(registry)
         self._host = _API_HOSTS.get(registry, registry)
         self._ssl = ssl_context(registry, ctx, verify=not self.insecure)
         self._client: httpx.Client | None = None  # made when first needed: ~40 ms

@@ -26,6 +26,11 @@ class SystemContext:
     cert_dir: Path | None = None
     #: registries.conf to read; otherwise ``$CONTAINERS_REGISTRIES_CONF`` or /etc.
     registries_conf: Path | None = None
+    #: The root of the system whose configuration applies (a directory sysroot's
+    #: deployment): registries.conf and certs.d are read inside it, symlinks followed
+    #: as a chroot would, and neither the environment nor the user's ~/.config is
+    #: consulted for them.  None: the running system's own paths.
+    root: Path | None = None
     #: Platform wanted from an index; None means the host's.
     platform: Platform | None = None
     #: How many blobs move at once.

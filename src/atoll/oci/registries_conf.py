@@ -7,6 +7,10 @@ Which file is read::
     else /etc/containers/registries.conf
     then DIR/registries.conf.d/*.conf         (DIR is the file's directory; name order)
 
+With ``ctx.root`` set (another system's tree, such as a directory sysroot's
+deployment), the environment is not consulted: the file is ROOT's
+/etc/containers/registries.conf, symlinks resolved inside ROOT.
+
 The v2 format, which atoll reads (the v1 ``[registries.insecure]`` and
 ``[registries.block]`` lists are read too, as containers/image does)::
 
@@ -15,6 +19,16 @@ The v2 format, which atoll reads (the v1 ``[registries.insecure]`` and
     location = "registry.example.com"
     insecure = true                           # plain HTTP allowed, TLS not verified
     blocked = false                           # refuse to pull from or push to it
+    mirror-by-digest-only = false             # true: mirrors default to digest-only
+
+    [[registry.mirror]]                       # tried in order, before the primary
+    location = "mirror.example.net/team"      # replaces the prefix in the pulled name
+    insecure = false                          # the mirror's own TLS setting
+    pull-from-mirror = "all"                  # all | digest-only | tag-only
+
+Mirrors serve pulls only (see :meth:`RegistriesConf.pull_sources`): a
+``digest-only`` mirror is tried only for references by digest, a ``tag-only``
+one only for references by tag.  A blocked entry's mirrors are not used.
 
 A prefix matches a reference when the reference starts with it and the next
 character ends the name part (end, ``/``, ``:`` or ``@``); ``*.example.com``
@@ -28,8 +42,10 @@ else from the first of these directories that exists::
     /etc/containers/certs.d/HOST[:PORT]/
     /etc/docker/certs.d/HOST[:PORT]/
 
-Every ``*.crt`` there is a CA trusted in addition to the system store; each
-``NAME.cert`` with its ``NAME.key`` is a client certificate.
+With ``ctx.root`` set, only ROOT's /etc/containers/certs.d and
+/etc/docker/certs.d are searched.  Every ``*.crt`` there is a CA trusted in
+addition to the system store; each ``NAME.cert`` with its ``NAME.key`` is a
+client certificate.
 """
 
 from __future__ import annotations
@@ -43,11 +59,42 @@ from typing import Any
 
 from atoll import stricttoml
 from atoll.errors import InvalidInputError
+from atoll.fsutil import resolve_in_root
 from atoll.oci.context import SystemContext
 
 DEFAULT_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
 DROP_IN_DIR = "registries.conf.d"
 SYSTEM_CERT_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d"))
+
+
+PULL_FROM_MIRROR = ("all", "digest-only", "tag-only")
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """One ``[[registry.mirror]]`` table."""
+
+    location: str
+    insecure: bool = False
+    #: ``all``, ``digest-only`` or ``tag-only``.
+    pull_from_mirror: str = "all"
+
+    def serves(self, *, by_digest: bool) -> bool:
+        wanted = "digest-only" if by_digest else "tag-only"
+        return self.pull_from_mirror in ("all", wanted)
+
+
+@dataclass(frozen=True)
+class PullSource:
+    """Where one attempt at a pull goes: ``registry`` and ``repository``."""
+
+    registry: str
+    repository: str
+    #: A mirror's own ``insecure``; None for the primary (registries.conf decides).
+    insecure: bool | None = None
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +105,7 @@ class RegistryEntry:
     location: str
     insecure: bool = False
     blocked: bool = False
+    mirrors: tuple[Mirror, ...] = ()
     #: The file that declared it, for messages.
     source: Path | None = None
 
@@ -95,6 +143,23 @@ class RegistriesConf:
         entry = self.find(name)
         return entry is not None and entry.blocked
 
+    def pull_sources(self, registry: str, repository: str, *, by_digest: bool) -> list[PullSource]:
+        """Where a pull of ``registry/repository`` goes, in order: the mirrors that
+        serve this kind of reference (by digest or by tag), then the primary."""
+        primary = PullSource(registry, repository)
+        name = f"{registry}/{repository}"
+        entry = self.find(name)
+        if entry is None or entry.blocked:
+            return [primary]
+        # The prefix (for a wildcard, the host) is replaced by the mirror's location.
+        matched = registry if entry.prefix.startswith("*.") else entry.prefix
+        sources = []
+        for mirror in entry.mirrors:
+            host, _, path = (mirror.location + name[len(matched) :]).partition("/")
+            if mirror.serves(by_digest=by_digest) and path:
+                sources.append(PullSource(host, path, mirror.insecure))
+        return [*sources, primary]
+
 
 def _specificity(entry: RegistryEntry) -> int:
     # A wildcard loses against an exact host of the same length.
@@ -104,10 +169,19 @@ def _specificity(entry: RegistryEntry) -> int:
 def registries_conf_path(ctx: SystemContext) -> Path:
     if ctx.registries_conf is not None:
         return ctx.registries_conf
+    if ctx.root is not None:
+        return _in_root(ctx.root, DEFAULT_REGISTRIES_CONF)
     from_env = ctx.environ.get("CONTAINERS_REGISTRIES_CONF")
     if from_env:
         return Path(from_env)
     return DEFAULT_REGISTRIES_CONF
+
+
+def _in_root(root: Path, path: Path) -> Path:
+    try:
+        return resolve_in_root(root, str(path))
+    except OSError as exc:
+        raise InvalidInputError(f"{root / str(path).lstrip('/')}: {exc.strerror}") from None
 
 
 def load_registries_conf(ctx: SystemContext) -> RegistriesConf:
@@ -115,6 +189,8 @@ def load_registries_conf(ctx: SystemContext) -> RegistriesConf:
     main = registries_conf_path(ctx)
     files = [main] if main.is_file() else []
     drop_ins = main.parent / DROP_IN_DIR
+    if ctx.registries_conf is None and ctx.root is not None:
+        drop_ins = _in_root(ctx.root, DEFAULT_REGISTRIES_CONF.parent / DROP_IN_DIR)
     if drop_ins.is_dir():
         files.extend(sorted(p for p in drop_ins.glob("*.conf") if p.is_file()))
     by_prefix: dict[str, RegistryEntry] = {}
@@ -164,7 +240,7 @@ def _v2_entry(table: Mapping[str, Any], path: Path, index: int) -> RegistryEntry
     for key, value in (("location", location), ("prefix", prefix)):
         if not isinstance(value, str):
             raise InvalidInputError(f"{where}: {key!r} must be a string")
-    for key in ("insecure", "blocked"):
+    for key in ("insecure", "blocked", "mirror-by-digest-only"):
         if not isinstance(table.get(key, False), bool):
             raise InvalidInputError(f"{where}: {key!r} must be true or false")
     if not location and not prefix:
@@ -176,8 +252,34 @@ def _v2_entry(table: Mapping[str, Any], path: Path, index: int) -> RegistryEntry
         location=location or prefix,
         insecure=bool(table.get("insecure", False)),
         blocked=bool(table.get("blocked", False)),
+        mirrors=_mirrors(table, where),
         source=path,
     )
+
+
+def _mirrors(table: Mapping[str, Any], where: str) -> tuple[Mirror, ...]:
+    mirrors = table.get("mirror", [])
+    if not isinstance(mirrors, list) or not all(isinstance(m, dict) for m in mirrors):
+        raise InvalidInputError(
+            f"{where}: 'mirror' must be an array of tables, [[registry.mirror]]"
+        )
+    default = "digest-only" if table.get("mirror-by-digest-only", False) else "all"
+    found = []
+    for i, mirror in enumerate(mirrors):
+        at = f"{where}, mirror number {i + 1}"
+        location = mirror.get("location")
+        if not isinstance(location, str) or not location.strip("/"):
+            raise InvalidInputError(f"{at}: needs a 'location' string")
+        if not isinstance(mirror.get("insecure", False), bool):
+            raise InvalidInputError(f"{at}: 'insecure' must be true or false")
+        pull = mirror.get("pull-from-mirror", default)
+        if pull not in PULL_FROM_MIRROR:
+            raise InvalidInputError(
+                f"{at}: 'pull-from-mirror' must be one of {', '.join(PULL_FROM_MIRROR)}"
+            )
+        location = location.removeprefix("https://").removeprefix("http://").rstrip("/")
+        found.append(Mirror(location, bool(mirror.get("insecure", False)), pull))
+    return tuple(found)
 
 
 def _v1_entries(data: Mapping[str, Any], path: Path) -> Iterable[RegistryEntry]:
@@ -221,6 +323,8 @@ class TLSFiles:
 def cert_dir_candidates(registry: str, ctx: SystemContext) -> list[Path]:
     if ctx.cert_dir is not None:
         return [ctx.cert_dir]
+    if ctx.root is not None:
+        return [_in_root(ctx.root, base / registry) for base in SYSTEM_CERT_DIRS]
     config_home = ctx.environ.get("XDG_CONFIG_HOME") or str(
         Path(ctx.environ.get("HOME") or Path.home()) / ".config"
     )

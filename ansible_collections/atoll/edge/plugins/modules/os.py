@@ -21,6 +21,8 @@ description:
     a directory sysroot is finalized and booted at once, as C(atoll upgrade --apply) does.
   - In check mode V(staged) reads only the manifest and says what would be staged.
   - The device's trust policy and C([trust]) settings are enforced as by the command line.
+  - C(registries.conf), its drop-ins and C(certs.d) are those of the running system, so on a
+    directory sysroot those in the booted deployment's C(/etc/containers), not the managed host's.
 version_added: 0.1.0
 author: atoll developers (@atoll)
 options:
@@ -128,8 +130,11 @@ def open_device(params):
     auth_file = params["auth_file"]
     if auth_file is None and os.path.exists(inside(str(root), DEFAULT_AUTH_FILE)):
         auth_file = DEFAULT_AUTH_FILE
-    if auth_file is not None:
-        device.ctx = SystemContext(authfile=Path(inside(str(root), auth_file)))
+    # registries.conf and certs.d are the managed system's, inside its root.
+    device.ctx = SystemContext(
+        authfile=None if auth_file is None else Path(inside(str(root), auth_file)),
+        root=None if str(root) == "/" else Path(root),
+    )
     device.kernel_optional = params["allow_no_kernel"]
     return device, root
 

@@ -63,7 +63,7 @@ options:
     description: Refuse to pull from or push to this registry (registries.conf).
     type: bool
   mirrors:
-    description: Mirror locations podman tries first (C([[registry.mirror]]); atoll does not use them).
+    description: Mirror locations (C([[registry.mirror]])) that podman and atoll pull from first, in order, before the registry.
     type: list
     elements: str
   registries_conf_dir:
