@@ -67,7 +67,7 @@ from atoll.progress import NullProgress, ProgressSink
 from atoll.run import find_tool, run
 from atoll.sysroot.bootloader.grub import GrubSettings, install_grub_config
 from atoll.sysroot.layout import DEFAULT_STATEROOT
-from atoll.sysroot.lifecycle import Device
+from atoll.sysroot.lifecycle import Admission, Device
 
 MIB = 1024 * 1024
 ROOT_LABEL = "atoll-root"
@@ -120,6 +120,11 @@ class DiskOptions:
     #: The ESP gets Debian's signed shim and GRUB (atoll.build.esp) instead of a GRUB
     #: built here, so that firmware with Secure Boot on starts it.
     secure_boot: bool = False
+    #: Checks the image before anything is imported (the trust policy); raises to refuse.
+    admit: Admission | None = None
+    #: Files written into the deployment (path under it, bytes) before the file
+    #: system is made: the install config's host name, users and policy.
+    files: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -290,6 +295,14 @@ def _write_ssh_keys(deployment_root: Path, keys: bytes) -> None:
     write_atomic(path, text.encode())
 
 
+def _write_file(deployment_root: Path, rel: str, data: bytes) -> None:
+    path = deployment_root / rel
+    if path.is_symlink():  # never write through a link the image ships
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+
+
 @contextlib.contextmanager
 def _staging(workdir: Path) -> Iterator[Path]:
     try:
@@ -332,7 +345,7 @@ def install_to_disk(
     workdir = options.workdir or (Path(tempfile.gettempdir()) if block else target.parent)
     with _staging(workdir) as staging:
         sysroot = staging / "root"
-        device = Device(sysroot, ctx, progress=progress)
+        device = Device(sysroot, ctx, progress=progress, admit=options.admit)
         try:
             installed = device.install(
                 source, stateroot=options.stateroot, kargs=kargs, target=options.target_image
@@ -351,6 +364,8 @@ def install_to_disk(
                     _check_signed(deployment_root / "usr/lib/modules" / kver / "vmlinuz", source)
                 if options.root_ssh_authorized_keys is not None:
                     _write_ssh_keys(deployment_root, options.root_ssh_authorized_keys)
+                for rel, data in options.files:
+                    _write_file(deployment_root, rel, data)
                 install_grub_config(
                     sysroot / "boot", GrubSettings(boot_prefix="/boot", flush_after_write=True)
                 )
