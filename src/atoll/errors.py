@@ -470,7 +470,7 @@ class InstallTargetError(AtollError):
 
 class InstallerIsoError(AtollError):
     exit_code = 113
-    summary = "an installer ISO cannot be made or changed (not an atoll ISO, the image lacks the installer's tools)"
+    summary = "an installer ISO cannot be made or changed (not an atoll ISO, tools missing)"
 
 
 class RechunkError(AtollError):

@@ -84,7 +84,8 @@ def test_the_least_config_installs_an_image_from_a_registry_on_uefi() -> None:
             "disk.max-size: smaller than min-size",
         ),
         (
-            'version = 1\n[image]\nsource = "embedded"\n[disk]\nboot = "bios"\nsecure-boot = true\n',
+            'version = 1\n[image]\nsource = "embedded"\n[disk]\nboot = "bios"\n'
+            "secure-boot = true\n",
             'disk.secure-boot: needs boot = "uefi" or "hybrid"',
         ),
         (
@@ -109,7 +110,7 @@ def test_the_least_config_installs_an_image_from_a_registry_on_uefi() -> None:
             "user[0].ssh-authorized-keys[0]: not an authorized_keys line",
         ),
         (
-            "version = 1\n[image]\nsource = \"embedded\"\n[signature]\npolicy = '{\"x\": 1}'\n",
+            'version = 1\n[image]\nsource = "embedded"\n[signature]\npolicy = \'{"x": 1}\'\n',
             "line 5: signature.policy: policy: ",
         ),
     ],

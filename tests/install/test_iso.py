@@ -96,6 +96,7 @@ def installer_file(iso: Path, path: str) -> str:
         proc = subprocess.run(
             ["debugfs", "-R", f"cat {path}", f"{iso}?offset={offset}"],
             capture_output=True,
+            check=False,
             encoding="utf-8",
             errors="replace",
         )
