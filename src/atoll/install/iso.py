@@ -369,7 +369,7 @@ def customize_iso(
         new = staging / "install.toml"
         new.write_text(config_text)
         commands = (
-            f"cd /{INSTALLER_DIR}\nrm install.toml\nwrite {new} install.toml\n"
+            f'cd /{INSTALLER_DIR}\nrm install.toml\nwrite "{new}" install.toml\n'
             "set_inode_field install.toml mode 0100644\n"
         )
         script = staging / "debugfs.cmds"
