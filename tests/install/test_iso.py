@@ -238,3 +238,21 @@ def test_the_installer_refuses_before_writing_anything(images: Path, tmp_path: P
     proc = atoll("install", "to-disk", str(disk), "--config", str(config), code=111)
     assert "install.toml: not TOML" in proc.stderr
     assert not disk.exists() and not list(tmp_path.glob(f"{TMP_PREFIX}*"))
+
+
+def test_config_files_are_never_written_through_a_symlink_the_image_ships(tmp_path: Path) -> None:
+    from atoll.build.disk import _write_file
+    from atoll.errors import DiskError
+
+    outside = tmp_path / "host-etc"
+    outside.mkdir()
+    deployment = tmp_path / "deployment"
+    (deployment / "etc").mkdir(parents=True)
+    (deployment / "etc/containers").symlink_to(outside)
+    with pytest.raises(DiskError, match="/etc/containers is a symlink in the image"):
+        _write_file(deployment, "etc/containers/policy.json", b"{}")
+    assert list(outside.iterdir()) == []
+    (deployment / "etc/hostname").symlink_to(outside / "hostname")
+    _write_file(deployment, "etc/hostname", b"edge\n")  # the link is replaced, not followed
+    assert (deployment / "etc/hostname").read_text() == "edge\n"
+    assert not (outside / "hostname").exists()

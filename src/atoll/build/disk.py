@@ -296,8 +296,15 @@ def _write_ssh_keys(deployment_root: Path, keys: bytes) -> None:
 
 
 def _write_file(deployment_root: Path, rel: str, data: bytes) -> None:
+    """*data* as *rel* in the deployment, never through a symlink the image ships
+    (an absolute one would lead out of the deployment, onto this machine)."""
     path = deployment_root / rel
-    if path.is_symlink():  # never write through a link the image ships
+    for parent in reversed(path.relative_to(deployment_root).parents[:-1]):
+        if (deployment_root / parent).is_symlink():
+            raise DiskError(
+                f"/{parent} is a symlink in the image: /{rel} is not written through it"
+            )
+    if path.is_symlink():
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data)
