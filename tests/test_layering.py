@@ -25,6 +25,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "device": frozenset({"sysroot"}),
     "build": frozenset({"boot", "oci", "store", "sysroot", "units"}),
     "pipeline": frozenset({"oci", "store", "sysroot"}),
+    # Unattended installs: an install config drives the disk code and the trust policy.
+    "install": frozenset({"build", "oci", "pipeline", "sysroot"}),
     "failover": frozenset(),
     # The fleet agent runs on a device; it drives the OS through the device's own
     # command line, and reads the device's update windows.
@@ -42,6 +44,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "failover",
             "fleet",
             "health",
+            "install",
             "oci",
             "pipeline",
             "store",

@@ -458,6 +458,21 @@ class FirmwareError(AtollError):
     summary = "the virtual machine's UEFI firmware (OVMF) is not installed or cannot be copied"
 
 
+class InstallConfigError(AtollError):
+    exit_code = 111
+    summary = "the install config (install.toml) is malformed or names something impossible"
+
+
+class InstallTargetError(AtollError):
+    exit_code = 112
+    summary = "the installer finds no disk, or more than one, matching the install config's rules"
+
+
+class InstallerIsoError(AtollError):
+    exit_code = 113
+    summary = "an installer ISO cannot be made or changed (not an atoll ISO, tools missing)"
+
+
 class RechunkError(AtollError):
     exit_code = 77
     summary = "an image cannot be rechunked (too few layers allowed, or --previous has no layout)"

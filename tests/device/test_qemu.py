@@ -48,6 +48,9 @@ def test_command_line(disk: Path, tmp_path: Path) -> None:
         f"file={qcow2},format=qcow2,if=virtio,readonly=on",
     ]
     assert "-nic" not in argv
+    # An installer's target disk: attached writable.
+    writable, _ = qemu_command(disk, extra_disks=[qcow2], accel=Accel.TCG, extra_writable=True)
+    assert f"file={qcow2},format=qcow2,if=virtio,cache=unsafe" in writable
     assert "-nic" in qemu_command(disk, accel=Accel.TCG, network=True)[0]
     kvm, _ = qemu_command(disk, accel=Accel.KVM)
     assert kvm[1:5] == ["-accel", "kvm", "-cpu", "host"]

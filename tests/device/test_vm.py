@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 
 from atoll.build.esp import SHIM, SIGNED_GRUB
+from atoll.build.partition import BIOS_BOOT_TYPE, ESP_TYPE
 from atoll.device.nspawn import DeviceBootOutcome
 from atoll.device.qemu import (
     OVMF_VARS_MS,
@@ -62,6 +63,7 @@ from helpers.vm import (
     TEST_KARGS,
     build_vm_image,
     ensure_vm_tree,
+    installer_tools,
     make_data_disk,
     make_initramfs,
     platform_files,
@@ -344,3 +346,102 @@ def test_upgrade_bootloader_fallback_and_recovery(
         timings = ", ".join(f"{name} {b.outcome} {b.duration:.0f}s" for name, b in vm.boots)
         accel = vm.boots[0][1].accel if vm.boots else "-"
         print(f"\nVM scenario ({accel}): prepared in {prepared:.0f} s; boots: {timings}")
+
+
+def zeroes(disk: Path) -> bool:
+    """Whether nothing was ever written to the (sparse) disk image."""
+    return disk.stat().st_blocks == 0
+
+
+@pytest.mark.timeout(2400)
+def test_an_iso_installs_a_blank_disk_offline(tmp_path: Path, vm_tree: DebianTree) -> None:
+    """The installer ISO with the image embedded: with two disks its rules match
+    it writes neither and powers off; with one blank disk and no network it
+    installs it and powers off; the installed disk (``boot = "hybrid"``: GRUB for
+    UEFI and BIOS, both made by the installer inside the VM) boots green.  The
+    firmware boots are SeaBIOS's: OVMF costs more time under emulation, and the
+    UEFI path of a disk is the scenario test's."""
+    require_tool("xorriso", "xorriso")
+    started = time.monotonic()
+    layout = tmp_path / "layout"
+    platform = platform_files(vm_tree, tmp_path / "stage")
+    build_vm_image(layout, "1", vm_tree, {**platform, **installer_tools()}, version="1.0")
+    tracked = "registry.example.com/os/edge:stable"
+    config = tmp_path / "install.toml"
+    kargs = ", ".join(f'"{karg}"' for karg in TEST_KARGS)
+    config.write_text(
+        f'version = 1\nhostname = "from-iso"\n[image]\nsource = "embedded"\ntrack = "{tracked}"\n'
+        f'[disk]\nmin-size = "2G"\nboot = "hybrid"\n[kernel]\nargs = [{kargs}]\n'
+    )
+    iso = tmp_path / "installer.iso"
+    atoll("disk-image", "--type", "iso", f"oci:{layout}:1", "--config", str(config),
+          "-o", str(iso), "--karg", "console=ttyS0,115200", "--karg", "quiet")  # fmt: skip
+    first, second = tmp_path / "first.raw", tmp_path / "second.raw"
+    for blank in (first, second):
+        with blank.open("wb") as fh:
+            fh.truncate(3 * 1024**3)
+    prepared = time.monotonic() - started
+    console = tmp_path / "console.log"
+    boots: list[tuple[str, VMBoot]] = []
+    boots_at: list[int] = []
+
+    def boot(name: str, disk: Path, expect: DeviceBootOutcome, **kwargs: Any) -> str:
+        start = console.stat().st_size if console.exists() else 0
+        boots_at.append(start)
+        result = boot_vm(disk, console_log=console, memory_mib=1536, **kwargs)
+        boots.append((name, result))
+        assert result.outcome is expect, f"{name}: {result.outcome}:\n{result.console_tail}"
+        return console.read_bytes()[start:].decode(errors="replace")
+
+    try:
+        # Two disks match min-size: the installer refuses to guess, writes neither,
+        # powers off.  (The ISO's kernel started directly: the firmware is not under test.)
+        grub_cfg = tmp_path / "iso-grub.cfg"
+        subprocess.run(
+            ["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/boot/grub/grub.cfg",
+             str(grub_cfg)], capture_output=True, check=True,
+        )  # fmt: skip
+        linux = next(
+            line.split()
+            for line in grub_cfg.read_text().splitlines()
+            if line.strip().startswith("linux ")
+        )
+        kver = tree_kver(vm_tree)
+        direct = DirectKernel(
+            vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz",
+            make_initramfs(vm_tree),
+            " ".join(linux[2:]),
+        )
+        said = boot("two disks", iso, DeviceBootOutcome.POWEROFF, timeout=BOOT_TIMEOUT,
+                    direct=direct, extra_disks=[first, second], extra_writable=True)  # fmt: skip
+        assert "2 disks match the install config (at least 2147483648 bytes)" in said
+        assert "atoll installer: the install failed (exit code 112); powering off" in said
+        assert zeroes(first) and zeroes(second)
+        # One blank disk, no network: the ISO (SeaBIOS, GRUB from El Torito's
+        # hybrid MBR) installs the embedded image on it and powers off.
+        said = boot("install", iso, DeviceBootOutcome.POWEROFF, timeout=UPDATE_BOOT_TIMEOUT * 2,
+                    extra_disks=[first], extra_writable=True, firmware=Firmware.BIOS)  # fmt: skip
+        assert "atoll installer: installed in" in said, said[-3000:]
+        assert "Made /dev/vdb (raw, 3072 MiB)" in said
+        assert "boot_counter" not in grubenv(first)  # a first install is not on trial
+        types = [p["type"] for p in json.loads(subprocess.run(
+            ["sfdisk", "--json", str(first)], capture_output=True, check=True,
+        ).stdout)["partitiontable"]["partitions"]]  # fmt: skip
+        assert types[:2] == [BIOS_BOOT_TYPE, ESP_TYPE]
+        # The installed disk, alone: green first boot, the config applied.
+        said = boot("installed", first, DeviceBootOutcome.POWEROFF, timeout=BOOT_TIMEOUT,
+                    firmware=Firmware.BIOS)  # fmt: skip
+        found = report(console, boots_at[-1])
+        assert found["version"] == "1.0" and found["usr"] == "read-only"
+        booted = found["status"]["status"]["booted"]
+        assert booted["image"]["image"] == {"image": tracked, "transport": "registry"}
+        assert found["history"][-1]["outcome"] == "green"
+        assert found["grubenv"].get("boot_success") == "1"
+        cfg = disk_file(first, "/boot/grub/grub.cfg")
+        deployment = next(w for w in cfg.split() if w.startswith("atoll=")).removeprefix("atoll=")
+        assert disk_file(first, f"{deployment}/etc/hostname") == "from-iso\n"
+        assert "fsck.mode=skip" in cfg and "init=" not in cfg
+        assert clean(first)
+    finally:
+        timings = ", ".join(f"{name} {b.outcome} {b.duration:.0f}s" for name, b in boots)
+        print(f"\nISO install: prepared in {prepared:.0f} s; boots: {timings}")

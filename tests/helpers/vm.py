@@ -32,7 +32,7 @@ from atoll.boot import early_boot_digest, install_early_boot
 from atoll.requires import DEVICE_PACKAGES
 from atoll.units import install_atoll, install_units
 from helpers import debian
-from helpers.osimage import Spec, _tar, publish_image, tree_spec
+from helpers.osimage import FileSpec, Spec, _tar, publish_image, tree_spec
 from helpers.parts import missing
 
 #: Kernel modules the slim initramfs carries: a virtio disk with ext4 on it.
@@ -517,3 +517,36 @@ def make_data_disk(path: Path, files: dict[str, Path | str]) -> Path:
             capture_output=True,
         )
     return path
+
+
+#: What ``atoll install to-disk`` runs inside an image that installs itself from an
+#: ISO, and the Debian packages that have it: copied from this (bookworm) host,
+#: as an image would carry them from the same packages.
+INSTALLER_TOOLS = {
+    "fdisk": ("sbin/sfdisk",),
+    "dosfstools": ("sbin/mkfs.fat",),
+    "mtools": ("usr/bin/mtools", "usr/bin/mcopy", "usr/bin/mformat", "usr/bin/mmd"),
+    "grub-common": ("usr/bin/grub-mkimage", "usr/bin/grub-editenv"),
+    "grub-pc-bin": ("usr/lib/grub/i386-pc/",),
+    "grub-efi-amd64-bin": ("usr/lib/grub/x86_64-efi/",),
+}
+
+
+def installer_tools() -> Spec:
+    """The files of :data:`INSTALLER_TOOLS` (merged /usr: ``sbin/`` goes to ``usr/sbin/``)."""
+    spec: Spec = {}
+    for package, paths in INSTALLER_TOOLS.items():
+        listed = subprocess.run(
+            ["dpkg", "-L", package], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for name in listed:
+            rel = name.lstrip("/")
+            if not any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in paths):
+                continue
+            path = Path(name)
+            dest = f"usr/{rel}" if rel.startswith(("sbin/", "bin/")) else rel
+            if path.is_symlink():
+                spec[dest] = FileSpec(symlink=str(path.readlink()))
+            elif path.is_file():
+                spec[dest] = FileSpec(path.read_bytes(), path.stat().st_mode & 0o7777)
+    return spec

@@ -67,7 +67,7 @@ from atoll.progress import NullProgress, ProgressSink
 from atoll.run import find_tool, run
 from atoll.sysroot.bootloader.grub import GrubSettings, install_grub_config
 from atoll.sysroot.layout import DEFAULT_STATEROOT
-from atoll.sysroot.lifecycle import Device
+from atoll.sysroot.lifecycle import Admission, Device
 
 MIB = 1024 * 1024
 ROOT_LABEL = "atoll-root"
@@ -120,6 +120,11 @@ class DiskOptions:
     #: The ESP gets Debian's signed shim and GRUB (atoll.build.esp) instead of a GRUB
     #: built here, so that firmware with Secure Boot on starts it.
     secure_boot: bool = False
+    #: Checks the image before anything is imported (the trust policy); raises to refuse.
+    admit: Admission | None = None
+    #: Files written into the deployment (path under it, bytes) before the file
+    #: system is made: the install config's host name, users and policy.
+    files: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -290,6 +295,21 @@ def _write_ssh_keys(deployment_root: Path, keys: bytes) -> None:
     write_atomic(path, text.encode())
 
 
+def _write_file(deployment_root: Path, rel: str, data: bytes) -> None:
+    """*data* as *rel* in the deployment, never through a symlink the image ships
+    (an absolute one would lead out of the deployment, onto this machine)."""
+    path = deployment_root / rel
+    for parent in reversed(path.relative_to(deployment_root).parents[:-1]):
+        if (deployment_root / parent).is_symlink():
+            raise DiskError(
+                f"/{parent} is a symlink in the image: /{rel} is not written through it"
+            )
+    if path.is_symlink():
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+
+
 @contextlib.contextmanager
 def _staging(workdir: Path) -> Iterator[Path]:
     try:
@@ -332,7 +352,7 @@ def install_to_disk(
     workdir = options.workdir or (Path(tempfile.gettempdir()) if block else target.parent)
     with _staging(workdir) as staging:
         sysroot = staging / "root"
-        device = Device(sysroot, ctx, progress=progress)
+        device = Device(sysroot, ctx, progress=progress, admit=options.admit)
         try:
             installed = device.install(
                 source, stateroot=options.stateroot, kargs=kargs, target=options.target_image
@@ -351,6 +371,8 @@ def install_to_disk(
                     _check_signed(deployment_root / "usr/lib/modules" / kver / "vmlinuz", source)
                 if options.root_ssh_authorized_keys is not None:
                     _write_ssh_keys(deployment_root, options.root_ssh_authorized_keys)
+                for rel, data in options.files:
+                    _write_file(deployment_root, rel, data)
                 install_grub_config(
                     sysroot / "boot", GrubSettings(boot_prefix="/boot", flush_after_write=True)
                 )

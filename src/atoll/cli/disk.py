@@ -15,7 +15,7 @@ from atoll.cli.common import (
     add_registry_options,
     system_context,
 )
-from atoll.errors import InvalidInputError, from_oserror
+from atoll.errors import InvalidInputError, UsageError, from_oserror
 
 
 def add_disk_options(parser: argparse.ArgumentParser) -> None:
@@ -96,12 +96,22 @@ def register_to_disk(install_sub: argparse._SubParsersAction[Any]) -> None:
         "a device is overwritten.",
     )
     add_global_options(to_disk)
-    to_disk.add_argument("target", metavar="TARGET")
+    to_disk.add_argument(
+        "target",
+        metavar="TARGET",
+        nargs="?",
+        help="the disk (with --config: default, the one disk its [disk] rules match)",
+    )
     to_disk.add_argument(
         "--source",
-        required=True,
         metavar="IMAGE",
         help="the image: REF (a registry) or TRANSPORT:DETAILS",
+    )
+    to_disk.add_argument(
+        "--config",
+        metavar="FILE",
+        help="install as this install config (install.toml, docs/install.md) says: the "
+        "disk, image, kernel arguments, users, host name and signature policy",
     )
     add_disk_options(to_disk)
     to_disk.set_defaults(func=_to_disk)
@@ -120,15 +130,41 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     image.add_argument("image", metavar="IMAGE", help="REF (a registry) or TRANSPORT:DETAILS")
     image.add_argument(
         "--type",
-        choices=["raw", "qcow2", "vmdk", "vhdx", "ami"],
+        choices=["raw", "qcow2", "vmdk", "vhdx", "ami", "iso"],
         default="raw",
         dest="image_type",
-        help="raw (default), qcow2, vmdk (stream-optimized, vSphere), vhdx (Hyper-V) or ami "
-        "(raw in whole GiB for EC2; boots hybrid unless --boot says otherwise)",
+        help="raw (default), qcow2, vmdk (stream-optimized, vSphere), vhdx (Hyper-V), ami "
+        "(raw in whole GiB for EC2; boots hybrid unless --boot says otherwise) or iso (an "
+        "installer that installs unattended as --config says)",
     )
     image.add_argument("-o", "--output", required=True, metavar="FILE")
+    image.add_argument(
+        "--config",
+        metavar="FILE",
+        help="--type iso: the install config the ISO carries (install.toml, docs/install.md); "
+        "--karg then gives the installer's own kernel arguments",
+    )
     add_disk_options(image)
     image.set_defaults(func=_disk_image)
+
+    iso = commands.add_parser("iso", help="change an installer ISO made by atoll")
+    add_global_options(iso)
+    iso_sub = iso.add_subparsers(dest="iso_command", metavar="COMMAND")
+    iso_sub.required = True
+    customize = iso_sub.add_parser(
+        "customize",
+        help="write ISO again with another install config (as mkksiso does for kickstarts)",
+        description="Replace the install config of an installer ISO made by atoll disk-image "
+        "--type iso; the image, kernel and installer stay as they are.",
+    )
+    add_global_options(customize)
+    customize.add_argument("iso", metavar="ISO")
+    customize.add_argument("--config", required=True, metavar="FILE", help="the install config")
+    customize.add_argument("-o", "--output", required=True, metavar="FILE")
+    customize.add_argument(
+        "--workdir", metavar="DIR", help="where the ISO is taken apart (default: beside it)"
+    )
+    customize.set_defaults(func=_iso_customize)
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -173,10 +209,61 @@ def _describe(result: Any) -> str:
     )
 
 
+#: Options a config (install to-disk --config, disk-image --type iso) says instead.
+_CONFIG_SAYS = {
+    "boot": "--boot",
+    "secure_boot": "--secure-boot",
+    "size": "--size",
+    "root_ssh_authorized_keys": "--root-ssh-authorized-keys",
+    "target_image": "--target-image",
+}
+
+
+def _refuse_with_config(args: argparse.Namespace, also: dict[str, str]) -> None:
+    for dest, option in {**_CONFIG_SAYS, **also}.items():
+        if getattr(args, dest, None):
+            raise UsageError(
+                f"{option} does not go with --config: the install config says it",
+                hint="see docs/install.md, 'The install config'",
+            )
+
+
+def _read_config(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path}: cannot read the install config ({exc})") from None
+
+
+def _to_disk_from_config(args: argparse.Namespace, out: Output) -> int:
+    from atoll.install import install_from_config, parse_config
+
+    _refuse_with_config(args, {"source": "--source", "karg": "--karg"})
+    path = Path(args.config)
+    config = parse_config(_read_config(args.config), str(path))
+    result = install_from_config(
+        config,
+        path.parent,
+        target=Path(args.target) if args.target else None,
+        workdir=Path(args.workdir) if args.workdir else None,
+        ctx=system_context(args),
+        progress=out.progress(),
+    )
+    out.result(result.to_json(), _describe(result))
+    return 0
+
+
 def _to_disk(args: argparse.Namespace, out: Output) -> int:
     from atoll.build.disk import install_to_disk
     from atoll.oci.transports import parse_bootc_name
 
+    if args.config:
+        return _to_disk_from_config(args, out)
+    if not args.source or not args.target:
+        raise UsageError(
+            "install to-disk: give TARGET and --source IMAGE, or --config FILE",
+            hint="see 'atoll install to-disk --help'",
+        )
     name = parse_bootc_name(args.source, args.transport)
     result = install_to_disk(
         Path(args.target),
@@ -189,10 +276,65 @@ def _to_disk(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _describe_iso(result: Any) -> str:
+    version = f" {result.version}" if result.version else ""
+    carries = "the image (offline install)" if result.embedded else "no image (fetched at install)"
+    return (
+        f"Made {result.target} (iso, {result.size // (1024 * 1024)} MiB): installer for "
+        f"{result.image}{version}\n"
+        f"  digest {result.digest}\n"
+        f"  kernel {result.kernel}; carries {carries}"
+    )
+
+
+def _iso(args: argparse.Namespace, out: Output) -> int:
+    from atoll.install import make_iso
+    from atoll.oci.transports import parse_bootc_name
+
+    if not args.config:
+        raise UsageError(
+            "disk-image --type iso needs --config FILE: the install config the ISO carries",
+            hint="see docs/install.md, 'The install config'",
+        )
+    _refuse_with_config(args, {})
+    result = make_iso(
+        Path(args.output),
+        parse_bootc_name(args.image, args.transport),
+        _read_config(args.config),
+        config_source=args.config,
+        kargs=tuple(args.karg),
+        workdir=Path(args.workdir) if args.workdir else None,
+        ctx=system_context(args),
+        progress=out.progress(),
+    )
+    out.result(result.to_json(), _describe_iso(result))
+    return 0
+
+
+def _iso_customize(args: argparse.Namespace, out: Output) -> int:
+    from atoll.install import customize_iso
+
+    if args.iso_command != "customize":
+        raise UsageError(f"unknown iso command {args.iso_command}")
+    result = customize_iso(
+        Path(args.iso),
+        _read_config(args.config),
+        Path(args.output),
+        config_source=args.config,
+        workdir=Path(args.workdir) if args.workdir else None,
+    )
+    out.result(result.to_json(), _describe_iso(result))
+    return 0
+
+
 def _disk_image(args: argparse.Namespace, out: Output) -> int:
     from atoll.build.disk import ImageType, make_disk_image
     from atoll.oci.transports import parse_bootc_name
 
+    if args.image_type == "iso":
+        return _iso(args, out)
+    if args.config:
+        raise UsageError("--config goes with --type iso (or atoll install to-disk)")
     name = parse_bootc_name(args.image, args.transport)
     result = make_disk_image(
         Path(args.output),

@@ -75,6 +75,7 @@ COMMAND_MODULES: dict[str, str] = {
     "config-diff": "host",
     "boot": "host",
     "disk-image": "disk",
+    "iso": "disk",
     "store": "store",
     "device": "device",
     "health": "health",

@@ -208,10 +208,12 @@ def qemu_command(
     efi_vars: Path | None = None,
     secure_boot: bool = False,
     qemu: str = QEMU,
+    extra_writable: bool = False,
 ) -> tuple[list[str], Accel]:
     """The QEMU command line that boots *disk* (checked, not run) and the
     accelerator it uses.  UEFI needs *efi_vars*, the machine's variable store
-    (:func:`copy_efi_vars`)."""
+    (:func:`copy_efi_vars`).  *extra_disks* are read-only unless
+    *extra_writable* (the disks an installer writes)."""
     if memory_mib < 256 or cpus < 1:
         raise InvalidInputError(f"a VM needs 256 MiB or more and a CPU (got {memory_mib}, {cpus})")
     if accel is Accel.AUTO:
@@ -258,7 +260,8 @@ def qemu_command(
         ]
     for extra in extra_disks:
         fmt = _image_format(extra)
-        argv += ["-drive", f"file={extra.absolute()},format={fmt},if=virtio,readonly=on"]
+        mode = "cache=unsafe" if extra_writable else "readonly=on"
+        argv += ["-drive", f"file={extra.absolute()},format={fmt},if=virtio,{mode}"]
     argv += ["-device", "virtio-rng-pci"]
     if network:
         # User networking: the guest reaches the host's loopback as 10.0.2.2.
@@ -296,6 +299,7 @@ def boot_vm(
     firmware: Firmware = Firmware.BIOS,
     efi_vars: Path | None = None,
     secure_boot: bool = False,
+    extra_writable: bool = False,
 ) -> VMBoot:
     """Start a machine from *disk* and wait until it powers off, reboots, fails or
     *timeout* seconds pass.  The serial console is appended to *console_log*.
@@ -308,7 +312,7 @@ def boot_vm(
             efi_vars = fresh_efi_vars(Path(directory), secure_boot=secure_boot)
         return _boot(
             disk, timeout, extra_disks, memory_mib, cpus, accel, network, direct,
-            console_log, firmware, efi_vars, secure_boot,
+            console_log, firmware, efi_vars, secure_boot, extra_writable,
         )  # fmt: skip
 
 
@@ -325,6 +329,7 @@ def _boot(
     firmware: Firmware,
     efi_vars: Path | None,
     secure_boot: bool,
+    extra_writable: bool,
 ) -> VMBoot:
     qemu = find_tool(QEMU, "qemu-system-x86")
     argv, used = qemu_command(
@@ -339,6 +344,7 @@ def _boot(
         efi_vars=efi_vars,
         secure_boot=secure_boot,
         qemu=qemu,
+        extra_writable=extra_writable,
     )
     argv = dies_with_caller(argv)
     log.debug("vm: %s", shlex.join(argv))
