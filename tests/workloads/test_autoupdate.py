@@ -440,6 +440,36 @@ def test_a_failure_in_a_wave_rolls_back_the_wave_and_stops_the_next(setup: Setup
 
 
 @pytest.mark.integration
+def test_a_failure_after_the_canary_stops_the_restarts_not_begun(setup: Setup) -> None:
+    """After the canary (a), the rest restart one slot at a time here: c fails, so
+    d and e are never restarted, and a, b and c, which the image reached, roll back."""
+    setup.push(seed="v1")
+    image = setup.image()
+    setup.podman.preload(image)
+    v1_id = setup.podman.image_id(image)
+    names = ["a", "b", "c", "d", "e"]
+    for name in names:
+        setup.unit(name, image)
+    manager = OneUnitFails(
+        setup.podman, setup.clock, {f"{n}.service": image for n in names}, unit="c.service"
+    )
+    setup.push(seed="v2")
+
+    result = setup.run(manager, parallel=1)
+    reports = {r.unit.removesuffix(".container"): r for r in result.reports}
+    assert {n: r.updated for n, r in reports.items()} == {
+        "a": Updated.ROLLED_BACK,
+        "b": Updated.ROLLED_BACK,
+        "c": Updated.ROLLED_BACK,
+        "d": Updated.FALSE,
+        "e": Updated.FALSE,
+    }, result.to_json()
+    assert reports["d"].reason.startswith("not restarted"), reports["d"].reason
+    assert sorted(set(manager.restarted)) == ["a.service", "b.service", "c.service"]
+    assert manager.running == dict.fromkeys(manager.running, v1_id)
+
+
+@pytest.mark.integration
 def test_a_fault_in_a_pull_reaches_the_caller_instead_of_hanging(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
