@@ -3,7 +3,8 @@
 The units of one dependency level (see :mod:`atoll.workloads.autoupdate.updater`) are
 restarted *parallel* at a time.  A restart is work (podman processes), the
 watch window is waiting: every restarted unit is watched in one loop, each
-until the time its own restart began + the watch window.  The first wave of
+for the watch window from the moment its own restart returned (its new
+container runs): a slow restart does not eat into the window.  The first wave of
 *parallel* units is a canary: nothing else restarts until every unit of it
 is ready (active, and healthy or without a health check).  The rest follow
 as one wave in which a restart begins as soon as one of the *parallel*
@@ -97,8 +98,9 @@ class Restarted:
     failure: str | None = None
     #: The failure was moving the tag (the unit was not restarted).
     tagging: bool = False
-    #: When the restart began (the updater's monotonic clock); None: not begun.
-    began: float | None = None
+    #: When the restart returned (the updater's monotonic clock): the unit's
+    #: watch window starts then.  None: not restarted.
+    returned: float | None = None
     #: Not begun: the batch was stopped by a failure first.
     skipped: bool = False
 
@@ -198,27 +200,29 @@ class Rollout:
         return result
 
     def _restart_one(self, step: Step) -> Restarted:
-        began = self.updater.monotonic()
         try:
             started = self.updater.manager.restart(
                 step.workload.service, self.options.restart_timeout
             )
         except AtollError as exc:
-            return Restarted(None, f"the restart failed: {exc.message}", began=began)
+            return Restarted(
+                None, f"the restart failed: {exc.message}", returned=self.updater.monotonic()
+            )
+        returned = self.updater.monotonic()
         if started.state in (UnitState.FAILED, UnitState.INACTIVE):
             return Restarted(
                 started,
                 f"the restart failed: the unit is {started.state} ({started.result})",
-                began=began,
+                returned=returned,
             )
         if started.image_id and step.image_id and not same_image(started.image_id, step.image_id):
             return Restarted(
                 started,
                 f"the restarted container runs image {_id(started.image_id)}, "
                 f"not {_id(step.image_id)}",
-                began=began,
+                returned=returned,
             )
-        return Restarted(started, began=began)
+        return Restarted(started, returned=returned)
 
     def statuses(self, workloads: Sequence[Workload]) -> dict[str, UnitStatus | str]:
         """Each unit's status (by unit name), or why it could not be asked."""
@@ -335,10 +339,10 @@ class Rollout:
             started = result.status or plan.status
             if result.status is not None:
                 report.container = result.status.container
-            began = result.began if result.began is not None else self.updater.monotonic()
+            since = result.returned if result.returned is not None else self.updater.monotonic()
             watches.append(
                 Watch(
-                    workload, report, new, old, started, began + self.options.watch,
+                    workload, report, new, old, started, since + self.options.watch,
                     failure=result.failure,
                 )
             )  # fmt: skip
