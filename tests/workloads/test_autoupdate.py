@@ -581,6 +581,36 @@ def test_unhealthy_after_start_rolls_back_or_fails_without_rollback(setup: Setup
     assert manager.running["web.service"] == setup.podman.image_id(image) != v1_id
 
 
+class SlowRestart(FakeManager):
+    """Each restart takes *seconds* of the clock before the new container starts."""
+
+    def __init__(self, *args: Any, seconds: float) -> None:
+        super().__init__(*args)
+        self.seconds = seconds
+
+    def restart(self, unit: str, timeout: float | None = None) -> UnitStatus:
+        self.clock.now += self.seconds
+        return super().restart(unit, timeout)
+
+
+@pytest.mark.integration
+def test_the_watch_window_starts_when_the_restart_returns(setup: Setup) -> None:
+    """A restart that takes 6 s does not eat into an 8 s window: the image that
+    turns unhealthy 5 s after its container starts is caught and rolled back."""
+    setup.push(seed="v1")
+    image = setup.image()
+    setup.podman.preload(image)
+    v1_id = setup.podman.image_id(image)
+    setup.unit("web", image)
+    manager = SlowRestart(setup.podman, setup.clock, {"web.service": image}, seconds=6.0)
+    setup.push(seed="v2", behaviour="unhealthy")
+
+    report = only(setup.run(manager, watch=8.0))
+    assert report["updated"] == "rolled back", report
+    assert report["reason"] == "the container turned unhealthy"
+    assert manager.running["web.service"] == v1_id
+
+
 @pytest.mark.integration
 def test_dry_run_and_update_window_leave_the_unit_pending(setup: Setup) -> None:
     _, _, manager = setup.web_v1('Label="io.atoll.autoupdate.window=* 2-4 * * *"\n')
