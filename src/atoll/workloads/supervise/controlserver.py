@@ -3,12 +3,6 @@
 One thread accepts connections on ``STATE_DIR/control.sock`` (mode 0600) and
 one thread per connection reads request lines and writes one answer line each;
 a job (start, stop, restart) blocks only its own connection.
-
-``atoll workload run`` takes the state directory's lock and opens the socket
-before it imports the supervisor and reads the unit files (this module imports
-little, so that the socket answers within a fraction of a second of the
-start): a ``ping`` is answered at once, any other request when the supervisor
-is attached (:meth:`ControlServer.attach`), once its socket units listen.
 """
 
 from __future__ import annotations
@@ -138,6 +132,12 @@ def answer(jobs: Jobs, line: bytes) -> dict[str, Any]:
 
 
 class ControlServer:
+    """``atoll workload run`` takes the state directory's lock and opens the
+    socket before it imports the supervisor and reads the unit files (this
+    module imports little, so that the socket answers within a fraction of a
+    second of the start): a ``ping`` is answered at once, any other request when
+    the supervisor is attached (:meth:`attach`), once its socket units listen."""
+
     def __init__(self, path: Path, jobs: Jobs | None = None) -> None:
         """Answer for *jobs*; without them, requests wait until :meth:`attach`."""
         self.path = path
