@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from atoll.errors import (
     AtollError,
@@ -42,7 +42,8 @@ class Jobs(Protocol):
 
 
 class _Pending:
-    """The jobs of a supervisor that is not attached yet: each request waits for it."""
+    """Stands for the jobs of a supervisor that is not attached yet: each request
+    waits for it."""
 
     def __init__(self) -> None:
         self._ready = threading.Event()
@@ -59,17 +60,9 @@ class _Pending:
             raise SupervisorNotRunningError("the workload supervisor stopped while it started")
         return self._jobs
 
-    def status(self, name: str | None = None) -> list[UnitStatus]:
-        return self._wait().status(name)
-
-    def start(self, name: str, timeout: float | None = None) -> UnitStatus:
-        return self._wait().start(name, timeout)
-
-    def stop(self, name: str) -> UnitStatus:
-        return self._wait().stop(name)
-
-    def restart(self, name: str, timeout: float | None = None) -> UnitStatus:
-        return self._wait().restart(name, timeout)
+    def __getattr__(self, name: str) -> Any:
+        # Every verb of Jobs, whichever it is, waits for the supervisor.
+        return getattr(self._wait(), name)
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -142,7 +135,7 @@ class ControlServer:
         """Answer for *jobs*; without them, requests wait until :meth:`attach`."""
         self.path = path
         self._pending = _Pending()
-        self.jobs: Jobs = jobs if jobs is not None else self._pending
+        self.jobs: Jobs = jobs if jobs is not None else cast("Jobs", self._pending)
         self._sock: socket.socket | None = None
         self._closing = threading.Event()
 
