@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from atoll.errors import SupervisorNotRunningError
 from atoll.podman import isolated_environment
 from atoll.workloads.control import SupervisorClient, UnitStatus
 from helpers.parts import missing, require_tool
@@ -290,7 +291,13 @@ class WorkloadEnv:
         def up() -> bool:
             if process.poll() is not None:
                 pytest.fail(f"atoll workload run exited: {supervisor.output()[-2000:]}")
-            return supervisor.client.is_running()
+            # A ping is answered before the units are read; a status once they are
+            # and the socket units listen.
+            try:
+                supervisor.client.status_all()
+            except SupervisorNotRunningError:
+                return False
+            return True
 
         wait_for(up, "the supervisor's control socket")
         return supervisor

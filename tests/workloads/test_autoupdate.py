@@ -440,6 +440,36 @@ def test_a_failure_in_a_wave_rolls_back_the_wave_and_stops_the_next(setup: Setup
 
 
 @pytest.mark.integration
+def test_a_failure_after_the_canary_stops_the_restarts_not_begun(setup: Setup) -> None:
+    """After the canary (a), the rest restart one slot at a time here: c fails, so
+    d and e are never restarted, and a, b and c, which the image reached, roll back."""
+    setup.push(seed="v1")
+    image = setup.image()
+    setup.podman.preload(image)
+    v1_id = setup.podman.image_id(image)
+    names = ["a", "b", "c", "d", "e"]
+    for name in names:
+        setup.unit(name, image)
+    manager = OneUnitFails(
+        setup.podman, setup.clock, {f"{n}.service": image for n in names}, unit="c.service"
+    )
+    setup.push(seed="v2")
+
+    result = setup.run(manager, parallel=1)
+    reports = {r.unit.removesuffix(".container"): r for r in result.reports}
+    assert {n: r.updated for n, r in reports.items()} == {
+        "a": Updated.ROLLED_BACK,
+        "b": Updated.ROLLED_BACK,
+        "c": Updated.ROLLED_BACK,
+        "d": Updated.FALSE,
+        "e": Updated.FALSE,
+    }, result.to_json()
+    assert reports["d"].reason.startswith("not restarted"), reports["d"].reason
+    assert sorted(set(manager.restarted)) == ["a.service", "b.service", "c.service"]
+    assert manager.running == dict.fromkeys(manager.running, v1_id)
+
+
+@pytest.mark.integration
 def test_a_fault_in_a_pull_reaches_the_caller_instead_of_hanging(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -549,6 +579,36 @@ def test_unhealthy_after_start_rolls_back_or_fails_without_rollback(setup: Setup
     assert report["updated"] == "failed" and report["digest"]["new"] == v4  # type: ignore[index]
     assert report["rolledBackDigests"] == [v2], "v4 failed but was not rolled back"
     assert manager.running["web.service"] == setup.podman.image_id(image) != v1_id
+
+
+class SlowRestart(FakeManager):
+    """Each restart takes *seconds* of the clock before the new container starts."""
+
+    def __init__(self, *args: Any, seconds: float) -> None:
+        super().__init__(*args)
+        self.seconds = seconds
+
+    def restart(self, unit: str, timeout: float | None = None) -> UnitStatus:
+        self.clock.now += self.seconds
+        return super().restart(unit, timeout)
+
+
+@pytest.mark.integration
+def test_the_watch_window_starts_when_the_restart_returns(setup: Setup) -> None:
+    """A restart that takes 6 s does not eat into an 8 s window: the image that
+    turns unhealthy 5 s after its container starts is caught and rolled back."""
+    setup.push(seed="v1")
+    image = setup.image()
+    setup.podman.preload(image)
+    v1_id = setup.podman.image_id(image)
+    setup.unit("web", image)
+    manager = SlowRestart(setup.podman, setup.clock, {"web.service": image}, seconds=6.0)
+    setup.push(seed="v2", behaviour="unhealthy")
+
+    report = only(setup.run(manager, watch=8.0))
+    assert report["updated"] == "rolled back", report
+    assert report["reason"] == "the container turned unhealthy"
+    assert manager.running["web.service"] == v1_id
 
 
 @pytest.mark.integration

@@ -8,14 +8,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
-from atoll.errors import SupervisorNotRunningError, UnknownUnitError
+from atoll.errors import AtollError, LockedError, SupervisorNotRunningError, UnknownUnitError
 from atoll.workloads import SupervisorClient, SystemdManager, UnitManager
-from atoll.workloads.control import Health, UnitState, UnitStatus
-from atoll.workloads.supervise.controlserver import answer
+from atoll.workloads.control import Health, UnitState, UnitStatus, control_socket
+from atoll.workloads.supervise.controlserver import ControlServer, answer, lock_state_dir
 from atoll.workloads.supervise.supervisor import Supervisor
 from atoll.workloads.systemd import parse_systemctl_show, status_from_systemd
 from helpers.cli import run_atoll
@@ -82,6 +83,59 @@ def test_control_protocol_against_a_supervisor_without_units(tmp_path: Path) -> 
         finally:
             supervisor.close()
         assert not (state_dir / "control.sock").exists()
+    finally:
+        shutil.rmtree(state_dir)
+
+
+def test_the_control_socket_answers_before_the_supervisor_is_attached(tmp_path: Path) -> None:
+    """``atoll workload run`` opens the socket before it reads the units: a ping is
+    answered at once, a status when the supervisor is attached; a second
+    supervisor is refused by the lock, and a supervisor that never starts
+    leaves no request waiting."""
+    code = (
+        "import sys, atoll.workloads.supervise.controlserver\n"
+        "assert not any(m in sys.modules for m in ('atoll.workloads.unitfiles.quadlet',"
+        " 'atoll.workloads.supervise.supervisor')), sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    state_dir = Path(tempfile.mkdtemp(prefix="atc-", dir="/tmp"))
+    try:
+        lock = lock_state_dir(state_dir)
+        with pytest.raises(LockedError):
+            lock_state_dir(state_dir)
+        server = ControlServer(control_socket(state_dir))
+        server.open()
+        client = SupervisorClient(state_dir)
+        assert client.is_running()
+        answers: list[object] = []
+        asking = threading.Thread(target=lambda: answers.append(client.status()))
+        asking.start()
+        asking.join(0.5)
+        assert asking.is_alive() and not answers  # waits for the units
+        supervisor = Supervisor([tmp_path], state_dir=state_dir)
+        supervisor.take_over(server, lock)
+        supervisor.serve_control()
+        asking.join(10)
+        assert answers == [[]]
+        supervisor.close()
+        assert not (state_dir / "control.sock").exists()
+
+        never = ControlServer(control_socket(state_dir))
+        never.open()
+        failed: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                client.status()
+            except AtollError as exc:
+                failed.append(exc)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        asking.join(0.5)
+        never.close()
+        asking.join(10)
+        assert [str(e) for e in failed] == ["the workload supervisor stopped while it started"]
     finally:
         shutil.rmtree(state_dir)
 

@@ -13,6 +13,7 @@ from atoll.cli.common import Output, add_global_options, duration
 
 if TYPE_CHECKING:
     from atoll.workloads.control import SupervisorClient, UnitStatus
+    from atoll.workloads.supervise.supervisor import Supervisor
     from atoll.workloads.systemd import SystemdManager
 
 DEFAULT_STATE_DIR = "/run/atoll/workloads"
@@ -183,10 +184,33 @@ def _generate(args: argparse.Namespace, out: Output) -> int:
 
 
 def _run(args: argparse.Namespace, out: Output) -> int:
+    from atoll.workloads.control import control_socket
+    from atoll.workloads.supervise.controlserver import ControlServer, lock_state_dir
+
+    state_dir = supervisor_state_dir(args)
+    # The lock and the control socket come first, before the supervisor's modules
+    # and the unit files: the socket answers at once, and a request about the
+    # units waits until they are read (see controlserver.py).
+    lock_fd = lock_state_dir(state_dir)
+    server = ControlServer(control_socket(state_dir))
+    try:
+        server.open()
+        supervisor = _supervisor(args, out, state_dir)
+    except BaseException:
+        server.close()
+        os.close(lock_fd)
+        raise
+    supervisor.take_over(server, lock_fd)
+    supervisor.install_signal_handlers()
+    out.info(f"supervising {len(supervisor.units)} units; control socket in {state_dir}")
+    supervisor.run(args.units)
+    return 0
+
+
+def _supervisor(args: argparse.Namespace, out: Output, state_dir: Path) -> Supervisor:
     from atoll.podman import host_containers_conf
     from atoll.workloads.supervise.supervisor import Supervisor
 
-    state_dir = supervisor_state_dir(args)
     # Starts, exits, restarts and health changes are what a supervisor's log is for.
     supervisor_log = logging.getLogger("atoll.workloads")
     if not out.quiet and supervisor_log.getEffectiveLevel() > logging.INFO:
@@ -197,11 +221,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         # process starts (the supervisor's) is to read it, for as long as it runs.
         os.environ["CONTAINERS_CONF"] = str(conf)
         out.info(f"no systemd here: podman reads {conf} (the host's settings, cgroupfs, ulimits)")
-    supervisor = Supervisor(unit_roots(args), user=args.user, state_dir=state_dir)
-    supervisor.install_signal_handlers()
-    out.info(f"supervising {len(supervisor.units)} units; control socket in {state_dir}")
-    supervisor.run(args.units)
-    return 0
+    return Supervisor(unit_roots(args), user=args.user, state_dir=state_dir)
 
 
 def supervisor_state_dir(args: argparse.Namespace) -> Path:

@@ -1,9 +1,10 @@
 """Container workloads: Quadlet units and the systemd services they become.
 
-The units are imported with the package.  The generated services, the
-managers, the supervisor, auto-update and bound images are imported on first
-use: importing them all would double the start-up time of ``atoll workload
-list`` and of the commands that only need the units.
+Every name is imported on first use: the units, the generated services, the
+managers, the supervisor, auto-update and bound images.  Importing them all
+would double the start-up time of ``atoll workload list``, and the
+supervisor's control socket opens before the unit files' modules load
+(supervise/controlserver.py).
 """
 
 from __future__ import annotations
@@ -11,17 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from atoll.lazy import lazy_exports
-from atoll.workloads.unitfiles.quadlet import (
-    KEYS,
-    LoadResult,
-    ParseWarning,
-    QuadletUnit,
-    UnitKind,
-    default_roots,
-    load_units,
-    parse_unit,
-    split_words,
-)
 
 if TYPE_CHECKING:
     from atoll.workloads.autoupdate.units import Workload, workloads_from
@@ -47,6 +37,17 @@ if TYPE_CHECKING:
         generate_services,
         write_services,
     )
+    from atoll.workloads.unitfiles.quadlet import (
+        KEYS,
+        LoadResult,
+        ParseWarning,
+        QuadletUnit,
+        UnitKind,
+        default_roots,
+        load_units,
+        parse_unit,
+        split_words,
+    )
 
 #: The names imported on first use, by the module that defines them.
 _LAZY = {
@@ -59,6 +60,17 @@ _LAZY = {
     ),
     "bound": ("BoundImage", "find_bound_images", "pull_bound_images"),
     "unitfiles.generate": ("GeneratedService", "generate_services", "write_services"),
+    "unitfiles.quadlet": (
+        "KEYS",
+        "LoadResult",
+        "ParseWarning",
+        "QuadletUnit",
+        "UnitKind",
+        "default_roots",
+        "load_units",
+        "parse_unit",
+        "split_words",
+    ),
     "control": (
         "Health",
         "SupervisorClient",

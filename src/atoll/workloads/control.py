@@ -16,6 +16,8 @@ The control protocol is JSON lines over a unix stream socket: the client
 writes one request object and a newline, the supervisor answers with one
 object and a newline, and either side may then send the next line::
 
+    {"op": "ping"}                        -> {"ok": true, "pid": N}   (at once, see
+                                             supervise/controlserver.py)
     {"op": "status"}                      -> {"ok": true, "units": [UnitStatus, ...]}
     {"op": "status", "unit": "web"}       -> {"ok": true, "units": [UnitStatus]}
     {"op": "start"|"stop"|"restart",

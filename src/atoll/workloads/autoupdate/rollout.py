@@ -1,17 +1,20 @@
 """How ``atoll workload auto-update`` restarts units: in waves, watched together.
 
 The units of one dependency level (see :mod:`atoll.workloads.autoupdate.updater`) are
-restarted in **waves** of *parallel* units.  A restart is work (podman
-processes), the watch window is waiting: every restarted unit is watched in
-one loop, each until its own restart time + the watch window.  The first wave
-is a canary: the next starts once every unit of it is ready (active, and
-healthy or without a health check); each later wave starts as soon as the
-restarts of the one before succeeded and its units were asked once more.  A
-good image so reaches all units in about ``restarts + watch window``.  A
-failure stops the waves: the units not reached keep their image (and do not
-take the failed digest later); every unit the failing image reached is rolled
-back together (a unit that fails runs the same image as the others, and that
-image is what failed).
+restarted *parallel* at a time.  A restart is work (podman processes), the
+watch window is waiting: every restarted unit is watched in one loop, each
+for the watch window from the moment its own restart returned (its new
+container runs): a slow restart does not eat into the window.  The first wave of
+*parallel* units is a canary: nothing else restarts until every unit of it
+is ready (active, and healthy or without a health check).  The rest follow
+as one wave in which a restart begins as soon as one of the *parallel*
+restart slots is free; the units restarted so far are asked every
+:data:`POLL_INTERVAL` meanwhile, and a failure among them (or a restart that
+failed) stops the restarts not begun yet.  A good image so reaches all units
+in about ``restarts + watch window``.  A failure stops the rollout: the units
+not reached keep their image (and do not take the failed digest later);
+every unit the failing image reached is rolled back together (a unit that
+fails runs the same image as the others, and that image is what failed).
 
 **Tags and rounds.**  A container unit runs what its ``Image=`` tag names at
 the moment of its ``podman run``.  Units sharing one tag must therefore never
@@ -28,8 +31,10 @@ says what runs then, and a unit a rollback left down is started again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -93,6 +98,16 @@ class Restarted:
     failure: str | None = None
     #: The failure was moving the tag (the unit was not restarted).
     tagging: bool = False
+    #: When the restart returned (the updater's monotonic clock): the unit's
+    #: watch window starts then.  None: not restarted.
+    returned: float | None = None
+    #: Not begun: the batch was stopped by a failure first.
+    skipped: bool = False
+
+
+#: Asked while a batch restarts: the restarts finished so far (by step index);
+#: True stops the restarts not begun yet.
+Between = Callable[[Mapping[int, Restarted]], bool]
 
 
 @dataclass
@@ -125,10 +140,17 @@ class Rollout:
 
     # --- restarts ------------------------------------------------------------------
 
-    def restart_all(self, steps: Sequence[Step]) -> list[Restarted]:
-        """Restart every step, round by round (see the module docstring)."""
+    def restart_all(self, steps: Sequence[Step], between: Between | None = None) -> list[Restarted]:
+        """Restart every step, round by round (see the module docstring); with
+        *between*, ask it while the restarts run, and once it says stop, begin no
+        more of them (those are reported ``skipped``)."""
         results: list[Restarted] = [Restarted(None, "not restarted")] * len(steps)
+        stopped = threading.Event()
         for indices in _rounds(steps):
+            if stopped.is_set():
+                for i in indices:
+                    results[i] = Restarted(None, "not restarted", skipped=True)
+                continue
             tag_errors: dict[str, str] = {}
             for i in indices:
                 tag, image_id = steps[i].tag, steps[i].image_id
@@ -147,30 +169,60 @@ class Rollout:
                     results[i] = Restarted(None, error, tagging=True)
                 else:
                     todo.append(i)
-            done = list(self.pool.map(lambda i: self._restart(steps[i]), todo))
-            for i, result in zip(todo, done, strict=True):
-                results[i] = result
+            halt = stopped if between is not None else None
+            futures = {self.pool.submit(self._restart, steps[i], halt): i for i in todo}
+            pending: set[Future[Restarted]] = set(futures)
+            finished: dict[int, Restarted] = {}
+            asked = time.monotonic()
+            while pending:
+                done, pending = wait(pending, timeout=POLL_INTERVAL, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finished[futures[future]] = results[futures[future]] = future.result()
+                if (
+                    between is not None
+                    and not stopped.is_set()
+                    and time.monotonic() - asked >= POLL_INTERVAL
+                ):
+                    asked = time.monotonic()
+                    if between(finished):
+                        stopped.set()
             crashpoint("autoupdate-restarted")
         return results
 
-    def _restart(self, step: Step) -> Restarted:
+    def _restart(self, step: Step, halt: threading.Event | None) -> Restarted:
+        """Restart *step*'s unit; with *halt*, not once it is set, and set it when
+        this restart fails."""
+        if halt is not None and halt.is_set():
+            return Restarted(None, "not restarted", skipped=True)
+        result = self._restart_one(step)
+        if halt is not None and result.failure is not None:
+            halt.set()
+        return result
+
+    def _restart_one(self, step: Step) -> Restarted:
         try:
             started = self.updater.manager.restart(
                 step.workload.service, self.options.restart_timeout
             )
         except AtollError as exc:
-            return Restarted(None, f"the restart failed: {exc.message}")
+            return Restarted(
+                None, f"the restart failed: {exc.message}", returned=self.updater.monotonic()
+            )
+        returned = self.updater.monotonic()
         if started.state in (UnitState.FAILED, UnitState.INACTIVE):
             return Restarted(
-                started, f"the restart failed: the unit is {started.state} ({started.result})"
+                started,
+                f"the restart failed: the unit is {started.state} ({started.result})",
+                returned=returned,
             )
         if started.image_id and step.image_id and not same_image(started.image_id, step.image_id):
             return Restarted(
                 started,
                 f"the restarted container runs image {_id(started.image_id)}, "
                 f"not {_id(step.image_id)}",
+                returned=returned,
             )
-        return Restarted(started)
+        return Restarted(started, returned=returned)
 
     def statuses(self, workloads: Sequence[Workload]) -> dict[str, UnitStatus | str]:
         """Each unit's status (by unit name), or why it could not be asked."""
@@ -197,22 +249,22 @@ class Rollout:
     # --- the waves -----------------------------------------------------------------
 
     def run(self, plans: Sequence[_Plan]) -> None:
-        """Update *plans* (one dependency level) wave by wave."""
-
+        """Update *plans* (one dependency level): the canary wave, then the rest."""
         size = max(1, self.options.parallel)
         queue = list(plans)
         watches: list[Watch] = []
         stop: Watch | None = None
-        first = True
         while queue and stop is None:
-            wave, queue = queue[:size], queue[size:]
-            begun = self._begin([p for p in wave if self.updater._pull(p)])
+            # The canary must be ready (its health checks pass) before the rest
+            # begin; the rest only need their restarts to succeed, and the watch
+            # goes on meanwhile.
+            canary = not watches
+            wave, queue = (queue[:size], queue[size:]) if canary else (queue, [])
+            pulled = [p for p in wave if self.updater._pull(p)]
+            begun, skipped = self._begin(pulled, watching=None if canary else watches)
             watches += begun
-            # The first wave must be ready (its health checks pass) before another
-            # starts; later waves only need their restarts to have succeeded, and
-            # the watch goes on meanwhile.
-            stop = self._watch(watches, begun, until_ready=first)
-            first = first and not begun
+            queue = skipped + queue
+            stop = self._watch(watches, begun, until_ready=canary)
         if stop is not None:
             self._hold_back(queue, stop)
         self._watch(watches, None)
@@ -241,9 +293,13 @@ class Rollout:
                     e.digest for e in self.updater._state_of(plan.workload.unit).rolled_back
                 )
 
-    def _begin(self, plans: Sequence[_Plan]) -> list[Watch]:
+    def _begin(
+        self, plans: Sequence[_Plan], *, watching: Sequence[Watch] | None = None
+    ) -> tuple[list[Watch], list[_Plan]]:
         """Tag and restart a wave; return its watches (with the failure of a restart
-        that failed; _watch concludes them)."""
+        that failed; _watch concludes them) and the plans not begun.  With
+        *watching* (the units under watch already), the units are asked while
+        the wave restarts, and a failure stops the restarts not begun yet."""
         from atoll.workloads.autoupdate.updater import Updated
 
         items: list[tuple[_Plan, ImageRecord, ImageRecord]] = []
@@ -258,12 +314,22 @@ class Rollout:
             Step(p.workload, new.image_id, tagged=p.workload.policy == AutoUpdatePolicy.LOCAL)
             for p, new, _ in items
         ]
+        between: Between | None = None
+        if watching is not None:
+            watched = list(watching)
+
+            def between(finished: Mapping[int, Restarted]) -> bool:
+                return self._failing(watched, steps, finished)
+
         watches: list[Watch] = []
-        deadline = self.updater.monotonic() + self.options.watch
-        for (plan, new, old), step, result in zip(
-            items, steps, self.restart_all(steps), strict=True
-        ):
+        skipped: list[_Plan] = []
+        results = self.restart_all(steps, between)
+        for (plan, new, old), step, result in zip(items, steps, results, strict=True):
             workload, report = plan.workload, plan.report
+            if result.skipped:
+                self.updater._remember(workload.unit, end_trial=True)
+                skipped.append(plan)
+                continue
             if result.tagging:
                 report.updated = Updated.FAILED
                 report.reason = f"tagging the new image as {workload.image}: {result.failure}"
@@ -273,10 +339,36 @@ class Rollout:
             started = result.status or plan.status
             if result.status is not None:
                 report.container = result.status.container
+            since = result.returned if result.returned is not None else self.updater.monotonic()
             watches.append(
-                Watch(workload, report, new, old, started, deadline, failure=result.failure)
-            )
-        return watches
+                Watch(
+                    workload, report, new, old, started, since + self.options.watch,
+                    failure=result.failure,
+                )
+            )  # fmt: skip
+        return watches, skipped
+
+    def _failing(
+        self,
+        watches: Sequence[Watch],
+        steps: Sequence[Step],
+        finished: Mapping[int, Restarted],
+    ) -> bool:
+        """Whether a unit under watch or one of a wave's finished restarts failed."""
+        if any(r.failure is not None and not r.skipped for r in finished.values()):
+            return True
+        asked: list[tuple[Workload, UnitStatus]] = [
+            (w.workload, w.started) for w in watches if not w.done
+        ]
+        asked += [(steps[i].workload, r.status) for i, r in finished.items() if r.status]
+        if not asked:
+            return False
+        answers = self.statuses([workload for workload, _ in asked])
+        for workload, started in asked:
+            answer = answers[workload.unit]
+            if isinstance(answer, str) or judge(started, answer)[0] is not None:
+                return True
+        return False
 
     def _watch(
         self, watches: list[Watch], wave: list[Watch] | None, *, until_ready: bool = True

@@ -7,14 +7,22 @@ a job (start, stop, restart, reload) blocks only its own connection.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from atoll.errors import AtollError, InvalidInputError, SupervisorNotRunningError, UnknownUnitError
+from atoll.errors import (
+    AtollError,
+    InvalidInputError,
+    LockedError,
+    SupervisorNotRunningError,
+    UnknownUnitError,
+    from_oserror,
+)
 from atoll.workloads.control import UnitStatus
 from atoll.workloads.supervise.notify import MAX_SOCKET_PATH
 
@@ -33,6 +41,48 @@ class Jobs(Protocol):
     def restart(self, name: str, timeout: float | None = None) -> UnitStatus: ...
 
     def reload(self) -> dict[str, list[str]]: ...
+
+
+class _Pending:
+    """Stands for the jobs of a supervisor that is not attached yet: each request
+    waits for it."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._jobs: Jobs | None = None
+
+    def attach(self, jobs: Jobs | None) -> None:
+        """Answer the waiting requests with *jobs* (None: the supervisor did not start)."""
+        self._jobs = jobs
+        self._ready.set()
+
+    def _wait(self) -> Jobs:
+        self._ready.wait()
+        if self._jobs is None:
+            raise SupervisorNotRunningError("the workload supervisor stopped while it started")
+        return self._jobs
+
+    def __getattr__(self, name: str) -> Any:
+        # Every verb of Jobs, whichever it is, waits for the supervisor.
+        return getattr(self._wait(), name)
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """flock() ``STATE_DIR/lock`` for this supervisor; return the descriptor."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise from_oserror(exc, str(state_dir)) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LockedError(
+            f"another workload supervisor runs with state directory {state_dir}",
+            hint="stop it first, or use another --state-dir",
+        ) from None
+    return fd
 
 
 def answer(jobs: Jobs, line: bytes) -> dict[str, Any]:
@@ -79,9 +129,17 @@ def answer(jobs: Jobs, line: bytes) -> dict[str, Any]:
 
 
 class ControlServer:
-    def __init__(self, path: Path, jobs: Jobs) -> None:
+    """``atoll workload run`` takes the state directory's lock and opens the
+    socket before it imports the supervisor and reads the unit files (this
+    module imports little, so that the socket answers within a fraction of a
+    second of the start): a ``ping`` is answered at once, any other request when
+    the supervisor is attached (:meth:`attach`), once its socket units listen."""
+
+    def __init__(self, path: Path, jobs: Jobs | None = None) -> None:
+        """Answer for *jobs*; without them, requests wait until :meth:`attach`."""
         self.path = path
-        self.jobs = jobs
+        self._pending = _Pending()
+        self.jobs: Jobs = jobs if jobs is not None else cast("Jobs", self._pending)
         self._sock: socket.socket | None = None
         self._closing = threading.Event()
 
@@ -99,8 +157,14 @@ class ControlServer:
         self._sock = sock
         threading.Thread(target=self._accept, name="control", daemon=True).start()
 
+    def attach(self, jobs: Jobs) -> None:
+        """Answer every request, the waiting ones first, for *jobs*."""
+        self.jobs = jobs
+        self._pending.attach(jobs)
+
     def close(self) -> None:
         self._closing.set()
+        self._pending.attach(None)
         if self._sock is not None:
             self._sock.close()
             self.path.unlink(missing_ok=True)

@@ -27,7 +27,6 @@ podman command runs, except for writing state.json.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import logging
@@ -40,17 +39,15 @@ from pathlib import Path
 
 from atoll.errors import (
     AtollError,
-    LockedError,
     StartLimitHitError,
     UnitFailedError,
     UnknownUnitError,
-    from_oserror,
 )
 from atoll.fsutil import write_atomic
 from atoll.timeutil import utc_timestamp
 from atoll.workloads.control import CONTROL_SOCKET, Health, UnitState, UnitStatus
 from atoll.workloads.supervise.containerrun import TICK, ContainerRun, UnitRuntime, notify_path
-from atoll.workloads.supervise.controlserver import ControlServer
+from atoll.workloads.supervise.controlserver import ControlServer, lock_state_dir
 from atoll.workloads.supervise.deaths import ContainerDeaths
 from atoll.workloads.supervise.runtime import (
     RunEnd,
@@ -554,30 +551,27 @@ class Supervisor:
         return activated
 
     def serve_control(self) -> None:
-        self._server = ControlServer(self.state_dir / CONTROL_SOCKET, self)
-        self._server.open()
+        """Answer on the control socket (opened here unless :meth:`take_over` gave it)."""
+        if self._server is None:
+            self._server = ControlServer(self.state_dir / CONTROL_SOCKET, self)
+            self._server.open()
+        else:
+            self._server.attach(self)
 
     def lock(self) -> None:
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise from_oserror(exc, str(self.state_dir)) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LockedError(
-                f"another workload supervisor runs with state directory {self.state_dir}",
-                hint="stop it first, or use another --state-dir",
-            ) from None
-        self._lock_fd = fd
+        self._lock_fd = lock_state_dir(self.state_dir)
+
+    def take_over(self, server: ControlServer, lock_fd: int) -> None:
+        """Use a control socket already open and the state directory's lock already
+        held (``atoll workload run`` opens both before it reads the units)."""
+        self._server, self._lock_fd = server, lock_fd
 
     def run(self, names: Sequence[str] = ()) -> None:
         """Start the units and serve until SIGTERM/SIGINT; then stop everything."""
         for name in names:
             self.resolve(name)
-        self.lock()
+        if self._lock_fd is None:
+            self.lock()
         try:
             activated = self.open_sockets()
             # The control socket answers at once, with the units' states as they
