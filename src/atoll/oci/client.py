@@ -19,12 +19,8 @@ How a :class:`RegistryClient` talks to ``HOST[:PORT]``:
    :data:`MAX_RETRY_WAIT`).  Requests whose body is a stream are sent once.
 4. **Blobs** are streamed in chunks and resumed with ``Range`` when a
    connection breaks (see :mod:`atoll.oci.blobstream`).
-5. **Uploads** start with ``POST /v2/NAME/blobs/uploads/`` (optionally
-   ``?mount=DIGEST&from=REPO``: 201 means mounted, 202 opens a session to upload
-   with).  Blobs up to :attr:`RegistryClient.chunked_upload_threshold` go in one
-   streamed ``PUT LOCATION?digest=``; larger ones (or when asked) in ``PATCH``
-   chunks with ``Content-Range: START-END`` and a final empty ``PUT``.  A failed
-   upload is cancelled with ``DELETE LOCATION``.
+5. **Uploads** open a session, send the blob in one ``PUT`` or in ``PATCH``
+   chunks, and are cancelled when they fail (see :mod:`atoll.oci.upload`).
 
 Every error is an :mod:`atoll.errors` exception whose message is one line naming
 the registry and repository.  Requests are logged at debug level.
@@ -35,7 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
@@ -44,7 +40,6 @@ from urllib.parse import urlsplit
 from atoll import strictjson
 from atoll.closing import Closeable
 from atoll.errors import (
-    AtollError,
     DigestMismatchError,
     ManifestError,
     NetworkError,
@@ -53,11 +48,10 @@ from atoll.errors import (
     UnsupportedError,
 )
 from atoll.lazy import lazy_module
+from atoll.oci import upload
 from atoll.oci.api import (
     FetchedManifest,
     ManifestHead,
-    MountResult,
-    UploadSession,
     delete_scope,
     pull_scope,
     push_scope,
@@ -76,7 +70,6 @@ from atoll.oci.httputil import (
     media_type,
     next_link,
     pick_challenge,
-    rechunk,
     repository_of,
     retry_after,
     status_error,
@@ -519,78 +512,12 @@ class RegistryClient(Closeable):
                 )
         return bytes(got)
 
-    def start_upload(self, repository: str) -> UploadSession:
-        what = "starting an upload"
-        response = self._call(
-            "POST", repository, "blobs/uploads/", what, [push_scope(repository)], ok=(202,)
-        )
-        return self._session(repository, response, what)
+    # --- uploads: the steps live in atoll.oci.upload ------------------------------------
 
-    def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> MountResult:
-        """Ask the registry to link a blob it holds in *from_repository*."""
-        what = f"mounting blob {digest} from {from_repository}"
-        response = self._call(
-            "POST",
-            repository,
-            "blobs/uploads/",
-            what,
-            [push_scope(repository), pull_scope(from_repository)],
-            params={"mount": str(digest), "from": from_repository},
-            ok=(201, 202),
-        )
-        if response.status_code == 201:
-            return MountResult(True)
-        return MountResult(False, self._session(repository, response, what))
-
-    def upload_blob(
-        self,
-        repository: str,
-        digest: Digest,
-        chunks: Iterable[bytes],
-        *,
-        size: int | None = None,
-        session: UploadSession | None = None,
-        chunked: bool | None = None,
-    ) -> None:
-        """Upload a blob; the registry checks it against *digest* before it becomes visible.
-
-        If *chunks* raises (a digest check on the way, say), the upload is
-        cancelled and the exception propagates.
-        """
-        if chunked is None:
-            chunked = size is not None and size > self.chunked_upload_threshold
-        session = session or self.start_upload(repository)
-        what = f"uploading blob {digest}"
-        try:
-            body: Body = iter(chunks)
-            if chunked:
-                session = self._patch_chunks(session, what, chunks)
-                body = b""
-            url = session.url.copy_merge_params({"digest": str(digest)})
-            response = self._send_authorized(
-                "PUT",
-                url,
-                [push_scope(repository)],
-                {"Content-Type": "application/octet-stream"},
-                content=body,
-            )
-            self._expect(response, (201, 204), what, repository)
-        except httpx.TransportError as exc:
-            self.cancel_upload(session)
-            raise self.transport_error(exc, what, repository) from None
-        except BaseException:
-            self.cancel_upload(session)
-            raise
-
-    def cancel_upload(self, session: UploadSession) -> None:
-        """Best effort: a registry drops stale sessions by itself anyway."""
-        try:
-            response = self._send_authorized(
-                "DELETE", session.url, [push_scope(session.repository)], {}, retry=False
-            )
-            log.debug("cancelled upload %s: HTTP %d", session.url, response.status_code)
-        except (AtollError, httpx.HTTPError) as exc:
-            log.debug("cancelling upload %s failed: %s", session.url, exc)
+    start_upload = upload.start_upload
+    mount_blob = upload.mount_blob
+    upload_blob = upload.upload_blob
+    cancel_upload = upload.cancel_upload
 
     # --- for BlobStream -------------------------------------------------------------
 
@@ -796,39 +723,6 @@ class RegistryClient(Closeable):
                 raise self.transport_error(exc, what, repository) from None
             self._expect(response, (200,), what, repository)
         raise RegistryError(f"{self.name(repository)}: {what}: more than {_MAX_PAGES} pages")
-
-    def _patch_chunks(
-        self, session: UploadSession, what: str, chunks: Iterable[bytes]
-    ) -> UploadSession:
-        offset = 0
-        for piece in rechunk(chunks, self.upload_chunk_size):
-            end = offset + len(piece) - 1
-            response = self._send_authorized(
-                "PATCH",
-                session.url,
-                [push_scope(session.repository)],
-                {"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{end}"},
-                content=piece,
-            )
-            self._expect(response, (202,), what, session.repository)
-            accepted = response.headers.get("Range", "")
-            if accepted and accepted != f"0-{end}":
-                raise RegistryError(
-                    f"{self.name(session.repository)}: {what}: the registry holds bytes "
-                    f"{accepted}, expected 0-{end}"
-                )
-            session = self._session(session.repository, response, what)
-            offset = end + 1
-        return session
-
-    def _session(self, repository: str, response: httpx.Response, what: str) -> UploadSession:
-        location = response.headers.get("Location")
-        if not location:
-            raise RegistryError(
-                f"{self.name(repository)}: {what}: the registry sent no Location for the upload"
-            )
-        # Location may be relative to the request ("/v2/...") or absolute.
-        return UploadSession(repository, response.url.join(location))
 
     # --- authentication ---------------------------------------------------------------
 
