@@ -99,7 +99,9 @@ def test_upgrade_moves_only_changed_files_and_reports_paths(
     # Where the time went: each phase was seen, checkout counted in elapsed.
     seconds = transfer["seconds"]
     assert set(seconds) == {"fetch", "decompress", "verify", "checkout", "elapsed"}
-    assert all(seconds[phase] > 0 for phase in ("fetch", "decompress", "verify", "checkout")), seconds
+    assert all(seconds[phase] > 0 for phase in ("fetch", "decompress", "verify", "checkout")), (
+        seconds
+    )
     assert seconds["elapsed"] >= seconds["checkout"]
     # Progress events name the path of each subtask and count its bytes.
     ranges = [
