@@ -25,6 +25,9 @@ For each pair (A on the device, B published), in the same run:
                    zstd -19 --patch-from=OLD, plus zstd -19 of new files as one stream
     full           B as one gzip layer, and B rechunked (all its layers)
 
+Then, unless --rates is empty, the time to apply partial, delta and both ostree
+paths through a link of each rate (bench/transfer_apply.py, bench/rateproxy.py).
+
 The trees are packed as the image build would (atoll.demo.osimage.tree_entries:
 sorted, numeric owners, no device nodes, /dev /proc /sys /run /tmp emptied);
 ostree commits the same tar.
