@@ -25,6 +25,9 @@ For each pair (A on the device, B published), in the same run:
                    zstd -19 --patch-from=OLD, plus zstd -19 of new files as one stream
     full           B as one gzip layer, and B rechunked (all its layers)
 
+Then, unless --rates is empty, the time to apply partial, delta and both ostree
+paths through a link of each rate (bench/transfer_apply.py, bench/rateproxy.py).
+
 The trees are packed as the image build would (atoll.demo.osimage.tree_entries:
 sorted, numeric owners, no device nodes, /dev /proc /sys /run /tmp emptied);
 ostree commits the same tar.
@@ -44,6 +47,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +57,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
+from transfer_apply import ApplyTimes, atoll_apply, ostree_apply, print_apply  # noqa: E402
 from transfer_corpora import ensure_corpora  # noqa: E402
 
 from atoll.build.layerwrite import ENCODERS  # noqa: E402
@@ -60,6 +65,7 @@ from atoll.build.rechunk import RechunkOptions, rechunk_image  # noqa: E402
 from atoll.demo.osimage import tree_entries, write_layer  # noqa: E402
 from atoll.demo.registry import LocalRegistry  # noqa: E402
 from atoll.oci.context import SystemContext  # noqa: E402
+from atoll.oci.digest import Digest  # noqa: E402
 from atoll.oci.imagecopy import copy_image  # noqa: E402
 from atoll.oci.transports import ImageName  # noqa: E402
 from atoll.pipeline.deltacreate import create_delta  # noqa: E402
@@ -81,6 +87,7 @@ class Row:
     name: str
     values: dict[str, int | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    apply: ApplyTimes | None = None
 
 
 # --- atoll's partial pull and delta --------------------------------------------------------
@@ -143,8 +150,9 @@ def partial_bytes(pub: Published, work: Path) -> tuple[int, dict[str, Any]]:
     return report.bytes_moved + pub.meta, report.totals()
 
 
-def delta_bytes(pub: Published, work: Path) -> tuple[int, dict[str, Any], str]:
-    """`atoll delta create A B` published, then the same pull using it."""
+def delta_bytes(pub: Published, work: Path) -> tuple[int, dict[str, Any], str, Digest]:
+    """`atoll delta create A B` published, then the same pull using it (and A's
+    digest, to look the delta up from)."""
     started = time.monotonic()
     summary = create_delta(pub.old, pub.new, pub.repo, pub.ctx)
     made = (
@@ -154,7 +162,7 @@ def delta_bytes(pub: Published, work: Path) -> tuple[int, dict[str, Any], str]:
     store = Store.create(work / "store-delta")
     import_remote(store, pub.old, pub.ctx, partial=True)
     _, report = import_remote(store, pub.new, pub.ctx, partial=True, delta_from=summary.old)
-    return report.bytes_moved + pub.meta, report.totals(), made
+    return report.bytes_moved + pub.meta, report.totals(), made, summary.old
 
 
 # --- images --------------------------------------------------------------------------------
@@ -293,8 +301,15 @@ def _ostree(*args: str) -> str:
     return proc.stdout.strip()
 
 
-def ostree_bytes(old: Packed, new: Packed, work: Path) -> tuple[int, int]:
-    """Bytes served for `ostree pull` of B's objects, and for a static-delta pull."""
+def ostree_bytes(
+    old: Packed,
+    new: Packed,
+    work: Path,
+    timer: Callable[[str, Path, dict[str, int | None]], None] | None = None,
+) -> tuple[int, int]:
+    """Bytes served for `ostree pull` of B's objects, and for a static-delta pull;
+    then *timer* (the server's URL, a client repo holding A, those bytes) while
+    it still serves."""
     repo = work / "ostree-server"
     _ostree("init", f"--repo={repo}", "--mode=archive")
     _ostree(
@@ -315,6 +330,8 @@ def ostree_bytes(old: Packed, new: Packed, work: Path) -> tuple[int, int]:
             _ostree("remote", "add", f"--repo={client}", "--no-gpg-verify", "origin", url)
             _ostree("pull", f"--repo={client}", "origin", "os")
             clients[kind] = client
+        base = work / "ostree-a"
+        shutil.copytree(clients["objects"], base, symlinks=True)
         _ostree(
             "commit",
             f"--repo={repo}",
@@ -333,6 +350,8 @@ def ostree_bytes(old: Packed, new: Packed, work: Path) -> tuple[int, int]:
             _Counting.sent = 0
             _ostree("pull", f"--repo={clients[kind]}", flag, "origin", "os")
             out.append(_Counting.sent)
+        if timer is not None:
+            timer(url, base, {"ostree": out[0], "ostree_delta": out[1]})
         return out[0], out[1]
     finally:
         server.shutdown()
@@ -508,7 +527,15 @@ def _paths(totals: dict[str, Any]) -> str:
 
 
 def measure(
-    name: str, old_tree: Path, new_tree: Path, *, ostree: bool, deltas: bool, atoll_paths: bool
+    name: str,
+    old_tree: Path,
+    new_tree: Path,
+    *,
+    ostree: bool,
+    deltas: bool,
+    atoll_paths: bool,
+    apply: ApplyTimes | None = None,
+    max_seconds: float = 0,
 ) -> Row:
     row = Row(name)
     old = pack(old_tree, old_tree.name, "2025-01-01T00:00:00Z")
@@ -537,11 +564,25 @@ def measure(
                 )
                 row.values["partial"], totals = partial_bytes(pub, work)
                 row.notes.append(f"partial paths: {_paths(totals)}")
-                row.values["delta"], totals, made = delta_bytes(pub, work)
+                row.values["delta"], totals, made, old_digest = delta_bytes(pub, work)
                 row.notes.append(made)
                 row.notes.append(f"delta paths: {_paths(totals)}")
+                if apply is not None:
+                    started = time.monotonic()
+                    atoll_apply(
+                        apply, registry.host, pub.old, "bench/os:2", old_digest, pub.ctx,
+                        work, row.values, max_seconds,
+                    )  # fmt: skip
+                    row.notes.append(f"atoll apply times: {time.monotonic() - started:.0f} s")
         if ostree:
-            row.values["ostree"], row.values["ostree_delta"] = ostree_bytes(old, new, work)
+            # The ostree cells are skipped by the bytes ostree moves, known after the pulls.
+            timer = None
+            if apply is not None:
+                timer = lambda url, base, moved: ostree_apply(  # noqa: E731
+                    apply, url, base, work, moved, max_seconds, _ostree
+                )
+            row.values["ostree"], row.values["ostree_delta"] = ostree_bytes(old, new, work, timer)
+        row.apply = apply
         if deltas:
             started = time.monotonic()
             f_file, f_delta, count = floors(old_tree, new_tree, old, new, work)
@@ -554,11 +595,25 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", help="scenario name (repeatable)")
+    parser.add_argument(
+        "--corpus", "--only", action="append", dest="only", help="scenario name (repeatable)"
+    )
     parser.add_argument("--no-ostree", action="store_true")
     parser.add_argument("--no-atoll", action="store_true", help="skip partial and delta")
     parser.add_argument("--no-floors", action="store_true", help="skip F_file and F_delta")
+    parser.add_argument(
+        "--rates",
+        default="1,10,50",
+        help="link rates in Mbit/s for the apply times (default 1,10,50; empty: none)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=120,
+        help="skip an apply cell whose bytes alone take longer at its rate (default 120)",
+    )
     args = parser.parse_args()
+    rates = tuple(float(r) for r in args.rates.split(",") if r.strip())
     trees = ensure_corpora(CACHE)
     rows = []
     for name, a, b in SCENARIOS:
@@ -573,14 +628,17 @@ def main() -> None:
                 ostree=not args.no_ostree,
                 deltas=not args.no_floors,
                 atoll_paths=not args.no_atoll,
+                apply=ApplyTimes(rates) if rates else None,
+                max_seconds=args.max_seconds,
             )
         )
         print_table(rows[-1:])
+        if rows[-1].apply is not None:
+            print_apply(name, rows[-1].apply)
     print_table(rows)
-    print(
-        "\nnot measured: apply times at 1/10/50 Mbit/s through a rate-limiting proxy "
-        "(not written yet)"
-    )
+    for row in rows:
+        if row.apply is not None:
+            print_apply(row.name, row.apply)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,13 @@ def test_upgrade_moves_only_changed_files_and_reports_paths(
     assert transfer["delta"].startswith("none published from sha256:")
     assert transfer["paths"]["ranges"]["layers"] >= 1
     assert transfer["bytesMoved"] == sum(row["bytes"] for row in transfer["layers"])
+    # Where the time went: each phase was seen, checkout counted in elapsed.
+    seconds = transfer["seconds"]
+    assert set(seconds) == {"fetch", "decompress", "verify", "checkout", "elapsed"}
+    assert all(seconds[phase] > 0 for phase in ("fetch", "decompress", "verify", "checkout")), (
+        seconds
+    )
+    assert seconds["elapsed"] >= seconds["checkout"]
     # Progress events name the path of each subtask and count its bytes.
     ranges = [
         sub
@@ -110,6 +117,7 @@ def test_upgrade_moves_only_changed_files_and_reports_paths(
     last = doc["status"]["atoll"]["lastTransfer"]
     assert last["imageDigest"] == result["imageDigest"]
     assert last["paths"] == transfer["paths"]
+    assert last["seconds"] == seconds
     main(["status", *s])
     assert "Last update" in capsys.readouterr().out
     # The staged deployment holds v2's files.

@@ -62,6 +62,7 @@ from atoll.faults import crashpoint
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor, ImageManifest, layer_compression, parse_config
 from atoll.oci.transports.base import ImageSource
+from atoll.phases import PhaseClock
 from atoll.progress import NullProgress, ProgressSink
 from atoll.store.chains import ChainRecord, chain_ids, read_chain_record, write_chain_record
 from atoll.store.format import (
@@ -581,8 +582,10 @@ def import_image(
     progress: ProgressSink | None = None,
     ref: str | None = None,
     layer_feeds: LayerFeeds | None = None,
+    clock: PhaseClock | None = None,
 ) -> ImportResult:
-    """See :meth:`atoll.store.Store.import_image`."""
+    """See :meth:`atoll.store.Store.import_image`; *clock* counts the layers'
+    fetch, decompression and digest checks."""
     start = time.monotonic()
     where = source.description
     config_digest = manifest.config.digest
@@ -634,7 +637,7 @@ def import_image(
                 else:
                     limit = expand_limit(store)
                     read = _apply_layer(
-                        importer, source, desc, diff_id, where, progress, limit, layer_feeds
+                        importer, source, desc, diff_id, where, progress, limit, layer_feeds, clock
                     )
                     layer_records.append((str(diff_id), encode_layer_record(str(diff_id), read)))
                     progress.done(ident)
@@ -725,11 +728,12 @@ def _apply_layer(
     progress: ProgressSink,
     limit: ExpandLimit | None,
     layer_feeds: LayerFeeds | None = None,
+    clock: PhaseClock | None = None,
 ) -> list[tuple[TarEntry, str | None]]:
     layer_where = f"{where}: layer {desc.digest}"
     other = layer_feeds(desc, diff_id, layer_where) if layer_feeds is not None else None
     feed = other or LayerFeed(
-        source, desc, layer_compression(desc.media_type), diff_id, where, progress, limit
+        source, desc, layer_compression(desc.media_type), diff_id, where, progress, limit, clock
     )
     try:
         return importer.apply(feed, layer_where)

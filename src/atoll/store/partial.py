@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import tempfile
+import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ from atoll.oci.delta import (
 )
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Compression, Descriptor, ImageManifest, layer_compression
+from atoll.phases import DECOMPRESS, FETCH, VERIFY, PhaseClock
 from atoll.progress import ProgressSink
 from atoll.store.contentindex import ContentIndex, read_verified
 from atoll.store.format import STAGING_PREFIX, TMP_DIR
@@ -164,6 +166,8 @@ class TransferReport:
     #: Finding the delta and reading its index.
     delta_lookup_bytes: int = 0
     delta_lookup_requests: int = 0
+    #: Seconds by phase (:mod:`atoll.phases`), and the update's wall-clock ``elapsed``.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def totals(self) -> dict[str, dict[str, int]]:
         out = {p: {"bytes": 0, "requests": 0, "layers": 0, "files": 0} for p in PATHS}
@@ -197,6 +201,7 @@ class TransferReport:
                 "bytes": self.delta_lookup_bytes,
                 "requests": self.delta_lookup_requests,
             },
+            "seconds": dict(self.seconds),
             "layers": [layer.to_json() for layer in self.layers],
         }
 
@@ -225,6 +230,7 @@ class TransferReport:
             str(data.get("delta", "")),
             int(lookup.get("bytes", 0)),
             int(lookup.get("requests", 0)),
+            {str(k): float(v) for k, v in (data.get("seconds") or {}).items()},
         )
 
 
@@ -271,9 +277,10 @@ class _RebuiltFeed:
         diff_id: Digest,
         where: str,
         fetched: int,
+        clock: PhaseClock,
     ) -> None:
         self.fetched = fetched
-        self._gen = self._rebuild(entries, files, local, diff_id, where)
+        self._gen = self._rebuild(entries, files, local, diff_id, where, clock)
 
     @staticmethod
     def _rebuild(
@@ -282,16 +289,20 @@ class _RebuiltFeed:
         local: dict[str, Path],
         diff_id: Digest,
         where: str,
+        clock: PhaseClock,
     ) -> Generator[bytes, None, None]:
         digest = hashlib.new(diff_id.algorithm)
         for entry in entries:
             if entry.raw is not None:
-                digest.update(entry.raw)
+                with clock.phase(VERIFY):
+                    digest.update(entry.raw)
                 yield entry.raw
             elif entry.size:
                 toc_file = files[entry.name]
-                for chunk in read_verified(local[toc_file.sha256], toc_file.sha256, entry.size):
-                    digest.update(chunk)
+                chunks = read_verified(local[toc_file.sha256], toc_file.sha256, entry.size)
+                for chunk in clock.timed(chunks, VERIFY):
+                    with clock.phase(VERIFY):
+                        digest.update(chunk)
                     yield chunk
         if digest.hexdigest() != diff_id.hex:
             raise DigestMismatchError(
@@ -323,6 +334,7 @@ class PartialPuller:
         self._delta_looked = False
         self.progress = progress
         self.report = TransferReport()
+        self.clock = PhaseClock()
         self._client: RegistryClient | None = None
         self._repository = ""
         ranged = source.range_client()
@@ -402,7 +414,8 @@ class PartialPuller:
 
     def _fetch(self, desc: Descriptor, start: int, end: int) -> bytes:
         assert self._client is not None
-        data = self._client.fetch_range(self._repository, desc.digest, start, end - start)
+        with self.clock.phase(FETCH):
+            data = self._client.fetch_range(self._repository, desc.digest, start, end - start)
         self.progress.advance(f"{desc.digest}#ranges", len(data))
         return data
 
@@ -508,11 +521,13 @@ class PartialPuller:
                 row.requests += 1
                 for toc_file in span.files:
                     frames = data[toc_file.offset - span.start : toc_file.end - span.start]
-                    content = decode_file(frames, toc_file, where)
+                    # Decoding checks the file's sha256 too (one pass, counted here).
+                    with self.clock.phase(DECOMPRESS):
+                        content = decode_file(frames, toc_file, where)
                     local[toc_file.sha256] = self._keep(toc_file.sha256, content)
                     row.files_fetched += 1
         self.progress.done(sub)
-        return _RebuiltFeed(entries, files, local, diff_id, where, row.bytes)
+        return _RebuiltFeed(entries, files, local, diff_id, where, row.bytes, self.clock)
 
     def _drop_delta(self, why: str) -> None:
         self._delta = None
@@ -578,9 +593,10 @@ class PartialPuller:
         assert found is not None and self._client is not None
         what = f"{where}: delta {found.manifest}"
         for span in spans:
-            data = self._client.fetch_range(
-                found.repository, found.payload.digest, span.start, span.end - span.start
-            )
+            with self.clock.phase(FETCH):
+                data = self._client.fetch_range(
+                    found.repository, found.payload.digest, span.start, span.end - span.start
+                )
             self.progress.advance(f"{row.digest}#delta", len(data))
             row.bytes += len(data)
             row.requests += 1
@@ -590,10 +606,14 @@ class PartialPuller:
                 toc_file, entry, base_path = plan[piece.sha256]
                 base = None
                 if base_path is not None:
-                    base = b"".join(read_verified(base_path, entry.base, entry.base_size))
+                    with self.clock.phase(VERIFY):
+                        base = b"".join(read_verified(base_path, entry.base, entry.base_size))
                 patch = data[entry.offset - span.start : entry.end - span.start]
-                content = apply_patch(entry.method, patch, base, entry.size, what)
-                if hashlib.sha256(content).hexdigest() != toc_file.sha256:
+                with self.clock.phase(DECOMPRESS):
+                    content = apply_patch(entry.method, patch, base, entry.size, what)
+                with self.clock.phase(VERIFY):
+                    made = hashlib.sha256(content).hexdigest()
+                if made != toc_file.sha256:
                     raise DeltaError(
                         f"{what}: makes {toc_file.name} with other contents than the "
                         f"sha256:{toc_file.sha256} its table of contents names",
@@ -641,6 +661,7 @@ def import_image(
     every layer whole, as before), and what it moved.  *delta_from*: the
     running image's digest, to look for a delta from it."""
     pair = (delta_from, manifest_digest) if delta_from is not None else None
+    started = time.monotonic()
     with PartialPuller(store, source, progress, pair) as puller:
         result = store.import_image(
             source,
@@ -650,5 +671,11 @@ def import_image(
             manifest_digest=manifest_digest,
             progress=progress,
             layer_feeds=puller.feed if partial else puller.whole,
+            clock=puller.clock,
         )
-        return result, puller.finish(manifest)
+        report = puller.finish(manifest)
+        report.seconds = {
+            **puller.clock.seconds(),
+            "elapsed": round(time.monotonic() - started, 6),
+        }
+        return result, report

@@ -40,6 +40,7 @@ from atoll.oci.compression import decompress
 from atoll.oci.digest import Digest, Verifier
 from atoll.oci.manifest import Compression, Descriptor
 from atoll.oci.transports.base import ImageSource
+from atoll.phases import DECOMPRESS, FETCH, VERIFY, PhaseClock
 from atoll.progress import ProgressSink
 from atoll.store.format import MAX_ID
 
@@ -493,6 +494,7 @@ class LayerFeed:
         where: str,
         progress: ProgressSink,
         limit: ExpandLimit | None = None,
+        clock: PhaseClock | None = None,
     ) -> None:
         self.source = source
         self.desc = desc
@@ -502,6 +504,7 @@ class LayerFeed:
         self.progress = progress
         self.fetched = 0
         self.limit = limit
+        self.clock = clock or PhaseClock()
         self._ended = False
         self._error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(_QUEUE_DEPTH)
@@ -522,7 +525,8 @@ class LayerFeed:
         for chunk in chunks:
             if self._stop.is_set():
                 return
-            verifier.update(chunk)
+            with self.clock.phase(VERIFY):
+                verifier.update(chunk)
             self.fetched += len(chunk)
             self.progress.advance(ident, len(chunk))
             yield chunk
@@ -536,13 +540,16 @@ class LayerFeed:
             diff = None if same else hashlib.new(self.diff_id.algorithm)
             limit = self.limit
             expanded = 0
+            clock = self.clock
             with self.source.open_blob(desc) as chunks:
-                for piece in decompress(self._counted(chunks, verifier), self.compression):
+                fetched = self._counted(clock.timed(chunks, FETCH), verifier)
+                for piece in clock.timed(decompress(fetched, self.compression), DECOMPRESS):
                     expanded += len(piece)
                     if limit is not None and expanded > limit.size:
                         raise limit.error(f"{self.where}: layer {desc.digest}")
                     if diff is not None:
-                        diff.update(piece)
+                        with clock.phase(VERIFY):
+                            diff.update(piece)
                     self._put(piece)
             if self._stop.is_set():
                 return

@@ -37,6 +37,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from atoll.fsutil import fsync_dir, remove_tree, replace_dir, write_atomic
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.transports import ImageName, ImageSource
+from atoll.phases import CHECKOUT
 from atoll.progress import NullProgress, ProgressSink
 from atoll.store import Store
 from atoll.store.importer import ImportStats
@@ -160,6 +162,8 @@ class Device:
         self.bound_images_layout: Path | None = None
         #: What the last import of this object moved (atoll.store.partial).
         self.last_transfer: TransferReport | None = None
+        #: When and what the last import fetched (the head of last-transfer.json).
+        self._transfer_head: dict[str, str] = {}
         #: Images without a kernel are accepted by every stage (a container-boot
         #: device's ``atoll updates run --allow-no-kernel``).
         self.kernel_optional = False
@@ -212,14 +216,10 @@ class Device:
                 progress=self.progress or NullProgress(),
                 delta_from=Digest.parse(delta_from) if delta_from else None,
             )
-            write_atomic(
-                self.sysroot.transfer_file,
-                json.dumps(
-                    {"time": utc_timestamp(), "image": str(image.name),
-                     "imageDigest": str(image.digest), **self.last_transfer.to_json()},
-                    indent=2,
-                ).encode(),
-            )  # fmt: skip
+            self._transfer_head = {
+                "time": utc_timestamp(), "image": str(image.name), "imageDigest": str(image.digest)
+            }  # fmt: skip
+            self._write_transfer()
             crashpoint("stage-imported")
             kernel_optional = allow_no_kernel or self.kernel_optional
             if not kernel_optional and store.kernel(result.commit_id) is None:
@@ -230,6 +230,11 @@ class Device:
             check_deployable(store, result.commit_id, str(image.name))
             store.set_ref(IMPORTING_REF, result.commit_id)
         return result.commit_id, result.stats
+
+    def _write_transfer(self) -> None:
+        assert self.last_transfer is not None
+        data = {**self._transfer_head, **self.last_transfer.to_json()}
+        write_atomic(self.sysroot.transfer_file, json.dumps(data, indent=2).encode())
 
     def _checkout(self, store: Store, commit: str, stateroot: str) -> tuple[str, str, int]:
         """Check *commit* out as a new deployment directory (not yet staged)."""
@@ -242,11 +247,17 @@ class Device:
         store.set_ref(deployment_ref(stateroot, ident), commit)
         store.set_ref(IMPORTING_REF, None)
         spare = self._take_spare(deploy_dir)
+        started = time.monotonic()
         if spare is not None:
             spare_dir, spare_commit = spare
             store.checkout(commit, work, reuse=(spare_dir, spare_commit))
         else:
             store.checkout(commit, work)
+        if self.last_transfer is not None:
+            seconds = self.last_transfer.seconds
+            seconds[CHECKOUT] = round(time.monotonic() - started, 6)
+            seconds["elapsed"] = round(seconds.get("elapsed", 0.0) + seconds[CHECKOUT], 6)
+            self._write_transfer()
         crashpoint("stage-checked-out")
         work.rename(deploy_dir / ident)
         fsync_dir(deploy_dir)
