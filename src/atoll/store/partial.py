@@ -396,13 +396,9 @@ class PartialPuller:
             return None
 
     def _info(self, desc: Descriptor, where: str) -> ChunkedInfo | str:
-        if layer_compression(desc.media_type) is not Compression.ZSTD:
-            return "not a zstd layer"
-        info = chunked_info(desc.annotations, desc.size, where)
-        if info is None:
-            return "no table of contents"
-        if info.tar_split is None:
-            return "no tar-split"
+        info = layer_toc(desc, where)
+        if isinstance(info, str):
+            return info
         if self._client is None:
             return "a local source"
         if not self._ranges_ok:
@@ -645,6 +641,18 @@ def _as_toc(entry: DeltaFile) -> TocFile:
     return TocFile(entry.sha256, entry.size, entry.sha256, entry.offset, entry.end)
 
 
+def layer_toc(desc: Descriptor, where: str) -> ChunkedInfo | str:
+    """Where the layer's table of contents and tar-split are, or why it has none."""
+    if layer_compression(desc.media_type) is not Compression.ZSTD:
+        return "not a zstd layer"
+    info = chunked_info(desc.annotations, desc.size, where)
+    if info is None:
+        return "no table of contents"
+    if info.tar_split is None:
+        return "no tar-split"
+    return info
+
+
 def import_image(
     store: Store,
     source: ImageSource,
@@ -674,6 +682,11 @@ def import_image(
             clock=puller.clock,
         )
         report = puller.finish(manifest)
+        if partial and any(isinstance(layer_toc(d, image), ChunkedInfo) for d in manifest.layers):
+            # The next update's partial pull looks files up by their contents: index
+            # the new commit now (only objects no other commit has are read), so
+            # that pull does not start by hashing the whole store.
+            ContentIndex.load(store)
         report.seconds = {
             **puller.clock.seconds(),
             "elapsed": round(time.monotonic() - started, 6),
