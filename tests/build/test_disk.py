@@ -183,6 +183,15 @@ def test_to_disk_makes_a_partitioned_bootable_raw_file(
         offset,
     )
     assert "f~ /root/.ssh/authorized_keys 0600 root root - c3NoLWVkMjU1MTkg" in ssh
+    # First boot grows the root partition and file system to the disk (atoll.build.growfs).
+    etc = f"/atoll/deploy/{stateroot}/deploy/{ident}/etc"
+    assert "Type=root" in debugfs(disk, f"cat {etc}/repart.d/50-atoll-root.conf", offset)
+    unit = debugfs(disk, f"cat {etc}/systemd/system/atoll-growfs.service", offset)
+    assert "ExecStart=/lib/systemd/systemd-growfs /sysroot" in unit
+    wants = debugfs(disk, f"stat {etc}/systemd/system/multi-user.target.wants", offset)
+    assert "Type: directory" in wants
+    link = f"{etc}/systemd/system/multi-user.target.wants/atoll-growfs.service"
+    assert 'Fast link dest: "../atoll-growfs.service"' in debugfs(disk, f"stat {link}", offset)
     assert sorted(p.name for p in disk.parent.iterdir()) == ["disk.raw"]  # no staging left
 
 
@@ -211,6 +220,42 @@ def test_disk_image_formats(images: Path, tmp_path: Path, kind: str) -> None:
         f"os.{kind}",
         "stage",
     ]
+
+
+def test_to_disk_with_an_xfs_root(images: Path, tmp_path: Path) -> None:
+    """--rootfs xfs: the same disk with XFS in the root partition, which both
+    GRUBs (core.img for BIOS, BOOTX64.EFI) carry the driver for."""
+    require_tool("mkfs.xfs", "xfsprogs")
+    fstest = require_tool("grub-fstest", "grub-common")
+    disk = tmp_path / "disk.raw"
+    doc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1", "--size", "512M",
+                "--rootfs", "xfs", "--boot", "hybrid", "--json")  # fmt: skip
+    assert doc["filesystem"]["type"] == "xfs"
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, check=True).stdout
+    )["partitiontable"]
+    root = table["partitions"][-1]
+    assert root["start"] * 512 == doc["partition"]["offset"] and root["type"] == ROOT_TYPE_X86_64
+    check_boot_code(disk, table["partitions"][0]["start"])
+    efi = read_esp_file(disk, doc["esp"]["offset"], REMOVABLE_PATH)
+    assert b"xfs" in efi
+    # GRUB's own XFS driver finds the file system and reads its grub.cfg.
+    part = f"(loop0,gpt{len(table['partitions'])})"
+
+    def grub(*args: str) -> str:
+        return subprocess.run(
+            [fstest, str(disk), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    found = grub("ls", part)
+    assert "Filesystem type xfs - Label `atoll-root'" in found
+    assert f"UUID {doc['filesystem']['uuid']}" in found
+    cfg = grub("cat", f"{part}/boot/grub/grub.cfg")
+    assert f"root=UUID={doc['filesystem']['uuid']}" in cfg
+    assert len(grub("cat", f"{part}/boot/grub/grubenv")) == 1024
+    stateroot, ident = doc["deployment"].split("/")
+    etc = f"{part}/atoll/deploy/{stateroot}/deploy/{ident}/etc"
+    assert "Type=root" in grub("cat", f"{etc}/repart.d/50-atoll-root.conf")
 
 
 def test_disk_image_ami(images: Path, tmp_path: Path) -> None:

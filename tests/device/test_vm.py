@@ -147,6 +147,23 @@ def clean(disk: Path) -> bool:
     return "needs_recovery" not in features.split()
 
 
+def root_extent(disk: Path) -> tuple[int, int, int]:
+    """(root partition's end, its size, its file system's size) in bytes."""
+    table = subprocess.run(
+        ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
+    ).stdout
+    root = json.loads(table)["partitiontable"]["partitions"][-1]
+    header = subprocess.run(
+        ["dumpe2fs", "-h", f"{disk}?offset={root_offset(disk)}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line)
+    fs = int(fields["Block count"]) * int(fields["Block size"])
+    return (root["start"] + root["size"]) * 512, root["size"] * 512, fs
+
+
 def grubenv(disk: Path) -> dict[str, str]:
     text = disk_file(disk, "/boot/grub/grubenv")
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
@@ -259,6 +276,10 @@ def test_upgrade_bootloader_fallback_and_recovery(
     data_update = make_data_disk(tmp_path / "data-update.img", {STEP_FILE: "selfupdate"})
     data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
     publish("2")
+    # Written to a bigger disk than it was made for: the first boot grows the root
+    # partition (systemd-repart) and its file system (systemd-growfs) to the end.
+    end, _, made_fs = root_extent(disk)
+    subprocess.run(["qemu-img", "resize", "-q", "-f", "raw", str(disk), "4G"], check=True)
     prepared = time.monotonic() - started
 
     efi_vars = fresh_efi_vars(tmp_path, secure_boot=True)
@@ -279,6 +300,11 @@ def test_upgrade_bootloader_fallback_and_recovery(
         assert booted["image"]["version"] == "1.0"
         assert booted["image"]["image"] == {"image": tracked, "transport": "registry"}
         assert clean(disk), "the reboot left the root file system's journal to replay"
+        grown_end, grown_size, grown_fs = root_extent(disk)
+        assert made_fs < 3 * 1024**3 < grown_fs
+        # The partition reaches the end (before GPT's copy), the file system fills it.
+        assert grown_end > disk.stat().st_size - 1024**2 > end
+        assert grown_size - grown_fs < 4096
         env = grubenv(disk)
         assert env.get("boot_counter") == "3" and env.get("boot_success") == "0"
         menu = [m for m in disk_file(disk, "/boot/grub/grub.cfg").splitlines() if "menuentry" in m]

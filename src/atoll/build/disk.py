@@ -40,6 +40,7 @@ from typing import Any
 
 from atoll.boot.early import HOOKS, has_early_boot
 from atoll.build.esp import REMOVABLE_PATH, make_esp, make_grub_efi, secure_boot_files
+from atoll.build.growfs import write_growfs
 from atoll.build.imagetree import HEAD_BYTES
 from atoll.build.partition import (
     BIOS_BOOT_SIZE,
@@ -53,6 +54,9 @@ from atoll.build.partition import (
     make_ext4,
     write_partition_table,
 )
+from atoll.build.xfs import MIN_SIZE as XFS_MIN_SIZE
+from atoll.build.xfs import make_xfs
+from atoll.build.xfs import tree_usage as xfs_tree_usage
 from atoll.errors import (
     DiskError,
     InvalidInputError,
@@ -80,6 +84,7 @@ _UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB}
 
 class Filesystem(StrEnum):
     EXT4 = "ext4"
+    XFS = "xfs"
 
 
 class ImageType(StrEnum):
@@ -137,6 +142,7 @@ class DiskResult:
     type: ImageType = ImageType.RAW
     boot: BootMode = BootMode.UEFI
     secure_boot: bool = False
+    filesystem: Filesystem = Filesystem.EXT4
 
     @property
     def bootloader(self) -> str:
@@ -160,7 +166,11 @@ class DiskResult:
             "deployment": self.deployment,
             "size": self.size,
             "partition": {"offset": root.offset, "size": root.size},
-            "filesystem": {"type": "ext4", "uuid": self.fs_uuid, "label": ROOT_LABEL},
+            "filesystem": {
+                "type": self.filesystem.value,
+                "uuid": self.fs_uuid,
+                "label": ROOT_LABEL,
+            },
             "kernel": self.kernel,
             "kargs": self.kargs,
             "boot": self.boot.value,
@@ -322,7 +332,11 @@ def install_to_disk(
         raise DiskError(f"{target}: neither a block device nor a regular file")
     if not block and not target.parent.is_dir():
         raise DiskError(f"{target.parent}: no such directory")
-    tools = [("sfdisk", "fdisk"), ("mkfs.ext4", "e2fsprogs"), ("grub-mkimage", "grub-common")]
+    tools = [("sfdisk", "fdisk"), ("grub-mkimage", "grub-common")]
+    if options.filesystem is Filesystem.XFS:
+        tools += [("mkfs.xfs", "xfsprogs"), ("xfs_db", "xfsprogs")]
+    else:
+        tools += [("mkfs.ext4", "e2fsprogs")]
     if options.boot.efi:
         tools += [("mkfs.fat", "dosfstools"), ("mcopy", "mtools")]
     for tool, package in tools:
@@ -351,11 +365,15 @@ def install_to_disk(
                     _check_signed(deployment_root / "usr/lib/modules" / kver / "vmlinuz", source)
                 if options.root_ssh_authorized_keys is not None:
                     _write_ssh_keys(deployment_root, options.root_ssh_authorized_keys)
+                write_growfs(deployment_root)
                 install_grub_config(
                     sysroot / "boot", GrubSettings(boot_prefix="/boot", flush_after_write=True)
                 )
-            content, inodes = _tree_usage(sysroot)
+            xfs = options.filesystem is Filesystem.XFS
+            content, inodes = xfs_tree_usage(sysroot) if xfs else _tree_usage(sysroot)
             needed = _needed_size(content, inodes, options.boot)
+            if xfs:  # mkfs.xfs refuses a smaller one
+                needed = max(needed, _needed_size(0, 0, options.boot) + XFS_MIN_SIZE)
             size = _disk_size(target, block, options.size, needed, options.align)
             dest = (
                 target
@@ -371,15 +389,26 @@ def install_to_disk(
                 with steps.step(
                     "filesystem", f"Making the {options.filesystem} file system", content
                 ):
-                    make_ext4(
-                        dest,
-                        sysroot,
-                        offset=layout.root.offset,
-                        size=layout.root.size,
-                        uuid=fs_uuid,
-                        label=ROOT_LABEL,
-                        inodes=max(inodes * 2, 65536),
-                    )
+                    if xfs:
+                        make_xfs(
+                            dest,
+                            sysroot,
+                            offset=layout.root.offset,
+                            size=layout.root.size,
+                            uuid=fs_uuid,
+                            label=ROOT_LABEL,
+                            staging=staging,
+                        )
+                    else:
+                        make_ext4(
+                            dest,
+                            sysroot,
+                            offset=layout.root.offset,
+                            size=layout.root.size,
+                            uuid=fs_uuid,
+                            label=ROOT_LABEL,
+                            inodes=max(inodes * 2, 65536),
+                        )
                 with steps.step("bootloader", f"Installing GRUB ({options.boot})"):
                     _install_bootloader(dest, layout, options, staging, fs_uuid)
                 if not block:
@@ -404,6 +433,7 @@ def install_to_disk(
             kargs=["rw", *kargs],
             boot=options.boot,
             secure_boot=options.secure_boot,
+            filesystem=options.filesystem,
         )
 
 

@@ -66,6 +66,7 @@ GRUB_COMMON_MODULES = (
     "part_msdos",
     "part_gpt",
     "ext2",
+    "xfs",
     "search_fs_uuid",
     "normal",
     "linux",

@@ -23,10 +23,13 @@ def add_disk_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=TRANSPORTS)
     parser.add_argument("--stateroot", default="default", help="name of the stateroot")
     parser.add_argument(
+        "--rootfs",
         "--filesystem",
-        choices=["ext4"],
+        dest="filesystem",
+        choices=["ext4", "xfs"],
         default="ext4",
-        help="the root file system (default ext4)",
+        help="the root file system: ext4 (default) or xfs (docs/install.md says what an "
+        "xfs root does not carry over)",
     )
     parser.add_argument(
         "--boot",
