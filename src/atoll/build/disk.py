@@ -39,6 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from atoll.boot.early import HOOKS, has_early_boot
+from atoll.build.disklayout import (
+    DataPartition,
+    DiskLayout,
+    Filesystem,
+    split_trees,
+    write_fstab,
+)
 from atoll.build.esp import REMOVABLE_PATH, make_esp, make_grub_efi, secure_boot_files
 from atoll.build.growfs import write_growfs
 from atoll.build.imagetree import HEAD_BYTES
@@ -46,6 +53,7 @@ from atoll.build.partition import (
     BIOS_BOOT_SIZE,
     ESP_SIZE,
     BootMode,
+    Extent,
     Layout,
     device_size,
     install_boot_code,
@@ -70,7 +78,7 @@ from atoll.oci.transports import ImageName
 from atoll.progress import NullProgress, ProgressSink
 from atoll.run import find_tool, run
 from atoll.sysroot.bootloader.grub import GrubSettings, install_grub_config
-from atoll.sysroot.layout import DEFAULT_STATEROOT
+from atoll.sysroot.layout import DEFAULT_STATEROOT, Sysroot
 from atoll.sysroot.lifecycle import Device
 
 MIB = 1024 * 1024
@@ -79,12 +87,6 @@ ROOT_LABEL = "atoll-root"
 #: messages on the screen and on the first serial port (what a VM shows).
 VM_CONSOLE_KARGS = ("console=tty0", "console=ttyS0,115200")
 SSH_TMPFILES = "etc/tmpfiles.d/atoll-root-ssh.conf"
-_UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB}
-
-
-class Filesystem(StrEnum):
-    EXT4 = "ext4"
-    XFS = "xfs"
 
 
 class ImageType(StrEnum):
@@ -125,6 +127,11 @@ class DiskOptions:
     #: The ESP gets Debian's signed shim and GRUB (atoll.build.esp) instead of a GRUB
     #: built here, so that firmware with Secure Boot on starts it.
     secure_boot: bool = False
+    #: Partitions of their own for /var or directories under it (--layout).
+    layout: DiskLayout = field(default_factory=DiskLayout)
+
+    def sysroot_var(self, sysroot: Path) -> Path:
+        return Sysroot(sysroot).var(self.stateroot)
 
 
 @dataclass
@@ -143,6 +150,7 @@ class DiskResult:
     boot: BootMode = BootMode.UEFI
     secure_boot: bool = False
     filesystem: Filesystem = Filesystem.EXT4
+    partitions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def bootloader(self) -> str:
@@ -178,23 +186,8 @@ class DiskResult:
             "esp": {"offset": esp.offset, "size": esp.size} if esp else None,
             "secureBoot": self.secure_boot,
             "bootloader": self.bootloader,
+            "partitions": self.partitions,
         }
-
-
-def parse_size(text: str) -> int:
-    """``4G``, ``512M``, ``1073741824``: bytes."""
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in _UNITS else ""
-    number = value[: len(value) - len(unit)]
-    try:
-        size = int(float(number) * _UNITS[unit])
-    except ValueError:
-        raise InvalidInputError(
-            f"size {text!r} is not a size", hint="give bytes or a number with K, M, G or T"
-        ) from None
-    if size <= 0:
-        raise InvalidInputError(f"size {text!r} must be more than 0")
-    return size
 
 
 class _Steps:
@@ -369,12 +362,14 @@ def install_to_disk(
                 install_grub_config(
                     sysroot / "boot", GrubSettings(boot_prefix="/boot", flush_after_write=True)
                 )
-            xfs = options.filesystem is Filesystem.XFS
-            content, inodes = xfs_tree_usage(sysroot) if xfs else _tree_usage(sysroot)
-            needed = _needed_size(content, inodes, options.boot)
-            if xfs:  # mkfs.xfs refuses a smaller one
-                needed = max(needed, _needed_size(0, 0, options.boot) + XFS_MIN_SIZE)
-            size = _disk_size(target, block, options.size, needed, options.align)
+            parts = split_trees(
+                options.sysroot_var(sysroot), options.layout, staging / "partitions"
+            )
+            write_fstab(deployment_root, parts, options.stateroot)
+            content, inodes = _usage(options.filesystem, sysroot)
+            needed = _fs_needed(options.filesystem, content, inodes, options.boot)
+            data = [_data_size(part) for part in parts]
+            size = _disk_size(target, block, options.size, needed + sum(data), options.align)
             dest = (
                 target
                 if block
@@ -385,30 +380,15 @@ def install_to_disk(
                     with dest.open("xb") as fh:
                         fh.truncate(size)
                 with steps.step("partition", "Writing the partition table"):
-                    layout = write_partition_table(dest, size, options.boot)
+                    layout = write_partition_table(dest, size, options.boot, data)
                 with steps.step(
                     "filesystem", f"Making the {options.filesystem} file system", content
                 ):
-                    if xfs:
-                        make_xfs(
-                            dest,
-                            sysroot,
-                            offset=layout.root.offset,
-                            size=layout.root.size,
-                            uuid=fs_uuid,
-                            label=ROOT_LABEL,
-                            staging=staging,
-                        )
-                    else:
-                        make_ext4(
-                            dest,
-                            sysroot,
-                            offset=layout.root.offset,
-                            size=layout.root.size,
-                            uuid=fs_uuid,
-                            label=ROOT_LABEL,
-                            inodes=max(inodes * 2, 65536),
-                        )
+                    _make_filesystem(options.filesystem, dest, sysroot, layout.root,
+                                     fs_uuid, ROOT_LABEL, staging, inodes)  # fmt: skip
+                    for part, extent in zip(parts, layout.data, strict=True):
+                        _make_filesystem(part.spec.filesystem, dest, part.tree, extent,
+                                         part.uuid, part.label, staging)  # fmt: skip
                 with steps.step("bootloader", f"Installing GRUB ({options.boot})"):
                     _install_bootloader(dest, layout, options, staging, fs_uuid)
                 if not block:
@@ -434,7 +414,60 @@ def install_to_disk(
             boot=options.boot,
             secure_boot=options.secure_boot,
             filesystem=options.filesystem,
+            partitions=[
+                part.to_json(extent.offset, extent.size)
+                for part, extent in zip(parts, layout.data, strict=True)
+            ],
         )
+
+
+def _usage(kind: Filesystem, tree: Path) -> tuple[int, int]:
+    return xfs_tree_usage(tree) if kind is Filesystem.XFS else _tree_usage(tree)
+
+
+def _fs_needed(kind: Filesystem, content: int, inodes: int, mode: BootMode) -> int:
+    needed = _needed_size(content, inodes, mode)
+    if kind is Filesystem.XFS:  # mkfs.xfs refuses a smaller one
+        needed = max(needed, _needed_size(0, 0, mode) + XFS_MIN_SIZE)
+    return needed
+
+
+def _data_size(part: DataPartition) -> int:
+    """The size of a layout's partition, refused when its content does not fit."""
+    content, inodes = _usage(part.spec.filesystem, part.tree)
+    # Inode tables, the journal (ext4: 4 MiB on a partition under 128 MiB, more on
+    # bigger ones; xfs: its log) and some slack.
+    needed = int(content * 1.15) + inodes * 1024 + 16 * MIB
+    if part.spec.filesystem is Filesystem.XFS:
+        needed = max(needed + 32 * MIB, XFS_MIN_SIZE)
+    if part.spec.size < needed:
+        mib = math.ceil(needed / MIB)
+        raise DiskError(
+            f"the partition for {part.spec.mount}: {part.spec.size // MIB} MiB is too small "
+            f"for it ({part.spec.filesystem}, what the image has there)",
+            hint=f'give it size = "{mib}M" or more in the layout file',
+        )
+    return part.spec.size
+
+
+def _make_filesystem(
+    kind: Filesystem,
+    dest: Path,
+    tree: Path,
+    extent: Extent,
+    uuid: str,
+    label: str,
+    staging: Path,
+    inodes: int | None = None,
+) -> None:
+    if kind is Filesystem.XFS:
+        make_xfs(dest, tree, offset=extent.offset, size=extent.size, uuid=uuid, label=label,
+                 staging=staging)  # fmt: skip
+        return
+    if inodes is None:
+        inodes = _tree_usage(tree)[1]
+    make_ext4(dest, tree, offset=extent.offset, size=extent.size, uuid=uuid, label=label,
+              inodes=max(inodes * 2, 65536))  # fmt: skip
 
 
 def _install_bootloader(
