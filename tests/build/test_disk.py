@@ -257,6 +257,18 @@ def test_to_disk_with_an_xfs_root(images: Path, tmp_path: Path) -> None:
     stateroot, ident = doc["deployment"].split("/")
     etc = f"{part}/atoll/deploy/{stateroot}/deploy/{ident}/etc"
     assert "Type=root" in grub("cat", f"{etc}/repart.d/50-atoll-root.conf")
+    # A name a prototype file cannot carry is refused before the disk is touched.
+    stage = tmp_path / "hook"
+    install_early_boot(stage)
+    spaced = {**tree_spec(stage), "usr/share/doc/read me": "x"}
+    build_os_image(images, "spaced", version="1.0", add=spaced)  # type: ignore[arg-type]
+    before = disk.read_bytes()[: 1 << 20]
+    proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:spaced",
+                 "--rootfs", "xfs", code=72)  # fmt: skip
+    assert "/usr/share/doc/read me: 'read me' cannot be written" in proc.stderr
+    assert disk.read_bytes()[: 1 << 20] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "disk.raw", "home", "hook", "images", "stage"]  # fmt: skip
 
 
 def test_to_disk_with_var_on_its_own_partition(images: Path, tmp_path: Path) -> None:

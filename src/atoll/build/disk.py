@@ -63,7 +63,8 @@ from atoll.build.partition import (
     write_partition_table,
 )
 from atoll.build.xfs import MIN_SIZE as XFS_MIN_SIZE
-from atoll.build.xfs import make_xfs
+from atoll.build.xfs import Protofile, make_xfs
+from atoll.build.xfs import prepare as prepare_xfs
 from atoll.build.xfs import tree_usage as xfs_tree_usage
 from atoll.errors import (
     DiskError,
@@ -370,6 +371,13 @@ def install_to_disk(
             needed = _fs_needed(options.filesystem, content, inodes, options.boot)
             data = [_data_size(part) for part in parts]
             size = _disk_size(target, block, options.size, needed + sum(data), options.align)
+            # A name mkfs.xfs cannot take stops the install here, before the disk is touched.
+            trees = [(options.filesystem, sysroot)] + [(p.spec.filesystem, p.tree) for p in parts]
+            protos = {
+                tree: prepare_xfs(tree, staging / f"xfs-{i}.proto")
+                for i, (kind, tree) in enumerate(trees)
+                if kind is Filesystem.XFS
+            }
             dest = (
                 target
                 if block
@@ -385,10 +393,12 @@ def install_to_disk(
                     "filesystem", f"Making the {options.filesystem} file system", content
                 ):
                     _make_filesystem(options.filesystem, dest, sysroot, layout.root,
-                                     fs_uuid, ROOT_LABEL, staging, inodes)  # fmt: skip
+                                     fs_uuid, ROOT_LABEL, staging, protos.get(sysroot),
+                                     inodes)  # fmt: skip
                     for part, extent in zip(parts, layout.data, strict=True):
                         _make_filesystem(part.spec.filesystem, dest, part.tree, extent,
-                                         part.uuid, part.label, staging)  # fmt: skip
+                                         part.uuid, part.label, staging,
+                                         protos.get(part.tree))  # fmt: skip
                 with steps.step("bootloader", f"Installing GRUB ({options.boot})"):
                     _install_bootloader(dest, layout, options, staging, fs_uuid)
                 if not block:
@@ -458,11 +468,12 @@ def _make_filesystem(
     uuid: str,
     label: str,
     staging: Path,
+    proto: Protofile | None,
     inodes: int | None = None,
 ) -> None:
     if kind is Filesystem.XFS:
         make_xfs(dest, tree, offset=extent.offset, size=extent.size, uuid=uuid, label=label,
-                 staging=staging)  # fmt: skip
+                 staging=staging, proto=proto)  # fmt: skip
         return
     if inodes is None:
         inodes = _tree_usage(tree)[1]

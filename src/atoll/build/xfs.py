@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from atoll.errors import DiskError, from_oserror
@@ -135,35 +136,57 @@ def tree_usage(root: Path) -> tuple[int, int]:
     return blocks * 4096, inodes + 1
 
 
+@dataclass(frozen=True)
+class Protofile:
+    """A prototype file written for a tree, and what it could not say."""
+
+    path: Path
+    sticky: list[str]
+
+
+def prepare(tree: Path, dest: Path) -> Protofile:
+    """The prototype file of *tree*: written before anything touches the disk,
+    so that a name it cannot carry stops the install first."""
+    return Protofile(dest, write_protofile(tree, dest))
+
+
 def make_xfs(
-    target: Path, tree: Path, *, offset: int, size: int, uuid: str, label: str, staging: Path
+    target: Path,
+    tree: Path,
+    *,
+    offset: int,
+    size: int,
+    uuid: str,
+    label: str,
+    staging: Path,
+    proto: Protofile | None = None,
 ) -> None:
     """An XFS file system holding a copy of *tree*, written at *offset* of *target*."""
     mkfs = find_tool("mkfs.xfs", "xfsprogs")
     xfs_db = find_tool("xfs_db", "xfsprogs")
     if size < MIN_SIZE:
         raise DiskError(f"{target}: an XFS file system needs {MIN_SIZE // (1024 * 1024)} MiB")
-    proto = staging / "xfs.proto"
+    if proto is None:
+        proto = prepare(tree, staging / "xfs.proto")
     image = staging / "root.xfs"
-    sticky = write_protofile(tree, proto)
     try:
         with image.open("xb") as fh:
             fh.truncate(size)
     except OSError as exc:
         raise from_oserror(exc, str(image)) from exc
     try:
-        run([mkfs, "-q", "-L", label, "-m", f"uuid={uuid}", "-p", proto.resolve(),
+        run([mkfs, "-q", "-L", label, "-m", f"uuid={uuid}", "-p", proto.path.resolve(),
              image.resolve()], cwd=tree)  # fmt: skip
-        for start in range(0, len(sticky), _DB_BATCH):
+        for start in range(0, len(proto.sticky), _DB_BATCH):
             commands: list[str | Path] = []
-            for path in sticky[start : start + _DB_BATCH]:
+            for path in proto.sticky[start : start + _DB_BATCH]:
                 mode = (tree / path.lstrip("/")).lstat().st_mode
                 commands += ["-c", f"path {path}", "-c", f"write core.mode 0{mode:o}"]
             run([xfs_db, "-x", *commands, image])
         copy_sparse(image, target, offset)
     finally:
         image.unlink(missing_ok=True)
-        proto.unlink(missing_ok=True)
+        proto.path.unlink(missing_ok=True)
 
 
 def copy_sparse(source: Path, target: Path, offset: int) -> None:
