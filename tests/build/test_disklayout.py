@@ -60,7 +60,8 @@ def test_a_layout_file_is_read(tmp_path: Path) -> None:
          "layout.toml: line 2: partition[0].mount: '/home' is not /var or a directory under it"),
         ('[[partition]]\nmount = "/var/../etc"\nsize = "1G"\n',
          "line 2: partition[0].mount: '/var/../etc' is not /var"),
-        ('[[partition]]\nmount = "/var"\nsize = "1G"\n[[partition]]\nmount = "/var/"\nsize = "1G"\n',
+        ('[[partition]]\nmount = "/var"\nsize = "1G"\n'
+         '[[partition]]\nmount = "/var/"\nsize = "1G"\n',
          "layout.toml: line 5: partition[1].mount: /var is given twice"),
         ('[root]\nfilesystem = "btrfs"\n',
          "layout.toml: line 2: root.filesystem: 'btrfs' is not a file system atoll makes"),
