@@ -14,7 +14,10 @@ and reboots into it; v2 ships a required check that fails, so each of its boots
 is red and reboots; GRUB counts the attempts in grubenv and, after three, boots
 v1 on its own; atoll records the rollback and why; the timer pulls v3, which
 goes green.  Data written to /var before the first upgrade
-is there at the end, and /usr is read-only in every deployment.  Each boot is a
+is there at the end, on /var's own partition (``--layout``: mounted through the
+deployment's fstab), and /usr is read-only in every deployment.  The disk is
+made 3 GiB and grown to 4 GiB before the first boot, which grows the root
+partition and its file system to the end (systemd-repart, systemd-growfs).  Each boot is a
 fresh QEMU process (``-no-reboot``); the VM reports on its serial console
 (lines starting with ``VMTEST``, from helpers.vm.DRIVER_FILES).
 
@@ -114,18 +117,19 @@ def atoll(*args: str) -> str:
     return proc.stdout
 
 
-def root_offset(disk: Path) -> int:
-    """Where the root file system starts: the disk's last partition."""
+def root_offset(disk: Path, index: int = -1) -> int:
+    """Where the root file system starts: the disk's last partition (or another)."""
     table = subprocess.run(
         ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
     ).stdout
-    return int(json.loads(table)["partitiontable"]["partitions"][-1]["start"]) * 512
+    return int(json.loads(table)["partitiontable"]["partitions"][index]["start"]) * 512
 
 
-def disk_file(disk: Path, path: str) -> str:
-    """A file of the disk's root file system, read without mounting it."""
+def disk_file(disk: Path, path: str, index: int = -1) -> str:
+    """A file of the disk's root file system (or another partition's), read
+    without mounting it."""
     proc = subprocess.run(
-        ["debugfs", "-R", f"cat {path}", f"{disk}?offset={root_offset(disk)}"],
+        ["debugfs", "-R", f"cat {path}", f"{disk}?offset={root_offset(disk, index)}"],
         capture_output=True,
         text=True,
         check=True,
@@ -269,9 +273,12 @@ def test_upgrade_bootloader_fallback_and_recovery(
 
     disk = tmp_path / "disk.raw"
     kargs = [arg for karg in TEST_KARGS for arg in ("--karg", karg)]
+    # /var on a partition of its own, before the root (docs/install.md, Partition layouts).
+    layout_file = tmp_path / "layout.toml"
+    layout_file.write_text('[[partition]]\nmount = "/var"\nsize = "256M"\n')
     atoll("install", "to-disk", str(disk), "--source", f"oci-archive:{images}/os.tar",
           "--target-image", tracked, "--size", "3G", "--boot", "hybrid", "--secure-boot",
-          *kargs)  # fmt: skip
+          "--layout", str(layout_file), *kargs)  # fmt: skip
     (images / "os.tar").unlink()
     data_update = make_data_disk(tmp_path / "data-update.img", {STEP_FILE: "selfupdate"})
     data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
@@ -339,6 +346,10 @@ def test_upgrade_bootloader_fallback_and_recovery(
         assert last["initrd"] == "systemd"  # dracut: its module made the deployment the root
         assert last["secureboot"] == ""  # SeaBIOS: no UEFI, no Secure Boot
         assert last["data"] == "written by 1.0"
+        # The data is on the /var partition (mounted from the deployment's fstab, by
+        # v1, v2 and v3 alike), and the root file system's /var is its empty mount point.
+        assert disk_file(disk, "/lib/vmtest/data", index=-2) == "written by 1.0\n"
+        assert disk_file(disk, "/atoll/deploy/default/var/lib/vmtest/data") == ""
         assert last["usr"] == "read-only"
         assert last["status"]["status"]["booted"]["atoll"]["bootState"] == "good"
         assert last["status"]["status"]["booted"]["image"]["image"]["image"] == tracked
