@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -168,6 +169,21 @@ def root_extent(disk: Path) -> tuple[int, int, int]:
     return (root["start"] + root["size"]) * 512, root["size"] * 512, fs
 
 
+def unsign(kernel: Path) -> bytes:
+    """*kernel* (a signed PE image) without its Authenticode signature: the PE
+    certificate table emptied and the certificates cut off the end."""
+    data = bytearray(kernel.read_bytes())
+    (pe,) = struct.unpack_from("<I", data, 0x3C)
+    assert data[pe : pe + 4] == b"PE\0\0"
+    optional = pe + 24
+    assert struct.unpack_from("<H", data, optional)[0] == 0x20B  # PE32+
+    entry = optional + 112 + 8 * 4  # the data directories; 4: the certificate table
+    offset, length = struct.unpack_from("<II", data, entry)
+    assert length > 0 and offset + length == len(data), "not a signed kernel"
+    struct.pack_into("<II", data, entry, 0, 0)
+    return bytes(data[:offset])
+
+
 def grubenv(disk: Path) -> dict[str, str]:
     text = disk_file(disk, "/boot/grub/grubenv")
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
@@ -261,7 +277,12 @@ def test_upgrade_bootloader_fallback_and_recovery(
     kver = tree_kver(vm_tree)
     dracut = make_initramfs(vm_tree, "dracut")
     v3 = {**common, f"usr/lib/modules/{kver}/initramfs.img": FileSpec(dracut.read_bytes(), 0o644)}
-    for ref, version, add in (("1", "1.0", common), ("2", "2.0", v2), ("3", "3.0", v3)):
+    vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
+    # 2.5: Debian's kernel with its signature taken off (it would boot without Secure Boot).
+    unsigned = {**common, f"usr/lib/modules/{kver}/vmlinuz": FileSpec(unsign(vmlinuz), 0o644)}
+    for ref, version, add in (
+        ("1", "1.0", common), ("2", "2.0", v2), ("unsigned", "2.5", unsigned), ("3", "3.0", v3),
+    ):  # fmt: skip
         build_vm_image(layout, ref, vm_tree, platform, version=version, add=add)  # type: ignore[arg-type]
     atoll("image", "copy", f"oci:{layout}:1", f"oci-archive:{images}/os.tar")
 
@@ -321,8 +342,9 @@ def test_upgrade_bootloader_fallback_and_recovery(
             red = vm.boot(data_report, DeviceBootOutcome.REBOOT)
             assert red["lines"] == []  # the driver runs only after a green check
             assert grubenv(disk).get("boot_counter") == left
-        # GRUB falls back to v1 by itself; atoll records why; the timer pulls v3.
-        publish("3")
+        # GRUB falls back to v1 by itself; atoll records why; the timer pulls 2.5,
+        # whose kernel is not signed.
+        publish("unsigned")
         back = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
         assert back["version"] == "1.0"
         assert back["data"] == "written by 1.0"
@@ -339,6 +361,17 @@ def test_upgrade_bootloader_fallback_and_recovery(
         outcomes = [h["outcome"] for h in back["history"]]
         assert outcomes[-4:] == ["red", "red", "red", "green"]
         assert "done" in back["lines"]
+        # 2.5's kernel: signed GRUB has shim check it, shim refuses it, and GRUB boots
+        # the next entry (v1) in the same boot; v1's timer pulls v3.
+        publish("3")
+        start = vm.console.stat().st_size
+        refused = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
+        said = vm.console.read_bytes()[start:].decode(errors="replace")
+        assert "bad shim signature" in said
+        assert "Falling back to `" in said
+        assert refused["version"] == "1.0" and refused["secureboot"] == "enabled"
+        assert refused["data"] == "written by 1.0"
+        assert "done" in refused["lines"]
         # v3: green, the /var data still there, /usr read-only, the counter gone; this
         # boot is the same disk's BIOS path (SeaBIOS, boot.img, core.img).
         last = vm.boot(data_report, DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS)
@@ -367,7 +400,6 @@ def test_upgrade_bootloader_fallback_and_recovery(
         ghost = booted.rsplit("/", 1)[0] + "/" + "0" * 64 + ".0"
         args = [f"atoll={ghost}" if a.startswith("atoll=") else a for a in linux[2:]]
         assert f"atoll={ghost}" in args
-        vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
         for initrd in (make_initramfs(vm_tree), dracut):
             start = vm.console.stat().st_size
             # No bootloader here: SeaBIOS hands QEMU's -kernel over sooner than OVMF.
