@@ -79,6 +79,12 @@ BOOT_TIMEOUT = 240
 #: A boot in which the device updates itself: it also fetches, imports and checks
 #: out the new version, and finalizes it on the way down.
 UPDATE_BOOT_TIMEOUT = 480
+UDEV_UNITS = (
+    "systemd-udevd.service",
+    "systemd-udevd-control.socket",
+    "systemd-udevd-kernel.socket",
+    "systemd-udev-trigger.service",
+)
 FAILING_CHECK = "#!/bin/sh\necho 'v2 cannot reach its control plane (on purpose)'\nexit 7\n"
 
 
@@ -272,6 +278,9 @@ def test_upgrade_bootloader_fallback_and_recovery(
     common: dict[str, object] = {
         "etc/vmtest-images": f"{images}\n",
         "etc/containers/registries.conf": registries_conf(int(port)),
+        # udev, which the VM tree masks, makes /dev/disk/by-uuid, through which the
+        # deployment's fstab mounts /var's own partition.
+        **{f"etc/systemd/system/{unit}": None for unit in UDEV_UNITS},
     }
     v2 = {**common, f"{REQUIRED}/50-control-plane.sh": FileSpec(FAILING_CHECK.encode(), 0o755)}
     kver = tree_kver(vm_tree)
@@ -293,7 +302,8 @@ def test_upgrade_bootloader_fallback_and_recovery(
         )  # fmt: skip
 
     disk = tmp_path / "disk.raw"
-    kargs = [arg for karg in TEST_KARGS for arg in ("--karg", karg)]
+    # net.ifnames=0: udev keeps the name eth0, which the test's driver brings up.
+    kargs = [arg for karg in (*TEST_KARGS, "net.ifnames=0") for arg in ("--karg", karg)]
     # /var on a partition of its own, before the root (docs/install.md, Partition layouts).
     layout_file = tmp_path / "layout.toml"
     layout_file.write_text('[[partition]]\nmount = "/var"\nsize = "256M"\n')
