@@ -15,7 +15,7 @@ APT_PACKAGES := python3 python3-venv ca-certificates docker-registry skopeo podm
 	ostree debootstrap systemd-container attr tzdata bsdiff \
 	qemu-system-x86 qemu-utils grub-pc-bin grub2-common fdisk e2fsprogs curl apt-utils gcc libc6-dev \
 	postgresql keepalived iproute2 chromium chromium-driver \
-	dosfstools mtools ovmf grub-efi-amd64-bin shim-signed grub-efi-amd64-signed xorriso
+	dosfstools mtools ovmf grub-efi-amd64-bin shim-signed grub-efi-amd64-signed xorriso xfsprogs
 
 .PHONY: demo test lint typecheck unit integration slow fuzz bench deps system-deps venv tools clean
 

@@ -139,6 +139,22 @@ def test_the_deployment_becomes_the_root(tmp_path: Path, sysroot: tuple[Path, st
     assert "sysroot=yes" in out and "var=shared var" in out
 
 
+def test_var_in_the_deployments_fstab_is_left_to_systemd(
+    tmp_path: Path, sysroot: tuple[Path, str]
+) -> None:
+    """/var on a partition of its own (install --layout): not bound here, so that
+    systemd, finding /var unmounted, mounts the partition from fstab."""
+    path, deployment = sysroot
+    fstab = path / deployment.lstrip("/") / "etc/fstab"
+    fstab.unlink(missing_ok=True)  # a hard link into the store: never written through
+    fstab.write_text("# comment /var\nUUID=1234 /var ext4 defaults 0 2\n")
+    code, out, err = prepare(tmp_path, path, f"root=UUID=x rw atoll={deployment}")
+    assert code == 0, err
+    mounts = [line.split()[0] for line in out.splitlines() if line.startswith("ROOT")]
+    assert sorted(mounts) == ["ROOT", "ROOT/sysroot", "ROOT/usr"]
+    assert "var=none" in out and "sysroot=yes" in out
+
+
 def test_no_atoll_argument_changes_nothing(tmp_path: Path, sysroot: tuple[Path, str]) -> None:
     code, out, err = prepare(tmp_path, sysroot[0], "root=/dev/sda1 ro quiet")
     assert code == 0 and err == ""

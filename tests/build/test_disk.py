@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from atoll.boot import install_early_boot
-from atoll.build.disk import parse_size
+from atoll.build.disklayout import parse_size
 from atoll.build.esp import GRUB_EFI_DIR, REMOVABLE_PATH, read_esp_file
 from atoll.build.partition import (
     BIOS_BOOT_TYPE,
@@ -115,6 +115,7 @@ def check_disk(disk: Path, doc: dict[str, Any]) -> None:
     )["partitiontable"]
     parts = table["partitions"]
     root = parts[-1]
+    data = len(doc["partitions"])  # --layout's, between the boot partitions and the root
     assert root["start"] * 512 == doc["partition"]["offset"]
     assert root["size"] * 512 == doc["partition"]["size"]
     if doc["boot"] == "bios":
@@ -123,7 +124,7 @@ def check_disk(disk: Path, doc: dict[str, Any]) -> None:
         check_boot_code(disk, 1)
     else:
         assert table["label"] == "gpt" and root["type"] == ROOT_TYPE_X86_64
-        esp = parts[-2]
+        esp = parts[-2 - data]
         assert esp["type"] == ESP_TYPE and esp["start"] * 512 == doc["esp"]["offset"]
         efi = read_esp_file(disk, doc["esp"]["offset"], REMOVABLE_PATH)
         assert efi[:2] == b"MZ"  # a PE image...
@@ -134,10 +135,10 @@ def check_disk(disk: Path, doc: dict[str, Any]) -> None:
         assert f"search.fs_uuid {doc['filesystem']['uuid']} root".encode() in efi
         if doc["boot"] == "hybrid":
             bios = parts[0]
-            assert len(parts) == 3 and bios["type"] == BIOS_BOOT_TYPE
+            assert len(parts) == 3 + data and bios["type"] == BIOS_BOOT_TYPE
             check_boot_code(disk, bios["start"])
         else:
-            assert len(parts) == 2
+            assert len(parts) == 2 + data
             with disk.open("rb") as fh:
                 assert fh.read(440) == bytes(440)  # no BIOS boot code
     offset = doc["partition"]["offset"]
@@ -183,6 +184,15 @@ def test_to_disk_makes_a_partitioned_bootable_raw_file(
         offset,
     )
     assert "f~ /root/.ssh/authorized_keys 0600 root root - c3NoLWVkMjU1MTkg" in ssh
+    # First boot grows the root partition and file system to the disk (atoll.build.growfs).
+    etc = f"/atoll/deploy/{stateroot}/deploy/{ident}/etc"
+    assert "Type=root" in debugfs(disk, f"cat {etc}/repart.d/50-atoll-root.conf", offset)
+    unit = debugfs(disk, f"cat {etc}/systemd/system/atoll-growfs.service", offset)
+    assert "ExecStart=/lib/systemd/systemd-growfs /sysroot" in unit
+    wants = debugfs(disk, f"stat {etc}/systemd/system/multi-user.target.wants", offset)
+    assert "Type: directory" in wants
+    link = f"{etc}/systemd/system/multi-user.target.wants/atoll-growfs.service"
+    assert 'Fast link dest: "../atoll-growfs.service"' in debugfs(disk, f"stat {link}", offset)
     assert sorted(p.name for p in disk.parent.iterdir()) == ["disk.raw"]  # no staging left
 
 
@@ -211,6 +221,94 @@ def test_disk_image_formats(images: Path, tmp_path: Path, kind: str) -> None:
         f"os.{kind}",
         "stage",
     ]
+
+
+def test_to_disk_with_an_xfs_root(images: Path, tmp_path: Path) -> None:
+    """--rootfs xfs: the same disk with XFS in the root partition, which both
+    GRUBs (core.img for BIOS, BOOTX64.EFI) carry the driver for."""
+    require_tool("mkfs.xfs", "xfsprogs")
+    fstest = require_tool("grub-fstest", "grub-common")
+    disk = tmp_path / "disk.raw"
+    doc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1", "--size", "512M",
+                "--rootfs", "xfs", "--boot", "hybrid", "--json")  # fmt: skip
+    assert doc["filesystem"]["type"] == "xfs"
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, check=True).stdout
+    )["partitiontable"]
+    root = table["partitions"][-1]
+    assert root["start"] * 512 == doc["partition"]["offset"] and root["type"] == ROOT_TYPE_X86_64
+    check_boot_code(disk, table["partitions"][0]["start"])
+    efi = read_esp_file(disk, doc["esp"]["offset"], REMOVABLE_PATH)
+    assert b"xfs" in efi
+    # GRUB's own XFS driver finds the file system and reads its grub.cfg.
+    part = f"(loop0,gpt{len(table['partitions'])})"
+
+    def grub(*args: str) -> str:
+        return subprocess.run(
+            [fstest, str(disk), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    found = grub("ls", part)
+    assert "Filesystem type xfs - Label `atoll-root'" in found
+    assert f"UUID {doc['filesystem']['uuid']}" in found
+    cfg = grub("cat", f"{part}/boot/grub/grub.cfg")
+    assert f"root=UUID={doc['filesystem']['uuid']}" in cfg
+    assert len(grub("cat", f"{part}/boot/grub/grubenv")) == 1024
+    stateroot, ident = doc["deployment"].split("/")
+    etc = f"{part}/atoll/deploy/{stateroot}/deploy/{ident}/etc"
+    assert "Type=root" in grub("cat", f"{etc}/repart.d/50-atoll-root.conf")
+    # A name a prototype file cannot carry is refused before the disk is touched.
+    stage = tmp_path / "hook"
+    install_early_boot(stage)
+    spaced = {**tree_spec(stage), "usr/share/doc/read me": "x"}
+    build_os_image(images, "spaced", version="1.0", add=spaced)  # type: ignore[arg-type]
+    before = disk.read_bytes()[: 1 << 20]
+    proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:spaced",
+                 "--rootfs", "xfs", code=72)  # fmt: skip
+    assert "/usr/share/doc/read me: 'read me' cannot be written" in proc.stderr
+    assert disk.read_bytes()[: 1 << 20] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "disk.raw", "home", "hook", "images", "stage"]  # fmt: skip
+
+
+def test_to_disk_with_var_on_its_own_partition(images: Path, tmp_path: Path) -> None:
+    """--layout: /var on a partition of its own, between the ESP and the root,
+    holding what the image's /var had, mounted through the deployment's fstab."""
+    layout = tmp_path / "layout.toml"
+    layout.write_text('[[partition]]\nmount = "/var"\nsize = "96M"\n')
+    disk = tmp_path / "disk.raw"
+    doc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1", "--size", "400M",
+                "--layout", str(layout), "--json")  # fmt: skip
+    check_disk(disk, doc)  # the boot partitions and the root, as without a layout
+    (var,) = doc["partitions"]
+    assert var["mount"] == "/var" and var["size"] == 96 * MIB
+    assert var["filesystem"]["type"] == "ext4"
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, check=True).stdout
+    )["partitiontable"]
+    types = [p["type"] for p in table["partitions"]]
+    assert types == [ESP_TYPE, "0FC63DAF-8483-4772-8E79-3D69D8477DE4", ROOT_TYPE_X86_64]
+    assert table["partitions"][1]["start"] * 512 == var["offset"]
+    assert debugfs(disk, "cat /lib/app/seed", var["offset"]) == "seeded at install\n"
+    assert "atoll-root" not in debugfs(disk, "stats", var["offset"])
+    root = doc["partition"]["offset"]
+    # On the root file system the stateroot's /var is the empty mount point.
+    listing = debugfs(disk, "ls -p /atoll/deploy/default/var", root).split()
+    assert sorted(entry.split("/")[5] for entry in listing) == [".", ".."]
+    stateroot, ident = doc["deployment"].split("/")
+    fstab = debugfs(disk, f"cat /atoll/deploy/{stateroot}/deploy/{ident}/etc/fstab", root)
+    uuid = var["filesystem"]["uuid"]
+    assert f"UUID={uuid} /var ext4 defaults 0 2" in fstab
+    assert f"UUID={uuid} /sysroot/atoll/deploy/default/var ext4 defaults 0 0" in fstab
+    # Too small for what the image has there, or at odds with --rootfs: refused.
+    layout.write_text('[root]\nfilesystem = "xfs"\n')
+    proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1",
+                 "--layout", str(layout), "--rootfs", "ext4", code=4)  # fmt: skip
+    assert "--rootfs ext4 and" in proc.stderr and "disagree" in proc.stderr
+    layout.write_text('[[partition]]\nmount = "/var"\nsize = "1K"\n')
+    proc = atoll("install", "to-disk", str(disk), "--source", f"oci:{images}:1",
+                 "--layout", str(layout), code=72)  # fmt: skip
+    assert "the partition for /var: 0 MiB is too small" in proc.stderr
 
 
 def test_disk_image_ami(images: Path, tmp_path: Path) -> None:

@@ -14,7 +14,10 @@ and reboots into it; v2 ships a required check that fails, so each of its boots
 is red and reboots; GRUB counts the attempts in grubenv and, after three, boots
 v1 on its own; atoll records the rollback and why; the timer pulls v3, which
 goes green.  Data written to /var before the first upgrade
-is there at the end, and /usr is read-only in every deployment.  Each boot is a
+is there at the end, on /var's own partition (``--layout``: mounted through the
+deployment's fstab), and /usr is read-only in every deployment.  The disk is
+made 3 GiB and grown to 4 GiB before the first boot, which grows the root
+partition and its file system to the end (systemd-repart, systemd-growfs).  Each boot is a
 fresh QEMU process (``-no-reboot``); the VM reports on its serial console
 (lines starting with ``VMTEST``, from helpers.vm.DRIVER_FILES).
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -77,6 +81,12 @@ BOOT_TIMEOUT = 240
 #: A boot in which the device updates itself: it also fetches, imports and checks
 #: out the new version, and finalizes it on the way down.
 UPDATE_BOOT_TIMEOUT = 480
+UDEV_UNITS = (
+    "systemd-udevd.service",
+    "systemd-udevd-control.socket",
+    "systemd-udevd-kernel.socket",
+    "systemd-udev-trigger.service",
+)
 FAILING_CHECK = "#!/bin/sh\necho 'v2 cannot reach its control plane (on purpose)'\nexit 7\n"
 
 
@@ -116,18 +126,19 @@ def atoll(*args: str) -> str:
     return proc.stdout
 
 
-def root_offset(disk: Path) -> int:
-    """Where the root file system starts: the disk's last partition."""
+def root_offset(disk: Path, index: int = -1) -> int:
+    """Where the root file system starts: the disk's last partition (or another)."""
     table = subprocess.run(
         ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
     ).stdout
-    return int(json.loads(table)["partitiontable"]["partitions"][-1]["start"]) * 512
+    return int(json.loads(table)["partitiontable"]["partitions"][index]["start"]) * 512
 
 
-def disk_file(disk: Path, path: str) -> str:
-    """A file of the disk's root file system, read without mounting it."""
+def disk_file(disk: Path, path: str, index: int = -1) -> str:
+    """A file of the disk's root file system (or another partition's), read
+    without mounting it."""
     proc = subprocess.run(
-        ["debugfs", "-R", f"cat {path}", f"{disk}?offset={root_offset(disk)}"],
+        ["debugfs", "-R", f"cat {path}", f"{disk}?offset={root_offset(disk, index)}"],
         capture_output=True,
         text=True,
         check=True,
@@ -147,6 +158,38 @@ def clean(disk: Path) -> bool:
         line for line in proc.stdout.splitlines() if line.startswith("Filesystem features:")
     )
     return "needs_recovery" not in features.split()
+
+
+def root_extent(disk: Path) -> tuple[int, int, int]:
+    """(root partition's end, its size, its file system's size) in bytes."""
+    table = subprocess.run(
+        ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
+    ).stdout
+    root = json.loads(table)["partitiontable"]["partitions"][-1]
+    header = subprocess.run(
+        ["dumpe2fs", "-h", f"{disk}?offset={root_offset(disk)}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line)
+    fs = int(fields["Block count"]) * int(fields["Block size"])
+    return (root["start"] + root["size"]) * 512, root["size"] * 512, fs
+
+
+def unsign(kernel: Path) -> bytes:
+    """*kernel* (a signed PE image) without its Authenticode signature: the PE
+    certificate table emptied and the certificates cut off the end."""
+    data = bytearray(kernel.read_bytes())
+    (pe,) = struct.unpack_from("<I", data, 0x3C)
+    assert data[pe : pe + 4] == b"PE\0\0"
+    optional = pe + 24
+    assert struct.unpack_from("<H", data, optional)[0] == 0x20B  # PE32+
+    entry = optional + 112 + 8 * 4  # the data directories; 4: the certificate table
+    offset, length = struct.unpack_from("<II", data, entry)
+    assert length > 0 and offset + length == len(data), "not a signed kernel"
+    struct.pack_into("<II", data, entry, 0, 0)
+    return bytes(data[:offset])
 
 
 def grubenv(disk: Path) -> dict[str, str]:
@@ -237,12 +280,20 @@ def test_upgrade_bootloader_fallback_and_recovery(
     common: dict[str, object] = {
         "etc/vmtest-images": f"{images}\n",
         "etc/containers/registries.conf": registries_conf(int(port)),
+        # udev, which the VM tree masks, makes /dev/disk/by-uuid, through which the
+        # deployment's fstab mounts /var's own partition.
+        **{f"etc/systemd/system/{unit}": None for unit in UDEV_UNITS},
     }
     v2 = {**common, f"{REQUIRED}/50-control-plane.sh": FileSpec(FAILING_CHECK.encode(), 0o755)}
     kver = tree_kver(vm_tree)
     dracut = make_initramfs(vm_tree, "dracut")
     v3 = {**common, f"usr/lib/modules/{kver}/initramfs.img": FileSpec(dracut.read_bytes(), 0o644)}
-    for ref, version, add in (("1", "1.0", common), ("2", "2.0", v2), ("3", "3.0", v3)):
+    vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
+    # 2.5: Debian's kernel with its signature taken off (it would boot without Secure Boot).
+    unsigned = {**common, f"usr/lib/modules/{kver}/vmlinuz": FileSpec(unsign(vmlinuz), 0o644)}
+    for ref, version, add in (
+        ("1", "1.0", common), ("2", "2.0", v2), ("unsigned", "2.5", unsigned), ("3", "3.0", v3),
+    ):  # fmt: skip
         build_vm_image(layout, ref, vm_tree, platform, version=version, add=add)  # type: ignore[arg-type]
     atoll("image", "copy", f"oci:{layout}:1", f"oci-archive:{images}/os.tar")
 
@@ -253,14 +304,22 @@ def test_upgrade_bootloader_fallback_and_recovery(
         )  # fmt: skip
 
     disk = tmp_path / "disk.raw"
-    kargs = [arg for karg in TEST_KARGS for arg in ("--karg", karg)]
+    # net.ifnames=0: udev keeps the name eth0, which the test's driver brings up.
+    kargs = [arg for karg in (*TEST_KARGS, "net.ifnames=0") for arg in ("--karg", karg)]
+    # /var on a partition of its own, before the root (docs/install.md, Partition layouts).
+    layout_file = tmp_path / "layout.toml"
+    layout_file.write_text('[[partition]]\nmount = "/var"\nsize = "256M"\n')
     atoll("install", "to-disk", str(disk), "--source", f"oci-archive:{images}/os.tar",
           "--target-image", tracked, "--size", "3G", "--boot", "hybrid", "--secure-boot",
-          *kargs)  # fmt: skip
+          "--layout", str(layout_file), *kargs)  # fmt: skip
     (images / "os.tar").unlink()
     data_update = make_data_disk(tmp_path / "data-update.img", {STEP_FILE: "selfupdate"})
     data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
     publish("2")
+    # Written to a bigger disk than it was made for: the first boot grows the root
+    # partition (systemd-repart) and its file system (systemd-growfs) to the end.
+    end, _, made_fs = root_extent(disk)
+    subprocess.run(["qemu-img", "resize", "-q", "-f", "raw", str(disk), "4G"], check=True)
     prepared = time.monotonic() - started
 
     efi_vars = fresh_efi_vars(tmp_path, secure_boot=True)
@@ -281,6 +340,11 @@ def test_upgrade_bootloader_fallback_and_recovery(
         assert booted["image"]["version"] == "1.0"
         assert booted["image"]["image"] == {"image": tracked, "transport": "registry"}
         assert clean(disk), "the reboot left the root file system's journal to replay"
+        grown_end, grown_size, grown_fs = root_extent(disk)
+        assert made_fs < 3 * 1024**3 < grown_fs
+        # The partition reaches the end (before GPT's copy), the file system fills it.
+        assert grown_end > disk.stat().st_size - 1024**2 > end
+        assert grown_size - grown_fs < 4096
         env = grubenv(disk)
         assert env.get("boot_counter") == "3" and env.get("boot_success") == "0"
         menu = [m for m in disk_file(disk, "/boot/grub/grub.cfg").splitlines() if "menuentry" in m]
@@ -290,8 +354,9 @@ def test_upgrade_bootloader_fallback_and_recovery(
             red = vm.boot(data_report, DeviceBootOutcome.REBOOT)
             assert red["lines"] == []  # the driver runs only after a green check
             assert grubenv(disk).get("boot_counter") == left
-        # GRUB falls back to v1 by itself; atoll records why; the timer pulls v3.
-        publish("3")
+        # GRUB falls back to v1 by itself; atoll records why; the timer pulls 2.5,
+        # whose kernel is not signed.
+        publish("unsigned")
         back = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
         assert back["version"] == "1.0"
         assert back["data"] == "written by 1.0"
@@ -308,6 +373,17 @@ def test_upgrade_bootloader_fallback_and_recovery(
         outcomes = [h["outcome"] for h in back["history"]]
         assert outcomes[-4:] == ["red", "red", "red", "green"]
         assert "done" in back["lines"]
+        # 2.5's kernel: signed GRUB has shim check it, shim refuses it, and GRUB boots
+        # the next entry (v1) in the same boot; v1's timer pulls v3.
+        publish("3")
+        start = vm.console.stat().st_size
+        refused = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
+        said = vm.console.read_bytes()[start:].decode(errors="replace")
+        assert "bad shim signature" in said
+        assert "Falling back to `" in said
+        assert refused["version"] == "1.0" and refused["secureboot"] == "enabled"
+        assert refused["data"] == "written by 1.0"
+        assert "done" in refused["lines"]
         # v3: green, the /var data still there, /usr read-only, the counter gone; this
         # boot is the same disk's BIOS path (SeaBIOS, boot.img, core.img).
         last = vm.boot(data_report, DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS)
@@ -315,6 +391,10 @@ def test_upgrade_bootloader_fallback_and_recovery(
         assert last["initrd"] == "systemd"  # dracut: its module made the deployment the root
         assert last["secureboot"] == ""  # SeaBIOS: no UEFI, no Secure Boot
         assert last["data"] == "written by 1.0"
+        # The data is on the /var partition (mounted from the deployment's fstab, by
+        # v1, v2 and v3 alike), and the root file system's /var is its empty mount point.
+        assert disk_file(disk, "/lib/vmtest/data", index=-2) == "written by 1.0\n"
+        assert disk_file(disk, "/atoll/deploy/default/var/lib/vmtest/data") == ""
         assert last["usr"] == "read-only"
         assert last["status"]["status"]["booted"]["atoll"]["bootState"] == "good"
         assert last["status"]["status"]["booted"]["image"]["image"]["image"] == tracked
@@ -332,7 +412,6 @@ def test_upgrade_bootloader_fallback_and_recovery(
         ghost = booted.rsplit("/", 1)[0] + "/" + "0" * 64 + ".0"
         args = [f"atoll={ghost}" if a.startswith("atoll=") else a for a in linux[2:]]
         assert f"atoll={ghost}" in args
-        vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
         for initrd in (make_initramfs(vm_tree), dracut):
             start = vm.console.stat().st_size
             # No bootloader here: SeaBIOS hands QEMU's -kernel over sooner than OVMF.

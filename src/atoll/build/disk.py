@@ -39,12 +39,21 @@ from pathlib import Path
 from typing import Any
 
 from atoll.boot.early import HOOKS, has_early_boot
+from atoll.build.disklayout import (
+    DataPartition,
+    DiskLayout,
+    Filesystem,
+    split_trees,
+    write_fstab,
+)
 from atoll.build.esp import REMOVABLE_PATH, make_esp, make_grub_efi, secure_boot_files
+from atoll.build.growfs import write_growfs
 from atoll.build.imagetree import HEAD_BYTES
 from atoll.build.partition import (
     BIOS_BOOT_SIZE,
     ESP_SIZE,
     BootMode,
+    Extent,
     Layout,
     device_size,
     install_boot_code,
@@ -53,6 +62,10 @@ from atoll.build.partition import (
     make_ext4,
     write_partition_table,
 )
+from atoll.build.xfs import MIN_SIZE as XFS_MIN_SIZE
+from atoll.build.xfs import Protofile, make_xfs
+from atoll.build.xfs import prepare as prepare_xfs
+from atoll.build.xfs import tree_usage as xfs_tree_usage
 from atoll.errors import (
     DiskError,
     InvalidInputError,
@@ -66,7 +79,7 @@ from atoll.oci.transports import ImageName
 from atoll.progress import NullProgress, ProgressSink
 from atoll.run import find_tool, run
 from atoll.sysroot.bootloader.grub import GrubSettings, install_grub_config
-from atoll.sysroot.layout import DEFAULT_STATEROOT
+from atoll.sysroot.layout import DEFAULT_STATEROOT, Sysroot
 from atoll.sysroot.lifecycle import Admission, Device
 
 MIB = 1024 * 1024
@@ -75,11 +88,6 @@ ROOT_LABEL = "atoll-root"
 #: messages on the screen and on the first serial port (what a VM shows).
 VM_CONSOLE_KARGS = ("console=tty0", "console=ttyS0,115200")
 SSH_TMPFILES = "etc/tmpfiles.d/atoll-root-ssh.conf"
-_UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB, "T": 1024 * 1024 * MIB}
-
-
-class Filesystem(StrEnum):
-    EXT4 = "ext4"
 
 
 class ImageType(StrEnum):
@@ -125,6 +133,11 @@ class DiskOptions:
     #: Files written into the deployment (path under it, bytes) before the file
     #: system is made: the install config's host name, users and policy.
     files: tuple[tuple[str, bytes], ...] = ()
+    #: Partitions of their own for /var or directories under it (--layout).
+    layout: DiskLayout = field(default_factory=DiskLayout)
+
+    def sysroot_var(self, sysroot: Path) -> Path:
+        return Sysroot(sysroot).var(self.stateroot)
 
 
 @dataclass
@@ -142,6 +155,8 @@ class DiskResult:
     type: ImageType = ImageType.RAW
     boot: BootMode = BootMode.UEFI
     secure_boot: bool = False
+    filesystem: Filesystem = Filesystem.EXT4
+    partitions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def bootloader(self) -> str:
@@ -165,7 +180,11 @@ class DiskResult:
             "deployment": self.deployment,
             "size": self.size,
             "partition": {"offset": root.offset, "size": root.size},
-            "filesystem": {"type": "ext4", "uuid": self.fs_uuid, "label": ROOT_LABEL},
+            "filesystem": {
+                "type": self.filesystem.value,
+                "uuid": self.fs_uuid,
+                "label": ROOT_LABEL,
+            },
             "kernel": self.kernel,
             "kargs": self.kargs,
             "boot": self.boot.value,
@@ -173,23 +192,8 @@ class DiskResult:
             "esp": {"offset": esp.offset, "size": esp.size} if esp else None,
             "secureBoot": self.secure_boot,
             "bootloader": self.bootloader,
+            "partitions": self.partitions,
         }
-
-
-def parse_size(text: str) -> int:
-    """``4G``, ``512M``, ``1073741824``: bytes."""
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in _UNITS else ""
-    number = value[: len(value) - len(unit)]
-    try:
-        size = int(float(number) * _UNITS[unit])
-    except ValueError:
-        raise InvalidInputError(
-            f"size {text!r} is not a size", hint="give bytes or a number with K, M, G or T"
-        ) from None
-    if size <= 0:
-        raise InvalidInputError(f"size {text!r} must be more than 0")
-    return size
 
 
 class _Steps:
@@ -342,7 +346,11 @@ def install_to_disk(
         raise DiskError(f"{target}: neither a block device nor a regular file")
     if not block and not target.parent.is_dir():
         raise DiskError(f"{target.parent}: no such directory")
-    tools = [("sfdisk", "fdisk"), ("mkfs.ext4", "e2fsprogs"), ("grub-mkimage", "grub-common")]
+    tools = [("sfdisk", "fdisk"), ("grub-mkimage", "grub-common")]
+    if options.filesystem is Filesystem.XFS:
+        tools += [("mkfs.xfs", "xfsprogs"), ("xfs_db", "xfsprogs")]
+    else:
+        tools += [("mkfs.ext4", "e2fsprogs")]
     if options.boot.efi:
         tools += [("mkfs.fat", "dosfstools"), ("mcopy", "mtools")]
     for tool, package in tools:
@@ -371,14 +379,27 @@ def install_to_disk(
                     _check_signed(deployment_root / "usr/lib/modules" / kver / "vmlinuz", source)
                 if options.root_ssh_authorized_keys is not None:
                     _write_ssh_keys(deployment_root, options.root_ssh_authorized_keys)
-                for rel, data in options.files:
-                    _write_file(deployment_root, rel, data)
+                for rel, body in options.files:
+                    _write_file(deployment_root, rel, body)
+                write_growfs(deployment_root)
                 install_grub_config(
                     sysroot / "boot", GrubSettings(boot_prefix="/boot", flush_after_write=True)
                 )
-            content, inodes = _tree_usage(sysroot)
-            needed = _needed_size(content, inodes, options.boot)
-            size = _disk_size(target, block, options.size, needed, options.align)
+            parts = split_trees(
+                options.sysroot_var(sysroot), options.layout, staging / "partitions"
+            )
+            write_fstab(deployment_root, parts, options.stateroot)
+            content, inodes = _usage(options.filesystem, sysroot)
+            needed = _fs_needed(options.filesystem, content, inodes, options.boot)
+            data = [_data_size(part) for part in parts]
+            size = _disk_size(target, block, options.size, needed + sum(data), options.align)
+            # A name mkfs.xfs cannot take stops the install here, before the disk is touched.
+            trees = [(options.filesystem, sysroot)] + [(p.spec.filesystem, p.tree) for p in parts]
+            protos = {
+                tree: prepare_xfs(tree, staging / f"xfs-{i}.proto")
+                for i, (kind, tree) in enumerate(trees)
+                if kind is Filesystem.XFS
+            }
             dest = (
                 target
                 if block
@@ -389,19 +410,17 @@ def install_to_disk(
                     with dest.open("xb") as fh:
                         fh.truncate(size)
                 with steps.step("partition", "Writing the partition table"):
-                    layout = write_partition_table(dest, size, options.boot)
+                    layout = write_partition_table(dest, size, options.boot, data)
                 with steps.step(
                     "filesystem", f"Making the {options.filesystem} file system", content
                 ):
-                    make_ext4(
-                        dest,
-                        sysroot,
-                        offset=layout.root.offset,
-                        size=layout.root.size,
-                        uuid=fs_uuid,
-                        label=ROOT_LABEL,
-                        inodes=max(inodes * 2, 65536),
-                    )
+                    _make_filesystem(options.filesystem, dest, sysroot, layout.root,
+                                     fs_uuid, ROOT_LABEL, staging, protos.get(sysroot),
+                                     inodes)  # fmt: skip
+                    for part, extent in zip(parts, layout.data, strict=True):
+                        _make_filesystem(part.spec.filesystem, dest, part.tree, extent,
+                                         part.uuid, part.label, staging,
+                                         protos.get(part.tree))  # fmt: skip
                 with steps.step("bootloader", f"Installing GRUB ({options.boot})"):
                     _install_bootloader(dest, layout, options, staging, fs_uuid)
                 if not block:
@@ -426,7 +445,62 @@ def install_to_disk(
             kargs=["rw", *kargs],
             boot=options.boot,
             secure_boot=options.secure_boot,
+            filesystem=options.filesystem,
+            partitions=[
+                part.to_json(extent.offset, extent.size)
+                for part, extent in zip(parts, layout.data, strict=True)
+            ],
         )
+
+
+def _usage(kind: Filesystem, tree: Path) -> tuple[int, int]:
+    return xfs_tree_usage(tree) if kind is Filesystem.XFS else _tree_usage(tree)
+
+
+def _fs_needed(kind: Filesystem, content: int, inodes: int, mode: BootMode) -> int:
+    needed = _needed_size(content, inodes, mode)
+    if kind is Filesystem.XFS:  # mkfs.xfs refuses a smaller one
+        needed = max(needed, _needed_size(0, 0, mode) + XFS_MIN_SIZE)
+    return needed
+
+
+def _data_size(part: DataPartition) -> int:
+    """The size of a layout's partition, refused when its content does not fit."""
+    content, inodes = _usage(part.spec.filesystem, part.tree)
+    # Inode tables, the journal (ext4: 4 MiB on a partition under 128 MiB, more on
+    # bigger ones; xfs: its log) and some slack.
+    needed = int(content * 1.15) + inodes * 1024 + 16 * MIB
+    if part.spec.filesystem is Filesystem.XFS:
+        needed = max(needed + 32 * MIB, XFS_MIN_SIZE)
+    if part.spec.size < needed:
+        mib = math.ceil(needed / MIB)
+        raise DiskError(
+            f"the partition for {part.spec.mount}: {part.spec.size // MIB} MiB is too small "
+            f"for it ({part.spec.filesystem}, what the image has there)",
+            hint=f'give it size = "{mib}M" or more in the layout file',
+        )
+    return part.spec.size
+
+
+def _make_filesystem(
+    kind: Filesystem,
+    dest: Path,
+    tree: Path,
+    extent: Extent,
+    uuid: str,
+    label: str,
+    staging: Path,
+    proto: Protofile | None,
+    inodes: int | None = None,
+) -> None:
+    if kind is Filesystem.XFS:
+        make_xfs(dest, tree, offset=extent.offset, size=extent.size, uuid=uuid, label=label,
+                 staging=staging, proto=proto)  # fmt: skip
+        return
+    if inodes is None:
+        inodes = _tree_usage(tree)[1]
+    make_ext4(dest, tree, offset=extent.offset, size=extent.size, uuid=uuid, label=label,
+              inodes=max(inodes * 2, 65536))  # fmt: skip
 
 
 def _install_bootloader(

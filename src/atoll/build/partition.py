@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -56,6 +57,11 @@ BIOS_BOOT_SIZE = MIB
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
 ROOT_TYPE_X86_64 = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+#: The partitions of a layout file (atoll.build.disklayout): "Linux filesystem data",
+#: which nothing mounts on its own (the deployment's fstab does).
+DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+#: An MBR has room for four primary partitions.
+MBR_MAX_PARTITIONS = 4
 #: GPT keeps a backup of its header and entries in the last 33 sectors.
 GPT_BACKUP = 33 * SECTOR
 GRUB_PLATFORM = "i386-pc"
@@ -66,6 +72,7 @@ GRUB_COMMON_MODULES = (
     "part_msdos",
     "part_gpt",
     "ext2",
+    "xfs",
     "search_fs_uuid",
     "normal",
     "linux",
@@ -119,6 +126,8 @@ class Layout:
     root: Extent
     esp: Extent | None = None
     bios_boot: Extent | None = None
+    #: The partitions of a layout file, in disk order, between the ESP and the root.
+    data: tuple[Extent, ...] = ()
 
     @property
     def core_sector(self) -> int:
@@ -145,23 +154,34 @@ def device_size(path: Path) -> int:
         raise from_oserror(exc, str(path)) from exc
 
 
-def plan_layout(size: int, mode: BootMode) -> Layout:
-    """The partitions of a disk of *size* bytes booted by *mode*."""
+def plan_layout(size: int, mode: BootMode, data: Sequence[int] = ()) -> Layout:
+    """The partitions of a disk of *size* bytes booted by *mode*, with partitions
+    of *data* bytes each (rounded up to MiB) before the root, which takes the rest."""
     if mode is BootMode.BIOS:
-        head, tail = PARTITION_START, 0
+        if len(data) + 1 > MBR_MAX_PARTITIONS:
+            raise DiskError(
+                f"an MBR disk (--boot bios) holds {MBR_MAX_PARTITIONS} partitions, not "
+                f"{len(data) + 1}"
+            )
+        boot, tail = PARTITION_START, 0
     else:
-        head = PARTITION_START + ESP_SIZE + (BIOS_BOOT_SIZE if mode.legacy else 0)
+        boot = PARTITION_START + ESP_SIZE + (BIOS_BOOT_SIZE if mode.legacy else 0)
         tail = GPT_BACKUP
+    extents = []
+    head = boot
+    for part in data:
+        extents.append(Extent(head, -(-part // MIB) * MIB))
+        head += extents[-1].size
     if size < head + tail + 64 * MIB:
         raise DiskError(
             f"{size} bytes is too small for a {mode} disk ({(head + tail) // MIB + 64} MiB or more)"
         )
     root = Extent(head, (size - head - tail) // MIB * MIB)
     if mode is BootMode.BIOS:
-        return Layout(root)
+        return Layout(root, data=tuple(extents))
     bios_boot = Extent(PARTITION_START, BIOS_BOOT_SIZE) if mode.legacy else None
-    esp = Extent(head - ESP_SIZE, ESP_SIZE)
-    return Layout(root, esp, bios_boot)
+    esp = Extent(boot - ESP_SIZE, ESP_SIZE)
+    return Layout(root, esp, bios_boot, tuple(extents))
 
 
 def _sfdisk_script(layout: Layout, mode: BootMode) -> str:
@@ -169,20 +189,25 @@ def _sfdisk_script(layout: Layout, mode: BootMode) -> str:
         return f"start={extent.offset // SECTOR}, size={extent.size // SECTOR}, {kind}\n"
 
     if mode is BootMode.BIOS:
-        return "label: dos\n" + line(layout.root, "type=83, bootable")
+        data = "".join(line(extent, "type=83") for extent in layout.data)
+        return "label: dos\n" + data + line(layout.root, "type=83, bootable")
     script = "label: gpt\n"
     if layout.bios_boot:
         script += line(layout.bios_boot, f'type={BIOS_BOOT_TYPE}, name="BIOS boot"')
     if layout.esp:
         script += line(layout.esp, f'type={ESP_TYPE}, name="EFI System"')
+    for extent in layout.data:
+        script += line(extent, f'type={DATA_TYPE}, name="data"')
     return script + line(layout.root, f'type={ROOT_TYPE_X86_64}, name="root"')
 
 
-def write_partition_table(target: Path, size: int, mode: BootMode = BootMode.BIOS) -> Layout:
+def write_partition_table(
+    target: Path, size: int, mode: BootMode = BootMode.BIOS, data: Sequence[int] = ()
+) -> Layout:
     """The partition table of :func:`plan_layout` (sfdisk): MBR with one
     bootable Linux partition for BIOS, GPT with an ESP for UEFI."""
     try:
-        layout = plan_layout(size, mode)
+        layout = plan_layout(size, mode, data)
     except DiskError as exc:
         raise DiskError(f"{target}: {exc.message}") from None
     sfdisk = find_tool("sfdisk", "fdisk")

@@ -23,10 +23,18 @@ def add_disk_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=TRANSPORTS)
     parser.add_argument("--stateroot", default="default", help="name of the stateroot")
     parser.add_argument(
+        "--rootfs",
         "--filesystem",
-        choices=["ext4"],
-        default="ext4",
-        help="the root file system (default ext4)",
+        dest="filesystem",
+        choices=["ext4", "xfs"],
+        help="the root file system: ext4 (default) or xfs (docs/install.md says what an "
+        "xfs root does not carry over)",
+    )
+    parser.add_argument(
+        "--layout",
+        metavar="FILE",
+        help="partitions of their own for /var or directories under it, with their sizes "
+        "and file systems, from a TOML file (docs/install.md, Partition layouts)",
     )
     parser.add_argument(
         "--boot",
@@ -168,8 +176,18 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from atoll.build.disk import DiskOptions, Filesystem, parse_size
+    from atoll.build.disk import DiskOptions
+    from atoll.build.disklayout import DiskLayout, Filesystem, load_layout, parse_size
     from atoll.build.partition import BootMode
+
+    layout = load_layout(Path(args.layout)) if args.layout else DiskLayout()
+    rootfs = args.filesystem or layout.root_filesystem or "ext4"
+    if layout.root_filesystem is not None and rootfs != layout.root_filesystem:
+        raise InvalidInputError(
+            f"--rootfs {rootfs} and {args.layout}'s [root] filesystem = "
+            f"{layout.root_filesystem.value!r} disagree",
+            hint="give the root file system in one place",
+        )
 
     keys = None
     if args.root_ssh_authorized_keys:
@@ -181,7 +199,7 @@ def _options(args: argparse.Namespace) -> Any:
         if not keys.strip():
             raise InvalidInputError(f"{path}: no keys in it")
     return DiskOptions(
-        filesystem=Filesystem(args.filesystem),
+        filesystem=Filesystem(rootfs),
         size=parse_size(args.size) if args.size else None,
         kargs=tuple(args.karg),
         root_ssh_authorized_keys=keys,
@@ -190,6 +208,7 @@ def _options(args: argparse.Namespace) -> Any:
         target_image=target_image(args),
         boot=BootMode(args.boot or _default_boot(args)),
         secure_boot=args.secure_boot,
+        layout=layout,
     )
 
 
