@@ -48,8 +48,9 @@ def add_rechunk_options(parser: argparse.ArgumentParser, *, prefix: str = "") ->
         f"--{prefix}compression-level",
         type=int,
         metavar="N",
-        help="compression level of the layers (gzip 1-9, default 6; zstd and zstd:chunked "
-        "1-19, default 3): higher moves fewer bytes to devices and takes longer to build",
+        help="compression level of the layers (gzip 1-9, default 6; zstd 1-19, default 3; "
+        "zstd:chunked 1-19, default 19): higher moves fewer bytes to devices and takes "
+        "longer to build",
     )
 
 

@@ -104,8 +104,9 @@ from atoll.errors import LayerError
 from atoll.fsutil import atomic_writer
 
 TOC_VERSION = 1
-#: zstd level of the file frames unless asked otherwise (see docs/formats.md
-#: for the measurement that chose it), and of the TOC and tar-split always.
+#: zstd level of the file frames unless asked otherwise (podman's; atoll rechunk
+#: asks for its own, build.layerwrite.ZSTD_CHUNKED_LEVEL), and of the TOC and
+#: tar-split always: every partial pull of a changed layer fetches them.
 DEFAULT_LEVEL = 3
 METADATA_LEVEL = 19
 #: The name of the format where a compression is chosen (podman's name for it).
