@@ -6,7 +6,10 @@ For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
     The layer is zstd:chunked (:mod:`atoll.oci.chunked`) and comes from a
     registry.  Its TOC and tar-split are fetched with one ``Range`` request and
     checked (the manifest annotation's digest covers the TOC, the TOC covers
-    the tar-split and every file's sha256).  Each regular file is looked up in
+    the tar-split and every file's sha256); for a layer marked
+    ``TAR_FROM_TOC`` the TOC alone, the tar being rebuilt from it and checked
+    against the diff_id before it is fed (the tar-split is fetched when that
+    check fails).  Each regular file is looked up in
     the store by the sha256 of its contents (:mod:`atoll.store.contentindex`)
     or among the files fetched earlier in this import; the frames of the
     others are fetched by ``Range`` requests, near ones coalesced (gaps up to
