@@ -6,9 +6,11 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import random
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -137,3 +139,39 @@ def test_zstd_chunked_layers_carry_their_table_of_contents(tmp_path: Path) -> No
     assert all(MANIFEST_CHECKSUM in layer["annotations"] for layer in manifest["layers"])
     names = {m.name for layer in _layers(out, "latest") for m in layer if m.isfile()}
     assert names == set(files)
+
+
+def _manifest_layers(out: Path) -> list[dict[str, Any]]:
+    index = json.loads((out / "index.json").read_text())
+    blob = out / "blobs/sha256" / index["manifests"][0]["digest"][7:]
+    return list(json.loads(blob.read_bytes())["layers"])
+
+
+def test_compression_level_picks_the_frames_level_and_every_layer_rebuilds_from_its_toc(
+    tmp_path: Path,
+) -> None:
+    """zstd:chunked frames default to level 19 (fewer bytes per fetched file than
+    level 3); rechunk's tars are what tarfile writes, so each layer is marked to be
+    rebuilt from its TOC alone.  Levels a format does not take are refused."""
+    from atoll.oci.chunked import TAR_FROM_TOC
+
+    words = [f"w{i:03d}" for i in range(400)]
+    rng = random.Random(7)
+    files = {f"usr/share/doc/p{i}/text": " ".join(rng.choices(words, k=6000)) for i in range(4)}
+    image = build_tree_image(tmp_path / "src", [files])
+    sizes = {}
+    for level in ("19", "3"):
+        out = tmp_path / f"l{level}"
+        argv = [image.name, f"oci:{out}:latest", "--compression", "zstd:chunked"]
+        proc = run_atoll(
+            "rechunk", *argv, *(["--compression-level", level] if level == "3" else [])
+        )
+        assert proc.returncode == 0, proc.stderr
+        layers = _manifest_layers(out)
+        assert all(TAR_FROM_TOC in layer["annotations"] for layer in layers)
+        sizes[level] = sum(layer["size"] for layer in layers)
+    assert sizes["19"] < sizes["3"] * 0.9, sizes
+    for compression, level in (("zstd:chunked", "20"), ("gzip", "10"), ("zstd", "0")):
+        argv = [image.name, f"oci:{tmp_path}/bad:x", "--compression", compression]
+        proc = run_atoll("rechunk", *argv, "--compression-level", level)
+        assert proc.returncode == 2 and f"not {level}" in proc.stderr, proc.stderr

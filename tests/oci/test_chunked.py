@@ -256,3 +256,59 @@ def test_frames_that_disagree_with_the_toc_are_refused(layer_tar: Path, tmp_path
 
 def test_layer_without_annotations_is_not_chunked() -> None:
     assert chunked_info({}, 100, "t") is None
+
+
+def _python_tar(out: Path) -> Path:
+    """A tar as atoll's layer writer makes it: tarfile's PAX format, empty owner names."""
+    import io
+    import tarfile
+
+    def add(name: str, kind: bytes, data: bytes = b"", **extra: object) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.size, info.mtime, info.mode = kind, len(data), 1_700_000_000, 0o644
+        info.uname = info.gname = ""
+        for key, value in extra.items():
+            setattr(info, key, value)
+        tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        add("usr", tarfile.DIRTYPE, mode=0o755, mtime=0)
+        add("usr/bin", tarfile.DIRTYPE, mode=0o755, mtime=0)
+        add("usr/bin/tool", tarfile.REGTYPE, b"#!/bin/sh\n" * 77, mode=0o755, uid=5, gid=6)
+        add("usr/bin/empty", tarfile.REGTYPE)
+        add("usr/bin/link", tarfile.SYMTYPE, linkname="tool", mode=0o777)
+        add("usr/bin/zhard", tarfile.LNKTYPE, linkname="usr/bin/tool")
+        add("usr/" + "d" * 150, tarfile.REGTYPE, b"long name", pax_headers={})
+        cap = "\x01\x00\x00\x02 \x00\x00\x00"
+        add(
+            "usr/bin/ping",
+            tarfile.REGTYPE,
+            b"ping",
+            pax_headers={"SCHILY.xattr.security.capability": cap},
+        )
+    return out
+
+
+def test_a_tar_tarfile_writes_is_marked_and_rebuilt_from_its_toc_alone(
+    layer_tar: Path, tmp_path: Path
+) -> None:
+    tar = _python_tar(tmp_path / "py.tar")
+    out = tmp_path / "py.zst"
+    layer = compress_tar_zstd_chunked(tar, out)
+    assert layer.annotations[chunked.TAR_FROM_TOC] == chunked.TAR_FROM_TOC_VERSION
+    blob = out.read_bytes()
+    info = chunked_info(layer.annotations, len(blob), "t")
+    assert info is not None
+    toc = parse_toc(blob[info.toc.offset : info.toc.offset + info.toc.length], info, "t")
+    entries = chunked.split_from_toc(toc)
+    assert entries is not None
+    files = {f.name: f for f in toc.files}
+    rebuilt = b"".join(
+        e.raw if e.raw is not None
+        else decode_file(blob[files[e.name].offset : files[e.name].end], files[e.name], "t")
+        for e in entries if e.raw is not None or e.size
+    )  # fmt: skip
+    assert rebuilt == tar.read_bytes()
+    # GNU tar's PAX headers carry times the TOC does not keep: not marked.
+    gnu = compress_tar_zstd_chunked(layer_tar, tmp_path / "gnu.zst")
+    assert chunked.TAR_FROM_TOC not in gnu.annotations

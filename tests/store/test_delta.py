@@ -21,11 +21,13 @@ from atoll.errors import DeltaError
 from atoll.oci.context import SystemContext
 from atoll.oci.delta import (
     ARTIFACT_TYPE,
+    BSDIFF,
     PATCH,
     DeltaFile,
     DeltaIndex,
     apply_patch,
     find_delta,
+    make_bsdiff,
     make_patch,
     make_whole,
     push_delta,
@@ -164,8 +166,8 @@ def _publish(
         push_delta(source.client, images["repo"], index, payload, subject)
 
 
-def _entry(new: bytes, blob: bytes, base: bytes) -> DeltaFile:
-    return DeltaFile(sha256_hex(new), len(new), PATCH, 0, len(blob), sha256_hex(base), len(base))
+def _entry(new: bytes, blob: bytes, base: bytes, method: str = PATCH) -> DeltaFile:
+    return DeltaFile(sha256_hex(new), len(new), method, 0, len(blob), sha256_hex(base), len(base))
 
 
 def _falls_back(tmp_path: Path, images: dict[str, Any], why: str) -> None:
@@ -178,26 +180,47 @@ def _falls_back(tmp_path: Path, images: dict[str, Any], why: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("made", "cut", "why"),
+    ("method", "made", "cut", "why"),
     [
         # The entry is named for big0's v2 contents but makes other bytes of its size.
-        ("9", 0, "other contents than"),
+        (PATCH, "9", 0, "other contents than"),
+        (BSDIFF, "9", 0, "other contents than"),
         # The payload ends before the entry does.
-        ("2", 4, "past the end of the payload"),
+        (PATCH, "2", 4, "past the end of the payload"),
+        # A bsdiff patch whose header is damaged.
+        (BSDIFF, "2", -4, "bsdiff patch does not apply"),
     ],
 )
 def test_a_bad_delta_is_refused_and_ranges_take_over(
     registry: RegistryView,
     tmp_path: Path,
     images: dict[str, Any],
+    method: str,
     made: str,
     cut: int,
     why: str,
 ) -> None:
     old, new = _bumped("b0", "1"), _bumped("b0", "2")
-    blob = make_patch(old, _bumped("b0", made))
-    _publish(registry, images, images["d1"], [_entry(new, blob, old)], blob[: len(blob) - cut])
+    make = make_bsdiff if method == BSDIFF else make_patch
+    blob = make(old, _bumped("b0", made))
+    # cut < 0: the payload has the entry's length, its magic damaged.
+    payload = b"BSDIFF39" + blob[8:] if cut < 0 else blob[: len(blob) - cut]
+    _publish(registry, images, images["d1"], [_entry(new, blob, old, method)], payload)
     _falls_back(tmp_path, images, why)
+
+
+def test_a_bsdiff_entry_makes_the_file_on_the_device(
+    registry: RegistryView, tmp_path: Path, images: dict[str, Any]
+) -> None:
+    old, new = _bumped("b0", "1"), _bumped("b0", "2")
+    blob = make_bsdiff(old, new)
+    _publish(registry, images, images["d1"], [_entry(new, blob, old, BSDIFF)], blob)
+    store = _device(tmp_path, images)
+    result, report = pull(store, images["v2"], images["ctx"], delta_from=images["d1"])
+    assert not report.delta.startswith("refused"), report.delta
+    assert report.totals()[DELTA]["files"] == 1
+    assert result.commit_id == images["commit"]
+    assert store.read_file(result.commit_id, "usr/bin/big0") == new
 
 
 def test_a_delta_for_another_old_image_is_not_used(

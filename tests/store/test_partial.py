@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from atoll.errors import AtollError, LayerError, NetworkError, RegistryError
-from atoll.oci.chunked import MANIFEST_CHECKSUM, MANIFEST_POSITION, TocFile
+from atoll.oci import chunked
+from atoll.oci.chunked import (
+    MANIFEST_CHECKSUM,
+    MANIFEST_POSITION,
+    TAR_FROM_TOC,
+    SplitEntry,
+    Toc,
+    TocFile,
+)
 from atoll.oci.context import SystemContext
 from atoll.oci.imagecopy import CopyOptions, copy_image
 from atoll.oci.manifest import Compression
@@ -98,6 +106,8 @@ def test_partial_pull_fetches_only_missing_files_and_makes_the_same_commit(
     ctx = registry.ctx()
     raw = json.loads(registry.skopeo("inspect", "--raw", v1).stdout)
     assert all(MANIFEST_CHECKSUM in layer["annotations"] for layer in raw["layers"])
+    # tarfile wrote these layers: the TOC alone rebuilds them.
+    assert all(TAR_FROM_TOC in layer["annotations"] for layer in raw["layers"])
 
     store = Store.create(tmp_path / "store")
     first, report1 = pull(store, v1, ctx)
@@ -117,8 +127,9 @@ def test_partial_pull_fetches_only_missing_files_and_makes_the_same_commit(
     # Three changed, one new, the changed tool and os-release.
     assert base.files_fetched == 6
     assert base.bytes < base.size / 3
-    # TOC and tar-split in one request, the files coalesced into few more.
+    # The TOC in one request (no tar-split), the files coalesced into few more.
     assert 2 <= base.requests <= 6
+    assert base.metadata_bytes == _toc_length(registry, v2, 0)
     totals = report2.totals()
     assert totals[RANGES]["bytes"] + totals[WHOLE]["bytes"] == report2.bytes_moved
 
@@ -133,6 +144,36 @@ def test_partial_pull_fetches_only_missing_files_and_makes_the_same_commit(
     # v2 again: every layer is present, nothing moves.
     _, report3 = pull(store, v2, ctx)
     assert report3 is not None and {layer.path for layer in report3.layers} == {PRESENT}
+
+
+def _toc_length(view: RegistryView, name: str, layer: int) -> int:
+    raw = json.loads(view.skopeo("inspect", "--raw", name).stdout)
+    return int(raw["layers"][layer]["annotations"][MANIFEST_POSITION].split(":")[1])
+
+
+def test_a_tar_rebuilt_from_the_toc_that_does_not_match_fetches_the_tar_split(
+    registry: RegistryView, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a device whose Python's tarfile writes other headers than the builder's.
+    def other_tarfile(toc: Toc) -> list[SplitEntry] | None:
+        entries = chunked.split_from_toc(toc)
+        assert entries is not None and entries[0].raw is not None
+        return [SplitEntry(entries[0].raw[:-1] + b"x"), *entries[1:]]
+
+    monkeypatch.setattr("atoll.store.partial.split_from_toc", other_tarfile)
+    repo = registry.new_repo("chunked")
+    v1, v2 = (push(registry, tmp_path, repo, v) for v in ("1", "2"))
+    store = Store.create(tmp_path / "store")
+    pull(store, v1, registry.ctx())
+    second, report = pull(store, v2, registry.ctx())
+    base = report.layers[0]
+    assert base.path == RANGES and base.files_fetched == 6
+    raw = json.loads(registry.skopeo("inspect", "--raw", v2).stdout)
+    split = int(raw["layers"][0]["annotations"][chunked.TARSPLIT_POSITION].split(":")[1])
+    assert base.metadata_bytes == _toc_length(registry, v2, 0) + split
+    other = Store.create(tmp_path / "other")
+    whole, _ = pull(other, v2, registry.ctx(), partial=False)
+    assert second.commit_id == whole.commit_id
 
 
 def _stores_with_v1(view: FaultProxyView, tmp_path: Path) -> tuple[Store, str, SystemContext]:

@@ -20,7 +20,8 @@ _COMPRESSIONS = ("gzip", "zstd", "zstd:chunked")
 
 
 def add_rechunk_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
-    """--max-layers, --previous and --compression (shared with atoll build)."""
+    """--max-layers, --previous, --compression and --compression-level (shared with
+    atoll build)."""
     from atoll.build.rechunk import DEFAULT_MAX_LAYERS
 
     parser.add_argument(
@@ -43,6 +44,14 @@ def add_rechunk_options(parser: argparse.ArgumentParser, *, prefix: str = "") ->
         help="how the layers are compressed (default gzip; zstd:chunked lets devices fetch "
         "only the files they lack)",
     )
+    parser.add_argument(
+        f"--{prefix}compression-level",
+        type=int,
+        metavar="N",
+        help="compression level of the layers (gzip 1-9, default 6; zstd 1-19, default 3; "
+        "zstd:chunked 1-19, default 19): higher moves fewer bytes to devices and takes "
+        "longer to build",
+    )
 
 
 def rechunk_options(args: argparse.Namespace, ctx: SystemContext, prefix: str = "") -> Any:
@@ -63,7 +72,9 @@ def rechunk_options(args: argparse.Namespace, ctx: SystemContext, prefix: str = 
         max_layers=getattr(args, f"{key}max_layers"),
         previous=ImageName.parse(args.previous) if args.previous else None,
         epoch=epoch,
-        encoder=encoder_named(getattr(args, f"{key}compression")),
+        encoder=encoder_named(
+            getattr(args, f"{key}compression"), getattr(args, f"{key}compression_level")
+        ),
     )
 
 

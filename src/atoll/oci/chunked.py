@@ -68,7 +68,16 @@ counting from 0::
     {"type":1,"name":"usr/bin/x","size":12,"payload":"BASE64 crc64-ISO","position":1}
 
 Type 2 segments hold headers and padding; type 1 entries stand for one
-entry's contents (``payload`` null when the size is 0).  containers/storage
+entry's contents (``payload`` null when the size is 0).
+
+``org.atoll.zstd-chunked.tar-from-toc`` (value :data:`TAR_FROM_TOC_VERSION`)
+    The writer found that the tar is exactly what Python's ``tarfile`` writes
+    (PAX format, empty owner names, the end padded to a 10240-byte record) for
+    the TOC's entries in order: a reader may then rebuild the tar from the
+    TOC alone and skip the tar-split (:func:`split_from_toc`), which is about
+    half of a changed layer's metadata.  The diff_id still decides: a reader
+    whose ``tarfile`` writes other bytes fetches the tar-split after all.
+    The blob is the same either way; the annotation is a hint, never trusted.  containers/storage
 checks that the tar-split and the TOC list the same entries with the same
 metadata, and rebuilds the tar from it; atoll does the same, so the layer's
 ``diff_id`` is checked after a partial pull exactly as after a whole one.
@@ -95,11 +104,18 @@ from atoll.errors import LayerError
 from atoll.fsutil import atomic_writer
 
 TOC_VERSION = 1
+#: zstd level of the file frames unless asked otherwise (podman's; atoll rechunk
+#: asks for its own, build.layerwrite.ZSTD_CHUNKED_LEVEL), and of the TOC and
+#: tar-split always: every partial pull of a changed layer fetches them.
+DEFAULT_LEVEL = 3
+METADATA_LEVEL = 19
 #: The name of the format where a compression is chosen (podman's name for it).
 ZSTD_CHUNKED = "zstd:chunked"
 MANIFEST_CHECKSUM = "io.github.containers.zstd-chunked.manifest-checksum"
 MANIFEST_POSITION = "io.github.containers.zstd-chunked.manifest-position"
 TARSPLIT_POSITION = "io.github.containers.zstd-chunked.tarsplit-position"
+TAR_FROM_TOC = "org.atoll.zstd-chunked.tar-from-toc"
+TAR_FROM_TOC_VERSION = "1"
 #: The TOC type containers/storage writes and reads ("CRFS").
 TOC_TYPE = 1
 SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
@@ -285,23 +301,96 @@ def crc64_iso_python(data: bytes, crc: int = 0) -> int:
     return crc ^ _MASK64
 
 
+_KINDS = {kind: tar_type for tar_type, kind in _TYPES.items() if tar_type != tarfile.AREGTYPE}
+_GO_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)Z$")
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def _entry_header(entry: Mapping[str, Any]) -> bytes | None:
+    """The tar header(s) Python's tarfile writes for a TOC entry, or None when
+    the entry holds what the TOC cannot say again (sub-second or access
+    times, chunks, other PAX records)."""
+    kind = _KINDS.get(entry.get("type", ""))
+    name = entry.get("name")
+    if kind is None or not isinstance(name, str) or "accesstime" in entry or "changetime" in entry:
+        return None
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    try:
+        info.mode = int(entry.get("mode", 0))
+        info.uid, info.gid = int(entry.get("uid", 0)), int(entry.get("gid", 0))
+        info.size = int(entry.get("size", 0)) if kind == tarfile.REGTYPE else 0
+        info.devmajor = int(entry.get("devMajor", 0))
+        info.devminor = int(entry.get("devMinor", 0))
+        info.linkname = str(entry.get("linkName", ""))
+        info.uname = info.gname = ""
+        modtime = entry.get("modtime")
+        if modtime is not None:
+            match = _GO_TIME.match(str(modtime))
+            if match is None:
+                return None
+            when = datetime.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
+            info.mtime = int(when.replace(tzinfo=datetime.UTC).timestamp())
+        else:
+            info.mtime = 0
+        xattrs = entry.get("xattrs") or {}
+        info.pax_headers = {
+            _XATTR + key: base64.b64decode(value, validate=True).decode("utf-8", "surrogateescape")
+            for key, value in xattrs.items()
+        }
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    except (ValueError, TypeError, AttributeError, UnicodeError, OverflowError):
+        return None
+
+
+def _tar_tail(end: int) -> int:
+    """Bytes tarfile writes after the last entry's data ends at *end*: the
+    padding of that data, two zero blocks, zeros to the next whole record."""
+    closed = -(-end // _BLOCK) * _BLOCK + 2 * _BLOCK
+    return -(-closed // tarfile.RECORDSIZE) * tarfile.RECORDSIZE - end
+
+
+def split_from_toc(toc: Toc) -> list[SplitEntry] | None:
+    """The tar-split a TOC implies when its layer is marked :data:`TAR_FROM_TOC`
+    (see the module docstring), or None when an entry cannot be written again."""
+    out: list[SplitEntry] = []
+    end = pad = 0
+    for entry in toc.entries:
+        header = _entry_header(entry)
+        if header is None:
+            return None
+        size = int(entry.get("size", 0)) if entry.get("type") == "reg" else 0
+        out.append(SplitEntry(bytes(pad) + header))
+        out.append(SplitEntry(None, str(entry["name"]), size))
+        end += pad + len(header) + size
+        pad = -size % _BLOCK
+    out.append(SplitEntry(bytes(_tar_tail(end))))
+    return out
+
+
 def _skippable(data: bytes) -> bytes:
     return SKIPPABLE_MAGIC + struct.pack("<I", len(data)) + data
 
 
-def compress_tar_zstd_chunked(tar_path: Path, out_path: Path, *, level: int = 3) -> ChunkedLayer:
+def compress_tar_zstd_chunked(
+    tar_path: Path, out_path: Path, *, level: int = DEFAULT_LEVEL
+) -> ChunkedLayer:
     """Write *tar_path* as a zstd:chunked blob at *out_path* (atomically).
 
     The same tar gives the same bytes: frames, TOC and tar-split depend only on
-    the tar and *level*."""
+    the tar and *level* (the frames' level; the TOC and tar-split, which every
+    partial pull of a changed layer fetches whole, always at :data:`METADATA_LEVEL`)."""
     import zstandard
 
     cctx = zstandard.ZstdCompressor(level=level)
+    meta = zstandard.ZstdCompressor(level=METADATA_LEVEL)
     blob_hash = hashlib.sha256()
     tar_hash = hashlib.sha256()
     entries: list[dict[str, Any]] = []
     split = _TarSplit()
     written = 0
+    # Whether the tar is what tarfile writes for the TOC (TAR_FROM_TOC).
+    from_toc = True
 
     def emit(out: IO[bytes], data: bytes) -> None:
         nonlocal written
@@ -310,7 +399,9 @@ def compress_tar_zstd_chunked(tar_path: Path, out_path: Path, *, level: int = 3)
         written += len(data)
 
     def write(out: IO[bytes]) -> None:
+        nonlocal from_toc
         with tar_path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            pad = 0  # the padding of the previous entry's data
             pending = bytearray()  # tar bytes not yet in a frame
             position = 0  # bytes of the tar consumed
             for info in tar:
@@ -322,6 +413,10 @@ def compress_tar_zstd_chunked(tar_path: Path, out_path: Path, *, level: int = 3)
                 header = head[-512:]
                 entry = _toc_entry(info, header)
                 size = info.size if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
+                if from_toc:
+                    again = _entry_header(entry)
+                    from_toc = again is not None and head == bytes(pad) + again
+                    pad = -size % _BLOCK
                 position = info.offset_data
                 crc_payload: bytes | None = None
                 if size:
@@ -348,20 +443,24 @@ def compress_tar_zstd_chunked(tar_path: Path, out_path: Path, *, level: int = 3)
                 split.add(_TAR_SPLIT_FILE, crc_payload, name=entry["name"], size=info.size)
                 entries.append(entry)
             raw.seek(position)
+            tail_size = 0
             while tail := raw.read(_COPY):
+                tail_size += len(tail)
+                from_toc = from_toc and not tail.strip(b"\0")
                 tar_hash.update(tail)
                 pending += tail
                 split.add(_TAR_SPLIT_SEGMENT, tail)
+            from_toc = from_toc and tail_size == _tar_tail(position)
         emit(out, cctx.compress(bytes(pending)))
         tar_split = b"".join(split.lines)
-        split_z = cctx.compress(tar_split)
+        split_z = meta.compress(tar_split)
         toc = {
             "version": TOC_VERSION,
             "entries": entries,
             "tarSplitDigest": "sha256:" + hashlib.sha256(split_z).hexdigest(),
         }
         toc_raw = _go_json(toc)
-        toc_z = cctx.compress(toc_raw)
+        toc_z = meta.compress(toc_raw)
         toc_offset = written + FRAME_HEADER
         emit(out, _skippable(toc_z))
         split_offset = written + FRAME_HEADER
@@ -380,6 +479,8 @@ def compress_tar_zstd_chunked(tar_path: Path, out_path: Path, *, level: int = 3)
         notes[MANIFEST_CHECKSUM] = "sha256:" + hashlib.sha256(toc_z).hexdigest()
         notes[MANIFEST_POSITION] = f"{toc_offset}:{len(toc_z)}:{len(toc_raw)}:{TOC_TYPE}"
         notes[TARSPLIT_POSITION] = f"{split_offset}:{len(split_z)}:{len(tar_split)}"
+        if from_toc:
+            notes[TAR_FROM_TOC] = TAR_FROM_TOC_VERSION
 
     notes: dict[str, str] = {}
     try:
@@ -467,6 +568,8 @@ class Toc:
     tar_split_digest: str
     #: Where the TOC frame starts: every file's frames lie before it.
     data_end: int
+    #: Every entry as the TOC has it (for :func:`split_from_toc`).
+    entries: tuple[Mapping[str, Any], ...] = ()
 
 
 def _unzstd(data: bytes, expected: int, where: str, what: str) -> bytes:
@@ -530,7 +633,7 @@ def parse_toc(data: bytes, info: ChunkedInfo, where: str) -> Toc:
                 f"outside the layer's data (0-{data_end})"
             )
         files.append(TocFile(name, size, digest[7:], offset, end))
-    return Toc(tuple(files), split_digest, data_end)
+    return Toc(tuple(files), split_digest, data_end, tuple(entries))
 
 
 @dataclass(frozen=True)

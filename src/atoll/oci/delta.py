@@ -1,13 +1,14 @@
 """Binary deltas between two OS images, published as OCI artifacts.
 
 A delta from OLD to NEW holds, for each regular file NEW has and OLD lacks
-(by the sha256 of its contents), either a zstd patch against the file at
-the same path in OLD (zstd's ``--patch-from``: OLD's file is the raw-content
-dictionary, long-distance matching on) or the new file alone at zstd's
-highest level, whichever is smaller, and only when that is smaller than the
-file's frames in NEW's zstd:chunked layer (else the device fetches the
-frames by range: the delta never moves more).  bsdiff is not used for the
-patches: a device has no bsdiff applier (only the stdlib and zstandard).
+(by the sha256 of its contents), the smallest of: a zstd patch against the
+file at the same path in OLD (zstd's ``--patch-from``: OLD's file is the
+raw-content dictionary, long-distance matching on), a bsdiff patch against
+the same file (``BSDIFF40``, made with bsdiff4 where the delta is created,
+applied on the device by :mod:`atoll.oci.bspatch`, standard library only),
+or the new file alone at zstd's highest level; and only when that is smaller
+than the file's frames in NEW's zstd:chunked layer (else the device fetches
+the frames by range: the delta never moves more).
 
 The artifact, in the same repository as NEW::
 
@@ -20,10 +21,15 @@ The artifact, in the same repository as NEW::
       annotations   org.atoll.delta.from = OLD's manifest digest
                     org.atoll.delta.to   = NEW's manifest digest
 
-    index (zstd)  {"version": 1, "from": "sha256:…", "to": "sha256:…",
-            "files": [{"sha256": HEX, "size": N, "method": "zstd-patch"|"zstd",
-                       "base": HEX, "baseSize": N,        (zstd-patch only)
+    index (zstd)  {"version": 2, "from": "sha256:…", "to": "sha256:…",
+            "files": [{"sha256": HEX, "size": N,
+                       "method": "zstd-patch"|"bsdiff"|"zstd",
+                       "base": HEX, "baseSize": N,        (patches only)
                        "offset": O, "length": L}, …]}     (bytes of the payload)
+
+Version 1 is the same without ``bsdiff``; an index that uses no bsdiff patch
+is written as version 1, so devices that read only version 1 still use it
+(an older device refuses a version 2 index and fetches its ranges instead).
 
 It is found by NEW's digest: the OCI referrers API where the registry answers
 it, else the referrers tag scheme (an OCI index tagged ``sha256-<NEW hex>``
@@ -46,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from atoll import strictjson
 from atoll.errors import AtollError, DeltaError, NotFoundError
 from atoll.lazy import lazy_module
+from atoll.oci.bspatch import PatchError, apply_bsdiff
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor, ImageManifest, MediaType, parse_manifest
 
@@ -62,10 +69,15 @@ INDEX_TYPE = "application/vnd.atoll.delta.index.v1+json+zstd"
 PAYLOAD_TYPE = "application/vnd.atoll.delta.payload.v1"
 FROM_ANNOTATION = "org.atoll.delta.from"
 TO_ANNOTATION = "org.atoll.delta.to"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+#: The versions read; version 1 has no bsdiff entries.
+INDEX_VERSIONS = (1, 2)
 PATCH = "zstd-patch"
+BSDIFF = "bsdiff"
 WHOLE = "zstd"
-METHODS = (PATCH, WHOLE)
+METHODS = (PATCH, BSDIFF, WHOLE)
+#: Methods that rebuild a file from a base in OLD.
+PATCHES = (PATCH, BSDIFF)
 EMPTY_CONFIG = b"{}"
 #: Largest index read (a million files' entries fit well below this).
 MAX_INDEX = 64 << 20
@@ -97,12 +109,25 @@ def make_patch(old: bytes, new: bytes) -> bytes:
     return zstandard.ZstdCompressor(dict_data=zdict, compression_params=params).compress(new)
 
 
+def make_bsdiff(old: bytes, new: bytes) -> bytes:
+    """A ``BSDIFF40`` patch (bsdiff4: a build-host dependency, never a device's)."""
+    import bsdiff4  # type: ignore[import-untyped]
+
+    return bytes(bsdiff4.diff(old, new))
+
+
 def make_whole(new: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=_LEVEL).compress(new)
 
 
 def apply_patch(method: str, data: bytes, base: bytes | None, size: int, where: str) -> bytes:
     """The file an entry makes, exactly *size* bytes (not yet verified by digest)."""
+    if method == BSDIFF:
+        assert base is not None
+        try:
+            return apply_bsdiff(base, data, size)
+        except PatchError as exc:
+            raise DeltaError(f"{where}: a bsdiff patch does not apply: {exc}") from None
     try:
         if method == PATCH:
             assert base is not None
@@ -138,7 +163,7 @@ class DeltaFile:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sha256": self.sha256, "size": self.size, "method": self.method}
-        if self.method == PATCH:
+        if self.method in PATCHES:
             out |= {"base": self.base, "baseSize": self.base_size}
         return out | {"offset": self.offset, "length": self.length}
 
@@ -150,8 +175,9 @@ class DeltaIndex:
     files: Mapping[str, DeltaFile]
 
     def to_bytes(self) -> bytes:
+        bsdiff = any(f.method == BSDIFF for f in self.files.values())
         doc = {
-            "version": INDEX_VERSION,
+            "version": INDEX_VERSION if bsdiff else 1,
             "from": str(self.old),
             "to": str(self.new),
             "files": [self.files[sha].to_json() for sha in sorted(self.files)],
@@ -186,8 +212,9 @@ def parse_index(raw: bytes, payload_size: int, where: str) -> DeltaIndex:
         raise DeltaError(f"{where}: the delta index expands past {MAX_INDEX} bytes")
     try:
         doc = strictjson.loads(text)
-        if not isinstance(doc, dict) or doc.get("version") != INDEX_VERSION:
-            raise DeltaError(f"{where}: not a version {INDEX_VERSION} delta index")
+        version = doc.get("version") if isinstance(doc, dict) else None
+        if version not in INDEX_VERSIONS:
+            raise DeltaError(f"{where}: not a delta index of version 1 or 2 ({version!r})")
         old, new = Digest.parse(str(doc["from"])), Digest.parse(str(doc["to"]))
         rows = doc["files"]
     except (strictjson.StrictJSONError, KeyError, ValueError) as exc:
@@ -199,8 +226,9 @@ def parse_index(raw: bytes, payload_size: int, where: str) -> DeltaIndex:
     files: dict[str, DeltaFile] = {}
     for i, row in enumerate(rows):
         at = f"{where}: files[{i}]"
-        if not isinstance(row, dict) or row.get("method") not in METHODS:
-            raise DeltaError(f"{at}: not an entry with a known method")
+        known = METHODS if version == 2 else (PATCH, WHOLE)
+        if not isinstance(row, dict) or row.get("method") not in known:
+            raise DeltaError(f"{at}: not an entry with a method of version {version}")
         entry = DeltaFile(
             _hex(row.get("sha256"), at),
             _count(row, "size", at),
@@ -208,7 +236,7 @@ def parse_index(raw: bytes, payload_size: int, where: str) -> DeltaIndex:
             _count(row, "offset", at),
             _count(row, "length", at),
         )
-        if entry.method == PATCH:
+        if entry.method in PATCHES:
             entry = DeltaFile(
                 *(entry.sha256, entry.size, entry.method, entry.offset, entry.length),
                 base=_hex(row.get("base"), at),

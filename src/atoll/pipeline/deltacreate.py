@@ -21,10 +21,12 @@ from atoll.oci.chunked import chunked_info, parse_toc
 from atoll.oci.compression import decompress
 from atoll.oci.context import SystemContext
 from atoll.oci.delta import (
+    BSDIFF,
     PATCH,
     WHOLE,
     DeltaFile,
     DeltaIndex,
+    make_bsdiff,
     make_patch,
     make_whole,
     push_delta,
@@ -35,6 +37,10 @@ from atoll.oci.imageinspect import select_manifest
 from atoll.oci.manifest import Descriptor, ImageManifest, layer_compression
 from atoll.oci.transports import ImageName, ImageSource, Transport, open_source
 from atoll.oci.transports.docker import DockerSource
+
+#: bsdiff only for files up to this size: its suffix sort takes about 17
+#: bytes of memory per byte of the old file, and time to match.
+BSDIFF_MAX = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -122,14 +128,17 @@ def compute(old: _Image, new: _Image) -> tuple[DeltaIndex, bytes, int, int]:
         choices: list[tuple[bytes, str, str, int]] = [(make_whole(data), WHOLE, "", 0)]
         base = old.tree.get(path)
         if base:
-            choices.append((make_patch(base, data), PATCH, sha256_hex(base), len(base)))
+            base_sha = sha256_hex(base)
+            choices.append((make_patch(base, data), PATCH, base_sha, len(base)))
+            if len(base) <= BSDIFF_MAX and len(data) <= BSDIFF_MAX:
+                choices.append((make_bsdiff(base, data), BSDIFF, base_sha, len(base)))
         blob, method, base_sha, base_size = min(choices, key=lambda c: len(c[0]))
         if len(blob) >= new.frames[sha]:
             continue  # the file's own frames are as small: the device takes the range
         offset = payload.tell()
         payload.write(blob)
         files[sha] = DeltaFile(sha, len(data), method, offset, len(blob), base_sha, base_size)
-        patched += method == PATCH
+        patched += method != WHOLE
         frames += new.frames[sha]
     return DeltaIndex(old.digest, new.digest, files), payload.getvalue(), patched, frames
 
