@@ -65,7 +65,7 @@ class Services:
         # dev1 normally; the other one if dev1's check failed meanwhile (a loaded machine).
         first = self.active_device()
         second = next(x for x in story.devices if x is not first)
-        d.command(*self.ip("-n", first.netns, "-br", "addr", "show", "eth0"))
+        d.show(d.command(*self.ip("-n", first.netns, "-br", "addr", "show", "eth0")).stdout)
         self.show_failover(first)
         answer = self.client()
         if answer != f"web v1 on {first.name}":
@@ -179,9 +179,10 @@ class Services:
         )
         before = self.restarts(active)
         story.inside(active, "podman", "kill", "--signal", "KILL", "web")
+        # Restarted, and started: active once its health check passes (Notify=healthy).
         d.wait_until(
             "the web unit is restarted",
-            lambda: self.restarts(active) > before,
+            lambda: self.restarts(active) > before and self.active(active),
             60,
         )
         d.wait_until(
@@ -196,6 +197,12 @@ class Services:
         )
         self.client()
         return f"web on {active.name} restarted ({self.restarts(active)} restart(s) in all)"
+
+    def active(self, device: Device) -> bool:
+        done = self.story.inside(
+            device, "systemctl", "is-active", "web.service", check=False, quiet=True
+        )
+        return done.stdout.strip() == "active"
 
     def restarts(self, device: Device) -> int:
         done = self.story.inside(
@@ -222,7 +229,7 @@ class Services:
         )
         self.move_tag("v2")
         for device, table in self.auto_update_all():
-            if not re.search(r"^web\.service\s.*\strue\s*$", table, re.MULTILINE):
+            if not re.search(r"^\s*web\.service\s.*\strue\s*$", table, re.MULTILINE):
                 raise DemoStepError(f"podman auto-update in {device.name} did not take v2")
         self.wait_for_version("v2")
 

@@ -71,7 +71,7 @@ StopTimeout=2
 [Service]
 Restart=always
 RestartSec=1
-TimeoutStartSec=60
+TimeoutStartSec=30
 
 [Install]
 WantedBy=multi-user.target
