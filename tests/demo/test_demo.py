@@ -49,7 +49,7 @@ def mounts_under(path: Path) -> list[str]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.timeout(2500)
+@pytest.mark.timeout(1500)
 def test_the_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path, apt_repo: AptRepo) -> None:
     for tool, package in (
         ("docker-registry", None),
@@ -80,7 +80,7 @@ def test_the_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path, apt_repo: 
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=2400,
+        timeout=1440,
         check=False,
     )  # fmt: skip
     out = proc.stdout
