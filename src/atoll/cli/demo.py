@@ -22,12 +22,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     add_global_options(demo)
     demo.add_argument(
-        "--fast", action="store_true", help="shorter timers (for CI): failover adverts 0.3 s"
+        "--fast", action="store_true", help="shorter timers (for CI): keepalived's adverts 0.3 s"
     )
     demo.add_argument(
         "--keep",
         action="store_true",
-        help="leave the registry, devices and agents running; stop them with --stop",
+        help="leave the registry and devices running; stop them with --stop",
     )
     demo.add_argument(
         "--workdir", metavar="DIR", help="where the demo keeps its files (default: a temp dir)"
@@ -40,7 +40,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     demo.add_argument(
         "--base-tree",
         metavar="DIR",
-        help="a prepared Debian tree with systemd and python3 to use instead of debootstrap",
+        help="a prepared Debian tree with systemd, python3, podman and keepalived to use "
+        "instead of debootstrap",
     )
     demo.add_argument(
         "--cache",

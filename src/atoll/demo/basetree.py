@@ -1,4 +1,5 @@
-"""The demo's base OS: a small Debian bookworm tree with systemd and python3.
+"""The demo's base OS: a Debian trixie tree with systemd, python3, podman and keepalived
+(the tests' trees start from the same bookworm packages, without the last three).
 
 Made once per machine with debootstrap and kept in a cache, because it takes a
 minute and fetches about 40 MB from deb.debian.org.  The tests keep their
@@ -74,8 +75,38 @@ def cache_dir(given: Path | None = None) -> Path:
     return given or Path(os.environ.get("ATOLL_DEMO_CACHE") or DEFAULT_CACHE)
 
 
+#: The demo's devices run their workload under their own podman and fail over
+#: with keepalived: Debian trixie (podman 5) with both, and what atoll imports.
+DEMO_SUITE = "trixie"
+DEMO_PACKAGES = (
+    *PACKAGES,
+    "podman",
+    "crun",
+    "conmon",
+    "netavark",
+    "keepalived",
+    "iproute2",
+    "python3-httpx",
+    "python3-zstandard",
+    "python3-cryptography",
+)
+
+
 def demo_recipe() -> TreeRecipe:
-    return TreeRecipe(recipe(), debootstrap, prepare_tree)
+    return TreeRecipe(
+        {**recipe(), "suite": DEMO_SUITE, "include": list(DEMO_PACKAGES)},
+        lambda target: debootstrap(target, DEMO_PACKAGES, suite=DEMO_SUITE),
+        _prepare_demo_tree,
+    )
+
+
+def _prepare_demo_tree(root: Path) -> None:
+    prepare_tree(root)
+    # Each device's keepalived.conf is written at boot from its own settings.
+    (root / "etc/keepalived/keepalived.conf").unlink(missing_ok=True)
+    for unit in ("podman-auto-update.timer", "podman-clean-transient.service"):
+        (root / "etc/systemd/system" / unit).unlink(missing_ok=True)
+        (root / "etc/systemd/system" / unit).symlink_to("/dev/null")
 
 
 def cached_tree(cache: Path) -> Path | None:

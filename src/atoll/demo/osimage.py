@@ -70,6 +70,8 @@ def _file(path: str, data: str, mode: str = "0644") -> str:
 
 def versions() -> list[OSVersion]:
     top = 'name = "edge-os"\ndescription = "The demo\'s edge OS"\nversion = "{v}"\n\n'
+    # keepalived and the unit that writes its configuration from /etc/atoll/failover.toml.
+    top += "[customizations.failover]\nenabled = true\n\n"
     remember = _file("/usr/lib/greenboot/check/wanted.d/00-remember.sh", REMEMBER, "0755")
     check = _file(f"/usr/lib/greenboot/check/required.d/{CHECK}", WEB_CONFIG_CHECK, "0755")
     strace = '[[packages]]\nname = "strace"\n\n'

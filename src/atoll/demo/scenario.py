@@ -22,7 +22,7 @@ from rich.table import Table
 from atoll.demo import basetree
 from atoll.demo.framework import Demo, StepResult, stop_recorded
 from atoll.demo.services import Services
-from atoll.demo.story import Story, runtime_dir
+from atoll.demo.story import VIP, WEB_PORT, Story, remove_lan
 from atoll.errors import AtollError
 from atoll.run import base_environment, run
 
@@ -50,9 +50,9 @@ def run_demo(
     services = Services(story)
     steps: list[tuple[str, str, Callable[[], str]]] = [
         ("1", "registry", story.registry_step),
-        ("2", "OS images", story.os_images_step),
-        ("3", "devices", story.devices_step),
-        ("4", "socket activation and failover", services.failover_step),
+        ("2", "OS and workload images", services.images_step),
+        ("3", "devices on their LAN", story.devices_step),
+        ("4", "failover by keepalived", services.failover_step),
         ("5", "restart of a killed workload", services.restart_step),
         ("6", "workload update and rollback", services.auto_update_step),
         ("7", "OS upgrade and rollback", story.os_upgrade_step),
@@ -94,7 +94,7 @@ def run_demo(
                 demo.stop_all()
                 _reset_podman(base, env)
                 _unmount_below(base)
-                shutil.rmtree(runtime_dir(base), ignore_errors=True)
+                remove_lan(base)
                 if own_dir and ok:
                     shutil.rmtree(base, ignore_errors=True)
                 elif not ok:
@@ -108,8 +108,8 @@ def stop_demo(workdir: Path, console: Console | None = None) -> int:
     stopped = stop_recorded(workdir.absolute())
     _reset_podman(workdir.absolute(), base_environment())
     _unmount_below(workdir.absolute())
-    shutil.rmtree(runtime_dir(workdir.absolute()), ignore_errors=True)
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    removed = remove_lan(workdir.absolute())
+    console.print(f"stopped: {', '.join(stopped + removed) or 'nothing was running'}")
     console.print(f"the files are still in {workdir}; remove them with: rm -rf {workdir}")
     return 0
 
@@ -131,9 +131,8 @@ def _explain_keep(demo: Demo, story: Story) -> None:
     c.print("Look around:")
     for device in story.devices:
         c.print(f"  atoll status --sysroot {device.sysroot}")
-        c.print(f"  atoll failover status --status-file {device.failover_status}")
-    if story.service:
-        c.print(f"  curl http://{story.service}/")
+        c.print(f"  ip -n {device.netns} addr show eth0")
+    c.print(f"  ip netns exec {story.netns('client')} curl http://{VIP}:{WEB_PORT}/")
     c.print(
         f"  CONTAINERS_REGISTRIES_CONF={base / 'registries.conf'} "
         f"atoll image tags docker://{story.registry}/prod/edge-os"
@@ -162,7 +161,7 @@ def _reset_podman(base: Path, env: dict[str, str]) -> None:
 
     storages = [
         storage
-        for parent in (base / "podman", runtime_dir(base) / "podman")
+        for parent in (base / "podman",)
         if parent.is_dir()
         for storage in sorted(parent.iterdir())
     ]

@@ -1,55 +1,23 @@
-"""Steps 4 and 5 of the story: the web workload under each device's supervisor
-(socket-activated), the failover pair in front of it, and a killed process that
-comes back. See atoll.demo.story for where each piece runs."""
+"""Steps 2 (the workload image), 4, 5 and 6 of the story: failover by keepalived on
+the LAN, a killed workload restarted by its device's systemd, and the workload's
+auto-update and rollback by its device's podman. See atoll.demo.story for where
+each piece runs."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-import urllib.request
+import signal
+import time
 from dataclasses import dataclass
-from typing import Any
 
-from atoll.demo.framework import Done
-from atoll.demo.registry import free_port
-from atoll.demo.story import (
-    Device,
-    Story,
-    atoll_argv,
-    read_json,
-    runtime_dir,
-    tcp_port_free,
-)
+from atoll.demo.story import VIP, WEB_PORT, WEB_REPO, Device, Story
 from atoll.errors import DemoStepError
 from atoll.podman import isolated_environment
 from atoll.run import find_tool
 
-WEB_REPO = "apps/web"
-SERVICE_PORT = 8080
-
-WEB_UNIT = """\
-[Unit]
-Description=the demo's web server
-
-[Container]
-Image={image}
-ContainerName=web
-Network=host
-Environment=DEVICE={device} PORT={port}
-AutoUpdate=registry
-# busybox httpd runs as the container's PID 1, which ignores SIGTERM.
-StopTimeout=2
-
-[Service]
-Restart=always
-RestartSec=1
-"""
-WEB_SOCKET = """\
-[Socket]
-ListenStream=127.0.0.1:{port}
-ProxyTo=127.0.0.1:{inner}
-"""
 WEB_CONTAINERFILE = """\
 FROM scratch
 COPY busybox /bin/busybox
@@ -60,180 +28,247 @@ CMD ["/bin/busybox", "sh", "/start.sh"]
 WEB_START = """\
 /bin/busybox mkdir -p /www
 echo "web $VERSION on $DEVICE" > /www/index.html
-exec /bin/busybox httpd -f -p "127.0.0.1:$PORT" -h /www
+exec /bin/busybox httpd -f -p "$PORT" -h /www
 """
 WEB_BROKEN_START = """\
 echo "web $VERSION: cannot start: missing configuration" >&2
 exit 1
 """
+SERVICE = f"http://{VIP}:{WEB_PORT}/"
 
 
 @dataclass
 class Services:
     story: Story
 
+    def images_step(self) -> str:
+        built = self.story.os_images_step()
+        self.story.demo.say("[bold]the web workload[/]: v1, v2 and a broken v3")
+        self.build_web_images()
+        return f"{built}; {WEB_REPO} v1, v2, v3 pushed, prod -> v1"
+
+    # --- 4 ------------------------------------------------------------------------------
+
     def failover_step(self) -> str:
-        d = self.story.demo
+        story = self.story
+        d = story.demo
         d.section(
             "4",
-            "A socket-activated web workload; two devices, one service address",
-            "Each device's supervisor (atoll workload run) listens for the web unit and starts "
-            "its container on the first connection. The failover agents elect a master "
-            "(VRRP's rules over unicast UDP), which listens on the service address and "
-            "forwards to its device's web listener.",
+            f"One service address: keepalived moves {VIP} when the master is powered off",
+            "Each device's keepalived (VRRP, configured by atoll failover config from "
+            "/etc/atoll/failover.toml) tracks its web workload. dev1 (priority 150), up first, "
+            "holds the virtual IP; the client's requests go to whichever device holds it, "
+            "and the one that holds it is powered off.",
         )
-        self.build_web_images()
-        port = SERVICE_PORT if tcp_port_free(SERVICE_PORT) else free_port()
-        self.story.service = f"127.0.0.1:{port}"
-        for device in self.story.devices:
-            self.start_web(device)
-        first, second = self.story.devices
-        shown = self.workload(first, "status", "web")
-        d.show(shown.stdout)
-        if self.web_state(first).get("state") == "active":
-            raise DemoStepError("the web unit runs before any request reached it")
-        d.say("nothing runs yet: the supervisor only listens")
-        # dev1 first: with no preemption, whichever agent is up first keeps the address.
-        self.start_failover(first)
-        d.wait_until(
-            f"{first.name} is master",
-            lambda: read_json(first.failover_status).get("addressHeld") is True,
-            60,
-        )
-        self.start_failover(second)
-        d.wait_until(
-            f"{second.name} follows {first.name}",
-            lambda: read_json(second.failover_status).get("master") == first.name,
-            60,
-        )
-        answer = self.curl()
+        for device in story.devices:
+            self.wait_serving(device)
+        # dev1 normally; the other one if dev1's check failed meanwhile (a loaded machine).
+        first = self.active_device()
+        second = next(x for x in story.devices if x is not first)
+        d.show(d.command(*self.ip("-n", first.netns, "-br", "addr", "show", "eth0")).stdout)
+        self.show_failover(first)
+        answer = self.client()
         if answer != f"web v1 on {first.name}":
-            raise DemoStepError(f"the first request got {answer!r}, not dev1's web v1")
-        shown = self.workload(first, "status", "web")
-        d.show(shown.stdout)
-        out = d.atoll("failover", "status", "--status-file", str(second.failover_status))
-        d.show(out.stdout)
+            raise DemoStepError(f"the first request got {answer!r}, not {first.name}'s web v1")
+        self.show_failover(second)
 
         d.say(
-            f"[bold]Power off {first.name}[/]: its failover agent is killed (as by a power "
-            "cut), its supervisor and container stop, its system shuts down"
+            f"[bold]Power off {first.name}[/]: its systemd is killed (the kernel ends "
+            "everything in the device) and its link goes dark"
         )
-        d.stop(f"{first.name}-failover", kill=True)
-        took = d.wait_until(
-            f"{second.name} serves",
-            lambda: self._answer() == f"web v1 on {second.name}",
+        took = self.power_off(first)
+        d.say(f"the standby answered {took:.1f} s after the master's power went")
+        self.client()
+        self.show_failover(second)
+
+        d.say(f"[bold]Power {first.name} on again[/]: without preemption it stays standby")
+        self.power_on(first)
+        self.wait_serving(first)
+        self.show_failover(first)
+        if self.client() != f"web v1 on {second.name}":
+            raise DemoStepError(f"{first.name} took the address back")
+        return (
+            f"{second.name} took {VIP} over {took:.1f} s after {first.name} was powered off; "
+            f"{first.name} came back as standby"
+        )
+
+    def power_off(self, device: Device) -> float:
+        """A power cut: the device's systemd killed, its harness stopped, its link down
+        and its addresses gone (a machine without power answers nothing on the LAN).
+        Returns the seconds until the other device answers the client."""
+        story, d = self.story, self.story.demo
+        pid = story.init_pid(device)
+        if pid is None:
+            raise DemoStepError(f"{device.name} is not running")
+        other = next(x for x in story.devices if x is not device)
+        started = time.monotonic()
+        d.echo(["kill", "-KILL", str(pid)], note=f"{device.name}'s systemd")
+        os.kill(pid, signal.SIGKILL)
+        d.stop(f"{device.name}-boot", kill=True)
+        d.command(*self.ip("-n", device.netns, "link", "set", "eth0", "down"))
+        d.command(*self.ip("-n", device.netns, "addr", "flush", "dev", "eth0"))
+        d.wait_until(
+            f"{other.name} answers",
+            lambda: self.client(quiet=True) == f"web v1 on {other.name}",
             60,
             every=0.05,
         )
-        d.stop(f"{first.name}-web")
-        d.stop(f"{first.name}-boot")
-        self.curl()
-        d.say(f"the standby answered {took:.1f} s after the master's agent died")
-        out = d.atoll("failover", "status", "--status-file", str(second.failover_status))
-        d.show(out.stdout)
+        return time.monotonic() - started
 
-        d.say(f"[bold]Power {first.name} on again[/]: without preemption it stays standby")
-        self.story.boot(first)
-        self.start_web(first)
-        self.start_failover(first)
-        d.wait_until(
-            f"{first.name} follows {second.name}",
-            lambda: read_json(first.failover_status).get("master") == second.name,
-            60,
+    def power_on(self, device: Device) -> None:
+        d = self.story.demo
+        d.command(
+            *self.ip("-n", device.netns, "addr", "add", f"{device.address}/24", "dev", "eth0")
         )
-        out = d.atoll("failover", "status", "--status-file", str(first.failover_status))
-        d.show(out.stdout)
-        self.curl()
-        return (
-            f"web started on the first request; {second.name} took {self.story.service} over "
-            f"{took:.1f} s after {first.name}'s agent died"
+        d.command(*self.ip("-n", device.netns, "link", "set", "eth0", "up"))
+        self.story.boot(device)
+
+    def wait_serving(self, device: Device) -> None:
+        """Until *device*'s own address answers the client and its keepalived runs."""
+        url = f"http://{device.address}:{WEB_PORT}/"
+        self.story.demo.wait_until(
+            f"{device.name} serves",
+            lambda: (
+                (self.client(url, quiet=True) or "").endswith(f"on {device.name}")
+                and self.failover_state(device) in ("MASTER", "BACKUP")
+            ),
+            120,
+            every=0.3,
         )
+
+    def failover_state(self, device: Device) -> str | None:
+        """keepalived's state of the device's instance (atoll failover status)."""
+        done = self.story.inside(
+            device, "atoll", "failover", "status", "--json", check=False, quiet=True
+        )
+        if done.returncode != 0:
+            return None
+        instances = json.loads(done.stdout).get("instances") or [{}]
+        state = instances[0].get("state")
+        return str(state) if state else None
+
+    def show_failover(self, device: Device) -> None:
+        self.story.demo.show(self.story.inside(device, "atoll", "failover", "status").stdout)
+
+    def ip(self, *args: str) -> list[str]:
+        return [find_tool("ip", "iproute2"), *args]
+
+    def client(self, url: str = SERVICE, *, quiet: bool = False) -> str:
+        """One request from the client's namespace: what came back, stripped."""
+        story = self.story
+        argv = ["ip", "netns", "exec", story.netns("client"), "curl", "-s", "-m", "2", url]
+        out = story.demo.command(
+            find_tool("ip", "iproute2"), *argv[1:4], find_tool("curl"), *argv[5:],
+            shown=argv, check=False, quiet=quiet,
+        )  # fmt: skip
+        if not quiet:
+            story.demo.show(out.stdout or "(no answer)")
+        return out.stdout.strip()
 
     # --- 5 ------------------------------------------------------------------------------
 
     def restart_step(self) -> str:
-        d = self.story.demo
+        story = self.story
+        d = story.demo
         active = self.active_device()
         d.section(
             "5",
-            "The web process is killed: the supervisor restarts it",
-            f"{active.name} serves the address now. Its web unit has Restart=always; killing "
-            "its process with SIGKILL ends the container, and the supervisor starts it again.",
+            "The web process is killed: the device's systemd restarts it",
+            f"{active.name} holds the address now. Its web unit has Restart=always; killing "
+            "the container's process with SIGKILL ends the unit, and systemd starts it again.",
         )
-        before = self.web_state(active)
-        d.command(
-            find_tool("pkill"),
-            "-9",
-            "-f",
-            f"httpd -f -p 127.0.0.1:{active.inner_port}",
-            shown=["pkill", "-9", "-f", f"httpd -f -p 127.0.0.1:{active.inner_port}"],
-        )
-        restarts = int(before.get("restarts") or 0)
+        before = self.restarts(active)
+        story.inside(active, "podman", "kill", "--signal", "KILL", "web")
+        # Restarted, and started: active once its health check passes (Notify=healthy).
         d.wait_until(
             "the web unit is restarted",
-            lambda: (
-                int(self.web_state(active).get("restarts") or 0) > restarts
-                and self.web_state(active).get("state") == "active"
-            ),
+            lambda: self.restarts(active) > before and self.active(active),
             60,
         )
         d.wait_until(
             "the service answers again",
-            lambda: self._answer() == f"web v1 on {active.name}",
+            lambda: self.client(quiet=True).startswith("web v1 on "),
             60,
         )
-        shown = self.workload(active, "status", "web")
-        d.show(shown.stdout)
-        self.curl()
-        after = self.web_state(active)
-        return f"web on {active.name} restarted ({after.get('restarts')} restart(s) in all)"
+        d.show(
+            story.inside(
+                active, "systemctl", "show", "web.service", "-p", "ActiveState", "-p", "NRestarts"
+            ).stdout
+        )
+        self.client()
+        return f"web on {active.name} restarted ({self.restarts(active)} restart(s) in all)"
+
+    def active(self, device: Device) -> bool:
+        done = self.story.inside(
+            device, "systemctl", "is-active", "web.service", check=False, quiet=True
+        )
+        return done.stdout.strip() == "active"
+
+    def restarts(self, device: Device) -> int:
+        done = self.story.inside(
+            device, "systemctl", "show", "web.service", "-p", "NRestarts", "--value",
+            check=False, quiet=True,
+        )  # fmt: skip
+        try:
+            return int(done.stdout.strip())
+        except ValueError:
+            return 0
 
     # --- 6 ------------------------------------------------------------------------------
 
     def auto_update_step(self) -> str:
-        d = self.story.demo
-        active = self.active_device()
-        standby = next(x for x in self.story.devices if x is not active)
+        story = self.story
+        d = story.demo
         d.section(
             "6",
-            "Workload updates on both devices: v1 -> v2 taken, a broken v3 rolled back",
-            "The web unit has AutoUpdate=registry. Moving apps/web:prod to v2 updates it on "
-            "both devices at once; v3 exits at once, fails the watch window and is rolled "
-            "back to v2 while the service keeps answering.",
+            "Workload updates in both devices: v1 -> v2 taken, a broken v3 rolled back",
+            "The web unit has AutoUpdate=registry. Moving apps/web:prod to v2 and running "
+            "podman auto-update in each device pulls v2 and restarts the unit; v3 never "
+            "answers its health check, its start fails and podman rolls it back to v2 "
+            "while the service keeps answering.",
         )
-        d.say(
-            f"{standby.name} is the standby: no request has reached its web unit, so it is "
-            "not running, and auto-update leaves units that are not running alone (as podman "
-            f"does). One request to {standby.name}'s own listener starts it."
-        )
-        self.curl(f"127.0.0.1:{standby.web_port}")
-        watch = "10s" if d.fast else "30s"
         self.move_tag("v2")
-        for device, table in self.auto_update_all(watch):
-            if not re.search(r"^web\S*\s.*\strue\s*$", table, re.MULTILINE):
-                raise DemoStepError(f"auto-update on {device.name} did not take v2")
-        self.wait_for_version("v2", active, standby)
+        for device, table in self.auto_update_all():
+            if not re.search(r"^\s*web\.service\s.*\strue\s*$", table, re.MULTILINE):
+                raise DemoStepError(f"podman auto-update in {device.name} did not take v2")
+        self.wait_for_version("v2")
 
         self.move_tag("v3")
-        for device, table in self.auto_update_all(watch, expect_failure=True):
+        for device, table in self.auto_update_all():
             if "rolled back" not in table:
-                raise DemoStepError(f"auto-update on {device.name} did not roll v3 back")
-        self.wait_for_version("v2", active, standby)
-        return f"{active.name} and {standby.name}: v2 taken, v3 rolled back, still serving v2"
+                raise DemoStepError(f"podman auto-update in {device.name} did not roll v3 back")
+        self.wait_for_version("v2")
+        names = " and ".join(x.name for x in story.devices)
+        return f"{names}: v2 taken, v3 rolled back, still serving v2"
 
-    def wait_for_version(self, version: str, active: Device, standby: Device) -> None:
-        """The service address and the standby's own listener both answer *version*."""
-        own = f"127.0.0.1:{standby.web_port}"
-        self.story.demo.wait_until(
-            f"the service and {standby.name} answer with {version}",
+    def wait_for_version(self, version: str) -> None:
+        """The service address and each device's own address answer *version*."""
+        story = self.story
+        own = {x.name: f"http://{x.address}:{WEB_PORT}/" for x in story.devices}
+        story.demo.wait_until(
+            f"the service and every device answer with {version}",
             lambda: (
-                self._answer() == f"web {version} on {active.name}"
-                and self._answer(own) == f"web {version} on {standby.name}"
+                self.client(quiet=True).startswith(f"web {version} on ")
+                and all(
+                    self.client(url, quiet=True) == f"web {version} on {name}"
+                    for name, url in own.items()
+                )
             ),
             60,
         )
-        self.curl()
-        self.curl(own)
+        self.client()
+        for url in own.values():
+            self.client(url)
+
+    def auto_update_all(self) -> list[tuple[Device, str]]:
+        """``podman auto-update`` in every device; return each device's table."""
+        d = self.story.demo
+        tables = []
+        for device in self.story.devices:
+            done = self.story.inside(device, "podman", "auto-update", check=False)
+            d.show(done.stdout or done.stderr)
+            tables.append((device, done.stdout))
+        return tables
 
     def move_tag(self, version: str) -> None:
         self.story.demo.atoll(
@@ -244,47 +279,11 @@ class Services:
             note=f"apps/web:prod now names {version}",
         )
 
-    def auto_update_all(
-        self, watch: str, *, expect_failure: bool = False
-    ) -> list[tuple[Device, str]]:
-        """Run ``atoll workload auto-update`` on every device at once; return each
-        device's table."""
-        d = self.story.demo
-        runs = [
-            (
-                (
-                    "workload",
-                    "auto-update",
-                    "--root",
-                    str(device.units),
-                    "--state-dir",
-                    str(device.state_dir),
-                    "--update-state-dir",
-                    str(device.units.parent / "updates"),
-                    "--watch",
-                    watch,
-                ),
-                device.podman_env,
-            )
-            for device in self.story.devices
-        ]
-        tables = []
-        for device, done in zip(self.story.devices, d.atoll_together(runs), strict=True):
-            d.say(f"[bold]{device.name}[/]:")
-            d.show(done.stdout)
-            if (done.returncode != 0) != expect_failure:
-                raise DemoStepError(
-                    f"atoll workload auto-update on {device.name} exited {done.returncode}: "
-                    + (done.stderr.strip().splitlines() or ["no message"])[-1]
-                )
-            tables.append((device, done.stdout))
-        return tables
-
     def active_device(self) -> Device:
         for device in self.story.devices:
-            if read_json(device.failover_status).get("addressHeld"):
+            if self.story.holds_vip(device):
                 return device
-        raise DemoStepError("no device serves the service address")
+        raise DemoStepError(f"no device holds {VIP}")
 
     def build_web_images(self) -> None:
         d = self.story.demo
@@ -326,97 +325,3 @@ class Services:
             f"docker://{self.story.registry}/{WEB_REPO}:prod",
             note="the devices run apps/web:prod",
         )
-
-    def start_web(self, device: Device) -> None:
-        """The device's workload supervisor, with the web unit socket-activated."""
-        d = self.story.demo
-        if not device.podman_env:
-            device.podman_env = {
-                **d.env,
-                **isolated_environment(
-                    runtime_dir(d.workdir) / "podman" / device.name,
-                    registries_conf=d.workdir / "registries.conf",
-                ),
-            }
-        units = device.units
-        units.mkdir(parents=True, exist_ok=True)
-        (units / "web.container").write_text(
-            WEB_UNIT.format(
-                image=f"{self.story.registry}/{WEB_REPO}:prod",
-                device=device.name,
-                port=device.inner_port,
-            )
-        )
-        (units / "web.socket").write_text(
-            WEB_SOCKET.format(port=device.web_port, inner=device.inner_port)
-        )
-        args = ["workload", "run", "--root", str(units), "--state-dir", str(device.state_dir)]
-        d.start(
-            f"{device.name}-web",
-            atoll_argv(*args),
-            shown=["atoll", *args],
-            env=device.podman_env,
-        )
-        d.wait_until(
-            f"{device.name}'s supervisor answers",
-            lambda: self.workload(device, "status", "web", quiet=True, check=False).returncode == 0,
-            60,
-        )
-
-    def workload(self, device: Device, *args: str, quiet: bool = False, check: bool = True) -> Done:
-        return self.story.demo.atoll(
-            "workload",
-            *args,
-            "--state-dir",
-            str(device.state_dir),
-            quiet=quiet,
-            check=check,
-            env=device.podman_env,
-        )
-
-    def web_state(self, device: Device) -> dict[str, Any]:
-        done = self.workload(device, "status", "web", "--json", quiet=True, check=False)
-        if done.returncode != 0:
-            return {}
-        units = json.loads(done.stdout).get("units") or [{}]
-        found: dict[str, Any] = units[0]
-        return found
-
-    def start_failover(self, device: Device) -> None:
-        d = self.story.demo
-        peers = [p for p in self.story.devices if p is not device]
-        args = [
-            "failover",
-            "run",
-            "--name",
-            device.name,
-            "--listen",
-            f"127.0.0.1:{device.advert_port}",
-            *[a for p in peers for a in ("--peer", f"127.0.0.1:{p.advert_port}")],
-            "--priority",
-            str(device.priority),
-            "--interval",
-            str(self.story.interval),
-            "--address",
-            self.story.service,
-            "--backend",
-            f"127.0.0.1:{device.web_port}",
-            "--status-file",
-            str(device.failover_status),
-        ]
-        d.start(f"{device.name}-failover", atoll_argv(*args), shown=["atoll", *args])
-
-    def _answer(self, address: str | None = None) -> str | None:
-        try:
-            url = f"http://{address or self.story.service}/"
-            with urllib.request.urlopen(url, timeout=2) as reply:
-                return str(reply.read().decode().strip())
-        except OSError:
-            return None
-
-    def curl(self, address: str | None = None) -> str:
-        out = self.story.demo.command(
-            find_tool("curl"), "-s", f"http://{address or self.story.service}/", check=False
-        )
-        self.story.demo.show(out.stdout or "(no answer)")
-        return out.stdout.strip()

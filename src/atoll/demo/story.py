@@ -3,31 +3,34 @@ the ``atoll`` commands a user would type and returns one line for the summary.
 
 Where the pieces run (see docs/demo.md):
 
-- the registry: ``docker-registry`` on 127.0.0.1, plain HTTP;
+- the registry: ``docker-registry`` on the host's 127.0.0.1, plain HTTP, and
+  bridged into each device's own loopback at the same address
+  (:mod:`atoll.demo.bridge`);
+- a LAN of network namespaces (``ip netns``): a bridge in one, dev1, dev2 and a
+  client each in their own, joined by veth pairs; the host never sees its addresses;
 - each device: a sysroot under WORKDIR, booted with ``atoll device boot
-  --host-network`` (systemd-nspawn, systemd as PID 1, the host's network): its
-  own update timer (``atoll updates run``, policy ``apply``, every few seconds in
-  the demo) pulls OS updates from the registry, checks their signatures with the
-  device's trust policy, stages and reboots (see :meth:`Story.configure_updates`);
-- each device's agents (the web workload and ``atoll failover run``) run on
-  the host, beside the device, with a podman storage per device: the container
-  device has no podman of its own.
+  --network LAN-devN --containers`` (systemd-nspawn, systemd as PID 1): its own
+  update timer pulls OS updates, checks their signatures, stages and reboots; its
+  own podman runs the web workload (a Quadlet unit) and its own keepalived holds
+  the virtual IP when it is the master (see :meth:`Story.configure_device`);
+- the client: ``curl`` in the client's namespace, to the virtual IP.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import atoll
 from atoll.demo import basetree, osimage
-from atoll.demo.framework import Demo, spinner
+from atoll.demo.framework import Demo, Done, spinner
 from atoll.demo.registry import answers, free_port, write_config
-from atoll.run import base_environment, find_tool
+from atoll.errors import DemoStepError
+from atoll.run import base_environment, find_tool, run
 
 OS_STAGE = "stage/edge-os"
 OS_PROD = "prod/edge-os"
@@ -35,35 +38,93 @@ OS_PROD = "prod/edge-os"
 UPDATE_EVERY = "10s"
 
 
+#: The LAN's addresses: the devices', the client's and the virtual IP (keepalived's).
+SUBNET = "10.77.0"
+VIP = f"{SUBNET}.100"
+CLIENT_ADDRESS = f"{SUBNET}.20"
+#: Where the web workload listens in each device.
+WEB_PORT = 8080
+DEVICE_NAMES = ("dev1", "dev2")
+DEVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+WEB_REPO = "apps/web"
+
+#: The web workload in each device: a Quadlet unit its podman's generator turns into
+#: web.service. It counts as started once its health check passes (Notify=healthy), so
+#: a version that never answers fails its start, and podman auto-update rolls it back.
+WEB_QUADLET = """\
+[Unit]
+Description=the demo's web server
+
+[Container]
+Image={image}
+ContainerName=web
+Network=host
+Environment=DEVICE={device} PORT={port}
+AutoUpdate=registry
+# The image has no /bin/sh: the check is run as it stands (JSON form), not by a shell.
+HealthCmd=["/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:{port}/"]
+HealthInterval=2s
+Notify=healthy
+# busybox httpd runs as the container's PID 1, which ignores SIGTERM.
+StopTimeout=2
+
+[Service]
+Restart=always
+RestartSec=1
+TimeoutStartSec=30
+
+[Install]
+WantedBy=multi-user.target
+"""
+#: keepalived's track_script: the workload answers on the device itself.
+WEB_HEALTH = """\
+#!/bin/bash
+# One HTTP request to the workload on the device itself; bash alone, so it stays cheap.
+exec 3<>/dev/tcp/127.0.0.1/{port} || exit 1
+printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3
+read -r -t 2 status <&3 && [[ $status == *" 200 "* ]]
+"""
+#: /etc/atoll/failover.toml: keepalived.conf is written from it at each boot
+#: (atoll-failover-config.service, docs/failover.md).
+FAILOVER_SETTINGS = """\
+[failover]
+instance = "web"
+router_id = 51
+interface = "eth0"
+address = "{vip}/24"
+priority = {priority}
+interval = {interval}
+source = "{source}"
+peers = [{peers}]
+check = ["/etc/atoll/web-health"]
+check_interval = 1
+check_timeout = 2
+fall = 2
+rise = 1
+"""
+#: podman in a container-boot device: its cgroup tree has no pids controller.
+CONTAINERS_CONF = """\
+[containers]
+pids_limit = 0
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+"""
+
+
 @dataclass
 class Device:
     name: str
     sysroot: Path
-    #: The socket-activated listener (what the failover master forwards to).
-    web_port: int
-    #: Where the web container itself listens, on the host's network.
-    inner_port: int
-    advert_port: int
+    #: Its address on the LAN (eth0 in its namespace).
+    address: str
     priority: int
-    podman_env: dict[str, str] = field(default_factory=dict)
+    #: Its network namespace (``ip netns`` name).
+    netns: str
     #: (what, JSON result of install or upgrade) in order, for the transfer report.
     transfers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @property
-    def units(self) -> Path:
-        return self.sysroot.parent / "agents" / self.name / "units"
-
-    @property
-    def state_dir(self) -> Path:
-        return runtime_dir(self.sysroot.parent) / self.name
-
-    @property
     def console_log(self) -> Path:
         return self.sysroot.parent / "logs" / f"{self.name}-console.log"
-
-    @property
-    def failover_status(self) -> Path:
-        return self.sysroot.parent / "agents" / self.name / "failover.json"
 
 
 @dataclass
@@ -74,7 +135,6 @@ class Story:
     #: An apt sources.list line for the base image (default: the tree's own sources).
     apt_source: str | None = None
     registry: str = ""
-    service: str = ""
     devices: list[Device] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)
 
@@ -87,13 +147,22 @@ class Story:
 
     # --- 1 ------------------------------------------------------------------------------
 
+    @property
+    def lan(self) -> str:
+        return lan_name(self.demo.workdir)
+
+    def netns(self, member: str) -> str:
+        return f"{self.lan}-{member}"
+
     def registry_step(self) -> str:
         d = self.demo
         d.section(
             "1",
-            "A registry on loopback",
+            "A registry on loopback, and a LAN of network namespaces",
             "The real CNCF Distribution registry (Debian's docker-registry) holds every "
-            "image of the story: the OS in a stage and a prod repository, and the workload.",
+            "image of the story: the OS in a stage and a prod repository, and the workload. "
+            "The devices and a client get a LAN of their own: a bridge in one network "
+            "namespace, a namespace per member joined to it by a veth pair.",
         )
         port = free_port()
         config = write_config(d.workdir / "registry", port)
@@ -111,7 +180,43 @@ class Story:
             f'[[registry]]\nlocation = "{self.registry}"\ninsecure = true\n'
         )
         d.say(f"listening on http://{self.registry} (marked insecure in $DEMO/registries.conf)")
-        return f"docker-registry on {self.registry}"
+        self.lan_up()
+        # The devices pull from the registry by the same name as the host pushes and
+        # signs with: the harness bridges 127.0.0.1:PORT into each device's namespace.
+        members = [f"/run/netns/{self.netns(name)}" for name in DEVICE_NAMES]
+        d.start(
+            "registry-bridge",
+            atoll_argv_module("atoll.demo.bridge", str(port), *members),
+            shown=["python3", "-m", "atoll.demo.bridge", str(port), *members],
+            # The bridge runs from the same atoll as the demo.
+            env={**d.env, "PYTHONPATH": str(Path(atoll.__file__).resolve().parent.parent)},
+        )
+        d.say(
+            f"the harness bridges {self.registry} into each device's own loopback: the "
+            "devices pull by the name the host pushed and signed with"
+        )
+        return f"docker-registry on {self.registry}; LAN {self.lan} ({SUBNET}.0/24)"
+
+    def lan_up(self) -> None:
+        """The LAN as docs/device.md draws it, with ``ip`` as a user would type it."""
+        d, lan = self.demo, self.netns("lan")
+
+        def ip(*args: str) -> None:
+            d.command(find_tool("ip", "iproute2"), *args, shown=["ip", *args])
+
+        ip("netns", "add", lan)
+        ip("-n", lan, "link", "add", "br0", "type", "bridge", "forward_delay", "0")
+        ip("-n", lan, "link", "set", "br0", "up")
+        members = [(name, f"{SUBNET}.{11 + i}") for i, name in enumerate(DEVICE_NAMES)]
+        for port, (name, address) in enumerate([*members, ("client", CLIENT_ADDRESS)]):
+            netns = self.netns(name)
+            ip("netns", "add", netns)
+            ip("-n", lan, "link", "add", f"vm{port}", "type", "veth",
+               "peer", "name", "eth0", "netns", netns)  # fmt: skip
+            ip("-n", lan, "link", "set", f"vm{port}", "master", "br0", "up")
+            ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+            ip("-n", netns, "link", "set", "eth0", "up")
+            ip("-n", netns, "link", "set", "lo", "up")
 
     # --- 2 ------------------------------------------------------------------------------
 
@@ -120,16 +225,17 @@ class Story:
         d.section(
             "2",
             "OS images v1, v2, v3: built from blueprints, promoted, signed",
-            "Image Builder blueprints on a Debian bookworm base; podman runs the build steps "
-            "and atoll adds itself and its units. v2 adds a package and a required health "
-            "check that fails; v3 fixes the check. v1 is promoted to prod and signed.",
+            "Image Builder blueprints on a Debian trixie base with podman; podman runs the "
+            "build steps and atoll adds itself, its units and keepalived. v2 adds a package "
+            "and a required health check that fails; v3 fixes the check. v1 is promoted to "
+            "prod and signed.",
         )
         tree = self.base_tree
         if tree is None:
             found = basetree.cached_tree(self.cache)
             if found is None:
-                d.say(f"debootstrap of Debian bookworm, once (kept in {self.cache})")
-                with spinner(d.console, "  debootstrap bookworm (about a minute)"):
+                d.say(f"debootstrap of Debian trixie, once (kept in {self.cache})")
+                with spinner(d.console, "  debootstrap trixie (a few minutes)"):
                     found = basetree.ensure_tree(self.cache, basetree.demo_recipe())
             tree = found
         d.say(f"base tree: {tree}")
@@ -222,21 +328,24 @@ class Story:
         d = self.demo
         d.section(
             "3",
-            "Two edge devices, installed from v1 and booted",
+            "Two edge devices on the LAN, installed from v1 and booted",
             "Each device is a sysroot (object store, deployments, boot entries, /var) booted "
-            "with systemd-nspawn: systemd runs as PID 1 and runs atoll's health checks.",
+            "with systemd-nspawn in its own network namespace: systemd runs as PID 1, runs "
+            "atoll's health checks, the web workload under the device's own podman "
+            "(a Quadlet unit) and keepalived.",
         )
-        for number, priority in ((1, 150), (2, 100)):
-            name = f"dev{number}"
-            device = Device(
-                name,
-                d.workdir / name,
-                web_port=free_port(),
-                inner_port=free_port(),
-                advert_port=_free_udp_port(),
-                priority=priority,
+        for number, (name, priority) in enumerate(zip(DEVICE_NAMES, (150, 100), strict=True)):
+            self.devices.append(
+                Device(
+                    name,
+                    d.workdir / name,
+                    address=f"{SUBNET}.{11 + number}",
+                    priority=priority,
+                    netns=self.netns(name),
+                )
             )
-            self.devices.append(device)
+        for device in self.devices:
+            name = device.name
             done = d.atoll(
                 "install",
                 "to-filesystem",
@@ -255,22 +364,33 @@ class Story:
                 f"{name}: {result['filesTotal']} files, {result['filesNew']} new in its store, "
                 f"{_size(result['bytesFetched'])} fetched"
             )
-            self.configure_updates(device)
+            self.configure_device(device)
         d.say(
             "each device updates itself: /etc/atoll/updates.toml says policy = apply, its "
             "trust policy wants prod/edge-os signed by the release key, and its update timer "
             f"runs every {UPDATE_EVERY} (hourly on a real device)"
         )
-        self.boot_all()
-        out = d.atoll("status", "--sysroot", str(self.devices[0].sysroot))
+        d.say(
+            f"each device runs the web workload from /etc/containers/systemd/web.container and "
+            f"keepalived from /etc/atoll/failover.toml: virtual IP {VIP}, priority 150 on dev1, "
+            "100 on dev2, no preemption"
+        )
+        first, second = self.devices
+        # dev1 first: with no preemption, whichever is up first keeps the address.
+        self.boot(first)
+        d.wait_until(f"{first.name} holds {VIP}", lambda: self.holds_vip(first), 180, every=0.1)
+        self.boot(second)
+        out = d.atoll("status", "--sysroot", str(first.sysroot))
         d.show(out.stdout)
-        return "dev1 and dev2 on v1.0, booted green"
+        return f"dev1 and dev2 on v1.0, booted green on LAN {SUBNET}.0/24"
 
-    def configure_updates(self, device: Device) -> None:
-        """What an administrator puts in the device's /etc for it to update itself:
-        the update policy, the registry (plain HTTP on loopback), the trust policy
-        with the release key, and (for the demo) a timer that fires every few seconds.
-        Local /etc changes are carried into every later deployment."""
+    def configure_device(self, device: Device) -> None:
+        """What an administrator puts in the device's /etc: the update policy, the
+        registry (plain HTTP on the device's loopback, bridged to the host's), the
+        trust policy with the release key, the web workload as a Quadlet unit, the
+        failover settings keepalived's configuration is written from, and (for the
+        demo) an update timer that fires every few seconds. Local /etc changes are
+        carried into every later deployment."""
         (root,) = device.sysroot.glob("atoll/deploy/*/deploy/*.0")
         etc = root / "etc"
         key = "/etc/containers/keys/release.pub"
@@ -278,17 +398,32 @@ class Story:
             "default": [{"type": "reject"}],
             "transports": {
                 "docker": {
-                    f"{self.registry}/{OS_PROD}": [{"type": "sigstoreSigned", "keyPath": key}]
+                    f"{self.registry}/{OS_PROD}": [{"type": "sigstoreSigned", "keyPath": key}],
+                    # The workload is not signed in this story.
+                    f"{self.registry}/{WEB_REPO}": [{"type": "insecureAcceptAnything"}],
                 }
             },
         }
+        peers = ", ".join(f'"{p.address}"' for p in self.devices if p is not device)
         files = {
             "atoll/updates.toml": 'policy = "apply"\n',
             "containers/registries.conf": (
                 f'[[registry]]\nlocation = "{self.registry}"\ninsecure = true\n'
             ),
             "containers/policy.json": json.dumps(policy, indent=2) + "\n",
+            "containers/containers.conf": CONTAINERS_CONF,
             key.removeprefix("/etc/"): (self.demo.workdir / "keys/release.pub").read_text(),
+            "containers/systemd/web.container": WEB_QUADLET.format(
+                image=f"{self.registry}/{WEB_REPO}:prod", device=device.name, port=WEB_PORT
+            ),
+            "atoll/web-health": WEB_HEALTH.format(port=WEB_PORT),
+            "atoll/failover.toml": FAILOVER_SETTINGS.format(
+                vip=VIP,
+                priority=device.priority,
+                interval=self.interval,
+                source=device.address,
+                peers=peers,
+            ),
             "systemd/system/atoll-fetch-apply-updates.timer.d/demo.conf": (
                 f"[Timer]\nOnActiveSec=5s\nOnUnitActiveSec={UPDATE_EVERY}\n"
                 "RandomizedDelaySec=0\nAccuracySec=1s\n"
@@ -303,6 +438,22 @@ class Story:
             path = etc / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        (etc / "atoll/web-health").chmod(0o755)
+        # The workload is updated when the story says so, not by podman's daily timer.
+        timer = etc / "systemd/system/podman-auto-update.timer"
+        timer.unlink(missing_ok=True)
+        timer.symlink_to("/dev/null")
+
+    def holds_vip(self, device: Device) -> bool:
+        """Whether *device*'s eth0 has the virtual IP (read from its namespace)."""
+        done = self.demo.command(
+            find_tool("ip", "iproute2"), "-n", device.netns, "-j", "addr", "show", "eth0",
+            quiet=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            return False
+        links = json.loads(done.stdout or "[]")
+        return VIP in [a.get("local") for link in links for a in link.get("addr_info", [])]
 
     def boot(self, device: Device) -> None:
         self.boot_all([device])
@@ -328,30 +479,56 @@ class Story:
 
     def _start_boot(self, device: Device) -> None:
         d = self.demo
+        args = [
+            "device",
+            "boot",
+            "--sysroot",
+            str(device.sysroot),
+            "--keep-running",
+            "--network",
+            device.netns,
+            "--containers",
+        ]
         d.start(
             f"{device.name}-boot",
-            atoll_argv(
-                "device",
-                "boot",
-                "--sysroot",
-                str(device.sysroot),
-                "--keep-running",
-                "--host-network",
-                "--timeout",
-                "3600",
-                "--console-log",
-                str(device.console_log),
-            ),
-            shown=[
-                "atoll",
-                "device",
-                "boot",
-                "--sysroot",
-                str(device.sysroot),
-                "--keep-running",
-                "--host-network",
-            ],
+            atoll_argv(*args, "--timeout", "3600", "--console-log", str(device.console_log)),
+            shown=["atoll", *args],
             stop="int",
+        )
+
+    def init_pid(self, device: Device) -> int | None:
+        """The PID (on the host) of the device's systemd, while it runs."""
+        mark = f"--directory={device.sysroot}/".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"systemd-nspawn") and any(a.startswith(mark) for a in argv):
+                children = (entry / "task" / entry.name / "children").read_text().split()
+                if children:
+                    return int(children[0])
+        return None
+
+    def inside(self, device: Device, *argv: str, check: bool = True, quiet: bool = False) -> Done:
+        """Run *argv* in the running device (all of its namespaces), as
+        ``nsenter --target PID --all`` does."""
+        pid = self.init_pid(device)
+        if pid is None:
+            raise DemoStepError(f"{device.name} is not running")
+        return self.demo.command(
+            find_tool("nsenter", "util-linux"),
+            f"--target={pid}",
+            "--all",
+            "--",
+            *argv,
+            check=check,
+            quiet=quiet,
+            shown=["nsenter", f"--target={pid}", "--all", *argv],
+            # The device's own environment: no paths or settings of the host's.
+            env={"PATH": DEVICE_PATH, "LANG": "C.UTF-8", "HOME": "/root"},
         )
 
     def _green(self, device: Device, before: object) -> bool:
@@ -522,17 +699,6 @@ class Story:
         return "fetched in all: " + ", ".join(totals)
 
 
-def runtime_dir(workdir: Path) -> Path:
-    """Where the supervisors' control sockets and the devices' podman storages go:
-    under WORKDIR when its path is short, else in /run. A Unix socket's path holds at
-    most 107 bytes; and with a storage under a long path podman was seen to take about
-    20 s to report that a container had exited, longer than the demo's watch window."""
-    if len(str(workdir)) <= 48:
-        return workdir / "run"
-    digest = hashlib.sha256(str(workdir).encode()).hexdigest()[:12]
-    return Path("/run") / f"atoll-demo-{digest}"
-
-
 def _paths(paths: dict[str, Any]) -> str:
     """An update's transfer by path, short: "ranges 12 files, whole 1 layer, present 40"."""
     parts = []
@@ -558,33 +724,33 @@ def _store_usage(sysroot: Path) -> tuple[int, int]:
 
 
 def atoll_argv(*args: str) -> list[str]:
+    return atoll_argv_module("atoll", *args)
+
+
+def atoll_argv_module(module: str, *args: str) -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "atoll", *args]
+    return [sys.executable, "-m", module, *args]
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def lan_name(workdir: Path) -> str:
+    """The demo's LAN: its namespaces are LAN-lan, LAN-dev1, LAN-dev2, LAN-client."""
+    return "demo" + hashlib.sha256(str(workdir).encode()).hexdigest()[:6]
 
 
-def tcp_port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def read_json(path: Path) -> dict[str, Any]:
+def remove_lan(workdir: Path) -> list[str]:
+    """Delete the demo's network namespaces (members first); return their names."""
+    prefix = f"{lan_name(workdir)}-"
     try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc
+        names = sorted(p.name for p in Path("/run/netns").iterdir() if p.name.startswith(prefix))
+    except FileNotFoundError:
+        return []
+    names.sort(key=lambda n: n.endswith("-lan"))
+    removed = []
+    for name in names:
+        if run([find_tool("ip", "iproute2"), "netns", "delete", name], check=False).returncode == 0:
+            removed.append(name)
+    return removed
 
 
 def _size(n: int) -> str:
