@@ -89,6 +89,9 @@ DEMO_PACKAGES = (
     "python3-httpx",
     "python3-zstandard",
     "python3-cryptography",
+    # What zstandard and cryptography depend on through a virtual package
+    # (python3-cffi-backend-api-*), which debootstrap does not resolve by itself.
+    "python3-cffi-backend",
 )
 
 
