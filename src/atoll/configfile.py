@@ -190,3 +190,17 @@ def key_path(path: str) -> KeyPath:
         out.append(name if name is not None else int(index) if index else json.loads(quoted))
         pos = match.end()
     return tuple(out)
+
+
+_TOML_AT = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+def toml_syntax_error(source: str, exc: ValueError) -> str:
+    """tomllib's error about *source* in the shape of the others: ``FILE: line N:
+    not valid TOML: WHAT`` (tomllib ends its message with ``(at line N, column M)``)."""
+    message = str(exc)
+    found = _TOML_AT.search(message)
+    if found is None:
+        return f"{source}: not valid TOML: {message}"
+    message = message.replace(found.group(0), "").strip()
+    return f"{at_line(source, int(found.group(1)))}not valid TOML: {message}"

@@ -77,7 +77,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 from atoll import stricttoml
-from atoll.configfile import KeyLines, KeyPath, kind_of, locate, show_key
+from atoll.configfile import KeyLines, KeyPath, kind_of, locate, show_key, toml_syntax_error
 from atoll.errors import BlueprintError, from_oserror
 
 T = TypeVar("T")
@@ -683,15 +683,7 @@ def parse_blueprint(text: str, source: str = "blueprint") -> Blueprint:
     try:
         data = stricttoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        # tomllib says "(at line N, column M)": keep it, in front like the other errors.
-        message = str(exc)
-        found = re.search(r"\(at line (\d+), column \d+\)", message)
-        if found:
-            message = message.replace(found.group(0), "").strip()
-            raise BlueprintError(
-                f"{source}: line {found.group(1)}: not valid TOML: {message}"
-            ) from None
-        raise BlueprintError(f"{source}: not valid TOML: {message}") from None
+        raise BlueprintError(toml_syntax_error(source, exc)) from None
     return parse_blueprint_dict(data, source=source, lines=KeyLines(text))
 
 

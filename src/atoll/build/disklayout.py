@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from atoll import stricttoml
-from atoll.configfile import KeyLines, KeyPath, kind_of, locate
+from atoll.configfile import KeyLines, KeyPath, kind_of, locate, toml_syntax_error
 from atoll.errors import InvalidInputError, from_oserror
 from atoll.fsutil import write_atomic
 
@@ -171,14 +171,7 @@ def parse_layout(text: str, source: str = "layout") -> DiskLayout:
     try:
         data = stricttoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        found = re.search(r"\(at line (\d+), column \d+\)", message)
-        if found:
-            message = message.replace(found.group(0), "").strip()
-            raise InvalidInputError(
-                f"{source}: line {found.group(1)}: not valid TOML: {message}"
-            ) from None
-        raise InvalidInputError(f"{source}: not valid TOML: {message}") from None
+        raise InvalidInputError(toml_syntax_error(source, exc)) from None
     return _Reader(source, KeyLines(text)).layout(data)
 
 
