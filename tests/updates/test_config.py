@@ -227,8 +227,7 @@ def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
     path = write_config(tmp_path, 'policy = "stage"\n[download\n')
     with pytest.raises(InvalidInputError) as info:
         load_config(tmp_path)
-    assert info.value.message.startswith(f"{path}: not valid TOML: ")
-    assert "line 2" in info.value.message
+    assert info.value.message.startswith(f"{path}: line 2: not valid TOML: ")
 
 
 def test_not_utf8(tmp_path: Path) -> None:

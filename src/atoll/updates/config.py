@@ -37,7 +37,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atoll import stricttoml
-from atoll.configfile import KeyLines, key_path, kind_of, where
+from atoll.configfile import KeyLines, key_path, kind_of, toml_syntax_error, where
 from atoll.errors import InvalidInputError, from_oserror
 from atoll.timeutil import parse_timespan
 from atoll.updates.cron import CronExpression
@@ -172,7 +172,7 @@ def parse_config(text: str, path: Path) -> UpdatesConfig:
         data = stricttoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInputError(
-            f"{path}: not valid TOML: {exc}",
+            toml_syntax_error(str(path), exc),
             hint="see docs/updates.md for the format",
         ) from None
     return _Parser(path, KeyLines(text)).config(data)
