@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 REPOSITORY = "bundle"
 
 
-class _LocalRegistry:
+class _LocalRegistry(ABC):
     """The calls :func:`~atoll.oci.delta.find_delta` and the puller make of a
     registry, answered from blobs held here."""
 
@@ -68,8 +69,9 @@ class _LocalRegistry:
         self.subject = subject
         self.delta = delta
 
+    @abstractmethod
     def _blob(self, digest: Digest) -> bytes:
-        raise NotImplementedError
+        """The blob's bytes, from where this registry keeps them."""
 
     def as_client(self) -> RegistryClient:
         # Duck-typed: only the methods below are called.
