@@ -2,7 +2,10 @@
 boot --keep-running``): Ansible reaches it through the test's ``nspawn_device``
 connection (nsenter into the container's namespaces), runs the device's own
 python3 and the atoll installed in its image, with the default sysroot
-``/sysroot`` and root ``/``, and systemd answering for the workloads."""
+``/sysroot`` and root ``/``, and systemd answering for the workloads.  The
+playbook switches to a new image and reboots into it with
+``ansible.builtin.reboot``; ``atoll device boot`` boots the container again,
+into the staged deployment, as firmware would."""
 
 from __future__ import annotations
 
@@ -36,14 +39,18 @@ def _image_spec(stage: Path) -> dict[str, object]:
     return dict(tree_spec(stage))
 
 
-def _wait_green(sysroot: Path, boot: subprocess.Popen[str], console: Path) -> None:
+def _wait_green(
+    sysroot: Path, boot: subprocess.Popen[str], console: Path, deployment: str = ""
+) -> dict[str, object]:
+    """Wait for a green boot (of *deployment*, when given); the health report."""
     last = sysroot / "atoll/health/last.json"
     deadline = time.monotonic() + _BOOT_WAIT
     while time.monotonic() < deadline:
         if boot.poll() is not None:
             pytest.fail(f"the device stopped: {console.read_text()[-3000:]}")
-        if last.exists() and json.loads(last.read_text())["outcome"] == "green":
-            return
+        report = json.loads(last.read_text()) if last.exists() else {}
+        if report.get("outcome") == "green" and deployment in str(report["deployment"]):
+            return dict(report)
         time.sleep(0.5)
     pytest.fail(f"no green boot in {_BOOT_WAIT} s: {console.read_text()[-3000:]}")
 
@@ -72,7 +79,10 @@ def test_booted_device_playbook_twice(
             str(sysroot),
             "--keep-running",
             "--max-boots",
-            "1",
+            "3",
+            # The whole of each boot: the two runs of the playbook happen in the second.
+            "--timeout",
+            "900s",
             "--console-log",
             str(console),
         ],
@@ -83,7 +93,7 @@ def test_booted_device_playbook_twice(
         start_new_session=True,
     )
     try:
-        _wait_green(sysroot, boot, console)
+        before = _wait_green(sysroot, boot, console)
         variables = {"os_image": "oci:/sysroot/images:2"}
         inventory = {
             "booted": {
@@ -101,16 +111,22 @@ def test_booted_device_playbook_twice(
             collection, DOCS / "booted.yml", variables, tmp_path, inventory=inventory, env=env
         )
         assert first.failed == 0, first.output
-        assert first.changed == 3, first.output  # the policy, the volume, the staged image
-        assert "booted 1.0, staged 2.0, root /, data.volume inactive" in first.output
+        # the policy, the volume, the switch, the reboot
+        assert first.changed == 4, first.output
+        assert "booted 2.0, staged none, root /, data.volume inactive" in first.output
         state = Device(sysroot).state()
-        assert state.staged is not None and state.staged.origin.image_version == "2.0"
-        booted = state.path(state.booted or state.current)
-        assert (booted / "etc/containers/systemd/data.volume").is_file()
+        assert state.booted is not None and state.booted.origin.image_version == "2.0"
+        assert state.staged is None
+        assert (state.path(state.booted) / "etc/containers/systemd/data.volume").is_file()
+        # ansible.builtin.reboot waited for the boot id to change: systemd-nspawn
+        # gives each boot of the container its own.
+        after = _wait_green(sysroot, boot, console, state.booted.id)
+        assert before["bootId"] != after["bootId"]
         second = playbook_run(
             collection, DOCS / "booted.yml", variables, tmp_path, inventory=inventory, env=env
         )
         assert (second.failed, second.changed) == (0, 0), second.output
+        assert "booted 2.0, staged none, root /, data.volume inactive" in second.output
     finally:
         os.killpg(boot.pid, signal.SIGTERM)
         boot.communicate(timeout=60)
