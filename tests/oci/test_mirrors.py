@@ -1,5 +1,7 @@
-"""Pulls through the ``[[registry.mirror]]`` entries of registries.conf, against
-real registries on loopback: mirrors in order, then the primary."""
+"""Pulls through the ``[[registry.mirror]]`` entries and the ``location`` of
+registries.conf, against real registries on loopback: mirrors in order, then
+the primary at its location; and the readers other than a pull (tag listing,
+auto-update checks, signatures, ``atoll mirror``'s source) going the same way."""
 
 from __future__ import annotations
 
@@ -8,10 +10,16 @@ import socket
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from atoll.errors import AtollError
+from atoll.oci.catalog import list_tags
 from atoll.oci.imagecopy import copy_image
+from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName
+from atoll.pipeline.mirror import mirror
+from atoll.pipeline.sigstore import read_signatures, sign_image
+from atoll.workloads.autoupdate.checks import check_references
 from helpers.registry import RegistryView
 
 
@@ -77,3 +85,49 @@ def test_primary_serves_when_no_mirror_has_the_image(
     _mirrored(auth_registry.host, f"{registry.host}/nothing-here")
     ref = f"{auth_registry.host}/{repo}:1.0"
     assert _pull(auth_registry, ref, "from-primary") == image.manifest_digest
+
+
+def test_location_replaces_the_prefix_of_what_is_pulled(registry: RegistryView) -> None:
+    """``prefix`` is the name as written, ``location`` where it is: the name's
+    prefix is replaced by the location, for a pull and for a tag listing."""
+    logical = f"{_closed_port()}/team"
+    name = registry.new_repo("app")
+    image = registry.push_test_image(f"real/{name}", "1.0")
+    _add_conf(
+        f'\n[[registry]]\nprefix = "{logical}"\nlocation = "{registry.host}/real"\n'
+        "insecure = true\n"
+    )
+    assert _pull(registry, f"{logical}/{name}:1.0", "by-tag") == image.manifest_digest
+    assert list_tags(ImageName.parse(f"docker://{logical}/{name}"), registry.ctx()) == ["1.0"]
+
+
+def test_readers_besides_the_pull_go_to_the_mirror(registry: RegistryView) -> None:
+    """With the primary down, tags, an auto-update check, the signatures and
+    ``atoll mirror``'s source are all read from the mirror."""
+    primary = _closed_port()
+    name = registry.new_repo("app")
+    image = registry.push_test_image(f"mirrored/{name}", "1.0")
+    key = ec.generate_private_key(ec.SECP256R1())
+    ctx = registry.ctx(retries=1)
+    sign_image(ImageReference.parse(f"{registry.host}/mirrored/{name}:1.0"), key, ctx)
+    _mirrored(primary, f"{registry.host}/mirrored")
+    logical = f"{primary}/{name}"
+
+    assert sorted(list_tags(ImageName.parse(f"docker://{logical}"), ctx)) == [
+        "1.0",
+        image.manifest_digest.replace(":", "-") + ".sig",
+    ]
+    ref = ImageReference.parse(f"{logical}:1.0")
+    [check] = check_references([ref], ctx).values()
+    assert (check.digest, check.error) == (image.manifest_digest, None)
+    digest, signatures = read_signatures(ref, ctx)
+    assert str(digest) == image.manifest_digest and len(signatures) == 1
+    copied = mirror(
+        ImageReference.parse(logical),
+        ImageReference.parse(f"{registry.host}/copy/{name}"),
+        src_ctx=ctx,
+        tags="^1",
+    )
+    assert [(t.tag, t.digest, t.action) for t in copied.tags] == [
+        ("1.0", image.manifest_digest, "copied")
+    ]

@@ -310,6 +310,59 @@ location = "local.example/corp"
     assert [str(s) for s in wildcard] == ["local.example/corp/x/y", "r.corp.example/x/y"]
 
 
+def test_location_replaces_the_prefix_of_the_primary(conf_file: Path) -> None:
+    _write(
+        conf_file,
+        """
+[[registry]]
+prefix = "example.com/foo"
+location = "internal.example:5000/bar"
+insecure = true
+[[registry.mirror]]
+location = "cache.example/foo"
+
+[[registry]]
+prefix = "*.corp.example"
+
+[[registry]]
+prefix = "*.lab.example"
+location = "lab-cache.example"
+
+[[registry]]
+prefix = "blocked.example/team"
+location = "elsewhere.example/team"
+blocked = true
+
+[[registry]]
+prefix = "example.org/one/image"
+location = "example.net"
+""",
+    )
+    conf = load_registries_conf(_ctx())
+    rewritten = conf.pull_sources("example.com", "foo/app", by_digest=False)
+    assert [(str(s), s.insecure) for s in rewritten] == [
+        ("cache.example/foo/app", False),
+        ("internal.example:5000/bar/app", True),
+    ]
+    # A name the prefix does not cover (foobar is not foo/...) goes as written.
+    assert [str(s) for s in conf.pull_sources("example.com", "foobar/app", by_digest=False)] == [
+        "example.com/foobar/app"
+    ]
+    # A wildcard without a location rewrites nothing; with one, the host is replaced.
+    assert [str(s) for s in conf.pull_sources("r.corp.example", "x/y", by_digest=True)] == [
+        "r.corp.example/x/y"
+    ]
+    assert [str(s) for s in conf.pull_sources("a.lab.example", "x/y", by_digest=True)] == [
+        "lab-cache.example/x/y"
+    ]
+    # Blocked: the name stays as written, so the client refuses it.
+    assert [str(s) for s in conf.pull_sources("blocked.example", "team/a", by_digest=False)] == [
+        "blocked.example/team/a"
+    ]
+    with pytest.raises(InvalidInputError, match=r"leaves no repository for example\.org/one/image"):
+        conf.pull_sources("example.org", "one/image", by_digest=False)
+
+
 @pytest.mark.parametrize(
     ("mirror", "complaint"),
     [

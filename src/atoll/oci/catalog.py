@@ -11,10 +11,10 @@ from atoll.oci.transports import ImageName, Transport
 
 def list_tags(name: ImageName, ctx: SystemContext) -> list[str]:
     if name.transport is Transport.DOCKER and name.reference is not None:
-        from atoll.oci.client import RegistryClient
+        from atoll.oci.pullsource import read_image
 
-        with RegistryClient(name.reference.registry, ctx) as client:
-            return client.list_tags(name.reference.repository)
+        # A read: registries.conf's mirrors and location apply, as to a pull by tag.
+        return read_image(name.reference, ctx, lambda client, repo: client.list_tags(repo))
     if name.transport is Transport.OCI and name.path is not None:
         from atoll.oci.transports.layout import list_ref_names
 

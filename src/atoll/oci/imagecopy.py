@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     # Imported where a copy makes or reads zstd:chunked layers: a plain copy
     # does not pay for them.
     from atoll.oci.chunked import ChunkedLayer
+    from atoll.oci.reference import ImageReference
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ def _open_pair(
     src: ImageName, dst: ImageName, src_ctx: SystemContext, dst_ctx: SystemContext
 ) -> tuple[ImageSource, ImageDestination]:
     """Open both ends; two names on one registry share one client (one ping, one
-    token cache, one connection pool)."""
+    token cache, one connection pool), unless registries.conf sends the source's
+    reads elsewhere (mirrors, a ``location``)."""
     if (
         src.transport is Transport.DOCKER
         and dst.transport is Transport.DOCKER
@@ -148,6 +150,7 @@ def _open_pair(
         and dst.reference is not None
         and src.reference.registry == dst.reference.registry
         and src_ctx == dst_ctx
+        and _reads_go_as_written(src.reference, src_ctx)
     ):
         from atoll.oci.client import RegistryClient
         from atoll.oci.transports.docker import DockerDestination, DockerSource
@@ -165,6 +168,12 @@ def _open_pair(
     except BaseException:
         source.close()
         raise
+
+
+def _reads_go_as_written(reference: ImageReference, ctx: SystemContext) -> bool:
+    from atoll.oci.pullsource import is_direct
+
+    return is_direct(reference, ctx)
 
 
 class _Copier:

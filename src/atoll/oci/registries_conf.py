@@ -16,7 +16,7 @@ The v2 format, which atoll reads (the v1 ``[registries.insecure]`` and
 
     [[registry]]
     prefix = "registry.example.com/team"      # optional; defaults to location
-    location = "registry.example.com"
+    location = "registry.lan/example-team"    # where the prefix really is
     insecure = true                           # plain HTTP allowed, TLS not verified
     blocked = false                           # refuse to pull from or push to it
     mirror-by-digest-only = false             # true: mirrors default to digest-only
@@ -26,9 +26,12 @@ The v2 format, which atoll reads (the v1 ``[registries.insecure]`` and
     insecure = false                          # the mirror's own TLS setting
     pull-from-mirror = "all"                  # all | digest-only | tag-only
 
-Mirrors serve pulls only (see :meth:`RegistriesConf.pull_sources`): a
+Mirrors and ``location`` serve reads only (see :meth:`RegistriesConf.pull_sources`,
+used by every reader through :mod:`atoll.oci.pullsource`): a name's prefix is
+replaced by each mirror's location, then by the entry's own (the primary).  A
 ``digest-only`` mirror is tried only for references by digest, a ``tag-only``
-one only for references by tag.  A blocked entry's mirrors are not used.
+one only for references by tag.  A wildcard prefix without a location rewrites
+nothing.  A blocked entry's mirrors are not used and its names not rewritten.
 
 A prefix matches a reference when the reference starts with it and the next
 character ends the name part (end, ``/``, ``:`` or ``@``); ``*.example.com``
@@ -145,19 +148,30 @@ class RegistriesConf:
 
     def pull_sources(self, registry: str, repository: str, *, by_digest: bool) -> list[PullSource]:
         """Where a pull of ``registry/repository`` goes, in order: the mirrors that
-        serve this kind of reference (by digest or by tag), then the primary."""
-        primary = PullSource(registry, repository)
+        serve this kind of reference (by digest or by tag), then the primary at
+        the entry's ``location``.  A blocked entry's name is left as it is (the
+        client refuses it)."""
         name = f"{registry}/{repository}"
         entry = self.find(name)
         if entry is None or entry.blocked:
-            return [primary]
-        # The prefix (for a wildcard, the host) is replaced by the mirror's location.
-        matched = registry if entry.prefix.startswith("*.") else entry.prefix
+            return [PullSource(registry, repository)]
+        # The prefix (for a wildcard, the host) is replaced by each location; a
+        # location that is the prefix (a wildcard's default) rewrites nothing.
+        rest = name[len(registry if entry.prefix.startswith("*.") else entry.prefix) :]
         sources = []
         for mirror in entry.mirrors:
-            host, _, path = (mirror.location + name[len(matched) :]).partition("/")
+            host, _, path = (mirror.location + rest).partition("/")
             if mirror.serves(by_digest=by_digest) and path:
                 sources.append(PullSource(host, path, mirror.insecure))
+        primary = PullSource(registry, repository)
+        if entry.location != entry.prefix:
+            host, _, path = (entry.location + rest).partition("/")
+            if not path:
+                raise InvalidInputError(
+                    f"{entry.source}: location {entry.location!r} of prefix {entry.prefix!r} "
+                    f"leaves no repository for {name}"
+                )
+            primary = PullSource(host, path, entry.insecure)
         return [*sources, primary]
 
 

@@ -31,6 +31,7 @@ from atoll.oci.client import RegistryClient
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.imagecopy import CopyOptions, copy_image
+from atoll.oci.pullsource import PullEndpoint
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport
 from atoll.progress import ProgressSink
@@ -121,10 +122,14 @@ def mirror(
         raise InvalidInputError(f"--tags {tags!r}: bad regular expression: {exc}") from None
     result = MirrorResult(source.name, destination.name)
     with (
-        RegistryClient(source.registry, src_ctx) as src,
+        PullEndpoint(source, src_ctx) as reads,
         RegistryClient(destination.registry, dst_ctx) as dst,
     ):
-        src_tags = src.list_tags(source.repository)
+        # SRC is read where registries.conf sends its reads (mirrors, location);
+        # every later read goes to the endpoint that listed the tags.
+        src_tags = reads.read(lambda client, repository: client.list_tags(repository))
+        src = reads.client
+        source = dataclasses.replace(source, registry=reads.registry, repository=reads.repository)
         try:
             dst_tags = set(dst.list_tags(destination.repository))
         except NotFoundError:

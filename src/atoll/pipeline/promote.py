@@ -59,6 +59,7 @@ from atoll.oci.digest import Digest
 from atoll.oci.imagecopy import CopyOptions, copy_image
 from atoll.oci.imageinspect import read_config, select_manifest
 from atoll.oci.manifest import MediaType, parse_config
+from atoll.oci.pullsource import read_image
 from atoll.oci.reference import ImageReference
 from atoll.oci.transports import ImageName, Transport, open_source
 from atoll.pipeline.policy import Policy
@@ -336,13 +337,13 @@ def _copy_signatures(
             return "present"
         except NotFoundError:
             pass
-    with RegistryClient(source.registry, src_ctx) as client:
-        try:
-            client.head_manifest(source.repository, tag)
-        except NotFoundError:
-            return "none"
+    attachment = replace(source, tag=tag, digest=None)
+    try:
+        read_image(attachment, src_ctx, lambda client, repo: client.head_manifest(repo, tag))
+    except NotFoundError:
+        return "none"
     copy_image(
-        ImageName(Transport.DOCKER, reference=replace(source, tag=tag, digest=None)),
+        ImageName(Transport.DOCKER, reference=attachment),
         ImageName(Transport.DOCKER, reference=repository.with_tag(tag)),
         src_ctx=src_ctx,
         dst_ctx=dst_ctx,

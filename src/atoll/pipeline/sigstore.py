@@ -39,7 +39,7 @@ import binascii
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -58,6 +58,7 @@ from atoll.errors import (
 from atoll.oci.client import RegistryClient
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
+from atoll.oci.pullsource import PullEndpoint
 from atoll.oci.reference import ImageReference
 from atoll.pipeline.keys import sign_bytes, verify_bytes
 
@@ -342,16 +343,20 @@ def _own_claims(
 
 
 def read_signatures(ref: ImageReference, ctx: SystemContext) -> tuple[Digest, list[Signature]]:
-    """The manifest digest *ref* names now, and the signatures attached to it."""
-    with RegistryClient(ref.registry, ctx) as client:
-        digest = client.get_manifest(ref.repository, ref.manifest_ref).digest
-        manifest, _ = _read_attachment(client, ref, digest, read_config=False)
+    """The manifest digest *ref* names now, and the signatures attached to it,
+    both from the endpoint registries.conf sends reads of *ref* to (a mirror
+    serves the attachment beside the image)."""
+    with PullEndpoint(ref, ctx) as endpoint:
+        fetched = endpoint.read(lambda client, repo: client.get_manifest(repo, ref.manifest_ref))
+        client, digest = endpoint.client, fetched.digest
+        there = replace(ref, registry=endpoint.registry, repository=endpoint.repository)
+        manifest, _ = _read_attachment(client, there, digest, read_config=False)
         if manifest is None:
             return digest, []
         signatures = []
         for layer in manifest["layers"]:
             layer_digest = Digest.parse(str(layer.get("digest")))
-            payload = client.fetch_blob(ref.repository, layer_digest, layer.get("size"))
+            payload = client.fetch_blob(there.repository, layer_digest, layer.get("size"))
             annotations = layer.get("annotations") or {}
             signatures.append(
                 Signature(

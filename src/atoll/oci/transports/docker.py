@@ -11,7 +11,6 @@ untagged manifests are content-addressed and harmless.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -21,12 +20,10 @@ from atoll.oci.client import RegistryClient
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest, Verifier
 from atoll.oci.manifest import Descriptor
+from atoll.oci.pullsource import PullEndpoint
 from atoll.oci.reference import ImageReference
-from atoll.oci.registries_conf import PullSource, load_registries_conf
 from atoll.oci.transports import ImageName, Transport
 from atoll.oci.transports.base import ImageDestination, ImageSource, MountOrigin
-
-log = logging.getLogger(__name__)
 
 
 def _reference(name: ImageName) -> ImageReference:
@@ -36,50 +33,33 @@ def _reference(name: ImageName) -> ImageReference:
 
 
 class DockerSource(ImageSource):
-    """A registry image.  Without a *client* given, the pull goes to the mirrors
-    registries.conf names for the reference, in order, then to the primary: the
-    first that serves the top-level manifest serves the rest of the image."""
+    """A registry image.  Without a *client* given, the reads go through
+    :class:`~atoll.oci.pullsource.PullEndpoint`: registries.conf's mirrors in
+    order, then the primary at its ``location``; the first that serves the
+    top-level manifest serves the rest of the image."""
 
     def __init__(
         self, name: ImageName, ctx: SystemContext, *, client: RegistryClient | None = None
     ) -> None:
         self.reference = _reference(name)
         self.description = str(name)
-        self._ctx = ctx
         self._owns_client = client is None
+        self._endpoint: PullEndpoint | None = None
         self.repository = self.reference.repository
-        self._candidates: list[PullSource] = []
         if client is None:
-            ref = self.reference
-            conf = load_registries_conf(ctx)
-            self._candidates = conf.pull_sources(
-                ref.registry, ref.repository, by_digest=ref.digest is not None
-            )
-            first = self._candidates.pop(0)
-            client = RegistryClient(first.registry, ctx, insecure=first.insecure)
-            self.repository = first.repository
+            self._endpoint = PullEndpoint(self.reference, ctx)
+            client, self.repository = self._endpoint.client, self._endpoint.repository
         self.client = client
 
     def get_manifest(self, digest: Digest | None = None) -> tuple[bytes, str | None]:
         wanted = str(digest) if digest is not None else self.reference.manifest_ref
-        while True:
-            try:
-                fetched = self.client.get_manifest(self.repository, wanted)
-            except AtollError as exc:
-                if not self._candidates:
-                    raise
-                self._next_candidate(exc)
-                continue
+        if self._endpoint is None:
+            fetched = self.client.get_manifest(self.repository, wanted)
+        else:
+            fetched = self._endpoint.read(lambda client, repo: client.get_manifest(repo, wanted))
             # The image now comes from this endpoint only.
-            self._candidates = []
-            return fetched.raw, fetched.media_type
-
-    def _next_candidate(self, exc: AtollError) -> None:
-        following = self._candidates.pop(0)
-        log.info("%s/%s: %s; trying %s", self.client.registry, self.repository, exc, following)
-        self.client.close()
-        self.client = RegistryClient(following.registry, self._ctx, insecure=following.insecure)
-        self.repository = following.repository
+            self.client, self.repository = self._endpoint.client, self._endpoint.repository
+        return fetched.raw, fetched.media_type
 
     @contextlib.contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[Iterator[bytes]]:

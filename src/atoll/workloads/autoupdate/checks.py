@@ -67,8 +67,13 @@ def check_references(
     follow_versions: bool = True,
     bases: dict[str, str] | None = None,
 ) -> dict[ImageReference, RemoteCheck]:
-    """The registry's answer for every reference (errors are answers, not raised)."""
+    """The registry's answer for every reference (errors are answers, not raised).
+
+    Each reference is asked where registries.conf sends its reads (mirrors in
+    order, then the primary at its ``location``: :mod:`atoll.oci.pullsource`),
+    as podman's pull would go; the first endpoint that answers is the answer."""
     from atoll.oci.client import RegistryClient
+    from atoll.oci.pullsource import pull_sources
 
     wanted = list(dict.fromkeys(references))
     if not wanted:
@@ -76,24 +81,35 @@ def check_references(
     workers = max(1, min(concurrency, len(wanted)))
     # Enough pooled connections for every worker (the client keeps 2 per "parallel").
     ctx = dataclasses.replace(ctx, parallel=max(ctx.parallel, (workers + 1) // 2))
+    sources = {ref: pull_sources(ref, ctx) for ref in wanted}
     clients: dict[str, RegistryClient] = {}
     assumed: dict[str, str] = {}
-    for ref in wanted:
-        if ref.registry not in clients:
-            client = clients[ref.registry] = RegistryClient(ref.registry, ctx)
-            known = (bases or {}).get(ref.registry)
+    for source in (s for ref in wanted for s in sources[ref]):
+        if source.registry not in clients:
+            client = RegistryClient(source.registry, ctx, insecure=source.insecure)
+            clients[source.registry] = client
+            known = (bases or {}).get(source.registry)
             if known and client.assume_base(known):
-                assumed[ref.registry] = known
+                assumed[source.registry] = known
+
+    def check_at(ref: ImageReference, registry: str, repository: str) -> RemoteCheck:
+        client = clients[registry]
+        result = _check_one(client, ref, repository, follow_versions)
+        known = assumed.get(registry)
+        if result.error is not None and known is not None:
+            log.debug("%s: %s failed at %s; pinging again", registry, ref, known)
+            client.forget_base(known)
+            result = _check_one(client, ref, repository, follow_versions)
+        return result
 
     def check(ref: ImageReference) -> RemoteCheck:
-        client = clients[ref.registry]
-        result = _check_one(client, ref, follow_versions)
-        known = assumed.get(ref.registry)
-        if result.error is not None and known is not None:
-            log.debug("%s: %s failed at %s; pinging again", ref.registry, ref, known)
-            client.forget_base(known)
-            result = _check_one(client, ref, follow_versions)
-        return result
+        *mirrors, primary = sources[ref]
+        for source in mirrors:
+            result = check_at(ref, source.registry, source.repository)
+            if result.error is None:
+                return result
+            log.info("checking %s at %s failed: %s", ref, source, result.error)
+        return check_at(ref, primary.registry, primary.repository)
 
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="atoll-check") as pool:
@@ -111,7 +127,9 @@ def check_references(
     return results
 
 
-def _check_one(client: RegistryClient, ref: ImageReference, follow_versions: bool) -> RemoteCheck:
+def _check_one(
+    client: RegistryClient, ref: ImageReference, repository: str, follow_versions: bool
+) -> RemoteCheck:
     tag = ref.tag or "latest"
     newer: tuple[str, ...] = ()
     try:
@@ -120,12 +138,12 @@ def _check_one(client: RegistryClient, ref: ImageReference, follow_versions: boo
             return RemoteCheck(ref, tag, str(ref.digest))
         version = Version.parse(tag)
         if follow_versions and version is not None:
-            choice = versionpins.choose(tag, client.list_tags(ref.repository))
+            choice = versionpins.choose(tag, client.list_tags(repository))
             tag, newer = (choice.tag if version.parts < 3 else tag), choice.newer
-        head = client.head_manifest(ref.repository, tag)
+        head = client.head_manifest(repository, tag)
         if head.digest is None:
             # A registry that sends no Docker-Content-Digest: hash the manifest itself.
-            head_digest = str(client.get_manifest(ref.repository, tag).digest)
+            head_digest = str(client.get_manifest(repository, tag).digest)
         else:
             head_digest = str(head.digest)
         return RemoteCheck(ref, tag, head_digest, newer)
