@@ -24,4 +24,4 @@ def test_sanity(collection: Collection, tmp_path: Path) -> None:
 def test_units(collection: Collection, tmp_path: Path) -> None:
     output = units_run(collection, tmp_path / "home")
     passed = [int(n) for n in re.findall(r"(\d+) passed", output)]
-    assert sum(passed) == 15, output  # modules and module_utils
+    assert sum(passed) == 16, output  # modules and module_utils

@@ -11,7 +11,8 @@ short_description: Registry access for atoll and podman, credentials, TLS and re
 description:
   - Stores credentials for a registry (or one of its namespaces) in the auth file
     atoll and podman read, writes its TLS material in the C(certs.d) layout, and
-    a C(registries.conf.d) drop-in marking it insecure or blocked or naming mirrors.
+    a C(registries.conf.d) drop-in marking it insecure or blocked, naming mirrors,
+    or naming the location it is really served from.
   - The files are read back and checked with atoll's own parsers; a file atoll
     would refuse is never left behind.
   - Secrets (O(password), O(client_key)) are never printed, logged or returned; in diff
@@ -66,6 +67,14 @@ options:
     description: Mirror locations (C([[registry.mirror]])) that podman and atoll pull from first, in order, before the registry.
     type: list
     elements: str
+  location:
+    description:
+      - Where O(registry) really is (C(HOST[:PORT][/NAMESPACE])), the C(location) of a
+        registries.conf entry whose C(prefix) is O(registry) as given. Podman and atoll
+        pull C(REGISTRY/NAME) from C(LOCATION/NAME); pushes still go to O(registry).
+      - With it, O(insecure), O(blocked) and O(mirrors) apply to that prefix, in a drop-in
+        of its own; without it, to the whole host.
+    type: str
   registries_conf_dir:
     description: The C(registries.conf.d) directory, as seen from O(root).
     type: path
@@ -121,11 +130,17 @@ def toml_string(value):
     return json.dumps(value, ensure_ascii=True)
 
 
-def registries_conf_text(host, params):
-    """The drop-in for *host*, or None when no registries.conf setting is asked for."""
-    if params["insecure"] is None and params["blocked"] is None and not params["mirrors"]:
+def registries_conf_text(host, params, key=None):
+    """The drop-in for *host* (for the prefix *key* when a location is given), or
+    None when no registries.conf setting is asked for."""
+    location = params.get("location")
+    if params["insecure"] is None and params["blocked"] is None and not params["mirrors"] and not location:
         return None
-    lines = ["# Written by atoll.edge.registry", "[[registry]]", "location = " + toml_string(host)]
+    lines = ["# Written by atoll.edge.registry", "[[registry]]"]
+    if location:
+        lines += ["prefix = " + toml_string(key or host), "location = " + toml_string(location)]
+    else:
+        lines.append("location = " + toml_string(host))
     for key in ("insecure", "blocked"):
         if params[key] is not None:
             lines.append("%s = %s" % (key, "true" if params[key] else "false"))
@@ -206,12 +221,14 @@ def main_body(module):
     host = key.split("/", 1)[0]
     auth_file = inside(root, params["auth_file"])
     certs_dir = inside(root, os.path.join(params["certs_dir"], host))
-    conf_path = inside(root, os.path.join(params["registries_conf_dir"], drop_in_name(host)))
+    # An entry with a location is the prefix's own; the others are the host's.
+    conf_name = drop_in_name(key if params["location"] else host)
+    conf_path = inside(root, os.path.join(params["registries_conf_dir"], conf_name))
     diff = new_diff()
 
     changed = ensure_credentials(module, auth_file, key, diff)
     changed |= ensure_tls(module, certs_dir, diff)
-    conf = registries_conf_text(host, params) if params["state"] == "present" else None
+    conf = registries_conf_text(host, params, key) if params["state"] == "present" else None
     if conf is not None:
         check_registries_conf(conf_path, conf)
     if conf is not None or params["state"] == "absent":
@@ -240,6 +257,7 @@ def main():
             insecure=dict(type="bool"),
             blocked=dict(type="bool"),
             mirrors=dict(type="list", elements="str"),
+            location=dict(type="str"),
             registries_conf_dir=dict(type="path", default="/etc/containers/registries.conf.d"),
             root=dict(type="path", default="/"),
         ),

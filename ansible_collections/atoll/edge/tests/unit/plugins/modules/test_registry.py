@@ -33,6 +33,16 @@ def test_a_quote_in_the_name_stays_in_its_string():
     assert drop_in_name("r.lab:5000/../x") == "50-atoll-edge-r.lab_5000_.._x.conf"
 
 
+def test_a_location_is_the_prefix_s_own_entry(tmp_path):
+    given = dict(registry="example.com/foo", location="internal.lab:5000/bar", insecure=True)
+    result = main_body(Task(params_for(tmp_path, **given)))
+    path = Path(result["registries_conf"])
+    assert path.name == "50-atoll-edge-example.com_foo.conf"
+    [entry] = parse_registries_conf(path.read_text(), path)
+    assert (entry.prefix, entry.location, entry.insecure) == ("example.com/foo", "internal.lab:5000/bar", True)
+    assert not main_body(Task(params_for(tmp_path, **given)))["changed"]
+
+
 class Task:
     """What main_body reads of an AnsibleModule."""
 
@@ -55,6 +65,7 @@ def params_for(root, **given):
         "insecure": None,
         "blocked": None,
         "mirrors": None,
+        "location": None,
         "registries_conf_dir": "/etc/containers/registries.conf.d",
         "root": str(root),
     }
