@@ -102,6 +102,7 @@ IMAGE_COPY = PARSER | {
     "atoll.oci.httputil",
     "atoll.oci.imagecopy",
     "atoll.oci.manifest",
+    "atoll.oci.pullsource",
     "atoll.oci.quickhead",
     "atoll.oci.reference",
     "atoll.oci.registries_conf",
