@@ -95,3 +95,62 @@ def test_an_instance_runs_with_its_templates_dropins(workload_env: WorkloadEnv) 
     assert info["Config"]["Labels"]["from"] == "template"
     names = workload_env.podman("ps", "-a", "--format", "{{.Names}}").split()
     assert names == ["systemd-tmpl_blue"]
+
+
+def _health_log(workload_env: WorkloadEnv, name: str) -> list[str]:
+    return workload_env.podman("exec", name, "cat", "/tmp/h.log", check=False).split()
+
+
+def test_startup_check_gates_the_regular_check(workload_env: WorkloadEnv) -> None:
+    """HealthStartup*= run by the supervisor (podman 4.3 has no --health-startup-*):
+    the start-up check runs until it has passed HealthStartupSuccess= times, then
+    only the regular check runs; HealthLog*= is dropped with a message."""
+    registry = workload_env.registry
+    image = push_workload_image(registry, registry.new_repo("startup"))
+    log = "/tmp/h.log"
+    workload_env.unit(
+        "starty.container",
+        f"""[Container]
+Image={image}
+Exec=sh -c "(sleep 2; touch /tmp/go) & exec /usr/bin/serve"
+Notify=healthy
+HealthCmd=echo regular >> {log}
+HealthInterval=1s
+HealthStartupCmd=if test -e /tmp/go; then echo start-pass >> {log}; \\
+  else echo start-fail >> {log}; exit 1; fi
+HealthStartupInterval=1s
+HealthStartupSuccess=2
+HealthLogDestination=/tmp
+HealthMaxLogCount=5
+""",
+    )
+    workload_env.unit(
+        "never.container",
+        f"""[Container]
+Image={image}
+HealthCmd=true
+HealthStartupCmd=["sh", "-c", "echo start-fail >> {log}; exit 1"]
+HealthStartupInterval=1s
+HealthStartupRetries=2
+[Service]
+Restart=on-failure
+RestartSec=1
+""",
+    )
+    sup = workload_env.start_supervisor("starty", "never")
+    wait_for(lambda: sup.status("starty").state == "active" or None, "starty to be active")
+    wait_for(
+        lambda: _health_log(workload_env, "systemd-starty").count("regular") >= 2,
+        "two regular checks",
+    )
+    seen = _health_log(workload_env, "systemd-starty")
+    first = seen.index("regular")
+    assert set(seen[: first - 2]) <= {"start-fail"}, seen
+    assert seen[first - 2 : first] == ["start-pass", "start-pass"], seen
+    assert set(seen[first:]) == {"regular"}, seen
+    assert sup.status("starty").health == "healthy"
+    assert "no run --health-log-destination option: HealthLogDestination=" in sup.output()
+    assert "HealthMaxLogCount= is not honoured" in sup.output()
+    # After HealthStartupRetries= failures the container is stopped and Restart= restarts it.
+    wait_for(lambda: sup.status("never").restarts >= 1 or None, "never to be restarted")
+    assert "never.service: start-up check failed 2 times" in sup.output()
