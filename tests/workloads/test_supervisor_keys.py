@@ -18,7 +18,22 @@ def _inspect(workload_env: WorkloadEnv, name: str) -> Any:
     return json.loads(workload_env.podman("inspect", name))[0]
 
 
+def _store_for_shifted_maps(workload_env: WorkloadEnv) -> None:
+    """Let a container with a shifted map (its root is host uid 100000) reach its
+    layer in the test's vfs store: containers/storage's vfs driver makes
+    ``vfs/dir`` mode 0700 and chowns it, at every layer it creates, to the root
+    of that layer's map, so with an identity-mapped container created at the same
+    time the mapped container's runtime may find the directory owned by root and
+    fail to mount its rootfs (permission denied).  Made beforehand with mode 0711
+    (storage changes its owner, not its mode), every map's root may pass."""
+    graph = workload_env.root / "podman" / "graph"
+    for directory in (workload_env.root, graph, graph / "vfs", graph / "vfs" / "dir"):
+        directory.mkdir(exist_ok=True)
+        directory.chmod(0o711)
+
+
 def test_device_mount_limits_network_log_signal_and_userns(workload_env: WorkloadEnv) -> None:
+    _store_for_shifted_maps(workload_env)
     registry = workload_env.registry
     image = push_workload_image(registry, registry.new_repo("keys"))
     shared = workload_env.root / "shared"
@@ -50,7 +65,7 @@ GlobalArgs=--log-level=warn
     )
     workload_env.unit(
         "mapped.container",
-        f"[Container]\nImage={image}\nUIDMap=0:0:65536\nGIDMap=0:0:65536\n",
+        f"[Container]\nImage={image}\nUIDMap=0:100000:65536\nGIDMap=0:100000:65536\n",
     )
     sup = workload_env.start_supervisor("keys", "mapped")
 
@@ -79,7 +94,12 @@ GlobalArgs=--log-level=warn
     mapped = _inspect(workload_env, "systemd-mapped")
     assert mapped["State"]["Running"] and info["State"]["Running"]
     maps = mapped["HostConfig"]["IDMappings"]
-    assert (maps["UidMap"], maps["GidMap"]) == (["0:0:65536"], ["0:0:65536"])
+    assert (maps["UidMap"], maps["GidMap"]) == (["0:100000:65536"], ["0:100000:65536"])
+    # The container's root is host uid 100000.
+    assert set(workload_env.podman("top", "systemd-mapped", "user", "huser").split()[2:]) == {
+        "root",
+        "100000",
+    }
 
 
 def test_an_instance_runs_with_its_templates_dropins(workload_env: WorkloadEnv) -> None:
