@@ -1,15 +1,18 @@
-"""The keys podman 5.4 added to Quadlet, run by ``atoll workload run`` with real
-podman: one container per family of keys, checked with ``podman inspect``."""
+"""The keys podman 5.4 added to Quadlet, and .kube and .build units, run by
+``atoll workload run`` with real podman (4.3 here): one unit per family of keys,
+checked with ``podman inspect``."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 import pytest
 
 from atoll.workloads.control import UnitStatus
-from helpers.workloads import WorkloadEnv, push_workload_image, wait_for
+from helpers.parts import missing
+from helpers.workloads import BUSYBOX, WorkloadEnv, push_workload_image, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -174,3 +177,81 @@ RestartSec=1
     # After HealthStartupRetries= failures the container is stopped and Restart= restarts it.
     wait_for(lambda: sup.status("never").restarts >= 1 or None, "never to be restarted")
     assert "never.service: start-up check failed 2 times" in sup.output()
+
+
+KUBE_YAML = """apiVersion: v1
+kind: Pod
+metadata:
+  name: kapp
+spec:
+  containers:
+  - name: web
+    image: {image}
+    env:
+    - name: GREETING
+      valueFrom:
+        configMapKeyRef:
+          name: kcm
+          key: greeting
+"""
+CONFIG_MAP = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kcm
+data:
+  greeting: from-the-configmap
+"""
+
+
+def test_kube_unit_plays_its_yaml_and_ends_with_its_pod(workload_env: WorkloadEnv) -> None:
+    registry = workload_env.registry
+    image = push_workload_image(registry, registry.new_repo("kube"))
+    workload_env.unit("app.yaml", KUBE_YAML.format(image=image))
+    workload_env.unit("cm.yaml", CONFIG_MAP)
+    workload_env.unit(
+        "app.kube", "[Kube]\nYaml=app.yaml\nConfigMap=cm.yaml\nExitCodePropagation=any\n"
+    )
+    sup = workload_env.start_supervisor()  # every unit: a .kube is started as a .container is
+    wait_for(lambda: sup.status("app").state == "active" or None, "app.kube to be active")
+    info = _inspect(workload_env, "kapp-web")
+    assert info["State"]["Running"]
+    assert "GREETING=from-the-configmap" in info["Config"]["Env"]
+    service = _inspect(workload_env, sup.status("app").container_id or "")
+    assert service["IsService"] and service["Config"]["Labels"]["PODMAN_SYSTEMD_UNIT"] == (
+        "app.service"
+    )
+    assert "no kube play --service-exit-code-propagation option" in sup.output()
+    # The pod's last container ends: podman stops the service container, the unit ends.
+    workload_env.podman("stop", "--time", "0", "kapp-web")
+    wait_for(lambda: sup.status("app").state != "active" or None, "app.kube to end")
+    wait_for(lambda: not workload_env.podman("pod", "ps", "-q") or None, "kube down")
+
+
+def test_build_unit_builds_the_image_its_container_runs(workload_env: WorkloadEnv) -> None:
+    """``Image=app.build``: the supervisor runs ``podman build`` before the
+    container that needs it.  The image is built from scratch with busybox,
+    needing no registry."""
+    if not BUSYBOX.is_file():
+        missing("needs /bin/busybox (apt-get install busybox-static)")
+    shutil.copy(BUSYBOX, workload_env.units / "busybox")
+    workload_env.unit("page.html", "built by the .build unit\n")
+    workload_env.unit(
+        "Containerfile",
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY page.html /www/index.html\n"
+        'CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]\n',
+    )
+    workload_env.unit(
+        "app.build",
+        f"[Build]\nImageTag=localhost/built:1\nFile={workload_env.units}/Containerfile\n"
+        "SetWorkingDirectory=file\nLabel=made=by-quadlet\n",
+    )
+    workload_env.unit("web.container", "[Container]\nImage=app.build\n")
+    sup = workload_env.start_supervisor("web")
+    wait_for(lambda: sup.status("web").state == "active" or None, "web to be active")
+    assert sup.status("app.build").state == "active"
+    info = _inspect(workload_env, "systemd-web")
+    assert info["ImageName"] == "localhost/built:1" and info["State"]["Running"]
+    built = _inspect(workload_env, "localhost/built:1")
+    assert built["Config"]["Labels"]["made"] == "by-quadlet"
+    page = workload_env.podman("exec", "systemd-web", "/bin/busybox", "cat", "/www/index.html")
+    assert page == "built by the .build unit\n"

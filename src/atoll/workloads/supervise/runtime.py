@@ -77,6 +77,7 @@ OPTIONAL_FLAGS: dict[tuple[tuple[str, ...], str], tuple[str, bool]] = {
     (("run",), "--health-log-destination"): ("HealthLogDestination", True),
     (("run",), "--health-max-log-count"): ("HealthMaxLogCount", True),
     (("run",), "--health-max-log-size"): ("HealthMaxLogSize", True),
+    (("kube", "play"), "--service-exit-code-propagation"): ("ExitCodePropagation", True),
     (("kube", "down"), "--force"): ("KubeDownForce", False),
 }
 
@@ -160,6 +161,8 @@ class UnitPlan:
     health: HealthSpec | None = None
     #: systemd's Type= of the generated service: notify, oneshot or forking.
     service_type: str = "notify"
+    #: WorkingDirectory= of the generated service (.kube and .build units).
+    working_directory: Path | None = None
 
     @property
     def name(self) -> str:
@@ -260,6 +263,7 @@ def plan_unit(unit: QuadletUnit, service: GeneratedService, runtime_dir: Path) -
         return tuple(w for v in values("Unit", key) for w in v.split())
 
     start = _commands(values("Service", "ExecStart"), name, runtime_dir)
+    workdir = values("Service", "WorkingDirectory")
     container = ""
     image = ""
     notify = NotifyMode.CONMON
@@ -294,6 +298,9 @@ def plan_unit(unit: QuadletUnit, service: GeneratedService, runtime_dir: Path) -
         notify=notify,
         health=health,
         service_type=(values("Service", "Type") or ["simple"])[-1],
+        working_directory=Path(expand_specifiers(workdir[-1], name, runtime_dir))
+        if workdir
+        else None,
     )
 
 
@@ -312,9 +319,15 @@ class RunEnd:
 
 
 def run_commands(
-    commands: Sequence[Command], deadline: float, env: Mapping[str, str], *, what: str
+    commands: Sequence[Command],
+    deadline: float,
+    env: Mapping[str, str],
+    *,
+    what: str,
+    cwd: Path | None = None,
 ) -> RunEnd | None:
-    """Run *commands* in order until one fails (how it failed) or all succeed (None)."""
+    """Run *commands* in order (in *cwd*, if given) until one fails (how it failed)
+    or all succeed (None)."""
     for command in commands:
         remaining = max(deadline - time.monotonic(), 0.1)
         argv = fit_to_podman(command.argv, what=what)
@@ -323,6 +336,7 @@ def run_commands(
             proc = run(
                 argv,
                 env=env,
+                cwd=cwd,
                 timeout=None if remaining == float("inf") else remaining,
                 check=False,
             )
@@ -383,6 +397,26 @@ def containers_by_unit(env: Mapping[str, str] | None = None) -> dict[str, list[d
         if isinstance(labels, dict) and isinstance(labels.get(UNIT_LABEL), str):
             found.setdefault(labels[UNIT_LABEL], []).append(item)
     return found
+
+
+def kube_service_container(
+    service: str, env: Mapping[str, str] | None = None
+) -> tuple[str, int | None] | None:
+    """The running service container ``podman kube play --service-container`` made
+    for *service* (its containers carry ``PODMAN_SYSTEMD_UNIT=SERVICE``): its id and
+    its conmon's pid; None when there is none."""
+    proc = podman(
+        "ps", "--filter", f"label=PODMAN_SYSTEMD_UNIT={service}", "--filter", "status=running",
+        "--format", "{{.ID}}", env=env,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return None
+    for container_id in proc.stdout.decode().split():
+        info = inspect_container(container_id, env) or {}
+        if info.get("IsService"):
+            conmon = (info.get("State") or {}).get("ConmonPid")
+            return str(info.get("Id") or container_id), int(conmon) if conmon else None
+    return None
 
 
 def started_at(info: Mapping[str, Any]) -> str | None:
