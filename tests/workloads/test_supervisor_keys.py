@@ -5,14 +5,19 @@ checked with ``podman inspect``."""
 from __future__ import annotations
 
 import json
-import shutil
 from typing import Any
 
 import pytest
 
 from atoll.workloads.control import UnitStatus
-from helpers.parts import missing
-from helpers.workloads import BUSYBOX, WorkloadEnv, push_workload_image, wait_for
+from helpers.workloads import (
+    NEWER_UNITS_RESULTS,
+    WorkloadEnv,
+    newer_units_results,
+    push_workload_image,
+    wait_for,
+    write_newer_units,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -120,39 +125,22 @@ def test_an_instance_runs_with_its_templates_dropins(workload_env: WorkloadEnv) 
     assert names == ["systemd-tmpl_blue"]
 
 
-def _health_log(workload_env: WorkloadEnv, name: str) -> list[str]:
-    return workload_env.podman("exec", name, "cat", "/tmp/h.log", check=False).split()
-
-
-def test_startup_check_gates_the_regular_check(workload_env: WorkloadEnv) -> None:
+def test_startup_check_kube_and_build(workload_env: WorkloadEnv) -> None:
     """HealthStartup*= run by the supervisor (podman 4.3 has no --health-startup-*):
     the start-up check runs until it has passed HealthStartupSuccess= times, then
-    only the regular check runs; HealthLog*= is dropped with a message."""
+    only the regular check runs; HealthLog*= is dropped with a message.  A .kube
+    plays its YAML with its ConfigMap=; a .build builds the image its container
+    runs, before it (see helpers.workloads.write_newer_units).  The same units run
+    under systemd with podman 5 in test_systemd_host.py."""
     registry = workload_env.registry
-    image = push_workload_image(registry, registry.new_repo("startup"))
-    log = "/tmp/h.log"
-    workload_env.unit(
-        "starty.container",
-        f"""[Container]
-Image={image}
-Exec=sh -c "(sleep 2; touch /tmp/go) & exec /usr/bin/serve"
-Notify=healthy
-HealthCmd=echo regular >> {log}
-HealthInterval=1s
-HealthStartupCmd=if test -e /tmp/go; then echo start-pass >> {log}; \\
-  else echo start-fail >> {log}; exit 1; fi
-HealthStartupInterval=1s
-HealthStartupSuccess=2
-HealthLogDestination=/tmp
-HealthMaxLogCount=5
-""",
-    )
+    image = push_workload_image(registry, registry.new_repo("newer"))
+    names = write_newer_units(workload_env.units, image)
     workload_env.unit(
         "never.container",
         f"""[Container]
 Image={image}
 HealthCmd=true
-HealthStartupCmd=["sh", "-c", "echo start-fail >> {log}; exit 1"]
+HealthStartupCmd=["sh", "-c", "exit 1"]
 HealthStartupInterval=1s
 HealthStartupRetries=2
 [Service]
@@ -160,98 +148,23 @@ Restart=on-failure
 RestartSec=1
 """,
     )
-    sup = workload_env.start_supervisor("starty", "never")
-    wait_for(lambda: sup.status("starty").state == "active" or None, "starty to be active")
-    wait_for(
-        lambda: _health_log(workload_env, "systemd-starty").count("regular") >= 2,
-        "two regular checks",
-    )
-    seen = _health_log(workload_env, "systemd-starty")
-    first = seen.index("regular")
-    assert set(seen[: first - 2]) <= {"start-fail"}, seen
-    assert seen[first - 2 : first] == ["start-pass", "start-pass"], seen
-    assert set(seen[first:]) == {"regular"}, seen
+    sup = workload_env.start_supervisor()  # every unit: a .kube starts as a .container does
+    for name in names:
+        wait_for(lambda n=name: sup.status(n).state == "active" or None, f"{name} to be active")
+    assert newer_units_results(workload_env.podman) == NEWER_UNITS_RESULTS
     assert sup.status("starty").health == "healthy"
-    assert "no run --health-log-destination option: HealthLogDestination=" in sup.output()
-    assert "HealthMaxLogCount= is not honoured" in sup.output()
+    assert sup.status("img.build").state == "active"
+    output = sup.output()
+    assert "no run --health-log-destination option: HealthLogDestination=" in output
+    assert "HealthMaxLogCount= is not honoured" in output
+    assert "no kube play --service-exit-code-propagation option" in output
+    service = _inspect(workload_env, sup.status("kapp").container_id or "")
+    assert service["IsService"]
+    assert service["Config"]["Labels"]["PODMAN_SYSTEMD_UNIT"] == "kapp.service"
     # After HealthStartupRetries= failures the container is stopped and Restart= restarts it.
     wait_for(lambda: sup.status("never").restarts >= 1 or None, "never to be restarted")
     assert "never.service: start-up check failed 2 times" in sup.output()
-
-
-KUBE_YAML = """apiVersion: v1
-kind: Pod
-metadata:
-  name: kapp
-spec:
-  containers:
-  - name: web
-    image: {image}
-    env:
-    - name: GREETING
-      valueFrom:
-        configMapKeyRef:
-          name: kcm
-          key: greeting
-"""
-CONFIG_MAP = """apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: kcm
-data:
-  greeting: from-the-configmap
-"""
-
-
-def test_kube_unit_plays_its_yaml_and_ends_with_its_pod(workload_env: WorkloadEnv) -> None:
-    registry = workload_env.registry
-    image = push_workload_image(registry, registry.new_repo("kube"))
-    workload_env.unit("app.yaml", KUBE_YAML.format(image=image))
-    workload_env.unit("cm.yaml", CONFIG_MAP)
-    workload_env.unit(
-        "app.kube", "[Kube]\nYaml=app.yaml\nConfigMap=cm.yaml\nExitCodePropagation=any\n"
-    )
-    sup = workload_env.start_supervisor()  # every unit: a .kube is started as a .container is
-    wait_for(lambda: sup.status("app").state == "active" or None, "app.kube to be active")
-    info = _inspect(workload_env, "kapp-web")
-    assert info["State"]["Running"]
-    assert "GREETING=from-the-configmap" in info["Config"]["Env"]
-    service = _inspect(workload_env, sup.status("app").container_id or "")
-    assert service["IsService"] and service["Config"]["Labels"]["PODMAN_SYSTEMD_UNIT"] == (
-        "app.service"
-    )
-    assert "no kube play --service-exit-code-propagation option" in sup.output()
     # The pod's last container ends: podman stops the service container, the unit ends.
     workload_env.podman("stop", "--time", "0", "kapp-web")
-    wait_for(lambda: sup.status("app").state != "active" or None, "app.kube to end")
+    wait_for(lambda: sup.status("kapp").state != "active" or None, "kapp.kube to end")
     wait_for(lambda: not workload_env.podman("pod", "ps", "-q") or None, "kube down")
-
-
-def test_build_unit_builds_the_image_its_container_runs(workload_env: WorkloadEnv) -> None:
-    """``Image=app.build``: the supervisor runs ``podman build`` before the
-    container that needs it.  The image is built from scratch with busybox,
-    needing no registry."""
-    if not BUSYBOX.is_file():
-        missing("needs /bin/busybox (apt-get install busybox-static)")
-    shutil.copy(BUSYBOX, workload_env.units / "busybox")
-    workload_env.unit("page.html", "built by the .build unit\n")
-    workload_env.unit(
-        "Containerfile",
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY page.html /www/index.html\n"
-        'CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]\n',
-    )
-    workload_env.unit(
-        "app.build",
-        f"[Build]\nImageTag=localhost/built:1\nFile={workload_env.units}/Containerfile\n"
-        "SetWorkingDirectory=file\nLabel=made=by-quadlet\n",
-    )
-    workload_env.unit("web.container", "[Container]\nImage=app.build\n")
-    sup = workload_env.start_supervisor("web")
-    wait_for(lambda: sup.status("web").state == "active" or None, "web to be active")
-    assert sup.status("app.build").state == "active"
-    info = _inspect(workload_env, "systemd-web")
-    assert info["ImageName"] == "localhost/built:1" and info["State"]["Running"]
-    built = _inspect(workload_env, "localhost/built:1")
-    assert built["Config"]["Labels"]["made"] == "by-quadlet"
-    page = workload_env.podman("exec", "systemd-web", "/bin/busybox", "cat", "/www/index.html")
-    assert page == "built by the .build unit\n"
