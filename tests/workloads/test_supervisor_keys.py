@@ -164,6 +164,7 @@ RestartSec=1
     # After HealthStartupRetries= failures the container is stopped and Restart= restarts it.
     wait_for(lambda: sup.status("never").restarts >= 1 or None, "never to be restarted")
     assert "never.service: start-up check failed 2 times" in sup.output()
+    sup.client.stop("never")  # no more restarts to load the machine
     # The pod's last container ends: podman stops the service container, the unit ends.
     workload_env.podman("stop", "--time", "0", "kapp-web")
     wait_for(lambda: sup.status("kapp").state in ("failed", "inactive") or None, "kapp to end")
