@@ -46,6 +46,7 @@ PACKAGES = (
     "crun",
     "conmon",
     "netavark",
+    "catatonit",  # the infra containers of pods (.kube) run it
     "python3",
     "python3-httpx",
 )
@@ -66,6 +67,10 @@ CONTAINERS_CONF = """\
 # The container's cgroup tree (the unified hierarchy) has no pids controller.
 pids_limit = 0
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+# No network sysctls (ping_group_range): /proc/sys is read-only here, and a
+# container in a network namespace of its own, such as the service container of
+# a .kube, could not start.
+default_sysctls = []
 """
 RECIPE: dict[str, object] = {
     "suite": SUITE,

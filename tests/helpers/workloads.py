@@ -11,6 +11,7 @@ once with gcc into the test cache) sends its argument to ``$NOTIFY_SOCKET``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -329,3 +330,119 @@ def workload_environment(
         env.podman("rm", "--all", "--force", "--time", "0", check=False)
         env.podman("pod", "rm", "--all", "--force", check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- units of the newer Quadlet features, run by the supervisor and by systemd ---
+
+#: Where the start-up and regular checks of STARTUP_UNIT write, one word a run.
+HEALTH_LOG = "/tmp/h.log"
+#: A start-up check that fails until /tmp/go exists (2 s after the start) and must
+#: pass twice; the regular check only writes.
+STARTUP_UNIT = f"""[Container]
+Image={{image}}
+Exec=sh -c "(sleep 2; touch /tmp/go) & exec /usr/bin/serve"
+Notify=healthy
+HealthCmd=echo regular >> {HEALTH_LOG}
+HealthInterval=1s
+HealthStartupCmd=if test -e /tmp/go; then echo start-pass >> {HEALTH_LOG}; \\
+  else echo start-fail >> {HEALTH_LOG}; exit 1; fi
+HealthStartupInterval=1s
+HealthStartupSuccess=2
+HealthLogDestination=/tmp
+HealthMaxLogCount=5
+{{extra}}"""
+KUBE_YAML = """apiVersion: v1
+kind: Pod
+metadata:
+  name: kapp
+spec:{host_network}
+  containers:
+  - name: web
+    image: {image}
+    env:
+    - name: PORT
+      value: "{port}"
+    - name: GREETING
+      valueFrom:
+        configMapKeyRef:
+          name: kcm
+          key: greeting
+"""
+CONFIG_MAP = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kcm
+data:
+  greeting: from-the-configmap
+"""
+PAGE = "built by the .build unit\n"
+
+
+def write_newer_units(directory: Path, image: str, *, host_network: bool = False) -> list[str]:
+    """Write into *directory* a container with a start-up check (``starty``), a
+    .kube playing a pod ``kapp`` whose container takes an environment variable
+    from a ConfigMap= (``kapp``), and a .build (``img``, from scratch with
+    busybox: no registry) whose image the container ``built`` runs; return the
+    names of the units to start (``img.build`` is started as ``built``'s requirement).
+    *host_network*: every one on the host's network, each serving on a free port."""
+    if not BUSYBOX.is_file():
+        missing("needs /bin/busybox (apt-get install busybox-static)")
+    network = "Network=host\n" if host_network else ""
+    ports = [free_port() for _ in range(3)] if host_network else [8080] * 3
+    extra = f"{network}Environment=PORT={ports[0]}\n"
+    (directory / "starty.container").write_text(STARTUP_UNIT.format(image=image, extra=extra))
+    spec = "\n  hostNetwork: true" if host_network else ""
+    yaml = KUBE_YAML.format(image=image, host_network=spec, port=ports[1])
+    (directory / "app.yaml").write_text(yaml)
+    (directory / "cm.yaml").write_text(CONFIG_MAP)
+    kube = "[Kube]\nYaml=app.yaml\nConfigMap=cm.yaml\nExitCodePropagation=any\n"
+    (directory / "kapp.kube").write_text(kube)
+    shutil.copy(BUSYBOX, directory / "busybox")
+    (directory / "page.html").write_text(PAGE)
+    (directory / "Containerfile").write_text(
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY page.html /www/index.html\n"
+        f'CMD ["/bin/busybox", "httpd", "-f", "-p", "{ports[2]}", "-h", "/www"]\n'
+    )
+    (directory / "img.build").write_text(
+        "[Build]\nImageTag=localhost/built:1\nFile=Containerfile\nSetWorkingDirectory=unit\n"
+        "Label=made=by-quadlet\n"
+    )
+    (directory / "built.container").write_text(f"[Container]\nImage=img.build\n{network}")
+    return ["starty.container", "kapp.kube", "built.container"]
+
+
+def newer_units_results(podman: Callable[..., str]) -> dict[str, object]:
+    """What the units of :func:`write_newer_units` did, once ``starty``'s regular
+    check has run twice; *podman* runs podman with its arguments, returns stdout."""
+
+    def health_log() -> list[str]:
+        return podman("exec", "systemd-starty", "cat", HEALTH_LOG).split()
+
+    wait_for(lambda: health_log().count("regular") >= 2, "two regular checks")
+    seen = health_log()
+    first = seen.index("regular")
+    (kube,) = json.loads(podman("inspect", "kapp-web"))
+    (built,) = json.loads(podman("inspect", "systemd-built"))
+    (image,) = json.loads(podman("image", "inspect", "localhost/built:1"))
+    return {
+        # Failures, then HealthStartupSuccess=2 passes, then only the regular check.
+        "startup": (
+            set(seen[: first - 2]) <= {"start-fail"},
+            seen[first - 2 : first],
+            set(seen[first:]),
+        ),
+        "greeting": "GREETING=from-the-configmap" in kube["Config"]["Env"],
+        "kube running": kube["State"]["Running"],
+        "built image": (built["ImageName"], image["Config"]["Labels"].get("made")),
+        "page": podman("exec", "systemd-built", "/bin/busybox", "cat", "/www/index.html"),
+    }
+
+
+#: What :func:`newer_units_results` gives when every unit did its part.
+NEWER_UNITS_RESULTS = {
+    "startup": (True, ["start-pass", "start-pass"], {"regular"}),
+    "greeting": True,
+    "kube running": True,
+    "built image": ("localhost/built:1", "by-quadlet"),
+    "page": PAGE,
+}

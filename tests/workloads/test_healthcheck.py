@@ -6,7 +6,13 @@ import pytest
 
 from atoll.errors import QuadletUnitError
 from atoll.workloads.control import Health
-from atoll.workloads.supervise.healthcheck import HealthSpec, HealthTracker, OnFailure
+from atoll.workloads.supervise.healthcheck import (
+    HealthSpec,
+    HealthTracker,
+    OnFailure,
+    StartupSpec,
+    check_argv,
+)
 from atoll.workloads.unitfiles.quadlet import ContainerOptions
 
 
@@ -81,3 +87,63 @@ def test_schedule() -> None:
     tracker.record(True, 101)
     assert not tracker.due(105.9)
     assert tracker.due(106)
+
+
+def test_startup_spec_from_options() -> None:
+    options = ContainerOptions(
+        image="x",
+        health_cmd="true",
+        health_startup_cmd="test -e /tmp/up",
+        health_startup_interval="2s",
+        health_startup_retries="5",
+        health_startup_success="2",
+        health_startup_timeout="1s",
+    )
+    spec = HealthSpec.from_options(options, "a.container")
+    assert spec is not None and spec.startup == StartupSpec(
+        argv=("/bin/sh", "-c", "test -e /tmp/up"), interval=2, retries=5, successes=2, timeout=1
+    )
+    alone = ContainerOptions(image="x", health_startup_cmd="true")
+    with pytest.raises(QuadletUnitError, match="HealthStartupCmd= needs HealthCmd="):
+        HealthSpec.from_options(alone, "a.container")
+    bad = ContainerOptions(image="x", health_cmd="true", health_startup_cmd="true",
+                           health_startup_success="-1")  # fmt: skip
+    with pytest.raises(QuadletUnitError, match="HealthStartupSuccess=-1"):
+        HealthSpec.from_options(bad, "a.container")
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("test -e /x", ("/bin/sh", "-c", "test -e /x")),
+        ('["test", "-e", "/x"]', ("test", "-e", "/x")),
+        ('["test -e /x"]', ("/bin/sh", "-c", "test -e /x")),
+        ("CMD test -e /x", ("test", "-e", "/x")),
+        ("CMD-SHELL test -e /x", ("/bin/sh", "-c", "test -e /x")),
+        ('["CMD-SHELL", "test -e /x"]', ("/bin/sh", "-c", "test -e /x")),
+    ],
+)
+def test_check_commands_read_as_podman_reads_them(command: str, argv: tuple[str, ...]) -> None:
+    assert check_argv(command) == argv
+
+
+def test_startup_passes_then_the_regular_check_takes_over() -> None:
+    startup = StartupSpec(argv=("true",), interval=5, successes=2)
+    tracker = HealthTracker(HealthSpec(interval=10, startup=startup), started_at=0)
+    assert tracker.due(1) and not tracker.due(0.5)
+    assert tracker.record_startup(False, 1) is None
+    assert tracker.record_startup(True, 6) is None
+    assert tracker.startup is startup and not tracker.due(10.9)
+    assert tracker.record_startup(True, 11) is True
+    assert tracker.startup is None and tracker.status is Health.STARTING
+    assert tracker.due(12)  # the regular check's first run comes early
+    assert tracker.record(True, 12) is Health.HEALTHY
+
+
+def test_startup_gives_up_after_its_retries_and_never_without() -> None:
+    tracker = HealthTracker(
+        HealthSpec(startup=StartupSpec(argv=("false",), retries=3)), started_at=0
+    )
+    assert [tracker.record_startup(False, t) for t in (1, 2, 3)] == [None, None, False]
+    endless = HealthTracker(HealthSpec(startup=StartupSpec(argv=("false",))), started_at=0)
+    assert all(endless.record_startup(False, t) is None for t in range(1, 50))

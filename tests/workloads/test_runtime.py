@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from atoll.workloads.supervise import runtime
 from atoll.workloads.supervise.runtime import (
     UNIT_LABEL,
     NotifyMode,
     UnitPlan,
     expand_specifiers,
+    fit_to_podman,
     logs_argv,
     plan_unit,
 )
@@ -41,6 +45,7 @@ def test_container_run_line(tmp_path: Path) -> None:
         {
             "web.container": "[Container]\nImage=example.org/web:1\nPublishPort=8080:80\n"
             "HealthCmd=true\nHealthOnFailure=kill\nNotify=healthy\n"
+            "HealthStartupCmd=test -e /up\nHealthStartupRetries=2\n"
             "[Service]\nRestart=always\nRestartSec=2\n",
         },
     )
@@ -49,6 +54,10 @@ def test_container_run_line(tmp_path: Path) -> None:
     assert argv[:4] == ("/usr/bin/podman", "run", "--label", f"{UNIT_LABEL}=web.container")
     assert "--cgroups=split" not in argv
     assert "--health-on-failure" not in argv
+    # atoll runs the start-up check itself: neither the options nor their values stay.
+    assert not {"--health-startup-cmd", "test -e /up", "--health-startup-retries"} & set(argv)
+    assert plan.health is not None and plan.health.startup is not None
+    assert plan.health.startup.argv == ("/bin/sh", "-c", "test -e /up")
     assert "--sdnotify=conmon" in argv
     assert "--sdnotify=healthy" not in argv
     assert f"--cidfile={tmp_path}/state/run/web.cid" in argv
@@ -88,6 +97,48 @@ def test_dependencies_and_oneshots(tmp_path: Path) -> None:
     assert "--ignore" not in volume.start[0].argv
     assert volume.start[0].succeeded(125, b"Error: volume with name systemd-data already exists")
     assert not volume.start[0].succeeded(125, b"Error: no space left on device")
+
+
+def test_kube_and_build_plans(tmp_path: Path) -> None:
+    plans = _plans(
+        tmp_path,
+        {
+            "app.kube": "[Kube]\nYaml=app.yaml\nSetWorkingDirectory=yaml\n",
+            "img.build": "[Build]\nImageTag=localhost/img\nFile=/srv/ctx/Containerfile\n"
+            "SetWorkingDirectory=file\n",
+        },
+    )
+    kube = plans["app.kube"]
+    assert kube.start[0].argv[1:5] == ("kube", "play", "--replace", "--service-container=true")
+    assert kube.working_directory == tmp_path / "units"
+    assert kube.env["PODMAN_SYSTEMD_UNIT"] == "app.service"
+    build = plans["img.build"]
+    assert build.service == "img-build.service" and build.service_type == "oneshot"
+    assert build.working_directory == Path("/srv/ctx")
+
+
+def test_options_an_older_podman_lacks_are_dropped_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    known = {("run",): {"--name"}, ("kube", "down"): set()}
+    monkeypatch.setattr(runtime, "_known_flags", lambda _podman, sub: known[sub])
+    argv = ["podman", "--log-level", "info", "run", "--name", "x",
+            "--health-log-destination", "/tmp/h", "--health-max-log-count=3", "img"]  # fmt: skip
+    assert fit_to_podman(argv, what="web.service") == (
+        "podman", "--log-level", "info", "run", "--name", "x", "img"
+    )  # fmt: skip
+    assert "HealthLogDestination= is not honoured" in caplog.text
+    assert "HealthMaxLogCount= is not honoured" in caplog.text
+    caplog.clear()
+    down = ["podman", "kube", "down", "--force=false", "a.yaml"]
+    assert fit_to_podman(down, what="app.service") == ("podman", "kube", "down", "a.yaml")
+    assert not caplog.text  # podman's default: nothing is lost
+    forced = fit_to_podman(["podman", "kube", "down", "--force", "a.yaml"], what="app.service")
+    assert forced == ("podman", "kube", "down", "a.yaml")
+    assert "KubeDownForce= is not honoured" in caplog.text
+    known[("run",)].add("--health-log-destination")
+    kept = ["podman", "run", "--health-log-destination", "/tmp/h", "img"]
+    assert fit_to_podman(kept, what="web.service") == tuple(kept)
 
 
 def test_logs_argv() -> None:

@@ -1,5 +1,6 @@
-"""The keys podman 5.4 added to Quadlet, run by ``atoll workload run`` with real
-podman: one container per family of keys, checked with ``podman inspect``."""
+"""The keys podman 5.4 added to Quadlet, and .kube and .build units, run by
+``atoll workload run`` with real podman (4.3 here): one unit per family of keys,
+checked with ``podman inspect``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from typing import Any
 import pytest
 
 from atoll.workloads.control import UnitStatus
-from helpers.workloads import WorkloadEnv, push_workload_image, wait_for
+from helpers.workloads import (
+    NEWER_UNITS_RESULTS,
+    WorkloadEnv,
+    newer_units_results,
+    push_workload_image,
+    wait_for,
+    write_newer_units,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -18,7 +26,22 @@ def _inspect(workload_env: WorkloadEnv, name: str) -> Any:
     return json.loads(workload_env.podman("inspect", name))[0]
 
 
+def _store_for_shifted_maps(workload_env: WorkloadEnv) -> None:
+    """Let a container with a shifted map (its root is host uid 100000) reach its
+    layer in the test's vfs store: containers/storage's vfs driver makes
+    ``vfs/dir`` mode 0700 and chowns it, at every layer it creates, to the root
+    of that layer's map, so with an identity-mapped container created at the same
+    time the mapped container's runtime may find the directory owned by root and
+    fail to mount its rootfs (permission denied).  Made beforehand with mode 0711
+    (storage changes its owner, not its mode), every map's root may pass."""
+    graph = workload_env.root / "podman" / "graph"
+    for directory in (workload_env.root, graph, graph / "vfs", graph / "vfs" / "dir"):
+        directory.mkdir(exist_ok=True)
+        directory.chmod(0o711)
+
+
 def test_device_mount_limits_network_log_signal_and_userns(workload_env: WorkloadEnv) -> None:
+    _store_for_shifted_maps(workload_env)
     registry = workload_env.registry
     image = push_workload_image(registry, registry.new_repo("keys"))
     shared = workload_env.root / "shared"
@@ -50,7 +73,7 @@ GlobalArgs=--log-level=warn
     )
     workload_env.unit(
         "mapped.container",
-        f"[Container]\nImage={image}\nUIDMap=0:0:65536\nGIDMap=0:0:65536\n",
+        f"[Container]\nImage={image}\nUIDMap=0:100000:65536\nGIDMap=0:100000:65536\n",
     )
     sup = workload_env.start_supervisor("keys", "mapped")
 
@@ -79,7 +102,12 @@ GlobalArgs=--log-level=warn
     mapped = _inspect(workload_env, "systemd-mapped")
     assert mapped["State"]["Running"] and info["State"]["Running"]
     maps = mapped["HostConfig"]["IDMappings"]
-    assert (maps["UidMap"], maps["GidMap"]) == (["0:0:65536"], ["0:0:65536"])
+    assert (maps["UidMap"], maps["GidMap"]) == (["0:100000:65536"], ["0:100000:65536"])
+    # The container's root is host uid 100000.
+    assert set(workload_env.podman("top", "systemd-mapped", "user", "huser").split()[2:]) == {
+        "root",
+        "100000",
+    }
 
 
 def test_an_instance_runs_with_its_templates_dropins(workload_env: WorkloadEnv) -> None:
@@ -95,3 +123,52 @@ def test_an_instance_runs_with_its_templates_dropins(workload_env: WorkloadEnv) 
     assert info["Config"]["Labels"]["from"] == "template"
     names = workload_env.podman("ps", "-a", "--format", "{{.Names}}").split()
     assert names == ["systemd-tmpl_blue"]
+
+
+def test_startup_check_kube_and_build(workload_env: WorkloadEnv) -> None:
+    """HealthStartup*= run by the supervisor (podman 4.3 has no --health-startup-*):
+    the start-up check runs until it has passed HealthStartupSuccess= times, then
+    only the regular check runs; HealthLog*= is dropped with a message.  A .kube
+    plays its YAML with its ConfigMap=; a .build builds the image its container
+    runs, before it (see helpers.workloads.write_newer_units).  The same units run
+    under systemd with podman 5 in test_systemd_host.py."""
+    registry = workload_env.registry
+    image = push_workload_image(registry, registry.new_repo("newer"))
+    names = write_newer_units(workload_env.units, image)
+    workload_env.unit(
+        "never.container",
+        f"""[Container]
+Image={image}
+HealthCmd=true
+HealthStartupCmd=["sh", "-c", "exit 1"]
+HealthStartupInterval=1s
+HealthStartupRetries=2
+[Service]
+Restart=on-failure
+RestartSec=1
+""",
+    )
+    sup = workload_env.start_supervisor()  # every unit: a .kube starts as a .container does
+    for name in names:
+        wait_for(lambda n=name: sup.status(n).state == "active" or None, f"{name} to be active")
+    assert newer_units_results(workload_env.podman) == NEWER_UNITS_RESULTS
+    assert sup.status("starty").health == "healthy"
+    assert sup.status("img.build").state == "active"
+    output = sup.output()
+    assert "no run --health-log-destination option: HealthLogDestination=" in output
+    assert "HealthMaxLogCount= is not honoured" in output
+    assert "no kube play --service-exit-code-propagation option" in output
+    service = _inspect(workload_env, sup.status("kapp").container_id or "")
+    assert service["IsService"]
+    assert service["Config"]["Labels"]["PODMAN_SYSTEMD_UNIT"] == "kapp.service"
+    # After HealthStartupRetries= failures the container is stopped and Restart= restarts it.
+    wait_for(lambda: sup.status("never").restarts >= 1 or None, "never to be restarted")
+    assert "never.service: start-up check failed 2 times" in sup.output()
+    sup.client.stop("never")  # no more restarts to load the machine
+    # The pod's last container ends: podman stops the service container, the unit ends.
+    workload_env.podman("stop", "--time", "0", "kapp-web")
+    wait_for(lambda: sup.status("kapp").state in ("failed", "inactive") or None, "kapp to end")
+    ended = sup.status("kapp")
+    # podman 4.3 kills the service container (no --service-exit-code-propagation).
+    assert (ended.state, ended.result, ended.exit_status) == ("failed", "signal", 137)
+    wait_for(lambda: not workload_env.podman("pod", "ps", "-q") or None, "kube down")

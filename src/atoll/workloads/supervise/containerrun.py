@@ -23,13 +23,19 @@ from atoll.run import PIPE, TimeoutExpired, spawn
 from atoll.timeutil import utc_timestamp
 from atoll.workloads.control import Health, UnitState, UnitStatus
 from atoll.workloads.supervise.deaths import ContainerDeaths
-from atoll.workloads.supervise.healthcheck import HealthTracker, OnFailure, run_check
+from atoll.workloads.supervise.healthcheck import (
+    HealthTracker,
+    OnFailure,
+    run_check,
+    run_startup_check,
+)
 from atoll.workloads.supervise.notify import NotifySocket, NotifyState
 from atoll.workloads.supervise.runtime import (
     Command,
     NotifyMode,
     RunEnd,
     UnitPlan,
+    fit_to_podman,
     inspect_container,
     podman,
     podman_env,
@@ -168,7 +174,7 @@ class ContainerRun:
         failed = self._commands(plan.start_pre, deadline, env)
         if failed is not None:
             return failed
-        argv = plan.start[0].argv
+        argv = fit_to_podman(plan.start[0].argv, what=plan.service)
         log.debug("%s: run %s", plan.service, " ".join(argv))
         try:
             proc = spawn(argv, stdout=PIPE, stderr=PIPE, env=env)
@@ -304,6 +310,8 @@ class ContainerRun:
         self, tracker: HealthTracker, container_id: str, env: dict[str, str]
     ) -> RunEnd | None:
         rt, spec = self.rt, tracker.spec
+        if tracker.startup is not None:
+            return self._check_startup(tracker, container_id, env)
         before = tracker.status
         passed, output = run_check("podman", container_id, env, spec.timeout)
         status = tracker.record(passed, time.monotonic())
@@ -328,6 +336,29 @@ class ContainerRun:
         if spec.on_failure is OnFailure.STOP:
             return RunEnd(Result.UNHEALTHY, EndKind.UNCLEAN_SIGNAL, error=error, no_restart=True)
         return RunEnd(Result.UNHEALTHY, EndKind.UNCLEAN_SIGNAL, error=error, force_restart=True)
+
+    def _check_startup(
+        self, tracker: HealthTracker, container_id: str, env: dict[str, str]
+    ) -> RunEnd | None:
+        """One start-up check (HealthStartupCmd=); after HealthStartupRetries=
+        failures the container is stopped, as podman restarts it, and Restart=
+        decides whether it starts again."""
+        startup = tracker.startup
+        assert startup is not None
+        passed, output = run_startup_check("podman", container_id, startup, env)
+        outcome = tracker.record_startup(passed, time.monotonic())
+        if outcome is None:
+            return None
+        if outcome:
+            log.info("%s: start-up check passed, regular health checks begin", self.plan.service)
+            return None
+        error = f"start-up check failed {startup.retries} times: {output}"
+        log.warning("%s: %s", self.plan.service, error)
+        with self.cond:
+            self.rt.health = Health.UNHEALTHY
+            self.host.write_state()
+        self._stop(env)
+        return RunEnd(Result.UNHEALTHY, EndKind.UNCLEAN_SIGNAL, error=error)
 
     def _stop(self, env: dict[str, str]) -> None:
         """ExecStop= (or remove the container after its StopTimeout), then ExecStopPost=.

@@ -13,6 +13,20 @@ check; without systemd nothing runs it.  The supervisor runs
     HealthOnFailure=none       none | kill | restart | stop, done when the
                                container turns unhealthy
 
+A start-up check (``HealthStartupCmd=``) gates the regular one, as
+podman-run(1)'s ``--health-startup-*`` options do; podman before 5 has none of
+them, so atoll runs it itself, with ``podman exec``::
+
+    HealthStartupCmd=CMD       run in the container (a string: with /bin/sh -c;
+                               a JSON array of two or more words: as it is)
+    HealthStartupInterval=30s  time between start-up checks
+    HealthStartupSuccess=0     passes needed before the regular check takes
+                               over (0: the first pass)
+    HealthStartupRetries=0     failures after which the container is stopped and
+                               the unit ends "unhealthy", restarted as Restart=
+                               says (0: never)
+    HealthStartupTimeout=30s   a start-up check that runs longer fails
+
 States: ``starting`` until the first pass (or until the retries run out after
 the start period), ``healthy`` after a pass, ``unhealthy`` after HealthRetries
 failures in a row; ``none`` when the unit has no HealthCmd.
@@ -20,8 +34,9 @@ failures in a row; ``none`` when the unit has no HealthCmd.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -41,6 +56,49 @@ class OnFailure(StrEnum):
     STOP = "stop"
 
 
+def _count(value: str | None, default: str, key: str, source: str, least: int) -> int:
+    text = value or default
+    if not text.isdigit() or int(text) < least:
+        what = "a positive number" if least else "a number"
+        raise QuadletUnitError(f"{source}: {key}={text} is not {what}")
+    return int(text)
+
+
+def check_argv(command: str) -> tuple[str, ...]:
+    """What a health command runs in the container, read as podman reads
+    ``--health-cmd``: a JSON array of two or more words runs as it is (after a
+    leading ``CMD``), anything else with ``/bin/sh -c`` (after ``CMD-SHELL``)."""
+    try:
+        words = json.loads(command)
+    except ValueError:
+        words = None
+    if isinstance(words, list) and all(isinstance(w, str) for w in words) and words:
+        if words[0].upper() == "CMD":
+            return tuple(words[1:])
+        if words[0].upper() == "CMD-SHELL":
+            return ("/bin/sh", "-c", " ".join(words[1:]))
+        if len(words) > 1:
+            return tuple(words)
+        return ("/bin/sh", "-c", words[0])
+    first, _, rest = command.strip().partition(" ")
+    if first.upper() == "CMD":
+        return tuple(rest.split())
+    if first.upper() == "CMD-SHELL":
+        return ("/bin/sh", "-c", rest)
+    return ("/bin/sh", "-c", command)
+
+
+@dataclass(frozen=True)
+class StartupSpec:
+    """``HealthStartup*=``: the check that runs until the container has started."""
+
+    argv: tuple[str, ...]
+    interval: float = 30.0
+    retries: int = 0
+    successes: int = 0
+    timeout: float = 30.0
+
+
 @dataclass(frozen=True)
 class HealthSpec:
     interval: float = 30.0
@@ -48,11 +106,17 @@ class HealthSpec:
     start_period: float = 0.0
     timeout: float = 30.0
     on_failure: OnFailure = OnFailure.NONE
+    startup: StartupSpec | None = None
 
     @classmethod
     def from_options(cls, options: ContainerOptions, source: str) -> HealthSpec | None:
         """The unit's schedule, or None when it has no HealthCmd."""
         if not options.health_cmd or options.health_cmd.lower() == "none":
+            if options.health_startup_cmd:
+                raise QuadletUnitError(
+                    f"{source}: HealthStartupCmd= needs HealthCmd=",
+                    hint="the start-up check gates the regular one: add HealthCmd=",
+                )
             return None
 
         def span(value: str | None, key: str, default: float) -> float:
@@ -62,9 +126,17 @@ class HealthSpec:
                 return float("inf")
             return unit_timespan(value, what=f"{source}: {key}")
 
-        retries = options.health_retries or "3"
-        if not retries.isdigit() or int(retries) < 1:
-            raise QuadletUnitError(f"{source}: HealthRetries={retries} is not a positive number")
+        retries = _count(options.health_retries, "3", "HealthRetries", source, 1)
+        startup = None
+        o = options
+        if o.health_startup_cmd:
+            startup = StartupSpec(
+                argv=check_argv(o.health_startup_cmd),
+                interval=span(o.health_startup_interval, "HealthStartupInterval", 30.0),
+                retries=_count(o.health_startup_retries, "0", "HealthStartupRetries", source, 0),
+                successes=_count(o.health_startup_success, "0", "HealthStartupSuccess", source, 0),
+                timeout=span(o.health_startup_timeout, "HealthStartupTimeout", 30.0),
+            )
         on_failure = (options.health_on_failure or "none").lower()
         try:
             action = OnFailure(on_failure)
@@ -75,10 +147,11 @@ class HealthSpec:
             ) from None
         return cls(
             interval=span(options.health_interval, "HealthInterval", 30.0),
-            retries=int(retries),
+            retries=retries,
             start_period=span(options.health_start_period, "HealthStartPeriod", 0.0),
             timeout=span(options.health_timeout, "HealthTimeout", 30.0),
             on_failure=action,
+            startup=startup,
         )
 
 
@@ -90,8 +163,32 @@ class HealthTracker:
         self.started_at = started_at
         self.status = Health.STARTING
         self.failing_streak = 0
-        self.next_check = started_at + min(spec.interval, 1.0)
+        #: The start-up check, while it has not passed.
+        self.startup = spec.startup
+        self.startup_passes = 0
+        self.startup_failures = 0
+        first = spec.startup.interval if spec.startup else spec.interval
+        self.next_check = started_at + min(first, 1.0)
         self._start_period_over = spec.start_period <= 0
+
+    def record_startup(self, passed: bool, now: float) -> bool | None:
+        """Account one start-up check at *now*: True when it has passed as often as
+        HealthStartupSuccess= asks (the regular check takes over, its first run
+        early), False when it failed HealthStartupRetries= times, else None."""
+        startup = self.startup
+        assert startup is not None
+        self.next_check = now + startup.interval
+        if passed:
+            self.startup_passes += 1
+            if self.startup_passes >= max(startup.successes, 1):
+                self.startup = None
+                self.next_check = now + min(self.spec.interval, 1.0)
+                return True
+            return None
+        self.startup_failures += 1
+        if startup.retries and self.startup_failures >= startup.retries:
+            return False
+        return None
 
     def due(self, now: float) -> bool:
         return now >= self.next_check
@@ -117,12 +214,24 @@ def run_check(
     podman: str, container: str, env: Mapping[str, str], timeout: float
 ) -> tuple[bool, str]:
     """Run the container's health check once: (passed, output)."""
-    argv = [podman, "healthcheck", "run", container]
+    return _run(podman, [podman, "healthcheck", "run", container], env, timeout, grace=10.0)
+
+
+def run_startup_check(
+    podman: str, container: str, spec: StartupSpec, env: Mapping[str, str]
+) -> tuple[bool, str]:
+    """Run the start-up check once in the container (``podman exec``): (passed, output)."""
+    return _run(podman, [podman, "exec", container, *spec.argv], env, spec.timeout)
+
+
+def _run(
+    podman: str, argv: Sequence[str], env: Mapping[str, str], timeout: float, grace: float = 0.0
+) -> tuple[bool, str]:
     try:
         proc = run(
             argv,
             env=env,
-            timeout=timeout + 10.0 if timeout != float("inf") else None,
+            timeout=timeout + grace if timeout != float("inf") else None,
             check=False,
         )
     except ToolMissingError:

@@ -7,16 +7,24 @@ the service name without/with its suffix, ``%p``/``%i`` the template
 For a container the ``podman run`` line is changed in three ways:
 
 * ``--cgroups=split`` is dropped: it needs a cgroup systemd delegated;
-* ``--health-on-failure`` is dropped: atoll runs the checks and the action
+* ``--health-on-failure`` and the ``--health-startup-*`` options are dropped:
+  atoll runs the checks, the start-up check and the action
   (:mod:`atoll.workloads.supervise.healthcheck`); ``--sdnotify=healthy`` (podman 4.7+)
   becomes ``--sdnotify=conmon`` and atoll waits for the first passing check;
 * ``--label io.atoll.workload.unit=NAME.container`` is added, so a restarted
   supervisor finds and adopts the containers it started.
+
+Options a podman older than the generator's lacks and whose absence only loses
+a setting (:data:`OPTIONAL_FLAGS`: the health log's ``--health-log-destination``
+and ``--health-max-log-*`` of podman 5.3, ``kube down --force`` of podman 4.4)
+are dropped when ``podman SUBCOMMAND --help`` does not list them, with a
+warning naming the key that is not honoured.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import os
@@ -56,6 +64,66 @@ class NotifyMode(StrEnum):
     HEALTHY = "healthy"  # ready on the first passing health check
 
 
+#: Run-line options atoll drops because it does their work itself (they take a value).
+SUPERVISOR_FLAGS = frozenset(
+    [
+        "--health-on-failure",
+        *(f"--health-startup-{n}" for n in ("cmd", "interval", "retries", "success", "timeout")),
+    ]
+)
+#: (subcommand words, flag) -> (the Quadlet key it comes from, whether it takes a
+#: value word): options that an older podman refuses and that are dropped there.
+OPTIONAL_FLAGS: dict[tuple[tuple[str, ...], str], tuple[str, bool]] = {
+    (("run",), "--health-log-destination"): ("HealthLogDestination", True),
+    (("run",), "--health-max-log-count"): ("HealthMaxLogCount", True),
+    (("run",), "--health-max-log-size"): ("HealthMaxLogSize", True),
+    (("kube", "play"), "--service-exit-code-propagation"): ("ExitCodePropagation", True),
+    (("kube", "down"), "--force"): ("KubeDownForce", False),
+}
+
+
+@functools.cache
+def _known_flags(podman_path: str, subcommand: tuple[str, ...]) -> frozenset[str]:
+    """The long options ``podman SUBCOMMAND --help`` lists (empty when it cannot say)."""
+    try:
+        proc = run([podman_path, *subcommand, "--help"], check=False, timeout=60.0)
+    except (CommandError, ToolMissingError, OSError):
+        return frozenset()
+    return frozenset(re.findall(r"(?<![\w-])(--[a-z0-9][a-z0-9-]*)", proc.stdout.decode()))
+
+
+def fit_to_podman(argv: Sequence[str], *, what: str) -> tuple[str, ...]:
+    """*argv* without the :data:`OPTIONAL_FLAGS` the podman it runs does not know
+    (a warning for each that asked for more than podman's default)."""
+    wanted = {flag for _, flag in OPTIONAL_FLAGS}
+    if not argv or not any(w.split("=", 1)[0] in wanted for w in argv):
+        return tuple(argv)
+    out: list[str] = []
+    skip = False
+    subcommand: tuple[str, ...] | None = None
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        flag, eq, value = word.partition("=")
+        if subcommand is None:
+            subcommand = next(
+                (sub for sub, _ in OPTIONAL_FLAGS if tuple(out[-len(sub) :]) == sub), None
+            )
+        entry = OPTIONAL_FLAGS.get((subcommand or (), flag))
+        if subcommand is None or entry is None or flag in _known_flags(argv[0], subcommand):
+            out.append(word)
+            continue
+        key, takes_value = entry
+        skip = takes_value and not eq
+        if takes_value or value.lower() not in ("false", "0"):
+            log.warning(
+                "%s: this podman has no %s %s option: %s= is not honoured",
+                what, " ".join(subcommand), flag, key,
+            )  # fmt: skip
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Command:
     argv: tuple[str, ...]
@@ -93,6 +161,8 @@ class UnitPlan:
     health: HealthSpec | None = None
     #: systemd's Type= of the generated service: notify, oneshot or forking.
     service_type: str = "notify"
+    #: WorkingDirectory= of the generated service (.kube and .build units).
+    working_directory: Path | None = None
 
     @property
     def name(self) -> str:
@@ -159,10 +229,8 @@ def _adapt_run(
         if skip:
             skip = False
             continue
-        if word == "--cgroups=split" or word.startswith("--health-on-failure="):
-            continue
-        if word == "--health-on-failure":
-            skip = True
+        if word == "--cgroups=split" or word.split("=", 1)[0] in SUPERVISOR_FLAGS:
+            skip = word in SUPERVISOR_FLAGS  # "--flag VALUE": the value goes too
             continue
         healthy = notify is NotifyMode.HEALTHY and word.startswith("--sdnotify=")
         out.append("--sdnotify=conmon" if healthy or word == "--sdnotify=healthy" else word)
@@ -195,6 +263,7 @@ def plan_unit(unit: QuadletUnit, service: GeneratedService, runtime_dir: Path) -
         return tuple(w for v in values("Unit", key) for w in v.split())
 
     start = _commands(values("Service", "ExecStart"), name, runtime_dir)
+    workdir = values("Service", "WorkingDirectory")
     container = ""
     image = ""
     notify = NotifyMode.CONMON
@@ -229,6 +298,9 @@ def plan_unit(unit: QuadletUnit, service: GeneratedService, runtime_dir: Path) -
         notify=notify,
         health=health,
         service_type=(values("Service", "Type") or ["simple"])[-1],
+        working_directory=Path(expand_specifiers(workdir[-1], name, runtime_dir))
+        if workdir
+        else None,
     )
 
 
@@ -247,16 +319,24 @@ class RunEnd:
 
 
 def run_commands(
-    commands: Sequence[Command], deadline: float, env: Mapping[str, str], *, what: str
+    commands: Sequence[Command],
+    deadline: float,
+    env: Mapping[str, str],
+    *,
+    what: str,
+    cwd: Path | None = None,
 ) -> RunEnd | None:
-    """Run *commands* in order until one fails (how it failed) or all succeed (None)."""
+    """Run *commands* in order (in *cwd*, if given) until one fails (how it failed)
+    or all succeed (None)."""
     for command in commands:
         remaining = max(deadline - time.monotonic(), 0.1)
-        log.debug("%s: run %s", what, " ".join(command.argv))
+        argv = fit_to_podman(command.argv, what=what)
+        log.debug("%s: run %s", what, " ".join(argv))
         try:
             proc = run(
-                command.argv,
+                argv,
                 env=env,
+                cwd=cwd,
                 timeout=None if remaining == float("inf") else remaining,
                 check=False,
             )
@@ -317,6 +397,26 @@ def containers_by_unit(env: Mapping[str, str] | None = None) -> dict[str, list[d
         if isinstance(labels, dict) and isinstance(labels.get(UNIT_LABEL), str):
             found.setdefault(labels[UNIT_LABEL], []).append(item)
     return found
+
+
+def kube_service_container(
+    service: str, env: Mapping[str, str] | None = None
+) -> tuple[str, int | None] | None:
+    """The running service container ``podman kube play --service-container`` made
+    for *service* (its containers carry ``PODMAN_SYSTEMD_UNIT=SERVICE``): its id and
+    its conmon's pid; None when there is none."""
+    proc = podman(
+        "ps", "--filter", f"label=PODMAN_SYSTEMD_UNIT={service}", "--filter", "status=running",
+        "--format", "{{.ID}}", env=env,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return None
+    for container_id in proc.stdout.decode().split():
+        info = inspect_container(container_id, env) or {}
+        if info.get("IsService"):
+            conmon = (info.get("State") or {}).get("ConmonPid")
+            return str(info.get("Id") or container_id), int(conmon) if conmon else None
+    return None
 
 
 def started_at(info: Mapping[str, Any]) -> str | None:

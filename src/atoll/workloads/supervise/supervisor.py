@@ -53,6 +53,7 @@ from atoll.workloads.supervise.runtime import (
     RunEnd,
     UnitPlan,
     containers_by_unit,
+    kube_service_container,
     plan_unit,
     podman_env,
     run_commands,
@@ -132,7 +133,7 @@ class Supervisor:
     # --- names and status ------------------------------------------------------------
 
     def resolve(self, name: str) -> UnitRuntime:
-        for candidate in (name, f"{name}.container", f"{name}.pod"):
+        for candidate in (name, *(f"{name}.{k}" for k in ("container", "pod", "kube", "build"))):
             if candidate in self.units:
                 return self.units[candidate]
         if name in self.by_service:
@@ -444,26 +445,47 @@ class Supervisor:
             rt.wake.wait(settings.restart_sec)
 
     def _run_oneshot(self, rt: UnitRuntime) -> RunEnd:
-        """Volumes, networks, images, pods: run the commands, then stay active."""
+        """Volumes, networks, images, builds, pods: run the commands, then stay
+        active.  A kube unit stays active while the service container that
+        ``podman kube play --service-container`` made runs (its main process under
+        systemd): when that ends, so does the unit, with its exit status."""
         plan = rt.plan
         env = podman_env(plan.env)
         deadline = time.monotonic() + self.start_timeout(rt)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        what = plan.service
-        failed = run_commands((*plan.start_pre, *plan.start), deadline, env, what=what)
+        commands = functools.partial(run_commands, env=env, what=plan.service,
+                                     cwd=plan.working_directory)  # fmt: skip
+        since = time.time()
+        failed = commands((*plan.start_pre, *plan.start), deadline)
         if failed is not None:
-            run_commands(plan.stop_post, time.monotonic() + 60, env, what=what)
+            commands(plan.stop_post, time.monotonic() + 60)
             return failed
+        service = kube_service_container(plan.service, env) if plan.kind is UnitKind.KUBE else None
+        waiter = self.deaths.waiter(*service, env, since) if service else None
         with self.cond:
+            rt.container_id, rt.main_pid = service or (None, None)
             self.set_state(rt, UnitState.ACTIVE, Result.SUCCESS)
             self.settle(rt, True)
-            while rt.wanted:
-                self.cond.wait(1.0)
+        ended: RunEnd | None = None
+        while ended is None:
+            with self.cond:
+                if not rt.wanted:
+                    break
+                if waiter is None:
+                    self.cond.wait(1.0)
+                    continue
+            if waiter.wait(TICK):
+                status = waiter.exit_status()
+                result, end = plan.settings.classify(status)
+                ended = RunEnd(result, end, status, "the kube's service container ended")
+        with self.cond:
             self.set_state(rt, UnitState.DEACTIVATING)
+        if waiter is not None:
+            waiter.close()
         stop_deadline = time.monotonic() + plan.settings.timeout_stop
-        run_commands(plan.stop, stop_deadline, env, what=what)
-        run_commands(plan.stop_post, stop_deadline, env, what=what)
-        return RunEnd(Result.SUCCESS, EndKind.CLEAN)
+        commands(plan.stop, stop_deadline)
+        commands(plan.stop_post, stop_deadline)
+        return ended or RunEnd(Result.SUCCESS, EndKind.CLEAN)
 
     def start_timeout(self, rt: UnitRuntime) -> float:
         with self.cond:
@@ -586,7 +608,7 @@ class Supervisor:
                 chosen = [
                     rt
                     for rt in self.units.values()
-                    if rt.plan.kind in (UnitKind.CONTAINER, UnitKind.POD)
+                    if rt.plan.kind in (UnitKind.CONTAINER, UnitKind.POD, UnitKind.KUBE)
                     and rt.plan.name not in activated
                     and not rt.plan.unit.stem.endswith("@")  # a template runs as an instance
                 ]
