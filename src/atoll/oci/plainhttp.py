@@ -40,7 +40,13 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: Bytes read from a response at once.
 _READ_SIZE = 1 << 16
 #: Errors of a reused connection that the server closed while it was idle.
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_STALE = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
 
 
 class TransportError(Exception):
