@@ -8,7 +8,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import shutil
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -63,6 +62,8 @@ def remove_tree(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)
     elif path.exists():
+        import shutil  # with its compression modules: only for the commands that remove trees
+
         shutil.rmtree(path, ignore_errors=True)
 
 

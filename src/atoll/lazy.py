@@ -25,18 +25,36 @@ def lazy_exports(package: str, table: Mapping[str, tuple[str, ...]]) -> Callable
 
 #: Optional parts of a module that atoll never uses and that cost start-up when
 #: present: httpx's command-line client (``httpx._main``) pulls in click, rich
-#: and pygments, more than httpx itself.  A ``None`` in ``sys.modules`` makes
-#: importing them fail, and the module goes on without them, as it does where
-#: they are not installed.
-_LEFT_OUT: dict[str, tuple[str, ...]] = {"httpx": ("httpx._main",)}
+#: and pygments, more than httpx itself; httpcore (which httpx imports when its
+#: first client is made) imports trio, for async clients on trio, wherever trio
+#: is installed (about 30 ms; atoll's clients are synchronous).  While the
+#: module and the modules listed with it are imported, a ``None`` in
+#: ``sys.modules`` makes importing the left-out parts fail, and the modules go
+#: on without them, as they do where those are not installed; afterwards other
+#: code may import them as usual.
+_LEAN: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # name: (imported with it, left out)
+    "httpx": (("httpcore",), ("httpx._main", "trio")),
+}
 
 
 def import_lean(name: str) -> ModuleType:
     """Module *name*, without the optional parts of it that atoll never uses."""
-    if name not in sys.modules:
-        for part in _LEFT_OUT.get(name, ()):
-            sys.modules.setdefault(part, None)  # type: ignore[arg-type]
-    return importlib.import_module(name)
+    if name in sys.modules:
+        return sys.modules[name]
+    companions, left_out = _LEAN.get(name, ((), ()))
+    blocked = [part for part in left_out if part not in sys.modules]
+    for part in blocked:
+        sys.modules[part] = None  # type: ignore[assignment]
+    try:
+        module = importlib.import_module(name)
+        for companion in companions:
+            importlib.import_module(companion)
+        return module
+    finally:
+        for part in blocked:
+            if part in sys.modules and sys.modules[part] is None:
+                del sys.modules[part]
 
 
 class _LazyModule:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 
 from atoll import __version__
 from atoll.cli.common import Output, add_global_options
@@ -18,6 +20,22 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
+
+
+def _terminal_columns() -> int:
+    """What ``shutil.get_terminal_size().columns`` answers ($COLUMNS, else the
+    terminal on stdout, else 80), without importing shutil and the compression
+    modules it loads."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -36,9 +54,7 @@ class _Formatter(argparse.HelpFormatter):
     ) -> None:
         if width is None:
             if _Formatter._terminal_width is None:
-                import shutil
-
-                _Formatter._terminal_width = shutil.get_terminal_size().columns - 2
+                _Formatter._terminal_width = _terminal_columns() - 2
             width = _Formatter._terminal_width
         super().__init__(prog, indent_increment, max_help_position, width)
 

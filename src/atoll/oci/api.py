@@ -4,15 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from atoll.lazy import lazy_module
 from atoll.oci.digest import Digest
-
-if TYPE_CHECKING:
-    import httpx
-else:
-    httpx = lazy_module("httpx")
+from atoll.oci.plainhttp import URL
 
 
 def pull_scope(repository: str) -> str:
@@ -47,7 +41,7 @@ class ManifestHead:
 class UploadSession:
     repository: str
     #: Where the next PATCH or the final PUT goes (the last ``Location``).
-    url: httpx.URL
+    url: URL
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,12 @@ from typing import TYPE_CHECKING
 
 from atoll.closing import Closeable
 from atoll.errors import RegistryError
-from atoll.lazy import lazy_module
 from atoll.oci.digest import Digest
 from atoll.oci.httputil import content_range_start
+from atoll.oci.plainhttp import Response, TransportError
 
 if TYPE_CHECKING:
-    import httpx
-
     from atoll.oci.client import RegistryClient
-else:
-    httpx = lazy_module("httpx")
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +37,7 @@ class BlobStream(Closeable):
         self.digest = digest
         self.size = size
         self._what = f"reading blob {digest}"
-        self._response: httpx.Response | None = None
+        self._response: Response | None = None
         self._skip = 0
         #: Bytes of the blob received so far.
         self.offset = 0
@@ -115,7 +111,7 @@ class BlobStream(Closeable):
                     while len(buffer) >= size:
                         yield bytes(buffer[:size])
                         del buffer[:size]
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 self.close()
                 failures += 1
                 if failures >= max(1, client.ctx.retries):

@@ -22,6 +22,13 @@ How a :class:`RegistryClient` talks to ``HOST[:PORT]``:
 5. **Uploads** open a session, send the blob in one ``PUT`` or in ``PATCH``
    chunks, and are cancelled when they fail (see :mod:`atoll.oci.upload`).
 
+Requests whose body is in memory (pings, tokens, manifests, mounts, tag lists)
+go over the standard library's ``http.client``; uploads of streamed bodies and
+blob downloads (which registries redirect to their storage) over httpx, which
+is imported for the first of them: a copy that only mounts blobs never loads it
+(see :mod:`atoll.oci.plainhttp`).  Both hand back the same response type and
+transport errors, so everything above is one code for both.
+
 Every error is an :mod:`atoll.errors` exception whose message is one line naming
 the registry and repository.  Requests are logged at debug level.
 """
@@ -33,9 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
-from urllib.parse import urlsplit
+from typing import NoReturn
 
 from atoll import strictjson
 from atoll.closing import Closeable
@@ -47,7 +52,6 @@ from atoll.errors import (
     RegistryError,
     UnsupportedError,
 )
-from atoll.lazy import lazy_module
 from atoll.oci import upload
 from atoll.oci.api import (
     FetchedManifest,
@@ -74,16 +78,12 @@ from atoll.oci.httputil import (
     retry_after,
     status_error,
 )
+from atoll.oci.httpxwire import HttpxTransport
 from atoll.oci.manifest import ACCEPT_MANIFEST, MediaType
-from atoll.oci.quickhead import QuickHead
+from atoll.oci.plainhttp import URL, PlainTransport, Response, TransportError
 from atoll.oci.registries_conf import load_registries_conf, ssl_context
 from atoll.oci.registryauth import RegistryAuth, read_token
 from atoll.ratelimit import TokenBucket
-
-if TYPE_CHECKING:
-    import httpx
-else:
-    httpx = lazy_module("httpx")
 
 log = logging.getLogger(__name__)
 
@@ -102,39 +102,12 @@ _MAX_PAGES = 10_000
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 #: Registries whose API lives on another host than the one in references.
 _API_HOSTS = {"docker.io": "registry-1.docker.io"}
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _DELETE_HINT = (
     "a Distribution registry allows deletes with REGISTRY_STORAGE_DELETE_ENABLED=true "
     "(storage: delete: enabled: true in its config)"
 )
 
 Body = bytes | Iterator[bytes] | None
-
-
-@dataclass(frozen=True)
-class _Base:
-    """The registry's ``/v2/`` URL and its parts, parsed without httpx: a check
-    whose HEADs all go through :mod:`atoll.oci.quickhead` never imports it."""
-
-    url: str
-    scheme: str
-    host: str
-    #: None for the scheme's default port, as httpx has it.
-    port: int | None
-    path: str
-
-    @classmethod
-    def parse(cls, url: str) -> _Base:
-        """Raises ValueError for a port that is not a number."""
-        parts = urlsplit(url)
-        port = parts.port
-        if port == _DEFAULT_PORTS.get(parts.scheme):
-            port = None
-        return cls(url, parts.scheme, (parts.hostname or "").lower(), port, parts.path)
-
-    @property
-    def place(self) -> tuple[str, str, int | None, str]:
-        return (self.scheme, self.host, self.port, self.path)
 
 
 class RegistryClient(Closeable):
@@ -172,41 +145,30 @@ class RegistryClient(Closeable):
             self.insecure = self._conf.is_insecure(registry)
         self._host = _API_HOSTS.get(registry, registry)
         self._ssl = ssl_context(registry, ctx, verify=not self.insecure)
-        self._client: httpx.Client | None = None  # made when first needed: ~40 ms
-        # Reentrant: a ping sends its request, which makes the connection pool, under it.
+        # Requests with bodies in memory go over http.client; streams and redirected
+        # blob downloads over httpx, imported for the first of them (see plainhttp).
+        self._plain = PlainTransport(self._ssl, ctx.timeout, ctx.user_agent)
+        self._streams = HttpxTransport(
+            self._ssl, ctx.timeout, max(10, 2 * ctx.parallel), ctx.user_agent
+        )
+        # Reentrant: a ping sends its request under it.
         self._lock = threading.RLock()
-        self._base: _Base | None = None
-        self._quick: QuickHead | None = None
-
-    @property
-    def _http(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None:
-                self._client = httpx.Client(
-                    verify=self._ssl,
-                    timeout=httpx.Timeout(self.ctx.timeout),
-                    limits=httpx.Limits(max_connections=max(10, 2 * self.ctx.parallel)),
-                    headers={"User-Agent": self.ctx.user_agent},
-                    trust_env=False,
-                )
-            return self._client
+        self._base: URL | None = None
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-        if self._quick is not None:
-            self._quick.close()
+        self._streams.close()
+        self._plain.close()
 
     # --- the API ----------------------------------------------------------------------
 
-    def ping(self, repository: str | None = None) -> httpx.URL:
+    def ping(self, repository: str | None = None) -> URL:
         """Choose the scheme and learn the authentication scheme; return the ``/v2/`` URL.
 
         *repository* only serves to name what was being done in an error message.
         """
         with self._lock:
             if self._base is not None:
-                return httpx.URL(self._base.url)
+                return self._base
             if self._conf.is_blocked(self.registry):
                 raise RegistryError(
                     f"{self.name(repository)}: the registry is blocked in registries.conf",
@@ -214,18 +176,18 @@ class RegistryClient(Closeable):
                 )
             schemes = ("https", "http") if self.insecure else ("https",)
             for scheme in schemes:
-                url = httpx.URL(f"{scheme}://{self._host}/v2/")
+                url = URL(f"{scheme}://{self._host}/v2/")
                 last = scheme == schemes[-1]
                 try:
                     response = self._send("GET", url, {}, retry_transport=last)
-                except httpx.TransportError as exc:
+                except TransportError as exc:
                     if last:
                         raise self.transport_error(exc, "connecting", repository) from None
                     log.debug("%s: %s failed (%s), trying plain HTTP", self.registry, url, exc)
                     continue
                 if response.status_code in (200, 401):
                     self.auth.challenge = pick_challenge(response)
-                    self._base = _Base.parse(str(url))
+                    self._base = url
                     log.debug("%s: using %s, auth %s", self.registry, url, self.auth.scheme)
                     return url
                 if last:
@@ -236,7 +198,7 @@ class RegistryClient(Closeable):
     def base(self) -> str | None:
         """The ``/v2/`` URL in use, once a ping (or :meth:`assume_base`) chose it."""
         with self._lock:
-            return self._base.url if self._base is not None else None
+            return str(self._base) if self._base is not None else None
 
     def assume_base(self, base: str) -> bool:
         """Skip the ping: send requests to *base*, a ``/v2/`` URL an earlier ping of
@@ -244,13 +206,13 @@ class RegistryClient(Closeable):
         Refused (False) when *base* is not this registry's, or is plain HTTP for a
         registry that is no longer insecure."""
         try:
-            wanted = _Base.parse(base)
-            own = _Base.parse(f"{wanted.scheme}://{self._host}/v2/")
+            wanted = URL(base)
+            own = URL(f"{wanted.scheme}://{self._host}/v2/")
         except ValueError:
             return False
         if wanted.scheme != "https" and not (wanted.scheme == "http" and self.insecure):
             return False
-        if wanted.place != own.place:
+        if (wanted.origin, wanted.path) != (own.origin, own.path):
             return False
         with self._lock:
             if self._base is None:
@@ -261,7 +223,7 @@ class RegistryClient(Closeable):
         """Ping again before the next request, unless another thread already has
         replaced *base*."""
         with self._lock:
-            if self._base is not None and self._base.url == base:
+            if self._base is not None and str(self._base) == base:
                 self._base = None
                 self.auth.challenge = None
 
@@ -304,9 +266,6 @@ class RegistryClient(Closeable):
         return FetchedManifest(raw, media_type(response.headers), Digest.of(raw))
 
     def head_manifest(self, repository: str, reference: str) -> ManifestHead:
-        quick = self._quick_head(repository, reference)
-        if quick is not None:
-            return quick
         response = self._call(
             "HEAD",
             repository,
@@ -316,26 +275,6 @@ class RegistryClient(Closeable):
             headers={"Accept": ACCEPT_MANIFEST},
         )
         return manifest_head(response.headers, reference)
-
-    def _quick_head(self, repository: str, reference: str) -> ManifestHead | None:
-        """The HEAD through :mod:`atoll.oci.quickhead` once the base is known; None
-        unless the answer was 200 (then httpx asks again and handles the rest)."""
-        base = self._base
-        if base is None or self._conf.is_blocked(f"{self.registry}/{repository}"):
-            return None
-        path = f"{repository}/manifests/{reference}"
-        auth = self._authorization([pull_scope(repository)], repository, (base.host, base.port))
-        with self._lock:
-            if self._quick is None or self._quick.origin != (base.scheme, base.host, base.port):
-                self._quick = QuickHead(base.scheme, base.host, base.port, self._ssl,
-                                        self.ctx.timeout, self.ctx.user_agent)  # fmt: skip
-            quick = self._quick
-        started = time.monotonic()
-        answer = quick.head(base.path + path, {"Accept": ACCEPT_MANIFEST, **auth})
-        if answer is None or answer.status != 200:
-            return None
-        log.debug("HEAD %s%s -> 200 (%.0f ms)", base.url, path, (time.monotonic() - started) * 1000)
-        return manifest_head(answer.headers, reference)
 
     def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> Digest:
         """Store a manifest under a tag or its digest; return its digest."""
@@ -493,7 +432,7 @@ class RegistryClient(Closeable):
                             f"{self.name(repository)}: {what}: the registry sent more "
                             "bytes than asked for"
                         )
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 failures += 1
                 if failures >= max(1, self.ctx.retries):
                     raise self.transport_error(exc, what, repository) from None
@@ -523,14 +462,14 @@ class RegistryClient(Closeable):
 
     def blob_request(
         self, repository: str, digest: Digest, headers: dict[str, str], what: str
-    ) -> httpx.Response:
+    ) -> Response:
         """GET a blob, following redirects; the caller reads and closes the response."""
         url = self._url(repository, f"blobs/{digest}", None)
         try:
             return self._send_authorized(
                 "GET", url, [pull_scope(repository)], headers, stream=True, follow_redirects=True
             )
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise self.transport_error(exc, what, repository) from None
 
     def backoff(self, attempt: int) -> float:
@@ -541,7 +480,7 @@ class RegistryClient(Closeable):
 
     # --- requests ---------------------------------------------------------------------
 
-    def _url(self, repository: str | None, path: str, params: dict[str, str] | None) -> httpx.URL:
+    def _url(self, repository: str | None, path: str, params: dict[str, str] | None) -> URL:
         base = self.ping(repository)
         if repository is not None:
             if self._conf.is_blocked(f"{self.registry}/{repository}"):
@@ -566,20 +505,20 @@ class RegistryClient(Closeable):
         content: bytes | None = None,
         stream: bool = False,
         ok: tuple[int, ...] = (200,),
-    ) -> httpx.Response:
+    ) -> Response:
         """One API request; any status outside *ok* raises the matching atoll error."""
         url = self._url(repository, path, params)
         try:
             response = self._send_authorized(
                 method, url, scopes, headers or {}, content=content, stream=stream
             )
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise self.transport_error(exc, what, repository) from None
         self._expect(response, ok, what, repository)
         return response
 
     def _expect(
-        self, response: httpx.Response, ok: tuple[int, ...], what: str, repository: str | None
+        self, response: Response, ok: tuple[int, ...], what: str, repository: str | None
     ) -> None:
         if response.status_code not in ok:
             try:
@@ -591,7 +530,7 @@ class RegistryClient(Closeable):
     def _send_authorized(
         self,
         method: str,
-        url: httpx.URL,
+        url: URL,
         scopes: Sequence[str],
         headers: dict[str, str],
         *,
@@ -599,7 +538,7 @@ class RegistryClient(Closeable):
         stream: bool = False,
         follow_redirects: bool = False,
         retry: bool = True,
-    ) -> httpx.Response:
+    ) -> Response:
         """Send with credentials; on 401 get fresh ones once and send again."""
         repository = repository_of(scopes)
         self.ping(repository)
@@ -633,7 +572,7 @@ class RegistryClient(Closeable):
     def _send(
         self,
         method: str,
-        url: httpx.URL,
+        url: URL,
         headers: dict[str, str],
         *,
         content: Body = None,
@@ -641,24 +580,27 @@ class RegistryClient(Closeable):
         follow_redirects: bool = False,
         retry_transport: bool = True,
         retry_status: bool = True,
-    ) -> httpx.Response:
+    ) -> Response:
         """Send, retrying 429/5xx and broken connections when that is safe."""
         attempts = max(1, self.ctx.retries)
         replayable = isinstance(content, bytes | None)
         for attempt in range(attempts):
             last = attempt == attempts - 1 or not replayable
-            request = self._http.build_request(method, url, headers=headers, content=content)
             started = time.monotonic()
             try:
-                response = self._http.send(request, stream=True, follow_redirects=follow_redirects)
-            except httpx.TransportError as exc:
+                if isinstance(content, bytes | None) and not follow_redirects:
+                    response = self._plain.send(method, url, headers, content)
+                else:
+                    response = self._streams.send(
+                        method, url, headers, content, follow_redirects=follow_redirects
+                    )
+            except TransportError as exc:
                 # A request that never reached the server may always be sent again.
-                never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 if (
                     last
                     or not retry_transport
                     or is_tls_error(exc)
-                    or (method not in _IDEMPOTENT and not never_sent)
+                    or (method not in _IDEMPOTENT and not exc.connecting)
                 ):
                     raise
                 delay = self.backoff(attempt)
@@ -683,7 +625,7 @@ class RegistryClient(Closeable):
             return response
         raise AssertionError("unreachable")
 
-    def _read_limited(self, response: httpx.Response, what: str, repository: str) -> bytes:
+    def _read_limited(self, response: Response, what: str, repository: str) -> bytes:
         parts: list[bytes] = []
         total = 0
         try:
@@ -694,7 +636,7 @@ class RegistryClient(Closeable):
                         f"{self.name(repository)}: {what}: larger than {MAX_MANIFEST_SIZE} bytes"
                     )
                 parts.append(chunk)
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise self.transport_error(exc, what, repository) from None
         return b"".join(parts)
 
@@ -719,7 +661,7 @@ class RegistryClient(Closeable):
             seen.add(str(url))
             try:
                 response = self._send_authorized("GET", url, scopes, {})
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 raise self.transport_error(exc, what, repository) from None
             self._expect(response, (200,), what, repository)
         raise RegistryError(f"{self.name(repository)}: {what}: more than {_MAX_PAGES} pages")
@@ -744,19 +686,19 @@ class RegistryClient(Closeable):
         what = f"getting a token from {url.host}"
         try:
             response = self._send("GET", url, headers)
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise self.transport_error(exc, what, repository) from None
         self._expect(response, (200,), what, repository)
         return read_token(response, name)
 
     # --- errors -----------------------------------------------------------------------
 
-    def fail(self, response: httpx.Response, what: str, repository: str | None) -> NoReturn:
+    def fail(self, response: Response, what: str, repository: str | None) -> NoReturn:
         """Raise the atoll error for an unexpected status."""
         creds = self.auth.credentials(repository) if response.status_code in (401, 403) else None
         raise status_error(response, self.name(repository), what, creds)
 
     def transport_error(
-        self, exc: httpx.TransportError, what: str, repository: str | None
+        self, exc: TransportError, what: str, repository: str | None
     ) -> NetworkError:
         return connection_error(exc, self.name(repository), what, self.ctx.timeout)

@@ -4,13 +4,11 @@ failures, and regrouping a byte stream."""
 
 from __future__ import annotations
 
-import email.utils
 import json
 import re
 import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from atoll.errors import (
     AtollError,
@@ -20,15 +18,10 @@ from atoll.errors import (
     RegistryError,
     TLSError,
 )
-from atoll.lazy import lazy_module
 from atoll.oci.api import ManifestHead
 from atoll.oci.auth import Challenge, Credentials, parse_www_authenticate
 from atoll.oci.digest import Digest
-
-if TYPE_CHECKING:
-    import httpx
-else:
-    httpx = lazy_module("httpx")
+from atoll.oci.plainhttp import URL, ConnectFailed, Response, TimedOut, TransportError
 
 _AUTH_HINT = "log in with atoll login HOST, or pass --authfile FILE or --creds USER:PASSWORD"
 _TLS_HINT = (
@@ -52,7 +45,7 @@ NOT_FOUND_CODES = {
 }
 
 
-def registry_error(response: httpx.Response) -> tuple[str, str]:
+def registry_error(response: Response) -> tuple[str, str]:
     """The first (code, message) of a distribution error body, or ("", "")."""
     try:
         response.read()
@@ -60,12 +53,20 @@ def registry_error(response: httpx.Response) -> tuple[str, str]:
         first = data["errors"][0]
         code = str(first.get("code") or "")
         message = str(first.get("message") or "")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, httpx.HTTPError):
+    except (
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        RuntimeError,
+        TransportError,
+    ):
         return "", ""
     return code, one_line(message)
 
 
-def pick_challenge(response: httpx.Response) -> Challenge | None:
+def pick_challenge(response: Response) -> Challenge | None:
     """The challenge of a 401 that atoll answers: Bearer if offered, else Basic."""
     challenges = parse_www_authenticate(response.headers.get_list("WWW-Authenticate"))
     for scheme in ("bearer", "basic"):
@@ -75,7 +76,7 @@ def pick_challenge(response: httpx.Response) -> Challenge | None:
     return None
 
 
-def next_link(response: httpx.Response) -> httpx.URL | None:
+def next_link(response: Response) -> URL | None:
     """The ``Link: <URL>; rel="next"`` target, resolved against the request URL."""
     match = _LINK_NEXT_RE.search(response.headers.get("Link", ""))
     return response.url.join(match.group(1)) if match else None
@@ -83,7 +84,7 @@ def next_link(response: httpx.Response) -> httpx.URL | None:
 
 def media_type(headers: Mapping[str, str]) -> str | None:
     """The media type of ``Content-Type`` without its parameters; *headers* answers
-    lower-case names (httpx's headers do)."""
+    names in any case."""
     value = headers.get("content-type", "").split(";", 1)[0].strip()
     return value or None
 
@@ -109,7 +110,7 @@ def digest_or_none(reference: str) -> Digest | None:
         return None
 
 
-def retry_after(response: httpx.Response, cap: float) -> float | None:
+def retry_after(response: Response, cap: float) -> float | None:
     """Seconds the server asks to wait (a number or an HTTP date), at most *cap*."""
     value = response.headers.get("Retry-After")
     if not value:
@@ -117,6 +118,8 @@ def retry_after(response: httpx.Response, cap: float) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
+        import email.utils  # an HTTP date is rare; the module costs start-up
+
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
@@ -174,9 +177,7 @@ def list_field(page: dict[str, object], key: str) -> list[object]:
     return value
 
 
-def status_error(
-    response: httpx.Response, name: str, what: str, creds: Credentials | None
-) -> AtollError:
+def status_error(response: Response, name: str, what: str, creds: Credentials | None) -> AtollError:
     """The atoll error for an unexpected status of a request to the repository
     *name* (*what*: what it was for; *creds*: the credentials sent, if any)."""
     status = response.status_code
@@ -199,9 +200,7 @@ def status_error(
     return RegistryError(f"{name}: {what}: {detail} (HTTP {status})")
 
 
-def connection_error(
-    exc: httpx.TransportError, name: str, what: str, timeout: float
-) -> NetworkError:
+def connection_error(exc: TransportError, name: str, what: str, timeout: float) -> NetworkError:
     """The atoll error for a request to *name* that got no answer."""
     reason = one_line(str(exc)) or type(exc).__name__
     if "WRONG_VERSION_NUMBER" in reason:
@@ -211,8 +210,8 @@ def connection_error(
         )
     if is_tls_error(exc):
         return TLSError(f"{name}: {what}: TLS connection failed: {reason}", hint=_TLS_HINT)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimedOut):
         return NetworkError(f"{name}: {what}: no answer within {timeout:g} s")
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, ConnectFailed):
         return NetworkError(f"{name}: {what}: cannot connect: {reason}")
     return NetworkError(f"{name}: {what}: the connection broke: {reason}")

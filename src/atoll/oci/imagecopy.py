@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import threading
 import time
 import zlib
@@ -371,6 +370,8 @@ class _Copier:
 
     def _recompress(self, desc: Descriptor, want: Compression) -> Descriptor:
         """Decompress a layer, verifying it, and compress it as *want* in a temp file."""
+        import tempfile  # only conversions spill to disk; a copy does not pay for it
+
         ident = str(desc.digest)
         with tempfile.TemporaryFile(dir=self.src_ctx.tmpdir) as tmp:
             compressed_hash = desc.digest.hasher()
@@ -470,6 +471,8 @@ def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:
 def _compress_chunked(plain: Iterable[bytes], out: IO[bytes], tmpdir: Path | None) -> ChunkedLayer:
     """Write the tar *plain* as a zstd:chunked blob into *out* (it needs the
     whole tar in a file first: frames follow the tar's entries)."""
+    import tempfile
+
     from atoll.oci.chunked import compress_tar_zstd_chunked
 
     with tempfile.TemporaryDirectory(dir=tmpdir) as work:

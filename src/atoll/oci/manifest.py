@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import platform as _platform
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,7 +87,7 @@ class Platform:
 
     @classmethod
     def host(cls) -> Platform:
-        machine = _platform.machine().lower()
+        machine = os.uname().machine.lower()  # platform.machine()'s answer on Linux
         arch, variant = _GOARCH.get(machine, (machine, None))
         return cls("linux", arch, variant)
 

@@ -12,17 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from atoll.errors import AuthenticationError
-from atoll.lazy import lazy_module
 from atoll.oci.auth import Challenge, Credentials, TokenCache, find_credentials
 from atoll.oci.context import SystemContext
-
-if TYPE_CHECKING:
-    import httpx
-else:
-    httpx = lazy_module("httpx")
+from atoll.oci.plainhttp import URL, Response
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +79,7 @@ class RegistryAuth:
 
     def token_request(
         self, challenge: Challenge, scopes: Sequence[str], repository: str | None, name: str
-    ) -> tuple[httpx.URL, dict[str, str]]:
+    ) -> tuple[URL, dict[str, str]]:
         """The URL and headers of the request for a token (*name*: for messages)."""
         if not challenge.realm:
             raise AuthenticationError(f"{name}: the registry asks for a token but names no realm")
@@ -95,9 +89,8 @@ class RegistryAuth:
         if creds:
             params.append(("account", creds.username))
         try:
-            realm = httpx.URL(challenge.realm)
-            url = realm.copy_with(params=httpx.QueryParams([*realm.params.multi_items(), *params]))
-        except (httpx.InvalidURL, ValueError):
+            url = URL(challenge.realm).copy_add_params(params)
+        except ValueError:
             raise AuthenticationError(f"{name}: invalid token realm {challenge.realm!r}") from None
         return url, {"Authorization": creds.basic_header()} if creds else {}
 
@@ -128,7 +121,7 @@ class RegistryAuth:
             return token
 
 
-def read_token(response: httpx.Response, name: str) -> tuple[str, float | None]:
+def read_token(response: Response, name: str) -> tuple[str, float | None]:
     """The token and its lifetime in seconds from a token server's 200 answer."""
     try:
         data = response.json()

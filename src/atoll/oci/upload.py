@@ -17,17 +17,13 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from atoll.errors import AtollError, RegistryError
-from atoll.lazy import lazy_module
 from atoll.oci.api import MountResult, UploadSession, pull_scope, push_scope
 from atoll.oci.digest import Digest
 from atoll.oci.httputil import rechunk
+from atoll.oci.plainhttp import Response, TransportError
 
 if TYPE_CHECKING:
-    import httpx
-
     from atoll.oci.client import Body, RegistryClient
-else:
-    httpx = lazy_module("httpx")
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +88,7 @@ def upload_blob(
             content=body,
         )
         client._expect(response, (201, 204), what, repository)
-    except httpx.TransportError as exc:
+    except TransportError as exc:
         cancel_upload(client, session)
         raise client.transport_error(exc, what, repository) from None
     except BaseException:
@@ -107,7 +103,7 @@ def cancel_upload(client: RegistryClient, session: UploadSession) -> None:
             "DELETE", session.url, [push_scope(session.repository)], {}, retry=False
         )
         log.debug("cancelled upload %s: HTTP %d", session.url, response.status_code)
-    except (AtollError, httpx.HTTPError) as exc:
+    except (AtollError, TransportError) as exc:
         log.debug("cancelling upload %s failed: %s", session.url, exc)
 
 
@@ -137,7 +133,7 @@ def _patch_chunks(
 
 
 def _session(
-    client: RegistryClient, repository: str, response: httpx.Response, what: str
+    client: RegistryClient, repository: str, response: Response, what: str
 ) -> UploadSession:
     location = response.headers.get("Location")
     if not location:
