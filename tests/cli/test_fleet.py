@@ -242,7 +242,7 @@ def test_serve_answers_and_stops_cleanly(
     assert code == 105
     assert "run atoll fleet db upgrade" in err
     code, out, _ = atoll(capsys, None, "fleet", "db", "upgrade", "--db", db, "--json")
-    assert (code, out) == (0, {"from": None, "to": "0002", "keysCreated": True})
+    assert (code, out) == (0, {"from": None, "to": "0003", "keysCreated": True})
     code, token, _ = atoll(
         capsys, None, "fleet", "token", "create", "root", "--role", "admin", "--db", db
     )
