@@ -45,6 +45,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="log to stderr as JSON lines, one per request included",
     )
+    _ca_key_option(serve)
     serve.set_defaults(func=_serve)
 
     database = verbs.add_parser("db", help="the server's database")
@@ -55,6 +56,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     add_global_options(upgrade, progress=False)
     _db_option(upgrade)
+    _ca_key_option(upgrade)
     upgrade.set_defaults(func=_db_upgrade)
 
     server_keys = verbs.add_parser("keys", help="the server's signing keys")
@@ -234,6 +236,16 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _ca_key_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ca-key",
+        metavar="FILE",
+        type=Path,
+        help="keep the CA's private key in this file (mode 0600), not in the database; "
+        "db upgrade writes or moves it there, serve reads it",
+    )
+
+
 def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
@@ -267,6 +279,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
         spec_lifetime=datetime.timedelta(seconds=args.spec_lifetime),
         log_level="debug" if out.debug else "info" if out.verbose else "warning",
         json_logs=args.log_json,
+        ca_key=args.ca_key,
     )
     return 0
 
@@ -274,7 +287,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
 def _db_upgrade(args: argparse.Namespace, out: Output) -> int:
     from atoll.fleet.serve import upgrade_database
 
-    result = upgrade_database(args.db)
+    result = upgrade_database(args.db, args.ca_key)
     out.result(result, f"database at schema {result['to']} (was {result['from'] or 'empty'})")
     return 0
 
