@@ -127,6 +127,17 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     revoke.add_argument("name", help="the device")
     revoke.set_defaults(func=_revoke)
 
+    rotate = verbs.add_parser(
+        "rotate-key",
+        help="ask a device to replace its key (at its next status report)",
+        description="The device makes a new key, the server certifies it and from then on "
+        "refuses the old one; keyRotation stays true until the device has done it.",
+    )
+    add_global_options(rotate, progress=False)
+    _server_options(rotate)
+    rotate.add_argument("name", help="the device")
+    rotate.set_defaults(func=_rotate_key)
+
     _register_enrollment(verbs)
     _register_rollout(verbs)
 
@@ -443,6 +454,13 @@ def _delete(args: argparse.Namespace, out: Output) -> int:
     out.result(
         {"deleted": {"kind": args.kind, "name": args.name}}, f"{args.kind} {args.name} deleted"
     )
+    return 0
+
+
+def _rotate_key(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as client:
+        device = client.call("POST", f"devices/{args.name}/rotatekey")
+    out.result(device, f"device {args.name}: key rotation requested")
     return 0
 
 
