@@ -197,7 +197,7 @@ def open_engine(url: str) -> Engine:
     elif not url.startswith(("sqlite://", "postgresql+psycopg://")):
         raise FleetDatabaseError(
             f"database {url!r}: not a sqlite:/// or postgresql:// URL",
-            hint="e.g. --db sqlite:///var/lib/atoll-fleet/fleet.db",
+            hint="e.g. --db sqlite:////var/lib/atoll-fleet/fleet.db",
         )
     # PostgreSQL: as many connections as the threads that serve requests (40).
     pool = {"pool_size": 20, "max_overflow": 20} if url.startswith("postgresql") else {}
