@@ -121,22 +121,15 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     delete.add_argument("name")
     delete.set_defaults(func=_delete)
 
-    revoke = verbs.add_parser("revoke", help="revoke a device: its requests are refused")
-    add_global_options(revoke, progress=False)
-    _server_options(revoke)
-    revoke.add_argument("name", help="the device")
-    revoke.set_defaults(func=_revoke)
-
-    rotate = verbs.add_parser(
+    _device_verb(verbs, "revoke", _revoke, "revoke a device: its requests are refused")
+    _device_verb(
+        verbs,
         "rotate-key",
-        help="ask a device to replace its key (at its next status report)",
-        description="The device makes a new key, the server certifies it and from then on "
-        "refuses the old one; keyRotation stays true until the device has done it.",
+        _rotate_key,
+        "ask a device to replace its key (at its next status report)",
+        "The device makes a new key, the server certifies it and from then on refuses the "
+        "old one; keyRotation stays true until the device has done it.",
     )
-    add_global_options(rotate, progress=False)
-    _server_options(rotate)
-    rotate.add_argument("name", help="the device")
-    rotate.set_defaults(func=_rotate_key)
 
     _register_enrollment(verbs)
     _register_rollout(verbs)
@@ -245,6 +238,21 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="sqlite:///PATH or postgresql://USER@HOST/NAME",
     )
+
+
+def _device_verb(
+    verbs: argparse._SubParsersAction[Any],
+    name: str,
+    func: Any,
+    summary: str,
+    description: str | None = None,
+) -> None:
+    """A command that acts on one device, named by its only argument."""
+    parser = verbs.add_parser(name, help=summary, description=description)
+    add_global_options(parser, progress=False)
+    _server_options(parser)
+    parser.add_argument("name", help="the device")
+    parser.set_defaults(func=func)
 
 
 def _ca_key_option(parser: argparse.ArgumentParser) -> None:
