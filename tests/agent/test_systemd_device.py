@@ -14,6 +14,7 @@ through systemd again, now on the new OS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,8 +112,14 @@ class BootedDevice:
         return proc
 
     def stop(self) -> None:
+        """The end of the test: the harness interrupted, the container killed
+        (its orderly shutdown takes half a minute and proves nothing here)."""
         if self.proc.poll() is None:
+            leader = self.leader()
             os.killpg(self.proc.pid, signal.SIGINT)
+            if leader is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(leader, signal.SIGKILL)
             try:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:

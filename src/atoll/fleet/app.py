@@ -767,6 +767,8 @@ def create_app(
         while envelope is None and waited < wait:
             # The signature was checked once; later looks only read the device's spec.
             await asyncio.sleep(POLL_STEP)
+            if await request.is_disconnected():
+                break  # a device that went away costs no more reads
             waited += POLL_STEP
             envelope = await run_in_threadpool(poll_once, None, name, target, body, known_version)
         if envelope is None:
