@@ -525,6 +525,14 @@ class FleetDatabaseError(AtollError):
     summary = "the fleet database cannot be opened or is not at the schema this atoll needs"
 
 
+class FleetKeyError(AtollError):
+    exit_code = 123
+    summary = (
+        "the fleet CA's key file (--ca-key) is missing, unreadable, open to other users, "
+        "or not the key of the CA in the database"
+    )
+
+
 class EnrollmentError(AtollError):
     exit_code = 106
     summary = "the device is not enrolled: its request is pending, denied, or it was revoked"

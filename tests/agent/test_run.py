@@ -182,26 +182,92 @@ def test_the_os_image_waits_for_the_download_window(
 
 
 @SQLITE
-def test_the_certificate_is_renewed_before_it_ends(
+def test_the_device_key_rotates_before_the_certificate_ends_and_when_asked(
     fleet_server: FleetServer, tmp_path: Path
 ) -> None:
     import datetime
+
+    from atoll.agent import wire
+    from atoll.agent.client import AgentClient
+
+    def refused(pem: bytes) -> str:
+        old = AgentClient(fleet_server.url, "d", wire.load_private_key(pem))
+        try:
+            answer = old.request("GET", "/api/v1/agent/spec", params={"knownVersion": "0"})
+        finally:
+            old.close()
+        assert answer.status_code == 401
+        return str(answer.json()["error"])
 
     with api(fleet_server) as client:
         state = auto_enrolled(fleet_server, client, tmp_path, "d", {})
         agent = Agent(state, root=tmp_path / "root")
         try:
             agent.step()
-            first = (state.read("enrollment.json") or {})["certificate"]
-            agent.step()  # a year left: kept
-            assert (state.read("enrollment.json") or {})["certificate"] == first
+            first_key, first_cert = state.key_path.read_bytes(), state.read("enrollment.json")
+            agent.step()  # a year left, nothing asked: kept
+            assert state.key_path.read_bytes() == first_key
+            assert state.read("enrollment.json") == first_cert
+
+            # Before the certificate ends: a new key, certified; the old one refused.
             agent.renew_before = datetime.timedelta(days=400)
+            assert agent.step().enrollment == "approved"
+            second_key = state.key_path.read_bytes()
+            assert second_key != first_key and (state.key_path.stat().st_mode & 0o777) == 0o600
+            assert (state.read("enrollment.json") or {})["certificate"] != first_cert
+            assert not state.next_key_path.exists()
+            assert refused(first_key) == "the signature is not device 'd''s"
+            assert client.get("events").json()[0]["action"] == "rotate-key"
+            agent.renew_before = datetime.timedelta(days=120)
+
+            # An operator asks: the device hears it in the answer to its report.
+            assert client.post("devices/d/rotatekey").json()["keyRotation"] is True
+            assert client.post("devices/nobody/rotatekey").status_code == 404
             agent.step()
+            assert agent.rotation_requested and state.key_path.read_bytes() == second_key
+            agent.step()
+            third_key = state.key_path.read_bytes()
+            assert third_key != second_key and not agent.rotation_requested
+            assert client.get("devices/d").json()["keyRotation"] is False
+            refused(second_key)
+            actions = [e["action"] for e in client.get("events").json()[:2]]
+            assert actions == ["rotate-key", "request-key-rotation"]
+
+            # The new key must be proven and new.
+            other = wire.generate_key()
+            public = wire.public_key_pem(wire.generate_key().public_key())
+            bad = {
+                "publicKey": public,
+                "proof": wire.sign(other, wire.rotation_message("d", public)),
+            }
+            answer = agent.client.request("POST", "/api/v1/agent/key", body=bad)
+            assert (answer.status_code, answer.json()["error"]) == (
+                422, "proof: not the new key's signature"
+            )  # fmt: skip
+            same = wire.public_key_pem(wire.load_private_key(third_key).public_key())
+            again = {"publicKey": same,
+                     "proof": wire.sign(wire.load_private_key(third_key),
+                                        wire.rotation_message("d", same))}  # fmt: skip
+            assert agent.client.request("POST", "/api/v1/agent/key", body=again).status_code == 409
+
+            # A rotation cut short after the server took the key: finished next round.
+            fourth = wire.generate_key()
+            public = wire.public_key_pem(fourth.public_key())
+            body = {
+                "publicKey": public,
+                "proof": wire.sign(fourth, wire.rotation_message("d", public)),
+            }
+            assert agent.client.request("POST", "/api/v1/agent/key", body=body).status_code == 200
+            state.next_key_path.write_bytes(wire.private_key_pem(fourth))
+            assert agent.step().enrollment == "approved"
+            assert state.key_path.read_bytes() == wire.private_key_pem(fourth)
+            # ... and one the server never saw is dropped.
+            state.next_key_path.write_bytes(wire.private_key_pem(wire.generate_key()))
+            assert agent.step().enrollment == "approved"
+            assert not state.next_key_path.exists()
+            assert state.key_path.read_bytes() == wire.private_key_pem(fourth)
         finally:
             agent.close()
-        renewed = (state.read("enrollment.json") or {})["certificate"]
-        assert renewed != first
-        assert client.get("events").json()[0]["action"] == "renew"
 
 
 @SQLITE

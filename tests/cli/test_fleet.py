@@ -193,8 +193,12 @@ def test_enrollment_and_rollout_commands(
     assert (code, err) == (104, "atoll: error: fleet server: rollout 'r1' is paused, not running\n")
     code, out, _ = atoll(capsys, fleet_server, "fleet", "rollout", "abort", "r1", "--json")
     assert out["state"] == "aborted"
+    code, out, _ = atoll(capsys, fleet_server, "fleet", "rotate-key", "dev1")
+    assert (code, out) == (0, "device dev1: key rotation requested\n")
     code, out, _ = atoll(capsys, fleet_server, "fleet", "revoke", "dev1", "--json")
     assert out["state"] == "revoked"
+    code, _, err = atoll(capsys, fleet_server, "fleet", "rotate-key", "dev1")
+    assert (code, err) == (104, "atoll: error: fleet server: device 'dev1' is revoked\n")
     code, _, err = atoll(
         capsys, None, "agent", "run", "--once", "--state", str(state), "--sysroot", "none"
     )
@@ -242,7 +246,7 @@ def test_serve_answers_and_stops_cleanly(
     assert code == 105
     assert "run atoll fleet db upgrade" in err
     code, out, _ = atoll(capsys, None, "fleet", "db", "upgrade", "--db", db, "--json")
-    assert (code, out) == (0, {"from": None, "to": "0002", "keysCreated": True})
+    assert (code, out) == (0, {"from": None, "to": "0003", "keysCreated": True})
     code, token, _ = atoll(
         capsys, None, "fleet", "token", "create", "root", "--role", "admin", "--db", db
     )

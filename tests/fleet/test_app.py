@@ -304,11 +304,73 @@ def test_a_failed_request_leaves_nothing_behind(fleet_server: FleetServer) -> No
         assert [e["kind"] for e in api.get("events").json()] == ["Fleet"]
 
 
+@pytest.mark.parametrize("fleet_db", ["sqlite"], indirect=True)
+def test_the_ca_key_kept_in_a_file(fleet_db: str, tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from atoll.errors import FleetKeyError
+    from atoll.fleet.db import ServerKey
+    from atoll.fleet.keys import CA
+    from atoll.fleet.models import Role
+    from atoll.fleet.serve import create_token
+    from helpers.fleet import serving
+
+    def ca_row() -> tuple[str, str]:
+        engine = open_engine(fleet_db)
+        with transaction(session_factory(engine)) as session:
+            row = session.query(ServerKey).filter_by(purpose=CA, active=True).one()
+            found = (row.private_pem, row.certificate)
+        engine.dispose()
+        return found
+
+    # Made in the database first, then moved out to the file.
+    upgrade_database(fleet_db)
+    inside, certificate = ca_row()
+    assert inside.startswith("-----BEGIN")
+    ca_key = tmp_path / "keys" / "ca.pem"
+    upgrade_database(fleet_db, ca_key)
+    assert ca_row() == ("", certificate)
+    assert ca_key.read_text() == inside and (ca_key.stat().st_mode & 0o777) == 0o600
+
+    with pytest.raises(FleetKeyError, match="start the server with --ca-key FILE"):
+        ready_engine(fleet_db)
+    ca_key.chmod(0o640)
+    with pytest.raises(
+        FleetKeyError, match=r"ca.pem: the CA key may be read by others \(mode 0640"
+    ):
+        ready_engine(fleet_db, ca_key)
+    ca_key.chmod(0o600)
+    other = tmp_path / "other.pem"
+    other.write_bytes(wire.private_key_pem(wire.generate_key()))
+    other.chmod(0o600)
+    with pytest.raises(FleetKeyError, match="not the key of this database's CA"):
+        ready_engine(fleet_db, other)
+    with pytest.raises(FleetKeyError, match="not the key of this database's CA"):
+        upgrade_database(fleet_db, other)
+    assert ca_row() == ("", certificate)
+    # A new server's CA key goes straight to the file.
+    fresh, fresh_key = f"sqlite:///{tmp_path / 'fresh.db'}", tmp_path / "fresh" / "ca.pem"
+    assert upgrade_database(fresh, fresh_key)["keysCreated"] is True
+    assert (fresh_key.stat().st_mode & 0o777) == 0o600
+    ready_engine(fresh, fresh_key).dispose()
+
+    # Served with the file, the CA certifies a device.
+    token = create_token(fleet_db, "admin", Role.ADMIN)
+    with serving(fleet_db, ca_key) as url:
+        device = enrolled(FleetServer(url, fleet_db, token), tmp_path, "d1")
+        try:
+            answer = device.request("GET", "/api/v1/agent/enrollment").json()
+        finally:
+            device.close()
+    issued = x509.load_pem_x509_certificate(answer["certificate"].encode())
+    issued.verify_directly_issued_by(x509.load_pem_x509_certificate(certificate.encode()))
+
+
 def test_migrations_are_required_and_repeatable(fleet_db: str) -> None:
-    with pytest.raises(FleetDatabaseError, match="at schema none, this atoll needs 0002"):
+    with pytest.raises(FleetDatabaseError, match="at schema none, this atoll needs 0003"):
         ready_engine(fleet_db).dispose()
-    assert upgrade_database(fleet_db) == {"from": None, "to": "0002", "keysCreated": True}
-    assert upgrade_database(fleet_db) == {"from": "0002", "to": "0002", "keysCreated": False}
+    assert upgrade_database(fleet_db) == {"from": None, "to": "0003", "keysCreated": True}
+    assert upgrade_database(fleet_db) == {"from": "0003", "to": "0003", "keysCreated": False}
     ready_engine(fleet_db).dispose()
 
 

@@ -123,7 +123,7 @@ class FleetServer:
 
 
 class _Server(threading.Thread):
-    def __init__(self, db: str, port: int) -> None:
+    def __init__(self, db: str, port: int, ca_key: Path | None = None) -> None:
         super().__init__(daemon=True)
         import uvicorn
 
@@ -131,8 +131,8 @@ class _Server(threading.Thread):
         from atoll.fleet.db import session_factory
         from atoll.fleet.serve import ready_engine
 
-        self.engine = ready_engine(db)
-        app = create_app(session_factory(self.engine), reconcile_every=0.2)
+        self.engine = ready_engine(db, ca_key)
+        app = create_app(session_factory(self.engine), reconcile_every=0.2, ca_key=ca_key)
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         )
@@ -142,10 +142,10 @@ class _Server(threading.Thread):
 
 
 @contextmanager
-def serving(db: str) -> Iterator[str]:
+def serving(db: str, ca_key: Path | None = None) -> Iterator[str]:
     """One API process on *db* (uvicorn in a thread of this one): its URL."""
     port = free_port()
-    thread = _Server(db, port)
+    thread = _Server(db, port, ca_key)
     thread.start()
     deadline = time.monotonic() + 30
     while not thread.server.started:

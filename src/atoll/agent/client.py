@@ -31,6 +31,10 @@ class AgentClient:
     def close(self) -> None:
         self._http.close()
 
+    def use_key(self, key: ec.EllipticCurvePrivateKey) -> None:
+        """Sign the following requests with *key* (after a key rotation)."""
+        self._key = key
+
     def _stamp(self) -> int:
         # Strictly increasing, even for two requests in one millisecond.
         self._last_ms = max(time.time_ns() // 1_000_000, self._last_ms + 1)

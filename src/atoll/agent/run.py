@@ -48,7 +48,8 @@ from atoll.timeutil import human_time
 log = logging.getLogger(__name__)
 
 BACKOFF_START = 1.0
-#: The agent asks for a new certificate when its own has less than this left.
+#: The agent replaces its key (and so gets a new certificate) when its
+#: certificate has less than this left.
 RENEW_BEFORE = datetime.timedelta(days=120)
 BACKOFF_MAX = 300.0
 
@@ -125,6 +126,8 @@ class Agent:
         self.client = AgentClient(server, device, key)
         #: What the last change of units did to each (reported as ``workloads``).
         self.workloads: dict[str, str] = {}
+        #: The server asked for a new key (in its answer to a status report).
+        self.rotation_requested = False
 
     def close(self) -> None:
         self.client.close()
@@ -133,17 +136,63 @@ class Agent:
 
     def enrollment(self) -> str:
         """The enrollment's state; once approved, its certificate and keys are
-        saved, and the certificate is renewed when it nears its end."""
+        saved, and the device's key is replaced when the certificate nears its
+        end or the server asked for it."""
+        if self.state.next_key_path.exists():
+            self._resume_rotation()
         saved = self.state.read("enrollment.json")
         if saved is not None:
-            if self._certificate_ends(saved) - self.now() < self.renew_before:
-                self._save_enrollment(self.client.request("POST", "/api/v1/agent/certificate"))
+            ending = self._certificate_ends(saved) - self.now() < self.renew_before
+            if ending or self.rotation_requested:
+                self.rotate_key()
             return "approved"
         response = self.client.request("GET", "/api/v1/agent/enrollment")
         data = self._save_enrollment(response)
         if data.get("state") == "denied":
             raise errors.EnrollmentError(f"device {self.device}: the enrollment was denied")
         return str(data.get("state"))
+
+    def rotate_key(self) -> None:
+        """Replace the device's key: a new one is made, the server certifies it
+        (the request signed with the old key, the body signed with the new one)
+        and from then on refuses the old one.  The new key is written before it
+        is sent, so a rotation cut short is finished or dropped next time."""
+        from atoll.fsutil import write_atomic
+
+        key = wire.generate_key()
+        write_atomic(self.state.next_key_path, wire.private_key_pem(key), 0o600)
+        public = wire.public_key_pem(key.public_key())
+        proof = wire.sign(key, wire.rotation_message(self.device, public))
+        response = self.client.request(
+            "POST", "/api/v1/agent/key", body={"publicKey": public, "proof": proof}
+        )
+        if response.status_code != 200:
+            self.state.next_key_path.unlink(missing_ok=True)
+            raise errors.EnrollmentError(
+                f"device {self.device}: key rotation refused: {refusal(response)}"
+            )
+        self._save_enrollment(response)
+        self._adopt(key)
+        log.info("device %s: key rotated", self.device)
+
+    def _adopt(self, key: Any) -> None:
+        self.state.next_key_path.replace(self.state.key_path)
+        self.client.use_key(key)
+        self.rotation_requested = False
+
+    def _resume_rotation(self) -> None:
+        """A rotation was cut short: keep the new key if the server has it."""
+        key = wire.load_private_key(self.state.next_key_path.read_bytes())
+        probe = AgentClient(self.client.server, self.device, key)
+        try:
+            response = probe.request("GET", "/api/v1/agent/enrollment")
+        finally:
+            probe.close()
+        if response.status_code == 200 and response.json().get("state") == "approved":
+            self._save_enrollment(response)
+            self._adopt(key)
+        else:
+            self.state.next_key_path.unlink()
 
     def _save_enrollment(self, response: Any) -> dict[str, Any]:
         if response.status_code != 200:
@@ -366,6 +415,8 @@ class Agent:
         response = self.client.request("PUT", "/api/v1/agent/status", body=body)
         if response.status_code != 204:
             raise errors.EnrollmentError(f"device {self.device}: {refusal(response)}")
+        if response.headers.get(wire.HEADER_ROTATION) == "requested":
+            self.rotation_requested = True
 
     def run(
         self,

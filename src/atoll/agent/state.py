@@ -3,6 +3,9 @@
     agent/
       identity.json    {"format": 1, "server": URL, "device": NAME}
       key.pem          the device's ECDSA P-256 key (mode 0600, made on the device)
+      key.next.pem     a new key while a rotation is under way: it replaces key.pem
+                       once the server has certified it, and is dropped if the
+                       server never took it
       enrollment.json  {"certificate": PEM, "caCertificate": PEM, "specKeys": [PEM, ...]}
       applied.json     {"format": 1, "version": N, "spec": {...}, "files": [...], "units": [...]}
       pending.json     the newest trusted spec not yet applied (waiting for a green boot)
@@ -33,6 +36,10 @@ class AgentState:
     @property
     def key_path(self) -> Path:
         return self.root / "key.pem"
+
+    @property
+    def next_key_path(self) -> Path:
+        return self.root / "key.next.pem"
 
     def read(self, name: str) -> dict[str, Any] | None:
         path = self.root / name

@@ -30,6 +30,17 @@ JSON is sorted keys, no spaces, UTF-8.  The agent refuses an envelope whose
 signature does not verify with a key the server gave it at enrollment, that names
 another device, or whose version is older than the one it applied (a replayed
 spec); it keeps what it runs when the envelope is past ``expiresAt``.
+
+**Key rotation.**  A device replaces its key with ``POST /api/v1/agent/key``,
+signed with the key it has, whose body names the new public key and proves the
+device holds it (the new key's signature over :func:`rotation_message`)::
+
+    {"publicKey": PEM, "proof": BASE64(ECDSA-SHA256(message))}
+
+    message = "atoll-fleet-key-rotation-v1" LF DEVICE LF hex(sha256(PEM))
+
+From then on only the new key is accepted.  The server asks for a rotation by
+answering a status report with the header ``X-Atoll-Key-Rotation: requested``.
 """
 
 from __future__ import annotations
@@ -59,6 +70,8 @@ REQUEST_CONTEXT = b"atoll-fleet-request-v1"
 HEADER_DEVICE = "X-Atoll-Device"
 HEADER_TIMESTAMP = "X-Atoll-Timestamp"
 HEADER_SIGNATURE = "X-Atoll-Signature"
+ROTATION_CONTEXT = b"atoll-fleet-key-rotation-v1"
+HEADER_ROTATION = "X-Atoll-Key-Rotation"
 #: How far a request's timestamp may be from the server's clock.
 MAX_SKEW_MS = 300_000
 
@@ -136,6 +149,12 @@ def request_message(method: str, target: str, timestamp_ms: int, body: bytes) ->
             hashlib.sha256(body).hexdigest().encode(),
         ]
     )
+
+
+def rotation_message(device: str, public_pem: str) -> bytes:
+    """What a device's new key signs to show that the device holds it."""
+    digest = hashlib.sha256(public_pem.encode()).hexdigest()
+    return b"\n".join([ROTATION_CONTEXT, device.encode(), digest.encode()])
 
 
 def signed_headers(

@@ -45,6 +45,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="log to stderr as JSON lines, one per request included",
     )
+    _ca_key_option(serve)
     serve.set_defaults(func=_serve)
 
     database = verbs.add_parser("db", help="the server's database")
@@ -55,6 +56,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     )
     add_global_options(upgrade, progress=False)
     _db_option(upgrade)
+    _ca_key_option(upgrade)
     upgrade.set_defaults(func=_db_upgrade)
 
     server_keys = verbs.add_parser("keys", help="the server's signing keys")
@@ -119,11 +121,15 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     delete.add_argument("name")
     delete.set_defaults(func=_delete)
 
-    revoke = verbs.add_parser("revoke", help="revoke a device: its requests are refused")
-    add_global_options(revoke, progress=False)
-    _server_options(revoke)
-    revoke.add_argument("name", help="the device")
-    revoke.set_defaults(func=_revoke)
+    _device_verb(verbs, "revoke", _revoke, "revoke a device: its requests are refused")
+    _device_verb(
+        verbs,
+        "rotate-key",
+        _rotate_key,
+        "ask a device to replace its key (at its next status report)",
+        "The device makes a new key, the server certifies it and from then on refuses the "
+        "old one; keyRotation stays true until the device has done it.",
+    )
 
     _register_enrollment(verbs)
     _register_rollout(verbs)
@@ -234,6 +240,31 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _device_verb(
+    verbs: argparse._SubParsersAction[Any],
+    name: str,
+    func: Any,
+    summary: str,
+    description: str | None = None,
+) -> None:
+    """A command that acts on one device, named by its only argument."""
+    parser = verbs.add_parser(name, help=summary, description=description)
+    add_global_options(parser, progress=False)
+    _server_options(parser)
+    parser.add_argument("name", help="the device")
+    parser.set_defaults(func=func)
+
+
+def _ca_key_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ca-key",
+        metavar="FILE",
+        type=Path,
+        help="keep the CA's private key in this file (mode 0600), not in the database; "
+        "db upgrade writes or moves it there, serve reads it",
+    )
+
+
 def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
@@ -267,6 +298,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
         spec_lifetime=datetime.timedelta(seconds=args.spec_lifetime),
         log_level="debug" if out.debug else "info" if out.verbose else "warning",
         json_logs=args.log_json,
+        ca_key=args.ca_key,
     )
     return 0
 
@@ -274,7 +306,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
 def _db_upgrade(args: argparse.Namespace, out: Output) -> int:
     from atoll.fleet.serve import upgrade_database
 
-    result = upgrade_database(args.db)
+    result = upgrade_database(args.db, args.ca_key)
     out.result(result, f"database at schema {result['to']} (was {result['from'] or 'empty'})")
     return 0
 
@@ -430,6 +462,13 @@ def _delete(args: argparse.Namespace, out: Output) -> int:
     out.result(
         {"deleted": {"kind": args.kind, "name": args.name}}, f"{args.kind} {args.name} deleted"
     )
+    return 0
+
+
+def _rotate_key(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as client:
+        device = client.call("POST", f"devices/{args.name}/rotatekey")
+    out.result(device, f"device {args.name}: key rotation requested")
     return 0
 
 

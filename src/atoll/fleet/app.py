@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -61,6 +62,7 @@ STATUS = {
     errors.EnrollmentError: 403,
     errors.FleetUnavailableError: 503,
     errors.FleetDatabaseError: 503,
+    errors.FleetKeyError: 503,
 }
 
 M = TypeVar("M", bound=BaseModel)
@@ -168,7 +170,11 @@ def create_app(
     *,
     spec_lifetime: datetime.timedelta = datetime.timedelta(days=7),
     reconcile_every: float = RECONCILE_EVERY,
+    ca_key: Path | None = None,
 ) -> FastAPI:
+    """The API on the database *factory* opens; *ca_key*: the file holding the
+    CA's private key, when the database does not (atoll.fleet.keys)."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_reconciler(factory, reconcile_every))
@@ -218,7 +224,7 @@ def create_app(
         return row
 
     def server_keys(session: Session) -> keys.ServerKeys:
-        found = keys.load_keys(session)
+        found = keys.load_keys(session, ca_key)
         if found is None:
             raise errors.FleetDatabaseError(
                 "the fleet database has no keys: run atoll fleet db upgrade"
@@ -382,6 +388,7 @@ def create_app(
             status=d.status,
             last_seen=d.last_seen,
             certificate_not_after=d.cert_not_after,
+            key_rotation=d.key_rotation,
             created_at=d.created_at,
         )
 
@@ -420,6 +427,17 @@ def create_app(
             if device.state != "revoked":
                 device.state = "revoked"
                 event(session, actor, "revoke", "Device", name)
+            return device_out(session, device)
+
+    @app.post("/api/v1/devices/{name}/rotatekey", response_model=models.Device)
+    def request_key_rotation(name: str, actor: Operator) -> models.Device:
+        """Ask the device to replace its key at its next status report."""
+        with tx() as session:
+            device = get_device_row(session, name, lock=True)
+            if device.state != "enrolled":
+                raise errors.FleetConflictError(f"device {name!r} is {device.state}")
+            device.key_rotation = True
+            event(session, actor, "request-key-rotation", "Device", name)
             return device_out(session, device)
 
     @app.delete("/api/v1/devices/{name}", status_code=204)
@@ -692,22 +710,33 @@ def create_app(
         headers, target, body = await signed(request)
         return await run_in_threadpool(enrollment_status, headers, target, body)
 
-    def renew(headers: dict[str, str], target: str, body: bytes) -> models.Enrollment:
+    def rotate_key(headers: dict[str, str], target: str, body: bytes) -> models.Enrollment:
         with tx() as session:
             device = auth.device(session, headers, "POST", target, body)
+            rotation = parse(models.KeyRotationIn, body)
+            try:
+                public = wire.load_public_key(rotation.public_key)
+            except errors.SpecTrustError as exc:
+                raise errors.FleetSpecError(f"publicKey: {exc.message}") from None
+            proof = wire.rotation_message(device.name, rotation.public_key)
+            if not wire.verify(public, proof, rotation.proof):
+                raise errors.FleetSpecError("proof: not the new key's signature")
+            if rotation.public_key.strip() == device.public_key.strip():
+                raise errors.FleetConflictError("publicKey: the device's current key")
             found = server_keys(session)
-            public = wire.load_public_key(device.public_key)
             device.certificate, device.cert_not_after = keys.issue_certificate(
                 found, device.name, public
             )
-            event(session, f"device:{device.name}", "renew", "Device", device.name)
+            device.public_key = rotation.public_key
+            device.key_rotation = False
+            event(session, f"device:{device.name}", "rotate-key", "Device", device.name)
             return approved(device, found)
 
-    @app.post("/api/v1/agent/certificate", response_model=models.Enrollment)
-    async def agent_certificate(request: Request) -> models.Enrollment:
-        """A new certificate for the device's key, before the old one expires."""
+    @app.post("/api/v1/agent/key", response_model=models.Enrollment)
+    async def agent_key(request: Request) -> models.Enrollment:
+        """The device's new key, certified; its old key is refused from now on."""
         headers, target, body = await signed(request)
-        return await run_in_threadpool(renew, headers, target, body)
+        return await run_in_threadpool(rotate_key, headers, target, body)
 
     def poll_once(
         headers: dict[str, str] | None, name: str, target: str, body: bytes, known: int
@@ -738,13 +767,16 @@ def create_app(
         while envelope is None and waited < wait:
             # The signature was checked once; later looks only read the device's spec.
             await asyncio.sleep(POLL_STEP)
+            if await request.is_disconnected():
+                break  # a device that went away costs no more reads
             waited += POLL_STEP
             envelope = await run_in_threadpool(poll_once, None, name, target, body, known_version)
         if envelope is None:
             return Response(status_code=204)
         return Response(json.dumps(envelope), media_type="application/json")
 
-    def report(headers: dict[str, str], target: str, body: bytes) -> None:
+    def report(headers: dict[str, str], target: str, body: bytes) -> bool:
+        """Record the device's status; whether it is asked to rotate its key."""
         with tx() as session:
             device = auth.device(session, headers, "PUT", target, body)
             status = parse(models.DeviceStatus, body)
@@ -752,11 +784,14 @@ def create_app(
             device.status_at = utcnow()
             session.flush()
             rollouts.reconcile_for(session, device)
+            return device.key_rotation
 
     @app.put("/api/v1/agent/status", status_code=204)
     async def agent_status(request: Request) -> Response:
         headers, target, body = await signed(request)
-        await run_in_threadpool(report, headers, target, body)
-        return Response(status_code=204)
+        rotate = await run_in_threadpool(report, headers, target, body)
+        return Response(
+            status_code=204, headers={wire.HEADER_ROTATION: "requested"} if rotate else None
+        )
 
     return app

@@ -9,7 +9,7 @@ it commits whole or not at all.
 
     devices              name, labels, fleet (the one its labels select), public key,
                          certificate, state, specVersion/specHash (the last rendered
-                         spec), status
+                         spec), status, keyRotation (asked to rotate its key; 0003)
     enrollment_requests  name, public key, labels, state (pending/approved/denied)
     enrollment_tokens    sha256 of the secret, one-time or not, expiry, labels
     operator_tokens      sha256 of the secret, role (viewer/operator/admin)
@@ -18,7 +18,8 @@ it commits whole or not at all.
     rollouts             name, fleet, target digest, batches, thresholds, state
     rollout_devices      rollout, device, batch, state, attempts, retryAt (0002)
     events               who did what, when (every mutation)
-    server_keys          the CA and the spec-signing keys (PEM)
+    server_keys          the CA and the spec-signing keys (PEM; the CA's private key
+                         is empty when it is kept in a file: ``--ca-key``)
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from atoll.errors import FleetDatabaseError
 
 #: The Alembic revision this code reads and writes.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 def utcnow() -> datetime.datetime:
@@ -87,6 +88,8 @@ class Device(Base):
     status: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status_at: Mapped[datetime.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     last_request_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: An operator asked the device to replace its key (cleared when it has).
+    key_rotation: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seen: Mapped[datetime.datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     created_at: Mapped[datetime.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
@@ -194,7 +197,7 @@ def open_engine(url: str) -> Engine:
     elif not url.startswith(("sqlite://", "postgresql+psycopg://")):
         raise FleetDatabaseError(
             f"database {url!r}: not a sqlite:/// or postgresql:// URL",
-            hint="e.g. --db sqlite:///var/lib/atoll-fleet/fleet.db",
+            hint="e.g. --db sqlite:////var/lib/atoll-fleet/fleet.db",
         )
     # PostgreSQL: as many connections as the threads that serve requests (40).
     pool = {"pool_size": 20, "max_overflow": 20} if url.startswith("postgresql") else {}

@@ -202,7 +202,16 @@ class Device(Response):
     status: dict[str, Any]
     last_seen: datetime.datetime | None
     certificate_not_after: datetime.datetime
+    #: An operator asked the device to replace its key; cleared when it has.
+    key_rotation: bool = False
     created_at: datetime.datetime
+
+
+class KeyRotationIn(Request):
+    """A device's new public key and its proof of holding it (atoll.agent.wire)."""
+
+    public_key: str = Field(max_length=4096)
+    proof: str = Field(max_length=512)
 
 
 class EnrollmentRequestIn(Request):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
@@ -12,13 +13,15 @@ from atoll.fleet.db import open_engine, session_factory, transaction
 from atoll.fleet.models import Role
 
 
-def upgrade_database(url: str) -> dict[str, object]:
-    """Migrate the database at *url* to the newest schema and make the server's keys."""
+def upgrade_database(url: str, ca_key: Path | None = None) -> dict[str, object]:
+    """Migrate the database at *url* to the newest schema and make the server's
+    keys; with *ca_key*, the CA's private key is kept in that file (moved there
+    from the database if it is in it)."""
     engine = open_engine(url)
     try:
         before, after = migrate.upgrade(engine)
         with transaction(session_factory(engine)) as session:
-            made = keys.ensure_keys(session)
+            made = keys.ensure_keys(session, ca_key)
     finally:
         engine.dispose()
     return {"from": before, "to": after, "keysCreated": made}
@@ -46,9 +49,19 @@ def rotate_keys(url: str) -> str:
         engine.dispose()
 
 
-def ready_engine(url: str) -> Engine:
+def ready_engine(url: str, ca_key: Path | None = None) -> Engine:
+    """An engine on a database at this atoll's schema whose CA key can be read
+    (from the database, or from *ca_key*)."""
     engine = open_engine(url)
-    migrate.require_head(engine)
+    try:
+        migrate.require_head(engine)
+        with transaction(session_factory(engine)) as session:
+            found = keys.load_keys(session, ca_key)
+        if found is not None:
+            found.ca_key  # noqa: B018 -- refused now rather than at the first approval
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
@@ -60,6 +73,7 @@ def serve(
     spec_lifetime: datetime.timedelta,
     log_level: str = "warning",
     json_logs: bool = False,
+    ca_key: Path | None = None,
 ) -> None:
     """Serve the API until SIGINT or SIGTERM; uvicorn finishes the requests under
     way first.  *json_logs*: every record, one line per request included, as JSON."""
@@ -69,8 +83,8 @@ def serve(
 
     from atoll.fleet.logs import log_as_json
 
-    engine = ready_engine(url)
-    app = create_app(session_factory(engine), spec_lifetime=spec_lifetime)
+    engine = ready_engine(url, ca_key)
+    app = create_app(session_factory(engine), spec_lifetime=spec_lifetime, ca_key=ca_key)
     if json_logs:
         log_level = "debug" if log_level == "debug" else "info"
         log_as_json(logging.getLevelName(log_level.upper()))
