@@ -167,16 +167,22 @@ def apply_patch(method: str, data: bytes, base: bytes | None, size: int, where: 
     return out
 
 
-def toc_json(compressed: bytes, where: str) -> bytes:
-    """A TOC's JSON from its compressed bytes (read to at most MAX_METADATA)."""
+def _unzstd(data: bytes, limit: int, what: str, where: str) -> bytes:
+    """*data* decompressed, refused past *limit* bytes."""
     try:
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed)) as reader:
-            text = reader.read(MAX_METADATA + 1)
+        # Read, not decompressed at once: a frame header's size is not trusted.
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+            text = reader.read(limit + 1)
     except zstandard.ZstdError as exc:
-        raise DeltaError(f"{where}: a table of contents does not decompress: {exc}") from None
-    if len(text) > MAX_METADATA:
-        raise DeltaError(f"{where}: a table of contents expands past {MAX_METADATA} bytes")
+        raise DeltaError(f"{where}: {what} does not decompress: {exc}") from None
+    if len(text) > limit:
+        raise DeltaError(f"{where}: {what} expands past {limit} bytes")
     return text
+
+
+def toc_json(compressed: bytes, where: str) -> bytes:
+    """A TOC's JSON from its compressed bytes."""
+    return _unzstd(compressed, MAX_METADATA, "a table of contents", where)
 
 
 def compress_toc(text: bytes) -> bytes:
@@ -343,14 +349,7 @@ def _toc_patch(row: Any, at: str) -> TocPatch:
 
 def parse_index(raw: bytes, payload_size: int, where: str) -> DeltaIndex:
     """A delta's index (zstd-compressed JSON), every entry inside the payload."""
-    try:
-        # Read, not decompressed at once: a frame header's size is not trusted.
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
-            text = reader.read(MAX_INDEX + 1)
-    except zstandard.ZstdError as exc:
-        raise DeltaError(f"{where}: the delta index does not decompress: {exc}") from None
-    if len(text) > MAX_INDEX:
-        raise DeltaError(f"{where}: the delta index expands past {MAX_INDEX} bytes")
+    text = _unzstd(raw, MAX_INDEX, "the delta index", where)
     try:
         doc = strictjson.loads(text)
         version = doc.get("version") if isinstance(doc, dict) else None
