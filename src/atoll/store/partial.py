@@ -9,7 +9,10 @@ For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
     the tar-split and every file's sha256); for a layer marked
     ``TAR_FROM_TOC`` the TOC alone, the tar being rebuilt from it and checked
     against the diff_id before it is fed (the tar-split is fetched when that
-    check fails).  Each regular file is looked up in
+    check fails).  The TOC is not fetched when the store kept it from an
+    earlier import (:mod:`atoll.store.tocs`, same digest), or when the delta
+    from the running image carries it as a patch against a TOC the store kept
+    and the result matches the annotation.  Each regular file is looked up in
     the store by the sha256 of its contents (:mod:`atoll.store.contentindex`)
     or among the files fetched earlier in this import; the frames of the
     others are fetched by ``Range`` requests, near ones coalesced (gaps up to
@@ -18,6 +21,9 @@ For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
     layer's tar is then rebuilt byte for byte from the tar-split and the files
     and read by the importer exactly as a downloaded one would be, its diff_id
     checked at the end: the commit is the one a whole-layer import makes.
+    Files the delta makes in fewer bytes than their frames come from its
+    payload instead (version 3: the base read at its path in the running commit),
+    each one checked against the TOC's sha256 before it is kept.
 ``whole``
     The layer is downloaded whole: it has no TOC (gzip, plain zstd), the
     source is local (``oci:``, ``oci-archive:``, ``dir:``: reading it is
@@ -29,6 +35,10 @@ For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
     The TOC and tar-split fetched to decide count in the layer's bytes.
 ``present``
     The store had the layer already (a layer-chain record): nothing was read.
+
+Every zstd:chunked layer's TOC, read by range or copied as the whole blob
+streams past, is kept by the store once the import succeeds, for the next
+update's delta and partial pull.
 
 Refused (the import fails, nothing is published, the booted deployment is
 untouched): a TOC that does not match its annotation, a TOC that points outside
