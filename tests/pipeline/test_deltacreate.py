@@ -67,7 +67,7 @@ def test_each_file_gets_the_smaller_patch_and_every_one_applies() -> None:
         entry = index.files[path]
         piece = payload[entry.offset : entry.end]
         base = bases.get(entry.base_path)
-        assert apply_patch(entry.method, piece, base, entry.size, "t") == file
+        assert apply_patch(entry.method, piece, base, len(file), "t") == file
         # Named by path only: NEW's TOC gives the digest the result must have.
         assert entry.path == path and not entry.sha256 and not entry.base
     assert index.version == 3
@@ -115,9 +115,10 @@ def test_a_version_1_index_with_a_bsdiff_entry_is_refused() -> None:
 
 
 def _v3() -> DeltaIndex:
-    same = DeltaFile("", 10, PATCH, 0, 5, "", 9, "usr/bin/a", "usr/bin/a")
-    moved = DeltaFile("", 10, BSDIFF, 5, 5, "", 9, "usr/lib/b.so.2", "usr/lib/b.so.1")
-    whole = DeltaFile("", 3, WHOLE, 10, 2, path="etc/c")
+    # End to end in path order; sizes and digests are NEW's TOC's to give.
+    whole = DeltaFile("", 0, WHOLE, 0, 2, path="etc/c")
+    same = DeltaFile("", 0, PATCH, 2, 5, path="usr/bin/a", base_path="usr/bin/a")
+    moved = DeltaFile("", 0, BSDIFF, 7, 5, path="usr/lib/b.so.2", base_path="usr/lib/b.so.1")
     toc = TocPatch(f"sha256:{'c' * 64}", f"sha256:{'d' * 64}", 100, 12, 8)
     files = {f.path: f for f in (same, moved, whole)}
     return DeltaIndex(OLD, NEW, files, tocs={toc.toc: toc})
@@ -131,12 +132,20 @@ def test_a_version_3_index_names_files_by_path_and_reads_back() -> None:
     raw = _v3().to_bytes()
     doc = json.loads(zstandard.ZstdDecompressor().decompress(raw))
     assert doc["version"] == 3
-    # No sha256 anywhere; a base at the file's own path is not written twice.
-    assert "sha256" not in json.dumps(doc["files"])
+    # No sha256, size or offset; a base at the file's own path is not written twice.
+    assert {key for row in doc["files"] for key in row} == {"path", "method", "base", "length"}
     assert [("base" in row) for row in doc["files"]] == [False, False, True]
     assert parse_index(raw, 20, "t") == _v3()
     with pytest.raises(DeltaError, match=r"tocs\[0\]: points past the end of the payload"):
         parse_index(raw, 19, "t")
+
+
+def test_a_version_3_index_is_written_only_end_to_end() -> None:
+    index = _v3()
+    files = dict(index.files)
+    files["etc/c"] = DeltaFile("", 0, WHOLE, 1, 1, path="etc/c")
+    with pytest.raises(ValueError, match="end to end"):
+        DeltaIndex(OLD, NEW, files).to_bytes()
 
 
 def test_a_truncated_index_is_refused() -> None:
@@ -152,7 +161,7 @@ def test_a_truncated_index_is_refused() -> None:
         ("path", "/etc/passwd", "not a relative path"),
         ("path", "usr/../../x", "not a relative path"),
         ("base", "", "not a relative path"),
-        ("size", -1, "non-negative integer"),
+        ("length", -1, "non-negative integer"),
     ],
 )
 def test_a_version_3_entry_with_a_bad_field_is_refused(field: str, value: Any, why: str) -> None:

@@ -22,19 +22,20 @@ The artifact, in the same repository as NEW::
                     org.atoll.delta.to   = NEW's manifest digest
 
     index (zstd)  {"version": 3, "from": "sha256:…", "to": "sha256:…",
-            "files": [{"path": "usr/bin/x", "size": N,      (the file's path in NEW)
+            "files": [{"path": "usr/bin/x",                 (the file's path in NEW)
                        "method": "zstd-patch"|"bsdiff"|"zstd",
-                       "baseSize": N,                     (patches only)
                        "base": "usr/lib/y",               (patches only, when not "path")
-                       "offset": O, "length": L}, …],     (bytes of the payload)
+                       "length": L}, …],                  (bytes of the payload)
             "tocs": [{"toc": "sha256:…", "base": "sha256:…", "size": N,
                       "offset": O, "length": L}, …]}
 
 Version 3 names each file by its path in NEW and its base by its path in OLD
 (``base`` left out when it is the same path), not by two sha256 each: the
 device reads the base at that path in the commit it runs, and the file's
-sha256 is the one NEW's table of contents gives for the path, which the
-result is checked against.  A file whose base path is not in the running
+size and sha256 are the ones NEW's table of contents gives for the path, which
+the result is checked against.  The files' patches lie end to end at the start
+of the payload in the order of the list (sorted by path), so each one's offset
+is the sum of the lengths before it.  A file whose base path is not in the running
 commit is not made from the delta; it is looked up by its content digest and
 fetched by range as without one.  ``tocs`` carries the tables of contents of
 NEW's changed layers: each a zstd ``--patch-from`` patch of the TOC's JSON
@@ -222,12 +223,10 @@ class DeltaFile:
 
     def to_json(self) -> dict[str, Any]:
         if self.path:
-            out: dict[str, Any] = {"path": self.path, "size": self.size, "method": self.method}
-            if self.method in PATCHES:
-                out["baseSize"] = self.base_size
-                if self.base_path != self.path:
-                    out["base"] = self.base_path
-            return out | {"offset": self.offset, "length": self.length}
+            out: dict[str, Any] = {"path": self.path, "method": self.method}
+            if self.method in PATCHES and self.base_path != self.path:
+                out["base"] = self.base_path
+            return out | {"length": self.length}
         out = {"sha256": self.sha256, "size": self.size, "method": self.method}
         if self.method in PATCHES:
             out |= {"base": self.base, "baseSize": self.base_size}
@@ -278,6 +277,11 @@ class DeltaIndex:
         if self.by_path:
             doc["version"] = INDEX_VERSION
             doc["tocs"] = [self.tocs[toc].to_json() for toc in sorted(self.tocs)]
+            at = 0
+            for path in sorted(self.files):
+                if self.files[path].offset != at:
+                    raise ValueError(f"{path}: version 3 entries lie end to end in path order")
+                at = self.files[path].end
         else:
             bsdiff = any(f.method == BSDIFF for f in self.files.values())
             doc["version"] = 2 if bsdiff else 1
@@ -318,19 +322,20 @@ def _digest_text(value: Any, where: str) -> str:
     return f"sha256:{_hex(value[7:], where)}"
 
 
-def _entry(row: Any, version: int, at: str) -> DeltaFile:
+def _entry(row: Any, version: int, offset: int, at: str) -> DeltaFile:
+    """An entry; version 3's lies at *offset* (the end of the one before)."""
     known = (PATCH, WHOLE) if version == 1 else METHODS
     if not isinstance(row, dict) or row.get("method") not in known:
         raise DeltaError(f"{at}: not an entry with a method of version {version}")
     method = str(row["method"])
-    size, offset = _count(row, "size", at), _count(row, "offset", at)
     length = _count(row, "length", at)
     patch = method in PATCHES
-    base_size = _count(row, "baseSize", at) if patch else 0
     if version >= BY_PATH:
         path = _path(row.get("path"), at)
         base_path = _path(row.get("base", path), at) if patch else ""
-        return DeltaFile("", size, method, offset, length, "", base_size, path, base_path)
+        return DeltaFile("", 0, method, offset, length, path=path, base_path=base_path)
+    size, offset = _count(row, "size", at), _count(row, "offset", at)
+    base_size = _count(row, "baseSize", at) if patch else 0
     base = _hex(row.get("base"), at) if patch else ""
     return DeltaFile(_hex(row.get("sha256"), at), size, method, offset, length, base, base_size)
 
@@ -365,9 +370,11 @@ def parse_index(raw: bytes, payload_size: int, where: str) -> DeltaIndex:
     if not isinstance(rows, list) or not isinstance(toc_rows, list):
         raise DeltaError(f"{where}: the delta index has no files list")
     files: dict[str, DeltaFile] = {}
+    end = 0
     for i, row in enumerate(rows):
         at = f"{where}: files[{i}]"
-        entry = _entry(row, version, at)
+        entry = _entry(row, version, end, at)
+        end = entry.end
         if entry.end > payload_size:
             raise DeltaError(f"{at}: points past the end of the payload ({payload_size} bytes)")
         files[entry.path or entry.sha256] = entry

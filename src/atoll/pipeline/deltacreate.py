@@ -169,21 +169,20 @@ def compute(old: _Image, new: _Image, *, tocs: bool = False) -> tuple[DeltaIndex
         sha = sha256_hex(data)
         if not data or sha in have or sha in shas or sha not in new.frames:
             continue
-        choices: list[tuple[bytes, str, int]] = [(make_whole(data), WHOLE, 0)]
+        choices: list[tuple[bytes, str]] = [(make_whole(data), WHOLE)]
         base = old.tree.get(path)
         if base:
-            choices.append((make_patch(base, data), PATCH, len(base)))
+            choices.append((make_patch(base, data), PATCH))
             if len(base) <= BSDIFF_MAX and len(data) <= BSDIFF_MAX:
-                choices.append((make_bsdiff(base, data), BSDIFF, len(base)))
-        blob, method, base_size = min(choices, key=lambda c: len(c[0]))
+                choices.append((make_bsdiff(base, data), BSDIFF))
+        blob, method = min(choices, key=lambda c: len(c[0]))
         if len(blob) >= new.frames[sha]:
             continue  # the file's own frames are as small: the device takes the range
         offset = payload.tell()
         payload.write(blob)
+        # Sizes and digests are NEW's TOC's to give (index version 3).
         base_path = path if method != WHOLE else ""
-        files[path] = DeltaFile(
-            "", len(data), method, offset, len(blob), "", base_size, path, base_path
-        )
+        files[path] = DeltaFile("", 0, method, offset, len(blob), path=path, base_path=base_path)
         shas.add(sha)
         patched += method != WHOLE
         frames += new.frames[sha]
