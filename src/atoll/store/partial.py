@@ -69,7 +69,9 @@ from atoll.errors import (
     LayerError,
     LocalIOError,
     NoSpaceError,
+    NotFoundError,
     RangesIgnoredError,
+    StoreCorruptError,
 )
 from atoll.fsutil import write_atomic
 from atoll.oci.chunked import (
@@ -708,9 +710,9 @@ class PartialPuller:
         if self._running is None:
             self._running = {}
             assert self._delta_pair is not None
-            commit = find_import(self.store, self._delta_pair[0])
-            if commit is not None:
-                self._running = _files_by_path(self.store, commit.tree)
+            tree = _commit_tree(self.store, self._delta_pair[0])
+            with contextlib.suppress(StoreCorruptError):  # missing trees lend no bases
+                self._running = _files_by_path(self.store, tree) if tree else {}
         oid = self._running.get(path)
         if oid is None:
             return None
@@ -831,6 +833,22 @@ class PartialPuller:
 def _as_toc(sha: str, entry: DeltaFile) -> TocFile:
     """A delta entry as :func:`coalesce` places it (offsets in the payload)."""
     return TocFile(sha, entry.size, sha, entry.offset, entry.end)
+
+
+def _commit_tree(store: Store, manifest_digest: Digest) -> str | None:
+    """The root tree of a commit imported from *manifest_digest*: by the
+    import record, else by the commits' own ``manifest_digest``."""
+    found = find_import(store, manifest_digest)
+    if found is not None:
+        return found.tree
+    for commit_id in store.commit_ids():
+        try:
+            commit = store.commit(commit_id)
+        except (StoreCorruptError, NotFoundError):
+            continue
+        if commit.manifest_digest == str(manifest_digest) and not store.is_partial(commit_id):
+            return commit.tree
+    return None
 
 
 def _files_by_path(store: Store, tree_id: str) -> dict[str, str]:
