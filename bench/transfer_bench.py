@@ -72,7 +72,15 @@ from atoll.pipeline.deltacreate import create_delta  # noqa: E402
 from atoll.store import Store  # noqa: E402
 from atoll.sysroot.fetch import import_remote  # noqa: E402
 
-CACHE = HERE / ".cache" / "transfer"
+
+@dataclass
+class Dirs:
+    #: The corpora and packed images (--cache), and where each run's files go (--work).
+    cache: Path = HERE / ".cache" / "transfer"
+    work: Path | None = None
+
+
+DIRS = Dirs()
 EPOCH = 1_735_689_600  # 2025-01-01: SOURCE_DATE_EPOCH of both builds
 SCENARIOS = (
     ("security update", "bookworm", "bookworm-security"),
@@ -178,7 +186,7 @@ class Packed:
 
 def pack(tree: Path, name: str, created: str) -> Packed:
     """The tree as a one-layer gzip OCI image at CACHE/images/NAME (cached)."""
-    layout = CACHE / "images" / name
+    layout = DIRS.cache / "images" / name
     meta = layout / "packed.json"
     if meta.is_file():
         data = json.loads(meta.read_text())
@@ -542,7 +550,7 @@ def measure(
     new = pack(new_tree, new_tree.name, "2025-01-02T00:00:00Z")
     row.values["full"] = new.size
     row.values["single"] = 0 if new.digest == old.digest else new.size
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+    with tempfile.TemporaryDirectory(dir=DIRS.work or DIRS.cache) as tmp:
         work = Path(tmp)
         started = time.monotonic()
         a_layers, b_layers = rechunked_layers(old, new, work)
@@ -612,9 +620,18 @@ def main() -> None:
         default=120,
         help="skip an apply cell whose bytes alone take longer at its rate (default 120)",
     )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="the corpora and packed images (default bench/.cache/transfer; only read "
+        "once they are made)",
+    )
+    parser.add_argument("--work", type=Path, help="where each run's files go (default: --cache)")
     args = parser.parse_args()
+    DIRS.cache = args.cache.resolve() if args.cache else DIRS.cache
+    DIRS.work = args.work.resolve() if args.work else None
     rates = tuple(float(r) for r in args.rates.split(",") if r.strip())
-    trees = ensure_corpora(CACHE)
+    trees = ensure_corpora(DIRS.cache)
     rows = []
     for name, a, b in SCENARIOS:
         if args.only and name not in args.only:

@@ -1,4 +1,5 @@
-"""Which patch `atoll delta create` keeps per file, and the index version it writes."""
+"""Which patch `atoll delta create` keeps per file, the index versions it writes
+and reads, and the TOC patches it makes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from atoll.oci.delta import (
     WHOLE,
     DeltaFile,
     DeltaIndex,
+    TocPatch,
     apply_patch,
+    compress_toc,
     parse_index,
+    rebuild_toc,
     sha256_hex,
 )
 from atoll.oci.digest import Digest
@@ -28,7 +32,7 @@ def _image(digest: Digest, tree: dict[str, bytes]) -> _Image:
     # compute() reads the tree and the frames only; frames as big as the file:
     # every patch that is smaller than the file is worth keeping.
     frames = {sha256_hex(data): len(data) + 1 for data in tree.values()}
-    return _Image(digest, None, tree, frames)  # type: ignore[arg-type]
+    return _Image(digest, None, tree, frames, {})  # type: ignore[arg-type]
 
 
 def _relocated(seed: str) -> tuple[bytes, bytes]:
@@ -55,26 +59,24 @@ def test_each_file_gets_the_smaller_patch_and_every_one_applies() -> None:
     old = _image(OLD, {"usr/bin/rel": rel_old, "usr/lib/data": ed_old})
     new = _image(NEW, {"usr/bin/rel": rel_new, "usr/lib/data": ed_new, "etc/new": fresh})
     index, payload, patched, _ = compute(old, new)
-    methods = {f.sha256: f.method for f in index.files.values()}
-    assert methods == {
-        sha256_hex(rel_new): BSDIFF,
-        sha256_hex(ed_new): PATCH,
-        sha256_hex(fresh): WHOLE,
-    }
+    methods = {path: f.method for path, f in index.files.items()}
+    assert methods == {"usr/bin/rel": BSDIFF, "usr/lib/data": PATCH, "etc/new": WHOLE}
     assert patched == 2
-    bases = {sha256_hex(rel_old): rel_old, sha256_hex(ed_old): ed_old}
-    for file, data in ((rel_new, rel_old), (ed_new, ed_old), (fresh, None)):
-        entry = index.files[sha256_hex(file)]
+    bases = {"usr/bin/rel": rel_old, "usr/lib/data": ed_old}
+    for path, file in (("usr/bin/rel", rel_new), ("usr/lib/data", ed_new), ("etc/new", fresh)):
+        entry = index.files[path]
         piece = payload[entry.offset : entry.end]
-        assert apply_patch(entry.method, piece, bases.get(entry.base), entry.size, "t") == file
-        assert data is None or entry.base == sha256_hex(data)
-    # The index with a bsdiff entry is version 2 and reads back the same.
+        base = bases.get(entry.base_path)
+        assert apply_patch(entry.method, piece, base, len(file), "t") == file
+        # Named by path only: NEW's TOC gives the digest the result must have.
+        assert entry.path == path and not entry.sha256 and not entry.base
+    assert index.version == 3
     assert parse_index(index.to_bytes(), len(payload), "t") == index
 
 
 def _index(method: str) -> DeltaIndex:
     entry = DeltaFile("a" * 64, 10, method, 0, 5, "b" * 64, 9)
-    return DeltaIndex(OLD, NEW, {entry.sha256: entry})
+    return DeltaIndex(OLD, NEW, {entry.sha256: entry}, version=2)
 
 
 def _version(raw: bytes) -> Any:
@@ -88,7 +90,8 @@ def _version(raw: bytes) -> Any:
 def test_an_index_without_bsdiff_stays_version_1_for_older_devices() -> None:
     assert _version(_index(PATCH).to_bytes()) == 1
     assert _version(_index(BSDIFF).to_bytes()) == 2
-    assert parse_index(_index(PATCH).to_bytes(), 5, "t") == _index(PATCH)
+    read = parse_index(_index(PATCH).to_bytes(), 5, "t")
+    assert read.files == _index(PATCH).files and read.version == 1 and not read.by_path
 
 
 def test_a_version_1_index_with_a_bsdiff_entry_is_refused() -> None:
@@ -103,5 +106,88 @@ def test_a_version_1_index_with_a_bsdiff_entry_is_refused() -> None:
         parse_index(raw, 5, "t")
     doc["version"] = 3
     raw = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
-    with pytest.raises(DeltaError, match="not a delta index of version 1 or 2"):
+    with pytest.raises(DeltaError, match="files\\[0\\]: not a relative path"):
         parse_index(raw, 5, "t")
+    doc["version"] = 4
+    raw = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+    with pytest.raises(DeltaError, match="not a delta index of version 1, 2 or 3"):
+        parse_index(raw, 5, "t")
+
+
+def _v3() -> DeltaIndex:
+    # End to end in path order; sizes and digests are NEW's TOC's to give.
+    whole = DeltaFile("", 0, WHOLE, 0, 2, path="etc/c")
+    same = DeltaFile("", 0, PATCH, 2, 5, path="usr/bin/a", base_path="usr/bin/a")
+    moved = DeltaFile("", 0, BSDIFF, 7, 5, path="usr/lib/b.so.2", base_path="usr/lib/b.so.1")
+    toc = TocPatch(f"sha256:{'c' * 64}", f"sha256:{'d' * 64}", 100, 12, 8)
+    files = {f.path: f for f in (same, moved, whole)}
+    return DeltaIndex(OLD, NEW, files, tocs={toc.toc: toc})
+
+
+def test_a_version_3_index_names_files_by_path_and_reads_back() -> None:
+    import json
+
+    import zstandard
+
+    raw = _v3().to_bytes()
+    doc = json.loads(zstandard.ZstdDecompressor().decompress(raw))
+    assert doc["version"] == 3
+    # No sha256, size or offset; a base at the file's own path is not written twice.
+    assert {key for row in doc["files"] for key in row} == {"path", "method", "base", "length"}
+    assert [("base" in row) for row in doc["files"]] == [False, False, True]
+    assert parse_index(raw, 20, "t") == _v3()
+    with pytest.raises(DeltaError, match=r"tocs\[0\]: points past the end of the payload"):
+        parse_index(raw, 19, "t")
+
+
+def test_a_version_3_index_is_written_only_end_to_end() -> None:
+    index = _v3()
+    files = dict(index.files)
+    files["etc/c"] = DeltaFile("", 0, WHOLE, 1, 1, path="etc/c")
+    with pytest.raises(ValueError, match="end to end"):
+        DeltaIndex(OLD, NEW, files).to_bytes()
+
+
+def test_a_truncated_index_is_refused() -> None:
+    raw = _v3().to_bytes()
+    for cut in (len(raw) // 2, len(raw) - 3):
+        with pytest.raises(DeltaError, match="delta index"):
+            parse_index(raw[:cut], 20, "t")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("path", "/etc/passwd", "not a relative path"),
+        ("path", "usr/../../x", "not a relative path"),
+        ("base", "", "not a relative path"),
+        ("length", -1, "non-negative integer"),
+    ],
+)
+def test_a_version_3_entry_with_a_bad_field_is_refused(field: str, value: Any, why: str) -> None:
+    import json
+
+    import zstandard
+
+    doc = json.loads(zstandard.ZstdDecompressor().decompress(_v3().to_bytes()))
+    doc["files"][1][field] = value  # usr/bin/a, a patch
+    raw = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+    with pytest.raises(DeltaError, match=why):
+        parse_index(raw, 20, "t")
+
+
+def test_a_toc_patch_rebuilds_the_compressed_toc_byte_for_byte() -> None:
+    import json
+
+    entries = [{"type": "reg", "name": f"usr/lib/f{i}", "size": i + 1} for i in range(200)]
+    old = json.dumps({"version": 1, "entries": entries}).encode()
+    entries[50]["size"] = 7777
+    new = json.dumps({"version": 1, "entries": [*entries, {"name": "x"}]}).encode()
+    from atoll.oci.delta import make_patch
+
+    patch = make_patch(old, new)
+    entry = TocPatch(f"sha256:{sha256_hex(compress_toc(new))}", "", len(new), 0, len(patch))
+    assert len(patch) < len(compress_toc(new)) / 4
+    assert rebuild_toc(patch, compress_toc(old), entry, "t") == compress_toc(new)
+    with pytest.raises(DeltaError, match=r"patch makes|does not decompress"):
+        rebuild_toc(patch, compress_toc(old), TocPatch("", "", len(new) + 1, 0, 0), "t")

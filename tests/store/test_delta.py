@@ -4,7 +4,9 @@ v1 and v2 share most files; three big ones change by a few bytes (a rebuilt
 binary), one small one is new.  A store holding v1 imports v2 with a delta
 from v1, and must make the very commit a whole import of v2 makes.  Bad
 deltas (for another OLD, truncated, making other files) are refused or
-fallen back from, and nothing they make enters the store unverified.
+fallen back from, and nothing they make enters the store unverified.  The
+faults run against index version 2 (files by sha256, as older publishers
+write it) and version 3 (files by path, TOCs as patches).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 
 from atoll.cli.main import main
 from atoll.errors import DeltaError
+from atoll.oci.chunked import chunked_info
 from atoll.oci.context import SystemContext
 from atoll.oci.delta import (
     ARTIFACT_TYPE,
@@ -25,6 +28,7 @@ from atoll.oci.delta import (
     PATCH,
     DeltaFile,
     DeltaIndex,
+    TocPatch,
     apply_patch,
     find_delta,
     make_bsdiff,
@@ -33,6 +37,7 @@ from atoll.oci.delta import (
     push_delta,
     referrers_tag,
     sha256_hex,
+    toc_json,
 )
 from atoll.oci.digest import Digest
 from atoll.oci.imagecopy import CopyOptions, copy_image
@@ -42,6 +47,7 @@ from atoll.oci.transports.docker import DockerSource
 from atoll.pipeline.deltacreate import create_delta
 from atoll.store import ImportResult, Store
 from atoll.store.partial import DELTA, RANGES, TransferReport
+from atoll.store.tocs import find_toc, keep_toc
 from atoll.sysroot.fetch import import_remote
 from helpers.registry import FaultProxyView, RegistryView
 from helpers.treeimage import build_tree_image
@@ -139,6 +145,8 @@ def test_upgrade_with_a_delta_moves_less_and_makes_the_same_commit(
     assert [m["artifactType"] for m in listed["manifests"]] == [ARTIFACT_TYPE]
 
     store = _device(tmp_path, images)
+    # Without the import record of v1 the running commit is found by its manifest digest.
+    (store.path / "state" / "manifests" / images["d1"].hex).unlink()
     result, report = pull(store, images["v2"], ctx, delta_from=images["d1"])
     assert result.commit_id == images["commit"]
     assert report.delta == str(summary.manifest)
@@ -151,22 +159,35 @@ def test_upgrade_with_a_delta_moves_less_and_makes_the_same_commit(
         report.bytes_moved
     )
     assert json.loads(json.dumps(report.to_json()))["paths"][DELTA]["files"] == 3
+    # Both changed layers' TOCs came as patches against v1's, kept at its import:
+    # no layer fetched its own metadata.
+    assert summary.tocs == 2
+    assert [layer.metadata_bytes for layer in report.layers] == [0, 0]
     assert store.read_file(result.commit_id, "usr/bin/big1") == _bumped("b1", "2")
 
 
 def _publish(
     registry: RegistryView, images: dict[str, Any], old: Digest, files: list[DeltaFile],
-    payload: bytes,
+    payload: bytes, tocs: tuple[TocPatch, ...] = (),
 ) -> None:  # fmt: skip
     name = ImageName.parse(f"docker://{registry.host}/{images['repo']}")
     with DockerSource(name, images["ctx"]) as source:
         raw, _ = source.get_manifest(images["d2"])
         subject = Descriptor(MediaType.OCI_MANIFEST, images["d2"], len(raw))
-        index = DeltaIndex(old, images["d2"], {f.sha256: f for f in files})
+        version = 3 if tocs or any(f.path for f in files) else 2
+        keyed = {f.path or f.sha256: f for f in files}
+        index = DeltaIndex(old, images["d2"], keyed, version, {t.toc: t for t in tocs})
         push_delta(source.client, images["repo"], index, payload, subject)
 
 
-def _entry(new: bytes, blob: bytes, base: bytes, method: str = PATCH) -> DeltaFile:
+def _entry(
+    new: bytes, blob: bytes, base: bytes, method: str = PATCH, version: int = 2,
+    base_path: str = "usr/bin/big0",
+) -> DeltaFile:  # fmt: skip
+    if version == 3:
+        return DeltaFile(
+            "", len(new), method, 0, len(blob), "", len(base), "usr/bin/big0", base_path
+        )
     return DeltaFile(sha256_hex(new), len(new), method, 0, len(blob), sha256_hex(base), len(base))
 
 
@@ -180,15 +201,16 @@ def _falls_back(tmp_path: Path, images: dict[str, Any], why: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "made", "cut", "why"),
+    ("method", "made", "cut", "why", "version"),
     [
         # The entry is named for big0's v2 contents but makes other bytes of its size.
-        (PATCH, "9", 0, "other contents than"),
-        (BSDIFF, "9", 0, "other contents than"),
+        (PATCH, "9", 0, "other contents than", 2),
+        (BSDIFF, "9", 0, "other contents than", 2),
+        (PATCH, "9", 0, "other contents than", 3),
         # The payload ends before the entry does.
-        (PATCH, "2", 4, "past the end of the payload"),
+        (PATCH, "2", 4, "past the end of the payload", 3),
         # A bsdiff patch whose header is damaged.
-        (BSDIFF, "2", -4, "bsdiff patch does not apply"),
+        (BSDIFF, "2", -4, "bsdiff patch does not apply", 2),
     ],
 )
 def test_a_bad_delta_is_refused_and_ranges_take_over(
@@ -199,14 +221,66 @@ def test_a_bad_delta_is_refused_and_ranges_take_over(
     made: str,
     cut: int,
     why: str,
+    version: int,
 ) -> None:
     old, new = _bumped("b0", "1"), _bumped("b0", "2")
     make = make_bsdiff if method == BSDIFF else make_patch
     blob = make(old, _bumped("b0", made))
     # cut < 0: the payload has the entry's length, its magic damaged.
     payload = b"BSDIFF39" + blob[8:] if cut < 0 else blob[: len(blob) - cut]
-    _publish(registry, images, images["d1"], [_entry(new, blob, old, method)], payload)
+    entry = _entry(new, blob, old, method, version)
+    _publish(registry, images, images["d1"], [entry], payload)
     _falls_back(tmp_path, images, why)
+
+
+def test_a_base_path_the_running_commit_lacks_falls_back_to_ranges(
+    registry: RegistryView, tmp_path: Path, images: dict[str, Any]
+) -> None:
+    old, new = _bumped("b0", "1"), _bumped("b0", "2")
+    blob = make_patch(old, new)
+    entry = _entry(new, blob, old, PATCH, 3, base_path="usr/bin/gone")
+    _publish(registry, images, images["d1"], [entry], blob)
+    store = _device(tmp_path, images)
+    result, report = pull(store, images["v2"], images["ctx"], delta_from=images["d1"])
+    # The delta is sound; the file it cannot make is looked up by content and fetched.
+    assert not report.delta.startswith("refused"), report.delta
+    assert report.totals()[DELTA]["files"] == 0
+    assert "1 files of the delta have no base at their path" in report.layers[0].reason
+    assert result.commit_id == images["commit"]
+    assert store.read_file(result.commit_id, "usr/bin/big0") == new
+
+
+def _first_tocs(images: dict[str, Any]) -> tuple[Any, Any]:
+    """The chunked info of layer 0 of v1 and of v2."""
+    with DockerSource(ImageName.parse(images["v2"]), images["ctx"]) as source:
+        out = []
+        for digest in (images["d1"], images["d2"]):
+            raw, _ = source.get_manifest(digest)
+            layer = json.loads(raw)["layers"][0]
+            out.append(chunked_info(layer["annotations"], layer["size"], "t"))
+    return out[0], out[1]
+
+
+def test_a_toc_patch_that_makes_another_toc_is_refused_and_the_toc_fetched(
+    registry: RegistryView, tmp_path: Path, images: dict[str, Any]
+) -> None:
+    store = _device(tmp_path, images)
+    old_info, new_info = _first_tocs(images)
+    # The device kept v1's TOC when it imported v1 whole.
+    kept = find_toc(store, old_info.toc_digest)
+    assert kept is not None
+    # A patch that makes a TOC of the right size with other contents.
+    patch = make_patch(toc_json(kept, "t"), b" " * new_info.toc.uncompressed)
+    toc = TocPatch(
+        new_info.toc_digest, old_info.toc_digest, new_info.toc.uncompressed, 0, len(patch)
+    )
+    _publish(registry, images, images["d1"], [], patch, (toc,))
+    before = set(store.commit_ids())
+    result, report = pull(store, images["v2"], images["ctx"], delta_from=images["d1"])
+    assert "does not match the manifest's annotation: fetched whole" in report.layers[0].reason
+    assert report.layers[0].metadata_bytes > 0
+    assert result.commit_id == images["commit"]
+    assert set(store.commit_ids()) - before == {result.commit_id}
 
 
 def test_a_bsdiff_entry_makes_the_file_on_the_device(
@@ -284,3 +358,23 @@ def test_a_delta_cut_in_transit_is_refused_and_ranges_take_over(
     # The same files as a whole pull (the commits differ by the image's name only).
     assert store.commit(result.commit_id).tree == whole_store.commit(whole.commit_id).tree
     assert set(store.commit_ids()) - before == {result.commit_id}
+
+
+def test_a_toc_the_store_kept_is_not_fetched_again(
+    registry: RegistryView, tmp_path: Path, images: dict[str, Any]
+) -> None:
+    # A store that took v2 whole (a first install) kept its TOCs as they passed.
+    other = Store.create(tmp_path / "other")
+    pull(other, images["v2"], images["ctx"])
+    _, new_info = _first_tocs(images)
+    toc = find_toc(other, new_info.toc_digest)
+    assert toc is not None
+    # The device holds v1 and, from elsewhere, the TOC of v2's first layer.
+    store = _device(tmp_path, images)
+    diff_id = other.commit(other.commit_ids()[0]).diff_ids[0]
+    assert keep_toc(store, diff_id, new_info.toc_digest, toc)
+    result, report = pull(store, images["v2"], images["ctx"])
+    # Layer 0 read its TOC from the store; layer 1 (new files only) fetched its own.
+    assert report.layers[0].path == RANGES and report.layers[0].metadata_bytes == 0
+    assert report.layers[1].metadata_bytes > 0
+    assert result.commit_id == images["commit"]

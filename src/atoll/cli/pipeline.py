@@ -251,6 +251,7 @@ def _delta_create(args: argparse.Namespace, out: Output) -> int:
         "patched": summary.patched,
         "payloadBytes": summary.payload,
         "replacedFrameBytes": summary.frames,
+        "tocPatches": summary.tocs,
     }
     out.result(doc, "\n".join(iter_summary(summary)))
     return 0

@@ -21,15 +21,36 @@ The artifact, in the same repository as NEW::
       annotations   org.atoll.delta.from = OLD's manifest digest
                     org.atoll.delta.to   = NEW's manifest digest
 
-    index (zstd)  {"version": 2, "from": "sha256:…", "to": "sha256:…",
-            "files": [{"sha256": HEX, "size": N,
+    index (zstd)  {"version": 3, "from": "sha256:…", "to": "sha256:…",
+            "files": [{"path": "usr/bin/x",                 (the file's path in NEW)
                        "method": "zstd-patch"|"bsdiff"|"zstd",
-                       "base": HEX, "baseSize": N,        (patches only)
-                       "offset": O, "length": L}, …]}     (bytes of the payload)
+                       "base": "usr/lib/y",               (patches only, when not "path")
+                       "length": L}, …],                  (bytes of the payload)
+            "tocs": [{"toc": "sha256:…", "base": "sha256:…", "size": N,
+                      "offset": O, "length": L}, …]}
 
-Version 1 is the same without ``bsdiff``; an index that uses no bsdiff patch
-is written as version 1, so devices that read only version 1 still use it
-(an older device refuses a version 2 index and fetches its ranges instead).
+Version 3 names each file by its path in NEW and its base by its path in OLD
+(``base`` left out when it is the same path), not by two sha256 each: the
+device reads the base at that path in the commit it runs, and the file's
+size and sha256 are the ones NEW's table of contents gives for the path, which
+the result is checked against.  The files' patches lie end to end at the start
+of the payload in the order of the list (sorted by path), so each one's offset
+is the sum of the lengths before it.  A file whose base path is not in the running
+commit is not made from the delta; it is looked up by its content digest and
+fetched by range as without one.  ``tocs`` carries the tables of contents of
+NEW's changed layers: each a zstd ``--patch-from`` patch of the TOC's JSON
+(``size`` bytes) against the JSON of the TOC ``base`` names, which OLD has
+and the device kept when it imported OLD (:mod:`atoll.store.tocs`); the
+device compresses the result as the layer writer does
+(:data:`~atoll.oci.chunked.METADATA_LEVEL`) and uses it only when that
+matches the ``manifest-checksum`` annotation, else it fetches the TOC.
+
+Versions 1 and 2, still read: each entry names the file by ``sha256`` (hex of
+its contents) and its base by ``base`` (hex of the base's contents), which
+the device finds in its store by content; version 1 has no ``bsdiff``, and an
+index of the old form that uses no bsdiff patch is written as version 1.
+A device that reads only versions 1 and 2 refuses a version 3 index and
+fetches its ranges instead.
 
 It is found by NEW's digest: the OCI referrers API where the registry answers
 it, else the referrers tag scheme (an OCI index tagged ``sha256-<NEW hex>``
@@ -46,13 +67,14 @@ import hashlib
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from atoll import strictjson
 from atoll.errors import AtollError, DeltaError, NotFoundError
 from atoll.lazy import lazy_module
 from atoll.oci.bspatch import PatchError, apply_bsdiff
+from atoll.oci.chunked import MAX_METADATA, METADATA_LEVEL
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor, ImageManifest, MediaType, parse_manifest
 
@@ -69,9 +91,11 @@ INDEX_TYPE = "application/vnd.atoll.delta.index.v1+json+zstd"
 PAYLOAD_TYPE = "application/vnd.atoll.delta.payload.v1"
 FROM_ANNOTATION = "org.atoll.delta.from"
 TO_ANNOTATION = "org.atoll.delta.to"
-INDEX_VERSION = 2
-#: The versions read; version 1 has no bsdiff entries.
-INDEX_VERSIONS = (1, 2)
+INDEX_VERSION = 3
+#: The versions read; version 1 has no bsdiff entries, 1 and 2 key files by sha256.
+INDEX_VERSIONS = (1, 2, 3)
+#: The first version that keys files by path and carries TOC patches.
+BY_PATH = 3
 PATCH = "zstd-patch"
 BSDIFF = "bsdiff"
 WHOLE = "zstd"
@@ -144,11 +168,45 @@ def apply_patch(method: str, data: bytes, base: bytes | None, size: int, where: 
     return out
 
 
+def _unzstd(data: bytes, limit: int, what: str, where: str) -> bytes:
+    """*data* decompressed, refused past *limit* bytes."""
+    try:
+        # Read, not decompressed at once: a frame header's size is not trusted.
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+            text = reader.read(limit + 1)
+    except zstandard.ZstdError as exc:
+        raise DeltaError(f"{where}: {what} does not decompress: {exc}") from None
+    if len(text) > limit:
+        raise DeltaError(f"{where}: {what} expands past {limit} bytes")
+    return text
+
+
+def toc_json(compressed: bytes, where: str) -> bytes:
+    """A TOC's JSON from its compressed bytes."""
+    return _unzstd(compressed, MAX_METADATA, "a table of contents", where)
+
+
+def compress_toc(text: bytes) -> bytes:
+    """A TOC's JSON compressed as :func:`atoll.oci.chunked.compress_tar_zstd_chunked`
+    writes it (the bytes the manifest annotation names, when the writer was atoll)."""
+    return zstandard.ZstdCompressor(level=METADATA_LEVEL).compress(text)
+
+
+def rebuild_toc(patch: bytes, base: bytes, entry: TocPatch, where: str) -> bytes:
+    """NEW's compressed TOC, made from *patch* and OLD's compressed TOC *base*
+    (not yet checked against the annotation: the caller does)."""
+    return compress_toc(apply_patch(PATCH, patch, toc_json(base, where), entry.size, where))
+
+
 # --- the index ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DeltaFile:
+    """One file the payload makes.  Version 3 fills *path* and *base_path*
+    (*sha256* and *base* stay empty: NEW's TOC gives the digest); versions 1
+    and 2 fill *sha256* and *base* (hex digests of the contents)."""
+
     sha256: str
     size: int
     method: str
@@ -156,34 +214,80 @@ class DeltaFile:
     length: int
     base: str = ""
     base_size: int = 0
+    path: str = ""
+    base_path: str = ""
 
     @property
     def end(self) -> int:
         return self.offset + self.length
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"sha256": self.sha256, "size": self.size, "method": self.method}
+        if self.path:
+            out: dict[str, Any] = {"path": self.path, "method": self.method}
+            if self.method in PATCHES and self.base_path != self.path:
+                out["base"] = self.base_path
+            return out | {"length": self.length}
+        out = {"sha256": self.sha256, "size": self.size, "method": self.method}
         if self.method in PATCHES:
             out |= {"base": self.base, "baseSize": self.base_size}
         return out | {"offset": self.offset, "length": self.length}
 
 
 @dataclass(frozen=True)
+class TocPatch:
+    """NEW's TOC *toc* (compressed bytes' digest) as a patch of its JSON
+    (*size* bytes) against the JSON of OLD's TOC *base*."""
+
+    toc: str
+    base: str
+    size: int
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "toc": self.toc,
+            "base": self.base,
+            "size": self.size,
+            "offset": self.offset,
+            "length": self.length,
+        }
+
+
+@dataclass(frozen=True)
 class DeltaIndex:
     old: Digest
     new: Digest
+    #: Version 3: path in NEW -> entry; versions 1 and 2: sha256 -> entry.
     files: Mapping[str, DeltaFile]
+    version: int = INDEX_VERSION
+    #: NEW's TOC digest -> its patch (version 3).
+    tocs: Mapping[str, TocPatch] = field(default_factory=dict)
+
+    @property
+    def by_path(self) -> bool:
+        return self.version >= BY_PATH
 
     def to_bytes(self) -> bytes:
-        bsdiff = any(f.method == BSDIFF for f in self.files.values())
-        doc = {
-            "version": INDEX_VERSION if bsdiff else 1,
-            "from": str(self.old),
-            "to": str(self.new),
-            "files": [self.files[sha].to_json() for sha in sorted(self.files)],
-        }
+        doc: dict[str, Any] = {"from": str(self.old), "to": str(self.new)}
+        if self.by_path:
+            doc["version"] = INDEX_VERSION
+            doc["tocs"] = [self.tocs[toc].to_json() for toc in sorted(self.tocs)]
+            at = 0
+            for path in sorted(self.files):
+                if self.files[path].offset != at:
+                    raise ValueError(f"{path}: version 3 entries lie end to end in path order")
+                at = self.files[path].end
+        else:
+            bsdiff = any(f.method == BSDIFF for f in self.files.values())
+            doc["version"] = 2 if bsdiff else 1
+        doc["files"] = [self.files[key].to_json() for key in sorted(self.files)]
         text = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-        # Compressed: two hex digests an entry are most of it.
+        # Compressed: paths share long prefixes (versions 1 and 2: two hex digests an entry).
         return zstandard.ZstdCompressor(level=_LEVEL).compress(text)
 
 
@@ -200,52 +304,88 @@ def _count(row: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
+def _path(value: Any, where: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or value.startswith("/")
+        or "\0" in value
+        or ".." in value.split("/")
+    ):
+        raise DeltaError(f"{where}: not a relative path: {value!r}")
+    return value
+
+
+def _digest_text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith("sha256:"):
+        raise DeltaError(f"{where}: not a sha256 digest: {value!r}")
+    return f"sha256:{_hex(value[7:], where)}"
+
+
+def _entry(row: Any, version: int, offset: int, at: str) -> DeltaFile:
+    """An entry; version 3's lies at *offset* (the end of the one before)."""
+    known = (PATCH, WHOLE) if version == 1 else METHODS
+    if not isinstance(row, dict) or row.get("method") not in known:
+        raise DeltaError(f"{at}: not an entry with a method of version {version}")
+    method = str(row["method"])
+    length = _count(row, "length", at)
+    patch = method in PATCHES
+    if version >= BY_PATH:
+        path = _path(row.get("path"), at)
+        base_path = _path(row.get("base", path), at) if patch else ""
+        return DeltaFile("", 0, method, offset, length, path=path, base_path=base_path)
+    size, offset = _count(row, "size", at), _count(row, "offset", at)
+    base_size = _count(row, "baseSize", at) if patch else 0
+    base = _hex(row.get("base"), at) if patch else ""
+    return DeltaFile(_hex(row.get("sha256"), at), size, method, offset, length, base, base_size)
+
+
+def _toc_patch(row: Any, at: str) -> TocPatch:
+    if not isinstance(row, dict):
+        raise DeltaError(f"{at}: not a TOC patch")
+    return TocPatch(
+        _digest_text(row.get("toc"), at),
+        _digest_text(row.get("base"), at),
+        _count(row, "size", at),
+        _count(row, "offset", at),
+        _count(row, "length", at),
+    )
+
+
 def parse_index(raw: bytes, payload_size: int, where: str) -> DeltaIndex:
     """A delta's index (zstd-compressed JSON), every entry inside the payload."""
-    try:
-        # Read, not decompressed at once: a frame header's size is not trusted.
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
-            text = reader.read(MAX_INDEX + 1)
-    except zstandard.ZstdError as exc:
-        raise DeltaError(f"{where}: the delta index does not decompress: {exc}") from None
-    if len(text) > MAX_INDEX:
-        raise DeltaError(f"{where}: the delta index expands past {MAX_INDEX} bytes")
+    text = _unzstd(raw, MAX_INDEX, "the delta index", where)
     try:
         doc = strictjson.loads(text)
         version = doc.get("version") if isinstance(doc, dict) else None
         if version not in INDEX_VERSIONS:
-            raise DeltaError(f"{where}: not a delta index of version 1 or 2 ({version!r})")
+            raise DeltaError(f"{where}: not a delta index of version 1, 2 or 3 ({version!r})")
         old, new = Digest.parse(str(doc["from"])), Digest.parse(str(doc["to"]))
         rows = doc["files"]
+        toc_rows = doc.get("tocs", []) if version >= BY_PATH else []
     except (strictjson.StrictJSONError, KeyError, ValueError) as exc:
         raise DeltaError(f"{where}: malformed delta index: {exc}") from None
     except AtollError as exc:
         raise DeltaError(f"{where}: malformed delta index: {exc}") from None
-    if not isinstance(rows, list):
+    if not isinstance(rows, list) or not isinstance(toc_rows, list):
         raise DeltaError(f"{where}: the delta index has no files list")
     files: dict[str, DeltaFile] = {}
+    end = 0
     for i, row in enumerate(rows):
         at = f"{where}: files[{i}]"
-        known = METHODS if version == 2 else (PATCH, WHOLE)
-        if not isinstance(row, dict) or row.get("method") not in known:
-            raise DeltaError(f"{at}: not an entry with a method of version {version}")
-        entry = DeltaFile(
-            _hex(row.get("sha256"), at),
-            _count(row, "size", at),
-            str(row["method"]),
-            _count(row, "offset", at),
-            _count(row, "length", at),
-        )
-        if entry.method in PATCHES:
-            entry = DeltaFile(
-                *(entry.sha256, entry.size, entry.method, entry.offset, entry.length),
-                base=_hex(row.get("base"), at),
-                base_size=_count(row, "baseSize", at),
-            )
+        entry = _entry(row, version, end, at)
+        end = entry.end
         if entry.end > payload_size:
             raise DeltaError(f"{at}: points past the end of the payload ({payload_size} bytes)")
-        files[entry.sha256] = entry
-    return DeltaIndex(old, new, files)
+        files[entry.path or entry.sha256] = entry
+    tocs: dict[str, TocPatch] = {}
+    for i, row in enumerate(toc_rows):
+        at = f"{where}: tocs[{i}]"
+        toc = _toc_patch(row, at)
+        if toc.end > payload_size:
+            raise DeltaError(f"{at}: points past the end of the payload ({payload_size} bytes)")
+        tocs[toc.toc] = toc
+    return DeltaIndex(old, new, files, version, tocs)
 
 
 # --- finding and publishing -------------------------------------------------------------

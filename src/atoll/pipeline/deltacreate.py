@@ -5,12 +5,17 @@ device); the format is in :mod:`atoll.oci.delta`.  Files are matched by path:
 a file NEW changed at a path OLD has is patched against OLD's file there; a
 file with no such base is stored alone.  An entry is kept only when it is
 smaller than the file's frames in NEW's zstd:chunked layer, so NEW must be
-zstd:chunked (the device's fallback is its ranges).
+zstd:chunked (the device's fallback is its ranges).  Entries name files by
+path (index version 3).  The TOC of each layer of NEW that OLD lacks travels
+as a patch against the OLD TOC that shares the most file names with it, when
+that patch is smaller and the TOC is one the device can compress back to the
+same bytes (written by atoll at :data:`~atoll.oci.chunked.METADATA_LEVEL`).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -26,11 +31,14 @@ from atoll.oci.delta import (
     WHOLE,
     DeltaFile,
     DeltaIndex,
+    TocPatch,
+    compress_toc,
     make_bsdiff,
     make_patch,
     make_whole,
     push_delta,
     sha256_hex,
+    toc_json,
 )
 from atoll.oci.digest import Digest
 from atoll.oci.imageinspect import select_manifest
@@ -53,6 +61,8 @@ class DeltaSummary:
     payload: int
     #: What NEW's frames of the same files take (the ranges the delta saves).
     frames: int
+    #: TOCs of NEW's changed layers carried as patches.
+    tocs: int = 0
 
 
 def _blob(source: ImageSource, desc: Descriptor) -> bytes:
@@ -89,6 +99,8 @@ class _Image:
     tree: dict[str, bytes]
     #: sha256 -> the fewest compressed bytes a range pull of it moves.
     frames: dict[str, int]
+    #: Layer digest -> (TOC digest, compressed TOC) of its zstd:chunked layers.
+    tocs: dict[str, tuple[str, bytes]]
 
 
 def _read(name: ImageName, ctx: SystemContext, *, toc: bool) -> _Image:
@@ -96,51 +108,87 @@ def _read(name: ImageName, ctx: SystemContext, *, toc: bool) -> _Image:
         _, manifest = select_manifest(source, ctx.platform)
         tree: dict[str, bytes] = {}
         frames: dict[str, int] = {}
+        tocs: dict[str, tuple[str, bytes]] = {}
         for desc in manifest.layers:
             data = _blob(source, desc)
             _tar_files(data, desc, tree)
-            info = chunked_info(desc.annotations, desc.size, str(name)) if toc else None
+            info = chunked_info(desc.annotations, desc.size, str(name))
             if info is None:
                 continue
             pos = info.toc
             payload = data[pos.offset : pos.offset + pos.length]
-            for f in parse_toc(payload, info, str(name)).files:
+            parsed = parse_toc(payload, info, str(name))
+            tocs[str(desc.digest)] = (info.toc_digest, payload)
+            if not toc:
+                continue
+            for f in parsed.files:
                 frames[f.sha256] = min(frames.get(f.sha256, f.end - f.offset), f.end - f.offset)
         if toc and not frames:
             raise DeltaError(
                 f"{name}: no zstd:chunked layer: a delta needs NEW's table of contents",
                 hint="push NEW with --dest-compress-format zstd:chunked",
             )
-        return _Image(manifest.digest, manifest, tree, frames)
+        return _Image(manifest.digest, manifest, tree, frames, tocs)
 
 
-def compute(old: _Image, new: _Image) -> tuple[DeltaIndex, bytes, int, int]:
-    """The index and payload, how many entries are patches, and NEW's frames they replace."""
+def _names(compressed: bytes, where: str) -> tuple[bytes, set[str]]:
+    text = toc_json(compressed, where)
+    entries = json.loads(text).get("entries", [])
+    return text, {e["name"] for e in entries if isinstance(e, dict) and "name" in e}
+
+
+def _toc_patches(old: _Image, new: _Image, payload: io.BytesIO) -> dict[str, TocPatch]:
+    """Patches of NEW's changed layers' TOCs (see the module docstring)."""
+    bases = [(digest, *_names(raw, "OLD")) for digest, raw in old.tocs.values()]
+    out: dict[str, TocPatch] = {}
+    for layer, (digest, raw) in new.tocs.items():
+        if layer in old.tocs or digest in out or any(b[0] == digest for b in bases):
+            continue  # the device has the layer, or this TOC, already
+        text, names = _names(raw, "NEW")
+        if not bases or compress_toc(text) != raw:
+            continue  # a device could not make these exact bytes
+        base, base_text, _ = max(bases, key=lambda b: len(names & b[2]))
+        blob = make_patch(base_text, text)
+        if len(blob) >= len(raw):
+            continue
+        out[digest] = TocPatch(digest, base, len(text), payload.tell(), len(blob))
+        payload.write(blob)
+    return out
+
+
+def compute(old: _Image, new: _Image, *, tocs: bool = False) -> tuple[DeltaIndex, bytes, int, int]:
+    """The index and payload, how many entries are patches, and NEW's frames they
+    replace; *tocs*: with patches of NEW's changed TOCs."""
     have = {sha256_hex(data) for data in old.tree.values()}
     payload = io.BytesIO()
     files: dict[str, DeltaFile] = {}
+    shas: set[str] = set()
     patched = frames = 0
     for path in sorted(new.tree):
         data = new.tree[path]
         sha = sha256_hex(data)
-        if not data or sha in have or sha in files or sha not in new.frames:
+        if not data or sha in have or sha in shas or sha not in new.frames:
             continue
-        choices: list[tuple[bytes, str, str, int]] = [(make_whole(data), WHOLE, "", 0)]
+        choices: list[tuple[bytes, str]] = [(make_whole(data), WHOLE)]
         base = old.tree.get(path)
         if base:
-            base_sha = sha256_hex(base)
-            choices.append((make_patch(base, data), PATCH, base_sha, len(base)))
+            choices.append((make_patch(base, data), PATCH))
             if len(base) <= BSDIFF_MAX and len(data) <= BSDIFF_MAX:
-                choices.append((make_bsdiff(base, data), BSDIFF, base_sha, len(base)))
-        blob, method, base_sha, base_size = min(choices, key=lambda c: len(c[0]))
+                choices.append((make_bsdiff(base, data), BSDIFF))
+        blob, method = min(choices, key=lambda c: len(c[0]))
         if len(blob) >= new.frames[sha]:
             continue  # the file's own frames are as small: the device takes the range
         offset = payload.tell()
         payload.write(blob)
-        files[sha] = DeltaFile(sha, len(data), method, offset, len(blob), base_sha, base_size)
+        # Sizes and digests are NEW's TOC's to give (index version 3).
+        base_path = path if method != WHOLE else ""
+        files[path] = DeltaFile("", 0, method, offset, len(blob), path=path, base_path=base_path)
+        shas.add(sha)
         patched += method != WHOLE
         frames += new.frames[sha]
-    return DeltaIndex(old.digest, new.digest, files), payload.getvalue(), patched, frames
+    toc_patches = _toc_patches(old, new, payload) if tocs else {}
+    index = DeltaIndex(old.digest, new.digest, files, tocs=toc_patches)
+    return index, payload.getvalue(), patched, frames
 
 
 def create_delta(old: ImageName, new: ImageName, to: ImageName, ctx: SystemContext) -> DeltaSummary:
@@ -149,13 +197,14 @@ def create_delta(old: ImageName, new: ImageName, to: ImageName, ctx: SystemConte
         raise UsageError(f"{to}: a delta is published to a registry: use docker://HOST/REPO")
     before = _read(old, ctx, toc=False)
     after = _read(new, ctx, toc=True)
-    index, payload, patched, frames = compute(before, after)
+    index, payload, patched, frames = compute(before, after, tocs=True)
     with open_source(to, ctx) as dest:
         assert isinstance(dest, DockerSource)
         subject = Descriptor(after.manifest.media_type, after.digest, len(after.manifest.raw))
         digest = push_delta(dest.client, dest.reference.repository, index, payload, subject)
     return DeltaSummary(
-        before.digest, after.digest, digest, len(index.files), patched, len(payload), frames
+        *(before.digest, after.digest, digest, len(index.files), patched, len(payload), frames),
+        tocs=len(index.tocs),
     )
 
 
@@ -163,5 +212,6 @@ def iter_summary(summary: DeltaSummary) -> Iterator[str]:
     yield f"delta {summary.manifest}: {summary.old} -> {summary.new}"
     yield (
         f"{summary.files} files ({summary.patched} patched), {summary.payload} bytes "
-        f"in place of {summary.frames} bytes of ranges"
+        f"in place of {summary.frames} bytes of ranges; {summary.tocs} tables of contents "
+        "as patches"
     )

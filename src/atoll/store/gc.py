@@ -47,6 +47,7 @@ from atoll.store.format import (
     list_names,
 )
 from atoll.store.layerrecords import prune_layer_records
+from atoll.store.tocs import prune_tocs
 
 if TYPE_CHECKING:
     from atoll.store.store import Store
@@ -88,6 +89,7 @@ def gc(store: Store, keep: Iterable[str] = ()) -> GcReport:
             diff_ids.update(commit.diff_ids)
         _keep_chain_records(store, chains, trees, files)
         prune_layer_records(store.path, diff_ids)
+        prune_tocs(store.path, diff_ids)
         crashpoint("store-gc-marked")
         live = {COMMIT_SUFFIX: roots, TREE_SUFFIX: trees, FILE_SUFFIX: files}
         removed = freed = commits_removed = 0

@@ -9,7 +9,10 @@ For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
     the tar-split and every file's sha256); for a layer marked
     ``TAR_FROM_TOC`` the TOC alone, the tar being rebuilt from it and checked
     against the diff_id before it is fed (the tar-split is fetched when that
-    check fails).  Each regular file is looked up in
+    check fails).  The TOC is not fetched when the store kept it from an
+    earlier import (:mod:`atoll.store.tocs`, same digest), or when the delta
+    from the running image carries it as a patch against a TOC the store kept
+    and the result matches the annotation.  Each regular file is looked up in
     the store by the sha256 of its contents (:mod:`atoll.store.contentindex`)
     or among the files fetched earlier in this import; the frames of the
     others are fetched by ``Range`` requests, near ones coalesced (gaps up to
@@ -18,6 +21,9 @@ For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
     layer's tar is then rebuilt byte for byte from the tar-split and the files
     and read by the importer exactly as a downloaded one would be, its diff_id
     checked at the end: the commit is the one a whole-layer import makes.
+    Files the delta makes in fewer bytes than their frames come from its
+    payload instead (version 3: the base read at its path in the running commit),
+    each one checked against the TOC's sha256 before it is kept.
 ``whole``
     The layer is downloaded whole: it has no TOC (gzip, plain zstd), the
     source is local (``oci:``, ``oci-archive:``, ``dir:``: reading it is
@@ -29,6 +35,10 @@ For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
     The TOC and tar-split fetched to decide count in the layer's bytes.
 ``present``
     The store had the layer already (a layer-chain record): nothing was read.
+
+Every zstd:chunked layer's TOC, read by range or copied as the whole blob
+streams past, is kept by the store once the import succeeds, for the next
+update's delta and partial pull.
 
 Refused (the import fails, nothing is published, the booted deployment is
 untouched): a TOC that does not match its annotation, a TOC that points outside
@@ -42,6 +52,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import stat
 import tempfile
 import time
 from collections.abc import Generator, Iterator
@@ -57,7 +69,9 @@ from atoll.errors import (
     LayerError,
     LocalIOError,
     NoSpaceError,
+    NotFoundError,
     RangesIgnoredError,
+    StoreCorruptError,
 )
 from atoll.fsutil import write_atomic
 from atoll.oci.chunked import (
@@ -81,13 +95,18 @@ from atoll.oci.delta import (
     FoundDelta,
     apply_patch,
     find_delta,
+    rebuild_toc,
 )
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Compression, Descriptor, ImageManifest, layer_compression
 from atoll.phases import DECOMPRESS, FETCH, VERIFY, PhaseClock
 from atoll.progress import ProgressSink
 from atoll.store.contentindex import ContentIndex, read_verified
-from atoll.store.format import STAGING_PREFIX, TMP_DIR
+from atoll.store.format import FILE_SUFFIX, STAGING_PREFIX, TMP_DIR
+from atoll.store.importer import expand_limit
+from atoll.store.importrecords import find_import
+from atoll.store.tarstream import LayerFeed
+from atoll.store.tocs import find_toc, keep_toc
 
 if TYPE_CHECKING:
     from atoll.oci.client import RegistryClient
@@ -353,6 +372,7 @@ class PartialPuller:
         delta: tuple[Digest, Digest] | None = None,
     ) -> None:
         self.store = store
+        self._source = source
         #: (OLD, NEW) manifest digests: look for a delta between them.
         self._delta_pair = delta
         self._delta: FoundDelta | None = None
@@ -370,6 +390,12 @@ class PartialPuller:
         #: Files fetched in this import: sha256 -> a temporary file.
         self._fetched: dict[str, Path] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        #: TOCs read (diff_id, TOC digest, compressed bytes), and whole layers
+        #: whose TOC is copied as they pass: kept once the import succeeds.
+        self._tocs: list[tuple[str, str, bytes]] = []
+        self._captures: list[tuple[str, str, LayerFeed]] = []
+        #: Path -> file object of the running commit (version 3 deltas' bases).
+        self._running: dict[str, str] | None = None
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -381,6 +407,29 @@ class PartialPuller:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def keep_tocs(self) -> None:
+        """Keep the TOCs this import read (:mod:`atoll.store.tocs`); a copy
+        that does not match its digest is not kept."""
+        for diff_id, digest, data in self._tocs:
+            keep_toc(self.store, diff_id, digest, data)
+        for diff_id, digest, feed in self._captures:
+            keep_toc(self.store, diff_id, digest, bytes(feed.kept))
+
+    def _capture(self, desc: Descriptor, diff_id: Digest) -> Feed | None:
+        """The whole layer's feed, copying its TOC as it passes (None: it has none)."""
+        where = self._source.description
+        info = layer_toc(desc, where)
+        if isinstance(info, str):
+            return None
+        toc = (info.toc.offset, info.toc.offset + info.toc.length)
+        compression = layer_compression(desc.media_type)
+        limit = expand_limit(self.store)
+        feed = LayerFeed(
+            self._source, desc, compression, diff_id, where, self.progress, limit, self.clock, toc
+        )
+        self._captures.append((str(diff_id), info.toc_digest, feed))
+        return feed
 
     def finish(self, manifest: ImageManifest) -> TransferReport:
         """The report, with the layers the import never asked for as present."""
@@ -410,7 +459,7 @@ class PartialPuller:
         info = self._info(desc, where)
         if isinstance(info, str):
             self._whole(desc, info)
-            return None
+            return self._capture(desc, diff_id)
         row = LayerTransfer(str(desc.digest), RANGES, size=desc.size)
         self.report.layers.append(row)
         try:
@@ -418,7 +467,7 @@ class PartialPuller:
         except RangesIgnoredError:
             self._ranges_ok = False
             self._whole(desc, "the registry ignores Range requests", row)
-            return None
+            return self._capture(desc, diff_id)
 
     def _info(self, desc: Descriptor, where: str) -> ChunkedInfo | str:
         info = layer_toc(desc, where)
@@ -458,19 +507,24 @@ class PartialPuller:
         end = toc_end if from_toc else max(toc_end, split_pos.offset + split_pos.length)
         sub = f"{desc.digest}#ranges"
         self.progress.subtask(sub, RANGES, f"ranges of {desc.digest.short}", end - start)
-        meta = self._range(desc, start, end, row)
-        row.metadata_bytes = len(meta)
-        toc = parse_toc(meta[info.toc.offset - start :][: info.toc.length], info, where)
+        toc_raw = self._known_toc(desc, info, where, row)
+        split_raw: bytes | None = None
+        if toc_raw is None:
+            meta = self._range(desc, start, end, row)
+            row.metadata_bytes = len(meta)
+            toc_raw = meta[info.toc.offset - start :][: info.toc.length]
+            if not from_toc:
+                split_raw = meta[split_pos.offset - start :][: split_pos.length]
+        toc = parse_toc(toc_raw, info, where)
+        self._tocs.append((str(diff_id), info.toc_digest, toc_raw))
         files = {f.name: f for f in toc.files}
         rebuilt = split_from_toc(toc) if from_toc else None
         if rebuilt is None:
-            if from_toc:
-                meta = self._range(desc, split_pos.offset, split_pos.offset + split_pos.length, row)
-                row.metadata_bytes += len(meta)
-                start = split_pos.offset
-            entries = self._split(
-                meta[split_pos.offset - start :][: split_pos.length], toc, info, where
-            )
+            if split_raw is None:
+                split_end = split_pos.offset + split_pos.length
+                split_raw = self._range(desc, split_pos.offset, split_end, row)
+                row.metadata_bytes += len(split_raw)
+            entries = self._split(split_raw, toc, info, where)
         else:
             entries = rebuilt
         local: dict[str, Path] = {}
@@ -489,10 +543,13 @@ class PartialPuller:
                 row.files_present += 1
             else:
                 wanted[sha] = toc_file
-        by_delta = self._delta_plan(wanted, where)
+        names: dict[str, list[str]] = {}
+        for f in toc.files:
+            names.setdefault(f.sha256, []).append(f.name)
+        by_delta = self._delta_plan(wanted, names, row, where)
         for sha in by_delta:
             del wanted[sha]
-        delta_spans = coalesce([_as_toc(entry) for _, entry, _ in by_delta.values()])
+        delta_spans = coalesce([_as_toc(sha, entry) for sha, (_, entry, _) in by_delta.items()])
         spans = coalesce(list(wanted.values()))
         by_patch = sum(s.end - s.start for s in delta_spans)
         planned = sum(s.end - s.start for s in spans) + by_patch
@@ -604,7 +661,11 @@ class PartialPuller:
         return self._delta
 
     def _delta_plan(
-        self, wanted: dict[str, TocFile], where: str
+        self,
+        wanted: dict[str, TocFile],
+        names: dict[str, list[str]],
+        row: LayerTransfer,
+        where: str,
     ) -> dict[str, tuple[TocFile, DeltaFile, Path | None]]:
         """The wanted files the delta makes in fewer bytes than their ranges,
         with their bases (None: stored whole)."""
@@ -613,20 +674,97 @@ class PartialPuller:
         found = self._find_delta(where)
         if found is None:
             return {}
+        index = found.index
         plan: dict[str, tuple[TocFile, DeltaFile, Path | None]] = {}
+        no_base = 0
         for sha, toc_file in wanted.items():
-            entry = found.index.files.get(sha)
-            if entry is None or entry.size != toc_file.size:
+            if index.by_path:
+                keys = names.get(sha, [toc_file.name])
+                entry = next((index.files[k] for k in keys if k in index.files), None)
+            else:
+                entry = index.files.get(sha)
+            # Version 3 carries no sizes: the TOC's is the one the result must have.
+            if entry is None or (not index.by_path and entry.size != toc_file.size):
                 continue
             if entry.length >= toc_file.end - toc_file.offset:
                 continue
             base: Path | None = None
-            if entry.method in PATCHES:
+            if entry.method in PATCHES and index.by_path:
+                base = self._running_file(entry.base_path)
+                no_base += base is None
+            elif entry.method in PATCHES:
                 base = self._fetched.get(entry.base) or self._content_index().path(entry.base)
-                if base is None:
-                    continue
+            if entry.method in PATCHES and base is None:
+                continue
             plan[sha] = (toc_file, entry, base)
+        if no_base:
+            row.reason = (
+                f"{no_base} files of the delta have no base at their path in the running "
+                "commit: fetched by range"
+            )
         return plan
+
+    def _running_file(self, path: str) -> Path | None:
+        """The regular file at *path* in the commit the device runs (the
+        delta's OLD), or None."""
+        if self._running is None:
+            self._running = {}
+            assert self._delta_pair is not None
+            tree = _commit_tree(self.store, self._delta_pair[0])
+            with contextlib.suppress(StoreCorruptError):  # missing trees lend no bases
+                self._running = _files_by_path(self.store, tree) if tree else {}
+        oid = self._running.get(path)
+        if oid is None:
+            return None
+        found = self.store.object_path(oid, FILE_SUFFIX)
+        try:
+            st = os.lstat(found)
+        except OSError:
+            return None
+        return found if stat.S_ISREG(st.st_mode) else None
+
+    def _known_toc(
+        self, desc: Descriptor, info: ChunkedInfo, where: str, row: LayerTransfer
+    ) -> bytes | None:
+        """The layer's compressed TOC without fetching it: kept by the store
+        from an earlier import, or made from the delta's patch against a TOC
+        the store kept; None: fetch it.  Checked against the annotation here
+        and again by :func:`parse_toc`."""
+        kept = find_toc(self.store, info.toc_digest)
+        if kept is not None:
+            return kept
+        found = self._find_delta(where) if self._delta_pair is not None else None
+        patch = found.index.tocs.get(info.toc_digest) if found is not None else None
+        base = find_toc(self.store, patch.base) if patch is not None else None
+        if found is None or patch is None or base is None:
+            return None
+        assert self._client is not None
+        what = f"{where}: delta {found.manifest}"
+        try:
+            with self.clock.phase(FETCH):
+                data = self._client.fetch_range(
+                    found.repository, found.payload.digest, patch.offset, patch.length
+                )
+            row.bytes += len(data)
+            row.requests += 1
+            row.delta_bytes += len(data)
+            row.delta_requests += 1
+            if len(data) != patch.length:
+                raise DeltaError(f"{what}: a TOC patch came back {len(data)} bytes long")
+            with self.clock.phase(DECOMPRESS):
+                made = rebuild_toc(data, base, patch, what)
+        except (NoSpaceError, LocalIOError):
+            raise
+        except AtollError as exc:
+            row.reason = f"its table of contents from the delta was refused ({exc}): fetched whole"
+            return None
+        if "sha256:" + hashlib.sha256(made).hexdigest() != info.toc_digest:
+            row.reason = (
+                f"its table of contents made from delta {found.manifest} does not match the "
+                "manifest's annotation: fetched whole"
+            )
+            return None
+        return made
 
     def _apply_delta(
         self,
@@ -654,12 +792,15 @@ class PartialPuller:
             for piece in span.files:
                 toc_file, entry, base_path = plan[piece.sha256]
                 base = None
-                if base_path is not None:
+                if base_path is not None and found.index.by_path:
+                    # No digest to check the base by: the result is checked below.
+                    base = base_path.read_bytes()
+                elif base_path is not None:
                     with self.clock.phase(VERIFY):
                         base = b"".join(read_verified(base_path, entry.base, entry.base_size))
                 patch = data[entry.offset - span.start : entry.end - span.start]
                 with self.clock.phase(DECOMPRESS):
-                    content = apply_patch(entry.method, patch, base, entry.size, what)
+                    content = apply_patch(entry.method, patch, base, toc_file.size, what)
                 with self.clock.phase(VERIFY):
                     made = hashlib.sha256(content).hexdigest()
                 if made != toc_file.sha256:
@@ -689,9 +830,37 @@ class PartialPuller:
         return path
 
 
-def _as_toc(entry: DeltaFile) -> TocFile:
+def _as_toc(sha: str, entry: DeltaFile) -> TocFile:
     """A delta entry as :func:`coalesce` places it (offsets in the payload)."""
-    return TocFile(entry.sha256, entry.size, entry.sha256, entry.offset, entry.end)
+    return TocFile(sha, entry.size, sha, entry.offset, entry.end)
+
+
+def _commit_tree(store: Store, manifest_digest: Digest) -> str | None:
+    """The root tree of a commit imported from *manifest_digest*: by the
+    import record, else by the commits' own ``manifest_digest``."""
+    found = find_import(store, manifest_digest)
+    if found is not None:
+        return found.tree
+    for commit_id in store.commit_ids():
+        try:
+            commit = store.commit(commit_id)
+        except (StoreCorruptError, NotFoundError):
+            continue
+        if commit.manifest_digest == str(manifest_digest) and not store.is_partial(commit_id):
+            return commit.tree
+    return None
+
+
+def _files_by_path(store: Store, tree_id: str) -> dict[str, str]:
+    """Path -> file object id of every non-directory entry under *tree_id*."""
+    out: dict[str, str] = {}
+    pending = [("", tree_id)]
+    while pending:
+        prefix, tid = pending.pop()
+        tree = store.tree(tid)
+        out.update((prefix + name, oid) for name, oid in tree.files.items())
+        pending.extend((f"{prefix}{name}/", sub) for name, (sub, _) in tree.dirs.items())
+    return out
 
 
 def layer_toc(desc: Descriptor, where: str) -> ChunkedInfo | str:
@@ -735,6 +904,7 @@ def import_image(
             clock=puller.clock,
         )
         report = puller.finish(manifest)
+        puller.keep_tocs()
         if partial and any(isinstance(layer_toc(d, image), ChunkedInfo) for d in manifest.layers):
             # The next update's partial pull looks files up by their contents: index
             # the new commit now (only objects no other commit has are read), so

@@ -495,8 +495,13 @@ class LayerFeed:
         progress: ProgressSink,
         limit: ExpandLimit | None = None,
         clock: PhaseClock | None = None,
+        keep: tuple[int, int] | None = None,
     ) -> None:
         self.source = source
+        #: Bytes [start, end) of the blob, copied as they pass (a zstd:chunked
+        #: layer's TOC, for :mod:`atoll.store.tocs`); not verified here.
+        self.keep = keep
+        self.kept = bytearray()
         self.desc = desc
         self.compression = compression
         self.diff_id = diff_id
@@ -527,6 +532,11 @@ class LayerFeed:
                 return
             with self.clock.phase(VERIFY):
                 verifier.update(chunk)
+            if self.keep is not None:
+                start, end = self.keep
+                at = self.fetched
+                if at < end and at + len(chunk) > start:
+                    self.kept += chunk[max(start - at, 0) : end - at]
             self.fetched += len(chunk)
             self.progress.advance(ident, len(chunk))
             yield chunk
