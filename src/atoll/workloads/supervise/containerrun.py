@@ -284,7 +284,14 @@ class ContainerRun:
                     stop_sent = True
                     kill_at = now + ABORT_GRACE
                     continue
-                if tracker is not None and tracker.due(now):
+                # The check at once waits until the unit is active (the job that
+                # started it has its answer first), unless being healthy is how
+                # it becomes active.
+                if (
+                    tracker is not None
+                    and tracker.due(now)
+                    and (active or not tracker.early or plan.notify is NotifyMode.HEALTHY)
+                ):
                     forced = self._check_health(tracker, container_id, env)
                     if forced is not None:
                         stop_sent = True

@@ -13,6 +13,11 @@ check; without systemd nothing runs it.  The supervisor runs
     HealthOnFailure=none       none | kill | restart | stop, done when the
                                container turns unhealthy
 
+Schedule: one check as soon as the container runs, so that a container that
+is ready at once turns healthy at once (a rollout's canary waits for that);
+its failure does not count, and the next check follows a second later
+(at most one interval), then every interval.
+
 States: ``starting`` until the first pass (or until the retries run out after
 the start period), ``healthy`` after a pass, ``unhealthy`` after HealthRetries
 failures in a row; ``none`` when the unit has no HealthCmd.
@@ -90,19 +95,30 @@ class HealthTracker:
         self.started_at = started_at
         self.status = Health.STARTING
         self.failing_streak = 0
-        self.next_check = started_at + min(spec.interval, 1.0)
+        self.next_check = started_at
+        #: The first check, run at once: its failure only says "not yet".
+        self._early = True
         self._start_period_over = spec.start_period <= 0
 
     def due(self, now: float) -> bool:
         return now >= self.next_check
 
+    @property
+    def early(self) -> bool:
+        """The first check, the one at once, has not run yet."""
+        return self._early
+
     def record(self, passed: bool, now: float) -> Health:
         """Account one check at *now*; return the new status."""
+        early, self._early = self._early, False
         self.next_check = now + self.spec.interval
         if passed:
             self.failing_streak = 0
             self._start_period_over = True
             self.status = Health.HEALTHY
+            return self.status
+        if early:
+            self.next_check = now + min(self.spec.interval, 1.0)
             return self.status
         if not self._start_period_over and now - self.started_at < self.spec.start_period:
             return self.status  # failures while starting up do not count
