@@ -24,13 +24,13 @@ from atoll.timeutil import utc_timestamp
 from atoll.workloads.control import Health, UnitState, UnitStatus
 from atoll.workloads.supervise.deaths import ContainerDeaths
 from atoll.workloads.supervise.healthcheck import HealthTracker, OnFailure, run_check
+from atoll.workloads.supervise.inspections import ContainerInspections
 from atoll.workloads.supervise.notify import NotifySocket, NotifyState
 from atoll.workloads.supervise.runtime import (
     Command,
     NotifyMode,
     RunEnd,
     UnitPlan,
-    inspect_container,
     podman,
     podman_env,
     run_commands,
@@ -133,6 +133,7 @@ class ContainerRun:
         run_dir: Path,
         notify_socket: Path,
         deaths: ContainerDeaths,
+        inspections: ContainerInspections,
     ) -> None:
         self.host = host
         self.cond = host.cond
@@ -141,6 +142,7 @@ class ContainerRun:
         self.run_dir = run_dir
         self.notify_socket = notify_socket
         self.deaths = deaths
+        self.inspections = inspections
 
     def run(self) -> RunEnd:
         notify = NotifySocket(self.notify_socket)
@@ -219,7 +221,7 @@ class ContainerRun:
         else:
             container_id = adopt
             state.ready = plan.notify is not NotifyMode.HEALTHY
-        info = inspect_container(container_id, env) or {}
+        info = self.inspections.inspect(container_id, env) or {}
         # An adopted container has been active since it started, not since now.
         active_since = started_at(info) if adopt is not None else None
         conmon = (info.get("State") or {}).get("ConmonPid")

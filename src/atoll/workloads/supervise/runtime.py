@@ -287,6 +287,19 @@ def podman(
     return run_podman(args, env=env, check=False, timeout=timeout)
 
 
+#: Variables that choose which podman, store and events a process sees.
+_PODMAN_VARIABLES = ("HOME", "TMPDIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
+
+
+def environment_key(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """What of *env* decides the containers podman sees (its configuration and store)."""
+    return tuple(
+        sorted(
+            (k, v) for k, v in env.items() if k.startswith("CONTAINERS_") or k in _PODMAN_VARIABLES
+        )
+    )
+
+
 def inspect_container(
     container: str, env: Mapping[str, str] | None = None
 ) -> dict[str, Any] | None:

@@ -49,6 +49,7 @@ from atoll.workloads.control import CONTROL_SOCKET, Health, UnitState, UnitStatu
 from atoll.workloads.supervise.containerrun import TICK, ContainerRun, UnitRuntime, notify_path
 from atoll.workloads.supervise.controlserver import ControlServer, lock_state_dir
 from atoll.workloads.supervise.deaths import ContainerDeaths
+from atoll.workloads.supervise.inspections import ContainerInspections
 from atoll.workloads.supervise.runtime import (
     RunEnd,
     UnitPlan,
@@ -87,6 +88,8 @@ class Supervisor:
         self.shutdown_requested = threading.Event()
         #: How the container runs learn that their container ended.
         self.deaths = ContainerDeaths()
+        #: What the container runs ask podman about their containers, asked together.
+        self.inspections = ContainerInspections()
         self._lock_fd: int | None = None
         self._server: ControlServer | None = None
         self._activators: list[SocketActivator] = []
@@ -403,6 +406,7 @@ class Supervisor:
                     run_dir=self.run_dir,
                     notify_socket=notify_path(self.state_dir, rt),
                     deaths=self.deaths,
+                    inspections=self.inspections,
                 ).run()
             else:
                 end = self._run_oneshot(rt)
