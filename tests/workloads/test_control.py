@@ -254,6 +254,10 @@ def test_workload_commands(workload_env: WorkloadEnv) -> None:
     assert after["state"] == "active" and after["containerId"] != first_id
     assert after["restarts"] == 0  # a restart by hand is not an automatic restart
     assert http_get(port) == "cli\n"
+    # In place (podman run --replace stopped the old container): only the new one is left.
+    assert workload_env.podman("ps", "-a", "--no-trunc", "--format", "{{.ID}}").split() == [
+        after["containerId"]
+    ]
 
     client_view = SupervisorClient(sup.state_dir).restart("web.service", timeout=60)
     assert client_view.state is UnitState.ACTIVE

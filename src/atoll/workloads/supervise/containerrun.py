@@ -33,6 +33,7 @@ from atoll.workloads.supervise.runtime import (
     UnitPlan,
     podman,
     podman_env,
+    replaces_in_place,
     run_commands,
     started_at,
 )
@@ -79,6 +80,10 @@ class UnitRuntime:
         self.error = ""
         self.timeout_override: float | None = None
         self.adopt_id: str | None = None
+        #: A restart in place was asked for: the running attempt ends without
+        #: stopping its container, which the next ``podman run --replace`` replaces.
+        self.replace = False
+        self.replaceable = replaces_in_place(plan)
 
     def status(self) -> UnitStatus:
         plan = self.plan
@@ -234,6 +239,7 @@ class ContainerRun:
         waiter = self.deaths.waiter(container_id, rt.main_pid, env, since)
         tracker = HealthTracker(plan.health, started) if plan.health else None
         active = False
+        replaced = False
         forced: RunEnd | None = None
         stop_sent = False
         kill_at: float | None = None
@@ -261,8 +267,11 @@ class ContainerRun:
                     break
                 with self.cond:
                     stopping = not rt.wanted
+                    replaced = rt.replace and rt.wanted and active and not stop_sent
                     if state.main_pid:
                         rt.main_pid = state.main_pid
+                if replaced:
+                    break
                 if stopping and not stop_sent:
                     stop_sent = True
                     with self.cond:
@@ -297,9 +306,11 @@ class ContainerRun:
                     forced = self._check_health(tracker, container_id, env)
                     if forced is not None:
                         stop_sent = True
-            exit_status = waiter.exit_status()
+            exit_status = None if replaced else waiter.exit_status()
         finally:
             waiter.close()
+        if replaced:
+            return RunEnd(Result.SUCCESS, EndKind.CLEAN, replaced=True)
         if forced is not None:
             forced.exit_status = exit_status
             return forced

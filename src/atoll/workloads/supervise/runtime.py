@@ -244,6 +244,26 @@ class RunEnd:
     force_restart: bool = False
     #: Never restart (HealthOnFailure=stop).
     no_restart: bool = False
+    #: Ended for a restart in place: the container runs on until the next
+    #: attempt's ``podman run --replace`` replaces it.
+    replaced: bool = False
+
+
+def replaces_in_place(plan: UnitPlan) -> bool:
+    """Whether a restart of *plan*'s unit may leave the stop to its next ``podman
+    run``: Quadlet's command line replaces a container of the same name
+    (``--replace``), and the unit's stop is only Quadlet's ``podman rm --cidfile``
+    of that container, which the replacement does as well."""
+    if plan.kind is not UnitKind.CONTAINER or plan.service_type != "notify" or not plan.start:
+        return False
+    run_argv = plan.start[0].argv
+    if "--replace" not in run_argv or "--rm" not in run_argv:
+        return False
+    cidfiles = {w for w in run_argv if w.startswith("--cidfile=")}
+    return all(
+        "rm" in c.argv and "-f" in c.argv and cidfiles & set(c.argv)
+        for c in (*plan.stop, *plan.stop_post)
+    )
 
 
 def run_commands(
