@@ -252,8 +252,9 @@ class RunEnd:
 def replaces_in_place(plan: UnitPlan) -> bool:
     """Whether a restart of *plan*'s unit may leave the stop to its next ``podman
     run``: Quadlet's command line replaces a container of the same name
-    (``--replace``), and the unit's stop is only Quadlet's ``podman rm --cidfile``
-    of that container, which the replacement does as well."""
+    (``--replace``: a forced ``podman rm``, with the container's stop timeout)
+    and removes its own at exit (``--rm``), and the unit's stop is only
+    Quadlet's forced ``podman rm --cidfile`` of that container."""
     if plan.kind is not UnitKind.CONTAINER or plan.service_type != "notify" or not plan.start:
         return False
     run_argv = plan.start[0].argv
