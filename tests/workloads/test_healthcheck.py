@@ -85,8 +85,8 @@ def test_schedule() -> None:
 def test_the_first_check_at_once_does_not_count_when_it_fails() -> None:
     tracker = HealthTracker(HealthSpec(interval=5, retries=1), started_at=100)
     assert tracker.record(False, 100.2) is Health.STARTING
-    assert not tracker.due(101.1)
-    assert tracker.due(101.2)  # soon again, not an interval later
+    assert not tracker.due(100.9)
+    assert tracker.due(101)  # a second after the start, not an interval later
     assert tracker.record(False, 101.3) is Health.UNHEALTHY
     assert not tracker.due(106.2)
     assert tracker.due(106.3)

@@ -15,8 +15,8 @@ check; without systemd nothing runs it.  The supervisor runs
 
 Schedule: one check as soon as the container runs, so that a container that
 is ready at once turns healthy at once (a rollout's canary waits for that);
-its failure does not count, and the next check follows a second later
-(at most one interval), then every interval.
+its failure does not count, and the next check runs a second after the
+start (at most one interval; at once if that has passed), then every interval.
 
 States: ``starting`` until the first pass (or until the retries run out after
 the start period), ``healthy`` after a pass, ``unhealthy`` after HealthRetries
@@ -118,7 +118,8 @@ class HealthTracker:
             self.status = Health.HEALTHY
             return self.status
         if early:
-            self.next_check = now + min(self.spec.interval, 1.0)
+            # Then when the first check used to run (at once, if that has passed).
+            self.next_check = self.started_at + min(self.spec.interval, 1.0)
             return self.status
         if not self._start_period_over and now - self.started_at < self.spec.start_period:
             return self.status  # failures while starting up do not count
