@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping
-from types import ModuleType
-from typing import Any, cast
+
+# typing stays unimported: the supervisor's control socket opens through here
+# (atoll.workloads) before anything it does not need.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from types import ModuleType
+    from typing import Any
 
 
 def lazy_exports(package: str, table: Mapping[str, tuple[str, ...]]) -> Callable[[str], Any]:
@@ -84,4 +89,4 @@ def lazy_module(name: str) -> ModuleType:
 
     so that type checkers see the real module.  Names in ``except`` clauses are
     looked up only when an exception is being matched, so they work too."""
-    return cast(ModuleType, _LazyModule(name))
+    return _LazyModule(name)  # type: ignore[return-value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,10 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from atoll.cli.main import _open_supervisor_socket
+from atoll.cli.workload import STATE_DIR_ENV
 from atoll.errors import AtollError, LockedError, SupervisorNotRunningError, UnknownUnitError
 from atoll.workloads import SupervisorClient, SystemdManager, UnitManager
 from atoll.workloads.control import Health, UnitState, UnitStatus, control_socket
-from atoll.workloads.supervise.controlserver import ControlServer, answer, lock_state_dir
+from atoll.workloads.supervise.controlserver import (
+    CONTROL_SOCKET,
+    ControlServer,
+    answer,
+    lock_state_dir,
+    take_early,
+)
 from atoll.workloads.supervise.supervisor import Supervisor
 from atoll.workloads.systemd import parse_systemctl_show, status_from_systemd
 from helpers.cli import run_atoll
@@ -245,6 +254,10 @@ def test_workload_commands(workload_env: WorkloadEnv) -> None:
     assert after["state"] == "active" and after["containerId"] != first_id
     assert after["restarts"] == 0  # a restart by hand is not an automatic restart
     assert http_get(port) == "cli\n"
+    # In place (podman run --replace stopped the old container): only the new one is left.
+    assert workload_env.podman("ps", "-a", "--no-trunc", "--format", "{{.ID}}").split() == [
+        after["containerId"]
+    ]
 
     client_view = SupervisorClient(sup.state_dir).restart("web.service", timeout=60)
     assert client_view.state is UnitState.ACTIVE
@@ -308,3 +321,56 @@ def test_unit_status_json_is_camel_case_and_reads_version_1() -> None:
         for k, v in data.items()
     }
     assert UnitStatus.from_json(old) == status
+
+
+def test_workload_run_opens_the_socket_before_the_parser_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``atoll workload run`` locks the state directory and listens before the
+    command-line parser, pathlib or JSON load; a ping is answered then, and the
+    supervisor takes the socket and the lock over.  A command line whose state
+    directory the parser might read otherwise is left to the parser."""
+    state_dir = Path(tempfile.mkdtemp(prefix="atc-", dir="/tmp"))
+    code = (
+        "import sys\n"
+        "from atoll.cli.main import _open_supervisor_socket\n"
+        "_open_supervisor_socket(sys.argv[1:])\n"
+        "loaded = [m for m in ('argparse', 'atoll.cli.parser', 'pathlib', 'json', 'typing',"
+        " 'atoll.errors', 'atoll.workloads.control') if m in sys.modules]\n"
+        "print(loaded, flush=True)\n"
+        "sys.stdin.read()\n"
+        "from pathlib import Path\n"
+        "from atoll.workloads.supervise.controlserver import take_early\n"
+        "print(take_early(Path(sys.argv[-1])) is not None, flush=True)\n"
+    )
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "--root", str(tmp_path), "--state-dir", str(state_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "[]"
+        assert SupervisorClient(state_dir).is_running()
+        with pytest.raises(LockedError):
+            lock_state_dir(state_dir)
+        proc.stdin.close()
+        assert proc.stdout.readline().strip() == "True"
+        assert proc.wait(30) == 0
+        (state_dir / "control.sock").unlink()  # that process did not close it
+
+        for args in (["--state", str(state_dir)], ["--state-dir"], ["--help"]):
+            _open_supervisor_socket(args)
+            assert not (state_dir / "control.sock").exists()
+        for args, env in (([f"--state-dir={state_dir}"], None), (["--root", "x"], state_dir)):
+            if env is not None:
+                monkeypatch.setenv(STATE_DIR_ENV, str(env))
+            _open_supervisor_socket(args)
+            taken = take_early(state_dir)
+            assert taken is not None
+            server, lock = taken
+            assert SupervisorClient(state_dir).is_running()
+            server.close()
+            os.close(lock)
+        assert control_socket(state_dir).name == CONTROL_SOCKET
+    finally:
+        shutil.rmtree(state_dir)

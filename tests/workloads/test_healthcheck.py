@@ -82,11 +82,20 @@ def test_a_pass_ends_the_start_period() -> None:
 
 def test_schedule() -> None:
     tracker = HealthTracker(HealthSpec(interval=5), started_at=100)
-    assert not tracker.due(100.5)
-    assert tracker.due(101)  # the first check comes early, to find readiness soon
-    tracker.record(True, 101)
-    assert not tracker.due(105.9)
-    assert tracker.due(106)
+    assert tracker.due(100)  # the first check at once, to find readiness soon
+    tracker.record(True, 100.5)
+    assert not tracker.due(105.4)
+    assert tracker.due(105.5)
+
+
+def test_the_first_check_at_once_does_not_count_when_it_fails() -> None:
+    tracker = HealthTracker(HealthSpec(interval=5, retries=1), started_at=100)
+    assert tracker.record(False, 100.2) is Health.STARTING
+    assert not tracker.due(100.9)
+    assert tracker.due(101)  # a second after the start, not an interval later
+    assert tracker.record(False, 101.3) is Health.UNHEALTHY
+    assert not tracker.due(106.2)
+    assert tracker.due(106.3)
 
 
 def test_startup_spec_from_options() -> None:

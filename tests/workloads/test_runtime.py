@@ -15,6 +15,7 @@ from atoll.workloads.supervise.runtime import (
     fit_to_podman,
     logs_argv,
     plan_unit,
+    replaces_in_place,
 )
 from atoll.workloads.unitfiles.generate import generate_services
 from atoll.workloads.unitfiles.quadlet import load_units
@@ -145,3 +146,22 @@ def test_logs_argv() -> None:
     assert logs_argv("c") == ["podman", "logs", "c"]
     argv = logs_argv("c", follow=True, lines=5)
     assert argv == ["podman", "logs", "--follow", "--tail", "5", "c"]
+
+
+def test_a_restart_replaces_in_place_only_where_quadlet_stops_the_container(
+    tmp_path: Path,
+) -> None:
+    plans = _plans(
+        tmp_path,
+        {
+            "web.container": "[Container]\nImage=docker.io/library/busybox\n",
+            "own.container": (
+                "[Container]\nImage=docker.io/library/busybox\n"
+                "[Service]\nExecStop=/usr/bin/podman exec systemd-own /bin/drain\n"
+            ),
+            "data.volume": "[Volume]\n",
+        },
+    )
+    assert replaces_in_place(plans["web.container"])
+    assert not replaces_in_place(plans["own.container"])  # its own stop runs first
+    assert not replaces_in_place(plans["data.volume"])

@@ -37,6 +37,32 @@ def _print_version(as_json: bool) -> int:
     return 0
 
 
+def _open_supervisor_socket(args: Sequence[str]) -> None:
+    """``atoll workload run``: lock the state directory and open the control socket
+    before the parser and the supervisor load, so that the socket answers a ping
+    within a fraction of a second of the start (see
+    :mod:`atoll.workloads.supervise.controlserver`).  Only for a command line
+    whose state directory is plain to see: ``--state-dir DIR``, ``--state-dir=DIR``
+    or none (``$ATOLL_WORKLOAD_STATE_DIR``, else the default); anything the
+    parser might read otherwise (an abbreviation, ``--help``) is left to it."""
+    import os
+
+    state_dir: str | None = None
+    for i, arg in enumerate(args):
+        option = arg.split("=", 1)[0]
+        if arg in ("-h", "--help") or (
+            len(option) > 2 and option != "--state-dir" and "--state-dir".startswith(option)
+        ):
+            return
+        if option == "--state-dir":
+            if arg == option and i + 1 >= len(args):
+                return
+            state_dir = args[i + 1] if arg == option else arg.split("=", 1)[1]
+    from atoll.workloads.supervise.controlserver import open_early
+
+    open_early(state_dir or os.environ.get("ATOLL_WORKLOAD_STATE_DIR") or "/run/atoll/workloads")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = _VERSION_ONLY.get(tuple(argv))
@@ -45,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _print_version(as_json)
         except BrokenPipeError:
             return 0
+    if argv[:2] == ["workload", "run"]:
+        _open_supervisor_socket(argv[2:])
     from atoll.cli.common import Output
     from atoll.cli.parser import build_parser, hoist_options
     from atoll.errors import AtollError, InterruptedError_

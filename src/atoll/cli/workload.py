@@ -185,16 +185,22 @@ def _generate(args: argparse.Namespace, out: Output) -> int:
 
 def _run(args: argparse.Namespace, out: Output) -> int:
     from atoll.workloads.control import control_socket
-    from atoll.workloads.supervise.controlserver import ControlServer, lock_state_dir
+    from atoll.workloads.supervise.controlserver import ControlServer, lock_state_dir, take_early
 
     state_dir = supervisor_state_dir(args)
     # The lock and the control socket come first, before the supervisor's modules
     # and the unit files: the socket answers at once, and a request about the
-    # units waits until they are read (see controlserver.py).
-    lock_fd = lock_state_dir(state_dir)
-    server = ControlServer(control_socket(state_dir))
+    # units waits until they are read (see controlserver.py).  atoll.cli.main
+    # opened them before the parser loaded, where the command line allowed.
+    early = take_early(state_dir)
+    if early is not None:
+        server, lock_fd = early
+    else:
+        lock_fd = lock_state_dir(state_dir)
+        server = ControlServer(control_socket(state_dir))
     try:
-        server.open()
+        if early is None:
+            server.open()
         supervisor = _supervisor(args, out, state_dir)
     except BaseException:
         server.close()

@@ -9,10 +9,9 @@ supervisor's control socket opens before the unit files' modules load
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from atoll.lazy import lazy_exports
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from atoll.workloads.autoupdate.units import Workload, workloads_from
     from atoll.workloads.autoupdate.updater import (

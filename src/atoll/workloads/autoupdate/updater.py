@@ -220,7 +220,11 @@ class AutoUpdater:
             reports: dict[str, UnitReport] = {}
             resumed = self._resume(chosen, reports)
             plans = self._plan([w for w in chosen if w.unit not in resumed], reports)
-            self._check(plans)
+            # What runs (podman) and what the registries have are asked at once.
+            with ThreadPoolExecutor(1, thread_name_prefix="atoll-running") as pool:
+                running = pool.submit(self._read_running, plans)
+                self._check(plans)
+                running.result()
             to_apply = [p for p in plans if self._decide(p)]
             if to_apply:
                 self._apply(to_apply)
@@ -283,6 +287,8 @@ class AutoUpdater:
 
     def _plan(self, workloads: Sequence[Workload], reports: dict[str, UnitReport]) -> list[_Plan]:
         plans: list[_Plan] = []
+        asked = [w for w in workloads if not w.problem]
+        statuses = self._rollout.statuses(asked) if asked else {}
         for workload in workloads:
             report = UnitReport(workload.unit, "", workload.image, workload.policy, Updated.FALSE)
             reports[workload.unit] = report
@@ -298,17 +304,15 @@ class AutoUpdater:
                     "needs REGISTRY/REPOSITORY:TAG"
                 )
                 continue
-            try:
-                status = self.manager.status(workload.service)
-            except AtollError as exc:
-                report.updated, report.reason = Updated.FAILED, exc.message
+            status = statuses[workload.unit]
+            if isinstance(status, str):
+                report.updated, report.reason = Updated.FAILED, status
                 continue
             report.container = status.container
             if status.state is not UnitState.ACTIVE or not status.image_id:
                 report.reason = f"not running ({status.state})"
                 continue
             plans.append(_Plan(workload, status, self._state_of(workload.unit), report))
-        self._read_running(plans)
         return plans
 
     def _read_running(self, plans: Sequence[_Plan]) -> None:

@@ -29,6 +29,7 @@ from atoll.workloads.supervise.healthcheck import (
     run_check,
     run_startup_check,
 )
+from atoll.workloads.supervise.inspections import ContainerInspections
 from atoll.workloads.supervise.notify import NotifySocket, NotifyState
 from atoll.workloads.supervise.runtime import (
     Command,
@@ -36,9 +37,9 @@ from atoll.workloads.supervise.runtime import (
     RunEnd,
     UnitPlan,
     fit_to_podman,
-    inspect_container,
     podman,
     podman_env,
+    replaces_in_place,
     run_commands,
     started_at,
 )
@@ -85,6 +86,10 @@ class UnitRuntime:
         self.error = ""
         self.timeout_override: float | None = None
         self.adopt_id: str | None = None
+        #: A restart in place was asked for: the running attempt ends without
+        #: stopping its container, which the next ``podman run --replace`` replaces.
+        self.replace = False
+        self.replaceable = replaces_in_place(plan)
 
     def status(self) -> UnitStatus:
         plan = self.plan
@@ -139,6 +144,7 @@ class ContainerRun:
         run_dir: Path,
         notify_socket: Path,
         deaths: ContainerDeaths,
+        inspections: ContainerInspections,
     ) -> None:
         self.host = host
         self.cond = host.cond
@@ -147,6 +153,7 @@ class ContainerRun:
         self.run_dir = run_dir
         self.notify_socket = notify_socket
         self.deaths = deaths
+        self.inspections = inspections
 
     def run(self) -> RunEnd:
         notify = NotifySocket(self.notify_socket)
@@ -225,7 +232,7 @@ class ContainerRun:
         else:
             container_id = adopt
             state.ready = plan.notify is not NotifyMode.HEALTHY
-        info = inspect_container(container_id, env) or {}
+        info = self.inspections.inspect(container_id, env) or {}
         # An adopted container has been active since it started, not since now.
         active_since = started_at(info) if adopt is not None else None
         conmon = (info.get("State") or {}).get("ConmonPid")
@@ -238,6 +245,7 @@ class ContainerRun:
         waiter = self.deaths.waiter(container_id, rt.main_pid, env, since)
         tracker = HealthTracker(plan.health, started) if plan.health else None
         active = False
+        replaced = False
         forced: RunEnd | None = None
         stop_sent = False
         kill_at: float | None = None
@@ -265,8 +273,11 @@ class ContainerRun:
                     break
                 with self.cond:
                     stopping = not rt.wanted
+                    replaced = rt.replace and rt.wanted and active and not stop_sent
                     if state.main_pid:
                         rt.main_pid = state.main_pid
+                if replaced:
+                    break
                 if stopping and not stop_sent:
                     stop_sent = True
                     with self.cond:
@@ -290,13 +301,22 @@ class ContainerRun:
                     stop_sent = True
                     kill_at = now + ABORT_GRACE
                     continue
-                if tracker is not None and tracker.due(now):
+                # The check at once waits until the unit is active (the job that
+                # started it has its answer first), unless being healthy is how
+                # it becomes active.
+                if (
+                    tracker is not None
+                    and tracker.due(now)
+                    and (active or not tracker.early or plan.notify is NotifyMode.HEALTHY)
+                ):
                     forced = self._check_health(tracker, container_id, env)
                     if forced is not None:
                         stop_sent = True
-            exit_status = waiter.exit_status()
+            exit_status = None if replaced else waiter.exit_status()
         finally:
             waiter.close()
+        if replaced:
+            return RunEnd(Result.SUCCESS, EndKind.CLEAN, replaced=True)
         if forced is not None:
             forced.exit_status = exit_status
             return forced

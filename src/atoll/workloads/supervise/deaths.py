@@ -36,7 +36,7 @@ from collections.abc import Mapping
 
 from atoll.errors import AtollError
 from atoll.run import DEVNULL, PIPE, Process, TimeoutExpired, dies_with_caller, spawn
-from atoll.workloads.supervise.runtime import inspect_container, podman
+from atoll.workloads.supervise.runtime import environment_key, inspect_container, podman
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +50,6 @@ REMEMBERED = 4096
 #: seconds, is given up for ``podman wait``.
 FAILURES = 3
 STEADY = 10.0
-#: Variables that choose which podman, store and events a process sees.
-_PODMAN_VARIABLES = ("HOME", "TMPDIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
-
-
-def environment_key(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """What of *env* decides the containers podman sees (its configuration and store)."""
-    return tuple(
-        sorted(
-            (k, v) for k, v in env.items() if k.startswith("CONTAINERS_") or k in _PODMAN_VARIABLES
-        )
-    )
 
 
 class DeathStream:

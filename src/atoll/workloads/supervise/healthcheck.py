@@ -27,6 +27,11 @@ them, so atoll runs it itself, with ``podman exec``::
                                says (0: never)
     HealthStartupTimeout=30s   a start-up check that runs longer fails
 
+Schedule: one check as soon as the container runs, so that a container that
+is ready at once turns healthy at once (a rollout's canary waits for that);
+its failure does not count, and the next check runs a second after the
+start (at most one interval; at once if that has passed), then every interval.
+
 States: ``starting`` until the first pass (or until the retries run out after
 the start period), ``healthy`` after a pass, ``unhealthy`` after HealthRetries
 failures in a row; ``none`` when the unit has no HealthCmd.
@@ -167,8 +172,11 @@ class HealthTracker:
         self.startup = spec.startup
         self.startup_passes = 0
         self.startup_failures = 0
-        first = spec.startup.interval if spec.startup else spec.interval
-        self.next_check = started_at + min(first, 1.0)
+        # The first check runs at once; a start-up check keeps its own schedule
+        # (its first run a second after the start).
+        self.next_check = started_at + (min(spec.startup.interval, 1.0) if spec.startup else 0.0)
+        #: The first regular check, run at once: its failure only says "not yet".
+        self._early = True
         self._start_period_over = spec.start_period <= 0
 
     def record_startup(self, passed: bool, now: float) -> bool | None:
@@ -193,13 +201,23 @@ class HealthTracker:
     def due(self, now: float) -> bool:
         return now >= self.next_check
 
+    @property
+    def early(self) -> bool:
+        """The first check, the one at once, has not run yet."""
+        return self._early
+
     def record(self, passed: bool, now: float) -> Health:
         """Account one check at *now*; return the new status."""
+        early, self._early = self._early, False
         self.next_check = now + self.spec.interval
         if passed:
             self.failing_streak = 0
             self._start_period_over = True
             self.status = Health.HEALTHY
+            return self.status
+        if early:
+            # Then when the first check used to run (at once, if that has passed).
+            self.next_check = self.started_at + min(self.spec.interval, 1.0)
             return self.status
         if not self._start_period_over and now - self.started_at < self.spec.start_period:
             return self.status  # failures while starting up do not count

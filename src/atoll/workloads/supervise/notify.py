@@ -21,8 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: The longest path a unix socket address holds on Linux (108 bytes with the NUL).
-MAX_SOCKET_PATH = 107
+from atoll.workloads.supervise.controlserver import MAX_SOCKET_PATH
 
 
 def parse_message(data: bytes) -> dict[str, str]:

@@ -316,6 +316,27 @@ class RunEnd:
     force_restart: bool = False
     #: Never restart (HealthOnFailure=stop).
     no_restart: bool = False
+    #: Ended for a restart in place: the container runs on until the next
+    #: attempt's ``podman run --replace`` replaces it.
+    replaced: bool = False
+
+
+def replaces_in_place(plan: UnitPlan) -> bool:
+    """Whether a restart of *plan*'s unit may leave the stop to its next ``podman
+    run``: Quadlet's command line replaces a container of the same name
+    (``--replace``: a forced ``podman rm``, with the container's stop timeout)
+    and removes its own at exit (``--rm``), and the unit's stop is only
+    Quadlet's forced ``podman rm --cidfile`` of that container."""
+    if plan.kind is not UnitKind.CONTAINER or plan.service_type != "notify" or not plan.start:
+        return False
+    run_argv = plan.start[0].argv
+    if "--replace" not in run_argv or "--rm" not in run_argv:
+        return False
+    cidfiles = {w for w in run_argv if w.startswith("--cidfile=")}
+    return all(
+        "rm" in c.argv and "-f" in c.argv and cidfiles & set(c.argv)
+        for c in (*plan.stop, *plan.stop_post)
+    )
 
 
 def run_commands(
@@ -365,6 +386,19 @@ def podman(
 ) -> Completed:
     """Run ``podman ARGS`` (not checked: callers look at the return code)."""
     return run_podman(args, env=env, check=False, timeout=timeout)
+
+
+#: Variables that choose which podman, store and events a process sees.
+_PODMAN_VARIABLES = ("HOME", "TMPDIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
+
+
+def environment_key(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """What of *env* decides the containers podman sees (its configuration and store)."""
+    return tuple(
+        sorted(
+            (k, v) for k, v in env.items() if k.startswith("CONTAINERS_") or k in _PODMAN_VARIABLES
+        )
+    )
 
 
 def inspect_container(

@@ -49,6 +49,7 @@ from atoll.workloads.control import CONTROL_SOCKET, Health, UnitState, UnitStatu
 from atoll.workloads.supervise.containerrun import TICK, ContainerRun, UnitRuntime, notify_path
 from atoll.workloads.supervise.controlserver import ControlServer, lock_state_dir
 from atoll.workloads.supervise.deaths import ContainerDeaths
+from atoll.workloads.supervise.inspections import ContainerInspections
 from atoll.workloads.supervise.runtime import (
     RunEnd,
     UnitPlan,
@@ -88,6 +89,8 @@ class Supervisor:
         self.shutdown_requested = threading.Event()
         #: How the container runs learn that their container ended.
         self.deaths = ContainerDeaths()
+        #: What the container runs ask podman about their containers, asked together.
+        self.inspections = ContainerInspections()
         self._lock_fd: int | None = None
         self._server: ControlServer | None = None
         self._activators: list[SocketActivator] = []
@@ -288,6 +291,12 @@ class Supervisor:
                 rt.thread.start()
             else:
                 rt.wake.set()  # skip the rest of RestartSec
+            return self._settled(rt, want)
+
+    def _settled(self, rt: UnitRuntime, want: int) -> UnitStatus:
+        """Wait (holding the lock) until attempt *want* of *rt* settled; its status, or
+        the error that says how it failed."""
+        with self.cond:
             while rt.settled < want:
                 thread = rt.thread
                 if thread is None or not thread.is_alive():
@@ -337,6 +346,21 @@ class Supervisor:
 
     def restart(self, name: str, timeout: float | None = None) -> UnitStatus:
         rt = self.resolve(name)
+        if rt.replaceable:
+            with self.cond:
+                running = rt.thread is not None and rt.thread.is_alive()
+                if running and rt.wanted and rt.state is UnitState.ACTIVE and rt.in_attempt:
+                    # In place: the next attempt's podman run stops and removes the
+                    # container as the stop would (one podman process, not two).
+                    rt.replace = True
+                    rt.timeout_override = timeout
+                    rt.start_limit.reset()  # a restart by hand, as in _start_one
+                    want = rt.attempt + 1
+                    rt.wake.set()
+                    if rt.interrupt is not None:
+                        rt.interrupt()
+                    self.cond.notify_all()
+                    return self._settled(rt, want)
         self._stop_one(rt)
         return self.start(rt.plan.name, timeout)
 
@@ -393,6 +417,7 @@ class Supervisor:
                     return
                 rt.attempt += 1
                 rt.in_attempt = True
+                rt.replace = False
                 rt.error = ""
                 rt.exit_status = None
                 rt.wake.clear()
@@ -404,9 +429,25 @@ class Supervisor:
                     run_dir=self.run_dir,
                     notify_socket=notify_path(self.state_dir, rt),
                     deaths=self.deaths,
+                    inspections=self.inspections,
                 ).run()
             else:
                 end = self._run_oneshot(rt)
+            if end.replaced:
+                with self.cond:
+                    rt.replace = False
+                    again = rt.wanted
+                    if again:
+                        rt.in_attempt = False
+                        rt.main_pid = rt.container_id = rt.image_id = None
+                        rt.health = Health.NONE
+                if again:
+                    continue  # the next attempt's podman run replaces the container
+                # Stopped meanwhile: the container the attempt left is stopped as usual.
+                stop_deadline = time.monotonic() + rt.plan.settings.timeout_stop
+                env = podman_env(rt.plan.env)
+                run_commands(rt.plan.stop, stop_deadline, env, what=rt.plan.service)
+                end = RunEnd(Result.SUCCESS, EndKind.CLEAN)
             with self.cond:
                 rt.in_attempt = False
                 rt.exit_status = end.exit_status
