@@ -9,7 +9,11 @@ agent, which takes the fleet's Quadlet unit up through systemd (daemon-reload,
 podman's generator, a restart of the service), stages the OS image of a
 rollout; after a reboot into it the agent, started again by systemd, reports it
 booted green and applied, and the rollout is done.  A changed unit is restarted
-through systemd again, now on the new OS.
+through systemd again, now on the new OS.  Last, a rollout to an image whose
+required health check fails: the device stages it, boots it red twice (its
+greenboot.conf allows two attempts; ``FailureAction=reboot`` of the health
+check, the harness's next round), falls back; the agent reports the rollback
+and never the bad spec applied, and the rollout pauses at its error threshold.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from atoll.demo import basetree
 from atoll.device.harness import machine_name
 from atoll.device.nspawn import child_pids
 from atoll.units import AGENT_SERVICE, FINALIZE_PATH, FINALIZE_SERVICE, install_atoll, install_units
+from helpers.busybox_root import REQUIRED
 from helpers.cli import run_atoll
 from helpers.debian import DebianTree, build_debian_image, ensure_debian_tree
 from helpers.fleet import FleetServer, operator
@@ -78,7 +83,7 @@ class BootedDevice:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "atoll", "device", "boot", "--sysroot", str(sysroot),
              "--keep-running", "--network", "host", "--containers", "--timeout", "900",
-             "--max-boots", "3", "--console-log", str(console)],
+             "--max-boots", "5", "--console-log", str(console)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -172,10 +177,15 @@ def test_the_agent_service_takes_a_rollout_and_restarts_units_through_systemd(
     spec = image_spec(tmp_path / "stage", host)
     images = tmp_path / "images"
     repo = f"{host}/{registry.new_repo('fleet-os')}"
+    broken = FileSpec(b"#!/bin/sh\necho the app is broken\nexit 3\n", 0o755)
+    # Two attempts, not greenboot's three: one red boot less.
+    tries = FileSpec(b"GREENBOOT_MAX_BOOT_ATTEMPTS=2\n")
+    bad = {f"{REQUIRED}/50-broken.sh": broken, "etc/greenboot/greenboot.conf": tries}
+    adds = {"1": spec, "2": spec, "3": {**spec, **bad}}
     digests = {}
-    for version in ("1", "2"):
+    for version, add in adds.items():
         build_debian_image(
-            images, version, device_tree, version=f"{version}.0", add=spec, kernel=True
+            images, version, device_tree, version=f"{version}.0", add=add, kernel=True
         )  # type: ignore[arg-type]
         atoll("image", "copy", f"oci:{images}:{version}", f"docker://{repo}:{version}")
         digests[version] = digest_of(f"{repo}:{version}")
@@ -283,5 +293,55 @@ def test_the_agent_service_takes_a_rollout_and_restarts_units_through_systemd(
         now = device.run("systemctl", "show", "-P", "ExecMainStartTimestampMonotonic",
                          "web.service").stdout.strip()  # fmt: skip
         assert int(now) > int(started)
+
+        # A bad image (its required check fails): staged, two red boots, back to 2.
+        before = changed["appliedVersion"]
+        seen: list[dict[str, Any]] = []
+
+        def watched() -> dict[str, Any]:
+            seen.append(status())
+            return seen[-1]
+
+        rollout_bad = {**rollout, "os": {"image": f"{repo}@{digests['3']}"}}
+        assert api.put("rollouts/r2", json=rollout_bad).status_code == 201
+        wait_for(
+            "the bad image staged",
+            lambda: watched().get("stagedDigest") == digests["3"],
+            device,
+            600,
+        )
+        device.run("systemctl", "reboot", check=False)
+        back = wait_for(
+            "the rollback reported",
+            lambda: (
+                (s := watched())["update"]["state"] == "failed"
+                and s["bootedDigest"] == digests["2"]
+                and s
+            ),
+            device,
+            600,
+        )
+        assert back["update"]["reason"] == f"the device rolled back from {digests['3'][:19]}"
+        assert (back["health"], back["rollbackDigest"]) == ("green", digests["3"])
+        reason = json.loads(back["healthReason"])
+        assert (reason["name"], reason["exitCode"], reason["output"]) == (
+            "50-broken.sh",
+            3,
+            "the app is broken",
+        )
+        inside = json.loads(device.run("atoll", "status", "--json", "--sysroot", "/sysroot").stdout)
+        assert inside["status"]["atoll"]["lastRollback"]["attemptsUsed"] == 2
+
+        # No status the server held at any poll (each second) has the bad spec applied:
+        # the device stays one version behind.
+        assert {s.get("appliedVersion") for s in seen} == {before}
+        assert api.get("devices/dev1").json()["specVersion"] > before
+        paused = api.get("rollouts/r2").json()
+        assert paused["state"] == "paused", paused
+        # The rollback's report, or a red boot's if the agent reported one before its reboot.
+        assert paused["reason"].startswith(
+            "batch 0: error threshold: 1 of 1 devices failed (dev1: "
+        ), paused["reason"]
+        assert [d["state"] for d in paused["batches"][0]["devices"]] == ["failed"]
     finally:
         api.close()
