@@ -134,8 +134,8 @@ def test_startup_check_kube_and_build(workload_env: WorkloadEnv) -> None:
     adopts it.  A .build builds the image its container runs, before it (see
     helpers.workloads.write_newer_units), then is inactive (Type=oneshot, as podman
     5.4's quadlet writes it) and builds again whenever its container starts again
-    (here by Restart=); a failed build fails its container.  The same units run under systemd with podman 5 in
-    test_systemd_host.py."""
+    (here by Restart=); a failed build fails its container.  The same units run
+    under systemd with podman 5 in test_systemd_host.py."""
     registry = workload_env.registry
     image = push_workload_image(registry, registry.new_repo("newer"))
     names = write_newer_units(workload_env.units, image)

@@ -411,10 +411,12 @@ class Supervisor:
                 rt.wake.clear()
                 self.set_state(rt, UnitState.ACTIVATING)
             if restarting:
-                # systemd's restart job starts the requirements too: a .build
-                # that ended builds again first.
+                # systemd's restart job starts the requirements again: a .build
+                # (a unit that ends) builds again first.  The units that stay
+                # active are left alone.
+                builds = [dep for dep in self._deps(rt)[0] if dep.plan.exits]
                 try:
-                    self._start_requirements(rt, self._deps(rt)[0], (rt.plan.name,))
+                    self._start_requirements(rt, builds, (rt.plan.name,))
                 except UnitFailedError:
                     with self.cond:
                         rt.wanted = False
