@@ -93,6 +93,7 @@ def test_dependencies_and_oneshots(tmp_path: Path) -> None:
     assert pod.start_pre[0].argv[1:3] == ("pod", "create")
     volume = plans["data.volume"]
     assert volume.service_type == "oneshot"
+    assert volume.remain_after_exit and not volume.exits  # RemainAfterExit=yes: stays active
     assert volume.start[0].argv[-1] == "systemd-data"
     # podman 4.3 has no --ignore: an existing volume counts as success instead.
     assert "--ignore" not in volume.start[0].argv
@@ -115,6 +116,7 @@ def test_kube_and_build_plans(tmp_path: Path) -> None:
     assert kube.env["PODMAN_SYSTEMD_UNIT"] == "app.service"
     build = plans["img.build"]
     assert build.service == "img-build.service" and build.service_type == "oneshot"
+    assert build.exits  # as podman 5.4's quadlet writes it: no RemainAfterExit=
     assert build.working_directory == Path("/srv/ctx")
 
 

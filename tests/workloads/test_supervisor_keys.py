@@ -5,6 +5,7 @@ checked with ``podman inspect``."""
 from __future__ import annotations
 
 import json
+import signal
 from typing import Any
 
 import pytest
@@ -129,12 +130,20 @@ def test_startup_check_kube_and_build(workload_env: WorkloadEnv) -> None:
     """HealthStartup*= run by the supervisor (podman 4.3 has no --health-startup-*):
     the start-up check runs until it has passed HealthStartupSuccess= times, then
     only the regular check runs; HealthLog*= is dropped with a message.  A .kube
-    plays its YAML with its ConfigMap=; a .build builds the image its container
-    runs, before it (see helpers.workloads.write_newer_units).  The same units run
+    plays its YAML with its ConfigMap=, and a supervisor killed and started again
+    adopts it.  A .build builds the image its container runs, before it (see
+    helpers.workloads.write_newer_units), then is inactive (Type=oneshot, as podman
+    5.4's quadlet writes it) and builds again whenever its container starts again
+    (here by Restart=); a failed build fails its container.  The same units run
     under systemd with podman 5 in test_systemd_host.py."""
     registry = workload_env.registry
     image = push_workload_image(registry, registry.new_repo("newer"))
     names = write_newer_units(workload_env.units, image)
+    with (workload_env.units / "built.container").open("a") as unit:
+        unit.write("[Service]\nRestart=on-failure\nRestartSec=0\n")
+    workload_env.unit("bad.build", "[Build]\nImageTag=localhost/bad\nFile=Absentfile\n"
+                      "SetWorkingDirectory=unit\n")  # fmt: skip
+    workload_env.unit("bad.container", "[Container]\nImage=bad.build\n")
     workload_env.unit(
         "never.container",
         f"""[Container]
@@ -153,7 +162,12 @@ RestartSec=1
         wait_for(lambda n=name: sup.status(n).state == "active" or None, f"{name} to be active")
     assert newer_units_results(workload_env.podman) == NEWER_UNITS_RESULTS
     assert sup.status("starty").health == "healthy"
-    assert sup.status("img.build").state == "active"
+    built = sup.status("img.build")
+    assert (built.state, built.result, built.exit_status) == ("inactive", "success", 0)
+    wait_for(lambda: sup.status("bad").state == "failed" or None, "bad to fail")
+    bad = sup.status("bad.build")
+    assert (bad.state, bad.result, bad.exit_status) == ("failed", "exit-code", 125)
+    assert sup.status("bad").result == "dependency"
     output = sup.output()
     assert "no run --health-log-destination option: HealthLogDestination=" in output
     assert "HealthMaxLogCount= is not honoured" in output
@@ -165,6 +179,28 @@ RestartSec=1
     wait_for(lambda: sup.status("never").restarts >= 1 or None, "never to be restarted")
     assert "never.service: start-up check failed 2 times" in sup.output()
     sup.client.stop("never")  # no more restarts to load the machine
+
+    def page() -> str:
+        return workload_env.podman(
+            "exec", "systemd-built", "/bin/busybox", "cat", "/www/index.html"
+        )
+
+    # Started again (here by Restart=), the container's image is built again first:
+    # the changed page is in it.
+    (workload_env.units / "page.html").write_text("second build\n")
+    workload_env.podman("kill", "systemd-built")
+    wait_for(lambda: sup.status("built").restarts >= 1 or None, "built to be restarted")
+    wait_for(lambda: sup.status("built").state == "active" or None, "built to be active")
+    assert page() == "second build\n"
+    assert sup.status("img.build").state == "inactive"
+    # A supervisor killed and started again adopts the kube: the same containers.
+    kube = sup.status("kapp")
+    web_id = _inspect(workload_env, "kapp-web")["Id"]
+    sup.stop(signal.SIGKILL)
+    sup = workload_env.start_supervisor("kapp", state_dir=sup.state_dir)
+    wait_for(lambda: sup.status("kapp").state == "active" or None, "kapp to be adopted")
+    assert sup.status("kapp").container_id == kube.container_id
+    assert _inspect(workload_env, "kapp-web")["Id"] == web_id
     # The pod's last container ends: podman stops the service container, the unit ends.
     workload_env.podman("stop", "--time", "0", "kapp-web")
     wait_for(lambda: sup.status("kapp").state in ("failed", "inactive") or None, "kapp to end")

@@ -207,6 +207,9 @@ def test_podmans_generator_and_atolls_give_the_same_container(
         host.start_units(units)
         _start(host, newer)
         newer_results = _newer_results(host)
+        build = host.run(
+            "systemctl", "show", "-p", "ActiveState,Result,ExecMainStatus", "img-build.service"
+        ).stdout.split()
         by_podman = _keys_settings(host)
         host.stop_units(["keys.container", *newer])
         for name in newer:  # atoll's generator makes the same text of them (test_parity.py)
@@ -230,6 +233,8 @@ def test_podmans_generator_and_atolls_give_the_same_container(
     # podman 5 runs the start-up check, the .kube and the .build as atoll's
     # supervisor does with podman 4.3 (test_supervisor_keys.py).
     assert newer_results == NEWER_UNITS_RESULTS
+    # A finished build is inactive, as under atoll's supervisor.
+    assert sorted(build) == ["ActiveState=inactive", "ExecMainStatus=0", "Result=success"]
     assert by_podman == {
         "devices": ["/dev/xnull"],
         "shared": [("/etc/containers", False)],

@@ -163,6 +163,8 @@ class UnitPlan:
     service_type: str = "notify"
     #: WorkingDirectory= of the generated service (.kube and .build units).
     working_directory: Path | None = None
+    #: RemainAfterExit= of the generated service (.volume, .network, .image: yes).
+    remain_after_exit: bool = False
 
     @property
     def name(self) -> str:
@@ -171,6 +173,12 @@ class UnitPlan:
     @property
     def kind(self) -> UnitKind:
         return self.unit.kind
+
+    @property
+    def exits(self) -> bool:
+        """A Type=oneshot service without RemainAfterExit= (a .build): inactive
+        once its commands have succeeded, run again by the next start."""
+        return self.service_type == "oneshot" and not self.remain_after_exit
 
 
 def expand_specifiers(text: str, service: str, runtime_dir: Path) -> str:
@@ -301,6 +309,7 @@ def plan_unit(unit: QuadletUnit, service: GeneratedService, runtime_dir: Path) -
         working_directory=Path(expand_specifiers(workdir[-1], name, runtime_dir))
         if workdir
         else None,
+        remain_after_exit=is_true((values("Service", "RemainAfterExit") or ["no"])[-1]),
     )
 
 
@@ -433,12 +442,22 @@ def containers_by_unit(env: Mapping[str, str] | None = None) -> dict[str, list[d
     return found
 
 
+@dataclass(frozen=True)
+class ServiceContainer:
+    """The service container of a ``podman kube play --service-container``."""
+
+    container_id: str
+    conmon_pid: int | None
+    #: When it started (state.json's form), if podman says.
+    since: str | None
+
+
 def kube_service_container(
     service: str, env: Mapping[str, str] | None = None
-) -> tuple[str, int | None] | None:
+) -> ServiceContainer | None:
     """The running service container ``podman kube play --service-container`` made
-    for *service* (its containers carry ``PODMAN_SYSTEMD_UNIT=SERVICE``): its id and
-    its conmon's pid; None when there is none."""
+    for *service* (its containers carry ``PODMAN_SYSTEMD_UNIT=SERVICE``); None when
+    there is none."""
     proc = podman(
         "ps", "--filter", f"label=PODMAN_SYSTEMD_UNIT={service}", "--filter", "status=running",
         "--format", "{{.ID}}", env=env,
@@ -449,7 +468,10 @@ def kube_service_container(
         info = inspect_container(container_id, env) or {}
         if info.get("IsService"):
             conmon = (info.get("State") or {}).get("ConmonPid")
-            return str(info.get("Id") or container_id), int(conmon) if conmon else None
+            return ServiceContainer(
+                str(info.get("Id") or container_id), int(conmon) if conmon else None,
+                started_at(info),
+            )  # fmt: skip
     return None
 
 

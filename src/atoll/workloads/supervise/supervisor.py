@@ -18,8 +18,10 @@ The state directory (default ``/run/atoll/workloads``)::
 
 A container unit's run, ``podman run -d`` watched until it ends, is
 :mod:`atoll.workloads.supervise.containerrun`'s; other units run their commands and stay
-active.  Containers carry the label ``io.atoll.workload.unit=NAME.container``: a
-supervisor started again adopts a running container instead of starting another.
+active (a .build, Type=oneshot, ends when they succeed).  Containers carry the
+label ``io.atoll.workload.unit=NAME.container``: a supervisor started again adopts a
+running container, and a .kube's running service container, instead of starting
+another.
 
 Lock order: the supervisor's one lock (``self.cond``) is never held while a
 podman command runs, except for writing state.json.
@@ -252,7 +254,22 @@ class Supervisor:
             return rt.status()
         stack = (*_stack, rt.plan.name)
         first, later = self._deps(rt)
-        for dep in first:
+        self._start_requirements(rt, first, stack)
+        status = self._start_one(rt, timeout)
+        for dep in later:
+            try:
+                self.start(dep.plan.name, _stack=stack)
+            except AtollError as exc:
+                log.warning("%s: wanted unit %s failed: %s", rt.plan.service, dep.plan.service, exc)
+        return status
+
+    def _start_requirements(
+        self, rt: UnitRuntime, deps: Sequence[UnitRuntime], stack: tuple[str, ...]
+    ) -> None:
+        """Start *deps*, the units *rt* needs first; a failed requirement (not a
+        wanted unit) fails *rt* (UnitFailedError).  A unit that is active stays
+        as it is; one that ended (a .build) runs again, as under systemd."""
+        for dep in deps:
             try:
                 self.start(dep.plan.name, _stack=stack)
             except AtollError as exc:
@@ -264,13 +281,6 @@ class Supervisor:
                         f"{rt.plan.service} not started: {rt.error}",
                         hint="atoll workload status shows the failed unit",
                     ) from exc
-        status = self._start_one(rt, timeout)
-        for dep in later:
-            try:
-                self.start(dep.plan.name, _stack=stack)
-            except AtollError as exc:
-                log.warning("%s: wanted unit %s failed: %s", rt.plan.service, dep.plan.service, exc)
-        return status
 
     def _start_one(self, rt: UnitRuntime, timeout: float | None) -> UnitStatus:
         with self.cond:
@@ -306,7 +316,9 @@ class Supervisor:
                         )
                     break
                 self.cond.wait(TICK)
-            if rt.settled >= want and rt.settled_ok and rt.state is UnitState.ACTIVE:
+            # A .build's start succeeds when it has ended (Type=oneshot).
+            done = UnitState.INACTIVE if rt.plan.exits else UnitState.ACTIVE
+            if rt.settled >= want and rt.settled_ok and rt.state is done:
                 return rt.status()
             if rt.result == Result.START_LIMIT_HIT:
                 raise StartLimitHitError(
@@ -398,6 +410,7 @@ class Supervisor:
 
     def _lifecycle_loop(self, rt: UnitRuntime) -> None:
         settings = rt.plan.settings
+        restarting = False
         while True:
             with self.cond:
                 if not rt.wanted:
@@ -422,6 +435,18 @@ class Supervisor:
                 rt.exit_status = None
                 rt.wake.clear()
                 self.set_state(rt, UnitState.ACTIVATING)
+            if restarting:
+                # systemd's restart job starts the requirements again: a .build
+                # (a unit that ends) builds again first.  The units that stay
+                # active are left alone.
+                builds = [dep for dep in self._deps(rt)[0] if dep.plan.exits]
+                try:
+                    self._start_requirements(rt, builds, (rt.plan.name,))
+                except UnitFailedError:
+                    with self.cond:
+                        rt.wanted = False
+                        self.settle(rt, False)
+                    return
             if rt.plan.kind is UnitKind.CONTAINER and rt.plan.service_type == "notify":
                 end = ContainerRun(
                     self,
@@ -467,7 +492,7 @@ class Supervisor:
                 restart = end.force_restart or (
                     not end.no_restart and settings.should_restart(end.end, end.exit_status)
                 )
-                self.settle(rt, False)
+                self.settle(rt, rt.plan.exits and end.result == Result.SUCCESS)
                 if not restart:
                     rt.wanted = False
                     ended = UnitState.FAILED if end.result != Result.SUCCESS else UnitState.INACTIVE
@@ -483,31 +508,45 @@ class Supervisor:
                     settings.restart_sec,
                     settings.restart,
                 )
+            restarting = True
             rt.wake.wait(settings.restart_sec)
 
     def _run_oneshot(self, rt: UnitRuntime) -> RunEnd:
-        """Volumes, networks, images, builds, pods: run the commands, then stay
-        active.  A kube unit stays active while the service container that
-        ``podman kube play --service-container`` made runs (its main process under
-        systemd): when that ends, so does the unit, with its exit status."""
+        """Volumes, networks, images, pods: run the commands, then stay active.  A
+        build (Type=oneshot without RemainAfterExit=) ends once its commands have
+        succeeded: inactive, result success.  A kube unit stays active while the
+        service container that ``podman kube play --service-container`` made runs
+        (its main process under systemd): when that ends, so does the unit, with
+        its exit status; a kube whose service container runs when the supervisor
+        starts is adopted (its commands do not run again)."""
         plan = rt.plan
         env = podman_env(plan.env)
         deadline = time.monotonic() + self.start_timeout(rt)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         commands = functools.partial(run_commands, env=env, what=plan.service,
                                      cwd=plan.working_directory)  # fmt: skip
-        since = time.time()
-        failed = commands((*plan.start_pre, *plan.start), deadline)
-        if failed is not None:
-            commands(plan.stop_post, time.monotonic() + 60)
-            return failed
-        service = kube_service_container(plan.service, env) if plan.kind is UnitKind.KUBE else None
-        waiter = self.deaths.waiter(*service, env, since) if service else None
         with self.cond:
-            rt.container_id, rt.main_pid = service or (None, None)
-            self.set_state(rt, UnitState.ACTIVE, Result.SUCCESS)
-            self.settle(rt, True)
-        ended: RunEnd | None = None
+            adopt, rt.adopt_id = rt.adopt_id, None
+        since = time.time()
+        service = kube_service_container(plan.service, env) if adopt is not None else None
+        active_since = service.since if service is not None else None
+        if service is None:
+            failed = commands((*plan.start_pre, *plan.start), deadline)
+            if failed is not None:
+                commands(plan.stop_post, time.monotonic() + 60)
+                return failed
+            if plan.kind is UnitKind.KUBE:
+                service = kube_service_container(plan.service, env)
+        waiter = None
+        if service is not None:
+            waiter = self.deaths.waiter(service.container_id, service.conmon_pid, env, since)
+        ended = RunEnd(Result.SUCCESS, EndKind.CLEAN, 0) if plan.exits else None
+        if ended is None:
+            with self.cond:
+                if service is not None:
+                    rt.container_id, rt.main_pid = service.container_id, service.conmon_pid
+                self.set_state(rt, UnitState.ACTIVE, Result.SUCCESS, since=active_since)
+                self.settle(rt, True)
         while ended is None:
             with self.cond:
                 if not rt.wanted:
@@ -537,9 +576,10 @@ class Supervisor:
     # --- the whole supervisor ----------------------------------------------------------
 
     def adopt(self) -> list[threading.Thread]:
-        """Take over the running containers a previous supervisor started: one
-        ``podman ps`` for all, then every unit in a thread of its own (the threads
-        are returned, started)."""
+        """Take over the running containers, and the kubes' service containers, a
+        previous supervisor started: one ``podman ps`` for all containers, one per
+        kube, then every unit in a thread of its own (the threads are returned,
+        started)."""
         # Only a unit whose container lives on keeps its counter, as the same
         # service would under systemd; the others start afresh (a failed session's
         # restarts are not this session's).
@@ -547,12 +587,18 @@ class Supervisor:
         found = containers_by_unit()
         threads: list[threading.Thread] = []
         for rt in self.units.values():
-            if rt.plan.kind is not UnitKind.CONTAINER:
+            if rt.plan.kind is UnitKind.KUBE:
+                service = kube_service_container(rt.plan.service, podman_env(rt.plan.env))
+                if service is None:
+                    continue
+                container_id = service.container_id
+            elif rt.plan.kind is UnitKind.CONTAINER:
+                running = [c for c in found.get(rt.plan.name, ()) if c.get("State") == "running"]
+                if not running:
+                    continue
+                container_id = str(running[0].get("Id"))
+            else:
                 continue
-            running = [c for c in found.get(rt.plan.name, ()) if c.get("State") == "running"]
-            if not running:
-                continue
-            container_id = str(running[0].get("Id"))
             log.info("%s: adopting running container %s", rt.plan.service, container_id[:12])
             with self.cond:
                 rt.adopt_id = container_id
