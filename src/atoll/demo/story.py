@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import atoll
 from atoll.demo import basetree, osimage
 from atoll.demo.framework import Demo, Done, FileWatch, spinner
 from atoll.demo.registry import answers, free_port, write_config
@@ -189,8 +188,6 @@ class Story:
             "registry-bridge",
             atoll_argv_module("atoll.demo.bridge", str(port), *members),
             shown=["python3", "-m", "atoll.demo.bridge", str(port), *members],
-            # The bridge runs from the same atoll as the demo.
-            env={**d.env, "PYTHONPATH": str(Path(atoll.__file__).resolve().parent.parent)},
         )
         d.say(
             f"the harness bridges {self.registry} into each device's own loopback: the "
