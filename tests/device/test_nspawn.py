@@ -349,6 +349,13 @@ def test_two_devices_at_once_each_have_a_cgroup_tree_of_their_own(
     )
     first_machine = machine_name()
     boots: dict[str, ContainerBoot] = {}
+    # What a boot whose harness was killed (a power cut) left: the next boot removes it.
+    mount, own = unified_mount(), own_cgroup()
+    assert mount is not None and own is not None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = mount / own.lstrip("/") / f"atoll-{machine_name()}-{dead.pid}"
+    (stale / "payload").mkdir(parents=True)
 
     def boot_first() -> None:
         boots["first"] = boot_container(
@@ -373,7 +380,6 @@ def test_two_devices_at_once_each_have_a_cgroup_tree_of_their_own(
     units = (second_var / "units").read_text().split()
     assert "atoll-look.service" in units
     assert "atoll-hold.service" not in units
-    # Each boot's cgroup is removed when it ends.
-    mount, own = unified_mount(), own_cgroup()
-    assert mount is not None and own is not None
+    # Each boot's cgroup is removed when it ends, and a stale one when the next starts.
     assert list((mount / own.lstrip("/")).glob(f"atoll-{first_machine}-*")) == []
+    assert not stale.exists()

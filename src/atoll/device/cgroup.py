@@ -11,6 +11,7 @@ below the caller's::
 
     CGROUP2/CALLER/
     └── atoll-MACHINE-PID/       made here, nspawn started in it, removed after
+                                 (or by a later boot, if process PID was killed)
         ├── supervisor/          systemd-nspawn itself
         └── payload/             the device: init.scope, system.slice/…
 
@@ -64,7 +65,9 @@ def cgroup_of_its_own(machine: str) -> Iterator[Callable[[], object] | None]:
     if mount is None or own is None:
         yield None
         return
-    path = mount / own.lstrip("/") / f"atoll-{machine}-{os.getpid()}"
+    parent = mount / own.lstrip("/")
+    _remove_stale(parent)
+    path = parent / f"atoll-{machine}-{os.getpid()}"
     try:
         path.mkdir()
         fd = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
@@ -84,6 +87,16 @@ def cgroup_of_its_own(machine: str) -> Iterator[Callable[[], object] | None]:
     finally:
         os.close(fd)
         _remove(path)
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove the cgroups of boots whose process is gone without removing its own
+    (killed: a power cut in the demo); a cgroup something still runs in stays."""
+    with contextlib.suppress(OSError):
+        for path in parent.glob("atoll-*-*"):
+            pid = path.name.rpartition("-")[2]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                _remove(path)
 
 
 def _remove(path: Path) -> None:
