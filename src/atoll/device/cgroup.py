@@ -11,7 +11,7 @@ below the caller's::
 
     CGROUP2/CALLER/
     └── atoll-MACHINE-PID/       made here, nspawn started in it, removed after
-                                 (or by a later boot, if process PID was killed)
+                                 (or by a later boot's start or end, if PID was killed)
         ├── supervisor/          systemd-nspawn itself
         └── payload/             the device: init.scope, system.slice/…
 
@@ -87,6 +87,9 @@ def cgroup_of_its_own(machine: str) -> Iterator[Callable[[], object] | None]:
     finally:
         os.close(fd)
         _remove(path)
+        # A killed boot's cgroup may still have held its dying container when the
+        # next boot started: it is empty by now.
+        _remove_stale(path.parent)
 
 
 def _remove_stale(parent: Path) -> None:
