@@ -18,6 +18,7 @@ from atoll.device import (
     nspawn_command,
     outcome_of,
 )
+from atoll.device.cgroup import own_cgroup, unified_mount
 from atoll.device.nspawn import BASE_CMDLINE, _Console
 from atoll.errors import ContainerBootError, InvalidInputError, ToolMissingError
 from helpers.debian import add_unit, make_deployment, mounts_under
@@ -324,3 +325,61 @@ def test_a_hung_boot_times_out_and_leaves_nothing_behind(
             os.killpg(pid, 0)
     assert mounts_under(root) == []
     assert not Path("/run/systemd/nspawn/propagate", machine).exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_devices_at_once_each_have_a_cgroup_tree_of_their_own(
+    debian_rootfs: Path, tmp_path: Path
+) -> None:
+    first_root, first_var = make_deployment(debian_rootfs, tmp_path / "first")
+    second_root, second_var = make_deployment(debian_rootfs, tmp_path / "second")
+    # The first device holds a unit running until the second has listed its own units'
+    # cgroups: sharing one tree, the second would see the first's unit among its own.
+    add_unit(
+        first_root,
+        "atoll-hold.service",
+        oneshot(
+            "touch /var/holding; "
+            "for i in $(seq 1200); do [ -e /var/go ] && exit 0; sleep 0.1; done; exit 1"
+        ),
+    )
+    add_unit(
+        second_root, "atoll-look.service", oneshot("ls /sys/fs/cgroup/system.slice > /var/units")
+    )
+    first_machine = machine_name()
+    boots: dict[str, ContainerBoot] = {}
+    # What a boot whose harness was killed (a power cut) left: the next boot removes it.
+    mount, own = unified_mount(), own_cgroup()
+    assert mount is not None and own is not None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = mount / own.lstrip("/") / f"atoll-{machine_name()}-{dead.pid}"
+    (stale / "payload").mkdir(parents=True)
+
+    def boot_first() -> None:
+        boots["first"] = boot_container(
+            first_root, var=first_var, machine=first_machine, timeout=180, containers=True
+        )
+
+    thread = threading.Thread(target=boot_first)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (first_var / "holding").exists() and thread.is_alive():
+            assert time.monotonic() < deadline, "the first device did not start its unit"
+            time.sleep(0.1)
+        second = boot_container(
+            second_root, var=second_var, machine=machine_name(), timeout=120, containers=True
+        )
+    finally:
+        (first_var / "go").touch()
+        thread.join()
+    assert second.outcome is DeviceBootOutcome.POWEROFF, second.console_tail
+    assert boots["first"].outcome is DeviceBootOutcome.POWEROFF, boots["first"].console_tail
+    units = (second_var / "units").read_text().split()
+    assert "atoll-look.service" in units
+    assert "atoll-hold.service" not in units
+    # Each boot's cgroup is removed when it ends, and a stale one when the next starts.
+    assert list((mount / own.lstrip("/")).glob(f"atoll-{first_machine}-*")) == []
+    assert not stale.exists()

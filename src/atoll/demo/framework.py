@@ -85,6 +85,16 @@ class Done:
     def json(self) -> Any:
         return json.loads(self.stdout)
 
+    def check(self) -> None:
+        """Raise DemoStepError, with the end of what it said, if it failed."""
+        if self.returncode != 0:
+            err = self.stderr.strip()
+            raise DemoStepError(
+                f"{shlex.join(self.argv)} exited with {self.returncode}: "
+                + (err.splitlines()[-1] if err else "no message"),
+                hint=err[-2000:] if err.count("\n") else None,
+            )
+
 
 @dataclass
 class Demo:
@@ -148,16 +158,34 @@ class Demo:
             finally:
                 os.close(write_fd)
 
-    def atoll_together(self, runs: Sequence[tuple[Sequence[str], dict[str, str]]]) -> list[Done]:
+    def atoll_together(
+        self, runs: Sequence[tuple[Sequence[str], dict[str, str]]], *, check: bool = False
+    ) -> list[Done]:
         """Run several ``atoll ARGS`` at once (each with its environment), as one
         would on several devices; every command is shown first, the results come
-        back in the same order and are not checked."""
-        for args, _ in runs:
-            self.echo(["atoll", *args])
+        back in the same order (with *check*, the first failure is raised once all
+        have ended)."""
+        python = [sys.executable, "-m", "atoll"]
+        done = self.commands_together(
+            [([*python, *args], ["atoll", *args], env) for args, env in runs]
+        )
+        if check:
+            for each in done:
+                each.check()
+        return done
+
+    def commands_together(
+        self, runs: Sequence[tuple[Sequence[str], Sequence[str], dict[str, str] | None]]
+    ) -> list[Done]:
+        """Run several programs at once: each as (argv, shown, environment or None
+        for the demo's). Every command is shown first; the results come back in
+        the same order and are not checked."""
+        for _, shown, _ in runs:
+            self.echo(shown)
         with ThreadPoolExecutor(max_workers=max(1, len(runs))) as pool:
-            python = [sys.executable, "-m", "atoll"]
             futures = [
-                pool.submit(self._run, [*python, *a], ["atoll", *a], False, env=e) for a, e in runs
+                pool.submit(self._run, list(argv), list(shown), False, env=env)
+                for argv, shown, env in runs
             ]
             return [f.result() for f in futures]
 
@@ -211,13 +239,8 @@ class Demo:
             stderr.decode(errors="replace"),
             time.monotonic() - started,
         )
-        if check and proc.returncode != 0:
-            err = stderr.decode(errors="replace").strip()
-            raise DemoStepError(
-                f"{shlex.join(shown)} exited with {proc.returncode}: "
-                + (err.splitlines()[-1] if err else "no message"),
-                hint=err[-2000:] if err.count("\n") else None,
-            )
+        if check:
+            done.check()
         return done
 
     def start(
@@ -289,6 +312,30 @@ class Demo:
                 raise DemoStepError(f"{what}: not so after {timeout:.0f} s")
             time.sleep(every)
         return time.monotonic() - started
+
+
+class FileWatch:
+    """Whether a file changed (its inode, size or mtime) since the last call, or
+    *every* seconds passed: a wait that runs a costly check (a Python process)
+    only when the state it reads may have moved. True on the first call."""
+
+    def __init__(self, path: Path, every: float = 5.0) -> None:
+        self.path = path
+        self.every = every
+        self._seen: object = object()
+        self._asked = 0.0
+
+    def __call__(self) -> bool:
+        try:
+            st = self.path.stat()
+            seen: object = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            seen = None
+        now = time.monotonic()
+        if seen == self._seen and now - self._asked < self.every:
+            return False
+        self._seen, self._asked = seen, now
+        return True
 
 
 def stop_recorded(workdir: Path) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+import atoll
 from atoll.demo import basetree
 from atoll.demo.framework import Demo, StepResult, stop_recorded
 from atoll.demo.services import Services
@@ -44,7 +45,14 @@ def run_demo(
     base.mkdir(parents=True, exist_ok=True)
     registries = base / "registries.conf"
     registries.write_text("")
-    env = base_environment({"CONTAINERS_REGISTRIES_CONF": str(registries)})
+    # Every atoll the demo runs (builds, installs, device boots, the registry bridge)
+    # is the demo's own, also where another atoll is installed for the interpreter.
+    env = base_environment(
+        {
+            "CONTAINERS_REGISTRIES_CONF": str(registries),
+            "PYTHONPATH": str(Path(atoll.__file__).resolve().parent.parent),
+        }
+    )
     demo = Demo(base, console, env, fast=fast)
     story = Story(demo, base_tree, basetree.cache_dir(cache), apt_source)
     services = Services(story)

@@ -261,11 +261,14 @@ class Services:
             self.client(url)
 
     def auto_update_all(self) -> list[tuple[Device, str]]:
-        """``podman auto-update`` in every device; return each device's table."""
+        """``podman auto-update`` in every device, all at once (each device's own
+        podman and systemd); return each device's table."""
         d = self.story.demo
+        devices = self.story.devices
+        runs = [self.story.inside_command(device, "podman", "auto-update") for device in devices]
         tables = []
-        for device in self.story.devices:
-            done = self.story.inside(device, "podman", "auto-update", check=False)
+        for device, done in zip(devices, d.commands_together(runs), strict=True):
+            d.say(f"{device.name}:")
             d.show(done.stdout or done.stderr)
             tables.append((device, done.stdout))
         return tables

@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import atoll
 from atoll.demo import basetree, osimage
-from atoll.demo.framework import Demo, Done, spinner
+from atoll.demo.framework import Demo, Done, FileWatch, spinner
 from atoll.demo.registry import answers, free_port, write_config
 from atoll.errors import DemoStepError
 from atoll.run import base_environment, find_tool, run
@@ -188,8 +188,6 @@ class Story:
             "registry-bridge",
             atoll_argv_module("atoll.demo.bridge", str(port), *members),
             shown=["python3", "-m", "atoll.demo.bridge", str(port), *members],
-            # The bridge runs from the same atoll as the demo.
-            env={**d.env, "PYTHONPATH": str(Path(atoll.__file__).resolve().parent.parent)},
         )
         d.say(
             f"the harness bridges {self.registry} into each device's own loopback: the "
@@ -244,34 +242,44 @@ class Story:
             osimage.write_base(layout, tree, self.cache, self.apt_source)
         blueprints = d.workdir / "blueprints"
         blueprints.mkdir(exist_ok=True)
+        builds: list[tuple[Sequence[str], dict[str, str]]] = []
         for v in osimage.versions():
             path = blueprints / f"edge-os-{v.version}.toml"
             path.write_text(v.blueprint)
             d.say(f"v{v.version}: {v.note}")
-            with spinner(d.console, f"  building {v.version}"):
-                built = d.atoll(
-                    "build",
-                    "--blueprint",
-                    str(path),
-                    "--base",
-                    f"oci:{layout}:base",
-                    "-t",
-                    self.os_ref(OS_STAGE, v.version),
-                    "--network",
-                    "host",
-                    "--no-lint",
-                    # Layers grouped by package, each file its own zstd frame, so
-                    # the devices fetch only the files an update changes. --fast
-                    # (the test suite's run) keeps podman's layers: rechunking is
-                    # tested on its own, and costs a minute a build here.
-                    *(["--no-rechunk"] if d.fast else ["--compression", "zstd:chunked"]),
-                    "--workdir",
-                    str(d.workdir / "build"),
-                    "--json",
+            builds.append(
+                (
+                    [
+                        "build",
+                        "--blueprint",
+                        str(path),
+                        "--base",
+                        f"oci:{layout}:base",
+                        "-t",
+                        self.os_ref(OS_STAGE, v.version),
+                        "--network",
+                        "host",
+                        "--no-lint",
+                        # Layers grouped by package, each file its own zstd frame, so
+                        # the devices fetch only the files an update changes. --fast
+                        # (the test suite's run) keeps podman's layers: rechunking is
+                        # tested on its own, and costs a minute a build here.
+                        *(["--no-rechunk"] if d.fast else ["--compression", "zstd:chunked"]),
+                        # A work directory each: the three builds run at once.
+                        "--workdir",
+                        str(d.workdir / "build" / v.version),
+                        "--json",
+                    ],
+                    d.env,
                 )
+            )
+        d.say("the three builds run at once, each in its own work directory")
+        with spinner(d.console, "  building 1.0, 2.0 and 3.0"):
+            done = d.atoll_together(builds, check=True)
+        for v, built in zip(osimage.versions(), done, strict=True):
             result = built.json()
             self.digests[v.version] = str(result["digest"])
-            d.say(f"  {result['digest']} in {built.seconds:.0f} s")
+            d.say(f"  {v.version}: {result['digest']} in {built.seconds:.0f} s")
         keys = d.workdir / "keys"
         keys.mkdir(exist_ok=True)
         d.atoll("key", "generate", "--output", str(keys / "release"))
@@ -344,25 +352,33 @@ class Story:
                     netns=self.netns(name),
                 )
             )
-        for device in self.devices:
-            name = device.name
-            done = d.atoll(
-                "install",
-                "to-filesystem",
-                str(device.sysroot),
-                "--source",
-                f"{self.registry}/{OS_PROD}:stable",
-                "--allow-no-kernel",
-                "--policy",
-                str(self.policy),
-                "--json",
-                progress=f"install {name}",
-            )
+        # Both installs at once, as two devices would be installed.
+        installs = d.atoll_together(
+            [
+                (
+                    [
+                        "install",
+                        "to-filesystem",
+                        str(device.sysroot),
+                        "--source",
+                        f"{self.registry}/{OS_PROD}:stable",
+                        "--allow-no-kernel",
+                        "--policy",
+                        str(self.policy),
+                        "--json",
+                    ],
+                    d.env,
+                )
+                for device in self.devices
+            ],
+            check=True,
+        )
+        for device, done in zip(self.devices, installs, strict=True):
             result = done.json()
             device.transfers.append(("install v1.0", result))
             d.say(
-                f"{name}: {result['filesTotal']} files, {result['filesNew']} new in its store, "
-                f"{_size(result['bytesFetched'])} fetched"
+                f"{device.name}: {result['filesTotal']} files, {result['filesNew']} new in its "
+                f"store, {_size(result['bytesFetched'])} fetched in {done.seconds:.0f} s"
             )
             self.configure_device(device)
         d.say(
@@ -467,10 +483,14 @@ class Story:
             self._start_boot(device)
         started = time.monotonic()
         for device in devices:
+            changed = self.health_watch(device)
             d.wait_until(
                 f"{device.name} boots green",
-                lambda device=device: self._green(device, before[device.name]),  # type: ignore[misc]
+                lambda device=device, changed=changed: (  # type: ignore[misc]
+                    changed() and self._green(device, before[device.name])
+                ),
                 180 if d.fast else 300,
+                every=0.1,
             )
             d.say(
                 f"{device.name}: booted, health checks green "
@@ -515,21 +535,28 @@ class Story:
     def inside(self, device: Device, *argv: str, check: bool = True, quiet: bool = False) -> Done:
         """Run *argv* in the running device (all of its namespaces), as
         ``nsenter --target PID --all`` does."""
+        real, shown, env = self.inside_command(device, *argv)
+        return self.demo.command(*real, check=check, quiet=quiet, shown=shown, env=env)
+
+    def inside_command(
+        self, device: Device, *argv: str
+    ) -> tuple[list[str], list[str], dict[str, str]]:
+        """The command that runs *argv* in the running device, as it is shown,
+        and its environment: the device's own, no paths or settings of the host's."""
         pid = self.init_pid(device)
         if pid is None:
             raise DemoStepError(f"{device.name} is not running")
-        return self.demo.command(
-            find_tool("nsenter", "util-linux"),
-            f"--target={pid}",
-            "--all",
-            "--",
-            *argv,
-            check=check,
-            quiet=quiet,
-            shown=["nsenter", f"--target={pid}", "--all", *argv],
-            # The device's own environment: no paths or settings of the host's.
-            env={"PATH": DEVICE_PATH, "LANG": "C.UTF-8", "HOME": "/root"},
+        return (
+            [find_tool("nsenter", "util-linux"), f"--target={pid}", "--all", "--", *argv],
+            ["nsenter", f"--target={pid}", "--all", *argv],
+            {"PATH": DEVICE_PATH, "LANG": "C.UTF-8", "HOME": "/root"},
         )
+
+    def health_watch(self, device: Device) -> FileWatch:
+        """Tells when the device's health history may have a new record: every
+        boot's checks add one (atoll.health.records), so a wait for a boot reads
+        the device's status only then, and every few seconds besides."""
+        return FileWatch(device.sysroot / "atoll/health/history.jsonl")
 
     def _green(self, device: Device, before: object) -> bool:
         last = self._last_boot(device)
@@ -621,7 +648,8 @@ class Story:
         what = f"{device.name} updates itself to v{version}"
         if rolled_back:
             what = f"{device.name} takes the update, rolls back, runs v{version} again"
-        d.wait_until(what, there, 600 if d.fast else 900, every=1.0)
+        changed = self.health_watch(device)
+        d.wait_until(what, lambda: changed() and there(), 600 if d.fast else 900, every=0.2)
         return found
 
     def _boots(self, device: Device) -> str:

@@ -56,6 +56,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, TypedDict, Unpack
 
+from atoll.device.cgroup import cgroup_of_its_own
 from atoll.device.console import run_with_console
 from atoll.errors import ContainerBootError, InvalidInputError
 from atoll.run import Process, TimeoutExpired, base_environment, dies_with_caller, find_tool
@@ -216,15 +217,17 @@ def boot_container(
     """
     argv = prepare_boot(root, var=var, machine=machine, timeout=timeout, **options)
     log.debug("boot: %s", shlex.join(argv))
-    code, timed_out, duration, console, _pid = run_with_console(
-        argv,
-        timeout=timeout,
-        console_log=console_log,
-        console=_Console,
-        stop=_stop,
-        label=f"boot: {machine}",
-        env=base_environment(CONTAINERS_ENV) if options.get("containers") else None,
-    )
+    with cgroup_of_its_own(machine) as enter:
+        code, timed_out, duration, console, _pid = run_with_console(
+            argv,
+            timeout=timeout,
+            console_log=console_log,
+            console=_Console,
+            stop=_stop,
+            label=f"boot: {machine}",
+            env=base_environment(CONTAINERS_ENV) if options.get("containers") else None,
+            preexec=enter,
+        )
     outcome = DeviceBootOutcome.TIMEOUT if timed_out else outcome_of(code)
     log.debug("boot: %s ended: %s (exit %d) after %.1f s", machine, outcome, code, duration)
     return ContainerBoot(outcome, code, duration, console.tail())
