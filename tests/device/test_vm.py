@@ -51,7 +51,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -354,10 +354,12 @@ def lane() -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LaneJob:
+    """A job in the lane: the machine it boots (for its timings) and its end."""
+
     machine: Machine
-    future: Future[None] = field(default_factory=Future)
+    future: Future[None]
 
 
 def run_in_lane(lane: ThreadPoolExecutor, machine: Machine, job: Callable[[], None]) -> LaneJob:
