@@ -1,6 +1,13 @@
-"""The device as a real machine: a disk made by ``atoll install to-disk``, booted
-in QEMU (UEFI firmware, GRUB for EFI, the Debian kernel and an initramfs with
-atoll's hook).  The disk is ``--boot hybrid --secure-boot``: every boot but the
+"""The device as a real machine: disks made by ``atoll install to-disk`` and by
+the installer ISO, booted in QEMU (UEFI firmware, GRUB for EFI, the Debian
+kernel and an initramfs with atoll's hook).
+
+**Two machines at a time.**  Under TCG each virtual CPU is a host thread and this
+machine has two cores, so the module runs two lines of one-CPU machines side by
+side: the scenario's main disk in the test's own thread, and in a second lane
+(:func:`lane`, one job at a time) the installer ISO and the scenario's second disk.
+
+The scenario's main disk is ``--boot hybrid --secure-boot``: every boot but the
 last goes through OVMF with Secure Boot enforced and Microsoft's keys enrolled
 (shim signed by Microsoft, GRUB and the kernel signed by Debian), and the
 kernel says Secure Boot is on; the last boot is SeaBIOS through the BIOS boot
@@ -21,12 +28,17 @@ partition and its file system to the end (systemd-repart, systemd-growfs).  Each
 fresh QEMU process (``-no-reboot``); the VM reports on its serial console
 (lines starting with ``VMTEST``, from helpers.vm.DRIVER_FILES).
 
+The second disk, made by the same command from the same image (``--boot uefi
+--secure-boot``, following a tag of its own), proves the refusal of an unsigned
+kernel: its timer pulls 2.5, whose kernel has no signature; at the next boot
+shim refuses it and GRUB boots v1 in the same boot.  Then each initramfs is
+started directly (``-kernel``/``-initrd``) with ``atoll=`` naming a deployment
+that does not exist: each refuses it on the console and reboots.
+
 v1 and v2 carry an initramfs made by initramfs-tools (Debian's generator);
 v3's is made by dracut (the Fedora/RHEL family's), so the last upgrade boots
-through atoll's dracut module.  At the end, each initramfs is started directly
-(``-kernel``/``-initrd``) with ``atoll=`` naming a deployment that does not
-exist: each refuses it on the console and reboots.  Every poweroff and every
-refusal leaves the root file system clean (no journal to replay).
+through atoll's dracut module.  Every poweroff and every refusal leaves the
+root file system clean (no journal to replay).
 """
 
 from __future__ import annotations
@@ -37,11 +49,15 @@ import re
 import struct
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from atoll.build.disk import CONVERSIONS, ImageType
 from atoll.build.esp import SHIM, SIGNED_GRUB
 from atoll.build.partition import BIOS_BOOT_TYPE, ESP_TYPE
 from atoll.device.nspawn import DeviceBootOutcome
@@ -77,10 +93,16 @@ from helpers.vm import (
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.integration]
 
-BOOT_TIMEOUT = 240
+#: How long one boot may take before it counts as hung: generous, because two
+#: machines share the cores with whatever else runs (a boot that takes 30 s on an
+#: idle machine took over 240 s at a load average of 30).
+BOOT_TIMEOUT = 600
+#: Each machine gets one virtual CPU: two run side by side (TCG: a host thread per
+#: virtual CPU, and two cores here), and a lone boot barely uses a second one.
+CPUS = 1
 #: A boot in which the device updates itself: it also fetches, imports and checks
 #: out the new version, and finalizes it on the way down.
-UPDATE_BOOT_TIMEOUT = 480
+UPDATE_BOOT_TIMEOUT = 1200
 UDEV_UNITS = (
     "systemd-udevd.service",
     "systemd-udevd-control.socket",
@@ -197,10 +219,9 @@ def grubenv(disk: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def report(console: Path, start: int) -> dict[str, Any]:
-    """The VMTEST lines the boot printed after byte *start* of the console log."""
-    text = console.read_bytes()[start:].decode(errors="replace")
-    lines = [line.split("VMTEST ", 1)[1] for line in text.splitlines() if "VMTEST " in line]
+def report(said: str) -> dict[str, Any]:
+    """The VMTEST lines in what one boot *said* on the console."""
+    lines = [line.split("VMTEST ", 1)[1] for line in said.splitlines() if "VMTEST " in line]
     found: dict[str, Any] = {"lines": lines, "mounts": {}}
     for line in lines:
         word, _, rest = line.partition(" ")
@@ -227,47 +248,135 @@ def report(console: Path, start: int) -> dict[str, Any]:
 
 
 class Machine:
-    def __init__(self, disk: Path, console: Path, efi_vars: Path) -> None:
+    """One machine: its disk, its console log, its UEFI variable store (kept
+    across its boots, as on a real one), and how long each of its boots took."""
+
+    def __init__(
+        self, disk: Path, console: Path, efi_vars: Path | None = None, *, memory_mib: int = 1024
+    ) -> None:
         self.disk = disk
         self.console = console
-        #: The machine's UEFI variable store, kept across its boots as on a real one:
         #: Microsoft's keys enrolled, Secure Boot on (OVMF's secboot build enforces it).
         self.efi_vars = efi_vars
+        self.memory_mib = memory_mib
         self.boots: list[tuple[str, VMBoot]] = []
+        self.began = time.monotonic()
+        self.prepared = 0.0
+        self.ended = 0.0
+
+    def start(
+        self,
+        label: str,
+        expect: DeviceBootOutcome,
+        *,
+        firmware: Firmware,
+        disk: Path | None = None,
+        timeout: float = BOOT_TIMEOUT,
+        **kwargs: Any,
+    ) -> str:
+        """One boot of *disk* (the machine's own by default); what it said on the console."""
+        start = self.console.stat().st_size if self.console.exists() else 0
+        result = boot_vm(
+            disk or self.disk,
+            timeout=timeout,
+            console_log=self.console,
+            firmware=firmware,
+            efi_vars=self.efi_vars if firmware is Firmware.UEFI else None,
+            secure_boot=firmware is Firmware.UEFI and self.efi_vars is not None,
+            memory_mib=self.memory_mib,
+            cpus=CPUS,
+            **kwargs,
+        )
+        self.boots.append((f"{label} ({firmware})", result))
+        assert result.outcome is expect, (
+            f"boot {len(self.boots)} ({label}): {result.outcome} after {result.duration:.0f} s, "
+            f"not {expect}:\n{result.console_tail}"
+        )
+        return self.console.read_bytes()[start:].decode(errors="replace")
 
     def boot(
         self,
-        data: Path | None,
+        data: Path,
         expect: DeviceBootOutcome,
-        direct: DirectKernel | None = None,
         *,
         timeout: float = BOOT_TIMEOUT,
         firmware: Firmware = Firmware.UEFI,
     ) -> dict[str, Any]:
-        start = self.console.stat().st_size if self.console.exists() else 0
-        result = boot_vm(
-            self.disk,
-            extra_disks=[data] if data else [],
-            timeout=timeout,
-            console_log=self.console,
-            direct=direct,
-            network=direct is None,
-            firmware=firmware,
-            efi_vars=self.efi_vars if firmware is Firmware.UEFI else None,
-            secure_boot=firmware is Firmware.UEFI,
+        """A boot of the machine's disk with *data* as its data disk, on QEMU's
+        user network: the driver's report, and under ``said`` the whole console."""
+        said = self.start(
+            data.name, expect, firmware=firmware, timeout=timeout, extra_disks=[data], network=True
         )
-        name = data.name if data else direct.initrd.name if direct else "-"
-        self.boots.append((f"{name} ({firmware})", result))
-        assert result.outcome is expect, (
-            f"boot {len(self.boots)}: {result.outcome} after {result.duration:.0f} s, "
-            f"not {expect}:\n{result.console_tail}"
+        return {**report(said), "said": said}
+
+    def summary(self, name: str) -> str:
+        timings = ", ".join(f"{label} {b.outcome} {b.duration:.0f}s" for label, b in self.boots)
+        accel = self.boots[0][1].accel if self.boots else "-"
+        took = (self.ended or time.monotonic()) - self.began
+        return (
+            f"{name} ({accel}): {took:.0f} s, prepared in {self.prepared:.0f} s; boots: {timings}"
         )
-        return report(self.console, start)
 
 
-@pytest.mark.timeout(1800)
+def refuse_missing_deployment(machine: Machine, vm_tree: DebianTree, initrds: list[Path]) -> None:
+    """Each initramfs in *initrds*, started directly (no bootloader: SeaBIOS hands
+    QEMU's ``-kernel`` over sooner than OVMF) with the disk's kernel arguments but
+    ``atoll=`` naming a deployment that is not there: it says so and reboots, and
+    leaves the root file system clean."""
+    disk = machine.disk
+    linux = next(
+        line.split()
+        for line in disk_file(disk, "/boot/grub/grub.cfg").splitlines()
+        if line.strip().startswith("linux ")
+    )
+    booted = next(a for a in linux if a.startswith("atoll=")).removeprefix("atoll=")
+    ghost = booted.rsplit("/", 1)[0] + "/" + "0" * 64 + ".0"
+    args = [f"atoll={ghost}" if a.startswith("atoll=") else a for a in linux[2:]]
+    assert f"atoll={ghost}" in args
+    vmlinuz = vm_tree.rootfs / "usr/lib/modules" / tree_kver(vm_tree) / "vmlinuz"
+    for initrd in initrds:
+        direct = DirectKernel(vmlinuz, initrd, " ".join(args))
+        said = machine.start(
+            f"{initrd.name} direct", DeviceBootOutcome.REBOOT, firmware=Firmware.BIOS, direct=direct
+        )
+        assert f"atoll: cannot boot {ghost}: the deployment does not exist" in said
+        assert "atoll: the deployment cannot be booted; rebooting" in said
+        assert clean(disk), f"{initrd.name} rebooted with the root file system dirty"
+
+
+@pytest.fixture(scope="module")
+def lane() -> Iterator[ThreadPoolExecutor]:
+    """The second line of machines, beside the test's own: its jobs run one at a time."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vm-lane")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class LaneJob:
+    """A job in the lane: the machine it boots (for its timings) and its end."""
+
+    machine: Machine
+    future: Future[None]
+
+
+def run_in_lane(lane: ThreadPoolExecutor, machine: Machine, job: Callable[[], None]) -> LaneJob:
+    def timed() -> None:
+        machine.began = time.monotonic()
+        try:
+            job()
+        finally:
+            machine.ended = time.monotonic()
+
+    return LaneJob(machine, lane.submit(timed))
+
+
+@pytest.mark.timeout(5400)
+@pytest.mark.usefixtures("iso_install")  # started first: it runs in the lane beside this test
 def test_upgrade_bootloader_fallback_and_recovery(
-    tmp_path: Path, vm_tree: DebianTree, registry: RegistryView
+    tmp_path: Path, vm_tree: DebianTree, registry: RegistryView, lane: ThreadPoolExecutor
 ) -> None:
     started = time.monotonic()
     images = tmp_path / "images"  # the same path inside the VM, where the data disk goes
@@ -275,7 +384,7 @@ def test_upgrade_bootloader_fallback_and_recovery(
     layout = tmp_path / "layout"
     platform = platform_files(vm_tree, tmp_path / "stage")
     port = registry.host.rsplit(":", 1)[1]
-    repo = registry.new_repo("os")
+    repo, repo_second = registry.new_repo("os"), registry.new_repo("os")
     tracked = f"{HOST_FROM_GUEST}:{port}/{repo}:stable"  # the image, as the device names it
     common: dict[str, object] = {
         "etc/vmtest-images": f"{images}\n",
@@ -297,15 +406,47 @@ def test_upgrade_bootloader_fallback_and_recovery(
         build_vm_image(layout, ref, vm_tree, platform, version=version, add=add)  # type: ignore[arg-type]
     atoll("image", "copy", f"oci:{layout}:1", f"oci-archive:{images}/os.tar")
 
-    def publish(ref: str) -> None:
+    def publish(ref: str, to: str = repo) -> None:
         registry.skopeo(
             "copy", "-q", *registry.skopeo_args("dest"), f"oci:{layout}:{ref}",
-            f"docker://{registry.host}/{repo}:stable",
+            f"docker://{registry.host}/{to}:stable",
         )  # fmt: skip
 
-    disk = tmp_path / "disk.raw"
     # net.ifnames=0: udev keeps the name eth0, which the test's driver brings up.
     kargs = [arg for karg in (*TEST_KARGS, "net.ifnames=0") for arg in ("--karg", karg)]
+    data_update = make_data_disk(tmp_path / "data-update.img", {STEP_FILE: "selfupdate"})
+    data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
+    (tmp_path / "second").mkdir()
+    second = Machine(
+        tmp_path / "second.raw",
+        tmp_path / "console-second.log",
+        fresh_efi_vars(tmp_path / "second", secure_boot=True),
+    )
+
+    def refuse_unsigned() -> None:
+        """The second disk: v1 pulls 2.5, whose kernel is not signed; at the next
+        boot signed GRUB has shim check that kernel, shim refuses it, and GRUB
+        boots the next entry (v1) in the same boot."""
+        atoll("install", "to-disk", str(second.disk), "--source", f"oci:{layout}:1",
+              "--target-image", f"{HOST_FROM_GUEST}:{port}/{repo_second}:stable",
+              "--size", "3G", "--boot", "uefi", "--secure-boot", *kargs)  # fmt: skip
+        publish("unsigned", repo_second)
+        second.prepared = time.monotonic() - second.began
+        pulled = second.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
+        assert pulled["version"] == "1.0" and pulled["secureboot"] == "enabled"
+        assert "done" in pulled["lines"]
+        refused = second.boot(data_report, DeviceBootOutcome.POWEROFF)
+        assert "bad shim signature" in refused["said"]
+        assert "Falling back to `" in refused["said"]
+        assert refused["version"] == "1.0" and refused["secureboot"] == "enabled"
+        assert refused["status"]["status"]["booted"]["image"]["version"] == "1.0"
+        assert "done" in refused["lines"]
+        assert clean(second.disk)
+        refuse_missing_deployment(second, vm_tree, [make_initramfs(vm_tree), dracut])
+
+    in_lane = run_in_lane(lane, second, refuse_unsigned)
+
+    disk = tmp_path / "disk.raw"
     # /var on a partition of its own, before the root (docs/install.md, Partition layouts).
     layout_file = tmp_path / "layout.toml"
     layout_file.write_text('[[partition]]\nmount = "/var"\nsize = "256M"\n')
@@ -313,17 +454,17 @@ def test_upgrade_bootloader_fallback_and_recovery(
           "--target-image", tracked, "--size", "3G", "--boot", "hybrid", "--secure-boot",
           "--layout", str(layout_file), *kargs)  # fmt: skip
     (images / "os.tar").unlink()
-    data_update = make_data_disk(tmp_path / "data-update.img", {STEP_FILE: "selfupdate"})
-    data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
     publish("2")
     # Written to a bigger disk than it was made for: the first boot grows the root
     # partition (systemd-repart) and its file system (systemd-growfs) to the end.
     end, _, made_fs = root_extent(disk)
     subprocess.run(["qemu-img", "resize", "-q", "-f", "raw", str(disk), "4G"], check=True)
-    prepared = time.monotonic() - started
-
-    efi_vars = fresh_efi_vars(tmp_path, secure_boot=True)
-    vm = Machine(disk, tmp_path / "console.log", efi_vars)
+    (tmp_path / "first").mkdir()
+    vm = Machine(
+        disk, tmp_path / "console.log", fresh_efi_vars(tmp_path / "first", secure_boot=True)
+    )
+    vm.began = started
+    vm.prepared = time.monotonic() - started
     try:
         # v1, installed: green; writes /var data; its update timer pulls v2 from the
         # registry, stages it, and reboots into it (finalized on the way down).
@@ -354,11 +495,10 @@ def test_upgrade_bootloader_fallback_and_recovery(
             red = vm.boot(data_report, DeviceBootOutcome.REBOOT)
             assert red["lines"] == []  # the driver runs only after a green check
             assert grubenv(disk).get("boot_counter") == left
-        # GRUB falls back to v1 by itself; atoll records why; the timer pulls 2.5,
-        # whose kernel is not signed.
-        publish("unsigned")
+        # GRUB falls back to v1 by itself; atoll records why; the timer pulls v3.
+        publish("3")
         back = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
-        assert back["version"] == "1.0"
+        assert back["version"] == "1.0" and back["secureboot"] == "enabled"
         assert back["data"] == "written by 1.0"
         assert back["usr"] == "read-only"
         rollback = back["status"]["status"]["atoll"]["lastRollback"]
@@ -373,17 +513,6 @@ def test_upgrade_bootloader_fallback_and_recovery(
         outcomes = [h["outcome"] for h in back["history"]]
         assert outcomes[-4:] == ["red", "red", "red", "green"]
         assert "done" in back["lines"]
-        # 2.5's kernel: signed GRUB has shim check it, shim refuses it, and GRUB boots
-        # the next entry (v1) in the same boot; v1's timer pulls v3.
-        publish("3")
-        start = vm.console.stat().st_size
-        refused = vm.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
-        said = vm.console.read_bytes()[start:].decode(errors="replace")
-        assert "bad shim signature" in said
-        assert "Falling back to `" in said
-        assert refused["version"] == "1.0" and refused["secureboot"] == "enabled"
-        assert refused["data"] == "written by 1.0"
-        assert "done" in refused["lines"]
         # v3: green, the /var data still there, /usr read-only, the counter gone; this
         # boot is the same disk's BIOS path (SeaBIOS, boot.img, core.img).
         last = vm.boot(data_report, DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS)
@@ -402,29 +531,11 @@ def test_upgrade_bootloader_fallback_and_recovery(
         env = grubenv(disk)
         assert env.get("boot_success") == "1" and "boot_counter" not in env
         assert clean(disk)
-        # Each initramfs refuses a deployment that is not there, says so, and reboots.
-        linux = next(
-            line.split()
-            for line in disk_file(disk, "/boot/grub/grub.cfg").splitlines()
-            if line.strip().startswith("linux ")
-        )
-        booted = next(a for a in linux if a.startswith("atoll=")).removeprefix("atoll=")
-        ghost = booted.rsplit("/", 1)[0] + "/" + "0" * 64 + ".0"
-        args = [f"atoll={ghost}" if a.startswith("atoll=") else a for a in linux[2:]]
-        assert f"atoll={ghost}" in args
-        for initrd in (make_initramfs(vm_tree), dracut):
-            start = vm.console.stat().st_size
-            # No bootloader here: SeaBIOS hands QEMU's -kernel over sooner than OVMF.
-            direct = DirectKernel(vmlinuz, initrd, " ".join(args))
-            vm.boot(None, DeviceBootOutcome.REBOOT, direct, firmware=Firmware.BIOS)
-            said = vm.console.read_bytes()[start:].decode(errors="replace")
-            assert f"atoll: cannot boot {ghost}: the deployment does not exist" in said
-            assert "atoll: the deployment cannot be booted; rebooting" in said
-            assert clean(disk), f"{initrd.name} rebooted with the root file system dirty"
+        vm.ended = time.monotonic()
+        # The second disk, in the lane: the unsigned kernel refused, the missing deployment.
+        in_lane.future.result()
     finally:
-        timings = ", ".join(f"{name} {b.outcome} {b.duration:.0f}s" for name, b in vm.boots)
-        accel = vm.boots[0][1].accel if vm.boots else "-"
-        print(f"\nVM scenario ({accel}): prepared in {prepared:.0f} s; boots: {timings}")
+        print(f"\n{vm.summary('VM scenario')}\n{second.summary('VM scenario, second disk')}")
 
 
 def zeroes(disk: Path) -> bool:
@@ -432,95 +543,132 @@ def zeroes(disk: Path) -> bool:
     return disk.stat().st_blocks == 0
 
 
-@pytest.mark.timeout(2400)
-def test_an_iso_installs_a_blank_disk_offline(tmp_path: Path, vm_tree: DebianTree) -> None:
+def qemu_img(*args: str | Path) -> str:
+    return subprocess.run(
+        ["qemu-img", *map(str, args)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def install_from_iso(machine: Machine, vm_tree: DebianTree) -> None:
     """The installer ISO with the image embedded: with two disks its rules match
     it writes neither and powers off; with one blank disk and no network it
-    installs it and powers off; the installed disk (``boot = "hybrid"``: GRUB for
-    UEFI and BIOS, both made by the installer inside the VM) boots green.  The
-    firmware boots are SeaBIOS's: OVMF costs more time under emulation, and the
-    UEFI path of a disk is the scenario test's."""
+    installs it and powers off.  The installed disk goes to vmdk and to vhdx
+    (as ``atoll disk-image`` converts) and back to raw, byte for byte the same,
+    and each copy boots green (``boot = "hybrid"``: GRUB for UEFI and BIOS, both
+    made by the installer inside the VM).  The firmware boots are SeaBIOS's: OVMF
+    costs more time under emulation, and the UEFI path of a disk is the
+    scenario test's."""
     require_tool("xorriso", "xorriso")
-    started = time.monotonic()
-    layout = tmp_path / "layout"
-    platform = platform_files(vm_tree, tmp_path / "stage")
+    require_tool("qemu-img", "qemu-utils")
+    work = machine.console.parent
+    layout = work / "layout"
+    platform = platform_files(vm_tree, work / "stage")
     build_vm_image(layout, "1", vm_tree, {**platform, **installer_tools()}, version="1.0")
     tracked = "registry.example.com/os/edge:stable"
-    config = tmp_path / "install.toml"
+    config = work / "install.toml"
     kargs = ", ".join(f'"{karg}"' for karg in TEST_KARGS)
     config.write_text(
         f'version = 1\nhostname = "from-iso"\n[image]\nsource = "embedded"\ntrack = "{tracked}"\n'
         f'[disk]\nmin-size = "2G"\nboot = "hybrid"\n[kernel]\nargs = [{kargs}]\n'
     )
-    iso = tmp_path / "installer.iso"
+    iso = machine.disk
     atoll("disk-image", "--type", "iso", f"oci:{layout}:1", "--config", str(config),
           "-o", str(iso), "--karg", "console=ttyS0,115200", "--karg", "quiet")  # fmt: skip
-    first, second = tmp_path / "first.raw", tmp_path / "second.raw"
+    first, second = work / "first.raw", work / "second.raw"
     for blank in (first, second):
         with blank.open("wb") as fh:
             fh.truncate(3 * 1024**3)
-    prepared = time.monotonic() - started
-    console = tmp_path / "console.log"
-    boots: list[tuple[str, VMBoot]] = []
-    boots_at: list[int] = []
+    machine.prepared = time.monotonic() - machine.began
+    # Two disks match min-size: the installer refuses to guess, writes neither,
+    # powers off.  (The ISO's kernel started directly: the firmware is not under test.)
+    grub_cfg = work / "iso-grub.cfg"
+    subprocess.run(
+        ["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/boot/grub/grub.cfg",
+         str(grub_cfg)], capture_output=True, check=True,
+    )  # fmt: skip
+    linux = next(
+        line.split()
+        for line in grub_cfg.read_text().splitlines()
+        if line.strip().startswith("linux ")
+    )
+    kver = tree_kver(vm_tree)
+    direct = DirectKernel(
+        vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz",
+        make_initramfs(vm_tree),
+        " ".join(linux[2:]),
+    )
+    said = machine.start("two disks", DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS,
+                         direct=direct, extra_disks=[first, second],
+                         extra_writable=True)  # fmt: skip
+    assert "2 disks match the install config (at least 2147483648 bytes)" in said
+    assert "atoll installer: the install failed (exit code 112); powering off" in said
+    assert zeroes(first) and zeroes(second)
+    # One blank disk, no network: the ISO (SeaBIOS, GRUB from El Torito's
+    # hybrid MBR) installs the embedded image on it and powers off.
+    said = machine.start("install", DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS,
+                         timeout=UPDATE_BOOT_TIMEOUT, extra_disks=[first],
+                         extra_writable=True)  # fmt: skip
+    assert "atoll installer: installed in" in said, said[-3000:]
+    assert "Made /dev/vdb (raw, 3072 MiB)" in said
+    assert "boot_counter" not in grubenv(first)  # a first install is not on trial
+    types = [p["type"] for p in json.loads(subprocess.run(
+        ["sfdisk", "--json", str(first)], capture_output=True, check=True,
+    ).stdout)["partitiontable"]["partitions"]]  # fmt: skip
+    assert types[:2] == [BIOS_BOOT_TYPE, ESP_TYPE]
+    # vmdk (stream-optimized) and vhdx, with atoll disk-image's options, and back.
+    copies: dict[ImageType, Path] = {}
+    for image_type in (ImageType.VMDK, ImageType.VHDX):
+        fmt, options = CONVERSIONS[image_type]
+        converted, copy = work / f"first.{fmt}", work / f"first-from-{fmt}.raw"
+        qemu_img("convert", "-f", "raw", "-O", fmt, *options, first, converted)
+        info = json.loads(qemu_img("info", "--output", "json", converted))
+        assert info["format"] == fmt
+        if image_type is ImageType.VMDK:  # what vSphere imports
+            assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
+        qemu_img("convert", "-f", fmt, "-O", "raw", converted, copy)
+        converted.unlink()
+        same = subprocess.run(["cmp", "--quiet", first, copy], check=False).returncode == 0
+        assert same, f"{first} came back from {fmt} changed"
+        copies[image_type] = copy
+    # The installed disk (its copy back from vmdk), alone: green first boot, the
+    # config applied.
+    installed = copies[ImageType.VMDK]
+    said = machine.start("installed, from vmdk", DeviceBootOutcome.POWEROFF,
+                         firmware=Firmware.BIOS, disk=installed)  # fmt: skip
+    found = report(said)
+    assert found["version"] == "1.0" and found["usr"] == "read-only"
+    booted = found["status"]["status"]["booted"]
+    assert booted["image"]["image"] == {"image": tracked, "transport": "registry"}
+    assert found["history"][-1]["outcome"] == "green"
+    assert found["grubenv"].get("boot_success") == "1"
+    cfg = disk_file(installed, "/boot/grub/grub.cfg")
+    deployment = next(w for w in cfg.split() if w.startswith("atoll=")).removeprefix("atoll=")
+    assert disk_file(installed, f"{deployment}/etc/hostname") == "from-iso\n"
+    assert "fsck.mode=skip" in cfg and "init=" not in cfg
+    assert clean(installed)
+    # Its copy back from vhdx boots green too.
+    said = machine.start("installed, from vhdx", DeviceBootOutcome.POWEROFF,
+                         firmware=Firmware.BIOS, disk=copies[ImageType.VHDX])  # fmt: skip
+    found = report(said)
+    assert found["version"] == "1.0" and found["history"][-1]["outcome"] == "green"
+    assert clean(copies[ImageType.VHDX])
 
-    def boot(name: str, disk: Path, expect: DeviceBootOutcome, **kwargs: Any) -> str:
-        start = console.stat().st_size if console.exists() else 0
-        boots_at.append(start)
-        result = boot_vm(disk, console_log=console, memory_mib=1536, **kwargs)
-        boots.append((name, result))
-        assert result.outcome is expect, f"{name}: {result.outcome}:\n{result.console_tail}"
-        return console.read_bytes()[start:].decode(errors="replace")
 
+@pytest.fixture(scope="module")
+def iso_install(
+    vm_tree: DebianTree, lane: ThreadPoolExecutor, tmp_path_factory: pytest.TempPathFactory
+) -> LaneJob:
+    """The installer ISO's machines, in the lane from the first test that asks."""
+    work = tmp_path_factory.mktemp("iso")
+    machine = Machine(work / "installer.iso", work / "console.log", memory_mib=1536)
+    return run_in_lane(lane, machine, lambda: install_from_iso(machine, vm_tree))
+
+
+@pytest.mark.timeout(5400)
+def test_an_iso_installs_a_blank_disk_offline(iso_install: LaneJob) -> None:
+    """See :func:`install_from_iso`: run in the lane, it has been going since the
+    module's first test started."""
     try:
-        # Two disks match min-size: the installer refuses to guess, writes neither,
-        # powers off.  (The ISO's kernel started directly: the firmware is not under test.)
-        grub_cfg = tmp_path / "iso-grub.cfg"
-        subprocess.run(
-            ["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/boot/grub/grub.cfg",
-             str(grub_cfg)], capture_output=True, check=True,
-        )  # fmt: skip
-        linux = next(
-            line.split()
-            for line in grub_cfg.read_text().splitlines()
-            if line.strip().startswith("linux ")
-        )
-        kver = tree_kver(vm_tree)
-        direct = DirectKernel(
-            vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz",
-            make_initramfs(vm_tree),
-            " ".join(linux[2:]),
-        )
-        said = boot("two disks", iso, DeviceBootOutcome.POWEROFF, timeout=BOOT_TIMEOUT,
-                    direct=direct, extra_disks=[first, second], extra_writable=True)  # fmt: skip
-        assert "2 disks match the install config (at least 2147483648 bytes)" in said
-        assert "atoll installer: the install failed (exit code 112); powering off" in said
-        assert zeroes(first) and zeroes(second)
-        # One blank disk, no network: the ISO (SeaBIOS, GRUB from El Torito's
-        # hybrid MBR) installs the embedded image on it and powers off.
-        said = boot("install", iso, DeviceBootOutcome.POWEROFF, timeout=UPDATE_BOOT_TIMEOUT * 2,
-                    extra_disks=[first], extra_writable=True, firmware=Firmware.BIOS)  # fmt: skip
-        assert "atoll installer: installed in" in said, said[-3000:]
-        assert "Made /dev/vdb (raw, 3072 MiB)" in said
-        assert "boot_counter" not in grubenv(first)  # a first install is not on trial
-        types = [p["type"] for p in json.loads(subprocess.run(
-            ["sfdisk", "--json", str(first)], capture_output=True, check=True,
-        ).stdout)["partitiontable"]["partitions"]]  # fmt: skip
-        assert types[:2] == [BIOS_BOOT_TYPE, ESP_TYPE]
-        # The installed disk, alone: green first boot, the config applied.
-        said = boot("installed", first, DeviceBootOutcome.POWEROFF, timeout=BOOT_TIMEOUT,
-                    firmware=Firmware.BIOS)  # fmt: skip
-        found = report(console, boots_at[-1])
-        assert found["version"] == "1.0" and found["usr"] == "read-only"
-        booted = found["status"]["status"]["booted"]
-        assert booted["image"]["image"] == {"image": tracked, "transport": "registry"}
-        assert found["history"][-1]["outcome"] == "green"
-        assert found["grubenv"].get("boot_success") == "1"
-        cfg = disk_file(first, "/boot/grub/grub.cfg")
-        deployment = next(w for w in cfg.split() if w.startswith("atoll=")).removeprefix("atoll=")
-        assert disk_file(first, f"{deployment}/etc/hostname") == "from-iso\n"
-        assert "fsck.mode=skip" in cfg and "init=" not in cfg
-        assert clean(first)
+        iso_install.future.result()
     finally:
-        timings = ", ".join(f"{name} {b.outcome} {b.duration:.0f}s" for name, b in boots)
-        print(f"\nISO install: prepared in {prepared:.0f} s; boots: {timings}")
+        print(f"\n{iso_install.machine.summary('ISO install, vmdk and vhdx')}")
