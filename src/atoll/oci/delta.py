@@ -27,7 +27,8 @@ The artifact, in the same repository as NEW::
                        "base": "usr/lib/y",               (patches only, when not "path")
                        "length": L}, …],                  (bytes of the payload)
             "tocs": [{"toc": "sha256:…", "base": "sha256:…", "size": N,
-                      "offset": O, "length": L}, …]}
+                      "offset": O, "length": L,
+                      "dictionary": "toc+files"}, …]}      (left out: "toc")
 
 Version 3 names each file by its path in NEW and its base by its path in OLD
 (``base`` left out when it is the same path), not by two sha256 each: the
@@ -44,6 +45,12 @@ and the device kept when it imported OLD (:mod:`atoll.store.tocs`); the
 device compresses the result as the layer writer does
 (:data:`~atoll.oci.chunked.METADATA_LEVEL`) and uses it only when that
 matches the ``manifest-checksum`` annotation, else it fetches the TOC.
+A ``toc+files`` patch is made against that JSON followed by
+:func:`digests_text` of every file of the delta, in the index's order: the new
+files' sha256s, which no old TOC holds, need not travel.  The device makes
+every file first (each patch states its size), keeps each by the sha256 of
+what it made, and builds the same dictionary; a reader that does not know the
+key makes another TOC, refused by the annotation, so the version stays 3.
 
 Versions 1 and 2, still read: each entry names the file by ``sha256`` (hex of
 its contents) and its base by ``base`` (hex of the base's contents), which

@@ -9,7 +9,9 @@ zstd:chunked (the device's fallback is its ranges).  Entries name files by
 path (index version 3).  The TOC of each layer of NEW that OLD lacks travels
 as a patch against the OLD TOC that shares the most file names with it, when
 that patch is smaller and the TOC is one the device can compress back to the
-same bytes (written by atoll at :data:`~atoll.oci.chunked.METADATA_LEVEL`).
+same bytes (written by atoll at :data:`~atoll.oci.chunked.METADATA_LEVEL`);
+against that TOC and the digests of the delta's files (``toc+files``) when
+that patch is the smaller.
 """
 
 from __future__ import annotations

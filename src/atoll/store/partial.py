@@ -12,7 +12,10 @@ For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
     check fails).  The TOC is not fetched when the store kept it from an
     earlier import (:mod:`atoll.store.tocs`, same digest), or when the delta
     from the running image carries it as a patch against a TOC the store kept
-    and the result matches the annotation.  Each regular file is looked up in
+    and the result matches the annotation (a ``toc+files`` patch: after every
+    file of the delta is made, its dictionary ending with their digests; a
+    file made so is used only where the checked TOC names its sha256).  Each
+    regular file is looked up in
     the store by the sha256 of its contents (:mod:`atoll.store.contentindex`)
     or among the files fetched earlier in this import; the frames of the
     others are fetched by ``Range`` requests, near ones coalesced (gaps up to
