@@ -164,6 +164,11 @@ def test_upgrade_with_a_delta_moves_less_and_makes_the_same_commit(
     # no layer fetched its own metadata.
     assert summary.tocs == 2
     assert [layer.metadata_bytes for layer in report.layers] == [0, 0]
+    with DockerSource(ImageName.parse(images["v2"]), ctx) as source:
+        found = find_delta(source.client, images["repo"], images["d1"], images["d2"])
+    assert found is not None
+    # The changed layer's TOC patch leaves out the digests of the files the delta makes.
+    assert sorted(t.files for t in found.index.tocs.values()) == [False, True]
     assert store.read_file(result.commit_id, "usr/bin/big1") == _bumped("b1", "2")
 
 
