@@ -811,12 +811,16 @@ class PartialPuller:
         limit = expand_limit(self.store).size
         shas: list[str] = []
         spans = coalesce([_as_toc(entry.path, entry) for entry in entries])
+        sub = f"{found.manifest}#files"
+        total = sum(span.end - span.start for span in spans)
+        self.progress.subtask(sub, DELTA, f"files of delta {found.manifest.short}", total)
         try:
             for span in spans:
                 with self.clock.phase(FETCH):
                     data = self._client.fetch_range(
                         found.repository, found.payload.digest, span.start, span.end - span.start
                     )
+                self.progress.advance(sub, len(data))
                 row.bytes += len(data)
                 row.requests += 1
                 row.delta_bytes += len(data)
@@ -840,6 +844,8 @@ class PartialPuller:
         except AtollError as exc:
             self._first_why = str(exc)
             return None
+        finally:
+            self.progress.done(sub)
         self._digests = digests_text(shas)
         return self._digests
 
