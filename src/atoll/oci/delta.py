@@ -50,7 +50,8 @@ A ``toc+files`` patch is made against that JSON followed by
 files' sha256s, which no old TOC holds, need not travel.  The device makes
 every file first (each patch states its size), keeps each by the sha256 of
 what it made, and builds the same dictionary; a reader that does not know the
-key makes another TOC, refused by the annotation, so the version stays 3.
+key applies the patch to OLD's TOC alone, which fails or makes a TOC the
+annotation refuses, so it fetches the TOC and the version stays 3.
 
 Versions 1 and 2, still read: each entry names the file by ``sha256`` (hex of
 its contents) and its base by ``base`` (hex of the base's contents), which
