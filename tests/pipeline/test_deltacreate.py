@@ -18,7 +18,11 @@ from atoll.oci.delta import (
     TocPatch,
     apply_patch,
     compress_toc,
+    digests_text,
+    make_bsdiff,
+    make_whole,
     parse_index,
+    patch_size,
     rebuild_toc,
     sha256_hex,
 )
@@ -119,9 +123,10 @@ def _v3() -> DeltaIndex:
     whole = DeltaFile("", 0, WHOLE, 0, 2, path="etc/c")
     same = DeltaFile("", 0, PATCH, 2, 5, path="usr/bin/a", base_path="usr/bin/a")
     moved = DeltaFile("", 0, BSDIFF, 7, 5, path="usr/lib/b.so.2", base_path="usr/lib/b.so.1")
-    toc = TocPatch(f"sha256:{'c' * 64}", f"sha256:{'d' * 64}", 100, 12, 8)
+    toc = TocPatch(f"sha256:{'c' * 64}", f"sha256:{'d' * 64}", 100, 12, 4)
+    with_files = TocPatch(f"sha256:{'e' * 64}", f"sha256:{'d' * 64}", 90, 16, 4, files=True)
     files = {f.path: f for f in (same, moved, whole)}
-    return DeltaIndex(OLD, NEW, files, tocs={toc.toc: toc})
+    return DeltaIndex(OLD, NEW, files, tocs={toc.toc: toc, with_files.toc: with_files})
 
 
 def test_a_version_3_index_names_files_by_path_and_reads_back() -> None:
@@ -135,8 +140,11 @@ def test_a_version_3_index_names_files_by_path_and_reads_back() -> None:
     # No sha256, size or offset; a base at the file's own path is not written twice.
     assert {key for row in doc["files"] for key in row} == {"path", "method", "base", "length"}
     assert [("base" in row) for row in doc["files"]] == [False, False, True]
+    # Only a patch made with the files' digests names its dictionary (older readers
+    # ignore the key, and the TOC they make does not match the annotation).
+    assert [row.get("dictionary") for row in doc["tocs"]] == [None, "toc+files"]
     assert parse_index(raw, 20, "t") == _v3()
-    with pytest.raises(DeltaError, match=r"tocs\[0\]: points past the end of the payload"):
+    with pytest.raises(DeltaError, match=r"tocs\[1\]: points past the end of the payload"):
         parse_index(raw, 19, "t")
 
 
@@ -191,3 +199,55 @@ def test_a_toc_patch_rebuilds_the_compressed_toc_byte_for_byte() -> None:
     assert rebuild_toc(patch, compress_toc(old), entry, "t") == compress_toc(new)
     with pytest.raises(DeltaError, match=r"patch makes|does not decompress"):
         rebuild_toc(patch, compress_toc(old), TocPatch("", "", len(new) + 1, 0, 0), "t")
+
+
+def test_a_toc_patch_of_unknown_dictionary_is_refused() -> None:
+    import json
+
+    import zstandard
+
+    doc = json.loads(zstandard.ZstdDecompressor().decompress(_v3().to_bytes()))
+    doc["tocs"][1]["dictionary"] = "toc+files+more"
+    raw = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+    with pytest.raises(DeltaError, match=r"tocs\[1\]: not a TOC patch with a dictionary"):
+        parse_index(raw, 20, "t")
+
+
+def test_a_toc_patch_with_the_files_digests_leaves_them_out() -> None:
+    import json
+
+    from atoll.oci.delta import make_patch
+
+    def toc(digests: list[str]) -> bytes:
+        entries = [
+            {"type": "reg", "name": f"usr/lib/f{i}", "digest": f"sha256:{d}", "size": i + 1}
+            for i, d in enumerate(digests)
+        ]
+        return json.dumps({"version": 1, "entries": entries}, separators=(",", ":")).encode()
+
+    old_digests = [sha256_hex(b"old%d" % i) for i in range(100)]
+    new_digests = [sha256_hex(b"new%d" % i) for i in range(100)]
+    old, new = toc(old_digests), toc(new_digests)
+    digests = digests_text(new_digests)
+    plain = make_patch(old, new)
+    patch = make_patch(old + digests, new)
+    # 100 new digests are 3,200 bytes of entropy: they no longer travel.
+    assert len(plain) > 3200 > 5 * len(patch)
+    entry = TocPatch("", "", len(new), 0, len(patch), files=True)
+    assert rebuild_toc(patch, compress_toc(old), entry, "t", digests) == compress_toc(new)
+    # The device's files had other digests: the TOC it makes is not NEW's.
+    other = digests_text([*new_digests[:99], sha256_hex(b"other")])
+    assert rebuild_toc(patch, compress_toc(old), entry, "t", other) != compress_toc(new)
+
+
+def test_a_patch_states_the_size_of_what_it_makes() -> None:
+    from atoll.oci.delta import make_patch
+
+    old, new = b"a" * 5000 + b"old", b"a" * 5000 + b"new!"
+    assert patch_size(PATCH, make_patch(old, new), 1 << 20, "t") == len(new)
+    assert patch_size(WHOLE, make_whole(new), 1 << 20, "t") == len(new)
+    assert patch_size(BSDIFF, make_bsdiff(old, new), 1 << 20, "t") == len(new)
+    with pytest.raises(DeltaError, match="states no size up to 100 bytes"):
+        patch_size(PATCH, make_patch(old, new), 100, "t")
+    with pytest.raises(DeltaError, match="states no size"):
+        patch_size(BSDIFF, b"BSDIFF39" + bytes(40), 1 << 20, "t")

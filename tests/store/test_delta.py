@@ -30,6 +30,7 @@ from atoll.oci.delta import (
     DeltaIndex,
     TocPatch,
     apply_patch,
+    digests_text,
     find_delta,
     make_bsdiff,
     make_patch,
@@ -163,6 +164,11 @@ def test_upgrade_with_a_delta_moves_less_and_makes_the_same_commit(
     # no layer fetched its own metadata.
     assert summary.tocs == 2
     assert [layer.metadata_bytes for layer in report.layers] == [0, 0]
+    with DockerSource(ImageName.parse(images["v2"]), ctx) as source:
+        found = find_delta(source.client, images["repo"], images["d1"], images["d2"])
+    assert found is not None
+    # The changed layer's TOC patch leaves out the digests of the files the delta makes.
+    assert sorted(t.files for t in found.index.tocs.values()) == [False, True]
     assert store.read_file(result.commit_id, "usr/bin/big1") == _bumped("b1", "2")
 
 
@@ -281,6 +287,72 @@ def test_a_toc_patch_that_makes_another_toc_is_refused_and_the_toc_fetched(
     assert report.layers[0].metadata_bytes > 0
     assert result.commit_id == images["commit"]
     assert set(store.commit_ids()) - before == {result.commit_id}
+
+
+def _new_toc(images: dict[str, Any]) -> bytes:
+    """The compressed TOC of v2's layer 0, as its blob holds it."""
+    with DockerSource(ImageName.parse(images["v2"]), images["ctx"]) as source:
+        raw, _ = source.get_manifest(images["d2"])
+        layer = json.loads(raw)["layers"][0]
+        info = chunked_info(layer["annotations"], layer["size"], "t")
+        blob = source.client.fetch_blob(
+            images["repo"], Digest.parse(layer["digest"]), layer["size"]
+        )
+    return blob[info.toc.offset : info.toc.offset + info.toc.length]
+
+
+@pytest.mark.parametrize("made", ["2", "9"])
+def test_a_toc_patch_against_the_files_digests(
+    registry: RegistryView, tmp_path: Path, images: dict[str, Any], made: str
+) -> None:
+    # The TOC patch's dictionary ends with big0's v2 digest.  The delta's entry
+    # makes big0 v2 ("2"), or other bytes ("9"): then the device's dictionary
+    # holds another digest than the patch was built with.
+    store = _device(tmp_path, images)
+    old_info, new_info = _first_tocs(images)
+    kept = find_toc(store, old_info.toc_digest)
+    assert kept is not None
+    old, new = _bumped("b0", "1"), _bumped("b0", "2")
+    blob = make_patch(old, _bumped("b0", made))
+    entry = _entry(new, blob, old, PATCH, 3)
+    text = toc_json(_new_toc(images), "t")
+    assert f'"digest":"sha256:{sha256_hex(new)}"'.encode() in text
+    patch = make_patch(toc_json(kept, "t") + digests_text([sha256_hex(new)]), text)
+    toc = TocPatch(new_info.toc_digest, old_info.toc_digest, len(text), len(blob), len(patch), True)
+    _publish(registry, images, images["d1"], [entry], blob + patch, (toc,))
+    result, report = pull(store, images["v2"], images["ctx"], delta_from=images["d1"])
+    assert result.commit_id == images["commit"]
+    assert store.read_file(result.commit_id, "usr/bin/big0") == new
+    if made == "2":
+        assert report.layers[0].metadata_bytes == 0, report.layers[0].reason
+        assert report.totals()[DELTA]["files"] == 1
+    else:
+        assert "does not match the manifest's annotation: fetched whole" in (
+            report.layers[0].reason
+        )
+        assert report.layers[0].metadata_bytes > 0
+        assert report.totals()[DELTA]["files"] == 0
+
+
+def test_a_files_toc_patch_without_the_files_base_fetches_the_toc(
+    registry: RegistryView, tmp_path: Path, images: dict[str, Any]
+) -> None:
+    store = _device(tmp_path, images)
+    old_info, new_info = _first_tocs(images)
+    kept = find_toc(store, old_info.toc_digest)
+    assert kept is not None
+    old, new = _bumped("b0", "1"), _bumped("b0", "2")
+    blob = make_patch(old, new)
+    entry = _entry(new, blob, old, PATCH, 3, base_path="usr/bin/gone")
+    text = toc_json(_new_toc(images), "t")
+    patch = make_patch(toc_json(kept, "t") + digests_text([sha256_hex(new)]), text)
+    toc = TocPatch(new_info.toc_digest, old_info.toc_digest, len(text), len(blob), len(patch), True)
+    _publish(registry, images, images["d1"], [entry], blob + patch, (toc,))
+    result, report = pull(store, images["v2"], images["ctx"], delta_from=images["d1"])
+    # Nothing made first, so nothing to rebuild the TOC with: fetched, the file by range.
+    assert "no usr/bin/gone in the running commit" in report.layers[0].reason
+    assert report.layers[0].metadata_bytes > 0
+    assert result.commit_id == images["commit"]
 
 
 def test_a_bsdiff_entry_makes_the_file_on_the_device(

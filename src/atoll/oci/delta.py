@@ -27,7 +27,8 @@ The artifact, in the same repository as NEW::
                        "base": "usr/lib/y",               (patches only, when not "path")
                        "length": L}, …],                  (bytes of the payload)
             "tocs": [{"toc": "sha256:…", "base": "sha256:…", "size": N,
-                      "offset": O, "length": L}, …]}
+                      "offset": O, "length": L,
+                      "dictionary": "toc+files"}, …]}      (left out: "toc")
 
 Version 3 names each file by its path in NEW and its base by its path in OLD
 (``base`` left out when it is the same path), not by two sha256 each: the
@@ -44,6 +45,13 @@ and the device kept when it imported OLD (:mod:`atoll.store.tocs`); the
 device compresses the result as the layer writer does
 (:data:`~atoll.oci.chunked.METADATA_LEVEL`) and uses it only when that
 matches the ``manifest-checksum`` annotation, else it fetches the TOC.
+A ``toc+files`` patch is made against that JSON followed by
+:func:`digests_text` of every file of the delta, in the index's order: the new
+files' sha256s, which no old TOC holds, need not travel.  The device makes
+every file first (each patch states its size), keeps each by the sha256 of
+what it made, and builds the same dictionary; a reader that does not know the
+key applies the patch to OLD's TOC alone, which fails or makes a TOC the
+annotation refuses, so it fetches the TOC and the version stays 3.
 
 Versions 1 and 2, still read: each entry names the file by ``sha256`` (hex of
 its contents) and its base by ``base`` (hex of the base's contents), which
@@ -66,14 +74,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from atoll import strictjson
 from atoll.errors import AtollError, DeltaError, NotFoundError
 from atoll.lazy import lazy_module
-from atoll.oci.bspatch import PatchError, apply_bsdiff
+from atoll.oci.bspatch import HEADER, MAGIC, PatchError, apply_bsdiff
 from atoll.oci.chunked import MAX_METADATA, METADATA_LEVEL
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import Descriptor, ImageManifest, MediaType, parse_manifest
@@ -102,6 +110,10 @@ WHOLE = "zstd"
 METHODS = (PATCH, BSDIFF, WHOLE)
 #: Methods that rebuild a file from a base in OLD.
 PATCHES = (PATCH, BSDIFF)
+#: A TOC patch's dictionary: OLD's TOC alone, or followed by the delta's files' digests.
+TOC_ONLY = "toc"
+TOC_FILES = "toc+files"
+DICTIONARIES = (TOC_ONLY, TOC_FILES)
 EMPTY_CONFIG = b"{}"
 #: Largest index read (a million files' entries fit well below this).
 MAX_INDEX = 64 << 20
@@ -192,10 +204,43 @@ def compress_toc(text: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=METADATA_LEVEL).compress(text)
 
 
-def rebuild_toc(patch: bytes, base: bytes, entry: TocPatch, where: str) -> bytes:
+def patch_size(method: str, data: bytes, limit: int, where: str) -> int:
+    """The size of the file an entry makes, as its patch states it (zstd's
+    frame header, bsdiff's header), refused past *limit*: the device that makes
+    the files before it has NEW's TOC has no other to go by."""
+    size = -1
+    if method == BSDIFF and len(data) >= HEADER and data.startswith(MAGIC):
+        size = int.from_bytes(data[24:32], "little")
+    elif method != BSDIFF:
+        try:
+            size = zstandard.frame_content_size(data)
+        except zstandard.ZstdError:
+            size = -1
+    if size < 0 or size > limit:
+        raise DeltaError(f"{where}: a patch states no size up to {limit} bytes")
+    return size
+
+
+def digests_text(shas: Iterable[str]) -> bytes:
+    """The sha256s (hex) of the delta's files as NEW's TOC writes them, in the
+    index's order: the end of a ``toc+files`` TOC patch's dictionary."""
+    return b"".join(b'"digest":"sha256:%s",' % sha.encode() for sha in shas)
+
+
+def toc_dictionary(base_text: bytes, entry: TocPatch, digests: bytes) -> bytes:
+    """What a TOC patch is made against: OLD's TOC JSON, then (``toc+files``)
+    the digests of the delta's files."""
+    return base_text + digests if entry.files else base_text
+
+
+def rebuild_toc(
+    patch: bytes, base: bytes, entry: TocPatch, where: str, digests: bytes = b""
+) -> bytes:
     """NEW's compressed TOC, made from *patch* and OLD's compressed TOC *base*
-    (not yet checked against the annotation: the caller does)."""
-    return compress_toc(apply_patch(PATCH, patch, toc_json(base, where), entry.size, where))
+    (and, for a ``toc+files`` patch, :func:`digests_text` of the files the
+    delta made; not yet checked against the annotation: the caller does)."""
+    zdict = toc_dictionary(toc_json(base, where), entry, digests)
+    return compress_toc(apply_patch(PATCH, patch, zdict, entry.size, where))
 
 
 # --- the index ------------------------------------------------------------------------------
@@ -236,13 +281,15 @@ class DeltaFile:
 @dataclass(frozen=True)
 class TocPatch:
     """NEW's TOC *toc* (compressed bytes' digest) as a patch of its JSON
-    (*size* bytes) against the JSON of OLD's TOC *base*."""
+    (*size* bytes) against the JSON of OLD's TOC *base*, followed when *files*
+    (``"dictionary": "toc+files"``) by the digests of every file of the delta."""
 
     toc: str
     base: str
     size: int
     offset: int
     length: int
+    files: bool = False
 
     @property
     def end(self) -> int:
@@ -255,7 +302,7 @@ class TocPatch:
             "size": self.size,
             "offset": self.offset,
             "length": self.length,
-        }
+        } | ({"dictionary": TOC_FILES} if self.files else {})
 
 
 @dataclass(frozen=True)
@@ -341,14 +388,15 @@ def _entry(row: Any, version: int, offset: int, at: str) -> DeltaFile:
 
 
 def _toc_patch(row: Any, at: str) -> TocPatch:
-    if not isinstance(row, dict):
-        raise DeltaError(f"{at}: not a TOC patch")
+    if not isinstance(row, dict) or row.get("dictionary", TOC_ONLY) not in DICTIONARIES:
+        raise DeltaError(f"{at}: not a TOC patch with a dictionary of {DICTIONARIES}")
     return TocPatch(
         _digest_text(row.get("toc"), at),
         _digest_text(row.get("base"), at),
         _count(row, "size", at),
         _count(row, "offset", at),
         _count(row, "length", at),
+        row.get("dictionary") == TOC_FILES,
     )
 
 

@@ -9,7 +9,9 @@ zstd:chunked (the device's fallback is its ranges).  Entries name files by
 path (index version 3).  The TOC of each layer of NEW that OLD lacks travels
 as a patch against the OLD TOC that shares the most file names with it, when
 that patch is smaller and the TOC is one the device can compress back to the
-same bytes (written by atoll at :data:`~atoll.oci.chunked.METADATA_LEVEL`).
+same bytes (written by atoll at :data:`~atoll.oci.chunked.METADATA_LEVEL`);
+against that TOC and the digests of the delta's files (``toc+files``) when
+that patch is the smaller.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from atoll.oci.delta import (
     DeltaIndex,
     TocPatch,
     compress_toc,
+    digests_text,
     make_bsdiff,
     make_patch,
     make_whole,
@@ -137,8 +140,11 @@ def _names(compressed: bytes, where: str) -> tuple[bytes, set[str]]:
     return text, {e["name"] for e in entries if isinstance(e, dict) and "name" in e}
 
 
-def _toc_patches(old: _Image, new: _Image, payload: io.BytesIO) -> dict[str, TocPatch]:
-    """Patches of NEW's changed layers' TOCs (see the module docstring)."""
+def _toc_patches(
+    old: _Image, new: _Image, payload: io.BytesIO, digests: bytes
+) -> dict[str, TocPatch]:
+    """Patches of NEW's changed layers' TOCs (see the module docstring);
+    *digests*: :func:`digests_text` of the delta's files, in its index's order."""
     bases = [(digest, *_names(raw, "OLD")) for digest, raw in old.tocs.values()]
     out: dict[str, TocPatch] = {}
     for layer, (digest, raw) in new.tocs.items():
@@ -148,10 +154,14 @@ def _toc_patches(old: _Image, new: _Image, payload: io.BytesIO) -> dict[str, Toc
         if not bases or compress_toc(text) != raw:
             continue  # a device could not make these exact bytes
         base, base_text, _ = max(bases, key=lambda b: len(names & b[2]))
-        blob = make_patch(base_text, text)
+        blob, files = make_patch(base_text, text), False
+        if digests:
+            # The device makes the delta's files first: their digests need not travel.
+            with_files = make_patch(base_text + digests, text)
+            blob, files = min((blob, False), (with_files, True), key=lambda c: len(c[0]))
         if len(blob) >= len(raw):
             continue
-        out[digest] = TocPatch(digest, base, len(text), payload.tell(), len(blob))
+        out[digest] = TocPatch(digest, base, len(text), payload.tell(), len(blob), files)
         payload.write(blob)
     return out
 
@@ -186,7 +196,8 @@ def compute(old: _Image, new: _Image, *, tocs: bool = False) -> tuple[DeltaIndex
         shas.add(sha)
         patched += method != WHOLE
         frames += new.frames[sha]
-    toc_patches = _toc_patches(old, new, payload) if tocs else {}
+    made = digests_text(sha256_hex(new.tree[path]) for path in sorted(files))
+    toc_patches = _toc_patches(old, new, payload, made) if tocs else {}
     index = DeltaIndex(old.digest, new.digest, files, tocs=toc_patches)
     return index, payload.getvalue(), patched, frames
 

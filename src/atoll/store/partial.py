@@ -12,7 +12,10 @@ For each layer an import has to read, :meth:`PartialPuller.feed` picks a path:
     check fails).  The TOC is not fetched when the store kept it from an
     earlier import (:mod:`atoll.store.tocs`, same digest), or when the delta
     from the running image carries it as a patch against a TOC the store kept
-    and the result matches the annotation.  Each regular file is looked up in
+    and the result matches the annotation (a ``toc+files`` patch: after every
+    file of the delta is made, its dictionary ending with their digests; a
+    file made so is used only where the checked TOC names its sha256).  Each
+    regular file is looked up in
     the store by the sha256 of its contents (:mod:`atoll.store.contentindex`)
     or among the files fetched earlier in this import; the frames of the
     others are fetched by ``Range`` requests, near ones coalesced (gaps up to
@@ -94,7 +97,9 @@ from atoll.oci.delta import (
     DeltaFile,
     FoundDelta,
     apply_patch,
+    digests_text,
     find_delta,
+    patch_size,
     rebuild_toc,
 )
 from atoll.oci.digest import Digest
@@ -396,6 +401,11 @@ class PartialPuller:
         self._captures: list[tuple[str, str, LayerFeed]] = []
         #: Path -> file object of the running commit (version 3 deltas' bases).
         self._running: dict[str, str] | None = None
+        #: The delta's files made before any TOC (sha256s; None: not tried),
+        #: and their digests as a ``toc+files`` TOC patch's dictionary ends.
+        self._made_first: set[str] | None = None
+        self._digests: bytes | None = None
+        self._first_why = ""
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -540,7 +550,10 @@ class PartialPuller:
             path = self._fetched.get(sha) or index.path(sha)
             if path is not None:
                 local[sha] = path
-                row.files_present += 1
+                if self._made_first and sha in self._made_first:
+                    row.files_delta += 1
+                else:
+                    row.files_present += 1
             else:
                 wanted[sha] = toc_file
         names: dict[str, list[str]] = {}
@@ -590,8 +603,8 @@ class PartialPuller:
                 )
                 self.progress.advance(sub, row.bytes - row.delta_bytes)
             self.progress.done(f"{desc.digest}#delta")
-            if not spans:
-                row.path = DELTA
+        if not spans and row.delta_bytes:
+            row.path = DELTA
         with ThreadPoolExecutor(PARALLEL, thread_name_prefix="ranges") as pool:
             # In order, at most PARALLEL ahead: memory stays at a few ranges.
             pending: dict[int, Future[bytes]] = {}
@@ -698,10 +711,11 @@ class PartialPuller:
                 continue
             plan[sha] = (toc_file, entry, base)
         if no_base:
-            row.reason = (
+            why = (
                 f"{no_base} files of the delta have no base at their path in the running "
                 "commit: fetched by range"
             )
+            row.reason = f"{row.reason}; {why}" if row.reason else why
         return plan
 
     def _running_file(self, path: str) -> Path | None:
@@ -740,6 +754,13 @@ class PartialPuller:
             return None
         assert self._client is not None
         what = f"{where}: delta {found.manifest}"
+        digests = self._files_first(found, row, what) if patch.files else b""
+        if digests is None:
+            row.reason = (
+                f"the files of delta {found.manifest} were not all made, which its table of "
+                f"contents patch needs ({self._first_why}): fetched whole"
+            )
+            return None
         try:
             with self.clock.phase(FETCH):
                 data = self._client.fetch_range(
@@ -752,7 +773,7 @@ class PartialPuller:
             if len(data) != patch.length:
                 raise DeltaError(f"{what}: a TOC patch came back {len(data)} bytes long")
             with self.clock.phase(DECOMPRESS):
-                made = rebuild_toc(data, base, patch, what)
+                made = rebuild_toc(data, base, patch, what, digests)
         except (NoSpaceError, LocalIOError):
             raise
         except AtollError as exc:
@@ -765,6 +786,68 @@ class PartialPuller:
             )
             return None
         return made
+
+    def _files_first(self, found: FoundDelta, row: LayerTransfer, what: str) -> bytes | None:
+        """Every file of the (version 3) delta, made before any TOC and kept by
+        the sha256 of what was made, so a layer uses one only where its TOC
+        names that digest; the digests in the index's order
+        (:func:`digests_text`), or None: not every file could be made."""
+        if self._made_first is not None:
+            return self._digests
+        self._made_first = set()
+        index = found.index
+        entries = [index.files[path] for path in sorted(index.files)]
+        bases: dict[str, Path | None] = {}
+        for entry in entries:
+            if entry.method in PATCHES:
+                bases[entry.path] = self._running_file(entry.base_path)
+                if bases[entry.path] is None:
+                    self._first_why = f"no {entry.base_path} in the running commit"
+                    return None
+        if not index.by_path or not entries:
+            self._first_why = "it has no files"
+            return None
+        assert self._client is not None
+        limit = expand_limit(self.store).size
+        shas: list[str] = []
+        spans = coalesce([_as_toc(entry.path, entry) for entry in entries])
+        sub = f"{found.manifest}#files"
+        total = sum(span.end - span.start for span in spans)
+        self.progress.subtask(sub, DELTA, f"files of delta {found.manifest.short}", total)
+        try:
+            for span in spans:
+                with self.clock.phase(FETCH):
+                    data = self._client.fetch_range(
+                        found.repository, found.payload.digest, span.start, span.end - span.start
+                    )
+                self.progress.advance(sub, len(data))
+                row.bytes += len(data)
+                row.requests += 1
+                row.delta_bytes += len(data)
+                row.delta_requests += 1
+                for piece in span.files:
+                    entry = index.files[piece.sha256]
+                    patch = data[entry.offset - span.start : entry.end - span.start]
+                    size = patch_size(entry.method, patch, limit, what)
+                    limit -= size
+                    base_path = bases.get(entry.path)
+                    base = base_path.read_bytes() if base_path is not None else None
+                    with self.clock.phase(DECOMPRESS):
+                        content = apply_patch(entry.method, patch, base, size, what)
+                    with self.clock.phase(VERIFY):
+                        sha = hashlib.sha256(content).hexdigest()
+                    self._keep(sha, content)
+                    self._made_first.add(sha)
+                    shas.append(sha)
+        except (NoSpaceError, LocalIOError):
+            raise
+        except AtollError as exc:
+            self._first_why = str(exc)
+            return None
+        finally:
+            self.progress.done(sub)
+        self._digests = digests_text(shas)
+        return self._digests
 
     def _apply_delta(
         self,
