@@ -395,7 +395,8 @@ class Story:
         d.say(
             "each device updates itself: /etc/atoll/updates.toml says policy = apply, its "
             "trust policy wants prod/edge-os signed by the release key, and its update timer "
-            f"runs every {UPDATE_EVERY} (hourly on a real device)"
+            f"runs every {UPDATE_EVERY} (hourly on a real device) to reboot into what the "
+            "fleet's agent stages (step 7)"
         )
         d.say(
             f"each device runs the web workload from /etc/containers/systemd/web.container and "
@@ -456,9 +457,14 @@ class Story:
                 "RandomizedDelaySec=0\nAccuracySec=1s\n"
             ),
             # The demo's images carry no kernel: the devices boot them as containers.
+            # The fleet (step 7) drives the OS: the unit runs only when the agent has
+            # staged an update, so it never stages one of its own while the agent does,
+            # and --force tries again at the next tick, not after the backoff, if it
+            # ever finds the sysroot busy.
             "systemd/system/atoll-fetch-apply-updates.service.d/demo.conf": (
-                "[Service]\nExecStart=\nExecStart=/usr/bin/atoll updates run --sysroot /sysroot "
-                "--max-wait 90m --allow-no-kernel\n"
+                "[Service]\nExecCondition=/usr/bin/test -e /sysroot/atoll/staged.json\n"
+                "ExecStart=\nExecStart=/usr/bin/atoll updates run --sysroot /sysroot "
+                "--max-wait 90m --allow-no-kernel --force\n"
             ),
             # The fleet agent (step 7): enabled once the device has enrolled.
             "systemd/system/atoll-agent.service.d/demo.conf": AGENT_DROPIN,
