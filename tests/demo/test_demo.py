@@ -103,15 +103,31 @@ def test_the_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path, apt_repo: 
     assert re.search(r"podman kill --signal KILL web\n(.*\n)*?\s+NRestarts=1", out)
     # 6: in both devices v2 taken by podman auto-update, the broken v3 rolled back, v2
     # still answering on the virtual IP and on each device's own address.
-    after_v3 = out.split("apps/web:prod now names v3")[-1].split("7. OS upgrade to v2")[0]
+    after_v3 = out.split("apps/web:prod now names v3")[-1].split("7. A fleet")[0]
     for device in ("dev1", "dev2"):
         assert f"web v2 on {device}" in out
         assert f"web v2 on {device}" in after_v3
     assert after_v3.count("rolled back") >= 2
-    # 7: three red boots of v2, the fallback to v1 with the reason, then v3 with strace.
-    assert "Rolled back on" in out
-    assert "required check 50-web-config.sh failed (exit code 1)" in out
-    assert re.search(r"-rwx\S* .*/usr/bin/strace", out)
+    # 7: the fleet: both devices enrolled; v2 rolled out in two batches: dev1 staged it,
+    # booted it red three times and fell back to v1 with the reason, the rollout paused at
+    # its error threshold and dev2 never took v2; v3 in two batches, green on both.
+    fleet = out.split("7. A fleet")[-1]
+    approved = r"device dev1: enrollment approved\n(.*\n)*?.*device dev2: enrollment approved"
+    assert re.search(approved, fleet)
+    assert "Rolled back on" in fleet
+    assert "required check 50-web-config.sh failed (exit code 1)" in fleet
+    paused = fleet.split("$ atoll fleet rollout status v2")[-1].split("$ ")[0]
+    assert re.search(r"rollout v2: paused, fleet edge, batch 0 of 2\n", paused)
+    assert re.search(
+        r"reason: batch 0: error threshold: 1 of 1 devices failed \(dev1: .+\)", paused
+    )
+    assert re.search(r"batch 0: dev1 failed\n\s+batch 1: dev2 waiting", paused)
+    assert "dev2 never took v2.0" in fleet
+    done = fleet.split("$ atoll fleet rollout status v3")[-1].split("$ ")[0]
+    assert re.search(r"rollout v3: done, fleet edge, batch 1 of 2\n", done)
+    assert re.search(r"batch 0: dev1 succeeded\n\s+batch 1: dev2 succeeded", done)
+    assert re.search(r"-rwx\S* .*/usr/bin/strace", fleet)
+    assert re.search(r"the dashboard: http://127\.0\.0\.1:\d+/ui/", fleet)
     # 8 and the summary.
     assert "Transfers" in out
     # The devices' own updates, by path from their status, against the install.

@@ -118,6 +118,8 @@ class Agent:
     workload_manager: str = "none"
     #: The workload supervisor's state directory (``atoll workload --state-dir``).
     workload_state_dir: Path | None = None
+    #: Stage images without a kernel (a container-boot device's ``--allow-no-kernel``).
+    allow_no_kernel: bool = False
 
     def __post_init__(self) -> None:
         server, device = self.state.identity()
@@ -270,7 +272,8 @@ class Agent:
 
     def _stage(self, image: str) -> None:
         assert self.sysroot is not None
-        self._atoll("-q", "switch", "--sysroot", str(self.sysroot), image)
+        kernel = ["--allow-no-kernel"] if self.allow_no_kernel else []
+        self._atoll("-q", "switch", "--sysroot", str(self.sysroot), *kernel, image)
 
     def _atoll(self, *args: str) -> Any:
         # The device's own command line, from the same atoll as this agent.

@@ -65,6 +65,12 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="DIR",
         help="the workload supervisor's state directory (as atoll workload --state-dir)",
     )
+    run.add_argument(
+        "--allow-no-kernel",
+        action="store_true",
+        help="stage OS images without a kernel (as atoll switch --allow-no-kernel; "
+        "container-boot devices)",
+    )
     run.add_argument("--once", action="store_true", help="one round, then exit")
     run.set_defaults(func=_run)
 
@@ -99,6 +105,7 @@ def _run(args: argparse.Namespace, out: Output) -> int:
         sysroot=sysroot,
         workload_manager=args.workload_manager,
         workload_state_dir=Path(args.workload_state_dir) if args.workload_state_dir else None,
+        allow_no_kernel=args.allow_no_kernel,
     )
     last: list[Round] = []
 

@@ -21,6 +21,7 @@ from rich.table import Table
 
 import atoll
 from atoll.demo import basetree
+from atoll.demo.fleetstep import FleetChapter
 from atoll.demo.framework import Demo, StepResult, stop_recorded
 from atoll.demo.services import Services
 from atoll.demo.story import VIP, WEB_PORT, Story, remove_lan
@@ -63,7 +64,7 @@ def run_demo(
         ("4", "failover by keepalived", services.failover_step),
         ("5", "restart of a killed workload", services.restart_step),
         ("6", "workload update and rollback", services.auto_update_step),
-        ("7", "OS upgrade and rollback", story.os_upgrade_step),
+        ("7", "fleet rollouts of the OS", FleetChapter(story).step),
         ("8", "transfer report", story.transfer_step),
     ]
     console.print(
@@ -145,6 +146,10 @@ def _explain_keep(demo: Demo, story: Story) -> None:
         f"  CONTAINERS_REGISTRIES_CONF={base / 'registries.conf'} "
         f"atoll image tags docker://{story.registry}/prod/edge-os"
     )
+    if story.fleet_url:
+        c.print(
+            f"  the fleet's dashboard: {story.fleet_url} (token: {base / 'fleet/viewer.token'})"
+        )
     c.print(f"  ls {base / 'logs'}")
     c.print(f"Stop it all:\n  atoll demo --stop {base}")
 

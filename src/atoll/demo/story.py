@@ -38,6 +38,14 @@ OS_PROD = "prod/edge-os"
 UPDATE_EVERY = "10s"
 
 
+#: The agent's drop-in in each device's /etc (see :meth:`Story.configure_device`): the
+#: demo's images carry no kernel, and a short poll keeps the story moving.
+AGENT_DROPIN = (
+    "[Service]\nExecStart=\nExecStart=/usr/bin/atoll agent run --state /var/lib/atoll/agent "
+    "--sysroot /sysroot --allow-no-kernel --wait 10s\nRestartSec=2\n"
+)
+
+
 #: The LAN's addresses: the devices', the client's and the virtual IP (keepalived's).
 SUBNET = "10.77.0"
 VIP = f"{SUBNET}.100"
@@ -137,6 +145,8 @@ class Story:
     registry: str = ""
     devices: list[Device] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)
+    #: The fleet dashboard's address, once step 7 serves it.
+    fleet_url: str = ""
 
     @property
     def interval(self) -> float:
@@ -305,11 +315,12 @@ class Story:
     def policy(self) -> Path:
         return self.demo.workdir / "policy.json"
 
-    def promote(self, version: str) -> None:
+    def promote(self, version: str, *, stable: bool = True) -> None:
         """Promote a stage version to prod as VERSION, sign it for prod's stable tag, then
-        move stable to it: the devices, which poll stable, never see it unsigned."""
+        (with *stable*) move stable to it: the devices, which poll stable, never see it
+        unsigned."""
         d = self.demo
-        for tag in (version, "stable"):
+        for tag in (version, "stable") if stable else (version,):
             out = d.atoll(
                 "promote",
                 f"docker://{self.registry}/{OS_STAGE}@{self.digests[version]}",
@@ -384,7 +395,8 @@ class Story:
         d.say(
             "each device updates itself: /etc/atoll/updates.toml says policy = apply, its "
             "trust policy wants prod/edge-os signed by the release key, and its update timer "
-            f"runs every {UPDATE_EVERY} (hourly on a real device)"
+            f"runs every {UPDATE_EVERY} (hourly on a real device) to reboot into what the "
+            "fleet's agent stages (step 7)"
         )
         d.say(
             f"each device runs the web workload from /etc/containers/systemd/web.container and "
@@ -445,10 +457,17 @@ class Story:
                 "RandomizedDelaySec=0\nAccuracySec=1s\n"
             ),
             # The demo's images carry no kernel: the devices boot them as containers.
+            # The fleet (step 7) drives the OS: the unit runs only when the agent has
+            # staged an update, so it never stages one of its own while the agent does,
+            # and --force tries again at the next tick, not after the backoff, if it
+            # ever finds the sysroot busy.
             "systemd/system/atoll-fetch-apply-updates.service.d/demo.conf": (
-                "[Service]\nExecStart=\nExecStart=/usr/bin/atoll updates run --sysroot /sysroot "
-                "--max-wait 90m --allow-no-kernel\n"
+                "[Service]\nExecCondition=/usr/bin/test -e /sysroot/atoll/staged.json\n"
+                "ExecStart=\nExecStart=/usr/bin/atoll updates run --sysroot /sysroot "
+                "--max-wait 90m --allow-no-kernel --force\n"
             ),
+            # The fleet agent (step 7): enabled once the device has enrolled.
+            "systemd/system/atoll-agent.service.d/demo.conf": AGENT_DROPIN,
         }
         for name, text in files.items():
             path = etc / name
@@ -575,49 +594,11 @@ class Story:
 
     # --- 7 ------------------------------------------------------------------------------
 
-    def os_upgrade_step(self) -> str:
-        d = self.demo
-        d.section(
-            "7",
-            "OS upgrade to v2, by the devices themselves: a red boot, three attempts, rollback",
-            "v2 is promoted to prod:stable. Each device's update timer finds it, checks its "
-            "signature, stages it and reboots. Its required health check fails, the boot "
-            "counter runs out after three boots and the bootloader falls back to v1; atoll "
-            "makes the rollback permanent, says why, and does not take v2 again.",
-        )
-        usage = {device.name: _store_usage(device.sysroot) for device in self.devices}
-        self.promote("2.0")
-        reasons = []
-        for device in self.devices:
-            doc = self.wait_for_version(device, "1.0", rolled_back=True)
-            reasons.append(doc["atoll"]["lastRollback"]["reason"])
-            d.say(f"{device.name}: {self._boots(device)}")
-        human = d.atoll("status", "--sysroot", str(self.devices[0].sysroot))
-        d.show(human.stdout)
-        for device in self.devices:
-            usage[device.name] = self._record_update(device, "update to v2.0", usage[device.name])
-
-        d.say("[bold]v3 fixes the check[/]")
-        self.promote("3.0")
-        for device in self.devices:
-            doc = self.wait_for_version(device, "3.0")
-            booted = doc["booted"]
-            d.say(f"{device.name}: {self._boots(device)}")
-            root = (
-                device.sysroot
-                / "atoll/deploy"
-                / booted["atoll"]["stateroot"]
-                / "deploy"
-                / f"{booted['atoll']['commit']}.{booted['atoll']['deploySerial']}"
-            )
-            listing = d.command("ls", "-l", str(root / osimage.PACKAGE), note="the new package")
-            d.show(listing.stdout)
-            self._record_update(device, "update to v3.0", usage[device.name])
-        name = reasons[0].get("name") if isinstance(reasons[0], dict) else reasons[0]
-        return (
-            f"each device updated itself: v2.0 rolled back on both ({name} failed); "
-            "v3.0 booted green"
-        )
+    def status(self, device: Device) -> dict[str, Any]:
+        """``atoll status --json`` of the device's sysroot: its ``status``."""
+        done = self.demo.atoll("status", "--sysroot", str(device.sysroot), "--json", quiet=True)
+        found: dict[str, Any] = json.loads(done.stdout)["status"]
+        return found
 
     def wait_for_version(
         self, device: Device, version: str, *, rolled_back: bool = False
@@ -652,7 +633,7 @@ class Story:
         d.wait_until(what, lambda: changed() and there(), 600 if d.fast else 900, every=0.2)
         return found
 
-    def _boots(self, device: Device) -> str:
+    def boots(self, device: Device) -> str:
         """The device's boots so far, from its health history: "green, red, red, …"."""
         done = self.demo.atoll(
             "health", "status", "--sysroot", str(device.sysroot), "--json", quiet=True
@@ -660,10 +641,10 @@ class Story:
         history = json.loads(done.stdout).get("history") or []
         return "boots " + ", ".join(str(h.get("outcome")) for h in history[-6:])
 
-    def _record_update(self, device: Device, what: str, before: tuple[int, int]) -> tuple[int, int]:
+    def record_update(self, device: Device, what: str, before: tuple[int, int]) -> tuple[int, int]:
         """Note what the device's own update moved (its status's last transfer,
         by path) and added to its store, for the transfer report."""
-        after = _store_usage(device.sysroot)
+        after = store_usage(device.sysroot)
         done = self.demo.atoll(
             "status", "--sysroot", str(device.sysroot), "--json", quiet=True, check=False
         )
@@ -741,7 +722,7 @@ def _paths(paths: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-def _store_usage(sysroot: Path) -> tuple[int, int]:
+def store_usage(sysroot: Path) -> tuple[int, int]:
     """Files and bytes in a device's object store."""
     files = size = 0
     for path in (sysroot / "atoll/store").rglob("*"):
