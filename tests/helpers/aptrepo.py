@@ -4,10 +4,10 @@ The .debs are fetched once from deb.debian.org (pinned by sha256) into the cache
 indexed with ``apt-ftparchive`` and served by Python's http.server on 127.0.0.1::
 
     CACHE/                              $ATOLL_TEST_CACHE, else /var/cache/atoll-tests
-    └── aptrepo-KEY/                    KEY: sha256 of DEBS; renamed into place when complete
-        ├── strace_6.1-0.1_amd64.deb    (and its dependencies the test base lacks)
-        ├── Packages, Packages.gz       apt-ftparchive packages .
-        └── Release                     apt-ftparchive release .
+    ├── aptrepo-KEY/                    KEY: sha256 of DEBS; renamed into place when complete
+    │   ├── strace_6.1-0.1_amd64.deb    (and its dependencies the test base lacks)
+    │   ├── Packages, Packages.gz       apt-ftparchive packages .
+    │   └── Release                     apt-ftparchive release .
     └── aptrepo-tree-KEY/               ensure_tree_repo(): the packages a cached tree's
                                         builds install (KEY: the tree, suite and packages)
 
