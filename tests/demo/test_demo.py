@@ -1,7 +1,10 @@
 """``atoll demo --fast`` from start to end, with every real part: the registry,
-podman, systemd-nspawn, blueprint builds (packages from a local apt repository
-on loopback), a LAN of network namespaces, and in each device its own podman
-and keepalived."""
+podman, systemd-nspawn, blueprint builds, a LAN of network namespaces, and in each
+device its own podman and keepalived.
+
+The demo runs in a network namespace whose only interface is loopback: the builds
+install their packages from a repository of the cached tree's missing packages,
+served there (helpers.offline); a request beyond loopback fails the demo."""
 
 from __future__ import annotations
 
@@ -10,18 +13,18 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
+from atoll.build.blueprint import parse_blueprint
+from atoll.build.containerfile import FAILOVER_PACKAGE
+from atoll.demo import osimage
+from atoll.requires import DEVICE_PACKAGES
+from helpers import offline
+from helpers.aptrepo import ensure_tree_repo
 from helpers.debian import cache_root
 from helpers.lan import ensure_podman_lan_tree
 from helpers.parts import missing, require_tool
-
-if TYPE_CHECKING:
-    from helpers.aptrepo import AptRepo
-
-pytest_plugins = ["helpers.aptrepo"]
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -50,7 +53,7 @@ def mounts_under(path: Path) -> list[str]:
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_the_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path, apt_repo: AptRepo) -> None:
+def test_the_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
     for tool, package in (
         ("docker-registry", None),
         ("podman", None),
@@ -59,6 +62,7 @@ def test_the_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path, apt_repo: 
         ("curl", None),
         ("ip", "iproute2"),
         ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
     ):
         require_tool(tool, package)
     if os.geteuid() != 0:
@@ -69,12 +73,20 @@ def test_the_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path, apt_repo: 
     env["TMPDIR"] = str(scratch)
     # The devices' tree: trixie with podman and keepalived (the failover tests' own).
     tree = ensure_podman_lan_tree()
+    # What the builds install: the blueprints' packages and atoll's on a device.
+    packages = [
+        p.name for v in osimage.versions() for p in parse_blueprint(v.blueprint, "bp").packages
+    ]
+    repo = ensure_tree_repo(
+        tree, str(tree.recipe["suite"]), (*packages, FAILOVER_PACKAGE, *DEVICE_PACKAGES)
+    )
     proc = subprocess.run(
         [
+            "unshare", "--net", sys.executable, offline.__file__, str(repo), "--",
             sys.executable, "-m", "atoll", "demo", "--fast",
             "--base-tree", str(tree.rootfs),
             "--cache", str(cache_root() / "demo"),
-            "--apt-source", apt_repo.sources_line,
+            "--apt-source", "{apt_source}",
         ],
         env=env,
         stdin=subprocess.DEVNULL,

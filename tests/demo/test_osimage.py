@@ -37,6 +37,9 @@ def test_the_base_image_is_the_tree_and_the_apt_source(tmp_path: Path) -> None:
     (tree / "usr/bin").mkdir(parents=True)
     (tree / "usr/bin/tool").write_text("#!/bin/sh\n")
     (tree / "proc/1").mkdir(parents=True)  # emptied in the layer
+    (tree / "etc/apt/sources.list.d").mkdir(parents=True)
+    (tree / "etc/apt/sources.list").write_text("deb http://deb.debian.org/debian trixie main\n")
+    (tree / "etc/apt/sources.list.d/debian.sources").write_text("Types: deb\n")
     layout = tmp_path / "images"
     digest = osimage.write_base(layout, tree, tmp_path / "cache", "deb [trusted=yes] http://x/ ./")
     index = json.loads((layout / "index.json").read_text())
@@ -48,12 +51,19 @@ def test_the_base_image_is_the_tree_and_the_apt_source(tmp_path: Path) -> None:
     for layer in manifest["layers"]:
         with tarfile.open(blobs / layer["digest"].removeprefix("sha256:")) as tar:
             names.append(sorted(tar.getnames()))
-    assert names[0] == ["proc", "usr", "usr/bin", "usr/bin/tool"]
+    assert "usr/bin/tool" in names[0] and "proc" in names[0]
+    # The apt source is the image's only one: sources.list replaced, the tree's
+    # other source files removed (whiteouts).
     assert names[1] == [
         "etc",
         "etc/apt",
+        "etc/apt/sources.list",
         "etc/apt/sources.list.d",
-        "etc/apt/sources.list.d/atoll-demo.list",
+        "etc/apt/sources.list.d/.wh.debian.sources",
     ]
+    with tarfile.open(blobs / manifest["layers"][1]["digest"].removeprefix("sha256:")) as tar:
+        sources = tar.extractfile("etc/apt/sources.list")
+        assert sources is not None
+        assert sources.read() == b"deb [trusted=yes] http://x/ ./\n"
     # The base layer is packed once and kept in the cache.
     assert len(list((tmp_path / "cache").glob("base-layer-*.tar.gz"))) == 1

@@ -52,8 +52,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     demo.add_argument(
         "--apt-source",
         metavar="LINE",
-        help="the sources.list line the OS image builds install packages from "
-        "(default: the Debian mirror the base tree came from)",
+        help="the sources.list line the OS image builds install packages from, "
+        "instead of the base tree's sources (default: the Debian mirror the tree came from)",
     )
     demo.set_defaults(func=run_demo)
 

@@ -2,7 +2,7 @@
 
 The base image (``oci:WORKDIR/images:base``) is the tree as one layer (made once
 and kept in the cache) and, when the demo is given an apt source, a second
-layer adding it in ``/etc/apt/sources.list.d``. ``atoll build --blueprint`` turns it
+layer making it the image's only apt source. ``atoll build --blueprint`` turns it
 into the three versions of the story (atoll and its units are added by the
 build)::
 
@@ -109,12 +109,21 @@ def write_base(layout: Path, tree: Path, cache: Path, apt_source: str | None) ->
     layers = [base]
     if apt_source:
         raw = io.BytesIO()
-        # Beside the tree's own sources: the build installs the packages atoll
-        # needs on a device (python3-httpx, …) from the distribution.
-        files = {"etc/apt/sources.list.d/atoll-demo.list": ((apt_source + "\n").encode(), 0o644)}
-        layers.append(write_layer(raw, list(_file_entries(files, set()))))
+        layers.append(write_layer(raw, list(_file_entries(_apt_files(tree, apt_source), set()))))
         put_blob(blobs, raw.getvalue())
     return _publish(layout, layers, "0")
+
+
+def _apt_files(tree: Path, apt_source: str) -> dict[str, tuple[bytes, int]]:
+    """The apt source as the image's only one: ``/etc/apt/sources.list`` replaced, and
+    each file of the tree's ``sources.list.d`` removed by a whiteout.  The builds
+    install the blueprints' packages and those atoll needs on a device
+    (python3-zstandard, …) from there alone."""
+    files = {"etc/apt/sources.list": ((apt_source.strip() + "\n").encode(), 0o644)}
+    parts = tree / "etc/apt/sources.list.d"
+    for entry in sorted(parts.iterdir()) if parts.is_dir() else []:
+        files[f"etc/apt/sources.list.d/.wh.{entry.name}"] = (b"", 0o644)
+    return files
 
 
 def _publish(layout: Path, layers: list[Blob], version: str) -> str:
