@@ -49,7 +49,8 @@ from atoll.pipeline.deltacreate import compute
 from atoll.pipeline.tarsplit import blob_path
 from atoll.progress import NullProgress
 from atoll.store import Store
-from atoll.store.partial import DELTA, RANGES, import_image
+from atoll.store.partial import import_image
+from atoll.store.transferreport import DELTA, RANGES
 from atoll.sysroot.fetch import import_remote, open_image
 
 if TYPE_CHECKING:

@@ -59,16 +59,14 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from atoll.errors import (
     AtollError,
     DeltaError,
-    DigestMismatchError,
     LayerError,
     LocalIOError,
     NoSpaceError,
@@ -110,8 +108,17 @@ from atoll.store.contentindex import ContentIndex, read_verified
 from atoll.store.format import FILE_SUFFIX, STAGING_PREFIX, TMP_DIR
 from atoll.store.importer import expand_limit
 from atoll.store.importrecords import find_import
+from atoll.store.ranges import RebuiltFeed, Span, coalesce, rebuilt_digest
 from atoll.store.tarstream import LayerFeed
 from atoll.store.tocs import find_toc, keep_toc
+from atoll.store.transferreport import (
+    DELTA,
+    PRESENT,
+    RANGES,
+    WHOLE,
+    LayerTransfer,
+    TransferReport,
+)
 
 if TYPE_CHECKING:
     from atoll.oci.client import RegistryClient
@@ -119,26 +126,11 @@ if TYPE_CHECKING:
     from atoll.store.importer import ImportResult
     from atoll.store.store import Store
 
-#: Ranges closer than this are fetched as one (the gap's bytes are thrown away):
-#: about what one more request costs in headers with a bearer token.  On
-#: bench/transfer's security update 32 KiB threw away 409 KB of 5.3 MB in 23
-#: requests; 2 KiB throws away 89 KB in 58.
-GAP = 2 << 10
-#: At most this many range requests for one layer's files.
-MAX_REQUESTS = 64
-#: A coalesced range grows no larger than this (unless one file is larger).
-MAX_RANGE = 16 << 20
 #: When the ranges would move this share of the layer or more, fetch it whole.
 WHOLE_SHARE = 0.9
 #: Range requests of one layer in flight at once (a long round trip, as on a
 #: satellite link, is paid once per batch instead of once per request).
 PARALLEL = 4
-
-RANGES = "ranges"
-WHOLE = "whole"
-PRESENT = "present"
-DELTA = "delta"
-PATHS = (DELTA, RANGES, WHOLE, PRESENT)
 
 
 class Feed(Protocol):
@@ -149,221 +141,6 @@ class Feed(Protocol):
     def __iter__(self) -> Iterator[bytes]: ...
 
     def close(self) -> None: ...
-
-
-@dataclass
-class LayerTransfer:
-    digest: str
-    path: str
-    #: Why this path (for whole layers: why not ranges).
-    reason: str = ""
-    #: Bytes moved over the network for this layer (ranges: TOC, tar-split and files).
-    bytes: int = 0
-    requests: int = 0
-    #: Regular files fetched by range, and found in the store.
-    files_fetched: int = 0
-    files_present: int = 0
-    #: The layer's size as stored in the registry.
-    size: int = 0
-    #: Of ``bytes``: the TOC and tar-split (ranges only).
-    metadata_bytes: int = 0
-    #: Of ``bytes`` and ``requests``: the delta's payload, and the files made from it.
-    delta_bytes: int = 0
-    delta_requests: int = 0
-    files_delta: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "digest": self.digest,
-            "path": self.path,
-            "reason": self.reason,
-            "bytes": self.bytes,
-            "requests": self.requests,
-            "filesFetched": self.files_fetched,
-            "filesPresent": self.files_present,
-            "size": self.size,
-            "metadataBytes": self.metadata_bytes,
-            "deltaBytes": self.delta_bytes,
-            "deltaRequests": self.delta_requests,
-            "filesDelta": self.files_delta,
-        }
-
-
-@dataclass
-class TransferReport:
-    """Bytes and requests of one update, by path (see the module docstring)."""
-
-    layers: list[LayerTransfer] = field(default_factory=list)
-    #: What became of the delta from the running image: "" (none asked for),
-    #: the delta's digest, or why none was used.
-    delta: str = ""
-    #: Finding the delta and reading its index.
-    delta_lookup_bytes: int = 0
-    delta_lookup_requests: int = 0
-    #: Seconds by phase (:mod:`atoll.phases`), and the update's wall-clock ``elapsed``.
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def totals(self) -> dict[str, dict[str, int]]:
-        out = {p: {"bytes": 0, "requests": 0, "layers": 0, "files": 0} for p in PATHS}
-        for layer in self.layers:
-            row = out[layer.path]
-            # Present layers moved nothing: their bytes are what was saved.
-            row["bytes"] += layer.size if layer.path == PRESENT else layer.bytes - layer.delta_bytes
-            row["requests"] += layer.requests - layer.delta_requests
-            row["layers"] += 1
-            row["files"] += layer.files_fetched
-            # A layer's files made from the delta count there, its ranges here.
-            delta = out[DELTA]
-            delta["bytes"] += layer.delta_bytes
-            delta["requests"] += layer.delta_requests
-            delta["files"] += layer.files_delta
-        out[DELTA]["bytes"] += self.delta_lookup_bytes
-        out[DELTA]["requests"] += self.delta_lookup_requests
-        return out
-
-    @property
-    def bytes_moved(self) -> int:
-        return sum(layer.bytes for layer in self.layers) + self.delta_lookup_bytes
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "bytesMoved": self.bytes_moved,
-            "requests": sum(layer.requests for layer in self.layers) + self.delta_lookup_requests,
-            "paths": self.totals(),
-            "delta": self.delta,
-            "deltaLookup": {
-                "bytes": self.delta_lookup_bytes,
-                "requests": self.delta_lookup_requests,
-            },
-            "seconds": dict(self.seconds),
-            "layers": [layer.to_json() for layer in self.layers],
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> TransferReport:
-        layers = [
-            LayerTransfer(
-                digest=str(row["digest"]),
-                path=str(row["path"]),
-                reason=str(row.get("reason", "")),
-                bytes=int(row.get("bytes", 0)),
-                requests=int(row.get("requests", 0)),
-                files_fetched=int(row.get("filesFetched", 0)),
-                files_present=int(row.get("filesPresent", 0)),
-                size=int(row.get("size", 0)),
-                metadata_bytes=int(row.get("metadataBytes", 0)),
-                delta_bytes=int(row.get("deltaBytes", 0)),
-                delta_requests=int(row.get("deltaRequests", 0)),
-                files_delta=int(row.get("filesDelta", 0)),
-            )
-            for row in data.get("layers", [])
-        ]
-        lookup = data.get("deltaLookup") or {}
-        return cls(
-            layers,
-            str(data.get("delta", "")),
-            int(lookup.get("bytes", 0)),
-            int(lookup.get("requests", 0)),
-            {str(k): float(v) for k, v in (data.get("seconds") or {}).items()},
-        )
-
-
-@dataclass(frozen=True)
-class _Span:
-    start: int
-    end: int
-    files: tuple[TocFile, ...]
-
-
-def coalesce(files: list[TocFile], gap: int = GAP, cap: int = MAX_REQUESTS) -> list[_Span]:
-    """Ranges covering *files*: neighbours closer than *gap* merged (up to
-    :data:`MAX_RANGE`), then the closest pairs merged until at most *cap* remain."""
-    spans: list[_Span] = []
-    for f in sorted(files, key=lambda f: f.offset):
-        if spans and f.offset - spans[-1].end <= gap and f.end - spans[-1].start <= MAX_RANGE:
-            last = spans[-1]
-            spans[-1] = _Span(last.start, max(last.end, f.end), (*last.files, f))
-        else:
-            spans.append(_Span(f.offset, f.end, (f,)))
-    if len(spans) <= cap:
-        return spans
-    gaps = sorted(spans[i + 1].start - spans[i].end for i in range(len(spans) - 1))
-    limit = gaps[len(spans) - cap - 1]
-    merged = [spans[0]]
-    for span in spans[1:]:
-        last = merged[-1]
-        if span.start - last.end <= limit:
-            merged[-1] = _Span(last.start, max(last.end, span.end), last.files + span.files)
-        else:
-            merged.append(span)
-    return merged
-
-
-def _rebuilt_digest(
-    entries: list[SplitEntry], files: dict[str, TocFile], local: dict[str, Path]
-) -> str:
-    """The sha256 of the tar *entries* make (read once, before it is fed)."""
-    digest = hashlib.sha256()
-    for entry in entries:
-        if entry.raw is not None:
-            digest.update(entry.raw)
-        elif entry.size:
-            toc_file = files[entry.name]
-            for chunk in read_verified(local[toc_file.sha256], toc_file.sha256, entry.size):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-class _RebuiltFeed:
-    """The layer's tar, rebuilt from its tar-split and the files; the diff_id is
-    checked once the last byte has been handed out."""
-
-    def __init__(
-        self,
-        entries: list[SplitEntry],
-        files: dict[str, TocFile],
-        local: dict[str, Path],
-        diff_id: Digest,
-        where: str,
-        fetched: int,
-        clock: PhaseClock,
-    ) -> None:
-        self.fetched = fetched
-        self._gen = self._rebuild(entries, files, local, diff_id, where, clock)
-
-    @staticmethod
-    def _rebuild(
-        entries: list[SplitEntry],
-        files: dict[str, TocFile],
-        local: dict[str, Path],
-        diff_id: Digest,
-        where: str,
-        clock: PhaseClock,
-    ) -> Generator[bytes, None, None]:
-        digest = hashlib.new(diff_id.algorithm)
-        for entry in entries:
-            if entry.raw is not None:
-                with clock.phase(VERIFY):
-                    digest.update(entry.raw)
-                yield entry.raw
-            elif entry.size:
-                toc_file = files[entry.name]
-                chunks = read_verified(local[toc_file.sha256], toc_file.sha256, entry.size)
-                for chunk in clock.timed(chunks, VERIFY):
-                    with clock.phase(VERIFY):
-                        digest.update(chunk)
-                    yield chunk
-        if digest.hexdigest() != diff_id.hex:
-            raise DigestMismatchError(
-                f"{where}: the tar rebuilt from its table of contents does not match "
-                f"diff_id {diff_id} from the image config"
-            )
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._gen
-
-    def close(self) -> None:
-        self._gen.close()
 
 
 class PartialPuller:
@@ -624,12 +401,12 @@ class PartialPuller:
                     local[toc_file.sha256] = self._keep(toc_file.sha256, content)
                     row.files_fetched += 1
         self.progress.done(sub)
-        if rebuilt is not None and _rebuilt_digest(rebuilt, files, local) != diff_id.hex:
+        if rebuilt is not None and rebuilt_digest(rebuilt, files, local) != diff_id.hex:
             # This Python's tarfile writes other headers than the builder's did.
             split = self._range(desc, split_pos.offset, split_pos.offset + split_pos.length, row)
             row.metadata_bytes += len(split)
             entries = self._split(split, toc, info, where)
-        return _RebuiltFeed(entries, files, local, diff_id, where, row.bytes, self.clock)
+        return RebuiltFeed(entries, files, local, diff_id, where, row.bytes, self.clock)
 
     @staticmethod
     def _split(data: bytes, toc: Toc, info: ChunkedInfo, where: str) -> list[SplitEntry]:
@@ -852,7 +629,7 @@ class PartialPuller:
     def _apply_delta(
         self,
         plan: dict[str, tuple[TocFile, DeltaFile, Path | None]],
-        spans: list[_Span],
+        spans: list[Span],
         local: dict[str, Path],
         row: LayerTransfer,
         where: str,

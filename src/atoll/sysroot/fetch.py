@@ -13,7 +13,8 @@ from atoll.oci.manifest import ImageConfig, ImageManifest, parse_config, require
 from atoll.oci.transports import ImageName, ImageSource, open_source
 from atoll.progress import NullProgress
 from atoll.store import ImportResult, Store
-from atoll.store.partial import TransferReport, import_image
+from atoll.store.partial import import_image
+from atoll.store.transferreport import TransferReport
 
 
 @dataclass(frozen=True)

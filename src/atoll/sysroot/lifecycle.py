@@ -54,7 +54,8 @@ from atoll.phases import CHECKOUT
 from atoll.progress import NullProgress, ProgressSink
 from atoll.store import Store
 from atoll.store.importer import ImportStats
-from atoll.store.partial import TransferReport, import_image
+from atoll.store.partial import import_image
+from atoll.store.transferreport import TransferReport
 from atoll.sysroot.bootentries import sync_bootloader, write_boot_entries
 from atoll.sysroot.bootloader import entries as bootloader
 from atoll.sysroot.bootloader.backend import Bootloader
