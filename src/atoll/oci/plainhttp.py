@@ -32,6 +32,7 @@ import json
 import socket
 import ssl
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
@@ -149,7 +150,7 @@ class Headers(Mapping[str, str]):
         return len(dict.fromkeys(k for k, _ in self._items))
 
 
-class Response:
+class Response(ABC):
     """One answer; its body is read by iterating (a stream) or with :meth:`read`.
     Close it when done unless the body was read to the end."""
 
@@ -161,9 +162,9 @@ class Response:
         self.url = url
         self._content: bytes | None = None
 
+    @abstractmethod
     def iter_raw(self) -> Iterator[bytes]:
         """The body as it arrives, without undoing any ``Content-Encoding``."""
-        raise NotImplementedError
 
     def iter_bytes(self) -> Iterator[bytes]:
         """The body, decoded.  Plain requests ask for no encoding, so it is the raw one."""
@@ -181,8 +182,9 @@ class Response:
     def json(self) -> Any:
         return json.loads(self.read())
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Give the connection back (or drop it when the body was not read to its end)."""
 
     def __enter__(self) -> Response:
         return self
