@@ -301,6 +301,26 @@ def _new_toc(images: dict[str, Any]) -> bytes:
     return blob[info.toc.offset : info.toc.offset + info.toc.length]
 
 
+def _publish_files_toc_patch(
+    registry: RegistryView,
+    images: dict[str, Any],
+    store: Store,
+    entry: DeltaFile,
+    blob: bytes,
+    new: bytes,
+) -> None:
+    """Publish a delta of *entry* (payload *blob*) whose first layer's TOC comes as
+    a ``toc+files`` patch: against the kept old TOC followed by *new*'s digest."""
+    old_info, new_info = _first_tocs(images)
+    kept = find_toc(store, old_info.toc_digest)
+    assert kept is not None
+    text = toc_json(_new_toc(images), "t")
+    assert f'"digest":"sha256:{sha256_hex(new)}"'.encode() in text
+    patch = make_patch(toc_json(kept, "t") + digests_text([sha256_hex(new)]), text)
+    toc = TocPatch(new_info.toc_digest, old_info.toc_digest, len(text), len(blob), len(patch), True)
+    _publish(registry, images, images["d1"], [entry], blob + patch, (toc,))
+
+
 @pytest.mark.parametrize("made", ["2", "9"])
 def test_a_toc_patch_against_the_files_digests(
     registry: RegistryView, tmp_path: Path, images: dict[str, Any], made: str
@@ -309,17 +329,9 @@ def test_a_toc_patch_against_the_files_digests(
     # makes big0 v2 ("2"), or other bytes ("9"): then the device's dictionary
     # holds another digest than the patch was built with.
     store = _device(tmp_path, images)
-    old_info, new_info = _first_tocs(images)
-    kept = find_toc(store, old_info.toc_digest)
-    assert kept is not None
     old, new = _bumped("b0", "1"), _bumped("b0", "2")
     blob = make_patch(old, _bumped("b0", made))
-    entry = _entry(new, blob, old, PATCH, 3)
-    text = toc_json(_new_toc(images), "t")
-    assert f'"digest":"sha256:{sha256_hex(new)}"'.encode() in text
-    patch = make_patch(toc_json(kept, "t") + digests_text([sha256_hex(new)]), text)
-    toc = TocPatch(new_info.toc_digest, old_info.toc_digest, len(text), len(blob), len(patch), True)
-    _publish(registry, images, images["d1"], [entry], blob + patch, (toc,))
+    _publish_files_toc_patch(registry, images, store, _entry(new, blob, old, PATCH, 3), blob, new)
     result, report = pull(store, images["v2"], images["ctx"], delta_from=images["d1"])
     assert result.commit_id == images["commit"]
     assert store.read_file(result.commit_id, "usr/bin/big0") == new
@@ -338,16 +350,10 @@ def test_a_files_toc_patch_without_the_files_base_fetches_the_toc(
     registry: RegistryView, tmp_path: Path, images: dict[str, Any]
 ) -> None:
     store = _device(tmp_path, images)
-    old_info, new_info = _first_tocs(images)
-    kept = find_toc(store, old_info.toc_digest)
-    assert kept is not None
     old, new = _bumped("b0", "1"), _bumped("b0", "2")
     blob = make_patch(old, new)
     entry = _entry(new, blob, old, PATCH, 3, base_path="usr/bin/gone")
-    text = toc_json(_new_toc(images), "t")
-    patch = make_patch(toc_json(kept, "t") + digests_text([sha256_hex(new)]), text)
-    toc = TocPatch(new_info.toc_digest, old_info.toc_digest, len(text), len(blob), len(patch), True)
-    _publish(registry, images, images["d1"], [entry], blob + patch, (toc,))
+    _publish_files_toc_patch(registry, images, store, entry, blob, new)
     result, report = pull(store, images["v2"], images["ctx"], delta_from=images["d1"])
     # Nothing made first, so nothing to rebuild the TOC with: fetched, the file by range.
     assert "no usr/bin/gone in the running commit" in report.layers[0].reason
