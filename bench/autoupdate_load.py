@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -171,11 +172,13 @@ class Load:
                 "--root", str(self.units), "--state-dir", str(self.state),
                 "--update-state-dir", str(self.root / "updates"),
                 "--watch", f"{watch:g}s", "--format", "json"]  # fmt: skip
+        timeline = Timeline(self)
         started = time.perf_counter()
         proc = subprocess.run(argv, capture_output=True, env=self.env, check=False, timeout=3600)
-        seconds = time.perf_counter() - started
+        ended = time.perf_counter()
         doc: dict[str, Any] = json.loads(proc.stdout or "{}")
-        return seconds, doc
+        doc["timeline"] = timeline.close(ended)
+        return ended - started, doc
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -196,6 +199,74 @@ class Load:
         subprocess.run(["podman", "rm", "--all", "--force", "--time", "0"], env=self.env,
                        capture_output=True, check=False)  # fmt: skip
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Timeline:
+    """What a run of auto-update does, seen from outside while it runs: the
+    units' status every 0.2 s (when each container was replaced, when the new one
+    was first healthy) and the podman processes on the machine every 0.1 s (by
+    subcommand, each process counted once)."""
+
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        self.started = time.perf_counter()
+        self.replaced: dict[str, float] = {}
+        self.healthy: dict[str, float] = {}
+        self.podmans: dict[int, str] = {}
+        self._done = threading.Event()
+        self._before = {s.unit: s.container_id for s in load.client.status()}
+        self._threads = [
+            threading.Thread(target=f, daemon=True) for f in (self._units, self._procs)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _units(self) -> None:
+        while not self._done.wait(0.2):
+            with contextlib.suppress(Exception):
+                now = time.perf_counter() - self.started
+                for s in self.load.client.status():
+                    if s.container_id and s.container_id != self._before.get(s.unit):
+                        self.replaced.setdefault(s.unit, now)
+                        if s.health is Health.HEALTHY:
+                            self.healthy.setdefault(s.unit, now)
+
+    def _procs(self) -> None:
+        while not self._done.wait(0.1):
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or int(entry.name) in self.podmans:
+                    continue
+                with contextlib.suppress(OSError):
+                    argv = (entry / "cmdline").read_bytes().split(b"\0")
+                    if argv and argv[0].endswith(b"podman") and len(argv) > 1:
+                        words = [a.decode() for a in argv[1:] if a and not a.startswith(b"-")]
+                        self.podmans[int(entry.name)] = " ".join(words[:2]) if words else "?"
+
+    def close(self, ended: float) -> str:
+        self._done.set()
+        for thread in self._threads:
+            thread.join()
+        end = ended - self.started
+        replaced = sorted(self.replaced.values())
+        healthy = sorted(self.healthy.values())
+        kinds: dict[str, int] = {}
+        for what in self.podmans.values():
+            key = (
+                what
+                if what.split()[0] in ("healthcheck", "run", "container", "image")
+                else (what.split()[0])
+            )
+            kinds[key] = kinds.get(key, 0) + 1
+
+        def at(values: list[float], i: int) -> str:
+            return f"{values[i]:.1f}" if len(values) > abs(i) else "-"
+
+        return (
+            f"first replaced {at(replaced, 0)} s, 4th healthy {at(healthy, 3)} s, "
+            f"last replaced {at(replaced, -1)} s, last healthy {at(healthy, -1)} s, "
+            f"end {end:.1f} s; podman processes seen: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        )
 
 
 def _outcome(doc: dict[str, Any]) -> str:
@@ -311,3 +382,5 @@ def bench_load(
             f"CPU s, exec {execed:.3f} CPU s ({count} every 5 s: "
             f"{count * check / 5:.2f} / {count * execed / 5:.2f} cores)"
         )
+        for what in ("good update", "bad update"):
+            print(f"{name}: {what}: {figures[what][1]['timeline']}")
