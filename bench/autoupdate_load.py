@@ -205,7 +205,7 @@ class Timeline:
     """What a run of auto-update does, seen from outside while it runs: the
     units' status every 0.2 s (when each container was replaced, when the new one
     was first healthy) and the podman processes on the machine every 0.1 s (by
-    subcommand, each process counted once)."""
+    subcommand, each process counted once; those of this load's podman environment)."""
 
     def __init__(self, load: Load) -> None:
         self.load = load
@@ -213,6 +213,7 @@ class Timeline:
         self.replaced: dict[str, float] = {}
         self.healthy: dict[str, float] = {}
         self.podmans: dict[int, str] = {}
+        self.mine = str(load.root).encode()
         self._done = threading.Event()
         self._before = {s.unit: s.container_id for s in load.client.status()}
         self._threads = [
@@ -237,10 +238,10 @@ class Timeline:
                 if not entry.name.isdigit() or int(entry.name) in self.podmans:
                     continue
                 with contextlib.suppress(OSError):
-                    argv = (entry / "cmdline").read_bytes().split(b"\0")
-                    if argv and argv[0].endswith(b"podman") and len(argv) > 1:
-                        words = [a.decode() for a in argv[1:] if a and not a.startswith(b"-")]
-                        self.podmans[int(entry.name)] = " ".join(words[:2]) if words else "?"
+                    argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                    # This load's podman only (its CONTAINERS_CONF), not other users'.
+                    if argv[0].endswith("podman") and self.mine in (entry / "environ").read_bytes():
+                        self.podmans[int(entry.name)] = _subcommand(argv[1:])
 
     def close(self, ended: float) -> str:
         self._done.set()
@@ -251,12 +252,7 @@ class Timeline:
         healthy = sorted(self.healthy.values())
         kinds: dict[str, int] = {}
         for what in self.podmans.values():
-            key = (
-                what
-                if what.split()[0] in ("healthcheck", "run", "container", "image")
-                else (what.split()[0])
-            )
-            kinds[key] = kinds.get(key, 0) + 1
+            kinds[what] = kinds.get(what, 0) + 1
 
         def at(values: list[float], i: int) -> str:
             return f"{values[i]:.1f}" if len(values) > abs(i) else "-"
@@ -267,6 +263,20 @@ class Timeline:
             f"end {end:.1f} s; podman processes seen: "
             + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
         )
+
+
+#: podman's subcommands, and those named with the word after them.
+SUBCOMMANDS = {"run", "pull", "tag", "events", "rm", "ps", "exec", "stop", "kill", "rmi", "push"}
+GROUPS = {"healthcheck", "container", "image", "system"}
+
+
+def _subcommand(words: list[str]) -> str:
+    for i, word in enumerate(words):
+        if word in GROUPS and i + 1 < len(words):
+            return f"{word} {words[i + 1]}"
+        if word in SUBCOMMANDS:
+            return word
+    return "other"
 
 
 def _outcome(doc: dict[str, Any]) -> str:
