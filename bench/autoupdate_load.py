@@ -304,7 +304,9 @@ def measure(
         figures["at rest, cores"] = load.cpu(20.0)
         figures["check cost"] = load.check_cost()
         load.push()
+        before = os.getloadavg()[0]
         figures["good update"] = load.auto_update(watch)
+        figures["load average"] = (before, os.getloadavg()[0])
         _wait(load.healthy, "healthy units")
         load.push(bad=True)
         figures["bad update"] = load.auto_update(watch)
@@ -392,5 +394,7 @@ def bench_load(
             f"CPU s, exec {execed:.3f} CPU s ({count} every 5 s: "
             f"{count * check / 5:.2f} / {count * execed / 5:.2f} cores)"
         )
+        first, last = figures["load average"]
+        print(f"{name}: load average {first:.1f} before the good update, {last:.1f} after it")
         for what in ("good update", "bad update"):
             print(f"{name}: {what}: {figures[what][1]['timeline']}")
