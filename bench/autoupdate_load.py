@@ -16,6 +16,11 @@ N busybox web units share ``REGISTRY/bench/load:prod`` (health check every 5 s,
   answer (target: 0.5 s) and the time until all N are adopted;
 * SIGTERM: the time until every unit is stopped (target: StopTimeout + 5 s).
 
+Each update is also followed from outside (:class:`Timeline`): when the first
+container was replaced, the canary's fourth unit healthy, the last container
+replaced and healthy, the end, and the podman processes of this load by
+subcommand; with the load average before and after the good update.
+
 With ``--load-baseline SRC`` the same runs with the atoll of another source
 tree (say, the main branch's ``src``) first, in this run, as the baseline.
 podman 5.4.2's ``podman auto-update`` of N units on one tag under systemd is
