@@ -16,6 +16,11 @@ N busybox web units share ``REGISTRY/bench/load:prod`` (health check every 5 s,
   answer (target: 0.5 s) and the time until all N are adopted;
 * SIGTERM: the time until every unit is stopped (target: StopTimeout + 5 s).
 
+Each update is also followed from outside (:class:`Timeline`): when the first
+container was replaced, the canary's fourth unit healthy, the last container
+replaced and healthy, the end, and the podman processes of this load by
+subcommand; with the load average before and after the good update.
+
 With ``--load-baseline SRC`` the same runs with the atoll of another source
 tree (say, the main branch's ``src``) first, in this run, as the baseline.
 podman 5.4.2's ``podman auto-update`` of N units on one tag under systemd is
@@ -33,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -171,11 +177,13 @@ class Load:
                 "--root", str(self.units), "--state-dir", str(self.state),
                 "--update-state-dir", str(self.root / "updates"),
                 "--watch", f"{watch:g}s", "--format", "json"]  # fmt: skip
+        timeline = Timeline(self)
         started = time.perf_counter()
         proc = subprocess.run(argv, capture_output=True, env=self.env, check=False, timeout=3600)
-        seconds = time.perf_counter() - started
+        ended = time.perf_counter()
         doc: dict[str, Any] = json.loads(proc.stdout or "{}")
-        return seconds, doc
+        doc["timeline"] = timeline.close(ended)
+        return ended - started, doc
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -196,6 +204,84 @@ class Load:
         subprocess.run(["podman", "rm", "--all", "--force", "--time", "0"], env=self.env,
                        capture_output=True, check=False)  # fmt: skip
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Timeline:
+    """What a run of auto-update does, seen from outside while it runs: the
+    units' status every 0.2 s (when each container was replaced, when the new one
+    was first healthy) and the podman processes on the machine every 0.1 s (by
+    subcommand, each process counted once; those of this load's podman environment)."""
+
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        self.started = time.perf_counter()
+        self.replaced: dict[str, float] = {}
+        self.healthy: dict[str, float] = {}
+        self.podmans: dict[int, str] = {}
+        self.mine = str(load.root).encode()
+        self._done = threading.Event()
+        self._before = {s.unit: s.container_id for s in load.client.status()}
+        self._threads = [
+            threading.Thread(target=f, daemon=True) for f in (self._units, self._procs)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _units(self) -> None:
+        while not self._done.wait(0.2):
+            with contextlib.suppress(Exception):
+                now = time.perf_counter() - self.started
+                for s in self.load.client.status():
+                    if s.container_id and s.container_id != self._before.get(s.unit):
+                        self.replaced.setdefault(s.unit, now)
+                        if s.health is Health.HEALTHY:
+                            self.healthy.setdefault(s.unit, now)
+
+    def _procs(self) -> None:
+        while not self._done.wait(0.1):
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or int(entry.name) in self.podmans:
+                    continue
+                with contextlib.suppress(OSError):
+                    argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                    # This load's podman only (its CONTAINERS_CONF), not other users'.
+                    if argv[0].endswith("podman") and self.mine in (entry / "environ").read_bytes():
+                        self.podmans[int(entry.name)] = _subcommand(argv[1:])
+
+    def close(self, ended: float) -> str:
+        self._done.set()
+        for thread in self._threads:
+            thread.join()
+        end = ended - self.started
+        replaced = sorted(self.replaced.values())
+        healthy = sorted(self.healthy.values())
+        kinds: dict[str, int] = {}
+        for what in self.podmans.values():
+            kinds[what] = kinds.get(what, 0) + 1
+
+        def at(values: list[float], i: int) -> str:
+            return f"{values[i]:.1f}" if len(values) > abs(i) else "-"
+
+        return (
+            f"first replaced {at(replaced, 0)} s, 4th healthy {at(healthy, 3)} s, "
+            f"last replaced {at(replaced, -1)} s, last healthy {at(healthy, -1)} s, "
+            f"end {end:.1f} s; podman processes seen: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        )
+
+
+#: podman's subcommands, and those named with the word after them.
+SUBCOMMANDS = {"run", "pull", "tag", "events", "rm", "ps", "exec", "stop", "kill", "rmi", "push"}
+GROUPS = {"healthcheck", "container", "image", "system"}
+
+
+def _subcommand(words: list[str]) -> str:
+    for i, word in enumerate(words):
+        if word in GROUPS and i + 1 < len(words):
+            return f"{word} {words[i + 1]}"
+        if word in SUBCOMMANDS:
+            return word
+    return "other"
 
 
 def _outcome(doc: dict[str, Any]) -> str:
@@ -223,7 +309,9 @@ def measure(
         figures["at rest, cores"] = load.cpu(20.0)
         figures["check cost"] = load.check_cost()
         load.push()
+        before = os.getloadavg()[0]
         figures["good update"] = load.auto_update(watch)
+        figures["load average"] = (before, os.getloadavg()[0])
         _wait(load.healthy, "healthy units")
         load.push(bad=True)
         figures["bad update"] = load.auto_update(watch)
@@ -311,3 +399,7 @@ def bench_load(
             f"CPU s, exec {execed:.3f} CPU s ({count} every 5 s: "
             f"{count * check / 5:.2f} / {count * execed / 5:.2f} cores)"
         )
+        first, last = figures["load average"]
+        print(f"{name}: load average {first:.1f} before the good update, {last:.1f} after it")
+        for what in ("good update", "bad update"):
+            print(f"{name}: {what}: {figures[what][1]['timeline']}")

@@ -5,7 +5,8 @@ own).  The service manager is :class:`FakeManager`, which stands in for the
 service manager only: no container runs; a restart "runs" whatever image the
 unit's ``Image=`` tag names in podman's store, as ``podman run IMAGE`` would,
 and behaves as the image's ``test.behaviour`` label says (``exit``: the
-restart fails; ``unhealthy``: healthy, then unhealthy 5 s after the restart).
+restart fails; ``unhealthy``: healthy, then unhealthy 5 s after the restart;
+``slow``: starting for 4 s after the restart, then healthy).
 Time is a fake clock, so a 60 s watch window costs nothing.  The same flows run
 against the real supervisor and real containers in test_autoupdate_e2e.py.
 """
@@ -118,6 +119,8 @@ class FakeManager:
             and self.clock.now - self.started_at[unit] > 5
         ):
             health = Health.UNHEALTHY
+        if self.behaviour.get(image_id) == "slow" and self.clock.now - self.started_at[unit] < 4:
+            health = Health.STARTING
         return UnitStatus(
             unit=unit.replace(".service", ".container"),
             name=unit.removesuffix(".service"),
@@ -609,6 +612,32 @@ def test_the_watch_window_starts_when_the_restart_returns(setup: Setup) -> None:
     assert report["updated"] == "rolled back", report
     assert report["reason"] == "the container turned unhealthy"
     assert manager.running["web.service"] == v1_id
+
+
+@pytest.mark.integration
+def test_a_wave_is_watched_together_from_its_first_restart(setup: Setup) -> None:
+    """One restart at a time, each taking 6 s, of an image that is ready 4 s after
+    it starts: the canary a, then b and c as one wave.  That wave's 8 s window
+    starts when b's restart returned (t = 16 s); c, restarted at 22 s, is not
+    ready when it ends (24 s) and is kept once it is (26 s), not after a window
+    of its own (30 s)."""
+    setup.push(seed="v1")
+    image = setup.image()
+    setup.podman.preload(image)
+    names = ["a", "b", "c"]
+    for name in names:
+        setup.unit(name, image)
+    services = {f"{n}.service": image for n in names}
+    manager = SlowRestart(setup.podman, setup.clock, services, seconds=6.0)
+    setup.push(seed="v2", behaviour="slow")
+    started = setup.clock.now
+
+    result = setup.run(manager, watch=8.0, parallel=1)
+    assert {r.unit: r.updated for r in result.reports} == {
+        f"{n}.container": Updated.TRUE for n in names
+    }, result.to_json()
+    assert manager.restarted == ["a.service", "b.service", "c.service"]
+    assert 26.0 <= setup.clock.now - started < 27.0
 
 
 @pytest.mark.integration

@@ -2,16 +2,20 @@
 
 The units of one dependency level (see :mod:`atoll.workloads.autoupdate.updater`) are
 restarted *parallel* at a time.  A restart is work (podman processes), the
-watch window is waiting: every restarted unit is watched in one loop, each
-for the watch window from the moment its own restart returned (its new
-container runs): a slow restart does not eat into the window.  The first wave of
+watch window is waiting: every restarted unit is watched in one loop.  A
+wave's window starts when the first of its restarts returned (the new image
+runs there): its units are watched together until that window ends, each
+at least until it is ready, so restarts that take long on a busy machine
+are not added to the window.  A unit must be ready within the window from
+its own restart (a slow restart does not shorten the time it has to become
+ready).  The first wave of
 *parallel* units is a canary: nothing else restarts until every unit of it
 is ready (active, and healthy or without a health check).  The rest follow
 as one wave in which a restart begins as soon as one of the *parallel*
 restart slots is free; the units restarted so far are asked every
 :data:`POLL_INTERVAL` meanwhile, and a failure among them (or a restart that
 failed) stops the restarts not begun yet.  A good image so reaches all units
-in about ``restarts + watch window``.  A failure stops the rollout: the units
+in about ``canary + watch window``.  A failure stops the rollout: the units
 not reached keep their image (and do not take the failed digest later);
 every unit the failing image reached is rolled back together (a unit that
 fails runs the same image as the others, and that image is what failed).
@@ -112,13 +116,16 @@ Between = Callable[[Mapping[int, Restarted]], bool]
 
 @dataclass
 class Watch:
-    """A unit restarted onto *new* (from *old*), watched until *deadline*."""
+    """A unit restarted onto *new* (from *old*): kept once it is ready and its
+    wave's window *ends*; failed when it is not ready by *deadline* (the window
+    from its own restart)."""
 
     workload: Workload
     report: UnitReport
     new: ImageRecord
     old: ImageRecord
     started: UnitStatus
+    ends: float
     deadline: float
     failure: str | None = None
     ready: bool = False
@@ -287,11 +294,14 @@ class Rollout:
                 "not taken until the tag moves"
             )
             entry = RolledBack(stop.new.digest or "", stop.new.image_id, why, utc_timestamp())
-            self.updater._remember(plan.workload.unit, image=plan.workload.image, rollback=entry)
+            self.updater._remember(
+                plan.workload.unit, image=plan.workload.image, rollback=entry, save=False
+            )
             with self.updater._lock:
                 report.rolled_back_digests = tuple(
                     e.digest for e in self.updater._state_of(plan.workload.unit).rolled_back
                 )
+        self.updater._save()
 
     def _begin(
         self, plans: Sequence[_Plan], *, watching: Sequence[Watch] | None = None
@@ -308,8 +318,9 @@ class Rollout:
             new = ImageRecord(plan.target_digest, plan.target_image_id, utc_timestamp())
             # Durable before the tag moves: a run stopped from here on is finished by
             # the next one (AutoUpdater._resume), which must not take it unwatched.
-            self.updater._remember(plan.workload.unit, trial=Trial(new, old))
+            self.updater._remember(plan.workload.unit, trial=Trial(new, old), save=False)
             items.append((plan, new, old))
+        self.updater._save()
         steps = [
             Step(p.workload, new.image_id, tagged=p.workload.policy == AutoUpdatePolicy.LOCAL)
             for p, new, _ in items
@@ -324,16 +335,19 @@ class Rollout:
         watches: list[Watch] = []
         skipped: list[_Plan] = []
         results = self.restart_all(steps, between)
+        returned = [r.returned for r in results if r.returned is not None]
+        # The wave's window runs from its first restart that returned.
+        ends = min(returned, default=self.updater.monotonic()) + self.options.watch
         for (plan, new, old), step, result in zip(items, steps, results, strict=True):
             workload, report = plan.workload, plan.report
             if result.skipped:
-                self.updater._remember(workload.unit, end_trial=True)
+                self.updater._remember(workload.unit, end_trial=True, save=False)
                 skipped.append(plan)
                 continue
             if result.tagging:
                 report.updated = Updated.FAILED
                 report.reason = f"tagging the new image as {workload.image}: {result.failure}"
-                self.updater._remember(workload.unit, end_trial=True)
+                self.updater._remember(workload.unit, end_trial=True, save=False)
                 continue
             self.expected[workload.unit] = (step, report, False)
             started = result.status or plan.status
@@ -342,10 +356,11 @@ class Rollout:
             since = result.returned if result.returned is not None else self.updater.monotonic()
             watches.append(
                 Watch(
-                    workload, report, new, old, started, since + self.options.watch,
+                    workload, report, new, old, started, ends, since + self.options.watch,
                     failure=result.failure,
                 )
             )  # fmt: skip
+        self.updater._save()
         return watches, skipped
 
     def _failing(
@@ -392,11 +407,12 @@ class Rollout:
             if not live:
                 return failed
             now = monotonic()
-            pause = min([POLL_INTERVAL, *(w.deadline - now for w in live)])
+            pause = min([POLL_INTERVAL, *(w.ends - now for w in live if w.ends > now)])
             if pause > 0:
                 sleep(pause)
             answers = self.statuses([w.workload for w in live])
             now = monotonic()
+            kept: list[Watch] = []
             for watch in live:
                 answer = answers[watch.workload.unit]
                 if isinstance(answer, str):
@@ -405,8 +421,10 @@ class Rollout:
                     watch.failure, watch.ready = judge(watch.started, answer)
                     if watch.failure is None and now >= watch.deadline and not watch.ready:
                         watch.failure = not_ready(self.options.watch, answer)
-                if watch.failure is None and now >= watch.deadline:
-                    self.conclude([watch])
+                if watch.failure is None and watch.ready and now >= watch.ends:
+                    kept.append(watch)
+            if kept:
+                self.conclude(kept)
 
     def _settle(self, watches: Sequence[Watch]) -> None:
         """Conclude every watch that failed, with the others the same image reached."""
@@ -441,7 +459,7 @@ class Rollout:
                 report.updated, report.reason = Updated.TRUE, ""
                 self.updater._remember(
                     unit, image=watch.workload.image, current=watch.new, previous=watch.old,
-                    end_trial=True,
+                    end_trial=True, save=False,
                 )  # fmt: skip
                 continue
             log.warning(
@@ -452,10 +470,11 @@ class Rollout:
                 report.updated = Updated.FAILED
                 self.updater._remember(
                     unit, image=watch.workload.image, current=watch.new, previous=watch.old,
-                    end_trial=True,
+                    end_trial=True, save=False,
                 )  # fmt: skip
                 continue
             back.append(watch)
+        self.updater._save()
         if back:
             self.roll_back(back)
 
@@ -494,11 +513,14 @@ class Rollout:
             entry = RolledBack(
                 watch.new.digest or "", watch.new.image_id, watch.failure or "", utc_timestamp()
             )
-            self.updater._remember(unit, image=watch.workload.image, rollback=entry, end_trial=True)
+            self.updater._remember(
+                unit, image=watch.workload.image, rollback=entry, end_trial=True, save=False
+            )
             with self.updater._lock:
                 watch.report.rolled_back_digests = tuple(
                     e.digest for e in self.updater._state_of(unit).rolled_back
                 )
+        self.updater._save()
 
     def _wait_ready(self, started: Sequence[tuple[Watch, UnitStatus]]) -> list[str | None]:
         """Watch units restarted on a known image until each is ready (or the window ends)."""

@@ -524,7 +524,10 @@ class AutoUpdater:
             plan.report.reason = f"pulling {ref}: podman named no image"
             return False
         plan.target_image_id = image_id
-        self._remember(plan.workload.unit, images_add=image_id, image=plan.workload.image)
+        # Saved with the trial that follows (Rollout._begin), before the tag moves.
+        self._remember(
+            plan.workload.unit, images_add=image_id, image=plan.workload.image, save=False
+        )
         return True
 
     def _conclude(
@@ -541,7 +544,8 @@ class AutoUpdater:
             result="", container=report.container, container_id=None, image=workload.image,
             image_id=new.image_id, health=Health.NONE, restarts=0, since="", main_pid=None,
         )  # fmt: skip
-        watch = Watch(workload, report, new, old, started, self.monotonic(), failure=failure)
+        now = self.monotonic()
+        watch = Watch(workload, report, new, old, started, now, now, failure=failure)
         self._rollout.conclude([watch])
 
     def _tag(self, image_id: str | None, name: str) -> str | None:
@@ -621,7 +625,11 @@ class AutoUpdater:
         last_result: str | None = None,
         trial: Trial | None = None,
         end_trial: bool = False,
+        save: bool = True,
     ) -> None:
+        """Change *unit*'s entry; with *save* (and not a dry run, nor *last_result*,
+        which the end of the run saves), write the state file now.  Callers that
+        change many units at once save once, with :meth:`_save`."""
         assert self._state is not None
         with self._lock:
             entry = self._state.get(unit)
@@ -642,7 +650,7 @@ class AutoUpdater:
             if last_result is not None:
                 entry = replace(entry, last_check=utc_timestamp(), last_result=last_result)
             self._state.units[unit] = entry
-            if not self.options.dry_run and last_result is None:
+            if save and not self.options.dry_run and last_result is None:
                 self._state.save()
 
     def _save(self) -> None:
