@@ -59,6 +59,8 @@ class NullProgress:
 
 @dataclass
 class _Sub:
+    """One transfer's progress within a task."""
+
     kind: str
     description: str
     total: int
@@ -69,6 +71,8 @@ class _Sub:
 
 @dataclass
 class _State:
+    """The task being shown, and its transfers."""
+
     task: str = ""
     description: str = ""
     ident: str = ""

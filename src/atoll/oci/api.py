@@ -23,6 +23,8 @@ def delete_scope(repository: str) -> str:
 
 @dataclass(frozen=True)
 class FetchedManifest:
+    """A manifest as the registry sent it, with its digest."""
+
     raw: bytes
     #: The ``Content-Type`` the registry sent, without parameters.
     media_type: str | None
@@ -32,6 +34,8 @@ class FetchedManifest:
 
 @dataclass(frozen=True)
 class ManifestHead:
+    """What a manifest HEAD tells: its digest, media type and size, where sent."""
+
     digest: Digest | None
     media_type: str | None
     size: int | None
@@ -39,6 +43,8 @@ class ManifestHead:
 
 @dataclass(frozen=True)
 class UploadSession:
+    """An open blob upload in *repository*."""
+
     repository: str
     #: Where the next PATCH or the final PUT goes (the last ``Location``).
     url: URL
@@ -46,6 +52,8 @@ class UploadSession:
 
 @dataclass(frozen=True)
 class MountResult:
+    """The answer to a cross-repository mount."""
+
     mounted: bool
     #: When the registry did not mount, the upload session it opened instead.
     session: UploadSession | None = None

@@ -48,6 +48,8 @@ DEFAULT_TOKEN_LIFETIME = 60.0
 
 @dataclass(frozen=True)
 class Credentials:
+    """A user name and password for one registry."""
+
     username: str
     password: str
     #: Where they came from ("--creds" or a file path), for messages.
@@ -267,8 +269,9 @@ class Challenge:
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # Unquoted values should be tokens, but some servers send bare URLs: take up to "," or space.
-_PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))\s*')
-_SCHEME_RE = re.compile(rf"\s*({_TOKEN})(?:\s+|$|(?=,))")
+# Compiled on first use (re caches them): an anonymous registry never needs them.
+_PARAM = rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))\s*'
+_SCHEME = rf"\s*({_TOKEN})(?:\s+|$|(?=,))"
 
 
 def parse_www_authenticate(headers: Iterable[str]) -> list[Challenge]:
@@ -284,14 +287,14 @@ def parse_www_authenticate(headers: Iterable[str]) -> list[Challenge]:
             if header[pos] in " ,":
                 pos += 1
                 continue
-            scheme_match = _SCHEME_RE.match(header, pos)
+            scheme_match = re.compile(_SCHEME).match(header, pos)
             if not scheme_match:
                 break
             scheme = scheme_match.group(1).lower()
             pos = scheme_match.end()
             params: dict[str, str] = {}
             while pos < len(header):
-                param = _PARAM_RE.match(header, pos)
+                param = re.compile(_PARAM).match(header, pos)
                 if not param:
                     break
                 value = param.group(2)
@@ -309,6 +312,8 @@ def parse_www_authenticate(headers: Iterable[str]) -> list[Challenge]:
 
 @dataclass(frozen=True)
 class _CachedToken:
+    """A bearer token and when to stop using it."""
+
     token: str
     expires_at: float
 

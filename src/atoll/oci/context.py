@@ -15,6 +15,8 @@ from atoll.oci.manifest import Platform
 
 @dataclass(frozen=True)
 class SystemContext:
+    """Where a command finds credentials, TLS files and settings (skopeo's global options)."""
+
     #: Explicit auth.json (``--authfile``); otherwise the standard search path.
     authfile: Path | None = None
     #: ``user:password`` given on the command line (``--creds``).

@@ -15,6 +15,8 @@ _DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
 
 @dataclass(frozen=True, order=True)
 class Digest:
+    """A content digest, ``ALGORITHM:HEX``."""
+
     algorithm: str
     hex: str
 

@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CopyOptions:
+    """How a copy treats indexes, digests and compression."""
+
     all_images: bool = False
     preserve_digests: bool = False
     dest_compression: Compression | None = None
@@ -74,6 +76,8 @@ class CopyOptions:
 
 @dataclass
 class CopyResult:
+    """What a copy did."""
+
     source: str
     destination: str
     digest: Digest
@@ -411,6 +415,8 @@ class _Copier:
 
 @dataclass
 class _Stats:
+    """Counts of a copy, updated from its worker threads."""
+
     images: int = 0
     copied: int = 0
     skipped: int = 0

@@ -72,6 +72,8 @@ def is_layer(media_type: str) -> bool:
 
 @dataclass(frozen=True)
 class Platform:
+    """An OS and architecture, as an index entry or a config names them."""
+
     os: str
     architecture: str
     variant: str | None = None
@@ -120,6 +122,8 @@ _GOARCH: dict[str, tuple[str, str | None]] = {
 
 @dataclass(frozen=True)
 class Descriptor:
+    """A reference to a blob or a manifest: media type, digest and size."""
+
     media_type: str
     digest: Digest
     size: int
@@ -365,12 +369,13 @@ def parse_config(raw: bytes, *, where: str) -> ImageConfig:
     )
 
 
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+#: Compiled on first use (re caches it), not at start-up.
+_RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)"
 
 
 def _is_rfc3339(text: str) -> bool:
     """As Go's time.RFC3339Nano parses it (which containers/image uses)."""
-    if not _RFC3339.fullmatch(text):
+    if not re.fullmatch(_RFC3339, text):
         return False
     try:
         # fromisoformat takes at most 6 fractional digits; Go takes nine.

@@ -30,6 +30,8 @@ _MAX_NAME = 255
 
 @dataclass(frozen=True)
 class ImageReference:
+    """A registry image name: ``REGISTRY/REPOSITORY[:TAG][@DIGEST]``."""
+
     registry: str
     repository: str
     tag: str | None = None

@@ -125,6 +125,8 @@ class RegistryEntry:
 
 @dataclass(frozen=True)
 class RegistriesConf:
+    """The registries.conf entries in effect, and the files they came from."""
+
     entries: tuple[RegistryEntry, ...] = ()
     #: Files read, in order (the main file first, then drop-ins).
     sources: tuple[Path, ...] = ()
