@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from atoll.oci.digest import Digest
 from atoll.oci.plainhttp import URL
@@ -21,8 +21,7 @@ def delete_scope(repository: str) -> str:
     return f"repository:{repository}:delete"
 
 
-@dataclass(frozen=True)
-class FetchedManifest:
+class FetchedManifest(NamedTuple):
     """A manifest as the registry sent it, with its digest."""
 
     raw: bytes
@@ -32,8 +31,7 @@ class FetchedManifest:
     digest: Digest
 
 
-@dataclass(frozen=True)
-class ManifestHead:
+class ManifestHead(NamedTuple):
     """What a manifest HEAD tells: its digest, media type and size, where sent."""
 
     digest: Digest | None
@@ -41,8 +39,7 @@ class ManifestHead:
     size: int | None
 
 
-@dataclass(frozen=True)
-class UploadSession:
+class UploadSession(NamedTuple):
     """An open blob upload in *repository*."""
 
     repository: str
@@ -50,8 +47,7 @@ class UploadSession:
     url: URL
 
 
-@dataclass(frozen=True)
-class MountResult:
+class MountResult(NamedTuple):
     """The answer to a cross-repository mount."""
 
     mounted: bool

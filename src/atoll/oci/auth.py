@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from atoll import strictjson
 from atoll.errors import InvalidInputError
@@ -46,8 +46,7 @@ _DOCKER_IO_ALIASES = ("index.docker.io", "registry-1.docker.io", "docker.io")
 DEFAULT_TOKEN_LIFETIME = 60.0
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     """A user name and password for one registry."""
 
     username: str
@@ -310,8 +309,7 @@ def parse_www_authenticate(headers: Iterable[str]) -> list[Challenge]:
 # --- bearer tokens -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _CachedToken:
+class _CachedToken(NamedTuple):
     """A bearer token and when to stop using it."""
 
     token: str

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from atoll.errors import (
     AtollError,
@@ -63,8 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CopyOptions:
+class CopyOptions(NamedTuple):
     """How a copy treats indexes, digests and compression."""
 
     all_images: bool = False

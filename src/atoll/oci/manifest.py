@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from atoll import strictjson
 from atoll.errors import ManifestError, NoMatchingPlatformError, UnsupportedError
@@ -70,8 +70,7 @@ def is_layer(media_type: str) -> bool:
     return ".layer." in media_type or "rootfs" in media_type
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(NamedTuple):
     """An OS and architecture, as an index entry or a config names them."""
 
     os: str
@@ -179,8 +178,7 @@ class Descriptor:
         return out
 
 
-@dataclass(frozen=True)
-class ImageManifest:
+class ImageManifest(NamedTuple):
     """An OCI image manifest or a Docker schema 2 manifest."""
 
     media_type: str
@@ -197,8 +195,7 @@ class ImageManifest:
         return (self.config, *self.layers)
 
 
-@dataclass(frozen=True)
-class ImageIndex:
+class ImageIndex(NamedTuple):
     """An OCI image index or a Docker manifest list."""
 
     media_type: str
@@ -299,8 +296,7 @@ def parse_manifest(raw: bytes, media_type: str | None = None, *, where: str) -> 
     raise UnsupportedError(f"{where}: unsupported manifest media type {kind or 'unknown'!r}")
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(NamedTuple):
     """The parts of an image config atoll reads; the raw JSON is kept."""
 
     architecture: str
