@@ -31,7 +31,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,6 +38,7 @@ from atoll import strictjson
 from atoll.errors import InvalidInputError
 from atoll.fsutil import write_atomic
 from atoll.oci.context import SystemContext
+from atoll.oci.manifest import NO_ANNOTATIONS
 
 DOCKER_IO = "docker.io"
 _DOCKER_IO_ALIASES = ("index.docker.io", "registry-1.docker.io", "docker.io")
@@ -245,12 +245,11 @@ def _store(path: Path, data: Mapping[str, Any]) -> None:
 # --- WWW-Authenticate -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Challenge:
+class Challenge(NamedTuple):
     """One challenge of a ``WWW-Authenticate`` header; *scheme* is lower case."""
 
     scheme: str
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = NO_ANNOTATIONS
 
     @property
     def realm(self) -> str | None:

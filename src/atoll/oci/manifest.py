@@ -12,8 +12,8 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from atoll import strictjson
@@ -119,15 +119,18 @@ _GOARCH: dict[str, tuple[str, str | None]] = {
 }
 
 
-@dataclass(frozen=True)
-class Descriptor:
+#: The empty annotations of a descriptor that has none (read-only: one is shared by all).
+NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})
+
+
+class Descriptor(NamedTuple):
     """A reference to a blob or a manifest: media type, digest and size."""
 
     media_type: str
     digest: Digest
     size: int
     platform: Platform | None = None
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = NO_ANNOTATIONS
     urls: tuple[str, ...] = ()
 
     @classmethod
