@@ -37,6 +37,7 @@ from atoll.cli.main import main
 from atoll.errors import BaseImageError
 from atoll.oci.context import SystemContext
 from atoll.oci.transports import ImageName
+from atoll.treecache import base_layer
 from helpers.debian import cache_root
 from helpers.parts import missing, require_tool
 
@@ -59,6 +60,23 @@ def test_layers_of_the_same_files_at_other_times_are_the_same(tmp_path: Path) ->
     assert first == second
     later = _layer(tmp_path / "b", blobs, 1_850_000_000)
     assert later.diff_id != first.diff_id
+
+
+def test_the_trees_layer_leaves_out_what_the_second_layer_replaces(tmp_path: Path) -> None:
+    tree = _tree(tmp_path / "tree", 1_800_000_000)
+    whole, _ = base_layer(tree, tmp_path / "cache", clamp=1_767_225_600)
+    without, blob = base_layer(
+        tree, tmp_path / "cache", clamp=1_767_225_600, leave_out=frozenset({"usr/bin/tool"})
+    )
+    assert without != whole
+    with tarfile.open(whole) as tar:
+        assert "usr/bin/tool" in tar.getnames()
+    with tarfile.open(without) as tar:
+        assert "usr/bin/tool" not in tar.getnames() and "etc/os-release" in tar.getnames()
+    again = base_layer(
+        tree, tmp_path / "cache", clamp=1_767_225_600, leave_out=frozenset({"usr/bin/tool"})
+    )
+    assert again == (without, blob)
 
 
 def test_prepare_moves_kernels_and_removes_what_varies(tmp_path: Path) -> None:

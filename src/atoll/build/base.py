@@ -198,17 +198,22 @@ def create_base(
         for part in (additions / "atoll", additions / "units", family_hook):
             if part.is_dir():
                 shutil.copytree(part, staged, symlinks=True, dirs_exist_ok=True)
+        # What the second layer replaces is left out of the tree's layer.
+        replaced: set[str] = set()
         if host_compiles_for(tree):
-            shutil.copytree(tree_bytecode(tree), staged, symlinks=True, dirs_exist_ok=True)
+            bytecode = tree_bytecode(tree)
+            shutil.copytree(bytecode, staged, symlinks=True, dirs_exist_ok=True)
+            replaced |= {p.relative_to(bytecode).as_posix() for p in bytecode.rglob("*.pyc")}
             compile_hashed(staged, [staged / ATOLL_PACKAGE])
         if spec.family == "apt":
             for kver, image in tree_initramfs(tree, epoch).items():
                 (staged / "usr/lib/modules" / kver).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(image, staged / "usr/lib/modules" / kver / "initramfs.img")
+                replaced.add(f"usr/lib/modules/{kver}/initramfs.img")
         blobs = layout / "blobs" / "sha256"
         blobs.mkdir(parents=True)
         # The tree's layer is kept beside the tree: packing it takes most of a minute.
-        cached, base = base_layer(tree, tree.parent, clamp=epoch)
+        cached, base = base_layer(tree, tree.parent, clamp=epoch, leave_out=frozenset(replaced))
         shutil.copyfile(cached, blobs / base.digest.removeprefix("sha256:"))
         layers = [base, _layer(staged, blobs, epoch)]
         _write_layout(layout, layers, spec, epoch)
