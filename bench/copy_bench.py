@@ -4,6 +4,12 @@ Builds (once, cached in bench/.cache) a multi-layer OCI image of at least 200 MB
 from real files of this machine's /usr, pushes it to a local registry with
 skopeo, then times registry→oci: and registry→registry copies by both tools,
 alternating, and prints medians, peak memory and the ratios atoll/skopeo.
+
+``--before SRC`` runs a second atoll beside them, the same entry point with
+``PYTHONPATH=SRC`` (e.g. ``git archive main src | tar -x -C /tmp/before``), so
+that a change is measured against the code before it in the same minutes;
+``--mounts-only`` keeps the copy within one registry (start-up and a few
+requests) and the start-up line.
 """
 
 from __future__ import annotations
@@ -143,8 +149,9 @@ def _write_blob(layout: Path, data: bytes) -> str:
     return f"sha256:{digest}"
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Run a command; return wall seconds and its peak RSS in KiB (from wait4)."""
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Run a command; return wall seconds, CPU seconds (user + system) and its
+    peak RSS in KiB (both from wait4)."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -154,7 +161,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     if os.waitstatus_to_exitcode(status) != 0:
         err = proc.stderr.read().decode() if proc.stderr else ""
         raise SystemExit(f"{argv[0]} failed: {err.strip()}")
-    return seconds, usage.ru_maxrss
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
 def _atoll_command() -> list[str]:
@@ -170,7 +177,7 @@ ATOLL = _atoll_command()
 class Bench:
     """Registries, names and runs for one benchmark session."""
 
-    def __init__(self, tmp: Path, skopeo: str) -> None:
+    def __init__(self, tmp: Path, skopeo: str, before: Path | None = None) -> None:
         self.tmp = tmp
         self.policy = tmp / "policy.json"
         self.policy.write_text(POLICY)
@@ -179,6 +186,9 @@ class Bench:
         self.env = dict(os.environ, CONTAINERS_REGISTRIES_CONF=str(self.conf))
         self.skopeo = [skopeo, "--policy", str(self.policy)]
         self._count = 0
+        #: The tools compared: skopeo, atoll, and atoll from *before*'s sources.
+        self.tools = ("skopeo", "atoll", "before") if before else ("skopeo", "atoll")
+        self._before_env = dict(self.env, PYTHONPATH=str(before)) if before else self.env
 
     @contextlib.contextmanager
     def registry(self, label: str) -> Iterator[LocalRegistry]:
@@ -207,14 +217,14 @@ class Bench:
         flags = ["--src-tls-verify=false", "--dest-tls-verify=false"]
         subprocess.run([*self.skopeo, "copy", "-q", *flags, src, dst], check=True, env=self.env)
 
-    def copy(self, tool: str, src: str, dst: str, expected: str) -> tuple[float, int]:
+    def copy(self, tool: str, src: str, dst: str, expected: str) -> tuple[float, float, int]:
         digestfile = self.tmp / "digest"
         if tool == "skopeo":
             flags = ["--src-tls-verify=false", "--dest-tls-verify=false"]
             argv = [*self.skopeo, "copy", "-q", *flags, "--digestfile", str(digestfile), src, dst]
         else:
             argv = [*ATOLL, "-q", "image", "copy", "--digestfile", str(digestfile), src, dst]
-        result = timed(argv, self.env)
+        result = timed(argv, self._before_env if tool == "before" else self.env)
         if digestfile.read_text().strip() != expected:
             raise SystemExit(f"{tool} copied {src} to {dst} with another digest")
         return result
@@ -223,14 +233,21 @@ class Bench:
 def print_startup(env: dict[str, str], runs: int) -> None:
     """``atoll version`` against an interpreter that starts and does nothing."""
     times: dict[str, list[float]] = {"python": [], "atoll": []}
+    cpu: dict[str, list[float]] = {"python": [], "atoll": []}
     for _ in range(runs):
-        times["python"].append(timed([sys.executable, "-c", "pass"], env)[0])
-        times["atoll"].append(timed([*ATOLL, "version"], env)[0])
+        for name, argv in (
+            ("python", [sys.executable, "-c", "pass"]),
+            ("atoll", [*ATOLL, "version"]),
+        ):
+            wall, used, _ = timed(argv, env)
+            times[name].append(wall)
+            cpu[name].append(used)
     base, own = statistics.median(times["python"]), statistics.median(times["atoll"])
     print(
         f"\nstart-up, median of {runs}: python -c pass {base * 1000:.1f} ms, "
         f"atoll version {own * 1000:.1f} ms (ratio {own / base:.2f}, "
-        f"{(own - base) * 1000:+.1f} ms)"
+        f"{(own - base) * 1000:+.1f} ms); CPU {statistics.median(cpu['python']) * 1000:.1f} "
+        f"and {statistics.median(cpu['atoll']) * 1000:.1f} ms"
     )
 
 
@@ -239,6 +256,12 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=640, help="raw image size (default 640)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--before", type=Path, metavar="SRC", help="also run atoll from these sources (PYTHONPATH)"
+    )
+    parser.add_argument(
+        "--mounts-only", action="store_true", help="only the copy within one registry, and start-up"
+    )
     args = parser.parse_args()
 
     skopeo = shutil.which("skopeo")
@@ -252,7 +275,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="atoll-bench-") as tmp_text:
         tmp = Path(tmp_text)
-        bench = Bench(tmp, skopeo)
+        bench = Bench(tmp, skopeo, args.before.resolve() if args.before else None)
         with bench.registry("source") as reg_a:
             src = f"docker://{reg_a.host}/bench/src:1"
             bench.skopeo_copy(f"oci:{layout}:1", src)
@@ -264,31 +287,40 @@ def main() -> int:
             )
             print(
                 f"{'case':30} {'skopeo s':>9} {'atoll s':>9} {'time ratio':>10} "
-                f"{'skopeo MiB':>10} {'atoll MiB':>10} {'mem ratio':>9}"
+                f"{'skopeo MiB':>10} {'atoll MiB':>10} {'mem ratio':>9} "
+                f"{'skopeo CPU ms':>13} {'atoll CPU ms':>12}"
             )
-            for case in (
-                "registry -> oci:",
-                "registry -> same registry",
-                "registry -> new registry",
-            ):
+            cases = ["registry -> same registry"]
+            if not args.mounts_only:
+                cases = ["registry -> oci:", *cases, "registry -> new registry"]
+            for case in cases:
                 # Same registry (the mount-only row): every blob is mounted from the
                 # source repository, no blob bytes move; the time is start-up and
                 # a few requests.
-                times: dict[str, list[float]] = {"skopeo": [], "atoll": []}
-                mems: dict[str, list[int]] = {"skopeo": [], "atoll": []}
+                times: dict[str, list[float]] = {tool: [] for tool in bench.tools}
+                cpus: dict[str, list[float]] = {tool: [] for tool in bench.tools}
+                mems: dict[str, list[int]] = {tool: [] for tool in bench.tools}
                 for i in range(args.runs):
-                    for tool in ("skopeo", "atoll"):
+                    for tool in bench.tools:
                         with bench.destination(case, reg_a, tool, i) as target:
-                            seconds, rss = bench.copy(tool, src, target, expected)
+                            seconds, used, rss = bench.copy(tool, src, target, expected)
                         times[tool].append(seconds)
+                        cpus[tool].append(used)
                         mems[tool].append(rss)
-                s_t, a_t = statistics.median(times["skopeo"]), statistics.median(times["atoll"])
-                s_m, a_m = max(mems["skopeo"]) / 1024, max(mems["atoll"]) / 1024
-                print(
-                    f"{case:30} {s_t:9.3f} {a_t:9.3f} {a_t / s_t:10.2f} "
-                    f"{s_m:10.1f} {a_m:10.1f} {a_m / s_m:9.2f}",
-                    flush=True,
-                )
+                s_t, s_m = statistics.median(times["skopeo"]), max(mems["skopeo"]) / 1024
+                s_c = statistics.median(cpus["skopeo"]) * 1000
+                for tool in bench.tools[1:]:
+                    a_t, a_m = statistics.median(times[tool]), max(mems[tool]) / 1024
+                    a_c = statistics.median(cpus[tool]) * 1000
+                    label = case if tool == "atoll" else f"{case}, before"
+                    print(
+                        f"{label:30} {s_t:9.3f} {a_t:9.3f} {a_t / s_t:10.2f} "
+                        f"{s_m:10.1f} {a_m:10.1f} {a_m / s_m:9.2f} {s_c:13.1f} {a_c:12.1f}",
+                        flush=True,
+                    )
+            if args.mounts_only:
+                print_startup(bench.env, max(args.runs, 11))
+                return 0
             # Memory against blob size: the same files as one layer, four times larger.
             one = CACHE / f"image-{args.size_mb}mb-1l"
             build_image(one, args.size_mb << 20, 1)
@@ -302,7 +334,7 @@ def main() -> int:
             ):
                 largest = max(p.stat().st_size for p in (image / "blobs" / "sha256").iterdir())
                 with bench.destination("registry -> oci:", reg_a, "mem", 0) as target:
-                    _, rss = bench.copy("atoll", name, target, digest)
+                    _, _, rss = bench.copy("atoll", name, target, digest)
                 mib = largest / 2**20
                 print(f"  {label:10} largest blob {mib:7.1f} MiB  peak RSS {rss / 1024:6.1f} MiB")
             print_startup(bench.env, max(args.runs, 11))

@@ -80,7 +80,7 @@ def lazy_module(name: str) -> ModuleType:
 
     For a module that is costly to import and that only some paths need: httpx
     takes about 45 ms, which a run of auto-update whose every HEAD goes over
-    ``http.client`` never has to pay.  Use it as::
+    :mod:`atoll.oci.wire` never has to pay.  Use it as::
 
         if TYPE_CHECKING:
             import httpx

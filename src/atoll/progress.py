@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import IO, Protocol
 
 PROGRESS_VERSION = 1
@@ -57,23 +56,33 @@ class NullProgress:
         pass
 
 
-@dataclass
 class _Sub:
-    kind: str
-    description: str
-    total: int
-    done_bytes: int = 0
-    cached: bool = False
-    finished: bool = False
+    """One transfer's progress within a task."""
+
+    __slots__ = ("cached", "description", "done_bytes", "finished", "kind", "total")
+
+    def __init__(self, kind: str, description: str, total: int) -> None:
+        self.kind = kind
+        self.description = description
+        self.total = total
+        self.done_bytes = 0
+        self.cached = False
+        self.finished = False
 
 
-@dataclass
 class _State:
-    task: str = ""
-    description: str = ""
-    ident: str = ""
-    steps_total: int = 0
-    subs: dict[str, _Sub] = field(default_factory=dict)
+    """The task being shown, and its transfers."""
+
+    __slots__ = ("description", "ident", "steps_total", "subs", "task")
+
+    def __init__(
+        self, task: str = "", description: str = "", ident: str = "", steps_total: int = 0
+    ) -> None:
+        self.task = task
+        self.description = description
+        self.ident = ident
+        self.steps_total = steps_total
+        self.subs: dict[str, _Sub] = {}
 
     def totals(self) -> dict[str, int]:
         subs = self.subs.values()

@@ -141,10 +141,13 @@ class Blob:
 _Entry = tuple[tarfile.TarInfo, Path | bytes | None]
 
 
-def tree_entries(root: Path, *, clamp: int | None = None) -> Iterator[_Entry]:
+def tree_entries(
+    root: Path, *, clamp: int | None = None, leave_out: frozenset[str] = frozenset()
+) -> Iterator[_Entry]:
     """The entries of a tree's layer: sorted, numeric owners, no device nodes or
     fifos, API file systems and runtime state emptied; with *clamp*, no mtime
-    later than it (SOURCE_DATE_EPOCH: the same files give the same layer)."""
+    later than it (SOURCE_DATE_EPOCH: the same files give the same layer); without
+    the files *leave_out* names (paths relative to *root*)."""
     probe = tarfile.TarFile(fileobj=io.BytesIO(), mode="w")
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
@@ -155,7 +158,10 @@ def tree_entries(root: Path, *, clamp: int | None = None) -> Iterator[_Entry]:
         dirnames.sort()
         for name in sorted(dirnames + filenames):
             path = here / name
-            info = probe.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
+            arcname = path.relative_to(root).as_posix()
+            if arcname in leave_out:
+                continue
+            info = probe.gettarinfo(str(path), arcname=arcname)
             if info.ischr() or info.isblk() or info.isfifo():
                 continue
             info.uname = info.gname = ""
@@ -181,10 +187,14 @@ def write_layer(out: IO[bytes], entries: Iterator[_Entry] | list[_Entry]) -> Blo
     return Blob("sha256:" + packed.sha.hexdigest(), "sha256:" + plain.sha.hexdigest(), packed.size)
 
 
-def base_layer(tree: Path, cache: Path, *, clamp: int | None = None) -> tuple[Path, Blob]:
-    """The tree as one gzip layer (mtimes clamped to *clamp*), made once per tree
-    and kept in *cache*."""
+def base_layer(
+    tree: Path, cache: Path, *, clamp: int | None = None, leave_out: frozenset[str] = frozenset()
+) -> tuple[Path, Blob]:
+    """The tree as one gzip layer (mtimes clamped to *clamp*, without the files
+    *leave_out* names), made once per tree and kept in *cache*."""
     where = os.path.realpath(tree) + ("" if clamp is None else f"@{clamp}")
+    if leave_out:
+        where += "-" + hashlib.sha256("\n".join(sorted(leave_out)).encode()).hexdigest()
     key = hashlib.sha256(where.encode()).hexdigest()[:16]
     blob, meta = cache / f"base-layer-{key}.tar.gz", cache / f"base-layer-{key}.json"
     if meta.is_file() and blob.is_file():
@@ -195,7 +205,7 @@ def base_layer(tree: Path, cache: Path, *, clamp: int | None = None) -> tuple[Pa
     tmp = Path(tmp_name)
     try:
         with tmp.open("wb") as raw:
-            layer = write_layer(raw, tree_entries(tree, clamp=clamp))
+            layer = write_layer(raw, tree_entries(tree, clamp=clamp, leave_out=leave_out))
         tmp.rename(blob)
     finally:
         tmp.unlink(missing_ok=True)

@@ -170,6 +170,44 @@ def test_bytecode_that_a_deployment_makes_stale_is_reported(tmp_path: Path) -> N
     assert "python-bytecode" not in {f.check for f in _lint(_image(tmp_path, "ok", clean)).findings}
 
 
+def test_modules_without_bytecode_are_reported(tmp_path: Path) -> None:
+    """/usr is read-only on a device: a module on python3.N's import path without
+    bytecode for it is compiled again at every import (atoll's own files came
+    without any); modules elsewhere are not looked at."""
+    tag = sys.implementation.cache_tag
+    lib = f"usr/lib/python{sys.version_info.major}.{sys.version_info.minor}"
+    hashed = FileSpec(_bytecode(tmp_path, "m", py_compile.PycInvalidationMode.CHECKED_HASH, 1))
+    dist = "usr/lib/python3/dist-packages"
+    extra: Spec = {
+        f"{lib}/os.py": "",
+        f"{lib}/__pycache__/os.{tag}.pyc": hashed,
+        f"{lib}/json/__init__.py": "",
+        f"{dist}/atoll/__init__.py": "",
+        f"{dist}/atoll/__pycache__/__init__.cpython-39.pyc": hashed,  # another Python's
+        "usr/share/doc/app/example.py": "",
+    }
+    report = _lint(_image(tmp_path, "nopyc", extra))
+    (finding,) = [f for f in report.findings if f.check == "python-bytecode"]
+    assert finding.level is Level.WARNING and report.ok
+    # With the device modules of every test image (httpx, zstandard, cryptography).
+    assert finding.message.startswith("5 Python modules on python3's import path")
+    assert finding.paths == (
+        f"/{lib}/json (1)",
+        f"/{dist}/atoll (1)",
+        f"/{dist}/cryptography (1)",
+        f"/{dist}/httpx (1)",
+        f"/{dist}/zstandard (1)",
+    )
+    compiled = {
+        f"{folder}/__pycache__/{Path(module).stem}.{tag}.pyc": hashed
+        for module in [*extra, *DEVICE_MODULES]
+        if module.endswith(".py") and not module.startswith("usr/share")
+        for folder in [module.rsplit("/", 1)[0]]
+    }
+    clean = _lint(_image(tmp_path, "compiled", {**extra, **compiled}))
+    assert "python-bytecode" not in {f.check for f in clean.findings}
+
+
 def test_layers_stack_as_on_a_device(tmp_path: Path) -> None:
     """Whiteouts and opaque directories of a later layer hide what lower ones had."""
     layout = tmp_path / "layout"

@@ -1,8 +1,8 @@
-"""The registry client's requests over http.client (atoll.oci.plainhttp), against
+"""The registry client's requests over atoll.oci.wire (atoll.oci.plainhttp), against
 real registries and a real HTTP server.
 
 Requests whose body is in memory (pings, tokens, manifests, mounts) go over
-http.client; streamed uploads and redirected blob downloads over httpx.  Which
+atoll.oci.wire; streamed uploads and redirected blob downloads over httpx.  Which
 path a request took is seen by counting what reaches the httpx transport.
 """
 

@@ -13,26 +13,51 @@ Reproducible: the same recipe and the same ``SOURCE_DATE_EPOCH`` give the same
 digest.  The tree's entries are sorted, owners numeric, mtimes clamped to the
 epoch, and the files a package install leaves that differ from run to run are
 removed or emptied (:data:`VARYING`, the machine id, the host's resolv.conf).
+
+Bytecode: a deployment's files have mtime 0, so the timestamp bytecode that the
+packages compiled at install time is stale on a device (``atoll lint``'s
+``python-bytecode``), and atoll's own modules come without bytecode.  The second
+layer carries hash-checked bytecode for both, compiled by this host's Python
+where its bytecode is the tree's (the same magic number); the tree's part is
+kept beside the cached tree, so the tree itself is neither rebuilt nor changed.
+Where the host's Python differs, the bytecode is left as it is and the lint
+says so.
+
+Initramfs: the packages made the kernel's initramfs before atoll's early-boot
+hook was there.  For the apt family the second layer carries one made again
+by the tree's own ``mkinitramfs`` with atoll's early-boot files added, in a
+chroot of a hard-linked copy of the tree (the generator writes only its output),
+and kept beside the tree per content of those files::
+
+    CACHE/NAME-KEY/
+    ├── rootfs/                             the tree (atoll.treecache)
+    ├── bytecode-VERSION-MAGIC/usr/…        hash-checked bytecode at the tree's paths
+    └── initramfs/DIGEST/KVER/initramfs.img DIGEST: atoll.boot.early_boot_digest()
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
+import secrets
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from atoll.boot.early import early_boot_digest, install_early_boot
 from atoll.build.containerfile import write_additions
 from atoll.errors import BaseImageError
+from atoll.fsutil import resolve_in_root
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.imagecopy import copy_image
 from atoll.oci.transports import ImageName
 from atoll.requires import DEVICE_PACKAGES
-from atoll.run import find_tool, run
+from atoll.run import base_environment, find_tool, run
 from atoll.timeutil import utc_timestamp
 from atoll.treecache import (
     Blob,
@@ -44,6 +69,7 @@ from atoll.treecache import (
     write_image_layout,
     write_layer,
 )
+from atoll.units import ATOLL_PACKAGE
 
 APT_DISTROS = {
     "debian": "http://deb.debian.org/debian",
@@ -76,6 +102,8 @@ VARYING = (
     "initrd.img",
     "initrd.img.old",
 )
+#: Bump when tree_bytecode() changes what it makes: it is made again beside each tree.
+BYTECODE_VERSION = 1
 #: 2026-01-01: the epoch when SOURCE_DATE_EPOCH is not set.
 DEFAULT_EPOCH = 1_767_225_600
 
@@ -170,15 +198,170 @@ def create_base(
         for part in (additions / "atoll", additions / "units", family_hook):
             if part.is_dir():
                 shutil.copytree(part, staged, symlinks=True, dirs_exist_ok=True)
+        # What the second layer replaces is left out of the tree's layer.
+        replaced: set[str] = set()
+        if host_compiles_for(tree):
+            bytecode = tree_bytecode(tree)
+            shutil.copytree(bytecode, staged, symlinks=True, dirs_exist_ok=True)
+            replaced |= {p.relative_to(bytecode).as_posix() for p in bytecode.rglob("*.pyc")}
+            compile_hashed(staged, [staged / ATOLL_PACKAGE])
+        if spec.family == "apt":
+            for kver, image in tree_initramfs(tree, epoch).items():
+                (staged / "usr/lib/modules" / kver).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(image, staged / "usr/lib/modules" / kver / "initramfs.img")
+                replaced.add(f"usr/lib/modules/{kver}/initramfs.img")
         blobs = layout / "blobs" / "sha256"
         blobs.mkdir(parents=True)
         # The tree's layer is kept beside the tree: packing it takes most of a minute.
-        cached, base = base_layer(tree, tree.parent, clamp=epoch)
+        cached, base = base_layer(tree, tree.parent, clamp=epoch, leave_out=frozenset(replaced))
         shutil.copyfile(cached, blobs / base.digest.removeprefix("sha256:"))
         layers = [base, _layer(staged, blobs, epoch)]
         _write_layout(layout, layers, spec, epoch)
         result = copy_image(ImageName.parse(f"oci:{layout}:base"), target, src_ctx=ctx)
     return CreatedBase(result.digest, tree, spec.all_packages())
+
+
+def host_compiles_for(tree: Path) -> bool:
+    """Does this Python write the bytecode the tree's python3 reads: the same
+    version (``usr/lib/python3.N``) and, where the tree has bytecode, its magic number?"""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if not (tree / "usr/lib" / version).is_dir():
+        return False
+    magic = importlib.util.MAGIC_NUMBER
+    for pyc in (tree / "usr/lib" / version / "__pycache__").glob("*.pyc"):
+        with pyc.open("rb") as fh:
+            return fh.read(len(magic)) == magic
+    return True
+
+
+def stale_bytecode(tree: Path) -> dict[Path, Path]:
+    """The sources under the tree's /usr whose bytecode records their mtime (which
+    is not 0), stale once deployed: each with the file it is (a symlink followed
+    inside the tree, as Python on the device reads it)."""
+    from atoll.build.lint import stale_on_device
+
+    sources: dict[Path, Path] = {}
+    for pyc in sorted((tree / "usr").rglob("__pycache__/*.pyc")):
+        with pyc.open("rb") as fh:
+            if not stale_on_device(fh.read(16)):
+                continue
+        try:
+            source = Path(importlib.util.source_from_cache(str(pyc)))
+        except ValueError:  # another Python's, or optimised: not this host's to write
+            continue
+        try:
+            content = resolve_in_root(tree, "/" + str(source.relative_to(tree)))
+        except OSError:
+            continue
+        if content.is_file():
+            sources[source] = content
+    return sources
+
+
+def tree_bytecode(tree: Path) -> Path:
+    """A directory beside the (cached, never changed) *tree* with hash-checked
+    bytecode for its stale bytecode, at the same paths; made once."""
+    done = tree.parent / f"bytecode-{BYTECODE_VERSION}-{importlib.util.MAGIC_NUMBER.hex()}"
+    if done.is_dir():
+        return done
+    work = tree.parent / f".bytecode-{secrets.token_hex(4)}"
+    try:
+        for source, content in stale_bytecode(tree).items():
+            rel = source.relative_to(tree)
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(content, work / rel)
+        compile_hashed(work, [work / "usr"])
+        for copied in [p for p in work.rglob("*.py") if "__pycache__" not in p.parts]:
+            copied.unlink()
+        work.rename(done)
+    except OSError:
+        if not done.is_dir():  # not another process having made it first
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return done
+
+
+def tree_initramfs(tree: Path, epoch: int) -> dict[str, Path]:
+    """For each kernel of the (cached, never changed) *tree*, an initramfs with
+    atoll's early-boot step, made once per content of the early-boot files."""
+    modules = tree / "usr/lib/modules"
+    kvers = sorted(p.name for p in modules.iterdir() if (p / "vmlinuz").is_file())
+    made = {}
+    for kver in kvers:
+        final = tree.parent / "initramfs" / early_boot_digest()[:16] / kver / "initramfs.img"
+        if not final.is_file():
+            _make_initramfs(tree, kver, final, epoch)
+        made[kver] = final
+    return made
+
+
+def _make_initramfs(tree: Path, kver: str, final: Path, epoch: int) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent) as work:
+        root = Path(work) / "root"
+        # Hard links are safe: mkinitramfs writes only its output, and the files
+        # added here replace links instead of writing through them.
+        run(["cp", "-al", "--", tree, root])
+        install_early_boot(root)
+        _kernel_config(root, kver)
+        env = base_environment({"SOURCE_DATE_EPOCH": str(epoch)})
+        mount_proc = 'mount -t proc proc "$1/proc" && exec chroot "$@"'
+        argv: list[str | Path] = ["unshare", "--mount", "sh", "-c", mount_proc, "-", root]
+        run([*argv, "mkinitramfs", "-o", "/initramfs.img", kver], env=env)
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.copyfile(root / "initramfs.img", tmp)
+        tmp.rename(final)
+
+
+#: The first bytes of an initramfs compressed by each compressor mkinitramfs knows,
+#: and the kernel option that unpacks it.
+_COMPRESSED = {
+    b"\x28\xb5\x2f\xfd": "CONFIG_RD_ZSTD",
+    b"\x1f\x8b": "CONFIG_RD_GZIP",
+    b"\xfd7zXZ": "CONFIG_RD_XZ",
+    b"\x02\x21\x4c\x18": "CONFIG_RD_LZ4",
+}
+
+
+def _kernel_config(root: Path, kver: str) -> None:
+    """``/boot/config-KVER`` for mkinitramfs, which reads there which compressions
+    the kernel unpacks.  The tree's /boot was emptied when it was prepared: the
+    kernel's own config where the tree keeps one (``usr/lib/modules/KVER/config``),
+    else the option of the compression of the initramfs the packages made (which
+    mkinitramfs chose after reading the config then)."""
+    modules = root / "usr/lib/modules" / kver
+    dest = root / "boot" / f"config-{kver}"
+    dest.parent.mkdir(exist_ok=True)
+    if (modules / "config").is_file():
+        shutil.copyfile(modules / "config", dest)
+        return
+    head = (
+        (modules / "initramfs.img").read_bytes()[:6]
+        if (modules / "initramfs.img").is_file()
+        else b""
+    )
+    option = next((o for magic, o in _COMPRESSED.items() if head.startswith(magic)), None)
+    if option is None:
+        raise BaseImageError(
+            f"{modules}: no kernel config and no initramfs to tell which compression "
+            "the kernel unpacks: cannot make an initramfs with atoll's early-boot step"
+        )
+    dest.write_text(f"{option}=y\n")
+
+
+def compile_hashed(root: Path, dirs: list[Path]) -> None:
+    """Hash-checked bytecode for the modules in *dirs* (under *root*, which stands
+    for the image's /), by this Python in a process of its own with a fixed hash
+    seed and in one worker: the same sources give the same bytes (marshal marks
+    objects shared within a process, so workers that split the files differently
+    would write different ones)."""
+    existing = [str(d) for d in dirs if d.is_dir()]
+    if not existing:
+        return
+    argv = [sys.executable, "-m", "compileall", "-q", "-f"]
+    argv += ["--invalidation-mode", "checked-hash", "-s", str(root), "-p", "/", *existing]
+    run(argv, env=base_environment({"PYTHONHASHSEED": "0"}))
 
 
 def _layer(root: Path, blobs: Path, epoch: int) -> Blob:

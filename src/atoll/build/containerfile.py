@@ -27,7 +27,9 @@ the additions directory :func:`write_additions` fills from atoll's own package::
                                 initramfs generator directory; copied in when the
                                 image lacks the family's hook (HOOK_PATHS)
 
-``add.sh`` prints ``atoll-additions: added WHAT`` for each part it adds.  It
+``add.sh`` prints ``atoll-additions: added WHAT`` for each part it adds, and
+compiles atoll's modules with the image's python3 (hash-checked bytecode, which
+stays valid on a device).  It
 also installs, with the image's own package manager (apt-get or dnf), the
 distribution packages atoll imports on a device (:data:`atoll.requires.DEVICE_PACKAGES`:
 python3-httpx, python3-zstandard, python3-cryptography) when the image's python3
@@ -49,7 +51,14 @@ from pathlib import Path
 from atoll.build.blueprint import Blueprint, Directory, File, User
 from atoll.errors import BaseImageError, BlueprintError
 from atoll.requires import DEVICE_PACKAGES, DEVICE_REQUIREMENTS
-from atoll.units import FAILOVER_UNITS, UNIT_DIR, UNITS, install_units, unit_text
+from atoll.units import (
+    ATOLL_PACKAGE,
+    FAILOVER_UNITS,
+    UNIT_DIR,
+    UNITS,
+    install_units,
+    unit_text,
+)
 
 
 class Family(StrEnum):
@@ -489,6 +498,13 @@ def _add_script(additions: Path) -> str:
         'added() { echo "atoll-additions: added $1"; }',
         "if [ ! -e /usr/bin/atoll ]; then",
         '    cp -a "$A/atoll/." / && added atoll',
+        # Hash-checked bytecode by the image's own python3: /usr is read-only on a
+        # device, where modules without bytecode are compiled at every start.
+        "    if command -v python3 >/dev/null; then",
+        "        PYTHONHASHSEED=0 python3 -m compileall -q -f --invalidation-mode checked-hash "
+        f"/{ATOLL_PACKAGE} >/dev/null || "
+        'echo "atoll-additions: warning: python3 could not compile atoll\'s modules"',
+        "    fi",
         "fi",
         "command -v python3 >/dev/null || "
         'echo "atoll-additions: warning: no python3 in the image: atoll cannot run"',

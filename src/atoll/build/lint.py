@@ -100,7 +100,8 @@ CHECKS: tuple[Check, ...] = (
         "python-bytecode",
         Level.WARNING,
         "Python bytecode under /usr is hash-based, or timestamp-based for a source "
-        "mtime of 0: a deployment's files have mtime 0",
+        "mtime of 0: a deployment's files have mtime 0; every module on the import path "
+        "of the image's python3.N has bytecode for it",
     ),
     Check(
         "device-python",
@@ -279,6 +280,7 @@ class _Linter:
         self.owners()
         self.boot_content()
         self.bytecode()
+        self.missing_bytecode()
         self.device_python()
         self.layer_share()
         if not self.tree.config.bootable:
@@ -383,6 +385,20 @@ class _Linter:
             "on a device: Python finds them stale and, /usr being read-only, compiles "
             "those modules again every time a program starts. Compile them in the build "
             "with `python3 -m compileall -f --invalidation-mode checked-hash DIR`",
+            [f"{folder} ({n})" for folder, n in sorted(folders.items())],
+        )
+
+    def missing_bytecode(self) -> None:
+        missing = _missing_bytecode(self.tree)
+        if not missing:
+            return
+        folders = Counter("/" + path.rsplit("/", 1)[0] for path in missing)
+        self.add(
+            "python-bytecode",
+            f"{len(missing)} Python modules on python3's import path have no bytecode for "
+            "it: /usr being read-only on a device, Python compiles them again every time a "
+            "program imports them. Compile them in the build with "
+            "`python3 -m compileall -f --invalidation-mode checked-hash DIR`",
             [f"{folder} ({n})" for folder, n in sorted(folders.items())],
         )
 
@@ -492,6 +508,31 @@ def _python_path(tree: ImageTree) -> list[str]:
             if name.startswith("python3."):
                 dirs += [f"{top}/{name}/site-packages", f"{top}/{name}/dist-packages"]
     return dirs
+
+
+def _missing_bytecode(tree: ImageTree) -> list[str]:
+    """The modules (``.py`` files) on the import path of the image's newest
+    ``usr/lib/python3.N`` (its standard library and :func:`_python_path`) that
+    have no ``__pycache__/NAME.cpython-3N.pyc``; none when there is no python3.N."""
+    versions = [n for n in tree.children("usr/lib") if n.startswith("python3.")]
+    minors = sorted(int(n[8:]) for n in versions if n[8:].isdigit())
+    if not minors:
+        return []
+    newest = f"python3.{minors[-1]}"
+    dirs = tuple(f"{d}/" for d in (f"usr/lib/{newest}", *_python_path(tree)))
+    missing = []
+    for path, node in tree.entries.items():
+        if not path.endswith(".py") or not node.is_file or not path.startswith(dirs):
+            continue
+        folder, _, name = path.rpartition("/")
+        if "/__pycache__" in f"/{folder}/":
+            continue
+        # A module under a python3.N directory is that Python's; the others the newest's.
+        version = next((p for p in path.split("/") if p.startswith("python3.")), newest)
+        tag = "cpython-3" + version.removeprefix("python3.")
+        if f"{folder}/__pycache__/{name[:-3]}.{tag}.pyc" not in tree.entries:
+            missing.append(path)
+    return sorted(missing)
 
 
 def _has_module(tree: ImageTree, directory: str, module: str) -> bool:

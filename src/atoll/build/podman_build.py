@@ -27,7 +27,6 @@ The work directory, by default a fresh one under ``--tmpdir`` (else /var/tmp)::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import secrets
@@ -147,7 +146,7 @@ class _Work:
         elif ctx.environ.get("REGISTRY_AUTH_FILE"):
             self.env["REGISTRY_AUTH_FILE"] = ctx.environ["REGISTRY_AUTH_FILE"]
         # The work store's context: containers-storage: names reach podman in WORK/podman.
-        self.ctx = dataclasses.replace(ctx, environ={**ctx.environ, **self.podman_vars})
+        self.ctx = ctx._replace(environ={**ctx.environ, **self.podman_vars})
         self.layout = root / "layout"
         self.token = secrets.token_hex(6)
 

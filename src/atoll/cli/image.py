@@ -211,19 +211,20 @@ _FORMAT_FIELDS = (
     "Layers",
     "Env",
 )
-_ACTION_RE = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}")
+#: A template action; compiled on first use (re caches it), not at start-up.
+_ACTION = r"\{\{-?\s*(.*?)\s*-?\}\}"
 
 
 def _check_format(template: str) -> None:
     """Refuse a template with anything but ``{{.Field}}`` actions, before any I/O."""
-    for match in _ACTION_RE.finditer(template):
+    for match in re.finditer(_ACTION, template):
         field = match.group(1).removeprefix(".")
         if not match.group(1).startswith(".") or field not in _FORMAT_FIELDS:
             raise UsageError(
                 f"--format: cannot evaluate {match.group(0)}: "
                 f"only {{{{.Field}}}} with a field of {', '.join(_FORMAT_FIELDS)}"
             )
-    if "{{" in _ACTION_RE.sub("", template):
+    if "{{" in re.sub(_ACTION, "", template):
         raise UsageError(f"--format: unclosed action in {template!r}")
 
 
@@ -242,7 +243,7 @@ def _go_text(value: Any) -> str:
 def format_inspection(template: str, data: dict[str, Any]) -> str:
     """*template* with each ``{{.Field}}`` replaced by that field of *data*."""
     fields = {**data, "DockerVersion": data.get("DockerVersion", "")}
-    return _ACTION_RE.sub(lambda m: _go_text(fields.get(m.group(1).removeprefix("."))), template)
+    return re.sub(_ACTION, lambda m: _go_text(fields.get(m.group(1).removeprefix("."))), template)
 
 
 def _inspect(args: argparse.Namespace, out: Output) -> int:

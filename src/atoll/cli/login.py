@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from dataclasses import replace
 from typing import Any
 
 from atoll.cli.common import Output, add_global_options, add_platform_options, system_context
@@ -94,7 +93,7 @@ def _login(args: argparse.Namespace, out: Output) -> int:
         raise UsageError("no password: pass --password-stdin and write it to stdin")
     from atoll.oci.client import RegistryClient
 
-    check_ctx = replace(ctx, credentials=f"{username}:{password}")
+    check_ctx = ctx._replace(credentials=f"{username}:{password}")
     try:
         with RegistryClient(host, check_ctx) as client:
             client.check_login()

@@ -59,6 +59,18 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, indent_increment, max_help_position, width)
 
 
+def _untranslated(message: str) -> str:
+    return message
+
+
+# argparse looks its own messages up in a gettext catalog each time it makes a
+# parser or an option (the locale from the environment, its aliases, a stat for each
+# candidate file): two thirds of the time it takes to build a command's parser.
+# Python ships no catalog for argparse's domain, so every lookup answers the
+# English text; answer it without looking.
+argparse._ = _untranslated  # type: ignore[attr-defined]
+
+
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)

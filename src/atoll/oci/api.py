@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from atoll.oci.digest import Digest
 from atoll.oci.plainhttp import URL
@@ -21,8 +21,9 @@ def delete_scope(repository: str) -> str:
     return f"repository:{repository}:delete"
 
 
-@dataclass(frozen=True)
-class FetchedManifest:
+class FetchedManifest(NamedTuple):
+    """A manifest as the registry sent it, with its digest."""
+
     raw: bytes
     #: The ``Content-Type`` the registry sent, without parameters.
     media_type: str | None
@@ -30,22 +31,25 @@ class FetchedManifest:
     digest: Digest
 
 
-@dataclass(frozen=True)
-class ManifestHead:
+class ManifestHead(NamedTuple):
+    """What a manifest HEAD tells: its digest, media type and size, where sent."""
+
     digest: Digest | None
     media_type: str | None
     size: int | None
 
 
-@dataclass(frozen=True)
-class UploadSession:
+class UploadSession(NamedTuple):
+    """An open blob upload in *repository*."""
+
     repository: str
     #: Where the next PATCH or the final PUT goes (the last ``Location``).
     url: URL
 
 
-@dataclass(frozen=True)
-class MountResult:
+class MountResult(NamedTuple):
+    """The answer to a cross-repository mount."""
+
     mounted: bool
     #: When the registry did not mount, the upload session it opened instead.
     session: UploadSession | None = None

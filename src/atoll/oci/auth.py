@@ -31,14 +31,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from atoll import strictjson
 from atoll.errors import InvalidInputError
 from atoll.fsutil import write_atomic
 from atoll.oci.context import SystemContext
+from atoll.oci.manifest import NO_ANNOTATIONS
 
 DOCKER_IO = "docker.io"
 _DOCKER_IO_ALIASES = ("index.docker.io", "registry-1.docker.io", "docker.io")
@@ -46,8 +46,9 @@ _DOCKER_IO_ALIASES = ("index.docker.io", "registry-1.docker.io", "docker.io")
 DEFAULT_TOKEN_LIFETIME = 60.0
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
+    """A user name and password for one registry."""
+
     username: str
     password: str
     #: Where they came from ("--creds" or a file path), for messages.
@@ -244,12 +245,11 @@ def _store(path: Path, data: Mapping[str, Any]) -> None:
 # --- WWW-Authenticate -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Challenge:
+class Challenge(NamedTuple):
     """One challenge of a ``WWW-Authenticate`` header; *scheme* is lower case."""
 
     scheme: str
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = NO_ANNOTATIONS
 
     @property
     def realm(self) -> str | None:
@@ -267,8 +267,9 @@ class Challenge:
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # Unquoted values should be tokens, but some servers send bare URLs: take up to "," or space.
-_PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))\s*')
-_SCHEME_RE = re.compile(rf"\s*({_TOKEN})(?:\s+|$|(?=,))")
+# Compiled on first use (re caches them): an anonymous registry never needs them.
+_PARAM = rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))\s*'
+_SCHEME = rf"\s*({_TOKEN})(?:\s+|$|(?=,))"
 
 
 def parse_www_authenticate(headers: Iterable[str]) -> list[Challenge]:
@@ -284,14 +285,14 @@ def parse_www_authenticate(headers: Iterable[str]) -> list[Challenge]:
             if header[pos] in " ,":
                 pos += 1
                 continue
-            scheme_match = _SCHEME_RE.match(header, pos)
+            scheme_match = re.compile(_SCHEME).match(header, pos)
             if not scheme_match:
                 break
             scheme = scheme_match.group(1).lower()
             pos = scheme_match.end()
             params: dict[str, str] = {}
             while pos < len(header):
-                param = _PARAM_RE.match(header, pos)
+                param = re.compile(_PARAM).match(header, pos)
                 if not param:
                     break
                 value = param.group(2)
@@ -307,8 +308,9 @@ def parse_www_authenticate(headers: Iterable[str]) -> list[Challenge]:
 # --- bearer tokens -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _CachedToken:
+class _CachedToken(NamedTuple):
+    """A bearer token and when to stop using it."""
+
     token: str
     expires_at: float
 

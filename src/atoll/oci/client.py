@@ -23,7 +23,7 @@ How a :class:`RegistryClient` talks to ``HOST[:PORT]``:
    chunks, and are cancelled when they fail (see :mod:`atoll.oci.upload`).
 
 Requests whose body is in memory (pings, tokens, manifests, mounts, tag lists)
-go over the standard library's ``http.client``; uploads of streamed bodies and
+go over :mod:`atoll.oci.wire` (HTTP/1.1 on a socket); uploads of streamed bodies and
 blob downloads (which registries redirect to their storage) over httpx, which
 is imported for the first of them: a copy that only mounts blobs never loads it
 (see :mod:`atoll.oci.plainhttp`).  Both hand back the same response type and
@@ -145,7 +145,7 @@ class RegistryClient(Closeable):
             self.insecure = self._conf.is_insecure(registry)
         self._host = _API_HOSTS.get(registry, registry)
         self._ssl = ssl_context(registry, ctx, verify=not self.insecure)
-        # Requests with bodies in memory go over http.client; streams and redirected
+        # Requests with bodies in memory go over atoll.oci.wire; streams and redirected
         # blob downloads over httpx, imported for the first of them (see plainhttp).
         self._plain = PlainTransport(self._ssl, ctx.timeout, ctx.user_agent)
         self._streams = HttpxTransport(

@@ -7,14 +7,16 @@ passed down; nothing in ``atoll.oci`` reads the environment on import.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from atoll.oci.manifest import Platform
 
 
-@dataclass(frozen=True)
-class SystemContext:
+class SystemContext(NamedTuple):
+    """Where a command finds credentials, TLS files and settings (skopeo's global options)."""
+
     #: Explicit auth.json (``--authfile``); otherwise the standard search path.
     authfile: Path | None = None
     #: ``user:password`` given on the command line (``--creds``).
@@ -47,7 +49,8 @@ class SystemContext:
     #: Where an ``oci-archive:`` or ``containers-storage:`` transport stages files.
     tmpdir: Path | None = None
     user_agent: str = "atoll"
-    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    #: The environment: the process's own (read when asked) unless one is given.
+    environ: Mapping[str, str] = os.environ
 
     def wanted_platform(self) -> Platform:
         return self.platform or Platform.host()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from atoll.errors import DigestMismatchError, InvalidReferenceError
 
@@ -13,16 +13,24 @@ _HEX_RE = re.compile(r"[0-9a-f]+")
 _DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
 
 
-@dataclass(frozen=True, order=True)
-class Digest:
+class _DigestFields(NamedTuple):
     algorithm: str
     hex: str
 
-    def __post_init__(self) -> None:
+
+class Digest(_DigestFields):
+    """A content digest, ``ALGORITHM:HEX``; ordered, hashable and immutable (a
+    NamedTuple: a frozen dataclass costs several times as much to define, and this
+    module loads at every start)."""
+
+    __slots__ = ()
+
+    def __new__(cls, algorithm: str, hex: str) -> Digest:
         # A digest names files on disk: never let one hold anything but hex.
-        length = _HEX_LENGTH.get(self.algorithm)
-        if length is None or len(self.hex) != length or not _HEX_RE.fullmatch(self.hex):
-            raise InvalidReferenceError(f"invalid digest {self.algorithm}:{self.hex}")
+        length = _HEX_LENGTH.get(algorithm)
+        if length is None or len(hex) != length or not _HEX_RE.fullmatch(hex):
+            raise InvalidReferenceError(f"invalid digest {algorithm}:{hex}")
+        return super().__new__(cls, algorithm, hex)
 
     @classmethod
     def parse(cls, text: str) -> Digest:

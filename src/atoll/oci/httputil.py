@@ -34,7 +34,8 @@ _PLAIN_HTTP_HINT = (
     '([[registry]] location = "HOST:PORT" insecure = true) or pass --tls-verify=false'
 )
 
-_LINK_NEXT_RE = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)?rel="?next"?')
+#: Compiled on first use (re caches it): most answers have no Link header.
+_LINK_NEXT = r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)?rel="?next"?'
 
 #: Words for the distribution spec's 404 error codes.
 NOT_FOUND_CODES = {
@@ -78,7 +79,7 @@ def pick_challenge(response: Response) -> Challenge | None:
 
 def next_link(response: Response) -> URL | None:
     """The ``Link: <URL>; rel="next"`` target, resolved against the request URL."""
-    match = _LINK_NEXT_RE.search(response.headers.get("Link", ""))
+    match = re.search(_LINK_NEXT, response.headers.get("Link", ""))
     return response.url.join(match.group(1)) if match else None
 
 

@@ -24,9 +24,8 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from atoll.errors import (
     AtollError,
@@ -63,8 +62,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CopyOptions:
+class CopyOptions(NamedTuple):
+    """How a copy treats indexes, digests and compression."""
+
     all_images: bool = False
     preserve_digests: bool = False
     dest_compression: Compression | None = None
@@ -72,8 +72,9 @@ class CopyOptions:
     zstd_chunked: bool = False
 
 
-@dataclass
-class CopyResult:
+class CopyResult(NamedTuple):
+    """What a copy did."""
+
     source: str
     destination: str
     digest: Digest
@@ -243,7 +244,7 @@ class _Copier:
         for desc, child in zip(index.manifests, children, strict=True):
             raw, media_type = self._copy_image(child, top_level=False, begun=True)
             new_descs.append(
-                replace(desc, digest=Digest.of(raw), size=len(raw), media_type=media_type)
+                desc._replace(digest=Digest.of(raw), size=len(raw), media_type=media_type)
             )
         if all(n == o for n, o in zip(new_descs, index.manifests, strict=True)):
             raw, media_type = index.raw, index.media_type
@@ -409,15 +410,17 @@ class _Copier:
         return new
 
 
-@dataclass
 class _Stats:
-    images: int = 0
-    copied: int = 0
-    skipped: int = 0
-    mounted: int = 0
-    bytes: int = 0
-    converted: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    """Counts of a copy, updated from its worker threads."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.copied = 0
+        self.skipped = 0
+        self.mounted = 0
+        self.bytes = 0
+        self.converted = False
+        self._lock = threading.Lock()
 
     def add(self, *, copied: int = 0, skipped: int = 0, mounted: int = 0, nbytes: int = 0) -> None:
         with self._lock:

@@ -12,9 +12,9 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from atoll import strictjson
 from atoll.errors import ManifestError, NoMatchingPlatformError, UnsupportedError
@@ -70,8 +70,9 @@ def is_layer(media_type: str) -> bool:
     return ".layer." in media_type or "rootfs" in media_type
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(NamedTuple):
+    """An OS and architecture, as an index entry or a config names them."""
+
     os: str
     architecture: str
     variant: str | None = None
@@ -118,13 +119,18 @@ _GOARCH: dict[str, tuple[str, str | None]] = {
 }
 
 
-@dataclass(frozen=True)
-class Descriptor:
+#: The empty annotations of a descriptor that has none (read-only: one is shared by all).
+NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})
+
+
+class Descriptor(NamedTuple):
+    """A reference to a blob or a manifest: media type, digest and size."""
+
     media_type: str
     digest: Digest
     size: int
     platform: Platform | None = None
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = NO_ANNOTATIONS
     urls: tuple[str, ...] = ()
 
     @classmethod
@@ -175,8 +181,7 @@ class Descriptor:
         return out
 
 
-@dataclass(frozen=True)
-class ImageManifest:
+class ImageManifest(NamedTuple):
     """An OCI image manifest or a Docker schema 2 manifest."""
 
     media_type: str
@@ -193,8 +198,7 @@ class ImageManifest:
         return (self.config, *self.layers)
 
 
-@dataclass(frozen=True)
-class ImageIndex:
+class ImageIndex(NamedTuple):
     """An OCI image index or a Docker manifest list."""
 
     media_type: str
@@ -295,8 +299,7 @@ def parse_manifest(raw: bytes, media_type: str | None = None, *, where: str) -> 
     raise UnsupportedError(f"{where}: unsupported manifest media type {kind or 'unknown'!r}")
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(NamedTuple):
     """The parts of an image config atoll reads; the raw JSON is kept."""
 
     architecture: str
@@ -365,12 +368,13 @@ def parse_config(raw: bytes, *, where: str) -> ImageConfig:
     )
 
 
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+#: Compiled on first use (re caches it), not at start-up.
+_RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)"
 
 
 def _is_rfc3339(text: str) -> bool:
     """As Go's time.RFC3339Nano parses it (which containers/image uses)."""
-    if not _RFC3339.fullmatch(text):
+    if not re.fullmatch(_RFC3339, text):
         return False
     try:
         # fromisoformat takes at most 6 fractional digits; Go takes nine.

@@ -1,6 +1,6 @@
 """The registry client's HTTP: URLs, headers and responses, and the transport that
-sends every request whose body is in memory over the standard library's
-``http.client``.
+sends every request whose body is in memory over :mod:`atoll.oci.wire`'s
+connections.
 
 Importing httpx (with httpcore, h11, and trio or anyio where they are installed)
 costs 25 ms of CPU and more before the first request.  A copy that only mounts
@@ -19,7 +19,7 @@ server had closed in the meantime is replaced once.  TLS uses the client's SSL
 context (system CAs, certs.d, client certificates, or no verification for an
 insecure registry), so the trust is the same as httpx's.
 
-Errors: ``OSError`` and ``http.client.HTTPException`` become
+Errors: ``OSError`` and :class:`atoll.oci.wire.ProtocolError` become
 :class:`TransportError` (``connecting`` when no request reached the server),
 :class:`ConnectFailed` or :class:`TimedOut`, with the original as ``__cause__``
 (:func:`atoll.oci.httputil.is_tls_error` looks there).
@@ -27,7 +27,6 @@ Errors: ``OSError`` and ``http.client.HTTPException`` become
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import ssl
@@ -37,12 +36,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
+from atoll.oci.wire import Answer, Connection, Disconnected, ProtocolError
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: Bytes read from a response at once.
 _READ_SIZE = 1 << 16
 #: Errors of a reused connection that the server closed while it was idle.
 _STALE = (
-    http.client.RemoteDisconnected,
+    Disconnected,
     ConnectionResetError,
     BrokenPipeError,
     ssl.SSLEOFError,
@@ -194,11 +195,10 @@ class Response(ABC):
 
 
 class _PlainResponse(Response):
-    def __init__(self, pool: PlainTransport, conn: http.client.HTTPConnection,
-                 answer: http.client.HTTPResponse, url: URL) -> None:  # fmt: skip
-        super().__init__(answer.status, answer.reason, Headers(answer.getheaders()), url)
+    def __init__(self, pool: PlainTransport, conn: Connection, answer: Answer, url: URL) -> None:
+        super().__init__(answer.status, answer.reason, Headers(answer.headers), url)
         self._pool = pool
-        self._conn: http.client.HTTPConnection | None = conn
+        self._conn: Connection | None = conn
         self._answer = answer
 
     def iter_raw(self) -> Iterator[bytes]:
@@ -210,10 +210,9 @@ class _PlainResponse(Response):
         try:
             while chunk := self._answer.read(_READ_SIZE):
                 yield chunk
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             self.close()
             raise _wrap(exc, connecting=False) from exc
-        self._answer.close()  # the connection takes a new request only after this
         conn, self._conn = self._conn, None
         if self._answer.will_close:
             conn.close()
@@ -227,14 +226,14 @@ class _PlainResponse(Response):
 
 
 class PlainTransport:
-    """Sends requests with in-memory bodies over ``http.client``; thread-safe."""
+    """Sends requests with in-memory bodies over :mod:`atoll.oci.wire`; thread-safe."""
 
     def __init__(self, ssl_context: ssl.SSLContext, timeout: float, user_agent: str) -> None:
         self.ssl_context = ssl_context
         self.timeout = timeout
         self.user_agent = user_agent
         self._lock = threading.Lock()
-        self._idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
+        self._idle: dict[tuple[str, str, int | None], list[Connection]] = {}
         self._closed = False
 
     def send(
@@ -247,24 +246,23 @@ class PlainTransport:
             try:
                 if not reused:
                     conn.connect()
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ProtocolError) as exc:
                 conn.close()
                 raise _wrap(exc, connecting=True) from exc
             try:
-                conn.request(method, url.target, body=content, headers=headers)
-                answer = conn.getresponse()
+                answer = conn.request(method, url.target, headers, content)
             except _STALE as exc:
                 conn.close()
                 if not reused:
                     raise _wrap(exc, connecting=False) from exc
                 conn, reused = self._open(url), False
                 continue
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ProtocolError) as exc:
                 conn.close()
                 raise _wrap(exc, connecting=False) from exc
             return _PlainResponse(self, conn, answer, url)
 
-    def give_back(self, url: URL, conn: http.client.HTTPConnection) -> None:
+    def give_back(self, url: URL, conn: Connection) -> None:
         with self._lock:
             if not self._closed:
                 self._idle.setdefault(url.origin, []).append(conn)
@@ -279,7 +277,7 @@ class PlainTransport:
             for conn in connections:
                 conn.close()
 
-    def _take(self, url: URL) -> tuple[http.client.HTTPConnection, bool]:
+    def _take(self, url: URL) -> tuple[Connection, bool]:
         with self._lock:
             if self._closed:
                 raise TransportError("the client is closed", connecting=True)
@@ -288,12 +286,8 @@ class PlainTransport:
                 return idle.pop(), True
         return self._open(url), False
 
-    def _open(self, url: URL) -> http.client.HTTPConnection:
-        if url.scheme == "https":
-            return http.client.HTTPSConnection(
-                url.host, url.port, timeout=self.timeout, context=self.ssl_context
-            )
-        return http.client.HTTPConnection(url.host, url.port, timeout=self.timeout)
+    def _open(self, url: URL) -> Connection:
+        return Connection(url.scheme, url.host, url.port, self.timeout, self.ssl_context)
 
 
 def _wrap(exc: BaseException, *, connecting: bool) -> TransportError:

@@ -9,7 +9,7 @@ when pulling, the tag is kept for display and for pushing).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from atoll.errors import InvalidReferenceError
 from atoll.oci.digest import Digest
@@ -28,8 +28,9 @@ _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 _MAX_NAME = 255
 
 
-@dataclass(frozen=True)
-class ImageReference:
+class ImageReference(NamedTuple):
+    """A registry image name: ``REGISTRY/REPOSITORY[:TAG][@DIGEST]``."""
+
     registry: str
     repository: str
     tag: str | None = None
@@ -70,10 +71,10 @@ class ImageReference:
     def with_tag(self, tag: str) -> ImageReference:
         if not _TAG_RE.match(tag):
             raise InvalidReferenceError(f"invalid tag {tag!r}")
-        return replace(self, tag=tag, digest=None)
+        return self._replace(tag=tag, digest=None)
 
     def with_digest(self, digest: Digest) -> ImageReference:
-        return replace(self, digest=digest)
+        return self._replace(digest=digest)
 
     @property
     def manifest_ref(self) -> str:

@@ -56,9 +56,8 @@ from __future__ import annotations
 import ssl
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from atoll import stricttoml
 from atoll.errors import InvalidInputError
@@ -73,8 +72,7 @@ SYSTEM_CERT_DIRS = (Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d")
 PULL_FROM_MIRROR = ("all", "digest-only", "tag-only")
 
 
-@dataclass(frozen=True)
-class Mirror:
+class Mirror(NamedTuple):
     """One ``[[registry.mirror]]`` table."""
 
     location: str
@@ -87,8 +85,7 @@ class Mirror:
         return self.pull_from_mirror in ("all", wanted)
 
 
-@dataclass(frozen=True)
-class PullSource:
+class PullSource(NamedTuple):
     """Where one attempt at a pull goes: ``registry`` and ``repository``."""
 
     registry: str
@@ -100,8 +97,7 @@ class PullSource:
         return f"{self.registry}/{self.repository}"
 
 
-@dataclass(frozen=True)
-class RegistryEntry:
+class RegistryEntry(NamedTuple):
     """One ``[[registry]]`` table."""
 
     prefix: str
@@ -123,8 +119,9 @@ class RegistryEntry:
         return not rest or rest[0] in "/:@"
 
 
-@dataclass(frozen=True)
-class RegistriesConf:
+class RegistriesConf(NamedTuple):
+    """The registries.conf entries in effect, and the files they came from."""
+
     entries: tuple[RegistryEntry, ...] = ()
     #: Files read, in order (the main file first, then drop-ins).
     sources: tuple[Path, ...] = ()
@@ -325,8 +322,7 @@ def _v1_entries(data: Mapping[str, Any], path: Path) -> Iterable[RegistryEntry]:
 # --- TLS --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TLSFiles:
+class TLSFiles(NamedTuple):
     """CA certificates and client certificate pairs found for one registry."""
 
     directory: Path | None

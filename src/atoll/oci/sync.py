@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,21 +165,21 @@ def _registry_context(where: str, settings: dict[str, Any], ctx: SystemContext) 
     if creds is not None:
         if not isinstance(creds, dict) or not {"username", "password"} <= set(creds):
             raise InvalidInputError(f"{where}: credentials: needs 'username' and 'password'")
-        out = replace(out, credentials=f"{creds['username']}:{creds['password']}")
+        out = out._replace(credentials=f"{creds['username']}:{creds['password']}")
     if "tls-verify" in settings:
         verify = settings["tls-verify"]
         if not isinstance(verify, bool):
             raise InvalidInputError(f"{where}: tls-verify: expected true or false")
-        out = replace(out, tls_verify=verify)
+        out = out._replace(tls_verify=verify)
     if "cert-dir" in settings:
-        out = replace(out, cert_dir=Path(str(settings["cert-dir"])))
+        out = out._replace(cert_dir=Path(str(settings["cert-dir"])))
     return out
 
 
 def _tag_or_digest(where: str, base: ImageReference, text: str) -> ImageReference:
     try:
         if ":" in text and text.startswith("sha"):
-            return replace(base, tag=None, digest=Digest.parse(text))
+            return base._replace(tag=None, digest=Digest.parse(text))
         return base.with_tag(text)
     except AtollError as exc:
         raise InvalidInputError(f"{where}: {exc}") from None

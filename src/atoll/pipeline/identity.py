@@ -18,7 +18,7 @@ a signed reference without a tag or digest never matches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
 from atoll.errors import InvalidReferenceError
@@ -74,7 +74,7 @@ class SignedIdentity:
             target = ImageReference.parse(remapped)
         except InvalidReferenceError:
             return image
-        return replace(image, registry=target.registry, repository=target.repository)
+        return image._replace(registry=target.registry, repository=target.repository)
 
 
 def match_repo_digest_or_exact(image: ImageReference, signed: str) -> bool:

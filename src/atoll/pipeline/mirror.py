@@ -100,7 +100,7 @@ def repository_reference(text: str, what: str) -> ImageReference:
             f"{what} {text}: name a repository, without tag or digest",
             hint="choose tags with --tags REGEX",
         )
-    return dataclasses.replace(name.reference, tag=None, digest=None)
+    return name.reference._replace(tag=None, digest=None)
 
 
 def mirror(
@@ -129,7 +129,7 @@ def mirror(
         # every later read goes to the endpoint that listed the tags.
         src_tags = reads.read(lambda client, repository: client.list_tags(repository))
         src = reads.client
-        source = dataclasses.replace(source, registry=reads.registry, repository=reads.repository)
+        source = source._replace(registry=reads.registry, repository=reads.repository)
         try:
             dst_tags = set(dst.list_tags(destination.repository))
         except NotFoundError:

@@ -43,7 +43,7 @@ import json
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from atoll import strictjson
@@ -337,7 +337,7 @@ def _copy_signatures(
             return "present"
         except NotFoundError:
             pass
-    attachment = replace(source, tag=tag, digest=None)
+    attachment = source._replace(tag=tag, digest=None)
     try:
         read_image(attachment, src_ctx, lambda client, repo: client.head_manifest(repo, tag))
     except NotFoundError:

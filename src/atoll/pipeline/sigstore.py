@@ -39,7 +39,7 @@ import binascii
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -349,7 +349,7 @@ def read_signatures(ref: ImageReference, ctx: SystemContext) -> tuple[Digest, li
     with PullEndpoint(ref, ctx) as endpoint:
         fetched = endpoint.read(lambda client, repo: client.get_manifest(repo, ref.manifest_ref))
         client, digest = endpoint.client, fetched.digest
-        there = replace(ref, registry=endpoint.registry, repository=endpoint.repository)
+        there = ref._replace(registry=endpoint.registry, repository=endpoint.repository)
         manifest, _ = _read_attachment(client, there, digest, read_config=False)
         if manifest is None:
             return digest, []

@@ -190,7 +190,7 @@ def registry_signatures(ctx: SystemContext) -> SignatureSource:
     def read(ref: ImageReference, digest: Digest) -> Sequence[Signature]:
         from atoll.pipeline.sigstore import read_signatures
 
-        by_digest = dataclasses.replace(ref, tag=None, digest=digest)
+        by_digest = ref._replace(tag=None, digest=digest)
         _, found = read_signatures(by_digest, ctx)
         return found
 

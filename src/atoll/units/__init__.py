@@ -85,10 +85,14 @@ def _install_targets(text: str) -> list[tuple[str, str]]:
     return out
 
 
+#: Where install_atoll puts atoll's modules, below the image's root.
+ATOLL_PACKAGE = "usr/lib/python3/dist-packages/atoll"
+
+
 def install_atoll(root: Path, python: str = "/usr/bin/python3") -> Path:
     """Copy this atoll into *root* (dist-packages) with a ``/usr/bin/atoll`` launcher."""
     package = Path(__file__).resolve().parent.parent
-    dest = root / "usr/lib/python3/dist-packages/atoll"
+    dest = root / ATOLL_PACKAGE
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(package, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

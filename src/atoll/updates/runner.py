@@ -21,7 +21,6 @@ the timer fires hourly, so this is how a window of a few minutes is caught.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import logging
 from collections.abc import Callable, Iterator
@@ -406,7 +405,7 @@ class _Run:
             return
         if saved.rate_limit is not None:
             limit = min(limit, saved.rate_limit)
-        self.device.ctx = dataclasses.replace(saved, rate_limit=limit)
+        self.device.ctx = saved._replace(rate_limit=limit)
         try:
             yield
         finally:

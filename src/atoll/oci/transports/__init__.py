@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import importlib
 import re
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from atoll.errors import InvalidReferenceError
 from atoll.oci.context import SystemContext
@@ -73,8 +72,7 @@ def _names_a_registry(text: str) -> bool:
 _REF_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]+(?:[:/@+][a-zA-Z0-9._-]+)*$")
 
 
-@dataclass(frozen=True)
-class ImageName:
+class ImageName(NamedTuple):
     """A transport and what it needs to find one image."""
 
     transport: Transport

@@ -18,8 +18,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from atoll.closing import Closeable
 from atoll.oci.digest import Digest
@@ -32,8 +31,7 @@ if TYPE_CHECKING:
 CHUNK_SIZE = 1 << 20
 
 
-@dataclass(frozen=True)
-class MountOrigin:
+class MountOrigin(NamedTuple):
     """Where a blob lives in a registry, so a destination on the same registry
     can mount it instead of uploading it."""
 

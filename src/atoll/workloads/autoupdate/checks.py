@@ -20,7 +20,6 @@ with what this run used.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,7 +79,7 @@ def check_references(
         return {}
     workers = max(1, min(concurrency, len(wanted)))
     # Enough pooled connections for every worker (the client keeps 2 per "parallel").
-    ctx = dataclasses.replace(ctx, parallel=max(ctx.parallel, (workers + 1) // 2))
+    ctx = ctx._replace(parallel=max(ctx.parallel, (workers + 1) // 2))
     sources = {ref: pull_sources(ref, ctx) for ref in wanted}
     clients: dict[str, RegistryClient] = {}
     assumed: dict[str, str] = {}
