@@ -17,6 +17,12 @@ APT_PACKAGES := python3 python3-venv ca-certificates docker-registry skopeo podm
 	postgresql keepalived iproute2 chromium chromium-driver \
 	dosfstools mtools ovmf grub-efi-amd64-bin shim-signed grub-efi-amd64-signed xorriso xfsprogs
 
+# pytest runs the tests in PYTEST_WORKERS processes (pytest-xdist); each module
+# stays on one worker, the VM module starts first (tests/conftest.py).
+# PYTEST_WORKERS=0 runs them one after another in one process (docs/development.md).
+PYTEST_WORKERS ?= 2
+XDIST = -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 .PHONY: demo test lint typecheck unit integration slow fuzz bench deps system-deps venv tools clean
 
 demo: deps
@@ -26,7 +32,7 @@ test: deps
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 
 lint: deps
 	$(BIN)/ruff check src tests bench
@@ -36,13 +42,13 @@ typecheck: deps
 	$(BIN)/mypy --strict src
 
 unit: deps
-	$(BIN)/pytest -q -m "not integration and not slow and not vm" $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(XDIST) -m "not integration and not slow and not vm" $(PYTEST_ARGS)
 
 integration: deps
-	$(BIN)/pytest -q -m integration $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(XDIST) -m integration $(PYTEST_ARGS)
 
 slow: deps
-	$(BIN)/pytest -q -m slow $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(XDIST) -m slow $(PYTEST_ARGS)
 
 # Every fuzz target for FUZZ_SECONDS each (tests/fuzz/run.py); new corpus
 # entries and crashes go to .fuzz/ (docs/development.md).

@@ -34,7 +34,14 @@ import pytest
 from atoll.demo import basetree
 from atoll.device.harness import machine_name
 from atoll.device.nspawn import child_pids
-from atoll.units import AGENT_SERVICE, FINALIZE_PATH, FINALIZE_SERVICE, install_atoll, install_units
+from atoll.units import (
+    AGENT_SERVICE,
+    FINALIZE_PATH,
+    FINALIZE_SERVICE,
+    install_atoll,
+    install_units,
+    unit_text,
+)
 from helpers.busybox_root import REQUIRED
 from helpers.cli import run_atoll
 from helpers.debian import DebianTree, build_debian_image, ensure_debian_tree
@@ -156,6 +163,12 @@ def booted(tmp_path: Path) -> Iterator[list[BootedDevice]]:
 def image_spec(stage: Path, registry: str) -> dict[str, Any]:
     install_atoll(stage)
     install_units(stage, UNITS)
+    # The shipped command with a 5 s long poll, not 30 s: after a reboot the agent's
+    # first poll waits that long for a change before it reports the boot.
+    (exec_start,) = [x for x in unit_text(AGENT_SERVICE).splitlines() if x.startswith("ExecStart=")]
+    drop_in = stage / f"etc/systemd/system/{AGENT_SERVICE}.d/10-wait.conf"
+    drop_in.parent.mkdir(parents=True)
+    drop_in.write_text(f"[Service]\nExecStart=\n{exec_start} --wait 5s\n")
     spec: dict[str, Any] = dict(tree_spec(stage))
     # podman and atoll inside reach the tests' registry on the host's loopback.
     conf = f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n'

@@ -121,12 +121,14 @@ def test_the_demo_tells_the_whole_story_and_cleans_up(tmp_path: Path) -> None:
         assert f"web v2 on {device}" in after_v3
     assert after_v3.count("rolled back") >= 2
     # 7: the fleet: both devices enrolled; v2 rolled out in two batches: dev1 staged it,
-    # booted it red three times and fell back to v1 with the reason, the rollout paused at
-    # its error threshold and dev2 never took v2; v3 in two batches, green on both.
+    # booted it red twice (v2's greenboot.conf allows two attempts) and fell back to v1
+    # with the reason, the rollout paused at its error threshold and dev2 never took v2;
+    # v3 in two batches, green on both.
     fleet = out.split("7. A fleet")[-1]
     approved = r"device dev1: enrollment approved\n(.*\n)*?.*device dev2: enrollment approved"
     assert re.search(approved, fleet)
     assert "Rolled back on" in fleet
+    assert re.search(r"(?m)dev1: boots (?:green, )*red, red, green$", fleet), fleet[-3000:]
     assert "required check 50-web-config.sh failed (exit code 1)" in fleet
     paused = fleet.split("$ atoll fleet rollout status v2")[-1].split("$ ")[0]
     assert re.search(r"rollout v2: paused, fleet edge, batch 0 of 2\n", paused)

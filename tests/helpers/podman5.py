@@ -25,6 +25,7 @@ trixie's python3 and python3-httpx.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -97,6 +98,17 @@ TREE = debian.TreeRecipe(
     lambda target: basetree.debootstrap(target, PACKAGES, suite=SUITE),
     _prepare,
 )
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below *pid*, parents before children."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        children = child_pids(todo.pop())
+        found += children
+        todo += children
+    return found
 
 
 def unavailable() -> str | None:
@@ -189,18 +201,39 @@ class SystemdHost:
         self, *argv: str, check: bool = True, timeout: float = 300, input_text: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """*argv* in the host, with a clean environment (none of this process's);
-        *input_text* is its stdin."""
-        proc = subprocess.run(
-            ["nsenter", "-t", str(self.leader), "-a", "--",
-             "env", "-i", f"PATH={PATH}", "HOME=/root", "LANG=C.UTF-8", *argv],
-            capture_output=True, text=True, check=False, timeout=timeout,
-            **({"input": input_text} if input_text is not None else {"stdin": subprocess.DEVNULL}),
-        )  # fmt: skip
-        if check and proc.returncode != 0:
+        *input_text* is its stdin.  A command still running after *timeout* seconds
+        gets SIGQUIT (a Go program such as podman prints every goroutine's stack on
+        it) and the call fails with the tail of what it wrote."""
+        cmd = ["nsenter", "-t", str(self.leader), "-a", "--",
+               "env", "-i", f"PATH={PATH}", "HOME=/root", "LANG=C.UTF-8", *argv]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            out, err = proc.communicate(input_text, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # nsenter forks into the container's PID namespace: signal the command itself.
+            for pid in _descendants(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGQUIT)
+            try:
+                out, err = proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            print(f"--- {' '.join(argv)}: stderr after SIGQUIT ---\n{err}")
             raise RuntimeError(
-                f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()[-800:]}"
-            )
-        return proc
+                f"{' '.join(argv)} was still running after {timeout:g} s; "
+                f"its stderr ends: {err.strip()[-1500:]}"
+            ) from None
+        result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {err.strip()[-800:]}")
+        return result
 
     def timed(self, *argv: str) -> float:
         started = time.perf_counter()

@@ -31,6 +31,8 @@ pytestmark = pytest.mark.integration
 
 CHUNKED = CopyOptions(dest_compression=Compression.ZSTD, zstd_chunked=True)
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+#: Seconds one podman step in the trixie host may take (each takes a few).
+STEP = 60
 
 
 def chunked_image(registry: RegistryView, page: str, tag: str = "v1") -> str:
@@ -128,9 +130,10 @@ def test_podman_5_pulls_chunked_layers_partially(
     host.start()
     try:
         via = fault_proxy.host
-        host.run("podman", "pull", "-q", f"{via}/{repo}:v1")
+        # Each step fails within STEP seconds with podman's debug log and its stacks.
+        host.run("podman", "--log-level=debug", "pull", "-q", f"{via}/{repo}:v1", timeout=STEP)
         fault_proxy.proxy.reset()
-        pulled = host.run("podman", "--log-level=debug", "pull", f"{via}/{repo}:v2")
+        pulled = host.run("podman", "--log-level=debug", "pull", f"{via}/{repo}:v2", timeout=STEP)
         seen = [r for r in fault_proxy.proxy.requests if blob in r.path and r.method == "GET"]
         ranged = [r for r in seen if "range" in r.headers]
         print(pulled.stderr[-3000:])
@@ -146,7 +149,7 @@ def test_podman_5_pulls_chunked_layers_partially(
         assert asked < layer["size"] / 4, (asked, layer["size"])
         print(f"podman 5 asked for {asked} of the layer's {layer['size']} bytes")
         out = host.run("podman", "run", "--rm", "--network", "host", f"{via}/{repo}:v2",
-                       "cat", "/www/index.html").stdout  # fmt: skip
+                       "cat", "/www/index.html", timeout=STEP).stdout  # fmt: skip
         assert out == "version two\n"
 
         # The other way round: layers podman 5 (containers/storage's writer) pushes
@@ -154,7 +157,7 @@ def test_podman_5_pulls_chunked_layers_partially(
         for tag in ("v1", "v2"):
             host.run("podman", "push", "-q", "--compression-format", "zstd:chunked",
                      "--force-compression", f"{via}/{repo}:{tag}",
-                     f"{via}/{repo}:podman-{tag}")  # fmt: skip
+                     f"{via}/{repo}:podman-{tag}", timeout=STEP)  # fmt: skip
         ctx = fault_proxy.ctx()
         store = Store.create(tmp_path / "store")
         import_remote(store, ImageName.parse(f"docker://{via}/{repo}:podman-v1"), ctx)
@@ -165,6 +168,10 @@ def test_podman_5_pulls_chunked_layers_partially(
         assert row.files_fetched == 1 and row.bytes < row.size / 4, row
         whole, _ = import_remote(Store.create(tmp_path / "other"), name, ctx, partial=False)
         assert whole.commit_id == result.commit_id
+
+        # A step that does not end fails at its timeout with podman's goroutine stacks.
+        with pytest.raises(RuntimeError, match=r"(?s)still running after 2 s.*goroutine "):
+            host.run("podman", "events", timeout=2)
     finally:
         print(host.console_tail())
         host.stop()

@@ -71,7 +71,8 @@ class FleetChapter:
             "atoll fleet serve runs on the host with SQLite, reachable from the LAN as the "
             "registry is. Each device enrolls and runs the agent as a systemd unit. A rollout "
             "of v2 goes out in two batches (dev1, then dev2): dev1's agent stages it, its "
-            "update unit reboots into it, its required check fails three boots in a row and "
+            "update unit reboots into it, its required check fails in both of the two boots "
+            "its greenboot.conf allows and "
             "the bootloader falls back to v1; the rollout pauses at its error threshold and "
             "dev2 never takes v2. Then v3 goes out in two batches and both boot green.",
         )

@@ -83,8 +83,9 @@ def versions() -> list[OSVersion]:
             + strace
             + remember
             + check
-            + _file("/usr/lib/edge/web.conf", "listen=8080\n"),
-            "adds strace and a required check; web.conf has a typo",
+            + _file("/usr/lib/edge/web.conf", "listen=8080\n")
+            + _file("/etc/greenboot/greenboot.conf", "GREENBOOT_MAX_BOOT_ATTEMPTS=2\n"),
+            "adds strace and a required check; web.conf has a typo; two boot attempts",
         ),
         OSVersion(
             "3.0",

@@ -42,7 +42,7 @@ UPDATE_EVERY = "10s"
 #: demo's images carry no kernel, and a short poll keeps the story moving.
 AGENT_DROPIN = (
     "[Service]\nExecStart=\nExecStart=/usr/bin/atoll agent run --state /var/lib/atoll/agent "
-    "--sysroot /sysroot --allow-no-kernel --wait 10s\nRestartSec=2\n"
+    "--sysroot /sysroot --allow-no-kernel --wait 3s\nRestartSec=2\n"
 )
 
 
