@@ -83,8 +83,10 @@ class Pool:
 
     async def _take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
         """A connection, and whether it served a request before."""
-        if not self.idle.empty() or self.opened >= self.size:
-            return (*await self.idle.get(), True)
+        while self.idle.empty() and self.opened >= self.size:
+            await asyncio.sleep(0.001)  # every connection is busy
+        if not self.idle.empty():
+            return (*self.idle.get_nowait(), True)
         self.opened += 1
         try:
             return (*await asyncio.open_connection(self.host, self.port), False)
@@ -268,12 +270,16 @@ async def steady(sim: Simulator, devices: list[Device], interval: float, duratio
     end = time.monotonic() + duration
 
     async def life(device: Device) -> None:
-        await asyncio.sleep(random.uniform(0, interval))
+        offset = random.uniform(0, interval)
+        if offset >= duration:
+            return  # its first poll would fall after the run
+        await asyncio.sleep(offset)
         while time.monotonic() < end:
             started = time.monotonic()
             await sim.poll(device)
             await sim.report(device)
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            now = time.monotonic()
+            await asyncio.sleep(max(0.0, min(interval - (now - started), end - now)))
 
     await asyncio.gather(*(life(d) for d in devices))
 
