@@ -13,9 +13,11 @@ replay racing it changes nothing.  Both run on an engine of their own
 (:func:`atoll.fleet.db.open_engine` with ``agents``): one statement is one
 transaction, and no ping precedes it.
 
-What is rare takes the general path (:mod:`atoll.fleet.app`): a spec that
-changed (its version moves on under a row lock), and a report from a device
-of a rollout in flight (the rollout is reconciled in the report's
+A spec that changed costs one more statement: an ``UPDATE`` that moves the
+version on only while the row still holds the old spec's hash, so two polls
+racing move it once.  What is rare takes the general path
+(:mod:`atoll.fleet.app`): a poll that lost that race, and a report from a
+device of a rollout in flight (the rollout is reconciled in the report's
 transaction).
 """
 
@@ -46,8 +48,8 @@ class Unchanged:
 
 @dataclass(frozen=True)
 class Changed:
-    """The spec moved on since the device's row was written: take the general
-    path, which moves the version on under a lock."""
+    """Take the general path: another poll moved the version on meanwhile, or
+    the server has no keys."""
 
 
 class KeyCache:
@@ -133,6 +135,14 @@ _REPORT = select(
     ),
 ).where(Device.name == bindparam("b_name"))
 
+#: A new spec's version, taken when the row still holds the old spec's hash.
+_MOVE = (
+    update(Device)
+    .where(Device.name == bindparam("b_name"), Device.spec_hash == bindparam("b_old"))
+    .values(spec_hash=bindparam("b_new"), spec_version=Device.spec_version + 1)
+    .returning(Device.spec_version)
+)
+
 #: The report, written when the row still holds what was checked.
 _WRITE = (
     update(Device)
@@ -185,9 +195,18 @@ def poll(
         os = fleet_spec["template"].get("os") or {}
         released = os.get("image") or (None if image is None else f"{image}@{digest}")
     spec = render.spec_of(fleet, fleet_spec, released)
-    if render.spec_hash(spec, found) != spec_hash:
-        return Changed()
-    if version == known:
+    digest = render.spec_hash(spec, found)
+    if digest != spec_hash:
+        # The spec changed: its version moves on, once even when two polls race
+        # (the second finds the hash moved and takes the general path).
+        with engine.connect() as connection:
+            moved = connection.execute(
+                _MOVE, {"b_name": name, "b_old": spec_hash, "b_new": digest}
+            ).one_or_none()
+        if moved is None:
+            return Changed()
+        version = int(moved[0])
+    elif version == known:
         return Unchanged()
     return render.signed_spec(found, name, version, spec, utcnow(), lifetime)
 
