@@ -317,9 +317,15 @@ def reconcile(session: Session, rollout: Rollout) -> None:
     if fleet is None:
         rollout.state, rollout.reason = "aborted", f"fleet {rollout.fleet!r} was deleted"
         return
-    members = _members(session, rollout.name)
-    known = {m.device for m in members}
-    last = max((m.batch for m in members), default=0)
+    # Names and batches only: a rollout of 10,000 devices is reconciled with
+    # every report of a device in flight, and loads only its current batch.
+    members = session.execute(
+        select(RolloutDevice.device, RolloutDevice.batch).where(
+            RolloutDevice.rollout == rollout.name
+        )
+    ).all()
+    known = {device for device, _ in members}
+    last = max((batch for _, batch in members), default=0)
     for name in _fleet_devices(session, fleet):
         if name not in known:
             session.add(RolloutDevice(rollout=rollout.name, device=name, batch=last))
