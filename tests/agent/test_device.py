@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from atoll.agent.run import Agent, enroll
+from atoll.agent.run import SYSROOT_BUSY, Agent, enroll
 from atoll.agent.state import AgentState
+from atoll.sysroot.layout import Sysroot
 from helpers.busybox_root import REQUIRED, busybox_files
 from helpers.cli import run_atoll
 from helpers.fleet import FleetServer
@@ -28,10 +30,16 @@ def atoll(*args: str) -> str:
 
 
 def push_and_enroll(
-    fleet_server: FleetServer, registry: RegistryView, images: Path, tags: list[str], tmp: Path
+    fleet_server: FleetServer,
+    registry: RegistryView,
+    images: Path,
+    tags: list[str],
+    tmp: Path,
+    **template: Any,
 ) -> tuple[str, dict[str, str], Path, httpx.Client, AgentState]:
     """Push the layout's *tags*, install and boot the first on a directory device,
-    put it in a fleet that names it and enroll the device as d1."""
+    put it in a fleet that names it (and *template*'s other settings) and enroll
+    the device as d1."""
     repo = f"{registry.host}/{registry.new_repo('fleet')}"
     digests = {}
     for tag in tags:
@@ -46,7 +54,7 @@ def push_and_enroll(
         headers={"Authorization": f"Bearer {fleet_server.token}"},
         timeout=30,
     )
-    template = {"os": {"image": f"{repo}@{digests['1']}"}}
+    template["os"] = {"image": f"{repo}@{digests['1']}"}
     api.put("fleets/edge", json={"selector": "", "template": template, "autoApprove": True})
     state = AgentState(tmp / "agent")
     enroll(state, fleet_server.url, api.post("enrollmenttokens", json={}).json()["token"], "d1", {})
@@ -62,8 +70,9 @@ def test_a_device_through_a_green_update_and_a_rolled_back_one(
     build_os_image(images, "2", version="2.0", add=busybox_files({}))  # type: ignore[arg-type]
     bad = busybox_files({f"{REQUIRED}/50-broken.sh": "echo the app is broken\nexit 3\n"})
     build_os_image(images, "3", version="3.0", add=bad)  # type: ignore[arg-type]
+    # Policy "apply": the agent reboots the device into a staged image itself.
     repo, digests, sysroot, api, state = push_and_enroll(
-        fleet_server, registry, images, ["1", "2", "3"], tmp_path
+        fleet_server, registry, images, ["1", "2", "3"], tmp_path, updatePolicy={"policy": "apply"}
     )
     agent = Agent(state, root=tmp_path / "root", sysroot=sysroot)
     try:
@@ -76,26 +85,35 @@ def test_a_device_through_a_green_update_and_a_rolled_back_one(
             "batches": [{"count": 1}],
         }
         assert api.put("rollouts/good", json=rollout).status_code == 201
-        staged = agent.step(wait=5)
-        assert (staged.update, staged.applied_version) == ("staged", 1)
-        atoll("boot", "--sysroot", str(sysroot))
+        with Sysroot(sysroot).lock():  # another atoll operation holds the sysroot
+            busy = agent.step(wait=5)
+        assert (busy.update, busy.reason) == ("waiting", SYSROOT_BUSY)
+        assert api.get("devices/d1").json()["status"]["update"]["state"] == "waiting"
+        assert api.get("rollouts/good").json()["state"] == "running"
+        # Staged, and booted by the agent through atoll updates run (the directory
+        # device's reboot: its boot and health assessment), green: applied in one round.
         green = agent.step()
         assert (green.update, green.applied_version) == ("applied", 2)
         assert api.get("rollouts/good").json()["state"] == "done"
         assert api.get("devices/d1").json()["status"]["bootedDigest"] == digests["2"]
+
+        # Policy "stage" from here on: the device reboots when someone reboots it.
+        template = {"os": {"image": f"{repo}@{digests['2']}"}, "updatePolicy": {"policy": "stage"}}
+        api.put("fleets/edge", json={"selector": "", "template": template, "autoApprove": True})
+        assert agent.step(wait=5).applied_version == 3
 
         rollout["os"] = {"image": f"{repo}@{digests['3']}"}
         assert api.put("rollouts/bad", json=rollout).status_code == 201
         assert agent.step(wait=5).update == "staged"
         atoll("boot", "--sysroot", str(sysroot), "--max-boots", "5")  # red three times, back to 2
         failed = agent.step()
-        assert (failed.update, failed.applied_version) == ("failed", 2)
+        assert (failed.update, failed.applied_version) == ("failed", 3)
         assert "rolled back from" in failed.reason
         paused = api.get("rollouts/bad").json()
         assert paused["state"] == "paused"
         assert "d1:" in paused["reason"]
         device = api.get("devices/d1").json()["status"]
-        assert (device["bootedDigest"], device["appliedVersion"]) == (digests["2"], 2)
+        assert (device["bootedDigest"], device["appliedVersion"]) == (digests["2"], 3)
     finally:
         agent.close()
         api.close()

@@ -12,7 +12,12 @@ One round (:meth:`Agent.step`):
    device's workload manager reads them again, ``atoll workload reload``, and
    the changed containers and pods restart); the OS image through the device's own command line
    (``atoll switch``, which enforces the device's signature policy), only
-   while the download window of the device's updates.toml is open.  The
+   while the download window of the device's updates.toml is open (and, when
+   another atoll operation holds the sysroot, in a later round: the update is
+   reported ``waiting``, not failed).  When the spec's update policy is
+   ``apply``, the staged image is applied as the update timer applies it
+   (``atoll updates run``: the apply window, the reboot inhibitors, the
+   device's reboot).  The
    spec becomes *applied* only when the booted image is the spec's and its
    boot is green; an image the device rolled back from is reported failed.
 4. Report the engine's view (booted/staged/rollback digests, health, applied
@@ -52,6 +57,8 @@ BACKOFF_START = 1.0
 #: certificate has less than this left.
 RENEW_BEFORE = datetime.timedelta(days=120)
 BACKOFF_MAX = 300.0
+#: The update's progress while another atoll operation holds the sysroot.
+SYSROOT_BUSY = "sysroot busy: another atoll operation holds it; the next round tries again"
 
 
 @dataclass(frozen=True)
@@ -275,6 +282,19 @@ class Agent:
         kernel = ["--allow-no-kernel"] if self.allow_no_kernel else []
         self._atoll("-q", "switch", "--sysroot", str(self.sysroot), *kernel, image)
 
+    def _apply_staged(self) -> str:
+        """The spec's policy is ``apply``: ``atoll updates run``, as the update
+        timer runs it, finalizes the staged image and reboots into it when the
+        apply window of updates.toml is open and no inhibitor holds; what it said."""
+        assert self.sysroot is not None
+        kernel = ["--allow-no-kernel"] if self.allow_no_kernel else []
+        where = ["--sysroot", str(self.sysroot), "--root", str(self.root)]
+        try:
+            done = self._atoll("updates", "run", "--json", *where, *kernel)
+        except errors.AtollError as exc:
+            return f"the staged image was not applied: {exc.message}"
+        return str(json.loads(done.stdout).get("message", ""))
+
     def _atoll(self, *args: str) -> Any:
         # The device's own command line, from the same atoll as this agent.
         home = str(Path(atoll.__file__).resolve().parents[1])
@@ -366,10 +386,21 @@ class Agent:
                         )
                     try:
                         self._stage(image)
+                    except errors.CommandError as exc:
+                        if exc.returncode == errors.LockedError.exit_code:
+                            # Another atoll operation holds the sysroot: not a failed
+                            # update; the spec stays pending for the next round.
+                            return "waiting", SYSROOT_BUSY, engine
+                        return "failed", exc.message, engine
                     except errors.AtollError as exc:
                         return "failed", exc.message, engine
                     engine = self.engine_status()
-                return "staged", f"{digest[:19]} boots next", engine
+                if (spec.get("updatePolicy") or {}).get("policy") != "apply":
+                    return "staged", f"{digest[:19]} boots next", engine
+                message = self._apply_staged()
+                engine = self.engine_status()
+                if engine["booted"] != digest:
+                    return "staged", message, engine
             if engine["health"] != "green":
                 return "staged", "waiting for a green boot", engine
         self.state.write(

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from atoll import errors
 from atoll.agent import wire
-from atoll.fleet import auth, dashboard, keys, models, render, rollouts
+from atoll.fleet import agentpath, auth, dashboard, keys, models, render, rollouts
 from atoll.fleet import db as tables
 from atoll.fleet.db import transaction, utcnow
 from atoll.fleet.metrics import Metrics
@@ -184,11 +184,16 @@ def create_app(
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
+            engine.dispose()
 
     app = FastAPI(
         title="atoll fleet", version="1", docs_url=None, redoc_url=None, lifespan=lifespan
     )
     app.state.factory = factory
+    engine = tables.open_engine(
+        factory.kw["bind"].url.render_as_string(hide_password=False), agents=True
+    )
+    key_cache = agentpath.KeyCache()
     measured = Metrics()
     app.add_middleware(_Edge, metrics=measured)
 
@@ -752,7 +757,23 @@ def create_app(
             spec = render.refresh_spec(session, device, found_keys)
             if device.spec_version == known:
                 return None
-            return render.signed_spec(found_keys, device, spec, utcnow(), spec_lifetime)
+            return render.signed_spec(
+                found_keys, device.name, device.spec_version, spec, utcnow(), spec_lifetime
+            )
+
+    def first_poll(
+        headers: dict[str, str], name: str, target: str, body: bytes, known: int
+    ) -> dict[str, Any] | None:
+        """The poll's first look: most often the fast path's answer alone."""
+        if not body:
+            quick = agentpath.poll(
+                engine, key_cache, headers, target, known, lifetime=spec_lifetime
+            )
+            if isinstance(quick, agentpath.Unchanged):
+                return None
+            if not isinstance(quick, agentpath.Changed):
+                return quick
+        return poll_once(headers, name, target, body, known)
 
     @app.get("/api/v1/agent/spec", responses={204: {"description": "unchanged"}})
     async def agent_spec(
@@ -762,7 +783,7 @@ def create_app(
     ) -> Response:
         headers, target, body = await signed(request)
         name = headers.get(wire.HEADER_DEVICE.lower(), "")
-        envelope = await run_in_threadpool(poll_once, headers, name, target, body, known_version)
+        envelope = await run_in_threadpool(first_poll, headers, name, target, body, known_version)
         waited = 0.0
         while envelope is None and waited < wait:
             # The signature was checked once; later looks only read the device's spec.
@@ -777,10 +798,17 @@ def create_app(
 
     def report(headers: dict[str, str], target: str, body: bytes) -> bool:
         """Record the device's status; whether it is asked to rotate its key."""
+
+        def status_of(body: bytes) -> dict[str, Any]:
+            return parse(models.DeviceStatus, body).model_dump(by_alias=True)
+
+        rotate = agentpath.report(engine, headers, target, body, status_of)
+        if rotate is not None:
+            return rotate
         with tx() as session:
+            # A device of a rollout in flight: its rollout is reconciled with the report.
             device = auth.device(session, headers, "PUT", target, body)
-            status = parse(models.DeviceStatus, body)
-            device.status = status.model_dump(by_alias=True)
+            device.status = status_of(body)
             device.status_at = utcnow()
             session.flush()
             rollouts.reconcile_for(session, device)
@@ -794,4 +822,6 @@ def create_app(
             status_code=204, headers={wire.HEADER_ROTATION: "requested"} if rotate else None
         )
 
+    # The agents' requests are nearly all of them: their routes are matched first.
+    app.router.routes.sort(key=lambda r: not getattr(r, "path", "").startswith("/api/v1/agent/"))
     return app

@@ -8,9 +8,12 @@ devices, enrollment and rollouts, an admin also makes operator tokens.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import hashlib
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,6 +22,9 @@ from atoll.agent import wire
 from atoll.errors import FleetAuthError, FleetRoleError
 from atoll.fleet.db import Device, OperatorToken, utcnow
 from atoll.fleet.models import Role
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 TOKEN_PREFIX = "atf_"
@@ -71,31 +77,73 @@ def device(
     something (not GET) the device's row is locked and its last request time
     moved on, so that the same request sent again is refused; a GET only reads,
     and is checked for its signature and its time alone."""
+    name, stamp, signature = signed_by(headers)
+    changes = method.upper() != "GET"
+    found = session.get(Device, name, with_for_update=changes)
+    if found is None:
+        raise FleetAuthError(f"device {name!r} is not enrolled")
+    check_signature(
+        name,
+        found.state,
+        found.cert_not_after,
+        found.public_key,
+        wire.request_message(method, target, stamp, body),
+        signature,
+        stamp,
+        now_ms=now_ms,
+    )
+    if changes:
+        if stamp <= found.last_request_ms:
+            raise replayed(name)
+        found.last_request_ms = stamp
+        found.last_seen = utcnow()
+    return found
+
+
+def signed_by(headers: dict[str, str]) -> tuple[str, int, str]:
+    """(device name, timestamp in ms, signature) from a signed request's headers."""
     name = headers.get(wire.HEADER_DEVICE.lower())
     stamp = headers.get(wire.HEADER_TIMESTAMP.lower(), "")
     signature = headers.get(wire.HEADER_SIGNATURE.lower())
     if not name or not signature or not stamp.isdigit():
         raise FleetAuthError("the request is not signed by a device")
-    changes = method.upper() != "GET"
-    found = session.get(Device, name, with_for_update=changes)
-    if found is None:
-        raise FleetAuthError(f"device {name!r} is not enrolled")
-    if found.state != "enrolled":
-        raise FleetAuthError(f"device {name!r} is {found.state}: refused")
-    if found.cert_not_after <= utcnow():
+    return name, int(stamp), signature
+
+
+def check_signature(
+    name: str,
+    state: str,
+    cert_not_after: datetime.datetime,
+    public_pem: str,
+    message: bytes,
+    signature: str,
+    stamp: int,
+    *,
+    now_ms: int | None = None,
+) -> None:
+    """Refuse a request of device *name* (its row's state, certificate expiry
+    and key) unless *signature* over *message* is its key's and *stamp* is
+    within :data:`~atoll.agent.wire.MAX_SKEW_MS` of now."""
+    if state != "enrolled":
+        raise FleetAuthError(f"device {name!r} is {state}: refused")
+    if cert_not_after <= utcnow():
         raise FleetAuthError(f"device {name!r}: its certificate expired; enroll it again")
-    key = wire.load_public_key(found.public_key)
-    if not wire.verify(key, wire.request_message(method, target, int(stamp), body), signature):
+    if not wire.verify(device_key(public_pem), message, signature):
         raise FleetAuthError(f"the signature is not device {name!r}'s")
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    if abs(now_ms - int(stamp)) > wire.MAX_SKEW_MS:
+    if abs(now_ms - stamp) > wire.MAX_SKEW_MS:
         raise FleetAuthError(
             f"device {name!r}: the request's time is more than "
             f"{wire.MAX_SKEW_MS // 1000} s from the server's; check the device's clock"
         )
-    if changes:
-        if int(stamp) <= found.last_request_ms:
-            raise FleetAuthError(f"device {name!r}: a replayed request (its time is not newer)")
-        found.last_request_ms = int(stamp)
-        found.last_seen = utcnow()
-    return found
+
+
+def replayed(name: str) -> FleetAuthError:
+    return FleetAuthError(f"device {name!r}: a replayed request (its time is not newer)")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def device_key(public_pem: str) -> ec.EllipticCurvePublicKey:
+    """A device's public key, parsed once per process (every request needs it;
+    the PEM is the database's, so a rotated key is another entry)."""
+    return wire.load_public_key(public_pem)

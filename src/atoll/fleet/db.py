@@ -190,8 +190,12 @@ class ServerKey(Base):
     created_at: Mapped[datetime.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
-def open_engine(url: str) -> Engine:
-    """An engine for *url* (``sqlite:///PATH`` or ``postgresql://…``, served by psycopg)."""
+def open_engine(url: str, *, agents: bool = False) -> Engine:
+    """An engine for *url* (``sqlite:///PATH`` or ``postgresql://…``, served by psycopg).
+
+    *agents*: the engine of the agents' frequent requests (:mod:`atoll.fleet.agentpath`),
+    one statement each: autocommit, and no ping before each use (a connection the
+    database dropped fails one request, and the pool is renewed then)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     elif not url.startswith(("sqlite://", "postgresql+psycopg://")):
@@ -200,9 +204,14 @@ def open_engine(url: str) -> Engine:
             hint="e.g. --db sqlite:////var/lib/atoll-fleet/fleet.db",
         )
     # PostgreSQL: as many connections as the threads that serve requests (40).
-    pool = {"pool_size": 20, "max_overflow": 20} if url.startswith("postgresql") else {}
+    pool: dict[str, Any] = (
+        {"pool_size": 20, "max_overflow": 20} if url.startswith("postgresql") else {}
+    )
+    if agents:
+        # One short statement per request: half the general pool keeps them flowing.
+        pool = {k: v // 2 for k, v in pool.items()} | {"isolation_level": "AUTOCOMMIT"}
     try:
-        engine = create_engine(url, pool_pre_ping=True, **pool)
+        engine = create_engine(url, pool_pre_ping=not agents, **pool)
     except Exception as exc:
         raise FleetDatabaseError(f"database {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":

@@ -62,9 +62,7 @@ def resolve_os(session: Session, os: dict[str, Any] | None) -> str | None:
 def render(session: Session, device: Device) -> dict[str, Any]:
     fleet = None if device.fleet is None else session.get(Fleet, device.fleet)
     if fleet is None:
-        return {"fleet": None, "os": None, "units": {}, "files": [], "updatePolicy": None}
-    template = fleet.spec["template"]
-    image = resolve_os(session, template.get("os"))
+        return spec_of(None, None, None)
     released = session.execute(
         select(Rollout.target)
         .join(RolloutDevice, RolloutDevice.rollout == Rollout.name)
@@ -75,10 +73,18 @@ def render(session: Session, device: Device) -> dict[str, Any]:
             RolloutDevice.released_at.is_not(None),
         )
     ).scalar_one_or_none()
-    if released is not None:
-        image = released
+    image = released or resolve_os(session, fleet.spec["template"].get("os"))
+    return spec_of(fleet.name, fleet.spec, image)
+
+
+def spec_of(fleet: str | None, spec: dict[str, Any] | None, image: str | None) -> dict[str, Any]:
+    """The spec a device of *fleet* (whose spec is *spec*) renders, running *image*
+    (a released rollout's target, else the template's OS resolved)."""
+    if fleet is None or spec is None:
+        return {"fleet": None, "os": None, "units": {}, "files": [], "updatePolicy": None}
+    template = spec["template"]
     return {
-        "fleet": fleet.name,
+        "fleet": fleet,
         "os": None if image is None else {"image": image},
         "units": template.get("units", {}),
         "files": template.get("files", []),
@@ -86,13 +92,18 @@ def render(session: Session, device: Device) -> dict[str, Any]:
     }
 
 
+def spec_hash(spec: dict[str, Any], keys: ServerKeys) -> str:
+    """What a device's spec version follows: the spec and the spec keys announced."""
+    return hashlib.sha256(
+        wire.canonical_json({"spec": spec, "keys": list(keys.spec_public_keys)})
+    ).hexdigest()
+
+
 def refresh_spec(session: Session, device: Device, keys: ServerKeys) -> dict[str, Any]:
     """Render *device*'s spec and move its version on when the spec, or the set
     of spec keys it announces, changed."""
     spec = render(session, device)
-    digest = hashlib.sha256(
-        wire.canonical_json({"spec": spec, "keys": list(keys.spec_public_keys)})
-    ).hexdigest()
+    digest = spec_hash(spec, keys)
     if digest != device.spec_hash:
         # Two polls at once must not both move the version on: lock, look again.
         session.refresh(device, with_for_update=True)
@@ -104,14 +115,16 @@ def refresh_spec(session: Session, device: Device, keys: ServerKeys) -> dict[str
 
 def signed_spec(
     keys: ServerKeys,
-    device: Device,
+    device: str,
+    version: int,
     spec: dict[str, Any],
     now: datetime.datetime,
     lifetime: datetime.timedelta,
 ) -> dict[str, Any]:
+    """The envelope of *device*'s spec at *version*, signed with the spec key."""
     payload = {
-        "device": device.name,
-        "version": device.spec_version,
+        "device": device,
+        "version": version,
         "issuedAt": utc_timestamp(now, digits=None),
         "expiresAt": utc_timestamp(now + lifetime, digits=None),
         "specKeys": list(keys.spec_public_keys),

@@ -44,7 +44,7 @@ import math
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from atoll.errors import FleetConflictError, FleetNotFoundError
@@ -100,12 +100,17 @@ def start(session: Session, name: str, spec: dict[str, Any]) -> Rollout:
     session.flush()
     devices = _fleet_devices(session, fleet)
     index = 0
+    members = []
     for batch, size in enumerate(batch_sizes(spec["batches"], len(devices))):
-        for device in devices[index : index + size]:
-            # Released by reconcile, within the disruption budget.
-            session.add(RolloutDevice(rollout=name, device=device, batch=batch, state="waiting"))
+        # Released by reconcile, within the disruption budget.
+        members += [
+            {"rollout": name, "device": d, "batch": batch, "state": "waiting", "attempts": 0}
+            for d in devices[index : index + size]
+        ]
         index += size
-    session.flush()
+    if members:
+        # One statement for the whole fleet (a 10,000-device fleet starts in a moment).
+        session.execute(insert(RolloutDevice), members)
     reconcile(session, rollout)
     return rollout
 
@@ -312,9 +317,15 @@ def reconcile(session: Session, rollout: Rollout) -> None:
     if fleet is None:
         rollout.state, rollout.reason = "aborted", f"fleet {rollout.fleet!r} was deleted"
         return
-    members = _members(session, rollout.name)
-    known = {m.device for m in members}
-    last = max((m.batch for m in members), default=0)
+    # Names and batches only: a rollout of 10,000 devices is reconciled with
+    # every report of a device in flight, and loads only its current batch.
+    members = session.execute(
+        select(RolloutDevice.device, RolloutDevice.batch).where(
+            RolloutDevice.rollout == rollout.name
+        )
+    ).all()
+    known = {device for device, _ in members}
+    last = max((batch for _, batch in members), default=0)
     for name in _fleet_devices(session, fleet):
         if name not in known:
             session.add(RolloutDevice(rollout=rollout.name, device=name, batch=last))

@@ -1,0 +1,257 @@
+"""The agent's two frequent requests, the spec poll and the status report, in
+as few database statements as they can take: every device makes each once a
+minute, so at 10,000 devices they are nearly all the server's work.
+
+A poll whose spec did not change is one ``SELECT`` (the device's row, its
+fleet, the fleet's channel, the rollout target released to it and a stamp of
+the server's active keys, joined), a signature check with the device's key
+parsed once per process (:func:`atoll.fleet.auth.device_key`) and the spec
+rendered in memory; nothing is written.  A status report is that ``SELECT``'s
+smaller sibling and one ``UPDATE`` whose ``WHERE`` repeats the checks
+(enrolled, the same key, a newer timestamp), so it needs no row lock and a
+replay racing it changes nothing.  Both run on an engine of their own
+(:func:`atoll.fleet.db.open_engine` with ``agents``): one statement is one
+transaction, and no ping precedes it.
+
+A spec that changed costs one more statement: an ``UPDATE`` that moves the
+version on only while the row still holds the old spec's hash, so two polls
+racing move it once.  What is rare takes the general path
+(:mod:`atoll.fleet.app`): a poll that lost that race, and a report from a
+device of a rollout in flight (the rollout is reconciled in the report's
+transaction).
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, func, literal, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from atoll.agent import wire
+from atoll.errors import FleetAuthError
+from atoll.fleet import auth, keys, render
+from atoll.fleet.db import Channel, Device, Fleet, Rollout, RolloutDevice, ServerKey, utcnow
+
+#: Rollout-device states in flight: a report from such a device reconciles its rollout.
+IN_FLIGHT = ("updating", "retrying")
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """The device holds the current spec already (a 204)."""
+
+
+@dataclass(frozen=True)
+class Changed:
+    """Take the general path: another poll moved the version on meanwhile, or
+    the server has no keys."""
+
+
+class KeyCache:
+    """The server's keys, loaded again only when the set of active keys changed
+    (a rotation adds a row or retires one: the sum of their ids changes)."""
+
+    def __init__(self) -> None:
+        self._stamp: int | None = None
+        self._keys: keys.ServerKeys | None = None
+        self._lock = threading.Lock()
+
+    def get(self, connection: Connection, stamp: int) -> keys.ServerKeys | None:
+        with self._lock:
+            if stamp == self._stamp:
+                return self._keys
+        from sqlalchemy.orm import Session
+
+        with Session(connection) as session:
+            found = keys.load_keys(session)
+        with self._lock:
+            self._stamp, self._keys = stamp, found
+        return found
+
+
+_KEY_STAMP = (
+    select(func.coalesce(func.sum(ServerKey.id), 0)).where(ServerKey.active).scalar_subquery()
+)
+
+
+def _released() -> Any:
+    return (
+        select(Rollout.target)
+        .join(RolloutDevice, RolloutDevice.rollout == Rollout.name)
+        .where(
+            Rollout.fleet == Device.fleet,
+            Rollout.state.in_(render.ACTIVE_ROLLOUT),
+            RolloutDevice.device == Device.name,
+            RolloutDevice.released_at.is_not(None),
+        )
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+_POLL = (
+    select(
+        Device.state,
+        Device.public_key,
+        Device.cert_not_after,
+        Device.spec_version,
+        Device.spec_hash,
+        Device.fleet,
+        Fleet.spec,
+        Channel.image,
+        Channel.digest,
+        _released(),
+        _KEY_STAMP,
+    )
+    .select_from(Device)
+    .outerjoin(Fleet, Fleet.name == Device.fleet)
+    .outerjoin(Channel, Channel.name == Fleet.spec[("template", "os", "channel")].as_string())
+    .where(Device.name == bindparam("b_name"))
+)
+
+_REPORT = select(
+    Device.state,
+    Device.public_key,
+    Device.cert_not_after,
+    Device.last_request_ms,
+    Device.key_rotation,
+    (
+        select(literal(1))
+        .select_from(RolloutDevice)
+        .join(Rollout, Rollout.name == RolloutDevice.rollout)
+        .where(
+            Rollout.fleet == Device.fleet,
+            Rollout.state == "running",
+            RolloutDevice.device == Device.name,
+            RolloutDevice.state.in_(IN_FLIGHT),
+        )
+        .limit(1)
+        .scalar_subquery()
+    ),
+).where(Device.name == bindparam("b_name"))
+
+#: A new spec's version, taken when the row still holds the old spec's hash.
+_MOVE = (
+    update(Device)
+    .where(Device.name == bindparam("b_name"), Device.spec_hash == bindparam("b_old"))
+    .values(spec_hash=bindparam("b_new"), spec_version=Device.spec_version + 1)
+    .returning(Device.spec_version)
+)
+
+#: The report, written when the row still holds what was checked.
+_WRITE = (
+    update(Device)
+    .where(
+        Device.name == bindparam("b_name"),
+        Device.state == "enrolled",
+        Device.public_key == bindparam("b_key"),
+        Device.last_request_ms < bindparam("b_stamp"),
+    )
+    .values(
+        status=bindparam("b_status", type_=Device.status.type),
+        status_at=bindparam("b_now"),
+        last_request_ms=bindparam("b_stamp"),
+        last_seen=bindparam("b_now"),
+    )
+)
+
+
+def poll(
+    engine: Engine,
+    key_cache: KeyCache,
+    headers: dict[str, str],
+    target: str,
+    known: int,
+    *,
+    lifetime: datetime.timedelta,
+) -> Unchanged | Changed | dict[str, Any]:
+    """A device's spec poll: :class:`Unchanged`, :class:`Changed`, or the signed
+    envelope of its current spec."""
+    name, stamp, signature = auth.signed_by(headers)
+    with engine.connect() as connection:
+        row = connection.execute(_POLL, {"b_name": name}).one_or_none()
+        if row is None:
+            raise FleetAuthError(f"device {name!r} is not enrolled")
+        (state, public_pem, not_after, version, spec_hash, fleet, fleet_spec) = row[:7]
+        image, digest, released, key_stamp = row[7:]
+        auth.check_signature(
+            name,
+            state,
+            not_after,
+            public_pem,
+            wire.request_message("GET", target, stamp, b""),
+            signature,
+            stamp,
+        )
+        found = key_cache.get(connection, int(key_stamp))
+    if found is None:
+        return Changed()  # no keys: the general path says so
+    if released is None and fleet_spec is not None:
+        os = fleet_spec["template"].get("os") or {}
+        released = os.get("image") or (None if image is None else f"{image}@{digest}")
+    spec = render.spec_of(fleet, fleet_spec, released)
+    digest = render.spec_hash(spec, found)
+    if digest != spec_hash:
+        # The spec changed: its version moves on, once even when two polls race
+        # (the second finds the hash moved and takes the general path).
+        with engine.connect() as connection:
+            moved = connection.execute(
+                _MOVE, {"b_name": name, "b_old": spec_hash, "b_new": digest}
+            ).one_or_none()
+        if moved is None:
+            return Changed()
+        version = int(moved[0])
+    elif version == known:
+        return Unchanged()
+    return render.signed_spec(found, name, version, spec, utcnow(), lifetime)
+
+
+def report(
+    engine: Engine,
+    headers: dict[str, str],
+    target: str,
+    body: bytes,
+    status_of: Callable[[bytes], dict[str, Any]],
+) -> bool | None:
+    """Record a device's status (*status_of*: its body validated, once the
+    request's signature holds): whether it is asked to rotate its key, or None
+    when its rollout is to be reconciled (the general path records it then)."""
+    name, stamp, signature = auth.signed_by(headers)
+    with engine.connect() as connection:
+        row = connection.execute(_REPORT, {"b_name": name}).one_or_none()
+        if row is None:
+            raise FleetAuthError(f"device {name!r} is not enrolled")
+        state, public_pem, not_after, last_ms, rotation, in_flight = row
+        auth.check_signature(
+            name,
+            state,
+            not_after,
+            public_pem,
+            wire.request_message("PUT", target, stamp, body),
+            signature,
+            stamp,
+        )
+        if stamp <= last_ms:
+            raise auth.replayed(name)
+        status = status_of(body)
+        if in_flight is not None:
+            return None
+        now = utcnow()
+        written = connection.execute(
+            _WRITE,
+            {
+                "b_name": name,
+                "b_key": public_pem,
+                "b_stamp": stamp,
+                "b_status": status,
+                "b_now": now,
+            },
+        )
+        if written.rowcount != 1:
+            raise auth.replayed(name)
+    return bool(rotation)
