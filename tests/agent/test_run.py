@@ -119,6 +119,34 @@ def test_an_os_image_the_device_cannot_stage_fails_the_rollout(
 
 
 @SQLITE
+def test_the_first_round_after_a_start_reports_without_waiting(
+    fleet_server: FleetServer, tmp_path: Path
+) -> None:
+    """After a reboot the agent starts again: what the device booted is reported
+    at once, not after a long poll of the whole --wait."""
+    with api(fleet_server) as client:
+        state = auto_enrolled(fleet_server, client, tmp_path, "d", {})
+    rounds: list[Any] = []
+    for start in range(2):  # the first start applies version 1; the second finds it unchanged
+        agent = Agent(state, root=tmp_path / "root")
+        waits: list[float] = []
+        poll = agent.poll
+
+        def recorded(wait: float, poll: Any = poll, waits: list[float] = waits) -> Any:
+            waits.append(wait)
+            return poll(wait)
+
+        agent.poll = recorded  # type: ignore[method-assign]
+        try:
+            agent.run(wait=0.5, rounds=2, on_round=rounds.append)
+        finally:
+            agent.close()
+        assert waits == [0.0, 0.5], f"start {start}"
+    assert [r.update for r in rounds] == ["applied", "idle", "idle", "idle"]
+    assert [r.applied_version for r in rounds] == [1, 1, 1, 1]
+
+
+@SQLITE
 def test_a_revoked_device_is_refused(fleet_server: FleetServer, tmp_path: Path) -> None:
     with api(fleet_server) as client:
         state = auto_enrolled(fleet_server, client, tmp_path, "d", {})

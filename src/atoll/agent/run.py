@@ -23,7 +23,8 @@ One round (:meth:`Agent.step`):
 4. Report the engine's view (booted/staged/rollback digests, health, applied
    version, the update's state) with ``PUT /api/v1/agent/status``.
 
-:meth:`Agent.run` repeats rounds; a server that cannot be reached is retried
+:meth:`Agent.run` repeats rounds, the first without waiting (so a device
+reports what it booted as soon as the agent starts); a server that cannot be reached is retried
 with jittered exponential backoff, and nothing is lost meanwhile: the state
 directory holds what was applied and what is pending.
 """
@@ -461,12 +462,14 @@ class Agent:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """Rounds until *rounds* are done (forever without); unreachable servers
-        are retried with jittered exponential backoff."""
+        are retried with jittered exponential backoff.  The first round does not
+        wait on the server: what the device booted (after a reboot, say) is
+        reported at once, and only later rounds long-poll."""
         backoff = BACKOFF_START
         done = 0
         while rounds is None or done < rounds:
             try:
-                result = self.step(wait)
+                result = self.step(wait if done else 0.0)
             except errors.FleetUnavailableError as exc:
                 delay = random.uniform(backoff / 2, backoff)
                 log.warning("%s; retrying in %.1f s", exc.message, delay)
