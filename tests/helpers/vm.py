@@ -529,6 +529,9 @@ INSTALLER_TOOLS = {
     "grub-common": ("usr/bin/grub-mkimage", "usr/bin/grub-editenv"),
     "grub-pc-bin": ("usr/lib/grub/i386-pc/",),
     "grub-efi-amd64-bin": ("usr/lib/grub/x86_64-efi/",),
+    # Secure Boot: shim signed by Microsoft, GRUB signed by Debian.
+    "shim-signed": ("usr/lib/shim/shimx64.efi.signed",),
+    "grub-efi-amd64-signed": ("usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",),
 }
 
 
