@@ -565,7 +565,8 @@ def install_from_iso(machine: Machine, vm_tree: DebianTree, registry: RegistryVi
     )
     iso = machine.disk
     atoll("disk-image", "--type", "iso", f"oci:{layout}:1", "--config", str(config),
-          "-o", str(iso), "--karg", "console=ttyS0,115200", "--karg", "quiet")  # fmt: skip
+          "-o", str(iso), "--karg", "console=ttyS0,115200", "--karg", "quiet",
+          "--karg", "no_timer_check")  # fmt: skip
     first, second = work / "first.raw", work / "second.raw"
     for blank in (first, second):
         with blank.open("wb") as fh:
