@@ -534,8 +534,9 @@ def install_from_iso(machine: Machine, vm_tree: DebianTree, registry: RegistryVi
     boot.  Then each initramfs is started directly (``-kernel``/``-initrd``)
     with ``atoll=`` naming a deployment that does not exist: each refuses it on
     the console and reboots.  The copy from vhdx boots green through SeaBIOS
-    (the same disk's BIOS path).  The ISO itself and the refusals start through
-    SeaBIOS: OVMF costs more time under emulation."""
+    (the same disk's BIOS path).  The ISO installs through OVMF (its UEFI
+    start); the ISO's two-disk refusal and the direct-kernel refusals start
+    through SeaBIOS, which hands QEMU's ``-kernel`` over sooner."""
     require_tool("xorriso", "xorriso")
     require_tool("qemu-img", "qemu-utils")
     work = machine.console.parent
@@ -593,9 +594,11 @@ def install_from_iso(machine: Machine, vm_tree: DebianTree, registry: RegistryVi
     assert "2 disks match the install config (at least 2147483648 bytes)" in said
     assert "atoll installer: the install failed (exit code 112); powering off" in said
     assert zeroes(first) and zeroes(second)
-    # One blank disk, no network: the ISO (SeaBIOS, GRUB from El Torito's
-    # hybrid MBR) installs the embedded image on it and powers off.
-    said = machine.start("install", DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS,
+    # One blank disk, no network: the ISO, started by OVMF (GRUB from the ISO's
+    # EFI system partition; a fresh variable store, no Secure Boot: that GRUB is
+    # grub-mkrescue's, unsigned), installs the embedded image on it and powers off.
+    assert machine.efi_vars is None
+    said = machine.start("install", DeviceBootOutcome.POWEROFF, firmware=Firmware.UEFI,
                          timeout=UPDATE_BOOT_TIMEOUT, extra_disks=[first],
                          extra_writable=True)  # fmt: skip
     assert "atoll installer: installed in" in said, said[-3000:]
