@@ -5,7 +5,8 @@ kernel and an initramfs with atoll's hook).
 **Two machines at a time.**  Under TCG each virtual CPU is a host thread and this
 machine has two cores, so the module runs two lines of one-CPU machines side by
 side: the scenario's main disk in the test's own thread, and in a second lane
-(:func:`lane`, one job at a time) the installer ISO and the scenario's second disk.
+(:func:`lane`) the installer ISO and the disk it installs
+(:func:`install_from_iso`).
 
 The scenario's main disk is ``--boot hybrid --secure-boot``: every boot but the
 last goes through OVMF with Secure Boot enforced and Microsoft's keys enrolled
@@ -28,12 +29,9 @@ partition and its file system to the end (systemd-repart, systemd-growfs).  Each
 fresh QEMU process (``-no-reboot``); the VM reports on its serial console
 (lines starting with ``VMTEST``, from helpers.vm.DRIVER_FILES).
 
-The second disk, made by the same command from the same image (``--boot uefi
---secure-boot``, following a tag of its own), proves the refusal of an unsigned
-kernel: its timer pulls 2.5, whose kernel has no signature; at the next boot
-shim refuses it and GRUB boots v1 in the same boot.  Then each initramfs is
-started directly (``-kernel``/``-initrd``) with ``atoll=`` naming a deployment
-that does not exist: each refuses it on the console and reboots.
+The disk the installer ISO writes follows a registry image too: its own
+timer pulls an update whose kernel is not signed, which shim refuses under
+Secure Boot while GRUB boots the previous deployment (:func:`install_from_iso`).
 
 v1 and v2 carry an initramfs made by initramfs-tools (Debian's generator);
 v3's is made by dracut (the Fedora/RHEL family's), so the last upgrade boots
@@ -109,6 +107,9 @@ UDEV_UNITS = (
     "systemd-udevd-kernel.socket",
     "systemd-udev-trigger.service",
 )
+#: The test disks' kernel arguments; net.ifnames=0: udev keeps the name eth0,
+#: which the test's driver brings up.
+NET_KARGS = (*TEST_KARGS, "net.ifnames=0")
 FAILING_CHECK = "#!/bin/sh\necho 'v2 cannot reach its control plane (on purpose)'\nexit 7\n"
 
 
@@ -301,12 +302,15 @@ class Machine:
         *,
         timeout: float = BOOT_TIMEOUT,
         firmware: Firmware = Firmware.UEFI,
+        disk: Path | None = None,
     ) -> dict[str, Any]:
-        """A boot of the machine's disk with *data* as its data disk, on QEMU's
-        user network: the driver's report, and under ``said`` the whole console."""
+        """A boot of *disk* (the machine's own by default) with *data* as its data
+        disk, on QEMU's user network: the driver's report, and under ``said`` the
+        whole console."""
         said = self.start(
-            data.name, expect, firmware=firmware, timeout=timeout, extra_disks=[data], network=True
-        )
+            data.name, expect, firmware=firmware, timeout=timeout, disk=disk,
+            extra_disks=[data], network=True,
+        )  # fmt: skip
         return {**report(said), "said": said}
 
     def summary(self, name: str) -> str:
@@ -318,12 +322,13 @@ class Machine:
         )
 
 
-def refuse_missing_deployment(machine: Machine, vm_tree: DebianTree, initrds: list[Path]) -> None:
+def refuse_missing_deployment(
+    machine: Machine, disk: Path, vm_tree: DebianTree, initrds: list[Path]
+) -> None:
     """Each initramfs in *initrds*, started directly (no bootloader: SeaBIOS hands
-    QEMU's ``-kernel`` over sooner than OVMF) with the disk's kernel arguments but
+    QEMU's ``-kernel`` over sooner than OVMF) with *disk*'s kernel arguments but
     ``atoll=`` naming a deployment that is not there: it says so and reboots, and
     leaves the root file system clean."""
-    disk = machine.disk
     linux = next(
         line.split()
         for line in disk_file(disk, "/boot/grub/grub.cfg").splitlines()
@@ -336,9 +341,8 @@ def refuse_missing_deployment(machine: Machine, vm_tree: DebianTree, initrds: li
     vmlinuz = vm_tree.rootfs / "usr/lib/modules" / tree_kver(vm_tree) / "vmlinuz"
     for initrd in initrds:
         direct = DirectKernel(vmlinuz, initrd, " ".join(args))
-        said = machine.start(
-            f"{initrd.name} direct", DeviceBootOutcome.REBOOT, firmware=Firmware.BIOS, direct=direct
-        )
+        said = machine.start(f"{initrd.name} direct", DeviceBootOutcome.REBOOT,
+                             firmware=Firmware.BIOS, disk=disk, direct=direct)  # fmt: skip
         assert f"atoll: cannot boot {ghost}: the deployment does not exist" in said
         assert "atoll: the deployment cannot be booted; rebooting" in said
         assert clean(disk), f"{initrd.name} rebooted with the root file system dirty"
@@ -376,7 +380,7 @@ def run_in_lane(lane: ThreadPoolExecutor, machine: Machine, job: Callable[[], No
 @pytest.mark.timeout(5400)
 @pytest.mark.usefixtures("iso_install")  # started first: it runs in the lane beside this test
 def test_upgrade_bootloader_fallback_and_recovery(
-    tmp_path: Path, vm_tree: DebianTree, registry: RegistryView, lane: ThreadPoolExecutor
+    tmp_path: Path, vm_tree: DebianTree, registry: RegistryView
 ) -> None:
     started = time.monotonic()
     images = tmp_path / "images"  # the same path inside the VM, where the data disk goes
@@ -384,7 +388,7 @@ def test_upgrade_bootloader_fallback_and_recovery(
     layout = tmp_path / "layout"
     platform = platform_files(vm_tree, tmp_path / "stage")
     port = registry.host.rsplit(":", 1)[1]
-    repo, repo_second = registry.new_repo("os"), registry.new_repo("os")
+    repo = registry.new_repo("os")
     tracked = f"{HOST_FROM_GUEST}:{port}/{repo}:stable"  # the image, as the device names it
     common: dict[str, object] = {
         "etc/vmtest-images": f"{images}\n",
@@ -397,54 +401,16 @@ def test_upgrade_bootloader_fallback_and_recovery(
     kver = tree_kver(vm_tree)
     dracut = make_initramfs(vm_tree, "dracut")
     v3 = {**common, f"usr/lib/modules/{kver}/initramfs.img": FileSpec(dracut.read_bytes(), 0o644)}
-    vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
-    # 2.5: Debian's kernel with its signature taken off (it would boot without Secure Boot).
-    unsigned = {**common, f"usr/lib/modules/{kver}/vmlinuz": FileSpec(unsign(vmlinuz), 0o644)}
-    for ref, version, add in (
-        ("1", "1.0", common), ("2", "2.0", v2), ("unsigned", "2.5", unsigned), ("3", "3.0", v3),
-    ):  # fmt: skip
+    for ref, version, add in (("1", "1.0", common), ("2", "2.0", v2), ("3", "3.0", v3)):
         build_vm_image(layout, ref, vm_tree, platform, version=version, add=add)  # type: ignore[arg-type]
     atoll("image", "copy", f"oci:{layout}:1", f"oci-archive:{images}/os.tar")
 
-    def publish(ref: str, to: str = repo) -> None:
-        registry.skopeo(
-            "copy", "-q", *registry.skopeo_args("dest"), f"oci:{layout}:{ref}",
-            f"docker://{registry.host}/{to}:stable",
-        )  # fmt: skip
+    def publish(ref: str) -> None:
+        publish_stable(registry, layout, ref, repo)
 
-    # net.ifnames=0: udev keeps the name eth0, which the test's driver brings up.
-    kargs = [arg for karg in (*TEST_KARGS, "net.ifnames=0") for arg in ("--karg", karg)]
+    kargs = [arg for karg in NET_KARGS for arg in ("--karg", karg)]
     data_update = make_data_disk(tmp_path / "data-update.img", {STEP_FILE: "selfupdate"})
     data_report = make_data_disk(tmp_path / "data-report.img", {STEP_FILE: "report"})
-    (tmp_path / "second").mkdir()
-    second = Machine(
-        tmp_path / "second.raw",
-        tmp_path / "console-second.log",
-        fresh_efi_vars(tmp_path / "second", secure_boot=True),
-    )
-
-    def refuse_unsigned() -> None:
-        """The second disk: v1 pulls 2.5, whose kernel is not signed; at the next
-        boot signed GRUB has shim check that kernel, shim refuses it, and GRUB
-        boots the next entry (v1) in the same boot."""
-        atoll("install", "to-disk", str(second.disk), "--source", f"oci:{layout}:1",
-              "--target-image", f"{HOST_FROM_GUEST}:{port}/{repo_second}:stable",
-              "--size", "3G", "--boot", "uefi", "--secure-boot", *kargs)  # fmt: skip
-        publish("unsigned", repo_second)
-        second.prepared = time.monotonic() - second.began
-        pulled = second.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT)
-        assert pulled["version"] == "1.0" and pulled["secureboot"] == "enabled"
-        assert "done" in pulled["lines"]
-        refused = second.boot(data_report, DeviceBootOutcome.POWEROFF)
-        assert "bad shim signature" in refused["said"]
-        assert "Falling back to `" in refused["said"]
-        assert refused["version"] == "1.0" and refused["secureboot"] == "enabled"
-        assert refused["status"]["status"]["booted"]["image"]["version"] == "1.0"
-        assert "done" in refused["lines"]
-        assert clean(second.disk)
-        refuse_missing_deployment(second, vm_tree, [make_initramfs(vm_tree), dracut])
-
-    in_lane = run_in_lane(lane, second, refuse_unsigned)
 
     disk = tmp_path / "disk.raw"
     # /var on a partition of its own, before the root (docs/install.md, Partition layouts).
@@ -532,10 +498,16 @@ def test_upgrade_bootloader_fallback_and_recovery(
         assert env.get("boot_success") == "1" and "boot_counter" not in env
         assert clean(disk)
         vm.ended = time.monotonic()
-        # The second disk, in the lane: the unsigned kernel refused, the missing deployment.
-        in_lane.future.result()
     finally:
-        print(f"\n{vm.summary('VM scenario')}\n{second.summary('VM scenario, second disk')}")
+        print(f"\n{vm.summary('VM scenario')}")
+
+
+def publish_stable(registry: RegistryView, layout: Path, ref: str, repo: str) -> None:
+    """Tag *ref* of the OCI layout *layout* as ``REPO:stable`` in *registry*."""
+    registry.skopeo(
+        "copy", "-q", *registry.skopeo_args("dest"), f"oci:{layout}:{ref}",
+        f"docker://{registry.host}/{repo}:stable",
+    )  # fmt: skip
 
 
 def zeroes(disk: Path) -> bool:
@@ -549,35 +521,59 @@ def qemu_img(*args: str | Path) -> str:
     ).stdout
 
 
-def install_from_iso(machine: Machine, vm_tree: DebianTree) -> None:
+def install_from_iso(machine: Machine, vm_tree: DebianTree, registry: RegistryView) -> None:
     """The installer ISO with the image embedded: with two disks its rules match
     it writes neither and powers off; with one blank disk and no network it
-    installs it and powers off.  The installed disk goes to vmdk and to vhdx
-    (as ``atoll disk-image`` converts) and back to raw, byte for byte the same,
-    and each copy boots green (``boot = "hybrid"``: GRUB for UEFI and BIOS, both
-    made by the installer inside the VM).  The firmware boots are SeaBIOS's: OVMF
-    costs more time under emulation, and the UEFI path of a disk is the
-    scenario test's."""
+    installs it (``boot = "hybrid"``, ``secure-boot = true``: shim and GRUB for
+    UEFI and GRUB for BIOS, made by the installer inside the VM) and powers off.
+    The installed disk goes to vmdk and to vhdx (as ``atoll disk-image``
+    converts) and back to raw, byte for byte the same.  The copy from vmdk boots
+    with Secure Boot enforced, green, and its own update timer pulls the image
+    the install config tracks, 2.5, from the test registry; 2.5's kernel is not
+    signed, so at the next boot shim refuses it and GRUB boots 1.0 in the same
+    boot.  Then each initramfs is started directly (``-kernel``/``-initrd``)
+    with ``atoll=`` naming a deployment that does not exist: each refuses it on
+    the console and reboots.  The copy from vhdx boots green through SeaBIOS
+    (the same disk's BIOS path).  The ISO installs through OVMF (its UEFI
+    start); the ISO's two-disk refusal and the direct-kernel refusals start
+    through SeaBIOS, which hands QEMU's ``-kernel`` over sooner."""
     require_tool("xorriso", "xorriso")
     require_tool("qemu-img", "qemu-utils")
     work = machine.console.parent
     layout = work / "layout"
     platform = platform_files(vm_tree, work / "stage")
-    build_vm_image(layout, "1", vm_tree, {**platform, **installer_tools()}, version="1.0")
-    tracked = "registry.example.com/os/edge:stable"
+    port = registry.host.rsplit(":", 1)[1]
+    repo = registry.new_repo("os")
+    tracked = f"{HOST_FROM_GUEST}:{port}/{repo}:stable"
+    common: dict[str, str | FileSpec] = {
+        "etc/vmtest-images": "/run/vmtest\n",
+        "etc/containers/registries.conf": registries_conf(int(port)),
+    }
+    kver = tree_kver(vm_tree)
+    vmlinuz = vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz"
+    # 2.5: Debian's kernel with its signature taken off (it would boot without Secure Boot).
+    unsigned = {**common, f"usr/lib/modules/{kver}/vmlinuz": FileSpec(unsign(vmlinuz), 0o644)}
+    platform = {**platform, **installer_tools()}
+    build_vm_image(layout, "1", vm_tree, platform, version="1.0", add=common)  # type: ignore[arg-type]
+    build_vm_image(layout, "unsigned", vm_tree, platform, version="2.5", add=unsigned)  # type: ignore[arg-type]
+    publish_stable(registry, layout, "unsigned", repo)
     config = work / "install.toml"
-    kargs = ", ".join(f'"{karg}"' for karg in TEST_KARGS)
+    kargs = ", ".join(f'"{karg}"' for karg in NET_KARGS)
     config.write_text(
         f'version = 1\nhostname = "from-iso"\n[image]\nsource = "embedded"\ntrack = "{tracked}"\n'
-        f'[disk]\nmin-size = "2G"\nboot = "hybrid"\n[kernel]\nargs = [{kargs}]\n'
+        f'[disk]\nmin-size = "2G"\nboot = "hybrid"\nsecure-boot = true\n'
+        f"[kernel]\nargs = [{kargs}]\n"
     )
     iso = machine.disk
     atoll("disk-image", "--type", "iso", f"oci:{layout}:1", "--config", str(config),
-          "-o", str(iso), "--karg", "console=ttyS0,115200", "--karg", "quiet")  # fmt: skip
+          "-o", str(iso), "--karg", "console=ttyS0,115200", "--karg", "quiet",
+          "--karg", "no_timer_check")  # fmt: skip
     first, second = work / "first.raw", work / "second.raw"
     for blank in (first, second):
         with blank.open("wb") as fh:
             fh.truncate(3 * 1024**3)
+    data_update = make_data_disk(work / "data-update.img", {STEP_FILE: "selfupdate"})
+    data_report = make_data_disk(work / "data-report.img", {STEP_FILE: "report"})
     machine.prepared = time.monotonic() - machine.began
     # Two disks match min-size: the installer refuses to guess, writes neither,
     # powers off.  (The ISO's kernel started directly: the firmware is not under test.)
@@ -591,21 +587,18 @@ def install_from_iso(machine: Machine, vm_tree: DebianTree) -> None:
         for line in grub_cfg.read_text().splitlines()
         if line.strip().startswith("linux ")
     )
-    kver = tree_kver(vm_tree)
-    direct = DirectKernel(
-        vm_tree.rootfs / "usr/lib/modules" / kver / "vmlinuz",
-        make_initramfs(vm_tree),
-        " ".join(linux[2:]),
-    )
+    direct = DirectKernel(vmlinuz, make_initramfs(vm_tree), " ".join(linux[2:]))
     said = machine.start("two disks", DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS,
                          direct=direct, extra_disks=[first, second],
                          extra_writable=True)  # fmt: skip
     assert "2 disks match the install config (at least 2147483648 bytes)" in said
     assert "atoll installer: the install failed (exit code 112); powering off" in said
     assert zeroes(first) and zeroes(second)
-    # One blank disk, no network: the ISO (SeaBIOS, GRUB from El Torito's
-    # hybrid MBR) installs the embedded image on it and powers off.
-    said = machine.start("install", DeviceBootOutcome.POWEROFF, firmware=Firmware.BIOS,
+    # One blank disk, no network: the ISO, started by OVMF (GRUB from the ISO's
+    # EFI system partition; a fresh variable store, no Secure Boot: that GRUB is
+    # grub-mkrescue's, unsigned), installs the embedded image on it and powers off.
+    assert machine.efi_vars is None
+    said = machine.start("install", DeviceBootOutcome.POWEROFF, firmware=Firmware.UEFI,
                          timeout=UPDATE_BOOT_TIMEOUT, extra_disks=[first],
                          extra_writable=True)  # fmt: skip
     assert "atoll installer: installed in" in said, said[-3000:]
@@ -627,48 +620,73 @@ def install_from_iso(machine: Machine, vm_tree: DebianTree) -> None:
             assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
         qemu_img("convert", "-f", fmt, "-O", "raw", converted, copy)
         converted.unlink()
-        same = subprocess.run(["cmp", "--quiet", first, copy], check=False).returncode == 0
-        assert same, f"{first} came back from {fmt} changed"
+        # The same bytes (qemu-img reads holes as holes, where cmp reads 3 GiB of each).
+        same = subprocess.run(
+            ["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", first, copy], check=False
+        )
+        assert same.returncode == 0, f"{first} came back from {fmt} changed"
         copies[image_type] = copy
-    # The installed disk (its copy back from vmdk), alone: green first boot, the
-    # config applied.
+    first.unlink()
+    # The installed disk (its copy back from vmdk) on a machine with Secure Boot
+    # enforced: a green first boot with the config applied; then its own update
+    # timer pulls the tracked image (2.5) from the registry and reboots.
     installed = copies[ImageType.VMDK]
-    said = machine.start("installed, from vmdk", DeviceBootOutcome.POWEROFF,
-                         firmware=Firmware.BIOS, disk=installed)  # fmt: skip
-    found = report(said)
+    (work / "vars").mkdir()
+    machine.efi_vars = fresh_efi_vars(work / "vars", secure_boot=True)
+    found = machine.boot(data_update, DeviceBootOutcome.REBOOT, timeout=UPDATE_BOOT_TIMEOUT,
+                         disk=installed)  # fmt: skip
     assert found["version"] == "1.0" and found["usr"] == "read-only"
+    assert found["secureboot"] == "enabled"
     booted = found["status"]["status"]["booted"]
     assert booted["image"]["image"] == {"image": tracked, "transport": "registry"}
     assert found["history"][-1]["outcome"] == "green"
     assert found["grubenv"].get("boot_success") == "1"
+    assert "done" in found["lines"]
     cfg = disk_file(installed, "/boot/grub/grub.cfg")
     deployment = next(w for w in cfg.split() if w.startswith("atoll=")).removeprefix("atoll=")
     assert disk_file(installed, f"{deployment}/etc/hostname") == "from-iso\n"
     assert "fsck.mode=skip" in cfg and "init=" not in cfg
+    menu = [m for m in cfg.splitlines() if "menuentry" in m]
+    assert " 2.5 (" in menu[0] and " 1.0 (" in menu[1]  # pulled from the registry, staged
     assert clean(installed)
-    # Its copy back from vhdx boots green too.
+    # 2.5's kernel is not signed: shim refuses it, GRUB boots the next entry (1.0).
+    refused = machine.boot(data_report, DeviceBootOutcome.POWEROFF, disk=installed)
+    assert "bad shim signature" in refused["said"]
+    assert "Falling back to `" in refused["said"]
+    assert refused["version"] == "1.0" and refused["secureboot"] == "enabled"
+    assert refused["status"]["status"]["booted"]["image"]["version"] == "1.0"
+    assert "done" in refused["lines"]
+    assert clean(installed)
+    dracut = make_initramfs(vm_tree, "dracut")
+    refuse_missing_deployment(machine, installed, vm_tree, [make_initramfs(vm_tree), dracut])
+    # Its copy back from vhdx, through SeaBIOS (the hybrid disk's BIOS path): green.
     said = machine.start("installed, from vhdx", DeviceBootOutcome.POWEROFF,
                          firmware=Firmware.BIOS, disk=copies[ImageType.VHDX])  # fmt: skip
     found = report(said)
     assert found["version"] == "1.0" and found["history"][-1]["outcome"] == "green"
+    assert found["secureboot"] == ""
     assert clean(copies[ImageType.VHDX])
 
 
 @pytest.fixture(scope="module")
 def iso_install(
-    vm_tree: DebianTree, lane: ThreadPoolExecutor, tmp_path_factory: pytest.TempPathFactory
+    vm_tree: DebianTree,
+    lane: ThreadPoolExecutor,
+    registry_servers: Any,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> LaneJob:
     """The installer ISO's machines, in the lane from the first test that asks."""
     work = tmp_path_factory.mktemp("iso")
+    registry = RegistryView(registry_servers.get("plain"), work, registry_servers.policy)
     machine = Machine(work / "installer.iso", work / "console.log", memory_mib=1536)
-    return run_in_lane(lane, machine, lambda: install_from_iso(machine, vm_tree))
+    return run_in_lane(lane, machine, lambda: install_from_iso(machine, vm_tree, registry))
 
 
 @pytest.mark.timeout(5400)
-def test_an_iso_installs_a_blank_disk_offline(iso_install: LaneJob) -> None:
+def test_an_iso_installs_a_blank_disk_offline_which_updates_itself(iso_install: LaneJob) -> None:
     """See :func:`install_from_iso`: run in the lane, it has been going since the
     module's first test started."""
     try:
         iso_install.future.result()
     finally:
-        print(f"\n{iso_install.machine.summary('ISO install, vmdk and vhdx')}")
+        print(f"\n{iso_install.machine.summary('ISO install, vmdk and vhdx, self-update')}")

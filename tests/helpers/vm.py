@@ -229,6 +229,10 @@ TEST_KARGS = (
     "systemd.show_status=false",
     "fsck.mode=skip",
     "panic=1",
+    # Under emulation on a loaded host the kernel's check that the PIT's interrupt
+    # reaches the IO-APIC can time out, and the kernel then panics ("IO-APIC +
+    # timer doesn't work!"); QEMU's timer is wired right, so skip the check.
+    "no_timer_check",
 )
 #: Where the data disk (/dev/vdb) is mounted in the VM; the same path on the host
 #: holds os.tar, so an image installed from oci-archive:IMAGES/os.tar upgrades from it.
@@ -330,6 +334,24 @@ while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1))
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 """,
 }
+#: systemd's generators a test VM does not need, masked in every image
+#: (/etc/systemd/system-generators/NAME -> /dev/null): each is a process that
+#: systemd runs before it starts any unit.  Two boots side by side under load,
+#: the same disk with and without these masked: 12.7 s and 17.6 s from
+#: systemd's start to its first job.  fstab's stays (/var's own partition).
+MASKED_GENERATORS = (
+    "systemd-cryptsetup-generator",
+    "systemd-debug-generator",
+    "systemd-getty-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator",
+    "systemd-rc-local-generator",
+    "systemd-run-generator",
+    "systemd-system-update-generator",
+    "systemd-sysv-generator",
+    "systemd-veritysetup-generator",
+)
 #: Where each driver file is enabled (unit -> the target that wants it).
 DRIVER_WANTS = {
     "vmtest.service": "multi-user.target",
@@ -439,6 +461,10 @@ def platform_files(tree: debian.DebianTree, stage: Path) -> Spec:
         wants = stage / f"etc/systemd/system/{wanted_by}.wants"
         wants.mkdir(parents=True, exist_ok=True)
         (wants / unit).symlink_to(f"/usr/lib/systemd/system/{unit}")
+    generators = stage / "etc/systemd/system-generators"
+    generators.mkdir(parents=True, exist_ok=True)
+    for generator in MASKED_GENERATORS:
+        (generators / generator).symlink_to("/dev/null")
     kver = tree_kver(tree)
     initramfs = stage / "usr/lib/modules" / kver / "initramfs.img"
     initramfs.parent.mkdir(parents=True)
@@ -529,6 +555,9 @@ INSTALLER_TOOLS = {
     "grub-common": ("usr/bin/grub-mkimage", "usr/bin/grub-editenv"),
     "grub-pc-bin": ("usr/lib/grub/i386-pc/",),
     "grub-efi-amd64-bin": ("usr/lib/grub/x86_64-efi/",),
+    # Secure Boot: shim signed by Microsoft, GRUB signed by Debian.
+    "shim-signed": ("usr/lib/shim/shimx64.efi.signed",),
+    "grub-efi-amd64-signed": ("usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",),
 }
 
 
