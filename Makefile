@@ -21,7 +21,7 @@ APT_PACKAGES := python3 python3-venv ca-certificates docker-registry skopeo podm
 # stays on one worker, the VM module starts first (tests/conftest.py).
 # PYTEST_WORKERS=0 runs them one after another in one process (docs/development.md).
 PYTEST_WORKERS ?= 2
-XDIST = -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+XDIST = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test lint typecheck unit integration slow fuzz bench deps system-deps venv tools clean
 

@@ -22,16 +22,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"atoll real parts: found {have}; missing {lacking}; CI={ci}"]
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order the tests for ``pytest -n N --dist loadgroup`` (docs/development.md):
-    the VM module first, then the other modules with ``slow`` tests, then the rest,
-    whole modules in collection order (so a module's fixtures are made once in a
-    serial run too); and every test without an ``xdist_group`` of its own in the
-    group of its module, so a module runs on one worker and its module- and
-    session-scoped fixtures (a booted host, a built image) are made once.  With
-    ``--no-loadscope-reorder`` (the Makefile's) xdist hands out the groups in this
-    order, so one worker starts with the VM module while the other takes the rest."""
+    """Order the tests for ``pytest -n N --dist loadfile --no-loadscope-reorder``
+    (the Makefile's; docs/development.md): the VM module first, then the other
+    modules with ``slow`` tests, then the rest, whole modules in collection order.
+    xdist hands out the modules in this order, so one worker starts with the VM
+    module while the other takes the rest; a serial run makes each module's
+    fixtures once too."""
 
     def module(item: pytest.Item) -> str:
         return item.nodeid.split("::", 1)[0]
@@ -44,9 +41,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 1 if module(item) in slow else 2
 
     items.sort(key=rank)  # stable: collection order within each rank
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(module(item)))
 
 
 @pytest.fixture(autouse=True)
