@@ -3,8 +3,11 @@
 """An Ansible connection into a device booted by ``atoll device boot``: commands
 run with nsenter in the namespaces of the container's PID 1, found anew for each
 command from the systemd-nspawn process that boots the sysroot (``ansible_host``),
-so it follows the device across reboots.  A test tool, not part of the collection:
-community.general's nsenter connection does the same for a fixed PID."""
+so it follows the device across reboots.  As with SSH, which a device starts late
+in its boot, a command runs only once the device's systemd has finished booting
+(``systemctl is-system-running --wait``): entered earlier, a module written to /tmp
+could be hidden by the boot mounting its /tmp over it.  A test tool, not part of the
+collection: community.general's nsenter connection does the same for a fixed PID."""
 
 from __future__ import annotations
 
@@ -29,6 +32,11 @@ options:
 """
 
 ENV = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"]
+NAMESPACES = ["--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]
+#: How long a connection waits for a device's boot to finish.
+BOOT_WAIT = 300
+#: Containers (by the host PID of their PID 1) whose boot was seen finished.
+_BOOTED: set[str] = set()
 
 
 def _cmdline(proc: Path) -> list[str]:
@@ -65,8 +73,20 @@ class Connection(ConnectionBase):  # type: ignore[misc]
 
     def _enter(self, argv: list[str]) -> list[str]:
         leader = container_leader(self.get_option("remote_addr"))
-        namespaces = ["--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]
-        return ["nsenter", "--target", leader, *namespaces, "--", *ENV, *argv]
+        entered = ["nsenter", "--target", leader, *NAMESPACES, "--", *ENV]
+        if leader not in _BOOTED:
+            wait = [*entered, "systemctl", "is-system-running", "--wait"]
+            try:
+                proc = subprocess.run(wait, capture_output=True, timeout=BOOT_WAIT, check=False)
+            except subprocess.TimeoutExpired:
+                raise AnsibleConnectionFailure(
+                    f"the device's boot did not end in {BOOT_WAIT} s"
+                ) from None
+            state = proc.stdout.decode(errors="replace").strip()
+            if state not in ("running", "degraded"):
+                raise AnsibleConnectionFailure(f"the device is not up: systemd is {state!r}")
+            _BOOTED.add(leader)
+        return [*entered, *argv]
 
     def exec_command(
         self, cmd: str, in_data: bytes | None = None, sudoable: bool = True
