@@ -376,30 +376,32 @@ class _Linter:
 
     def bytecode(self) -> None:
         stale = [path for path, head in self.tree.heads.items() if stale_on_device(head)]
-        if not stale:
-            return
-        folders = Counter("/" + path.rsplit("/__pycache__/", 1)[0] for path in stale)
-        self.add(
-            "python-bytecode",
+        self._bytecode_finding(
+            [path.rsplit("/__pycache__/", 1)[0] for path in stale],
             f"{len(stale)} Python bytecode files record their source's mtime, which is 0 "
             "on a device: Python finds them stale and, /usr being read-only, compiles "
-            "those modules again every time a program starts. Compile them in the build "
-            "with `python3 -m compileall -f --invalidation-mode checked-hash DIR`",
-            [f"{folder} ({n})" for folder, n in sorted(folders.items())],
+            "those modules again every time a program starts.",
         )
 
     def missing_bytecode(self) -> None:
         missing = _missing_bytecode(self.tree)
-        if not missing:
-            return
-        folders = Counter("/" + path.rsplit("/", 1)[0] for path in missing)
-        self.add(
-            "python-bytecode",
+        self._bytecode_finding(
+            [path.rsplit("/", 1)[0] for path in missing],
             f"{len(missing)} Python modules on python3's import path have no bytecode for "
             "it: /usr being read-only on a device, Python compiles them again every time a "
-            "program imports them. Compile them in the build with "
+            "program imports them.",
+        )
+
+    def _bytecode_finding(self, folders: list[str], why: str) -> None:
+        """One python-bytecode finding: *why*, the fix, and the count per folder."""
+        if not folders:
+            return
+        counts = Counter("/" + folder for folder in folders)
+        self.add(
+            "python-bytecode",
+            f"{why} Compile them in the build with "
             "`python3 -m compileall -f --invalidation-mode checked-hash DIR`",
-            [f"{folder} ({n})" for folder, n in sorted(folders.items())],
+            [f"{folder} ({n})" for folder, n in sorted(counts.items())],
         )
 
     def device_python(self) -> None:

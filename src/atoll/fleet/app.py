@@ -17,7 +17,6 @@ import asyncio
 import datetime
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
@@ -38,16 +37,14 @@ from atoll.agent import wire
 from atoll.fleet import agentpath, auth, dashboard, keys, models, render, rollouts
 from atoll.fleet import db as tables
 from atoll.fleet.db import transaction, utcnow
+from atoll.fleet.edge import Edge, problem
 from atoll.fleet.metrics import Metrics
 from atoll.fleet.selector import parse_selector
 
-access_log = logging.getLogger("atoll.fleet.access")
 log = logging.getLogger(__name__)
 #: How often each process reconciles the running rollouts, in seconds.
 RECONCILE_EVERY = 15.0
 
-#: The largest request body accepted.
-MAX_BODY = 1 << 20
 #: The longest a spec poll waits for a change, and how often it looks.
 MAX_WAIT = 60.0
 POLL_STEP = 0.5
@@ -69,70 +66,12 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T", bound=tables.Base)
 
 
-def _problem(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def _describe(exc: RequestValidationError | ValidationError) -> str:
     problems = exc.errors()
     first = problems[0] if problems else {"loc": (), "msg": "invalid"}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"{where}: {first.get('msg', 'invalid')}{more}"
-
-
-class _Edge:
-    """The outermost layer (plain ASGI, no per-request task): refuses a body
-    over :data:`MAX_BODY` from its Content-Length, and measures and logs every
-    answer."""
-
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        length = dict(scope.get("headers") or ()).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            refusal = _problem(413, f"the request body is larger than {MAX_BODY} bytes")
-            await refusal(scope, receive, send)
-            self._record(scope, 413, time.perf_counter() - start)
-            return
-        status = 500
-
-        async def sending(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            self._record(scope, status, time.perf_counter() - start)
-
-    def _record(self, scope: Any, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", "unmatched")
-        self.metrics.observe(scope["method"], route, status, seconds)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "%s %s %d",
-                scope["method"],
-                route,
-                status,
-                extra={
-                    "fields": {
-                        "method": scope["method"],
-                        "route": route,
-                        "path": scope["path"],
-                        "status": status,
-                        "durationMs": round(seconds * 1000, 3),
-                    }
-                },
-            )
 
 
 async def _reconciler(factory: sessionmaker[Session], every: float) -> None:
@@ -195,27 +134,27 @@ def create_app(
     )
     key_cache = agentpath.KeyCache()
     measured = Metrics()
-    app.add_middleware(_Edge, metrics=measured)
+    app.add_middleware(Edge, metrics=measured)
 
     @app.exception_handler(errors.AtollError)
     async def _atoll_error(_: Request, exc: errors.AtollError) -> JSONResponse:
         status = STATUS.get(type(exc), 400)
-        return _problem(status, exc.message)
+        return problem(status, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _problem(exc.status_code, str(exc.detail))
+        return problem(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _problem(422, _describe(exc))
+        return problem(422, _describe(exc))
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, IntegrityError):
-            return _problem(409, "the change conflicts with another one; try again")
-        return _problem(503, "the fleet database is unavailable; try again later")
+            return problem(409, "the change conflicts with another one; try again")
+        return problem(503, "the fleet database is unavailable; try again later")
 
     @contextmanager
     def tx() -> Iterator[Session]:
