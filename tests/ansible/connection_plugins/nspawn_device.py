@@ -12,6 +12,7 @@ collection: community.general's nsenter connection does the same for a fixed PID
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,18 +76,34 @@ class Connection(ConnectionBase):  # type: ignore[misc]
         leader = container_leader(self.get_option("remote_addr"))
         entered = ["nsenter", "--target", leader, *NAMESPACES, "--", *ENV]
         if leader not in _BOOTED:
-            wait = [*entered, "systemctl", "is-system-running", "--wait"]
-            try:
-                proc = subprocess.run(wait, capture_output=True, timeout=BOOT_WAIT, check=False)
-            except subprocess.TimeoutExpired:
-                raise AnsibleConnectionFailure(
-                    f"the device's boot did not end in {BOOT_WAIT} s"
-                ) from None
-            state = proc.stdout.decode(errors="replace").strip()
-            if state not in ("running", "degraded"):
-                raise AnsibleConnectionFailure(f"the device is not up: systemd is {state!r}")
+            self._wait_booted(entered)
             _BOOTED.add(leader)
         return [*entered, *argv]
+
+    @staticmethod
+    def _wait_booted(entered: list[str]) -> None:
+        """Until systemd in the device says its boot has finished.  Entered in the
+        first moments of a boot, before systemd answers on its bus, systemctl says
+        nothing: that is asked again, as SSH would be retried until it answers, while
+        that container lives."""
+        deadline = time.monotonic() + BOOT_WAIT
+        state = ""
+        leader = Path("/proc", entered[2])
+        while time.monotonic() < deadline and leader.exists():  # a reboot ends the wait
+            wait = [*entered, "systemctl", "is-system-running", "--wait"]
+            try:
+                proc = subprocess.run(
+                    wait, capture_output=True, timeout=deadline - time.monotonic(), check=False
+                )
+            except subprocess.TimeoutExpired:
+                break
+            state = proc.stdout.decode(errors="replace").strip()
+            if state in ("running", "degraded"):
+                return
+            time.sleep(1)
+        raise AnsibleConnectionFailure(
+            f"the device did not finish a boot in {BOOT_WAIT} s (systemd: {state!r})"
+        )
 
     def exec_command(
         self, cmd: str, in_data: bytes | None = None, sudoable: bool = True
