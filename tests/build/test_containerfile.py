@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -206,6 +207,39 @@ def test_atoll_step_makes_the_unit_directories_it_writes_to(tmp_path: Path) -> N
     out = _run_step(root)
     assert "atoll-additions: added atoll-healthcheck.service" in out
     assert (root / "usr/lib/systemd/system/atoll-healthcheck.service").is_file()
+
+
+def test_atoll_step_compiles_atolls_modules_with_the_images_python3(
+    tmp_path: Path, debian_rootfs: Path
+) -> None:
+    """In an image with python3 (the Debian test tree), the step leaves
+    hash-checked bytecode made by the image's own python3 beside every one of
+    atoll's modules: /usr is read-only on a device."""
+    root = tmp_path / "root"
+    # Hard links are safe: the step adds files and never writes through one.
+    subprocess.run(["cp", "-al", "--", debian_rootfs, root], check=True)
+    write_additions(root / "run/atoll-additions")
+    # No network (the tree lacks the device packages, which the step then
+    # tries to install with apt: a warning here, not a failure).
+    out = subprocess.run(
+        ["unshare", "--net", "chroot", root, "/bin/sh", "/run/atoll-additions/add.sh"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "atoll-additions: added atoll" in out
+    assert "could not compile" not in out
+    tag = subprocess.run(
+        ["chroot", root, "python3", "-c", "import sys; print(sys.implementation.cache_tag)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    package = root / "usr/lib/python3/dist-packages/atoll"
+    sources = sorted(package.rglob("*.py"))
+    assert len(sources) > 100
+    for source in sources:
+        cached = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+        header = cached.read_bytes()[:16]
+        # PEP 552: flags 0b11 = hash-based and checked against the source.
+        assert int.from_bytes(header[4:8], "little") == 0b11, cached
+        assert header[8:16] == importlib.util.source_hash(source.read_bytes()), cached
 
 
 # --- values cannot add instructions -------------------------------------------------
