@@ -7,14 +7,15 @@ initramfs-tools and udev, cached the same way under its own key::
     ├── rootfs/                         kernel at usr/lib/modules/KVER/vmlinuz, no initramfs
     ├── base-layer.tar.gz               the tree as one OCI layer (helpers.debian.base_layer)
     └── initramfs/HASH/                 one per content of atoll's early-boot files
-        ├── initramfs-tools.img
+        ├── KVER/initramfs.img          mkinitramfs's, laid out as `atoll base create` keeps it
         └── dracut.img
 
 The initramfs is made in a chroot of a copy of the tree with atoll's early-boot
 files added, by the tree's own ``mkinitramfs`` (``MODULES=list``: only virtio
-and ext4), or by dracut unpacked into the copy (the Fedora/RHEL family's
-generator, which cannot be installed beside initramfs-tools), and cached by the
-hash of those files: changing the hook makes a new one.
+and ext4) through the function ``atoll base create`` uses, or by dracut unpacked
+into the copy (the Fedora/RHEL family's generator, which cannot be installed
+beside initramfs-tools), and cached by the hash of those files: changing the
+hook makes a new one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from atoll.boot import early_boot_digest, install_early_boot
+from atoll.build.base import source_date_epoch, tree_initramfs
 from atoll.requires import DEVICE_PACKAGES
 from atoll.units import install_atoll, install_units
 from helpers import debian
@@ -376,46 +378,42 @@ def make_initramfs(tree: debian.DebianTree, generator: str = "initramfs-tools") 
     """The tree's initramfs with atoll's early-boot step in it, made by
     *generator* (``initramfs-tools`` or ``dracut``) in a chroot of a copy of the
     tree, once per content of the early-boot files
-    (``CACHE/.../initramfs/DIGEST/GENERATOR.img``)."""
+    (``CACHE/.../initramfs/DIGEST/dracut.img``; mkinitramfs's where ``atoll base
+    create`` keeps it, ``initramfs/DIGEST/KVER/initramfs.img``)."""
+    if generator == "initramfs-tools":  # by the function `atoll base create` uses
+        (made,) = tree_initramfs(tree.rootfs, source_date_epoch()).values()
+        return made
     final = tree.cache / "initramfs" / early_boot_digest()[:16] / f"{generator}.img"
     if final.is_file():
         return final
     kver = tree_kver(tree)
-    if generator == "initramfs-tools":
-        command = ["mkinitramfs", "-o", "/initramfs.img", kver]
-    elif generator == "dracut":
-        debs = sorted(DRACUT_PACKAGES.glob("dracut-core_*.deb"))
-        if not debs:
-            missing(f"no dracut-core package in {DRACUT_PACKAGES} (make deps fetches it)")
-        command = [
-            "dracut", "--quiet", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--gzip",
-            "--kver", kver, "--add", "atoll", "--omit", " ".join(DRACUT_OMIT),
-            "--add-drivers", " ".join(INITRAMFS_MODULES), "/initramfs.img",
-        ]  # fmt: skip
-    else:
+    if generator != "dracut":
         raise ValueError(f"unknown initramfs generator {generator!r}")
+    debs = sorted(DRACUT_PACKAGES.glob("dracut-core_*.deb"))
+    if not debs:
+        missing(f"no dracut-core package in {DRACUT_PACKAGES} (make deps fetches it)")
+    command = [
+        "dracut", "--quiet", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--gzip",
+        "--kver", kver, "--add", "atoll", "--omit", " ".join(DRACUT_OMIT),
+        "--add-drivers", " ".join(INITRAMFS_MODULES), "/initramfs.img",
+    ]  # fmt: skip
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent) as work:
         root = Path(work) / "root"
-        # Hard links are safe: the generators write only their output, and the
-        # files added here replace links instead of writing through them.
+        # Hard links are safe: dracut writes only its output, and the files
+        # added here replace links instead of writing through them.
         subprocess.run(["cp", "-al", "--", str(tree.rootfs), str(root)], check=True)
         install_early_boot(root)
-        if generator == "dracut":
-            unpack = subprocess.Popen(
-                ["dpkg-deb", "--fsys-tarfile", str(debs[-1])], stdout=subprocess.PIPE
-            )
-            subprocess.run(
-                ["tar", "-x", "-C", str(root), "--keep-directory-symlink"],
-                stdin=unpack.stdout,
-                check=True,
-            )
-            if unpack.wait() != 0:
-                raise RuntimeError(f"{debs[-1]}: dpkg-deb failed")
-        else:  # mkinitramfs reads the kernel's configuration from /boot
-            shutil.copyfile(
-                root / "usr/lib/modules" / kver / "config", root / f"boot/config-{kver}"
-            )
+        unpack = subprocess.Popen(
+            ["dpkg-deb", "--fsys-tarfile", str(debs[-1])], stdout=subprocess.PIPE
+        )
+        subprocess.run(
+            ["tar", "-x", "-C", str(root), "--keep-directory-symlink"],
+            stdin=unpack.stdout,
+            check=True,
+        )
+        if unpack.wait() != 0:
+            raise RuntimeError(f"{debs[-1]}: dpkg-deb failed")
         subprocess.run(
             ["unshare", "--mount", "sh", "-c", 'mount -t proc proc "$1/proc" && exec chroot "$@"',
              "-", str(root), *command],
