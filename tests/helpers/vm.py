@@ -6,16 +6,18 @@ initramfs-tools and udev, cached the same way under its own key::
     CACHE/debian-bookworm-KEY/          KEY: sha256 of VM_RECIPE
     ├── rootfs/                         kernel at usr/lib/modules/KVER/vmlinuz, no initramfs
     ├── base-layer.tar.gz               the tree as one OCI layer (helpers.debian.base_layer)
-    └── initramfs/HASH/                 one per content of atoll's early-boot files
-        ├── KVER/initramfs.img          mkinitramfs's, laid out as `atoll base create` keeps it
-        └── dracut.img
+    ├── initramfs/DIGEST/KVER/initramfs.img       mkinitramfs's, per content of atoll's
+    │                                             early-boot files (DIGEST)
+    └── dracut-core_VERSION-CONF/       the tree with dracut-core unpacked into it
+        ├── rootfs/
+        └── initramfs/DIGEST/KVER/initramfs.img   dracut's
 
-The initramfs is made in a chroot of a copy of the tree with atoll's early-boot
-files added, by the tree's own ``mkinitramfs`` (``MODULES=list``: only virtio
-and ext4) through the function ``atoll base create`` uses, or by dracut unpacked
-into the copy (the Fedora/RHEL family's generator, which cannot be installed
-beside initramfs-tools), and cached by the hash of those files: changing the
-hook makes a new one.
+Both initramfs images are made by the function ``atoll base create`` uses
+(:func:`atoll.build.base.tree_initramfs`), in a chroot of a copy of the tree
+with atoll's early-boot files added: the tree's own ``mkinitramfs``
+(``MODULES=list``: only virtio and ext4), or dracut (the Fedora/RHEL family's
+generator, which cannot be installed beside initramfs-tools, so it is unpacked
+into a copy of the tree).  Changing the hook makes new ones.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from atoll.boot import early_boot_digest, install_early_boot
+from atoll.boot import install_early_boot
 from atoll.build.base import source_date_epoch, tree_initramfs
 from atoll.requires import DEVICE_PACKAGES
 from atoll.units import install_atoll, install_units
@@ -376,34 +378,44 @@ DRACUT_OMIT = ("crypt", "dm", "nvdimm", "lunmask", "resume", "terminfo", "virtio
 
 def make_initramfs(tree: debian.DebianTree, generator: str = "initramfs-tools") -> Path:
     """The tree's initramfs with atoll's early-boot step in it, made by
-    *generator* (``initramfs-tools`` or ``dracut``) in a chroot of a copy of the
-    tree, once per content of the early-boot files
-    (``CACHE/.../initramfs/DIGEST/dracut.img``; mkinitramfs's where ``atoll base
-    create`` keeps it, ``initramfs/DIGEST/KVER/initramfs.img``)."""
-    if generator == "initramfs-tools":  # by the function `atoll base create` uses
-        (made,) = tree_initramfs(tree.rootfs, source_date_epoch()).values()
-        return made
-    final = tree.cache / "initramfs" / early_boot_digest()[:16] / f"{generator}.img"
-    if final.is_file():
-        return final
-    kver = tree_kver(tree)
-    if generator != "dracut":
+    *generator* (``initramfs-tools`` or ``dracut``) with the function ``atoll base
+    create`` uses, once per content of the early-boot files
+    (``initramfs/DIGEST/KVER/initramfs.img`` beside the tree, or beside
+    :func:`dracut_tree`)."""
+    if generator not in ("initramfs-tools", "dracut"):
         raise ValueError(f"unknown initramfs generator {generator!r}")
+    root, family = (
+        (tree.rootfs, "apt") if generator == "initramfs-tools" else (dracut_tree(tree), "dnf")
+    )
+    (made,) = tree_initramfs(root, source_date_epoch(), family).values()
+    return made
+
+
+#: dracut's configuration in :func:`dracut_tree`: the modules a virtio machine with
+#: an ext4 root needs (initramfs-tools' MODULES=list), gzip as the tree's kernel unpacks it.
+DRACUT_CONF = (
+    f'omit_dracutmodules+=" {" ".join(DRACUT_OMIT)} "\n'
+    f'add_drivers+=" {" ".join(INITRAMFS_MODULES)} "\n'
+    'compress="gzip"\n'
+)
+
+
+def dracut_tree(tree: debian.DebianTree) -> Path:
+    """A hard-linked copy of the VM tree with dracut-core unpacked into it (as a
+    Fedora-family tree carries its generator) and :data:`DRACUT_CONF`; made once
+    beside the tree, never changed afterwards."""
     debs = sorted(DRACUT_PACKAGES.glob("dracut-core_*.deb"))
     if not debs:
         missing(f"no dracut-core package in {DRACUT_PACKAGES} (make deps fetches it)")
-    command = [
-        "dracut", "--quiet", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--gzip",
-        "--kver", kver, "--add", "atoll", "--omit", " ".join(DRACUT_OMIT),
-        "--add-drivers", " ".join(INITRAMFS_MODULES), "/initramfs.img",
-    ]  # fmt: skip
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent) as work:
-        root = Path(work) / "root"
-        # Hard links are safe: dracut writes only its output, and the files
-        # added here replace links instead of writing through them.
+    conf_key = hashlib.sha256(DRACUT_CONF.encode()).hexdigest()[:8]
+    done = tree.cache / f"{debs[-1].stem}-{conf_key}"
+    if (done / "rootfs").is_dir():
+        return done / "rootfs"
+    with tempfile.TemporaryDirectory(dir=tree.cache) as work:
+        root = Path(work) / "rootfs"
+        # Hard links are safe: tar replaces a file it extracts instead of writing
+        # through it, and the configuration is a new file.
         subprocess.run(["cp", "-al", "--", str(tree.rootfs), str(root)], check=True)
-        install_early_boot(root)
         unpack = subprocess.Popen(
             ["dpkg-deb", "--fsys-tarfile", str(debs[-1])], stdout=subprocess.PIPE
         )
@@ -414,16 +426,17 @@ def make_initramfs(tree: debian.DebianTree, generator: str = "initramfs-tools") 
         )
         if unpack.wait() != 0:
             raise RuntimeError(f"{debs[-1]}: dpkg-deb failed")
-        subprocess.run(
-            ["unshare", "--mount", "sh", "-c", 'mount -t proc proc "$1/proc" && exec chroot "$@"',
-             "-", str(root), *command],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
-        tmp = final.with_name(f".{final.name}.tmp")
-        shutil.copyfile(root / "initramfs.img", tmp)
-        tmp.rename(final)
-    return final
+        (root / "etc/dracut.conf.d").mkdir(parents=True, exist_ok=True)
+        (root / "etc/dracut.conf.d/90-vm.conf").write_text(DRACUT_CONF)
+        os.chmod(work, 0o755)
+        try:
+            Path(work).rename(done)
+        except OSError:  # another worker made it first
+            if not (done / "rootfs").is_dir():
+                raise
+        else:
+            Path(work).mkdir()  # for TemporaryDirectory's cleanup
+    return done / "rootfs"
 
 
 def platform_files(tree: debian.DebianTree, stage: Path) -> Spec:

@@ -24,10 +24,11 @@ Where the host's Python differs, the bytecode is left as it is and the lint
 says so.
 
 Initramfs: the packages made the kernel's initramfs before atoll's early-boot
-hook was there.  For the apt family the second layer carries one made again
-by the tree's own ``mkinitramfs`` with atoll's early-boot files added, in a
-chroot of a hard-linked copy of the tree (the generator writes only its output),
-and kept beside the tree per content of those files::
+hook was there.  The second layer carries one made again by the tree's own
+generator (``mkinitramfs`` for the apt family, ``dracut`` for the dnf family)
+with atoll's early-boot files added, in a chroot of a hard-linked copy of the
+tree (the generator writes only its output), and kept beside the tree per
+content of those files::
 
     CACHE/NAME-KEY/
     ├── rootfs/                             the tree (atoll.treecache)
@@ -132,7 +133,8 @@ class BaseSpec:
             kernel = ("linux-image-" + _deb_arch(), "initramfs-tools") if self.kernel else ()
             wanted = (*APT_PACKAGES, *kernel, *self.packages)
         else:
-            wanted = (*DNF_PACKAGES, *(("kernel",) if self.kernel else ()), *self.packages)
+            kernel = ("kernel", "dracut") if self.kernel else ()
+            wanted = (*DNF_PACKAGES, *kernel, *self.packages)
         return tuple(sorted(set(wanted)))
 
     def recipe(self) -> dict[str, object]:
@@ -205,8 +207,8 @@ def create_base(
             shutil.copytree(bytecode, staged, symlinks=True, dirs_exist_ok=True)
             replaced |= {p.relative_to(bytecode).as_posix() for p in bytecode.rglob("*.pyc")}
             compile_hashed(staged, [staged / ATOLL_PACKAGE])
-        if spec.family == "apt":
-            for kver, image in tree_initramfs(tree, epoch).items():
+        if spec.kernel:
+            for kver, image in tree_initramfs(tree, epoch, spec.family).items():
                 (staged / "usr/lib/modules" / kver).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(image, staged / "usr/lib/modules" / kver / "initramfs.img")
                 replaced.add(f"usr/lib/modules/{kver}/initramfs.img")
@@ -282,33 +284,48 @@ def tree_bytecode(tree: Path) -> Path:
     return done
 
 
-def tree_initramfs(tree: Path, epoch: int) -> dict[str, Path]:
+def tree_initramfs(tree: Path, epoch: int, family: str = "apt") -> dict[str, Path]:
     """For each kernel of the (cached, never changed) *tree*, an initramfs with
-    atoll's early-boot step, made once per content of the early-boot files."""
-    modules = tree / "usr/lib/modules"
-    kvers = sorted(p.name for p in modules.iterdir() if (p / "vmlinuz").is_file())
+    atoll's early-boot step, made by the generator the *family*'s trees carry
+    (:func:`generator_argv`), once per content of the early-boot files."""
+    kvers = sorted(p.parent.name for p in tree.glob("usr/lib/modules/*/vmlinuz"))
     made = {}
     for kver in kvers:
         final = tree.parent / "initramfs" / early_boot_digest()[:16] / kver / "initramfs.img"
         if not final.is_file():
-            _make_initramfs(tree, kver, final, epoch)
+            _make_initramfs(tree, kver, final, epoch, family)
         made[kver] = final
     return made
 
 
-def _make_initramfs(tree: Path, kver: str, final: Path, epoch: int) -> None:
+def generator_argv(family: str, kver: str) -> list[str]:
+    """The command that makes kernel *kver*'s initramfs at ``/initramfs.img`` in
+    a tree of *family*: initramfs-tools' ``mkinitramfs`` (apt), ``dracut`` (dnf)
+    not host-only, as the image boots on machines other than the one that made
+    it; both read the tree's own configuration (``/etc/initramfs-tools``,
+    ``/etc/dracut.conf.d``)."""
+    if family == "apt":
+        return ["mkinitramfs", "-o", "/initramfs.img", kver]
+    return [
+        "dracut", "--quiet", "--force", "--reproducible", "--no-hostonly",
+        "--no-hostonly-cmdline", "--add", "atoll", "--kver", kver, "/initramfs.img",
+    ]  # fmt: skip
+
+
+def _make_initramfs(tree: Path, kver: str, final: Path, epoch: int, family: str) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent) as work:
         root = Path(work) / "root"
-        # Hard links are safe: mkinitramfs writes only its output, and the files
-        # added here replace links instead of writing through them.
+        # Hard links are safe: the generators write only their output, and the
+        # files added here replace links instead of writing through them.
         run(["cp", "-al", "--", tree, root])
         install_early_boot(root)
-        _kernel_config(root, kver)
+        if family == "apt":  # mkinitramfs reads which compressions the kernel unpacks
+            _kernel_config(root, kver)
         env = base_environment({"SOURCE_DATE_EPOCH": str(epoch)})
         mount_proc = 'mount -t proc proc "$1/proc" && exec chroot "$@"'
         argv: list[str | Path] = ["unshare", "--mount", "sh", "-c", mount_proc, "-", root]
-        run([*argv, "mkinitramfs", "-o", "/initramfs.img", kver], env=env)
+        run([*argv, *generator_argv(family, kver)], env=env)
         tmp = final.with_name(f".{final.name}.tmp")
         shutil.copyfile(root / "initramfs.img", tmp)
         tmp.rename(final)
