@@ -45,6 +45,7 @@ PARSER = {
     "atoll.cli.main",
     "atoll.cli.parser",
     "atoll.errors",
+    "atoll.logs",
 }
 
 STATUS = PARSER | {

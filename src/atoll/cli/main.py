@@ -108,12 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _internal_error(out: Output, exc: Exception) -> int:
-    import logging
-
     from atoll.errors import AtollError
+    from atoll.logs import Logger
 
     # A bug: say so in one line, and show the traceback with --debug.
-    logging.getLogger("atoll").debug("internal error", exc_info=True)
+    Logger("atoll").debug("internal error", exc_info=True)
     out.error(
         AtollError(
             f"internal error: {type(exc).__name__}: {exc}",

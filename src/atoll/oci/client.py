@@ -35,7 +35,6 @@ the registry and repository.  Requests are logged at debug level.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +51,7 @@ from atoll.errors import (
     RegistryError,
     UnsupportedError,
 )
+from atoll.logs import Logger
 from atoll.oci import upload
 from atoll.oci.api import (
     FetchedManifest,
@@ -85,7 +85,7 @@ from atoll.oci.registries_conf import load_registries_conf, ssl_context
 from atoll.oci.registryauth import RegistryAuth, read_token
 from atoll.ratelimit import TokenBucket
 
-log = logging.getLogger(__name__)
+log = Logger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: The longest a ``Retry-After`` or a backoff makes a request wait, in seconds.
