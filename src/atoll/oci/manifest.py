@@ -7,7 +7,6 @@ format change writes the very bytes it read, so digests are preserved.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
@@ -376,6 +375,8 @@ def _is_rfc3339(text: str) -> bool:
     """As Go's time.RFC3339Nano parses it (which containers/image uses)."""
     if not re.fullmatch(_RFC3339, text):
         return False
+    import datetime  # only configs are checked: a copy that reads none does not load it
+
     try:
         # fromisoformat takes at most 6 fractional digits; Go takes nine.
         whole, _, rest = text.partition(".")

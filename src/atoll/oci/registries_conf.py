@@ -54,12 +54,10 @@ client certificate.
 from __future__ import annotations
 
 import ssl
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from atoll import stricttoml
 from atoll.errors import InvalidInputError
 from atoll.fsutil import resolve_in_root
 from atoll.oci.context import SystemContext
@@ -214,6 +212,11 @@ def load_registries_conf(ctx: SystemContext) -> RegistriesConf:
 
 def parse_registries_conf(text: str, path: Path) -> list[RegistryEntry]:
     """Entries declared in one file's *text*; *path* is used in messages."""
+    # Imported when there is a file to read (tomllib loads datetime and string).
+    import tomllib
+
+    from atoll import stricttoml
+
     try:
         data = stricttoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
