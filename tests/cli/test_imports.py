@@ -14,10 +14,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from atoll.cli.common import TRANSPORTS
 from atoll.cli.host import STRATEGIES
-from atoll.cli.image import ZSTD_CHUNKED
+from atoll.cli.image import SUBCOMMANDS, ZSTD_CHUNKED
+from atoll.cli.parser import build_parser
 from atoll.oci.chunked import ZSTD_CHUNKED as CHUNKED_NAME
 from atoll.oci.transports import ImageTransport
 from atoll.sysroot.etcmerge import EtcMergeStrategy
@@ -202,3 +204,39 @@ def test_spelled_out_choices_match_their_sources() -> None:
     assert tuple(s.value for s in EtcMergeStrategy) == STRATEGIES
     assert tuple(t.value for t in ImageTransport) == TRANSPORTS
     assert ZSTD_CHUNKED == CHUNKED_NAME
+
+
+def test_image_copy_builds_no_other_image_subcommand() -> None:
+    def image_subcommands(*argv: str) -> set[str]:
+        parser: Any = build_parser(argv)
+        image: Any = parser._subparsers._group_actions[0].choices["image"]
+        return set(image._subparsers._group_actions[0].choices)
+
+    assert image_subcommands("-q", "image", "copy", "a", "b") == {"copy"}
+    assert image_subcommands("image", "sync", "--help") == {"sync"}
+    # Anything else (help, a typo) gets every subcommand, for the list and the error.
+    assert image_subcommands("image", "--help") == set(SUBCOMMANDS)
+    assert image_subcommands("image", "cpy") == set(SUBCOMMANDS)
+
+
+_WHOLE_PROCESS = (
+    "import gc, json, sys\n"
+    "from atoll.cli.main import main\n"
+    "report, sys.argv = sys.argv[1], ['atoll', *sys.argv[2:]]\n"
+    "code = main()\n"
+    "with open(report, 'w') as fh:\n"
+    "    json.dump({'code': code, 'enabled': gc.isenabled(),\n"
+    "               'frozen': gc.get_freeze_count()}, fh)\n"
+)
+
+
+def test_start_up_is_kept_out_of_the_collector_which_goes_on(tmp_path: Path) -> None:
+    report = tmp_path / "gc.json"
+    subprocess.run(
+        [sys.executable, "-c", _WHOLE_PROCESS, str(report), "image", "copy", "oci:/nowhere"],
+        check=True, stdout=subprocess.DEVNULL, env=dict(os.environ),
+    )  # fmt: skip
+    data = json.loads(report.read_text())
+    # A usage error (DST missing) comes after start-up: the collector runs again.
+    assert data == {"code": 2, "enabled": True, "frozen": data["frozen"]}
+    assert data["frozen"] > 5000
