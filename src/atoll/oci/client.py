@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from atoll import strictjson
 from atoll.closing import Closeable
@@ -61,7 +61,6 @@ from atoll.oci.api import (
     push_scope,
 )
 from atoll.oci.auth import Challenge, TokenCache
-from atoll.oci.blobstream import BlobStream
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest, Verifier
 from atoll.oci.httputil import (
@@ -83,7 +82,12 @@ from atoll.oci.manifest import ACCEPT_MANIFEST, MediaType
 from atoll.oci.plainhttp import URL, PlainTransport, Response, TransportError
 from atoll.oci.registries_conf import load_registries_conf, ssl_context
 from atoll.oci.registryauth import RegistryAuth, read_token
-from atoll.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    # Imported where they are used: a copy that only mounts blobs reads none and
+    # paces nothing.
+    from atoll.oci.blobstream import BlobStream
+    from atoll.ratelimit import TokenBucket
 
 log = Logger(__name__)
 
@@ -134,7 +138,11 @@ class RegistryClient(Closeable):
         self.read_chunk_size = max(1, read_chunk_size)
         self.sleep = sleep
         #: Paces blob downloads to ``ctx.rate_limit`` (see :mod:`atoll.ratelimit`).
-        self.rate_limiter = TokenBucket(ctx.rate_limit, sleep=sleep) if ctx.rate_limit else None
+        self.rate_limiter: TokenBucket | None = None
+        if ctx.rate_limit:
+            from atoll.ratelimit import TokenBucket
+
+            self.rate_limiter = TokenBucket(ctx.rate_limit, sleep=sleep)
         self.auth = RegistryAuth(registry, ctx, token_cache or TokenCache())
         self._conf = load_registries_conf(ctx)
         if ctx.tls_verify is not None:
@@ -374,6 +382,8 @@ class RegistryClient(Closeable):
 
     def open_blob(self, repository: str, digest: Digest, size: int | None = None) -> BlobStream:
         """Start reading a blob (NotFoundError now if it is absent); iterate for its chunks."""
+        from atoll.oci.blobstream import BlobStream
+
         stream = BlobStream(self, repository, digest, size)
         stream.start()
         return stream

@@ -15,8 +15,9 @@ the digest is preserved.  ``dest_compression`` re-compresses layers and so
 rewrites manifests (and, for zstd, turns Docker manifests into OCI ones).
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations" here: NamedTuple types each field from
+# its annotation, and compiles a string one when the class is made (about 20 µs a
+# field, at every start of an image copy; tests/cli/test_imports.py).
 import json
 import threading
 import time
@@ -37,7 +38,6 @@ from atoll.errors import (
 )
 from atoll.fsutil import write_atomic
 from atoll.logs import Logger
-from atoll.oci.compression import decompress as _decompress
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import (
@@ -170,7 +170,7 @@ def _open_pair(
         raise
 
 
-def _reads_go_as_written(reference: ImageReference, ctx: SystemContext) -> bool:
+def _reads_go_as_written(reference: "ImageReference", ctx: SystemContext) -> bool:
     from atoll.oci.pullsource import is_direct
 
     return is_direct(reference, ctx)
@@ -307,7 +307,7 @@ class _Copier:
 
         return chunked_info(desc.annotations, desc.size, self.source.description) is None
 
-    def _schedule(self, desc: Descriptor, kind: str, convert: Compression | None) -> _Job:
+    def _schedule(self, desc: Descriptor, kind: str, convert: Compression | None) -> "_Job":
         with self._lock:
             future = self._blob_futures.get(desc.digest)
             if future is None:
@@ -371,6 +371,8 @@ class _Copier:
         """Decompress a layer, verifying it, and compress it as *want* in a temp file."""
         import tempfile  # only conversions spill to disk; a copy does not pay for it
 
+        from atoll.oci.compression import decompress
+
         ident = str(desc.digest)
         with tempfile.TemporaryFile(dir=self.src_ctx.tmpdir) as tmp:
             compressed_hash = desc.digest.hasher()
@@ -378,7 +380,7 @@ class _Copier:
             try:
                 with self.source.open_blob(desc) as chunks:
                     verified = _verify_stream(chunks, desc, self.source.description)
-                    plain = _decompress(
+                    plain = decompress(
                         self._counted(ident, verified), layer_compression(desc.media_type)
                     )
                     if self.options.zstd_chunked and want is Compression.ZSTD:
@@ -548,7 +550,9 @@ def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:
         yield from chunks
 
 
-def _compress_chunked(plain: Iterable[bytes], out: IO[bytes], tmpdir: Path | None) -> ChunkedLayer:
+def _compress_chunked(
+    plain: Iterable[bytes], out: IO[bytes], tmpdir: Path | None
+) -> "ChunkedLayer":
     """Write the tar *plain* as a zstd:chunked blob into *out* (it needs the
     whole tar in a file first: frames follow the tar's entries)."""
     import tempfile
