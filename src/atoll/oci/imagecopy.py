@@ -21,7 +21,6 @@ rewrites manifests (and, for zstd, turns Docker manifests into OCI ones).
 import json
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -535,6 +534,8 @@ def _verify_stream(chunks: Iterable[bytes], desc: Descriptor, where: str) -> Ite
 
 def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:
     if want is Compression.GZIP:
+        import zlib
+
         deflater = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         for chunk in chunks:
             yield deflater.compress(chunk)
