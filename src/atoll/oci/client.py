@@ -77,7 +77,6 @@ from atoll.oci.httputil import (
     retry_after,
     status_error,
 )
-from atoll.oci.httpxwire import HttpxTransport
 from atoll.oci.manifest import ACCEPT_MANIFEST, MediaType
 from atoll.oci.plainhttp import URL, PlainTransport, Response, TransportError
 from atoll.oci.registries_conf import load_registries_conf, ssl_context
@@ -87,6 +86,7 @@ if TYPE_CHECKING:
     # Imported where they are used: a copy that only mounts blobs reads none and
     # paces nothing.
     from atoll.oci.blobstream import BlobStream
+    from atoll.oci.httpxwire import HttpxTransport
     from atoll.ratelimit import TokenBucket
 
 log = Logger(__name__)
@@ -156,15 +156,26 @@ class RegistryClient(Closeable):
         # Requests with bodies in memory go over atoll.oci.wire; streams and redirected
         # blob downloads over httpx, imported for the first of them (see plainhttp).
         self._plain = PlainTransport(self._ssl, ctx.timeout, ctx.user_agent)
-        self._streams = HttpxTransport(
-            self._ssl, ctx.timeout, max(10, 2 * ctx.parallel), ctx.user_agent
-        )
+        self._httpx: HttpxTransport | None = None
         # Reentrant: a ping sends its request under it.
         self._lock = threading.RLock()
         self._base: URL | None = None
 
+    @property
+    def _streams(self) -> HttpxTransport:
+        """The transport of streamed bodies and redirected downloads, made for the first."""
+        with self._lock:
+            if self._httpx is None:
+                from atoll.oci.httpxwire import HttpxTransport
+
+                self._httpx = HttpxTransport(
+                    self._ssl, self.ctx.timeout, max(10, 2 * self.ctx.parallel), self.ctx.user_agent
+                )
+            return self._httpx
+
     def close(self) -> None:
-        self._streams.close()
+        if self._httpx is not None:
+            self._httpx.close()
         self._plain.close()
 
     # --- the API ----------------------------------------------------------------------
