@@ -59,9 +59,33 @@ def test_once_logging_is_imported_every_record_reaches_it(
     assert {r.filename for r in caplog.records} == {"test_logs.py"}
 
 
+_LIBRARY_FIRST = """
+import sys
+from atoll import logs
+
+def setup():
+    import logging
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+logs.configure(setup)
+import logging  # as a library would, before any atoll record
+logging.getLogger("somelib").warning("from a library")
+logging.getLogger("somelib").info("below the level")
+print(logging.__spec__.origin.endswith("logging/__init__.py"))
+"""
+
+
+def test_whoever_imports_logging_finds_the_configuration_in_place() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _LIBRARY_FIRST],
+        capture_output=True, text=True, check=True, env=os.environ,
+    )  # fmt: skip
+    assert done.stderr.splitlines() == ["WARNING somelib: from a library"]
+    assert done.stdout.split() == ["True"]
+
+
 def test_configure_runs_at_once_when_logging_is_imported() -> None:
     calls: list[str] = []
     logs.configure(lambda: calls.append("now"))
-    assert calls == ["now"]
-    logs.ready()
     assert calls == ["now"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import sys
 
-from atoll import logs
-
 # typing stays unimported: the supervisor's control socket opens through here
 # (atoll.workloads) before anything it does not need.
 TYPE_CHECKING = False
@@ -57,8 +55,6 @@ def import_lean(name: str) -> ModuleType:
         module = importlib.import_module(name)
         for companion in companions:
             importlib.import_module(companion)
-        # A library that logs (httpx does) may have imported logging: configure it now.
-        logs.ready()
         return module
     finally:
         for part in blocked:

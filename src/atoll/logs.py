@@ -12,10 +12,11 @@ all.  The rules that keep a :class:`Logger` here equal to
 - Any other record, and every record once :mod:`logging` is imported (by
   anyone: a test, a library, the command line), goes to
   ``logging.getLogger(name)`` as usual.
-- The command line's configuration (:func:`configure`) is applied as soon as
-  :mod:`logging` is imported when it already is, else before the first record
-  that goes there, and by :func:`ready`, which code calls after importing a
-  library that logs (see :mod:`atoll.lazy`).
+- The command line's configuration (:func:`configure`) is applied at once when
+  :mod:`logging` is imported already, else right after it is, whoever imports
+  it (a finder on ``sys.meta_path`` hands the import to the usual finders and
+  runs the configuration when the module has loaded): a record of any logger,
+  atoll's or a library's, finds the configuration in place.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
     from typing import Any
 
 #: :mod:`logging`'s levels, spelled out so that checking one imports nothing.
@@ -37,22 +40,62 @@ class _Setup:
 
 
 def configure(setup: Callable[[], None]) -> None:
-    """Run *setup* (which imports and configures :mod:`logging`) now if logging is
-    imported already, else before the first record that goes to it."""
+    """Run *setup* (which configures :mod:`logging`) now if logging is imported
+    already, else right after it is imported."""
     if "logging" in sys.modules:
         _Setup.pending = None
         setup()
-    else:
-        _Setup.pending = setup
+        return
+    _Setup.pending = setup
+    if not any(isinstance(finder, _ConfigureOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ConfigureOnImport())
 
 
-def ready() -> None:
-    """Apply the configuration :func:`configure` left pending, if logging is now
-    imported (a library that logs was just loaded)."""
-    setup = _Setup.pending
-    if setup is not None and "logging" in sys.modules:
-        _Setup.pending = None
+def _run_pending() -> None:
+    setup, _Setup.pending = _Setup.pending, None
+    if setup is not None:
         setup()
+
+
+class _ConfigureOnImport:
+    """Finds nothing itself: for ``logging`` it asks the finders after it and wraps
+    the loader they give, so that the pending configuration runs once the module
+    has loaded.  It stays on ``sys.meta_path`` (taking it off while another thread
+    walks the list could make that thread skip a finder)."""
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if name != "logging" or _Setup.pending is None:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec: ModuleSpec | None = find(name, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ThenConfigure(spec.loader)  # type: ignore[assignment]
+                return spec
+        return None
+
+
+class _ThenConfigure:
+    """A loader that runs the pending configuration after the module it loads."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        module: ModuleType | None = self._loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        _run_pending()
 
 
 class Logger:
@@ -80,7 +123,6 @@ class Logger:
             return
         import logging
 
-        ready()
         # stacklevel: the record names the caller of debug() and the rest, not this module.
         kwargs.setdefault("stacklevel", 3)
         logging.getLogger(self.name).log(level, msg, *args, **kwargs)
