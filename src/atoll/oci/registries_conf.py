@@ -277,11 +277,11 @@ SETTLED_NS = 2_000_000_000
 
 
 def _cache_file(ctx: SystemContext) -> Path | None:
-    base = ctx.environ.get("XDG_CACHE_HOME")
-    if base:
+    base = ctx.environ.get("XDG_CACHE_HOME", "")
+    if base.startswith("/"):  # a relative one is to be ignored (XDG base directories)
         return Path(base) / CACHE_NAME
-    home = ctx.environ.get("HOME")
-    return Path(home) / ".cache" / CACHE_NAME if home else None
+    home = ctx.environ.get("HOME", "")
+    return Path(home) / ".cache" / CACHE_NAME if home.startswith("/") else None
 
 
 class _ParsedFiles:
