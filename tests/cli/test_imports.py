@@ -9,15 +9,18 @@ these lists keep low are measured by bench/copy (``atoll version`` against
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, ForwardRef
 
 from atoll.cli.common import TRANSPORTS
 from atoll.cli.host import STRATEGIES
-from atoll.cli.image import ZSTD_CHUNKED
+from atoll.cli.image import SUBCOMMANDS, ZSTD_CHUNKED
+from atoll.cli.parser import build_parser
 from atoll.oci.chunked import ZSTD_CHUNKED as CHUNKED_NAME
 from atoll.oci.transports import ImageTransport
 from atoll.sysroot.etcmerge import EtcMergeStrategy
@@ -45,6 +48,7 @@ PARSER = {
     "atoll.cli.main",
     "atoll.cli.parser",
     "atoll.errors",
+    "atoll.logs",
 }
 
 STATUS = PARSER | {
@@ -90,17 +94,13 @@ IMAGE_COPY = PARSER | {
     "atoll.cli.image",
     "atoll.closing",
     "atoll.fsutil",
-    "atoll.lazy",
     "atoll.oci",
     "atoll.oci.api",
     "atoll.oci.auth",
-    "atoll.oci.blobstream",
     "atoll.oci.client",
-    "atoll.oci.compression",
     "atoll.oci.context",
     "atoll.oci.digest",
     "atoll.oci.httputil",
-    "atoll.oci.httpxwire",
     "atoll.oci.imagecopy",
     "atoll.oci.manifest",
     "atoll.oci.plainhttp",
@@ -114,7 +114,6 @@ IMAGE_COPY = PARSER | {
     "atoll.oci.upload",
     "atoll.oci.wire",
     "atoll.progress",
-    "atoll.ratelimit",
     "atoll.strictjson",
     "atoll.stricttoml",
 }
@@ -195,9 +194,74 @@ def test_image_copy_between_registries_loads_only_the_copy(
     tops = {m.split(".")[0] for m in modules}
     assert tops & {"httpx", "httpcore", "h11", "anyio", "email", "http"} == set()
     assert {"dataclasses", "inspect", "ast"} & modules == set()
+    # Nothing logged: no logging (nor concurrent.futures, which imports it); host
+    # names go to the resolver as bytes (no idna codec); a blob neither read nor
+    # paced loads neither the blob stream nor the rate limiter.
+    assert {"logging", "concurrent.futures", "traceback", "encodings.idna"} & modules == set()
 
 
 def test_spelled_out_choices_match_their_sources() -> None:
     assert tuple(s.value for s in EtcMergeStrategy) == STRATEGIES
     assert tuple(t.value for t in ImageTransport) == TRANSPORTS
     assert ZSTD_CHUNKED == CHUNKED_NAME
+
+
+def test_image_copy_builds_no_other_image_subcommand() -> None:
+    def image_subcommands(*argv: str) -> set[str]:
+        parser: Any = build_parser(argv)
+        image: Any = parser._subparsers._group_actions[0].choices["image"]
+        return set(image._subparsers._group_actions[0].choices)
+
+    assert image_subcommands("-q", "image", "copy", "a", "b") == {"copy"}
+    assert image_subcommands("image", "sync", "--help") == {"sync"}
+    # Anything else (help, a typo) gets every subcommand, for the list and the error.
+    assert image_subcommands("image", "--help") == set(SUBCOMMANDS)
+    assert image_subcommands("image", "cpy") == set(SUBCOMMANDS)
+
+
+_WHOLE_PROCESS = (
+    "import gc, json, sys\n"
+    "from atoll.cli.main import main\n"
+    "report, sys.argv = sys.argv[1], ['atoll', *sys.argv[2:]]\n"
+    "code = main()\n"
+    "with open(report, 'w') as fh:\n"
+    "    json.dump({'code': code, 'enabled': gc.isenabled(),\n"
+    "               'frozen': gc.get_freeze_count()}, fh)\n"
+)
+
+
+def test_start_up_is_kept_out_of_the_collector_which_goes_on(tmp_path: Path) -> None:
+    report = tmp_path / "gc.json"
+    subprocess.run(
+        [sys.executable, "-c", _WHOLE_PROCESS, str(report), "image", "copy", "oci:/nowhere"],
+        check=True, stdout=subprocess.DEVNULL, env=dict(os.environ),
+    )  # fmt: skip
+    data = json.loads(report.read_text())
+    # A usage error (DST missing) comes after start-up: the collector runs again.
+    assert data == {"code": 2, "enabled": True, "frozen": data["frozen"]}
+    assert data["frozen"] > 5000
+
+
+#: Modules of the copy path whose NamedTuples are typed by evaluated annotations
+#: (a string annotation is compiled into a ForwardRef when the class is made).
+EVALUATED = (
+    "atoll.oci.api",
+    "atoll.oci.context",
+    "atoll.oci.imagecopy",
+    "atoll.oci.manifest",
+    "atoll.oci.registries_conf",
+)
+
+
+def test_records_of_the_copy_path_are_typed_without_compiling() -> None:
+    for name in EVALUATED:
+        module = importlib.import_module(name)
+        records = [
+            value
+            for value in vars(module).values()
+            if isinstance(value, type) and issubclass(value, tuple) and value.__module__ == name
+        ]
+        assert records, name
+        for record in records:
+            compiled = [f for f, t in record.__annotations__.items() if isinstance(t, ForwardRef)]
+            assert compiled == [], f"{name}.{record.__name__}"

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from atoll.errors import InvalidInputError
+from atoll.oci import registries_conf
 from atoll.oci.context import SystemContext
 from atoll.oci.registries_conf import (
     find_tls_files,
@@ -375,3 +378,89 @@ def test_bad_mirrors_are_rejected(conf_file: Path, mirror: str, complaint: str) 
     _write(conf_file, f'[[registry]]\nlocation = "r.example"\n[[registry.mirror]]\n{mirror}\n')
     with pytest.raises(InvalidInputError, match=complaint):
         load_registries_conf(_ctx())
+
+
+# --- parsed files kept between runs ------------------------------------------------
+
+
+_INSECURE = '[[registry]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n'
+
+
+@pytest.fixture(autouse=True)
+def settled_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' files are a moment old: keep them all the same."""
+    monkeypatch.setattr(registries_conf, "SETTLED_NS", -(10**18))
+
+
+def _cache() -> Path:
+    return Path(os.environ["XDG_CACHE_HOME"]) / "atoll" / "registries-conf.json"
+
+
+def _tamper(cache: Path) -> None:
+    """Change the cached document (not its key): what a load then says shows
+    whether it read the cache or the file."""
+    data = json.loads(cache.read_text())
+    (entry,) = data["files"].values()
+    entry["doc"]["registry"][0]["insecure"] = False
+    cache.write_text(json.dumps(data))
+
+
+def test_an_unchanged_file_is_read_from_the_cache(conf_file: Path) -> None:
+    _write(conf_file, _INSECURE)
+    assert load_registries_conf(_ctx()).is_insecure("127.0.0.1:5000")
+    _tamper(_cache())
+    assert not load_registries_conf(_ctx()).is_insecure("127.0.0.1:5000")
+    # Any write changes the file's key: it is parsed again.
+    _write(conf_file, _INSECURE)
+    assert load_registries_conf(_ctx()).is_insecure("127.0.0.1:5000")
+
+
+def test_a_cache_others_may_write_is_not_read(conf_file: Path) -> None:
+    _write(conf_file, _INSECURE)
+    load_registries_conf(_ctx())
+    _tamper(_cache())
+    _cache().chmod(0o666)
+    assert load_registries_conf(_ctx()).is_insecure("127.0.0.1:5000")
+    assert _cache().stat().st_mode & 0o777 == 0o600  # written again, as it should be
+
+
+def test_a_cached_file_is_read_without_tomllib(conf_file: Path) -> None:
+    _write(conf_file, _INSECURE)
+    script = (
+        "import sys\n"
+        "from atoll.oci.context import SystemContext\n"
+        "from atoll.oci import registries_conf\n"
+        "registries_conf.SETTLED_NS = -(10**18)\n"
+        "conf = registries_conf.load_registries_conf(SystemContext())\n"
+        "print(conf.is_insecure('127.0.0.1:5000'), 'tomllib' in sys.modules)\n"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script], check=True, capture_output=True, text=True,
+            env=dict(os.environ),
+        ).stdout.split()
+        for _ in range(2)
+    ]  # fmt: skip
+    assert runs == [["True", "True"], ["True", "False"]]
+
+
+def test_documents_json_cannot_hold_and_unwritable_caches_are_no_error(
+    conf_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(conf_file, "checked = 1979-05-27T07:32:00Z\n" + _INSECURE)
+    assert load_registries_conf(_ctx()).is_insecure("127.0.0.1:5000")
+    assert not _cache().exists()
+    _write(conf_file, _INSECURE)
+    blocker = _write(tmp_path / "not-a-directory", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    assert load_registries_conf(_ctx()).is_insecure("127.0.0.1:5000")
+
+
+def test_a_file_changed_a_moment_ago_is_parsed_every_time(
+    conf_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registries_conf, "SETTLED_NS", 2_000_000_000)
+    _write(conf_file, _INSECURE)
+    assert load_registries_conf(_ctx()).is_insecure("127.0.0.1:5000")
+    # Another write of the same size could fall in the same clock tick: not kept.
+    assert not _cache().exists()

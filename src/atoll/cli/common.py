@@ -233,6 +233,17 @@ class Output:
         )
 
     def setup_logging(self) -> None:
+        """Log to stderr at the level the flags ask for.  At the default level (WARNING)
+        :mod:`logging` is configured when it is first imported or written to, so that
+        a command that logs nothing does not load it (see :mod:`atoll.logs`)."""
+        from atoll import logs
+
+        if self.debug or self.verbose:
+            self._configure_logging()
+        else:
+            logs.configure(self._configure_logging)
+
+    def _configure_logging(self) -> None:
         import logging
 
         level = logging.DEBUG if self.debug else logging.INFO if self.verbose else logging.WARNING

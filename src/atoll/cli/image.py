@@ -38,11 +38,30 @@ def human_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def register(commands: argparse._SubParsersAction[Any]) -> None:
+#: The subcommands, in the order of ``atoll image --help``.
+SUBCOMMANDS = ("copy", "inspect", "tags", "delete", "sync")
+
+
+def register(commands: argparse._SubParsersAction[Any], only: str | None = None) -> None:
+    """Register ``image`` and its subcommands; only the subcommand *only* when it is
+    one of them (the one being run: the others' parsers are not needed)."""
     image = commands.add_parser("image", help="move and inspect OCI images")
     sub = image.add_subparsers(dest="image_command", metavar="COMMAND")
     sub.required = True
+    wanted = (only,) if only in SUBCOMMANDS else SUBCOMMANDS
+    if "copy" in wanted:
+        _register_copy(sub)
+    if "inspect" in wanted:
+        _register_inspect(sub)
+    if "tags" in wanted:
+        _register_tags(sub)
+    if "delete" in wanted:
+        _register_delete(sub)
+    if "sync" in wanted:
+        _register_sync(sub)
 
+
+def _register_copy(sub: argparse._SubParsersAction[Any]) -> None:
     copy = sub.add_parser(
         "copy",
         help="copy an image between registries, directories and archives",
@@ -58,6 +77,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     _add_copy_options(copy)
     copy.set_defaults(func=_copy)
 
+
+def _register_inspect(sub: argparse._SubParsersAction[Any]) -> None:
     inspect = sub.add_parser("inspect", help="show an image's manifest, config and layers")
     add_global_options(inspect)
     inspect.add_argument("name", metavar="NAME")
@@ -77,6 +98,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     add_platform_options(inspect)
     inspect.set_defaults(func=_inspect)
 
+
+def _register_tags(sub: argparse._SubParsersAction[Any]) -> None:
     tags = sub.add_parser("tags", help="list the tags of a repository or OCI layout")
     add_global_options(tags)
     tags.add_argument("name", metavar="NAME")
@@ -84,6 +107,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     add_platform_options(tags)
     tags.set_defaults(func=_tags)
 
+
+def _register_delete(sub: argparse._SubParsersAction[Any]) -> None:
     delete = sub.add_parser("delete", help="delete an image from a registry or OCI layout")
     add_global_options(delete)
     delete.add_argument("name", metavar="NAME")
@@ -97,6 +122,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
     add_platform_options(delete, transfers=False)
     delete.set_defaults(func=_delete)
 
+
+def _register_sync(sub: argparse._SubParsersAction[Any]) -> None:
     sync = sub.add_parser(
         "sync",
         help="copy every tag of a repository, or the images a YAML file lists",

@@ -124,6 +124,10 @@ COMMAND_MODULES: dict[str, str] = {
     "agent": "agent",
     "demo": "demo",
 }
+#: Commands whose module registers only the subcommand named on the command line
+#: when it knows it (``register(commands, only=NAME)``): ``image copy`` is the
+#: command most often run in scripts, and its siblings' options take twice its time.
+_SELECTIVE = frozenset({"image"})
 #: Commands defined in this module.
 _BUILTIN = frozenset({"version"})
 #: Global options that take a value (skipped when looking for the command).
@@ -169,6 +173,12 @@ def command_of(argv: Sequence[str]) -> str | None:
     return rest[0] if rest and rest[0] != "--" else None
 
 
+def subcommand_of(argv: Sequence[str]) -> str | None:
+    """The word after the command (``copy`` in ``atoll -q image copy A B``), if any."""
+    rest = _leading_options(argv)[2]
+    return rest[1] if len(rest) > 1 else None
+
+
 def hoist_options(argv: Sequence[str]) -> list[str]:
     """*argv* with a command's options written before the command moved after it,
     so that every option works before the command as it does after it (argparse
@@ -199,7 +209,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     else:
         modules = list(dict.fromkeys(COMMAND_MODULES.values()))
     for module in modules:
-        importlib.import_module(f"atoll.cli.{module}").register(commands)
+        register = importlib.import_module(f"atoll.cli.{module}").register
+        if named in _SELECTIVE and argv is not None:
+            register(commands, only=subcommand_of(argv))
+        else:
+            register(commands)
     version = commands.add_parser("version", help="print the version")
     add_global_options(version, progress=False)
     version.set_defaults(func=run_version)

@@ -10,12 +10,12 @@ consumer (the copy engine, or :meth:`RegistryClient.fetch_blob`) does that.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from atoll.closing import Closeable
 from atoll.errors import RegistryError
+from atoll.logs import Logger
 from atoll.oci.digest import Digest
 from atoll.oci.httputil import content_range_start
 from atoll.oci.plainhttp import Response, TransportError
@@ -23,7 +23,7 @@ from atoll.oci.plainhttp import Response, TransportError
 if TYPE_CHECKING:
     from atoll.oci.client import RegistryClient
 
-log = logging.getLogger(__name__)
+log = Logger(__name__)
 
 
 class BlobStream(Closeable):

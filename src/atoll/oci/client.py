@@ -35,12 +35,11 @@ the registry and repository.  Requests are logged at debug level.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from atoll import strictjson
 from atoll.closing import Closeable
@@ -52,6 +51,7 @@ from atoll.errors import (
     RegistryError,
     UnsupportedError,
 )
+from atoll.logs import Logger
 from atoll.oci import upload
 from atoll.oci.api import (
     FetchedManifest,
@@ -61,7 +61,6 @@ from atoll.oci.api import (
     push_scope,
 )
 from atoll.oci.auth import Challenge, TokenCache
-from atoll.oci.blobstream import BlobStream
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest, Verifier
 from atoll.oci.httputil import (
@@ -78,14 +77,19 @@ from atoll.oci.httputil import (
     retry_after,
     status_error,
 )
-from atoll.oci.httpxwire import HttpxTransport
 from atoll.oci.manifest import ACCEPT_MANIFEST, MediaType
 from atoll.oci.plainhttp import URL, PlainTransport, Response, TransportError
 from atoll.oci.registries_conf import load_registries_conf, ssl_context
 from atoll.oci.registryauth import RegistryAuth, read_token
-from atoll.ratelimit import TokenBucket
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    # Imported where they are used: a copy that only mounts blobs reads none and
+    # paces nothing.
+    from atoll.oci.blobstream import BlobStream
+    from atoll.oci.httpxwire import HttpxTransport
+    from atoll.ratelimit import TokenBucket
+
+log = Logger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: The longest a ``Retry-After`` or a backoff makes a request wait, in seconds.
@@ -134,7 +138,11 @@ class RegistryClient(Closeable):
         self.read_chunk_size = max(1, read_chunk_size)
         self.sleep = sleep
         #: Paces blob downloads to ``ctx.rate_limit`` (see :mod:`atoll.ratelimit`).
-        self.rate_limiter = TokenBucket(ctx.rate_limit, sleep=sleep) if ctx.rate_limit else None
+        self.rate_limiter: TokenBucket | None = None
+        if ctx.rate_limit:
+            from atoll.ratelimit import TokenBucket
+
+            self.rate_limiter = TokenBucket(ctx.rate_limit, sleep=sleep)
         self.auth = RegistryAuth(registry, ctx, token_cache or TokenCache())
         self._conf = load_registries_conf(ctx)
         if ctx.tls_verify is not None:
@@ -148,15 +156,26 @@ class RegistryClient(Closeable):
         # Requests with bodies in memory go over atoll.oci.wire; streams and redirected
         # blob downloads over httpx, imported for the first of them (see plainhttp).
         self._plain = PlainTransport(self._ssl, ctx.timeout, ctx.user_agent)
-        self._streams = HttpxTransport(
-            self._ssl, ctx.timeout, max(10, 2 * ctx.parallel), ctx.user_agent
-        )
+        self._httpx: HttpxTransport | None = None
         # Reentrant: a ping sends its request under it.
         self._lock = threading.RLock()
         self._base: URL | None = None
 
+    @property
+    def _streams(self) -> HttpxTransport:
+        """The transport of streamed bodies and redirected downloads, made for the first."""
+        with self._lock:
+            if self._httpx is None:
+                from atoll.oci.httpxwire import HttpxTransport
+
+                self._httpx = HttpxTransport(
+                    self._ssl, self.ctx.timeout, max(10, 2 * self.ctx.parallel), self.ctx.user_agent
+                )
+            return self._httpx
+
     def close(self) -> None:
-        self._streams.close()
+        if self._httpx is not None:
+            self._httpx.close()
         self._plain.close()
 
     # --- the API ----------------------------------------------------------------------
@@ -374,6 +393,8 @@ class RegistryClient(Closeable):
 
     def open_blob(self, repository: str, digest: Digest, size: int | None = None) -> BlobStream:
         """Start reading a blob (NotFoundError now if it is absent); iterate for its chunks."""
+        from atoll.oci.blobstream import BlobStream
+
         stream = BlobStream(self, repository, digest, size)
         stream.start()
         return stream

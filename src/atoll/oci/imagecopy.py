@@ -15,15 +15,14 @@ the digest is preserved.  ``dest_compression`` re-compresses layers and so
 rewrites manifests (and, for zstd, turns Docker manifests into OCI ones).
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations" here: NamedTuple types each field from
+# its annotation, and compiles a string one when the class is made (about 20 µs a
+# field, at every start of an image copy; tests/cli/test_imports.py).
 import json
-import logging
 import threading
 import time
-import zlib
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
@@ -37,7 +36,7 @@ from atoll.errors import (
     from_oserror,
 )
 from atoll.fsutil import write_atomic
-from atoll.oci.compression import decompress as _decompress
+from atoll.logs import Logger
 from atoll.oci.context import SystemContext
 from atoll.oci.digest import Digest
 from atoll.oci.manifest import (
@@ -59,7 +58,7 @@ if TYPE_CHECKING:
     from atoll.oci.chunked import ChunkedLayer
     from atoll.oci.reference import ImageReference
 
-log = logging.getLogger(__name__)
+log = Logger(__name__)
 
 
 class CopyOptions(NamedTuple):
@@ -170,7 +169,7 @@ def _open_pair(
         raise
 
 
-def _reads_go_as_written(reference: ImageReference, ctx: SystemContext) -> bool:
+def _reads_go_as_written(reference: "ImageReference", ctx: SystemContext) -> bool:
     from atoll.oci.pullsource import is_direct
 
     return is_direct(reference, ctx)
@@ -191,8 +190,8 @@ class _Copier:
         self.src_ctx = src_ctx
         self.options = options
         self.progress = progress
-        self.pool = ThreadPoolExecutor(max(1, min(src_ctx.parallel, dst_ctx.parallel)))
-        self._blob_futures: dict[Digest, Future[Descriptor]] = {}
+        self.pool = _Workers(max(1, min(src_ctx.parallel, dst_ctx.parallel)))
+        self._blob_futures: dict[Digest, _Job] = {}
         self._lock = threading.Lock()
         self.stats = _Stats()
 
@@ -210,7 +209,7 @@ class _Copier:
             else:
                 raw, media_type = self._copy_image(top, top_level=True)
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown()
         return CopyResult(
             source=src_text,
             destination=dst_text,
@@ -307,16 +306,14 @@ class _Copier:
 
         return chunked_info(desc.annotations, desc.size, self.source.description) is None
 
-    def _schedule(
-        self, desc: Descriptor, kind: str, convert: Compression | None
-    ) -> Future[Descriptor]:
+    def _schedule(self, desc: Descriptor, kind: str, convert: Compression | None) -> "_Job":
         with self._lock:
             future = self._blob_futures.get(desc.digest)
             if future is None:
                 self.progress.subtask(
                     str(desc.digest), kind, f"{kind} {desc.digest.short}", desc.size
                 )
-                future = self.pool.submit(self._copy_blob, desc, kind, convert)
+                future = self.pool.submit(lambda: self._copy_blob(desc, kind, convert))
                 self._blob_futures[desc.digest] = future
             return future
 
@@ -373,6 +370,8 @@ class _Copier:
         """Decompress a layer, verifying it, and compress it as *want* in a temp file."""
         import tempfile  # only conversions spill to disk; a copy does not pay for it
 
+        from atoll.oci.compression import decompress
+
         ident = str(desc.digest)
         with tempfile.TemporaryFile(dir=self.src_ctx.tmpdir) as tmp:
             compressed_hash = desc.digest.hasher()
@@ -380,7 +379,7 @@ class _Copier:
             try:
                 with self.source.open_blob(desc) as chunks:
                     verified = _verify_stream(chunks, desc, self.source.description)
-                    plain = _decompress(
+                    plain = decompress(
                         self._counted(ident, verified), layer_compression(desc.media_type)
                     )
                     if self.options.zstd_chunked and want is Compression.ZSTD:
@@ -408,6 +407,85 @@ class _Copier:
         self.stats.add(copied=1, nbytes=count)
         self.progress.done(ident)
         return new
+
+
+class _Job:
+    """One blob's copy, run by one of the copy's threads."""
+
+    __slots__ = ("_done", "_error", "_value", "work")
+
+    def __init__(self, work: Callable[[], Descriptor]) -> None:
+        self.work = work
+        self._done = threading.Event()
+        self._value: Descriptor | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._value = self.work()
+        except BaseException as exc:  # handed to result(), as a Future does
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def cancel(self) -> None:
+        self._error = RuntimeError("cancelled: the copy stopped before this blob's turn")
+        self._done.set()
+
+    def result(self) -> Descriptor:
+        """The job's return value, once it has run; its exception if it raised one."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+class _Workers:
+    """Up to *size* threads running jobs in the order they come: a thread starts
+    when a job comes and fewer than *size* run, and ends when no job is waiting.
+    What the copy used ``concurrent.futures.ThreadPoolExecutor`` for, without
+    importing it (it loads :mod:`logging`, see :mod:`atoll.logs`)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._waiting: deque[_Job] = deque()
+        self._threads: list[threading.Thread] = []
+        self._running = 0
+
+    def submit(self, work: Callable[[], Descriptor]) -> _Job:
+        job = _Job(work)
+        with self._lock:
+            self._waiting.append(job)
+            if self._running >= self._size:
+                return job
+            self._running += 1
+            thread = threading.Thread(target=self._work, name="atoll-copy", daemon=True)
+            self._threads.append(thread)
+        thread.start()
+        return job
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    # Decided under the lock that submit() takes: a job added after
+                    # this starts a thread of its own.
+                    self._running -= 1
+                    return
+                job = self._waiting.popleft()
+            job.run()
+
+    def shutdown(self) -> None:
+        """Cancel the jobs not started, and wait for those running to end."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+            threads = list(self._threads)
+        for job in waiting:
+            job.cancel()
+        for thread in threads:
+            thread.join()
 
 
 class _Stats:
@@ -456,6 +534,8 @@ def _verify_stream(chunks: Iterable[bytes], desc: Descriptor, where: str) -> Ite
 
 def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:
     if want is Compression.GZIP:
+        import zlib
+
         deflater = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         for chunk in chunks:
             yield deflater.compress(chunk)
@@ -471,7 +551,9 @@ def _compress(chunks: Iterable[bytes], want: Compression) -> Iterator[bytes]:
         yield from chunks
 
 
-def _compress_chunked(plain: Iterable[bytes], out: IO[bytes], tmpdir: Path | None) -> ChunkedLayer:
+def _compress_chunked(
+    plain: Iterable[bytes], out: IO[bytes], tmpdir: Path | None
+) -> "ChunkedLayer":
     """Write the tar *plain* as a zstd:chunked blob into *out* (it needs the
     whole tar in a file first: frames follow the tar's entries)."""
     import tempfile

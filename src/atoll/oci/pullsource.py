@@ -20,18 +20,18 @@ containers/image does (``location`` and mirrors are pull settings).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TypeVar
 
 from atoll.closing import Closeable
 from atoll.errors import AtollError
+from atoll.logs import Logger
 from atoll.oci.client import RegistryClient
 from atoll.oci.context import SystemContext
 from atoll.oci.reference import ImageReference
 from atoll.oci.registries_conf import PullSource, load_registries_conf
 
-log = logging.getLogger(__name__)
+log = Logger(__name__)
 
 T = TypeVar("T")
 

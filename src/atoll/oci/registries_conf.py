@@ -49,19 +49,43 @@ With ``ctx.root`` set, only ROOT's /etc/containers/certs.d and
 /etc/docker/certs.d are searched.  Every ``*.crt`` there is a CA trusted in
 addition to the system store; each ``NAME.cert`` with its ``NAME.key`` is a
 client certificate.
+
+Parsed files are kept between runs in ``$XDG_CACHE_HOME/atoll/registries-conf.json``
+(default ``~/.cache``), so that a command does not load :mod:`tomllib` (with
+``datetime`` and ``string``: 3-4 ms, the largest part of the start-up of an image
+copy that is left to cut) to read files that have not changed::
+
+    {"version": 1,
+     "files": {"/etc/containers/registries.conf":
+                 {"key": [st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns],
+                  "doc": {...the file's TOML document...}}}}
+
+A file's document is taken from the cache only when its key is the ``fstat`` of
+the file just opened: any write changes the ctime, which no one but root can set
+back.  A file changed less than :data:`SETTLED_NS` before it was read is not
+kept: file times move in clock ticks, and a second write of the same size within
+the tick of the first would keep the key (git's "racily clean" entries).  The
+cache is read only when it is the user's own and no one else may write it; it
+is written (mode 0600, atomically) when a file was parsed, with the
+files of this run only.  The checks of the document's entries run on every
+read, cached or not.  Anything wrong with the cache (absent, unreadable, not
+ours, another version, a document JSON cannot hold) means parsing the file, as
+without it.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations" here: NamedTuple types each field from
+# its annotation, and compiles a string one when the class is made (about 20 µs a
+# field, at every start of an image copy; tests/cli/test_imports.py).
+import json
+import os
 import ssl
-import tomllib
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from atoll import stricttoml
 from atoll.errors import InvalidInputError
-from atoll.fsutil import resolve_in_root
+from atoll.fsutil import resolve_in_root, write_atomic
 from atoll.oci.context import SystemContext
 
 DEFAULT_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
@@ -205,34 +229,121 @@ def load_registries_conf(ctx: SystemContext) -> RegistriesConf:
     if drop_ins.is_dir():
         files.extend(sorted(p for p in drop_ins.glob("*.conf") if p.is_file()))
     by_prefix: dict[str, RegistryEntry] = {}
+    cache = _ParsedFiles(_cache_file(ctx)) if files else None
     for path in files:
-        for entry in _read_file(path):
+        assert cache is not None
+        for entry in _entries(cache.document(path), path):
             # Replacing a key keeps its first position, so order stays stable.
             by_prefix[entry.prefix] = entry
+    if cache is not None:
+        cache.save()
     return RegistriesConf(tuple(by_prefix.values()), tuple(files))
 
 
 def parse_registries_conf(text: str, path: Path) -> list[RegistryEntry]:
     """Entries declared in one file's *text*; *path* is used in messages."""
+    return _entries(_parse_toml(text, path), path)
+
+
+def _parse_toml(text: str, path: Path) -> dict[str, Any]:
+    # Imported when there is a file to parse (tomllib loads datetime and string).
+    import tomllib
+
+    from atoll import stricttoml
+
     try:
-        data = stricttoml.loads(text)
+        return stricttoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # The message ends with "(at line N, column M)".
         raise InvalidInputError(
             f"{path}: invalid TOML: {exc}",
             hint="see containers-registries.conf(5) for the format",
         ) from None
+
+
+def _entries(data: Mapping[str, Any], path: Path) -> list[RegistryEntry]:
     entries = [_v2_entry(table, path, i) for i, table in enumerate(_tables(data, path))]
     entries.extend(_v1_entries(data, path))
     return entries
 
 
-def _read_file(path: Path) -> list[RegistryEntry]:
+# --- parsed files kept between runs (see the module's docstring) -------------
+
+#: The cache's format; a cache of another version is not read.
+CACHE_VERSION = 1
+CACHE_NAME = "atoll/registries-conf.json"
+#: How long ago a file must have changed for its document to be kept, in ns.
+SETTLED_NS = 2_000_000_000
+
+
+def _cache_file(ctx: SystemContext) -> Path | None:
+    base = ctx.environ.get("XDG_CACHE_HOME", "")
+    if base.startswith("/"):  # a relative one is to be ignored (XDG base directories)
+        return Path(base) / CACHE_NAME
+    home = ctx.environ.get("HOME", "")
+    return Path(home) / ".cache" / CACHE_NAME if home.startswith("/") else None
+
+
+class _ParsedFiles:
+    """The documents of one load's files: from the cache when unchanged, else parsed."""
+
+    def __init__(self, location: Path | None) -> None:
+        self.location = location
+        self._cached = _read_cache(location) if location is not None else {}
+        self._now: dict[str, dict[str, Any]] = {}
+        self._parsed = False
+
+    def document(self, path: Path) -> dict[str, Any]:
+        try:
+            with path.open("rb") as fh:
+                st = os.fstat(fh.fileno())
+                key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+                cached = self._cached.get(str(path))
+                if cached is not None and cached.get("key") == key:
+                    doc = cached.get("doc")
+                    if isinstance(doc, dict):
+                        self._now[str(path)] = cached
+                        return doc
+                text = fh.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"{path}: cannot read registries.conf: {exc}") from None
+        doc = _parse_toml(text, path)
+        if max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - SETTLED_NS:
+            self._now[str(path)] = {"key": key, "doc": doc}
+            self._parsed = True
+        return doc
+
+    def save(self) -> None:
+        """Keep this load's documents, if one was parsed (best effort: a cache that
+        cannot be written is no error)."""
+        if not self._parsed or self.location is None:
+            return
+        try:
+            data = json.dumps({"version": CACHE_VERSION, "files": self._now}, sort_keys=True)
+        except (TypeError, ValueError):
+            return  # a document with dates or times: parsed every time
+        try:
+            self.location.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(self.location, data.encode(), 0o600, durable=False)
+        except OSError:
+            pass
+
+
+def _read_cache(location: Path) -> dict[str, dict[str, Any]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path}: cannot read registries.conf: {exc}") from None
-    return parse_registries_conf(text, path)
+        with location.open("rb") as fh:
+            st = os.fstat(fh.fileno())
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return {}
+            data = json.loads(fh.read())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return {}
+    files = data.get("files")
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(v, dict)}
 
 
 def _tables(data: Mapping[str, Any], path: Path) -> list[Mapping[str, Any]]:

@@ -9,16 +9,16 @@ describes and the answer :func:`read_token` reads.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Sequence
 
 from atoll.errors import AuthenticationError
+from atoll.logs import Logger
 from atoll.oci.auth import Challenge, Credentials, TokenCache, find_credentials
 from atoll.oci.context import SystemContext
 from atoll.oci.plainhttp import URL, Response
 
-log = logging.getLogger(__name__)
+log = Logger(__name__)
 
 #: Fetches a token for (challenge, scopes, repository): the token and its lifetime.
 TokenFetcher = Callable[[Challenge, Sequence[str], str | None], tuple[str, float | None]]

@@ -12,11 +12,11 @@ plumbing (authorization, retries, errors), which is why they take it first.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from atoll.errors import AtollError, RegistryError
+from atoll.logs import Logger
 from atoll.oci.api import MountResult, UploadSession, pull_scope, push_scope
 from atoll.oci.digest import Digest
 from atoll.oci.httputil import rechunk
@@ -25,7 +25,7 @@ from atoll.oci.plainhttp import Response, TransportError
 if TYPE_CHECKING:
     from atoll.oci.client import Body, RegistryClient
 
-log = logging.getLogger(__name__)
+log = Logger(__name__)
 
 
 def start_upload(client: RegistryClient, repository: str) -> UploadSession:

@@ -63,11 +63,14 @@ class Connection:
         self._reader: _Reader | None = None
 
     def connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), self._timeout)
+        # An ASCII name as bytes: getaddrinfo and ssl encode a str with the "idna"
+        # codec, whose import (stringprep, unicodedata) costs more than a connection.
+        host: str | bytes = self.host.encode("ascii") if self.host.isascii() else self.host
+        sock = socket.create_connection((host, self.port), self._timeout)  # type: ignore[arg-type]
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
-                sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+                sock = self._tls.wrap_socket(sock, server_hostname=host)
         except BaseException:
             sock.close()
             raise
