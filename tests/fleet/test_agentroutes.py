@@ -228,3 +228,66 @@ def test_long_polls_wake_for_changes_through_either_process(
     poll["thread"].join(timeout=60)
     assert poll["response"].status_code == 401
     assert poll["response"].json()["error"] == "device 'dev1' is revoked: refused"
+
+
+@pytest.mark.parametrize("fleet_db", ["postgresql"], indirect=True)
+def test_reports_at_once_are_each_recorded_and_a_replay_refused(
+    servers: tuple[FleetServer, str], tmp_path: Path
+) -> None:
+    """Reports that arrive together are committed together (atoll.fleet.agentdb):
+    each device's own is recorded, and the same report sent twice at once
+    is taken once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, _ = servers
+    with operator(server) as api:
+        api.put("fleets/edge", json={"selector": "", "template": {}})
+    devices = [enrolled(server, tmp_path, f"d{i}") for i in range(8)]
+    bodies = {
+        d.device: json.dumps({"health": "green", "healthReason": d.device}).encode()
+        for d in devices
+    }
+    twice = devices[0]
+    stamp = twice._stamp()
+    sends = [
+        lambda d=d: ask(server.url, d, "PUT", STATUS, bodies[d.device]) for d in devices[1:]
+    ] + [lambda: ask(server.url, twice, "PUT", STATUS, bodies["d0"], stamp=stamp)] * 2
+    with ThreadPoolExecutor(len(sends)) as pool:
+        answers = [f.result() for f in [pool.submit(send) for send in sends]]
+    assert [a.status_code for a in answers[:-2]] == [204] * 7
+    assert sorted(a.status_code for a in answers[-2:]) == [204, 401]
+    with operator(server) as api:
+        for device in devices:
+            status = api.get(f"devices/{device.device}").json()["status"]
+            assert status["healthReason"] == device.device
+
+
+@pytest.mark.parametrize("fleet_db", ["postgresql"], indirect=True)
+def test_the_fast_path_answers_503_while_the_database_is_down(
+    servers: tuple[FleetServer, str], tmp_path: Path, postgres: Any
+) -> None:
+    server, _ = servers
+    with operator(server) as api:
+        api.put("fleets/edge", json={"selector": "", "template": {}})
+    device = enrolled(server, tmp_path, "d1")
+    assert ask(server.url, device, "GET", SPEC).status_code == 200
+    assert ask(server.url, device, "PUT", STATUS, b"{}").status_code == 204
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:  # several connections, idle when the database stops
+        target = f"{SPEC}?knownVersion=1"
+        polls = [pool.submit(ask, server.url, device, "GET", target) for _ in range(6)]
+        assert {p.result().status_code for p in polls} == {204}
+    postgres.ctl("stop")
+    try:
+        for answer in (
+            ask(server.url, device, "GET", f"{SPEC}?knownVersion=1"),
+            ask(server.url, device, "PUT", STATUS, b"{}"),
+        ):
+            assert answer.status_code == 503
+            assert answer.json() == {"error": "the fleet database is unavailable; try again later"}
+    finally:
+        postgres.ctl("start")
+    # The broken connections went with the first failure: the first request after is answered.
+    assert ask(server.url, device, "GET", f"{SPEC}?knownVersion=1").status_code == 204
+    assert ask(server.url, device, "PUT", STATUS, b"{}").status_code == 204

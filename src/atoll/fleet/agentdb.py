@@ -9,9 +9,21 @@ once, by SQLAlchemy for this dialect, and psycopg prepares it on each
 connection after a few uses.  One statement is one transaction (autocommit),
 as on the agents' blocking engine.
 
-A connection that fails is closed and not given back; the request gets the
-answer of a database that is down (503), and the next one opens a new
-connection.
+**Reports are committed together.**  A status report's ``UPDATE`` waits for
+its commit to reach the disk; one at a time per connection, a busy disk
+would cap the reports a process can take at its connections divided by that
+wait.  So the writes of a batch step (:class:`atoll.fleet.agentpath.Query`
+with ``batch``) go to one writer per process, which commits all the writes
+that came while its previous commit was under way in one transaction
+(pipelined, in the order of their device names so that two processes' batches
+never deadlock), and gives each request its own row count.  The writes stay
+single-row ``UPDATE``s whose ``WHERE`` repeats the request's checks, so a
+replay in the same batch still changes nothing; a batch that fails answers
+each of its requests as a database that is down does.
+
+A connection that fails is closed, and so are the idle ones (the database
+restarted, say); the request gets the answer of a database that is down
+(503), and the next ones open new connections.
 """
 
 from __future__ import annotations
@@ -28,9 +40,12 @@ from starlette.concurrency import run_in_threadpool
 from atoll.errors import FleetUnavailableError
 from atoll.fleet import agentpath
 
-#: Connections per process (a report waits for its commit to reach the disk: as
-#: many as the blocking pools had), requests beyond them wait for one.
-POOL_SIZE = 24
+#: Connections per process; requests beyond them wait for one.
+POOL_SIZE = 16
+#: The most writes committed in one transaction.
+BATCH_MOST = 500
+
+_DOWN = "the fleet database is unavailable; try again later"
 
 
 class _Compiled:
@@ -61,6 +76,8 @@ class AsyncAgentDatabase:
         self._freed: asyncio.Condition | None = None
         self._compiled: dict[int, _Compiled] = {}
         self._closing: set[asyncio.Future[None]] = set()
+        self._writes: list[tuple[str, _Compiled, dict[str, Any], asyncio.Future[int]]] = []
+        self._writer: asyncio.Future[None] | None = None
 
     def _sql(self, statement: Any) -> _Compiled:
         found = self._compiled.get(id(statement))
@@ -93,14 +110,9 @@ class AsyncAgentDatabase:
             self._freed.notify()
 
     async def run(self, steps: agentpath.Steps) -> Any:
-        """Run *steps* (one request's) on one connection: their result."""
-        try:
-            connection = await self._take()
-        except psycopg.Error:
-            raise FleetUnavailableError(
-                "the fleet database is unavailable; try again later"
-            ) from None
-        kept: psycopg.AsyncConnection[Any] | None = connection
+        """Run *steps* (one request's): their result.  A connection is held
+        while statements follow each other, not while a batched write waits."""
+        connection: psycopg.AsyncConnection[Any] | None = None
         try:
             answer: Any = None
             while True:
@@ -109,25 +121,86 @@ class AsyncAgentDatabase:
                     answer = await self._keys(step.stamp)
                     continue
                 compiled = self._sql(step.statement)
+                if step.batch is not None:
+                    if connection is not None:
+                        await self._give(connection)
+                        connection = None
+                    answer = await self._write(step.batch, compiled, step.params)
+                    continue
+                if connection is None:
+                    connection = await self._connect()
                 cursor = await connection.execute(compiled.sql, compiled.params(step.params))
                 answer = cursor.rowcount if step.rowcount else await cursor.fetchone()
         except StopIteration as stop:
             return stop.value
         except psycopg.Error:
-            kept = None
-            await connection.close()
-            raise FleetUnavailableError(
-                "the fleet database is unavailable; try again later"
-            ) from None
+            if connection is not None:
+                await connection.close()
+                connection = None
+                await self._give(None)
+            await self._drop_idle()
+            raise FleetUnavailableError(_DOWN) from None
         except asyncio.CancelledError:
-            # Cut short in a statement, perhaps: the connection is not used again.
-            kept = None
-            closing = asyncio.ensure_future(connection.close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            if connection is not None:
+                # Cut short in a statement, perhaps: the connection is not used again.
+                self._discard(connection)
+                connection = None
+                await self._give(None)
             raise
         finally:
-            await self._give(kept)
+            if connection is not None:
+                await self._give(connection)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await self._take()
+        except psycopg.Error:
+            raise FleetUnavailableError(_DOWN) from None
+
+    def _discard(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        closing = asyncio.ensure_future(connection.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _write(self, key: str, compiled: _Compiled, params: dict[str, Any]) -> int:
+        written: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._writes.append((key, compiled, params, written))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._commit_writes())
+        return await written
+
+    async def _commit_writes(self) -> None:
+        """Commit the waiting writes, a batch at a time, until none wait."""
+        while self._writes:
+            batch = sorted(self._writes[:BATCH_MOST], key=lambda write: write[0])
+            del self._writes[:BATCH_MOST]
+            try:
+                connection = await self._take()
+            except psycopg.Error:
+                _fail(batch)
+                continue
+            try:
+                async with connection.transaction(), connection.pipeline():
+                    cursors = [
+                        await connection.execute(compiled.sql, compiled.params(params))
+                        for _, compiled, params, _ in batch
+                    ]
+            except psycopg.Error:
+                await connection.close()
+                await self._give(None)
+                await self._drop_idle()
+                _fail(batch)
+                continue
+            except BaseException:
+                self._discard(connection)
+                await self._give(None)
+                for *_, written in batch:
+                    written.cancel()
+                raise
+            await self._give(connection)
+            for (*_, written), cursor in zip(batch, cursors, strict=True):
+                if not written.done():
+                    written.set_result(cursor.rowcount)
 
     async def _keys(self, stamp: int) -> Any:
         cached = self.key_cache.cached(stamp)
@@ -140,6 +213,23 @@ class AsyncAgentDatabase:
 
         return await run_in_threadpool(load)
 
+    async def _drop_idle(self) -> None:
+        """After a failure: the idle connections are likely broken too (the
+        database restarted, say), and are opened anew when needed."""
+        assert self._freed is not None
+        async with self._freed:
+            dropped, self._idle = self._idle, []
+            self._opened -= len(dropped)
+            self._freed.notify(len(dropped))
+        for connection in dropped:
+            self._discard(connection)
+
     async def close(self) -> None:
         while self._idle:
             await self._idle.pop().close()
+
+
+def _fail(batch: list[tuple[str, _Compiled, dict[str, Any], asyncio.Future[int]]]) -> None:
+    for *_, written in batch:
+        if not written.done():  # its request may have gone
+            written.set_exception(FleetUnavailableError(_DOWN))

@@ -188,11 +188,15 @@ _WRITE = (
 @dataclass(frozen=True)
 class Query:
     """One statement a step asks its driver to run: the row it returns (or
-    None), or with *rowcount* the number of rows it changed."""
+    None), or with *rowcount* the number of rows it changed.  With *batch*
+    (a write of one row, whose key it is) a driver may commit it together
+    with other requests' in one transaction, written in the order of their
+    keys."""
 
     statement: Any
     params: dict[str, Any]
     rowcount: bool = False
+    batch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -365,6 +369,7 @@ def report_steps(
             "b_now": utcnow(),
         },
         rowcount=True,
+        batch=name,
     )
     if written != 1:
         raise auth.replayed(name)
