@@ -29,6 +29,7 @@ restarted, say); the request gets the answer of a database that is down
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import psycopg
@@ -180,7 +181,9 @@ class AsyncAgentDatabase:
                 _fail(batch)
                 continue
             try:
-                async with connection.transaction(), connection.pipeline():
+                # BEGIN, the writes and COMMIT in one round trip; one write alone
+                # is its own transaction.
+                async with connection.pipeline(), _together(connection, len(batch) > 1):
                     cursors = [
                         await connection.execute(compiled.sql, compiled.params(params))
                         for _, compiled, params, _ in batch
@@ -227,6 +230,10 @@ class AsyncAgentDatabase:
     async def close(self) -> None:
         while self._idle:
             await self._idle.pop().close()
+
+
+def _together(connection: psycopg.AsyncConnection[Any], many: bool) -> Any:
+    return connection.transaction() if many else contextlib.nullcontext()
 
 
 def _fail(batch: list[tuple[str, _Compiled, dict[str, Any], asyncio.Future[int]]]) -> None:
