@@ -92,23 +92,32 @@ class Pool:
     def __init__(self, url: str, size: int) -> None:
         host, _, port = url.removeprefix("http://").partition(":")
         self.host, self.port, self.size = host, int(port), size
-        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+        #: Idle connections, and None for a connection closed (one may be opened).
+        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = (
             asyncio.Queue()
         )
         self.opened = 0
 
     async def _take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
-        """A connection, and whether it served a request before."""
-        while self.idle.empty() and self.opened >= self.size:
-            await asyncio.sleep(0.001)  # every connection is busy
-        if not self.idle.empty():
-            return (*self.idle.get_nowait(), True)
-        self.opened += 1
-        try:
-            return (*await asyncio.open_connection(self.host, self.port), False)
-        except OSError:
-            self.opened -= 1
-            raise
+        """A connection, and whether it served a request before.  A request
+        that finds every connection busy waits in the queue (not in a loop
+        that looks again: under load that loop took the CPU the server needed)."""
+        while True:
+            if not self.idle.empty() or self.opened >= self.size:
+                found = await self.idle.get()
+                if found is None:
+                    continue  # a connection was closed: open one if there is room
+                return (*found, True)
+            self.opened += 1
+            try:
+                return (*await asyncio.open_connection(self.host, self.port), False)
+            except OSError:
+                self._closed()
+                raise
+
+    def _closed(self) -> None:
+        self.opened -= 1
+        self.idle.put_nowait(None)
 
     async def request(
         self, method: str, target: str, headers: dict[str, str], body: bytes = b""
@@ -128,7 +137,7 @@ class Pool:
                 if not first and reused:
                     # The server closed a connection idle too long: as any client, try anew.
                     writer.close()
-                    self.opened -= 1
+                    self._closed()
                     continue
                 status = int(first.split()[1])
                 length = 0
@@ -139,15 +148,16 @@ class Pool:
                 data = await reader.readexactly(length) if length else b""
             except BaseException:
                 writer.close()
-                self.opened -= 1
+                self._closed()
                 raise
             self.idle.put_nowait((reader, writer))
             return status, data
 
     async def close(self) -> None:
         while not self.idle.empty():
-            _, writer = self.idle.get_nowait()
-            writer.close()
+            found = self.idle.get_nowait()
+            if found is not None:
+                found[1].close()
 
 
 class Simulator:

@@ -78,17 +78,23 @@ def answer_of(response: httpx.Response) -> tuple[Any, ...]:
     )
 
 
-def test_the_fast_path_answers_as_fastapi_does(
-    servers: tuple[FleetServer, str], tmp_path: Path
-) -> None:
-    server, general = servers
+def on_a_channel(server: FleetServer, tmp_path: Path) -> AgentClient:
+    """The channel stable at DIGEST_A, the fleet edge following it for
+    site=berlin, and dev1 enrolled in it."""
     with operator(server) as api:
         api.put("channels/stable", json={"image": "reg/os", "digest": DIGEST_A})
         api.put(
             "fleets/edge",
             json={"selector": "site=berlin", "template": {"os": {"channel": "stable"}}},
         )
-    device = enrolled(server, tmp_path, "dev1", site="berlin")
+    return enrolled(server, tmp_path, "dev1", site="berlin")
+
+
+def test_the_fast_path_answers_as_fastapi_does(
+    servers: tuple[FleetServer, str], tmp_path: Path
+) -> None:
+    server, general = servers
+    device = on_a_channel(server, tmp_path)
     other = enrolled(server, tmp_path, "dev2", site="berlin")
     gone = enrolled(server, tmp_path, "dev3", site="berlin")
     with operator(server) as api:
@@ -195,13 +201,7 @@ def test_long_polls_wake_for_changes_through_either_process(
     and through another one on the same database; it would end unchanged (204)
     after its 30 s otherwise: it takes no look at the end of its wait."""
     server, other = servers
-    with operator(server) as api:
-        api.put("channels/stable", json={"image": "reg/os", "digest": DIGEST_A})
-        api.put(
-            "fleets/edge",
-            json={"selector": "site=berlin", "template": {"os": {"channel": "stable"}}},
-        )
-    device = enrolled(server, tmp_path, "dev1", site="berlin")
+    device = on_a_channel(server, tmp_path)
     keys = device.request("GET", "/api/v1/agent/enrollment").json()["specKeys"]
     assert ask(server.url, device, "GET", SPEC).status_code == 200  # version 1
     for version, (through, digest) in enumerate(
@@ -267,9 +267,7 @@ def test_the_fast_path_answers_503_while_the_database_is_down(
     servers: tuple[FleetServer, str], tmp_path: Path, postgres: Any
 ) -> None:
     server, _ = servers
-    with operator(server) as api:
-        api.put("fleets/edge", json={"selector": "", "template": {}})
-    device = enrolled(server, tmp_path, "d1")
+    device = on_a_channel(server, tmp_path)
     assert ask(server.url, device, "GET", SPEC).status_code == 200
     assert ask(server.url, device, "PUT", STATUS, b"{}").status_code == 204
     from concurrent.futures import ThreadPoolExecutor

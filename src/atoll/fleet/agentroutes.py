@@ -39,6 +39,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -126,34 +127,29 @@ class SpecNotifier:
                 self._wake()
 
 
+@dataclass(frozen=True)
+class AgentPaths:
+    """What :class:`AgentRoutes` answers with."""
+
+    engine: Engine
+    key_cache: agentpath.KeyCache
+    lifetime: datetime.timedelta
+    notifier: SpecNotifier
+    general_poll: GeneralPoll
+    general_report: GeneralReport
+    #: A report's body validated: its status as stored.
+    status_of: Callable[[bytes], dict[str, Any]]
+    max_wait: float
+    #: An AsyncAgentDatabase (PostgreSQL), or None: the blocking engine in threads.
+    database: Any = None
+
+
 class AgentRoutes:
     """ASGI middleware: the agents' spec poll and status report (module docstring)."""
 
-    def __init__(
-        self,
-        app: Any,
-        *,
-        engine: Engine,
-        key_cache: agentpath.KeyCache,
-        lifetime: datetime.timedelta,
-        notifier: SpecNotifier,
-        general_poll: GeneralPoll,
-        general_report: GeneralReport,
-        status_of: Callable[[bytes], dict[str, Any]],
-        max_wait: float,
-        database: Any = None,
-    ) -> None:
+    def __init__(self, app: Any, paths: AgentPaths) -> None:
         self.app = app
-        self.engine = engine
-        self.key_cache = key_cache
-        self.lifetime = lifetime
-        self.notifier = notifier
-        self.general_poll = general_poll
-        self.general_report = general_report
-        self.status_of = status_of
-        self.max_wait = max_wait
-        #: An AsyncAgentDatabase (PostgreSQL), or None: the blocking engine in threads.
-        self.database = database
+        self.paths = paths
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         template = None
@@ -162,9 +158,9 @@ class AgentRoutes:
         if template is None:
             await self.app(scope, receive, send)
             if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
-                self.notifier.kick()  # it may have changed what devices run
+                self.paths.notifier.kick()  # it may have changed what devices run
             return
-        query = _query(scope, self.max_wait) if template.path == SPEC else (0, 0.0)
+        query = _query(scope, self.paths.max_wait) if template.path == SPEC else (0, 0.0)
         if query is None:
             await self.app(scope, receive, send)  # FastAPI says what is wrong with it
             return
@@ -192,9 +188,11 @@ class AgentRoutes:
             await database_answer(exc)(scope, receive, send)
 
     async def _run(self, steps: agentpath.Steps) -> Any:
-        if self.database is not None:
-            return await self.database.run(steps)
-        return await run_in_threadpool(agentpath.run, self.engine, self.key_cache, steps)
+        if self.paths.database is not None:
+            return await self.paths.database.run(steps)
+        return await run_in_threadpool(
+            agentpath.run, self.paths.engine, self.paths.key_cache, steps
+        )
 
     async def _spec(
         self,
@@ -206,8 +204,8 @@ class AgentRoutes:
         send: Any,
     ) -> None:
         name = headers.get(wire.HEADER_DEVICE.lower(), "")
-        changed = self.notifier.changed() if wait else None
-        quick = await self._run(agentpath.poll_steps(headers, target, known, self.lifetime))
+        changed = self.paths.notifier.changed() if wait else None
+        quick = await self._run(agentpath.poll_steps(headers, target, known, self.paths.lifetime))
         envelope = await self._settle(quick, headers, name, target, known)
         if envelope is None and changed is not None:
             envelope = await self._wait(changed, name, target, known, wait, receive)
@@ -227,7 +225,9 @@ class AgentRoutes:
         if isinstance(quick, agentpath.Unchanged):
             return None
         if isinstance(quick, agentpath.Changed):
-            return await run_in_threadpool(self.general_poll, headers, name, target, b"", known)
+            return await run_in_threadpool(
+                self.paths.general_poll, headers, name, target, b"", known
+            )
         return quick
 
     async def _wait(
@@ -249,8 +249,8 @@ class AgentRoutes:
                 )
                 if gone in done or changed not in done:
                     return None  # the device went away, or the wait is over
-                changed = self.notifier.changed()
-                quick = await self._run(agentpath.recheck_steps(name, known, self.lifetime))
+                changed = self.paths.notifier.changed()
+                quick = await self._run(agentpath.recheck_steps(name, known, self.paths.lifetime))
                 envelope = await self._settle(quick, None, name, target, known)
                 if envelope is not None:
                     return envelope
@@ -259,11 +259,13 @@ class AgentRoutes:
             gone.cancel()
 
     async def _status(self, headers: dict[str, str], target: str, body: bytes, send: Any) -> None:
-        rotate = await self._run(agentpath.report_steps(headers, target, body, self.status_of))
+        rotate = await self._run(
+            agentpath.report_steps(headers, target, body, self.paths.status_of)
+        )
         if rotate is None:
             # A device of a rollout in flight: its rollout is reconciled with the report.
-            rotate = await run_in_threadpool(self.general_report, headers, target, body)
-            self.notifier.kick()
+            rotate = await run_in_threadpool(self.paths.general_report, headers, target, body)
+            self.paths.notifier.kick()
         extra = [(wire.HEADER_ROTATION.lower().encode(), b"requested")] if rotate else []
         await _answer(send, 204, b"", extra)
 

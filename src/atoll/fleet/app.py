@@ -36,7 +36,7 @@ from atoll import errors
 from atoll.agent import wire
 from atoll.fleet import agentpath, auth, dashboard, keys, models, render, rollouts
 from atoll.fleet import db as tables
-from atoll.fleet.agentroutes import AgentRoutes, SpecNotifier
+from atoll.fleet.agentroutes import AgentPaths, AgentRoutes, SpecNotifier
 from atoll.fleet.db import transaction, utcnow
 from atoll.fleet.edge import Edge, database_answer, error_answer, problem
 from atoll.fleet.metrics import Metrics
@@ -765,8 +765,7 @@ def create_app(
     # (and answered before FastAPI, by AgentRoutes, unless agent_fast_path is off).
     app.router.routes.sort(key=lambda r: not getattr(r, "path", "").startswith("/api/v1/agent/"))
     if agent_fast_path:
-        app.add_middleware(
-            AgentRoutes,
+        paths = AgentPaths(
             engine=engine,
             key_cache=key_cache,
             lifetime=spec_lifetime,
@@ -777,5 +776,6 @@ def create_app(
             max_wait=MAX_WAIT,
             database=database,
         )
+        app.add_middleware(AgentRoutes, paths=paths)
     app.add_middleware(Edge, metrics=measured)  # the outermost: it sees every answer
     return app
