@@ -230,13 +230,11 @@ def test_long_polls_wake_for_changes_through_either_process(
     assert poll["response"].json()["error"] == "device 'dev1' is revoked: refused"
 
 
-@pytest.mark.parametrize("fleet_db", ["postgresql"], indirect=True)
 def test_reports_at_once_are_each_recorded_and_a_replay_refused(
     servers: tuple[FleetServer, str], tmp_path: Path
 ) -> None:
-    """Reports that arrive together are committed together (atoll.fleet.agentdb):
-    each device's own is recorded, and the same report sent twice at once
-    is taken once."""
+    """Reports that arrive together through the fast path: each device's own
+    is recorded, and the same report sent twice at once is taken once."""
     from concurrent.futures import ThreadPoolExecutor
 
     server, _ = servers

@@ -188,15 +188,11 @@ _WRITE = (
 @dataclass(frozen=True)
 class Query:
     """One statement a step asks its driver to run: the row it returns (or
-    None), or with *rowcount* the number of rows it changed.  With *batch*
-    (a write of one row, whose key it is) a driver may commit it together
-    with other requests' in one transaction, written in the order of their
-    keys."""
+    None), or with *rowcount* the number of rows it changed."""
 
     statement: Any
     params: dict[str, Any]
     rowcount: bool = False
-    batch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,8 +204,10 @@ class Keys:
 
 
 #: The logic of a request as steps: it yields each statement it needs and is
-#: sent the statement's answer, so the same steps run on a blocking engine
-#: (:func:`run`) and on an asynchronous driver (:mod:`atoll.fleet.agentdb`).
+#: sent the statement's answer.  The driver (:func:`run`) owns the connection,
+#: so the logic is written once for the first look of a poll, its later looks
+#: and a report, and could be driven otherwise (asynchronous connections were
+#: tried: docs/performance.md).
 Steps = Generator[Query | Keys, Any, Any]
 
 
@@ -369,7 +367,6 @@ def report_steps(
             "b_now": utcnow(),
         },
         rowcount=True,
-        batch=name,
     )
     if written != 1:
         raise auth.replayed(name)

@@ -14,12 +14,14 @@ FastAPI, which answers it as before.  :class:`~atoll.fleet.edge.Edge`, outside
 this layer, still limits bodies and measures and logs every answer; the
 route's template is put in the scope for it.
 
-On PostgreSQL the statements run on asynchronous connections on the event
-loop itself (:mod:`atoll.fleet.agentdb`: a thread hop per request costs as
-much CPU as the request's own work and makes it wait for the GIL behind the
-others); on SQLite in the thread pool, on the agents' blocking engine.  What
-is rare (a spec whose version moved under a racing poll, a report that
-reconciles a rollout) runs the general path in the thread pool.
+The statements run in the thread pool, on the agents' engine
+(:func:`atoll.fleet.db.open_engine` with ``agents``).  Run instead on
+asynchronous connections in the event loop, they took half the CPU per
+request but answered far later whenever other work on the machine kept the
+load above its cores: one thread gets one thread's share of the CPU, a pool
+of threads more (``docs/performance.md``).  What is rare (a spec whose
+version moved under a racing poll, a report that reconciles a rollout) runs
+the general path in the thread pool.
 
 **Long polls** (``wait``): a poll whose spec did not change waits on a
 :class:`SpecNotifier`, which looks again for every waiting poll at once when
@@ -140,8 +142,6 @@ class AgentPaths:
     #: A report's body validated: its status as stored.
     status_of: Callable[[bytes], dict[str, Any]]
     max_wait: float
-    #: An AsyncAgentDatabase (PostgreSQL), or None: the blocking engine in threads.
-    database: Any = None
 
 
 class AgentRoutes:
@@ -188,11 +188,8 @@ class AgentRoutes:
             await database_answer(exc)(scope, receive, send)
 
     async def _run(self, steps: agentpath.Steps) -> Any:
-        if self.paths.database is not None:
-            return await self.paths.database.run(steps)
-        return await run_in_threadpool(
-            agentpath.run, self.paths.engine, self.paths.key_cache, steps
-        )
+        paths = self.paths
+        return await run_in_threadpool(agentpath.run, paths.engine, paths.key_cache, steps)
 
     async def _spec(
         self,

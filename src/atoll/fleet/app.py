@@ -117,8 +117,6 @@ def create_app(
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
-            if database is not None:
-                await database.close()
             engine.dispose()
 
     app = FastAPI(
@@ -130,11 +128,6 @@ def create_app(
     )
     key_cache = agentpath.KeyCache()
     notifier = SpecNotifier(engine)
-    database = None
-    if agent_fast_path and engine.dialect.name == "postgresql":
-        from atoll.fleet.agentdb import AsyncAgentDatabase
-
-        database = AsyncAgentDatabase(engine, key_cache)
     measured = Metrics()
 
     @app.exception_handler(errors.AtollError)
@@ -774,7 +767,6 @@ def create_app(
             general_report=reconciled_report,
             status_of=status_of,
             max_wait=MAX_WAIT,
-            database=database,
         )
         app.add_middleware(AgentRoutes, paths=paths)
     app.add_middleware(Edge, metrics=measured)  # the outermost: it sees every answer
