@@ -123,7 +123,9 @@ class FleetServer:
 
 
 class _Server(threading.Thread):
-    def __init__(self, db: str, port: int, ca_key: Path | None = None) -> None:
+    def __init__(
+        self, db: str, port: int, ca_key: Path | None = None, *, agent_fast_path: bool = True
+    ) -> None:
         super().__init__(daemon=True)
         import uvicorn
 
@@ -132,7 +134,12 @@ class _Server(threading.Thread):
         from atoll.fleet.serve import ready_engine
 
         self.engine = ready_engine(db, ca_key)
-        app = create_app(session_factory(self.engine), reconcile_every=0.2, ca_key=ca_key)
+        app = create_app(
+            session_factory(self.engine),
+            reconcile_every=0.2,
+            ca_key=ca_key,
+            agent_fast_path=agent_fast_path,
+        )
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         )
@@ -142,10 +149,11 @@ class _Server(threading.Thread):
 
 
 @contextmanager
-def serving(db: str, ca_key: Path | None = None) -> Iterator[str]:
-    """One API process on *db* (uvicorn in a thread of this one): its URL."""
+def serving(db: str, ca_key: Path | None = None, *, agent_fast_path: bool = True) -> Iterator[str]:
+    """One API process on *db* (uvicorn in a thread of this one): its URL;
+    *agent_fast_path* off: the agents' routes answered by FastAPI's routes."""
     port = free_port()
-    thread = _Server(db, port, ca_key)
+    thread = _Server(db, port, ca_key, agent_fast_path=agent_fast_path)
     thread.start()
     deadline = time.monotonic() + 30
     while not thread.server.started:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +33,18 @@ from sqlalchemy import bindparam, func, literal, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from atoll.agent import wire
-from atoll.errors import FleetAuthError
+from atoll.errors import FleetAuthError, FleetNotFoundError
 from atoll.fleet import auth, keys, render
-from atoll.fleet.db import Channel, Device, Fleet, Rollout, RolloutDevice, ServerKey, utcnow
+from atoll.fleet.db import (
+    Channel,
+    Device,
+    Event,
+    Fleet,
+    Rollout,
+    RolloutDevice,
+    ServerKey,
+    utcnow,
+)
 
 #: Rollout-device states in flight: a report from such a device reconciles its rollout.
 IN_FLIGHT = ("updating", "retrying")
@@ -52,6 +61,10 @@ class Changed:
     the server has no keys."""
 
 
+#: :meth:`KeyCache.cached`: the keys are to be read again.
+STALE = object()
+
+
 class KeyCache:
     """The server's keys, loaded again only when the set of active keys changed
     (a rotation adds a row or retires one: the sum of their ids changes)."""
@@ -60,6 +73,11 @@ class KeyCache:
         self._stamp: int | None = None
         self._keys: keys.ServerKeys | None = None
         self._lock = threading.Lock()
+
+    def cached(self, stamp: int) -> keys.ServerKeys | object | None:
+        """The keys of *stamp*, None when the server has none, or :data:`STALE`."""
+        with self._lock:
+            return self._keys if stamp == self._stamp else STALE
 
     def get(self, connection: Connection, stamp: int) -> keys.ServerKeys | None:
         with self._lock:
@@ -74,6 +92,12 @@ class KeyCache:
         return found
 
 
+def _constants(values: tuple[str, ...]) -> list[Any]:
+    """Values written into the statement once: a plain ``in_()`` of strings is
+    expanded again at every execution."""
+    return [literal(v) for v in values]
+
+
 _KEY_STAMP = (
     select(func.coalesce(func.sum(ServerKey.id), 0)).where(ServerKey.active).scalar_subquery()
 )
@@ -85,7 +109,7 @@ def _released() -> Any:
         .join(RolloutDevice, RolloutDevice.rollout == Rollout.name)
         .where(
             Rollout.fleet == Device.fleet,
-            Rollout.state.in_(render.ACTIVE_ROLLOUT),
+            Rollout.state.in_(_constants(render.ACTIVE_ROLLOUT)),
             RolloutDevice.device == Device.name,
             RolloutDevice.released_at.is_not(None),
         )
@@ -128,7 +152,7 @@ _REPORT = select(
             Rollout.fleet == Device.fleet,
             Rollout.state == "running",
             RolloutDevice.device == Device.name,
-            RolloutDevice.state.in_(IN_FLIGHT),
+            RolloutDevice.state.in_(_constants(IN_FLIGHT)),
         )
         .limit(1)
         .scalar_subquery()
@@ -161,6 +185,49 @@ _WRITE = (
 )
 
 
+@dataclass(frozen=True)
+class Query:
+    """One statement a step asks its driver to run: the row it returns (or
+    None), or with *rowcount* the number of rows it changed."""
+
+    statement: Any
+    params: dict[str, Any]
+    rowcount: bool = False
+
+
+@dataclass(frozen=True)
+class Keys:
+    """A step asks its driver for the server's keys whose stamp is *stamp*
+    (:class:`KeyCache`: read again only when the stamp moved)."""
+
+    stamp: int
+
+
+#: The logic of a request as steps: it yields each statement it needs and is
+#: sent the statement's answer.  The driver (:func:`run`) owns the connection,
+#: so the logic is written once for the first look of a poll, its later looks
+#: and a report, and could be driven otherwise (asynchronous connections were
+#: tried: docs/performance.md).
+Steps = Generator[Query | Keys, Any, Any]
+
+
+def run(engine: Engine, key_cache: KeyCache, steps: Steps) -> Any:
+    """Run *steps* on one connection of *engine*: their result."""
+    with engine.connect() as connection:
+        answer: Any = None
+        try:
+            while True:
+                step = steps.send(answer)
+                if isinstance(step, Keys):
+                    answer = key_cache.get(connection, step.stamp)
+                elif step.rowcount:
+                    answer = connection.execute(step.statement, step.params).rowcount
+                else:
+                    answer = connection.execute(step.statement, step.params).one_or_none()
+        except StopIteration as stop:
+            return stop.value
+
+
 def poll(
     engine: Engine,
     key_cache: KeyCache,
@@ -172,23 +239,48 @@ def poll(
 ) -> Unchanged | Changed | dict[str, Any]:
     """A device's spec poll: :class:`Unchanged`, :class:`Changed`, or the signed
     envelope of its current spec."""
+    answer: Unchanged | Changed | dict[str, Any] = run(
+        engine, key_cache, poll_steps(headers, target, known, lifetime)
+    )
+    return answer
+
+
+def poll_steps(
+    headers: dict[str, str], target: str, known: int, lifetime: datetime.timedelta
+) -> Steps:
     name, stamp, signature = auth.signed_by(headers)
-    with engine.connect() as connection:
-        row = connection.execute(_POLL, {"b_name": name}).one_or_none()
-        if row is None:
-            raise FleetAuthError(f"device {name!r} is not enrolled")
-        (state, public_pem, not_after, version, spec_hash, fleet, fleet_spec) = row[:7]
-        image, digest, released, key_stamp = row[7:]
-        auth.check_signature(
-            name,
-            state,
-            not_after,
-            public_pem,
-            wire.request_message("GET", target, stamp, b""),
-            signature,
-            stamp,
-        )
-        found = key_cache.get(connection, int(key_stamp))
+    row = yield Query(_POLL, {"b_name": name})
+    if row is None:
+        raise FleetAuthError(f"device {name!r} is not enrolled")
+    state, public_pem, not_after = row[:3]
+    auth.check_signature(
+        name,
+        state,
+        not_after,
+        public_pem,
+        wire.request_message("GET", target, stamp, b""),
+        signature,
+        stamp,
+    )
+    return (yield from _look(name, known, lifetime, row))
+
+
+def recheck_steps(name: str, known: int, lifetime: datetime.timedelta) -> Steps:
+    """A later look of a long poll whose signature was checked at its first:
+    the device must still exist and be enrolled (as the general path's look)."""
+    row = yield Query(_POLL, {"b_name": name})
+    if row is None:
+        raise FleetNotFoundError(f"device {name!r} does not exist")
+    if row[0] != "enrolled":
+        raise FleetAuthError(f"device {name!r} is {row[0]}: refused")
+    return (yield from _look(name, known, lifetime, row))
+
+
+def _look(name: str, known: int, lifetime: datetime.timedelta, row: Any) -> Steps:
+    """The device's spec, from its row (the poll's ``SELECT``)."""
+    version, spec_hash, fleet, fleet_spec = row[3:7]
+    image, digest, released, key_stamp = row[7:]
+    found = yield Keys(int(key_stamp))
     if found is None:
         return Changed()  # no keys: the general path says so
     if released is None and fleet_spec is not None:
@@ -199,16 +291,31 @@ def poll(
     if digest != spec_hash:
         # The spec changed: its version moves on, once even when two polls race
         # (the second finds the hash moved and takes the general path).
-        with engine.connect() as connection:
-            moved = connection.execute(
-                _MOVE, {"b_name": name, "b_old": spec_hash, "b_new": digest}
-            ).one_or_none()
+        moved = yield Query(_MOVE, {"b_name": name, "b_old": spec_hash, "b_new": digest})
         if moved is None:
             return Changed()
         version = int(moved[0])
     elif version == known:
         return Unchanged()
     return render.signed_spec(found, name, version, spec, utcnow(), lifetime)
+
+
+#: What moves when any device's spec may have moved: every operator change
+#: writes an event, a rollout's progress moves its ``updated_at`` or releases
+#: devices, a key rotation changes the active keys.
+_STAMP = select(
+    select(func.max(Event.id)).scalar_subquery(),
+    select(func.max(Rollout.updated_at)).scalar_subquery(),
+    select(func.max(RolloutDevice.released_at)).scalar_subquery(),
+    _KEY_STAMP,
+)
+
+
+def change_stamp(engine: Engine) -> tuple[Any, ...]:
+    """A value that differs whenever a spec may have changed since it was read
+    (in any process on the database): long polls look again when it moves."""
+    with engine.connect() as connection:
+        return tuple(connection.execute(_STAMP).one())
 
 
 def report(
@@ -221,37 +328,46 @@ def report(
     """Record a device's status (*status_of*: its body validated, once the
     request's signature holds): whether it is asked to rotate its key, or None
     when its rollout is to be reconciled (the general path records it then)."""
+    rotate: bool | None = run(engine, KeyCache(), report_steps(headers, target, body, status_of))
+    return rotate
+
+
+def report_steps(
+    headers: dict[str, str],
+    target: str,
+    body: bytes,
+    status_of: Callable[[bytes], dict[str, Any]],
+) -> Steps:
     name, stamp, signature = auth.signed_by(headers)
-    with engine.connect() as connection:
-        row = connection.execute(_REPORT, {"b_name": name}).one_or_none()
-        if row is None:
-            raise FleetAuthError(f"device {name!r} is not enrolled")
-        state, public_pem, not_after, last_ms, rotation, in_flight = row
-        auth.check_signature(
-            name,
-            state,
-            not_after,
-            public_pem,
-            wire.request_message("PUT", target, stamp, body),
-            signature,
-            stamp,
-        )
-        if stamp <= last_ms:
-            raise auth.replayed(name)
-        status = status_of(body)
-        if in_flight is not None:
-            return None
-        now = utcnow()
-        written = connection.execute(
-            _WRITE,
-            {
-                "b_name": name,
-                "b_key": public_pem,
-                "b_stamp": stamp,
-                "b_status": status,
-                "b_now": now,
-            },
-        )
-        if written.rowcount != 1:
-            raise auth.replayed(name)
+    row = yield Query(_REPORT, {"b_name": name})
+    if row is None:
+        raise FleetAuthError(f"device {name!r} is not enrolled")
+    state, public_pem, not_after, last_ms, rotation, in_flight = row
+    auth.check_signature(
+        name,
+        state,
+        not_after,
+        public_pem,
+        wire.request_message("PUT", target, stamp, body),
+        signature,
+        stamp,
+    )
+    if stamp <= last_ms:
+        raise auth.replayed(name)
+    status = status_of(body)
+    if in_flight is not None:
+        return None
+    written = yield Query(
+        _WRITE,
+        {
+            "b_name": name,
+            "b_key": public_pem,
+            "b_stamp": stamp,
+            "b_status": status,
+            "b_now": utcnow(),
+        },
+        rowcount=True,
+    )
+    if written != 1:
+        raise auth.replayed(name)
     return bool(rotation)

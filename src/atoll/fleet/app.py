@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,8 +36,9 @@ from atoll import errors
 from atoll.agent import wire
 from atoll.fleet import agentpath, auth, dashboard, keys, models, render, rollouts
 from atoll.fleet import db as tables
+from atoll.fleet.agentroutes import AgentPaths, AgentRoutes, SpecNotifier
 from atoll.fleet.db import transaction, utcnow
-from atoll.fleet.edge import Edge, problem
+from atoll.fleet.edge import Edge, database_answer, error_answer, problem
 from atoll.fleet.metrics import Metrics
 from atoll.fleet.selector import parse_selector
 
@@ -48,19 +49,6 @@ RECONCILE_EVERY = 15.0
 #: The longest a spec poll waits for a change, and how often it looks.
 MAX_WAIT = 60.0
 POLL_STEP = 0.5
-
-STATUS = {
-    errors.FleetAuthError: 401,
-    errors.FleetRoleError: 403,
-    errors.FleetNotFoundError: 404,
-    errors.FleetConflictError: 409,
-    errors.FleetSpecError: 422,
-    errors.SpecTrustError: 422,
-    errors.EnrollmentError: 403,
-    errors.FleetUnavailableError: 503,
-    errors.FleetDatabaseError: 503,
-    errors.FleetKeyError: 503,
-}
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T", bound=tables.Base)
@@ -110,19 +98,25 @@ def create_app(
     spec_lifetime: datetime.timedelta = datetime.timedelta(days=7),
     reconcile_every: float = RECONCILE_EVERY,
     ca_key: Path | None = None,
+    agent_fast_path: bool = True,
 ) -> FastAPI:
     """The API on the database *factory* opens; *ca_key*: the file holding the
-    CA's private key, when the database does not (atoll.fleet.keys)."""
+    CA's private key, when the database does not (atoll.fleet.keys);
+    *agent_fast_path*: the agents' two routes answered before FastAPI
+    (:mod:`atoll.fleet.agentroutes`), else by the FastAPI routes below."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_reconciler(factory, reconcile_every))
+        tasks = [asyncio.create_task(_reconciler(factory, reconcile_every))]
+        if agent_fast_path:
+            tasks.append(asyncio.create_task(notifier.run()))
         try:
             yield
         finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             engine.dispose()
 
     app = FastAPI(
@@ -133,13 +127,12 @@ def create_app(
         factory.kw["bind"].url.render_as_string(hide_password=False), agents=True
     )
     key_cache = agentpath.KeyCache()
+    notifier = SpecNotifier(engine)
     measured = Metrics()
-    app.add_middleware(Edge, metrics=measured)
 
     @app.exception_handler(errors.AtollError)
     async def _atoll_error(_: Request, exc: errors.AtollError) -> JSONResponse:
-        status = STATUS.get(type(exc), 400)
-        return problem(status, exc.message)
+        return error_answer(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -151,10 +144,8 @@ def create_app(
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
-    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, IntegrityError):
-            return problem(409, "the change conflicts with another one; try again")
-        return problem(503, "the fleet database is unavailable; try again later")
+    async def _database_down(_: Request, exc: DBAPIError) -> JSONResponse:
+        return database_answer(exc)
 
     @contextmanager
     def tx() -> Iterator[Session]:
@@ -735,15 +726,17 @@ def create_app(
             return Response(status_code=204)
         return Response(json.dumps(envelope), media_type="application/json")
 
+    def status_of(body: bytes) -> dict[str, Any]:
+        return parse(models.DeviceStatus, body).model_dump(by_alias=True)
+
     def report(headers: dict[str, str], target: str, body: bytes) -> bool:
         """Record the device's status; whether it is asked to rotate its key."""
-
-        def status_of(body: bytes) -> dict[str, Any]:
-            return parse(models.DeviceStatus, body).model_dump(by_alias=True)
-
         rotate = agentpath.report(engine, headers, target, body, status_of)
         if rotate is not None:
             return rotate
+        return reconciled_report(headers, target, body)
+
+    def reconciled_report(headers: dict[str, str], target: str, body: bytes) -> bool:
         with tx() as session:
             # A device of a rollout in flight: its rollout is reconciled with the report.
             device = auth.device(session, headers, "PUT", target, body)
@@ -761,6 +754,20 @@ def create_app(
             status_code=204, headers={wire.HEADER_ROTATION: "requested"} if rotate else None
         )
 
-    # The agents' requests are nearly all of them: their routes are matched first.
+    # The agents' requests are nearly all of them: their routes are matched first
+    # (and answered before FastAPI, by AgentRoutes, unless agent_fast_path is off).
     app.router.routes.sort(key=lambda r: not getattr(r, "path", "").startswith("/api/v1/agent/"))
+    if agent_fast_path:
+        paths = AgentPaths(
+            engine=engine,
+            key_cache=key_cache,
+            lifetime=spec_lifetime,
+            notifier=notifier,
+            general_poll=poll_once,
+            general_report=reconciled_report,
+            status_of=status_of,
+            max_wait=MAX_WAIT,
+        )
+        app.add_middleware(AgentRoutes, paths=paths)
+    app.add_middleware(Edge, metrics=measured)  # the outermost: it sees every answer
     return app

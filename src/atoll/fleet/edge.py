@@ -1,6 +1,7 @@
 """The fleet server's outermost layer: every answer measured and logged, and
 request bodies over :data:`MAX_BODY` refused before anything reads them; and
-the one shape of an error answer (``{"error": "one line"}``)."""
+the one shape of an error answer (``{"error": "one line"}``) with the status
+code of each error."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import time
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from atoll import errors
 from atoll.fleet.metrics import Metrics
 
 access_log = logging.getLogger("atoll.fleet.access")
@@ -18,9 +21,34 @@ access_log = logging.getLogger("atoll.fleet.access")
 MAX_BODY = 1 << 20
 
 
+#: The status code of each error; another :class:`~atoll.errors.AtollError` is a 400.
+STATUS = {
+    errors.FleetAuthError: 401,
+    errors.FleetRoleError: 403,
+    errors.FleetNotFoundError: 404,
+    errors.FleetConflictError: 409,
+    errors.FleetSpecError: 422,
+    errors.SpecTrustError: 422,
+    errors.EnrollmentError: 403,
+    errors.FleetUnavailableError: 503,
+    errors.FleetDatabaseError: 503,
+    errors.FleetKeyError: 503,
+}
+
+
 def problem(status: int, message: str) -> JSONResponse:
     """An error answer: ``{"error": message}`` with *status*."""
     return JSONResponse({"error": message}, status_code=status)
+
+
+def error_answer(exc: errors.AtollError) -> JSONResponse:
+    return problem(STATUS.get(type(exc), 400), exc.message)
+
+
+def database_answer(exc: DBAPIError) -> JSONResponse:
+    if isinstance(exc, IntegrityError):
+        return problem(409, "the change conflicts with another one; try again")
+    return problem(503, "the fleet database is unavailable; try again later")
 
 
 class Edge:
