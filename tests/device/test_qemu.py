@@ -3,7 +3,9 @@ machine is stopped with its whole process group."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from atoll.device.qemu import (
     Accel,
     DirectKernel,
     Firmware,
+    _Console,
     boot_vm,
     copy_efi_vars,
     group_alive,
@@ -98,6 +101,30 @@ def test_bad_options_are_refused(disk: Path, tmp_path: Path) -> None:
 )
 def test_outcome_from_the_console(code: int, console: str, outcome: DeviceBootOutcome) -> None:
     assert outcome_of_console(code, console) is outcome
+
+
+def test_the_console_types_the_answer_to_each_prompt() -> None:
+    """Each time a prompt shows (also when it comes in two reads), its answer is
+    typed once, in order; the console is copied to the log as it came."""
+    out_read, out_write = os.pipe()
+    key_read, key_write = os.pipe()
+    sink = io.BytesIO()
+    prompts = [(b"Press any key to continue...", b"\r"), (b"login:", b"root\n")]
+    with os.fdopen(out_read, "rb", buffering=0) as stream:
+        console = _Console(stream, sink, prompts, key_write)
+        os.close(key_write)  # the console types on its own copy
+        for chunk in (b"error: bad shim signature.\r\nPress any key", b" to continue...",
+                      b"Press any key to continue...\r\nlogin: ", b"no prompt\r\n"):  # fmt: skip
+            os.write(out_write, chunk)
+            time.sleep(0.05)  # separate reads
+        os.close(out_write)
+        console.close()
+    with os.fdopen(key_read, "rb") as typed:
+        assert typed.read() == b"\r\rroot\n"  # the console's copy is closed at its end
+    assert sink.getvalue() == (
+        b"error: bad shim signature.\nPress any key to continue...Press any key to continue..."
+        b"\nlogin: no prompt\n"
+    )
 
 
 def test_kvm_needs_the_cpu_flags(tmp_path: Path) -> None:

@@ -35,19 +35,29 @@ def run_with_console(
     label: str,
     env: Mapping[str, str] | None = None,
     preexec: Callable[[], object] | None = None,
+    stdin: int | None = None,
 ) -> tuple[int, bool, float, C, int]:
     """Run *argv* until it exits or *timeout* passes (then *stop* ends it);
     return (exit code, timed out, seconds, the console that read its output,
     also appended to *console_log* when given, the process (group) id).
     *env*: the program's environment (default: atoll.run's base environment);
-    *preexec*: run in the child before the program (see atoll.device.cgroup)."""
+    *preexec*: run in the child before the program (see atoll.device.cgroup);
+    *stdin*: a file descriptor for its input (default: /dev/null)."""
     try:
         sink = console_log.open("ab") if console_log is not None else None
     except OSError as exc:
         raise from_oserror(exc, str(console_log)) from None
     try:
         started = time.monotonic()
-        proc = spawn(argv, stdout=PIPE, stderr=STDOUT, process_group=0, env=env, preexec_fn=preexec)
+        proc = spawn(
+            argv,
+            stdin=stdin,
+            stdout=PIPE,
+            stderr=STDOUT,
+            process_group=0,
+            env=env,
+            preexec_fn=preexec,
+        )
         assert proc.stdout is not None
         reader = console(proc.stdout, sink)
         timed_out = False

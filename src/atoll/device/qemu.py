@@ -43,6 +43,13 @@ reboot; the kernel's last words on the console tell them apart:
     the deadline passed            timeout     QEMU and its process group were killed
     =============================  ==========  ====================================
 
+**Answers on the console.**  A boot may be given prompts to answer
+(``answers``: pairs of the text the console shows and what to type then, on
+the serial port, which is QEMU's standard input).  GRUB, for one, shows
+``Press any key to continue...`` after an entry failed to boot and waits ten
+seconds before it boots the fallback entry: a machine with no one at its
+console can be given a key to go on at once.
+
 QEMU runs in a process group of its own; a timeout (or an interrupted caller)
 sends SIGTERM to the group, then SIGKILL after a grace period, and
 ``setpriv --pdeathsig`` takes it down if the caller dies.
@@ -300,10 +307,13 @@ def boot_vm(
     efi_vars: Path | None = None,
     secure_boot: bool = False,
     extra_writable: bool = False,
+    answers: Sequence[tuple[str, str]] = (),
 ) -> VMBoot:
     """Start a machine from *disk* and wait until it powers off, reboots, fails or
     *timeout* seconds pass.  The serial console is appended to *console_log*.
-    UEFI without *efi_vars*: a fresh variable store for this boot alone."""
+    UEFI without *efi_vars*: a fresh variable store for this boot alone.
+    *answers*: (PROMPT, TEXT) pairs: each time the console shows PROMPT, TEXT
+    is typed on it."""
     if timeout <= 0:
         raise InvalidInputError(f"boot timeout must be positive, not {timeout}")
     with contextlib.ExitStack() as scratch:
@@ -312,7 +322,7 @@ def boot_vm(
             efi_vars = fresh_efi_vars(Path(directory), secure_boot=secure_boot)
         return _boot(
             disk, timeout, extra_disks, memory_mib, cpus, accel, network, direct,
-            console_log, firmware, efi_vars, secure_boot, extra_writable,
+            console_log, firmware, efi_vars, secure_boot, extra_writable, answers,
         )  # fmt: skip
 
 
@@ -330,6 +340,7 @@ def _boot(
     efi_vars: Path | None,
     secure_boot: bool,
     extra_writable: bool,
+    answers: Sequence[tuple[str, str]],
 ) -> VMBoot:
     qemu = find_tool(QEMU, "qemu-system-x86")
     argv, used = qemu_command(
@@ -348,18 +359,31 @@ def _boot(
     )
     argv = dies_with_caller(argv)
     log.debug("vm: %s", shlex.join(argv))
-    code, timed_out, duration, console, pid = run_with_console(
-        argv,
-        timeout=timeout,
-        console_log=console_log,
-        console=_Console,
-        stop=_stop,
-        label=f"vm: {disk}",
-    )
-    text = console.text()
+    replies = [(prompt.encode(), text.encode()) for prompt, text in answers if prompt]
+    with contextlib.ExitStack() as pipes:
+        keyboard: int | None = None
+        typing: int | None = None
+        if replies:
+            keyboard, typing = os.pipe()
+            for fd in (keyboard, typing):
+                pipes.callback(os.close, fd)
+
+        def console(stream: IO[bytes], sink: IO[bytes] | None) -> _Console:
+            return _Console(stream, sink, replies, typing)
+
+        code, timed_out, duration, reader, pid = run_with_console(
+            argv,
+            timeout=timeout,
+            console_log=console_log,
+            console=console,
+            stop=_stop,
+            label=f"vm: {disk}",
+            stdin=keyboard,
+        )
+    text = reader.text()
     outcome = DeviceBootOutcome.TIMEOUT if timed_out else outcome_of_console(code, text)
     log.debug("vm: %s ended: %s (exit %d) after %.1f s", disk, outcome, code, duration)
-    return VMBoot(outcome, code, duration, console.tail(), used, pid)
+    return VMBoot(outcome, code, duration, reader.tail(), used, pid)
 
 
 def _stop(proc: Process) -> int:
@@ -387,17 +411,36 @@ def group_alive(pgid: int) -> bool:
 
 class _Console:
     """Copies the serial console to the log as it comes (CR LF becomes LF) and
-    keeps the last few MiB for the outcome and the tail."""
+    keeps the last few MiB for the outcome and the tail; types the answer to
+    each prompt of *replies* on *keyboard* (a pipe to QEMU's standard input)."""
 
-    def __init__(self, stream: IO[bytes], sink: IO[bytes] | None) -> None:
+    def __init__(
+        self,
+        stream: IO[bytes],
+        sink: IO[bytes] | None,
+        replies: Sequence[tuple[bytes, bytes]] = (),
+        keyboard: int | None = None,
+    ) -> None:
         self._stream = stream
         self._sink = sink
         self._kept = bytearray()
         self._cr = False
+        self._replies = list(replies) if keyboard is not None else []
+        # Its own copy, closed by the reader when the console ends: the caller's
+        # may be closed (and its number reused) while this thread still runs.
+        self._keyboard = os.dup(keyboard) if self._replies and keyboard is not None else -1
+        self._unanswered = bytearray()
         self._thread = threading.Thread(target=self._pump, name="qemu-console", daemon=True)
         self._thread.start()
 
     def _pump(self) -> None:
+        try:
+            self._copy()
+        finally:
+            if self._keyboard >= 0:
+                os.close(self._keyboard)
+
+    def _copy(self) -> None:
         fd = self._stream.fileno()
         while chunk := os.read(fd, 65536):
             if self._cr:
@@ -412,6 +455,29 @@ class _Console:
             self._kept += text
             if len(self._kept) > _KEEP_BYTES:
                 del self._kept[: len(self._kept) - _KEEP_BYTES]
+            if self._replies:
+                self._answer(text)
+
+    def _answer(self, text: bytes) -> None:
+        """Type the reply to each prompt the console showed (a prompt may come
+        in two reads: the end of what was read is kept for the next)."""
+        self._unanswered += text
+        while True:
+            found = [
+                (at, prompt, reply)
+                for prompt, reply in self._replies
+                if (at := self._unanswered.find(prompt)) >= 0
+            ]
+            if not found:
+                break
+            at, prompt, reply = min(found)
+            del self._unanswered[: at + len(prompt)]
+            try:
+                os.write(self._keyboard, reply)
+            except OSError as exc:  # QEMU is gone: its end of the pipe is closed
+                log.debug("vm: cannot type %r: %s", reply, exc)
+        longest = max(len(prompt) for prompt, _ in self._replies)
+        del self._unanswered[: max(0, len(self._unanswered) - longest + 1)]
 
     def close(self) -> None:
         self._thread.join(_READER_GRACE)
