@@ -8,6 +8,9 @@ initramfs-tools and udev, cached the same way under its own key::
     ├── base-layer.tar.gz               the tree as one OCI layer (helpers.debian.base_layer)
     ├── initramfs/DIGEST/KVER/initramfs.img       mkinitramfs's, per content of atoll's
     │                                             early-boot files (DIGEST)
+    ├── modules-xfs/                    the tree with xfs in initramfs-tools' module list
+    │   ├── rootfs/
+    │   └── initramfs/DIGEST/KVER/initramfs.img   mkinitramfs's, for an XFS root
     └── dracut-core_VERSION-CONF/       the tree with dracut-core unpacked into it
         ├── rootfs/
         └── initramfs/DIGEST/KVER/initramfs.img   dracut's
@@ -15,9 +18,9 @@ initramfs-tools and udev, cached the same way under its own key::
 Both initramfs images are made by the function ``atoll base create`` uses
 (:func:`atoll.build.base.tree_initramfs`), in a chroot of a copy of the tree
 with atoll's early-boot files added: the tree's own ``mkinitramfs``
-(``MODULES=list``: only virtio and ext4), or dracut (the Fedora/RHEL family's
-generator, which cannot be installed beside initramfs-tools, so it is unpacked
-into a copy of the tree).  Changing the hook makes new ones.
+(``MODULES=list``: only virtio and ext4, and XFS for an XFS root), or dracut
+(the Fedora/RHEL family's generator, which cannot be installed beside
+initramfs-tools, so it is unpacked into a copy of the tree).  Changing the hook makes new ones.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from atoll.boot import install_early_boot
@@ -41,6 +45,9 @@ from helpers.parts import missing
 
 #: Kernel modules the slim initramfs carries: a virtio disk with ext4 on it.
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
+#: What an initramfs adds for an XFS root (``make_initramfs(..., modules=XFS_MODULES)``):
+#: the others do without it, since loading it costs each boot time under emulation.
+XFS_MODULES = ("xfs",)
 VM_PACKAGES = (
     *debian.PACKAGES,
     "linux-image-amd64",
@@ -50,7 +57,7 @@ VM_PACKAGES = (
     "iproute2",  # ip, to bring up the virtual network card
 )
 #: Bump when prepare_vm_tree() changes.
-VM_PREPARE_VERSION = 6
+VM_PREPARE_VERSION = 7
 VM_RECIPE: dict[str, object] = {
     **debian.RECIPE,
     "include": list(VM_PACKAGES),
@@ -61,7 +68,8 @@ VM_RECIPE: dict[str, object] = {
     "prepare": f"vm-{VM_PREPARE_VERSION}",
 }
 #: The kernel modules the tree keeps (paths under usr/lib/modules/KVER/kernel/, or
-#: their directories): a virtio machine with ext4 disks needs no others.
+#: their directories): a virtio machine with ext4 disks needs no others; XFS's
+#: are there for the test of an XFS root (its initramfs adds :data:`XFS_MODULES`).
 KEPT_MODULES = (
     "drivers/virtio/",
     "drivers/net/virtio_net.ko",
@@ -73,6 +81,8 @@ KEPT_MODULES = (
     "fs/ext4/",
     "fs/jbd2/",
     "fs/mbcache.ko",
+    "fs/xfs/",
+    "lib/libcrc32c.ko",
     "lib/crc16.ko",
     "crypto/crc32c_generic.ko",
     "arch/x86/crypto/crc32c-intel.ko",
@@ -278,7 +288,7 @@ data="$(cat /var/lib/vmtest/data 2>/dev/null || echo none)"
 initrd=systemd
 [ "$(systemctl show -P InitRDTimestampMonotonic)" = 0 ] && initrd=script
 say "boot version=$(cat /etc/atoll-version) initrd=$initrd usr=$usr data=$data step=$step"
-for m in / /usr /var /sysroot; do say "mount $(findmnt -n -o TARGET,OPTIONS "$m")"; done
+for m in / /usr /var /sysroot; do say "mount $(findmnt -n -o TARGET,FSTYPE,OPTIONS "$m")"; done
 say "status $(atoll status --sysroot /sysroot --format json | tr -d '\\n')"
 say "history $(tr '\\n' ' ' < /sysroot/atoll/health/history.jsonl)"
 say "grubenv $(grep -v '^#' /sysroot/boot/grub/grubenv | tr '\\n' ' ')"
@@ -376,17 +386,21 @@ DRACUT_PACKAGES = Path(__file__).resolve().parents[2] / ".tools" / "dracut"
 DRACUT_OMIT = ("crypt", "dm", "nvdimm", "lunmask", "resume", "terminfo", "virtiofs", "i18n")
 
 
-def make_initramfs(tree: debian.DebianTree, generator: str = "initramfs-tools") -> Path:
+def make_initramfs(
+    tree: debian.DebianTree, generator: str = "initramfs-tools", modules: tuple[str, ...] = ()
+) -> Path:
     """The tree's initramfs with atoll's early-boot step in it, made by
     *generator* (``initramfs-tools`` or ``dracut``) with the function ``atoll base
     create`` uses, once per content of the early-boot files
-    (``initramfs/DIGEST/KVER/initramfs.img`` beside the tree, or beside
-    :func:`dracut_tree`)."""
-    if generator not in ("initramfs-tools", "dracut"):
-        raise ValueError(f"unknown initramfs generator {generator!r}")
-    root, family = (
-        (tree.rootfs, "apt") if generator == "initramfs-tools" else (dracut_tree(tree), "dnf")
-    )
+    (``initramfs/DIGEST/KVER/initramfs.img`` beside the tree, or beside the
+    derived tree it was made in); *modules*: kernel modules an initramfs-tools
+    one loads beside :data:`INITRAMFS_MODULES` (:data:`XFS_MODULES`)."""
+    if generator == "dracut" and not modules:
+        root, family = dracut_tree(tree), "dnf"
+    elif generator == "initramfs-tools":
+        root, family = (modules_tree(tree, modules) if modules else tree.rootfs), "apt"
+    else:
+        raise ValueError(f"no initramfs by {generator!r} with modules {modules!r}")
     (made,) = tree_initramfs(root, source_date_epoch(), family).values()
     return made
 
@@ -401,21 +415,15 @@ DRACUT_CONF = (
 
 
 def dracut_tree(tree: debian.DebianTree) -> Path:
-    """A hard-linked copy of the VM tree with dracut-core unpacked into it (as a
-    Fedora-family tree carries its generator) and :data:`DRACUT_CONF`; made once
-    beside the tree, never changed afterwards."""
+    """The VM tree with dracut-core unpacked into it (as a Fedora-family tree
+    carries its generator) and :data:`DRACUT_CONF` (:func:`derived_tree`)."""
     debs = sorted(DRACUT_PACKAGES.glob("dracut-core_*.deb"))
     if not debs:
         missing(f"no dracut-core package in {DRACUT_PACKAGES} (make deps fetches it)")
     conf_key = hashlib.sha256(DRACUT_CONF.encode()).hexdigest()[:8]
-    done = tree.cache / f"{debs[-1].stem}-{conf_key}"
-    if (done / "rootfs").is_dir():
-        return done / "rootfs"
-    with tempfile.TemporaryDirectory(dir=tree.cache) as work:
-        root = Path(work) / "rootfs"
-        # Hard links are safe: tar replaces a file it extracts instead of writing
-        # through it, and the configuration is a new file.
-        subprocess.run(["cp", "-al", "--", str(tree.rootfs), str(root)], check=True)
+
+    def add_dracut(root: Path) -> None:
+        # tar replaces a file it extracts instead of writing through the hard link.
         unpack = subprocess.Popen(
             ["dpkg-deb", "--fsys-tarfile", str(debs[-1])], stdout=subprocess.PIPE
         )
@@ -428,7 +436,35 @@ def dracut_tree(tree: debian.DebianTree) -> Path:
             raise RuntimeError(f"{debs[-1]}: dpkg-deb failed")
         (root / "etc/dracut.conf.d").mkdir(parents=True, exist_ok=True)
         (root / "etc/dracut.conf.d/90-vm.conf").write_text(DRACUT_CONF)
-        os.chmod(work, 0o755)
+
+    return derived_tree(tree, f"{debs[-1].stem}-{conf_key}", add_dracut)
+
+
+def modules_tree(tree: debian.DebianTree, modules: tuple[str, ...]) -> Path:
+    """The VM tree with *modules* added to initramfs-tools' module list
+    (:func:`derived_tree`)."""
+
+    def add_modules(root: Path) -> None:
+        listed = root / "etc/initramfs-tools/modules"
+        text = listed.read_text() + "".join(f"{m}\n" for m in modules)
+        listed.unlink()  # a hard link to the cached tree's: not written through
+        listed.write_text(text)
+
+    return derived_tree(tree, "modules-" + "+".join(modules), add_modules)
+
+
+def derived_tree(tree: debian.DebianTree, name: str, change: Callable[[Path], None]) -> Path:
+    """A hard-linked copy of the VM tree that *change* adds to (replacing files,
+    never writing through a link), made once at ``CACHE/.../NAME/rootfs`` beside
+    the tree and never changed afterwards."""
+    done = tree.cache / name
+    if (done / "rootfs").is_dir():
+        return done / "rootfs"
+    with tempfile.TemporaryDirectory(dir=tree.cache) as work:
+        root = Path(work) / "rootfs"
+        subprocess.run(["cp", "-al", "--", str(tree.rootfs), str(root)], check=True)
+        change(root)
+        Path(work).chmod(0o755)
         try:
             Path(work).rename(done)
         except OSError:  # another worker made it first
