@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from atoll.cli.main import main
-from helpers.fleet import FleetServer
+from helpers.fleet import FleetServer, enrolled
 from helpers.workloads import free_port
 
 SQLITE = pytest.mark.parametrize("fleet_db", ["sqlite"], indirect=True)
@@ -283,9 +284,29 @@ def test_serve_answers_and_stops_cleanly(
         assert ready.json() == {"status": "ready"}
         openapi = httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()
         assert "FleetSpec" in openapi["components"]["schemas"]
+        # A device's long poll waits when the server is told to stop: it is
+        # answered then (unchanged), not at the end of its 30 s.
+        url = f"http://127.0.0.1:{port}"
+        device = enrolled(FleetServer(url, db, token.strip()), tmp_path, "dev1")
+        assert device.request("GET", "/api/v1/agent/spec").status_code == 200  # version 1
+        answers: list[tuple[int, float]] = []
+
+        def poll() -> None:
+            params = {"knownVersion": "1", "wait": "30"}
+            started = time.monotonic()
+            status = device.request("GET", "/api/v1/agent/spec", params=params).status_code
+            answers.append((status, time.monotonic() - started))
+
+        waiting = threading.Thread(target=poll)
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive()
     finally:
         server.send_signal(signal.SIGTERM)
         _, stderr = server.communicate(timeout=30)
+    waiting.join(timeout=30)
+    ((status, seconds),) = answers
+    assert status == 204 and seconds < 25, answers
     # uvicorn finishes the requests under way, then dies of the signal it caught.
     assert server.returncode in (0, -signal.SIGTERM), stderr
     logs = [json.loads(line) for line in stderr.decode().splitlines()]

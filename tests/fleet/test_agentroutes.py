@@ -4,6 +4,7 @@ path and one without, are sent the same requests."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -16,6 +17,9 @@ import pytest
 
 from atoll.agent import wire
 from atoll.agent.client import AgentClient
+from atoll.fleet.agentpath import KeyCache, moved
+from atoll.fleet.agentroutes import SpecNotifier
+from atoll.fleet.db import open_engine
 from atoll.fleet.models import Role
 from atoll.fleet.serve import create_token, upgrade_database
 from helpers.fleet import FleetServer, enrolled, open_spec, operator, serving
@@ -228,6 +232,58 @@ def test_long_polls_wake_for_changes_through_either_process(
     poll["thread"].join(timeout=60)
     assert poll["response"].status_code == 401
     assert poll["response"].json()["error"] == "device 'dev1' is revoked: refused"
+
+
+def test_a_change_wakes_only_the_polls_whose_spec_it_moves(
+    servers: tuple[FleetServer, str], tmp_path: Path
+) -> None:
+    """Two fleets on two channels: agentpath.moved says which waiting polls'
+    specs moved; the notifier wakes the poll of the fleet whose channel moved
+    and not the other (which would look again for nothing: at 10,000 waiting
+    devices, every rollout step woke them all); a waiting poll then gets its
+    new spec when its own channel moves."""
+    server, _ = servers
+    berlin = on_a_channel(server, tmp_path)
+    with operator(server) as api:
+        api.put("channels/beta", json={"image": "reg/os", "digest": DIGEST_A})
+        api.put(
+            "fleets/lab",
+            json={"selector": "site=paris", "template": {"os": {"channel": "beta"}}},
+        )
+    paris = enrolled(server, tmp_path, "dev2", site="paris")
+    for device in (berlin, paris):
+        assert ask(server.url, device, "GET", SPEC).status_code == 200  # version 1
+    engine = open_engine(server.db, agents=True)
+
+    def move(channel: str) -> None:
+        with operator(server) as api:
+            api.put(f"channels/{channel}", json={"image": "reg/os", "digest": DIGEST_B})
+
+    async def woken_by(channel: str) -> set[str]:
+        notifier = SpecNotifier(engine, KeyCache(), every=0.1)
+        futures = {name: notifier.watch(name, 1) for name in ("dev1", "dev2")}
+        task = asyncio.create_task(notifier.run())
+        await asyncio.sleep(0.5)  # its first readings: nothing moved yet
+        assert not any(future.done() for future in futures.values())
+        await asyncio.to_thread(move, channel)
+        await asyncio.wait(futures.values(), timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.sleep(0.5)  # time for a wrong wake too
+        task.cancel()
+        return {name for name, future in futures.items() if future.done()}
+
+    try:
+        waiting = {("dev1", 1), ("dev2", 1), ("dev2", 7), ("nobody", 1)}
+        assert moved(engine, KeyCache(), waiting) == {("dev2", 7), ("nobody", 1)}
+        assert asyncio.run(woken_by("beta")) == {"dev2"}
+        assert moved(engine, KeyCache(), waiting) == {("dev2", 1), ("dev2", 7), ("nobody", 1)}
+    finally:
+        engine.dispose()
+    poll = waiting_poll(server.url, berlin, 1)
+    poll["thread"].join(timeout=1.0)
+    assert poll["thread"].is_alive()
+    move("stable")
+    poll["thread"].join(timeout=60)
+    assert poll["response"].status_code == 200
 
 
 def test_reports_at_once_are_each_recorded_and_a_replay_refused(

@@ -10,9 +10,21 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from atoll.agent.client import AgentClient
-from helpers.fleet import FleetServer, enrolled, open_spec, operator, report
+from atoll.fleet.db import open_engine
+from atoll.fleet.models import Role
+from atoll.fleet.serve import create_token, upgrade_database
+from helpers.fleet import (
+    FleetServer,
+    Postgres,
+    enrolled,
+    open_spec,
+    operator,
+    report,
+    serving,
+)
 
 OLD = "reg/os@sha256:" + "a" * 64
 NEW = "reg/os@sha256:" + "b" * 64
@@ -136,3 +148,35 @@ def test_failed_devices_are_retried_with_backoff(fleet_server: FleetServer, tmp_
         "batch 1: error threshold: 1 of 1 devices failed (d2: the boot was red: rolled back)"
     )
     assert paused["batches"][1]["devices"][0]["attempts"] == 1
+
+
+def test_a_report_does_not_wait_for_a_rollout_another_transaction_holds(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """While another transaction holds the rollout's row (another report
+    reconciling it, say), a device's report is recorded without waiting for
+    the row, and the rollout takes it in once the row is free (a thousand
+    devices of a batch reporting at once used to wait in line for it)."""
+    db = postgres.create_database()
+    upgrade_database(db)
+    server = FleetServer("", db, create_token(db, "admin", Role.ADMIN))
+    with serving(db) as server.url:
+        device = fleet_of(server, tmp_path, d1="a")["d1"]
+        with operator(server) as api:
+            body = {"fleet": "edge", "os": {"image": NEW}, "batches": [{"percent": 100}]}
+            assert api.put("rollouts/r1", json=body).is_success
+            assert image_of(device) == NEW
+            engine = open_engine(db)
+            try:
+                with engine.connect() as holder:
+                    holder.execute(text("SELECT 1 FROM rollouts WHERE name = 'r1' FOR UPDATE"))
+                    report(device, NEW_DIGEST)  # answered while the row is held
+                    with engine.connect() as reader:
+                        status = "SELECT status->>'bootedDigest' FROM devices WHERE name = 'd1'"
+                        member = "SELECT state FROM rollout_devices WHERE device = 'd1'"
+                        assert reader.execute(text(status)).scalar() == NEW_DIGEST
+                        assert reader.execute(text(member)).scalar() == "updating"
+                    holder.rollback()
+            finally:
+                engine.dispose()
+            wait_for(api, lambda rollout: states(rollout) == {"d1": "succeeded"})

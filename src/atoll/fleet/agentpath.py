@@ -276,17 +276,22 @@ def recheck_steps(name: str, known: int, lifetime: datetime.timedelta) -> Steps:
     return (yield from _look(name, known, lifetime, row))
 
 
-def _look(name: str, known: int, lifetime: datetime.timedelta, row: Any) -> Steps:
-    """The device's spec, from its row (the poll's ``SELECT``)."""
-    version, spec_hash, fleet, fleet_spec = row[3:7]
-    image, digest, released, key_stamp = row[7:]
-    found = yield Keys(int(key_stamp))
-    if found is None:
-        return Changed()  # no keys: the general path says so
+def _spec(fleet: Any, fleet_spec: Any, image: Any, digest: Any, released: Any) -> Any:
+    """The device's spec as rendered now, from its row's fleet, channel and release."""
     if released is None and fleet_spec is not None:
         os = fleet_spec["template"].get("os") or {}
         released = os.get("image") or (None if image is None else f"{image}@{digest}")
-    spec = render.spec_of(fleet, fleet_spec, released)
+    return render.spec_of(fleet, fleet_spec, released)
+
+
+def _look(name: str, known: int, lifetime: datetime.timedelta, row: Any) -> Steps:
+    """The device's spec, from its row (the poll's ``SELECT``)."""
+    version, spec_hash = row[3:5]
+    key_stamp = row[10]
+    found = yield Keys(int(key_stamp))
+    if found is None:
+        return Changed()  # no keys: the general path says so
+    spec = _spec(*row[5:10])
     digest = render.spec_hash(spec, found)
     if digest != spec_hash:
         # The spec changed: its version moves on, once even when two polls race
@@ -309,6 +314,65 @@ _STAMP = select(
     select(func.max(RolloutDevice.released_at)).scalar_subquery(),
     _KEY_STAMP,
 )
+
+
+#: The rows of the devices whose long polls wait, as :func:`moved` reads them.
+_WAITING = (
+    select(
+        Device.name,
+        Device.state,
+        Device.spec_version,
+        Device.spec_hash,
+        Device.fleet,
+        Fleet.spec,
+        Channel.image,
+        Channel.digest,
+        _released(),
+        _KEY_STAMP,
+    )
+    .select_from(Device)
+    .outerjoin(Fleet, Fleet.name == Device.fleet)
+    .outerjoin(Channel, Channel.name == Fleet.spec[("template", "os", "channel")].as_string())
+    .where(Device.name.in_(bindparam("b_names", expanding=True)))
+)
+#: Devices read by one statement of :func:`moved` (SQLite allows 32,766 parameters).
+MOVED_CHUNK = 2000
+
+
+#: A waiting long poll: the device and the spec version it holds.
+Waiting = tuple[str, int]
+
+
+def moved(engine: Engine, key_cache: KeyCache, waiting: set[Waiting]) -> set[Waiting]:
+    """Of the long polls that wait, as (device, the spec version it holds), those
+    whose spec may have moved: the device is gone, no longer enrolled or at
+    another version, the server has no keys, or its spec as rendered now is
+    not the one its row records.  A few statements for all of them, each
+    distinct fleet and release rendered once: a change wakes only the polls
+    it concerns, instead of each waiting poll looking again by itself."""
+    names = sorted({name for name, _ in waiting})
+    rows: dict[str, Any] = {}
+    hashes: dict[tuple[Any, ...], str | None] = {}
+    moving: set[str] = set()
+    with engine.connect() as connection:
+        for start in range(0, len(names), MOVED_CHUNK):
+            chunk = names[start : start + MOVED_CHUNK]
+            for row in connection.execute(_WAITING, {"b_names": chunk}):
+                rows[row[0]] = row
+        for name, row in rows.items():
+            state, _, spec_hash, fleet, fleet_spec, image, digest, released, key_stamp = row[1:]
+            key = (fleet, image, digest, released, int(key_stamp))
+            if key not in hashes:
+                found = key_cache.get(connection, int(key_stamp))
+                spec = _spec(fleet, fleet_spec, image, digest, released)
+                hashes[key] = None if found is None else render.spec_hash(spec, found)
+            if state != "enrolled" or hashes[key] != spec_hash:
+                moving.add(name)  # (no keys: no hash, and the general path says so)
+    return {
+        (name, known)
+        for name, known in waiting
+        if name not in rows or name in moving or rows[name][2] != known
+    }
 
 
 def change_stamp(engine: Engine) -> tuple[Any, ...]:

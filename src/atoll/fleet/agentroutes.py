@@ -24,12 +24,15 @@ version moved under a racing poll, a report that reconciles a rollout) runs
 the general path in the thread pool.
 
 **Long polls** (``wait``): a poll whose spec did not change waits on a
-:class:`SpecNotifier`, which looks again for every waiting poll at once when
-a spec may have moved: at once after a change made through this process, and
-within :data:`NOTICE_EVERY` seconds after one made through another process
-on the same database (one small ``SELECT`` per process and period,
-:func:`atoll.fleet.agentpath.change_stamp`).  A waiting poll costs nothing
-until then; a device that goes away ends its wait.
+:class:`SpecNotifier`.  When a spec may have moved (at once after a change
+made through this process, within :data:`NOTICE_EVERY` seconds after one
+made through another process on the same database: one small ``SELECT`` per
+process and period, :func:`atoll.fleet.agentpath.change_stamp`), it finds
+which of the waiting polls' specs moved, for all of them at once
+(:func:`atoll.fleet.agentpath.moved`), and wakes those; each then looks
+again by itself.  A waiting poll costs nothing until then (a rollout's
+progress wakes the polls of its released devices, not every device's); a
+device that goes away ends its wait.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ SPEC = "/api/v1/agent/spec"
 STATUS = "/api/v1/agent/status"
 #: How often each process looks for changes made through the other processes, in seconds.
 NOTICE_EVERY = 1.0
+#: The least time between two looks, in seconds: a rollout's reports move the stamp
+#: many times a second, and each look reads every waiting device's row.
+NOTICE_GAP = 0.25
 
 #: A poll's own general path: (headers or None after the first look, device,
 #: target, body, known version) -> the envelope, or None when unchanged.
@@ -83,50 +89,87 @@ _ROUTES = {("GET", SPEC): _Template(SPEC), ("PUT", STATUS): _Template(STATUS)}
 
 
 class SpecNotifier:
-    """Wakes the waiting long polls of one process when a spec may have moved.
+    """Wakes the waiting long polls of one process whose spec may have moved.
 
-    :meth:`changed` is a future that completes at the next such moment; a poll
-    takes it *before* it looks, so a change after its look always wakes it.
-    :meth:`run` (a task of the server's lifespan) reads the change stamp when
-    :meth:`kick` says this process changed something, and every
-    :data:`NOTICE_EVERY` seconds for the other processes."""
+    :meth:`watch` is a future that completes when the device's spec may have
+    moved from the version it holds; a poll takes it *before* it looks, so a
+    change after its look always wakes it.  :meth:`run` (a task of the
+    server's lifespan) reads the change stamp when :meth:`kick` says this
+    process changed something, and every :data:`NOTICE_EVERY` seconds for the
+    other processes; when the stamp moved, it asks which of the waiting
+    polls' specs moved (the stamp is read first, so a change committed while
+    it asks moves the next reading)."""
 
-    def __init__(self, engine: Engine, every: float = NOTICE_EVERY) -> None:
+    def __init__(
+        self, engine: Engine, key_cache: agentpath.KeyCache, every: float = NOTICE_EVERY
+    ) -> None:
         self.engine = engine
+        self.key_cache = key_cache
         self.every = every
-        self._future: asyncio.Future[None] | None = None
+        self._waiting: dict[asyncio.Future[None], tuple[str, int]] = {}
         self._kicked: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set when the server stops: waiting polls end unchanged, new ones do not wait.
+        self.closing = False
 
-    def changed(self) -> asyncio.Future[None]:
-        if self._future is None:
-            self._future = asyncio.get_running_loop().create_future()
-        return self._future
+    def close(self) -> None:
+        """The server stops (from any thread, a signal handler's included): every
+        waiting poll is answered unchanged now, so that its device asks again
+        (another process, behind the load balancer) instead of the shutdown
+        waiting out its wait."""
+        self.closing = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        for future in self._waiting:
+            if not future.done():
+                future.set_result(None)
+        self._waiting.clear()
+
+    def watch(self, name: str, known: int) -> asyncio.Future[None]:
+        """A future completed when *name*'s spec may have moved from *known*
+        (:meth:`forget` it when the poll ends)."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[future] = (name, known)
+        return future
+
+    def forget(self, future: asyncio.Future[None]) -> None:
+        self._waiting.pop(future, None)
 
     def kick(self) -> None:
         if self._kicked is not None:
             self._kicked.set()
 
-    def _wake(self) -> None:
-        if self._future is not None:
-            self._future.set_result(None)
-            self._future = None
+    async def _wake(self) -> None:
+        waiting = dict(self._waiting)
+        if not waiting:
+            return
+        moved = await run_in_threadpool(
+            agentpath.moved, self.engine, self.key_cache, set(waiting.values())
+        )
+        for future, poll in waiting.items():
+            if poll in moved and not future.done():
+                future.set_result(None)
+                self.forget(future)
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._kicked = asyncio.Event()
         stamp: tuple[Any, ...] | None = None
         while True:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._kicked.wait(), self.every)
+            await asyncio.sleep(min(NOTICE_GAP, self.every))  # kicks meanwhile: one look
             self._kicked.clear()
             try:
                 now = await run_in_threadpool(agentpath.change_stamp, self.engine)
-            except DBAPIError as exc:
+                if now != stamp:
+                    # The first reading looks too: a change may have come before it.
+                    await self._wake()
+                    stamp = now
+            except DBAPIError as exc:  # the next reading asks again
                 log.warning("looking for spec changes: %s", exc)
-                continue
-            if now != stamp:
-                # The first reading wakes too: a change may have come before it.
-                stamp = now
-                self._wake()
 
 
 @dataclass(frozen=True)
@@ -201,11 +244,18 @@ class AgentRoutes:
         send: Any,
     ) -> None:
         name = headers.get(wire.HEADER_DEVICE.lower(), "")
-        changed = self.paths.notifier.changed() if wait else None
-        quick = await self._run(agentpath.poll_steps(headers, target, known, self.paths.lifetime))
-        envelope = await self._settle(quick, headers, name, target, known)
-        if envelope is None and changed is not None:
-            envelope = await self._wait(changed, name, target, known, wait, receive)
+        notifier = self.paths.notifier
+        changed = notifier.watch(name, known) if wait and not notifier.closing else None
+        try:
+            quick = await self._run(
+                agentpath.poll_steps(headers, target, known, self.paths.lifetime)
+            )
+            envelope = await self._settle(quick, headers, name, target, known)
+            if envelope is None and changed is not None:
+                envelope = await self._wait(changed, name, target, known, wait, receive)
+        finally:
+            if changed is not None:
+                notifier.forget(changed)
         if envelope is None:
             await _answer(send, 204)
         else:
@@ -237,6 +287,7 @@ class AgentRoutes:
         receive: Callable[[], Awaitable[Any]],
     ) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
+        notifier = self.paths.notifier
         deadline = loop.time() + wait
         gone = asyncio.ensure_future(receive())  # only a disconnect comes now
         try:
@@ -244,9 +295,9 @@ class AgentRoutes:
                 done, _ = await asyncio.wait(
                     (changed, gone), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
-                if gone in done or changed not in done:
-                    return None  # the device went away, or the wait is over
-                changed = self.paths.notifier.changed()
+                if gone in done or changed not in done or notifier.closing:
+                    return None  # the device went away, the wait is over, or the server stops
+                changed = notifier.watch(name, known)
                 quick = await self._run(agentpath.recheck_steps(name, known, self.paths.lifetime))
                 envelope = await self._settle(quick, None, name, target, known)
                 if envelope is not None:
@@ -254,6 +305,7 @@ class AgentRoutes:
             return None
         finally:
             gone.cancel()
+            notifier.forget(changed)
 
     async def _status(self, headers: dict[str, str], target: str, body: bytes, send: Any) -> None:
         rotate = await self._run(

@@ -40,11 +40,11 @@ from atoll.fleet.agentroutes import AgentPaths, AgentRoutes, SpecNotifier
 from atoll.fleet.db import transaction, utcnow
 from atoll.fleet.edge import Edge, database_answer, error_answer, problem
 from atoll.fleet.metrics import Metrics
+from atoll.fleet.reconciler import RECONCILE_EVERY, Reconciler
 from atoll.fleet.selector import parse_selector
 
 log = logging.getLogger(__name__)
 #: How often each process reconciles the running rollouts, in seconds.
-RECONCILE_EVERY = 15.0
 
 #: The longest a spec poll waits for a change, and how often it looks.
 MAX_WAIT = 60.0
@@ -60,23 +60,6 @@ def _describe(exc: RequestValidationError | ValidationError) -> str:
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"{where}: {first.get('msg', 'invalid')}{more}"
-
-
-async def _reconciler(factory: sessionmaker[Session], every: float) -> None:
-    """Reconcile running rollouts every *every* seconds, between requests too.
-    Each process runs one; ``SKIP LOCKED`` keeps two off the same rollout."""
-
-    def once() -> None:
-        with transaction(factory) as session:
-            rollouts.reconcile_due(session)
-
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await run_in_threadpool(once)
-        except (errors.AtollError, DBAPIError) as exc:
-            # The database is down or a rollout cannot move: the next round tries again.
-            log.warning("rollout reconciliation: %s", exc)
 
 
 def _operator(need: models.Role) -> Callable[..., str]:
@@ -107,7 +90,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_reconciler(factory, reconcile_every))]
+        tasks = [asyncio.create_task(reconciler.run())]
         if agent_fast_path:
             tasks.append(asyncio.create_task(notifier.run()))
         try:
@@ -123,11 +106,14 @@ def create_app(
         title="atoll fleet", version="1", docs_url=None, redoc_url=None, lifespan=lifespan
     )
     app.state.factory = factory
+    reconciler = Reconciler(factory, reconcile_every)
     engine = tables.open_engine(
         factory.kw["bind"].url.render_as_string(hide_password=False), agents=True
     )
     key_cache = agentpath.KeyCache()
-    notifier = SpecNotifier(engine)
+    notifier = SpecNotifier(engine, key_cache)
+    #: Told when the server stops (atoll.fleet.serve): waiting long polls end then.
+    app.state.spec_notifier = notifier
     measured = Metrics()
 
     @app.exception_handler(errors.AtollError)
@@ -743,7 +729,8 @@ def create_app(
             device.status = status_of(body)
             device.status_at = utcnow()
             session.flush()
-            rollouts.reconcile_for(session, device)
+            if not rollouts.reconcile_for(session, device):
+                reconciler.soon()  # another transaction holds the rollout: see reconciler.py
             return device.key_rotation
 
     @app.put("/api/v1/agent/status", status_code=204)

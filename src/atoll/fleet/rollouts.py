@@ -157,15 +157,24 @@ def _members(session: Session, name: str, batch: int | None = None) -> list[Roll
     return list(session.scalars(query.order_by(RolloutDevice.device)))
 
 
-def reconcile_for(session: Session, device: Device) -> None:
-    """Reconcile the rollout *device*'s fleet is in, if one is running."""
+def reconcile_for(session: Session, device: Device) -> bool:
+    """Reconcile the rollout *device*'s fleet is in, if one is running and no
+    other transaction holds its row (``SKIP LOCKED``); False when one does:
+    that one may have read the devices before this one's report, so the
+    caller asks for a reconciliation soon (atoll.fleet.reconciler)."""
     if device.fleet is None:
-        return
-    name = session.scalars(
-        select(Rollout.name).where(Rollout.fleet == device.fleet, Rollout.state == "running")
+        return True
+    rollout = session.scalars(
+        select(Rollout)
+        .where(Rollout.fleet == device.fleet, Rollout.state == "running")
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
     ).first()
-    if name is not None:
-        reconcile(session, _lock(session, name))
+    if rollout is not None:
+        reconcile(session, rollout)
+        return True
+    running = select(Rollout.name).where(Rollout.fleet == device.fleet, Rollout.state == "running")
+    return session.scalars(running).first() is None
 
 
 def _outcome(device: Device | None, member: RolloutDevice, digest: str) -> tuple[str, str] | None:
@@ -188,15 +197,18 @@ def _outcome(device: Device | None, member: RolloutDevice, digest: str) -> tuple
     return None
 
 
-def reconcile_due(session: Session) -> list[str]:
+def reconcile_due(session: Session, *, wait: bool = False) -> list[str]:
     """Reconcile every running rollout no other process is reconciling now
     (``FOR UPDATE SKIP LOCKED`` on PostgreSQL); the names reconciled.  For
-    what moves without a report: an open window, a device's timeout."""
+    what moves without a report: an open window, a device's timeout.
+    *wait*: take each rollout's row when it is free instead of skipping it
+    (reports skipped it: atoll.fleet.reconciler)."""
     rows = session.scalars(
         select(Rollout)
         .where(Rollout.state == "running")
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=not wait)
         .order_by(Rollout.name)
+        .execution_options(populate_existing=True)
     ).all()
     for rollout in rows:
         reconcile(session, rollout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from types import FrameType
 
 from sqlalchemy.engine import Engine
 
@@ -11,6 +12,10 @@ from atoll.fleet import auth, keys, migrate
 from atoll.fleet.app import create_app
 from atoll.fleet.db import open_engine, session_factory, transaction
 from atoll.fleet.models import Role
+
+#: Seconds the requests under way get to finish when the server stops; then
+#: they are cancelled.  Waiting long polls are answered at once (unchanged).
+SHUTDOWN_GRACE = 30
 
 
 def upgrade_database(url: str, ca_key: Path | None = None) -> dict[str, object]:
@@ -76,7 +81,9 @@ def serve(
     ca_key: Path | None = None,
 ) -> None:
     """Serve the API until SIGINT or SIGTERM; uvicorn finishes the requests under
-    way first.  *json_logs*: every record, one line per request included, as JSON."""
+    way first (for up to :data:`SHUTDOWN_GRACE` seconds), the agents' waiting
+    long polls answered at once.  *json_logs*: every record, one line per
+    request included, as JSON."""
     import logging
 
     import uvicorn
@@ -88,14 +95,28 @@ def serve(
     if json_logs:
         log_level = "debug" if log_level == "debug" else "info"
         log_as_json(logging.getLevelName(log_level.upper()))
+    notifier = app.state.spec_notifier
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # The agents' waiting long polls are answered now, not at the end of
+            # their waits: a shutdown takes a moment, not MAX_WAIT.
+            notifier.close()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        log_config=None if json_logs else uvicorn.config.LOGGING_CONFIG,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )
+    server = Server(config)
     try:
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            log_level=log_level,
-            access_log=False,
-            log_config=None if json_logs else uvicorn.config.LOGGING_CONFIG,
-        )
+        server.run()
     finally:
         engine.dispose()
+    if not server.started:
+        raise SystemExit(3)  # as uvicorn.run: it logged why (the address is taken, say)
