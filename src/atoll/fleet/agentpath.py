@@ -118,24 +118,30 @@ def _released() -> Any:
     )
 
 
-_POLL = (
-    select(
-        Device.state,
-        Device.public_key,
-        Device.cert_not_after,
-        Device.spec_version,
-        Device.spec_hash,
-        Device.fleet,
-        Fleet.spec,
-        Channel.image,
-        Channel.digest,
-        _released(),
-        _KEY_STAMP,
+def _with_spec(*columns: Any) -> Any:
+    """*columns* of devices, then what their spec is rendered from: the version
+    and hash recorded, the fleet, its spec, its channel's image and digest,
+    the rollout's release and the keys' stamp."""
+    return (
+        select(
+            *columns,
+            Device.spec_version,
+            Device.spec_hash,
+            Device.fleet,
+            Fleet.spec,
+            Channel.image,
+            Channel.digest,
+            _released(),
+            _KEY_STAMP,
+        )
+        .select_from(Device)
+        .outerjoin(Fleet, Fleet.name == Device.fleet)
+        .outerjoin(Channel, Channel.name == Fleet.spec[("template", "os", "channel")].as_string())
     )
-    .select_from(Device)
-    .outerjoin(Fleet, Fleet.name == Device.fleet)
-    .outerjoin(Channel, Channel.name == Fleet.spec[("template", "os", "channel")].as_string())
-    .where(Device.name == bindparam("b_name"))
+
+
+_POLL = _with_spec(Device.state, Device.public_key, Device.cert_not_after).where(
+    Device.name == bindparam("b_name")
 )
 
 _REPORT = select(
@@ -317,23 +323,8 @@ _STAMP = select(
 
 
 #: The rows of the devices whose long polls wait, as :func:`moved` reads them.
-_WAITING = (
-    select(
-        Device.name,
-        Device.state,
-        Device.spec_version,
-        Device.spec_hash,
-        Device.fleet,
-        Fleet.spec,
-        Channel.image,
-        Channel.digest,
-        _released(),
-        _KEY_STAMP,
-    )
-    .select_from(Device)
-    .outerjoin(Fleet, Fleet.name == Device.fleet)
-    .outerjoin(Channel, Channel.name == Fleet.spec[("template", "os", "channel")].as_string())
-    .where(Device.name.in_(bindparam("b_names", expanding=True)))
+_WAITING = _with_spec(Device.name, Device.state).where(
+    Device.name.in_(bindparam("b_names", expanding=True))
 )
 #: Devices read by one statement of :func:`moved` (SQLite allows 32,766 parameters).
 MOVED_CHUNK = 2000
