@@ -118,17 +118,18 @@ def _released() -> Any:
     )
 
 
-def _with_spec(*columns: Any) -> Any:
+def _with_spec(*columns: Any, fleet_spec: bool = True) -> Any:
     """*columns* of devices, then what their spec is rendered from: the version
-    and hash recorded, the fleet, its spec, its channel's image and digest,
-    the rollout's release and the keys' stamp."""
+    and hash recorded, the fleet, its spec (unless not *fleet_spec*), its
+    channel's image and digest, the rollout's release and the keys' stamp."""
+    spec = (Fleet.spec,) if fleet_spec else ()
     return (
         select(
             *columns,
             Device.spec_version,
             Device.spec_hash,
             Device.fleet,
-            Fleet.spec,
+            *spec,
             Channel.image,
             Channel.digest,
             _released(),
@@ -322,9 +323,13 @@ _STAMP = select(
 )
 
 
-#: The rows of the devices whose long polls wait, as :func:`moved` reads them.
-_WAITING = _with_spec(Device.name, Device.state).where(
+#: The rows of the devices whose long polls wait, as :func:`moved` reads them: their
+#: fleets' specs are read once each (:data:`_FLEETS`), not with every row.
+_WAITING = _with_spec(Device.name, Device.state, fleet_spec=False).where(
     Device.name.in_(bindparam("b_names", expanding=True))
+)
+_FLEETS = select(Fleet.name, Fleet.spec).where(
+    Fleet.name.in_(bindparam("b_fleets", expanding=True))
 )
 #: Devices read by one statement of :func:`moved` (SQLite allows 32,766 parameters).
 MOVED_CHUNK = 2000
@@ -350,12 +355,16 @@ def moved(engine: Engine, key_cache: KeyCache, waiting: set[Waiting]) -> set[Wai
             chunk = names[start : start + MOVED_CHUNK]
             for row in connection.execute(_WAITING, {"b_names": chunk}):
                 rows[row[0]] = row
+        fleets = {row[4] for row in rows.values() if row[4] is not None}
+        specs: dict[str, Any] = {}
+        for fleet_name, fleet_spec in connection.execute(_FLEETS, {"b_fleets": sorted(fleets)}):
+            specs[fleet_name] = fleet_spec
         for name, row in rows.items():
-            state, _, spec_hash, fleet, fleet_spec, image, digest, released, key_stamp = row[1:]
+            state, _, spec_hash, fleet, image, digest, released, key_stamp = row[1:]
             key = (fleet, image, digest, released, int(key_stamp))
             if key not in hashes:
                 found = key_cache.get(connection, int(key_stamp))
-                spec = _spec(fleet, fleet_spec, image, digest, released)
+                spec = _spec(fleet, specs.get(fleet), image, digest, released)
                 hashes[key] = None if found is None else render.spec_hash(spec, found)
             if state != "enrolled" or hashes[key] != spec_hash:
                 moving.add(name)  # (no keys: no hash, and the general path says so)
