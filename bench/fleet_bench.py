@@ -415,9 +415,15 @@ def main() -> int:
                     time.sleep(0.1)
         return asyncio.run(run(args, urls, token, servers, db))
     finally:
-        for server in [s for found in servers.values() for s in found]:
+        running = [s for found in servers.values() for s in found]
+        for server in running:
             server.terminate()
-            server.wait(timeout=60)
+        for server in running:
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()  # it did not stop: it must not outlive the bench
+                server.wait()
         postgres.ctl("stop")
         shutil.rmtree(postgres.directory, ignore_errors=True)
 
