@@ -219,27 +219,51 @@ def test_image_copy_builds_no_other_image_subcommand() -> None:
     assert image_subcommands("image", "cpy") == set(SUBCOMMANDS)
 
 
+#: The command as the whole process (as the ``atoll`` script runs it), with an exit
+#: handler that reports on the collector: main() ends the process itself.
 _WHOLE_PROCESS = (
-    "import gc, json, sys\n"
+    "import atexit, gc, json, sys\n"
     "from atoll.cli.main import main\n"
     "report, sys.argv = sys.argv[1], ['atoll', *sys.argv[2:]]\n"
-    "code = main()\n"
-    "with open(report, 'w') as fh:\n"
-    "    json.dump({'code': code, 'enabled': gc.isenabled(),\n"
-    "               'frozen': gc.get_freeze_count()}, fh)\n"
+    "def save():\n"
+    "    with open(report, 'w') as fh:\n"
+    "        json.dump({'enabled': gc.isenabled(), 'frozen': gc.get_freeze_count()}, fh)\n"
+    "atexit.register(save)\n"
+    "main()\n"
+    "print('not reached: main() ends the process')\n"
 )
 
 
 def test_start_up_is_kept_out_of_the_collector_which_goes_on(tmp_path: Path) -> None:
     report = tmp_path / "gc.json"
-    subprocess.run(
+    ended = subprocess.run(
         [sys.executable, "-c", _WHOLE_PROCESS, str(report), "image", "copy", "oci:/nowhere"],
-        check=True, stdout=subprocess.DEVNULL, env=dict(os.environ),
+        check=False, capture_output=True, text=True, env=dict(os.environ),
     )  # fmt: skip
-    data = json.loads(report.read_text())
     # A usage error (DST missing) comes after start-up: the collector runs again.
-    assert data == {"code": 2, "enabled": True, "frozen": data["frozen"]}
+    assert (ended.returncode, ended.stdout) == (2, "")
+    assert "required: DST" in ended.stderr  # flushed before the process ended
+    data = json.loads(report.read_text())  # the exit handler ran
+    assert data == {"enabled": True, "frozen": data["frozen"]}
     assert data["frozen"] > 5000
+
+
+def test_the_process_waits_for_a_thread_that_is_not_a_daemon(tmp_path: Path) -> None:
+    """A command that leaves a thread running ends as Python ends: after it."""
+    done = tmp_path / "done"
+    script = (
+        "import sys, threading, time\n"
+        "from atoll.cli.main import main\n"
+        "def late():\n"
+        "    time.sleep(0.5)\n"
+        f"    open({str(done)!r}, 'w').close()\n"
+        "threading.Thread(target=late).start()\n"
+        "sys.argv = ['atoll', 'version']\n"
+        "sys.exit(main())\n"
+    )
+    ended = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True)
+    assert ended.returncode == 0 and ended.stdout.startswith(b"atoll ")
+    assert done.exists()
 
 
 #: Modules of the copy path whose NamedTuples are typed by evaluated annotations

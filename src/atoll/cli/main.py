@@ -84,7 +84,44 @@ def _keep_start_up() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command *argv* (``sys.argv[1:]`` when None: the command is the whole
-    process, as from the ``atoll`` script or ``python -m atoll``)."""
+    process, as from the ``atoll`` script or ``python -m atoll``, which then ends
+    here: :func:`_end_process`)."""
+    code = _run(argv)
+    if argv is None:
+        _end_process(code)
+    return code
+
+
+def _end_process(code: int) -> None:
+    """End the process with *code* without the interpreter's teardown, which
+    frees every object of every module one by one: about 6 ms of CPU, most of
+    what is left between an image copy that only mounts blobs and skopeo's.
+    What the teardown does that matters is done first, in its order: threads
+    that are not daemons are waited for (or, while one runs, the interpreter
+    is left to wait for it as usual), the exit handlers run (``atexit``:
+    logging's flush, finalizers of temporary directories), stdout and stderr
+    are flushed (a failure there is left to the interpreter to report).
+    atoll's writes are closed where they are made (atomic writes), so no
+    open file waits for the teardown to be flushed."""
+    import atexit
+    import os
+
+    threading = sys.modules.get("threading")
+    if threading is not None and any(
+        thread.is_alive() and not thread.daemon and thread is not threading.main_thread()
+        for thread in threading.enumerate()
+    ):
+        return
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     whole_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = _VERSION_ONLY.get(tuple(argv))
