@@ -150,6 +150,22 @@ def abort(session: Session, name: str, reason: str) -> Rollout:
     return rollout
 
 
+#: Devices read by one statement of :func:`_devices`.
+_CHUNK = 2000
+
+
+def _devices(session: Session, names: list[str]) -> list[Device]:
+    """The devices of *names*, read in a few statements: while the caller holds
+    the list, ``session.get`` finds each in the session (its identity map keeps
+    only what is referenced) instead of reading them one by one, a thousand
+    round trips for a batch of a thousand."""
+    found: list[Device] = []
+    for start in range(0, len(names), _CHUNK):
+        chunk = names[start : start + _CHUNK]
+        found.extend(session.scalars(select(Device).where(Device.name.in_(chunk))))
+    return found
+
+
 def _members(session: Session, name: str, batch: int | None = None) -> list[RolloutDevice]:
     query = select(RolloutDevice).where(RolloutDevice.rollout == name)
     if batch is not None:
@@ -345,8 +361,10 @@ def reconcile(session: Session, rollout: Rollout) -> None:
     digest = rollout.target.rpartition("@")[2]
     while True:
         batch = _members(session, rollout.name, rollout.current_batch)
+        held = _devices(session, [m.device for m in batch if m.state == "updating"])
         for member in batch:
             _settle(session, rollout, member, digest)
+        del held
         _release(session, rollout, batch)
         counted = [m for m in batch if m.state != "skipped"]
         failed = [m for m in counted if m.state == "failed"]
