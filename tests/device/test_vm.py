@@ -753,4 +753,4 @@ def test_an_iso_installs_a_blank_disk_offline_which_updates_itself(iso_install: 
     try:
         iso_install.future.result()
     finally:
-        print(f"\n{iso_install.machine.summary('ISO install, vmdk and vhdx, self-update')}")
+        print(f"\n{iso_install.machine.summary('ISO install, vmdk, vhdx, self-update, XFS root')}")
