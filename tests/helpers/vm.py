@@ -310,7 +310,9 @@ say "done"
 [ "$step" = selfupdate ] || systemctl poweroff --no-block
 """,
     "etc/systemd/system/atoll-fetch-apply-updates.timer.d/vmtest.conf": """\
-# Fire once the driver is done with this boot, instead of hourly at random.
+# Fire once the driver is done with this boot, instead of hourly at random;
+# AccuracySec: the unit's 1min lets systemd fire it up to a minute late (it
+# did: 4-44 s after the driver was done).
 [Unit]
 DefaultDependencies=no
 After=vmtest.service
@@ -318,6 +320,7 @@ Conflicts=shutdown.target
 [Timer]
 OnActiveSec=1s
 RandomizedDelaySec=0
+AccuracySec=1s
 """,
     "etc/systemd/system/atoll-fetch-apply-updates.service.d/vmtest.conf": """\
 # What the device's own update run says goes to the console (and so into the test's log).

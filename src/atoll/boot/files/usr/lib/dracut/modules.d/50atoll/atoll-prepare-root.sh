@@ -14,7 +14,13 @@ if ! /usr/lib/atoll/prepare-root "${NEWROOT:?}"; then
     # mount namespaces of the initramfs may hold it too), then unmounted.
     mount -o remount,ro "${NEWROOT}" 2>/dev/null
     umount "${NEWROOT}" 2>/dev/null
-    echo "atoll: the deployment cannot be booted; rebooting in 5 seconds" >/dev/console
-    sleep 5
+    # panic=N on the command line: wait N seconds, as initramfs-tools' hook does.
+    atoll_wait="in 5 seconds" atoll_delay=5 atoll_panic="$(getarg panic=)"
+    case "$atoll_panic" in
+        '' | 0 | *[!0-9]*) ;;
+        *) atoll_wait="(panic=$atoll_panic)" atoll_delay="$atoll_panic" ;;
+    esac
+    echo "atoll: the deployment cannot be booted; rebooting $atoll_wait" >/dev/console
+    sleep "$atoll_delay"
     reboot -f || echo b > /proc/sysrq-trigger
 fi
