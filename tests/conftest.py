@@ -25,20 +25,24 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order the tests for ``pytest -n N --dist loadfile --no-loadscope-reorder``
     (the Makefile's; docs/development.md): the VM module first, then the other
-    modules with ``slow`` tests, then the rest, whole modules in collection order.
-    xdist hands out the modules in this order, so one worker starts with the VM
-    module while the other takes the rest; a serial run makes each module's
-    fixtures once too."""
+    modules with ``vm`` tests, then those with ``slow`` tests, then the rest,
+    whole modules in collection order.  xdist hands out the modules in this
+    order, so one worker starts with the VM module while the other starts with
+    the rest of the ``vm`` set, which then ends with the VM module; a serial
+    run makes each module's fixtures once too."""
 
     def module(item: pytest.Item) -> str:
         return item.nodeid.split("::", 1)[0]
 
+    vm = {module(item) for item in items if item.get_closest_marker("vm")}
     slow = {module(item) for item in items if item.get_closest_marker("slow")}
 
     def rank(item: pytest.Item) -> int:
         if module(item) == _FIRST:
             return 0
-        return 1 if module(item) in slow else 2
+        if module(item) in vm:
+            return 1
+        return 2 if module(item) in slow else 3
 
     items.sort(key=rank)  # stable: collection order within each rank
 

@@ -42,8 +42,10 @@ test types one on the serial console (``answers`` of :func:`boot_vm`).
 v1 and v2 carry an initramfs made by initramfs-tools (Debian's generator);
 v3's is made by dracut (the Fedora/RHEL family's), so the last upgrade boots
 through atoll's dracut module.  Then each of the two initramfs is started
-directly (``-kernel``/``-initrd``) on the main disk with ``atoll=`` naming a
-deployment that does not exist: each refuses it on the console and reboots.
+directly (``-kernel``/``-initrd``) with ``atoll=`` naming a deployment that
+does not exist, initramfs-tools' on the main disk and dracut's on the
+ISO-installed one (the two lanes end closer together): each refuses it on the
+console and reboots.
 Every poweroff and every refusal leaves the root file system clean (no
 journal to replay).
 """
@@ -529,7 +531,7 @@ def test_upgrade_bootloader_fallback_and_recovery(
         assert env.get("boot_success") == "1" and "boot_counter" not in env
         assert clean(disk)
         # Each initramfs, started directly, refuses a deployment that is not there.
-        refuse_missing_deployment(vm, disk, vm_tree, [make_initramfs(vm_tree), dracut])
+        refuse_missing_deployment(vm, disk, vm_tree, [make_initramfs(vm_tree)])
         vm.ended = time.monotonic()
     finally:
         print(f"\n{vm.summary('VM scenario')}")
@@ -567,8 +569,9 @@ def install_from_iso(machine: Machine, vm_tree: DebianTree, registry: RegistryVi
     2.5's kernel is not signed, so shim refuses it and GRUB boots 1.0, green,
     in the same start.  The ISO installs through OVMF (its UEFI start); the
     ISO's two-disk refusal starts through SeaBIOS, which hands QEMU's
-    ``-kernel`` over sooner.  Then the lane boots an XFS root
-    (:func:`boot_an_xfs_root`)."""
+    ``-kernel`` over sooner.  Then dracut's initramfs refuses a deployment
+    that is not there on that disk (:func:`refuse_missing_deployment`), and
+    the lane boots an XFS root (:func:`boot_an_xfs_root`)."""
     require_tool("xorriso", "xorriso")
     require_tool("qemu-img", "qemu-utils")
     work = machine.console.parent
@@ -676,6 +679,9 @@ def install_from_iso(machine: Machine, vm_tree: DebianTree, registry: RegistryVi
     assert refused["history"][-1]["outcome"] == "green"
     assert "done" in refused["lines"]
     assert clean(installed)
+    # dracut's initramfs (made by the main test before the ISO's first start),
+    # started directly, refuses a deployment that is not there.
+    refuse_missing_deployment(machine, installed, vm_tree, [make_initramfs(vm_tree, "dracut")])
     boot_an_xfs_root(machine, vm_tree, layout, platform, common, data_report)
 
 
