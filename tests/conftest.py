@@ -25,11 +25,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order the tests for ``pytest -n N --dist loadfile --no-loadscope-reorder``
     (the Makefile's; docs/development.md): the VM module first, then the other
-    modules with ``vm`` tests, then those with ``slow`` tests, then the rest,
-    whole modules in collection order.  xdist hands out the modules in this
-    order, so one worker starts with the VM module while the other starts with
-    the rest of the ``vm`` set, which then ends with the VM module; a serial
-    run makes each module's fixtures once too."""
+    modules with ``vm`` tests, then the modules without ``slow`` tests, then
+    those with, whole modules in collection order.  xdist hands out the modules
+    in this order, so one worker starts with the VM module while the other
+    starts with the rest of the ``vm`` set, which then ends with the VM module,
+    and goes on with the lighter modules: the ``slow`` ones boot containers,
+    whose processes take the CPU the two machines need (docs/performance.md,
+    VM tests).  A serial run makes each module's fixtures once too."""
 
     def module(item: pytest.Item) -> str:
         return item.nodeid.split("::", 1)[0]
@@ -42,7 +44,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             return 0
         if module(item) in vm:
             return 1
-        return 2 if module(item) in slow else 3
+        return 3 if module(item) in slow else 2
 
     items.sort(key=rank)  # stable: collection order within each rank
 
