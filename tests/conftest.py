@@ -25,26 +25,32 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order the tests for ``pytest -n N --dist loadfile --no-loadscope-reorder``
     (the Makefile's; docs/development.md): the VM module first, then the other
-    modules with ``vm`` tests, then the modules without ``slow`` tests, then
-    those with, whole modules in collection order.  xdist hands out the modules
-    in this order, so one worker starts with the VM module while the other
-    starts with the rest of the ``vm`` set, which then ends with the VM module,
-    and goes on with the lighter modules: the ``slow`` ones boot containers,
-    whose processes take the CPU the two machines need (docs/performance.md,
-    VM tests).  A serial run makes each module's fixtures once too."""
+    modules with ``vm`` tests, then the modules of unit tests alone, then those
+    with ``integration`` tests, then those with ``slow`` ones, whole modules in
+    collection order.  xdist hands out the modules in this order, so one worker
+    starts with the VM module while the other starts with the rest of the
+    ``vm`` set, which then ends with the VM module, and goes on with the unit
+    tests: their processes yield to the machines' (tests/device/test_vm.py,
+    NICE), where containers' would not (docs/performance.md, VM tests).  A
+    serial run makes each module's fixtures once too."""
 
     def module(item: pytest.Item) -> str:
         return item.nodeid.split("::", 1)[0]
 
-    vm = {module(item) for item in items if item.get_closest_marker("vm")}
-    slow = {module(item) for item in items if item.get_closest_marker("slow")}
+    def having(marker: str) -> set[str]:
+        return {module(item) for item in items if item.get_closest_marker(marker)}
+
+    vm, slow, integration = having("vm"), having("slow"), having("integration")
 
     def rank(item: pytest.Item) -> int:
-        if module(item) == _FIRST:
+        name = module(item)
+        if name == _FIRST:
             return 0
-        if module(item) in vm:
+        if name in vm:
             return 1
-        return 3 if module(item) in slow else 2
+        if name in slow:
+            return 4
+        return 3 if name in integration else 2
 
     items.sort(key=rank)  # stable: collection order within each rank
 
