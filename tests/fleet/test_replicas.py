@@ -13,7 +13,7 @@ from atoll.agent import wire
 from atoll.agent.client import AgentClient
 from atoll.agent.run import enroll
 from atoll.agent.state import AgentState
-from helpers.fleet import FleetServer, serving
+from helpers.fleet import FleetServer, serving, wait_for
 
 OLD = "reg/os@sha256:" + "a" * 64
 NEW = "reg/os@sha256:" + "b" * 64
@@ -46,12 +46,12 @@ def test_two_replicas_share_one_database(fleet_server: FleetServer, tmp_path: Pa
         # Every device of batch 0 reports at once, through both replicas.
         with ThreadPoolExecutor(4) as pool:
             assert list(pool.map(report, devices[:4])) == [204] * 4
-        rollout = b.get("rollouts/r1").json()
-        assert (rollout["state"], rollout["currentBatch"]) == ("running", 1)
+        rollout = wait_for(b, lambda rollout: rollout["currentBatch"] == 1)
+        assert rollout["state"] == "running"
         assert [d["state"] for d in rollout["batches"][1]["devices"]] == ["updating"] * 4
         with ThreadPoolExecutor(4) as pool:
             assert list(pool.map(report, devices[4:])) == [204] * 4
-        assert a.get("rollouts/r1").json()["state"] == "done"
+        wait_for(a, lambda rollout: rollout["state"] == "done")
         assert b.get("fleets/edge").json()["spec"]["template"]["os"] == {"image": NEW}
         starts = [e for e in a.get("events").json() if e["kind"] == "Rollout"]
         assert len(starts) == 1

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,3 +221,20 @@ def report(device: AgentClient, digest: str, health: str = "green", failed: str 
     }
     answer = device.request("PUT", "/api/v1/agent/status", body=body)
     assert answer.status_code == 204, answer.text
+
+
+def wait_for(
+    api: httpx.Client, check: Callable[[dict[str, Any]], bool], rollout: str = "r1"
+) -> dict[str, Any]:
+    """The rollout once *check* holds.  A report moves its rollout in its own
+    transaction unless another one holds the rollout's row (the reconciler, or
+    a report beside it); then the server's reconciler moves it soon after
+    (atoll.fleet.reconciler), so what a report changes is waited for."""
+    deadline = time.monotonic() + 60
+    while True:
+        found: dict[str, Any] = api.get(f"rollouts/{rollout}").json()
+        if check(found):
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"the rollout never got there: {found}")
+        time.sleep(0.1)
