@@ -67,3 +67,7 @@ class Reconciler:
             except (errors.AtollError, DBAPIError) as exc:
                 # The database is down or a rollout cannot move: the next round tries again.
                 log.warning("rollout reconciliation: %s", exc)
+            except Exception:
+                # Anything else is a bug, but rollouts must not stop moving until a
+                # restart: say so with the traceback, and the next round tries again.
+                log.exception("rollout reconciliation failed")
